@@ -1,0 +1,5 @@
+//! Authentication: ServiceAccount JWTs verified against each federation's keys.
+
+mod identity;
+
+pub use identity::Identity;

@@ -1,0 +1,6 @@
+//! Resources from a directory (or, later, Kubernetes) into one immutable snapshot.
+
+pub mod resources;
+pub mod secrets;
+
+pub use secrets::{SecretIndex, SecretRefError};

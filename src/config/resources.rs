@@ -1,0 +1,205 @@
+//! Serde shapes of the resources we read, with ESO/ESE field names.
+//!
+//! These mirror the Kubernetes objects exactly (camelCase, optional fields) so that
+//! existing manifests load unchanged. They carry no behaviour: each consumer turns
+//! them into a validated domain type with `TryFrom` (see `authn`, `authz`,
+//! `providers`, `generators`), which the directory loader and, later, admission reuse.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// The metadata we use from a Kubernetes object.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectMeta {
+    /// Object name.
+    #[serde(default)]
+    pub name: String,
+    /// Namespace, for namespaced kinds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Annotations.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// How the server may use the `ca.crt` a client sends in its request body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientCaPolicy {
+    /// Never use the client's CA; only `caBundle` (or system roots) verify `url`.
+    Ignore,
+    /// Use the client's CA only when it equals one of the `caBundle` certificates.
+    MustMatch,
+    /// Trust the client's CA for `url` (ESE behaviour).
+    Trust,
+}
+
+/// `KubernetesFederation.spec`: one trusted client cluster.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KubernetesFederationSpec {
+    /// The client cluster's API server (or OIDC issuer) base URL.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Extension: exact `iss` of this cluster's tokens (defaults to `url`'s discovery issuer).
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// Extension: token `aud` must contain one of these.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// Extension: base64 PEM bundle pinned for `url`.
+    #[serde(default)]
+    pub ca_bundle: Option<String>,
+    /// Extension: how the client's `ca.crt` is used.
+    #[serde(default, rename = "clientCAPolicy")]
+    pub client_ca_policy: Option<ClientCaPolicy>,
+    /// Extension: static JWKS document (air-gapped clusters).
+    #[serde(default)]
+    pub jwks: Option<String>,
+}
+
+/// `federationRef` of an `Authorization`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FederationRef {
+    /// Kind of the federation (`KubernetesFederation`).
+    #[serde(default)]
+    pub kind: String,
+    /// Name of the federation object.
+    #[serde(default)]
+    pub name: String,
+}
+
+/// OIDC subject matcher.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OidcSubject {
+    /// Exact `iss`.
+    #[serde(default)]
+    pub issuer: String,
+    /// `sub` (extension: `*` glob).
+    #[serde(default)]
+    pub subject: String,
+}
+
+/// SPIFFE subject matcher (accepted for schema compatibility; SPIFFE federations are not served).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SpiffeSubject {
+    /// SPIFFE ID.
+    #[serde(rename = "spiffeID", default)]
+    pub spiffe_id: String,
+}
+
+/// `Authorization.spec.subject`: ESE's CRD form `{oidc: …}` and its samples' flat form.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthorizationSubject {
+    /// CRD form.
+    #[serde(default)]
+    pub oidc: Option<OidcSubject>,
+    /// CRD form, SPIFFE.
+    #[serde(default)]
+    pub spiffe: Option<SpiffeSubject>,
+    /// Sample form: issuer.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// Sample form: subject.
+    #[serde(default)]
+    pub subject: Option<String>,
+}
+
+/// One entry of `allowedGenerators`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AllowedGenerator {
+    /// Generator name.
+    #[serde(default)]
+    pub name: String,
+    /// Generator kind (`Fake`, `Password`, …).
+    #[serde(default)]
+    pub kind: String,
+    /// Generator namespace.
+    #[serde(default)]
+    pub namespace: String,
+    /// Optional apiVersion (ignored for matching, as ESE does).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<String>,
+}
+
+/// One entry of `allowedGeneratorStates`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AllowedGeneratorState {
+    /// Namespace whose generator states the subject may revoke.
+    #[serde(default)]
+    pub namespace: String,
+}
+
+/// `Authorization.spec`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthorizationSpec {
+    /// The federation whose tokens this authorization applies to.
+    #[serde(default)]
+    pub federation_ref: FederationRef,
+    /// Who.
+    #[serde(default)]
+    pub subject: Option<AuthorizationSubject>,
+    /// ClusterSecretStores the subject may read.
+    #[serde(default)]
+    pub allowed_cluster_secret_stores: Vec<String>,
+    /// Generators the subject may call.
+    #[serde(default)]
+    pub allowed_generators: Vec<AllowedGenerator>,
+    /// Namespaces whose generator states the subject may revoke.
+    #[serde(default)]
+    pub allowed_generator_states: Vec<AllowedGeneratorState>,
+    /// Extension: per-store remote key globs; absent = every key of an allowed store.
+    #[serde(default)]
+    pub allowed_remote_keys: BTreeMap<String, Vec<String>>,
+}
+
+/// `SecretStore`/`ClusterSecretStore` spec (ESO). The provider stays untyped here: each
+/// provider module parses its own block, so adding a provider touches nothing else.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretStoreSpec {
+    /// `spec.provider`: exactly one key naming the provider (`vault`, `fake`, …).
+    #[serde(default)]
+    pub provider: BTreeMap<String, serde_json::Value>,
+    /// ESO's controller class (ignored by the server).
+    #[serde(default)]
+    pub controller: Option<String>,
+}
+
+/// A Kubernetes `Secret`, used in directory mode so `…SecretRef`s resolve.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretObject {
+    /// base64 values.
+    #[serde(default)]
+    pub data: BTreeMap<String, String>,
+    /// plain values (win over `data`, as in Kubernetes).
+    #[serde(default)]
+    pub string_data: BTreeMap<String, String>,
+}
+
+/// ESO's `SecretKeySelector` (`{name, key, namespace?}`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeySelector {
+    /// Secret name.
+    #[serde(default)]
+    pub name: String,
+    /// Key in the secret.
+    #[serde(default)]
+    pub key: String,
+    /// Namespace (ClusterSecretStores must set it).
+    #[serde(default)]
+    pub namespace: Option<String>,
+}

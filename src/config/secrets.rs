@@ -1,0 +1,172 @@
+//! Kubernetes `Secret` objects known to the server, so that `…SecretRef`s resolve.
+
+use std::collections::{BTreeMap, HashMap};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+
+use super::resources::{SecretKeySelector, SecretObject};
+
+/// Errors resolving a secret reference.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SecretRefError {
+    /// The reference has no namespace and none could be defaulted.
+    #[error("secret reference {name:?} needs a namespace")]
+    NoNamespace {
+        /// Secret name.
+        name: String,
+    },
+    /// No such Secret.
+    #[error("secret {namespace}/{name} not found")]
+    SecretNotFound {
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+    },
+    /// The Secret has no such key.
+    #[error("secret {namespace}/{name} has no key {key:?}")]
+    KeyNotFound {
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+        /// Missing key.
+        key: String,
+    },
+}
+
+/// Secrets by namespace and name, values decoded. Built once per snapshot.
+#[derive(Default, Clone)]
+pub struct SecretIndex {
+    secrets: HashMap<(String, String), BTreeMap<String, Vec<u8>>>,
+}
+
+// Values never appear in Debug output.
+impl std::fmt::Debug for SecretIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut names: Vec<_> = self.secrets.keys().collect();
+        names.sort();
+        f.debug_struct("SecretIndex")
+            .field("secrets", &names)
+            .finish()
+    }
+}
+
+/// A `Secret` whose `data` is not valid base64.
+#[derive(Debug, thiserror::Error)]
+#[error("data key {key:?} is not valid base64")]
+pub struct BadSecretData {
+    /// Offending key.
+    pub key: String,
+}
+
+impl SecretIndex {
+    /// Adds a Secret object (decoding `data`, with `stringData` winning as in Kubernetes).
+    pub fn insert(
+        &mut self,
+        namespace: &str,
+        name: &str,
+        secret: &SecretObject,
+    ) -> Result<(), BadSecretData> {
+        let mut values = BTreeMap::new();
+        for (k, v) in &secret.data {
+            let bytes = STANDARD
+                .decode(v.trim())
+                .map_err(|_| BadSecretData { key: k.clone() })?;
+            values.insert(k.clone(), bytes);
+        }
+        for (k, v) in &secret.string_data {
+            values.insert(k.clone(), v.as_bytes().to_vec());
+        }
+        self.secrets
+            .insert((namespace.to_string(), name.to_string()), values);
+        Ok(())
+    }
+
+    /// Resolves `selector`, using `default_namespace` when it names none.
+    pub fn resolve(
+        &self,
+        selector: &SecretKeySelector,
+        default_namespace: Option<&str>,
+    ) -> Result<&[u8], SecretRefError> {
+        let namespace = selector
+            .namespace
+            .as_deref()
+            .or(default_namespace)
+            .ok_or_else(|| SecretRefError::NoNamespace {
+                name: selector.name.clone(),
+            })?;
+        let secret = self
+            .secrets
+            .get(&(namespace.to_string(), selector.name.clone()))
+            .ok_or_else(|| SecretRefError::SecretNotFound {
+                namespace: namespace.to_string(),
+                name: selector.name.clone(),
+            })?;
+        secret
+            .get(&selector.key)
+            .map(Vec::as_slice)
+            .ok_or_else(|| SecretRefError::KeyNotFound {
+                namespace: namespace.to_string(),
+                name: selector.name.clone(),
+                key: selector.key.clone(),
+            })
+    }
+
+    /// Number of secrets indexed.
+    pub fn len(&self) -> usize {
+        self.secrets.len()
+    }
+
+    /// True when no secret is indexed.
+    pub fn is_empty(&self) -> bool {
+        self.secrets.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolves_data_and_string_data() {
+        let mut idx = SecretIndex::default();
+        let obj = SecretObject {
+            data: [("token".to_string(), "cm9vdA==".to_string())].into(),
+            string_data: [("plain".to_string(), "p".to_string())].into(),
+        };
+        idx.insert("ns", "vault", &obj).unwrap();
+        let sel = SecretKeySelector {
+            name: "vault".into(),
+            key: "token".into(),
+            namespace: None,
+        };
+        assert_eq!(idx.resolve(&sel, Some("ns")).unwrap(), b"root");
+        assert_eq!(
+            idx.resolve(&sel, None),
+            Err(SecretRefError::NoNamespace {
+                name: "vault".into()
+            })
+        );
+        let missing = SecretKeySelector {
+            key: "nope".into(),
+            ..sel.clone()
+        };
+        assert!(matches!(
+            idx.resolve(&missing, Some("ns")),
+            Err(SecretRefError::KeyNotFound { .. })
+        ));
+        assert!(!format!("{idx:?}").contains("root"));
+    }
+
+    #[test]
+    fn rejects_bad_base64() {
+        let mut idx = SecretIndex::default();
+        let obj = SecretObject {
+            data: [("k".to_string(), "%%%".to_string())].into(),
+            ..Default::default()
+        };
+        assert!(idx.insert("ns", "s", &obj).is_err());
+    }
+}

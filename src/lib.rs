@@ -1,0 +1,10 @@
+//! ESI Federation: a secrets-federation gateway.
+//!
+//! Request path (one way): `api` → `authn` (verify the ServiceAccount JWT) →
+//! `authz` (Cedar decision) → `providers` / `generators` (backend) → answer.
+//! `config` turns resources (a directory of manifests) into one immutable snapshot
+//! that requests read without locks and that is swapped atomically on change.
+
+pub mod authn;
+pub mod config;
+pub mod metrics;

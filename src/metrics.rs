@@ -1,0 +1,140 @@
+//! Prometheus metrics: one registry for the process, exposed at `/metrics`.
+//!
+//! Label values are always bounded sets (route templates, outcomes, provider kinds,
+//! federation names from config) — never request data, so cardinality stays bounded.
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
+
+/// All metrics of the server.
+pub struct Metrics {
+    registry: Registry,
+    /// HTTP requests by route template and status code.
+    pub http_requests: IntCounterVec,
+    /// HTTP request latency by route template.
+    pub http_latency: HistogramVec,
+    /// Authorization decisions by action and outcome (`allow`/`deny`).
+    pub decisions: IntCounterVec,
+    /// Authentication outcomes (`ok`, `cached`, or the error kind).
+    pub authentications: IntCounterVec,
+    /// JWKS fetches by federation and outcome (`ok`/`error`).
+    pub jwks_fetches: IntCounterVec,
+    /// Backend calls by provider/generator kind and outcome.
+    pub backend_calls: IntCounterVec,
+    /// Backend call latency by provider/generator kind.
+    pub backend_latency: HistogramVec,
+    /// Snapshot reloads by outcome (`ok`, `partial`, `error`).
+    pub reloads: IntCounterVec,
+    /// Objects rejected at load, by kind.
+    pub load_errors: IntCounterVec,
+    /// Number of policies in force.
+    pub policies: IntGauge,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)
+        // INVARIANT: names and labels are static literals, valid by construction.
+        .unwrap_or_else(|e| panic!("invalid metric {name}: {e}"));
+    registry
+        .register(Box::new(c.clone()))
+        .unwrap_or_else(|e| panic!("duplicate metric {name}: {e}"));
+    c
+}
+
+fn histogram(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    let buckets = vec![
+        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        5.0, 10.0,
+    ];
+    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+        .unwrap_or_else(|e| panic!("invalid metric {name}: {e}"));
+    registry
+        .register(Box::new(h.clone()))
+        .unwrap_or_else(|e| panic!("duplicate metric {name}: {e}"));
+    h
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let registry = Registry::new();
+        let policies = IntGauge::new("esi_policies", "Cedar policies in force")
+            .unwrap_or_else(|e| panic!("invalid metric esi_policies: {e}"));
+        registry
+            .register(Box::new(policies.clone()))
+            .unwrap_or_else(|e| panic!("duplicate metric esi_policies: {e}"));
+        Metrics {
+            http_requests: counter(
+                &registry,
+                "esi_http_requests_total",
+                "HTTP requests by route and status",
+                &["route", "status"],
+            ),
+            http_latency: histogram(
+                &registry,
+                "esi_http_request_duration_seconds",
+                "HTTP request latency",
+                &["route"],
+            ),
+            decisions: counter(
+                &registry,
+                "esi_authz_decisions_total",
+                "Authorization decisions",
+                &["action", "decision"],
+            ),
+            authentications: counter(
+                &registry,
+                "esi_authn_total",
+                "Token authentications by outcome",
+                &["outcome"],
+            ),
+            jwks_fetches: counter(
+                &registry,
+                "esi_jwks_fetches_total",
+                "JWKS fetches by federation and outcome",
+                &["federation", "outcome"],
+            ),
+            backend_calls: counter(
+                &registry,
+                "esi_backend_calls_total",
+                "Backend calls by kind and outcome",
+                &["kind", "outcome"],
+            ),
+            backend_latency: histogram(
+                &registry,
+                "esi_backend_call_duration_seconds",
+                "Backend call latency",
+                &["kind"],
+            ),
+            reloads: counter(
+                &registry,
+                "esi_config_reloads_total",
+                "Configuration snapshot reloads by outcome",
+                &["outcome"],
+            ),
+            load_errors: counter(
+                &registry,
+                "esi_config_object_errors_total",
+                "Objects rejected at load by kind",
+                &["kind"],
+            ),
+            policies,
+            registry,
+        }
+    }
+
+    /// Renders every metric in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let encoder = TextEncoder::new();
+        if encoder.encode(&self.registry.gather(), &mut buf).is_err() {
+            return String::new();
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// The process-wide metrics.
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
