@@ -1,5 +1,6 @@
 //! Resources from a directory (or, later, Kubernetes) into one immutable snapshot.
 
+pub mod loader;
 pub mod resources;
 pub mod secrets;
 
