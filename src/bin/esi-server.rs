@@ -1,1 +1,349 @@
-fn main() {}
+//! `esi-server`: the ESI Federation Server.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use arc_swap::ArcSwap;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use esi::api::{self, ApiSettings, AppState};
+use esi::authn::{AuthnSettings, Authenticator};
+use esi::config::watch;
+use esi::config::{DirectorySource, Snapshot};
+use esi::providers::ProviderSettings;
+
+#[derive(Parser)]
+#[command(name = "esi-server", version, about = "ESI Federation Server")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the federation API over HTTPS from a directory of manifests.
+    Serve(ServeArgs),
+    /// Load a directory of manifests and policies, report every problem, and exit
+    /// non-zero if there is any.
+    Check(SourceArgs),
+    /// DEVELOPMENT ONLY: mint a ServiceAccount-like JWT signed with a local key
+    /// (e.g. examples/quickstart/dev-signing-key.pem) for trying the server out.
+    DevToken(DevTokenArgs),
+}
+
+#[derive(Args, Clone)]
+struct SourceArgs {
+    /// Directory of manifests (recursive, multi-document YAML/JSON).
+    #[arg(long, env = "ESI_MANIFESTS")]
+    manifests: PathBuf,
+    /// Directory of `.cedar` policy files loaded beside the compiled Authorizations.
+    #[arg(long, env = "ESI_POLICIES")]
+    policies: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    source: SourceArgs,
+    /// Address to listen on (HTTPS). Port 0 picks a free port; the address is printed.
+    #[arg(long, default_value = "127.0.0.1:8443", env = "ESI_LISTEN")]
+    listen: SocketAddr,
+    /// PEM certificate chain. Without it a self-signed CA and certificate are made.
+    #[arg(long, requires = "tls_key", env = "ESI_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key.
+    #[arg(long, requires = "tls_cert", env = "ESI_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// Serve `/metrics` on this plain-HTTP address instead of the main port.
+    #[arg(long, env = "ESI_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
+    /// Log format.
+    #[arg(long, value_enum, default_value = "text", env = "ESI_LOG_FORMAT")]
+    log_format: LogFormat,
+    /// Where generated files (self-signed TLS material) are kept.
+    #[arg(long, default_value = ".esi-data", env = "ESI_DATA_DIR")]
+    data_dir: PathBuf,
+    /// How often the manifest and policy directories are checked for changes.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    reload_interval: Duration,
+    /// Timeout of each backend call.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    backend_timeout: Duration,
+    /// Minimum time between two JWKS refreshes of one federation on unknown key ids.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    jwks_min_refresh_interval: Duration,
+    /// Largest request body (bytes).
+    #[arg(long, default_value_t = 64 * 1024)]
+    max_body_bytes: usize,
+}
+
+#[derive(Args)]
+struct DevTokenArgs {
+    /// PEM private key (EC P-256 for ES256, RSA for RS256).
+    #[arg(long)]
+    key: PathBuf,
+    /// `iss` claim.
+    #[arg(long)]
+    issuer: String,
+    /// ServiceAccount namespace.
+    #[arg(long)]
+    namespace: String,
+    /// ServiceAccount name.
+    #[arg(long)]
+    service_account: String,
+    /// `aud` claim (repeatable).
+    #[arg(long)]
+    audience: Vec<String>,
+    /// `kid` header.
+    #[arg(long)]
+    kid: Option<String>,
+    /// Signature algorithm.
+    #[arg(long, default_value = "ES256")]
+    alg: String,
+    /// Lifetime.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    ttl: Duration,
+    /// Pod name bound into the token.
+    #[arg(long)]
+    pod: Option<String>,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((s, "s"), |i| s.split_at(i));
+    let n: u64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
+    let secs = match unit {
+        "ms" => return Ok(Duration::from_millis(n)),
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(format!("invalid duration unit in {s:?} (use ms, s, m, h)")),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    // One crypto provider for every rustls user in the process.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    match cli.command {
+        Command::Serve(args) => {
+            init_logging(args.log_format);
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?
+                .block_on(serve(args))
+        }
+        Command::Check(args) => check(args),
+        Command::DevToken(args) => dev_token(args),
+    }
+}
+
+fn check(args: SourceArgs) -> Result<()> {
+    init_logging(LogFormat::Text);
+    let source = DirectorySource {
+        manifests: args.manifests,
+        policies: args.policies,
+        provider_settings: ProviderSettings::default(),
+    };
+    let snapshot = source.load(None);
+    for e in &snapshot.errors {
+        println!("error: {e}");
+    }
+    println!(
+        "{} stores, {} generators, {} federations, {} policies, {} errors",
+        snapshot.stores.len(),
+        snapshot.generators.len(),
+        snapshot.federations.len(),
+        snapshot.policies.policy_count(),
+        snapshot.errors.len()
+    );
+    if !snapshot.errors.is_empty() {
+        bail!("{} problems found", snapshot.errors.len());
+    }
+    Ok(())
+}
+
+async fn serve(args: ServeArgs) -> Result<()> {
+    let source = DirectorySource {
+        manifests: args.source.manifests.clone(),
+        policies: args.source.policies.clone(),
+        provider_settings: ProviderSettings {
+            timeout: args.backend_timeout,
+        },
+    };
+    if !source.manifests.is_dir() {
+        bail!("--manifests {} is not a directory", source.manifests.display());
+    }
+    let initial = {
+        let s = source.clone();
+        tokio::task::spawn_blocking(move || watch::initial_load(&s)).await?
+    };
+    let authenticator = Arc::new(Authenticator::new(AuthnSettings {
+        jwks_min_refresh_interval: args.jwks_min_refresh_interval,
+        ..AuthnSettings::default()
+    }));
+    authenticator.set_federations(initial.federations.clone());
+    let snapshot = Arc::new(ArcSwap::from_pointee(initial));
+
+    {
+        let authenticator = authenticator.clone();
+        tokio::spawn(watch::watch(
+            source,
+            snapshot.clone(),
+            args.reload_interval,
+            move |s: &Snapshot| authenticator.set_federations(s.federations.clone()),
+        ));
+    }
+
+    let tls_config = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => esi::tls::server_config_from_files(cert, key)?,
+        _ => {
+            let dir = args.data_dir.join("tls");
+            let names = vec![
+                "localhost".to_string(),
+                "127.0.0.1".to_string(),
+                "::1".to_string(),
+                args.listen.ip().to_string(),
+            ];
+            let made = esi::tls::self_signed(&dir, &names)?;
+            tracing::warn!(ca = %made.ca_cert.display(), "no --tls-cert given: serving a self-signed certificate; clients must trust this CA");
+            eprintln!("esi-server: self-signed CA written to {}", made.ca_cert.display());
+            esi::tls::server_config_from_files(&made.cert, &made.key)?
+        }
+    };
+
+    let state = AppState {
+        snapshot,
+        authenticator,
+        settings: ApiSettings {
+            max_body_bytes: args.max_body_bytes,
+            backend_timeout: args.backend_timeout + Duration::from_secs(1),
+            ..ApiSettings::default()
+        },
+    };
+    let app = api::router(state, args.metrics_listen.is_none());
+
+    if let Some(addr) = args.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} for metrics"))?;
+        tracing::info!(addr = %listener.local_addr()?, "metrics listening (plain HTTP)");
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, api::metrics_router()).await {
+                tracing::error!(error = %e, "metrics listener failed");
+            }
+        });
+    }
+
+    let listener = std::net::TcpListener::bind(args.listen)
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    listener.set_nonblocking(true)?;
+    let local = listener.local_addr()?;
+    let handle = axum_server::Handle::new();
+    {
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            tracing::info!("shutting down");
+            handle.graceful_shutdown(Some(Duration::from_secs(10)));
+        });
+    }
+    tracing::info!(addr = %local, "listening (HTTPS)");
+    println!("esi-server listening on https://{local}");
+    let rustls = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(tls_config));
+    axum_server::from_tcp_rustls(listener, rustls)?
+        .handle(handle)
+        .serve(app.into_make_service())
+        .await
+        .context("server failed")?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+fn dev_token(args: DevTokenArgs) -> Result<()> {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    let pem = std::fs::read(&args.key).with_context(|| format!("{}", args.key.display()))?;
+    let alg: Algorithm = args
+        .alg
+        .parse()
+        .map_err(|_| anyhow::anyhow!("unknown algorithm {}", args.alg))?;
+    let key = match alg {
+        Algorithm::ES256 | Algorithm::ES384 => EncodingKey::from_ec_pem(&pem)?,
+        Algorithm::RS256
+        | Algorithm::RS384
+        | Algorithm::RS512
+        | Algorithm::PS256
+        | Algorithm::PS384
+        | Algorithm::PS512 => EncodingKey::from_rsa_pem(&pem)?,
+        _ => bail!("dev-token signs with ES256/ES384 or RS*/PS* only"),
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let mut kubernetes = serde_json::json!({
+        "namespace": args.namespace,
+        "serviceaccount": {"name": args.service_account, "uid": uuid::Uuid::new_v4().to_string()},
+    });
+    if let Some(pod) = &args.pod {
+        kubernetes["pod"] = serde_json::json!({"name": pod, "uid": uuid::Uuid::new_v4().to_string()});
+    }
+    let claims = serde_json::json!({
+        "iss": args.issuer,
+        "sub": format!("system:serviceaccount:{}:{}", args.namespace, args.service_account),
+        "aud": args.audience,
+        "iat": now,
+        "nbf": now,
+        "exp": now + args.ttl.as_secs(),
+        "kubernetes.io": kubernetes,
+    });
+    let mut header = Header::new(alg);
+    header.kid = args.kid;
+    println!("{}", jsonwebtoken::encode(&header, &claims, &key)?);
+    Ok(())
+}

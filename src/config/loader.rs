@@ -141,6 +141,31 @@ fn list_files(
     out
 }
 
+/// Path, size and modification time (ns since the epoch) of each file `read_text_files`
+/// would read: a cheap change detector.
+pub fn file_stamps(
+    dir: &Path,
+    extensions: &[&str],
+    errors: &mut Vec<LoadError>,
+) -> Vec<(PathBuf, u64, u128)> {
+    list_files(dir, extensions, errors)
+        .into_iter()
+        .map(|path| {
+            let (len, modified) = std::fs::metadata(&path)
+                .map(|m| {
+                    let t = m
+                        .modified()
+                        .ok()
+                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                        .map_or(0, |d| d.as_nanos());
+                    (m.len(), t)
+                })
+                .unwrap_or((0, 0));
+            (path, len, modified)
+        })
+        .collect()
+}
+
 /// Reads every file with one of `extensions` under `dir` (sorted by path), bounded in size.
 pub fn read_text_files(dir: &Path, extensions: &[&str]) -> (Vec<TextFile>, Vec<LoadError>) {
     let mut errors = Vec::new();

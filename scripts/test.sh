@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Runs every test: starts the real backends on loopback (OpenBao), runs the unit and
+# end-to-end suites against them, and stops what it started.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+command -v cargo >/dev/null || { echo "cargo is required (https://rustup.rs)"; exit 1; }
+
+mkdir -p target/test-backends
+scripts/openbao.sh start
+trap 'scripts/openbao.sh stop || true' EXIT
+set -a
+# shellcheck disable=SC1091
+source target/test-backends/openbao.env
+set +a
+# Tests that need a backend fail (instead of skipping) when it is missing.
+export ESI_REQUIRE_BACKENDS=1
+
+cargo test --locked --all-targets "$@"

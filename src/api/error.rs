@@ -1,0 +1,143 @@
+//! The one place where failures become HTTP answers.
+//!
+//! ESE calls answer errors as ESE does (a JSON string body); extension calls answer
+//! `application/problem+json`. Either way the body holds a fixed, safe text: never a
+//! secret value, a token, or a backend's raw message.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::authn::AuthnError;
+use crate::generators::GeneratorError;
+use crate::providers::ProviderError;
+
+/// How an error body is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorStyle {
+    /// ESE wire format: the message as a JSON string.
+    Ese,
+    /// RFC 9457 problem details.
+    Problem,
+}
+
+/// A request failure.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Missing or invalid token.
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
+    /// Body or token too large.
+    #[error("request too large")]
+    TooLarge,
+    /// Malformed request.
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// Not allowed, or does not exist: indistinguishable on purpose.
+    #[error("Not Found")]
+    NotFound,
+    /// The backend failed.
+    #[error("backend error: {0}")]
+    BadGateway(String),
+    /// The backend is unavailable or timed out.
+    #[error("backend unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl ApiError {
+    /// The HTTP status of this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// Renders the error in `style`.
+    pub fn into_styled_response(self, style: ErrorStyle) -> Response {
+        let status = self.status();
+        let detail = self.to_string();
+        match style {
+            ErrorStyle::Ese => (status, axum::Json(detail)).into_response(),
+            ErrorStyle::Problem => {
+                #[derive(Serialize)]
+                struct Problem<'a> {
+                    #[serde(rename = "type")]
+                    kind: &'a str,
+                    title: &'a str,
+                    status: u16,
+                    detail: &'a str,
+                }
+                let body = Problem {
+                    kind: "about:blank",
+                    title: status.canonical_reason().unwrap_or("Error"),
+                    status: status.as_u16(),
+                    detail: &detail,
+                };
+                let mut resp = (status, axum::Json(body)).into_response();
+                resp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/problem+json"),
+                );
+                resp
+            }
+        }
+    }
+}
+
+impl From<AuthnError> for ApiError {
+    fn from(e: AuthnError) -> Self {
+        if e.is_too_large() {
+            ApiError::TooLarge
+        } else {
+            ApiError::Unauthorized(e.to_string())
+        }
+    }
+}
+
+impl From<ProviderError> for ApiError {
+    fn from(e: ProviderError) -> Self {
+        match e {
+            ProviderError::NotFound => ApiError::NotFound,
+            ProviderError::InvalidRequest(m) | ProviderError::Unsupported(m) => {
+                ApiError::BadRequest(m)
+            }
+            ProviderError::Backend(m) => ApiError::BadGateway(m),
+            ProviderError::Unavailable(m) => ApiError::Unavailable(m),
+            ProviderError::Timeout => ApiError::Unavailable("backend timed out".into()),
+        }
+    }
+}
+
+impl From<GeneratorError> for ApiError {
+    fn from(e: GeneratorError) -> Self {
+        ApiError::BadGateway(e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn ese_style_is_a_json_string_and_problem_style_is_problem_json() {
+        let r = ApiError::NotFound.into_styled_response(ErrorStyle::Ese);
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+        let body = axum::body::to_bytes(r.into_body(), 1024).await.unwrap();
+        assert_eq!(&body[..], b"\"Not Found\"");
+
+        let r = ApiError::TooLarge.into_styled_response(ErrorStyle::Problem);
+        assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(
+            r.headers().get(header::CONTENT_TYPE).unwrap(),
+            "application/problem+json"
+        );
+        let body = axum::body::to_bytes(r.into_body(), 1024).await.unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["status"], 413);
+    }
+}

@@ -1,0 +1,600 @@
+//! HTTP: the ESE calls, the `/v1` extension calls, health and metrics.
+//!
+//! Every secret call takes the same path: bearer token present → body parsed →
+//! token verified (`authn`) → decision (`authz`) → backend (`providers`/`generators`)
+//! with a timeout → answer. A denied call and a missing object both answer 404.
+
+mod error;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use tracing::Instrument;
+
+pub use error::{ApiError, ErrorStyle};
+
+use crate::authn::{Authenticator, Identity};
+use crate::authz::{Action, Resource};
+use crate::config::{GeneratorKey, Snapshot};
+use crate::metrics::METRICS;
+use crate::providers::{FindRequest, RemoteRef};
+
+/// Limits of the HTTP layer.
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    /// Largest request body accepted (bytes); larger answers 413.
+    pub max_body_bytes: usize,
+    /// Largest bearer token accepted (bytes); larger answers 413.
+    pub max_token_bytes: usize,
+    /// Upper bound on any one backend call, on top of the backend's own timeout.
+    pub backend_timeout: Duration,
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        ApiSettings {
+            max_body_bytes: 64 * 1024,
+            max_token_bytes: 16 * 1024,
+            backend_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    /// The current configuration snapshot, swapped atomically on reload.
+    pub snapshot: Arc<ArcSwap<Snapshot>>,
+    /// Token verification with its key and token caches.
+    pub authenticator: Arc<Authenticator>,
+    /// Limits.
+    pub settings: ApiSettings,
+}
+
+/// Builds the router. With `with_metrics`, `/metrics` is served here too.
+pub fn router(state: AppState, with_metrics: bool) -> Router {
+    let mut r = Router::new()
+        .route("/secretstore/{store}/secrets/{*name}", post(ese_get_secret))
+        .route("/generators/{namespace}/revoke", post(ese_revoke_states))
+        .route(
+            "/generators/{namespace}/{kind}/{name}",
+            post(ese_generate).delete(ese_revoke_own),
+        )
+        .route("/v1/secretstore/{store}/get", post(v1_get))
+        .route("/v1/secretstore/{store}/extract", post(v1_extract))
+        .route("/v1/secretstore/{store}/find", post(v1_find))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz));
+    if with_metrics {
+        r = r.route("/metrics", get(metrics));
+    }
+    let limit = state.settings.max_body_bytes;
+    r.fallback(not_found)
+        .layer(middleware::from_fn(observe))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+/// A router with only `/metrics`, for a separate metrics listener.
+pub fn metrics_router() -> Router {
+    Router::new().route("/metrics", get(metrics))
+}
+
+async fn metrics() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        METRICS.render(),
+    )
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    if state.snapshot.load().generation > 0 {
+        "ready".into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "configuration not loaded").into_response()
+    }
+}
+
+async fn not_found() -> Response {
+    ApiError::NotFound.into_styled_response(ErrorStyle::Ese)
+}
+
+/// Request metrics and a request id span around every call.
+async fn observe(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
+    let request_id = uuid::Uuid::new_v4();
+    let span = tracing::info_span!("request", %request_id, method = %req.method(), route = %route);
+    let start = Instant::now();
+    let resp = next.run(req).instrument(span.clone()).await;
+    let status = resp.status();
+    METRICS
+        .http_requests
+        .with_label_values(&[&route, status.as_str()])
+        .inc();
+    METRICS
+        .http_latency
+        .with_label_values(&[&route])
+        .observe(start.elapsed().as_secs_f64());
+    span.in_scope(|| tracing::info!(status = status.as_u16(), elapsed_us = start.elapsed().as_micros() as u64, "answered"));
+    resp
+}
+
+/// Bodies carry the client cluster's CA as `ca.crt`.
+trait ClientCa {
+    fn ca_crt(&self) -> Option<&str>;
+}
+
+macro_rules! body_with_ca {
+    ($(#[$m:meta])* struct $name:ident { $($(#[$fm:meta])* $field:ident : $ty:ty),* $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Default, Deserialize)]
+        struct $name {
+            #[serde(rename = "ca.crt", default)]
+            ca_crt: Option<String>,
+            $($(#[$fm])* $field: $ty),*
+        }
+        impl ClientCa for $name {
+            fn ca_crt(&self) -> Option<&str> {
+                self.ca_crt.as_deref().filter(|s| !s.is_empty())
+            }
+        }
+    };
+}
+
+body_with_ca!(
+    /// ESE calls: only `ca.crt`.
+    struct EseBody {}
+);
+
+#[derive(Debug, Deserialize)]
+struct RemoteRefBody {
+    key: String,
+    #[serde(default)]
+    property: Option<String>,
+    #[serde(default)]
+    version: Option<String>,
+}
+
+body_with_ca!(
+    /// `/v1/.../get` and `/extract`.
+    struct RemoteRefRequest {
+        #[serde(rename = "remoteRef", default)]
+        remote_ref: Option<RemoteRefBody>,
+    }
+);
+
+#[derive(Debug, Default, Deserialize)]
+struct NameMatcher {
+    #[serde(default)]
+    regexp: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct FindBody {
+    #[serde(default)]
+    path: Option<String>,
+    #[serde(default)]
+    name: Option<NameMatcher>,
+    #[serde(default)]
+    tags: BTreeMap<String, String>,
+}
+
+body_with_ca!(
+    /// `/v1/.../find`.
+    struct FindRequestBody {
+        #[serde(default)]
+        find: Option<FindBody>,
+    }
+);
+
+body_with_ca!(
+    /// ESE `POST /generators/{ns}/revoke`.
+    struct RevokeStatesBody {
+        #[serde(default)]
+        owner: String,
+        #[serde(default)]
+        namespace: String,
+    }
+);
+
+/// The authenticated caller.
+struct Caller {
+    identity: Identity,
+}
+
+fn bearer_token<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    let value = headers.get(name)?.to_str().ok()?.trim();
+    if name == header::AUTHORIZATION.as_str() {
+        let (scheme, token) = value.split_once(' ')?;
+        scheme
+            .eq_ignore_ascii_case("bearer")
+            .then_some(token.trim())
+            .filter(|t| !t.is_empty())
+    } else {
+        Some(value).filter(|t| !t.is_empty())
+    }
+}
+
+/// Token present → body parsed → token (and `x-workload-token`) verified.
+async fn admit<B: DeserializeOwned + Default + ClientCa>(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(Caller, B), ApiError> {
+    let token = bearer_token(headers, header::AUTHORIZATION.as_str())
+        .ok_or_else(|| ApiError::Unauthorized("missing bearer token".into()))?;
+    if token.len() > state.settings.max_token_bytes {
+        return Err(ApiError::TooLarge);
+    }
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::TooLarge
+        } else {
+            ApiError::BadRequest("cannot read request body".into())
+        }
+    })?;
+    let parsed: B = if body.iter().all(u8::is_ascii_whitespace) {
+        B::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            // serde_json's message names the position and expectation, never the content.
+            ApiError::BadRequest(format!("invalid JSON body: {e}"))
+        })?
+    };
+    let identity = state
+        .authenticator
+        .authenticate(token, parsed.ca_crt())
+        .await?;
+    if let Some(workload_token) = bearer_token(headers, "x-workload-token") {
+        if workload_token.len() > state.settings.max_token_bytes {
+            return Err(ApiError::TooLarge);
+        }
+        let workload = state
+            .authenticator
+            .authenticate(workload_token, parsed.ca_crt())
+            .await
+            .map_err(|e| ApiError::Unauthorized(format!("x-workload-token: {e}")))?;
+        // A workload token only means something within the caller's own federation.
+        if workload.federation != identity.federation {
+            return Err(ApiError::Unauthorized(
+                "x-workload-token is not from the caller's federation".into(),
+            ));
+        }
+        tracing::info!(workload = %workload.subject, pod = workload.pod_name.as_deref().unwrap_or(""), "workload token verified");
+    }
+    tracing::info!(federation = %identity.federation, subject = %identity.subject, "authenticated");
+    Ok((Caller { identity }, parsed))
+}
+
+fn authorize(
+    snapshot: &Snapshot,
+    caller: &Caller,
+    action: Action,
+    resource: &Resource,
+) -> Result<(), ApiError> {
+    if snapshot
+        .policies
+        .decide(&caller.identity, action, resource)
+        .allowed
+    {
+        Ok(())
+    } else {
+        Err(ApiError::NotFound)
+    }
+}
+
+async fn with_timeout<T, E: Into<ApiError>>(
+    limit: Duration,
+    fut: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, ApiError> {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(r) => r.map_err(Into::into),
+        Err(_) => Err(ApiError::Unavailable("backend timed out".into())),
+    }
+}
+
+fn respond<T: IntoResponse>(result: Result<T, ApiError>, style: ErrorStyle) -> Response {
+    match result {
+        Ok(r) => r.into_response(),
+        Err(e) => {
+            tracing::info!(status = e.status().as_u16(), reason = %e, "refused");
+            e.into_styled_response(style)
+        }
+    }
+}
+
+/// Reads `remote` from `store` for `caller` after a `get` decision.
+async fn read_secret(
+    state: &AppState,
+    snapshot: &Snapshot,
+    caller: &Caller,
+    store: &str,
+    remote: &RemoteRef,
+) -> Result<Vec<u8>, ApiError> {
+    authorize(
+        snapshot,
+        caller,
+        Action::Get,
+        &Resource::RemoteKey {
+            store: store.to_string(),
+            key: remote.key.clone(),
+        },
+    )?;
+    let provider = snapshot.stores.get(store).ok_or(ApiError::NotFound)?;
+    with_timeout(
+        state.settings.backend_timeout,
+        provider.get_secret(remote),
+    )
+    .await
+}
+
+async fn ese_get_secret(
+    State(state): State<AppState>,
+    Path((store, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let result = async {
+        let (caller, _): (Caller, EseBody) = admit(&state, &headers, body).await?;
+        let snapshot = state.snapshot.load_full();
+        let remote = RemoteRef {
+            key: name,
+            property: None,
+            version: None,
+        };
+        let value = read_secret(&state, &snapshot, &caller, &store, &remote).await?;
+        // ESE answers Go's `string(bytes)`: invalid UTF-8 becomes U+FFFD, as here.
+        Ok(Json(String::from_utf8_lossy(&value).into_owned()))
+    }
+    .await;
+    respond(result, ErrorStyle::Ese)
+}
+
+fn generator_resource(namespace: &str, kind: &str, name: &str) -> Resource {
+    Resource::Generator {
+        namespace: namespace.to_string(),
+        kind: kind.to_string(),
+        name: name.to_string(),
+    }
+}
+
+async fn ese_generate(
+    State(state): State<AppState>,
+    Path((namespace, kind, name)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let result = async {
+        let (caller, _): (Caller, EseBody) = admit(&state, &headers, body).await?;
+        let snapshot = state.snapshot.load_full();
+        authorize(
+            &snapshot,
+            &caller,
+            Action::Generate,
+            &generator_resource(&namespace, &kind, &name),
+        )?;
+        let generator = snapshot
+            .generators
+            .get(&GeneratorKey {
+                namespace,
+                kind,
+                name,
+            })
+            .ok_or(ApiError::NotFound)?;
+        let data = with_timeout(state.settings.backend_timeout, generator.generate()).await?;
+        Ok(Json(data))
+    }
+    .await;
+    respond(result, ErrorStyle::Ese)
+}
+
+async fn ese_revoke_own(
+    State(state): State<AppState>,
+    Path((namespace, kind, name)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let result = async {
+        let (caller, _): (Caller, EseBody) = admit(&state, &headers, body).await?;
+        let snapshot = state.snapshot.load_full();
+        authorize(
+            &snapshot,
+            &caller,
+            Action::Revoke,
+            &generator_resource(&namespace, &kind, &name),
+        )?;
+        let key = GeneratorKey {
+            namespace,
+            kind,
+            name,
+        };
+        if !snapshot.generators.contains_key(&key) {
+            return Err(ApiError::NotFound);
+        }
+        // The generators served so far (Fake, Password, UUID) issue nothing held by a
+        // backend, so there is nothing to revoke; ESE answers `null` on success.
+        Ok(Json(serde_json::Value::Null))
+    }
+    .await;
+    respond(result, ErrorStyle::Ese)
+}
+
+async fn ese_revoke_states(
+    State(state): State<AppState>,
+    Path(namespace): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let result = async {
+        let (caller, request): (Caller, RevokeStatesBody) =
+            admit(&state, &headers, body).await?;
+        let snapshot = state.snapshot.load_full();
+        authorize(
+            &snapshot,
+            &caller,
+            Action::RevokeStates,
+            &Resource::GeneratorStates {
+                namespace: namespace.clone(),
+            },
+        )?;
+        tracing::info!(owner = %request.owner, owner_namespace = %request.namespace, "revoke states requested; no revocable credentials are held");
+        Ok(Json("GeneratorState deleted"))
+    }
+    .await;
+    respond(result, ErrorStyle::Ese)
+}
+
+fn remote_ref_of(request: RemoteRefRequest) -> Result<RemoteRef, ApiError> {
+    let r = request
+        .remote_ref
+        .ok_or_else(|| ApiError::BadRequest("remoteRef is required".into()))?;
+    if r.key.is_empty() {
+        return Err(ApiError::BadRequest("remoteRef.key is required".into()));
+    }
+    Ok(RemoteRef {
+        key: r.key,
+        property: r.property.filter(|p| !p.is_empty()),
+        version: r.version.filter(|v| !v.is_empty()),
+    })
+}
+
+fn encode_map(map: BTreeMap<String, Vec<u8>>) -> serde_json::Value {
+    let data: serde_json::Map<String, serde_json::Value> = map
+        .into_iter()
+        .map(|(k, v)| (k, serde_json::Value::String(B64.encode(v))))
+        .collect();
+    serde_json::json!({ "data": data })
+}
+
+async fn v1_get(
+    State(state): State<AppState>,
+    Path(store): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let result = async {
+        let (caller, request): (Caller, RemoteRefRequest) =
+            admit(&state, &headers, body).await?;
+        let remote = remote_ref_of(request)?;
+        let snapshot = state.snapshot.load_full();
+        let value = read_secret(&state, &snapshot, &caller, &store, &remote).await?;
+        Ok(Json(serde_json::json!({ "value": B64.encode(value) })))
+    }
+    .await;
+    respond(result, ErrorStyle::Problem)
+}
+
+async fn v1_extract(
+    State(state): State<AppState>,
+    Path(store): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let result = async {
+        let (caller, request): (Caller, RemoteRefRequest) =
+            admit(&state, &headers, body).await?;
+        let remote = remote_ref_of(request)?;
+        let snapshot = state.snapshot.load_full();
+        authorize(
+            &snapshot,
+            &caller,
+            Action::Get,
+            &Resource::RemoteKey {
+                store: store.clone(),
+                key: remote.key.clone(),
+            },
+        )?;
+        let provider = snapshot.stores.get(&store).ok_or(ApiError::NotFound)?;
+        let map = with_timeout(
+            state.settings.backend_timeout,
+            provider.get_secret_map(&remote),
+        )
+        .await?;
+        Ok(Json(encode_map(map)))
+    }
+    .await;
+    respond(result, ErrorStyle::Problem)
+}
+
+async fn v1_find(
+    State(state): State<AppState>,
+    Path(store): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let result = async {
+        let (caller, request): (Caller, FindRequestBody) =
+            admit(&state, &headers, body).await?;
+        let find = request
+            .find
+            .ok_or_else(|| ApiError::BadRequest("find is required".into()))?;
+        let name_regexp = find.name.and_then(|n| n.regexp).filter(|r| !r.is_empty());
+        if let Some(re) = &name_regexp {
+            regex::RegexBuilder::new(re)
+                .size_limit(1 << 20)
+                .build()
+                .map_err(|_| ApiError::BadRequest("find.name.regexp is not a valid regular expression".into()))?;
+        }
+        let snapshot = state.snapshot.load_full();
+        authorize(
+            &snapshot,
+            &caller,
+            Action::Find,
+            &Resource::Store {
+                store: store.clone(),
+            },
+        )?;
+        let provider = snapshot.stores.get(&store).ok_or(ApiError::NotFound)?;
+        let request = FindRequest {
+            path: find.path.filter(|p| !p.is_empty()),
+            name_regexp,
+            tags: find.tags,
+        };
+        let map = with_timeout(state.settings.backend_timeout, provider.find(&request)).await?;
+        Ok(Json(encode_map(map)))
+    }
+    .await;
+    respond(result, ErrorStyle::Problem)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_parsing() {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, "Bearer abc".parse().unwrap());
+        assert_eq!(bearer_token(&h, "authorization"), Some("abc"));
+        h.insert(header::AUTHORIZATION, "bearer   abc ".parse().unwrap());
+        assert_eq!(bearer_token(&h, "authorization"), Some("abc"));
+        h.insert(header::AUTHORIZATION, "Basic abc".parse().unwrap());
+        assert_eq!(bearer_token(&h, "authorization"), None);
+        h.insert(header::AUTHORIZATION, "Bearer ".parse().unwrap());
+        assert_eq!(bearer_token(&h, "authorization"), None);
+        h.insert("x-workload-token", "tok".parse().unwrap());
+        assert_eq!(bearer_token(&h, "x-workload-token"), Some("tok"));
+    }
+}

@@ -1,0 +1,414 @@
+//! Test harness: the real `esi-server` binary over HTTPS, an in-test OIDC issuer with
+//! its own CA, token minting with the test-only keys in `tests/fixtures/keys`, and the
+//! OpenBao started by `scripts/test.sh`.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::extract::State;
+use axum::routing::get;
+use serde_json::{Value, json};
+
+pub const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+
+pub fn install_crypto() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// The public JWK of a test key (`rsa-1`, `rsa-2`, `ec-1`, `ec-2`).
+pub fn jwk(name: &str) -> Value {
+    let all: Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{FIXTURES}/keys/jwks.json")).unwrap(),
+    )
+    .unwrap();
+    all[name].clone()
+}
+
+pub fn jwks(names: &[&str]) -> Value {
+    json!({ "keys": names.iter().map(|n| jwk(n)).collect::<Vec<_>>() })
+}
+
+/// Claims of a projected ServiceAccount token.
+pub fn sa_claims(issuer: &str, aud: &str, namespace: &str, sa: &str) -> Value {
+    let now = now();
+    json!({
+        "iss": issuer,
+        "sub": format!("system:serviceaccount:{namespace}:{sa}"),
+        "aud": [aud],
+        "iat": now,
+        "nbf": now,
+        "exp": now + 600,
+        "kubernetes.io": {
+            "namespace": namespace,
+            "serviceaccount": {"name": sa, "uid": "3f0a1c5e-0000-4000-8000-000000000001"},
+            "pod": {"name": format!("{sa}-pod"), "uid": "3f0a1c5e-0000-4000-8000-000000000002"}
+        }
+    })
+}
+
+/// Signs `claims` with the test key `key` (kid from the fixture unless `kid` overrides).
+pub fn mint(key: &str, claims: &Value, kid: Option<&str>) -> String {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    let pem = std::fs::read(format!("{FIXTURES}/keys/{key}.pem")).unwrap();
+    let (alg, enc) = if key.starts_with("rsa") {
+        (Algorithm::RS256, EncodingKey::from_rsa_pem(&pem).unwrap())
+    } else {
+        (Algorithm::ES256, EncodingKey::from_ec_pem(&pem).unwrap())
+    };
+    let mut header = Header::new(alg);
+    header.kid = Some(
+        kid.map(str::to_string)
+            .unwrap_or_else(|| jwk(key)["kid"].as_str().unwrap().to_string()),
+    );
+    jsonwebtoken::encode(&header, claims, &enc).unwrap()
+}
+
+/// A CA and a leaf certificate for 127.0.0.1/localhost.
+pub struct TestCa {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+pub fn test_ca() -> TestCa {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
+    let key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    TestCa {
+        ca_pem: ca.pem(),
+        cert_pem: leaf.pem(),
+        key_pem: key.serialize_pem(),
+    }
+}
+
+pub fn b64(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+#[derive(Clone)]
+struct IssuerState {
+    jwks: Arc<Mutex<Value>>,
+    jwks_hits: Arc<AtomicUsize>,
+    discovery: bool,
+}
+
+/// An OIDC issuer like a Kubernetes API server's discovery endpoints, over HTTPS with its own CA.
+pub struct Issuer {
+    pub url: String,
+    pub ca: TestCa,
+    jwks: Arc<Mutex<Value>>,
+    jwks_hits: Arc<AtomicUsize>,
+    handle: axum_server::Handle<SocketAddr>,
+}
+
+impl Issuer {
+    /// Starts an issuer serving `keys`. With `discovery`, `/.well-known/openid-configuration`
+    /// names a `jwks_uri` on another host (the server must re-base it onto `url`).
+    pub async fn start(keys: Value, discovery: bool) -> Issuer {
+        install_crypto();
+        let ca = test_ca();
+        let state = IssuerState {
+            jwks: Arc::new(Mutex::new(keys)),
+            jwks_hits: Arc::new(AtomicUsize::new(0)),
+            discovery,
+        };
+        async fn discovery_doc(State(s): State<IssuerState>) -> axum::response::Response {
+            use axum::response::IntoResponse;
+            if !s.discovery {
+                return axum::http::StatusCode::NOT_FOUND.into_response();
+            }
+            axum::Json(json!({
+                "issuer": "https://kubernetes.default.svc.cluster.local",
+                "jwks_uri": "https://10.0.0.1:6443/openid/v1/jwks",
+                "response_types_supported": ["id_token"],
+                "subject_types_supported": ["public"],
+                "id_token_signing_alg_values_supported": ["RS256", "ES256"]
+            }))
+            .into_response()
+        }
+        async fn jwks(State(s): State<IssuerState>) -> axum::Json<Value> {
+            s.jwks_hits.fetch_add(1, Ordering::SeqCst);
+            axum::Json(s.jwks.lock().unwrap().clone())
+        }
+        let app = Router::new()
+            .route("/.well-known/openid-configuration", get(discovery_doc))
+            .route("/openid/v1/jwks", get(jwks))
+            .with_state(state.clone());
+        let config = axum_server::tls_rustls::RustlsConfig::from_pem(
+            ca.cert_pem.clone().into_bytes(),
+            ca.key_pem.clone().into_bytes(),
+        )
+        .await
+        .unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let handle = axum_server::Handle::new();
+        let h = handle.clone();
+        tokio::spawn(async move {
+            axum_server::from_tcp_rustls(listener, config)
+                .unwrap()
+                .handle(h)
+                .serve(app.into_make_service())
+                .await
+                .unwrap();
+        });
+        Issuer {
+            url: format!("https://127.0.0.1:{}", addr.port()),
+            ca,
+            jwks: state.jwks,
+            jwks_hits: state.jwks_hits,
+            handle,
+        }
+    }
+
+    pub fn set_keys(&self, keys: Value) {
+        *self.jwks.lock().unwrap() = keys;
+    }
+
+    pub fn jwks_hits(&self) -> usize {
+        self.jwks_hits.load(Ordering::SeqCst)
+    }
+
+    /// Stops answering (connections are refused from now on).
+    pub fn stop(&self) {
+        self.handle.shutdown();
+    }
+}
+
+/// The `esi-server` binary, serving a temporary manifest directory over HTTPS.
+pub struct Server {
+    child: Child,
+    pub url: String,
+    pub manifests: PathBuf,
+    pub policies: PathBuf,
+    pub client: reqwest::Client,
+    _dir: tempfile::TempDir,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    /// Starts the server on the files in `manifests` (name → YAML) and `policies`.
+    pub fn start(manifests: &[(&str, String)], policies: &[(&str, &str)]) -> Server {
+        Self::start_with_args(manifests, policies, &[])
+    }
+
+    pub fn start_with_args(
+        manifests: &[(&str, String)],
+        policies: &[(&str, &str)],
+        extra: &[&str],
+    ) -> Server {
+        install_crypto();
+        let dir = tempfile::tempdir().unwrap();
+        let mdir = dir.path().join("manifests");
+        let pdir = dir.path().join("policies");
+        std::fs::create_dir_all(&mdir).unwrap();
+        std::fs::create_dir_all(&pdir).unwrap();
+        for (name, text) in manifests {
+            std::fs::write(mdir.join(name), text).unwrap();
+        }
+        for (name, text) in policies {
+            std::fs::write(pdir.join(name), text).unwrap();
+        }
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_esi-server"));
+        cmd.arg("serve")
+            .arg("--manifests")
+            .arg(&mdir)
+            .arg("--policies")
+            .arg(&pdir)
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .arg("--reload-interval")
+            .arg("200ms")
+            .arg("--log-format")
+            .arg("json")
+            .args(extra)
+            .env("RUST_LOG", std::env::var("ESI_TEST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("start esi-server");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        {
+            let stderr = child.stderr.take().unwrap();
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if std::env::var("ESI_TEST_ECHO").is_ok() {
+                        eprintln!("[esi-server] {line}");
+                    }
+                    log.lock().unwrap().push(line);
+                }
+            });
+        }
+        let url = loop {
+            match lines.next() {
+                Some(Ok(line)) => {
+                    if let Some(rest) = line.strip_prefix("esi-server listening on ") {
+                        break rest.trim().to_string();
+                    }
+                }
+                _ => {
+                    let status = child.wait().ok();
+                    panic!(
+                        "esi-server exited before listening ({status:?}):\n{}",
+                        log.lock().unwrap().join("\n")
+                    );
+                }
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        let ca = std::fs::read(dir.path().join("data/tls/ca.crt")).unwrap();
+        let client = client_trusting(&ca);
+        Server {
+            child,
+            url,
+            manifests: mdir,
+            policies: pdir,
+            client,
+            _dir: dir,
+            log,
+        }
+    }
+
+    /// Everything the server logged so far.
+    pub fn logs(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits until the log has a line containing `needle` (count > `after` occurrences).
+    pub async fn wait_log(&self, needle: &str, after: usize) {
+        for _ in 0..100 {
+            if self.count_log(needle) > after {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("no log line with {needle:?}:\n{}", self.logs().join("\n"));
+    }
+
+    pub fn count_log(&self, needle: &str) -> usize {
+        self.logs().iter().filter(|l| l.contains(needle)).count()
+    }
+
+    /// Replaces a manifest file and waits for the reload to be applied.
+    pub async fn write_manifest(&self, name: &str, text: &str) {
+        let before = self.count_log("configuration loaded");
+        std::fs::write(self.manifests.join(name), text).unwrap();
+        self.wait_log("configuration loaded", before).await;
+    }
+
+    pub async fn write_policy(&self, name: &str, text: &str) {
+        let before = self.count_log("configuration loaded");
+        std::fs::write(self.policies.join(name), text).unwrap();
+        self.wait_log("configuration loaded", before).await;
+    }
+
+    /// POSTs `body` to `path` with `token`; returns status and body text.
+    pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> (u16, String) {
+        let mut req = self.client.post(format!("{}{}", self.url, path)).json(&body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.expect("request");
+        (resp.status().as_u16(), resp.text().await.unwrap())
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        let resp = self
+            .client
+            .get(format!("{}{}", self.url, path))
+            .send()
+            .await
+            .unwrap();
+        (resp.status().as_u16(), resp.text().await.unwrap())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A reqwest client that trusts only `ca_pem`.
+pub fn client_trusting(ca_pem: &[u8]) -> reqwest::Client {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(config)
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap()
+}
+
+/// OpenBao from `scripts/openbao.sh` (env), or None with a notice. With
+/// `ESI_REQUIRE_BACKENDS=1` a missing OpenBao fails the test instead.
+pub fn openbao() -> Option<(String, String)> {
+    match (
+        std::env::var("ESI_TEST_VAULT_ADDR"),
+        std::env::var("ESI_TEST_VAULT_TOKEN"),
+    ) {
+        (Ok(a), Ok(t)) => Some((a, t)),
+        _ => {
+            if std::env::var("ESI_REQUIRE_BACKENDS").as_deref() == Ok("1") {
+                panic!("OpenBao is required (ESI_REQUIRE_BACKENDS=1) but ESI_TEST_VAULT_ADDR is not set");
+            }
+            eprintln!("skipped: OpenBao not running (run scripts/test.sh, or scripts/openbao.sh start)");
+            None
+        }
+    }
+}
+
+/// Writes a KV v2 secret into OpenBao.
+pub async fn vault_put(addr: &str, token: &str, mount: &str, key: &str, data: Value) {
+    let resp = reqwest::Client::new()
+        .post(format!("{addr}/v1/{mount}/data/{key}"))
+        .header("X-Vault-Token", token)
+        .json(&json!({ "data": data }))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "vault put: {}", resp.status());
+}
+
+pub fn path_exists(p: &Path) -> bool {
+    p.exists()
+}
