@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# Load test on this machine: esi-server (release build, HTTPS) against OpenBao's own KV
+# read of the same secret, side by side. Prints requests/s and latency percentiles.
+#
+#   scripts/bench.sh                 # DURATION=10s CONNECTIONS=32 THREADS=2 by default
+#
+# Runs:  openbao-direct  GET OpenBao KV v2 (plain HTTP dev listener, root token)
+#        esi-fake        esi-server, fake store (gateway cost only: TLS, JWT, Cedar)
+#        esi-vault       esi-server, vault store in front of the same OpenBao
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION="${DURATION:-10s}"
+CONNECTIONS="${CONNECTIONS:-32}"
+THREADS="${THREADS:-2}"
+
+if ! command -v wrk >/dev/null; then
+    (apt-get update -qq && apt-get install -y -qq wrk) >/dev/null || { echo "install wrk first"; exit 1; }
+fi
+
+cargo build --release --locked --bin esi-server
+BIN=target/release/esi-server
+
+mkdir -p target/test-backends
+scripts/openbao.sh start
+WORK="$(mktemp -d)"
+SERVER_PID=""
+cleanup() {
+    [[ -n "${SERVER_PID}" ]] && kill "${SERVER_PID}" 2>/dev/null || true
+    scripts/openbao.sh stop || true
+    rm -rf "${WORK}"
+}
+trap cleanup EXIT
+set -a; source target/test-backends/openbao.env; set +a
+
+curl -fsS -o /dev/null -H "X-Vault-Token: ${VAULT_TOKEN}" -X POST \
+    -d '{"data":{"username":"bench","password":"bench-password-value"}}' \
+    "${VAULT_ADDR}/v1/secret/data/bench/db"
+
+KID="$(python3 -c 'import json;print(json.load(open("tests/fixtures/keys/jwks.json"))["rsa-1"]["kid"])')"
+JWKS="$(python3 -c 'import json;print(json.dumps({"keys":[json.load(open("tests/fixtures/keys/jwks.json"))["rsa-1"]]}))')"
+mkdir -p "${WORK}/m"
+cat >"${WORK}/m/all.yaml" <<YAML
+apiVersion: identity.federation.external-secrets.io/v1alpha1
+kind: KubernetesFederation
+metadata: {name: bench}
+spec:
+  issuer: https://bench.invalid
+  audiences: [esi-bench]
+  jwks: '${JWKS}'
+---
+apiVersion: federation.external-secrets.io/v1alpha1
+kind: Authorization
+metadata: {name: bench}
+spec:
+  federationRef: {kind: KubernetesFederation, name: bench}
+  subject: {oidc: {issuer: "https://bench.invalid", subject: "system:serviceaccount:bench:client"}}
+  allowedClusterSecretStores: [fake, vault]
+---
+apiVersion: external-secrets.io/v1
+kind: ClusterSecretStore
+metadata: {name: fake}
+spec:
+  provider:
+    fake:
+      data: [{key: bench/db, value: '{"username":"bench","password":"bench-password-value"}'}]
+---
+apiVersion: external-secrets.io/v1
+kind: ClusterSecretStore
+metadata: {name: vault}
+spec:
+  provider:
+    vault:
+      server: ${VAULT_ADDR}
+      path: secret
+      version: v2
+      auth: {tokenSecretRef: {name: vault, namespace: esi, key: token}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: vault, namespace: esi}
+stringData: {token: "${VAULT_TOKEN}"}
+YAML
+
+"${BIN}" serve --manifests "${WORK}/m" --listen 127.0.0.1:0 --data-dir "${WORK}/data" \
+    --log-format json >"${WORK}/stdout" 2>"${WORK}/server.log" &
+SERVER_PID=$!
+for _ in $(seq 1 100); do grep -q "listening on" "${WORK}/stdout" 2>/dev/null && break; sleep 0.1; done
+URL="$(sed -n 's/^esi-server listening on //p' "${WORK}/stdout")"
+[[ -n "${URL}" ]] || { cat "${WORK}/server.log"; exit 1; }
+# Requests are logged at info; measure with warnings only, as a production setting would.
+kill "${SERVER_PID}"; wait "${SERVER_PID}" 2>/dev/null || true
+RUST_LOG=warn "${BIN}" serve --manifests "${WORK}/m" --listen 127.0.0.1:0 --data-dir "${WORK}/data" \
+    --log-format json >"${WORK}/stdout" 2>"${WORK}/server.log" &
+SERVER_PID=$!
+for _ in $(seq 1 100); do grep -q "listening on" "${WORK}/stdout" 2>/dev/null && break; sleep 0.1; done
+URL="$(sed -n 's/^esi-server listening on //p' "${WORK}/stdout")"
+
+TOKEN="$("${BIN}" dev-token --key tests/fixtures/keys/rsa-1.pem --alg RS256 --kid "${KID}" \
+    --issuer https://bench.invalid --audience esi-bench --namespace bench --service-account client)"
+
+cat >"${WORK}/post.lua" <<LUA
+wrk.method = "POST"
+wrk.body = "{}"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer ${TOKEN}"
+LUA
+cat >"${WORK}/bao.lua" <<LUA
+wrk.headers["X-Vault-Token"] = "${VAULT_TOKEN}"
+LUA
+
+check() { # sanity: each target answers 200 before it is measured
+    local code
+    code="$(curl -sk -o /dev/null -w '%{http_code}' "$@")"
+    [[ "${code}" == 200 ]] || { echo "sanity check failed (${code}): $*"; tail -5 "${WORK}/server.log"; exit 1; }
+}
+check -H "X-Vault-Token: ${VAULT_TOKEN}" "${VAULT_ADDR}/v1/secret/data/bench/db"
+check -X POST -H "Authorization: Bearer ${TOKEN}" -d '{}' "${URL}/secretstore/fake/secrets/bench%2Fdb"
+check -X POST -H "Authorization: Bearer ${TOKEN}" -d '{}' "${URL}/secretstore/vault/secrets/bench%2Fdb"
+
+run() { # name, lua, url
+    local out
+    out="$(wrk -t"${THREADS}" -c"${CONNECTIONS}" -d"${DURATION}" --latency -s "$2" "$3")"
+    local rps p50 p99 errors
+    rps="$(awk '/Requests\/sec/ {print $2}' <<<"${out}")"
+    p50="$(awk '$1=="50%" {print $2}' <<<"${out}")"
+    p99="$(awk '$1=="99%" {print $2}' <<<"${out}")"
+    errors="$(awk '/Non-2xx/ {print $NF}' <<<"${out}")"
+    printf '%-16s %12s %10s %10s %8s\n' "$1" "${rps}" "${p50}" "${p99}" "${errors:-0}"
+}
+
+echo
+echo "machine: $(nproc) cores; wrk -t${THREADS} -c${CONNECTIONS} -d${DURATION}; client and servers share the cores"
+printf '%-16s %12s %10s %10s %8s\n' target "req/s" p50 p99 non-2xx
+run openbao-direct "${WORK}/bao.lua" "${VAULT_ADDR}/v1/secret/data/bench/db"
+run esi-fake "${WORK}/post.lua" "${URL}/secretstore/fake/secrets/bench%2Fdb"
+run esi-vault "${WORK}/post.lua" "${URL}/secretstore/vault/secrets/bench%2Fdb"
