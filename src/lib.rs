@@ -6,5 +6,6 @@
 //! that requests read without locks and that is swapped atomically on change.
 
 pub mod authn;
+pub mod authz;
 pub mod config;
 pub mod metrics;
