@@ -377,3 +377,231 @@ fn internal(id: &str) -> CompileError {
         reason: "empty condition".to_owned(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::resources::{
+        AllowedGenerator, AllowedGeneratorState, FederationRef, OidcSubject, SpiffeSubject,
+    };
+
+    fn spec() -> AuthorizationSpec {
+        AuthorizationSpec {
+            federation_ref: FederationRef {
+                kind: "KubernetesFederation".into(),
+                name: "alpha".into(),
+            },
+            subject: Some(AuthorizationSubject {
+                oidc: Some(OidcSubject {
+                    issuer: "https://issuer".into(),
+                    subject: "system:serviceaccount:ns:sa".into(),
+                }),
+                ..Default::default()
+            }),
+            allowed_cluster_secret_stores: vec!["vault".into(), "other".into()],
+            allowed_generators: vec![AllowedGenerator {
+                name: "g".into(),
+                kind: "Fake".into(),
+                namespace: "ns".into(),
+                api_version: None,
+            }],
+            allowed_generator_states: vec![AllowedGeneratorState {
+                namespace: "ns".into(),
+            }],
+            allowed_remote_keys: [("vault".to_owned(), vec!["db/*".to_owned()])].into(),
+        }
+    }
+
+    fn ids(c: &Compiled) -> Vec<String> {
+        c.policies.iter().map(|p| p.id().to_string()).collect()
+    }
+
+    #[test]
+    fn full_spec_compiles_to_named_policies() {
+        let c = compile("a", &spec()).expect("compiles");
+        assert_eq!(c.federation, "alpha");
+        assert_eq!(
+            c.subject,
+            SubjectMatch::Exact("system:serviceaccount:ns:sa".into())
+        );
+        assert_eq!(
+            ids(&c),
+            [
+                "authorization/a/stores",
+                "authorization/a/remote-keys",
+                "authorization/a/generators",
+                "authorization/a/states"
+            ]
+        );
+        assert!(
+            c.policies
+                .iter()
+                .all(|p| p.effect() == cedar_policy::Effect::Permit)
+        );
+    }
+
+    #[test]
+    fn only_restricted_stores_yield_no_stores_policy() {
+        let mut s = spec();
+        s.allowed_cluster_secret_stores = vec!["vault".into()];
+        s.allowed_generators.clear();
+        s.allowed_generator_states.clear();
+        let c = compile("a", &s).expect("compiles");
+        assert_eq!(ids(&c), ["authorization/a/remote-keys"]);
+    }
+
+    #[test]
+    fn nothing_granted_compiles_to_no_policy() {
+        let s = AuthorizationSpec {
+            allowed_cluster_secret_stores: vec![],
+            allowed_generators: vec![],
+            allowed_generator_states: vec![],
+            allowed_remote_keys: Default::default(),
+            ..spec()
+        };
+        assert!(compile("a", &s).expect("compiles").policies.is_empty());
+    }
+
+    #[test]
+    fn flat_sample_subject_form_is_accepted() {
+        let mut s = spec();
+        s.subject = Some(AuthorizationSubject {
+            issuer: Some("https://issuer".into()),
+            subject: Some("system:serviceaccount:ns:*".into()),
+            ..Default::default()
+        });
+        let c = compile("a", &s).expect("compiles");
+        assert_eq!(c.subject, SubjectMatch::Glob);
+    }
+
+    #[test]
+    fn bad_specs_are_rejected_with_the_field_named() {
+        let cases: Vec<(Box<dyn Fn(&mut AuthorizationSpec)>, CompileError)> = vec![
+            (Box::new(|s| s.subject = None), CompileError::MissingSubject),
+            (
+                Box::new(|s| s.subject = Some(AuthorizationSubject::default())),
+                CompileError::MissingSubject,
+            ),
+            (
+                Box::new(|s| {
+                    s.subject = Some(AuthorizationSubject {
+                        spiffe: Some(SpiffeSubject {
+                            spiffe_id: "spiffe://x/y".into(),
+                        }),
+                        ..Default::default()
+                    })
+                }),
+                CompileError::SpiffeUnsupported,
+            ),
+            (
+                Box::new(|s| {
+                    if let Some(sub) = s.subject.as_mut() {
+                        sub.issuer = Some("https://other".into());
+                    }
+                }),
+                CompileError::AmbiguousSubject,
+            ),
+            (
+                Box::new(|s| {
+                    if let Some(oidc) = s.subject.as_mut().and_then(|x| x.oidc.as_mut()) {
+                        oidc.issuer.clear();
+                    }
+                }),
+                CompileError::EmptyIssuer,
+            ),
+            (
+                Box::new(|s| {
+                    if let Some(oidc) = s.subject.as_mut().and_then(|x| x.oidc.as_mut()) {
+                        oidc.subject.clear();
+                    }
+                }),
+                CompileError::EmptySubject,
+            ),
+            (
+                Box::new(|s| s.federation_ref.name.clear()),
+                CompileError::MissingFederation,
+            ),
+            (
+                Box::new(|s| s.federation_ref.kind = "SpiffeFederation".into()),
+                CompileError::UnsupportedFederationKind("SpiffeFederation".into()),
+            ),
+            (
+                Box::new(|s| s.allowed_cluster_secret_stores.push(String::new())),
+                CompileError::EmptyStore(2),
+            ),
+            (
+                Box::new(|s| {
+                    s.allowed_remote_keys
+                        .insert("unlisted".into(), vec!["*".into()]);
+                }),
+                CompileError::RemoteKeysForUnlistedStore("unlisted".into()),
+            ),
+            (
+                Box::new(|s| {
+                    s.allowed_remote_keys.insert("other".into(), vec![]);
+                }),
+                CompileError::EmptyRemoteKeys("other".into()),
+            ),
+            (
+                Box::new(|s| {
+                    s.allowed_remote_keys
+                        .insert("other".into(), vec!["a".into(), String::new()]);
+                }),
+                CompileError::EmptyRemoteKeyPattern("other".into()),
+            ),
+            (
+                Box::new(|s| s.allowed_generators[0].kind.clear()),
+                CompileError::IncompleteGenerator(0),
+            ),
+            (
+                Box::new(|s| s.allowed_generator_states[0].namespace.clear()),
+                CompileError::EmptyStateNamespace(0),
+            ),
+        ];
+        for (mutate, expected) in cases {
+            let mut s = spec();
+            mutate(&mut s);
+            assert_eq!(compile("a", &s).map(|c| ids(&c)), Err(expected));
+        }
+    }
+
+    #[test]
+    fn empty_federation_kind_defaults_to_kubernetes() {
+        let mut s = spec();
+        s.federation_ref.kind.clear();
+        assert!(compile("a", &s).is_ok());
+    }
+
+    #[test]
+    fn glob_becomes_literal_and_wildcard_elements() {
+        let v = like_glob(json!({"Var": "x"}), "a*b**\\\"c*");
+        assert_eq!(
+            v["like"]["pattern"],
+            json!([
+                {"Literal": "a"}, "Wildcard", {"Literal": "b"}, "Wildcard", "Wildcard",
+                {"Literal": "\\\"c"}, "Wildcard"
+            ])
+        );
+    }
+
+    #[test]
+    fn long_disjunctions_stay_shallow() {
+        fn depth(v: &Value) -> usize {
+            match v {
+                Value::Object(m) => 1 + m.values().map(depth).max().unwrap_or(0),
+                Value::Array(a) => 1 + a.iter().map(depth).max().unwrap_or(0),
+                _ => 0,
+            }
+        }
+        let operands: Vec<Value> = (0..4096).map(|i| string(&i.to_string())).collect();
+        let tree = any_of(operands).expect("non-empty");
+        // 12 levels of `||` (each 2 JSON levels) plus the leaf.
+        assert!(depth(&tree) <= 2 * 13 + 2, "depth {}", depth(&tree));
+        let mut s = spec();
+        s.allowed_cluster_secret_stores = (0..5000).map(|i| format!("store-{i}")).collect();
+        s.allowed_remote_keys = (0..2000)
+            .map(|i| (format!("store-{i}"), vec![format!("k{i}/*")]))
+            .collect();
+        assert_eq!(compile("big", &s).map(|c| c.policies.len()), Ok(4));
+    }
+}

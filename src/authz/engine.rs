@@ -664,3 +664,6 @@ fn bounded(mut reason: String) -> String {
     reason
 }
 
+
+#[cfg(test)]
+mod tests;
