@@ -476,7 +476,8 @@ mod tests {
 
     #[test]
     fn bad_specs_are_rejected_with_the_field_named() {
-        let cases: Vec<(Box<dyn Fn(&mut AuthorizationSpec)>, CompileError)> = vec![
+        type Mutation = Box<dyn Fn(&mut AuthorizationSpec)>;
+        let cases: Vec<(Mutation, CompileError)> = vec![
             (Box::new(|s| s.subject = None), CompileError::MissingSubject),
             (
                 Box::new(|s| s.subject = Some(AuthorizationSubject::default())),

@@ -262,7 +262,9 @@ impl PolicyEngine {
     fn evaluate(&self, identity: &Identity, request: &Request, entities: &Entities) -> Decision {
         let mut outcome = Outcome::default();
         if !self.global.is_empty() {
-            let response = self.authorizer.is_authorized(request, &self.global, entities);
+            let response = self
+                .authorizer
+                .is_authorized(request, &self.global, entities);
             outcome.absorb(&self.global, &response);
             // A satisfied (or failed) forbid settles it; no need to look further.
             if !outcome.forbids.is_empty() {
@@ -275,7 +277,9 @@ impl PolicyEngine {
                 outcome.absorb(set, &response);
             }
             if !shard.glob.is_empty() {
-                let response = self.authorizer.is_authorized(request, &shard.glob, entities);
+                let response = self
+                    .authorizer
+                    .is_authorized(request, &shard.glob, entities);
                 outcome.absorb(&shard.glob, &response);
             }
         }
@@ -288,7 +292,9 @@ impl PolicyEngine {
         let Ok((request, entities)) = build_request(identity, action, resource) else {
             return false;
         };
-        let response = self.authorizer.is_authorized(&request, &self.flat, &entities);
+        let response = self
+            .authorizer
+            .is_authorized(&request, &self.flat, &entities);
         let mut outcome = Outcome::default();
         outcome.absorb(&self.flat, &response);
         outcome.finish().allowed
@@ -408,7 +414,10 @@ fn build_request(
 
     let mut entities = Vec::with_capacity(5);
     entities.push(Entity::new_no_attrs(fed_uid.clone(), HashSet::new()));
-    entities.push(Entity::new_no_attrs(ns_uid.clone(), HashSet::from([fed_uid])));
+    entities.push(Entity::new_no_attrs(
+        ns_uid.clone(),
+        HashSet::from([fed_uid]),
+    ));
     entities.push(entity(sa_uid.clone(), sa_attrs, [ns_uid])?);
 
     let resource_uid = match resource {
@@ -604,7 +613,7 @@ impl Builder {
 
         let owner = file.path.display().to_string();
         for policy in set.policies() {
-            self.claim(&policy.id().to_string(), &owner)?;
+            self.claim(policy.id().as_ref(), &owner)?;
             self.engine
                 .global
                 .add(policy.clone())
@@ -663,7 +672,6 @@ fn bounded(mut reason: String) -> String {
     }
     reason
 }
-
 
 #[cfg(test)]
 mod tests;

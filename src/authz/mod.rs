@@ -69,7 +69,10 @@ impl Action {
             (self, resource),
             (Action::Get, Resource::RemoteKey { .. })
                 | (Action::Find, Resource::Store { .. })
-                | (Action::Generate | Action::Revoke, Resource::Generator { .. })
+                | (
+                    Action::Generate | Action::Revoke,
+                    Resource::Generator { .. }
+                )
                 | (Action::RevokeStates, Resource::GeneratorStates { .. })
         )
     }
@@ -230,11 +233,9 @@ mod tests {
         assert!(Action::Generate.applies_to(&generator));
         assert!(Action::Revoke.applies_to(&generator));
         assert!(!Action::RevokeStates.applies_to(&generator));
-        assert!(
-            Action::RevokeStates.applies_to(&Resource::GeneratorStates {
-                namespace: "n".into()
-            })
-        );
+        assert!(Action::RevokeStates.applies_to(&Resource::GeneratorStates {
+            namespace: "n".into()
+        }));
     }
 
     #[test]

@@ -154,37 +154,110 @@ fn ese_sample_authorization_allows_exactly_what_it_names() {
             policy_ids: vec!["authorization/current-cluster-auth/stores".into()]
         }
     );
-    assert!(allowed(&engine, &sa, Action::Get, &key("federation-secret-store", "")));
-    assert!(allowed(&engine, &sa, Action::Find, &store("federation-secret-store")));
+    assert!(allowed(
+        &engine,
+        &sa,
+        Action::Get,
+        &key("federation-secret-store", "")
+    ));
+    assert!(allowed(
+        &engine,
+        &sa,
+        Action::Find,
+        &store("federation-secret-store")
+    ));
     assert!(allowed(&engine, &sa, Action::Generate, &fake));
     assert!(allowed(&engine, &sa, Action::Revoke, &fake));
-    assert!(allowed(&engine, &sa, Action::RevokeStates, &states("federation-example")));
+    assert!(allowed(
+        &engine,
+        &sa,
+        Action::RevokeStates,
+        &states("federation-example")
+    ));
 
     // Another SA, same namespace and federation.
     let other_sa = identity(fed, ISSUER, "federation-example", "other-sa");
-    assert!(!allowed(&engine, &other_sa, Action::Get, &key("federation-secret-store", "k")));
+    assert!(!allowed(
+        &engine,
+        &other_sa,
+        Action::Get,
+        &key("federation-secret-store", "k")
+    ));
     // Same SA name in another namespace.
     let other_ns = identity(fed, ISSUER, "other", "federation-sa");
     assert!(!allowed(&engine, &other_ns, Action::Generate, &fake));
     // Same SA through another federation.
-    let other_fed = identity("other-federation", ISSUER, "federation-example", "federation-sa");
-    assert!(!allowed(&engine, &other_fed, Action::Get, &key("federation-secret-store", "k")));
+    let other_fed = identity(
+        "other-federation",
+        ISSUER,
+        "federation-example",
+        "federation-sa",
+    );
+    assert!(!allowed(
+        &engine,
+        &other_fed,
+        Action::Get,
+        &key("federation-secret-store", "k")
+    ));
     assert!(!allowed(&engine, &other_fed, Action::Generate, &fake));
     // Another issuer.
-    let other_iss = identity(fed, "https://evil.example", "federation-example", "federation-sa");
-    assert!(!allowed(&engine, &other_iss, Action::Get, &key("federation-secret-store", "k")));
+    let other_iss = identity(
+        fed,
+        "https://evil.example",
+        "federation-example",
+        "federation-sa",
+    );
+    assert!(!allowed(
+        &engine,
+        &other_iss,
+        Action::Get,
+        &key("federation-secret-store", "k")
+    ));
     // Another store.
-    assert!(!allowed(&engine, &sa, Action::Get, &key("other-store", "k")));
+    assert!(!allowed(
+        &engine,
+        &sa,
+        Action::Get,
+        &key("other-store", "k")
+    ));
     assert!(!allowed(&engine, &sa, Action::Find, &store("other-store")));
     // Another generator kind, namespace, name.
-    assert!(!allowed(&engine, &sa, Action::Generate, &generator("federation-example", "Password", "federation-generator")));
-    assert!(!allowed(&engine, &sa, Action::Generate, &generator("default", "Fake", "federation-generator")));
-    assert!(!allowed(&engine, &sa, Action::Revoke, &generator("federation-example", "Fake", "other")));
+    assert!(!allowed(
+        &engine,
+        &sa,
+        Action::Generate,
+        &generator("federation-example", "Password", "federation-generator")
+    ));
+    assert!(!allowed(
+        &engine,
+        &sa,
+        Action::Generate,
+        &generator("default", "Fake", "federation-generator")
+    ));
+    assert!(!allowed(
+        &engine,
+        &sa,
+        Action::Revoke,
+        &generator("federation-example", "Fake", "other")
+    ));
     // States of another namespace.
-    assert!(!allowed(&engine, &sa, Action::RevokeStates, &states("default")));
+    assert!(!allowed(
+        &engine,
+        &sa,
+        Action::RevokeStates,
+        &states("default")
+    ));
     // Mismatched action/resource pairs are denied, not evaluated.
-    assert!(!engine.decide(&sa, Action::Get, &store("federation-secret-store")).allowed);
-    assert!(!engine.decide(&sa, Action::Find, &key("federation-secret-store", "k")).allowed);
+    assert!(
+        !engine
+            .decide(&sa, Action::Get, &store("federation-secret-store"))
+            .allowed
+    );
+    assert!(
+        !engine
+            .decide(&sa, Action::Find, &key("federation-secret-store", "k"))
+            .allowed
+    );
     assert!(!engine.decide(&sa, Action::RevokeStates, &fake).allowed);
 }
 
@@ -216,34 +289,97 @@ fn contract_example_with_glob_subject_and_remote_keys() {
 
     // Restricted store: only the globbed keys, no find.
     for who in [&prom, &grafana] {
-        assert!(allowed(&engine, who, Action::Get, &key("vault-prod", "db-credentials")));
-        assert!(allowed(&engine, who, Action::Get, &key("vault-prod", "api-keys/stripe")));
-        assert!(allowed(&engine, who, Action::Get, &key("vault-prod", "api-keys/")));
+        assert!(allowed(
+            &engine,
+            who,
+            Action::Get,
+            &key("vault-prod", "db-credentials")
+        ));
+        assert!(allowed(
+            &engine,
+            who,
+            Action::Get,
+            &key("vault-prod", "api-keys/stripe")
+        ));
+        assert!(allowed(
+            &engine,
+            who,
+            Action::Get,
+            &key("vault-prod", "api-keys/")
+        ));
     }
-    assert!(!allowed(&engine, &prom, Action::Get, &key("vault-prod", "db-credentials-2")));
-    assert!(!allowed(&engine, &prom, Action::Get, &key("vault-prod", "x/db-credentials")));
-    assert!(!allowed(&engine, &prom, Action::Get, &key("vault-prod", "api-keys")));
+    assert!(!allowed(
+        &engine,
+        &prom,
+        Action::Get,
+        &key("vault-prod", "db-credentials-2")
+    ));
+    assert!(!allowed(
+        &engine,
+        &prom,
+        Action::Get,
+        &key("vault-prod", "x/db-credentials")
+    ));
+    assert!(!allowed(
+        &engine,
+        &prom,
+        Action::Get,
+        &key("vault-prod", "api-keys")
+    ));
     assert!(!allowed(&engine, &prom, Action::Find, &store("vault-prod")));
     let d = engine.decide(&prom, Action::Get, &key("vault-prod", "api-keys/x"));
-    assert_eq!(d.policy_ids, ["authorization/allow-alpha-monitoring/remote-keys"]);
+    assert_eq!(
+        d.policy_ids,
+        ["authorization/allow-alpha-monitoring/remote-keys"]
+    );
 
     // Unrestricted store: any key and find.
-    assert!(allowed(&engine, &prom, Action::Get, &key("vault-shared", "anything")));
-    assert!(allowed(&engine, &prom, Action::Find, &store("vault-shared")));
+    assert!(allowed(
+        &engine,
+        &prom,
+        Action::Get,
+        &key("vault-shared", "anything")
+    ));
+    assert!(allowed(
+        &engine,
+        &prom,
+        Action::Find,
+        &store("vault-shared")
+    ));
 
     // Generators and states.
     let vds = generator("default", "VaultDynamicSecret", "vault-app-creds-generator");
     assert!(allowed(&engine, &prom, Action::Generate, &vds));
-    assert!(allowed(&engine, &prom, Action::RevokeStates, &states("default")));
+    assert!(allowed(
+        &engine,
+        &prom,
+        Action::RevokeStates,
+        &states("default")
+    ));
 
     // The glob is `system:serviceaccount:monitoring:*` — not another namespace, not a
     // prefix trick, not another federation.
     let other_ns = identity(fed, ISSUER, "monitoring-evil", "prometheus-esi-client");
-    assert!(!allowed(&engine, &other_ns, Action::Get, &key("vault-shared", "k")));
+    assert!(!allowed(
+        &engine,
+        &other_ns,
+        Action::Get,
+        &key("vault-shared", "k")
+    ));
     let other_fed = identity("client-cluster-beta", ISSUER, "monitoring", "grafana");
-    assert!(!allowed(&engine, &other_fed, Action::Get, &key("vault-shared", "k")));
+    assert!(!allowed(
+        &engine,
+        &other_fed,
+        Action::Get,
+        &key("vault-shared", "k")
+    ));
     let other_iss = identity(fed, "https://other", "monitoring", "grafana");
-    assert!(!allowed(&engine, &other_iss, Action::Get, &key("vault-shared", "k")));
+    assert!(!allowed(
+        &engine,
+        &other_iss,
+        Action::Get,
+        &key("vault-shared", "k")
+    ));
 }
 
 /// Compiled Authorization policies validate against the schema in strict mode.
@@ -298,7 +434,12 @@ fn forbid_file_beats_permit_and_ids_are_reported() {
         }
     );
     assert!(!engine.reference_allows(&prom, Action::Get, &key("vault-shared", "admin/root")));
-    assert!(allowed(&engine, &prom, Action::Get, &key("vault-shared", "app/x")));
+    assert!(allowed(
+        &engine,
+        &prom,
+        Action::Get,
+        &key("vault-shared", "app/x")
+    ));
 
     let sandbox = identity("client-cluster-alpha", ISSUER, "monitoring", "sandbox");
     let vds = generator("default", "VaultDynamicSecret", "vault-app-creds-generator");
@@ -323,7 +464,12 @@ when { resource.store == "shared" };
     assert!(d.allowed);
     // Namespace ids are per federation: the same namespace elsewhere does not match.
     let elsewhere = identity("gamma", ISSUER, "ops", "runner");
-    assert!(!allowed(&engine, &elsewhere, Action::Get, &key("shared", "k")));
+    assert!(!allowed(
+        &engine,
+        &elsewhere,
+        Action::Get,
+        &key("shared", "k")
+    ));
 }
 
 #[test]
@@ -360,7 +506,11 @@ fn invalid_files_are_reported_with_their_path_and_excluded() {
         ]
     );
     assert!(errors.iter().all(|e| e.object == "policy file"));
-    assert!(errors[0].reason.contains("does not validate"), "{}", errors[0]);
+    assert!(
+        errors[0].reason.contains("does not validate"),
+        "{}",
+        errors[0]
+    );
     assert!(errors[0].reason.contains("nope"), "{}", errors[0]);
     assert!(errors[1].reason.contains("does not parse"), "{}", errors[1]);
     assert!(errors[1].reason.contains("line 3:"), "{}", errors[1]);
@@ -412,8 +562,14 @@ spec:
 
 #[test]
 fn policy_file_ids_must_be_unique_and_not_reserved() {
-    let a = file("/p/a.cedar", "@id(\"x\") permit (principal, action, resource) when { false };");
-    let b = file("/p/b.cedar", "@id(\"x\") forbid (principal, action, resource);");
+    let a = file(
+        "/p/a.cedar",
+        "@id(\"x\") permit (principal, action, resource) when { false };",
+    );
+    let b = file(
+        "/p/b.cedar",
+        "@id(\"x\") forbid (principal, action, resource);",
+    );
     let twice = file(
         "/p/twice.cedar",
         "@id(\"y\") permit (principal, action, resource) when { false };\n@id(\"y\") permit (principal, action, resource) when { false };",
@@ -452,7 +608,7 @@ spec:
     "q\\\"w\nz": ["k*\\\" || true"]
 "#;
     let source = authorization("/m/inject.yaml", yaml);
-    let engine = build_ok(&[source.clone()], &[]);
+    let engine = build_ok(std::slice::from_ref(&source), &[]);
     assert_eq!(engine.policy_count(), 4);
 
     let spec = &source.spec;
@@ -472,23 +628,73 @@ spec:
     let odd_store = "q\\\"w\nz";
     for who in [&plain, &other] {
         assert!(!allowed(&engine, who, Action::Get, &key("x", "k")));
-        assert!(!allowed(&engine, who, Action::Get, &key("x\" || true || \"", "k")));
+        assert!(!allowed(
+            &engine,
+            who,
+            Action::Get,
+            &key("x\" || true || \"", "k")
+        ));
         assert!(!allowed(&engine, who, Action::Find, &store("anything")));
-        assert!(!allowed(&engine, who, Action::Generate, &generator("n", "Fake", "g")));
+        assert!(!allowed(
+            &engine,
+            who,
+            Action::Generate,
+            &generator("n", "Fake", "g")
+        ));
         assert!(!allowed(&engine, who, Action::RevokeStates, &states("n")));
     }
     // The literal (odd) values match themselves and nothing else.
-    assert!(allowed(&engine, &literal, Action::Get, &key("x\" || true || \"", "k")));
+    assert!(allowed(
+        &engine,
+        &literal,
+        Action::Get,
+        &key("x\" || true || \"", "k")
+    ));
     assert!(!allowed(&engine, &literal, Action::Get, &key("x", "k")));
     assert!(!allowed(&engine, &literal, Action::Get, &key("other", "k")));
-    assert!(allowed(&engine, &literal, Action::Generate, &generator("n", "Fake", "g\" || true || \"")));
-    assert!(!allowed(&engine, &literal, Action::Generate, &generator("n", "Fake", "g")));
-    assert!(allowed(&engine, &literal, Action::RevokeStates, &states("n\") || (true")));
-    assert!(!allowed(&engine, &literal, Action::RevokeStates, &states("n")));
+    assert!(allowed(
+        &engine,
+        &literal,
+        Action::Generate,
+        &generator("n", "Fake", "g\" || true || \"")
+    ));
+    assert!(!allowed(
+        &engine,
+        &literal,
+        Action::Generate,
+        &generator("n", "Fake", "g")
+    ));
+    assert!(allowed(
+        &engine,
+        &literal,
+        Action::RevokeStates,
+        &states("n\") || (true")
+    ));
+    assert!(!allowed(
+        &engine,
+        &literal,
+        Action::RevokeStates,
+        &states("n")
+    ));
     // The key glob: `*` is the only wildcard; `\`, `"` and the rest are literal.
-    assert!(allowed(&engine, &literal, Action::Get, &key(odd_store, "k-anything\\\" || true")));
-    assert!(!allowed(&engine, &literal, Action::Get, &key(odd_store, "k-anything")));
-    assert!(!allowed(&engine, &literal, Action::Get, &key(odd_store, "other")));
+    assert!(allowed(
+        &engine,
+        &literal,
+        Action::Get,
+        &key(odd_store, "k-anything\\\" || true")
+    ));
+    assert!(!allowed(
+        &engine,
+        &literal,
+        Action::Get,
+        &key(odd_store, "k-anything")
+    ));
+    assert!(!allowed(
+        &engine,
+        &literal,
+        Action::Get,
+        &key(odd_store, "other")
+    ));
     assert!(!allowed(&engine, &literal, Action::Find, &store(odd_store)));
 }
 
@@ -505,9 +711,19 @@ spec:
     // The YAML value is `system:serviceaccount:team-\*:*`: `\` is a literal character,
     // not an escape, and both `*` are wildcards.
     let literal_backslash = identity("f", "https://i", "team-\\x", "sa");
-    assert!(allowed(&engine, &literal_backslash, Action::Get, &key("s", "k")));
+    assert!(allowed(
+        &engine,
+        &literal_backslash,
+        Action::Get,
+        &key("s", "k")
+    ));
     let no_backslash = identity("f", "https://i", "team-x", "sa");
-    assert!(!allowed(&engine, &no_backslash, Action::Get, &key("s", "k")));
+    assert!(!allowed(
+        &engine,
+        &no_backslash,
+        Action::Get,
+        &key("s", "k")
+    ));
 }
 
 /// A `forbid` that errors at evaluation denies, although Cedar would skip it.
@@ -540,14 +756,20 @@ when { 9223372036854775807 + 1 > 0 };
         .is_authorized(&request, &engine.flat, &entities);
     assert_eq!(raw.decision(), CedarDecision::Allow);
     // Other actions are untouched by that forbid.
-    assert!(engine.decide(&prom, Action::Find, &store("vault-shared")).allowed);
+    assert!(
+        engine
+            .decide(&prom, Action::Find, &store("vault-shared"))
+            .allowed
+    );
 }
 
 #[test]
 fn decisions_are_counted() {
     let engine = PolicyEngine::empty();
     let who = identity("f", ISSUER, "ns", "sa");
-    let counter = METRICS.decisions.with_label_values(&["revokeStates", "deny"]);
+    let counter = METRICS
+        .decisions
+        .with_label_values(&["revokeStates", "deny"]);
     let before = counter.get();
     engine.decide(&who, Action::RevokeStates, &states("ns"));
     assert!(counter.get() > before);
@@ -578,7 +800,15 @@ const NAMESPACES: [&str; 5] = ["default", "monitoring", "team-a", "team-b", "ops
 const ACCOUNTS: [&str; 5] = ["app", "prometheus", "grafana", "sandbox", "ci"];
 const STORES: [&str; 6] = ["vault-prod", "vault-dev", "aws", "gcp", "x\"y", "empty"];
 const KEYS: [&str; 9] = [
-    "db/creds", "db/", "api-keys/stripe", "admin/root", "app", "", "a*b", "db\\x", "db/creds/old",
+    "db/creds",
+    "db/",
+    "api-keys/stripe",
+    "admin/root",
+    "app",
+    "",
+    "a*b",
+    "db\\x",
+    "db/creds/old",
 ];
 const KINDS: [&str; 3] = ["Fake", "Password", "VaultDynamicSecret"];
 const GENERATORS: [&str; 3] = ["gen-a", "gen-b", "creds"];
@@ -721,9 +951,10 @@ fn random_request(rng: &mut StdRng) -> (Identity, Action, Resource) {
 /// agree on every request of a randomized (fixed seed) corpus and on edge cases.
 #[test]
 fn sharded_decisions_equal_flat_evaluation() {
-    let mut rng = StdRng::seed_from_u64(0x5eed_e51);
-    let auths: Vec<AuthorizationSource> =
-        (0..150).map(|i| random_authorization(&mut rng, i)).collect();
+    let mut rng = StdRng::seed_from_u64(0x05EE_DE51);
+    let auths: Vec<AuthorizationSource> = (0..150)
+        .map(|i| random_authorization(&mut rng, i))
+        .collect();
     let files: Vec<PolicyFile> = CORPUS_FILES.iter().map(|(p, t)| file(p, t)).collect();
     let engine = build_ok(&auths, &files);
     assert_eq!(engine.policy_count(), engine.flat.num_of_policies());
@@ -787,5 +1018,8 @@ fn sharded_decisions_equal_flat_evaluation() {
         }
     }
     // The corpus must exercise both outcomes substantially, or the test proves little.
-    assert!(allows > 300 && denies > 300, "allows {allows}, denies {denies}");
+    assert!(
+        allows > 300 && denies > 300,
+        "allows {allows}, denies {denies}"
+    );
 }
