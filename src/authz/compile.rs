@@ -78,6 +78,33 @@ pub(crate) enum SubjectMatch {
     Glob,
 }
 
+/// Which requests a compiled policy can apply to, by kind of resource; the engine shards
+/// by it so that, e.g., a `get` never evaluates generator policies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Scope {
+    /// `get` on a `RemoteKey`, `find` on a `Store`.
+    Secrets = 0,
+    /// `generate`, `revoke` on a `Generator`.
+    Generators = 1,
+    /// `revokeStates` on `GeneratorStates`.
+    States = 2,
+}
+
+impl Scope {
+    /// Number of scopes (array size of a shard).
+    pub const COUNT: usize = 3;
+
+    /// The scope of a request's resource.
+    pub fn of(resource: &crate::authz::Resource) -> Scope {
+        use crate::authz::Resource;
+        match resource {
+            Resource::RemoteKey { .. } | Resource::Store { .. } => Scope::Secrets,
+            Resource::Generator { .. } => Scope::Generators,
+            Resource::GeneratorStates { .. } => Scope::States,
+        }
+    }
+}
+
 /// The policies of one Authorization, with what the engine needs to shard them.
 #[derive(Debug, Clone)]
 pub(crate) struct Compiled {
@@ -85,8 +112,8 @@ pub(crate) struct Compiled {
     pub federation: String,
     /// How the subject is matched.
     pub subject: SubjectMatch,
-    /// The `permit` policies (possibly none, when nothing is granted).
-    pub policies: Vec<Policy>,
+    /// The `permit` policies (possibly none, when nothing is granted), with their scope.
+    pub policies: Vec<(Scope, Policy)>,
 }
 
 /// Cuts a user value for an error message.
@@ -279,13 +306,10 @@ pub(crate) fn compile(name: &str, spec: &AuthorizationSpec) -> Result<Compiled, 
         let in_stores = binary("in", json!({ "Var": "resource" }), json!({ "Set": open }));
         let cond = when(in_stores).ok_or_else(|| internal(&id("stores")))?;
         // `resource in Store` covers both the Store itself (find) and its keys (get).
-        policies.push(permit(
-            id("stores"),
-            federation,
-            &["get", "find"],
-            None,
-            cond,
-        )?);
+        policies.push((
+            Scope::Secrets,
+            permit(id("stores"), federation, &["get", "find"], None, cond)?,
+        ));
     }
 
     // Restricted stores: get only keys matching a glob; no find.
@@ -311,13 +335,16 @@ pub(crate) fn compile(name: &str, spec: &AuthorizationSpec) -> Result<Compiled, 
         .collect();
     if let Some(grant) = any_of(restricted) {
         let cond = when(grant).ok_or_else(|| internal(&id("remote-keys")))?;
-        policies.push(permit(
-            id("remote-keys"),
-            federation,
-            &["get"],
-            Some("RemoteKey"),
-            cond,
-        )?);
+        policies.push((
+            Scope::Secrets,
+            permit(
+                id("remote-keys"),
+                federation,
+                &["get"],
+                Some("RemoteKey"),
+                cond,
+            )?,
+        ));
     }
 
     // Generators: namespace, kind and name must all match (as ESE does).
@@ -336,13 +363,16 @@ pub(crate) fn compile(name: &str, spec: &AuthorizationSpec) -> Result<Compiled, 
     }
     if let Some(grant) = any_of(generators) {
         let cond = when(grant).ok_or_else(|| internal(&id("generators")))?;
-        policies.push(permit(
-            id("generators"),
-            federation,
-            &["generate", "revoke"],
-            Some("Generator"),
-            cond,
-        )?);
+        policies.push((
+            Scope::Generators,
+            permit(
+                id("generators"),
+                federation,
+                &["generate", "revoke"],
+                Some("Generator"),
+                cond,
+            )?,
+        ));
     }
 
     // Generator states: revoke others' credentials in these namespaces.
@@ -355,13 +385,16 @@ pub(crate) fn compile(name: &str, spec: &AuthorizationSpec) -> Result<Compiled, 
     }
     if let Some(grant) = any_of(states) {
         let cond = when(grant).ok_or_else(|| internal(&id("states")))?;
-        policies.push(permit(
-            id("states"),
-            federation,
-            &["revokeStates"],
-            Some("GeneratorStates"),
-            cond,
-        )?);
+        policies.push((
+            Scope::States,
+            permit(
+                id("states"),
+                federation,
+                &["revokeStates"],
+                Some("GeneratorStates"),
+                cond,
+            )?,
+        ));
     }
 
     Ok(Compiled {
@@ -413,7 +446,7 @@ mod tests {
     }
 
     fn ids(c: &Compiled) -> Vec<String> {
-        c.policies.iter().map(|p| p.id().to_string()).collect()
+        c.policies.iter().map(|(_, p)| p.id().to_string()).collect()
     }
 
     #[test]
@@ -436,7 +469,17 @@ mod tests {
         assert!(
             c.policies
                 .iter()
-                .all(|p| p.effect() == cedar_policy::Effect::Permit)
+                .all(|(_, p)| p.effect() == cedar_policy::Effect::Permit)
+        );
+        let scopes: Vec<Scope> = c.policies.iter().map(|(scope, _)| *scope).collect();
+        assert_eq!(
+            scopes,
+            [
+                Scope::Secrets,
+                Scope::Secrets,
+                Scope::Generators,
+                Scope::States
+            ]
         );
     }
 

@@ -5,7 +5,10 @@
 //!
 //! * `global`: every hand-written policy (all `forbid`s live here), evaluated always;
 //! * per federation, per exact subject: the Authorizations whose subject has no `*`;
-//! * per federation: the Authorizations with a glob subject.
+//! * per federation: the Authorizations with a glob subject;
+//!
+//! and, within each of the last two, by [`Scope`] (secrets, generators, states), since a
+//! compiled policy's action scope already excludes the other kinds of resource.
 //!
 //! Compiled policies all require `principal in Federation::"<federationRef.name>"` and,
 //! for exact subjects, `principal.subject == "<subject>"`, so a shard that is not
@@ -25,7 +28,7 @@ use cedar_policy::{
 };
 use miette::Diagnostic;
 
-use super::compile::{self, SubjectMatch};
+use super::compile::{self, Scope, SubjectMatch};
 use super::{
     Action, AuthorizationSource, Decision, PolicyFile, PolicyLoadError, Resource, SCHEMA_SRC,
 };
@@ -104,13 +107,16 @@ enum RequestError {
     Request(String),
 }
 
+/// Policy sets by [`Scope`].
+type Scoped = [PolicySet; Scope::COUNT];
+
 /// Compiled Authorization permits of one federation.
 #[derive(Default)]
 struct FederationShard {
     /// By exact subject.
-    exact: HashMap<String, PolicySet>,
+    exact: HashMap<String, Scoped>,
     /// Authorizations with a glob subject.
-    glob: PolicySet,
+    glob: Scoped,
 }
 
 /// Compiled and hand-written policies, ready to decide. Immutable once built; cheap to
@@ -226,7 +232,9 @@ impl PolicyEngine {
     /// Decides one request, and logs and counts the decision.
     pub fn decide(&self, identity: &Identity, action: Action, resource: &Resource) -> Decision {
         let decision = match build_request(identity, action, resource) {
-            Ok((request, entities)) => self.evaluate(identity, &request, &entities),
+            Ok((request, entities)) => {
+                self.evaluate(identity, Scope::of(resource), &request, &entities)
+            }
             Err(e) => {
                 tracing::warn!(
                     target: "esi::decision",
@@ -259,7 +267,13 @@ impl PolicyEngine {
     }
 
     /// Evaluates the shards that can apply to this caller and combines them.
-    fn evaluate(&self, identity: &Identity, request: &Request, entities: &Entities) -> Decision {
+    fn evaluate(
+        &self,
+        identity: &Identity,
+        scope: Scope,
+        request: &Request,
+        entities: &Entities,
+    ) -> Decision {
         let mut outcome = Outcome::default();
         if !self.global.is_empty() {
             let response = self
@@ -272,15 +286,13 @@ impl PolicyEngine {
             }
         }
         if let Some(shard) = self.federations.get(identity.federation.as_str()) {
-            if let Some(set) = shard.exact.get(identity.subject.as_str()) {
-                let response = self.authorizer.is_authorized(request, set, entities);
-                outcome.absorb(set, &response);
-            }
-            if !shard.glob.is_empty() {
-                let response = self
-                    .authorizer
-                    .is_authorized(request, &shard.glob, entities);
-                outcome.absorb(&shard.glob, &response);
+            let exact = shard.exact.get(identity.subject.as_str());
+            for sets in exact.into_iter().chain([&shard.glob]) {
+                let set = &sets[scope as usize];
+                if !set.is_empty() {
+                    let response = self.authorizer.is_authorized(request, set, entities);
+                    outcome.absorb(set, &response);
+                }
             }
         }
         outcome.finish()
@@ -515,12 +527,12 @@ impl Builder {
     ) -> Result<(), String> {
         let compiled = compile::compile(&source.name, &source.spec).map_err(|e| e.to_string())?;
         let mut set = PolicySet::new();
-        for policy in &compiled.policies {
+        for (_, policy) in &compiled.policies {
             set.add(policy.clone()).map_err(|e| e.to_string())?;
         }
         self.validate(&set, None)?;
         // Check every id before claiming any, so a rejected object claims nothing.
-        for policy in &compiled.policies {
+        for (_, policy) in &compiled.policies {
             let id = policy.id().to_string();
             if let Some(previous) = self.ids.get(&id) {
                 return Err(format!(
@@ -538,8 +550,10 @@ impl Builder {
             SubjectMatch::Exact(subject) => shard.exact.entry(subject).or_default(),
             SubjectMatch::Glob => &mut shard.glob,
         };
-        for policy in compiled.policies {
-            target.add(policy.clone()).map_err(|e| e.to_string())?;
+        for (scope, policy) in compiled.policies {
+            target[scope as usize]
+                .add(policy.clone())
+                .map_err(|e| e.to_string())?;
             #[cfg(test)]
             self.engine
                 .flat

@@ -392,7 +392,7 @@ fn compiled_policies_validate_against_the_schema() {
         authorization("contract.yaml", CONTRACT_EXAMPLE),
     ] {
         let compiled = compile::compile(&source.name, &source.spec).expect("compiles");
-        for p in compiled.policies {
+        for (_, p) in compiled.policies {
             set.add(p).expect("unique ids");
         }
     }
@@ -959,7 +959,12 @@ fn sharded_decisions_equal_flat_evaluation() {
     let engine = build_ok(&auths, &files);
     assert_eq!(engine.policy_count(), engine.flat.num_of_policies());
     assert!(engine.federations.len() >= 3);
-    assert!(engine.federations.values().any(|s| !s.glob.is_empty()));
+    assert!(
+        engine
+            .federations
+            .values()
+            .any(|s| s.glob.iter().any(|set| !set.is_empty()))
+    );
 
     let mut requests: Vec<(Identity, Action, Resource)> =
         (0..4000).map(|_| random_request(&mut rng)).collect();
