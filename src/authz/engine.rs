@@ -1,0 +1,691 @@
+//! The policy engine: compiled, validated, sharded policy sets and per-request decisions.
+//!
+//! Cedar evaluates every policy of the set it is handed and does not index, so the
+//! policies are sharded at build time by what can match a caller:
+//!
+//! * `global`: every hand-written policy (all `forbid`s live here), evaluated always;
+//! * per federation, per exact subject: the Authorizations whose subject has no `*`;
+//! * per federation: the Authorizations with a glob subject;
+//!
+//! and, within each of the last two, by [`Scope`] (secrets, generators, states), since a
+//! compiled policy's action scope already excludes the other kinds of resource.
+//!
+//! Compiled policies all require `principal in Federation::"<federationRef.name>"` and,
+//! for exact subjects, `principal.subject == "<subject>"`, so a shard that is not
+//! evaluated could not have matched. The combination is the flat one: allow iff some
+//! permit is satisfied and no forbid is — with one deliberate difference, a forbid that
+//! fails to evaluate denies (Cedar would skip it: fail open).
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::str::FromStr;
+use std::sync::LazyLock;
+
+use cedar_policy::{
+    AuthorizationError, Authorizer, Context, Decision as CedarDecision, Effect, Entities, Entity,
+    EntityId, EntityTypeName, EntityUid, Policy, PolicyId, PolicySet, Request, Response,
+    RestrictedExpression, Schema, ValidationMode, Validator,
+};
+use miette::Diagnostic;
+
+use super::compile::{self, Scope, SubjectMatch};
+use super::{
+    Action, AuthorizationSource, Decision, PolicyFile, PolicyLoadError, Resource, SCHEMA_SRC,
+};
+use crate::authn::Identity;
+use crate::metrics::METRICS;
+
+/// Longest `PolicyLoadError::reason`.
+const REASON_MAX: usize = 2000;
+/// Compiled policy ids start with this; hand-written ones may not claim it.
+const RESERVED_PREFIX: &str = "authorization/";
+
+/// The schema, parsed once.
+static SCHEMA: LazyLock<Result<Schema, String>> = LazyLock::new(|| {
+    Schema::from_cedarschema_str(SCHEMA_SRC)
+        .map(|(schema, _warnings)| schema)
+        .map_err(|e| e.to_string())
+});
+
+/// Entity type names and action uids, parsed once. `None` only if the constants do not
+/// parse, which a test rules out; decisions then deny.
+static VOCABULARY: LazyLock<Option<Vocabulary>> = LazyLock::new(Vocabulary::new);
+
+struct Vocabulary {
+    federation: EntityTypeName,
+    namespace: EntityTypeName,
+    service_account: EntityTypeName,
+    store: EntityTypeName,
+    remote_key: EntityTypeName,
+    generator: EntityTypeName,
+    generator_states: EntityTypeName,
+    /// In the order of [`Action::ALL`].
+    actions: [EntityUid; 5],
+}
+
+impl Vocabulary {
+    fn new() -> Option<Self> {
+        let ty = |name: &str| EntityTypeName::from_str(&compile::qualified(name)).ok();
+        let action_type = ty("Action")?;
+        let action = |a: Action| {
+            EntityUid::from_type_name_and_id(action_type.clone(), EntityId::new(a.as_str()))
+        };
+        Some(Vocabulary {
+            federation: ty("Federation")?,
+            namespace: ty("Namespace")?,
+            service_account: ty("ServiceAccount")?,
+            store: ty("Store")?,
+            remote_key: ty("RemoteKey")?,
+            generator: ty("Generator")?,
+            generator_states: ty("GeneratorStates")?,
+            actions: Action::ALL.map(action),
+        })
+    }
+
+    fn action(&self, action: Action) -> EntityUid {
+        let i = match action {
+            Action::Get => 0,
+            Action::Find => 1,
+            Action::Generate => 2,
+            Action::Revoke => 3,
+            Action::RevokeStates => 4,
+        };
+        self.actions[i].clone()
+    }
+}
+
+/// Why a request could not be put to Cedar (it is then denied).
+#[derive(Debug, thiserror::Error)]
+enum RequestError {
+    #[error("the Cedar vocabulary did not initialise")]
+    Vocabulary,
+    #[error("action {0} does not apply to this kind of resource")]
+    Mismatch(Action),
+    #[error("building entities: {0}")]
+    Entities(String),
+    #[error("building the request: {0}")]
+    Request(String),
+}
+
+/// Policy sets by [`Scope`].
+type Scoped = [PolicySet; Scope::COUNT];
+
+/// Compiled Authorization permits of one federation.
+#[derive(Default)]
+struct FederationShard {
+    /// By exact subject.
+    exact: HashMap<String, Scoped>,
+    /// Authorizations with a glob subject.
+    glob: Scoped,
+}
+
+/// Compiled and hand-written policies, ready to decide. Immutable once built; cheap to
+/// share behind an `Arc` (no locks, nothing cloned per request).
+pub struct PolicyEngine {
+    authorizer: Authorizer,
+    /// Hand-written policies, evaluated for every request.
+    global: PolicySet,
+    /// Compiled Authorization policies by federation name.
+    federations: HashMap<String, FederationShard>,
+    policy_count: usize,
+    /// Every policy in one set: the reference the sharding is tested against.
+    #[cfg(test)]
+    flat: PolicySet,
+}
+
+impl fmt::Debug for PolicyEngine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PolicyEngine")
+            .field("policies", &self.policy_count)
+            .field("hand_written", &self.global.num_of_policies())
+            .field("federations", &self.federations.len())
+            .finish()
+    }
+}
+
+impl Default for PolicyEngine {
+    fn default() -> Self {
+        Self::empty()
+    }
+}
+
+/// Accumulates what is taken while building, so ids stay unique across everything.
+struct Builder {
+    validator: Option<Validator>,
+    ids: HashMap<String, String>,
+    engine: PolicyEngine,
+}
+
+impl PolicyEngine {
+    /// An engine with no policy: it denies everything.
+    pub fn empty() -> Self {
+        PolicyEngine {
+            authorizer: Authorizer::new(),
+            global: PolicySet::new(),
+            federations: HashMap::new(),
+            policy_count: 0,
+            #[cfg(test)]
+            flat: PolicySet::new(),
+        }
+    }
+
+    /// Compiles every Authorization and policy file. Good ones are kept; each bad one
+    /// yields an error (with origin and reason) and contributes no policy. The caller
+    /// decides: at startup it uses the good ones; on reload any error keeps the last good
+    /// engine.
+    pub fn build(
+        authorizations: &[AuthorizationSource],
+        policy_files: &[PolicyFile],
+    ) -> (PolicyEngine, Vec<PolicyLoadError>) {
+        let mut errors = Vec::new();
+        let validator = match SCHEMA.as_ref() {
+            Ok(schema) => Some(Validator::new(schema.clone())),
+            Err(e) => {
+                errors.push(PolicyLoadError {
+                    origin: "schemas/esi.cedarschema".to_owned(),
+                    object: "schema".to_owned(),
+                    reason: bounded(format!("the built-in schema does not parse: {e}")),
+                });
+                None
+            }
+        };
+        let mut b = Builder {
+            validator,
+            ids: HashMap::new(),
+            engine: PolicyEngine::empty(),
+        };
+        for source in authorizations {
+            let object = format!("Authorization/{}", source.name);
+            if let Err(reason) = b.add_authorization(source, &object) {
+                errors.push(PolicyLoadError {
+                    origin: source.origin.clone(),
+                    object,
+                    reason: bounded(reason),
+                });
+            }
+        }
+        for file in policy_files {
+            if let Err(reason) = b.add_file(file) {
+                errors.push(PolicyLoadError {
+                    origin: file.path.display().to_string(),
+                    object: "policy file".to_owned(),
+                    reason: bounded(reason),
+                });
+            }
+        }
+        let engine = b.engine;
+        tracing::debug!(
+            policies = engine.policy_count,
+            hand_written = engine.global.num_of_policies(),
+            federations = engine.federations.len(),
+            rejected = errors.len(),
+            "policy engine built"
+        );
+        (engine, errors)
+    }
+
+    /// Number of policies in force.
+    pub fn policy_count(&self) -> usize {
+        self.policy_count
+    }
+
+    /// Decides one request, and logs and counts the decision.
+    pub fn decide(&self, identity: &Identity, action: Action, resource: &Resource) -> Decision {
+        let decision = match build_request(identity, action, resource) {
+            Ok((request, entities)) => {
+                self.evaluate(identity, Scope::of(resource), &request, &entities)
+            }
+            Err(e) => {
+                tracing::warn!(
+                    target: "esi::decision",
+                    error = %e,
+                    action = %action,
+                    resource = %resource,
+                    "request denied before evaluation"
+                );
+                Decision {
+                    allowed: false,
+                    policy_ids: Vec::new(),
+                }
+            }
+        };
+        let outcome = if decision.allowed { "allow" } else { "deny" };
+        tracing::info!(
+            target: "esi::decision",
+            federation = %identity.federation,
+            principal = %identity.subject,
+            action = %action,
+            resource = %resource,
+            decision = outcome,
+            policies = ?decision.policy_ids,
+        );
+        METRICS
+            .decisions
+            .with_label_values(&[action.as_str(), outcome])
+            .inc();
+        decision
+    }
+
+    /// Evaluates the shards that can apply to this caller and combines them.
+    fn evaluate(
+        &self,
+        identity: &Identity,
+        scope: Scope,
+        request: &Request,
+        entities: &Entities,
+    ) -> Decision {
+        let mut outcome = Outcome::default();
+        if !self.global.is_empty() {
+            let response = self
+                .authorizer
+                .is_authorized(request, &self.global, entities);
+            outcome.absorb(&self.global, &response);
+            // A satisfied (or failed) forbid settles it; no need to look further.
+            if !outcome.forbids.is_empty() {
+                return outcome.finish();
+            }
+        }
+        if let Some(shard) = self.federations.get(identity.federation.as_str()) {
+            let exact = shard.exact.get(identity.subject.as_str());
+            for sets in exact.into_iter().chain([&shard.glob]) {
+                let set = &sets[scope as usize];
+                if !set.is_empty() {
+                    let response = self.authorizer.is_authorized(request, set, entities);
+                    outcome.absorb(set, &response);
+                }
+            }
+        }
+        outcome.finish()
+    }
+
+    /// The flat, unsharded evaluation the sharding must agree with (tests only).
+    #[cfg(test)]
+    fn reference_allows(&self, identity: &Identity, action: Action, resource: &Resource) -> bool {
+        let Ok((request, entities)) = build_request(identity, action, resource) else {
+            return false;
+        };
+        let response = self
+            .authorizer
+            .is_authorized(&request, &self.flat, &entities);
+        let mut outcome = Outcome::default();
+        outcome.absorb(&self.flat, &response);
+        outcome.finish().allowed
+    }
+}
+
+/// Permits and forbids that determined a decision, across shards.
+#[derive(Default)]
+struct Outcome {
+    permits: Vec<String>,
+    forbids: Vec<String>,
+}
+
+impl Outcome {
+    fn absorb(&mut self, set: &PolicySet, response: &Response) {
+        let allowed = response.decision() == CedarDecision::Allow;
+        for id in response.diagnostics().reason() {
+            match set.policy(id).map(Policy::effect) {
+                Some(Effect::Permit) if allowed => self.permits.push(id.to_string()),
+                Some(Effect::Permit) => {}
+                // A satisfied forbid (or an id we cannot place: fail closed).
+                _ => self.forbids.push(id.to_string()),
+            }
+        }
+        for error in response.diagnostics().errors() {
+            let AuthorizationError::PolicyEvaluationError(e) = error;
+            let id = e.policy_id();
+            let is_permit = set.policy(id).map(Policy::effect) == Some(Effect::Permit);
+            tracing::warn!(
+                target: "esi::decision",
+                policy = %id,
+                error = %e.inner(),
+                effect = if is_permit { "permit" } else { "forbid" },
+                "policy failed to evaluate; treated as {}",
+                if is_permit { "not satisfied" } else { "satisfied (deny)" }
+            );
+            // Cedar skips a policy that errors; for a forbid that would fail open.
+            if !is_permit {
+                self.forbids.push(id.to_string());
+            }
+        }
+    }
+
+    fn finish(self) -> Decision {
+        let (allowed, mut ids) = if self.forbids.is_empty() {
+            (!self.permits.is_empty(), self.permits)
+        } else {
+            (false, self.forbids)
+        };
+        ids.sort_unstable();
+        ids.dedup();
+        Decision {
+            allowed,
+            policy_ids: ids,
+        }
+    }
+}
+
+fn uid(ty: &EntityTypeName, id: &str) -> EntityUid {
+    EntityUid::from_type_name_and_id(ty.clone(), EntityId::new(id))
+}
+
+fn string(s: &str) -> RestrictedExpression {
+    RestrictedExpression::new_string(s.to_owned())
+}
+
+fn entity(
+    uid: EntityUid,
+    attrs: impl IntoIterator<Item = (&'static str, RestrictedExpression)>,
+    parents: impl IntoIterator<Item = EntityUid>,
+) -> Result<Entity, RequestError> {
+    Entity::new(
+        uid,
+        attrs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+        parents.into_iter().collect(),
+    )
+    .map_err(|e| RequestError::Entities(e.to_string()))
+}
+
+/// The Cedar request and its (few) entities: principal + namespace + federation,
+/// resource (+ its store).
+fn build_request(
+    identity: &Identity,
+    action: Action,
+    resource: &Resource,
+) -> Result<(Request, Entities), RequestError> {
+    if !action.applies_to(resource) {
+        return Err(RequestError::Mismatch(action));
+    }
+    let v = VOCABULARY.as_ref().ok_or(RequestError::Vocabulary)?;
+    let fed = identity.federation.as_str();
+    let ns = identity.namespace.as_str();
+    let fed_uid = uid(&v.federation, fed);
+    let ns_uid = uid(&v.namespace, &format!("{fed}/{ns}"));
+    let sa_uid = uid(
+        &v.service_account,
+        &format!("{fed}/{ns}/{}", identity.service_account),
+    );
+
+    let mut sa_attrs = vec![
+        ("federation", string(fed)),
+        ("issuer", string(&identity.issuer)),
+        ("subject", string(&identity.subject)),
+        ("namespace", string(ns)),
+        ("name", string(&identity.service_account)),
+    ];
+    let optional = [
+        ("uid", &identity.service_account_uid),
+        ("podName", &identity.pod_name),
+        ("podUid", &identity.pod_uid),
+    ];
+    for (name, value) in optional {
+        if let Some(value) = value {
+            sa_attrs.push((name, string(value)));
+        }
+    }
+
+    let mut entities = Vec::with_capacity(5);
+    entities.push(Entity::new_no_attrs(fed_uid.clone(), HashSet::new()));
+    entities.push(Entity::new_no_attrs(
+        ns_uid.clone(),
+        HashSet::from([fed_uid]),
+    ));
+    entities.push(entity(sa_uid.clone(), sa_attrs, [ns_uid])?);
+
+    let resource_uid = match resource {
+        Resource::RemoteKey { store, key } => {
+            let store_uid = uid(&v.store, store);
+            entities.push(entity(store_uid.clone(), [("name", string(store))], [])?);
+            let key_uid = uid(&v.remote_key, &format!("{store}/{key}"));
+            entities.push(entity(
+                key_uid.clone(),
+                [("store", string(store)), ("key", string(key))],
+                [store_uid],
+            )?);
+            key_uid
+        }
+        Resource::Store { store } => {
+            let store_uid = uid(&v.store, store);
+            entities.push(entity(store_uid.clone(), [("name", string(store))], [])?);
+            store_uid
+        }
+        Resource::Generator {
+            namespace,
+            kind,
+            name,
+        } => {
+            let gen_uid = uid(&v.generator, &format!("{namespace}/{kind}/{name}"));
+            entities.push(entity(
+                gen_uid.clone(),
+                [
+                    ("namespace", string(namespace)),
+                    ("kind", string(kind)),
+                    ("name", string(name)),
+                ],
+                [],
+            )?);
+            gen_uid
+        }
+        Resource::GeneratorStates { namespace } => {
+            let states_uid = uid(&v.generator_states, namespace);
+            entities.push(entity(
+                states_uid.clone(),
+                [("namespace", string(namespace))],
+                [],
+            )?);
+            states_uid
+        }
+    };
+    let entities = Entities::from_entities(entities, None)
+        .map_err(|e| RequestError::Entities(e.to_string()))?;
+    let request = Request::new(
+        sa_uid,
+        v.action(action),
+        resource_uid,
+        Context::empty(),
+        None,
+    )
+    .map_err(|e| RequestError::Request(e.to_string()))?;
+    Ok((request, entities))
+}
+
+impl Builder {
+    /// Claims `id` for `owner`, or says who already has it.
+    fn claim(&mut self, id: &str, owner: &str) -> Result<(), String> {
+        if let Some(previous) = self.ids.get(id) {
+            return Err(format!(
+                "policy id {id:?} is already used by {previous}; policy ids must be unique"
+            ));
+        }
+        self.ids.insert(id.to_owned(), owner.to_owned());
+        Ok(())
+    }
+
+    fn validate(&self, set: &PolicySet, text: Option<&str>) -> Result<(), String> {
+        let validator = self
+            .validator
+            .as_ref()
+            .ok_or_else(|| "no schema to validate against".to_owned())?;
+        let result = validator.validate(set, ValidationMode::Strict);
+        if result.validation_passed() {
+            return Ok(());
+        }
+        let messages: Vec<String> = result
+            .validation_errors()
+            .map(|e| describe(e, text))
+            .collect();
+        Err(format!(
+            "does not validate against the schema: {}",
+            messages.join("; ")
+        ))
+    }
+
+    fn add_authorization(
+        &mut self,
+        source: &AuthorizationSource,
+        object: &str,
+    ) -> Result<(), String> {
+        let compiled = compile::compile(&source.name, &source.spec).map_err(|e| e.to_string())?;
+        let mut set = PolicySet::new();
+        for (_, policy) in &compiled.policies {
+            set.add(policy.clone()).map_err(|e| e.to_string())?;
+        }
+        self.validate(&set, None)?;
+        // Check every id before claiming any, so a rejected object claims nothing.
+        for (_, policy) in &compiled.policies {
+            let id = policy.id().to_string();
+            if let Some(previous) = self.ids.get(&id) {
+                return Err(format!(
+                    "policy id {id:?} is already used by {previous} (duplicate Authorization name?)"
+                ));
+            }
+        }
+        let owner = format!("{object} ({})", source.origin);
+        let shard = self
+            .engine
+            .federations
+            .entry(compiled.federation)
+            .or_default();
+        let target = match compiled.subject {
+            SubjectMatch::Exact(subject) => shard.exact.entry(subject).or_default(),
+            SubjectMatch::Glob => &mut shard.glob,
+        };
+        for (scope, policy) in compiled.policies {
+            target[scope as usize]
+                .add(policy.clone())
+                .map_err(|e| e.to_string())?;
+            #[cfg(test)]
+            self.engine
+                .flat
+                .add(policy.clone())
+                .map_err(|e| e.to_string())?;
+            self.engine.policy_count += 1;
+            let id = policy.id().to_string();
+            self.ids.insert(id, owner.clone());
+        }
+        Ok(())
+    }
+
+    fn add_file(&mut self, file: &PolicyFile) -> Result<(), String> {
+        let parsed = PolicySet::from_str(&file.text).map_err(|errors| {
+            let messages: Vec<String> = errors
+                .iter()
+                .map(|e| describe(e, Some(&file.text)))
+                .collect();
+            format!("does not parse: {}", messages.join("; "))
+        })?;
+        if parsed.num_of_templates() > 0 {
+            return Err(
+                "templates (policies with ?principal/?resource slots) are not supported".to_owned(),
+            );
+        }
+        // The parser names policies policy0, policy1, … in file order.
+        let mut numbered: Vec<(usize, &Policy)> = parsed
+            .policies()
+            .map(|p| {
+                let n = p
+                    .id()
+                    .to_string()
+                    .strip_prefix("policy")
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(usize::MAX);
+                (n, p)
+            })
+            .collect();
+        numbered.sort_by_key(|(n, _)| *n);
+
+        let stem = file
+            .path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "policy".to_owned());
+        let mut set = PolicySet::new();
+        let mut seen = HashSet::new();
+        for (index, (_, policy)) in numbered.iter().enumerate() {
+            let id = match policy.annotation("id") {
+                Some("") => return Err(format!("policy #{index} has an empty @id")),
+                Some(id) if id.starts_with(RESERVED_PREFIX) => {
+                    return Err(format!(
+                        "policy #{index}: @id {id:?} uses the prefix {RESERVED_PREFIX:?}, reserved for compiled Authorizations"
+                    ));
+                }
+                Some(id) => id.to_owned(),
+                None => format!("{stem}/{index}"),
+            };
+            if !seen.insert(id.clone()) {
+                return Err(format!("policy id {id:?} appears twice in this file"));
+            }
+            if let Some(previous) = self.ids.get(&id) {
+                return Err(format!(
+                    "policy id {id:?} is already used by {previous}; policy ids must be unique"
+                ));
+            }
+            set.add(policy.new_id(PolicyId::new(&id)))
+                .map_err(|e| e.to_string())?;
+        }
+        self.validate(&set, Some(&file.text))?;
+
+        let owner = file.path.display().to_string();
+        for policy in set.policies() {
+            self.claim(policy.id().as_ref(), &owner)?;
+            self.engine
+                .global
+                .add(policy.clone())
+                .map_err(|e| e.to_string())?;
+            #[cfg(test)]
+            self.engine
+                .flat
+                .add(policy.clone())
+                .map_err(|e| e.to_string())?;
+            self.engine.policy_count += 1;
+        }
+        Ok(())
+    }
+}
+
+/// A diagnostic as one line, prefixed with `line:column` when it points into `text`.
+fn describe(diagnostic: &(impl Diagnostic + ?Sized), text: Option<&str>) -> String {
+    let mut message = diagnostic.to_string();
+    if let Some(help) = diagnostic.help() {
+        message = format!("{message} (help: {help})");
+    }
+    let offset = diagnostic
+        .labels()
+        .and_then(|mut labels| labels.next())
+        .map(|label| label.offset());
+    match (text, offset) {
+        (Some(text), Some(offset)) => {
+            let (line, column) = line_column(text, offset);
+            format!("line {line}:{column}: {message}")
+        }
+        _ => message,
+    }
+}
+
+/// 1-based line and column of a byte offset.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let mut cut = offset.min(text.len());
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let before = &text[..cut];
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rfind('\n')
+        .map_or(before, |nl| &before[nl + 1..])
+        .chars()
+        .count()
+        + 1;
+    (line, column)
+}
+
+fn bounded(mut reason: String) -> String {
+    if let Some((cut, _)) = reason.char_indices().nth(REASON_MAX) {
+        reason.truncate(cut);
+        reason.push('…');
+    }
+    reason
+}
+
+#[cfg(test)]
+mod tests;

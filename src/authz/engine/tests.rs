@@ -1,0 +1,1030 @@
+//! Tests of the policy engine: ESE sample, CONTRACT example, policy files, injection,
+//! fail-closed forbids, and sharded-vs-flat equivalence.
+
+use std::path::PathBuf;
+
+use cedar_policy::{PolicySet, ValidationMode, Validator};
+use rand::rngs::StdRng;
+use rand::seq::IndexedRandom;
+use rand::{Rng, SeedableRng};
+use serde::Deserialize;
+
+use super::*;
+use crate::config::resources::{
+    AllowedGenerator, AllowedGeneratorState, AuthorizationSpec, AuthorizationSubject,
+    FederationRef, OidcSubject,
+};
+
+const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
+
+fn identity(federation: &str, issuer: &str, namespace: &str, sa: &str) -> Identity {
+    Identity {
+        federation: federation.to_owned(),
+        issuer: issuer.to_owned(),
+        subject: format!("system:serviceaccount:{namespace}:{sa}"),
+        namespace: namespace.to_owned(),
+        service_account: sa.to_owned(),
+        service_account_uid: Some("0d5c1a2b-uid".to_owned()),
+        pod_name: None,
+        pod_uid: None,
+        expires_at: None,
+    }
+}
+
+fn key(store: &str, key: &str) -> Resource {
+    Resource::RemoteKey {
+        store: store.to_owned(),
+        key: key.to_owned(),
+    }
+}
+
+fn store(store: &str) -> Resource {
+    Resource::Store {
+        store: store.to_owned(),
+    }
+}
+
+fn generator(namespace: &str, kind: &str, name: &str) -> Resource {
+    Resource::Generator {
+        namespace: namespace.to_owned(),
+        kind: kind.to_owned(),
+        name: name.to_owned(),
+    }
+}
+
+fn states(namespace: &str) -> Resource {
+    Resource::GeneratorStates {
+        namespace: namespace.to_owned(),
+    }
+}
+
+#[derive(Deserialize)]
+struct Manifest {
+    metadata: crate::config::resources::ObjectMeta,
+    spec: AuthorizationSpec,
+}
+
+fn authorization(origin: &str, yaml: &str) -> AuthorizationSource {
+    let m: Manifest = serde_saphyr::from_str(yaml).expect("test manifest parses");
+    AuthorizationSource {
+        name: m.metadata.name,
+        origin: origin.to_owned(),
+        spec: m.spec,
+    }
+}
+
+fn file(path: &str, text: &str) -> PolicyFile {
+    PolicyFile {
+        path: PathBuf::from(path),
+        text: text.to_owned(),
+    }
+}
+
+fn build_ok(auths: &[AuthorizationSource], files: &[PolicyFile]) -> PolicyEngine {
+    let (engine, errors) = PolicyEngine::build(auths, files);
+    assert!(errors.is_empty(), "unexpected load errors: {errors:?}");
+    engine
+}
+
+fn allowed(engine: &PolicyEngine, who: &Identity, action: Action, what: &Resource) -> bool {
+    let decision = engine.decide(who, action, what);
+    // Every decision must also agree with the flat reference.
+    assert_eq!(
+        decision.allowed,
+        engine.reference_allows(who, action, what),
+        "sharded and flat disagree on {action} {what} for {who:?}"
+    );
+    decision.allowed
+}
+
+#[test]
+fn schema_and_vocabulary_load() {
+    assert!(SCHEMA.is_ok(), "{:?}", SCHEMA.as_ref().err());
+    assert!(VOCABULARY.is_some());
+}
+
+#[test]
+fn engine_is_send_and_sync() {
+    fn check<T: Send + Sync + 'static>() {}
+    check::<PolicyEngine>();
+}
+
+#[test]
+fn empty_engine_denies_everything() {
+    let engine = PolicyEngine::empty();
+    assert_eq!(engine.policy_count(), 0);
+    let who = identity("f", ISSUER, "ns", "sa");
+    for (action, what) in [
+        (Action::Get, key("s", "k")),
+        (Action::Find, store("s")),
+        (Action::Generate, generator("ns", "Fake", "g")),
+        (Action::Revoke, generator("ns", "Fake", "g")),
+        (Action::RevokeStates, states("ns")),
+    ] {
+        assert_eq!(
+            engine.decide(&who, action, &what),
+            Decision {
+                allowed: false,
+                policy_ids: vec![]
+            }
+        );
+    }
+}
+
+const ESE_SAMPLE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../shared/compat/ese-federation-server/config/samples/federation/federation-server/manifests/04-authorization.yaml"
+);
+
+#[test]
+fn ese_sample_authorization_allows_exactly_what_it_names() {
+    let yaml = std::fs::read_to_string(ESE_SAMPLE).expect("ESE sample present");
+    let engine = build_ok(&[authorization(ESE_SAMPLE, &yaml)], &[]);
+    assert_eq!(engine.policy_count(), 3);
+
+    let fed = "current-cluster-federation";
+    let sa = identity(fed, ISSUER, "federation-example", "federation-sa");
+    let fake = generator("federation-example", "Fake", "federation-generator");
+
+    let d = engine.decide(&sa, Action::Get, &key("federation-secret-store", "any/key"));
+    assert_eq!(
+        d,
+        Decision {
+            allowed: true,
+            policy_ids: vec!["authorization/current-cluster-auth/stores".into()]
+        }
+    );
+    assert!(allowed(
+        &engine,
+        &sa,
+        Action::Get,
+        &key("federation-secret-store", "")
+    ));
+    assert!(allowed(
+        &engine,
+        &sa,
+        Action::Find,
+        &store("federation-secret-store")
+    ));
+    assert!(allowed(&engine, &sa, Action::Generate, &fake));
+    assert!(allowed(&engine, &sa, Action::Revoke, &fake));
+    assert!(allowed(
+        &engine,
+        &sa,
+        Action::RevokeStates,
+        &states("federation-example")
+    ));
+
+    // Another SA, same namespace and federation.
+    let other_sa = identity(fed, ISSUER, "federation-example", "other-sa");
+    assert!(!allowed(
+        &engine,
+        &other_sa,
+        Action::Get,
+        &key("federation-secret-store", "k")
+    ));
+    // Same SA name in another namespace.
+    let other_ns = identity(fed, ISSUER, "other", "federation-sa");
+    assert!(!allowed(&engine, &other_ns, Action::Generate, &fake));
+    // Same SA through another federation.
+    let other_fed = identity(
+        "other-federation",
+        ISSUER,
+        "federation-example",
+        "federation-sa",
+    );
+    assert!(!allowed(
+        &engine,
+        &other_fed,
+        Action::Get,
+        &key("federation-secret-store", "k")
+    ));
+    assert!(!allowed(&engine, &other_fed, Action::Generate, &fake));
+    // Another issuer.
+    let other_iss = identity(
+        fed,
+        "https://evil.example",
+        "federation-example",
+        "federation-sa",
+    );
+    assert!(!allowed(
+        &engine,
+        &other_iss,
+        Action::Get,
+        &key("federation-secret-store", "k")
+    ));
+    // Another store.
+    assert!(!allowed(
+        &engine,
+        &sa,
+        Action::Get,
+        &key("other-store", "k")
+    ));
+    assert!(!allowed(&engine, &sa, Action::Find, &store("other-store")));
+    // Another generator kind, namespace, name.
+    assert!(!allowed(
+        &engine,
+        &sa,
+        Action::Generate,
+        &generator("federation-example", "Password", "federation-generator")
+    ));
+    assert!(!allowed(
+        &engine,
+        &sa,
+        Action::Generate,
+        &generator("default", "Fake", "federation-generator")
+    ));
+    assert!(!allowed(
+        &engine,
+        &sa,
+        Action::Revoke,
+        &generator("federation-example", "Fake", "other")
+    ));
+    // States of another namespace.
+    assert!(!allowed(
+        &engine,
+        &sa,
+        Action::RevokeStates,
+        &states("default")
+    ));
+    // Mismatched action/resource pairs are denied, not evaluated.
+    assert!(
+        !engine
+            .decide(&sa, Action::Get, &store("federation-secret-store"))
+            .allowed
+    );
+    assert!(
+        !engine
+            .decide(&sa, Action::Find, &key("federation-secret-store", "k"))
+            .allowed
+    );
+    assert!(!engine.decide(&sa, Action::RevokeStates, &fake).allowed);
+}
+
+const CONTRACT_EXAMPLE: &str = r#"
+apiVersion: federation.external-secrets.io/v1alpha1
+kind: Authorization
+metadata: {name: allow-alpha-monitoring}
+spec:
+  federationRef: {kind: KubernetesFederation, name: client-cluster-alpha}
+  subject:
+    oidc:
+      issuer: https://kubernetes.default.svc.cluster.local
+      subject: system:serviceaccount:monitoring:*
+  allowedClusterSecretStores: [vault-prod, vault-shared]
+  allowedGenerators:
+    - {name: vault-app-creds-generator, kind: VaultDynamicSecret, namespace: default}
+  allowedGeneratorStates:
+    - {namespace: default}
+  allowedRemoteKeys:
+    vault-prod: ["db-credentials", "api-keys/*"]
+"#;
+
+#[test]
+fn contract_example_with_glob_subject_and_remote_keys() {
+    let engine = build_ok(&[authorization("contract.yaml", CONTRACT_EXAMPLE)], &[]);
+    let fed = "client-cluster-alpha";
+    let prom = identity(fed, ISSUER, "monitoring", "prometheus-esi-client");
+    let grafana = identity(fed, ISSUER, "monitoring", "grafana");
+
+    // Restricted store: only the globbed keys, no find.
+    for who in [&prom, &grafana] {
+        assert!(allowed(
+            &engine,
+            who,
+            Action::Get,
+            &key("vault-prod", "db-credentials")
+        ));
+        assert!(allowed(
+            &engine,
+            who,
+            Action::Get,
+            &key("vault-prod", "api-keys/stripe")
+        ));
+        assert!(allowed(
+            &engine,
+            who,
+            Action::Get,
+            &key("vault-prod", "api-keys/")
+        ));
+    }
+    assert!(!allowed(
+        &engine,
+        &prom,
+        Action::Get,
+        &key("vault-prod", "db-credentials-2")
+    ));
+    assert!(!allowed(
+        &engine,
+        &prom,
+        Action::Get,
+        &key("vault-prod", "x/db-credentials")
+    ));
+    assert!(!allowed(
+        &engine,
+        &prom,
+        Action::Get,
+        &key("vault-prod", "api-keys")
+    ));
+    assert!(!allowed(&engine, &prom, Action::Find, &store("vault-prod")));
+    let d = engine.decide(&prom, Action::Get, &key("vault-prod", "api-keys/x"));
+    assert_eq!(
+        d.policy_ids,
+        ["authorization/allow-alpha-monitoring/remote-keys"]
+    );
+
+    // Unrestricted store: any key and find.
+    assert!(allowed(
+        &engine,
+        &prom,
+        Action::Get,
+        &key("vault-shared", "anything")
+    ));
+    assert!(allowed(
+        &engine,
+        &prom,
+        Action::Find,
+        &store("vault-shared")
+    ));
+
+    // Generators and states.
+    let vds = generator("default", "VaultDynamicSecret", "vault-app-creds-generator");
+    assert!(allowed(&engine, &prom, Action::Generate, &vds));
+    assert!(allowed(
+        &engine,
+        &prom,
+        Action::RevokeStates,
+        &states("default")
+    ));
+
+    // The glob is `system:serviceaccount:monitoring:*` — not another namespace, not a
+    // prefix trick, not another federation.
+    let other_ns = identity(fed, ISSUER, "monitoring-evil", "prometheus-esi-client");
+    assert!(!allowed(
+        &engine,
+        &other_ns,
+        Action::Get,
+        &key("vault-shared", "k")
+    ));
+    let other_fed = identity("client-cluster-beta", ISSUER, "monitoring", "grafana");
+    assert!(!allowed(
+        &engine,
+        &other_fed,
+        Action::Get,
+        &key("vault-shared", "k")
+    ));
+    let other_iss = identity(fed, "https://other", "monitoring", "grafana");
+    assert!(!allowed(
+        &engine,
+        &other_iss,
+        Action::Get,
+        &key("vault-shared", "k")
+    ));
+}
+
+/// Compiled Authorization policies validate against the schema in strict mode.
+#[test]
+fn compiled_policies_validate_against_the_schema() {
+    let yaml = std::fs::read_to_string(ESE_SAMPLE).expect("ESE sample present");
+    let mut set = PolicySet::new();
+    for source in [
+        authorization(ESE_SAMPLE, &yaml),
+        authorization("contract.yaml", CONTRACT_EXAMPLE),
+    ] {
+        let compiled = compile::compile(&source.name, &source.spec).expect("compiles");
+        for (_, p) in compiled.policies {
+            set.add(p).expect("unique ids");
+        }
+    }
+    assert_eq!(set.num_of_policies(), 7);
+    let schema = SCHEMA.as_ref().expect("schema").clone();
+    let result = Validator::new(schema).validate(&set, ValidationMode::Strict);
+    let errors: Vec<String> = result.validation_errors().map(|e| e.to_string()).collect();
+    assert!(result.validation_passed(), "{errors:?}");
+}
+
+const FORBID_PROD_ADMIN: &str = r#"
+// Nobody gets admin keys of vault-shared, whatever an Authorization says.
+@id("forbid-prod-admin")
+forbid (
+  principal,
+  action == Esi::Action::"get",
+  resource in Esi::Store::"vault-shared"
+) when { resource.key like "admin/*" };
+
+// No generator calls from the sandbox namespace of any federation.
+forbid (principal, action in [Esi::Action::"generate", Esi::Action::"revoke"], resource)
+when { principal.namespace == "monitoring" && principal.name == "sandbox" };
+"#;
+
+#[test]
+fn forbid_file_beats_permit_and_ids_are_reported() {
+    let engine = build_ok(
+        &[authorization("contract.yaml", CONTRACT_EXAMPLE)],
+        &[file("/etc/esi/policies/guards.cedar", FORBID_PROD_ADMIN)],
+    );
+    assert_eq!(engine.policy_count(), 4 + 2);
+    let prom = identity("client-cluster-alpha", ISSUER, "monitoring", "prom");
+    let d = engine.decide(&prom, Action::Get, &key("vault-shared", "admin/root"));
+    assert_eq!(
+        d,
+        Decision {
+            allowed: false,
+            policy_ids: vec!["forbid-prod-admin".into()]
+        }
+    );
+    assert!(!engine.reference_allows(&prom, Action::Get, &key("vault-shared", "admin/root")));
+    assert!(allowed(
+        &engine,
+        &prom,
+        Action::Get,
+        &key("vault-shared", "app/x")
+    ));
+
+    let sandbox = identity("client-cluster-alpha", ISSUER, "monitoring", "sandbox");
+    let vds = generator("default", "VaultDynamicSecret", "vault-app-creds-generator");
+    let d = engine.decide(&sandbox, Action::Generate, &vds);
+    // Without @id, the id is `<file stem>/<index in file>`.
+    assert_eq!(d.policy_ids, ["guards/1"]);
+    assert!(!d.allowed);
+    assert!(allowed(&engine, &prom, Action::Generate, &vds));
+}
+
+#[test]
+fn hand_written_permit_allows_and_reports_its_id() {
+    let text = r#"
+@id("ops-read-shared")
+permit (principal in Esi::Namespace::"beta/ops", action == Esi::Action::"get", resource)
+when { resource.store == "shared" };
+"#;
+    let engine = build_ok(&[], &[file("ops.cedar", text)]);
+    let ops = identity("beta", ISSUER, "ops", "runner");
+    let d = engine.decide(&ops, Action::Get, &key("shared", "k"));
+    assert_eq!(d.policy_ids, ["ops-read-shared"]);
+    assert!(d.allowed);
+    // Namespace ids are per federation: the same namespace elsewhere does not match.
+    let elsewhere = identity("gamma", ISSUER, "ops", "runner");
+    assert!(!allowed(
+        &engine,
+        &elsewhere,
+        Action::Get,
+        &key("shared", "k")
+    ));
+}
+
+#[test]
+fn invalid_files_are_reported_with_their_path_and_excluded() {
+    let good = file("/p/good.cedar", FORBID_PROD_ADMIN);
+    let bad_attr = file(
+        "/p/bad-attr.cedar",
+        "permit (principal, action, resource)\nwhen { principal.nope == \"x\" };",
+    );
+    let bad_syntax = file(
+        "/p/bad-syntax.cedar",
+        "permit (principal, action, resource);\n\npermit (principal action);",
+    );
+    let bad_action = file(
+        "/p/bad-action.cedar",
+        "permit (principal, action == Esi::Action::\"delete\", resource);",
+    );
+    let template = file(
+        "/p/template.cedar",
+        "permit (principal == ?principal, action, resource);",
+    );
+    let (engine, errors) = PolicyEngine::build(
+        &[authorization("contract.yaml", CONTRACT_EXAMPLE)],
+        &[bad_attr, good, bad_syntax, bad_action, template],
+    );
+    let origins: Vec<&str> = errors.iter().map(|e| e.origin.as_str()).collect();
+    assert_eq!(
+        origins,
+        [
+            "/p/bad-attr.cedar",
+            "/p/bad-syntax.cedar",
+            "/p/bad-action.cedar",
+            "/p/template.cedar"
+        ]
+    );
+    assert!(errors.iter().all(|e| e.object == "policy file"));
+    assert!(
+        errors[0].reason.contains("does not validate"),
+        "{}",
+        errors[0]
+    );
+    assert!(errors[0].reason.contains("nope"), "{}", errors[0]);
+    assert!(errors[1].reason.contains("does not parse"), "{}", errors[1]);
+    assert!(errors[1].reason.contains("line 3:"), "{}", errors[1]);
+    assert!(errors[3].reason.contains("templates"), "{}", errors[3]);
+    // The valid first policy of bad-syntax.cedar did not sneak in: only the good file
+    // and the Authorization are in force.
+    assert_eq!(engine.policy_count(), 4 + 2);
+    let anyone = identity("zeta", "https://x", "a", "b");
+    assert!(!allowed(&engine, &anyone, Action::Get, &key("s", "k")));
+}
+
+#[test]
+fn invalid_authorizations_are_reported_and_excluded() {
+    let spiffe = authorization(
+        "/m/spiffe.yaml",
+        r#"
+metadata: {name: spiffe}
+spec:
+  federationRef: {kind: KubernetesFederation, name: f}
+  subject: {spiffe: {spiffeID: "spiffe://example.org/x"}}
+  allowedClusterSecretStores: [s]
+"#,
+    );
+    let good = authorization(
+        "/m/good.yaml",
+        r#"
+metadata: {name: good}
+spec:
+  federationRef: {name: f}
+  subject: {issuer: "https://i", subject: "system:serviceaccount:a:b"}
+  allowedClusterSecretStores: [s]
+"#,
+    );
+    let duplicate = AuthorizationSource {
+        origin: "/m/dup.yaml".to_owned(),
+        ..good.clone()
+    };
+    let (engine, errors) = PolicyEngine::build(&[spiffe, good, duplicate], &[]);
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert_eq!(errors[0].object, "Authorization/spiffe");
+    assert_eq!(errors[0].origin, "/m/spiffe.yaml");
+    assert!(errors[0].reason.contains("spiffe"), "{}", errors[0]);
+    assert_eq!(errors[1].origin, "/m/dup.yaml");
+    assert!(errors[1].reason.contains("already used"), "{}", errors[1]);
+    assert_eq!(engine.policy_count(), 1);
+    let b = identity("f", "https://i", "a", "b");
+    assert!(allowed(&engine, &b, Action::Get, &key("s", "k")));
+}
+
+#[test]
+fn policy_file_ids_must_be_unique_and_not_reserved() {
+    let a = file(
+        "/p/a.cedar",
+        "@id(\"x\") permit (principal, action, resource) when { false };",
+    );
+    let b = file(
+        "/p/b.cedar",
+        "@id(\"x\") forbid (principal, action, resource);",
+    );
+    let twice = file(
+        "/p/twice.cedar",
+        "@id(\"y\") permit (principal, action, resource) when { false };\n@id(\"y\") permit (principal, action, resource) when { false };",
+    );
+    let reserved = file(
+        "/p/r.cedar",
+        "@id(\"authorization/good/stores\") permit (principal, action, resource);",
+    );
+    let (engine, errors) = PolicyEngine::build(&[], &[a, b, twice, reserved]);
+    let reasons: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    assert_eq!(errors.len(), 3, "{reasons:?}");
+    assert!(reasons[0].contains("/p/b.cedar") && reasons[0].contains("already used"));
+    assert!(reasons[1].contains("twice"));
+    assert!(reasons[2].contains("reserved"));
+    // The forbid-everything file was rejected, so nothing but `a` is in force.
+    assert_eq!(engine.policy_count(), 1);
+}
+
+/// Values from manifests are data, never policy syntax.
+#[test]
+fn injection_attempts_do_not_widen_access() {
+    let yaml = r#"
+metadata: {name: "inject\" || true || \""}
+spec:
+  federationRef: {name: "f\" || true || \""}
+  subject:
+    oidc:
+      issuer: "https://i\" || true || \""
+      subject: "system:serviceaccount:a:b\" || principal.subject like \"*"
+  allowedClusterSecretStores: ["x\" || true || \"", "q\\\"w\nz"]
+  allowedGenerators:
+    - {name: "g\" || true || \"", kind: "Fake", namespace: "n"}
+  allowedGeneratorStates:
+    - {namespace: "n\") || (true"}
+  allowedRemoteKeys:
+    "q\\\"w\nz": ["k*\\\" || true"]
+"#;
+    let source = authorization("/m/inject.yaml", yaml);
+    let engine = build_ok(std::slice::from_ref(&source), &[]);
+    assert_eq!(engine.policy_count(), 4);
+
+    let spec = &source.spec;
+    let oidc = spec
+        .subject
+        .as_ref()
+        .and_then(|s| s.oidc.as_ref())
+        .expect("oidc");
+    let literal = Identity {
+        federation: spec.federation_ref.name.clone(),
+        issuer: oidc.issuer.clone(),
+        subject: oidc.subject.clone(),
+        ..identity("unused", "unused", "a", "b")
+    };
+    let plain = identity("f", "https://i", "a", "b");
+    let other = identity("other", ISSUER, "x", "y");
+    let odd_store = "q\\\"w\nz";
+    for who in [&plain, &other] {
+        assert!(!allowed(&engine, who, Action::Get, &key("x", "k")));
+        assert!(!allowed(
+            &engine,
+            who,
+            Action::Get,
+            &key("x\" || true || \"", "k")
+        ));
+        assert!(!allowed(&engine, who, Action::Find, &store("anything")));
+        assert!(!allowed(
+            &engine,
+            who,
+            Action::Generate,
+            &generator("n", "Fake", "g")
+        ));
+        assert!(!allowed(&engine, who, Action::RevokeStates, &states("n")));
+    }
+    // The literal (odd) values match themselves and nothing else.
+    assert!(allowed(
+        &engine,
+        &literal,
+        Action::Get,
+        &key("x\" || true || \"", "k")
+    ));
+    assert!(!allowed(&engine, &literal, Action::Get, &key("x", "k")));
+    assert!(!allowed(&engine, &literal, Action::Get, &key("other", "k")));
+    assert!(allowed(
+        &engine,
+        &literal,
+        Action::Generate,
+        &generator("n", "Fake", "g\" || true || \"")
+    ));
+    assert!(!allowed(
+        &engine,
+        &literal,
+        Action::Generate,
+        &generator("n", "Fake", "g")
+    ));
+    assert!(allowed(
+        &engine,
+        &literal,
+        Action::RevokeStates,
+        &states("n\") || (true")
+    ));
+    assert!(!allowed(
+        &engine,
+        &literal,
+        Action::RevokeStates,
+        &states("n")
+    ));
+    // The key glob: `*` is the only wildcard; `\`, `"` and the rest are literal.
+    assert!(allowed(
+        &engine,
+        &literal,
+        Action::Get,
+        &key(odd_store, "k-anything\\\" || true")
+    ));
+    assert!(!allowed(
+        &engine,
+        &literal,
+        Action::Get,
+        &key(odd_store, "k-anything")
+    ));
+    assert!(!allowed(
+        &engine,
+        &literal,
+        Action::Get,
+        &key(odd_store, "other")
+    ));
+    assert!(!allowed(&engine, &literal, Action::Find, &store(odd_store)));
+}
+
+#[test]
+fn subject_glob_escapes_nothing_but_star() {
+    let yaml = r#"
+metadata: {name: g}
+spec:
+  federationRef: {name: f}
+  subject: {issuer: "https://i", subject: "system:serviceaccount:team-\\*:*"}
+  allowedClusterSecretStores: [s]
+"#;
+    let engine = build_ok(&[authorization("/m/g.yaml", yaml)], &[]);
+    // The YAML value is `system:serviceaccount:team-\*:*`: `\` is a literal character,
+    // not an escape, and both `*` are wildcards.
+    let literal_backslash = identity("f", "https://i", "team-\\x", "sa");
+    assert!(allowed(
+        &engine,
+        &literal_backslash,
+        Action::Get,
+        &key("s", "k")
+    ));
+    let no_backslash = identity("f", "https://i", "team-x", "sa");
+    assert!(!allowed(
+        &engine,
+        &no_backslash,
+        Action::Get,
+        &key("s", "k")
+    ));
+}
+
+/// A `forbid` that errors at evaluation denies, although Cedar would skip it.
+#[test]
+fn erroring_forbid_fails_closed() {
+    // Arithmetic overflow passes strict validation but fails at evaluation.
+    let overflow = r#"
+@id("overflowing-guard")
+forbid (principal, action == Esi::Action::"get", resource)
+when { 9223372036854775807 + 1 > 0 };
+"#;
+    let engine = build_ok(
+        &[authorization("contract.yaml", CONTRACT_EXAMPLE)],
+        &[file("/p/overflow.cedar", overflow)],
+    );
+    let prom = identity("client-cluster-alpha", ISSUER, "monitoring", "prom");
+    let d = engine.decide(&prom, Action::Get, &key("vault-shared", "k"));
+    assert_eq!(
+        d,
+        Decision {
+            allowed: false,
+            policy_ids: vec!["overflowing-guard".into()]
+        }
+    );
+    // Plain Cedar skips the erroring forbid and would allow: that is the fail-open case.
+    let (request, entities) =
+        build_request(&prom, Action::Get, &key("vault-shared", "k")).expect("request");
+    let raw = engine
+        .authorizer
+        .is_authorized(&request, &engine.flat, &entities);
+    assert_eq!(raw.decision(), CedarDecision::Allow);
+    // Other actions are untouched by that forbid.
+    assert!(
+        engine
+            .decide(&prom, Action::Find, &store("vault-shared"))
+            .allowed
+    );
+}
+
+#[test]
+fn decisions_are_counted() {
+    let engine = PolicyEngine::empty();
+    let who = identity("f", ISSUER, "ns", "sa");
+    let counter = METRICS
+        .decisions
+        .with_label_values(&["revokeStates", "deny"]);
+    let before = counter.get();
+    engine.decide(&who, Action::RevokeStates, &states("ns"));
+    assert!(counter.get() > before);
+}
+
+#[test]
+fn example_policies_in_the_repository_load() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/policies/examples");
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("policies/examples exists") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "cedar") {
+            let text = std::fs::read_to_string(&path).expect("readable");
+            files.push(PolicyFile { path, text });
+        }
+    }
+    assert!(!files.is_empty());
+    let (engine, errors) = PolicyEngine::build(&[], &files);
+    assert!(errors.is_empty(), "{errors:?}");
+    assert!(engine.policy_count() >= files.len());
+}
+
+// ---- sharded vs flat ----------------------------------------------------------------
+
+const FEDERATIONS: [&str; 4] = ["alpha", "beta", "gamma", "unknown"];
+const ISSUERS: [&str; 3] = [ISSUER, "https://oidc.beta", "https://evil"];
+const NAMESPACES: [&str; 5] = ["default", "monitoring", "team-a", "team-b", "ops"];
+const ACCOUNTS: [&str; 5] = ["app", "prometheus", "grafana", "sandbox", "ci"];
+const STORES: [&str; 6] = ["vault-prod", "vault-dev", "aws", "gcp", "x\"y", "empty"];
+const KEYS: [&str; 9] = [
+    "db/creds",
+    "db/",
+    "api-keys/stripe",
+    "admin/root",
+    "app",
+    "",
+    "a*b",
+    "db\\x",
+    "db/creds/old",
+];
+const KINDS: [&str; 3] = ["Fake", "Password", "VaultDynamicSecret"];
+const GENERATORS: [&str; 3] = ["gen-a", "gen-b", "creds"];
+const KEY_GLOBS: [&str; 6] = ["db/*", "api-keys/*", "app", "*", "*/old", "a\\*b"];
+
+fn pick<'a>(rng: &mut StdRng, from: &[&'a str]) -> &'a str {
+    from.choose(rng).copied().unwrap_or_default()
+}
+
+fn random_subject(rng: &mut StdRng) -> String {
+    let ns = pick(rng, &NAMESPACES);
+    let sa = pick(rng, &ACCOUNTS);
+    match rng.random_range(0..10) {
+        0 => format!("system:serviceaccount:{ns}:*"),
+        1 => format!("system:serviceaccount:*:{sa}"),
+        2 => "*".to_owned(),
+        3 => format!("system:serviceaccount:{}*:{sa}", &ns[..2]),
+        _ => format!("system:serviceaccount:{ns}:{sa}"),
+    }
+}
+
+fn random_authorization(rng: &mut StdRng, i: usize) -> AuthorizationSource {
+    let mut stores: Vec<String> = STORES
+        .iter()
+        .filter(|_| rng.random_bool(0.3))
+        .map(|s| (*s).to_owned())
+        .collect();
+    stores.dedup();
+    let mut remote_keys = std::collections::BTreeMap::new();
+    for s in &stores {
+        if rng.random_bool(0.3) {
+            let n = rng.random_range(1..3);
+            let globs = (0..n).map(|_| pick(rng, &KEY_GLOBS).to_owned()).collect();
+            remote_keys.insert(s.clone(), globs);
+        }
+    }
+    let generators = (0..rng.random_range(0..3))
+        .map(|_| AllowedGenerator {
+            name: pick(rng, &GENERATORS).to_owned(),
+            kind: pick(rng, &KINDS).to_owned(),
+            namespace: pick(rng, &NAMESPACES).to_owned(),
+            api_version: None,
+        })
+        .collect();
+    let generator_states = (0..rng.random_range(0..2))
+        .map(|_| AllowedGeneratorState {
+            namespace: pick(rng, &NAMESPACES).to_owned(),
+        })
+        .collect();
+    let subject = random_subject(rng);
+    let issuer = pick(rng, &ISSUERS[..2]).to_owned();
+    let subject = if rng.random_bool(0.5) {
+        AuthorizationSubject {
+            oidc: Some(OidcSubject { issuer, subject }),
+            ..Default::default()
+        }
+    } else {
+        AuthorizationSubject {
+            issuer: Some(issuer),
+            subject: Some(subject),
+            ..Default::default()
+        }
+    };
+    AuthorizationSource {
+        name: format!("auth-{i}"),
+        origin: format!("/corpus/auth-{i}.yaml"),
+        spec: AuthorizationSpec {
+            federation_ref: FederationRef {
+                kind: "KubernetesFederation".to_owned(),
+                name: pick(rng, &FEDERATIONS[..3]).to_owned(),
+            },
+            subject: Some(subject),
+            allowed_cluster_secret_stores: stores,
+            allowed_generators: generators,
+            allowed_generator_states: generator_states,
+            allowed_remote_keys: remote_keys,
+        },
+    }
+}
+
+const CORPUS_FILES: [(&str, &str); 3] = [
+    (
+        "/corpus/forbids.cedar",
+        r#"
+forbid (principal, action == Esi::Action::"get", resource)
+when { resource.key like "admin/*" };
+forbid (principal in Esi::Namespace::"beta/team-b", action, resource is Esi::RemoteKey)
+when { resource.store == "vault-prod" };
+@id("no-sandbox-generators")
+forbid (principal, action in [Esi::Action::"generate", Esi::Action::"revoke"], resource)
+when { principal.name == "sandbox" };
+forbid (principal in Esi::Federation::"gamma", action == Esi::Action::"find", resource);
+"#,
+    ),
+    (
+        "/corpus/permits.cedar",
+        r#"
+@id("ops-everything-in-dev")
+permit (principal, action, resource in Esi::Store::"vault-dev")
+when { principal.namespace == "ops" && principal.issuer == "https://kubernetes.default.svc.cluster.local" };
+permit (principal, action == Esi::Action::"revokeStates", resource)
+when { resource.namespace == principal.namespace && principal.name == "ci" };
+"#,
+    ),
+    (
+        "/corpus/fail-closed.cedar",
+        r#"
+@id("overflow-on-aws")
+forbid (principal, action == Esi::Action::"get", resource)
+when { resource.store == "aws" && 9223372036854775807 + 1 > 0 };
+"#,
+    ),
+];
+
+fn random_request(rng: &mut StdRng) -> (Identity, Action, Resource) {
+    let mut who = identity(
+        pick(rng, &FEDERATIONS),
+        pick(rng, &ISSUERS),
+        pick(rng, &NAMESPACES),
+        pick(rng, &ACCOUNTS),
+    );
+    if rng.random_bool(0.05) {
+        who.pod_name = Some("pod-1".to_owned());
+    }
+    let action = *Action::ALL.choose(rng).unwrap_or(&Action::Get);
+    let resource = match action {
+        Action::Get => key(pick(rng, &STORES), pick(rng, &KEYS)),
+        Action::Find => store(pick(rng, &STORES)),
+        Action::Generate | Action::Revoke => generator(
+            pick(rng, &NAMESPACES),
+            pick(rng, &KINDS),
+            pick(rng, &GENERATORS),
+        ),
+        Action::RevokeStates => states(pick(rng, &NAMESPACES)),
+    };
+    (who, action, resource)
+}
+
+/// The sharding never changes a decision: sharded `decide` and one flat `PolicySet`
+/// agree on every request of a randomized (fixed seed) corpus and on edge cases.
+#[test]
+fn sharded_decisions_equal_flat_evaluation() {
+    let mut rng = StdRng::seed_from_u64(0x05EE_DE51);
+    let auths: Vec<AuthorizationSource> = (0..150)
+        .map(|i| random_authorization(&mut rng, i))
+        .collect();
+    let files: Vec<PolicyFile> = CORPUS_FILES.iter().map(|(p, t)| file(p, t)).collect();
+    let engine = build_ok(&auths, &files);
+    assert_eq!(engine.policy_count(), engine.flat.num_of_policies());
+    assert!(engine.federations.len() >= 3);
+    assert!(
+        engine
+            .federations
+            .values()
+            .any(|s| s.glob.iter().any(|set| !set.is_empty()))
+    );
+
+    let mut requests: Vec<(Identity, Action, Resource)> =
+        (0..4000).map(|_| random_request(&mut rng)).collect();
+    // Edge cases: the exact subjects of the corpus, through their own and other
+    // federations; empty values; odd characters.
+    for a in auths.iter().take(40) {
+        let sub = a.spec.subject.as_ref().expect("subject");
+        let (issuer, subject) = match &sub.oidc {
+            Some(o) => (o.issuer.clone(), o.subject.clone()),
+            None => (
+                sub.issuer.clone().unwrap_or_default(),
+                sub.subject.clone().unwrap_or_default(),
+            ),
+        };
+        for fed in FEDERATIONS {
+            let (ns, sa) = subject
+                .strip_prefix("system:serviceaccount:")
+                .and_then(|r| r.split_once(':'))
+                .unwrap_or(("", ""));
+            let who = Identity {
+                federation: fed.to_owned(),
+                issuer: issuer.clone(),
+                subject: subject.clone(),
+                ..identity(fed, &issuer, ns, sa)
+            };
+            for s in &a.spec.allowed_cluster_secret_stores {
+                for k in KEYS {
+                    requests.push((who.clone(), Action::Get, key(s, k)));
+                }
+                requests.push((who.clone(), Action::Find, store(s)));
+            }
+            for g in &a.spec.allowed_generators {
+                let r = generator(&g.namespace, &g.kind, &g.name);
+                requests.push((who.clone(), Action::Generate, r.clone()));
+                requests.push((who.clone(), Action::Revoke, r));
+            }
+        }
+    }
+    requests.push((identity("", "", "", ""), Action::Get, key("", "")));
+    requests.push((identity("alpha", ISSUER, "", ""), Action::Find, store("")));
+
+    let mut allows = 0;
+    let mut denies = 0;
+    for (who, action, what) in &requests {
+        let sharded = engine.decide(who, *action, what);
+        let flat = engine.reference_allows(who, *action, what);
+        assert_eq!(
+            sharded.allowed, flat,
+            "disagreement on {action} {what} for {who:?}: {sharded:?}"
+        );
+        if sharded.allowed {
+            allows += 1;
+            assert!(!sharded.policy_ids.is_empty());
+        } else {
+            denies += 1;
+        }
+    }
+    // The corpus must exercise both outcomes substantially, or the test proves little.
+    assert!(
+        allows > 300 && denies > 300,
+        "allows {allows}, denies {denies}"
+    );
+}
