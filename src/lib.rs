@@ -8,3 +8,4 @@
 pub mod authn;
 pub mod config;
 pub mod metrics;
+pub mod providers;
