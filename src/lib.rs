@@ -7,5 +7,6 @@
 
 pub mod authn;
 pub mod config;
+pub mod generators;
 pub mod metrics;
 pub mod providers;
