@@ -119,7 +119,7 @@ enum Auth {
     /// A static token (sensitive header value).
     Token(HeaderValue),
     /// AppRole: logs in lazily, caches the token until shortly before its lease ends.
-    AppRole(AppRole),
+    AppRole(Box<AppRole>),
 }
 
 struct AppRole {
@@ -334,13 +334,13 @@ impl VaultProvider {
                     Some(ns) => Some(header("auth.namespace", ns)?),
                     None => namespace.clone(),
                 };
-                Auth::AppRole(AppRole {
+                Auth::AppRole(Box::new(AppRole {
                     login_url,
                     namespace: login_namespace,
                     role_id,
                     secret_id,
                     cached: Mutex::new(None),
-                })
+                }))
             }
         };
         let client = http_client(spec.ca_bundle.as_deref(), ctx.settings.timeout)
