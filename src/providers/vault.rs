@@ -453,10 +453,14 @@ impl VaultProvider {
             .get("lease_duration")
             .and_then(Value::as_u64)
             .unwrap_or(0);
-        let renew_at = (lease > 0).then(|| {
-            let lease = Duration::from_secs(lease);
-            started + lease - TOKEN_RENEW_MARGIN.min(lease / 5)
-        });
+        // checked_add: an absurd lease must not overflow `Instant` (it then never expires
+        // here, and a 403 still triggers a fresh login).
+        let renew_at = (lease > 0)
+            .then(|| {
+                let lease = Duration::from_secs(lease);
+                started.checked_add(lease - TOKEN_RENEW_MARGIN.min(lease / 5))
+            })
+            .flatten();
         tracing::debug!(lease_seconds = lease, "vault AppRole login succeeded");
         Ok(CachedToken { token, renew_at })
     }
@@ -1078,6 +1082,49 @@ mod tests {
             seen[5]
                 .to_ascii_lowercase()
                 .contains("x-vault-token: tok-2\r\n")
+        );
+    }
+
+    #[tokio::test]
+    async fn approle_renews_before_lease_end() {
+        let (server, seen) = serve(vec![
+            (
+                200,
+                json!({"auth": {"client_token": "short", "lease_duration": 1}}),
+            ),
+            (200, json!({"data": {"data": {"a": "1"}}})),
+            (
+                200,
+                json!({"auth": {"client_token": "huge", "lease_duration": u64::MAX}}),
+            ),
+            (200, json!({"data": {"data": {"a": "2"}}})),
+            (200, json!({"data": {"data": {"a": "3"}}})),
+        ])
+        .await;
+        let p = build(json!({"server": server, "path": "secret", "auth": {
+            "appRole": {"roleId": "role-123",
+                "secretRef": {"name": "vault", "key": "secret", "namespace": "eso"}}}}))
+        .unwrap();
+        let r = RemoteRef {
+            key: "k".into(),
+            property: Some("a".into()),
+            version: None,
+        };
+        assert_eq!(p.get_secret(&r).await.unwrap(), b"1");
+        // A 1 s lease is renewed after 0.8 s.
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        assert_eq!(p.get_secret(&r).await.unwrap(), b"2");
+        assert_eq!(p.get_secret(&r).await.unwrap(), b"3");
+        let seen = seen.lock().unwrap();
+        assert!(
+            seen[2]
+                .to_ascii_lowercase()
+                .starts_with("post /v1/auth/approle/login ")
+        );
+        assert!(
+            seen[4]
+                .to_ascii_lowercase()
+                .contains("x-vault-token: huge\r\n")
         );
     }
 
