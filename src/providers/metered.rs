@@ -1,0 +1,114 @@
+//! The one place that records backend metrics for providers, so providers stay
+//! free of bookkeeping and every call is counted the same way.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::Instant;
+
+use super::{FindRequest, ProviderError, RemoteRef, SecretProvider};
+use crate::metrics::METRICS;
+
+/// Wraps a provider and records `backend_calls` (kind, outcome) and `backend_latency`.
+pub struct Metered<P> {
+    inner: P,
+}
+
+impl<P: SecretProvider> Metered<P> {
+    /// Wraps `inner`.
+    pub fn new(inner: P) -> Self {
+        Metered { inner }
+    }
+
+    async fn observe<T>(
+        &self,
+        call: impl Future<Output = Result<T, ProviderError>>,
+    ) -> Result<T, ProviderError> {
+        let kind = self.inner.kind();
+        let start = Instant::now();
+        let result = call.await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(e) => e.kind(),
+        };
+        METRICS
+            .backend_calls
+            .with_label_values(&[kind, outcome])
+            .inc();
+        METRICS
+            .backend_latency
+            .with_label_values(&[kind])
+            .observe(start.elapsed().as_secs_f64());
+        result
+    }
+}
+
+#[async_trait::async_trait]
+impl<P: SecretProvider> SecretProvider for Metered<P> {
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+
+    async fn get_secret(&self, remote: &RemoteRef) -> Result<Vec<u8>, ProviderError> {
+        self.observe(self.inner.get_secret(remote)).await
+    }
+
+    async fn get_secret_map(
+        &self,
+        remote: &RemoteRef,
+    ) -> Result<BTreeMap<String, Vec<u8>>, ProviderError> {
+        self.observe(self.inner.get_secret_map(remote)).await
+    }
+
+    async fn find(&self, find: &FindRequest) -> Result<BTreeMap<String, Vec<u8>>, ProviderError> {
+        self.observe(self.inner.find(find)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Failing;
+
+    #[async_trait::async_trait]
+    impl SecretProvider for Failing {
+        fn kind(&self) -> &'static str {
+            "metered_test"
+        }
+        async fn get_secret(&self, _: &RemoteRef) -> Result<Vec<u8>, ProviderError> {
+            Err(ProviderError::NotFound)
+        }
+        async fn get_secret_map(
+            &self,
+            _: &RemoteRef,
+        ) -> Result<BTreeMap<String, Vec<u8>>, ProviderError> {
+            Ok(BTreeMap::new())
+        }
+        async fn find(&self, _: &FindRequest) -> Result<BTreeMap<String, Vec<u8>>, ProviderError> {
+            Err(ProviderError::Timeout)
+        }
+    }
+
+    #[tokio::test]
+    async fn counts_outcomes_by_kind() {
+        let p = Metered::new(Failing);
+        let count = |outcome: &str| {
+            METRICS
+                .backend_calls
+                .with_label_values(&["metered_test", outcome])
+                .get()
+        };
+        let before = (count("not_found"), count("ok"), count("timeout"));
+        let _ = p.get_secret(&RemoteRef::default()).await;
+        let _ = p.get_secret_map(&RemoteRef::default()).await;
+        let _ = p.find(&FindRequest::default()).await;
+        assert_eq!(count("not_found"), before.0 + 1);
+        assert_eq!(count("ok"), before.1 + 1);
+        assert_eq!(count("timeout"), before.2 + 1);
+        let samples = METRICS
+            .backend_latency
+            .with_label_values(&["metered_test"])
+            .get_sample_count();
+        assert!(samples >= 3);
+    }
+}

@@ -1,0 +1,499 @@
+//! Secret providers: the backends a `SecretStore`/`ClusterSecretStore` points at.
+//!
+//! Each provider lives in its own file and parses its own block of `spec.provider`
+//! (ESO field names), so adding a provider touches only [`build_provider`]'s match.
+//! Every provider is wrapped in [`metered::Metered`], the one place that records
+//! backend metrics. Errors of both enums are safe to show callers: they never hold a
+//! secret value or a token.
+
+mod fake;
+mod metered;
+pub mod property;
+mod tls;
+mod vault;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::SecretIndex;
+use crate::config::SecretRefError;
+use crate::config::resources::{SecretKeySelector, SecretStoreSpec};
+
+pub use fake::FakeProvider;
+pub use metered::Metered;
+pub use vault::VaultProvider;
+
+/// ESO's `remoteRef`: which secret (and which part of it) to read.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RemoteRef {
+    /// The secret's key (path) in the backend.
+    pub key: String,
+    /// A property inside the secret (dotted path into JSON; exact key wins).
+    pub property: Option<String>,
+    /// A backend version of the secret.
+    pub version: Option<String>,
+}
+
+/// ESO's `dataFrom.find`: which secrets to return in bulk.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FindRequest {
+    /// Restrict the search to secrets under this path.
+    pub path: Option<String>,
+    /// Keep secrets whose name matches this regular expression.
+    pub name_regexp: Option<String>,
+    /// Keep secrets carrying all of these tags (exact match).
+    pub tags: BTreeMap<String, String>,
+}
+
+/// Settings shared by every provider instance.
+#[derive(Clone, Debug)]
+pub struct ProviderSettings {
+    /// Bound on every single backend call (connect + answer).
+    pub timeout: Duration,
+}
+
+impl Default for ProviderSettings {
+    fn default() -> Self {
+        ProviderSettings {
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A secret backend, as ESO's `SecretsClient` sees it.
+#[async_trait::async_trait]
+pub trait SecretProvider: Send + Sync {
+    /// The provider kind (`vault`, `fake`), used as a metrics label.
+    fn kind(&self) -> &'static str;
+    /// ESO GetSecret: the value of `key` (with `property`/`version`).
+    async fn get_secret(&self, remote: &RemoteRef) -> Result<Vec<u8>, ProviderError>;
+    /// ESO GetSecretMap: every property of `key` (values: strings raw, others JSON-encoded).
+    async fn get_secret_map(
+        &self,
+        remote: &RemoteRef,
+    ) -> Result<BTreeMap<String, Vec<u8>>, ProviderError>;
+    /// ESO GetAllSecrets (dataFrom.find): secrets whose name matches, as name -> value.
+    async fn find(&self, find: &FindRequest) -> Result<BTreeMap<String, Vec<u8>>, ProviderError>;
+}
+
+/// A failed backend call. Messages are safe to show callers (no values, no tokens).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProviderError {
+    /// The secret (or its property or version) does not exist.
+    #[error("secret not found")]
+    NotFound,
+    /// The request itself is malformed (bad key, bad regexp, …).
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// The provider cannot do this (e.g. `find` on KV v1).
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    /// The backend refused or answered something unusable.
+    #[error("backend error: {0}")]
+    Backend(String),
+    /// The backend could not be reached or failed (5xx).
+    #[error("backend unavailable: {0}")]
+    Unavailable(String),
+    /// The backend did not answer in time.
+    #[error("backend call timed out")]
+    Timeout,
+}
+
+impl ProviderError {
+    /// A short stable name of the variant (metrics label, problem type).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProviderError::NotFound => "not_found",
+            ProviderError::InvalidRequest(_) => "invalid_request",
+            ProviderError::Unsupported(_) => "unsupported",
+            ProviderError::Backend(_) => "backend",
+            ProviderError::Unavailable(_) => "unavailable",
+            ProviderError::Timeout => "timeout",
+        }
+    }
+}
+
+/// A store whose provider cannot be built. Messages name fields, never values.
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderConfigError {
+    /// `spec.provider` is empty.
+    #[error("store {store}: spec.provider names no provider")]
+    NoProvider {
+        /// Store name.
+        store: String,
+    },
+    /// `spec.provider` names more than one provider.
+    #[error("store {store}: spec.provider must name exactly one provider, found {names:?}")]
+    SeveralProviders {
+        /// Store name.
+        store: String,
+        /// The provider keys found.
+        names: Vec<String>,
+    },
+    /// `spec.provider` names a provider this build does not know.
+    #[error("store {store}: unknown provider {name:?}")]
+    UnknownProvider {
+        /// Store name.
+        store: String,
+        /// The provider key.
+        name: String,
+    },
+    /// A field of the provider block is missing or malformed.
+    #[error("store {store}: invalid spec.provider.{provider}: {reason}")]
+    InvalidField {
+        /// Store name.
+        store: String,
+        /// Provider key.
+        provider: &'static str,
+        /// What is wrong (field names only).
+        reason: String,
+    },
+    /// The provider block asks for something this build does not support.
+    #[error("store {store}: unsupported in spec.provider.{provider}: {reason}")]
+    Unsupported {
+        /// Store name.
+        store: String,
+        /// Provider key.
+        provider: &'static str,
+        /// What is unsupported.
+        reason: String,
+    },
+    /// A `…SecretRef` does not resolve.
+    #[error("store {store}: {field}: {source}")]
+    SecretRef {
+        /// Store name.
+        store: String,
+        /// The referring field (`auth.tokenSecretRef`, …).
+        field: &'static str,
+        /// Why it does not resolve.
+        source: SecretRefError,
+    },
+    /// A namespaced store refers to a Secret of another namespace.
+    #[error(
+        "store {store}: {field} refers to namespace {referenced:?}, but the store lives in {store_namespace:?}"
+    )]
+    CrossNamespaceRef {
+        /// Store name.
+        store: String,
+        /// The referring field.
+        field: &'static str,
+        /// The store's namespace.
+        store_namespace: String,
+        /// The namespace the ref names.
+        referenced: String,
+    },
+}
+
+/// What a provider's constructor needs besides its own block.
+pub(crate) struct BuildContext<'a> {
+    /// Store name (for messages).
+    pub store: &'a str,
+    /// The store's namespace (None for a ClusterSecretStore).
+    pub namespace: Option<&'a str>,
+    /// Known Kubernetes Secrets.
+    pub secrets: &'a SecretIndex,
+    /// Shared settings.
+    pub settings: &'a ProviderSettings,
+}
+
+impl BuildContext<'_> {
+    /// Resolves a `SecretKeySelector` as ESO does: a namespaced store may only read its
+    /// own namespace (otherwise a store author could read any namespace's Secrets);
+    /// a cluster store's refs must name their namespace.
+    pub fn resolve(
+        &self,
+        field: &'static str,
+        selector: &SecretKeySelector,
+    ) -> Result<Vec<u8>, ProviderConfigError> {
+        if let (Some(store_ns), Some(referenced)) = (self.namespace, selector.namespace.as_deref())
+            && store_ns != referenced
+        {
+            return Err(ProviderConfigError::CrossNamespaceRef {
+                store: self.store.to_string(),
+                field,
+                store_namespace: store_ns.to_string(),
+                referenced: referenced.to_string(),
+            });
+        }
+        self.secrets
+            .resolve(selector, self.namespace)
+            .map(<[u8]>::to_vec)
+            .map_err(|source| ProviderConfigError::SecretRef {
+                store: self.store.to_string(),
+                field,
+                source,
+            })
+    }
+
+    /// Parses a provider block into its serde struct, with a value-free message on error.
+    pub fn parse<T: serde::de::DeserializeOwned>(
+        &self,
+        provider: &'static str,
+        block: &serde_json::Value,
+    ) -> Result<T, ProviderConfigError> {
+        serde_json::from_value(block.clone()).map_err(|e| ProviderConfigError::InvalidField {
+            store: self.store.to_string(),
+            provider,
+            reason: safe_serde_message(&e),
+        })
+    }
+
+    /// An `InvalidField` error for this store.
+    pub fn invalid(
+        &self,
+        provider: &'static str,
+        reason: impl Into<String>,
+    ) -> ProviderConfigError {
+        ProviderConfigError::InvalidField {
+            store: self.store.to_string(),
+            provider,
+            reason: reason.into(),
+        }
+    }
+
+    /// An `Unsupported` error for this store.
+    pub fn unsupported(
+        &self,
+        provider: &'static str,
+        reason: impl Into<String>,
+    ) -> ProviderConfigError {
+        ProviderConfigError::Unsupported {
+            store: self.store.to_string(),
+            provider,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// serde's messages quote offending values (`invalid type: string "s3cr3t"`), and a
+/// provider block may hold secrets (the fake provider's data), so keep only the shape.
+pub(crate) fn safe_serde_message(err: &serde_json::Error) -> String {
+    let msg = err.to_string();
+    let keep_whole = ["missing field", "unknown field", "duplicate field"];
+    if keep_whole.iter().any(|p| msg.starts_with(p)) {
+        return msg;
+    }
+    for prefix in [
+        "invalid type",
+        "invalid value",
+        "invalid length",
+        "unknown variant",
+    ] {
+        if msg.starts_with(prefix) {
+            return match msg.find(", expected") {
+                Some(pos) => format!("{prefix}{}", &msg[pos..]),
+                None => prefix.to_string(),
+            };
+        }
+    }
+    "malformed value".to_string()
+}
+
+/// Builds a provider from a store's spec. `namespace` is the store's namespace
+/// (None for ClusterSecretStore). Secret refs are resolved here, so a store that
+/// builds has everything it needs.
+pub fn build_provider(
+    store_name: &str,
+    namespace: Option<&str>,
+    spec: &SecretStoreSpec,
+    secrets: &SecretIndex,
+    settings: &ProviderSettings,
+) -> Result<Arc<dyn SecretProvider>, ProviderConfigError> {
+    let mut entries = spec.provider.iter();
+    let (name, block) = match (entries.next(), entries.next()) {
+        (None, _) => {
+            return Err(ProviderConfigError::NoProvider {
+                store: store_name.to_string(),
+            });
+        }
+        (Some(first), None) => first,
+        (Some(_), Some(_)) => {
+            return Err(ProviderConfigError::SeveralProviders {
+                store: store_name.to_string(),
+                names: spec.provider.keys().cloned().collect(),
+            });
+        }
+    };
+    let ctx = BuildContext {
+        store: store_name,
+        namespace,
+        secrets,
+        settings,
+    };
+    let provider: Arc<dyn SecretProvider> = match name.as_str() {
+        "vault" => Arc::new(Metered::new(VaultProvider::from_spec(&ctx, block)?)),
+        "fake" => Arc::new(Metered::new(FakeProvider::from_spec(&ctx, block)?)),
+        other => {
+            return Err(ProviderConfigError::UnknownProvider {
+                store: store_name.to_string(),
+                name: other.to_string(),
+            });
+        }
+    };
+    Ok(provider)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::resources::SecretObject;
+    use serde_json::json;
+
+    fn spec(provider: serde_json::Value) -> SecretStoreSpec {
+        serde_json::from_value(json!({ "provider": provider })).unwrap()
+    }
+
+    fn build(
+        ns: Option<&str>,
+        provider: serde_json::Value,
+        secrets: &SecretIndex,
+    ) -> Result<Arc<dyn SecretProvider>, ProviderConfigError> {
+        build_provider(
+            "s",
+            ns,
+            &spec(provider),
+            secrets,
+            &ProviderSettings::default(),
+        )
+    }
+
+    #[test]
+    fn settings_default_to_ten_seconds() {
+        assert_eq!(ProviderSettings::default().timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn no_unknown_or_several_providers_are_rejected() {
+        let idx = SecretIndex::default();
+        assert!(matches!(
+            build(None, json!({}), &idx),
+            Err(ProviderConfigError::NoProvider { .. })
+        ));
+        let err = build(None, json!({"aws": {}}), &idx).err().unwrap();
+        assert!(
+            matches!(err, ProviderConfigError::UnknownProvider { ref name, .. } if name == "aws")
+        );
+        let err = build(None, json!({"fake": {"data": []}, "vault": {}}), &idx)
+            .err()
+            .unwrap();
+        assert!(
+            matches!(err, ProviderConfigError::SeveralProviders { ref names, .. } if names.len() == 2)
+        );
+    }
+
+    #[test]
+    fn builds_fake_and_vault_with_kind() {
+        let mut idx = SecretIndex::default();
+        idx.insert(
+            "eso",
+            "vault",
+            &SecretObject {
+                string_data: [("token".to_string(), "root\n".to_string())].into(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let fake = build(
+            None,
+            json!({"fake": {"data": [{"key": "k", "value": "v"}]}}),
+            &idx,
+        )
+        .unwrap();
+        assert_eq!(fake.kind(), "fake");
+        let vault = build(
+            None,
+            json!({"vault": {"server": "http://127.0.0.1:8200", "path": "secret", "version": "v2",
+                "auth": {"tokenSecretRef": {"name": "vault", "key": "token", "namespace": "eso"}}}}),
+            &idx,
+        )
+        .unwrap();
+        assert_eq!(vault.kind(), "vault");
+    }
+
+    #[test]
+    fn unresolved_secret_ref_is_a_config_error() {
+        let idx = SecretIndex::default();
+        let err = build(
+            None,
+            json!({"vault": {"server": "http://127.0.0.1:8200",
+                "auth": {"tokenSecretRef": {"name": "vault", "key": "token", "namespace": "eso"}}}}),
+            &idx,
+        )
+        .err()
+        .unwrap();
+        assert!(matches!(
+            err,
+            ProviderConfigError::SecretRef {
+                field: "auth.tokenSecretRef",
+                source: SecretRefError::SecretNotFound { .. },
+                ..
+            }
+        ));
+        // A cluster store's ref without namespace cannot resolve.
+        let err = build(
+            None,
+            json!({"vault": {"server": "http://127.0.0.1:8200",
+                "auth": {"tokenSecretRef": {"name": "vault", "key": "token"}}}}),
+            &idx,
+        )
+        .err()
+        .unwrap();
+        assert!(matches!(
+            err,
+            ProviderConfigError::SecretRef {
+                source: SecretRefError::NoNamespace { .. },
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn namespaced_store_cannot_reach_other_namespaces() {
+        let mut idx = SecretIndex::default();
+        idx.insert(
+            "other",
+            "vault",
+            &SecretObject {
+                string_data: [("token".to_string(), "root".to_string())].into(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let err = build(
+            Some("team"),
+            json!({"vault": {"server": "http://127.0.0.1:8200",
+                "auth": {"tokenSecretRef": {"name": "vault", "key": "token", "namespace": "other"}}}}),
+            &idx,
+        )
+        .err()
+        .unwrap();
+        assert!(matches!(err, ProviderConfigError::CrossNamespaceRef { .. }));
+    }
+
+    #[test]
+    fn serde_messages_do_not_echo_values() {
+        let idx = SecretIndex::default();
+        let err = build(
+            None,
+            json!({"fake": {"data": [{"key": "k", "value": {"nested": "hunter2-secret"}}]}}),
+            &idx,
+        )
+        .err()
+        .unwrap();
+        let msg = err.to_string();
+        assert!(!msg.contains("hunter2"), "{msg}");
+        assert!(msg.contains("invalid type"), "{msg}");
+        let err = build(None, json!({"fake": {"data": [{"key": 42}]}}), &idx)
+            .err()
+            .unwrap();
+        assert!(!err.to_string().contains("42"), "{err}");
+    }
+
+    #[test]
+    fn error_kinds_are_stable() {
+        assert_eq!(ProviderError::NotFound.kind(), "not_found");
+        assert_eq!(ProviderError::Timeout.kind(), "timeout");
+        assert_eq!(ProviderError::Unavailable("x".into()).kind(), "unavailable");
+    }
+}

@@ -1,0 +1,1200 @@
+//! ESO's `vault` provider (HashiCorp Vault / OpenBao KV v1 and v2).
+//!
+//! ```yaml
+//! provider:
+//!   vault:
+//!     server: https://vault.example.com:8200
+//!     path: secret            # KV mount; unset: the key's first segment is the mount
+//!     version: v2             # v1 | v2 (default v2)
+//!     namespace: team-a       # X-Vault-Namespace
+//!     caBundle: <base64 PEM>
+//!     auth:
+//!       tokenSecretRef: {name: vault, key: token, namespace: eso}
+//!       # or
+//!       appRole: {path: approle, roleId: …, secretRef: {name: …, key: …}}
+//! ```
+//!
+//! Tokens and values never reach logs, errors or Debug output: header values are
+//! marked sensitive and errors carry only status codes and fixed text.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use reqwest::header::HeaderValue;
+use reqwest::{StatusCode, Url};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use tokio::sync::Mutex;
+
+use super::fake::compile_name_regexp;
+use super::property;
+use super::tls::http_client;
+use super::{
+    BuildContext, FindRequest, ProviderConfigError, ProviderError, RemoteRef, SecretProvider,
+};
+use crate::config::resources::SecretKeySelector;
+
+const PROVIDER: &str = "vault";
+
+/// Longest key we accept (bounds URL size and work on caller input).
+const MAX_KEY_LEN: usize = 1024;
+/// Largest answer body we read from Vault.
+const MAX_BODY: usize = 8 << 20;
+/// Bounds of a `find` walk: entries (secrets and folders) visited, and folder depth.
+const MAX_FIND_ENTRIES: usize = 1000;
+const MAX_FIND_DEPTH: usize = 16;
+/// Renew an AppRole token this long before its lease ends (at most a fifth of the lease).
+const TOKEN_RENEW_MARGIN: Duration = Duration::from_secs(30);
+
+const HEADER_TOKEN: &str = "x-vault-token";
+const HEADER_NAMESPACE: &str = "x-vault-namespace";
+
+/// `spec.provider.vault` (the fields we serve; others ESO knows are ignored or rejected).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct VaultSpec {
+    server: String,
+    #[serde(default)]
+    path: Option<String>,
+    #[serde(default)]
+    version: Option<KvVersion>,
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    ca_bundle: Option<String>,
+    /// Trust material from another object: not served, and ignoring it would change trust.
+    #[serde(default)]
+    ca_provider: Option<Value>,
+    /// Client certificates: not served.
+    #[serde(default)]
+    tls: Option<Value>,
+    #[serde(default)]
+    auth: Option<VaultAuthSpec>,
+}
+
+/// KV engine version.
+#[derive(Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+enum KvVersion {
+    #[serde(rename = "v1")]
+    V1,
+    #[serde(rename = "v2")]
+    V2,
+}
+
+/// `auth`: exactly one method.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct VaultAuthSpec {
+    /// Namespace to log in to, when it differs from the store's.
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    token_secret_ref: Option<SecretKeySelector>,
+    #[serde(default)]
+    app_role: Option<AppRoleSpec>,
+    /// Every other ESO method (kubernetes, jwt, ldap, cert, iam, userPass, …).
+    #[serde(flatten)]
+    other: BTreeMap<String, Value>,
+}
+
+/// `auth.appRole`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AppRoleSpec {
+    #[serde(default = "default_approle_path")]
+    path: String,
+    #[serde(default)]
+    role_id: Option<String>,
+    #[serde(default)]
+    role_ref: Option<SecretKeySelector>,
+    secret_ref: SecretKeySelector,
+}
+
+fn default_approle_path() -> String {
+    "approle".to_string()
+}
+
+/// How requests authenticate.
+enum Auth {
+    /// A static token (sensitive header value).
+    Token(HeaderValue),
+    /// AppRole: logs in lazily, caches the token until shortly before its lease ends.
+    AppRole(Box<AppRole>),
+}
+
+struct AppRole {
+    login_url: Url,
+    namespace: Option<HeaderValue>,
+    role_id: String,
+    secret_id: String,
+    cached: Mutex<Option<CachedToken>>,
+}
+
+struct CachedToken {
+    token: HeaderValue,
+    /// None: the token does not expire.
+    renew_at: Option<Instant>,
+}
+
+/// Serves secrets from one Vault/OpenBao KV mount (or from the key's first segment).
+pub struct VaultProvider {
+    client: reqwest::Client,
+    server: Url,
+    mount: Option<Vec<String>>,
+    version: KvVersion,
+    namespace: Option<HeaderValue>,
+    auth: Auth,
+}
+
+// Tokens and ids never appear in Debug output.
+impl std::fmt::Debug for VaultProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VaultProvider")
+            .field("server", &self.server.as_str())
+            .field("mount", &self.mount)
+            .field("version", &self.version)
+            .field(
+                "auth",
+                &match self.auth {
+                    Auth::Token(_) => "token",
+                    Auth::AppRole(_) => "appRole",
+                },
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// Checks one path segment of a key or mount: no traversal, no empty segments.
+fn check_segment(segment: &str) -> Result<(), &'static str> {
+    if segment.is_empty() {
+        return Err("has an empty path segment");
+    }
+    if segment == "." || segment == ".." {
+        return Err("has a relative path segment");
+    }
+    if segment.chars().any(char::is_control) {
+        return Err("has control characters");
+    }
+    Ok(())
+}
+
+/// Splits a slash-separated path into checked segments.
+fn segments(path: &str) -> Result<Vec<String>, &'static str> {
+    if path.len() > MAX_KEY_LEN {
+        return Err("is too long");
+    }
+    let parts: Vec<String> = path.split('/').map(str::to_string).collect();
+    for p in &parts {
+        check_segment(p)?;
+    }
+    Ok(parts)
+}
+
+/// A sensitive header value from secret bytes (the message never holds the value).
+fn secret_header(bytes: &[u8]) -> Option<HeaderValue> {
+    let text = std::str::from_utf8(bytes).ok()?.trim();
+    if text.is_empty() {
+        return None;
+    }
+    let mut value = HeaderValue::from_str(text).ok()?;
+    value.set_sensitive(true);
+    Some(value)
+}
+
+/// Maps a transport error without its text (which may hold the URL).
+fn transport_error(err: &reqwest::Error) -> ProviderError {
+    if err.is_timeout() {
+        ProviderError::Timeout
+    } else if err.is_connect() {
+        ProviderError::Unavailable("cannot connect to vault".into())
+    } else {
+        ProviderError::Unavailable("request to vault failed".into())
+    }
+}
+
+/// Maps a non-success status. 404 is handled by callers (NotFound).
+fn status_error(status: StatusCode) -> ProviderError {
+    match status.as_u16() {
+        404 => ProviderError::NotFound,
+        403 => ProviderError::Backend("permission denied by vault".into()),
+        401 => ProviderError::Backend("vault authentication failed".into()),
+        429 => ProviderError::Unavailable("vault is rate limiting (HTTP 429)".into()),
+        code if status.is_server_error() => {
+            ProviderError::Unavailable(format!("vault answered HTTP {code}"))
+        }
+        code => ProviderError::Backend(format!("vault answered HTTP {code}")),
+    }
+}
+
+impl VaultProvider {
+    /// Parses `spec.provider.vault` and resolves its secret refs.
+    pub(crate) fn from_spec(
+        ctx: &BuildContext<'_>,
+        block: &Value,
+    ) -> Result<Self, ProviderConfigError> {
+        let spec: VaultSpec = ctx.parse(PROVIDER, block)?;
+        if spec.ca_provider.is_some() {
+            return Err(ctx.unsupported(PROVIDER, "caProvider (use caBundle)"));
+        }
+        if spec.tls.is_some() {
+            return Err(ctx.unsupported(PROVIDER, "tls client certificates"));
+        }
+        let server = Url::parse(spec.server.trim())
+            .map_err(|_| ctx.invalid(PROVIDER, "server is not a URL"))?;
+        if !matches!(server.scheme(), "http" | "https")
+            || server.host_str().is_none()
+            || server.cannot_be_a_base()
+            || server.query().is_some()
+            || server.fragment().is_some()
+            || !server.username().is_empty()
+            || server.password().is_some()
+        {
+            return Err(ctx.invalid(
+                PROVIDER,
+                "server must be an http(s) URL without query, fragment or credentials",
+            ));
+        }
+        let mount = match spec.path.as_deref().map(|p| p.trim_matches('/')) {
+            None | Some("") => None,
+            Some(p) => {
+                Some(segments(p).map_err(|why| ctx.invalid(PROVIDER, format!("path {why}")))?)
+            }
+        };
+        let header = |field: &str, value: &str| {
+            HeaderValue::from_str(value)
+                .map_err(|_| ctx.invalid(PROVIDER, format!("{field} is not a valid header value")))
+        };
+        let namespace = match spec.namespace.as_deref().filter(|n| !n.is_empty()) {
+            Some(ns) => Some(header("namespace", ns)?),
+            None => None,
+        };
+        let auth_spec = spec
+            .auth
+            .ok_or_else(|| ctx.invalid(PROVIDER, "auth is required"))?;
+        if let Some(method) = auth_spec.other.keys().next() {
+            return Err(ctx.unsupported(PROVIDER, format!("auth method {method:?}")));
+        }
+        let auth = match (auth_spec.token_secret_ref, auth_spec.app_role) {
+            (Some(_), Some(_)) => {
+                return Err(ctx.invalid(PROVIDER, "auth must name exactly one method"));
+            }
+            (None, None) => {
+                return Err(ctx.invalid(PROVIDER, "auth needs tokenSecretRef or appRole"));
+            }
+            (Some(selector), None) => {
+                let bytes = ctx.resolve("auth.tokenSecretRef", &selector)?;
+                let token = secret_header(&bytes).ok_or_else(|| {
+                    ctx.invalid(PROVIDER, "auth.tokenSecretRef does not hold a usable token")
+                })?;
+                Auth::Token(token)
+            }
+            (None, Some(role)) => {
+                let role_id = match (role.role_id, role.role_ref) {
+                    (Some(id), None) if !id.trim().is_empty() => id.trim().to_string(),
+                    (None, Some(selector)) => {
+                        let bytes = ctx.resolve("auth.appRole.roleRef", &selector)?;
+                        std::str::from_utf8(&bytes)
+                            .ok()
+                            .map(str::trim)
+                            .filter(|s| !s.is_empty())
+                            .ok_or_else(|| {
+                                ctx.invalid(
+                                    PROVIDER,
+                                    "auth.appRole.roleRef does not hold a role id",
+                                )
+                            })?
+                            .to_string()
+                    }
+                    _ => {
+                        return Err(ctx.invalid(
+                            PROVIDER,
+                            "auth.appRole needs exactly one of roleId and roleRef",
+                        ));
+                    }
+                };
+                let bytes = ctx.resolve("auth.appRole.secretRef", &role.secret_ref)?;
+                let secret_id = std::str::from_utf8(&bytes)
+                    .ok()
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .ok_or_else(|| {
+                        ctx.invalid(PROVIDER, "auth.appRole.secretRef does not hold a secret id")
+                    })?
+                    .to_string();
+                let mut login_segments = vec!["v1".to_string(), "auth".to_string()];
+                login_segments
+                    .extend(segments(role.path.trim_matches('/')).map_err(|why| {
+                        ctx.invalid(PROVIDER, format!("auth.appRole.path {why}"))
+                    })?);
+                login_segments.push("login".to_string());
+                let login_url = join(&server, &login_segments)
+                    .ok_or_else(|| ctx.invalid(PROVIDER, "server cannot carry a path"))?;
+                let login_namespace = match auth_spec.namespace.as_deref().filter(|n| !n.is_empty())
+                {
+                    Some(ns) => Some(header("auth.namespace", ns)?),
+                    None => namespace.clone(),
+                };
+                Auth::AppRole(Box::new(AppRole {
+                    login_url,
+                    namespace: login_namespace,
+                    role_id,
+                    secret_id,
+                    cached: Mutex::new(None),
+                }))
+            }
+        };
+        let client = http_client(spec.ca_bundle.as_deref(), ctx.settings.timeout)
+            .map_err(|e| ctx.invalid(PROVIDER, e.to_string()))?;
+        Ok(VaultProvider {
+            client,
+            server,
+            mount,
+            version: spec.version.unwrap_or(KvVersion::V2),
+            namespace,
+            auth,
+        })
+    }
+
+    /// Splits a caller key into (mount, path in mount), as ESO does: with `path` set,
+    /// a leading `{path}/` (and, on v2, `data/`) is dropped; without it, the key's
+    /// first segment is the mount.
+    fn locate(&self, key: &str) -> Result<(Vec<String>, Vec<String>), ProviderError> {
+        let bad = |why: &str| ProviderError::InvalidRequest(format!("key {why}"));
+        if key.is_empty() {
+            return Err(bad("is empty"));
+        }
+        let mut parts = segments(key).map_err(bad)?;
+        match &self.mount {
+            Some(mount) => {
+                if parts.len() > mount.len() && parts[..mount.len()] == mount[..] {
+                    parts.drain(..mount.len());
+                    if self.version == KvVersion::V2 && parts.len() > 1 && parts[0] == "data" {
+                        parts.remove(0);
+                    }
+                }
+                Ok((mount.clone(), parts))
+            }
+            None => {
+                if parts.len() < 2 {
+                    return Err(bad("must start with the mount when the store sets no path"));
+                }
+                let mount = vec![parts.remove(0)];
+                if self.version == KvVersion::V2 && parts.len() > 1 && parts[0] == "data" {
+                    parts.remove(0);
+                }
+                Ok((mount, parts))
+            }
+        }
+    }
+
+    /// `{server}/v1/{mount}/{kind}/{rest}` (`kind` is `data`/`metadata` on v2, none on v1).
+    fn url(
+        &self,
+        mount: &[String],
+        kind: Option<&str>,
+        rest: &[String],
+    ) -> Result<Url, ProviderError> {
+        let mut all = vec!["v1".to_string()];
+        all.extend(mount.iter().cloned());
+        all.extend(kind.map(str::to_string));
+        all.extend(rest.iter().cloned());
+        join(&self.server, &all)
+            .ok_or_else(|| ProviderError::InvalidRequest("cannot build the vault URL".into()))
+    }
+
+    /// The token to send: static, or the cached AppRole token (logging in when needed).
+    /// The flag tells whether the token came from a cache (and may be stale).
+    async fn token(&self, force_login: bool) -> Result<(HeaderValue, bool), ProviderError> {
+        let role = match &self.auth {
+            Auth::Token(t) => return Ok((t.clone(), false)),
+            Auth::AppRole(role) => role,
+        };
+        // Holding the lock across the login makes concurrent callers share one login.
+        let mut cached = role.cached.lock().await;
+        if !force_login
+            && let Some(c) = cached.as_ref()
+            && c.renew_at.is_none_or(|at| Instant::now() < at)
+        {
+            return Ok((c.token.clone(), true));
+        }
+        let fresh = self.login(role).await?;
+        let token = fresh.token.clone();
+        *cached = Some(fresh);
+        Ok((token, false))
+    }
+
+    async fn login(&self, role: &AppRole) -> Result<CachedToken, ProviderError> {
+        let mut req = self
+            .client
+            .post(role.login_url.clone())
+            .json(&serde_json::json!({"role_id": role.role_id, "secret_id": role.secret_id}));
+        if let Some(ns) = &role.namespace {
+            req = req.header(HEADER_NAMESPACE, ns.clone());
+        }
+        let started = Instant::now();
+        let (status, body) = self.send(req).await?;
+        if !status.is_success() {
+            tracing::warn!(status = status.as_u16(), "vault AppRole login refused");
+            return Err(match status_error(status) {
+                ProviderError::Unavailable(m) => ProviderError::Unavailable(m),
+                _ => ProviderError::Backend(format!(
+                    "vault AppRole login failed (HTTP {})",
+                    status.as_u16()
+                )),
+            });
+        }
+        let auth = body.get("auth").cloned().unwrap_or(Value::Null);
+        let token = auth
+            .get("client_token")
+            .and_then(Value::as_str)
+            .and_then(|t| secret_header(t.as_bytes()))
+            .ok_or_else(|| ProviderError::Backend("vault AppRole login gave no token".into()))?;
+        let lease = auth
+            .get("lease_duration")
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
+        // checked_add: an absurd lease must not overflow `Instant` (it then never expires
+        // here, and a 403 still triggers a fresh login).
+        let renew_at = (lease > 0)
+            .then(|| {
+                let lease = Duration::from_secs(lease);
+                started.checked_add(lease - TOKEN_RENEW_MARGIN.min(lease / 5))
+            })
+            .flatten();
+        tracing::debug!(lease_seconds = lease, "vault AppRole login succeeded");
+        Ok(CachedToken { token, renew_at })
+    }
+
+    /// Sends a request and reads a bounded JSON body (empty body: `null`).
+    async fn send(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> Result<(StatusCode, Value), ProviderError> {
+        let mut resp = req.send().await.map_err(|e| transport_error(&e))?;
+        let status = resp.status();
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| transport_error(&e))? {
+            if body.len() + chunk.len() > MAX_BODY {
+                return Err(ProviderError::Backend("vault answer is too large".into()));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        if !status.is_success() || body.is_empty() {
+            return Ok((status, Value::Null));
+        }
+        let value = serde_json::from_slice(&body)
+            .map_err(|_| ProviderError::Backend("vault answered malformed JSON".into()))?;
+        Ok((status, value))
+    }
+
+    /// An authenticated GET; on 403 with a cached AppRole token, logs in again once.
+    async fn get(&self, url: Url) -> Result<Value, ProviderError> {
+        let (mut token, mut from_cache) = self.token(false).await?;
+        loop {
+            let mut req = self
+                .client
+                .get(url.clone())
+                .header(HEADER_TOKEN, token.clone());
+            if let Some(ns) = &self.namespace {
+                req = req.header(HEADER_NAMESPACE, ns.clone());
+            }
+            let (status, body) = self.send(req).await?;
+            if status.is_success() {
+                return Ok(body);
+            }
+            if status == StatusCode::FORBIDDEN && from_cache {
+                // The cached token may have been revoked or expired early.
+                (token, _) = self.token(true).await?;
+                from_cache = false;
+                continue;
+            }
+            return Err(status_error(status));
+        }
+    }
+
+    /// The secret's data object at `(mount, path)`, optionally at a version (v2).
+    async fn read(
+        &self,
+        mount: &[String],
+        path: &[String],
+        version: Option<&str>,
+    ) -> Result<Map<String, Value>, ProviderError> {
+        let body = match self.version {
+            KvVersion::V2 => {
+                let mut url = self.url(mount, Some("data"), path)?;
+                if let Some(v) = version.filter(|v| !v.is_empty()) {
+                    if v.len() > 20 || !v.bytes().all(|b| b.is_ascii_digit()) {
+                        return Err(ProviderError::InvalidRequest(
+                            "version must be a number".into(),
+                        ));
+                    }
+                    url.query_pairs_mut().append_pair("version", v);
+                }
+                let mut body = self.get(url).await?;
+                body.get_mut("data")
+                    .and_then(|d| d.get_mut("data"))
+                    .map(Value::take)
+                    .unwrap_or(Value::Null)
+            }
+            KvVersion::V1 => {
+                if version.is_some_and(|v| !v.is_empty()) {
+                    return Err(ProviderError::Unsupported(
+                        "versions need a KV v2 store".into(),
+                    ));
+                }
+                let url = self.url(mount, None, path)?;
+                let mut body = self.get(url).await?;
+                body.get_mut("data").map(Value::take).unwrap_or(Value::Null)
+            }
+        };
+        match body {
+            Value::Object(m) => Ok(m),
+            // A deleted or destroyed v2 version answers `data: null`.
+            Value::Null => Err(ProviderError::NotFound),
+            _ => Err(ProviderError::Backend(
+                "vault answered an unexpected shape".into(),
+            )),
+        }
+    }
+
+    /// Lists a v2 metadata folder: (entry, is_folder). A missing folder is empty.
+    async fn list(
+        &self,
+        mount: &[String],
+        folder: &[String],
+    ) -> Result<Vec<(String, bool)>, ProviderError> {
+        let mut url = self.url(mount, Some("metadata"), folder)?;
+        // `LIST` is spelled `GET ?list=true` over plain HTTP.
+        if folder.is_empty() {
+            url.set_path(&format!("{}/", url.path().trim_end_matches('/')));
+        }
+        url.query_pairs_mut().append_pair("list", "true");
+        let body = match self.get(url).await {
+            Ok(body) => body,
+            Err(ProviderError::NotFound) => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let keys = body
+            .get("data")
+            .and_then(|d| d.get("keys"))
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            let Some(key) = key.as_str() else { continue };
+            let (name, is_folder) = match key.strip_suffix('/') {
+                Some(name) => (name, true),
+                None => (key, false),
+            };
+            // Skip names we could not address safely later.
+            if check_segment(name).is_ok() && !name.contains('/') {
+                out.push((name.to_string(), is_folder));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Tags of a v2 secret (its `custom_metadata`).
+    async fn tags(
+        &self,
+        mount: &[String],
+        path: &[String],
+    ) -> Result<Map<String, Value>, ProviderError> {
+        let url = self.url(mount, Some("metadata"), path)?;
+        let mut body = self.get(url).await?;
+        match body
+            .get_mut("data")
+            .and_then(|d| d.get_mut("custom_metadata"))
+            .map(Value::take)
+        {
+            Some(Value::Object(m)) => Ok(m),
+            _ => Ok(Map::new()),
+        }
+    }
+}
+
+/// Appends segments to the server URL's path (percent-encoding each).
+fn join(server: &Url, segments: &[String]) -> Option<Url> {
+    let mut url = server.clone();
+    url.path_segments_mut()
+        .ok()?
+        .pop_if_empty()
+        .extend(segments.iter());
+    Some(url)
+}
+
+#[async_trait::async_trait]
+impl SecretProvider for VaultProvider {
+    fn kind(&self) -> &'static str {
+        PROVIDER
+    }
+
+    async fn get_secret(&self, remote: &RemoteRef) -> Result<Vec<u8>, ProviderError> {
+        let (mount, path) = self.locate(&remote.key)?;
+        let data = self.read(&mount, &path, remote.version.as_deref()).await?;
+        property::secret_value(&data, remote.property.as_deref())
+    }
+
+    async fn get_secret_map(
+        &self,
+        remote: &RemoteRef,
+    ) -> Result<BTreeMap<String, Vec<u8>>, ProviderError> {
+        let (mount, path) = self.locate(&remote.key)?;
+        let data = self.read(&mount, &path, remote.version.as_deref()).await?;
+        property::secret_map(&data, remote.property.as_deref())
+    }
+
+    async fn find(&self, find: &FindRequest) -> Result<BTreeMap<String, Vec<u8>>, ProviderError> {
+        if self.version != KvVersion::V2 {
+            return Err(ProviderError::Unsupported(
+                "find needs a KV v2 store".into(),
+            ));
+        }
+        if find.name_regexp.is_none() && find.tags.is_empty() {
+            return Err(ProviderError::InvalidRequest(
+                "find needs name.regexp or tags".into(),
+            ));
+        }
+        let regex = find
+            .name_regexp
+            .as_deref()
+            .map(compile_name_regexp)
+            .transpose()?;
+        let search = find
+            .path
+            .as_deref()
+            .map(|p| p.trim_matches('/'))
+            .filter(|p| !p.is_empty());
+        // Names are returned as keys that `get_secret` on this store accepts: relative to
+        // the mount when the store sets one, else starting with the mount.
+        let (mount, base, name_prefix) = match (&self.mount, search) {
+            (Some(mount), Some(p)) => (
+                mount.clone(),
+                segments(p)
+                    .map_err(|why| ProviderError::InvalidRequest(format!("find.path {why}")))?,
+                Vec::new(),
+            ),
+            (Some(mount), None) => (mount.clone(), Vec::new(), Vec::new()),
+            (None, Some(p)) => {
+                let mut parts = segments(p)
+                    .map_err(|why| ProviderError::InvalidRequest(format!("find.path {why}")))?;
+                let mount = vec![parts.remove(0)];
+                (mount.clone(), parts, mount)
+            }
+            (None, None) => {
+                return Err(ProviderError::InvalidRequest(
+                    "find.path must name the mount when the store sets no path".into(),
+                ));
+            }
+        };
+
+        // Breadth-first walk, bounded in entries and depth.
+        let mut secrets: Vec<Vec<String>> = Vec::new();
+        let mut folders = vec![(base, 0usize)];
+        let mut visited = 0usize;
+        while let Some((folder, depth)) = folders.pop() {
+            for (name, is_folder) in self.list(&mount, &folder).await? {
+                visited += 1;
+                if visited > MAX_FIND_ENTRIES {
+                    return Err(ProviderError::InvalidRequest(format!(
+                        "find would visit more than {MAX_FIND_ENTRIES} entries; narrow find.path"
+                    )));
+                }
+                let mut path = folder.clone();
+                path.push(name);
+                if is_folder {
+                    if depth + 1 > MAX_FIND_DEPTH {
+                        return Err(ProviderError::InvalidRequest(format!(
+                            "find would descend more than {MAX_FIND_DEPTH} folders; narrow find.path"
+                        )));
+                    }
+                    folders.push((path, depth + 1));
+                } else {
+                    secrets.push(path);
+                }
+            }
+        }
+
+        let mut out = BTreeMap::new();
+        for path in secrets {
+            let name = name_prefix
+                .iter()
+                .chain(path.iter())
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("/");
+            if let Some(re) = &regex
+                && !re.is_match(&name)
+            {
+                continue;
+            }
+            if !find.tags.is_empty() {
+                let tags = self.tags(&mount, &path).await?;
+                let all_match = find
+                    .tags
+                    .iter()
+                    .all(|(k, v)| tags.get(k).and_then(Value::as_str) == Some(v.as_str()));
+                if !all_match {
+                    continue;
+                }
+            }
+            match self.read(&mount, &path, None).await {
+                Ok(data) => {
+                    out.insert(name, property::secret_value(&data, None)?);
+                }
+                // Deleted since listed (or only soft-deleted versions): not a secret now.
+                Err(ProviderError::NotFound) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SecretIndex;
+    use crate::config::resources::SecretObject;
+    use crate::providers::ProviderSettings;
+    use serde_json::json;
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn secrets() -> SecretIndex {
+        let mut idx = SecretIndex::default();
+        idx.insert(
+            "eso",
+            "vault",
+            &SecretObject {
+                string_data: [
+                    ("token".to_string(), "s.root-token-value\n".to_string()),
+                    ("role".to_string(), "role-123".to_string()),
+                    ("secret".to_string(), "secret-456".to_string()),
+                ]
+                .into(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        idx
+    }
+
+    fn build(block: Value) -> Result<VaultProvider, ProviderConfigError> {
+        build_with(block, Duration::from_secs(5))
+    }
+
+    fn build_with(block: Value, timeout: Duration) -> Result<VaultProvider, ProviderConfigError> {
+        let secrets = secrets();
+        let settings = ProviderSettings { timeout };
+        let ctx = BuildContext {
+            store: "vault-store",
+            namespace: None,
+            secrets: &secrets,
+            settings: &settings,
+        };
+        VaultProvider::from_spec(&ctx, &block)
+    }
+
+    fn token_auth() -> Value {
+        json!({"tokenSecretRef": {"name": "vault", "key": "token", "namespace": "eso"}})
+    }
+
+    fn strs(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn locates_keys_like_eso() {
+        let p =
+            build(json!({"server": "http://vault:8200/", "path": "secret", "auth": token_auth()}))
+                .unwrap();
+        assert_eq!(p.locate("db").unwrap(), (strs(&["secret"]), strs(&["db"])));
+        assert_eq!(
+            p.locate("a/b").unwrap(),
+            (strs(&["secret"]), strs(&["a", "b"]))
+        );
+        assert_eq!(
+            p.locate("secret/db").unwrap(),
+            (strs(&["secret"]), strs(&["db"]))
+        );
+        assert_eq!(
+            p.locate("secret/data/db").unwrap(),
+            (strs(&["secret"]), strs(&["db"]))
+        );
+        assert_eq!(
+            p.url(&strs(&["secret"]), Some("data"), &strs(&["a b", "c?d"]))
+                .unwrap()
+                .as_str(),
+            "http://vault:8200/v1/secret/data/a%20b/c%3Fd"
+        );
+        for bad in [
+            "",
+            "../sys/seal",
+            "a/../../b",
+            "a//b",
+            "/a",
+            "a/",
+            "a/./b",
+            "a\nb",
+        ] {
+            assert!(
+                matches!(p.locate(bad), Err(ProviderError::InvalidRequest(_))),
+                "{bad:?}"
+            );
+        }
+        let no_path =
+            build(json!({"server": "http://vault:8200", "version": "v1", "auth": token_auth()}))
+                .unwrap();
+        assert_eq!(
+            no_path.locate("kv/team/db").unwrap(),
+            (strs(&["kv"]), strs(&["team", "db"]))
+        );
+        assert!(no_path.locate("db").is_err());
+        let v2_no_path =
+            build(json!({"server": "http://vault:8200", "auth": token_auth()})).unwrap();
+        assert_eq!(
+            v2_no_path.locate("secret/data/db").unwrap(),
+            (strs(&["secret"]), strs(&["db"]))
+        );
+    }
+
+    #[test]
+    fn config_errors() {
+        let cases = [
+            json!({"path": "secret", "auth": token_auth()}),
+            json!({"server": "ftp://vault", "auth": token_auth()}),
+            json!({"server": "http://u:p@vault", "auth": token_auth()}),
+            json!({"server": "http://vault"}),
+            json!({"server": "http://vault", "auth": {}}),
+            json!({"server": "http://vault", "version": "v3", "auth": token_auth()}),
+            json!({"server": "http://vault", "auth": {"kubernetes": {"role": "r"}}}),
+            json!({"server": "http://vault", "auth": {"tokenSecretRef": {"name": "vault", "key": "token", "namespace": "eso"},
+                "appRole": {"roleId": "r", "secretRef": {"name": "vault", "key": "secret", "namespace": "eso"}}}}),
+            json!({"server": "http://vault", "auth": {"appRole": {"secretRef": {"name": "vault", "key": "secret", "namespace": "eso"}}}}),
+            json!({"server": "http://vault", "auth": {"tokenSecretRef": {"name": "vault", "key": "nope", "namespace": "eso"}}}),
+            json!({"server": "http://vault", "caBundle": "%%%", "auth": token_auth()}),
+            json!({"server": "http://vault", "caProvider": {"type": "Secret"}, "auth": token_auth()}),
+            json!({"server": "http://vault", "path": "a/../b", "auth": token_auth()}),
+        ];
+        for case in cases {
+            let err = build(case.clone()).err();
+            assert!(err.is_some(), "{case}");
+            let msg = err.map(|e| e.to_string()).unwrap_or_default();
+            assert!(!msg.contains("root-token-value"), "{msg}");
+        }
+        let ok = build(json!({"server": "http://vault", "auth": {"appRole": {
+            "roleRef": {"name": "vault", "key": "role", "namespace": "eso"},
+            "secretRef": {"name": "vault", "key": "secret", "namespace": "eso"}}}}))
+        .unwrap();
+        let dbg = format!("{ok:?}");
+        assert!(
+            !dbg.contains("secret-456") && !dbg.contains("role-123"),
+            "{dbg}"
+        );
+    }
+
+    /// A one-shot HTTP server: records each request head and answers with `answers` in order.
+    async fn serve(answers: Vec<(u16, Value)>) -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let record = seen.clone();
+        tokio::spawn(async move {
+            for (status, body) in answers {
+                let (mut sock, _) = listener.accept().await.unwrap();
+                let mut buf = vec![0u8; 16384];
+                let mut head = Vec::new();
+                loop {
+                    let n = sock.read(&mut buf).await.unwrap();
+                    head.extend_from_slice(&buf[..n]);
+                    if n == 0 || head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        break;
+                    }
+                }
+                let text = String::from_utf8_lossy(&head).to_string();
+                // Read a JSON body announced by Content-Length, if any.
+                if let Some(len) = text.lines().find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")
+                        .map(|v| v.trim().parse::<usize>().unwrap())
+                }) {
+                    let start = text.find("\r\n\r\n").unwrap() + 4;
+                    let mut have = head.len() - start;
+                    while have < len {
+                        let n = sock.read(&mut buf).await.unwrap();
+                        have += n;
+                    }
+                }
+                record.lock().unwrap().push(text);
+                let body = body.to_string();
+                let reply = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                sock.write_all(reply.as_bytes()).await.unwrap();
+                sock.shutdown().await.ok();
+            }
+        });
+        (format!("http://{addr}"), seen)
+    }
+
+    #[tokio::test]
+    async fn sends_token_namespace_and_version() {
+        let (server, seen) = serve(vec![(
+            200,
+            json!({"data": {"data": {"user": "u", "n": {"x": 1}}, "metadata": {"version": 3}}}),
+        )])
+        .await;
+        let p = build(
+            json!({"server": server, "path": "secret", "namespace": "team-a/sub",
+            "auth": token_auth()}),
+        )
+        .unwrap();
+        let value = p
+            .get_secret(&RemoteRef {
+                key: "app/db".into(),
+                property: Some("n.x".into()),
+                version: Some("3".into()),
+            })
+            .await
+            .unwrap();
+        assert_eq!(value, b"1");
+        let req = seen.lock().unwrap()[0].to_ascii_lowercase();
+        assert!(
+            req.starts_with("get /v1/secret/data/app/db?version=3 "),
+            "{req}"
+        );
+        assert!(
+            req.contains("x-vault-token: s.root-token-value\r\n"),
+            "{req}"
+        );
+        assert!(req.contains("x-vault-namespace: team-a/sub\r\n"), "{req}");
+    }
+
+    #[tokio::test]
+    async fn maps_statuses() {
+        let (server, _) = serve(vec![
+            (404, json!({"errors": []})),
+            (403, json!({"errors": ["permission denied"]})),
+            (503, json!({"errors": ["sealed"]})),
+            (200, json!({"data": null})),
+        ])
+        .await;
+        let p =
+            build(json!({"server": server, "path": "kv", "version": "v1", "auth": token_auth()}))
+                .unwrap();
+        let r = RemoteRef {
+            key: "x".into(),
+            ..Default::default()
+        };
+        assert_eq!(p.get_secret(&r).await, Err(ProviderError::NotFound));
+        assert_eq!(
+            p.get_secret(&r).await,
+            Err(ProviderError::Backend("permission denied by vault".into()))
+        );
+        assert!(matches!(
+            p.get_secret(&r).await,
+            Err(ProviderError::Unavailable(_))
+        ));
+        assert_eq!(p.get_secret(&r).await, Err(ProviderError::NotFound));
+        // Versions are a KV v2 feature; checked before any call.
+        let versioned = RemoteRef {
+            version: Some("1".into()),
+            ..r.clone()
+        };
+        assert!(matches!(
+            p.get_secret(&versioned).await,
+            Err(ProviderError::Unsupported(_))
+        ));
+        assert!(matches!(
+            p.find(&FindRequest {
+                name_regexp: Some(".*".into()),
+                ..Default::default()
+            })
+            .await,
+            Err(ProviderError::Unsupported(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn approle_logs_in_once_and_again_on_403() {
+        let (server, seen) = serve(vec![
+            (
+                200,
+                json!({"auth": {"client_token": "tok-1", "lease_duration": 3600}}),
+            ),
+            (200, json!({"data": {"data": {"a": "1"}}})),
+            (200, json!({"data": {"data": {"a": "2"}}})),
+            (403, json!({"errors": ["permission denied"]})),
+            (
+                200,
+                json!({"auth": {"client_token": "tok-2", "lease_duration": 3600}}),
+            ),
+            (200, json!({"data": {"data": {"a": "3"}}})),
+        ])
+        .await;
+        let p = build(
+            json!({"server": server, "path": "secret", "namespace": "ns1", "auth": {
+            "namespace": "auth-ns",
+            "appRole": {"path": "my-approle", "roleId": "role-123",
+                "secretRef": {"name": "vault", "key": "secret", "namespace": "eso"}}}}),
+        )
+        .unwrap();
+        let r = RemoteRef {
+            key: "k".into(),
+            property: Some("a".into()),
+            version: None,
+        };
+        assert_eq!(p.get_secret(&r).await.unwrap(), b"1");
+        assert_eq!(p.get_secret(&r).await.unwrap(), b"2");
+        assert_eq!(p.get_secret(&r).await.unwrap(), b"3");
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 6);
+        let login = seen[0].to_ascii_lowercase();
+        assert!(
+            login.starts_with("post /v1/auth/my-approle/login "),
+            "{login}"
+        );
+        assert!(login.contains("x-vault-namespace: auth-ns\r\n"), "{login}");
+        assert!(
+            seen[1]
+                .to_ascii_lowercase()
+                .contains("x-vault-token: tok-1\r\n")
+        );
+        assert!(
+            seen[1]
+                .to_ascii_lowercase()
+                .contains("x-vault-namespace: ns1\r\n")
+        );
+        assert!(
+            seen[2]
+                .to_ascii_lowercase()
+                .contains("x-vault-token: tok-1\r\n")
+        );
+        assert!(
+            seen[4]
+                .to_ascii_lowercase()
+                .starts_with("post /v1/auth/my-approle/login ")
+        );
+        assert!(
+            seen[5]
+                .to_ascii_lowercase()
+                .contains("x-vault-token: tok-2\r\n")
+        );
+    }
+
+    #[tokio::test]
+    async fn approle_renews_before_lease_end() {
+        let (server, seen) = serve(vec![
+            (
+                200,
+                json!({"auth": {"client_token": "short", "lease_duration": 1}}),
+            ),
+            (200, json!({"data": {"data": {"a": "1"}}})),
+            (
+                200,
+                json!({"auth": {"client_token": "huge", "lease_duration": u64::MAX}}),
+            ),
+            (200, json!({"data": {"data": {"a": "2"}}})),
+            (200, json!({"data": {"data": {"a": "3"}}})),
+        ])
+        .await;
+        let p = build(json!({"server": server, "path": "secret", "auth": {
+            "appRole": {"roleId": "role-123",
+                "secretRef": {"name": "vault", "key": "secret", "namespace": "eso"}}}}))
+        .unwrap();
+        let r = RemoteRef {
+            key: "k".into(),
+            property: Some("a".into()),
+            version: None,
+        };
+        assert_eq!(p.get_secret(&r).await.unwrap(), b"1");
+        // A 1 s lease is renewed after 0.8 s.
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        assert_eq!(p.get_secret(&r).await.unwrap(), b"2");
+        assert_eq!(p.get_secret(&r).await.unwrap(), b"3");
+        let seen = seen.lock().unwrap();
+        assert!(
+            seen[2]
+                .to_ascii_lowercase()
+                .starts_with("post /v1/auth/approle/login ")
+        );
+        assert!(
+            seen[4]
+                .to_ascii_lowercase()
+                .contains("x-vault-token: huge\r\n")
+        );
+    }
+
+    #[tokio::test]
+    async fn approle_login_failure_is_safe() {
+        let (server, _) = serve(vec![(
+            400,
+            json!({"errors": ["invalid role or secret ID"]}),
+        )])
+        .await;
+        let p = build(json!({"server": server, "path": "secret", "auth": {
+            "appRole": {"roleId": "role-123",
+                "secretRef": {"name": "vault", "key": "secret", "namespace": "eso"}}}}))
+        .unwrap();
+        let err = p
+            .get_secret(&RemoteRef {
+                key: "k".into(),
+                ..Default::default()
+            })
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(err, ProviderError::Backend(_)));
+        let msg = err.to_string();
+        assert!(
+            !msg.contains("secret-456") && !msg.contains("role-123"),
+            "{msg}"
+        );
+    }
+
+    #[tokio::test]
+    async fn silent_server_times_out() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hold = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((sock, _)) = listener.accept().await {
+                held.push(sock);
+            }
+        });
+        let p = build_with(
+            json!({"server": format!("http://{addr}"), "path": "secret", "auth": token_auth()}),
+            Duration::from_millis(300),
+        )
+        .unwrap();
+        let err = p
+            .get_secret(&RemoteRef {
+                key: "k".into(),
+                ..Default::default()
+            })
+            .await;
+        assert_eq!(err, Err(ProviderError::Timeout));
+        hold.abort();
+    }
+
+    #[tokio::test]
+    async fn closed_port_is_unavailable() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let p = build(
+            json!({"server": format!("http://{addr}"), "path": "secret", "auth": token_auth()}),
+        )
+        .unwrap();
+        let err = p
+            .get_secret(&RemoteRef {
+                key: "k".into(),
+                ..Default::default()
+            })
+            .await;
+        assert!(matches!(err, Err(ProviderError::Unavailable(_))), "{err:?}");
+    }
+}
