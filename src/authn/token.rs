@@ -69,6 +69,10 @@ fn b64_json<T: serde::de::DeserializeOwned>(part: &str, what: &'static str) -> R
     let bytes = URL_SAFE_NO_PAD
         .decode(part)
         .map_err(|_| AuthnError::Malformed(what))?;
+    // Serde would also read a struct from a JSON array; JOSE requires an object.
+    if !bytes.trim_ascii_start().starts_with(b"{") {
+        return Err(AuthnError::Malformed(what));
+    }
     serde_json::from_slice(&bytes).map_err(|_| AuthnError::Malformed(what))
 }
 
