@@ -200,6 +200,13 @@ impl Authenticator {
         }
     }
 
+    /// Whether a verified result for `token` is cached (tests only).
+    #[cfg(test)]
+    pub(crate) fn is_cached(&self, token: &str) -> bool {
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        self.tokens.contains_key(&digest)
+    }
+
     fn live_generation(&self, federation: &str, now: u64) -> Option<u64> {
         self.federations
             .load()

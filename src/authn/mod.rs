@@ -15,6 +15,10 @@ mod settings;
 mod token;
 
 #[cfg(test)]
+mod test_support;
+#[cfg(test)]
+mod tests_keys;
+#[cfg(test)]
 mod tests_server;
 #[cfg(test)]
 mod tests_vectors;

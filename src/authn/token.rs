@@ -89,14 +89,18 @@ pub(crate) fn parse(token: &str, max_bytes: usize) -> Result<ParsedToken<'_>, Au
     else {
         return Err(AuthnError::Malformed("not three dot-separated parts"));
     };
-    if h.is_empty() || p.is_empty() || s.is_empty() {
+    if h.is_empty() || p.is_empty() {
         return Err(AuthnError::Malformed("empty part"));
     }
     let header: RawHeader = b64_json(h, "bad header")?;
     if header.crit.0 {
         return Err(AuthnError::CriticalHeader);
     }
+    // Before the signature check, so that `alg: none` (empty signature) is named as such.
     let alg = accepted_algorithm(&header.alg).ok_or(AuthnError::UnsupportedAlgorithm)?;
+    if s.is_empty() {
+        return Err(AuthnError::Malformed("empty signature"));
+    }
     // Only the signature is checked against these bytes later; reject bad encodings now.
     if URL_SAFE_NO_PAD.decode(s).is_err() {
         return Err(AuthnError::Malformed("bad signature encoding"));
@@ -295,6 +299,10 @@ mod tests {
         }
         let t = tok(json!({"alg": "none"}), ok_claims.clone());
         assert_eq!(parse(&t, 1000).err(), Some(AuthnError::UnsupportedAlgorithm));
+        let t = format!("{}.{}.", enc(&json!({"alg": "none"})), enc(&ok_claims));
+        assert_eq!(parse(&t, 1000).err(), Some(AuthnError::UnsupportedAlgorithm));
+        let t = format!("{}.{}.", enc(&json!({"alg": "RS256"})), enc(&ok_claims));
+        assert_eq!(parse(&t, 1000).err(), Some(AuthnError::Malformed("empty signature")));
         let t = tok(json!({"alg": "RS256", "crit": ["exp"]}), ok_claims.clone());
         assert_eq!(parse(&t, 1000).err(), Some(AuthnError::CriticalHeader));
         let t = tok(json!({"alg": "RS256", "crit": null}), ok_claims.clone());
