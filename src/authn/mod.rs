@@ -1,5 +1,32 @@
 //! Authentication: ServiceAccount JWTs verified against each federation's keys.
+//!
+//! A token is matched to the federations whose issuer equals its `iss` (by name order), then
+//! to a key by `kid` (all keys when it has none). Keys come only from the federation's own
+//! configuration (static `jwks`, or fetched anonymously from its `url`), never from the token.
 
+mod authenticator;
+mod clock;
+mod error;
+mod federation;
 mod identity;
+mod jwks;
+mod keys;
+mod settings;
+mod token;
 
+#[cfg(test)]
+mod test_support;
+#[cfg(test)]
+mod tests_keys;
+#[cfg(test)]
+mod tests_server;
+#[cfg(test)]
+mod tests_vectors;
+
+pub use authenticator::Authenticator;
+pub use clock::Clock;
+pub use error::AuthnError;
+pub use federation::{Federation, FederationError};
 pub use identity::Identity;
+pub use keys::{JwksError, kubernetes_key_id};
+pub use settings::AuthnSettings;

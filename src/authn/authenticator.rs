@@ -1,0 +1,285 @@
+//! The authenticator: federations, key caches and the verified-token cache.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use moka::Expiry;
+use sha2::{Digest, Sha256};
+
+use super::clock::Clock;
+use super::error::AuthnError;
+use super::federation::Federation;
+use super::identity::Identity;
+use super::jwks::{ClientCa, FedState};
+use super::settings::AuthnSettings;
+use super::token::{self, ParsedToken};
+use crate::metrics::METRICS;
+
+/// Longest a verified token stays cached, whatever its `exp` (bounds the memory of long-lived tokens).
+const MAX_TOKEN_CACHE_SECS: u64 = 3600;
+
+/// A verified token: its identity, bound to the key set that verified it.
+#[derive(Clone)]
+struct CachedToken {
+    identity: Arc<Identity>,
+    exp: u64,
+    generation: u64,
+}
+
+/// Expires a cached token when the token itself expires (per entry).
+struct TokenExpiry {
+    clock: Clock,
+    leeway: u64,
+}
+
+impl Expiry<[u8; 32], CachedToken> for TokenExpiry {
+    fn expire_after_create(&self, _: &[u8; 32], v: &CachedToken, _: Instant) -> Option<Duration> {
+        let left = v.exp.saturating_add(self.leeway).saturating_sub(self.clock.now());
+        Some(Duration::from_secs(left.min(MAX_TOKEN_CACHE_SECS)))
+    }
+}
+
+/// Verifies ServiceAccount tokens against the configured federations. Share it in an `Arc`;
+/// [`set_federations`](Self::set_federations) swaps the configuration without blocking requests.
+pub struct Authenticator {
+    settings: AuthnSettings,
+    /// Sorted by name: the order federations are tried in.
+    federations: ArcSwap<Vec<Arc<FedState>>>,
+    /// sha256(token) → identity. Only successes are cached; the token itself is never stored.
+    tokens: moka::sync::Cache<[u8; 32], CachedToken>,
+    /// Serializes reloads (each reads the previous set to keep unchanged federations' caches).
+    reload: std::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<String> = self.federations.load().iter().map(|s| s.fed.name.clone()).collect();
+        f.debug_struct("Authenticator")
+            .field("federations", &names)
+            .field("cached_tokens", &self.tokens.entry_count())
+            .finish()
+    }
+}
+
+impl Authenticator {
+    /// An authenticator without federations (every token is rejected until
+    /// [`set_federations`](Self::set_federations)).
+    pub fn new(settings: AuthnSettings) -> Self {
+        let tokens = moka::sync::Cache::builder()
+            .max_capacity(settings.token_cache_capacity)
+            .expire_after(TokenExpiry {
+                clock: settings.clock.clone(),
+                leeway: settings.leeway_secs,
+            })
+            .support_invalidation_closures()
+            .build();
+        Authenticator {
+            settings,
+            federations: ArcSwap::from_pointee(Vec::new()),
+            tokens,
+            reload: std::sync::Mutex::new(()),
+        }
+    }
+
+    /// Replace the set of federations (called on every config reload). Caches (keys, verified
+    /// tokens) of federations whose config is unchanged are kept; those of changed/removed
+    /// federations are dropped. Adding or changing a federation drops every cached token, since
+    /// it may now match tokens (by issuer) that another federation verified before.
+    pub fn set_federations(&self, federations: Vec<Federation>) {
+        // A poisoned lock only means another reload panicked; the data it guards is `()`.
+        let _guard = self.reload.lock().unwrap_or_else(|p| p.into_inner());
+        let old = self.federations.load_full();
+        let mut federations = federations;
+        federations.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut names = HashSet::new();
+        let mut next = Vec::with_capacity(federations.len());
+        let mut added_or_changed = false;
+        for fed in federations {
+            if !names.insert(fed.name.clone()) {
+                tracing::warn!(federation = fed.name.as_str(), "duplicate federation name ignored");
+                continue;
+            }
+            match old.iter().find(|s| s.fed == fed) {
+                Some(kept) => next.push(kept.clone()),
+                None => {
+                    added_or_changed = true;
+                    next.push(Arc::new(FedState::new(fed)));
+                }
+            }
+        }
+        let removed: HashSet<String> = old
+            .iter()
+            .filter(|s| !next.iter().any(|n| Arc::ptr_eq(n, s)))
+            .map(|s| s.fed.name.clone())
+            .collect();
+        self.federations.store(Arc::new(next));
+        if added_or_changed {
+            self.tokens.invalidate_all();
+        } else if !removed.is_empty()
+            && self
+                .tokens
+                .invalidate_entries_if(move |_, v| removed.contains(&v.identity.federation))
+                .is_err()
+        {
+            self.tokens.invalidate_all();
+        }
+    }
+
+    /// Verify a bearer token. `client_ca_b64` is the optional `ca.crt` from the request body
+    /// (base64 of a PEM bundle); it is used, per federation policy, only to fetch keys.
+    pub async fn authenticate(
+        &self,
+        token: &str,
+        client_ca_b64: Option<&str>,
+    ) -> Result<Identity, AuthnError> {
+        let result = self.authenticate_inner(token, client_ca_b64).await;
+        match &result {
+            Ok((_, cached)) => {
+                let outcome = if *cached { "cached" } else { "ok" };
+                METRICS.authentications.with_label_values(&[outcome]).inc();
+            }
+            Err(e) => METRICS.authentications.with_label_values(&[e.kind()]).inc(),
+        }
+        result.map(|(id, _)| id)
+    }
+
+    async fn authenticate_inner(
+        &self,
+        token: &str,
+        client_ca_b64: Option<&str>,
+    ) -> Result<(Identity, bool), AuthnError> {
+        let s = &self.settings;
+        if token.len() > s.max_token_bytes {
+            tracing::debug!(kind = "too_large", "authentication failed");
+            return Err(AuthnError::TooLarge);
+        }
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let now = s.clock.now();
+        if let Some(hit) = self.tokens.get(&digest) {
+            // Re-check against the clock (moka's expiry runs on its own clock) and that the
+            // keys that verified it are still the federation's usable keys.
+            if now <= hit.exp.saturating_add(s.leeway_secs)
+                && self.live_generation(&hit.identity.federation, now) == Some(hit.generation)
+            {
+                return Ok(((*hit.identity).clone(), true));
+            }
+            self.tokens.invalidate(&digest);
+        }
+        let parsed = match token::parse(token, s.max_token_bytes) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::debug!(kind = e.kind(), "authentication failed");
+                return Err(e);
+            }
+        };
+        match self.verify(&parsed, client_ca_b64, now).await {
+            Ok((identity, generation)) => {
+                let exp = identity.expires_at.unwrap_or(0);
+                self.tokens.insert(
+                    digest,
+                    CachedToken {
+                        identity: Arc::new(identity.clone()),
+                        exp,
+                        generation,
+                    },
+                );
+                Ok((identity, false))
+            }
+            Err((e, federation)) => {
+                tracing::debug!(
+                    kind = e.kind(),
+                    federation = federation.as_deref().unwrap_or(""),
+                    iss = parsed.iss.as_str(),
+                    kid = parsed.kid.as_deref().unwrap_or(""),
+                    "authentication failed"
+                );
+                Err(e)
+            }
+        }
+    }
+
+    /// Whether a verified result for `token` is cached (tests only).
+    #[cfg(test)]
+    pub(crate) fn is_cached(&self, token: &str) -> bool {
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        self.tokens.contains_key(&digest)
+    }
+
+    fn live_generation(&self, federation: &str, now: u64) -> Option<u64> {
+        self.federations
+            .load()
+            .iter()
+            .find(|s| s.fed.name == federation)
+            .and_then(|s| s.live_generation(now, &self.settings))
+    }
+
+    /// Tries the federations with the token's issuer, in name order. On failure, returns the
+    /// error that got furthest (a claim error after a verified signature beats "unknown kid").
+    async fn verify(
+        &self,
+        t: &ParsedToken<'_>,
+        client_ca_b64: Option<&str>,
+        now: u64,
+    ) -> Result<(Identity, u64), (AuthnError, Option<String>)> {
+        let s = &self.settings;
+        let client_ca = ClientCa::new(client_ca_b64);
+        let federations = self.federations.load_full();
+        let mut best: Option<(AuthnError, Option<String>)> = None;
+        let mut note = |e: AuthnError, fed: &str| {
+            if best.as_ref().is_none_or(|(b, _)| e.stage() > b.stage()) {
+                best = Some((e, Some(fed.to_owned())));
+            }
+        };
+        for st in federations.iter() {
+            let name = st.fed.name.as_str();
+            match st.fed.configured_issuer() {
+                Some(iss) if iss != t.iss => continue,
+                Some(_) => {}
+                None => {
+                    // The issuer comes from discovery: we need the keys to know it.
+                    match st.keys(None, &client_ca, s).await {
+                        Ok(ks) if st.expected_issuer(&ks) == Some(t.iss.as_str()) => {}
+                        Ok(_) => continue,
+                        Err(e) => {
+                            note(e, name);
+                            continue;
+                        }
+                    }
+                }
+            }
+            let ks = match st.keys(t.kid.as_deref(), &client_ca, s).await {
+                Ok(ks) if st.expected_issuer(&ks) == Some(t.iss.as_str()) => ks,
+                Ok(_) => continue,
+                Err(e) => {
+                    note(e, name);
+                    continue;
+                }
+            };
+            let mut candidates = ks
+                .keys
+                .iter()
+                .filter(|k| t.kid.is_none() || k.kid == t.kid)
+                .peekable();
+            if candidates.peek().is_none() {
+                note(AuthnError::UnknownKeyId, name);
+                continue;
+            }
+            let mut usable = candidates.filter(|k| k.accepts(t.alg)).peekable();
+            if usable.peek().is_none() {
+                note(AuthnError::KeyAlgorithmMismatch, name);
+                continue;
+            }
+            if usable.any(|k| t.verify_signature(k)) {
+                match t.check_claims(&st.fed, now, s.leeway_secs) {
+                    Ok(identity) => return Ok((identity, ks.generation)),
+                    Err(e) => note(e, name),
+                }
+            } else {
+                note(AuthnError::BadSignature, name);
+            }
+        }
+        Err(best.unwrap_or((AuthnError::UnknownIssuer, None)))
+    }
+}

@@ -1,0 +1,438 @@
+//! Per-federation key state: fetching (discovery → JWKS), caching, single-flight refresh,
+//! stale-if-error and fail-closed.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use arc_swap::ArcSwapOption;
+use reqwest::Url;
+use reqwest::header::ACCEPT;
+use rustls_pki_types::CertificateDer;
+use sha2::{Digest, Sha256};
+
+use super::error::AuthnError;
+use super::federation::{Federation, parse_ca_bundle_b64};
+use super::keys::{JwksError, VerifyKey, parse_jwks};
+use super::settings::AuthnSettings;
+use crate::config::resources::ClientCaPolicy;
+use crate::metrics::METRICS;
+
+/// Source of unique key-set generations (a verified-token cache entry is bound to one).
+static NEXT_GENERATION: AtomicU64 = AtomicU64::new(1);
+
+fn next_generation() -> u64 {
+    NEXT_GENERATION.fetch_add(1, Ordering::Relaxed)
+}
+
+/// The keys of a federation at one point in time.
+#[derive(Debug)]
+pub(crate) struct KeySet {
+    pub(crate) keys: Arc<Vec<VerifyKey>>,
+    /// When fetched (clock seconds); 0 for static keys.
+    fetched_at: u64,
+    /// `issuer` of the discovery document, when discovery was used.
+    discovered_issuer: Option<String>,
+    /// Changes whenever the keys (or the federation) change.
+    pub(crate) generation: u64,
+}
+
+/// Why fetching keys failed. Messages hold no token and no credential.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum FetchError {
+    #[error("building the HTTP client failed: {0}")]
+    Client(String),
+    #[error("request failed: {0}")]
+    Http(String),
+    #[error("redirect ({0}) not followed")]
+    Redirect(u16),
+    #[error("unexpected status {0}")]
+    Status(u16),
+    #[error("document larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("bad discovery document: {0}")]
+    Discovery(&'static str),
+    #[error(transparent)]
+    Jwks(#[from] JwksError),
+}
+
+/// The `ca.crt` a client sent, parsed only if a fetch needs it.
+pub(crate) struct ClientCa<'a> {
+    b64: Option<&'a str>,
+    parsed: OnceLock<Vec<CertificateDer<'static>>>,
+}
+
+impl<'a> ClientCa<'a> {
+    pub(crate) fn new(b64: Option<&'a str>) -> Self {
+        ClientCa {
+            b64,
+            parsed: OnceLock::new(),
+        }
+    }
+
+    /// The client's certificates; an unparseable bundle counts as none (it only ever adds trust).
+    fn certs(&self) -> &[CertificateDer<'static>] {
+        self.parsed.get_or_init(|| match self.b64 {
+            Some(b64) if !b64.trim().is_empty() => parse_ca_bundle_b64(b64).unwrap_or_else(|_| {
+                tracing::debug!("client ca.crt ignored: not a base64 PEM bundle");
+                Vec::new()
+            }),
+            _ => Vec::new(),
+        })
+    }
+
+    /// The client certificates `fed`'s `clientCAPolicy` lets us trust for its `url`.
+    fn usable_for(&self, fed: &Federation) -> Vec<CertificateDer<'static>> {
+        match fed.client_ca_policy {
+            ClientCaPolicy::Ignore => Vec::new(),
+            ClientCaPolicy::Trust => self.certs().to_vec(),
+            ClientCaPolicy::MustMatch => self
+                .certs()
+                .iter()
+                .filter(|c| fed.ca_bundle.contains(c))
+                .cloned()
+                .collect(),
+        }
+    }
+}
+
+/// Identifies the extra trust a fetch used, so a failure with one client CA does not hold
+/// back a fetch with another (or with none).
+fn trust_digest(extra: &[CertificateDer<'_>]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for c in extra {
+        h.update((c.len() as u64).to_be_bytes());
+        h.update(c.as_ref());
+    }
+    h.finalize().into()
+}
+
+#[derive(Default)]
+struct RefreshState {
+    /// Clock time of the last fetch attempt.
+    last_attempt: Option<u64>,
+    /// Clock time and trust digest of the last failed attempt (cleared by a success).
+    last_failure: Option<(u64, [u8; 32])>,
+}
+
+/// One federation with its key cache.
+pub(crate) struct FedState {
+    pub(crate) fed: Federation,
+    current: ArcSwapOption<KeySet>,
+    /// Completed fetch attempts: a waiter that sees it change knows someone fetched for it.
+    attempts: AtomicU64,
+    /// Held while fetching: one fetch at a time per federation.
+    refresh: tokio::sync::Mutex<RefreshState>,
+}
+
+impl FedState {
+    pub(crate) fn new(fed: Federation) -> Self {
+        let current = fed.static_keys.as_ref().map(|keys| {
+            Arc::new(KeySet {
+                keys: keys.clone(),
+                fetched_at: 0,
+                discovered_issuer: None,
+                generation: next_generation(),
+            })
+        });
+        FedState {
+            fed,
+            current: ArcSwapOption::new(current),
+            attempts: AtomicU64::new(0),
+            refresh: tokio::sync::Mutex::new(RefreshState::default()),
+        }
+    }
+
+    /// The expected `iss` given this key set.
+    pub(crate) fn expected_issuer<'s>(&'s self, ks: &'s KeySet) -> Option<&'s str> {
+        self.fed
+            .issuer
+            .as_deref()
+            .or(ks.discovered_issuer.as_deref())
+            .or(self.fed.url_raw.as_deref())
+    }
+
+    fn usable(&self, ks: &KeySet, now: u64, s: &AuthnSettings) -> bool {
+        !self.fed.fetches() || age(ks, now) <= s.jwks_ttl.as_secs().saturating_add(s.jwks_max_stale.as_secs())
+    }
+
+    /// The current key set if it may still be used at `now` (static keys always may).
+    pub(crate) fn usable_keys(&self, now: u64, s: &AuthnSettings) -> Option<Arc<KeySet>> {
+        self.current.load_full().filter(|ks| self.usable(ks, now, s))
+    }
+
+    /// Usable keys, refreshed as needed. With `want_kid`, a key set lacking that kid triggers
+    /// (at most once per `jwks_min_refresh_interval`) a refresh; the returned set may still lack it.
+    pub(crate) async fn keys(
+        &self,
+        want_kid: Option<&str>,
+        client_ca: &ClientCa<'_>,
+        s: &AuthnSettings,
+    ) -> Result<Arc<KeySet>, AuthnError> {
+        let now = s.clock.now();
+        if !self.fed.fetches() {
+            return self.current.load_full().ok_or(AuthnError::KeysUnavailable);
+        }
+        // Read the attempt count before the keys: if it moves while we wait for the lock,
+        // the keys we would fetch were fetched for us.
+        let seen = self.attempts.load(Ordering::SeqCst);
+        let usable = self.usable_keys(now, s);
+        let has_kid = |ks: &KeySet| {
+            want_kid.is_none_or(|kid| ks.keys.iter().any(|k| k.kid.as_deref() == Some(kid)))
+        };
+        if let Some(ks) = &usable
+            && has_kid(ks)
+        {
+            if age(ks, now) <= s.jwks_ttl.as_secs() {
+                return Ok(ks.clone());
+            }
+            // Stale but usable: refresh unless someone already is (then serve what we have).
+            if let Ok(mut state) = self.refresh.try_lock() {
+                let extra = client_ca.usable_for(&self.fed);
+                if !failed_recently(&state, now, &extra, s) {
+                    self.refresh_locked(&mut state, &extra, s).await;
+                }
+            }
+            return Ok(self.usable_keys(now, s).unwrap_or_else(|| ks.clone()));
+        }
+        // No usable keys, or an unknown kid: wait for (or do) one shared refresh.
+        let mut state = self.refresh.lock().await;
+        if self.attempts.load(Ordering::SeqCst) == seen {
+            let extra = client_ca.usable_for(&self.fed);
+            let allowed = match &usable {
+                Some(_) => state
+                    .last_attempt
+                    .is_none_or(|t| now.saturating_sub(t) >= s.jwks_min_refresh_interval.as_secs()),
+                None => !failed_recently(&state, now, &extra, s),
+            };
+            if allowed {
+                self.refresh_locked(&mut state, &extra, s).await;
+            }
+        }
+        drop(state);
+        self.usable_keys(now, s).ok_or(AuthnError::KeysUnavailable)
+    }
+
+    /// Fetches and, on success, installs new keys. A failure keeps the cached keys (a bad
+    /// client CA or a flaky issuer must not evict keys fetched over a verified connection).
+    async fn refresh_locked(
+        &self,
+        state: &mut RefreshState,
+        extra: &[CertificateDer<'static>],
+        s: &AuthnSettings,
+    ) {
+        let now = s.clock.now();
+        state.last_attempt = Some(now);
+        let name = self.fed.name.as_str();
+        match fetch(&self.fed, extra, s).await {
+            Ok(fetched) => {
+                METRICS.jwks_fetches.with_label_values(&[name, "ok"]).inc();
+                let old = self.current.load_full();
+                let same = old.as_ref().is_some_and(|o| {
+                    o.discovered_issuer == fetched.discovered_issuer
+                        && o.keys.len() == fetched.keys.len()
+                        && o.keys.iter().zip(&fetched.keys).all(|(a, b)| a.fingerprint == b.fingerprint)
+                });
+                let generation = match (&old, same) {
+                    (Some(o), true) => o.generation,
+                    _ => next_generation(),
+                };
+                tracing::debug!(federation = name, keys = fetched.keys.len(), changed = !same, "JWKS fetched");
+                self.current.store(Some(Arc::new(KeySet {
+                    keys: Arc::new(fetched.keys),
+                    fetched_at: now,
+                    discovered_issuer: fetched.discovered_issuer,
+                    generation,
+                })));
+                state.last_failure = None;
+            }
+            Err(e) => {
+                METRICS.jwks_fetches.with_label_values(&[name, "error"]).inc();
+                tracing::warn!(federation = name, error = %e, "JWKS fetch failed");
+                state.last_failure = Some((now, trust_digest(extra)));
+            }
+        }
+        self.attempts.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Current generation if the keys are usable at `now`.
+    pub(crate) fn live_generation(&self, now: u64, s: &AuthnSettings) -> Option<u64> {
+        self.usable_keys(now, s).map(|ks| ks.generation)
+    }
+}
+
+fn age(ks: &KeySet, now: u64) -> u64 {
+    now.saturating_sub(ks.fetched_at)
+}
+
+fn failed_recently(state: &RefreshState, now: u64, extra: &[CertificateDer<'_>], s: &AuthnSettings) -> bool {
+    state.last_failure.is_some_and(|(t, digest)| {
+        now.saturating_sub(t) < s.jwks_min_refresh_interval.as_secs() && digest == trust_digest(extra)
+    })
+}
+
+/// Keys as fetched.
+pub(crate) struct Fetched {
+    keys: Vec<VerifyKey>,
+    discovered_issuer: Option<String>,
+}
+
+fn client(fed: &Federation, extra: &[CertificateDer<'static>], s: &AuthnSettings) -> Result<reqwest::Client, FetchError> {
+    let mut roots = rustls::RootCertStore::empty();
+    if fed.ca_bundle.is_empty() {
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    } else {
+        let (_, ignored) = roots.add_parsable_certificates(fed.ca_bundle.iter().cloned());
+        if ignored > 0 {
+            return Err(FetchError::Client("caBundle certificate unusable".into()));
+        }
+    }
+    roots.add_parsable_certificates(extra.iter().cloned());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| FetchError::Client(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .redirect(reqwest::redirect::Policy::none())
+        .https_only(true)
+        .timeout(s.fetch_timeout)
+        .connect_timeout(s.fetch_timeout)
+        .build()
+        .map_err(|e| FetchError::Client(e.to_string()))
+}
+
+/// The error and its causes (TLS failures hide in the sources), without the URL.
+fn http_error(e: reqwest::Error) -> FetchError {
+    let e = e.without_url();
+    let mut msg = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    FetchError::Http(msg)
+}
+
+/// GET with a size cap. `Ok(None)` for a 4xx answer (the caller may fall back).
+async fn get_capped(client: &reqwest::Client, url: Url, max: usize) -> Result<Option<Vec<u8>>, FetchError> {
+    // Anonymous on purpose: never forward the caller's token or any credential.
+    let mut resp = client
+        .get(url)
+        .header(ACCEPT, "application/json")
+        .send()
+        .await
+        .map_err(http_error)?;
+    let status = resp.status();
+    if status.is_redirection() {
+        return Err(FetchError::Redirect(status.as_u16()));
+    }
+    if status.is_client_error() {
+        return Ok(None);
+    }
+    if !status.is_success() {
+        return Err(FetchError::Status(status.as_u16()));
+    }
+    if resp.content_length().is_some_and(|l| l > max as u64) {
+        return Err(FetchError::TooLarge(max));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(http_error)?
+    {
+        if body.len() + chunk.len() > max {
+            return Err(FetchError::TooLarge(max));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body))
+}
+
+/// `url` with `suffix` appended to its path.
+fn with_path(base: &Url, suffix: &str) -> Url {
+    let mut u = base.clone();
+    let path = format!("{}{}", base.path().trim_end_matches('/'), suffix);
+    u.set_path(&path);
+    u.set_query(None);
+    u.set_fragment(None);
+    u
+}
+
+/// Re-bases a discovery `jwks_uri` onto `base`: only its path and query are kept, so a
+/// discovery document can never send us to another host. A path not already under `base`'s
+/// path is put under it (for API servers behind a path-prefix proxy).
+pub(crate) fn rebase_jwks_uri(base: &Url, discovery: &Url, jwks_uri: &str) -> Result<Url, FetchError> {
+    let parsed = discovery
+        .join(jwks_uri)
+        .map_err(|_| FetchError::Discovery("jwks_uri is not a URL"))?;
+    let base_path = base.path().trim_end_matches('/');
+    let p = parsed.path();
+    let path = if base_path.is_empty() || p == base_path || p.starts_with(&format!("{base_path}/")) {
+        p.to_owned()
+    } else {
+        format!("{base_path}{p}")
+    };
+    let mut out = base.clone();
+    out.set_path(&path);
+    out.set_query(parsed.query());
+    out.set_fragment(None);
+    Ok(out)
+}
+
+/// Discovery, then keys: `{url}/.well-known/openid-configuration` → `jwks_uri` re-based onto
+/// `url`; without discovery (a 4xx), `{url}/openid/v1/jwks`.
+async fn fetch(fed: &Federation, extra: &[CertificateDer<'static>], s: &AuthnSettings) -> Result<Fetched, FetchError> {
+    let base = fed
+        .url
+        .as_ref()
+        .ok_or(FetchError::Client("federation has no url".into()))?;
+    let client = client(fed, extra, s)?;
+    let discovery_url = with_path(base, "/.well-known/openid-configuration");
+    let (jwks_url, discovered_issuer) =
+        match get_capped(&client, discovery_url.clone(), s.max_jwks_bytes).await? {
+            Some(body) => {
+                let doc: serde_json::Value = serde_json::from_slice(&body)
+                    .map_err(|_| FetchError::Discovery("not JSON"))?;
+                let jwks_uri = doc
+                    .get("jwks_uri")
+                    .and_then(serde_json::Value::as_str)
+                    .ok_or(FetchError::Discovery("no jwks_uri"))?;
+                let issuer = match doc.get("issuer") {
+                    None | Some(serde_json::Value::Null) => None,
+                    Some(serde_json::Value::String(i)) if !i.is_empty() => Some(i.clone()),
+                    Some(_) => return Err(FetchError::Discovery("issuer is not a string")),
+                };
+                (rebase_jwks_uri(base, &discovery_url, jwks_uri)?, issuer)
+            }
+            None => (with_path(base, "/openid/v1/jwks"), None),
+        };
+    let body = get_capped(&client, jwks_url, s.max_jwks_bytes)
+        .await?
+        .ok_or(FetchError::Status(404))?;
+    let keys = parse_jwks(&body, s.max_jwks_keys)?;
+    Ok(Fetched { keys, discovered_issuer })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rebasing() {
+        let base = Url::parse("https://kube.internal:6443").unwrap();
+        let disc = with_path(&base, "/.well-known/openid-configuration");
+        assert_eq!(disc.as_str(), "https://kube.internal:6443/.well-known/openid-configuration");
+        let r = |b: &Url, u: &str| rebase_jwks_uri(b, &with_path(b, "/.well-known/openid-configuration"), u).unwrap().to_string();
+        assert_eq!(r(&base, "https://evil.example/openid/v1/jwks?x=1#f"), "https://kube.internal:6443/openid/v1/jwks?x=1");
+        assert_eq!(r(&base, "/keys"), "https://kube.internal:6443/keys");
+        assert_eq!(r(&base, "http://user:pw@evil:1/a/../keys"), "https://kube.internal:6443/keys");
+        let prefixed = Url::parse("https://proxy.example/cluster-a/").unwrap();
+        assert_eq!(r(&prefixed, "https://evil/openid/v1/jwks"), "https://proxy.example/cluster-a/openid/v1/jwks");
+        assert_eq!(r(&prefixed, "https://evil/cluster-a/keys"), "https://proxy.example/cluster-a/keys");
+        assert_eq!(with_path(&prefixed, "/openid/v1/jwks").as_str(), "https://proxy.example/cluster-a/openid/v1/jwks");
+    }
+}

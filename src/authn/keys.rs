@@ -1,0 +1,295 @@
+//! Verification keys: JWKS parsing, algorithm pinning and the Kubernetes key-id rule.
+
+use std::fmt;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::{Algorithm, DecodingKey};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+/// The Kubernetes key id of a public key: base64url-nopad(sha256(DER SubjectPublicKeyInfo)),
+/// as kube-apiserver computes the `kid` of the tokens it signs.
+pub fn kubernetes_key_id(spki_der: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(Sha256::digest(spki_der))
+}
+
+/// Smallest RSA modulus we accept: smaller keys are forgeable and no Kubernetes version makes them.
+const MIN_RSA_BITS: usize = 2048;
+/// Largest RSA modulus we accept (bounds verification cost).
+const MAX_RSA_BITS: usize = 8192;
+
+/// The kind of a verification key; it fixes which algorithms may use it (no alg confusion).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KeyKind {
+    /// RSA: RS256/384/512 and PS256/384/512.
+    Rsa,
+    /// EC P-256: ES256 only.
+    P256,
+    /// EC P-384: ES384 only.
+    P384,
+}
+
+impl KeyKind {
+    /// Whether `alg` may be verified with a key of this kind.
+    pub(crate) fn allows(self, alg: Algorithm) -> bool {
+        use Algorithm::*;
+        match self {
+            KeyKind::Rsa => matches!(alg, RS256 | RS384 | RS512 | PS256 | PS384 | PS512),
+            KeyKind::P256 => alg == ES256,
+            KeyKind::P384 => alg == ES384,
+        }
+    }
+}
+
+/// Maps a JOSE `alg` name to one of the algorithms we accept; `none`, HS*, EdDSA and
+/// anything else give `None`.
+pub(crate) fn accepted_algorithm(name: &str) -> Option<Algorithm> {
+    use Algorithm::*;
+    Some(match name {
+        "RS256" => RS256,
+        "RS384" => RS384,
+        "RS512" => RS512,
+        "PS256" => PS256,
+        "PS384" => PS384,
+        "PS512" => PS512,
+        "ES256" => ES256,
+        "ES384" => ES384,
+        _ => return None,
+    })
+}
+
+/// One usable public key of a federation.
+#[derive(Clone)]
+pub(crate) struct VerifyKey {
+    /// `kid`, `None` when absent or empty.
+    pub(crate) kid: Option<String>,
+    /// Key type (pins the algorithms).
+    pub(crate) kind: KeyKind,
+    /// The JWK's `alg`, when it names one: the token's alg must then equal it.
+    pub(crate) alg: Option<Algorithm>,
+    /// The key itself.
+    pub(crate) key: DecodingKey,
+    /// sha256 of the key material, to tell whether a re-fetched set really changed.
+    pub(crate) fingerprint: [u8; 32],
+}
+
+impl VerifyKey {
+    /// Whether this key may verify a token signed with `alg`.
+    pub(crate) fn accepts(&self, alg: Algorithm) -> bool {
+        self.kind.allows(alg) && self.alg.is_none_or(|a| a == alg)
+    }
+}
+
+impl fmt::Debug for VerifyKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VerifyKey")
+            .field("kid", &self.kid)
+            .field("kind", &self.kind)
+            .field("alg", &self.alg)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a JWKS document was rejected as a whole.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JwksError {
+    /// Not JSON of the shape `{"keys": [...]}`.
+    #[error("not a JWKS document ({0})")]
+    Malformed(String),
+    /// More keys than `max_jwks_keys`.
+    #[error("JWKS has {count} keys, more than the limit of {max}")]
+    TooManyKeys {
+        /// Keys in the document.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
+}
+
+#[derive(Deserialize)]
+struct RawJwks {
+    keys: Vec<serde_json::Value>,
+}
+
+/// The JWK members we read; everything else is ignored.
+#[derive(Deserialize)]
+struct RawJwk {
+    kty: String,
+    #[serde(default)]
+    kid: Option<String>,
+    #[serde(default, rename = "use")]
+    use_: Option<String>,
+    #[serde(default)]
+    alg: Option<String>,
+    #[serde(default)]
+    n: Option<String>,
+    #[serde(default)]
+    e: Option<String>,
+    #[serde(default)]
+    crv: Option<String>,
+    #[serde(default)]
+    x: Option<String>,
+    #[serde(default)]
+    y: Option<String>,
+}
+
+/// Parses a JWKS document. Keys we cannot use (other types or curves, `use` other than
+/// `sig`, an `alg` that does not fit the key, bad encodings, weak RSA) are skipped, not fatal:
+/// issuers publish keys for other purposes. A document over `max_keys` is rejected whole.
+pub(crate) fn parse_jwks(doc: &[u8], max_keys: usize) -> Result<Vec<VerifyKey>, JwksError> {
+    let raw: RawJwks =
+        serde_json::from_slice(doc).map_err(|e| JwksError::Malformed(e.to_string()))?;
+    if raw.keys.len() > max_keys {
+        return Err(JwksError::TooManyKeys {
+            count: raw.keys.len(),
+            max: max_keys,
+        });
+    }
+    let mut keys = Vec::with_capacity(raw.keys.len());
+    for value in raw.keys {
+        match serde_json::from_value::<RawJwk>(value) {
+            Ok(jwk) => match parse_jwk(&jwk) {
+                Ok(key) => keys.push(key),
+                Err(reason) => {
+                    tracing::debug!(kid = jwk.kid.as_deref().unwrap_or(""), reason, "JWK skipped")
+                }
+            },
+            Err(_) => tracing::debug!("JWK skipped: not a JWK object"),
+        }
+    }
+    Ok(keys)
+}
+
+fn b64(field: &Option<String>, name: &'static str) -> Result<Vec<u8>, &'static str> {
+    let s = field.as_deref().ok_or(name)?;
+    URL_SAFE_NO_PAD
+        .decode(s.trim_end_matches('='))
+        .map_err(|_| "bad base64url")
+}
+
+fn parse_jwk(jwk: &RawJwk) -> Result<VerifyKey, &'static str> {
+    if jwk.use_.as_deref().is_some_and(|u| u != "sig") {
+        return Err("use is not sig");
+    }
+    let mut hasher = Sha256::new();
+    let (kind, key) = match jwk.kty.as_str() {
+        "RSA" => {
+            let n = b64(&jwk.n, "missing n")?;
+            let e = b64(&jwk.e, "missing e")?;
+            let n_trimmed: &[u8] = {
+                let first = n.iter().position(|b| *b != 0).unwrap_or(n.len());
+                &n[first..]
+            };
+            let bits = n_trimmed.len() * 8;
+            if !(MIN_RSA_BITS..=MAX_RSA_BITS).contains(&bits) {
+                return Err("RSA modulus size out of range");
+            }
+            if e.is_empty() || e.len() > 8 {
+                return Err("bad RSA exponent");
+            }
+            hasher.update(b"RSA\0");
+            hasher.update(n_trimmed);
+            hasher.update(b"\0");
+            hasher.update(&e);
+            (KeyKind::Rsa, DecodingKey::from_rsa_raw_components(n_trimmed, &e))
+        }
+        "EC" => {
+            let (kind, len) = match jwk.crv.as_deref() {
+                Some("P-256") => (KeyKind::P256, 32),
+                Some("P-384") => (KeyKind::P384, 48),
+                _ => return Err("unsupported curve"),
+            };
+            let x = b64(&jwk.x, "missing x")?;
+            let y = b64(&jwk.y, "missing y")?;
+            if x.len() != len || y.len() != len {
+                return Err("bad EC coordinate length");
+            }
+            let mut point = Vec::with_capacity(1 + 2 * len);
+            point.push(0x04);
+            point.extend_from_slice(&x);
+            point.extend_from_slice(&y);
+            hasher.update(b"EC\0");
+            hasher.update(&point);
+            (kind, DecodingKey::from_ec_der(&point))
+        }
+        _ => return Err("unsupported kty"),
+    };
+    let alg = match jwk.alg.as_deref() {
+        None | Some("") => None,
+        Some(name) => {
+            let alg = accepted_algorithm(name).ok_or("unsupported alg")?;
+            if !kind.allows(alg) {
+                return Err("alg does not fit the key type");
+            }
+            Some(alg)
+        }
+    };
+    let kid = jwk.kid.clone().filter(|k| !k.is_empty());
+    hasher.update(b"\0kid\0");
+    hasher.update(kid.as_deref().unwrap_or("").as_bytes());
+    hasher.update(b"\0alg\0");
+    hasher.update(jwk.alg.as_deref().unwrap_or("").as_bytes());
+    Ok(VerifyKey {
+        kid,
+        kind,
+        alg,
+        key,
+        fingerprint: hasher.finalize().into(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const P256: &str = r#"{"kty":"EC","crv":"P-256","kid":"a","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}"#;
+
+    #[test]
+    fn parses_and_skips() {
+        let doc = format!(
+            r#"{{"keys":[{P256},
+            {{"kty":"EC","crv":"P-256","use":"enc","kid":"enc","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}},
+            {{"kty":"EC","crv":"P-256","alg":"RS256","kid":"wrongalg","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}},
+            {{"kty":"oct","k":"c2VjcmV0","kid":"hmac"}},
+            {{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo","kid":"ed"}},
+            {{"kty":"RSA","n":"AQAB","e":"AQAB","kid":"tiny"}},
+            "not an object"]}}"#
+        );
+        let keys = parse_jwks(doc.as_bytes(), 64).unwrap();
+        assert_eq!(keys.len(), 1);
+        assert_eq!(keys[0].kid.as_deref(), Some("a"));
+        assert_eq!(keys[0].kind, KeyKind::P256);
+        assert!(keys[0].accepts(Algorithm::ES256));
+        assert!(!keys[0].accepts(Algorithm::ES384));
+        assert!(!keys[0].accepts(Algorithm::RS256));
+    }
+
+    #[test]
+    fn rejects_bad_documents() {
+        assert!(matches!(
+            parse_jwks(b"[]", 64),
+            Err(JwksError::Malformed(_))
+        ));
+        assert!(matches!(
+            parse_jwks(b"{\"keys\":{}}", 64),
+            Err(JwksError::Malformed(_))
+        ));
+        let doc = format!(r#"{{"keys":[{P256},{P256},{P256}]}}"#);
+        assert_eq!(
+            parse_jwks(doc.as_bytes(), 2).unwrap_err(),
+            JwksError::TooManyKeys { count: 3, max: 2 }
+        );
+    }
+
+    #[test]
+    fn algorithm_pinning() {
+        for bad in ["none", "HS256", "HS384", "HS512", "EdDSA", "", "rs256"] {
+            assert!(accepted_algorithm(bad).is_none(), "{bad}");
+        }
+        assert!(KeyKind::Rsa.allows(Algorithm::PS512));
+        assert!(!KeyKind::Rsa.allows(Algorithm::ES256));
+        assert!(!KeyKind::P384.allows(Algorithm::ES256));
+        assert!(KeyKind::P384.allows(Algorithm::ES384));
+    }
+}

@@ -1,0 +1,48 @@
+//! Tunables of the authenticator.
+
+use std::time::Duration;
+
+use super::clock::Clock;
+
+/// Limits, cache lifetimes and the clock of an [`Authenticator`](super::Authenticator).
+#[derive(Clone, Debug)]
+pub struct AuthnSettings {
+    /// Source of "now" for token lifetimes and cache ages.
+    pub clock: Clock,
+    /// Allowed clock skew for `exp`, `nbf` and `iat`, in seconds.
+    pub leeway_secs: u64,
+    /// Largest accepted token, checked before any parsing (larger → [`AuthnError::TooLarge`](super::AuthnError::TooLarge)).
+    pub max_token_bytes: usize,
+    /// Fetched keys are re-fetched once older than this (on next use).
+    pub jwks_ttl: Duration,
+    /// If the issuer is down, cached keys keep serving this long past `jwks_ttl`, then fail closed.
+    pub jwks_max_stale: Duration,
+    /// An unknown `kid` triggers at most one refresh per federation per interval (also the
+    /// back-off after a failed fetch).
+    pub jwks_min_refresh_interval: Duration,
+    /// Timeout of one HTTP request for discovery or keys.
+    pub fetch_timeout: Duration,
+    /// Largest JWKS (and discovery) document accepted.
+    pub max_jwks_bytes: usize,
+    /// A JWKS with more keys than this is rejected whole.
+    pub max_jwks_keys: usize,
+    /// Most verified tokens remembered.
+    pub token_cache_capacity: u64,
+}
+
+impl Default for AuthnSettings {
+    fn default() -> Self {
+        AuthnSettings {
+            clock: Clock::system(),
+            leeway_secs: 60,
+            max_token_bytes: 16 * 1024,
+            jwks_ttl: Duration::from_secs(5 * 60),
+            jwks_max_stale: Duration::from_secs(60 * 60),
+            jwks_min_refresh_interval: Duration::from_secs(10),
+            fetch_timeout: Duration::from_secs(5),
+            max_jwks_bytes: 256 * 1024,
+            max_jwks_keys: 64,
+            token_cache_capacity: 100_000,
+        }
+    }
+}

@@ -1,0 +1,514 @@
+//! Fetching keys from a local HTTPS server: discovery, re-basing, fallback, TLS trust per
+//! `clientCAPolicy`, rotation, single-flight, stale-if-error, token cache, redirects, limits.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::Response;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use serde_json::json;
+
+use super::test_support::{TestKey, claims};
+use super::*;
+use crate::config::resources::{ClientCaPolicy, KubernetesFederationSpec};
+
+const AUD: &str = "https://esi.example";
+const T0: u64 = 1_700_000_000;
+
+/// A canned answer.
+#[derive(Clone)]
+struct Route {
+    status: u16,
+    location: Option<String>,
+    body: String,
+}
+
+#[derive(Default)]
+struct ServerState {
+    routes: Mutex<HashMap<String, Route>>,
+    hits: Mutex<HashMap<String, usize>>,
+    /// Requests that carried any credential header.
+    credentialed: AtomicUsize,
+    /// Answer 503 to everything.
+    down: AtomicBool,
+    /// Delay before answering (to make concurrent requests overlap).
+    delay_ms: AtomicU64,
+}
+
+struct TestServer {
+    state: Arc<ServerState>,
+    url: String,
+    ca_pem: String,
+    handle: axum_server::Handle<std::net::SocketAddr>,
+}
+
+impl TestServer {
+    async fn start() -> TestServer {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params.distinguished_name.push(rcgen::DnType::CommonName, "esi test CA");
+        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .unwrap()
+            .signed_by(&leaf_key, &ca)
+            .unwrap();
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![leaf.der().clone(), ca.der().clone()],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der())),
+            )
+            .unwrap();
+        let state = Arc::new(ServerState::default());
+        let st = state.clone();
+        let app = axum::Router::new().fallback(move |uri: Uri, headers: HeaderMap| {
+            let st = st.clone();
+            async move { answer(&st, uri, headers).await }
+        });
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let handle = axum_server::Handle::new();
+        let server = axum_server::from_tcp_rustls(
+            listener,
+            axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(config)),
+        )
+        .unwrap()
+        .handle(handle.clone());
+        tokio::spawn(async move { server.serve(app.into_make_service()).await });
+        TestServer { state, url: format!("https://127.0.0.1:{port}"), ca_pem: ca.pem(), handle }
+    }
+
+    fn route(&self, path: &str, status: u16, body: impl Into<String>) {
+        let r = Route { status, location: None, body: body.into() };
+        self.state.routes.lock().unwrap().insert(path.to_owned(), r);
+    }
+
+    fn redirect(&self, path: &str, location: &str) {
+        let r = Route { status: 302, location: Some(location.to_owned()), body: String::new() };
+        self.state.routes.lock().unwrap().insert(path.to_owned(), r);
+    }
+
+    fn jwks(&self, keys: &[&TestKey]) {
+        self.route("/openid/v1/jwks", 200, TestKey::jwks(keys));
+    }
+
+    fn hits(&self, path: &str) -> usize {
+        self.state.hits.lock().unwrap().get(path).copied().unwrap_or(0)
+    }
+
+    fn ca_b64(&self) -> String {
+        STANDARD.encode(&self.ca_pem)
+    }
+
+    fn spec(&self) -> KubernetesFederationSpec {
+        KubernetesFederationSpec {
+            url: Some(self.url.clone()),
+            audiences: vec![AUD.into()],
+            ca_bundle: Some(self.ca_b64()),
+            ..Default::default()
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        // Every test server also checks that we never sent a credential.
+        let credentialed = self.state.credentialed.load(Ordering::SeqCst);
+        self.handle.shutdown();
+        if !std::thread::panicking() {
+            assert_eq!(credentialed, 0, "a request carried credentials");
+        }
+    }
+}
+
+async fn answer(st: &ServerState, uri: Uri, headers: HeaderMap) -> Response {
+    let key = uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default();
+    *st.hits.lock().unwrap().entry(key.clone()).or_default() += 1;
+    if headers.contains_key("authorization") || headers.contains_key("cookie") || headers.contains_key("x-workload-token") {
+        st.credentialed.fetch_add(1, Ordering::SeqCst);
+    }
+    let delay = st.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    let route = if st.down.load(Ordering::SeqCst) {
+        Route { status: 503, location: None, body: "down".into() }
+    } else {
+        let routes = st.routes.lock().unwrap();
+        routes
+            .get(&key)
+            .or_else(|| routes.get(uri.path()))
+            .cloned()
+            .unwrap_or(Route { status: 404, location: None, body: "not found".into() })
+    };
+    let mut b = Response::builder().status(StatusCode::from_u16(route.status).unwrap());
+    if let Some(l) = route.location {
+        b = b.header("location", l);
+    }
+    b.header("content-type", "application/json").body(Body::from(route.body)).unwrap()
+}
+
+/// A clock tests can move.
+struct TestClock(Arc<AtomicU64>);
+
+impl TestClock {
+    fn new() -> (TestClock, Clock) {
+        let t = Arc::new(AtomicU64::new(T0));
+        let t2 = t.clone();
+        (TestClock(t), Clock::from_fn(move || t2.load(Ordering::SeqCst)))
+    }
+    fn now(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+    fn advance(&self, secs: u64) {
+        self.0.fetch_add(secs, Ordering::SeqCst);
+    }
+}
+
+fn authenticator(clock: Clock, spec: &KubernetesFederationSpec) -> Arc<Authenticator> {
+    let a = Authenticator::new(AuthnSettings {
+        clock,
+        fetch_timeout: Duration::from_secs(5),
+        ..Default::default()
+    });
+    a.set_federations(vec![Federation::from_spec("alpha", spec).unwrap()]);
+    Arc::new(a)
+}
+
+#[tokio::test]
+async fn discovery_rebases_jwks_uri_onto_url() {
+    let srv = TestServer::start().await;
+    let key = TestKey::rsa();
+    let iss = "https://issuer.example.com";
+    srv.route(
+        "/.well-known/openid-configuration",
+        200,
+        json!({"issuer": iss, "jwks_uri": "https://attacker.invalid:1/keys/jwks?v=1"}).to_string(),
+    );
+    srv.route("/keys/jwks?v=1", 200, TestKey::jwks(&[&key]));
+    let a = authenticator(Clock::fixed(T0), &srv.spec());
+    let id = a.authenticate(&key.sign(&claims(iss, AUD, T0)), None).await.unwrap();
+    assert_eq!(id.issuer, iss);
+    assert_eq!(srv.hits("/.well-known/openid-configuration"), 1);
+    assert_eq!(srv.hits("/keys/jwks?v=1"), 1);
+    // The expected issuer is the discovered one, not url.
+    assert_eq!(
+        a.authenticate(&key.sign(&claims(&srv.url, AUD, T0)), None).await,
+        Err(AuthnError::UnknownIssuer)
+    );
+    // spec.issuer overrides discovery.
+    let mut spec = srv.spec();
+    spec.issuer = Some("https://configured".into());
+    let a = authenticator(Clock::fixed(T0), &spec);
+    assert_eq!(a.authenticate(&key.sign(&claims(iss, AUD, T0)), None).await, Err(AuthnError::UnknownIssuer));
+    assert!(a.authenticate(&key.sign(&claims("https://configured", AUD, T0)), None).await.is_ok());
+}
+
+#[tokio::test]
+async fn falls_back_to_openid_v1_jwks_without_discovery() {
+    let srv = TestServer::start().await;
+    let key = TestKey::es256();
+    srv.jwks(&[&key]);
+    let a = authenticator(Clock::fixed(T0), &srv.spec());
+    // Without discovery (404), the expected issuer is url as written.
+    let id = a.authenticate(&key.sign(&claims(&srv.url, AUD, T0)), None).await.unwrap();
+    assert_eq!(id.federation, "alpha");
+    assert_eq!(srv.hits("/.well-known/openid-configuration"), 1);
+    assert_eq!(srv.hits("/openid/v1/jwks"), 1);
+}
+
+#[tokio::test]
+async fn client_ca_per_policy() {
+    let srv = TestServer::start().await;
+    let key = TestKey::es256();
+    srv.jwks(&[&key]);
+    let token = key.sign(&claims(&srv.url, AUD, T0));
+    let client_ca = srv.ca_b64();
+    let other_ca = TestServer::start().await;
+    let spec_with = |ca_bundle: Option<String>, policy: Option<ClientCaPolicy>| KubernetesFederationSpec {
+        url: Some(srv.url.clone()),
+        audiences: vec![AUD.into()],
+        ca_bundle,
+        client_ca_policy: policy,
+        ..Default::default()
+    };
+
+    // Default without caBundle is Trust: the client's CA makes the fetch work.
+    let a = authenticator(Clock::fixed(T0), &spec_with(None, None));
+    assert!(a.authenticate(&token, Some(&client_ca)).await.is_ok());
+
+    // Without the client CA nothing trusts the server (system roots don't).
+    let a = authenticator(Clock::fixed(T0), &spec_with(None, None));
+    assert_eq!(a.authenticate(&token, None).await, Err(AuthnError::KeysUnavailable));
+    // A garbage ca.crt counts as none.
+    assert_eq!(a.authenticate(&token, Some("%%%")).await, Err(AuthnError::KeysUnavailable));
+
+    // Ignore: the client CA is never used.
+    let a = authenticator(Clock::fixed(T0), &spec_with(None, Some(ClientCaPolicy::Ignore)));
+    assert_eq!(a.authenticate(&token, Some(&client_ca)).await, Err(AuthnError::KeysUnavailable));
+
+    // MustMatch with a different caBundle (the default with caBundle): the client CA is ignored.
+    let a = authenticator(Clock::fixed(T0), &spec_with(Some(other_ca.ca_b64()), None));
+    assert_eq!(a.authenticate(&token, Some(&client_ca)).await, Err(AuthnError::KeysUnavailable));
+    let a = authenticator(Clock::fixed(T0), &spec_with(Some(other_ca.ca_b64()), Some(ClientCaPolicy::MustMatch)));
+    assert_eq!(a.authenticate(&token, Some(&client_ca)).await, Err(AuthnError::KeysUnavailable));
+
+    // MustMatch with the right caBundle: works with or without the client CA.
+    let a = authenticator(Clock::fixed(T0), &spec_with(Some(client_ca.clone()), None));
+    assert!(a.authenticate(&token, Some(&client_ca)).await.is_ok());
+    let a = authenticator(Clock::fixed(T0), &spec_with(Some(client_ca.clone()), None));
+    assert!(a.authenticate(&token, None).await.is_ok());
+
+    // Trust with a caBundle of another CA: the client's CA is added, so it works.
+    let a = authenticator(Clock::fixed(T0), &spec_with(Some(other_ca.ca_b64()), Some(ClientCaPolicy::Trust)));
+    assert!(a.authenticate(&token, Some(&client_ca)).await.is_ok());
+}
+
+#[tokio::test]
+async fn failed_fetch_with_a_client_ca_keeps_cached_keys() {
+    let srv = TestServer::start().await;
+    let key = TestKey::es256();
+    srv.jwks(&[&key]);
+    let (clock, c) = TestClock::new();
+    let spec = KubernetesFederationSpec { ca_bundle: None, ..srv.spec() };
+    let a = authenticator(c, &spec);
+    assert!(a.authenticate(&key.sign(&claims(&srv.url, AUD, T0)), Some(&srv.ca_b64())).await.is_ok());
+    let fetches = srv.hits("/openid/v1/jwks");
+    assert_eq!(fetches, 1);
+    // Keys are stale now; a request with a CA that does not verify the server refetches and fails...
+    clock.advance(301);
+    let wrong_ca = STANDARD.encode(TestServer::start().await.ca_pem.clone());
+    let t = key.sign(&claims(&srv.url, AUD, clock.now()));
+    assert!(a.authenticate(&t, Some(&wrong_ca)).await.is_ok(), "stale keys still serve");
+    // ...and the good cached keys were not evicted: others still verify, without a CA at all.
+    let t = key.sign(&claims(&srv.url, AUD, clock.now() + 1));
+    assert!(a.authenticate(&t, None).await.is_ok());
+    // An unknown kid with a wrong CA: refresh fails, cache intact.
+    clock.advance(11);
+    let other = TestKey::es256();
+    let t = other.sign(&claims(&srv.url, AUD, clock.now()));
+    assert_eq!(a.authenticate(&t, Some(&wrong_ca)).await, Err(AuthnError::UnknownKeyId));
+    let t = key.sign(&claims(&srv.url, AUD, clock.now() + 2));
+    assert!(a.authenticate(&t, None).await.is_ok());
+}
+
+#[tokio::test]
+async fn key_rotation_triggers_one_refresh() {
+    let srv = TestServer::start().await;
+    let old = TestKey::es256();
+    let new = TestKey::rsa();
+    srv.jwks(&[&old]);
+    let (clock, c) = TestClock::new();
+    let a = authenticator(c, &srv.spec());
+    assert!(a.authenticate(&old.sign(&claims(&srv.url, AUD, T0)), None).await.is_ok());
+    assert_eq!(srv.hits("/openid/v1/jwks"), 1);
+    srv.jwks(&[&old, &new]);
+    // Within the min refresh interval an unknown kid does not refetch.
+    let t = new.sign(&claims(&srv.url, AUD, T0));
+    assert_eq!(a.authenticate(&t, None).await, Err(AuthnError::UnknownKeyId));
+    assert_eq!(srv.hits("/openid/v1/jwks"), 1);
+    // After it, one refresh finds the new key.
+    clock.advance(11);
+    let t = new.sign(&claims(&srv.url, AUD, clock.now()));
+    assert!(a.authenticate(&t, None).await.is_ok());
+    assert_eq!(srv.hits("/openid/v1/jwks"), 2);
+    let t = new.sign(&claims(&srv.url, AUD, clock.now() + 1));
+    assert!(a.authenticate(&t, None).await.is_ok());
+    assert!(a.authenticate(&old.sign(&claims(&srv.url, AUD, clock.now())), None).await.is_ok());
+    assert_eq!(srv.hits("/openid/v1/jwks"), 2);
+    // A rotated-out key stops verifying after the next refresh, and so do its cached tokens.
+    let cached = old.sign(&claims(&srv.url, AUD, clock.now() + 5));
+    assert!(a.authenticate(&cached, None).await.is_ok());
+    assert!(a.is_cached(&cached));
+    srv.jwks(&[&new]);
+    clock.advance(301);
+    let t = new.sign(&claims(&srv.url, AUD, clock.now()));
+    assert!(a.authenticate(&t, None).await.is_ok());
+    assert_eq!(srv.hits("/openid/v1/jwks"), 3);
+    assert_eq!(a.authenticate(&cached, None).await, Err(AuthnError::UnknownKeyId));
+}
+
+#[tokio::test]
+async fn unknown_kid_flood_shares_one_fetch() {
+    let srv = TestServer::start().await;
+    let key = TestKey::es256();
+    srv.jwks(&[&key]);
+    srv.state.delay_ms.store(200, Ordering::SeqCst);
+    let (clock, c) = TestClock::new();
+    let a = authenticator(c, &srv.spec());
+    let attacker = TestKey::es256();
+    let flood = |now: u64| {
+        (0..100)
+            .map(|i| {
+                let kid = format!("random-{i}-{}", rand::random::<u64>());
+                let t = attacker.sign_with(attacker.alg, Some(&kid), &claims(&srv.url, AUD, now), |_| {});
+                let a = a.clone();
+                tokio::spawn(async move { a.authenticate(&t, None).await })
+            })
+            .collect::<Vec<_>>()
+    };
+    // Cold cache: 100 concurrent unknown kids.
+    for r in futures_util::future::join_all(flood(T0)).await {
+        assert_eq!(r.unwrap(), Err(AuthnError::UnknownKeyId));
+    }
+    let cold = srv.hits("/openid/v1/jwks");
+    assert!((1..=2).contains(&cold), "{cold} fetches");
+    // Warm cache, past the min interval: at most one more.
+    clock.advance(11);
+    for r in futures_util::future::join_all(flood(clock.now())).await {
+        assert_eq!(r.unwrap(), Err(AuthnError::UnknownKeyId));
+    }
+    let warm = srv.hits("/openid/v1/jwks") - cold;
+    assert!(warm <= 1, "{warm} fetches");
+    // The real key still works, without a fetch.
+    let before = srv.hits("/openid/v1/jwks");
+    assert!(a.authenticate(&key.sign(&claims(&srv.url, AUD, clock.now())), None).await.is_ok());
+    assert_eq!(srv.hits("/openid/v1/jwks"), before);
+}
+
+#[tokio::test]
+async fn issuer_down_serves_cached_keys_until_max_stale() {
+    let srv = TestServer::start().await;
+    let key = TestKey::es256();
+    srv.jwks(&[&key]);
+    let (clock, c) = TestClock::new();
+    let a = authenticator(c, &srv.spec());
+    let token_at = |t: u64| {
+        let mut c = claims(&srv.url, AUD, t);
+        c["exp"] = json!(t + 10 * 3600);
+        key.sign(&c)
+    };
+    assert!(a.authenticate(&token_at(T0), None).await.is_ok());
+    srv.state.down.store(true, Ordering::SeqCst);
+    // Fresh keys: no fetch needed.
+    assert!(a.authenticate(&token_at(T0 + 1), None).await.is_ok());
+    // Past the TTL: refresh fails, cached keys serve.
+    clock.advance(400);
+    assert!(a.authenticate(&token_at(clock.now()), None).await.is_ok());
+    let failures = srv.hits("/.well-known/openid-configuration");
+    assert_eq!(failures, 2, "one refresh attempt");
+    // Back-off: the next request within the min interval does not hammer the issuer.
+    assert!(a.authenticate(&token_at(clock.now() + 1), None).await.is_ok());
+    assert_eq!(srv.hits("/.well-known/openid-configuration"), failures);
+    // Past ttl + max_stale: fail closed, including tokens cached earlier.
+    let cached = token_at(clock.now() + 2);
+    assert!(a.authenticate(&cached, None).await.is_ok());
+    clock.advance(3600);
+    assert_eq!(a.authenticate(&token_at(clock.now()), None).await, Err(AuthnError::KeysUnavailable));
+    assert_eq!(a.authenticate(&cached, None).await, Err(AuthnError::KeysUnavailable));
+    // The issuer comes back: keys are fetched again (after the failure back-off).
+    srv.state.down.store(false, Ordering::SeqCst);
+    clock.advance(11);
+    assert!(a.authenticate(&token_at(clock.now()), None).await.is_ok());
+}
+
+#[tokio::test]
+async fn token_cache_hit_does_not_refetch_and_expires_with_token() {
+    let srv = TestServer::start().await;
+    let key = TestKey::es256();
+    srv.jwks(&[&key]);
+    let (clock, c) = TestClock::new();
+    let a = authenticator(c, &srv.spec());
+    let mut cl = claims(&srv.url, AUD, T0);
+    cl["exp"] = json!(T0 + 200);
+    let token = key.sign(&cl);
+    let id = a.authenticate(&token, None).await.unwrap();
+    assert_eq!(srv.hits("/openid/v1/jwks"), 1);
+    // Keys become stale and the issuer goes down: the cached token answers without a fetch.
+    srv.state.down.store(true, Ordering::SeqCst);
+    clock.advance(150);
+    let discovery_hits = srv.hits("/.well-known/openid-configuration");
+    assert!(a.is_cached(&token));
+    assert_eq!(a.authenticate(&token, None).await.unwrap(), id);
+    assert_eq!(srv.hits("/.well-known/openid-configuration"), discovery_hits);
+    assert_eq!(srv.hits("/openid/v1/jwks"), 1);
+    // It expires with the token (exp + leeway).
+    clock.advance(111);
+    assert_eq!(a.authenticate(&token, None).await, Err(AuthnError::Expired));
+    assert!(!a.is_cached(&token));
+}
+
+#[tokio::test]
+async fn reload_keeps_unchanged_federations_caches() {
+    let srv = TestServer::start().await;
+    let key = TestKey::es256();
+    srv.jwks(&[&key]);
+    let a = authenticator(Clock::fixed(T0), &srv.spec());
+    assert!(a.authenticate(&key.sign(&claims(&srv.url, AUD, T0)), None).await.is_ok());
+    assert_eq!(srv.hits("/openid/v1/jwks"), 1);
+    a.set_federations(vec![Federation::from_spec("alpha", &srv.spec()).unwrap()]);
+    assert!(a.authenticate(&key.sign(&claims(&srv.url, AUD, T0 + 1)), None).await.is_ok());
+    assert_eq!(srv.hits("/openid/v1/jwks"), 1);
+    let mut changed = srv.spec();
+    changed.audiences.push("another".into());
+    a.set_federations(vec![Federation::from_spec("alpha", &changed).unwrap()]);
+    assert!(a.authenticate(&key.sign(&claims(&srv.url, AUD, T0 + 2)), None).await.is_ok());
+    assert_eq!(srv.hits("/openid/v1/jwks"), 2);
+}
+
+#[tokio::test]
+async fn redirects_are_not_followed() {
+    let srv = TestServer::start().await;
+    let key = TestKey::es256();
+    srv.redirect("/openid/v1/jwks", "/real/jwks");
+    srv.route("/real/jwks", 200, TestKey::jwks(&[&key]));
+    let a = authenticator(Clock::fixed(T0), &srv.spec());
+    let t = key.sign(&claims(&srv.url, AUD, T0));
+    assert_eq!(a.authenticate(&t, None).await, Err(AuthnError::KeysUnavailable));
+    assert_eq!(srv.hits("/openid/v1/jwks"), 1);
+    assert_eq!(srv.hits("/real/jwks"), 0);
+    // A redirecting discovery document is not followed either (and not a fallback).
+    let srv = TestServer::start().await;
+    srv.redirect("/.well-known/openid-configuration", "/elsewhere");
+    srv.jwks(&[&key]);
+    let a = authenticator(Clock::fixed(T0), &srv.spec());
+    assert_eq!(a.authenticate(&t, None).await, Err(AuthnError::KeysUnavailable));
+    assert_eq!(srv.hits("/elsewhere"), 0);
+    assert_eq!(srv.hits("/openid/v1/jwks"), 0);
+}
+
+#[tokio::test]
+async fn document_limits() {
+    let key = TestKey::es256();
+    // Too many keys: the document is rejected whole.
+    let srv = TestServer::start().await;
+    let many: Vec<TestKey> = (0..3).map(|_| TestKey::es256()).collect();
+    srv.jwks(&many.iter().chain([&key]).collect::<Vec<_>>());
+    let a = Authenticator::new(AuthnSettings { clock: Clock::fixed(T0), max_jwks_keys: 3, ..Default::default() });
+    a.set_federations(vec![Federation::from_spec("alpha", &srv.spec()).unwrap()]);
+    let t = key.sign(&claims(&srv.url, AUD, T0));
+    assert_eq!(a.authenticate(&t, None).await, Err(AuthnError::KeysUnavailable));
+    // Too large a body.
+    let srv = TestServer::start().await;
+    let mut doc: serde_json::Value = serde_json::from_str(&TestKey::jwks(&[&key])).unwrap();
+    doc["padding"] = json!("x".repeat(4096));
+    srv.route("/openid/v1/jwks", 200, doc.to_string());
+    let a = Authenticator::new(AuthnSettings { clock: Clock::fixed(T0), max_jwks_bytes: 4096, ..Default::default() });
+    a.set_federations(vec![Federation::from_spec("alpha", &srv.spec()).unwrap()]);
+    let t = key.sign(&claims(&srv.url, AUD, T0));
+    assert_eq!(a.authenticate(&t, None).await, Err(AuthnError::KeysUnavailable));
+    // Same document under a sufficient cap works.
+    let a = Authenticator::new(AuthnSettings { clock: Clock::fixed(T0), max_jwks_bytes: 8192, ..Default::default() });
+    a.set_federations(vec![Federation::from_spec("alpha", &srv.spec()).unwrap()]);
+    assert!(a.authenticate(&t, None).await.is_ok());
+    // A discovery document that is not JSON is an error, not a fallback.
+    let srv = TestServer::start().await;
+    srv.route("/.well-known/openid-configuration", 200, "<html>");
+    srv.jwks(&[&key]);
+    let a = authenticator(Clock::fixed(T0), &srv.spec());
+    let t = key.sign(&claims(&srv.url, AUD, T0));
+    assert_eq!(a.authenticate(&t, None).await, Err(AuthnError::KeysUnavailable));
+    assert_eq!(srv.hits("/openid/v1/jwks"), 0);
+}

@@ -1,0 +1,385 @@
+//! Parsing a compact JWS and checking its claims. Parsing happens before any key is known
+//! (the issuer picks the federation), so nothing parsed here is trusted until a key verified
+//! the signature over exactly these bytes.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::Algorithm;
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::error::AuthnError;
+use super::federation::Federation;
+use super::identity::Identity;
+use super::keys::{VerifyKey, accepted_algorithm};
+
+/// A syntactically valid token, not yet verified.
+pub(crate) struct ParsedToken<'a> {
+    pub(crate) alg: Algorithm,
+    /// `kid`, `None` when absent or empty (then every key of the issuer is tried).
+    pub(crate) kid: Option<String>,
+    /// `base64(header).base64(claims)`: the signed bytes.
+    message: &'a str,
+    signature: &'a str,
+    pub(crate) iss: String,
+    claims: RawClaims,
+}
+
+/// Marks a member as present, whatever its value (even `null`).
+#[derive(Default)]
+struct Present(bool);
+
+impl<'de> Deserialize<'de> for Present {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        serde::de::IgnoredAny::deserialize(d)?;
+        Ok(Present(true))
+    }
+}
+
+/// The header members we read. `jku`, `x5u`, `jwk`, `x5c` are deliberately ignored: keys come
+/// only from the federation's configuration, never from the token.
+#[derive(Deserialize)]
+struct RawHeader {
+    alg: String,
+    #[serde(default)]
+    kid: Option<String>,
+    #[serde(default)]
+    crit: Present,
+}
+
+#[derive(Deserialize)]
+struct RawClaims {
+    #[serde(default)]
+    iss: Option<Value>,
+    #[serde(default)]
+    sub: Option<Value>,
+    #[serde(default)]
+    aud: Option<Value>,
+    #[serde(default)]
+    exp: Option<Value>,
+    #[serde(default)]
+    nbf: Option<Value>,
+    #[serde(default)]
+    iat: Option<Value>,
+    #[serde(default, rename = "kubernetes.io")]
+    kubernetes: Option<Value>,
+}
+
+fn b64_json<T: serde::de::DeserializeOwned>(part: &str, what: &'static str) -> Result<T, AuthnError> {
+    let bytes = URL_SAFE_NO_PAD
+        .decode(part)
+        .map_err(|_| AuthnError::Malformed(what))?;
+    // Serde would also read a struct from a JSON array; JOSE requires an object.
+    if !bytes.trim_ascii_start().starts_with(b"{") {
+        return Err(AuthnError::Malformed(what));
+    }
+    serde_json::from_slice(&bytes).map_err(|_| AuthnError::Malformed(what))
+}
+
+/// Parses a compact JWS of at most `max_bytes` (checked first, before any decoding).
+pub(crate) fn parse(token: &str, max_bytes: usize) -> Result<ParsedToken<'_>, AuthnError> {
+    if token.len() > max_bytes {
+        return Err(AuthnError::TooLarge);
+    }
+    if token.is_empty() {
+        return Err(AuthnError::Malformed("empty token"));
+    }
+    let mut parts = token.split('.');
+    let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(AuthnError::Malformed("not three dot-separated parts"));
+    };
+    if h.is_empty() || p.is_empty() {
+        return Err(AuthnError::Malformed("empty part"));
+    }
+    let header: RawHeader = b64_json(h, "bad header")?;
+    if header.crit.0 {
+        return Err(AuthnError::CriticalHeader);
+    }
+    // Before the signature check, so that `alg: none` (empty signature) is named as such.
+    let alg = accepted_algorithm(&header.alg).ok_or(AuthnError::UnsupportedAlgorithm)?;
+    if s.is_empty() {
+        return Err(AuthnError::Malformed("empty signature"));
+    }
+    // Only the signature is checked against these bytes later; reject bad encodings now.
+    if URL_SAFE_NO_PAD.decode(s).is_err() {
+        return Err(AuthnError::Malformed("bad signature encoding"));
+    }
+    let claims: RawClaims = b64_json(p, "bad claims")?;
+    let iss = match &claims.iss {
+        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        _ => return Err(AuthnError::BadIssuer),
+    };
+    Ok(ParsedToken {
+        alg,
+        kid: header.kid.filter(|k| !k.is_empty()),
+        message: &token[..h.len() + 1 + p.len()],
+        signature: s,
+        iss,
+        claims,
+    })
+}
+
+impl ParsedToken<'_> {
+    /// Whether `key` verifies the signature (the caller checked `key.accepts(self.alg)`).
+    pub(crate) fn verify_signature(&self, key: &VerifyKey) -> bool {
+        if !key.accepts(self.alg) {
+            return false;
+        }
+        matches!(
+            jsonwebtoken::crypto::verify(self.signature, self.message.as_bytes(), &key.key, self.alg),
+            Ok(true)
+        )
+    }
+
+    /// Checks the claims of a token whose signature a key of `fed` verified, and builds the
+    /// identity. `now` and `leeway` in seconds.
+    pub(crate) fn check_claims(
+        &self,
+        fed: &Federation,
+        now: u64,
+        leeway: u64,
+    ) -> Result<Identity, AuthnError> {
+        let c = &self.claims;
+        let exp = match &c.exp {
+            None => return Err(AuthnError::MissingExpiry),
+            Some(v) => numeric_date(v)?,
+        };
+        if now > exp.saturating_add(leeway) {
+            return Err(AuthnError::Expired);
+        }
+        if let Some(v) = &c.nbf
+            && numeric_date(v)? > now.saturating_add(leeway)
+        {
+            return Err(AuthnError::NotYetValid);
+        }
+        if let Some(v) = &c.iat
+            && numeric_date(v)? > now.saturating_add(leeway)
+        {
+            return Err(AuthnError::IssuedInFuture);
+        }
+        check_audience(c.aud.as_ref(), &fed.audiences)?;
+        let subject = match &c.sub {
+            Some(Value::String(s)) => s.clone(),
+            _ => return Err(AuthnError::BadSubject),
+        };
+        let sa = match &c.kubernetes {
+            Some(v) => kubernetes_claim(v)?,
+            None => {
+                let (namespace, name) = split_sa_subject(&subject).ok_or(AuthnError::BadSubject)?;
+                SaClaim {
+                    namespace: namespace.to_owned(),
+                    name: name.to_owned(),
+                    uid: None,
+                    pod_name: None,
+                    pod_uid: None,
+                }
+            }
+        };
+        if subject != format!("system:serviceaccount:{}:{}", sa.namespace, sa.name) {
+            return Err(AuthnError::BadSubject);
+        }
+        Ok(Identity {
+            federation: fed.name.clone(),
+            issuer: self.iss.clone(),
+            subject,
+            namespace: sa.namespace,
+            service_account: sa.name,
+            service_account_uid: sa.uid,
+            pod_name: sa.pod_name,
+            pod_uid: sa.pod_uid,
+            expires_at: Some(exp),
+        })
+    }
+}
+
+/// A NumericDate: a non-negative number of seconds (fractions are truncated).
+fn numeric_date(v: &Value) -> Result<u64, AuthnError> {
+    if let Some(n) = v.as_u64() {
+        return Ok(n);
+    }
+    match v.as_f64() {
+        Some(f) if f.is_finite() && f >= 0.0 && f < u64::MAX as f64 => Ok(f as u64),
+        _ => Err(AuthnError::BadTimeClaim),
+    }
+}
+
+fn check_audience(aud: Option<&Value>, accepted: &[String]) -> Result<(), AuthnError> {
+    let auds: Vec<&str> = match aud {
+        None => Vec::new(),
+        Some(Value::String(s)) => vec![s.as_str()],
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|i| i.as_str().ok_or(AuthnError::BadAudience))
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err(AuthnError::BadAudience),
+    };
+    if accepted.is_empty() || auds.iter().any(|a| accepted.iter().any(|x| x == a)) {
+        Ok(())
+    } else {
+        Err(AuthnError::BadAudience)
+    }
+}
+
+/// `system:serviceaccount:NS:NAME` → `(NS, NAME)`, both non-empty and without `:`.
+fn split_sa_subject(sub: &str) -> Option<(&str, &str)> {
+    let rest = sub.strip_prefix("system:serviceaccount:")?;
+    let (ns, name) = rest.split_once(':')?;
+    if ns.is_empty() || name.is_empty() || name.contains(':') {
+        return None;
+    }
+    Some((ns, name))
+}
+
+struct SaClaim {
+    namespace: String,
+    name: String,
+    uid: Option<String>,
+    pod_name: Option<String>,
+    pod_uid: Option<String>,
+}
+
+/// The `kubernetes.io` claim of bound tokens: `namespace`, `serviceaccount{name,uid}`,
+/// optional `pod{name,uid}` (other members, e.g. `node`, are ignored).
+fn kubernetes_claim(v: &Value) -> Result<SaClaim, AuthnError> {
+    let bad = AuthnError::BadKubernetesClaim;
+    let obj = v.as_object().ok_or(bad.clone())?;
+    let str_of = |o: &serde_json::Map<String, Value>, k: &str| -> Result<Option<String>, AuthnError> {
+        match o.get(k) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(AuthnError::BadKubernetesClaim),
+        }
+    };
+    let namespace = str_of(obj, "namespace")?
+        .filter(|s| !s.is_empty() && !s.contains(':'))
+        .ok_or(bad.clone())?;
+    let sa = obj
+        .get("serviceaccount")
+        .and_then(Value::as_object)
+        .ok_or(bad.clone())?;
+    let name = str_of(sa, "name")?
+        .filter(|s| !s.is_empty() && !s.contains(':'))
+        .ok_or(bad.clone())?;
+    let uid = str_of(sa, "uid")?;
+    let (pod_name, pod_uid) = match obj.get("pod") {
+        None | Some(Value::Null) => (None, None),
+        Some(Value::Object(pod)) => (str_of(pod, "name")?, str_of(pod, "uid")?),
+        Some(_) => return Err(bad),
+    };
+    Ok(SaClaim {
+        namespace,
+        name,
+        uid,
+        pod_name,
+        pod_uid,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn enc(v: &Value) -> String {
+        URL_SAFE_NO_PAD.encode(serde_json::to_vec(v).unwrap())
+    }
+
+    fn tok(header: Value, claims: Value) -> String {
+        format!("{}.{}.c2ln", enc(&header), enc(&claims))
+    }
+
+    #[test]
+    fn parse_errors() {
+        let ok_claims = json!({"iss": "i"});
+        assert_eq!(parse("", 10).err(), Some(AuthnError::Malformed("empty token")));
+        assert_eq!(parse(&"a".repeat(11), 10).err(), Some(AuthnError::TooLarge));
+        for bad in ["a.b", "a.b.c.d", "..", "a..c", "%%%.e30.c2ln", "e30.e30.c2ln"] {
+            assert!(parse(bad, 1000).is_err(), "{bad}");
+        }
+        let t = tok(json!({"alg": "none"}), ok_claims.clone());
+        assert_eq!(parse(&t, 1000).err(), Some(AuthnError::UnsupportedAlgorithm));
+        let t = format!("{}.{}.", enc(&json!({"alg": "none"})), enc(&ok_claims));
+        assert_eq!(parse(&t, 1000).err(), Some(AuthnError::UnsupportedAlgorithm));
+        let t = format!("{}.{}.", enc(&json!({"alg": "RS256"})), enc(&ok_claims));
+        assert_eq!(parse(&t, 1000).err(), Some(AuthnError::Malformed("empty signature")));
+        let t = tok(json!({"alg": "RS256", "crit": ["exp"]}), ok_claims.clone());
+        assert_eq!(parse(&t, 1000).err(), Some(AuthnError::CriticalHeader));
+        let t = tok(json!({"alg": "RS256", "crit": null}), ok_claims.clone());
+        assert_eq!(parse(&t, 1000).err(), Some(AuthnError::CriticalHeader));
+        let t = tok(json!({"alg": "RS256", "kid": 5}), ok_claims.clone());
+        assert_eq!(parse(&t, 1000).err(), Some(AuthnError::Malformed("bad header")));
+        let t = tok(json!({"alg": "RS256"}), json!({"iss": 5}));
+        assert_eq!(parse(&t, 1000).err(), Some(AuthnError::BadIssuer));
+        let t = tok(json!({"alg": "RS256"}), json!(["x"]));
+        assert_eq!(parse(&t, 1000).err(), Some(AuthnError::Malformed("bad claims")));
+        // Duplicate members are ambiguous: rejected.
+        let h = URL_SAFE_NO_PAD.encode(br#"{"alg":"RS256","alg":"ES256"}"#);
+        let t = format!("{h}.{}.c2ln", enc(&ok_claims));
+        assert_eq!(parse(&t, 1000).err(), Some(AuthnError::Malformed("bad header")));
+        let t = tok(json!({"alg": "ES384", "kid": "", "jku": "https://evil"}), ok_claims);
+        let p = parse(&t, 1000).unwrap();
+        assert_eq!(p.kid, None);
+        assert_eq!(p.alg, Algorithm::ES384);
+    }
+
+    fn fed(audiences: &[&str]) -> Federation {
+        let spec = crate::config::resources::KubernetesFederationSpec {
+            url: Some("https://k.example".into()),
+            audiences: audiences.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
+        Federation::from_spec("f", &spec).unwrap()
+    }
+
+    fn check(claims: Value, audiences: &[&str]) -> Result<Identity, AuthnError> {
+        let t = tok(json!({"alg": "RS256"}), claims);
+        parse(&t, 10_000).unwrap().check_claims(&fed(audiences), 1000, 60)
+    }
+
+    #[test]
+    fn claim_checks() {
+        let base = json!({"iss": "i", "sub": "system:serviceaccount:ns:sa", "exp": 2000});
+        let id = check(base.clone(), &[]).unwrap();
+        assert_eq!((id.namespace.as_str(), id.service_account.as_str()), ("ns", "sa"));
+        assert_eq!(id.expires_at, Some(2000));
+        let with = |k: &str, v: Value| {
+            let mut c = base.clone();
+            c[k] = v;
+            c
+        };
+        assert_eq!(check(json!({"iss": "i", "sub": "system:serviceaccount:ns:sa"}), &[]).err(), Some(AuthnError::MissingExpiry));
+        assert_eq!(check(with("exp", json!(939)), &[]).err(), Some(AuthnError::Expired));
+        assert!(check(with("exp", json!(940)), &[]).is_ok(), "leeway");
+        assert!(check(with("exp", json!(1500.7)), &[]).is_ok());
+        assert_eq!(check(with("exp", json!("2000")), &[]).err(), Some(AuthnError::BadTimeClaim));
+        assert_eq!(check(with("exp", json!(-1)), &[]).err(), Some(AuthnError::BadTimeClaim));
+        assert_eq!(check(with("nbf", json!(1061)), &[]).err(), Some(AuthnError::NotYetValid));
+        assert!(check(with("nbf", json!(1060)), &[]).is_ok());
+        assert_eq!(check(with("iat", json!(1061)), &[]).err(), Some(AuthnError::IssuedInFuture));
+        assert_eq!(check(with("aud", json!("a")), &["b"]).err(), Some(AuthnError::BadAudience));
+        assert_eq!(check(base.clone(), &["b"]).err(), Some(AuthnError::BadAudience));
+        assert!(check(with("aud", json!(["a", "b"])), &["b"]).is_ok());
+        assert!(check(with("aud", json!("b")), &["b"]).is_ok());
+        assert!(check(with("aud", json!("x")), &[]).is_ok());
+        assert_eq!(check(with("aud", json!([1])), &["b"]).err(), Some(AuthnError::BadAudience));
+        assert_eq!(check(with("sub", json!(5)), &[]).err(), Some(AuthnError::BadSubject));
+        for bad in ["system:serviceaccount:ns", "system:serviceaccount::sa", "user:x", "system:serviceaccount:a:b:c"] {
+            assert_eq!(check(with("sub", json!(bad)), &[]).err(), Some(AuthnError::BadSubject), "{bad}");
+        }
+        let k8s = json!({"namespace": "ns", "serviceaccount": {"name": "sa", "uid": "u1"}, "pod": {"name": "p", "uid": "u2"}});
+        let id = check(with("kubernetes.io", k8s.clone()), &[]).unwrap();
+        assert_eq!(id.service_account_uid.as_deref(), Some("u1"));
+        assert_eq!(id.pod_name.as_deref(), Some("p"));
+        assert_eq!(id.pod_uid.as_deref(), Some("u2"));
+        let mut other = k8s.clone();
+        other["serviceaccount"]["name"] = json!("admin");
+        assert_eq!(check(with("kubernetes.io", other), &[]).err(), Some(AuthnError::BadSubject));
+        let mut other = k8s.clone();
+        other["namespace"] = json!("kube-system");
+        assert_eq!(check(with("kubernetes.io", other), &[]).err(), Some(AuthnError::BadSubject));
+        for bad in [json!("x"), json!({"namespace": "ns"}), json!({"namespace": 1, "serviceaccount": {"name": "sa"}}), json!({"namespace": "ns", "serviceaccount": {"name": "sa"}, "pod": "p"})] {
+            assert_eq!(check(with("kubernetes.io", bad.clone()), &[]).err(), Some(AuthnError::BadKubernetesClaim), "{bad}");
+        }
+    }
+}
