@@ -5,6 +5,7 @@
 //! `config` turns resources (a directory of manifests) into one immutable snapshot
 //! that requests read without locks and that is swapped atomically on change.
 
+pub mod api;
 pub mod authn;
 pub mod authz;
 pub mod config;
