@@ -7,7 +7,7 @@ use std::hint::black_box;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use esi::authn::{AuthnSettings, Authenticator, Federation, Identity};
+use esi::authn::{Authenticator, AuthnSettings, Federation, Identity};
 use esi::authz::{Action, AuthorizationSource, PolicyEngine, Resource};
 use esi::config::resources::{
     AllowedGenerator, AuthorizationSpec, AuthorizationSubject, FederationRef,
@@ -33,7 +33,10 @@ fn mint(key: &str, sa: &str) -> String {
     } else {
         (Algorithm::ES256, EncodingKey::from_ec_pem(&pem).unwrap())
     };
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     let claims = json!({
         "iss": ISS, "sub": format!("system:serviceaccount:bench:{sa}"), "aud": ["esi-bench"],
         "iat": now, "nbf": now, "exp": now + 3600,
@@ -70,12 +73,18 @@ fn bench_authn(c: &mut Criterion) {
         let token = mint(key, "client");
         let cold = authenticator(false);
         group.bench_function(BenchmarkId::new("verify", key), |b| {
-            b.iter(|| rt.block_on(cold.authenticate(black_box(&token), None)).unwrap())
+            b.iter(|| {
+                rt.block_on(cold.authenticate(black_box(&token), None))
+                    .unwrap()
+            })
         });
         let warm = authenticator(true);
         rt.block_on(warm.authenticate(&token, None)).unwrap();
         group.bench_function(BenchmarkId::new("cached", key), |b| {
-            b.iter(|| rt.block_on(warm.authenticate(black_box(&token), None)).unwrap())
+            b.iter(|| {
+                rt.block_on(warm.authenticate(black_box(&token), None))
+                    .unwrap()
+            })
         });
     }
     group.finish();
@@ -135,11 +144,23 @@ fn bench_authz(c: &mut Criterion) {
             key: "db/credentials".into(),
         };
         group.bench_function(BenchmarkId::new("allow", n), |b| {
-            b.iter(|| assert!(engine.decide(black_box(&who), Action::Get, &resource).allowed))
+            b.iter(|| {
+                assert!(
+                    engine
+                        .decide(black_box(&who), Action::Get, &resource)
+                        .allowed
+                )
+            })
         });
         let stranger = identity(n + 1);
         group.bench_function(BenchmarkId::new("deny", n), |b| {
-            b.iter(|| assert!(!engine.decide(black_box(&stranger), Action::Get, &resource).allowed))
+            b.iter(|| {
+                assert!(
+                    !engine
+                        .decide(black_box(&stranger), Action::Get, &resource)
+                        .allowed
+                )
+            })
         });
     }
     group.finish();

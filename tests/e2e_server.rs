@@ -108,7 +108,9 @@ fn token(key: &str, ns: &str, sa: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn seed_walkthrough_against_openbao() {
-    let Some((addr, root)) = openbao() else { return };
+    let Some((addr, root)) = openbao() else {
+        return;
+    };
     vault_put(
         &addr,
         &root,
@@ -164,29 +166,49 @@ async fn seed_walkthrough_against_openbao() {
     // ES256 works as well as RS256.
     let es = token("ec-1", "monitoring", "prometheus-esi-client");
     let (status, _) = server
-        .post("/secretstore/vault-prod/secrets/e2e%2Fdb-credentials", Some(&es), body(&issuer))
+        .post(
+            "/secretstore/vault-prod/secrets/e2e%2Fdb-credentials",
+            Some(&es),
+            body(&issuer),
+        )
         .await;
     assert_eq!(status, 200);
 
     // Another ServiceAccount: 404, exactly like a missing secret.
     let other = token("rsa-1", "monitoring", "someone-else");
     let (status, text) = server
-        .post("/secretstore/vault-prod/secrets/e2e%2Fdb-credentials", Some(&other), body(&issuer))
+        .post(
+            "/secretstore/vault-prod/secrets/e2e%2Fdb-credentials",
+            Some(&other),
+            body(&issuer),
+        )
         .await;
     assert_eq!((status, text.as_str()), (404, "\"Not Found\""));
     // Unknown store and missing key: 404.
     let (status, _) = server
-        .post("/secretstore/nope/secrets/e2e%2Fdb-credentials", Some(&ok), body(&issuer))
+        .post(
+            "/secretstore/nope/secrets/e2e%2Fdb-credentials",
+            Some(&ok),
+            body(&issuer),
+        )
         .await;
     assert_eq!(status, 404);
     let (status, _) = server
-        .post("/secretstore/vault-prod/secrets/e2e%2Fmissing", Some(&ok), body(&issuer))
+        .post(
+            "/secretstore/vault-prod/secrets/e2e%2Fmissing",
+            Some(&ok),
+            body(&issuer),
+        )
         .await;
     assert_eq!(status, 404);
 
     // No token, expired, wrong audience, bad signature: 401.
     let (status, _) = server
-        .post("/secretstore/vault-prod/secrets/e2e%2Fdb-credentials", None, body(&issuer))
+        .post(
+            "/secretstore/vault-prod/secrets/e2e%2Fdb-credentials",
+            None,
+            body(&issuer),
+        )
         .await;
     assert_eq!(status, 401);
     let mut claims = sa_claims(ISS, AUD, "monitoring", "prometheus-esi-client");
@@ -196,7 +218,12 @@ async fn seed_walkthrough_against_openbao() {
     let expired = mint("rsa-1", &claims, None);
     let wrong_aud = mint(
         "rsa-1",
-        &sa_claims(ISS, "https://somewhere-else", "monitoring", "prometheus-esi-client"),
+        &sa_claims(
+            ISS,
+            "https://somewhere-else",
+            "monitoring",
+            "prometheus-esi-client",
+        ),
         None,
     );
     let rsa1_kid = jwk("rsa-1")["kid"].as_str().unwrap().to_string();
@@ -207,7 +234,11 @@ async fn seed_walkthrough_against_openbao() {
     );
     for bad in [&expired, &wrong_aud, &forged, &"not.a.jwt".to_string()] {
         let (status, text) = server
-            .post("/secretstore/vault-prod/secrets/e2e%2Fdb-credentials", Some(bad), body(&issuer))
+            .post(
+                "/secretstore/vault-prod/secrets/e2e%2Fdb-credentials",
+                Some(bad),
+                body(&issuer),
+            )
             .await;
         assert_eq!(status, 401, "{text}");
         assert!(!text.contains("s3cr3t"), "{text}");
@@ -215,7 +246,10 @@ async fn seed_walkthrough_against_openbao() {
 
     // Nothing the server logged holds the secret value or a whole token.
     for line in server.logs() {
-        assert!(!line.contains("s3cr3t-from-openbao"), "value in log: {line}");
+        assert!(
+            !line.contains("s3cr3t-from-openbao"),
+            "value in log: {line}"
+        );
         assert!(!line.contains(&ok), "token in log: {line}");
     }
 }
@@ -246,7 +280,11 @@ async fn key_rotation_and_issuer_down() {
     );
     let path = "/secretstore/fake-store/secrets/other";
     let (status, text) = server
-        .post(path, Some(&token("rsa-1", "monitoring", "app")), body(&issuer))
+        .post(
+            path,
+            Some(&token("rsa-1", "monitoring", "app")),
+            body(&issuer),
+        )
         .await;
     assert_eq!((status, text.as_str()), (200, "\"other-value\""));
 
@@ -254,7 +292,11 @@ async fn key_rotation_and_issuer_down() {
     issuer.set_keys(jwks(&["rsa-1", "ec-2"]));
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let (status, text) = server
-        .post(path, Some(&token("ec-2", "monitoring", "app")), body(&issuer))
+        .post(
+            path,
+            Some(&token("ec-2", "monitoring", "app")),
+            body(&issuer),
+        )
         .await;
     assert_eq!(status, 200, "{text}");
 
@@ -275,7 +317,11 @@ async fn unknown_kid_flood_fetches_at_most_once_per_interval() {
     let server = Server::start(&fake_setup(&issuer), &[]);
     let path = "/secretstore/fake-store/secrets/other";
     let (status, _) = server
-        .post(path, Some(&token("rsa-1", "monitoring", "app")), body(&issuer))
+        .post(
+            path,
+            Some(&token("rsa-1", "monitoring", "app")),
+            body(&issuer),
+        )
         .await;
     assert_eq!(status, 200);
     let hits = issuer.jwks_hits();
@@ -287,14 +333,26 @@ async fn unknown_kid_flood_fetches_at_most_once_per_interval() {
         let url = format!("{}{}", server.url, path);
         let b = body(&issuer);
         tasks.push(tokio::spawn(async move {
-            client.post(url).bearer_auth(t).json(&b).send().await.unwrap().status().as_u16()
+            client
+                .post(url)
+                .bearer_auth(t)
+                .json(&b)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
         }));
     }
     for t in tasks {
         assert_eq!(t.await.unwrap(), 401);
     }
     // Default interval is 10 s: the flood caused at most one refresh.
-    assert!(issuer.jwks_hits() <= hits + 1, "{} fetches", issuer.jwks_hits() - hits);
+    assert!(
+        issuer.jwks_hits() <= hits + 1,
+        "{} fetches",
+        issuer.jwks_hits() - hits
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -303,12 +361,20 @@ async fn forbid_policy_hot_reload_and_broken_authorization() {
     let server = Server::start(&fake_setup(&issuer), &[]);
     let app = token("ec-1", "monitoring", "app");
     let (status, _) = server
-        .post("/secretstore/fake-store/secrets/db-credentials", Some(&app), body(&issuer))
+        .post(
+            "/secretstore/fake-store/secrets/db-credentials",
+            Some(&app),
+            body(&issuer),
+        )
         .await;
     assert_eq!(status, 200);
     // Generators answer a JSON object of strings.
     let (status, text) = server
-        .post("/generators/monitoring/Password/pw", Some(&app), body(&issuer))
+        .post(
+            "/generators/monitoring/Password/pw",
+            Some(&app),
+            body(&issuer),
+        )
         .await;
     assert_eq!(status, 200, "{text}");
     let generated: Value = serde_json::from_str(&text).unwrap();
@@ -323,26 +389,44 @@ forbid(principal, action, resource) when { resource has key && resource.key == "
         )
         .await;
     let (status, _) = server
-        .post("/secretstore/fake-store/secrets/db-credentials", Some(&app), body(&issuer))
+        .post(
+            "/secretstore/fake-store/secrets/db-credentials",
+            Some(&app),
+            body(&issuer),
+        )
         .await;
     assert_eq!(status, 404);
     let (status, _) = server
-        .post("/secretstore/fake-store/secrets/other", Some(&app), body(&issuer))
+        .post(
+            "/secretstore/fake-store/secrets/other",
+            Some(&app),
+            body(&issuer),
+        )
         .await;
     assert_eq!(status, 200);
     assert!(server.count_log("deny-db-credentials") > 0);
 
     // Hot reload: a new store and a grant for another ServiceAccount appear.
-    server.write_manifest("store2.yaml", &fake_store("second-store")).await;
+    server
+        .write_manifest("store2.yaml", &fake_store("second-store"))
+        .await;
     server
         .write_manifest(
             "authz2.yaml",
-            &authorization("allow-batch", "system:serviceaccount:batch:*", &["second-store"]),
+            &authorization(
+                "allow-batch",
+                "system:serviceaccount:batch:*",
+                &["second-store"],
+            ),
         )
         .await;
     let batch = token("ec-1", "batch", "job-7");
     let (status, text) = server
-        .post("/secretstore/second-store/secrets/other", Some(&batch), body(&issuer))
+        .post(
+            "/secretstore/second-store/secrets/other",
+            Some(&batch),
+            body(&issuer),
+        )
         .await;
     assert_eq!((status, text.as_str()), (200, "\"other-value\""));
 
@@ -362,7 +446,11 @@ spec:
         )
         .await;
     let (status, _) = server
-        .post("/secretstore/second-store/secrets/other", Some(&batch), body(&issuer))
+        .post(
+            "/secretstore/second-store/secrets/other",
+            Some(&batch),
+            body(&issuer),
+        )
         .await;
     assert_eq!(status, 200);
     assert!(server.count_log("last good policy set") > 0);
@@ -375,6 +463,14 @@ async fn health_metrics_and_malformed_requests() {
     assert_eq!(server.get("/healthz").await.0, 200);
     assert_eq!(server.get("/readyz").await.0, 200);
     let app = token("ec-1", "monitoring", "app");
+    let (status, _) = server
+        .post(
+            "/secretstore/fake-store/secrets/other",
+            Some(&app),
+            body(&issuer),
+        )
+        .await;
+    assert_eq!(status, 200);
     // Malformed JSON → 400; extension calls answer problem+json.
     let resp = server
         .client
@@ -397,11 +493,18 @@ async fn health_metrics_and_malformed_requests() {
     assert_eq!(status, 413);
     // Oversized token → 413.
     let (status, _) = server
-        .post("/secretstore/fake-store/secrets/other", Some(&"a".repeat(20_000)), body(&issuer))
+        .post(
+            "/secretstore/fake-store/secrets/other",
+            Some(&"a".repeat(20_000)),
+            body(&issuer),
+        )
         .await;
     assert_eq!(status, 413);
     let (status, metrics) = server.get("/metrics").await;
     assert_eq!(status, 200);
     assert!(metrics.contains("esi_http_requests_total"));
     assert!(metrics.contains("esi_jwks_fetches_total"));
+    assert!(metrics.contains("esi_authz_decisions_total"));
+    assert!(metrics.contains("esi_backend_calls_total"));
+    assert!(metrics.contains("esi_config_reloads_total"));
 }

@@ -137,7 +137,13 @@ async fn observe(req: Request, next: Next) -> Response {
         .http_latency
         .with_label_values(&[&route])
         .observe(start.elapsed().as_secs_f64());
-    span.in_scope(|| tracing::info!(status = status.as_u16(), elapsed_us = start.elapsed().as_micros() as u64, "answered"));
+    span.in_scope(|| {
+        tracing::info!(
+            status = status.as_u16(),
+            elapsed_us = start.elapsed().as_micros() as u64,
+            "answered"
+        )
+    });
     resp
 }
 
@@ -343,11 +349,7 @@ async fn read_secret(
         },
     )?;
     let provider = snapshot.stores.get(store).ok_or(ApiError::NotFound)?;
-    with_timeout(
-        state.settings.backend_timeout,
-        provider.get_secret(remote),
-    )
-    .await
+    with_timeout(state.settings.backend_timeout, provider.get_secret(remote)).await
 }
 
 async fn ese_get_secret(
@@ -495,8 +497,7 @@ async fn v1_get(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let result = async {
-        let (caller, request): (Caller, RemoteRefRequest) =
-            admit(&state, &headers, body).await?;
+        let (caller, request): (Caller, RemoteRefRequest) = admit(&state, &headers, body).await?;
         let remote = remote_ref_of(request)?;
         let snapshot = state.snapshot.load_full();
         let value = read_secret(&state, &snapshot, &caller, &store, &remote).await?;
@@ -513,8 +514,7 @@ async fn v1_extract(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let result = async {
-        let (caller, request): (Caller, RemoteRefRequest) =
-            admit(&state, &headers, body).await?;
+        let (caller, request): (Caller, RemoteRefRequest) = admit(&state, &headers, body).await?;
         let remote = remote_ref_of(request)?;
         let snapshot = state.snapshot.load_full();
         authorize(
@@ -545,8 +545,7 @@ async fn v1_find(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let result = async {
-        let (caller, request): (Caller, FindRequestBody) =
-            admit(&state, &headers, body).await?;
+        let (caller, request): (Caller, FindRequestBody) = admit(&state, &headers, body).await?;
         let find = request
             .find
             .ok_or_else(|| ApiError::BadRequest("find is required".into()))?;
@@ -555,7 +554,11 @@ async fn v1_find(
             regex::RegexBuilder::new(re)
                 .size_limit(1 << 20)
                 .build()
-                .map_err(|_| ApiError::BadRequest("find.name.regexp is not a valid regular expression".into()))?;
+                .map_err(|_| {
+                    ApiError::BadRequest(
+                        "find.name.regexp is not a valid regular expression".into(),
+                    )
+                })?;
         }
         let snapshot = state.snapshot.load_full();
         authorize(

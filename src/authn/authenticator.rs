@@ -36,7 +36,10 @@ struct TokenExpiry {
 
 impl Expiry<[u8; 32], CachedToken> for TokenExpiry {
     fn expire_after_create(&self, _: &[u8; 32], v: &CachedToken, _: Instant) -> Option<Duration> {
-        let left = v.exp.saturating_add(self.leeway).saturating_sub(self.clock.now());
+        let left = v
+            .exp
+            .saturating_add(self.leeway)
+            .saturating_sub(self.clock.now());
         Some(Duration::from_secs(left.min(MAX_TOKEN_CACHE_SECS)))
     }
 }
@@ -55,7 +58,12 @@ pub struct Authenticator {
 
 impl std::fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let names: Vec<String> = self.federations.load().iter().map(|s| s.fed.name.clone()).collect();
+        let names: Vec<String> = self
+            .federations
+            .load()
+            .iter()
+            .map(|s| s.fed.name.clone())
+            .collect();
         f.debug_struct("Authenticator")
             .field("federations", &names)
             .field("cached_tokens", &self.tokens.entry_count())
@@ -98,7 +106,10 @@ impl Authenticator {
         let mut added_or_changed = false;
         for fed in federations {
             if !names.insert(fed.name.clone()) {
-                tracing::warn!(federation = fed.name.as_str(), "duplicate federation name ignored");
+                tracing::warn!(
+                    federation = fed.name.as_str(),
+                    "duplicate federation name ignored"
+                );
                 continue;
             }
             match old.iter().find(|s| s.fed == fed) {

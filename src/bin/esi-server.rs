@@ -10,7 +10,7 @@ use arc_swap::ArcSwap;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use esi::api::{self, ApiSettings, AppState};
-use esi::authn::{AuthnSettings, Authenticator};
+use esi::authn::{Authenticator, AuthnSettings};
 use esi::config::watch;
 use esi::config::{DirectorySource, Snapshot};
 use esi::providers::ProviderSettings;
@@ -197,7 +197,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
         },
     };
     if !source.manifests.is_dir() {
-        bail!("--manifests {} is not a directory", source.manifests.display());
+        bail!(
+            "--manifests {} is not a directory",
+            source.manifests.display()
+        );
     }
     let initial = {
         let s = source.clone();
@@ -232,7 +235,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
             ];
             let made = esi::tls::self_signed(&dir, &names)?;
             tracing::warn!(ca = %made.ca_cert.display(), "no --tls-cert given: serving a self-signed certificate; clients must trust this CA");
-            eprintln!("esi-server: self-signed CA written to {}", made.ca_cert.display());
+            eprintln!(
+                "esi-server: self-signed CA written to {}",
+                made.ca_cert.display()
+            );
             esi::tls::server_config_from_files(&made.cert, &made.key)?
         }
     };
@@ -288,13 +294,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {},
             _ = term.recv() => {},
@@ -331,7 +338,8 @@ fn dev_token(args: DevTokenArgs) -> Result<()> {
         "serviceaccount": {"name": args.service_account, "uid": uuid::Uuid::new_v4().to_string()},
     });
     if let Some(pod) = &args.pod {
-        kubernetes["pod"] = serde_json::json!({"name": pod, "uid": uuid::Uuid::new_v4().to_string()});
+        kubernetes["pod"] =
+            serde_json::json!({"name": pod, "uid": uuid::Uuid::new_v4().to_string()});
     }
     let claims = serde_json::json!({
         "iss": args.issuer,

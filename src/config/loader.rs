@@ -85,11 +85,7 @@ pub struct TextFile {
 }
 
 /// Lists files under `dir` whose extension is one of `extensions`, sorted, bounded.
-fn list_files(
-    dir: &Path,
-    extensions: &[&str],
-    errors: &mut Vec<LoadError>,
-) -> Vec<PathBuf> {
+fn list_files(dir: &Path, extensions: &[&str], errors: &mut Vec<LoadError>) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![(dir.to_path_buf(), 0usize)];
     while let Some((current, depth)) = stack.pop() {

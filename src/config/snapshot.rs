@@ -13,7 +13,9 @@ use async_trait::async_trait;
 use sha2::{Digest, Sha256};
 
 use super::loader::{self, LoadError, RawObject};
-use super::resources::{AuthorizationSpec, KubernetesFederationSpec, SecretObject, SecretStoreSpec};
+use super::resources::{
+    AuthorizationSpec, KubernetesFederationSpec, SecretObject, SecretStoreSpec,
+};
 use super::secrets::SecretIndex;
 use crate::authn::Federation;
 use crate::authz::{AuthorizationSource, PolicyEngine, PolicyFile};
@@ -125,7 +127,9 @@ fn group(api_version: &str) -> &str {
 fn spec_of<T: serde::de::DeserializeOwned + Default>(obj: &RawObject) -> Result<T, String> {
     match obj.body.get("spec") {
         None | Some(serde_json::Value::Null) => Ok(T::default()),
-        Some(spec) => serde_json::from_value(spec.clone()).map_err(|e| format!("invalid spec: {e}")),
+        Some(spec) => {
+            serde_json::from_value(spec.clone()).map_err(|e| format!("invalid spec: {e}"))
+        }
     }
 }
 
@@ -202,7 +206,10 @@ pub fn build(
 
     // Secrets first: stores and generators resolve their references against them.
     let mut secrets = SecretIndex::default();
-    for obj in objects.iter().filter(|o| o.kind == "Secret" && group(&o.api_version) == "v1") {
+    for obj in objects
+        .iter()
+        .filter(|o| o.kind == "Secret" && group(&o.api_version) == "v1")
+    {
         let parsed: Result<SecretObject, _> = serde_json::from_value(obj.body.clone());
         let namespace = obj.metadata.namespace.as_deref().unwrap_or("default");
         match parsed {
@@ -211,7 +218,10 @@ pub fn build(
                     errors.push(error(obj, e.to_string()));
                 }
             }
-            Err(_) => errors.push(error(obj, "invalid Secret: data must map strings to strings")),
+            Err(_) => errors.push(error(
+                obj,
+                "invalid Secret: data must map strings to strings",
+            )),
         }
     }
 
@@ -279,12 +289,19 @@ pub fn build(
                     }
                     Err(e) => {
                         errors.push(error(obj, format!("store is not ready: {e}")));
-                        stores.insert(name.to_string(), Arc::new(NotReadyStore { kind: "not-ready" }));
+                        stores.insert(
+                            name.to_string(),
+                            Arc::new(NotReadyStore { kind: "not-ready" }),
+                        );
                     }
                 }
             }
             ("generators.external-secrets.io", kind) if generators::is_generator_kind(kind) => {
-                let namespace = obj.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+                let namespace = obj
+                    .metadata
+                    .namespace
+                    .clone()
+                    .unwrap_or_else(|| "default".into());
                 let key = GeneratorKey {
                     namespace: namespace.clone(),
                     kind: kind.to_string(),
@@ -294,7 +311,11 @@ pub fn build(
                     errors.push(error(obj, "duplicate generator"));
                     continue;
                 }
-                let spec = obj.body.get("spec").cloned().unwrap_or(serde_json::Value::Null);
+                let spec = obj
+                    .body
+                    .get("spec")
+                    .cloned()
+                    .unwrap_or(serde_json::Value::Null);
                 match generators::build_generator(kind, &namespace, name, &spec, &secrets) {
                     Ok(generator) => {
                         generators.insert(key, generator);
@@ -303,7 +324,10 @@ pub fn build(
                 }
             }
             ("generators.external-secrets.io", kind) if kind != "Federation" => {
-                errors.push(error(obj, format!("generator kind {kind} is not supported by this server yet")));
+                errors.push(error(
+                    obj,
+                    format!("generator kind {kind} is not supported by this server yet"),
+                ));
             }
             _ => {
                 // SecretStore (namespaced; the federation API serves ClusterSecretStores),

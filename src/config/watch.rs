@@ -57,7 +57,9 @@ pub async fn watch<F>(
     let source = Arc::new(source);
     let mut last = {
         let s = source.clone();
-        tokio::task::spawn_blocking(move || s.fingerprint()).await.ok()
+        tokio::task::spawn_blocking(move || s.fingerprint())
+            .await
+            .ok()
     };
     loop {
         tokio::time::sleep(interval).await;

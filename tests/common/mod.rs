@@ -248,7 +248,10 @@ impl Server {
             .arg("--log-format")
             .arg("json")
             .args(extra)
-            .env("RUST_LOG", std::env::var("ESI_TEST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("ESI_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("start esi-server");
@@ -332,7 +335,10 @@ impl Server {
 
     /// POSTs `body` to `path` with `token`; returns status and body text.
     pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> (u16, String) {
-        let mut req = self.client.post(format!("{}{}", self.url, path)).json(&body);
+        let mut req = self
+            .client
+            .post(format!("{}{}", self.url, path))
+            .json(&body);
         if let Some(t) = token {
             req = req.bearer_auth(t);
         }
@@ -389,9 +395,13 @@ pub fn openbao() -> Option<(String, String)> {
         (Ok(a), Ok(t)) => Some((a, t)),
         _ => {
             if std::env::var("ESI_REQUIRE_BACKENDS").as_deref() == Ok("1") {
-                panic!("OpenBao is required (ESI_REQUIRE_BACKENDS=1) but ESI_TEST_VAULT_ADDR is not set");
+                panic!(
+                    "OpenBao is required (ESI_REQUIRE_BACKENDS=1) but ESI_TEST_VAULT_ADDR is not set"
+                );
             }
-            eprintln!("skipped: OpenBao not running (run scripts/test.sh, or scripts/openbao.sh start)");
+            eprintln!(
+                "skipped: OpenBao not running (run scripts/test.sh, or scripts/openbao.sh start)"
+            );
             None
         }
     }
