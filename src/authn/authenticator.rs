@@ -36,7 +36,10 @@ struct TokenExpiry {
 
 impl Expiry<[u8; 32], CachedToken> for TokenExpiry {
     fn expire_after_create(&self, _: &[u8; 32], v: &CachedToken, _: Instant) -> Option<Duration> {
-        let left = v.exp.saturating_add(self.leeway).saturating_sub(self.clock.now());
+        let left = v
+            .exp
+            .saturating_add(self.leeway)
+            .saturating_sub(self.clock.now());
         Some(Duration::from_secs(left.min(MAX_TOKEN_CACHE_SECS)))
     }
 }
@@ -55,7 +58,12 @@ pub struct Authenticator {
 
 impl std::fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let names: Vec<String> = self.federations.load().iter().map(|s| s.fed.name.clone()).collect();
+        let names: Vec<String> = self
+            .federations
+            .load()
+            .iter()
+            .map(|s| s.fed.name.clone())
+            .collect();
         f.debug_struct("Authenticator")
             .field("federations", &names)
             .field("cached_tokens", &self.tokens.entry_count())
@@ -98,7 +106,10 @@ impl Authenticator {
         let mut added_or_changed = false;
         for fed in federations {
             if !names.insert(fed.name.clone()) {
-                tracing::warn!(federation = fed.name.as_str(), "duplicate federation name ignored");
+                tracing::warn!(
+                    federation = fed.name.as_str(),
+                    "duplicate federation name ignored"
+                );
                 continue;
             }
             match old.iter().find(|s| s.fed == fed) {
@@ -115,14 +126,15 @@ impl Authenticator {
             .map(|s| s.fed.name.clone())
             .collect();
         self.federations.store(Arc::new(next));
-        if added_or_changed {
-            self.tokens.invalidate_all();
-        } else if !removed.is_empty()
-            && self
-                .tokens
-                .invalidate_entries_if(move |_, v| removed.contains(&v.identity.federation))
-                .is_err()
-        {
+        // Stale entries are also rejected lazily (generation check on every hit); this only
+        // frees their memory early.
+        let drop_all = added_or_changed
+            || (!removed.is_empty()
+                && self
+                    .tokens
+                    .invalidate_entries_if(move |_, v| removed.contains(&v.identity.federation))
+                    .is_err());
+        if drop_all {
             self.tokens.invalidate_all();
         }
     }
@@ -281,5 +293,29 @@ impl Authenticator {
             }
         }
         Err(best.unwrap_or((AuthnError::UnknownIssuer, None)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shareable_and_debug_without_secrets() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Authenticator>();
+        assert_send_sync::<Arc<Authenticator>>();
+        let a = Authenticator::new(AuthnSettings::default());
+        assert!(format!("{a:?}").contains("federations"));
+        let d = AuthnSettings::default();
+        assert_eq!(d.leeway_secs, 60);
+        assert_eq!(d.max_token_bytes, 16 * 1024);
+        assert_eq!(d.jwks_ttl, Duration::from_secs(300));
+        assert_eq!(d.jwks_max_stale, Duration::from_secs(3600));
+        assert_eq!(d.jwks_min_refresh_interval, Duration::from_secs(10));
+        assert_eq!(d.fetch_timeout, Duration::from_secs(5));
+        assert_eq!(d.max_jwks_bytes, 256 * 1024);
+        assert_eq!(d.max_jwks_keys, 64);
+        assert_eq!(d.token_cache_capacity, 100_000);
     }
 }

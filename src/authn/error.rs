@@ -114,7 +114,11 @@ mod tests {
         assert!(AuthnError::TooLarge.is_too_large());
         assert!(!AuthnError::Expired.is_too_large());
         assert_eq!(AuthnError::MissingExpiry.kind(), "missing_exp");
-        assert!(AuthnError::MissingExpiry.to_string().contains("missing exp"));
+        assert!(
+            AuthnError::MissingExpiry
+                .to_string()
+                .contains("missing exp")
+        );
         assert!(AuthnError::Expired.stage() > AuthnError::BadSignature.stage());
     }
 }

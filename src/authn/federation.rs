@@ -86,7 +86,11 @@ impl Federation {
         if name.is_empty() {
             return Err(FederationError::EmptyName);
         }
-        let url = spec.url.as_deref().map(|u| parse_url(u.trim())).transpose()?;
+        let url = spec
+            .url
+            .as_deref()
+            .map(|u| parse_url(u.trim()))
+            .transpose()?;
         let issuer = match spec.issuer.as_deref() {
             Some("") => return Err(FederationError::EmptyIssuer),
             other => other.map(str::to_owned),
@@ -305,47 +309,80 @@ mod tests {
     #[test]
     fn invalid_specs() {
         let cases: Vec<(KubernetesFederationSpec, FederationError)> = vec![
-            (KubernetesFederationSpec::default(), FederationError::NoKeySource),
             (
-                KubernetesFederationSpec { url: Some("not a url".into()), ..Default::default() },
+                KubernetesFederationSpec::default(),
+                FederationError::NoKeySource,
+            ),
+            (
+                KubernetesFederationSpec {
+                    url: Some("not a url".into()),
+                    ..Default::default()
+                },
                 FederationError::BadUrl("relative URL without a base".into()),
             ),
             (
-                KubernetesFederationSpec { url: Some("http://k.example".into()), ..Default::default() },
+                KubernetesFederationSpec {
+                    url: Some("http://k.example".into()),
+                    ..Default::default()
+                },
                 FederationError::InsecureUrl,
             ),
             (
-                KubernetesFederationSpec { url: Some("https://u:p@k.example".into()), ..Default::default() },
+                KubernetesFederationSpec {
+                    url: Some("https://u:p@k.example".into()),
+                    ..Default::default()
+                },
                 FederationError::UrlWithCredentials,
             ),
             (
-                KubernetesFederationSpec { url: Some("https://k.example/?a=b".into()), ..Default::default() },
+                KubernetesFederationSpec {
+                    url: Some("https://k.example/?a=b".into()),
+                    ..Default::default()
+                },
                 FederationError::UrlWithQuery,
             ),
             (
-                KubernetesFederationSpec { issuer: Some(String::new()), ..spec() },
+                KubernetesFederationSpec {
+                    issuer: Some(String::new()),
+                    ..spec()
+                },
                 FederationError::EmptyIssuer,
             ),
             (
-                KubernetesFederationSpec { audiences: vec![String::new()], ..spec() },
+                KubernetesFederationSpec {
+                    audiences: vec![String::new()],
+                    ..spec()
+                },
                 FederationError::EmptyAudience,
             ),
             (
-                KubernetesFederationSpec { ca_bundle: Some("!!!".into()), ..spec() },
+                KubernetesFederationSpec {
+                    ca_bundle: Some("!!!".into()),
+                    ..spec()
+                },
                 FederationError::CaBundleBase64,
             ),
             (
-                KubernetesFederationSpec { ca_bundle: Some(STANDARD.encode("hello")), ..spec() },
+                KubernetesFederationSpec {
+                    ca_bundle: Some(STANDARD.encode("hello")),
+                    ..spec()
+                },
                 FederationError::CaBundlePem("no CERTIFICATE block".into()),
             ),
             (
-                KubernetesFederationSpec { jwks: Some("{".into()), ..spec() },
+                KubernetesFederationSpec {
+                    jwks: Some("{".into()),
+                    ..spec()
+                },
                 FederationError::BadStaticJwks(
                     "EOF while parsing an object at line 1 column 1".into(),
                 ),
             ),
             (
-                KubernetesFederationSpec { jwks: Some(r#"{"keys":[]}"#.into()), ..spec() },
+                KubernetesFederationSpec {
+                    jwks: Some(r#"{"keys":[]}"#.into()),
+                    ..spec()
+                },
                 FederationError::BadStaticJwks(
                     "no usable signing key (RSA, EC P-256 or P-384 with use=sig)".into(),
                 ),
@@ -354,10 +391,19 @@ mod tests {
         for (s, want) in cases {
             assert_eq!(Federation::from_spec("x", &s).unwrap_err(), want, "{s:?}");
         }
-        assert_eq!(Federation::from_spec("", &spec()).unwrap_err(), FederationError::EmptyName);
+        assert_eq!(
+            Federation::from_spec("", &spec()).unwrap_err(),
+            FederationError::EmptyName
+        );
         let jwks = r#"{"keys":[{"kty":"EC","crv":"P-256","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]}"#;
-        let s = KubernetesFederationSpec { jwks: Some(jwks.into()), ..Default::default() };
-        assert_eq!(Federation::from_spec("x", &s).unwrap_err(), FederationError::NoIssuer);
+        let s = KubernetesFederationSpec {
+            jwks: Some(jwks.into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            Federation::from_spec("x", &s).unwrap_err(),
+            FederationError::NoIssuer
+        );
         let s = KubernetesFederationSpec {
             jwks: Some(jwks.into()),
             issuer: Some("iss".into()),
@@ -368,7 +414,10 @@ mod tests {
         // Error messages never echo the URL (it could carry credentials).
         let e = Federation::from_spec(
             "x",
-            &KubernetesFederationSpec { url: Some("https://u:secretpw@k".into()), ..Default::default() },
+            &KubernetesFederationSpec {
+                url: Some("https://u:secretpw@k".into()),
+                ..Default::default()
+            },
         )
         .unwrap_err();
         assert!(!e.to_string().contains("secretpw"));

@@ -152,12 +152,18 @@ impl FedState {
     }
 
     fn usable(&self, ks: &KeySet, now: u64, s: &AuthnSettings) -> bool {
-        !self.fed.fetches() || age(ks, now) <= s.jwks_ttl.as_secs().saturating_add(s.jwks_max_stale.as_secs())
+        !self.fed.fetches()
+            || age(ks, now)
+                <= s.jwks_ttl
+                    .as_secs()
+                    .saturating_add(s.jwks_max_stale.as_secs())
     }
 
     /// The current key set if it may still be used at `now` (static keys always may).
     pub(crate) fn usable_keys(&self, now: u64, s: &AuthnSettings) -> Option<Arc<KeySet>> {
-        self.current.load_full().filter(|ks| self.usable(ks, now, s))
+        self.current
+            .load_full()
+            .filter(|ks| self.usable(ks, now, s))
     }
 
     /// Usable keys, refreshed as needed. With `want_kid`, a key set lacking that kid triggers
@@ -230,13 +236,21 @@ impl FedState {
                 let same = old.as_ref().is_some_and(|o| {
                     o.discovered_issuer == fetched.discovered_issuer
                         && o.keys.len() == fetched.keys.len()
-                        && o.keys.iter().zip(&fetched.keys).all(|(a, b)| a.fingerprint == b.fingerprint)
+                        && o.keys
+                            .iter()
+                            .zip(&fetched.keys)
+                            .all(|(a, b)| a.fingerprint == b.fingerprint)
                 });
                 let generation = match (&old, same) {
                     (Some(o), true) => o.generation,
                     _ => next_generation(),
                 };
-                tracing::debug!(federation = name, keys = fetched.keys.len(), changed = !same, "JWKS fetched");
+                tracing::debug!(
+                    federation = name,
+                    keys = fetched.keys.len(),
+                    changed = !same,
+                    "JWKS fetched"
+                );
                 self.current.store(Some(Arc::new(KeySet {
                     keys: Arc::new(fetched.keys),
                     fetched_at: now,
@@ -246,7 +260,10 @@ impl FedState {
                 state.last_failure = None;
             }
             Err(e) => {
-                METRICS.jwks_fetches.with_label_values(&[name, "error"]).inc();
+                METRICS
+                    .jwks_fetches
+                    .with_label_values(&[name, "error"])
+                    .inc();
                 tracing::warn!(federation = name, error = %e, "JWKS fetch failed");
                 state.last_failure = Some((now, trust_digest(extra)));
             }
@@ -264,9 +281,15 @@ fn age(ks: &KeySet, now: u64) -> u64 {
     now.saturating_sub(ks.fetched_at)
 }
 
-fn failed_recently(state: &RefreshState, now: u64, extra: &[CertificateDer<'_>], s: &AuthnSettings) -> bool {
+fn failed_recently(
+    state: &RefreshState,
+    now: u64,
+    extra: &[CertificateDer<'_>],
+    s: &AuthnSettings,
+) -> bool {
     state.last_failure.is_some_and(|(t, digest)| {
-        now.saturating_sub(t) < s.jwks_min_refresh_interval.as_secs() && digest == trust_digest(extra)
+        now.saturating_sub(t) < s.jwks_min_refresh_interval.as_secs()
+            && digest == trust_digest(extra)
     })
 }
 
@@ -276,7 +299,11 @@ pub(crate) struct Fetched {
     discovered_issuer: Option<String>,
 }
 
-fn client(fed: &Federation, extra: &[CertificateDer<'static>], s: &AuthnSettings) -> Result<reqwest::Client, FetchError> {
+fn client(
+    fed: &Federation,
+    extra: &[CertificateDer<'static>],
+    s: &AuthnSettings,
+) -> Result<reqwest::Client, FetchError> {
     let mut roots = rustls::RootCertStore::empty();
     if fed.ca_bundle.is_empty() {
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
@@ -317,7 +344,11 @@ fn http_error(e: reqwest::Error) -> FetchError {
 }
 
 /// GET with a size cap. `Ok(None)` for a 4xx answer (the caller may fall back).
-async fn get_capped(client: &reqwest::Client, url: Url, max: usize) -> Result<Option<Vec<u8>>, FetchError> {
+async fn get_capped(
+    client: &reqwest::Client,
+    url: Url,
+    max: usize,
+) -> Result<Option<Vec<u8>>, FetchError> {
     // Anonymous on purpose: never forward the caller's token or any credential.
     let mut resp = client
         .get(url)
@@ -339,11 +370,7 @@ async fn get_capped(client: &reqwest::Client, url: Url, max: usize) -> Result<Op
         return Err(FetchError::TooLarge(max));
     }
     let mut body = Vec::new();
-    while let Some(chunk) = resp
-        .chunk()
-        .await
-        .map_err(http_error)?
-    {
+    while let Some(chunk) = resp.chunk().await.map_err(http_error)? {
         if body.len() + chunk.len() > max {
             return Err(FetchError::TooLarge(max));
         }
@@ -365,13 +392,18 @@ fn with_path(base: &Url, suffix: &str) -> Url {
 /// Re-bases a discovery `jwks_uri` onto `base`: only its path and query are kept, so a
 /// discovery document can never send us to another host. A path not already under `base`'s
 /// path is put under it (for API servers behind a path-prefix proxy).
-pub(crate) fn rebase_jwks_uri(base: &Url, discovery: &Url, jwks_uri: &str) -> Result<Url, FetchError> {
+pub(crate) fn rebase_jwks_uri(
+    base: &Url,
+    discovery: &Url,
+    jwks_uri: &str,
+) -> Result<Url, FetchError> {
     let parsed = discovery
         .join(jwks_uri)
         .map_err(|_| FetchError::Discovery("jwks_uri is not a URL"))?;
     let base_path = base.path().trim_end_matches('/');
     let p = parsed.path();
-    let path = if base_path.is_empty() || p == base_path || p.starts_with(&format!("{base_path}/")) {
+    let path = if base_path.is_empty() || p == base_path || p.starts_with(&format!("{base_path}/"))
+    {
         p.to_owned()
     } else {
         format!("{base_path}{p}")
@@ -385,7 +417,11 @@ pub(crate) fn rebase_jwks_uri(base: &Url, discovery: &Url, jwks_uri: &str) -> Re
 
 /// Discovery, then keys: `{url}/.well-known/openid-configuration` → `jwks_uri` re-based onto
 /// `url`; without discovery (a 4xx), `{url}/openid/v1/jwks`.
-async fn fetch(fed: &Federation, extra: &[CertificateDer<'static>], s: &AuthnSettings) -> Result<Fetched, FetchError> {
+async fn fetch(
+    fed: &Federation,
+    extra: &[CertificateDer<'static>],
+    s: &AuthnSettings,
+) -> Result<Fetched, FetchError> {
     let base = fed
         .url
         .as_ref()
@@ -395,8 +431,8 @@ async fn fetch(fed: &Federation, extra: &[CertificateDer<'static>], s: &AuthnSet
     let (jwks_url, discovered_issuer) =
         match get_capped(&client, discovery_url.clone(), s.max_jwks_bytes).await? {
             Some(body) => {
-                let doc: serde_json::Value = serde_json::from_slice(&body)
-                    .map_err(|_| FetchError::Discovery("not JSON"))?;
+                let doc: serde_json::Value =
+                    serde_json::from_slice(&body).map_err(|_| FetchError::Discovery("not JSON"))?;
                 let jwks_uri = doc
                     .get("jwks_uri")
                     .and_then(serde_json::Value::as_str)
@@ -414,7 +450,10 @@ async fn fetch(fed: &Federation, extra: &[CertificateDer<'static>], s: &AuthnSet
         .await?
         .ok_or(FetchError::Status(404))?;
     let keys = parse_jwks(&body, s.max_jwks_keys)?;
-    Ok(Fetched { keys, discovered_issuer })
+    Ok(Fetched {
+        keys,
+        discovered_issuer,
+    })
 }
 
 #[cfg(test)]
@@ -425,14 +464,36 @@ mod tests {
     fn rebasing() {
         let base = Url::parse("https://kube.internal:6443").unwrap();
         let disc = with_path(&base, "/.well-known/openid-configuration");
-        assert_eq!(disc.as_str(), "https://kube.internal:6443/.well-known/openid-configuration");
-        let r = |b: &Url, u: &str| rebase_jwks_uri(b, &with_path(b, "/.well-known/openid-configuration"), u).unwrap().to_string();
-        assert_eq!(r(&base, "https://evil.example/openid/v1/jwks?x=1#f"), "https://kube.internal:6443/openid/v1/jwks?x=1");
+        assert_eq!(
+            disc.as_str(),
+            "https://kube.internal:6443/.well-known/openid-configuration"
+        );
+        let r = |b: &Url, u: &str| {
+            rebase_jwks_uri(b, &with_path(b, "/.well-known/openid-configuration"), u)
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(
+            r(&base, "https://evil.example/openid/v1/jwks?x=1#f"),
+            "https://kube.internal:6443/openid/v1/jwks?x=1"
+        );
         assert_eq!(r(&base, "/keys"), "https://kube.internal:6443/keys");
-        assert_eq!(r(&base, "http://user:pw@evil:1/a/../keys"), "https://kube.internal:6443/keys");
+        assert_eq!(
+            r(&base, "http://user:pw@evil:1/a/../keys"),
+            "https://kube.internal:6443/keys"
+        );
         let prefixed = Url::parse("https://proxy.example/cluster-a/").unwrap();
-        assert_eq!(r(&prefixed, "https://evil/openid/v1/jwks"), "https://proxy.example/cluster-a/openid/v1/jwks");
-        assert_eq!(r(&prefixed, "https://evil/cluster-a/keys"), "https://proxy.example/cluster-a/keys");
-        assert_eq!(with_path(&prefixed, "/openid/v1/jwks").as_str(), "https://proxy.example/cluster-a/openid/v1/jwks");
+        assert_eq!(
+            r(&prefixed, "https://evil/openid/v1/jwks"),
+            "https://proxy.example/cluster-a/openid/v1/jwks"
+        );
+        assert_eq!(
+            r(&prefixed, "https://evil/cluster-a/keys"),
+            "https://proxy.example/cluster-a/keys"
+        );
+        assert_eq!(
+            with_path(&prefixed, "/openid/v1/jwks").as_str(),
+            "https://proxy.example/cluster-a/openid/v1/jwks"
+        );
     }
 }

@@ -152,7 +152,11 @@ pub(crate) fn parse_jwks(doc: &[u8], max_keys: usize) -> Result<Vec<VerifyKey>, 
             Ok(jwk) => match parse_jwk(&jwk) {
                 Ok(key) => keys.push(key),
                 Err(reason) => {
-                    tracing::debug!(kid = jwk.kid.as_deref().unwrap_or(""), reason, "JWK skipped")
+                    tracing::debug!(
+                        kid = jwk.kid.as_deref().unwrap_or(""),
+                        reason,
+                        "JWK skipped"
+                    )
                 }
             },
             Err(_) => tracing::debug!("JWK skipped: not a JWK object"),
@@ -192,7 +196,10 @@ fn parse_jwk(jwk: &RawJwk) -> Result<VerifyKey, &'static str> {
             hasher.update(n_trimmed);
             hasher.update(b"\0");
             hasher.update(&e);
-            (KeyKind::Rsa, DecodingKey::from_rsa_raw_components(n_trimmed, &e))
+            (
+                KeyKind::Rsa,
+                DecodingKey::from_rsa_raw_components(n_trimmed, &e),
+            )
         }
         "EC" => {
             let (kind, len) = match jwk.crv.as_deref() {

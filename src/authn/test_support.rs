@@ -21,7 +21,9 @@ impl TestKey {
         let kp = rcgen::KeyPair::generate_for(rcgen_alg).unwrap();
         let pem = kp.serialize_pem();
         let enc = match alg {
-            Algorithm::ES256 | Algorithm::ES384 => EncodingKey::from_ec_pem(pem.as_bytes()).unwrap(),
+            Algorithm::ES256 | Algorithm::ES384 => {
+                EncodingKey::from_ec_pem(pem.as_bytes()).unwrap()
+            }
             _ => EncodingKey::from_rsa_pem(pem.as_bytes()).unwrap(),
         };
         let kid = kubernetes_key_id(&kp.subject_public_key_info());
@@ -29,7 +31,13 @@ impl TestKey {
         let obj = jwk.as_object_mut().unwrap();
         obj.insert("kid".into(), json!(kid));
         obj.insert("use".into(), json!("sig"));
-        TestKey { enc, alg, kid, jwk, public_pem: kp.public_key_pem() }
+        TestKey {
+            enc,
+            alg,
+            kid,
+            jwk,
+            public_pem: kp.public_key_pem(),
+        }
     }
 
     /// EC P-256 (ES256).

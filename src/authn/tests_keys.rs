@@ -25,7 +25,10 @@ fn fed(name: &str, audiences: &[&str], jwks: &str) -> Federation {
 }
 
 fn auth_with(feds: Vec<Federation>) -> Authenticator {
-    let a = Authenticator::new(AuthnSettings { clock: Clock::fixed(NOW), ..Default::default() });
+    let a = Authenticator::new(AuthnSettings {
+        clock: Clock::fixed(NOW),
+        ..Default::default()
+    });
     a.set_federations(feds);
     a
 }
@@ -38,11 +41,17 @@ fn auth(key: &TestKey) -> Authenticator {
 async fn happy_paths_for_each_key_type() {
     for key in [TestKey::es256(), TestKey::es384(), TestKey::rsa()] {
         let a = auth(&key);
-        let id = a.authenticate(&key.sign(&claims(ISS, AUD, NOW)), None).await.unwrap();
+        let id = a
+            .authenticate(&key.sign(&claims(ISS, AUD, NOW)), None)
+            .await
+            .unwrap();
         assert_eq!(id.federation, "alpha");
         assert_eq!(id.issuer, ISS);
         assert_eq!(id.subject, "system:serviceaccount:default:app");
-        assert_eq!((id.namespace.as_str(), id.service_account.as_str()), ("default", "app"));
+        assert_eq!(
+            (id.namespace.as_str(), id.service_account.as_str()),
+            ("default", "app")
+        );
         assert_eq!(id.service_account_uid.as_deref(), Some("uid-1"));
         assert_eq!(id.pod_name.as_deref(), Some("app-0"));
         assert_eq!(id.expires_at, Some(NOW + 3600));
@@ -51,7 +60,13 @@ async fn happy_paths_for_each_key_type() {
     let mut key = TestKey::rsa();
     key.jwk.as_object_mut().unwrap().remove("alg");
     let a = auth(&key);
-    for alg in [Algorithm::RS384, Algorithm::RS512, Algorithm::PS256, Algorithm::PS384, Algorithm::PS512] {
+    for alg in [
+        Algorithm::RS384,
+        Algorithm::RS512,
+        Algorithm::PS256,
+        Algorithm::PS384,
+        Algorithm::PS512,
+    ] {
         let t = key.sign_with(alg, Some(&key.kid), &claims(ISS, AUD, NOW), |_| {});
         assert!(a.authenticate(&t, None).await.is_ok(), "{alg:?}");
     }
@@ -67,28 +82,56 @@ async fn claim_failures() {
         ("exp", json!(NOW - 61), AuthnError::Expired),
         ("nbf", json!(NOW + 61), AuthnError::NotYetValid),
         ("iat", json!(NOW + 3600), AuthnError::IssuedInFuture),
-        ("sub", json!("system:serviceaccount:kube-system:admin"), AuthnError::BadSubject),
+        (
+            "sub",
+            json!("system:serviceaccount:kube-system:admin"),
+            AuthnError::BadSubject,
+        ),
         ("sub", json!(42), AuthnError::BadSubject),
-        ("kubernetes.io", json!({"namespace": "default"}), AuthnError::BadKubernetesClaim),
+        (
+            "kubernetes.io",
+            json!({"namespace": "default"}),
+            AuthnError::BadKubernetesClaim,
+        ),
     ];
     for (claim, value, want) in cases {
         let mut c = claims(ISS, AUD, NOW);
         c[claim] = value;
-        assert_eq!(a.authenticate(&key.sign(&c), None).await, Err(want.clone()), "{claim}");
+        assert_eq!(
+            a.authenticate(&key.sign(&c), None).await,
+            Err(want.clone()),
+            "{claim}"
+        );
     }
     let mut c = claims(ISS, AUD, NOW);
     c.as_object_mut().unwrap().remove("exp");
-    assert_eq!(a.authenticate(&key.sign(&c), None).await, Err(AuthnError::MissingExpiry));
+    assert_eq!(
+        a.authenticate(&key.sign(&c), None).await,
+        Err(AuthnError::MissingExpiry)
+    );
     // Without the kubernetes.io claim, the subject gives namespace and name.
     let mut c = claims(ISS, AUD, NOW);
     c.as_object_mut().unwrap().remove("kubernetes.io");
     let id = a.authenticate(&key.sign(&c), None).await.unwrap();
-    assert_eq!((id.namespace.as_str(), id.service_account.as_str(), id.pod_name), ("default", "app", None));
+    assert_eq!(
+        (
+            id.namespace.as_str(),
+            id.service_account.as_str(),
+            id.pod_name
+        ),
+        ("default", "app", None)
+    );
     c["sub"] = json!("alice");
-    assert_eq!(a.authenticate(&key.sign(&c), None).await, Err(AuthnError::BadSubject));
+    assert_eq!(
+        a.authenticate(&key.sign(&c), None).await,
+        Err(AuthnError::BadSubject)
+    );
     // Wrong issuer: no federation.
     let c = claims("https://other-issuer", AUD, NOW);
-    assert_eq!(a.authenticate(&key.sign(&c), None).await, Err(AuthnError::UnknownIssuer));
+    assert_eq!(
+        a.authenticate(&key.sign(&c), None).await,
+        Err(AuthnError::UnknownIssuer)
+    );
 }
 
 #[tokio::test]
@@ -99,40 +142,68 @@ async fn algorithm_attacks() {
     let enc = |v: &serde_json::Value| URL_SAFE_NO_PAD.encode(serde_json::to_vec(v).unwrap());
 
     // alg none, with and without a signature part.
-    let unsigned = format!("{}.{}.", enc(&json!({"alg": "none", "kid": rsa.kid})), enc(&c));
-    assert_eq!(a.authenticate(&unsigned, None).await, Err(AuthnError::UnsupportedAlgorithm));
-    assert_eq!(a.authenticate(&format!("{unsigned}AAAA"), None).await, Err(AuthnError::UnsupportedAlgorithm));
+    let unsigned = format!(
+        "{}.{}.",
+        enc(&json!({"alg": "none", "kid": rsa.kid})),
+        enc(&c)
+    );
+    assert_eq!(
+        a.authenticate(&unsigned, None).await,
+        Err(AuthnError::UnsupportedAlgorithm)
+    );
+    assert_eq!(
+        a.authenticate(&format!("{unsigned}AAAA"), None).await,
+        Err(AuthnError::UnsupportedAlgorithm)
+    );
 
     // HS256 keyed with the RSA public key (classic alg confusion).
     let hs = jsonwebtoken::encode(
-        &Header { kid: Some(rsa.kid.clone()), ..Header::new(Algorithm::HS256) },
+        &Header {
+            kid: Some(rsa.kid.clone()),
+            ..Header::new(Algorithm::HS256)
+        },
         &c,
         &EncodingKey::from_secret(rsa.public_pem.as_bytes()),
     )
     .unwrap();
-    assert_eq!(a.authenticate(&hs, None).await, Err(AuthnError::UnsupportedAlgorithm));
+    assert_eq!(
+        a.authenticate(&hs, None).await,
+        Err(AuthnError::UnsupportedAlgorithm)
+    );
 
     // The JWK says RS256; a (validly signed) RS384 token is refused.
     let t = rsa.sign_with(Algorithm::RS384, Some(&rsa.kid), &c, |_| {});
-    assert_eq!(a.authenticate(&t, None).await, Err(AuthnError::KeyAlgorithmMismatch));
+    assert_eq!(
+        a.authenticate(&t, None).await,
+        Err(AuthnError::KeyAlgorithmMismatch)
+    );
     // An EC alg against an RSA key.
     let ec = TestKey::es256();
     let t = ec.sign_with(Algorithm::ES256, Some(&rsa.kid), &c, |_| {});
-    assert_eq!(a.authenticate(&t, None).await, Err(AuthnError::KeyAlgorithmMismatch));
+    assert_eq!(
+        a.authenticate(&t, None).await,
+        Err(AuthnError::KeyAlgorithmMismatch)
+    );
 
     // ES256 token against a P-384 key (JWK without alg, so only the curve pins it).
     let mut p384 = TestKey::es384();
     p384.jwk.as_object_mut().unwrap().remove("alg");
     let a384 = auth(&p384);
     let t = ec.sign_with(Algorithm::ES256, Some(&p384.kid), &c, |_| {});
-    assert_eq!(a384.authenticate(&t, None).await, Err(AuthnError::KeyAlgorithmMismatch));
+    assert_eq!(
+        a384.authenticate(&t, None).await,
+        Err(AuthnError::KeyAlgorithmMismatch)
+    );
     assert!(a384.authenticate(&p384.sign(&c), None).await.is_ok());
 
     // crit is refused even on an otherwise valid token.
     let t = rsa.sign_with(Algorithm::RS256, Some(&rsa.kid), &c, |h| {
         h.crit = Some(vec!["exp".into()]);
     });
-    assert_eq!(a.authenticate(&t, None).await, Err(AuthnError::CriticalHeader));
+    assert_eq!(
+        a.authenticate(&t, None).await,
+        Err(AuthnError::CriticalHeader)
+    );
 }
 
 #[tokio::test]
@@ -148,16 +219,26 @@ async fn keys_in_the_token_header_are_ignored() {
     });
     assert!(a.authenticate(&t, None).await.is_ok());
     // An attacker's token that embeds its own key (jwk) and points at its own JWKS (jku).
-    let attacker_jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(attacker.jwk.clone()).unwrap();
+    let attacker_jwk: jsonwebtoken::jwk::Jwk =
+        serde_json::from_value(attacker.jwk.clone()).unwrap();
     let forged = |kid: Option<&str>| {
         attacker.sign_with(Algorithm::ES256, kid, &c, |h| {
             h.jku = Some("https://127.0.0.1:1/jwks".into());
             h.jwk = Some(attacker_jwk.clone());
         })
     };
-    assert_eq!(a.authenticate(&forged(Some(&legit.kid)), None).await, Err(AuthnError::BadSignature));
-    assert_eq!(a.authenticate(&forged(Some(&attacker.kid)), None).await, Err(AuthnError::UnknownKeyId));
-    assert_eq!(a.authenticate(&forged(None), None).await, Err(AuthnError::BadSignature));
+    assert_eq!(
+        a.authenticate(&forged(Some(&legit.kid)), None).await,
+        Err(AuthnError::BadSignature)
+    );
+    assert_eq!(
+        a.authenticate(&forged(Some(&attacker.kid)), None).await,
+        Err(AuthnError::UnknownKeyId)
+    );
+    assert_eq!(
+        a.authenticate(&forged(None), None).await,
+        Err(AuthnError::BadSignature)
+    );
 }
 
 #[tokio::test]
@@ -171,7 +252,10 @@ async fn size_cap_and_garbage() {
     // A validly signed token over the cap is refused too (size before anything else).
     let mut c = claims(ISS, AUD, NOW);
     c["padding"] = json!("x".repeat(17 * 1024));
-    assert_eq!(a.authenticate(&key.sign(&c), None).await, Err(AuthnError::TooLarge));
+    assert_eq!(
+        a.authenticate(&key.sign(&c), None).await,
+        Err(AuthnError::TooLarge)
+    );
     let good = key.sign(&claims(ISS, AUD, NOW));
     let parts: Vec<&str> = good.split('.').collect();
     let garbage = [
@@ -196,8 +280,16 @@ async fn size_cap_and_garbage() {
     let mut c = claims(ISS, AUD, NOW);
     c["sub"] = json!("system:serviceaccount:default:other");
     c["kubernetes.io"]["serviceaccount"]["name"] = json!("other");
-    let tampered = format!("{}.{}.{}", parts[0], URL_SAFE_NO_PAD.encode(c.to_string()), parts[2]);
-    assert_eq!(a.authenticate(&tampered, None).await, Err(AuthnError::BadSignature));
+    let tampered = format!(
+        "{}.{}.{}",
+        parts[0],
+        URL_SAFE_NO_PAD.encode(c.to_string()),
+        parts[2]
+    );
+    assert_eq!(
+        a.authenticate(&tampered, None).await,
+        Err(AuthnError::BadSignature)
+    );
 }
 
 #[tokio::test]
@@ -209,23 +301,42 @@ async fn federations_sharing_an_issuer() {
         fed("a-first", &[AUD], &TestKey::jwks(&[&k1])),
     ]);
     let c = claims(ISS, AUD, NOW);
-    assert_eq!(a.authenticate(&k1.sign(&c), None).await.unwrap().federation, "a-first");
-    assert_eq!(a.authenticate(&k2.sign(&c), None).await.unwrap().federation, "b-second");
+    assert_eq!(
+        a.authenticate(&k1.sign(&c), None).await.unwrap().federation,
+        "a-first"
+    );
+    assert_eq!(
+        a.authenticate(&k2.sign(&c), None).await.unwrap().federation,
+        "b-second"
+    );
     // Both hold the key: the first by name wins.
     let both = TestKey::jwks(&[&k1]);
     let a = auth_with(vec![fed("zeta", &[AUD], &both), fed("eta", &[AUD], &both)]);
-    assert_eq!(a.authenticate(&k1.sign(&c), None).await.unwrap().federation, "eta");
+    assert_eq!(
+        a.authenticate(&k1.sign(&c), None).await.unwrap().federation,
+        "eta"
+    );
     // Same key, different audiences: the federation whose audience matches.
-    let a = auth_with(vec![fed("one", &["aud-1"], &both), fed("two", &["aud-2"], &both)]);
-    let id = a.authenticate(&k1.sign(&claims(ISS, "aud-2", NOW)), None).await.unwrap();
+    let a = auth_with(vec![
+        fed("one", &["aud-1"], &both),
+        fed("two", &["aud-2"], &both),
+    ]);
+    let id = a
+        .authenticate(&k1.sign(&claims(ISS, "aud-2", NOW)), None)
+        .await
+        .unwrap();
     assert_eq!(id.federation, "two");
     assert_eq!(
-        a.authenticate(&k1.sign(&claims(ISS, "aud-3", NOW)), None).await,
+        a.authenticate(&k1.sign(&claims(ISS, "aud-3", NOW)), None)
+            .await,
         Err(AuthnError::BadAudience)
     );
     // No federations at all.
     let a = auth_with(vec![]);
-    assert_eq!(a.authenticate(&k1.sign(&c), None).await, Err(AuthnError::UnknownIssuer));
+    assert_eq!(
+        a.authenticate(&k1.sign(&c), None).await,
+        Err(AuthnError::UnknownIssuer)
+    );
 }
 
 #[tokio::test]
@@ -264,9 +375,15 @@ async fn token_cache_with_static_keys() {
     assert!(a.authenticate(&token, None).await.is_ok());
     assert!(a.is_cached(&token));
     a.set_federations(vec![fed("alpha", &["other-aud"], &TestKey::jwks(&[&key]))]);
-    assert_eq!(a.authenticate(&token, None).await, Err(AuthnError::BadAudience));
+    assert_eq!(
+        a.authenticate(&token, None).await,
+        Err(AuthnError::BadAudience)
+    );
     a.set_federations(vec![f.clone()]);
     assert!(a.authenticate(&token, None).await.is_ok());
     a.set_federations(vec![]);
-    assert_eq!(a.authenticate(&token, None).await, Err(AuthnError::UnknownIssuer));
+    assert_eq!(
+        a.authenticate(&token, None).await,
+        Err(AuthnError::UnknownIssuer)
+    );
 }

@@ -53,7 +53,9 @@ impl TestServer {
         let ca_key = rcgen::KeyPair::generate().unwrap();
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        ca_params.distinguished_name.push(rcgen::DnType::CommonName, "esi test CA");
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "esi test CA");
         let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
         let leaf_key = rcgen::KeyPair::generate().unwrap();
         let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
@@ -87,16 +89,29 @@ impl TestServer {
         .unwrap()
         .handle(handle.clone());
         tokio::spawn(async move { server.serve(app.into_make_service()).await });
-        TestServer { state, url: format!("https://127.0.0.1:{port}"), ca_pem: ca.pem(), handle }
+        TestServer {
+            state,
+            url: format!("https://127.0.0.1:{port}"),
+            ca_pem: ca.pem(),
+            handle,
+        }
     }
 
     fn route(&self, path: &str, status: u16, body: impl Into<String>) {
-        let r = Route { status, location: None, body: body.into() };
+        let r = Route {
+            status,
+            location: None,
+            body: body.into(),
+        };
         self.state.routes.lock().unwrap().insert(path.to_owned(), r);
     }
 
     fn redirect(&self, path: &str, location: &str) {
-        let r = Route { status: 302, location: Some(location.to_owned()), body: String::new() };
+        let r = Route {
+            status: 302,
+            location: Some(location.to_owned()),
+            body: String::new(),
+        };
         self.state.routes.lock().unwrap().insert(path.to_owned(), r);
     }
 
@@ -105,7 +120,13 @@ impl TestServer {
     }
 
     fn hits(&self, path: &str) -> usize {
-        self.state.hits.lock().unwrap().get(path).copied().unwrap_or(0)
+        self.state
+            .hits
+            .lock()
+            .unwrap()
+            .get(path)
+            .copied()
+            .unwrap_or(0)
     }
 
     fn ca_b64(&self) -> String {
@@ -134,9 +155,15 @@ impl Drop for TestServer {
 }
 
 async fn answer(st: &ServerState, uri: Uri, headers: HeaderMap) -> Response {
-    let key = uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default();
+    let key = uri
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_default();
     *st.hits.lock().unwrap().entry(key.clone()).or_default() += 1;
-    if headers.contains_key("authorization") || headers.contains_key("cookie") || headers.contains_key("x-workload-token") {
+    if headers.contains_key("authorization")
+        || headers.contains_key("cookie")
+        || headers.contains_key("x-workload-token")
+    {
         st.credentialed.fetch_add(1, Ordering::SeqCst);
     }
     let delay = st.delay_ms.load(Ordering::SeqCst);
@@ -144,20 +171,30 @@ async fn answer(st: &ServerState, uri: Uri, headers: HeaderMap) -> Response {
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
     let route = if st.down.load(Ordering::SeqCst) {
-        Route { status: 503, location: None, body: "down".into() }
+        Route {
+            status: 503,
+            location: None,
+            body: "down".into(),
+        }
     } else {
         let routes = st.routes.lock().unwrap();
         routes
             .get(&key)
             .or_else(|| routes.get(uri.path()))
             .cloned()
-            .unwrap_or(Route { status: 404, location: None, body: "not found".into() })
+            .unwrap_or(Route {
+                status: 404,
+                location: None,
+                body: "not found".into(),
+            })
     };
     let mut b = Response::builder().status(StatusCode::from_u16(route.status).unwrap());
     if let Some(l) = route.location {
         b = b.header("location", l);
     }
-    b.header("content-type", "application/json").body(Body::from(route.body)).unwrap()
+    b.header("content-type", "application/json")
+        .body(Body::from(route.body))
+        .unwrap()
 }
 
 /// A clock tests can move.
@@ -167,7 +204,10 @@ impl TestClock {
     fn new() -> (TestClock, Clock) {
         let t = Arc::new(AtomicU64::new(T0));
         let t2 = t.clone();
-        (TestClock(t), Clock::from_fn(move || t2.load(Ordering::SeqCst)))
+        (
+            TestClock(t),
+            Clock::from_fn(move || t2.load(Ordering::SeqCst)),
+        )
     }
     fn now(&self) -> u64 {
         self.0.load(Ordering::SeqCst)
@@ -199,21 +239,32 @@ async fn discovery_rebases_jwks_uri_onto_url() {
     );
     srv.route("/keys/jwks?v=1", 200, TestKey::jwks(&[&key]));
     let a = authenticator(Clock::fixed(T0), &srv.spec());
-    let id = a.authenticate(&key.sign(&claims(iss, AUD, T0)), None).await.unwrap();
+    let id = a
+        .authenticate(&key.sign(&claims(iss, AUD, T0)), None)
+        .await
+        .unwrap();
     assert_eq!(id.issuer, iss);
     assert_eq!(srv.hits("/.well-known/openid-configuration"), 1);
     assert_eq!(srv.hits("/keys/jwks?v=1"), 1);
     // The expected issuer is the discovered one, not url.
     assert_eq!(
-        a.authenticate(&key.sign(&claims(&srv.url, AUD, T0)), None).await,
+        a.authenticate(&key.sign(&claims(&srv.url, AUD, T0)), None)
+            .await,
         Err(AuthnError::UnknownIssuer)
     );
     // spec.issuer overrides discovery.
     let mut spec = srv.spec();
     spec.issuer = Some("https://configured".into());
     let a = authenticator(Clock::fixed(T0), &spec);
-    assert_eq!(a.authenticate(&key.sign(&claims(iss, AUD, T0)), None).await, Err(AuthnError::UnknownIssuer));
-    assert!(a.authenticate(&key.sign(&claims("https://configured", AUD, T0)), None).await.is_ok());
+    assert_eq!(
+        a.authenticate(&key.sign(&claims(iss, AUD, T0)), None).await,
+        Err(AuthnError::UnknownIssuer)
+    );
+    assert!(
+        a.authenticate(&key.sign(&claims("https://configured", AUD, T0)), None)
+            .await
+            .is_ok()
+    );
 }
 
 #[tokio::test]
@@ -223,7 +274,10 @@ async fn falls_back_to_openid_v1_jwks_without_discovery() {
     srv.jwks(&[&key]);
     let a = authenticator(Clock::fixed(T0), &srv.spec());
     // Without discovery (404), the expected issuer is url as written.
-    let id = a.authenticate(&key.sign(&claims(&srv.url, AUD, T0)), None).await.unwrap();
+    let id = a
+        .authenticate(&key.sign(&claims(&srv.url, AUD, T0)), None)
+        .await
+        .unwrap();
     assert_eq!(id.federation, "alpha");
     assert_eq!(srv.hits("/.well-known/openid-configuration"), 1);
     assert_eq!(srv.hits("/openid/v1/jwks"), 1);
@@ -237,13 +291,14 @@ async fn client_ca_per_policy() {
     let token = key.sign(&claims(&srv.url, AUD, T0));
     let client_ca = srv.ca_b64();
     let other_ca = TestServer::start().await;
-    let spec_with = |ca_bundle: Option<String>, policy: Option<ClientCaPolicy>| KubernetesFederationSpec {
-        url: Some(srv.url.clone()),
-        audiences: vec![AUD.into()],
-        ca_bundle,
-        client_ca_policy: policy,
-        ..Default::default()
-    };
+    let spec_with =
+        |ca_bundle: Option<String>, policy: Option<ClientCaPolicy>| KubernetesFederationSpec {
+            url: Some(srv.url.clone()),
+            audiences: vec![AUD.into()],
+            ca_bundle,
+            client_ca_policy: policy,
+            ..Default::default()
+        };
 
     // Default without caBundle is Trust: the client's CA makes the fetch work.
     let a = authenticator(Clock::fixed(T0), &spec_with(None, None));
@@ -251,19 +306,40 @@ async fn client_ca_per_policy() {
 
     // Without the client CA nothing trusts the server (system roots don't).
     let a = authenticator(Clock::fixed(T0), &spec_with(None, None));
-    assert_eq!(a.authenticate(&token, None).await, Err(AuthnError::KeysUnavailable));
+    assert_eq!(
+        a.authenticate(&token, None).await,
+        Err(AuthnError::KeysUnavailable)
+    );
     // A garbage ca.crt counts as none.
-    assert_eq!(a.authenticate(&token, Some("%%%")).await, Err(AuthnError::KeysUnavailable));
+    assert_eq!(
+        a.authenticate(&token, Some("%%%")).await,
+        Err(AuthnError::KeysUnavailable)
+    );
 
     // Ignore: the client CA is never used.
-    let a = authenticator(Clock::fixed(T0), &spec_with(None, Some(ClientCaPolicy::Ignore)));
-    assert_eq!(a.authenticate(&token, Some(&client_ca)).await, Err(AuthnError::KeysUnavailable));
+    let a = authenticator(
+        Clock::fixed(T0),
+        &spec_with(None, Some(ClientCaPolicy::Ignore)),
+    );
+    assert_eq!(
+        a.authenticate(&token, Some(&client_ca)).await,
+        Err(AuthnError::KeysUnavailable)
+    );
 
     // MustMatch with a different caBundle (the default with caBundle): the client CA is ignored.
     let a = authenticator(Clock::fixed(T0), &spec_with(Some(other_ca.ca_b64()), None));
-    assert_eq!(a.authenticate(&token, Some(&client_ca)).await, Err(AuthnError::KeysUnavailable));
-    let a = authenticator(Clock::fixed(T0), &spec_with(Some(other_ca.ca_b64()), Some(ClientCaPolicy::MustMatch)));
-    assert_eq!(a.authenticate(&token, Some(&client_ca)).await, Err(AuthnError::KeysUnavailable));
+    assert_eq!(
+        a.authenticate(&token, Some(&client_ca)).await,
+        Err(AuthnError::KeysUnavailable)
+    );
+    let a = authenticator(
+        Clock::fixed(T0),
+        &spec_with(Some(other_ca.ca_b64()), Some(ClientCaPolicy::MustMatch)),
+    );
+    assert_eq!(
+        a.authenticate(&token, Some(&client_ca)).await,
+        Err(AuthnError::KeysUnavailable)
+    );
 
     // MustMatch with the right caBundle: works with or without the client CA.
     let a = authenticator(Clock::fixed(T0), &spec_with(Some(client_ca.clone()), None));
@@ -272,7 +348,10 @@ async fn client_ca_per_policy() {
     assert!(a.authenticate(&token, None).await.is_ok());
 
     // Trust with a caBundle of another CA: the client's CA is added, so it works.
-    let a = authenticator(Clock::fixed(T0), &spec_with(Some(other_ca.ca_b64()), Some(ClientCaPolicy::Trust)));
+    let a = authenticator(
+        Clock::fixed(T0),
+        &spec_with(Some(other_ca.ca_b64()), Some(ClientCaPolicy::Trust)),
+    );
     assert!(a.authenticate(&token, Some(&client_ca)).await.is_ok());
 }
 
@@ -282,16 +361,26 @@ async fn failed_fetch_with_a_client_ca_keeps_cached_keys() {
     let key = TestKey::es256();
     srv.jwks(&[&key]);
     let (clock, c) = TestClock::new();
-    let spec = KubernetesFederationSpec { ca_bundle: None, ..srv.spec() };
+    let spec = KubernetesFederationSpec {
+        ca_bundle: None,
+        ..srv.spec()
+    };
     let a = authenticator(c, &spec);
-    assert!(a.authenticate(&key.sign(&claims(&srv.url, AUD, T0)), Some(&srv.ca_b64())).await.is_ok());
+    assert!(
+        a.authenticate(&key.sign(&claims(&srv.url, AUD, T0)), Some(&srv.ca_b64()))
+            .await
+            .is_ok()
+    );
     let fetches = srv.hits("/openid/v1/jwks");
     assert_eq!(fetches, 1);
     // Keys are stale now; a request with a CA that does not verify the server refetches and fails...
     clock.advance(301);
     let wrong_ca = STANDARD.encode(TestServer::start().await.ca_pem.clone());
     let t = key.sign(&claims(&srv.url, AUD, clock.now()));
-    assert!(a.authenticate(&t, Some(&wrong_ca)).await.is_ok(), "stale keys still serve");
+    assert!(
+        a.authenticate(&t, Some(&wrong_ca)).await.is_ok(),
+        "stale keys still serve"
+    );
     // ...and the good cached keys were not evicted: others still verify, without a CA at all.
     let t = key.sign(&claims(&srv.url, AUD, clock.now() + 1));
     assert!(a.authenticate(&t, None).await.is_ok());
@@ -299,7 +388,10 @@ async fn failed_fetch_with_a_client_ca_keeps_cached_keys() {
     clock.advance(11);
     let other = TestKey::es256();
     let t = other.sign(&claims(&srv.url, AUD, clock.now()));
-    assert_eq!(a.authenticate(&t, Some(&wrong_ca)).await, Err(AuthnError::UnknownKeyId));
+    assert_eq!(
+        a.authenticate(&t, Some(&wrong_ca)).await,
+        Err(AuthnError::UnknownKeyId)
+    );
     let t = key.sign(&claims(&srv.url, AUD, clock.now() + 2));
     assert!(a.authenticate(&t, None).await.is_ok());
 }
@@ -312,12 +404,19 @@ async fn key_rotation_triggers_one_refresh() {
     srv.jwks(&[&old]);
     let (clock, c) = TestClock::new();
     let a = authenticator(c, &srv.spec());
-    assert!(a.authenticate(&old.sign(&claims(&srv.url, AUD, T0)), None).await.is_ok());
+    assert!(
+        a.authenticate(&old.sign(&claims(&srv.url, AUD, T0)), None)
+            .await
+            .is_ok()
+    );
     assert_eq!(srv.hits("/openid/v1/jwks"), 1);
     srv.jwks(&[&old, &new]);
     // Within the min refresh interval an unknown kid does not refetch.
     let t = new.sign(&claims(&srv.url, AUD, T0));
-    assert_eq!(a.authenticate(&t, None).await, Err(AuthnError::UnknownKeyId));
+    assert_eq!(
+        a.authenticate(&t, None).await,
+        Err(AuthnError::UnknownKeyId)
+    );
     assert_eq!(srv.hits("/openid/v1/jwks"), 1);
     // After it, one refresh finds the new key.
     clock.advance(11);
@@ -326,7 +425,11 @@ async fn key_rotation_triggers_one_refresh() {
     assert_eq!(srv.hits("/openid/v1/jwks"), 2);
     let t = new.sign(&claims(&srv.url, AUD, clock.now() + 1));
     assert!(a.authenticate(&t, None).await.is_ok());
-    assert!(a.authenticate(&old.sign(&claims(&srv.url, AUD, clock.now())), None).await.is_ok());
+    assert!(
+        a.authenticate(&old.sign(&claims(&srv.url, AUD, clock.now())), None)
+            .await
+            .is_ok()
+    );
     assert_eq!(srv.hits("/openid/v1/jwks"), 2);
     // A rotated-out key stops verifying after the next refresh, and so do its cached tokens.
     let cached = old.sign(&claims(&srv.url, AUD, clock.now() + 5));
@@ -337,7 +440,10 @@ async fn key_rotation_triggers_one_refresh() {
     let t = new.sign(&claims(&srv.url, AUD, clock.now()));
     assert!(a.authenticate(&t, None).await.is_ok());
     assert_eq!(srv.hits("/openid/v1/jwks"), 3);
-    assert_eq!(a.authenticate(&cached, None).await, Err(AuthnError::UnknownKeyId));
+    assert_eq!(
+        a.authenticate(&cached, None).await,
+        Err(AuthnError::UnknownKeyId)
+    );
 }
 
 #[tokio::test]
@@ -353,7 +459,12 @@ async fn unknown_kid_flood_shares_one_fetch() {
         (0..100)
             .map(|i| {
                 let kid = format!("random-{i}-{}", rand::random::<u64>());
-                let t = attacker.sign_with(attacker.alg, Some(&kid), &claims(&srv.url, AUD, now), |_| {});
+                let t = attacker.sign_with(
+                    attacker.alg,
+                    Some(&kid),
+                    &claims(&srv.url, AUD, now),
+                    |_| {},
+                );
                 let a = a.clone();
                 tokio::spawn(async move { a.authenticate(&t, None).await })
             })
@@ -374,7 +485,11 @@ async fn unknown_kid_flood_shares_one_fetch() {
     assert!(warm <= 1, "{warm} fetches");
     // The real key still works, without a fetch.
     let before = srv.hits("/openid/v1/jwks");
-    assert!(a.authenticate(&key.sign(&claims(&srv.url, AUD, clock.now())), None).await.is_ok());
+    assert!(
+        a.authenticate(&key.sign(&claims(&srv.url, AUD, clock.now())), None)
+            .await
+            .is_ok()
+    );
     assert_eq!(srv.hits("/openid/v1/jwks"), before);
 }
 
@@ -400,14 +515,24 @@ async fn issuer_down_serves_cached_keys_until_max_stale() {
     let failures = srv.hits("/.well-known/openid-configuration");
     assert_eq!(failures, 2, "one refresh attempt");
     // Back-off: the next request within the min interval does not hammer the issuer.
-    assert!(a.authenticate(&token_at(clock.now() + 1), None).await.is_ok());
+    assert!(
+        a.authenticate(&token_at(clock.now() + 1), None)
+            .await
+            .is_ok()
+    );
     assert_eq!(srv.hits("/.well-known/openid-configuration"), failures);
     // Past ttl + max_stale: fail closed, including tokens cached earlier.
     let cached = token_at(clock.now() + 2);
     assert!(a.authenticate(&cached, None).await.is_ok());
     clock.advance(3600);
-    assert_eq!(a.authenticate(&token_at(clock.now()), None).await, Err(AuthnError::KeysUnavailable));
-    assert_eq!(a.authenticate(&cached, None).await, Err(AuthnError::KeysUnavailable));
+    assert_eq!(
+        a.authenticate(&token_at(clock.now()), None).await,
+        Err(AuthnError::KeysUnavailable)
+    );
+    assert_eq!(
+        a.authenticate(&cached, None).await,
+        Err(AuthnError::KeysUnavailable)
+    );
     // The issuer comes back: keys are fetched again (after the failure back-off).
     srv.state.down.store(false, Ordering::SeqCst);
     clock.advance(11);
@@ -432,7 +557,10 @@ async fn token_cache_hit_does_not_refetch_and_expires_with_token() {
     let discovery_hits = srv.hits("/.well-known/openid-configuration");
     assert!(a.is_cached(&token));
     assert_eq!(a.authenticate(&token, None).await.unwrap(), id);
-    assert_eq!(srv.hits("/.well-known/openid-configuration"), discovery_hits);
+    assert_eq!(
+        srv.hits("/.well-known/openid-configuration"),
+        discovery_hits
+    );
     assert_eq!(srv.hits("/openid/v1/jwks"), 1);
     // It expires with the token (exp + leeway).
     clock.advance(111);
@@ -446,15 +574,27 @@ async fn reload_keeps_unchanged_federations_caches() {
     let key = TestKey::es256();
     srv.jwks(&[&key]);
     let a = authenticator(Clock::fixed(T0), &srv.spec());
-    assert!(a.authenticate(&key.sign(&claims(&srv.url, AUD, T0)), None).await.is_ok());
+    assert!(
+        a.authenticate(&key.sign(&claims(&srv.url, AUD, T0)), None)
+            .await
+            .is_ok()
+    );
     assert_eq!(srv.hits("/openid/v1/jwks"), 1);
     a.set_federations(vec![Federation::from_spec("alpha", &srv.spec()).unwrap()]);
-    assert!(a.authenticate(&key.sign(&claims(&srv.url, AUD, T0 + 1)), None).await.is_ok());
+    assert!(
+        a.authenticate(&key.sign(&claims(&srv.url, AUD, T0 + 1)), None)
+            .await
+            .is_ok()
+    );
     assert_eq!(srv.hits("/openid/v1/jwks"), 1);
     let mut changed = srv.spec();
     changed.audiences.push("another".into());
     a.set_federations(vec![Federation::from_spec("alpha", &changed).unwrap()]);
-    assert!(a.authenticate(&key.sign(&claims(&srv.url, AUD, T0 + 2)), None).await.is_ok());
+    assert!(
+        a.authenticate(&key.sign(&claims(&srv.url, AUD, T0 + 2)), None)
+            .await
+            .is_ok()
+    );
     assert_eq!(srv.hits("/openid/v1/jwks"), 2);
 }
 
@@ -466,7 +606,10 @@ async fn redirects_are_not_followed() {
     srv.route("/real/jwks", 200, TestKey::jwks(&[&key]));
     let a = authenticator(Clock::fixed(T0), &srv.spec());
     let t = key.sign(&claims(&srv.url, AUD, T0));
-    assert_eq!(a.authenticate(&t, None).await, Err(AuthnError::KeysUnavailable));
+    assert_eq!(
+        a.authenticate(&t, None).await,
+        Err(AuthnError::KeysUnavailable)
+    );
     assert_eq!(srv.hits("/openid/v1/jwks"), 1);
     assert_eq!(srv.hits("/real/jwks"), 0);
     // A redirecting discovery document is not followed either (and not a fallback).
@@ -474,7 +617,10 @@ async fn redirects_are_not_followed() {
     srv.redirect("/.well-known/openid-configuration", "/elsewhere");
     srv.jwks(&[&key]);
     let a = authenticator(Clock::fixed(T0), &srv.spec());
-    assert_eq!(a.authenticate(&t, None).await, Err(AuthnError::KeysUnavailable));
+    assert_eq!(
+        a.authenticate(&t, None).await,
+        Err(AuthnError::KeysUnavailable)
+    );
     assert_eq!(srv.hits("/elsewhere"), 0);
     assert_eq!(srv.hits("/openid/v1/jwks"), 0);
 }
@@ -486,21 +632,39 @@ async fn document_limits() {
     let srv = TestServer::start().await;
     let many: Vec<TestKey> = (0..3).map(|_| TestKey::es256()).collect();
     srv.jwks(&many.iter().chain([&key]).collect::<Vec<_>>());
-    let a = Authenticator::new(AuthnSettings { clock: Clock::fixed(T0), max_jwks_keys: 3, ..Default::default() });
+    let a = Authenticator::new(AuthnSettings {
+        clock: Clock::fixed(T0),
+        max_jwks_keys: 3,
+        ..Default::default()
+    });
     a.set_federations(vec![Federation::from_spec("alpha", &srv.spec()).unwrap()]);
     let t = key.sign(&claims(&srv.url, AUD, T0));
-    assert_eq!(a.authenticate(&t, None).await, Err(AuthnError::KeysUnavailable));
+    assert_eq!(
+        a.authenticate(&t, None).await,
+        Err(AuthnError::KeysUnavailable)
+    );
     // Too large a body.
     let srv = TestServer::start().await;
     let mut doc: serde_json::Value = serde_json::from_str(&TestKey::jwks(&[&key])).unwrap();
     doc["padding"] = json!("x".repeat(4096));
     srv.route("/openid/v1/jwks", 200, doc.to_string());
-    let a = Authenticator::new(AuthnSettings { clock: Clock::fixed(T0), max_jwks_bytes: 4096, ..Default::default() });
+    let a = Authenticator::new(AuthnSettings {
+        clock: Clock::fixed(T0),
+        max_jwks_bytes: 4096,
+        ..Default::default()
+    });
     a.set_federations(vec![Federation::from_spec("alpha", &srv.spec()).unwrap()]);
     let t = key.sign(&claims(&srv.url, AUD, T0));
-    assert_eq!(a.authenticate(&t, None).await, Err(AuthnError::KeysUnavailable));
+    assert_eq!(
+        a.authenticate(&t, None).await,
+        Err(AuthnError::KeysUnavailable)
+    );
     // Same document under a sufficient cap works.
-    let a = Authenticator::new(AuthnSettings { clock: Clock::fixed(T0), max_jwks_bytes: 8192, ..Default::default() });
+    let a = Authenticator::new(AuthnSettings {
+        clock: Clock::fixed(T0),
+        max_jwks_bytes: 8192,
+        ..Default::default()
+    });
     a.set_federations(vec![Federation::from_spec("alpha", &srv.spec()).unwrap()]);
     assert!(a.authenticate(&t, None).await.is_ok());
     // A discovery document that is not JSON is an error, not a fallback.
@@ -509,6 +673,9 @@ async fn document_limits() {
     srv.jwks(&[&key]);
     let a = authenticator(Clock::fixed(T0), &srv.spec());
     let t = key.sign(&claims(&srv.url, AUD, T0));
-    assert_eq!(a.authenticate(&t, None).await, Err(AuthnError::KeysUnavailable));
+    assert_eq!(
+        a.authenticate(&t, None).await,
+        Err(AuthnError::KeysUnavailable)
+    );
     assert_eq!(srv.hits("/openid/v1/jwks"), 0);
 }

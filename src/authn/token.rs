@@ -65,7 +65,10 @@ struct RawClaims {
     kubernetes: Option<Value>,
 }
 
-fn b64_json<T: serde::de::DeserializeOwned>(part: &str, what: &'static str) -> Result<T, AuthnError> {
+fn b64_json<T: serde::de::DeserializeOwned>(
+    part: &str,
+    what: &'static str,
+) -> Result<T, AuthnError> {
     let bytes = URL_SAFE_NO_PAD
         .decode(part)
         .map_err(|_| AuthnError::Malformed(what))?;
@@ -85,7 +88,8 @@ pub(crate) fn parse(token: &str, max_bytes: usize) -> Result<ParsedToken<'_>, Au
         return Err(AuthnError::Malformed("empty token"));
     }
     let mut parts = token.split('.');
-    let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(h), Some(p), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(AuthnError::Malformed("not three dot-separated parts"));
     };
@@ -127,7 +131,12 @@ impl ParsedToken<'_> {
             return false;
         }
         matches!(
-            jsonwebtoken::crypto::verify(self.signature, self.message.as_bytes(), &key.key, self.alg),
+            jsonwebtoken::crypto::verify(
+                self.signature,
+                self.message.as_bytes(),
+                &key.key,
+                self.alg
+            ),
             Ok(true)
         )
     }
@@ -244,13 +253,14 @@ struct SaClaim {
 fn kubernetes_claim(v: &Value) -> Result<SaClaim, AuthnError> {
     let bad = AuthnError::BadKubernetesClaim;
     let obj = v.as_object().ok_or(bad.clone())?;
-    let str_of = |o: &serde_json::Map<String, Value>, k: &str| -> Result<Option<String>, AuthnError> {
-        match o.get(k) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(_) => Err(AuthnError::BadKubernetesClaim),
-        }
-    };
+    let str_of =
+        |o: &serde_json::Map<String, Value>, k: &str| -> Result<Option<String>, AuthnError> {
+            match o.get(k) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(s)) => Ok(Some(s.clone())),
+                Some(_) => Err(AuthnError::BadKubernetesClaim),
+            }
+        };
     let namespace = str_of(obj, "namespace")?
         .filter(|s| !s.is_empty() && !s.contains(':'))
         .ok_or(bad.clone())?;
@@ -292,32 +302,63 @@ mod tests {
     #[test]
     fn parse_errors() {
         let ok_claims = json!({"iss": "i"});
-        assert_eq!(parse("", 10).err(), Some(AuthnError::Malformed("empty token")));
+        assert_eq!(
+            parse("", 10).err(),
+            Some(AuthnError::Malformed("empty token"))
+        );
         assert_eq!(parse(&"a".repeat(11), 10).err(), Some(AuthnError::TooLarge));
-        for bad in ["a.b", "a.b.c.d", "..", "a..c", "%%%.e30.c2ln", "e30.e30.c2ln"] {
+        for bad in [
+            "a.b",
+            "a.b.c.d",
+            "..",
+            "a..c",
+            "%%%.e30.c2ln",
+            "e30.e30.c2ln",
+        ] {
             assert!(parse(bad, 1000).is_err(), "{bad}");
         }
         let t = tok(json!({"alg": "none"}), ok_claims.clone());
-        assert_eq!(parse(&t, 1000).err(), Some(AuthnError::UnsupportedAlgorithm));
+        assert_eq!(
+            parse(&t, 1000).err(),
+            Some(AuthnError::UnsupportedAlgorithm)
+        );
         let t = format!("{}.{}.", enc(&json!({"alg": "none"})), enc(&ok_claims));
-        assert_eq!(parse(&t, 1000).err(), Some(AuthnError::UnsupportedAlgorithm));
+        assert_eq!(
+            parse(&t, 1000).err(),
+            Some(AuthnError::UnsupportedAlgorithm)
+        );
         let t = format!("{}.{}.", enc(&json!({"alg": "RS256"})), enc(&ok_claims));
-        assert_eq!(parse(&t, 1000).err(), Some(AuthnError::Malformed("empty signature")));
+        assert_eq!(
+            parse(&t, 1000).err(),
+            Some(AuthnError::Malformed("empty signature"))
+        );
         let t = tok(json!({"alg": "RS256", "crit": ["exp"]}), ok_claims.clone());
         assert_eq!(parse(&t, 1000).err(), Some(AuthnError::CriticalHeader));
         let t = tok(json!({"alg": "RS256", "crit": null}), ok_claims.clone());
         assert_eq!(parse(&t, 1000).err(), Some(AuthnError::CriticalHeader));
         let t = tok(json!({"alg": "RS256", "kid": 5}), ok_claims.clone());
-        assert_eq!(parse(&t, 1000).err(), Some(AuthnError::Malformed("bad header")));
+        assert_eq!(
+            parse(&t, 1000).err(),
+            Some(AuthnError::Malformed("bad header"))
+        );
         let t = tok(json!({"alg": "RS256"}), json!({"iss": 5}));
         assert_eq!(parse(&t, 1000).err(), Some(AuthnError::BadIssuer));
         let t = tok(json!({"alg": "RS256"}), json!(["x"]));
-        assert_eq!(parse(&t, 1000).err(), Some(AuthnError::Malformed("bad claims")));
+        assert_eq!(
+            parse(&t, 1000).err(),
+            Some(AuthnError::Malformed("bad claims"))
+        );
         // Duplicate members are ambiguous: rejected.
         let h = URL_SAFE_NO_PAD.encode(br#"{"alg":"RS256","alg":"ES256"}"#);
         let t = format!("{h}.{}.c2ln", enc(&ok_claims));
-        assert_eq!(parse(&t, 1000).err(), Some(AuthnError::Malformed("bad header")));
-        let t = tok(json!({"alg": "ES384", "kid": "", "jku": "https://evil"}), ok_claims);
+        assert_eq!(
+            parse(&t, 1000).err(),
+            Some(AuthnError::Malformed("bad header"))
+        );
+        let t = tok(
+            json!({"alg": "ES384", "kid": "", "jku": "https://evil"}),
+            ok_claims,
+        );
         let p = parse(&t, 1000).unwrap();
         assert_eq!(p.kid, None);
         assert_eq!(p.alg, Algorithm::ES384);
@@ -334,38 +375,86 @@ mod tests {
 
     fn check(claims: Value, audiences: &[&str]) -> Result<Identity, AuthnError> {
         let t = tok(json!({"alg": "RS256"}), claims);
-        parse(&t, 10_000).unwrap().check_claims(&fed(audiences), 1000, 60)
+        parse(&t, 10_000)
+            .unwrap()
+            .check_claims(&fed(audiences), 1000, 60)
     }
 
     #[test]
     fn claim_checks() {
         let base = json!({"iss": "i", "sub": "system:serviceaccount:ns:sa", "exp": 2000});
         let id = check(base.clone(), &[]).unwrap();
-        assert_eq!((id.namespace.as_str(), id.service_account.as_str()), ("ns", "sa"));
+        assert_eq!(
+            (id.namespace.as_str(), id.service_account.as_str()),
+            ("ns", "sa")
+        );
         assert_eq!(id.expires_at, Some(2000));
         let with = |k: &str, v: Value| {
             let mut c = base.clone();
             c[k] = v;
             c
         };
-        assert_eq!(check(json!({"iss": "i", "sub": "system:serviceaccount:ns:sa"}), &[]).err(), Some(AuthnError::MissingExpiry));
-        assert_eq!(check(with("exp", json!(939)), &[]).err(), Some(AuthnError::Expired));
+        assert_eq!(
+            check(
+                json!({"iss": "i", "sub": "system:serviceaccount:ns:sa"}),
+                &[]
+            )
+            .err(),
+            Some(AuthnError::MissingExpiry)
+        );
+        assert_eq!(
+            check(with("exp", json!(939)), &[]).err(),
+            Some(AuthnError::Expired)
+        );
         assert!(check(with("exp", json!(940)), &[]).is_ok(), "leeway");
         assert!(check(with("exp", json!(1500.7)), &[]).is_ok());
-        assert_eq!(check(with("exp", json!("2000")), &[]).err(), Some(AuthnError::BadTimeClaim));
-        assert_eq!(check(with("exp", json!(-1)), &[]).err(), Some(AuthnError::BadTimeClaim));
-        assert_eq!(check(with("nbf", json!(1061)), &[]).err(), Some(AuthnError::NotYetValid));
+        assert_eq!(
+            check(with("exp", json!("2000")), &[]).err(),
+            Some(AuthnError::BadTimeClaim)
+        );
+        assert_eq!(
+            check(with("exp", json!(-1)), &[]).err(),
+            Some(AuthnError::BadTimeClaim)
+        );
+        assert_eq!(
+            check(with("nbf", json!(1061)), &[]).err(),
+            Some(AuthnError::NotYetValid)
+        );
         assert!(check(with("nbf", json!(1060)), &[]).is_ok());
-        assert_eq!(check(with("iat", json!(1061)), &[]).err(), Some(AuthnError::IssuedInFuture));
-        assert_eq!(check(with("aud", json!("a")), &["b"]).err(), Some(AuthnError::BadAudience));
-        assert_eq!(check(base.clone(), &["b"]).err(), Some(AuthnError::BadAudience));
+        assert_eq!(
+            check(with("iat", json!(1061)), &[]).err(),
+            Some(AuthnError::IssuedInFuture)
+        );
+        assert_eq!(
+            check(with("aud", json!("a")), &["b"]).err(),
+            Some(AuthnError::BadAudience)
+        );
+        assert_eq!(
+            check(base.clone(), &["b"]).err(),
+            Some(AuthnError::BadAudience)
+        );
         assert!(check(with("aud", json!(["a", "b"])), &["b"]).is_ok());
         assert!(check(with("aud", json!("b")), &["b"]).is_ok());
         assert!(check(with("aud", json!("x")), &[]).is_ok());
-        assert_eq!(check(with("aud", json!([1])), &["b"]).err(), Some(AuthnError::BadAudience));
-        assert_eq!(check(with("sub", json!(5)), &[]).err(), Some(AuthnError::BadSubject));
-        for bad in ["system:serviceaccount:ns", "system:serviceaccount::sa", "user:x", "system:serviceaccount:a:b:c"] {
-            assert_eq!(check(with("sub", json!(bad)), &[]).err(), Some(AuthnError::BadSubject), "{bad}");
+        assert_eq!(
+            check(with("aud", json!([1])), &["b"]).err(),
+            Some(AuthnError::BadAudience)
+        );
+        assert_eq!(
+            check(with("sub", json!(5)), &[]).err(),
+            Some(AuthnError::BadSubject)
+        );
+        for bad in [
+            "system:serviceaccount:ns",
+            "system:serviceaccount::sa",
+            "user:x",
+            "system:serviceaccount:a:b:c",
+        ] {
+            assert_eq!(
+                check(with("sub", json!(bad)), &[]).err(),
+                Some(AuthnError::BadSubject),
+                "{bad}"
+            );
         }
         let k8s = json!({"namespace": "ns", "serviceaccount": {"name": "sa", "uid": "u1"}, "pod": {"name": "p", "uid": "u2"}});
         let id = check(with("kubernetes.io", k8s.clone()), &[]).unwrap();
@@ -374,12 +463,27 @@ mod tests {
         assert_eq!(id.pod_uid.as_deref(), Some("u2"));
         let mut other = k8s.clone();
         other["serviceaccount"]["name"] = json!("admin");
-        assert_eq!(check(with("kubernetes.io", other), &[]).err(), Some(AuthnError::BadSubject));
+        assert_eq!(
+            check(with("kubernetes.io", other), &[]).err(),
+            Some(AuthnError::BadSubject)
+        );
         let mut other = k8s.clone();
         other["namespace"] = json!("kube-system");
-        assert_eq!(check(with("kubernetes.io", other), &[]).err(), Some(AuthnError::BadSubject));
-        for bad in [json!("x"), json!({"namespace": "ns"}), json!({"namespace": 1, "serviceaccount": {"name": "sa"}}), json!({"namespace": "ns", "serviceaccount": {"name": "sa"}, "pod": "p"})] {
-            assert_eq!(check(with("kubernetes.io", bad.clone()), &[]).err(), Some(AuthnError::BadKubernetesClaim), "{bad}");
+        assert_eq!(
+            check(with("kubernetes.io", other), &[]).err(),
+            Some(AuthnError::BadSubject)
+        );
+        for bad in [
+            json!("x"),
+            json!({"namespace": "ns"}),
+            json!({"namespace": 1, "serviceaccount": {"name": "sa"}}),
+            json!({"namespace": "ns", "serviceaccount": {"name": "sa"}, "pod": "p"}),
+        ] {
+            assert_eq!(
+                check(with("kubernetes.io", bad.clone()), &[]).err(),
+                Some(AuthnError::BadKubernetesClaim),
+                "{bad}"
+            );
         }
     }
 }
