@@ -126,14 +126,15 @@ impl Authenticator {
             .map(|s| s.fed.name.clone())
             .collect();
         self.federations.store(Arc::new(next));
-        if added_or_changed {
-            self.tokens.invalidate_all();
-        } else if !removed.is_empty()
-            && self
-                .tokens
-                .invalidate_entries_if(move |_, v| removed.contains(&v.identity.federation))
-                .is_err()
-        {
+        // Stale entries are also rejected lazily (generation check on every hit); this only
+        // frees their memory early.
+        let drop_all = added_or_changed
+            || (!removed.is_empty()
+                && self
+                    .tokens
+                    .invalidate_entries_if(move |_, v| removed.contains(&v.identity.federation))
+                    .is_err());
+        if drop_all {
             self.tokens.invalidate_all();
         }
     }
@@ -292,5 +293,29 @@ impl Authenticator {
             }
         }
         Err(best.unwrap_or((AuthnError::UnknownIssuer, None)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shareable_and_debug_without_secrets() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Authenticator>();
+        assert_send_sync::<Arc<Authenticator>>();
+        let a = Authenticator::new(AuthnSettings::default());
+        assert!(format!("{a:?}").contains("federations"));
+        let d = AuthnSettings::default();
+        assert_eq!(d.leeway_secs, 60);
+        assert_eq!(d.max_token_bytes, 16 * 1024);
+        assert_eq!(d.jwks_ttl, Duration::from_secs(300));
+        assert_eq!(d.jwks_max_stale, Duration::from_secs(3600));
+        assert_eq!(d.jwks_min_refresh_interval, Duration::from_secs(10));
+        assert_eq!(d.fetch_timeout, Duration::from_secs(5));
+        assert_eq!(d.max_jwks_bytes, 256 * 1024);
+        assert_eq!(d.max_jwks_keys, 64);
+        assert_eq!(d.token_cache_capacity, 100_000);
     }
 }

@@ -352,7 +352,7 @@ async fn get_capped(
     // Anonymous on purpose: never forward the caller's token or any credential.
     let mut resp = client
         .get(url)
-        .header(ACCEPT, "application/json")
+        .header(ACCEPT, "application/json, application/jwk-set+json")
         .send()
         .await
         .map_err(http_error)?;

@@ -93,7 +93,7 @@ impl fmt::Debug for VerifyKey {
 
 /// Why a JWKS document was rejected as a whole.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum JwksError {
+pub(crate) enum JwksError {
     /// Not JSON of the shape `{"keys": [...]}`.
     #[error("not a JWKS document ({0})")]
     Malformed(String),

@@ -28,5 +28,5 @@ pub use clock::Clock;
 pub use error::AuthnError;
 pub use federation::{Federation, FederationError};
 pub use identity::Identity;
-pub use keys::{JwksError, kubernetes_key_id};
+pub use keys::kubernetes_key_id;
 pub use settings::AuthnSettings;
