@@ -245,19 +245,20 @@ fn push_object(
             return;
         }
     };
-    if head.kind.ends_with("List") && depth == 0 {
-        if let Some(items) = doc.get("items").and_then(|i| i.as_array()) {
-            for (i, item) in items.iter().enumerate() {
-                push_object(
-                    item.clone(),
-                    &format!("{origin}/items/{i}"),
-                    objects,
-                    errors,
-                    depth + 1,
-                );
-            }
-            return;
+    if head.kind.ends_with("List")
+        && depth == 0
+        && let Some(items) = doc.get("items").and_then(|i| i.as_array())
+    {
+        for (i, item) in items.iter().enumerate() {
+            push_object(
+                item.clone(),
+                &format!("{origin}/items/{i}"),
+                objects,
+                errors,
+                depth + 1,
+            );
         }
+        return;
     }
     if head.kind.is_empty() || head.api_version.is_empty() {
         errors.push(LoadError {

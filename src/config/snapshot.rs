@@ -287,13 +287,16 @@ pub fn build(
                     Ok(p) => {
                         stores.insert(name.to_string(), p);
                     }
-                    Err(e) => {
+                    // A missing credentials Secret may appear later: the store exists but
+                    // is not ready, as in ESO. Any other problem is a bad object: skipped.
+                    Err(e @ providers::ProviderConfigError::SecretRef { .. }) => {
                         errors.push(error(obj, format!("store is not ready: {e}")));
                         stores.insert(
                             name.to_string(),
                             Arc::new(NotReadyStore { kind: "not-ready" }),
                         );
                     }
+                    Err(e) => errors.push(error(obj, e.to_string())),
                 }
             }
             ("generators.external-secrets.io", kind) if generators::is_generator_kind(kind) => {
@@ -365,5 +368,223 @@ pub fn build(
         policies,
         errors,
         kept_previous_policies,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::authn::Identity;
+    use crate::authz::{Action, Resource};
+
+    fn load(dir: &Path) -> Snapshot {
+        DirectorySource {
+            manifests: dir.to_path_buf(),
+            policies: None,
+            provider_settings: ProviderSettings::default(),
+        }
+        .load(None)
+    }
+
+    fn sample_identity() -> Identity {
+        Identity {
+            federation: "current-cluster-federation".into(),
+            issuer: "https://kubernetes.default.svc.cluster.local".into(),
+            subject: "system:serviceaccount:federation-example:federation-sa".into(),
+            namespace: "federation-example".into(),
+            service_account: "federation-sa".into(),
+            service_account_uid: None,
+            pod_name: None,
+            pod_uid: None,
+            expires_at: None,
+        }
+    }
+
+    #[test]
+    fn ese_samples_load_as_written() {
+        let dir = Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../shared/compat/ese-federation-server/config/samples"
+        ));
+        let snap = load(dir);
+        // The one problem is the sample store's token Secret, which the samples do not
+        // ship: the store exists but is not ready (as in ESO).
+        let problems: Vec<String> = snap.errors.iter().map(ToString::to_string).collect();
+        assert_eq!(problems.len(), 1, "{problems:#?}");
+        assert!(
+            problems[0].contains("ClusterSecretStore/vault-backend"),
+            "{problems:?}"
+        );
+        assert!(problems[0].contains("not ready"), "{problems:?}");
+        assert!(snap.stores.contains_key("vault-backend"));
+        assert_eq!(snap.federations.len(), 1);
+        assert_eq!(snap.federations[0].name(), "current-cluster-federation");
+        assert!(snap.generators.contains_key(&GeneratorKey {
+            namespace: "federation-example".into(),
+            kind: "Fake".into(),
+            name: "federation-generator".into(),
+        }));
+        let who = sample_identity();
+        let allowed =
+            |action, resource: &Resource| snap.policies.decide(&who, action, resource).allowed;
+        assert!(allowed(
+            Action::Generate,
+            &Resource::Generator {
+                namespace: "federation-example".into(),
+                kind: "Fake".into(),
+                name: "federation-generator".into()
+            }
+        ));
+        assert!(allowed(
+            Action::Get,
+            &Resource::RemoteKey {
+                store: "federation-secret-store".into(),
+                key: "any".into()
+            }
+        ));
+        assert!(!allowed(
+            Action::Get,
+            &Resource::RemoteKey {
+                store: "vault-backend".into(),
+                key: "any".into()
+            }
+        ));
+    }
+
+    fn write(dir: &Path, name: &str, text: &str) {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+
+    fn fed() -> String {
+        let keys: serde_json::Value = serde_json::from_str(include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/keys/jwks.json"
+        )))
+        .unwrap();
+        let jwks = serde_json::json!({"keys": [keys["ec-1"]]}).to_string();
+        format!(
+            "apiVersion: identity.federation.external-secrets.io/v1alpha1\nkind: KubernetesFederation\nmetadata: {{name: f}}\nspec: {{issuer: 'https://i', jwks: '{jwks}'}}\n"
+        )
+    }
+    const STORE: &str = "apiVersion: external-secrets.io/v1\nkind: ClusterSecretStore\nmetadata: {name: s}\nspec: {provider: {fake: {data: [{key: k, value: v}]}}}\n";
+
+    fn authz(store: &str) -> String {
+        format!(
+            "apiVersion: federation.external-secrets.io/v1alpha1\nkind: Authorization\nmetadata: {{name: a}}\nspec:\n  federationRef: {{kind: KubernetesFederation, name: f}}\n  subject: {{issuer: 'https://i', subject: 'system:serviceaccount:ns:sa'}}\n  allowedClusterSecretStores: [{store}]\n"
+        )
+    }
+
+    fn can_get(snap: &Snapshot, store: &str) -> bool {
+        let who = Identity {
+            federation: "f".into(),
+            issuer: "https://i".into(),
+            subject: "system:serviceaccount:ns:sa".into(),
+            namespace: "ns".into(),
+            service_account: "sa".into(),
+            service_account_uid: None,
+            pod_name: None,
+            pod_uid: None,
+            expires_at: None,
+        };
+        let resource = Resource::RemoteKey {
+            store: store.into(),
+            key: "k".into(),
+        };
+        snap.policies.decide(&who, Action::Get, &resource).allowed
+    }
+
+    #[test]
+    fn bad_objects_are_skipped_and_reported_with_origin() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "fed.yaml", &fed());
+        write(dir.path(), "store.yaml", STORE);
+        write(
+            dir.path(),
+            "bad.yaml",
+            "apiVersion: external-secrets.io/v1\nkind: ClusterSecretStore\nmetadata: {name: broken}\nspec: {provider: {nosuch: {}}}\n---\napiVersion: external-secrets.io/v1\nkind: ClusterSecretStore\nmetadata: {name: s}\nspec: {provider: {fake: {data: []}}}\n",
+        );
+        write(dir.path(), "garbage.yaml", "a: [unclosed");
+        let snap = load(dir.path());
+        assert!(snap.stores.contains_key("s"));
+        assert_eq!(snap.federations.len(), 1);
+        let text: Vec<String> = snap.errors.iter().map(ToString::to_string).collect();
+        // Files load in path order: the later definition of `s` is the duplicate.
+        assert!(
+            text.iter()
+                .any(|e| e.contains("store.yaml#0") && e.contains("duplicate")),
+            "{text:?}"
+        );
+        assert!(
+            text.iter()
+                .any(|e| e.contains("garbage.yaml") && e.contains("invalid YAML")),
+            "{text:?}"
+        );
+        assert!(
+            text.iter()
+                .any(|e| e.contains("ClusterSecretStore/broken") && e.contains("unknown provider")),
+            "{text:?}"
+        );
+        assert!(!snap.stores.contains_key("broken"));
+    }
+
+    #[test]
+    fn a_reload_with_a_broken_authorization_keeps_the_last_good_policies() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "fed.yaml", &fed());
+        write(dir.path(), "store.yaml", STORE);
+        write(dir.path(), "authz.yaml", &authz("s"));
+        let source = DirectorySource {
+            manifests: dir.path().to_path_buf(),
+            policies: None,
+            provider_settings: ProviderSettings::default(),
+        };
+        let first = source.load(None);
+        assert!(first.errors.is_empty(), "{:?}", first.errors);
+        assert!(can_get(&first, "s"));
+
+        // A valid change applies.
+        write(dir.path(), "authz.yaml", &authz("other"));
+        let second = source.load(Some(&first));
+        assert!(!second.kept_previous_policies);
+        assert!(!can_get(&second, "s"));
+        assert!(can_get(&second, "other"));
+        assert_eq!(second.generation, first.generation + 1);
+
+        // A broken one does not: the last good set stays in force.
+        write(
+            dir.path(),
+            "authz.yaml",
+            "apiVersion: federation.external-secrets.io/v1alpha1\nkind: Authorization\nmetadata: {name: a}\nspec:\n  federationRef: {kind: KubernetesFederation, name: f}\n  subject: {spiffe: {spiffeID: 'spiffe://x'}}\n  allowedClusterSecretStores: [s]\n",
+        );
+        let third = source.load(Some(&second));
+        assert!(third.kept_previous_policies);
+        assert!(can_get(&third, "other"));
+        assert!(!can_get(&third, "s"));
+        assert!(
+            third
+                .errors
+                .iter()
+                .any(|e| e.to_string().contains("Authorization/a"))
+        );
+
+        // At startup there is no last good set: the good policies load, the bad are denied.
+        let fresh = source.load(None);
+        assert!(!fresh.kept_previous_policies);
+        assert!(!can_get(&fresh, "s"));
+    }
+
+    #[test]
+    fn fingerprint_changes_with_content() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "fed.yaml", &fed());
+        let source = DirectorySource {
+            manifests: dir.path().to_path_buf(),
+            policies: None,
+            provider_settings: ProviderSettings::default(),
+        };
+        let a = source.fingerprint();
+        assert_eq!(a, source.fingerprint());
+        write(dir.path(), "store.yaml", STORE);
+        assert_ne!(a, source.fingerprint());
     }
 }
