@@ -29,6 +29,21 @@ pub fn now() -> u64 {
         .as_secs()
 }
 
+/// The `esi-server` binary under test: `ESI_SERVER_BIN` when set (several worktrees may
+/// share one target directory), else the one cargo built for this test.
+pub fn server_bin() -> PathBuf {
+    std::env::var_os("ESI_SERVER_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_esi-server")))
+}
+
+/// The `esi-cli` binary under test (`ESI_CLI_BIN` overrides).
+pub fn cli_bin() -> PathBuf {
+    std::env::var_os("ESI_CLI_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_esi-cli")))
+}
+
 /// The public JWK of a test key (`rsa-1`, `rsa-2`, `ec-1`, `ec-2`).
 pub fn jwk(name: &str) -> Value {
     let all: Value = serde_json::from_str(
@@ -233,7 +248,7 @@ impl Server {
         for (name, text) in policies {
             std::fs::write(pdir.join(name), text).unwrap();
         }
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_esi-server"));
+        let mut cmd = Command::new(server_bin());
         cmd.arg("serve")
             .arg("--manifests")
             .arg(&mdir)
