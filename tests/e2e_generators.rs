@@ -246,14 +246,27 @@ impl TestServer {
         token: &str,
         body: Value,
     ) -> (u16, String) {
-        let resp = self
+        self.call_for(method, path, token, None, body).await
+    }
+
+    /// A call, optionally on behalf of a workload (`x-workload-token`).
+    async fn call_for(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        workload: Option<&str>,
+        body: Value,
+    ) -> (u16, String) {
+        let mut req = self
             .client
             .request(method, format!("{}{path}", self.url))
             .bearer_auth(token)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
+            .json(&body);
+        if let Some(w) = workload {
+            req = req.header("x-workload-token", w);
+        }
+        let resp = req.send().await.unwrap();
         (resp.status().as_u16(), resp.text().await.unwrap())
     }
 
@@ -571,6 +584,26 @@ async fn ledger_survives_kill_and_restart() {
     let server = TestServer::start(dir.path(), &[]);
     let (user, pass) = creds(&server.generate(gen_path, &app).await);
     assert!(pg.can_login(&user, &pass));
+    // Issued to another caller on behalf of the workload (ESE's x-workload-token): the
+    // workload owns it.
+    let (status, body) = server
+        .call_for(
+            reqwest::Method::POST,
+            gen_path,
+            &token("apps", "other"),
+            Some(&app),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (user2, pass2) = creds(&serde_json::from_str(&body).unwrap());
+    assert!(pg.can_login(&user2, &pass2));
+    let issued = server.audit_lines("issue");
+    assert_eq!(issued[1]["pod"], "app-pod");
+    assert_eq!(
+        issued[1]["requested_by"],
+        "system:serviceaccount:apps:other"
+    );
     server.kill9();
 
     let server = TestServer::start(dir.path(), &[]);
@@ -581,6 +614,10 @@ async fn ledger_survives_kill_and_restart() {
     assert!(
         !pg.can_login(&user, &pass),
         "revocation after restart must work"
+    );
+    assert!(
+        !pg.can_login(&user2, &pass2),
+        "the workload's credential is revoked too"
     );
 }
 
