@@ -10,6 +10,7 @@ pub mod authn;
 pub mod authz;
 pub mod config;
 pub mod generators;
+pub mod ledger;
 pub mod metrics;
 pub mod providers;
 pub mod tls;

@@ -10,7 +10,7 @@ mod fake;
 mod metered;
 pub mod property;
 mod tls;
-mod vault;
+pub(crate) mod vault;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
