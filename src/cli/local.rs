@@ -45,6 +45,8 @@ fn classify(err: kube::Error, what: &str) -> FetchError {
             404 => FetchError::NotFound(format!("{what} does not exist")),
             429 => FetchError::RateLimited { retry_after: None },
             c @ 500..=599 => FetchError::Server(c),
+            // kube reads a JSON body without a code as code 0.
+            0 => FetchError::Unreachable("the Kubernetes API answered an error without a status".into()),
             c => FetchError::Rejected(c),
         },
         kube::Error::HyperError(e) => FetchError::Unreachable(e.to_string()),
@@ -213,7 +215,7 @@ mod tests {
             ("/apis/external-secrets.io/v1/namespaces/apps/externalsecrets/unsynced", 200, es("unsynced", None)),
             ("/apis/external-secrets.io/v1/namespaces/apps/externalsecrets/denied", 200, es("denied", None)),
             ("/api/v1/namespaces/apps/secrets/denied", 403, forbidden),
-            ("/apis/external-secrets.io/v1/namespaces/apps/externalsecrets/broken", 503, json!({})),
+            ("/apis/external-secrets.io/v1/namespaces/apps/externalsecrets/broken", 503, json!("upstream down")),
         ]);
         let local = LocalClient::new(client, "apps".into());
         let e = local.fetch_once(&SecretId::Local("nope".into())).await.unwrap_err();
