@@ -182,8 +182,8 @@ pub struct FileSpec {
 pub struct Plan {
     /// `--mode`.
     pub mode: Mode,
-    /// Secrets whose every key becomes an env var (`--external-secrets`, and with `*`
-    /// every generator as well), in order.
+    /// Secrets whose every key becomes an env var: `--external-secrets`, and with `*`
+    /// every `--federated-generators` entry too (the named secrets), in order.
     pub expand: Vec<String>,
     /// Explicit `--inject-on-env` entries (they win over expanded names).
     pub env: Vec<EnvSpec>,
@@ -213,13 +213,9 @@ impl Plan {
         let refresh = parse_duration(&a.daemon_refresh_interval)
             .map_err(|e| invalid("daemon-refresh-interval", e.to_string()))?;
         if refresh < Duration::from_millis(100) {
-            return Err(invalid(
-                "daemon-refresh-interval",
-                "must be at least 100ms",
-            ));
+            return Err(invalid("daemon-refresh-interval", "must be at least 100ms"));
         }
-        let timeout =
-            parse_duration(&a.timeout).map_err(|e| invalid("timeout", e.to_string()))?;
+        let timeout = parse_duration(&a.timeout).map_err(|e| invalid("timeout", e.to_string()))?;
         if timeout.is_zero() {
             return Err(invalid("timeout", "must be more than 0"));
         }
@@ -237,7 +233,10 @@ impl Plan {
                     if generators.iter().any(|o: &GeneratorRef| o.name == g.name) {
                         return Err(invalid(
                             "federated-generators",
-                            format!("two generators are named {:?}: references would be ambiguous", g.name),
+                            format!(
+                                "two generators are named {:?}: references would be ambiguous",
+                                g.name
+                            ),
                         ));
                     }
                     generators.push(g);
@@ -306,17 +305,21 @@ impl Plan {
                 all = true;
                 continue;
             }
-            let (var, r) = item
-                .split_once('=')
-                .ok_or_else(|| invalid("inject-on-env", format!("{item:?} is not ENV=secret.key")))?;
+            let (var, r) = item.split_once('=').ok_or_else(|| {
+                invalid("inject-on-env", format!("{item:?} is not ENV=secret.key"))
+            })?;
             let var = var.trim();
             if var.is_empty() || var.contains('\0') {
-                return Err(invalid("inject-on-env", format!("{item:?}: empty variable name")));
+                return Err(invalid(
+                    "inject-on-env",
+                    format!("{item:?}: empty variable name"),
+                ));
             }
             env.push(EnvSpec {
                 var: var.to_string(),
-                source: parse_ref(r.trim(), &known)
-                    .ok_or_else(|| invalid("inject-on-env", format!("{item:?}: no secret named")))?,
+                source: parse_ref(r.trim(), &known).ok_or_else(|| {
+                    invalid("inject-on-env", format!("{item:?}: no secret named"))
+                })?,
             });
         }
         if all {
@@ -325,28 +328,33 @@ impl Plan {
                     expand.push(g.name.clone());
                 }
             }
-            for e in &env {
-                if !expand.contains(&e.source.secret) {
-                    expand.push(e.source.secret.clone());
-                }
-            }
         }
         let mut files = Vec::new();
         for item in non_empty(&a.inject_on_file) {
             let (path, r) = item.split_once('=').ok_or_else(|| {
-                invalid("inject-on-file", format!("{item:?} is not /path=secret[.key]"))
+                invalid(
+                    "inject-on-file",
+                    format!("{item:?} is not /path=secret[.key]"),
+                )
             })?;
             let path = PathBuf::from(path.trim());
             if !path.is_absolute() {
-                return Err(invalid("inject-on-file", format!("{item:?}: the path must be absolute")));
+                return Err(invalid(
+                    "inject-on-file",
+                    format!("{item:?}: the path must be absolute"),
+                ));
             }
             if files.iter().any(|f: &FileSpec| f.path == path) {
-                return Err(invalid("inject-on-file", format!("{} is named twice", path.display())));
+                return Err(invalid(
+                    "inject-on-file",
+                    format!("{} is named twice", path.display()),
+                ));
             }
             files.push(FileSpec {
                 path,
-                source: parse_ref(r.trim(), &known)
-                    .ok_or_else(|| invalid("inject-on-file", format!("{item:?}: no secret named")))?,
+                source: parse_ref(r.trim(), &known).ok_or_else(|| {
+                    invalid("inject-on-file", format!("{item:?}: no secret named"))
+                })?,
             });
         }
 
@@ -360,12 +368,18 @@ impl Plan {
                     ));
                 }
                 if binary.is_none() && files.is_empty() {
-                    return Err(invalid("binary-path", "init mode needs a program to exec or files to write"));
+                    return Err(invalid(
+                        "binary-path",
+                        "init mode needs a program to exec or files to write",
+                    ));
                 }
             }
             Mode::Daemon => {
                 if files.is_empty() {
-                    return Err(invalid("inject-on-file", "daemon mode keeps files current: name at least one"));
+                    return Err(invalid(
+                        "inject-on-file",
+                        "daemon mode keeps files current: name at least one",
+                    ));
                 }
             }
         }
@@ -415,7 +429,9 @@ impl Plan {
                 if store.is_none() {
                     return Err(invalid(
                         "federated-store",
-                        format!("is required to fetch {name:?} (it is not one of --federated-generators)"),
+                        format!(
+                            "is required to fetch {name:?} (it is not one of --federated-generators)"
+                        ),
                     ));
                 }
                 Ok(SecretId::Store(name.to_string()))
@@ -533,7 +549,10 @@ mod tests {
         assert_eq!(p.files[1].path, PathBuf::from("/etc/app/pw"));
         assert_eq!(
             p.args,
-            vec!["--config.file=/etc/prometheus.yml", "--web.listen-address=:9090"]
+            vec![
+                "--config.file=/etc/prometheus.yml",
+                "--web.listen-address=:9090"
+            ]
         );
         assert_eq!(p.refresh, Duration::from_secs(120));
         assert_eq!(p.timeout, Duration::from_secs(30));
@@ -569,7 +588,7 @@ mod tests {
             "--federated-generators=ns/Password/pw,ns/UUID/id",
         ])
         .unwrap();
-        assert_eq!(p.expand, vec!["pw", "id", "other"]);
+        assert_eq!(p.expand, vec!["pw", "id"]);
         let ids = p.secrets().unwrap();
         assert_eq!(ids.len(), 3);
         assert!(matches!(&ids[0], SecretId::Generator(g) if g.kind == "Password"));
@@ -619,18 +638,63 @@ mod tests {
     #[test]
     fn refusals() {
         let cases: &[(&[&str], &str)] = &[
-            (&["--mode=init", "--binary-path=/x", "--inject-on-env=NOEQUALS"], "inject-on-env"),
-            (&["--mode=init", "--binary-path=/x", "--inject-on-env==a.b"], "empty variable"),
-            (&["--mode=init", "--inject-on-file=rel/path=a.b"], "absolute"),
+            (
+                &[
+                    "--mode=init",
+                    "--binary-path=/x",
+                    "--inject-on-env=NOEQUALS",
+                ],
+                "inject-on-env",
+            ),
+            (
+                &["--mode=init", "--binary-path=/x", "--inject-on-env==a.b"],
+                "empty variable",
+            ),
+            (
+                &["--mode=init", "--inject-on-file=rel/path=a.b"],
+                "absolute",
+            ),
             (&["--mode=init", "--inject-on-file=/a=x,/a=y"], "twice"),
             (&["--mode=init", "--external-secrets=a"], "binary-path"),
             (&["--mode=init"], "binary-path"),
             (&["--mode=daemon", "--external-secrets=a"], "daemon mode"),
-            (&["--mode=daemon", "--inject-on-file=/a=b", "--daemon-refresh-interval=10"], "daemon-refresh-interval"),
-            (&["--mode=daemon", "--inject-on-file=/a=b", "--timeout=0"], "timeout"),
-            (&["--mode=init", "--binary-path=/x", "--federated-generators=a/b"], "NAMESPACE/KIND/NAME"),
-            (&["--mode=init", "--binary-path=/x", "--federated-generators=a/b/c,d/e/c"], "ambiguous"),
-            (&["--mode=init", "--binary-path=/x", "--federated-server-url=http://plain", "--federated-store=s"], "https"),
+            (
+                &[
+                    "--mode=daemon",
+                    "--inject-on-file=/a=b",
+                    "--daemon-refresh-interval=10",
+                ],
+                "daemon-refresh-interval",
+            ),
+            (
+                &["--mode=daemon", "--inject-on-file=/a=b", "--timeout=0"],
+                "timeout",
+            ),
+            (
+                &[
+                    "--mode=init",
+                    "--binary-path=/x",
+                    "--federated-generators=a/b",
+                ],
+                "NAMESPACE/KIND/NAME",
+            ),
+            (
+                &[
+                    "--mode=init",
+                    "--binary-path=/x",
+                    "--federated-generators=a/b/c,d/e/c",
+                ],
+                "ambiguous",
+            ),
+            (
+                &[
+                    "--mode=init",
+                    "--binary-path=/x",
+                    "--federated-server-url=http://plain",
+                    "--federated-store=s",
+                ],
+                "https",
+            ),
             (&["--mode=bogus"], "invalid value"),
         ];
         for (args, needle) in cases {
@@ -638,7 +702,12 @@ mod tests {
             assert!(err.contains(needle), "{args:?}: {err}");
         }
         // Generators need a server.
-        let err = parse(&["--mode=init", "--binary-path=/x", "--federated-generators=a/b/c"]).unwrap_err();
+        let err = parse(&[
+            "--mode=init",
+            "--binary-path=/x",
+            "--federated-generators=a/b/c",
+        ])
+        .unwrap_err();
         assert!(err.contains("federated-server-url"), "{err}");
     }
 
@@ -646,13 +715,19 @@ mod tests {
     fn refs_with_dots() {
         let known = vec!["app.config".to_string(), "app".to_string()];
         let r = parse_ref("app.config.tls.crt", &known).unwrap();
-        assert_eq!((r.secret.as_str(), r.key.as_deref()), ("app.config", Some("tls.crt")));
+        assert_eq!(
+            (r.secret.as_str(), r.key.as_deref()),
+            ("app.config", Some("tls.crt"))
+        );
         let r = parse_ref("app.user", &known).unwrap();
         assert_eq!((r.secret.as_str(), r.key.as_deref()), ("app", Some("user")));
         let r = parse_ref("app.config", &known).unwrap();
         assert_eq!((r.secret.as_str(), r.key.as_deref()), ("app.config", None));
         let r = parse_ref("db.tls.crt", &[]).unwrap();
-        assert_eq!((r.secret.as_str(), r.key.as_deref()), ("db", Some("tls.crt")));
+        assert_eq!(
+            (r.secret.as_str(), r.key.as_deref()),
+            ("db", Some("tls.crt"))
+        );
         let r = parse_ref("api-keys/service-a", &[]).unwrap();
         assert_eq!((r.secret.as_str(), r.key), ("api-keys/service-a", None));
         assert!(parse_ref("", &[]).is_none());

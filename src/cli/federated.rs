@@ -43,7 +43,10 @@ impl std::fmt::Debug for FederatedClient {
 
 /// Reads the CA bundle: `None` when the default path is absent (outside a Pod), an
 /// error when a named file is missing or holds no certificate.
-fn read_ca(path: &Path, explicit: bool) -> Result<Option<(Vec<u8>, Vec<CertificateDer<'static>>)>, SetupError> {
+fn read_ca(
+    path: &Path,
+    explicit: bool,
+) -> Result<Option<(Vec<u8>, Vec<CertificateDer<'static>>)>, SetupError> {
     let err = |reason: String| SetupError::Ca {
         path: path.display().to_string(),
         reason,
@@ -106,10 +109,25 @@ fn tls_cause(err: &(dyn std::error::Error + 'static)) -> Option<String> {
         {
             return Some(r.to_string());
         }
+        // Some layers re-wrap the rustls error as text; its messages are distinctive.
+        let text = e.to_string();
+        if TLS_PHRASES.iter().any(|p| text.contains(p)) {
+            return Some(root_cause(e));
+        }
         cur = e.source();
     }
     None
 }
+
+/// Beginnings of rustls error messages (`rustls::Error`'s `Display`).
+const TLS_PHRASES: &[&str] = &[
+    "invalid peer certificate",
+    "peer is incompatible",
+    "peer misbehaved",
+    "received fatal alert",
+    "invalid certificate",
+    "handshake",
+];
 
 /// The deepest cause's text (e.g. "Connection refused"), for "server unreachable" lines.
 fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
@@ -131,7 +149,13 @@ fn classify(err: &reqwest::Error) -> FetchError {
 }
 
 fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    let secs: u64 = headers.get(RETRY_AFTER)?.to_str().ok()?.trim().parse().ok()?;
+    let secs: u64 = headers
+        .get(RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
     Some(Duration::from_secs(secs.min(300)))
 }
 
@@ -146,7 +170,9 @@ impl FederatedClient {
     ) -> Result<Self, SetupError> {
         let base = reqwest::Url::parse(url).map_err(|e| SetupError::Client(e.to_string()))?;
         if base.cannot_be_a_base() {
-            return Err(SetupError::Client("the server URL cannot have a path".into()));
+            return Err(SetupError::Client(
+                "the server URL cannot have a path".into(),
+            ));
         }
         let mut roots = rustls::RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
@@ -207,7 +233,12 @@ impl FederatedClient {
                     kind,
                     name,
                 }) => {
-                    segs.extend(["generators", namespace.as_str(), kind.as_str(), name.as_str()]);
+                    segs.extend([
+                        "generators",
+                        namespace.as_str(),
+                        kind.as_str(),
+                        name.as_str(),
+                    ]);
                 }
                 SecretId::Local(_) => {
                     return Err(FetchError::Malformed("a local secret asked of the server"));
@@ -233,7 +264,11 @@ impl FederatedClient {
         match status {
             200 => {}
             401 => return Err(FetchError::Unauthorized),
-            403 => return Err(FetchError::Forbidden("the server refused the request (HTTP 403)".into())),
+            403 => {
+                return Err(FetchError::Forbidden(
+                    "the server refused the request (HTTP 403)".into(),
+                ));
+            }
             404 => {
                 return Err(FetchError::NotFound(
                     "does not exist, or this ServiceAccount may not read it (HTTP 404)".into(),
@@ -258,7 +293,9 @@ impl FederatedClient {
             }
             _ => {
                 let map: BTreeMap<String, serde_json::Value> = serde_json::from_slice(&body)
-                    .map_err(|_| FetchError::Malformed("expected a JSON object of generated keys"))?;
+                    .map_err(|_| {
+                        FetchError::Malformed("expected a JSON object of generated keys")
+                    })?;
                 Ok(SecretData::from_keys(
                     map.into_iter()
                         .map(|(k, v)| {
@@ -305,7 +342,9 @@ mod tests {
     #[test]
     fn urls_encode_names_as_one_segment() {
         let c = client("https://esi.example.com");
-        let u = c.url_for(&SecretId::Store("api-keys/service-a".into())).unwrap();
+        let u = c
+            .url_for(&SecretId::Store("api-keys/service-a".into()))
+            .unwrap();
         assert_eq!(
             u.as_str(),
             "https://esi.example.com/secretstore/vault-prod/secrets/api-keys%2Fservice-a"
@@ -318,7 +357,10 @@ mod tests {
                 name: "a b?".into(),
             }))
             .unwrap();
-        assert_eq!(u.as_str(), "https://esi.example.com/prefix/generators/ns/Password/a%20b%3F");
+        assert_eq!(
+            u.as_str(),
+            "https://esi.example.com/prefix/generators/ns/Password/a%20b%3F"
+        );
     }
 
     #[test]
@@ -326,7 +368,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("nope");
         let e = bearer(&missing).unwrap_err().to_string();
-        assert!(e.starts_with("bad token file") && e.contains("No such file"), "{e}");
+        assert!(
+            e.starts_with("bad token file") && e.contains("No such file"),
+            "{e}"
+        );
         let empty = dir.path().join("empty");
         std::fs::write(&empty, "  \n").unwrap();
         assert!(bearer(&empty).unwrap_err().to_string().contains("empty"));
@@ -351,7 +396,12 @@ mod tests {
         assert!(read_ca(&dir.path().join("x"), true).is_err());
         let junk = dir.path().join("junk");
         std::fs::write(&junk, "not a certificate").unwrap();
-        assert!(read_ca(&junk, true).unwrap_err().to_string().contains("no PEM"));
+        assert!(
+            read_ca(&junk, true)
+                .unwrap_err()
+                .to_string()
+                .contains("no PEM")
+        );
         let ca = rcgen::generate_simple_self_signed(vec!["x".into()]).unwrap();
         let good = dir.path().join("ca.crt");
         std::fs::write(&good, ca.cert.pem()).unwrap();
@@ -367,7 +417,10 @@ mod tests {
         let mut h = reqwest::header::HeaderMap::new();
         h.insert(RETRY_AFTER, HeaderValue::from_static("3"));
         assert_eq!(retry_after(&h), Some(Duration::from_secs(3)));
-        h.insert(RETRY_AFTER, HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"));
+        h.insert(
+            RETRY_AFTER,
+            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
+        );
         assert_eq!(retry_after(&h), None);
     }
 }

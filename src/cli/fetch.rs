@@ -82,7 +82,11 @@ pub fn backoff(attempt: u32, base: Duration, cap: Duration) -> Duration {
 
 /// Runs `attempt` until it succeeds, fails for good, or `deadline` passes; transient
 /// failures are retried with capped exponential backoff (and `Retry-After` for 429).
-pub async fn with_retry<T, F, Fut>(deadline: Instant, total: Duration, mut attempt: F) -> Result<T, FetchError>
+pub async fn with_retry<T, F, Fut>(
+    deadline: Instant,
+    total: Duration,
+    mut attempt: F,
+) -> Result<T, FetchError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, FetchError>>,
@@ -158,14 +162,19 @@ impl Fetcher {
                 ca_path,
                 *ca_explicit,
             )?)),
-            SourceConfig::Local { namespace } => {
-                Ok(Fetcher::Local(LocalClient::in_cluster(namespace.clone()).await?))
-            }
+            SourceConfig::Local { namespace } => Ok(Fetcher::Local(
+                LocalClient::in_cluster(namespace.clone()).await?,
+            )),
         }
     }
 
     /// Fetches one secret, retrying transient failures until `deadline`.
-    pub async fn fetch(&self, id: &SecretId, deadline: Instant, total: Duration) -> Result<SecretData, FetchError> {
+    pub async fn fetch(
+        &self,
+        id: &SecretId,
+        deadline: Instant,
+        total: Duration,
+    ) -> Result<SecretData, FetchError> {
         match self {
             Fetcher::Federated(c) => with_retry(deadline, total, || c.fetch_once(id)).await,
             Fetcher::Local(c) => with_retry(deadline, total, || c.fetch_once(id)).await,
@@ -245,10 +254,14 @@ mod tests {
             Err(FetchError::Unreachable("connection refused".into()))
         })
         .await;
-        assert_eq!(out, Err(FetchError::Unreachable("connection refused".into())));
+        assert_eq!(
+            out,
+            Err(FetchError::Unreachable("connection refused".into()))
+        );
         assert!(Instant::now() - start <= total);
         // A hanging attempt ends at the deadline.
-        let out: Result<(), _> = with_retry(Instant::now() + total, total, || std::future::pending()).await;
+        let out: Result<(), _> =
+            with_retry(Instant::now() + total, total, || std::future::pending()).await;
         assert_eq!(out, Err(FetchError::Timeout(total)));
     }
 }

@@ -28,8 +28,13 @@ pub fn write_if_changed(path: &Path, content: &[u8]) -> std::io::Result<WriteOut
     let parent = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
-        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "no parent directory"))?;
-    DirBuilder::new().recursive(true).mode(0o755).create(parent)?;
+        .ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "no parent directory")
+        })?;
+    DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(parent)?;
     let name = path
         .file_name()
         .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "no file name"))?;
@@ -66,16 +71,29 @@ mod tests {
     fn writes_creates_dirs_and_skips_identical_content() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a/b/secret.yaml");
-        assert_eq!(write_if_changed(&path, b"one").unwrap(), WriteOutcome::Written);
+        assert_eq!(
+            write_if_changed(&path, b"one").unwrap(),
+            WriteOutcome::Written
+        );
         let m1 = std::fs::metadata(&path).unwrap();
         assert_eq!(m1.mode() & 0o777, 0o400);
         assert_eq!(std::fs::read(&path).unwrap(), b"one");
-        assert_eq!(write_if_changed(&path, b"one").unwrap(), WriteOutcome::Unchanged);
+        assert_eq!(
+            write_if_changed(&path, b"one").unwrap(),
+            WriteOutcome::Unchanged
+        );
         let m2 = std::fs::metadata(&path).unwrap();
         assert_eq!((m1.ino(), m1.mtime_nsec()), (m2.ino(), m2.mtime_nsec()));
-        assert_eq!(write_if_changed(&path, b"two").unwrap(), WriteOutcome::Written);
+        assert_eq!(
+            write_if_changed(&path, b"two").unwrap(),
+            WriteOutcome::Written
+        );
         let m3 = std::fs::metadata(&path).unwrap();
-        assert_ne!(m1.ino(), m3.ino(), "replaced by rename, not rewritten in place");
+        assert_ne!(
+            m1.ino(),
+            m3.ino(),
+            "replaced by rename, not rewritten in place"
+        );
         assert_eq!(std::fs::read(&path).unwrap(), b"two");
         assert_eq!(m3.mode() & 0o777, 0o400);
         // No temp files left behind.

@@ -101,7 +101,11 @@ fn pick(id: &SecretId, data: &SecretData, r: &SecretRef) -> Result<SecretValue, 
 
 /// The content of one file: one key's value, or the whole secret (YAML when it has
 /// keys; a store value that is not a JSON object is written as it is).
-pub fn render_file(plan: &Plan, results: &Results, spec: &FileSpec) -> Result<SecretValue, Option<Failure>> {
+pub fn render_file(
+    plan: &Plan,
+    results: &Results,
+    spec: &FileSpec,
+) -> Result<SecretValue, Option<Failure>> {
     let (id, data) = lookup(plan, results, &spec.source.secret)?;
     let with_path = |f: Failure| Failure {
         subject: format!("{} (for {})", f.subject, spec.path.display()),
@@ -134,7 +138,11 @@ pub fn fetch_failures(results: &Results, order: &[SecretId]) -> Vec<Failure> {
 }
 
 /// Everything init mode injects, or every reason it cannot (then nothing is injected).
-pub fn assemble(plan: &Plan, results: &Results, order: &[SecretId]) -> Result<Injection, Vec<Failure>> {
+pub fn assemble(
+    plan: &Plan,
+    results: &Results,
+    order: &[SecretId],
+) -> Result<Injection, Vec<Failure>> {
     let mut failures = fetch_failures(results, order);
     let mut env: Vec<(String, SecretValue)> = Vec::new();
     let explicit: Vec<&str> = plan.env.iter().map(|e| e.var.as_str()).collect();
@@ -255,11 +263,13 @@ mod tests {
             .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
             .collect();
         assert_eq!(back, want);
-        assert!(render_yaml(&SecretData::from_keys(BTreeMap::from([(
-            "bin".to_string(),
-            SecretValue::new(vec![0xff, 0xfe])
-        )])))
-        .is_err());
+        assert!(
+            render_yaml(&SecretData::from_keys(BTreeMap::from([(
+                "bin".to_string(),
+                SecretValue::new(vec![0xff, 0xfe])
+            )])))
+            .is_err()
+        );
     }
 
     #[test]
@@ -273,16 +283,23 @@ mod tests {
         let mut r = Results::new();
         r.insert(
             SecretId::Store("db".into()),
-            Ok(SecretData::from_store_value(r#"{"user-name":"app","password":"from-db"}"#.into())),
+            Ok(SecretData::from_store_value(
+                r#"{"user-name":"app","password":"from-db"}"#.into(),
+            )),
         );
         r.insert(
             SecretId::Store("other".into()),
-            Ok(SecretData::from_store_value(r#"{"pw":"from-other"}"#.into())),
+            Ok(SecretData::from_store_value(
+                r#"{"pw":"from-other"}"#.into(),
+            )),
         );
         let inj = assemble(&p, &r, &p.secrets().unwrap()).unwrap();
         let env = env_of(&inj);
         assert!(env.contains(&("USER_NAME".into(), "app".into())));
-        assert!(env.contains(&("PASSWORD".into(), "from-other".into())), "{env:?}");
+        assert!(
+            env.contains(&("PASSWORD".into(), "from-other".into())),
+            "{env:?}"
+        );
         assert!(!env.contains(&("PASSWORD".into(), "from-db".into())));
         assert!(env.contains(&("RAW".into(), r#"{"pw":"from-other"}"#.into())));
         assert!(env.contains(&("U".into(), "app".into())));
@@ -298,16 +315,37 @@ mod tests {
             "--inject-on-file=/f=ok.also-missing",
         ]);
         let mut r = Results::new();
-        r.insert(SecretId::Store("denied".into()), Err(FetchError::NotFound("not found".into())));
-        r.insert(SecretId::Store("plain".into()), Ok(SecretData::from_store_value("tok".into())));
-        r.insert(SecretId::Store("ok".into()), Ok(SecretData::from_store_value(r#"{"k":"v"}"#.into())));
+        r.insert(
+            SecretId::Store("denied".into()),
+            Err(FetchError::NotFound("not found".into())),
+        );
+        r.insert(
+            SecretId::Store("plain".into()),
+            Ok(SecretData::from_store_value("tok".into())),
+        );
+        r.insert(
+            SecretId::Store("ok".into()),
+            Ok(SecretData::from_store_value(r#"{"k":"v"}"#.into())),
+        );
         let fails = assemble(&p, &r, &p.secrets().unwrap()).unwrap_err();
         let lines: Vec<String> = fails.iter().map(|f| f.to_string()).collect();
         assert_eq!(lines.len(), 4, "{lines:#?}");
         assert!(lines[0].starts_with("secret \"denied\": "), "{lines:#?}");
-        assert!(lines.iter().any(|l| l.contains("\"plain\"") && l.contains("not a JSON object")));
-        assert!(lines.iter().any(|l| l.contains("(for A)") && l.contains("key \"missing\" not found")));
-        assert!(lines.iter().any(|l| l.contains("(for /f)") && l.contains("also-missing")));
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("\"plain\"") && l.contains("not a JSON object"))
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("(for A)") && l.contains("key \"missing\" not found"))
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("(for /f)") && l.contains("also-missing"))
+        );
         for l in &lines {
             assert!(!l.contains("tok") && !l.contains("\"v\""), "{l}");
         }
@@ -323,9 +361,14 @@ mod tests {
         let mut r = Results::new();
         r.insert(
             SecretId::Store("db".into()),
-            Ok(SecretData::from_store_value(r#"{"user":"app","password":"p"}"#.into())),
+            Ok(SecretData::from_store_value(
+                r#"{"user":"app","password":"p"}"#.into(),
+            )),
         );
-        r.insert(SecretId::Store("token".into()), Ok(SecretData::from_store_value("t0k".into())));
+        r.insert(
+            SecretId::Store("token".into()),
+            Ok(SecretData::from_store_value("t0k".into())),
+        );
         let ids = p.secrets().unwrap();
         r.insert(ids[2].clone(), Ok(keys(&[("password", "gen")])));
         let inj = assemble(&p, &r, &ids).unwrap();
@@ -345,7 +388,10 @@ mod tests {
     fn colliding_key_names_keep_the_first() {
         let p = plan(&["--mode=init", "--binary-path=/x", "--external-secrets=s"]);
         let mut r = Results::new();
-        r.insert(SecretId::Store("s".into()), Ok(keys(&[("a-b", "1"), ("a.b", "2")])));
+        r.insert(
+            SecretId::Store("s".into()),
+            Ok(keys(&[("a-b", "1"), ("a.b", "2")])),
+        );
         let inj = assemble(&p, &r, &p.secrets().unwrap()).unwrap();
         assert_eq!(env_of(&inj), vec![("A_B".to_string(), "1".to_string())]);
     }

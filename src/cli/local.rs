@@ -46,12 +46,16 @@ fn classify(err: kube::Error, what: &str) -> FetchError {
             429 => FetchError::RateLimited { retry_after: None },
             c @ 500..=599 => FetchError::Server(c),
             // kube reads a JSON body without a code as code 0.
-            0 => FetchError::Unreachable("the Kubernetes API answered an error without a status".into()),
+            0 => FetchError::Unreachable(
+                "the Kubernetes API answered an error without a status".into(),
+            ),
             c => FetchError::Rejected(c),
         },
         kube::Error::HyperError(e) => FetchError::Unreachable(e.to_string()),
         kube::Error::Service(e) => FetchError::Unreachable(e.to_string()),
-        kube::Error::SerdeError(_) => FetchError::Malformed("the API server's answer did not decode"),
+        kube::Error::SerdeError(_) => {
+            FetchError::Malformed("the API server's answer did not decode")
+        }
         _ => FetchError::Unreachable("the Kubernetes API request failed".into()),
     }
 }
@@ -78,7 +82,9 @@ impl LocalClient {
     /// (`spec.target.name`, else the ExternalSecret's own name).
     pub async fn fetch_once(&self, id: &SecretId) -> Result<SecretData, FetchError> {
         let SecretId::Local(name) = id else {
-            return Err(FetchError::Malformed("a federated secret asked of the cluster"));
+            return Err(FetchError::Malformed(
+                "a federated secret asked of the cluster",
+            ));
         };
         let ns = &self.namespace;
         let es_api: Api<DynamicObject> =
@@ -162,8 +168,10 @@ mod tests {
 
     fn secret(name: &str, data: &[(&str, &str)]) -> Value {
         let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-        let data: serde_json::Map<String, Value> =
-            data.iter().map(|(k, v)| (k.to_string(), json!(b64(v)))).collect();
+        let data: serde_json::Map<String, Value> = data
+            .iter()
+            .map(|(k, v)| (k.to_string(), json!(b64(v))))
+            .collect();
         json!({
             "apiVersion": "v1",
             "kind": "Secret",
@@ -185,16 +193,30 @@ mod tests {
                 200,
                 secret("db-synced", &[("password", "pa55"), ("tls.crt", "CERT")]),
             ),
-            ("/apis/external-secrets.io/v1/namespaces/apps/externalsecrets/plain", 200, es("plain", None)),
-            ("/api/v1/namespaces/apps/secrets/plain", 200, secret("plain", &[("k", "v")])),
+            (
+                "/apis/external-secrets.io/v1/namespaces/apps/externalsecrets/plain",
+                200,
+                es("plain", None),
+            ),
+            (
+                "/api/v1/namespaces/apps/secrets/plain",
+                200,
+                secret("plain", &[("k", "v")]),
+            ),
         ]);
         let local = LocalClient::new(client, "apps".into());
-        let d = local.fetch_once(&SecretId::Local("db".into())).await.unwrap();
+        let d = local
+            .fetch_once(&SecretId::Local("db".into()))
+            .await
+            .unwrap();
         assert_eq!(d.keys["password"].as_str(), Some("pa55"));
         assert_eq!(d.keys["tls.crt"].as_str(), Some("CERT"));
         assert!(d.raw.is_none());
         // Without spec.target.name the Secret has the ExternalSecret's name.
-        let d = local.fetch_once(&SecretId::Local("plain".into())).await.unwrap();
+        let d = local
+            .fetch_once(&SecretId::Local("plain".into()))
+            .await
+            .unwrap();
         assert_eq!(d.keys["k"].as_str(), Some("v"));
         let paths = seen.lock().unwrap().clone();
         assert_eq!(
@@ -212,19 +234,49 @@ mod tests {
     async fn missing_objects_and_refusals_are_named() {
         let forbidden = json!({"kind":"Status","apiVersion":"v1","status":"Failure","reason":"Forbidden","code":403,"message":"secrets is forbidden"});
         let (client, _) = mock(vec![
-            ("/apis/external-secrets.io/v1/namespaces/apps/externalsecrets/unsynced", 200, es("unsynced", None)),
-            ("/apis/external-secrets.io/v1/namespaces/apps/externalsecrets/denied", 200, es("denied", None)),
+            (
+                "/apis/external-secrets.io/v1/namespaces/apps/externalsecrets/unsynced",
+                200,
+                es("unsynced", None),
+            ),
+            (
+                "/apis/external-secrets.io/v1/namespaces/apps/externalsecrets/denied",
+                200,
+                es("denied", None),
+            ),
             ("/api/v1/namespaces/apps/secrets/denied", 403, forbidden),
-            ("/apis/external-secrets.io/v1/namespaces/apps/externalsecrets/broken", 503, json!("upstream down")),
+            (
+                "/apis/external-secrets.io/v1/namespaces/apps/externalsecrets/broken",
+                503,
+                json!("upstream down"),
+            ),
         ]);
         let local = LocalClient::new(client, "apps".into());
-        let e = local.fetch_once(&SecretId::Local("nope".into())).await.unwrap_err();
-        assert_eq!(e, FetchError::NotFound("ExternalSecret apps/nope does not exist".into()));
-        let e = local.fetch_once(&SecretId::Local("unsynced".into())).await.unwrap_err();
-        assert!(e.to_string().contains("Secret apps/unsynced") && e.to_string().contains("synced"), "{e}");
-        let e = local.fetch_once(&SecretId::Local("denied".into())).await.unwrap_err();
+        let e = local
+            .fetch_once(&SecretId::Local("nope".into()))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e,
+            FetchError::NotFound("ExternalSecret apps/nope does not exist".into())
+        );
+        let e = local
+            .fetch_once(&SecretId::Local("unsynced".into()))
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("Secret apps/unsynced") && e.to_string().contains("synced"),
+            "{e}"
+        );
+        let e = local
+            .fetch_once(&SecretId::Local("denied".into()))
+            .await
+            .unwrap_err();
         assert!(matches!(e, FetchError::Forbidden(_)), "{e:?}");
-        let e = local.fetch_once(&SecretId::Local("broken".into())).await.unwrap_err();
+        let e = local
+            .fetch_once(&SecretId::Local("broken".into()))
+            .await
+            .unwrap_err();
         assert!(e.is_transient(), "{e:?}");
     }
 
@@ -234,7 +286,11 @@ mod tests {
         use crate::cli::fetch::Fetcher;
         use clap::Parser;
         let (client, _) = mock(vec![
-            ("/apis/external-secrets.io/v1/namespaces/apps/externalsecrets/db", 200, es("db", Some("db-synced"))),
+            (
+                "/apis/external-secrets.io/v1/namespaces/apps/externalsecrets/db",
+                200,
+                es("db", Some("db-synced")),
+            ),
             (
                 "/api/v1/namespaces/apps/secrets/db-synced",
                 200,
@@ -255,14 +311,19 @@ mod tests {
         .unwrap();
         let fetcher = Fetcher::Local(LocalClient::new(client, "apps".into()));
         let ids = plan.secrets().unwrap();
-        let results = fetcher.fetch_all(&ids, std::time::Duration::from_secs(5)).await;
+        let results = fetcher
+            .fetch_all(&ids, std::time::Duration::from_secs(5))
+            .await;
         let inj = crate::cli::inject::assemble(&plan, &results, &ids).unwrap();
         let env: Vec<(String, Option<String>)> = inj
             .env
             .iter()
             .map(|(k, v)| (k.clone(), v.as_str().map(str::to_string)))
             .collect();
-        assert!(env.contains(&("DB_PASSWORD".into(), Some("pa55".into()))), "{env:?}");
+        assert!(
+            env.contains(&("DB_PASSWORD".into(), Some("pa55".into()))),
+            "{env:?}"
+        );
         assert!(env.contains(&("USER".into(), Some("app".into()))));
         assert!(env.contains(&("LOGIN".into(), Some("app".into()))));
     }

@@ -66,7 +66,10 @@ pub fn main_entry() -> ExitCode {
     init_logging(plan.mode);
     // One crypto provider for every rustls user in the process (reqwest, kube).
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             say(format_args!("cannot start the async runtime: {e}"));
@@ -109,11 +112,16 @@ pub async fn prepare_init(plan: &Plan) -> Result<Injection, ExitCode> {
         say(e);
         ExitCode::from(EXIT_USAGE)
     })?;
-    let fetcher = Fetcher::from_plan(plan).await.map_err(|e| {
-        say(e);
-        ExitCode::from(EXIT_FAILURE)
-    })?;
-    let results = fetcher.fetch_all(&ids, plan.timeout).await;
+    let results = if ids.is_empty() {
+        // Nothing to fetch: no source is needed (nor an in-cluster config).
+        inject::Results::new()
+    } else {
+        let fetcher = Fetcher::from_plan(plan).await.map_err(|e| {
+            say(e);
+            ExitCode::from(EXIT_FAILURE)
+        })?;
+        fetcher.fetch_all(&ids, plan.timeout).await
+    };
     let injection = inject::assemble(plan, &results, &ids).map_err(|failures| {
         for f in &failures {
             say(f);
@@ -159,7 +167,10 @@ fn exec_or_exit(plan: &Plan, inj: Injection) -> ExitCode {
 /// with capped backoff and jitter; end cleanly on SIGTERM or SIGINT.
 pub async fn daemon(plan: &Plan) -> ExitCode {
     use tokio::signal::unix::{SignalKind, signal};
-    let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    let (mut term, mut int) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(t), Ok(i)) => (t, i),
         _ => {
             say("cannot install signal handlers");
@@ -195,7 +206,10 @@ pub async fn daemon(plan: &Plan) -> ExitCode {
             let cap = plan.refresh.max(Duration::from_secs(1));
             let wait = fetch::backoff(failed_rounds, Duration::from_secs(1), cap);
             failed_rounds = failed_rounds.saturating_add(1);
-            tracing::warn!(retry_in_ms = wait.as_millis() as u64, "refresh incomplete; files kept as they were");
+            tracing::warn!(
+                retry_in_ms = wait.as_millis() as u64,
+                "refresh incomplete; files kept as they were"
+            );
             wait
         };
         tokio::select! {
