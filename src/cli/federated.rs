@@ -41,12 +41,12 @@ impl std::fmt::Debug for FederatedClient {
     }
 }
 
+/// The CA file's PEM text (sent as `ca.crt`) and its certificates (trusted for TLS).
+type CaBundle = (Vec<u8>, Vec<CertificateDer<'static>>);
+
 /// Reads the CA bundle: `None` when the default path is absent (outside a Pod), an
 /// error when a named file is missing or holds no certificate.
-fn read_ca(
-    path: &Path,
-    explicit: bool,
-) -> Result<Option<(Vec<u8>, Vec<CertificateDer<'static>>)>, SetupError> {
+fn read_ca(path: &Path, explicit: bool) -> Result<Option<CaBundle>, SetupError> {
     let err = |reason: String| SetupError::Ca {
         path: path.display().to_string(),
         reason,

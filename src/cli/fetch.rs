@@ -261,7 +261,7 @@ mod tests {
         assert!(Instant::now() - start <= total);
         // A hanging attempt ends at the deadline.
         let out: Result<(), _> =
-            with_retry(Instant::now() + total, total, || std::future::pending()).await;
+            with_retry(Instant::now() + total, total, std::future::pending).await;
         assert_eq!(out, Err(FetchError::Timeout(total)));
     }
 }
