@@ -8,6 +8,7 @@
 pub mod api;
 pub mod authn;
 pub mod authz;
+pub mod cli;
 pub mod config;
 pub mod generators;
 pub mod ledger;
