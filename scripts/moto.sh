@@ -7,14 +7,14 @@
 #
 # moto checks SigV4 signatures and IAM policies only after its first
 # INITIAL_NO_AUTH_ACTION_COUNT actions: exactly that many setup calls (create a user,
-# give it a policy, create its access key) run unchecked, and every later call must be
+# give it a policy, create its access key, and a role it may assume) run unchecked, and every later call must be
 # signed with that key, so a wrong signature fails. moto comes from PyPI (pinned), into a
 # virtualenv under target/test-backends when the one on PATH is missing or another version.
 set -euo pipefail
 
 MOTO_VERSION="5.2.5"
-# CreateUser, PutUserPolicy, CreateAccessKey.
-SETUP_ACTIONS=3
+# CreateUser, PutUserPolicy, CreateAccessKey, CreateRole, PutRolePolicy.
+SETUP_ACTIONS=5
 REGION="us-east-1"
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -115,12 +115,20 @@ iam.put_user_policy(UserName="esi-test", PolicyName="esi-test-all", PolicyDocume
     "Statement": [{"Effect": "Allow", "Action": ["sts:*", "ecr:*", "ecr-public:*", "iam:*"], "Resource": "*"}],
 }))
 key = iam.create_access_key(UserName="esi-test")["AccessKey"]
-print(key["AccessKeyId"], key["SecretAccessKey"])
+role = iam.create_role(RoleName="esi-test-role", AssumeRolePolicyDocument=json.dumps({
+    "Version": "2012-10-17",
+    "Statement": [{"Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "sts:AssumeRole"}],
+}))["Role"]
+iam.put_role_policy(RoleName="esi-test-role", PolicyName="esi-test-role-all", PolicyDocument=json.dumps({
+    "Version": "2012-10-17",
+    "Statement": [{"Effect": "Allow", "Action": ["sts:*", "ecr:*"], "Resource": "*"}],
+}))
+print(key["AccessKeyId"], key["SecretAccessKey"], role["Arn"])
 PY
 )" || die "creating the IAM user and access key failed"
-    local key_id secret
-    read -r key_id secret <<<"${creds}"
-    [[ -n "${key_id}" && -n "${secret}" ]] || die "no access key was created"
+    local key_id secret role_arn
+    read -r key_id secret role_arn <<<"${creds}"
+    [[ -n "${key_id}" && -n "${secret}" && -n "${role_arn}" ]] || die "no access key or role was created"
 
     umask 077
     cat >"${ENV_FILE}" <<EOF
@@ -128,6 +136,7 @@ export ESI_TEST_MOTO_ENDPOINT=${endpoint}
 export ESI_TEST_MOTO_REGION=${REGION}
 export ESI_TEST_MOTO_ACCESS_KEY_ID=${key_id}
 export ESI_TEST_MOTO_SECRET_ACCESS_KEY=${secret}
+export ESI_TEST_MOTO_ROLE_ARN=${role_arn}
 EOF
 }
 
