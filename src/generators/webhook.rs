@@ -598,8 +598,7 @@ mod tests {
             Err(TemplateError::Unclosed)
         );
         let parts = parse_template("q={{ .a.b }}").unwrap();
-        let out: Result<String, ()> =
-            render(&parts, |_, _| Ok("a b&c".to_string()), |v| query_escape(v));
+        let out: Result<String, ()> = render(&parts, |_, _| Ok("a b&c".to_string()), query_escape);
         assert_eq!(out.unwrap(), "q=a+b%26c");
     }
 
