@@ -7,12 +7,16 @@
 //! same generator needs later to revoke it, with its expiry. The caller records that
 //! state in the ledger (`crate::ledger`) before handing the data out.
 
+mod aws;
 mod cluster;
+mod ecr;
 mod fake;
 mod password;
 mod sshkey;
+mod sts;
 mod uuid;
 mod vault_dynamic;
+mod webhook;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -27,11 +31,14 @@ use crate::metrics::METRICS;
 use crate::providers::{ProviderError, ProviderSettings};
 
 pub use cluster::ClusterGenerator;
+pub use ecr::EcrAuthorizationTokenGenerator;
 pub use fake::FakeGenerator;
 pub use password::PasswordGenerator;
 pub use sshkey::SshKeyGenerator;
+pub use sts::StsSessionTokenGenerator;
 pub use uuid::UuidGenerator;
 pub use vault_dynamic::VaultDynamicSecretGenerator;
+pub use webhook::WebhookGenerator;
 
 /// What a generation is for: the verified workload that will hold the credential.
 /// Generators that bind credentials to a workload (session names, webhook bodies) read
@@ -201,12 +208,15 @@ pub enum GeneratorConfigError {
 }
 
 /// The kinds this build serves, namespaced ones first.
-const KINDS: [&str; 6] = [
+const KINDS: [&str; 9] = [
     "Fake",
     "Password",
     "UUID",
     "SSHKey",
     "VaultDynamicSecret",
+    "STSSessionToken",
+    "ECRAuthorizationToken",
+    "Webhook",
     "ClusterGenerator",
 ];
 
@@ -313,6 +323,13 @@ pub(crate) fn build(
         "VaultDynamicSecret" => Arc::new(Metered::new(VaultDynamicSecretGenerator::from_spec(
             ctx, spec,
         )?)),
+        "STSSessionToken" => Arc::new(Metered::new(StsSessionTokenGenerator::from_spec(
+            ctx, spec,
+        )?)),
+        "ECRAuthorizationToken" => Arc::new(Metered::new(
+            EcrAuthorizationTokenGenerator::from_spec(ctx, spec)?,
+        )),
+        "Webhook" => Arc::new(Metered::new(WebhookGenerator::from_spec(ctx, spec)?)),
         CLUSTER_GENERATOR => Arc::new(ClusterGenerator::from_spec(ctx, spec)?),
         other => {
             return Err(GeneratorConfigError::UnknownKind {
@@ -414,11 +431,14 @@ mod tests {
         assert!(is_cluster_scoped("ClusterGenerator"));
         assert!(!is_cluster_scoped("Password"));
         assert!(!is_generator_kind("password"));
-        assert!(!is_generator_kind("Webhook"));
+        for kind in ["STSSessionToken", "ECRAuthorizationToken", "Webhook"] {
+            assert!(is_generator_kind(kind));
+        }
+        assert!(!is_generator_kind("GCRAccessToken"));
         assert_eq!(
-            build("Webhook", json!({})).err(),
+            build("GCRAccessToken", json!({})).err(),
             Some(GeneratorConfigError::UnknownKind {
-                kind: "Webhook".into()
+                kind: "GCRAccessToken".into()
             })
         );
     }

@@ -9,7 +9,7 @@
 mod fake;
 mod metered;
 pub mod property;
-mod tls;
+pub(crate) mod tls;
 pub(crate) mod vault;
 
 use std::collections::BTreeMap;
