@@ -130,6 +130,23 @@ PY
     read -r key_id secret role_arn <<<"${creds}"
     [[ -n "${key_id}" && -n "${secret}" && -n "${role_arn}" ]] || die "no access key or role was created"
 
+    # From now on every action must be signed with a known key: reset moto's counter to 0
+    # (its own admin endpoint), then prove it by a call signed with a wrong key.
+    "${py}" -c 'import sys, urllib.request; urllib.request.urlopen(urllib.request.Request(sys.argv[1] + "/moto-api/reset-auth", data=b"0", method="POST", headers={"Content-Type": "text/plain"}), timeout=5)' \
+        "${endpoint}" >>"${LOG}" 2>&1 || die "cannot switch moto's signature checks on"
+    "${py}" - "${endpoint}" "${REGION}" "${key_id}" <<'PY' >>"${LOG}" 2>&1 || die "moto accepted a wrongly signed call: signature checks are off"
+import sys
+import boto3, botocore.exceptions
+endpoint, region, key_id = sys.argv[1:4]
+sts = boto3.client("sts", endpoint_url=endpoint, region_name=region,
+                   aws_access_key_id=key_id, aws_secret_access_key="wrong-secret")
+try:
+    sts.get_caller_identity()
+except botocore.exceptions.ClientError:
+    sys.exit(0)
+sys.exit(1)
+PY
+
     umask 077
     cat >"${ENV_FILE}" <<EOF
 export ESI_TEST_MOTO_ENDPOINT=${endpoint}
