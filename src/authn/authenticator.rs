@@ -286,12 +286,7 @@ impl Authenticator {
                 continue;
             }
             if usable.any(|k| t.verify_signature(k)) {
-                match t.check_claims(
-                    &st.fed,
-                    now,
-                    s.leeway_secs,
-                    s.max_token_lifetime.as_secs(),
-                ) {
+                match t.check_claims(&st.fed, now, s.leeway_secs, s.max_token_lifetime.as_secs()) {
                     Ok(identity) => return Ok((identity, ks.generation)),
                     Err(e) => note(e, name),
                 }

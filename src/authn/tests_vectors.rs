@@ -92,7 +92,10 @@ async fn multi_year_vectors_exceed_the_default_lifetime_cap() {
             Err(AuthnError::LifetimeTooLong),
             "{dir}"
         );
-        assert!(run(dir, "token.jwt", &aud, K8S, clock).await.is_ok(), "{dir}");
+        assert!(
+            run(dir, "token.jwt", &aud, K8S, clock).await.is_ok(),
+            "{dir}"
+        );
     }
 }
 
