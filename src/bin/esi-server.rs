@@ -115,7 +115,7 @@ struct ServeArgs {
     /// Time a client has to send its request headers (slow-client defence).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     header_read_timeout: Duration,
-    /// Largest request head (HTTP/1 buffer; HTTP/2 header list), in bytes.
+    /// Largest HTTP/2 header list, in bytes.
     #[arg(long, default_value_t = 64 * 1024)]
     max_header_bytes: u32,
     /// Concurrent HTTP/2 streams per connection.
@@ -378,8 +378,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
         builder
             .http1()
             .timer(timer.clone())
-            .header_read_timeout(args.header_read_timeout)
-            .max_buf_size((args.max_header_bytes as usize).max(8192));
+            .header_read_timeout(args.header_read_timeout);
+        // HTTP/1 heads stay within hyper's read buffer (about 400 KiB, its default): a smaller
+        // buffer would cut off clients whose early-refused body (413) is still in flight.
         builder
             .http2()
             .timer(timer)
