@@ -992,6 +992,9 @@ stringData: {{token: "{root}"}}
     for v in &values {
         needles.push(v.clone());
         needles.push(b64(v));
+        // As it would appear inside a JSON log line (escaped).
+        let escaped = serde_json::to_string(v).unwrap();
+        needles.push(escaped[1..escaped.len() - 1].to_string());
     }
     for t in [&app, &app_es, &intruder, &forged, &workload] {
         needles.push(t.clone());
