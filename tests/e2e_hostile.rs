@@ -92,7 +92,10 @@ spec: {length: 24}
 /// The usual setup: federation `alpha` (rsa-1, ec-1 at `issuer`), `monitoring:app` allowed.
 fn setup(issuer: &Issuer) -> Vec<(&'static str, String)> {
     vec![
-        ("federation.yaml", federation_yaml("alpha", &issuer.url, ISS, "")),
+        (
+            "federation.yaml",
+            federation_yaml("alpha", &issuer.url, ISS, ""),
+        ),
         (
             "authorization.yaml",
             authorization(
@@ -184,9 +187,16 @@ async fn crafted_tokens_are_rejected_without_flooding_the_issuer() {
     );
     let good = mint("rsa-1", &app_claims(), None);
     let (status, text) = server
-        .post("/secretstore/fake-store/secrets/other", Some(&good), body(&issuer))
+        .post(
+            "/secretstore/fake-store/secrets/other",
+            Some(&good),
+            body(&issuer),
+        )
         .await;
-    assert_eq!((status, text.as_str()), (200, format!("\"{FAKE_OTHER}\"").as_str()));
+    assert_eq!(
+        (status, text.as_str()),
+        (200, format!("\"{FAKE_OTHER}\"").as_str())
+    );
     let hits_before = issuer.jwks_hits();
     assert_eq!(hits_before, 1);
 
@@ -224,11 +234,12 @@ async fn crafted_tokens_are_rejected_without_flooding_the_issuer() {
     let parts: Vec<&str> = good.split('.').collect();
     let other_sa = mint("rsa-1", &sa_claims(ISS, AUD, "monitoring", "other"), None);
     let other_parts: Vec<&str> = other_sa.split('.').collect();
-    let tampered_claims = enc(
-        claims_with(|c| c["sub"] = json!("system:serviceaccount:kube-system:admin"))
-            .to_string()
-            .as_bytes(),
-    );
+    let tampered_claims =
+        enc(
+            claims_with(|c| c["sub"] = json!("system:serviceaccount:kube-system:admin"))
+                .to_string()
+                .as_bytes(),
+        );
     let mut tampered_sig = parts[2].to_string();
     let last = tampered_sig.pop().unwrap();
     tampered_sig.push(if last == 'A' { 'B' } else { 'A' });
@@ -245,8 +256,14 @@ async fn crafted_tokens_are_rejected_without_flooding_the_issuer() {
         ("alg none, empty signature", unsigned("none", "")),
         ("alg none with a signature", unsigned("none", parts[2])),
         ("alg None (case)", unsigned("None", parts[2])),
-        ("HS256 keyed with the public JWKS", hmac(Algorithm::HS256, "HS256")),
-        ("HS512 keyed with the public JWKS", hmac(Algorithm::HS512, "HS512")),
+        (
+            "HS256 keyed with the public JWKS",
+            hmac(Algorithm::HS256, "HS256"),
+        ),
+        (
+            "HS512 keyed with the public JWKS",
+            hmac(Algorithm::HS512, "HS512"),
+        ),
         ("unknown alg RS1", unsigned("RS1", parts[2])),
         ("EdDSA", unsigned("EdDSA", parts[2])),
         (
@@ -261,7 +278,10 @@ async fn crafted_tokens_are_rejected_without_flooding_the_issuer() {
                 "rsa-1",
             ),
         ),
-        ("crit header", sign(rs(json!({"crit": ["exp"]})), &c, "rsa-1")),
+        (
+            "crit header",
+            sign(rs(json!({"crit": ["exp"]})), &c, "rsa-1"),
+        ),
         (
             "jku to the attacker's keys",
             sign(
@@ -284,7 +304,11 @@ async fn crafted_tokens_are_rejected_without_flooding_the_issuer() {
         ),
         (
             "x5c header with junk",
-            sign(rs(json!({"x5c": ["MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8A"]})), &c, "rsa-2"),
+            sign(
+                rs(json!({"x5c": ["MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8A"]})),
+                &c,
+                "rsa-2",
+            ),
         ),
         (
             "unknown RSA key claiming a known kid",
@@ -307,15 +331,25 @@ async fn crafted_tokens_are_rejected_without_flooding_the_issuer() {
             "header alg changed after signing",
             format!(
                 "{}.{}.{}",
-                enc(json!({"alg": "RS384", "kid": k_rsa1}).to_string().as_bytes()),
+                enc(json!({"alg": "RS384", "kid": k_rsa1})
+                    .to_string()
+                    .as_bytes()),
                 parts[1],
                 parts[2]
             ),
         ),
-        ("one signature character changed", format!("{}.{}.{tampered_sig}", parts[0], parts[1])),
+        (
+            "one signature character changed",
+            format!("{}.{}.{tampered_sig}", parts[0], parts[1]),
+        ),
         (
             "truncated signature",
-            format!("{}.{}.{}", parts[0], parts[1], &parts[2][..parts[2].len() / 2]),
+            format!(
+                "{}.{}.{}",
+                parts[0],
+                parts[1],
+                &parts[2][..parts[2].len() / 2]
+            ),
         ),
         (
             "expired",
@@ -329,15 +363,41 @@ async fn crafted_tokens_are_rejected_without_flooding_the_issuer() {
                 None,
             ),
         ),
-        ("nbf in the future", mint("rsa-1", &claims_with(|c| c["nbf"] = json!(now + 3600)), None)),
-        ("iat in the future", mint("rsa-1", &claims_with(|c| c["iat"] = json!(now + 3600)), None)),
+        (
+            "nbf in the future",
+            mint(
+                "rsa-1",
+                &claims_with(|c| c["nbf"] = json!(now + 3600)),
+                None,
+            ),
+        ),
+        (
+            "iat in the future",
+            mint(
+                "rsa-1",
+                &claims_with(|c| c["iat"] = json!(now + 3600)),
+                None,
+            ),
+        ),
         (
             "no exp",
-            mint("rsa-1", &claims_with(|c| { c.as_object_mut().unwrap().remove("exp"); }), None),
+            mint(
+                "rsa-1",
+                &claims_with(|c| {
+                    c.as_object_mut().unwrap().remove("exp");
+                }),
+                None,
+            ),
         ),
         (
             "no iat",
-            mint("rsa-1", &claims_with(|c| { c.as_object_mut().unwrap().remove("iat"); }), None),
+            mint(
+                "rsa-1",
+                &claims_with(|c| {
+                    c.as_object_mut().unwrap().remove("iat");
+                }),
+                None,
+            ),
         ),
         (
             "lifetime of two years",
@@ -352,16 +412,44 @@ async fn crafted_tokens_are_rejected_without_flooding_the_issuer() {
         ),
         (
             "no iss",
-            mint("rsa-1", &claims_with(|c| { c.as_object_mut().unwrap().remove("iss"); }), None),
+            mint(
+                "rsa-1",
+                &claims_with(|c| {
+                    c.as_object_mut().unwrap().remove("iss");
+                }),
+                None,
+            ),
         ),
-        ("iss is a number", mint("rsa-1", &claims_with(|c| c["iss"] = json!(42)), None)),
-        ("iss is an array", mint("rsa-1", &claims_with(|c| c["iss"] = json!([ISS])), None)),
-        ("another issuer", mint("rsa-1", &claims_with(|c| c["iss"] = json!("https://evil.example")), None)),
+        (
+            "iss is a number",
+            mint("rsa-1", &claims_with(|c| c["iss"] = json!(42)), None),
+        ),
+        (
+            "iss is an array",
+            mint("rsa-1", &claims_with(|c| c["iss"] = json!([ISS])), None),
+        ),
+        (
+            "another issuer",
+            mint(
+                "rsa-1",
+                &claims_with(|c| c["iss"] = json!("https://evil.example")),
+                None,
+            ),
+        ),
         (
             "no sub",
-            mint("rsa-1", &claims_with(|c| { c.as_object_mut().unwrap().remove("sub"); }), None),
+            mint(
+                "rsa-1",
+                &claims_with(|c| {
+                    c.as_object_mut().unwrap().remove("sub");
+                }),
+                None,
+            ),
         ),
-        ("sub is an object", mint("rsa-1", &claims_with(|c| c["sub"] = json!({"x": 1})), None)),
+        (
+            "sub is an object",
+            mint("rsa-1", &claims_with(|c| c["sub"] = json!({"x": 1})), None),
+        ),
         (
             "sub disagrees with kubernetes.io",
             mint(
@@ -370,36 +458,85 @@ async fn crafted_tokens_are_rejected_without_flooding_the_issuer() {
                 None,
             ),
         ),
-        ("kubernetes.io not an object", mint("rsa-1", &claims_with(|c| c["kubernetes.io"] = json!("monitoring")), None)),
+        (
+            "kubernetes.io not an object",
+            mint(
+                "rsa-1",
+                &claims_with(|c| c["kubernetes.io"] = json!("monitoring")),
+                None,
+            ),
+        ),
         (
             "no aud",
-            mint("rsa-1", &claims_with(|c| { c.as_object_mut().unwrap().remove("aud"); }), None),
+            mint(
+                "rsa-1",
+                &claims_with(|c| {
+                    c.as_object_mut().unwrap().remove("aud");
+                }),
+                None,
+            ),
         ),
-        ("wrong aud", mint("rsa-1", &claims_with(|c| c["aud"] = json!(["https://other"])), None)),
-        ("aud with a number", mint("rsa-1", &claims_with(|c| c["aud"] = json!([7])), None)),
-        ("legacy secret-based token (not opted in)", mint("rsa-1", &legacy, None)),
+        (
+            "wrong aud",
+            mint(
+                "rsa-1",
+                &claims_with(|c| c["aud"] = json!(["https://other"])),
+                None,
+            ),
+        ),
+        (
+            "aud with a number",
+            mint("rsa-1", &claims_with(|c| c["aud"] = json!([7])), None),
+        ),
+        (
+            "legacy secret-based token (not opted in)",
+            mint("rsa-1", &legacy, None),
+        ),
         (
             "duplicate sub member",
             sign_raw(
                 &json!({"alg": "RS256", "kid": k_rsa1}).to_string(),
-                &c_text.replacen('{', "{\"sub\":\"system:serviceaccount:kube-system:admin\",", 1),
+                &c_text.replacen(
+                    '{',
+                    "{\"sub\":\"system:serviceaccount:kube-system:admin\",",
+                    1,
+                ),
                 "rsa-1",
             ),
         ),
-        ("claims are an array", sign_raw(&rs(json!({})).to_string(), "[1,2]", "rsa-1")),
-        ("header not JSON", format!("{}.{}.{}", enc(b"alg=RS256"), parts[1], parts[2])),
-        ("malformed base64", format!("{}.{}!!.{}", parts[0], parts[1], parts[2])),
-        ("padded base64", format!("{}=.{}.{}", parts[0], parts[1], parts[2])),
+        (
+            "claims are an array",
+            sign_raw(&rs(json!({})).to_string(), "[1,2]", "rsa-1"),
+        ),
+        (
+            "header not JSON",
+            format!("{}.{}.{}", enc(b"alg=RS256"), parts[1], parts[2]),
+        ),
+        (
+            "malformed base64",
+            format!("{}.{}!!.{}", parts[0], parts[1], parts[2]),
+        ),
+        (
+            "padded base64",
+            format!("{}=.{}.{}", parts[0], parts[1], parts[2]),
+        ),
         ("two segments", format!("{}.{}", parts[0], parts[1])),
         ("four segments", format!("{good}.{}", parts[2])),
-        ("five segments (JWE shape)", format!("{}.{}.{}.{}.{}", parts[0], "", parts[1], "", parts[2])),
+        (
+            "five segments (JWE shape)",
+            format!("{}.{}.{}.{}.{}", parts[0], "", parts[1], "", parts[2]),
+        ),
         ("empty segments", "..".to_string()),
         ("not a JWT", "hello".to_string()),
     ];
     assert!(cases.len() >= 30, "{}", cases.len());
     for (name, token) in &cases {
         let (status, text) = server
-            .post("/secretstore/fake-store/secrets/other", Some(token), body(&issuer))
+            .post(
+                "/secretstore/fake-store/secrets/other",
+                Some(token),
+                body(&issuer),
+            )
             .await;
         assert_eq!(status, 401, "{name}: {text}");
         assert!(!text.contains(FAKE_OTHER), "{name}: {text}");
@@ -410,7 +547,11 @@ async fn crafted_tokens_are_rejected_without_flooding_the_issuer() {
     // Oversized: 413 before any parsing.
     let big = format!("{}.{}.{}", parts[0], "A".repeat(20_000), parts[2]);
     let (status, _) = server
-        .post("/secretstore/fake-store/secrets/other", Some(&big), body(&issuer))
+        .post(
+            "/secretstore/fake-store/secrets/other",
+            Some(&big),
+            body(&issuer),
+        )
         .await;
     assert_eq!(status, 413);
     // Bearer syntax.
@@ -583,7 +724,12 @@ impl Hostile {
 fn token_for(federation: &str, key: &str, kid: Option<&str>, sa: &str) -> String {
     mint(
         key,
-        &sa_claims(&format!("https://{federation}.example"), AUD, "monitoring", sa),
+        &sa_claims(
+            &format!("https://{federation}.example"),
+            AUD,
+            "monitoring",
+            sa,
+        ),
         kid,
     )
 }
@@ -622,7 +768,10 @@ async fn hostile_and_broken_issuers() {
         ("redirect.yaml", redirecting.federation("redirect")),
         ("impostor.yaml", impostor.federation("impostor")),
         ("rotating.yaml", rotating.federation("rotating")),
-        ("down.yaml", federation_yaml("down", &down_url, "https://down.example", "")),
+        (
+            "down.yaml",
+            federation_yaml("down", &down_url, "https://down.example", ""),
+        ),
         ("store.yaml", fake_store()),
     ];
     let server = Server::start_with_args(&manifests, &[], &["--jwks-min-refresh-interval", "1s"]);
@@ -630,7 +779,11 @@ async fn hostile_and_broken_issuers() {
         let server = &server;
         async move {
             server
-                .post("/secretstore/fake-store/secrets/other", Some(&token), json!({}))
+                .post(
+                    "/secretstore/fake-store/secrets/other",
+                    Some(&token),
+                    json!({}),
+                )
                 .await
         }
     };
@@ -639,7 +792,11 @@ async fn hostile_and_broken_issuers() {
     let start = Instant::now();
     let (status, _) = post(token_for("slow", "rsa-1", None, "app")).await;
     assert_eq!(status, 401);
-    assert!(start.elapsed() < Duration::from_secs(8), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        start.elapsed()
+    );
     // Huge body, too many keys, redirect, impostor issuer, down: keys unavailable → 401.
     for fed in ["huge", "redirect", "impostor", "down"] {
         let (status, text) = post(token_for(fed, "rsa-1", None, "app")).await;
@@ -656,10 +813,16 @@ async fn hostile_and_broken_issuers() {
         for fed in ["huge", "redirect"] {
             assert_eq!(post(token_for(fed, "rsa-1", None, "app")).await.0, 401);
         }
-        assert_eq!(post(token_for("many", "rsa-1", Some("k1"), "app")).await.0, 401);
+        assert_eq!(
+            post(token_for("many", "rsa-1", Some("k1"), "app")).await.0,
+            401
+        );
     }
     let after = (huge.hits(), too_many.hits(), redirecting.hits());
-    assert!(after.0 <= before.0 + 1 && after.1 <= before.1 + 1 && after.2 <= before.2 + 1, "{before:?} → {after:?}");
+    assert!(
+        after.0 <= before.0 + 1 && after.1 <= before.1 + 1 && after.2 <= before.2 + 1,
+        "{before:?} → {after:?}"
+    );
 
     // Rotation: rsa-1 works (404: authenticated, nothing allowed), then the issuer rotates
     // to rsa-2; rsa-2's new kid is fetched on first sight, rsa-1 tokens stop working.
@@ -719,10 +882,14 @@ async fn rate_limits_answer_429_with_retry_after() {
     assert_eq!(status, 401);
     let (status, _) = server.post(path, Some("garbage"), body(&issuer)).await;
     assert_eq!(status, 401);
-    let (status, text, headers) = post_with(&server, "/v1/secretstore/fake-store/get", &[], json!({})).await;
+    let (status, text, headers) =
+        post_with(&server, "/v1/secretstore/fake-store/get", &[], json!({})).await;
     assert_eq!(status, 429, "{text}");
     assert!(headers.contains_key("retry-after"));
-    assert_eq!(headers.get("content-type").unwrap(), "application/problem+json");
+    assert_eq!(
+        headers.get("content-type").unwrap(),
+        "application/problem+json"
+    );
     // Health probes are never rate limited.
     assert_eq!(server.get("/healthz").await.0, 200);
     // The budget comes back.
@@ -749,11 +916,8 @@ fn raw_tls(server: &Server) -> rustls::StreamOwned<rustls::ClientConnection, std
     let addr = server.url.trim_start_matches("https://");
     let tcp = std::net::TcpStream::connect(addr).unwrap();
     tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let conn = rustls::ClientConnection::new(
-        Arc::new(config),
-        "127.0.0.1".try_into().unwrap(),
-    )
-    .unwrap();
+    let conn =
+        rustls::ClientConnection::new(Arc::new(config), "127.0.0.1".try_into().unwrap()).unwrap();
     rustls::StreamOwned::new(conn, tcp)
 }
 
@@ -777,15 +941,22 @@ async fn slow_clients_and_overload() {
     let mut raw = raw_tls(&server);
     let start = Instant::now();
     let slow = tokio::task::spawn_blocking(move || {
-        raw.write_all(b"POST /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ").unwrap();
+        raw.write_all(b"POST /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            .unwrap();
         raw.flush().unwrap();
         let mut buf = Vec::new();
         let r = raw.read_to_end(&mut buf);
-        (r.is_ok() || buf.is_empty(), String::from_utf8_lossy(&buf).into_owned())
+        (
+            r.is_ok() || buf.is_empty(),
+            String::from_utf8_lossy(&buf).into_owned(),
+        )
     });
     let (_, text) = slow.await.unwrap();
     let took = start.elapsed();
-    assert!(took < Duration::from_secs(6), "slow client held the connection {took:?}");
+    assert!(
+        took < Duration::from_secs(6),
+        "slow client held the connection {took:?}"
+    );
     assert!(!text.contains("200 OK"), "{text}");
 
     // A slow body holds the only request slot: others are shed (503 + Retry-After), and the
@@ -816,7 +987,11 @@ async fn slow_clients_and_overload() {
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
     // The slot is free again.
     let (status, _) = server
-        .post("/secretstore/fake-store/secrets/other", Some(&good), body(&issuer))
+        .post(
+            "/secretstore/fake-store/secrets/other",
+            Some(&good),
+            body(&issuer),
+        )
         .await;
     assert_eq!(status, 200);
 }
@@ -840,7 +1015,10 @@ async fn mtls_required_rejects_clients_without_a_certificate() {
         .get(format!("{}/healthz", server.url))
         .send()
         .await;
-    assert!(err.is_err(), "request without a client certificate succeeded");
+    assert!(
+        err.is_err(),
+        "request without a client certificate succeeded"
+    );
     // A certificate from another CA fails too.
     let stranger = test_ca();
     let ca = std::fs::read(server.manifests.parent().unwrap().join("data/tls/ca.crt")).unwrap();
@@ -871,11 +1049,19 @@ async fn mtls_required_rejects_clients_without_a_certificate() {
             .unwrap()
     };
     let bad = with_cert(&stranger, &stranger);
-    assert!(bad.get(format!("{}/healthz", server.url)).send().await.is_err());
+    assert!(
+        bad.get(format!("{}/healthz", server.url))
+            .send()
+            .await
+            .is_err()
+    );
     // A certificate from the client CA: served.
     let good_client = with_cert(&client_ca, &client_ca);
     let resp = good_client
-        .post(format!("{}/secretstore/fake-store/secrets/other", server.url))
+        .post(format!(
+            "{}/secretstore/fake-store/secrets/other",
+            server.url
+        ))
         .bearer_auth(mint("rsa-1", &app_claims(), None))
         .json(&body(&issuer))
         .send()
@@ -893,7 +1079,14 @@ async fn debug_logs_and_audit_hold_no_secret_or_token() {
     let mut manifests = setup(&issuer);
     let vault = openbao();
     if let Some((addr, root)) = &vault {
-        vault_put(addr, root, "secret", "hostile/db", json!({"password": VAULT_VALUE})).await;
+        vault_put(
+            addr,
+            root,
+            "secret",
+            "hostile/db",
+            json!({"password": VAULT_VALUE}),
+        )
+        .await;
         manifests.push((
             "vault.yaml",
             format!(
@@ -917,14 +1110,15 @@ stringData: {{token: "{root}"}}
             ),
         ));
     }
-    let server = Server::start_with_args(
-        &manifests,
-        &[],
-        &["--audit-log", audit.to_str().unwrap()],
-    );
+    let server =
+        Server::start_with_args(&manifests, &[], &["--audit-log", audit.to_str().unwrap()]);
     let app = mint("rsa-1", &app_claims(), None);
     let app_es = mint("ec-1", &app_claims(), None);
-    let intruder = mint("rsa-1", &sa_claims(ISS, AUD, "monitoring", "intruder"), None);
+    let intruder = mint(
+        "rsa-1",
+        &sa_claims(ISS, AUD, "monitoring", "intruder"),
+        None,
+    );
     let forged = mint("rsa-2", &app_claims(), Some(&kid("rsa-1")));
     let workload = mint("ec-1", &sa_claims(ISS, AUD, "monitoring", "workload"), None);
     let b = body(&issuer);
@@ -932,40 +1126,81 @@ stringData: {{token: "{root}"}}
     let mut values: Vec<String> = vec![FAKE_PASS.into(), FAKE_OTHER.into()];
 
     // Allowed reads (ESE and /v1), with and without a workload token.
-    let (s, t) = server.post("/secretstore/fake-store/secrets/db-credentials", Some(&app), b.clone()).await;
+    let (s, t) = server
+        .post(
+            "/secretstore/fake-store/secrets/db-credentials",
+            Some(&app),
+            b.clone(),
+        )
+        .await;
     assert_eq!(s, 200, "{t}");
     assert!(t.contains(FAKE_PASS));
     let (s, t, _) = post_with(
         &server,
         "/secretstore/fake-store/secrets/other",
-        &[("authorization", &format!("Bearer {app_es}")), ("x-workload-token", &workload)],
+        &[
+            ("authorization", &format!("Bearer {app_es}")),
+            ("x-workload-token", &workload),
+        ],
         b.clone(),
     )
     .await;
     assert_eq!(s, 200, "{t}");
     let (s, t) = server
-        .post("/v1/secretstore/fake-store/get", Some(&app), json!({"ca.crt": ca, "remoteRef": {"key": "db-credentials", "property": "password"}}))
+        .post(
+            "/v1/secretstore/fake-store/get",
+            Some(&app),
+            json!({"ca.crt": ca, "remoteRef": {"key": "db-credentials", "property": "password"}}),
+        )
         .await;
     assert_eq!(s, 200, "{t}");
     let (s, t) = server
-        .post("/v1/secretstore/fake-store/extract", Some(&app), json!({"ca.crt": ca, "remoteRef": {"key": "db-credentials"}}))
+        .post(
+            "/v1/secretstore/fake-store/extract",
+            Some(&app),
+            json!({"ca.crt": ca, "remoteRef": {"key": "db-credentials"}}),
+        )
         .await;
     assert_eq!(s, 200, "{t}");
     // Denied and rejected reads.
-    let (s, t) = server.post("/secretstore/fake-store/secrets/other", Some(&intruder), b.clone()).await;
+    let (s, t) = server
+        .post(
+            "/secretstore/fake-store/secrets/other",
+            Some(&intruder),
+            b.clone(),
+        )
+        .await;
     assert_eq!((s, t.as_str()), (404, "\"Not Found\""));
-    let (s, _) = server.post("/secretstore/fake-store/secrets/other", Some(&forged), b.clone()).await;
+    let (s, _) = server
+        .post(
+            "/secretstore/fake-store/secrets/other",
+            Some(&forged),
+            b.clone(),
+        )
+        .await;
     assert_eq!(s, 401);
     // Generators: issue and revoke.
-    let (s, t) = server.post("/generators/monitoring/Password/pw", Some(&app), b.clone()).await;
+    let (s, t) = server
+        .post("/generators/monitoring/Password/pw", Some(&app), b.clone())
+        .await;
     assert_eq!(s, 200, "{t}");
     let generated: Value = serde_json::from_str(&t).unwrap();
-    for v in generated.as_object().map(|m| m.values().cloned().collect::<Vec<_>>()).unwrap_or_default() {
+    for v in generated
+        .as_object()
+        .map(|m| m.values().cloned().collect::<Vec<_>>())
+        .unwrap_or_default()
+    {
         if let Some(v) = v.as_str().filter(|v| v.len() >= 8) {
             values.push(v.to_string());
         }
     }
-    let (s, _) = server.post("/generators/monitoring/Password/pw", Some(&intruder), b.clone()).await;
+    let (s, _) = server
+        .post(
+            "/generators/monitoring/Password/pw",
+            Some(&intruder),
+            b.clone(),
+        )
+        .await;
     assert_eq!(s, 404);
     let resp = server
         .client
@@ -978,7 +1213,13 @@ stringData: {{token: "{root}"}}
     assert!(resp.status().is_success(), "{}", resp.status());
     // OpenBao, when running.
     if let Some((_, root)) = &vault {
-        let (s, t) = server.post("/secretstore/vault-store/secrets/hostile%2Fdb", Some(&app), b.clone()).await;
+        let (s, t) = server
+            .post(
+                "/secretstore/vault-store/secrets/hostile%2Fdb",
+                Some(&app),
+                b.clone(),
+            )
+            .await;
         assert_eq!(s, 200, "{t}");
         assert!(t.contains(VAULT_VALUE));
         values.push(VAULT_VALUE.into());
@@ -1010,16 +1251,28 @@ stringData: {{token: "{root}"}}
         .chain(audit_text.lines().map(|l| ("audit", l)))
     {
         for n in &needles {
-            assert!(!line.contains(n.as_str()), "{where_} line holds a secret or token: {line}");
+            assert!(
+                !line.contains(n.as_str()),
+                "{where_} line holds a secret or token: {line}"
+            );
         }
     }
 
     // The audit log: one JSON line per decision, with the request id and policy ids.
-    let lines: Vec<Value> = audit_text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    let decisions: Vec<&Value> = lines.iter().filter(|l| l["kind"] == "decision" && l.get("decision").is_some()).collect();
+    let lines: Vec<Value> = audit_text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let decisions: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["kind"] == "decision" && l.get("decision").is_some())
+        .collect();
     assert!(decisions.len() >= 7, "{audit_text}");
     for d in &decisions {
-        assert!(d["request_id"].as_str().is_some_and(|r| r.len() == 36), "{d}");
+        assert!(
+            d["request_id"].as_str().is_some_and(|r| r.len() == 36),
+            "{d}"
+        );
         assert_eq!(d["federation"], "alpha");
     }
     assert!(decisions.iter().any(|d| d["decision"] == "allow"
@@ -1027,9 +1280,16 @@ stringData: {{token: "{root}"}}
         && d["policies"].as_array().is_some_and(|p| !p.is_empty())));
     assert!(decisions.iter().any(|d| d["decision"] == "deny"
         && d["principal"] == "system:serviceaccount:monitoring:intruder"));
-    assert!(decisions.iter().any(|d| d["resource"].as_str().is_some_and(|r| r.contains("pw"))));
+    assert!(
+        decisions
+            .iter()
+            .any(|d| d["resource"].as_str().is_some_and(|r| r.contains("pw")))
+    );
     // Request ids differ per request.
-    let mut ids: Vec<&str> = decisions.iter().filter_map(|d| d["request_id"].as_str()).collect();
+    let mut ids: Vec<&str> = decisions
+        .iter()
+        .filter_map(|d| d["request_id"].as_str())
+        .collect();
     ids.sort();
     ids.dedup();
     assert!(ids.len() >= 6, "{ids:?}");

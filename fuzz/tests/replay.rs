@@ -4,7 +4,9 @@
 use std::path::Path;
 
 fn replay(target: &str, f: fn(&[u8])) -> usize {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus").join(target);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("corpus")
+        .join(target);
     let mut n = 0;
     for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
         let path = entry.unwrap().path();
@@ -39,8 +41,14 @@ fn request_body_corpus() {
     assert!(replay("request_body", esi_federation_fuzz::request_body) >= 5);
     // The harness reaches the handlers: an allowed read answers 200, a bad body 400.
     use esi_federation_fuzz::request_status;
-    assert_eq!(request_status(b"\x01{\"remoteRef\":{\"key\":\"k\"}}"), Some(200));
+    assert_eq!(
+        request_status(b"\x01{\"remoteRef\":{\"key\":\"k\"}}"),
+        Some(200)
+    );
     assert_eq!(request_status(b"\x00"), Some(200));
     assert_eq!(request_status(b"\x01[1]"), Some(400));
-    assert_eq!(request_status(b"\x03{\"find\":{\"name\":{\"regexp\":\"((\"}}}"), Some(400));
+    assert_eq!(
+        request_status(b"\x03{\"find\":{\"name\":{\"regexp\":\"((\"}}}"),
+        Some(400)
+    );
 }
