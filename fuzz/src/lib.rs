@@ -96,7 +96,10 @@ pub fn token(data: &[u8]) {
             assert_eq!(id.issuer, ISSUER);
         }
         Err(e) => {
-            if text.len() >= 8 {
+            // Error texts are fixed and hold no '.', so an input with a dot (every token
+            // shape) found in one was echoed. (Without the dot, an input could merely be a
+            // piece of a fixed text, as the fuzzer found.)
+            if text.len() >= 8 && text.contains('.') {
                 assert!(!e.to_string().contains(text), "error echoes the token");
             }
         }
