@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs every test: starts the real backends on loopback (OpenBao), runs the unit and
+# Runs every test: starts the real backends on loopback (OpenBao, PostgreSQL, moto), runs the unit and
 # end-to-end suites against them, and stops what it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,9 +9,19 @@ command -v cargo >/dev/null || { echo "cargo is required (https://rustup.rs)"; e
 mkdir -p target/test-backends
 scripts/openbao.sh start
 trap 'scripts/openbao.sh stop || true' EXIT
+# PostgreSQL for OpenBao's database secrets engine (generator tests).
+scripts/postgres.sh start
+trap 'scripts/postgres.sh stop || true; scripts/openbao.sh stop || true' EXIT
+# moto (AWS API mock, signatures checked) for the STS/ECR generator tests.
+scripts/moto.sh start
+trap 'scripts/moto.sh stop || true; scripts/postgres.sh stop || true; scripts/openbao.sh stop || true' EXIT
 set -a
 # shellcheck disable=SC1091
 source target/test-backends/openbao.env
+# shellcheck disable=SC1091
+source target/test-backends/postgres.env
+# shellcheck disable=SC1091
+source target/test-backends/moto.env
 set +a
 # Tests that need a backend fail (instead of skipping) when it is missing.
 export ESI_REQUIRE_BACKENDS=1

@@ -32,6 +32,11 @@ pub struct Metrics {
     pub load_errors: IntCounterVec,
     /// Number of policies in force.
     pub policies: IntGauge,
+    /// Generated credentials handed out (or refused), by generator kind and outcome
+    /// (`ok`, `not_recorded`).
+    pub credentials_issued: IntCounterVec,
+    /// Credential revocations by generator kind and outcome (`ok`, `error`, `lapsed`).
+    pub credentials_revoked: IntCounterVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -119,6 +124,18 @@ impl Metrics {
                 "esi_config_object_errors_total",
                 "Objects rejected at load by kind",
                 &["kind"],
+            ),
+            credentials_issued: counter(
+                &registry,
+                "esi_credentials_issued_total",
+                "Generated credentials by generator kind and outcome",
+                &["kind", "outcome"],
+            ),
+            credentials_revoked: counter(
+                &registry,
+                "esi_credentials_revoked_total",
+                "Credential revocations by generator kind and outcome",
+                &["kind", "outcome"],
             ),
             policies,
             registry,

@@ -1293,6 +1293,25 @@ stringData: {{token: "{root}"}}
             .iter()
             .any(|d| d["resource"].as_str().is_some_and(|r| r.contains("pw")))
     );
+    // The issued credential: a `credential` line naming who, from where, and which
+    // generator, within the generate request (same request id as its decision).
+    let issued = lines
+        .iter()
+        .find(|l| l["kind"] == "credential" && l["event"] == "issue")
+        .unwrap_or_else(|| panic!("no credential line:\n{audit_text}"));
+    assert_eq!(issued["federation"], "alpha");
+    assert_eq!(issued["subject"], "system:serviceaccount:monitoring:app");
+    assert!(
+        issued["generator"]
+            .as_str()
+            .is_some_and(|g| g.contains("pw")),
+        "{issued}"
+    );
+    assert!(
+        decisions
+            .iter()
+            .any(|d| d["request_id"] == issued["request_id"] && d["action"] == "generate")
+    );
     // Request ids differ per request.
     let mut ids: Vec<&str> = decisions
         .iter()

@@ -220,6 +220,7 @@ spec:
                     per_identity_rate: 0,
                     ..LimitSettings::default()
                 })),
+                ledger: None,
             };
             api::router(state, false)
         })

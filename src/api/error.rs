@@ -139,7 +139,10 @@ impl From<ProviderError> for ApiError {
 
 impl From<GeneratorError> for ApiError {
     fn from(e: GeneratorError) -> Self {
-        ApiError::BadGateway(e.to_string())
+        match e {
+            GeneratorError::Unavailable(_) => ApiError::Unavailable(e.to_string()),
+            _ => ApiError::BadGateway(e.to_string()),
+        }
     }
 }
 

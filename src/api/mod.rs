@@ -33,7 +33,9 @@ pub use limits::{LimitSettings, Limits};
 
 use crate::authn::{Authenticator, Identity};
 use crate::authz::{Action, Resource};
-use crate::config::{GeneratorKey, Snapshot};
+use crate::config::Snapshot;
+use crate::generators::GenerateContext;
+use crate::ledger::{GeneratorRef, Holder, Ledger, Owner, lifecycle};
 use crate::metrics::METRICS;
 use crate::providers::{FindRequest, RemoteRef};
 
@@ -69,6 +71,9 @@ pub struct AppState {
     pub settings: ApiSettings,
     /// Rate limiters and the in-flight cap (shared by every request).
     pub limits: Arc<Limits>,
+    /// Where issued revocable credentials are recorded. Without one, generators that
+    /// issue revocable credentials answer 503 (nothing unaccounted is handed out).
+    pub ledger: Option<Arc<dyn Ledger>>,
 }
 
 /// Builds the router. With `with_metrics`, `/metrics` is served here too.
@@ -411,6 +416,35 @@ fn generator_resource(namespace: &str, kind: &str, name: &str) -> Resource {
     }
 }
 
+/// The verified `x-workload-token` identity, when one was sent. `admit` verified it
+/// already (same federation as the caller); verifying again hits the token cache.
+async fn workload_identity(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: &EseBody,
+    caller: &Caller,
+) -> Result<Option<Identity>, ApiError> {
+    let Some(token) = bearer_token(headers, "x-workload-token") else {
+        return Ok(None);
+    };
+    let workload = state
+        .authenticator
+        .authenticate(token, body.ca_crt())
+        .await
+        .map_err(|e| ApiError::Unauthorized(format!("x-workload-token: {e}")))?;
+    if workload.federation != caller.identity.federation {
+        return Err(ApiError::Unauthorized(
+            "x-workload-token is not from the caller's federation".into(),
+        ));
+    }
+    Ok(Some(workload))
+}
+
+fn ledger_unavailable(e: impl std::fmt::Display) -> ApiError {
+    tracing::error!(error = %e, "credential ledger failed");
+    ApiError::Unavailable("credential ledger unavailable".into())
+}
+
 async fn ese_generate(
     State(state): State<AppState>,
     Path((namespace, kind, name)): Path<(String, String, String)>,
@@ -418,7 +452,7 @@ async fn ese_generate(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let result = async {
-        let (caller, _): (Caller, EseBody) = admit(&state, &headers, body).await?;
+        let (caller, request): (Caller, EseBody) = admit(&state, &headers, body).await?;
         let snapshot = state.snapshot.load_full();
         authorize(
             &snapshot,
@@ -426,19 +460,76 @@ async fn ese_generate(
             Action::Generate,
             &generator_resource(&namespace, &kind, &name),
         )?;
+        let generator_ref = GeneratorRef {
+            namespace,
+            kind,
+            name,
+        };
         let generator = snapshot
             .generators
-            .get(&GeneratorKey {
-                namespace,
-                kind,
-                name,
-            })
+            .get(&generator_ref.lookup_key())
             .ok_or(ApiError::NotFound)?;
-        let data = with_timeout(state.settings.backend_timeout, generator.generate()).await?;
-        Ok(Json(data))
+        let workload = workload_identity(&state, &headers, &request, &caller).await?;
+        let holder = Holder::new(&caller.identity, workload.as_ref());
+        let ctx = GenerateContext {
+            workload: Some(workload.as_ref().unwrap_or(&caller.identity)),
+        };
+        let generated =
+            with_timeout(state.settings.backend_timeout, generator.generate(&ctx)).await?;
+        lifecycle::record_issue(
+            state.ledger.as_deref(),
+            generator.as_ref(),
+            &generator_ref,
+            &holder,
+            &generated,
+            state.settings.backend_timeout,
+        )
+        .await
+        .map_err(ledger_unavailable)?;
+        Ok(Json(generated.data))
     }
     .await;
     respond(result, ErrorStyle::Ese)
+}
+
+/// Revokes `owner`'s entries that `keep` selects; any failure (kept for the sweeper to
+/// retry) answers 503.
+async fn revoke_owned(
+    state: &AppState,
+    snapshot: &Snapshot,
+    owner: &Owner,
+    reason: &'static str,
+    keep: impl Fn(&GeneratorRef) -> bool,
+) -> Result<(), ApiError> {
+    let Some(ledger) = state.ledger.as_deref() else {
+        // Nothing revocable was ever handed out without a ledger.
+        return Ok(());
+    };
+    let entries: Vec<_> = ledger
+        .by_owner(owner)
+        .await
+        .map_err(ledger_unavailable)?
+        .into_iter()
+        .filter(|e| keep(&e.generator))
+        .collect();
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let summary = lifecycle::revoke_entries(
+        ledger,
+        &snapshot.generators,
+        entries,
+        reason,
+        state.settings.backend_timeout,
+    )
+    .await
+    .map_err(ledger_unavailable)?;
+    if summary.failed > 0 {
+        return Err(ApiError::Unavailable(
+            "revocation failed; it will be retried".into(),
+        ));
+    }
+    Ok(())
 }
 
 async fn ese_revoke_own(
@@ -448,7 +539,7 @@ async fn ese_revoke_own(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let result = async {
-        let (caller, _): (Caller, EseBody) = admit(&state, &headers, body).await?;
+        let (caller, request): (Caller, EseBody) = admit(&state, &headers, body).await?;
         let snapshot = state.snapshot.load_full();
         authorize(
             &snapshot,
@@ -456,16 +547,24 @@ async fn ese_revoke_own(
             Action::Revoke,
             &generator_resource(&namespace, &kind, &name),
         )?;
-        let key = GeneratorKey {
+        let generator_ref = GeneratorRef {
             namespace,
             kind,
             name,
         };
-        if !snapshot.generators.contains_key(&key) {
+        if !snapshot
+            .generators
+            .contains_key(&generator_ref.lookup_key())
+        {
             return Err(ApiError::NotFound);
         }
-        // The generators served so far (Fake, Password, UUID) issue nothing held by a
-        // backend, so there is nothing to revoke; ESE answers `null` on success.
+        let workload = workload_identity(&state, &headers, &request, &caller).await?;
+        let owner = Holder::new(&caller.identity, workload.as_ref()).owner();
+        revoke_owned(&state, &snapshot, &owner, "request", |g| {
+            *g == generator_ref
+        })
+        .await?;
+        // ESE answers `null` on success.
         Ok(Json(serde_json::Value::Null))
     }
     .await;
@@ -490,7 +589,23 @@ async fn ese_revoke_states(
                 namespace: namespace.clone(),
             },
         )?;
-        tracing::info!(owner = %request.owner, owner_namespace = %request.namespace, "revoke states requested; no revocable credentials are held");
+        if request.owner.is_empty() || request.namespace.is_empty() {
+            return Err(ApiError::BadRequest(
+                "owner and namespace are required".into(),
+            ));
+        }
+        // Owners are workloads of the caller's own federation: an Authorization's
+        // allowedGeneratorStates never reaches into another cluster.
+        let owner = Owner {
+            federation: caller.identity.federation.clone(),
+            namespace: request.namespace,
+            name: request.owner,
+        };
+        tracing::info!(owner = %owner.name, owner_namespace = %owner.namespace, "revoke states requested");
+        revoke_owned(&state, &snapshot, &owner, "revoke_states", |g| {
+            g.namespace == namespace
+        })
+        .await?;
         Ok(Json("GeneratorState deleted"))
     }
     .await;

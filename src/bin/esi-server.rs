@@ -13,6 +13,7 @@ use esi::api::{self, ApiSettings, AppState};
 use esi::authn::{Authenticator, AuthnSettings};
 use esi::config::watch;
 use esi::config::{DirectorySource, Snapshot};
+use esi::ledger::{Ledger, RedbLedger, Sweeper};
 use esi::providers::ProviderSettings;
 
 #[derive(Parser)]
@@ -69,7 +70,8 @@ struct ServeArgs {
     /// Log format.
     #[arg(long, value_enum, default_value = "text", env = "ESI_LOG_FORMAT")]
     log_format: LogFormat,
-    /// Where generated files (self-signed TLS material) are kept.
+    /// Where generated files are kept: self-signed TLS material and the issued-credential
+    /// ledger (`ledger.redb`).
     #[arg(long, default_value = ".esi-data", env = "ESI_DATA_DIR")]
     data_dir: PathBuf,
     /// How often the manifest and policy directories are checked for changes.
@@ -124,6 +126,9 @@ struct ServeArgs {
     /// Longest accepted token lifetime (exp - iat); default one year and a day.
     #[arg(long, default_value = "8784h", value_parser = parse_duration)]
     max_token_lifetime: Duration,
+    /// How often expired credentials are revoked and failed revocations retried.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    sweep_interval: Duration,
 }
 
 #[derive(Args)]
@@ -178,6 +183,7 @@ fn init_logging(format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
@@ -317,6 +323,30 @@ async fn serve(args: ServeArgs) -> Result<()> {
         tracing::info!("client certificates required (mTLS)");
     }
 
+    // The ledger must open: revocable credentials are never handed out unrecorded.
+    let ledger_path = args.data_dir.join("ledger.redb");
+    let ledger: Arc<dyn Ledger> = {
+        let path = ledger_path.clone();
+        Arc::new(
+            tokio::task::spawn_blocking(move || RedbLedger::open(&path))
+                .await?
+                .with_context(|| format!("cannot open the ledger {}", ledger_path.display()))?,
+        )
+    };
+    tracing::info!(path = %ledger_path.display(), entries = ledger.count().await.unwrap_or(0), "credential ledger opened");
+    if args.sweep_interval.is_zero() {
+        bail!("--sweep-interval must be positive");
+    }
+    tokio::spawn(
+        Sweeper {
+            ledger: ledger.clone(),
+            snapshot: snapshot.clone(),
+            interval: args.sweep_interval,
+            timeout: args.backend_timeout + Duration::from_secs(1),
+        }
+        .run(),
+    );
+
     let state = AppState {
         snapshot,
         authenticator,
@@ -334,6 +364,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
             request_timeout: args.request_timeout,
             ..api::LimitSettings::default()
         })),
+        ledger: Some(ledger),
     };
     let app = api::router(state, args.metrics_listen.is_none());
 

@@ -300,11 +300,15 @@ pub fn build(
                 }
             }
             ("generators.external-secrets.io", kind) if generators::is_generator_kind(kind) => {
-                let namespace = obj
-                    .metadata
-                    .namespace
-                    .clone()
-                    .unwrap_or_else(|| "default".into());
+                // A ClusterGenerator is cluster-scoped: it has no namespace.
+                let namespace = if generators::is_cluster_scoped(kind) {
+                    String::new()
+                } else {
+                    obj.metadata
+                        .namespace
+                        .clone()
+                        .unwrap_or_else(|| "default".into())
+                };
                 let key = GeneratorKey {
                     namespace: namespace.clone(),
                     kind: kind.to_string(),
@@ -319,7 +323,14 @@ pub fn build(
                     .get("spec")
                     .cloned()
                     .unwrap_or(serde_json::Value::Null);
-                match generators::build_generator(kind, &namespace, name, &spec, &secrets) {
+                match generators::build_generator_with(
+                    kind,
+                    &namespace,
+                    name,
+                    &spec,
+                    &secrets,
+                    provider_settings,
+                ) {
                     Ok(generator) => {
                         generators.insert(key, generator);
                     }

@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use super::{BuildContext, Generator, GeneratorConfigError, GeneratorError};
+use super::{
+    BuildContext, GenerateContext, Generated, Generator, GeneratorConfigError, GeneratorError,
+};
 
 const KIND: &str = "Fake";
 
@@ -47,8 +49,8 @@ impl Generator for FakeGenerator {
         KIND
     }
 
-    async fn generate(&self) -> Result<BTreeMap<String, String>, GeneratorError> {
-        Ok(self.data.clone())
+    async fn generate(&self, _ctx: &GenerateContext<'_>) -> Result<Generated, GeneratorError> {
+        Ok(Generated::plain(self.data.clone()))
     }
 }
 
@@ -57,19 +59,24 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn ctx() -> BuildContext<'static> {
-        BuildContext {
-            namespace: "federation-example",
-            name: "federation-generator",
-        }
+    fn from_spec(spec: &serde_json::Value) -> Result<FakeGenerator, GeneratorConfigError> {
+        crate::generators::test_support::with_ctx(
+            "federation-example",
+            "federation-generator",
+            |ctx| FakeGenerator::from_spec(ctx, spec),
+        )
     }
 
     #[tokio::test]
     async fn echoes_data() {
         let spec = json!({"data": {"username": "test-user", "password": "test-password",
             "api-key": "1234567890abcdef"}});
-        let g = FakeGenerator::from_spec(&ctx(), &spec).unwrap();
-        let out = g.generate().await.unwrap();
+        let g = from_spec(&spec).unwrap();
+        let out = g
+            .generate(&GenerateContext::default())
+            .await
+            .map(|g| g.data)
+            .unwrap();
         assert_eq!(out.len(), 3);
         assert_eq!(out["username"], "test-user");
         assert_eq!(out["api-key"], "1234567890abcdef");
@@ -78,7 +85,7 @@ mod tests {
 
     #[test]
     fn rejects_non_string_values_without_echoing() {
-        let err = FakeGenerator::from_spec(&ctx(), &json!({"data": {"k": {"x": "sekrit"}}}))
+        let err = from_spec(&json!({"data": {"k": {"x": "sekrit"}}}))
             .err()
             .unwrap();
         assert!(!err.to_string().contains("sekrit"));
@@ -96,7 +103,13 @@ mod tests {
             return;
         };
         let doc: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
-        let g = FakeGenerator::from_spec(&ctx(), &doc["spec"]).unwrap();
-        assert_eq!(g.generate().await.unwrap()["username"], "test-user");
+        let g = from_spec(&doc["spec"]).unwrap();
+        assert_eq!(
+            g.generate(&GenerateContext::default())
+                .await
+                .map(|g| g.data)
+                .unwrap()["username"],
+            "test-user"
+        );
     }
 }

@@ -1,32 +1,132 @@
 //! Generators (`generators.external-secrets.io/v1alpha1`): produce a fresh credential
 //! per call. Each kind lives in its own file and parses its own `spec` (ESO field names);
 //! [`Metered`] is the one place that records backend metrics for them.
+//!
+//! A generation answers the data map (the ESE answer body) and, for credentials a
+//! backend holds (a Vault lease, a token), a [`RevocationState`]: the opaque state the
+//! same generator needs later to revoke it, with its expiry. The caller records that
+//! state in the ledger (`crate::ledger`) before handing the data out.
 
+mod aws;
+mod cluster;
+mod ecr;
 mod fake;
 mod password;
+mod sshkey;
+mod sts;
 mod uuid;
+mod vault_dynamic;
+mod webhook;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::authn::Identity;
 use crate::config::SecretIndex;
 use crate::metrics::METRICS;
+use crate::providers::{ProviderError, ProviderSettings};
 
+pub use cluster::ClusterGenerator;
+pub use ecr::EcrAuthorizationTokenGenerator;
 pub use fake::FakeGenerator;
 pub use password::PasswordGenerator;
+pub use sshkey::SshKeyGenerator;
+pub use sts::StsSessionTokenGenerator;
 pub use uuid::UuidGenerator;
+pub use vault_dynamic::VaultDynamicSecretGenerator;
+pub use webhook::WebhookGenerator;
+
+/// What a generation is for: the verified workload that will hold the credential.
+/// Generators that bind credentials to a workload (session names, webhook bodies) read
+/// it; the others ignore it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GenerateContext<'a> {
+    /// The workload the credential is issued to (the `x-workload-token` identity when
+    /// one was sent, else the caller). None outside a request (tests, tools).
+    pub workload: Option<&'a Identity>,
+}
+
+/// The state a generator needs to revoke one credential it issued (e.g. a Vault lease
+/// id). Opaque to everyone else; serialised into the ledger. Treated as sensitive:
+/// Debug shows only a fingerprint, logs carry [`RevocationState::fingerprint`].
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RevocationState(pub serde_json::Value);
+
+impl RevocationState {
+    /// A short, stable, one-way fingerprint (hex of SHA-256, 16 chars) for audit lines.
+    pub fn fingerprint(&self) -> String {
+        let digest = Sha256::digest(self.0.to_string().as_bytes());
+        digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+impl std::fmt::Debug for RevocationState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RevocationState(sha256:{})", self.fingerprint())
+    }
+}
+
+/// One generated credential.
+pub struct Generated {
+    /// The answer body: key → value.
+    pub data: BTreeMap<String, String>,
+    /// Present when the credential lives on in a backend and can be revoked.
+    pub revocation: Option<RevocationState>,
+    /// When the backend lets the credential lapse on its own (seconds since the epoch).
+    pub expires_at: Option<u64>,
+}
+
+impl Generated {
+    /// A credential nothing holds: nothing to revoke, no expiry.
+    pub fn plain(data: BTreeMap<String, String>) -> Self {
+        Generated {
+            data,
+            revocation: None,
+            expires_at: None,
+        }
+    }
+}
+
+// Values and revocation state never appear in Debug output.
+impl std::fmt::Debug for Generated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Generated")
+            .field("keys", &self.data.keys().collect::<Vec<_>>())
+            .field("revocation", &self.revocation)
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
+}
+
+/// Seconds since the epoch (0 if the clock is before it).
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
 
 /// A generator kind, as ESE serves it.
 #[async_trait::async_trait]
 pub trait Generator: Send + Sync {
-    /// The generator kind (`Fake`, `Password`, `UUID`), used as a metrics label.
+    /// The generator kind (`Fake`, `Password`, `VaultDynamicSecret`, …), a metrics label.
     fn kind(&self) -> &'static str;
-    /// Produce a new credential as a map of strings (the ESE answer body).
-    async fn generate(&self) -> Result<BTreeMap<String, String>, GeneratorError>;
+    /// Produce a new credential.
+    async fn generate(&self, ctx: &GenerateContext<'_>) -> Result<Generated, GeneratorError>;
+    /// Revoke a credential this generator issued, from the state it returned then.
+    /// Revoking something already gone succeeds. Kinds that never return a state
+    /// keep the default, which refuses.
+    async fn revoke(&self, state: &RevocationState) -> Result<(), GeneratorError> {
+        let _ = state;
+        Err(GeneratorError::NotRevocable)
+    }
 }
 
-/// A failed generation. Messages never hold generated values.
+/// A failed generation or revocation. Messages never hold generated values or tokens.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GeneratorError {
     /// The operating system's random source failed.
@@ -35,6 +135,15 @@ pub enum GeneratorError {
     /// The requested output cannot be produced (e.g. no repeats left to draw from).
     #[error("cannot generate: {0}")]
     Impossible(String),
+    /// The backend refused or answered something unusable.
+    #[error("backend error: {0}")]
+    Backend(String),
+    /// The backend could not be reached, failed, or did not answer in time.
+    #[error("backend unavailable: {0}")]
+    Unavailable(String),
+    /// This kind issues nothing that can be revoked, or the state is not its own.
+    #[error("credential cannot be revoked by this generator")]
+    NotRevocable,
 }
 
 impl GeneratorError {
@@ -43,6 +152,22 @@ impl GeneratorError {
         match self {
             GeneratorError::Random => "random",
             GeneratorError::Impossible(_) => "impossible",
+            GeneratorError::Backend(_) => "backend",
+            GeneratorError::Unavailable(_) => "unavailable",
+            GeneratorError::NotRevocable => "not_revocable",
+        }
+    }
+}
+
+impl From<ProviderError> for GeneratorError {
+    fn from(e: ProviderError) -> Self {
+        match e {
+            ProviderError::Unavailable(m) => GeneratorError::Unavailable(m),
+            ProviderError::Timeout => GeneratorError::Unavailable("backend timed out".into()),
+            ProviderError::NotFound => GeneratorError::Backend("backend path not found".into()),
+            ProviderError::InvalidRequest(m)
+            | ProviderError::Unsupported(m)
+            | ProviderError::Backend(m) => GeneratorError::Backend(m),
         }
     }
 }
@@ -68,22 +193,56 @@ pub enum GeneratorConfigError {
         /// What is wrong (field names only).
         reason: String,
     },
+    /// A `…SecretRef` of the spec does not resolve (yet).
+    #[error("{kind} {namespace}/{name}: {reason}")]
+    SecretRef {
+        /// Generator kind.
+        kind: &'static str,
+        /// Generator namespace.
+        namespace: String,
+        /// Generator name.
+        name: String,
+        /// Which reference and why (no values).
+        reason: String,
+    },
 }
 
-/// The kinds this build knows.
-const KINDS: [&str; 3] = ["Fake", "Password", "UUID"];
+/// The kinds this build serves, namespaced ones first.
+const KINDS: [&str; 9] = [
+    "Fake",
+    "Password",
+    "UUID",
+    "SSHKey",
+    "VaultDynamicSecret",
+    "STSSessionToken",
+    "ECRAuthorizationToken",
+    "Webhook",
+    "ClusterGenerator",
+];
 
-/// True for the generator kinds this build knows: `Fake`, `Password`, `UUID`.
+/// The cluster-scoped kind: it has no namespace, whatever namespace a URL names.
+pub const CLUSTER_GENERATOR: &str = "ClusterGenerator";
+
+/// True for the generator kinds this build knows.
 pub fn is_generator_kind(kind: &str) -> bool {
     KINDS.contains(&kind)
 }
 
-/// What a generator's constructor needs to report errors.
+/// True for cluster-scoped generator kinds (`ClusterGenerator`).
+pub fn is_cluster_scoped(kind: &str) -> bool {
+    kind == CLUSTER_GENERATOR
+}
+
+/// What a generator's constructor needs.
 pub(crate) struct BuildContext<'a> {
-    /// Generator namespace.
+    /// Generator namespace (empty for a cluster-scoped generator).
     pub namespace: &'a str,
     /// Generator name.
     pub name: &'a str,
+    /// Known Kubernetes Secrets, for `…SecretRef`s.
+    pub secrets: &'a SecretIndex,
+    /// Timeouts for backend calls.
+    pub settings: &'a ProviderSettings,
 }
 
 impl BuildContext<'_> {
@@ -113,8 +272,7 @@ impl BuildContext<'_> {
     }
 }
 
-/// Builds a generator from its object's `spec`. `secrets` resolves `…SecretRef`s of
-/// kinds that have them (none of this build's kinds do).
+/// Builds a generator from its object's `spec` with default backend settings.
 pub fn build_generator(
     kind: &str,
     namespace: &str,
@@ -122,12 +280,57 @@ pub fn build_generator(
     spec: &serde_json::Value,
     secrets: &SecretIndex,
 ) -> Result<Arc<dyn Generator>, GeneratorConfigError> {
-    let _ = secrets;
-    let ctx = BuildContext { namespace, name };
+    build_generator_with(
+        kind,
+        namespace,
+        name,
+        spec,
+        secrets,
+        &ProviderSettings::default(),
+    )
+}
+
+/// Builds a generator from its object's `spec`. `secrets` resolves `…SecretRef`s;
+/// `settings` bounds backend calls. `namespace` is empty for a `ClusterGenerator`.
+pub fn build_generator_with(
+    kind: &str,
+    namespace: &str,
+    name: &str,
+    spec: &serde_json::Value,
+    secrets: &SecretIndex,
+    settings: &ProviderSettings,
+) -> Result<Arc<dyn Generator>, GeneratorConfigError> {
+    let ctx = BuildContext {
+        namespace,
+        name,
+        secrets,
+        settings,
+    };
+    build(&ctx, kind, spec)
+}
+
+/// Builds one namespaced kind (or a ClusterGenerator wrapping one).
+pub(crate) fn build(
+    ctx: &BuildContext<'_>,
+    kind: &str,
+    spec: &serde_json::Value,
+) -> Result<Arc<dyn Generator>, GeneratorConfigError> {
     let generator: Arc<dyn Generator> = match kind {
-        "Fake" => Arc::new(Metered::new(FakeGenerator::from_spec(&ctx, spec)?)),
-        "Password" => Arc::new(Metered::new(PasswordGenerator::from_spec(&ctx, spec)?)),
-        "UUID" => Arc::new(Metered::new(UuidGenerator::from_spec(&ctx, spec)?)),
+        "Fake" => Arc::new(Metered::new(FakeGenerator::from_spec(ctx, spec)?)),
+        "Password" => Arc::new(Metered::new(PasswordGenerator::from_spec(ctx, spec)?)),
+        "UUID" => Arc::new(Metered::new(UuidGenerator::from_spec(ctx, spec)?)),
+        "SSHKey" => Arc::new(Metered::new(SshKeyGenerator::from_spec(ctx, spec)?)),
+        "VaultDynamicSecret" => Arc::new(Metered::new(VaultDynamicSecretGenerator::from_spec(
+            ctx, spec,
+        )?)),
+        "STSSessionToken" => Arc::new(Metered::new(StsSessionTokenGenerator::from_spec(
+            ctx, spec,
+        )?)),
+        "ECRAuthorizationToken" => Arc::new(Metered::new(
+            EcrAuthorizationTokenGenerator::from_spec(ctx, spec)?,
+        )),
+        "Webhook" => Arc::new(Metered::new(WebhookGenerator::from_spec(ctx, spec)?)),
+        CLUSTER_GENERATOR => Arc::new(ClusterGenerator::from_spec(ctx, spec)?),
         other => {
             return Err(GeneratorConfigError::UnknownKind {
                 kind: other.to_string(),
@@ -137,7 +340,8 @@ pub fn build_generator(
     Ok(generator)
 }
 
-/// Wraps a generator and records `backend_calls` (kind, outcome) and `backend_latency`.
+/// Wraps a generator and records `backend_calls` (kind, outcome) and `backend_latency`
+/// for generations, and `backend_calls` (`<kind>/revoke`, outcome) for revocations.
 pub struct Metered<G> {
     inner: G,
 }
@@ -149,29 +353,58 @@ impl<G: Generator> Metered<G> {
     }
 }
 
+fn outcome<T>(result: &Result<T, GeneratorError>) -> &'static str {
+    match result {
+        Ok(_) => "ok",
+        Err(e) => e.kind(),
+    }
+}
+
 #[async_trait::async_trait]
 impl<G: Generator> Generator for Metered<G> {
     fn kind(&self) -> &'static str {
         self.inner.kind()
     }
 
-    async fn generate(&self) -> Result<BTreeMap<String, String>, GeneratorError> {
+    async fn generate(&self, ctx: &GenerateContext<'_>) -> Result<Generated, GeneratorError> {
         let kind = self.inner.kind();
         let start = Instant::now();
-        let result = self.inner.generate().await;
-        let outcome = match &result {
-            Ok(_) => "ok",
-            Err(e) => e.kind(),
-        };
+        let result = self.inner.generate(ctx).await;
         METRICS
             .backend_calls
-            .with_label_values(&[kind, outcome])
+            .with_label_values(&[kind, outcome(&result)])
             .inc();
         METRICS
             .backend_latency
             .with_label_values(&[kind])
             .observe(start.elapsed().as_secs_f64());
         result
+    }
+
+    async fn revoke(&self, state: &RevocationState) -> Result<(), GeneratorError> {
+        let result = self.inner.revoke(state).await;
+        METRICS
+            .backend_calls
+            .with_label_values(&[&format!("{}/revoke", self.inner.kind()), outcome(&result)])
+            .inc();
+        result
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::*;
+
+    /// A context for constructors in unit tests.
+    pub fn with_ctx<T>(namespace: &str, name: &str, f: impl FnOnce(&BuildContext<'_>) -> T) -> T {
+        let secrets = SecretIndex::default();
+        let settings = ProviderSettings::default();
+        f(&BuildContext {
+            namespace,
+            name,
+            secrets: &secrets,
+            settings: &settings,
+        })
     }
 }
 
@@ -189,16 +422,23 @@ mod tests {
 
     #[test]
     fn knows_its_kinds() {
-        for kind in ["Fake", "Password", "UUID"] {
+        for kind in ["Fake", "Password", "UUID", "SSHKey"] {
             assert!(is_generator_kind(kind));
             assert_eq!(build(kind, json!(null)).unwrap().kind(), kind);
         }
+        assert!(is_generator_kind("VaultDynamicSecret"));
+        assert!(is_generator_kind("ClusterGenerator"));
+        assert!(is_cluster_scoped("ClusterGenerator"));
+        assert!(!is_cluster_scoped("Password"));
         assert!(!is_generator_kind("password"));
-        assert!(!is_generator_kind("VaultDynamicSecret"));
+        for kind in ["STSSessionToken", "ECRAuthorizationToken", "Webhook"] {
+            assert!(is_generator_kind(kind));
+        }
+        assert!(!is_generator_kind("GCRAccessToken"));
         assert_eq!(
-            build("SSHKey", json!({})).err(),
+            build("GCRAccessToken", json!({})).err(),
             Some(GeneratorConfigError::UnknownKind {
-                kind: "SSHKey".into()
+                kind: "GCRAccessToken".into()
             })
         );
     }
@@ -208,8 +448,43 @@ mod tests {
         let g = build("UUID", json!({})).unwrap();
         let counter = METRICS.backend_calls.with_label_values(&["UUID", "ok"]);
         let before = counter.get();
-        g.generate().await.unwrap();
+        g.generate(&GenerateContext::default()).await.unwrap();
         assert!(counter.get() > before);
+    }
+
+    #[tokio::test]
+    async fn plain_kinds_are_not_revocable() {
+        for kind in ["Fake", "Password", "UUID"] {
+            let g = build(kind, json!(null)).unwrap();
+            let out = g.generate(&GenerateContext::default()).await.unwrap();
+            assert!(out.revocation.is_none() && out.expires_at.is_none());
+            assert_eq!(
+                g.revoke(&RevocationState(json!({"leaseId": "x"}))).await,
+                Err(GeneratorError::NotRevocable)
+            );
+        }
+    }
+
+    #[test]
+    fn revocation_state_debug_is_a_fingerprint() {
+        let s = RevocationState(json!({"leaseId": "database/creds/app/abc123"}));
+        let shown = format!("{s:?}");
+        assert!(!shown.contains("abc123"), "{shown}");
+        assert_eq!(s.fingerprint().len(), 16);
+        assert_eq!(
+            s.fingerprint(),
+            RevocationState(json!({"leaseId": "database/creds/app/abc123"})).fingerprint()
+        );
+        assert_ne!(
+            s.fingerprint(),
+            RevocationState(json!({"leaseId": "other"})).fingerprint()
+        );
+        let g = Generated {
+            data: [("password".to_string(), "hunter2".to_string())].into(),
+            revocation: Some(s),
+            expires_at: Some(1),
+        };
+        assert!(!format!("{g:?}").contains("hunter2"));
     }
 
     #[test]

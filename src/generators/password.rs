@@ -24,7 +24,9 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde::Deserialize;
 
-use super::{BuildContext, Generator, GeneratorConfigError, GeneratorError};
+use super::{
+    BuildContext, GenerateContext, Generated, Generator, GeneratorConfigError, GeneratorError,
+};
 
 const KIND: &str = "Password";
 
@@ -286,14 +288,14 @@ impl Generator for PasswordGenerator {
         KIND
     }
 
-    async fn generate(&self) -> Result<BTreeMap<String, String>, GeneratorError> {
+    async fn generate(&self, _ctx: &GenerateContext<'_>) -> Result<Generated, GeneratorError> {
         let mut rng = StdRng::try_from_os_rng().map_err(|_| GeneratorError::Random)?;
         let mut out = BTreeMap::new();
         for key in &self.secret_keys {
             let raw = self.password(&mut rng)?;
             out.insert(key.clone(), self.encode(&raw));
         }
-        Ok(out)
+        Ok(Generated::plain(out))
     }
 }
 
@@ -303,15 +305,18 @@ mod tests {
     use serde_json::json;
 
     fn build(spec: serde_json::Value) -> Result<PasswordGenerator, GeneratorConfigError> {
-        let ctx = BuildContext {
-            namespace: "ns",
-            name: "pw",
-        };
-        PasswordGenerator::from_spec(&ctx, &spec)
+        crate::generators::test_support::with_ctx("ns", "pw", |ctx| {
+            PasswordGenerator::from_spec(ctx, &spec)
+        })
     }
 
     async fn one(spec: serde_json::Value) -> String {
-        let out = build(spec).unwrap().generate().await.unwrap();
+        let out = build(spec)
+            .unwrap()
+            .generate(&GenerateContext::default())
+            .await
+            .map(|g| g.data)
+            .unwrap();
         assert_eq!(out.keys().collect::<Vec<_>>(), ["password"]);
         out["password"].clone()
     }
@@ -366,7 +371,12 @@ mod tests {
             "symbolCharacters": "0123456789", "noUpper": true}))
         .unwrap();
         for _ in 0..10 {
-            let pw = g.generate().await.unwrap()["password"].clone();
+            let pw = g
+                .generate(&GenerateContext::default())
+                .await
+                .map(|g| g.data)
+                .unwrap()["password"]
+                .clone();
             assert_eq!(distinct(&pw).len(), 10);
             assert_eq!(count(&pw, DIGITS), 10);
         }
@@ -375,11 +385,19 @@ mod tests {
     #[tokio::test]
     async fn passwords_differ_and_keys_each_get_one() {
         let g = build(json!({"secretKeys": ["a", "b", "c"]})).unwrap();
-        let out = g.generate().await.unwrap();
+        let out = g
+            .generate(&GenerateContext::default())
+            .await
+            .map(|g| g.data)
+            .unwrap();
         assert_eq!(out.len(), 3);
         assert_ne!(out["a"], out["b"]);
         assert_ne!(out["b"], out["c"]);
-        let again = g.generate().await.unwrap();
+        let again = g
+            .generate(&GenerateContext::default())
+            .await
+            .map(|g| g.data)
+            .unwrap();
         assert_ne!(out["a"], again["a"]);
     }
 

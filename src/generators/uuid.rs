@@ -1,10 +1,10 @@
 //! ESO's `UUID` generator: `{"uuid": "<v4>"}`.
 
-use std::collections::BTreeMap;
-
 use serde::Deserialize;
 
-use super::{BuildContext, Generator, GeneratorConfigError, GeneratorError};
+use super::{
+    BuildContext, GenerateContext, Generated, Generator, GeneratorConfigError, GeneratorError,
+};
 
 const KIND: &str = "UUID";
 
@@ -33,8 +33,10 @@ impl Generator for UuidGenerator {
         KIND
     }
 
-    async fn generate(&self) -> Result<BTreeMap<String, String>, GeneratorError> {
-        Ok([("uuid".to_string(), ::uuid::Uuid::new_v4().to_string())].into())
+    async fn generate(&self, _ctx: &GenerateContext<'_>) -> Result<Generated, GeneratorError> {
+        Ok(Generated::plain(
+            [("uuid".to_string(), ::uuid::Uuid::new_v4().to_string())].into(),
+        ))
     }
 }
 
@@ -44,13 +46,20 @@ mod tests {
 
     #[tokio::test]
     async fn generates_distinct_v4_uuids() {
-        let ctx = BuildContext {
-            namespace: "ns",
-            name: "u",
-        };
-        let g = UuidGenerator::from_spec(&ctx, &serde_json::json!({})).unwrap();
-        let a = g.generate().await.unwrap();
-        let b = g.generate().await.unwrap();
+        let g = crate::generators::test_support::with_ctx("ns", "u", |ctx| {
+            UuidGenerator::from_spec(ctx, &serde_json::json!({}))
+        })
+        .unwrap();
+        let a = g
+            .generate(&GenerateContext::default())
+            .await
+            .map(|g| g.data)
+            .unwrap();
+        let b = g
+            .generate(&GenerateContext::default())
+            .await
+            .map(|g| g.data)
+            .unwrap();
         assert_eq!(a.len(), 1);
         let parsed = ::uuid::Uuid::parse_str(&a["uuid"]).unwrap();
         assert_eq!(parsed.get_version_num(), 4);

@@ -9,8 +9,8 @@
 mod fake;
 mod metered;
 pub mod property;
-mod tls;
-mod vault;
+pub(crate) mod tls;
+pub(crate) mod vault;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

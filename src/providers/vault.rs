@@ -213,7 +213,7 @@ fn transport_error(err: &reqwest::Error) -> ProviderError {
 }
 
 /// Maps a non-success status. 404 is handled by callers (NotFound).
-fn status_error(status: StatusCode) -> ProviderError {
+pub(crate) fn status_error(status: StatusCode) -> ProviderError {
     match status.as_u16() {
         404 => ProviderError::NotFound,
         403 => ProviderError::Backend("permission denied by vault".into()),
@@ -489,27 +489,56 @@ impl VaultProvider {
 
     /// An authenticated GET; on 403 with a cached AppRole token, logs in again once.
     async fn get(&self, url: Url) -> Result<Value, ProviderError> {
+        let (status, body) = self.call(reqwest::Method::GET, url, None).await?;
+        if status.is_success() {
+            Ok(body)
+        } else {
+            Err(status_error(status))
+        }
+    }
+
+    /// An authenticated request with an optional JSON body, answering the status and
+    /// the bounded JSON body (`null` for non-success). On 403 with a cached AppRole
+    /// token, logs in again once. Used by the `VaultDynamicSecret` generator too.
+    pub(crate) async fn call(
+        &self,
+        method: reqwest::Method,
+        url: Url,
+        body: Option<&Value>,
+    ) -> Result<(StatusCode, Value), ProviderError> {
         let (mut token, mut from_cache) = self.token(false).await?;
         loop {
             let mut req = self
                 .client
-                .get(url.clone())
+                .request(method.clone(), url.clone())
                 .header(HEADER_TOKEN, token.clone());
             if let Some(ns) = &self.namespace {
                 req = req.header(HEADER_NAMESPACE, ns.clone());
             }
-            let (status, body) = self.send(req).await?;
-            if status.is_success() {
-                return Ok(body);
+            if let Some(body) = body {
+                req = req.json(body);
             }
+            let (status, answer) = self.send(req).await?;
             if status == StatusCode::FORBIDDEN && from_cache {
                 // The cached token may have been revoked or expired early.
                 (token, _) = self.token(true).await?;
                 from_cache = false;
                 continue;
             }
-            return Err(status_error(status));
+            return Ok((status, answer));
         }
+    }
+
+    /// `{server}/v1/{segments…}` for an API path (`database/creds/app`): segments are
+    /// checked (no traversal, no empty segments) and percent-encoded.
+    pub(crate) fn api_url(&self, path: &str) -> Result<Url, ProviderError> {
+        let mut all = vec!["v1".to_string()];
+        all.extend(
+            segments(path.trim_matches('/'))
+                .map_err(|why| ProviderError::InvalidRequest(format!("path {why}")))?,
+        );
+        join(&self.server, &all)
+            .ok_or_else(|| ProviderError::InvalidRequest("cannot build the vault URL".into()))
     }
 
     /// The secret's data object at `(mount, path)`, optionally at a version (v2).

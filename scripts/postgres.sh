@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# Starts/stops a throw-away PostgreSQL on loopback for the generator tests (OpenBao's
+# database secrets engine issues login roles in it).
+#
+#   scripts/postgres.sh start   # install if needed, initdb, start, write target/test-backends/postgres.env
+#   scripts/postgres.sh stop    # stop it and remove its data directory
+#
+# The cluster lives in a fresh temporary directory owned by the user the server runs as
+# (initdb refuses root, so as root it runs as `postgres`, created by the Debian package).
+# The superuser `esi` authenticates with a random password (scram-sha-256), also over
+# loopback TCP. Only Debian's packages are used (apt-get install postgresql) when absent.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+OUT="${ROOT}/target/test-backends"
+LOG="${OUT}/postgres-setup.log"
+ENV_FILE="${OUT}/postgres.env"
+STATE_FILE="${OUT}/postgres.state"
+
+die() {
+    echo "postgres.sh: $*" >&2
+    if [[ -f "${LOG}" ]]; then
+        echo "--- last lines of ${LOG} ---" >&2
+        tail -n 20 "${LOG}" >&2 || true
+    fi
+    exit 1
+}
+
+# Prints the newest PostgreSQL server bin directory, installing the package when absent.
+find_bindir() {
+    local dir
+    dir="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)"
+    if [[ -z "${dir}" || ! -x "${dir}/initdb" ]]; then
+        [[ "$(id -u)" -eq 0 ]] || die "PostgreSQL is not installed and installing it needs root"
+        command -v apt-get >/dev/null 2>&1 || die "PostgreSQL is not installed and apt-get is missing"
+        {
+            apt-get update -q
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql postgresql-client
+        } >>"${LOG}" 2>&1 || die "apt-get install postgresql failed"
+        dir="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)"
+    fi
+    [[ -n "${dir}" && -x "${dir}/initdb" && -x "${dir}/pg_ctl" ]] || die "initdb/pg_ctl not found"
+    echo "${dir}"
+}
+
+# Runs a command as the cluster's owner (root cannot run PostgreSQL).
+as_owner() {
+    if [[ "$(id -u)" -eq 0 ]]; then
+        runuser -u postgres -- "$@"
+    else
+        "$@"
+    fi
+}
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+random_hex() {
+    od -An -N16 -tx1 /dev/urandom | tr -d ' \n'
+}
+
+read_state() {
+    [[ -f "${STATE_FILE}" ]] || return 1
+    # shellcheck disable=SC1090
+    . "${STATE_FILE}"
+}
+
+start() {
+    mkdir -p "${OUT}"
+    if read_state && [[ -n "${PGDATA_DIR:-}" ]] && [[ -f "${ENV_FILE}" ]] \
+        && as_owner "${BINDIR}/pg_ctl" -D "${PGDATA_DIR}" status >/dev/null 2>&1; then
+        return 0
+    fi
+    stop
+    : >"${LOG}"
+
+    local bindir port password base data pwfile
+    bindir="$(find_bindir)"
+    if [[ "$(id -u)" -eq 0 ]] && ! id postgres >/dev/null 2>&1; then
+        useradd --system --home-dir /var/lib/postgresql --shell /usr/sbin/nologin postgres \
+            >>"${LOG}" 2>&1 || die "cannot create the postgres user"
+    fi
+    port="$(free_port)"
+    password="esi-$(random_hex)"
+    base="$(mktemp -d /tmp/esi-postgres.XXXXXX)"
+    data="${base}/data"
+    pwfile="${base}/pw"
+    printf '%s\n' "${password}" >"${pwfile}"
+    if [[ "$(id -u)" -eq 0 ]]; then
+        chown -R postgres: "${base}"
+    fi
+    chmod 700 "${base}"
+    cat >"${STATE_FILE}" <<EOF
+BINDIR=${bindir}
+PGDATA_DIR=${data}
+PGBASE_DIR=${base}
+EOF
+
+    as_owner "${bindir}/initdb" -D "${data}" -U esi --pwfile="${pwfile}" \
+        --auth=scram-sha-256 --encoding=UTF8 --no-instructions >>"${LOG}" 2>&1 \
+        || die "initdb failed"
+    rm -f "${pwfile}"
+    as_owner "${bindir}/pg_ctl" -D "${data}" -l "${base}/server.log" -w -t 30 \
+        -o "-p ${port} -k ${base} -c listen_addresses=127.0.0.1" start >>"${LOG}" 2>&1 \
+        || { cat "${base}/server.log" >>"${LOG}" 2>/dev/null || true; die "pg_ctl start failed"; }
+
+    local psql="${bindir}/psql"
+    [[ -x "${psql}" ]] || psql="$(command -v psql || true)"
+    [[ -n "${psql}" ]] || die "psql not found"
+    PGPASSWORD="${password}" "${psql}" -h 127.0.0.1 -p "${port}" -U esi -d postgres \
+        -tAc 'select 1' >>"${LOG}" 2>&1 || die "cannot log in to the new PostgreSQL"
+
+    umask 077
+    cat >"${ENV_FILE}" <<EOF
+export ESI_TEST_PG_HOST=127.0.0.1
+export ESI_TEST_PG_PORT=${port}
+export ESI_TEST_PG_USER=esi
+export ESI_TEST_PG_PASSWORD=${password}
+export ESI_TEST_PG_DATABASE=postgres
+export ESI_TEST_PSQL=${psql}
+EOF
+}
+
+stop() {
+    if read_state && [[ -n "${PGDATA_DIR:-}" ]]; then
+        if [[ -d "${PGDATA_DIR}" ]]; then
+            as_owner "${BINDIR}/pg_ctl" -D "${PGDATA_DIR}" -m fast -w -t 30 stop >/dev/null 2>&1 || true
+        fi
+        case "${PGBASE_DIR:-}" in
+            /tmp/esi-postgres.*) rm -rf "${PGBASE_DIR}" ;;
+        esac
+    fi
+    rm -f "${STATE_FILE}" "${ENV_FILE}"
+}
+
+case "${1:-}" in
+    start) start ;;
+    stop) stop ;;
+    *)
+        echo "usage: $0 start|stop" >&2
+        exit 2
+        ;;
+esac

@@ -1,0 +1,748 @@
+//! The ESE `esi-cli` flags (CONTRACT.md, "esi-cli") and their validation into a [`Plan`].
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+use super::duration::parse_duration;
+
+/// Where a projected ServiceAccount token lives in a Pod.
+pub const DEFAULT_TOKEN_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+/// Where the cluster CA lives in a Pod.
+pub const DEFAULT_CA_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt";
+
+/// `--mode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// Fetch once, then exec the application with the secrets.
+    Init,
+    /// Keep `--inject-on-file` files current until SIGTERM.
+    Daemon,
+}
+
+/// The command line, exactly the flags existing ESE Pod specs carry.
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "esi-cli",
+    version,
+    about = "Fetches secrets from an ESI Federation Server (or the local cluster) and injects them"
+)]
+pub struct Args {
+    /// init: fetch, then exec --binary-path; daemon: keep --inject-on-file files current.
+    #[arg(long, value_enum)]
+    pub mode: Mode,
+    /// Secrets whose keys all become environment variables (local mode: ExternalSecret names).
+    #[arg(long, value_delimiter = ',')]
+    pub external_secrets: Vec<String>,
+    /// `ENV=secret.key` (one key each), or `*` for every key of every named secret.
+    #[arg(long, value_delimiter = ',')]
+    pub inject_on_env: Vec<String>,
+    /// `/path=secret.key` (one key) or `/path=secret` (the whole secret as YAML).
+    #[arg(long, value_delimiter = ',')]
+    pub inject_on_file: Vec<String>,
+    /// Init mode: the program to exec with the secrets.
+    #[arg(long)]
+    pub binary_path: Option<PathBuf>,
+    /// Init mode: its arguments, comma separated.
+    #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
+    pub args: Vec<String>,
+    /// Daemon mode: how often to re-fetch (Go duration: 30s, 2m, 1h30m).
+    #[arg(long, default_value = "2m")]
+    pub daemon_refresh_interval: String,
+    /// Local mode: the namespace of the ExternalSecrets (default: the Pod's namespace).
+    #[arg(long)]
+    pub namespace: Option<String>,
+    /// The Federation Server (https). Without it, secrets come from the local cluster.
+    #[arg(long)]
+    pub federated_server_url: Option<String>,
+    /// The ClusterSecretStore on the Federation Server that names remote secrets.
+    #[arg(long)]
+    pub federated_store: Option<String>,
+    /// Generators on the Federation Server, `NAMESPACE/KIND/NAME`, comma separated.
+    #[arg(long, value_delimiter = ',')]
+    pub federated_generators: Vec<String>,
+    /// The ServiceAccount token file, read afresh for every request.
+    #[arg(long, default_value = DEFAULT_TOKEN_PATH)]
+    pub federated_token: PathBuf,
+    /// The client cluster's CA (PEM): sent to the server as `ca.crt` and trusted for its TLS.
+    #[arg(long)]
+    pub federated_ca_crt: Option<PathBuf>,
+    /// Overall time allowed for one round of fetching, retries included.
+    #[arg(long, default_value = "30s")]
+    pub timeout: String,
+}
+
+/// A flag combination or value that cannot work; reported before anything is fetched.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ArgsError {
+    /// A flag value is malformed.
+    #[error("--{flag}: {reason}")]
+    Invalid {
+        /// The flag, without dashes.
+        flag: &'static str,
+        /// What is wrong (never a secret value: flags hold names and paths).
+        reason: String,
+    },
+}
+
+fn invalid(flag: &'static str, reason: impl Into<String>) -> ArgsError {
+    ArgsError::Invalid {
+        flag,
+        reason: reason.into(),
+    }
+}
+
+/// A reference to a secret, or one key of it (`secret` or `secret.key`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecretRef {
+    /// The secret's name (remote secret, generator NAME, or ExternalSecret).
+    pub secret: String,
+    /// One key of it, if named.
+    pub key: Option<String>,
+}
+
+/// A generator on the Federation Server.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct GeneratorRef {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its kind (`Password`, `UUID`, …).
+    pub kind: String,
+    /// Its name: how `secret.key` references name its output.
+    pub name: String,
+}
+
+/// One thing to fetch, each fetched once however often it is referenced.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SecretId {
+    /// A remote secret of the federated store.
+    Store(String),
+    /// A generator's output.
+    Generator(GeneratorRef),
+    /// The Secret managed by an ExternalSecret of the local cluster.
+    Local(String),
+}
+
+impl std::fmt::Display for SecretId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SecretId::Store(n) => write!(f, "secret {n:?}"),
+            SecretId::Generator(g) => {
+                write!(f, "generator {}/{}/{}", g.namespace, g.kind, g.name)
+            }
+            SecretId::Local(n) => write!(f, "ExternalSecret {n:?}"),
+        }
+    }
+}
+
+/// Where secrets come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SourceConfig {
+    /// A Federation Server.
+    Federated {
+        /// Base URL, without a trailing slash.
+        url: String,
+        /// `--federated-store`.
+        store: Option<String>,
+        /// `--federated-token`.
+        token_path: PathBuf,
+        /// `--federated-ca-crt`, and whether the user named it (a missing default is tolerated).
+        ca_path: PathBuf,
+        /// True when `--federated-ca-crt` was given explicitly.
+        ca_explicit: bool,
+    },
+    /// ExternalSecrets of the cluster this Pod runs in.
+    Local {
+        /// `--namespace`, else the Pod's own.
+        namespace: Option<String>,
+    },
+}
+
+/// One environment variable to set from one key (or a whole raw value).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EnvSpec {
+    /// The variable name, as given.
+    pub var: String,
+    /// What it holds.
+    pub source: SecretRef,
+}
+
+/// One file to write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileSpec {
+    /// Absolute path.
+    pub path: PathBuf,
+    /// One key, or the whole secret (YAML).
+    pub source: SecretRef,
+}
+
+/// Everything the command line asks for, validated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    /// `--mode`.
+    pub mode: Mode,
+    /// Secrets whose every key becomes an env var: `--external-secrets`, and with `*`
+    /// every `--federated-generators` entry too (the named secrets), in order.
+    pub expand: Vec<String>,
+    /// Explicit `--inject-on-env` entries (they win over expanded names).
+    pub env: Vec<EnvSpec>,
+    /// `--inject-on-file` entries.
+    pub files: Vec<FileSpec>,
+    /// `--binary-path`.
+    pub binary: Option<PathBuf>,
+    /// `--args`.
+    pub args: Vec<String>,
+    /// `--daemon-refresh-interval`.
+    pub refresh: Duration,
+    /// `--timeout`.
+    pub timeout: Duration,
+    /// Federated or local.
+    pub source: SourceConfig,
+    /// `--federated-generators`.
+    pub generators: Vec<GeneratorRef>,
+}
+
+fn non_empty(items: &[String]) -> impl Iterator<Item = &str> {
+    items.iter().map(|s| s.trim()).filter(|s| !s.is_empty())
+}
+
+impl Plan {
+    /// Validates the flags. Nothing is read from disk or the network here.
+    pub fn from_args(a: &Args) -> Result<Plan, ArgsError> {
+        let refresh = parse_duration(&a.daemon_refresh_interval)
+            .map_err(|e| invalid("daemon-refresh-interval", e.to_string()))?;
+        if refresh < Duration::from_millis(100) {
+            return Err(invalid("daemon-refresh-interval", "must be at least 100ms"));
+        }
+        let timeout = parse_duration(&a.timeout).map_err(|e| invalid("timeout", e.to_string()))?;
+        if timeout.is_zero() {
+            return Err(invalid("timeout", "must be more than 0"));
+        }
+
+        let mut generators = Vec::new();
+        for g in non_empty(&a.federated_generators) {
+            let parts: Vec<&str> = g.split('/').collect();
+            match parts.as_slice() {
+                [ns, kind, name] if !ns.is_empty() && !kind.is_empty() && !name.is_empty() => {
+                    let g = GeneratorRef {
+                        namespace: ns.to_string(),
+                        kind: kind.to_string(),
+                        name: name.to_string(),
+                    };
+                    if generators.iter().any(|o: &GeneratorRef| o.name == g.name) {
+                        return Err(invalid(
+                            "federated-generators",
+                            format!(
+                                "two generators are named {:?}: references would be ambiguous",
+                                g.name
+                            ),
+                        ));
+                    }
+                    generators.push(g);
+                }
+                _ => {
+                    return Err(invalid(
+                        "federated-generators",
+                        format!("{g:?} is not NAMESPACE/KIND/NAME"),
+                    ));
+                }
+            }
+        }
+
+        let source = match a.federated_server_url.as_deref().map(str::trim) {
+            Some(url) if !url.is_empty() => {
+                let parsed = reqwest::Url::parse(url)
+                    .map_err(|e| invalid("federated-server-url", e.to_string()))?;
+                if parsed.scheme() != "https" {
+                    // The bearer token must never travel in clear text.
+                    return Err(invalid("federated-server-url", "must be an https:// URL"));
+                }
+                SourceConfig::Federated {
+                    url: url.trim_end_matches('/').to_string(),
+                    store: a
+                        .federated_store
+                        .as_deref()
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_string),
+                    token_path: a.federated_token.clone(),
+                    ca_path: a
+                        .federated_ca_crt
+                        .clone()
+                        .unwrap_or_else(|| PathBuf::from(DEFAULT_CA_PATH)),
+                    ca_explicit: a.federated_ca_crt.is_some(),
+                }
+            }
+            _ => {
+                if !generators.is_empty() || a.federated_store.is_some() {
+                    return Err(invalid(
+                        "federated-server-url",
+                        "is required with --federated-store and --federated-generators",
+                    ));
+                }
+                SourceConfig::Local {
+                    namespace: a.namespace.clone().filter(|n| !n.trim().is_empty()),
+                }
+            }
+        };
+        let known: Vec<String> = generators
+            .iter()
+            .map(|g| g.name.clone())
+            .chain(non_empty(&a.external_secrets).map(str::to_string))
+            .collect();
+
+        let mut expand: Vec<String> = Vec::new();
+        for n in non_empty(&a.external_secrets) {
+            if !expand.iter().any(|e| e == n) {
+                expand.push(n.to_string());
+            }
+        }
+        let mut env = Vec::new();
+        let mut all = false;
+        for item in non_empty(&a.inject_on_env) {
+            if item == "*" {
+                all = true;
+                continue;
+            }
+            let (var, r) = item.split_once('=').ok_or_else(|| {
+                invalid("inject-on-env", format!("{item:?} is not ENV=secret.key"))
+            })?;
+            let var = var.trim();
+            if var.is_empty() || var.contains('\0') {
+                return Err(invalid(
+                    "inject-on-env",
+                    format!("{item:?}: empty variable name"),
+                ));
+            }
+            env.push(EnvSpec {
+                var: var.to_string(),
+                source: parse_ref(r.trim(), &known).ok_or_else(|| {
+                    invalid("inject-on-env", format!("{item:?}: no secret named"))
+                })?,
+            });
+        }
+        if all {
+            for g in &generators {
+                if !expand.contains(&g.name) {
+                    expand.push(g.name.clone());
+                }
+            }
+        }
+        let mut files = Vec::new();
+        for item in non_empty(&a.inject_on_file) {
+            let (path, r) = item.split_once('=').ok_or_else(|| {
+                invalid(
+                    "inject-on-file",
+                    format!("{item:?} is not /path=secret[.key]"),
+                )
+            })?;
+            let path = PathBuf::from(path.trim());
+            if !path.is_absolute() {
+                return Err(invalid(
+                    "inject-on-file",
+                    format!("{item:?}: the path must be absolute"),
+                ));
+            }
+            if files.iter().any(|f: &FileSpec| f.path == path) {
+                return Err(invalid(
+                    "inject-on-file",
+                    format!("{} is named twice", path.display()),
+                ));
+            }
+            files.push(FileSpec {
+                path,
+                source: parse_ref(r.trim(), &known).ok_or_else(|| {
+                    invalid("inject-on-file", format!("{item:?}: no secret named"))
+                })?,
+            });
+        }
+
+        let binary = a.binary_path.clone().filter(|p| !p.as_os_str().is_empty());
+        match a.mode {
+            Mode::Init => {
+                if binary.is_none() && (!expand.is_empty() || !env.is_empty()) {
+                    return Err(invalid(
+                        "binary-path",
+                        "is required to inject environment variables in init mode",
+                    ));
+                }
+                if binary.is_none() && files.is_empty() {
+                    return Err(invalid(
+                        "binary-path",
+                        "init mode needs a program to exec or files to write",
+                    ));
+                }
+            }
+            Mode::Daemon => {
+                if files.is_empty() {
+                    return Err(invalid(
+                        "inject-on-file",
+                        "daemon mode keeps files current: name at least one",
+                    ));
+                }
+            }
+        }
+        let plan = Plan {
+            mode: a.mode,
+            expand,
+            env,
+            files,
+            binary,
+            args: a.args.clone(),
+            refresh,
+            timeout,
+            source,
+            generators,
+        };
+        // Every referenced secret must be fetchable from the chosen source.
+        for name in plan.referenced_names() {
+            plan.resolve(name)?;
+        }
+        Ok(plan)
+    }
+
+    fn referenced_names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = Vec::new();
+        let refs = self
+            .expand
+            .iter()
+            .map(String::as_str)
+            .chain(self.env.iter().map(|e| e.source.secret.as_str()))
+            .chain(self.files.iter().map(|f| f.source.secret.as_str()));
+        for n in refs {
+            if !names.contains(&n) {
+                names.push(n);
+            }
+        }
+        names
+    }
+
+    /// What a secret name means for the chosen source.
+    pub fn resolve(&self, name: &str) -> Result<SecretId, ArgsError> {
+        match &self.source {
+            SourceConfig::Local { .. } => Ok(SecretId::Local(name.to_string())),
+            SourceConfig::Federated { store, .. } => {
+                if let Some(g) = self.generators.iter().find(|g| g.name == name) {
+                    return Ok(SecretId::Generator(g.clone()));
+                }
+                if store.is_none() {
+                    return Err(invalid(
+                        "federated-store",
+                        format!(
+                            "is required to fetch {name:?} (it is not one of --federated-generators)"
+                        ),
+                    ));
+                }
+                Ok(SecretId::Store(name.to_string()))
+            }
+        }
+    }
+
+    /// Every distinct thing to fetch for the env vars and files of this mode, in
+    /// first-mention order. Daemon mode fetches only what its files need.
+    pub fn secrets(&self) -> Result<Vec<SecretId>, ArgsError> {
+        let mut out: Vec<SecretId> = Vec::new();
+        let names: Vec<&str> = match self.mode {
+            Mode::Init => self.referenced_names(),
+            Mode::Daemon => {
+                let mut v: Vec<&str> = Vec::new();
+                for f in &self.files {
+                    if !v.contains(&f.source.secret.as_str()) {
+                        v.push(&f.source.secret);
+                    }
+                }
+                v
+            }
+        };
+        for n in names {
+            let id = self.resolve(n)?;
+            if !out.contains(&id) {
+                out.push(id);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Splits `secret.key`. Secret names and keys may both hold dots, so a prefix that is a
+/// known secret name (a generator NAME or an `--external-secrets` entry) wins, longest
+/// first; otherwise the split is at the first dot, as ESE does.
+pub fn parse_ref(text: &str, known: &[String]) -> Option<SecretRef> {
+    if text.is_empty() {
+        return None;
+    }
+    let best = known
+        .iter()
+        .filter(|k| {
+            !k.is_empty()
+                && (text == k.as_str()
+                    || (text.starts_with(k.as_str())
+                        && text.as_bytes().get(k.len()) == Some(&b'.')))
+        })
+        .max_by_key(|k| k.len());
+    let (secret, key) = match best {
+        Some(k) if text == k.as_str() => (k.as_str(), None),
+        Some(k) => (k.as_str(), Some(&text[k.len() + 1..])),
+        None => match text.split_once('.') {
+            Some((s, k)) => (s, Some(k)),
+            None => (text, None),
+        },
+    };
+    if secret.is_empty() || key == Some("") {
+        return None;
+    }
+    Some(SecretRef {
+        secret: secret.to_string(),
+        key: key.map(str::to_string),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Plan, String> {
+        let mut full = vec!["esi-cli"];
+        full.extend_from_slice(args);
+        let a = Args::try_parse_from(full).map_err(|e| e.to_string())?;
+        Plan::from_args(&a).map_err(|e| e.to_string())
+    }
+
+    const FED: &[&str] = &[
+        "--federated-server-url=https://esi.example.com/",
+        "--federated-store=vault-prod",
+    ];
+
+    fn fed(extra: &[&str]) -> Result<Plan, String> {
+        let mut v = FED.to_vec();
+        v.extend_from_slice(extra);
+        parse(&v)
+    }
+
+    #[test]
+    fn ese_pod_spec_flags() {
+        let p = fed(&[
+            "--mode=init",
+            "--external-secrets=db-credentials,api-keys/service-a",
+            "--inject-on-env=DB_PASS=db-credentials.password,TOKEN=api-keys/service-a",
+            "--inject-on-file=/etc/app/db.yaml=db-credentials,/etc/app/pw=db-credentials.password",
+            "--binary-path=/bin/prometheus",
+            "--args=--config.file=/etc/prometheus.yml,--web.listen-address=:9090",
+            "--federated-generators=monitoring/Password/pw",
+            "--federated-token=/tmp/t",
+            "--federated-ca-crt=/tmp/ca",
+        ])
+        .unwrap();
+        assert_eq!(p.mode, Mode::Init);
+        assert_eq!(p.expand, vec!["db-credentials", "api-keys/service-a"]);
+        assert_eq!(p.env[0].var, "DB_PASS");
+        assert_eq!(
+            p.env[0].source,
+            SecretRef {
+                secret: "db-credentials".into(),
+                key: Some("password".into())
+            }
+        );
+        assert_eq!(p.env[1].source.key, None);
+        assert_eq!(p.files[0].source.key, None);
+        assert_eq!(p.files[1].path, PathBuf::from("/etc/app/pw"));
+        assert_eq!(
+            p.args,
+            vec![
+                "--config.file=/etc/prometheus.yml",
+                "--web.listen-address=:9090"
+            ]
+        );
+        assert_eq!(p.refresh, Duration::from_secs(120));
+        assert_eq!(p.timeout, Duration::from_secs(30));
+        match &p.source {
+            SourceConfig::Federated {
+                url,
+                store,
+                ca_explicit,
+                ..
+            } => {
+                assert_eq!(url, "https://esi.example.com");
+                assert_eq!(store.as_deref(), Some("vault-prod"));
+                assert!(ca_explicit);
+            }
+            other => panic!("{other:?}"),
+        }
+        let ids = p.secrets().unwrap();
+        assert_eq!(
+            ids,
+            vec![
+                SecretId::Store("db-credentials".into()),
+                SecretId::Store("api-keys/service-a".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn star_expands_generators_and_named_secrets() {
+        let p = fed(&[
+            "--mode=init",
+            "--binary-path=/bin/true",
+            "--inject-on-env=*,X=other.k",
+            "--federated-generators=ns/Password/pw,ns/UUID/id",
+        ])
+        .unwrap();
+        assert_eq!(p.expand, vec!["pw", "id"]);
+        let ids = p.secrets().unwrap();
+        assert_eq!(ids.len(), 3);
+        assert!(matches!(&ids[0], SecretId::Generator(g) if g.kind == "Password"));
+        assert_eq!(ids[2], SecretId::Store("other".into()));
+    }
+
+    #[test]
+    fn generator_only_needs_no_store() {
+        let p = parse(&[
+            "--federated-server-url=https://x",
+            "--mode=init",
+            "--binary-path=/bin/env",
+            "--inject-on-env=PW=pw.password",
+            "--federated-generators=ns/Password/pw",
+        ])
+        .unwrap();
+        assert!(matches!(&p.secrets().unwrap()[0], SecretId::Generator(_)));
+        let err = parse(&[
+            "--federated-server-url=https://x",
+            "--mode=init",
+            "--binary-path=/bin/env",
+            "--inject-on-env=PW=db.password",
+        ])
+        .unwrap_err();
+        assert!(err.contains("--federated-store"), "{err}");
+    }
+
+    #[test]
+    fn local_mode() {
+        let p = parse(&[
+            "--mode=daemon",
+            "--namespace=apps",
+            "--inject-on-file=/s/db=db-es.password",
+            "--daemon-refresh-interval=1h30m",
+        ])
+        .unwrap();
+        assert_eq!(
+            p.source,
+            SourceConfig::Local {
+                namespace: Some("apps".into())
+            }
+        );
+        assert_eq!(p.refresh, Duration::from_secs(5400));
+        assert_eq!(p.secrets().unwrap(), vec![SecretId::Local("db-es".into())]);
+    }
+
+    #[test]
+    fn refusals() {
+        let cases: &[(&[&str], &str)] = &[
+            (
+                &[
+                    "--mode=init",
+                    "--binary-path=/x",
+                    "--inject-on-env=NOEQUALS",
+                ],
+                "inject-on-env",
+            ),
+            (
+                &["--mode=init", "--binary-path=/x", "--inject-on-env==a.b"],
+                "empty variable",
+            ),
+            (
+                &["--mode=init", "--inject-on-file=rel/path=a.b"],
+                "absolute",
+            ),
+            (&["--mode=init", "--inject-on-file=/a=x,/a=y"], "twice"),
+            (&["--mode=init", "--external-secrets=a"], "binary-path"),
+            (&["--mode=init"], "binary-path"),
+            (&["--mode=daemon", "--external-secrets=a"], "daemon mode"),
+            (
+                &[
+                    "--mode=daemon",
+                    "--inject-on-file=/a=b",
+                    "--daemon-refresh-interval=10",
+                ],
+                "daemon-refresh-interval",
+            ),
+            (
+                &["--mode=daemon", "--inject-on-file=/a=b", "--timeout=0"],
+                "timeout",
+            ),
+            (
+                &[
+                    "--mode=init",
+                    "--binary-path=/x",
+                    "--federated-generators=a/b",
+                ],
+                "NAMESPACE/KIND/NAME",
+            ),
+            (
+                &[
+                    "--mode=init",
+                    "--binary-path=/x",
+                    "--federated-generators=a/b/c,d/e/c",
+                ],
+                "ambiguous",
+            ),
+            (
+                &[
+                    "--mode=init",
+                    "--binary-path=/x",
+                    "--federated-server-url=http://plain",
+                    "--federated-store=s",
+                ],
+                "https",
+            ),
+            (&["--mode=bogus"], "invalid value"),
+        ];
+        for (args, needle) in cases {
+            let err = parse(args).unwrap_err();
+            assert!(err.contains(needle), "{args:?}: {err}");
+        }
+        // Generators need a server.
+        let err = parse(&[
+            "--mode=init",
+            "--binary-path=/x",
+            "--federated-generators=a/b/c",
+        ])
+        .unwrap_err();
+        assert!(err.contains("federated-server-url"), "{err}");
+    }
+
+    #[test]
+    fn refs_with_dots() {
+        let known = vec!["app.config".to_string(), "app".to_string()];
+        let r = parse_ref("app.config.tls.crt", &known).unwrap();
+        assert_eq!(
+            (r.secret.as_str(), r.key.as_deref()),
+            ("app.config", Some("tls.crt"))
+        );
+        let r = parse_ref("app.user", &known).unwrap();
+        assert_eq!((r.secret.as_str(), r.key.as_deref()), ("app", Some("user")));
+        let r = parse_ref("app.config", &known).unwrap();
+        assert_eq!((r.secret.as_str(), r.key.as_deref()), ("app.config", None));
+        let r = parse_ref("db.tls.crt", &[]).unwrap();
+        assert_eq!(
+            (r.secret.as_str(), r.key.as_deref()),
+            ("db", Some("tls.crt"))
+        );
+        let r = parse_ref("api-keys/service-a", &[]).unwrap();
+        assert_eq!((r.secret.as_str(), r.key), ("api-keys/service-a", None));
+        assert!(parse_ref("", &[]).is_none());
+        assert!(parse_ref("db.", &[]).is_none());
+        assert!(parse_ref(".k", &[]).is_none());
+    }
+
+    #[test]
+    fn daemon_fetches_only_what_files_need() {
+        let p = fed(&[
+            "--mode=daemon",
+            "--external-secrets=envonly",
+            "--inject-on-file=/f=filed.k",
+        ])
+        .unwrap();
+        assert_eq!(p.secrets().unwrap(), vec![SecretId::Store("filed".into())]);
+    }
+}

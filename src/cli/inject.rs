@@ -1,0 +1,398 @@
+//! Turning fetched secrets into what the application gets: environment variables and
+//! file contents. Pure functions, so every rule here is unit-tested.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+
+use super::args::{FileSpec, Plan, SecretId, SecretRef};
+use super::fetch::FetchError;
+use super::value::{SecretData, SecretValue};
+
+/// One reason a requested secret cannot be had; printed as one line.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{subject}: {reason}")]
+pub struct Failure {
+    /// Which secret (and key, or file), e.g. `secret "db"`.
+    pub subject: String,
+    /// Why, never holding a value.
+    pub reason: String,
+}
+
+/// Everything to inject, computed only when every requested secret was had.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Injection {
+    /// Variables to set on top of the inherited environment, in a stable order.
+    pub env: Vec<(String, SecretValue)>,
+    /// Files to write.
+    pub files: Vec<(PathBuf, SecretValue)>,
+}
+
+/// Results of one round of fetching.
+pub type Results = HashMap<SecretId, Result<SecretData, FetchError>>;
+
+/// An environment variable name from a key: upper-cased, every character that is not an
+/// ASCII letter or digit becomes `_` (ESE's rule).
+pub fn env_name(key: &str) -> String {
+    key.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// The whole secret as a YAML map of key: value (strings, quoted where YAML would
+/// otherwise read them as numbers, booleans or null).
+pub fn render_yaml(data: &SecretData) -> Result<SecretValue, String> {
+    let mut map: BTreeMap<&str, &str> = BTreeMap::new();
+    for (k, v) in &data.keys {
+        let text = v.as_str().ok_or_else(|| {
+            format!("key {k:?} is not UTF-8 text and cannot go into YAML; write it alone (/path=secret.{k})")
+        })?;
+        map.insert(k.as_str(), text);
+    }
+    // The serializer's error text is not shown: it could quote a value.
+    serde_saphyr::to_string(&map)
+        .map(SecretValue::new)
+        .map_err(|_| "the secret could not be rendered as YAML".to_string())
+}
+
+fn lookup<'a>(
+    plan: &Plan,
+    results: &'a Results,
+    name: &str,
+) -> Result<(SecretId, &'a SecretData), Option<Failure>> {
+    let id = plan.resolve(name).map_err(|e| {
+        Some(Failure {
+            subject: format!("secret {name:?}"),
+            reason: e.to_string(),
+        })
+    })?;
+    match results.get(&id) {
+        Some(Ok(data)) => Ok((id, data)),
+        // The fetch failure itself is reported once, by the caller.
+        Some(Err(_)) => Err(None),
+        None => Err(Some(Failure {
+            subject: id.to_string(),
+            reason: "was not fetched".into(),
+        })),
+    }
+}
+
+fn pick(id: &SecretId, data: &SecretData, r: &SecretRef) -> Result<SecretValue, Failure> {
+    match &r.key {
+        Some(k) => data.keys.get(k).cloned().ok_or_else(|| Failure {
+            subject: format!("{id}"),
+            reason: if data.keys.is_empty() && data.raw.is_some() {
+                format!("key {k:?} not found: the value is not a JSON object")
+            } else {
+                format!("key {k:?} not found")
+            },
+        }),
+        None => data.raw.clone().ok_or_else(|| Failure {
+            subject: format!("{id}"),
+            reason: "has several keys: name one (secret.key)".into(),
+        }),
+    }
+}
+
+/// The content of one file: one key's value, or the whole secret (YAML when it has
+/// keys; a store value that is not a JSON object is written as it is).
+pub fn render_file(
+    plan: &Plan,
+    results: &Results,
+    spec: &FileSpec,
+) -> Result<SecretValue, Option<Failure>> {
+    let (id, data) = lookup(plan, results, &spec.source.secret)?;
+    let with_path = |f: Failure| Failure {
+        subject: format!("{} (for {})", f.subject, spec.path.display()),
+        reason: f.reason,
+    };
+    match (&spec.source.key, &data.raw) {
+        (Some(_), _) => pick(&id, data, &spec.source).map_err(|f| Some(with_path(f))),
+        (None, Some(raw)) if data.keys.is_empty() => Ok(raw.clone()),
+        (None, _) => render_yaml(data).map_err(|reason| {
+            Some(with_path(Failure {
+                subject: id.to_string(),
+                reason,
+            }))
+        }),
+    }
+}
+
+/// The failures of the fetch round, one line per secret that could not be had.
+pub fn fetch_failures(results: &Results, order: &[SecretId]) -> Vec<Failure> {
+    order
+        .iter()
+        .filter_map(|id| match results.get(id) {
+            Some(Err(e)) => Some(Failure {
+                subject: id.to_string(),
+                reason: e.to_string(),
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Everything init mode injects, or every reason it cannot (then nothing is injected).
+pub fn assemble(
+    plan: &Plan,
+    results: &Results,
+    order: &[SecretId],
+) -> Result<Injection, Vec<Failure>> {
+    let mut failures = fetch_failures(results, order);
+    let mut env: Vec<(String, SecretValue)> = Vec::new();
+    let explicit: Vec<&str> = plan.env.iter().map(|e| e.var.as_str()).collect();
+    for name in &plan.expand {
+        let (id, data) = match lookup(plan, results, name) {
+            Ok(found) => found,
+            Err(f) => {
+                failures.extend(f);
+                continue;
+            }
+        };
+        if data.keys.is_empty() && data.raw.is_some() {
+            failures.push(Failure {
+                subject: id.to_string(),
+                reason: "the value is not a JSON object, so it has no keys to become environment variables".into(),
+            });
+            continue;
+        }
+        for (k, v) in &data.keys {
+            let var = env_name(k);
+            if var.is_empty() || explicit.contains(&var.as_str()) {
+                continue;
+            }
+            if env.iter().any(|(n, _)| *n == var) {
+                // Two keys map to one name: the first one (in flag order) stays.
+                tracing::warn!(variable = %var, key = %k, secret = %id, "environment variable already set by another key; skipped");
+                continue;
+            }
+            env.push((var, v.clone()));
+        }
+    }
+    for spec in &plan.env {
+        match lookup(plan, results, &spec.source.secret) {
+            Ok((id, data)) => match pick(&id, data, &spec.source) {
+                Ok(v) => {
+                    env.retain(|(n, _)| *n != spec.var);
+                    env.push((spec.var.clone(), v));
+                }
+                Err(f) => failures.push(Failure {
+                    subject: format!("{} (for {})", f.subject, spec.var),
+                    reason: f.reason,
+                }),
+            },
+            Err(f) => failures.extend(f),
+        }
+    }
+    let mut files = Vec::new();
+    for spec in &plan.files {
+        match render_file(plan, results, spec) {
+            Ok(v) => files.push((spec.path.clone(), v)),
+            Err(f) => failures.extend(f),
+        }
+    }
+    if failures.is_empty() {
+        Ok(Injection { env, files })
+    } else {
+        Err(failures)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::args::{Args, Plan};
+    use clap::Parser;
+
+    fn plan(args: &[&str]) -> Plan {
+        let mut v = vec![
+            "esi-cli",
+            "--federated-server-url=https://esi.test",
+            "--federated-store=st",
+        ];
+        v.extend_from_slice(args);
+        Plan::from_args(&Args::try_parse_from(v).unwrap()).unwrap()
+    }
+
+    fn keys(pairs: &[(&str, &str)]) -> SecretData {
+        SecretData::from_keys(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), SecretValue::new(*v)))
+                .collect(),
+        )
+    }
+
+    fn env_of(inj: &Injection) -> Vec<(String, String)> {
+        inj.env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn names() {
+        assert_eq!(env_name("db-password"), "DB_PASSWORD");
+        assert_eq!(env_name("tls.crt"), "TLS_CRT");
+        assert_eq!(env_name("api/key v2"), "API_KEY_V2");
+        assert_eq!(env_name("Ünïcode"), "_N_CODE");
+        assert_eq!(env_name("ALREADY_OK_1"), "ALREADY_OK_1");
+    }
+
+    #[test]
+    fn yaml_round_trips_strings() {
+        let d = keys(&[
+            ("user", "app"),
+            ("port", "5432"),
+            ("flag", "yes"),
+            ("nothing", "null"),
+            ("multi", "line1\nline2: x"),
+            ("quote", "it's \"q\" #no"),
+            ("empty", ""),
+        ]);
+        let y = render_yaml(&d).unwrap();
+        let back: BTreeMap<String, String> = serde_saphyr::from_str(y.as_str().unwrap()).unwrap();
+        let want: BTreeMap<String, String> = d
+            .keys
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
+            .collect();
+        assert_eq!(back, want);
+        assert!(
+            render_yaml(&SecretData::from_keys(BTreeMap::from([(
+                "bin".to_string(),
+                SecretValue::new(vec![0xff, 0xfe])
+            )])))
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn expansion_explicit_wins_and_store_properties() {
+        let p = plan(&[
+            "--mode=init",
+            "--binary-path=/bin/env",
+            "--external-secrets=db",
+            "--inject-on-env=PASSWORD=other.pw,RAW=other,U=db.user-name",
+        ]);
+        let mut r = Results::new();
+        r.insert(
+            SecretId::Store("db".into()),
+            Ok(SecretData::from_store_value(
+                r#"{"user-name":"app","password":"from-db"}"#.into(),
+            )),
+        );
+        r.insert(
+            SecretId::Store("other".into()),
+            Ok(SecretData::from_store_value(
+                r#"{"pw":"from-other"}"#.into(),
+            )),
+        );
+        let inj = assemble(&p, &r, &p.secrets().unwrap()).unwrap();
+        let env = env_of(&inj);
+        assert!(env.contains(&("USER_NAME".into(), "app".into())));
+        assert!(
+            env.contains(&("PASSWORD".into(), "from-other".into())),
+            "{env:?}"
+        );
+        assert!(!env.contains(&("PASSWORD".into(), "from-db".into())));
+        assert!(env.contains(&("RAW".into(), r#"{"pw":"from-other"}"#.into())));
+        assert!(env.contains(&("U".into(), "app".into())));
+    }
+
+    #[test]
+    fn failures_are_one_line_each_and_nothing_injected() {
+        let p = plan(&[
+            "--mode=init",
+            "--binary-path=/bin/env",
+            "--external-secrets=denied,plain",
+            "--inject-on-env=A=ok.missing,B=denied.x",
+            "--inject-on-file=/f=ok.also-missing",
+        ]);
+        let mut r = Results::new();
+        r.insert(
+            SecretId::Store("denied".into()),
+            Err(FetchError::NotFound("not found".into())),
+        );
+        r.insert(
+            SecretId::Store("plain".into()),
+            Ok(SecretData::from_store_value("tok".into())),
+        );
+        r.insert(
+            SecretId::Store("ok".into()),
+            Ok(SecretData::from_store_value(r#"{"k":"v"}"#.into())),
+        );
+        let fails = assemble(&p, &r, &p.secrets().unwrap()).unwrap_err();
+        let lines: Vec<String> = fails.iter().map(|f| f.to_string()).collect();
+        assert_eq!(lines.len(), 4, "{lines:#?}");
+        assert!(lines[0].starts_with("secret \"denied\": "), "{lines:#?}");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("\"plain\"") && l.contains("not a JSON object"))
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("(for A)") && l.contains("key \"missing\" not found"))
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("(for /f)") && l.contains("also-missing"))
+        );
+        for l in &lines {
+            assert!(!l.contains("tok") && !l.contains("\"v\""), "{l}");
+        }
+    }
+
+    #[test]
+    fn files_key_whole_and_raw() {
+        let p = plan(&[
+            "--mode=init",
+            "--inject-on-file=/a=db.user,/b=db,/c=token,/d=pw",
+            "--federated-generators=ns/Password/pw",
+        ]);
+        let mut r = Results::new();
+        r.insert(
+            SecretId::Store("db".into()),
+            Ok(SecretData::from_store_value(
+                r#"{"user":"app","password":"p"}"#.into(),
+            )),
+        );
+        r.insert(
+            SecretId::Store("token".into()),
+            Ok(SecretData::from_store_value("t0k".into())),
+        );
+        let ids = p.secrets().unwrap();
+        r.insert(ids[2].clone(), Ok(keys(&[("password", "gen")])));
+        let inj = assemble(&p, &r, &ids).unwrap();
+        let f: HashMap<String, String> = inj
+            .files
+            .iter()
+            .map(|(p, v)| (p.display().to_string(), v.as_str().unwrap().to_string()))
+            .collect();
+        assert_eq!(f["/a"], "app");
+        let whole: BTreeMap<String, String> = serde_saphyr::from_str(&f["/b"]).unwrap();
+        assert_eq!(whole["password"], "p");
+        assert_eq!(f["/c"], "t0k");
+        assert_eq!(f["/d"].trim(), "password: gen");
+    }
+
+    #[test]
+    fn colliding_key_names_keep_the_first() {
+        let p = plan(&["--mode=init", "--binary-path=/x", "--external-secrets=s"]);
+        let mut r = Results::new();
+        r.insert(
+            SecretId::Store("s".into()),
+            Ok(keys(&[("a-b", "1"), ("a.b", "2")])),
+        );
+        let inj = assemble(&p, &r, &p.secrets().unwrap()).unwrap();
+        assert_eq!(env_of(&inj), vec![("A_B".to_string(), "1".to_string())]);
+    }
+}

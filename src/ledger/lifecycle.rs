@@ -1,0 +1,609 @@
+//! What happens to an issued credential: recorded before it is answered, revoked on
+//! request or at expiry, retried until revocation succeeds.
+//!
+//! Every step writes an audit line on the `esi::audit` target (never a value or a
+//! revocation state: only its fingerprint) and counts `esi_credentials_issued_total` /
+//! `esi_credentials_revoked_total` by generator kind and outcome.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
+use super::{GeneratorRef, Holder, Ledger, LedgerEntry, LedgerError};
+use crate::config::{GeneratorKey, Snapshot};
+use crate::generators::{Generated, Generator, GeneratorError, unix_now};
+use crate::metrics::METRICS;
+
+/// Longest pause between two revocation attempts of one entry.
+const MAX_BACKOFF_SECS: u64 = 300;
+/// Entries one sweep handles at most (the next sweep takes the rest).
+const SWEEP_BATCH: usize = 256;
+
+/// Why an issued credential could not be handed out.
+#[derive(Debug, thiserror::Error)]
+pub enum IssueError {
+    /// Recording failed; the credential was revoked again (or left to lapse, logged).
+    #[error("the issued credential could not be recorded")]
+    NotRecorded(#[source] LedgerError),
+    /// No ledger is configured, so a revocable credential cannot be accounted for.
+    #[error("no credential ledger is configured")]
+    NoLedger,
+}
+
+/// Delay before retry number `attempts + 1`: doubling from 1 s, capped.
+pub fn backoff(attempts: u32) -> u64 {
+    1u64.checked_shl(attempts.min(16))
+        .unwrap_or(MAX_BACKOFF_SECS)
+        .min(MAX_BACKOFF_SECS)
+}
+
+fn audit_issue(
+    holder: &Holder,
+    generator: &GeneratorRef,
+    kind: &str,
+    generated: &Generated,
+    outcome: &str,
+) {
+    let lease_id_hash = generated
+        .revocation
+        .as_ref()
+        .map(|s| s.fingerprint())
+        .unwrap_or_default();
+    tracing::info!(
+        target: "esi::audit",
+        event = "issue",
+        outcome,
+        federation = %holder.federation,
+        subject = %holder.subject,
+        requested_by = %holder.requested_by,
+        namespace = %holder.namespace,
+        service_account = %holder.service_account,
+        pod = holder.pod_name.as_deref().unwrap_or(""),
+        pod_uid = holder.pod_uid.as_deref().unwrap_or(""),
+        generator = %generator,
+        generator_kind = kind,
+        lease_id_hash = %lease_id_hash,
+        expires_at = generated.expires_at.unwrap_or(0),
+        "credential issued"
+    );
+}
+
+fn audit_revoke(entry: &LedgerEntry, kind: &str, reason: &str, outcome: &str, error: &str) {
+    tracing::info!(
+        target: "esi::audit",
+        event = "revoke",
+        outcome,
+        reason,
+        federation = %entry.holder.federation,
+        subject = %entry.holder.subject,
+        namespace = %entry.holder.namespace,
+        service_account = %entry.holder.service_account,
+        pod = entry.holder.pod_name.as_deref().unwrap_or(""),
+        generator = %entry.generator,
+        generator_kind = kind,
+        lease_id_hash = %entry.state.fingerprint(),
+        issued_at = entry.issued_at,
+        expires_at = entry.expires_at.unwrap_or(0),
+        attempts = entry.attempts,
+        error,
+        "credential revocation"
+    );
+}
+
+/// Accounts for a fresh credential before it is answered. A revocable one is recorded
+/// durably in `ledger`; if that fails (or there is no ledger) it is revoked again at
+/// once (bounded by `timeout`) and an error is answered instead of the credential.
+pub async fn record_issue(
+    ledger: Option<&dyn Ledger>,
+    generator: &dyn Generator,
+    generator_ref: &GeneratorRef,
+    holder: &Holder,
+    generated: &Generated,
+    timeout: Duration,
+) -> Result<(), IssueError> {
+    let kind = generator.kind();
+    let Some(state) = &generated.revocation else {
+        METRICS
+            .credentials_issued
+            .with_label_values(&[kind, "ok"])
+            .inc();
+        audit_issue(holder, generator_ref, kind, generated, "ok");
+        return Ok(());
+    };
+    let entry = LedgerEntry {
+        id: uuid::Uuid::new_v4().to_string(),
+        holder: holder.clone(),
+        generator: generator_ref.clone(),
+        state: state.clone(),
+        issued_at: unix_now(),
+        expires_at: generated.expires_at,
+        retry_at: None,
+        attempts: 0,
+        last_error: None,
+    };
+    let failure = match ledger {
+        Some(ledger) => match ledger.record(&entry).await {
+            Ok(()) => {
+                METRICS
+                    .credentials_issued
+                    .with_label_values(&[kind, "ok"])
+                    .inc();
+                audit_issue(holder, generator_ref, kind, generated, "ok");
+                return Ok(());
+            }
+            Err(e) => IssueError::NotRecorded(e),
+        },
+        None => IssueError::NoLedger,
+    };
+    // Not accounted for: it must not be handed out, and should not outlive this call.
+    METRICS
+        .credentials_issued
+        .with_label_values(&[kind, "not_recorded"])
+        .inc();
+    audit_issue(holder, generator_ref, kind, generated, "not_recorded");
+    tracing::error!(generator = %generator_ref, error = %failure, "issued credential not recorded; revoking it");
+    let revoked = match tokio::time::timeout(timeout, generator.revoke(state)).await {
+        Ok(r) => r,
+        Err(_) => Err(GeneratorError::Unavailable("revocation timed out".into())),
+    };
+    let (outcome, error) = match &revoked {
+        Ok(()) => ("ok", String::new()),
+        Err(e) => ("error", e.to_string()),
+    };
+    METRICS
+        .credentials_revoked
+        .with_label_values(&[kind, outcome])
+        .inc();
+    audit_revoke(&entry, kind, "not_recorded", outcome, &error);
+    if revoked.is_err() {
+        tracing::error!(generator = %generator_ref, lease_id_hash = %state.fingerprint(), "unrecorded credential could not be revoked; it lapses at its backend expiry");
+    }
+    Err(failure)
+}
+
+/// What a revocation pass did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RevokeSummary {
+    /// Revoked at the backend and removed from the ledger.
+    pub revoked: usize,
+    /// Removed without a backend call: past expiry, and its generator is gone.
+    pub lapsed: usize,
+    /// Failed; kept and scheduled for a retry by the sweeper.
+    pub failed: usize,
+}
+
+impl RevokeSummary {
+    fn add(&mut self, other: RevokeSummary) {
+        self.revoked += other.revoked;
+        self.lapsed += other.lapsed;
+        self.failed += other.failed;
+    }
+}
+
+/// Revokes `entries` with the generators serving them now, removing each that is
+/// revoked and scheduling a retry for each that is not (never dropping one silently).
+/// An entry whose generator is no longer configured is removed only once it has
+/// expired (the backend ended it); before that it waits for a retry.
+pub async fn revoke_entries(
+    ledger: &dyn Ledger,
+    generators: &HashMap<GeneratorKey, Arc<dyn Generator>>,
+    entries: Vec<LedgerEntry>,
+    reason: &'static str,
+    timeout: Duration,
+) -> Result<RevokeSummary, LedgerError> {
+    let mut summary = RevokeSummary::default();
+    for entry in entries {
+        summary.add(revoke_one(ledger, generators, &entry, reason, timeout).await?);
+    }
+    Ok(summary)
+}
+
+async fn revoke_one(
+    ledger: &dyn Ledger,
+    generators: &HashMap<GeneratorKey, Arc<dyn Generator>>,
+    entry: &LedgerEntry,
+    reason: &'static str,
+    timeout: Duration,
+) -> Result<RevokeSummary, LedgerError> {
+    let now = unix_now();
+    let Some(generator) = generators.get(&entry.generator.lookup_key()) else {
+        let kind = entry.generator.kind.as_str();
+        if entry.expires_at.is_some_and(|at| at <= now) {
+            if ledger.remove(&entry.id).await? {
+                METRICS
+                    .credentials_revoked
+                    .with_label_values(&[kind, "lapsed"])
+                    .inc();
+                audit_revoke(
+                    entry,
+                    kind,
+                    reason,
+                    "lapsed",
+                    "generator no longer configured",
+                );
+            }
+            return Ok(RevokeSummary {
+                lapsed: 1,
+                ..RevokeSummary::default()
+            });
+        }
+        let error = "generator no longer configured";
+        ledger
+            .mark_retry(&entry.id, now + backoff(entry.attempts), error)
+            .await?;
+        METRICS
+            .credentials_revoked
+            .with_label_values(&[kind, "error"])
+            .inc();
+        audit_revoke(entry, kind, reason, "error", error);
+        return Ok(RevokeSummary {
+            failed: 1,
+            ..RevokeSummary::default()
+        });
+    };
+    let kind = generator.kind();
+    let result = match tokio::time::timeout(timeout, generator.revoke(&entry.state)).await {
+        Ok(r) => r,
+        Err(_) => Err(GeneratorError::Unavailable("revocation timed out".into())),
+    };
+    match result {
+        Ok(()) => {
+            // False: a concurrent pass removed it first; the backend call was idempotent.
+            if ledger.remove(&entry.id).await? {
+                METRICS
+                    .credentials_revoked
+                    .with_label_values(&[kind, "ok"])
+                    .inc();
+                audit_revoke(entry, kind, reason, "ok", "");
+            }
+            Ok(RevokeSummary {
+                revoked: 1,
+                ..RevokeSummary::default()
+            })
+        }
+        Err(e) => {
+            let error = e.to_string();
+            ledger
+                .mark_retry(&entry.id, unix_now() + backoff(entry.attempts), &error)
+                .await?;
+            METRICS
+                .credentials_revoked
+                .with_label_values(&[kind, "error"])
+                .inc();
+            audit_revoke(entry, kind, reason, "error", &error);
+            tracing::warn!(generator = %entry.generator, attempts = entry.attempts + 1, error = %error, "revocation failed; the sweeper retries it");
+            Ok(RevokeSummary {
+                failed: 1,
+                ..RevokeSummary::default()
+            })
+        }
+    }
+}
+
+/// One sweep: revokes and removes what is due (expired, or a retry whose time has
+/// come), in bounded batches.
+pub async fn sweep_once(
+    ledger: &dyn Ledger,
+    snapshot: &Snapshot,
+    timeout: Duration,
+) -> Result<RevokeSummary, LedgerError> {
+    let due = ledger.due(unix_now(), SWEEP_BATCH).await?;
+    if due.is_empty() {
+        return Ok(RevokeSummary::default());
+    }
+    let summary = revoke_entries(ledger, &snapshot.generators, due, "sweep", timeout).await?;
+    tracing::info!(
+        revoked = summary.revoked,
+        lapsed = summary.lapsed,
+        failed = summary.failed,
+        "ledger sweep"
+    );
+    Ok(summary)
+}
+
+/// The background sweeper: every `interval`, revokes what is due with the generators
+/// of the current snapshot.
+pub struct Sweeper {
+    /// The ledger swept.
+    pub ledger: Arc<dyn Ledger>,
+    /// The live configuration (generators are looked up per sweep).
+    pub snapshot: Arc<ArcSwap<Snapshot>>,
+    /// Time between sweeps.
+    pub interval: Duration,
+    /// Bound on each revocation call.
+    pub timeout: Duration,
+}
+
+impl Sweeper {
+    /// Runs forever (spawn it).
+    pub async fn run(self) {
+        let mut ticker = tokio::time::interval(self.interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let snapshot = self.snapshot.load_full();
+            if let Err(e) = sweep_once(self.ledger.as_ref(), &snapshot, self.timeout).await {
+                tracing::error!(error = %e, "ledger sweep failed");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::identity;
+    use super::super::{Owner, RedbLedger};
+    use super::*;
+    use crate::generators::{GenerateContext, RevocationState};
+    use std::sync::Mutex;
+
+    /// A revocable generator whose backend can be switched off.
+    struct Leases {
+        revoked: Mutex<Vec<RevocationState>>,
+        fail: std::sync::atomic::AtomicBool,
+        ttl: Option<u64>,
+    }
+
+    impl Leases {
+        fn new(ttl: Option<u64>) -> Arc<Self> {
+            Arc::new(Leases {
+                revoked: Mutex::new(Vec::new()),
+                fail: false.into(),
+                ttl,
+            })
+        }
+        fn set_failing(&self, fail: bool) {
+            self.fail.store(fail, std::sync::atomic::Ordering::SeqCst);
+        }
+        fn revoked(&self) -> usize {
+            self.revoked.lock().unwrap().len()
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl Generator for Leases {
+        fn kind(&self) -> &'static str {
+            "TestLeases"
+        }
+        async fn generate(&self, _: &GenerateContext<'_>) -> Result<Generated, GeneratorError> {
+            Ok(Generated {
+                data: [("k".to_string(), "v".to_string())].into(),
+                revocation: Some(RevocationState(
+                    serde_json::json!({"leaseId": uuid::Uuid::new_v4().to_string()}),
+                )),
+                expires_at: self.ttl.map(|t| unix_now() + t),
+            })
+        }
+        async fn revoke(&self, state: &RevocationState) -> Result<(), GeneratorError> {
+            if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(GeneratorError::Unavailable("down".into()));
+            }
+            self.revoked.lock().unwrap().push(state.clone());
+            Ok(())
+        }
+    }
+
+    fn gref() -> GeneratorRef {
+        GeneratorRef {
+            namespace: "apps".into(),
+            kind: "TestLeases".into(),
+            name: "db".into(),
+        }
+    }
+
+    fn generators(g: &Arc<Leases>) -> HashMap<GeneratorKey, Arc<dyn Generator>> {
+        [(gref().lookup_key(), g.clone() as Arc<dyn Generator>)].into()
+    }
+
+    fn holder() -> Holder {
+        Holder::new(&identity("alpha", "apps", "app", Some("app-1")), None)
+    }
+
+    async fn issue(ledger: &dyn Ledger, g: &Leases) -> Generated {
+        let out = g.generate(&GenerateContext::default()).await.unwrap();
+        record_issue(
+            Some(ledger),
+            g,
+            &gref(),
+            &holder(),
+            &out,
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap();
+        out
+    }
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        assert_eq!(backoff(0), 1);
+        assert_eq!(backoff(3), 8);
+        assert_eq!(backoff(20), MAX_BACKOFF_SECS);
+        assert_eq!(backoff(u32::MAX), MAX_BACKOFF_SECS);
+    }
+
+    #[tokio::test]
+    async fn records_then_revokes_by_owner() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = RedbLedger::open(&dir.path().join("l.redb")).unwrap();
+        let g = Leases::new(None);
+        issue(&ledger, &g).await;
+        issue(&ledger, &g).await;
+        let owned = ledger.by_owner(&holder().owner()).await.unwrap();
+        assert_eq!(owned.len(), 2);
+        let s = revoke_entries(
+            &ledger,
+            &generators(&g),
+            owned,
+            "request",
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            s,
+            RevokeSummary {
+                revoked: 2,
+                lapsed: 0,
+                failed: 0
+            }
+        );
+        assert_eq!(g.revoked(), 2);
+        assert_eq!(ledger.count().await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn failures_are_kept_and_retried() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = RedbLedger::open(&dir.path().join("l.redb")).unwrap();
+        let g = Leases::new(None);
+        issue(&ledger, &g).await;
+        g.set_failing(true);
+        let owned = ledger.by_owner(&holder().owner()).await.unwrap();
+        let s = revoke_entries(
+            &ledger,
+            &generators(&g),
+            owned,
+            "request",
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap();
+        assert_eq!(s.failed, 1);
+        assert_eq!(ledger.count().await.unwrap(), 1);
+        // The retry comes due after the backoff; the sweeper then succeeds.
+        g.set_failing(false);
+        let mut snapshot = Snapshot::empty();
+        snapshot.generators = generators(&g);
+        let mut swept = RevokeSummary::default();
+        for _ in 0..30 {
+            swept = sweep_once(&ledger, &snapshot, Duration::from_secs(1))
+                .await
+                .unwrap();
+            if swept.revoked > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(swept.revoked, 1);
+        assert_eq!(ledger.count().await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn sweeper_revokes_expired_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = RedbLedger::open(&dir.path().join("l.redb")).unwrap();
+        let short = Leases::new(Some(0));
+        let long = Leases::new(Some(3_600));
+        issue(&ledger, &short).await;
+        issue(&ledger, &long).await;
+        let mut snapshot = Snapshot::empty();
+        snapshot.generators = generators(&short);
+        let s = sweep_once(&ledger, &snapshot, Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert_eq!(s.revoked, 1);
+        assert_eq!(short.revoked(), 1);
+        assert_eq!(ledger.count().await.unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn gone_generators_lapse_only_after_expiry() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = RedbLedger::open(&dir.path().join("l.redb")).unwrap();
+        let expired = Leases::new(Some(0));
+        let live = Leases::new(None);
+        issue(&ledger, &expired).await;
+        issue(&ledger, &live).await;
+        let owned = ledger.by_owner(&holder().owner()).await.unwrap();
+        let s = revoke_entries(
+            &ledger,
+            &HashMap::new(),
+            owned,
+            "request",
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            s,
+            RevokeSummary {
+                revoked: 0,
+                lapsed: 1,
+                failed: 1
+            }
+        );
+        let left = ledger.by_owner(&holder().owner()).await.unwrap();
+        assert_eq!(left.len(), 1);
+        assert!(left[0].retry_at.is_some());
+    }
+
+    #[tokio::test]
+    async fn unrecorded_credentials_are_revoked() {
+        let g = Leases::new(None);
+        let out = g.generate(&GenerateContext::default()).await.unwrap();
+        let err = record_issue(
+            None,
+            g.as_ref(),
+            &gref(),
+            &holder(),
+            &out,
+            Duration::from_secs(1),
+        )
+        .await
+        .err()
+        .unwrap();
+        assert!(matches!(err, IssueError::NoLedger));
+        assert_eq!(g.revoked(), 1);
+        // A failing store: the same.
+        struct Broken;
+        #[async_trait::async_trait]
+        impl Ledger for Broken {
+            async fn record(&self, _: &LedgerEntry) -> Result<(), LedgerError> {
+                Err(LedgerError::Storage("disk full".into()))
+            }
+            async fn by_owner(&self, _: &Owner) -> Result<Vec<LedgerEntry>, LedgerError> {
+                Ok(Vec::new())
+            }
+            async fn due(&self, _: u64, _: usize) -> Result<Vec<LedgerEntry>, LedgerError> {
+                Ok(Vec::new())
+            }
+            async fn remove(&self, _: &str) -> Result<bool, LedgerError> {
+                Ok(false)
+            }
+            async fn mark_retry(&self, _: &str, _: u64, _: &str) -> Result<(), LedgerError> {
+                Ok(())
+            }
+            async fn count(&self) -> Result<usize, LedgerError> {
+                Ok(0)
+            }
+        }
+        let err = record_issue(
+            Some(&Broken),
+            g.as_ref(),
+            &gref(),
+            &holder(),
+            &out,
+            Duration::from_secs(1),
+        )
+        .await
+        .err()
+        .unwrap();
+        assert!(matches!(err, IssueError::NotRecorded(_)));
+        assert_eq!(g.revoked(), 2);
+        // Plain credentials need no ledger.
+        let plain = Generated::plain([("a".to_string(), "b".to_string())].into());
+        record_issue(
+            None,
+            g.as_ref(),
+            &gref(),
+            &holder(),
+            &plain,
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap();
+    }
+}

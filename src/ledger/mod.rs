@@ -1,0 +1,283 @@
+//! The issued-credential ledger: who (federation, namespace, ServiceAccount, pod) got
+//! what (generator, the state needed to revoke it, expiry) and when.
+//!
+//! [`Ledger`] is the storage trait (directory mode: [`RedbLedger`], an embedded durable
+//! store under `--data-dir`; Kubernetes mode can map it to ESE's `GeneratorState` /
+//! `AuthorizedIdentity` objects). [`lifecycle`] holds what the API and the sweeper do
+//! with it: record before answering, revoke by owner, sweep expired entries, retry
+//! failed revocations, and write the audit lines and metrics of each step.
+//!
+//! Only revocable credentials are recorded (they carry a revocation state); credentials
+//! that nothing holds (Password, UUID, SSHKey, Fake) get an audit line only.
+
+pub mod lifecycle;
+mod redb_store;
+
+use serde::{Deserialize, Serialize};
+
+use crate::authn::Identity;
+use crate::config::GeneratorKey;
+use crate::generators::{self, RevocationState};
+
+pub use lifecycle::{RevokeSummary, Sweeper};
+pub use redb_store::RedbLedger;
+
+/// Whose credentials an operation concerns, as ESE's owner labels name them: the pod
+/// when the token was pod-bound, else the ServiceAccount, within its federation and
+/// namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Owner {
+    /// `KubernetesFederation` name.
+    pub federation: String,
+    /// Namespace of the workload in its cluster.
+    pub namespace: String,
+    /// Pod name, else ServiceAccount name.
+    pub name: String,
+}
+
+/// The verified workload a credential was issued to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holder {
+    /// `KubernetesFederation` name.
+    pub federation: String,
+    /// The workload token's `sub`.
+    pub subject: String,
+    /// ServiceAccount namespace.
+    pub namespace: String,
+    /// ServiceAccount name.
+    pub service_account: String,
+    /// Pod name, for pod-bound tokens.
+    pub pod_name: Option<String>,
+    /// Pod UID, for pod-bound tokens.
+    pub pod_uid: Option<String>,
+    /// The bearer token's `sub` (differs from `subject` when an `x-workload-token`
+    /// named the workload).
+    pub requested_by: String,
+}
+
+impl Holder {
+    /// The holder is the verified `x-workload-token` identity when one was sent
+    /// (ESE: the workload on whose behalf the caller asks), else the caller.
+    pub fn new(caller: &Identity, workload: Option<&Identity>) -> Self {
+        let w = workload.unwrap_or(caller);
+        Holder {
+            federation: w.federation.clone(),
+            subject: w.subject.clone(),
+            namespace: w.namespace.clone(),
+            service_account: w.service_account.clone(),
+            pod_name: w.pod_name.clone().filter(|p| !p.is_empty()),
+            pod_uid: w.pod_uid.clone().filter(|p| !p.is_empty()),
+            requested_by: caller.subject.clone(),
+        }
+    }
+
+    /// The owner key: pod name if present, else ServiceAccount name.
+    pub fn owner(&self) -> Owner {
+        Owner {
+            federation: self.federation.clone(),
+            namespace: self.namespace.clone(),
+            name: self
+                .pod_name
+                .clone()
+                .unwrap_or_else(|| self.service_account.clone()),
+        }
+    }
+}
+
+/// A generator as the caller named it (`/generators/{namespace}/{kind}/{name}`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct GeneratorRef {
+    /// Namespace from the URL (for a ClusterGenerator too: it scopes the entry).
+    pub namespace: String,
+    /// Kind.
+    pub kind: String,
+    /// Name.
+    pub name: String,
+}
+
+impl GeneratorRef {
+    /// The snapshot key serving this reference: cluster-scoped kinds have no namespace.
+    pub fn lookup_key(&self) -> GeneratorKey {
+        GeneratorKey {
+            namespace: if generators::is_cluster_scoped(&self.kind) {
+                String::new()
+            } else {
+                self.namespace.clone()
+            },
+            kind: self.kind.clone(),
+            name: self.name.clone(),
+        }
+    }
+}
+
+impl std::fmt::Display for GeneratorRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}/{}", self.namespace, self.kind, self.name)
+    }
+}
+
+/// One issued, revocable credential.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerEntry {
+    /// Unique id (UUID v4).
+    pub id: String,
+    /// Who got it.
+    pub holder: Holder,
+    /// Which generator issued it.
+    pub generator: GeneratorRef,
+    /// What that generator needs to revoke it.
+    pub state: RevocationState,
+    /// Issued at (seconds since the epoch).
+    pub issued_at: u64,
+    /// When the backend lets it lapse (seconds since the epoch), if it does.
+    pub expires_at: Option<u64>,
+    /// Set once a revocation was asked for and failed: the next attempt's time.
+    pub retry_at: Option<u64>,
+    /// Failed revocation attempts so far.
+    pub attempts: u32,
+    /// The last failure (a safe message: no values).
+    pub last_error: Option<String>,
+}
+
+impl LedgerEntry {
+    /// When the sweeper should act on this entry: the pending retry, else expiry.
+    pub fn due_at(&self) -> Option<u64> {
+        self.retry_at.or(self.expires_at)
+    }
+}
+
+/// A ledger failure. Messages hold no credential values or revocation states.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LedgerError {
+    /// The store failed (I/O, corruption, lock).
+    #[error("ledger storage failed: {0}")]
+    Storage(String),
+    /// An entry could not be encoded or decoded.
+    #[error("ledger entry is malformed: {0}")]
+    Codec(String),
+}
+
+/// Where issued credentials are recorded. Every write is durable when it returns.
+#[async_trait::async_trait]
+pub trait Ledger: Send + Sync {
+    /// Records a new entry (durably, before the credential is handed out).
+    async fn record(&self, entry: &LedgerEntry) -> Result<(), LedgerError>;
+    /// Every entry of `owner`.
+    async fn by_owner(&self, owner: &Owner) -> Result<Vec<LedgerEntry>, LedgerError>;
+    /// Up to `limit` entries due at `now` (expired, or a retry whose time has come),
+    /// earliest first.
+    async fn due(&self, now: u64, limit: usize) -> Result<Vec<LedgerEntry>, LedgerError>;
+    /// Removes an entry; false when it was not there (e.g. revoked concurrently).
+    async fn remove(&self, id: &str) -> Result<bool, LedgerError>;
+    /// Notes a failed revocation: counts the attempt and schedules the next at `retry_at`.
+    async fn mark_retry(&self, id: &str, retry_at: u64, error: &str) -> Result<(), LedgerError>;
+    /// Number of entries (all owners).
+    async fn count(&self) -> Result<usize, LedgerError>;
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::*;
+
+    /// An identity as authn would produce it.
+    pub fn identity(federation: &str, namespace: &str, sa: &str, pod: Option<&str>) -> Identity {
+        Identity {
+            federation: federation.into(),
+            issuer: "https://kubernetes.default.svc.cluster.local".into(),
+            subject: format!("system:serviceaccount:{namespace}:{sa}"),
+            namespace: namespace.into(),
+            service_account: sa.into(),
+            service_account_uid: None,
+            pod_name: pod.map(str::to_string),
+            pod_uid: pod.map(|p| format!("uid-{p}")),
+            expires_at: None,
+        }
+    }
+
+    /// An entry for `holder` from `generator` with a lease-like state.
+    pub fn entry(
+        holder: &Holder,
+        generator: (&str, &str, &str),
+        expires_at: Option<u64>,
+    ) -> LedgerEntry {
+        let id = uuid::Uuid::new_v4().to_string();
+        LedgerEntry {
+            state: RevocationState(serde_json::json!({ "leaseId": format!("lease/{id}") })),
+            id,
+            holder: holder.clone(),
+            generator: GeneratorRef {
+                namespace: generator.0.into(),
+                kind: generator.1.into(),
+                name: generator.2.into(),
+            },
+            issued_at: 1_000,
+            expires_at,
+            retry_at: None,
+            attempts: 0,
+            last_error: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::*;
+    use super::*;
+
+    #[test]
+    fn owner_is_pod_else_service_account() {
+        let with_pod = identity("alpha", "apps", "app", Some("app-7d9"));
+        assert_eq!(Holder::new(&with_pod, None).owner().name, "app-7d9");
+        let without = identity("alpha", "apps", "app", None);
+        let holder = Holder::new(&without, None);
+        assert_eq!(
+            holder.owner(),
+            Owner {
+                federation: "alpha".into(),
+                namespace: "apps".into(),
+                name: "app".into()
+            }
+        );
+        assert_eq!(holder.requested_by, "system:serviceaccount:apps:app");
+    }
+
+    #[test]
+    fn workload_token_names_the_holder() {
+        let controller = identity("alpha", "eso", "external-secrets", None);
+        let workload = identity("alpha", "apps", "app", Some("app-1"));
+        let h = Holder::new(&controller, Some(&workload));
+        assert_eq!(h.subject, "system:serviceaccount:apps:app");
+        assert_eq!(h.pod_uid.as_deref(), Some("uid-app-1"));
+        assert_eq!(h.requested_by, "system:serviceaccount:eso:external-secrets");
+        assert_eq!(h.owner().namespace, "apps");
+    }
+
+    #[test]
+    fn cluster_generators_have_no_namespace() {
+        let r = GeneratorRef {
+            namespace: "apps".into(),
+            kind: "ClusterGenerator".into(),
+            name: "pw".into(),
+        };
+        assert_eq!(r.lookup_key().namespace, "");
+        let r = GeneratorRef {
+            kind: "VaultDynamicSecret".into(),
+            ..r
+        };
+        assert_eq!(r.lookup_key().namespace, "apps");
+        assert_eq!(r.to_string(), "apps/VaultDynamicSecret/pw");
+    }
+
+    #[test]
+    fn due_prefers_a_pending_retry() {
+        let h = Holder::new(&identity("a", "n", "s", None), None);
+        let mut e = entry(&h, ("n", "VaultDynamicSecret", "g"), Some(50));
+        assert_eq!(e.due_at(), Some(50));
+        e.retry_at = Some(70);
+        assert_eq!(e.due_at(), Some(70));
+        e.expires_at = None;
+        assert_eq!(e.due_at(), Some(70));
+        e.retry_at = None;
+        assert_eq!(e.due_at(), None);
+    }
+}

@@ -1,0 +1,377 @@
+//! Directory-mode ledger: one `redb` file under `--data-dir`.
+//!
+//! redb commits are durable (fsync) when `commit` returns, and a database left by a
+//! crash is recovered on open, so an entry recorded before a credential is answered
+//! survives `kill -9`. redb also locks the file, so two servers cannot share one
+//! ledger. Every call runs on the blocking pool: the request path never waits on disk
+//! on an async worker.
+//!
+//! Tables: `entries` (id → JSON entry), `owners` (owner key ‖ id → ()) for revocation
+//! by owner, and `due` ((due time, id) → ()) for the sweeper.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
+
+use super::{Ledger, LedgerEntry, LedgerError, Owner};
+
+const ENTRIES: TableDefinition<&str, &[u8]> = TableDefinition::new("entries");
+const OWNERS: TableDefinition<&[u8], ()> = TableDefinition::new("owners");
+const DUE: TableDefinition<(u64, &str), ()> = TableDefinition::new("due");
+
+/// The redb-backed ledger.
+#[derive(Clone)]
+pub struct RedbLedger {
+    db: Arc<Database>,
+}
+
+impl std::fmt::Debug for RedbLedger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedbLedger").finish_non_exhaustive()
+    }
+}
+
+fn storage(e: impl std::fmt::Display) -> LedgerError {
+    LedgerError::Storage(e.to_string())
+}
+
+/// Length-prefixed components: a prefix-free encoding, so a range scan over one
+/// owner's prefix can never reach another owner (`app` vs `app2`).
+fn owner_prefix(owner: &Owner) -> Vec<u8> {
+    let mut key = Vec::new();
+    for part in [&owner.federation, &owner.namespace, &owner.name] {
+        key.extend_from_slice(&(part.len() as u32).to_be_bytes());
+        key.extend_from_slice(part.as_bytes());
+    }
+    key
+}
+
+fn owner_key(entry: &LedgerEntry) -> Vec<u8> {
+    let mut key = owner_prefix(&entry.holder.owner());
+    key.extend_from_slice(entry.id.as_bytes());
+    key
+}
+
+fn encode(entry: &LedgerEntry) -> Result<Vec<u8>, LedgerError> {
+    serde_json::to_vec(entry).map_err(|e| LedgerError::Codec(e.to_string()))
+}
+
+fn decode(bytes: &[u8]) -> Result<LedgerEntry, LedgerError> {
+    // serde_json's message names a position, never the content.
+    serde_json::from_slice(bytes).map_err(|e| LedgerError::Codec(e.to_string()))
+}
+
+impl RedbLedger {
+    /// Opens (or creates) the ledger file at `path` and its tables.
+    pub fn open(path: &Path) -> Result<Self, LedgerError> {
+        if let Some(dir) = path.parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir).map_err(storage)?;
+        }
+        let db = Database::create(path).map_err(storage)?;
+        let txn = db.begin_write().map_err(storage)?;
+        {
+            txn.open_table(ENTRIES).map_err(storage)?;
+            txn.open_table(OWNERS).map_err(storage)?;
+            txn.open_table(DUE).map_err(storage)?;
+        }
+        txn.commit().map_err(storage)?;
+        Ok(RedbLedger { db: Arc::new(db) })
+    }
+
+    /// Runs `f` on the blocking pool with the database.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<T, LedgerError> + Send + 'static,
+    ) -> Result<T, LedgerError> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || f(&db))
+            .await
+            .map_err(|_| LedgerError::Storage("ledger task failed".into()))?
+    }
+
+    fn record_sync(db: &Database, entry: &LedgerEntry) -> Result<(), LedgerError> {
+        let bytes = encode(entry)?;
+        let txn = db.begin_write().map_err(storage)?;
+        {
+            let mut entries = txn.open_table(ENTRIES).map_err(storage)?;
+            entries
+                .insert(entry.id.as_str(), bytes.as_slice())
+                .map_err(storage)?;
+            let mut owners = txn.open_table(OWNERS).map_err(storage)?;
+            owners
+                .insert(owner_key(entry).as_slice(), ())
+                .map_err(storage)?;
+            if let Some(due) = entry.due_at() {
+                let mut due_table = txn.open_table(DUE).map_err(storage)?;
+                due_table
+                    .insert((due, entry.id.as_str()), ())
+                    .map_err(storage)?;
+            }
+        }
+        txn.commit().map_err(storage)
+    }
+
+    fn remove_sync(db: &Database, id: &str) -> Result<bool, LedgerError> {
+        let txn = db.begin_write().map_err(storage)?;
+        let found = {
+            let mut entries = txn.open_table(ENTRIES).map_err(storage)?;
+            let old = entries.remove(id).map_err(storage)?;
+            match old {
+                None => false,
+                Some(bytes) => {
+                    let entry = decode(bytes.value())?;
+                    drop(bytes);
+                    let mut owners = txn.open_table(OWNERS).map_err(storage)?;
+                    owners
+                        .remove(owner_key(&entry).as_slice())
+                        .map_err(storage)?;
+                    if let Some(due) = entry.due_at() {
+                        let mut due_table = txn.open_table(DUE).map_err(storage)?;
+                        due_table.remove((due, id)).map_err(storage)?;
+                    }
+                    true
+                }
+            }
+        };
+        txn.commit().map_err(storage)?;
+        Ok(found)
+    }
+
+    fn mark_retry_sync(
+        db: &Database,
+        id: &str,
+        retry_at: u64,
+        error: &str,
+    ) -> Result<(), LedgerError> {
+        let txn = db.begin_write().map_err(storage)?;
+        {
+            let mut entries = txn.open_table(ENTRIES).map_err(storage)?;
+            let current = match entries.get(id).map_err(storage)? {
+                Some(bytes) => decode(bytes.value())?,
+                // Revoked and removed meanwhile: nothing to retry.
+                None => return Ok(()),
+            };
+            let mut due_table = txn.open_table(DUE).map_err(storage)?;
+            if let Some(due) = current.due_at() {
+                due_table.remove((due, id)).map_err(storage)?;
+            }
+            let mut updated = current;
+            updated.retry_at = Some(retry_at);
+            updated.attempts = updated.attempts.saturating_add(1);
+            updated.last_error = Some(error.chars().take(512).collect());
+            due_table.insert((retry_at, id), ()).map_err(storage)?;
+            let bytes = encode(&updated)?;
+            entries.insert(id, bytes.as_slice()).map_err(storage)?;
+        }
+        txn.commit().map_err(storage)
+    }
+
+    fn by_owner_sync(db: &Database, owner: &Owner) -> Result<Vec<LedgerEntry>, LedgerError> {
+        let prefix = owner_prefix(owner);
+        let txn = db.begin_read().map_err(storage)?;
+        let owners = txn.open_table(OWNERS).map_err(storage)?;
+        let entries = txn.open_table(ENTRIES).map_err(storage)?;
+        let mut out = Vec::new();
+        for item in owners.range(prefix.as_slice()..).map_err(storage)? {
+            let (key, _) = item.map_err(storage)?;
+            let key = key.value();
+            let Some(id) = key.strip_prefix(prefix.as_slice()) else {
+                break;
+            };
+            let id = std::str::from_utf8(id).map_err(|e| LedgerError::Codec(e.to_string()))?;
+            if let Some(bytes) = entries.get(id).map_err(storage)? {
+                out.push(decode(bytes.value())?);
+            }
+        }
+        Ok(out)
+    }
+
+    fn due_sync(db: &Database, now: u64, limit: usize) -> Result<Vec<LedgerEntry>, LedgerError> {
+        let txn = db.begin_read().map_err(storage)?;
+        let due_table = txn.open_table(DUE).map_err(storage)?;
+        let entries = txn.open_table(ENTRIES).map_err(storage)?;
+        let mut out = Vec::new();
+        for item in due_table.iter().map_err(storage)? {
+            if out.len() >= limit {
+                break;
+            }
+            let (key, _) = item.map_err(storage)?;
+            let (at, id) = key.value();
+            if at > now {
+                break;
+            }
+            if let Some(bytes) = entries.get(id).map_err(storage)? {
+                out.push(decode(bytes.value())?);
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait::async_trait]
+impl Ledger for RedbLedger {
+    async fn record(&self, entry: &LedgerEntry) -> Result<(), LedgerError> {
+        let entry = entry.clone();
+        self.blocking(move |db| Self::record_sync(db, &entry)).await
+    }
+
+    async fn by_owner(&self, owner: &Owner) -> Result<Vec<LedgerEntry>, LedgerError> {
+        let owner = owner.clone();
+        self.blocking(move |db| Self::by_owner_sync(db, &owner))
+            .await
+    }
+
+    async fn due(&self, now: u64, limit: usize) -> Result<Vec<LedgerEntry>, LedgerError> {
+        self.blocking(move |db| Self::due_sync(db, now, limit))
+            .await
+    }
+
+    async fn remove(&self, id: &str) -> Result<bool, LedgerError> {
+        let id = id.to_string();
+        self.blocking(move |db| Self::remove_sync(db, &id)).await
+    }
+
+    async fn mark_retry(&self, id: &str, retry_at: u64, error: &str) -> Result<(), LedgerError> {
+        let (id, error) = (id.to_string(), error.to_string());
+        self.blocking(move |db| Self::mark_retry_sync(db, &id, retry_at, &error))
+            .await
+    }
+
+    async fn count(&self) -> Result<usize, LedgerError> {
+        self.blocking(|db| {
+            let txn = db.begin_read().map_err(storage)?;
+            let entries = txn.open_table(ENTRIES).map_err(storage)?;
+            Ok(entries.len().map_err(storage)? as usize)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Holder;
+    use super::super::test_support::{entry, identity};
+    use super::*;
+
+    fn holder(ns: &str, sa: &str, pod: Option<&str>) -> Holder {
+        Holder::new(&identity("alpha", ns, sa, pod), None)
+    }
+
+    #[tokio::test]
+    async fn survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/ledger.redb");
+        let h = holder("apps", "app", Some("app-1"));
+        let e = entry(&h, ("apps", "VaultDynamicSecret", "db"), Some(2_000));
+        {
+            let ledger = RedbLedger::open(&path).unwrap();
+            ledger.record(&e).await.unwrap();
+            assert_eq!(ledger.count().await.unwrap(), 1);
+        }
+        let ledger = RedbLedger::open(&path).unwrap();
+        assert_eq!(ledger.by_owner(&h.owner()).await.unwrap(), vec![e.clone()]);
+        assert_eq!(ledger.due(2_000, 10).await.unwrap(), vec![e]);
+    }
+
+    #[tokio::test]
+    async fn one_process_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.redb");
+        let _first = RedbLedger::open(&path).unwrap();
+        assert!(RedbLedger::open(&path).is_err());
+    }
+
+    #[tokio::test]
+    async fn owners_are_scoped_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = RedbLedger::open(&dir.path().join("l.redb")).unwrap();
+        let app = holder("apps", "app", None);
+        let app2 = holder("apps", "app2", None);
+        let other_ns = holder("apps2", "app", None);
+        let other_fed = Holder::new(&identity("beta", "apps", "app", None), None);
+        let pod = holder("apps", "app", Some("app-5f"));
+        let g = ("apps", "VaultDynamicSecret", "db");
+        let mine = [entry(&app, g, None), entry(&app, g, Some(5))];
+        for e in &mine {
+            ledger.record(e).await.unwrap();
+        }
+        for h in [&app2, &other_ns, &other_fed, &pod] {
+            ledger.record(&entry(h, g, None)).await.unwrap();
+        }
+        let mut got = ledger.by_owner(&app.owner()).await.unwrap();
+        got.sort_by(|a, b| a.id.cmp(&b.id));
+        let mut want = mine.to_vec();
+        want.sort_by(|a, b| a.id.cmp(&b.id));
+        assert_eq!(got, want);
+        assert_eq!(ledger.by_owner(&pod.owner()).await.unwrap().len(), 1);
+        assert_eq!(ledger.by_owner(&other_fed.owner()).await.unwrap().len(), 1);
+        let nobody = Owner {
+            federation: "alpha".into(),
+            namespace: "apps".into(),
+            name: "ap".into(),
+        };
+        assert!(ledger.by_owner(&nobody).await.unwrap().is_empty());
+        assert_eq!(ledger.count().await.unwrap(), 6);
+    }
+
+    #[tokio::test]
+    async fn lists_expired_in_order_and_retries() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = RedbLedger::open(&dir.path().join("l.redb")).unwrap();
+        let h = holder("apps", "app", None);
+        let g = ("apps", "VaultDynamicSecret", "db");
+        let late = entry(&h, g, Some(300));
+        let early = entry(&h, g, Some(100));
+        let never = entry(&h, g, None);
+        for e in [&late, &early, &never] {
+            ledger.record(e).await.unwrap();
+        }
+        assert!(ledger.due(99, 10).await.unwrap().is_empty());
+        let ids = |v: Vec<LedgerEntry>| v.into_iter().map(|e| e.id).collect::<Vec<_>>();
+        assert_eq!(
+            ids(ledger.due(100, 10).await.unwrap()),
+            vec![early.id.clone()]
+        );
+        assert_eq!(
+            ids(ledger.due(1_000, 10).await.unwrap()),
+            [early.id.clone(), late.id.clone()]
+        );
+        assert_eq!(
+            ids(ledger.due(1_000, 1).await.unwrap()),
+            vec![early.id.clone()]
+        );
+
+        // A failed revocation moves the entry to its retry time, counting attempts.
+        ledger
+            .mark_retry(&early.id, 500, "backend unavailable")
+            .await
+            .unwrap();
+        assert_eq!(
+            ids(ledger.due(400, 10).await.unwrap()),
+            vec![late.id.clone()]
+        );
+        let retried = ledger.due(500, 10).await.unwrap();
+        assert_eq!(retried.len(), 2);
+        let e = retried.iter().find(|e| e.id == early.id).unwrap();
+        assert_eq!((e.attempts, e.retry_at), (1, Some(500)));
+        assert_eq!(e.last_error.as_deref(), Some("backend unavailable"));
+        // A never-expiring entry becomes due once a revocation of it failed.
+        ledger.mark_retry(&never.id, 50, "x").await.unwrap();
+        assert_eq!(
+            ids(ledger.due(60, 10).await.unwrap()),
+            vec![never.id.clone()]
+        );
+
+        assert!(ledger.remove(&early.id).await.unwrap());
+        assert!(!ledger.remove(&early.id).await.unwrap());
+        // Removed entries leave no index rows behind.
+        assert_eq!(ledger.due(10_000, 10).await.unwrap().len(), 2);
+        assert_eq!(ledger.by_owner(&h.owner()).await.unwrap().len(), 2);
+        // Retrying something already removed is a no-op.
+        ledger.mark_retry(&early.id, 1, "x").await.unwrap();
+        assert_eq!(ledger.count().await.unwrap(), 2);
+    }
+}

@@ -1,0 +1,794 @@
+//! End to end: generators and the credential lifecycle, with the real `esi-server` over
+//! HTTPS, the OpenBao started by `scripts/openbao.sh` and the PostgreSQL started by
+//! `scripts/postgres.sh` (both from `scripts/test.sh`). Each test configures its own
+//! OpenBao mounts (a `database` engine on that PostgreSQL, a `pki` engine).
+//!
+//! A credential from `VaultDynamicSecret` must log in to PostgreSQL, and stop logging in
+//! once revoked: by DELETE, by the sweeper after expiry, by an owner revocation, and
+//! after a `kill -9` and restart on the same `--data-dir`.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use serde_json::{Value, json};
+
+const AUD: &str = "https://esi-federation.example.com";
+const ISS: &str = "https://kubernetes.default.svc.cluster.local";
+
+/// PostgreSQL from `scripts/postgres.sh` (env), or None with a notice.
+#[derive(Clone, Debug)]
+struct Pg {
+    port: String,
+    user: String,
+    password: String,
+    psql: String,
+}
+
+fn postgres() -> Option<Pg> {
+    let var = |k: &str| std::env::var(k).ok();
+    match (
+        var("ESI_TEST_PG_PORT"),
+        var("ESI_TEST_PG_USER"),
+        var("ESI_TEST_PG_PASSWORD"),
+    ) {
+        (Some(port), Some(user), Some(password)) => Some(Pg {
+            port,
+            user,
+            password,
+            psql: var("ESI_TEST_PSQL").unwrap_or_else(|| "psql".into()),
+        }),
+        _ => {
+            if std::env::var("ESI_REQUIRE_BACKENDS").as_deref() == Ok("1") {
+                panic!(
+                    "PostgreSQL is required (ESI_REQUIRE_BACKENDS=1) but ESI_TEST_PG_PORT is not set"
+                );
+            }
+            eprintln!(
+                "skipped: PostgreSQL not running (run scripts/test.sh, or scripts/postgres.sh start)"
+            );
+            None
+        }
+    }
+}
+
+/// OpenBao and PostgreSQL, or None (skipped) when either is missing.
+fn backends() -> Option<((String, String), Pg)> {
+    let bao = openbao()?;
+    let pg = postgres()?;
+    Some((bao, pg))
+}
+
+impl Pg {
+    /// True when `username`/`password` log in (over loopback TCP, password auth).
+    fn can_login(&self, username: &str, password: &str) -> bool {
+        let out = Command::new(&self.psql)
+            .args(["-h", "127.0.0.1", "-p", &self.port, "-U", username])
+            .args(["-d", "postgres", "-w", "-tAc", "select current_user"])
+            .env("PGPASSWORD", password)
+            .env("PGCONNECT_TIMEOUT", "5")
+            .output()
+            .expect("run psql");
+        out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == username
+    }
+}
+
+/// A raw OpenBao API call with the root token.
+async fn bao(addr: &str, token: &str, method: reqwest::Method, path: &str, body: Value) -> Value {
+    install_crypto();
+    let resp = reqwest::Client::new()
+        .request(method, format!("{addr}/v1/{path}"))
+        .header("X-Vault-Token", token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    let text = resp.text().await.unwrap();
+    assert!(status.is_success(), "openbao {path}: {status} {text}");
+    serde_json::from_str(&text).unwrap_or(Value::Null)
+}
+
+/// A `database` mount on the test PostgreSQL with a role `app` issuing login roles
+/// that live `ttl`. Returns the mount path.
+async fn database_mount(addr: &str, token: &str, pg: &Pg, ttl: &str) -> String {
+    use reqwest::Method;
+    let mount = format!("db-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    bao(
+        addr,
+        token,
+        Method::POST,
+        &format!("sys/mounts/{mount}"),
+        json!({"type": "database"}),
+    )
+    .await;
+    bao(
+        addr,
+        token,
+        Method::POST,
+        &format!("{mount}/config/pg"),
+        json!({
+            "plugin_name": "postgresql-database-plugin",
+            "connection_url": format!("postgresql://{{{{username}}}}:{{{{password}}}}@127.0.0.1:{}/postgres?sslmode=disable", pg.port),
+            "username": pg.user,
+            "password": pg.password,
+            "allowed_roles": "*",
+        }),
+    )
+    .await;
+    bao(
+        addr,
+        token,
+        Method::POST,
+        &format!("{mount}/roles/app"),
+        json!({
+            "db_name": "pg",
+            "creation_statements": ["CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';"],
+            "default_ttl": ttl,
+            "max_ttl": "2h",
+        }),
+    )
+    .await;
+    mount
+}
+
+/// A `pki` mount with a root CA and a role `web` for `*.example.com`. Returns the mount
+/// path and the CA certificate (PEM).
+async fn pki_mount(addr: &str, token: &str) -> (String, String) {
+    use reqwest::Method;
+    let mount = format!("pki-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    bao(
+        addr,
+        token,
+        Method::POST,
+        &format!("sys/mounts/{mount}"),
+        json!({"type": "pki", "config": {"max_lease_ttl": "87600h"}}),
+    )
+    .await;
+    let root = bao(
+        addr,
+        token,
+        Method::POST,
+        &format!("{mount}/root/generate/internal"),
+        json!({"common_name": "esi test root", "ttl": "87600h"}),
+    )
+    .await;
+    let ca = root["data"]["certificate"].as_str().unwrap().to_string();
+    bao(
+        addr,
+        token,
+        Method::POST,
+        &format!("{mount}/roles/web"),
+        json!({"allowed_domains": "example.com", "allow_subdomains": true, "max_ttl": "72h"}),
+    )
+    .await;
+    (mount, ca)
+}
+
+/// The real server, started on a data directory that outlives it (restart tests).
+struct TestServer {
+    child: Child,
+    url: String,
+    client: reqwest::Client,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl TestServer {
+    fn start(root: &Path, extra: &[&str]) -> TestServer {
+        install_crypto();
+        let mut child = Command::new(server_bin())
+            .arg("serve")
+            .arg("--manifests")
+            .arg(root.join("manifests"))
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(root.join("data"))
+            .args(["--reload-interval", "200ms", "--log-format", "json"])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start esi-server");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        {
+            let stderr = child.stderr.take().unwrap();
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if std::env::var("ESI_TEST_ECHO").is_ok() {
+                        eprintln!("[esi-server] {line}");
+                    }
+                    log.lock().unwrap().push(line);
+                }
+            });
+        }
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let url = loop {
+            match lines.next() {
+                Some(Ok(line)) => {
+                    if let Some(rest) = line.strip_prefix("esi-server listening on ") {
+                        break rest.trim().to_string();
+                    }
+                }
+                _ => panic!(
+                    "esi-server exited before listening:\n{}",
+                    log.lock().unwrap().join("\n")
+                ),
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        let ca = std::fs::read(root.join("data/tls/ca.crt")).unwrap();
+        TestServer {
+            child,
+            url,
+            client: client_trusting(&ca),
+            log,
+        }
+    }
+
+    /// SIGKILL: no shutdown path runs.
+    fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: Value,
+    ) -> (u16, String) {
+        self.call_for(method, path, token, None, body).await
+    }
+
+    /// A call, optionally on behalf of a workload (`x-workload-token`).
+    async fn call_for(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        workload: Option<&str>,
+        body: Value,
+    ) -> (u16, String) {
+        let mut req = self
+            .client
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(token)
+            .json(&body);
+        if let Some(w) = workload {
+            req = req.header("x-workload-token", w);
+        }
+        let resp = req.send().await.unwrap();
+        (resp.status().as_u16(), resp.text().await.unwrap())
+    }
+
+    async fn generate(&self, path: &str, token: &str) -> Value {
+        let (status, body) = self
+            .call(reqwest::Method::POST, path, token, json!({}))
+            .await;
+        assert_eq!(status, 200, "{path}: {body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    async fn metrics(&self) -> String {
+        self.client
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    fn audit_lines(&self, event: &str) -> Vec<Value> {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["target"] == "esi::audit" && v["event"] == event)
+            .collect()
+    }
+
+    fn logs(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn token(ns: &str, sa: &str) -> String {
+    mint("ec-1", &sa_claims(ISS, AUD, ns, sa), None)
+}
+
+/// Federation (static keys), the Authorization of `apps/app` (and `apps/other`), an
+/// admin who may revoke states in `apps`, and the generators.
+fn manifests(root: &Path, generators: &str) {
+    let dir = root.join("manifests");
+    std::fs::create_dir_all(&dir).unwrap();
+    let jwks = jwks(&["ec-1"]).to_string();
+    let allowed = r#"
+    - {name: db, kind: VaultDynamicSecret, namespace: apps}
+    - {name: db-short, kind: VaultDynamicSecret, namespace: apps}
+    - {name: pki, kind: VaultDynamicSecret, namespace: apps}
+    - {name: pw, kind: Password, namespace: apps}
+    - {name: ssh-ed, kind: SSHKey, namespace: apps}
+    - {name: ssh-ec, kind: SSHKey, namespace: apps}
+    - {name: cluster-pw, kind: ClusterGenerator, namespace: apps}"#;
+    let mut text = format!(
+        r#"apiVersion: identity.federation.external-secrets.io/v1alpha1
+kind: KubernetesFederation
+metadata: {{name: alpha}}
+spec:
+  url: https://127.0.0.1:9
+  issuer: {ISS}
+  audiences: ["{AUD}"]
+  jwks: '{jwks}'
+"#
+    );
+    for (name, subject, extra) in [
+        ("app", "system:serviceaccount:apps:app", ""),
+        ("other", "system:serviceaccount:apps:other", ""),
+        (
+            "admin",
+            "system:serviceaccount:ops:admin",
+            "  allowedGeneratorStates: [{namespace: apps}]\n",
+        ),
+    ] {
+        text.push_str(&format!(
+            r#"---
+apiVersion: federation.external-secrets.io/v1alpha1
+kind: Authorization
+metadata: {{name: {name}}}
+spec:
+  federationRef: {{kind: KubernetesFederation, name: alpha}}
+  subject: {{oidc: {{issuer: {ISS}, subject: "{subject}"}}}}
+  allowedGenerators:{allowed}
+{extra}"#
+        ));
+    }
+    std::fs::write(dir.join("base.yaml"), text).unwrap();
+    std::fs::write(dir.join("generators.yaml"), generators).unwrap();
+}
+
+fn vault_generator(
+    name: &str,
+    addr: &str,
+    token: &str,
+    method: &str,
+    path: &str,
+    params: Value,
+) -> String {
+    format!(
+        r#"---
+apiVersion: v1
+kind: Secret
+metadata: {{name: vault-token-{name}, namespace: apps}}
+stringData: {{token: "{token}"}}
+---
+apiVersion: generators.external-secrets.io/v1alpha1
+kind: VaultDynamicSecret
+metadata: {{name: {name}, namespace: apps}}
+spec:
+  method: {method}
+  path: {path}
+  parameters: {params}
+  resultType: Data
+  provider:
+    server: {addr}
+    auth:
+      tokenSecretRef: {{name: vault-token-{name}, key: token}}
+"#
+    )
+}
+
+fn creds(v: &Value) -> (String, String) {
+    (
+        v["username"].as_str().unwrap().to_string(),
+        v["password"].as_str().unwrap().to_string(),
+    )
+}
+
+async fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while start.elapsed() < timeout {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    panic!("timed out waiting until {what}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn database_credentials_are_revoked_by_delete_owner_and_sweeper() {
+    let Some(((addr, root), pg)) = backends() else {
+        return;
+    };
+    let long = database_mount(&addr, &root, &pg, "1h").await;
+    let short = database_mount(&addr, &root, &pg, "4s").await;
+    let dir = tempfile::tempdir().unwrap();
+    manifests(
+        dir.path(),
+        &format!(
+            "{}{}",
+            vault_generator(
+                "db",
+                &addr,
+                &root,
+                "GET",
+                &format!("{long}/creds/app"),
+                json!({})
+            ),
+            vault_generator(
+                "db-short",
+                &addr,
+                &root,
+                "GET",
+                &format!("/{short}/creds/app"),
+                json!({})
+            )
+        ),
+    );
+    let server = TestServer::start(dir.path(), &["--sweep-interval", "1s"]);
+    let app = token("apps", "app");
+    let other = token("apps", "other");
+    let admin = token("ops", "admin");
+    let gen_path = "/generators/apps/VaultDynamicSecret/db";
+
+    // Issued credentials log in; the answer is ESE's: a JSON object of strings.
+    let (user, pass) = creds(&server.generate(gen_path, &app).await);
+    assert!(pg.can_login(&user, &pass), "fresh credential must log in");
+    assert!(!pg.can_login(&user, "wrong-password"));
+    // Nothing of the lease leaks into the logs; the audit line carries its fingerprint.
+    assert!(!server.logs().contains(&pass));
+    assert!(
+        !server.logs().contains(&format!("{long}/creds/app/")),
+        "lease id logged"
+    );
+    let issued = server.audit_lines("issue");
+    assert_eq!(issued.len(), 1, "{issued:?}");
+    assert_eq!(issued[0]["pod"], "app-pod");
+    assert_eq!(issued[0]["federation"], "alpha");
+    assert_eq!(issued[0]["lease_id_hash"].as_str().unwrap().len(), 16);
+
+    // Another workload's DELETE revokes only its own (nothing here).
+    let (status, body) = server
+        .call(reqwest::Method::DELETE, gen_path, &other, json!({}))
+        .await;
+    assert_eq!((status, body.as_str()), (200, "null"));
+    assert!(
+        pg.can_login(&user, &pass),
+        "another caller's DELETE must not revoke mine"
+    );
+
+    // The caller's DELETE revokes at the backend.
+    let (status, body) = server
+        .call(reqwest::Method::DELETE, gen_path, &app, json!({}))
+        .await;
+    assert_eq!((status, body.as_str()), (200, "null"));
+    assert!(
+        !pg.can_login(&user, &pass),
+        "revoked credential must not log in"
+    );
+    let revoked = server.audit_lines("revoke");
+    assert!(
+        revoked
+            .iter()
+            .any(|l| l["reason"] == "request" && l["outcome"] == "ok"),
+        "{revoked:?}"
+    );
+
+    // An owner revocation by an Authorization with allowedGeneratorStates.
+    let (user2, pass2) = creds(&server.generate(gen_path, &app).await);
+    assert!(pg.can_login(&user2, &pass2));
+    let revoke_body = json!({"owner": "app-pod", "namespace": "apps"});
+    let (status, _) = server
+        .call(
+            reqwest::Method::POST,
+            "/generators/apps/revoke",
+            &app,
+            revoke_body.clone(),
+        )
+        .await;
+    assert_eq!(status, 404, "app has no allowedGeneratorStates");
+    assert!(pg.can_login(&user2, &pass2));
+    let (status, body) = server
+        .call(
+            reqwest::Method::POST,
+            "/generators/apps/revoke",
+            &admin,
+            revoke_body,
+        )
+        .await;
+    assert_eq!(
+        (status, body.as_str()),
+        (200, r#""GeneratorState deleted""#)
+    );
+    assert!(
+        !pg.can_login(&user2, &pass2),
+        "owner revocation must revoke"
+    );
+
+    // The sweeper revokes what expires.
+    let (user3, pass3) = creds(
+        &server
+            .generate("/generators/apps/VaultDynamicSecret/db-short", &app)
+            .await,
+    );
+    assert!(pg.can_login(&user3, &pass3));
+    let swept = || {
+        server
+            .audit_lines("revoke")
+            .iter()
+            .any(|l| l["reason"] == "sweep" && l["outcome"] == "ok")
+    };
+    wait_until(
+        "the sweeper revoked the expired lease",
+        Duration::from_secs(30),
+        swept,
+    )
+    .await;
+    assert!(
+        !pg.can_login(&user3, &pass3),
+        "expired credential must not log in"
+    );
+
+    let metrics = server.metrics().await;
+    assert!(
+        metrics
+            .contains(r#"esi_credentials_issued_total{kind="VaultDynamicSecret",outcome="ok"} 3"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .contains(r#"esi_credentials_revoked_total{kind="VaultDynamicSecret",outcome="ok"} 3"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ledger_survives_kill_and_restart() {
+    let Some(((addr, root), pg)) = backends() else {
+        return;
+    };
+    let mount = database_mount(&addr, &root, &pg, "1h").await;
+    let dir = tempfile::tempdir().unwrap();
+    manifests(
+        dir.path(),
+        &vault_generator(
+            "db",
+            &addr,
+            &root,
+            "GET",
+            &format!("{mount}/creds/app"),
+            json!({}),
+        ),
+    );
+    let app = token("apps", "app");
+    let gen_path = "/generators/apps/VaultDynamicSecret/db";
+    let server = TestServer::start(dir.path(), &[]);
+    let (user, pass) = creds(&server.generate(gen_path, &app).await);
+    assert!(pg.can_login(&user, &pass));
+    // Issued to another caller on behalf of the workload (ESE's x-workload-token): the
+    // workload owns it.
+    let (status, body) = server
+        .call_for(
+            reqwest::Method::POST,
+            gen_path,
+            &token("apps", "other"),
+            Some(&app),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (user2, pass2) = creds(&serde_json::from_str(&body).unwrap());
+    assert!(pg.can_login(&user2, &pass2));
+    let issued = server.audit_lines("issue");
+    assert_eq!(issued[1]["pod"], "app-pod");
+    assert_eq!(
+        issued[1]["requested_by"],
+        "system:serviceaccount:apps:other"
+    );
+    server.kill9();
+
+    let server = TestServer::start(dir.path(), &[]);
+    let (status, body) = server
+        .call(reqwest::Method::DELETE, gen_path, &app, json!({}))
+        .await;
+    assert_eq!((status, body.as_str()), (200, "null"));
+    assert!(
+        !pg.can_login(&user, &pass),
+        "revocation after restart must work"
+    );
+    assert!(
+        !pg.can_login(&user2, &pass2),
+        "the workload's credential is revoked too"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pki_certificate_verifies_against_the_mount_ca() {
+    let Some((addr, root)) = openbao() else {
+        return;
+    };
+    let (mount, ca_pem) = pki_mount(&addr, &root).await;
+    let dir = tempfile::tempdir().unwrap();
+    manifests(
+        dir.path(),
+        &vault_generator(
+            "pki",
+            &addr,
+            &root,
+            "POST",
+            &format!("{mount}/issue/web"),
+            json!({"common_name": "app.example.com", "ttl": "1h"}),
+        ),
+    );
+    let server = TestServer::start(dir.path(), &[]);
+    let out = server
+        .generate(
+            "/generators/apps/VaultDynamicSecret/pki",
+            &token("apps", "app"),
+        )
+        .await;
+    let cert = out["certificate"].as_str().unwrap();
+    assert!(out["private_key"].as_str().unwrap().contains("PRIVATE KEY"));
+    // Nested values come as JSON text, as ESO writes them.
+    let chain: Vec<String> = serde_json::from_str(out["ca_chain"].as_str().unwrap()).unwrap();
+    assert!(!chain.is_empty());
+
+    assert!(
+        verifies(cert, &ca_pem, "app.example.com"),
+        "must verify against the mount CA"
+    );
+    assert!(
+        !verifies(cert, &ca_pem, "other.example.org"),
+        "name must be checked"
+    );
+    assert!(
+        !verifies(cert, &test_ca().ca_pem, "app.example.com"),
+        "a foreign CA must not verify"
+    );
+}
+
+/// Verifies a leaf against a CA with rustls' webpki verifier.
+fn verifies(cert_pem: &str, ca_pem: &str, name: &str) -> bool {
+    use rustls::client::danger::ServerCertVerifier;
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let verifier =
+        rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+            .build()
+            .unwrap();
+    let leaf = CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap();
+    verifier
+        .verify_server_cert(
+            &leaf,
+            &[],
+            &ServerName::try_from(name.to_string()).unwrap(),
+            &[],
+            UnixTime::now(),
+        )
+        .is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn password_sshkey_and_cluster_generator_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    manifests(
+        dir.path(),
+        r#"apiVersion: generators.external-secrets.io/v1alpha1
+kind: Password
+metadata: {name: pw, namespace: apps}
+spec: {length: 32, digits: 6, symbols: 4, symbolCharacters: "-_", noUpper: false, allowRepeat: true}
+---
+apiVersion: generators.external-secrets.io/v1alpha1
+kind: SSHKey
+metadata: {name: ssh-ed, namespace: apps}
+spec: {keyType: ed25519, comment: "app@apps"}
+---
+apiVersion: generators.external-secrets.io/v1alpha1
+kind: SSHKey
+metadata: {name: ssh-ec, namespace: apps}
+spec: {keyType: ecdsa, keySize: 384}
+---
+apiVersion: generators.external-secrets.io/v1alpha1
+kind: ClusterGenerator
+metadata: {name: cluster-pw}
+spec:
+  kind: Password
+  generator:
+    passwordSpec: {length: 12, digits: 0, symbols: 0, noUpper: true, allowRepeat: true}
+"#,
+    );
+    let server = TestServer::start(dir.path(), &[]);
+    let app = token("apps", "app");
+
+    let pw = server.generate("/generators/apps/Password/pw", &app).await;
+    let pw = pw["password"].as_str().unwrap();
+    assert_eq!(pw.chars().count(), 32);
+    assert_eq!(pw.chars().filter(char::is_ascii_digit).count(), 6);
+    assert_eq!(pw.chars().filter(|c| "-_".contains(*c)).count(), 4);
+    assert_eq!(pw.chars().filter(char::is_ascii_alphabetic).count(), 22);
+
+    let ed = server
+        .generate("/generators/apps/SSHKey/ssh-ed", &app)
+        .await;
+    let private = ssh_key::PrivateKey::from_openssh(ed["privateKey"].as_str().unwrap()).unwrap();
+    let public = ssh_key::PublicKey::from_openssh(ed["publicKey"].as_str().unwrap()).unwrap();
+    assert_eq!(private.algorithm(), ssh_key::Algorithm::Ed25519);
+    assert_eq!(private.public_key().key_data(), public.key_data());
+    assert_eq!(public.comment(), "app@apps");
+
+    let ec = server
+        .generate("/generators/apps/SSHKey/ssh-ec", &app)
+        .await;
+    let private = ssh_key::PrivateKey::from_openssh(ec["privateKey"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        private.algorithm(),
+        ssh_key::Algorithm::Ecdsa {
+            curve: ssh_key::EcdsaCurve::NistP384
+        }
+    );
+    assert!(
+        ec["publicKey"]
+            .as_str()
+            .unwrap()
+            .starts_with("ecdsa-sha2-nistp384 ")
+    );
+
+    // A ClusterGenerator is found whatever namespace the (authorized) URL names.
+    let cg = server
+        .generate("/generators/apps/ClusterGenerator/cluster-pw", &app)
+        .await;
+    let cg = cg["password"].as_str().unwrap();
+    assert_eq!(cg.len(), 12);
+    assert!(cg.chars().all(|c| c.is_ascii_lowercase()));
+    let (status, _) = server
+        .call(
+            reqwest::Method::POST,
+            "/generators/other/ClusterGenerator/cluster-pw",
+            &app,
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 404, "not authorized in that namespace");
+
+    // Nothing revocable was issued: DELETE answers ESE's `null`, and the ledger is empty.
+    let (status, body) = server
+        .call(
+            reqwest::Method::DELETE,
+            "/generators/apps/Password/pw",
+            &app,
+            json!({}),
+        )
+        .await;
+    assert_eq!((status, body.as_str()), (200, "null"));
+    assert_eq!(server.audit_lines("issue").len(), 4);
+    assert!(
+        server
+            .audit_lines("issue")
+            .iter()
+            .all(|l| l["lease_id_hash"] == "")
+    );
+}
