@@ -6,6 +6,7 @@
 //! that requests read without locks and that is swapped atomically on change.
 
 pub mod api;
+pub mod audit;
 pub mod authn;
 pub mod authz;
 pub mod cli;

@@ -42,6 +42,15 @@ pub enum ApiError {
     /// The backend is unavailable or timed out.
     #[error("backend unavailable: {0}")]
     Unavailable(String),
+    /// A rate limit was hit (429 with `Retry-After`).
+    #[error("too many requests")]
+    RateLimited {
+        /// Seconds until a request would be accepted again.
+        retry_after_secs: u64,
+    },
+    /// Too many requests in flight (503 with `Retry-After`).
+    #[error("server overloaded")]
+    Overloaded,
 }
 
 impl ApiError {
@@ -53,12 +62,27 @@ impl ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
     /// Renders the error in `style`.
     pub fn into_styled_response(self, style: ErrorStyle) -> Response {
+        let retry_after = match &self {
+            ApiError::RateLimited { retry_after_secs } => Some(*retry_after_secs),
+            ApiError::Overloaded => Some(1),
+            _ => None,
+        };
+        let mut resp = self.render(style);
+        if let Some(secs) = retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        resp
+    }
+
+    fn render(self, style: ErrorStyle) -> Response {
         let status = self.status();
         let detail = self.to_string();
         match style {

@@ -5,6 +5,7 @@
 //! with a timeout → answer. A denied call and a missing object both answer 404.
 
 mod error;
+pub mod limits;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -25,8 +26,10 @@ use base64::engine::general_purpose::STANDARD as B64;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use tracing::Instrument;
+use zeroize::Zeroizing;
 
 pub use error::{ApiError, ErrorStyle};
+pub use limits::{LimitSettings, Limits};
 
 use crate::authn::{Authenticator, Identity};
 use crate::authz::{Action, Resource};
@@ -66,6 +69,8 @@ pub struct AppState {
     pub authenticator: Arc<Authenticator>,
     /// Limits.
     pub settings: ApiSettings,
+    /// Rate limiters and the in-flight cap (shared by every request).
+    pub limits: Arc<Limits>,
     /// Where issued revocable credentials are recorded. Without one, generators that
     /// issue revocable credentials answer 503 (nothing unaccounted is handed out).
     pub ledger: Option<Arc<dyn Ledger>>,
@@ -90,6 +95,11 @@ pub fn router(state: AppState, with_metrics: bool) -> Router {
     }
     let limit = state.settings.max_body_bytes;
     r.fallback(not_found)
+        // Inside `observe`, so refusals (429, 503) are counted and carry a request id.
+        .layer(middleware::from_fn_with_state(
+            state.limits.clone(),
+            limits::guard,
+        ))
         .layer(middleware::from_fn(observe))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
@@ -296,6 +306,9 @@ async fn admit<B: DeserializeOwned + Default + ClientCa>(
         tracing::info!(workload = %workload.subject, pod = workload.pod_name.as_deref().unwrap_or(""), "workload token verified");
     }
     tracing::info!(federation = %identity.federation, subject = %identity.subject, "authenticated");
+    state
+        .limits
+        .check_identity(&identity.federation, &identity.subject)?;
     Ok((Caller { identity }, parsed))
 }
 
@@ -343,7 +356,7 @@ async fn read_secret(
     caller: &Caller,
     store: &str,
     remote: &RemoteRef,
-) -> Result<Vec<u8>, ApiError> {
+) -> Result<Zeroizing<Vec<u8>>, ApiError> {
     authorize(
         snapshot,
         caller,
@@ -354,7 +367,22 @@ async fn read_secret(
         },
     )?;
     let provider = snapshot.stores.get(store).ok_or(ApiError::NotFound)?;
-    with_timeout(state.settings.backend_timeout, provider.get_secret(remote)).await
+    with_timeout(state.settings.backend_timeout, provider.get_secret(remote))
+        .await
+        .map(Zeroizing::new)
+}
+
+/// A JSON answer whose intermediate copies of secret material are wiped once written.
+fn secret_json(value: &impl serde::Serialize) -> Result<Response, ApiError> {
+    let body = Zeroizing::new(
+        serde_json::to_vec(value)
+            .map_err(|_| ApiError::BadGateway("cannot encode the answer".into()))?,
+    );
+    Ok((
+        [(header::CONTENT_TYPE, "application/json")],
+        Bytes::copy_from_slice(&body),
+    )
+        .into_response())
 }
 
 async fn ese_get_secret(
@@ -373,7 +401,8 @@ async fn ese_get_secret(
         };
         let value = read_secret(&state, &snapshot, &caller, &store, &remote).await?;
         // ESE answers Go's `string(bytes)`: invalid UTF-8 becomes U+FFFD, as here.
-        Ok(Json(String::from_utf8_lossy(&value).into_owned()))
+        let text = Zeroizing::new(String::from_utf8_lossy(&value).into_owned());
+        secret_json(&*text)
     }
     .await;
     respond(result, ErrorStyle::Ese)
@@ -597,12 +626,26 @@ fn remote_ref_of(request: RemoteRefRequest) -> Result<RemoteRef, ApiError> {
     })
 }
 
-fn encode_map(map: BTreeMap<String, Vec<u8>>) -> serde_json::Value {
-    let data: serde_json::Map<String, serde_json::Value> = map
+/// `{"data": {key: base64(value)}}`, written straight to a body; every intermediate copy
+/// of a value (raw and encoded) is wiped.
+fn encode_map(map: BTreeMap<String, Vec<u8>>) -> Result<Response, ApiError> {
+    let encoded: BTreeMap<String, Zeroizing<String>> = map
         .into_iter()
-        .map(|(k, v)| (k, serde_json::Value::String(B64.encode(v))))
+        .map(|(k, v)| {
+            let v = Zeroizing::new(v);
+            (k, Zeroizing::new(B64.encode(&*v)))
+        })
         .collect();
-    serde_json::json!({ "data": data })
+    #[derive(serde::Serialize)]
+    struct Data<'a> {
+        data: BTreeMap<&'a str, &'a str>,
+    }
+    secret_json(&Data {
+        data: encoded
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect(),
+    })
 }
 
 async fn v1_get(
@@ -616,7 +659,12 @@ async fn v1_get(
         let remote = remote_ref_of(request)?;
         let snapshot = state.snapshot.load_full();
         let value = read_secret(&state, &snapshot, &caller, &store, &remote).await?;
-        Ok(Json(serde_json::json!({ "value": B64.encode(value) })))
+        let encoded = Zeroizing::new(B64.encode(&*value));
+        #[derive(serde::Serialize)]
+        struct Value<'a> {
+            value: &'a str,
+        }
+        secret_json(&Value { value: &encoded })
     }
     .await;
     respond(result, ErrorStyle::Problem)
@@ -647,7 +695,7 @@ async fn v1_extract(
             provider.get_secret_map(&remote),
         )
         .await?;
-        Ok(Json(encode_map(map)))
+        encode_map(map)
     }
     .await;
     respond(result, ErrorStyle::Problem)
@@ -691,7 +739,7 @@ async fn v1_find(
             tags: find.tags,
         };
         let map = with_timeout(state.settings.backend_timeout, provider.find(&request)).await?;
-        Ok(Json(encode_map(map)))
+        encode_map(map)
     }
     .await;
     respond(result, ErrorStyle::Problem)

@@ -188,15 +188,17 @@ impl Authenticator {
         };
         match self.verify(&parsed, client_ca_b64, now).await {
             Ok((identity, generation)) => {
-                let exp = identity.expires_at.unwrap_or(0);
-                self.tokens.insert(
-                    digest,
-                    CachedToken {
-                        identity: Arc::new(identity.clone()),
-                        exp,
-                        generation,
-                    },
-                );
+                // Legacy tokens (no `exp`) are verified every time, never cached.
+                if let Some(exp) = identity.expires_at {
+                    self.tokens.insert(
+                        digest,
+                        CachedToken {
+                            identity: Arc::new(identity.clone()),
+                            exp,
+                            generation,
+                        },
+                    );
+                }
                 Ok((identity, false))
             }
             Err((e, federation)) => {
@@ -284,7 +286,7 @@ impl Authenticator {
                 continue;
             }
             if usable.any(|k| t.verify_signature(k)) {
-                match t.check_claims(&st.fed, now, s.leeway_secs) {
+                match t.check_claims(&st.fed, now, s.leeway_secs, s.max_token_lifetime.as_secs()) {
                     Ok(identity) => return Ok((identity, ks.generation)),
                     Err(e) => note(e, name),
                 }

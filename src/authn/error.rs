@@ -34,6 +34,15 @@ pub enum AuthnError {
     /// The token has no `exp` (legacy secret-based tokens never expire; not accepted).
     #[error("token has no expiry (missing exp)")]
     MissingExpiry,
+    /// The token has no `iat`: its lifetime cannot be bounded.
+    #[error("token has no issued-at time (missing iat)")]
+    MissingIssuedAt,
+    /// `exp - iat` is longer than the configured maximum lifetime.
+    #[error("token lifetime too long")]
+    LifetimeTooLong,
+    /// A legacy secret-based token (no expiry) for a federation that did not opt in.
+    #[error("legacy secret-based tokens are not accepted by this federation")]
+    LegacyToken,
     /// `exp` is in the past (beyond the leeway).
     #[error("token expired")]
     Expired,
@@ -79,6 +88,9 @@ impl AuthnError {
             AuthnError::BadSignature => "bad_signature",
             AuthnError::KeysUnavailable => "keys_unavailable",
             AuthnError::MissingExpiry => "missing_exp",
+            AuthnError::MissingIssuedAt => "missing_iat",
+            AuthnError::LifetimeTooLong => "lifetime_too_long",
+            AuthnError::LegacyToken => "legacy_token",
             AuthnError::Expired => "expired",
             AuthnError::NotYetValid => "not_yet_valid",
             AuthnError::IssuedInFuture => "iat_future",

@@ -74,6 +74,8 @@ pub struct Federation {
     pub(crate) ca_bundle: Vec<CertificateDer<'static>>,
     pub(crate) client_ca_policy: ClientCaPolicy,
     pub(crate) static_keys: Option<Arc<Vec<VerifyKey>>>,
+    /// `spec.allowLegacyTokens`: accept secret-based tokens without `exp`/`iat`.
+    pub(crate) allow_legacy_tokens: bool,
 }
 
 impl Federation {
@@ -142,6 +144,7 @@ impl Federation {
             ca_bundle,
             client_ca_policy,
             static_keys,
+            allow_legacy_tokens: spec.allow_legacy_tokens,
         })
     }
 
@@ -155,6 +158,12 @@ impl Federation {
         let mut w = Vec::new();
         if self.audiences.is_empty() {
             w.push("no audiences: any aud is accepted".to_owned());
+        }
+        if self.allow_legacy_tokens {
+            w.push(
+                "allowLegacyTokens: secret-based tokens never expire; prefer projected tokens"
+                    .into(),
+            );
         }
         if self.static_keys.is_none() && self.client_ca_policy == ClientCaPolicy::Trust {
             w.push(
@@ -207,6 +216,7 @@ impl fmt::Debug for Federation {
             .field("ca_bundle_certs", &self.ca_bundle.len())
             .field("client_ca_policy", &self.client_ca_policy)
             .field("static_keys", &self.static_keys.as_ref().map(|k| k.len()))
+            .field("allow_legacy_tokens", &self.allow_legacy_tokens)
             .finish()
     }
 }

@@ -442,6 +442,15 @@ async fn fetch(
                     Some(serde_json::Value::String(i)) if !i.is_empty() => Some(i.clone()),
                     Some(_) => return Err(FetchError::Discovery("issuer is not a string")),
                 };
+                // A pinned issuer must agree with what the cluster itself announces: a
+                // mismatch means `url` points at another cluster (or an impostor).
+                if let (Some(pinned), Some(announced)) = (fed.issuer.as_deref(), issuer.as_deref())
+                    && pinned != announced
+                {
+                    return Err(FetchError::Discovery(
+                        "issuer differs from the federation's issuer",
+                    ));
+                }
                 (rebase_jwks_uri(base, &discovery_url, jwks_uri)?, issuer)
             }
             None => (with_path(base, "/openid/v1/jwks"), None),

@@ -28,6 +28,9 @@ pub struct AuthnSettings {
     pub max_jwks_keys: usize,
     /// Most verified tokens remembered.
     pub token_cache_capacity: u64,
+    /// Longest accepted lifetime (`exp - iat`). Kubernetes' extended tokens live one year;
+    /// anything longer is a forged or misconfigured token.
+    pub max_token_lifetime: Duration,
 }
 
 impl Default for AuthnSettings {
@@ -43,6 +46,7 @@ impl Default for AuthnSettings {
             max_jwks_bytes: 256 * 1024,
             max_jwks_keys: 64,
             token_cache_capacity: 100_000,
+            max_token_lifetime: Duration::from_secs(366 * 24 * 60 * 60),
         }
     }
 }

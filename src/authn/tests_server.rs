@@ -252,16 +252,25 @@ async fn discovery_rebases_jwks_uri_onto_url() {
             .await,
         Err(AuthnError::UnknownIssuer)
     );
-    // spec.issuer overrides discovery.
+    // A pinned spec.issuer must agree with the discovery document's issuer: a mismatch
+    // means url serves another cluster's keys, so none are used.
     let mut spec = srv.spec();
     spec.issuer = Some("https://configured".into());
     let a = authenticator(Clock::fixed(T0), &spec);
     assert_eq!(
+        a.authenticate(&key.sign(&claims("https://configured", AUD, T0)), None)
+            .await,
+        Err(AuthnError::KeysUnavailable)
+    );
+    assert_eq!(
         a.authenticate(&key.sign(&claims(iss, AUD, T0)), None).await,
         Err(AuthnError::UnknownIssuer)
     );
+    let mut spec = srv.spec();
+    spec.issuer = Some(iss.into());
+    let a = authenticator(Clock::fixed(T0), &spec);
     assert!(
-        a.authenticate(&key.sign(&claims("https://configured", AUD, T0)), None)
+        a.authenticate(&key.sign(&claims(iss, AUD, T0)), None)
             .await
             .is_ok()
     );

@@ -40,15 +40,32 @@ async fn run(
     iss: &str,
     clock: u64,
 ) -> Result<Identity, AuthnError> {
+    run_with(dir, token_file, audiences, iss, vector_settings(clock)).await
+}
+
+/// Some vectors were minted with lifetimes of years (test clusters); they are checked for
+/// their own outcome with the lifetime cap out of the way, and for the cap separately.
+fn vector_settings(clock: u64) -> AuthnSettings {
+    AuthnSettings {
+        clock: Clock::fixed(clock),
+        max_token_lifetime: std::time::Duration::from_secs(20 * 366 * 86400),
+        ..Default::default()
+    }
+}
+
+async fn run_with(
+    dir: &str,
+    token_file: &str,
+    audiences: &[&str],
+    iss: &str,
+    settings: AuthnSettings,
+) -> Result<Identity, AuthnError> {
     let jwks_file = if path(dir).join("jwks.json").exists() {
         "jwks.json"
     } else {
         "jwks.derived.json"
     };
-    let auth = Authenticator::new(AuthnSettings {
-        clock: Clock::fixed(clock),
-        ..Default::default()
-    });
+    let auth = Authenticator::new(settings);
     auth.set_federations(vec![fed(
         dir,
         iss,
@@ -57,6 +74,29 @@ async fn run(
     )]);
     auth.authenticate(read(&format!("{dir}/{token_file}")).trim(), None)
         .await
+}
+
+#[tokio::test]
+async fn multi_year_vectors_exceed_the_default_lifetime_cap() {
+    let aud = ["kubernetes.default.svc"];
+    for (dir, clock) in [
+        ("vault-k8s-projected-rs256-minikube-2018", 1_550_000_000),
+        ("vault-k8s-projected-rs256-minikube-2020", 1_700_000_000),
+    ] {
+        let default = AuthnSettings {
+            clock: Clock::fixed(clock),
+            ..Default::default()
+        };
+        assert_eq!(
+            run_with(dir, "token.jwt", &aud, K8S, default).await,
+            Err(AuthnError::LifetimeTooLong),
+            "{dir}"
+        );
+        assert!(
+            run(dir, "token.jwt", &aud, K8S, clock).await.is_ok(),
+            "{dir}"
+        );
+    }
 }
 
 const K8S: &str = "kubernetes/serviceaccount";
@@ -68,14 +108,43 @@ fn vectors_directory_resolves() {
 
 #[tokio::test]
 async fn legacy_tokens_without_exp_are_rejected_after_signature_check() {
-    // Signature valid (else we would see BadSignature): rejected for the missing exp.
+    // Signature valid (else we would see BadSignature): rejected as a legacy token.
     for dir in ["vault-k8s-legacy-rs256", "vault-k8s-legacy-rs256-wrong-sa"] {
         assert_eq!(
             run(dir, "token.jwt", &[], K8S, 1_600_000_000).await,
-            Err(AuthnError::MissingExpiry),
+            Err(AuthnError::LegacyToken),
             "{dir}"
         );
     }
+}
+
+#[tokio::test]
+async fn legacy_tokens_accepted_when_the_federation_opts_in() {
+    let dir = "vault-k8s-legacy-rs256";
+    let spec = KubernetesFederationSpec {
+        issuer: Some(K8S.to_owned()),
+        jwks: Some(read(&format!("{dir}/jwks.derived.json"))),
+        allow_legacy_tokens: true,
+        ..Default::default()
+    };
+    let auth = Authenticator::new(AuthnSettings {
+        clock: Clock::fixed(1_600_000_000),
+        ..Default::default()
+    });
+    auth.set_federations(vec![Federation::from_spec("legacy", &spec).unwrap()]);
+    let token = read(&format!("{dir}/token.jwt"));
+    let id = auth.authenticate(token.trim(), None).await.unwrap();
+    assert_eq!(id.subject, "system:serviceaccount:default:vault-auth");
+    assert_eq!(id.namespace, "default");
+    assert_eq!(id.expires_at, None);
+    // Never cached: a legacy token is verified on every call.
+    assert!(!auth.is_cached(token.trim()));
+    // The opt-in does not waive the signature check.
+    let bad = read("vault-k8s-legacy-rs256-bad-signature/token.jwt");
+    assert_eq!(
+        auth.authenticate(bad.trim(), None).await,
+        Err(AuthnError::BadSignature)
+    );
 }
 
 #[tokio::test]
@@ -194,10 +263,7 @@ async fn minikube_2018_empty_kid_tries_all_keys() {
     let o: serde_json::Value = serde_json::from_str(&other).unwrap();
     let m: serde_json::Value = serde_json::from_str(&mine).unwrap();
     let both = serde_json::json!({"keys": [o["keys"][0], m["keys"][0]]}).to_string();
-    let auth = Authenticator::new(AuthnSettings {
-        clock: Clock::fixed(1_550_000_000),
-        ..Default::default()
-    });
+    let auth = Authenticator::new(vector_settings(1_550_000_000));
     auth.set_federations(vec![fed("two", K8S, &aud, &both)]);
     assert!(
         auth.authenticate(read(&format!("{dir}/token.jwt")).trim(), None)

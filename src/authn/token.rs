@@ -63,6 +63,27 @@ struct RawClaims {
     iat: Option<Value>,
     #[serde(default, rename = "kubernetes.io")]
     kubernetes: Option<Value>,
+    /// Legacy secret-based tokens name their ServiceAccount in flat claims.
+    #[serde(default, rename = "kubernetes.io/serviceaccount/namespace")]
+    legacy_namespace: Option<Value>,
+    #[serde(default, rename = "kubernetes.io/serviceaccount/service-account.name")]
+    legacy_name: Option<Value>,
+    #[serde(default, rename = "kubernetes.io/serviceaccount/service-account.uid")]
+    legacy_uid: Option<Value>,
+    #[serde(default, rename = "kubernetes.io/serviceaccount/secret.name")]
+    legacy_secret: Option<Value>,
+}
+
+impl RawClaims {
+    /// A legacy secret-based token: the flat `kubernetes.io/serviceaccount/*` claims, no
+    /// bound `kubernetes.io` claim, no `exp`.
+    fn is_legacy(&self) -> bool {
+        self.kubernetes.is_none()
+            && self.exp.is_none()
+            && (self.legacy_secret.is_some()
+                || self.legacy_namespace.is_some()
+                || self.legacy_name.is_some())
+    }
 }
 
 fn b64_json<T: serde::de::DeserializeOwned>(
@@ -148,13 +169,21 @@ impl ParsedToken<'_> {
         fed: &Federation,
         now: u64,
         leeway: u64,
+        max_lifetime: u64,
     ) -> Result<Identity, AuthnError> {
         let c = &self.claims;
+        let legacy = c.is_legacy();
+        if legacy && !fed.allow_legacy_tokens {
+            return Err(AuthnError::LegacyToken);
+        }
         let exp = match &c.exp {
+            None if legacy => None,
             None => return Err(AuthnError::MissingExpiry),
-            Some(v) => numeric_date(v)?,
+            Some(v) => Some(numeric_date(v)?),
         };
-        if now > exp.saturating_add(leeway) {
+        if let Some(exp) = exp
+            && now > exp.saturating_add(leeway)
+        {
             return Err(AuthnError::Expired);
         }
         if let Some(v) = &c.nbf
@@ -162,10 +191,20 @@ impl ParsedToken<'_> {
         {
             return Err(AuthnError::NotYetValid);
         }
-        if let Some(v) = &c.iat
-            && numeric_date(v)? > now.saturating_add(leeway)
+        let iat = match &c.iat {
+            None if legacy => None,
+            None => return Err(AuthnError::MissingIssuedAt),
+            Some(v) => Some(numeric_date(v)?),
+        };
+        if let Some(iat) = iat
+            && iat > now.saturating_add(leeway)
         {
             return Err(AuthnError::IssuedInFuture);
+        }
+        if let (Some(iat), Some(exp)) = (iat, exp)
+            && exp.saturating_sub(iat) > max_lifetime
+        {
+            return Err(AuthnError::LifetimeTooLong);
         }
         check_audience(c.aud.as_ref(), &fed.audiences)?;
         let subject = match &c.sub {
@@ -174,6 +213,7 @@ impl ParsedToken<'_> {
         };
         let sa = match &c.kubernetes {
             Some(v) => kubernetes_claim(v)?,
+            None if legacy => legacy_claims(c)?,
             None => {
                 let (namespace, name) = split_sa_subject(&subject).ok_or(AuthnError::BadSubject)?;
                 SaClaim {
@@ -197,7 +237,7 @@ impl ParsedToken<'_> {
             service_account_uid: sa.uid,
             pod_name: sa.pod_name,
             pod_uid: sa.pod_uid,
-            expires_at: Some(exp),
+            expires_at: exp,
         })
     }
 }
@@ -246,6 +286,29 @@ struct SaClaim {
     uid: Option<String>,
     pod_name: Option<String>,
     pod_uid: Option<String>,
+}
+
+/// The flat claims of a legacy secret-based token: namespace and name are required.
+fn legacy_claims(c: &RawClaims) -> Result<SaClaim, AuthnError> {
+    let text = |v: &Option<Value>| -> Result<Option<String>, AuthnError> {
+        match v {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(AuthnError::BadKubernetesClaim),
+        }
+    };
+    let usable = |s: &String| !s.is_empty() && !s.contains(':');
+    Ok(SaClaim {
+        namespace: text(&c.legacy_namespace)?
+            .filter(usable)
+            .ok_or(AuthnError::BadKubernetesClaim)?,
+        name: text(&c.legacy_name)?
+            .filter(usable)
+            .ok_or(AuthnError::BadKubernetesClaim)?,
+        uid: text(&c.legacy_uid)?,
+        pod_name: None,
+        pod_uid: None,
+    })
 }
 
 /// The `kubernetes.io` claim of bound tokens: `namespace`, `serviceaccount{name,uid}`,
@@ -365,24 +428,82 @@ mod tests {
     }
 
     fn fed(audiences: &[&str]) -> Federation {
+        fed_legacy(audiences, false)
+    }
+
+    fn fed_legacy(audiences: &[&str], allow_legacy_tokens: bool) -> Federation {
         let spec = crate::config::resources::KubernetesFederationSpec {
             url: Some("https://k.example".into()),
             audiences: audiences.iter().map(|s| s.to_string()).collect(),
+            allow_legacy_tokens,
             ..Default::default()
         };
         Federation::from_spec("f", &spec).unwrap()
+    }
+
+    #[test]
+    fn legacy_tokens_only_when_opted_in() {
+        let legacy = json!({
+            "iss": "kubernetes/serviceaccount",
+            "sub": "system:serviceaccount:default:vault-auth",
+            "kubernetes.io/serviceaccount/namespace": "default",
+            "kubernetes.io/serviceaccount/secret.name": "vault-auth-token-t5pcn",
+            "kubernetes.io/serviceaccount/service-account.name": "vault-auth",
+            "kubernetes.io/serviceaccount/service-account.uid": "d77f89bc"
+        });
+        let run = |claims: &Value, allow: bool| {
+            let t = tok(json!({"alg": "RS256"}), claims.clone());
+            parse(&t, 10_000)
+                .unwrap()
+                .check_claims(&fed_legacy(&[], allow), 1000, 60, 366 * 86400)
+        };
+        assert_eq!(run(&legacy, false).err(), Some(AuthnError::LegacyToken));
+        let id = run(&legacy, true).unwrap();
+        assert_eq!(id.service_account, "vault-auth");
+        assert_eq!(id.service_account_uid.as_deref(), Some("d77f89bc"));
+        assert_eq!(id.expires_at, None);
+        // The flat claims must agree with `sub`.
+        let mut wrong = legacy.clone();
+        wrong["kubernetes.io/serviceaccount/service-account.name"] = json!("other");
+        assert_eq!(run(&wrong, true).err(), Some(AuthnError::BadSubject));
+        let mut no_ns = legacy.clone();
+        no_ns
+            .as_object_mut()
+            .unwrap()
+            .remove("kubernetes.io/serviceaccount/namespace");
+        assert_eq!(
+            run(&no_ns, true).err(),
+            Some(AuthnError::BadKubernetesClaim)
+        );
+        // A legacy token with an exp is checked like any other (it needs iat too).
+        let mut with_exp = legacy.clone();
+        with_exp["exp"] = json!(2000);
+        assert_eq!(
+            run(&with_exp, true).err(),
+            Some(AuthnError::MissingIssuedAt)
+        );
+        // Opting in does not waive the audience when the federation has audiences.
+        let t = tok(json!({"alg": "RS256"}), legacy.clone());
+        assert_eq!(
+            parse(&t, 10_000)
+                .unwrap()
+                .check_claims(&fed_legacy(&["a"], true), 1000, 60, 366 * 86400)
+                .err(),
+            Some(AuthnError::BadAudience)
+        );
     }
 
     fn check(claims: Value, audiences: &[&str]) -> Result<Identity, AuthnError> {
         let t = tok(json!({"alg": "RS256"}), claims);
         parse(&t, 10_000)
             .unwrap()
-            .check_claims(&fed(audiences), 1000, 60)
+            .check_claims(&fed(audiences), 1000, 60, 366 * 86400)
     }
 
     #[test]
     fn claim_checks() {
-        let base = json!({"iss": "i", "sub": "system:serviceaccount:ns:sa", "exp": 2000});
+        let base =
+            json!({"iss": "i", "sub": "system:serviceaccount:ns:sa", "exp": 2000, "iat": 900});
         let id = check(base.clone(), &[]).unwrap();
         assert_eq!(
             (id.namespace.as_str(), id.service_account.as_str()),
@@ -396,11 +517,31 @@ mod tests {
         };
         assert_eq!(
             check(
-                json!({"iss": "i", "sub": "system:serviceaccount:ns:sa"}),
+                json!({"iss": "i", "sub": "system:serviceaccount:ns:sa", "iat": 900}),
                 &[]
             )
             .err(),
             Some(AuthnError::MissingExpiry)
+        );
+        assert_eq!(
+            check(
+                json!({"iss": "i", "sub": "system:serviceaccount:ns:sa", "exp": 2000}),
+                &[]
+            )
+            .err(),
+            Some(AuthnError::MissingIssuedAt)
+        );
+        // Lifetime: exactly the maximum passes, one second more fails.
+        let max = 366 * 86400;
+        assert!(check(with("exp", json!(900 + max)), &[]).is_ok());
+        assert_eq!(
+            check(with("exp", json!(900 + max + 1)), &[]).err(),
+            Some(AuthnError::LifetimeTooLong)
+        );
+        assert_eq!(
+            check(with("iat", json!(0)), &[]).err(),
+            None,
+            "1999 s lifetime is fine"
         );
         assert_eq!(
             check(with("exp", json!(939)), &[]).err(),

@@ -86,6 +86,46 @@ struct ServeArgs {
     /// Largest request body (bytes).
     #[arg(long, default_value_t = 64 * 1024)]
     max_body_bytes: usize,
+    /// PEM CA bundle: require client certificates issued by it (mTLS) on the main listener.
+    #[arg(long, env = "ESI_CLIENT_CA")]
+    client_ca: Option<PathBuf>,
+    /// How often the TLS certificate, key and client CA files are checked for changes.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    tls_reload_interval: Duration,
+    /// Audit log (one JSON line per decision and per issued/revoked credential): a file,
+    /// or `-` for stdout.
+    #[arg(long, env = "ESI_AUDIT_LOG")]
+    audit_log: Option<PathBuf>,
+    /// Sustained requests per second from one source address (0: no limit).
+    #[arg(long, default_value_t = 100)]
+    rate_limit_per_source: u32,
+    /// Burst of requests allowed from one source address.
+    #[arg(long, default_value_t = 200)]
+    rate_limit_per_source_burst: u32,
+    /// Sustained requests per second of one caller identity (0: no limit).
+    #[arg(long, default_value_t = 50)]
+    rate_limit_per_identity: u32,
+    /// Burst of requests allowed for one caller identity.
+    #[arg(long, default_value_t = 100)]
+    rate_limit_per_identity_burst: u32,
+    /// Requests handled at once; more are refused with 503.
+    #[arg(long, default_value_t = 512)]
+    max_concurrent_requests: usize,
+    /// Deadline of a whole request (body upload included).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    request_timeout: Duration,
+    /// Time a client has to send its request headers (slow-client defence).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    header_read_timeout: Duration,
+    /// Largest HTTP/2 header list, in bytes.
+    #[arg(long, default_value_t = 64 * 1024)]
+    max_header_bytes: u32,
+    /// Concurrent HTTP/2 streams per connection.
+    #[arg(long, default_value_t = 64)]
+    http2_max_concurrent_streams: u32,
+    /// Longest accepted token lifetime (exp - iat); default one year and a day.
+    #[arg(long, default_value = "8784h", value_parser = parse_duration)]
+    max_token_lifetime: Duration,
     /// How often expired credentials are revoked and failed revocations retried.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     sweep_interval: Duration,
@@ -151,13 +191,34 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// Operational logs (stderr, `RUST_LOG`) plus the audit log, which its own filter keeps
+/// complete whatever `RUST_LOG` says.
+fn init_serve_logging(format: LogFormat, audit: Option<&std::path::Path>) -> Result<()> {
+    use tracing_subscriber::filter::filter_fn;
+    use tracing_subscriber::prelude::*;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = match format {
+        LogFormat::Json => fmt.json().flatten_event(true).with_filter(filter).boxed(),
+        LogFormat::Text => fmt.with_filter(filter).boxed(),
+    };
+    let audit = audit
+        .map(esi::audit::AuditLayer::to_path)
+        .transpose()?
+        .map(|l| l.with_filter(filter_fn(esi::audit::is_audit_relevant)));
+    tracing_subscriber::registry().with(fmt).with(audit).init();
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     // One crypto provider for every rustls user in the process.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     match cli.command {
         Command::Serve(args) => {
-            init_logging(args.log_format);
+            init_serve_logging(args.log_format, args.audit_log.as_deref())?;
+            esi::audit::install_panic_hook();
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
@@ -214,6 +275,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     };
     let authenticator = Arc::new(Authenticator::new(AuthnSettings {
         jwks_min_refresh_interval: args.jwks_min_refresh_interval,
+        max_token_lifetime: args.max_token_lifetime,
         ..AuthnSettings::default()
     }));
     authenticator.set_federations(initial.federations.clone());
@@ -229,8 +291,12 @@ async fn serve(args: ServeArgs) -> Result<()> {
         ));
     }
 
-    let tls_config = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => esi::tls::server_config_from_files(cert, key)?,
+    let tls_files = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => esi::tls::TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: args.client_ca.clone(),
+        },
         _ => {
             let dir = args.data_dir.join("tls");
             let names = vec![
@@ -245,9 +311,17 @@ async fn serve(args: ServeArgs) -> Result<()> {
                 "esi-server: self-signed CA written to {}",
                 made.ca_cert.display()
             );
-            esi::tls::server_config_from_files(&made.cert, &made.key)?
+            esi::tls::TlsFiles {
+                cert: made.cert,
+                key: made.key,
+                client_ca: args.client_ca.clone(),
+            }
         }
     };
+    let tls_config = tls_files.load()?;
+    if tls_files.client_ca.is_some() {
+        tracing::info!("client certificates required (mTLS)");
+    }
 
     // The ledger must open: revocable credentials are never handed out unrecorded.
     let ledger_path = args.data_dir.join("ledger.redb");
@@ -281,6 +355,15 @@ async fn serve(args: ServeArgs) -> Result<()> {
             backend_timeout: args.backend_timeout + Duration::from_secs(1),
             ..ApiSettings::default()
         },
+        limits: Arc::new(api::Limits::new(api::LimitSettings {
+            per_source_rate: args.rate_limit_per_source,
+            per_source_burst: args.rate_limit_per_source_burst,
+            per_identity_rate: args.rate_limit_per_identity,
+            per_identity_burst: args.rate_limit_per_identity_burst,
+            max_concurrent_requests: args.max_concurrent_requests,
+            request_timeout: args.request_timeout,
+            ..api::LimitSettings::default()
+        })),
         ledger: Some(ledger),
     };
     let app = api::router(state, args.metrics_listen.is_none());
@@ -313,9 +396,33 @@ async fn serve(args: ServeArgs) -> Result<()> {
     tracing::info!(addr = %local, "listening (HTTPS)");
     println!("esi-server listening on https://{local}");
     let rustls = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(tls_config));
-    axum_server::from_tcp_rustls(listener, rustls)?
-        .handle(handle)
-        .serve(app.into_make_service())
+    tokio::spawn(esi::tls::reload_on_change(
+        tls_files,
+        rustls.clone(),
+        args.tls_reload_interval,
+    ));
+    let mut server = axum_server::from_tcp_rustls(listener, rustls)?.handle(handle);
+    {
+        // Slow clients: headers must arrive in time; HTTP/2 streams and headers are bounded.
+        let timer = hyper_util::rt::TokioTimer::new();
+        let builder = server.http_builder();
+        builder
+            .http1()
+            .timer(timer.clone())
+            .header_read_timeout(args.header_read_timeout);
+        // HTTP/1 heads stay within hyper's read buffer (about 400 KiB, its default): a smaller
+        // buffer would cut off clients whose early-refused body (413) is still in flight.
+        builder
+            .http2()
+            .timer(timer)
+            .max_concurrent_streams(args.http2_max_concurrent_streams)
+            .max_header_list_size(args.max_header_bytes)
+            .max_pending_accept_reset_streams(Some(64))
+            .keep_alive_interval(Some(Duration::from_secs(30)))
+            .keep_alive_timeout(Duration::from_secs(20));
+    }
+    server
+        .serve(app.into_make_service_with_connect_info::<SocketAddr>())
         .await
         .context("server failed")?;
     Ok(())

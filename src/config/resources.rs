@@ -60,6 +60,11 @@ pub struct KubernetesFederationSpec {
     /// Extension: static JWKS document (air-gapped clusters).
     #[serde(default)]
     pub jwks: Option<String>,
+    /// Extension: accept legacy secret-based ServiceAccount tokens (no `exp`, no `iat`,
+    /// `kubernetes.io/serviceaccount/*` claims). Off by default: such tokens never expire,
+    /// so a leaked one is valid until its Secret is deleted.
+    #[serde(default)]
+    pub allow_legacy_tokens: bool,
 }
 
 /// `federationRef` of an `Authorization`.

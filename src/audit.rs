@@ -1,0 +1,315 @@
+//! The audit log: one JSON line per authorization decision (events with target
+//! `esi::decision`) and per issued or revoked credential (target `esi::audit`), to a file or
+//! stdout, with the request id of the enclosing `request` span.
+//!
+//! It is a `tracing` layer, so emitters only log structured fields. It never writes a value:
+//! emitters log names and ids only, and as a second line of defence fields whose names denote
+//! secret material (`value`, `token`, `password`, …) are dropped here whatever they hold.
+
+use std::fmt;
+use std::io::Write;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::{Map, Value};
+use tracing::field::{Field, Visit};
+use tracing::span::{Attributes, Id};
+use tracing::{Event, Metadata, Subscriber};
+use tracing_subscriber::Layer;
+use tracing_subscriber::layer::Context;
+use tracing_subscriber::registry::LookupSpan;
+
+/// Target of authorization decisions (emitted by `authz`).
+pub const DECISION_TARGET: &str = "esi::decision";
+/// Target of credential events (issued, revoked; emitted by the generator code).
+pub const AUDIT_TARGET: &str = "esi::audit";
+/// Name of the per-request span whose `request_id` audit lines carry.
+const REQUEST_SPAN: &str = "request";
+
+/// Field names never written, whatever an emitter puts in them.
+const DENIED_FIELDS: &[&str] = &[
+    "value",
+    "values",
+    "token",
+    "tokens",
+    "secret",
+    "secrets",
+    "password",
+    "data",
+    "ca.crt",
+    "ca_crt",
+    "authorization",
+    "credential",
+    "credentials",
+    "key_material",
+    "private_key",
+];
+
+/// Audit log failures.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    /// The audit file cannot be opened.
+    #[error("cannot open audit log {path}: {source}")]
+    Open {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Whether a metadata item is something the audit layer consumes: an audit event, or the
+/// request span (for its id).
+pub fn is_audit_relevant(meta: &Metadata<'_>) -> bool {
+    if meta.is_span() {
+        return meta.name() == REQUEST_SPAN;
+    }
+    meta.target() == DECISION_TARGET || meta.target() == AUDIT_TARGET
+}
+
+/// The layer. Add it with a filter such as `filter_fn(is_audit_relevant)` so the rest of the
+/// logging configuration (e.g. `RUST_LOG=warn`) never silences the audit trail.
+pub struct AuditLayer {
+    out: Mutex<Box<dyn Write + Send>>,
+}
+
+impl fmt::Debug for AuditLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuditLayer").finish_non_exhaustive()
+    }
+}
+
+impl AuditLayer {
+    /// Writes to `writer` (one line per event, flushed).
+    pub fn new(writer: Box<dyn Write + Send>) -> Self {
+        AuditLayer {
+            out: Mutex::new(writer),
+        }
+    }
+
+    /// `-` is stdout; anything else a file, appended to and created with mode 0600.
+    pub fn to_path(path: &Path) -> Result<Self, AuditError> {
+        if path.as_os_str() == "-" {
+            return Ok(Self::new(Box::new(std::io::stdout())));
+        }
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|source| AuditError::Open {
+                path: path.display().to_string(),
+                source,
+            })?;
+        Ok(Self::new(Box::new(file)))
+    }
+
+    fn write_line(&self, line: &Map<String, Value>) {
+        let Ok(mut text) = serde_json::to_vec(line) else {
+            return;
+        };
+        text.push(b'\n');
+        // A poisoned lock only means a writer panicked mid-line; keep auditing.
+        let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
+        if out.write_all(&text).and_then(|()| out.flush()).is_err() {
+            // Nowhere better to report it; stderr is the operational log.
+            eprintln!("esi-server: cannot write the audit log");
+        }
+    }
+}
+
+/// The request id (and route) of a `request` span.
+struct RequestInfo(Map<String, Value>);
+
+/// Collects fields as JSON, dropping denied names.
+struct JsonVisitor<'a>(&'a mut Map<String, Value>);
+
+impl JsonVisitor<'_> {
+    fn put(&mut self, field: &Field, value: Value) {
+        let name = field.name();
+        if DENIED_FIELDS.contains(&name) {
+            return;
+        }
+        self.0.insert(name.to_owned(), value);
+    }
+}
+
+impl Visit for JsonVisitor<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.put(field, Value::String(value.to_owned()));
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.put(field, Value::Bool(value));
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.put(field, value.into());
+    }
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.put(field, value.into());
+    }
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.put(field, value.into());
+    }
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        let text = format!("{value:?}");
+        // `?vec_of_strings` (e.g. policy ids) is a JSON array already: keep its structure.
+        let v = if text.starts_with('[') {
+            serde_json::from_str::<Value>(&text).unwrap_or(Value::String(text))
+        } else {
+            Value::String(text)
+        };
+        self.put(field, v);
+    }
+}
+
+impl<S> Layer<S> for AuditLayer
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        if attrs.metadata().name() != REQUEST_SPAN {
+            return;
+        }
+        let mut fields = Map::new();
+        attrs.record(&mut JsonVisitor(&mut fields));
+        if let Some(span) = ctx.span(id) {
+            span.extensions_mut().insert(RequestInfo(fields));
+        }
+    }
+
+    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
+        let meta = event.metadata();
+        let kind = match meta.target() {
+            DECISION_TARGET => "decision",
+            AUDIT_TARGET => "credential",
+            _ => return,
+        };
+        let mut line = Map::new();
+        let ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        line.insert("ts_ms".into(), ms.into());
+        line.insert("kind".into(), kind.into());
+        line.insert("level".into(), meta.level().as_str().into());
+        if let Some(scope) = ctx.event_scope(event) {
+            for span in scope {
+                if let Some(info) = span.extensions().get::<RequestInfo>() {
+                    for (k, v) in &info.0 {
+                        if k == "request_id" || k == "route" || k == "method" {
+                            line.insert(k.clone(), v.clone());
+                        }
+                    }
+                    break;
+                }
+            }
+        }
+        event.record(&mut JsonVisitor(&mut line));
+        self.write_line(&line);
+    }
+}
+
+/// Replaces the panic message hook: a panic payload may hold whatever the failing code was
+/// handling (a value, a token), so only the location is logged.
+pub fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let (file, line) = info.location().map_or(("?", 0), |l| (l.file(), l.line()));
+        tracing::error!(file, line, "panic (message withheld)");
+        eprintln!("esi-server: panic at {file}:{line} (message withheld)");
+    }));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use tracing_subscriber::filter::filter_fn;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+    impl Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn lines(buf: &Buf) -> Vec<Value> {
+        String::from_utf8(buf.0.lock().unwrap().clone())
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn decisions_and_credentials_become_json_lines_with_the_request_id() {
+        let buf = Buf::default();
+        let layer =
+            AuditLayer::new(Box::new(buf.clone())).with_filter(filter_fn(is_audit_relevant));
+        let subscriber = tracing_subscriber::registry().with(layer);
+        tracing::subscriber::with_default(subscriber, || {
+            let span =
+                tracing::info_span!("request", request_id = "r-1", method = "POST", route = "/x");
+            let _g = span.enter();
+            tracing::info!(target: "esi::decision", federation = "f", principal = "p",
+                decision = "allow", policies = ?vec!["authz/a".to_string()]);
+            tracing::info!(target: "esi::audit", event = "issued", federation = "f",
+                subject = "s", generator = "Password/pw", value = "hunter2", token = "eyJ");
+            // Not audit events.
+            tracing::info!(secret = "x", "ordinary log line");
+            tracing::info!(target: "esi::other", "other");
+        });
+        let got = lines(&buf);
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert_eq!(got[0]["kind"], "decision");
+        assert_eq!(got[0]["request_id"], "r-1");
+        assert_eq!(got[0]["route"], "/x");
+        assert_eq!(got[0]["policies"], serde_json::json!(["authz/a"]));
+        assert_eq!(got[1]["kind"], "credential");
+        assert_eq!(got[1]["event"], "issued");
+        assert_eq!(got[1]["generator"], "Password/pw");
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert!(!text.contains("hunter2") && !text.contains("eyJ"), "{text}");
+    }
+
+    #[test]
+    fn events_outside_a_request_have_no_request_id() {
+        let buf = Buf::default();
+        let layer =
+            AuditLayer::new(Box::new(buf.clone())).with_filter(filter_fn(is_audit_relevant));
+        tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), || {
+            tracing::warn!(target: "esi::decision", error = "bad", "request denied before evaluation");
+        });
+        let got = lines(&buf);
+        assert_eq!(got.len(), 1);
+        assert!(got[0].get("request_id").is_none());
+        assert_eq!(got[0]["level"], "WARN");
+        assert_eq!(got[0]["message"], "request denied before evaluation");
+    }
+
+    #[test]
+    fn file_is_private_and_appended() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        for _ in 0..2 {
+            let layer = AuditLayer::to_path(&path).unwrap();
+            let mut m = Map::new();
+            m.insert("a".into(), 1.into());
+            layer.write_line(&m);
+        }
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "{\"a\":1}\n{\"a\":1}\n"
+        );
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(AuditLayer::to_path(&dir.path().join("no/such/dir")).is_err());
+    }
+}
