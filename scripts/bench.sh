@@ -81,16 +81,11 @@ metadata: {name: vault, namespace: esi}
 stringData: {token: "${VAULT_TOKEN}"}
 YAML
 
-"${BIN}" serve --manifests "${WORK}/m" --listen 127.0.0.1:0 --data-dir "${WORK}/data" \
-    --log-format json >"${WORK}/stdout" 2>"${WORK}/server.log" &
-SERVER_PID=$!
-for _ in $(seq 1 100); do grep -q "listening on" "${WORK}/stdout" 2>/dev/null && break; sleep 0.1; done
-URL="$(sed -n 's/^esi-server listening on //p' "${WORK}/stdout")"
-[[ -n "${URL}" ]] || { cat "${WORK}/server.log"; exit 1; }
 # Requests are logged at info; measure with warnings only, as a production setting would.
-kill "${SERVER_PID}"; wait "${SERVER_PID}" 2>/dev/null || true
+# One load generator is one source and one identity: the abuse limits (which would answer
+# 429 after the first few hundred requests) are switched off for the measurement.
 RUST_LOG=warn "${BIN}" serve --manifests "${WORK}/m" --listen 127.0.0.1:0 --data-dir "${WORK}/data" \
-    --log-format json >"${WORK}/stdout" 2>"${WORK}/server.log" &
+    --rate-limit-per-source 0 --rate-limit-per-identity 0 --log-format json >"${WORK}/stdout" 2>"${WORK}/server.log" &
 SERVER_PID=$!
 for _ in $(seq 1 100); do grep -q "listening on" "${WORK}/stdout" 2>/dev/null && break; sleep 0.1; done
 URL="$(sed -n 's/^esi-server listening on //p' "${WORK}/stdout")"
@@ -126,6 +121,7 @@ run() { # name, lua, url
     p99="$(awk '$1=="99%" {print $2}' <<<"${out}")"
     errors="$(awk '/Non-2xx/ {print $NF}' <<<"${out}")"
     printf '%-16s %12s %10s %10s %8s\n' "$1" "${rps}" "${p50}" "${p99}" "${errors:-0}"
+    [[ -z "${errors}" ]] || { echo "$1: non-2xx answers: the figures above are not valid"; exit 1; }
 }
 
 echo
