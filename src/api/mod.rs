@@ -34,7 +34,7 @@ pub use limits::{LimitSettings, Limits};
 use crate::authn::{Authenticator, Identity};
 use crate::authz::{Action, Resource};
 use crate::config::Snapshot;
-use crate::generators::GenerateContext;
+use crate::generators::{GenerateContext, Generator};
 use crate::ledger::{GeneratorRef, Holder, Ledger, Owner, lifecycle};
 use crate::metrics::METRICS;
 use crate::providers::{FindRequest, RemoteRef};
@@ -445,6 +445,35 @@ fn ledger_unavailable(e: impl std::fmt::Display) -> ApiError {
     ApiError::Unavailable("credential ledger unavailable".into())
 }
 
+/// The decision for `action` on a generator, then the generator itself: denied and
+/// missing both answer 404.
+fn authorized_generator(
+    snapshot: &Snapshot,
+    caller: &Caller,
+    action: Action,
+    namespace: String,
+    kind: String,
+    name: String,
+) -> Result<(GeneratorRef, Arc<dyn Generator>), ApiError> {
+    authorize(
+        snapshot,
+        caller,
+        action,
+        &generator_resource(&namespace, &kind, &name),
+    )?;
+    let generator_ref = GeneratorRef {
+        namespace,
+        kind,
+        name,
+    };
+    let generator = snapshot
+        .generators
+        .get(&generator_ref.lookup_key())
+        .cloned()
+        .ok_or(ApiError::NotFound)?;
+    Ok((generator_ref, generator))
+}
+
 async fn ese_generate(
     State(state): State<AppState>,
     Path((namespace, kind, name)): Path<(String, String, String)>,
@@ -454,21 +483,8 @@ async fn ese_generate(
     let result = async {
         let (caller, request): (Caller, EseBody) = admit(&state, &headers, body).await?;
         let snapshot = state.snapshot.load_full();
-        authorize(
-            &snapshot,
-            &caller,
-            Action::Generate,
-            &generator_resource(&namespace, &kind, &name),
-        )?;
-        let generator_ref = GeneratorRef {
-            namespace,
-            kind,
-            name,
-        };
-        let generator = snapshot
-            .generators
-            .get(&generator_ref.lookup_key())
-            .ok_or(ApiError::NotFound)?;
+        let (generator_ref, generator) =
+            authorized_generator(&snapshot, &caller, Action::Generate, namespace, kind, name)?;
         let workload = workload_identity(&state, &headers, &request, &caller).await?;
         let holder = Holder::new(&caller.identity, workload.as_ref());
         let ctx = GenerateContext {
@@ -541,23 +557,8 @@ async fn ese_revoke_own(
     let result = async {
         let (caller, request): (Caller, EseBody) = admit(&state, &headers, body).await?;
         let snapshot = state.snapshot.load_full();
-        authorize(
-            &snapshot,
-            &caller,
-            Action::Revoke,
-            &generator_resource(&namespace, &kind, &name),
-        )?;
-        let generator_ref = GeneratorRef {
-            namespace,
-            kind,
-            name,
-        };
-        if !snapshot
-            .generators
-            .contains_key(&generator_ref.lookup_key())
-        {
-            return Err(ApiError::NotFound);
-        }
+        let (generator_ref, _) =
+            authorized_generator(&snapshot, &caller, Action::Revoke, namespace, kind, name)?;
         let workload = workload_identity(&state, &headers, &request, &caller).await?;
         let owner = Holder::new(&caller.identity, workload.as_ref()).owner();
         revoke_owned(&state, &snapshot, &owner, "request", |g| {
