@@ -129,6 +129,12 @@ async fn database_mount(addr: &str, token: &str, pg: &Pg, ttl: &str) -> String {
         json!({
             "db_name": "pg",
             "creation_statements": ["CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';"],
+            // The role is granted nothing, so dropping it is the whole revocation. Without
+            // this, OpenBao's default revocation also runs `REVOKE USAGE ON SCHEMA public`
+            // and `REVOKE CONNECT ON DATABASE postgres`, which rewrite one shared catalog
+            // row each: two mounts revoking at once (tests run in parallel against one
+            // PostgreSQL) fail with "tuple concurrently updated", and a DELETE answers 503.
+            "revocation_statements": ["DROP ROLE IF EXISTS \"{{name}}\";"],
             "default_ttl": ttl,
             "max_ttl": "2h",
         }),

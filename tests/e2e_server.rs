@@ -1,6 +1,6 @@
 //! End to end: the real `esi-server` over HTTPS, an in-test OIDC issuer with its own CA,
-//! and the OpenBao started by `scripts/test.sh`. The seed walkthrough
-//! (`shared/seeds/002_…`): a workload of another cluster reads a Vault secret it has no
+//! and the OpenBao started by `scripts/test.sh`. The product's walkthrough:
+//! a workload of another cluster reads a Vault secret it has no
 //! Vault credential for.
 
 mod common;
@@ -507,4 +507,61 @@ async fn health_metrics_and_malformed_requests() {
     assert!(metrics.contains("esi_authz_decisions_total"));
     assert!(metrics.contains("esi_backend_calls_total"));
     assert!(metrics.contains("esi_config_reloads_total"));
+}
+
+/// The README's first command on the repository's own `examples/quickstart` (nothing from
+/// outside the clone): the walkthrough's answers, with tokens minted by `esi-server dev-token`.
+#[tokio::test(flavor = "multi_thread")]
+async fn readme_quickstart_from_the_clone() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/quickstart");
+    let files: Vec<(String, String)> = std::fs::read_dir(&dir)
+        .expect("examples/quickstart")
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .map(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            (name, std::fs::read_to_string(&p).unwrap())
+        })
+        .collect();
+    assert!(files.len() >= 3, "{files:?}");
+    let manifests: Vec<(&str, String)> =
+        files.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
+    let server = Server::start(&manifests, &[]);
+    let mint = |sa: &str| {
+        let out = std::process::Command::new(server_bin())
+            .args(["dev-token", "--key"])
+            .arg(dir.join("dev-signing-key.pem"))
+            .args(["--kid", "quickstart-dev-1", "--issuer", "https://quickstart.esi.invalid"])
+            .args(["--audience", "esi-quickstart", "--namespace", "demo"])
+            .args(["--service-account", sa])
+            .output()
+            .expect("dev-token");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let app = mint("app");
+    let (code, text) = server
+        .post("/secretstore/demo-store/secrets/db-credentials", Some(&app), json!({}))
+        .await;
+    assert_eq!(code, 200, "{text}");
+    let value: String = serde_json::from_str(&text).unwrap();
+    assert!(value.contains("dev-only-password"), "{value}");
+    let (code, text) = server
+        .post(
+            "/v1/secretstore/demo-store/get",
+            Some(&app),
+            json!({"remoteRef": {"key": "db-credentials", "property": "password"}}),
+        )
+        .await;
+    assert_eq!(code, 200, "{text}");
+    assert!(text.contains(&b64("dev-only-password")), "{text}");
+    let (code, text) = server
+        .post("/generators/demo/Password/demo-password", Some(&app), json!({}))
+        .await;
+    assert_eq!(code, 200, "{text}");
+    let intruder = mint("intruder");
+    let (code, _) = server
+        .post("/secretstore/demo-store/secrets/db-credentials", Some(&intruder), json!({}))
+        .await;
+    assert_eq!(code, 404);
 }

@@ -1,4 +1,4 @@
-//! Third-party ServiceAccount token vectors (`/work/shared/testdata/k8s-sa-tokens/`), each
+//! Third-party ServiceAccount token vectors (`tests/fixtures/k8s-sa-tokens/`), each
 //! checked for the outcome its `source.txt` states.
 
 use std::path::PathBuf;
@@ -11,7 +11,7 @@ use crate::config::resources::KubernetesFederationSpec;
 
 const VECTORS: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../shared/testdata/k8s-sa-tokens"
+    "/tests/fixtures/k8s-sa-tokens"
 );
 
 fn path(rel: &str) -> PathBuf {

@@ -329,7 +329,7 @@ mod tests {
     fn reads_ese_samples() {
         let dir = Path::new(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../shared/compat/ese-federation-server/config/samples"
+            "/tests/fixtures/ese-samples"
         ));
         let (objs, errs) = read_manifest_dir(dir);
         assert!(errs.is_empty(), "{errs:?}");

@@ -415,7 +415,7 @@ mod tests {
     fn ese_samples_load_as_written() {
         let dir = Path::new(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../shared/compat/ese-federation-server/config/samples"
+            "/tests/fixtures/ese-samples"
         ));
         let snap = load(dir);
         // The one problem is the sample store's token Secret, which the samples do not

@@ -133,7 +133,7 @@ fn empty_engine_denies_everything() {
 
 const ESE_SAMPLE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../shared/compat/ese-federation-server/config/samples/federation/federation-server/manifests/04-authorization.yaml"
+    "/tests/fixtures/ese-samples/federation-server/04-authorization.yaml"
 );
 
 #[test]
