@@ -1,10 +1,11 @@
 //! One immutable view of every resource the server serves, built from raw objects.
 //!
 //! Requests read a snapshot through an `Arc` without locks; a reload builds a new one
-//! and swaps it in atomically. The policy set has one extra rule: a reload whose
-//! policies do not all compile keeps the last good policy engine.
+//! and swaps it in atomically. Last good is kept per object: a reload applies every
+//! object that builds and drops every object that is gone, while an object that does not
+//! build keeps its last good form (or, if it never built, is absent and grants nothing).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use super::resources::{
 };
 use super::secrets::SecretIndex;
 use crate::authn::Federation;
-use crate::authz::{AuthorizationSource, PolicyEngine, PolicyFile};
+use crate::authz::{AuthorizationSource, PolicyEngine, PolicyFile, PolicyLoadError};
 use crate::generators::{self, Generator};
 use crate::metrics::METRICS;
 use crate::providers::{
@@ -61,8 +62,45 @@ pub struct Snapshot {
     pub policies: Arc<PolicyEngine>,
     /// Objects rejected by this load (the server still serves the rest).
     pub errors: Vec<LoadError>,
-    /// True when this load's policies failed and the previous engine was kept.
-    pub kept_previous_policies: bool,
+    /// Objects that did not load this time and serve in their last good form.
+    pub kept: Vec<KeptObject>,
+    /// The last good form of every object, for the next reload.
+    last_good: LastGood,
+}
+
+/// An object that did not load and serves in its last good form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeptObject {
+    /// `Kind/name` (or `policy file`).
+    pub object: String,
+    /// Where it was last read from.
+    pub origin: String,
+}
+
+/// A built object and where it came from.
+#[derive(Clone)]
+struct Kept<T> {
+    origin: String,
+    value: T,
+}
+
+impl<T> Kept<T> {
+    fn new(origin: &str, value: T) -> Self {
+        Kept {
+            origin: origin.to_owned(),
+            value,
+        }
+    }
+}
+
+/// The last form of each object that built, carried from one snapshot to the next.
+#[derive(Default)]
+struct LastGood {
+    stores: HashMap<String, Kept<Arc<dyn SecretProvider>>>,
+    generators: HashMap<GeneratorKey, Kept<Arc<dyn Generator>>>,
+    federations: HashMap<String, Kept<Federation>>,
+    authorizations: HashMap<String, AuthorizationSource>,
+    policy_files: HashMap<PathBuf, PolicyFile>,
 }
 
 impl fmt::Debug for Snapshot {
@@ -90,7 +128,8 @@ impl Snapshot {
             federations: Vec::new(),
             policies: Arc::new(PolicyEngine::empty()),
             errors: Vec::new(),
-            kept_previous_policies: false,
+            kept: Vec::new(),
+            last_good: LastGood::default(),
         }
     }
 }
@@ -156,7 +195,8 @@ impl DirectorySource {
     }
 
     /// Reads the directories and builds a snapshot. `previous` supplies the generation
-    /// and the policy engine to keep when the new policies do not all compile.
+    /// and, per object, the last good form kept when an object does not load (see
+    /// [`build_with_broken`]).
     pub fn load(&self, previous: Option<&Snapshot>) -> Snapshot {
         let (objects, mut errors) = loader::read_manifest_dir(&self.manifests);
         let (policy_files, policy_read_errors) = match &self.policies {
@@ -170,16 +210,17 @@ impl DirectorySource {
                 text: f.text,
             })
             .collect();
-        let mut snapshot = build(&objects, &policy_files, previous, &self.provider_settings);
-        let policy_read_failed = !policy_read_errors.is_empty();
         errors.extend(policy_read_errors);
+        let broken: Vec<String> = errors.iter().map(|e| e.origin.clone()).collect();
+        let mut snapshot = build_with_broken(
+            &objects,
+            &policy_files,
+            &broken,
+            previous,
+            &self.provider_settings,
+        );
         errors.append(&mut snapshot.errors);
         snapshot.errors = errors;
-        if policy_read_failed && let Some(prev) = previous {
-            // A policy file we could not read is a policy set we cannot trust to be whole.
-            snapshot.policies = prev.policies.clone();
-            snapshot.kept_previous_policies = true;
-        }
         snapshot
     }
 }
@@ -202,6 +243,50 @@ pub fn build(
     previous: Option<&Snapshot>,
     provider_settings: &ProviderSettings,
 ) -> Snapshot {
+    build_with_broken(objects, policy_files, &[], previous, provider_settings)
+}
+
+/// Whether an object's origin (`path#doc[/items/i]`) lies inside something the loader
+/// could not read: a directory, a file (`path`), or a document (`path#doc`).
+fn inside(origin: &str, broken: &[String]) -> bool {
+    broken.iter().any(|b| {
+        origin == b
+            || origin
+                .strip_prefix(b.as_str())
+                .is_some_and(|rest| rest.starts_with('#') || rest.starts_with('/'))
+    })
+}
+
+/// Records that `object` serves in its last good form, and says so in `reason`.
+fn keep_note(kept: &mut Vec<KeptObject>, object: String, origin: &str) {
+    kept.push(KeptObject {
+        object,
+        origin: origin.to_owned(),
+    });
+}
+
+const KEPT_SUFFIX: &str = "; its last good form stays in force";
+const NEVER_SUFFIX: &str = "; it never loaded, so it is not served and grants nothing";
+
+/// Like [`build`], with the origins (directories, files, documents) the loader could not
+/// read: objects last seen there keep their last good form instead of disappearing.
+///
+/// The per-object rule (issue 19, finding 7): an object that is gone is gone at once;
+/// an object that builds takes its new form; an object that does not build (or sits in
+/// a file that does not parse) keeps the form it had in `previous`, or, if it never
+/// built, is absent (a store is not served, an Authorization or policy file grants
+/// nothing). Everything else reloads.
+pub fn build_with_broken(
+    objects: &[RawObject],
+    policy_files: &[PolicyFile],
+    broken: &[String],
+    previous: Option<&Snapshot>,
+    provider_settings: &ProviderSettings,
+) -> Snapshot {
+    let empty = LastGood::default();
+    let old = previous.map_or(&empty, |p| &p.last_good);
+    let mut last_good = LastGood::default();
+    let mut kept: Vec<KeptObject> = Vec::new();
     let mut errors = Vec::new();
 
     // Secrets first: stores and generators resolve their references against them.
@@ -227,6 +312,8 @@ pub fn build(
 
     let mut federations: Vec<Federation> = Vec::new();
     let mut authorizations: Vec<AuthorizationSource> = Vec::new();
+    // Authorizations taken in their last good form (by name).
+    let mut old_authorizations: HashSet<String> = HashSet::new();
     let mut stores: HashMap<String, Arc<dyn SecretProvider>> = HashMap::new();
     let mut generators: HashMap<GeneratorKey, Arc<dyn Generator>> = HashMap::new();
 
@@ -239,36 +326,53 @@ pub fn build(
                 "identity.federation.external-secrets.io" | "federation.external-secrets.io",
                 "KubernetesFederation",
             ) => {
+                if federations.iter().any(|x| x.name() == name) {
+                    errors.push(error(obj, "duplicate KubernetesFederation name"));
+                    continue;
+                }
                 let built = spec_of::<KubernetesFederationSpec>(obj)
                     .and_then(|spec| Federation::from_spec(name, &spec).map_err(|e| e.to_string()));
                 match built {
-                    Ok(f) if federations.iter().any(|x| x.name() == name) => {
-                        drop(f);
-                        errors.push(error(obj, "duplicate KubernetesFederation name"));
-                    }
                     Ok(f) => {
                         for w in f.warnings() {
                             tracing::warn!(federation = name, origin = %obj.origin, "{w}");
                         }
+                        last_good
+                            .federations
+                            .insert(name.to_owned(), Kept::new(&obj.origin, f.clone()));
                         federations.push(f);
                     }
-                    Err(reason) => errors.push(error(obj, reason)),
+                    Err(reason) => match old.federations.get(name) {
+                        Some(k) => {
+                            errors.push(error(obj, reason + KEPT_SUFFIX));
+                            keep_note(&mut kept, obj.display_name(), &obj.origin);
+                            federations.push(k.value.clone());
+                            last_good.federations.insert(name.to_owned(), k.clone());
+                        }
+                        None => errors.push(error(obj, reason + NEVER_SUFFIX)),
+                    },
                 }
             }
             ("federation.external-secrets.io", "Authorization") => {
+                if authorizations.iter().any(|a| a.name == name) {
+                    errors.push(error(obj, "duplicate Authorization name"));
+                    continue;
+                }
                 match spec_of::<AuthorizationSpec>(obj) {
-                    Ok(spec) => {
-                        if authorizations.iter().any(|a| a.name == name) {
-                            errors.push(error(obj, "duplicate Authorization name"));
-                        } else {
-                            authorizations.push(AuthorizationSource {
-                                name: name.to_string(),
-                                origin: obj.origin.clone(),
-                                spec,
-                            });
+                    Ok(spec) => authorizations.push(AuthorizationSource {
+                        name: name.to_string(),
+                        origin: obj.origin.clone(),
+                        spec,
+                    }),
+                    Err(reason) => match old.authorizations.get(name) {
+                        Some(source) => {
+                            errors.push(error(obj, reason + KEPT_SUFFIX));
+                            keep_note(&mut kept, obj.display_name(), &obj.origin);
+                            authorizations.push(source.clone());
+                            old_authorizations.insert(name.to_owned());
                         }
-                    }
-                    Err(reason) => errors.push(error(obj, reason)),
+                        None => errors.push(error(obj, reason + NEVER_SUFFIX)),
+                    },
                 }
             }
             ("external-secrets.io", "ClusterSecretStore") => {
@@ -276,27 +380,41 @@ pub fn build(
                     errors.push(error(obj, "duplicate ClusterSecretStore name"));
                     continue;
                 }
-                let spec = match spec_of::<SecretStoreSpec>(obj) {
-                    Ok(s) => s,
-                    Err(reason) => {
-                        errors.push(error(obj, reason));
-                        continue;
-                    }
-                };
-                match providers::build_provider(name, None, &spec, &secrets, provider_settings) {
+                let built = spec_of::<SecretStoreSpec>(obj)
+                    .map_err(|r| (r, false))
+                    .and_then(|spec| {
+                        providers::build_provider(name, None, &spec, &secrets, provider_settings)
+                            .map_err(|e| {
+                                let missing_secret =
+                                    matches!(e, providers::ProviderConfigError::SecretRef { .. });
+                                (e.to_string(), missing_secret)
+                            })
+                    });
+                match built {
                     Ok(p) => {
+                        last_good
+                            .stores
+                            .insert(name.to_owned(), Kept::new(&obj.origin, p.clone()));
                         stores.insert(name.to_string(), p);
                     }
-                    // A missing credentials Secret may appear later: the store exists but
-                    // is not ready, as in ESO. Any other problem is a bad object: skipped.
-                    Err(e @ providers::ProviderConfigError::SecretRef { .. }) => {
-                        errors.push(error(obj, format!("store is not ready: {e}")));
-                        stores.insert(
-                            name.to_string(),
-                            Arc::new(NotReadyStore { kind: "not-ready" }),
-                        );
-                    }
-                    Err(e) => errors.push(error(obj, e.to_string())),
+                    Err((reason, missing_secret)) => match old.stores.get(name) {
+                        Some(k) => {
+                            errors.push(error(obj, reason + KEPT_SUFFIX));
+                            keep_note(&mut kept, obj.display_name(), &obj.origin);
+                            stores.insert(name.to_owned(), k.value.clone());
+                            last_good.stores.insert(name.to_owned(), k.clone());
+                        }
+                        // A missing credentials Secret may appear later: the store exists
+                        // but is not ready, as in ESO.
+                        None if missing_secret => {
+                            errors.push(error(obj, format!("store is not ready: {reason}")));
+                            stores.insert(
+                                name.to_string(),
+                                Arc::new(NotReadyStore { kind: "not-ready" }),
+                            );
+                        }
+                        None => errors.push(error(obj, reason + NEVER_SUFFIX)),
+                    },
                 }
             }
             ("generators.external-secrets.io", kind) if generators::is_generator_kind(kind) => {
@@ -332,9 +450,20 @@ pub fn build(
                     provider_settings,
                 ) {
                     Ok(generator) => {
+                        last_good
+                            .generators
+                            .insert(key.clone(), Kept::new(&obj.origin, generator.clone()));
                         generators.insert(key, generator);
                     }
-                    Err(e) => errors.push(error(obj, e.to_string())),
+                    Err(e) => match old.generators.get(&key) {
+                        Some(k) => {
+                            errors.push(error(obj, e.to_string() + KEPT_SUFFIX));
+                            keep_note(&mut kept, obj.display_name(), &obj.origin);
+                            generators.insert(key.clone(), k.value.clone());
+                            last_good.generators.insert(key, k.clone());
+                        }
+                        None => errors.push(error(obj, e.to_string() + NEVER_SUFFIX)),
+                    },
                 }
             }
             ("generators.external-secrets.io", kind) if kind != "Federation" => {
@@ -352,23 +481,130 @@ pub fn build(
         }
     }
 
-    let (engine, policy_errors) = PolicyEngine::build(&authorizations, policy_files);
-    let mut kept_previous_policies = false;
-    let policies = match previous {
-        Some(prev) if !policy_errors.is_empty() => {
-            kept_previous_policies = true;
-            prev.policies.clone()
+    // Objects last seen in a file (or directory, or document) that could not be read this
+    // time keep their last good form: the file is broken, not emptied.
+    for (name, k) in &old.stores {
+        if inside(&k.origin, broken) && !stores.contains_key(name) {
+            keep_note(&mut kept, format!("ClusterSecretStore/{name}"), &k.origin);
+            stores.insert(name.clone(), k.value.clone());
+            last_good.stores.insert(name.clone(), k.clone());
         }
-        _ => Arc::new(engine),
+    }
+    for (key, k) in &old.generators {
+        if inside(&k.origin, broken) && !generators.contains_key(key) {
+            let object = format!("{}/{}/{}", key.kind, key.namespace, key.name);
+            keep_note(&mut kept, object, &k.origin);
+            generators.insert(key.clone(), k.value.clone());
+            last_good.generators.insert(key.clone(), k.clone());
+        }
+    }
+    for (name, k) in &old.federations {
+        if inside(&k.origin, broken) && !federations.iter().any(|f| f.name() == name) {
+            keep_note(&mut kept, format!("KubernetesFederation/{name}"), &k.origin);
+            federations.push(k.value.clone());
+            last_good.federations.insert(name.clone(), k.clone());
+        }
+    }
+    for (name, source) in &old.authorizations {
+        if inside(&source.origin, broken) && !authorizations.iter().any(|a| &a.name == name) {
+            keep_note(&mut kept, format!("Authorization/{name}"), &source.origin);
+            authorizations.push(source.clone());
+            old_authorizations.insert(name.clone());
+        }
+    }
+    let mut policy_files: Vec<PolicyFile> = policy_files.to_vec();
+    let mut old_files: HashSet<PathBuf> = HashSet::new();
+    for (path, file) in &old.policy_files {
+        let shown = path.display().to_string();
+        if inside(&shown, broken) && !policy_files.iter().any(|f| &f.path == path) {
+            keep_note(&mut kept, "policy file".into(), &shown);
+            policy_files.push(file.clone());
+            old_files.insert(path.clone());
+        }
+    }
+
+    // Policies: compile; each object that fails takes its last good form, then the set is
+    // compiled again with those.
+    let (mut engine, first_errors) = PolicyEngine::build(&authorizations, &policy_files);
+    let mut substituted = false;
+    let mut reported: Vec<PolicyLoadError> = Vec::new();
+    for e in first_errors {
+        let mut e = e;
+        if let Some(name) = e.object.strip_prefix("Authorization/") {
+            let slot = authorizations.iter().position(|a| a.name == name);
+            match (old.authorizations.get(name), slot) {
+                (Some(good), Some(i)) if !old_authorizations.contains(name) => {
+                    authorizations[i] = good.clone();
+                    old_authorizations.insert(name.to_owned());
+                    keep_note(&mut kept, e.object.clone(), &e.origin);
+                    e.reason.push_str(KEPT_SUFFIX);
+                    substituted = true;
+                }
+                _ if !old_authorizations.contains(name) => e.reason.push_str(NEVER_SUFFIX),
+                _ => {}
+            }
+        } else if e.object == "policy file" {
+            let slot = policy_files
+                .iter()
+                .position(|f| f.path.display().to_string() == e.origin);
+            let good = slot.and_then(|i| old.policy_files.get(&policy_files[i].path));
+            match (good, slot) {
+                (Some(good), Some(i)) if !old_files.contains(&good.path) => {
+                    old_files.insert(good.path.clone());
+                    policy_files[i] = good.clone();
+                    keep_note(&mut kept, e.object.clone(), &e.origin);
+                    e.reason.push_str(KEPT_SUFFIX);
+                    substituted = true;
+                }
+                (_, Some(i)) if !old_files.contains(&policy_files[i].path) => {
+                    e.reason.push_str(NEVER_SUFFIX);
+                }
+                _ => {}
+            }
+        }
+        reported.push(e);
+    }
+    let final_errors = if substituted {
+        let (again, errs) = PolicyEngine::build(&authorizations, &policy_files);
+        engine = again;
+        errs
+    } else {
+        reported.clone()
     };
-    for e in policy_errors {
+    // A last good form that no longer fits with the rest (e.g. a policy id now taken) is
+    // reported too.
+    for e in &final_errors {
+        if !reported
+            .iter()
+            .any(|r| r.object == e.object && r.origin == e.origin)
+        {
+            reported.push(e.clone());
+        }
+    }
+    let failed = |object: &str, origin: &str| {
+        final_errors
+            .iter()
+            .any(|e| e.object == object && e.origin == origin)
+    };
+    for a in &authorizations {
+        if !failed(&format!("Authorization/{}", a.name), &a.origin) {
+            last_good.authorizations.insert(a.name.clone(), a.clone());
+        }
+    }
+    for f in &policy_files {
+        if !failed("policy file", &f.path.display().to_string()) {
+            last_good.policy_files.insert(f.path.clone(), f.clone());
+        }
+    }
+    for e in reported {
         METRICS.load_errors.with_label_values(&["policy"]).inc();
         errors.push(LoadError {
-            origin: e.origin.clone(),
-            object: Some(e.object.clone()),
-            reason: e.reason.clone(),
+            origin: e.origin,
+            object: Some(e.object),
+            reason: e.reason,
         });
     }
+    let policies = Arc::new(engine);
     METRICS.policies.set(policies.policy_count() as i64);
 
     Snapshot {
@@ -378,7 +614,8 @@ pub fn build(
         federations,
         policies,
         errors,
-        kept_previous_policies,
+        kept,
+        last_good,
     }
 }
 
@@ -556,7 +793,7 @@ mod tests {
         // A valid change applies.
         write(dir.path(), "authz.yaml", &authz("other"));
         let second = source.load(Some(&first));
-        assert!(!second.kept_previous_policies);
+        assert!(second.kept.is_empty());
         assert!(!can_get(&second, "s"));
         assert!(can_get(&second, "other"));
         assert_eq!(second.generation, first.generation + 1);
@@ -568,7 +805,8 @@ mod tests {
             "apiVersion: federation.external-secrets.io/v1alpha1\nkind: Authorization\nmetadata: {name: a}\nspec:\n  federationRef: {kind: KubernetesFederation, name: f}\n  subject: {spiffe: {spiffeID: 'spiffe://x'}}\n  allowedClusterSecretStores: [s]\n",
         );
         let third = source.load(Some(&second));
-        assert!(third.kept_previous_policies);
+        assert_eq!(third.kept.len(), 1, "{:?}", third.kept);
+        assert_eq!(third.kept[0].object, "Authorization/a");
         assert!(can_get(&third, "other"));
         assert!(!can_get(&third, "s"));
         assert!(
@@ -580,8 +818,111 @@ mod tests {
 
         // At startup there is no last good set: the good policies load, the bad are denied.
         let fresh = source.load(None);
-        assert!(!fresh.kept_previous_policies);
+        assert!(fresh.kept.is_empty());
         assert!(!can_get(&fresh, "s"));
+        assert!(!can_get(&fresh, "other"));
+    }
+
+    fn authz_named(name: &str, subject_sa: &str, store: &str) -> String {
+        format!(
+            "apiVersion: federation.external-secrets.io/v1alpha1\nkind: Authorization\nmetadata: {{name: {name}}}\nspec:\n  federationRef: {{kind: KubernetesFederation, name: f}}\n  subject: {{issuer: 'https://i', subject: 'system:serviceaccount:ns:{subject_sa}'}}\n  allowedClusterSecretStores: [{store}]\n"
+        )
+    }
+
+    /// Issue 19 finding 7: one broken object must not freeze the rest of the reload.
+    #[test]
+    fn last_good_is_kept_per_object() {
+        let dir = tempfile::tempdir().unwrap();
+        let pdir = tempfile::tempdir().unwrap();
+        write(dir.path(), "fed.yaml", &fed());
+        write(dir.path(), "store.yaml", STORE);
+        write(dir.path(), "authz.yaml", &authz("s"));
+        write(dir.path(), "other.yaml", &authz_named("b", "other", "s"));
+        let source = DirectorySource {
+            manifests: dir.path().to_path_buf(),
+            policies: Some(pdir.path().to_path_buf()),
+            provider_settings: ProviderSettings::default(),
+        };
+        let first = source.load(None);
+        assert!(first.errors.is_empty(), "{:?}", first.errors);
+        assert!(can_get(&first, "s"));
+
+        // An unrelated Authorization with a typo, a deleted Authorization, a new forbid.
+        write(
+            dir.path(),
+            "typo.yaml",
+            "apiVersion: federation.external-secrets.io/v1alpha1\nkind: Authorization\nmetadata: {name: typo}\nspec:\n  federationRef: {kind: KubernetesFederation, name: f}\n  subject: {issuer: 'https://i', subject: 'system:serviceaccount:ns:sa'}\n  allowedClusterSecretStores: [vault-prod]\n  allowedRemoteKeys: {vault-prdo: ['*']}\n",
+        );
+        let second = source.load(Some(&first));
+        assert!(second.kept.is_empty(), "{:?}", second.kept);
+        assert!(
+            second
+                .errors
+                .iter()
+                .any(|e| e.to_string().contains("Authorization/typo")
+                    && e.reason.contains("never loaded")),
+            "{:?}",
+            second.errors
+        );
+        assert!(can_get(&second, "s"));
+        std::fs::remove_file(dir.path().join("authz.yaml")).unwrap();
+        let third = source.load(Some(&second));
+        assert!(
+            !can_get(&third, "s"),
+            "a deleted Authorization is gone at once"
+        );
+        write(dir.path(), "authz.yaml", &authz("s"));
+        let fourth = source.load(Some(&third));
+        assert!(can_get(&fourth, "s"));
+        write(
+            pdir.path(),
+            "deny.cedar",
+            "forbid (principal, action, resource);",
+        );
+        let fifth = source.load(Some(&fourth));
+        assert!(!can_get(&fifth, "s"), "a new forbid applies at once");
+
+        // A broken forbid keeps its last good form; a broken manifest file keeps its objects.
+        write(
+            pdir.path(),
+            "deny.cedar",
+            "forbid (principal, action, resource) when {",
+        );
+        write(dir.path(), "authz.yaml", "a: [unclosed");
+        let sixth = source.load(Some(&fifth));
+        assert!(!can_get(&sixth, "s"));
+        assert!(
+            sixth.kept.iter().any(|k| k.object == "policy file"),
+            "{:?}",
+            sixth.kept
+        );
+        std::fs::remove_file(pdir.path().join("deny.cedar")).unwrap();
+        let seventh = source.load(Some(&sixth));
+        assert!(
+            can_get(&seventh, "s"),
+            "objects of an unparsable file keep their last good form"
+        );
+        assert!(
+            seventh.kept.iter().any(|k| k.object == "Authorization/a"),
+            "{:?}",
+            seventh.kept
+        );
+
+        // A store that stops building keeps its last good form; a new broken one is absent.
+        write(
+            dir.path(),
+            "store.yaml",
+            "apiVersion: external-secrets.io/v1\nkind: ClusterSecretStore\nmetadata: {name: s}\nspec: {provider: {nosuch: {}}}\n---\napiVersion: external-secrets.io/v1\nkind: ClusterSecretStore\nmetadata: {name: n}\nspec: {provider: {nosuch: {}}}\n",
+        );
+        let eighth = source.load(Some(&seventh));
+        assert!(eighth.stores.contains_key("s"));
+        assert!(!eighth.stores.contains_key("n"));
+        assert!(
+            eighth
+                .kept
+                .iter()
+                .any(|k| k.object == "ClusterSecretStore/s")
+        );
     }
 
     #[test]

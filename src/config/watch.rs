@@ -19,13 +19,14 @@ fn report(snapshot: &Snapshot) {
     for e in &snapshot.errors {
         tracing::error!(origin = %e.origin, object = e.object.as_deref().unwrap_or(""), reason = %e.reason, "rejected at load");
     }
-    if snapshot.kept_previous_policies {
+    for k in &snapshot.kept {
         tracing::error!(
-            generation = snapshot.generation,
-            "policies did not all compile: the last good policy set stays in force"
+            object = %k.object,
+            origin = %k.origin,
+            "did not load: this object keeps its last good form (the last good policy set is kept per object; everything else reloaded)"
         );
     }
-    let outcome = if snapshot.kept_previous_policies {
+    let outcome = if !snapshot.kept.is_empty() {
         "error"
     } else if snapshot.errors.is_empty() {
         "ok"
