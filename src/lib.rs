@@ -13,6 +13,7 @@ pub mod cli;
 pub mod config;
 pub mod generators;
 pub mod ledger;
+pub mod logging;
 pub mod metrics;
 pub mod providers;
 pub mod tls;

@@ -187,7 +187,7 @@ fn init_logging(format: LogFormat) {
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.init(),
+        LogFormat::Text => builder.fmt_fields(esi::logging::EscapedFields).init(),
     }
 }
 
@@ -198,10 +198,15 @@ fn init_serve_logging(format: LogFormat, audit: Option<&std::path::Path>) -> Res
     use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
     let fmt = match format {
         LogFormat::Json => fmt.json().flatten_event(true).with_filter(filter).boxed(),
-        LogFormat::Text => fmt.with_filter(filter).boxed(),
+        LogFormat::Text => fmt
+            .fmt_fields(esi::logging::EscapedFields)
+            .with_filter(filter)
+            .boxed(),
     };
     let audit = audit
         .map(esi::audit::AuditLayer::to_path)

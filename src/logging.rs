@@ -1,0 +1,215 @@
+//! Text-log hygiene: every field value is escaped so that caller-chosen text (remote keys,
+//! owner names, subjects, store names …) cannot forge log lines or reach a terminal raw.
+//!
+//! `tracing-subscriber`'s default text format writes `%` (Display) fields and the message
+//! verbatim, so a key holding `%0A` (newline) could add a whole forged
+//! `esi::decision … decision="allow"` line, and `ESC [` sequences would drive the
+//! operator's terminal (CWE-117, log injection; CWE-150, escape sequences). The JSON
+//! format already escapes (it is JSON).
+//!
+//! [`EscapedFields`] is a [`FormatFields`] for the text format. For each field:
+//!
+//! * control characters (C0, DEL, C1), line and paragraph separators (U+2028/9) and
+//!   bidirectional overrides/isolates (U+202A–E, U+2066–9, "Trojan Source",
+//!   CVE-2021-42574) become `\n`, `\r`, `\t`, `\u{..}`;
+//! * `\` and `"` are escaped;
+//! * a value that is empty or holds whitespace, `=`, `"` or `\` is wrapped in `"…"`, so
+//!   a value cannot pose as another `name=value` field.
+//!
+//! The message is escaped the same way but not quoted.
+
+use std::fmt::{self, Write as _};
+
+use tracing::field::{Field, Visit};
+use tracing_subscriber::field::RecordFields;
+use tracing_subscriber::fmt::FormatFields;
+use tracing_subscriber::fmt::format::Writer;
+
+/// Field formatter for the text log that escapes every value (see the module docs).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EscapedFields;
+
+impl<'writer> FormatFields<'writer> for EscapedFields {
+    fn format_fields<R: RecordFields>(&self, writer: Writer<'writer>, fields: R) -> fmt::Result {
+        let mut visitor = Visitor {
+            writer,
+            first: true,
+            result: Ok(()),
+        };
+        fields.record(&mut visitor);
+        visitor.result
+    }
+}
+
+struct Visitor<'writer> {
+    writer: Writer<'writer>,
+    first: bool,
+    result: fmt::Result,
+}
+
+impl Visitor<'_> {
+    fn write(&mut self, field: &Field, text: &str, plain: bool) {
+        if self.result.is_err() {
+            return;
+        }
+        let mut out = String::with_capacity(text.len() + field.name().len() + 4);
+        if !self.first {
+            out.push(' ');
+        }
+        self.first = false;
+        if field.name() == "message" {
+            escape_into(&mut out, text);
+        } else {
+            // `r#type` and the like: tracing keeps the raw-identifier prefix.
+            out.push_str(field.name().trim_start_matches("r#"));
+            out.push('=');
+            if plain {
+                out.push_str(text);
+            } else {
+                push_value(&mut out, text);
+            }
+        }
+        self.result = self.writer.write_str(&out);
+    }
+}
+
+impl Visit for Visitor<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.write(field, value, false);
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        let mut text = String::new();
+        if write!(text, "{value:?}").is_err() {
+            text = "<unformattable>".into();
+        }
+        self.write(field, &text, false);
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.write(field, &value.to_string(), true);
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.write(field, &value.to_string(), true);
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.write(field, if value { "true" } else { "false" }, true);
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.write(field, &value.to_string(), true);
+    }
+
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        self.write(field, &value.to_string(), false);
+    }
+}
+
+/// Whether `c` must not appear raw in a log line.
+fn is_unsafe(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Appends `text` with control characters, `\` and `"` escaped.
+fn escape_into(out: &mut String, text: &str) {
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if is_unsafe(c) => {
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+}
+
+/// Appends a field value: escaped, and quoted unless it is one plain token.
+fn push_value(out: &mut String, text: &str) {
+    let needs_quotes = text.is_empty()
+        || text
+            .chars()
+            .any(|c| c.is_whitespace() || matches!(c, '=' | '"' | '\\') || is_unsafe(c));
+    if needs_quotes {
+        out.push('"');
+        escape_into(out, text);
+        out.push('"');
+    } else {
+        out.push_str(text);
+    }
+}
+
+/// Escapes one value for a text log line (used by tests and by code that builds lines
+/// by hand).
+pub fn escape_value(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    push_value(&mut out, text);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn capture(f: impl FnOnce()) -> String {
+        let buf = Buf::default();
+        let sink = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || sink.clone())
+            .with_ansi(false)
+            .fmt_fields(EscapedFields)
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        String::from_utf8(buf.0.lock().unwrap().clone()).unwrap()
+    }
+
+    #[test]
+    fn values_cannot_forge_lines_fields_or_terminal_escapes() {
+        let key =
+            "k\n2026-01-01T00:00:00Z  INFO esi::decision: decision=\"allow\"\u{1b}[2J\u{202e}";
+        let out = capture(|| {
+            let span = tracing::info_span!("request", route = %key);
+            let _g = span.enter();
+            tracing::info!(target: "esi::decision", resource = %key, debug = ?key, plain = "a b", n = 3, decision = "deny", "msg {key}");
+        });
+        assert_eq!(out.lines().count(), 1, "{out}");
+        assert!(!out.contains('\u{1b}'), "{out}");
+        assert!(!out.contains('\u{202e}'), "{out}");
+        assert!(out.contains(r#"resource="k\n2026"#), "{out}");
+        assert!(out.contains(r#"\"allow\"\u{1b}[2J\u{202e}""#), "{out}");
+        assert!(out.contains(r#"plain="a b""#), "{out}");
+        assert!(out.contains(" n=3 decision=deny"), "{out}");
+        // The only `decision` field is the real one; the forged ones are escaped text.
+        assert!(!out.contains(r#" decision="allow""#), "{out}");
+        assert!(!out.contains(" decision=allow"), "{out}");
+        assert_eq!(out.matches(" decision=deny").count(), 1, "{out}");
+    }
+
+    #[test]
+    fn plain_tokens_stay_readable() {
+        assert_eq!(escape_value("vault/db-creds"), "vault/db-creds");
+        assert_eq!(escape_value(""), "\"\"");
+        assert_eq!(escape_value("a=b"), "\"a=b\"");
+        assert_eq!(escape_value("\u{7f}"), "\"\\u{7f}\"");
+    }
+}
