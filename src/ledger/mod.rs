@@ -155,6 +155,25 @@ pub enum LedgerError {
     /// An entry could not be encoded or decoded.
     #[error("ledger entry is malformed: {0}")]
     Codec(String),
+    /// The ledger file exists but is empty: refused, since starting a new ledger in it
+    /// would forget every credential issued.
+    #[error(
+        "the ledger {path} exists but is empty (0 bytes): it was truncated or replaced, and the credentials it recorded would be forgotten. Restore it from a backup, or delete it to start a new, empty ledger knowingly"
+    )]
+    Empty {
+        /// The file.
+        path: String,
+    },
+    /// The ledger file is damaged: refused rather than partly forgotten.
+    #[error(
+        "the ledger {path} is damaged: {reason}. Restore it from a backup, or move it aside to start a new, empty ledger (credentials it recorded must then be revoked at their backends)"
+    )]
+    Damaged {
+        /// The file.
+        path: String,
+        /// What is wrong (no content).
+        reason: String,
+    },
 }
 
 /// Where issued credentials are recorded. Every write is durable when it returns.

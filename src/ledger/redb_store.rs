@@ -9,8 +9,10 @@
 //! Tables: `entries` (id → JSON entry), `owners` (owner key ‖ id → ()) for revocation
 //! by owner, and `due` ((due time, id) → ()) for the sweeper.
 
-use std::path::Path;
-use std::sync::Arc;
+use std::cell::Cell;
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Once};
 
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 
@@ -24,12 +26,94 @@ const DUE: TableDefinition<(u64, &str), ()> = TableDefinition::new("due");
 #[derive(Clone)]
 pub struct RedbLedger {
     db: Arc<Database>,
+    path: Arc<PathBuf>,
 }
 
 impl std::fmt::Debug for RedbLedger {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedbLedger").finish_non_exhaustive()
     }
+}
+
+/// redb's lock is held by another process (or handle): not damage.
+const LOCKED: &str = "another esi-server holds this ledger open";
+
+thread_local! {
+    /// Set while redb runs under [`quietly`]: its panics are expected and reported as
+    /// [`LedgerError::Damaged`] instead of printed.
+    static QUIET: Cell<bool> = const { Cell::new(false) };
+}
+static QUIET_HOOK: Once = Once::new();
+
+/// Runs `f`, turning a panic (redb asserts on malformed files) into `Err(())` without
+/// printing it. The process's panic hook is wrapped once and still reports every other
+/// panic.
+fn quietly<T>(f: impl FnOnce() -> T) -> Result<T, ()> {
+    QUIET_HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET.with(Cell::get) {
+                previous(info);
+            }
+        }));
+    });
+    let was = QUIET.with(|q| q.replace(true));
+    let result = std::panic::catch_unwind(AssertUnwindSafe(f));
+    QUIET.with(|q| q.set(was));
+    result.map_err(|_| ())
+}
+
+/// Creates `dir` (and parents) mode 0700; narrows an existing one to 0700 when possible.
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+        let mode = std::fs::metadata(dir)?.permissions().mode();
+        if mode & 0o077 != 0
+            && std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).is_err()
+        {
+            tracing::warn!(
+                dir = %dir.display(),
+                mode = format!("{:o}", mode & 0o7777),
+                "cannot restrict the ledger directory to 0700 (not its owner?): make sure only the server can reach it"
+            );
+        }
+        Ok(())
+    }
+    #[cfg(not(unix))]
+    {
+        std::fs::create_dir_all(dir)
+    }
+}
+
+/// Creates the ledger file mode 0600 (never over an existing file).
+fn create_private_file(path: &Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options.open(path).map(drop)
+}
+
+/// Narrows an existing ledger file to 0600.
+fn private_file(path: &Path, meta: &std::fs::Metadata) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if meta.permissions().mode() & 0o077 != 0 {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (path, meta);
+    Ok(())
 }
 
 fn storage(e: impl std::fmt::Display) -> LedgerError {
@@ -64,21 +148,81 @@ fn decode(bytes: &[u8]) -> Result<LedgerEntry, LedgerError> {
 
 impl RedbLedger {
     /// Opens (or creates) the ledger file at `path` and its tables.
+    ///
+    /// The ledger holds revocation state, so (issue 19, finding 11):
+    /// * its directory is created mode 0700 and an existing one is narrowed to 0700 when
+    ///   the server owns it (a warning otherwise, e.g. a volume root owned by root);
+    /// * the file is created mode 0600 (an existing one is narrowed to 0600);
+    /// * an existing empty file is refused ([`LedgerError::Empty`]): redb would silently
+    ///   start a new ledger in it and forget every credential issued;
+    /// * a damaged file is refused ([`LedgerError::Damaged`], naming the file): redb's
+    ///   own panics on malformed files are caught and not printed, and the file must pass
+    ///   redb's integrity check.
     pub fn open(path: &Path) -> Result<Self, LedgerError> {
+        let shown = path.display().to_string();
+        let io =
+            |what: &str, e: std::io::Error| LedgerError::Storage(format!("{what} {shown}: {e}"));
         if let Some(dir) = path.parent()
             && !dir.as_os_str().is_empty()
         {
-            std::fs::create_dir_all(dir).map_err(storage)?;
+            private_dir(dir).map_err(|e| io("cannot create the ledger directory for", e))?;
         }
-        let db = Database::create(path).map_err(storage)?;
-        let txn = db.begin_write().map_err(storage)?;
-        {
-            txn.open_table(ENTRIES).map_err(storage)?;
-            txn.open_table(OWNERS).map_err(storage)?;
-            txn.open_table(DUE).map_err(storage)?;
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) if !meta.is_file() => {
+                return Err(LedgerError::Damaged {
+                    path: shown,
+                    reason: "it is not a regular file".into(),
+                });
+            }
+            Ok(meta) if meta.len() == 0 => return Err(LedgerError::Empty { path: shown }),
+            Ok(meta) => private_file(path, &meta).map_err(|e| io("cannot restrict", e))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                create_private_file(path).map_err(|e| io("cannot create", e))?;
+            }
+            Err(e) => return Err(io("cannot read", e)),
         }
-        txn.commit().map_err(storage)?;
-        Ok(RedbLedger { db: Arc::new(db) })
+        let opened = quietly(|| -> Result<Database, String> {
+            let mut db = match Database::create(path) {
+                Ok(db) => db,
+                Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(LOCKED.into()),
+                Err(e) => return Err(e.to_string()),
+            };
+            if !db.check_integrity().map_err(|e| e.to_string())? {
+                return Err("it failed the integrity check (redb repaired what it could)".into());
+            }
+            let txn = db.begin_write().map_err(|e| e.to_string())?;
+            {
+                txn.open_table(ENTRIES).map_err(|e| e.to_string())?;
+                txn.open_table(OWNERS).map_err(|e| e.to_string())?;
+                txn.open_table(DUE).map_err(|e| e.to_string())?;
+            }
+            txn.commit().map_err(|e| e.to_string())?;
+            Ok(db)
+        });
+        let db = match opened {
+            Ok(Ok(db)) => db,
+            // Another process holds the lock: not damage.
+            Ok(Err(reason)) if reason == LOCKED => {
+                return Err(LedgerError::Storage(format!("{shown}: {reason}")));
+            }
+            Ok(Err(reason)) => {
+                return Err(LedgerError::Damaged {
+                    path: shown,
+                    reason,
+                });
+            }
+            Err(()) => {
+                return Err(LedgerError::Damaged {
+                    path: shown,
+                    reason: "the storage engine found it malformed (truncated or overwritten)"
+                        .into(),
+                });
+            }
+        };
+        Ok(RedbLedger {
+            db: Arc::new(db),
+            path: Arc::new(path.to_path_buf()),
+        })
     }
 
     /// Runs `f` on the blocking pool with the database.
@@ -87,9 +231,17 @@ impl RedbLedger {
         f: impl FnOnce(&Database) -> Result<T, LedgerError> + Send + 'static,
     ) -> Result<T, LedgerError> {
         let db = self.db.clone();
-        tokio::task::spawn_blocking(move || f(&db))
-            .await
-            .map_err(|_| LedgerError::Storage("ledger task failed".into()))?
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            quietly(|| f(&db)).unwrap_or_else(|()| {
+                Err(LedgerError::Damaged {
+                    path: path.display().to_string(),
+                    reason: "the storage engine failed an internal check while using it".into(),
+                })
+            })
+        })
+        .await
+        .map_err(|_| LedgerError::Storage("ledger task failed".into()))?
     }
 
     fn record_sync(db: &Database, entry: &LedgerEntry) -> Result<(), LedgerError> {
@@ -373,5 +525,79 @@ mod tests {
         // Retrying something already removed is a no-op.
         ledger.mark_retry(&early.id, 1, "x").await.unwrap();
         assert_eq!(ledger.count().await.unwrap(), 2);
+    }
+}
+
+#[cfg(test)]
+mod damage_tests {
+    use super::super::Holder;
+    use super::super::test_support::{entry, identity};
+    use super::*;
+
+    async fn written(path: &Path) -> Vec<u8> {
+        let ledger = RedbLedger::open(path).unwrap();
+        let h = Holder::new(&identity("a", "n", "s", None), None);
+        for _ in 0..20 {
+            ledger
+                .record(&entry(&h, ("n", "VaultDynamicSecret", "g"), Some(5)))
+                .await
+                .unwrap();
+        }
+        drop(ledger);
+        std::fs::read(path).unwrap()
+    }
+
+    #[tokio::test]
+    async fn damaged_or_empty_files_are_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.redb");
+        let full = written(&path).await;
+        let mut cases: Vec<(&str, Vec<u8>)> = vec![
+            ("empty", Vec::new()),
+            ("100 bytes", full[..100].to_vec()),
+            ("4 KiB", full[..4096].to_vec()),
+            ("half", full[..full.len() / 2].to_vec()),
+            ("short by 100", full[..full.len() - 100].to_vec()),
+        ];
+        let mut header = full.clone();
+        header[..64].iter_mut().for_each(|b| *b ^= 0xff);
+        cases.push(("header overwritten", header));
+        let mut middle = full.clone();
+        middle[4096..12288].iter_mut().for_each(|b| *b = 0x5a);
+        cases.push(("pages overwritten", middle));
+        for (what, bytes) in cases {
+            std::fs::write(&path, &bytes).unwrap();
+            let e = RedbLedger::open(&path).expect_err(what);
+            let text = e.to_string();
+            assert!(text.contains(&path.display().to_string()), "{what}: {text}");
+            assert!(
+                matches!(e, LedgerError::Empty { .. } | LedgerError::Damaged { .. }),
+                "{what}: {text}"
+            );
+            // Refused, not re-initialised: the bytes are untouched.
+            assert_eq!(std::fs::read(&path).unwrap(), bytes, "{what}");
+        }
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn directory_and_file_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = data.join("ledger.redb");
+        drop(RedbLedger::open(&path).unwrap());
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&data), 0o700);
+        assert_eq!(mode(&path), 0o600);
+        // A new nested directory, and an existing file left too open, are narrowed.
+        let nested = dir.path().join("a/b/ledger.redb");
+        drop(RedbLedger::open(&nested).unwrap());
+        assert_eq!(mode(&dir.path().join("a/b")), 0o700);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        drop(RedbLedger::open(&path).unwrap());
+        assert_eq!(mode(&path), 0o600);
     }
 }
