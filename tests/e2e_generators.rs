@@ -798,3 +798,147 @@ spec:
             .all(|l| l["lease_id_hash"] == "")
     );
 }
+
+/// A minimal Vault for lease bookkeeping: `POST /v1/fake/creds` issues a lease,
+/// `PUT /v1/sys/leases/revoke` records the revoked lease id.
+struct FakeVault {
+    url: String,
+    revoked: Arc<Mutex<Vec<String>>>,
+}
+
+impl FakeVault {
+    async fn start() -> FakeVault {
+        use axum::routing::{post, put};
+        let revoked = Arc::new(Mutex::new(Vec::new()));
+        let counter = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = revoked.clone();
+        let app = axum::Router::new()
+            .route(
+                "/v1/fake/creds",
+                post(move || {
+                    let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    async move {
+                        axum::Json(json!({
+                            "lease_id": format!("fake/creds/{n}"),
+                            "lease_duration": 3600,
+                            "data": {"username": format!("user-{n}")}
+                        }))
+                    }
+                }),
+            )
+            .route(
+                "/v1/sys/leases/revoke",
+                put(move |axum::Json(body): axum::Json<Value>| {
+                    let seen = seen.clone();
+                    async move {
+                        seen.lock()
+                            .unwrap()
+                            .push(body["lease_id"].as_str().unwrap_or_default().to_string());
+                        axum::http::StatusCode::NO_CONTENT
+                    }
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        FakeVault { url, revoked }
+    }
+
+    fn revoked(&self) -> Vec<String> {
+        let mut v = self.revoked.lock().unwrap().clone();
+        v.sort();
+        v
+    }
+}
+
+/// Issue 19, finding 10: a ServiceAccount named like another workload's pod is another
+/// owner. SA `app-pod` (no pod claim) must not revoke what SA `app` in Pod `app-pod`
+/// was issued, nor the reverse; ESE's revoke-states `owner` keeps working.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_service_account_named_like_a_pod_revokes_only_its_own() {
+    let vault = FakeVault::start().await;
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("manifests");
+    std::fs::create_dir_all(&dir).unwrap();
+    let jwks = jwks(&["ec-1"]).to_string();
+    let mut text = format!(
+        "apiVersion: identity.federation.external-secrets.io/v1alpha1\nkind: KubernetesFederation\nmetadata: {{name: alpha}}\nspec:\n  url: https://127.0.0.1:9\n  issuer: {ISS}\n  audiences: [\"{AUD}\"]\n  jwks: '{jwks}'\n---\napiVersion: v1\nkind: Secret\nmetadata: {{name: vault-token, namespace: apps}}\nstringData: {{token: t}}\n---\napiVersion: generators.external-secrets.io/v1alpha1\nkind: VaultDynamicSecret\nmetadata: {{name: creds, namespace: apps}}\nspec:\n  method: POST\n  path: fake/creds\n  provider:\n    server: {}\n    auth:\n      tokenSecretRef: {{name: vault-token, key: token}}\n",
+        vault.url
+    );
+    for (name, subject, extra) in [
+        ("app", "system:serviceaccount:apps:app", ""),
+        ("app-pod", "system:serviceaccount:apps:app-pod", ""),
+        (
+            "admin",
+            "system:serviceaccount:ops:admin",
+            "  allowedGeneratorStates: [{namespace: apps}]\n",
+        ),
+    ] {
+        text.push_str(&format!(
+            "---\napiVersion: federation.external-secrets.io/v1alpha1\nkind: Authorization\nmetadata: {{name: {name}}}\nspec:\n  federationRef: {{kind: KubernetesFederation, name: alpha}}\n  subject: {{oidc: {{issuer: {ISS}, subject: \"{subject}\"}}}}\n  allowedGenerators:\n    - {{name: creds, kind: VaultDynamicSecret, namespace: apps}}\n{extra}"
+        ));
+    }
+    std::fs::write(dir.join("all.yaml"), text).unwrap();
+    let server = TestServer::start(root.path(), &[]);
+
+    // SA `app` in Pod `app-pod` (sa_claims adds the pod claim `<sa>-pod`).
+    let in_pod = token("apps", "app");
+    // SA `app-pod`, not pod-bound.
+    let mut claims = sa_claims(ISS, AUD, "apps", "app-pod");
+    claims["kubernetes.io"]
+        .as_object_mut()
+        .unwrap()
+        .remove("pod");
+    let sa_only = mint("ec-1", &claims, None);
+    let admin = token("ops", "admin");
+    let path = "/generators/apps/VaultDynamicSecret/creds";
+    let lease = |v: &Value| format!("fake/creds/{}", &v["username"].as_str().unwrap()[5..]);
+
+    let pod_cred = server.generate(path, &in_pod).await;
+    let sa_cred = server.generate(path, &sa_only).await;
+
+    // The ServiceAccount's DELETE revokes its own credential only.
+    let (status, body) = server
+        .call(reqwest::Method::DELETE, path, &sa_only, json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(vault.revoked(), vec![lease(&sa_cred)], "{}", server.logs());
+    // And the pod's DELETE revokes the pod's only (nothing of the SA's is left anyway).
+    let sa_cred2 = server.generate(path, &sa_only).await;
+    let (status, _) = server
+        .call(reqwest::Method::DELETE, path, &in_pod, json!({}))
+        .await;
+    assert_eq!(status, 200);
+    let mut want = vec![lease(&sa_cred), lease(&pod_cred)];
+    want.sort();
+    assert_eq!(vault.revoked(), want);
+
+    // ESE's revoke-states: `pod/<name>` and `serviceaccount/<name>` select one owner;
+    // the plain name (ESE's form) both.
+    let pod_cred2 = server.generate(path, &in_pod).await;
+    let revoke = |owner: &str| json!({"owner": owner, "namespace": "apps"});
+    let (status, _) = server
+        .call(
+            reqwest::Method::POST,
+            "/generators/apps/revoke",
+            &admin,
+            revoke("pod/app-pod"),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert!(vault.revoked().contains(&lease(&pod_cred2)));
+    assert!(!vault.revoked().contains(&lease(&sa_cred2)));
+    let pod_cred3 = server.generate(path, &in_pod).await;
+    let (status, _) = server
+        .call(
+            reqwest::Method::POST,
+            "/generators/apps/revoke",
+            &admin,
+            revoke("app-pod"),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let revoked = vault.revoked();
+    assert!(revoked.contains(&lease(&sa_cred2)) && revoked.contains(&lease(&pod_cred3)));
+    assert_eq!(revoked.len(), 5);
+}

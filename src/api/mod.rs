@@ -597,11 +597,11 @@ async fn ese_revoke_states(
         }
         // Owners are workloads of the caller's own federation: an Authorization's
         // allowedGeneratorStates never reaches into another cluster.
-        let owner = Owner {
-            federation: caller.identity.federation.clone(),
-            namespace: request.namespace,
-            name: request.owner,
-        };
+        let owner = Owner::from_ese(
+            caller.identity.federation.clone(),
+            request.namespace,
+            &request.owner,
+        );
         tracing::info!(owner = %owner.name, owner_namespace = %owner.namespace, "revoke states requested");
         revoke_owned(&state, &snapshot, &owner, "revoke_states", |g| {
             g.namespace == namespace

@@ -22,17 +22,63 @@ use crate::generators::{self, RevocationState};
 pub use lifecycle::{RevokeSummary, Sweeper};
 pub use redb_store::RedbLedger;
 
-/// Whose credentials an operation concerns, as ESE's owner labels name them: the pod
-/// when the token was pod-bound, else the ServiceAccount, within its federation and
-/// namespace.
+/// What kind of workload owns a credential. Pods and ServiceAccounts are separate name
+/// spaces in Kubernetes: a ServiceAccount `app-pod` and a Pod `app-pod` are different
+/// owners and never share credentials (issue 19, finding 10).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum OwnerKind {
+    /// A pod-bound token's pod (`kubernetes.io.pod.name`).
+    Pod,
+    /// A ServiceAccount token without a pod claim.
+    ServiceAccount,
+}
+
+impl OwnerKind {
+    /// The tag stored in the ledger's owner index and shown in logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OwnerKind::Pod => "pod",
+            OwnerKind::ServiceAccount => "serviceaccount",
+        }
+    }
+}
+
+/// Whose credentials an operation concerns, within its federation and namespace: the pod
+/// when the token was pod-bound, else the ServiceAccount, each in its own name space.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Owner {
     /// `KubernetesFederation` name.
     pub federation: String,
     /// Namespace of the workload in its cluster.
     pub namespace: String,
-    /// Pod name, else ServiceAccount name.
+    /// `Some`: exactly that pod or ServiceAccount (what [`Holder::owner`] gives).
+    /// `None`: ESE's plain `owner` name in `POST /generators/{ns}/revoke` — the pod of
+    /// that name and the ServiceAccount of that name (its credentials issued outside any
+    /// pod). That call is authorized for the whole namespace (`allowedGeneratorStates`),
+    /// so naming both is no wider than the caller's right.
+    pub kind: Option<OwnerKind>,
+    /// Pod name, or ServiceAccount name.
     pub name: String,
+}
+
+impl Owner {
+    /// The owner named by ESE's `POST /generators/{ns}/revoke` body: `pod/<name>` or
+    /// `serviceaccount/<name>` select one kind; a plain `<name>` (ESE's form) selects
+    /// both (see [`Owner::kind`]). Kubernetes names hold no `/`, so the forms cannot
+    /// be confused.
+    pub fn from_ese(federation: String, namespace: String, owner: &str) -> Owner {
+        let (kind, name) = match owner.split_once('/') {
+            Some(("pod", name)) => (Some(OwnerKind::Pod), name),
+            Some(("serviceaccount", name)) => (Some(OwnerKind::ServiceAccount), name),
+            _ => (None, owner),
+        };
+        Owner {
+            federation,
+            namespace,
+            kind,
+            name: name.to_owned(),
+        }
+    }
 }
 
 /// The verified workload a credential was issued to.
@@ -71,15 +117,17 @@ impl Holder {
         }
     }
 
-    /// The owner key: pod name if present, else ServiceAccount name.
+    /// The owner: the pod if the token was pod-bound, else the ServiceAccount.
     pub fn owner(&self) -> Owner {
+        let (kind, name) = match &self.pod_name {
+            Some(pod) => (OwnerKind::Pod, pod.clone()),
+            None => (OwnerKind::ServiceAccount, self.service_account.clone()),
+        };
         Owner {
             federation: self.federation.clone(),
             namespace: self.namespace.clone(),
-            name: self
-                .pod_name
-                .clone()
-                .unwrap_or_else(|| self.service_account.clone()),
+            kind: Some(kind),
+            name,
         }
     }
 }
@@ -246,7 +294,9 @@ mod tests {
     #[test]
     fn owner_is_pod_else_service_account() {
         let with_pod = identity("alpha", "apps", "app", Some("app-7d9"));
-        assert_eq!(Holder::new(&with_pod, None).owner().name, "app-7d9");
+        let owner = Holder::new(&with_pod, None).owner();
+        assert_eq!(owner.name, "app-7d9");
+        assert_eq!(owner.kind, Some(OwnerKind::Pod));
         let without = identity("alpha", "apps", "app", None);
         let holder = Holder::new(&without, None);
         assert_eq!(
@@ -254,10 +304,24 @@ mod tests {
             Owner {
                 federation: "alpha".into(),
                 namespace: "apps".into(),
+                kind: Some(OwnerKind::ServiceAccount),
                 name: "app".into()
             }
         );
+        // A ServiceAccount named like another workload's pod is another owner.
+        let sa_named_like_pod = identity("alpha", "apps", "app-7d9", None);
+        assert_ne!(Holder::new(&sa_named_like_pod, None).owner(), owner);
         assert_eq!(holder.requested_by, "system:serviceaccount:apps:app");
+    }
+
+    #[test]
+    fn ese_owner_names() {
+        let o = |s: &str| Owner::from_ese("f".into(), "n".into(), s);
+        assert_eq!(o("pod/a").kind, Some(OwnerKind::Pod));
+        assert_eq!(o("pod/a").name, "a");
+        assert_eq!(o("serviceaccount/a").kind, Some(OwnerKind::ServiceAccount));
+        assert_eq!((o("a").kind, o("a").name.as_str()), (None, "a"));
+        assert_eq!(o("x/a").kind, None);
     }
 
     #[test]

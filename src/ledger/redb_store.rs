@@ -16,11 +16,17 @@ use std::sync::{Arc, Once};
 
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 
-use super::{Ledger, LedgerEntry, LedgerError, Owner};
+use super::{Ledger, LedgerEntry, LedgerError, Owner, OwnerKind};
 
 const ENTRIES: TableDefinition<&str, &[u8]> = TableDefinition::new("entries");
 const OWNERS: TableDefinition<&[u8], ()> = TableDefinition::new("owners");
 const DUE: TableDefinition<(u64, &str), ()> = TableDefinition::new("due");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// `meta` key: layout of the `owners` index. 1 (or absent): owner = pod name, else
+/// ServiceAccount name, in one field (a ServiceAccount and a pod of the same name
+/// collided). 2: the owner's kind is part of the key.
+const OWNER_INDEX_VERSION: &str = "owner_index_version";
+const OWNER_INDEX_CURRENT: u64 = 2;
 
 /// The redb-backed ledger.
 #[derive(Clone)]
@@ -121,10 +127,15 @@ fn storage(e: impl std::fmt::Display) -> LedgerError {
 }
 
 /// Length-prefixed components: a prefix-free encoding, so a range scan over one
-/// owner's prefix can never reach another owner (`app` vs `app2`).
-fn owner_prefix(owner: &Owner) -> Vec<u8> {
+/// owner's prefix can never reach another owner (`app` vs `app2`, pod vs ServiceAccount).
+fn owner_prefix(owner: &Owner, kind: OwnerKind) -> Vec<u8> {
     let mut key = Vec::new();
-    for part in [&owner.federation, &owner.namespace, &owner.name] {
+    for part in [
+        owner.federation.as_str(),
+        owner.namespace.as_str(),
+        kind.as_str(),
+        owner.name.as_str(),
+    ] {
         key.extend_from_slice(&(part.len() as u32).to_be_bytes());
         key.extend_from_slice(part.as_bytes());
     }
@@ -132,9 +143,50 @@ fn owner_prefix(owner: &Owner) -> Vec<u8> {
 }
 
 fn owner_key(entry: &LedgerEntry) -> Vec<u8> {
-    let mut key = owner_prefix(&entry.holder.owner());
+    let owner = entry.holder.owner();
+    let kind = owner.kind.unwrap_or(OwnerKind::ServiceAccount);
+    let mut key = owner_prefix(&owner, kind);
     key.extend_from_slice(entry.id.as_bytes());
     key
+}
+
+/// Rebuilds the `owners` index in the current layout from the entries (each entry holds
+/// its holder's pod and ServiceAccount, so nothing is guessed). Returns how many entries
+/// were re-indexed, or None when the index was current.
+fn migrate_owner_index(txn: &redb::WriteTransaction) -> Result<Option<usize>, String> {
+    let mut meta = txn.open_table(META).map_err(|e| e.to_string())?;
+    let version = meta
+        .get(OWNER_INDEX_VERSION)
+        .map_err(|e| e.to_string())?
+        .map(|v| v.value());
+    match version {
+        Some(OWNER_INDEX_CURRENT) => return Ok(None),
+        Some(v) if v > OWNER_INDEX_CURRENT => {
+            return Err(format!(
+                "its owner index is version {v}, newer than this server knows ({OWNER_INDEX_CURRENT}); run a newer esi-server"
+            ));
+        }
+        _ => {}
+    }
+    let entries = txn.open_table(ENTRIES).map_err(|e| e.to_string())?;
+    let mut keys = Vec::new();
+    for item in entries.iter().map_err(|e| e.to_string())? {
+        let (id, bytes) = item.map_err(|e| e.to_string())?;
+        let entry = decode(bytes.value())
+            .map_err(|e| format!("entry {} cannot be read to migrate it ({e})", id.value()))?;
+        keys.push(owner_key(&entry));
+    }
+    drop(entries);
+    txn.delete_table(OWNERS).map_err(|e| e.to_string())?;
+    let mut owners = txn.open_table(OWNERS).map_err(|e| e.to_string())?;
+    for key in &keys {
+        owners
+            .insert(key.as_slice(), ())
+            .map_err(|e| e.to_string())?;
+    }
+    meta.insert(OWNER_INDEX_VERSION, OWNER_INDEX_CURRENT)
+        .map_err(|e| e.to_string())?;
+    Ok(Some(keys.len()))
 }
 
 fn encode(entry: &LedgerEntry) -> Result<Vec<u8>, LedgerError> {
@@ -196,7 +248,14 @@ impl RedbLedger {
                 txn.open_table(OWNERS).map_err(|e| e.to_string())?;
                 txn.open_table(DUE).map_err(|e| e.to_string())?;
             }
+            let migrated = migrate_owner_index(&txn)?;
             txn.commit().map_err(|e| e.to_string())?;
+            if let Some(n) = migrated.filter(|n| *n > 0) {
+                tracing::warn!(
+                    entries = n,
+                    "ledger owner index migrated: owners are now keyed by kind (pod or ServiceAccount) and name"
+                );
+            }
             Ok(db)
         });
         let db = match opened {
@@ -322,20 +381,27 @@ impl RedbLedger {
     }
 
     fn by_owner_sync(db: &Database, owner: &Owner) -> Result<Vec<LedgerEntry>, LedgerError> {
-        let prefix = owner_prefix(owner);
+        let kinds: &[OwnerKind] = match owner.kind {
+            Some(OwnerKind::Pod) => &[OwnerKind::Pod],
+            Some(OwnerKind::ServiceAccount) => &[OwnerKind::ServiceAccount],
+            None => &[OwnerKind::Pod, OwnerKind::ServiceAccount],
+        };
         let txn = db.begin_read().map_err(storage)?;
         let owners = txn.open_table(OWNERS).map_err(storage)?;
         let entries = txn.open_table(ENTRIES).map_err(storage)?;
         let mut out = Vec::new();
-        for item in owners.range(prefix.as_slice()..).map_err(storage)? {
-            let (key, _) = item.map_err(storage)?;
-            let key = key.value();
-            let Some(id) = key.strip_prefix(prefix.as_slice()) else {
-                break;
-            };
-            let id = std::str::from_utf8(id).map_err(|e| LedgerError::Codec(e.to_string()))?;
-            if let Some(bytes) = entries.get(id).map_err(storage)? {
-                out.push(decode(bytes.value())?);
+        for kind in kinds {
+            let prefix = owner_prefix(owner, *kind);
+            for item in owners.range(prefix.as_slice()..).map_err(storage)? {
+                let (key, _) = item.map_err(storage)?;
+                let key = key.value();
+                let Some(id) = key.strip_prefix(prefix.as_slice()) else {
+                    break;
+                };
+                let id = std::str::from_utf8(id).map_err(|e| LedgerError::Codec(e.to_string()))?;
+                if let Some(bytes) = entries.get(id).map_err(storage)? {
+                    out.push(decode(bytes.value())?);
+                }
             }
         }
         Ok(out)
@@ -463,6 +529,7 @@ mod tests {
         let nobody = Owner {
             federation: "alpha".into(),
             namespace: "apps".into(),
+            kind: Some(OwnerKind::ServiceAccount),
             name: "ap".into(),
         };
         assert!(ledger.by_owner(&nobody).await.unwrap().is_empty());
@@ -599,5 +666,95 @@ mod damage_tests {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         drop(RedbLedger::open(&path).unwrap());
         assert_eq!(mode(&path), 0o600);
+    }
+}
+
+#[cfg(test)]
+mod owner_tests {
+    use super::super::Holder;
+    use super::super::test_support::{entry, identity};
+    use super::*;
+
+    /// Issue 19 finding 10: ServiceAccount `app-pod` and Pod `app-pod` are two owners.
+    #[tokio::test]
+    async fn a_service_account_and_a_pod_of_one_name_never_meet() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = RedbLedger::open(&dir.path().join("l.redb")).unwrap();
+        let in_pod = Holder::new(&identity("alpha", "apps", "app", Some("app-pod")), None);
+        let sa = Holder::new(&identity("alpha", "apps", "app-pod", None), None);
+        let g = ("apps", "VaultDynamicSecret", "db");
+        let (a, b) = (entry(&in_pod, g, None), entry(&sa, g, None));
+        ledger.record(&a).await.unwrap();
+        ledger.record(&b).await.unwrap();
+        assert_eq!(
+            ledger.by_owner(&in_pod.owner()).await.unwrap(),
+            vec![a.clone()]
+        );
+        assert_eq!(ledger.by_owner(&sa.owner()).await.unwrap(), vec![b.clone()]);
+        // ESE's plain owner name (revoke-states) names both; the prefixed forms one each.
+        let ese = |s: &str| Owner::from_ese("alpha".into(), "apps".into(), s);
+        assert_eq!(ledger.by_owner(&ese("app-pod")).await.unwrap().len(), 2);
+        assert_eq!(ledger.by_owner(&ese("pod/app-pod")).await.unwrap(), vec![a]);
+        assert_eq!(
+            ledger
+                .by_owner(&ese("serviceaccount/app-pod"))
+                .await
+                .unwrap(),
+            vec![b]
+        );
+        assert!(ledger.by_owner(&ese("app")).await.unwrap().is_empty());
+    }
+
+    /// A ledger written with the version-1 owner index (no kind) is re-indexed on open.
+    #[tokio::test]
+    async fn version_1_owner_index_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.redb");
+        let in_pod = Holder::new(&identity("alpha", "apps", "app", Some("app-pod")), None);
+        let sa = Holder::new(&identity("alpha", "apps", "app-pod", None), None);
+        let g = ("apps", "VaultDynamicSecret", "db");
+        let (a, b) = (entry(&in_pod, g, Some(10)), entry(&sa, g, None));
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut entries = txn.open_table(ENTRIES).unwrap();
+                let mut owners = txn.open_table(OWNERS).unwrap();
+                let mut due = txn.open_table(DUE).unwrap();
+                for e in [&a, &b] {
+                    entries
+                        .insert(e.id.as_str(), encode(e).unwrap().as_slice())
+                        .unwrap();
+                    // Version 1: federation, namespace, pod-else-ServiceAccount name.
+                    let mut key = Vec::new();
+                    for part in ["alpha", "apps", "app-pod"] {
+                        key.extend_from_slice(&(part.len() as u32).to_be_bytes());
+                        key.extend_from_slice(part.as_bytes());
+                    }
+                    key.extend_from_slice(e.id.as_bytes());
+                    owners.insert(key.as_slice(), ()).unwrap();
+                }
+                due.insert((10, a.id.as_str()), ()).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let ledger = RedbLedger::open(&path).unwrap();
+        assert_eq!(
+            ledger.by_owner(&in_pod.owner()).await.unwrap(),
+            vec![a.clone()]
+        );
+        assert_eq!(ledger.by_owner(&sa.owner()).await.unwrap(), vec![b.clone()]);
+        assert_eq!(ledger.due(10, 10).await.unwrap(), vec![a.clone()]);
+        // No version-1 row is left behind, and a second open changes nothing.
+        let rows = |l: &RedbLedger| {
+            let txn = l.db.begin_read().unwrap();
+            txn.open_table(OWNERS).unwrap().len().unwrap()
+        };
+        assert_eq!(rows(&ledger), 2);
+        drop(ledger);
+        let ledger = RedbLedger::open(&path).unwrap();
+        assert_eq!(rows(&ledger), 2);
+        assert!(ledger.remove(&a.id).await.unwrap());
+        assert_eq!(rows(&ledger), 1);
     }
 }
