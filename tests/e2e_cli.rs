@@ -568,3 +568,61 @@ async fn daemon_rewrites_only_changed_files_survives_outage_and_stops_on_sigterm
         "{log}"
     );
 }
+
+/// Issue 8 (e): `secret.a.b` follows the server's `remoteRef.property` rule: an exact
+/// key first, then the dotted path into the JSON value.
+#[tokio::test(flavor = "multi_thread")]
+async fn nested_properties_follow_the_servers_rule() {
+    let issuer = Issuer::start(jwks(&["rsa-1"]), false).await;
+    let mut m = manifests(&issuer, None);
+    m.push((
+        "nested.yaml",
+        format!(
+            r#"apiVersion: external-secrets.io/v1
+kind: ClusterSecretStore
+metadata: {{name: nested-store}}
+spec:
+  provider:
+    fake:
+      data:
+        - {{key: cfg, value: '{{"database":{{"host":"db.internal","ports":[5432,5433]}},"a.b":"exact","a":{{"b":"nested"}}}}'}}
+---
+apiVersion: federation.external-secrets.io/v1alpha1
+kind: Authorization
+metadata: {{name: allow-app-nested}}
+spec:
+  federationRef: {{kind: KubernetesFederation, name: client-cluster-alpha}}
+  subject:
+    oidc: {{issuer: {ISS}, subject: "system:serviceaccount:monitoring:app"}}
+  allowedClusterSecretStores: [nested-store]
+"#
+        ),
+    ));
+    let server = Server::start(&m, &[]);
+    let pod = pod_files(&issuer, &server, "app");
+    let mut args = base_args(&server, &pod, "nested-store");
+    args.extend([
+        "--mode=init".to_string(),
+        "--inject-on-env=DBHOST=cfg.database.host,PORT2=cfg.database.ports.1,AB=cfg.a.b".into(),
+        format!(
+            "--inject-on-file={}/host=cfg.database.host",
+            pod.dir.path().display()
+        ),
+        "--binary-path=/usr/bin/env".into(),
+    ]);
+    let out = run_cli(args).await;
+    let (_, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let env = env_lines(&out);
+    assert_eq!(env["DBHOST"], "db.internal");
+    assert_eq!(env["PORT2"], "5433");
+    assert_eq!(env["AB"], "exact", "an exact key wins over the path");
+    assert_eq!(
+        std::fs::read_to_string(pod.dir.path().join("host")).unwrap(),
+        "db.internal"
+    );
+    // A path that does not exist is still a clear failure.
+    let mut args = base_args(&server, &pod, "nested-store");
+    args.push("--inject-on-env=X=cfg.database.nope".into());
+    expect_failure(args, &["key \"database.nope\" not found"]).await;
+}

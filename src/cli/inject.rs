@@ -82,9 +82,34 @@ fn lookup<'a>(
     }
 }
 
+/// `key` in `data` by the rule the server applies to `remoteRef.property`
+/// ([`crate::providers::property::lookup`], ESO's): an exact key first, then a dotted path
+/// into the JSON value (`database.host`, `ports.0`, `\.` for a literal dot).
+fn property(data: &SecretData, key: &str) -> Option<SecretValue> {
+    if let Some(v) = data.keys.get(key) {
+        return Some(v.clone());
+    }
+    let object = match data.raw.as_ref().and_then(SecretValue::as_str) {
+        Some(raw) => match serde_json::from_str::<serde_json::Value>(raw) {
+            Ok(serde_json::Value::Object(map)) => map,
+            _ => return None,
+        },
+        // Keys only (generator output, Kubernetes Secret data): the same rule over them.
+        None => data
+            .keys
+            .iter()
+            .filter_map(|(k, v)| Some((k.clone(), serde_json::Value::String(v.as_str()?.into()))))
+            .collect(),
+    };
+    let found = crate::providers::property::lookup(&object, key).ok()?;
+    crate::providers::property::value_bytes(found)
+        .ok()
+        .map(SecretValue::new)
+}
+
 fn pick(id: &SecretId, data: &SecretData, r: &SecretRef) -> Result<SecretValue, Failure> {
     match &r.key {
-        Some(k) => data.keys.get(k).cloned().ok_or_else(|| Failure {
+        Some(k) => property(data, k).ok_or_else(|| Failure {
             subject: format!("{id}"),
             reason: if data.keys.is_empty() && data.raw.is_some() {
                 format!("key {k:?} not found: the value is not a JSON object")
@@ -233,6 +258,30 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
             .collect()
+    }
+
+    /// Issue 8 (e): the server's `remoteRef.property` rule, not top-level keys only.
+    #[test]
+    fn keys_follow_the_servers_property_rule() {
+        let d = SecretData::from_store_value(
+            r#"{"database":{"host":"db.internal","ports":[5432,5433]},"a.b":"exact","a":{"b":"nested"},"x":{"y.z":"escaped"}}"#.into(),
+        );
+        let get = |k: &str| property(&d, k).map(|v| v.as_str().unwrap().to_string());
+        assert_eq!(get("database.host").as_deref(), Some("db.internal"));
+        assert_eq!(get("database.ports.1").as_deref(), Some("5433"));
+        assert_eq!(
+            get("database").as_deref(),
+            Some(r#"{"host":"db.internal","ports":[5432,5433]}"#)
+        );
+        assert_eq!(get("a.b").as_deref(), Some("exact"), "an exact key wins");
+        assert_eq!(get(r"x.y\.z").as_deref(), Some("escaped"));
+        assert_eq!(get("database.nope"), None);
+        assert_eq!(get("database.host.deeper"), None);
+        assert_eq!(property(&keys(&[("k", "v")]), "k.x"), None);
+        assert_eq!(
+            property(&SecretData::from_store_value("not json".into()), "a.b"),
+            None
+        );
     }
 
     #[test]
