@@ -626,3 +626,129 @@ spec:
     args.push("--inject-on-env=X=cfg.database.nope".into());
     expect_failure(args, &["key \"database.nope\" not found"]).await;
 }
+
+/// Serves HTTPS with `cert_pem` (chain) and `key_pem`; answers nothing useful.
+async fn tls_server(
+    cert_pem: String,
+    key_pem: String,
+) -> (String, axum_server::Handle<std::net::SocketAddr>) {
+    let config = axum_server::tls_rustls::RustlsConfig::from_pem(
+        cert_pem.into_bytes(),
+        key_pem.into_bytes(),
+    )
+    .await
+    .unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let handle = axum_server::Handle::new();
+    let h = handle.clone();
+    tokio::spawn(async move {
+        let app = axum::Router::new();
+        let _ = axum_server::from_tcp_rustls(listener, config)
+            .unwrap()
+            .handle(h)
+            .serve(app.into_make_service())
+            .await;
+    });
+    (format!("https://127.0.0.1:{port}"), handle)
+}
+
+/// Issue 8 (f): every kind of TLS failure is still refused, and said in plain words with
+/// what to fix.
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_failures_say_what_is_wrong_and_how_to_fix_it() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    install_crypto();
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(
+        &token,
+        mint("rsa-1", &sa_claims(ISS, AUD, "monitoring", "app"), None),
+    )
+    .unwrap();
+    let ca = test_ca();
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "esi e2e tls CA");
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
+    let leaf = |names: Vec<String>, expired: bool| {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(names).unwrap();
+        if expired {
+            p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        }
+        (
+            p.signed_by(&key, &issuer).unwrap().pem(),
+            key.serialize_pem(),
+        )
+    };
+    // What `openssl req -x509` makes: a self-signed CA certificate used as the server's.
+    let self_signed_ca = {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(vec!["127.0.0.1".into()]).unwrap();
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        (p.self_signed(&key).unwrap().pem(), key.serialize_pem())
+    };
+    let trust = |name: &str, pem: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, pem).unwrap();
+        p
+    };
+    let ours = trust("ours.crt", &ca_cert.pem());
+    let other = trust("other.crt", &ca.ca_pem);
+    let cases: Vec<(&str, (String, String), std::path::PathBuf, Vec<&str>)> = vec![
+        (
+            "self-signed CA as server certificate",
+            self_signed_ca.clone(),
+            trust("selfsigned.crt", &self_signed_ca.0),
+            vec![
+                "presents a CA certificate",
+                "openssl req -x509",
+                "issue a server certificate",
+            ],
+        ),
+        (
+            "unknown issuer",
+            leaf(vec!["127.0.0.1".into()], false),
+            other.clone(),
+            vec!["does not trust", "other.crt", "add the CA that issued"],
+        ),
+        (
+            "another CA of the same name",
+            (ca.cert_pem.clone(), ca.key_pem.clone()),
+            trust("same-name.crt", &test_ca().ca_pem),
+            vec!["does not verify", "same name"],
+        ),
+        (
+            "name mismatch",
+            leaf(vec!["other.example".into()], false),
+            ours.clone(),
+            vec!["not valid for 127.0.0.1", "other.example", "subjectAltName"],
+        ),
+        (
+            "expired",
+            leaf(vec!["127.0.0.1".into()], true),
+            ours.clone(),
+            vec!["has expired (valid until 2021-01-01", "renew"],
+        ),
+    ];
+    for (what, (cert, key), ca_file, needles) in cases {
+        let (url, handle) = tls_server(cert, key).await;
+        let args = vec![
+            format!("--federated-server-url={url}"),
+            "--federated-store=fake-store".into(),
+            format!("--federated-token={}", token.display()),
+            format!("--federated-ca-crt={}", ca_file.display()),
+            "--inject-on-env=X=plain-token".into(),
+        ];
+        let stderr = expect_failure(args, &needles).await;
+        assert!(stderr.contains("Fix"), "{what}: {stderr}");
+        handle.shutdown();
+    }
+}

@@ -12,6 +12,7 @@ use rustls_pki_types::pem::PemObject;
 
 use super::args::{GeneratorRef, SecretId};
 use super::fetch::{FetchError, SetupError};
+use super::tls_explain::{self, TrustHint};
 use super::value::{SecretData, SecretValue};
 
 /// Largest answer accepted: one secret, not a data dump.
@@ -29,6 +30,8 @@ pub struct FederatedClient {
     token_path: PathBuf,
     /// `{"ca.crt": "<base64 PEM>"}` or `{}`, the same for every call.
     body: Arc<serde_json::Value>,
+    /// What TLS trusts, for error messages.
+    trust: TrustHint,
 }
 
 impl std::fmt::Debug for FederatedClient {
@@ -96,21 +99,29 @@ fn bearer(path: &Path) -> Result<HeaderValue, FetchError> {
     Ok(value)
 }
 
-/// Walks an error's causes for a TLS failure (rustls errors sit inside `io::Error`s).
-fn tls_cause(err: &(dyn std::error::Error + 'static)) -> Option<String> {
+/// Walks an error's causes for a TLS failure (rustls errors sit inside `io::Error`s)
+/// and says in plain words what is wrong and how to fix it ([`tls_explain`]).
+fn tls_cause(
+    err: &(dyn std::error::Error + 'static),
+    host: &str,
+    hint: &TrustHint,
+) -> Option<String> {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = cur {
         if let Some(r) = e.downcast_ref::<rustls::Error>() {
-            return Some(r.to_string());
+            return Some(tls_explain::explain(r, host, hint));
         }
+        // An `io::Error`'s `source()` skips the error it wraps (itself often another
+        // `io::Error` around the rustls error): descend into it instead.
         if let Some(io) = e.downcast_ref::<std::io::Error>()
             && let Some(inner) = io.get_ref()
-            && let Some(r) = inner.downcast_ref::<rustls::Error>()
         {
-            return Some(r.to_string());
+            cur = Some(inner as &(dyn std::error::Error + 'static));
+            continue;
         }
         // Some layers re-wrap the rustls error as text; its messages are distinctive.
         let text = e.to_string();
+
         if TLS_PHRASES.iter().any(|p| text.contains(p)) {
             return Some(root_cause(e));
         }
@@ -138,8 +149,13 @@ fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
     cur.to_string()
 }
 
-fn classify(err: &reqwest::Error) -> FetchError {
-    if let Some(t) = tls_cause(err) {
+fn classify(err: &reqwest::Error, hint: &TrustHint) -> FetchError {
+    let host = err
+        .url()
+        .and_then(|u| u.host_str())
+        .unwrap_or("the server")
+        .to_owned();
+    if let Some(t) = tls_cause(err, &host, hint) {
         return FetchError::Tls(t);
     }
     if err.is_timeout() {
@@ -177,7 +193,9 @@ impl FederatedClient {
         let mut roots = rustls::RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         let mut body = serde_json::json!({});
+        let mut trust = TrustHint::default();
         if let Some((pem, certs)) = read_ca(ca_path, ca_explicit)? {
+            trust.ca_file = Some(ca_path.display().to_string());
             for c in certs {
                 roots.add(c).map_err(|e| SetupError::Ca {
                     path: ca_path.display().to_string(),
@@ -209,6 +227,7 @@ impl FederatedClient {
             store,
             token_path,
             body: Arc::new(body),
+            trust,
         })
     }
 
@@ -259,7 +278,7 @@ impl FederatedClient {
             .json(&*self.body)
             .send()
             .await
-            .map_err(|e| classify(&e))?;
+            .map_err(|e| classify(&e, &self.trust))?;
         let status = resp.status().as_u16();
         match status {
             200 => {}
@@ -314,7 +333,11 @@ impl FederatedClient {
 
 async fn read_capped(mut resp: reqwest::Response) -> Result<Vec<u8>, FetchError> {
     let mut out = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| classify(&e))? {
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| classify(&e, &TrustHint::default()))?
+    {
         if out.len() + chunk.len() > MAX_ANSWER_BYTES {
             return Err(FetchError::Malformed("answer larger than 1 MiB"));
         }
