@@ -71,8 +71,10 @@ struct ServeArgs {
     #[arg(long, value_enum, default_value = "text", env = "ESI_LOG_FORMAT")]
     log_format: LogFormat,
     /// Where generated files are kept: self-signed TLS material and the issued-credential
-    /// ledger (`ledger.redb`).
-    #[arg(long, default_value = ".esi-data", env = "ESI_DATA_DIR")]
+    /// ledger (`ledger.redb`). Default: `$STATE_DIRECTORY`, else
+    /// `$XDG_STATE_HOME/esi-server`, else `~/.local/state/esi-server`, else
+    /// `/var/lib/esi-server` (always absolute).
+    #[arg(long, default_value_os_t = esi::ledger::default_data_dir(), env = "ESI_DATA_DIR")]
     data_dir: PathBuf,
     /// How often the manifest and policy directories are checked for changes.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]

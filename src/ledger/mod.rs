@@ -22,6 +22,41 @@ use crate::generators::{self, RevocationState};
 pub use lifecycle::{RevokeSummary, Sweeper};
 pub use redb_store::RedbLedger;
 
+/// The default `--data-dir` (self-signed TLS material and `ledger.redb`): always an
+/// absolute path, so the server never writes into whatever directory it was started in
+/// (a read-only root in a container, or `/` as a service). In order:
+///
+/// 1. `$STATE_DIRECTORY` (systemd's `StateDirectory=`; the first path if several);
+/// 2. `$XDG_STATE_HOME/esi-server` (XDG Base Directory: state that persists);
+/// 3. `$HOME/.local/state/esi-server` (XDG's default for it);
+/// 4. `/var/lib/esi-server` (FHS: variable state of a service).
+///
+/// Relative values of these variables are ignored, as the XDG spec requires.
+pub fn default_data_dir() -> std::path::PathBuf {
+    default_data_dir_from(|name| std::env::var_os(name))
+}
+
+fn default_data_dir_from(var: impl Fn(&str) -> Option<std::ffi::OsString>) -> std::path::PathBuf {
+    use std::path::PathBuf;
+    let absolute = |v: Option<std::ffi::OsString>| v.map(PathBuf::from).filter(|p| p.is_absolute());
+    if let Some(first) = var("STATE_DIRECTORY")
+        .and_then(|v| {
+            v.to_str()
+                .and_then(|s| s.split(':').next().map(PathBuf::from))
+        })
+        .filter(|p| p.is_absolute())
+    {
+        return first;
+    }
+    if let Some(state) = absolute(var("XDG_STATE_HOME")) {
+        return state.join("esi-server");
+    }
+    if let Some(home) = absolute(var("HOME")) {
+        return home.join(".local/state/esi-server");
+    }
+    PathBuf::from("/var/lib/esi-server")
+}
+
 /// What kind of workload owns a credential. Pods and ServiceAccounts are separate name
 /// spaces in Kubernetes: a ServiceAccount `app-pod` and a Pod `app-pod` are different
 /// owners and never share credentials (issue 19, finding 10).
@@ -312,6 +347,42 @@ mod tests {
         let sa_named_like_pod = identity("alpha", "apps", "app-7d9", None);
         assert_ne!(Holder::new(&sa_named_like_pod, None).owner(), owner);
         assert_eq!(holder.requested_by, "system:serviceaccount:apps:app");
+    }
+
+    #[test]
+    fn default_data_dir_is_absolute() {
+        use std::ffi::OsString;
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| OsString::from(v))
+            }
+        };
+        let d = |pairs| default_data_dir_from(env(pairs));
+        assert_eq!(d(&[]), std::path::PathBuf::from("/var/lib/esi-server"));
+        assert_eq!(
+            d(&[("HOME", "/home/u")]),
+            std::path::PathBuf::from("/home/u/.local/state/esi-server")
+        );
+        assert_eq!(
+            d(&[("HOME", "/home/u"), ("XDG_STATE_HOME", "/s")]),
+            std::path::PathBuf::from("/s/esi-server")
+        );
+        assert_eq!(
+            d(&[
+                ("HOME", "/home/u"),
+                ("XDG_STATE_HOME", "rel"),
+                ("STATE_DIRECTORY", "/var/lib/x:/var/lib/y")
+            ]),
+            std::path::PathBuf::from("/var/lib/x")
+        );
+        assert_eq!(
+            d(&[("HOME", "relative"), ("STATE_DIRECTORY", "also-relative")]),
+            std::path::PathBuf::from("/var/lib/esi-server")
+        );
+        assert!(default_data_dir().is_absolute());
     }
 
     #[test]
