@@ -702,7 +702,9 @@ async fn tls_failures_say_what_is_wrong_and_how_to_fix_it() {
     };
     let ours = trust("ours.crt", &ca_cert.pem());
     let other = trust("other.crt", &ca.ca_pem);
-    let cases: Vec<(&str, (String, String), std::path::PathBuf, Vec<&str>)> = vec![
+    // (what, (server certificate, key), trusted CA file, expected phrases)
+    type Case<'a> = (&'a str, (String, String), std::path::PathBuf, Vec<&'a str>);
+    let cases: Vec<Case> = vec![
         (
             "self-signed CA as server certificate",
             self_signed_ca.clone(),
