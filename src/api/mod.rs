@@ -37,7 +37,7 @@ use crate::config::Snapshot;
 use crate::generators::{GenerateContext, Generator};
 use crate::ledger::{GeneratorRef, Holder, Ledger, Owner, lifecycle};
 use crate::metrics::METRICS;
-use crate::providers::{FindRequest, RemoteRef};
+use crate::providers::{FindRequest, RemoteRef, SecretProvider};
 
 /// Limits of the HTTP layer.
 #[derive(Debug, Clone)]
@@ -349,7 +349,43 @@ fn respond<T: IntoResponse>(result: Result<T, ApiError>, style: ErrorStyle) -> R
     }
 }
 
-/// Reads `remote` from `store` for `caller` after a `get` decision.
+/// The store and the canonical form of `remote` on it, after the `get` decision on
+/// exactly that form (see `SecretProvider::canonical_ref`): the decision, its audit line
+/// and the backend call all name the same object. A spelling with no canonical form (or
+/// an unknown store) is decided as written, so a caller without a grant gets 404 and
+/// learns nothing about the store, and is then refused.
+fn decide_key(
+    snapshot: &Snapshot,
+    caller: &Caller,
+    store: &str,
+    remote: &RemoteRef,
+) -> Result<(Arc<dyn SecretProvider>, RemoteRef), ApiError> {
+    let provider = snapshot.stores.get(store).cloned();
+    let canonical = match &provider {
+        Some(p) => p.canonical_ref(remote).map_err(ApiError::from),
+        None => Err(ApiError::NotFound),
+    };
+    let decided_key = match &canonical {
+        Ok(c) => c.key.clone(),
+        Err(_) => remote.key.clone(),
+    };
+    authorize(
+        snapshot,
+        caller,
+        Action::Get,
+        &Resource::RemoteKey {
+            store: store.to_string(),
+            key: decided_key,
+        },
+    )?;
+    match (provider, canonical) {
+        (Some(p), Ok(c)) => Ok((p, c)),
+        (_, Err(e)) => Err(e),
+        (None, Ok(_)) => Err(ApiError::NotFound),
+    }
+}
+
+/// Reads `remote` from `store` for `caller` after a `get` decision on its canonical form.
 async fn read_secret(
     state: &AppState,
     snapshot: &Snapshot,
@@ -357,19 +393,13 @@ async fn read_secret(
     store: &str,
     remote: &RemoteRef,
 ) -> Result<Zeroizing<Vec<u8>>, ApiError> {
-    authorize(
-        snapshot,
-        caller,
-        Action::Get,
-        &Resource::RemoteKey {
-            store: store.to_string(),
-            key: remote.key.clone(),
-        },
-    )?;
-    let provider = snapshot.stores.get(store).ok_or(ApiError::NotFound)?;
-    with_timeout(state.settings.backend_timeout, provider.get_secret(remote))
-        .await
-        .map(Zeroizing::new)
+    let (provider, canonical) = decide_key(snapshot, caller, store, remote)?;
+    with_timeout(
+        state.settings.backend_timeout,
+        provider.get_secret(&canonical),
+    )
+    .await
+    .map(Zeroizing::new)
 }
 
 /// A JSON answer whose intermediate copies of secret material are wiped once written.
@@ -681,19 +711,10 @@ async fn v1_extract(
         let (caller, request): (Caller, RemoteRefRequest) = admit(&state, &headers, body).await?;
         let remote = remote_ref_of(request)?;
         let snapshot = state.snapshot.load_full();
-        authorize(
-            &snapshot,
-            &caller,
-            Action::Get,
-            &Resource::RemoteKey {
-                store: store.clone(),
-                key: remote.key.clone(),
-            },
-        )?;
-        let provider = snapshot.stores.get(&store).ok_or(ApiError::NotFound)?;
+        let (provider, canonical) = decide_key(&snapshot, &caller, &store, &remote)?;
         let map = with_timeout(
             state.settings.backend_timeout,
-            provider.get_secret_map(&remote),
+            provider.get_secret_map(&canonical),
         )
         .await?;
         encode_map(map)
@@ -725,6 +746,19 @@ async fn v1_find(
                 })?;
         }
         let snapshot = state.snapshot.load_full();
+        let request = FindRequest {
+            path: find.path.filter(|p| !p.is_empty()),
+            name_regexp,
+            tags: find.tags,
+        };
+        // The find is decided on the store, then every key of the answer is decided as a
+        // `get` on its canonical form before its value is read: a key the caller may not
+        // `get` (a forbid included) is left out, whatever the find matched.
+        let provider = snapshot.stores.get(&store).cloned();
+        let canonical = match &provider {
+            Some(p) => p.canonical_find(&request).map_err(ApiError::from),
+            None => Err(ApiError::NotFound),
+        };
         authorize(
             &snapshot,
             &caller,
@@ -733,13 +767,29 @@ async fn v1_find(
                 store: store.clone(),
             },
         )?;
-        let provider = snapshot.stores.get(&store).ok_or(ApiError::NotFound)?;
-        let request = FindRequest {
-            path: find.path.filter(|p| !p.is_empty()),
-            name_regexp,
-            tags: find.tags,
+        let (provider, canonical) = match (provider, canonical) {
+            (Some(p), Ok(c)) => (p, c),
+            (_, Err(e)) => return Err(e),
+            (None, Ok(_)) => return Err(ApiError::NotFound),
         };
-        let map = with_timeout(state.settings.backend_timeout, provider.find(&request)).await?;
+        let allow = |key: &str| {
+            snapshot
+                .policies
+                .decide(
+                    &caller.identity,
+                    Action::Get,
+                    &Resource::RemoteKey {
+                        store: store.clone(),
+                        key: key.to_string(),
+                    },
+                )
+                .allowed
+        };
+        let map = with_timeout(
+            state.settings.backend_timeout,
+            provider.find_allowed(&canonical, &allow),
+        )
+        .await?;
         encode_map(map)
     }
     .await;

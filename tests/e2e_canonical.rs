@@ -1,0 +1,277 @@
+//! Canonical forms, end to end (issues 8 and 19): the decision, the audit line and the
+//! backend call name one object, whatever the caller's spelling. Runs the real
+//! `esi-server` against the OpenBao of `scripts/openbao.sh` (skipped without it, unless
+//! `ESI_REQUIRE_BACKENDS=1`).
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+
+const AUD: &str = "https://esi-federation.example.com";
+const ISS: &str = "https://kubernetes.default.svc.cluster.local";
+
+fn token(ns: &str, sa: &str) -> String {
+    mint("ec-1", &sa_claims(ISS, AUD, ns, sa), None)
+}
+
+/// Federation `alpha` (static keys), and an Authorization for `apps/app` on `stores`.
+fn base(stores: &[&str], generators: &str) -> String {
+    let jwks = jwks(&["ec-1"]).to_string();
+    let stores = stores
+        .iter()
+        .map(|s| format!("\"{s}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        r#"apiVersion: identity.federation.external-secrets.io/v1alpha1
+kind: KubernetesFederation
+metadata: {{name: alpha}}
+spec:
+  url: https://127.0.0.1:9
+  issuer: {ISS}
+  audiences: ["{AUD}"]
+  jwks: '{jwks}'
+---
+apiVersion: federation.external-secrets.io/v1alpha1
+kind: Authorization
+metadata: {{name: app}}
+spec:
+  federationRef: {{kind: KubernetesFederation, name: alpha}}
+  subject: {{oidc: {{issuer: {ISS}, subject: "system:serviceaccount:apps:app"}}}}
+  allowedClusterSecretStores: [{stores}]
+  allowedGenerators: {generators}
+"#
+    )
+}
+
+/// A Vault ClusterSecretStore `name` on OpenBao with the root token; `extra` adds
+/// `path`/`version` lines (indented for `vault:`).
+fn vault_store(name: &str, addr: &str, root: &str, extra: &str) -> String {
+    format!(
+        r#"---
+apiVersion: v1
+kind: Secret
+metadata: {{name: vault-token-{name}, namespace: esi-system}}
+stringData: {{token: "{root}"}}
+---
+apiVersion: external-secrets.io/v1
+kind: ClusterSecretStore
+metadata: {{name: {name}}}
+spec:
+  provider:
+    vault:
+      server: {addr}
+{extra}      auth:
+        tokenSecretRef: {{name: vault-token-{name}, namespace: esi-system, key: token}}
+"#
+    )
+}
+
+fn forbid_policy() -> String {
+    std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/policies/examples/forbid-prod-admin.cedar"
+    ))
+    .unwrap()
+}
+
+async fn post(server: &Server, path: &str, token: &str, body: Value) -> (u16, String) {
+    server.post(path, Some(token), body).await
+}
+
+fn decoded(body: &str, field: &str) -> String {
+    use base64::Engine;
+    let v: Value = serde_json::from_str(body).unwrap();
+    String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(v[field].as_str().unwrap())
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+/// Decision lines (target `esi::decision`) naming `resource`.
+fn decisions(server: &Server, resource: &str) -> Vec<Value> {
+    server
+        .logs()
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| {
+            v["target"] == "esi::decision"
+                && (v["resource"] == resource || v["fields"]["resource"] == resource)
+        })
+        .collect()
+}
+
+/// Issue 8 (reproduced with OpenBao): policies/examples/forbid-prod-admin.cedar forbids
+/// `admin/*` on `vault-prod` (`path: secret`, v2). Every spelling of `admin/…` that
+/// reaches the admin secret is decided — and logged — as `admin/…`, and refused; the
+/// same spellings of an allowed key read it.
+#[tokio::test(flavor = "multi_thread")]
+async fn issue8_every_spelling_of_a_vault_key_is_decided_on_one_key() {
+    install_crypto();
+    let Some((addr, root)) = openbao() else {
+        return;
+    };
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let admin = format!("admin/{id}/root");
+    let app = format!("app/{id}/db");
+    vault_put(&addr, &root, "secret", &admin, json!({"password": "ADMIN-8-value"})).await;
+    vault_put(&addr, &root, "secret", &app, json!({"password": "APP-8-value"})).await;
+    vault_put(
+        &addr,
+        &root,
+        "secret",
+        &format!("team-{id}/one"),
+        json!({"a": "1"}),
+    )
+    .await;
+
+    let mut manifests = base(&["vault-prod", "vault-nopath"], "[]");
+    manifests.push_str(&vault_store(
+        "vault-prod",
+        &addr,
+        &root,
+        "      path: secret\n      version: v2\n",
+    ));
+    manifests.push_str(&vault_store("vault-nopath", &addr, &root, ""));
+    let policy = forbid_policy();
+    let server = Server::start(
+        &[("all.yaml", manifests)],
+        &[("forbid-prod-admin.cedar", &policy)],
+    );
+    let t = token("apps", "app");
+
+    // ESE calls: the key is the URL's path (percent-decoded once).
+    for spelling in [
+        admin.clone(),
+        format!("secret/{admin}"),
+        format!("secret/data/{admin}"),
+        format!("data/{admin}"),
+        format!("secret%2Fdata%2Fadmin%2F{id}%2Froot"),
+        format!("secret/data/%61dmin/{id}/root"),
+    ] {
+        let (status, body) = post(
+            &server,
+            &format!("/secretstore/vault-prod/secrets/{spelling}"),
+            &t,
+            json!({}),
+        )
+        .await;
+        assert_eq!(status, 404, "{spelling}: {body}");
+        assert!(!body.contains("ADMIN-8-value"));
+    }
+    // /v1 get and extract, with and without a property.
+    for key in [
+        admin.clone(),
+        format!("secret/{admin}"),
+        format!("secret/data/{admin}"),
+    ] {
+        for property in [json!("password"), Value::Null] {
+            for call in ["get", "extract"] {
+                let (status, body) = post(
+                    &server,
+                    &format!("/v1/secretstore/vault-prod/{call}"),
+                    &t,
+                    json!({"remoteRef": {"key": key, "property": property}}),
+                )
+                .await;
+                assert_eq!(status, 404, "{call} {key} {property}: {body}");
+            }
+        }
+    }
+    // Every one of those decisions named the canonical key; none the spelling.
+    let canonical = format!("key:vault-prod/{admin}");
+    let lines = decisions(&server, &canonical);
+    assert_eq!(lines.len(), 6 + 3 * 2 * 2, "{lines:?}");
+    assert!(lines.iter().all(|l| {
+        let d = if l["decision"].is_null() {
+            &l["fields"]["decision"]
+        } else {
+            &l["decision"]
+        };
+        d == "deny"
+    }));
+    assert_eq!(
+        server.count_log("key:vault-prod/secret/"),
+        0,
+        "a spelling reached the decision"
+    );
+
+    // The same spellings of an allowed key read it, and are decided as `app/…`.
+    for spelling in [
+        app.clone(),
+        format!("secret/{app}"),
+        format!("secret/data/{app}"),
+    ] {
+        let (status, body) = post(
+            &server,
+            &format!("/secretstore/vault-prod/secrets/{spelling}"),
+            &t,
+            json!({}),
+        )
+        .await;
+        assert_eq!(status, 200, "{spelling}: {body}");
+        assert!(body.contains("APP-8-value"), "{body}");
+        let (status, body) = post(
+            &server,
+            "/v1/secretstore/vault-prod/get",
+            &t,
+            json!({"remoteRef": {"key": spelling, "property": "password"}}),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(decoded(&body, "value"), "APP-8-value");
+    }
+    assert_eq!(decisions(&server, &format!("key:vault-prod/{app}")).len(), 6);
+
+    // Spellings with no canonical form are refused, never read.
+    for spelling in [
+        format!("x%2F..%2F{admin}"),
+        format!("secret/secret/{app}"),
+        format!("data/data/{app}"),
+        format!("secret/data/{id}//db"),
+    ] {
+        let (status, body) = post(
+            &server,
+            &format!("/secretstore/vault-prod/secrets/{spelling}"),
+            &t,
+            json!({}),
+        )
+        .await;
+        assert_eq!(status, 400, "{spelling}: {body}");
+    }
+
+    // find written the ESO way on a v2 store without `path` lists `secret/team-…`.
+    let want = post(
+        &server,
+        "/v1/secretstore/vault-nopath/find",
+        &t,
+        json!({"find": {"path": format!("secret/team-{id}"), "name": {"regexp": "."}}}),
+    )
+    .await;
+    assert_eq!(want.0, 200, "{}", want.1);
+    let data: Value = serde_json::from_str(&want.1).unwrap();
+    assert_eq!(
+        data["data"].as_object().unwrap().keys().collect::<Vec<_>>(),
+        [&format!("secret/team-{id}/one")]
+    );
+    let eso = post(
+        &server,
+        "/v1/secretstore/vault-nopath/find",
+        &t,
+        json!({"find": {"path": format!("secret/data/team-{id}"), "name": {"regexp": "."}}}),
+    )
+    .await;
+    assert_eq!(eso, want);
+    // And each name it answers is a key `get` accepts on that store.
+    let (status, _) = post(
+        &server,
+        &format!("/secretstore/vault-nopath/secrets/secret/team-{id}/one"),
+        &t,
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, 200);
+}
