@@ -275,3 +275,105 @@ async fn issue8_every_spelling_of_a_vault_key_is_decided_on_one_key() {
     .await;
     assert_eq!(status, 200);
 }
+
+/// Issue 19, finding 1: a KV v1 store without `path` (as ESO allows) was a proxy to any
+/// Vault GET API with the server's own token: `auth/token/lookup-self` answered that
+/// token, `sys/internal/ui/mounts` the mount table. Keys now stay inside KV mounts of
+/// the store's version: Vault's own mounts are refused outright, any other mount is
+/// verified (`sys/internal/ui/mounts/<m>`) before the first read under it.
+#[tokio::test(flavor = "multi_thread")]
+async fn issue19_a_store_without_path_reads_only_kv_mounts_of_its_version() {
+    install_crypto();
+    let Some((addr, root)) = openbao() else {
+        return;
+    };
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let http = reqwest::Client::new();
+    // A non-KV engine, and a v1 and a v2 secret.
+    let resp = http
+        .post(format!("{addr}/v1/sys/mounts/transit-{id}"))
+        .header("X-Vault-Token", &root)
+        .json(&json!({"type": "transit"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{}", resp.status());
+    let resp = http
+        .post(format!("{addr}/v1/transit-{id}/keys/k"))
+        .header("X-Vault-Token", &root)
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{}", resp.status());
+    let resp = http
+        .post(format!("{addr}/v1/kv1/{id}/cfg"))
+        .header("X-Vault-Token", &root)
+        .json(&json!({"url": "https://v1-19"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{}", resp.status());
+    vault_put(&addr, &root, "secret", &format!("{id}/v2"), json!({"a": "V2-19"})).await;
+
+    let mut manifests = base(&["vault-v1", "vault-v2"], "[]");
+    manifests.push_str(&vault_store("vault-v1", &addr, &root, "      version: v1\n"));
+    manifests.push_str(&vault_store("vault-v2", &addr, &root, ""));
+    let server = Server::start(&[("all.yaml", manifests)], &[]);
+    let t = token("apps", "app");
+
+    for (store, key) in [
+        ("vault-v1", "auth/token/lookup-self".to_string()),
+        ("vault-v1", "sys/internal/ui/mounts".to_string()),
+        ("vault-v1", "sys/internal/ui/mounts/secret".to_string()),
+        ("vault-v1", "identity/entity/name".to_string()),
+        ("vault-v1", "cubbyhole/x".to_string()),
+        ("vault-v1", format!("transit-{id}/keys/k")),
+        // A KV v2 mount read through a v1 store (`GET secret/data/…` is the v2 API).
+        ("vault-v1", format!("secret/data/{id}/v2")),
+        ("vault-v2", "auth/token/lookup-self".to_string()),
+        ("vault-v2", format!("transit-{id}/keys/k")),
+        ("vault-v2", format!("kv1/{id}/cfg")),
+    ] {
+        let (status, body) = post(
+            &server,
+            &format!("/secretstore/{store}/secrets/{key}"),
+            &t,
+            json!({}),
+        )
+        .await;
+        assert_eq!(status, 400, "{store} {key}: {body}");
+        assert!(!body.contains(&root), "{store} {key} leaked the server's token");
+        for call in ["get", "extract"] {
+            let (status, body) = post(
+                &server,
+                &format!("/v1/secretstore/{store}/{call}"),
+                &t,
+                json!({"remoteRef": {"key": key}}),
+            )
+            .await;
+            assert_eq!(status, 400, "{call} {store} {key}: {body}");
+            assert!(!body.contains(&root));
+        }
+    }
+    // KV mounts of the store's version still read.
+    let (status, body) = post(
+        &server,
+        &format!("/secretstore/vault-v1/secrets/kv1/{id}/cfg"),
+        &t,
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("https://v1-19"));
+    let (status, body) = post(
+        &server,
+        &format!("/secretstore/vault-v2/secrets/secret/{id}/v2"),
+        &t,
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("V2-19"));
+    // No log line carries the token either.
+    assert_eq!(server.count_log(&root), 0);
+}

@@ -47,6 +47,10 @@ const MAX_FIND_DEPTH: usize = 16;
 /// Renew an AppRole token this long before its lease ends (at most a fifth of the lease).
 const TOKEN_RENEW_MARGIN: Duration = Duration::from_secs(30);
 
+/// Mount verdicts kept (distinct mounts) and for how long (a remount is seen after this).
+const MOUNT_CACHE_ENTRIES: u64 = 256;
+const MOUNT_CACHE_TTL: Duration = Duration::from_secs(300);
+
 const HEADER_TOKEN: &str = "x-vault-token";
 const HEADER_NAMESPACE: &str = "x-vault-namespace";
 
@@ -145,6 +149,9 @@ pub struct VaultProvider {
     version: KvVersion,
     namespace: Option<HeaderValue>,
     auth: Auth,
+    /// Verdicts on mounts (`a/b` → is a KV mount of this store's version), from
+    /// `sys/internal/ui/mounts`; see [`VaultProvider::ensure_kv_mount`].
+    mounts: moka::sync::Cache<String, bool>,
 }
 
 // Tokens and ids never appear in Debug output.
@@ -369,6 +376,10 @@ impl VaultProvider {
             version: spec.version.unwrap_or(KvVersion::V2),
             namespace,
             auth,
+            mounts: moka::sync::Cache::builder()
+                .max_capacity(MOUNT_CACHE_ENTRIES)
+                .time_to_live(MOUNT_CACHE_TTL)
+                .build(),
         })
     }
 
@@ -638,6 +649,85 @@ impl VaultProvider {
             .ok_or_else(|| ProviderError::InvalidRequest("cannot build the vault URL".into()))
     }
 
+    /// Refuses a mount that is not a KV mount of this store's version, before any call
+    /// under it (issue 19: a store without `path` took any first segment as its mount
+    /// and proxied `auth/token/lookup-self`, `sys/…`, `database/creds/…` reads).
+    ///
+    /// Asks `GET /v1/sys/internal/ui/mounts/{mount}` (any token with a capability under
+    /// the mount may) once per mount and caches the verdict for 5 minutes: the answer
+    /// must be the mount itself (`path` = `{mount}/`, not a mount further up), of type
+    /// `kv` (or the legacy `generic`, v1 only) with `options.version` equal to the
+    /// store's (absent means 1). Another engine or another version is refused
+    /// (`InvalidRequest`, cached). Vault refusing the check (403: no such mount, or a
+    /// token without access), failing or unreachable fails the call (`Backend` /
+    /// `Unavailable`, not cached). Fail closed either way.
+    async fn ensure_kv_mount(&self, mount: &[String]) -> Result<(), ProviderError> {
+        let key = mount.join("/");
+        let verdict = match self.mounts.get(&key) {
+            Some(v) => v,
+            None => {
+                let v = self.mount_is_kv(mount, &key).await?;
+                self.mounts.insert(key, v);
+                v
+            }
+        };
+        if verdict {
+            Ok(())
+        } else {
+            Err(ProviderError::InvalidRequest(format!(
+                "key is not inside a KV {} mount",
+                match self.version {
+                    KvVersion::V1 => "v1",
+                    KvVersion::V2 => "v2",
+                }
+            )))
+        }
+    }
+
+    /// Asks Vault what `mount` is (see [`VaultProvider::ensure_kv_mount`]).
+    async fn mount_is_kv(&self, mount: &[String], key: &str) -> Result<bool, ProviderError> {
+        // Fails before any cache entry is made: only definite answers are kept.
+        let mut all = vec!["v1", "sys", "internal", "ui", "mounts"]
+            .into_iter()
+            .map(str::to_string)
+            .collect::<Vec<_>>();
+        all.extend(mount.iter().cloned());
+        let url = join(&self.server, &all)
+            .ok_or_else(|| ProviderError::InvalidRequest("cannot build the vault URL".into()))?;
+        let (status, body) = self.call(reqwest::Method::GET, url, None).await?;
+        if !status.is_success() {
+            // Vault answers 403 both for "no such mount" and for a token it refuses: no
+            // verdict to keep, and the call fails (closed) as a refusal by Vault.
+            tracing::info!(status = status.as_u16(), "vault mount check refused");
+            return Err(match status_error(status) {
+                ProviderError::NotFound => ProviderError::Backend("vault answered HTTP 404".into()),
+                e => e,
+            });
+        }
+        let data = body.get("data").unwrap_or(&Value::Null);
+        let kind = data.get("type").and_then(Value::as_str).unwrap_or_default();
+        let path = data.get("path").and_then(Value::as_str).unwrap_or_default();
+        let version = match data
+            .get("options")
+            .and_then(|o| o.get("version"))
+            .and_then(Value::as_str)
+        {
+            None | Some("1") | Some("") => Some(KvVersion::V1),
+            Some("2") => Some(KvVersion::V2),
+            Some(_) => None,
+        };
+        let ok = path == format!("{key}/")
+            && match kind {
+                "kv" => version == Some(self.version),
+                "generic" => self.version == KvVersion::V1,
+                _ => false,
+            };
+        if !ok {
+            tracing::info!(mount_type = kind, "vault mount is not a KV mount of the store's version");
+        }
+        Ok(ok)
+    }
+
     /// The secret's data object at `(mount, path)`, optionally at a version (v2).
     async fn read(
         &self,
@@ -645,6 +735,7 @@ impl VaultProvider {
         path: &[String],
         version: Option<&str>,
     ) -> Result<Map<String, Value>, ProviderError> {
+        self.ensure_kv_mount(mount).await?;
         let body = match self.version {
             KvVersion::V2 => {
                 let mut url = self.url(mount, Some("data"), path)?;
@@ -680,6 +771,7 @@ impl VaultProvider {
         mount: &[String],
         folder: &[String],
     ) -> Result<Vec<(String, bool)>, ProviderError> {
+        self.ensure_kv_mount(mount).await?;
         let mut url = self.url(mount, Some("metadata"), folder)?;
         // `LIST` is spelled `GET ?list=true` over plain HTTP.
         if folder.is_empty() {
@@ -718,6 +810,7 @@ impl VaultProvider {
         mount: &[String],
         path: &[String],
     ) -> Result<Map<String, Value>, ProviderError> {
+        self.ensure_kv_mount(mount).await?;
         let url = self.url(mount, Some("metadata"), path)?;
         let mut body = self.get(url).await?;
         match body
@@ -1252,14 +1345,40 @@ mod tests {
         );
     }
 
-    /// A one-shot HTTP server: records each request head and answers with `answers` in order.
+    /// What the mock answers for `sys/internal/ui/mounts/{m}`: `secret` is KV v2, `kv`
+    /// KV v1, `transit` another engine; anything else is refused (403), as Vault does.
+    fn mount_answer(mount: &str) -> (u16, Value) {
+        let (kind, version) = match mount {
+            "secret" => ("kv", json!({"version": "2"})),
+            "kv" => ("kv", json!({"version": "1"})),
+            "transit" => ("transit", Value::Null),
+            _ => return (403, json!({"errors": ["preflight capability check returned 403"]})),
+        };
+        (
+            200,
+            json!({"data": {"type": kind, "options": version, "path": format!("{mount}/")}}),
+        )
+    }
+
+    /// A mock Vault: answers `sys/internal/ui/mounts/…` itself (see [`mount_answer`]),
+    /// and every other request with `answers` in order, recording each such request head
+    /// (mount checks are recorded in the second list).
     async fn serve(answers: Vec<(u16, Value)>) -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+        let (addr, seen, _) = serve_counting(answers).await;
+        (addr, seen)
+    }
+
+    type Seen = Arc<std::sync::Mutex<Vec<String>>>;
+
+    async fn serve_counting(answers: Vec<(u16, Value)>) -> (String, Seen, Seen) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let record = seen.clone();
+        let checks = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (record, record_checks) = (seen.clone(), checks.clone());
         tokio::spawn(async move {
-            for (status, body) in answers {
+            let mut answers = answers.into_iter();
+            loop {
                 let (mut sock, _) = listener.accept().await.unwrap();
                 let mut buf = vec![0u8; 16384];
                 let mut head = Vec::new();
@@ -1284,7 +1403,24 @@ mod tests {
                         have += n;
                     }
                 }
-                record.lock().unwrap().push(text);
+                let mount = text
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|p| p.strip_prefix("/v1/sys/internal/ui/mounts/"))
+                    .map(str::to_string);
+                let (status, body) = match mount {
+                    Some(m) => {
+                        record_checks.lock().unwrap().push(m.clone());
+                        mount_answer(&m)
+                    }
+                    None => {
+                        record.lock().unwrap().push(text);
+                        match answers.next() {
+                            Some(a) => a,
+                            None => return,
+                        }
+                    }
+                };
                 let body = body.to_string();
                 let reply = format!(
                     "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
@@ -1294,7 +1430,58 @@ mod tests {
                 sock.shutdown().await.ok();
             }
         });
-        (format!("http://{addr}"), seen)
+        (format!("http://{addr}"), seen, checks)
+    }
+
+    /// Issue 19: a KV v1 store without `path` is no proxy to Vault's other APIs. Vault's
+    /// own mounts are refused before any call; any other mount is verified once (cached)
+    /// and refused unless it is a KV mount of the store's version.
+    #[tokio::test]
+    async fn keys_stay_inside_kv_mounts_of_the_store_version() {
+        let (server, seen, checks) =
+            serve_counting(vec![(200, json!({"data": {"a": "1"}}))]).await;
+        let p = build(json!({"server": server, "version": "v1", "auth": token_auth()})).unwrap();
+        let get = |key: &str| RemoteRef {
+            key: key.into(),
+            property: Some("a".into()),
+            version: None,
+        };
+        for key in [
+            "auth/token/lookup-self",
+            "sys/internal/ui/mounts",
+            "identity/entity/id/x",
+            "cubbyhole/x",
+        ] {
+            assert!(
+                matches!(p.canonical_ref(&get(key)), Err(ProviderError::InvalidRequest(_))),
+                "{key}"
+            );
+        }
+        for key in ["transit/keys/k", "secret/data/x"] {
+            let r = p.canonical_ref(&get(key)).unwrap();
+            assert!(
+                matches!(p.get_secret(&r).await, Err(ProviderError::InvalidRequest(_))),
+                "{key}"
+            );
+        }
+        // Vault refuses the check for a mount that does not exist (or the token): fail.
+        assert_eq!(
+            p.get_secret(&get("database/creds/app")).await,
+            Err(ProviderError::Backend("permission denied by vault".into()))
+        );
+        assert!(seen.lock().unwrap().is_empty(), "nothing but mount checks was called");
+        assert_eq!(p.get_secret(&get("kv/x")).await.unwrap(), b"1");
+        assert_eq!(
+            p.get_secret(&get("transit/keys/k")).await,
+            Err(ProviderError::InvalidRequest("key is not inside a KV v1 mount".into()))
+        );
+        // One check per mount: verdicts are cached.
+        assert_eq!(
+            *checks.lock().unwrap(),
+            ["transit", "secret", "database", "kv"]
+        );
+        // A store whose `path` is a Vault system mount does not load.
+        assert!(build(json!({"server": server, "path": "sys", "version": "v1", "auth": token_auth()})).is_err());
     }
 
     #[tokio::test]
