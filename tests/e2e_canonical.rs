@@ -377,3 +377,120 @@ async fn issue19_a_store_without_path_reads_only_kv_mounts_of_its_version() {
     // No log line carries the token either.
     assert_eq!(server.count_log(&root), 0);
 }
+
+/// Issue 19, finding 2: `find` was decided on the store only, so a key-level forbid did
+/// not hold: `get admin/root` → 404, but `find {"name": {"regexp": "^admin/"}}` answered
+/// the admin password. Every key of a find answer now passes the same `get` decision on
+/// its canonical key (before its value is read), or is left out.
+#[tokio::test(flavor = "multi_thread")]
+async fn issue19_find_leaves_out_keys_the_caller_may_not_get() {
+    install_crypto();
+    const POLICY: &str = r#"
+@id("forbid-admin-keys")
+forbid (principal, action == Esi::Action::"get", resource is Esi::RemoteKey)
+when { resource.key like "admin/*" };
+"#;
+    let fake = r#"---
+apiVersion: external-secrets.io/v1
+kind: ClusterSecretStore
+metadata: {name: fake-store}
+spec:
+  provider:
+    fake:
+      data:
+        - {key: admin/root, value: '{"password":"ADMIN-FAKE-19"}'}
+        - {key: admin/root, value: old-admin, version: "1"}
+        - {key: app/db, value: '{"password":"APP-FAKE-19"}'}
+"#;
+    let vault = openbao();
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let mut manifests = base(&["fake-store", "vault-find"], "[]");
+    manifests.push_str(fake);
+    if let Some((addr, root)) = &vault {
+        // A fresh KV v2 mount, so a whole-mount find sees only this test's secrets.
+        let resp = reqwest::Client::new()
+            .post(format!("{addr}/v1/sys/mounts/kv-{id}"))
+            .header("X-Vault-Token", root)
+            .json(&json!({"type": "kv", "options": {"version": "2"}}))
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status().is_success(), "{}", resp.status());
+        let mount = format!("kv-{id}");
+        vault_put(addr, root, &mount, "admin/root", json!({"password": "ADMIN-VAULT-19"})).await;
+        vault_put(addr, root, &mount, "app/db", json!({"password": "APP-VAULT-19"})).await;
+        manifests.push_str(&vault_store(
+            "vault-find",
+            addr,
+            root,
+            &format!("      path: {mount}\n      version: v2\n"),
+        ));
+    }
+    let server = Server::start(&[("all.yaml", manifests)], &[("forbid.cedar", POLICY)]);
+    let t = token("apps", "app");
+
+    let mut stores = vec![("fake-store", "ADMIN-FAKE-19", "APP-FAKE-19")];
+    if vault.is_some() {
+        stores.push(("vault-find", "ADMIN-VAULT-19", "APP-VAULT-19"));
+    }
+    for (store, admin, app) in stores {
+        // get is forbidden…
+        let (status, _) = post(
+            &server,
+            &format!("/secretstore/{store}/secrets/admin/root"),
+            &t,
+            json!({}),
+        )
+        .await;
+        assert_eq!(status, 404, "{store}");
+        // …and so is every way a find could carry it.
+        for find in [
+            json!({"name": {"regexp": "^admin/"}}),
+            json!({"name": {"regexp": "."}}),
+            json!({"path": "admin", "name": {"regexp": "."}}),
+        ] {
+            let (status, body) = post(
+                &server,
+                &format!("/v1/secretstore/{store}/find"),
+                &t,
+                json!({ "find": find }),
+            )
+            .await;
+            assert_eq!(status, 200, "{store} {find}: {body}");
+            let data: Value = serde_json::from_str(&body).unwrap();
+            let keys: Vec<&String> = data["data"].as_object().unwrap().keys().collect();
+            assert!(
+                keys.iter().all(|k| !k.starts_with("admin/")),
+                "{store} {find}: {keys:?}"
+            );
+            assert!(!body.contains(&b64(admin)) && !body.contains(admin));
+            assert!(!body.contains(&b64("old-admin")));
+        }
+        let (_, body) = post(
+            &server,
+            &format!("/v1/secretstore/{store}/find"),
+            &t,
+            json!({"find": {"name": {"regexp": "."}}}),
+        )
+        .await;
+        let data: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            data["data"].as_object().unwrap().keys().collect::<Vec<_>>(),
+            ["app/db"],
+            "{store}"
+        );
+        assert!(decoded_field(&data, "app/db").contains(app));
+        // Each key of the answer was decided as a `get`, and the admin key denied.
+        assert!(!decisions(&server, &format!("key:{store}/admin/root")).is_empty());
+    }
+}
+
+fn decoded_field(data: &Value, key: &str) -> String {
+    use base64::Engine;
+    String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(data["data"][key].as_str().unwrap())
+            .unwrap(),
+    )
+    .unwrap()
+}
