@@ -494,3 +494,124 @@ fn decoded_field(data: &Value, key: &str) -> String {
     )
     .unwrap()
 }
+
+/// Issue 19, finding 3: a ClusterGenerator was decided under the namespace the caller
+/// wrote in the URL, so a permit scoped to namespace `team`'s generators granted
+/// `/generators/team/ClusterGenerator/platform-root-creds`, and a forbid on it was
+/// walked around by spelling another namespace. It now has one identity,
+/// `Generator::"<cluster>/ClusterGenerator/<name>"`, under every spelling.
+#[tokio::test(flavor = "multi_thread")]
+async fn issue19_a_cluster_generator_has_one_identity() {
+    install_crypto();
+    let generators = r#"---
+apiVersion: generators.external-secrets.io/v1alpha1
+kind: Password
+metadata: {name: pw, namespace: team}
+spec: {length: 16}
+---
+apiVersion: generators.external-secrets.io/v1alpha1
+kind: ClusterGenerator
+metadata: {name: platform-root-creds}
+spec:
+  kind: Password
+  generator:
+    passwordSpec: {length: 20}
+---
+apiVersion: generators.external-secrets.io/v1alpha1
+kind: ClusterGenerator
+metadata: {name: cluster-pw}
+spec:
+  kind: Password
+  generator:
+    passwordSpec: {length: 12}
+"#;
+    let mut manifests = base(
+        &[],
+        "[{name: cluster-pw, kind: ClusterGenerator, namespace: apps}]",
+    );
+    manifests.push_str(generators);
+    const POLICIES: &str = r#"
+@id("team-generators")
+permit (principal, action == Esi::Action::"generate", resource is Esi::Generator)
+when { principal.namespace == "team" && resource.namespace == "team" };
+
+@id("ops-all-generators")
+permit (principal, action == Esi::Action::"generate", resource is Esi::Generator)
+when { principal.namespace == "ops" };
+
+@id("forbid-platform-root")
+forbid (principal, action, resource == Esi::Generator::"<cluster>/ClusterGenerator/platform-root-creds");
+"#;
+    let server = Server::start(&[("all.yaml", manifests)], &[("p.cedar", POLICIES)]);
+    let team = token("team", "app");
+    let ops = token("ops", "admin");
+    let apps = token("apps", "app");
+
+    // The team's permit is for its own generators…
+    let (status, body) = post(&server, "/generators/team/Password/pw", &team, json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    // …not for a ClusterGenerator spelled under its namespace.
+    for ns in ["team", "platform"] {
+        for name in ["platform-root-creds", "cluster-pw"] {
+            let (status, body) = post(
+                &server,
+                &format!("/generators/{ns}/ClusterGenerator/{name}"),
+                &team,
+                json!({}),
+            )
+            .await;
+            assert_eq!(status, 404, "team {ns}/{name}: {body}");
+        }
+    }
+    // The forbid on the one identity holds under every spelling; other
+    // ClusterGenerators stay reachable for a caller allowed all generators.
+    for ns in ["platform", "team", "ops", "kube-system"] {
+        let (status, body) = post(
+            &server,
+            &format!("/generators/{ns}/ClusterGenerator/platform-root-creds"),
+            &ops,
+            json!({}),
+        )
+        .await;
+        assert_eq!(status, 404, "ops {ns}: {body}");
+        let (status, body) = post(
+            &server,
+            &format!("/generators/{ns}/ClusterGenerator/cluster-pw"),
+            &ops,
+            json!({}),
+        )
+        .await;
+        assert_eq!(status, 200, "ops {ns}: {body}");
+    }
+    // An Authorization entry naming the ClusterGenerator grants it under any spelling.
+    for ns in ["apps", "other"] {
+        let (status, body) = post(
+            &server,
+            &format!("/generators/{ns}/ClusterGenerator/cluster-pw"),
+            &apps,
+            json!({}),
+        )
+        .await;
+        assert_eq!(status, 200, "apps {ns}: {body}");
+    }
+    // Every decision named the one identity; none the spelled namespace.
+    assert_eq!(
+        decisions(
+            &server,
+            "generator:<cluster>/ClusterGenerator/platform-root-creds"
+        )
+        .len(),
+        2 + 4
+    );
+    assert_eq!(server.count_log("generator:platform/ClusterGenerator"), 0);
+    assert_eq!(server.count_log("generator:team/ClusterGenerator"), 0);
+    // A URL namespace that is no Kubernetes namespace names nothing.
+    for path in [
+        "/generators/%3Ccluster%3E/ClusterGenerator/cluster-pw",
+        "/generators/Team/Password/pw",
+        "/generators/a%2Fb/Password/pw",
+    ] {
+        let (status, body) = post(&server, path, &ops, json!({})).await;
+        assert_eq!(status, 400, "{path}: {body}");
+    }
+}

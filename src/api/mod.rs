@@ -34,7 +34,7 @@ pub use limits::{LimitSettings, Limits};
 use crate::authn::{Authenticator, Identity};
 use crate::authz::{Action, Resource};
 use crate::config::Snapshot;
-use crate::generators::{GenerateContext, Generator};
+use crate::generators::{self, GenerateContext, Generator};
 use crate::ledger::{GeneratorRef, Holder, Ledger, Owner, lifecycle};
 use crate::metrics::METRICS;
 use crate::providers::{FindRequest, RemoteRef, SecretProvider};
@@ -438,11 +438,15 @@ async fn ese_get_secret(
     respond(result, ErrorStyle::Ese)
 }
 
-fn generator_resource(namespace: &str, kind: &str, name: &str) -> Resource {
-    Resource::Generator {
-        namespace: namespace.to_string(),
-        kind: kind.to_string(),
-        name: name.to_string(),
+/// A namespace from a generator URL (or body): a Kubernetes namespace name, else 400.
+/// Checked before any decision: the rule is public, so it reveals nothing.
+fn check_namespace(namespace: &str, what: &str) -> Result<(), ApiError> {
+    if generators::is_namespace_name(namespace) {
+        Ok(())
+    } else {
+        Err(ApiError::BadRequest(format!(
+            "{what} is not a Kubernetes namespace name"
+        )))
     }
 }
 
@@ -476,32 +480,47 @@ fn ledger_unavailable(e: impl std::fmt::Display) -> ApiError {
 }
 
 /// The decision for `action` on a generator, then the generator itself: denied and
-/// missing both answer 404.
+/// missing both answer 404. The decision is on the canonical resource
+/// ([`Resource::generator`]: a cluster-scoped generator has one identity, whatever
+/// namespace the URL names), and the lookup uses the same canonical key.
 fn authorized_generator(
     snapshot: &Snapshot,
     caller: &Caller,
     action: Action,
-    namespace: String,
-    kind: String,
-    name: String,
-) -> Result<(GeneratorRef, Arc<dyn Generator>), ApiError> {
-    authorize(
-        snapshot,
-        caller,
-        action,
-        &generator_resource(&namespace, &kind, &name),
-    )?;
-    let generator_ref = GeneratorRef {
-        namespace,
-        kind,
-        name,
-    };
-    let generator = snapshot
+    namespace: &str,
+    kind: &str,
+    name: &str,
+) -> Result<Arc<dyn Generator>, ApiError> {
+    check_namespace(namespace, "namespace")?;
+    let resource = Resource::generator(namespace, kind, name);
+    authorize(snapshot, caller, action, &resource)?;
+    let key = GeneratorRef {
+        namespace: namespace.to_string(),
+        kind: kind.to_string(),
+        name: name.to_string(),
+    }
+    .lookup_key();
+    snapshot
         .generators
-        .get(&generator_ref.lookup_key())
+        .get(&key)
         .cloned()
-        .ok_or(ApiError::NotFound)?;
-    Ok((generator_ref, generator))
+        .ok_or(ApiError::NotFound)
+}
+
+/// The ledger's reference to a generator: its namespace scopes the entry (revoke-states
+/// by namespace). A namespaced generator's own namespace; for a cluster-scoped one the
+/// holder's namespace — where the credential is used, as ESO creates a ClusterGenerator's
+/// output in the ExternalSecret's namespace — never a namespace the caller picks.
+fn ledger_ref(namespace: &str, kind: &str, name: &str, holder: &Holder) -> GeneratorRef {
+    GeneratorRef {
+        namespace: if generators::is_cluster_scoped(kind) {
+            holder.namespace.clone()
+        } else {
+            namespace.to_string()
+        },
+        kind: kind.to_string(),
+        name: name.to_string(),
+    }
 }
 
 async fn ese_generate(
@@ -513,10 +532,17 @@ async fn ese_generate(
     let result = async {
         let (caller, request): (Caller, EseBody) = admit(&state, &headers, body).await?;
         let snapshot = state.snapshot.load_full();
-        let (generator_ref, generator) =
-            authorized_generator(&snapshot, &caller, Action::Generate, namespace, kind, name)?;
+        let generator = authorized_generator(
+            &snapshot,
+            &caller,
+            Action::Generate,
+            &namespace,
+            &kind,
+            &name,
+        )?;
         let workload = workload_identity(&state, &headers, &request, &caller).await?;
         let holder = Holder::new(&caller.identity, workload.as_ref());
+        let generator_ref = ledger_ref(&namespace, &kind, &name, &holder);
         let ctx = GenerateContext {
             workload: Some(workload.as_ref().unwrap_or(&caller.identity)),
         };
@@ -587,10 +613,11 @@ async fn ese_revoke_own(
     let result = async {
         let (caller, request): (Caller, EseBody) = admit(&state, &headers, body).await?;
         let snapshot = state.snapshot.load_full();
-        let (generator_ref, _) =
-            authorized_generator(&snapshot, &caller, Action::Revoke, namespace, kind, name)?;
+        authorized_generator(&snapshot, &caller, Action::Revoke, &namespace, &kind, &name)?;
         let workload = workload_identity(&state, &headers, &request, &caller).await?;
-        let owner = Holder::new(&caller.identity, workload.as_ref()).owner();
+        let holder = Holder::new(&caller.identity, workload.as_ref());
+        let generator_ref = ledger_ref(&namespace, &kind, &name, &holder);
+        let owner = holder.owner();
         revoke_owned(&state, &snapshot, &owner, "request", |g| {
             *g == generator_ref
         })
@@ -611,6 +638,7 @@ async fn ese_revoke_states(
     let result = async {
         let (caller, request): (Caller, RevokeStatesBody) =
             admit(&state, &headers, body).await?;
+        check_namespace(&namespace, "namespace")?;
         let snapshot = state.snapshot.load_full();
         authorize(
             &snapshot,
@@ -625,6 +653,7 @@ async fn ese_revoke_states(
                 "owner and namespace are required".into(),
             ));
         }
+        check_namespace(&request.namespace, "body namespace")?;
         // Owners are workloads of the caller's own federation: an Authorization's
         // allowedGeneratorStates never reaches into another cluster.
         let owner = Owner {
