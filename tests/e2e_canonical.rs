@@ -117,8 +117,22 @@ async fn issue8_every_spelling_of_a_vault_key_is_decided_on_one_key() {
     let id = uuid::Uuid::new_v4().simple().to_string();
     let admin = format!("admin/{id}/root");
     let app = format!("app/{id}/db");
-    vault_put(&addr, &root, "secret", &admin, json!({"password": "ADMIN-8-value"})).await;
-    vault_put(&addr, &root, "secret", &app, json!({"password": "APP-8-value"})).await;
+    vault_put(
+        &addr,
+        &root,
+        "secret",
+        &admin,
+        json!({"password": "ADMIN-8-value"}),
+    )
+    .await;
+    vault_put(
+        &addr,
+        &root,
+        "secret",
+        &app,
+        json!({"password": "APP-8-value"}),
+    )
+    .await;
     vault_put(
         &addr,
         &root,
@@ -224,7 +238,10 @@ async fn issue8_every_spelling_of_a_vault_key_is_decided_on_one_key() {
         assert_eq!(status, 200, "{body}");
         assert_eq!(decoded(&body, "value"), "APP-8-value");
     }
-    assert_eq!(decisions(&server, &format!("key:vault-prod/{app}")).len(), 6);
+    assert_eq!(
+        decisions(&server, &format!("key:vault-prod/{app}")).len(),
+        6
+    );
 
     // Spellings with no canonical form are refused, never read.
     for spelling in [
@@ -313,10 +330,22 @@ async fn issue19_a_store_without_path_reads_only_kv_mounts_of_its_version() {
         .await
         .unwrap();
     assert!(resp.status().is_success(), "{}", resp.status());
-    vault_put(&addr, &root, "secret", &format!("{id}/v2"), json!({"a": "V2-19"})).await;
+    vault_put(
+        &addr,
+        &root,
+        "secret",
+        &format!("{id}/v2"),
+        json!({"a": "V2-19"}),
+    )
+    .await;
 
     let mut manifests = base(&["vault-v1", "vault-v2"], "[]");
-    manifests.push_str(&vault_store("vault-v1", &addr, &root, "      version: v1\n"));
+    manifests.push_str(&vault_store(
+        "vault-v1",
+        &addr,
+        &root,
+        "      version: v1\n",
+    ));
     manifests.push_str(&vault_store("vault-v2", &addr, &root, ""));
     let server = Server::start(&[("all.yaml", manifests)], &[]);
     let t = token("apps", "app");
@@ -342,7 +371,10 @@ async fn issue19_a_store_without_path_reads_only_kv_mounts_of_its_version() {
         )
         .await;
         assert_eq!(status, 400, "{store} {key}: {body}");
-        assert!(!body.contains(&root), "{store} {key} leaked the server's token");
+        assert!(
+            !body.contains(&root),
+            "{store} {key} leaked the server's token"
+        );
         for call in ["get", "extract"] {
             let (status, body) = post(
                 &server,
@@ -417,8 +449,22 @@ spec:
             .unwrap();
         assert!(resp.status().is_success(), "{}", resp.status());
         let mount = format!("kv-{id}");
-        vault_put(addr, root, &mount, "admin/root", json!({"password": "ADMIN-VAULT-19"})).await;
-        vault_put(addr, root, &mount, "app/db", json!({"password": "APP-VAULT-19"})).await;
+        vault_put(
+            addr,
+            root,
+            &mount,
+            "admin/root",
+            json!({"password": "ADMIN-VAULT-19"}),
+        )
+        .await;
+        vault_put(
+            addr,
+            root,
+            &mount,
+            "app/db",
+            json!({"password": "APP-VAULT-19"}),
+        )
+        .await;
         manifests.push_str(&vault_store(
             "vault-find",
             addr,

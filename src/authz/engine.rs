@@ -529,8 +529,8 @@ impl Builder {
         source: &AuthorizationSource,
         object: &str,
     ) -> Result<(), String> {
-        let compiled =
-            compile::compile(&source.name, &canonical_spec(&source.spec)).map_err(|e| e.to_string())?;
+        let compiled = compile::compile(&source.name, &canonical_spec(&source.spec))
+            .map_err(|e| e.to_string())?;
         let mut set = PolicySet::new();
         for (_, policy) in &compiled.policies {
             set.add(policy.clone()).map_err(|e| e.to_string())?;

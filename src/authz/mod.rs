@@ -289,8 +289,7 @@ mod tests {
     fn cluster_generators_are_decided_under_one_identity() {
         use crate::authn::Identity;
         use crate::config::resources::{
-            AllowedGenerator, AuthorizationSpec, AuthorizationSubject, FederationRef,
-            OidcSubject,
+            AllowedGenerator, AuthorizationSpec, AuthorizationSubject, FederationRef, OidcSubject,
         };
         let who = Identity {
             federation: "alpha".into(),
@@ -313,7 +312,11 @@ mod tests {
                 path: "p.cedar".into(),
                 text: policy.into(),
             }];
-            let files = if policy.is_empty() { &files[..0] } else { &files[..] };
+            let files = if policy.is_empty() {
+                &files[..0]
+            } else {
+                &files[..]
+            };
             let (engine, errors) = PolicyEngine::build(authorizations, files);
             assert!(errors.is_empty(), "{errors:?}");
             engine
@@ -325,10 +328,18 @@ mod tests {
             &[],
         );
         for ns in ["team", "platform"] {
-            let d = scoped.decide(&who, Action::Generate, &spelled(ns, "ClusterGenerator", "root"));
+            let d = scoped.decide(
+                &who,
+                Action::Generate,
+                &spelled(ns, "ClusterGenerator", "root"),
+            );
             assert!(!d.allowed, "{ns}");
         }
-        assert!(scoped.decide(&who, Action::Generate, &spelled("team", "Password", "pw")).allowed);
+        assert!(
+            scoped
+                .decide(&who, Action::Generate, &spelled("team", "Password", "pw"))
+                .allowed
+        );
         // A forbid on the canonical identity holds under every spelling.
         let forbidden = engine(
             r#"permit (principal, action, resource is Esi::Generator);
@@ -341,7 +352,15 @@ mod tests {
                 assert!(!forbidden.decide(&who, action, &r).allowed, "{ns}");
             }
         }
-        assert!(forbidden.decide(&who, Action::Generate, &spelled("team", "ClusterGenerator", "other")).allowed);
+        assert!(
+            forbidden
+                .decide(
+                    &who,
+                    Action::Generate,
+                    &spelled("team", "ClusterGenerator", "other")
+                )
+                .allowed
+        );
         // An Authorization naming a ClusterGenerator grants that one generator, under any
         // spelling; the entry's namespace does not scope it.
         let spec = AuthorizationSpec {
@@ -373,10 +392,22 @@ mod tests {
             }],
         );
         for ns in ["apps", "team", "other"] {
-            let d = granted.decide(&who, Action::Generate, &spelled(ns, "ClusterGenerator", "cluster-pw"));
+            let d = granted.decide(
+                &who,
+                Action::Generate,
+                &spelled(ns, "ClusterGenerator", "cluster-pw"),
+            );
             assert!(d.allowed, "{ns}");
         }
-        assert!(!granted.decide(&who, Action::Generate, &spelled("apps", "ClusterGenerator", "x")).allowed);
+        assert!(
+            !granted
+                .decide(
+                    &who,
+                    Action::Generate,
+                    &spelled("apps", "ClusterGenerator", "x")
+                )
+                .allowed
+        );
         // Resources built with the constructor are canonical already.
         assert_eq!(
             Resource::generator("team", "ClusterGenerator", "root").to_string(),

@@ -474,14 +474,30 @@ mod tests {
 
     #[test]
     fn cluster_scoped_kinds_have_one_namespace() {
-        assert_eq!(canonical_namespace("team", "ClusterGenerator"), CLUSTER_SCOPE);
-        assert_eq!(canonical_namespace("platform", "ClusterGenerator"), CLUSTER_SCOPE);
+        assert_eq!(
+            canonical_namespace("team", "ClusterGenerator"),
+            CLUSTER_SCOPE
+        );
+        assert_eq!(
+            canonical_namespace("platform", "ClusterGenerator"),
+            CLUSTER_SCOPE
+        );
         assert_eq!(canonical_namespace("team", "Password"), "team");
         assert!(!is_namespace_name(CLUSTER_SCOPE));
         for ok in ["a", "apps", "team-1", &"a".repeat(63)] {
             assert!(is_namespace_name(ok), "{ok}");
         }
-        for bad in ["", "-a", "a-", "Apps", "a.b", "a/b", "a b", &"a".repeat(64), "é"] {
+        for bad in [
+            "",
+            "-a",
+            "a-",
+            "Apps",
+            "a.b",
+            "a/b",
+            "a b",
+            &"a".repeat(64),
+            "é",
+        ] {
             assert!(!is_namespace_name(bad), "{bad}");
         }
     }

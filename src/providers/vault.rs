@@ -458,7 +458,12 @@ impl VaultProvider {
     fn key_text(&self, mount: &[String], path: &[String]) -> String {
         match &self.mount {
             Some(_) => path.join("/"),
-            None => mount.iter().chain(path).cloned().collect::<Vec<_>>().join("/"),
+            None => mount
+                .iter()
+                .chain(path)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("/"),
         }
     }
 
@@ -723,7 +728,10 @@ impl VaultProvider {
                 _ => false,
             };
         if !ok {
-            tracing::info!(mount_type = kind, "vault mount is not a KV mount of the store's version");
+            tracing::info!(
+                mount_type = kind,
+                "vault mount is not a KV mount of the store's version"
+            );
         }
         Ok(ok)
     }
@@ -1064,7 +1072,12 @@ mod tests {
             (strs(&["secret"]), strs(&["a", "b"]))
         );
         // Issue 8: every ESO spelling of one object has one canonical key.
-        for spelling in ["admin/root", "secret/admin/root", "secret/data/admin/root", "data/admin/root"] {
+        for spelling in [
+            "admin/root",
+            "secret/admin/root",
+            "secret/data/admin/root",
+            "data/admin/root",
+        ] {
             assert_eq!(key_of(&p, spelling).unwrap(), "admin/root", "{spelling}");
             assert_eq!(
                 parts(&p, spelling).unwrap(),
@@ -1270,9 +1283,7 @@ mod tests {
                 };
                 assert_eq!(p.canonical_ref(&c).unwrap(), c, "idempotent: {spelling}");
                 let (mount, path) = p.locate_canonical(&c).unwrap();
-                let url = p
-                    .url(&mount, v2.then_some("data"), &path)
-                    .unwrap();
+                let url = p.url(&mount, v2.then_some("data"), &path).unwrap();
                 // What Vault reads: the decoded URL path.
                 let object: Vec<String> = url
                     .path_segments()
@@ -1352,7 +1363,12 @@ mod tests {
             "secret" => ("kv", json!({"version": "2"})),
             "kv" => ("kv", json!({"version": "1"})),
             "transit" => ("transit", Value::Null),
-            _ => return (403, json!({"errors": ["preflight capability check returned 403"]})),
+            _ => {
+                return (
+                    403,
+                    json!({"errors": ["preflight capability check returned 403"]}),
+                );
+            }
         };
         (
             200,
@@ -1438,8 +1454,7 @@ mod tests {
     /// and refused unless it is a KV mount of the store's version.
     #[tokio::test]
     async fn keys_stay_inside_kv_mounts_of_the_store_version() {
-        let (server, seen, checks) =
-            serve_counting(vec![(200, json!({"data": {"a": "1"}}))]).await;
+        let (server, seen, checks) = serve_counting(vec![(200, json!({"data": {"a": "1"}}))]).await;
         let p = build(json!({"server": server, "version": "v1", "auth": token_auth()})).unwrap();
         let get = |key: &str| RemoteRef {
             key: key.into(),
@@ -1453,14 +1468,20 @@ mod tests {
             "cubbyhole/x",
         ] {
             assert!(
-                matches!(p.canonical_ref(&get(key)), Err(ProviderError::InvalidRequest(_))),
+                matches!(
+                    p.canonical_ref(&get(key)),
+                    Err(ProviderError::InvalidRequest(_))
+                ),
                 "{key}"
             );
         }
         for key in ["transit/keys/k", "secret/data/x"] {
             let r = p.canonical_ref(&get(key)).unwrap();
             assert!(
-                matches!(p.get_secret(&r).await, Err(ProviderError::InvalidRequest(_))),
+                matches!(
+                    p.get_secret(&r).await,
+                    Err(ProviderError::InvalidRequest(_))
+                ),
                 "{key}"
             );
         }
@@ -1469,11 +1490,16 @@ mod tests {
             p.get_secret(&get("database/creds/app")).await,
             Err(ProviderError::Backend("permission denied by vault".into()))
         );
-        assert!(seen.lock().unwrap().is_empty(), "nothing but mount checks was called");
+        assert!(
+            seen.lock().unwrap().is_empty(),
+            "nothing but mount checks was called"
+        );
         assert_eq!(p.get_secret(&get("kv/x")).await.unwrap(), b"1");
         assert_eq!(
             p.get_secret(&get("transit/keys/k")).await,
-            Err(ProviderError::InvalidRequest("key is not inside a KV v1 mount".into()))
+            Err(ProviderError::InvalidRequest(
+                "key is not inside a KV v1 mount".into()
+            ))
         );
         // One check per mount: verdicts are cached.
         assert_eq!(
@@ -1481,7 +1507,10 @@ mod tests {
             ["transit", "secret", "database", "kv"]
         );
         // A store whose `path` is a Vault system mount does not load.
-        assert!(build(json!({"server": server, "path": "sys", "version": "v1", "auth": token_auth()})).is_err());
+        assert!(
+            build(json!({"server": server, "path": "sys", "version": "v1", "auth": token_auth()}))
+                .is_err()
+        );
     }
 
     #[tokio::test]
