@@ -236,14 +236,16 @@ async fn kv_v2_reads_whole_property_dotted_and_versions() {
         store.get_secret(&rr(&key, None, Some("99"))).await,
         Err(ProviderError::NotFound)
     );
-    // ESO accepts keys that repeat the mount (and `data/`).
-    assert_eq!(
-        store
-            .get_secret(&rr(&format!("secret/data/{key}"), Some("user"), None))
-            .await
-            .unwrap(),
-        b"bob"
-    );
+    // ESO accepts keys that repeat the mount (and `data/`): they have one canonical
+    // form, the mount-relative key, and reads take only that form (issue 8).
+    let spelled = rr(&format!("secret/data/{key}"), Some("user"), None);
+    let canonical = store.canonical_ref(&spelled).unwrap();
+    assert_eq!(canonical, rr(&key, Some("user"), None));
+    assert_eq!(store.get_secret(&canonical).await.unwrap(), b"bob");
+    assert!(matches!(
+        store.get_secret(&spelled).await,
+        Err(ProviderError::InvalidRequest(_))
+    ));
 
     let map = store.get_secret_map(&rr(&key, None, None)).await.unwrap();
     assert_eq!(map["user"], b"bob");

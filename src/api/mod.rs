@@ -34,10 +34,10 @@ pub use limits::{LimitSettings, Limits};
 use crate::authn::{Authenticator, Identity};
 use crate::authz::{Action, Resource};
 use crate::config::Snapshot;
-use crate::generators::{GenerateContext, Generator};
+use crate::generators::{self, GenerateContext, Generator};
 use crate::ledger::{GeneratorRef, Holder, Ledger, Owner, lifecycle};
 use crate::metrics::METRICS;
-use crate::providers::{FindRequest, RemoteRef};
+use crate::providers::{FindRequest, RemoteRef, SecretProvider};
 
 /// Limits of the HTTP layer.
 #[derive(Debug, Clone)]
@@ -349,7 +349,43 @@ fn respond<T: IntoResponse>(result: Result<T, ApiError>, style: ErrorStyle) -> R
     }
 }
 
-/// Reads `remote` from `store` for `caller` after a `get` decision.
+/// The store and the canonical form of `remote` on it, after the `get` decision on
+/// exactly that form (see `SecretProvider::canonical_ref`): the decision, its audit line
+/// and the backend call all name the same object. A spelling with no canonical form (or
+/// an unknown store) is decided as written, so a caller without a grant gets 404 and
+/// learns nothing about the store, and is then refused.
+fn decide_key(
+    snapshot: &Snapshot,
+    caller: &Caller,
+    store: &str,
+    remote: &RemoteRef,
+) -> Result<(Arc<dyn SecretProvider>, RemoteRef), ApiError> {
+    let provider = snapshot.stores.get(store).cloned();
+    let canonical = match &provider {
+        Some(p) => p.canonical_ref(remote).map_err(ApiError::from),
+        None => Err(ApiError::NotFound),
+    };
+    let decided_key = match &canonical {
+        Ok(c) => c.key.clone(),
+        Err(_) => remote.key.clone(),
+    };
+    authorize(
+        snapshot,
+        caller,
+        Action::Get,
+        &Resource::RemoteKey {
+            store: store.to_string(),
+            key: decided_key,
+        },
+    )?;
+    match (provider, canonical) {
+        (Some(p), Ok(c)) => Ok((p, c)),
+        (_, Err(e)) => Err(e),
+        (None, Ok(_)) => Err(ApiError::NotFound),
+    }
+}
+
+/// Reads `remote` from `store` for `caller` after a `get` decision on its canonical form.
 async fn read_secret(
     state: &AppState,
     snapshot: &Snapshot,
@@ -357,19 +393,13 @@ async fn read_secret(
     store: &str,
     remote: &RemoteRef,
 ) -> Result<Zeroizing<Vec<u8>>, ApiError> {
-    authorize(
-        snapshot,
-        caller,
-        Action::Get,
-        &Resource::RemoteKey {
-            store: store.to_string(),
-            key: remote.key.clone(),
-        },
-    )?;
-    let provider = snapshot.stores.get(store).ok_or(ApiError::NotFound)?;
-    with_timeout(state.settings.backend_timeout, provider.get_secret(remote))
-        .await
-        .map(Zeroizing::new)
+    let (provider, canonical) = decide_key(snapshot, caller, store, remote)?;
+    with_timeout(
+        state.settings.backend_timeout,
+        provider.get_secret(&canonical),
+    )
+    .await
+    .map(Zeroizing::new)
 }
 
 /// A JSON answer whose intermediate copies of secret material are wiped once written.
@@ -408,11 +438,15 @@ async fn ese_get_secret(
     respond(result, ErrorStyle::Ese)
 }
 
-fn generator_resource(namespace: &str, kind: &str, name: &str) -> Resource {
-    Resource::Generator {
-        namespace: namespace.to_string(),
-        kind: kind.to_string(),
-        name: name.to_string(),
+/// A namespace from a generator URL (or body): a Kubernetes namespace name, else 400.
+/// Checked before any decision: the rule is public, so it reveals nothing.
+fn check_namespace(namespace: &str, what: &str) -> Result<(), ApiError> {
+    if generators::is_namespace_name(namespace) {
+        Ok(())
+    } else {
+        Err(ApiError::BadRequest(format!(
+            "{what} is not a Kubernetes namespace name"
+        )))
     }
 }
 
@@ -446,32 +480,47 @@ fn ledger_unavailable(e: impl std::fmt::Display) -> ApiError {
 }
 
 /// The decision for `action` on a generator, then the generator itself: denied and
-/// missing both answer 404.
+/// missing both answer 404. The decision is on the canonical resource
+/// ([`Resource::generator`]: a cluster-scoped generator has one identity, whatever
+/// namespace the URL names), and the lookup uses the same canonical key.
 fn authorized_generator(
     snapshot: &Snapshot,
     caller: &Caller,
     action: Action,
-    namespace: String,
-    kind: String,
-    name: String,
-) -> Result<(GeneratorRef, Arc<dyn Generator>), ApiError> {
-    authorize(
-        snapshot,
-        caller,
-        action,
-        &generator_resource(&namespace, &kind, &name),
-    )?;
-    let generator_ref = GeneratorRef {
-        namespace,
-        kind,
-        name,
-    };
-    let generator = snapshot
+    namespace: &str,
+    kind: &str,
+    name: &str,
+) -> Result<Arc<dyn Generator>, ApiError> {
+    check_namespace(namespace, "namespace")?;
+    let resource = Resource::generator(namespace, kind, name);
+    authorize(snapshot, caller, action, &resource)?;
+    let key = GeneratorRef {
+        namespace: namespace.to_string(),
+        kind: kind.to_string(),
+        name: name.to_string(),
+    }
+    .lookup_key();
+    snapshot
         .generators
-        .get(&generator_ref.lookup_key())
+        .get(&key)
         .cloned()
-        .ok_or(ApiError::NotFound)?;
-    Ok((generator_ref, generator))
+        .ok_or(ApiError::NotFound)
+}
+
+/// The ledger's reference to a generator: its namespace scopes the entry (revoke-states
+/// by namespace). A namespaced generator's own namespace; for a cluster-scoped one the
+/// holder's namespace — where the credential is used, as ESO creates a ClusterGenerator's
+/// output in the ExternalSecret's namespace — never a namespace the caller picks.
+fn ledger_ref(namespace: &str, kind: &str, name: &str, holder: &Holder) -> GeneratorRef {
+    GeneratorRef {
+        namespace: if generators::is_cluster_scoped(kind) {
+            holder.namespace.clone()
+        } else {
+            namespace.to_string()
+        },
+        kind: kind.to_string(),
+        name: name.to_string(),
+    }
 }
 
 async fn ese_generate(
@@ -483,10 +532,17 @@ async fn ese_generate(
     let result = async {
         let (caller, request): (Caller, EseBody) = admit(&state, &headers, body).await?;
         let snapshot = state.snapshot.load_full();
-        let (generator_ref, generator) =
-            authorized_generator(&snapshot, &caller, Action::Generate, namespace, kind, name)?;
+        let generator = authorized_generator(
+            &snapshot,
+            &caller,
+            Action::Generate,
+            &namespace,
+            &kind,
+            &name,
+        )?;
         let workload = workload_identity(&state, &headers, &request, &caller).await?;
         let holder = Holder::new(&caller.identity, workload.as_ref());
+        let generator_ref = ledger_ref(&namespace, &kind, &name, &holder);
         let ctx = GenerateContext {
             workload: Some(workload.as_ref().unwrap_or(&caller.identity)),
         };
@@ -557,10 +613,11 @@ async fn ese_revoke_own(
     let result = async {
         let (caller, request): (Caller, EseBody) = admit(&state, &headers, body).await?;
         let snapshot = state.snapshot.load_full();
-        let (generator_ref, _) =
-            authorized_generator(&snapshot, &caller, Action::Revoke, namespace, kind, name)?;
+        authorized_generator(&snapshot, &caller, Action::Revoke, &namespace, &kind, &name)?;
         let workload = workload_identity(&state, &headers, &request, &caller).await?;
-        let owner = Holder::new(&caller.identity, workload.as_ref()).owner();
+        let holder = Holder::new(&caller.identity, workload.as_ref());
+        let generator_ref = ledger_ref(&namespace, &kind, &name, &holder);
+        let owner = holder.owner();
         revoke_owned(&state, &snapshot, &owner, "request", |g| {
             *g == generator_ref
         })
@@ -581,6 +638,7 @@ async fn ese_revoke_states(
     let result = async {
         let (caller, request): (Caller, RevokeStatesBody) =
             admit(&state, &headers, body).await?;
+        check_namespace(&namespace, "namespace")?;
         let snapshot = state.snapshot.load_full();
         authorize(
             &snapshot,
@@ -595,6 +653,7 @@ async fn ese_revoke_states(
                 "owner and namespace are required".into(),
             ));
         }
+        check_namespace(&request.namespace, "body namespace")?;
         // Owners are workloads of the caller's own federation: an Authorization's
         // allowedGeneratorStates never reaches into another cluster.
         let owner = Owner::from_ese(
@@ -681,19 +740,10 @@ async fn v1_extract(
         let (caller, request): (Caller, RemoteRefRequest) = admit(&state, &headers, body).await?;
         let remote = remote_ref_of(request)?;
         let snapshot = state.snapshot.load_full();
-        authorize(
-            &snapshot,
-            &caller,
-            Action::Get,
-            &Resource::RemoteKey {
-                store: store.clone(),
-                key: remote.key.clone(),
-            },
-        )?;
-        let provider = snapshot.stores.get(&store).ok_or(ApiError::NotFound)?;
+        let (provider, canonical) = decide_key(&snapshot, &caller, &store, &remote)?;
         let map = with_timeout(
             state.settings.backend_timeout,
-            provider.get_secret_map(&remote),
+            provider.get_secret_map(&canonical),
         )
         .await?;
         encode_map(map)
@@ -725,6 +775,19 @@ async fn v1_find(
                 })?;
         }
         let snapshot = state.snapshot.load_full();
+        let request = FindRequest {
+            path: find.path.filter(|p| !p.is_empty()),
+            name_regexp,
+            tags: find.tags,
+        };
+        // The find is decided on the store, then every key of the answer is decided as a
+        // `get` on its canonical form before its value is read: a key the caller may not
+        // `get` (a forbid included) is left out, whatever the find matched.
+        let provider = snapshot.stores.get(&store).cloned();
+        let canonical = match &provider {
+            Some(p) => p.canonical_find(&request).map_err(ApiError::from),
+            None => Err(ApiError::NotFound),
+        };
         authorize(
             &snapshot,
             &caller,
@@ -733,13 +796,29 @@ async fn v1_find(
                 store: store.clone(),
             },
         )?;
-        let provider = snapshot.stores.get(&store).ok_or(ApiError::NotFound)?;
-        let request = FindRequest {
-            path: find.path.filter(|p| !p.is_empty()),
-            name_regexp,
-            tags: find.tags,
+        let (provider, canonical) = match (provider, canonical) {
+            (Some(p), Ok(c)) => (p, c),
+            (_, Err(e)) => return Err(e),
+            (None, Ok(_)) => return Err(ApiError::NotFound),
         };
-        let map = with_timeout(state.settings.backend_timeout, provider.find(&request)).await?;
+        let allow = |key: &str| {
+            snapshot
+                .policies
+                .decide(
+                    &caller.identity,
+                    Action::Get,
+                    &Resource::RemoteKey {
+                        store: store.clone(),
+                        key: key.to_string(),
+                    },
+                )
+                .allowed
+        };
+        let map = with_timeout(
+            state.settings.backend_timeout,
+            provider.find_allowed(&canonical, &allow),
+        )
+        .await?;
         encode_map(map)
     }
     .await;

@@ -33,6 +33,7 @@ use super::{
     Action, AuthorizationSource, Decision, PolicyFile, PolicyLoadError, Resource, SCHEMA_SRC,
 };
 use crate::authn::Identity;
+use crate::config::resources::AuthorizationSpec;
 use crate::metrics::METRICS;
 
 /// Longest `PolicyLoadError::reason`.
@@ -231,6 +232,9 @@ impl PolicyEngine {
 
     /// Decides one request, and logs and counts the decision.
     pub fn decide(&self, identity: &Identity, action: Action, resource: &Resource) -> Decision {
+        // Decided and logged in canonical form only (a ClusterGenerator under whatever
+        // namespace a URL named is the one ClusterGenerator).
+        let resource = &*resource.canonical();
         let decision = match build_request(identity, action, resource) {
             Ok((request, entities)) => {
                 self.evaluate(identity, Scope::of(resource), &request, &entities)
@@ -525,7 +529,8 @@ impl Builder {
         source: &AuthorizationSource,
         object: &str,
     ) -> Result<(), String> {
-        let compiled = compile::compile(&source.name, &source.spec).map_err(|e| e.to_string())?;
+        let compiled = compile::compile(&source.name, &canonical_spec(&source.spec))
+            .map_err(|e| e.to_string())?;
         let mut set = PolicySet::new();
         for (_, policy) in &compiled.policies {
             set.add(policy.clone()).map_err(|e| e.to_string())?;
@@ -641,6 +646,24 @@ impl Builder {
         }
         Ok(())
     }
+}
+
+/// The Authorization as the engine compiles it: an `allowedGenerators` entry of a
+/// cluster-scoped kind grants that one generator, so its `namespace` (required by the
+/// CRD, meaningless for a cluster-scoped object) becomes
+/// [`crate::generators::CLUSTER_SCOPE`], the namespace such a generator is decided under.
+fn canonical_spec(spec: &AuthorizationSpec) -> std::borrow::Cow<'_, AuthorizationSpec> {
+    let cluster = |g: &crate::config::resources::AllowedGenerator| {
+        crate::generators::is_cluster_scoped(&g.kind) && !g.namespace.is_empty()
+    };
+    if !spec.allowed_generators.iter().any(cluster) {
+        return std::borrow::Cow::Borrowed(spec);
+    }
+    let mut spec = spec.clone();
+    for g in spec.allowed_generators.iter_mut().filter(|g| cluster(g)) {
+        g.namespace = crate::generators::CLUSTER_SCOPE.to_owned();
+    }
+    std::borrow::Cow::Owned(spec)
 }
 
 /// A diagnostic as one line, prefixed with `line:column` when it points into `text`.

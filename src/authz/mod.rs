@@ -99,9 +99,11 @@ pub enum Resource {
         /// ClusterSecretStore name.
         store: String,
     },
-    /// A generator (actions [`Action::Generate`], [`Action::Revoke`]).
+    /// A generator (actions [`Action::Generate`], [`Action::Revoke`]). Build it with
+    /// [`Resource::generator`]: cluster-scoped kinds have one namespace.
     Generator {
-        /// Generator namespace.
+        /// Generator namespace ([`crate::generators::CLUSTER_SCOPE`] for cluster-scoped
+        /// kinds).
         namespace: String,
         /// Generator kind (`Fake`, `Password`, …).
         kind: String,
@@ -113,6 +115,34 @@ pub enum Resource {
         /// Namespace.
         namespace: String,
     },
+}
+
+impl Resource {
+    /// A generator resource in its canonical form: a cluster-scoped kind
+    /// (`ClusterGenerator`) is decided under [`crate::generators::CLUSTER_SCOPE`],
+    /// whatever namespace the caller wrote, so one object has one identity (issue 19).
+    pub fn generator(namespace: &str, kind: &str, name: &str) -> Resource {
+        Resource::Generator {
+            namespace: crate::generators::canonical_namespace(namespace, kind).to_string(),
+            kind: kind.to_string(),
+            name: name.to_string(),
+        }
+    }
+
+    /// This resource in canonical form (see [`Resource::generator`]); the engine decides
+    /// and logs only canonical resources.
+    pub fn canonical(&self) -> std::borrow::Cow<'_, Resource> {
+        match self {
+            Resource::Generator {
+                namespace,
+                kind,
+                name,
+            } if crate::generators::canonical_namespace(namespace, kind) != namespace => {
+                std::borrow::Cow::Owned(Resource::generator(namespace, kind, name))
+            }
+            other => std::borrow::Cow::Borrowed(other),
+        }
+    }
 }
 
 /// Longest field shown by `Resource`'s `Display`, so log lines stay bounded.
@@ -251,6 +281,142 @@ mod tests {
         let shown = long.to_string();
         assert!(shown.chars().count() <= "store:".len() + DISPLAY_FIELD_MAX + 1);
         assert!(shown.ends_with('…'));
+    }
+
+    /// Issue 19, finding 3: a ClusterGenerator has one identity, whatever namespace the
+    /// request (or an Authorization) spells it under.
+    #[test]
+    fn cluster_generators_are_decided_under_one_identity() {
+        use crate::authn::Identity;
+        use crate::config::resources::{
+            AllowedGenerator, AuthorizationSpec, AuthorizationSubject, FederationRef, OidcSubject,
+        };
+        let who = Identity {
+            federation: "alpha".into(),
+            issuer: "https://issuer".into(),
+            subject: "system:serviceaccount:team:app".into(),
+            namespace: "team".into(),
+            service_account: "app".into(),
+            service_account_uid: None,
+            pod_name: None,
+            pod_uid: None,
+            expires_at: None,
+        };
+        let spelled = |ns: &str, kind: &str, name: &str| Resource::Generator {
+            namespace: ns.into(),
+            kind: kind.into(),
+            name: name.into(),
+        };
+        let engine = |policy: &str, authorizations: &[AuthorizationSource]| {
+            let files = [PolicyFile {
+                path: "p.cedar".into(),
+                text: policy.into(),
+            }];
+            let files = if policy.is_empty() {
+                &files[..0]
+            } else {
+                &files[..]
+            };
+            let (engine, errors) = PolicyEngine::build(authorizations, files);
+            assert!(errors.is_empty(), "{errors:?}");
+            engine
+        };
+        // A permit scoped to the generators of namespace `team` grants no ClusterGenerator.
+        let scoped = engine(
+            r#"permit (principal, action, resource is Esi::Generator)
+               when { resource.namespace == "team" };"#,
+            &[],
+        );
+        for ns in ["team", "platform"] {
+            let d = scoped.decide(
+                &who,
+                Action::Generate,
+                &spelled(ns, "ClusterGenerator", "root"),
+            );
+            assert!(!d.allowed, "{ns}");
+        }
+        assert!(
+            scoped
+                .decide(&who, Action::Generate, &spelled("team", "Password", "pw"))
+                .allowed
+        );
+        // A forbid on the canonical identity holds under every spelling.
+        let forbidden = engine(
+            r#"permit (principal, action, resource is Esi::Generator);
+               forbid (principal, action, resource == Esi::Generator::"<cluster>/ClusterGenerator/root");"#,
+            &[],
+        );
+        for ns in ["team", "platform", "kube-system"] {
+            for action in [Action::Generate, Action::Revoke] {
+                let r = spelled(ns, "ClusterGenerator", "root");
+                assert!(!forbidden.decide(&who, action, &r).allowed, "{ns}");
+            }
+        }
+        assert!(
+            forbidden
+                .decide(
+                    &who,
+                    Action::Generate,
+                    &spelled("team", "ClusterGenerator", "other")
+                )
+                .allowed
+        );
+        // An Authorization naming a ClusterGenerator grants that one generator, under any
+        // spelling; the entry's namespace does not scope it.
+        let spec = AuthorizationSpec {
+            federation_ref: FederationRef {
+                kind: "KubernetesFederation".into(),
+                name: "alpha".into(),
+            },
+            subject: Some(AuthorizationSubject {
+                oidc: Some(OidcSubject {
+                    issuer: "https://issuer".into(),
+                    subject: "system:serviceaccount:team:app".into(),
+                }),
+                ..Default::default()
+            }),
+            allowed_generators: vec![AllowedGenerator {
+                name: "cluster-pw".into(),
+                kind: "ClusterGenerator".into(),
+                namespace: "apps".into(),
+                api_version: None,
+            }],
+            ..Default::default()
+        };
+        let granted = engine(
+            "",
+            &[AuthorizationSource {
+                name: "a".into(),
+                origin: "test".into(),
+                spec,
+            }],
+        );
+        for ns in ["apps", "team", "other"] {
+            let d = granted.decide(
+                &who,
+                Action::Generate,
+                &spelled(ns, "ClusterGenerator", "cluster-pw"),
+            );
+            assert!(d.allowed, "{ns}");
+        }
+        assert!(
+            !granted
+                .decide(
+                    &who,
+                    Action::Generate,
+                    &spelled("apps", "ClusterGenerator", "x")
+                )
+                .allowed
+        );
+        // Resources built with the constructor are canonical already.
+        assert_eq!(
+            Resource::generator("team", "ClusterGenerator", "root").to_string(),
+            "generator:<cluster>/ClusterGenerator/root"
+        );
+        assert_eq!(
+            Resource::generator("team", "Password", "pw").to_string(),
+            "generator:team/Password/pw"
+        );
     }
 
     #[test]

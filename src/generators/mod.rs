@@ -233,6 +233,35 @@ pub fn is_cluster_scoped(kind: &str) -> bool {
     kind == CLUSTER_GENERATOR
 }
 
+/// The namespace every cluster-scoped generator is decided under, whatever namespace a
+/// URL (or an Authorization's `allowedGenerators` entry) names for it: a cluster-scoped
+/// object has exactly one identity (issue 19). Not a valid Kubernetes namespace (RFC
+/// 1123 labels have no `<`), so no namespaced generator can carry it.
+pub const CLUSTER_SCOPE: &str = "<cluster>";
+
+/// The namespace a generator reference is decided and looked up under: `namespace` for
+/// namespaced kinds, [`CLUSTER_SCOPE`] for cluster-scoped ones.
+pub fn canonical_namespace<'a>(namespace: &'a str, kind: &str) -> &'a str {
+    if is_cluster_scoped(kind) {
+        CLUSTER_SCOPE
+    } else {
+        namespace
+    }
+}
+
+/// Whether `namespace` is a Kubernetes namespace name (an RFC 1123 label: 1–63 of
+/// `a-z`, `0-9`, `-`, starting and ending with a letter or digit). Namespaces in
+/// generator URLs must be; anything else names no generator.
+pub fn is_namespace_name(namespace: &str) -> bool {
+    let b = namespace.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
 /// What a generator's constructor needs.
 pub(crate) struct BuildContext<'a> {
     /// Generator namespace (empty for a cluster-scoped generator).
@@ -441,6 +470,36 @@ mod tests {
                 kind: "GCRAccessToken".into()
             })
         );
+    }
+
+    #[test]
+    fn cluster_scoped_kinds_have_one_namespace() {
+        assert_eq!(
+            canonical_namespace("team", "ClusterGenerator"),
+            CLUSTER_SCOPE
+        );
+        assert_eq!(
+            canonical_namespace("platform", "ClusterGenerator"),
+            CLUSTER_SCOPE
+        );
+        assert_eq!(canonical_namespace("team", "Password"), "team");
+        assert!(!is_namespace_name(CLUSTER_SCOPE));
+        for ok in ["a", "apps", "team-1", &"a".repeat(63)] {
+            assert!(is_namespace_name(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "-a",
+            "a-",
+            "Apps",
+            "a.b",
+            "a/b",
+            "a b",
+            &"a".repeat(64),
+            "é",
+        ] {
+            assert!(!is_namespace_name(bad), "{bad}");
+        }
     }
 
     #[tokio::test]

@@ -17,10 +17,14 @@ use serde_json::{Map, Value};
 
 use super::property;
 use super::{
-    BuildContext, FindRequest, ProviderConfigError, ProviderError, RemoteRef, SecretProvider,
+    BuildContext, FindRequest, KeyFilter, ProviderConfigError, ProviderError, RemoteRef,
+    SecretProvider,
 };
 
 const PROVIDER: &str = "fake";
+
+/// Longest key (and find path) accepted from a caller.
+const MAX_KEY_LEN: usize = 1024;
 
 /// Bounds on caller-supplied regular expressions.
 pub(crate) const MAX_REGEX_LEN: usize = 1024;
@@ -110,12 +114,38 @@ impl FakeProvider {
         Ok(FakeProvider { entries })
     }
 
+    /// Refuses a reference that is not canonical: the API decided on the canonical form,
+    /// and only that form may reach the data.
+    fn require_canonical(&self, remote: &RemoteRef) -> Result<(), ProviderError> {
+        if self.canonical_ref(remote)? == *remote {
+            Ok(())
+        } else {
+            Err(ProviderError::InvalidRequest(
+                "reference is not in canonical form".into(),
+            ))
+        }
+    }
+
     fn entry(&self, remote: &RemoteRef) -> Result<&Entry, ProviderError> {
+        self.require_canonical(remote)?;
         let version = remote.version.clone().unwrap_or_default();
         self.entries
             .get(&(remote.key.clone(), version))
             .ok_or(ProviderError::NotFound)
     }
+}
+
+/// A caller's key or path as given, bounded and without control characters.
+fn canonical_text(text: &str, what: &str) -> Result<String, ProviderError> {
+    if text.len() > MAX_KEY_LEN {
+        return Err(ProviderError::InvalidRequest(format!("{what} is too long")));
+    }
+    if text.chars().any(char::is_control) {
+        return Err(ProviderError::InvalidRequest(format!(
+            "{what} has control characters"
+        )));
+    }
+    Ok(text.to_string())
 }
 
 /// A fake value as a JSON object, or None when it is not one.
@@ -130,6 +160,36 @@ fn as_object(value: &str) -> Option<Map<String, Value>> {
 impl SecretProvider for FakeProvider {
     fn kind(&self) -> &'static str {
         PROVIDER
+    }
+
+    /// The fake store's rule: a key names exactly the entry with that key, byte for byte
+    /// (ESO's fake provider matches keys exactly), so the canonical key is the key as
+    /// given: no trimming, no case folding, no path logic. Empty keys, keys over 1024
+    /// bytes and keys with control characters are refused. `version` is likewise exact
+    /// (empty means none); `property` follows [`property::canonical_property`].
+    fn canonical_ref(&self, remote: &RemoteRef) -> Result<RemoteRef, ProviderError> {
+        let key = canonical_text(&remote.key, "key")?;
+        if key.is_empty() {
+            return Err(ProviderError::InvalidRequest("key is empty".into()));
+        }
+        Ok(RemoteRef {
+            key,
+            property: property::canonical_property(remote.property.as_deref())?,
+            version: remote.version.clone().filter(|v| !v.is_empty()),
+        })
+    }
+
+    /// `path` is a plain prefix of keys, exact like keys (empty means none).
+    fn canonical_find(&self, find: &FindRequest) -> Result<FindRequest, ProviderError> {
+        let path = match find.path.as_deref().filter(|p| !p.is_empty()) {
+            Some(p) => Some(canonical_text(p, "find.path")?),
+            None => None,
+        };
+        Ok(FindRequest {
+            path,
+            name_regexp: find.name_regexp.clone().filter(|r| !r.is_empty()),
+            tags: find.tags.clone(),
+        })
     }
 
     async fn get_secret(&self, remote: &RemoteRef) -> Result<Vec<u8>, ProviderError> {
@@ -168,6 +228,19 @@ impl SecretProvider for FakeProvider {
     }
 
     async fn find(&self, find: &FindRequest) -> Result<BTreeMap<String, Vec<u8>>, ProviderError> {
+        self.find_allowed(find, &|_| true).await
+    }
+
+    async fn find_allowed(
+        &self,
+        find: &FindRequest,
+        allow: &KeyFilter<'_>,
+    ) -> Result<BTreeMap<String, Vec<u8>>, ProviderError> {
+        if self.canonical_find(find)? != *find {
+            return Err(ProviderError::InvalidRequest(
+                "find is not in canonical form".into(),
+            ));
+        }
         if !find.tags.is_empty() {
             return Err(ProviderError::Unsupported(
                 "the fake provider has no tags".into(),
@@ -179,6 +252,7 @@ impl SecretProvider for FakeProvider {
             .map(compile_name_regexp)
             .transpose()?;
         let mut out = BTreeMap::new();
+        let mut decided: BTreeMap<&str, bool> = BTreeMap::new();
         // The unversioned entry ("" sorts first) is the current value: walking in reverse
         // meets it last for each key, so it overwrites any versioned one.
         for ((key, version), entry) in self.entries.iter().rev() {
@@ -193,6 +267,13 @@ impl SecretProvider for FakeProvider {
             if let Some(re) = &regex
                 && !re.is_match(key)
             {
+                continue;
+            }
+            // One decision per key, whatever number of versions it has.
+            let allowed = *decided
+                .entry(key.as_str())
+                .or_insert_with(|| allow(key.as_str()));
+            if !allowed {
                 continue;
             }
             let value = match (&entry.value, &entry.value_map) {

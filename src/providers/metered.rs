@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Instant;
 
-use super::{FindRequest, ProviderError, RemoteRef, SecretProvider};
+use super::{FindRequest, KeyFilter, ProviderError, RemoteRef, SecretProvider};
 use crate::metrics::METRICS;
 
 /// Wraps a provider and records `backend_calls` (kind, outcome) and `backend_latency`.
@@ -48,6 +48,14 @@ impl<P: SecretProvider> SecretProvider for Metered<P> {
         self.inner.kind()
     }
 
+    fn canonical_ref(&self, remote: &RemoteRef) -> Result<RemoteRef, ProviderError> {
+        self.inner.canonical_ref(remote)
+    }
+
+    fn canonical_find(&self, find: &FindRequest) -> Result<FindRequest, ProviderError> {
+        self.inner.canonical_find(find)
+    }
+
     async fn get_secret(&self, remote: &RemoteRef) -> Result<Vec<u8>, ProviderError> {
         self.observe(self.inner.get_secret(remote)).await
     }
@@ -61,6 +69,14 @@ impl<P: SecretProvider> SecretProvider for Metered<P> {
 
     async fn find(&self, find: &FindRequest) -> Result<BTreeMap<String, Vec<u8>>, ProviderError> {
         self.observe(self.inner.find(find)).await
+    }
+
+    async fn find_allowed(
+        &self,
+        find: &FindRequest,
+        allow: &KeyFilter<'_>,
+    ) -> Result<BTreeMap<String, Vec<u8>>, ProviderError> {
+        self.observe(self.inner.find_allowed(find, allow)).await
     }
 }
 

@@ -61,20 +61,63 @@ impl Default for ProviderSettings {
     }
 }
 
+/// Decides whether one (canonical) key of a `find` answer may be returned.
+pub type KeyFilter<'a> = dyn Fn(&str) -> bool + Send + Sync + 'a;
+
+/// What a store that cannot canonicalize answers (fail closed).
+fn not_ready() -> ProviderError {
+    ProviderError::Unavailable("store is not ready".into())
+}
+
 /// A secret backend, as ESO's `SecretsClient` sees it.
+///
+/// **Canonical forms.** A caller may spell one backend object several ways (ESO lets a
+/// Vault key carry the mount and `data/`). The API turns every reference into the
+/// store's one canonical form with [`SecretProvider::canonical_ref`] /
+/// [`SecretProvider::canonical_find`] *before* deciding, and hands exactly that form to
+/// the backend calls, so the decision, the audit line and the backend call name the
+/// same object. Canonicalization is pure (no backend call), idempotent, and refuses
+/// (`InvalidRequest`, 400) spellings it cannot map to one object unambiguously. The
+/// read methods refuse a reference that is not already canonical. The rule of each
+/// provider is in `docs/security.md` ("Canonical forms").
 #[async_trait::async_trait]
 pub trait SecretProvider: Send + Sync {
     /// The provider kind (`vault`, `fake`), used as a metrics label.
     fn kind(&self) -> &'static str;
-    /// ESO GetSecret: the value of `key` (with `property`/`version`).
+    /// The canonical form of `remote` (key, property and version). Stores that cannot
+    /// tell refuse (the default: `Unavailable`).
+    fn canonical_ref(&self, remote: &RemoteRef) -> Result<RemoteRef, ProviderError> {
+        let _ = remote;
+        Err(not_ready())
+    }
+    /// The canonical form of a `find` (its `path`; the regexp and tags are kept).
+    fn canonical_find(&self, find: &FindRequest) -> Result<FindRequest, ProviderError> {
+        let _ = find;
+        Err(not_ready())
+    }
+    /// ESO GetSecret: the value of `key` (with `property`/`version`). `remote` must be
+    /// canonical.
     async fn get_secret(&self, remote: &RemoteRef) -> Result<Vec<u8>, ProviderError>;
     /// ESO GetSecretMap: every property of `key` (values: strings raw, others JSON-encoded).
+    /// `remote` must be canonical.
     async fn get_secret_map(
         &self,
         remote: &RemoteRef,
     ) -> Result<BTreeMap<String, Vec<u8>>, ProviderError>;
     /// ESO GetAllSecrets (dataFrom.find): secrets whose name matches, as name -> value.
+    /// Names are canonical keys. No per-key decision: see [`SecretProvider::find_allowed`].
     async fn find(&self, find: &FindRequest) -> Result<BTreeMap<String, Vec<u8>>, ProviderError>;
+    /// [`SecretProvider::find`], keeping only the keys `allow` accepts; `allow` sees each
+    /// canonical key *before* its value is read, so a refused key is never read. `find`
+    /// must be canonical.
+    async fn find_allowed(
+        &self,
+        find: &FindRequest,
+        allow: &KeyFilter<'_>,
+    ) -> Result<BTreeMap<String, Vec<u8>>, ProviderError> {
+        let _ = (find, allow);
+        Err(not_ready())
+    }
 }
 
 /// A failed backend call. Messages are safe to show callers (no values, no tokens).

@@ -22,6 +22,23 @@ pub fn value_bytes(value: &Value) -> Result<Vec<u8>, ProviderError> {
     }
 }
 
+/// The canonical form of a caller's `property`: absent and empty are both `None`
+/// (the whole secret); otherwise the text as given, at most 1024 bytes and without
+/// control characters (`InvalidRequest` otherwise). The property selects inside the one
+/// object the key names, so it never widens what was decided.
+pub fn canonical_property(property: Option<&str>) -> Result<Option<String>, ProviderError> {
+    match property.filter(|p| !p.is_empty()) {
+        None => Ok(None),
+        Some(p) if p.len() > MAX_PROPERTY_LEN => {
+            Err(ProviderError::InvalidRequest("property is too long".into()))
+        }
+        Some(p) if p.chars().any(char::is_control) => Err(ProviderError::InvalidRequest(
+            "property has control characters".into(),
+        )),
+        Some(p) => Ok(Some(p.to_string())),
+    }
+}
+
 /// Splits `a.b\.c` into `["a", "b.c"]`.
 fn split_path(property: &str) -> Vec<String> {
     let mut parts = Vec::new();
@@ -164,6 +181,19 @@ mod tests {
             get(&"x".repeat(MAX_PROPERTY_LEN + 1)),
             Err(ProviderError::InvalidRequest(_))
         ));
+    }
+
+    #[test]
+    fn canonical_property_rules() {
+        assert_eq!(canonical_property(None), Ok(None));
+        assert_eq!(canonical_property(Some("")), Ok(None));
+        assert_eq!(canonical_property(Some("a.b")), Ok(Some("a.b".into())));
+        for bad in ["a\nb".to_string(), "x".repeat(MAX_PROPERTY_LEN + 1)] {
+            assert!(matches!(
+                canonical_property(Some(&bad)),
+                Err(ProviderError::InvalidRequest(_))
+            ));
+        }
     }
 
     #[test]

@@ -30,7 +30,8 @@ use super::fake::compile_name_regexp;
 use super::property;
 use super::tls::http_client;
 use super::{
-    BuildContext, FindRequest, ProviderConfigError, ProviderError, RemoteRef, SecretProvider,
+    BuildContext, FindRequest, KeyFilter, ProviderConfigError, ProviderError, RemoteRef,
+    SecretProvider,
 };
 use crate::config::resources::SecretKeySelector;
 
@@ -45,6 +46,10 @@ const MAX_FIND_ENTRIES: usize = 1000;
 const MAX_FIND_DEPTH: usize = 16;
 /// Renew an AppRole token this long before its lease ends (at most a fifth of the lease).
 const TOKEN_RENEW_MARGIN: Duration = Duration::from_secs(30);
+
+/// Mount verdicts kept (distinct mounts) and for how long (a remount is seen after this).
+const MOUNT_CACHE_ENTRIES: u64 = 256;
+const MOUNT_CACHE_TTL: Duration = Duration::from_secs(300);
 
 const HEADER_TOKEN: &str = "x-vault-token";
 const HEADER_NAMESPACE: &str = "x-vault-namespace";
@@ -144,6 +149,9 @@ pub struct VaultProvider {
     version: KvVersion,
     namespace: Option<HeaderValue>,
     auth: Auth,
+    /// Verdicts on mounts (`a/b` → is a KV mount of this store's version), from
+    /// `sys/internal/ui/mounts`; see [`VaultProvider::ensure_kv_mount`].
+    mounts: moka::sync::Cache<String, bool>,
 }
 
 // Tokens and ids never appear in Debug output.
@@ -174,6 +182,18 @@ fn check_segment(segment: &str) -> Result<(), &'static str> {
     }
     if segment.chars().any(char::is_control) {
         return Err("has control characters");
+    }
+    Ok(())
+}
+
+/// Vault mounts that never hold KV secrets: a store's key may not name them as its
+/// mount (the server's own token, policies and mount table live there).
+const NEVER_KV_MOUNTS: [&str; 4] = ["auth", "sys", "identity", "cubbyhole"];
+
+/// Refuses a mount a key may never name (see [`NEVER_KV_MOUNTS`]).
+fn check_mount_name(mount: &str) -> Result<(), &'static str> {
+    if NEVER_KV_MOUNTS.contains(&mount) {
+        return Err("names a Vault system mount, not a KV mount");
     }
     Ok(())
 }
@@ -257,7 +277,11 @@ impl VaultProvider {
         let mount = match spec.path.as_deref().map(|p| p.trim_matches('/')) {
             None | Some("") => None,
             Some(p) => {
-                Some(segments(p).map_err(|why| ctx.invalid(PROVIDER, format!("path {why}")))?)
+                let parts =
+                    segments(p).map_err(|why| ctx.invalid(PROVIDER, format!("path {why}")))?;
+                check_mount_name(&parts[0])
+                    .map_err(|why| ctx.invalid(PROVIDER, format!("path {why}")))?;
+                Some(parts)
             }
         };
         let header = |field: &str, value: &str| {
@@ -352,39 +376,128 @@ impl VaultProvider {
             version: spec.version.unwrap_or(KvVersion::V2),
             namespace,
             auth,
+            mounts: moka::sync::Cache::builder()
+                .max_capacity(MOUNT_CACHE_ENTRIES)
+                .time_to_live(MOUNT_CACHE_TTL)
+                .build(),
         })
     }
 
-    /// Splits a caller key into (mount, path in mount), as ESO does: with `path` set,
-    /// a leading `{path}/` (and, on v2, `data/`) is dropped; without it, the key's
-    /// first segment is the mount.
-    fn locate(&self, key: &str) -> Result<(Vec<String>, Vec<String>), ProviderError> {
-        let bad = |why: &str| ProviderError::InvalidRequest(format!("key {why}"));
+    /// Strips what ESO lets a key carry besides the mount-relative path: a leading
+    /// `{path}/` (stores with a mount), then on v2 a leading `data/`. The two steps are
+    /// applied once each; see [`VaultProvider::canonical_parts`].
+    fn strip_prefixes(&self, mount: &[String], mut parts: Vec<String>) -> Vec<String> {
+        if !mount.is_empty() && parts.len() > mount.len() && parts[..mount.len()] == mount[..] {
+            parts.drain(..mount.len());
+        }
+        if self.version == KvVersion::V2 && parts.len() > 1 && parts[0] == "data" {
+            parts.remove(0);
+        }
+        parts
+    }
+
+    /// Whether [`VaultProvider::strip_prefixes`] would change `parts` again, i.e. the
+    /// path cannot be a canonical key.
+    fn strippable(&self, mount: &[String], parts: &[String]) -> bool {
+        (!mount.is_empty() && parts.len() > mount.len() && parts[..mount.len()] == mount[..])
+            || (self.version == KvVersion::V2 && parts.len() > 1 && parts[0] == "data")
+    }
+
+    /// The one canonical (mount, path in mount) of a caller's key (or find path, with
+    /// `what` naming it in errors; `allow_root` lets a find path name the mount itself).
+    ///
+    /// Rule (ESO's `buildPath`, made unambiguous):
+    /// * segments are split on `/`; empty, `.`, `..` segments and control characters are
+    ///   refused (no traversal, no `a//b`, no leading or trailing `/`);
+    /// * with `path` set, the mount is `path`; a leading `{path}/` is dropped, then (v2)
+    ///   a leading `data/`;
+    /// * without `path`, the first segment is the mount (`auth`, `sys`, `identity` and
+    ///   `cubbyhole` are refused outright), then (v2) a leading `data/` is dropped;
+    /// * if what is left would be stripped again (its object's path itself starts with
+    ///   the mount or with `data/`), two objects compete for the spelling: refused.
+    ///
+    /// The canonical key is the mount-relative path (stores with `path`) or
+    /// `{mount}/{path}` (stores without), and it maps to itself.
+    fn canonical_parts(
+        &self,
+        key: &str,
+        what: &str,
+        allow_root: bool,
+    ) -> Result<(Vec<String>, Vec<String>), ProviderError> {
+        let bad = |why: &str| ProviderError::InvalidRequest(format!("{what} {why}"));
         if key.is_empty() {
             return Err(bad("is empty"));
         }
-        let mut parts = segments(key).map_err(bad)?;
-        match &self.mount {
-            Some(mount) => {
-                if parts.len() > mount.len() && parts[..mount.len()] == mount[..] {
-                    parts.drain(..mount.len());
-                    if self.version == KvVersion::V2 && parts.len() > 1 && parts[0] == "data" {
-                        parts.remove(0);
-                    }
-                }
-                Ok((mount.clone(), parts))
-            }
+        let parts = segments(key).map_err(bad)?;
+        let (mount, rest) = match &self.mount {
+            Some(mount) => (mount.clone(), self.strip_prefixes(mount, parts)),
             None => {
-                if parts.len() < 2 {
+                if parts.len() < 2 && !allow_root {
                     return Err(bad("must start with the mount when the store sets no path"));
                 }
+                let mut parts = parts;
                 let mount = vec![parts.remove(0)];
-                if self.version == KvVersion::V2 && parts.len() > 1 && parts[0] == "data" {
-                    parts.remove(0);
-                }
-                Ok((mount, parts))
+                check_mount_name(&mount[0]).map_err(bad)?;
+                let rest = self.strip_prefixes(&[], parts);
+                (mount, rest)
             }
+        };
+        let own_mount: &[String] = if self.mount.is_some() { &mount } else { &[] };
+        if self.strippable(own_mount, &rest) {
+            return Err(bad(
+                "is ambiguous: its path inside the mount starts with the mount or `data/` again",
+            ));
         }
+        if rest.is_empty() && !allow_root {
+            return Err(bad("names no secret inside the mount"));
+        }
+        Ok((mount, rest))
+    }
+
+    /// The canonical key text of (mount, path): see [`VaultProvider::canonical_parts`].
+    fn key_text(&self, mount: &[String], path: &[String]) -> String {
+        match &self.mount {
+            Some(_) => path.join("/"),
+            None => mount
+                .iter()
+                .chain(path)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("/"),
+        }
+    }
+
+    /// The canonical version: v2 takes a decimal number (leading zeros dropped; `0`,
+    /// Vault's "latest", is the same as none); v1 has no versions.
+    fn canonical_version(&self, version: Option<&str>) -> Result<Option<String>, ProviderError> {
+        let Some(v) = version.filter(|v| !v.is_empty()) else {
+            return Ok(None);
+        };
+        if self.version == KvVersion::V1 {
+            return Err(ProviderError::Unsupported(
+                "versions need a KV v2 store".into(),
+            ));
+        }
+        if v.len() > 20 || !v.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(ProviderError::InvalidRequest(
+                "version must be a number".into(),
+            ));
+        }
+        let trimmed = v.trim_start_matches('0');
+        Ok((!trimmed.is_empty()).then(|| trimmed.to_string()))
+    }
+
+    /// The (mount, path) of a reference that must already be canonical.
+    fn locate_canonical(
+        &self,
+        remote: &RemoteRef,
+    ) -> Result<(Vec<String>, Vec<String>), ProviderError> {
+        if self.canonical_ref(remote)? != *remote {
+            return Err(ProviderError::InvalidRequest(
+                "reference is not in canonical form".into(),
+            ));
+        }
+        self.canonical_parts(&remote.key, "key", false)
     }
 
     /// `{server}/v1/{mount}/{kind}/{rest}` (`kind` is `data`/`metadata` on v2, none on v1).
@@ -541,6 +654,88 @@ impl VaultProvider {
             .ok_or_else(|| ProviderError::InvalidRequest("cannot build the vault URL".into()))
     }
 
+    /// Refuses a mount that is not a KV mount of this store's version, before any call
+    /// under it (issue 19: a store without `path` took any first segment as its mount
+    /// and proxied `auth/token/lookup-self`, `sys/…`, `database/creds/…` reads).
+    ///
+    /// Asks `GET /v1/sys/internal/ui/mounts/{mount}` (any token with a capability under
+    /// the mount may) once per mount and caches the verdict for 5 minutes: the answer
+    /// must be the mount itself (`path` = `{mount}/`, not a mount further up), of type
+    /// `kv` (or the legacy `generic`, v1 only) with `options.version` equal to the
+    /// store's (absent means 1). Another engine or another version is refused
+    /// (`InvalidRequest`, cached). Vault refusing the check (403: no such mount, or a
+    /// token without access), failing or unreachable fails the call (`Backend` /
+    /// `Unavailable`, not cached). Fail closed either way.
+    async fn ensure_kv_mount(&self, mount: &[String]) -> Result<(), ProviderError> {
+        let key = mount.join("/");
+        let verdict = match self.mounts.get(&key) {
+            Some(v) => v,
+            None => {
+                let v = self.mount_is_kv(mount, &key).await?;
+                self.mounts.insert(key, v);
+                v
+            }
+        };
+        if verdict {
+            Ok(())
+        } else {
+            Err(ProviderError::InvalidRequest(format!(
+                "key is not inside a KV {} mount",
+                match self.version {
+                    KvVersion::V1 => "v1",
+                    KvVersion::V2 => "v2",
+                }
+            )))
+        }
+    }
+
+    /// Asks Vault what `mount` is (see [`VaultProvider::ensure_kv_mount`]).
+    async fn mount_is_kv(&self, mount: &[String], key: &str) -> Result<bool, ProviderError> {
+        // Fails before any cache entry is made: only definite answers are kept.
+        let mut all = vec!["v1", "sys", "internal", "ui", "mounts"]
+            .into_iter()
+            .map(str::to_string)
+            .collect::<Vec<_>>();
+        all.extend(mount.iter().cloned());
+        let url = join(&self.server, &all)
+            .ok_or_else(|| ProviderError::InvalidRequest("cannot build the vault URL".into()))?;
+        let (status, body) = self.call(reqwest::Method::GET, url, None).await?;
+        if !status.is_success() {
+            // Vault answers 403 both for "no such mount" and for a token it refuses: no
+            // verdict to keep, and the call fails (closed) as a refusal by Vault.
+            tracing::info!(status = status.as_u16(), "vault mount check refused");
+            return Err(match status_error(status) {
+                ProviderError::NotFound => ProviderError::Backend("vault answered HTTP 404".into()),
+                e => e,
+            });
+        }
+        let data = body.get("data").unwrap_or(&Value::Null);
+        let kind = data.get("type").and_then(Value::as_str).unwrap_or_default();
+        let path = data.get("path").and_then(Value::as_str).unwrap_or_default();
+        let version = match data
+            .get("options")
+            .and_then(|o| o.get("version"))
+            .and_then(Value::as_str)
+        {
+            None | Some("1") | Some("") => Some(KvVersion::V1),
+            Some("2") => Some(KvVersion::V2),
+            Some(_) => None,
+        };
+        let ok = path == format!("{key}/")
+            && match kind {
+                "kv" => version == Some(self.version),
+                "generic" => self.version == KvVersion::V1,
+                _ => false,
+            };
+        if !ok {
+            tracing::info!(
+                mount_type = kind,
+                "vault mount is not a KV mount of the store's version"
+            );
+        }
+        Ok(ok)
+    }
+
     /// The secret's data object at `(mount, path)`, optionally at a version (v2).
     async fn read(
         &self,
@@ -548,16 +743,12 @@ impl VaultProvider {
         path: &[String],
         version: Option<&str>,
     ) -> Result<Map<String, Value>, ProviderError> {
+        self.ensure_kv_mount(mount).await?;
         let body = match self.version {
             KvVersion::V2 => {
                 let mut url = self.url(mount, Some("data"), path)?;
-                if let Some(v) = version.filter(|v| !v.is_empty()) {
-                    if v.len() > 20 || !v.bytes().all(|b| b.is_ascii_digit()) {
-                        return Err(ProviderError::InvalidRequest(
-                            "version must be a number".into(),
-                        ));
-                    }
-                    url.query_pairs_mut().append_pair("version", v);
+                if let Some(v) = self.canonical_version(version)? {
+                    url.query_pairs_mut().append_pair("version", &v);
                 }
                 let mut body = self.get(url).await?;
                 body.get_mut("data")
@@ -566,11 +757,7 @@ impl VaultProvider {
                     .unwrap_or(Value::Null)
             }
             KvVersion::V1 => {
-                if version.is_some_and(|v| !v.is_empty()) {
-                    return Err(ProviderError::Unsupported(
-                        "versions need a KV v2 store".into(),
-                    ));
-                }
+                self.canonical_version(version)?;
                 let url = self.url(mount, None, path)?;
                 let mut body = self.get(url).await?;
                 body.get_mut("data").map(Value::take).unwrap_or(Value::Null)
@@ -592,6 +779,7 @@ impl VaultProvider {
         mount: &[String],
         folder: &[String],
     ) -> Result<Vec<(String, bool)>, ProviderError> {
+        self.ensure_kv_mount(mount).await?;
         let mut url = self.url(mount, Some("metadata"), folder)?;
         // `LIST` is spelled `GET ?list=true` over plain HTTP.
         if folder.is_empty() {
@@ -630,6 +818,7 @@ impl VaultProvider {
         mount: &[String],
         path: &[String],
     ) -> Result<Map<String, Value>, ProviderError> {
+        self.ensure_kv_mount(mount).await?;
         let url = self.url(mount, Some("metadata"), path)?;
         let mut body = self.get(url).await?;
         match body
@@ -659,8 +848,35 @@ impl SecretProvider for VaultProvider {
         PROVIDER
     }
 
+    fn canonical_ref(&self, remote: &RemoteRef) -> Result<RemoteRef, ProviderError> {
+        let (mount, path) = self.canonical_parts(&remote.key, "key", false)?;
+        Ok(RemoteRef {
+            key: self.key_text(&mount, &path),
+            property: property::canonical_property(remote.property.as_deref())?,
+            version: self.canonical_version(remote.version.as_deref())?,
+        })
+    }
+
+    /// `path` follows the key rule (a trailing `/` is allowed and dropped; without a
+    /// store `path` it must name the mount, and may be the mount alone).
+    fn canonical_find(&self, find: &FindRequest) -> Result<FindRequest, ProviderError> {
+        let path = match find.path.as_deref().filter(|p| !p.is_empty()) {
+            None => None,
+            Some(p) => {
+                let p = p.strip_suffix('/').unwrap_or(p);
+                let (mount, rest) = self.canonical_parts(p, "find.path", true)?;
+                Some(self.key_text(&mount, &rest)).filter(|t| !t.is_empty())
+            }
+        };
+        Ok(FindRequest {
+            path,
+            name_regexp: find.name_regexp.clone().filter(|r| !r.is_empty()),
+            tags: find.tags.clone(),
+        })
+    }
+
     async fn get_secret(&self, remote: &RemoteRef) -> Result<Vec<u8>, ProviderError> {
-        let (mount, path) = self.locate(&remote.key)?;
+        let (mount, path) = self.locate_canonical(remote)?;
         let data = self.read(&mount, &path, remote.version.as_deref()).await?;
         property::secret_value(&data, remote.property.as_deref())
     }
@@ -669,12 +885,25 @@ impl SecretProvider for VaultProvider {
         &self,
         remote: &RemoteRef,
     ) -> Result<BTreeMap<String, Vec<u8>>, ProviderError> {
-        let (mount, path) = self.locate(&remote.key)?;
+        let (mount, path) = self.locate_canonical(remote)?;
         let data = self.read(&mount, &path, remote.version.as_deref()).await?;
         property::secret_map(&data, remote.property.as_deref())
     }
 
     async fn find(&self, find: &FindRequest) -> Result<BTreeMap<String, Vec<u8>>, ProviderError> {
+        self.find_allowed(find, &|_| true).await
+    }
+
+    async fn find_allowed(
+        &self,
+        find: &FindRequest,
+        allow: &KeyFilter<'_>,
+    ) -> Result<BTreeMap<String, Vec<u8>>, ProviderError> {
+        if self.canonical_find(find)? != *find {
+            return Err(ProviderError::InvalidRequest(
+                "find is not in canonical form".into(),
+            ));
+        }
         if self.version != KvVersion::V2 {
             return Err(ProviderError::Unsupported(
                 "find needs a KV v2 store".into(),
@@ -690,27 +919,9 @@ impl SecretProvider for VaultProvider {
             .as_deref()
             .map(compile_name_regexp)
             .transpose()?;
-        let search = find
-            .path
-            .as_deref()
-            .map(|p| p.trim_matches('/'))
-            .filter(|p| !p.is_empty());
-        // Names are returned as keys that `get_secret` on this store accepts: relative to
-        // the mount when the store sets one, else starting with the mount.
-        let (mount, base, name_prefix) = match (&self.mount, search) {
-            (Some(mount), Some(p)) => (
-                mount.clone(),
-                segments(p)
-                    .map_err(|why| ProviderError::InvalidRequest(format!("find.path {why}")))?,
-                Vec::new(),
-            ),
-            (Some(mount), None) => (mount.clone(), Vec::new(), Vec::new()),
-            (None, Some(p)) => {
-                let mut parts = segments(p)
-                    .map_err(|why| ProviderError::InvalidRequest(format!("find.path {why}")))?;
-                let mount = vec![parts.remove(0)];
-                (mount.clone(), parts, mount)
-            }
+        let (mount, base) = match (&self.mount, find.path.as_deref()) {
+            (Some(mount), None) => (mount.clone(), Vec::new()),
+            (_, Some(p)) => self.canonical_parts(p, "find.path", true)?,
             (None, None) => {
                 return Err(ProviderError::InvalidRequest(
                     "find.path must name the mount when the store sets no path".into(),
@@ -747,12 +958,12 @@ impl SecretProvider for VaultProvider {
 
         let mut out = BTreeMap::new();
         for path in secrets {
-            let name = name_prefix
-                .iter()
-                .chain(path.iter())
-                .cloned()
-                .collect::<Vec<_>>()
-                .join("/");
+            // Names are canonical keys: what `get` on this store accepts and decides on.
+            // A secret whose path has no canonical key (see `canonical_parts`) is left out.
+            let name = self.key_text(&mount, &path);
+            if self.strippable(if self.mount.is_some() { &mount } else { &[] }, &path) {
+                continue;
+            }
             if let Some(re) = &regex
                 && !re.is_match(&name)
             {
@@ -767,6 +978,10 @@ impl SecretProvider for VaultProvider {
                 if !all_match {
                     continue;
                 }
+            }
+            // The per-key decision, before the value is read.
+            if !allow(&name) {
+                continue;
             }
             match self.read(&mount, &path, None).await {
                 Ok(data) => {
@@ -834,29 +1049,53 @@ mod tests {
         v.iter().map(|s| s.to_string()).collect()
     }
 
+    fn parts(p: &VaultProvider, key: &str) -> Result<(Vec<String>, Vec<String>), ProviderError> {
+        p.canonical_parts(key, "key", false)
+    }
+
+    fn key_of(p: &VaultProvider, key: &str) -> Result<String, ProviderError> {
+        p.canonical_ref(&RemoteRef {
+            key: key.into(),
+            ..Default::default()
+        })
+        .map(|r| r.key)
+    }
+
     #[test]
     fn locates_keys_like_eso() {
         let p =
             build(json!({"server": "http://vault:8200/", "path": "secret", "auth": token_auth()}))
                 .unwrap();
-        assert_eq!(p.locate("db").unwrap(), (strs(&["secret"]), strs(&["db"])));
+        assert_eq!(parts(&p, "db").unwrap(), (strs(&["secret"]), strs(&["db"])));
         assert_eq!(
-            p.locate("a/b").unwrap(),
+            parts(&p, "a/b").unwrap(),
             (strs(&["secret"]), strs(&["a", "b"]))
         );
-        assert_eq!(
-            p.locate("secret/db").unwrap(),
-            (strs(&["secret"]), strs(&["db"]))
-        );
-        assert_eq!(
-            p.locate("secret/data/db").unwrap(),
-            (strs(&["secret"]), strs(&["db"]))
-        );
+        // Issue 8: every ESO spelling of one object has one canonical key.
+        for spelling in [
+            "admin/root",
+            "secret/admin/root",
+            "secret/data/admin/root",
+            "data/admin/root",
+        ] {
+            assert_eq!(key_of(&p, spelling).unwrap(), "admin/root", "{spelling}");
+            assert_eq!(
+                parts(&p, spelling).unwrap(),
+                (strs(&["secret"]), strs(&["admin", "root"]))
+            );
+        }
         assert_eq!(
             p.url(&strs(&["secret"]), Some("data"), &strs(&["a b", "c?d"]))
                 .unwrap()
                 .as_str(),
             "http://vault:8200/v1/secret/data/a%20b/c%3Fd"
+        );
+        // `%` is encoded: a literal `%2F` in a segment never becomes a `/` at Vault.
+        assert_eq!(
+            p.url(&strs(&["secret"]), Some("data"), &strs(&["a%2Fb"]))
+                .unwrap()
+                .as_str(),
+            "http://vault:8200/v1/secret/data/a%252Fb"
         );
         for bad in [
             "",
@@ -867,9 +1106,14 @@ mod tests {
             "a/",
             "a/./b",
             "a\nb",
+            // Ambiguous: the object's own path would start with the mount or `data/`.
+            "secret/secret/x",
+            "secret/data/data/x",
+            "data/secret/x",
+            "data/data/x",
         ] {
             assert!(
-                matches!(p.locate(bad), Err(ProviderError::InvalidRequest(_))),
+                matches!(parts(&p, bad), Err(ProviderError::InvalidRequest(_))),
                 "{bad:?}"
             );
         }
@@ -877,16 +1121,204 @@ mod tests {
             build(json!({"server": "http://vault:8200", "version": "v1", "auth": token_auth()}))
                 .unwrap();
         assert_eq!(
-            no_path.locate("kv/team/db").unwrap(),
+            parts(&no_path, "kv/team/db").unwrap(),
             (strs(&["kv"]), strs(&["team", "db"]))
         );
-        assert!(no_path.locate("db").is_err());
+        assert_eq!(key_of(&no_path, "kv/data/db").unwrap(), "kv/data/db");
+        assert!(parts(&no_path, "db").is_err());
         let v2_no_path =
             build(json!({"server": "http://vault:8200", "auth": token_auth()})).unwrap();
         assert_eq!(
-            v2_no_path.locate("secret/data/db").unwrap(),
+            parts(&v2_no_path, "secret/data/db").unwrap(),
             (strs(&["secret"]), strs(&["db"]))
         );
+        assert_eq!(key_of(&v2_no_path, "secret/data/db").unwrap(), "secret/db");
+        assert!(parts(&v2_no_path, "secret/data/data/db").is_err());
+        // Issue 19: Vault's own mounts are never a store's mount.
+        for bad in [
+            "auth/token/lookup-self",
+            "sys/internal/ui/mounts",
+            "identity/entity/id",
+            "cubbyhole/x",
+        ] {
+            assert!(parts(&v2_no_path, bad).is_err(), "{bad}");
+            assert!(parts(&no_path, bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn canonical_refs_and_finds() {
+        let p =
+            build(json!({"server": "http://vault:8200/", "path": "secret", "auth": token_auth()}))
+                .unwrap();
+        let c = p
+            .canonical_ref(&RemoteRef {
+                key: "secret/data/app".into(),
+                property: Some(String::new()),
+                version: Some("007".into()),
+            })
+            .unwrap();
+        assert_eq!(
+            c,
+            RemoteRef {
+                key: "app".into(),
+                property: None,
+                version: Some("7".into())
+            }
+        );
+        assert_eq!(p.canonical_ref(&c).unwrap(), c, "idempotent");
+        assert_eq!(
+            p.canonical_ref(&RemoteRef {
+                key: "app".into(),
+                version: Some("0".into()),
+                ..Default::default()
+            })
+            .unwrap()
+            .version,
+            None
+        );
+        // Reads refuse what is not canonical.
+        assert!(matches!(
+            p.locate_canonical(&RemoteRef {
+                key: "secret/app".into(),
+                ..Default::default()
+            }),
+            Err(ProviderError::InvalidRequest(_))
+        ));
+        let find = |path: &str| FindRequest {
+            path: Some(path.into()),
+            name_regexp: Some(".".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            p.canonical_find(&find("secret/data/team/")).unwrap().path,
+            Some("team".into())
+        );
+        let no_path = build(json!({"server": "http://vault:8200", "auth": token_auth()})).unwrap();
+        // Issue 8: ESO's spelling of a find path on a store without `path`.
+        for spelling in ["secret/data/team", "secret/team", "secret/team/"] {
+            assert_eq!(
+                no_path.canonical_find(&find(spelling)).unwrap().path,
+                Some("secret/team".into()),
+                "{spelling}"
+            );
+        }
+        assert_eq!(
+            no_path.canonical_find(&find("secret")).unwrap().path,
+            Some("secret".into())
+        );
+        assert!(no_path.canonical_find(&find("sys/x")).is_err());
+    }
+
+    /// Property (issue 8): for random objects and random spellings, every spelling that
+    /// reaches the same backend object (the Vault URL actually requested, read back the
+    /// way Vault routes it) is decided on the same key, and so decided alike, by a
+    /// policy set with a key-level forbid. Seeded, so a failure replays.
+    #[test]
+    fn spellings_of_one_object_decide_alike() {
+        use crate::authn::Identity;
+        use crate::authz::{Action, PolicyEngine, PolicyFile, Resource};
+        use rand::rngs::StdRng;
+        use rand::{Rng, SeedableRng};
+
+        let (engine, errors) = PolicyEngine::build(
+            &[],
+            &[PolicyFile {
+                path: "p.cedar".into(),
+                text: r#"
+                    permit (principal, action, resource);
+                    forbid (principal, action == Esi::Action::"get", resource is Esi::RemoteKey)
+                    when { resource.key like "admin/*" || resource.key like "secret/admin/*"
+                        || resource.key like "*/data/*" };
+                "#
+                .into(),
+            }],
+        );
+        assert!(errors.is_empty(), "{errors:?}");
+        let who = Identity {
+            federation: "f".into(),
+            issuer: "i".into(),
+            subject: "system:serviceaccount:n:s".into(),
+            namespace: "n".into(),
+            service_account: "s".into(),
+            service_account_uid: None,
+            pod_name: None,
+            pod_uid: None,
+            expires_at: None,
+        };
+        let stores = [
+            json!({"server": "http://vault:8200", "path": "secret", "auth": token_auth()}),
+            json!({"server": "http://vault:8200", "path": "secret", "version": "v1", "auth": token_auth()}),
+            json!({"server": "http://vault:8200", "path": "kv/team", "auth": token_auth()}),
+            json!({"server": "http://vault:8200", "auth": token_auth()}),
+            json!({"server": "http://vault:8200", "version": "v1", "auth": token_auth()}),
+        ];
+        const WORDS: [&str; 10] = [
+            "admin", "root", "secret", "data", "kv", "team", "a", "%2F", "..", "metadata",
+        ];
+        let mut rng = StdRng::seed_from_u64(0x8_19);
+        for spec in stores {
+            let p = build(spec).unwrap();
+            let v2 = p.version == KvVersion::V2;
+            // object URL path -> set of canonical keys decided for it
+            let mut seen: BTreeMap<String, (String, bool)> = BTreeMap::new();
+            for _ in 0..4000 {
+                let len = rng.random_range(1..5);
+                let words: Vec<&str> = (0..len)
+                    .map(|_| WORDS[rng.random_range(0..WORDS.len())])
+                    .collect();
+                let mut spelling = words.join("/");
+                // Sometimes spell it the ESO way: with the mount and/or `data/`.
+                match rng.random_range(0..4) {
+                    0 => {}
+                    1 => spelling = format!("data/{spelling}"),
+                    2 => spelling = format!("secret/{spelling}"),
+                    _ => spelling = format!("secret/data/{spelling}"),
+                }
+                let Ok(c) = p.canonical_ref(&RemoteRef {
+                    key: spelling.clone(),
+                    ..Default::default()
+                }) else {
+                    continue;
+                };
+                assert_eq!(p.canonical_ref(&c).unwrap(), c, "idempotent: {spelling}");
+                let (mount, path) = p.locate_canonical(&c).unwrap();
+                let url = p.url(&mount, v2.then_some("data"), &path).unwrap();
+                // What Vault reads: the decoded URL path.
+                let object: Vec<String> = url
+                    .path_segments()
+                    .unwrap()
+                    .map(|s| {
+                        url::form_urlencoded::parse(format!("x={s}").as_bytes())
+                            .next()
+                            .map(|(_, v)| v.into_owned())
+                            .unwrap_or_default()
+                    })
+                    .collect();
+                let object = object.join("/");
+                let allowed = engine
+                    .decide(
+                        &who,
+                        Action::Get,
+                        &Resource::RemoteKey {
+                            store: "s".into(),
+                            key: c.key.clone(),
+                        },
+                    )
+                    .allowed;
+                match seen.get(&object) {
+                    Some((key, decided)) => {
+                        assert_eq!(key, &c.key, "{spelling} reaches {object}");
+                        assert_eq!(*decided, allowed, "{spelling} reaches {object}");
+                    }
+                    None => {
+                        seen.insert(object, (c.key.clone(), allowed));
+                    }
+                }
+            }
+            assert!(seen.len() > 50, "too few objects reached: {}", seen.len());
+            assert!(seen.values().any(|(_, a)| !a) && seen.values().any(|(_, a)| *a));
+        }
     }
 
     #[test]
@@ -924,14 +1356,45 @@ mod tests {
         );
     }
 
-    /// A one-shot HTTP server: records each request head and answers with `answers` in order.
+    /// What the mock answers for `sys/internal/ui/mounts/{m}`: `secret` is KV v2, `kv`
+    /// KV v1, `transit` another engine; anything else is refused (403), as Vault does.
+    fn mount_answer(mount: &str) -> (u16, Value) {
+        let (kind, version) = match mount {
+            "secret" => ("kv", json!({"version": "2"})),
+            "kv" => ("kv", json!({"version": "1"})),
+            "transit" => ("transit", Value::Null),
+            _ => {
+                return (
+                    403,
+                    json!({"errors": ["preflight capability check returned 403"]}),
+                );
+            }
+        };
+        (
+            200,
+            json!({"data": {"type": kind, "options": version, "path": format!("{mount}/")}}),
+        )
+    }
+
+    /// A mock Vault: answers `sys/internal/ui/mounts/…` itself (see [`mount_answer`]),
+    /// and every other request with `answers` in order, recording each such request head
+    /// (mount checks are recorded in the second list).
     async fn serve(answers: Vec<(u16, Value)>) -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+        let (addr, seen, _) = serve_counting(answers).await;
+        (addr, seen)
+    }
+
+    type Seen = Arc<std::sync::Mutex<Vec<String>>>;
+
+    async fn serve_counting(answers: Vec<(u16, Value)>) -> (String, Seen, Seen) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let record = seen.clone();
+        let checks = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (record, record_checks) = (seen.clone(), checks.clone());
         tokio::spawn(async move {
-            for (status, body) in answers {
+            let mut answers = answers.into_iter();
+            loop {
                 let (mut sock, _) = listener.accept().await.unwrap();
                 let mut buf = vec![0u8; 16384];
                 let mut head = Vec::new();
@@ -956,7 +1419,24 @@ mod tests {
                         have += n;
                     }
                 }
-                record.lock().unwrap().push(text);
+                let mount = text
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|p| p.strip_prefix("/v1/sys/internal/ui/mounts/"))
+                    .map(str::to_string);
+                let (status, body) = match mount {
+                    Some(m) => {
+                        record_checks.lock().unwrap().push(m.clone());
+                        mount_answer(&m)
+                    }
+                    None => {
+                        record.lock().unwrap().push(text);
+                        match answers.next() {
+                            Some(a) => a,
+                            None => return,
+                        }
+                    }
+                };
                 let body = body.to_string();
                 let reply = format!(
                     "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
@@ -966,7 +1446,71 @@ mod tests {
                 sock.shutdown().await.ok();
             }
         });
-        (format!("http://{addr}"), seen)
+        (format!("http://{addr}"), seen, checks)
+    }
+
+    /// Issue 19: a KV v1 store without `path` is no proxy to Vault's other APIs. Vault's
+    /// own mounts are refused before any call; any other mount is verified once (cached)
+    /// and refused unless it is a KV mount of the store's version.
+    #[tokio::test]
+    async fn keys_stay_inside_kv_mounts_of_the_store_version() {
+        let (server, seen, checks) = serve_counting(vec![(200, json!({"data": {"a": "1"}}))]).await;
+        let p = build(json!({"server": server, "version": "v1", "auth": token_auth()})).unwrap();
+        let get = |key: &str| RemoteRef {
+            key: key.into(),
+            property: Some("a".into()),
+            version: None,
+        };
+        for key in [
+            "auth/token/lookup-self",
+            "sys/internal/ui/mounts",
+            "identity/entity/id/x",
+            "cubbyhole/x",
+        ] {
+            assert!(
+                matches!(
+                    p.canonical_ref(&get(key)),
+                    Err(ProviderError::InvalidRequest(_))
+                ),
+                "{key}"
+            );
+        }
+        for key in ["transit/keys/k", "secret/data/x"] {
+            let r = p.canonical_ref(&get(key)).unwrap();
+            assert!(
+                matches!(
+                    p.get_secret(&r).await,
+                    Err(ProviderError::InvalidRequest(_))
+                ),
+                "{key}"
+            );
+        }
+        // Vault refuses the check for a mount that does not exist (or the token): fail.
+        assert_eq!(
+            p.get_secret(&get("database/creds/app")).await,
+            Err(ProviderError::Backend("permission denied by vault".into()))
+        );
+        assert!(
+            seen.lock().unwrap().is_empty(),
+            "nothing but mount checks was called"
+        );
+        assert_eq!(p.get_secret(&get("kv/x")).await.unwrap(), b"1");
+        assert_eq!(
+            p.get_secret(&get("transit/keys/k")).await,
+            Err(ProviderError::InvalidRequest(
+                "key is not inside a KV v1 mount".into()
+            ))
+        );
+        // One check per mount: verdicts are cached.
+        assert_eq!(
+            *checks.lock().unwrap(),
+            ["transit", "secret", "database", "kv"]
+        );
+        // A store whose `path` is a Vault system mount does not load.
+        assert!(
+            build(json!({"server": server, "path": "sys", "version": "v1", "auth": token_auth()}))
+                .is_err()
+        );
     }
 
     #[tokio::test]
