@@ -531,7 +531,12 @@ async fn readme_quickstart_from_the_clone() {
         let out = std::process::Command::new(server_bin())
             .args(["dev-token", "--key"])
             .arg(dir.join("dev-signing-key.pem"))
-            .args(["--kid", "quickstart-dev-1", "--issuer", "https://quickstart.esi.invalid"])
+            .args([
+                "--kid",
+                "quickstart-dev-1",
+                "--issuer",
+                "https://quickstart.esi.invalid",
+            ])
             .args(["--audience", "esi-quickstart", "--namespace", "demo"])
             .args(["--service-account", sa])
             .output()
@@ -541,7 +546,11 @@ async fn readme_quickstart_from_the_clone() {
     };
     let app = mint("app");
     let (code, text) = server
-        .post("/secretstore/demo-store/secrets/db-credentials", Some(&app), json!({}))
+        .post(
+            "/secretstore/demo-store/secrets/db-credentials",
+            Some(&app),
+            json!({}),
+        )
         .await;
     assert_eq!(code, 200, "{text}");
     let value: String = serde_json::from_str(&text).unwrap();
@@ -556,12 +565,20 @@ async fn readme_quickstart_from_the_clone() {
     assert_eq!(code, 200, "{text}");
     assert!(text.contains(&b64("dev-only-password")), "{text}");
     let (code, text) = server
-        .post("/generators/demo/Password/demo-password", Some(&app), json!({}))
+        .post(
+            "/generators/demo/Password/demo-password",
+            Some(&app),
+            json!({}),
+        )
         .await;
     assert_eq!(code, 200, "{text}");
     let intruder = mint("intruder");
     let (code, _) = server
-        .post("/secretstore/demo-store/secrets/db-credentials", Some(&intruder), json!({}))
+        .post(
+            "/secretstore/demo-store/secrets/db-credentials",
+            Some(&intruder),
+            json!({}),
+        )
         .await;
     assert_eq!(code, 404);
 }

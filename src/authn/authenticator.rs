@@ -271,11 +271,7 @@ impl Authenticator {
                     continue;
                 }
             };
-            let mut candidates = ks
-                .keys
-                .iter()
-                .filter(|k| t.kid.is_none() || k.kid == t.kid)
-                .peekable();
+            let mut candidates = ks.candidates(t.kid.as_deref()).peekable();
             if candidates.peek().is_none() {
                 note(AuthnError::UnknownKeyId, name);
                 continue;

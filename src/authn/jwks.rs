@@ -36,6 +36,29 @@ pub(crate) struct KeySet {
     pub(crate) generation: u64,
 }
 
+impl KeySet {
+    /// The keys that may verify a token with `kid`: all keys for a token without one; else the
+    /// keys with exactly that `kid` when there are any, otherwise the keys without a `kid`
+    /// (a JWKS made from `sa.pub`, PEM `publicKeys`: Vault's `jwt_validation_pubkeys` rule).
+    /// A key with another `kid` is never a candidate.
+    pub(crate) fn candidates<'k>(
+        &'k self,
+        kid: Option<&'k str>,
+    ) -> impl Iterator<Item = &'k VerifyKey> + 'k {
+        let exact = kid.is_some_and(|kid| self.keys.iter().any(|k| k.kid.as_deref() == Some(kid)));
+        self.keys.iter().filter(move |k| match kid {
+            None => true,
+            Some(_) if exact => k.kid.as_deref() == kid,
+            Some(_) => k.kid.is_none(),
+        })
+    }
+
+    /// Whether some key may verify a token with `kid` (see [`candidates`](Self::candidates)).
+    pub(crate) fn holds(&self, kid: Option<&str>) -> bool {
+        self.candidates(kid).next().is_some()
+    }
+}
+
 /// Why fetching keys failed. Messages hold no token and no credential.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum FetchError {
@@ -182,9 +205,7 @@ impl FedState {
         // the keys we would fetch were fetched for us.
         let seen = self.attempts.load(Ordering::SeqCst);
         let usable = self.usable_keys(now, s);
-        let has_kid = |ks: &KeySet| {
-            want_kid.is_none_or(|kid| ks.keys.iter().any(|k| k.kid.as_deref() == Some(kid)))
-        };
+        let has_kid = |ks: &KeySet| want_kid.is_none() || ks.holds(want_kid);
         if let Some(ks) = &usable
             && has_kid(ks)
         {

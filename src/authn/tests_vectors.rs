@@ -9,10 +9,7 @@ use rustls_pki_types::pem::PemObject;
 use super::*;
 use crate::config::resources::KubernetesFederationSpec;
 
-const VECTORS: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/tests/fixtures/k8s-sa-tokens"
-);
+const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/k8s-sa-tokens");
 
 fn path(rel: &str) -> PathBuf {
     PathBuf::from(VECTORS).join(rel)
