@@ -5,6 +5,8 @@
 mod common;
 
 use common::*;
+use std::time::{Duration, Instant};
+
 use serde_json::json;
 
 const AUD: &str = "https://esi-federation.cluster-main.example.com";
@@ -124,4 +126,51 @@ async fn static_keys_without_kid_and_pem_public_keys() {
             .await;
         assert_eq!(status, 401, "{key} {kid:?}");
     }
+}
+
+fn fetched_federation(name: &str, issuer: &Issuer) -> String {
+    federation(
+        name,
+        &format!(
+            "  url: {}\n  caBundle: {}\n",
+            issuer.url,
+            b64(&issuer.ca.ca_pem)
+        ),
+    )
+}
+
+/// Issue 8: the cluster rotates its key right after the server fetched the JWKS; the first
+/// token of the new key is held until the next permitted refresh and succeeds.
+#[tokio::test(flavor = "multi_thread")]
+async fn rotation_right_after_a_fetch_is_not_a_401() {
+    let issuer = Issuer::start(jwks(&["rsa-1"]), false).await;
+    let manifests = vec![
+        ("federation.yaml", fetched_federation("alpha", &issuer)),
+        ("authz.yaml", authorization("alpha")),
+        ("store.yaml", fake_store()),
+    ];
+    let server = Server::start_with_args(&manifests, &[], &["--jwks-min-refresh-interval", "2s"]);
+    let (status, _) = server
+        .post(PATH, Some(&app_token("rsa-1", None)), json!({}))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(issuer.jwks_hits(), 1);
+    issuer.set_keys(jwks(&["rsa-1", "rsa-2"]));
+    let start = Instant::now();
+    let (status, text) = server
+        .post(PATH, Some(&app_token("rsa-2", None)), json!({}))
+        .await;
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        start.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(issuer.jwks_hits(), 2);
+    // The old key still works, without a fetch.
+    let (status, _) = server
+        .post(PATH, Some(&app_token("rsa-1", None)), json!({}))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(issuer.jwks_hits(), 2);
 }
