@@ -248,12 +248,13 @@ impl Authenticator {
         };
         for st in federations.iter() {
             let name = st.fed.name.as_str();
+            let arrived = st.arrival();
             match st.fed.configured_issuer() {
                 Some(iss) if iss != t.iss => continue,
                 Some(_) => {}
                 None => {
                     // The issuer comes from discovery: we need the keys to know it.
-                    match st.keys(None, &client_ca, s).await {
+                    match st.keys(None, arrived, &client_ca, s).await {
                         Ok(ks) if st.expected_issuer(&ks) == Some(t.iss.as_str()) => {}
                         Ok(_) => continue,
                         Err(e) => {
@@ -263,7 +264,7 @@ impl Authenticator {
                     }
                 }
             }
-            let ks = match st.keys(t.kid.as_deref(), &client_ca, s).await {
+            let ks = match st.keys(t.kid.as_deref(), arrived, &client_ca, s).await {
                 Ok(ks) if st.expected_issuer(&ks) == Some(t.iss.as_str()) => ks,
                 Ok(_) => continue,
                 Err(e) => {
@@ -271,11 +272,7 @@ impl Authenticator {
                     continue;
                 }
             };
-            let mut candidates = ks
-                .keys
-                .iter()
-                .filter(|k| t.kid.is_none() || k.kid == t.kid)
-                .peekable();
+            let mut candidates = ks.candidates(t.kid.as_deref()).peekable();
             if candidates.peek().is_none() {
                 note(AuthnError::UnknownKeyId, name);
                 continue;

@@ -9,11 +9,14 @@ use reqwest::Url;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 
-use super::keys::{JwksError, VerifyKey, parse_jwks};
+use super::keys::{JwksError, VerifyKey, parse_jwks, parse_public_key_pems};
 use crate::config::resources::{ClientCaPolicy, KubernetesFederationSpec};
 
-/// Most keys a static JWKS may hold (the same bound as the default for fetched ones).
+/// Most static keys (`jwks` and `publicKeys` together; the same bound as the default for
+/// fetched ones).
 const MAX_STATIC_KEYS: usize = 64;
+/// Largest `publicKeys` entry (an 8192-bit RSA key in PEM is under 1.5 KiB).
+const MAX_PUBLIC_KEY_PEM_BYTES: usize = 64 * 1024;
 /// Most certificates a CA bundle may hold.
 pub(crate) const MAX_BUNDLE_CERTS: usize = 64;
 /// Largest base64 CA bundle we decode.
@@ -52,11 +55,19 @@ pub enum FederationError {
     /// `jwks` is not a usable JWKS document.
     #[error("jwks is not a usable JWKS document: {0}")]
     BadStaticJwks(String),
-    /// Neither `url` nor `jwks`: no keys could ever be had.
-    #[error("neither url nor jwks is set: no keys to verify tokens with")]
+    /// An entry of `publicKeys` is not PEM public keys we can use (index, reason).
+    #[error("publicKeys[{0}] is not usable: {1}")]
+    BadPublicKey(usize, String),
+    /// `jwks` and `publicKeys` together hold more keys than allowed.
+    #[error("jwks and publicKeys hold {0} keys, more than the limit of {MAX_STATIC_KEYS}")]
+    TooManyStaticKeys(usize),
+    /// Neither `url` nor `jwks` nor `publicKeys`: no keys could ever be had.
+    #[error("neither url nor jwks nor publicKeys is set: no keys to verify tokens with")]
     NoKeySource,
-    /// Static `jwks` without `issuer` or `url`: the expected `iss` is unknown.
-    #[error("jwks without url needs issuer: the expected token issuer is unknown")]
+    /// Static keys (`jwks`, `publicKeys`) without `issuer` or `url`: the expected `iss` is unknown.
+    #[error(
+        "static keys (jwks, publicKeys) without url need issuer: the expected token issuer is unknown"
+    )]
     NoIssuer,
 }
 
@@ -107,21 +118,31 @@ impl Federation {
             })?,
             None => Vec::new(),
         };
-        let static_keys = match spec.jwks.as_deref() {
-            Some(doc) => {
-                let keys = parse_jwks(doc.as_bytes(), MAX_STATIC_KEYS).map_err(|e| match e {
-                    JwksError::Malformed(m) => FederationError::BadStaticJwks(m),
-                    other => FederationError::BadStaticJwks(other.to_string()),
-                })?;
-                if keys.is_empty() {
-                    return Err(FederationError::BadStaticJwks(
-                        "no usable signing key (RSA, EC P-256 or P-384 with use=sig)".into(),
-                    ));
-                }
-                Some(Arc::new(keys))
+        let mut keys = Vec::new();
+        if let Some(doc) = spec.jwks.as_deref() {
+            let jwks = parse_jwks(doc.as_bytes(), MAX_STATIC_KEYS).map_err(|e| match e {
+                JwksError::Malformed(m) => FederationError::BadStaticJwks(m),
+                other => FederationError::BadStaticJwks(other.to_string()),
+            })?;
+            if jwks.is_empty() {
+                return Err(FederationError::BadStaticJwks(
+                    "no usable signing key (RSA, EC P-256 or P-384 with use=sig)".into(),
+                ));
             }
-            None => None,
-        };
+            keys.extend(jwks);
+        }
+        for (i, pem) in spec.public_keys.iter().enumerate() {
+            if pem.len() > MAX_PUBLIC_KEY_PEM_BYTES {
+                return Err(FederationError::BadPublicKey(i, "too large".into()));
+            }
+            let parsed =
+                parse_public_key_pems(pem).map_err(|e| FederationError::BadPublicKey(i, e))?;
+            keys.extend(parsed);
+            if keys.len() > MAX_STATIC_KEYS {
+                return Err(FederationError::TooManyStaticKeys(keys.len()));
+            }
+        }
+        let static_keys = (!keys.is_empty()).then(|| Arc::new(keys));
         if url.is_none() && static_keys.is_none() {
             return Err(FederationError::NoKeySource);
         }
@@ -173,7 +194,9 @@ impl Federation {
             );
         }
         if self.static_keys.is_some() && self.url.is_some() {
-            w.push("static jwks is set: keys are not fetched from url".to_owned());
+            w.push(
+                "static keys (jwks/publicKeys) are set: keys are not fetched from url".to_owned(),
+            );
         }
         if self.static_keys.is_none() && self.issuer.is_none() {
             w.push(

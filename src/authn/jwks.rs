@@ -1,8 +1,9 @@
 //! Per-federation key state: fetching (discovery → JWKS), caching, single-flight refresh,
 //! stale-if-error and fail-closed.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use reqwest::Url;
@@ -34,6 +35,29 @@ pub(crate) struct KeySet {
     discovered_issuer: Option<String>,
     /// Changes whenever the keys (or the federation) change.
     pub(crate) generation: u64,
+}
+
+impl KeySet {
+    /// The keys that may verify a token with `kid`: all keys for a token without one; else the
+    /// keys with exactly that `kid` when there are any, otherwise the keys without a `kid`
+    /// (a JWKS made from `sa.pub`, PEM `publicKeys`: Vault's `jwt_validation_pubkeys` rule).
+    /// A key with another `kid` is never a candidate.
+    pub(crate) fn candidates<'k>(
+        &'k self,
+        kid: Option<&'k str>,
+    ) -> impl Iterator<Item = &'k VerifyKey> + 'k {
+        let exact = kid.is_some_and(|kid| self.keys.iter().any(|k| k.kid.as_deref() == Some(kid)));
+        self.keys.iter().filter(move |k| match kid {
+            None => true,
+            Some(_) if exact => k.kid.as_deref() == kid,
+            Some(_) => k.kid.is_none(),
+        })
+    }
+
+    /// Whether some key may verify a token with `kid` (see [`candidates`](Self::candidates)).
+    pub(crate) fn holds(&self, kid: Option<&str>) -> bool {
+        self.candidates(kid).next().is_some()
+    }
 }
 
 /// Why fetching keys failed. Messages hold no token and no credential.
@@ -118,8 +142,12 @@ struct RefreshState {
 pub(crate) struct FedState {
     pub(crate) fed: Federation,
     current: ArcSwapOption<KeySet>,
-    /// Completed fetch attempts: a waiter that sees it change knows someone fetched for it.
-    attempts: AtomicU64,
+    /// Started fetch attempts (counted under `refresh`, so when it is held every started
+    /// attempt has completed): a request that sees it pass its arrival value knows a fetch
+    /// begun after it arrived has answered.
+    started: AtomicU64,
+    /// Requests currently waiting for the next permitted refresh (rotation right after a fetch).
+    waiters: AtomicUsize,
     /// Held while fetching: one fetch at a time per federation.
     refresh: tokio::sync::Mutex<RefreshState>,
 }
@@ -137,9 +165,16 @@ impl FedState {
         FedState {
             fed,
             current: ArcSwapOption::new(current),
-            attempts: AtomicU64::new(0),
+            started: AtomicU64::new(0),
+            waiters: AtomicUsize::new(0),
             refresh: tokio::sync::Mutex::new(RefreshState::default()),
         }
+    }
+
+    /// Marks a request's arrival: the number of fetch attempts started so far. A fetch that
+    /// starts later has seen every key published before the request's token was signed.
+    pub(crate) fn arrival(&self) -> u64 {
+        self.started.load(Ordering::SeqCst)
     }
 
     /// The expected `iss` given this key set.
@@ -166,11 +201,22 @@ impl FedState {
             .filter(|ks| self.usable(ks, now, s))
     }
 
-    /// Usable keys, refreshed as needed. With `want_kid`, a key set lacking that kid triggers
-    /// (at most once per `jwks_min_refresh_interval`) a refresh; the returned set may still lack it.
+    /// Usable keys, refreshed as needed. With `want_kid`, a key set that holds no candidate
+    /// for that kid (see [`KeySet::holds`]) is refreshed, at most once per
+    /// `jwks_min_refresh_interval`; the returned set may still lack it.
+    ///
+    /// Key rotation right after a fetch: a kid is only declared unknown by a fetch that started
+    /// after the request arrived. When the last attempt is too recent to fetch again, the
+    /// request waits for the next permitted refresh if that is due within
+    /// `jwks_rotation_wait` and fewer than `jwks_max_rotation_waiters` requests of this
+    /// federation are already waiting; otherwise it is answered with the keys at hand.
+    ///
+    /// `arrived` is [`arrival`](Self::arrival) read when the request arrived, before any
+    /// call of this for the request.
     pub(crate) async fn keys(
         &self,
         want_kid: Option<&str>,
+        arrived: u64,
         client_ca: &ClientCa<'_>,
         s: &AuthnSettings,
     ) -> Result<Arc<KeySet>, AuthnError> {
@@ -178,13 +224,8 @@ impl FedState {
         if !self.fed.fetches() {
             return self.current.load_full().ok_or(AuthnError::KeysUnavailable);
         }
-        // Read the attempt count before the keys: if it moves while we wait for the lock,
-        // the keys we would fetch were fetched for us.
-        let seen = self.attempts.load(Ordering::SeqCst);
         let usable = self.usable_keys(now, s);
-        let has_kid = |ks: &KeySet| {
-            want_kid.is_none_or(|kid| ks.keys.iter().any(|k| k.kid.as_deref() == Some(kid)))
-        };
+        let has_kid = |ks: &KeySet| want_kid.is_none() || ks.holds(want_kid);
         if let Some(ks) = &usable
             && has_kid(ks)
         {
@@ -201,21 +242,56 @@ impl FedState {
             return Ok(self.usable_keys(now, s).unwrap_or_else(|| ks.clone()));
         }
         // No usable keys, or an unknown kid: wait for (or do) one shared refresh.
-        let mut state = self.refresh.lock().await;
-        if self.attempts.load(Ordering::SeqCst) == seen {
-            let extra = client_ca.usable_for(&self.fed);
-            let allowed = match &usable {
-                Some(_) => state
-                    .last_attempt
-                    .is_none_or(|t| now.saturating_sub(t) >= s.jwks_min_refresh_interval.as_secs()),
-                None => !failed_recently(&state, now, &extra, s),
-            };
-            if allowed {
-                self.refresh_locked(&mut state, &extra, s).await;
+        let mut slot: Option<WaiterSlot<'_>> = None;
+        loop {
+            let mut state = self.refresh.lock().await;
+            let now = s.clock.now();
+            let usable = self.usable_keys(now, s);
+            if let Some(ks) = &usable
+                && has_kid(ks)
+            {
+                return Ok(ks.clone());
             }
+            if self.started.load(Ordering::SeqCst) > arrived {
+                // A fetch that began after this request arrived has answered.
+                return usable.ok_or(AuthnError::KeysUnavailable);
+            }
+            let extra = client_ca.usable_for(&self.fed);
+            let Some(ks) = usable else {
+                if !failed_recently(&state, now, &extra, s) {
+                    self.refresh_locked(&mut state, &extra, s).await;
+                }
+                drop(state);
+                return self.usable_keys(now, s).ok_or(AuthnError::KeysUnavailable);
+            };
+            let interval = s.jwks_min_refresh_interval.as_secs();
+            let since = state.last_attempt.map(|t| now.saturating_sub(t));
+            if since.is_none_or(|d| d >= interval) {
+                self.refresh_locked(&mut state, &extra, s).await;
+                drop(state);
+                return Ok(self.usable_keys(now, s).unwrap_or(ks));
+            }
+            // Too soon after the last attempt: wait for the next permitted one, once, bounded.
+            let wait = Duration::from_secs(interval.saturating_sub(since.unwrap_or(0)));
+            if slot.is_some() || wait > s.jwks_rotation_wait {
+                return Ok(ks);
+            }
+            slot = WaiterSlot::take(&self.waiters, s.jwks_max_rotation_waiters);
+            if slot.is_none() {
+                tracing::debug!(
+                    federation = self.fed.name.as_str(),
+                    "unknown kid: too many requests already waiting for a JWKS refresh"
+                );
+                return Ok(ks);
+            }
+            drop(state);
+            tracing::debug!(
+                federation = self.fed.name.as_str(),
+                wait_secs = wait.as_secs(),
+                "unknown kid right after a JWKS fetch: waiting for the next permitted refresh"
+            );
+            tokio::time::sleep(wait).await;
         }
-        drop(state);
-        self.usable_keys(now, s).ok_or(AuthnError::KeysUnavailable)
     }
 
     /// Fetches and, on success, installs new keys. A failure keeps the cached keys (a bad
@@ -228,6 +304,7 @@ impl FedState {
     ) {
         let now = s.clock.now();
         state.last_attempt = Some(now);
+        self.started.fetch_add(1, Ordering::SeqCst);
         let name = self.fed.name.as_str();
         match fetch(&self.fed, extra, s).await {
             Ok(fetched) => {
@@ -268,12 +345,32 @@ impl FedState {
                 state.last_failure = Some((now, trust_digest(extra)));
             }
         }
-        self.attempts.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Current generation if the keys are usable at `now`.
     pub(crate) fn live_generation(&self, now: u64, s: &AuthnSettings) -> Option<u64> {
         self.usable_keys(now, s).map(|ks| ks.generation)
+    }
+}
+
+/// A place among a federation's rotation waiters, given back on drop.
+struct WaiterSlot<'a>(&'a AtomicUsize);
+
+impl<'a> WaiterSlot<'a> {
+    /// A place if fewer than `max` are taken.
+    fn take(count: &'a AtomicUsize, max: usize) -> Option<Self> {
+        count
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| WaiterSlot(count))
+    }
+}
+
+impl Drop for WaiterSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

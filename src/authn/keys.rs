@@ -172,15 +172,61 @@ fn b64(field: &Option<String>, name: &'static str) -> Result<Vec<u8>, &'static s
         .map_err(|_| "bad base64url")
 }
 
+/// Public key material, before the checks every key goes through.
+enum Material<'a> {
+    /// RSA modulus and public exponent, big-endian.
+    Rsa { n: &'a [u8], e: &'a [u8] },
+    /// An EC point's affine coordinates, each exactly the curve's size.
+    Ec {
+        kind: KeyKind,
+        x: &'a [u8],
+        y: &'a [u8],
+    },
+}
+
 fn parse_jwk(jwk: &RawJwk) -> Result<VerifyKey, &'static str> {
     if jwk.use_.as_deref().is_some_and(|u| u != "sig") {
         return Err("use is not sig");
     }
-    let mut hasher = Sha256::new();
-    let (kind, key) = match jwk.kty.as_str() {
+    match jwk.kty.as_str() {
         "RSA" => {
             let n = b64(&jwk.n, "missing n")?;
             let e = b64(&jwk.e, "missing e")?;
+            build_key(
+                Material::Rsa { n: &n, e: &e },
+                jwk.kid.as_deref(),
+                jwk.alg.as_deref(),
+            )
+        }
+        "EC" => {
+            let kind = match jwk.crv.as_deref() {
+                Some("P-256") => KeyKind::P256,
+                Some("P-384") => KeyKind::P384,
+                _ => return Err("unsupported curve"),
+            };
+            let x = b64(&jwk.x, "missing x")?;
+            let y = b64(&jwk.y, "missing y")?;
+            build_key(
+                Material::Ec { kind, x: &x, y: &y },
+                jwk.kid.as_deref(),
+                jwk.alg.as_deref(),
+            )
+        }
+        _ => Err("unsupported kty"),
+    }
+}
+
+/// One key from its material, with the checks shared by JWKs and PEM keys: RSA modulus of
+/// 2048–8192 bits and a sane exponent, EC coordinates of the curve's size, an `alg` (if
+/// named) that fits the key type.
+fn build_key(
+    material: Material<'_>,
+    kid: Option<&str>,
+    alg_name: Option<&str>,
+) -> Result<VerifyKey, &'static str> {
+    let mut hasher = Sha256::new();
+    let (kind, key) = match material {
+        Material::Rsa { n, e } => {
             let n_trimmed: &[u8] = {
                 let first = n.iter().position(|b| *b != 0).unwrap_or(n.len());
                 &n[first..]
@@ -189,40 +235,41 @@ fn parse_jwk(jwk: &RawJwk) -> Result<VerifyKey, &'static str> {
             if !(MIN_RSA_BITS..=MAX_RSA_BITS).contains(&bits) {
                 return Err("RSA modulus size out of range");
             }
-            if e.is_empty() || e.len() > 8 {
+            let e_trimmed: &[u8] = {
+                let first = e.iter().position(|b| *b != 0).unwrap_or(e.len());
+                &e[first..]
+            };
+            if e_trimmed.is_empty() || e_trimmed.len() > 8 {
                 return Err("bad RSA exponent");
             }
             hasher.update(b"RSA\0");
             hasher.update(n_trimmed);
             hasher.update(b"\0");
-            hasher.update(&e);
+            hasher.update(e_trimmed);
             (
                 KeyKind::Rsa,
-                DecodingKey::from_rsa_raw_components(n_trimmed, &e),
+                DecodingKey::from_rsa_raw_components(n_trimmed, e_trimmed),
             )
         }
-        "EC" => {
-            let (kind, len) = match jwk.crv.as_deref() {
-                Some("P-256") => (KeyKind::P256, 32),
-                Some("P-384") => (KeyKind::P384, 48),
-                _ => return Err("unsupported curve"),
+        Material::Ec { kind, x, y } => {
+            let len = match kind {
+                KeyKind::P256 => 32,
+                KeyKind::P384 => 48,
+                KeyKind::Rsa => return Err("unsupported curve"),
             };
-            let x = b64(&jwk.x, "missing x")?;
-            let y = b64(&jwk.y, "missing y")?;
             if x.len() != len || y.len() != len {
                 return Err("bad EC coordinate length");
             }
             let mut point = Vec::with_capacity(1 + 2 * len);
             point.push(0x04);
-            point.extend_from_slice(&x);
-            point.extend_from_slice(&y);
+            point.extend_from_slice(x);
+            point.extend_from_slice(y);
             hasher.update(b"EC\0");
             hasher.update(&point);
             (kind, DecodingKey::from_ec_der(&point))
         }
-        _ => return Err("unsupported kty"),
     };
-    let alg = match jwk.alg.as_deref() {
+    let alg = match alg_name {
         None | Some("") => None,
         Some(name) => {
             let alg = accepted_algorithm(name).ok_or("unsupported alg")?;
@@ -232,11 +279,11 @@ fn parse_jwk(jwk: &RawJwk) -> Result<VerifyKey, &'static str> {
             Some(alg)
         }
     };
-    let kid = jwk.kid.clone().filter(|k| !k.is_empty());
+    let kid = kid.filter(|k| !k.is_empty()).map(str::to_owned);
     hasher.update(b"\0kid\0");
     hasher.update(kid.as_deref().unwrap_or("").as_bytes());
     hasher.update(b"\0alg\0");
-    hasher.update(jwk.alg.as_deref().unwrap_or("").as_bytes());
+    hasher.update(alg_name.unwrap_or("").as_bytes());
     Ok(VerifyKey {
         kid,
         kind,
@@ -244,6 +291,83 @@ fn parse_jwk(jwk: &RawJwk) -> Result<VerifyKey, &'static str> {
         key,
         fingerprint: hasher.finalize().into(),
     })
+}
+
+/// Parses PEM `PUBLIC KEY` blocks (X.509 SubjectPublicKeyInfo, RFC 5280 §4.1.2.7; what
+/// `openssl pkey -pubout` and kubeadm's `sa.pub` hold) into keys **without a `kid`**: such keys
+/// are candidates for any token of their federation whatever its `kid`, as Vault's
+/// `jwt_validation_pubkeys`. RSA (2048–8192 bits), EC P-256 and P-384 only. Any other PEM
+/// block (a certificate, a private key), trailing garbage or an unsupported key type is an
+/// error, as is text without a block. The error holds no key material.
+pub(crate) fn parse_public_key_pems(pem: &str) -> Result<Vec<VerifyKey>, String> {
+    use rustls_pki_types::pem::{PemObject, SectionKind};
+    use x509_parser::oid_registry::{
+        OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_NIST_EC_P384, OID_PKCS1_RSAENCRYPTION,
+    };
+    use x509_parser::prelude::FromDer;
+    use x509_parser::public_key::PublicKey;
+    use x509_parser::x509::SubjectPublicKeyInfo;
+
+    let mut keys = Vec::new();
+    for section in <(SectionKind, Vec<u8>)>::pem_slice_iter(pem.as_bytes()) {
+        // A fixed text: the PEM error would quote the offending line.
+        let (kind, der) = section.map_err(|_| "not PEM (bad block syntax or base64)".to_owned())?;
+        if kind != SectionKind::PublicKey {
+            return Err(format!(
+                "a {kind:?} block; only PUBLIC KEY (SubjectPublicKeyInfo) blocks are keys"
+            ));
+        }
+        let (rest, spki) = SubjectPublicKeyInfo::from_der(&der)
+            .map_err(|_| "a PUBLIC KEY block does not parse".to_owned())?;
+        if !rest.is_empty() {
+            return Err("a PUBLIC KEY block has trailing data".into());
+        }
+        let key = if spki.algorithm.algorithm == OID_PKCS1_RSAENCRYPTION {
+            let Ok(PublicKey::RSA(rsa)) = spki.parsed() else {
+                return Err("an RSA public key does not parse".into());
+            };
+            build_key(
+                Material::Rsa {
+                    n: rsa.modulus,
+                    e: rsa.exponent,
+                },
+                None,
+                None,
+            )
+        } else if spki.algorithm.algorithm == OID_KEY_TYPE_EC_PUBLIC_KEY {
+            let curve = spki
+                .algorithm
+                .parameters
+                .as_ref()
+                .and_then(|p| p.as_oid().ok());
+            let (kind, len) = match curve {
+                Some(c) if c == OID_EC_P256 => (KeyKind::P256, 32),
+                Some(c) if c == OID_NIST_EC_P384 => (KeyKind::P384, 48),
+                _ => return Err("unsupported EC curve (P-256 and P-384 only)".into()),
+            };
+            let point = spki.subject_public_key.data.as_ref();
+            // Uncompressed points only (0x04 ‖ x ‖ y), as every JOSE implementation uses.
+            if point.len() != 1 + 2 * len || point[0] != 0x04 {
+                return Err("EC public key is not an uncompressed point of its curve".into());
+            }
+            build_key(
+                Material::Ec {
+                    kind,
+                    x: &point[1..1 + len],
+                    y: &point[1 + len..],
+                },
+                None,
+                None,
+            )
+        } else {
+            return Err("unsupported key type (RSA, EC P-256 or P-384 only)".into());
+        };
+        keys.push(key.map_err(str::to_owned)?);
+    }
+    if keys.is_empty() {
+        return Err("no PUBLIC KEY block".into());
+    }
+    Ok(keys)
 }
 
 #[cfg(test)]

@@ -1,8 +1,9 @@
 //! Authentication: ServiceAccount JWTs verified against each federation's keys.
 //!
 //! A token is matched to the federations whose issuer equals its `iss` (by name order), then
-//! to a key by `kid` (all keys when it has none). Keys come only from the federation's own
-//! configuration (static `jwks`, or fetched anonymously from its `url`), never from the token.
+//! to a key by `kid`: the keys with that `kid`, else the keys without one (all keys when the
+//! token has none). Keys come only from the federation's own configuration (static `jwks` or
+//! PEM `publicKeys`, or fetched anonymously from its `url`), never from the token.
 
 mod authenticator;
 mod clock;

@@ -20,6 +20,14 @@ pub struct AuthnSettings {
     /// An unknown `kid` triggers at most one refresh per federation per interval (also the
     /// back-off after a failed fetch).
     pub jwks_min_refresh_interval: Duration,
+    /// Longest a request whose `kid` is unknown right after a fetch waits for the next
+    /// permitted refresh (key rotation must not fail a valid token). A request is held only
+    /// when that refresh is due within this time; otherwise it is answered at once.
+    pub jwks_rotation_wait: Duration,
+    /// Most requests of one federation held at once by [`jwks_rotation_wait`](Self::jwks_rotation_wait);
+    /// further unknown-`kid` requests are answered at once (a flood of junk `kid`s cannot
+    /// hold more than this many connections per federation).
+    pub jwks_max_rotation_waiters: usize,
     /// Timeout of one HTTP request for discovery or keys.
     pub fetch_timeout: Duration,
     /// Largest JWKS (and discovery) document accepted.
@@ -42,6 +50,8 @@ impl Default for AuthnSettings {
             jwks_ttl: Duration::from_secs(5 * 60),
             jwks_max_stale: Duration::from_secs(60 * 60),
             jwks_min_refresh_interval: Duration::from_secs(10),
+            jwks_rotation_wait: Duration::from_secs(10),
+            jwks_max_rotation_waiters: 32,
             fetch_timeout: Duration::from_secs(5),
             max_jwks_bytes: 256 * 1024,
             max_jwks_keys: 64,

@@ -387,3 +387,252 @@ async fn token_cache_with_static_keys() {
         Err(AuthnError::UnknownIssuer)
     );
 }
+
+/// `k`'s public JWK without its `kid` (a JWKS made from a cluster's `sa.pub`).
+fn without_kid(k: &TestKey) -> serde_json::Value {
+    let mut j = k.jwk.clone();
+    j.as_object_mut().unwrap().remove("kid");
+    j
+}
+
+#[tokio::test]
+async fn keys_without_kid_verify_tokens_of_any_kid() {
+    let rsa = TestKey::rsa();
+    let ec = TestKey::es256();
+    let doc = json!({"keys": [without_kid(&rsa), without_kid(&ec)]}).to_string();
+    let a = auth_with(vec![fed("airgap", &[AUD], &doc)]);
+    let c = claims(ISS, AUD, NOW);
+    // Real Kubernetes tokens always carry a kid (sha256 of the key); any kid, or none, finds
+    // the kid-less keys.
+    for t in [
+        rsa.sign(&c),
+        ec.sign(&c),
+        rsa.sign_with(rsa.alg, Some("whatever"), &c, |_| {}),
+        ec.sign_with(ec.alg, None, &c, |_| {}),
+    ] {
+        assert_eq!(a.authenticate(&t, None).await.unwrap().federation, "airgap");
+    }
+    // The hardening holds: another key fails the signature, algorithms stay pinned to the key
+    // type (and to the JWK's alg), HMAC keyed with the public key is refused.
+    let attacker = TestKey::rsa();
+    assert_eq!(
+        a.authenticate(&attacker.sign(&c), None).await,
+        Err(AuthnError::BadSignature)
+    );
+    let p384 = TestKey::es384();
+    assert_eq!(
+        a.authenticate(&p384.sign(&c), None).await,
+        Err(AuthnError::KeyAlgorithmMismatch)
+    );
+    let rs384 = rsa.sign_with(Algorithm::RS384, Some(&rsa.kid), &c, |_| {});
+    assert_eq!(
+        a.authenticate(&rs384, None).await,
+        Err(AuthnError::KeyAlgorithmMismatch)
+    );
+    let hs = jsonwebtoken::encode(
+        &Header {
+            kid: Some(rsa.kid.clone()),
+            ..Header::new(Algorithm::HS256)
+        },
+        &c,
+        &EncodingKey::from_secret(rsa.public_pem.as_bytes()),
+    )
+    .unwrap();
+    assert_eq!(
+        a.authenticate(&hs, None).await,
+        Err(AuthnError::UnsupportedAlgorithm)
+    );
+
+    // Mixed: a key with a kid is a candidate only for its kid; kid-less keys stand in only
+    // when no key has the token's kid.
+    let doc = json!({"keys": [ec.jwk.clone(), without_kid(&rsa)]}).to_string();
+    let a = auth_with(vec![fed("mixed", &[AUD], &doc)]);
+    assert!(a.authenticate(&ec.sign(&c), None).await.is_ok());
+    assert!(a.authenticate(&rsa.sign(&c), None).await.is_ok());
+    // RSA-signed, claiming the EC key's kid: only the EC key is a candidate.
+    let t = rsa.sign_with(rsa.alg, Some(&ec.kid), &c, |_| {});
+    assert_eq!(
+        a.authenticate(&t, None).await,
+        Err(AuthnError::KeyAlgorithmMismatch)
+    );
+    // Signed by the EC key under an unknown kid: only the kid-less RSA key is a candidate.
+    let t = ec.sign_with(ec.alg, Some("other"), &c, |_| {});
+    assert_eq!(
+        a.authenticate(&t, None).await,
+        Err(AuthnError::KeyAlgorithmMismatch)
+    );
+}
+
+/// DER tag-length-value.
+fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    let len = content.len();
+    if len < 0x80 {
+        out.push(len as u8);
+    } else {
+        let bytes: Vec<u8> = len
+            .to_be_bytes()
+            .into_iter()
+            .skip_while(|b| *b == 0)
+            .collect();
+        out.push(0x80 | bytes.len() as u8);
+        out.extend(bytes);
+    }
+    out.extend_from_slice(content);
+    out
+}
+
+fn pem(label: &str, der: &[u8]) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let lines: Vec<&str> = b64
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    format!(
+        "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+        lines.join("\n")
+    )
+}
+
+/// A PEM SubjectPublicKeyInfo of an RSA key with a `bits`-bit modulus (not a real key).
+fn rsa_spki_pem(bits: usize) -> String {
+    let mut n = vec![0x00, 0xc5];
+    n.resize(1 + bits / 8, 0x5b);
+    let rsa = tlv(0x30, &[tlv(0x02, &n), tlv(0x02, &[1, 0, 1])].concat());
+    let mut bitstring = vec![0];
+    bitstring.extend(rsa);
+    let alg = tlv(
+        0x30,
+        &[
+            tlv(
+                0x06,
+                &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01],
+            ),
+            vec![0x05, 0x00],
+        ]
+        .concat(),
+    );
+    pem(
+        "PUBLIC KEY",
+        &tlv(0x30, &[alg, tlv(0x03, &bitstring)].concat()),
+    )
+}
+
+#[tokio::test]
+async fn pem_public_keys() {
+    let rsa = TestKey::rsa();
+    let ec = TestKey::es256();
+    let p384 = TestKey::es384();
+    let in_jwks = TestKey::es256();
+    // Written as an operator would: a YAML manifest with an sa.pub pasted in, one entry holding
+    // two blocks, and a JWKS beside them.
+    let indent = |p: &str| p.lines().map(|l| format!("    {l}\n")).collect::<String>();
+    let yaml = format!(
+        "issuer: {ISS}\naudiences: ['{AUD}']\njwks: '{}'\npublicKeys:\n  - |\n{}  - |\n{}{}",
+        TestKey::jwks(&[&in_jwks]),
+        indent(&rsa.public_pem),
+        indent(&ec.public_pem),
+        indent(&p384.public_pem),
+    );
+    let spec: KubernetesFederationSpec = serde_saphyr::from_str(&yaml).unwrap();
+    assert_eq!(spec.public_keys.len(), 2);
+    let f = Federation::from_spec("pem", &spec).unwrap();
+    assert!(!f.fetches());
+    let a = auth_with(vec![f]);
+    let c = claims(ISS, AUD, NOW);
+    for k in [&rsa, &ec, &p384, &in_jwks] {
+        assert_eq!(
+            a.authenticate(&k.sign(&c), None).await.unwrap().federation,
+            "pem"
+        );
+    }
+    // PEM keys have no kid: any kid (or none) finds them, the key type pins the algorithm.
+    let t = rsa.sign_with(Algorithm::PS512, None, &c, |_| {});
+    assert!(a.authenticate(&t, None).await.is_ok());
+    assert_eq!(
+        a.authenticate(&TestKey::rsa().sign(&c), None).await,
+        Err(AuthnError::BadSignature)
+    );
+    let ec_as_p384 = ec.sign_with(Algorithm::ES256, Some("x"), &c, |_| {});
+    assert!(a.authenticate(&ec_as_p384, None).await.is_ok());
+    let hs = jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &c,
+        &EncodingKey::from_secret(rsa.public_pem.as_bytes()),
+    )
+    .unwrap();
+    assert_eq!(
+        a.authenticate(&hs, None).await,
+        Err(AuthnError::UnsupportedAlgorithm)
+    );
+    // The JWKS key with a kid is still only used for that kid.
+    let t = in_jwks.sign_with(Algorithm::ES256, Some(&rsa.kid), &c, |_| {});
+    assert_eq!(
+        a.authenticate(&t, None).await,
+        Err(AuthnError::BadSignature)
+    );
+
+    // Errors name the entry and never echo it.
+    let base = |keys: Vec<String>| KubernetesFederationSpec {
+        issuer: Some(ISS.into()),
+        public_keys: keys,
+        ..Default::default()
+    };
+    let cert = {
+        let kp = rcgen::KeyPair::generate().unwrap();
+        rcgen::CertificateParams::new(vec!["x".to_string()])
+            .unwrap()
+            .self_signed(&kp)
+            .unwrap()
+            .pem()
+    };
+    let ed25519 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519)
+        .unwrap()
+        .public_key_pem();
+    let private = rcgen::KeyPair::generate().unwrap().serialize_pem();
+    let cases = [
+        (String::new(), "no PUBLIC KEY block"),
+        ("hello".to_string(), "no PUBLIC KEY block"),
+        (cert, "only PUBLIC KEY"),
+        (private.clone(), "only PUBLIC KEY"),
+        (ed25519, "unsupported key type"),
+        (rsa_spki_pem(1024), "RSA modulus size out of range"),
+        (rsa_spki_pem(16384), "RSA modulus size out of range"),
+        (
+            "-----BEGIN PUBLIC KEY-----\n!!!!\n-----END PUBLIC KEY-----\n".to_string(),
+            "not PEM",
+        ),
+        (pem("PUBLIC KEY", b"\x30\x03\x02\x01\x01"), "does not parse"),
+    ];
+    for (text, want) in cases {
+        let e = Federation::from_spec("x", &base(vec![ec.public_pem.clone(), text.clone()]))
+            .unwrap_err();
+        assert!(
+            matches!(&e, FederationError::BadPublicKey(1, r) if r.contains(want)),
+            "{text:.40}: {e}"
+        );
+        if text.len() > 10 {
+            assert!(!e.to_string().contains(&text[10..]), "{e}");
+        }
+    }
+    // A real 2048-bit RSA SPKI built the same way parses (the size rule, not the builder, refused).
+    assert!(Federation::from_spec("x", &base(vec![rsa_spki_pem(2048)])).is_ok());
+    // Static keys need an issuer (or url); too many keys are refused whole.
+    assert_eq!(
+        Federation::from_spec(
+            "x",
+            &KubernetesFederationSpec {
+                public_keys: vec![ec.public_pem.clone()],
+                ..Default::default()
+            }
+        )
+        .unwrap_err(),
+        FederationError::NoIssuer
+    );
+    let many: Vec<String> = (0..65).map(|_| TestKey::es256().public_pem).collect();
+    assert_eq!(
+        Federation::from_spec("x", &base(many)).unwrap_err(),
+        FederationError::TooManyStaticKeys(65)
+    );
+}

@@ -218,11 +218,21 @@ impl TestClock {
 }
 
 fn authenticator(clock: Clock, spec: &KubernetesFederationSpec) -> Arc<Authenticator> {
-    let a = Authenticator::new(AuthnSettings {
+    authenticator_with(clock, spec, |_| {})
+}
+
+fn authenticator_with(
+    clock: Clock,
+    spec: &KubernetesFederationSpec,
+    tweak: impl FnOnce(&mut AuthnSettings),
+) -> Arc<Authenticator> {
+    let mut settings = AuthnSettings {
         clock,
         fetch_timeout: Duration::from_secs(5),
         ..Default::default()
-    });
+    };
+    tweak(&mut settings);
+    let a = Authenticator::new(settings);
     a.set_federations(vec![Federation::from_spec("alpha", spec).unwrap()]);
     Arc::new(a)
 }
@@ -412,7 +422,9 @@ async fn key_rotation_triggers_one_refresh() {
     let new = TestKey::rsa();
     srv.jwks(&[&old]);
     let (clock, c) = TestClock::new();
-    let a = authenticator(c, &srv.spec());
+    // Rotation waits off: this test is about the refresh interval alone (the test clock does
+    // not move while a request would wait).
+    let a = authenticator_with(c, &srv.spec(), |s| s.jwks_rotation_wait = Duration::ZERO);
     assert!(
         a.authenticate(&old.sign(&claims(&srv.url, AUD, T0)), None)
             .await
@@ -462,7 +474,9 @@ async fn unknown_kid_flood_shares_one_fetch() {
     srv.jwks(&[&key]);
     srv.state.delay_ms.store(200, Ordering::SeqCst);
     let (clock, c) = TestClock::new();
-    let a = authenticator(c, &srv.spec());
+    // Rotation waits off (the test clock does not move while a request waits); the flood with
+    // waits is `unknown_kid_flood_with_rotation_waits_is_bounded`.
+    let a = authenticator_with(c, &srv.spec(), |s| s.jwks_rotation_wait = Duration::ZERO);
     let attacker = TestKey::es256();
     let flood = |now: u64| {
         (0..100)
@@ -687,4 +701,136 @@ async fn document_limits() {
         Err(AuthnError::KeysUnavailable)
     );
     assert_eq!(srv.hits("/openid/v1/jwks"), 0);
+}
+
+/// Issue 8: a key rotated in right after a fetch (within the min refresh interval) must not
+/// fail its first token: the request waits for the next permitted refresh.
+#[tokio::test]
+async fn rotation_right_after_a_fetch_waits_for_the_next_refresh() {
+    let srv = TestServer::start().await;
+    let old = TestKey::es256();
+    let new = TestKey::rsa();
+    srv.jwks(&[&old]);
+    let a = authenticator_with(Clock::system(), &srv.spec(), |s| {
+        s.jwks_min_refresh_interval = Duration::from_secs(2);
+    });
+    let now = Clock::system().now();
+    assert!(
+        a.authenticate(&old.sign(&claims(&srv.url, AUD, now)), None)
+            .await
+            .is_ok()
+    );
+    assert_eq!(srv.hits("/openid/v1/jwks"), 1);
+    // The cluster rotates right after our fetch; its first new-kid token arrives at once.
+    srv.jwks(&[&old, &new]);
+    let start = std::time::Instant::now();
+    let t = new.sign(&claims(&srv.url, AUD, now));
+    assert_eq!(
+        a.authenticate(&t, None).await.map(|id| id.federation),
+        Ok("alpha".to_owned())
+    );
+    assert!(
+        start.elapsed() <= Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(srv.hits("/openid/v1/jwks"), 2);
+    // A kid still unknown after a fetch that began after the request arrived is unknown.
+    let stranger = TestKey::es256();
+    let t = stranger.sign(&claims(&srv.url, AUD, now));
+    assert_eq!(
+        a.authenticate(&t, None).await,
+        Err(AuthnError::UnknownKeyId)
+    );
+    assert_eq!(srv.hits("/openid/v1/jwks"), 3);
+    assert!(
+        start.elapsed() <= Duration::from_secs(6),
+        "{:?}",
+        start.elapsed()
+    );
+
+    // The wait is bounded: with the next refresh due later than jwks_rotation_wait, the
+    // request is answered at once, without a fetch.
+    let srv = TestServer::start().await;
+    srv.jwks(&[&old]);
+    let a = authenticator_with(Clock::system(), &srv.spec(), |s| {
+        s.jwks_min_refresh_interval = Duration::from_secs(60);
+        s.jwks_rotation_wait = Duration::from_secs(10);
+    });
+    assert!(
+        a.authenticate(&old.sign(&claims(&srv.url, AUD, now)), None)
+            .await
+            .is_ok()
+    );
+    srv.jwks(&[&old, &new]);
+    let start = std::time::Instant::now();
+    assert_eq!(
+        a.authenticate(&new.sign(&claims(&srv.url, AUD, now)), None)
+            .await,
+        Err(AuthnError::UnknownKeyId)
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(srv.hits("/openid/v1/jwks"), 1);
+}
+
+/// The flood protection holds with rotation waits: a flood of unknown kids right after a fetch
+/// causes one more fetch (when the interval allows), only `jwks_max_rotation_waiters` requests
+/// are held, and none longer than the interval.
+#[tokio::test]
+async fn unknown_kid_flood_with_rotation_waits_is_bounded() {
+    let srv = TestServer::start().await;
+    let key = TestKey::es256();
+    srv.jwks(&[&key]);
+    let a = authenticator_with(Clock::system(), &srv.spec(), |s| {
+        s.jwks_min_refresh_interval = Duration::from_secs(3);
+        s.jwks_max_rotation_waiters = 4;
+    });
+    let now = Clock::system().now();
+    assert!(
+        a.authenticate(&key.sign(&claims(&srv.url, AUD, now)), None)
+            .await
+            .is_ok()
+    );
+    assert_eq!(srv.hits("/openid/v1/jwks"), 1);
+    let attacker = TestKey::es256();
+    let tasks: Vec<_> = (0..60)
+        .map(|i| {
+            let t = attacker.sign_with(
+                attacker.alg,
+                Some(&format!("junk-{i}")),
+                &claims(&srv.url, AUD, now),
+                |_| {},
+            );
+            let a = a.clone();
+            tokio::spawn(async move {
+                let start = std::time::Instant::now();
+                let r = a.authenticate(&t, None).await;
+                (r, start.elapsed())
+            })
+        })
+        .collect();
+    let mut held = 0;
+    for r in futures_util::future::join_all(tasks).await {
+        let (r, took) = r.unwrap();
+        assert_eq!(r, Err(AuthnError::UnknownKeyId));
+        assert!(took <= Duration::from_secs(4), "{took:?}");
+        if took >= Duration::from_millis(900) {
+            held += 1;
+        }
+    }
+    assert!(held <= 4, "{held} requests held");
+    let fetches = srv.hits("/openid/v1/jwks");
+    assert!(fetches <= 2, "{fetches} fetches");
+    // The real key still answers at once.
+    let start = std::time::Instant::now();
+    assert!(
+        a.authenticate(&key.sign(&claims(&srv.url, AUD, now + 1)), None)
+            .await
+            .is_ok()
+    );
+    assert!(start.elapsed() < Duration::from_secs(1));
 }

@@ -57,9 +57,16 @@ pub struct KubernetesFederationSpec {
     /// Extension: how the client's `ca.crt` is used.
     #[serde(default, rename = "clientCAPolicy")]
     pub client_ca_policy: Option<ClientCaPolicy>,
-    /// Extension: static JWKS document (air-gapped clusters).
+    /// Extension: static JWKS document (air-gapped clusters). Keys without a `kid` are
+    /// candidates for any token of this federation (a JWKS made from `sa.pub` has none).
     #[serde(default)]
     pub jwks: Option<String>,
+    /// Extension: static PEM public keys (`-----BEGIN PUBLIC KEY-----`, e.g. a cluster's
+    /// `sa.pub`), each entry one or more blocks; RSA 2048–8192, EC P-256 or P-384. Like Vault's
+    /// `jwt_validation_pubkeys`, they have no `kid` and are candidates for any token of this
+    /// federation. May be combined with `jwks`; either makes the federation static (no fetch).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub public_keys: Vec<String>,
     /// Extension: accept legacy secret-based ServiceAccount tokens (no `exp`, no `iat`,
     /// `kubernetes.io/serviceaccount/*` claims). Off by default: such tokens never expire,
     /// so a leaked one is valid until its Secret is deleted.
