@@ -180,9 +180,28 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(secs))
 }
 
+/// Directive appended to every log filter unless `RUST_LOG` names rustls itself: rustls warns
+/// about client-controlled handshake details (an IP address sent as SNI, as curl and wrk do),
+/// which at the default level is one line per connection, i.e. log flooding by any client.
+const QUIET_LIBRARIES: &str = "rustls=error";
+
+/// The operational log filter: `RUST_LOG` (default `info`) with [`QUIET_LIBRARIES`].
+fn log_filter() -> tracing_subscriber::EnvFilter {
+    let spec = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|s| !s.trim().is_empty())
+        .unwrap_or_else(|| "info".into());
+    let spec = if spec.contains("rustls") {
+        spec
+    } else {
+        format!("{spec},{QUIET_LIBRARIES}")
+    };
+    tracing_subscriber::EnvFilter::try_new(&spec)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("info,{QUIET_LIBRARIES}")))
+}
+
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = log_filter();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -198,8 +217,7 @@ fn init_logging(format: LogFormat) {
 fn init_serve_logging(format: LogFormat, audit: Option<&std::path::Path>) -> Result<()> {
     use tracing_subscriber::filter::filter_fn;
     use tracing_subscriber::prelude::*;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = log_filter();
     let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
@@ -218,7 +236,20 @@ fn init_serve_logging(format: LogFormat, audit: Option<&std::path::Path>) -> Res
     Ok(())
 }
 
-fn main() -> Result<()> {
+/// Every failure exit prints one clear message (`esi-server: error: …`, the cause chain on
+/// one line) and exits 1; never a backtrace, whatever `RUST_BACKTRACE` says: an expected
+/// failure (a problem in the manifests, a missing file) is not a crash.
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("esi-server: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
     let cli = Cli::parse();
     // One crypto provider for every rustls user in the process.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
