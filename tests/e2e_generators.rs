@@ -792,7 +792,8 @@ spec:
         )
         .await;
     assert_eq!((status, body.as_str()), (200, "null"));
-    assert_eq!(server.audit_lines("issue").len(), 4);
+    // Five issues: four generators, and the ClusterGenerator again under another URL namespace.
+    assert_eq!(server.audit_lines("issue").len(), 5);
     assert!(
         server
             .audit_lines("issue")

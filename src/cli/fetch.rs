@@ -246,7 +246,10 @@ mod tests {
         }
     }
 
-    #[tokio::test]
+    // Paused time: the clock only moves through the retry's own sleeps, so "gave up by the
+    // deadline" is exact and does not depend on how loaded the machine is (on real time this
+    // failed under load: a 100 ms sleep can take longer than the whole 600 ms budget).
+    #[tokio::test(start_paused = true)]
     async fn gives_up_at_the_deadline_with_the_last_cause() {
         let total = Duration::from_millis(600);
         let start = Instant::now();
