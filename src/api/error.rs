@@ -30,6 +30,12 @@ pub enum ApiError {
     /// Body or token too large.
     #[error("request too large")]
     TooLarge,
+    /// The header section is larger than the server accepts (RFC 6585 §5: 431).
+    #[error("request header fields too large")]
+    HeadersTooLarge,
+    /// The body did not arrive in time (RFC 9110 §15.5.9: 408).
+    #[error("request body not received in time")]
+    BodyTimeout,
     /// Malformed request.
     #[error("bad request: {0}")]
     BadRequest(String),
@@ -59,6 +65,8 @@ impl ApiError {
         match self {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,

@@ -39,13 +39,9 @@ use crate::ledger::{GeneratorRef, Holder, Ledger, Owner, lifecycle};
 use crate::metrics::METRICS;
 use crate::providers::{FindRequest, RemoteRef, SecretProvider};
 
-/// Limits of the HTTP layer.
+/// Settings of the HTTP layer (its abuse limits are in [`LimitSettings`]).
 #[derive(Debug, Clone)]
 pub struct ApiSettings {
-    /// Largest request body accepted (bytes); larger answers 413.
-    pub max_body_bytes: usize,
-    /// Largest bearer token accepted (bytes); larger answers 413.
-    pub max_token_bytes: usize,
     /// Upper bound on any one backend call, on top of the backend's own timeout.
     pub backend_timeout: Duration,
 }
@@ -53,8 +49,6 @@ pub struct ApiSettings {
 impl Default for ApiSettings {
     fn default() -> Self {
         ApiSettings {
-            max_body_bytes: 64 * 1024,
-            max_token_bytes: 16 * 1024,
             backend_timeout: Duration::from_secs(30),
         }
     }
@@ -93,7 +87,8 @@ pub fn router(state: AppState, with_metrics: bool) -> Router {
     if with_metrics {
         r = r.route("/metrics", get(metrics));
     }
-    let limit = state.settings.max_body_bytes;
+    // `limits::guard` reads the body within this limit; the extractor limit only restates it.
+    let limit = state.limits.settings.max_body_bytes;
     r.fallback(not_found)
         // Inside `observe`, so refusals (429, 503) are counted and carry a request id.
         .layer(middleware::from_fn_with_state(
@@ -266,7 +261,8 @@ async fn admit<B: DeserializeOwned + Default + ClientCa>(
 ) -> Result<(Caller, B), ApiError> {
     let token = bearer_token(headers, header::AUTHORIZATION.as_str())
         .ok_or_else(|| ApiError::Unauthorized("missing bearer token".into()))?;
-    if token.len() > state.settings.max_token_bytes {
+    let max_token_bytes = state.limits.settings.max_token_bytes;
+    if token.len() > max_token_bytes {
         return Err(ApiError::TooLarge);
     }
     let body = body.map_err(|rejection| {
@@ -289,7 +285,7 @@ async fn admit<B: DeserializeOwned + Default + ClientCa>(
         .authenticate(token, parsed.ca_crt())
         .await?;
     if let Some(workload_token) = bearer_token(headers, "x-workload-token") {
-        if workload_token.len() > state.settings.max_token_bytes {
+        if workload_token.len() > max_token_bytes {
             return Err(ApiError::TooLarge);
         }
         let workload = state

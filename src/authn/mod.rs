@@ -31,3 +31,14 @@ pub use federation::{Federation, FederationError};
 pub use identity::Identity;
 pub use keys::kubernetes_key_id;
 pub use settings::AuthnSettings;
+
+/// Checks, without any key, that `token` is at most `max_bytes` long and shaped like a compact
+/// JWS (RFC 7515 §7.1) this server could accept: three base64url parts, a JSON object header
+/// without `crit` and with an accepted `alg`, JSON object claims with an `iss`. Cheap enough to
+/// run before a request body is read; [`Authenticator::authenticate`] repeats it and verifies.
+///
+/// # Errors
+/// [`AuthnError::TooLarge`], or the parse error naming what is wrong (never the token).
+pub fn check_token_shape(token: &str, max_bytes: usize) -> Result<(), AuthnError> {
+    token::parse(token, max_bytes).map(|_| ())
+}

@@ -26,7 +26,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the federation API over HTTPS from a directory of manifests.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Load a directory of manifests and policies, report every problem, and exit
     /// non-zero if there is any.
     Check(SourceArgs),
@@ -113,13 +113,19 @@ struct ServeArgs {
     /// Requests handled at once; more are refused with 503.
     #[arg(long, default_value_t = 512)]
     max_concurrent_requests: usize,
+    /// Requests one source address (IPv6: one /64) may have in flight; more are refused with 503.
+    #[arg(long, default_value_t = 64)]
+    max_concurrent_requests_per_source: usize,
+    /// Time a client has to send a request body once its headers arrived; later → 408.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    body_read_timeout: Duration,
     /// Deadline of a whole request (body upload included).
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     request_timeout: Duration,
     /// Time a client has to send its request headers (slow-client defence).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     header_read_timeout: Duration,
-    /// Largest HTTP/2 header list, in bytes.
+    /// Largest request header section (names plus values), in bytes; larger → 431.
     #[arg(long, default_value_t = 64 * 1024)]
     max_header_bytes: u32,
     /// Concurrent HTTP/2 streams per connection.
@@ -261,7 +267,7 @@ fn run() -> Result<()> {
                 .enable_all()
                 .build()
                 .context("cannot start the async runtime")?
-                .block_on(serve(args))
+                .block_on(serve(*args))
         }
         Command::Check(args) => check(args),
         Command::DevToken(args) => dev_token(args),
@@ -389,9 +395,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         snapshot,
         authenticator,
         settings: ApiSettings {
-            max_body_bytes: args.max_body_bytes,
             backend_timeout: args.backend_timeout + Duration::from_secs(1),
-            ..ApiSettings::default()
         },
         limits: Arc::new(api::Limits::new(api::LimitSettings {
             per_source_rate: args.rate_limit_per_source,
@@ -399,7 +403,11 @@ async fn serve(args: ServeArgs) -> Result<()> {
             per_identity_rate: args.rate_limit_per_identity,
             per_identity_burst: args.rate_limit_per_identity_burst,
             max_concurrent_requests: args.max_concurrent_requests,
+            max_concurrent_requests_per_source: args.max_concurrent_requests_per_source,
             request_timeout: args.request_timeout,
+            body_read_timeout: args.body_read_timeout,
+            max_body_bytes: args.max_body_bytes,
+            max_header_bytes: args.max_header_bytes as usize,
             ..api::LimitSettings::default()
         })),
         ledger: Some(ledger),

@@ -315,6 +315,11 @@ impl Server {
         }
     }
 
+    /// The CA that signed the server's (self-signed) certificate, PEM.
+    pub fn ca_pem(&self) -> Vec<u8> {
+        std::fs::read(self._dir.path().join("data/tls/ca.crt")).unwrap()
+    }
+
     /// Everything the server logged so far.
     pub fn logs(&self) -> Vec<String> {
         self.log.lock().unwrap().clone()
@@ -379,8 +384,28 @@ impl Drop for Server {
     }
 }
 
-/// A reqwest client that trusts only `ca_pem`.
+/// A reqwest client that trusts only `ca_pem` (HTTP/1.1: no ALPN).
 pub fn client_trusting(ca_pem: &[u8]) -> reqwest::Client {
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls_trusting(ca_pem))
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap()
+}
+
+/// A reqwest client that trusts only `ca_pem` and speaks HTTP/2 (ALPN `h2`).
+pub fn h2_client_trusting(ca_pem: &[u8]) -> reqwest::Client {
+    let mut tls = tls_trusting(ca_pem);
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .http2_prior_knowledge()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap()
+}
+
+fn tls_trusting(ca_pem: &[u8]) -> rustls::ClientConfig {
     use rustls_pki_types::CertificateDer;
     use rustls_pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
@@ -388,16 +413,11 @@ pub fn client_trusting(ca_pem: &[u8]) -> reqwest::Client {
         roots.add(cert.unwrap()).unwrap();
     }
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
+    rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_root_certificates(roots)
-        .with_no_client_auth();
-    reqwest::Client::builder()
-        .tls_backend_preconfigured(config)
-        .timeout(Duration::from_secs(20))
-        .build()
-        .unwrap()
+        .with_no_client_auth()
 }
 
 /// OpenBao from `scripts/openbao.sh` (env), or None with a notice. With
