@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use esi::authn::{Authenticator, AuthnSettings, Federation, Identity};
 use esi::authz::{Action, AuthorizationSource, PolicyEngine, Resource};
-use esi::config::resources::{
+use esi::resources::{
     AllowedGenerator, AuthorizationSpec, AuthorizationSubject, FederationRef,
     KubernetesFederationSpec, OidcSubject,
 };

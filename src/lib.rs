@@ -16,4 +16,5 @@ pub mod ledger;
 pub mod logging;
 pub mod metrics;
 pub mod providers;
+pub mod resources;
 pub mod tls;

@@ -9,11 +9,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use esi::config::SecretIndex;
-use esi::config::resources::{SecretObject, SecretStoreSpec};
 use esi::providers::{
     FindRequest, ProviderError, ProviderSettings, RemoteRef, SecretProvider, build_provider,
 };
+use esi::resources::SecretIndex;
+use esi::resources::{SecretObject, SecretStoreSpec};
 use serde_json::{Value, json};
 
 struct Backend {

@@ -8,7 +8,7 @@ use arc_swap::ArcSwap;
 use esi::api::{self, ApiSettings, AppState, LimitSettings, Limits};
 use esi::authn::{Authenticator, AuthnSettings, Clock, Federation};
 use esi::authz::{Action, PolicyEngine, Resource};
-use esi::config::resources::{AuthorizationSpec, KubernetesFederationSpec};
+use esi::resources::{AuthorizationSpec, KubernetesFederationSpec};
 use esi::config::{DirectorySource, Snapshot};
 use tower::ServiceExt;
 

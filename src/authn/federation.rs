@@ -10,7 +10,7 @@ use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 
 use super::keys::{JwksError, VerifyKey, parse_jwks, parse_public_key_pems};
-use crate::config::resources::{ClientCaPolicy, KubernetesFederationSpec};
+use crate::resources::{ClientCaPolicy, KubernetesFederationSpec};
 
 /// Most static keys (`jwks` and `publicKeys` together; the same bound as the default for
 /// fetched ones).

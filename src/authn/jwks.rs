@@ -15,8 +15,8 @@ use super::error::AuthnError;
 use super::federation::{Federation, parse_ca_bundle_b64};
 use super::keys::{JwksError, VerifyKey, parse_jwks};
 use super::settings::AuthnSettings;
-use crate::config::resources::ClientCaPolicy;
 use crate::metrics::METRICS;
+use crate::resources::ClientCaPolicy;
 
 /// Source of unique key-set generations (a verified-token cache entry is bound to one).
 static NEXT_GENERATION: AtomicU64 = AtomicU64::new(1);

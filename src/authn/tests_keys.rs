@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::test_support::{TestKey, claims};
 use super::*;
-use crate::config::resources::KubernetesFederationSpec;
+use crate::resources::KubernetesFederationSpec;
 
 const ISS: &str = "https://kubernetes.default.svc.cluster.local";
 const AUD: &str = "https://esi.example";

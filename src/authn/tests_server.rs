@@ -16,7 +16,7 @@ use serde_json::json;
 
 use super::test_support::{TestKey, claims};
 use super::*;
-use crate::config::resources::{ClientCaPolicy, KubernetesFederationSpec};
+use crate::resources::{ClientCaPolicy, KubernetesFederationSpec};
 
 const AUD: &str = "https://esi.example";
 const T0: u64 = 1_700_000_000;

@@ -7,7 +7,7 @@ use rustls_pki_types::SubjectPublicKeyInfoDer;
 use rustls_pki_types::pem::PemObject;
 
 use super::*;
-use crate::config::resources::KubernetesFederationSpec;
+use crate::resources::KubernetesFederationSpec;
 
 const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/k8s-sa-tokens");
 

@@ -432,7 +432,7 @@ mod tests {
     }
 
     fn fed_legacy(audiences: &[&str], allow_legacy_tokens: bool) -> Federation {
-        let spec = crate::config::resources::KubernetesFederationSpec {
+        let spec = crate::resources::KubernetesFederationSpec {
             url: Some("https://k.example".into()),
             audiences: audiences.iter().map(|s| s.to_string()).collect(),
             allow_legacy_tokens,

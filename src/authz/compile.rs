@@ -22,7 +22,7 @@ use std::collections::BTreeSet;
 use cedar_policy::{Policy, PolicyId};
 use serde_json::{Value, json};
 
-use crate::config::resources::{AuthorizationSpec, AuthorizationSubject};
+use crate::resources::{AuthorizationSpec, AuthorizationSubject};
 
 /// The only federation kind served.
 const FEDERATION_KIND: &str = "KubernetesFederation";
@@ -414,7 +414,7 @@ fn internal(id: &str) -> CompileError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::resources::{
+    use crate::resources::{
         AllowedGenerator, AllowedGeneratorState, FederationRef, OidcSubject, SpiffeSubject,
     };
 

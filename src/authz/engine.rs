@@ -33,8 +33,8 @@ use super::{
     Action, AuthorizationSource, Decision, PolicyFile, PolicyLoadError, Resource, SCHEMA_SRC,
 };
 use crate::authn::Identity;
-use crate::config::resources::AuthorizationSpec;
 use crate::metrics::METRICS;
+use crate::resources::AuthorizationSpec;
 
 /// Longest `PolicyLoadError::reason`.
 const REASON_MAX: usize = 2000;
@@ -653,7 +653,7 @@ impl Builder {
 /// CRD, meaningless for a cluster-scoped object) becomes
 /// [`crate::generators::CLUSTER_SCOPE`], the namespace such a generator is decided under.
 fn canonical_spec(spec: &AuthorizationSpec) -> std::borrow::Cow<'_, AuthorizationSpec> {
-    let cluster = |g: &crate::config::resources::AllowedGenerator| {
+    let cluster = |g: &crate::resources::AllowedGenerator| {
         crate::generators::is_cluster_scoped(&g.kind) && !g.namespace.is_empty()
     };
     if !spec.allowed_generators.iter().any(cluster) {

@@ -18,7 +18,7 @@ mod engine;
 use std::fmt;
 use std::path::PathBuf;
 
-use crate::config::resources::AuthorizationSpec;
+use crate::resources::AuthorizationSpec;
 
 pub use engine::PolicyEngine;
 
@@ -288,7 +288,7 @@ mod tests {
     #[test]
     fn cluster_generators_are_decided_under_one_identity() {
         use crate::authn::Identity;
-        use crate::config::resources::{
+        use crate::resources::{
             AllowedGenerator, AuthorizationSpec, AuthorizationSubject, FederationRef, OidcSubject,
         };
         let who = Identity {

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::resources::ObjectMeta;
+use crate::resources::ObjectMeta;
 
 /// Largest manifest or policy file read (bytes); bigger files are reported and skipped.
 pub const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;

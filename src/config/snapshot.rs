@@ -14,10 +14,6 @@ use async_trait::async_trait;
 use sha2::{Digest, Sha256};
 
 use super::loader::{self, LoadError, RawObject};
-use super::resources::{
-    AuthorizationSpec, KubernetesFederationSpec, SecretObject, SecretStoreSpec,
-};
-use super::secrets::SecretIndex;
 use crate::authn::Federation;
 use crate::authz::{AuthorizationSource, PolicyEngine, PolicyFile, PolicyLoadError};
 use crate::generators::{self, Generator};
@@ -25,17 +21,10 @@ use crate::metrics::METRICS;
 use crate::providers::{
     self, FindRequest, ProviderError, ProviderSettings, RemoteRef, SecretProvider,
 };
-
-/// Identifies a generator: namespace, kind, name (as in the ESE URL).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct GeneratorKey {
-    /// Namespace.
-    pub namespace: String,
-    /// Kind (`Password`, `Fake`, …).
-    pub kind: String,
-    /// Name.
-    pub name: String,
-}
+use crate::resources::{
+    AuthorizationSpec, KubernetesFederationSpec, SecretObject, SecretStoreSpec,
+};
+use crate::resources::{GeneratorKey, SecretIndex};
 
 /// Where resources come from in directory mode.
 #[derive(Debug, Clone)]

@@ -26,8 +26,8 @@ use reqwest::{Method, StatusCode, Url};
 use serde::Deserialize;
 
 use super::{BuildContext, GenerateContext, GeneratorConfigError, GeneratorError};
-use crate::config::resources::SecretKeySelector;
 use crate::providers::{self, ProviderConfigError};
+use crate::resources::SecretKeySelector;
 
 /// Bound on an AWS answer (STS and ECR answers are a few KiB).
 const MAX_BODY: usize = 256 * 1024;
@@ -608,9 +608,9 @@ pub(crate) fn parse_sts_credentials(body: &[u8]) -> Result<StsIssued, MalformedA
 pub(crate) mod tests {
     use super::*;
     use crate::authn::Identity;
-    use crate::config::SecretIndex;
-    use crate::config::resources::SecretObject;
     use crate::providers::ProviderSettings;
+    use crate::resources::SecretIndex;
+    use crate::resources::SecretObject;
     use serde_json::json;
 
     /// A SecretIndex with `ns/aws` holding a key pair.

@@ -26,9 +26,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::authn::Identity;
-use crate::config::SecretIndex;
 use crate::metrics::METRICS;
 use crate::providers::{ProviderError, ProviderSettings};
+use crate::resources::SecretIndex;
 
 pub use cluster::ClusterGenerator;
 pub use ecr::EcrAuthorizationTokenGenerator;

@@ -346,9 +346,9 @@ impl Generator for VaultDynamicSecretGenerator {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::SecretIndex;
-    use crate::config::resources::SecretObject;
     use crate::providers::ProviderSettings;
+    use crate::resources::SecretIndex;
+    use crate::resources::SecretObject;
 
     fn build_in(
         namespace: &str,

@@ -33,8 +33,8 @@ use super::aws::resolve_secret;
 use super::{
     BuildContext, GenerateContext, Generated, Generator, GeneratorConfigError, GeneratorError,
 };
-use crate::config::resources::SecretKeySelector;
 use crate::providers;
+use crate::resources::SecretKeySelector;
 
 const KIND: &str = "Webhook";
 /// Bound on the webhook's answer.
@@ -522,9 +522,9 @@ impl Generator for WebhookGenerator {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::SecretIndex;
-    use crate::config::resources::SecretObject;
     use crate::providers::ProviderSettings;
+    use crate::resources::SecretIndex;
+    use crate::resources::SecretObject;
     use serde_json::json;
 
     fn secrets() -> SecretIndex {

@@ -12,9 +12,10 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 
 use super::{GeneratorRef, Holder, Ledger, LedgerEntry, LedgerError};
-use crate::config::{GeneratorKey, Snapshot};
+use crate::config::Snapshot;
 use crate::generators::{Generated, Generator, GeneratorError, unix_now};
 use crate::metrics::METRICS;
+use crate::resources::GeneratorKey;
 
 /// Longest pause between two revocation attempts of one entry.
 const MAX_BACKOFF_SECS: u64 = 300;

@@ -16,8 +16,8 @@ mod redb_store;
 use serde::{Deserialize, Serialize};
 
 use crate::authn::Identity;
-use crate::config::GeneratorKey;
 use crate::generators::{self, RevocationState};
+use crate::resources::GeneratorKey;
 
 pub use lifecycle::{RevokeSummary, Sweeper};
 pub use redb_store::RedbLedger;

@@ -291,8 +291,8 @@ impl SecretProvider for FakeProvider {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::SecretIndex;
     use crate::providers::ProviderSettings;
+    use crate::resources::SecretIndex;
     use serde_json::json;
 
     fn provider(block: Value) -> Result<FakeProvider, ProviderConfigError> {

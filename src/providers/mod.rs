@@ -16,9 +16,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::SecretIndex;
-use crate::config::SecretRefError;
-use crate::config::resources::{SecretKeySelector, SecretStoreSpec};
+use crate::resources::SecretIndex;
+use crate::resources::SecretRefError;
+use crate::resources::{SecretKeySelector, SecretStoreSpec};
 
 pub use fake::FakeProvider;
 pub use metered::Metered;
@@ -380,7 +380,7 @@ pub fn build_provider(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::resources::SecretObject;
+    use crate::resources::SecretObject;
     use serde_json::json;
 
     fn spec(provider: serde_json::Value) -> SecretStoreSpec {

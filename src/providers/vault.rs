@@ -33,7 +33,7 @@ use super::{
     BuildContext, FindRequest, KeyFilter, ProviderConfigError, ProviderError, RemoteRef,
     SecretProvider,
 };
-use crate::config::resources::SecretKeySelector;
+use crate::resources::SecretKeySelector;
 
 const PROVIDER: &str = "vault";
 
@@ -999,9 +999,9 @@ impl SecretProvider for VaultProvider {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::SecretIndex;
-    use crate::config::resources::SecretObject;
     use crate::providers::ProviderSettings;
+    use crate::resources::SecretIndex;
+    use crate::resources::SecretObject;
     use serde_json::json;
     use std::sync::Arc;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -10,7 +10,7 @@ use rand::{Rng, SeedableRng};
 use serde::Deserialize;
 
 use super::*;
-use crate::config::resources::{
+use crate::resources::{
     AllowedGenerator, AllowedGeneratorState, AuthorizationSpec, AuthorizationSubject,
     FederationRef, OidcSubject,
 };
@@ -60,7 +60,7 @@ fn states(namespace: &str) -> Resource {
 
 #[derive(Deserialize)]
 struct Manifest {
-    metadata: crate::config::resources::ObjectMeta,
+    metadata: crate::resources::ObjectMeta,
     spec: AuthorizationSpec,
 }
 

@@ -1,4 +1,6 @@
-//! Serde shapes of the resources we read, with ESO/ESE field names.
+//! The bottom layer: serde shapes of the resources we read, with ESO/ESE field names, and
+//! the Secrets they reference ([`SecretIndex`]). Every other module may use these; they use
+//! none of ours.
 //!
 //! These mirror the Kubernetes objects exactly (camelCase, optional fields) so that
 //! existing manifests load unchanged. They carry no behaviour: each consumer turns
@@ -8,6 +10,10 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+
+mod secrets;
+
+pub use secrets::{SecretIndex, SecretRefError};
 
 /// The metadata we use from a Kubernetes object.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -214,4 +220,15 @@ pub struct SecretKeySelector {
     /// Namespace (ClusterSecretStores must set it).
     #[serde(default)]
     pub namespace: Option<String>,
+}
+
+/// Identifies a generator: namespace, kind, name (as in the ESE URL).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GeneratorKey {
+    /// Namespace.
+    pub namespace: String,
+    /// Kind (`Password`, `Fake`, …).
+    pub kind: String,
+    /// Name.
+    pub name: String,
 }

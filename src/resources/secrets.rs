@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 
-use super::resources::{SecretKeySelector, SecretObject};
+use super::{SecretKeySelector, SecretObject};
 
 /// Errors resolving a secret reference.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
