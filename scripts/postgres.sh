@@ -11,20 +11,12 @@
 # loopback TCP. Only Debian's packages are used (apt-get install postgresql) when absent.
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-OUT="${ROOT}/target/test-backends"
-LOG="${OUT}/postgres-setup.log"
+NAME="postgres.sh"
+LOG_NAME="postgres-setup.log"
+# shellcheck source=scripts/lib/backend.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/backend.sh"
 ENV_FILE="${OUT}/postgres.env"
 STATE_FILE="${OUT}/postgres.state"
-
-die() {
-    echo "postgres.sh: $*" >&2
-    if [[ -f "${LOG}" ]]; then
-        echo "--- last lines of ${LOG} ---" >&2
-        tail -n 20 "${LOG}" >&2 || true
-    fi
-    exit 1
-}
 
 # Prints the newest PostgreSQL server bin directory, installing the package when absent.
 find_bindir() {
@@ -50,14 +42,6 @@ as_owner() {
     else
         "$@"
     fi
-}
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
-}
-
-random_hex() {
-    od -An -N16 -tx1 /dev/urandom | tr -d ' \n'
 }
 
 read_state() {
@@ -134,11 +118,4 @@ stop() {
     rm -f "${STATE_FILE}" "${ENV_FILE}"
 }
 
-case "${1:-}" in
-    start) start ;;
-    stop) stop ;;
-    *)
-        echo "usage: $0 start|stop" >&2
-        exit 2
-        ;;
-esac
+backend_main "$@"
