@@ -11,7 +11,7 @@ use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 
 use super::args::{GeneratorRef, SecretId};
-use super::fetch::{FetchError, SetupError};
+use super::error::{FetchError, SetupError};
 use super::tls_explain::{self, TrustHint};
 use super::value::{SecretData, SecretValue};
 

@@ -1,6 +1,7 @@
-//! Fetching: the error every source reports, retries within an overall deadline, and
-//! one concurrent request per distinct secret.
+//! Fetching: retries within an overall deadline, and one concurrent request per distinct
+//! secret.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::time::Duration;
 
@@ -9,66 +10,13 @@ use rand::Rng;
 use tokio::time::Instant;
 
 use super::args::{Plan, SecretId, SourceConfig};
+pub use super::error::{FetchError, SetupError};
 use super::federated::FederatedClient;
-use super::inject::Results;
 use super::local::LocalClient;
 use super::value::SecretData;
 
-/// Why one secret could not be had. Texts name the cause, never a value or a token.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum FetchError {
-    /// 401: the token was refused.
-    #[error("unauthorized: the server refused the token (HTTP 401)")]
-    Unauthorized,
-    /// 403 (Kubernetes API).
-    #[error("forbidden: {0}")]
-    Forbidden(String),
-    /// 404: missing, or not permitted (the Federation Server does not tell which).
-    #[error("not found: {0}")]
-    NotFound(String),
-    /// No connection could be made (or it broke) until the deadline.
-    #[error("server unreachable: {0}")]
-    Unreachable(String),
-    /// The server's certificate was not trusted, or the handshake failed.
-    #[error("TLS failure: {0}")]
-    Tls(String),
-    /// The token file could not be read or holds no usable token.
-    #[error("bad token file {path}: {reason}")]
-    BadToken {
-        /// The file.
-        path: String,
-        /// Why.
-        reason: String,
-    },
-    /// 429 until the deadline.
-    #[error("rate limited by the server (HTTP 429) until the timeout")]
-    RateLimited {
-        /// The server's `Retry-After`, when it sent one.
-        retry_after: Option<Duration>,
-    },
-    /// 5xx until the deadline.
-    #[error("server error (HTTP {0})")]
-    Server(u16),
-    /// Any other refusal (400, 413, …).
-    #[error("request refused (HTTP {0})")]
-    Rejected(u16),
-    /// The answer was not what the call returns.
-    #[error("malformed answer: {0}")]
-    Malformed(&'static str),
-    /// The overall `--timeout` ran out.
-    #[error("timed out after {0:?}")]
-    Timeout(Duration),
-}
-
-impl FetchError {
-    /// Whether trying again may help (connect errors, 429, 5xx).
-    pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            FetchError::Unreachable(_) | FetchError::RateLimited { .. } | FetchError::Server(_)
-        )
-    }
-}
+/// Results of one round of fetching.
+pub type Results = HashMap<SecretId, Result<SecretData, FetchError>>;
 
 /// Exponential backoff with jitter: `base·2^attempt`, capped, then a random point in
 /// its upper half so many Pods restarting together do not retry in step.
@@ -116,25 +64,6 @@ where
         tokio::time::sleep(wait).await;
         n = n.saturating_add(1);
     }
-}
-
-/// A failure to set up a source at all (before any secret is asked for).
-#[derive(Debug, thiserror::Error)]
-pub enum SetupError {
-    /// `--federated-ca-crt` could not be used.
-    #[error("--federated-ca-crt {path}: {reason}")]
-    Ca {
-        /// The file.
-        path: String,
-        /// Why.
-        reason: String,
-    },
-    /// The HTTPS client could not be built.
-    #[error("cannot build the HTTPS client: {0}")]
-    Client(String),
-    /// Local mode outside a Pod, or the Pod's config is unusable.
-    #[error("local cluster: {0}")]
-    Kube(String),
 }
 
 /// Where secrets come from, ready to fetch.

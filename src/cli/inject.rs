@@ -1,11 +1,11 @@
 //! Turning fetched secrets into what the application gets: environment variables and
 //! file contents. Pure functions, so every rule here is unit-tested.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use super::args::{FileSpec, Plan, SecretId, SecretRef};
-use super::fetch::FetchError;
+use super::fetch::Results;
 use super::value::{SecretData, SecretValue};
 
 /// One reason a requested secret cannot be had; printed as one line.
@@ -26,9 +26,6 @@ pub struct Injection {
     /// Files to write.
     pub files: Vec<(PathBuf, SecretValue)>,
 }
-
-/// Results of one round of fetching.
-pub type Results = HashMap<SecretId, Result<SecretData, FetchError>>;
 
 /// An environment variable name from a key: upper-cased, every character that is not an
 /// ASCII letter or digit becomes `_` (ESE's rule).
@@ -232,7 +229,9 @@ pub fn assemble(
 mod tests {
     use super::*;
     use crate::cli::args::{Args, Plan};
+    use crate::cli::error::FetchError;
     use clap::Parser;
+    use std::collections::HashMap;
 
     fn plan(args: &[&str]) -> Plan {
         let mut v = vec![

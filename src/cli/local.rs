@@ -7,7 +7,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 
 use super::args::SecretId;
-use super::fetch::{FetchError, SetupError};
+use super::error::{FetchError, SetupError};
 use super::value::{SecretData, SecretValue};
 
 /// Reads ExternalSecrets and their target Secrets in one namespace.

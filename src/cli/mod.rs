@@ -11,6 +11,7 @@
 
 pub mod args;
 pub mod duration;
+pub mod error;
 pub mod federated;
 pub mod fetch;
 pub mod files;
@@ -115,7 +116,7 @@ pub async fn prepare_init(plan: &Plan) -> Result<Injection, ExitCode> {
     })?;
     let results = if ids.is_empty() {
         // Nothing to fetch: no source is needed (nor an in-cluster config).
-        inject::Results::new()
+        fetch::Results::new()
     } else {
         let fetcher = Fetcher::from_plan(plan).await.map_err(|e| {
             say(e);
