@@ -456,13 +456,15 @@ async fn serve(args: ServeArgs) -> Result<()> {
             .http1()
             .timer(timer.clone())
             .header_read_timeout(args.header_read_timeout);
-        // HTTP/1 heads stay within hyper's read buffer (about 400 KiB, its default): a smaller
-        // buffer would cut off clients whose early-refused body (413) is still in flight.
+        // Protocol ceilings sit above --max-header-bytes so that the application answers 431
+        // on both protocols (`api::limits::guard`): HTTP/1 heads stay within hyper's read
+        // buffer (about 400 KiB, its default; above it hyper itself answers 431), and HTTP/2
+        // header lists within HTTP2_MAX_HEADER_LIST_BYTES (above it h2 refuses the stream).
         builder
             .http2()
             .timer(timer)
             .max_concurrent_streams(args.http2_max_concurrent_streams)
-            .max_header_list_size(args.max_header_bytes)
+            .max_header_list_size(HTTP2_MAX_HEADER_LIST_BYTES.max(args.max_header_bytes))
             .max_pending_accept_reset_streams(Some(64))
             .keep_alive_interval(Some(Duration::from_secs(30)))
             .keep_alive_timeout(Duration::from_secs(20));
@@ -473,6 +475,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
         .context("server failed")?;
     Ok(())
 }
+
+/// The HTTP/2 protocol ceiling for a header list (bytes, as HPACK counts them).
+const HTTP2_MAX_HEADER_LIST_BYTES: u32 = 1024 * 1024;
 
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
