@@ -5,12 +5,26 @@
 //! It is a `tracing` layer, so emitters only log structured fields. It never writes a value:
 //! emitters log names and ids only, and as a second line of defence fields whose names denote
 //! secret material (`value`, `token`, `password`, …) are dropped here whatever they hold.
+//!
+//! **No unaudited answers.** A line is written synchronously, on the thread that emits the
+//! event, so right after emitting, [`take_write_failure`] tells the emitter whether *its* line
+//! was written. The API checks it after every decision and refuses with 503 when the line was
+//! not written (as Vault refuses requests no audit device can record); a credential whose
+//! "issued" line cannot be written is revoked again and not handed out. Failures count in
+//! `esi_audit_log_events_total{outcome="write_error"}`, `esi_audit_log_ok` drops to 0, and one
+//! error line per 10 s goes to stderr. The first line written again restores service: nothing
+//! needs a restart.
+//!
+//! **Rotation.** [`AuditReopener::reopen`] (the server calls it on SIGHUP) opens the path again,
+//! so `logrotate` can move the file and signal the server (`docs/security.md` has the recipe).
 
+use std::cell::Cell;
 use std::fmt;
+use std::fs::File;
 use std::io::Write;
-use std::path::Path;
-use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value};
 use tracing::field::{Field, Visit};
@@ -19,6 +33,9 @@ use tracing::{Event, Metadata, Subscriber};
 use tracing_subscriber::Layer;
 use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::LookupSpan;
+
+use crate::logging::Throttled;
+use crate::metrics::METRICS;
 
 /// Target of authorization decisions (emitted by `authz`).
 pub const DECISION_TARGET: &str = "esi::decision";
@@ -68,10 +85,64 @@ pub fn is_audit_relevant(meta: &Metadata<'_>) -> bool {
     meta.target() == DECISION_TARGET || meta.target() == AUDIT_TARGET
 }
 
+thread_local! {
+    /// Whether an audit line written on this thread failed since the last
+    /// [`take_write_failure`].
+    static WRITE_FAILED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether an audit line emitted on this thread since the last call could not be written;
+/// clears the flag. Emit, then ask at once (no `.await` between): lines are written on the
+/// emitting thread, so the answer is about the caller's own lines.
+pub fn take_write_failure() -> bool {
+    WRITE_FAILED.with(|f| f.replace(false))
+}
+
+/// Where lines go.
+enum Sink {
+    /// A writer given by the caller (stdout, tests).
+    Writer(Box<dyn Write + Send>),
+    /// A file, which [`AuditReopener::reopen`] can open again by its path.
+    File { path: PathBuf, file: File },
+}
+
+impl Sink {
+    /// Writes one whole line, or nothing: a file cut short by a full disk is truncated back
+    /// to its length before the line, so the log never holds half a line.
+    fn write_line(&mut self, text: &[u8]) -> bool {
+        match self {
+            Sink::Writer(w) => w.write_all(text).and_then(|()| w.flush()).is_ok(),
+            Sink::File { file, .. } => {
+                let before = file.metadata().map(|m| m.len());
+                let written = file.write_all(text).and_then(|()| file.flush()).is_ok();
+                if !written && let Ok(len) = before {
+                    let _ = file.set_len(len);
+                }
+                written
+            }
+        }
+    }
+}
+
+/// Opens `path` for appending, creating it with mode 0600.
+fn open_append(path: &Path) -> Result<File, AuditError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|source| AuditError::Open {
+            path: path.display().to_string(),
+            source,
+        })
+}
+
 /// The layer. Add it with a filter such as `filter_fn(is_audit_relevant)` so the rest of the
 /// logging configuration (e.g. `RUST_LOG=warn`) never silences the audit trail.
 pub struct AuditLayer {
-    out: Mutex<Box<dyn Write + Send>>,
+    out: Arc<Mutex<Sink>>,
+    complaints: Throttled,
 }
 
 impl fmt::Debug for AuditLayer {
@@ -80,42 +151,101 @@ impl fmt::Debug for AuditLayer {
     }
 }
 
+/// Opens the audit file of an [`AuditLayer`] again (log rotation).
+#[derive(Clone)]
+pub struct AuditReopener(Arc<Mutex<Sink>>);
+
+impl fmt::Debug for AuditReopener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuditReopener").finish_non_exhaustive()
+    }
+}
+
+impl AuditReopener {
+    /// Opens the file at its path again (created 0600 if it was moved away) and writes the
+    /// next lines there. `Ok(false)` when the sink is not a file (stdout).
+    ///
+    /// # Errors
+    /// [`AuditError::Open`]: the old file stays in use; the next SIGHUP tries again.
+    pub fn reopen(&self) -> Result<bool, AuditError> {
+        let mut sink = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let Sink::File { path, file } = &mut *sink else {
+            return Ok(false);
+        };
+        match open_append(path) {
+            Ok(new) => {
+                let _ = file.flush();
+                *file = new;
+                METRICS.audit_events.with_label_values(&["reopened"]).inc();
+                Ok(true)
+            }
+            Err(e) => {
+                METRICS
+                    .audit_events
+                    .with_label_values(&["reopen_error"])
+                    .inc();
+                Err(e)
+            }
+        }
+    }
+}
+
 impl AuditLayer {
-    /// Writes to `writer` (one line per event, flushed).
-    pub fn new(writer: Box<dyn Write + Send>) -> Self {
+    fn with_sink(sink: Sink) -> Self {
         AuditLayer {
-            out: Mutex::new(writer),
+            out: Arc::new(Mutex::new(sink)),
+            complaints: Throttled::new(Duration::from_secs(10)),
         }
     }
 
+    /// Writes to `writer` (one line per event, flushed).
+    pub fn new(writer: Box<dyn Write + Send>) -> Self {
+        Self::with_sink(Sink::Writer(writer))
+    }
+
     /// `-` is stdout; anything else a file, appended to and created with mode 0600.
+    ///
+    /// # Errors
+    /// [`AuditError::Open`] when the file cannot be opened.
     pub fn to_path(path: &Path) -> Result<Self, AuditError> {
         if path.as_os_str() == "-" {
             return Ok(Self::new(Box::new(std::io::stdout())));
         }
-        use std::os::unix::fs::OpenOptionsExt;
-        let file = std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(|source| AuditError::Open {
-                path: path.display().to_string(),
-                source,
-            })?;
-        Ok(Self::new(Box::new(file)))
+        let file = open_append(path)?;
+        Ok(Self::with_sink(Sink::File {
+            path: path.to_path_buf(),
+            file,
+        }))
+    }
+
+    /// A handle that reopens this layer's file.
+    pub fn reopener(&self) -> AuditReopener {
+        AuditReopener(self.out.clone())
     }
 
     fn write_line(&self, line: &Map<String, Value>) {
-        let Ok(mut text) = serde_json::to_vec(line) else {
+        let written = serde_json::to_vec(line).is_ok_and(|mut text| {
+            text.push(b'\n');
+            // A poisoned lock only means a writer panicked mid-line; keep auditing.
+            let mut sink = self.out.lock().unwrap_or_else(|p| p.into_inner());
+            sink.write_line(&text)
+        });
+        if written {
+            METRICS.audit_log_ok.set(1);
             return;
-        };
-        text.push(b'\n');
-        // A poisoned lock only means a writer panicked mid-line; keep auditing.
-        let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
-        if out.write_all(&text).and_then(|()| out.flush()).is_err() {
-            // Nowhere better to report it; stderr is the operational log.
-            eprintln!("esi-server: cannot write the audit log");
+        }
+        WRITE_FAILED.with(|f| f.set(true));
+        METRICS.audit_log_ok.set(0);
+        METRICS
+            .audit_events
+            .with_label_values(&["write_error"])
+            .inc();
+        // Not through `tracing`: this layer would see its own complaint. stderr is the
+        // operational log.
+        if let Some(suppressed) = self.complaints.tick() {
+            eprintln!(
+                "esi-server: cannot write the audit log; requests that need an audit line are refused with 503 ({suppressed} more failures since the last report)"
+            );
         }
     }
 }
@@ -311,5 +441,68 @@ mod tests {
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         assert!(AuditLayer::to_path(&dir.path().join("no/such/dir")).is_err());
+    }
+
+    #[test]
+    fn reopen_follows_the_path_after_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let layer = AuditLayer::to_path(&path).unwrap();
+        let mut m = Map::new();
+        m.insert("n".into(), 1.into());
+        layer.write_line(&m);
+        let rotated = dir.path().join("audit.jsonl.1");
+        std::fs::rename(&path, &rotated).unwrap();
+        assert!(layer.reopener().reopen().unwrap());
+        m.insert("n".into(), 2.into());
+        layer.write_line(&m);
+        assert_eq!(std::fs::read_to_string(&rotated).unwrap(), "{\"n\":1}\n");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"n\":2}\n");
+        // stdout has nothing to reopen.
+        assert!(
+            !AuditLayer::new(Box::new(Buf::default()))
+                .reopener()
+                .reopen()
+                .unwrap()
+        );
+    }
+
+    /// Fails every write while `full` is set.
+    struct Flaky(Arc<std::sync::atomic::AtomicBool>, Buf);
+    impl Write for Flaky {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            if self.0.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(std::io::Error::other("no space"));
+            }
+            self.1.write(b)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_failed_write_is_reported_to_its_emitter_and_recovery_is_automatic() {
+        let full = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let buf = Buf::default();
+        let layer = AuditLayer::new(Box::new(Flaky(full.clone(), buf.clone())))
+            .with_filter(filter_fn(is_audit_relevant));
+        tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), || {
+            let _ = take_write_failure();
+            tracing::info!(target: "esi::decision", decision = "allow");
+            assert!(!take_write_failure());
+            full.store(true, std::sync::atomic::Ordering::SeqCst);
+            tracing::info!(target: "esi::decision", decision = "allow");
+            assert!(take_write_failure());
+            // Read once: the flag is cleared.
+            assert!(!take_write_failure());
+            // Ordinary log lines never touch it.
+            tracing::info!("not audit");
+            assert!(!take_write_failure());
+            full.store(false, std::sync::atomic::Ordering::SeqCst);
+            tracing::info!(target: "esi::decision", decision = "deny");
+            assert!(!take_write_failure());
+        });
+        assert_eq!(lines(&buf).len(), 2);
     }
 }

@@ -19,6 +19,8 @@
 //! The message is escaped the same way but not quoted.
 
 use std::fmt::{self, Write as _};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use tracing::field::{Field, Visit};
 use tracing_subscriber::field::RecordFields;
@@ -153,9 +155,60 @@ pub fn escape_value(text: &str) -> String {
     out
 }
 
+/// A warning or error logged at most once per interval, with the number of occurrences it
+/// stands for: repeated failures (load shedding, an unwritable audit log) never flood the log.
+pub struct Throttled {
+    every_ms: u64,
+    epoch: Instant,
+    last_ms: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+impl Throttled {
+    /// At most one occurrence logged per `every`.
+    pub fn new(every: Duration) -> Self {
+        Throttled {
+            every_ms: every.as_millis() as u64,
+            epoch: Instant::now(),
+            // So that the first occurrence is logged.
+            last_ms: AtomicU64::new(u64::MAX),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(n)` when this occurrence should be logged (`n` occurrences were not since the
+    /// last one that was), `None` otherwise.
+    pub fn tick(&self) -> Option<u64> {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        let last = self.last_ms.load(Ordering::Relaxed);
+        let due = last == u64::MAX || now.saturating_sub(last) >= self.every_ms;
+        if due
+            && self
+                .last_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            Some(self.suppressed.swap(0, Ordering::Relaxed))
+        } else {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn throttled_logs_once_per_interval_and_counts_the_rest() {
+        let t = Throttled::new(Duration::from_millis(200));
+        assert_eq!(t.tick(), Some(0));
+        assert_eq!(t.tick(), None);
+        assert_eq!(t.tick(), None);
+        std::thread::sleep(Duration::from_millis(210));
+        assert_eq!(t.tick(), Some(2));
+    }
     use std::sync::{Arc, Mutex};
 
     #[derive(Clone, Default)]

@@ -37,6 +37,18 @@ pub struct Metrics {
     pub credentials_issued: IntCounterVec,
     /// Credential revocations by generator kind and outcome (`ok`, `error`, `lapsed`).
     pub credentials_revoked: IntCounterVec,
+    /// Audit log writes and reopenings by outcome (`write_error`, `reopened`, `reopen_error`).
+    pub audit_events: IntCounterVec,
+    /// 1 while the last audit line was written, 0 while lines cannot be written.
+    pub audit_log_ok: IntGauge,
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).unwrap_or_else(|e| panic!("invalid metric {name}: {e}"));
+    registry
+        .register(Box::new(g.clone()))
+        .unwrap_or_else(|e| panic!("duplicate metric {name}: {e}"));
+    g
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -65,11 +77,13 @@ fn histogram(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> Hi
 impl Metrics {
     fn new() -> Self {
         let registry = Registry::new();
-        let policies = IntGauge::new("esi_policies", "Cedar policies in force")
-            .unwrap_or_else(|e| panic!("invalid metric esi_policies: {e}"));
-        registry
-            .register(Box::new(policies.clone()))
-            .unwrap_or_else(|e| panic!("duplicate metric esi_policies: {e}"));
+        let policies = gauge(&registry, "esi_policies", "Cedar policies in force");
+        let audit_log_ok = gauge(
+            &registry,
+            "esi_audit_log_ok",
+            "1 while audit lines are written, 0 while they cannot be",
+        );
+        audit_log_ok.set(1);
         Metrics {
             http_requests: counter(
                 &registry,
@@ -137,6 +151,13 @@ impl Metrics {
                 "Credential revocations by generator kind and outcome",
                 &["kind", "outcome"],
             ),
+            audit_events: counter(
+                &registry,
+                "esi_audit_log_events_total",
+                "Audit log write failures and reopenings by outcome",
+                &["outcome"],
+            ),
+            audit_log_ok,
             policies,
             registry,
         }

@@ -57,6 +57,10 @@ pub enum ApiError {
     /// Too many requests in flight (503 with `Retry-After`).
     #[error("server overloaded")]
     Overloaded,
+    /// The audit line of this request could not be written: nothing unaudited is answered
+    /// (503, as Vault refuses requests no audit device can record).
+    #[error("audit log unavailable")]
+    AuditUnavailable,
 }
 
 impl ApiError {
@@ -70,7 +74,9 @@ impl ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
-            ApiError::Unavailable(_) | ApiError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::Overloaded | ApiError::AuditUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }

@@ -18,8 +18,7 @@ use std::hash::Hash;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
@@ -32,6 +31,7 @@ use http_body_util::BodyExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::error::{ApiError, ErrorStyle};
+use crate::logging::Throttled;
 
 /// Abuse-limit tunables. A rate of 0 disables that limit.
 #[derive(Debug, Clone)]
@@ -149,45 +149,6 @@ impl<K: Hash + Eq + Send + Sync + 'static> KeyedCap<K> {
             .get_with(key, || Arc::new(Semaphore::new(per_key)))
             .try_acquire_owned()
             .ok()
-    }
-}
-
-/// A warning that is logged at most once per interval, with the number it stood for.
-struct Throttled {
-    every_ms: u64,
-    epoch: Instant,
-    last_ms: AtomicU64,
-    suppressed: AtomicU64,
-}
-
-impl Throttled {
-    fn new(every: Duration) -> Self {
-        Throttled {
-            every_ms: every.as_millis() as u64,
-            epoch: Instant::now(),
-            // So that the first occurrence is logged.
-            last_ms: AtomicU64::new(u64::MAX),
-            suppressed: AtomicU64::new(0),
-        }
-    }
-
-    /// `Some(n)` when this occurrence should be logged (`n` occurrences were not since the
-    /// last one that was), `None` otherwise.
-    fn tick(&self) -> Option<u64> {
-        let now = self.epoch.elapsed().as_millis() as u64;
-        let last = self.last_ms.load(Ordering::Relaxed);
-        let due = last == u64::MAX || now.saturating_sub(last) >= self.every_ms;
-        if due
-            && self
-                .last_ms
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            Some(self.suppressed.swap(0, Ordering::Relaxed))
-        } else {
-            self.suppressed.fetch_add(1, Ordering::Relaxed);
-            None
-        }
     }
 }
 
@@ -744,16 +705,6 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(50)).await;
         hold.notify_waiters();
         assert_eq!(again.await.unwrap(), StatusCode::OK);
-    }
-
-    #[test]
-    fn throttled_logs_once_per_interval_and_counts_the_rest() {
-        let t = Throttled::new(Duration::from_millis(200));
-        assert_eq!(t.tick(), Some(0));
-        assert_eq!(t.tick(), None);
-        assert_eq!(t.tick(), None);
-        std::thread::sleep(Duration::from_millis(210));
-        assert_eq!(t.tick(), Some(2));
     }
 
     #[test]

@@ -314,11 +314,16 @@ fn authorize(
     action: Action,
     resource: &Resource,
 ) -> Result<(), ApiError> {
-    if snapshot
+    // Stale flags from earlier work on this thread are not this decision's.
+    let _ = crate::audit::take_write_failure();
+    let allowed = snapshot
         .policies
         .decide(&caller.identity, action, resource)
-        .allowed
-    {
+        .allowed;
+    if crate::audit::take_write_failure() {
+        return Err(ApiError::AuditUnavailable);
+    }
+    if allowed {
         Ok(())
     } else {
         Err(ApiError::NotFound)
@@ -475,6 +480,13 @@ fn ledger_unavailable(e: impl std::fmt::Display) -> ApiError {
     ApiError::Unavailable("credential ledger unavailable".into())
 }
 
+fn issue_refused(e: lifecycle::IssueError) -> ApiError {
+    match e {
+        lifecycle::IssueError::NotAudited => ApiError::AuditUnavailable,
+        other => ledger_unavailable(other),
+    }
+}
+
 /// The decision for `action` on a generator, then the generator itself: denied and
 /// missing both answer 404. The decision is on the canonical resource
 /// ([`Resource::generator`]: a cluster-scoped generator has one identity, whatever
@@ -553,7 +565,7 @@ async fn ese_generate(
             state.settings.backend_timeout,
         )
         .await
-        .map_err(ledger_unavailable)?;
+        .map_err(issue_refused)?;
         Ok(Json(generated.data))
     }
     .await;
@@ -797,8 +809,12 @@ async fn v1_find(
             (_, Err(e)) => return Err(e),
             (None, Ok(_)) => return Err(ApiError::NotFound),
         };
+        // Each key's decision is audited like a `get`; a key whose line cannot be written is
+        // left out and the whole answer refused.
+        let unaudited = std::sync::atomic::AtomicBool::new(false);
         let allow = |key: &str| {
-            snapshot
+            let _ = crate::audit::take_write_failure();
+            let allowed = snapshot
                 .policies
                 .decide(
                     &caller.identity,
@@ -808,13 +824,21 @@ async fn v1_find(
                         key: key.to_string(),
                     },
                 )
-                .allowed
+                .allowed;
+            if crate::audit::take_write_failure() {
+                unaudited.store(true, std::sync::atomic::Ordering::Relaxed);
+                return false;
+            }
+            allowed
         };
         let map = with_timeout(
             state.settings.backend_timeout,
             provider.find_allowed(&canonical, &allow),
         )
         .await?;
+        if unaudited.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(ApiError::AuditUnavailable);
+        }
         encode_map(map)
     }
     .await;

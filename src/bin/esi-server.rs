@@ -220,7 +220,10 @@ fn init_logging(format: LogFormat) {
 
 /// Operational logs (stderr, `RUST_LOG`) plus the audit log, which its own filter keeps
 /// complete whatever `RUST_LOG` says.
-fn init_serve_logging(format: LogFormat, audit: Option<&std::path::Path>) -> Result<()> {
+fn init_serve_logging(
+    format: LogFormat,
+    audit: Option<&std::path::Path>,
+) -> Result<Option<esi::audit::AuditReopener>> {
     use tracing_subscriber::filter::filter_fn;
     use tracing_subscriber::prelude::*;
     let filter = log_filter();
@@ -234,11 +237,29 @@ fn init_serve_logging(format: LogFormat, audit: Option<&std::path::Path>) -> Res
             .with_filter(filter)
             .boxed(),
     };
-    let audit = audit
-        .map(esi::audit::AuditLayer::to_path)
-        .transpose()?
-        .map(|l| l.with_filter(filter_fn(esi::audit::is_audit_relevant)));
+    let audit = audit.map(esi::audit::AuditLayer::to_path).transpose()?;
+    let reopener = audit.as_ref().map(esi::audit::AuditLayer::reopener);
+    let audit = audit.map(|l| l.with_filter(filter_fn(esi::audit::is_audit_relevant)));
     tracing_subscriber::registry().with(fmt).with(audit).init();
+    Ok(reopener)
+}
+
+/// SIGHUP reopens the audit file (log rotation: `logrotate`'s `postrotate` sends it). The
+/// handler is installed whatever the flags, so a SIGHUP never ends the server.
+fn reopen_on_sighup(reopener: Option<esi::audit::AuditReopener>) -> Result<()> {
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("cannot handle SIGHUP")?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            match reopener.as_ref().map(esi::audit::AuditReopener::reopen) {
+                Some(Ok(true)) => tracing::info!("SIGHUP: audit log reopened"),
+                Some(Ok(false)) | None => tracing::info!("SIGHUP: no audit file to reopen"),
+                Some(Err(e)) => {
+                    tracing::error!(error = %e, "SIGHUP: cannot reopen the audit log; still writing to the old file")
+                }
+            }
+        }
+    });
     Ok(())
 }
 
@@ -261,13 +282,16 @@ fn run() -> Result<()> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     match cli.command {
         Command::Serve(args) => {
-            init_serve_logging(args.log_format, args.audit_log.as_deref())?;
+            let reopener = init_serve_logging(args.log_format, args.audit_log.as_deref())?;
             esi::audit::install_panic_hook();
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
                 .context("cannot start the async runtime")?
-                .block_on(serve(*args))
+                .block_on(async move {
+                    reopen_on_sighup(reopener)?;
+                    serve(*args).await
+                })
         }
         Command::Check(args) => check(args),
         Command::DevToken(args) => dev_token(args),

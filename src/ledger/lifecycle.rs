@@ -31,6 +31,10 @@ pub enum IssueError {
     /// No ledger is configured, so a revocable credential cannot be accounted for.
     #[error("no credential ledger is configured")]
     NoLedger,
+    /// Its "issued" audit line could not be written; a revocable credential was revoked
+    /// again (or, failing that, kept in the ledger for the sweeper).
+    #[error("the issued credential could not be audited")]
+    NotAudited,
 }
 
 /// Delay before retry number `attempts + 1`: doubling from 1 s, capped.
@@ -106,12 +110,23 @@ pub async fn record_issue(
 ) -> Result<(), IssueError> {
     let kind = generator.kind();
     let Some(state) = &generated.revocation else {
+        // Nothing to revoke: unaudited, it is simply not handed out.
+        let _ = crate::audit::take_write_failure();
+        audit_issue(holder, generator_ref, kind, generated, "ok");
+        let outcome = if crate::audit::take_write_failure() {
+            "not_audited"
+        } else {
+            "ok"
+        };
         METRICS
             .credentials_issued
-            .with_label_values(&[kind, "ok"])
+            .with_label_values(&[kind, outcome])
             .inc();
-        audit_issue(holder, generator_ref, kind, generated, "ok");
-        return Ok(());
+        return if outcome == "ok" {
+            Ok(())
+        } else {
+            Err(IssueError::NotAudited)
+        };
     };
     let entry = LedgerEntry {
         id: uuid::Uuid::new_v4().to_string(),
@@ -127,23 +142,31 @@ pub async fn record_issue(
     let failure = match ledger {
         Some(ledger) => match ledger.record(&entry).await {
             Ok(()) => {
-                METRICS
-                    .credentials_issued
-                    .with_label_values(&[kind, "ok"])
-                    .inc();
+                let _ = crate::audit::take_write_failure();
                 audit_issue(holder, generator_ref, kind, generated, "ok");
-                return Ok(());
+                if !crate::audit::take_write_failure() {
+                    METRICS
+                        .credentials_issued
+                        .with_label_values(&[kind, "ok"])
+                        .inc();
+                    return Ok(());
+                }
+                IssueError::NotAudited
             }
             Err(e) => IssueError::NotRecorded(e),
         },
         None => IssueError::NoLedger,
     };
     // Not accounted for: it must not be handed out, and should not outlive this call.
+    let outcome = match failure {
+        IssueError::NotAudited => "not_audited",
+        _ => "not_recorded",
+    };
     METRICS
         .credentials_issued
-        .with_label_values(&[kind, "not_recorded"])
+        .with_label_values(&[kind, outcome])
         .inc();
-    audit_issue(holder, generator_ref, kind, generated, "not_recorded");
+    audit_issue(holder, generator_ref, kind, generated, outcome);
     tracing::error!(generator = %generator_ref, error = %failure, "issued credential not recorded; revoking it");
     let revoked = match tokio::time::timeout(timeout, generator.revoke(state)).await {
         Ok(r) => r,
@@ -158,6 +181,15 @@ pub async fn record_issue(
         .with_label_values(&[kind, outcome])
         .inc();
     audit_revoke(&entry, kind, "not_recorded", outcome, &error);
+    // Recorded but unaudited: once revoked, the ledger entry has nothing left to track; if
+    // revocation failed, the entry stays and the sweeper retries it.
+    if matches!(failure, IssueError::NotAudited)
+        && revoked.is_ok()
+        && let Some(ledger) = ledger
+        && let Err(e) = ledger.remove(&entry.id).await
+    {
+        tracing::warn!(generator = %generator_ref, error = %e, "revoked credential left in the ledger; the sweeper will drop it");
+    }
     if revoked.is_err() {
         tracing::error!(generator = %generator_ref, lease_id_hash = %state.fingerprint(), "unrecorded credential could not be revoked; it lapses at its backend expiry");
     }

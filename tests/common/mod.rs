@@ -315,6 +315,11 @@ impl Server {
         }
     }
 
+    /// The server's process id (to send it signals).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The CA that signed the server's (self-signed) certificate, PEM.
     pub fn ca_pem(&self) -> Vec<u8> {
         std::fs::read(self._dir.path().join("data/tls/ca.crt")).unwrap()
