@@ -174,3 +174,78 @@ async fn rotation_right_after_a_fetch_is_not_a_401() {
     assert_eq!(status, 200);
     assert_eq!(issuer.jwks_hits(), 2);
 }
+
+/// Security review finding 4: a second `KubernetesFederation` for the same issuer whose URL
+/// accepts connections and never answers does not hold up the healthy federation's callers,
+/// cold or warm, nor after junk tokens naming that issuer with changing `kid` and `ca.crt`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hung_federation_sharing_the_issuer_does_not_stall_the_healthy_one() {
+    let issuer = Issuer::start(jwks(&["rsa-1"]), false).await;
+    let hung = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hung_url = format!("https://{}", hung.local_addr().unwrap());
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    {
+        let accepted = accepted.clone();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((sock, _)) = hung.accept().await {
+                accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                held.push(sock);
+            }
+        });
+    }
+    let manifests = vec![
+        // Sorts first: it used to be tried (and waited for, 5 s) first.
+        (
+            "a-stale.yaml",
+            federation("a-stale-copy", &format!("  url: {hung_url}\n")),
+        ),
+        ("b-live.yaml", fetched_federation("b-live", &issuer)),
+        ("authz.yaml", authorization("b-live")),
+        ("store.yaml", fake_store()),
+    ];
+    // A long refresh interval: the junk below falls within one back-off period (and is not
+    // held for a rotation refetch).
+    let server = Server::start_with_args(&manifests, &[], &["--jwks-min-refresh-interval", "30s"]);
+    for round in ["cold", "warm"] {
+        let start = Instant::now();
+        let (status, text) = server
+            .post(PATH, Some(&app_token("rsa-1", None)), json!({}))
+            .await;
+        assert_eq!(status, 200, "{round}: {text}");
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "{round}: {:?}",
+            start.elapsed()
+        );
+    }
+    let before = accepted.load(std::sync::atomic::Ordering::SeqCst);
+    let start = Instant::now();
+    for i in 0..5 {
+        let junk_ca = b64(&test_ca().ca_pem);
+        let (status, _) = server
+            .post(
+                PATH,
+                Some(&app_token("rsa-2", Some(&format!("junk-{i}")))),
+                json!({ "ca.crt": junk_ca }),
+            )
+            .await;
+        assert_eq!(status, 401);
+    }
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "junk: {:?}",
+        start.elapsed()
+    );
+    assert!(accepted.load(std::sync::atomic::Ordering::SeqCst) <= before + 1);
+    let start = Instant::now();
+    let (status, _) = server
+        .post(PATH, Some(&app_token("rsa-1", None)), json!({}))
+        .await;
+    assert_eq!(status, 200);
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+}

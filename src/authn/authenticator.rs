@@ -5,6 +5,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use moka::Expiry;
 use sha2::{Digest, Sha256};
 
@@ -12,7 +14,7 @@ use super::clock::Clock;
 use super::error::AuthnError;
 use super::federation::Federation;
 use super::identity::Identity;
-use super::jwks::{ClientCa, FedState};
+use super::jwks::{ClientCa, FedState, KeySet};
 use super::settings::AuthnSettings;
 use super::token::{self, ParsedToken};
 use crate::metrics::METRICS;
@@ -229,7 +231,12 @@ impl Authenticator {
             .and_then(|s| s.live_generation(now, &self.settings))
     }
 
-    /// Tries the federations with the token's issuer, in name order. On failure, returns the
+    /// Verifies `t` with the federations of its issuer. First, without waiting on anything,
+    /// every federation that already holds fresh keys for the token's `kid` (static keys, or
+    /// fetched within their TTL) is tried, in name order. Only when none verifies it are the
+    /// federations asked for keys, concurrently, each with its own fetch, timeout and
+    /// back-off; the first that verifies answers, so one unreachable federation sharing the
+    /// issuer never holds up another (security review finding 4). On failure, returns the
     /// error that got furthest (a claim error after a verified signature beats "unknown kid").
     async fn verify(
         &self,
@@ -238,60 +245,99 @@ impl Authenticator {
         now: u64,
     ) -> Result<(Identity, u64), (AuthnError, Option<String>)> {
         let s = &self.settings;
-        let client_ca = ClientCa::new(client_ca_b64);
         let federations = self.federations.load_full();
-        let mut best: Option<(AuthnError, Option<String>)> = None;
-        let mut note = |e: AuthnError, fed: &str| {
-            if best.as_ref().is_none_or(|(b, _)| e.stage() > b.stage()) {
-                best = Some((e, Some(fed.to_owned())));
-            }
-        };
         for st in federations.iter() {
-            let name = st.fed.name.as_str();
-            let arrived = st.arrival();
-            match st.fed.configured_issuer() {
-                Some(iss) if iss != t.iss => continue,
-                Some(_) => {}
-                None => {
-                    // The issuer comes from discovery: we need the keys to know it.
-                    match st.keys(None, arrived, &client_ca, s).await {
-                        Ok(ks) if st.expected_issuer(&ks) == Some(t.iss.as_str()) => {}
-                        Ok(_) => continue,
-                        Err(e) => {
-                            note(e, name);
-                            continue;
-                        }
+            if st.fed.configured_issuer().is_some_and(|iss| iss != t.iss) {
+                continue;
+            }
+            let Some(ks) = st.fresh_keys(now, s) else {
+                continue;
+            };
+            if st.expected_issuer(&ks) != Some(t.iss.as_str()) || !ks.holds(t.kid.as_deref()) {
+                continue;
+            }
+            if let Ok(found) = self.verify_with(st, &ks, t, now) {
+                return Ok(found);
+            }
+        }
+
+        let client_ca = ClientCa::new(client_ca_b64);
+        let mut attempts: FuturesUnordered<_> = federations
+            .iter()
+            .filter(|st| st.fed.configured_issuer().is_none_or(|iss| iss == t.iss))
+            .map(|st| {
+                let arrived = st.arrival();
+                let client_ca = &client_ca;
+                async move {
+                    self.verify_fetching(st, arrived, client_ca, t, now)
+                        .await
+                        .map_err(|e| e.map(|e| (e, st.fed.name.clone())))
+                }
+            })
+            .collect();
+        let mut best: Option<(AuthnError, Option<String>)> = None;
+        while let Some(outcome) = attempts.next().await {
+            match outcome {
+                Ok(found) => return Ok(found),
+                Err(Some((e, fed))) => {
+                    if best.as_ref().is_none_or(|(b, _)| e.stage() > b.stage()) {
+                        best = Some((e, Some(fed)));
                     }
                 }
-            }
-            let ks = match st.keys(t.kid.as_deref(), arrived, &client_ca, s).await {
-                Ok(ks) if st.expected_issuer(&ks) == Some(t.iss.as_str()) => ks,
-                Ok(_) => continue,
-                Err(e) => {
-                    note(e, name);
-                    continue;
-                }
-            };
-            let mut candidates = ks.candidates(t.kid.as_deref()).peekable();
-            if candidates.peek().is_none() {
-                note(AuthnError::UnknownKeyId, name);
-                continue;
-            }
-            let mut usable = candidates.filter(|k| k.accepts(t.alg)).peekable();
-            if usable.peek().is_none() {
-                note(AuthnError::KeyAlgorithmMismatch, name);
-                continue;
-            }
-            if usable.any(|k| t.verify_signature(k)) {
-                match t.check_claims(&st.fed, now, s.leeway_secs, s.max_token_lifetime.as_secs()) {
-                    Ok(identity) => return Ok((identity, ks.generation)),
-                    Err(e) => note(e, name),
-                }
-            } else {
-                note(AuthnError::BadSignature, name);
+                Err(None) => {}
             }
         }
         Err(best.unwrap_or((AuthnError::UnknownIssuer, None)))
+    }
+
+    /// One federation's attempt, fetching keys as needed. `Err(None)`: the federation is not
+    /// the token's issuer (known once its discovery document is).
+    async fn verify_fetching(
+        &self,
+        st: &FedState,
+        arrived: u64,
+        client_ca: &ClientCa<'_>,
+        t: &ParsedToken<'_>,
+        now: u64,
+    ) -> Result<(Identity, u64), Option<AuthnError>> {
+        let s = &self.settings;
+        if st.fed.configured_issuer().is_none() {
+            // The issuer comes from discovery: we need the keys to know it.
+            let ks = st.keys(None, arrived, client_ca, s).await?;
+            if st.expected_issuer(&ks) != Some(t.iss.as_str()) {
+                return Err(None);
+            }
+        }
+        let ks = st.keys(t.kid.as_deref(), arrived, client_ca, s).await?;
+        if st.expected_issuer(&ks) != Some(t.iss.as_str()) {
+            return Err(None);
+        }
+        self.verify_with(st, &ks, t, now).map_err(Some)
+    }
+
+    /// Signature with the key set's candidates for the token's `kid`, then the claims.
+    fn verify_with(
+        &self,
+        st: &FedState,
+        ks: &KeySet,
+        t: &ParsedToken<'_>,
+        now: u64,
+    ) -> Result<(Identity, u64), AuthnError> {
+        let s = &self.settings;
+        let mut candidates = ks.candidates(t.kid.as_deref()).peekable();
+        if candidates.peek().is_none() {
+            return Err(AuthnError::UnknownKeyId);
+        }
+        let mut usable = candidates.filter(|k| k.accepts(t.alg)).peekable();
+        if usable.peek().is_none() {
+            return Err(AuthnError::KeyAlgorithmMismatch);
+        }
+        if !usable.any(|k| t.verify_signature(k)) {
+            return Err(AuthnError::BadSignature);
+        }
+        let identity =
+            t.check_claims(&st.fed, now, s.leeway_secs, s.max_token_lifetime.as_secs())?;
+        Ok((identity, ks.generation))
     }
 }
 

@@ -9,7 +9,6 @@ use arc_swap::ArcSwapOption;
 use reqwest::Url;
 use reqwest::header::ACCEPT;
 use rustls_pki_types::CertificateDer;
-use sha2::{Digest, Sha256};
 
 use super::error::AuthnError;
 use super::federation::{Federation, parse_ca_bundle_b64};
@@ -119,23 +118,17 @@ impl<'a> ClientCa<'a> {
     }
 }
 
-/// Identifies the extra trust a fetch used, so a failure with one client CA does not hold
-/// back a fetch with another (or with none).
-fn trust_digest(extra: &[CertificateDer<'_>]) -> [u8; 32] {
-    let mut h = Sha256::new();
-    for c in extra {
-        h.update((c.len() as u64).to_be_bytes());
-        h.update(c.as_ref());
-    }
-    h.finalize().into()
-}
-
 #[derive(Default)]
 struct RefreshState {
     /// Clock time of the last fetch attempt.
     last_attempt: Option<u64>,
-    /// Clock time and trust digest of the last failed attempt (cleared by a success).
-    last_failure: Option<(u64, [u8; 32])>,
+    /// Clock time of the last failed attempt (cleared by a success). The back-off is per
+    /// federation, whatever a request carries: a client cannot buy another fetch by sending
+    /// another `ca.crt` (security review finding 4).
+    last_failure: Option<u64>,
+    /// The client certificates of the last successful fetch: tried first, so a request with a
+    /// junk `ca.crt` cannot keep a `Trust` federation from refreshing.
+    last_good_extra: Option<Vec<CertificateDer<'static>>>,
 }
 
 /// One federation with its key cache.
@@ -235,7 +228,7 @@ impl FedState {
             // Stale but usable: refresh unless someone already is (then serve what we have).
             if let Ok(mut state) = self.refresh.try_lock() {
                 let extra = client_ca.usable_for(&self.fed);
-                if !failed_recently(&state, now, &extra, s) {
+                if !failed_recently(&state, now, s) {
                     self.refresh_locked(&mut state, &extra, s).await;
                 }
             }
@@ -258,7 +251,7 @@ impl FedState {
             }
             let extra = client_ca.usable_for(&self.fed);
             let Some(ks) = usable else {
-                if !failed_recently(&state, now, &extra, s) {
+                if !failed_recently(&state, now, s) {
                     self.refresh_locked(&mut state, &extra, s).await;
                 }
                 drop(state);
@@ -296,6 +289,9 @@ impl FedState {
 
     /// Fetches and, on success, installs new keys. A failure keeps the cached keys (a bad
     /// client CA or a flaky issuer must not evict keys fetched over a verified connection).
+    /// The client certificates of the last successful fetch are tried first, then the
+    /// request's own when they differ. The attempt counts as failed from its start, so one
+    /// abandoned midway (its request was answered by another federation) still backs off.
     async fn refresh_locked(
         &self,
         state: &mut RefreshState,
@@ -304,47 +300,70 @@ impl FedState {
     ) {
         let now = s.clock.now();
         state.last_attempt = Some(now);
+        state.last_failure = Some(now);
         self.started.fetch_add(1, Ordering::SeqCst);
         let name = self.fed.name.as_str();
-        match fetch(&self.fed, extra, s).await {
-            Ok(fetched) => {
-                METRICS.jwks_fetches.with_label_values(&[name, "ok"]).inc();
-                let old = self.current.load_full();
-                let same = old.as_ref().is_some_and(|o| {
-                    o.discovered_issuer == fetched.discovered_issuer
-                        && o.keys.len() == fetched.keys.len()
-                        && o.keys
-                            .iter()
-                            .zip(&fetched.keys)
-                            .all(|(a, b)| a.fingerprint == b.fingerprint)
-                });
-                let generation = match (&old, same) {
-                    (Some(o), true) => o.generation,
-                    _ => next_generation(),
-                };
-                tracing::debug!(
-                    federation = name,
-                    keys = fetched.keys.len(),
-                    changed = !same,
-                    "JWKS fetched"
-                );
-                self.current.store(Some(Arc::new(KeySet {
-                    keys: Arc::new(fetched.keys),
-                    fetched_at: now,
-                    discovered_issuer: fetched.discovered_issuer,
-                    generation,
-                })));
-                state.last_failure = None;
-            }
-            Err(e) => {
-                METRICS
-                    .jwks_fetches
-                    .with_label_values(&[name, "error"])
-                    .inc();
-                tracing::warn!(federation = name, error = %e, "JWKS fetch failed");
-                state.last_failure = Some((now, trust_digest(extra)));
+        let mut tries: Vec<Vec<CertificateDer<'static>>> = Vec::with_capacity(2);
+        if let Some(good) = &state.last_good_extra
+            && good.as_slice() != extra
+        {
+            tries.push(good.clone());
+        }
+        tries.push(extra.to_vec());
+        for trust in tries {
+            match fetch(&self.fed, &trust, s).await {
+                Ok(fetched) => {
+                    METRICS.jwks_fetches.with_label_values(&[name, "ok"]).inc();
+                    self.install(fetched, now);
+                    state.last_failure = None;
+                    state.last_good_extra = Some(trust);
+                    return;
+                }
+                Err(e) => {
+                    METRICS
+                        .jwks_fetches
+                        .with_label_values(&[name, "error"])
+                        .inc();
+                    tracing::warn!(federation = name, error = %e, "JWKS fetch failed");
+                }
             }
         }
+    }
+
+    /// Publishes fetched keys; the generation only changes when the keys did.
+    fn install(&self, fetched: Fetched, now: u64) {
+        let old = self.current.load_full();
+        let same = old.as_ref().is_some_and(|o| {
+            o.discovered_issuer == fetched.discovered_issuer
+                && o.keys.len() == fetched.keys.len()
+                && o.keys
+                    .iter()
+                    .zip(&fetched.keys)
+                    .all(|(a, b)| a.fingerprint == b.fingerprint)
+        });
+        let generation = match (&old, same) {
+            (Some(o), true) => o.generation,
+            _ => next_generation(),
+        };
+        tracing::debug!(
+            federation = self.fed.name.as_str(),
+            keys = fetched.keys.len(),
+            changed = !same,
+            "JWKS fetched"
+        );
+        self.current.store(Some(Arc::new(KeySet {
+            keys: Arc::new(fetched.keys),
+            fetched_at: now,
+            discovered_issuer: fetched.discovered_issuer,
+            generation,
+        })));
+    }
+
+    /// Keys usable now without any fetch: static keys, or fetched keys within their TTL.
+    pub(crate) fn fresh_keys(&self, now: u64, s: &AuthnSettings) -> Option<Arc<KeySet>> {
+        self.current
+            .load_full()
+            .filter(|ks| !self.fed.fetches() || age(ks, now) <= s.jwks_ttl.as_secs())
     }
 
     /// Current generation if the keys are usable at `now`.
@@ -378,16 +397,10 @@ fn age(ks: &KeySet, now: u64) -> u64 {
     now.saturating_sub(ks.fetched_at)
 }
 
-fn failed_recently(
-    state: &RefreshState,
-    now: u64,
-    extra: &[CertificateDer<'_>],
-    s: &AuthnSettings,
-) -> bool {
-    state.last_failure.is_some_and(|(t, digest)| {
-        now.saturating_sub(t) < s.jwks_min_refresh_interval.as_secs()
-            && digest == trust_digest(extra)
-    })
+fn failed_recently(state: &RefreshState, now: u64, s: &AuthnSettings) -> bool {
+    state
+        .last_failure
+        .is_some_and(|t| now.saturating_sub(t) < s.jwks_min_refresh_interval.as_secs())
 }
 
 /// Keys as fetched.

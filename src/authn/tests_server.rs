@@ -834,3 +834,146 @@ async fn unknown_kid_flood_with_rotation_waits_is_bounded() {
     );
     assert!(start.elapsed() < Duration::from_secs(1));
 }
+
+/// A TCP listener that accepts connections and never answers (an unreachable issuer that
+/// hangs instead of refusing); counts the connections it accepted.
+async fn hanging_listener() -> (String, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}", listener.local_addr().unwrap());
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((sock, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            held.push(sock);
+        }
+    });
+    (url, accepted)
+}
+
+/// Security review finding 4: a second federation for the same issuer whose URL hangs must
+/// not hold up the healthy one, cold or warm, and junk tokens naming that issuer (changing
+/// `kid` and `ca.crt`) must not buy more fetches than its back-off allows.
+#[tokio::test]
+async fn a_hung_federation_sharing_the_issuer_stalls_no_one() {
+    let srv = TestServer::start().await;
+    let key = TestKey::es256();
+    srv.jwks(&[&key]);
+    let (hung_url, accepted) = hanging_listener().await;
+    let healthy = KubernetesFederationSpec {
+        issuer: Some(srv.url.clone()),
+        ..srv.spec()
+    };
+    let hung = KubernetesFederationSpec {
+        url: Some(hung_url),
+        issuer: Some(srv.url.clone()),
+        ca_bundle: None,
+        client_ca_policy: Some(ClientCaPolicy::Trust),
+        ..srv.spec()
+    };
+    let a = Authenticator::new(AuthnSettings {
+        clock: Clock::fixed(T0),
+        fetch_timeout: Duration::from_secs(4),
+        jwks_rotation_wait: Duration::ZERO,
+        ..Default::default()
+    });
+    // "a-hung" sorts first: it used to be asked (and waited for) first.
+    a.set_federations(vec![
+        Federation::from_spec("a-hung", &hung).unwrap(),
+        Federation::from_spec("b-healthy", &healthy).unwrap(),
+    ]);
+    let start = std::time::Instant::now();
+    let id = a
+        .authenticate(&key.sign(&claims(&srv.url, AUD, T0)), None)
+        .await
+        .unwrap();
+    assert_eq!(id.federation, "b-healthy");
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "cold: {:?}",
+        start.elapsed()
+    );
+    let start = std::time::Instant::now();
+    a.authenticate(&key.sign(&claims(&srv.url, AUD, T0 + 1)), None)
+        .await
+        .unwrap();
+    assert!(
+        start.elapsed() < Duration::from_millis(500),
+        "warm: {:?}",
+        start.elapsed()
+    );
+
+    // Junk: unknown kids, a different ca.crt each; all within the hung federation's back-off.
+    let before = accepted.load(Ordering::SeqCst);
+    let junk: Vec<_> = (0..6)
+        .map(|i| {
+            let other = TestKey::es256();
+            let mut c = claims(&srv.url, AUD, T0);
+            c["jti"] = json!(format!("junk-{i}"));
+            (other.sign(&c), STANDARD.encode(rcgen_ca_pem()))
+        })
+        .collect();
+    let start = std::time::Instant::now();
+    for (token, ca) in &junk {
+        let r = tokio::time::timeout(Duration::from_secs(6), a.authenticate(token, Some(ca))).await;
+        assert!(matches!(r, Ok(Err(_))), "junk must be refused in time");
+    }
+    assert!(
+        accepted.load(Ordering::SeqCst) <= before + 1,
+        "junk bought {} connections to the hung federation",
+        accepted.load(Ordering::SeqCst) - before
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(6),
+        "junk: {:?}",
+        start.elapsed()
+    );
+    // And the healthy federation still answers at once.
+    let start = std::time::Instant::now();
+    a.authenticate(&key.sign(&claims(&srv.url, AUD, T0 + 2)), None)
+        .await
+        .unwrap();
+    assert!(start.elapsed() < Duration::from_millis(500));
+}
+
+/// A throwaway CA certificate, PEM (a "junk" `ca.crt`).
+fn rcgen_ca_pem() -> String {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    rcgen::CertifiedIssuer::self_signed(params, key)
+        .unwrap()
+        .pem()
+}
+
+/// A `Trust` federation that learnt its issuer's CA from a client keeps refreshing with it:
+/// a rotation seen first by a request carrying a junk `ca.crt` is still picked up.
+#[tokio::test]
+async fn a_junk_client_ca_cannot_keep_a_trust_federation_cold() {
+    let srv = TestServer::start().await;
+    let key = TestKey::es256();
+    srv.jwks(&[&key]);
+    let (clock, c) = TestClock::new();
+    let spec = KubernetesFederationSpec {
+        ca_bundle: None,
+        client_ca_policy: Some(ClientCaPolicy::Trust),
+        ..srv.spec()
+    };
+    let a = authenticator(c, &spec);
+    a.authenticate(&key.sign(&claims(&srv.url, AUD, T0)), Some(&srv.ca_b64()))
+        .await
+        .unwrap();
+    // The issuer rotates; the first token signed with the new key comes with a junk ca.crt.
+    let rotated = TestKey::es256();
+    srv.jwks(&[&key, &rotated]);
+    clock.advance(11);
+    let junk = STANDARD.encode(rcgen_ca_pem());
+    let id = a
+        .authenticate(
+            &rotated.sign(&claims(&srv.url, AUD, clock.now())),
+            Some(&junk),
+        )
+        .await;
+    assert!(id.is_ok(), "{id:?}");
+}
