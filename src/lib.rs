@@ -17,4 +17,5 @@ pub mod logging;
 pub mod metrics;
 pub mod providers;
 pub mod resources;
+pub mod runtime;
 pub mod tls;

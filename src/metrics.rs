@@ -41,6 +41,11 @@ pub struct Metrics {
     pub audit_events: IntCounterVec,
     /// 1 while the last audit line was written, 0 while lines cannot be written.
     pub audit_log_ok: IntGauge,
+    /// Connections ended early by the listener, by reason (`refused_per_source`,
+    /// `refused_total`, `handshake_timeout`, `handshake_error`, `idle_closed`).
+    pub connections: IntCounterVec,
+    /// Connections open now.
+    pub open_connections: IntGauge,
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
@@ -158,6 +163,13 @@ impl Metrics {
                 &["outcome"],
             ),
             audit_log_ok,
+            connections: counter(
+                &registry,
+                "esi_connections_total",
+                "Connections ended early by the listener, by reason",
+                &["reason"],
+            ),
+            open_connections: gauge(&registry, "esi_open_connections", "Connections open now"),
             policies,
             registry,
         }

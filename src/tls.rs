@@ -78,7 +78,7 @@ impl TlsFiles {
 /// current config and is retried on the next change.
 pub async fn reload_on_change(
     files: TlsFiles,
-    target: axum_server::tls_rustls::RustlsConfig,
+    target: Arc<arc_swap::ArcSwap<ServerConfig>>,
     interval: std::time::Duration,
 ) {
     let mut last = files.stamp();
@@ -93,7 +93,7 @@ pub async fn reload_on_change(
         let f = files.clone();
         match tokio::task::spawn_blocking(move || f.load()).await {
             Ok(Ok(config)) => {
-                target.reload_from_config(Arc::new(config));
+                target.store(Arc::new(config));
                 last = now;
                 tracing::info!(cert = %files.cert.display(), "TLS certificate reloaded");
             }
@@ -305,9 +305,8 @@ mod tests {
             key: s.key.clone(),
             client_ca: None,
         };
-        let rc =
-            axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(files.load().unwrap()));
-        let before = rc.get_inner();
+        let rc = Arc::new(arc_swap::ArcSwap::from_pointee(files.load().unwrap()));
+        let before = rc.load_full();
         let task = tokio::spawn(reload_on_change(
             files,
             rc.clone(),
@@ -315,7 +314,7 @@ mod tests {
         ));
         tokio::time::sleep(std::time::Duration::from_millis(60)).await;
         assert!(
-            Arc::ptr_eq(&before, &rc.get_inner()),
+            Arc::ptr_eq(&before, &rc.load_full()),
             "unchanged files: no reload"
         );
         // New material in place (another CA): swapped in.
@@ -326,17 +325,17 @@ mod tests {
         let mut reloaded = false;
         for _ in 0..100 {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            if !Arc::ptr_eq(&before, &rc.get_inner()) {
+            if !Arc::ptr_eq(&before, &rc.load_full()) {
                 reloaded = true;
                 break;
             }
         }
         assert!(reloaded);
         // Garbage: the current config stays.
-        let current = rc.get_inner();
+        let current = rc.load_full();
         std::fs::write(&s.cert, "not a certificate, longer than before").unwrap();
         tokio::time::sleep(std::time::Duration::from_millis(150)).await;
-        assert!(Arc::ptr_eq(&current, &rc.get_inner()));
+        assert!(Arc::ptr_eq(&current, &rc.load_full()));
         task.abort();
     }
 

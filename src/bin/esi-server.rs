@@ -128,6 +128,21 @@ struct ServeArgs {
     /// Largest request header section (names plus values), in bytes; larger → 431.
     #[arg(long, default_value_t = 64 * 1024)]
     max_header_bytes: u32,
+    /// Deadline for the TLS handshake of a new connection.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    tls_handshake_timeout: Duration,
+    /// Deadline for a new connection's first request to start (after the TLS handshake).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    first_request_timeout: Duration,
+    /// A connection with no request in flight for this long is closed (HTTP/2 PINGs do not count).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    idle_timeout: Duration,
+    /// Connections open at once (lowered below the process's open-file limit).
+    #[arg(long, default_value_t = 4096)]
+    max_connections: usize,
+    /// Connections open at once from one source address (IPv6: one /64); more are closed at accept.
+    #[arg(long, default_value_t = 256)]
+    max_connections_per_source: usize,
     /// Concurrent HTTP/2 streams per connection.
     #[arg(long, default_value_t = 64)]
     http2_max_concurrent_streams: u32,
@@ -450,53 +465,37 @@ async fn serve(args: ServeArgs) -> Result<()> {
         });
     }
 
-    let listener = std::net::TcpListener::bind(args.listen)
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    listener.set_nonblocking(true)?;
     let local = listener.local_addr()?;
-    let handle = axum_server::Handle::new();
-    {
-        let handle = handle.clone();
-        tokio::spawn(async move {
-            shutdown_signal().await;
-            tracing::info!("shutting down");
-            handle.graceful_shutdown(Some(Duration::from_secs(10)));
-        });
-    }
     tracing::info!(addr = %local, "listening (HTTPS)");
     println!("esi-server listening on https://{local}");
-    let rustls = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(tls_config));
+    let tls = Arc::new(arc_swap::ArcSwap::from_pointee(tls_config));
     tokio::spawn(esi::tls::reload_on_change(
         tls_files,
-        rustls.clone(),
+        tls.clone(),
         args.tls_reload_interval,
     ));
-    let mut server = axum_server::from_tcp_rustls(listener, rustls)?.handle(handle);
-    {
-        // Slow clients: headers must arrive in time; HTTP/2 streams and headers are bounded.
-        let timer = hyper_util::rt::TokioTimer::new();
-        let builder = server.http_builder();
-        builder
-            .http1()
-            .timer(timer.clone())
-            .header_read_timeout(args.header_read_timeout);
-        // Protocol ceilings sit above --max-header-bytes so that the application answers 431
-        // on both protocols (`api::limits::guard`): HTTP/1 heads stay within hyper's read
-        // buffer (about 400 KiB, its default; above it hyper itself answers 431), and HTTP/2
-        // header lists within HTTP2_MAX_HEADER_LIST_BYTES (above it h2 refuses the stream).
-        builder
-            .http2()
-            .timer(timer)
-            .max_concurrent_streams(args.http2_max_concurrent_streams)
-            .max_header_list_size(HTTP2_MAX_HEADER_LIST_BYTES.max(args.max_header_bytes))
-            .max_pending_accept_reset_streams(Some(64))
-            .keep_alive_interval(Some(Duration::from_secs(30)))
-            .keep_alive_timeout(Duration::from_secs(20));
-    }
-    server
-        .serve(app.into_make_service_with_connect_info::<SocketAddr>())
-        .await
-        .context("server failed")?;
+    let settings = esi::runtime::ListenerSettings {
+        tls_handshake_timeout: args.tls_handshake_timeout,
+        header_read_timeout: args.header_read_timeout,
+        first_request_timeout: args.first_request_timeout,
+        idle_timeout: args.idle_timeout,
+        max_connections: args.max_connections,
+        max_connections_per_source: args.max_connections_per_source,
+        http2_max_concurrent_streams: args.http2_max_concurrent_streams,
+        // Above --max-header-bytes, so that the application answers 431 on both protocols
+        // (`api::limits::guard`); HTTP/1 heads stay within hyper's ~400 KiB read buffer.
+        http2_max_header_list_bytes: HTTP2_MAX_HEADER_LIST_BYTES.max(args.max_header_bytes),
+        ..esi::runtime::ListenerSettings::default()
+    };
+    esi::runtime::serve_https(listener, tls, app, settings, async {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+    })
+    .await
+    .context("server failed")?;
     Ok(())
 }
 

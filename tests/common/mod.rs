@@ -410,7 +410,8 @@ pub fn h2_client_trusting(ca_pem: &[u8]) -> reqwest::Client {
         .unwrap()
 }
 
-fn tls_trusting(ca_pem: &[u8]) -> rustls::ClientConfig {
+/// A rustls client config that trusts only `ca_pem` (no ALPN).
+pub fn tls_trusting(ca_pem: &[u8]) -> rustls::ClientConfig {
     use rustls_pki_types::CertificateDer;
     use rustls_pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
