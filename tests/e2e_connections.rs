@@ -172,3 +172,72 @@ async fn one_source_cannot_take_every_connection() {
         "{metrics}"
     );
 }
+
+/// Security review finding 6: slow uploaders (a JWS-shaped token, `Content-Length: 60000`,
+/// one byte sent) from one source hold at most that source's share of the in-flight permits,
+/// each for at most the body read deadline (408); another source keeps being answered.
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_uploaders_from_one_source_do_not_starve_others() {
+    install_crypto();
+    let server = Server::start_with_args(
+        &[],
+        &[],
+        &[
+            "--max-concurrent-requests",
+            "16",
+            "--max-concurrent-requests-per-source",
+            "8",
+            "--body-read-timeout",
+            "2s",
+        ],
+    );
+    let token = mint(
+        "ec-1",
+        &sa_claims("https://slow.example", "aud", "ns", "sa"),
+        None,
+    );
+    let mut uploaders = Vec::new();
+    for _ in 0..20 {
+        let mut tls = tls_from(&server, "127.0.0.1", b"http/1.1").await.unwrap();
+        let head = format!(
+            "POST /secretstore/s/secrets/k HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: 60000\r\n\r\n{{"
+        );
+        tls.write_all(head.as_bytes()).await.unwrap();
+        uploaders.push(tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            let n = tokio::time::timeout(Duration::from_secs(8), tls.read(&mut buf))
+                .await
+                .map_or(0, |r| r.unwrap_or(0));
+            String::from_utf8_lossy(&buf[..n]).into_owned()
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Another source is answered at once (all 16 global permits would be held otherwise).
+    let start = Instant::now();
+    let mut other = tls_from(&server, "127.0.0.2", b"http/1.1").await.unwrap();
+    other
+        .write_all(b"POST /secretstore/s/secrets/k HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n\r\n{}")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(2), other.read(&mut buf))
+        .await
+        .expect("another source starved")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        start.elapsed()
+    );
+    // The slow ones: 8 held until the body deadline (408), the rest shed at once (503).
+    let mut by_status = std::collections::BTreeMap::new();
+    for u in uploaders {
+        let answer = u.await.unwrap();
+        let status = answer.get(9..12).unwrap_or("none").to_string();
+        *by_status.entry(status).or_insert(0) += 1;
+    }
+    assert_eq!(by_status.get("408"), Some(&8), "{by_status:?}");
+    assert_eq!(by_status.get("503"), Some(&12), "{by_status:?}");
+}
