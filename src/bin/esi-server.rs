@@ -185,20 +185,9 @@ struct DevTokenArgs {
     pod: Option<String>,
 }
 
+/// Go-style durations (`30s`, `1h30m`, `250ms`), the one parser of the project.
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = s
-        .find(|c: char| !c.is_ascii_digit())
-        .map_or((s, "s"), |i| s.split_at(i));
-    let n: u64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
-    let secs = match unit {
-        "ms" => return Ok(Duration::from_millis(n)),
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        _ => return Err(format!("invalid duration unit in {s:?} (use ms, s, m, h)")),
-    };
-    Ok(Duration::from_secs(secs))
+    esi::cli::duration::parse_duration(s).map_err(|e| e.to_string())
 }
 
 /// Directive appended to every log filter unless `RUST_LOG` names rustls itself: rustls warns
@@ -566,4 +555,19 @@ fn dev_token(args: DevTokenArgs) -> Result<()> {
     header.kid = args.kid;
     println!("{}", jsonwebtoken::encode(&header, &claims, &key)?);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_are_go_durations_with_overflow_refused() {
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1.5h"), Ok(Duration::from_secs(5400)));
+        // Before: 2^64 h overflowed the multiplication; units are required, as in Go.
+        assert!(parse_duration("9999999999999999999h").is_err());
+        assert!(parse_duration("10").is_err());
+    }
 }
