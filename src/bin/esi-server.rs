@@ -2,18 +2,14 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use arc_swap::ArcSwap;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use esi::api::{self, ApiSettings, AppState};
-use esi::authn::{Authenticator, AuthnSettings};
-use esi::config::watch;
-use esi::config::{DirectorySource, Snapshot};
-use esi::ledger::{Ledger, RedbLedger, Sweeper};
+use esi::api;
+use esi::authn::AuthnSettings;
+use esi::config::DirectorySource;
 use esi::providers::ProviderSettings;
 
 #[derive(Parser)]
@@ -327,105 +323,34 @@ fn check(args: SourceArgs) -> Result<()> {
     Ok(())
 }
 
+/// Flags → [`esi::runtime::ServeConfig`]; the library does the rest.
 async fn serve(args: ServeArgs) -> Result<()> {
-    let source = DirectorySource {
-        manifests: args.source.manifests.clone(),
-        policies: args.source.policies.clone(),
-        provider_settings: ProviderSettings {
-            timeout: args.backend_timeout,
+    let config = esi::runtime::ServeConfig {
+        source: DirectorySource {
+            manifests: args.source.manifests,
+            policies: args.source.policies,
+            provider_settings: ProviderSettings {
+                timeout: args.backend_timeout,
+            },
         },
-    };
-    if !source.manifests.is_dir() {
-        bail!(
-            "--manifests {} is not a directory",
-            source.manifests.display()
-        );
-    }
-    let initial = {
-        let s = source.clone();
-        tokio::task::spawn_blocking(move || watch::initial_load(&s)).await?
-    };
-    let authenticator = Arc::new(Authenticator::new(AuthnSettings {
-        jwks_min_refresh_interval: args.jwks_min_refresh_interval,
-        max_token_lifetime: args.max_token_lifetime,
-        ..AuthnSettings::default()
-    }));
-    authenticator.set_federations(initial.federations.clone());
-    let snapshot = Arc::new(ArcSwap::from_pointee(initial));
-
-    {
-        let authenticator = authenticator.clone();
-        tokio::spawn(watch::watch(
-            source,
-            snapshot.clone(),
-            args.reload_interval,
-            move |s: &Snapshot| authenticator.set_federations(s.federations.clone()),
-        ));
-    }
-
-    let tls_files = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => esi::tls::TlsFiles {
-            cert: cert.clone(),
-            key: key.clone(),
-            client_ca: args.client_ca.clone(),
+        listen: args.listen,
+        tls: match (args.tls_cert, args.tls_key) {
+            (Some(cert), Some(key)) => esi::runtime::TlsSource::Files { cert, key },
+            _ => esi::runtime::TlsSource::SelfSigned,
         },
-        _ => {
-            let dir = args.data_dir.join("tls");
-            let names = vec![
-                "localhost".to_string(),
-                "127.0.0.1".to_string(),
-                "::1".to_string(),
-                args.listen.ip().to_string(),
-            ];
-            let made = esi::tls::self_signed(&dir, &names)?;
-            tracing::warn!(ca = %made.ca_cert.display(), "no --tls-cert given: serving a self-signed certificate; clients must trust this CA");
-            eprintln!(
-                "esi-server: self-signed CA written to {}",
-                made.ca_cert.display()
-            );
-            esi::tls::TlsFiles {
-                cert: made.cert,
-                key: made.key,
-                client_ca: args.client_ca.clone(),
-            }
-        }
-    };
-    let tls_config = tls_files.load()?;
-    if tls_files.client_ca.is_some() {
-        tracing::info!("client certificates required (mTLS)");
-    }
-
-    // The ledger must open: revocable credentials are never handed out unrecorded.
-    let ledger_path = args.data_dir.join("ledger.redb");
-    let ledger: Arc<dyn Ledger> = {
-        let path = ledger_path.clone();
-        Arc::new(
-            tokio::task::spawn_blocking(move || RedbLedger::open(&path))
-                .await?
-                .with_context(|| format!("cannot open the ledger {}", ledger_path.display()))?,
-        )
-    };
-    tracing::info!(path = %ledger_path.display(), entries = ledger.count().await.unwrap_or(0), "credential ledger opened");
-    if args.sweep_interval.is_zero() {
-        bail!("--sweep-interval must be positive");
-    }
-    tokio::spawn(
-        Sweeper {
-            ledger: ledger.clone(),
-            snapshot: snapshot.clone(),
-            interval: args.sweep_interval,
-            timeout: args.backend_timeout + Duration::from_secs(1),
-        }
-        .run(),
-    );
-
-    let state = AppState {
-        snapshot,
-        authenticator,
-        settings: ApiSettings {
-            backend_timeout: args.backend_timeout + Duration::from_secs(1),
+        client_ca: args.client_ca,
+        tls_reload_interval: args.tls_reload_interval,
+        metrics_listen: args.metrics_listen,
+        data_dir: args.data_dir,
+        reload_interval: args.reload_interval,
+        sweep_interval: args.sweep_interval,
+        backend_timeout: args.backend_timeout,
+        authn: AuthnSettings {
+            jwks_min_refresh_interval: args.jwks_min_refresh_interval,
+            max_token_lifetime: args.max_token_lifetime,
+            ..AuthnSettings::default()
         },
-        limits: Arc::new(api::Limits::new(api::LimitSettings {
+        limits: api::LimitSettings {
             per_source_rate: args.rate_limit_per_source,
             per_source_burst: args.rate_limit_per_source_burst,
             per_identity_rate: args.rate_limit_per_identity,
@@ -437,54 +362,35 @@ async fn serve(args: ServeArgs) -> Result<()> {
             max_body_bytes: args.max_body_bytes,
             max_header_bytes: args.max_header_bytes as usize,
             ..api::LimitSettings::default()
-        })),
-        ledger: Some(ledger),
+        },
+        listener: esi::runtime::ListenerSettings {
+            tls_handshake_timeout: args.tls_handshake_timeout,
+            header_read_timeout: args.header_read_timeout,
+            first_request_timeout: args.first_request_timeout,
+            idle_timeout: args.idle_timeout,
+            max_connections: args.max_connections,
+            max_connections_per_source: args.max_connections_per_source,
+            http2_max_concurrent_streams: args.http2_max_concurrent_streams,
+            // Above --max-header-bytes, so that the application answers 431 on both protocols
+            // (`api::limits::guard`); HTTP/1 heads stay within hyper's ~400 KiB read buffer.
+            http2_max_header_list_bytes: HTTP2_MAX_HEADER_LIST_BYTES.max(args.max_header_bytes),
+            ..esi::runtime::ListenerSettings::default()
+        },
     };
-    let app = api::router(state, args.metrics_listen.is_none());
-
-    if let Some(addr) = args.metrics_listen {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr} for metrics"))?;
-        tracing::info!(addr = %listener.local_addr()?, "metrics listening (plain HTTP)");
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, api::metrics_router()).await {
-                tracing::error!(error = %e, "metrics listener failed");
+    esi::runtime::serve(
+        config,
+        |listening| {
+            if let Some(ca) = &listening.self_signed_ca {
+                eprintln!("esi-server: self-signed CA written to {}", ca.display());
             }
-        });
-    }
-
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let local = listener.local_addr()?;
-    tracing::info!(addr = %local, "listening (HTTPS)");
-    println!("esi-server listening on https://{local}");
-    let tls = Arc::new(arc_swap::ArcSwap::from_pointee(tls_config));
-    tokio::spawn(esi::tls::reload_on_change(
-        tls_files,
-        tls.clone(),
-        args.tls_reload_interval,
-    ));
-    let settings = esi::runtime::ListenerSettings {
-        tls_handshake_timeout: args.tls_handshake_timeout,
-        header_read_timeout: args.header_read_timeout,
-        first_request_timeout: args.first_request_timeout,
-        idle_timeout: args.idle_timeout,
-        max_connections: args.max_connections,
-        max_connections_per_source: args.max_connections_per_source,
-        http2_max_concurrent_streams: args.http2_max_concurrent_streams,
-        // Above --max-header-bytes, so that the application answers 431 on both protocols
-        // (`api::limits::guard`); HTTP/1 heads stay within hyper's ~400 KiB read buffer.
-        http2_max_header_list_bytes: HTTP2_MAX_HEADER_LIST_BYTES.max(args.max_header_bytes),
-        ..esi::runtime::ListenerSettings::default()
-    };
-    esi::runtime::serve_https(listener, tls, app, settings, async {
-        shutdown_signal().await;
-        tracing::info!("shutting down");
-    })
-    .await
-    .context("server failed")?;
+            println!("esi-server listening on https://{}", listening.addr);
+        },
+        async {
+            shutdown_signal().await;
+            tracing::info!("shutting down");
+        },
+    )
+    .await?;
     Ok(())
 }
 

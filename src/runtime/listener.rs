@@ -227,7 +227,7 @@ pub async fn serve_https(
     tls: Arc<ArcSwap<ServerConfig>>,
     app: Router,
     settings: ListenerSettings,
-    shutdown: impl Future<Output = ()>,
+    shutdown: impl Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
     let max_total = effective_max_connections(settings.max_connections);
     if max_total < settings.max_connections {

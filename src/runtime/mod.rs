@@ -1,6 +1,8 @@
-//! Running the server: the HTTPS listener with its connection limits. (The rest of the
-//! wiring — TLS choice, ledger, sweeper, reload — moves here from the binary next.)
+//! Running the server: its wiring ([`serve`]) and the HTTPS listener with its connection
+//! limits ([`listener`]). `main` only parses flags into a [`ServeConfig`] and calls [`serve`].
 
 pub mod listener;
+mod serve;
 
 pub use listener::{ListenerSettings, serve_https};
+pub use serve::{Listening, ServeConfig, ServeError, TlsSource, serve};

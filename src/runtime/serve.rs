@@ -1,0 +1,329 @@
+//! `serve`: the server's wiring, in the library where it can be tested. Loads the first
+//! snapshot, starts the reloader (which also keeps the authenticator's federations current),
+//! chooses TLS (files, reloaded on change, or a self-signed CA), opens the ledger and its
+//! sweeper, and serves the API on the HTTPS listener (and `/metrics` on its own port when
+//! asked) until shutdown. The binary only parses flags into a [`ServeConfig`].
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
+use super::listener::{ListenerSettings, serve_https};
+use crate::api::{self, ApiSettings, AppState, LimitSettings, Limits};
+use crate::authn::{Authenticator, AuthnSettings};
+use crate::config::watch;
+use crate::config::{DirectorySource, Snapshot};
+use crate::ledger::{Ledger, LedgerError, RedbLedger, Sweeper};
+use crate::tls::{TlsError, TlsFiles};
+
+/// Where the server certificate comes from.
+#[derive(Debug, Clone)]
+pub enum TlsSource {
+    /// PEM files, watched and reloaded on change.
+    Files {
+        /// Certificate chain.
+        cert: PathBuf,
+        /// Private key.
+        key: PathBuf,
+    },
+    /// A throwaway CA and certificate made under `DATA_DIR/tls/` (development).
+    SelfSigned,
+}
+
+/// Everything `serve` needs; the binary fills it from flags.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Manifests and policies.
+    pub source: DirectorySource,
+    /// HTTPS address (port 0: any free port).
+    pub listen: SocketAddr,
+    /// Server certificate.
+    pub tls: TlsSource,
+    /// PEM CA bundle: clients must present a certificate it issued (mTLS).
+    pub client_ca: Option<PathBuf>,
+    /// How often the TLS files are checked for changes.
+    pub tls_reload_interval: Duration,
+    /// Serve `/metrics` here (plain HTTP) instead of on the main port.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Self-signed TLS material and the ledger live here.
+    pub data_dir: PathBuf,
+    /// How often the source directories are checked for changes.
+    pub reload_interval: Duration,
+    /// How often expired credentials are revoked and failed revocations retried (> 0).
+    pub sweep_interval: Duration,
+    /// Timeout of one backend call (the providers' own; calls are cut 1 s after it).
+    pub backend_timeout: Duration,
+    /// Token verification.
+    pub authn: AuthnSettings,
+    /// Abuse limits of requests.
+    pub limits: LimitSettings,
+    /// Connection limits.
+    pub listener: ListenerSettings,
+}
+
+/// What `serve` tells its caller once it listens.
+#[derive(Debug, Clone)]
+pub struct Listening {
+    /// The bound HTTPS address.
+    pub addr: SocketAddr,
+    /// The CA to trust, when the certificate is self-signed.
+    pub self_signed_ca: Option<PathBuf>,
+}
+
+/// Why the server could not start (or its listener failed).
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// `--manifests` is not a directory.
+    #[error("--manifests {0} is not a directory")]
+    NotADirectory(PathBuf),
+    /// The sweep interval must be positive.
+    #[error("--sweep-interval must be positive")]
+    NoSweepInterval,
+    /// TLS material could not be made or loaded.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The ledger could not be opened (revocable credentials are never handed out unrecorded).
+    #[error("cannot open the ledger {path}: {source}")]
+    Ledger {
+        /// The ledger file.
+        path: PathBuf,
+        /// Why.
+        source: LedgerError,
+    },
+    /// An address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The listener failed.
+    #[error("server failed: {0}")]
+    Io(#[from] std::io::Error),
+    /// A startup task panicked or was cancelled.
+    #[error("startup task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// Runs the server until `shutdown` completes; `on_listening` is called once it listens.
+///
+/// # Errors
+/// [`ServeError`]: startup failures, or the listening socket failing.
+pub async fn serve(
+    config: ServeConfig,
+    on_listening: impl FnOnce(&Listening) + Send,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let source = config.source.clone();
+    if !source.manifests.is_dir() {
+        return Err(ServeError::NotADirectory(source.manifests.clone()));
+    }
+    if config.sweep_interval.is_zero() {
+        return Err(ServeError::NoSweepInterval);
+    }
+    let initial = {
+        let s = source.clone();
+        tokio::task::spawn_blocking(move || watch::initial_load(&s)).await?
+    };
+    let authenticator = Arc::new(Authenticator::new(config.authn.clone()));
+    authenticator.set_federations(initial.federations.clone());
+    let snapshot = Arc::new(ArcSwap::from_pointee(initial));
+    {
+        let authenticator = authenticator.clone();
+        tokio::spawn(watch::watch(
+            source,
+            snapshot.clone(),
+            config.reload_interval,
+            move |s: &Snapshot| authenticator.set_federations(s.federations.clone()),
+        ));
+    }
+
+    let (tls_files, self_signed_ca) = tls_files(&config)?;
+    let tls_config = tls_files.load()?;
+    if tls_files.client_ca.is_some() {
+        tracing::info!("client certificates required (mTLS)");
+    }
+
+    let ledger_path = config.data_dir.join("ledger.redb");
+    let ledger: Arc<dyn Ledger> = {
+        let path = ledger_path.clone();
+        Arc::new(
+            tokio::task::spawn_blocking(move || RedbLedger::open(&path))
+                .await?
+                .map_err(|source| ServeError::Ledger {
+                    path: ledger_path.clone(),
+                    source,
+                })?,
+        )
+    };
+    let entries = ledger.count().await.unwrap_or(0);
+    tracing::info!(path = %ledger_path.display(), entries, "credential ledger opened");
+    let call_limit = config.backend_timeout + Duration::from_secs(1);
+    tokio::spawn(
+        Sweeper {
+            ledger: ledger.clone(),
+            snapshot: snapshot.clone(),
+            interval: config.sweep_interval,
+            timeout: call_limit,
+        }
+        .run(),
+    );
+
+    let state = AppState {
+        snapshot,
+        authenticator,
+        settings: ApiSettings {
+            backend_timeout: call_limit,
+        },
+        limits: Arc::new(Limits::new(config.limits.clone())),
+        ledger: Some(ledger),
+    };
+    let app = api::router(state, config.metrics_listen.is_none());
+
+    if let Some(addr) = config.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServeError::Bind { addr, source })?;
+        tracing::info!(addr = %listener.local_addr()?, "metrics listening (plain HTTP)");
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, api::metrics_router()).await {
+                tracing::error!(error = %e, "metrics listener failed");
+            }
+        });
+    }
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "listening (HTTPS)");
+    on_listening(&Listening {
+        addr,
+        self_signed_ca,
+    });
+    let tls = Arc::new(ArcSwap::from_pointee(tls_config));
+    tokio::spawn(crate::tls::reload_on_change(
+        tls_files,
+        tls.clone(),
+        config.tls_reload_interval,
+    ));
+    serve_https(listener, tls, app, config.listener, shutdown).await?;
+    Ok(())
+}
+
+/// The TLS files to serve, making a self-signed CA and certificate when none are given.
+fn tls_files(config: &ServeConfig) -> Result<(TlsFiles, Option<PathBuf>), ServeError> {
+    match &config.tls {
+        TlsSource::Files { cert, key } => Ok((
+            TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: config.client_ca.clone(),
+            },
+            None,
+        )),
+        TlsSource::SelfSigned => {
+            let names = vec![
+                "localhost".to_string(),
+                "127.0.0.1".to_string(),
+                "::1".to_string(),
+                config.listen.ip().to_string(),
+            ];
+            let made = crate::tls::self_signed(&config.data_dir.join("tls"), &names)?;
+            tracing::warn!(ca = %made.ca_cert.display(), "no --tls-cert given: serving a self-signed certificate; clients must trust this CA");
+            Ok((
+                TlsFiles {
+                    cert: made.cert,
+                    key: made.key,
+                    client_ca: config.client_ca.clone(),
+                },
+                Some(made.ca_cert),
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::providers::ProviderSettings;
+
+    fn config(dir: &std::path::Path) -> ServeConfig {
+        let manifests = dir.join("manifests");
+        std::fs::create_dir_all(&manifests).unwrap();
+        ServeConfig {
+            source: DirectorySource {
+                manifests,
+                policies: None,
+                provider_settings: ProviderSettings::default(),
+            },
+            listen: "127.0.0.1:0".parse().unwrap(),
+            tls: TlsSource::SelfSigned,
+            client_ca: None,
+            tls_reload_interval: Duration::from_secs(10),
+            metrics_listen: None,
+            data_dir: dir.join("data"),
+            reload_interval: Duration::from_secs(1),
+            sweep_interval: Duration::from_secs(30),
+            backend_timeout: Duration::from_secs(5),
+            authn: AuthnSettings::default(),
+            limits: LimitSettings::default(),
+            listener: ListenerSettings::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn serves_until_shutdown_and_reports_where() {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let dir = tempfile::tempdir().unwrap();
+        let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(
+            config(dir.path()),
+            move |l: &Listening| {
+                let _ = addr_tx.send(l.clone());
+            },
+            async move {
+                let _ = stop_rx.await;
+            },
+        ));
+        let listening = addr_rx.await.unwrap();
+        let ca = std::fs::read(listening.self_signed_ca.as_ref().unwrap()).unwrap();
+        let cert = reqwest::Certificate::from_pem(&ca).unwrap();
+        let client = reqwest::Client::builder()
+            .tls_certs_only([cert])
+            .build()
+            .unwrap();
+        let resp = client
+            .get(format!("https://{}/readyz", listening.addr))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        stop_tx.send(()).unwrap();
+        assert!(server.await.unwrap().is_ok());
+        // The ledger was made under the data dir.
+        assert!(dir.path().join("data/ledger.redb").exists());
+    }
+
+    #[tokio::test]
+    async fn startup_failures_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = config(dir.path());
+        c.source.manifests = dir.path().join("missing");
+        let err = serve(c, |_| {}, async {}).await.unwrap_err();
+        assert!(matches!(err, ServeError::NotADirectory(_)), "{err}");
+        let mut c = config(dir.path());
+        c.sweep_interval = Duration::ZERO;
+        let err = serve(c, |_| {}, async {}).await.unwrap_err();
+        assert!(matches!(err, ServeError::NoSweepInterval), "{err}");
+    }
+}
