@@ -186,5 +186,30 @@ impl Metrics {
     }
 }
 
+/// Runs one backend call of `kind` and records it: `esi_backend_calls_total{kind, outcome}`
+/// (`outcome` names the result: `ok` or an error kind) and, with `timed`, its latency in
+/// `esi_backend_call_duration_seconds{kind}`. The one metering path of providers and
+/// generators alike.
+pub async fn observe_backend_call<T, E>(
+    kind: &str,
+    timed: bool,
+    outcome: impl FnOnce(&Result<T, E>) -> &'static str,
+    call: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, E> {
+    let start = std::time::Instant::now();
+    let result = call.await;
+    METRICS
+        .backend_calls
+        .with_label_values(&[kind, outcome(&result)])
+        .inc();
+    if timed {
+        METRICS
+            .backend_latency
+            .with_label_values(&[kind])
+            .observe(start.elapsed().as_secs_f64());
+    }
+    result
+}
+
 /// The process-wide metrics.
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);

@@ -156,6 +156,7 @@ async fn an_unwritable_audit_log_refuses_requests_and_says_so() {
         "{metrics}"
     );
     // One complaint, not one per request.
+    server.sync_logs().await;
     assert_eq!(server.count_log("cannot write the audit log"), 1);
 }
 

@@ -286,6 +286,7 @@ spec:
             assert!(!body.contains(secret), "{path} leaks: {body}");
         }
     }
+    server.sync_logs().await;
     assert!(
         server
             .logs()
@@ -475,6 +476,7 @@ stringData: {token: hook-s3cr3t, user: svc-app, team: "red & blue"}
             "{path}: {body}"
         );
     }
+    server.sync_logs().await;
     assert!(
         server.logs().iter().all(|l| !l.contains("hook-s3cr3t")),
         "a secret reached the logs"

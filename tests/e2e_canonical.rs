@@ -197,6 +197,7 @@ async fn issue8_every_spelling_of_a_vault_key_is_decided_on_one_key() {
     }
     // Every one of those decisions named the canonical key; none the spelling.
     let canonical = format!("key:vault-prod/{admin}");
+    server.sync_logs().await;
     let lines = decisions(&server, &canonical);
     assert_eq!(lines.len(), 6 + 3 * 2 * 2, "{lines:?}");
     assert!(lines.iter().all(|l| {
@@ -238,6 +239,7 @@ async fn issue8_every_spelling_of_a_vault_key_is_decided_on_one_key() {
         assert_eq!(status, 200, "{body}");
         assert_eq!(decoded(&body, "value"), "APP-8-value");
     }
+    server.sync_logs().await;
     assert_eq!(
         decisions(&server, &format!("key:vault-prod/{app}")).len(),
         6
@@ -406,6 +408,7 @@ async fn issue19_a_store_without_path_reads_only_kv_mounts_of_its_version() {
     .await;
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("V2-19"));
+    server.sync_logs().await;
     // No log line carries the token either.
     assert_eq!(server.count_log(&root), 0);
 }
@@ -527,6 +530,7 @@ spec:
         );
         assert!(decoded_field(&data, "app/db").contains(app));
         // Each key of the answer was decided as a `get`, and the admin key denied.
+        server.sync_logs().await;
         assert!(!decisions(&server, &format!("key:{store}/admin/root")).is_empty());
     }
 }
@@ -640,6 +644,7 @@ forbid (principal, action, resource == Esi::Generator::"<cluster>/ClusterGenerat
         .await;
         assert_eq!(status, 200, "apps {ns}: {body}");
     }
+    server.sync_logs().await;
     // Every decision named the one identity; none the spelled namespace.
     assert_eq!(
         decisions(

@@ -219,6 +219,7 @@ async fn init_injects_store_keys_properties_and_generators() {
         "{stderr}"
     );
     assert!(stdout.contains("DB_HOST="));
+    server.sync_logs().await;
     // Two store secrets and two generators, however often each is referenced.
     let answered = |route: &str| {
         server

@@ -604,6 +604,7 @@ async fn crafted_tokens_are_rejected_without_flooding_the_issuer() {
         issuer.jwks_hits()
     );
     assert_eq!(attacker.jwks_hits(), 0);
+    server.sync_logs().await;
     for line in server.logs() {
         assert!(!line.contains(&good), "token in log: {line}");
         assert!(!line.contains(FAKE_OTHER), "value in log: {line}");
@@ -1249,6 +1250,7 @@ stringData: {{token: "{root}"}}
         needles.push(t.clone());
         needles.push(t.rsplit('.').next().unwrap().to_string());
     }
+    server.sync_logs().await;
     let logs = server.logs();
     assert!(logs.len() > 20, "debug logging is on: {} lines", logs.len());
     assert!(logs.iter().any(|l| l.contains("DEBUG")), "no debug line");

@@ -110,6 +110,7 @@ async fn a_broken_object_does_not_freeze_the_rest_of_a_reload() {
         .await;
     assert_eq!(status(&server, &issuer, "new", "store-b").await, 200);
     assert_eq!(status(&server, &issuer, "batch", "store-b").await, 200);
+    server.sync_logs().await;
     assert!(server.count_log("keeps its last good form") > 0);
 
     // A forbid that stops compiling keeps its last good form (still denies).

@@ -244,6 +244,7 @@ async fn seed_walkthrough_against_openbao() {
         assert!(!text.contains("s3cr3t"), "{text}");
     }
 
+    server.sync_logs().await;
     // Nothing the server logged holds the secret value or a whole token.
     for line in server.logs() {
         assert!(
@@ -404,6 +405,7 @@ forbid(principal, action, resource) when { resource has key && resource.key == "
         )
         .await;
     assert_eq!(status, 200);
+    server.sync_logs().await;
     assert!(server.count_log("deny-db-credentials") > 0);
 
     // Hot reload: a new store and a grant for another ServiceAccount appear.
@@ -453,6 +455,7 @@ spec:
         )
         .await;
     assert_eq!(status, 200);
+    server.sync_logs().await;
     assert!(server.count_log("last good policy set") > 0);
 }
 

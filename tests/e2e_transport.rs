@@ -225,6 +225,7 @@ async fn ip_address_sni_does_not_log_a_warning_per_connection() {
     // The server still answers, and logged nothing at WARN for those connections.
     assert_eq!(server.get("/healthz").await.0, 200);
     tokio::time::sleep(Duration::from_millis(200)).await;
+    server.sync_logs().await;
     let after = warn_lines(&server);
     assert_eq!(
         after.len(),

@@ -137,7 +137,11 @@ async fn observe(req: Request, next: Next) -> Response {
     let request_id = uuid::Uuid::new_v4();
     let span = tracing::info_span!("request", %request_id, method = %req.method(), route = %route);
     let start = Instant::now();
-    let resp = next.run(req).instrument(span.clone()).await;
+    let mut resp = next.run(req).instrument(span.clone()).await;
+    // The id every log and audit line of this request carries, for the caller to quote.
+    if let Ok(v) = axum::http::HeaderValue::from_str(&request_id.to_string()) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
     let status = resp.status();
     METRICS
         .http_requests

@@ -21,18 +21,6 @@ use super::{
     GeneratorError, RevocationState,
 };
 
-/// ESO's `spec.generator` keys by kind (ECR's key carries ESO's spelling).
-const SPEC_KEYS: [(&str, &str); 8] = [
-    ("Fake", "fakeSpec"),
-    ("Password", "passwordSpec"),
-    ("UUID", "uuidSpec"),
-    ("SSHKey", "sshKeySpec"),
-    ("VaultDynamicSecret", "vaultDynamicSecretSpec"),
-    ("STSSessionToken", "stsSessionTokenSpec"),
-    ("ECRAuthorizationToken", "ecrRAuthorizationTokenSpec"),
-    ("Webhook", "webhookSpec"),
-];
-
 /// `spec` of a ClusterGenerator.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -62,13 +50,13 @@ impl ClusterGenerator {
         spec: &serde_json::Value,
     ) -> Result<Self, GeneratorConfigError> {
         let spec: ClusterGeneratorSpec = ctx.parse(CLUSTER_GENERATOR, spec)?;
-        let Some((_, key)) = SPEC_KEYS.iter().find(|(kind, _)| *kind == spec.kind) else {
+        let Some(key) = super::namespaced_kind(&spec.kind).map(|e| e.cluster_spec_key) else {
             return Err(ctx.invalid(
                 CLUSTER_GENERATOR,
                 "spec.kind names no generator kind ClusterGenerator can wrap",
             ));
         };
-        if let Some(other) = spec.generator.keys().find(|k| k.as_str() != *key) {
+        if let Some(other) = spec.generator.keys().find(|k| k.as_str() != key) {
             return Err(ctx.invalid(
                 CLUSTER_GENERATOR,
                 format!(
@@ -79,7 +67,7 @@ impl ClusterGenerator {
         }
         let inner_spec = spec
             .generator
-            .get(*key)
+            .get(key)
             .cloned()
             .unwrap_or(serde_json::Value::Null);
         let inner = super::build(ctx, &spec.kind, &inner_spec).map_err(|e| match e {

@@ -20,13 +20,13 @@ mod webhook;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::authn::Identity;
-use crate::metrics::METRICS;
+use crate::metrics::observe_backend_call;
 use crate::providers::{ProviderError, ProviderSettings};
 use crate::resources::SecretIndex;
 
@@ -207,25 +207,80 @@ pub enum GeneratorConfigError {
     },
 }
 
-/// The kinds this build serves, namespaced ones first.
-const KINDS: [&str; 9] = [
-    "Fake",
-    "Password",
-    "UUID",
-    "SSHKey",
-    "VaultDynamicSecret",
-    "STSSessionToken",
-    "ECRAuthorizationToken",
-    "Webhook",
-    "ClusterGenerator",
+/// Builds one namespaced kind from its `spec`.
+type Builder =
+    fn(&BuildContext<'_>, &serde_json::Value) -> Result<Arc<dyn Generator>, GeneratorConfigError>;
+
+/// One namespaced generator kind this build serves.
+pub(crate) struct KindEntry {
+    /// The kind (`Password`, …), as in manifests and ESE URLs.
+    pub kind: &'static str,
+    /// ESO's key for it under a `ClusterGenerator`'s `spec.generator` (ECR's carries ESO's
+    /// own spelling).
+    pub cluster_spec_key: &'static str,
+    build: Builder,
+}
+
+fn metered<G: Generator + 'static>(g: G) -> Arc<dyn Generator> {
+    Arc::new(Metered::new(g))
+}
+
+/// The one table of namespaced generator kinds: what `is_generator_kind`, `build` and
+/// `ClusterGenerator` know. `ClusterGenerator` itself wraps one of them.
+pub(crate) const KINDS: &[KindEntry] = &[
+    KindEntry {
+        kind: "Fake",
+        cluster_spec_key: "fakeSpec",
+        build: |c, s| Ok(metered(FakeGenerator::from_spec(c, s)?)),
+    },
+    KindEntry {
+        kind: "Password",
+        cluster_spec_key: "passwordSpec",
+        build: |c, s| Ok(metered(PasswordGenerator::from_spec(c, s)?)),
+    },
+    KindEntry {
+        kind: "UUID",
+        cluster_spec_key: "uuidSpec",
+        build: |c, s| Ok(metered(UuidGenerator::from_spec(c, s)?)),
+    },
+    KindEntry {
+        kind: "SSHKey",
+        cluster_spec_key: "sshKeySpec",
+        build: |c, s| Ok(metered(SshKeyGenerator::from_spec(c, s)?)),
+    },
+    KindEntry {
+        kind: "VaultDynamicSecret",
+        cluster_spec_key: "vaultDynamicSecretSpec",
+        build: |c, s| Ok(metered(VaultDynamicSecretGenerator::from_spec(c, s)?)),
+    },
+    KindEntry {
+        kind: "STSSessionToken",
+        cluster_spec_key: "stsSessionTokenSpec",
+        build: |c, s| Ok(metered(StsSessionTokenGenerator::from_spec(c, s)?)),
+    },
+    KindEntry {
+        kind: "ECRAuthorizationToken",
+        cluster_spec_key: "ecrRAuthorizationTokenSpec",
+        build: |c, s| Ok(metered(EcrAuthorizationTokenGenerator::from_spec(c, s)?)),
+    },
+    KindEntry {
+        kind: "Webhook",
+        cluster_spec_key: "webhookSpec",
+        build: |c, s| Ok(metered(WebhookGenerator::from_spec(c, s)?)),
+    },
 ];
+
+/// The table entry of a namespaced kind.
+pub(crate) fn namespaced_kind(kind: &str) -> Option<&'static KindEntry> {
+    KINDS.iter().find(|e| e.kind == kind)
+}
 
 /// The cluster-scoped kind: it has no namespace, whatever namespace a URL names.
 pub const CLUSTER_GENERATOR: &str = "ClusterGenerator";
 
 /// True for the generator kinds this build knows.
 pub fn is_generator_kind(kind: &str) -> bool {
-    KINDS.contains(&kind)
+    kind == CLUSTER_GENERATOR || namespaced_kind(kind).is_some()
 }
 
 /// True for cluster-scoped generator kinds (`ClusterGenerator`).
@@ -344,29 +399,15 @@ pub(crate) fn build(
     kind: &str,
     spec: &serde_json::Value,
 ) -> Result<Arc<dyn Generator>, GeneratorConfigError> {
-    let generator: Arc<dyn Generator> = match kind {
-        "Fake" => Arc::new(Metered::new(FakeGenerator::from_spec(ctx, spec)?)),
-        "Password" => Arc::new(Metered::new(PasswordGenerator::from_spec(ctx, spec)?)),
-        "UUID" => Arc::new(Metered::new(UuidGenerator::from_spec(ctx, spec)?)),
-        "SSHKey" => Arc::new(Metered::new(SshKeyGenerator::from_spec(ctx, spec)?)),
-        "VaultDynamicSecret" => Arc::new(Metered::new(VaultDynamicSecretGenerator::from_spec(
-            ctx, spec,
-        )?)),
-        "STSSessionToken" => Arc::new(Metered::new(StsSessionTokenGenerator::from_spec(
-            ctx, spec,
-        )?)),
-        "ECRAuthorizationToken" => Arc::new(Metered::new(
-            EcrAuthorizationTokenGenerator::from_spec(ctx, spec)?,
-        )),
-        "Webhook" => Arc::new(Metered::new(WebhookGenerator::from_spec(ctx, spec)?)),
-        CLUSTER_GENERATOR => Arc::new(ClusterGenerator::from_spec(ctx, spec)?),
-        other => {
-            return Err(GeneratorConfigError::UnknownKind {
-                kind: other.to_string(),
-            });
-        }
-    };
-    Ok(generator)
+    if kind == CLUSTER_GENERATOR {
+        return Ok(Arc::new(ClusterGenerator::from_spec(ctx, spec)?));
+    }
+    match namespaced_kind(kind) {
+        Some(entry) => (entry.build)(ctx, spec),
+        None => Err(GeneratorConfigError::UnknownKind {
+            kind: kind.to_string(),
+        }),
+    }
 }
 
 /// Wraps a generator and records `backend_calls` (kind, outcome) and `backend_latency`
@@ -396,27 +437,12 @@ impl<G: Generator> Generator for Metered<G> {
     }
 
     async fn generate(&self, ctx: &GenerateContext<'_>) -> Result<Generated, GeneratorError> {
-        let kind = self.inner.kind();
-        let start = Instant::now();
-        let result = self.inner.generate(ctx).await;
-        METRICS
-            .backend_calls
-            .with_label_values(&[kind, outcome(&result)])
-            .inc();
-        METRICS
-            .backend_latency
-            .with_label_values(&[kind])
-            .observe(start.elapsed().as_secs_f64());
-        result
+        observe_backend_call(self.inner.kind(), true, outcome, self.inner.generate(ctx)).await
     }
 
     async fn revoke(&self, state: &RevocationState) -> Result<(), GeneratorError> {
-        let result = self.inner.revoke(state).await;
-        METRICS
-            .backend_calls
-            .with_label_values(&[&format!("{}/revoke", self.inner.kind()), outcome(&result)])
-            .inc();
-        result
+        let kind = format!("{}/revoke", self.inner.kind());
+        observe_backend_call(&kind, false, outcome, self.inner.revoke(state)).await
     }
 }
 
@@ -440,6 +466,7 @@ pub(crate) mod test_support {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::METRICS;
     use serde_json::json;
 
     fn build(

@@ -3,10 +3,11 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::time::Instant;
 
 use super::{FindRequest, KeyFilter, ProviderError, RemoteRef, SecretProvider};
+#[cfg(test)]
 use crate::metrics::METRICS;
+use crate::metrics::observe_backend_call;
 
 /// Wraps a provider and records `backend_calls` (kind, outcome) and `backend_latency`.
 pub struct Metered<P> {
@@ -23,22 +24,16 @@ impl<P: SecretProvider> Metered<P> {
         &self,
         call: impl Future<Output = Result<T, ProviderError>>,
     ) -> Result<T, ProviderError> {
-        let kind = self.inner.kind();
-        let start = Instant::now();
-        let result = call.await;
-        let outcome = match &result {
-            Ok(_) => "ok",
-            Err(e) => e.kind(),
-        };
-        METRICS
-            .backend_calls
-            .with_label_values(&[kind, outcome])
-            .inc();
-        METRICS
-            .backend_latency
-            .with_label_values(&[kind])
-            .observe(start.elapsed().as_secs_f64());
-        result
+        observe_backend_call(
+            self.inner.kind(),
+            true,
+            |r| match r {
+                Ok(_) => "ok",
+                Err(e) => e.kind(),
+            },
+            call,
+        )
+        .await
     }
 }
 

@@ -325,6 +325,20 @@ impl Server {
         std::fs::read(self._dir.path().join("data/tls/ca.crt")).unwrap()
     }
 
+    /// Waits until the log reader has caught up with everything the server logged before
+    /// now: makes a request and waits for the log line carrying its `x-request-id`. Call it
+    /// before asserting on the logs right after a request (the reader runs on its own thread).
+    pub async fn sync_logs(&self) {
+        let resp = self
+            .client
+            .get(format!("{}/healthz", self.url))
+            .send()
+            .await
+            .unwrap();
+        let id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
+        self.wait_log(&id, 0).await;
+    }
+
     /// Everything the server logged so far.
     pub fn logs(&self) -> Vec<String> {
         self.log.lock().unwrap().clone()
