@@ -22,7 +22,7 @@ pub enum ErrorStyle {
 }
 
 /// A request failure.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ApiError {
     /// Missing or invalid token.
     #[error("unauthorized: {0}")]
@@ -125,6 +125,41 @@ impl ApiError {
             }
         }
     }
+}
+
+/// An error on its way out: `IntoResponse` for [`ApiError`] answers its status and parks
+/// the error here; [`render_errors`] (one layer per router) writes the body in that router's
+/// style. Handlers and middleware just return errors.
+#[derive(Debug, Clone)]
+struct Pending(ApiError);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut resp = self.status().into_response();
+        resp.extensions_mut().insert(Pending(self));
+        resp
+    }
+}
+
+/// Middleware of a router: renders every [`ApiError`] answered below it in `style`
+/// (headers already set, e.g. `Connection: close`, are kept), and logs the refusal.
+pub async fn render_errors(
+    style: ErrorStyle,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let mut resp = next.run(req).await;
+    let Some(Pending(error)) = resp.extensions_mut().remove::<Pending>() else {
+        return resp;
+    };
+    tracing::info!(status = error.status().as_u16(), reason = %error, "refused");
+    let mut styled = error.into_styled_response(style);
+    for (name, value) in resp.headers() {
+        if !styled.headers().contains_key(name) {
+            styled.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    styled
 }
 
 impl From<AuthnError> for ApiError {

@@ -24,13 +24,13 @@ use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Version, header};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota};
 use http_body_util::BodyExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::error::{ApiError, ErrorStyle};
+use super::error::ApiError;
 use crate::logging::Throttled;
 
 /// Abuse-limit tunables. A rate of 0 disables that limit.
@@ -336,14 +336,6 @@ pub fn source_key(addr: IpAddr) -> IpAddr {
     }
 }
 
-fn style_of(path: &str) -> ErrorStyle {
-    if path.starts_with("/v1/") {
-        ErrorStyle::Problem
-    } else {
-        ErrorStyle::Ese
-    }
-}
-
 /// Bytes of the header section as HPACK counts them, without its 32-byte overhead per field.
 fn header_bytes(headers: &HeaderMap) -> usize {
     headers
@@ -378,8 +370,8 @@ async fn drain(mut body: Body) {
 /// The answer to a refused request. On HTTP/1.1 a body still on the wire is drained in a task
 /// of its own (see [`drain`]) while the answer goes out at once, and the connection closes
 /// afterwards (`Connection: close`); HTTP/2 just drops the stream's remaining data.
-fn refuse(error: ApiError, style: ErrorStyle, version: Version, body: Option<Body>) -> Response {
-    let mut resp = error.into_styled_response(style);
+fn refuse(error: ApiError, version: Version, body: Option<Body>) -> Response {
+    let mut resp = error.into_response();
     if version != Version::HTTP_2
         && let Some(body) = body
     {
@@ -396,7 +388,6 @@ fn refuse(error: ApiError, style: ErrorStyle, version: Version, body: Option<Bod
 /// paths skip the token check (they answer 404).
 pub async fn guard(State(limits): State<Arc<Limits>>, req: Request, next: Next) -> Response {
     let path = req.uri().path();
-    let style = style_of(path);
     let probe = matches!(path, "/healthz" | "/readyz" | "/metrics");
     let routed = req.extensions().get::<MatchedPath>().is_some();
     let version = req.version();
@@ -408,7 +399,7 @@ pub async fn guard(State(limits): State<Arc<Limits>>, req: Request, next: Next) 
     let pending = (!http_body::Body::is_end_stream(&body)).then_some(body);
 
     if header_bytes(&parts.headers) > limits.settings.max_header_bytes {
-        return refuse(ApiError::HeadersTooLarge, style, version, pending);
+        return refuse(ApiError::HeadersTooLarge, version, pending);
     }
     if probe {
         let req = Request::from_parts(parts, pending.unwrap_or_else(Body::empty));
@@ -417,16 +408,16 @@ pub async fn guard(State(limits): State<Arc<Limits>>, req: Request, next: Next) 
     if let Some(ip) = source
         && let Err(e) = limits.check_source(ip)
     {
-        return refuse(e, style, version, pending);
+        return refuse(e, version, pending);
     }
     let _permits = match limits.admit_in_flight(source) {
         Ok(p) => p,
-        Err(e) => return refuse(e, style, version, pending),
+        Err(e) => return refuse(e, version, pending),
     };
     let deadline = limits.settings.request_timeout;
     let work = async {
         if routed && let Err(e) = limits.check_tokens(&parts.headers) {
-            return refuse(e, style, version, pending);
+            return refuse(e, version, pending);
         }
         let body = match pending {
             None => Bytes::new(),
@@ -441,10 +432,10 @@ pub async fn guard(State(limits): State<Arc<Limits>>, req: Request, next: Next) 
                     // Only a too-large body is worth draining; a slow or broken one is
                     // not (the connection closes).
                     Err((e @ ApiError::TooLarge, rest)) => {
-                        return refuse(e, style, version, Some(rest));
+                        return refuse(e, version, Some(rest));
                     }
                     Err((e, _)) => {
-                        let mut resp = e.into_styled_response(style);
+                        let mut resp = e.into_response();
                         if version != Version::HTTP_2 {
                             resp.headers_mut()
                                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -460,7 +451,7 @@ pub async fn guard(State(limits): State<Arc<Limits>>, req: Request, next: Next) 
         Ok(resp) => resp,
         Err(_) => {
             tracing::info!("request deadline exceeded");
-            ApiError::Unavailable("request timed out".into()).into_styled_response(style)
+            ApiError::Unavailable("request timed out".into()).into_response()
         }
     }
 }
@@ -468,6 +459,7 @@ pub async fn guard(State(limits): State<Arc<Limits>>, req: Request, next: Next) 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::ErrorStyle;
 
     use std::convert::Infallible;
 
@@ -511,6 +503,9 @@ mod tests {
                 }),
             )
             .layer(middleware::from_fn_with_state(limits, guard))
+            .layer(middleware::from_fn(|req, next| {
+                crate::api::render_errors(ErrorStyle::Ese, req, next)
+            }))
     }
 
     fn request(from: &str, token: Option<&str>, body: Body) -> Request {

@@ -15,7 +15,6 @@ use arc_swap::ArcSwap;
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -28,7 +27,7 @@ use serde::de::DeserializeOwned;
 use tracing::Instrument;
 use zeroize::Zeroizing;
 
-pub use error::{ApiError, ErrorStyle};
+pub use error::{ApiError, ErrorStyle, render_errors};
 pub use limits::{LimitSettings, Limits};
 
 use crate::authn::{Authenticator, Identity};
@@ -71,30 +70,41 @@ pub struct AppState {
 }
 
 /// Builds the router. With `with_metrics`, `/metrics` is served here too.
+///
+/// Two families, each with its own error style and the same abuse limits: the ESE calls
+/// (errors as a JSON string, as ESE answers them; also health, metrics and unknown paths)
+/// and the `/v1` extension calls (RFC 9457 problem details).
 pub fn router(state: AppState, with_metrics: bool) -> Router {
-    let mut r = Router::new()
+    let guard = middleware::from_fn_with_state(state.limits.clone(), limits::guard);
+    let mut ese = Router::new()
         .route("/secretstore/{store}/secrets/{*name}", post(ese_get_secret))
         .route("/generators/{namespace}/revoke", post(ese_revoke_states))
         .route(
             "/generators/{namespace}/{kind}/{name}",
             post(ese_generate).delete(ese_revoke_own),
         )
-        .route("/v1/secretstore/{store}/get", post(v1_get))
-        .route("/v1/secretstore/{store}/extract", post(v1_extract))
-        .route("/v1/secretstore/{store}/find", post(v1_find))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz));
     if with_metrics {
-        r = r.route("/metrics", get(metrics));
+        ese = ese.route("/metrics", get(metrics));
     }
+    let ese = ese
+        .fallback(not_found)
+        .layer(guard.clone())
+        .layer(middleware::from_fn(|req, next| {
+            render_errors(ErrorStyle::Ese, req, next)
+        }));
+    let v1 = Router::new()
+        .route("/v1/secretstore/{store}/get", post(v1_get))
+        .route("/v1/secretstore/{store}/extract", post(v1_extract))
+        .route("/v1/secretstore/{store}/find", post(v1_find))
+        .layer(guard)
+        .layer(middleware::from_fn(|req, next| {
+            render_errors(ErrorStyle::Problem, req, next)
+        }));
     // `limits::guard` reads the body within this limit; the extractor limit only restates it.
     let limit = state.limits.settings.max_body_bytes;
-    r.fallback(not_found)
-        // Inside `observe`, so refusals (429, 503) are counted and carry a request id.
-        .layer(middleware::from_fn_with_state(
-            state.limits.clone(),
-            limits::guard,
-        ))
+    ese.merge(v1)
         .layer(middleware::from_fn(observe))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
@@ -124,8 +134,8 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
-async fn not_found() -> Response {
-    ApiError::NotFound.into_styled_response(ErrorStyle::Ese)
+async fn not_found() -> ApiError {
+    ApiError::NotFound
 }
 
 /// Request metrics and a request id span around every call.
@@ -239,9 +249,34 @@ body_with_ca!(
     }
 );
 
-/// The authenticated caller.
+/// The authenticated caller: the bearer token's identity and, when an `x-workload-token`
+/// was sent (a federation client acting for a workload), that workload's identity — both
+/// verified once, by [`Admitted`].
 struct Caller {
     identity: Identity,
+    workload: Option<Identity>,
+}
+
+/// An admitted request: its verified [`Caller`] and its parsed JSON body (empty → default).
+/// Rejections are [`ApiError`]s, rendered in the style of the router that serves the route.
+struct Admitted<B> {
+    caller: Caller,
+    body: B,
+}
+
+impl<B> axum::extract::FromRequest<AppState> for Admitted<B>
+where
+    B: DeserializeOwned + Default + ClientCa + Send,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let (parts, body) = req.into_parts();
+        // `limits::guard` has read the body within its limit and deadline already.
+        let bytes = axum::body::to_bytes(body, state.limits.settings.max_body_bytes).await;
+        let (caller, body) = admit(state, &parts.headers, bytes).await?;
+        Ok(Admitted { caller, body })
+    }
 }
 
 fn bearer_token<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
@@ -261,7 +296,7 @@ fn bearer_token<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
 async fn admit<B: DeserializeOwned + Default + ClientCa>(
     state: &AppState,
     headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Result<Bytes, axum::Error>,
 ) -> Result<(Caller, B), ApiError> {
     let token = bearer_token(headers, header::AUTHORIZATION.as_str())
         .ok_or_else(|| ApiError::Unauthorized("missing bearer token".into()))?;
@@ -269,8 +304,9 @@ async fn admit<B: DeserializeOwned + Default + ClientCa>(
     if token.len() > max_token_bytes {
         return Err(ApiError::TooLarge);
     }
-    let body = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+    let body = body.map_err(|e| {
+        if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+        {
             ApiError::TooLarge
         } else {
             ApiError::BadRequest("cannot read request body".into())
@@ -288,28 +324,30 @@ async fn admit<B: DeserializeOwned + Default + ClientCa>(
         .authenticator
         .authenticate(token, parsed.ca_crt())
         .await?;
+    let mut workload = None;
     if let Some(workload_token) = bearer_token(headers, "x-workload-token") {
         if workload_token.len() > max_token_bytes {
             return Err(ApiError::TooLarge);
         }
-        let workload = state
+        let verified = state
             .authenticator
             .authenticate(workload_token, parsed.ca_crt())
             .await
             .map_err(|e| ApiError::Unauthorized(format!("x-workload-token: {e}")))?;
         // A workload token only means something within the caller's own federation.
-        if workload.federation != identity.federation {
+        if verified.federation != identity.federation {
             return Err(ApiError::Unauthorized(
                 "x-workload-token is not from the caller's federation".into(),
             ));
         }
-        tracing::info!(workload = %workload.subject, pod = workload.pod_name.as_deref().unwrap_or(""), "workload token verified");
+        tracing::info!(workload = %verified.subject, pod = verified.pod_name.as_deref().unwrap_or(""), "workload token verified");
+        workload = Some(verified);
     }
     tracing::info!(federation = %identity.federation, subject = %identity.subject, "authenticated");
     state
         .limits
         .check_identity(&identity.federation, &identity.subject)?;
-    Ok((Caller { identity }, parsed))
+    Ok((Caller { identity, workload }, parsed))
 }
 
 fn authorize(
@@ -341,16 +379,6 @@ async fn with_timeout<T, E: Into<ApiError>>(
     match tokio::time::timeout(limit, fut).await {
         Ok(r) => r.map_err(Into::into),
         Err(_) => Err(ApiError::Unavailable("backend timed out".into())),
-    }
-}
-
-fn respond<T: IntoResponse>(result: Result<T, ApiError>, style: ErrorStyle) -> Response {
-    match result {
-        Ok(r) => r.into_response(),
-        Err(e) => {
-            tracing::info!(status = e.status().as_u16(), reason = %e, "refused");
-            e.into_styled_response(style)
-        }
     }
 }
 
@@ -423,24 +451,18 @@ fn secret_json(value: &impl serde::Serialize) -> Result<Response, ApiError> {
 async fn ese_get_secret(
     State(state): State<AppState>,
     Path((store, name)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let result = async {
-        let (caller, _): (Caller, EseBody) = admit(&state, &headers, body).await?;
-        let snapshot = state.snapshot.load_full();
-        let remote = RemoteRef {
-            key: name,
-            property: None,
-            version: None,
-        };
-        let value = read_secret(&state, &snapshot, &caller, &store, &remote).await?;
-        // ESE answers Go's `string(bytes)`: invalid UTF-8 becomes U+FFFD, as here.
-        let text = Zeroizing::new(String::from_utf8_lossy(&value).into_owned());
-        secret_json(&*text)
-    }
-    .await;
-    respond(result, ErrorStyle::Ese)
+    Admitted { caller, body: _ }: Admitted<EseBody>,
+) -> Result<Response, ApiError> {
+    let snapshot = state.snapshot.load_full();
+    let remote = RemoteRef {
+        key: name,
+        property: None,
+        version: None,
+    };
+    let value = read_secret(&state, &snapshot, &caller, &store, &remote).await?;
+    // ESE answers Go's `string(bytes)`: invalid UTF-8 becomes U+FFFD, as here.
+    let text = Zeroizing::new(String::from_utf8_lossy(&value).into_owned());
+    secret_json(&*text)
 }
 
 /// A namespace from a generator URL (or body): a Kubernetes namespace name, else 400.
@@ -453,30 +475,6 @@ fn check_namespace(namespace: &str, what: &str) -> Result<(), ApiError> {
             "{what} is not a Kubernetes namespace name"
         )))
     }
-}
-
-/// The verified `x-workload-token` identity, when one was sent. `admit` verified it
-/// already (same federation as the caller); verifying again hits the token cache.
-async fn workload_identity(
-    state: &AppState,
-    headers: &HeaderMap,
-    body: &EseBody,
-    caller: &Caller,
-) -> Result<Option<Identity>, ApiError> {
-    let Some(token) = bearer_token(headers, "x-workload-token") else {
-        return Ok(None);
-    };
-    let workload = state
-        .authenticator
-        .authenticate(token, body.ca_crt())
-        .await
-        .map_err(|e| ApiError::Unauthorized(format!("x-workload-token: {e}")))?;
-    if workload.federation != caller.identity.federation {
-        return Err(ApiError::Unauthorized(
-            "x-workload-token is not from the caller's federation".into(),
-        ));
-    }
-    Ok(Some(workload))
 }
 
 fn ledger_unavailable(e: impl std::fmt::Display) -> ApiError {
@@ -538,42 +536,35 @@ fn ledger_ref(namespace: &str, kind: &str, name: &str, holder: &Holder) -> Gener
 async fn ese_generate(
     State(state): State<AppState>,
     Path((namespace, kind, name)): Path<(String, String, String)>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let result = async {
-        let (caller, request): (Caller, EseBody) = admit(&state, &headers, body).await?;
-        let snapshot = state.snapshot.load_full();
-        let generator = authorized_generator(
-            &snapshot,
-            &caller,
-            Action::Generate,
-            &namespace,
-            &kind,
-            &name,
-        )?;
-        let workload = workload_identity(&state, &headers, &request, &caller).await?;
-        let holder = Holder::new(&caller.identity, workload.as_ref());
-        let generator_ref = ledger_ref(&namespace, &kind, &name, &holder);
-        let ctx = GenerateContext {
-            workload: Some(workload.as_ref().unwrap_or(&caller.identity)),
-        };
-        let generated =
-            with_timeout(state.settings.backend_timeout, generator.generate(&ctx)).await?;
-        lifecycle::record_issue(
-            state.ledger.as_deref(),
-            generator.as_ref(),
-            &generator_ref,
-            &holder,
-            &generated,
-            state.settings.backend_timeout,
-        )
-        .await
-        .map_err(issue_refused)?;
-        Ok(Json(generated.data))
-    }
-    .await;
-    respond(result, ErrorStyle::Ese)
+    Admitted { caller, body: _ }: Admitted<EseBody>,
+) -> Result<Response, ApiError> {
+    let snapshot = state.snapshot.load_full();
+    let generator = authorized_generator(
+        &snapshot,
+        &caller,
+        Action::Generate,
+        &namespace,
+        &kind,
+        &name,
+    )?;
+    let workload = caller.workload.clone();
+    let holder = Holder::new(&caller.identity, workload.as_ref());
+    let generator_ref = ledger_ref(&namespace, &kind, &name, &holder);
+    let ctx = GenerateContext {
+        workload: Some(workload.as_ref().unwrap_or(&caller.identity)),
+    };
+    let generated = with_timeout(state.settings.backend_timeout, generator.generate(&ctx)).await?;
+    lifecycle::record_issue(
+        state.ledger.as_deref(),
+        generator.as_ref(),
+        &generator_ref,
+        &holder,
+        &generated,
+        state.settings.backend_timeout,
+    )
+    .await
+    .map_err(issue_refused)?;
+    Ok(Json(generated.data).into_response())
 }
 
 /// Revokes `owner`'s entries that `keep` selects; any failure (kept for the sweeper to
@@ -619,69 +610,59 @@ async fn revoke_owned(
 async fn ese_revoke_own(
     State(state): State<AppState>,
     Path((namespace, kind, name)): Path<(String, String, String)>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let result = async {
-        let (caller, request): (Caller, EseBody) = admit(&state, &headers, body).await?;
-        let snapshot = state.snapshot.load_full();
-        authorized_generator(&snapshot, &caller, Action::Revoke, &namespace, &kind, &name)?;
-        let workload = workload_identity(&state, &headers, &request, &caller).await?;
-        let holder = Holder::new(&caller.identity, workload.as_ref());
-        let generator_ref = ledger_ref(&namespace, &kind, &name, &holder);
-        let owner = holder.owner();
-        revoke_owned(&state, &snapshot, &owner, "request", |g| {
-            *g == generator_ref
-        })
-        .await?;
-        // ESE answers `null` on success.
-        Ok(Json(serde_json::Value::Null))
-    }
-    .await;
-    respond(result, ErrorStyle::Ese)
+    Admitted { caller, body: _ }: Admitted<EseBody>,
+) -> Result<Response, ApiError> {
+    let snapshot = state.snapshot.load_full();
+    authorized_generator(&snapshot, &caller, Action::Revoke, &namespace, &kind, &name)?;
+    let workload = caller.workload.clone();
+    let holder = Holder::new(&caller.identity, workload.as_ref());
+    let generator_ref = ledger_ref(&namespace, &kind, &name, &holder);
+    let owner = holder.owner();
+    revoke_owned(&state, &snapshot, &owner, "request", |g| {
+        *g == generator_ref
+    })
+    .await?;
+    // ESE answers `null` on success.
+    Ok(Json(serde_json::Value::Null).into_response())
 }
 
 async fn ese_revoke_states(
     State(state): State<AppState>,
     Path(namespace): Path<String>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let result = async {
-        let (caller, request): (Caller, RevokeStatesBody) =
-            admit(&state, &headers, body).await?;
-        check_namespace(&namespace, "namespace")?;
-        let snapshot = state.snapshot.load_full();
-        authorize(
-            &snapshot,
-            &caller,
-            Action::RevokeStates,
-            &Resource::GeneratorStates {
-                namespace: namespace.clone(),
-            },
-        )?;
-        if request.owner.is_empty() || request.namespace.is_empty() {
-            return Err(ApiError::BadRequest(
-                "owner and namespace are required".into(),
-            ));
-        }
-        check_namespace(&request.namespace, "body namespace")?;
-        // Owners are workloads of the caller's own federation: an Authorization's
-        // allowedGeneratorStates never reaches into another cluster.
-        let owner = Owner::from_ese(
-            caller.identity.federation.clone(),
-            request.namespace,
-            &request.owner,
-        );
-        tracing::info!(owner = %owner.name, owner_namespace = %owner.namespace, "revoke states requested");
-        revoke_owned(&state, &snapshot, &owner, "revoke_states", |g| {
-            g.namespace == namespace
-        })
-        .await?;
-        Ok(Json("GeneratorState deleted"))
+    Admitted {
+        caller,
+        body: request,
+    }: Admitted<RevokeStatesBody>,
+) -> Result<Response, ApiError> {
+    check_namespace(&namespace, "namespace")?;
+    let snapshot = state.snapshot.load_full();
+    authorize(
+        &snapshot,
+        &caller,
+        Action::RevokeStates,
+        &Resource::GeneratorStates {
+            namespace: namespace.clone(),
+        },
+    )?;
+    if request.owner.is_empty() || request.namespace.is_empty() {
+        return Err(ApiError::BadRequest(
+            "owner and namespace are required".into(),
+        ));
     }
-    .await;
-    respond(result, ErrorStyle::Ese)
+    check_namespace(&request.namespace, "body namespace")?;
+    // Owners are workloads of the caller's own federation: an Authorization's
+    // allowedGeneratorStates never reaches into another cluster.
+    let owner = Owner::from_ese(
+        caller.identity.federation.clone(),
+        request.namespace,
+        &request.owner,
+    );
+    tracing::info!(owner = %owner.name, owner_namespace = %owner.namespace, "revoke states requested");
+    revoke_owned(&state, &snapshot, &owner, "revoke_states", |g| {
+        g.namespace == namespace
+    })
+    .await?;
+    Ok(Json("GeneratorState deleted").into_response())
 }
 
 fn remote_ref_of(request: RemoteRefRequest) -> Result<RemoteRef, ApiError> {
@@ -723,130 +704,119 @@ fn encode_map(map: BTreeMap<String, Vec<u8>>) -> Result<Response, ApiError> {
 async fn v1_get(
     State(state): State<AppState>,
     Path(store): Path<String>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let result = async {
-        let (caller, request): (Caller, RemoteRefRequest) = admit(&state, &headers, body).await?;
-        let remote = remote_ref_of(request)?;
-        let snapshot = state.snapshot.load_full();
-        let value = read_secret(&state, &snapshot, &caller, &store, &remote).await?;
-        let encoded = Zeroizing::new(B64.encode(&*value));
-        #[derive(serde::Serialize)]
-        struct Value<'a> {
-            value: &'a str,
-        }
-        secret_json(&Value { value: &encoded })
+    Admitted {
+        caller,
+        body: request,
+    }: Admitted<RemoteRefRequest>,
+) -> Result<Response, ApiError> {
+    let remote = remote_ref_of(request)?;
+    let snapshot = state.snapshot.load_full();
+    let value = read_secret(&state, &snapshot, &caller, &store, &remote).await?;
+    let encoded = Zeroizing::new(B64.encode(&*value));
+    #[derive(serde::Serialize)]
+    struct Value<'a> {
+        value: &'a str,
     }
-    .await;
-    respond(result, ErrorStyle::Problem)
+    secret_json(&Value { value: &encoded })
 }
 
 async fn v1_extract(
     State(state): State<AppState>,
     Path(store): Path<String>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let result = async {
-        let (caller, request): (Caller, RemoteRefRequest) = admit(&state, &headers, body).await?;
-        let remote = remote_ref_of(request)?;
-        let snapshot = state.snapshot.load_full();
-        let (provider, canonical) = decide_key(&snapshot, &caller, &store, &remote)?;
-        let map = with_timeout(
-            state.settings.backend_timeout,
-            provider.get_secret_map(&canonical),
-        )
-        .await?;
-        encode_map(map)
-    }
-    .await;
-    respond(result, ErrorStyle::Problem)
+    Admitted {
+        caller,
+        body: request,
+    }: Admitted<RemoteRefRequest>,
+) -> Result<Response, ApiError> {
+    let remote = remote_ref_of(request)?;
+    let snapshot = state.snapshot.load_full();
+    let (provider, canonical) = decide_key(&snapshot, &caller, &store, &remote)?;
+    let map = with_timeout(
+        state.settings.backend_timeout,
+        provider.get_secret_map(&canonical),
+    )
+    .await?;
+    encode_map(map)
 }
 
 async fn v1_find(
     State(state): State<AppState>,
     Path(store): Path<String>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let result = async {
-        let (caller, request): (Caller, FindRequestBody) = admit(&state, &headers, body).await?;
-        let find = request
-            .find
-            .ok_or_else(|| ApiError::BadRequest("find is required".into()))?;
-        let name_regexp = find.name.and_then(|n| n.regexp).filter(|r| !r.is_empty());
-        if let Some(re) = &name_regexp {
-            regex::RegexBuilder::new(re)
-                .size_limit(1 << 20)
-                .build()
-                .map_err(|_| {
-                    ApiError::BadRequest(
-                        "find.name.regexp is not a valid regular expression".into(),
-                    )
-                })?;
-        }
-        let snapshot = state.snapshot.load_full();
-        let request = FindRequest {
-            path: find.path.filter(|p| !p.is_empty()),
-            name_regexp,
-            tags: find.tags,
-        };
-        // The find is decided on the store, then every key of the answer is decided as a
-        // `get` on its canonical form before its value is read: a key the caller may not
-        // `get` (a forbid included) is left out, whatever the find matched.
-        let provider = snapshot.stores.get(&store).cloned();
-        let canonical = match &provider {
-            Some(p) => p.canonical_find(&request).map_err(ApiError::from),
-            None => Err(ApiError::NotFound),
-        };
-        authorize(
-            &snapshot,
-            &caller,
-            Action::Find,
-            &Resource::Store {
-                store: store.clone(),
-            },
-        )?;
-        let (provider, canonical) = match (provider, canonical) {
-            (Some(p), Ok(c)) => (p, c),
-            (_, Err(e)) => return Err(e),
-            (None, Ok(_)) => return Err(ApiError::NotFound),
-        };
-        // Each key's decision is audited like a `get`; a key whose line cannot be written is
-        // left out and the whole answer refused.
-        let unaudited = std::sync::atomic::AtomicBool::new(false);
-        let allow = |key: &str| {
-            let _ = crate::audit::take_write_failure();
-            let allowed = snapshot
-                .policies
-                .decide(
-                    &caller.identity,
-                    Action::Get,
-                    &Resource::RemoteKey {
-                        store: store.clone(),
-                        key: key.to_string(),
-                    },
-                )
-                .allowed;
-            if crate::audit::take_write_failure() {
-                unaudited.store(true, std::sync::atomic::Ordering::Relaxed);
-                return false;
-            }
-            allowed
-        };
-        let map = with_timeout(
-            state.settings.backend_timeout,
-            provider.find_allowed(&canonical, &allow),
-        )
-        .await?;
-        if unaudited.load(std::sync::atomic::Ordering::Relaxed) {
-            return Err(ApiError::AuditUnavailable);
-        }
-        encode_map(map)
+    Admitted {
+        caller,
+        body: request,
+    }: Admitted<FindRequestBody>,
+) -> Result<Response, ApiError> {
+    let find = request
+        .find
+        .ok_or_else(|| ApiError::BadRequest("find is required".into()))?;
+    let name_regexp = find.name.and_then(|n| n.regexp).filter(|r| !r.is_empty());
+    if let Some(re) = &name_regexp {
+        regex::RegexBuilder::new(re)
+            .size_limit(1 << 20)
+            .build()
+            .map_err(|_| {
+                ApiError::BadRequest("find.name.regexp is not a valid regular expression".into())
+            })?;
     }
-    .await;
-    respond(result, ErrorStyle::Problem)
+    let snapshot = state.snapshot.load_full();
+    let request = FindRequest {
+        path: find.path.filter(|p| !p.is_empty()),
+        name_regexp,
+        tags: find.tags,
+    };
+    // The find is decided on the store, then every key of the answer is decided as a
+    // `get` on its canonical form before its value is read: a key the caller may not
+    // `get` (a forbid included) is left out, whatever the find matched.
+    let provider = snapshot.stores.get(&store).cloned();
+    let canonical = match &provider {
+        Some(p) => p.canonical_find(&request).map_err(ApiError::from),
+        None => Err(ApiError::NotFound),
+    };
+    authorize(
+        &snapshot,
+        &caller,
+        Action::Find,
+        &Resource::Store {
+            store: store.clone(),
+        },
+    )?;
+    let (provider, canonical) = match (provider, canonical) {
+        (Some(p), Ok(c)) => (p, c),
+        (_, Err(e)) => return Err(e),
+        (None, Ok(_)) => return Err(ApiError::NotFound),
+    };
+    // Each key's decision is audited like a `get`; a key whose line cannot be written is
+    // left out and the whole answer refused.
+    let unaudited = std::sync::atomic::AtomicBool::new(false);
+    let allow = |key: &str| {
+        let _ = crate::audit::take_write_failure();
+        let allowed = snapshot
+            .policies
+            .decide(
+                &caller.identity,
+                Action::Get,
+                &Resource::RemoteKey {
+                    store: store.clone(),
+                    key: key.to_string(),
+                },
+            )
+            .allowed;
+        if crate::audit::take_write_failure() {
+            unaudited.store(true, std::sync::atomic::Ordering::Relaxed);
+            return false;
+        }
+        allowed
+    };
+    let map = with_timeout(
+        state.settings.backend_timeout,
+        provider.find_allowed(&canonical, &allow),
+    )
+    .await?;
+    if unaudited.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(ApiError::AuditUnavailable);
+    }
+    encode_map(map)
 }
 
 #[cfg(test)]
