@@ -16,13 +16,7 @@ mod settings;
 mod token;
 
 #[cfg(test)]
-mod test_support;
-#[cfg(test)]
-mod tests_keys;
-#[cfg(test)]
-mod tests_server;
-#[cfg(test)]
-mod tests_vectors;
+mod tests;
 
 pub use authenticator::Authenticator;
 pub use clock::Clock;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use rustls_pki_types::SubjectPublicKeyInfoDer;
 use rustls_pki_types::pem::PemObject;
 
-use super::*;
+use crate::authn::*;
 use crate::resources::KubernetesFederationSpec;
 
 const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/k8s-sa-tokens");

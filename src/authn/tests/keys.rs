@@ -6,8 +6,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::json;
 
-use super::test_support::{TestKey, claims};
-use super::*;
+use super::support::{TestKey, claims};
+use crate::authn::*;
 use crate::resources::KubernetesFederationSpec;
 
 const ISS: &str = "https://kubernetes.default.svc.cluster.local";

@@ -14,8 +14,8 @@ use base64::engine::general_purpose::STANDARD;
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::json;
 
-use super::test_support::{TestKey, claims};
-use super::*;
+use super::support::{TestKey, claims};
+use crate::authn::*;
 use crate::resources::{ClientCaPolicy, KubernetesFederationSpec};
 
 const AUD: &str = "https://esi.example";

@@ -5,7 +5,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use rcgen::PublicKeyData;
 use serde_json::{Value, json};
 
-use super::keys::kubernetes_key_id;
+use crate::authn::kubernetes_key_id;
 
 /// A generated key pair with its public JWK.
 pub(crate) struct TestKey {

@@ -1,0 +1,9 @@
+//! The authenticator's tests that span modules: generated keys and static key sets
+//! (`keys`), JWKS fetched from a local HTTPS server (`server`), third-party token vectors
+//! (`vectors`), with shared keys and claims (`support`). Unit tests of one module stay
+//! beside its code.
+
+mod keys;
+mod server;
+pub(crate) mod support;
+mod vectors;
