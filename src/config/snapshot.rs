@@ -66,11 +66,14 @@ pub struct KeptObject {
     pub origin: String,
 }
 
-/// A built object and where it came from.
+/// A built object, where it came from, and the digest of what it was built from (its spec
+/// and the Secrets it could reference): an object whose digest did not change is reused as
+/// it is, not built again (no new HTTP client, no new Vault login).
 #[derive(Clone)]
 struct Kept<T> {
     origin: String,
     value: T,
+    digest: Option<[u8; 32]>,
 }
 
 impl<T> Kept<T> {
@@ -78,8 +81,37 @@ impl<T> Kept<T> {
         Kept {
             origin: origin.to_owned(),
             value,
+            digest: None,
         }
     }
+
+    fn built_from(mut self, digest: [u8; 32]) -> Self {
+        self.digest = Some(digest);
+        self
+    }
+}
+
+/// Digest of what an object is built from: its kind, name, namespace and spec, and the
+/// digest of every Secret (a store or generator may reference any of them).
+fn build_digest(obj: &RawObject, secrets: &[u8; 32]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for part in [
+        obj.kind.as_str(),
+        obj.metadata.name.as_str(),
+        obj.metadata.namespace.as_deref().unwrap_or(""),
+    ] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part.as_bytes());
+    }
+    let spec = obj
+        .body
+        .get("spec")
+        .map(|v| v.to_string())
+        .unwrap_or_default();
+    h.update((spec.len() as u64).to_be_bytes());
+    h.update(spec.as_bytes());
+    h.update(secrets);
+    h.finalize().into()
 }
 
 /// The last form of each object that built, carried from one snapshot to the next.
@@ -299,6 +331,19 @@ pub fn build_with_broken(
         }
     }
 
+    let secrets_digest: [u8; 32] = {
+        let mut h = Sha256::new();
+        for obj in objects
+            .iter()
+            .filter(|o| o.kind == "Secret" && group(&o.api_version) == "v1")
+        {
+            let text = obj.body.to_string();
+            h.update((text.len() as u64).to_be_bytes());
+            h.update(text.as_bytes());
+        }
+        h.finalize().into()
+    };
+
     let mut federations: Vec<Federation> = Vec::new();
     let mut authorizations: Vec<AuthorizationSource> = Vec::new();
     // Authorizations taken in their last good form (by name).
@@ -369,6 +414,15 @@ pub fn build_with_broken(
                     errors.push(error(obj, "duplicate ClusterSecretStore name"));
                     continue;
                 }
+                let digest = build_digest(obj, &secrets_digest);
+                if let Some(k) = old.stores.get(name).filter(|k| k.digest == Some(digest)) {
+                    stores.insert(name.to_owned(), k.value.clone());
+                    last_good.stores.insert(
+                        name.to_owned(),
+                        Kept::new(&obj.origin, k.value.clone()).built_from(digest),
+                    );
+                    continue;
+                }
                 let built = spec_of::<SecretStoreSpec>(obj)
                     .map_err(|r| (r, false))
                     .and_then(|spec| {
@@ -381,9 +435,10 @@ pub fn build_with_broken(
                     });
                 match built {
                     Ok(p) => {
-                        last_good
-                            .stores
-                            .insert(name.to_owned(), Kept::new(&obj.origin, p.clone()));
+                        last_good.stores.insert(
+                            name.to_owned(),
+                            Kept::new(&obj.origin, p.clone()).built_from(digest),
+                        );
                         stores.insert(name.to_string(), p);
                     }
                     Err((reason, missing_secret)) => match old.stores.get(name) {
@@ -425,6 +480,19 @@ pub fn build_with_broken(
                     errors.push(error(obj, "duplicate generator"));
                     continue;
                 }
+                let digest = build_digest(obj, &secrets_digest);
+                if let Some(k) = old
+                    .generators
+                    .get(&key)
+                    .filter(|k| k.digest == Some(digest))
+                {
+                    generators.insert(key.clone(), k.value.clone());
+                    last_good.generators.insert(
+                        key,
+                        Kept::new(&obj.origin, k.value.clone()).built_from(digest),
+                    );
+                    continue;
+                }
                 let spec = obj
                     .body
                     .get("spec")
@@ -439,9 +507,10 @@ pub fn build_with_broken(
                     provider_settings,
                 ) {
                     Ok(generator) => {
-                        last_good
-                            .generators
-                            .insert(key.clone(), Kept::new(&obj.origin, generator.clone()));
+                        last_good.generators.insert(
+                            key.clone(),
+                            Kept::new(&obj.origin, generator.clone()).built_from(digest),
+                        );
                         generators.insert(key, generator);
                     }
                     Err(e) => match old.generators.get(&key) {
@@ -927,5 +996,64 @@ mod tests {
         assert_eq!(a, source.fingerprint());
         write(dir.path(), "store.yaml", STORE);
         assert_ne!(a, source.fingerprint());
+    }
+
+    /// Issue 9: an object whose spec (and the Secrets) did not change is reused as built —
+    /// the same provider and generator instances, so no new HTTP client or Vault login —
+    /// while a changed one is built again.
+    #[test]
+    fn unchanged_stores_and_generators_are_reused_across_reloads() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "fed.yaml", &fed());
+        write(dir.path(), "store.yaml", STORE);
+        write(
+            dir.path(),
+            "gen.yaml",
+            "apiVersion: generators.external-secrets.io/v1alpha1\nkind: Password\nmetadata: {name: pw, namespace: ns}\nspec: {length: 12}\n",
+        );
+        write(dir.path(), "authz.yaml", &authz("s"));
+        let source = DirectorySource {
+            manifests: dir.path().to_path_buf(),
+            policies: None,
+            provider_settings: ProviderSettings::default(),
+        };
+        let first = source.load(None);
+        let key = GeneratorKey {
+            namespace: "ns".into(),
+            kind: "Password".into(),
+            name: "pw".into(),
+        };
+        // An unrelated change: another Authorization.
+        write(dir.path(), "authz.yaml", &authz("other"));
+        let second = source.load(Some(&first));
+        assert!(Arc::ptr_eq(&first.stores["s"], &second.stores["s"]));
+        assert!(Arc::ptr_eq(
+            &first.generators[&key],
+            &second.generators[&key]
+        ));
+        assert!(!can_get(&second, "s"), "the Authorization change applied");
+        // The store's own spec changes: built again; the generator is still reused.
+        write(
+            dir.path(),
+            "store.yaml",
+            &STORE.replace("value: v", "value: w"),
+        );
+        let third = source.load(Some(&second));
+        assert!(!Arc::ptr_eq(&second.stores["s"], &third.stores["s"]));
+        assert!(Arc::ptr_eq(
+            &second.generators[&key],
+            &third.generators[&key]
+        ));
+        // A Secret changes: whatever may reference it is built again.
+        write(
+            dir.path(),
+            "secret.yaml",
+            "apiVersion: v1\nkind: Secret\nmetadata: {name: x, namespace: ns}\nstringData: {a: b}\n",
+        );
+        let fourth = source.load(Some(&third));
+        assert!(!Arc::ptr_eq(
+            &third.generators[&key],
+            &fourth.generators[&key]
+        ));
     }
 }
