@@ -18,19 +18,11 @@ const VALUE: &str = "audited-value-7f3a";
 /// A federation with static keys, a fake store holding [`VALUE`], a Password generator and
 /// an Authorization for `apps/app` on both.
 fn setup() -> Vec<(&'static str, String)> {
-    let jwks = jwks(&["ec-1"]).to_string();
     vec![(
         "world.yaml",
-        format!(
-            r#"apiVersion: identity.federation.external-secrets.io/v1alpha1
-kind: KubernetesFederation
-metadata: {{name: alpha}}
-spec:
-  url: https://127.0.0.1:9
-  issuer: {ISS}
-  audiences: ["{AUD}"]
-  jwks: '{jwks}'
----
+        static_federation(ISS, AUD)
+            + &format!(
+                r#"---
 apiVersion: external-secrets.io/v1
 kind: ClusterSecretStore
 metadata: {{name: store}}
@@ -55,7 +47,7 @@ spec:
   allowedGenerators:
     - {{name: pw, kind: Password, namespace: apps}}
 "#
-        ),
+            ),
     )]
 }
 

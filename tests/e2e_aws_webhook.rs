@@ -60,21 +60,13 @@ fn token(ns: &str, sa: &str) -> String {
 /// A federation with static keys and an Authorization for `apps/app` allowing `allowed`
 /// (YAML flow list items), followed by `generators`.
 fn manifests(allowed: &[(&str, &str)], generators: &str) -> Vec<(&'static str, String)> {
-    let jwks = jwks(&["ec-1"]).to_string();
     let allowed: String = allowed
         .iter()
         .map(|(kind, name)| format!("\n    - {{name: {name}, kind: {kind}, namespace: apps}}"))
         .collect();
-    let base = format!(
-        r#"apiVersion: identity.federation.external-secrets.io/v1alpha1
-kind: KubernetesFederation
-metadata: {{name: alpha}}
-spec:
-  url: https://127.0.0.1:9
-  issuer: {ISS}
-  audiences: ["{AUD}"]
-  jwks: '{jwks}'
----
+    let base = static_federation(ISS, AUD)
+        + &format!(
+            r#"---
 apiVersion: federation.external-secrets.io/v1alpha1
 kind: Authorization
 metadata: {{name: app}}
@@ -83,7 +75,7 @@ spec:
   subject: {{oidc: {{issuer: {ISS}, subject: "system:serviceaccount:apps:app"}}}}
   allowedGenerators:{allowed}
 "#
-    );
+        );
     vec![
         ("base.yaml", base),
         ("generators.yaml", generators.to_string()),

@@ -17,22 +17,14 @@ fn token(ns: &str, sa: &str) -> String {
 
 /// Federation `alpha` (static keys), and an Authorization for `apps/app` on `stores`.
 fn base(stores: &[&str], generators: &str) -> String {
-    let jwks = jwks(&["ec-1"]).to_string();
     let stores = stores
         .iter()
         .map(|s| format!("\"{s}\""))
         .collect::<Vec<_>>()
         .join(", ");
-    format!(
-        r#"apiVersion: identity.federation.external-secrets.io/v1alpha1
-kind: KubernetesFederation
-metadata: {{name: alpha}}
-spec:
-  url: https://127.0.0.1:9
-  issuer: {ISS}
-  audiences: ["{AUD}"]
-  jwks: '{jwks}'
----
+    static_federation(ISS, AUD)
+        + &format!(
+            r#"---
 apiVersion: federation.external-secrets.io/v1alpha1
 kind: Authorization
 metadata: {{name: app}}
@@ -42,7 +34,7 @@ spec:
   allowedClusterSecretStores: [{stores}]
   allowedGenerators: {generators}
 "#
-    )
+        )
 }
 
 /// A Vault ClusterSecretStore `name` on OpenBao with the root token; `extra` adds

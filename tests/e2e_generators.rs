@@ -326,7 +326,6 @@ fn token(ns: &str, sa: &str) -> String {
 fn manifests(root: &Path, generators: &str) {
     let dir = root.join("manifests");
     std::fs::create_dir_all(&dir).unwrap();
-    let jwks = jwks(&["ec-1"]).to_string();
     let allowed = r#"
     - {name: db, kind: VaultDynamicSecret, namespace: apps}
     - {name: db-short, kind: VaultDynamicSecret, namespace: apps}
@@ -335,17 +334,7 @@ fn manifests(root: &Path, generators: &str) {
     - {name: ssh-ed, kind: SSHKey, namespace: apps}
     - {name: ssh-ec, kind: SSHKey, namespace: apps}
     - {name: cluster-pw, kind: ClusterGenerator, namespace: apps}"#;
-    let mut text = format!(
-        r#"apiVersion: identity.federation.external-secrets.io/v1alpha1
-kind: KubernetesFederation
-metadata: {{name: alpha}}
-spec:
-  url: https://127.0.0.1:9
-  issuer: {ISS}
-  audiences: ["{AUD}"]
-  jwks: '{jwks}'
-"#
-    );
+    let mut text = static_federation(ISS, AUD);
     for (name, subject, extra) in [
         ("app", "system:serviceaccount:apps:app", ""),
         ("other", "system:serviceaccount:apps:other", ""),

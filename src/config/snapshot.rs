@@ -683,13 +683,16 @@ mod tests {
     use crate::authn::Identity;
     use crate::authz::{Action, Resource};
 
-    fn load(dir: &Path) -> Snapshot {
+    fn source(dir: &Path) -> DirectorySource {
         DirectorySource {
             manifests: dir.to_path_buf(),
             policies: None,
             provider_settings: ProviderSettings::default(),
         }
-        .load(None)
+    }
+
+    fn load(dir: &Path) -> Snapshot {
+        source(dir).load(None)
     }
 
     fn sample_identity() -> Identity {
@@ -839,11 +842,7 @@ mod tests {
         write(dir.path(), "fed.yaml", &fed());
         write(dir.path(), "store.yaml", STORE);
         write(dir.path(), "authz.yaml", &authz("s"));
-        let source = DirectorySource {
-            manifests: dir.path().to_path_buf(),
-            policies: None,
-            provider_settings: ProviderSettings::default(),
-        };
+        let source = source(dir.path());
         let first = source.load(None);
         assert!(first.errors.is_empty(), "{:?}", first.errors);
         assert!(can_get(&first, "s"));
@@ -1012,11 +1011,7 @@ mod tests {
             "apiVersion: generators.external-secrets.io/v1alpha1\nkind: Password\nmetadata: {name: pw, namespace: ns}\nspec: {length: 12}\n",
         );
         write(dir.path(), "authz.yaml", &authz("s"));
-        let source = DirectorySource {
-            manifests: dir.path().to_path_buf(),
-            policies: None,
-            provider_settings: ProviderSettings::default(),
-        };
+        let source = source(dir.path());
         let first = source.load(None);
         let key = GeneratorKey {
             namespace: "ns".into(),

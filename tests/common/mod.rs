@@ -403,6 +403,23 @@ impl Drop for Server {
     }
 }
 
+/// A `KubernetesFederation` `alpha` for `issuer`/`audience` whose keys are the static JWKS of
+/// the fixture key `ec-1` (its URL is never fetched), ending with a newline.
+pub fn static_federation(issuer: &str, audience: &str) -> String {
+    let jwks = jwks(&["ec-1"]).to_string();
+    format!(
+        r#"apiVersion: identity.federation.external-secrets.io/v1alpha1
+kind: KubernetesFederation
+metadata: {{name: alpha}}
+spec:
+  url: https://127.0.0.1:9
+  issuer: {issuer}
+  audiences: ["{audience}"]
+  jwks: '{jwks}'
+"#
+    )
+}
+
 /// A reqwest client that trusts only `ca_pem` (HTTP/1.1: no ALPN).
 pub fn client_trusting(ca_pem: &[u8]) -> reqwest::Client {
     reqwest::Client::builder()
