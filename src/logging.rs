@@ -155,6 +155,20 @@ pub fn escape_value(text: &str) -> String {
     out
 }
 
+/// Whether log lines on stderr get ANSI colours: only on a terminal, and never when
+/// `NO_COLOR` is set to a non-empty value (<https://no-color.org>). Logs written to a file or
+/// a pipe stay plain text.
+pub fn stderr_colors() -> bool {
+    colors(
+        std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        std::env::var_os("NO_COLOR"),
+    )
+}
+
+fn colors(terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
 /// A warning or error logged at most once per interval, with the number of occurrences it
 /// stands for: repeated failures (load shedding, an unwritable audit log) never flood the log.
 pub struct Throttled {
@@ -199,6 +213,14 @@ impl Throttled {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn colors_only_on_a_terminal_without_no_color() {
+        assert!(colors(true, None));
+        assert!(colors(true, Some("".into())));
+        assert!(!colors(true, Some("1".into())));
+        assert!(!colors(false, None));
+    }
 
     #[test]
     fn throttled_logs_once_per_interval_and_counts_the_rest() {

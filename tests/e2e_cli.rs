@@ -755,3 +755,46 @@ async fn tls_failures_say_what_is_wrong_and_how_to_fix_it() {
         handle.shutdown();
     }
 }
+
+/// Issue 17, found in use: logs written to a file or a pipe carry no ANSI colour codes
+/// (esi-cli's stderr is a pipe here; `RUST_LOG=debug` makes it log the retries).
+#[tokio::test(flavor = "multi_thread")]
+async fn logs_to_a_pipe_have_no_colour_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(
+        &token,
+        mint("rsa-1", &sa_claims(ISS, AUD, "ns", "sa"), None),
+    )
+    .unwrap();
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let args = vec![
+        format!("--federated-server-url=https://127.0.0.1:{dead}"),
+        "--federated-store=s".to_string(),
+        format!("--federated-token={}", token.display()),
+        "--external-secrets=app/config".into(),
+        "--timeout=1s".into(),
+        "--mode=init".into(),
+        "--binary-path=/bin/true".into(),
+    ];
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(cli_bin())
+            .args(&args)
+            .env("RUST_LOG", "debug")
+            .env_remove("NO_COLOR")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("DEBUG"), "no log line to check:\n{stderr}");
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "ANSI codes in a pipe:\n{stderr:?}"
+    );
+}

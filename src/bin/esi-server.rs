@@ -210,7 +210,7 @@ fn init_logging(format: LogFormat) {
     let filter = log_filter();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(esi::logging::stderr_colors())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
@@ -228,7 +228,7 @@ fn init_serve_logging(
     use tracing_subscriber::prelude::*;
     let filter = log_filter();
     let fmt = tracing_subscriber::fmt::layer()
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(esi::logging::stderr_colors())
         .with_writer(std::io::stderr);
     let fmt = match format {
         LogFormat::Json => fmt.json().flatten_event(true).with_filter(filter).boxed(),

@@ -102,6 +102,7 @@ fn init_logging(mode: Mode) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(crate::logging::stderr_colors())
         .with_writer(std::io::stderr)
         .with_target(false)
         .try_init();
