@@ -34,25 +34,14 @@ pub use settings::AuthnSettings;
 /// # Errors
 /// [`AuthnError::TooLarge`], or [`AuthnError::Malformed`] naming what is wrong (never the token).
 pub fn check_token_shape(token: &str, max_bytes: usize) -> Result<(), AuthnError> {
-    if token.len() > max_bytes {
-        return Err(AuthnError::TooLarge);
-    }
-    let mut parts = token.split('.');
-    let (Some(h), Some(p), Some(s), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(AuthnError::Malformed("not three dot-separated parts"));
-    };
-    // An empty signature is left to the full parse, which names `alg: none` as such.
-    if h.is_empty() || p.is_empty() {
-        return Err(AuthnError::Malformed("empty part"));
-    }
+    let (h, p, s) = token::split(token, max_bytes)?;
     let base64url = |part: &str| {
         part.bytes()
             .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
     };
-    if !(base64url(h) && base64url(p) && base64url(s)) {
-        return Err(AuthnError::Malformed("not base64url"));
+    if base64url(h) && base64url(p) && base64url(s) {
+        Ok(())
+    } else {
+        Err(AuthnError::Malformed("not base64url"))
     }
-    Ok(())
 }

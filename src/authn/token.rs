@@ -100,8 +100,9 @@ fn b64_json<T: serde::de::DeserializeOwned>(
     serde_json::from_slice(&bytes).map_err(|_| AuthnError::Malformed(what))
 }
 
-/// Parses a compact JWS of at most `max_bytes` (checked first, before any decoding).
-pub(crate) fn parse(token: &str, max_bytes: usize) -> Result<ParsedToken<'_>, AuthnError> {
+/// The three parts of a compact JWS of at most `max_bytes` (checked first): header and
+/// payload non-empty; the signature may be empty (the caller names `alg: none`).
+pub(crate) fn split(token: &str, max_bytes: usize) -> Result<(&str, &str, &str), AuthnError> {
     if token.len() > max_bytes {
         return Err(AuthnError::TooLarge);
     }
@@ -117,6 +118,12 @@ pub(crate) fn parse(token: &str, max_bytes: usize) -> Result<ParsedToken<'_>, Au
     if h.is_empty() || p.is_empty() {
         return Err(AuthnError::Malformed("empty part"));
     }
+    Ok((h, p, s))
+}
+
+/// Parses a compact JWS of at most `max_bytes` (checked first, before any decoding).
+pub(crate) fn parse(token: &str, max_bytes: usize) -> Result<ParsedToken<'_>, AuthnError> {
+    let (h, p, s) = split(token, max_bytes)?;
     let header: RawHeader = b64_json(h, "bad header")?;
     if header.crit.0 {
         return Err(AuthnError::CriticalHeader);
