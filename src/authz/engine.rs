@@ -1,7 +1,7 @@
 //! The policy engine: compiled, validated, sharded policy sets and per-request decisions.
 //!
 //! Cedar evaluates every policy of the set it is handed and does not index, so the
-//! policies are sharded at build time by what can match a caller:
+//! policies are sharded by what can match a caller:
 //!
 //! * `global`: every hand-written policy (all `forbid`s live here), evaluated always;
 //! * per federation, per exact subject: the Authorizations whose subject has no `*`;
@@ -15,11 +15,22 @@
 //! evaluated could not have matched. The combination is the flat one: allow iff some
 //! permit is satisfied and no forbid is — with one deliberate difference, a forbid that
 //! fails to evaluate denies (Cedar would skip it: fail open).
+//!
+//! **Compiled when needed.** Building an engine only checks each Authorization
+//! ([`compile::check`]: the same errors as compiling) and indexes it; the Cedar policies of
+//! an exact-subject shard are compiled and validated the first time a caller of that
+//! subject asks, then kept in a [`PolicyCache`] keyed by the SHA-256 of the shard's
+//! Authorizations (name and spec). The cache outlives one engine, so a reload recompiles
+//! only shards whose Authorizations changed; it is bounded by a number of policies, and an
+//! evicted shard is compiled again when asked. Glob-subject shards, which every caller of
+//! their federation evaluates, are compiled while the engine is built. An Authorization
+//! whose compiled policies fail schema validation (a compiler bug: `check` passed) grants
+//! nothing and is logged: fail closed.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::str::FromStr;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use cedar_policy::{
     AuthorizationError, Authorizer, Context, Decision as CedarDecision, Effect, Entities, Entity,
@@ -27,6 +38,7 @@ use cedar_policy::{
     RestrictedExpression, Schema, ValidationMode, Validator,
 };
 use miette::Diagnostic;
+use sha2::{Digest as _, Sha256};
 
 use super::compile::{self, Scope, SubjectMatch};
 use super::{
@@ -51,6 +63,10 @@ static SCHEMA: LazyLock<Result<Schema, String>> = LazyLock::new(|| {
 /// Entity type names and action uids, parsed once. `None` only if the constants do not
 /// parse, which a test rules out; decisions then deny.
 static VOCABULARY: LazyLock<Option<Vocabulary>> = LazyLock::new(Vocabulary::new);
+
+/// The validator of compiled and hand-written policies; `None` if the schema does not parse.
+static VALIDATOR: LazyLock<Option<Validator>> =
+    LazyLock::new(|| SCHEMA.as_ref().ok().map(|s| Validator::new(s.clone())));
 
 struct Vocabulary {
     federation: EntityTypeName,
@@ -111,27 +127,194 @@ enum RequestError {
 /// Policy sets by [`Scope`].
 type Scoped = [PolicySet; Scope::COUNT];
 
+/// SHA-256 of an Authorization's name and spec, or of a shard's members.
+type Digest = [u8; 32];
+
+/// An Authorization that passed [`compile::check`]: indexed by the engine, compiled into
+/// Cedar policies when a caller needs them. Immutable; shared (`Arc`) between the snapshot
+/// builder and successive engines, so an unchanged object is neither checked nor compiled
+/// again.
+#[derive(Debug)]
+pub struct CheckedAuthorization {
+    name: String,
+    origin: String,
+    /// The spec as compiled ([`canonical_spec`]).
+    spec: AuthorizationSpec,
+    shape: compile::Shape,
+    digest: Digest,
+}
+
+impl CheckedAuthorization {
+    /// Checks one Authorization. Errors name the field (see [`compile::CompileError`]);
+    /// the object is then `Authorization/<name>` from `origin`.
+    pub fn check(source: &AuthorizationSource) -> Result<Self, PolicyLoadError> {
+        let spec = canonical_spec(&source.spec).into_owned();
+        let shape = compile::check(&spec).map_err(|e| PolicyLoadError {
+            origin: source.origin.clone(),
+            object: format!("Authorization/{}", source.name),
+            reason: bounded(e.to_string()),
+        })?;
+        let mut h = Sha256::new();
+        h.update((source.name.len() as u64).to_be_bytes());
+        h.update(source.name.as_bytes());
+        // Struct fields serialize in declaration order and maps are BTreeMaps: one
+        // spec, one byte string.
+        h.update(serde_json::to_vec(&spec).unwrap_or_default());
+        Ok(CheckedAuthorization {
+            name: source.name.clone(),
+            origin: source.origin.clone(),
+            spec,
+            shape,
+            digest: h.finalize().into(),
+        })
+    }
+
+    /// The object name (policy ids are `authorization/<name>/…`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Where it was read from.
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    /// Number of policies it compiles to (0 to 4).
+    pub fn policy_count(&self) -> usize {
+        self.shape.policies
+    }
+}
+
+/// Compiled shards by the digest of their Authorizations, shared by successive engines.
+/// Bounded by the number of policies held (a shard weighs its policy count, at least 1).
+#[derive(Clone)]
+pub struct PolicyCache {
+    shards: moka::sync::Cache<Digest, Arc<Scoped>>,
+}
+
+impl PolicyCache {
+    /// Default bound: policies held compiled at once.
+    pub const DEFAULT_MAX_POLICIES: u64 = 20_000;
+
+    /// A cache holding at most `max_policies` compiled policies.
+    pub fn new(max_policies: u64) -> Self {
+        PolicyCache {
+            shards: moka::sync::Cache::builder()
+                .max_capacity(max_policies)
+                .weigher(|_, sets: &Arc<Scoped>| {
+                    let n: usize = sets.iter().map(PolicySet::num_of_policies).sum();
+                    u32::try_from(n.max(1)).unwrap_or(u32::MAX)
+                })
+                .build(),
+        }
+    }
+
+    /// The compiled shard of `members` (compiled now on a miss; concurrent misses of one
+    /// shard compile it once).
+    fn get(&self, shard: &Shard) -> Arc<Scoped> {
+        self.shards
+            .get_with(shard.digest, || Arc::new(compile_shard(&shard.members)))
+    }
+}
+
+impl Default for PolicyCache {
+    fn default() -> Self {
+        Self::new(Self::DEFAULT_MAX_POLICIES)
+    }
+}
+
+impl fmt::Debug for PolicyCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PolicyCache")
+            .field("shards", &self.shards.entry_count())
+            .finish()
+    }
+}
+
+/// Authorizations that a caller matches together: one exact subject of a federation, or
+/// every glob subject of a federation.
+#[derive(Default)]
+struct Shard {
+    members: Vec<Arc<CheckedAuthorization>>,
+    /// Of the members' digests (the member's own for one): the cache key.
+    digest: Digest,
+}
+
+impl Shard {
+    fn seal(&mut self) {
+        self.digest = match self.members.as_slice() {
+            [one] => one.digest,
+            members => {
+                let mut digests: Vec<&Digest> = members.iter().map(|m| &m.digest).collect();
+                digests.sort_unstable();
+                let mut h = Sha256::new();
+                for d in digests {
+                    h.update(d);
+                }
+                h.finalize().into()
+            }
+        };
+    }
+}
+
+/// Compiles and validates a shard's Authorizations. One that does not compile or
+/// validate (it passed `check`, so a compiler bug) grants nothing and is logged.
+fn compile_shard(members: &[Arc<CheckedAuthorization>]) -> Scoped {
+    let mut sets: Scoped = Default::default();
+    for member in members {
+        let compiled = compile::compile(&member.name, &member.spec)
+            .map_err(|e| e.to_string())
+            .and_then(|c| {
+                let mut set = PolicySet::new();
+                for (_, policy) in &c.policies {
+                    set.add(policy.clone()).map_err(|e| e.to_string())?;
+                }
+                match VALIDATOR.as_ref() {
+                    Some(v) if v.validate(&set, ValidationMode::Strict).validation_passed() => {
+                        Ok(c)
+                    }
+                    Some(_) => Err("its policies do not validate against the schema".into()),
+                    None => Err("no schema to validate against".into()),
+                }
+            });
+        match compiled {
+            Ok(c) => {
+                for (scope, policy) in c.policies {
+                    if let Err(e) = sets[scope as usize].add(policy) {
+                        tracing::error!(authorization = %member.name, origin = %member.origin, error = %e, "compiled policy not added; the Authorization grants less");
+                    }
+                }
+            }
+            Err(reason) => tracing::error!(
+                authorization = %member.name,
+                origin = %member.origin,
+                %reason,
+                "Authorization passed its checks but did not compile; it grants nothing"
+            ),
+        }
+    }
+    sets
+}
+
 /// Compiled Authorization permits of one federation.
 #[derive(Default)]
 struct FederationShard {
-    /// By exact subject.
-    exact: HashMap<String, Scoped>,
-    /// Authorizations with a glob subject.
-    glob: Scoped,
+    /// By exact subject, compiled when first asked.
+    exact: HashMap<String, Shard>,
+    /// Authorizations with a glob subject, compiled when the engine is built.
+    glob: Option<Arc<Scoped>>,
 }
 
-/// Compiled and hand-written policies, ready to decide. Immutable once built; cheap to
-/// share behind an `Arc` (no locks, nothing cloned per request).
+/// Compiled and hand-written policies, ready to decide. Immutable once built (the compiled
+/// shards live in the shared [`PolicyCache`]); cheap to share behind an `Arc`.
 pub struct PolicyEngine {
     authorizer: Authorizer,
     /// Hand-written policies, evaluated for every request.
     global: PolicySet,
-    /// Compiled Authorization policies by federation name.
+    /// Authorizations by federation name.
     federations: HashMap<String, FederationShard>,
     policy_count: usize,
-    /// Every policy in one set: the reference the sharding is tested against.
-    #[cfg(test)]
-    flat: PolicySet,
+    cache: PolicyCache,
 }
 
 impl fmt::Debug for PolicyEngine {
@@ -150,9 +333,8 @@ impl Default for PolicyEngine {
     }
 }
 
-/// Accumulates what is taken while building, so ids stay unique across everything.
+/// Accumulates what is taken while building, so hand-written ids stay unique.
 struct Builder {
-    validator: Option<Validator>,
     ids: HashMap<String, String>,
     engine: PolicyEngine,
 }
@@ -165,45 +347,103 @@ impl PolicyEngine {
             global: PolicySet::new(),
             federations: HashMap::new(),
             policy_count: 0,
-            #[cfg(test)]
-            flat: PolicySet::new(),
+            cache: PolicyCache::new(1),
         }
     }
 
-    /// Compiles every Authorization and policy file. Good ones are kept; each bad one
-    /// yields an error (with origin and reason) and contributes no policy. The caller
-    /// decides: at startup it uses the good ones; on reload any error keeps the last good
-    /// engine.
+    /// Checks every Authorization and compiles every policy file. Good ones are kept; each
+    /// bad one yields an error (with origin and reason) and contributes no policy, as does
+    /// a second Authorization of one name. The caller decides: at startup it uses the good
+    /// ones; on reload any error keeps the last good form of that object.
     pub fn build(
         authorizations: &[AuthorizationSource],
         policy_files: &[PolicyFile],
     ) -> (PolicyEngine, Vec<PolicyLoadError>) {
         let mut errors = Vec::new();
-        let validator = match SCHEMA.as_ref() {
-            Ok(schema) => Some(Validator::new(schema.clone())),
-            Err(e) => {
-                errors.push(PolicyLoadError {
-                    origin: "schemas/esi.cedarschema".to_owned(),
-                    object: "schema".to_owned(),
-                    reason: bounded(format!("the built-in schema does not parse: {e}")),
-                });
-                None
-            }
-        };
-        let mut b = Builder {
-            validator,
-            ids: HashMap::new(),
-            engine: PolicyEngine::empty(),
-        };
+        let mut checked = Vec::new();
+        let mut names: HashMap<&str, &str> = HashMap::new();
         for source in authorizations {
-            let object = format!("Authorization/{}", source.name);
-            if let Err(reason) = b.add_authorization(source, &object) {
+            if let Some(previous) = names.get(source.name.as_str()) {
                 errors.push(PolicyLoadError {
                     origin: source.origin.clone(),
-                    object,
-                    reason: bounded(reason),
+                    object: format!("Authorization/{}", source.name),
+                    reason: format!(
+                        "policy ids \"authorization/{}/…\" are already used by the Authorization from {previous} (duplicate Authorization name?)",
+                        source.name
+                    ),
                 });
+                continue;
             }
+            match CheckedAuthorization::check(source) {
+                Ok(c) => {
+                    names.insert(&source.name, &source.origin);
+                    checked.push(Arc::new(c));
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        let (engine, mut file_errors) =
+            Self::build_checked(checked, policy_files, &PolicyCache::default());
+        errors.append(&mut file_errors);
+        (engine, errors)
+    }
+
+    /// Indexes checked Authorizations (names unique: the snapshot builder sees to it) and
+    /// compiles the policy files; errors are the files'. Compiled shards come from, and go
+    /// to, `cache`.
+    pub fn build_checked(
+        authorizations: Vec<Arc<CheckedAuthorization>>,
+        policy_files: &[PolicyFile],
+        cache: &PolicyCache,
+    ) -> (PolicyEngine, Vec<PolicyLoadError>) {
+        let mut errors = Vec::new();
+        if let Err(e) = SCHEMA.as_ref() {
+            errors.push(PolicyLoadError {
+                origin: "schemas/esi.cedarschema".to_owned(),
+                object: "schema".to_owned(),
+                reason: bounded(format!("the built-in schema does not parse: {e}")),
+            });
+        }
+        let mut b = Builder {
+            ids: HashMap::new(),
+            engine: PolicyEngine {
+                cache: cache.clone(),
+                ..PolicyEngine::empty()
+            },
+        };
+        let mut globs: HashMap<String, Shard> = HashMap::new();
+        for a in authorizations {
+            b.engine.policy_count += a.shape.policies;
+            match &a.shape.subject {
+                SubjectMatch::Exact(subject) => {
+                    let shard = b
+                        .engine
+                        .federations
+                        .entry(a.shape.federation.clone())
+                        .or_default();
+                    shard
+                        .exact
+                        .entry(subject.clone())
+                        .or_default()
+                        .members
+                        .push(a);
+                }
+                SubjectMatch::Glob => globs
+                    .entry(a.shape.federation.clone())
+                    .or_default()
+                    .members
+                    .push(a),
+            }
+        }
+        for shard in b.engine.federations.values_mut() {
+            for exact in shard.exact.values_mut() {
+                exact.seal();
+            }
+        }
+        for (federation, mut shard) in globs {
+            shard.seal();
+            let compiled = cache.get(&shard);
+            b.engine.federations.entry(federation).or_default().glob = Some(compiled);
         }
         for file in policy_files {
             if let Err(reason) = b.add_file(file) {
@@ -290,8 +530,11 @@ impl PolicyEngine {
             }
         }
         if let Some(shard) = self.federations.get(identity.federation.as_str()) {
-            let exact = shard.exact.get(identity.subject.as_str());
-            for sets in exact.into_iter().chain([&shard.glob]) {
+            let exact = shard
+                .exact
+                .get(identity.subject.as_str())
+                .map(|s| self.cache.get(s));
+            for sets in exact.iter().chain(&shard.glob) {
                 let set = &sets[scope as usize];
                 if !set.is_empty() {
                     let response = self.authorizer.is_authorized(request, set, entities);
@@ -300,20 +543,6 @@ impl PolicyEngine {
             }
         }
         outcome.finish()
-    }
-
-    /// The flat, unsharded evaluation the sharding must agree with (tests only).
-    #[cfg(test)]
-    fn reference_allows(&self, identity: &Identity, action: Action, resource: &Resource) -> bool {
-        let Ok((request, entities)) = build_request(identity, action, resource) else {
-            return false;
-        };
-        let response = self
-            .authorizer
-            .is_authorized(&request, &self.flat, &entities);
-        let mut outcome = Outcome::default();
-        outcome.absorb(&self.flat, &response);
-        outcome.finish().allowed
     }
 }
 
@@ -506,8 +735,7 @@ impl Builder {
     }
 
     fn validate(&self, set: &PolicySet, text: Option<&str>) -> Result<(), String> {
-        let validator = self
-            .validator
+        let validator = VALIDATOR
             .as_ref()
             .ok_or_else(|| "no schema to validate against".to_owned())?;
         let result = validator.validate(set, ValidationMode::Strict);
@@ -522,53 +750,6 @@ impl Builder {
             "does not validate against the schema: {}",
             messages.join("; ")
         ))
-    }
-
-    fn add_authorization(
-        &mut self,
-        source: &AuthorizationSource,
-        object: &str,
-    ) -> Result<(), String> {
-        let compiled = compile::compile(&source.name, &canonical_spec(&source.spec))
-            .map_err(|e| e.to_string())?;
-        let mut set = PolicySet::new();
-        for (_, policy) in &compiled.policies {
-            set.add(policy.clone()).map_err(|e| e.to_string())?;
-        }
-        self.validate(&set, None)?;
-        // Check every id before claiming any, so a rejected object claims nothing.
-        for (_, policy) in &compiled.policies {
-            let id = policy.id().to_string();
-            if let Some(previous) = self.ids.get(&id) {
-                return Err(format!(
-                    "policy id {id:?} is already used by {previous} (duplicate Authorization name?)"
-                ));
-            }
-        }
-        let owner = format!("{object} ({})", source.origin);
-        let shard = self
-            .engine
-            .federations
-            .entry(compiled.federation)
-            .or_default();
-        let target = match compiled.subject {
-            SubjectMatch::Exact(subject) => shard.exact.entry(subject).or_default(),
-            SubjectMatch::Glob => &mut shard.glob,
-        };
-        for (scope, policy) in compiled.policies {
-            target[scope as usize]
-                .add(policy.clone())
-                .map_err(|e| e.to_string())?;
-            #[cfg(test)]
-            self.engine
-                .flat
-                .add(policy.clone())
-                .map_err(|e| e.to_string())?;
-            self.engine.policy_count += 1;
-            let id = policy.id().to_string();
-            self.ids.insert(id, owner.clone());
-        }
-        Ok(())
     }
 
     fn add_file(&mut self, file: &PolicyFile) -> Result<(), String> {
@@ -635,11 +816,6 @@ impl Builder {
             self.claim(policy.id().as_ref(), &owner)?;
             self.engine
                 .global
-                .add(policy.clone())
-                .map_err(|e| e.to_string())?;
-            #[cfg(test)]
-            self.engine
-                .flat
                 .add(policy.clone())
                 .map_err(|e| e.to_string())?;
             self.engine.policy_count += 1;

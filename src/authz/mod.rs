@@ -20,7 +20,7 @@ use std::path::PathBuf;
 
 use crate::resources::AuthorizationSpec;
 
-pub use engine::PolicyEngine;
+pub use engine::{CheckedAuthorization, PolicyCache, PolicyEngine};
 
 /// The Cedar schema every policy is validated against (human-readable form).
 pub const SCHEMA_SRC: &str = include_str!("../../schemas/esi.cedarschema");

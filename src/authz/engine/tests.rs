@@ -80,13 +80,59 @@ fn file(path: &str, text: &str) -> PolicyFile {
     }
 }
 
-fn build_ok(auths: &[AuthorizationSource], files: &[PolicyFile]) -> PolicyEngine {
-    let (engine, errors) = PolicyEngine::build(auths, files);
-    assert!(errors.is_empty(), "unexpected load errors: {errors:?}");
-    engine
+/// An engine and the flat reference it must agree with: every policy it stands for in one
+/// Cedar set, built here from the same sources (compiled eagerly, unsharded).
+struct Tested {
+    engine: PolicyEngine,
+    flat: PolicySet,
 }
 
-fn allowed(engine: &PolicyEngine, who: &Identity, action: Action, what: &Resource) -> bool {
+impl std::ops::Deref for Tested {
+    type Target = PolicyEngine;
+    fn deref(&self) -> &PolicyEngine {
+        &self.engine
+    }
+}
+
+impl Tested {
+    fn new(engine: PolicyEngine, auths: &[AuthorizationSource]) -> Self {
+        let mut flat = engine.global.clone();
+        let mut names = HashSet::new();
+        for a in auths {
+            // The first of one name wins; one that does not compile grants nothing.
+            if !names.insert(a.name.as_str()) {
+                continue;
+            }
+            if let Ok(c) = compile::compile(&a.name, &canonical_spec(&a.spec)) {
+                for (_, p) in c.policies {
+                    flat.add(p).expect("unique ids");
+                }
+            }
+        }
+        Tested { engine, flat }
+    }
+
+    /// The flat, unsharded evaluation.
+    fn reference_allows(&self, identity: &Identity, action: Action, resource: &Resource) -> bool {
+        let Ok((request, entities)) = build_request(identity, action, resource) else {
+            return false;
+        };
+        let response = self
+            .authorizer
+            .is_authorized(&request, &self.flat, &entities);
+        let mut outcome = Outcome::default();
+        outcome.absorb(&self.flat, &response);
+        outcome.finish().allowed
+    }
+}
+
+fn build_ok(auths: &[AuthorizationSource], files: &[PolicyFile]) -> Tested {
+    let (engine, errors) = PolicyEngine::build(auths, files);
+    assert!(errors.is_empty(), "unexpected load errors: {errors:?}");
+    Tested::new(engine, auths)
+}
+
+fn allowed(engine: &Tested, who: &Identity, action: Action, what: &Resource) -> bool {
     let decision = engine.decide(who, action, what);
     // Every decision must also agree with the flat reference.
     assert_eq!(
@@ -491,10 +537,10 @@ fn invalid_files_are_reported_with_their_path_and_excluded() {
         "/p/template.cedar",
         "permit (principal == ?principal, action, resource);",
     );
-    let (engine, errors) = PolicyEngine::build(
-        &[authorization("contract.yaml", CONTRACT_EXAMPLE)],
-        &[bad_attr, good, bad_syntax, bad_action, template],
-    );
+    let auths = [authorization("contract.yaml", CONTRACT_EXAMPLE)];
+    let (engine, errors) =
+        PolicyEngine::build(&auths, &[bad_attr, good, bad_syntax, bad_action, template]);
+    let engine = Tested::new(engine, &auths);
     let origins: Vec<&str> = errors.iter().map(|e| e.origin.as_str()).collect();
     assert_eq!(
         origins,
@@ -548,7 +594,9 @@ spec:
         origin: "/m/dup.yaml".to_owned(),
         ..good.clone()
     };
-    let (engine, errors) = PolicyEngine::build(&[spiffe, good, duplicate], &[]);
+    let auths = [spiffe, good, duplicate];
+    let (engine, errors) = PolicyEngine::build(&auths, &[]);
+    let engine = Tested::new(engine, &auths);
     assert_eq!(errors.len(), 2, "{errors:?}");
     assert_eq!(errors[0].object, "Authorization/spiffe");
     assert_eq!(errors[0].origin, "/m/spiffe.yaml");
@@ -963,7 +1011,7 @@ fn sharded_decisions_equal_flat_evaluation() {
         engine
             .federations
             .values()
-            .any(|s| s.glob.iter().any(|set| !set.is_empty()))
+            .any(|s| s.glob.as_ref().is_some_and(|sets| sets.iter().any(|set| !set.is_empty())))
     );
 
     let mut requests: Vec<(Identity, Action, Resource)> =
@@ -1027,4 +1075,57 @@ fn sharded_decisions_equal_flat_evaluation() {
         allows > 300 && denies > 300,
         "allows {allows}, denies {denies}"
     );
+}
+
+/// A compiled shard outlives its engine: a rebuilt engine over the same Authorizations
+/// uses the same compiled policies; a changed Authorization gets its own.
+#[test]
+fn compiled_shards_are_reused_across_engines_by_content() {
+    let cache = PolicyCache::default();
+    let auths = [authorization("contract.yaml", CONTRACT_EXAMPLE)];
+    let checked = |a: &[AuthorizationSource]| -> Vec<Arc<CheckedAuthorization>> {
+        a.iter()
+            .map(|a| Arc::new(CheckedAuthorization::check(a).expect("checks")))
+            .collect()
+    };
+    let shard_of = |engine: &PolicyEngine| {
+        let fed = engine.federations.values().next().expect("one federation");
+        match fed.exact.values().next() {
+            Some(shard) => engine.cache.get(shard),
+            None => fed.glob.clone().expect("a glob subject"),
+        }
+    };
+    let (first, _) = PolicyEngine::build_checked(checked(&auths), &[], &cache);
+    let (second, _) = PolicyEngine::build_checked(checked(&auths), &[], &cache);
+    assert!(Arc::ptr_eq(&shard_of(&first), &shard_of(&second)));
+    let mut changed = auths[0].clone();
+    changed.spec.allowed_cluster_secret_stores.push("another".into());
+    let (third, _) = PolicyEngine::build_checked(checked(&[changed]), &[], &cache);
+    assert!(!Arc::ptr_eq(&shard_of(&first), &shard_of(&third)));
+}
+
+/// A cache too small to hold anything changes no decision: every shard is compiled again.
+#[test]
+fn a_cache_too_small_to_hold_a_shard_changes_no_decision() {
+    let mut rng = StdRng::seed_from_u64(0x5EED_CAC4);
+    let auths: Vec<AuthorizationSource> = (0..60)
+        .map(|i| random_authorization(&mut rng, i))
+        .collect();
+    let checked: Vec<Arc<CheckedAuthorization>> = {
+        let mut names = HashSet::new();
+        auths
+            .iter()
+            .filter(|a| names.insert(a.name.clone()))
+            .filter_map(|a| CheckedAuthorization::check(a).ok())
+            .map(Arc::new)
+            .collect()
+    };
+    let files: Vec<PolicyFile> = CORPUS_FILES.iter().map(|(p, t)| file(p, t)).collect();
+    let (tiny, errors) = PolicyEngine::build_checked(checked, &files, &PolicyCache::new(1));
+    assert!(errors.is_empty(), "{errors:?}");
+    let tiny = Tested::new(tiny, &auths);
+    for _ in 0..1500 {
+        let (who, action, what) = random_request(&mut rng);
+        allowed(&tiny, &who, action, &what);
+    }
 }
