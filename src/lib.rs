@@ -2,8 +2,9 @@
 //!
 //! Request path (one way): `api` → `authn` (verify the ServiceAccount JWT) →
 //! `authz` (Cedar decision) → `providers` / `generators` (backend) → answer.
-//! `config` turns resources (a directory of manifests) into one immutable snapshot
-//! that requests read without locks and that is swapped atomically on change.
+//! `source` says which objects exist (a directory of manifests; Kubernetes next) as events;
+//! `config` builds them into one immutable snapshot that requests read without locks and
+//! that is swapped atomically on change.
 
 pub mod api;
 pub mod audit;
@@ -18,4 +19,5 @@ pub mod metrics;
 pub mod providers;
 pub mod resources;
 pub mod runtime;
+pub mod source;
 pub mod tls;

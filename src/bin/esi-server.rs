@@ -305,7 +305,7 @@ fn check(args: SourceArgs) -> Result<()> {
         policies: args.policies,
         provider_settings: ProviderSettings::default(),
     };
-    let snapshot = source.load(None);
+    let snapshot = source.load();
     for e in &snapshot.errors {
         println!("error: {e}");
     }

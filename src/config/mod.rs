@@ -1,8 +1,8 @@
-//! Resources from a directory (or, later, Kubernetes) into one immutable snapshot.
+//! Resources into one immutable snapshot: the snapshot builder that every source feeds
+//! (`snapshot`), and directory mode's reloader (`watch`).
 
-pub mod loader;
 pub mod snapshot;
 pub mod watch;
 
-pub use loader::LoadError;
-pub use snapshot::{DirectorySource, Snapshot};
+pub use crate::source::LoadError;
+pub use snapshot::{DirectoryReloader, DirectorySource, Snapshot, SnapshotBuilder};

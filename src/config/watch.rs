@@ -1,18 +1,20 @@
-//! Polls the source directories and swaps in a new snapshot when they change.
+//! Directory mode's reloader: scans the source directories every interval and swaps in a
+//! new snapshot when something changed.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
-use super::snapshot::{DirectorySource, Snapshot};
+use super::snapshot::{DirectoryReloader, DirectorySource, Snapshot};
 use crate::metrics::METRICS;
 
-/// Loads `source` once, logging what was rejected.
-pub fn initial_load(source: &DirectorySource) -> Snapshot {
-    let snapshot = source.load(None);
+/// Loads `source` once, logging what was rejected; the reloader continues from there.
+pub fn initial_load(source: &DirectorySource) -> (DirectoryReloader, Snapshot) {
+    let mut reloader = DirectoryReloader::new(source);
+    let snapshot = reloader.load(None);
     report(&snapshot);
-    snapshot
+    (reloader, snapshot)
 }
 
 fn report(snapshot: &Snapshot) {
@@ -45,39 +47,36 @@ fn report(snapshot: &Snapshot) {
     );
 }
 
-/// Watches `source` every `interval`; on change, builds a snapshot, swaps it into
+/// Scans with `reloader` every `interval`; when something changed, builds a snapshot (off
+/// the async threads; requests keep reading the current one meanwhile), swaps it into
 /// `current` and calls `on_swap` with it. Runs until the task is dropped.
 pub async fn watch<F>(
-    source: DirectorySource,
+    reloader: DirectoryReloader,
     current: Arc<ArcSwap<Snapshot>>,
     interval: Duration,
     on_swap: F,
 ) where
     F: Fn(&Snapshot) + Send + Sync + 'static,
 {
-    let source = Arc::new(source);
-    let mut last = {
-        let s = source.clone();
-        tokio::task::spawn_blocking(move || s.fingerprint())
-            .await
-            .ok()
-    };
+    let reloader = Arc::new(Mutex::new(reloader));
     loop {
         tokio::time::sleep(interval).await;
-        let s = source.clone();
-        let Ok(now) = tokio::task::spawn_blocking(move || s.fingerprint()).await else {
-            continue;
-        };
-        if last == Some(now) {
-            continue;
-        }
-        last = Some(now);
-        let s = source.clone();
+        let r = reloader.clone();
         let previous = current.load_full();
-        let built = tokio::task::spawn_blocking(move || s.load(Some(&previous))).await;
-        let Ok(snapshot) = built else {
-            tracing::error!("configuration reload task failed; keeping the current snapshot");
-            continue;
+        let built = tokio::task::spawn_blocking(move || {
+            // A panicked build leaves the scanner and builder whole (events are applied
+            // one by one), so a poisoned lock is taken over.
+            let mut r = r.lock().unwrap_or_else(|p| p.into_inner());
+            r.reload(Some(&previous))
+        })
+        .await;
+        let snapshot = match built {
+            Ok(Some(snapshot)) => snapshot,
+            Ok(None) => continue,
+            Err(_) => {
+                tracing::error!("configuration reload task failed; keeping the current snapshot");
+                continue;
+            }
         };
         report(&snapshot);
         let snapshot = Arc::new(snapshot);

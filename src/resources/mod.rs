@@ -11,8 +11,10 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+mod hash;
 mod secrets;
 
+pub use hash::{ContentHash, content_hash, text_hash};
 pub use secrets::{SecretIndex, SecretRefError};
 
 /// The metadata we use from a Kubernetes object.

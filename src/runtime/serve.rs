@@ -126,7 +126,7 @@ pub async fn serve(
     if config.sweep_interval.is_zero() {
         return Err(ServeError::NoSweepInterval);
     }
-    let initial = {
+    let (reloader, initial) = {
         let s = source.clone();
         tokio::task::spawn_blocking(move || watch::initial_load(&s)).await?
     };
@@ -136,7 +136,7 @@ pub async fn serve(
     {
         let authenticator = authenticator.clone();
         tokio::spawn(watch::watch(
-            source,
+            reloader,
             snapshot.clone(),
             config.reload_interval,
             move |s: &Snapshot| authenticator.set_federations(s.federations.clone()),

@@ -1007,12 +1007,11 @@ fn sharded_decisions_equal_flat_evaluation() {
     let engine = build_ok(&auths, &files);
     assert_eq!(engine.policy_count(), engine.flat.num_of_policies());
     assert!(engine.federations.len() >= 3);
-    assert!(
-        engine
-            .federations
-            .values()
-            .any(|s| s.glob.as_ref().is_some_and(|sets| sets.iter().any(|set| !set.is_empty())))
-    );
+    assert!(engine.federations.values().any(|s| {
+        s.glob
+            .as_ref()
+            .is_some_and(|sets| sets.iter().any(|set| !set.is_empty()))
+    }));
 
     let mut requests: Vec<(Identity, Action, Resource)> =
         (0..4000).map(|_| random_request(&mut rng)).collect();
@@ -1099,7 +1098,10 @@ fn compiled_shards_are_reused_across_engines_by_content() {
     let (second, _) = PolicyEngine::build_checked(checked(&auths), &[], &cache);
     assert!(Arc::ptr_eq(&shard_of(&first), &shard_of(&second)));
     let mut changed = auths[0].clone();
-    changed.spec.allowed_cluster_secret_stores.push("another".into());
+    changed
+        .spec
+        .allowed_cluster_secret_stores
+        .push("another".into());
     let (third, _) = PolicyEngine::build_checked(checked(&[changed]), &[], &cache);
     assert!(!Arc::ptr_eq(&shard_of(&first), &shard_of(&third)));
 }
@@ -1108,9 +1110,8 @@ fn compiled_shards_are_reused_across_engines_by_content() {
 #[test]
 fn a_cache_too_small_to_hold_a_shard_changes_no_decision() {
     let mut rng = StdRng::seed_from_u64(0x5EED_CAC4);
-    let auths: Vec<AuthorizationSource> = (0..60)
-        .map(|i| random_authorization(&mut rng, i))
-        .collect();
+    let auths: Vec<AuthorizationSource> =
+        (0..60).map(|i| random_authorization(&mut rng, i)).collect();
     let checked: Vec<Arc<CheckedAuthorization>> = {
         let mut names = HashSet::new();
         auths

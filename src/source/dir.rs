@@ -1,0 +1,504 @@
+//! Directory mode: a directory of manifests (recursive, multi-document YAML or JSON) and
+//! an optional directory of `.cedar` policy files, told as [`SourceEvent`]s.
+//!
+//! The first [`scan`](DirectoryScanner::scan) lists everything (`Init`, `InitApply`…,
+//! `InitDone`). Later scans look at each file's size, modification and change times and
+//! inode: only files whose stamp moved are read again, and of those only the objects whose
+//! content hash changed are reported (`Apply`), as are the objects that are gone
+//! (`Delete`). Nothing is kept of an object but its key and hash.
+//!
+//! What cannot be read is reported (`Problems`) and changes nothing: the objects last read
+//! from an unreadable directory, file or document stay as they were (the file is broken,
+//! not emptied), and are listed as `stale` so that the builder says they serve in their
+//! last good form.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::{LoadError, ObjectKey, SourceEvent, SourceObject, inside, parse_manifest};
+use crate::resources::{ContentHash, text_hash};
+
+/// Largest manifest or policy file read (bytes); bigger files are reported and skipped.
+pub const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
+/// Most files read from one directory tree.
+pub const MAX_FILES: usize = 10_000;
+/// Deepest directory nesting followed.
+const MAX_DEPTH: usize = 16;
+/// Extensions of manifest files.
+const MANIFEST_EXTENSIONS: &[&str] = &["yaml", "yml", "json"];
+/// Extension of policy files.
+const POLICY_EXTENSIONS: &[&str] = &["cedar"];
+
+/// What changes when a file is written: size, modification and change times (ns), inode.
+/// The change time cannot be set back by a writer (unlike the modification time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    len: u64,
+    modified: u128,
+    changed: i128,
+    inode: u64,
+}
+
+/// A file modified this close to a scan may be written again within the file system's
+/// timestamp granularity without its stamp changing (git's "racily clean" entries), so it
+/// is read again (its content hash then says whether anything changed).
+const RACY: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl Stamp {
+    /// Whether the stamp is too recent to be trusted at `now`.
+    fn racy(&self, now: std::time::SystemTime) -> bool {
+        let now = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        now.saturating_sub(self.modified) < RACY.as_nanos()
+    }
+
+    fn of(path: &Path) -> Option<Stamp> {
+        let meta = std::fs::metadata(path).ok()?;
+        let modified = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
+        #[cfg(unix)]
+        let (changed, inode) = {
+            use std::os::unix::fs::MetadataExt;
+            (
+                i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec()),
+                meta.ino(),
+            )
+        };
+        #[cfg(not(unix))]
+        let (changed, inode) = (0, 0);
+        Some(Stamp {
+            len: meta.len(),
+            modified,
+            changed,
+            inode,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FileKind {
+    Manifests,
+    Policies,
+}
+
+/// What the scanner remembers of one file.
+#[derive(Debug, Clone)]
+struct FileState {
+    /// `None` when the file could not be examined.
+    stamp: Option<Stamp>,
+    /// The objects last reported from it, in order.
+    objects: Vec<(ObjectKey, ContentHash)>,
+    /// What could not be read in it (the whole file, or documents).
+    problems: Vec<LoadError>,
+    /// Origins in it whose objects were kept because of `problems`.
+    stale: Vec<String>,
+}
+
+/// The directory source. Keep one per server: it remembers what it reported.
+#[derive(Debug)]
+pub struct DirectoryScanner {
+    manifests: PathBuf,
+    policies: Option<PathBuf>,
+    files: BTreeMap<Arc<Path>, FileState>,
+    /// The last `Problems` reported (errors, stale), to report only changes.
+    reported: Option<(Vec<LoadError>, Vec<String>)>,
+}
+
+/// What one scan found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScanOutcome {
+    /// Events were reported.
+    pub changed: bool,
+    /// Some file was written, added or removed (even if no object changed).
+    pub touched: bool,
+}
+
+impl DirectoryScanner {
+    /// A scanner of `manifests` (recursive) and, if given, `policies`.
+    pub fn new(manifests: PathBuf, policies: Option<PathBuf>) -> Self {
+        DirectoryScanner {
+            manifests,
+            policies,
+            files: BTreeMap::new(),
+            reported: None,
+        }
+    }
+
+    /// Reads what changed since the last scan and reports it to `sink`. The first scan is
+    /// a full list, from `Init` to `InitDone`.
+    pub fn scan(&mut self, sink: &mut dyn FnMut(SourceEvent)) -> ScanOutcome {
+        let scan_started = std::time::SystemTime::now();
+        let first = self.reported.is_none();
+        if first {
+            sink(SourceEvent::Init);
+        }
+        let mut changed = first;
+        let mut touched = first;
+        let mut dir_errors = Vec::new();
+        let mut listing: Vec<(PathBuf, FileKind)> =
+            list_files(&self.manifests, MANIFEST_EXTENSIONS, &mut dir_errors)
+                .into_iter()
+                .map(|p| (p, FileKind::Manifests))
+                .collect();
+        if let Some(dir) = &self.policies {
+            listing.extend(
+                list_files(dir, POLICY_EXTENSIONS, &mut dir_errors)
+                    .into_iter()
+                    .map(|p| (p, FileKind::Policies)),
+            );
+        }
+
+        let mut previous = std::mem::take(&mut self.files);
+        let mut emit = |event: SourceEvent, changed: &mut bool| {
+            *changed = true;
+            sink(match event {
+                SourceEvent::Apply(k, o) if first => SourceEvent::InitApply(k, o),
+                other => other,
+            });
+        };
+        for (path, kind) in listing {
+            let path: Arc<Path> = Arc::from(path);
+            if self.files.contains_key(&path) {
+                continue; // listed twice (the policy directory inside the manifests one)
+            }
+            let stamp = Stamp::of(&path);
+            let old = previous.remove(&path);
+            if let Some(old) = &old
+                && old.stamp == stamp
+                && stamp.is_some_and(|s| !s.racy(scan_started))
+            {
+                self.files.insert(path, old.clone());
+                continue;
+            }
+            touched = true;
+            let state = read_file(&path, kind, stamp, old, &mut |e| emit(e, &mut changed));
+            self.files.insert(path, state);
+        }
+        // Files no longer listed: gone, unless a directory could not be read (then kept).
+        for (path, old) in previous {
+            let shown = path.display().to_string();
+            if dir_errors.iter().any(|e| inside(&shown, &e.origin)) {
+                let mut kept = old;
+                if !kept.objects.is_empty() && !kept.stale.contains(&shown) {
+                    kept.stale = vec![shown];
+                }
+                self.files.insert(path, kept);
+                continue;
+            }
+            touched = true;
+            for (key, _) in old.objects {
+                emit(SourceEvent::Delete(key), &mut changed);
+            }
+        }
+
+        let mut errors = dir_errors;
+        let mut stale = Vec::new();
+        for state in self.files.values() {
+            errors.extend(state.problems.iter().cloned());
+            stale.extend(state.stale.iter().cloned());
+        }
+        if self.reported.as_ref() != Some(&(errors.clone(), stale.clone())) {
+            self.reported = Some((errors.clone(), stale.clone()));
+            changed = true;
+            sink(SourceEvent::Problems { errors, stale });
+        }
+        if first {
+            sink(SourceEvent::InitDone);
+        }
+        ScanOutcome { changed, touched }
+    }
+}
+
+/// Reads one new or written file and reports what changed against `old`.
+fn read_file(
+    path: &Arc<Path>,
+    kind: FileKind,
+    stamp: Option<Stamp>,
+    old: Option<FileState>,
+    emit: &mut dyn FnMut(SourceEvent),
+) -> FileState {
+    let shown = path.display().to_string();
+    // Unreadable: report it, keep whatever was read from it before.
+    let unreadable = |reason: String, old: Option<FileState>| {
+        let old_objects = old.map(|o| o.objects).unwrap_or_default();
+        FileState {
+            stamp,
+            stale: if old_objects.is_empty() {
+                Vec::new()
+            } else {
+                vec![shown.clone()]
+            },
+            objects: old_objects,
+            problems: vec![LoadError {
+                origin: shown.clone(),
+                object: None,
+                reason,
+            }],
+        }
+    };
+    let text = match read_bounded(path) {
+        Ok(text) => text,
+        Err(reason) => return unreadable(reason, old),
+    };
+    let (objects, problems): (Vec<(ObjectKey, SourceObject)>, Vec<LoadError>) = match kind {
+        FileKind::Policies => (
+            vec![(
+                ObjectKey::File { path: path.clone() },
+                SourceObject::Policy(text),
+            )],
+            Vec::new(),
+        ),
+        FileKind::Manifests => match parse_manifest(path, &text) {
+            Ok((objects, problems)) => (
+                objects
+                    .into_iter()
+                    .map(|(k, o)| (k, SourceObject::Manifest(o)))
+                    .collect(),
+                problems,
+            ),
+            Err(e) => return unreadable(e.reason, old),
+        },
+    };
+    let mut before: HashMap<ObjectKey, ContentHash> = old
+        .map(|o| o.objects.into_iter().collect())
+        .unwrap_or_default();
+    let mut now = Vec::with_capacity(objects.len());
+    for (key, object) in objects {
+        let hash = match &object {
+            SourceObject::Manifest(raw) => raw.hash,
+            SourceObject::Policy(text) => text_hash(text),
+        };
+        if before.remove(&key) != Some(hash) {
+            emit(SourceEvent::Apply(key.clone(), object));
+        }
+        now.push((key, hash));
+    }
+    // Objects no longer read: gone, unless their document could not be read (then kept).
+    let mut stale = Vec::new();
+    let mut gone: Vec<(ObjectKey, ContentHash)> = before.into_iter().collect();
+    gone.sort();
+    for (key, hash) in gone {
+        let origin = key.to_string();
+        match problems.iter().find(|p| inside(&origin, &p.origin)) {
+            Some(p) => {
+                if !stale.contains(&p.origin) {
+                    stale.push(p.origin.clone());
+                }
+                now.push((key, hash));
+            }
+            None => emit(SourceEvent::Delete(key)),
+        }
+    }
+    now.sort();
+    FileState {
+        stamp,
+        objects: now,
+        problems,
+        stale,
+    }
+}
+
+/// Lists files under `dir` whose extension is one of `extensions`, sorted, bounded.
+fn list_files(dir: &Path, extensions: &[&str], errors: &mut Vec<LoadError>) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![(dir.to_path_buf(), 0usize)];
+    while let Some((current, depth)) = stack.pop() {
+        let entries = match std::fs::read_dir(&current) {
+            Ok(e) => e,
+            Err(e) => {
+                errors.push(LoadError {
+                    origin: current.display().to_string(),
+                    object: None,
+                    reason: format!("cannot read directory: {e}"),
+                });
+                continue;
+            }
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let name = entry.file_name();
+            // Hidden entries include Kubernetes ConfigMap mounts' `..data` swaps: the
+            // visible symlinks already point at the current content.
+            if name.to_string_lossy().starts_with('.') {
+                continue;
+            }
+            let Ok(meta) = std::fs::metadata(&path) else {
+                continue;
+            };
+            if meta.is_dir() {
+                if depth + 1 < MAX_DEPTH {
+                    stack.push((path, depth + 1));
+                }
+            } else if meta.is_file()
+                && path
+                    .extension()
+                    .and_then(|e| e.to_str())
+                    .is_some_and(|e| extensions.contains(&e))
+            {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    if out.len() > MAX_FILES {
+        errors.push(LoadError {
+            origin: dir.display().to_string(),
+            object: None,
+            reason: format!("more than {MAX_FILES} files; the rest are ignored"),
+        });
+        out.truncate(MAX_FILES);
+    }
+    out
+}
+
+fn read_bounded(path: &Path) -> Result<String, String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read: {e}"))?;
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(format!(
+            "file is {} bytes, more than the {MAX_FILE_BYTES} allowed",
+            meta.len()
+        ));
+    }
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+    String::from_utf8(bytes).map_err(|_| "file is not UTF-8".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The events of one scan, shown compactly: `init`, `+key`, `-key`, `problems:N/M`, `done`.
+    fn scan(s: &mut DirectoryScanner) -> Vec<String> {
+        let mut out = Vec::new();
+        s.scan(&mut |e| {
+            out.push(match e {
+                SourceEvent::Init => "init".to_string(),
+                SourceEvent::InitDone => "done".to_string(),
+                SourceEvent::Apply(k, _) | SourceEvent::InitApply(k, _) => format!("+{k}"),
+                SourceEvent::Delete(k) => format!("-{k}"),
+                SourceEvent::Problems { errors, stale } => {
+                    format!("problems:{}/{}", errors.len(), stale.len())
+                }
+            })
+        });
+        out
+    }
+
+    fn write(dir: &Path, name: &str, text: &str) {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+
+    const A: &str =
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: a, namespace: ns}\nstringData: {k: v}\n";
+    const B: &str =
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: b, namespace: ns}\nstringData: {k: v}\n";
+
+    #[test]
+    fn the_first_scan_lists_everything_and_later_scans_only_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path();
+        write(p, "one.yaml", &format!("{A}---\n{B}"));
+        write(p, "two.yaml", A);
+        let mut s = DirectoryScanner::new(p.to_path_buf(), None);
+        let shown = |name: &str| format!("{}/{name}", p.display());
+        assert_eq!(
+            scan(&mut s),
+            [
+                "init".to_string(),
+                format!("+{}#0", shown("one.yaml")),
+                format!("+{}#1", shown("one.yaml")),
+                format!("+{}#0", shown("two.yaml")),
+                "problems:0/0".to_string(),
+                "done".to_string()
+            ]
+        );
+        assert!(scan(&mut s).is_empty(), "nothing changed");
+        // One document of one file changes: only it is reported.
+        write(
+            p,
+            "one.yaml",
+            &format!("{A}---\n{}", B.replace("k: v", "k: w")),
+        );
+        assert_eq!(scan(&mut s), [format!("+{}#1", shown("one.yaml"))]);
+        // A file written with the same content: nothing to report, but it was touched.
+        write(p, "two.yaml", A);
+        let mut events = 0;
+        let outcome = s.scan(&mut |_| events += 1);
+        assert_eq!(events, 0);
+        assert!(outcome.touched && !outcome.changed);
+        // A document removed, a file removed.
+        write(p, "one.yaml", A);
+        std::fs::remove_file(p.join("two.yaml")).unwrap();
+        assert_eq!(
+            scan(&mut s),
+            [
+                format!("-{}#1", shown("one.yaml")),
+                format!("-{}#0", shown("two.yaml"))
+            ]
+        );
+    }
+
+    #[test]
+    fn what_cannot_be_read_stays_as_it_was_and_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path();
+        write(p, "one.yaml", &format!("{A}---\n{B}"));
+        let mut s = DirectoryScanner::new(p.to_path_buf(), None);
+        scan(&mut s);
+        // The whole file breaks: no delete, one problem, the file is stale.
+        write(p, "one.yaml", "a: [unclosed");
+        assert_eq!(scan(&mut s), ["problems:1/1"]);
+        // Fixed again with one document broken: that document's object stays.
+        write(p, "one.yaml", &format!("{A}---\nkind: Broken\n"));
+        assert_eq!(scan(&mut s), ["problems:1/1"]);
+        // Both fine again: the second document is gone for good now.
+        write(p, "one.yaml", A);
+        let shown = format!("{}/one.yaml", p.display());
+        assert_eq!(scan(&mut s), [format!("-{shown}#1"), "problems:0/0".into()]);
+    }
+
+    #[test]
+    fn policy_files_are_whole_objects() {
+        let dir = tempfile::tempdir().unwrap();
+        let pdir = tempfile::tempdir().unwrap();
+        write(dir.path(), "a.yaml", A);
+        write(
+            pdir.path(),
+            "deny.cedar",
+            "forbid (principal, action, resource);",
+        );
+        let mut s = DirectoryScanner::new(dir.path().to_path_buf(), Some(pdir.path().into()));
+        let events = scan(&mut s);
+        let policy = format!("+{}/deny.cedar", pdir.path().display());
+        assert!(events.contains(&policy), "{events:?}");
+        std::fs::remove_file(pdir.path().join("deny.cedar")).unwrap();
+        assert_eq!(
+            scan(&mut s),
+            [format!("-{}/deny.cedar", pdir.path().display())]
+        );
+    }
+
+    #[test]
+    fn reads_ese_samples() {
+        let dir = Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/ese-samples"
+        ));
+        let mut kinds = Vec::new();
+        let mut problems = Vec::new();
+        DirectoryScanner::new(dir.to_path_buf(), None).scan(&mut |e| match e {
+            SourceEvent::InitApply(_, SourceObject::Manifest(o)) => kinds.push(o.kind),
+            SourceEvent::Problems { errors, .. } => problems = errors,
+            _ => {}
+        });
+        assert!(problems.is_empty(), "{problems:?}");
+        assert!(kinds.iter().any(|k| k == "KubernetesFederation"));
+        assert!(kinds.iter().any(|k| k == "Authorization"));
+        assert!(kinds.iter().any(|k| k == "ClusterSecretStore"));
+    }
+}

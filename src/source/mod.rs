@@ -1,0 +1,263 @@
+//! The source seam: where objects come from, told as events.
+//!
+//! A source reports what exists as [`SourceEvent`]s, and one snapshot builder
+//! ([`crate::snapshot::Builder`]) turns them into the snapshot requests read. Directory mode
+//! ([`dir::DirectoryScanner`]) diffs files against its previous scan and reports only
+//! changes; Kubernetes mode (watchers) reports the same events. The vocabulary is
+//! kube-runtime's watcher's (`Apply`, `Delete`, and a full list `Init`, `InitApply`…,
+//! `InitDone`, after which an object not listed is gone): a full list never exposes a
+//! half-listed world, and the first snapshot is published only after the first full list.
+//!
+//! Architecture invariant: nothing here builds a domain object (provider, generator,
+//! federation, policy); a source only says what is there and what it could not read.
+
+pub mod dir;
+mod manifest;
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::resources::{ContentHash, ObjectMeta, content_hash, text_hash};
+
+pub use manifest::{Parsed, parse_manifest};
+
+/// Identifies an object within its source, and orders objects (of two objects claiming
+/// one name, the first wins). Shown as the object's origin in messages.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ObjectKey {
+    /// Directory mode: document `doc` of the manifest file `path`, item `item` of a `List`.
+    /// Shown `path#doc` or `path#doc/items/item`.
+    Document {
+        /// The file.
+        path: Arc<Path>,
+        /// 0-based document index.
+        doc: u32,
+        /// 0-based index in a `List` document's `items`.
+        item: Option<u32>,
+    },
+    /// A whole file (a `.cedar` policy file). Shown as its path.
+    File {
+        /// The file.
+        path: Arc<Path>,
+    },
+    /// Kubernetes mode: a resource, unique by API group, kind, namespace and name.
+    /// Shown `kubernetes:Kind.group/namespace/name`.
+    Resource {
+        /// API group (empty for the core group).
+        group: String,
+        /// Kind.
+        kind: String,
+        /// Namespace, for namespaced kinds.
+        namespace: Option<String>,
+        /// Name.
+        name: String,
+    },
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ObjectKey::Document { path, doc, item } => {
+                write!(f, "{}#{doc}", path.display())?;
+                if let Some(i) = item {
+                    write!(f, "/items/{i}")?;
+                }
+                Ok(())
+            }
+            ObjectKey::File { path } => write!(f, "{}", path.display()),
+            ObjectKey::Resource {
+                group,
+                kind,
+                namespace,
+                name,
+            } => {
+                write!(f, "kubernetes:{kind}")?;
+                if !group.is_empty() {
+                    write!(f, ".{group}")?;
+                }
+                match namespace {
+                    Some(ns) => write!(f, "/{ns}/{name}"),
+                    None => write!(f, "/{name}"),
+                }
+            }
+        }
+    }
+}
+
+/// Whether the origin `inner` (`path#doc[/items/i]`, `path`) lies inside `outer`: a
+/// directory, a file, or a document.
+pub fn inside(inner: &str, outer: &str) -> bool {
+    inner == outer
+        || inner
+            .strip_prefix(outer)
+            .is_some_and(|rest| rest.starts_with('#') || rest.starts_with('/'))
+}
+
+/// One Kubernetes object, as read from a manifest or a watch.
+#[derive(Clone)]
+pub struct RawObject {
+    /// `apiVersion`.
+    pub api_version: String,
+    /// `kind`.
+    pub kind: String,
+    /// `metadata`.
+    pub metadata: ObjectMeta,
+    /// The whole object, for kind-specific parsing.
+    pub body: serde_json::Value,
+    /// [`content_hash`] of `body`.
+    pub hash: ContentHash,
+    /// Where it was read (its [`ObjectKey`] shown), for messages.
+    pub origin: String,
+}
+
+// The body may hold Secret data: Debug shows only what identifies the object.
+impl fmt::Debug for RawObject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RawObject")
+            .field("api_version", &self.api_version)
+            .field("kind", &self.kind)
+            .field("metadata", &self.metadata)
+            .field("origin", &self.origin)
+            .finish()
+    }
+}
+
+impl RawObject {
+    /// An object from where it was read, its identifying fields and its whole body
+    /// (hashed here).
+    pub fn new(
+        key: &ObjectKey,
+        api_version: String,
+        kind: String,
+        metadata: ObjectMeta,
+        body: serde_json::Value,
+    ) -> Self {
+        let hash = content_hash(&body);
+        RawObject {
+            api_version,
+            kind,
+            metadata,
+            body,
+            hash,
+            origin: key.to_string(),
+        }
+    }
+
+    /// `Kind/namespace/name` or `Kind/name`, for messages.
+    pub fn display_name(&self) -> String {
+        match &self.metadata.namespace {
+            Some(ns) => format!("{}/{}/{}", self.kind, ns, self.metadata.name),
+            None => format!("{}/{}", self.kind, self.metadata.name),
+        }
+    }
+
+    /// The part of `apiVersion` before the `/`: the API group, or `v1` for the core group.
+    pub fn group(&self) -> &str {
+        self.api_version.split('/').next().unwrap_or_default()
+    }
+}
+
+/// What a source reports about one object.
+#[derive(Debug, Clone)]
+pub enum SourceObject {
+    /// A Kubernetes object.
+    Manifest(RawObject),
+    /// A hand-written `.cedar` policy file (its text).
+    Policy(String),
+}
+
+impl SourceObject {
+    /// The content hash: [`RawObject::hash`], or the hash of the policy text.
+    pub fn hash(&self) -> ContentHash {
+        match self {
+            SourceObject::Manifest(raw) => raw.hash,
+            SourceObject::Policy(text) => text_hash(text),
+        }
+    }
+}
+
+/// One change reported by a source.
+#[derive(Debug, Clone)]
+pub enum SourceEvent {
+    /// An object appeared or changed.
+    Apply(ObjectKey, SourceObject),
+    /// An object is gone.
+    Delete(ObjectKey),
+    /// A full list begins: an `InitApply` for every object follows, then `InitDone`.
+    Init,
+    /// One object of a full list.
+    InitApply(ObjectKey, SourceObject),
+    /// The full list is complete: objects not listed since `Init` are gone.
+    InitDone,
+    /// What the source could not read, replacing its previous report.
+    Problems {
+        /// Every problem, with origin and reason.
+        errors: Vec<LoadError>,
+        /// Origins (a file, a document) whose objects were not read again because of
+        /// those problems: the source reports no change for them, and they serve in their
+        /// last good form (the file is broken, not emptied).
+        stale: Vec<String>,
+    },
+}
+
+/// Something that could not be loaded, with where and why. Never holds a value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadError {
+    /// File (and document) it came from.
+    pub origin: String,
+    /// The object, when known (`Kind/name`).
+    pub object: Option<String>,
+    /// Why it was rejected.
+    pub reason: String,
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.object {
+            Some(o) => write!(f, "{}: {}: {}", self.origin, o, self.reason),
+            None => write!(f, "{}: {}", self.origin, self.reason),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_show_as_origins_and_sort_by_file_then_position() {
+        let doc = |p: &str, doc, item| ObjectKey::Document {
+            path: Arc::from(Path::new(p)),
+            doc,
+            item,
+        };
+        assert_eq!(doc("d/f.yaml", 2, None).to_string(), "d/f.yaml#2");
+        assert_eq!(
+            doc("d/f.yaml", 2, Some(0)).to_string(),
+            "d/f.yaml#2/items/0"
+        );
+        let mut keys = vec![
+            doc("a-b.yaml", 0, None),
+            doc("a/b.yaml", 10, None),
+            doc("a/b.yaml", 2, Some(1)),
+            doc("a/b.yaml", 2, None),
+        ];
+        keys.sort();
+        // Paths compare by component, as the directory listing is sorted.
+        let shown: Vec<String> = keys.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            [
+                "a/b.yaml#2",
+                "a/b.yaml#2/items/1",
+                "a/b.yaml#10",
+                "a-b.yaml#0"
+            ]
+        );
+        assert!(inside("d/f.yaml#2/items/0", "d/f.yaml#2"));
+        assert!(inside("d/f.yaml#2", "d"));
+        assert!(!inside("d/f.yaml#20", "d/f.yaml#2"));
+        assert!(!inside("d2/f.yaml#0", "d"));
+    }
+}
