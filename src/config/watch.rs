@@ -7,7 +7,40 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 
 use super::snapshot::{DirectoryReloader, DirectorySource, Snapshot};
+use crate::authn::Authenticator;
 use crate::metrics::METRICS;
+
+/// Where a new snapshot goes: the authenticator's federations (their key caches live
+/// there) first, then the snapshot requests read. One place, so that no caller keeps a
+/// second copy of the federations in step by hand.
+#[derive(Clone)]
+pub struct Publisher {
+    current: Arc<ArcSwap<Snapshot>>,
+    authenticator: Arc<Authenticator>,
+}
+
+impl Publisher {
+    /// Publishes `initial` and returns the publisher of what follows.
+    pub fn new(initial: Snapshot, authenticator: Arc<Authenticator>) -> Self {
+        authenticator.set_federations(initial.federations.clone());
+        Publisher {
+            current: Arc::new(ArcSwap::from_pointee(initial)),
+            authenticator,
+        }
+    }
+
+    /// The snapshot requests read (swapped atomically on publish).
+    pub fn current(&self) -> Arc<ArcSwap<Snapshot>> {
+        self.current.clone()
+    }
+
+    /// Makes `snapshot` the one in force.
+    pub fn publish(&self, snapshot: Snapshot) {
+        self.authenticator
+            .set_federations(snapshot.federations.clone());
+        self.current.store(Arc::new(snapshot));
+    }
+}
 
 /// Loads `source` once, logging what was rejected; the reloader continues from there.
 pub fn initial_load(source: &DirectorySource) -> (DirectoryReloader, Snapshot) {
@@ -48,21 +81,14 @@ fn report(snapshot: &Snapshot) {
 }
 
 /// Scans with `reloader` every `interval`; when something changed, builds a snapshot (off
-/// the async threads; requests keep reading the current one meanwhile), swaps it into
-/// `current` and calls `on_swap` with it. Runs until the task is dropped.
-pub async fn watch<F>(
-    reloader: DirectoryReloader,
-    current: Arc<ArcSwap<Snapshot>>,
-    interval: Duration,
-    on_swap: F,
-) where
-    F: Fn(&Snapshot) + Send + Sync + 'static,
-{
+/// the async threads; requests keep reading the current one meanwhile) and publishes it.
+/// Runs until the task is dropped.
+pub async fn watch(reloader: DirectoryReloader, publisher: Publisher, interval: Duration) {
     let reloader = Arc::new(Mutex::new(reloader));
     loop {
         tokio::time::sleep(interval).await;
         let r = reloader.clone();
-        let previous = current.load_full();
+        let previous = publisher.current.load_full();
         let built = tokio::task::spawn_blocking(move || {
             // A panicked build leaves the scanner and builder whole (events are applied
             // one by one), so a poisoned lock is taken over.
@@ -70,17 +96,15 @@ pub async fn watch<F>(
             r.reload(Some(&previous))
         })
         .await;
-        let snapshot = match built {
-            Ok(Some(snapshot)) => snapshot,
-            Ok(None) => continue,
+        match built {
+            Ok(Some(snapshot)) => {
+                report(&snapshot);
+                publisher.publish(snapshot);
+            }
+            Ok(None) => {}
             Err(_) => {
                 tracing::error!("configuration reload task failed; keeping the current snapshot");
-                continue;
             }
-        };
-        report(&snapshot);
-        let snapshot = Arc::new(snapshot);
-        current.store(snapshot.clone());
-        on_swap(&snapshot);
+        }
     }
 }

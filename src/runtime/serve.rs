@@ -15,8 +15,8 @@ use arc_swap::ArcSwap;
 use super::listener::{ListenerSettings, serve_https};
 use crate::api::{self, ApiSettings, AppState, LimitSettings, Limits};
 use crate::authn::{Authenticator, AuthnSettings};
+use crate::config::DirectorySource;
 use crate::config::watch;
-use crate::config::{DirectorySource, Snapshot};
 use crate::ledger::{Ledger, LedgerError, RedbLedger, Sweeper};
 use crate::tls::{TlsError, TlsFiles};
 
@@ -131,17 +131,9 @@ pub async fn serve(
         tokio::task::spawn_blocking(move || watch::initial_load(&s)).await?
     };
     let authenticator = Arc::new(Authenticator::new(config.authn.clone()));
-    authenticator.set_federations(initial.federations.clone());
-    let snapshot = Arc::new(ArcSwap::from_pointee(initial));
-    {
-        let authenticator = authenticator.clone();
-        tokio::spawn(watch::watch(
-            reloader,
-            snapshot.clone(),
-            config.reload_interval,
-            move |s: &Snapshot| authenticator.set_federations(s.federations.clone()),
-        ));
-    }
+    let publisher = watch::Publisher::new(initial, authenticator.clone());
+    let snapshot = publisher.current();
+    tokio::spawn(watch::watch(reloader, publisher, config.reload_interval));
 
     let (tls_files, self_signed_ca) = tls_files(&config)?;
     let tls_config = tls_files.load()?;
