@@ -189,9 +189,7 @@ fn group(api_version: &str) -> &str {
 fn spec_of<T: serde::de::DeserializeOwned + Default>(obj: &RawObject) -> Result<T, String> {
     match obj.body.get("spec") {
         None | Some(serde_json::Value::Null) => Ok(T::default()),
-        Some(spec) => {
-            serde_json::from_value(spec.clone()).map_err(|e| format!("invalid spec: {e}"))
-        }
+        Some(spec) => T::deserialize(spec).map_err(|e| format!("invalid spec: {e}")),
     }
 }
 

@@ -26,8 +26,8 @@ use super::{
     BuildContext, GenerateContext, Generated, Generator, GeneratorConfigError, GeneratorError,
     RevocationState, unix_now,
 };
-use crate::providers::vault::status_error;
-use crate::providers::{self, ProviderConfigError, VaultProvider};
+use crate::providers::vault::{ConnectionSpec, VaultClient, status_error};
+use crate::providers::{self, ProviderConfigError};
 
 const KIND: &str = "VaultDynamicSecret";
 /// Bound on the parameters object (keeps requests and memory small).
@@ -54,7 +54,9 @@ struct VaultDynamicSecretSpec {
     retry_settings: Option<Value>,
     #[serde(default)]
     allow_empty_response: bool,
-    provider: Value,
+    /// ESO's `provider.vault` block: its connection fields (`path`, `version` and
+    /// other KV fields mean nothing to a generator and are ignored, as in ESO).
+    provider: ConnectionSpec,
     path: String,
 }
 
@@ -84,7 +86,7 @@ enum WriteMethod {
 
 /// Issues dynamic credentials from one Vault path.
 pub struct VaultDynamicSecretGenerator {
-    provider: VaultProvider,
+    client: VaultClient,
     method: CallMethod,
     path: String,
     parameters: Option<serde_json::Map<String, Value>>,
@@ -96,7 +98,7 @@ pub struct VaultDynamicSecretGenerator {
 impl std::fmt::Debug for VaultDynamicSecretGenerator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VaultDynamicSecretGenerator")
-            .field("provider", &self.provider)
+            .field("client", &self.client)
             .field("method", &self.method)
             .field("path", &self.path)
             .field("result_type", &self.result_type)
@@ -184,14 +186,14 @@ impl VaultDynamicSecretGenerator {
             secrets: ctx.secrets,
             settings: ctx.settings,
         };
-        let provider = VaultProvider::from_spec(&store_ctx, &spec.provider)
+        let client = VaultClient::from_spec(&store_ctx, spec.provider)
             .map_err(|e| provider_error(ctx, e))?;
         // Checks the path once here, so a bad path is a configuration error.
-        provider
+        client
             .api_url(&path)
             .map_err(|_| ctx.invalid(KIND, "path has empty, relative or control segments"))?;
         Ok(VaultDynamicSecretGenerator {
-            provider,
+            client,
             method,
             path,
             parameters,
@@ -202,7 +204,7 @@ impl VaultDynamicSecretGenerator {
 
     /// Makes the configured call and answers Vault's JSON body.
     async fn call(&self) -> Result<Value, GeneratorError> {
-        let mut url = self.provider.api_url(&self.path)?;
+        let mut url = self.client.api_url(&self.path)?;
         let (method, body) = match self.method {
             CallMethod::Get => {
                 if let Some(params) = &self.parameters {
@@ -228,7 +230,7 @@ impl VaultDynamicSecretGenerator {
                 (method, Some(body))
             }
         };
-        let (status, answer) = self.provider.call(method, url, body.as_ref()).await?;
+        let (status, answer) = self.client.call(method, url, body.as_ref()).await?;
         if !status.is_success() {
             tracing::warn!(kind = KIND, path = %self.path, status = status.as_u16(), "vault refused the dynamic secret call");
             return Err(status_error(status).into());
@@ -320,13 +322,13 @@ impl Generator for VaultDynamicSecretGenerator {
         } else {
             return Err(GeneratorError::NotRevocable);
         };
-        let url = self.provider.api_url(path)?;
+        let url = self.client.api_url(path)?;
         let method = if path == "sys/leases/revoke" {
             Method::PUT
         } else {
             Method::POST
         };
-        let (status, _) = self.provider.call(method, url, Some(&body)).await?;
+        let (status, _) = self.client.call(method, url, Some(&body)).await?;
         if status.is_success() {
             return Ok(());
         }

@@ -161,9 +161,11 @@ impl DirectoryScanner {
                 other => other,
             });
         };
+        let mut to_read = Vec::new();
+        let mut listed = std::collections::HashSet::new();
         for (path, kind) in listing {
             let path: Arc<Path> = Arc::from(path);
-            if self.files.contains_key(&path) {
+            if !listed.insert(path.clone()) {
                 continue; // listed twice (the policy directory inside the manifests one)
             }
             let stamp = Stamp::of(&path);
@@ -175,9 +177,20 @@ impl DirectoryScanner {
                 self.files.insert(path, old.clone());
                 continue;
             }
+            to_read.push((path, kind, stamp, old));
+        }
+        // Files are read and parsed on every core, a batch at a time (bounding what is held
+        // parsed at once), and reported one by one in path order.
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut to_read = to_read.into_iter().peekable();
+        while to_read.peek().is_some() {
+            let batch: Vec<_> = to_read.by_ref().take(threads * 2).collect();
             touched = true;
-            let state = read_file(&path, kind, stamp, old, &mut |e| emit(e, &mut changed));
-            self.files.insert(path, state);
+            let parsed = parse_files(&batch, threads);
+            for ((path, _, stamp, old), parsed) in batch.into_iter().zip(parsed) {
+                let state = read_file(&path, stamp, old, parsed, &mut |e| emit(e, &mut changed));
+                self.files.insert(path, state);
+            }
         }
         // Files no longer listed: gone, unless a directory could not be read (then kept).
         for (path, old) in previous {
@@ -214,12 +227,77 @@ impl DirectoryScanner {
     }
 }
 
-/// Reads one new or written file and reports what changed against `old`.
+/// What one file holds: its objects and the documents that are not objects, or why it
+/// cannot be read at all.
+type FileContent = Result<(Vec<(ObjectKey, SourceObject)>, Vec<LoadError>), String>;
+
+/// Reads and parses `batch` on up to `threads` threads; results in `batch` order.
+fn parse_files(
+    batch: &[(Arc<Path>, FileKind, Option<Stamp>, Option<FileState>)],
+    threads: usize,
+) -> Vec<FileContent> {
+    if threads <= 1 || batch.len() <= 1 {
+        return batch.iter().map(|(p, k, _, _)| parse_file(p, *k)).collect();
+    }
+    let mut results: Vec<Option<FileContent>> = (0..batch.len()).map(|_| None).collect();
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                scope.spawn(move || {
+                    batch
+                        .iter()
+                        .enumerate()
+                        .skip(t)
+                        .step_by(threads)
+                        .map(|(i, (p, k, _, _))| (i, parse_file(p, *k)))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for worker in workers {
+            // A panicking parser leaves its files unread: reported as such below.
+            if let Ok(done) = worker.join() {
+                for (i, content) in done {
+                    results[i] = Some(content);
+                }
+            }
+        }
+    });
+    results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Err("could not be parsed (internal error)".to_owned())))
+        .collect()
+}
+
+fn parse_file(path: &Arc<Path>, kind: FileKind) -> FileContent {
+    let text = read_bounded(path)?;
+    match kind {
+        FileKind::Policies => Ok((
+            vec![(
+                ObjectKey::File { path: path.clone() },
+                SourceObject::Policy(text),
+            )],
+            Vec::new(),
+        )),
+        FileKind::Manifests => match parse_manifest(path, &text) {
+            Ok((objects, problems)) => Ok((
+                objects
+                    .into_iter()
+                    .map(|(k, o)| (k, SourceObject::Manifest(o)))
+                    .collect(),
+                problems,
+            )),
+            Err(e) => Err(e.reason),
+        },
+    }
+}
+
+/// Records one new or written file and reports what changed against `old`.
 fn read_file(
     path: &Arc<Path>,
-    kind: FileKind,
     stamp: Option<Stamp>,
     old: Option<FileState>,
+    content: FileContent,
     emit: &mut dyn FnMut(SourceEvent),
 ) -> FileState {
     let shown = path.display().to_string();
@@ -241,28 +319,9 @@ fn read_file(
             }],
         }
     };
-    let text = match read_bounded(path) {
-        Ok(text) => text,
+    let (objects, problems) = match content {
+        Ok(content) => content,
         Err(reason) => return unreadable(reason, old),
-    };
-    let (objects, problems): (Vec<(ObjectKey, SourceObject)>, Vec<LoadError>) = match kind {
-        FileKind::Policies => (
-            vec![(
-                ObjectKey::File { path: path.clone() },
-                SourceObject::Policy(text),
-            )],
-            Vec::new(),
-        ),
-        FileKind::Manifests => match parse_manifest(path, &text) {
-            Ok((objects, problems)) => (
-                objects
-                    .into_iter()
-                    .map(|(k, o)| (k, SourceObject::Manifest(o)))
-                    .collect(),
-                problems,
-            ),
-            Err(e) => return unreadable(e.reason, old),
-        },
     };
     let mut before: HashMap<ObjectKey, ContentHash> = old
         .map(|o| o.objects.into_iter().collect())

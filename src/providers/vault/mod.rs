@@ -18,63 +18,45 @@
 //! marked sensitive and errors carry only status codes and fixed text.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use reqwest::header::HeaderValue;
-use reqwest::{StatusCode, Url};
+use reqwest::Url;
 use serde::Deserialize;
 use serde_json::{Map, Value};
-use tokio::sync::Mutex;
 
 use super::fake::compile_name_regexp;
 use super::property;
-use super::tls::http_client;
 use super::{
     BuildContext, FindRequest, KeyFilter, ProviderConfigError, ProviderError, RemoteRef,
     SecretProvider,
 };
-use crate::resources::SecretKeySelector;
+mod client;
+
+pub(crate) use client::{ConnectionSpec, VaultClient, status_error};
+use client::{check_segment, segments};
 
 const PROVIDER: &str = "vault";
 
-/// Longest key we accept (bounds URL size and work on caller input).
-const MAX_KEY_LEN: usize = 1024;
-/// Largest answer body we read from Vault.
-const MAX_BODY: usize = 8 << 20;
 /// Bounds of a `find` walk: entries (secrets and folders) visited, and folder depth.
 const MAX_FIND_ENTRIES: usize = 1000;
 const MAX_FIND_DEPTH: usize = 16;
-/// Renew an AppRole token this long before its lease ends (at most a fifth of the lease).
-const TOKEN_RENEW_MARGIN: Duration = Duration::from_secs(30);
 
 /// Mount verdicts kept (distinct mounts) and for how long (a remount is seen after this).
 const MOUNT_CACHE_ENTRIES: u64 = 256;
 const MOUNT_CACHE_TTL: Duration = Duration::from_secs(300);
 
-const HEADER_TOKEN: &str = "x-vault-token";
-const HEADER_NAMESPACE: &str = "x-vault-namespace";
-
-/// `spec.provider.vault` (the fields we serve; others ESO knows are ignored or rejected).
+/// `spec.provider.vault` (the fields we serve; others ESO knows are ignored or rejected):
+/// the connection ([`ConnectionSpec`], shared with the `VaultDynamicSecret` generator) and
+/// the KV mount.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct VaultSpec {
-    server: String,
     #[serde(default)]
     path: Option<String>,
     #[serde(default)]
     version: Option<KvVersion>,
-    #[serde(default)]
-    namespace: Option<String>,
-    #[serde(default)]
-    ca_bundle: Option<String>,
-    /// Trust material from another object: not served, and ignoring it would change trust.
-    #[serde(default)]
-    ca_provider: Option<Value>,
-    /// Client certificates: not served.
-    #[serde(default)]
-    tls: Option<Value>,
-    #[serde(default)]
-    auth: Option<VaultAuthSpec>,
+    #[serde(flatten)]
+    connection: ConnectionSpec,
 }
 
 /// KV engine version.
@@ -86,104 +68,24 @@ enum KvVersion {
     V2,
 }
 
-/// `auth`: exactly one method.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct VaultAuthSpec {
-    /// Namespace to log in to, when it differs from the store's.
-    #[serde(default)]
-    namespace: Option<String>,
-    #[serde(default)]
-    token_secret_ref: Option<SecretKeySelector>,
-    #[serde(default)]
-    app_role: Option<AppRoleSpec>,
-    /// Every other ESO method (kubernetes, jwt, ldap, cert, iam, userPass, …).
-    #[serde(flatten)]
-    other: BTreeMap<String, Value>,
-}
-
-/// `auth.appRole`.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct AppRoleSpec {
-    #[serde(default = "default_approle_path")]
-    path: String,
-    #[serde(default)]
-    role_id: Option<String>,
-    #[serde(default)]
-    role_ref: Option<SecretKeySelector>,
-    secret_ref: SecretKeySelector,
-}
-
-fn default_approle_path() -> String {
-    "approle".to_string()
-}
-
-/// How requests authenticate.
-enum Auth {
-    /// A static token (sensitive header value).
-    Token(HeaderValue),
-    /// AppRole: logs in lazily, caches the token until shortly before its lease ends.
-    AppRole(Box<AppRole>),
-}
-
-struct AppRole {
-    login_url: Url,
-    namespace: Option<HeaderValue>,
-    role_id: String,
-    secret_id: String,
-    cached: Mutex<Option<CachedToken>>,
-}
-
-struct CachedToken {
-    token: HeaderValue,
-    /// None: the token does not expire.
-    renew_at: Option<Instant>,
-}
-
 /// Serves secrets from one Vault/OpenBao KV mount (or from the key's first segment).
 pub struct VaultProvider {
-    client: reqwest::Client,
-    server: Url,
+    client: VaultClient,
     mount: Option<Vec<String>>,
     version: KvVersion,
-    namespace: Option<HeaderValue>,
-    auth: Auth,
     /// Verdicts on mounts (`a/b` → is a KV mount of this store's version), from
     /// `sys/internal/ui/mounts`; see [`VaultProvider::ensure_kv_mount`].
     mounts: moka::sync::Cache<String, bool>,
 }
 
-// Tokens and ids never appear in Debug output.
 impl std::fmt::Debug for VaultProvider {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VaultProvider")
-            .field("server", &self.server.as_str())
+            .field("client", &self.client)
             .field("mount", &self.mount)
             .field("version", &self.version)
-            .field(
-                "auth",
-                &match self.auth {
-                    Auth::Token(_) => "token",
-                    Auth::AppRole(_) => "appRole",
-                },
-            )
             .finish_non_exhaustive()
     }
-}
-
-/// Checks one path segment of a key or mount: no traversal, no empty segments.
-fn check_segment(segment: &str) -> Result<(), &'static str> {
-    if segment.is_empty() {
-        return Err("has an empty path segment");
-    }
-    if segment == "." || segment == ".." {
-        return Err("has a relative path segment");
-    }
-    if segment.chars().any(char::is_control) {
-        return Err("has control characters");
-    }
-    Ok(())
 }
 
 /// Vault mounts that never hold KV secrets: a store's key may not name them as its
@@ -198,54 +100,6 @@ fn check_mount_name(mount: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// Splits a slash-separated path into checked segments.
-fn segments(path: &str) -> Result<Vec<String>, &'static str> {
-    if path.len() > MAX_KEY_LEN {
-        return Err("is too long");
-    }
-    let parts: Vec<String> = path.split('/').map(str::to_string).collect();
-    for p in &parts {
-        check_segment(p)?;
-    }
-    Ok(parts)
-}
-
-/// A sensitive header value from secret bytes (the message never holds the value).
-fn secret_header(bytes: &[u8]) -> Option<HeaderValue> {
-    let text = std::str::from_utf8(bytes).ok()?.trim();
-    if text.is_empty() {
-        return None;
-    }
-    let mut value = HeaderValue::from_str(text).ok()?;
-    value.set_sensitive(true);
-    Some(value)
-}
-
-/// Maps a transport error without its text (which may hold the URL).
-fn transport_error(err: &reqwest::Error) -> ProviderError {
-    if err.is_timeout() {
-        ProviderError::Timeout
-    } else if err.is_connect() {
-        ProviderError::Unavailable("cannot connect to vault".into())
-    } else {
-        ProviderError::Unavailable("request to vault failed".into())
-    }
-}
-
-/// Maps a non-success status. 404 is handled by callers (NotFound).
-pub(crate) fn status_error(status: StatusCode) -> ProviderError {
-    match status.as_u16() {
-        404 => ProviderError::NotFound,
-        403 => ProviderError::Backend("permission denied by vault".into()),
-        401 => ProviderError::Backend("vault authentication failed".into()),
-        429 => ProviderError::Unavailable("vault is rate limiting (HTTP 429)".into()),
-        code if status.is_server_error() => {
-            ProviderError::Unavailable(format!("vault answered HTTP {code}"))
-        }
-        code => ProviderError::Backend(format!("vault answered HTTP {code}")),
-    }
-}
-
 impl VaultProvider {
     /// Parses `spec.provider.vault` and resolves its secret refs.
     pub(crate) fn from_spec(
@@ -253,27 +107,6 @@ impl VaultProvider {
         block: &Value,
     ) -> Result<Self, ProviderConfigError> {
         let spec: VaultSpec = ctx.parse(PROVIDER, block)?;
-        if spec.ca_provider.is_some() {
-            return Err(ctx.unsupported(PROVIDER, "caProvider (use caBundle)"));
-        }
-        if spec.tls.is_some() {
-            return Err(ctx.unsupported(PROVIDER, "tls client certificates"));
-        }
-        let server = Url::parse(spec.server.trim())
-            .map_err(|_| ctx.invalid(PROVIDER, "server is not a URL"))?;
-        if !matches!(server.scheme(), "http" | "https")
-            || server.host_str().is_none()
-            || server.cannot_be_a_base()
-            || server.query().is_some()
-            || server.fragment().is_some()
-            || !server.username().is_empty()
-            || server.password().is_some()
-        {
-            return Err(ctx.invalid(
-                PROVIDER,
-                "server must be an http(s) URL without query, fragment or credentials",
-            ));
-        }
         let mount = match spec.path.as_deref().map(|p| p.trim_matches('/')) {
             None | Some("") => None,
             Some(p) => {
@@ -284,98 +117,11 @@ impl VaultProvider {
                 Some(parts)
             }
         };
-        let header = |field: &str, value: &str| {
-            HeaderValue::from_str(value)
-                .map_err(|_| ctx.invalid(PROVIDER, format!("{field} is not a valid header value")))
-        };
-        let namespace = match spec.namespace.as_deref().filter(|n| !n.is_empty()) {
-            Some(ns) => Some(header("namespace", ns)?),
-            None => None,
-        };
-        let auth_spec = spec
-            .auth
-            .ok_or_else(|| ctx.invalid(PROVIDER, "auth is required"))?;
-        if let Some(method) = auth_spec.other.keys().next() {
-            return Err(ctx.unsupported(PROVIDER, format!("auth method {method:?}")));
-        }
-        let auth = match (auth_spec.token_secret_ref, auth_spec.app_role) {
-            (Some(_), Some(_)) => {
-                return Err(ctx.invalid(PROVIDER, "auth must name exactly one method"));
-            }
-            (None, None) => {
-                return Err(ctx.invalid(PROVIDER, "auth needs tokenSecretRef or appRole"));
-            }
-            (Some(selector), None) => {
-                let bytes = ctx.resolve("auth.tokenSecretRef", &selector)?;
-                let token = secret_header(&bytes).ok_or_else(|| {
-                    ctx.invalid(PROVIDER, "auth.tokenSecretRef does not hold a usable token")
-                })?;
-                Auth::Token(token)
-            }
-            (None, Some(role)) => {
-                let role_id = match (role.role_id, role.role_ref) {
-                    (Some(id), None) if !id.trim().is_empty() => id.trim().to_string(),
-                    (None, Some(selector)) => {
-                        let bytes = ctx.resolve("auth.appRole.roleRef", &selector)?;
-                        std::str::from_utf8(&bytes)
-                            .ok()
-                            .map(str::trim)
-                            .filter(|s| !s.is_empty())
-                            .ok_or_else(|| {
-                                ctx.invalid(
-                                    PROVIDER,
-                                    "auth.appRole.roleRef does not hold a role id",
-                                )
-                            })?
-                            .to_string()
-                    }
-                    _ => {
-                        return Err(ctx.invalid(
-                            PROVIDER,
-                            "auth.appRole needs exactly one of roleId and roleRef",
-                        ));
-                    }
-                };
-                let bytes = ctx.resolve("auth.appRole.secretRef", &role.secret_ref)?;
-                let secret_id = std::str::from_utf8(&bytes)
-                    .ok()
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .ok_or_else(|| {
-                        ctx.invalid(PROVIDER, "auth.appRole.secretRef does not hold a secret id")
-                    })?
-                    .to_string();
-                let mut login_segments = vec!["v1".to_string(), "auth".to_string()];
-                login_segments
-                    .extend(segments(role.path.trim_matches('/')).map_err(|why| {
-                        ctx.invalid(PROVIDER, format!("auth.appRole.path {why}"))
-                    })?);
-                login_segments.push("login".to_string());
-                let login_url = join(&server, &login_segments)
-                    .ok_or_else(|| ctx.invalid(PROVIDER, "server cannot carry a path"))?;
-                let login_namespace = match auth_spec.namespace.as_deref().filter(|n| !n.is_empty())
-                {
-                    Some(ns) => Some(header("auth.namespace", ns)?),
-                    None => namespace.clone(),
-                };
-                Auth::AppRole(Box::new(AppRole {
-                    login_url,
-                    namespace: login_namespace,
-                    role_id,
-                    secret_id,
-                    cached: Mutex::new(None),
-                }))
-            }
-        };
-        let client = http_client(spec.ca_bundle.as_deref(), ctx.settings.timeout)
-            .map_err(|e| ctx.invalid(PROVIDER, e.to_string()))?;
+        let client = VaultClient::from_spec(ctx, spec.connection)?;
         Ok(VaultProvider {
             client,
-            server,
             mount,
             version: spec.version.unwrap_or(KvVersion::V2),
-            namespace,
-            auth,
             mounts: moka::sync::Cache::builder()
                 .max_capacity(MOUNT_CACHE_ENTRIES)
                 .time_to_live(MOUNT_CACHE_TTL)
@@ -511,147 +257,7 @@ impl VaultProvider {
         all.extend(mount.iter().cloned());
         all.extend(kind.map(str::to_string));
         all.extend(rest.iter().cloned());
-        join(&self.server, &all)
-            .ok_or_else(|| ProviderError::InvalidRequest("cannot build the vault URL".into()))
-    }
-
-    /// The token to send: static, or the cached AppRole token (logging in when needed).
-    /// The flag tells whether the token came from a cache (and may be stale).
-    async fn token(&self, force_login: bool) -> Result<(HeaderValue, bool), ProviderError> {
-        let role = match &self.auth {
-            Auth::Token(t) => return Ok((t.clone(), false)),
-            Auth::AppRole(role) => role,
-        };
-        // Holding the lock across the login makes concurrent callers share one login.
-        let mut cached = role.cached.lock().await;
-        if !force_login
-            && let Some(c) = cached.as_ref()
-            && c.renew_at.is_none_or(|at| Instant::now() < at)
-        {
-            return Ok((c.token.clone(), true));
-        }
-        let fresh = self.login(role).await?;
-        let token = fresh.token.clone();
-        *cached = Some(fresh);
-        Ok((token, false))
-    }
-
-    async fn login(&self, role: &AppRole) -> Result<CachedToken, ProviderError> {
-        let mut req = self
-            .client
-            .post(role.login_url.clone())
-            .json(&serde_json::json!({"role_id": role.role_id, "secret_id": role.secret_id}));
-        if let Some(ns) = &role.namespace {
-            req = req.header(HEADER_NAMESPACE, ns.clone());
-        }
-        let started = Instant::now();
-        let (status, body) = self.send(req).await?;
-        if !status.is_success() {
-            tracing::warn!(status = status.as_u16(), "vault AppRole login refused");
-            return Err(match status_error(status) {
-                ProviderError::Unavailable(m) => ProviderError::Unavailable(m),
-                _ => ProviderError::Backend(format!(
-                    "vault AppRole login failed (HTTP {})",
-                    status.as_u16()
-                )),
-            });
-        }
-        let auth = body.get("auth").cloned().unwrap_or(Value::Null);
-        let token = auth
-            .get("client_token")
-            .and_then(Value::as_str)
-            .and_then(|t| secret_header(t.as_bytes()))
-            .ok_or_else(|| ProviderError::Backend("vault AppRole login gave no token".into()))?;
-        let lease = auth
-            .get("lease_duration")
-            .and_then(Value::as_u64)
-            .unwrap_or(0);
-        // checked_add: an absurd lease must not overflow `Instant` (it then never expires
-        // here, and a 403 still triggers a fresh login).
-        let renew_at = (lease > 0)
-            .then(|| {
-                let lease = Duration::from_secs(lease);
-                started.checked_add(lease - TOKEN_RENEW_MARGIN.min(lease / 5))
-            })
-            .flatten();
-        tracing::debug!(lease_seconds = lease, "vault AppRole login succeeded");
-        Ok(CachedToken { token, renew_at })
-    }
-
-    /// Sends a request and reads a bounded JSON body (empty body: `null`).
-    async fn send(
-        &self,
-        req: reqwest::RequestBuilder,
-    ) -> Result<(StatusCode, Value), ProviderError> {
-        let mut resp = req.send().await.map_err(|e| transport_error(&e))?;
-        let status = resp.status();
-        let mut body = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(|e| transport_error(&e))? {
-            if body.len() + chunk.len() > MAX_BODY {
-                return Err(ProviderError::Backend("vault answer is too large".into()));
-            }
-            body.extend_from_slice(&chunk);
-        }
-        if !status.is_success() || body.is_empty() {
-            return Ok((status, Value::Null));
-        }
-        let value = serde_json::from_slice(&body)
-            .map_err(|_| ProviderError::Backend("vault answered malformed JSON".into()))?;
-        Ok((status, value))
-    }
-
-    /// An authenticated GET; on 403 with a cached AppRole token, logs in again once.
-    async fn get(&self, url: Url) -> Result<Value, ProviderError> {
-        let (status, body) = self.call(reqwest::Method::GET, url, None).await?;
-        if status.is_success() {
-            Ok(body)
-        } else {
-            Err(status_error(status))
-        }
-    }
-
-    /// An authenticated request with an optional JSON body, answering the status and
-    /// the bounded JSON body (`null` for non-success). On 403 with a cached AppRole
-    /// token, logs in again once. Used by the `VaultDynamicSecret` generator too.
-    pub(crate) async fn call(
-        &self,
-        method: reqwest::Method,
-        url: Url,
-        body: Option<&Value>,
-    ) -> Result<(StatusCode, Value), ProviderError> {
-        let (mut token, mut from_cache) = self.token(false).await?;
-        loop {
-            let mut req = self
-                .client
-                .request(method.clone(), url.clone())
-                .header(HEADER_TOKEN, token.clone());
-            if let Some(ns) = &self.namespace {
-                req = req.header(HEADER_NAMESPACE, ns.clone());
-            }
-            if let Some(body) = body {
-                req = req.json(body);
-            }
-            let (status, answer) = self.send(req).await?;
-            if status == StatusCode::FORBIDDEN && from_cache {
-                // The cached token may have been revoked or expired early.
-                (token, _) = self.token(true).await?;
-                from_cache = false;
-                continue;
-            }
-            return Ok((status, answer));
-        }
-    }
-
-    /// `{server}/v1/{segments…}` for an API path (`database/creds/app`): segments are
-    /// checked (no traversal, no empty segments) and percent-encoded.
-    pub(crate) fn api_url(&self, path: &str) -> Result<Url, ProviderError> {
-        let mut all = vec!["v1".to_string()];
-        all.extend(
-            segments(path.trim_matches('/'))
-                .map_err(|why| ProviderError::InvalidRequest(format!("path {why}")))?,
-        );
-        join(&self.server, &all)
-            .ok_or_else(|| ProviderError::InvalidRequest("cannot build the vault URL".into()))
+        self.client.url(&all)
     }
 
     /// Refuses a mount that is not a KV mount of this store's version, before any call
@@ -697,9 +303,8 @@ impl VaultProvider {
             .map(str::to_string)
             .collect::<Vec<_>>();
         all.extend(mount.iter().cloned());
-        let url = join(&self.server, &all)
-            .ok_or_else(|| ProviderError::InvalidRequest("cannot build the vault URL".into()))?;
-        let (status, body) = self.call(reqwest::Method::GET, url, None).await?;
+        let url = self.client.url(&all)?;
+        let (status, body) = self.client.call(reqwest::Method::GET, url, None).await?;
         if !status.is_success() {
             // Vault answers 403 both for "no such mount" and for a token it refuses: no
             // verdict to keep, and the call fails (closed) as a refusal by Vault.
@@ -750,7 +355,7 @@ impl VaultProvider {
                 if let Some(v) = self.canonical_version(version)? {
                     url.query_pairs_mut().append_pair("version", &v);
                 }
-                let mut body = self.get(url).await?;
+                let mut body = self.client.get(url).await?;
                 body.get_mut("data")
                     .and_then(|d| d.get_mut("data"))
                     .map(Value::take)
@@ -759,7 +364,7 @@ impl VaultProvider {
             KvVersion::V1 => {
                 self.canonical_version(version)?;
                 let url = self.url(mount, None, path)?;
-                let mut body = self.get(url).await?;
+                let mut body = self.client.get(url).await?;
                 body.get_mut("data").map(Value::take).unwrap_or(Value::Null)
             }
         };
@@ -786,7 +391,7 @@ impl VaultProvider {
             url.set_path(&format!("{}/", url.path().trim_end_matches('/')));
         }
         url.query_pairs_mut().append_pair("list", "true");
-        let body = match self.get(url).await {
+        let body = match self.client.get(url).await {
             Ok(body) => body,
             Err(ProviderError::NotFound) => return Ok(Vec::new()),
             Err(e) => return Err(e),
@@ -820,7 +425,7 @@ impl VaultProvider {
     ) -> Result<Map<String, Value>, ProviderError> {
         self.ensure_kv_mount(mount).await?;
         let url = self.url(mount, Some("metadata"), path)?;
-        let mut body = self.get(url).await?;
+        let mut body = self.client.get(url).await?;
         match body
             .get_mut("data")
             .and_then(|d| d.get_mut("custom_metadata"))
@@ -833,14 +438,6 @@ impl VaultProvider {
 }
 
 /// Appends segments to the server URL's path (percent-encoding each).
-fn join(server: &Url, segments: &[String]) -> Option<Url> {
-    let mut url = server.clone();
-    url.path_segments_mut()
-        .ok()?
-        .pop_if_empty()
-        .extend(segments.iter());
-    Some(url)
-}
 
 #[async_trait::async_trait]
 impl SecretProvider for VaultProvider {
