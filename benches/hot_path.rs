@@ -4,11 +4,14 @@
 //! `cargo bench --bench hot_path`; `scripts/bench.sh` measures the whole server under load.
 
 use std::hint::black_box;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use criterion::{BatchSize, BenchmarkId, Criterion, criterion_group, criterion_main};
 use esi::authn::{Authenticator, AuthnSettings, Federation, Identity};
-use esi::authz::{Action, AuthorizationSource, PolicyEngine, Resource};
+use esi::authz::{
+    Action, AuthorizationSource, CheckedAuthorization, PolicyCache, PolicyEngine, Resource,
+};
 use esi::resources::{
     AllowedGenerator, AuthorizationSpec, AuthorizationSubject, FederationRef,
     KubernetesFederationSpec, OidcSubject,
@@ -134,7 +137,7 @@ fn identity(i: usize) -> Identity {
 
 fn bench_authz(c: &mut Criterion) {
     let mut group = c.benchmark_group("decide");
-    for n in [10usize, 100, 1000] {
+    for n in [10usize, 100, 1000, 100_000] {
         let sources: Vec<_> = (0..n).map(authorization).collect();
         let (engine, errors) = PolicyEngine::build(&sources, &[]);
         assert!(errors.is_empty());
@@ -152,6 +155,28 @@ fn bench_authz(c: &mut Criterion) {
                 )
             })
         });
+        // The first decision for a subject compiles its policies (later ones hit the cache):
+        // a fresh engine and cache per iteration, built outside the timing.
+        if n == 10 {
+            let checked: Vec<Arc<CheckedAuthorization>> = sources
+                .iter()
+                .filter_map(|s| CheckedAuthorization::check(s).ok())
+                .map(Arc::new)
+                .collect();
+            group.bench_function("allow_first_ask", |b| {
+                b.iter_batched(
+                    || PolicyEngine::build_checked(checked.clone(), &[], &PolicyCache::default()).0,
+                    |engine| {
+                        assert!(
+                            engine
+                                .decide(black_box(&who), Action::Get, &resource)
+                                .allowed
+                        )
+                    },
+                    BatchSize::SmallInput,
+                )
+            });
+        }
         let stranger = identity(n + 1);
         group.bench_function(BenchmarkId::new("deny", n), |b| {
             b.iter(|| {

@@ -366,7 +366,7 @@ impl SnapshotBuilder {
                 self.authorizations.insert(key, entry);
             }
             SourceObject::Manifest(obj) => {
-                self.objects.insert(key, obj);
+                self.objects.insert(key, *obj);
             }
         }
     }

@@ -227,15 +227,15 @@ impl DirectoryScanner {
     }
 }
 
+/// A file to read: path, kind, new stamp, what was known of it.
+type ToRead = (Arc<Path>, FileKind, Option<Stamp>, Option<FileState>);
+
 /// What one file holds: its objects and the documents that are not objects, or why it
 /// cannot be read at all.
 type FileContent = Result<(Vec<(ObjectKey, SourceObject)>, Vec<LoadError>), String>;
 
 /// Reads and parses `batch` on up to `threads` threads; results in `batch` order.
-fn parse_files(
-    batch: &[(Arc<Path>, FileKind, Option<Stamp>, Option<FileState>)],
-    threads: usize,
-) -> Vec<FileContent> {
+fn parse_files(batch: &[ToRead], threads: usize) -> Vec<FileContent> {
     if threads <= 1 || batch.len() <= 1 {
         return batch.iter().map(|(p, k, _, _)| parse_file(p, *k)).collect();
     }
@@ -283,7 +283,7 @@ fn parse_file(path: &Arc<Path>, kind: FileKind) -> FileContent {
             Ok((objects, problems)) => Ok((
                 objects
                     .into_iter()
-                    .map(|(k, o)| (k, SourceObject::Manifest(o)))
+                    .map(|(k, o)| (k, SourceObject::Manifest(Box::new(o))))
                     .collect(),
                 problems,
             )),

@@ -162,7 +162,7 @@ impl RawObject {
 #[derive(Debug, Clone)]
 pub enum SourceObject {
     /// A Kubernetes object.
-    Manifest(RawObject),
+    Manifest(Box<RawObject>),
     /// A hand-written `.cedar` policy file (its text).
     Policy(String),
 }
@@ -237,7 +237,7 @@ mod tests {
             doc("d/f.yaml", 2, Some(0)).to_string(),
             "d/f.yaml#2/items/0"
         );
-        let mut keys = vec![
+        let mut keys = [
             doc("a-b.yaml", 0, None),
             doc("a/b.yaml", 10, None),
             doc("a/b.yaml", 2, Some(1)),

@@ -1130,3 +1130,30 @@ fn a_cache_too_small_to_hold_a_shard_changes_no_decision() {
         allowed(&tiny, &who, action, &what);
     }
 }
+
+/// What lets the engine skip validating compiled policies when it compiles them on a
+/// request: every policy the compiler makes of a random corpus validates (strict mode).
+#[test]
+fn compiled_policies_of_random_authorizations_validate() {
+    let mut rng = StdRng::seed_from_u64(0x7A11_DA7E);
+    let validator = VALIDATOR.as_ref().expect("schema");
+    let mut compiled = 0;
+    for i in 0..400 {
+        let a = random_authorization(&mut rng, i);
+        let Ok(c) = compile::compile(&a.name, &canonical_spec(&a.spec)) else {
+            continue;
+        };
+        let mut set = PolicySet::new();
+        for (_, p) in c.policies {
+            set.add(p).expect("unique ids");
+            compiled += 1;
+        }
+        let result = validator.validate(&set, ValidationMode::Strict);
+        let errors: Vec<String> = result.validation_errors().map(|e| e.to_string()).collect();
+        assert!(result.validation_passed(), "{}: {errors:?}", a.name);
+    }
+    assert!(
+        compiled > 400,
+        "the corpus compiled to {compiled} policies only"
+    );
+}
