@@ -8,8 +8,8 @@ use arc_swap::ArcSwap;
 use esi::api::{self, ApiSettings, AppState, LimitSettings, Limits};
 use esi::authn::{Authenticator, AuthnSettings, Clock, Federation};
 use esi::authz::{Action, PolicyEngine, Resource};
-use esi::resources::{AuthorizationSpec, KubernetesFederationSpec};
 use esi::config::{DirectorySource, Snapshot};
+use esi::resources::{AuthorizationSpec, KubernetesFederationSpec};
 use tower::ServiceExt;
 
 /// The fuzz federation's issuer and audience.
@@ -106,14 +106,17 @@ pub fn token(data: &[u8]) {
     }
 }
 
-/// Manifest parsing (`config::loader::parse_manifest`). Invariant: no panic, and every
-/// problem is reported as an error rather than an object.
+/// Manifest parsing (`source::parse_manifest`). Invariant: no panic, and every problem is
+/// reported as an error rather than an object.
 pub fn manifest(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let (objects, errors) = esi::config::loader::parse_manifest("fuzz.yaml", text);
-    let _ = (objects.len(), errors.len());
+    let path: std::sync::Arc<std::path::Path> =
+        std::sync::Arc::from(std::path::Path::new("fuzz.yaml"));
+    if let Ok((objects, errors)) = esi::source::parse_manifest(&path, text) {
+        let _ = (objects.len(), errors.len());
+    }
 }
 
 /// Authorization → Cedar compilation, and hand-written Cedar. The input is tried as an
@@ -206,7 +209,7 @@ spec:
                 policies: None,
                 provider_settings: Default::default(),
             };
-            let snapshot = source.load(None);
+            let snapshot = source.load();
             let state = AppState {
                 snapshot: Arc::new(ArcSwap::from_pointee(if snapshot.federations.is_empty() {
                     Snapshot::empty()
