@@ -211,5 +211,24 @@ pub async fn observe_backend_call<T, E>(
     result
 }
 
+/// The one wrapper that meters a backend: providers (`SecretProvider for Metered<P>`) and
+/// generators (`Generator for Metered<G>`) implement their trait for it next to the trait,
+/// each call going through [`observe_backend_call`].
+pub struct Metered<T> {
+    inner: T,
+}
+
+impl<T> Metered<T> {
+    /// Wraps `inner`.
+    pub fn new(inner: T) -> Self {
+        Metered { inner }
+    }
+
+    /// The wrapped backend.
+    pub fn inner(&self) -> &T {
+        &self.inner
+    }
+}
+
 /// The process-wide metrics.
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);

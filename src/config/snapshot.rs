@@ -488,11 +488,7 @@ impl SnapshotBuilder {
                                 &secrets,
                                 provider_settings,
                             )
-                            .map_err(|e| {
-                                let missing_secret =
-                                    matches!(e, providers::ProviderConfigError::SecretRef { .. });
-                                (e.to_string(), missing_secret)
-                            })
+                            .map_err(|e| (e.to_string(), e.is_missing_secret()))
                         });
                     match built {
                         Ok(p) => {

@@ -26,7 +26,6 @@ use reqwest::{Method, StatusCode, Url};
 use serde::Deserialize;
 
 use super::{BuildContext, GenerateContext, GeneratorConfigError, GeneratorError};
-use crate::providers::{self, ProviderConfigError};
 use crate::resources::SecretKeySelector;
 
 /// Bound on an AWS answer (STS and ECR answers are a few KiB).
@@ -153,48 +152,6 @@ pub(crate) fn parse_endpoint(raw: &str) -> Result<Url, &'static str> {
     Ok(url)
 }
 
-/// Maps a secret-reference error to the generator's (field names only).
-pub(crate) fn secret_ref_error(
-    ctx: &BuildContext<'_>,
-    kind: &'static str,
-    e: ProviderConfigError,
-) -> GeneratorConfigError {
-    match e {
-        ProviderConfigError::SecretRef { field, source, .. } => GeneratorConfigError::SecretRef {
-            kind,
-            namespace: ctx.namespace.to_string(),
-            name: ctx.name.to_string(),
-            reason: format!("{field}: {source}"),
-        },
-        ProviderConfigError::CrossNamespaceRef {
-            field, referenced, ..
-        } => ctx.invalid(
-            kind,
-            format!("{field} refers to namespace {referenced:?}, not the generator's"),
-        ),
-        other => ctx.invalid(kind, other.to_string()),
-    }
-}
-
-/// Resolves a `SecretKeySelector` as a store would: a namespaced generator reads only
-/// its own namespace; a ClusterGenerator's refs must name theirs.
-pub(crate) fn resolve_secret(
-    ctx: &BuildContext<'_>,
-    kind: &'static str,
-    field: &'static str,
-    selector: &SecretKeySelector,
-) -> Result<Vec<u8>, GeneratorConfigError> {
-    let store_ctx = providers::BuildContext {
-        store: ctx.name,
-        namespace: (!ctx.namespace.is_empty()).then_some(ctx.namespace),
-        secrets: ctx.secrets,
-        settings: ctx.settings,
-    };
-    store_ctx
-        .resolve(field, selector)
-        .map_err(|e| secret_ref_error(ctx, kind, e))
-}
-
 /// A credential from a Secret: UTF-8, trimmed, non-empty, printable ASCII.
 fn credential_text(
     ctx: &BuildContext<'_>,
@@ -202,7 +159,7 @@ fn credential_text(
     field: &'static str,
     selector: &SecretKeySelector,
 ) -> Result<String, GeneratorConfigError> {
-    let bytes = resolve_secret(ctx, kind, field, selector)?;
+    let bytes = ctx.resolve(kind, field, selector)?;
     let text = std::str::from_utf8(&bytes)
         .map(str::trim)
         .map_err(|_| ctx.invalid(kind, format!("{field}: the value is not UTF-8")))?;
@@ -287,7 +244,7 @@ impl AwsClient {
                     .map_err(|_| ctx.invalid(kind, "region does not form an endpoint"))?,
             },
         };
-        let http = providers::tls::http_client(None, ctx.settings.timeout)
+        let http = crate::providers::tls::http_client(None, ctx.settings.timeout)
             .map_err(|e| ctx.invalid(kind, e.to_string()))?;
         Ok(AwsClient {
             kind,
@@ -715,7 +672,7 @@ pub(crate) mod tests {
                 json!({"region": "us-east-1", "auth": {"secretRef": {
                     "accessKeyIDSecretRef": {"name": "aws", "key": "id", "namespace": "other"},
                     "secretAccessKeySecretRef": {"name": "aws", "key": "secret"}}}}),
-                "refers to namespace",
+                "names namespace \"other\", not its object's",
             ),
             (
                 json!({"region": "us-east-1", "auth": auth(), "stsEndpoint": "ftp://x"}),

@@ -28,7 +28,7 @@ use sha2::{Digest, Sha256};
 use crate::authn::Identity;
 use crate::metrics::observe_backend_call;
 use crate::providers::{ProviderError, ProviderSettings};
-use crate::resources::SecretIndex;
+use crate::resources::{SecretIndex, SecretRefError};
 
 pub use cluster::ClusterGenerator;
 pub use ecr::EcrAuthorizationTokenGenerator;
@@ -340,6 +340,46 @@ impl BuildContext<'_> {
         }
     }
 
+    /// The namespace `…SecretRef`s resolve in (`None` for a cluster-scoped generator, whose
+    /// refs name their own).
+    pub fn owner_namespace(&self) -> Option<&str> {
+        (!self.namespace.is_empty()).then_some(self.namespace)
+    }
+
+    /// Resolves a `SecretKeySelector` of the spec ([`SecretIndex::resolve`]: a namespaced
+    /// generator reads only its own namespace, as ESO's do).
+    pub fn resolve(
+        &self,
+        kind: &'static str,
+        field: &str,
+        selector: &crate::resources::SecretKeySelector,
+    ) -> Result<Vec<u8>, GeneratorConfigError> {
+        self.secrets
+            .resolve(selector, self.owner_namespace())
+            .map(<[u8]>::to_vec)
+            .map_err(|e| self.secret_ref_error(kind, field, &e))
+    }
+
+    /// A `SecretRef` error for this generator (a ref the namespace rule refuses is a
+    /// configuration error, not one that a Secret arriving later would fix).
+    pub fn secret_ref_error(
+        &self,
+        kind: &'static str,
+        field: &str,
+        source: &SecretRefError,
+    ) -> GeneratorConfigError {
+        if source.is_missing() || matches!(source, SecretRefError::NoNamespace { .. }) {
+            GeneratorConfigError::SecretRef {
+                kind,
+                namespace: self.namespace.to_string(),
+                name: self.name.to_string(),
+                reason: format!("{field}: {source}"),
+            }
+        } else {
+            self.invalid(kind, format!("{field}: {source}"))
+        }
+    }
+
     /// Parses `spec` (null counts as `{}`), with a value-free message on error.
     pub fn parse<T: serde::de::DeserializeOwned>(
         &self,
@@ -410,18 +450,9 @@ pub(crate) fn build(
     }
 }
 
-/// Wraps a generator and records `backend_calls` (kind, outcome) and `backend_latency`
+/// Generators behind [`Metered`]: `backend_calls` (kind, outcome) and `backend_latency`
 /// for generations, and `backend_calls` (`<kind>/revoke`, outcome) for revocations.
-pub struct Metered<G> {
-    inner: G,
-}
-
-impl<G: Generator> Metered<G> {
-    /// Wraps `inner`.
-    pub fn new(inner: G) -> Self {
-        Metered { inner }
-    }
-}
+pub use crate::metrics::Metered;
 
 fn outcome<T>(result: &Result<T, GeneratorError>) -> &'static str {
     match result {
@@ -433,16 +464,18 @@ fn outcome<T>(result: &Result<T, GeneratorError>) -> &'static str {
 #[async_trait::async_trait]
 impl<G: Generator> Generator for Metered<G> {
     fn kind(&self) -> &'static str {
-        self.inner.kind()
+        self.inner().kind()
     }
 
     async fn generate(&self, ctx: &GenerateContext<'_>) -> Result<Generated, GeneratorError> {
-        observe_backend_call(self.inner.kind(), true, outcome, self.inner.generate(ctx)).await
+        let inner = self.inner();
+        observe_backend_call(inner.kind(), true, outcome, inner.generate(ctx)).await
     }
 
     async fn revoke(&self, state: &RevocationState) -> Result<(), GeneratorError> {
-        let kind = format!("{}/revoke", self.inner.kind());
-        observe_backend_call(&kind, false, outcome, self.inner.revoke(state)).await
+        let inner = self.inner();
+        let kind = format!("{}/revoke", inner.kind());
+        observe_backend_call(&kind, false, outcome, inner.revoke(state)).await
     }
 }
 

@@ -26,8 +26,7 @@ use super::{
     BuildContext, GenerateContext, Generated, Generator, GeneratorConfigError, GeneratorError,
     RevocationState, unix_now,
 };
-use crate::providers::vault::{ConnectionSpec, VaultClient, status_error};
-use crate::providers::{self, ProviderConfigError};
+use crate::providers::vault::{ConnectionError, ConnectionSpec, VaultClient, status_error};
 
 const KIND: &str = "VaultDynamicSecret";
 /// Bound on the parameters object (keeps requests and memory small).
@@ -106,28 +105,16 @@ impl std::fmt::Debug for VaultDynamicSecretGenerator {
     }
 }
 
-/// A provider-block error as a generator error (field names only, never values).
-fn provider_error(ctx: &BuildContext<'_>, e: ProviderConfigError) -> GeneratorConfigError {
+/// A `spec.provider` error as a generator error (field names only, never values).
+fn connection_error(ctx: &BuildContext<'_>, e: ConnectionError) -> GeneratorConfigError {
     match e {
-        ProviderConfigError::SecretRef { field, source, .. } => GeneratorConfigError::SecretRef {
-            kind: KIND,
-            namespace: ctx.namespace.to_string(),
-            name: ctx.name.to_string(),
-            reason: format!("provider.{field}: {source}"),
-        },
-        ProviderConfigError::InvalidField { reason, .. } => {
-            ctx.invalid(KIND, format!("provider: {reason}"))
+        ConnectionError::SecretRef { field, source } => {
+            ctx.secret_ref_error(KIND, &format!("provider.{field}"), &source)
         }
-        ProviderConfigError::Unsupported { reason, .. } => {
+        ConnectionError::Invalid(reason) => ctx.invalid(KIND, format!("provider: {reason}")),
+        ConnectionError::Unsupported(reason) => {
             ctx.invalid(KIND, format!("provider: unsupported: {reason}"))
         }
-        ProviderConfigError::CrossNamespaceRef {
-            field, referenced, ..
-        } => ctx.invalid(
-            KIND,
-            format!("provider.{field} refers to namespace {referenced:?}, not the generator's"),
-        ),
-        other => ctx.invalid(KIND, format!("provider: {other}")),
     }
 }
 
@@ -180,14 +167,13 @@ impl VaultDynamicSecretGenerator {
         if path.is_empty() {
             return Err(ctx.invalid(KIND, "path is required"));
         }
-        let store_ctx = providers::BuildContext {
-            store: ctx.name,
-            namespace: (!ctx.namespace.is_empty()).then_some(ctx.namespace),
-            secrets: ctx.secrets,
-            settings: ctx.settings,
-        };
-        let client = VaultClient::from_spec(&store_ctx, spec.provider)
-            .map_err(|e| provider_error(ctx, e))?;
+        let client = VaultClient::from_spec(
+            spec.provider,
+            ctx.secrets,
+            ctx.owner_namespace(),
+            ctx.settings.timeout,
+        )
+        .map_err(|e| connection_error(ctx, e))?;
         // Checks the path once here, so a bad path is a configuration error.
         client
             .api_url(&path)

@@ -29,7 +29,6 @@ use reqwest::{Method, StatusCode, Url};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::aws::resolve_secret;
 use super::{
     BuildContext, GenerateContext, Generated, Generator, GeneratorConfigError, GeneratorError,
 };
@@ -390,7 +389,7 @@ impl WebhookGenerator {
                 key: key.to_string(),
                 namespace: secret_ref.namespace.clone(),
             };
-            let bytes = resolve_secret(ctx, KIND, "secrets[].secretRef", &selector)?;
+            let bytes = ctx.resolve(KIND, "secrets[].secretRef", &selector)?;
             String::from_utf8(bytes).map_err(|_| {
                 ctx.invalid(KIND, format!("secret value for {name}.{key} is not UTF-8"))
             })
@@ -740,7 +739,7 @@ mod tests {
                     json!({"secrets": [{"name": "auth", "secretRef": {"name": "creds", "namespace": "other"}}],
                     "url": "http://x/{{ .auth.user }}"}),
                 ),
-                "refers to namespace",
+                "names namespace \"other\", not its object's",
             ),
             (
                 base(json!({"headers": {"X": "a\n{{ .auth.token }}"}})),

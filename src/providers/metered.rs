@@ -1,5 +1,5 @@
-//! The one place that records backend metrics for providers, so providers stay
-//! free of bookkeeping and every call is counted the same way.
+//! Providers behind [`Metered`], the one place that records backend metrics, so
+//! providers stay free of bookkeeping and every call is counted the same way.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -7,63 +7,53 @@ use std::future::Future;
 use super::{FindRequest, KeyFilter, ProviderError, RemoteRef, SecretProvider};
 #[cfg(test)]
 use crate::metrics::METRICS;
+pub use crate::metrics::Metered;
 use crate::metrics::observe_backend_call;
 
-/// Wraps a provider and records `backend_calls` (kind, outcome) and `backend_latency`.
-pub struct Metered<P> {
-    inner: P,
-}
-
-impl<P: SecretProvider> Metered<P> {
-    /// Wraps `inner`.
-    pub fn new(inner: P) -> Self {
-        Metered { inner }
-    }
-
-    async fn observe<T>(
-        &self,
-        call: impl Future<Output = Result<T, ProviderError>>,
-    ) -> Result<T, ProviderError> {
-        observe_backend_call(
-            self.inner.kind(),
-            true,
-            |r| match r {
-                Ok(_) => "ok",
-                Err(e) => e.kind(),
-            },
-            call,
-        )
-        .await
-    }
+/// Records one provider call: `backend_calls` (kind, outcome) and `backend_latency`.
+async fn observe<T>(
+    kind: &'static str,
+    call: impl Future<Output = Result<T, ProviderError>>,
+) -> Result<T, ProviderError> {
+    observe_backend_call(
+        kind,
+        true,
+        |r| match r {
+            Ok(_) => "ok",
+            Err(e) => e.kind(),
+        },
+        call,
+    )
+    .await
 }
 
 #[async_trait::async_trait]
 impl<P: SecretProvider> SecretProvider for Metered<P> {
     fn kind(&self) -> &'static str {
-        self.inner.kind()
+        self.inner().kind()
     }
 
     fn canonical_ref(&self, remote: &RemoteRef) -> Result<RemoteRef, ProviderError> {
-        self.inner.canonical_ref(remote)
+        self.inner().canonical_ref(remote)
     }
 
     fn canonical_find(&self, find: &FindRequest) -> Result<FindRequest, ProviderError> {
-        self.inner.canonical_find(find)
+        self.inner().canonical_find(find)
     }
 
     async fn get_secret(&self, remote: &RemoteRef) -> Result<Vec<u8>, ProviderError> {
-        self.observe(self.inner.get_secret(remote)).await
+        observe(self.inner().kind(), self.inner().get_secret(remote)).await
     }
 
     async fn get_secret_map(
         &self,
         remote: &RemoteRef,
     ) -> Result<BTreeMap<String, Vec<u8>>, ProviderError> {
-        self.observe(self.inner.get_secret_map(remote)).await
+        observe(self.inner().kind(), self.inner().get_secret_map(remote)).await
     }
 
     async fn find(&self, find: &FindRequest) -> Result<BTreeMap<String, Vec<u8>>, ProviderError> {
-        self.observe(self.inner.find(find)).await
+        observe(self.inner().kind(), self.inner().find(find)).await
     }
 
     async fn find_allowed(
@@ -71,7 +61,7 @@ impl<P: SecretProvider> SecretProvider for Metered<P> {
         find: &FindRequest,
         allow: &KeyFilter<'_>,
     ) -> Result<BTreeMap<String, Vec<u8>>, ProviderError> {
-        self.observe(self.inner.find_allowed(find, allow)).await
+        observe(self.inner().kind(), self.inner().find_allowed(find, allow)).await
     }
 }
 

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use crate::resources::SecretIndex;
 use crate::resources::SecretRefError;
-use crate::resources::{SecretKeySelector, SecretStoreSpec};
+use crate::resources::SecretStoreSpec;
 
 pub use fake::FakeProvider;
 pub use metered::Metered;
@@ -212,20 +212,14 @@ pub enum ProviderConfigError {
         /// Why it does not resolve.
         source: SecretRefError,
     },
-    /// A namespaced store refers to a Secret of another namespace.
-    #[error(
-        "store {store}: {field} refers to namespace {referenced:?}, but the store lives in {store_namespace:?}"
-    )]
-    CrossNamespaceRef {
-        /// Store name.
-        store: String,
-        /// The referring field.
-        field: &'static str,
-        /// The store's namespace.
-        store_namespace: String,
-        /// The namespace the ref names.
-        referenced: String,
-    },
+}
+
+impl ProviderConfigError {
+    /// Whether a referenced Secret or key is absent (it may still arrive: the store keeps
+    /// its last good build meanwhile), as opposed to a configuration that cannot work.
+    pub fn is_missing_secret(&self) -> bool {
+        matches!(self, ProviderConfigError::SecretRef { source, .. } if source.is_missing())
+    }
 }
 
 /// What a provider's constructor needs besides its own block.
@@ -241,34 +235,6 @@ pub(crate) struct BuildContext<'a> {
 }
 
 impl BuildContext<'_> {
-    /// Resolves a `SecretKeySelector` as ESO does: a namespaced store may only read its
-    /// own namespace (otherwise a store author could read any namespace's Secrets);
-    /// a cluster store's refs must name their namespace.
-    pub fn resolve(
-        &self,
-        field: &'static str,
-        selector: &SecretKeySelector,
-    ) -> Result<Vec<u8>, ProviderConfigError> {
-        if let (Some(store_ns), Some(referenced)) = (self.namespace, selector.namespace.as_deref())
-            && store_ns != referenced
-        {
-            return Err(ProviderConfigError::CrossNamespaceRef {
-                store: self.store.to_string(),
-                field,
-                store_namespace: store_ns.to_string(),
-                referenced: referenced.to_string(),
-            });
-        }
-        self.secrets
-            .resolve(selector, self.namespace)
-            .map(<[u8]>::to_vec)
-            .map_err(|source| ProviderConfigError::SecretRef {
-                store: self.store.to_string(),
-                field,
-                source,
-            })
-    }
-
     /// Parses a provider block into its serde struct, with a value-free message on error.
     pub fn parse<T: serde::de::DeserializeOwned>(
         &self,
@@ -511,7 +477,16 @@ mod tests {
         )
         .err()
         .unwrap();
-        assert!(matches!(err, ProviderConfigError::CrossNamespaceRef { .. }));
+        assert!(
+            matches!(
+                err,
+                ProviderConfigError::SecretRef {
+                    source: SecretRefError::OtherNamespace { .. },
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]

@@ -24,6 +24,18 @@ pub enum SecretRefError {
         /// Name.
         name: String,
     },
+    /// The reference names a namespace other than the referring object's. ESO's rule for
+    /// `SecretStore` and namespaced generator refs: otherwise whoever may write an object
+    /// in one namespace could read every namespace's Secrets through it.
+    #[error("secret reference {name:?} names namespace {referenced:?}, not its object's {owner:?}")]
+    OtherNamespace {
+        /// Secret name.
+        name: String,
+        /// The referring object's namespace.
+        owner: String,
+        /// The namespace the reference names.
+        referenced: String,
+    },
     /// The Secret has no such key.
     #[error("secret {namespace}/{name} has no key {key:?}")]
     KeyNotFound {
@@ -34,6 +46,17 @@ pub enum SecretRefError {
         /// Missing key.
         key: String,
     },
+}
+
+impl SecretRefError {
+    /// Whether the Secret or its key is absent (it may still arrive), as opposed to a
+    /// reference that can never resolve as written.
+    pub fn is_missing(&self) -> bool {
+        matches!(
+            self,
+            SecretRefError::SecretNotFound { .. } | SecretRefError::KeyNotFound { .. }
+        )
+    }
 }
 
 /// Secrets by namespace and name, values decoded. Built once per snapshot.
@@ -84,16 +107,28 @@ impl SecretIndex {
         Ok(())
     }
 
-    /// Resolves `selector`, using `default_namespace` when it names none.
+    /// Resolves `selector` for an object in `owner_namespace` (`None` when the object is
+    /// cluster-scoped). A namespaced object's ref resolves in its own namespace and may not
+    /// name another ([`SecretRefError::OtherNamespace`]); a cluster-scoped object's ref must
+    /// name its namespace ([`SecretRefError::NoNamespace`]).
     pub fn resolve(
         &self,
         selector: &SecretKeySelector,
-        default_namespace: Option<&str>,
+        owner_namespace: Option<&str>,
     ) -> Result<&[u8], SecretRefError> {
+        if let (Some(owner), Some(referenced)) = (owner_namespace, selector.namespace.as_deref())
+            && owner != referenced
+        {
+            return Err(SecretRefError::OtherNamespace {
+                name: selector.name.clone(),
+                owner: owner.to_string(),
+                referenced: referenced.to_string(),
+            });
+        }
         let namespace = selector
             .namespace
             .as_deref()
-            .or(default_namespace)
+            .or(owner_namespace)
             .ok_or_else(|| SecretRefError::NoNamespace {
                 name: selector.name.clone(),
             })?;
@@ -158,6 +193,33 @@ mod tests {
             Err(SecretRefError::KeyNotFound { .. })
         ));
         assert!(!format!("{idx:?}").contains("root"));
+    }
+
+    #[test]
+    fn a_namespaced_owner_reads_only_its_namespace() {
+        let mut idx = SecretIndex::default();
+        let obj = SecretObject {
+            string_data: [("token".to_string(), "root".to_string())].into(),
+            ..Default::default()
+        };
+        idx.insert("other", "vault", &obj).unwrap();
+        let sel = SecretKeySelector {
+            name: "vault".into(),
+            key: "token".into(),
+            namespace: Some("other".into()),
+        };
+        // The Secret exists, but an object of `team` may not name `other`.
+        assert_eq!(
+            idx.resolve(&sel, Some("team")),
+            Err(SecretRefError::OtherNamespace {
+                name: "vault".into(),
+                owner: "team".into(),
+                referenced: "other".into(),
+            })
+        );
+        assert_eq!(idx.resolve(&sel, Some("other")).unwrap(), b"root");
+        // A cluster-scoped owner names the namespace itself.
+        assert_eq!(idx.resolve(&sel, None).unwrap(), b"root");
     }
 
     #[test]

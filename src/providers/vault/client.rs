@@ -13,10 +13,9 @@ use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::Mutex;
 
-use super::PROVIDER;
+use crate::providers::ProviderError;
 use crate::providers::tls::http_client;
-use crate::providers::{BuildContext, ProviderConfigError, ProviderError};
-use crate::resources::SecretKeySelector;
+use crate::resources::{SecretIndex, SecretKeySelector, SecretRefError};
 
 /// Longest key we accept (bounds URL size and work on caller input).
 const MAX_KEY_LEN: usize = 1024;
@@ -26,6 +25,36 @@ const MAX_BODY: usize = 8 << 20;
 const TOKEN_RENEW_MARGIN: Duration = Duration::from_secs(30);
 const HEADER_TOKEN: &str = "x-vault-token";
 const HEADER_NAMESPACE: &str = "x-vault-namespace";
+
+/// Why a connection block cannot be used (field names and fixed text, never values). The
+/// embedding provider or generator adds whose block it is.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ConnectionError {
+    /// A field is missing or malformed.
+    #[error("{0}")]
+    Invalid(String),
+    /// The block asks for something this build does not support.
+    #[error("{0}")]
+    Unsupported(String),
+    /// An auth `…SecretRef` does not resolve.
+    #[error("{field}: {source}")]
+    SecretRef {
+        /// The referring field (`auth.tokenSecretRef`, …).
+        field: &'static str,
+        /// Why it does not resolve.
+        source: SecretRefError,
+    },
+}
+
+impl ConnectionError {
+    fn invalid(reason: impl Into<String>) -> Self {
+        ConnectionError::Invalid(reason.into())
+    }
+
+    fn unsupported(reason: impl Into<String>) -> Self {
+        ConnectionError::Unsupported(reason.into())
+    }
+}
 
 /// The connection fields of ESO's `provider.vault` block (`server`, `namespace`,
 /// `caBundle`, `auth`; `caProvider` and `tls` are refused, as ignoring them would change
@@ -190,20 +219,29 @@ pub(crate) fn status_error(status: StatusCode) -> ProviderError {
 }
 
 impl VaultClient {
-    /// Checks the connection fields and resolves the auth secret refs through `ctx` (its
-    /// namespace rules apply).
+    /// Checks the connection fields and resolves the auth secret refs in `secrets` for an
+    /// object of `owner_namespace` (`None`: cluster-scoped; [`SecretIndex::resolve`]'s
+    /// namespace rule applies). `timeout` bounds every call.
     pub(crate) fn from_spec(
-        ctx: &BuildContext<'_>,
         spec: ConnectionSpec,
-    ) -> Result<Self, ProviderConfigError> {
+        secrets: &SecretIndex,
+        owner_namespace: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Self, ConnectionError> {
+        let resolve = |field: &'static str, selector: &SecretKeySelector| {
+            secrets
+                .resolve(selector, owner_namespace)
+                .map(<[u8]>::to_vec)
+                .map_err(|source| ConnectionError::SecretRef { field, source })
+        };
         if spec.ca_provider.is_some() {
-            return Err(ctx.unsupported(PROVIDER, "caProvider (use caBundle)"));
+            return Err(ConnectionError::unsupported("caProvider (use caBundle)"));
         }
         if spec.tls.is_some() {
-            return Err(ctx.unsupported(PROVIDER, "tls client certificates"));
+            return Err(ConnectionError::unsupported("tls client certificates"));
         }
         let server = Url::parse(spec.server.trim())
-            .map_err(|_| ctx.invalid(PROVIDER, "server is not a URL"))?;
+            .map_err(|_| ConnectionError::invalid("server is not a URL"))?;
         if !matches!(server.scheme(), "http" | "https")
             || server.host_str().is_none()
             || server.cannot_be_a_base()
@@ -212,14 +250,14 @@ impl VaultClient {
             || !server.username().is_empty()
             || server.password().is_some()
         {
-            return Err(ctx.invalid(
-                PROVIDER,
+            return Err(ConnectionError::invalid(
                 "server must be an http(s) URL without query, fragment or credentials",
             ));
         }
         let header = |field: &str, value: &str| {
-            HeaderValue::from_str(value)
-                .map_err(|_| ctx.invalid(PROVIDER, format!("{field} is not a valid header value")))
+            HeaderValue::from_str(value).map_err(|_| {
+                ConnectionError::invalid(format!("{field} is not a valid header value"))
+            })
         };
         let namespace = match spec.namespace.as_deref().filter(|n| !n.is_empty()) {
             Some(ns) => Some(header("namespace", ns)?),
@@ -227,21 +265,27 @@ impl VaultClient {
         };
         let auth_spec = spec
             .auth
-            .ok_or_else(|| ctx.invalid(PROVIDER, "auth is required"))?;
+            .ok_or_else(|| ConnectionError::invalid("auth is required"))?;
         if let Some(method) = auth_spec.other.keys().next() {
-            return Err(ctx.unsupported(PROVIDER, format!("auth method {method:?}")));
+            return Err(ConnectionError::unsupported(format!(
+                "auth method {method:?}"
+            )));
         }
         let auth = match (auth_spec.token_secret_ref, auth_spec.app_role) {
             (Some(_), Some(_)) => {
-                return Err(ctx.invalid(PROVIDER, "auth must name exactly one method"));
+                return Err(ConnectionError::invalid(
+                    "auth must name exactly one method",
+                ));
             }
             (None, None) => {
-                return Err(ctx.invalid(PROVIDER, "auth needs tokenSecretRef or appRole"));
+                return Err(ConnectionError::invalid(
+                    "auth needs tokenSecretRef or appRole",
+                ));
             }
             (Some(selector), None) => {
-                let bytes = ctx.resolve("auth.tokenSecretRef", &selector)?;
+                let bytes = resolve("auth.tokenSecretRef", &selector)?;
                 let token = secret_header(&bytes).ok_or_else(|| {
-                    ctx.invalid(PROVIDER, "auth.tokenSecretRef does not hold a usable token")
+                    ConnectionError::invalid("auth.tokenSecretRef does not hold a usable token")
                 })?;
                 Auth::Token(token)
             }
@@ -249,43 +293,42 @@ impl VaultClient {
                 let role_id = match (role.role_id, role.role_ref) {
                     (Some(id), None) if !id.trim().is_empty() => id.trim().to_string(),
                     (None, Some(selector)) => {
-                        let bytes = ctx.resolve("auth.appRole.roleRef", &selector)?;
+                        let bytes = resolve("auth.appRole.roleRef", &selector)?;
                         std::str::from_utf8(&bytes)
                             .ok()
                             .map(str::trim)
                             .filter(|s| !s.is_empty())
                             .ok_or_else(|| {
-                                ctx.invalid(
-                                    PROVIDER,
+                                ConnectionError::invalid(
                                     "auth.appRole.roleRef does not hold a role id",
                                 )
                             })?
                             .to_string()
                     }
                     _ => {
-                        return Err(ctx.invalid(
-                            PROVIDER,
+                        return Err(ConnectionError::invalid(
                             "auth.appRole needs exactly one of roleId and roleRef",
                         ));
                     }
                 };
-                let bytes = ctx.resolve("auth.appRole.secretRef", &role.secret_ref)?;
+                let bytes = resolve("auth.appRole.secretRef", &role.secret_ref)?;
                 let secret_id = std::str::from_utf8(&bytes)
                     .ok()
                     .map(str::trim)
                     .filter(|s| !s.is_empty())
                     .ok_or_else(|| {
-                        ctx.invalid(PROVIDER, "auth.appRole.secretRef does not hold a secret id")
+                        ConnectionError::invalid("auth.appRole.secretRef does not hold a secret id")
                     })?
                     .to_string();
                 let mut login_segments = vec!["v1".to_string(), "auth".to_string()];
-                login_segments
-                    .extend(segments(role.path.trim_matches('/')).map_err(|why| {
-                        ctx.invalid(PROVIDER, format!("auth.appRole.path {why}"))
-                    })?);
+                login_segments.extend(
+                    segments(role.path.trim_matches('/')).map_err(|why| {
+                        ConnectionError::invalid(format!("auth.appRole.path {why}"))
+                    })?,
+                );
                 login_segments.push("login".to_string());
                 let login_url = join(&server, &login_segments)
-                    .ok_or_else(|| ctx.invalid(PROVIDER, "server cannot carry a path"))?;
+                    .ok_or_else(|| ConnectionError::invalid("server cannot carry a path"))?;
                 let login_namespace = match auth_spec.namespace.as_deref().filter(|n| !n.is_empty())
                 {
                     Some(ns) => Some(header("auth.namespace", ns)?),
@@ -300,8 +343,8 @@ impl VaultClient {
                 }))
             }
         };
-        let client = http_client(spec.ca_bundle.as_deref(), ctx.settings.timeout)
-            .map_err(|e| ctx.invalid(PROVIDER, e.to_string()))?;
+        let client = http_client(spec.ca_bundle.as_deref(), timeout)
+            .map_err(|e| ConnectionError::invalid(e.to_string()))?;
         Ok(VaultClient {
             client,
             server,

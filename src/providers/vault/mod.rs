@@ -32,7 +32,7 @@ use super::{
 };
 mod client;
 
-pub(crate) use client::{ConnectionSpec, VaultClient, status_error};
+pub(crate) use client::{ConnectionError, ConnectionSpec, VaultClient, status_error};
 use client::{check_segment, segments};
 
 const PROVIDER: &str = "vault";
@@ -117,7 +117,21 @@ impl VaultProvider {
                 Some(parts)
             }
         };
-        let client = VaultClient::from_spec(ctx, spec.connection)?;
+        let client = VaultClient::from_spec(
+            spec.connection,
+            ctx.secrets,
+            ctx.namespace,
+            ctx.settings.timeout,
+        )
+        .map_err(|e| match e {
+            ConnectionError::Invalid(reason) => ctx.invalid(PROVIDER, reason),
+            ConnectionError::Unsupported(reason) => ctx.unsupported(PROVIDER, reason),
+            ConnectionError::SecretRef { field, source } => ProviderConfigError::SecretRef {
+                store: ctx.store.to_string(),
+                field,
+                source,
+            },
+        })?;
         Ok(VaultProvider {
             client,
             mount,
