@@ -37,6 +37,8 @@ pub struct Metrics {
     pub credentials_issued: IntCounterVec,
     /// Credential revocations by generator kind and outcome (`ok`, `error`, `lapsed`).
     pub credentials_revoked: IntCounterVec,
+    /// Credential renewals by generator kind and outcome (`ok`, `not_renewable`, `error`).
+    pub credentials_renewed: IntCounterVec,
     /// Audit log writes and reopenings by outcome (`write_error`, `reopened`, `reopen_error`).
     pub audit_events: IntCounterVec,
     /// 1 while the last audit line was written, 0 while lines cannot be written.
@@ -154,6 +156,12 @@ impl Metrics {
                 &registry,
                 "esi_credentials_revoked_total",
                 "Credential revocations by generator kind and outcome",
+                &["kind", "outcome"],
+            ),
+            credentials_renewed: counter(
+                &registry,
+                "esi_credentials_renewed_total",
+                "Credential renewals by generator kind and outcome",
                 &["kind", "outcome"],
             ),
             audit_events: counter(

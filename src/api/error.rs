@@ -42,6 +42,10 @@ pub enum ApiError {
     /// Not allowed, or does not exist: indistinguishable on purpose.
     #[error("Not Found")]
     NotFound,
+    /// The request cannot be done in the target's current state (RFC 9110 §15.5.10: 409),
+    /// e.g. a credential the backend will not renew.
+    #[error("conflict: {0}")]
+    Conflict(String),
     /// The backend failed.
     #[error("backend error: {0}")]
     BadGateway(String),
@@ -73,6 +77,7 @@ impl ApiError {
             ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ApiError::Unavailable(_) | ApiError::Overloaded | ApiError::AuditUnavailable => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -190,6 +195,7 @@ impl From<GeneratorError> for ApiError {
     fn from(e: GeneratorError) -> Self {
         match e {
             GeneratorError::Unavailable(_) => ApiError::Unavailable(e.to_string()),
+            GeneratorError::NotRenewable => ApiError::Conflict(e.to_string()),
             _ => ApiError::BadGateway(e.to_string()),
         }
     }

@@ -4,6 +4,7 @@
 //! token verified (`authn`) → decision (`authz`) → backend (`providers`/`generators`)
 //! with a timeout → answer. A denied call and a missing object both answer 404.
 
+mod credentials;
 mod error;
 pub mod limits;
 
@@ -33,7 +34,7 @@ pub use limits::{LimitSettings, Limits};
 use crate::authn::{Authenticator, Identity};
 use crate::authz::{Action, Resource};
 use crate::config::Snapshot;
-use crate::generators::{self, GenerateContext, Generator};
+use crate::generators::{self, Generator};
 use crate::ledger::{GeneratorRef, Holder, Ledger, Owner, lifecycle};
 use crate::metrics::METRICS;
 use crate::providers::{FindRequest, RemoteRef, SecretProvider};
@@ -98,6 +99,15 @@ pub fn router(state: AppState, with_metrics: bool) -> Router {
         .route("/v1/secretstore/{store}/get", post(v1_get))
         .route("/v1/secretstore/{store}/extract", post(v1_extract))
         .route("/v1/secretstore/{store}/find", post(v1_find))
+        .route(
+            "/v1/generators/{namespace}/{kind}/{name}",
+            post(credentials::v1_generate),
+        )
+        .route("/v1/credentials/{id}/renew", post(credentials::v1_renew))
+        .route(
+            "/v1/credentials/{id}",
+            axum::routing::delete(credentials::v1_revoke),
+        )
         .layer(guard)
         .layer(middleware::from_fn(|req, next| {
             render_errors(ErrorStyle::Problem, req, next)
@@ -538,32 +548,7 @@ async fn ese_generate(
     Path((namespace, kind, name)): Path<(String, String, String)>,
     Admitted { caller, body: _ }: Admitted<EseBody>,
 ) -> Result<Response, ApiError> {
-    let snapshot = state.snapshot.load_full();
-    let generator = authorized_generator(
-        &snapshot,
-        &caller,
-        Action::Generate,
-        &namespace,
-        &kind,
-        &name,
-    )?;
-    let workload = caller.workload.clone();
-    let holder = Holder::new(&caller.identity, workload.as_ref());
-    let generator_ref = ledger_ref(&namespace, &kind, &name, &holder);
-    let ctx = GenerateContext {
-        workload: Some(workload.as_ref().unwrap_or(&caller.identity)),
-    };
-    let generated = with_timeout(state.settings.backend_timeout, generator.generate(&ctx)).await?;
-    lifecycle::record_issue(
-        state.ledger.as_deref(),
-        generator.as_ref(),
-        &generator_ref,
-        &holder,
-        &generated,
-        state.settings.backend_timeout,
-    )
-    .await
-    .map_err(issue_refused)?;
+    let (generated, _) = credentials::issue(&state, &caller, &namespace, &kind, &name).await?;
     Ok(Json(generated.data).into_response())
 }
 

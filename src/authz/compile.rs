@@ -11,7 +11,7 @@
 //! |---|---|---|
 //! | `authorization/<name>/stores` | `get`, `find` | keys of, and the stores in `allowedClusterSecretStores` not restricted by `allowedRemoteKeys` |
 //! | `authorization/<name>/remote-keys` | `get` | keys matching a glob of `allowedRemoteKeys[store]` |
-//! | `authorization/<name>/generators` | `generate`, `revoke` | `allowedGenerators` (namespace, kind and name all equal) |
+//! | `authorization/<name>/generators` | `generate`, `revoke`, `renew` | `allowedGenerators` (namespace, kind and name all equal) |
 //! | `authorization/<name>/states` | `revokeStates` | `allowedGeneratorStates` namespaces |
 //!
 //! A store listed in `allowedRemoteKeys` is not findable: a `find` could return keys
@@ -414,7 +414,7 @@ pub(crate) fn compile(name: &str, spec: &AuthorizationSpec) -> Result<Compiled, 
             permit(
                 id("generators"),
                 federation,
-                &["generate", "revoke"],
+                &["generate", "revoke", "renew"],
                 Some("Generator"),
                 cond,
             )?,

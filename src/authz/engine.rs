@@ -77,7 +77,7 @@ struct Vocabulary {
     generator: EntityTypeName,
     generator_states: EntityTypeName,
     /// In the order of [`Action::ALL`].
-    actions: [EntityUid; 5],
+    actions: [EntityUid; Action::ALL.len()],
 }
 
 impl Vocabulary {
@@ -106,6 +106,7 @@ impl Vocabulary {
             Action::Generate => 2,
             Action::Revoke => 3,
             Action::RevokeStates => 4,
+            Action::Renew => 5,
         };
         self.actions[i].clone()
     }

@@ -38,16 +38,20 @@ pub enum Action {
     Revoke,
     /// Revoke credentials issued to others in a namespace ([`Resource::GeneratorStates`]).
     RevokeStates,
+    /// Extend a credential a generator issued to the caller ([`Resource::Generator`];
+    /// `POST /v1/credentials/{id}/renew`, issue 17).
+    Renew,
 }
 
 impl Action {
     /// Every action, in a fixed order.
-    pub const ALL: [Action; 5] = [
+    pub const ALL: [Action; 6] = [
         Action::Get,
         Action::Find,
         Action::Generate,
         Action::Revoke,
         Action::RevokeStates,
+        Action::Renew,
     ];
 
     /// The Cedar action id (`Esi::Action::"<id>"`), also the metrics/log label.
@@ -58,6 +62,7 @@ impl Action {
             Action::Generate => "generate",
             Action::Revoke => "revoke",
             Action::RevokeStates => "revokeStates",
+            Action::Renew => "renew",
         }
     }
 
@@ -70,7 +75,7 @@ impl Action {
             (Action::Get, Resource::RemoteKey { .. })
                 | (Action::Find, Resource::Store { .. })
                 | (
-                    Action::Generate | Action::Revoke,
+                    Action::Generate | Action::Revoke | Action::Renew,
                     Resource::Generator { .. }
                 )
                 | (Action::RevokeStates, Resource::GeneratorStates { .. })
@@ -240,7 +245,7 @@ mod tests {
         let shown: Vec<String> = Action::ALL.iter().map(|a| a.to_string()).collect();
         assert_eq!(
             shown,
-            ["get", "find", "generate", "revoke", "revokeStates"].map(String::from)
+            ["get", "find", "generate", "revoke", "revokeStates", "renew"].map(String::from)
         );
     }
 

@@ -167,6 +167,7 @@ fn parse_answer(scope: Scope, body: &[u8]) -> Result<Generated, GeneratorError> 
         data: out,
         revocation: None,
         expires_at: Some(expires_at),
+        renewable: false,
     })
 }
 

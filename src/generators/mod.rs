@@ -79,6 +79,8 @@ pub struct Generated {
     pub revocation: Option<RevocationState>,
     /// When the backend lets the credential lapse on its own (seconds since the epoch).
     pub expires_at: Option<u64>,
+    /// Whether [`Generator::renew`] can extend it (Vault: the lease's `renewable`).
+    pub renewable: bool,
 }
 
 impl Generated {
@@ -88,8 +90,19 @@ impl Generated {
             data,
             revocation: None,
             expires_at: None,
+            renewable: false,
         }
     }
+}
+
+/// What a renewal gave: the credential's new end of life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Renewed {
+    /// When it now lapses (seconds since the epoch). A backend caps renewals at the
+    /// credential's maximum TTL, so this may be sooner than asked for.
+    pub expires_at: u64,
+    /// Whether it may be renewed again.
+    pub renewable: bool,
 }
 
 // Values and revocation state never appear in Debug output.
@@ -99,6 +112,7 @@ impl std::fmt::Debug for Generated {
             .field("keys", &self.data.keys().collect::<Vec<_>>())
             .field("revocation", &self.revocation)
             .field("expires_at", &self.expires_at)
+            .field("renewable", &self.renewable)
             .finish()
     }
 }
@@ -124,6 +138,18 @@ pub trait Generator: Send + Sync {
         let _ = state;
         Err(GeneratorError::NotRevocable)
     }
+    /// Extends a credential this generator issued by `increment` (seconds; `None`: the
+    /// backend's default, for Vault the lease's TTL), from the state it returned then
+    /// (Vault: `sys/leases/renew`, or `auth/token/renew-accessor` for a token). Kinds whose
+    /// credentials cannot be extended keep the default, which refuses.
+    async fn renew(
+        &self,
+        state: &RevocationState,
+        increment: Option<u64>,
+    ) -> Result<Renewed, GeneratorError> {
+        let _ = (state, increment);
+        Err(GeneratorError::NotRenewable)
+    }
 }
 
 /// A failed generation or revocation. Messages never hold generated values or tokens.
@@ -144,6 +170,10 @@ pub enum GeneratorError {
     /// This kind issues nothing that can be revoked, or the state is not its own.
     #[error("credential cannot be revoked by this generator")]
     NotRevocable,
+    /// The credential cannot be extended (this kind never can, or the backend refused:
+    /// not renewable, gone, or past its maximum TTL). The holder needs a new one.
+    #[error("credential cannot be renewed")]
+    NotRenewable,
 }
 
 impl GeneratorError {
@@ -155,6 +185,7 @@ impl GeneratorError {
             GeneratorError::Backend(_) => "backend",
             GeneratorError::Unavailable(_) => "unavailable",
             GeneratorError::NotRevocable => "not_revocable",
+            GeneratorError::NotRenewable => "not_renewable",
         }
     }
 }
@@ -477,6 +508,16 @@ impl<G: Generator> Generator for Metered<G> {
         let kind = format!("{}/revoke", inner.kind());
         observe_backend_call(&kind, false, outcome, inner.revoke(state)).await
     }
+
+    async fn renew(
+        &self,
+        state: &RevocationState,
+        increment: Option<u64>,
+    ) -> Result<Renewed, GeneratorError> {
+        let inner = self.inner();
+        let kind = format!("{}/renew", inner.kind());
+        observe_backend_call(&kind, true, outcome, inner.renew(state, increment)).await
+    }
 }
 
 #[cfg(test)]
@@ -602,6 +643,7 @@ mod tests {
             data: [("password".to_string(), "hunter2".to_string())].into(),
             revocation: Some(s),
             expires_at: Some(1),
+            renewable: true,
         };
         assert!(!format!("{g:?}").contains("hunter2"));
     }

@@ -172,6 +172,7 @@ impl Generator for StsSessionTokenGenerator {
             data,
             revocation: None,
             expires_at: Some(issued.expires_at),
+            renewable: false,
         })
     }
 }

@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 
 use super::{
     BuildContext, GenerateContext, Generated, Generator, GeneratorConfigError, GeneratorError,
-    RevocationState, unix_now,
+    Renewed, RevocationState, unix_now,
 };
 use crate::providers::vault::{ConnectionError, ConnectionSpec, VaultClient, status_error};
 
@@ -266,15 +266,25 @@ impl Generator for VaultDynamicSecretGenerator {
 
         // Revocation state: the lease, else (logins) the token accessor.
         let auth = answer.get("auth").cloned().unwrap_or(Value::Null);
-        let (revocation, lease_seconds) = if let Some(lease) = non_empty_str(&answer, "lease_id") {
-            let seconds = answer.get("lease_duration").and_then(Value::as_u64);
-            (Some(json!({ "leaseId": lease })), seconds)
-        } else if let Some(accessor) = non_empty_str(&auth, "accessor") {
-            let seconds = auth.get("lease_duration").and_then(Value::as_u64);
-            (Some(json!({ "accessor": accessor })), seconds)
-        } else {
-            (None, None)
-        };
+        let renewable_of = |v: &Value| v.get("renewable").and_then(Value::as_bool) == Some(true);
+        let (revocation, lease_seconds, renewable) =
+            if let Some(lease) = non_empty_str(&answer, "lease_id") {
+                let seconds = answer.get("lease_duration").and_then(Value::as_u64);
+                (
+                    Some(json!({ "leaseId": lease })),
+                    seconds,
+                    renewable_of(&answer),
+                )
+            } else if let Some(accessor) = non_empty_str(&auth, "accessor") {
+                let seconds = auth.get("lease_duration").and_then(Value::as_u64);
+                (
+                    Some(json!({ "accessor": accessor })),
+                    seconds,
+                    renewable_of(&auth),
+                )
+            } else {
+                (None, None, false)
+            };
         let expires_at = lease_seconds
             .filter(|s| *s > 0)
             .map(|s| issued_at.saturating_add(s));
@@ -292,8 +302,69 @@ impl Generator for VaultDynamicSecretGenerator {
         }
         Ok(Generated {
             data,
+            renewable: renewable && expires_at.is_some(),
             revocation: revocation.map(RevocationState),
             expires_at,
+        })
+    }
+
+    async fn renew(
+        &self,
+        state: &RevocationState,
+        increment: Option<u64>,
+    ) -> Result<Renewed, GeneratorError> {
+        let started = unix_now();
+        let (method, path, mut body, part) = if let Some(lease) = non_empty_str(&state.0, "leaseId")
+        {
+            (
+                Method::PUT,
+                "sys/leases/renew",
+                json!({ "lease_id": lease }),
+                None,
+            )
+        } else if let Some(accessor) = non_empty_str(&state.0, "accessor") {
+            (
+                Method::POST,
+                "auth/token/renew-accessor",
+                json!({ "accessor": accessor }),
+                Some("auth"),
+            )
+        } else {
+            return Err(GeneratorError::NotRenewable);
+        };
+        if let (Some(seconds), Some(map)) = (increment, body.as_object_mut()) {
+            map.insert("increment".into(), json!(seconds));
+        }
+        let url = self.client.api_url(path)?;
+        let (status, answer) = self.client.call(method, url, Some(&body)).await?;
+        if status.is_client_error() {
+            // Unknown, not renewable, or past its maximum TTL: the holder needs a new one.
+            tracing::info!(
+                kind = KIND,
+                status = status.as_u16(),
+                "vault refused a renewal"
+            );
+            return Err(GeneratorError::NotRenewable);
+        }
+        if !status.is_success() {
+            return Err(status_error(status).into());
+        }
+        let lease = match part {
+            Some(key) => answer.get(key).cloned().unwrap_or(Value::Null),
+            None => answer,
+        };
+        let seconds = lease
+            .get("lease_duration")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| {
+                GeneratorError::Backend("vault answered a renewal without a lease".into())
+            })?;
+        if seconds == 0 {
+            return Err(GeneratorError::NotRenewable);
+        }
+        Ok(Renewed {
+            expires_at: started.saturating_add(seconds),
+            renewable: lease.get("renewable").and_then(Value::as_bool) == Some(true),
         })
     }
 

@@ -13,7 +13,7 @@ use arc_swap::ArcSwap;
 
 use super::{GeneratorRef, Holder, Ledger, LedgerEntry, LedgerError};
 use crate::config::Snapshot;
-use crate::generators::{Generated, Generator, GeneratorError, unix_now};
+use crate::generators::{Generated, Generator, GeneratorError, Renewed, unix_now};
 use crate::metrics::METRICS;
 use crate::resources::GeneratorKey;
 
@@ -98,8 +98,9 @@ fn audit_revoke(entry: &LedgerEntry, kind: &str, reason: &str, outcome: &str, er
 }
 
 /// Accounts for a fresh credential before it is answered. A revocable one is recorded
-/// durably in `ledger`; if that fails (or there is no ledger) it is revoked again at
-/// once (bounded by `timeout`) and an error is answered instead of the credential.
+/// durably in `ledger` and its entry id (the credential handle) returned; if that fails
+/// (or there is no ledger) it is revoked again at once (bounded by `timeout`) and an error
+/// is answered instead of the credential. `Ok(None)`: nothing to record (not revocable).
 pub async fn record_issue(
     ledger: Option<&dyn Ledger>,
     generator: &dyn Generator,
@@ -107,7 +108,7 @@ pub async fn record_issue(
     holder: &Holder,
     generated: &Generated,
     timeout: Duration,
-) -> Result<(), IssueError> {
+) -> Result<Option<String>, IssueError> {
     let kind = generator.kind();
     let Some(state) = &generated.revocation else {
         // Nothing to revoke: unaudited, it is simply not handed out.
@@ -123,7 +124,7 @@ pub async fn record_issue(
             .with_label_values(&[kind, outcome])
             .inc();
         return if outcome == "ok" {
-            Ok(())
+            Ok(None)
         } else {
             Err(IssueError::NotAudited)
         };
@@ -135,6 +136,7 @@ pub async fn record_issue(
         state: state.clone(),
         issued_at: unix_now(),
         expires_at: generated.expires_at,
+        renewable: generated.renewable,
         retry_at: None,
         attempts: 0,
         last_error: None,
@@ -149,7 +151,7 @@ pub async fn record_issue(
                         .credentials_issued
                         .with_label_values(&[kind, "ok"])
                         .inc();
-                    return Ok(());
+                    return Ok(Some(entry.id));
                 }
                 IssueError::NotAudited
             }
@@ -194,6 +196,118 @@ pub async fn record_issue(
         tracing::error!(generator = %generator_ref, lease_id_hash = %state.fingerprint(), "unrecorded credential could not be revoked; it lapses at its backend expiry");
     }
     Err(failure)
+}
+
+/// Why a credential was not renewed.
+#[derive(Debug, thiserror::Error)]
+pub enum RenewError {
+    /// The backend will not extend it (or it never could be): the holder needs a new one.
+    #[error("the credential cannot be renewed; issue a new one")]
+    NotRenewable,
+    /// The backend failed or did not answer in time; the credential is unchanged.
+    #[error("renewal failed: {0}")]
+    Backend(#[source] GeneratorError),
+    /// The backend renewed it but the ledger could not note the new expiry.
+    #[error("renewal could not be recorded")]
+    NotRecorded(#[source] LedgerError),
+}
+
+fn audit_renew(entry: &LedgerEntry, kind: &str, outcome: &str, expires_at: u64, error: &str) {
+    tracing::info!(
+        target: "esi::audit",
+        event = "renew",
+        outcome,
+        federation = %entry.holder.federation,
+        subject = %entry.holder.subject,
+        namespace = %entry.holder.namespace,
+        service_account = %entry.holder.service_account,
+        pod = entry.holder.pod_name.as_deref().unwrap_or(""),
+        generator = %entry.generator,
+        generator_kind = kind,
+        lease_id_hash = %entry.state.fingerprint(),
+        issued_at = entry.issued_at,
+        expires_at,
+        error,
+        "credential renewal"
+    );
+}
+
+/// Renews `entry` with `generator` (the one serving its generator now) by `increment`
+/// seconds (`None`: the backend's default), then moves its expiry in `ledger` so the
+/// sweeper does not revoke it at the old one. Audited (`event=renew`) and counted in
+/// `esi_credentials_renewed_total`.
+pub async fn renew_entry(
+    ledger: &dyn Ledger,
+    generator: &dyn Generator,
+    entry: &LedgerEntry,
+    increment: Option<u64>,
+    timeout: Duration,
+) -> Result<Renewed, RenewError> {
+    let kind = generator.kind();
+    let result = match tokio::time::timeout(timeout, generator.renew(&entry.state, increment)).await
+    {
+        Ok(r) => r,
+        Err(_) => Err(GeneratorError::Unavailable("renewal timed out".into())),
+    };
+    let count = |outcome: &str| {
+        METRICS
+            .credentials_renewed
+            .with_label_values(&[kind, outcome])
+            .inc();
+    };
+    let renewed = match result {
+        Ok(r) => r,
+        Err(GeneratorError::NotRenewable) => {
+            count("not_renewable");
+            audit_renew(
+                entry,
+                kind,
+                "not_renewable",
+                entry.expires_at.unwrap_or(0),
+                "",
+            );
+            return Err(RenewError::NotRenewable);
+        }
+        Err(e) => {
+            count("error");
+            audit_renew(
+                entry,
+                kind,
+                "error",
+                entry.expires_at.unwrap_or(0),
+                &e.to_string(),
+            );
+            return Err(RenewError::Backend(e));
+        }
+    };
+    match ledger
+        .renewed(&entry.id, renewed.expires_at, renewed.renewable)
+        .await
+    {
+        Ok(true) => {
+            count("ok");
+            audit_renew(entry, kind, "ok", renewed.expires_at, "");
+            Ok(renewed)
+        }
+        // Revoked while the renewal ran: the sweeper or a DELETE got there first.
+        Ok(false) => {
+            count("not_renewable");
+            audit_renew(
+                entry,
+                kind,
+                "not_renewable",
+                renewed.expires_at,
+                "revoked meanwhile",
+            );
+            Err(RenewError::NotRenewable)
+        }
+        Err(e) => {
+            // The old expiry stays recorded: the sweeper revokes at it, never later.
+            count("error");
+            audit_renew(entry, kind, "error", renewed.expires_at, "not recorded");
+            Err(RenewError::NotRecorded(e))
+        }
+    }
 }
 
 /// What a revocation pass did.
@@ -407,6 +521,7 @@ mod tests {
                     serde_json::json!({"leaseId": uuid::Uuid::new_v4().to_string()}),
                 )),
                 expires_at: self.ttl.map(|t| unix_now() + t),
+                renewable: self.ttl.is_some(),
             })
         }
         async fn revoke(&self, state: &RevocationState) -> Result<(), GeneratorError> {
@@ -611,6 +726,12 @@ mod tests {
             }
             async fn count(&self) -> Result<usize, LedgerError> {
                 Ok(0)
+            }
+            async fn get(&self, _: &str) -> Result<Option<LedgerEntry>, LedgerError> {
+                Ok(None)
+            }
+            async fn renewed(&self, _: &str, _: u64, _: bool) -> Result<bool, LedgerError> {
+                Ok(false)
             }
         }
         let err = record_issue(

@@ -152,6 +152,18 @@ impl Holder {
         }
     }
 
+    /// Whether `other` is the very workload this holder is: the same federation,
+    /// namespace and ServiceAccount, and the same Pod (name and UID) or none. Only that
+    /// workload may renew or revoke a credential by its handle (issue 17); a Pod of the
+    /// same name re-created later (a StatefulSet's) is another workload.
+    pub fn same_workload(&self, other: &Holder) -> bool {
+        self.federation == other.federation
+            && self.namespace == other.namespace
+            && self.service_account == other.service_account
+            && self.pod_name == other.pod_name
+            && self.pod_uid == other.pod_uid
+    }
+
     /// The owner: the pod if the token was pod-bound, else the ServiceAccount.
     pub fn owner(&self) -> Owner {
         let (kind, name) = match &self.pod_name {
@@ -212,8 +224,13 @@ pub struct LedgerEntry {
     pub state: RevocationState,
     /// Issued at (seconds since the epoch).
     pub issued_at: u64,
-    /// When the backend lets it lapse (seconds since the epoch), if it does.
+    /// When the backend lets it lapse (seconds since the epoch), if it does. Moves with
+    /// each renewal.
     pub expires_at: Option<u64>,
+    /// Whether the backend said it can be renewed (entries recorded before renewals
+    /// existed read as false).
+    #[serde(default)]
+    pub renewable: bool,
     /// Set once a revocation was asked for and failed: the next attempt's time.
     pub retry_at: Option<u64>,
     /// Failed revocation attempts so far.
@@ -273,6 +290,18 @@ pub trait Ledger: Send + Sync {
     async fn remove(&self, id: &str) -> Result<bool, LedgerError>;
     /// Notes a failed revocation: counts the attempt and schedules the next at `retry_at`.
     async fn mark_retry(&self, id: &str, retry_at: u64, error: &str) -> Result<(), LedgerError>;
+    /// The entry with this id (a credential handle), if recorded.
+    async fn get(&self, id: &str) -> Result<Option<LedgerEntry>, LedgerError>;
+    /// Notes a renewal: the entry now lapses at `expires_at` (so the sweeper does not
+    /// revoke it at its old expiry) and may or may not be renewed again. False when the
+    /// entry is gone (revoked meanwhile); an entry waiting for a revocation retry stays
+    /// scheduled for it.
+    async fn renewed(
+        &self,
+        id: &str,
+        expires_at: u64,
+        renewable: bool,
+    ) -> Result<bool, LedgerError>;
     /// Number of entries (all owners).
     async fn count(&self) -> Result<usize, LedgerError>;
 }
@@ -314,6 +343,7 @@ pub(crate) mod test_support {
             },
             issued_at: 1_000,
             expires_at,
+            renewable: expires_at.is_some(),
             retry_at: None,
             attempts: 0,
             last_error: None,
@@ -347,6 +377,37 @@ mod tests {
         let sa_named_like_pod = identity("alpha", "apps", "app-7d9", None);
         assert_ne!(Holder::new(&sa_named_like_pod, None).owner(), owner);
         assert_eq!(holder.requested_by, "system:serviceaccount:apps:app");
+    }
+
+    #[test]
+    fn only_the_same_workload_holds_a_credential() {
+        let holder = Holder::new(&identity("alpha", "apps", "app", Some("app-1")), None);
+        // The same Pod with another (fresh) token, or through a federation client.
+        let controller = identity("alpha", "eso", "external-secrets", None);
+        assert!(holder.same_workload(&Holder::new(
+            &identity("alpha", "apps", "app", Some("app-1")),
+            None
+        )));
+        assert!(holder.same_workload(&Holder::new(
+            &controller,
+            Some(&identity("alpha", "apps", "app", Some("app-1")))
+        )));
+        for other in [
+            identity("beta", "apps", "app", Some("app-1")),
+            identity("alpha", "other", "app", Some("app-1")),
+            identity("alpha", "apps", "app2", Some("app-1")),
+            identity("alpha", "apps", "app", Some("app-2")),
+            identity("alpha", "apps", "app", None),
+        ] {
+            assert!(
+                !holder.same_workload(&Holder::new(&other, None)),
+                "{other:?}"
+            );
+        }
+        // A Pod re-created under the same name has another UID.
+        let mut recreated = identity("alpha", "apps", "app", Some("app-1"));
+        recreated.pod_uid = Some("uid-new".into());
+        assert!(!holder.same_workload(&Holder::new(&recreated, None)));
     }
 
     #[test]

@@ -380,6 +380,45 @@ impl RedbLedger {
         txn.commit().map_err(storage)
     }
 
+    fn get_sync(db: &Database, id: &str) -> Result<Option<LedgerEntry>, LedgerError> {
+        let txn = db.begin_read().map_err(storage)?;
+        let entries = txn.open_table(ENTRIES).map_err(storage)?;
+        match entries.get(id).map_err(storage)? {
+            Some(bytes) => Ok(Some(decode(bytes.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    fn renewed_sync(
+        db: &Database,
+        id: &str,
+        expires_at: u64,
+        renewable: bool,
+    ) -> Result<bool, LedgerError> {
+        let txn = db.begin_write().map_err(storage)?;
+        {
+            let mut entries = txn.open_table(ENTRIES).map_err(storage)?;
+            let current = match entries.get(id).map_err(storage)? {
+                Some(bytes) => decode(bytes.value())?,
+                None => return Ok(false),
+            };
+            let mut due_table = txn.open_table(DUE).map_err(storage)?;
+            if let Some(due) = current.due_at() {
+                due_table.remove((due, id)).map_err(storage)?;
+            }
+            let mut updated = current;
+            updated.expires_at = Some(expires_at);
+            updated.renewable = renewable;
+            if let Some(due) = updated.due_at() {
+                due_table.insert((due, id), ()).map_err(storage)?;
+            }
+            let bytes = encode(&updated)?;
+            entries.insert(id, bytes.as_slice()).map_err(storage)?;
+        }
+        txn.commit().map_err(storage)?;
+        Ok(true)
+    }
+
     fn by_owner_sync(db: &Database, owner: &Owner) -> Result<Vec<LedgerEntry>, LedgerError> {
         let kinds: &[OwnerKind] = match owner.kind {
             Some(OwnerKind::Pod) => &[OwnerKind::Pod],
@@ -458,6 +497,22 @@ impl Ledger for RedbLedger {
             .await
     }
 
+    async fn get(&self, id: &str) -> Result<Option<LedgerEntry>, LedgerError> {
+        let id = id.to_string();
+        self.blocking(move |db| Self::get_sync(db, &id)).await
+    }
+
+    async fn renewed(
+        &self,
+        id: &str,
+        expires_at: u64,
+        renewable: bool,
+    ) -> Result<bool, LedgerError> {
+        let id = id.to_string();
+        self.blocking(move |db| Self::renewed_sync(db, &id, expires_at, renewable))
+            .await
+    }
+
     async fn count(&self) -> Result<usize, LedgerError> {
         self.blocking(|db| {
             let txn = db.begin_read().map_err(storage)?;
@@ -492,6 +547,34 @@ mod tests {
         let ledger = RedbLedger::open(&path).unwrap();
         assert_eq!(ledger.by_owner(&h.owner()).await.unwrap(), vec![e.clone()]);
         assert_eq!(ledger.due(2_000, 10).await.unwrap(), vec![e]);
+    }
+
+    #[tokio::test]
+    async fn a_renewal_moves_the_sweepers_due_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = RedbLedger::open(&dir.path().join("ledger.redb")).unwrap();
+        let h = holder("apps", "app", Some("app-1"));
+        let e = entry(&h, ("apps", "VaultDynamicSecret", "db"), Some(2_000));
+        ledger.record(&e).await.unwrap();
+        assert_eq!(ledger.get(&e.id).await.unwrap(), Some(e.clone()));
+        assert!(ledger.renewed(&e.id, 5_000, false).await.unwrap());
+        // Not due at its old expiry any more; due at the new one.
+        assert!(ledger.due(4_999, 10).await.unwrap().is_empty());
+        let due = ledger.due(5_000, 10).await.unwrap();
+        assert_eq!(due.len(), 1);
+        assert_eq!((due[0].expires_at, due[0].renewable), (Some(5_000), false));
+        assert_eq!(
+            ledger.get(&e.id).await.unwrap().unwrap().expires_at,
+            Some(5_000)
+        );
+        // A pending revocation retry keeps its schedule through a renewal.
+        ledger.mark_retry(&e.id, 3_000, "down").await.unwrap();
+        assert!(ledger.renewed(&e.id, 9_000, true).await.unwrap());
+        assert_eq!(ledger.due(3_000, 10).await.unwrap().len(), 1);
+        // Gone: nothing to renew.
+        assert!(ledger.remove(&e.id).await.unwrap());
+        assert!(!ledger.renewed(&e.id, 9_000, true).await.unwrap());
+        assert_eq!(ledger.get(&e.id).await.unwrap(), None);
     }
 
     #[tokio::test]

@@ -985,7 +985,7 @@ fn random_request(rng: &mut StdRng) -> (Identity, Action, Resource) {
     let resource = match action {
         Action::Get => key(pick(rng, &STORES), pick(rng, &KEYS)),
         Action::Find => store(pick(rng, &STORES)),
-        Action::Generate | Action::Revoke => generator(
+        Action::Generate | Action::Revoke | Action::Renew => generator(
             pick(rng, &NAMESPACES),
             pick(rng, &KINDS),
             pick(rng, &GENERATORS),
