@@ -97,6 +97,17 @@ async fn bao(addr: &str, token: &str, method: reqwest::Method, path: &str, body:
 /// A `database` mount on the test PostgreSQL with a role `app` issuing login roles
 /// that live `ttl`. Returns the mount path.
 async fn database_mount(addr: &str, token: &str, pg: &Pg, ttl: &str) -> String {
+    database_mount_capped(addr, token, pg, ttl, "2h").await
+}
+
+/// [`database_mount`] whose leases cannot be renewed past `max_ttl`.
+async fn database_mount_capped(
+    addr: &str,
+    token: &str,
+    pg: &Pg,
+    ttl: &str,
+    max_ttl: &str,
+) -> String {
     use reqwest::Method;
     let mount = format!("db-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     bao(
@@ -136,7 +147,7 @@ async fn database_mount(addr: &str, token: &str, pg: &Pg, ttl: &str) -> String {
             // PostgreSQL) fail with "tuple concurrently updated", and a DELETE answers 503.
             "revocation_statements": ["DROP ROLE IF EXISTS \"{{name}}\";"],
             "default_ttl": ttl,
-            "max_ttl": "2h",
+            "max_ttl": max_ttl,
         }),
     )
     .await;
@@ -614,6 +625,198 @@ async fn ledger_survives_kill_and_restart() {
         !pg.can_login(&user2, &pass2),
         "the workload's credential is revoked too"
     );
+}
+
+/// The lease ids OpenBao holds under `{mount}/creds/app/` (root token).
+async fn leases(addr: &str, root: &str, mount: &str) -> Vec<String> {
+    install_crypto();
+    let resp = reqwest::Client::new()
+        .request(
+            reqwest::Method::from_bytes(b"LIST").unwrap(),
+            format!("{addr}/v1/sys/leases/lookup/{mount}/creds/app/"),
+        )
+        .header("X-Vault-Token", root)
+        .send()
+        .await
+        .unwrap();
+    if resp.status() == 404 {
+        return Vec::new();
+    }
+    let v: Value = resp.json().await.unwrap();
+    v["data"]["keys"]
+        .as_array()
+        .map(|keys| {
+            keys.iter()
+                .filter_map(|k| k.as_str())
+                .map(|k| format!("{mount}/creds/app/{k}"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Seconds OpenBao says the lease has left.
+async fn lease_ttl(addr: &str, root: &str, lease: &str) -> u64 {
+    let v = bao(
+        addr,
+        root,
+        reqwest::Method::PUT,
+        "sys/leases/lookup",
+        json!({ "lease_id": lease }),
+    )
+    .await;
+    v["data"]["ttl"].as_u64().unwrap()
+}
+
+/// Issue 17: a credential's handle renews it (the lease's expiry moves at OpenBao and in the
+/// ledger, across a server restart) and revokes exactly it; no other workload can use it.
+#[tokio::test(flavor = "multi_thread")]
+async fn credential_handles_renew_and_revoke_only_for_their_workload() {
+    use base64::Engine;
+    let Some(((addr, root), pg)) = backends() else {
+        return;
+    };
+    let mount = database_mount(&addr, &root, &pg, "20s").await;
+    let dir = tempfile::tempdir().unwrap();
+    manifests(
+        dir.path(),
+        &format!(
+            "{}---\napiVersion: generators.external-secrets.io/v1alpha1\nkind: Password\nmetadata: {{name: pw, namespace: apps}}\nspec: {{length: 12}}\n",
+            vault_generator(
+                "db",
+                &addr,
+                &root,
+                "GET",
+                &format!("{mount}/creds/app"),
+                json!({}),
+            )
+        ),
+    );
+    let app = token("apps", "app");
+    let server = TestServer::start(dir.path(), &[]);
+    let (status, body) = server
+        .call(
+            reqwest::Method::POST,
+            "/v1/generators/apps/VaultDynamicSecret/db",
+            &app,
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let issued: Value = serde_json::from_str(&body).unwrap();
+    let decode = |v: &Value| {
+        String::from_utf8(
+            base64::engine::general_purpose::STANDARD
+                .decode(v.as_str().unwrap())
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    let (user, pass) = (
+        decode(&issued["data"]["username"]),
+        decode(&issued["data"]["password"]),
+    );
+    assert!(pg.can_login(&user, &pass));
+    let cred = &issued["credential"];
+    let id = cred["id"].as_str().unwrap().to_string();
+    assert_eq!(cred["renewable"], true, "{cred}");
+    assert!(cred["leaseDuration"].as_u64().unwrap() <= 20, "{cred}");
+    assert!(cred["expiresAt"].as_str().unwrap().ends_with('Z'), "{cred}");
+    let lease = leases(&addr, &root, &mount).await;
+    assert_eq!(lease.len(), 1, "{lease:?}");
+    assert!(lease_ttl(&addr, &root, &lease[0]).await <= 20);
+
+    // Renewed by an hour: OpenBao's lease and the answer agree.
+    let renew = format!("/v1/credentials/{id}/renew");
+    let (status, body) = server
+        .call(reqwest::Method::POST, &renew, &app, json!({"increment": 3600}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let renewed: Value = serde_json::from_str(&body).unwrap();
+    assert!(renewed["credential"]["leaseDuration"].as_u64().unwrap() > 3000, "{body}");
+    assert!(lease_ttl(&addr, &root, &lease[0]).await > 3000);
+    assert_eq!(server.audit_lines("renew").len(), 1);
+    assert!(server.metrics().await.contains(
+        "esi_credentials_renewed_total{kind=\"VaultDynamicSecret\",outcome=\"ok\"} 1"
+    ));
+
+    // Another workload (same namespace, another ServiceAccount; or the same ServiceAccount
+    // without the Pod) cannot renew or revoke it, nor can a made-up handle be used.
+    let mut no_pod = sa_claims(ISS, AUD, "apps", "app");
+    no_pod["kubernetes.io"]
+        .as_object_mut()
+        .unwrap()
+        .remove("pod");
+    let no_pod = mint("ec-1", &no_pod, None);
+    for (who, path) in [
+        (token("apps", "other"), renew.clone()),
+        (no_pod.clone(), renew.clone()),
+        (app.clone(), "/v1/credentials/not-a-handle/renew".to_string()),
+        (
+            app.clone(),
+            format!("/v1/credentials/{}/renew", uuid::Uuid::new_v4()),
+        ),
+    ] {
+        let (status, body) = server
+            .call(reqwest::Method::POST, &path, &who, json!({}))
+            .await;
+        assert_eq!(status, 404, "{path}: {body}");
+        let (status, _) = server
+            .call(
+                reqwest::Method::DELETE,
+                path.trim_end_matches("/renew"),
+                &who,
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 404, "{path}");
+    }
+    assert!(pg.can_login(&user, &pass), "still live after refused calls");
+    // A bad increment is refused before anything happens.
+    let (status, _) = server
+        .call(reqwest::Method::POST, &renew, &app, json!({"increment": 0}))
+        .await;
+    assert_eq!(status, 400);
+
+    // A restart in between does not break renewal (the ledger is durable).
+    server.kill9();
+    let server = TestServer::start(dir.path(), &[]);
+    let (status, body) = server
+        .call(reqwest::Method::POST, &renew, &app, json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    // Revoked by its handle: the login role is gone, the handle names nothing any more.
+    let (status, body) = server
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/v1/credentials/{id}"),
+            &app,
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 204, "{body}");
+    assert!(!pg.can_login(&user, &pass));
+    assert!(leases(&addr, &root, &mount).await.is_empty());
+    let (status, _) = server
+        .call(reqwest::Method::POST, &renew, &app, json!({}))
+        .await;
+    assert_eq!(status, 404);
+
+    // A credential nothing holds has no handle and is not renewable; the ESE call is as it was.
+    let (status, body) = server
+        .call(
+            reqwest::Method::POST,
+            "/v1/generators/apps/Password/pw",
+            &app,
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let plain: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(plain["credential"], json!({"renewable": false}), "{body}");
+    assert_eq!(decode(&plain["data"]["password"]).len(), 12);
+    let ese = server.generate("/generators/apps/Password/pw", &app).await;
+    assert_eq!(ese.as_object().unwrap().keys().collect::<Vec<_>>(), ["password"]);
 }
 
 #[tokio::test(flavor = "multi_thread")]
