@@ -728,16 +728,26 @@ async fn credential_handles_renew_and_revoke_only_for_their_workload() {
     // Renewed by an hour: OpenBao's lease and the answer agree.
     let renew = format!("/v1/credentials/{id}/renew");
     let (status, body) = server
-        .call(reqwest::Method::POST, &renew, &app, json!({"increment": 3600}))
+        .call(
+            reqwest::Method::POST,
+            &renew,
+            &app,
+            json!({"increment": 3600}),
+        )
         .await;
     assert_eq!(status, 200, "{body}");
     let renewed: Value = serde_json::from_str(&body).unwrap();
-    assert!(renewed["credential"]["leaseDuration"].as_u64().unwrap() > 3000, "{body}");
+    assert!(
+        renewed["credential"]["leaseDuration"].as_u64().unwrap() > 3000,
+        "{body}"
+    );
     assert!(lease_ttl(&addr, &root, &lease[0]).await > 3000);
     assert_eq!(server.audit_lines("renew").len(), 1);
-    assert!(server.metrics().await.contains(
-        "esi_credentials_renewed_total{kind=\"VaultDynamicSecret\",outcome=\"ok\"} 1"
-    ));
+    assert!(
+        server.metrics().await.contains(
+            "esi_credentials_renewed_total{kind=\"VaultDynamicSecret\",outcome=\"ok\"} 1"
+        )
+    );
 
     // Another workload (same namespace, another ServiceAccount; or the same ServiceAccount
     // without the Pod) cannot renew or revoke it, nor can a made-up handle be used.
@@ -750,7 +760,10 @@ async fn credential_handles_renew_and_revoke_only_for_their_workload() {
     for (who, path) in [
         (token("apps", "other"), renew.clone()),
         (no_pod.clone(), renew.clone()),
-        (app.clone(), "/v1/credentials/not-a-handle/renew".to_string()),
+        (
+            app.clone(),
+            "/v1/credentials/not-a-handle/renew".to_string(),
+        ),
         (
             app.clone(),
             format!("/v1/credentials/{}/renew", uuid::Uuid::new_v4()),
@@ -816,7 +829,10 @@ async fn credential_handles_renew_and_revoke_only_for_their_workload() {
     assert_eq!(plain["credential"], json!({"renewable": false}), "{body}");
     assert_eq!(decode(&plain["data"]["password"]).len(), 12);
     let ese = server.generate("/generators/apps/Password/pw", &app).await;
-    assert_eq!(ese.as_object().unwrap().keys().collect::<Vec<_>>(), ["password"]);
+    assert_eq!(
+        ese.as_object().unwrap().keys().collect::<Vec<_>>(),
+        ["password"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

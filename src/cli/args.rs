@@ -71,6 +71,22 @@ pub struct Args {
     /// Overall time allowed for one round of fetching, retries included.
     #[arg(long, default_value = "30s")]
     pub timeout: String,
+    /// Daemon mode: renew a generator's credential when this percentage of its lease has
+    /// passed (as Vault Secrets Operator's `renewalPercent`; Vault Agent uses about 67).
+    #[arg(long, default_value_t = 67, value_parser = clap::value_parser!(u8).range(10..=90))]
+    pub renewal_percent: u8,
+    /// Daemon mode: how long a rotated-out credential stays valid after its replacement is
+    /// written, so the application can re-read the file (Go duration).
+    #[arg(long, default_value = "30s")]
+    pub rotation_grace: String,
+    /// Daemon mode: on SIGTERM leave the credentials it holds live (default: revoke them).
+    #[arg(long)]
+    pub keep_credentials_on_exit: bool,
+    /// Handoff of generator credentials between an init step and a daemon sidecar: init
+    /// mode issues them with handles and writes the handles (never values) here; daemon
+    /// mode renews the handles it finds here and revokes them when it stops.
+    #[arg(long)]
+    pub credentials_file: Option<PathBuf>,
 }
 
 /// A flag combination or value that cannot work; reported before anything is fetched.
@@ -201,6 +217,14 @@ pub struct Plan {
     pub source: SourceConfig,
     /// `--federated-generators`.
     pub generators: Vec<GeneratorRef>,
+    /// `--renewal-percent` (10–90).
+    pub renewal_percent: u8,
+    /// `--rotation-grace`.
+    pub grace: Duration,
+    /// `--keep-credentials-on-exit`.
+    pub keep_on_exit: bool,
+    /// `--credentials-file`.
+    pub credentials_file: Option<PathBuf>,
 }
 
 fn non_empty(items: &[String]) -> impl Iterator<Item = &str> {
@@ -216,6 +240,12 @@ impl Plan {
             return Err(invalid("daemon-refresh-interval", "must be at least 100ms"));
         }
         let timeout = parse_duration(&a.timeout).map_err(|e| invalid("timeout", e.to_string()))?;
+        let grace = parse_duration(&a.rotation_grace)
+            .map_err(|e| invalid("rotation-grace", e.to_string()))?;
+        let credentials_file = a
+            .credentials_file
+            .clone()
+            .filter(|p| !p.as_os_str().is_empty());
         if timeout.is_zero() {
             return Err(invalid("timeout", "must be more than 0"));
         }
@@ -375,13 +405,19 @@ impl Plan {
                 }
             }
             Mode::Daemon => {
-                if files.is_empty() {
+                if files.is_empty() && credentials_file.is_none() {
                     return Err(invalid(
                         "inject-on-file",
-                        "daemon mode keeps files current: name at least one",
+                        "daemon mode keeps files current (or --credentials-file handles): name at least one",
                     ));
                 }
             }
+        }
+        if credentials_file.is_some() && matches!(source, SourceConfig::Local { .. }) {
+            return Err(invalid(
+                "credentials-file",
+                "hands off generator credentials of a Federation Server: needs --federated-server-url",
+            ));
         }
         let plan = Plan {
             mode: a.mode,
@@ -394,6 +430,10 @@ impl Plan {
             timeout,
             source,
             generators,
+            renewal_percent: a.renewal_percent,
+            grace,
+            keep_on_exit: a.keep_credentials_on_exit,
+            credentials_file,
         };
         // Every referenced secret must be fetchable from the chosen source.
         for name in plan.referenced_names() {

@@ -39,6 +39,9 @@ pub enum FetchError {
     /// 5xx until the deadline.
     #[error("server error (HTTP {0})")]
     Server(u16),
+    /// 409 on a renewal: the backend will not extend the credential; a new one is needed.
+    #[error("the server cannot renew the credential (HTTP 409)")]
+    NotRenewable,
     /// Any other refusal (400, 413, …).
     #[error("request refused (HTTP {0})")]
     Rejected(u16),

@@ -17,6 +17,22 @@ use super::value::{SecretData, SecretValue};
 
 /// Largest answer accepted: one secret, not a data dump.
 const MAX_ANSWER_BYTES: usize = 1 << 20;
+
+/// An issued or renewed credential's handle and lease, as the server's `/v1` calls answer
+/// them. Never holds a value: safe to write to a handoff file.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Lease {
+    /// The handle (absent: nothing to renew or revoke, e.g. a Password).
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Seconds from the answer until it lapses (absent: it does not).
+    #[serde(default)]
+    pub lease_duration: Option<u64>,
+    /// Whether it can be renewed.
+    #[serde(default)]
+    pub renewable: bool,
+}
 /// Largest token file read (projected tokens are a few KiB).
 const MAX_TOKEN_BYTES: u64 = 64 * 1024;
 /// Largest CA bundle read.
@@ -267,40 +283,109 @@ impl FederatedClient {
         Ok(url)
     }
 
-    /// One attempt at one secret (the caller retries).
-    pub async fn fetch_once(&self, id: &SecretId) -> Result<SecretData, FetchError> {
-        let url = self.url_for(id)?;
+    /// Sends one request with the token (and `ca.crt` unless `body` replaces it); any
+    /// status but `ok` becomes its [`FetchError`].
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        url: reqwest::Url,
+        body: Option<serde_json::Value>,
+        ok: &[u16],
+    ) -> Result<reqwest::Response, FetchError> {
         let auth = bearer(&self.token_path)?;
         let resp = self
             .http
-            .post(url)
+            .request(method, url)
             .header(AUTHORIZATION, auth)
-            .json(&*self.body)
+            .json(body.as_ref().unwrap_or(&*self.body))
             .send()
             .await
             .map_err(|e| classify(&e, &self.trust))?;
         let status = resp.status().as_u16();
-        match status {
-            200 => {}
-            401 => return Err(FetchError::Unauthorized),
-            403 => {
-                return Err(FetchError::Forbidden(
-                    "the server refused the request (HTTP 403)".into(),
-                ));
-            }
-            404 => {
-                return Err(FetchError::NotFound(
-                    "does not exist, or this ServiceAccount may not read it (HTTP 404)".into(),
-                ));
-            }
-            429 => {
-                return Err(FetchError::RateLimited {
-                    retry_after: retry_after(resp.headers()),
-                });
-            }
-            500..=599 => return Err(FetchError::Server(status)),
-            other => return Err(FetchError::Rejected(other)),
+        if ok.contains(&status) {
+            return Ok(resp);
         }
+        Err(match status {
+            401 => FetchError::Unauthorized,
+            403 => FetchError::Forbidden("the server refused the request (HTTP 403)".into()),
+            404 => FetchError::NotFound(
+                "does not exist, or this ServiceAccount may not read it (HTTP 404)".into(),
+            ),
+            409 => FetchError::NotRenewable,
+            429 => FetchError::RateLimited {
+                retry_after: retry_after(resp.headers()),
+            },
+            500..=599 => FetchError::Server(status),
+            other => FetchError::Rejected(other),
+        })
+    }
+
+    /// `base/segments…`, each segment percent-encoded as one.
+    fn url_of(&self, segments: &[&str]) -> Result<reqwest::Url, FetchError> {
+        let mut url = self.base.clone();
+        url.path_segments_mut()
+            .map_err(|_| FetchError::Malformed("server URL cannot have a path"))?
+            .pop_if_empty()
+            .extend(segments);
+        Ok(url)
+    }
+
+    /// One attempt at issuing a generator's credential with its handle (`POST /v1/generators/…`).
+    pub async fn issue_once(&self, g: &GeneratorRef) -> Result<(SecretData, Lease), FetchError> {
+        let url = self.url_of(&["v1", "generators", &g.namespace, &g.kind, &g.name])?;
+        let resp = self.send(reqwest::Method::POST, url, None, &[200]).await?;
+        let body = read_capped(resp).await?;
+        #[derive(serde::Deserialize)]
+        struct Issued {
+            data: BTreeMap<String, String>,
+            #[serde(default)]
+            credential: Lease,
+        }
+        let issued: Issued = serde_json::from_slice(&body)
+            .map_err(|_| FetchError::Malformed("expected {data, credential}"))?;
+        let mut keys = BTreeMap::new();
+        for (k, v) in issued.data {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(v.as_bytes())
+                .map_err(|_| FetchError::Malformed("a value is not base64"))?;
+            keys.insert(k, SecretValue::new(bytes));
+        }
+        Ok((SecretData::from_keys(keys), issued.credential))
+    }
+
+    /// One attempt at renewing credential `id` by `increment` seconds (`None`: the
+    /// backend's default). [`FetchError::NotRenewable`] when a new one is needed.
+    pub async fn renew_once(&self, id: &str, increment: Option<u64>) -> Result<Lease, FetchError> {
+        let url = self.url_of(&["v1", "credentials", id, "renew"])?;
+        let mut body = (*self.body).clone();
+        if let (Some(seconds), Some(map)) = (increment, body.as_object_mut()) {
+            map.insert("increment".into(), seconds.into());
+        }
+        let resp = self
+            .send(reqwest::Method::POST, url, Some(body), &[200])
+            .await?;
+        let body = read_capped(resp).await?;
+        #[derive(serde::Deserialize)]
+        struct Answer {
+            credential: Lease,
+        }
+        let answer: Answer = serde_json::from_slice(&body)
+            .map_err(|_| FetchError::Malformed("expected {credential}"))?;
+        Ok(answer.credential)
+    }
+
+    /// One attempt at revoking credential `id`. Already gone (404) counts as revoked.
+    pub async fn revoke_once(&self, id: &str) -> Result<(), FetchError> {
+        let url = self.url_of(&["v1", "credentials", id])?;
+        self.send(reqwest::Method::DELETE, url, None, &[204, 404])
+            .await
+            .map(drop)
+    }
+
+    /// One attempt at one secret (the caller retries).
+    pub async fn fetch_once(&self, id: &SecretId) -> Result<SecretData, FetchError> {
+        let url = self.url_for(id)?;
+        let resp = self.send(reqwest::Method::POST, url, None, &[200]).await?;
         let body = read_capped(resp).await?;
         match id {
             SecretId::Store(_) => {

@@ -10,6 +10,7 @@
 //! error text holds a value or a token.
 
 pub mod args;
+pub mod credentials;
 pub mod duration;
 pub mod error;
 pub mod federated;
@@ -123,7 +124,12 @@ pub async fn prepare_init(plan: &Plan) -> Result<Injection, ExitCode> {
             say(e);
             ExitCode::from(EXIT_FAILURE)
         })?;
-        fetcher.fetch_all(&ids, plan.timeout).await
+        match (&fetcher, &plan.credentials_file) {
+            (Fetcher::Federated(client), Some(path)) => {
+                issue_with_handles(plan, &fetcher, client, &ids, path).await?
+            }
+            _ => fetcher.fetch_all(&ids, plan.timeout).await,
+        }
     };
     let injection = inject::assemble(plan, &results, &ids).map_err(|failures| {
         for f in &failures {
@@ -166,10 +172,59 @@ fn exec_or_exit(plan: &Plan, inj: Injection) -> ExitCode {
     ExitCode::from(EXIT_EXEC)
 }
 
-/// Daemon mode: refresh files every interval; on failure keep the last files and retry
-/// with capped backoff and jitter; end cleanly on SIGTERM or SIGINT.
+/// Init mode with `--credentials-file`: generators are issued with handles (the `/v1`
+/// call) and the handles written to the file for the daemon sidecar, which renews them
+/// and revokes them when the Pod ends; other secrets are fetched as usual.
+async fn issue_with_handles(
+    plan: &Plan,
+    fetcher: &Fetcher,
+    client: &federated::FederatedClient,
+    ids: &[args::SecretId],
+    path: &std::path::Path,
+) -> Result<fetch::Results, ExitCode> {
+    let (generators, others): (Vec<_>, Vec<_>) = ids
+        .iter()
+        .cloned()
+        .partition(|id| matches!(id, args::SecretId::Generator(_)));
+    let mut results = fetcher.fetch_all(&others, plan.timeout).await;
+    let mut handoff = credentials::Handoff::default();
+    let deadline = tokio::time::Instant::now() + plan.timeout;
+    for id in generators {
+        let args::SecretId::Generator(g) = &id else {
+            continue;
+        };
+        let issued = fetch::with_retry(deadline, plan.timeout, || client.issue_once(g)).await;
+        let answer = issued.map(|(data, lease)| {
+            handoff.push(g, &lease);
+            data
+        });
+        results.insert(id, answer);
+    }
+    if let Err(e) = handoff.write(path) {
+        say(format_args!(
+            "cannot write the credentials file {}: {e}",
+            path.display()
+        ));
+        // Issued but unaccounted for on this side: give them back.
+        for c in &handoff.credentials {
+            if let Some(id) = &c.lease.id {
+                let _ = client.revoke_once(id).await;
+            }
+        }
+        return Err(ExitCode::from(EXIT_FAILURE));
+    }
+    Ok(results)
+}
+
+/// Daemon mode: keep files current. Store secrets are re-fetched every
+/// `--daemon-refresh-interval` (on failure the last files are kept and the fetch retried
+/// with capped backoff and jitter); generator credentials follow their leases
+/// ([`credentials::Keeper`]); handed-off credentials (`--credentials-file`) are renewed.
+/// Ends cleanly on SIGTERM or SIGINT, revoking what it holds unless
+/// `--keep-credentials-on-exit`.
 pub async fn daemon(plan: &Plan) -> ExitCode {
     use tokio::signal::unix::{SignalKind, signal};
+    use tokio::time::Instant;
     let (mut term, mut int) = match (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
@@ -194,48 +249,177 @@ pub async fn daemon(plan: &Plan) -> ExitCode {
             return ExitCode::from(EXIT_FAILURE);
         }
     };
-    let mut failed_rounds: u32 = 0;
-    loop {
-        let round = tokio::select! {
-            ok = refresh_round(plan, &fetcher, &ids) => ok,
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-        };
-        let wait = if round {
-            failed_rounds = 0;
-            plan.refresh
-        } else {
-            // Retry sooner than the interval, backing off up to it.
-            let cap = plan.refresh.max(Duration::from_secs(1));
-            let wait = fetch::backoff(failed_rounds, Duration::from_secs(1), cap);
-            failed_rounds = failed_rounds.saturating_add(1);
-            tracing::warn!(
-                retry_in_ms = wait.as_millis() as u64,
-                "refresh incomplete; files kept as they were"
-            );
-            wait
-        };
+    let client = match &fetcher {
+        Fetcher::Federated(c) => Some(c),
+        Fetcher::Local(_) => None,
+    };
+    // Generators of a Federation Server follow their leases; everything else is polled.
+    let (wanted, polled): (Vec<args::GeneratorRef>, Vec<args::SecretId>) = {
+        let mut wanted = Vec::new();
+        let mut polled = Vec::new();
+        for id in ids {
+            match (&id, client) {
+                (args::SecretId::Generator(g), Some(_)) => wanted.push(g.clone()),
+                _ => polled.push(id),
+            }
+        }
+        (wanted, polled)
+    };
+    let mut keeper = credentials::Keeper::new(credentials::Settings {
+        renew_at: f64::from(plan.renewal_percent) / 100.0,
+        grace: plan.grace,
+    });
+    let mut adopted: std::collections::BTreeMap<args::GeneratorRef, String> = Default::default();
+    let mut polled_results = fetch::Results::new();
+    let mut poll_at = Instant::now();
+    let mut failed_polls: u32 = 0;
+    let mut failures: std::collections::HashMap<args::SecretId, FetchError> = Default::default();
+    'run: loop {
+        let now = Instant::now();
+        if !polled.is_empty() && now >= poll_at {
+            let results = tokio::select! {
+                r = fetcher.fetch_all(&polled, plan.timeout) => r,
+                _ = term.recv() => break 'run,
+                _ = int.recv() => break 'run,
+            };
+            let ok = results.values().all(Result::is_ok);
+            for (id, r) in results {
+                match r {
+                    Ok(data) => {
+                        polled_results.insert(id, Ok(data));
+                    }
+                    Err(e) => {
+                        tracing::warn!(secret = %id, error = %e, "cannot fetch");
+                        // The last good value stays.
+                        polled_results.entry(id).or_insert(Err(e));
+                    }
+                }
+            }
+            poll_at = if ok {
+                failed_polls = 0;
+                Instant::now() + plan.refresh
+            } else {
+                let cap = plan.refresh.max(Duration::from_secs(1));
+                let wait = fetch::backoff(failed_polls, Duration::from_secs(1), cap);
+                failed_polls = failed_polls.saturating_add(1);
+                tracing::warn!(
+                    retry_in_ms = wait.as_millis() as u64,
+                    "refresh incomplete; files kept as they were"
+                );
+                Instant::now() + wait
+            };
+        }
+        if let Some(client) = client {
+            if let Some(path) = &plan.credentials_file {
+                adopt_handoff(path, &wanted, &mut keeper, &mut adopted);
+            }
+            failures.clear();
+            for (g, e) in keeper.step(client, &wanted, Instant::now()).await {
+                tracing::warn!(generator = %format_args!("{}/{}/{}", g.namespace, g.kind, g.name), error = %e, "generator credential not refreshed");
+                failures.insert(args::SecretId::Generator(g), e);
+            }
+        }
+        let mut results = polled_results.clone();
+        for (g, data) in keeper.values() {
+            results.insert(args::SecretId::Generator(g.clone()), Ok(data.clone()));
+        }
+        for (id, e) in &failures {
+            results.entry(id.clone()).or_insert_with(|| Err(e.clone()));
+        }
+        write_files(plan, &results);
+        let mut wake = Instant::now() + plan.refresh;
+        if !polled.is_empty() {
+            wake = wake.min(poll_at);
+        }
+        if let Some(at) = keeper.next_deadline() {
+            wake = wake.min(at);
+        }
+        if plan.credentials_file.is_some() {
+            // Watch the handoff file for an init step's (re)written handles.
+            wake = wake.min(Instant::now() + Duration::from_secs(1));
+        }
+        if wanted.iter().any(|g| !keeper.values().any(|(h, _)| h == g)) {
+            // A generator not served yet: retry soon, backing off through the keeper's
+            // own schedule once it holds something.
+            wake = wake.min(Instant::now() + Duration::from_secs(1));
+        }
         tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = term.recv() => break,
-            _ = int.recv() => break,
+            _ = tokio::time::sleep_until(wake) => {}
+            _ = term.recv() => break 'run,
+            _ = int.recv() => break 'run,
         }
     }
     tracing::info!("signal received; exiting");
+    if let Some(client) = client
+        && keeper.handles() > 0
+    {
+        if plan.keep_on_exit {
+            tracing::info!(
+                credentials = keeper.handles(),
+                "keeping credentials live (--keep-credentials-on-exit)"
+            );
+        } else {
+            let held = keeper.handles();
+            let failed = keeper.release(client, plan.timeout).await;
+            tracing::info!(
+                revoked = held - failed,
+                failed,
+                "credentials revoked at exit"
+            );
+        }
+    }
     ExitCode::SUCCESS
 }
 
-/// One refresh: fetch, then rewrite each file whose content changed. Files whose
-/// secret could not be had keep their last content. True when everything succeeded.
-async fn refresh_round(plan: &Plan, fetcher: &Fetcher, ids: &[args::SecretId]) -> bool {
-    let results = fetcher.fetch_all(ids, plan.timeout).await;
-    let mut ok = true;
-    for f in inject::fetch_failures(&results, ids) {
-        ok = false;
-        tracing::warn!(problem = %f, "cannot fetch");
+/// Adopts the handles an init step wrote; handles that left the file (the init step ran
+/// again and issued anew) are revoked after the grace.
+fn adopt_handoff(
+    path: &std::path::Path,
+    wanted: &[args::GeneratorRef],
+    keeper: &mut credentials::Keeper,
+    adopted: &mut std::collections::BTreeMap<args::GeneratorRef, String>,
+) {
+    let handoff = match credentials::Handoff::read(path) {
+        Ok(Some(h)) => h,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot read the credentials file");
+            return;
+        }
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    for (g, lease, lapses_at) in handoff.entries() {
+        let Some(id) = lease.id.clone() else {
+            continue;
+        };
+        if wanted.contains(&g) {
+            tracing::warn!(generator = %format_args!("{}/{}/{}", g.namespace, g.kind, g.name), "generator both handed off and written to files; the handed-off credential is left to the server");
+            continue;
+        }
+        seen.insert(g.clone());
+        if !keeper.holds(&g, &id) {
+            tracing::info!(generator = %format_args!("{}/{}/{}", g.namespace, g.kind, g.name), "handed-off credential adopted");
+            keeper.adopt(g.clone(), lease, lapses_at);
+            adopted.insert(g, id);
+        }
     }
+    let gone: Vec<args::GeneratorRef> = adopted
+        .keys()
+        .filter(|g| !seen.contains(*g))
+        .cloned()
+        .collect();
+    for g in gone {
+        adopted.remove(&g);
+        keeper.forget(&g);
+    }
+}
+
+/// Rewrites each file whose content changed; files whose secret could not be had keep
+/// their last content. True when every file is current.
+fn write_files(plan: &Plan, results: &fetch::Results) -> bool {
+    let mut ok = true;
     for spec in &plan.files {
-        match inject::render_file(plan, &results, spec) {
+        match inject::render_file(plan, results, spec) {
             Ok(content) => match files::write_if_changed(&spec.path, content.expose()) {
                 Ok(files::WriteOutcome::Written) => {
                     tracing::info!(path = %spec.path.display(), "file written")
