@@ -1153,3 +1153,287 @@ async fn a_service_account_named_like_a_pod_revokes_only_its_own() {
     assert!(revoked.contains(&lease(&sa_cred2)) && revoked.contains(&lease(&pod_cred3)));
     assert_eq!(revoked.len(), 5);
 }
+
+/// An `esi-cli` process talking to a [`TestServer`] as the workload `apps/app`.
+struct CliProcess {
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl CliProcess {
+    fn start(server: &TestServer, root: &Path, args: &[String]) -> CliProcess {
+        let token_file = root.join("sa-token");
+        std::fs::write(&token_file, token("apps", "app")).unwrap();
+        let mut child = Command::new(cli_bin())
+            .arg(format!("--federated-server-url={}", server.url))
+            .arg(format!("--federated-token={}", token_file.display()))
+            .arg(format!(
+                "--federated-ca-crt={}",
+                root.join("data/tls/ca.crt").display()
+            ))
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start esi-cli");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if std::env::var("ESI_TEST_ECHO").is_ok() {
+                    eprintln!("[esi-cli] {line}");
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        CliProcess { child, log }
+    }
+
+    fn logs(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// Runs to its end (init mode) within `limit`.
+    async fn wait(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "esi-cli still running:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGTERM, then its exit.
+    async fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = libc::pid_t::try_from(self.child.id()).unwrap();
+        // SAFETY: a plain kill(2) of our own child.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        self.wait(Duration::from_secs(20)).await
+    }
+}
+
+impl Drop for CliProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `username: …` and `password: …` of a whole-secret YAML file (one file, so both halves
+/// always belong to one credential).
+fn read_creds(path: &Path) -> Option<(String, String)> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let v: Value = serde_saphyr::from_str(&text).ok()?;
+    Some((
+        v["username"].as_str()?.to_string(),
+        v["password"].as_str()?.to_string(),
+    ))
+}
+
+async fn wait_for_file(path: &Path, cli: &CliProcess) -> (String, String) {
+    for _ in 0..200 {
+        if let Some(c) = read_creds(path) {
+            return c;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{} never written:\n{}", path.display(), cli.logs());
+}
+
+/// Issue 17: a daemon refreshing every 2 s holds exactly one database login, renewed
+/// past its 6 s TTL again and again (not re-issued), and revoked at SIGTERM.
+#[tokio::test(flavor = "multi_thread")]
+async fn daemon_renews_one_credential_and_revokes_it_at_exit() {
+    let Some(((addr, root), pg)) = backends() else {
+        return;
+    };
+    let mount = database_mount(&addr, &root, &pg, "6s").await;
+    let dir = tempfile::tempdir().unwrap();
+    manifests(
+        dir.path(),
+        &vault_generator(
+            "db",
+            &addr,
+            &root,
+            "GET",
+            &format!("{mount}/creds/app"),
+            json!({}),
+        ),
+    );
+    let server = TestServer::start(dir.path(), &[]);
+    let out = dir.path().join("out/db.yaml");
+    let mut cli = CliProcess::start(
+        &server,
+        dir.path(),
+        &[
+            "--mode=daemon".into(),
+            "--daemon-refresh-interval=2s".into(),
+            "--federated-generators=apps/VaultDynamicSecret/db".into(),
+            format!("--inject-on-file={}=db", out.display()),
+        ],
+    );
+    let (user, pass) = wait_for_file(&out, &cli).await;
+    let first = leases(&addr, &root, &mount).await;
+    assert_eq!(first.len(), 1, "{first:?}");
+    // Three TTLs: the one credential stays, live and alone.
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(18) {
+        assert_eq!(leases(&addr, &root, &mount).await, first, "{}", cli.logs());
+        assert_eq!(read_creds(&out), Some((user.clone(), pass.clone())));
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    assert!(pg.can_login(&user, &pass), "{}", cli.logs());
+    assert!(lease_ttl(&addr, &root, &first[0]).await > 0);
+    let renewals = server.audit_lines("renew");
+    assert!(
+        renewals.len() >= 3,
+        "{} renewals:\n{}",
+        renewals.len(),
+        cli.logs()
+    );
+    assert_eq!(server.audit_lines("issue").len(), 1);
+
+    let status = cli.terminate().await;
+    assert!(status.success(), "{status:?}\n{}", cli.logs());
+    assert!(
+        leases(&addr, &root, &mount).await.is_empty(),
+        "{}",
+        cli.logs()
+    );
+    assert!(!pg.can_login(&user, &pass));
+}
+
+/// Issue 17: at the maximum TTL the daemon rotates: the file always holds a credential that
+/// logs in (checked every 200 ms across two rotations), and each old one is revoked after
+/// the grace.
+#[tokio::test(flavor = "multi_thread")]
+async fn rotation_at_the_maximum_ttl_never_leaves_the_file_without_a_working_login() {
+    let Some(((addr, root), pg)) = backends() else {
+        return;
+    };
+    let mount = database_mount_capped(&addr, &root, &pg, "4s", "10s").await;
+    let dir = tempfile::tempdir().unwrap();
+    manifests(
+        dir.path(),
+        &vault_generator(
+            "db",
+            &addr,
+            &root,
+            "GET",
+            &format!("{mount}/creds/app"),
+            json!({}),
+        ),
+    );
+    let server = TestServer::start(dir.path(), &[]);
+    let out = dir.path().join("out/db.yaml");
+    let mut cli = CliProcess::start(
+        &server,
+        dir.path(),
+        &[
+            "--mode=daemon".into(),
+            "--daemon-refresh-interval=1m".into(),
+            "--rotation-grace=2s".into(),
+            "--federated-generators=apps/VaultDynamicSecret/db".into(),
+            format!("--inject-on-file={}=db", out.display()),
+        ],
+    );
+    let mut seen: Vec<(String, String)> = vec![wait_for_file(&out, &cli).await];
+    let start = std::time::Instant::now();
+    while seen.len() < 3 {
+        assert!(
+            start.elapsed() < Duration::from_secs(45),
+            "fewer than two rotations:\n{}",
+            cli.logs()
+        );
+        let current = read_creds(&out).unwrap();
+        assert!(
+            pg.can_login(&current.0, &current.1),
+            "the file's credential does not log in:\n{}",
+            cli.logs()
+        );
+        if seen.last() != Some(&current) {
+            seen.push(current);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Rotated-out credentials are gone once their grace has passed; at most the current one
+    // and one in its grace are live.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!pg.can_login(&seen[0].0, &seen[0].1));
+    assert!(leases(&addr, &root, &mount).await.len() <= 2);
+    assert!(server.audit_lines("renew").len() >= 2);
+    cli.terminate().await;
+    assert!(
+        leases(&addr, &root, &mount).await.is_empty(),
+        "{}",
+        cli.logs()
+    );
+}
+
+/// Issue 17, init mode: the init step writes handles (never values) for the daemon sidecar,
+/// which renews them past their TTL and revokes them when stopped.
+#[tokio::test(flavor = "multi_thread")]
+async fn init_hands_credentials_to_the_daemon_which_renews_and_revokes_them() {
+    let Some(((addr, root), pg)) = backends() else {
+        return;
+    };
+    let mount = database_mount(&addr, &root, &pg, "6s").await;
+    let dir = tempfile::tempdir().unwrap();
+    manifests(
+        dir.path(),
+        &vault_generator(
+            "db",
+            &addr,
+            &root,
+            "GET",
+            &format!("{mount}/creds/app"),
+            json!({}),
+        ),
+    );
+    let server = TestServer::start(dir.path(), &[]);
+    let handles = dir.path().join("shared/handles.json");
+    let out = dir.path().join("out/db.yaml");
+    let mut init = CliProcess::start(
+        &server,
+        dir.path(),
+        &[
+            "--mode=init".into(),
+            "--federated-generators=apps/VaultDynamicSecret/db".into(),
+            format!("--inject-on-file={}=db", out.display()),
+            format!("--credentials-file={}", handles.display()),
+        ],
+    );
+    let status = init.wait(Duration::from_secs(30)).await;
+    assert!(status.success(), "{}", init.logs());
+    let (user, pass) = read_creds(&out).unwrap();
+    let text = std::fs::read_to_string(&handles).unwrap();
+    assert!(!text.contains(&pass) && !text.contains(&user), "{text}");
+    let file: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(file["credentials"].as_array().unwrap().len(), 1, "{text}");
+
+    let mut daemon = CliProcess::start(
+        &server,
+        dir.path(),
+        &[
+            "--mode=daemon".into(),
+            format!("--credentials-file={}", handles.display()),
+        ],
+    );
+    // Twice the TTL later, still live: the sidecar renewed it.
+    tokio::time::sleep(Duration::from_secs(13)).await;
+    assert!(pg.can_login(&user, &pass), "{}", daemon.logs());
+    assert_eq!(leases(&addr, &root, &mount).await.len(), 1);
+    assert!(server.audit_lines("renew").len() >= 2, "{}", daemon.logs());
+    let status = daemon.terminate().await;
+    assert!(status.success(), "{}", daemon.logs());
+    assert!(!pg.can_login(&user, &pass), "{}", daemon.logs());
+    assert!(leases(&addr, &root, &mount).await.is_empty());
+}
