@@ -73,6 +73,8 @@ pub struct Keeper {
     settings: Settings,
     held: BTreeMap<GeneratorRef, Held>,
     retired: Vec<Retired>,
+    /// Generators whose first issue failed: failures so far and the next attempt.
+    pending: BTreeMap<GeneratorRef, (u32, Instant)>,
 }
 
 fn retry_after(failures: u32) -> Duration {
@@ -88,6 +90,7 @@ impl Keeper {
             settings,
             held: BTreeMap::new(),
             retired: Vec::new(),
+            pending: BTreeMap::new(),
         }
     }
 
@@ -116,6 +119,7 @@ impl Keeper {
             .values()
             .filter_map(|h| h.act_at)
             .chain(self.retired.iter().map(|r| r.revoke_at))
+            .chain(self.pending.values().map(|(_, at)| *at))
             .min()
     }
 
@@ -178,10 +182,18 @@ impl Keeper {
     ) -> Vec<(GeneratorRef, FetchError)> {
         let mut failures = Vec::new();
         for g in wanted {
-            if !self.held.contains_key(g)
-                && let Err(e) = self.issue(client, g, now).await
-            {
-                failures.push((g.clone(), e));
+            if self.held.contains_key(g) || self.pending.get(g).is_some_and(|(_, at)| *at > now) {
+                continue;
+            }
+            match self.issue(client, g, now).await {
+                Ok(()) => {
+                    self.pending.remove(g);
+                }
+                Err(e) => {
+                    let n = self.pending.get(g).map_or(0, |(n, _)| *n).saturating_add(1);
+                    self.pending.insert(g.clone(), (n, now + retry_after(n)));
+                    failures.push((g.clone(), e));
+                }
             }
         }
         let due: Vec<GeneratorRef> = self
@@ -493,6 +505,30 @@ mod tests {
         );
         assert_eq!(k.next_deadline(), Some(now + Duration::from_secs(5)));
         // Adopted values are not re-exposed.
+        assert_eq!(k.values().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_failed_first_issue_backs_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let client = FederatedClient::new(
+            "https://127.0.0.1:1",
+            None,
+            dir.path().join("no-token"),
+            &dir.path().join("no-ca"),
+            false,
+        )
+        .unwrap();
+        let mut k = keeper();
+        let now = Instant::now();
+        let failed = k.step(&client, &[g("db")], now).await;
+        assert_eq!(failed.len(), 1);
+        // Not tried again before its retry time, which the daemon sleeps until.
+        assert!(k.step(&client, &[g("db")], now).await.is_empty());
+        assert_eq!(k.next_deadline(), Some(now + Duration::from_secs(2)));
+        let failed = k.step(&client, &[g("db")], now + Duration::from_secs(2)).await;
+        assert_eq!(failed.len(), 1);
+        assert_eq!(k.next_deadline(), Some(now + Duration::from_secs(6)));
         assert_eq!(k.values().count(), 0);
     }
 

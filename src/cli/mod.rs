@@ -338,11 +338,6 @@ pub async fn daemon(plan: &Plan) -> ExitCode {
             // Watch the handoff file for an init step's (re)written handles.
             wake = wake.min(Instant::now() + Duration::from_secs(1));
         }
-        if wanted.iter().any(|g| !keeper.values().any(|(h, _)| h == g)) {
-            // A generator not served yet: retry soon, backing off through the keeper's
-            // own schedule once it holds something.
-            wake = wake.min(Instant::now() + Duration::from_secs(1));
-        }
         tokio::select! {
             _ = tokio::time::sleep_until(wake) => {}
             _ = term.recv() => break 'run,
