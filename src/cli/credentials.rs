@@ -526,7 +526,9 @@ mod tests {
         // Not tried again before its retry time, which the daemon sleeps until.
         assert!(k.step(&client, &[g("db")], now).await.is_empty());
         assert_eq!(k.next_deadline(), Some(now + Duration::from_secs(2)));
-        let failed = k.step(&client, &[g("db")], now + Duration::from_secs(2)).await;
+        let failed = k
+            .step(&client, &[g("db")], now + Duration::from_secs(2))
+            .await;
         assert_eq!(failed.len(), 1);
         assert_eq!(k.next_deadline(), Some(now + Duration::from_secs(6)));
         assert_eq!(k.values().count(), 0);
