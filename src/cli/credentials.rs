@@ -77,10 +77,10 @@ pub struct Keeper {
     pending: BTreeMap<GeneratorRef, (u32, Instant)>,
 }
 
+/// The wait after `failures` failed attempts: the fetches' backoff (doubling from 1 s,
+/// capped, jittered so many Pods do not retry in step).
 fn retry_after(failures: u32) -> Duration {
-    Duration::from_secs(1)
-        .saturating_mul(2u32.saturating_pow(failures.min(6)))
-        .min(MAX_RETRY)
+    super::fetch::backoff(failures, Duration::from_secs(1), MAX_RETRY)
 }
 
 impl Keeper {
@@ -525,12 +525,14 @@ mod tests {
         assert_eq!(failed.len(), 1);
         // Not tried again before its retry time, which the daemon sleeps until.
         assert!(k.step(&client, &[g("db")], now).await.is_empty());
-        assert_eq!(k.next_deadline(), Some(now + Duration::from_secs(2)));
-        let failed = k
-            .step(&client, &[g("db")], now + Duration::from_secs(2))
-            .await;
+        let first = k.next_deadline().unwrap() - now;
+        let window = |lo, hi| Duration::from_secs(lo)..=Duration::from_secs(hi);
+        assert!(window(1, 2).contains(&first), "{first:?}");
+        let later = now + Duration::from_secs(2);
+        let failed = k.step(&client, &[g("db")], later).await;
         assert_eq!(failed.len(), 1);
-        assert_eq!(k.next_deadline(), Some(now + Duration::from_secs(6)));
+        let second = k.next_deadline().unwrap() - later;
+        assert!(window(2, 4).contains(&second), "{second:?}");
         assert_eq!(k.values().count(), 0);
     }
 
