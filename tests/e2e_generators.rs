@@ -1248,27 +1248,60 @@ async fn wait_for_file(path: &Path, cli: &CliProcess) -> (String, String) {
     panic!("{} never written:\n{}", path.display(), cli.logs());
 }
 
+/// The setup of the daemon tests: OpenBao's `database` role on the test PostgreSQL with
+/// leases of `ttl` (renewable up to `max_ttl`), the `db` generator on it, and a server.
+struct Role {
+    addr: String,
+    root: String,
+    pg: Pg,
+    mount: String,
+    dir: tempfile::TempDir,
+    server: TestServer,
+}
+
+impl Role {
+    async fn start(ttl: &str, max_ttl: &str) -> Option<Role> {
+        let ((addr, root), pg) = backends()?;
+        let mount = database_mount_capped(&addr, &root, &pg, ttl, max_ttl).await;
+        let dir = tempfile::tempdir().unwrap();
+        manifests(
+            dir.path(),
+            &vault_generator(
+                "db",
+                &addr,
+                &root,
+                "GET",
+                &format!("{mount}/creds/app"),
+                json!({}),
+            ),
+        );
+        let server = TestServer::start(dir.path(), &[]);
+        Some(Role {
+            addr,
+            root,
+            pg,
+            mount,
+            dir,
+            server,
+        })
+    }
+}
+
 /// Issue 17: a daemon refreshing every 2 s holds exactly one database login, renewed
 /// past its 6 s TTL again and again (not re-issued), and revoked at SIGTERM.
 #[tokio::test(flavor = "multi_thread")]
 async fn daemon_renews_one_credential_and_revokes_it_at_exit() {
-    let Some(((addr, root), pg)) = backends() else {
+    let Some(role) = Role::start("6s", "2h").await else {
         return;
     };
-    let mount = database_mount(&addr, &root, &pg, "6s").await;
-    let dir = tempfile::tempdir().unwrap();
-    manifests(
-        dir.path(),
-        &vault_generator(
-            "db",
-            &addr,
-            &root,
-            "GET",
-            &format!("{mount}/creds/app"),
-            json!({}),
-        ),
-    );
-    let server = TestServer::start(dir.path(), &[]);
+    let Role {
+        addr,
+        root,
+        pg,
+        mount,
+        dir,
+        server,
+    } = role;
     let out = dir.path().join("out/db.yaml");
     let mut cli = CliProcess::start(
         &server,
@@ -1316,23 +1349,17 @@ async fn daemon_renews_one_credential_and_revokes_it_at_exit() {
 /// the grace.
 #[tokio::test(flavor = "multi_thread")]
 async fn rotation_at_the_maximum_ttl_never_leaves_the_file_without_a_working_login() {
-    let Some(((addr, root), pg)) = backends() else {
+    let Some(role) = Role::start("4s", "10s").await else {
         return;
     };
-    let mount = database_mount_capped(&addr, &root, &pg, "4s", "10s").await;
-    let dir = tempfile::tempdir().unwrap();
-    manifests(
-        dir.path(),
-        &vault_generator(
-            "db",
-            &addr,
-            &root,
-            "GET",
-            &format!("{mount}/creds/app"),
-            json!({}),
-        ),
-    );
-    let server = TestServer::start(dir.path(), &[]);
+    let Role {
+        addr,
+        root,
+        pg,
+        mount,
+        dir,
+        server,
+    } = role;
     let out = dir.path().join("out/db.yaml");
     let mut cli = CliProcess::start(
         &server,
@@ -1382,23 +1409,17 @@ async fn rotation_at_the_maximum_ttl_never_leaves_the_file_without_a_working_log
 /// which renews them past their TTL and revokes them when stopped.
 #[tokio::test(flavor = "multi_thread")]
 async fn init_hands_credentials_to_the_daemon_which_renews_and_revokes_them() {
-    let Some(((addr, root), pg)) = backends() else {
+    let Some(role) = Role::start("6s", "2h").await else {
         return;
     };
-    let mount = database_mount(&addr, &root, &pg, "6s").await;
-    let dir = tempfile::tempdir().unwrap();
-    manifests(
-        dir.path(),
-        &vault_generator(
-            "db",
-            &addr,
-            &root,
-            "GET",
-            &format!("{mount}/creds/app"),
-            json!({}),
-        ),
-    );
-    let server = TestServer::start(dir.path(), &[]);
+    let Role {
+        addr,
+        root,
+        pg,
+        mount,
+        dir,
+        server,
+    } = role;
     let handles = dir.path().join("shared/handles.json");
     let out = dir.path().join("out/db.yaml");
     let mut init = CliProcess::start(
@@ -1446,27 +1467,21 @@ async fn init_hands_credentials_to_the_daemon_which_renews_and_revokes_them() {
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "a ten-minute measurement, run by hand"]
 async fn measure_live_credentials_of_a_daemon() {
-    let Some(((addr, root), pg)) = backends() else {
-        return;
-    };
     let seconds: u64 = std::env::var("ESI_MEASURE_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(600);
-    let mount = database_mount(&addr, &root, &pg, "60s").await;
-    let dir = tempfile::tempdir().unwrap();
-    manifests(
-        dir.path(),
-        &vault_generator(
-            "db",
-            &addr,
-            &root,
-            "GET",
-            &format!("{mount}/creds/app"),
-            json!({}),
-        ),
-    );
-    let server = TestServer::start(dir.path(), &[]);
+    let Some(role) = Role::start("60s", "2h").await else {
+        return;
+    };
+    let Role {
+        addr,
+        root,
+        mount,
+        dir,
+        server,
+        ..
+    } = role;
     let out = dir.path().join("out/db.yaml");
     let mut cli = CliProcess::start(
         &server,

@@ -19,7 +19,7 @@ use zeroize::Zeroizing;
 
 use super::{
     Admitted, ApiError, AppState, Caller, ClientCa, EseBody, authorized_generator, issue_refused,
-    ledger_ref, ledger_unavailable, secret_json, with_timeout,
+    ledger_ref, ledger_unavailable, revoke_now, secret_json, with_timeout,
 };
 use crate::authz::Action;
 use crate::generators::{GenerateContext, Generated};
@@ -235,19 +235,6 @@ pub(super) async fn v1_revoke(
     let entry = own_credential(&state, &caller, &id, Action::Revoke).await?;
     let ledger = state.ledger.as_deref().ok_or(ApiError::NotFound)?;
     let snapshot = state.snapshot.load_full();
-    let summary = lifecycle::revoke_entries(
-        ledger,
-        &snapshot.generators,
-        vec![entry],
-        "request",
-        state.settings.backend_timeout,
-    )
-    .await
-    .map_err(ledger_unavailable)?;
-    if summary.failed > 0 {
-        return Err(ApiError::Unavailable(
-            "revocation failed; it will be retried".into(),
-        ));
-    }
+    revoke_now(&state, ledger, &snapshot, vec![entry], "request").await?;
     Ok(axum::http::StatusCode::NO_CONTENT.into_response())
 }

@@ -572,6 +572,18 @@ async fn revoke_owned(
         .into_iter()
         .filter(|e| keep(&e.generator))
         .collect();
+    revoke_now(state, ledger, snapshot, entries, reason).await
+}
+
+/// Revokes `entries` at their backends now; any failure (kept for the sweeper to retry)
+/// answers 503.
+async fn revoke_now(
+    state: &AppState,
+    ledger: &dyn Ledger,
+    snapshot: &Snapshot,
+    entries: Vec<crate::ledger::LedgerEntry>,
+    reason: &'static str,
+) -> Result<(), ApiError> {
     if entries.is_empty() {
         return Ok(());
     }

@@ -75,10 +75,29 @@ fn audit_issue(
     );
 }
 
-fn audit_revoke(entry: &LedgerEntry, kind: &str, reason: &str, outcome: &str, error: &str) {
+/// What happened to a recorded credential, as one audit line.
+#[derive(Clone, Copy)]
+enum EntryEvent {
+    Revoke,
+    Renew,
+}
+
+fn audit_entry(
+    event: EntryEvent,
+    entry: &LedgerEntry,
+    kind: &str,
+    reason: &str,
+    outcome: &str,
+    expires_at: Option<u64>,
+    error: &str,
+) {
+    let (event, message) = match event {
+        EntryEvent::Revoke => ("revoke", "credential revocation"),
+        EntryEvent::Renew => ("renew", "credential renewal"),
+    };
     tracing::info!(
         target: "esi::audit",
-        event = "revoke",
+        event,
         outcome,
         reason,
         federation = %entry.holder.federation,
@@ -90,10 +109,34 @@ fn audit_revoke(entry: &LedgerEntry, kind: &str, reason: &str, outcome: &str, er
         generator_kind = kind,
         lease_id_hash = %entry.state.fingerprint(),
         issued_at = entry.issued_at,
-        expires_at = entry.expires_at.unwrap_or(0),
+        expires_at = expires_at.or(entry.expires_at).unwrap_or(0),
         attempts = entry.attempts,
         error,
-        "credential revocation"
+        "{message}"
+    );
+}
+
+fn audit_revoke(entry: &LedgerEntry, kind: &str, reason: &str, outcome: &str, error: &str) {
+    audit_entry(
+        EntryEvent::Revoke,
+        entry,
+        kind,
+        reason,
+        outcome,
+        None,
+        error,
+    );
+}
+
+fn audit_renew(entry: &LedgerEntry, kind: &str, outcome: &str, expires_at: u64, error: &str) {
+    audit_entry(
+        EntryEvent::Renew,
+        entry,
+        kind,
+        "request",
+        outcome,
+        Some(expires_at),
+        error,
     );
 }
 
@@ -210,26 +253,6 @@ pub enum RenewError {
     /// The backend renewed it but the ledger could not note the new expiry.
     #[error("renewal could not be recorded")]
     NotRecorded(#[source] LedgerError),
-}
-
-fn audit_renew(entry: &LedgerEntry, kind: &str, outcome: &str, expires_at: u64, error: &str) {
-    tracing::info!(
-        target: "esi::audit",
-        event = "renew",
-        outcome,
-        federation = %entry.holder.federation,
-        subject = %entry.holder.subject,
-        namespace = %entry.holder.namespace,
-        service_account = %entry.holder.service_account,
-        pod = entry.holder.pod_name.as_deref().unwrap_or(""),
-        generator = %entry.generator,
-        generator_kind = kind,
-        lease_id_hash = %entry.state.fingerprint(),
-        issued_at = entry.issued_at,
-        expires_at,
-        error,
-        "credential renewal"
-    );
 }
 
 /// Renews `entry` with `generator` (the one serving its generator now) by `increment`
