@@ -1513,3 +1513,95 @@ async fn measure_live_credentials_of_a_daemon() {
     cli.terminate().await;
     assert!(leases(&addr, &root, &mount).await.is_empty());
 }
+
+/// Issue 17's own case: a `VaultDynamicSecret` issuing OpenBao tokens (`auth/token/create`,
+/// `resultType: Auth`). The handle renews the token through its accessor (its TTL moves at
+/// OpenBao) and revokes exactly it.
+#[tokio::test(flavor = "multi_thread")]
+async fn token_credentials_renew_and_revoke_by_accessor() {
+    let Some((addr, root)) = openbao() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    manifests(
+        dir.path(),
+        &format!(
+            r#"---
+apiVersion: v1
+kind: Secret
+metadata: {{name: vault-token-db, namespace: apps}}
+stringData: {{token: "{root}"}}
+---
+apiVersion: generators.external-secrets.io/v1alpha1
+kind: VaultDynamicSecret
+metadata: {{name: db, namespace: apps}}
+spec:
+  method: POST
+  path: auth/token/create
+  parameters: {{ttl: "30s", policies: [default], no_parent: true}}
+  resultType: Auth
+  provider:
+    server: {addr}
+    auth:
+      tokenSecretRef: {{name: vault-token-db, key: token}}
+"#
+        ),
+    );
+    let app = token("apps", "app");
+    let server = TestServer::start(dir.path(), &[]);
+    let (status, body) = server
+        .call(
+            reqwest::Method::POST,
+            "/v1/generators/apps/VaultDynamicSecret/db",
+            &app,
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let issued: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(issued["credential"]["renewable"], true, "{body}");
+    assert!(issued["credential"]["leaseDuration"].as_u64().unwrap() <= 30);
+    let accessor = {
+        use base64::Engine;
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(issued["data"]["accessor"].as_str().unwrap())
+            .unwrap();
+        String::from_utf8(raw).unwrap()
+    };
+    let lookup = || async {
+        install_crypto();
+        reqwest::Client::new()
+            .post(format!("{addr}/v1/auth/token/lookup-accessor"))
+            .header("X-Vault-Token", &root)
+            .json(&json!({ "accessor": accessor }))
+            .send()
+            .await
+            .unwrap()
+    };
+    let ttl = |v: Value| v["data"]["ttl"].as_u64().unwrap();
+    assert!(ttl(lookup().await.json().await.unwrap()) <= 30);
+
+    let id = issued["credential"]["id"].as_str().unwrap();
+    let (status, body) = server
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/credentials/{id}/renew"),
+            &app,
+            json!({"increment": 3600}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(ttl(lookup().await.json().await.unwrap()) > 3000);
+
+    let (status, body) = server
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/v1/credentials/{id}"),
+            &app,
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 204, "{body}");
+    // The accessor (and its token) is gone.
+    assert!(!lookup().await.status().is_success());
+}
