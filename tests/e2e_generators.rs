@@ -1422,6 +1422,31 @@ async fn init_hands_credentials_to_the_daemon_which_renews_and_revokes_them() {
     } = role;
     let handles = dir.path().join("shared/handles.json");
     let out = dir.path().join("out/db.yaml");
+    // An init that cannot have everything hands nothing over and gives back what it issued.
+    let mut failed = CliProcess::start(
+        &server,
+        dir.path(),
+        &[
+            "--mode=init".into(),
+            "--federated-generators=apps/VaultDynamicSecret/db,apps/Password/not-granted".into(),
+            format!(
+                "--inject-on-file={}=db,{}=not-granted",
+                out.display(),
+                dir.path().join("out/pw.yaml").display()
+            ),
+            format!("--credentials-file={}", handles.display()),
+            "--timeout=5s".into(),
+        ],
+    );
+    let status = failed.wait(Duration::from_secs(30)).await;
+    assert_eq!(status.code(), Some(1), "{}", failed.logs());
+    assert!(!handles.exists() && !out.exists());
+    assert!(
+        leases(&addr, &root, &mount).await.is_empty(),
+        "{}",
+        failed.logs()
+    );
+    assert_eq!(server.audit_lines("revoke").len(), 1);
     let mut init = CliProcess::start(
         &server,
         dir.path(),

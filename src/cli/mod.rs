@@ -116,22 +116,60 @@ pub async fn prepare_init(plan: &Plan) -> Result<Injection, ExitCode> {
         say(e);
         ExitCode::from(EXIT_USAGE)
     })?;
-    let results = if ids.is_empty() {
-        // Nothing to fetch: no source is needed (nor an in-cluster config).
-        fetch::Results::new()
-    } else {
-        let fetcher = Fetcher::from_plan(plan).await.map_err(|e| {
+    // Nothing to fetch: no source is needed (nor an in-cluster config).
+    let fetcher = match ids.is_empty() {
+        true => None,
+        false => Some(Fetcher::from_plan(plan).await.map_err(|e| {
             say(e);
             ExitCode::from(EXIT_FAILURE)
-        })?;
-        match (&fetcher, &plan.credentials_file) {
-            (Fetcher::Federated(client), Some(path)) => {
-                issue_with_handles(plan, &fetcher, client, &ids, path).await?
-            }
-            _ => fetcher.fetch_all(&ids, plan.timeout).await,
-        }
+        })?),
     };
-    let injection = inject::assemble(plan, &results, &ids).map_err(|failures| {
+    let (results, handoff) = match (&fetcher, &plan.credentials_file) {
+        (None, _) => (fetch::Results::new(), None),
+        (Some(Fetcher::Federated(client)), Some(path)) => {
+            let (results, handoff) = issue_with_handles(plan, client, &ids).await;
+            (results, Some((client, handoff, path)))
+        }
+        (Some(f), _) => (f.fetch_all(&ids, plan.timeout).await, None),
+    };
+    let prepared = assemble_and_write(plan, &results, &ids).and_then(|injection| {
+        if let Some((_, handoff, path)) = &handoff
+            && let Err(e) = handoff.write(path)
+        {
+            say(format_args!(
+                "cannot write the credentials file {}: {e}",
+                path.display()
+            ));
+            return Err(ExitCode::from(EXIT_FAILURE));
+        }
+        Ok(injection)
+    });
+    if prepared.is_err()
+        && let Some((client, handoff, _)) = &handoff
+    {
+        // Nothing was handed to anyone: give back what was issued for this attempt.
+        for c in &handoff.credentials {
+            if let Some(id) = &c.lease.id
+                && let Err(e) = client.revoke_once(id).await
+            {
+                say(format_args!(
+                    "could not revoke an unused credential of {} ({e}); it lapses at its expiry",
+                    c.generator
+                ));
+            }
+        }
+    }
+    prepared
+}
+
+/// Assembles what to inject and writes the files; on failure the lines are printed and
+/// the exit code returned.
+fn assemble_and_write(
+    plan: &Plan,
+    results: &fetch::Results,
+    ids: &[args::SecretId],
+) -> Result<Injection, ExitCode> {
+    let injection = inject::assemble(plan, results, ids).map_err(|failures| {
         for f in &failures {
             say(f);
         }
@@ -173,22 +211,30 @@ fn exec_or_exit(plan: &Plan, inj: Injection) -> ExitCode {
 }
 
 /// Init mode with `--credentials-file`: generators are issued with handles (the `/v1`
-/// call) and the handles written to the file for the daemon sidecar, which renews them
-/// and revokes them when the Pod ends; other secrets are fetched as usual.
+/// call) and their handles collected for the daemon sidecar, which renews them and revokes
+/// them when the Pod ends; other secrets are fetched as usual. The caller writes the
+/// handoff once everything is in place (or revokes what was issued).
 async fn issue_with_handles(
     plan: &Plan,
-    fetcher: &Fetcher,
     client: &federated::FederatedClient,
     ids: &[args::SecretId],
-    path: &std::path::Path,
-) -> Result<fetch::Results, ExitCode> {
+) -> (fetch::Results, credentials::Handoff) {
     let (generators, others): (Vec<_>, Vec<_>) = ids
         .iter()
         .cloned()
         .partition(|id| matches!(id, args::SecretId::Generator(_)));
-    let mut results = fetcher.fetch_all(&others, plan.timeout).await;
-    let mut handoff = credentials::Handoff::default();
     let deadline = tokio::time::Instant::now() + plan.timeout;
+    let mut results: fetch::Results = futures_util::future::join_all(
+        others
+            .iter()
+            .map(|id| fetch::with_retry(deadline, plan.timeout, || client.fetch_once(id))),
+    )
+    .await
+    .into_iter()
+    .zip(others.iter().cloned())
+    .map(|(r, id)| (id, r))
+    .collect();
+    let mut handoff = credentials::Handoff::default();
     for id in generators {
         let args::SecretId::Generator(g) = &id else {
             continue;
@@ -200,20 +246,7 @@ async fn issue_with_handles(
         });
         results.insert(id, answer);
     }
-    if let Err(e) = handoff.write(path) {
-        say(format_args!(
-            "cannot write the credentials file {}: {e}",
-            path.display()
-        ));
-        // Issued but unaccounted for on this side: give them back.
-        for c in &handoff.credentials {
-            if let Some(id) = &c.lease.id {
-                let _ = client.revoke_once(id).await;
-            }
-        }
-        return Err(ExitCode::from(EXIT_FAILURE));
-    }
-    Ok(results)
+    (results, handoff)
 }
 
 /// Daemon mode: keep files current. Store secrets are re-fetched every
