@@ -6,7 +6,6 @@ use std::future::Future;
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use rand::Rng;
 use tokio::time::Instant;
 
 use super::args::{Plan, SecretId, SourceConfig};
@@ -18,14 +17,21 @@ use super::value::SecretData;
 /// Results of one round of fetching.
 pub type Results = HashMap<SecretId, Result<SecretData, FetchError>>;
 
-/// Exponential backoff with jitter: `base·2^attempt`, capped, then a random point in
-/// its upper half so many Pods restarting together do not retry in step.
+/// Exponential backoff with jitter (`backon`): for `D = min(base·2^attempt, cap)`, a random
+/// point in `[D/2, D]`, so many Pods restarting together do not retry in step.
 pub fn backoff(attempt: u32, base: Duration, cap: Duration) -> Duration {
-    let exp = base.saturating_mul(2u32.saturating_pow(attempt.min(20)));
-    let d = exp.min(cap);
-    let half = d / 2;
-    let jitter_ms = u64::try_from(half.as_millis()).unwrap_or(u64::MAX);
-    half + Duration::from_millis(rand::rng().random_range(0..=jitter_ms))
+    use backon::BackoffBuilder;
+    // backon's jitter adds up to the delay itself: half-size delays land in [D/2, D).
+    backon::ExponentialBuilder::default()
+        .with_min_delay(base / 2)
+        .with_max_delay(cap / 2)
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
+        .build()
+        .nth(usize::try_from(attempt.min(40)).unwrap_or(40))
+        .unwrap_or(cap)
+        .min(cap)
 }
 
 /// Runs `attempt` until it succeeds, fails for good, or `deadline` passes; transient

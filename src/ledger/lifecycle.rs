@@ -39,9 +39,15 @@ pub enum IssueError {
 
 /// Delay before retry number `attempts + 1`: doubling from 1 s, capped.
 pub fn backoff(attempts: u32) -> u64 {
-    1u64.checked_shl(attempts.min(16))
-        .unwrap_or(MAX_BACKOFF_SECS)
-        .min(MAX_BACKOFF_SECS)
+    use backon::BackoffBuilder;
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_secs(1))
+        .with_max_delay(Duration::from_secs(MAX_BACKOFF_SECS))
+        .with_factor(2.0)
+        .without_max_times()
+        .build()
+        .nth(usize::try_from(attempts.min(40)).unwrap_or(40))
+        .map_or(MAX_BACKOFF_SECS, |d| d.as_secs().min(MAX_BACKOFF_SECS))
 }
 
 fn audit_issue(
