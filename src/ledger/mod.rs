@@ -11,6 +11,7 @@
 //! that nothing holds (Password, UUID, SSHKey, Fake) get an audit line only.
 
 pub mod lifecycle;
+pub mod postgres;
 mod redb_store;
 
 use serde::{Deserialize, Serialize};
@@ -20,6 +21,7 @@ use crate::generators::{self, RevocationState};
 use crate::resources::GeneratorKey;
 
 pub use lifecycle::{RevokeSummary, Sweeper};
+pub use postgres::PostgresLedger;
 pub use redb_store::RedbLedger;
 
 /// The default `--data-dir` (self-signed TLS material and `ledger.redb`): always an
