@@ -1345,11 +1345,11 @@ async fn daemon_renews_one_credential_and_revokes_it_at_exit() {
 }
 
 /// Issue 17: at the maximum TTL the daemon rotates: the file always holds a credential that
-/// logs in (checked every 200 ms across two rotations), and each old one is revoked after
-/// the grace.
+/// logs in (checked every 200 ms across two rotations), and each old one is revoked by the
+/// daemon after the grace (before its own maximum TTL would end it).
 #[tokio::test(flavor = "multi_thread")]
 async fn rotation_at_the_maximum_ttl_never_leaves_the_file_without_a_working_login() {
-    let Some(role) = Role::start("4s", "10s").await else {
+    let Some(role) = Role::start("4s", "12s").await else {
         return;
     };
     let Role {
@@ -1367,7 +1367,11 @@ async fn rotation_at_the_maximum_ttl_never_leaves_the_file_without_a_working_log
         &[
             "--mode=daemon".into(),
             "--daemon-refresh-interval=1m".into(),
-            "--rotation-grace=2s".into(),
+            // Renewals at 2, 4, 6, 8 s; at 10 s only 2 s are granted, so the credential is
+            // replaced at 11 s and the old one revoked by the daemon at 11.5 s, before its
+            // maximum TTL would end it at 12 s.
+            "--renewal-percent=50".into(),
+            "--rotation-grace=500ms".into(),
             "--federated-generators=apps/VaultDynamicSecret/db".into(),
             format!("--inject-on-file={}=db", out.display()),
         ],
@@ -1394,6 +1398,17 @@ async fn rotation_at_the_maximum_ttl_never_leaves_the_file_without_a_working_log
     // Rotated-out credentials are gone once their grace has passed; at most the current one
     // and one in its grace are live.
     tokio::time::sleep(Duration::from_secs(3)).await;
+    // Each rotated-out credential was revoked by the daemon (a request), not left to lapse.
+    let by_request = server
+        .audit_lines("revoke")
+        .into_iter()
+        .filter(|l| l["reason"] == "request" && l["outcome"] == "ok")
+        .count();
+    assert!(
+        by_request >= 2,
+        "{by_request} revoked by request:\n{}",
+        cli.logs()
+    );
     assert!(!pg.can_login(&seen[0].0, &seen[0].1));
     assert!(leases(&addr, &root, &mount).await.len() <= 2);
     assert!(server.audit_lines("renew").len() >= 2);

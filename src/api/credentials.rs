@@ -25,8 +25,9 @@ use crate::authz::Action;
 use crate::generators::{GenerateContext, Generated};
 use crate::ledger::{Holder, LedgerEntry, lifecycle};
 
-/// The longest renewal a caller may ask for (30 days); the backend caps it further.
-const MAX_INCREMENT_SECS: u64 = 30 * 24 * 3600;
+/// The longest renewal passed to a backend (one year): longer asks are capped to it, and
+/// the backend caps further at the credential's maximum TTL.
+const MAX_INCREMENT_SECS: u64 = 365 * 24 * 3600;
 
 /// A credential's handle and lease facts, as `/v1` answers them.
 #[derive(Serialize)]
@@ -182,15 +183,16 @@ pub(super) async fn v1_renew(
         body: request,
     }: Admitted<RenewBody>,
 ) -> Result<Response, ApiError> {
-    if let Some(seconds) = request.increment
-        && !(1..=MAX_INCREMENT_SECS).contains(&seconds)
-    {
-        return Err(ApiError::BadRequest(format!(
-            "increment must be 1 to {MAX_INCREMENT_SECS} seconds"
-        )));
+    if request.increment == Some(0) {
+        return Err(ApiError::BadRequest(
+            "increment must be at least 1 second".into(),
+        ));
     }
+    let increment = request.increment.map(|s| s.min(MAX_INCREMENT_SECS));
     let entry = own_credential(&state, &caller, &id, Action::Renew).await?;
-    if !entry.renewable {
+    // A revocation is pending (a DELETE or the sweeper failed and will retry): renewing
+    // would answer a new expiry for a credential about to be revoked.
+    if !entry.renewable || entry.retry_at.is_some() {
         return Err(ApiError::Conflict(
             "the credential cannot be renewed; issue a new one".into(),
         ));
@@ -206,7 +208,7 @@ pub(super) async fn v1_renew(
         ledger,
         generator.as_ref(),
         &entry,
-        request.increment,
+        increment,
         state.settings.backend_timeout,
     )
     .await

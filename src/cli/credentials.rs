@@ -29,6 +29,9 @@ use super::value::SecretData;
 const MIN_STEP: Duration = Duration::from_millis(500);
 /// Longest wait between two attempts after failures.
 const MAX_RETRY: Duration = Duration::from_secs(60);
+/// Longest lease the keeper schedules by (one year): a larger value from the server or a
+/// handoff file is read as this, so no deadline overflows.
+const MAX_LEASE_SECS: u64 = 365 * 24 * 3600;
 /// Largest handoff file read.
 const MAX_HANDOFF_BYTES: u64 = 1 << 20;
 
@@ -79,6 +82,11 @@ pub struct Keeper {
 
 /// The wait after `failures` failed attempts: the fetches' backoff (doubling from 1 s,
 /// capped, jittered so many Pods do not retry in step).
+/// `seconds` of a lease as a duration, capped at [`MAX_LEASE_SECS`].
+fn lease(seconds: u64) -> Duration {
+    Duration::from_secs(seconds.min(MAX_LEASE_SECS))
+}
+
 fn retry_after(failures: u32) -> Duration {
     super::fetch::backoff(failures, Duration::from_secs(1), MAX_RETRY)
 }
@@ -97,7 +105,7 @@ impl Keeper {
     /// When to act on a lease of `seconds` granted at `now`.
     fn act_at(&self, now: Instant, seconds: Option<u64>) -> Option<Instant> {
         let seconds = seconds?;
-        let after = Duration::from_secs(seconds).mul_f64(self.settings.renew_at);
+        let after = lease(seconds).mul_f64(self.settings.renew_at);
         Some(now + after.max(MIN_STEP))
     }
 
@@ -227,7 +235,7 @@ impl Keeper {
         let held = Held {
             data: Some(data),
             issued_for: lease.lease_duration,
-            lapses_at: lease.lease_duration.map(|s| now + Duration::from_secs(s)),
+            lapses_at: lease.lease_duration.map(|s| now + self::lease(s)),
             act_at: self.act_at(now, lease.lease_duration),
             reissue: false,
             failures: 0,
@@ -254,9 +262,12 @@ impl Keeper {
             && h.lease.renewable
             && let Some(id) = h.lease.id.clone()
         {
-            match client.renew_once(&id, h.issued_for).await {
-                Ok(lease) => {
-                    let seconds = lease.lease_duration;
+            let answer = client.renew_once(&id, h.issued_for).await;
+            // Deadlines count from the answer, not from before a possibly slow call.
+            let now = Instant::now();
+            match answer {
+                Ok(renewal) => {
+                    let seconds = renewal.lease_duration;
                     // A renewal that grants less than asked: the maximum TTL is near.
                     let short = match (seconds, h.issued_for) {
                         (Some(got), Some(asked)) => {
@@ -264,28 +275,30 @@ impl Keeper {
                         }
                         _ => true,
                     };
-                    h.lapses_at = seconds.map(|s| now + Duration::from_secs(s));
-                    h.lease.renewable = lease.renewable;
-                    h.reissue = short || !lease.renewable;
+                    h.lapses_at = seconds.map(|s| now + lease(s));
+                    h.lease.renewable = renewal.renewable;
+                    h.reissue = short || !renewal.renewable;
                     h.failures = 0;
-                    let act = seconds.map(|s| {
-                        now + Duration::from_secs(s)
-                            .mul_f64(self.settings.renew_at)
-                            .max(MIN_STEP)
-                    });
-                    h.act_at = act;
+                    h.act_at = seconds
+                        .map(|s| now + lease(s).mul_f64(self.settings.renew_at).max(MIN_STEP));
                     tracing::info!(generator = %name, lease_seconds = seconds.unwrap_or(0), last = h.reissue, "credential renewed");
                     return Ok(());
                 }
-                Err(FetchError::NotRenewable | FetchError::NotFound(_)) => {
+                // 400: a server that refuses the ask itself (an older one's increment
+                // bound); renewing again would fail the same way.
+                Err(
+                    FetchError::NotRenewable | FetchError::NotFound(_) | FetchError::Rejected(400),
+                ) => {
                     tracing::info!(generator = %name, "renewal refused; issuing a new credential");
                     h.reissue = true;
                 }
                 Err(e) => {
                     h.failures = h.failures.saturating_add(1);
-                    let mut next = now + retry_after(h.failures);
-                    if let Some(lapse) = h.lapses_at {
-                        next = next.min(lapse.max(now + MIN_STEP));
+                    let next = now + retry_after(h.failures);
+                    // Lapsed by the next attempt: renewing cannot help any more; issue anew
+                    // then (never a hot loop on a credential that is already gone).
+                    if h.lapses_at.is_some_and(|lapse| lapse <= next) {
+                        h.reissue = true;
                     }
                     h.act_at = Some(next);
                     return Err(e);
@@ -302,12 +315,13 @@ impl Keeper {
             h.act_at = None;
             return Ok(());
         }
-        match self.issue(client, g, now).await {
+        let issued = self.issue(client, g, now).await;
+        match issued {
             Ok(()) => Ok(()),
             Err(e) => {
                 if let Some(h) = self.held.get_mut(g) {
                     h.failures = h.failures.saturating_add(1);
-                    h.act_at = Some(now + retry_after(h.failures));
+                    h.act_at = Some(Instant::now() + retry_after(h.failures));
                 }
                 Err(e)
             }
@@ -337,31 +351,30 @@ impl Keeper {
         self.retired = keep;
     }
 
-    /// Revokes everything it holds (SIGTERM): one attempt each within `timeout`. Returns
-    /// how many could not be revoked (they lapse at their expiry).
+    /// Revokes everything it holds (SIGTERM): one attempt each, concurrently, all within
+    /// `timeout`. Returns how many could not be revoked (they lapse at their expiry).
     pub async fn release(&mut self, client: &FederatedClient, timeout: Duration) -> usize {
         let ids: Vec<String> = std::mem::take(&mut self.held)
             .into_values()
             .filter_map(|h| h.lease.id)
             .chain(std::mem::take(&mut self.retired).into_iter().map(|r| r.id))
             .collect();
-        let mut failed = 0;
-        for id in ids {
-            match tokio::time::timeout(timeout, client.revoke_once(&id)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    failed += 1;
-                    tracing::warn!(error = %e, "cannot revoke a credential at exit; it lapses at its expiry");
-                }
-                Err(_) => {
-                    failed += 1;
-                    tracing::warn!(
-                        "revoking a credential at exit timed out; it lapses at its expiry"
-                    );
-                }
+        // All at once within one deadline: Kubernetes kills the container at the end of
+        // its termination grace period, whatever is still in flight.
+        let all = futures_util::future::join_all(ids.iter().map(|id| client.revoke_once(id)));
+        match tokio::time::timeout(timeout, all).await {
+            Ok(results) => results
+                .into_iter()
+                .filter_map(Result::err)
+                .inspect(|e| {
+                    tracing::warn!(error = %e, "cannot revoke a credential at exit; it lapses at its expiry")
+                })
+                .count(),
+            Err(_) => {
+                tracing::warn!("revoking credentials at exit timed out; they lapse at their expiry");
+                ids.len()
             }
         }
-        failed
     }
 }
 
@@ -443,7 +456,7 @@ impl Handoff {
                 };
                 let lapses = c
                     .expires_at
-                    .map(|at| now + Duration::from_secs(at.saturating_sub(now_unix)));
+                    .map(|at| now + lease(at.saturating_sub(now_unix)));
                 Some((g, c.lease.clone(), lapses))
             })
             .collect()

@@ -388,7 +388,9 @@ pub async fn daemon(plan: &Plan) -> ExitCode {
             );
         } else {
             let held = keeper.handles();
-            let failed = keeper.release(client, plan.timeout).await;
+            // Well inside Kubernetes' default 30 s termination grace period.
+            let deadline = plan.timeout.min(Duration::from_secs(20));
+            let failed = keeper.release(client, deadline).await;
             tracing::info!(
                 revoked = held - failed,
                 failed,

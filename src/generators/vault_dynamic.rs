@@ -337,7 +337,7 @@ impl Generator for VaultDynamicSecretGenerator {
         }
         let url = self.client.api_url(path)?;
         let (status, answer) = self.client.call(method, url, Some(&body)).await?;
-        if status.is_client_error() {
+        if status == StatusCode::BAD_REQUEST || status == StatusCode::NOT_FOUND {
             // Unknown, not renewable, or past its maximum TTL: the holder needs a new one.
             tracing::info!(
                 kind = KIND,
