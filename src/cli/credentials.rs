@@ -171,6 +171,18 @@ impl Keeper {
         }
     }
 
+    /// Files could not be written: rotated-out credentials may still be what the files
+    /// hold, so none is revoked before a grace from now (or its own lapse).
+    pub fn hold_retired(&mut self, now: Instant) {
+        for r in &mut self.retired {
+            let mut at = r.revoke_at.max(now + self.settings.grace);
+            if let Some(lapse) = r.lapses_at {
+                at = at.min(lapse.max(r.revoke_at));
+            }
+            r.revoke_at = at;
+        }
+    }
+
     /// Drops the credential of a generator no longer wanted (revoked after the grace).
     pub fn forget(&mut self, generator: &GeneratorRef) {
         if let Some(old) = self.held.remove(generator) {
@@ -441,12 +453,17 @@ impl Handoff {
             .map_err(|_| "not a credentials file".to_string())
     }
 
-    /// Each entry's generator and when it lapses on this process's clock.
+    /// Each entry's generator and when it lapses on this process's clock; one per
+    /// generator (the last written wins).
     pub fn entries(&self) -> Vec<(GeneratorRef, Lease, Option<Instant>)> {
         let now_unix = unix_now();
         let now = Instant::now();
-        self.credentials
+        let mut seen = std::collections::BTreeSet::new();
+        let mut out: Vec<_> = self
+            .credentials
             .iter()
+            .rev()
+            .filter(|c| seen.insert(c.generator.as_str()))
             .filter_map(|c| {
                 let mut parts = c.generator.splitn(3, '/');
                 let g = GeneratorRef {
@@ -459,7 +476,9 @@ impl Handoff {
                     .map(|at| now + lease(at.saturating_sub(now_unix)));
                 Some((g, c.lease.clone(), lapses))
             })
-            .collect()
+            .collect();
+        out.reverse();
+        out
     }
 }
 
@@ -509,6 +528,10 @@ mod tests {
         k.adopt(g("db"), lease("b"), Some(now + Duration::from_secs(3600)));
         assert_eq!(k.handles(), 2);
         assert_eq!(k.retired[0].revoke_at, now + Duration::from_secs(30));
+        // The new value could not be written: the old one is kept a grace from then.
+        let later = now + Duration::from_secs(100);
+        k.hold_retired(later);
+        assert_eq!(k.retired[0].revoke_at, later + Duration::from_secs(30));
         // One that lapses sooner than the grace is due at its lapse.
         k.adopt(g("db"), lease("c"), Some(now + Duration::from_secs(5)));
         k.forget(&g("db"));
@@ -572,6 +595,22 @@ mod tests {
         let entries = back.entries();
         assert_eq!(entries[0].0, g("db"));
         assert!(entries[0].2.is_some());
+        // Two handles for one generator: only the last counts (no adopt/retire flip-flop).
+        let mut twice = back.clone();
+        twice.push(
+            &g("db"),
+            &Lease {
+                id: Some("3f0a1c5e-0000-4000-8000-000000000002".into()),
+                lease_duration: Some(60),
+                renewable: true,
+            },
+        );
+        let entries = twice.entries();
+        assert_eq!(entries.len(), 1);
+        assert_eq!(
+            entries[0].1.id.as_deref(),
+            Some("3f0a1c5e-0000-4000-8000-000000000002")
+        );
         std::fs::write(&path, "garbage").unwrap();
         assert!(Handoff::read(&path).is_err());
     }

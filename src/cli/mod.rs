@@ -359,7 +359,9 @@ pub async fn daemon(plan: &Plan) -> ExitCode {
         for (id, e) in &failures {
             results.entry(id.clone()).or_insert_with(|| Err(e.clone()));
         }
-        write_files(plan, &results);
+        if !write_files(plan, &results) {
+            keeper.hold_retired(Instant::now());
+        }
         let mut wake = Instant::now() + plan.refresh;
         if !polled.is_empty() {
             wake = wake.min(poll_at);
