@@ -1227,6 +1227,19 @@ impl Drop for CliProcess {
     }
 }
 
+/// An `esi-cli` daemon for the `db` generator writing its credential to `out/db.yaml`
+/// under `root`, with `extra` flags.
+fn daemon(server: &TestServer, root: &Path, extra: &[&str]) -> (CliProcess, std::path::PathBuf) {
+    let out = root.join("out/db.yaml");
+    let mut args: Vec<String> = vec![
+        "--mode=daemon".into(),
+        "--federated-generators=apps/VaultDynamicSecret/db".into(),
+        format!("--inject-on-file={}=db", out.display()),
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    (CliProcess::start(server, root, &args), out)
+}
+
 /// `username: …` and `password: …` of a whole-secret YAML file (one file, so both halves
 /// always belong to one credential).
 fn read_creds(path: &Path) -> Option<(String, String)> {
@@ -1302,17 +1315,7 @@ async fn daemon_renews_one_credential_and_revokes_it_at_exit() {
         dir,
         server,
     } = role;
-    let out = dir.path().join("out/db.yaml");
-    let mut cli = CliProcess::start(
-        &server,
-        dir.path(),
-        &[
-            "--mode=daemon".into(),
-            "--daemon-refresh-interval=2s".into(),
-            "--federated-generators=apps/VaultDynamicSecret/db".into(),
-            format!("--inject-on-file={}=db", out.display()),
-        ],
-    );
+    let (mut cli, out) = daemon(&server, dir.path(), &["--daemon-refresh-interval=2s"]);
     let (user, pass) = wait_for_file(&out, &cli).await;
     let first = leases(&addr, &root, &mount).await;
     assert_eq!(first.len(), 1, "{first:?}");
@@ -1360,20 +1363,16 @@ async fn rotation_at_the_maximum_ttl_never_leaves_the_file_without_a_working_log
         dir,
         server,
     } = role;
-    let out = dir.path().join("out/db.yaml");
-    let mut cli = CliProcess::start(
+    let (mut cli, out) = daemon(
         &server,
         dir.path(),
         &[
-            "--mode=daemon".into(),
-            "--daemon-refresh-interval=1m".into(),
+            "--daemon-refresh-interval=1m",
             // Renewals at 2, 4, 6, 8 s; at 10 s only 2 s are granted, so the credential is
             // replaced at 11 s and the old one revoked by the daemon at 11.5 s, before its
             // maximum TTL would end it at 12 s.
-            "--renewal-percent=50".into(),
-            "--rotation-grace=500ms".into(),
-            "--federated-generators=apps/VaultDynamicSecret/db".into(),
-            format!("--inject-on-file={}=db", out.display()),
+            "--renewal-percent=50",
+            "--rotation-grace=500ms",
         ],
     );
     let mut seen: Vec<(String, String)> = vec![wait_for_file(&out, &cli).await];
@@ -1522,17 +1521,7 @@ async fn measure_live_credentials_of_a_daemon() {
         server,
         ..
     } = role;
-    let out = dir.path().join("out/db.yaml");
-    let mut cli = CliProcess::start(
-        &server,
-        dir.path(),
-        &[
-            "--mode=daemon".into(),
-            "--daemon-refresh-interval=2s".into(),
-            "--federated-generators=apps/VaultDynamicSecret/db".into(),
-            format!("--inject-on-file={}=db", out.display()),
-        ],
-    );
+    let (mut cli, out) = daemon(&server, dir.path(), &["--daemon-refresh-interval=2s"]);
     wait_for_file(&out, &cli).await;
     let start = std::time::Instant::now();
     let mut most = 0;
