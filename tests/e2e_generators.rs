@@ -1634,3 +1634,89 @@ spec:
     // The accessor (and its token) is gone.
     assert!(!lookup().await.status().is_success());
 }
+
+/// Issue 10 (several replicas outside Kubernetes): two servers on one PostgreSQL ledger. A
+/// credential issued by one is renewed and revoked through the other.
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_share_a_postgres_ledger() {
+    use base64::Engine;
+    let Some(((addr, root), pg)) = backends() else {
+        return;
+    };
+    let db = format!("esi_replicas_{}", uuid::Uuid::new_v4().simple());
+    let created = Command::new(&pg.psql)
+        .args(["-h", "127.0.0.1", "-p", &pg.port, "-U", &pg.user])
+        .args([
+            "-d",
+            "postgres",
+            "-w",
+            "-c",
+            &format!("CREATE DATABASE {db}"),
+        ])
+        .env("PGPASSWORD", &pg.password)
+        .output()
+        .expect("run psql");
+    assert!(created.status.success(), "{created:?}");
+    let ledger = format!(
+        "--ledger-url=postgresql://{}:{}@127.0.0.1:{}/{db}",
+        pg.user, pg.password, pg.port
+    );
+    let mount = database_mount(&addr, &root, &pg, "1h").await;
+    let generators = vault_generator(
+        "db",
+        &addr,
+        &root,
+        "GET",
+        &format!("{mount}/creds/app"),
+        json!({}),
+    );
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    manifests(dir_a.path(), &generators);
+    manifests(dir_b.path(), &generators);
+    let a = TestServer::start(dir_a.path(), &[&ledger]);
+    let b = TestServer::start(dir_b.path(), &[&ledger]);
+    assert!(!a.logs().contains(&pg.password) && !b.logs().contains(&pg.password));
+    let app = token("apps", "app");
+
+    let (status, body) = a
+        .call(
+            reqwest::Method::POST,
+            "/v1/generators/apps/VaultDynamicSecret/db",
+            &app,
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let issued: Value = serde_json::from_str(&body).unwrap();
+    let text = |k: &str| {
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(issued["data"][k].as_str().unwrap())
+            .unwrap();
+        String::from_utf8(raw).unwrap()
+    };
+    let (user, pass) = (text("username"), text("password"));
+    assert!(pg.can_login(&user, &pass));
+    let id = issued["credential"]["id"].as_str().unwrap();
+    let (status, body) = b
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/credentials/{id}/renew"),
+            &app,
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "renewed through the other replica: {body}");
+    // ESE's DELETE on the other replica revokes it.
+    let (status, body) = b
+        .call(
+            reqwest::Method::DELETE,
+            "/generators/apps/VaultDynamicSecret/db",
+            &app,
+            json!({}),
+        )
+        .await;
+    assert_eq!((status, body.as_str()), (200, "null"));
+    assert!(!pg.can_login(&user, &pass));
+    assert_eq!(a.audit_lines("issue").len(), 1);
+    assert_eq!(b.audit_lines("revoke").len(), 1);
+}

@@ -72,6 +72,12 @@ struct ServeArgs {
     /// `/var/lib/esi-server` (always absolute).
     #[arg(long, default_value_os_t = esi::ledger::default_data_dir(), env = "ESI_DATA_DIR")]
     data_dir: PathBuf,
+    /// A PostgreSQL ledger shared by several replicas, e.g.
+    /// `postgresql://esi:…@127.0.0.1:5432/esi` (loopback or a Unix socket; prefer the
+    /// environment variable: it keeps the password out of the process list). Without it
+    /// the ledger is `ledger.redb` under `--data-dir` (one replica).
+    #[arg(long, env = "ESI_LEDGER_URL", hide_env_values = true)]
+    ledger_url: Option<String>,
     /// How often the manifest and policy directories are checked for changes.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     reload_interval: Duration,
@@ -342,6 +348,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         tls_reload_interval: args.tls_reload_interval,
         metrics_listen: args.metrics_listen,
         data_dir: args.data_dir,
+        ledger_url: args.ledger_url,
         reload_interval: args.reload_interval,
         sweep_interval: args.sweep_interval,
         backend_timeout: args.backend_timeout,

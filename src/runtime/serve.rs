@@ -17,7 +17,7 @@ use crate::api::{self, ApiSettings, AppState, LimitSettings, Limits};
 use crate::authn::{Authenticator, AuthnSettings};
 use crate::config::DirectorySource;
 use crate::config::watch;
-use crate::ledger::{Ledger, LedgerError, RedbLedger, Sweeper};
+use crate::ledger::{Ledger, LedgerError, PostgresLedger, RedbLedger, Sweeper};
 use crate::tls::{TlsError, TlsFiles};
 
 /// Where the server certificate comes from.
@@ -51,6 +51,9 @@ pub struct ServeConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// Self-signed TLS material and the ledger live here.
     pub data_dir: PathBuf,
+    /// A PostgreSQL ledger shared by several replicas (`postgresql://…`, loopback or a
+    /// Unix socket) instead of `ledger.redb` under `data_dir`.
+    pub ledger_url: Option<String>,
     /// How often the source directories are checked for changes.
     pub reload_interval: Duration,
     /// How often expired credentials are revoked and failed revocations retried (> 0).
@@ -141,18 +144,31 @@ pub async fn serve(
         tracing::info!("client certificates required (mTLS)");
     }
 
-    let ledger_path = config.data_dir.join("ledger.redb");
-    let ledger: Arc<dyn Ledger> = {
-        let path = ledger_path.clone();
-        Arc::new(
-            tokio::task::spawn_blocking(move || RedbLedger::open(&path))
-                .await?
-                .map_err(|source| ServeError::Ledger {
+    let ledger_path = match &config.ledger_url {
+        // Never the URL itself: it may hold a password.
+        Some(_) => PathBuf::from("(PostgreSQL)"),
+        None => config.data_dir.join("ledger.redb"),
+    };
+    let ledger: Arc<dyn Ledger> =
+        match &config.ledger_url {
+            Some(url) => Arc::new(PostgresLedger::connect(url).await.map_err(|source| {
+                ServeError::Ledger {
                     path: ledger_path.clone(),
                     source,
-                })?,
-        )
-    };
+                }
+            })?),
+            None => {
+                let path = ledger_path.clone();
+                Arc::new(
+                    tokio::task::spawn_blocking(move || RedbLedger::open(&path))
+                        .await?
+                        .map_err(|source| ServeError::Ledger {
+                            path: ledger_path.clone(),
+                            source,
+                        })?,
+                )
+            }
+        };
     let entries = ledger.count().await.unwrap_or(0);
     tracing::info!(path = %ledger_path.display(), entries, "credential ledger opened");
     let call_limit = config.backend_timeout + Duration::from_secs(1);
@@ -263,6 +279,7 @@ mod tests {
             tls_reload_interval: Duration::from_secs(10),
             metrics_listen: None,
             data_dir: dir.join("data"),
+            ledger_url: None,
             reload_interval: Duration::from_secs(1),
             sweep_interval: Duration::from_secs(30),
             backend_timeout: Duration::from_secs(5),
