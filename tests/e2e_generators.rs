@@ -188,6 +188,22 @@ async fn pki_mount(addr: &str, token: &str) -> (String, String) {
 }
 
 /// The real server, started on a data directory that outlives it (restart tests).
+/// Collects `child`'s stderr lines (echoed with `tag` when `ESI_TEST_ECHO` is set).
+fn capture_stderr(child: &mut Child, tag: &'static str) -> Arc<Mutex<Vec<String>>> {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let stderr = child.stderr.take().unwrap();
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if std::env::var("ESI_TEST_ECHO").is_ok() {
+                eprintln!("[{tag}] {line}");
+            }
+            sink.lock().unwrap().push(line);
+        }
+    });
+    log
+}
+
 struct TestServer {
     child: Child,
     url: String,
@@ -213,19 +229,7 @@ impl TestServer {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start esi-server");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        {
-            let stderr = child.stderr.take().unwrap();
-            let log = log.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    if std::env::var("ESI_TEST_ECHO").is_ok() {
-                        eprintln!("[esi-server] {line}");
-                    }
-                    log.lock().unwrap().push(line);
-                }
-            });
-        }
+        let log = capture_stderr(&mut child, "esi-server");
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let url = loop {
             match lines.next() {
@@ -1177,17 +1181,7 @@ impl CliProcess {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start esi-cli");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if std::env::var("ESI_TEST_ECHO").is_ok() {
-                    eprintln!("[esi-cli] {line}");
-                }
-                sink.lock().unwrap().push(line);
-            }
-        });
+        let log = capture_stderr(&mut child, "esi-cli");
         CliProcess { child, log }
     }
 
