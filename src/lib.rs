@@ -20,4 +20,5 @@ pub mod providers;
 pub mod resources;
 pub mod runtime;
 pub mod source;
+pub mod status;
 pub mod tls;

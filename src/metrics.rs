@@ -30,6 +30,10 @@ pub struct Metrics {
     pub reloads: IntCounterVec,
     /// Objects rejected at load, by kind.
     pub load_errors: IntCounterVec,
+    /// Kubernetes watch failures (each retried with backoff), by kind.
+    pub kubernetes_watch_errors: IntCounterVec,
+    /// Status writes to the Kubernetes API by outcome (`ok`, `error`, `not_leader`).
+    pub status_writes: IntCounterVec,
     /// Number of policies in force.
     pub policies: IntGauge,
     /// Generated credentials handed out (or refused), by generator kind and outcome
@@ -145,6 +149,18 @@ impl Metrics {
                 "esi_config_object_errors_total",
                 "Objects rejected at load by kind",
                 &["kind"],
+            ),
+            kubernetes_watch_errors: counter(
+                &registry,
+                "esi_kubernetes_watch_errors_total",
+                "Kubernetes watch failures (retried with backoff) by kind",
+                &["kind"],
+            ),
+            status_writes: counter(
+                &registry,
+                "esi_kubernetes_status_writes_total",
+                "Status writes to the Kubernetes API by outcome",
+                &["outcome"],
             ),
             credentials_issued: counter(
                 &registry,

@@ -170,6 +170,11 @@ impl CheckedAuthorization {
         })
     }
 
+    /// The spec as compiled (canonical form).
+    pub fn spec(&self) -> &AuthorizationSpec {
+        &self.spec
+    }
+
     /// The object name (policy ids are `authorization/<name>/…`).
     pub fn name(&self) -> &str {
         &self.name

@@ -49,8 +49,31 @@ enum LogFormat {
 
 #[derive(Args)]
 struct ServeArgs {
-    #[command(flatten)]
-    source: SourceArgs,
+    /// Directory of manifests (recursive, multi-document YAML/JSON): directory mode.
+    #[arg(long, env = "ESI_MANIFESTS", required_unless_present = "kubernetes")]
+    manifests: Option<PathBuf>,
+    /// Directory of `.cedar` policy files loaded beside the compiled Authorizations.
+    #[arg(long, env = "ESI_POLICIES", conflicts_with = "kubernetes")]
+    policies: Option<PathBuf>,
+    /// Kubernetes mode: read Authorizations, KubernetesFederations, ClusterSecretStores,
+    /// generators and the Secrets they reference from the Kubernetes API (in-cluster
+    /// configuration, or `KUBECONFIG`), and write their `Ready` status from the elected
+    /// leader.
+    #[arg(long, env = "ESI_KUBERNETES", conflicts_with = "manifests")]
+    kubernetes: bool,
+    /// Kubernetes mode: namespace of the leader-election Lease (default: this Pod's).
+    #[arg(long, env = "POD_NAMESPACE")]
+    leader_election_namespace: Option<String>,
+    /// Kubernetes mode: name of the leader-election Lease.
+    #[arg(long, default_value = "esi-federation")]
+    leader_election_name: String,
+    /// Kubernetes mode: this replica's identity in the Lease (default: the host name).
+    #[arg(long, env = "POD_NAME")]
+    leader_election_identity: Option<String>,
+    /// Kubernetes mode: how long a Lease not renewed stays with its holder (renewed every
+    /// third of it).
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    leader_election_lease_duration: Duration,
     /// Address to listen on (HTTPS). Port 0 picks a free port; the address is printed.
     #[arg(long, default_value = "127.0.0.1:8443", env = "ESI_LISTEN")]
     listen: SocketAddr,
@@ -331,14 +354,32 @@ fn check(args: SourceArgs) -> Result<()> {
 
 /// Flags → [`esi::runtime::ServeConfig`]; the library does the rest.
 async fn serve(args: ServeArgs) -> Result<()> {
+    let provider_settings = ProviderSettings {
+        timeout: args.backend_timeout,
+    };
+    let source = match args.manifests {
+        Some(manifests) => esi::runtime::Source::Directory(DirectorySource {
+            manifests,
+            policies: args.policies,
+            provider_settings,
+        }),
+        None => esi::runtime::Source::Kubernetes(esi::runtime::KubernetesMode {
+            provider_settings,
+            lease: esi::status::lease::LeaseSettings::with_duration(
+                args.leader_election_namespace
+                    .or_else(in_cluster_namespace)
+                    .unwrap_or_else(|| "default".into()),
+                args.leader_election_name,
+                args.leader_election_identity
+                    .or_else(host_name)
+                    .unwrap_or_else(|| format!("esi-server-{}", std::process::id())),
+                args.leader_election_lease_duration,
+            ),
+            debounce: Duration::from_millis(100),
+        }),
+    };
     let config = esi::runtime::ServeConfig {
-        source: DirectorySource {
-            manifests: args.source.manifests,
-            policies: args.source.policies,
-            provider_settings: ProviderSettings {
-                timeout: args.backend_timeout,
-            },
-        },
+        source,
         listen: args.listen,
         tls: match (args.tls_cert, args.tls_key) {
             (Some(cert), Some(key)) => esi::runtime::TlsSource::Files { cert, key },
@@ -399,6 +440,22 @@ async fn serve(args: ServeArgs) -> Result<()> {
     )
     .await?;
     Ok(())
+}
+
+/// The namespace of this Pod, from its ServiceAccount mount.
+fn in_cluster_namespace() -> Option<String> {
+    std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+/// The host name (a Pod's name, when `POD_NAME` is not set).
+fn host_name() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
 }
 
 /// The HTTP/2 protocol ceiling for a header list (bytes, as HPACK counts them).

@@ -55,6 +55,9 @@ pub struct Snapshot {
     pub policies: Arc<PolicyEngine>,
     /// Objects rejected by this load (the server still serves the rest).
     pub errors: Vec<LoadError>,
+    /// Objects in force with something to fix: a federation accepting any audience, an
+    /// Authorization naming a federation, store or generator that does not exist.
+    pub warnings: Vec<LoadError>,
     /// Objects that did not load this time and serve in their last good form.
     pub kept: Vec<KeptObject>,
     /// The last good form of every object, for the next reload.
@@ -151,6 +154,7 @@ impl Snapshot {
             federations: Vec::new(),
             policies: Arc::new(PolicyEngine::empty()),
             errors: Vec::new(),
+            warnings: Vec::new(),
             kept: Vec::new(),
             last_good: LastGood::default(),
         }
@@ -181,6 +185,9 @@ impl SecretProvider for NotReadyStore {
         Err(ProviderError::Unavailable("store is not ready".into()))
     }
 }
+
+/// How a warning about references to objects that do not exist begins.
+pub const MISSING_PREFIX: &str = "references what does not exist: ";
 
 fn group(api_version: &str) -> &str {
     api_version.split('/').next().unwrap_or_default()
@@ -331,6 +338,31 @@ impl SnapshotBuilder {
         }
     }
 
+    /// The Secrets (namespace, name) that the stores and generators held here reference
+    /// ([`crate::resources::secret_references`]): in Kubernetes mode, the only Secrets
+    /// watched.
+    pub fn referenced_secrets(&self) -> std::collections::BTreeSet<(String, String)> {
+        let mut out = std::collections::BTreeSet::new();
+        for obj in self.objects.values() {
+            let g = group(&obj.api_version);
+            let owner = match (g, obj.kind.as_str()) {
+                ("external-secrets.io", "ClusterSecretStore") => None,
+                ("generators.external-secrets.io", kind) if generators::is_generator_kind(kind) => {
+                    if generators::is_cluster_scoped(kind) {
+                        None
+                    } else {
+                        Some(obj.metadata.namespace.as_deref().unwrap_or("default"))
+                    }
+                }
+                _ => continue,
+            };
+            if let Some(spec) = obj.body.get("spec") {
+                out.extend(crate::resources::secret_references(spec, owner));
+            }
+        }
+        out
+    }
+
     fn remove(&mut self, key: &ObjectKey) {
         self.objects.remove(key);
         self.authorizations.remove(key);
@@ -424,6 +456,7 @@ impl SnapshotBuilder {
         };
 
         let mut federations: Vec<Federation> = Vec::new();
+        let mut warnings: Vec<LoadError> = Vec::new();
         let mut stores: HashMap<String, Arc<dyn SecretProvider>> = HashMap::new();
         let mut generators: HashMap<GeneratorKey, Arc<dyn Generator>> = HashMap::new();
 
@@ -446,7 +479,11 @@ impl SnapshotBuilder {
                     match built {
                         Ok(f) => {
                             for w in f.warnings() {
-                                tracing::warn!(federation = name, origin = %obj.origin, "{w}");
+                                warnings.push(LoadError {
+                                    origin: obj.origin.clone(),
+                                    object: Some(obj.display_name()),
+                                    reason: w,
+                                });
                             }
                             last_good
                                 .federations
@@ -652,6 +689,39 @@ impl SnapshotBuilder {
             }
         }
 
+        // References to what does not exist: the Authorization is in force, but that part
+        // of it grants nothing until the object appears.
+        for a in &authorizations {
+            let spec = a.spec();
+            let mut missing: Vec<String> = Vec::new();
+            let fed = &spec.federation_ref.name;
+            if !fed.is_empty() && !federations.iter().any(|f| f.name() == fed) {
+                missing.push(format!("KubernetesFederation {fed}"));
+            }
+            for s in &spec.allowed_cluster_secret_stores {
+                if !stores.contains_key(s) {
+                    missing.push(format!("ClusterSecretStore {s}"));
+                }
+            }
+            for g in &spec.allowed_generators {
+                let key = GeneratorKey {
+                    namespace: g.namespace.clone(),
+                    kind: g.kind.clone(),
+                    name: g.name.clone(),
+                };
+                if !generators.contains_key(&key) {
+                    missing.push(format!("{} {}/{}", g.kind, g.namespace, g.name));
+                }
+            }
+            if !missing.is_empty() {
+                warnings.push(LoadError {
+                    origin: a.origin().to_owned(),
+                    object: Some(format!("Authorization/{}", a.name())),
+                    reason: format!("{MISSING_PREFIX}{}", missing.join(", ")),
+                });
+            }
+        }
+
         // Objects the source kept as last read because their file (or document) could not
         // be read this time.
         if !self.stale.is_empty() {
@@ -740,6 +810,7 @@ impl SnapshotBuilder {
             federations,
             policies,
             errors,
+            warnings,
             kept,
             last_good,
         }

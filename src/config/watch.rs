@@ -50,9 +50,23 @@ pub fn initial_load(source: &DirectorySource) -> (DirectoryReloader, Snapshot) {
     (reloader, snapshot)
 }
 
-fn report(snapshot: &Snapshot) {
+/// Most warnings logged per load.
+const MAX_WARNINGS_LOGGED: usize = 20;
+
+/// Logs what a load rejected, kept and warned about, and counts the reload.
+pub fn report(snapshot: &Snapshot) {
     for e in &snapshot.errors {
         tracing::error!(origin = %e.origin, object = e.object.as_deref().unwrap_or(""), reason = %e.reason, "rejected at load");
+    }
+    // At most a screenful: with many Authorizations one missing store names many.
+    for w in snapshot.warnings.iter().take(MAX_WARNINGS_LOGGED) {
+        tracing::warn!(origin = %w.origin, object = w.object.as_deref().unwrap_or(""), reason = %w.reason, "loaded with a warning");
+    }
+    if snapshot.warnings.len() > MAX_WARNINGS_LOGGED {
+        tracing::warn!(
+            more = snapshot.warnings.len() - MAX_WARNINGS_LOGGED,
+            "more objects loaded with warnings"
+        );
     }
     for k in &snapshot.kept {
         tracing::error!(

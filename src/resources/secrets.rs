@@ -160,9 +160,117 @@ impl SecretIndex {
     }
 }
 
+/// The Secrets (namespace, name) an object's `spec` references, for watching only those
+/// (Kubernetes mode). Every ESO and ESE reference to a Secret is a `SecretKeySelector`
+/// under a field named `secretRef` or ending in `SecretRef` (`auth.tokenSecretRef`,
+/// `accessKeyIDSecretRef`, a webhook generator's `secrets[].secretRef`), so this walks the
+/// spec and collects each such object's `name`, in its `namespace` or else the owner's.
+/// A reference the owner may not follow (another namespace than a namespaced owner's, or
+/// none for a cluster-scoped owner) is left out: [`SecretIndex::resolve`] refuses it
+/// anyway. Depth is bounded ([`MAX_REFERENCE_DEPTH`]).
+pub fn secret_references(
+    spec: &serde_json::Value,
+    owner_namespace: Option<&str>,
+) -> std::collections::BTreeSet<(String, String)> {
+    let mut out = std::collections::BTreeSet::new();
+    collect_references(spec, owner_namespace, 0, &mut out);
+    out
+}
+
+/// Deepest nesting of a spec that [`secret_references`] walks.
+pub const MAX_REFERENCE_DEPTH: usize = 32;
+
+fn is_secret_ref_field(field: &str) -> bool {
+    field == "secretRef" || field.ends_with("SecretRef")
+}
+
+fn collect_references(
+    value: &serde_json::Value,
+    owner: Option<&str>,
+    depth: usize,
+    out: &mut std::collections::BTreeSet<(String, String)>,
+) {
+    use serde_json::Value;
+    if depth > MAX_REFERENCE_DEPTH {
+        return;
+    }
+    match value {
+        Value::Object(map) => {
+            for (field, v) in map {
+                if is_secret_ref_field(field)
+                    && let Some(name) = v.get("name").and_then(Value::as_str)
+                    && !name.is_empty()
+                {
+                    let referenced = v.get("namespace").and_then(Value::as_str);
+                    let namespace = match (owner, referenced) {
+                        (Some(o), Some(r)) if o != r => None,
+                        (_, Some(r)) => Some(r),
+                        (Some(o), None) => Some(o),
+                        (None, None) => None,
+                    };
+                    if let Some(ns) = namespace {
+                        out.insert((ns.to_string(), name.to_string()));
+                    }
+                }
+                collect_references(v, owner, depth + 1, out);
+            }
+        }
+        Value::Array(items) => {
+            for v in items {
+                collect_references(v, owner, depth + 1, out);
+            }
+        }
+        _ => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn references_are_every_secret_ref_the_owner_may_follow() {
+        use serde_json::json;
+        let refs = |spec: serde_json::Value, owner: Option<&str>| -> Vec<(String, String)> {
+            secret_references(&spec, owner).into_iter().collect()
+        };
+        let pair = |a: &str, b: &str| (a.to_string(), b.to_string());
+        // A ClusterSecretStore (cluster-scoped): only refs that name their namespace.
+        assert_eq!(
+            refs(
+                json!({"provider": {"vault": {"auth": {
+                    "tokenSecretRef": {"name": "vault", "key": "token", "namespace": "eso"},
+                    "appRole": {"secretRef": {"name": "no-namespace", "key": "k"}}}}}}),
+                None
+            ),
+            [pair("eso", "vault")]
+        );
+        // A namespaced generator: its own namespace, never another.
+        assert_eq!(
+            refs(
+                json!({"auth": {"secretRef": {
+                    "accessKeyIDSecretRef": {"name": "aws", "key": "id"},
+                    "secretAccessKeySecretRef": {"name": "aws2", "key": "s", "namespace": "team"},
+                    "sessionTokenSecretRef": {"name": "elsewhere", "key": "t", "namespace": "other"}}}}),
+                Some("team")
+            ),
+            [pair("team", "aws"), pair("team", "aws2")]
+        );
+        // A webhook generator's secrets list; non-reference fields named `name` are not refs.
+        assert_eq!(
+            refs(
+                json!({"url": "https://x", "secrets": [{"name": "auth", "secretRef": {"name": "hook", "key": "t"}}]}),
+                Some("ns")
+            ),
+            [pair("ns", "hook")]
+        );
+        // Bounded depth: a hostile spec nested beyond the limit is not walked further.
+        let mut deep = json!({"tokenSecretRef": {"name": "deep", "key": "k"}});
+        for _ in 0..100 {
+            deep = json!({ "x": deep });
+        }
+        assert!(refs(deep, Some("ns")).is_empty());
+    }
 
     #[test]
     fn resolves_data_and_string_data() {

@@ -5,4 +5,4 @@ pub mod listener;
 mod serve;
 
 pub use listener::{ListenerSettings, serve_https};
-pub use serve::{Listening, ServeConfig, ServeError, TlsSource, serve};
+pub use serve::{KubernetesMode, Listening, ServeConfig, ServeError, Source, TlsSource, serve};

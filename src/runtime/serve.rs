@@ -16,8 +16,12 @@ use super::listener::{ListenerSettings, serve_https};
 use crate::api::{self, ApiSettings, AppState, LimitSettings, Limits};
 use crate::authn::{Authenticator, AuthnSettings};
 use crate::config::DirectorySource;
+use crate::config::kubernetes::{self, KubeReloadSettings};
 use crate::config::watch;
 use crate::ledger::{Ledger, LedgerError, PostgresLedger, RedbLedger, Sweeper};
+use crate::providers::ProviderSettings;
+use crate::source::kubernetes::KubeSource;
+use crate::status::lease::LeaseSettings;
 use crate::tls::{TlsError, TlsFiles};
 
 /// Where the server certificate comes from.
@@ -34,11 +38,32 @@ pub enum TlsSource {
     SelfSigned,
 }
 
+/// Where resources come from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// Directory mode (the embedded default): manifests and policies on disk.
+    Directory(DirectorySource),
+    /// Kubernetes mode: custom resources watched through the API (in-cluster config or
+    /// `KUBECONFIG`).
+    Kubernetes(KubernetesMode),
+}
+
+/// Kubernetes mode's settings.
+#[derive(Debug, Clone)]
+pub struct KubernetesMode {
+    /// Settings handed to every provider.
+    pub provider_settings: ProviderSettings,
+    /// The Lease that elects the replica writing status.
+    pub lease: LeaseSettings,
+    /// Changes arriving within this long of each other are built into one snapshot.
+    pub debounce: Duration,
+}
+
 /// Everything `serve` needs; the binary fills it from flags.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
-    /// Manifests and policies.
-    pub source: DirectorySource,
+    /// Where resources come from.
+    pub source: Source,
     /// HTTPS address (port 0: any free port).
     pub listen: SocketAddr,
     /// Server certificate.
@@ -83,6 +108,9 @@ pub enum ServeError {
     /// `--manifests` is not a directory.
     #[error("--manifests {0} is not a directory")]
     NotADirectory(PathBuf),
+    /// No Kubernetes client configuration (in-cluster or `KUBECONFIG`).
+    #[error("cannot configure the Kubernetes client: {0}")]
+    Kubernetes(String),
     /// The sweep interval must be positive.
     #[error("--sweep-interval must be positive")]
     NoSweepInterval,
@@ -122,21 +150,28 @@ pub async fn serve(
     on_listening: impl FnOnce(&Listening) + Send,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    let source = config.source.clone();
-    if !source.manifests.is_dir() {
-        return Err(ServeError::NotADirectory(source.manifests.clone()));
+    if let Source::Directory(d) = &config.source
+        && !d.manifests.is_dir()
+    {
+        return Err(ServeError::NotADirectory(d.manifests.clone()));
     }
     if config.sweep_interval.is_zero() {
         return Err(ServeError::NoSweepInterval);
     }
-    let (reloader, initial) = {
-        let s = source.clone();
-        tokio::task::spawn_blocking(move || watch::initial_load(&s)).await?
-    };
     let authenticator = Arc::new(Authenticator::new(config.authn.clone()));
-    let publisher = watch::Publisher::new(initial, authenticator.clone());
-    let snapshot = publisher.current();
-    tokio::spawn(watch::watch(reloader, publisher, config.reload_interval));
+    let snapshot = match &config.source {
+        Source::Directory(source) => {
+            let (reloader, initial) = {
+                let s = source.clone();
+                tokio::task::spawn_blocking(move || watch::initial_load(&s)).await?
+            };
+            let publisher = watch::Publisher::new(initial, authenticator.clone());
+            let snapshot = publisher.current();
+            tokio::spawn(watch::watch(reloader, publisher, config.reload_interval));
+            snapshot
+        }
+        Source::Kubernetes(mode) => start_kubernetes(mode, authenticator.clone()).await?,
+    };
 
     let (tls_files, self_signed_ca) = tls_files(&config)?;
     let tls_config = tls_files.load()?;
@@ -227,6 +262,40 @@ pub async fn serve(
     Ok(())
 }
 
+/// Kubernetes mode: the watchers into the snapshot (published after the first full sync;
+/// until then the snapshot is empty and `/readyz` says not ready), the Lease election and
+/// the leader's status writer.
+async fn start_kubernetes(
+    mode: &KubernetesMode,
+    authenticator: Arc<Authenticator>,
+) -> Result<Arc<ArcSwap<crate::config::Snapshot>>, ServeError> {
+    let client = kube::Client::try_default()
+        .await
+        .map_err(|e| ServeError::Kubernetes(e.to_string()))?;
+    let publisher = watch::Publisher::new(crate::config::Snapshot::empty(), authenticator);
+    let snapshot = publisher.current();
+    let source = KubeSource::new(client.clone(), Arc::new(kubernetes::served_kind));
+    let (status_tx, status_rx) = tokio::sync::watch::channel(Arc::new(Vec::new()));
+    let (leading_tx, leading_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(kubernetes::run(
+        source,
+        publisher,
+        KubeReloadSettings {
+            provider_settings: mode.provider_settings.clone(),
+            debounce: mode.debounce,
+            rediscover: Duration::from_secs(60),
+        },
+        status_tx,
+    ));
+    tokio::spawn(crate::status::lease::run(
+        client.clone(),
+        mode.lease.clone(),
+        leading_tx,
+    ));
+    tokio::spawn(crate::status::writer::run(client, status_rx, leading_rx));
+    Ok(snapshot)
+}
+
 /// The TLS files to serve, making a self-signed CA and certificate when none are given.
 fn tls_files(config: &ServeConfig) -> Result<(TlsFiles, Option<PathBuf>), ServeError> {
     match &config.tls {
@@ -268,11 +337,11 @@ mod tests {
         let manifests = dir.join("manifests");
         std::fs::create_dir_all(&manifests).unwrap();
         ServeConfig {
-            source: DirectorySource {
+            source: Source::Directory(DirectorySource {
                 manifests,
                 policies: None,
                 provider_settings: ProviderSettings::default(),
-            },
+            }),
             listen: "127.0.0.1:0".parse().unwrap(),
             tls: TlsSource::SelfSigned,
             client_ca: None,
@@ -327,7 +396,9 @@ mod tests {
     async fn startup_failures_are_named() {
         let dir = tempfile::tempdir().unwrap();
         let mut c = config(dir.path());
-        c.source.manifests = dir.path().join("missing");
+        if let Source::Directory(d) = &mut c.source {
+            d.manifests = dir.path().join("missing");
+        }
         let err = serve(c, |_| {}, async {}).await.unwrap_err();
         assert!(matches!(err, ServeError::NotADirectory(_)), "{err}");
         let mut c = config(dir.path());

@@ -12,6 +12,7 @@
 //! federation, policy); a source only says what is there and what it could not read.
 
 pub mod dir;
+pub mod kubernetes;
 mod manifest;
 
 use std::fmt;

@@ -1,0 +1,173 @@
+//! Kubernetes mode's reloader: the watchers' events go into the one snapshot builder, and
+//! the snapshot is published once every watched kind and every referenced Secret has been
+//! listed (until then `/readyz` says not ready and every request is denied).
+//!
+//! After that, changes are gathered for [`KubeReloadSettings::debounce`] and built off the
+//! async threads into the next snapshot; requests keep reading the current one meanwhile.
+//! A watch that fails keeps what it listed last (see [`crate::source::kubernetes`]). Each
+//! published snapshot also yields the `Ready` conditions the leader writes
+//! ([`crate::status`]).
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::snapshot::SnapshotBuilder;
+use super::watch::{Publisher, report};
+use crate::providers::ProviderSettings;
+use crate::source::kubernetes::KubeSource;
+use crate::status::Desired;
+
+/// Whether objects of `kind` in API `group` are served (and so watched): Authorizations,
+/// KubernetesFederations (ESE's CRD group and its samples' group), ClusterSecretStores and
+/// every generator kind.
+pub fn served_kind(group: &str, kind: &str) -> bool {
+    match group {
+        "federation.external-secrets.io" => {
+            matches!(kind, "Authorization" | "KubernetesFederation")
+        }
+        "identity.federation.external-secrets.io" => kind == "KubernetesFederation",
+        "external-secrets.io" => kind == "ClusterSecretStore",
+        "generators.external-secrets.io" => crate::generators::is_generator_kind(kind),
+        _ => false,
+    }
+}
+
+/// How the Kubernetes reloader paces itself.
+#[derive(Debug, Clone)]
+pub struct KubeReloadSettings {
+    /// Settings handed to every provider.
+    pub provider_settings: ProviderSettings,
+    /// Changes arriving within this long of each other are built into one snapshot.
+    pub debounce: Duration,
+    /// How often the API groups are discovered again (a CRD installed later).
+    pub rediscover: Duration,
+}
+
+/// Runs until the task is dropped. `status` receives the conditions after every publish.
+pub async fn run(
+    mut source: KubeSource,
+    publisher: Publisher,
+    settings: KubeReloadSettings,
+    status: watch::Sender<Arc<Vec<Desired>>>,
+) {
+    // Discovery, retried until the API answers.
+    let mut delay = Duration::from_millis(500);
+    loop {
+        match source.discover().await {
+            Ok(kinds) => {
+                tracing::info!(kinds, "Kubernetes API discovered");
+                break;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?delay, "Kubernetes API not reachable");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+    let builder = Arc::new(Mutex::new(SnapshotBuilder::new(
+        settings.provider_settings.clone(),
+    )));
+
+    // The first full list of everything, then the first snapshot.
+    let mut secrets: BTreeSet<(String, String)> = BTreeSet::new();
+    loop {
+        {
+            let b = builder.clone();
+            let mut apply = |e| lock(&b).apply(e);
+            source.next(&mut apply).await;
+            while source.try_next(&mut apply).is_some() {}
+        }
+        if source.kinds_synced() {
+            let wanted = lock(&builder).referenced_secrets();
+            if wanted != secrets {
+                let b = builder.clone();
+                source.watch_secrets(&wanted, &mut |e| lock(&b).apply(e));
+                secrets = wanted;
+            }
+            if source.synced() {
+                break;
+            }
+        }
+    }
+    publish(&builder, &publisher, &source, &status).await;
+    tracing::info!("Kubernetes resources synced; ready");
+
+    let mut rediscover = tokio::time::interval(settings.rediscover);
+    rediscover.tick().await;
+    loop {
+        let mut changed = false;
+        tokio::select! {
+            _ = rediscover.tick() => {
+                if let Err(e) = source.discover().await {
+                    tracing::debug!(error = %e, "rediscovery failed");
+                }
+                continue;
+            }
+            c = async {
+                let b = builder.clone();
+                source.next(&mut |e| lock(&b).apply(e)).await
+            } => changed |= c,
+        }
+        // Gather what arrives close behind.
+        tokio::time::sleep(settings.debounce).await;
+        {
+            let b = builder.clone();
+            let mut apply = |e| lock(&b).apply(e);
+            while let Some(c) = source.try_next(&mut apply) {
+                changed |= c;
+            }
+        }
+        let wanted = lock(&builder).referenced_secrets();
+        if wanted != secrets {
+            let b = builder.clone();
+            source.watch_secrets(&wanted, &mut |e| lock(&b).apply(e));
+            secrets = wanted;
+            changed = true;
+        }
+        if changed {
+            publish(&builder, &publisher, &source, &status).await;
+        } else {
+            // Only statuses moved (ours coming back, or someone else's): compare again.
+            let snapshot = publisher.current().load_full();
+            status.send_replace(Arc::new(crate::status::desired(
+                &snapshot,
+                source.observed(),
+            )));
+        }
+    }
+}
+
+fn lock(b: &Mutex<SnapshotBuilder>) -> std::sync::MutexGuard<'_, SnapshotBuilder> {
+    // A panicked build leaves the builder whole (events are applied one by one).
+    b.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+async fn publish(
+    builder: &Arc<Mutex<SnapshotBuilder>>,
+    publisher: &Publisher,
+    source: &KubeSource,
+    status: &watch::Sender<Arc<Vec<Desired>>>,
+) {
+    let previous = publisher.current().load_full();
+    let b = builder.clone();
+    let built = tokio::task::spawn_blocking(move || {
+        let previous = (previous.generation > 0).then_some(&*previous);
+        lock(&b).build(previous)
+    })
+    .await;
+    match built {
+        Ok(snapshot) => {
+            report(&snapshot);
+            let desired = crate::status::desired(&snapshot, source.observed());
+            publisher.publish(snapshot);
+            status.send_replace(Arc::new(desired));
+        }
+        Err(_) => {
+            tracing::error!("configuration build failed; keeping the current snapshot");
+        }
+    }
+}

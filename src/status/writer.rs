@@ -1,0 +1,129 @@
+//! Writes `Ready` conditions, only while this replica leads, and only where the object's
+//! status differs from what it should be ([`Desired::differs`]) and this replica has not
+//! already written that condition for that generation. Our writes come back through the
+//! watch as unchanged content (status is not content), so nothing loops. Writes are
+//! paced ([`MIN_WRITE_GAP`]) so that a first sync of many objects does not flood the API
+//! server; a failed write is retried at the next resync.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use serde_json::json;
+use tokio::sync::watch;
+
+use super::{Desired, ReadyCondition};
+use crate::metrics::METRICS;
+use crate::source::ObjectKey;
+
+/// Least time between two status writes (at most 50 per second).
+pub const MIN_WRITE_GAP: Duration = Duration::from_millis(20);
+
+/// How often everything is compared again (a failed write retried, a lost leadership's
+/// writes redone).
+pub const RESYNC: Duration = Duration::from_secs(30);
+
+/// The field manager of our writes.
+pub const FIELD_MANAGER: &str = "esi-server";
+
+/// Runs until the task is dropped: whenever `desired` changes, leadership is gained, or
+/// every [`RESYNC`], writes what differs (while `leading` says so).
+pub async fn run(
+    client: kube::Client,
+    mut desired: watch::Receiver<Arc<Vec<Desired>>>,
+    mut leading: watch::Receiver<bool>,
+) {
+    // What this replica wrote: (generation, condition) per object.
+    let mut written: HashMap<ObjectKey, (Option<i64>, ReadyCondition)> = HashMap::new();
+    loop {
+        tokio::select! {
+            changed = desired.changed() => if changed.is_err() { return },
+            changed = leading.changed() => {
+                if changed.is_err() { return }
+                // A new term: what the last one wrote may have been overwritten since.
+                written.clear();
+            }
+            () = tokio::time::sleep(RESYNC) => written.clear(),
+        }
+        if !*leading.borrow() {
+            continue;
+        }
+        let work = desired.borrow().clone();
+        for d in work.iter() {
+            if !d.differs() || written.get(&d.key) == Some(&(d.generation, d.condition.clone())) {
+                continue;
+            }
+            if !*leading.borrow() {
+                METRICS
+                    .status_writes
+                    .with_label_values(&["not_leader"])
+                    .inc();
+                break;
+            }
+            match write(&client, d).await {
+                Ok(()) => {
+                    METRICS.status_writes.with_label_values(&["ok"]).inc();
+                    written.insert(d.key.clone(), (d.generation, d.condition.clone()));
+                }
+                Err(e) => {
+                    METRICS.status_writes.with_label_values(&["error"]).inc();
+                    tracing::debug!(object = %d.key, error = %e, "status not written; retried at the next resync");
+                }
+            }
+            tokio::time::sleep(MIN_WRITE_GAP).await;
+        }
+    }
+}
+
+async fn write(client: &kube::Client, d: &Desired) -> Result<(), kube::Error> {
+    let ObjectKey::Resource {
+        namespace, name, ..
+    } = &d.key
+    else {
+        return Ok(());
+    };
+    let api: Api<DynamicObject> = match namespace {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &d.resource),
+        None => Api::all_with(client.clone(), &d.resource),
+    };
+    let status = d.condition.status();
+    // The transition time moves only when the status does.
+    let since = d
+        .observed
+        .as_ref()
+        .filter(|o| o.status == status)
+        .and_then(|o| o.last_transition_time.clone())
+        .unwrap_or_else(now);
+    let patch = json!({
+        "status": {
+            "observedGeneration": d.generation,
+            "conditions": [{
+                "type": "Ready",
+                "status": status,
+                "reason": d.condition.reason,
+                "message": d.condition.message,
+                "lastTransitionTime": since,
+                "observedGeneration": d.generation,
+            }]
+        }
+    });
+    api.patch_status(
+        name,
+        &PatchParams::apply(FIELD_MANAGER),
+        &Patch::Merge(&patch),
+    )
+    .await
+    .map(|_| ())
+}
+
+fn now() -> String {
+    time::OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
