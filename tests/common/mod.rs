@@ -253,8 +253,28 @@ impl Server {
             .arg("--manifests")
             .arg(&mdir)
             .arg("--policies")
-            .arg(&pdir)
-            .arg("--listen")
+            .arg(&pdir);
+        Self::launch(cmd, dir, extra)
+    }
+
+    /// Starts the server in Kubernetes mode on the API server of `kubeconfig` (a
+    /// [`fake_kube::FakeKube`]'s), with `extra` flags.
+    pub fn start_kubernetes(kubeconfig: &Path, extra: &[&str]) -> Server {
+        install_crypto();
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new(server_bin());
+        cmd.arg("serve")
+            .arg("--kubernetes")
+            .env("KUBECONFIG", kubeconfig)
+            .env_remove("POD_NAME")
+            .env_remove("POD_NAMESPACE");
+        Self::launch(cmd, dir, extra)
+    }
+
+    fn launch(mut cmd: Command, dir: tempfile::TempDir, extra: &[&str]) -> Server {
+        let mdir = dir.path().join("manifests");
+        let pdir = dir.path().join("policies");
+        cmd.arg("--listen")
             .arg("127.0.0.1:0")
             .arg("--data-dir")
             .arg(dir.path().join("data"))

@@ -1,0 +1,454 @@
+//! End to end, Kubernetes mode: the real `esi-server serve --kubernetes` against the
+//! stateful fake API server of `tests/common/fake_kube.rs` (HTTPS, a kubeconfig), driven
+//! as `kubectl` would: objects applied, changed and deleted take effect, a rotated Secret
+//! reaches its store, a bad object gets `Ready=False` while the rest serves, only the
+//! elected leader writes status, and a failing API keeps the last snapshot serving.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::fake_kube::{Fault, FakeKube};
+use common::*;
+use serde_json::{Value, json};
+
+const AUD: &str = "https://esi-federation.example.com";
+const ISS: &str = "https://kubernetes.default.svc.cluster.local";
+const AUTHZ: &str = "federation.external-secrets.io/v1alpha1";
+const STORE: &str = "external-secrets.io/v1";
+
+fn yaml(text: &str) -> Value {
+    serde_saphyr::from_str(text).unwrap()
+}
+
+fn token(ns: &str, sa: &str) -> String {
+    mint("ec-1", &sa_claims(ISS, AUD, ns, sa), None)
+}
+
+/// The fake API server with our kinds and ESO's we serve.
+async fn cluster() -> FakeKube {
+    let k = FakeKube::start().await;
+    k.register(
+        "federation.external-secrets.io",
+        "v1alpha1",
+        "Authorization",
+        "authorizations",
+        false,
+        true,
+    );
+    k.register(
+        "identity.federation.external-secrets.io",
+        "v1alpha1",
+        "KubernetesFederation",
+        "kubernetesfederations",
+        false,
+        true,
+    );
+    k.register(
+        "external-secrets.io",
+        "v1",
+        "ClusterSecretStore",
+        "clustersecretstores",
+        false,
+        true,
+    );
+    k.register(
+        "generators.external-secrets.io",
+        "v1alpha1",
+        "Password",
+        "passwords",
+        true,
+        false,
+    );
+    k
+}
+
+fn authorization(name: &str, stores: &[&str]) -> Value {
+    json!({
+        "apiVersion": AUTHZ,
+        "kind": "Authorization",
+        "metadata": {"name": name},
+        "spec": {
+            "federationRef": {"kind": "KubernetesFederation", "name": "alpha"},
+            "subject": {"oidc": {"issuer": ISS, "subject": "system:serviceaccount:apps:app"}},
+            "allowedClusterSecretStores": stores,
+        }
+    })
+}
+
+fn fake_store(name: &str, value: &str) -> Value {
+    json!({
+        "apiVersion": STORE,
+        "kind": "ClusterSecretStore",
+        "metadata": {"name": name},
+        "spec": {"provider": {"fake": {"data": [{"key": "db", "value": value}]}}}
+    })
+}
+
+/// A kubeconfig for `user` in a fresh directory (kept alive by the returned guard).
+fn kubeconfig(k: &FakeKube, user: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kubeconfig");
+    k.kubeconfig_as(&path, user);
+    (dir, path)
+}
+
+fn start(path: &std::path::Path) -> Server {
+    Server::start_kubernetes(
+        path,
+        &[
+            "--leader-election-namespace",
+            "esi-system",
+            "--leader-election-lease-duration",
+            "2s",
+        ],
+    )
+}
+
+async fn wait_ready(server: &Server, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let (status, _) = server.get("/readyz").await;
+        if status == 200 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not ready within {within:?}:\n{}",
+            server.logs().join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn read(server: &Server, store: &str, token: &str) -> (u16, String) {
+    server
+        .post(
+            &format!("/secretstore/{store}/secrets/db"),
+            Some(token),
+            json!({}),
+        )
+        .await
+}
+
+/// Polls `read` until it answers `want`; returns how long that took.
+async fn until_status(
+    server: &Server,
+    store: &str,
+    token: &str,
+    want: u16,
+    within: Duration,
+) -> Duration {
+    let start = Instant::now();
+    loop {
+        let (status, body) = read(server, store, token).await;
+        if status == want {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < within,
+            "no {want} within {within:?} (last {status} {body}):\n{}",
+            server.logs().join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The `Ready` condition of an object, once it exists (and matches `pred`).
+async fn wait_ready_condition(
+    k: &FakeKube,
+    api_version: &str,
+    kind: &str,
+    name: &str,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let obj = k.get(api_version, kind, None, name);
+        if let Some(obj) = &obj {
+            let cond = obj["status"]["conditions"]
+                .as_array()
+                .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
+                .cloned();
+            if let Some(c) = cond
+                && pred(&c)
+            {
+                return c;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{kind}/{name}: no matching Ready condition; object: {obj:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn objects_applied_changed_and_deleted_change_the_decision_and_get_ready_conditions() {
+    let k = cluster().await;
+    k.apply(yaml(&static_federation(ISS, AUD)));
+    k.apply(fake_store("fake", "v1"));
+    let (_dir, path) = kubeconfig(&k, "admin");
+    let server = start(&path);
+    wait_ready(&server, Duration::from_secs(20)).await;
+    let t = token("apps", "app");
+
+    // No Authorization yet: denied (shown as not found).
+    assert_eq!(read(&server, "fake", &t).await.0, 404);
+
+    // Applied: in effect within a second.
+    k.apply(authorization("app", &["fake"]));
+    let took = until_status(&server, "fake", &t, 200, Duration::from_secs(5)).await;
+    eprintln!("applied Authorization in effect after {took:?}");
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    let (_, body) = read(&server, "fake", &t).await;
+    assert_eq!(body, "\"v1\"");
+    let ready = wait_ready_condition(&k, AUTHZ, "Authorization", "app", |c| {
+        c["status"] == "True"
+    })
+    .await;
+    assert_eq!(ready["reason"], "Loaded");
+    assert_eq!(ready["observedGeneration"], 1);
+
+    // Changed: the store is no longer allowed.
+    let mut changed = authorization("app", &[]);
+    changed["spec"]["allowedClusterSecretStores"] = json!([]);
+    k.apply(changed);
+    let took = until_status(&server, "fake", &t, 404, Duration::from_secs(5)).await;
+    eprintln!("changed Authorization in effect after {took:?}");
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    wait_ready_condition(&k, AUTHZ, "Authorization", "app", |c| {
+        c["observedGeneration"] == 2
+    })
+    .await;
+    k.apply(authorization("app", &["fake"]));
+    until_status(&server, "fake", &t, 200, Duration::from_secs(5)).await;
+
+    // A bad object gets Ready=False with the reason; the rest keeps serving.
+    let mut broken = authorization("broken", &["fake"]);
+    broken["spec"]["allowedRemoteKeys"] = json!({"fake": []});
+    k.apply(broken);
+    k.apply(authorization("dangling", &["nope"]));
+    let invalid = wait_ready_condition(&k, AUTHZ, "Authorization", "broken", |c| {
+        c["status"] == "False"
+    })
+    .await;
+    assert_eq!(invalid["reason"], "InvalidSpec", "{invalid}");
+    assert!(
+        invalid["message"]
+            .as_str()
+            .unwrap()
+            .contains("allowedRemoteKeys"),
+        "{invalid}"
+    );
+    let missing = wait_ready_condition(&k, AUTHZ, "Authorization", "dangling", |c| {
+        c["status"] == "False"
+    })
+    .await;
+    assert_eq!(missing["reason"], "MissingReference", "{missing}");
+    assert!(
+        missing["message"]
+            .as_str()
+            .unwrap()
+            .contains("ClusterSecretStore nope"),
+        "{missing}"
+    );
+    assert_eq!(read(&server, "fake", &t).await.0, 200);
+    // The federation accepts only its audience: loaded, no warning; the store too.
+    let fed = wait_ready_condition(
+        &k,
+        "identity.federation.external-secrets.io/v1alpha1",
+        "KubernetesFederation",
+        "alpha",
+        |c| c["status"] == "True",
+    )
+    .await;
+    assert_eq!(fed["reason"], "Loaded");
+    wait_ready_condition(&k, STORE, "ClusterSecretStore", "fake", |c| {
+        c["status"] == "True"
+    })
+    .await;
+
+    // Status is written once per generation, not in a loop.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let writes = k.requests().iter().filter(|r| r.is_status_write()).count();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let later = k.requests().iter().filter(|r| r.is_status_write()).count();
+    assert_eq!(writes, later, "status writes continued without a change");
+
+    // Deleted: denied again.
+    k.delete(AUTHZ, "Authorization", None, "app");
+    let took = until_status(&server, "fake", &t, 404, Duration::from_secs(5)).await;
+    eprintln!("deleted Authorization in effect after {took:?}");
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rotated_secret_reaches_its_store_and_no_other_secret_is_read() {
+    let Some((addr, root)) = openbao() else {
+        return;
+    };
+    vault_put(&addr, &root, "secret", "kube-e2e/db", json!({"v": "from-openbao"})).await;
+    let k = cluster().await;
+    k.apply(yaml(&static_federation(ISS, AUD)));
+    k.apply(authorization("app", &["vault"]));
+    k.apply(json!({
+        "apiVersion": STORE, "kind": "ClusterSecretStore", "metadata": {"name": "vault"},
+        "spec": {"provider": {"vault": {"server": addr, "path": "secret", "version": "v2",
+            "auth": {"tokenSecretRef": {"name": "vault-token", "namespace": "esi-system", "key": "token"}}}}}
+    }));
+    let secret = |token: &str| {
+        json!({"apiVersion": "v1", "kind": "Secret",
+               "metadata": {"name": "vault-token", "namespace": "esi-system"},
+               "data": {"token": b64(token)}})
+    };
+    k.apply(secret("not-the-token"));
+    // Unrelated Secrets are never listed or watched.
+    k.apply(json!({"apiVersion": "v1", "kind": "Secret",
+                   "metadata": {"name": "unrelated", "namespace": "esi-system"},
+                   "data": {"password": b64("do-not-read")}}));
+    let (_dir, path) = kubeconfig(&k, "admin");
+    let server = start(&path);
+    wait_ready(&server, Duration::from_secs(20)).await;
+    let t = token("apps", "app");
+    let path_of = "/secretstore/vault/secrets/kube-e2e%2Fdb";
+    let (status, body) = server.post(path_of, Some(&t), json!({})).await;
+    assert_ne!(status, 200, "a wrong token must not read: {body}");
+
+    // Rotated: the store uses the new token within seconds.
+    k.apply(secret(&root));
+    let start = Instant::now();
+    loop {
+        let (status, body) = server.post(path_of, Some(&t), json!({})).await;
+        if status == 200 {
+            assert!(body.contains("from-openbao"), "{body}");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "rotation not in effect: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("rotated Secret in effect after {:?}", start.elapsed());
+
+    for r in k.requests() {
+        if r.path.contains("/secrets") {
+            assert!(
+                r.path.starts_with("/api/v1/namespaces/esi-system/secrets")
+                    && r.query.contains("fieldSelector=metadata.name%3Dvault-token"),
+                "a Secret read beyond the referenced one: {} {}?{}",
+                r.method,
+                r.path,
+                r.query
+            );
+        }
+    }
+    assert!(
+        !server.logs().iter().any(|l| l.contains(&root) || l.contains("do-not-read")),
+        "a value reached the logs"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn only_the_leader_writes_status_and_another_replica_takes_over() {
+    let k = cluster().await;
+    k.add_user("replica-a");
+    k.add_user("replica-b");
+    k.apply(yaml(&static_federation(ISS, AUD)));
+    k.apply(fake_store("fake", "v1"));
+    k.apply(authorization("app", &["fake"]));
+    let (_da, path_a) = kubeconfig(&k, "replica-a");
+    let (_db, path_b) = kubeconfig(&k, "replica-b");
+    let a = start(&path_a);
+    let b = start(&path_b);
+    wait_ready(&a, Duration::from_secs(20)).await;
+    wait_ready(&b, Duration::from_secs(20)).await;
+    let t = token("apps", "app");
+    assert_eq!(read(&a, "fake", &t).await.0, 200);
+    assert_eq!(read(&b, "fake", &t).await.0, 200);
+
+    wait_ready_condition(&k, AUTHZ, "Authorization", "app", |c| c["status"] == "True").await;
+    let writers = |k: &FakeKube| -> std::collections::BTreeSet<String> {
+        k.requests()
+            .iter()
+            .filter(|r| r.is_status_write() && r.status < 300)
+            .filter_map(|r| r.user.clone())
+            .collect()
+    };
+    let first = writers(&k);
+    assert_eq!(first.len(), 1, "status written by {first:?}");
+    let leader = first.into_iter().next().unwrap();
+    let lease = k
+        .get("coordination.k8s.io/v1", "Lease", Some("esi-system"), "esi-federation")
+        .expect("a Lease");
+    eprintln!("leader {leader}, lease {}", lease["spec"]);
+
+    // The leader goes away; the other replica takes the Lease over and writes status.
+    let (survivor, survivor_user) = if leader == "replica-a" {
+        drop(a);
+        (b, "replica-b")
+    } else {
+        drop(b);
+        (a, "replica-a")
+    };
+    k.clear_requests();
+    k.apply(authorization("second", &["fake"]));
+    let c = wait_ready_condition(&k, AUTHZ, "Authorization", "second", |c| {
+        c["status"] == "True"
+    })
+    .await;
+    assert_eq!(c["reason"], "Loaded");
+    let now = writers(&k);
+    assert_eq!(
+        now,
+        [survivor_user.to_string()].into(),
+        "status after the leader left"
+    );
+    assert_eq!(read(&survivor, "fake", &t).await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_api_that_fails_keeps_the_last_snapshot_serving() {
+    let k = cluster().await;
+    k.apply(yaml(&static_federation(ISS, AUD)));
+    k.apply(fake_store("fake", "v1"));
+    k.apply(authorization("app", &["fake"]));
+    // Not ready while nothing can be listed.
+    k.set_fault(Fault::RefuseReads);
+    let (_dir, path) = kubeconfig(&k, "admin");
+    let server = start(&path);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(server.get("/readyz").await.0, 503);
+    let t = token("apps", "app");
+    assert_ne!(read(&server, "fake", &t).await.0, 200, "nothing is granted before the first sync");
+    k.set_fault(Fault::None);
+    wait_ready(&server, Duration::from_secs(30)).await;
+    assert_eq!(read(&server, "fake", &t).await.0, 200);
+
+    // Watches and lists fail: the last snapshot keeps serving, readiness stays.
+    k.set_fault(Fault::RefuseReads);
+    k.drop_watches();
+    for _ in 0..20 {
+        assert_eq!(read(&server, "fake", &t).await.0, 200);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(server.get("/readyz").await.0, 200);
+    // Back: a change made meanwhile arrives through the re-list.
+    k.apply(fake_store("fake", "v2"));
+    k.set_fault(Fault::None);
+    let start = Instant::now();
+    loop {
+        let (status, body) = read(&server, "fake", &t).await;
+        if status == 200 && body == "\"v2\"" {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the change made during the outage never arrived ({status} {body})"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
