@@ -3,6 +3,8 @@
 //! OpenBao started by `scripts/test.sh`.
 #![allow(dead_code)]
 
+pub mod fake_kube;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
