@@ -9,7 +9,7 @@ mod common;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::fake_kube::{Fault, FakeKube};
+use common::fake_kube::{FakeKube, Fault};
 use common::*;
 use serde_json::{Value, json};
 
@@ -205,10 +205,8 @@ async fn objects_applied_changed_and_deleted_change_the_decision_and_get_ready_c
     assert!(took < Duration::from_secs(2), "took {took:?}");
     let (_, body) = read(&server, "fake", &t).await;
     assert_eq!(body, "\"v1\"");
-    let ready = wait_ready_condition(&k, AUTHZ, "Authorization", "app", |c| {
-        c["status"] == "True"
-    })
-    .await;
+    let ready =
+        wait_ready_condition(&k, AUTHZ, "Authorization", "app", |c| c["status"] == "True").await;
     assert_eq!(ready["reason"], "Loaded");
     assert_eq!(ready["observedGeneration"], 1);
 
@@ -256,7 +254,8 @@ async fn objects_applied_changed_and_deleted_change_the_decision_and_get_ready_c
         "{missing}"
     );
     assert_eq!(read(&server, "fake", &t).await.0, 200);
-    // The federation accepts only its audience: loaded, no warning; the store too.
+    // The federation is in force, with what its owner should know (static keys beside a
+    // url that is then never fetched); the store is loaded.
     let fed = wait_ready_condition(
         &k,
         "identity.federation.external-secrets.io/v1alpha1",
@@ -265,7 +264,14 @@ async fn objects_applied_changed_and_deleted_change_the_decision_and_get_ready_c
         |c| c["status"] == "True",
     )
     .await;
-    assert_eq!(fed["reason"], "Loaded");
+    assert_eq!(fed["reason"], "LoadedWithWarnings", "{fed}");
+    assert!(
+        fed["message"]
+            .as_str()
+            .unwrap()
+            .contains("keys are not fetched from url"),
+        "{fed}"
+    );
     wait_ready_condition(&k, STORE, "ClusterSecretStore", "fake", |c| {
         c["status"] == "True"
     })
@@ -290,7 +296,14 @@ async fn a_rotated_secret_reaches_its_store_and_no_other_secret_is_read() {
     let Some((addr, root)) = openbao() else {
         return;
     };
-    vault_put(&addr, &root, "secret", "kube-e2e/db", json!({"v": "from-openbao"})).await;
+    vault_put(
+        &addr,
+        &root,
+        "secret",
+        "kube-e2e/db",
+        json!({"v": "from-openbao"}),
+    )
+    .await;
     let k = cluster().await;
     k.apply(yaml(&static_federation(ISS, AUD)));
     k.apply(authorization("app", &["vault"]));
@@ -338,7 +351,8 @@ async fn a_rotated_secret_reaches_its_store_and_no_other_secret_is_read() {
         if r.path.contains("/secrets") {
             assert!(
                 r.path.starts_with("/api/v1/namespaces/esi-system/secrets")
-                    && r.query.contains("fieldSelector=metadata.name%3Dvault-token"),
+                    && r.query
+                        .contains("fieldSelector=metadata.name%3Dvault-token"),
                 "a Secret read beyond the referenced one: {} {}?{}",
                 r.method,
                 r.path,
@@ -347,7 +361,10 @@ async fn a_rotated_secret_reaches_its_store_and_no_other_secret_is_read() {
         }
     }
     assert!(
-        !server.logs().iter().any(|l| l.contains(&root) || l.contains("do-not-read")),
+        !server
+            .logs()
+            .iter()
+            .any(|l| l.contains(&root) || l.contains("do-not-read")),
         "a value reached the logs"
     );
 }
@@ -382,7 +399,12 @@ async fn only_the_leader_writes_status_and_another_replica_takes_over() {
     assert_eq!(first.len(), 1, "status written by {first:?}");
     let leader = first.into_iter().next().unwrap();
     let lease = k
-        .get("coordination.k8s.io/v1", "Lease", Some("esi-system"), "esi-federation")
+        .get(
+            "coordination.k8s.io/v1",
+            "Lease",
+            Some("esi-system"),
+            "esi-federation",
+        )
         .expect("a Lease");
     eprintln!("leader {leader}, lease {}", lease["spec"]);
 
@@ -423,7 +445,11 @@ async fn an_api_that_fails_keeps_the_last_snapshot_serving() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(server.get("/readyz").await.0, 503);
     let t = token("apps", "app");
-    assert_ne!(read(&server, "fake", &t).await.0, 200, "nothing is granted before the first sync");
+    assert_ne!(
+        read(&server, "fake", &t).await.0,
+        200,
+        "nothing is granted before the first sync"
+    );
     k.set_fault(Fault::None);
     wait_ready(&server, Duration::from_secs(30)).await;
     assert_eq!(read(&server, "fake", &t).await.0, 200);
