@@ -67,7 +67,8 @@
 //!   references: delete removes the object at once. No DELETE of a collection.
 //! - No pagination (`limit` and `continue` are ignored: one page with everything); the
 //!   `resourceVersion` / `resourceVersionMatch` of a list are ignored (always the latest state);
-//!   a watch from a `resourceVersion` in the future starts from now.
+//!   a watch from a `resourceVersion` in the future starts from now; `sendInitialEvents` with a
+//!   `resourceVersion` other than `""`/`"0"` resumes from the history like a plain watch.
 //! - No `dryRun` (refused with `400`), no protobuf, no table output, no aggregated discovery,
 //!   no version conversion (a group/plural registered under two versions shares its objects).
 //! - Namespaces need not exist for their objects; `generation` is kept on every kind (real core
@@ -326,6 +327,22 @@ impl FakeKube {
             .resources
             .retain(|r| !(r.group == group && r.version == version && r.plural == plural));
         store.resources.push(def);
+    }
+
+    /// Serves the kind of the Rust type `K` (a `kube::CustomResource` or a k8s-openapi type).
+    pub fn register_kind<K: kube::Resource<DynamicType = ()>>(
+        &self,
+        namespaced: bool,
+        has_status: bool,
+    ) {
+        self.register(
+            &K::group(&()),
+            &K::version(&()),
+            &K::kind(&()),
+            &K::plural(&()),
+            namespaced,
+            has_status,
+        );
     }
 
     /// The CA that signed the fake's certificate, PEM.
@@ -958,12 +975,16 @@ impl Store {
                 n
             }
             Part::Status => {
+                // Only .status, and the field managers an apply to /status recorded.
                 let mut n = old.clone();
                 if let Some(o) = n.as_object_mut() {
                     match incoming.get("status") {
                         Some(s) => o.insert("status".into(), s.clone()),
                         None => o.remove("status"),
                     };
+                }
+                if let Some(fields) = incoming["metadata"].get("managedFields") {
+                    meta_mut(&mut n)?.insert("managedFields".into(), fields.clone());
                 }
                 n
             }
