@@ -1087,3 +1087,25 @@ async fn a_custom_resource_type_round_trips_with_its_status() {
     );
     assert!(statuses[0].query.contains("fieldManager=esi-server"));
 }
+
+/// e2e tests block their thread (`common::Server::start` reads the child's stdout): the fake
+/// runs on a runtime of its own and answers meanwhile, even under a current-thread test.
+#[tokio::test(flavor = "current_thread")]
+async fn the_fake_answers_while_the_test_thread_blocks() {
+    let fake = FakeKube::start().await;
+    let url = format!("{}/api/v1/namespaces", fake.url);
+    let (ca, token) = (fake.ca_pem().to_string(), fake.token());
+    let other = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let http = common::client_trusting(ca.as_bytes());
+            let resp = http.get(url).bearer_auth(token).send().await.unwrap();
+            resp.status().as_u16()
+        })
+    });
+    // Blocks the test's only runtime thread until the other thread has its answer.
+    assert_eq!(other.join().unwrap(), 200);
+}

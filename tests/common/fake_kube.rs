@@ -74,6 +74,8 @@
 //! - Namespaces need not exist for their objects; `generation` is kept on every kind (real core
 //!   kinds such as Secrets have none).
 //! - TokenRequest does not check `boundObjectRef` and adds no pod claims.
+//! - Request bodies over 2 MiB are refused by axum with a plain-text 413 (not a Status); a watch
+//!   that falls more than 4096 events behind is ended (its client resumes or re-lists).
 //! - Not fast and not meant for load: one mutex around the store.
 #![allow(dead_code)]
 
@@ -235,13 +237,17 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The fake API server; stops when dropped.
+/// The fake API server, served by a runtime of its own (so any test flavour works, and a test
+/// that blocks does not stall it); stops when dropped.
 pub struct FakeKube {
     /// `https://127.0.0.1:{port}`
     pub url: String,
     pub ca: TestCa,
     shared: Arc<Shared>,
     handle: axum_server::Handle<SocketAddr>,
+    /// The fake's own runtime (one worker thread): it keeps answering while the test blocks
+    /// (a current-thread `#[tokio::test]` reading a child's output, `std::thread::sleep`).
+    runtime: Option<tokio::runtime::Runtime>,
 }
 
 impl FakeKube {
@@ -281,7 +287,13 @@ impl FakeKube {
         let addr = listener.local_addr().unwrap();
         let handle = axum_server::Handle::new();
         let h = handle.clone();
-        tokio::spawn(async move {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("fake-kube")
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.spawn(async move {
             axum_server::from_tcp_rustls(listener, config)
                 .unwrap()
                 .handle(h)
@@ -294,6 +306,7 @@ impl FakeKube {
             ca,
             shared,
             handle,
+            runtime: Some(runtime),
         };
         fake.register("", "v1", "Secret", "secrets", true, false);
         fake.register("", "v1", "ConfigMap", "configmaps", true, false);
@@ -590,6 +603,9 @@ current-context: fake
 impl Drop for FakeKube {
     fn drop(&mut self) {
         self.stop();
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
     }
 }
 
