@@ -67,12 +67,15 @@
 //!   references: delete removes the object at once. No DELETE of a collection.
 //! - No pagination (`limit` and `continue` are ignored: one page with everything); the
 //!   `resourceVersion` / `resourceVersionMatch` of a list are ignored (always the latest state);
-//!   a watch from a `resourceVersion` in the future starts from now.
+//!   a watch from a `resourceVersion` in the future starts from now; `sendInitialEvents` with a
+//!   `resourceVersion` other than `""`/`"0"` resumes from the history like a plain watch.
 //! - No `dryRun` (refused with `400`), no protobuf, no table output, no aggregated discovery,
 //!   no version conversion (a group/plural registered under two versions shares its objects).
 //! - Namespaces need not exist for their objects; `generation` is kept on every kind (real core
 //!   kinds such as Secrets have none).
 //! - TokenRequest does not check `boundObjectRef` and adds no pod claims.
+//! - Request bodies over 2 MiB are refused by axum with a plain-text 413 (not a Status); a watch
+//!   that falls more than 4096 events behind is ended (its client resumes or re-lists).
 //! - Not fast and not meant for load: one mutex around the store.
 #![allow(dead_code)]
 
@@ -234,13 +237,17 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The fake API server; stops when dropped.
+/// The fake API server, served by a runtime of its own (so any test flavour works, and a test
+/// that blocks does not stall it); stops when dropped.
 pub struct FakeKube {
     /// `https://127.0.0.1:{port}`
     pub url: String,
     pub ca: TestCa,
     shared: Arc<Shared>,
     handle: axum_server::Handle<SocketAddr>,
+    /// The fake's own runtime (one worker thread): it keeps answering while the test blocks
+    /// (a current-thread `#[tokio::test]` reading a child's output, `std::thread::sleep`).
+    runtime: Option<tokio::runtime::Runtime>,
 }
 
 impl FakeKube {
@@ -280,7 +287,13 @@ impl FakeKube {
         let addr = listener.local_addr().unwrap();
         let handle = axum_server::Handle::new();
         let h = handle.clone();
-        tokio::spawn(async move {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("fake-kube")
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.spawn(async move {
             axum_server::from_tcp_rustls(listener, config)
                 .unwrap()
                 .handle(h)
@@ -293,6 +306,7 @@ impl FakeKube {
             ca,
             shared,
             handle,
+            runtime: Some(runtime),
         };
         fake.register("", "v1", "Secret", "secrets", true, false);
         fake.register("", "v1", "ConfigMap", "configmaps", true, false);
@@ -326,6 +340,22 @@ impl FakeKube {
             .resources
             .retain(|r| !(r.group == group && r.version == version && r.plural == plural));
         store.resources.push(def);
+    }
+
+    /// Serves the kind of the Rust type `K` (a `kube::CustomResource` or a k8s-openapi type).
+    pub fn register_kind<K: kube::Resource<DynamicType = ()>>(
+        &self,
+        namespaced: bool,
+        has_status: bool,
+    ) {
+        self.register(
+            &K::group(&()),
+            &K::version(&()),
+            &K::kind(&()),
+            &K::plural(&()),
+            namespaced,
+            has_status,
+        );
     }
 
     /// The CA that signed the fake's certificate, PEM.
@@ -573,6 +603,9 @@ current-context: fake
 impl Drop for FakeKube {
     fn drop(&mut self) {
         self.stop();
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
     }
 }
 
@@ -958,12 +991,16 @@ impl Store {
                 n
             }
             Part::Status => {
+                // Only .status, and the field managers an apply to /status recorded.
                 let mut n = old.clone();
                 if let Some(o) = n.as_object_mut() {
                     match incoming.get("status") {
                         Some(s) => o.insert("status".into(), s.clone()),
                         None => o.remove("status"),
                     };
+                }
+                if let Some(fields) = incoming["metadata"].get("managedFields") {
+                    meta_mut(&mut n)?.insert("managedFields".into(), fields.clone());
                 }
                 n
             }
