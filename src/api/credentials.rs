@@ -192,7 +192,7 @@ pub(super) async fn v1_renew(
     let entry = own_credential(&state, &caller, &id, Action::Renew).await?;
     // A revocation is pending (a DELETE or the sweeper failed and will retry): renewing
     // would answer a new expiry for a credential about to be revoked.
-    if !entry.renewable || entry.retry_at.is_some() {
+    if !entry.renewable || entry.revoking() {
         return Err(ApiError::Conflict(
             "the credential cannot be renewed; issue a new one".into(),
         ));

@@ -37,6 +37,9 @@ pub enum IssueError {
     NotAudited,
 }
 
+/// How long a revocation's claim outlives its backend call's timeout (seconds).
+const CLAIM_MARGIN_SECS: u64 = 30;
+
 /// Delay before retry number `attempts + 1`: doubling from 1 s, capped.
 pub fn backoff(attempts: u32) -> u64 {
     use backon::BackoffBuilder;
@@ -187,6 +190,7 @@ pub async fn record_issue(
         expires_at: generated.expires_at,
         renewable: generated.renewable,
         retry_at: None,
+        claimed_until: None,
         attempts: 0,
         last_error: None,
     };
@@ -348,6 +352,9 @@ pub struct RevokeSummary {
     pub lapsed: usize,
     /// Failed; kept and scheduled for a retry by the sweeper.
     pub failed: usize,
+    /// Left alone: another revocation (a sweep, another replica) holds it, or it was
+    /// renewed since it was read and is not due any more.
+    pub taken: usize,
 }
 
 impl RevokeSummary {
@@ -355,6 +362,7 @@ impl RevokeSummary {
         self.revoked += other.revoked;
         self.lapsed += other.lapsed;
         self.failed += other.failed;
+        self.taken += other.taken;
     }
 }
 
@@ -384,6 +392,21 @@ async fn revoke_one(
     timeout: Duration,
 ) -> Result<RevokeSummary, LedgerError> {
     let now = unix_now();
+    // Take the entry first, so that of several sweeps or replicas exactly one revokes it,
+    // and a sweep never revokes what was renewed after it read the entry.
+    let until = now
+        .saturating_add(timeout.as_secs())
+        .saturating_add(CLAIM_MARGIN_SECS);
+    let Some(entry) = ledger
+        .claim(&entry.id, now, until, reason == "sweep")
+        .await?
+    else {
+        return Ok(RevokeSummary {
+            taken: 1,
+            ..RevokeSummary::default()
+        });
+    };
+    let entry = &entry;
     let Some(generator) = generators.get(&entry.generator.lookup_key()) else {
         let kind = entry.generator.kind.as_str();
         if entry.expires_at.is_some_and(|at| at <= now) {
@@ -624,7 +647,8 @@ mod tests {
             RevokeSummary {
                 revoked: 2,
                 lapsed: 0,
-                failed: 0
+                failed: 0,
+                taken: 0,
             }
         );
         assert_eq!(g.revoked(), 2);
@@ -686,6 +710,61 @@ mod tests {
         assert_eq!(ledger.count().await.unwrap(), 1);
     }
 
+    /// Two replicas' sweeps read the same due entries before either revokes: each
+    /// credential is revoked once.
+    #[tokio::test]
+    async fn racing_sweeps_revoke_each_credential_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = RedbLedger::open(&dir.path().join("l.redb")).unwrap();
+        let g = Leases::new(Some(0));
+        for _ in 0..5 {
+            issue(&ledger, &g).await;
+        }
+        let now = unix_now();
+        let first = ledger.due(now, 100).await.unwrap();
+        let second = ledger.due(now, 100).await.unwrap();
+        assert_eq!((first.len(), second.len()), (5, 5));
+        let gens = generators(&g);
+        let (a, b) = tokio::join!(
+            revoke_entries(&ledger, &gens, first, "sweep", Duration::from_secs(1)),
+            revoke_entries(&ledger, &gens, second, "sweep", Duration::from_secs(1))
+        );
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert_eq!(a.revoked + b.revoked, 5, "{a:?} {b:?}");
+        assert_eq!(a.taken + b.taken, 5, "{a:?} {b:?}");
+        assert_eq!(g.revoked(), 5, "backend revocations");
+        assert_eq!(ledger.count().await.unwrap(), 0);
+    }
+
+    /// A sweep that read an entry as due before its renewal leaves it alone.
+    #[tokio::test]
+    async fn a_sweep_never_revokes_what_was_renewed_after_it_looked() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = RedbLedger::open(&dir.path().join("l.redb")).unwrap();
+        let g = Leases::new(Some(0));
+        issue(&ledger, &g).await;
+        let due = ledger.due(unix_now(), 10).await.unwrap();
+        assert_eq!(due.len(), 1);
+        assert!(
+            ledger
+                .renewed(&due[0].id, unix_now() + 3_600, true)
+                .await
+                .unwrap()
+        );
+        let s = revoke_entries(
+            &ledger,
+            &generators(&g),
+            due,
+            "sweep",
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap();
+        assert_eq!((s.revoked, s.taken), (0, 1));
+        assert_eq!(g.revoked(), 0);
+        assert_eq!(ledger.count().await.unwrap(), 1);
+    }
+
     #[tokio::test]
     async fn gone_generators_lapse_only_after_expiry() {
         let dir = tempfile::tempdir().unwrap();
@@ -709,7 +788,8 @@ mod tests {
             RevokeSummary {
                 revoked: 0,
                 lapsed: 1,
-                failed: 1
+                failed: 1,
+                taken: 0,
             }
         );
         let left = ledger.by_owner(&holder().owner()).await.unwrap();
@@ -761,6 +841,15 @@ mod tests {
             }
             async fn renewed(&self, _: &str, _: u64, _: bool) -> Result<bool, LedgerError> {
                 Ok(false)
+            }
+            async fn claim(
+                &self,
+                _: &str,
+                _: u64,
+                _: u64,
+                _: bool,
+            ) -> Result<Option<LedgerEntry>, LedgerError> {
+                Ok(None)
             }
         }
         let err = record_issue(

@@ -235,6 +235,10 @@ pub struct LedgerEntry {
     pub renewable: bool,
     /// Set once a revocation was asked for and failed: the next attempt's time.
     pub retry_at: Option<u64>,
+    /// While a revocation runs (on any replica): until when it holds the entry
+    /// ([`Ledger::claim`]). A holder that dies leaves the entry due at that time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claimed_until: Option<u64>,
     /// Failed revocation attempts so far.
     pub attempts: u32,
     /// The last failure (a safe message: no values).
@@ -242,9 +246,23 @@ pub struct LedgerEntry {
 }
 
 impl LedgerEntry {
-    /// When the sweeper should act on this entry: the pending retry, else expiry.
+    /// When the sweeper should act on this entry: the end of a revocation's claim, else
+    /// the pending retry, else expiry.
     pub fn due_at(&self) -> Option<u64> {
-        self.retry_at.or(self.expires_at)
+        self.claimed_until.or(self.retry_at).or(self.expires_at)
+    }
+
+    /// Whether a revocation may take this entry at `now`: no other revocation holds it (no
+    /// claim lasting past `now`) and, with `only_if_due`, it is due (its retry time or
+    /// expiry, or a dead holder's claim end, has come).
+    pub fn claimable(&self, now: u64, only_if_due: bool) -> bool {
+        let held = self.claimed_until.is_some_and(|c| c > now);
+        !held && (!only_if_due || self.due_at().is_some_and(|d| d <= now))
+    }
+
+    /// Whether a revocation holds this entry or waits to retry it (then it is not renewed).
+    pub fn revoking(&self) -> bool {
+        self.claimed_until.is_some() || self.retry_at.is_some()
     }
 }
 
@@ -294,10 +312,23 @@ pub trait Ledger: Send + Sync {
     async fn mark_retry(&self, id: &str, retry_at: u64, error: &str) -> Result<(), LedgerError>;
     /// The entry with this id (a credential handle), if recorded.
     async fn get(&self, id: &str) -> Result<Option<LedgerEntry>, LedgerError>;
+    /// Takes an entry for revocation, atomically: when it exists, no other revocation holds
+    /// it ([`LedgerEntry::claimable`]) and, with `only_if_due`, it is due at `now`, it is
+    /// scheduled for `until` (so that, should this replica die mid-revocation, it is due
+    /// again then) and returned as stored. `None` when it is gone, was renewed since it was
+    /// read, or is being revoked elsewhere: of several replicas (or sweeps) racing for one
+    /// entry, exactly one gets it.
+    async fn claim(
+        &self,
+        id: &str,
+        now: u64,
+        until: u64,
+        only_if_due: bool,
+    ) -> Result<Option<LedgerEntry>, LedgerError>;
     /// Notes a renewal: the entry now lapses at `expires_at` (so the sweeper does not
     /// revoke it at its old expiry) and may or may not be renewed again. False when the
-    /// entry is gone (revoked meanwhile); an entry waiting for a revocation retry stays
-    /// scheduled for it.
+    /// entry is gone (revoked meanwhile) or a revocation holds it or waits to retry it
+    /// (`retry_at` set): a credential being revoked is never reported renewed.
     async fn renewed(
         &self,
         id: &str,
@@ -311,6 +342,100 @@ pub trait Ledger: Send + Sync {
 #[cfg(test)]
 pub(crate) mod test_support {
     use super::*;
+
+    /// The claim rules every ledger keeps (run by each backend's tests): exactly one of
+    /// two racing claims wins; a renewal read after the due list keeps the sweep off; a
+    /// claim blocks renewals; a dead holder's claim lapses; a failed revocation leaves an
+    /// entry an owner may revoke again at once.
+    pub async fn claims_are_exclusive(ledger: &dyn Ledger) {
+        let now = 10_000;
+        let holder = Holder::new(&identity("a", "n", "s", Some("p")), None);
+        let due = entry(&holder, ("n", "VaultDynamicSecret", "db"), Some(now - 1));
+        ledger.record(&due).await.unwrap();
+        let (a, b) = tokio::join!(
+            ledger.claim(&due.id, now, now + 60, true),
+            ledger.claim(&due.id, now, now + 60, true)
+        );
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert!(a.is_some() != b.is_some(), "exactly one claim wins");
+        assert!(
+            ledger
+                .claim(&due.id, now + 1, now + 61, false)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            !ledger.renewed(&due.id, now + 3_600, true).await.unwrap(),
+            "a credential being revoked is not renewed"
+        );
+        // Its holder died: the claim lapses and the entry is due again.
+        let dead = ledger.due(now + 61, 10).await.unwrap();
+        assert_eq!(dead.iter().filter(|e| e.id == due.id).count(), 1);
+        assert!(
+            ledger
+                .claim(&due.id, now + 61, now + 120, true)
+                .await
+                .unwrap()
+                .is_some()
+        );
+        // A failed revocation: retried later by the sweeper, but an owner may ask now.
+        ledger
+            .mark_retry(&due.id, now + 500, "backend down")
+            .await
+            .unwrap();
+        assert!(
+            ledger
+                .claim(&due.id, now + 62, now + 120, true)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        let taken = ledger
+            .claim(&due.id, now + 62, now + 120, false)
+            .await
+            .unwrap();
+        assert_eq!(taken.map(|e| e.attempts), Some(1));
+
+        // Read as due by a sweep, then renewed: the sweep's claim finds it not due.
+        let renewed = entry(&holder, ("n", "VaultDynamicSecret", "db"), Some(now - 1));
+        ledger.record(&renewed).await.unwrap();
+        assert!(
+            ledger
+                .due(now, 10)
+                .await
+                .unwrap()
+                .iter()
+                .any(|e| e.id == renewed.id)
+        );
+        assert!(
+            ledger
+                .renewed(&renewed.id, now + 3_600, true)
+                .await
+                .unwrap()
+        );
+        assert!(
+            ledger
+                .claim(&renewed.id, now, now + 60, true)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            ledger
+                .claim(&renewed.id, now, now + 60, false)
+                .await
+                .unwrap()
+                .is_some()
+        );
+        assert!(
+            ledger
+                .claim("no-such-id", now, now + 60, false)
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
 
     /// An identity as authn would produce it.
     pub fn identity(federation: &str, namespace: &str, sa: &str, pod: Option<&str>) -> Identity {
@@ -347,6 +472,7 @@ pub(crate) mod test_support {
             expires_at,
             renewable: expires_at.is_some(),
             retry_at: None,
+            claimed_until: None,
             attempts: 0,
             last_error: None,
         }

@@ -124,11 +124,14 @@ impl PostgresLedger {
         Ok(Session(slot))
     }
 
+    /// Reads the entry `id` under a row lock, lets `change` modify it (or refuse: false),
+    /// and writes it back with its due time, in one transaction. `None`: no such entry;
+    /// `Some` with the entry as written, or as found when `change` refused (then `false`).
     async fn update(
         &self,
         id: &str,
-        change: impl FnOnce(&mut LedgerEntry),
-    ) -> Result<bool, LedgerError> {
+        change: impl FnOnce(&mut LedgerEntry) -> bool,
+    ) -> Result<Option<(bool, LedgerEntry)>, LedgerError> {
         let mut session = self.session().await?;
         let txn = session.client_mut()?.transaction().await.map_err(storage)?;
         let row = txn
@@ -139,10 +142,13 @@ impl PostgresLedger {
             .await
             .map_err(storage)?;
         let Some(row) = row else {
-            return Ok(false);
+            return Ok(None);
         };
-        let mut entry = decode(row.get::<_, &str>(0))?;
-        change(&mut entry);
+        let current = decode(row.get::<_, &str>(0))?;
+        let mut entry = current.clone();
+        if !change(&mut entry) {
+            return Ok(Some((false, current)));
+        }
         let due = entry.due_at().map(db_time);
         txn.execute(
             "UPDATE esi_credentials SET entry = $2, due_at = $3 WHERE id = $1",
@@ -151,7 +157,7 @@ impl PostgresLedger {
         .await
         .map_err(storage)?;
         txn.commit().await.map_err(storage)?;
-        Ok(true)
+        Ok(Some((true, entry)))
     }
 }
 
@@ -248,11 +254,32 @@ impl Ledger for PostgresLedger {
     async fn mark_retry(&self, id: &str, retry_at: u64, error: &str) -> Result<(), LedgerError> {
         self.update(id, |e| {
             e.retry_at = Some(retry_at);
+            e.claimed_until = None;
             e.attempts = e.attempts.saturating_add(1);
             e.last_error = Some(error.chars().take(512).collect());
+            true
         })
         .await
         .map(drop)
+    }
+
+    async fn claim(
+        &self,
+        id: &str,
+        now: u64,
+        until: u64,
+        only_if_due: bool,
+    ) -> Result<Option<LedgerEntry>, LedgerError> {
+        let outcome = self
+            .update(id, |e| {
+                let take = e.claimable(now, only_if_due);
+                if take {
+                    e.claimed_until = Some(until);
+                }
+                take
+            })
+            .await?;
+        Ok(outcome.and_then(|(taken, e)| taken.then_some(e)))
     }
 
     async fn get(&self, id: &str) -> Result<Option<LedgerEntry>, LedgerError> {
@@ -271,11 +298,17 @@ impl Ledger for PostgresLedger {
         expires_at: u64,
         renewable: bool,
     ) -> Result<bool, LedgerError> {
-        self.update(id, |e| {
-            e.expires_at = Some(expires_at);
-            e.renewable = renewable;
-        })
-        .await
+        let outcome = self
+            .update(id, |e| {
+                if e.revoking() {
+                    return false;
+                }
+                e.expires_at = Some(expires_at);
+                e.renewable = renewable;
+                true
+            })
+            .await?;
+        Ok(outcome.is_some_and(|(written, _)| written))
     }
 
     async fn count(&self) -> Result<usize, LedgerError> {
@@ -411,6 +444,28 @@ mod tests {
         assert!(!ledger.renewed(&e.id, 9_000, true).await.unwrap());
         ledger.mark_retry(&e.id, 1, "gone").await.unwrap();
         assert_eq!(ledger.count().await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn claims_are_exclusive_across_connections() {
+        let Some(url) = database().await else {
+            return;
+        };
+        // Two connections: two replicas.
+        let a = PostgresLedger::connect(&url).await.unwrap();
+        let b = PostgresLedger::connect(&url).await.unwrap();
+        super::super::test_support::claims_are_exclusive(&a).await;
+        let holder = Holder::new(&identity("a", "n", "s", Some("p")), None);
+        let due = entry(&holder, ("n", "VaultDynamicSecret", "db"), Some(1));
+        a.record(&due).await.unwrap();
+        let (x, y) = tokio::join!(
+            a.claim(&due.id, 100, 200, true),
+            b.claim(&due.id, 100, 200, true)
+        );
+        assert!(
+            x.unwrap().is_some() != y.unwrap().is_some(),
+            "one replica wins"
+        );
     }
 
     #[tokio::test]

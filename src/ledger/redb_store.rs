@@ -351,33 +351,38 @@ impl RedbLedger {
         Ok(found)
     }
 
-    fn mark_retry_sync(
+    /// Reads the entry `id`, lets `change` modify it (or refuse: false), and writes it back
+    /// with its due index moved, in one write transaction. `None`: no such entry; `Some`
+    /// with the entry as written, or as found when `change` refused (then `false`).
+    fn update_sync(
         db: &Database,
         id: &str,
-        retry_at: u64,
-        error: &str,
-    ) -> Result<(), LedgerError> {
+        change: impl FnOnce(&mut LedgerEntry) -> bool,
+    ) -> Result<Option<(bool, LedgerEntry)>, LedgerError> {
         let txn = db.begin_write().map_err(storage)?;
-        {
+        let outcome = {
             let mut entries = txn.open_table(ENTRIES).map_err(storage)?;
             let current = match entries.get(id).map_err(storage)? {
                 Some(bytes) => decode(bytes.value())?,
-                // Revoked and removed meanwhile: nothing to retry.
-                None => return Ok(()),
+                None => return Ok(None),
             };
+            let mut updated = current.clone();
+            if !change(&mut updated) {
+                return Ok(Some((false, current)));
+            }
             let mut due_table = txn.open_table(DUE).map_err(storage)?;
             if let Some(due) = current.due_at() {
                 due_table.remove((due, id)).map_err(storage)?;
             }
-            let mut updated = current;
-            updated.retry_at = Some(retry_at);
-            updated.attempts = updated.attempts.saturating_add(1);
-            updated.last_error = Some(error.chars().take(512).collect());
-            due_table.insert((retry_at, id), ()).map_err(storage)?;
+            if let Some(due) = updated.due_at() {
+                due_table.insert((due, id), ()).map_err(storage)?;
+            }
             let bytes = encode(&updated)?;
             entries.insert(id, bytes.as_slice()).map_err(storage)?;
-        }
-        txn.commit().map_err(storage)
+            (true, updated)
+        };
+        txn.commit().map_err(storage)?;
+        Ok(Some(outcome))
     }
 
     fn get_sync(db: &Database, id: &str) -> Result<Option<LedgerEntry>, LedgerError> {
@@ -387,36 +392,6 @@ impl RedbLedger {
             Some(bytes) => Ok(Some(decode(bytes.value())?)),
             None => Ok(None),
         }
-    }
-
-    fn renewed_sync(
-        db: &Database,
-        id: &str,
-        expires_at: u64,
-        renewable: bool,
-    ) -> Result<bool, LedgerError> {
-        let txn = db.begin_write().map_err(storage)?;
-        {
-            let mut entries = txn.open_table(ENTRIES).map_err(storage)?;
-            let current = match entries.get(id).map_err(storage)? {
-                Some(bytes) => decode(bytes.value())?,
-                None => return Ok(false),
-            };
-            let mut due_table = txn.open_table(DUE).map_err(storage)?;
-            if let Some(due) = current.due_at() {
-                due_table.remove((due, id)).map_err(storage)?;
-            }
-            let mut updated = current;
-            updated.expires_at = Some(expires_at);
-            updated.renewable = renewable;
-            if let Some(due) = updated.due_at() {
-                due_table.insert((due, id), ()).map_err(storage)?;
-            }
-            let bytes = encode(&updated)?;
-            entries.insert(id, bytes.as_slice()).map_err(storage)?;
-        }
-        txn.commit().map_err(storage)?;
-        Ok(true)
     }
 
     fn by_owner_sync(db: &Database, owner: &Owner) -> Result<Vec<LedgerEntry>, LedgerError> {
@@ -493,8 +468,40 @@ impl Ledger for RedbLedger {
 
     async fn mark_retry(&self, id: &str, retry_at: u64, error: &str) -> Result<(), LedgerError> {
         let (id, error) = (id.to_string(), error.to_string());
-        self.blocking(move |db| Self::mark_retry_sync(db, &id, retry_at, &error))
-            .await
+        // Revoked and removed meanwhile: nothing to retry.
+        self.blocking(move |db| {
+            Self::update_sync(db, &id, |e| {
+                e.retry_at = Some(retry_at);
+                e.claimed_until = None;
+                e.attempts = e.attempts.saturating_add(1);
+                e.last_error = Some(error.chars().take(512).collect());
+                true
+            })
+        })
+        .await
+        .map(drop)
+    }
+
+    async fn claim(
+        &self,
+        id: &str,
+        now: u64,
+        until: u64,
+        only_if_due: bool,
+    ) -> Result<Option<LedgerEntry>, LedgerError> {
+        let id = id.to_string();
+        let outcome = self
+            .blocking(move |db| {
+                Self::update_sync(db, &id, |e| {
+                    let take = e.claimable(now, only_if_due);
+                    if take {
+                        e.claimed_until = Some(until);
+                    }
+                    take
+                })
+            })
+            .await?;
+        Ok(outcome.and_then(|(taken, e)| taken.then_some(e)))
     }
 
     async fn get(&self, id: &str) -> Result<Option<LedgerEntry>, LedgerError> {
@@ -509,8 +516,19 @@ impl Ledger for RedbLedger {
         renewable: bool,
     ) -> Result<bool, LedgerError> {
         let id = id.to_string();
-        self.blocking(move |db| Self::renewed_sync(db, &id, expires_at, renewable))
-            .await
+        let outcome = self
+            .blocking(move |db| {
+                Self::update_sync(db, &id, |e| {
+                    if e.revoking() {
+                        return false;
+                    }
+                    e.expires_at = Some(expires_at);
+                    e.renewable = renewable;
+                    true
+                })
+            })
+            .await?;
+        Ok(outcome.is_some_and(|(written, _)| written))
     }
 
     async fn count(&self) -> Result<usize, LedgerError> {
@@ -531,6 +549,13 @@ mod tests {
 
     fn holder(ns: &str, sa: &str, pod: Option<&str>) -> Holder {
         Holder::new(&identity("alpha", ns, sa, pod), None)
+    }
+
+    #[tokio::test]
+    async fn claims_are_exclusive() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = RedbLedger::open(&dir.path().join("l.redb")).unwrap();
+        super::super::test_support::claims_are_exclusive(&ledger).await;
     }
 
     #[tokio::test]
@@ -567,9 +592,10 @@ mod tests {
             ledger.get(&e.id).await.unwrap().unwrap().expires_at,
             Some(5_000)
         );
-        // A pending revocation retry keeps its schedule through a renewal.
+        // A credential waiting for a revocation retry is not renewed; the retry keeps
+        // its schedule.
         ledger.mark_retry(&e.id, 3_000, "down").await.unwrap();
-        assert!(ledger.renewed(&e.id, 9_000, true).await.unwrap());
+        assert!(!ledger.renewed(&e.id, 9_000, true).await.unwrap());
         assert_eq!(ledger.due(3_000, 10).await.unwrap().len(), 1);
         // Gone: nothing to renew.
         assert!(ledger.remove(&e.id).await.unwrap());
