@@ -14,7 +14,8 @@ through ctypes. scripts/helm.sh installs it and runs this file.
     helm.py manifests [--check]
         writes deploy/kubernetes/NAME.yaml from deploy/kubernetes/NAME.values.yaml for each
         values file there (the values file's leading comment becomes the header, then a
-        Namespace, then the chart's output); --check only compares and exits 1 on a difference
+        Namespace, then the chart's output), and copies deploy/crds/esi-federation-crds.yaml
+        into the chart's crds/; --check only compares and exits 1 on a difference
 """
 
 from __future__ import annotations
@@ -123,7 +124,8 @@ def header(values_text: str) -> str:
     for line in values_text.splitlines():
         if not line.startswith("#"):
             break
-        lines.append(line)
+        if not line.startswith("# render:"):
+            lines.append(line)
     return "\n".join(lines) + "\n" if lines else ""
 
 
@@ -141,6 +143,20 @@ def plain_manifest(values_file: Path) -> str:
 
 def manifests(check: bool) -> int:
     status = 0
+    # The chart's crds/ (which helm installs) is a copy of deploy/crds (`esi-server crds`).
+    crds = ROOT / "deploy" / "crds" / "esi-federation-crds.yaml"
+    chart_crds = CHART / "crds" / crds.name
+    if crds.exists():
+        if not chart_crds.exists() or chart_crds.read_text() != crds.read_text():
+            if check:
+                print(f"{chart_crds.relative_to(ROOT)} differs from {crds.relative_to(ROOT)}: run scripts/helm.sh manifests")
+                status = 1
+            else:
+                chart_crds.parent.mkdir(exist_ok=True)
+                chart_crds.write_text(crds.read_text())
+                print(f"wrote {chart_crds.relative_to(ROOT)}")
+    else:
+        print(f"note: {crds.relative_to(ROOT)} is absent: the chart ships no CRDs", file=sys.stderr)
     files = sorted(PLAIN.glob("*.values.yaml"))
     if not files:
         sys.exit(f"no *.values.yaml under {PLAIN}")
