@@ -356,13 +356,15 @@ fn cases() -> Vec<Case> {
             replicas: Some(2),
         },
         Case {
-            name: "cert-manager, autoscaling, PodMonitor, per-namespace Secrets, mTLS",
+            name: "cert-manager, autoscaling, PodMonitor, per-namespace Secrets, mTLS, hard anti-affinity, extra flags",
             values: serde_json::json!({
                 "tls": {"source": "certManager", "certManager": {"issuerRef": {"name": "ca"}, "dnsNames": ["esi.example.com"]},
                         "clientCA": {"existingSecret": "clients"}},
                 "autoscaling": {"enabled": true, "targetMemoryUtilizationPercentage": 80},
                 "metrics": {"podMonitor": {"enabled": true}},
                 "rbac": {"secrets": {"namespaces": ["vault", "platform"], "resourceNames": ["vault-token"]}},
+                "podAntiAffinity": "hard",
+                "server": {"extraArgs": ["--rate-limit-per-source=500"], "extraEnv": [{"name": "A", "value": "b"}]},
             }),
             kubernetes_source: true,
             ledger: "kubernetes",
