@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Runs every test: starts the real backends on loopback (OpenBao, PostgreSQL, moto), runs the unit and
-# end-to-end suites against them, and stops what it started.
+# Runs every test: starts the real backends on loopback (OpenBao, PostgreSQL, moto), installs Helm's
+# SDK for the chart tests, runs the unit and end-to-end suites against them, and stops what it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,6 +23,8 @@ source target/test-backends/postgres.env
 # shellcheck disable=SC1091
 source target/test-backends/moto.env
 set +a
+# Helm's SDK (PyPI) for the chart tests in tests/e2e_deploy.rs.
+scripts/helm.sh install
 # Tests that need a backend fail (instead of skipping) when it is missing.
 export ESI_REQUIRE_BACKENDS=1
 

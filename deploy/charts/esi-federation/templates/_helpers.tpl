@@ -1,0 +1,89 @@
+{{/* Names, labels and the checks every template relies on. */}}
+
+{{- define "esi.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "esi.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "esi.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "esi.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "esi.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "esi.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: esi-federation
+{{- end -}}
+
+{{- define "esi.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "esi.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "esi.tlsSecretName" -}}
+{{- default (printf "%s-tls" (include "esi.fullname" .)) .Values.tls.secretName -}}
+{{- end -}}
+
+{{- define "esi.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Whether the server talks to the Kubernetes API (then it needs its token and RBAC). */}}
+{{- define "esi.needsApi" -}}
+{{- if or (eq .Values.source "kubernetes") (eq .Values.ledger.type "kubernetes") -}}true{{- end -}}
+{{- end -}}
+
+{{/* Replicas the Deployment asks for: one with the embedded ledger. */}}
+{{- define "esi.replicas" -}}
+{{- if eq .Values.ledger.type "embedded" -}}1{{- else -}}{{ .Values.replicaCount }}{{- end -}}
+{{- end -}}
+
+{{/* Value combinations that cannot work fail the render with the reason. */}}
+{{- define "esi.validate" -}}
+{{- if not (has .Values.source (list "kubernetes" "directory")) -}}
+{{- fail (printf "source must be kubernetes or directory, not %q" .Values.source) -}}
+{{- end -}}
+{{- if not (has .Values.ledger.type (list "kubernetes" "postgres" "embedded")) -}}
+{{- fail (printf "ledger.type must be kubernetes, postgres or embedded, not %q" .Values.ledger.type) -}}
+{{- end -}}
+{{- if and (eq .Values.ledger.type "postgres") (not .Values.ledger.postgres.existingSecret) -}}
+{{- fail "ledger.type=postgres needs ledger.postgres.existingSecret: the name of a Secret holding the PostgreSQL URL (never put the URL in values)" -}}
+{{- end -}}
+{{- if and (eq .Values.ledger.type "embedded") .Values.autoscaling.enabled -}}
+{{- fail "ledger.type=embedded keeps the ledger in a file on one volume: it runs exactly one replica, so autoscaling.enabled must be false (use ledger.type kubernetes or postgres for several replicas)" -}}
+{{- end -}}
+{{- if not (has .Values.tls.source (list "secret" "certManager")) -}}
+{{- fail (printf "tls.source must be secret or certManager, not %q" .Values.tls.source) -}}
+{{- end -}}
+{{- if and (eq .Values.tls.source "certManager") (not .Values.tls.certManager.issuerRef.name) -}}
+{{- fail "tls.source=certManager needs tls.certManager.issuerRef.name" -}}
+{{- end -}}
+{{- if not (has .Values.podAntiAffinity (list "soft" "hard" "none")) -}}
+{{- fail (printf "podAntiAffinity must be soft, hard or none, not %q" .Values.podAntiAffinity) -}}
+{{- end -}}
+{{- if and .Values.metrics.podMonitor.enabled (not .Values.metrics.enabled) -}}
+{{- fail "metrics.podMonitor.enabled needs metrics.enabled (the PodMonitor scrapes the plain-HTTP metrics port)" -}}
+{{- end -}}
+{{- end -}}
