@@ -293,6 +293,7 @@ async fn objects_applied_changed_and_deleted_change_the_decision_and_get_ready_c
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_rotated_secret_reaches_its_store_and_no_other_secret_is_read() {
+    install_crypto();
     let Some((addr, root)) = openbao() else {
         return;
     };
@@ -477,4 +478,43 @@ async fn an_api_that_fails_keeps_the_last_snapshot_serving() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hand_written_policies_apply_beside_the_watched_authorizations() {
+    let k = cluster().await;
+    k.apply(yaml(&static_federation(ISS, AUD)));
+    k.apply(fake_store("fake", "v1"));
+    k.apply(authorization("app", &["fake"]));
+    let (dir, path) = kubeconfig(&k, "admin");
+    let policies = dir.path().join("policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    let server = Server::start_kubernetes(
+        &path,
+        &[
+            "--policies",
+            policies.to_str().unwrap(),
+            "--leader-election-namespace",
+            "esi-system",
+        ],
+    );
+    wait_ready(&server, Duration::from_secs(20)).await;
+    let t = token("apps", "app");
+    assert_eq!(read(&server, "fake", &t).await.0, 200);
+
+    // A forbid in a .cedar file wins over the watched Authorization's permit.
+    std::fs::write(
+        policies.join("forbid.cedar"),
+        "@id(\"no-fake-db\")\nforbid (principal, action == Esi::Action::\"get\", resource is Esi::RemoteKey)\nwhen { resource.store == \"fake\" && resource.key == \"db\" };\n",
+    )
+    .unwrap();
+    until_status(&server, "fake", &t, 404, Duration::from_secs(5)).await;
+    // The watches still apply beside it: another store, allowed.
+    k.apply(fake_store("other", "v1"));
+    k.apply(authorization("app", &["fake", "other"]));
+    until_status(&server, "other", &t, 200, Duration::from_secs(5)).await;
+    assert_eq!(read(&server, "fake", &t).await.0, 404);
+    // Removed: allowed again.
+    std::fs::remove_file(policies.join("forbid.cedar")).unwrap();
+    until_status(&server, "fake", &t, 200, Duration::from_secs(5)).await;
 }

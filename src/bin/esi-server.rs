@@ -52,8 +52,9 @@ struct ServeArgs {
     /// Directory of manifests (recursive, multi-document YAML/JSON): directory mode.
     #[arg(long, env = "ESI_MANIFESTS", required_unless_present = "kubernetes")]
     manifests: Option<PathBuf>,
-    /// Directory of `.cedar` policy files loaded beside the compiled Authorizations.
-    #[arg(long, env = "ESI_POLICIES", conflicts_with = "kubernetes")]
+    /// Directory of `.cedar` policy files loaded beside the compiled Authorizations (in
+    /// both modes).
+    #[arg(long, env = "ESI_POLICIES")]
     policies: Option<PathBuf>,
     /// Kubernetes mode: read Authorizations, KubernetesFederations, ClusterSecretStores,
     /// generators and the Secrets they reference from the Kubernetes API (in-cluster
@@ -376,6 +377,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
                 args.leader_election_lease_duration,
             ),
             debounce: Duration::from_millis(100),
+            policies: args.policies,
+            policy_interval: args.reload_interval,
         }),
     };
     let config = esi::runtime::ServeConfig {

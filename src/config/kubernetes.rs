@@ -9,6 +9,7 @@
 //! ([`crate::status`]).
 
 use std::collections::BTreeSet;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,7 +18,9 @@ use tokio::sync::watch;
 use super::snapshot::SnapshotBuilder;
 use super::watch::{Publisher, report};
 use crate::providers::ProviderSettings;
+use crate::source::dir::DirectoryScanner;
 use crate::source::kubernetes::KubeSource;
+use crate::source::{LoadError, SourceEvent};
 use crate::status::Desired;
 
 /// Whether objects of `kind` in API `group` are served (and so watched): Authorizations,
@@ -44,6 +47,53 @@ pub struct KubeReloadSettings {
     pub debounce: Duration,
     /// How often the API groups are discovered again (a CRD installed later).
     pub rediscover: Duration,
+    /// A directory of hand-written `.cedar` policy files, loaded beside the Authorizations.
+    pub policies: Option<PathBuf>,
+    /// How often that directory is checked for changes.
+    pub policy_interval: Duration,
+}
+
+/// The builder, fed by the watches and the policy directory. Each source's `Problems`
+/// replace only that source's part of what the builder is told.
+struct Feed {
+    builder: Arc<Mutex<SnapshotBuilder>>,
+    kube_problems: Vec<LoadError>,
+    dir_problems: (Vec<LoadError>, Vec<String>),
+}
+
+impl Feed {
+    fn kube(&mut self, event: SourceEvent) {
+        match event {
+            SourceEvent::Problems { errors, .. } => {
+                self.kube_problems = errors;
+                self.problems();
+            }
+            other => lock(&self.builder).apply(other),
+        }
+    }
+
+    fn dir(&mut self, event: SourceEvent) {
+        match event {
+            SourceEvent::Problems { errors, stale } => {
+                self.dir_problems = (errors, stale);
+                self.problems();
+            }
+            other => lock(&self.builder).apply(other),
+        }
+    }
+
+    fn problems(&self) {
+        let mut errors = self.kube_problems.clone();
+        errors.extend(self.dir_problems.0.iter().cloned());
+        lock(&self.builder).apply(SourceEvent::Problems {
+            errors,
+            stale: self.dir_problems.1.clone(),
+        });
+    }
+
+    fn referenced_secrets(&self) -> BTreeSet<(String, String)> {
+        lock(&self.builder).referenced_secrets()
+    }
 }
 
 /// Runs until the task is dropped. `status` receives the conditions after every publish.
@@ -53,6 +103,22 @@ pub async fn run(
     settings: KubeReloadSettings,
     status: watch::Sender<Arc<Vec<Desired>>>,
 ) {
+    let mut feed = Feed {
+        builder: Arc::new(Mutex::new(SnapshotBuilder::new(
+            settings.provider_settings.clone(),
+        ))),
+        kube_problems: Vec::new(),
+        dir_problems: (Vec::new(), Vec::new()),
+    };
+    // The policy files first: their full list (`Init`…`InitDone`) precedes every object.
+    let mut policies = settings
+        .policies
+        .clone()
+        .map(DirectoryScanner::policies_only);
+    if let Some(scanner) = &mut policies {
+        scanner.scan(&mut |e| feed.dir(e));
+    }
+
     // Discovery, retried until the API answers.
     let mut delay = Duration::from_millis(500);
     loop {
@@ -68,24 +134,16 @@ pub async fn run(
             }
         }
     }
-    let builder = Arc::new(Mutex::new(SnapshotBuilder::new(
-        settings.provider_settings.clone(),
-    )));
 
     // The first full list of everything, then the first snapshot.
     let mut secrets: BTreeSet<(String, String)> = BTreeSet::new();
     loop {
-        {
-            let b = builder.clone();
-            let mut apply = |e| lock(&b).apply(e);
-            source.next(&mut apply).await;
-            while source.try_next(&mut apply).is_some() {}
-        }
+        source.next(&mut |e| feed.kube(e)).await;
+        while source.try_next(&mut |e| feed.kube(e)).is_some() {}
         if source.kinds_synced() {
-            let wanted = lock(&builder).referenced_secrets();
+            let wanted = feed.referenced_secrets();
             if wanted != secrets {
-                let b = builder.clone();
-                source.watch_secrets(&wanted, &mut |e| lock(&b).apply(e));
+                source.watch_secrets(&wanted, &mut |e| feed.kube(e));
                 secrets = wanted;
             }
             if source.synced() {
@@ -93,11 +151,14 @@ pub async fn run(
             }
         }
     }
-    publish(&builder, &publisher, &source, &status).await;
+    publish(&feed.builder, &publisher, &source, &status).await;
     tracing::info!("Kubernetes resources synced; ready");
 
     let mut rediscover = tokio::time::interval(settings.rediscover);
     rediscover.tick().await;
+    let mut policy_tick =
+        tokio::time::interval(settings.policy_interval.max(Duration::from_millis(100)));
+    policy_tick.tick().await;
     loop {
         let mut changed = false;
         tokio::select! {
@@ -107,29 +168,29 @@ pub async fn run(
                 }
                 continue;
             }
-            c = async {
-                let b = builder.clone();
-                source.next(&mut |e| lock(&b).apply(e)).await
-            } => changed |= c,
+            _ = policy_tick.tick(), if policies.is_some() => {
+                if let Some(scanner) = &mut policies {
+                    changed |= scanner.scan(&mut |e| feed.dir(e)).changed;
+                }
+                if !changed {
+                    continue;
+                }
+            }
+            c = async { source.next(&mut |e| feed.kube(e)).await } => changed |= c,
         }
         // Gather what arrives close behind.
         tokio::time::sleep(settings.debounce).await;
-        {
-            let b = builder.clone();
-            let mut apply = |e| lock(&b).apply(e);
-            while let Some(c) = source.try_next(&mut apply) {
-                changed |= c;
-            }
+        while let Some(c) = source.try_next(&mut |e| feed.kube(e)) {
+            changed |= c;
         }
-        let wanted = lock(&builder).referenced_secrets();
+        let wanted = feed.referenced_secrets();
         if wanted != secrets {
-            let b = builder.clone();
-            source.watch_secrets(&wanted, &mut |e| lock(&b).apply(e));
+            source.watch_secrets(&wanted, &mut |e| feed.kube(e));
             secrets = wanted;
             changed = true;
         }
         if changed {
-            publish(&builder, &publisher, &source, &status).await;
+            publish(&feed.builder, &publisher, &source, &status).await;
         } else {
             // Only statuses moved (ours coming back, or someone else's): compare again.
             let snapshot = publisher.current().load_full();

@@ -57,6 +57,10 @@ pub struct KubernetesMode {
     pub lease: LeaseSettings,
     /// Changes arriving within this long of each other are built into one snapshot.
     pub debounce: Duration,
+    /// A directory of hand-written `.cedar` policy files, loaded beside the Authorizations.
+    pub policies: Option<PathBuf>,
+    /// How often that directory is checked for changes.
+    pub policy_interval: Duration,
 }
 
 /// Everything `serve` needs; the binary fills it from flags.
@@ -284,6 +288,8 @@ async fn start_kubernetes(
             provider_settings: mode.provider_settings.clone(),
             debounce: mode.debounce,
             rediscover: Duration::from_secs(60),
+            policies: mode.policies.clone(),
+            policy_interval: mode.policy_interval,
         },
         status_tx,
     ));

@@ -102,7 +102,7 @@ struct FileState {
 /// The directory source. Keep one per server: it remembers what it reported.
 #[derive(Debug)]
 pub struct DirectoryScanner {
-    manifests: PathBuf,
+    manifests: Option<PathBuf>,
     policies: Option<PathBuf>,
     files: BTreeMap<Arc<Path>, FileState>,
     /// The last `Problems` reported (errors, stale), to report only changes.
@@ -122,8 +122,19 @@ impl DirectoryScanner {
     /// A scanner of `manifests` (recursive) and, if given, `policies`.
     pub fn new(manifests: PathBuf, policies: Option<PathBuf>) -> Self {
         DirectoryScanner {
-            manifests,
+            manifests: Some(manifests),
             policies,
+            files: BTreeMap::new(),
+            reported: None,
+        }
+    }
+
+    /// A scanner of a policy directory alone (Kubernetes mode: the objects come from the
+    /// API, hand-written `.cedar` files from a directory).
+    pub fn policies_only(policies: PathBuf) -> Self {
+        DirectoryScanner {
+            manifests: None,
+            policies: Some(policies),
             files: BTreeMap::new(),
             reported: None,
         }
@@ -140,11 +151,13 @@ impl DirectoryScanner {
         let mut changed = first;
         let mut touched = first;
         let mut dir_errors = Vec::new();
-        let mut listing: Vec<(PathBuf, FileKind)> =
-            list_files(&self.manifests, MANIFEST_EXTENSIONS, &mut dir_errors)
+        let mut listing: Vec<(PathBuf, FileKind)> = match &self.manifests {
+            Some(dir) => list_files(dir, MANIFEST_EXTENSIONS, &mut dir_errors)
                 .into_iter()
                 .map(|p| (p, FileKind::Manifests))
-                .collect();
+                .collect(),
+            None => Vec::new(),
+        };
         if let Some(dir) = &self.policies {
             listing.extend(
                 list_files(dir, POLICY_EXTENSIONS, &mut dir_errors)
