@@ -446,18 +446,28 @@ impl KubeSource {
                     .kubernetes_watch_errors
                     .with_label_values(&[stream.resource.kind.as_str()])
                     .inc();
-                // A Secret that cannot be read counts as absent (its store is not ready)
-                // rather than keeping the whole server from becoming ready.
-                if let StreamId::Secret { namespace, name } = &update.id
-                    && !stream.synced
-                {
-                    stream.synced = true;
-                    changed = true;
-                    problem = Some(Some(LoadError {
-                        origin: update.id.origin(),
-                        object: Some(format!("Secret/{namespace}/{name}")),
-                        reason: format!("cannot watch this Secret: {}", brief(&e)),
-                    }));
+                // A Secret that cannot be read counts as absent (its store is not ready),
+                // and so does a kind we may not list (RBAC), rather than keeping the whole
+                // server from becoming ready; both are reported. Other errors (the API
+                // unreachable) keep a kind not ready until its first list.
+                if !stream.synced {
+                    let object = match &update.id {
+                        StreamId::Secret { namespace, name } => {
+                            Some(format!("Secret/{namespace}/{name}"))
+                        }
+                        StreamId::Kind { .. } => None,
+                    };
+                    let counts_as_empty =
+                        matches!(update.id, StreamId::Secret { .. }) || forbidden(&e);
+                    if counts_as_empty {
+                        stream.synced = true;
+                        changed = true;
+                        problem = Some(Some(LoadError {
+                            origin: update.id.origin(),
+                            object,
+                            reason: format!("cannot list or watch: {}", brief(&e)),
+                        }));
+                    }
                 }
             }
         }
@@ -489,6 +499,18 @@ impl Drop for KubeSource {
             stream.task.abort();
         }
     }
+}
+
+/// Whether the API refused the watch for lack of permission (RBAC): it will not
+/// succeed by retrying alone.
+fn forbidden(e: &watcher::Error) -> bool {
+    matches!(
+        e,
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+            | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+            | watcher::Error::WatchFailed(kube::Error::Api(s))
+            if s.code == 403
+    )
 }
 
 /// A watch error in a few words: the API's status reason and message, never a body.
