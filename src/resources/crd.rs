@@ -9,7 +9,8 @@
 //! Group, version, scope and field names are those of ESE's CRDs
 //! (`../shared/compat/ese-federation-server/config/crds/bases/`, copied to
 //! `tests/fixtures/ese-crds/`); every object valid under them is valid under ours (tested in
-//! `tests/crds.rs`). Ours add the *extension* fields of the specs, the samples' flat
+//! `tests/crds.rs`), except one without `spec` (`kube` requires it: the typed objects have a
+//! `spec`, and such an object grants nothing). Ours add the *extension* fields of the specs, the samples' flat
 //! `subject: {issuer, subject}` form, a `status` (`Ready` condition, `observedGeneration`) and
 //! printer columns. The schema rejects only what the server's loader rejects too
 //! (`authz` `compile::check`, `authn::Federation::from_spec`), and only where a rule is cheap
