@@ -29,6 +29,9 @@ enum Command {
     /// DEVELOPMENT ONLY: mint a ServiceAccount-like JWT signed with a local key
     /// (e.g. examples/quickstart/dev-signing-key.pem) for trying the server out.
     DevToken(DevTokenArgs),
+    /// Print the CustomResourceDefinitions of our kinds (Authorization, KubernetesFederation,
+    /// AuthorizedIdentity) as multi-document YAML, for `kubectl apply -f -`.
+    Crds,
 }
 
 #[derive(Args, Clone)]
@@ -325,6 +328,10 @@ fn run() -> Result<()> {
         }
         Command::Check(args) => check(args),
         Command::DevToken(args) => dev_token(args),
+        Command::Crds => {
+            print!("{}", esi::resources::crd::all_yaml()?);
+            Ok(())
+        }
     }
 }
 

@@ -9,8 +9,10 @@
 
 use std::collections::BTreeMap;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub mod crd;
 mod hash;
 mod secrets;
 
@@ -36,7 +38,7 @@ pub struct ObjectMeta {
 }
 
 /// How the server may use the `ca.crt` a client sends in its request body.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum ClientCaPolicy {
     /// Never use the client's CA; only `caBundle` (or system roots) verify `url`.
     Ignore,
@@ -47,17 +49,33 @@ pub enum ClientCaPolicy {
 }
 
 /// `KubernetesFederation.spec`: one trusted client cluster.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+///
+/// Schema rules (the CRD's `x-kubernetes-validations`, mirroring
+/// `authn::Federation::from_spec`): the keys come from somewhere (`url`, `jwks` or
+/// `publicKeys`), and without `url` the expected `iss` is given (`issuer`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "has(self.url) || has(self.jwks) || (has(self.publicKeys) && size(self.publicKeys) > 0)",
+        "message": "set url, jwks or publicKeys: where this federation's token signing keys come from"
+    },
+    {
+        "rule": "has(self.url) || has(self.issuer)",
+        "message": "without url, set issuer: the exact iss of this cluster's tokens"
+    }
+]))]
 pub struct KubernetesFederationSpec {
     /// The client cluster's API server (or OIDC issuer) base URL.
     #[serde(default)]
     pub url: Option<String>,
     /// Extension: exact `iss` of this cluster's tokens (defaults to `url`'s discovery issuer).
     #[serde(default)]
+    #[schemars(length(min = 1))]
     pub issuer: Option<String>,
     /// Extension: token `aud` must contain one of these.
     #[serde(default)]
+    #[schemars(inner(length(min = 1)))]
     pub audiences: Vec<String>,
     /// Extension: base64 PEM bundle pinned for `url`.
     #[serde(default)]
@@ -83,8 +101,9 @@ pub struct KubernetesFederationSpec {
 }
 
 /// `federationRef` of an `Authorization`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("required" = ["name"]))]
 pub struct FederationRef {
     /// Kind of the federation (`KubernetesFederation`).
     #[serde(default)]
@@ -95,8 +114,9 @@ pub struct FederationRef {
 }
 
 /// OIDC subject matcher.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("required" = ["issuer", "subject"]))]
 pub struct OidcSubject {
     /// Exact `iss`.
     #[serde(default)]
@@ -107,8 +127,9 @@ pub struct OidcSubject {
 }
 
 /// SPIFFE subject matcher (accepted for schema compatibility; SPIFFE federations are not served).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("required" = ["spiffeID"]))]
 pub struct SpiffeSubject {
     /// SPIFFE ID.
     #[serde(rename = "spiffeID", default)]
@@ -116,8 +137,18 @@ pub struct SpiffeSubject {
 }
 
 /// `Authorization.spec.subject`: ESE's CRD form `{oidc: …}` and its samples' flat form.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "(has(self.oidc) ? 1 : 0) + (has(self.spiffe) ? 1 : 0) + ((has(self.issuer) || has(self.subject)) ? 1 : 0) == 1",
+        "message": "set exactly one of oidc, spiffe, or the flat issuer and subject"
+    },
+    {
+        "rule": "has(self.issuer) == has(self.subject)",
+        "message": "the flat form needs both issuer and subject"
+    }
+]))]
 pub struct AuthorizationSubject {
     /// CRD form.
     #[serde(default)]
@@ -127,15 +158,18 @@ pub struct AuthorizationSubject {
     pub spiffe: Option<SpiffeSubject>,
     /// Sample form: issuer.
     #[serde(default)]
+    #[schemars(length(min = 1))]
     pub issuer: Option<String>,
     /// Sample form: subject.
     #[serde(default)]
+    #[schemars(length(min = 1))]
     pub subject: Option<String>,
 }
 
 /// One entry of `allowedGenerators`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("required" = ["kind", "name", "namespace"]))]
 pub struct AllowedGenerator {
     /// Generator name.
     #[serde(default)]
@@ -152,8 +186,9 @@ pub struct AllowedGenerator {
 }
 
 /// One entry of `allowedGeneratorStates`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("required" = ["namespace"]))]
 pub struct AllowedGeneratorState {
     /// Namespace whose generator states the subject may revoke.
     #[serde(default)]
@@ -161,8 +196,9 @@ pub struct AllowedGeneratorState {
 }
 
 /// `Authorization.spec`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("required" = ["federationRef", "subject"]))]
 pub struct AuthorizationSpec {
     /// The federation whose tokens this authorization applies to.
     #[serde(default)]
@@ -180,7 +216,14 @@ pub struct AuthorizationSpec {
     #[serde(default)]
     pub allowed_generator_states: Vec<AllowedGeneratorState>,
     /// Extension: per-store remote key globs; absent = every key of an allowed store.
+    /// Each store named must be in `allowedClusterSecretStores` (checked by the server, not
+    /// the schema), with at least one non-empty glob.
     #[serde(default)]
+    #[schemars(extend("additionalProperties" = {
+        "type": "array",
+        "minItems": 1,
+        "items": {"type": "string", "minLength": 1}
+    }))]
     pub allowed_remote_keys: BTreeMap<String, Vec<String>>,
 }
 
