@@ -1113,7 +1113,6 @@ fn the_image_is_distroless_non_root_with_both_binaries() {
 
 /// The chart installs the CRDs `esi-server crds` prints (deploy/crds), byte for byte.
 #[test]
-#[ignore = "needs deploy/crds/esi-federation-crds.yaml (issue 10, CRDs): remove this line when it lands"]
 fn the_chart_ships_the_servers_crds() {
     let crds = std::fs::read_to_string(format!("{ROOT}/deploy/crds/esi-federation-crds.yaml"))
         .expect("deploy/crds/esi-federation-crds.yaml");

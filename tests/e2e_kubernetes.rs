@@ -95,13 +95,17 @@ fn kubeconfig(k: &FakeKube, user: &str) -> (tempfile::TempDir, PathBuf) {
 }
 
 fn start(path: &std::path::Path) -> Server {
+    start_with_lease(path, "2s")
+}
+
+fn start_with_lease(path: &std::path::Path, lease: &str) -> Server {
     Server::start_kubernetes(
         path,
         &[
             "--leader-election-namespace",
             "esi-system",
             "--leader-election-lease-duration",
-            "2s",
+            lease,
         ],
     )
 }
@@ -380,8 +384,9 @@ async fn only_the_leader_writes_status_and_another_replica_takes_over() {
     k.apply(authorization("app", &["fake"]));
     let (_da, path_a) = kubeconfig(&k, "replica-a");
     let (_db, path_b) = kubeconfig(&k, "replica-b");
-    let a = start(&path_a);
-    let b = start(&path_b);
+    // A lease long enough that a loaded machine does not flip it by itself.
+    let a = start_with_lease(&path_a, "4s");
+    let b = start_with_lease(&path_b, "4s");
     wait_ready(&a, Duration::from_secs(20)).await;
     wait_ready(&b, Duration::from_secs(20)).await;
     let t = token("apps", "app");

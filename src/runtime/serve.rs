@@ -280,7 +280,7 @@ async fn start_kubernetes(
     let snapshot = publisher.current();
     let source = KubeSource::new(client.clone(), Arc::new(kubernetes::served_kind));
     let (status_tx, status_rx) = tokio::sync::watch::channel(Arc::new(Vec::new()));
-    let (leading_tx, leading_rx) = tokio::sync::watch::channel(false);
+    let (leading_tx, leading_rx) = tokio::sync::watch::channel(None);
     tokio::spawn(kubernetes::run(
         source,
         publisher,

@@ -92,46 +92,60 @@ struct Seen {
     since: Option<Instant>,
 }
 
-/// Runs the election until the task is dropped, telling `leading` whether this replica
-/// leads. Errors of the API are logged (once per streak) and retried.
-pub async fn run(client: kube::Client, settings: LeaseSettings, leading: watch::Sender<bool>) {
+/// Until when this replica may act as leader: the last successful renewal plus the renew
+/// deadline (`None`: it does not lead). Readers compare it with the clock at the moment
+/// they act ([`leads`]), so a renewal that hangs cannot stretch a term.
+pub type Term = Option<Instant>;
+
+/// Whether the term in `leading` lasts at this instant.
+pub fn leads(leading: &watch::Receiver<Term>) -> bool {
+    leading.borrow().is_some_and(|until| Instant::now() < until)
+}
+
+/// Runs the election until the task is dropped, telling `leading` until when this replica
+/// leads. Errors of the API are logged (once per streak) and retried; each attempt is cut
+/// at the renew deadline.
+pub async fn run(client: kube::Client, settings: LeaseSettings, leading: watch::Sender<Term>) {
     let api: Api<DynamicObject> =
         Api::namespaced_with(client, &settings.namespace, &lease_resource());
     let mut seen = Seen::default();
-    let mut last_renewed: Option<Instant> = None;
     let mut failing = false;
     loop {
-        let outcome = attempt(&api, &settings, &mut seen).await;
-        let now_leading = match outcome {
+        let started = Instant::now();
+        let outcome = match tokio::time::timeout(
+            settings.renew_deadline,
+            attempt(&api, &settings, &mut seen),
+        )
+        .await
+        {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(_) => Err("the API did not answer within the renew deadline".to_string()),
+        };
+        let term: Term = match outcome {
             Ok(leads) => {
                 if failing {
                     failing = false;
                     tracing::info!(lease = %settings.name, "leader election: the API answers again");
                 }
-                if leads {
-                    last_renewed = Some(Instant::now());
-                }
-                leads
+                // The term counts from before the request: the Lease may have been written
+                // at any point of it.
+                leads.then(|| started + settings.renew_deadline)
             }
             Err(e) => {
                 if !failing {
                     failing = true;
                     tracing::warn!(lease = %settings.name, error = %e, "leader election: cannot reach the Lease");
                 }
-                // Keep leading only within the renew deadline.
+                // The current term runs out on its own.
                 *leading.borrow()
-                    && last_renewed.is_some_and(|t| t.elapsed() < settings.renew_deadline)
             }
         };
-        leading.send_if_modified(|current| {
-            if *current != now_leading {
-                tracing::info!(identity = %settings.identity, lease = %settings.name, leading = now_leading, "leader election");
-                *current = now_leading;
-                true
-            } else {
-                false
-            }
-        });
+        let now_leading = term.is_some_and(|t| Instant::now() < t);
+        let was_leading = leading.borrow().is_some_and(|t| started < t);
+        if now_leading != was_leading {
+            tracing::info!(identity = %settings.identity, lease = %settings.name, leading = now_leading, "leader election");
+        }
+        leading.send_replace(term.filter(|_| now_leading));
         let pause = if now_leading {
             settings.renew_every
         } else {

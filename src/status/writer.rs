@@ -13,6 +13,7 @@ use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use serde_json::json;
 use tokio::sync::watch;
 
+use super::lease::{Term, leads};
 use super::{Desired, ReadyCondition};
 use crate::metrics::METRICS;
 use crate::source::ObjectKey;
@@ -32,21 +33,25 @@ pub const FIELD_MANAGER: &str = "esi-server";
 pub async fn run(
     client: kube::Client,
     mut desired: watch::Receiver<Arc<Vec<Desired>>>,
-    mut leading: watch::Receiver<bool>,
+    mut leading: watch::Receiver<Term>,
 ) {
     // What this replica wrote: (generation, condition) per object.
     let mut written: HashMap<ObjectKey, (Option<i64>, ReadyCondition)> = HashMap::new();
+    let mut was_leading = false;
     loop {
         tokio::select! {
             changed = desired.changed() => if changed.is_err() { return },
-            changed = leading.changed() => {
-                if changed.is_err() { return }
-                // A new term: what the last one wrote may have been overwritten since.
-                written.clear();
-            }
+            changed = leading.changed() => if changed.is_err() { return },
             () = tokio::time::sleep(RESYNC) => written.clear(),
         }
-        if !*leading.borrow() {
+        // A new term (after not leading): what an earlier term wrote may have been
+        // overwritten since.
+        let now_leading = leads(&leading);
+        if now_leading && !was_leading {
+            written.clear();
+        }
+        was_leading = now_leading;
+        if !now_leading {
             continue;
         }
         let work = desired.borrow().clone();
@@ -54,7 +59,8 @@ pub async fn run(
             if !d.differs() || written.get(&d.key) == Some(&(d.generation, d.condition.clone())) {
                 continue;
             }
-            if !*leading.borrow() {
+            // Checked at each write: a term that ran out stops the writes at once.
+            if !leads(&leading) {
                 METRICS
                     .status_writes
                     .with_label_values(&["not_leader"])
