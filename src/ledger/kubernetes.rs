@@ -324,6 +324,11 @@ fn encode(entry: &LedgerEntry) -> Result<Value, LedgerError> {
 /// Writes `entry` into `spec.state` and its expiry into `spec.garbageCollectionDeadline`.
 fn set_state(data: &mut Value, entry: &LedgerEntry) -> Result<(), LedgerError> {
     let state = encode(entry)?;
+    if !data.is_object() {
+        return Err(LedgerError::Codec(
+            "a GeneratorState is not an object".into(),
+        ));
+    }
     if !data.get("spec").is_some_and(Value::is_object) {
         data["spec"] = json!({});
     }
@@ -889,7 +894,12 @@ impl KubernetesLedger {
                     if obj.data.get("spec") == Some(&spec) {
                         return Ok(());
                     }
-                    obj.data["spec"] = spec;
+                    let Some(data) = obj.data.as_object_mut() else {
+                        return Err(LedgerError::Codec(
+                            "an AuthorizedIdentity is not an object".into(),
+                        ));
+                    };
+                    data.insert("spec".into(), spec);
                     self.identities
                         .replace(&name, &PostParams::default(), &obj)
                         .await
