@@ -691,16 +691,23 @@ fn rbac_problems(docs: &[Value], case: &Case) -> Vec<String> {
             if !rule["nonResourceURLs"].is_null() {
                 p.push(format!("{kind} {name}: nonResourceURLs"));
             }
-            for v in &verbs {
-                if !known.contains(&v.as_str()) {
-                    p.push(format!("{kind} {name}: verb {v} (delete, escalate, bind, impersonate… are never needed)"));
-                }
-            }
             let scope = if kind == "ClusterRole" {
                 "cluster".to_string()
             } else {
                 ns.as_str().unwrap_or("").to_string()
             };
+            // The one delete: the Kubernetes ledger removes a revoked credential's
+            // GeneratorState (cluster-wide: generators live in any namespace).
+            let ledger_delete = case.ledger == "kubernetes"
+                && scope == "cluster"
+                && groups == ["generators.external-secrets.io"]
+                && resources == ["generatorstates"];
+            for v in &verbs {
+                let allowed = known.contains(&v.as_str()) || (v == "delete" && ledger_delete);
+                if !allowed {
+                    p.push(format!("{kind} {name}: verb {v} (delete, escalate, bind, impersonate… are never needed)"));
+                }
+            }
             for g in &groups {
                 for r in &resources {
                     granted.push((scope.clone(), g.clone(), r.clone(), verbs.clone()));
@@ -785,12 +792,28 @@ fn rbac_problems(docs: &[Value], case: &Case) -> Vec<String> {
         }
     }
     if kube_ledger {
-        for (g, r) in [
-            ("federation.external-secrets.io", "authorizedidentities"),
-            ("generators.external-secrets.io", "generatorstates"),
+        // Exactly what src/ledger/kubernetes.rs uses, no more.
+        for (g, r, needed) in [
+            (
+                "generators.external-secrets.io",
+                "generatorstates",
+                &["get", "list", "watch", "create", "update", "delete"][..],
+            ),
+            (
+                "federation.external-secrets.io",
+                "authorizedidentities",
+                &["get", "create", "update"][..],
+            ),
         ] {
-            if !can(g, r, &["create", "get", "list", "watch", "update", "patch"]) {
+            if !can(g, r, needed) {
                 p.push(format!("the ledger cannot use {r}.{g}"));
+            }
+            for (scope, _, _, verbs) in granted.iter().filter(|(_, gg, rr, _)| gg == g && rr == r) {
+                for v in verbs.iter().filter(|v| !needed.contains(&v.as_str())) {
+                    p.push(format!(
+                        "{r}.{g} ({scope}): verb {v}, which the ledger never uses"
+                    ));
+                }
             }
         }
     }
@@ -844,6 +867,7 @@ fn the_checks_catch_a_wildcard_an_unconfined_container_and_a_secret_write() {
             .as_array_mut()
             .unwrap()
             .push(serde_json::json!({"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "update", "delete"]}));
+        d["rules"].as_array_mut().unwrap().push(serde_json::json!({"apiGroups": ["federation.external-secrets.io"], "resources": ["authorizedidentities"], "verbs": ["delete", "patch"]}));
     }
     let problems = [
         deployment_problems(&docs, &case),
@@ -862,6 +886,15 @@ fn the_checks_catch_a_wildcard_an_unconfined_container_and_a_secret_write() {
     );
     assert!(has("writes Secrets"), "{problems:#?}");
     assert!(has("verb delete"), "{problems:#?}");
+    // The ledger's rights are exact: nothing it does not use.
+    assert!(
+        has("authorizedidentities.federation.external-secrets.io (cluster): verb patch"),
+        "{problems:#?}"
+    );
+    assert!(
+        has("authorizedidentities.federation.external-secrets.io (cluster): verb delete"),
+        "{problems:#?}"
+    );
 }
 
 #[test]

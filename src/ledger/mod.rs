@@ -2,14 +2,15 @@
 //! what (generator, the state needed to revoke it, expiry) and when.
 //!
 //! [`Ledger`] is the storage trait (directory mode: [`RedbLedger`], an embedded durable
-//! store under `--data-dir`; Kubernetes mode can map it to ESE's `GeneratorState` /
-//! `AuthorizedIdentity` objects). [`lifecycle`] holds what the API and the sweeper do
+//! store under `--data-dir`; several replicas: [`KubernetesLedger`], ESO `GeneratorState`
+//! and ESE `AuthorizedIdentity` objects, or [`PostgresLedger`]). [`lifecycle`] holds what the API and the sweeper do
 //! with it: record before answering, revoke by owner, sweep expired entries, retry
 //! failed revocations, and write the audit lines and metrics of each step.
 //!
 //! Only revocable credentials are recorded (they carry a revocation state); credentials
 //! that nothing holds (Password, UUID, SSHKey, Fake) get an audit line only.
 
+pub mod kubernetes;
 pub mod lifecycle;
 pub mod postgres;
 mod redb_store;
@@ -20,6 +21,7 @@ use crate::authn::Identity;
 use crate::generators::{self, RevocationState};
 use crate::resources::GeneratorKey;
 
+pub use kubernetes::KubernetesLedger;
 pub use lifecycle::{RevokeSummary, Sweeper};
 pub use postgres::PostgresLedger;
 pub use redb_store::RedbLedger;
@@ -123,12 +125,20 @@ impl Owner {
 pub struct Holder {
     /// `KubernetesFederation` name.
     pub federation: String,
+    /// The workload token's `iss` (empty in entries recorded before it was kept). Shown in
+    /// the Kubernetes ledger's `AuthorizedIdentity` (`identitySpec.subject.oidc.issuer`).
+    #[serde(default)]
+    pub issuer: String,
     /// The workload token's `sub`.
     pub subject: String,
     /// ServiceAccount namespace.
     pub namespace: String,
     /// ServiceAccount name.
     pub service_account: String,
+    /// ServiceAccount UID, when the token carries it (the Kubernetes ledger's
+    /// `workloadBinding.uid` of a credential issued outside any pod).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_uid: Option<String>,
     /// Pod name, for pod-bound tokens.
     pub pod_name: Option<String>,
     /// Pod UID, for pod-bound tokens.
@@ -145,9 +155,11 @@ impl Holder {
         let w = workload.unwrap_or(caller);
         Holder {
             federation: w.federation.clone(),
+            issuer: w.issuer.clone(),
             subject: w.subject.clone(),
             namespace: w.namespace.clone(),
             service_account: w.service_account.clone(),
+            service_account_uid: w.service_account_uid.clone().filter(|u| !u.is_empty()),
             pod_name: w.pod_name.clone().filter(|p| !p.is_empty()),
             pod_uid: w.pod_uid.clone().filter(|p| !p.is_empty()),
             requested_by: caller.subject.clone(),
