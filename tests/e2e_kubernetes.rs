@@ -523,3 +523,201 @@ async fn hand_written_policies_apply_beside_the_watched_authorizations() {
     std::fs::remove_file(policies.join("forbid.cedar")).unwrap();
     until_status(&server, "fake", &t, 200, Duration::from_secs(5)).await;
 }
+
+/// Audit lines of `event` in a server's log.
+fn audit(server: &Server, event: &str) -> Vec<Value> {
+    server
+        .logs()
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["target"] == "esi::audit" && v["event"] == event)
+        .collect()
+}
+
+/// Issue 10: two replicas on the Kubernetes ledger (ESO GeneratorStates, ESE
+/// AuthorizedIdentities). A credential issued through one is renewed and revoked through
+/// the other; credentials left to expire are revoked by the sweepers exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_share_the_kubernetes_ledger_and_revoke_each_credential_once() {
+    install_crypto();
+    let Some((addr, root)) = openbao() else {
+        return;
+    };
+    let k = cluster().await;
+    k.register(
+        "generators.external-secrets.io",
+        "v1alpha1",
+        "VaultDynamicSecret",
+        "vaultdynamicsecrets",
+        true,
+        false,
+    );
+    k.register(
+        "generators.external-secrets.io",
+        "v1alpha1",
+        "GeneratorState",
+        "generatorstates",
+        true,
+        false,
+    );
+    k.register(
+        "federation.external-secrets.io",
+        "v1alpha1",
+        "AuthorizedIdentity",
+        "authorizedidentities",
+        false,
+        true,
+    );
+    k.add_user("replica-a");
+    k.add_user("replica-b");
+    k.apply(yaml(&static_federation(ISS, AUD)));
+    let mut authz = authorization("app", &[]);
+    authz["spec"]["allowedGenerators"] =
+        json!([{"name": "db", "kind": "VaultDynamicSecret", "namespace": "apps"}]);
+    k.apply(authz);
+    k.apply(json!({"apiVersion": "v1", "kind": "Secret",
+                   "metadata": {"name": "vault-token-db", "namespace": "apps"},
+                   "data": {"token": b64(&root)}}));
+    k.apply(json!({
+        "apiVersion": "generators.external-secrets.io/v1alpha1", "kind": "VaultDynamicSecret",
+        "metadata": {"name": "db", "namespace": "apps"},
+        "spec": {"method": "POST", "path": "auth/token/create",
+                 "parameters": {"ttl": "4s", "policies": ["default"], "no_parent": true},
+                 "resultType": "Auth",
+                 "provider": {"server": addr, "auth": {"tokenSecretRef": {"name": "vault-token-db", "key": "token"}}}}
+    }));
+    let (_da, path_a) = kubeconfig(&k, "replica-a");
+    let (_db, path_b) = kubeconfig(&k, "replica-b");
+    let extra = [
+        "--leader-election-namespace",
+        "esi-system",
+        "--ledger",
+        "kubernetes",
+        "--sweep-interval",
+        "1s",
+    ];
+    let a = Server::start_kubernetes(&path_a, &extra);
+    let b = Server::start_kubernetes(&path_b, &extra);
+    wait_ready(&a, Duration::from_secs(20)).await;
+    wait_ready(&b, Duration::from_secs(20)).await;
+    let t = token("apps", "app");
+    let states = |k: &FakeKube| {
+        k.list(
+            "generators.external-secrets.io/v1alpha1",
+            "GeneratorState",
+            Some("apps"),
+        )
+    };
+    let accessor_alive = |accessor: String| {
+        let (addr, root) = (addr.clone(), root.clone());
+        async move {
+            reqwest::Client::new()
+                .post(format!("{addr}/v1/auth/token/lookup-accessor"))
+                .header("X-Vault-Token", &root)
+                .json(&json!({ "accessor": accessor }))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .is_success()
+        }
+    };
+    let accessor_of = |issued: &Value| {
+        use base64::Engine;
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(issued["data"]["accessor"].as_str().unwrap())
+            .unwrap();
+        String::from_utf8(raw).unwrap()
+    };
+
+    // Issued through A: recorded as a GeneratorState and on the AuthorizedIdentity.
+    let (status, body) = a
+        .post(
+            "/v1/generators/apps/VaultDynamicSecret/db",
+            Some(&t),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let issued: Value = serde_json::from_str(&body).unwrap();
+    let id = issued["credential"]["id"].as_str().unwrap().to_string();
+    let accessor = accessor_of(&issued);
+    assert!(accessor_alive(accessor.clone()).await);
+    assert_eq!(states(&k).len(), 1);
+    let identities = k.list(
+        "federation.external-secrets.io/v1alpha1",
+        "AuthorizedIdentity",
+        None,
+    );
+    assert_eq!(identities.len(), 1, "{identities:?}");
+    assert_eq!(
+        identities[0]["spec"]["issuedCredentials"]
+            .as_array()
+            .map(Vec::len),
+        Some(1),
+        "{}",
+        identities[0]
+    );
+
+    // Renewed, then revoked, through B.
+    let resp = b
+        .client
+        .post(format!("{}/v1/credentials/{id}/renew", b.url))
+        .bearer_auth(&t)
+        .json(&json!({"increment": 60}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    let resp = b
+        .client
+        .delete(format!("{}/v1/credentials/{id}", b.url))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204, "{}", resp.text().await.unwrap());
+    assert!(!accessor_alive(accessor).await, "revoked at OpenBao");
+    assert!(states(&k).is_empty(), "{:?}", states(&k));
+
+    // Three credentials left to expire (4 s): both sweepers run every second; each
+    // credential is revoked once.
+    let mut accessors = Vec::new();
+    for server in [&a, &b, &a] {
+        let (status, body) = server
+            .post(
+                "/v1/generators/apps/VaultDynamicSecret/db",
+                Some(&t),
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        accessors.push(accessor_of(&serde_json::from_str(&body).unwrap()));
+    }
+    let start = Instant::now();
+    while !states(&k).is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "not swept: {:?}",
+            states(&k)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let swept = |s: &Server| {
+        audit(s, "revoke")
+            .into_iter()
+            .filter(|l| l["reason"] == "sweep" && l["outcome"] == "ok")
+            .count()
+    };
+    assert_eq!(
+        swept(&a) + swept(&b),
+        3,
+        "sweep revocations: a {} b {}",
+        swept(&a),
+        swept(&b)
+    );
+    for accessor in accessors {
+        assert!(!accessor_alive(accessor).await);
+    }
+}

@@ -44,6 +44,24 @@ struct SourceArgs {
     policies: Option<PathBuf>,
 }
 
+/// `--ledger` values.
+#[derive(Clone, Copy, ValueEnum)]
+enum LedgerKind {
+    Embedded,
+    Postgres,
+    Kubernetes,
+}
+
+impl LedgerKind {
+    fn name(self) -> &'static str {
+        match self {
+            LedgerKind::Embedded => "embedded",
+            LedgerKind::Postgres => "postgres",
+            LedgerKind::Kubernetes => "kubernetes",
+        }
+    }
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum LogFormat {
     Text,
@@ -99,10 +117,15 @@ struct ServeArgs {
     /// `/var/lib/esi-server` (always absolute).
     #[arg(long, default_value_os_t = esi::ledger::default_data_dir(), env = "ESI_DATA_DIR")]
     data_dir: PathBuf,
+    /// Where issued credentials are recorded: `embedded` (`ledger.redb` under
+    /// `--data-dir`, one replica; the default), `postgres` (`--ledger-url`; the default when
+    /// it is given) or `kubernetes` (GeneratorState and AuthorizedIdentity objects through
+    /// the Kubernetes API; several replicas, no database).
+    #[arg(long, value_enum, env = "ESI_LEDGER")]
+    ledger: Option<LedgerKind>,
     /// A PostgreSQL ledger shared by several replicas, e.g.
     /// `postgresql://esi:…@127.0.0.1:5432/esi` (loopback or a Unix socket; prefer the
-    /// environment variable: it keeps the password out of the process list). Without it
-    /// the ledger is `ledger.redb` under `--data-dir` (one replica).
+    /// environment variable: it keeps the password out of the process list).
     #[arg(long, env = "ESI_LEDGER_URL", hide_env_values = true)]
     ledger_url: Option<String>,
     /// How often the manifest and policy directories are checked for changes.
@@ -399,7 +422,20 @@ async fn serve(args: ServeArgs) -> Result<()> {
         tls_reload_interval: args.tls_reload_interval,
         metrics_listen: args.metrics_listen,
         data_dir: args.data_dir,
-        ledger_url: args.ledger_url,
+        ledger: match (args.ledger, args.ledger_url) {
+            (None | Some(LedgerKind::Postgres), Some(url)) => {
+                esi::runtime::LedgerChoice::Postgres(url)
+            }
+            (Some(LedgerKind::Postgres), None) => {
+                bail!("--ledger=postgres needs --ledger-url (or ESI_LEDGER_URL)")
+            }
+            (Some(LedgerKind::Kubernetes), None) => esi::runtime::LedgerChoice::Kubernetes,
+            (None | Some(LedgerKind::Embedded), None) => esi::runtime::LedgerChoice::Embedded,
+            (Some(kind), Some(_)) => bail!(
+                "--ledger-url is for --ledger=postgres, not --ledger={}",
+                kind.name()
+            ),
+        },
         reload_interval: args.reload_interval,
         sweep_interval: args.sweep_interval,
         backend_timeout: args.backend_timeout,

@@ -5,4 +5,6 @@ pub mod listener;
 mod serve;
 
 pub use listener::{ListenerSettings, serve_https};
-pub use serve::{KubernetesMode, Listening, ServeConfig, ServeError, Source, TlsSource, serve};
+pub use serve::{
+    KubernetesMode, LedgerChoice, Listening, ServeConfig, ServeError, Source, TlsSource, serve,
+};

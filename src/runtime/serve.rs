@@ -18,7 +18,7 @@ use crate::authn::{Authenticator, AuthnSettings};
 use crate::config::DirectorySource;
 use crate::config::kubernetes::{self, KubeReloadSettings};
 use crate::config::watch;
-use crate::ledger::{Ledger, LedgerError, PostgresLedger, RedbLedger, Sweeper};
+use crate::ledger::{KubernetesLedger, Ledger, LedgerError, PostgresLedger, RedbLedger, Sweeper};
 use crate::providers::ProviderSettings;
 use crate::source::kubernetes::KubeSource;
 use crate::status::lease::LeaseSettings;
@@ -63,6 +63,30 @@ pub struct KubernetesMode {
     pub policy_interval: Duration,
 }
 
+/// Where issued credentials are recorded (see docs/deploy.md, "Which ledger").
+#[derive(Clone)]
+pub enum LedgerChoice {
+    /// `ledger.redb` under `data_dir`: one replica.
+    Embedded,
+    /// A PostgreSQL database shared by several replicas (`postgresql://…`, loopback or a
+    /// Unix socket).
+    Postgres(String),
+    /// ESO `GeneratorState` and ESE `AuthorizedIdentity` objects through the Kubernetes
+    /// API (in-cluster configuration or `KUBECONFIG`): several replicas, no database.
+    Kubernetes,
+}
+
+// The PostgreSQL URL may hold a password.
+impl std::fmt::Debug for LedgerChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LedgerChoice::Embedded => "Embedded",
+            LedgerChoice::Postgres(_) => "Postgres(…)",
+            LedgerChoice::Kubernetes => "Kubernetes",
+        })
+    }
+}
+
 /// Everything `serve` needs; the binary fills it from flags.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
@@ -80,9 +104,8 @@ pub struct ServeConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// Self-signed TLS material and the ledger live here.
     pub data_dir: PathBuf,
-    /// A PostgreSQL ledger shared by several replicas (`postgresql://…`, loopback or a
-    /// Unix socket) instead of `ledger.redb` under `data_dir`.
-    pub ledger_url: Option<String>,
+    /// Where issued credentials are recorded.
+    pub ledger: LedgerChoice,
     /// How often the source directories are checked for changes.
     pub reload_interval: Duration,
     /// How often expired credentials are revoked and failed revocations retried (> 0).
@@ -183,31 +206,35 @@ pub async fn serve(
         tracing::info!("client certificates required (mTLS)");
     }
 
-    let ledger_path = match &config.ledger_url {
+    let ledger_path = match &config.ledger {
         // Never the URL itself: it may hold a password.
-        Some(_) => PathBuf::from("(PostgreSQL)"),
-        None => config.data_dir.join("ledger.redb"),
+        LedgerChoice::Postgres(_) => PathBuf::from("(PostgreSQL)"),
+        LedgerChoice::Kubernetes => PathBuf::from("(Kubernetes GeneratorStates)"),
+        LedgerChoice::Embedded => config.data_dir.join("ledger.redb"),
     };
-    let ledger: Arc<dyn Ledger> =
-        match &config.ledger_url {
-            Some(url) => Arc::new(PostgresLedger::connect(url).await.map_err(|source| {
-                ServeError::Ledger {
-                    path: ledger_path.clone(),
-                    source,
-                }
-            })?),
-            None => {
-                let path = ledger_path.clone();
-                Arc::new(
-                    tokio::task::spawn_blocking(move || RedbLedger::open(&path))
-                        .await?
-                        .map_err(|source| ServeError::Ledger {
-                            path: ledger_path.clone(),
-                            source,
-                        })?,
-                )
-            }
-        };
+    let ledger_error = |source| ServeError::Ledger {
+        path: ledger_path.clone(),
+        source,
+    };
+    let ledger: Arc<dyn Ledger> = match &config.ledger {
+        LedgerChoice::Postgres(url) => {
+            Arc::new(PostgresLedger::connect(url).await.map_err(ledger_error)?)
+        }
+        LedgerChoice::Kubernetes => {
+            let client = kube::Client::try_default()
+                .await
+                .map_err(|e| ServeError::Kubernetes(e.to_string()))?;
+            Arc::new(KubernetesLedger::new(client).await.map_err(ledger_error)?)
+        }
+        LedgerChoice::Embedded => {
+            let path = ledger_path.clone();
+            Arc::new(
+                tokio::task::spawn_blocking(move || RedbLedger::open(&path))
+                    .await?
+                    .map_err(ledger_error)?,
+            )
+        }
+    };
     let entries = ledger.count().await.unwrap_or(0);
     tracing::info!(path = %ledger_path.display(), entries, "credential ledger opened");
     let call_limit = config.backend_timeout + Duration::from_secs(1);
@@ -354,7 +381,7 @@ mod tests {
             tls_reload_interval: Duration::from_secs(10),
             metrics_listen: None,
             data_dir: dir.join("data"),
-            ledger_url: None,
+            ledger: LedgerChoice::Embedded,
             reload_interval: Duration::from_secs(1),
             sweep_interval: Duration::from_secs(30),
             backend_timeout: Duration::from_secs(5),
