@@ -721,3 +721,48 @@ async fn replicas_share_the_kubernetes_ledger_and_revoke_each_credential_once() 
         assert!(!accessor_alive(accessor).await);
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn federations_say_whether_their_keys_can_be_fetched() {
+    let k = cluster().await;
+    let issuer = Issuer::start(jwks(&["rsa-1"]), true).await;
+    let federation = |name: &str, url: &str, ca: Option<&str>| {
+        let mut f = json!({
+            "apiVersion": "identity.federation.external-secrets.io/v1alpha1",
+            "kind": "KubernetesFederation",
+            "metadata": {"name": name},
+            "spec": {"url": url, "issuer": ISS, "audiences": [AUD], "clientCAPolicy": "Ignore"}
+        });
+        if let Some(ca) = ca {
+            f["spec"]["caBundle"] = json!(b64(ca));
+        }
+        f
+    };
+    k.apply(federation("up", &issuer.url, Some(&issuer.ca.ca_pem)));
+    k.apply(federation("down", "https://127.0.0.1:9", None));
+    let (_dir, path) = kubeconfig(&k, "admin");
+    let server = start(&path);
+    wait_ready(&server, Duration::from_secs(20)).await;
+    const FED: &str = "identity.federation.external-secrets.io/v1alpha1";
+    let down = wait_ready_condition(&k, FED, "KubernetesFederation", "down", |c| {
+        c["reason"] == "JWKSUnreachable"
+    })
+    .await;
+    assert_eq!(down["status"], "False", "{down}");
+    assert!(
+        down["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot be fetched"),
+        "{down}"
+    );
+    let up = wait_ready_condition(&k, FED, "KubernetesFederation", "up", |c| {
+        c["status"] == "True"
+    })
+    .await;
+    assert_eq!(up["reason"], "Loaded", "{up}");
+    assert!(
+        issuer.jwks_hits() >= 1,
+        "the keys were fetched ahead of any request"
+    );
+}

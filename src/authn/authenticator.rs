@@ -14,7 +14,7 @@ use super::clock::Clock;
 use super::error::AuthnError;
 use super::federation::Federation;
 use super::identity::Identity;
-use super::jwks::{ClientCa, FedState, KeySet};
+use super::jwks::{ClientCa, FedState, KeyHealth, KeySet};
 use super::settings::AuthnSettings;
 use super::token::{self, ParsedToken};
 use crate::metrics::METRICS;
@@ -139,6 +139,23 @@ impl Authenticator {
         if drop_all {
             self.tokens.invalidate_all();
         }
+    }
+
+    /// The state of every federation's keys, by name (for status).
+    pub fn key_health(&self) -> Vec<(String, KeyHealth)> {
+        let now = self.settings.clock.now();
+        self.federations
+            .load()
+            .iter()
+            .map(|f| (f.fed.name.clone(), f.health(now, &self.settings)))
+            .collect()
+    }
+
+    /// Fetches the keys of every federation that has none fresh (see `FedState::probe`),
+    /// concurrently; each bounded by the fetch timeout.
+    pub async fn probe_keys(&self) {
+        let federations = self.federations.load_full();
+        futures_util::future::join_all(federations.iter().map(|f| f.probe(&self.settings))).await;
     }
 
     /// Verify a bearer token. `client_ca_b64` is the optional `ca.crt` from the request body

@@ -143,6 +143,26 @@ pub(crate) struct FedState {
     waiters: AtomicUsize,
     /// Held while fetching: one fetch at a time per federation.
     refresh: tokio::sync::Mutex<RefreshState>,
+    /// Why the last fetch failed (cleared by a success), for status; never a key or a body.
+    last_error: std::sync::Mutex<Option<String>>,
+}
+
+/// What a federation's keys look like now (for its `Ready` condition).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyHealth {
+    /// Static keys (`jwks`, `publicKeys`): nothing to fetch.
+    Static,
+    /// Fetched keys, usable; the last fetch succeeded.
+    Fetched,
+    /// The last fetch failed; `serving` when earlier keys still verify tokens.
+    Unreachable {
+        /// Why (the fetch error: status, connection or document problem).
+        reason: String,
+        /// Cached keys are still in use.
+        serving: bool,
+    },
+    /// Not fetched yet (no request has needed them and no probe ran).
+    NotFetched,
 }
 
 impl FedState {
@@ -161,6 +181,42 @@ impl FedState {
             started: AtomicU64::new(0),
             waiters: AtomicUsize::new(0),
             refresh: tokio::sync::Mutex::new(RefreshState::default()),
+            last_error: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// The state of this federation's keys at `now`.
+    pub(crate) fn health(&self, now: u64, s: &AuthnSettings) -> KeyHealth {
+        if !self.fed.fetches() {
+            return KeyHealth::Static;
+        }
+        let error = self
+            .last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let serving = self.usable_keys(now, s).is_some();
+        match error {
+            Some(reason) => KeyHealth::Unreachable { reason, serving },
+            None if serving => KeyHealth::Fetched,
+            None => KeyHealth::NotFetched,
+        }
+    }
+
+    /// Fetches the keys when none are fresh and no fetch failed too recently (the same
+    /// back-off as requests'), with the client certificates of the last good fetch if any:
+    /// so that a federation's status says whether its keys can be fetched before a workload
+    /// finds out.
+    pub(crate) async fn probe(&self, s: &AuthnSettings) {
+        let now = s.clock.now();
+        if !self.fed.fetches() || self.fresh_keys(now, s).is_some() {
+            return;
+        }
+        let Ok(mut state) = self.refresh.try_lock() else {
+            return; // a fetch is under way
+        };
+        if !failed_recently(&state, now, s) {
+            self.refresh_locked(&mut state, &[], s).await;
         }
     }
 
@@ -314,6 +370,7 @@ impl FedState {
             match fetch(&self.fed, &trust, s).await {
                 Ok(fetched) => {
                     METRICS.jwks_fetches.with_label_values(&[name, "ok"]).inc();
+                    *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
                     self.install(fetched, now);
                     state.last_failure = None;
                     state.last_good_extra = Some(trust);
@@ -325,6 +382,8 @@ impl FedState {
                         .with_label_values(&[name, "error"])
                         .inc();
                     tracing::warn!(federation = name, error = %e, "JWKS fetch failed");
+                    *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Some(e.to_string().chars().take(512).collect());
                 }
             }
         }

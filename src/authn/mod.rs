@@ -23,6 +23,7 @@ pub use clock::Clock;
 pub use error::AuthnError;
 pub use federation::{Federation, FederationError};
 pub use identity::Identity;
+pub use jwks::KeyHealth;
 pub use keys::kubernetes_key_id;
 pub use settings::AuthnSettings;
 

@@ -8,7 +8,7 @@
 //! published snapshot also yields the `Ready` conditions the leader writes
 //! ([`crate::status`]).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -51,6 +51,8 @@ pub struct KubeReloadSettings {
     pub policies: Option<PathBuf>,
     /// How often that directory is checked for changes.
     pub policy_interval: Duration,
+    /// How often federations without fresh keys are fetched, for their status.
+    pub key_probe_interval: Duration,
 }
 
 /// The builder, fed by the watches and the policy directory. Each source's `Problems`
@@ -154,6 +156,22 @@ pub async fn run(
     publish(&feed.builder, &publisher, &source, &status).await;
     tracing::info!("Kubernetes resources synced; ready");
 
+    // Federations' keys are fetched in the background (never holding up the events), so
+    // that their status says whether they can be before a workload finds out.
+    let probed = Arc::new(tokio::sync::Notify::new());
+    {
+        let authenticator = publisher.authenticator().clone();
+        let probed = probed.clone();
+        let every = settings.key_probe_interval;
+        tokio::spawn(async move {
+            loop {
+                authenticator.probe_keys().await;
+                probed.notify_one();
+                tokio::time::sleep(every).await;
+            }
+        });
+    }
+
     let mut rediscover = tokio::time::interval(settings.rediscover);
     rediscover.tick().await;
     let mut policy_tick =
@@ -176,6 +194,10 @@ pub async fn run(
                     continue;
                 }
             }
+            () = probed.notified() => {
+                send_status(&publisher, &source, &status);
+                continue;
+            }
             c = async { source.next(&mut |e| feed.kube(e)).await } => changed |= c,
         }
         // Gather what arrives close behind.
@@ -193,13 +215,24 @@ pub async fn run(
             publish(&feed.builder, &publisher, &source, &status).await;
         } else {
             // Only statuses moved (ours coming back, or someone else's): compare again.
-            let snapshot = publisher.current().load_full();
-            status.send_replace(Arc::new(crate::status::desired(
-                &snapshot,
-                source.observed(),
-            )));
+            send_status(&publisher, &source, &status);
         }
     }
+}
+
+/// The conditions of the current snapshot, with the federations' key health.
+fn send_status(
+    publisher: &Publisher,
+    source: &KubeSource,
+    status: &watch::Sender<Arc<Vec<Desired>>>,
+) {
+    let snapshot = publisher.current().load_full();
+    let keys: HashMap<_, _> = publisher.authenticator().key_health().into_iter().collect();
+    status.send_replace(Arc::new(crate::status::desired(
+        &snapshot,
+        source.observed(),
+        &keys,
+    )));
 }
 
 fn lock(b: &Mutex<SnapshotBuilder>) -> std::sync::MutexGuard<'_, SnapshotBuilder> {
@@ -223,9 +256,8 @@ async fn publish(
     match built {
         Ok(snapshot) => {
             report(&snapshot);
-            let desired = crate::status::desired(&snapshot, source.observed());
             publisher.publish(snapshot);
-            status.send_replace(Arc::new(desired));
+            send_status(publisher, source, status);
         }
         Err(_) => {
             tracing::error!("configuration build failed; keeping the current snapshot");

@@ -29,6 +29,11 @@ impl Publisher {
         }
     }
 
+    /// The authenticator the federations are handed to (its key caches, for status).
+    pub fn authenticator(&self) -> &Arc<Authenticator> {
+        &self.authenticator
+    }
+
     /// The snapshot requests read (swapped atomically on publish).
     pub fn current(&self) -> Arc<ArcSwap<Snapshot>> {
         self.current.clone()

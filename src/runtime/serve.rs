@@ -317,6 +317,7 @@ async fn start_kubernetes(
             rediscover: Duration::from_secs(60),
             policies: mode.policies.clone(),
             policy_interval: mode.policy_interval,
+            key_probe_interval: Duration::from_secs(30),
         },
         status_tx,
     ));

@@ -17,6 +17,7 @@ use std::collections::HashMap;
 
 use kube::api::ApiResource;
 
+use crate::authn::KeyHealth;
 use crate::config::snapshot::{MISSING_PREFIX, Snapshot};
 use crate::source::ObjectKey;
 use crate::source::kubernetes::{Observed, ObservedCondition};
@@ -91,10 +92,12 @@ fn has_status(resource: &ApiResource) -> bool {
 }
 
 /// The conditions of every object in `objects` that gets one, from what `snapshot`
-/// reported about it (errors, kept forms and warnings are matched by origin).
+/// reported about it (errors, kept forms and warnings are matched by origin) and, for a
+/// KubernetesFederation, whether its keys can be fetched (`keys`, by federation name).
 pub fn desired<'a>(
     snapshot: &Snapshot,
     objects: impl Iterator<Item = (&'a ObjectKey, &'a ApiResource, &'a Observed)>,
+    keys: &HashMap<String, KeyHealth>,
 ) -> Vec<Desired> {
     let mut errors: HashMap<&str, Vec<&str>> = HashMap::new();
     for e in &snapshot.errors {
@@ -108,7 +111,7 @@ pub fn desired<'a>(
         .filter(|(_, r, _)| has_status(r))
         .map(|(key, resource, observed)| {
             let origin = key.to_string();
-            let condition = condition(
+            let mut condition = condition(
                 errors
                     .get(origin.as_str())
                     .map(Vec::as_slice)
@@ -118,6 +121,11 @@ pub fn desired<'a>(
                     .map(Vec::as_slice)
                     .unwrap_or(&[]),
             );
+            if let ObjectKey::Resource { kind, name, .. } = key
+                && kind == "KubernetesFederation"
+            {
+                condition = with_keys(condition, keys.get(name));
+            }
             Desired {
                 key: key.clone(),
                 resource: resource.clone(),
@@ -171,6 +179,41 @@ pub fn condition(errors: &[&str], warnings: &[&str]) -> ReadyCondition {
     }
 }
 
+/// A federation's condition with what its keys say: keys that cannot be fetched (and none
+/// cached) make it not ready; a failing refresh while cached keys still serve is a warning.
+pub fn with_keys(base: ReadyCondition, keys: Option<&KeyHealth>) -> ReadyCondition {
+    if !base.ready {
+        return base;
+    }
+    match keys {
+        Some(KeyHealth::Unreachable {
+            reason,
+            serving: false,
+        }) => ReadyCondition {
+            ready: false,
+            reason: "JWKSUnreachable",
+            message: bounded(format!("the keys cannot be fetched: {reason}")),
+        },
+        Some(KeyHealth::Unreachable {
+            reason,
+            serving: true,
+        }) => {
+            let note =
+                format!("the last key fetch failed (cached keys still verify tokens): {reason}");
+            ReadyCondition {
+                ready: true,
+                reason: "LoadedWithWarnings",
+                message: bounded(if base.reason == "Loaded" {
+                    note
+                } else {
+                    format!("{}; {note}", base.message)
+                }),
+            }
+        }
+        _ => base,
+    }
+}
+
 fn bounded(mut text: String) -> String {
     if text.chars().count() > MAX_MESSAGE_CHARS {
         text = text.chars().take(MAX_MESSAGE_CHARS - 1).collect();
@@ -215,6 +258,37 @@ mod tests {
             condition(&[long.as_str()], &[]).message.chars().count(),
             MAX_MESSAGE_CHARS
         );
+    }
+
+    #[test]
+    fn a_federation_whose_keys_cannot_be_fetched_is_not_ready() {
+        let down = KeyHealth::Unreachable {
+            reason: "request failed: connection refused".into(),
+            serving: false,
+        };
+        let c = with_keys(condition(&[], &[]), Some(&down));
+        assert_eq!((c.ready, c.reason), (false, "JWKSUnreachable"));
+        assert!(c.message.contains("connection refused"));
+        let stale = KeyHealth::Unreachable {
+            reason: "unexpected status 503".into(),
+            serving: true,
+        };
+        let c = with_keys(
+            condition(&[], &["no audiences: any aud is accepted"]),
+            Some(&stale),
+        );
+        assert_eq!((c.ready, c.reason), (true, "LoadedWithWarnings"));
+        assert!(
+            c.message.contains("no audiences") && c.message.contains("503"),
+            "{}",
+            c.message
+        );
+        for fine in [KeyHealth::Static, KeyHealth::Fetched, KeyHealth::NotFetched] {
+            assert_eq!(with_keys(condition(&[], &[]), Some(&fine)).reason, "Loaded");
+        }
+        // An invalid spec says so first.
+        let c = with_keys(condition(&["invalid spec: x"], &[]), Some(&down));
+        assert_eq!(c.reason, "InvalidSpec");
     }
 
     #[test]
