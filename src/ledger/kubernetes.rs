@@ -1041,15 +1041,9 @@ impl Ledger for KubernetesLedger {
     }
 
     async fn mark_retry(&self, id: &str, retry_at: u64, error: &str) -> Result<(), LedgerError> {
-        self.update(id, |e| {
-            e.retry_at = Some(retry_at);
-            e.claimed_until = None;
-            e.attempts = e.attempts.saturating_add(1);
-            e.last_error = Some(bounded(error, 512));
-            true
-        })
-        .await
-        .map(drop)
+        self.update(id, |e| e.take_failure(retry_at, error))
+            .await
+            .map(drop)
     }
 
     async fn get(&self, id: &str) -> Result<Option<LedgerEntry>, LedgerError> {
@@ -1070,13 +1064,7 @@ impl Ledger for KubernetesLedger {
         only_if_due: bool,
     ) -> Result<Option<LedgerEntry>, LedgerError> {
         let outcome = self
-            .update(id, |e| {
-                let take = e.claimable(now, only_if_due);
-                if take {
-                    e.claimed_until = Some(until);
-                }
-                take
-            })
+            .update(id, |e| e.take_claim(now, until, only_if_due))
             .await?;
         Ok(outcome.and_then(|(taken, e)| taken.then_some(e)))
     }
@@ -1088,14 +1076,7 @@ impl Ledger for KubernetesLedger {
         renewable: bool,
     ) -> Result<bool, LedgerError> {
         let outcome = self
-            .update(id, |e| {
-                if e.revoking() {
-                    return false;
-                }
-                e.expires_at = Some(expires_at);
-                e.renewable = renewable;
-                true
-            })
+            .update(id, |e| e.take_renewal(expires_at, renewable))
             .await?;
         Ok(outcome.is_some_and(|(written, _)| written))
     }

@@ -276,6 +276,37 @@ impl LedgerEntry {
     pub fn revoking(&self) -> bool {
         self.claimed_until.is_some() || self.retry_at.is_some()
     }
+
+    /// [`Ledger::claim`]'s change, for every backend: takes the entry until `until` when
+    /// [`claimable`](Self::claimable); false (unchanged) otherwise.
+    pub fn take_claim(&mut self, now: u64, until: u64, only_if_due: bool) -> bool {
+        let take = self.claimable(now, only_if_due);
+        if take {
+            self.claimed_until = Some(until);
+        }
+        take
+    }
+
+    /// [`Ledger::renewed`]'s change: the new expiry, unless a revocation holds the entry
+    /// or waits to retry it (false, unchanged).
+    pub fn take_renewal(&mut self, expires_at: u64, renewable: bool) -> bool {
+        if self.revoking() {
+            return false;
+        }
+        self.expires_at = Some(expires_at);
+        self.renewable = renewable;
+        true
+    }
+
+    /// [`Ledger::mark_retry`]'s change: the claim ends, the attempt is counted, the next is
+    /// scheduled at `retry_at`; `error` is kept cut to 512 characters.
+    pub fn take_failure(&mut self, retry_at: u64, error: &str) -> bool {
+        self.retry_at = Some(retry_at);
+        self.claimed_until = None;
+        self.attempts = self.attempts.saturating_add(1);
+        self.last_error = Some(error.chars().take(512).collect());
+        true
+    }
 }
 
 /// A ledger failure. Messages hold no credential values or revocation states.

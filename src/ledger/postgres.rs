@@ -252,15 +252,9 @@ impl Ledger for PostgresLedger {
     }
 
     async fn mark_retry(&self, id: &str, retry_at: u64, error: &str) -> Result<(), LedgerError> {
-        self.update(id, |e| {
-            e.retry_at = Some(retry_at);
-            e.claimed_until = None;
-            e.attempts = e.attempts.saturating_add(1);
-            e.last_error = Some(error.chars().take(512).collect());
-            true
-        })
-        .await
-        .map(drop)
+        self.update(id, |e| e.take_failure(retry_at, error))
+            .await
+            .map(drop)
     }
 
     async fn claim(
@@ -271,13 +265,7 @@ impl Ledger for PostgresLedger {
         only_if_due: bool,
     ) -> Result<Option<LedgerEntry>, LedgerError> {
         let outcome = self
-            .update(id, |e| {
-                let take = e.claimable(now, only_if_due);
-                if take {
-                    e.claimed_until = Some(until);
-                }
-                take
-            })
+            .update(id, |e| e.take_claim(now, until, only_if_due))
             .await?;
         Ok(outcome.and_then(|(taken, e)| taken.then_some(e)))
     }
@@ -299,14 +287,7 @@ impl Ledger for PostgresLedger {
         renewable: bool,
     ) -> Result<bool, LedgerError> {
         let outcome = self
-            .update(id, |e| {
-                if e.revoking() {
-                    return false;
-                }
-                e.expires_at = Some(expires_at);
-                e.renewable = renewable;
-                true
-            })
+            .update(id, |e| e.take_renewal(expires_at, renewable))
             .await?;
         Ok(outcome.is_some_and(|(written, _)| written))
     }

@@ -469,17 +469,9 @@ impl Ledger for RedbLedger {
     async fn mark_retry(&self, id: &str, retry_at: u64, error: &str) -> Result<(), LedgerError> {
         let (id, error) = (id.to_string(), error.to_string());
         // Revoked and removed meanwhile: nothing to retry.
-        self.blocking(move |db| {
-            Self::update_sync(db, &id, |e| {
-                e.retry_at = Some(retry_at);
-                e.claimed_until = None;
-                e.attempts = e.attempts.saturating_add(1);
-                e.last_error = Some(error.chars().take(512).collect());
-                true
-            })
-        })
-        .await
-        .map(drop)
+        self.blocking(move |db| Self::update_sync(db, &id, |e| e.take_failure(retry_at, &error)))
+            .await
+            .map(drop)
     }
 
     async fn claim(
@@ -492,13 +484,7 @@ impl Ledger for RedbLedger {
         let id = id.to_string();
         let outcome = self
             .blocking(move |db| {
-                Self::update_sync(db, &id, |e| {
-                    let take = e.claimable(now, only_if_due);
-                    if take {
-                        e.claimed_until = Some(until);
-                    }
-                    take
-                })
+                Self::update_sync(db, &id, |e| e.take_claim(now, until, only_if_due))
             })
             .await?;
         Ok(outcome.and_then(|(taken, e)| taken.then_some(e)))
@@ -518,14 +504,7 @@ impl Ledger for RedbLedger {
         let id = id.to_string();
         let outcome = self
             .blocking(move |db| {
-                Self::update_sync(db, &id, |e| {
-                    if e.revoking() {
-                        return false;
-                    }
-                    e.expires_at = Some(expires_at);
-                    e.renewable = renewable;
-                    true
-                })
+                Self::update_sync(db, &id, |e| e.take_renewal(expires_at, renewable))
             })
             .await?;
         Ok(outcome.is_some_and(|(written, _)| written))
