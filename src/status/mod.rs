@@ -6,7 +6,9 @@
 //! `Loaded` (or `LoadedWithWarnings`: a federation that accepts any audience), `False`
 //! with reason `InvalidSpec` (it does not compile or build; the message names the field,
 //! and says when the last good form still serves) or `MissingReference` (a Secret, a
-//! federation, a store or a generator it names does not exist). `observedGeneration` is
+//! federation, a store or a generator it names does not exist); a KubernetesFederation
+//! whose keys cannot be fetched is `False` with reason `JWKSUnreachable` (a failing refresh
+//! while cached keys still serve is a warning). `observedGeneration` is
 //! the object's `metadata.generation` the condition was computed for. Messages are the
 //! load errors' texts, which never hold values.
 
