@@ -8,7 +8,7 @@
 //! published snapshot also yields the `Ready` conditions the leader writes
 //! ([`crate::status`]).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -24,13 +24,13 @@ use crate::source::{LoadError, SourceEvent};
 use crate::status::Desired;
 
 /// Whether objects of `kind` in API `group` are served (and so watched): Authorizations,
-/// KubernetesFederations (ESE's CRD group and its samples' group), ClusterSecretStores and
-/// every generator kind.
+/// KubernetesFederations, ClusterSecretStores and every generator kind. A
+/// KubernetesFederation only in its CRD's group (`identity.…`): ESE's samples write it in
+/// `federation.…`, which directory mode accepts, but in a cluster a second group would let
+/// whoever may write there shadow a trust anchor of the same name.
 pub fn served_kind(group: &str, kind: &str) -> bool {
     match group {
-        "federation.external-secrets.io" => {
-            matches!(kind, "Authorization" | "KubernetesFederation")
-        }
+        "federation.external-secrets.io" => kind == "Authorization",
         "identity.federation.external-secrets.io" => kind == "KubernetesFederation",
         "external-secrets.io" => kind == "ClusterSecretStore",
         "generators.external-secrets.io" => crate::generators::is_generator_kind(kind),
@@ -93,7 +93,7 @@ impl Feed {
         });
     }
 
-    fn referenced_secrets(&self) -> BTreeSet<(String, String)> {
+    fn referenced_secrets(&self) -> Vec<(String, String)> {
         lock(&self.builder).referenced_secrets()
     }
 }
@@ -138,7 +138,7 @@ pub async fn run(
     }
 
     // The first full list of everything, then the first snapshot.
-    let mut secrets: BTreeSet<(String, String)> = BTreeSet::new();
+    let mut secrets: Vec<(String, String)> = Vec::new();
     loop {
         source.next(&mut |e| feed.kube(e)).await;
         while source.try_next(&mut |e| feed.kube(e)).is_some() {}
@@ -262,5 +262,42 @@ async fn publish(
         Err(_) => {
             tracing::error!("configuration build failed; keeping the current snapshot");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::served_kind;
+
+    #[test]
+    fn served_kinds_are_ours_and_esos_in_their_crd_groups_only() {
+        assert!(served_kind(
+            "federation.external-secrets.io",
+            "Authorization"
+        ));
+        assert!(served_kind(
+            "identity.federation.external-secrets.io",
+            "KubernetesFederation"
+        ));
+        // ESE's samples' group for federations: not a second source of trust anchors.
+        assert!(!served_kind(
+            "federation.external-secrets.io",
+            "KubernetesFederation"
+        ));
+        assert!(served_kind("external-secrets.io", "ClusterSecretStore"));
+        assert!(!served_kind("external-secrets.io", "SecretStore"));
+        assert!(served_kind("generators.external-secrets.io", "Password"));
+        assert!(served_kind(
+            "generators.external-secrets.io",
+            "ClusterGenerator"
+        ));
+        assert!(!served_kind(
+            "generators.external-secrets.io",
+            "GeneratorState"
+        ));
+        assert!(
+            !served_kind("", "Secret"),
+            "Secrets are watched one by one, by reference"
+        );
     }
 }

@@ -186,6 +186,9 @@ impl SecretProvider for NotReadyStore {
     }
 }
 
+/// Most Secrets watched for the namespaced generators of one namespace (Kubernetes mode).
+pub const MAX_SECRETS_PER_NAMESPACE: usize = 100;
+
 /// How a warning about references to objects that do not exist begins.
 pub const MISSING_PREFIX: &str = "references what does not exist: ";
 
@@ -340,9 +343,14 @@ impl SnapshotBuilder {
 
     /// The Secrets (namespace, name) that the stores and generators held here reference
     /// ([`crate::resources::secret_references`]): in Kubernetes mode, the only Secrets
-    /// watched.
-    pub fn referenced_secrets(&self) -> std::collections::BTreeSet<(String, String)> {
-        let mut out = std::collections::BTreeSet::new();
+    /// watched. In order of priority, without repeats: first those of cluster-scoped
+    /// objects (ClusterSecretStores, ClusterGenerators: written by cluster administrators),
+    /// then those of namespaced generators, at most [`MAX_SECRETS_PER_NAMESPACE`] per
+    /// namespace, so that no namespace's objects can crowd out another's or the cluster's.
+    pub fn referenced_secrets(&self) -> Vec<(String, String)> {
+        let mut cluster = std::collections::BTreeSet::new();
+        let mut namespaced: BTreeMap<String, std::collections::BTreeSet<(String, String)>> =
+            BTreeMap::new();
         for obj in self.objects.values() {
             let g = group(&obj.api_version);
             let owner = match (g, obj.kind.as_str()) {
@@ -356,9 +364,22 @@ impl SnapshotBuilder {
                 }
                 _ => continue,
             };
-            if let Some(spec) = obj.body.get("spec") {
-                out.extend(crate::resources::secret_references(spec, owner));
+            let Some(spec) = obj.body.get("spec") else {
+                continue;
+            };
+            let refs = crate::resources::secret_references(spec, owner);
+            match owner {
+                None => cluster.extend(refs),
+                Some(ns) => namespaced.entry(ns.to_string()).or_default().extend(refs),
             }
+        }
+        let mut out: Vec<(String, String)> = cluster.iter().cloned().collect();
+        for refs in namespaced.into_values() {
+            out.extend(
+                refs.into_iter()
+                    .filter(|r| !cluster.contains(r))
+                    .take(MAX_SECRETS_PER_NAMESPACE),
+            );
         }
         out
     }
@@ -846,6 +867,49 @@ mod tests {
 
     fn load(dir: &Path) -> Snapshot {
         source(dir).load()
+    }
+
+    /// A builder holding the manifests of `yaml` (one file).
+    fn builder_of(yaml: &str) -> SnapshotBuilder {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("m.yaml"), yaml).unwrap();
+        let mut scanner = DirectoryScanner::new(dir.path().to_path_buf(), None);
+        let mut builder = SnapshotBuilder::new(ProviderSettings::default());
+        scanner.scan(&mut |e| builder.apply(e));
+        builder
+    }
+
+    #[test]
+    fn referenced_secrets_put_the_clusters_first_and_cap_each_namespace() {
+        let mut yaml = String::from(
+            "apiVersion: external-secrets.io/v1\nkind: ClusterSecretStore\nmetadata: {name: s}\n\
+             spec: {provider: {vault: {server: 'https://v', auth: {tokenSecretRef: {name: zz-admin, namespace: zz, key: t}}}}}\n",
+        );
+        for i in 0..(MAX_SECRETS_PER_NAMESPACE + 50) {
+            yaml.push_str(&format!(
+                "---\napiVersion: generators.external-secrets.io/v1alpha1\nkind: VaultDynamicSecret\n\
+                 metadata: {{name: g{i}, namespace: aa-tenant}}\n\
+                 spec: {{path: p, provider: {{server: 'https://v', auth: {{tokenSecretRef: {{name: t{i:03}, key: t}}}}}}}}\n"
+            ));
+        }
+        yaml.push_str(
+            "---\napiVersion: generators.external-secrets.io/v1alpha1\nkind: VaultDynamicSecret\n\
+             metadata: {name: g, namespace: bb}\n\
+             spec: {path: p, provider: {server: 'https://v', auth: {tokenSecretRef: {name: mine, key: t}}}}\n",
+        );
+        let refs = builder_of(&yaml).referenced_secrets();
+        let pair = |a: &str, b: &str| (a.to_string(), b.to_string());
+        assert_eq!(refs[0], pair("zz", "zz-admin"), "the cluster's first");
+        assert_eq!(
+            refs.iter().filter(|(ns, _)| ns == "aa-tenant").count(),
+            MAX_SECRETS_PER_NAMESPACE,
+            "one namespace is capped"
+        );
+        assert!(
+            refs.contains(&pair("bb", "mine")),
+            "another namespace keeps its own"
+        );
+        assert_eq!(refs.len(), 1 + MAX_SECRETS_PER_NAMESPACE + 1);
     }
 
     fn sample_identity() -> Identity {

@@ -523,6 +523,11 @@ impl Sweeper {
         loop {
             ticker.tick().await;
             let snapshot = self.snapshot.load_full();
+            // Before the first snapshot (Kubernetes mode, first sync) no generator is known
+            // yet: sweeping then would treat every credential's generator as gone.
+            if snapshot.generation == 0 {
+                continue;
+            }
             if let Err(e) = sweep_once(self.ledger.as_ref(), &snapshot, self.timeout).await {
                 tracing::error!(error = %e, "ledger sweep failed");
             }

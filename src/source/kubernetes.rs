@@ -20,7 +20,7 @@
 //! reported as a problem, so one missing grant does not keep the server from becoming
 //! ready.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use futures_util::StreamExt;
@@ -251,19 +251,23 @@ impl KubeSource {
         );
     }
 
-    /// Watches exactly the Secrets in `wanted` (namespace, name): starts the new ones and
-    /// stops the others, reporting what they had reported as gone.
+    /// Watches the Secrets in `wanted` (namespace, name), in its order of priority, at most
+    /// [`MAX_WATCHED_SECRETS`]: starts the new ones and stops the others, reporting what
+    /// they had reported as gone. The caller puts first what must not be crowded out (the
+    /// references of cluster-scoped objects, which only cluster administrators write).
     pub fn watch_secrets(
         &mut self,
-        wanted: &BTreeSet<(String, String)>,
+        wanted: &[(String, String)],
         out: &mut (dyn FnMut(SourceEvent) + Send),
     ) {
+        let allowed: std::collections::HashSet<&(String, String)> =
+            wanted.iter().take(MAX_WATCHED_SECRETS).collect();
         let current: Vec<StreamId> = self
             .streams
             .keys()
             .filter(|id| match id {
                 StreamId::Secret { namespace, name } => {
-                    !wanted.contains(&(namespace.clone(), name.clone()))
+                    !allowed.contains(&(namespace.clone(), name.clone()))
                 }
                 StreamId::Kind { .. } => false,
             })
@@ -281,8 +285,7 @@ impl KubeSource {
             problems_changed |= self.problems.remove(&id).is_some();
         }
         let resource = ApiResource::erase::<k8s_openapi::api::core::v1::Secret>(&());
-        let mut refused = 0usize;
-        for (namespace, name) in wanted {
+        for (namespace, name) in wanted.iter().take(MAX_WATCHED_SECRETS) {
             let id = StreamId::Secret {
                 namespace: namespace.clone(),
                 name: name.clone(),
@@ -290,15 +293,12 @@ impl KubeSource {
             if self.streams.contains_key(&id) {
                 continue;
             }
-            if self.secret_streams() >= MAX_WATCHED_SECRETS {
-                refused += 1;
-                continue;
-            }
             let api =
                 Api::<DynamicObject>::namespaced_with(self.client.clone(), namespace, &resource);
             let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
             self.start(id, resource.clone(), api, config);
         }
+        let refused = wanted.len().saturating_sub(MAX_WATCHED_SECRETS);
         if refused > 0 {
             tracing::error!(
                 refused,
@@ -309,13 +309,6 @@ impl KubeSource {
         if problems_changed {
             self.report_problems(out);
         }
-    }
-
-    fn secret_streams(&self) -> usize {
-        self.streams
-            .keys()
-            .filter(|k| matches!(k, StreamId::Secret { .. }))
-            .count()
     }
 
     /// Whether every watched kind has been listed once (Secrets aside).

@@ -38,11 +38,16 @@ pub async fn run(
     // What this replica wrote: (generation, condition) per object.
     let mut written: HashMap<ObjectKey, (Option<i64>, ReadyCondition)> = HashMap::new();
     let mut was_leading = false;
+    // An interval, not a sleep in the select: changes arrive more often than the resync
+    // period, and a sleep restarted by each would never fire.
+    let mut resync = tokio::time::interval(RESYNC);
+    resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    resync.tick().await;
     loop {
         tokio::select! {
             changed = desired.changed() => if changed.is_err() { return },
             changed = leading.changed() => if changed.is_err() { return },
-            () = tokio::time::sleep(RESYNC) => written.clear(),
+            _ = resync.tick() => written.clear(),
         }
         // A new term (after not leading): what an earlier term wrote may have been
         // overwritten since.
