@@ -15,6 +15,9 @@ use esi::generators::{GenerateContext, Generated, Generator, GeneratorError, Rev
 use esi::ledger::lifecycle::revoke_entries;
 use esi::ledger::{GeneratorRef, Holder, KubernetesLedger, Ledger, LedgerEntry, Owner};
 use esi::resources::GeneratorKey;
+
+/// The server's namespace, where the ledger keeps its GeneratorStates.
+const LEDGER_NS: &str = "esi-system";
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -46,7 +49,7 @@ async fn cluster() -> FakeKube {
 /// One replica: its own user (so its requests can be told apart), client and ledger.
 async fn replica(fake: &FakeKube, user: &str) -> KubernetesLedger {
     fake.add_user(user);
-    KubernetesLedger::new(fake.client_as(user).await)
+    KubernetesLedger::new(fake.client_as(user).await, LEDGER_NS)
         .await
         .unwrap()
 }
@@ -130,7 +133,7 @@ async fn records_finds_lists_due_and_removes() {
     ledger.record(&e).await.unwrap();
     // Written through to the API server when record returns.
     assert!(
-        fake.get(STATES, "GeneratorState", Some("apps"), &state_name(&e))
+        fake.get(STATES, "GeneratorState", Some(LEDGER_NS), &state_name(&e))
             .is_some()
     );
     assert_eq!(ledger.get(&e.id).await.unwrap(), Some(e.clone()));
@@ -160,7 +163,7 @@ async fn records_finds_lists_due_and_removes() {
     assert_eq!(ledger.count().await.unwrap(), 0);
     assert!(ledger.due(u64::MAX, 10).await.unwrap().is_empty());
     assert!(
-        fake.get(STATES, "GeneratorState", Some("apps"), &state_name(&e))
+        fake.get(STATES, "GeneratorState", Some(LEDGER_NS), &state_name(&e))
             .is_none()
     );
 }
@@ -228,7 +231,7 @@ async fn objects_have_the_eso_and_ese_shapes() {
     ledger.record(&cluster_gen).await.unwrap();
 
     let state = fake
-        .get(STATES, "GeneratorState", Some("apps"), &state_name(&vault))
+        .get(STATES, "GeneratorState", Some(LEDGER_NS), &state_name(&vault))
         .unwrap();
     let labels = &state["metadata"]["labels"];
     assert_eq!(labels["app.kubernetes.io/managed-by"], "esi-federation");
@@ -261,7 +264,7 @@ async fn objects_have_the_eso_and_ese_shapes() {
         .get(
             STATES,
             "GeneratorState",
-            Some("apps"),
+            Some(LEDGER_NS),
             &state_name(&cluster_gen),
         )
         .unwrap();
@@ -790,10 +793,7 @@ async fn inputs_are_bounded_and_errors_hold_no_values() {
         assert!(!ledger.remove(bad).await.unwrap());
         assert!(!ledger.renewed(bad, 5, true).await.unwrap());
     }
-    let mut e = entry(&h, ("Not_A_Namespace", "VaultDynamicSecret", "db"), None);
-    let err = ledger.record(&e).await.unwrap_err().to_string();
-    assert!(err.contains("namespace"), "{err}");
-    e.generator.namespace = "apps".into();
+    let mut e = entry(&h, ("apps", "VaultDynamicSecret", "db"), None);
     e.id = "Has Spaces".into();
     assert!(ledger.record(&e).await.is_err());
     // An API failure: the status, never the object or the lease.
@@ -816,7 +816,7 @@ async fn inputs_are_bounded_and_errors_hold_no_values() {
 async fn start_up_fails_clearly_without_the_crd() {
     let fake = FakeKube::start().await;
     let started = Instant::now();
-    let err = KubernetesLedger::new(fake.client().await)
+    let err = KubernetesLedger::new(fake.client().await, LEDGER_NS)
         .await
         .unwrap_err()
         .to_string();
@@ -835,7 +835,7 @@ async fn an_object_being_deleted_counts_as_removed() {
     let e = entry(&h, ("apps", "VaultDynamicSecret", "db"), Some(10));
     ledger.record(&e).await.unwrap();
     let mut obj = fake
-        .get(STATES, "GeneratorState", Some("apps"), &state_name(&e))
+        .get(STATES, "GeneratorState", Some(LEDGER_NS), &state_name(&e))
         .unwrap();
     obj["metadata"]["deletionTimestamp"] = json!("2025-01-01T00:00:00Z");
     obj["metadata"]["finalizers"] = json!(["generatorstate.externalsecrets.io/finalizer"]);

@@ -83,7 +83,8 @@ struct ServeArgs {
     /// leader.
     #[arg(long, env = "ESI_KUBERNETES", conflicts_with = "manifests")]
     kubernetes: bool,
-    /// Kubernetes mode: namespace of the leader-election Lease (default: this Pod's).
+    /// The server's own namespace (default: this Pod's): the leader-election Lease and, with
+    /// `--ledger kubernetes`, the ledger's GeneratorStates live there.
     #[arg(long, env = "POD_NAMESPACE")]
     leader_election_namespace: Option<String>,
     /// Kubernetes mode: name of the leader-election Lease.
@@ -388,6 +389,12 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let provider_settings = ProviderSettings {
         timeout: args.backend_timeout,
     };
+    // The server's own namespace: its Lease and its ledger's GeneratorStates live there.
+    let own_namespace = args
+        .leader_election_namespace
+        .clone()
+        .or_else(in_cluster_namespace)
+        .unwrap_or_else(|| "default".into());
     let source = match args.manifests {
         Some(manifests) => esi::runtime::Source::Directory(DirectorySource {
             manifests,
@@ -397,9 +404,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         None => esi::runtime::Source::Kubernetes(esi::runtime::KubernetesMode {
             provider_settings,
             lease: esi::status::lease::LeaseSettings::with_duration(
-                args.leader_election_namespace
-                    .or_else(in_cluster_namespace)
-                    .unwrap_or_else(|| "default".into()),
+                own_namespace.clone(),
                 args.leader_election_name,
                 args.leader_election_identity
                     .or_else(host_name)
@@ -429,7 +434,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
             (Some(LedgerKind::Postgres), None) => {
                 bail!("--ledger=postgres needs --ledger-url (or ESI_LEDGER_URL)")
             }
-            (Some(LedgerKind::Kubernetes), None) => esi::runtime::LedgerChoice::Kubernetes,
+            (Some(LedgerKind::Kubernetes), None) => esi::runtime::LedgerChoice::Kubernetes {
+                namespace: own_namespace,
+            },
             (None | Some(LedgerKind::Embedded), None) => esi::runtime::LedgerChoice::Embedded,
             (Some(kind), Some(_)) => bail!(
                 "--ledger-url is for --ledger=postgres, not --ledger={}",

@@ -348,7 +348,7 @@ fn set_state(data: &mut Value, entry: &LedgerEntry) -> Result<(), LedgerError> {
 }
 
 /// The GeneratorState recording `entry`.
-fn state_object(entry: &LedgerEntry) -> Result<DynamicObject, LedgerError> {
+fn state_object(entry: &LedgerEntry, namespace: &str) -> Result<DynamicObject, LedgerError> {
     let owner = entry.holder.owner();
     let kind = owner.kind.unwrap_or(OwnerKind::ServiceAccount);
     let g = &entry.generator;
@@ -365,7 +365,7 @@ fn state_object(entry: &LedgerEntry) -> Result<DynamicObject, LedgerError> {
         "kind": "GeneratorState",
         "metadata": {
             "name": object_name(&entry.id),
-            "namespace": g.namespace,
+            "namespace": namespace,
             "labels": {
                 MANAGED_BY_LABEL: MANAGED_BY,
                 OWNER_LABEL: owner_hash(&owner, kind),
@@ -670,6 +670,8 @@ async fn watch_states(api: Api<DynamicObject>, cache: Arc<Cache>) {
 /// The ledger in Kubernetes objects (see the module documentation for the shapes and the
 /// consistency rules). Cheap to share behind an `Arc`; dropping it stops its watch.
 pub struct KubernetesLedger {
+    /// The server's own namespace: the only one whose GeneratorStates are read or written.
+    namespace: String,
     states: ApiResource,
     identities: Api<DynamicObject>,
     client: kube::Client,
@@ -691,15 +693,24 @@ impl Drop for KubernetesLedger {
 
 impl KubernetesLedger {
     /// Starts the ledger on `client`'s cluster: a watch of the GeneratorStates labelled
-    /// `app.kubernetes.io/managed-by=esi-federation` (all namespaces), and returns once
-    /// they have been listed. Needs ESO's `GeneratorState` CRD and ESE's
-    /// `AuthorizedIdentity` CRD installed, and the rights of the chart's ledger rules
-    /// (generatorstates: get, list, watch, create, update, delete; authorizedidentities:
-    /// get, create, update).
+    /// `app.kubernetes.io/managed-by=esi-federation` in `namespace` (the server's own), and
+    /// returns once they have been listed. Only that namespace is ever read or written:
+    /// ESO's `external-secrets-edit` role (aggregated into `edit` and `admin`) lets every
+    /// namespace editor write GeneratorStates in their namespace, so an entry read from
+    /// anywhere else could be a forgery naming another tenant's generator and lease (security
+    /// review). Needs ESO's `GeneratorState` CRD and ESE's `AuthorizedIdentity` CRD, and the
+    /// chart's ledger rules (generatorstates in `namespace`: get, list, watch, create,
+    /// update, delete; authorizedidentities: get, create, update).
     ///
-    /// Errors ([`LedgerError::Storage`]): the API refused the list (`401`/`403`/`404`: no
-    /// right, or the CRD is missing), or no list succeeded within 60 s.
-    pub async fn new(client: kube::Client) -> Result<Self, LedgerError> {
+    /// Errors ([`LedgerError::Storage`]): `namespace` is not a namespace name; the API
+    /// refused the list (`401`/`403`/`404`: no right, or the CRD is missing), or no list
+    /// succeeded within 60 s.
+    pub async fn new(client: kube::Client, namespace: &str) -> Result<Self, LedgerError> {
+        if !valid_namespace(namespace) {
+            return Err(LedgerError::Storage(
+                "the ledger's namespace is not a namespace name".into(),
+            ));
+        }
         let states = generator_states();
         let (sync, mut synced) = watch::channel(Sync::Pending);
         let cache = Arc::new(Cache {
@@ -707,11 +718,12 @@ impl KubernetesLedger {
             sync,
         });
         let watch = tokio::spawn(watch_states(
-            Api::all_with(client.clone(), &states),
+            Api::namespaced_with(client.clone(), namespace, &states),
             cache.clone(),
         ))
         .abort_handle();
         let ledger = KubernetesLedger {
+            namespace: namespace.to_string(),
             identities: Api::all_with(client.clone(), &authorized_identities()),
             states,
             client,
@@ -740,12 +752,15 @@ impl KubernetesLedger {
         }
     }
 
-    fn states_in(&self, namespace: &str) -> Api<DynamicObject> {
-        Api::namespaced_with(self.client.clone(), namespace, &self.states)
+    /// The GeneratorStates of the ledger's namespace (`_namespace`, as an object or the
+    /// cache says, is never trusted to point elsewhere).
+    fn states_in(&self, _namespace: &str) -> Api<DynamicObject> {
+        self.all_states()
     }
 
+    /// The GeneratorStates the ledger reads and writes: its namespace's only.
     fn all_states(&self) -> Api<DynamicObject> {
-        Api::all_with(self.client.clone(), &self.states)
+        Api::namespaced_with(self.client.clone(), &self.namespace, &self.states)
     }
 
     /// The GeneratorState of entry `id`, as the API server has it now: by the namespace
@@ -926,14 +941,9 @@ impl Ledger for KubernetesLedger {
                 "the entry id cannot name a GeneratorState".into(),
             ));
         }
-        if !valid_namespace(&entry.generator.namespace) {
-            return Err(LedgerError::Storage(
-                "the generator namespace is not a valid namespace name".into(),
-            ));
-        }
-        let obj = state_object(entry)?;
+        let obj = state_object(entry, &self.namespace)?;
         let created = self
-            .states_in(&entry.generator.namespace)
+            .all_states()
             .create(&PostParams::default(), &obj)
             .await
             .map_err(|e| api_error("creating a GeneratorState", &e))?;
@@ -1137,7 +1147,7 @@ mod tests {
             ("apps", "VaultDynamicSecret", "db"),
             Some(1_700_000_000),
         );
-        let obj = state_object(&e).unwrap();
+        let obj = state_object(&e, "esi-system").unwrap();
         assert_eq!(decode(&obj).unwrap(), e);
         assert_eq!(
             obj.data["spec"]["garbageCollectionDeadline"],
@@ -1157,7 +1167,7 @@ mod tests {
         assert!(decode(&moved).is_err());
         // Too large a state is refused.
         e.state = crate::generators::RevocationState(json!({"x": "y".repeat(MAX_ENTRY_BYTES)}));
-        assert!(state_object(&e).is_err());
+        assert!(state_object(&e, "esi-system").is_err());
     }
 
     #[test]
@@ -1169,11 +1179,11 @@ mod tests {
         };
         let h = Holder::new(&identity("alpha", "apps", "app", None), None);
         let e = entry(&h, ("apps", "VaultDynamicSecret", "db"), Some(10));
-        let mut v1 = state_object(&e).unwrap();
+        let mut v1 = state_object(&e, "esi-system").unwrap();
         v1.metadata.resource_version = Some("5".into());
         let mut renewed = e.clone();
         renewed.expires_at = Some(99);
-        let mut v2 = state_object(&renewed).unwrap();
+        let mut v2 = state_object(&renewed, "esi-system").unwrap();
         v2.metadata.resource_version = Some("7".into());
         cache.apply(&v2);
         // A late watch event of the older version is ignored.

@@ -71,9 +71,14 @@ pub enum LedgerChoice {
     /// A PostgreSQL database shared by several replicas (`postgresql://…`, loopback or a
     /// Unix socket).
     Postgres(String),
-    /// ESO `GeneratorState` and ESE `AuthorizedIdentity` objects through the Kubernetes
-    /// API (in-cluster configuration or `KUBECONFIG`): several replicas, no database.
-    Kubernetes,
+    /// ESO `GeneratorState` objects in the server's own namespace (never another: tenants
+    /// may write GeneratorStates in theirs) and ESE `AuthorizedIdentity` objects, through
+    /// the Kubernetes API (in-cluster configuration or `KUBECONFIG`): several replicas, no
+    /// database.
+    Kubernetes {
+        /// The server's namespace.
+        namespace: String,
+    },
 }
 
 // The PostgreSQL URL may hold a password.
@@ -82,7 +87,7 @@ impl std::fmt::Debug for LedgerChoice {
         f.write_str(match self {
             LedgerChoice::Embedded => "Embedded",
             LedgerChoice::Postgres(_) => "Postgres(…)",
-            LedgerChoice::Kubernetes => "Kubernetes",
+            LedgerChoice::Kubernetes { .. } => "Kubernetes",
         })
     }
 }
@@ -209,7 +214,7 @@ pub async fn serve(
     let ledger_path = match &config.ledger {
         // Never the URL itself: it may hold a password.
         LedgerChoice::Postgres(_) => PathBuf::from("(PostgreSQL)"),
-        LedgerChoice::Kubernetes => PathBuf::from("(Kubernetes GeneratorStates)"),
+        LedgerChoice::Kubernetes { .. } => PathBuf::from("(Kubernetes GeneratorStates)"),
         LedgerChoice::Embedded => config.data_dir.join("ledger.redb"),
     };
     let ledger_error = |source| ServeError::Ledger {
@@ -220,11 +225,15 @@ pub async fn serve(
         LedgerChoice::Postgres(url) => {
             Arc::new(PostgresLedger::connect(url).await.map_err(ledger_error)?)
         }
-        LedgerChoice::Kubernetes => {
+        LedgerChoice::Kubernetes { namespace } => {
             let client = kube::Client::try_default()
                 .await
                 .map_err(|e| ServeError::Kubernetes(e.to_string()))?;
-            Arc::new(KubernetesLedger::new(client).await.map_err(ledger_error)?)
+            Arc::new(
+                KubernetesLedger::new(client, namespace)
+                    .await
+                    .map_err(ledger_error)?,
+            )
         }
         LedgerChoice::Embedded => {
             let path = ledger_path.clone();
