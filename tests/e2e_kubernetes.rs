@@ -721,3 +721,77 @@ async fn replicas_share_the_kubernetes_ledger_and_revoke_each_credential_once() 
         assert!(!accessor_alive(accessor).await);
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Review (wip/review)
+// ---------------------------------------------------------------------------------------
+
+/// ESO, running in the same cluster, keeps its own `Ready` condition on every
+/// ClusterSecretStore (and its ExternalSecret controller refuses a store whose `Ready` is not
+/// `True`: the flood gate). A store ESO serves but this server does not (here: a provider it
+/// does not implement) must not be flipped to `Ready=False` under ESO's feet.
+#[tokio::test(flavor = "multi_thread")]
+async fn review_status_writes_leave_esos_ready_condition_on_cluster_secret_stores() {
+    let k = cluster().await;
+    k.apply(yaml(&static_federation(ISS, AUD)));
+    k.apply(json!({
+        "apiVersion": STORE, "kind": "ClusterSecretStore", "metadata": {"name": "aws-for-eso"},
+        "spec": {"provider": {"aws": {"service": "SecretsManager", "region": "eu-west-1"}}}
+    }));
+    // What ESO's store controller writes (its SecretStoreStatusCondition has no
+    // observedGeneration).
+    let eso_ready = json!({"type": "Ready", "status": "True", "reason": "Valid",
+                           "message": "store validated", "lastTransitionTime": "2026-01-01T00:00:00Z"});
+    k.apply_status(json!({
+        "apiVersion": STORE, "kind": "ClusterSecretStore", "metadata": {"name": "aws-for-eso"},
+        "status": {"conditions": [eso_ready.clone()], "capabilities": "ReadWrite"}
+    }));
+    let (_dir, path) = kubeconfig(&k, "admin");
+    let server = start(&path);
+    wait_ready(&server, Duration::from_secs(20)).await;
+    // Give the leader time to write.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let obj = k
+        .get(STORE, "ClusterSecretStore", None, "aws-for-eso")
+        .unwrap();
+    let conditions = obj["status"]["conditions"].as_array().cloned().unwrap_or_default();
+    assert!(
+        conditions.contains(&eso_ready),
+        "ESO's Ready condition was overwritten: {conditions:#?}"
+    );
+}
+
+/// The referenced-Secret watch budget (MAX_WATCHED_SECRETS = 2000) is shared by every
+/// namespace: a namespace editor's generator (here a Password generator in `aaa`, whose
+/// spec need not even be valid) that names 2000 Secrets of its own namespace takes every
+/// slot, and the administrator's ClusterSecretStore Secret (namespace `esi-system` sorts
+/// after `aaa`) is never watched: the store is not ready.
+#[tokio::test(flavor = "multi_thread")]
+async fn review_a_tenants_generator_cannot_starve_the_admins_secret_watches() {
+    let k = cluster().await;
+    k.apply(yaml(&static_federation(ISS, AUD)));
+    k.apply(json!({"apiVersion": "v1", "kind": "Secret",
+                   "metadata": {"name": "vault-token", "namespace": "esi-system"},
+                   "data": {"token": b64("t")}}));
+    k.apply(json!({
+        "apiVersion": STORE, "kind": "ClusterSecretStore", "metadata": {"name": "vault"},
+        "spec": {"provider": {"vault": {"server": "https://127.0.0.1:1", "path": "secret", "version": "v2",
+            "auth": {"tokenSecretRef": {"name": "vault-token", "namespace": "esi-system", "key": "token"}}}}}
+    }));
+    let refs: Vec<Value> = (0..2000)
+        .map(|i| json!({"secretRef": {"name": format!("s{i:04}"), "key": "k"}}))
+        .collect();
+    k.apply(json!({
+        "apiVersion": "generators.external-secrets.io/v1alpha1", "kind": "Password",
+        "metadata": {"name": "hog", "namespace": "aaa"},
+        "spec": {"length": 8, "x": refs}
+    }));
+    let (_dir, path) = kubeconfig(&k, "admin");
+    let server = start(&path);
+    wait_ready(&server, Duration::from_secs(180)).await;
+    let c = wait_ready_condition(&k, STORE, "ClusterSecretStore", "vault", |_| true).await;
+    assert_eq!(
+        c["status"], "True",
+        "the admin's store was starved of its Secret by a tenant's generator: {c}"
+    );
+}
