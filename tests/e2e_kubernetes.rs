@@ -795,3 +795,151 @@ async fn review_a_tenants_generator_cannot_starve_the_admins_secret_watches() {
         "the admin's store was starved of its Secret by a tenant's generator: {c}"
     );
 }
+
+/// The sweeper starts at once with the snapshot of the moment, which in Kubernetes mode is
+/// the empty one until the first full sync: every generator looks "no longer configured",
+/// so an expired credential is dropped from the ledger as `lapsed`, without asking its
+/// backend to revoke it. Here one kind cannot be listed (a 500, not a 403), so the server
+/// stays unready: nothing may be decided about credentials meanwhile.
+#[tokio::test(flavor = "multi_thread")]
+async fn review_nothing_is_swept_before_the_first_sync() {
+    use esi::ledger::{GeneratorRef, Holder, KubernetesLedger, Ledger, LedgerEntry};
+    let k = cluster().await;
+    k.register(
+        "generators.external-secrets.io",
+        "v1alpha1",
+        "VaultDynamicSecret",
+        "vaultdynamicsecrets",
+        true,
+        false,
+    );
+    k.register(
+        "generators.external-secrets.io",
+        "v1alpha1",
+        "GeneratorState",
+        "generatorstates",
+        true,
+        false,
+    );
+    k.register(
+        "federation.external-secrets.io",
+        "v1alpha1",
+        "AuthorizedIdentity",
+        "authorizedidentities",
+        false,
+        true,
+    );
+    k.apply(yaml(&static_federation(ISS, AUD)));
+    k.apply(json!({"apiVersion": "v1", "kind": "Secret",
+                   "metadata": {"name": "vault-token-db", "namespace": "apps"},
+                   "data": {"token": b64("t")}}));
+    k.apply(json!({
+        "apiVersion": "generators.external-secrets.io/v1alpha1", "kind": "VaultDynamicSecret",
+        "metadata": {"name": "db", "namespace": "apps"},
+        "spec": {"method": "POST", "path": "auth/token/create", "resultType": "Auth",
+                 "provider": {"server": "https://127.0.0.1:1", "auth": {"tokenSecretRef": {"name": "vault-token-db", "key": "token"}}}}
+    }));
+    // A credential issued earlier (by a previous replica), expired a second ago.
+    let caller = esi::authn::Identity {
+        federation: "alpha".into(),
+        issuer: ISS.into(),
+        subject: "system:serviceaccount:apps:app".into(),
+        namespace: "apps".into(),
+        service_account: "app".into(),
+        service_account_uid: None,
+        pod_name: None,
+        pod_uid: None,
+        expires_at: None,
+    };
+    let entry = LedgerEntry {
+        id: uuid::Uuid::new_v4().to_string(),
+        holder: Holder::new(&caller, None),
+        generator: GeneratorRef {
+            namespace: "apps".into(),
+            kind: "VaultDynamicSecret".into(),
+            name: "db".into(),
+        },
+        state: esi::generators::RevocationState(json!({"accessor": "still-alive"})),
+        issued_at: now() - 60,
+        expires_at: Some(now() - 1),
+        renewable: true,
+        retry_at: None,
+        claimed_until: None,
+        attempts: 0,
+        last_error: None,
+    };
+    let ledger = KubernetesLedger::new(k.client().await).await.unwrap();
+    ledger.record(&entry).await.unwrap();
+    drop(ledger);
+    k.set_fault(Fault::RefuseReadsOf("authorizations"));
+    let (_dir, path) = kubeconfig(&k, "admin");
+    let server = Server::start_kubernetes(
+        &path,
+        &[
+            "--leader-election-namespace",
+            "esi-system",
+            "--ledger",
+            "kubernetes",
+            "--sweep-interval",
+            "200ms",
+        ],
+    );
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(server.get("/readyz").await.0, 503, "not synced yet");
+    let lapsed: Vec<Value> = audit(&server, "revoke")
+        .into_iter()
+        .filter(|l| l["outcome"] == "lapsed")
+        .collect();
+    assert!(
+        lapsed.is_empty(),
+        "dropped without revocation before the first sync: {lapsed:?}"
+    );
+    assert!(
+        k.get(
+            "generators.external-secrets.io/v1alpha1",
+            "GeneratorState",
+            Some("apps"),
+            &format!("esi-{}", entry.id)
+        )
+        .is_some(),
+        "the ledger entry is gone before the generators were even loaded"
+    );
+}
+
+/// The writer's resync (`RESYNC`, 30 s: "a failed write retried, a lost leadership's writes
+/// redone", and a status someone else overwrote rewritten) is a sleep restarted on every
+/// wake-up, and the Lease loop wakes the writer at every renewal (`send_replace`), so while a
+/// replica leads it never fires: a status overwritten by someone else stays wrong.
+#[tokio::test(flavor = "multi_thread")]
+async fn review_a_status_overwritten_by_someone_else_is_rewritten_at_the_resync() {
+    let k = cluster().await;
+    k.apply(yaml(&static_federation(ISS, AUD)));
+    k.apply(fake_store("fake", "v1"));
+    k.apply(authorization("app", &["fake"]));
+    let (_dir, path) = kubeconfig(&k, "admin");
+    let server = start(&path);
+    wait_ready(&server, Duration::from_secs(20)).await;
+    wait_ready_condition(&k, AUTHZ, "Authorization", "app", |c| c["status"] == "True").await;
+    // Someone (a stale former leader's late write, `kubectl edit --subresource=status`, a
+    // GitOps tool) writes another status.
+    k.apply_status(json!({
+        "apiVersion": AUTHZ, "kind": "Authorization", "metadata": {"name": "app"},
+        "status": {"conditions": [{"type": "Ready", "status": "False", "reason": "Forged",
+            "message": "not in force", "lastTransitionTime": "2026-01-01T00:00:00Z",
+            "observedGeneration": 1}]}
+    }));
+    let deadline = Instant::now() + Duration::from_secs(45);
+    loop {
+        let obj = k.get(AUTHZ, "Authorization", None, "app").unwrap();
+        if obj["status"]["conditions"][0]["status"] == "True" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the overwritten status was never repaired: {}",
+            obj["status"]
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(server.get("/readyz").await.0, 200);
+}

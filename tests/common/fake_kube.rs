@@ -183,6 +183,8 @@ pub enum Fault {
     GoneWatches,
     /// Lists, gets and watches answer `500 InternalError` (writes still work).
     RefuseReads,
+    /// As [`Fault::RefuseReads`], for the resource of this plural only.
+    RefuseReadsOf(&'static str),
 }
 
 type Signer = Arc<dyn Fn(&Value) -> String + Send + Sync>;
@@ -1541,6 +1543,11 @@ fn route(
     })?;
     let fault = *lock(&shared.fault);
     let Target { def, ns, name, sub } = target;
+    let fault = match fault {
+        Fault::RefuseReadsOf(plural) if plural == def.plural => Fault::RefuseReads,
+        Fault::RefuseReadsOf(_) => Fault::None,
+        other => other,
+    };
     let tx = &shared.events;
     let method_not_allowed = || {
         KubeError::new(
