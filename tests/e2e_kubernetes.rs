@@ -943,3 +943,47 @@ async fn review_a_status_overwritten_by_someone_else_is_rewritten_at_the_resync(
     }
     assert_eq!(server.get("/readyz").await.0, 200);
 }
+
+/// `served_kind` also serves `KubernetesFederation` of `federation.external-secrets.io` (the
+/// group ESE's samples use, namespaced there), and federations are looked up by name alone
+/// with "the first wins": that group sorts before `identity.federation.external-secrets.io`,
+/// so whoever may create one in any namespace replaces the administrator's trust anchor of
+/// the same name with keys of their own, and mints tokens for any workload.
+#[tokio::test(flavor = "multi_thread")]
+async fn review_a_federation_of_the_same_name_in_another_group_cannot_replace_the_trust_anchor() {
+    let k = cluster().await;
+    k.register(
+        "federation.external-secrets.io",
+        "v1alpha1",
+        "KubernetesFederation",
+        "kubernetesfederations",
+        true,
+        true,
+    );
+    k.apply(yaml(&static_federation(ISS, AUD)));
+    k.apply(fake_store("fake", "v1"));
+    k.apply(authorization("app", &["fake"]));
+    let (_dir, path) = kubeconfig(&k, "admin");
+    let server = start(&path);
+    wait_ready(&server, Duration::from_secs(20)).await;
+    let legit = token("apps", "app");
+    assert_eq!(read(&server, "fake", &legit).await.0, 200);
+    // A tenant's object in its own namespace, with its own key.
+    k.apply(json!({
+        "apiVersion": "federation.external-secrets.io/v1alpha1",
+        "kind": "KubernetesFederation",
+        "metadata": {"name": "alpha", "namespace": "aaa"},
+        "spec": {"url": "https://127.0.0.1:9", "issuer": ISS, "audiences": [AUD],
+                 "jwks": jwks(&["ec-2"]).to_string()}
+    }));
+    let forged = mint("ec-2", &sa_claims(ISS, AUD, "apps", "app"), None);
+    for _ in 0..30 {
+        assert_ne!(
+            read(&server, "fake", &forged).await.0,
+            200,
+            "a token signed by the tenant's key was accepted as apps/app"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(read(&server, "fake", &legit).await.0, 200);
+}
