@@ -987,3 +987,26 @@ async fn review_a_federation_of_the_same_name_in_another_group_cannot_replace_th
     }
     assert_eq!(read(&server, "fake", &legit).await.0, 200);
 }
+
+/// kube 5's client has no read timeout by default, and the reload loop re-discovers the API
+/// groups inline (every 60 s) with no bound of its own: one discovery request the API never
+/// answers (a black-holed connection, a stuck aggregated API) freezes the loop for good. The
+/// server stays ready and keeps serving its last snapshot: a deleted Authorization keeps
+/// granting.
+#[tokio::test(flavor = "multi_thread")]
+async fn review_a_hung_discovery_request_does_not_freeze_the_configuration() {
+    let k = cluster().await;
+    k.apply(yaml(&static_federation(ISS, AUD)));
+    k.apply(fake_store("fake", "v1"));
+    k.apply(authorization("app", &["fake"]));
+    let (_dir, path) = kubeconfig(&k, "admin");
+    let server = start(&path);
+    wait_ready(&server, Duration::from_secs(20)).await;
+    let t = token("apps", "app");
+    assert_eq!(read(&server, "fake", &t).await.0, 200);
+    // The next rediscovery (60 s after the first sync) asks this group and never hears back.
+    k.hang_requests_to(Some("/apis/external-secrets.io/v1"));
+    tokio::time::sleep(Duration::from_secs(65)).await;
+    k.delete(AUTHZ, "Authorization", None, "app");
+    until_status(&server, "fake", &t, 404, Duration::from_secs(10)).await;
+}
