@@ -754,7 +754,10 @@ async fn review_status_writes_leave_esos_ready_condition_on_cluster_secret_store
     let obj = k
         .get(STORE, "ClusterSecretStore", None, "aws-for-eso")
         .unwrap();
-    let conditions = obj["status"]["conditions"].as_array().cloned().unwrap_or_default();
+    let conditions = obj["status"]["conditions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     assert!(
         conditions.contains(&eso_ready),
         "ESO's Ready condition was overwritten: {conditions:#?}"
