@@ -171,9 +171,15 @@ async fn wait_ready_condition(
     loop {
         let obj = k.get(api_version, kind, None, name);
         if let Some(obj) = &obj {
+            // ESO's own `Ready` is left alone on stores: ours is `FederationReady` there.
+            let ty = if kind == "ClusterSecretStore" {
+                "FederationReady"
+            } else {
+                "Ready"
+            };
             let cond = obj["status"]["conditions"]
                 .as_array()
-                .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
+                .and_then(|c| c.iter().find(|c| c["type"] == ty))
                 .cloned();
             if let Some(c) = cond
                 && pred(&c)
@@ -602,10 +608,11 @@ async fn replicas_share_the_kubernetes_ledger_and_revoke_each_credential_once() 
     wait_ready(&b, Duration::from_secs(20)).await;
     let t = token("apps", "app");
     let states = |k: &FakeKube| {
+        // The ledger keeps its GeneratorStates in the server's namespace only.
         k.list(
             "generators.external-secrets.io/v1alpha1",
             "GeneratorState",
-            Some("apps"),
+            Some("esi-system"),
         )
     };
     let accessor_alive = |accessor: String| {
@@ -765,4 +772,298 @@ async fn federations_say_whether_their_keys_can_be_fetched() {
         issuer.jwks_hits() >= 1,
         "the keys were fetched ahead of any request"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Review (wip/review)
+// ---------------------------------------------------------------------------------------
+
+/// ESO, running in the same cluster, keeps its own `Ready` condition on every
+/// ClusterSecretStore (and its ExternalSecret controller refuses a store whose `Ready` is not
+/// `True`: the flood gate). A store ESO serves but this server does not (here: a provider it
+/// does not implement) must not be flipped to `Ready=False` under ESO's feet.
+#[tokio::test(flavor = "multi_thread")]
+async fn review_status_writes_leave_esos_ready_condition_on_cluster_secret_stores() {
+    let k = cluster().await;
+    k.apply(yaml(&static_federation(ISS, AUD)));
+    k.apply(json!({
+        "apiVersion": STORE, "kind": "ClusterSecretStore", "metadata": {"name": "aws-for-eso"},
+        "spec": {"provider": {"aws": {"service": "SecretsManager", "region": "eu-west-1"}}}
+    }));
+    // What ESO's store controller writes (its SecretStoreStatusCondition has no
+    // observedGeneration).
+    let eso_ready = json!({"type": "Ready", "status": "True", "reason": "Valid",
+                           "message": "store validated", "lastTransitionTime": "2026-01-01T00:00:00Z"});
+    k.apply_status(json!({
+        "apiVersion": STORE, "kind": "ClusterSecretStore", "metadata": {"name": "aws-for-eso"},
+        "status": {"conditions": [eso_ready.clone()], "capabilities": "ReadWrite"}
+    }));
+    let (_dir, path) = kubeconfig(&k, "admin");
+    let server = start(&path);
+    wait_ready(&server, Duration::from_secs(20)).await;
+    // Give the leader time to write.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let obj = k
+        .get(STORE, "ClusterSecretStore", None, "aws-for-eso")
+        .unwrap();
+    let conditions = obj["status"]["conditions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        conditions.contains(&eso_ready),
+        "ESO's Ready condition was overwritten: {conditions:#?}"
+    );
+}
+
+/// The referenced-Secret watch budget (MAX_WATCHED_SECRETS = 2000) is shared by every
+/// namespace: a namespace editor's generator (here a Password generator in `aaa`, whose
+/// spec need not even be valid) that names 2000 Secrets of its own namespace takes every
+/// slot, and the administrator's ClusterSecretStore Secret (namespace `esi-system` sorts
+/// after `aaa`) is never watched: the store is not ready.
+#[tokio::test(flavor = "multi_thread")]
+async fn review_a_tenants_generator_cannot_starve_the_admins_secret_watches() {
+    let k = cluster().await;
+    k.apply(yaml(&static_federation(ISS, AUD)));
+    k.apply(json!({"apiVersion": "v1", "kind": "Secret",
+                   "metadata": {"name": "vault-token", "namespace": "esi-system"},
+                   "data": {"token": b64("t")}}));
+    k.apply(json!({
+        "apiVersion": STORE, "kind": "ClusterSecretStore", "metadata": {"name": "vault"},
+        "spec": {"provider": {"vault": {"server": "https://127.0.0.1:1", "path": "secret", "version": "v2",
+            "auth": {"tokenSecretRef": {"name": "vault-token", "namespace": "esi-system", "key": "token"}}}}}
+    }));
+    let refs: Vec<Value> = (0..2000)
+        .map(|i| json!({"secretRef": {"name": format!("s{i:04}"), "key": "k"}}))
+        .collect();
+    k.apply(json!({
+        "apiVersion": "generators.external-secrets.io/v1alpha1", "kind": "Password",
+        "metadata": {"name": "hog", "namespace": "aaa"},
+        "spec": {"length": 8, "x": refs}
+    }));
+    let (_dir, path) = kubeconfig(&k, "admin");
+    let server = start(&path);
+    wait_ready(&server, Duration::from_secs(180)).await;
+    let c = wait_ready_condition(&k, STORE, "ClusterSecretStore", "vault", |_| true).await;
+    assert_eq!(
+        c["status"], "True",
+        "the admin's store was starved of its Secret by a tenant's generator: {c}"
+    );
+}
+
+/// The sweeper starts at once with the snapshot of the moment, which in Kubernetes mode is
+/// the empty one until the first full sync: every generator looks "no longer configured",
+/// so an expired credential is dropped from the ledger as `lapsed`, without asking its
+/// backend to revoke it. Here one kind cannot be listed (a 500, not a 403), so the server
+/// stays unready: nothing may be decided about credentials meanwhile.
+#[tokio::test(flavor = "multi_thread")]
+async fn review_nothing_is_swept_before_the_first_sync() {
+    use esi::ledger::{GeneratorRef, Holder, KubernetesLedger, Ledger, LedgerEntry};
+    let k = cluster().await;
+    k.register(
+        "generators.external-secrets.io",
+        "v1alpha1",
+        "VaultDynamicSecret",
+        "vaultdynamicsecrets",
+        true,
+        false,
+    );
+    k.register(
+        "generators.external-secrets.io",
+        "v1alpha1",
+        "GeneratorState",
+        "generatorstates",
+        true,
+        false,
+    );
+    k.register(
+        "federation.external-secrets.io",
+        "v1alpha1",
+        "AuthorizedIdentity",
+        "authorizedidentities",
+        false,
+        true,
+    );
+    k.apply(yaml(&static_federation(ISS, AUD)));
+    k.apply(json!({"apiVersion": "v1", "kind": "Secret",
+                   "metadata": {"name": "vault-token-db", "namespace": "apps"},
+                   "data": {"token": b64("t")}}));
+    k.apply(json!({
+        "apiVersion": "generators.external-secrets.io/v1alpha1", "kind": "VaultDynamicSecret",
+        "metadata": {"name": "db", "namespace": "apps"},
+        "spec": {"method": "POST", "path": "auth/token/create", "resultType": "Auth",
+                 "provider": {"server": "https://127.0.0.1:1", "auth": {"tokenSecretRef": {"name": "vault-token-db", "key": "token"}}}}
+    }));
+    // A credential issued earlier (by a previous replica), expired a second ago.
+    let caller = esi::authn::Identity {
+        federation: "alpha".into(),
+        issuer: ISS.into(),
+        subject: "system:serviceaccount:apps:app".into(),
+        namespace: "apps".into(),
+        service_account: "app".into(),
+        service_account_uid: None,
+        pod_name: None,
+        pod_uid: None,
+        expires_at: None,
+    };
+    let entry = LedgerEntry {
+        id: uuid::Uuid::new_v4().to_string(),
+        holder: Holder::new(&caller, None),
+        generator: GeneratorRef {
+            namespace: "apps".into(),
+            kind: "VaultDynamicSecret".into(),
+            name: "db".into(),
+        },
+        state: esi::generators::RevocationState(json!({"accessor": "still-alive"})),
+        issued_at: now() - 60,
+        expires_at: Some(now() - 1),
+        renewable: true,
+        retry_at: None,
+        claimed_until: None,
+        attempts: 0,
+        last_error: None,
+    };
+    let ledger = KubernetesLedger::new(k.client().await, "esi-system")
+        .await
+        .unwrap();
+    ledger.record(&entry).await.unwrap();
+    drop(ledger);
+    k.set_fault(Fault::RefuseReadsOf("authorizations"));
+    let (_dir, path) = kubeconfig(&k, "admin");
+    let server = Server::start_kubernetes(
+        &path,
+        &[
+            "--leader-election-namespace",
+            "esi-system",
+            "--ledger",
+            "kubernetes",
+            "--sweep-interval",
+            "200ms",
+        ],
+    );
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(server.get("/readyz").await.0, 503, "not synced yet");
+    let lapsed: Vec<Value> = audit(&server, "revoke")
+        .into_iter()
+        .filter(|l| l["outcome"] == "lapsed")
+        .collect();
+    assert!(
+        lapsed.is_empty(),
+        "dropped without revocation before the first sync: {lapsed:?}"
+    );
+    assert!(
+        k.get(
+            "generators.external-secrets.io/v1alpha1",
+            "GeneratorState",
+            Some("esi-system"),
+            &format!("esi-{}", entry.id)
+        )
+        .is_some(),
+        "the ledger entry is gone before the generators were even loaded"
+    );
+}
+
+/// The writer's resync (`RESYNC`, 30 s: "a failed write retried, a lost leadership's writes
+/// redone", and a status someone else overwrote rewritten) is a sleep restarted on every
+/// wake-up, and the Lease loop wakes the writer at every renewal (`send_replace`), so while a
+/// replica leads it never fires: a status overwritten by someone else stays wrong.
+#[tokio::test(flavor = "multi_thread")]
+async fn review_a_status_overwritten_by_someone_else_is_rewritten_at_the_resync() {
+    let k = cluster().await;
+    k.apply(yaml(&static_federation(ISS, AUD)));
+    k.apply(fake_store("fake", "v1"));
+    k.apply(authorization("app", &["fake"]));
+    let (_dir, path) = kubeconfig(&k, "admin");
+    let server = start(&path);
+    wait_ready(&server, Duration::from_secs(20)).await;
+    wait_ready_condition(&k, AUTHZ, "Authorization", "app", |c| c["status"] == "True").await;
+    // Someone (a stale former leader's late write, `kubectl edit --subresource=status`, a
+    // GitOps tool) writes another status.
+    k.apply_status(json!({
+        "apiVersion": AUTHZ, "kind": "Authorization", "metadata": {"name": "app"},
+        "status": {"conditions": [{"type": "Ready", "status": "False", "reason": "Forged",
+            "message": "not in force", "lastTransitionTime": "2026-01-01T00:00:00Z",
+            "observedGeneration": 1}]}
+    }));
+    let deadline = Instant::now() + Duration::from_secs(45);
+    loop {
+        let obj = k.get(AUTHZ, "Authorization", None, "app").unwrap();
+        if obj["status"]["conditions"][0]["status"] == "True" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the overwritten status was never repaired: {}",
+            obj["status"]
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(server.get("/readyz").await.0, 200);
+}
+
+/// `served_kind` also serves `KubernetesFederation` of `federation.external-secrets.io` (the
+/// group ESE's samples use, namespaced there), and federations are looked up by name alone
+/// with "the first wins": that group sorts before `identity.federation.external-secrets.io`,
+/// so whoever may create one in any namespace replaces the administrator's trust anchor of
+/// the same name with keys of their own, and mints tokens for any workload.
+#[tokio::test(flavor = "multi_thread")]
+async fn review_a_federation_of_the_same_name_in_another_group_cannot_replace_the_trust_anchor() {
+    let k = cluster().await;
+    k.register(
+        "federation.external-secrets.io",
+        "v1alpha1",
+        "KubernetesFederation",
+        "kubernetesfederations",
+        true,
+        true,
+    );
+    k.apply(yaml(&static_federation(ISS, AUD)));
+    k.apply(fake_store("fake", "v1"));
+    k.apply(authorization("app", &["fake"]));
+    let (_dir, path) = kubeconfig(&k, "admin");
+    let server = start(&path);
+    wait_ready(&server, Duration::from_secs(20)).await;
+    let legit = token("apps", "app");
+    assert_eq!(read(&server, "fake", &legit).await.0, 200);
+    // A tenant's object in its own namespace, with its own key.
+    k.apply(json!({
+        "apiVersion": "federation.external-secrets.io/v1alpha1",
+        "kind": "KubernetesFederation",
+        "metadata": {"name": "alpha", "namespace": "aaa"},
+        "spec": {"url": "https://127.0.0.1:9", "issuer": ISS, "audiences": [AUD],
+                 "jwks": jwks(&["ec-2"]).to_string()}
+    }));
+    let forged = mint("ec-2", &sa_claims(ISS, AUD, "apps", "app"), None);
+    for _ in 0..30 {
+        assert_ne!(
+            read(&server, "fake", &forged).await.0,
+            200,
+            "a token signed by the tenant's key was accepted as apps/app"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(read(&server, "fake", &legit).await.0, 200);
+}
+
+/// kube 5's client has no read timeout by default, and the reload loop re-discovers the API
+/// groups inline (every 60 s) with no bound of its own: one discovery request the API never
+/// answers (a black-holed connection, a stuck aggregated API) freezes the loop for good. The
+/// server stays ready and keeps serving its last snapshot: a deleted Authorization keeps
+/// granting.
+#[tokio::test(flavor = "multi_thread")]
+async fn review_a_hung_discovery_request_does_not_freeze_the_configuration() {
+    let k = cluster().await;
+    k.apply(yaml(&static_federation(ISS, AUD)));
+    k.apply(fake_store("fake", "v1"));
+    k.apply(authorization("app", &["fake"]));
+    let (_dir, path) = kubeconfig(&k, "admin");
+    let server = start(&path);
+    wait_ready(&server, Duration::from_secs(20)).await;
+    let t = token("apps", "app");
+    assert_eq!(read(&server, "fake", &t).await.0, 200);
+    // The next rediscovery (60 s after the first sync) asks this group and never hears back.
+    k.hang_requests_to(Some("/apis/external-secrets.io/v1"));
+    tokio::time::sleep(Duration::from_secs(65)).await;
+    k.delete(AUTHZ, "Authorization", None, "app");
+    until_status(&server, "fake", &t, 404, Duration::from_secs(10)).await;
 }

@@ -231,7 +231,12 @@ async fn objects_have_the_eso_and_ese_shapes() {
     ledger.record(&cluster_gen).await.unwrap();
 
     let state = fake
-        .get(STATES, "GeneratorState", Some(LEDGER_NS), &state_name(&vault))
+        .get(
+            STATES,
+            "GeneratorState",
+            Some(LEDGER_NS),
+            &state_name(&vault),
+        )
         .unwrap();
     let labels = &state["metadata"]["labels"];
     assert_eq!(labels["app.kubernetes.io/managed-by"], "esi-federation");
@@ -854,4 +859,165 @@ async fn an_object_being_deleted_counts_as_removed() {
         ledger.count().await.unwrap() == 0 && due_ids(&ledger, 100).await.is_empty()
     })
     .await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Review (wip/review): GeneratorStates are writable by namespace editors (ESO's
+// `external-secrets-edit` ClusterRole aggregates create/update/delete on `generatorstates`
+// into `edit` and `admin`). The ledger must not act on an object it did not write.
+// ---------------------------------------------------------------------------------------
+
+/// What a namespace editor of `ns` can create with ESO's standard RBAC: a GeneratorState
+/// carrying our label and an entry of its choosing.
+fn forged_state(ns: &str, forged: &LedgerEntry) -> Value {
+    json!({
+        "apiVersion": STATES,
+        "kind": "GeneratorState",
+        "metadata": {
+            "name": state_name(forged),
+            "namespace": ns,
+            "labels": {"app.kubernetes.io/managed-by": "esi-federation"},
+        },
+        "spec": {"state": serde_json::to_value(forged).unwrap()},
+    })
+}
+
+/// A tenant of namespace `evil` forges an entry naming another namespace's generator and a
+/// lease of its choosing: the sweeper must not call that generator's backend with it.
+#[tokio::test]
+async fn review_a_forged_generator_state_never_drives_another_namespaces_generator() {
+    let fake = cluster().await;
+    let ledger = replica(&fake, "a").await;
+    let attacker = holder("evil", "attacker", None);
+    let mut forged = entry(&attacker, ("victim", "VaultDynamicSecret", "db"), Some(1));
+    forged.state = RevocationState(json!({"leaseId": "database/creds/victim/the-victims-lease"}));
+    fake.apply(forged_state("evil", &forged));
+    // A genuine entry recorded after the forgery: once the cache has it, the watch has
+    // seen everything before it, and the forgery (another namespace) is not there.
+    let genuine = entry(
+        &holder("apps", "app", None),
+        ("apps", "Password", "pw"),
+        Some(1),
+    );
+    ledger.record(&genuine).await.unwrap();
+    eventually("the genuine entry reaches the cache", || async {
+        due_ids(&ledger, unix_now()).await.contains(&genuine.id)
+    })
+    .await;
+    assert!(!due_ids(&ledger, unix_now()).await.contains(&forged.id));
+    assert_eq!(ledger.get(&forged.id).await.unwrap(), None);
+    assert!(
+        ledger
+            .claim(&forged.id, unix_now(), unix_now() + 60, false)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let counting = Arc::new(Counting {
+        revoked: Mutex::new(Vec::new()),
+    });
+    let victim_key = GeneratorRef {
+        namespace: "victim".into(),
+        kind: "VaultDynamicSecret".into(),
+        name: "db".into(),
+    }
+    .lookup_key();
+    let generators: HashMap<GeneratorKey, Arc<dyn Generator>> =
+        [(victim_key, counting.clone() as Arc<dyn Generator>)].into();
+    let due = ledger.due(unix_now(), 100).await.unwrap();
+    revoke_entries(&ledger, &generators, due, "sweep", Duration::from_secs(5))
+        .await
+        .unwrap();
+    let revoked = counting.revoked.lock().unwrap().clone();
+    assert!(
+        revoked.is_empty(),
+        "the victim's generator revoked attacker-chosen leases: {revoked:?}"
+    );
+}
+
+/// Same, through a ClusterGenerator: the GeneratorState lives in the holder's namespace
+/// (so a check of the object's namespace against the entry's is not enough), and the
+/// cluster generator's backend credentials revoke whatever lease the tenant wrote.
+#[tokio::test]
+async fn review_a_forged_generator_state_never_drives_a_cluster_generator() {
+    let fake = cluster().await;
+    let ledger = replica(&fake, "a").await;
+    let attacker = holder("evil", "attacker", None);
+    let mut forged = entry(&attacker, ("evil", "ClusterGenerator", "shared"), Some(1));
+    forged.state = RevocationState(json!({"leaseId": "database/creds/other-team/their-lease"}));
+    fake.apply(forged_state("evil", &forged));
+    // A genuine entry recorded after the forgery: once the cache has it, the watch has
+    // seen everything before it, and the forgery (another namespace) is not there.
+    let genuine = entry(
+        &holder("apps", "app", None),
+        ("apps", "Password", "pw"),
+        Some(1),
+    );
+    ledger.record(&genuine).await.unwrap();
+    eventually("the genuine entry reaches the cache", || async {
+        due_ids(&ledger, unix_now()).await.contains(&genuine.id)
+    })
+    .await;
+    assert!(!due_ids(&ledger, unix_now()).await.contains(&forged.id));
+    assert_eq!(ledger.get(&forged.id).await.unwrap(), None);
+    assert!(
+        ledger
+            .claim(&forged.id, unix_now(), unix_now() + 60, false)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let counting = Arc::new(Counting {
+        revoked: Mutex::new(Vec::new()),
+    });
+    let generators: HashMap<GeneratorKey, Arc<dyn Generator>> = [(
+        forged.generator.lookup_key(),
+        counting.clone() as Arc<dyn Generator>,
+    )]
+    .into();
+    let due = ledger.due(unix_now(), 100).await.unwrap();
+    revoke_entries(&ledger, &generators, due, "sweep", Duration::from_secs(5))
+        .await
+        .unwrap();
+    let revoked = counting.revoked.lock().unwrap().clone();
+    assert!(
+        revoked.is_empty(),
+        "the ClusterGenerator revoked an attacker-chosen lease: {revoked:?}"
+    );
+}
+
+/// A tenant who learns a credential handle (it names the GeneratorState, which the
+/// AuthorizedIdentity lists) creates `esi-<handle>` in its own namespace: the cache is keyed
+/// by id alone, so the forged object shadows the real one, and the real holder's `get` (its
+/// renew or DELETE by handle) sees the tenant's entry.
+#[tokio::test]
+async fn review_an_id_collision_in_another_namespace_does_not_shadow_the_real_entry() {
+    let fake = cluster().await;
+    let ledger = replica(&fake, "a").await;
+    let victim = holder("apps", "app", None);
+    let real = entry(
+        &victim,
+        ("apps", "VaultDynamicSecret", "db"),
+        Some(unix_now() + 3_600),
+    );
+    ledger.record(&real).await.unwrap();
+    let mut forged = real.clone();
+    forged.state = RevocationState(json!({"leaseId": "database/creds/someone-else"}));
+    forged.expires_at = None;
+    fake.apply(forged_state("evil", &forged));
+    // Let the watch deliver the forged object.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let got = ledger.get(&real.id).await.unwrap();
+    assert_eq!(
+        got.as_ref(),
+        Some(&real),
+        "the handle resolved to another object"
+    );
+    // And the real credential is still swept at its expiry.
+    assert!(
+        due_ids(&ledger, unix_now() + 7_200)
+            .await
+            .contains(&real.id),
+        "the real entry fell out of the sweeper's view"
+    );
 }

@@ -19,7 +19,7 @@ use super::snapshot::SnapshotBuilder;
 use super::watch::{Publisher, report};
 use crate::providers::ProviderSettings;
 use crate::source::dir::DirectoryScanner;
-use crate::source::kubernetes::KubeSource;
+use crate::source::kubernetes::{KubeSource, discover_kinds};
 use crate::source::{LoadError, SourceEvent};
 use crate::status::Desired;
 
@@ -172,18 +172,35 @@ pub async fn run(
         });
     }
 
-    let mut rediscover = tokio::time::interval(settings.rediscover);
-    rediscover.tick().await;
+    // Rediscovery (a CRD installed later) runs apart: a discovery the API never answers
+    // must not hold up the events.
+    let (found_tx, mut found_rx) = tokio::sync::mpsc::channel::<Vec<kube::api::ApiResource>>(1);
+    {
+        let client = source.client().clone();
+        let filter = source.filter();
+        let every = settings.rediscover;
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                match discover_kinds(client.clone(), filter.clone()).await {
+                    Ok(found) => {
+                        if found_tx.send(found).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "rediscovery failed"),
+                }
+            }
+        });
+    }
     let mut policy_tick =
         tokio::time::interval(settings.policy_interval.max(Duration::from_millis(100)));
     policy_tick.tick().await;
     loop {
         let mut changed = false;
         tokio::select! {
-            _ = rediscover.tick() => {
-                if let Err(e) = source.discover().await {
-                    tracing::debug!(error = %e, "rediscovery failed");
-                }
+            Some(found) = found_rx.recv() => {
+                source.watch_kinds(found);
                 continue;
             }
             _ = policy_tick.tick(), if policies.is_some() => {

@@ -617,7 +617,10 @@ impl Cache {
 /// Feeds `cache` from a watch of our GeneratorStates, forever (kube-runtime's default
 /// backoff between failures; the cache keeps serving what it has meanwhile).
 async fn watch_states(api: Api<DynamicObject>, cache: Arc<Cache>) {
-    let config = watcher::Config::default().labels(&managed_selector());
+    // The API ends each watch within 25 s: inside a client read timeout of 30 s.
+    let config = watcher::Config::default()
+        .labels(&managed_selector())
+        .timeout(25);
     let mut events = std::pin::pin!(watcher::watcher(api, config).default_backoff());
     while let Some(item) = events.next().await {
         match item {

@@ -226,8 +226,13 @@ pub async fn serve(
             Arc::new(PostgresLedger::connect(url).await.map_err(ledger_error)?)
         }
         LedgerChoice::Kubernetes { namespace } => {
-            let client = kube::Client::try_default()
+            // Every ledger call answers within 30 s or fails (its watch ends every 25 s
+            // on the server's side, within that): a hung API must not hold a revocation.
+            let mut config = kube::Config::infer()
                 .await
+                .map_err(|e| ServeError::Kubernetes(e.to_string()))?;
+            config.read_timeout = Some(Duration::from_secs(30));
+            let client = kube::Client::try_from(config)
                 .map_err(|e| ServeError::Kubernetes(e.to_string()))?;
             Arc::new(
                 KubernetesLedger::new(client, namespace)

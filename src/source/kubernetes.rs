@@ -59,14 +59,40 @@ pub enum KubeSourceError {
     Discovery(String),
 }
 
-/// What the API server last said of an object's `Ready` condition and generation, for the
-/// status writer (which writes only what differs).
+/// What the API server last said of an object's generation and of our condition in its
+/// status, for the status writer (which writes only what differs, and only its own
+/// condition).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Observed {
     /// `metadata.generation`.
     pub generation: Option<i64>,
-    /// `status.conditions[type=Ready]`, as found.
+    /// Our condition (`status.conditions[type=`[`condition_type`]`]`), as found.
     pub ready: Option<ObservedCondition>,
+    /// Where it is in `status.conditions`, and whether `status` and `status.conditions`
+    /// exist: the writer patches that one entry and nothing else.
+    pub layout: ConditionLayout,
+}
+
+/// The shape of an object's `status.conditions`, as far as our condition is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ConditionLayout {
+    /// `status` is an object.
+    pub has_status: bool,
+    /// `status.conditions` is an array.
+    pub has_conditions: bool,
+    /// The index of our condition in it.
+    pub index: Option<usize>,
+}
+
+/// The condition type this server writes on objects of `kind`: `Ready` on its own kinds,
+/// `FederationReady` on ESO's ClusterSecretStores, whose `Ready` is ESO's controller's (and
+/// gates ESO's own syncs).
+pub fn condition_type(kind: &str) -> &'static str {
+    if kind == "ClusterSecretStore" {
+        "FederationReady"
+    } else {
+        "Ready"
+    }
 }
 
 /// One condition as read from an object's status.
@@ -163,6 +189,11 @@ impl KubeSource {
         &self.client
     }
 
+    /// The kind filter (for [`discover_kinds`]).
+    pub fn filter(&self) -> KindFilter {
+        self.filter.clone()
+    }
+
     /// Discovers [`GROUPS`] and starts a watcher for every accepted kind not yet watched
     /// (a CRD installed later is picked up by the next call). Returns how many kinds are
     /// watched. A group that is not installed is skipped (logged once per call).
@@ -170,46 +201,29 @@ impl KubeSource {
     /// # Errors
     /// [`KubeSourceError::Discovery`] when no group could be asked at all.
     pub async fn discover(&mut self) -> Result<usize, KubeSourceError> {
-        let mut reached = false;
-        let mut last_error = String::new();
-        for group in GROUPS {
-            match kube::discovery::group(&self.client, group).await {
-                Ok(g) => {
-                    reached = true;
-                    for (resource, _caps) in g.recommended_resources() {
-                        if !(self.filter)(&resource.group, &resource.kind) {
-                            continue;
-                        }
-                        let id = StreamId::Kind {
-                            group: resource.group.clone(),
-                            kind: resource.kind.clone(),
-                        };
-                        if self.streams.contains_key(&id) {
-                            continue;
-                        }
-                        tracing::info!(kind = %resource.kind, group = %resource.group, version = %resource.version, "watching");
-                        let api = Api::<DynamicObject>::all_with(self.client.clone(), &resource);
-                        self.start(id, resource, api, watcher::Config::default());
-                    }
-                }
-                Err(kube::Error::Api(status)) if status.code == 404 => {
-                    reached = true;
-                    tracing::info!(group, "API group not installed; its kinds are not served");
-                }
-                Err(e) => {
-                    last_error = e.to_string();
-                    tracing::debug!(group, error = %e, "discovery failed");
-                }
+        let found = discover_kinds(self.client.clone(), self.filter.clone()).await?;
+        Ok(self.watch_kinds(found))
+    }
+
+    /// Starts a watcher for every kind of `found` not yet watched; returns how many kinds
+    /// are watched.
+    pub fn watch_kinds(&mut self, found: Vec<ApiResource>) -> usize {
+        for resource in found {
+            let id = StreamId::Kind {
+                group: resource.group.clone(),
+                kind: resource.kind.clone(),
+            };
+            if self.streams.contains_key(&id) {
+                continue;
             }
+            tracing::info!(kind = %resource.kind, group = %resource.group, version = %resource.version, "watching");
+            let api = Api::<DynamicObject>::all_with(self.client.clone(), &resource);
+            self.start(id, resource, api, watcher::Config::default());
         }
-        if !reached {
-            return Err(KubeSourceError::Discovery(last_error));
-        }
-        Ok(self
-            .streams
+        self.streams
             .keys()
             .filter(|k| matches!(k, StreamId::Kind { .. }))
-            .count())
+            .count()
     }
 
     fn start(
@@ -506,6 +520,66 @@ fn forbidden(e: &watcher::Error) -> bool {
     )
 }
 
+/// How long one discovery (every group) may take; beyond it, it counts as failed.
+pub const DISCOVERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Asks the API which of [`GROUPS`]' kinds exist and `filter` accepts (each group's
+/// preferred version), within [`DISCOVERY_TIMEOUT`]. A group that is not installed is
+/// skipped (logged). Runs apart from any source, so that a discovery the API never
+/// answers holds nothing else up.
+///
+/// # Errors
+/// [`KubeSourceError::Discovery`] when no group could be asked at all, or in time.
+pub async fn discover_kinds(
+    client: kube::Client,
+    filter: KindFilter,
+) -> Result<Vec<ApiResource>, KubeSourceError> {
+    let ask = async {
+        let mut reached = false;
+        let mut last_error = String::new();
+        let mut found = Vec::new();
+        for group in GROUPS {
+            match kube::discovery::group(&client, group).await {
+                Ok(g) => {
+                    reached = true;
+                    found.extend(
+                        g.recommended_resources()
+                            .into_iter()
+                            .map(|(r, _)| r)
+                            .filter(|r| filter(&r.group, &r.kind)),
+                    );
+                }
+                Err(kube::Error::Api(status)) if status.code == 404 => {
+                    reached = true;
+                    tracing::info!(group, "API group not installed; its kinds are not served");
+                }
+                Err(kube::Error::Discovery(e)) => {
+                    // kube reports a group the API does not list this way.
+                    reached = true;
+                    tracing::info!(group, reason = %e, "API group not installed; its kinds are not served");
+                }
+                Err(e) => {
+                    last_error = e.to_string();
+                    tracing::debug!(group, error = %e, "discovery failed");
+                }
+            }
+        }
+        if reached {
+            Ok(found)
+        } else {
+            Err(KubeSourceError::Discovery(last_error))
+        }
+    };
+    tokio::time::timeout(DISCOVERY_TIMEOUT, ask)
+        .await
+        .unwrap_or_else(|_| {
+            Err(KubeSourceError::Discovery(format!(
+                "no answer within {} s",
+                DISCOVERY_TIMEOUT.as_secs()
+            )))
+        })
+}
+
 /// A watch error in a few words: the API's status reason and message, never a body.
 fn brief(e: &watcher::Error) -> String {
     match e {
@@ -533,9 +607,23 @@ pub fn key_of(resource: &ApiResource, obj: &DynamicObject) -> Option<ObjectKey> 
 /// `apiVersion` and `kind`), without status and server-set metadata.
 fn convert(resource: &ApiResource, obj: DynamicObject) -> Option<Entry> {
     let key = key_of(resource, &obj)?;
+    let status = obj.data.get("status");
+    let wanted = condition_type(&resource.kind);
+    let conditions = status
+        .and_then(|s| s.get("conditions"))
+        .and_then(Value::as_array);
+    let index = conditions.and_then(|c| {
+        c.iter()
+            .position(|c| c.get("type").and_then(Value::as_str) == Some(wanted))
+    });
     let observed = Observed {
         generation: obj.metadata.generation,
-        ready: obj.data.get("status").and_then(ready_condition),
+        ready: status.and_then(|s| ready_condition(s, wanted)),
+        layout: ConditionLayout {
+            has_status: status.is_some_and(Value::is_object),
+            has_conditions: conditions.is_some(),
+            index,
+        },
     };
     let mut annotations = obj.metadata.annotations.unwrap_or_default();
     annotations.remove(LAST_APPLIED);
@@ -569,13 +657,13 @@ fn convert(resource: &ApiResource, obj: DynamicObject) -> Option<Entry> {
     Some(Entry { key, raw, observed })
 }
 
-/// `status.conditions[type=Ready]` of a status, with the status's `observedGeneration`
+/// `status.conditions[type=wanted]` of a status, with the status's `observedGeneration`
 /// when the condition has none.
-fn ready_condition(status: &Value) -> Option<ObservedCondition> {
+fn ready_condition(status: &Value, wanted: &str) -> Option<ObservedCondition> {
     let conditions = status.get("conditions")?.as_array()?;
     let c = conditions
         .iter()
-        .find(|c| c.get("type").and_then(Value::as_str) == Some("Ready"))?;
+        .find(|c| c.get("type").and_then(Value::as_str) == Some(wanted))?;
     let text = |f: &str| {
         c.get(f)
             .and_then(Value::as_str)

@@ -22,7 +22,7 @@ use kube::api::ApiResource;
 use crate::authn::KeyHealth;
 use crate::config::snapshot::{MISSING_PREFIX, Snapshot};
 use crate::source::ObjectKey;
-use crate::source::kubernetes::{Observed, ObservedCondition};
+use crate::source::kubernetes::{ConditionLayout, Observed, ObservedCondition};
 
 /// Longest condition message written (characters); longer ones are cut.
 pub const MAX_MESSAGE_CHARS: usize = 2048;
@@ -67,8 +67,10 @@ pub struct Desired {
     pub generation: Option<i64>,
     /// The condition.
     pub condition: ReadyCondition,
-    /// The `Ready` condition found on the object.
+    /// Our condition found on the object.
     pub observed: Option<ObservedCondition>,
+    /// Where it is in the object's `status.conditions`.
+    pub layout: ConditionLayout,
 }
 
 impl Desired {
@@ -134,6 +136,7 @@ pub fn desired<'a>(
                 generation: observed.generation,
                 condition,
                 observed: observed.ready.clone(),
+                layout: observed.layout,
             }
         })
         .collect();
@@ -312,6 +315,7 @@ mod tests {
             generation: Some(2),
             condition: condition(&[], &[]),
             observed,
+            layout: ConditionLayout::default(),
         };
         let same = ObservedCondition {
             status: "True".into(),

@@ -10,13 +10,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use super::lease::{Term, leads};
 use super::{Desired, ReadyCondition};
 use crate::metrics::METRICS;
 use crate::source::ObjectKey;
+use crate::source::kubernetes::condition_type;
 
 /// Least time between two status writes (at most 50 per second).
 pub const MIN_WRITE_GAP: Duration = Duration::from_millis(20);
@@ -24,6 +25,9 @@ pub const MIN_WRITE_GAP: Duration = Duration::from_millis(20);
 /// How often everything is compared again (a failed write retried, a lost leadership's
 /// writes redone).
 pub const RESYNC: Duration = Duration::from_secs(30);
+
+/// How long one status write may take (then it counts as failed: retried at the resync).
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The field manager of our writes.
 pub const FIELD_MANAGER: &str = "esi-server";
@@ -72,7 +76,13 @@ pub async fn run(
                     .inc();
                 break;
             }
-            match write(&client, d).await {
+            let written_now = tokio::time::timeout(WRITE_TIMEOUT, write(&client, d)).await;
+            match written_now.unwrap_or_else(|_| {
+                Err(kube::Error::Service(Box::new(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "no answer in time",
+                ))))
+            }) {
                 Ok(()) => {
                     METRICS.status_writes.with_label_values(&["ok"]).inc();
                     written.insert(d.key.clone(), (d.generation, d.condition.clone()));
@@ -106,26 +116,41 @@ async fn write(client: &kube::Client, d: &Desired) -> Result<(), kube::Error> {
         .filter(|o| o.status == status)
         .and_then(|o| o.last_transition_time.clone())
         .unwrap_or_else(now);
-    let patch = json!({
-        "status": {
-            "observedGeneration": d.generation,
-            "conditions": [{
-                "type": "Ready",
-                "status": status,
-                "reason": d.condition.reason,
-                "message": d.condition.message,
-                "lastTransitionTime": since,
-                "observedGeneration": d.generation,
-            }]
-        }
+    let kind = d.resource.kind.as_str();
+    let condition = json!({
+        "type": condition_type(kind),
+        "status": status,
+        "reason": d.condition.reason,
+        "message": d.condition.message,
+        "lastTransitionTime": since,
+        "observedGeneration": d.generation,
     });
-    api.patch_status(
-        name,
-        &PatchParams::apply(FIELD_MANAGER),
-        &Patch::Merge(&patch),
-    )
-    .await
-    .map(|_| ())
+    // A JSON patch of our one condition, so that conditions other controllers write (ESO's
+    // `Ready` on a ClusterSecretStore) are left as they are; `test` makes it fail (and be
+    // retried at the resync) if the list moved since it was observed.
+    let layout = d.layout;
+    let mut ops = match layout.index {
+        Some(i) => vec![
+            json!({"op": "test", "path": format!("/status/conditions/{i}/type"), "value": condition_type(kind)}),
+            json!({"op": "replace", "path": format!("/status/conditions/{i}"), "value": condition}),
+        ],
+        None if layout.has_conditions => {
+            vec![json!({"op": "add", "path": "/status/conditions/-", "value": condition})]
+        }
+        None if layout.has_status => {
+            vec![json!({"op": "add", "path": "/status/conditions", "value": [condition]})]
+        }
+        None => vec![json!({"op": "add", "path": "/status", "value": {"conditions": [condition]}})],
+    };
+    // Our own kinds' status is ours: its observedGeneration too.
+    if kind != "ClusterSecretStore" {
+        ops.push(json!({"op": "add", "path": "/status/observedGeneration", "value": d.generation}));
+    }
+    let patch: json_patch::Patch =
+        serde_json::from_value(Value::Array(ops)).map_err(kube::Error::SerdeError)?;
+    api.patch_status(name, &PatchParams::default(), &Patch::<()>::Json(patch))
+        .await
+        .map(|_| ())
 }
 
 fn now() -> String {

@@ -183,6 +183,8 @@ pub enum Fault {
     GoneWatches,
     /// Lists, gets and watches answer `500 InternalError` (writes still work).
     RefuseReads,
+    /// As [`Fault::RefuseReads`], for the resource of this plural only.
+    RefuseReadsOf(&'static str),
 }
 
 type Signer = Arc<dyn Fn(&Value) -> String + Send + Sync>;
@@ -231,6 +233,8 @@ struct Shared {
     /// (issuer, signer)
     signer: Mutex<Option<(String, Signer)>>,
     active_watches: AtomicUsize,
+    /// Requests to this exact path are never answered (a black-holed request).
+    hang_path: Mutex<Option<String>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -274,6 +278,7 @@ impl FakeKube {
             bookmark_interval: Mutex::new(Duration::from_secs(1)),
             signer: Mutex::new(None),
             active_watches: AtomicUsize::new(0),
+            hang_path: Mutex::new(None),
         });
         let app = Router::new().fallback(handle).with_state(shared.clone());
         let config = axum_server::tls_rustls::RustlsConfig::from_pem(
@@ -549,6 +554,12 @@ current-context: fake
     /// The period of `BOOKMARK` events for watches that allow them (default 1 s), for new watches.
     pub fn set_bookmark_interval(&self, d: Duration) {
         *lock(&self.shared.bookmark_interval) = d;
+    }
+
+    /// From now on, requests to exactly `path` are accepted and never answered (`None`:
+    /// answered again).
+    pub fn hang_requests_to(&self, path: Option<&str>) {
+        *lock(&self.shared.hang_path) = path.map(str::to_string);
     }
 
     /// Injects `fault` from now on (until [`Fault::None`]); open watches are not affected (see
@@ -1447,6 +1458,10 @@ async fn handle(
             .map(|(u, _)| u.clone())
     });
     let content_type = header(&headers, "content-type");
+    let hang = lock(&shared.hang_path).as_deref() == Some(uri.path());
+    if hang {
+        std::future::pending::<()>().await;
+    }
     let response = if user.is_none() {
         KubeError::new(401, "Unauthorized", "Unauthorized").response()
     } else {
@@ -1541,6 +1556,11 @@ fn route(
     })?;
     let fault = *lock(&shared.fault);
     let Target { def, ns, name, sub } = target;
+    let fault = match fault {
+        Fault::RefuseReadsOf(plural) if plural == def.plural => Fault::RefuseReads,
+        Fault::RefuseReadsOf(_) => Fault::None,
+        other => other,
+    };
     let tx = &shared.events;
     let method_not_allowed = || {
         KubeError::new(
