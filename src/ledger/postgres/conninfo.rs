@@ -612,16 +612,24 @@ mod tests {
             ConnInfoError::UnknownSslMode(m) if m == "bogus"
         ));
         // Where the bytes go decides, not the name: hostaddr overrides host.
+        assert_eq!(
+            mode("host=localhost hostaddr=10.0.0.5 user=esi"),
+            TlsMode::VerifyFull
+        );
         assert!(matches!(
             err(&format!(
-                "host=localhost hostaddr=10.0.0.5 user=esi password={PASSWORD}"
+                "host=localhost hostaddr=10.0.0.5 user=esi password={PASSWORD} sslmode=disable"
             )),
             ConnInfoError::Plaintext("disable")
         ));
         // One remote host among local ones is enough.
+        assert_eq!(
+            mode("postgresql://esi@127.0.0.1:5432,db.example.com:5432/esi"),
+            TlsMode::VerifyFull
+        );
         assert!(matches!(
             err(&format!(
-                "postgresql://esi:{PASSWORD}@127.0.0.1:5432,db.example.com:5432/esi"
+                "postgresql://esi:{PASSWORD}@127.0.0.1:5432,db.example.com:5432/esi?sslmode=disable"
             )),
             ConnInfoError::Plaintext("disable")
         ));

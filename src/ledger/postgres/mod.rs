@@ -82,6 +82,11 @@ pub(super) fn db_error(e: tokio_postgres::Error) -> LedgerError {
         }
         source = cause.source();
     }
+    if text.contains("UnknownIssuer") {
+        text.push_str(
+            " (the server's certificate does not chain to sslrootcert, or to the webpki roots when it is not set)",
+        );
+    }
     LedgerError::Storage(text)
 }
 
@@ -616,9 +621,11 @@ mod tests {
             "postgresql://u:pw-1@10.0.0.5:5432/ledger?sslmode=prefer",
             "postgresql://u:pw-1@10.0.0.5:5432/ledger?sslmode=require",
             "host=db.example.com user=u password=pw-1 dbname=ledger sslmode=allow",
-            "host=localhost hostaddr=10.0.0.5 user=u password=pw-1",
+            "host=localhost hostaddr=10.0.0.5 user=u password=pw-1 sslmode=disable",
             "not a url at all ::",
         ] {
+            // Never a connection attempt from this test: the string itself is refused.
+            assert!(conninfo::parse(url).is_err(), "{url}");
             let err = PostgresLedger::connect(url).await.unwrap_err().to_string();
             assert!(!err.contains("pw-1"), "{err}");
             assert!(
@@ -785,8 +792,9 @@ mod tests {
         }
         let admin = db.admin().await;
         let open = db.sessions(&admin).await;
+        // More than one connection per replica was used, and no more than the bound.
         assert!(
-            (2..=2 * POOL_SIZE as i64).contains(&open),
+            (3..=2 * POOL_SIZE as i64).contains(&open),
             "{open} sessions for two pools of {POOL_SIZE}"
         );
     }
