@@ -68,8 +68,8 @@ pub struct KubernetesMode {
 pub enum LedgerChoice {
     /// `ledger.redb` under `data_dir`: one replica.
     Embedded,
-    /// A PostgreSQL database shared by several replicas (`postgresql://…`, loopback or a
-    /// Unix socket).
+    /// A PostgreSQL database shared by several replicas (`postgresql://…`; hosts other
+    /// than loopback or a Unix socket over verified TLS: `crate::ledger::postgres::conninfo`).
     Postgres(String),
     /// ESO `GeneratorState` and ESE `AuthorizedIdentity` objects through the Kubernetes
     /// API (in-cluster configuration or `KUBECONFIG`): several replicas, no database.
