@@ -923,6 +923,6 @@ mod tests {
         let ledger = PostgresLedger::connect(&by_name("verify-ca"))
             .await
             .unwrap();
-        assert_eq!(ledger.session_tls().await.0, true);
+        assert!(ledger.session_tls().await.0);
     }
 }
