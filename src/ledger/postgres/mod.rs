@@ -12,7 +12,7 @@
 //! - Connection string and TLS: [`conninfo`] (libpq's forms; `sslmode=verify-full` by
 //!   default for any host that is not loopback or a Unix socket, plaintext refused there).
 //! - Schema: versioned migrations applied at connect under an advisory lock
-//!   ([`migrate`](self::migrate)); a database newer than this build is refused.
+//!   (`migrate.rs`); a database newer than this build is refused.
 //! - Connections: a pool of at most [`POOL_SIZE`] per replica. A call waits at most
 //!   [`ACQUIRE_TIMEOUT`] for a free connection; each connection is checked with an empty
 //!   query before it is handed out, and one that broke (server restart, failover,
