@@ -328,7 +328,7 @@ fn cases() -> Vec<Case> {
         },
         Case {
             name: "postgres ledger",
-            values: serde_json::json!({"ledger": {"type": "postgres", "postgres": {"existingSecret": "esi-ledger"}}, "replicaCount": 3}),
+            values: serde_json::json!({"ledger": {"type": "postgres", "postgres": {"existingSecret": "esi-ledger", "tlsSecret": "esi-ledger-tls"}}, "replicaCount": 3}),
             kubernetes_source: true,
             ledger: "postgres",
             replicas: Some(3),
@@ -521,6 +521,31 @@ fn deployment_problems(docs: &[Value], case: &Case) -> Vec<String> {
         other => p.push(format!(
             "ESI_LEDGER_URL with ledger {}: {other:?}",
             case.ledger
+        )),
+    }
+    // The ledger's TLS files (ledger.postgres.tlsSecret): mounted read-only, group-readable
+    // only, where the docs tell the URL to name them; nothing without it.
+    let tls_secret = case.values["ledger"]["postgres"]["tlsSecret"].as_str();
+    let ledger_tls = pod["volumes"]
+        .as_array()
+        .and_then(|vs| vs.iter().find(|v| v["name"] == "ledger-tls"))
+        .cloned();
+    let ledger_tls_mount = server["volumeMounts"]
+        .as_array()
+        .and_then(|ms| ms.iter().find(|m| m["name"] == "ledger-tls"))
+        .cloned();
+    match (tls_secret, &ledger_tls, &ledger_tls_mount) {
+        (None, None, None) => {}
+        (Some(name), Some(v), Some(m)) => {
+            if v["secret"]["secretName"] != name || v["secret"]["defaultMode"] != 0o440 {
+                p.push(format!("ledger-tls volume: {v}"));
+            }
+            if m["mountPath"] != "/etc/esi/ledger-tls" || m["readOnly"] != true {
+                p.push(format!("ledger-tls mount: {m}"));
+            }
+        }
+        other => p.push(format!(
+            "ledger-tls with tlsSecret {tls_secret:?}: {other:?}"
         )),
     }
     let needs_api = case.kubernetes_source || case.ledger == "kubernetes";

@@ -1630,7 +1630,9 @@ spec:
 }
 
 /// Issue 10 (several replicas outside Kubernetes): two servers on one PostgreSQL ledger. A
-/// credential issued by one is renewed and revoked through the other.
+/// credential issued by one is renewed and revoked through the other. The second reaches
+/// the database over TLS (`sslmode=verify-full` by the CA file, the suite's server speaks
+/// TLS), the first over plain loopback.
 #[tokio::test(flavor = "multi_thread")]
 async fn replicas_share_a_postgres_ledger() {
     use base64::Engine;
@@ -1667,9 +1669,16 @@ async fn replicas_share_a_postgres_ledger() {
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     manifests(dir_a.path(), &generators);
     manifests(dir_b.path(), &generators);
+    let ca = std::env::var("ESI_TEST_PG_CA").expect("ESI_TEST_PG_CA (scripts/postgres.sh)");
+    let ledger_tls = format!(
+        "--ledger-url=postgresql://{}:{}@localhost:{}/{db}?sslrootcert={ca}",
+        pg.user, pg.password, pg.port
+    );
     let a = TestServer::start(dir_a.path(), &[&ledger]);
-    let b = TestServer::start(dir_b.path(), &[&ledger]);
+    let b = TestServer::start(dir_b.path(), &[&ledger_tls]);
     assert!(!a.logs().contains(&pg.password) && !b.logs().contains(&pg.password));
+    assert!(a.logs().contains(r#""tls":"disable""#), "{}", a.logs());
+    assert!(b.logs().contains(r#""tls":"verify-full""#), "{}", b.logs());
     let app = token("apps", "app");
 
     let (status, body) = a

@@ -125,8 +125,10 @@ struct ServeArgs {
     #[arg(long, value_enum, env = "ESI_LEDGER")]
     ledger: Option<LedgerKind>,
     /// A PostgreSQL ledger shared by several replicas, e.g.
-    /// `postgresql://esi:…@127.0.0.1:5432/esi` (loopback or a Unix socket; prefer the
-    /// environment variable: it keeps the password out of the process list).
+    /// `postgresql://esi:…@db.example.com:5432/esi?sslrootcert=/etc/esi/ca.pem` (hosts other
+    /// than loopback or a Unix socket only over TLS, `sslmode=verify-full` by default, or
+    /// `verify-ca`; see docs/deploy.md; prefer the environment variable: it keeps the
+    /// password out of the process list).
     #[arg(long, env = "ESI_LEDGER_URL", hide_env_values = true)]
     ledger_url: Option<String>,
     /// How often the manifest and policy directories are checked for changes.

@@ -68,8 +68,8 @@ pub struct KubernetesMode {
 pub enum LedgerChoice {
     /// `ledger.redb` under `data_dir`: one replica.
     Embedded,
-    /// A PostgreSQL database shared by several replicas (`postgresql://…`, loopback or a
-    /// Unix socket).
+    /// A PostgreSQL database shared by several replicas (`postgresql://…`; hosts other
+    /// than loopback or a Unix socket over verified TLS: `crate::ledger::postgres::conninfo`).
     Postgres(String),
     /// ESO `GeneratorState` objects in the server's own namespace (never another: tenants
     /// may write GeneratorStates in theirs) and ESE `AuthorizedIdentity` objects, through
