@@ -64,6 +64,35 @@ async fn cluster() -> FakeKube {
     k
 }
 
+/// What the Kubernetes ledger and a VaultDynamicSecret generator need registered.
+fn ledger_kinds(k: &FakeKube) {
+    for (g, kind, plural, namespaced, status) in [
+        (
+            "generators.external-secrets.io",
+            "VaultDynamicSecret",
+            "vaultdynamicsecrets",
+            true,
+            false,
+        ),
+        (
+            "generators.external-secrets.io",
+            "GeneratorState",
+            "generatorstates",
+            true,
+            false,
+        ),
+        (
+            "federation.external-secrets.io",
+            "AuthorizedIdentity",
+            "authorizedidentities",
+            false,
+            true,
+        ),
+    ] {
+        k.register(g, "v1alpha1", kind, plural, namespaced, status);
+    }
+}
+
 fn authorization(name: &str, stores: &[&str]) -> Value {
     json!({
         "apiVersion": AUTHZ,
@@ -550,30 +579,7 @@ async fn replicas_share_the_kubernetes_ledger_and_revoke_each_credential_once() 
         return;
     };
     let k = cluster().await;
-    k.register(
-        "generators.external-secrets.io",
-        "v1alpha1",
-        "VaultDynamicSecret",
-        "vaultdynamicsecrets",
-        true,
-        false,
-    );
-    k.register(
-        "generators.external-secrets.io",
-        "v1alpha1",
-        "GeneratorState",
-        "generatorstates",
-        true,
-        false,
-    );
-    k.register(
-        "federation.external-secrets.io",
-        "v1alpha1",
-        "AuthorizedIdentity",
-        "authorizedidentities",
-        false,
-        true,
-    );
+    ledger_kinds(&k);
     k.add_user("replica-a");
     k.add_user("replica-b");
     k.apply(yaml(&static_federation(ISS, AUD)));
@@ -860,30 +866,7 @@ async fn review_a_tenants_generator_cannot_starve_the_admins_secret_watches() {
 async fn review_nothing_is_swept_before_the_first_sync() {
     use esi::ledger::{GeneratorRef, Holder, KubernetesLedger, Ledger, LedgerEntry};
     let k = cluster().await;
-    k.register(
-        "generators.external-secrets.io",
-        "v1alpha1",
-        "VaultDynamicSecret",
-        "vaultdynamicsecrets",
-        true,
-        false,
-    );
-    k.register(
-        "generators.external-secrets.io",
-        "v1alpha1",
-        "GeneratorState",
-        "generatorstates",
-        true,
-        false,
-    );
-    k.register(
-        "federation.external-secrets.io",
-        "v1alpha1",
-        "AuthorizedIdentity",
-        "authorizedidentities",
-        false,
-        true,
-    );
+    ledger_kinds(&k);
     k.apply(yaml(&static_federation(ISS, AUD)));
     k.apply(json!({"apiVersion": "v1", "kind": "Secret",
                    "metadata": {"name": "vault-token-db", "namespace": "apps"},
