@@ -722,9 +722,9 @@ fn rbac_problems(docs: &[Value], case: &Case) -> Vec<String> {
                 ns.as_str().unwrap_or("").to_string()
             };
             // The one delete: the Kubernetes ledger removes a revoked credential's
-            // GeneratorState (cluster-wide: generators live in any namespace).
+            // GeneratorState (in the release's namespace only).
             let ledger_delete = case.ledger == "kubernetes"
-                && scope == "cluster"
+                && scope == release_ns.as_str().unwrap_or("-")
                 && groups == ["generators.external-secrets.io"]
                 && resources == ["generatorstates"];
             for v in &verbs {
@@ -758,9 +758,12 @@ fn rbac_problems(docs: &[Value], case: &Case) -> Vec<String> {
             ("coordination.k8s.io", "leases") => {
                 kube && *scope == release_ns.as_str().unwrap_or("-")
             }
-            ("federation.external-secrets.io", "authorizedidentities")
-            | ("generators.external-secrets.io", "generatorstates") => {
+            ("federation.external-secrets.io", "authorizedidentities") => {
                 kube_ledger && scope == "cluster"
+            }
+            // Never cluster-wide: tenants write GeneratorStates in their namespaces.
+            ("generators.external-secrets.io", "generatorstates") => {
+                kube_ledger && *scope == release_ns.as_str().unwrap_or("-")
             }
             _ => false,
         };

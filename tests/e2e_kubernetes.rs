@@ -1050,3 +1050,35 @@ async fn review_a_hung_discovery_request_does_not_freeze_the_configuration() {
     k.delete(AUTHZ, "Authorization", None, "app");
     until_status(&server, "fake", &t, 404, Duration::from_secs(10)).await;
 }
+
+/// Review finding 8: a transient error (500) listing a referenced Secret before the first
+/// sync keeps the server unready (only 403/404 count the Secret as absent).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_transient_error_on_a_referenced_secret_keeps_the_server_unready() {
+    let k = cluster().await;
+    k.apply(yaml(&static_federation(ISS, AUD)));
+    k.apply(authorization("app", &["vault"]));
+    k.apply(json!({
+        "apiVersion": STORE, "kind": "ClusterSecretStore", "metadata": {"name": "vault"},
+        "spec": {"provider": {"vault": {"server": "https://127.0.0.1:1", "path": "secret", "version": "v2",
+            "auth": {"tokenSecretRef": {"name": "vault-token", "namespace": "esi-system", "key": "token"}}}}}
+    }));
+    k.apply(json!({"apiVersion": "v1", "kind": "Secret",
+                   "metadata": {"name": "vault-token", "namespace": "esi-system"},
+                   "data": {"token": b64("t")}}));
+    k.set_fault(Fault::RefuseReadsOf("secrets"));
+    let (_dir, path) = kubeconfig(&k, "admin");
+    let server = start(&path);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        server.get("/readyz").await.0,
+        503,
+        "ready before its Secret was read"
+    );
+    k.set_fault(Fault::None);
+    wait_ready(&server, Duration::from_secs(30)).await;
+    wait_ready_condition(&k, STORE, "ClusterSecretStore", "vault", |c| {
+        c["status"] == "True"
+    })
+    .await;
+}

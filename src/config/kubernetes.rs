@@ -140,8 +140,7 @@ pub async fn run(
     // The first full list of everything, then the first snapshot.
     let mut secrets: Vec<(String, String)> = Vec::new();
     loop {
-        source.next(&mut |e| feed.kube(e)).await;
-        while source.try_next(&mut |e| feed.kube(e)).is_some() {}
+        // Checked before waiting: with no kind to watch (none installed) nothing would come.
         if source.kinds_synced() {
             let wanted = feed.referenced_secrets();
             if wanted != secrets {
@@ -152,6 +151,8 @@ pub async fn run(
                 break;
             }
         }
+        source.next(&mut |e| feed.kube(e)).await;
+        while source.try_next(&mut |e| feed.kube(e)).is_some() {}
     }
     publish(&feed.builder, &publisher, &source, &status).await;
     tracing::info!("Kubernetes resources synced; ready");

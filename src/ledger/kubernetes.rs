@@ -12,7 +12,7 @@
 //! kind: GeneratorState
 //! metadata:
 //!   name: esi-<entry id>                      # the credential handle, a UUID
-//!   namespace: <the generator's namespace>   # a ClusterGenerator's: the holder's namespace
+//!   namespace: <the server's own namespace>  # never a tenant's (see KubernetesLedger::new)
 //!   labels:
 //!     app.kubernetes.io/managed-by: esi-federation
 //!     esi-federation/owner: <40 hex: SHA-256 of federation, namespace, pod|serviceaccount, name>

@@ -453,10 +453,10 @@ impl KubeSource {
                     .kubernetes_watch_errors
                     .with_label_values(&[stream.resource.kind.as_str()])
                     .inc();
-                // A Secret that cannot be read counts as absent (its store is not ready),
-                // and so does a kind we may not list (RBAC), rather than keeping the whole
-                // server from becoming ready; both are reported. Other errors (the API
-                // unreachable) keep a kind not ready until its first list.
+                // A Secret or kind the API refuses (403) or does not have (404) counts as
+                // absent (its store is not ready; nothing is granted from it) rather than
+                // keeping the whole server from becoming ready; it is reported. Other errors
+                // (the API unreachable, a 500) keep it not synced until its first list.
                 if !stream.synced {
                     let object = match &update.id {
                         StreamId::Secret { namespace, name } => {
@@ -464,8 +464,9 @@ impl KubeSource {
                         }
                         StreamId::Kind { .. } => None,
                     };
-                    let counts_as_empty =
-                        matches!(update.id, StreamId::Secret { .. }) || forbidden(&e);
+                    // Only a definite answer (403, 404) counts: a transient error (a 500,
+                    // a timeout) keeps waiting, so that readiness is never early.
+                    let counts_as_empty = forbidden(&e) || not_found(&e);
                     if counts_as_empty {
                         stream.synced = true;
                         changed = true;
@@ -578,6 +579,17 @@ pub async fn discover_kinds(
                 DISCOVERY_TIMEOUT.as_secs()
             )))
         })
+}
+
+/// Whether the API answered 404 (the kind's CRD, or the namespace, is gone).
+fn not_found(e: &watcher::Error) -> bool {
+    matches!(
+        e,
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+            | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+            | watcher::Error::WatchFailed(kube::Error::Api(s))
+            if s.code == 404
+    )
 }
 
 /// A watch error in a few words: the API's status reason and message, never a body.
