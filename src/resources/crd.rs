@@ -6,9 +6,8 @@
 //! | [`KubernetesFederation`] | `identity.federation.external-secrets.io/v1alpha1` | Cluster | [`KubernetesFederationSpec`] |
 //! | [`AuthorizedIdentity`] | `federation.external-secrets.io/v1alpha1` | Cluster | [`AuthorizedIdentitySpec`] |
 //!
-//! Group, version, scope and field names are those of ESE's CRDs
-//! (`../shared/compat/ese-federation-server/config/crds/bases/`, copied to
-//! `tests/fixtures/ese-crds/`); every object valid under them is valid under ours (tested in
+//! Group, version, scope and field names are those of ESE's CRDs (the federation server's
+//! `config/crds/bases/`, copied to `tests/fixtures/ese-crds/`); every object valid under them is valid under ours (tested in
 //! `tests/crds.rs`), except one without `spec` (`kube` requires it: the typed objects have a
 //! `spec`, and such an object grants nothing). Ours add the *extension* fields of the specs, the samples' flat
 //! `subject: {issuer, subject}` form, a `status` (`Ready` condition, `observedGeneration`) and
