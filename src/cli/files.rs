@@ -20,6 +20,16 @@ pub enum WriteOutcome {
 /// Writes `content` to `path` unless it already holds it. Readers see the old file or
 /// the new one, never a partial one.
 pub fn write_if_changed(path: &Path, content: &[u8]) -> std::io::Result<WriteOutcome> {
+    write_if_changed_mode(path, content, 0o400)
+}
+
+/// [`write_if_changed`] with the file's permission bits (`mode`, e.g. `0o600`); a file
+/// left untouched keeps its mode.
+pub fn write_if_changed_mode(
+    path: &Path,
+    content: &[u8],
+    mode: u32,
+) -> std::io::Result<WriteOutcome> {
     if let Ok(current) = std::fs::read(path)
         && current == content
     {
@@ -47,7 +57,7 @@ pub fn write_if_changed(path: &Path, content: &[u8]) -> std::io::Result<WriteOut
         let mut f = OpenOptions::new()
             .write(true)
             .create_new(true)
-            .mode(0o400)
+            .mode(mode)
             .open(&tmp)?;
         f.write_all(content)?;
         f.sync_all()?;

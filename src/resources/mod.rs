@@ -13,6 +13,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub mod crd;
+pub mod external_secret;
 mod hash;
 mod secrets;
 
@@ -235,9 +236,15 @@ pub struct SecretStoreSpec {
     /// `spec.provider`: exactly one key naming the provider (`vault`, `fake`, …).
     #[serde(default)]
     pub provider: BTreeMap<String, serde_json::Value>,
-    /// ESO's controller class (ignored by the server).
+    /// ESO's controller class (ignored by the server; the reconciler processes a store
+    /// whose class is empty or its own `--controller-class`).
     #[serde(default)]
     pub controller: Option<String>,
+    /// `ClusterSecretStore` only: the namespaces whose ExternalSecrets may use the store
+    /// (any one condition matching allows; none listed allows every namespace). Ignored by
+    /// the server, whose callers are decided by Authorizations; enforced by the reconciler.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<external_secret::ClusterSecretStoreCondition>,
 }
 
 /// A Kubernetes `Secret`, used in directory mode so `…SecretRef`s resolve.
