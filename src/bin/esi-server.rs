@@ -29,6 +29,11 @@ enum Command {
     /// DEVELOPMENT ONLY: mint a ServiceAccount-like JWT signed with a local key
     /// (e.g. examples/quickstart/dev-signing-key.pem) for trying the server out.
     DevToken(DevTokenArgs),
+    /// Turn ExternalSecrets into Secrets. Directory mode: `--manifests DIR --output OUT`
+    /// writes each Secret (and each ExternalSecret's status) as YAML under OUT, rewriting
+    /// only what changed; exits non-zero if any ExternalSecret failed (after writing every
+    /// other one). See docs/reconciler.md.
+    Reconcile(ReconcileArgs),
     /// Print the CustomResourceDefinitions of our kinds (Authorization, KubernetesFederation,
     /// AuthorizedIdentity) as multi-document YAML, for `kubectl apply -f -`.
     Crds,
@@ -42,6 +47,34 @@ struct SourceArgs {
     /// Directory of `.cedar` policy files loaded beside the compiled Authorizations.
     #[arg(long, env = "ESI_POLICIES")]
     policies: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct ReconcileArgs {
+    /// Directory of manifests (recursive): ExternalSecrets, SecretStores,
+    /// ClusterSecretStores, generators, Secrets, ConfigMaps, Namespaces.
+    #[arg(long, env = "ESI_MANIFESTS")]
+    manifests: PathBuf,
+    /// Output directory: `<namespace>/<secret>.yaml`,
+    /// `<namespace>/<externalsecret>.externalsecret-status.yaml`, and a state file.
+    #[arg(long)]
+    output: PathBuf,
+    /// ESO controller class: stores whose `spec.controller` is set to another class are
+    /// not this reconciler's (their ExternalSecrets are left alone).
+    #[arg(long, default_value = "")]
+    controller_class: String,
+    /// One pass, then exit (the default).
+    #[arg(long, conflicts_with = "interval")]
+    once: bool,
+    /// Keep running: a pass every interval (e.g. `30s`), until SIGTERM or Ctrl-C.
+    #[arg(long, value_parser = parse_duration)]
+    interval: Option<Duration>,
+    /// Timeout of each backend call.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    backend_timeout: Duration,
+    /// Log format.
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
 }
 
 /// `--ledger` values.
@@ -353,6 +386,7 @@ fn run() -> Result<()> {
                 })
         }
         Command::Check(args) => check(args),
+        Command::Reconcile(args) => reconcile(args),
         Command::DevToken(args) => dev_token(args),
         Command::Crds => {
             print!("{}", esi::resources::crd::all_yaml()?);
@@ -382,6 +416,54 @@ fn check(args: SourceArgs) -> Result<()> {
     );
     if !snapshot.errors.is_empty() {
         bail!("{} problems found", snapshot.errors.len());
+    }
+    Ok(())
+}
+
+/// Flags → [`esi::reconcile::output::OutputOptions`]; the library does the rest.
+fn reconcile(args: ReconcileArgs) -> Result<()> {
+    init_logging(args.log_format);
+    let opts = esi::reconcile::output::OutputOptions {
+        manifests: args.manifests,
+        output: args.output,
+        controller_class: args.controller_class,
+        provider_settings: ProviderSettings {
+            timeout: args.backend_timeout,
+        },
+    };
+    let interval = if args.once { None } else { args.interval };
+    let report = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(esi::reconcile::output::run(
+            opts,
+            interval,
+            shutdown_signal(),
+        ))?;
+    for p in &report.problems {
+        println!("error: {p}");
+    }
+    for (es, message) in &report.failed {
+        println!("failed: ExternalSecret {es}: {message}");
+    }
+    for r in &report.revocation_failures {
+        println!("warning: revocation pending: {r}");
+    }
+    println!(
+        "{} synced, {} unchanged, {} skipped (other controller class), {} failed, {} files changed",
+        report.synced,
+        report.unchanged,
+        report.skipped,
+        report.failed.len(),
+        report.files_changed
+    );
+    if report.is_failure() {
+        bail!(
+            "{} ExternalSecrets failed, {} manifest problems",
+            report.failed.len(),
+            report.problems.len()
+        );
     }
     Ok(())
 }
