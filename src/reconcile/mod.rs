@@ -1,0 +1,3 @@
+//! The ExternalSecret reconciler.
+
+pub mod rollout;
