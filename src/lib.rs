@@ -22,4 +22,5 @@ pub mod resources;
 pub mod runtime;
 pub mod source;
 pub mod status;
+pub mod support;
 pub mod tls;

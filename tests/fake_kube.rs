@@ -1109,3 +1109,115 @@ async fn the_fake_answers_while_the_test_thread_blocks() {
     // Blocks the test's only runtime thread until the other thread has its answer.
     assert_eq!(other.join().unwrap(), 200);
 }
+
+#[tokio::test]
+async fn finalizers_hold_a_delete_until_the_last_one_is_removed() {
+    let fake = FakeKube::start().await;
+    let api: Api<ConfigMap> = Api::namespaced(fake.client().await, "default");
+    let mut w = Watch::start(api.clone(), watcher::Config::default());
+    assert_eq!(w.next().await, "Init");
+    assert_eq!(w.next().await, "InitDone");
+    let cm: ConfigMap = serde_json::from_value(json!({
+        "metadata": { "name": "c", "finalizers": ["example.com/a", "example.com/b"] },
+        "data": { "k": "0" }
+    }))
+    .unwrap();
+    api.create(&PostParams::default(), &cm).await.unwrap();
+    assert_eq!(w.next().await, "Apply(c)");
+
+    // DELETE only marks it: the object comes back with a deletionTimestamp.
+    let marked = api.delete("c", &DeleteParams::default()).await.unwrap();
+    let marked = marked.left().expect("the object, still there");
+    assert!(marked.metadata.deletion_timestamp.is_some());
+    assert_eq!(w.next().await, "Apply(c)");
+    let again = api.delete("c", &DeleteParams::default()).await.unwrap();
+    assert!(again.is_left(), "a second DELETE changes nothing");
+
+    // No new finalizer while it is being deleted; the timestamp cannot be cleared.
+    let mut added = api.get("c").await.unwrap();
+    added
+        .metadata
+        .finalizers
+        .as_mut()
+        .unwrap()
+        .push("example.com/c".into());
+    let err = api
+        .replace("c", &PostParams::default(), &added)
+        .await
+        .unwrap_err();
+    assert_eq!(api_error(err), (422, "Invalid".into()));
+    let mut cleared = api.get("c").await.unwrap();
+    cleared.metadata.deletion_timestamp = None;
+    cleared.metadata.finalizers = Some(vec!["example.com/a".into()]);
+    let kept = api
+        .replace("c", &PostParams::default(), &cleared)
+        .await
+        .unwrap();
+    assert!(kept.metadata.deletion_timestamp.is_some());
+    assert_eq!(w.next().await, "Apply(c)");
+
+    // Removing the last finalizer completes the delete: MODIFIED, then DELETED.
+    let (code, _) = raw_patch(
+        &fake,
+        "/api/v1/namespaces/default/configmaps/c",
+        "application/merge-patch+json",
+        json!({ "metadata": { "finalizers": null } }),
+    )
+    .await;
+    assert_eq!(code, 200);
+    assert_eq!(w.next().await, "Apply(c)");
+    assert_eq!(w.next().await, "Delete(c)");
+    assert_eq!(api_error(api.get("c").await.unwrap_err()).0, 404);
+}
+
+#[tokio::test]
+async fn deleting_an_owner_collects_its_dependents() {
+    let fake = FakeKube::start().await;
+    let client = fake.client().await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let secrets: Api<Secret> = Api::namespaced(client, "default");
+    let owner: ConfigMap =
+        serde_json::from_value(json!({ "metadata": { "name": "owner" } })).unwrap();
+    let owner = cms.create(&PostParams::default(), &owner).await.unwrap();
+    let uid = owner.metadata.uid.clone().unwrap();
+    let owned = |name: &str, finalizers: Value| -> Secret {
+        serde_json::from_value(json!({
+            "metadata": {
+                "name": name,
+                "finalizers": finalizers,
+                "ownerReferences": [{
+                    "apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": uid,
+                    "controller": true
+                }]
+            },
+            "data": { "k": common::b64("v") }
+        }))
+        .unwrap()
+    };
+    secrets
+        .create(&PostParams::default(), &owned("plain", json!([])))
+        .await
+        .unwrap();
+    secrets
+        .create(
+            &PostParams::default(),
+            &owned("held", json!(["example.com/x"])),
+        )
+        .await
+        .unwrap();
+    let other: Secret =
+        serde_json::from_value(json!({ "metadata": { "name": "unrelated" } })).unwrap();
+    secrets
+        .create(&PostParams::default(), &other)
+        .await
+        .unwrap();
+
+    cms.delete("owner", &DeleteParams::default()).await.unwrap();
+    assert_eq!(api_error(secrets.get("plain").await.unwrap_err()).0, 404);
+    let held = secrets.get("held").await.unwrap();
+    assert!(
+        held.metadata.deletion_timestamp.is_some(),
+        "a dependent with finalizers is only marked"
+    );
+    secrets.get("unrelated").await.unwrap();
+}

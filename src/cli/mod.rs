@@ -11,7 +11,7 @@
 
 pub mod args;
 pub mod credentials;
-pub mod duration;
+pub use crate::support::duration;
 pub mod error;
 pub mod federated;
 pub mod fetch;

@@ -284,37 +284,6 @@ pub(crate) fn result_map(
         .collect())
 }
 
-/// Parses a Go duration (`300ms`, `5s`, `1m30s`, `1.5h`).
-pub(crate) fn parse_go_duration(text: &str) -> Option<Duration> {
-    let mut rest = text.trim();
-    if rest.is_empty() {
-        return None;
-    }
-    let mut total = 0f64;
-    while !rest.is_empty() {
-        let num_end = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .filter(|&i| i > 0)?;
-        let number: f64 = rest[..num_end].parse().ok()?;
-        let after = &rest[num_end..];
-        let unit_end = after
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(after.len());
-        let scale = match &after[..unit_end] {
-            "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            _ => return None,
-        };
-        total += number * scale;
-        rest = &after[unit_end..];
-    }
-    (total.is_finite() && total <= 1e9).then(|| Duration::from_secs_f64(total))
-}
-
 /// Calls one webhook per generation.
 pub struct WebhookGenerator {
     client: reqwest::Client,
@@ -437,8 +406,8 @@ impl WebhookGenerator {
         };
         let timeout = match spec.timeout.as_deref() {
             None => ctx.settings.timeout,
-            Some(text) => match parse_go_duration(text) {
-                Some(d) if !d.is_zero() && d <= MAX_TIMEOUT => d,
+            Some(text) => match crate::support::duration::parse_duration(text) {
+                Ok(d) if !d.is_zero() && d <= MAX_TIMEOUT => d,
                 _ => {
                     return Err(ctx.invalid(
                         KIND,
@@ -654,17 +623,6 @@ mod tests {
         }
         let err = result_map(b"not json s3cr3t", &[]).unwrap_err().to_string();
         assert_eq!(err, "backend error: webhook answered malformed JSON");
-    }
-
-    #[test]
-    fn go_durations() {
-        assert_eq!(parse_go_duration("5s"), Some(Duration::from_secs(5)));
-        assert_eq!(parse_go_duration("300ms"), Some(Duration::from_millis(300)));
-        assert_eq!(parse_go_duration("1m30s"), Some(Duration::from_secs(90)));
-        assert_eq!(parse_go_duration("1.5h"), Some(Duration::from_secs(5400)));
-        for bad in ["", "5", "s", "5x", "-5s", "1e3s"] {
-            assert_eq!(parse_go_duration(bad), None, "{bad}");
-        }
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //! - [`policy`]: pure decisions (refresh, creation and deletion policies);
 //! - [`keys`]: pure data transformations (decoding, key conversion, rewrite);
 //! - [`stores`]: controller classes and ClusterSecretStore conditions;
-//! - [`output`]: `esi-server reconcile --manifests DIR --output OUT`.
+//! - [`output`]: `esi-server reconcile --manifests DIR --output OUT`;
+//! - [`rollout`]: the workloads to roll when a Secret they read changes (pure).
 //!
 //! Kubernetes mode (work queue, status writes, events, finalizers) comes next and calls the
 //! same [`sync()`].
@@ -18,6 +19,7 @@ pub mod inventory;
 pub mod keys;
 pub mod output;
 pub mod policy;
+pub mod rollout;
 pub mod stores;
 pub mod sync;
 

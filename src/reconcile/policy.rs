@@ -16,7 +16,7 @@ pub const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_secs(3600);
 pub fn refresh_interval(spec: Option<&str>) -> Result<Duration, SyncError> {
     match spec {
         None => Ok(DEFAULT_REFRESH_INTERVAL),
-        Some(s) => crate::cli::duration::parse_duration(s)
+        Some(s) => crate::support::duration::parse_duration(s)
             .map_err(|e| SyncError::InvalidSpec(format!("spec.refreshInterval: {e}"))),
     }
 }

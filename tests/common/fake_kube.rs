@@ -46,6 +46,14 @@
 //!   `preconditions.uid` / `preconditions.resourceVersion` are checked).
 //! - the `/status` subresource for kinds registered `has_status`: GET, PUT and PATCH there
 //!   change only `.status`; writes to the main resource ignore `.status` (create drops it).
+//! - Finalizers: deleting an object whose `metadata.finalizers` is not empty only sets
+//!   `deletionTimestamp` (a `MODIFIED` event); the update that empties the list removes it
+//!   (`MODIFIED`, then `DELETED`). While it is being deleted no finalizer may be added (`422`),
+//!   and clients cannot set or clear `deletionTimestamp` (test controls such as
+//!   [`FakeKube::apply`] can, to stage an object being deleted).
+//! - Garbage collection: when an object is removed, every object whose
+//!   `metadata.ownerReferences` names its `uid` is deleted in turn (background propagation, so
+//!   a dependent with finalizers is only marked).
 //! - TokenRequest: `POST /api/v1/namespaces/{ns}/serviceaccounts/{name}/token` signs claims
 //!   (`iss`, `sub` = `system:serviceaccount:{ns}:{name}`, `aud` = `spec.audiences`, `iat`,
 //!   `nbf`, `exp` = now + `spec.expirationSeconds` (default 3600, at least 600), `jti`,
@@ -63,8 +71,8 @@
 //!   validation against any schema (CRD OpenAPI, CEL): objects are stored as given.
 //! - No real server-side apply: no field ownership, no conflicts, `force` is ignored, lists are
 //!   replaced (not merged by key); likewise strategic merge is a plain merge patch.
-//! - No finalizers, `deletionTimestamp`, graceful deletion, garbage collection or owner
-//!   references: delete removes the object at once. No DELETE of a collection.
+//! - No graceful deletion (`gracePeriodSeconds` and `propagationPolicy` are ignored: dependents
+//!   are always collected in the background) and no DELETE of a collection.
 //! - No pagination (`limit` and `continue` are ignored: one page with everything); the
 //!   `resourceVersion` / `resourceVersionMatch` of a list are ignored (always the latest state);
 //!   a watch from a `resourceVersion` in the future starts from now; `sendInitialEvents` with a
@@ -219,6 +227,9 @@ struct Store {
     history_limit: usize,
     /// Events with a resourceVersion at or below this are forgotten.
     compacted: u64,
+    /// A test control ([`FakeKube::apply`]) is writing: it may set `deletionTimestamp`, as
+    /// the API server itself does.
+    as_system: bool,
 }
 
 struct Shared {
@@ -269,6 +280,7 @@ impl FakeKube {
                 history: VecDeque::new(),
                 history_limit: DEFAULT_HISTORY,
                 compacted: 0,
+                as_system: false,
             }),
             events,
             users: Mutex::new(vec![(DEFAULT_USER.to_string(), random_token())]),
@@ -474,11 +486,13 @@ current-context: fake
             .to_string();
         let mut store = lock(&self.shared.store);
         let key = obj_key(&def, ns.as_deref(), &name);
+        store.as_system = true;
         let result = if store.objects.contains_key(&key) || part == Part::Status {
             store.update(&self.shared.events, &def, ns.as_deref(), &name, obj, part)
         } else {
             store.create(&self.shared.events, &def, ns.as_deref(), obj, None)
         };
+        store.as_system = false;
         result.unwrap_or_else(|e| panic!("FakeKube::apply refused: {}", e.message))
     }
 
@@ -911,6 +925,10 @@ impl Store {
             Value::String(uuid::Uuid::new_v4().to_string()),
         );
         m.insert("creationTimestamp".into(), Value::String(now_rfc3339()));
+        if !self.as_system {
+            m.remove("deletionTimestamp");
+            m.remove("deletionGracePeriodSeconds");
+        }
         m.insert("generation".into(), json!(1));
         m.insert("resourceVersion".into(), Value::String(rv.to_string()));
         if let Some(manager) = apply_manager {
@@ -1028,6 +1046,15 @@ impl Store {
                     m.insert(k.into(), v.clone());
                 }
             }
+            // Set only by a DELETE (or a test control); clients can neither set nor clear it.
+            if !self.as_system {
+                for k in ["deletionTimestamp", "deletionGracePeriodSeconds"] {
+                    match old_meta.get(k) {
+                        Some(v) => m.insert(k.into(), v.clone()),
+                        None => m.remove(k),
+                    };
+                }
+            }
             if !m.contains_key("managedFields")
                 && let Some(v) = old_meta.get("managedFields")
             {
@@ -1046,6 +1073,15 @@ impl Store {
         if next == old {
             return Ok(old);
         }
+        let deleting = old_meta.get("deletionTimestamp").is_some() && !self.as_system;
+        if deleting {
+            let before = finalizers(&old);
+            if let Some(added) = finalizers(&next).into_iter().find(|f| !before.contains(f)) {
+                return Err(KubeError::invalid(format!(
+                    "metadata.finalizers: Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers [\"{added}\"]"
+                )));
+            }
+        }
         let rv = self.next_rv();
         meta_mut(&mut next)?.insert("resourceVersion".into(), Value::String(rv.to_string()));
         self.objects.insert(key, next.clone());
@@ -1060,6 +1096,10 @@ impl Store {
                 prev: Some(old),
             },
         );
+        if deleting && finalizers(&next).is_empty() {
+            // The last finalizer is gone: the pending delete completes now.
+            self.delete(tx, def, ns, name, &Value::Null)?;
+        }
         Ok(next)
     }
 
@@ -1169,6 +1209,34 @@ impl Store {
         {
             return Err(KubeError::conflict(def, name));
         }
+        if !finalizers(old).is_empty() {
+            // Deletion waits for the finalizers' controllers: only mark the object.
+            if old["metadata"].get("deletionTimestamp").is_some() {
+                return Ok(old.clone());
+            }
+            let old = old.clone();
+            let mut next = old.clone();
+            let rv = self.next_rv();
+            {
+                let m = meta_mut(&mut next)?;
+                m.insert("deletionTimestamp".into(), Value::String(now_rfc3339()));
+                m.insert("deletionGracePeriodSeconds".into(), json!(0));
+                m.insert("resourceVersion".into(), Value::String(rv.to_string()));
+            }
+            self.objects.insert(key, next.clone());
+            self.emit(
+                tx,
+                Event {
+                    rv,
+                    group: def.group.clone(),
+                    plural: def.plural.clone(),
+                    etype: EventType::Modified,
+                    object: next.clone(),
+                    prev: Some(old),
+                },
+            );
+            return Ok(next);
+        }
         let mut obj = self.objects.remove(&key).unwrap_or_default();
         let rv = self.next_rv();
         let uid = meta_str(&obj, "uid").unwrap_or_default().to_string();
@@ -1184,6 +1252,7 @@ impl Store {
                 prev: None,
             },
         );
+        self.collect_dependents(tx, &uid);
         Ok(json!({
             "kind": "Status",
             "apiVersion": "v1",
@@ -1192,6 +1261,52 @@ impl Store {
             "details": { "name": name, "group": def.group, "kind": def.plural, "uid": uid },
         }))
     }
+}
+
+impl Store {
+    /// Background garbage collection: deletes every object that names `uid` among its
+    /// `ownerReferences` (each in turn collects its own dependents).
+    fn collect_dependents(&mut self, tx: &broadcast::Sender<Arc<Event>>, uid: &str) {
+        if uid.is_empty() {
+            return;
+        }
+        let dependents: Vec<ObjKey> = self
+            .objects
+            .iter()
+            .filter(|(_, o)| {
+                o["metadata"]["ownerReferences"]
+                    .as_array()
+                    .is_some_and(|refs| refs.iter().any(|r| r["uid"] == uid))
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for (group, plural, ns, name) in dependents {
+            let Some(def) = self
+                .resources
+                .iter()
+                .find(|r| r.group == group && r.plural == plural)
+                .cloned()
+            else {
+                continue;
+            };
+            let ns = (!ns.is_empty()).then_some(ns);
+            // Already gone (collected through another owner) is fine.
+            let _ = self.delete(tx, &def, ns.as_deref(), &name, &Value::Null);
+        }
+    }
+}
+
+/// `metadata.finalizers` of an object.
+fn finalizers(obj: &Value) -> Vec<String> {
+    obj["metadata"]["finalizers"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn managed_entry(def: &ResourceDef, manager: &str, status: bool) -> Value {

@@ -1,0 +1,3 @@
+//! Small shared pieces that every layer may use and that use nothing of ours.
+
+pub mod duration;
