@@ -920,6 +920,73 @@ metadata: {name: team, labels: {tier: db}}
         assert!(matches!(by("both").unwrap_err(), SyncError::InvalidSpec(_)));
     }
 
+    #[test]
+    fn validation_bounds_and_eso_admission_rules() {
+        let check = |spec: serde_json::Value| -> Result<(), SyncError> {
+            let spec: ExternalSecretSpec = serde_json::from_value(spec).unwrap();
+            let es = ExternalSecretObject {
+                namespace: "team".into(),
+                name: "es".into(),
+                uid: None,
+                labels: BTreeMap::new(),
+                annotations: BTreeMap::new(),
+                spec: Ok(spec.clone()),
+                origin: "test".into(),
+                resource_version: "v".into(),
+            };
+            validate(&es, &spec)
+        };
+        let entry = serde_json::json!({"secretKey": "k", "remoteRef": {"key": "x"}});
+        assert!(check(serde_json::json!({"data": [entry]})).is_ok());
+        let many: Vec<_> = (0..=MAX_DATA_ENTRIES).map(|_| entry.clone()).collect();
+        assert!(matches!(
+            check(serde_json::json!({"data": many})),
+            Err(SyncError::InvalidSpec(_))
+        ));
+        let long_key = "k".repeat(MAX_REF_LEN + 1);
+        assert!(
+            check(
+                serde_json::json!({"data": [{"secretKey": "k", "remoteRef": {"key": long_key}}]})
+            )
+            .is_err()
+        );
+        assert!(
+            check(serde_json::json!({"data": [{"secretKey": "a/b", "remoteRef": {"key": "x"}}]}))
+                .is_err()
+        );
+        assert!(
+            check(serde_json::json!({}))
+                .unwrap_err()
+                .to_string()
+                .contains("either data or dataFrom")
+        );
+        // Names that would escape or collide in --output.
+        for bad in ["../x", "X", "a.externalsecret-status"] {
+            assert!(
+                check(serde_json::json!({"target": {"name": bad}, "data": [entry]})).is_err(),
+                "{bad}"
+            );
+        }
+        // ESO's webhook rules on policies.
+        assert!(check(serde_json::json!({"target": {"creationPolicy": "Merge", "deletionPolicy": "Delete"}, "data": [entry]})).is_err());
+        assert!(check(serde_json::json!({"target": {"creationPolicy": "None", "deletionPolicy": "Merge"}, "data": [entry]})).is_err());
+        let rewrites: Vec<_> = (0..=MAX_REWRITES)
+            .map(|_| serde_json::json!({"regexp": {"source": "a", "target": "b"}}))
+            .collect();
+        assert!(
+            check(
+                serde_json::json!({"dataFrom": [{"extract": {"key": "x"}, "rewrite": rewrites}]})
+            )
+            .is_err()
+        );
+        assert!(matches!(
+            check(
+                serde_json::json!({"data": [{"secretKey": "k", "remoteRef": {"key": "x", "metadataPolicy": "Fetch"}}]})
+            ),
+            Err(SyncError::Unsupported(_))
+        ));
+    }
+
     #[tokio::test]
     async fn the_secret_is_bounded() {
         let big = "x".repeat(600 * 1024);
