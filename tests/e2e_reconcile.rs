@@ -610,3 +610,83 @@ spec:
     let state = std::fs::read_to_string(out.join(".esi-reconcile-state.json")).unwrap();
     assert!(!state.contains("pendingRevocations"), "{state}");
 }
+
+/// Names from manifests become paths: an ExternalSecret whose namespace or target is not a
+/// Kubernetes name writes nothing anywhere (and fails the run); OUT inside the manifests
+/// directory is refused.
+#[test]
+fn hostile_names_write_nothing_outside_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("manifests");
+    let out = dir.path().join("deep/out");
+    std::fs::create_dir_all(&m).unwrap();
+    let text = format!(
+        "{STORE}---\n{}---\n{}",
+        ES_KEPT.replace("namespace: team", "namespace: ../../escaped"),
+        ES_KEPT.replace("name: kept", "name: renamed").replace(
+            "creationPolicy: Orphan",
+            "creationPolicy: Orphan, name: ../../../escaped-secret"
+        )
+    );
+    std::fs::write(m.join("all.yaml"), text).unwrap();
+    let (code, stdout) = reconcile(&m, &out, &[]);
+    assert_ne!(code, 0);
+    assert!(stdout.contains("2 failed"), "{stdout}");
+    let all: Vec<String> = stamps(dir.path()).into_iter().map(|s| s.0).collect();
+    assert!(all.iter().all(|p| !p.contains("escaped")), "{all:?}");
+    let status = read_yaml(&out.join("team/renamed.externalsecret-status.yaml"));
+    assert!(
+        status["status"]["conditions"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("is not a Kubernetes object name"),
+        "{status}"
+    );
+    // OUT inside DIR: refused before anything is written.
+    let inside = m.join("out");
+    let (code, _) = reconcile(&m, &inside, &[]);
+    assert_ne!(code, 0);
+    assert!(!inside.exists());
+}
+
+/// `--interval`: passes repeat until SIGTERM; a manifest change shows in the next pass.
+#[test]
+fn interval_mode_follows_changes_until_terminated() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("manifests");
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(&m).unwrap();
+    std::fs::write(m.join("all.yaml"), docs(&[STORE, ES_KEPT])).unwrap();
+    let mut child = Command::new(server_bin())
+        .args(["reconcile", "--interval", "200ms", "--manifests"])
+        .arg(&m)
+        .arg("--output")
+        .arg(&out)
+        .spawn()
+        .unwrap();
+    let wait_for = |what: &dyn Fn() -> bool| {
+        for _ in 0..100 {
+            if what() {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        false
+    };
+    let secret = out.join("team/kept.yaml");
+    assert!(wait_for(&|| secret.exists()));
+    assert_eq!(secret_data(&secret)["api"], b"k1");
+    std::fs::write(
+        m.join("all.yaml"),
+        docs(&[STORE, &ES_KEPT.replace("key: app/api", "key: app/web")]),
+    )
+    .unwrap();
+    assert!(wait_for(&|| secret_data(&secret)
+        .get("api")
+        .map(Vec::as_slice)
+        == Some(b"k2")));
+    // SIGTERM ends it cleanly.
+    let _ = Command::new("kill").arg(child.id().to_string()).status();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+}

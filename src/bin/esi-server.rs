@@ -427,8 +427,11 @@ fn reconcile(args: ReconcileArgs) -> Result<()> {
         manifests: args.manifests,
         output: args.output,
         controller_class: args.controller_class,
+        // Other fields (client-side settings) keep their defaults.
+        #[allow(clippy::needless_update)]
         provider_settings: ProviderSettings {
             timeout: args.backend_timeout,
+            ..ProviderSettings::default()
         },
     };
     let interval = if args.once { None } else { args.interval };

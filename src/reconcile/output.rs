@@ -333,10 +333,14 @@ fn remove_file(path: &Path) -> std::io::Result<bool> {
 impl OutputReconciler {
     /// A reconciler of `opts`; refuses an OUT inside DIR or DIR inside OUT.
     pub fn new(opts: OutputOptions) -> Result<Self, OutputError> {
+        let existed = opts.output.exists();
         std::fs::create_dir_all(&opts.output).map_err(|e| io_error(&opts.output, e))?;
         let out = std::fs::canonicalize(&opts.output).map_err(|e| io_error(&opts.output, e))?;
         let dir = std::fs::canonicalize(&opts.manifests).unwrap_or_else(|_| opts.manifests.clone());
         if out.starts_with(&dir) || dir.starts_with(&out) {
+            if !existed {
+                let _ = std::fs::remove_dir(&opts.output);
+            }
             return Err(OutputError::Overlap {
                 output: opts.output.display().to_string(),
                 manifests: opts.manifests.display().to_string(),
@@ -447,6 +451,11 @@ impl OutputReconciler {
             let Some((namespace, name)) = id.split_once('/') else {
                 continue;
             };
+            if !safe_names(namespace, name)
+                || !(old.secret.is_empty() || sync::is_object_name(&old.secret))
+            {
+                continue;
+            }
             if policy::delete_when_external_secret_gone(old.creation_policy)
                 && old.secret_sha256.is_some()
             {
@@ -538,6 +547,14 @@ impl OutputReconciler {
         report: &mut RunReport,
     ) {
         let id = format!("{}/{}", es.namespace, es.name);
+        // Names become paths under OUT: only Kubernetes names, never `..` or `/`.
+        if !safe_names(&es.namespace, &es.name) {
+            report.failed.push((
+                id,
+                "invalid ExternalSecret: namespace or name is not a Kubernetes name (nothing written)".into(),
+            ));
+            return;
+        }
         let now_s = secs(now);
         let mut entry = state.external_secrets.get(&id).cloned().unwrap_or_default();
         let outcome = self
@@ -673,7 +690,9 @@ impl OutputReconciler {
 
         // A Secret previously written elsewhere by this ExternalSecret (target renamed) is
         // removed when it owned it (ESO's deleteOrphanedSecrets).
-        if entry.secret_sha256.is_some() && !entry.secret.is_empty() && entry.secret != secret_name
+        if entry.secret_sha256.is_some()
+            && sync::is_object_name(&entry.secret)
+            && entry.secret != secret_name
         {
             if entry.creation_policy == CreationPolicy::Owner {
                 let old = self.secret_path(&es.namespace, &entry.secret);
@@ -767,6 +786,11 @@ impl OutputReconciler {
     }
 }
 
+/// Whether a namespace and an object name are Kubernetes names (so, safe path components).
+fn safe_names(namespace: &str, name: &str) -> bool {
+    crate::generators::is_namespace_name(namespace) && sync::is_object_name(name)
+}
+
 /// An existing Secret's type and metadata with our labels and annotations over them.
 fn base_as_desired(
     base: &super::inventory::ExistingSecret,
@@ -807,6 +831,8 @@ pub async fn run(
         return reconciler.run_once(SystemTime::now()).await;
     };
     tokio::pin!(shutdown);
+    // Problems and pending revocations are logged when they change, not on every pass.
+    let mut logged: (Vec<LoadError>, Vec<String>) = (Vec::new(), Vec::new());
     loop {
         let report = reconciler.run_once(SystemTime::now()).await?;
         tracing::debug!(
@@ -814,6 +840,18 @@ pub async fn run(
             failed = report.failed.len(),
             "reconcile pass done"
         );
+        if logged.0 != report.problems {
+            for p in &report.problems {
+                tracing::warn!(problem = %p, "manifest problem");
+            }
+            logged.0 = report.problems.clone();
+        }
+        if logged.1 != report.revocation_failures {
+            for r in &report.revocation_failures {
+                tracing::warn!(credential = %r, "revocation pending; retried on the next pass");
+            }
+            logged.1 = report.revocation_failures.clone();
+        }
         tokio::select! {
             () = &mut shutdown => return Ok(report),
             () = tokio::time::sleep(interval) => {}
