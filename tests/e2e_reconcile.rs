@@ -662,6 +662,7 @@ fn interval_mode_follows_changes_until_terminated() {
         .arg(&m)
         .arg("--output")
         .arg(&out)
+        .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
     let wait_for = |what: &dyn Fn() -> bool| {
