@@ -17,6 +17,7 @@ pub mod ledger;
 pub mod logging;
 pub mod metrics;
 pub mod providers;
+pub mod remote;
 pub mod resources;
 pub mod runtime;
 pub mod source;
