@@ -20,6 +20,7 @@
 //! Errors ([`RemoteError`]) name the cause and the HTTP status, never a value, a token or
 //! the server's error body.
 
+pub mod spec;
 pub mod tls_explain;
 pub mod token;
 pub mod token_request;
@@ -291,8 +292,8 @@ impl RemoteClient {
             setting: settings.url_setting,
             reason: reason.to_string(),
         };
-        let base = reqwest::Url::parse(&settings.url)
-            .map_err(|e| url_err(&format!("not a URL ({e})")))?;
+        let base =
+            reqwest::Url::parse(&settings.url).map_err(|e| url_err(&format!("not a URL ({e})")))?;
         if base.cannot_be_a_base() || base.host().is_none() {
             return Err(url_err("not an absolute URL with a host"));
         }
@@ -431,12 +432,16 @@ impl RemoteClient {
     async fn read(&self, mut resp: reqwest::Response) -> Result<Zeroizing<Vec<u8>>, RemoteError> {
         let limit = self.max_answer_bytes;
         if resp.content_length().is_some_and(|n| n > limit as u64) {
-            return Err(RemoteError::Malformed("answer larger than the client's limit"));
+            return Err(RemoteError::Malformed(
+                "answer larger than the client's limit",
+            ));
         }
         let mut out = Zeroizing::new(Vec::new());
         while let Some(chunk) = resp.chunk().await.map_err(|e| self.classify(&e))? {
             if out.len() + chunk.len() > limit {
-                return Err(RemoteError::Malformed("answer larger than the client's limit"));
+                return Err(RemoteError::Malformed(
+                    "answer larger than the client's limit",
+                ));
             }
             out.extend_from_slice(&chunk);
         }
@@ -475,7 +480,13 @@ impl RemoteClient {
     ) -> Result<Zeroizing<String>, RemoteError> {
         let url = self.url_of(&["secretstore", store, "secrets", name])?;
         let resp = self
-            .send(reqwest::Method::POST, url, token, self.body(Default::default()), &[200])
+            .send(
+                reqwest::Method::POST,
+                url,
+                token,
+                self.body(Default::default()),
+                &[200],
+            )
             .await?;
         let body = self.read(resp).await?;
         // Parser errors are not shown: they can quote the input.
@@ -495,7 +506,13 @@ impl RemoteClient {
     ) -> Result<BTreeMap<String, Zeroizing<String>>, RemoteError> {
         let url = self.url_of(&["generators", namespace, kind, name])?;
         let resp = self
-            .send(reqwest::Method::POST, url, token, self.body(Default::default()), &[200])
+            .send(
+                reqwest::Method::POST,
+                url,
+                token,
+                self.body(Default::default()),
+                &[200],
+            )
             .await?;
         let body = self.read(resp).await?;
         let map: BTreeMap<String, serde_json::Value> = serde_json::from_slice(&body)
@@ -537,16 +554,18 @@ impl RemoteClient {
         decode(&answer.value.0)
     }
 
-    /// `POST /v1/secretstore/{store}/extract`: every property of `key`, as bytes.
+    /// `POST /v1/secretstore/{store}/extract`: every property of `key` (or of the object
+    /// at its `property`), as bytes.
     pub async fn extract(
         &self,
         token: &Token,
         store: &str,
         key: &str,
+        property: Option<&str>,
         version: Option<&str>,
     ) -> Result<BTreeMap<String, Zeroizing<Vec<u8>>>, RemoteError> {
         let url = self.url_of(&["v1", "secretstore", store, "extract"])?;
-        let body = self.body(remote_ref(key, None, version));
+        let body = self.body(remote_ref(key, property, version));
         let resp = self
             .send(reqwest::Method::POST, url, token, body, &[200])
             .await?;
@@ -592,7 +611,13 @@ impl RemoteClient {
     ) -> Result<Issued, RemoteError> {
         let url = self.url_of(&["v1", "generators", namespace, kind, name])?;
         let resp = self
-            .send(reqwest::Method::POST, url, token, self.body(Default::default()), &[200])
+            .send(
+                reqwest::Method::POST,
+                url,
+                token,
+                self.body(Default::default()),
+                &[200],
+            )
             .await?;
         let body = self.read(resp).await?;
         #[derive(Deserialize)]
@@ -809,7 +834,13 @@ mod tests {
         ] {
             let e = RemoteClient::new(&RemoteSettings::new(bad)).unwrap_err();
             assert!(
-                matches!(e, RemoteConfigError::Url { setting: "server.url", .. }),
+                matches!(
+                    e,
+                    RemoteConfigError::Url {
+                        setting: "server.url",
+                        ..
+                    }
+                ),
                 "{bad}: {e}"
             );
             assert!(!e.to_string().contains("pw"), "{e}");
@@ -824,6 +855,7 @@ mod tests {
         let mut s = RemoteSettings::new("https://h");
         s.trust.ca_pem = b"not a certificate".to_vec();
         s.trust.ca_label = Some("secret ns/ca".into());
+        s.trust.public_roots = false;
         let e = RemoteClient::new(&s).unwrap_err().to_string();
         assert!(e.starts_with("server.caRef (secret ns/ca): "), "{e}");
         let ca = rcgen::generate_simple_self_signed(vec!["x".into()]).unwrap();
