@@ -822,7 +822,7 @@ mod tests {
     }
 
     #[test]
-    fn only_https_urls_except_loopback() {
+    fn only_https_urls() {
         for bad in [
             "http://esi.example.com",
             "http://127.0.0.1:8080",
