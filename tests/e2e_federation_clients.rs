@@ -428,6 +428,61 @@ async fn service_account_tokens_come_from_the_token_source() {
     assert!(e.contains("auth.kubernetes needs Kubernetes mode"), "{e}");
 }
 
+/// Kubernetes mode: `auth.kubernetes.serviceAccountRef` tokens from the TokenRequest API
+/// (the fake API server signs them with the federation's key), with the configured
+/// audience, asked once and reused.
+#[tokio::test(flavor = "multi_thread")]
+async fn kubernetes_mode_tokens_come_from_the_token_request_api() {
+    use common::fake_kube::FakeKube;
+    let vault = FakeVault::start().await;
+    let server = start_server(&vault.url);
+    let fake = FakeKube::start().await;
+    fake.sign_tokens_with_fixture(ISS, "ec-1");
+    fake.apply(json!({"apiVersion": "v1", "kind": "ServiceAccount",
+        "metadata": {"name": "app", "namespace": "apps"}}));
+    let settings = ProviderSettings {
+        service_account_tokens: Some(Arc::new(esi::remote::token_request::KubeTokenRequest::new(
+            fake.client().await,
+        ))),
+        ..client_settings()
+    };
+    let secrets = client_secrets("unused", &server.ca_pem());
+    let block = |sa: &str| {
+        json!({
+            "server": {"url": server.url, "caRef": {"name": "fed", "key": "ca.crt"}},
+            "auth": {"kubernetes": {"serviceAccountRef": {"name": sa, "audiences": [AUD]}}},
+            "target": {"clusterSecretStoreName": "fake-store"}
+        })
+    };
+    let p = store(block("app"), &secrets, &settings);
+    for _ in 0..2 {
+        let v = p
+            .get_secret(&p.canonical_ref(&rr("bin", None)).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(v, AWKWARD.as_bytes());
+    }
+    let asked = fake
+        .requests()
+        .into_iter()
+        .filter(|r| {
+            r.method == "POST" && r.path == "/api/v1/namespaces/apps/serviceaccounts/app/token"
+        })
+        .count();
+    assert_eq!(asked, 1, "one token, reused");
+    // A ServiceAccount the cluster does not have: the error names it and the status.
+    let p = store(block("ghost"), &secrets, &settings);
+    let e = p
+        .get_secret(&p.canonical_ref(&rr("bin", None)).unwrap())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("TokenRequest for ServiceAccount apps/ghost failed: HTTP 404"),
+        "{e}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_server_refuses_an_externalsecrets_store() {
     let vault = FakeVault::start().await;
