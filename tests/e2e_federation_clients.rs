@@ -571,10 +571,29 @@ async fn the_federation_generator_issues_and_revokes_by_handle() {
     assert_eq!(vault.revoked(), ["fake/creds/0"]);
     // A state that is not a handle is not this generator's.
     assert_eq!(
-        g.revoke(&RevocationState(json!({"leaseId": "fake/creds/1"})))
+        g.revoke(&RevocationState(json!({"leaseId": "fake/creds/0"})))
             .await,
         Err(GeneratorError::NotRevocable)
     );
+
+    // The ESE calls of the shared client: generate (a JSON object of strings), then
+    // DELETE, which revokes what this identity was issued by that generator.
+    let mut settings = esi::remote::RemoteSettings::new(server.url.clone());
+    settings.trust.ca_pem = server.ca_pem();
+    settings.trust.public_roots = false;
+    let client = esi::remote::RemoteClient::new(&settings).unwrap();
+    let tok = Token::new(&token("apps", "app")).unwrap();
+    let out = client
+        .ese_generate(&tok, "apps", "VaultDynamicSecret", "creds")
+        .await
+        .unwrap();
+    assert_eq!(out["username"].as_str(), "user-1");
+    assert_eq!(out["password"].as_str(), AWKWARD);
+    client
+        .ese_revoke(&tok, "apps", "VaultDynamicSecret", "creds")
+        .await
+        .unwrap();
+    assert_eq!(vault.revoked(), ["fake/creds/0", "fake/creds/1"]);
 
     // A plain credential (Password): data, no handle.
     let g = federation_generator(&server, "Password", "pw");

@@ -12,7 +12,8 @@
 //! Calls (the server side is `crate::api`; the contract is `CONTRACT.md`):
 //! - ESE: [`RemoteClient::ese_secret`] (`POST /secretstore/{store}/secrets/{name}`, the
 //!   value as a JSON string, parsed: the quotes are not part of the value) and
-//!   [`RemoteClient::ese_generate`] (`POST /generators/{ns}/{kind}/{name}`).
+//!   [`RemoteClient::ese_generate`] (`POST /generators/{ns}/{kind}/{name}`),
+//!   [`RemoteClient::ese_revoke`] (`DELETE /generators/{ns}/{kind}/{name}`).
 //! - `/v1`, binary-safe (values travel base64-encoded): [`RemoteClient::get`],
 //!   [`RemoteClient::extract`], [`RemoteClient::find`], [`RemoteClient::issue`] (data and
 //!   the credential's handle), [`RemoteClient::renew`], [`RemoteClient::revoke`].
@@ -527,6 +528,27 @@ impl RemoteClient {
                 (k, Zeroizing::new(text))
             })
             .collect())
+    }
+
+    /// ESE `DELETE /generators/{namespace}/{kind}/{name}`: revokes every credential this
+    /// identity was issued by that generator (the server answers `null`).
+    pub async fn ese_revoke(
+        &self,
+        token: &Token,
+        namespace: &str,
+        kind: &str,
+        name: &str,
+    ) -> Result<(), RemoteError> {
+        let url = self.url_of(&["generators", namespace, kind, name])?;
+        self.send(
+            reqwest::Method::DELETE,
+            url,
+            token,
+            self.body(Default::default()),
+            &[200, 204],
+        )
+        .await
+        .map(drop)
     }
 
     /// `POST /v1/secretstore/{store}/get`: the bytes of `key` (its `property`, at
