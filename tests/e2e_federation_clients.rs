@@ -609,3 +609,134 @@ async fn the_federation_generator_issues_and_revokes_by_handle() {
         "{e}"
     );
 }
+
+/// The shared client against a server that misbehaves on purpose: each failure is its own
+/// typed error, with no value or token in its text; the token and `ca.crt` are sent; a
+/// redirect is not followed; answers and calls are bounded.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_client_types_every_failure() {
+    use axum::extract::{Path as AxPath, Request};
+    use axum::response::{IntoResponse, Response};
+    use esi::remote::{RemoteClient, RemoteError, RemoteSettings};
+    install_crypto();
+    let ca = test_ca();
+    async fn answer(AxPath(store): AxPath<String>, req: Request) -> Response {
+        use axum::http::StatusCode;
+        let auth = req
+            .headers()
+            .get("authorization")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        let body = axum::body::to_bytes(req.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        match store.as_str() {
+            "s429" => (
+                StatusCode::TOO_MANY_REQUESTS,
+                [("retry-after", "7")],
+                "slow down",
+            )
+                .into_response(),
+            "s503" => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "\"s3cr3t in an error body\"",
+            )
+                .into_response(),
+            "s403" => StatusCode::FORBIDDEN.into_response(),
+            "s413" => StatusCode::PAYLOAD_TOO_LARGE.into_response(),
+            "notb64" => axum::Json(json!({"value": "s3cr3t!"})).into_response(),
+            "string" => axum::Json(json!("s3cr3t")).into_response(),
+            "huge" => axum::Json(json!({"value": "A".repeat(5 << 20)})).into_response(),
+            "redirect" => (
+                StatusCode::FOUND,
+                [("location", "https://127.0.0.1:9/steal")],
+            )
+                .into_response(),
+            "slow" => {
+                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                StatusCode::OK.into_response()
+            }
+            _ => {
+                // Echo what arrived: the header and the body, base64 as the contract says.
+                let echo = json!({"authorization": auth, "body": serde_json::from_slice::<Value>(&body).unwrap()});
+                let b64 = base64::engine::general_purpose::STANDARD.encode(echo.to_string());
+                axum::Json(json!({"value": b64})).into_response()
+            }
+        }
+    }
+    let app = axum::Router::new().route("/v1/secretstore/{store}/get", axum::routing::post(answer));
+    let config = axum_server::tls_rustls::RustlsConfig::from_pem(
+        ca.cert_pem.clone().into_bytes(),
+        ca.key_pem.clone().into_bytes(),
+    )
+    .await
+    .unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        axum_server::from_tcp_rustls(listener, config)
+            .unwrap()
+            .serve(app.into_make_service())
+            .await
+            .unwrap();
+    });
+    let client_ca = test_ca().ca_pem;
+    let mut settings = RemoteSettings::new(format!("https://127.0.0.1:{port}"));
+    settings.trust.ca_pem = ca.ca_pem.clone().into_bytes();
+    settings.trust.public_roots = false;
+    settings.client_ca = Some(client_ca.clone().into_bytes());
+    settings.timeout = std::time::Duration::from_secs(1);
+    let client = RemoteClient::new(&settings).unwrap();
+    let tok = Token::new("tok.en.value").unwrap();
+    let get = |store: &'static str| {
+        let client = client.clone();
+        let tok = tok.clone();
+        async move { client.get(&tok, store, "k", Some("p"), None).await }
+    };
+
+    // What was sent.
+    let echo: Value = serde_json::from_slice(&get("echo").await.unwrap()).unwrap();
+    assert_eq!(echo["authorization"], "Bearer tok.en.value");
+    assert_eq!(
+        echo["body"]["remoteRef"],
+        json!({"key": "k", "property": "p"})
+    );
+    assert_eq!(
+        echo["body"]["ca.crt"],
+        base64::engine::general_purpose::STANDARD.encode(&client_ca)
+    );
+
+    let cases: Vec<(&'static str, RemoteError)> = vec![
+        (
+            "s429",
+            RemoteError::RateLimited {
+                retry_after: Some(std::time::Duration::from_secs(7)),
+            },
+        ),
+        ("s503", RemoteError::Server(503)),
+        ("s403", RemoteError::Forbidden),
+        ("s413", RemoteError::Rejected(413)),
+        ("notb64", RemoteError::Malformed("a value is not base64")),
+        (
+            "string",
+            RemoteError::Malformed("expected {\"value\": <base64>}"),
+        ),
+        (
+            "huge",
+            RemoteError::Malformed("answer larger than the client's limit"),
+        ),
+        ("redirect", RemoteError::Rejected(302)),
+        ("slow", RemoteError::Timeout),
+    ];
+    for (store, want) in cases {
+        let got = get(store).await.unwrap_err();
+        assert_eq!(got, want, "{store}");
+        let text = got.to_string();
+        assert!(
+            !text.contains("s3cr3t") && !text.contains("tok.en"),
+            "{text}"
+        );
+    }
+    assert!(RemoteError::Server(503).is_transient());
+}
