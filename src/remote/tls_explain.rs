@@ -343,6 +343,29 @@ mod tests {
             public_only.contains("only the public roots"),
             "{public_only}"
         );
+        // A store's pinned CA: the texts name its settings, and no public roots.
+        let store = TrustHint {
+            ca_file: Some("Secret apps/fed key ca.crt".into()),
+            ca_setting: "server.caRef",
+            url_setting: "server.url",
+            public_roots: false,
+        };
+        let pinned = explain(
+            &rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer),
+            "h",
+            &store,
+        );
+        assert!(
+            pinned.contains("server.caRef (Secret apps/fed key ca.crt) does not hold it"),
+            "{pinned}"
+        );
+        assert!(!pinned.contains("public roots"), "{pinned}");
+        let plain = explain(
+            &rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType),
+            "h",
+            &store,
+        );
+        assert!(plain.contains("the port in server.url"), "{plain}");
     }
 
     #[test]
