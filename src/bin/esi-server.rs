@@ -390,6 +390,7 @@ fn check(args: SourceArgs) -> Result<()> {
 async fn serve(args: ServeArgs) -> Result<()> {
     let provider_settings = ProviderSettings {
         timeout: args.backend_timeout,
+        ..ProviderSettings::default()
     };
     // The server's own namespace: its Lease and its ledger's GeneratorStates live there.
     let own_namespace = args
