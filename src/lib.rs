@@ -18,6 +18,7 @@ pub mod logging;
 pub mod metrics;
 pub mod providers;
 pub mod reconcile;
+pub mod remote;
 pub mod resources;
 pub mod runtime;
 pub mod source;

@@ -553,6 +553,7 @@ async fn silent_backend_times_out() {
         &mut vault,
         ProviderSettings {
             timeout: Duration::from_millis(500),
+            ..ProviderSettings::default()
         },
     );
     let started = std::time::Instant::now();

@@ -427,10 +427,11 @@ fn reconcile(args: ReconcileArgs) -> Result<()> {
         manifests: args.manifests,
         output: args.output,
         controller_class: args.controller_class,
-        // Other fields (client-side settings) keep their defaults.
-        #[allow(clippy::needless_update)]
+        // The reconciler is a client: `externalsecrets` stores and `Federation` generators
+        // are its to use (the federation server refuses them).
         provider_settings: ProviderSettings {
             timeout: args.backend_timeout,
+            client_side: true,
             ..ProviderSettings::default()
         },
     };
@@ -475,6 +476,7 @@ fn reconcile(args: ReconcileArgs) -> Result<()> {
 async fn serve(args: ServeArgs) -> Result<()> {
     let provider_settings = ProviderSettings {
         timeout: args.backend_timeout,
+        ..ProviderSettings::default()
     };
     // The server's own namespace: its Lease and its ledger's GeneratorStates live there.
     let own_namespace = args

@@ -18,7 +18,7 @@ pub mod fetch;
 pub mod files;
 pub mod inject;
 pub mod local;
-pub mod tls_explain;
+pub use crate::remote::tls_explain;
 pub mod value;
 
 use std::ffi::OsStr;

@@ -637,7 +637,9 @@ impl SnapshotBuilder {
                         },
                     }
                 }
-                ("generators.external-secrets.io", kind) if kind != "Federation" => {
+                ("generators.external-secrets.io", kind)
+                    if !generators::is_client_generator_kind(kind) =>
+                {
                     errors.push(error(
                         obj,
                         format!("generator kind {kind} is not supported by this server yet"),

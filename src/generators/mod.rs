@@ -11,6 +11,7 @@ mod aws;
 mod cluster;
 mod ecr;
 mod fake;
+mod federation;
 mod password;
 mod sshkey;
 mod sts;
@@ -33,6 +34,7 @@ use crate::resources::{SecretIndex, SecretRefError};
 pub use cluster::ClusterGenerator;
 pub use ecr::EcrAuthorizationTokenGenerator;
 pub use fake::FakeGenerator;
+pub use federation::FederationGenerator;
 pub use password::PasswordGenerator;
 pub use sshkey::SshKeyGenerator;
 pub use sts::StsSessionTokenGenerator;
@@ -224,6 +226,19 @@ pub enum GeneratorConfigError {
         /// What is wrong (field names only).
         reason: String,
     },
+    /// A client-side kind (`Federation`) in a process that is not a client
+    /// (`ProviderSettings::client_side` false: the federation server).
+    #[error(
+        "{kind} {namespace}/{name}: a {kind} generator is a client of another Federation Server; this server does not serve it"
+    )]
+    ClientSideOnly {
+        /// Generator kind.
+        kind: &'static str,
+        /// Generator namespace.
+        namespace: String,
+        /// Generator name.
+        name: String,
+    },
     /// A `…SecretRef` of the spec does not resolve (yet).
     #[error("{kind} {namespace}/{name}: {reason}")]
     SecretRef {
@@ -309,7 +324,18 @@ pub(crate) fn namespaced_kind(kind: &str) -> Option<&'static KindEntry> {
 /// The cluster-scoped kind: it has no namespace, whatever namespace a URL names.
 pub const CLUSTER_GENERATOR: &str = "ClusterGenerator";
 
-/// True for the generator kinds this build knows.
+/// The client-side kind: a generator of another Federation Server. Not among the kinds
+/// the server serves ([`is_generator_kind`] is false for it); only a client
+/// (`ProviderSettings::client_side`) builds it.
+pub const FEDERATION: &str = federation::KIND;
+
+/// True for kinds only a client of Federation Servers builds ([`FEDERATION`]).
+pub fn is_client_generator_kind(kind: &str) -> bool {
+    kind == FEDERATION
+}
+
+/// True for the generator kinds this build serves (the federation server's kinds; the
+/// client-side [`FEDERATION`] is not one of them).
 pub fn is_generator_kind(kind: &str) -> bool {
     kind == CLUSTER_GENERATOR || namespaced_kind(kind).is_some()
 }
@@ -472,6 +498,16 @@ pub(crate) fn build(
 ) -> Result<Arc<dyn Generator>, GeneratorConfigError> {
     if kind == CLUSTER_GENERATOR {
         return Ok(Arc::new(ClusterGenerator::from_spec(ctx, spec)?));
+    }
+    if kind == FEDERATION {
+        if !ctx.settings.client_side {
+            return Err(GeneratorConfigError::ClientSideOnly {
+                kind: FEDERATION,
+                namespace: ctx.namespace.to_string(),
+                name: ctx.name.to_string(),
+            });
+        }
+        return Ok(metered(FederationGenerator::from_spec(ctx, spec)?));
     }
     match namespaced_kind(kind) {
         Some(entry) => (entry.build)(ctx, spec),

@@ -6,6 +6,7 @@
 //! backend metrics. Errors of both enums are safe to show callers: they never hold a
 //! secret value or a token.
 
+mod externalsecrets;
 mod fake;
 mod metered;
 pub mod property;
@@ -20,6 +21,7 @@ use crate::resources::SecretIndex;
 use crate::resources::SecretRefError;
 use crate::resources::SecretStoreSpec;
 
+pub use externalsecrets::ExternalSecretsProvider;
 pub use fake::FakeProvider;
 pub use metered::Metered;
 pub use vault::VaultProvider;
@@ -46,17 +48,44 @@ pub struct FindRequest {
     pub tags: BTreeMap<String, String>,
 }
 
-/// Settings shared by every provider instance.
-#[derive(Clone, Debug)]
+/// Settings shared by every provider (and generator) instance.
+#[derive(Clone)]
 pub struct ProviderSettings {
     /// Bound on every single backend call (connect + answer).
     pub timeout: Duration,
+    /// Whether this process is a *client* of Federation Servers (the reconciler, tools),
+    /// which may build the client-side kinds: the `externalsecrets` store provider and
+    /// the `Federation` generator. False (the default, and what `serve` uses): they are
+    /// refused when the object loads ([`ProviderConfigError::ClientSideOnly`]). A server
+    /// serving such a store would decide on one spelling of a key while the remote server
+    /// canonicalizes (and decides on) another (`docs/security.md`, "Federation clients").
+    pub client_side: bool,
+    /// Where `auth.kubernetes.serviceAccountRef` tokens come from (Kubernetes mode: the
+    /// TokenRequest API, [`crate::remote::token_request::KubeTokenRequest`]). `None`
+    /// outside a cluster: a store or generator using it fails at use with a message
+    /// saying so.
+    pub service_account_tokens: Option<Arc<dyn crate::remote::ServiceAccountTokens>>,
+}
+
+impl std::fmt::Debug for ProviderSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProviderSettings")
+            .field("timeout", &self.timeout)
+            .field("client_side", &self.client_side)
+            .field(
+                "service_account_tokens",
+                &self.service_account_tokens.is_some(),
+            )
+            .finish()
+    }
 }
 
 impl Default for ProviderSettings {
     fn default() -> Self {
         ProviderSettings {
             timeout: Duration::from_secs(10),
+            client_side: false,
+            service_account_tokens: None,
         }
     }
 }
@@ -202,6 +231,17 @@ pub enum ProviderConfigError {
         /// What is unsupported.
         reason: String,
     },
+    /// A client-side provider (`externalsecrets`) in a process that is not a client
+    /// ([`ProviderSettings::client_side`] false: the federation server).
+    #[error(
+        "store {store}: the {provider} provider is a client of another Federation Server; this server does not serve it (it would decide on one spelling of a key while the remote server canonicalizes another); use it in the reconciler"
+    )]
+    ClientSideOnly {
+        /// Store name.
+        store: String,
+        /// Provider key.
+        provider: &'static str,
+    },
     /// A `…SecretRef` does not resolve.
     #[error("store {store}: {field}: {source}")]
     SecretRef {
@@ -333,6 +373,15 @@ pub fn build_provider(
     let provider: Arc<dyn SecretProvider> = match name.as_str() {
         "vault" => Arc::new(Metered::new(VaultProvider::from_spec(&ctx, block)?)),
         "fake" => Arc::new(Metered::new(FakeProvider::from_spec(&ctx, block)?)),
+        externalsecrets::PROVIDER if !settings.client_side => {
+            return Err(ProviderConfigError::ClientSideOnly {
+                store: store_name.to_string(),
+                provider: externalsecrets::PROVIDER,
+            });
+        }
+        externalsecrets::PROVIDER => Arc::new(Metered::new(ExternalSecretsProvider::from_spec(
+            &ctx, block,
+        )?)),
         other => {
             return Err(ProviderConfigError::UnknownProvider {
                 store: store_name.to_string(),

@@ -237,8 +237,11 @@ fn decode_data(
 }
 
 impl InventoryBuilder {
-    /// An empty builder; `settings` go to every provider and generator it builds.
-    pub fn new(settings: ProviderSettings) -> Self {
+    /// An empty builder; `settings` go to every provider and generator it builds, with
+    /// [`ProviderSettings::client_side`] set: the reconciler is a client, so the
+    /// `externalsecrets` provider and the `Federation` generator are its to use.
+    pub fn new(mut settings: ProviderSettings) -> Self {
+        settings.client_side = true;
         InventoryBuilder {
             settings,
             objects: BTreeMap::new(),

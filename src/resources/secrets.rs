@@ -163,7 +163,8 @@ impl SecretIndex {
 /// The Secrets (namespace, name) an object's `spec` references, for watching only those
 /// (Kubernetes mode). Every ESO and ESE reference to a Secret is a `SecretKeySelector`
 /// under a field named `secretRef` or ending in `SecretRef` (`auth.tokenSecretRef`,
-/// `accessKeyIDSecretRef`, a webhook generator's `secrets[].secretRef`), so this walks the
+/// `accessKeyIDSecretRef`, a webhook generator's `secrets[].secretRef`), or the
+/// `externalsecrets` provider's `server.caRef`, so this walks the
 /// spec and collects each such object's `name`, in its `namespace` or else the owner's.
 /// A reference the owner may not follow (another namespace than a namespaced owner's, or
 /// none for a cluster-scoped owner) is left out: [`SecretIndex::resolve`] refuses it
@@ -181,7 +182,8 @@ pub fn secret_references(
 pub const MAX_REFERENCE_DEPTH: usize = 32;
 
 fn is_secret_ref_field(field: &str) -> bool {
-    field == "secretRef" || field.ends_with("SecretRef")
+    // `caRef`: the `externalsecrets` provider's `server.caRef` (a Secret key with the CA).
+    field == "secretRef" || field == "caRef" || field.ends_with("SecretRef")
 }
 
 fn collect_references(
@@ -263,6 +265,16 @@ mod tests {
                 Some("ns")
             ),
             [pair("ns", "hook")]
+        );
+        // The externalsecrets provider's CA and token (a client's SecretStore).
+        assert_eq!(
+            refs(
+                json!({"provider": {"externalsecrets": {
+                    "server": {"url": "https://x", "caRef": {"name": "fed-ca", "key": "ca.crt"}},
+                    "auth": {"tokenSecretRef": {"name": "fed", "key": "token"}}}}}),
+                Some("apps")
+            ),
+            [pair("apps", "fed"), pair("apps", "fed-ca")]
         );
         // Bounded depth: a hostile spec nested beyond the limit is not walked further.
         let mut deep = json!({"tokenSecretRef": {"name": "deep", "key": "k"}});

@@ -642,7 +642,10 @@ mod tests {
 
     fn build_with(block: Value, timeout: Duration) -> Result<VaultProvider, ProviderConfigError> {
         let secrets = secrets();
-        let settings = ProviderSettings { timeout };
+        let settings = ProviderSettings {
+            timeout,
+            ..ProviderSettings::default()
+        };
         let ctx = BuildContext {
             store: "vault-store",
             namespace: None,

@@ -7,27 +7,54 @@
 
 use rustls::{AlertDescription, CertificateError};
 
-/// What the client trusted, for hints.
-#[derive(Debug, Clone, Default)]
+/// What the client trusted, for hints, and how its user names the settings involved.
+#[derive(Debug, Clone)]
 pub struct TrustHint {
-    /// The `--federated-ca-crt` file in use, if one was read.
+    /// The CA file (or field) in use, if one was read.
     pub ca_file: Option<String>,
+    /// The setting that gives the CA: `--federated-ca-crt` (esi-cli, the default) or
+    /// `server.caRef` (an `externalsecrets` store, a `Federation` generator).
+    pub ca_setting: &'static str,
+    /// The setting that gives the server's URL (`--federated-server-url`, `server.url`).
+    pub url_setting: &'static str,
+    /// Whether the public (webpki) roots are trusted besides the CA (esi-cli: yes; a store
+    /// or generator with a CA: no, the CA is pinned).
+    pub public_roots: bool,
+}
+
+impl Default for TrustHint {
+    fn default() -> Self {
+        TrustHint {
+            ca_file: None,
+            ca_setting: "--federated-ca-crt",
+            url_setting: "--federated-server-url",
+            public_roots: true,
+        }
+    }
 }
 
 impl TrustHint {
     fn trusted(&self) -> String {
-        match &self.ca_file {
-            Some(f) => format!("neither --federated-ca-crt ({f}) nor the public roots hold it"),
-            None => "no --federated-ca-crt file was read, so only the public roots are trusted"
-                .to_string(),
+        match (&self.ca_file, self.public_roots) {
+            (Some(f), true) => format!(
+                "neither {} ({f}) nor the public roots hold it",
+                self.ca_setting
+            ),
+            (Some(f), false) => format!("{} ({f}) does not hold it", self.ca_setting),
+            (None, _) => format!(
+                "no {} was given, so only the public roots are trusted",
+                self.ca_setting
+            ),
         }
     }
 
     fn add_ca(&self) -> String {
         match &self.ca_file {
             Some(f) => format!("add the CA that issued the server's certificate to {f}"),
-            None => "pass the CA that issued the server's certificate with --federated-ca-crt"
-                .to_string(),
+            None => format!(
+                "pass the CA that issued the server's certificate with {}",
+                self.ca_setting
+            ),
         }
     }
 }
@@ -44,7 +71,8 @@ pub fn explain(err: &rustls::Error, host: &str, hint: &TrustHint) -> String {
             "the server at {host} offers no TLS version or cipher suite this client accepts (TLS 1.2 or 1.3 with ECDHE and AES-GCM or ChaCha20-Poly1305). Fix: enable TLS 1.2+ with modern suites on the server"
         ),
         rustls::Error::InvalidMessage(_) | rustls::Error::InappropriateMessage { .. } => format!(
-            "{host} did not answer with TLS: is the port in --federated-server-url a plain-HTTP port, or is a proxy in between? Fix: use the server's HTTPS address"
+            "{host} did not answer with TLS: is the port in {} a plain-HTTP port, or is a proxy in between? Fix: use the server's HTTPS address",
+            hint.url_setting
         ),
         rustls::Error::PeerMisbehaved(_) | rustls::Error::InappropriateHandshakeMessage { .. } => {
             format!(
@@ -103,7 +131,8 @@ fn certificate(c: &CertificateError, host: &str, hint: &TrustHint) -> String {
                 _ => String::new(),
             };
             format!(
-                "the server's certificate is not valid for {host}, the host in --federated-server-url{names}. Fix: call the server by a name its certificate lists, or reissue the certificate with subjectAltName DNS:{host} (IP:{host} for an address)"
+                "the server's certificate is not valid for {host}, the host in {}{names}. Fix: call the server by a name its certificate lists, or reissue the certificate with subjectAltName DNS:{host} (IP:{host} for an address)",
+                hint.url_setting
             )
         }
         CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
@@ -169,12 +198,12 @@ fn webpki_text(name: &str, host: &str, hint: &TrustHint) -> String {
 fn alert_text(alert: AlertDescription, host: &str) -> String {
     match alert {
         AlertDescription::CertificateRequired => format!(
-            "the server at {host} requires a client certificate (mutual TLS, e.g. esi-server --client-ca), and esi-cli does not send one. Fix: call a listener of the server that does not require client certificates"
+            "the server at {host} requires a client certificate (mutual TLS, e.g. esi-server --client-ca), and this client does not send one. Fix: call a listener of the server that does not require client certificates"
         ),
         AlertDescription::HandshakeFailure
         | AlertDescription::ProtocolVersion
         | AlertDescription::InsufficientSecurity => format!(
-            "the server at {host} refused the handshake ({alert:?}): it has no TLS version or cipher suite in common with this client (TLS 1.2/1.3, ECDHE with AES-GCM or ChaCha20-Poly1305), or it requires a client certificate, which esi-cli does not send. Fix: enable modern TLS on the server, or use a listener without client certificates"
+            "the server at {host} refused the handshake ({alert:?}): it has no TLS version or cipher suite in common with this client (TLS 1.2/1.3, ECDHE with AES-GCM or ChaCha20-Poly1305), or it requires a client certificate, which this client does not send. Fix: enable modern TLS on the server, or use a listener without client certificates"
         ),
         AlertDescription::UnknownCA | AlertDescription::BadCertificate => format!(
             "the server at {host} refused this client's certificate ({alert:?}). Fix: call a listener of the server that does not require client certificates"
@@ -211,6 +240,7 @@ mod tests {
     fn hint() -> TrustHint {
         TrustHint {
             ca_file: Some("/var/run/ca.crt".into()),
+            ..TrustHint::default()
         }
     }
 
@@ -313,6 +343,29 @@ mod tests {
             public_only.contains("only the public roots"),
             "{public_only}"
         );
+        // A store's pinned CA: the texts name its settings, and no public roots.
+        let store = TrustHint {
+            ca_file: Some("Secret apps/fed key ca.crt".into()),
+            ca_setting: "server.caRef",
+            url_setting: "server.url",
+            public_roots: false,
+        };
+        let pinned = explain(
+            &rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer),
+            "h",
+            &store,
+        );
+        assert!(
+            pinned.contains("server.caRef (Secret apps/fed key ca.crt) does not hold it"),
+            "{pinned}"
+        );
+        assert!(!pinned.contains("public roots"), "{pinned}");
+        let plain = explain(
+            &rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType),
+            "h",
+            &store,
+        );
+        assert!(plain.contains("the port in server.url"), "{plain}");
     }
 
     #[test]

@@ -1,0 +1,177 @@
+//! ServiceAccount tokens from the Kubernetes TokenRequest API, for stores and generators
+//! with `auth.kubernetes.serviceAccountRef` (Kubernetes mode passes a [`KubeTokenRequest`]
+//! in `ProviderSettings::service_account_tokens`).
+//!
+//! `POST /api/v1/namespaces/{ns}/serviceaccounts/{name}/token` with the configured
+//! audiences and a short life ([`TOKEN_LIFETIME`]); each token is reused until 80 % of its
+//! life has passed, then a new one is asked for. The cache is bounded
+//! ([`MAX_CACHED_TOKENS`]) and holds tokens only in memory.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::ServiceAccount;
+
+use super::token::{ServiceAccountTokens, Token, TokenError};
+
+/// Life asked for each token (the API server's minimum is 10 minutes).
+pub const TOKEN_LIFETIME: Duration = Duration::from_secs(600);
+/// Share of a token's life after which a new one is asked for.
+const RENEW_AT: f64 = 0.8;
+/// Most (namespace, ServiceAccount, audiences) tokens kept at once.
+pub const MAX_CACHED_TOKENS: usize = 1024;
+
+type Key = (String, String, Vec<String>);
+
+/// A cache of tokens by (namespace, ServiceAccount, audiences), each good until its
+/// renewal time.
+#[derive(Default)]
+struct Cache {
+    entries: Mutex<HashMap<Key, (Token, Instant)>>,
+}
+
+impl Cache {
+    fn get(&self, key: &Key, now: Instant) -> Option<Token> {
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries
+            .get(key)
+            .filter(|(_, until)| now < *until)
+            .map(|(t, _)| t.clone())
+    }
+
+    /// Keeps `token` until `RENEW_AT` of `lifetime` from `now`; drops expired entries
+    /// first, and everything when still full (bounded).
+    fn put(&self, key: Key, token: Token, lifetime: Duration, now: Instant) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if entries.len() >= MAX_CACHED_TOKENS {
+            entries.retain(|_, (_, until)| now < *until);
+            if entries.len() >= MAX_CACHED_TOKENS {
+                entries.clear();
+            }
+        }
+        entries.insert(key, (token, now + lifetime.mul_f64(RENEW_AT)));
+    }
+}
+
+/// Tokens from the TokenRequest API of the cluster `client` talks to. The server's
+/// ServiceAccount needs `create` on `serviceaccounts/token` for the ServiceAccounts named.
+pub struct KubeTokenRequest {
+    client: kube::Client,
+    cache: Cache,
+}
+
+impl std::fmt::Debug for KubeTokenRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeTokenRequest").finish_non_exhaustive()
+    }
+}
+
+impl KubeTokenRequest {
+    /// Tokens through `client`.
+    pub fn new(client: kube::Client) -> Self {
+        KubeTokenRequest {
+            client,
+            cache: Cache::default(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl ServiceAccountTokens for KubeTokenRequest {
+    async fn token(
+        &self,
+        namespace: &str,
+        service_account: &str,
+        audiences: &[String],
+    ) -> Result<Token, TokenError> {
+        let key: Key = (
+            namespace.to_string(),
+            service_account.to_string(),
+            audiences.to_vec(),
+        );
+        if let Some(t) = self.cache.get(&key, Instant::now()) {
+            return Ok(t);
+        }
+        let api: kube::Api<ServiceAccount> = kube::Api::namespaced(self.client.clone(), namespace);
+        let request = TokenRequest {
+            spec: TokenRequestSpec {
+                audiences: audiences.to_vec(),
+                expiration_seconds: Some(TOKEN_LIFETIME.as_secs() as i64),
+                bound_object_ref: None,
+            },
+            ..TokenRequest::default()
+        };
+        let asked = Instant::now();
+        let answer = api
+            .create_token_request(service_account, &Default::default(), &request)
+            .await
+            .map_err(|e| {
+                let why = match &e {
+                    kube::Error::Api(s) => format!("HTTP {} {}", s.code, s.reason),
+                    _ => "the Kubernetes API could not be reached".to_string(),
+                };
+                TokenError::Unavailable(format!(
+                    "TokenRequest for ServiceAccount {namespace}/{service_account} failed: {why}"
+                ))
+            })?;
+        let status = answer.status.ok_or_else(|| {
+            TokenError::Unavailable(format!(
+                "TokenRequest for ServiceAccount {namespace}/{service_account} answered no token"
+            ))
+        })?;
+        let token = Token::new(&status.token)?;
+        // The life granted may be shorter than asked (the API server caps it).
+        let lifetime = std::time::SystemTime::from(status.expiration_timestamp.0)
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default()
+            .min(TOKEN_LIFETIME);
+        self.cache.put(key, token.clone(), lifetime, asked);
+        Ok(token)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(sa: &str) -> Key {
+        ("ns".into(), sa.into(), vec!["aud".into()])
+    }
+
+    #[test]
+    fn tokens_are_reused_until_eighty_percent_of_their_life() {
+        let c = Cache::default();
+        let now = Instant::now();
+        c.put(
+            key("a"),
+            Token::new("t1").unwrap(),
+            Duration::from_secs(600),
+            now,
+        );
+        assert!(c.get(&key("a"), now + Duration::from_secs(479)).is_some());
+        assert!(c.get(&key("a"), now + Duration::from_secs(480)).is_none());
+        assert!(c.get(&key("b"), now).is_none());
+        // Another audience is another token.
+        assert!(
+            c.get(&("ns".into(), "a".into(), vec!["other".into()]), now)
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn the_cache_is_bounded() {
+        let c = Cache::default();
+        let now = Instant::now();
+        for i in 0..MAX_CACHED_TOKENS + 10 {
+            c.put(
+                key(&format!("sa-{i}")),
+                Token::new("t").unwrap(),
+                Duration::from_secs(600),
+                now,
+            );
+        }
+        assert!(c.entries.lock().unwrap().len() <= MAX_CACHED_TOKENS);
+    }
+}
