@@ -691,3 +691,247 @@ fn interval_mode_follows_changes_until_terminated() {
     let status = child.wait().unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+/// The issue's case: an ExternalSecret on a client instance whose store is the
+/// `externalsecrets` provider (a real `esi-server` over HTTPS) gets the Secret with the right
+/// bytes, binary included; a key the server denies yields `Ready=False` and no Secret; a
+/// `Federation` generator's credential is revoked at the server (its DELETE, which revokes
+/// the backend lease) when its ExternalSecret goes.
+mod federation_client {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    const AUD: &str = "https://esi-federation.example.com";
+    const ISS: &str = "https://kubernetes.default.svc.cluster.local";
+    const AWKWARD: &str = "\"quoted\" \\back\\slash \u{0}\u{1}\u{1f}\r\n\u{7f}é€😀 \t ";
+
+    /// A Vault that issues leases (`POST /v1/fake/creds`) and records revocations.
+    async fn fake_vault() -> (String, Arc<Mutex<Vec<String>>>) {
+        use axum::routing::{post, put};
+        let revoked = Arc::new(Mutex::new(Vec::new()));
+        let counter = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = revoked.clone();
+        let app = axum::Router::new()
+            .route(
+                "/v1/fake/creds",
+                post(move || {
+                    let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    async move {
+                        axum::Json(json!({
+                            "lease_id": format!("fake/creds/{n}"),
+                            "lease_duration": 3600,
+                            "data": {"username": format!("user-{n}"), "password": AWKWARD}
+                        }))
+                    }
+                }),
+            )
+            .route(
+                "/v1/sys/leases/revoke",
+                put(move |axum::Json(body): axum::Json<Value>| {
+                    let seen = seen.clone();
+                    async move {
+                        seen.lock()
+                            .unwrap()
+                            .push(body["lease_id"].as_str().unwrap_or_default().to_string());
+                        axum::http::StatusCode::NO_CONTENT
+                    }
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (url, revoked)
+    }
+
+    /// A YAML double-quoted scalar: every control character escaped (YAML refuses DEL and
+    /// others raw).
+    fn quoted(text: &str) -> String {
+        let mut out = String::from("\"");
+        for c in text.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+        out
+    }
+
+    fn server(vault_url: &str) -> Server {
+        let config = json!({"user": "u", "pass": "p\"q\\"}).to_string();
+        let manifests = vec![
+            ("federation.yaml", static_federation(ISS, AUD)),
+            (
+                "authorization.yaml",
+                r#"apiVersion: federation.external-secrets.io/v1alpha1
+kind: Authorization
+metadata: {name: allow-app}
+spec:
+  federationRef: {kind: KubernetesFederation, name: alpha}
+  subject:
+    oidc: {issuer: "https://kubernetes.default.svc.cluster.local", subject: "system:serviceaccount:apps:app"}
+  allowedClusterSecretStores: [fake-store]
+  allowedGenerators:
+    - {name: creds, kind: VaultDynamicSecret, namespace: apps}
+"#
+                .to_string(),
+            ),
+            (
+                "stores.yaml",
+                format!(
+                    r#"apiVersion: external-secrets.io/v1
+kind: ClusterSecretStore
+metadata: {{name: fake-store}}
+spec:
+  provider:
+    fake:
+      data:
+        - {{key: bin, value: {}}}
+        - {{key: blob, value: "AP+A/w=="}}
+        - {{key: app/config, value: {}}}
+        - {{key: app/other, value: other-value}}
+        - {{key: forbidden, value: not-for-this-app}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: vault-token, namespace: apps}}
+stringData: {{token: t}}
+---
+apiVersion: generators.external-secrets.io/v1alpha1
+kind: VaultDynamicSecret
+metadata: {{name: creds, namespace: apps}}
+spec:
+  method: POST
+  path: fake/creds
+  provider:
+    server: {vault_url}
+    auth:
+      tokenSecretRef: {{name: vault-token, key: token}}
+"#,
+                    quoted(AWKWARD),
+                    quoted(&config)
+                ),
+            ),
+        ];
+        Server::start(
+            &manifests,
+            &[(
+                "deny-forbidden.cedar",
+                r#"@id("deny-forbidden")
+forbid(principal, action, resource) when { resource has key && resource.key == "forbidden" };"#,
+            )],
+        )
+    }
+
+    fn client_manifests(server: &Server, with_creds: bool) -> String {
+        let token = mint("ec-1", &sa_claims(ISS, AUD, "apps", "app"), None);
+        let ca = String::from_utf8(server.ca_pem()).unwrap();
+        let url = &server.url;
+        let mut text = format!(
+            r#"apiVersion: v1
+kind: Secret
+metadata: {{name: fed, namespace: apps}}
+stringData: {{token: {token}, ca.crt: {ca}}}
+---
+apiVersion: external-secrets.io/v1
+kind: SecretStore
+metadata: {{name: remote, namespace: apps}}
+spec:
+  provider:
+    externalsecrets:
+      server: {{url: "{url}", caRef: {{name: fed, key: ca.crt}}}}
+      auth: {{tokenSecretRef: {{name: fed, key: token}}}}
+      target: {{clusterSecretStoreName: fake-store}}
+---
+apiVersion: generators.external-secrets.io/v1alpha1
+kind: Federation
+metadata: {{name: fed-creds, namespace: apps}}
+spec:
+  server: {{url: "{url}", caRef: {{name: fed, key: ca.crt}}}}
+  generator: {{namespace: apps, kind: VaultDynamicSecret, name: creds}}
+  auth: {{tokenSecretRef: {{name: fed, key: token}}}}
+---
+apiVersion: external-secrets.io/v1
+kind: ExternalSecret
+metadata: {{name: app, namespace: apps}}
+spec:
+  secretStoreRef: {{name: remote}}
+  data:
+    - {{secretKey: awkward, remoteRef: {{key: bin}}}}
+    - {{secretKey: pass, remoteRef: {{key: app/config, property: pass}}}}
+    - {{secretKey: binary, remoteRef: {{key: blob, decodingStrategy: Base64}}}}
+  dataFrom:
+    - find: {{path: app/}}
+---
+apiVersion: external-secrets.io/v1
+kind: ExternalSecret
+metadata: {{name: denied, namespace: apps}}
+spec:
+  secretStoreRef: {{name: remote}}
+  data: [{{secretKey: x, remoteRef: {{key: forbidden}}}}]
+"#,
+            token = quoted(&token),
+            ca = quoted(&ca),
+        );
+        if with_creds {
+            text.push_str(
+                "---\napiVersion: external-secrets.io/v1\nkind: ExternalSecret\nmetadata: {name: creds, namespace: apps}\nspec:\n  dataFrom:\n    - sourceRef: {generatorRef: {apiVersion: generators.external-secrets.io/v1alpha1, kind: Federation, name: fed-creds}}\n",
+            );
+        }
+        text
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn external_secrets_store_and_federation_generator() {
+        let (vault_url, revoked) = fake_vault().await;
+        let server = server(&vault_url);
+        let dir = tempfile::tempdir().unwrap();
+        let m = dir.path().join("manifests");
+        let out = dir.path().join("out");
+        std::fs::create_dir_all(&m).unwrap();
+        std::fs::write(m.join("client.yaml"), client_manifests(&server, true)).unwrap();
+        let run = |m: std::path::PathBuf, out: std::path::PathBuf| async move {
+            tokio::task::spawn_blocking(move || reconcile(&m, &out, &[]))
+                .await
+                .unwrap()
+        };
+        let (code, stdout) = run(m.clone(), out.clone()).await;
+        assert_ne!(code, 0, "the denied ExternalSecret fails the run: {stdout}");
+
+        let data = secret_data(&out.join("apps/app.yaml"));
+        assert_eq!(data["awkward"], AWKWARD.as_bytes(), "byte for byte");
+        assert_eq!(data["pass"], b"p\"q\\");
+        assert_eq!(data["binary"], [0x00, 0xff, 0x80, 0xff]);
+        assert_eq!(data["app_other"], b"other-value");
+        let config: Value = serde_json::from_slice(&data["app_config"]).unwrap();
+        assert_eq!(config["user"], "u");
+        assert_eq!(data.len(), 5, "{:?}", data.keys());
+
+        assert!(!out.join("apps/denied.yaml").exists());
+        let (status, reason, message) = ready(&out.join("apps/denied.externalsecret-status.yaml"));
+        assert_eq!(
+            (status.as_str(), reason.as_str()),
+            ("False", "SecretSyncedError")
+        );
+        assert!(
+            message.contains("(key: forbidden)") && message.contains("secret not found"),
+            "{message}"
+        );
+        assert!(!message.contains("not-for-this-app"));
+
+        let creds = secret_data(&out.join("apps/creds.yaml"));
+        assert_eq!(creds["username"], b"user-0");
+        assert_eq!(creds["password"], AWKWARD.as_bytes());
+        assert!(revoked.lock().unwrap().is_empty());
+
+        // The generated credential's ExternalSecret goes: the client DELETEs it at the
+        // server, which revokes the lease.
+        std::fs::write(m.join("client.yaml"), client_manifests(&server, false)).unwrap();
+        let (_, stdout) = run(m.clone(), out.clone()).await;
+        assert!(!out.join("apps/creds.yaml").exists(), "{stdout}");
+        assert_eq!(*revoked.lock().unwrap(), ["fake/creds/0"]);
+        assert!(!stdout.contains("revocation pending"), "{stdout}");
+    }
+}

@@ -472,7 +472,10 @@ impl InventoryBuilder {
                         },
                     );
                 }
-                (GENERATORS_GROUP, kind) if generators::is_generator_kind(kind) => {
+                (GENERATORS_GROUP, kind)
+                    if generators::is_generator_kind(kind)
+                        || generators::is_client_generator_kind(kind) =>
+                {
                     let namespace = if generators::is_cluster_scoped(kind) {
                         String::new()
                     } else {
