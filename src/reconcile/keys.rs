@@ -15,6 +15,7 @@ use crate::resources::external_secret::{
 };
 
 use super::SyncError;
+use super::template::TemplateRenderer;
 
 /// Fetched data: Secret key → raw bytes.
 pub type DataMap = BTreeMap<String, Vec<u8>>;
@@ -147,9 +148,15 @@ pub fn validate_keys(mut map: DataMap, what: &str) -> Result<DataMap, SyncError>
     Ok(map)
 }
 
-/// Applies `rewrite` operations in order (ESO's `RewriteMap`). `transform` needs the
-/// template engine and is refused until it is wired in.
-pub fn rewrite_map(ops: &[Rewrite], mut map: DataMap, what: &str) -> Result<DataMap, SyncError> {
+/// Applies `rewrite` operations in order (ESO's `RewriteMap`). `transform` renders each
+/// key with `renderer` (ESO: template `transform` over `{value: key}`); without one it is
+/// refused.
+pub fn rewrite_map(
+    ops: &[Rewrite],
+    mut map: DataMap,
+    what: &str,
+    renderer: Option<&dyn TemplateRenderer>,
+) -> Result<DataMap, SyncError> {
     for (i, op) in ops.iter().enumerate() {
         let at = format!("{what}.rewrite[{i}]");
         let fail = |reason: String| SyncError::Rewrite {
@@ -159,10 +166,32 @@ pub fn rewrite_map(ops: &[Rewrite], mut map: DataMap, what: &str) -> Result<Data
         map = match (&op.regexp, &op.transform, &op.merge) {
             (None, None, Some(m)) => rewrite_merge(m, map).map_err(fail)?,
             (Some(r), None, None) => rewrite_regexp(r, map, &at)?,
-            (None, Some(_), None) => {
-                return Err(SyncError::Unsupported(format!(
-                    "{at}.transform needs the template engine, which this build does not have yet"
-                )));
+            (None, Some(t), None) => {
+                let Some(renderer) = renderer else {
+                    return Err(SyncError::Unsupported(format!(
+                        "{at}.transform needs the template engine, which this build does not have yet"
+                    )));
+                };
+                let mut out = DataMap::new();
+                for (k, v) in map {
+                    let scope: DataMap = [("value".to_string(), k.into_bytes())].into();
+                    let key = renderer
+                        .render("transform", &t.template, &scope)
+                        .map_err(&fail)
+                        .and_then(|b| {
+                            String::from_utf8(b)
+                                .map_err(|_| fail("transform output is not UTF-8".into()))
+                        })?;
+                    if out.contains_key(&key) {
+                        return Err(SyncError::KeyCollision {
+                            what: at.clone(),
+                            step: "transform".into(),
+                            key,
+                        });
+                    }
+                    out.insert(key, v);
+                }
+                out
             }
             _ => return Err(fail("set exactly one of regexp, transform, merge".into())),
         };
@@ -407,26 +436,39 @@ mod tests {
             &[regexp("^app/", ""), regexp("/", "_")],
             input.clone(),
             "spec.dataFrom[0]",
+            None,
         )
         .unwrap();
         assert_eq!(out, map(&[("db_user", "u"), ("db_pass", "p")]));
         // In the other order the first rewrite has consumed the prefix's slash.
-        let out =
-            rewrite_map(&[regexp("/", "_"), regexp("^app/", "")], input.clone(), "d").unwrap();
+        let out = rewrite_map(
+            &[regexp("/", "_"), regexp("^app/", "")],
+            input.clone(),
+            "d",
+            None,
+        )
+        .unwrap();
         assert_eq!(out, map(&[("app_db_user", "u"), ("app_db_pass", "p")]));
         // Groups expand as in Go (`${1}`, named groups).
         let out = rewrite_map(
             &[regexp("^app/(?P<rest>.*)$", "x-${rest}")],
             input.clone(),
             "d",
+            None,
         )
         .unwrap();
         assert!(out.contains_key("x-db/user"));
         // Collisions and bad regexps are errors naming the operation.
-        let err =
-            rewrite_map(&[regexp(".*", "same")], input.clone(), "spec.dataFrom[1]").unwrap_err();
+        let err = rewrite_map(
+            &[regexp(".*", "same")],
+            input.clone(),
+            "spec.dataFrom[1]",
+            None,
+        )
+        .unwrap_err();
         assert!(matches!(err, SyncError::KeyCollision { .. }), "{err}");
-        let err = rewrite_map(&[regexp("(", "x")], input.clone(), "spec.dataFrom[1]").unwrap_err();
+        let err =
+            rewrite_map(&[regexp("(", "x")], input.clone(), "spec.dataFrom[1]", None).unwrap_err();
         assert!(
             err.to_string().contains("spec.dataFrom[1].rewrite[0]"),
             "{err}"
@@ -437,9 +479,33 @@ mod tests {
             ..Default::default()
         };
         assert!(matches!(
-            rewrite_map(&[t], input, "d"),
+            rewrite_map(&[t], input, "d", None),
             Err(SyncError::Unsupported(_))
         ));
+    }
+
+    #[test]
+    fn rewrite_transform_renders_each_key() {
+        use crate::reconcile::template::tests::Substitute;
+        let t = |tpl: &str| Rewrite {
+            transform: Some(crate::resources::external_secret::RewriteTransform {
+                template: tpl.into(),
+            }),
+            ..Default::default()
+        };
+        let input = map(&[("db", "1"), ("api", "2")]);
+        let out = rewrite_map(
+            &[t("pre-{{ .value }}"), regexp("-", "_")],
+            input.clone(),
+            "d",
+            Some(&Substitute),
+        )
+        .unwrap();
+        assert_eq!(out, map(&[("pre_db", "1"), ("pre_api", "2")]));
+        let err = rewrite_map(&[t("same")], input.clone(), "d", Some(&Substitute)).unwrap_err();
+        assert!(matches!(err, SyncError::KeyCollision { .. }), "{err}");
+        let err = rewrite_map(&[t("{{ .nope }}")], input, "d", Some(&Substitute)).unwrap_err();
+        assert!(err.to_string().contains("d.rewrite[0]"), "{err}");
     }
 
     #[test]

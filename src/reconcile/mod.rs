@@ -22,6 +22,7 @@ pub mod policy;
 pub mod rollout;
 pub mod stores;
 pub mod sync;
+pub mod template;
 
 pub use error::{REASON_DELETED, REASON_MISSING, REASON_SYNCED, REASON_SYNCED_ERROR, SyncError};
 pub use inventory::{ExternalSecretObject, Inventory, InventoryBuilder};

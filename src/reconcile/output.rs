@@ -419,6 +419,7 @@ impl OutputReconciler {
         };
         let opts = SyncOptions {
             controller_class: self.opts.controller_class.clone(),
+            templates: super::template::engine(),
         };
         let now_s = secs(now);
         let mut seen: HashSet<String> = HashSet::new();

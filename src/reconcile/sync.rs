@@ -20,6 +20,7 @@ use super::SyncError;
 use super::inventory::{ExistingSecret, ExternalSecretObject, Inventory, StoreId};
 use super::keys::{self, DataMap};
 use super::stores;
+use super::template::{self, TemplateRenderer};
 
 /// Kubernetes' limit on a Secret's data (bytes of keys and values).
 pub const MAX_SECRET_BYTES: usize = 1024 * 1024;
@@ -34,10 +35,22 @@ pub const ANNOTATION_DATA_HASH: &str = "reconcile.external-secrets.io/data-hash"
 pub const EXTERNAL_SECRET_API_VERSION: &str = "external-secrets.io/v1";
 
 /// What `sync` needs besides the ExternalSecret and the inventory.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct SyncOptions {
     /// `--controller-class`: stores of another class are not ours.
     pub controller_class: String,
+    /// The template engine for `target.template` and `rewrite[].transform`; `None` (this
+    /// build, until the engine is wired in): such an ExternalSecret fails as unsupported.
+    pub templates: Option<Arc<dyn TemplateRenderer>>,
+}
+
+impl std::fmt::Debug for SyncOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncOptions")
+            .field("controller_class", &self.controller_class)
+            .field("templates", &self.templates.is_some())
+            .finish()
+    }
 }
 
 /// A credential a generator issued during a sync, with what revokes it. Recorded by the
@@ -333,12 +346,32 @@ pub fn validate(es: &ExternalSecretObject, spec: &ExternalSecretSpec) -> Result<
             }
         }
     }
-    if t.template.is_some() {
-        return Err(SyncError::Unsupported(
-            "target.template needs the template engine, which this build does not have yet".into(),
-        ));
-    }
     Ok(())
+}
+
+/// The template engine when the spec needs one (`target.template`, `rewrite[].transform`),
+/// checked before any backend call: without one such an ExternalSecret fails as
+/// unsupported.
+fn renderer_for<'a>(
+    spec: &ExternalSecretSpec,
+    opts: &'a SyncOptions,
+) -> Result<Option<&'a dyn TemplateRenderer>, SyncError> {
+    let transform = spec
+        .data_from
+        .iter()
+        .flat_map(|d| &d.rewrite)
+        .any(|r| r.transform.is_some());
+    match opts.templates.as_deref() {
+        Some(r) => Ok(Some(r)),
+        None if spec.target.template.is_some() => Err(SyncError::Unsupported(
+            "target.template needs the template engine, which this build does not have yet".into(),
+        )),
+        None if transform => Err(SyncError::Unsupported(
+            "rewrite[].transform needs the template engine, which this build does not have yet"
+                .into(),
+        )),
+        None => Ok(None),
+    }
 }
 
 fn store_id(es_namespace: &str, r: &SecretStoreRef) -> StoreId {
@@ -448,6 +481,7 @@ async fn data_from_entry(
     opts: &SyncOptions,
     issued: &mut Vec<IssuedCredential>,
 ) -> Result<DataMap, SyncError> {
+    let renderer = opts.templates.as_deref();
     let source = entry.source_ref.as_ref();
     if let Some(g) = source.and_then(|s| s.generator_ref.as_ref()) {
         let key = GeneratorKey {
@@ -493,7 +527,7 @@ async fn data_from_entry(
             .into_iter()
             .map(|(k, v)| (k, v.into_bytes()))
             .collect();
-        let map = keys::rewrite_map(&entry.rewrite, map, what)?;
+        let map = keys::rewrite_map(&entry.rewrite, map, what, renderer)?;
         return keys::validate_keys(map, what);
     }
     let (store, provider) = resolve_store(
@@ -541,7 +575,7 @@ async fn data_from_entry(
     let map = if entry.rewrite.is_empty() {
         keys::convert_keys(conversion, map, what)?
     } else {
-        keys::rewrite_map(&entry.rewrite, map, what)?
+        keys::rewrite_map(&entry.rewrite, map, what, renderer)?
     };
     let map = keys::validate_keys(map, what)?;
     keys::decode_map(decoding, map, what)
@@ -564,6 +598,7 @@ pub async fn sync(
 ) -> Result<DesiredSecret, SyncError> {
     let spec = es.spec.as_ref().map_err(|e| invalid(e.clone()))?;
     validate(es, spec)?;
+    let renderer = renderer_for(spec, opts)?;
     let skip_missing = spec.target.deletion_policy != DeletionPolicy::Retain;
     let mut data = DataMap::new();
     for (i, entry) in spec.data_from.iter().enumerate() {
@@ -609,8 +644,20 @@ pub async fn sync(
     let provider_data_empty = data.is_empty();
     let name = target_name(es, spec);
     let owned = spec.target.creation_policy == CreationPolicy::Owner;
-    // No template: the ExternalSecret's own labels and annotations (ESO's setMetadata).
-    let mut labels = es.labels.clone();
+    // No template: the ExternalSecret's own labels and annotations (ESO's setMetadata);
+    // with one, what the template makes.
+    let (type_, mut labels, annotations, data) = match (&spec.target.template, renderer) {
+        (Some(tpl), Some(renderer)) => {
+            let t = template::apply_template(tpl, &es.namespace, inv, &data, renderer)?;
+            (t.type_, t.labels, t.annotations, t.data)
+        }
+        _ => (
+            "Opaque".to_string(),
+            es.labels.clone(),
+            es.annotations.clone(),
+            data,
+        ),
+    };
     labels.insert(LABEL_MANAGED.to_string(), "true".to_string());
     if owned {
         labels.insert(
@@ -623,9 +670,9 @@ pub async fn sync(
     let desired = DesiredSecret {
         namespace: es.namespace.clone(),
         name,
-        type_: "Opaque".to_string(),
+        type_,
         labels,
-        annotations: es.annotations.clone(),
+        annotations,
         data,
         immutable: spec.target.immutable,
         owner: owned.then(|| OwnerReference {
@@ -693,6 +740,7 @@ mod tests {
         let inv = builder.build();
         let opts = SyncOptions {
             controller_class: class.to_string(),
+            templates: Some(Arc::new(crate::reconcile::template::tests::Substitute)),
         };
         let mut out = Vec::new();
         for es in inv.external_secrets() {
@@ -719,6 +767,7 @@ spec:
         - {key: app/two, value: "Mg=="}
         - {key: plain, value: "plain text"}
         - {key: b64, value: "AP8A"}
+        - {key: len, value: "24"}
 ---
 apiVersion: external-secrets.io/v1
 kind: ClusterSecretStore
@@ -898,7 +947,7 @@ metadata: {name: team, labels: {tier: db}}
             es(
                 "tpl",
                 "team",
-                "{secretStoreRef: {name: fake}, target: {template: {data: {a: x}}}, data: [{secretKey: a, remoteRef: {key: k}}]}"
+                "{secretStoreRef: {name: fake}, target: {template: {type: kubernetes.io/basic-auth, metadata: {labels: {l: v}}, data: {a: \"x-{{ .num }}\"}}}, data: [{secretKey: num, remoteRef: {key: len}}]}"
             ),
             es(
                 "both",
@@ -916,7 +965,14 @@ metadata: {name: team, labels: {tier: db}}
                 .to_string()
                 .contains("generator Password \"nope\" not found")
         );
-        assert!(matches!(by("tpl").unwrap_err(), SyncError::Unsupported(_)));
+        // With an engine, the template shapes the Secret; its labels replace the ES's.
+        let t = by("tpl").unwrap();
+        assert_eq!(t.type_, "kubernetes.io/basic-auth");
+        assert_eq!(t.data.keys().collect::<Vec<_>>(), ["a"]);
+        assert_eq!(t.data["a"], b"x-24");
+        assert_eq!(t.labels.get("app"), None);
+        assert_eq!(t.labels["l"], "v");
+        assert_eq!(t.labels[LABEL_MANAGED], "true");
         assert!(matches!(by("both").unwrap_err(), SyncError::InvalidSpec(_)));
     }
 
@@ -985,6 +1041,32 @@ metadata: {name: team, labels: {tier: db}}
             ),
             Err(SyncError::Unsupported(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn templates_without_an_engine_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("m.yaml"),
+            format!(
+                "{STORE}{}{}",
+                es("tpl", "team", "{secretStoreRef: {name: fake}, target: {template: {data: {a: x}}}, data: [{secretKey: a, remoteRef: {key: plain}}]}"),
+                es("tr", "team", "{secretStoreRef: {name: fake}, dataFrom: [{extract: {key: db}, rewrite: [{transform: {template: x}}]}]}")
+            ),
+        )
+        .unwrap();
+        let mut builder = InventoryBuilder::new(ProviderSettings::default());
+        DirectoryScanner::new(dir.path().to_path_buf(), None).scan(&mut |e| builder.apply(e));
+        let inv = builder.build();
+        assert_eq!(inv.external_secrets().len(), 2);
+        for es in inv.external_secrets() {
+            let err = sync(es, &inv, &SyncOptions::default(), &mut Vec::new())
+                .await
+                .unwrap_err();
+            assert!(matches!(err, SyncError::Unsupported(_)), "{err}");
+            assert!(err.to_string().contains("template engine"), "{err}");
+        }
+        assert!(crate::reconcile::template::engine().is_none());
     }
 
     #[tokio::test]
