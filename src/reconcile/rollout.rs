@@ -3,8 +3,15 @@
 //! Opt-in per ExternalSecret with the annotation [`ROLLOUT_ANNOTATION`]` = "true"`. When a sync
 //! changes the target Secret's data, every Deployment, StatefulSet and DaemonSet of the
 //! ExternalSecret's namespace whose pod template reads that Secret (see [`secrets_used`]) gets
-//! the Secret's data hash recorded in its pod template's [`HASH_ANNOTATION`]; a changed pod
-//! template is what makes Kubernetes roll the workload (its own rollout strategy applies).
+//! the Secret's new `resourceVersion` recorded in its pod template's [`VERSIONS_ANNOTATION`]; a
+//! changed pod template is what makes Kubernetes roll the workload (its own rollout strategy
+//! applies).
+//!
+//! Why a `resourceVersion` and not a hash of the data: the pod template is readable by many
+//! more identities than the Secret (`get deployments` vs `get secrets`), and an unkeyed hash of
+//! a low-entropy value (a PIN, a short password) gives the value away to an offline search. The
+//! `resourceVersion` says only that the Secret changed. The controller decides *whether* the
+//! data changed by comparing what it writes with what the Secret held.
 //! This is the ESO feature users ask for most (external-secrets#1324, "reloader"-style).
 //!
 //! Everything here is pure: the controller lists the workloads, calls [`rollout_patch`] and
@@ -13,18 +20,17 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::{Container, PodTemplateSpec};
-use sha2::{Digest, Sha256};
 
 /// Annotation on an ExternalSecret: `"true"` rolls the workloads that use its Secret when the
 /// Secret's data changes. Any other value (or none) leaves workloads alone.
 pub const ROLLOUT_ANNOTATION: &str = "esi.external-secrets.io/rollout";
 
-/// Pod-template annotation holding `name=hash` of each reconciled Secret the template reads,
-/// comma-separated and sorted by Secret name (e.g. `db=3f0c…,tls=9a1e…`).
-pub const HASH_ANNOTATION: &str = "esi.external-secrets.io/secret-hashes";
+/// Pod-template annotation holding `name=resourceVersion` of each reconciled Secret the
+/// template reads, comma-separated and sorted by Secret name (e.g. `db=48213,tls=48190`).
+pub const VERSIONS_ANNOTATION: &str = "esi.external-secrets.io/secret-versions";
 
-/// Bound on the entries kept in [`HASH_ANNOTATION`] (annotations share a 256 KiB budget).
-pub const MAX_HASH_ENTRIES: usize = 64;
+/// Bound on the entries kept in [`VERSIONS_ANNOTATION`] (annotations share a 256 KiB budget).
+pub const MAX_VERSION_ENTRIES: usize = 64;
 
 /// Whether an ExternalSecret's annotations ask for rollouts.
 pub fn rollout_requested(annotations: &BTreeMap<String, String>) -> bool {
@@ -79,43 +85,27 @@ pub fn secrets_used(template: &PodTemplateSpec) -> BTreeSet<String> {
     used
 }
 
-/// A short digest of a Secret's data: SHA-256 over each key and value, length-prefixed and in
-/// key order, as 16 hex characters. Equal data, equal hash; it reveals nothing usable about
-/// the values (64 bits of a cryptographic hash of the whole map).
-pub fn data_hash(data: &BTreeMap<String, Vec<u8>>) -> String {
-    let mut h = Sha256::new();
-    for (k, v) in data {
-        h.update((k.len() as u64).to_be_bytes());
-        h.update(k.as_bytes());
-        h.update((v.len() as u64).to_be_bytes());
-        h.update(v);
-    }
-    h.finalize()[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-/// Parses [`HASH_ANNOTATION`]; malformed entries are dropped.
-fn parse_hashes(value: &str) -> BTreeMap<String, String> {
+/// Parses [`VERSIONS_ANNOTATION`]; malformed entries are dropped.
+fn parse_versions(value: &str) -> BTreeMap<String, String> {
     value
         .split(',')
         .filter_map(|entry| {
-            let (name, hash) = entry.trim().split_once('=')?;
+            let (name, version) = entry.trim().split_once('=')?;
             let ok = |s: &str| !s.is_empty() && !s.contains(['=', ',']);
-            (ok(name) && ok(hash)).then(|| (name.to_string(), hash.to_string()))
+            (ok(name) && ok(version)).then(|| (name.to_string(), version.to_string()))
         })
         .collect()
 }
 
 /// The JSON merge patch (RFC 7386) for a Deployment, StatefulSet or DaemonSet whose pod
-/// template is `template`, recording `hash` for Secret `secret`; `None` when the template
-/// does not read that Secret or already records this hash (nothing to roll). Other Secrets'
-/// entries are kept (at most [`MAX_HASH_ENTRIES`], the ones the template still reads first).
+/// template is `template`, recording `version` (the Secret's `resourceVersion` after the
+/// write that changed its data) for Secret `secret`; `None` when the template does not read
+/// that Secret or already records this version (nothing to roll). Other Secrets' entries are
+/// kept (at most [`MAX_VERSION_ENTRIES`], the ones the template still reads).
 pub fn rollout_patch(
     template: &PodTemplateSpec,
     secret: &str,
-    hash: &str,
+    version: &str,
 ) -> Option<serde_json::Value> {
     let used = secrets_used(template);
     if !used.contains(secret) {
@@ -125,18 +115,18 @@ pub fn rollout_patch(
         .metadata
         .as_ref()
         .and_then(|m| m.annotations.as_ref())
-        .and_then(|a| a.get(HASH_ANNOTATION))
-        .map(|v| parse_hashes(v))
+        .and_then(|a| a.get(VERSIONS_ANNOTATION))
+        .map(|v| parse_versions(v))
         .unwrap_or_default();
-    if current.get(secret).map(String::as_str) == Some(hash) {
+    if current.get(secret).map(String::as_str) == Some(version) {
         return None;
     }
     let mut next: BTreeMap<String, String> = current
         .into_iter()
         .filter(|(name, _)| used.contains(name))
         .collect();
-    next.insert(secret.to_string(), hash.to_string());
-    while next.len() > MAX_HASH_ENTRIES {
+    next.insert(secret.to_string(), version.to_string());
+    while next.len() > MAX_VERSION_ENTRIES {
         // Keep the Secret being recorded; drop others from the end.
         let drop = next.keys().rev().find(|k| *k != secret).cloned()?;
         next.remove(&drop);
@@ -147,7 +137,7 @@ pub fn rollout_patch(
         .collect::<Vec<_>>()
         .join(",");
     Some(serde_json::json!({
-        "spec": { "template": { "metadata": { "annotations": { HASH_ANNOTATION: value } } } }
+        "spec": { "template": { "metadata": { "annotations": { VERSIONS_ANNOTATION: value } } } }
     }))
 }
 
@@ -196,42 +186,29 @@ mod tests {
     }
 
     #[test]
-    fn a_changed_hash_patches_the_pod_template_once() {
+    fn a_new_version_patches_the_pod_template_once() {
         let t = app_using_everything();
         let patch = rollout_patch(&t, "db", "aaaa").unwrap();
         assert_eq!(
             patch,
-            json!({"spec": {"template": {"metadata": {"annotations": {HASH_ANNOTATION: "db=aaaa"}}}}})
+            json!({"spec": {"template": {"metadata": {"annotations": {VERSIONS_ANNOTATION: "db=aaaa"}}}}})
         );
-        // Applied, the same hash patches nothing (no second rollout); a new one patches again
+        // Applied, the same version patches nothing (no second rollout); a new one patches again
         // and keeps the other Secrets' entries.
         let t = template(
             serde_json::to_value(t.spec.clone()).unwrap(),
-            json!({ HASH_ANNOTATION: "db=aaaa,tls=bbbb,gone=cccc,broken" }),
+            json!({ VERSIONS_ANNOTATION: "db=aaaa,tls=bbbb,gone=cccc,broken" }),
         );
         assert_eq!(rollout_patch(&t, "db", "aaaa"), None);
         let patch = rollout_patch(&t, "db", "dddd").unwrap();
         assert_eq!(
-            patch["spec"]["template"]["metadata"]["annotations"][HASH_ANNOTATION],
+            patch["spec"]["template"]["metadata"]["annotations"][VERSIONS_ANNOTATION],
             "db=dddd,tls=bbbb",
             "entries of Secrets the template no longer reads, and malformed ones, are dropped"
         );
         // A workload that does not read the Secret is left alone.
         assert_eq!(rollout_patch(&t, "pull", "x"), None);
         assert_eq!(rollout_patch(&t, "other", "x"), None);
-    }
-
-    #[test]
-    fn hashes_follow_the_data_only() {
-        let a: BTreeMap<String, Vec<u8>> = [("k".to_string(), b"v".to_vec())].into();
-        let b: BTreeMap<String, Vec<u8>> = [("k".to_string(), b"w".to_vec())].into();
-        // Length prefixes: moving a byte between key and value changes the hash.
-        let c: BTreeMap<String, Vec<u8>> = [("kv".to_string(), Vec::new())].into();
-        assert_eq!(data_hash(&a), data_hash(&a.clone()));
-        assert_ne!(data_hash(&a), data_hash(&b));
-        assert_ne!(data_hash(&a), data_hash(&c));
-        assert_eq!(data_hash(&a).len(), 16);
-        assert!(data_hash(&a).chars().all(|c| c.is_ascii_hexdigit()));
     }
 
     #[test]
@@ -259,13 +236,13 @@ mod tests {
             .map(|n| format!("{n}=h"))
             .collect::<Vec<_>>()
             .join(",");
-        let t = template(spec, json!({ HASH_ANNOTATION: existing }));
+        let t = template(spec, json!({ VERSIONS_ANNOTATION: existing }));
         let patch = rollout_patch(&t, "s099", "new").unwrap();
-        let value = patch["spec"]["template"]["metadata"]["annotations"][HASH_ANNOTATION]
+        let value = patch["spec"]["template"]["metadata"]["annotations"][VERSIONS_ANNOTATION]
             .as_str()
             .unwrap();
-        let entries = parse_hashes(value);
-        assert_eq!(entries.len(), MAX_HASH_ENTRIES);
+        let entries = parse_versions(value);
+        assert_eq!(entries.len(), MAX_VERSION_ENTRIES);
         assert_eq!(entries["s099"], "new");
     }
 }
