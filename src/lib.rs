@@ -21,4 +21,5 @@ pub mod resources;
 pub mod runtime;
 pub mod source;
 pub mod status;
+pub mod template;
 pub mod tls;
