@@ -9,7 +9,11 @@ use gotmpl::parse::{Expr, ListNode, Node, PipeNode, Pos};
 /// What the walk found wrong first.
 pub(crate) enum Finding {
     /// A function that is not supported, and where (1-based line, column in characters).
-    Unsupported { function: String, line: usize, col: usize },
+    Unsupported {
+        function: String,
+        line: usize,
+        col: usize,
+    },
     /// More nodes than allowed.
     TooManyNodes,
 }
@@ -120,4 +124,125 @@ impl<'a> Walk<'a> {
             _ => {}
         }
     }
+}
+
+/// A block structure error: `(message, line, col)`.
+pub(crate) type BlockError = (String, usize, usize);
+
+/// Checks that `{{if}}`/`{{range}}`/`{{with}}`/`{{define}}`/`{{block}}` are closed by
+/// `{{end}}`, that no `{{end}}` or `{{else}}` stands alone, as Go's parser does (gotmpl
+/// 0.6.1 accepts an unclosed block at the end of the source and stops silently at a stray
+/// `{{end}}`, dropping the rest). Runs after gotmpl's lexer accepted the source, so
+/// strings, raw strings and comments are well-formed.
+pub(crate) fn check_blocks(src: &str, left: &str, right: &str) -> Result<(), BlockError> {
+    let pos_of = |offset: usize| -> (usize, usize) {
+        let before = &src[..offset];
+        let line = before.matches('\n').count() + 1;
+        let start = before.rfind('\n').map_or(0, |i| i + 1);
+        (line, before[start..].chars().count() + 1)
+    };
+    // Open blocks: (keyword, offset of its action).
+    let mut open: Vec<(&'static str, usize)> = Vec::new();
+    let mut i = 0;
+    while let Some(found) = src[i..].find(left) {
+        let action_start = i + found;
+        let mut j = action_start + left.len();
+        // Left trim marker: "-" followed by a space.
+        let rest = &src[j..];
+        if rest.starts_with("- ")
+            || rest.starts_with("-\t")
+            || rest.starts_with("-\n")
+            || rest.starts_with("-\r")
+        {
+            j += 1;
+        }
+        let after_ws = src[j..].trim_start_matches([' ', '\t', '\n', '\r']);
+        j = src.len() - after_ws.len();
+        if after_ws.starts_with("/*") {
+            // Comment: ends at "*/", then the right delimiter.
+            match src[j + 2..].find("*/") {
+                Some(end) => {
+                    let k = j + 2 + end + 2;
+                    i = match src[k..].find(right) {
+                        Some(r) => k + r + right.len(),
+                        None => src.len(),
+                    };
+                    continue;
+                }
+                None => {
+                    return Err((
+                        "unclosed comment".into(),
+                        pos_of(action_start).0,
+                        pos_of(action_start).1,
+                    ));
+                }
+            }
+        }
+        let word: String = after_ws
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        // Find the end of the action, skipping quoted text.
+        let bytes = src.as_bytes();
+        let mut k = j;
+        let mut end = None;
+        while k < src.len() {
+            if src[k..].starts_with(right) {
+                end = Some(k + right.len());
+                break;
+            }
+            match bytes[k] {
+                b'"' | b'\'' => {
+                    let q = bytes[k];
+                    k += 1;
+                    while k < src.len() && bytes[k] != q {
+                        if bytes[k] == b'\\' {
+                            k += 1;
+                        }
+                        k += 1;
+                    }
+                    k += 1;
+                }
+                b'`' => {
+                    k += 1;
+                    while k < src.len() && bytes[k] != b'`' {
+                        k += 1;
+                    }
+                    k += 1;
+                }
+                _ => k += 1,
+            }
+        }
+        let (line, col) = pos_of(action_start);
+        match word.as_str() {
+            "if" => open.push(("if", action_start)),
+            "range" => open.push(("range", action_start)),
+            "with" => open.push(("with", action_start)),
+            "define" => open.push(("define", action_start)),
+            "block" => open.push(("block", action_start)),
+            "end" => {
+                if open.pop().is_none() {
+                    return Err(("unexpected {{end}}".into(), line, col));
+                }
+            }
+            "else" => match open.last() {
+                Some(("if" | "range" | "with", _)) => {}
+                _ => return Err(("unexpected {{else}}".into(), line, col)),
+            },
+            _ => {}
+        }
+        match end {
+            Some(e) => i = e.min(src.len()),
+            None => return Err(("unclosed action".into(), line, col)),
+        }
+    }
+    if let Some((kw, offset)) = open.last() {
+        let (line, col) = pos_of(*offset);
+        return Err((
+            format!("unexpected EOF: {{{{{kw}}}}} is not closed by {{{{end}}}}"),
+            line,
+            col,
+        ));
+    }
+    Ok(())
 }

@@ -410,7 +410,12 @@ fn indent_str(ctx: &Ctx, n: i64, s: &str, lead: &str) -> FnResult {
 
 fn f_indent(ctx: &Ctx, a: &[Value]) -> FnResult {
     arity(a, 2, "2")?;
-    indent_str(ctx, int_arg(&a[0], "the width")?, st(&a[1], "the string")?, "")
+    indent_str(
+        ctx,
+        int_arg(&a[0], "the width")?,
+        st(&a[1], "the string")?,
+        "",
+    )
 }
 
 fn f_nindent(ctx: &Ctx, a: &[Value]) -> FnResult {
@@ -516,7 +521,9 @@ fn f_join(ctx: &Ctx, a: &[Value]) -> FnResult {
 
 fn f_to_strings(ctx: &Ctx, a: &[Value]) -> FnResult {
     arity(a, 1, "1")?;
-    Ok(list(strslice(ctx, &a[0])?.into_iter().map(string).collect()))
+    Ok(list(
+        strslice(ctx, &a[0])?.into_iter().map(string).collect(),
+    ))
 }
 
 fn f_sort_alpha(ctx: &Ctx, a: &[Value]) -> FnResult {
@@ -625,6 +632,11 @@ fn json_string(out: &mut Capped, text: &str, raw: bool) -> Result<(), Overflow> 
             '<' | '>' | '&' if !raw => out.push_str(&format!("\\u{:04x}", u32::from(c)))?,
             '\u{2028}' | '\u{2029}' => out.push_str(&format!("\\u{:04x}", u32::from(c)))?,
             c if u32::from(c) < 0x20 => out.push_str(&format!("\\u{:04x}", u32::from(c)))?,
+            // A character of the escape range is real text here: escape its bytes.
+            c if u32::from(c) >= 0x10_FF80 => {
+                let mut b = [0u8; 4];
+                out.push_str(&bytes::from_bytes(c.encode_utf8(&mut b).as_bytes()))?
+            }
             c => out.push(c)?,
         }
     }
@@ -641,7 +653,12 @@ fn json_newline(out: &mut Capped, indent: Option<usize>) -> Result<(), Overflow>
 
 /// Go's `json.Marshal` (indent `None`) or `json.MarshalIndent(v, "", "  ")` (indent
 /// `Some(0)`); map keys sorted, as Go sorts them.
-fn write_json(out: &mut Capped, v: &Value, raw: bool, indent: Option<usize>) -> Result<(), FnError> {
+fn write_json(
+    out: &mut Capped,
+    v: &Value,
+    raw: bool,
+    indent: Option<usize>,
+) -> Result<(), FnError> {
     let deeper = indent.map(|d| d + 1);
     match v {
         Value::Nil => out.push_str("null")?,
@@ -1221,7 +1238,9 @@ fn f_until(ctx: &Ctx, a: &[Value]) -> FnResult {
     let len = n.unsigned_abs() as usize;
     checked_len(ctx, len)?;
     let step = if n < 0 { -1 } else { 1 };
-    Ok(list((0..len as i64).map(|i| Value::Int(i * step)).collect()))
+    Ok(list(
+        (0..len as i64).map(|i| Value::Int(i * step)).collect(),
+    ))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1445,10 +1464,7 @@ fn f_slice(_: &Ctx, a: &[Value]) -> FnResult {
             }
             Ok(list(l[from as usize..to as usize].to_vec()))
         }
-        other => Err(msg(format!(
-            "cannot slice type {}",
-            gofmt::go_type(other)
-        ))),
+        other => Err(msg(format!("cannot slice type {}", gofmt::go_type(other)))),
     }
 }
 
@@ -1635,10 +1651,7 @@ pub(crate) fn index(string_maps: &[Arc<Map>], args: &[Value]) -> Result<Value, F
             }
             (Value::Nil, _) => return Err(msg("index of untyped nil")),
             (other, _) => {
-                return Err(msg(format!(
-                    "cannot index type {}",
-                    gofmt::go_type(other)
-                )));
+                return Err(msg(format!("cannot index type {}", gofmt::go_type(other))));
             }
         };
     }

@@ -51,7 +51,12 @@ impl Capped {
 
     /// `n` copies of `c` (padding), checked before any allocation.
     pub(crate) fn pad(&mut self, c: char, n: usize) -> Result<(), Overflow> {
-        if self.buf.len().saturating_add(n.saturating_mul(c.len_utf8())) > self.limit {
+        if self
+            .buf
+            .len()
+            .saturating_add(n.saturating_mul(c.len_utf8()))
+            > self.limit
+        {
             return Err(Overflow);
         }
         for _ in 0..n {
@@ -387,7 +392,12 @@ fn fmt_float(spec: &Spec, verb: char, f: f64) -> Option<String> {
             let s = format!("{:.*e}", spec.prec.unwrap_or(6), a);
             let (m, e) = s.split_once('e').unwrap_or((s.as_str(), "0"));
             let e: i32 = e.parse().unwrap_or(0);
-            let mut r = format!("{}e{}{:02}", m, if e < 0 { '-' } else { '+' }, e.unsigned_abs());
+            let mut r = format!(
+                "{}e{}{:02}",
+                m,
+                if e < 0 { '-' } else { '+' },
+                e.unsigned_abs()
+            );
             if verb == 'E' {
                 r = r.to_uppercase();
             }
@@ -408,7 +418,12 @@ fn fmt_float(spec: &Spec, verb: char, f: f64) -> Option<String> {
                         } else {
                             m
                         };
-                        format!("{}e{}{:02}", m, if ex < 0 { '-' } else { '+' }, ex.unsigned_abs())
+                        format!(
+                            "{}e{}{:02}",
+                            m,
+                            if ex < 0 { '-' } else { '+' },
+                            ex.unsigned_abs()
+                        )
                     } else {
                         let decimals = (p as i32 - 1 - ex).max(0) as usize;
                         let s = format!("{:.*}", decimals, a);
@@ -489,14 +504,11 @@ fn write_verb(
             .ok()
             .and_then(char::from_u32)
             .map(|c| (c.to_string(), false)),
-        ('q', Value::Int(n)) => u32::try_from(*n)
-            .ok()
-            .and_then(char::from_u32)
-            .map(|c| {
-                let mut q = Capped::new(64);
-                let _ = quote(&mut q, &c.to_string(), '\'');
-                (q.into_string(), false)
-            }),
+        ('q', Value::Int(n)) => u32::try_from(*n).ok().and_then(char::from_u32).map(|c| {
+            let mut q = Capped::new(64);
+            let _ = quote(&mut q, &c.to_string(), '\'');
+            (q.into_string(), false)
+        }),
         ('f' | 'F' | 'e' | 'E' | 'g' | 'G' | 'v', Value::Float(f)) => {
             fmt_float(spec, verb, *f).map(|s| (s, true))
         }
@@ -648,18 +660,50 @@ mod tests {
         let l = 1 << 20;
         let cases: Vec<(&str, Vec<Value>, &str)> = vec![
             ("%s-%v", vec![s("a"), Value::Int(3)], "a-3"),
-            ("%5d|%-5d|%05d", vec![Value::Int(42), Value::Int(42), Value::Int(-42)], "   42|42   |-0042"),
-            ("%+d %x %X %#x %o %b", vec![Value::Int(5), Value::Int(255), Value::Int(255), Value::Int(255), Value::Int(8), Value::Int(5)], "+5 ff FF 0xff 10 101"),
+            (
+                "%5d|%-5d|%05d",
+                vec![Value::Int(42), Value::Int(42), Value::Int(-42)],
+                "   42|42   |-0042",
+            ),
+            (
+                "%+d %x %X %#x %o %b",
+                vec![
+                    Value::Int(5),
+                    Value::Int(255),
+                    Value::Int(255),
+                    Value::Int(255),
+                    Value::Int(8),
+                    Value::Int(5),
+                ],
+                "+5 ff FF 0xff 10 101",
+            ),
             ("%q", vec![s("a\"b\n")], "\"a\\\"b\\n\""),
             ("%x", vec![s("hi")], "6869"),
             ("%t", vec![Value::Bool(true)], "true"),
-            ("%.2f %f %e %g", vec![Value::Float(3.14159), Value::Float(1.5), Value::Float(1234.5), Value::Float(1e21)], "3.14 1.500000 1.234500e+03 1e+21"),
-            ("%.3s|%8.3f", vec![s("abcdef"), Value::Float(2.0)], "abc|   2.000"),
+            (
+                "%.2f %f %e %g",
+                vec![
+                    Value::Float(3.14159),
+                    Value::Float(1.5),
+                    Value::Float(1234.5),
+                    Value::Float(1e21),
+                ],
+                "3.14 1.500000 1.234500e+03 1e+21",
+            ),
+            (
+                "%.3s|%8.3f",
+                vec![s("abcdef"), Value::Float(2.0)],
+                "abc|   2.000",
+            ),
             ("100%%", vec![], "100%"),
             ("%d", vec![s("x")], "%!d(string=x)"),
             ("%d %d", vec![Value::Int(1)], "1 %!d(MISSING)"),
             ("%d", vec![Value::Int(1), Value::Int(2)], "1%!(EXTRA int=2)"),
-            ("%v", vec![Value::List(vec![Value::Int(1), s("a")].into())], "[1 a]"),
+            (
+                "%v",
+                vec![Value::List(vec![Value::Int(1), s("a")].into())],
+                "[1 a]",
+            ),
             ("%c", vec![Value::Int(65)], "A"),
         ];
         for (f, args, want) in cases {
@@ -669,7 +713,10 @@ mod tests {
 
     #[test]
     fn sprintf_is_capped() {
-        assert_eq!(sprintf("%050000000d", &[Value::Int(1)], 1 << 20), Err(Overflow));
+        assert_eq!(
+            sprintf("%050000000d", &[Value::Int(1)], 1 << 20),
+            Err(Overflow)
+        );
         let big = s(&"x".repeat(600));
         assert_eq!(sprintf("%s%s", &[big.clone(), big], 1000), Err(Overflow));
     }

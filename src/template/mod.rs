@@ -92,7 +92,9 @@ pub enum TemplateError {
     #[error("invalid template settings: {0}")]
     Settings(&'static str),
     /// The source is larger than [`TemplateLimits::max_source_bytes`].
-    #[error("unable to parse template at key {name}: the template is {size} bytes, over the limit of {limit}")]
+    #[error(
+        "unable to parse template at key {name}: the template is {size} bytes, over the limit of {limit}"
+    )]
     SourceTooLarge {
         /// The template's name.
         name: String,
@@ -115,7 +117,9 @@ pub enum TemplateError {
     },
     /// The template names a function this engine does not have (Go: `function "X" not
     /// defined`), wherever it is, even in a branch that never runs.
-    #[error("unable to parse template at key {name}: {line}:{col}: function \"{function}\" is not supported")]
+    #[error(
+        "unable to parse template at key {name}: {line}:{col}: function \"{function}\" is not supported"
+    )]
     UnsupportedFunction {
         /// The template's name.
         name: String,
@@ -399,6 +403,25 @@ impl Engine {
         )
         .map_err(|e| parse_error(name, e))?;
         let (tree, defines) = parser.parse().map_err(|e| parse_error(name, e))?;
+        check::check_blocks(tpl, &s.left_delimiter, &s.right_delimiter).map_err(
+            |(message, line, col)| TemplateError::Parse {
+                name: name.to_string(),
+                line,
+                col,
+                message,
+            },
+        )?;
+        // Characters of the escape range would come out as raw bytes (see `bytes`).
+        if let Some(offset) = tpl.find(|c: char| u32::from(c) >= 0x10_FF80) {
+            let before = &tpl[..offset];
+            let start = before.rfind('\n').map_or(0, |i| i + 1);
+            return Err(TemplateError::Parse {
+                name: name.to_string(),
+                line: before.matches('\n').count() + 1,
+                col: before[start..].chars().count() + 1,
+                message: "characters U+10FF80 to U+10FFFF are reserved".into(),
+            });
+        }
         let mut walk = check::Walk::new(tpl, limits.max_nodes, funcs::is_supported);
         walk.list(&tree);
         for d in &defines {
@@ -485,7 +508,9 @@ impl Engine {
             G::MissingKey { key } => format!("map has no entry for key \"{key}\""),
             G::RecursionLimit => "recursion limit exceeded".to_string(),
             G::IndexOutOfRange { .. } => "index out of range".to_string(),
-            G::TypeMismatch { expected, got } => format!("type mismatch: expected {expected}, got {got}"),
+            G::TypeMismatch { expected, got } => {
+                format!("type mismatch: expected {expected}, got {got}")
+            }
             G::UndefinedFunction(f) => format!("function \"{f}\" is not supported"),
             G::UndefinedVariable(v) => format!("undefined variable: {v}"),
             G::UndefinedTemplate(t) => format!("no such template \"{t}\""),
@@ -493,11 +518,18 @@ impl Engine {
                 name: f,
                 expected,
                 got,
-            } => format!("error calling {f}: wrong number of arguments: expects {expected}, got {got}"),
+            } => format!(
+                "error calling {f}: wrong number of arguments: expects {expected}, got {got}"
+            ),
             G::NotIterable(t) => format!("range can't iterate over type {t}"),
             // A panic message could hold anything: only the function is named.
             G::FuncPanic { name: f, .. } => format!("error calling {f}: internal error"),
-            G::Parse { line, col, message, .. } | G::Lex { line, col, message, .. } => {
+            G::Parse {
+                line, col, message, ..
+            }
+            | G::Lex {
+                line, col, message, ..
+            } => {
                 format!("{line}:{col}: {message}")
             }
             _ => "the template could not be executed".to_string(),
@@ -549,7 +581,11 @@ fn parse_keys_and_values(
     // its position is shown.
     let doc: serde_json::Value = serde_saphyr::from_str(text).map_err(|e| {
         err(match e.location() {
-            Some(l) => format!("the output is not valid YAML (line {}, column {})", l.line(), l.column()),
+            Some(l) => format!(
+                "the output is not valid YAML (line {}, column {})",
+                l.line(),
+                l.column()
+            ),
             None => "the output is not valid YAML".to_string(),
         })
     })?;
@@ -598,21 +634,26 @@ impl TemplateData {
 
     /// The root map, and the maps that stand for Go's `map[string]string` (where `index`
     /// of a missing key gives `""`).
-    fn root(&self) -> (Arc<BTreeMap<Arc<str>, Value>>, Vec<Arc<BTreeMap<Arc<str>, Value>>>) {
+    fn root(
+        &self,
+    ) -> (
+        Arc<BTreeMap<Arc<str>, Value>>,
+        Vec<Arc<BTreeMap<Arc<str>, Value>>>,
+    ) {
         let mut string_maps = Vec::new();
         let root = self
             .entries
             .iter()
             .map(|(name, map)| {
-                    let inner: BTreeMap<Arc<str>, Value> = map
-                        .iter()
-                        .map(|(k, v)| {
-                            (
-                                Arc::from(bytes::from_bytes(k.as_bytes())),
-                                Value::String(Arc::from(bytes::from_bytes(v))),
-                            )
-                        })
-                        .collect();
+                let inner: BTreeMap<Arc<str>, Value> = map
+                    .iter()
+                    .map(|(k, v)| {
+                        (
+                            Arc::from(bytes::from_bytes(k.as_bytes())),
+                            Value::String(Arc::from(bytes::from_bytes(v))),
+                        )
+                    })
+                    .collect();
                 let inner = Arc::new(inner);
                 string_maps.push(inner.clone());
                 (
