@@ -246,3 +246,114 @@ pub(crate) fn check_blocks(src: &str, left: &str, right: &str) -> Result<(), Blo
     }
     Ok(())
 }
+
+/// Which entries of the root data a template reads (see [`super::DataRefs`]).
+pub(crate) struct Roots<'a> {
+    src: &'a str,
+    pub names: BTreeSet<String>,
+    pub whole: Option<(usize, usize)>,
+}
+
+impl<'a> Roots<'a> {
+    pub(crate) fn new(src: &'a str) -> Self {
+        Roots {
+            src,
+            names: BTreeSet::new(),
+            whole: None,
+        }
+    }
+
+    fn whole_at(&mut self, pos: Pos) {
+        if self.whole.is_none() {
+            let col = Walk::new(self.src, 0, |_| true).col(pos);
+            self.whole = Some((pos.line, col));
+        }
+    }
+
+    /// `root`: dot is the root data here; `define`: inside a `{{define}}` body, where `$`
+    /// is whatever the caller passed.
+    pub(crate) fn list(&mut self, list: &ListNode, root: bool, define: bool) {
+        for node in &list.nodes {
+            match node {
+                Node::List(l) => self.list(l, root, define),
+                Node::Action(a) => self.pipe(&a.pipe, root, define),
+                Node::If(b) => {
+                    self.pipe(&b.pipe, root, define);
+                    self.list(&b.body, root, define);
+                    if let Some(e) = &b.else_body {
+                        self.list(e, root, define);
+                    }
+                }
+                Node::Range(b) | Node::With(b) => {
+                    self.pipe(&b.pipe, root, define);
+                    self.list(&b.body, false, define);
+                    if let Some(e) = &b.else_body {
+                        self.list(e, root, define);
+                    }
+                }
+                Node::Template(t) => {
+                    if let Some(p) = &t.pipe {
+                        self.pipe(p, root, define);
+                    }
+                }
+                Node::Define(d) => self.list(&d.body, false, true),
+                _ => {}
+            }
+        }
+    }
+
+    fn pipe(&mut self, pipe: &PipeNode, root: bool, define: bool) {
+        for cmd in &pipe.commands {
+            // `index . "name" …` / `index $ "name" …` names an entry.
+            if let [
+                Expr::Identifier(_, f),
+                data,
+                Expr::String(_, lit),
+                rest @ ..,
+            ] = &cmd.args[..]
+                && f.as_str() == "index"
+            {
+                let is_root = match data {
+                    Expr::Dot(_) => root,
+                    Expr::Variable(_, v, fields) => {
+                        v.as_str() == "$" && fields.is_empty() && !define
+                    }
+                    _ => false,
+                };
+                if is_root {
+                    self.names.insert(lit.to_string());
+                    for e in rest {
+                        self.expr(e, root, define);
+                    }
+                    continue;
+                }
+            }
+            for e in &cmd.args {
+                self.expr(e, root, define);
+            }
+        }
+    }
+
+    fn expr(&mut self, expr: &Expr, root: bool, define: bool) {
+        match expr {
+            Expr::Field(pos, fields) if root => match fields.first() {
+                Some(f) => {
+                    self.names.insert(f.to_string());
+                }
+                None => self.whole_at(*pos),
+            },
+            Expr::Dot(pos) if root => self.whole_at(*pos),
+            Expr::Variable(pos, v, fields) if v.as_str() == "$" && !define => {
+                match fields.first() {
+                    Some(f) => {
+                        self.names.insert(f.to_string());
+                    }
+                    None => self.whole_at(*pos),
+                }
+            }
+            Expr::Pipe(_, p) => self.pipe(p, root, define),
+            Expr::Chain(_, inner, _) => self.expr(inner, root, define),
+            _ => {}
+        }
+    }
+}

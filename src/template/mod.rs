@@ -385,6 +385,34 @@ impl Engine {
         parse_keys_and_values(name, &out)
     }
 
+    /// Which entries of the root data `tpl` reads: `.name…`, `$.name…` and
+    /// `index . "name"` outside `range`/`with` bodies and `define`s. `esi-cli` fetches
+    /// exactly these secrets for a file template.
+    ///
+    /// # Errors
+    /// As [`Engine::check`].
+    pub fn data_refs(&self, name: &str, tpl: &str) -> Result<DataRefs, TemplateError> {
+        self.prepare(name, tpl)?;
+        let s = &self.inner.settings;
+        let parser = gotmpl::parse::Parser::with_name(
+            Some(name),
+            tpl,
+            &s.left_delimiter,
+            &s.right_delimiter,
+        )
+        .map_err(|e| parse_error(name, e))?;
+        let (tree, defines) = parser.parse().map_err(|e| parse_error(name, e))?;
+        let mut roots = check::Roots::new(tpl);
+        roots.list(&tree, true, false);
+        for d in &defines {
+            roots.list(&d.body, false, true);
+        }
+        Ok(DataRefs {
+            names: roots.names,
+            whole_data_at: roots.whole,
+        })
+    }
+
     fn prepare(&self, name: &str, tpl: &str) -> Result<BTreeSet<String>, TemplateError> {
         let s = &self.inner.settings;
         let limits = &s.limits;
@@ -613,12 +641,32 @@ fn parse_keys_and_values(
     Ok(result)
 }
 
+/// The entries of the root data a template reads (from [`Engine::data_refs`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DataRefs {
+    /// Entry names read by name.
+    pub names: BTreeSet<String>,
+    /// Where (line, column) the template uses the root data as a whole (`.` or `$` as a
+    /// value: `range .`, `toJson .`, `template "t" .`), so that every entry may be read.
+    pub whole_data_at: Option<(usize, usize)>,
+}
+
 /// Template data built from named maps: `.name.key` (e.g. `esi-cli` file templates, where
 /// each secret is a map of its keys). Keys and values are bytes, passed through
 /// byte-exact.
 #[derive(Clone, Debug, Default)]
 pub struct TemplateData {
-    entries: BTreeMap<String, BTreeMap<String, Vec<u8>>>,
+    entries: BTreeMap<String, Entry>,
+}
+
+#[derive(Clone, Debug)]
+enum Entry {
+    Map(BTreeMap<String, Vec<u8>>),
+    Value(Vec<u8>),
+}
+
+fn text_value(v: &[u8]) -> Value {
+    Value::String(Arc::from(bytes::from_bytes(v)))
 }
 
 impl TemplateData {
@@ -627,13 +675,19 @@ impl TemplateData {
         TemplateData::default()
     }
 
-    /// Adds (or replaces) the map `name`.
+    /// Adds (or replaces) the map `name` (`.name.key`).
     pub fn insert(&mut self, name: &str, map: BTreeMap<String, Vec<u8>>) {
-        self.entries.insert(name.to_string(), map);
+        self.entries.insert(name.to_string(), Entry::Map(map));
+    }
+
+    /// Adds (or replaces) the single value `name` (`.name`).
+    pub fn insert_value(&mut self, name: &str, value: Vec<u8>) {
+        self.entries.insert(name.to_string(), Entry::Value(value));
     }
 
     /// The root map, and the maps that stand for Go's `map[string]string` (where `index`
     /// of a missing key gives `""`).
+    #[allow(clippy::type_complexity)]
     fn root(
         &self,
     ) -> (
@@ -644,22 +698,22 @@ impl TemplateData {
         let root = self
             .entries
             .iter()
-            .map(|(name, map)| {
-                let inner: BTreeMap<Arc<str>, Value> = map
-                    .iter()
-                    .map(|(k, v)| {
-                        (
-                            Arc::from(bytes::from_bytes(k.as_bytes())),
-                            Value::String(Arc::from(bytes::from_bytes(v))),
-                        )
-                    })
-                    .collect();
-                let inner = Arc::new(inner);
-                string_maps.push(inner.clone());
-                (
-                    Arc::from(bytes::from_bytes(name.as_bytes())),
-                    Value::Map(inner),
-                )
+            .map(|(name, entry)| {
+                let value = match entry {
+                    Entry::Value(v) => text_value(v),
+                    Entry::Map(map) => {
+                        let inner: BTreeMap<Arc<str>, Value> = map
+                            .iter()
+                            .map(|(k, v)| {
+                                (Arc::from(bytes::from_bytes(k.as_bytes())), text_value(v))
+                            })
+                            .collect();
+                        let inner = Arc::new(inner);
+                        string_maps.push(inner.clone());
+                        Value::Map(inner)
+                    }
+                };
+                (Arc::from(bytes::from_bytes(name.as_bytes())), value)
             })
             .collect();
         (Arc::new(root), string_maps)

@@ -2,7 +2,7 @@
 //! docs and `runtime/template/v2/template_test.go`), Go semantics the wrapper adds, the
 //! limits, binary values, and that no error text holds a value.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::*;
 
@@ -802,4 +802,31 @@ fn engine_is_shareable() {
     assert_send_sync::<Engine>();
     assert!(engine().check("k", "{{ .a | upper }}").is_ok());
     assert!(engine().check("k", "{{ .a | nope }}").is_err());
+}
+
+#[test]
+fn data_refs_name_the_entries_read() {
+    let refs = engine()
+        .data_refs(
+            "t",
+            r#"{{ .db.user }}{{ index . "api-keys" "k" }}{{ $.tls.crt }}{{ with .cfg }}{{ .inner }}{{ end }}{{ range $k, $v := .list }}{{ $k }}{{ .x }}{{ end }}{{ if .flag }}{{ (.chain).x }}{{ end }}{{ define "d" }}{{ .no }}{{ $.no2 }}{{ end }}"#,
+        )
+        .unwrap();
+    let want: BTreeSet<String> = ["db", "api-keys", "tls", "cfg", "list", "flag", "chain"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    assert_eq!(refs.names, want);
+    assert_eq!(refs.whole_data_at, None);
+    for (tpl, at) in [
+        ("x\n {{ range $k, $v := . }}{{ end }}", (2, 2)),
+        ("{{ . | toJson }}", (1, 4)),
+        (r#"{{ template "t" . }}{{ define "t" }}{{ end }}"#, (1, 17)),
+        ("{{ $x := $ }}", (1, 10)),
+    ] {
+        let refs = engine().data_refs("t", tpl).unwrap();
+        assert!(refs.whole_data_at.is_some(), "{tpl}");
+        assert_eq!(refs.whole_data_at.unwrap().0, at.0, "{tpl}");
+    }
+    assert!(engine().data_refs("t", "{{ nosuch }}").is_err());
 }
