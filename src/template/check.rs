@@ -187,7 +187,7 @@ pub(crate) fn check_blocks(src: &str, left: &str, right: &str) -> Result<(), Blo
         let mut k = j;
         let mut end = None;
         while k < src.len() {
-            if src[k..].starts_with(right) {
+            if bytes[k..].starts_with(right.as_bytes()) {
                 end = Some(k + right.len());
                 break;
             }

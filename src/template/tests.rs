@@ -537,6 +537,9 @@ fn bad_syntax_has_line_and_column() {
         err("x{{ else }}y", &[]),
         "unable to parse template at key k: 1:2: unexpected {{else}}"
     );
+    // Non-ASCII text inside and around actions.
+    assert_eq!(ok("é{{ \"héllo — ü\" }}ß{{/* ö */}}", &[]), "éhéllo — üß");
+    assert_eq!(ok("{{ `日本` }}{{ 'é' }}", &[]), "日本233");
     // Delimiters inside strings and comments do not count.
     assert_eq!(
         ok("{{ \"{{ end }}\" }}{{/* {{ if }} */}}{{- `}}` -}}", &[]),
@@ -829,4 +832,83 @@ fn data_refs_name_the_entries_read() {
         assert_eq!(refs.whole_data_at.unwrap().0, at.0, "{tpl}");
     }
     assert!(engine().data_refs("t", "{{ nosuch }}").is_err());
+}
+
+/// Random templates from a hostile alphabet never panic (the reconciler renders
+/// user-written templates on its request path).
+#[test]
+fn random_templates_never_panic() {
+    use rand::{Rng, SeedableRng};
+    let pieces = [
+        "{{",
+        "}}",
+        "{{- ",
+        " -}}",
+        "{{/*",
+        "*/}}",
+        "\"",
+        "'",
+        "`",
+        "\\",
+        "é",
+        "日",
+        "\u{10FFFF}",
+        " ",
+        "\n",
+        ".",
+        "$",
+        "a",
+        "x",
+        "if",
+        "else",
+        "end",
+        "range",
+        "with",
+        "define",
+        "block",
+        "template",
+        "|",
+        "(",
+        ")",
+        ":=",
+        "=",
+        ",",
+        "-",
+        "1",
+        "0x",
+        "1e9",
+        "index",
+        "printf",
+        "\"%s\"",
+        "\"%v%v\"",
+        "b64dec",
+        "fromJson",
+        "toJson",
+        "slice",
+        "len",
+        "nosuch",
+        "nil",
+        "true",
+        "break",
+        "continue",
+        "<<",
+        ">>",
+    ];
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let d: &[(&str, &[u8])] = &[("a", b"{\"x\":1}"), ("x", &[0xff, 0xfe])];
+    let custom = Engine::new(TemplateSettings {
+        left_delimiter: "<<".into(),
+        right_delimiter: ">>".into(),
+        ..TemplateSettings::default()
+    })
+    .unwrap();
+    for _ in 0..4000 {
+        let n = rng.random_range(1..24);
+        let tpl: String = (0..n)
+            .map(|_| pieces[rng.random_range(0..pieces.len())])
+            .collect();
+        let _ = render(&tpl, d);
+        let _ = custom.render("k", &tpl, &data(d));
+        let _ = engine().data_refs("k", &tpl);
+    }
 }
