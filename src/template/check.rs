@@ -107,14 +107,12 @@ impl<'a> Walk<'a> {
             return;
         }
         match expr {
-            Expr::Identifier(pos, name) => {
-                if !(self.is_supported)(name) {
-                    self.finding = Some(Finding::Unsupported {
-                        function: name.to_string(),
-                        line: pos.line,
-                        col: self.col(*pos),
-                    });
-                }
+            Expr::Identifier(pos, name) if !(self.is_supported)(name) => {
+                self.finding = Some(Finding::Unsupported {
+                    function: name.to_string(),
+                    line: pos.line,
+                    col: self.col(*pos),
+                });
             }
             Expr::String(_, s) => {
                 self.literals.insert(s.to_string());
@@ -220,10 +218,8 @@ pub(crate) fn check_blocks(src: &str, left: &str, right: &str) -> Result<(), Blo
             "with" => open.push(("with", action_start)),
             "define" => open.push(("define", action_start)),
             "block" => open.push(("block", action_start)),
-            "end" => {
-                if open.pop().is_none() {
-                    return Err(("unexpected {{end}}".into(), line, col));
-                }
+            "end" if open.pop().is_none() => {
+                return Err(("unexpected {{end}}".into(), line, col));
             }
             "else" => match open.last() {
                 Some(("if" | "range" | "with", _)) => {}

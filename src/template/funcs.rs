@@ -437,8 +437,7 @@ fn f_to_string(ctx: &Ctx, a: &[Value]) -> FnResult {
 fn go_split<'a>(s: &'a str, sep: &str, n: Option<usize>) -> Vec<&'a str> {
     if sep.is_empty() {
         let mut v: Vec<&str> = Vec::new();
-        let mut idx = s.char_indices().peekable();
-        while let Some((i, c)) = idx.next() {
+        for (i, c) in s.char_indices() {
             if n.is_some_and(|n| v.len() + 1 == n) {
                 v.push(&s[i..]);
                 return v;

@@ -683,12 +683,12 @@ mod tests {
             (
                 "%.2f %f %e %g",
                 vec![
-                    Value::Float(3.14159),
+                    Value::Float(3.14659),
                     Value::Float(1.5),
                     Value::Float(1234.5),
                     Value::Float(1e21),
                 ],
-                "3.14 1.500000 1.234500e+03 1e+21",
+                "3.15 1.500000 1.234500e+03 1e+21",
             ),
             (
                 "%.3s|%8.3f",
