@@ -602,6 +602,41 @@ fn hash<D: sha2::Digest>(ctx: &Ctx, a: &[Value]) -> FnResult {
     Ok(string(data_encoding::HEXLOWER.encode(&D::digest(&raw))))
 }
 
+fn f_sha1sum(ctx: &Ctx, a: &[Value]) -> FnResult {
+    hash::<sha1::Sha1>(ctx, a)
+}
+
+/// Sprig's `htpasswd user password "sha"`: `user:{SHA}base64(sha1(password))`. The
+/// default `bcrypt` salts at random (a new Secret on every refresh) and is not supported.
+fn f_htpasswd(_: &Ctx, a: &[Value]) -> FnResult {
+    at_least(a, 2, "2 or 3")?;
+    if a.len() > 3 {
+        return Err(FnError::Args {
+            expected: "2 or 3",
+            got: a.len(),
+        });
+    }
+    let user = st(&a[0], "the user")?;
+    let password = bytes::to_bytes(st(&a[1], "the password")?);
+    let kind = match a.get(2) {
+        Some(v) => st(v, "the hash type")?,
+        None => "bcrypt",
+    };
+    if kind != "sha" {
+        return Err(msg(
+            "only the \"sha\" hash type is supported (bcrypt salts at random)",
+        ));
+    }
+    if user.contains(':') {
+        return Err(msg("the user must not contain ':'"));
+    }
+    let digest = <sha1::Sha1 as sha2::Digest>::digest(&password);
+    Ok(string(format!(
+        "{user}:{{SHA}}{}",
+        base64::engine::general_purpose::STANDARD.encode(digest)
+    )))
+}
+
 fn f_sha256sum(ctx: &Ctx, a: &[Value]) -> FnResult {
     hash::<sha2::Sha256>(ctx, a)
 }
@@ -1505,7 +1540,9 @@ pub(crate) const FUNCS: &[(&str, Func)] = &[
     ("b32enc", f_b32enc),
     ("b32dec", f_b32dec),
     ("hexdec", f_hexdec),
+    ("sha1sum", f_sha1sum),
     ("sha256sum", f_sha256sum),
+    ("htpasswd", f_htpasswd),
     ("sha512sum", f_sha512sum),
     // JSON / YAML
     ("toJson", f_to_json),
