@@ -535,14 +535,19 @@ fn f_sort_alpha(ctx: &Ctx, a: &[Value]) -> FnResult {
 // ---------------------------------------------------------------------------------------
 // Encoding and hashing
 
-fn b64_std() -> base64::engine::GeneralPurpose {
-    // Go's base64.StdEncoding: padding required, non-zero trailing bits accepted.
+/// Go's `base64.StdEncoding`/`URLEncoding` decoding rules: padding required, non-zero
+/// trailing bits accepted.
+pub(crate) fn b64_engine(alphabet: &base64::alphabet::Alphabet) -> base64::engine::GeneralPurpose {
     base64::engine::GeneralPurpose::new(
-        &base64::alphabet::STANDARD,
+        alphabet,
         base64::engine::GeneralPurposeConfig::new()
             .with_decode_allow_trailing_bits(true)
             .with_decode_padding_mode(base64::engine::DecodePaddingMode::RequireCanonical),
     )
+}
+
+fn b64_std() -> base64::engine::GeneralPurpose {
+    b64_engine(&base64::alphabet::STANDARD)
 }
 
 fn f_b64enc(ctx: &Ctx, a: &[Value]) -> FnResult {

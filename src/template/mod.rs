@@ -202,21 +202,25 @@ pub fn decode_value(
     key: &str,
     value: &[u8],
 ) -> Result<Vec<u8>, TemplateError> {
-    let std = base64::engine::general_purpose::STANDARD;
-    let url = base64::engine::general_purpose::URL_SAFE;
+    // Go's decoders skip CR and LF and accept non-zero trailing bits (not `Strict`).
+    let text: Vec<u8> = value
+        .iter()
+        .copied()
+        .filter(|b| *b != b'\r' && *b != b'\n')
+        .collect();
+    let std = funcs::b64_engine(&base64::alphabet::STANDARD);
+    let url = funcs::b64_engine(&base64::alphabet::URL_SAFE);
+    let fail = |strategy| TemplateError::Decode {
+        key: key.to_string(),
+        strategy,
+    };
     match strategy {
         DecodingStrategy::None => Ok(value.to_vec()),
-        DecodingStrategy::Base64 => std.decode(value).map_err(|_| TemplateError::Decode {
-            key: key.to_string(),
-            strategy: "Base64",
-        }),
-        DecodingStrategy::Base64Url => url.decode(value).map_err(|_| TemplateError::Decode {
-            key: key.to_string(),
-            strategy: "Base64URL",
-        }),
+        DecodingStrategy::Base64 => std.decode(&text).map_err(|_| fail("Base64")),
+        DecodingStrategy::Base64Url => url.decode(&text).map_err(|_| fail("Base64URL")),
         DecodingStrategy::Auto => Ok(std
-            .decode(value)
-            .or_else(|_| url.decode(value))
+            .decode(&text)
+            .or_else(|_| url.decode(&text))
             .unwrap_or_else(|_| value.to_vec())),
     }
 }

@@ -4,6 +4,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use base64::Engine as _;
+
 use super::*;
 
 fn data(pairs: &[(&str, &[u8])]) -> BTreeMap<String, Vec<u8>> {
@@ -928,4 +930,35 @@ fn random_templates_never_panic() {
         let _ = custom.render("k", &tpl, &data(d));
         let _ = engine().data_refs("k", &tpl);
     }
+}
+
+/// The example of docs/templates.md ("esi-cli file templates"), rendered as documented.
+#[test]
+fn docs_example_renders_as_documented() {
+    let pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----";
+    let ca = base64::engine::general_purpose::STANDARD.encode(pem);
+    let mut td = TemplateData::new();
+    td.insert(
+        "app/database",
+        data(&[
+            ("user", b"app"),
+            ("host", b"db.internal"),
+            ("port", b"5432"),
+            ("password", b"s3cr3t"),
+            ("ca", ca.as_bytes()),
+        ]),
+    );
+    td.insert("app-pw", data(&[("password", b"generated")]));
+    td.insert_value("api-token", b"tok-123\n".to_vec());
+    let tpl = "# rendered by esi-cli\n{{- $db := index . \"app/database\" }}\ndatabase:\n  url: {{ printf \"postgres://%s@%s:%s/app\" $db.user $db.host $db.port | quote }}\n  password: {{ $db.password | quote }}\nadmin-password: {{ index . \"app-pw\" \"password\" | quote }}\napi-token: {{ index . \"api-token\" | trim }}\ntls:\n  ca: |\n    {{- $db.ca | b64dec | nindent 4 }}\n";
+    let docs =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/templates.md")).unwrap();
+    assert!(docs.contains(tpl.trim_end()), "the docs example changed");
+    let out = engine().render_data("config.tmpl", tpl, &td).unwrap();
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        "# rendered by esi-cli\ndatabase:\n  url: \"postgres://app@db.internal:5432/app\"\n  password: \"s3cr3t\"\nadmin-password: \"generated\"\napi-token: tok-123\ntls:\n  ca: |\n    -----BEGIN CERTIFICATE-----\n    MIIB\n    -----END CERTIFICATE-----\n"
+    );
+    let refs = engine().data_refs("config.tmpl", tpl).unwrap();
+    assert_eq!(refs.names.len(), 3);
 }
