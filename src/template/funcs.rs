@@ -28,6 +28,8 @@ pub(crate) struct Ctx {
     pub max_value: usize,
     /// Largest list or map a function may return, in elements.
     pub max_items: usize,
+    /// Deepest nesting of lists and maps a function may build.
+    pub max_depth: usize,
 }
 
 /// Why a function failed; turned into `error calling NAME: …` (value-free).
@@ -35,6 +37,7 @@ pub(crate) struct Ctx {
 pub(crate) enum FnError {
     Msg(String),
     TooLarge,
+    TooDeep,
     Args { expected: &'static str, got: usize },
 }
 
@@ -70,6 +73,10 @@ pub(crate) fn to_gotmpl(name: &str, ctx: &Ctx, e: FnError) -> gotmpl::TemplateEr
         FnError::TooLarge => format!(
             "result exceeds the limit of {} bytes or {} elements",
             ctx.max_value, ctx.max_items
+        ),
+        FnError::TooDeep => format!(
+            "result nests lists and maps deeper than {} levels",
+            ctx.max_depth
         ),
         FnError::Args { expected, got } => {
             format!("wrong number of arguments: expects {expected}, got {got}")
@@ -173,6 +180,34 @@ fn list(items: Vec<Value>) -> Value {
 
 fn from_raw(raw: &[u8]) -> Value {
     string(bytes::from_bytes(raw))
+}
+
+/// Nesting depth of `v` (0 for a scalar), each shared list or map counted once. Every
+/// list and map in a render was built within [`Ctx::max_depth`] (data maps are 1 or 2
+/// deep), so the recursion is bounded.
+fn depth(v: &Value, memo: &mut std::collections::HashMap<usize, usize>) -> usize {
+    let (key, children): (usize, Box<dyn Iterator<Item = &Value> + '_>) = match v {
+        Value::List(l) => (Arc::as_ptr(l) as *const () as usize, Box::new(l.iter())),
+        Value::Map(m) => (Arc::as_ptr(m) as *const () as usize, Box::new(m.values())),
+        _ => return 0,
+    };
+    if let Some(d) = memo.get(&key) {
+        return *d;
+    }
+    let d = 1 + children.map(|c| depth(c, memo)).max().unwrap_or(0);
+    memo.insert(key, d);
+    d
+}
+
+/// A new list or map holding `items` must stay within [`Ctx::max_depth`].
+fn check_nesting<'a>(ctx: &Ctx, items: impl IntoIterator<Item = &'a Value>) -> Result<(), FnError> {
+    let mut memo = std::collections::HashMap::new();
+    for v in items {
+        if matches!(v, Value::List(_) | Value::Map(_)) && depth(v, &mut memo) + 1 > ctx.max_depth {
+            return Err(FnError::TooDeep);
+        }
+    }
+    Ok(())
 }
 
 fn checked_len(ctx: &Ctx, n: usize) -> Result<(), FnError> {
@@ -493,13 +528,25 @@ fn f_split_list(ctx: &Ctx, a: &[Value]) -> FnResult {
 }
 
 /// Sprig's `strslice`: a list's non-nil elements as strings; anything else as one string.
+/// The strings together stay within [`Ctx::max_value`] (a list may hold one large
+/// shared value many times).
 fn strslice(ctx: &Ctx, v: &Value) -> Result<Vec<String>, FnError> {
     match v {
-        Value::List(l) => l
-            .iter()
-            .filter(|x| !matches!(x, Value::Nil))
-            .map(|x| strval(ctx, x))
-            .collect(),
+        Value::List(l) => {
+            let mut total = 0usize;
+            let mut out = Vec::with_capacity(l.len());
+            for x in l.iter().filter(|x| !matches!(x, Value::Nil)) {
+                let remaining = ctx.max_value.saturating_sub(total);
+                let s = match x {
+                    Value::String(s) if s.len() > remaining => return Err(FnError::TooLarge),
+                    Value::String(s) => s.to_string(),
+                    other => gofmt::v_string(other, remaining)?,
+                };
+                total += s.len();
+                out.push(s);
+            }
+            Ok(out)
+        }
         Value::Nil => Ok(Vec::new()),
         other => Ok(vec![strval(ctx, other)?]),
     }
@@ -767,8 +814,11 @@ fn f_to_pretty_json(ctx: &Ctx, a: &[Value]) -> FnResult {
 
 /// A parsed JSON/YAML document as a template value (numbers are float64, as Go decodes
 /// them into `interface{}`); strings enter the escaped text form.
-fn from_json_value(ctx: &Ctx, v: serde_json::Value, budget: &mut usize) -> FnResult {
+fn from_json_value(ctx: &Ctx, v: serde_json::Value, budget: &mut usize, level: usize) -> FnResult {
     *budget = budget.checked_sub(1).ok_or(FnError::TooLarge)?;
+    if level > ctx.max_depth {
+        return Err(FnError::TooDeep);
+    }
     Ok(match v {
         serde_json::Value::Null => Value::Nil,
         serde_json::Value::Bool(b) => Value::Bool(b),
@@ -779,7 +829,7 @@ fn from_json_value(ctx: &Ctx, v: serde_json::Value, budget: &mut usize) -> FnRes
             list(
                 items
                     .into_iter()
-                    .map(|x| from_json_value(ctx, x, budget))
+                    .map(|x| from_json_value(ctx, x, budget, level + 1))
                     .collect::<Result<Vec<_>, _>>()?,
             )
         }
@@ -789,7 +839,7 @@ fn from_json_value(ctx: &Ctx, v: serde_json::Value, budget: &mut usize) -> FnRes
             for (k, x) in m {
                 out.insert(
                     Arc::from(bytes::from_bytes(k.as_bytes())),
-                    from_json_value(ctx, x, budget)?,
+                    from_json_value(ctx, x, budget, level + 1)?,
                 );
             }
             Value::Map(Arc::new(out))
@@ -809,7 +859,7 @@ fn f_from_json(ctx: &Ctx, a: &[Value]) -> FnResult {
         ))
     })?;
     let mut budget = ctx.max_items.saturating_mul(16);
-    from_json_value(ctx, doc, &mut budget)
+    from_json_value(ctx, doc, &mut budget, 0)
 }
 
 fn f_from_yaml(ctx: &Ctx, a: &[Value]) -> FnResult {
@@ -834,7 +884,7 @@ fn f_from_yaml(ctx: &Ctx, a: &[Value]) -> FnResult {
         return Err(msg("input is not a YAML map"));
     }
     let mut budget = ctx.max_items.saturating_mul(16);
-    from_json_value(ctx, doc, &mut budget)
+    from_json_value(ctx, doc, &mut budget, 0)
 }
 
 /// A template value as a JSON value for the YAML writer, bounded by `budget` nodes
@@ -898,6 +948,7 @@ fn f_to_yaml(ctx: &Ctx, a: &[Value]) -> FnResult {
 
 fn f_list(ctx: &Ctx, a: &[Value]) -> FnResult {
     checked_len(ctx, a.len())?;
+    check_nesting(ctx, a)?;
     Ok(list(a.to_vec()))
 }
 
@@ -905,6 +956,7 @@ fn f_append(ctx: &Ctx, a: &[Value]) -> FnResult {
     arity(a, 2, "2")?;
     let l = list_arg(&a[0], "the first argument")?;
     checked_len(ctx, l.len() + 1)?;
+    check_nesting(ctx, &a[1..])?;
     let mut v = l.to_vec();
     v.push(a[1].clone());
     Ok(list(v))
@@ -914,6 +966,7 @@ fn f_prepend(ctx: &Ctx, a: &[Value]) -> FnResult {
     arity(a, 2, "2")?;
     let l = list_arg(&a[0], "the first argument")?;
     checked_len(ctx, l.len() + 1)?;
+    check_nesting(ctx, &a[1..])?;
     let mut v = Vec::with_capacity(l.len() + 1);
     v.push(a[1].clone());
     v.extend_from_slice(l);
@@ -968,11 +1021,65 @@ fn f_reverse(_: &Ctx, a: &[Value]) -> FnResult {
     Ok(list(v))
 }
 
-fn f_uniq(_: &Ctx, a: &[Value]) -> FnResult {
+/// Go's `reflect.DeepEqual` as Sprig's list functions use it, bounded: a shared list or
+/// map equals itself at once, and at most `budget` nodes are compared in all (a DAG of
+/// shared halves would otherwise take exponential time).
+fn deep_eq(x: &Value, y: &Value, budget: &mut usize) -> Result<bool, FnError> {
+    *budget = budget.checked_sub(1).ok_or(FnError::TooLarge)?;
+    Ok(match (x, y) {
+        (Value::List(p), Value::List(q)) => {
+            if Arc::ptr_eq(p, q) {
+                return Ok(true);
+            }
+            if p.len() != q.len() {
+                return Ok(false);
+            }
+            for (i, j) in p.iter().zip(q.iter()) {
+                if !deep_eq(i, j, budget)? {
+                    return Ok(false);
+                }
+            }
+            true
+        }
+        (Value::Map(p), Value::Map(q)) => {
+            if Arc::ptr_eq(p, q) {
+                return Ok(true);
+            }
+            if p.len() != q.len() {
+                return Ok(false);
+            }
+            for ((k1, v1), (k2, v2)) in p.iter().zip(q.iter()) {
+                if k1 != k2 || !deep_eq(v1, v2, budget)? {
+                    return Ok(false);
+                }
+            }
+            true
+        }
+        (Value::List(_) | Value::Map(_), _) | (_, Value::List(_) | Value::Map(_)) => false,
+        _ => x == y,
+    })
+}
+
+/// Whether `hay` holds a value deeply equal to `needle`.
+fn holds(hay: &[Value], needle: &Value, budget: &mut usize) -> Result<bool, FnError> {
+    for h in hay {
+        if deep_eq(h, needle, budget)? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+fn eq_budget(ctx: &Ctx) -> usize {
+    ctx.max_items.saturating_mul(100)
+}
+
+fn f_uniq(ctx: &Ctx, a: &[Value]) -> FnResult {
     arity(a, 1, "1")?;
+    let mut budget = eq_budget(ctx);
     let mut v: Vec<Value> = Vec::new();
     for x in list_arg(&a[0], "the argument")? {
-        if !v.contains(x) {
+        if !holds(&v, x, &mut budget)? {
             v.push(x.clone());
         }
     }
@@ -990,10 +1097,11 @@ fn f_compact(_: &Ctx, a: &[Value]) -> FnResult {
     ))
 }
 
-fn f_has(_: &Ctx, a: &[Value]) -> FnResult {
+fn f_has(ctx: &Ctx, a: &[Value]) -> FnResult {
     arity(a, 2, "2")?;
+    let mut budget = eq_budget(ctx);
     Ok(Value::Bool(match &a[1] {
-        Value::List(l) => l.contains(&a[0]),
+        Value::List(l) => holds(l, &a[0], &mut budget)?,
         Value::Nil => false,
         other => {
             return Err(msg(format!(
@@ -1004,12 +1112,17 @@ fn f_has(_: &Ctx, a: &[Value]) -> FnResult {
     }))
 }
 
-fn f_without(_: &Ctx, a: &[Value]) -> FnResult {
+fn f_without(ctx: &Ctx, a: &[Value]) -> FnResult {
     at_least(a, 1, "at least 1")?;
     let l = list_arg(&a[0], "the first argument")?;
-    Ok(list(
-        l.iter().filter(|x| !a[1..].contains(x)).cloned().collect(),
-    ))
+    let mut budget = eq_budget(ctx);
+    let mut v = Vec::new();
+    for x in l {
+        if !holds(&a[1..], x, &mut budget)? {
+            v.push(x.clone());
+        }
+    }
+    Ok(list(v))
 }
 
 fn key_of(ctx: &Ctx, v: &Value) -> Result<Arc<str>, FnError> {
@@ -1018,6 +1131,7 @@ fn key_of(ctx: &Ctx, v: &Value) -> Result<Arc<str>, FnError> {
 
 fn f_dict(ctx: &Ctx, a: &[Value]) -> FnResult {
     checked_len(ctx, a.len() / 2 + 1)?;
+    check_nesting(ctx, a.iter().skip(1).step_by(2))?;
     let mut m = Map::new();
     for pair in a.chunks(2) {
         let v = pair.get(1).cloned().unwrap_or_else(|| string(""));

@@ -48,6 +48,9 @@ pub struct TemplateLimits {
     pub max_value_bytes: usize,
     /// Most elements in a list or map any function may return (default 10 000).
     pub max_items: usize,
+    /// Deepest nesting of lists and maps a function may build (`list`, `dict`, `append`,
+    /// `fromJson` …; default 64): printing, serializing and dropping values recurse.
+    pub max_depth: usize,
 }
 
 impl Default for TemplateLimits {
@@ -59,6 +62,7 @@ impl Default for TemplateLimits {
             max_output_bytes: 1024 * 1024,
             max_value_bytes: 1024 * 1024,
             max_items: 10_000,
+            max_depth: 64,
         }
     }
 }
@@ -297,12 +301,14 @@ impl Engine {
             || l.max_output_bytes == 0
             || l.max_value_bytes == 0
             || l.max_items == 0
+            || l.max_depth == 0
         {
             return Err(TemplateError::Settings("a limit is zero"));
         }
         let ctx = Ctx {
             max_value: l.max_value_bytes,
             max_items: l.max_items,
+            max_depth: l.max_depth,
         };
         let funcs = FUNCS
             .iter()

@@ -617,6 +617,14 @@ fn doubling_is_capped() {
         &[],
     );
     assert!(e.contains("output exceeds"), "{e}");
+    // One large value many times in a list: the strings made from it are bounded in total.
+    for f in ["join \",\"", "toStrings", "sortAlpha"] {
+        let tpl = format!(
+            "{{{{ $x := repeat 100000 \"a\" }}}}{{{{ $l := list }}}}{{{{ range 5000 }}}}{{{{ $l = append $l $x }}}}{{{{ end }}}}{{{{ $l | {f} | len }}}}"
+        );
+        let e = err(&tpl, &[]);
+        assert!(e.contains("result exceeds the limit"), "{f}: {e}");
+    }
     let e = err("{{ indent 2000000 \"x\" }}", &[]);
     assert!(e.contains("error calling indent"), "{e}");
     let e = err("{{ printf \"%050000000d\" 1 }}", &[]);
@@ -961,4 +969,87 @@ fn docs_example_renders_as_documented() {
     );
     let refs = engine().data_refs("config.tmpl", tpl).unwrap();
     assert_eq!(refs.names.len(), 3);
+}
+
+/// Deep nesting is refused or rendered, never a stack overflow.
+#[test]
+fn deep_nesting_is_bounded() {
+    for n in [50, 500, 5000] {
+        let parens = format!("{{{{ {}1{} }}}}", "(".repeat(n), ")".repeat(n));
+        let _ = render(&parens, &[]);
+        let _ = engine().data_refs("k", &parens);
+        let ifs = format!("{}x{}", "{{ if 1 }}".repeat(n), "{{ end }}".repeat(n));
+        let _ = render(&ifs, &[]);
+        let withs = format!("{}x{}", "{{ with 1 }}".repeat(n), "{{ end }}".repeat(n));
+        let _ = engine().data_refs("k", &withs);
+    }
+    let deep_json = format!("{}{}", "[".repeat(5000), "]".repeat(5000));
+    let e = err("{{ .j | fromJson }}", &[("j", deep_json.as_bytes())]);
+    assert!(e.contains("error calling fromJson"), "{e}");
+    let deep_yaml = format!("a: {}{}", "[".repeat(5000), "]".repeat(5000));
+    let _ = render("{{ .j | fromYaml }}", &[("j", deep_yaml.as_bytes())]);
+}
+
+/// Lists and maps nest at most 64 deep (printing, serializing and dropping recurse): a
+/// loop that wraps a list 9 999 times stops at the limit; one 60 deep works everywhere.
+#[test]
+fn deeply_nested_values_are_bounded() {
+    for step in [
+        "{{ $l = list $l }}",
+        "{{ $l = dict \"k\" $l }}",
+        "{{ $l = append (list) $l }}",
+        "{{ $l = prepend (list) $l }}",
+        "{{ $l = list 1 (list $l) }}",
+    ] {
+        let tpl = format!(
+            "{{{{ $l := list }}}}{{{{ range 9999 }}}}{step}{{{{ end }}}}{{{{ $l | toJson }}}}"
+        );
+        let e = err(&tpl, &[]);
+        assert!(
+            e.contains("nests lists and maps deeper than 64 levels"),
+            "{step}: {e}"
+        );
+    }
+    let build = "{{ $l := list }}{{ range 60 }}{{ $l = list $l $l }}{{ end }}";
+    for tail in [
+        "{{ $l | toJson | len }}",
+        "{{ $l | toYaml | len }}",
+        "{{ $l | toString | len }}",
+        "{{ printf \"%v\" $l | len }}",
+        "{{ $l | quote | len }}",
+        "{{ $l | uniq | len }}",
+        "{{ has $l (list $l) }}",
+    ] {
+        // Shared halves make the printed forms exponential: refused by size, not by stack.
+        let _ = render(&format!("{build}{tail}"), &[]);
+    }
+    // Two equal DAGs built apart: comparing them is bounded, not exponential.
+    let twin = "{{ $a := list }}{{ $b := list }}{{ range 60 }}{{ $a = list $a $a }}{{ $b = list $b $b }}{{ end }}";
+    for tail in [
+        "{{ has $a (list $b) }}",
+        "{{ list $a $b | uniq | len }}",
+        "{{ without (list $a) $b | len }}",
+    ] {
+        let started = std::time::Instant::now();
+        let e = err(&format!("{twin}{tail}"), &[]);
+        assert!(e.contains("result exceeds the limit"), "{tail}: {e}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "{tail}"
+        );
+    }
+    let build = "{{ $l := list }}{{ range 60 }}{{ $l = list $l }}{{ end }}";
+    assert_eq!(
+        ok(&format!("{build}{{{{ $l | toJson | len }}}}"), &[]),
+        "122"
+    );
+    assert_eq!(ok(&format!("{build}{{{{ $l | len }}}}"), &[]), "1");
+    let deep = format!("{}{}", "[".repeat(100), "]".repeat(100));
+    let e = err("{{ .j | fromJson }}", &[("j", deep.as_bytes())]);
+    assert!(e.contains("deeper than 64 levels"), "{e}");
+    let ok_deep = format!("{}{}", "[".repeat(60), "]".repeat(60));
+    assert_eq!(
+        ok("{{ .j | fromJson | toJson }}", &[("j", ok_deep.as_bytes())]),
+        ok_deep
+    );
 }
