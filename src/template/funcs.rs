@@ -30,6 +30,8 @@ pub(crate) struct Ctx {
     pub max_items: usize,
     /// Deepest nesting of lists and maps a function may build.
     pub max_depth: usize,
+    /// Most work in one render: the sizes of all function arguments and results, summed.
+    pub max_work: usize,
 }
 
 /// Why a function failed; turned into `error calling NAME: …` (value-free).
@@ -38,6 +40,7 @@ pub(crate) enum FnError {
     Msg(String),
     TooLarge,
     TooDeep,
+    WorkLimit,
     Args { expected: &'static str, got: usize },
 }
 
@@ -59,10 +62,36 @@ pub(crate) type Func = fn(&Ctx, &[Value]) -> FnResult;
 pub(crate) const OUR_ERROR: &str = "\u{1}esi\u{1}";
 
 /// Wraps `f` as a gotmpl function named `name`.
-pub(crate) fn wrap(name: &'static str, ctx: Ctx, f: Func) -> gotmpl::ValueFunc {
+/// The size of a value for the work budget: bytes of a string, elements of a list or map.
+fn weight(v: &Value) -> usize {
+    match v {
+        Value::String(s) => s.len(),
+        Value::List(l) => l.len(),
+        Value::Map(m) => m.len(),
+        _ => 0,
+    }
+}
+
+/// One render's work budget: the sizes of every function's arguments and result, summed
+/// ([`Ctx::max_work`]); shared by the functions of that render.
+pub(crate) type Work = Arc<std::sync::atomic::AtomicUsize>;
+
+fn spend(ctx: &Ctx, work: &Work, amount: usize) -> Result<(), FnError> {
+    use std::sync::atomic::Ordering;
+    let before = work.fetch_add(amount.saturating_add(1), Ordering::Relaxed);
+    if before.saturating_add(amount) > ctx.max_work {
+        return Err(FnError::WorkLimit);
+    }
+    Ok(())
+}
+
+/// Wraps `f` as a gotmpl function named `name`, charging `work`.
+pub(crate) fn wrap(name: &'static str, ctx: Ctx, f: Func, work: Work) -> gotmpl::ValueFunc {
     Arc::new(move |args: &[Value]| {
-        f(&ctx, args)
+        spend(&ctx, &work, args.iter().map(weight).sum())
+            .and_then(|()| f(&ctx, args))
             .and_then(|v| check_size(&ctx, v))
+            .and_then(|v| spend(&ctx, &work, weight(&v)).map(|()| v))
             .map_err(|e| to_gotmpl(name, &ctx, e))
     })
 }
@@ -73,6 +102,10 @@ pub(crate) fn to_gotmpl(name: &str, ctx: &Ctx, e: FnError) -> gotmpl::TemplateEr
         FnError::TooLarge => format!(
             "result exceeds the limit of {} bytes or {} elements",
             ctx.max_value, ctx.max_items
+        ),
+        FnError::WorkLimit => format!(
+            "the render exceeds its work limit of {} (sizes of all function arguments and results)",
+            ctx.max_work
         ),
         FnError::TooDeep => format!(
             "result nests lists and maps deeper than {} levels",

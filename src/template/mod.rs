@@ -51,6 +51,10 @@ pub struct TemplateLimits {
     /// Deepest nesting of lists and maps a function may build (`list`, `dict`, `append`,
     /// `fromJson` …; default 64): printing, serializing and dropping values recurse.
     pub max_depth: usize,
+    /// Most work in one render: the sizes (bytes of strings, elements of lists and maps)
+    /// of every function's arguments and result, summed (default 64 Mi). Bounds the time a
+    /// loop of expensive calls can take.
+    pub max_work: usize,
 }
 
 impl Default for TemplateLimits {
@@ -63,6 +67,7 @@ impl Default for TemplateLimits {
             max_value_bytes: 1024 * 1024,
             max_items: 10_000,
             max_depth: 64,
+            max_work: 64 * 1024 * 1024,
         }
     }
 }
@@ -231,11 +236,10 @@ pub fn decode_value(
 
 struct Inner {
     settings: TemplateSettings,
-    funcs: gotmpl::FuncMap,
     ctx: Ctx,
 }
 
-/// The template engine: settings and the function table, shared cheaply (`Clone` is an
+/// The template engine: settings and limits, shared cheaply (`Clone` is an
 /// `Arc` clone). Each call parses its template again (as ESO does on every reconcile).
 #[derive(Clone)]
 pub struct Engine {
@@ -302,6 +306,7 @@ impl Engine {
             || l.max_value_bytes == 0
             || l.max_items == 0
             || l.max_depth == 0
+            || l.max_work == 0
         {
             return Err(TemplateError::Settings("a limit is zero"));
         }
@@ -309,17 +314,10 @@ impl Engine {
             max_value: l.max_value_bytes,
             max_items: l.max_items,
             max_depth: l.max_depth,
+            max_work: l.max_work,
         };
-        let funcs = FUNCS
-            .iter()
-            .map(|(name, f)| (name.to_string(), funcs::wrap(name, ctx, *f)))
-            .collect();
         Ok(Engine {
-            inner: Arc::new(Inner {
-                settings,
-                funcs,
-                ctx,
-            }),
+            inner: Arc::new(Inner { settings, ctx }),
         })
     }
 
@@ -492,13 +490,19 @@ impl Engine {
         string_maps: Vec<Arc<BTreeMap<Arc<str>, Value>>>,
     ) -> Result<Vec<u8>, TemplateError> {
         let literals = Arc::new(self.prepare(name, tpl)?);
+        let work: funcs::Work = Arc::default();
         let s = &self.inner.settings;
         let ctx = self.inner.ctx;
         let template = Template::new(name)
             .delims(&s.left_delimiter, &s.right_delimiter)
             .missing_key(MissingKey::Error)
             .max_range_iters(s.limits.max_range_iterations)
-            .funcs(self.inner.funcs.clone())
+            .funcs(
+                FUNCS
+                    .iter()
+                    .map(|(n, f)| (n.to_string(), funcs::wrap(n, ctx, *f, work.clone())))
+                    .collect(),
+            )
             .func("index", move |args: &[Value]| {
                 funcs::index(&string_maps, args).map_err(|e| funcs::to_gotmpl("index", &ctx, e))
             })

@@ -620,7 +620,7 @@ fn doubling_is_capped() {
     // One large value many times in a list: the strings made from it are bounded in total.
     for f in ["join \",\"", "toStrings", "sortAlpha"] {
         let tpl = format!(
-            "{{{{ $x := repeat 100000 \"a\" }}}}{{{{ $l := list }}}}{{{{ range 5000 }}}}{{{{ $l = append $l $x }}}}{{{{ end }}}}{{{{ $l | {f} | len }}}}"
+            "{{{{ $x := repeat 2000 \"a\" }}}}{{{{ $l := list }}}}{{{{ range 1000 }}}}{{{{ $l = append $l $x }}}}{{{{ end }}}}{{{{ $l | {f} | len }}}}"
         );
         let e = err(&tpl, &[]);
         assert!(e.contains("result exceeds the limit"), "{f}: {e}");
@@ -629,6 +629,29 @@ fn doubling_is_capped() {
     assert!(e.contains("error calling indent"), "{e}");
     let e = err("{{ printf \"%050000000d\" 1 }}", &[]);
     assert!(e.contains("error calling printf"), "{e}");
+}
+
+#[test]
+fn work_per_render_is_bounded() {
+    let big = vec![b'a'; 100 * 1024];
+    let started = std::time::Instant::now();
+    let e = err(
+        "{{ range 10000 }}{{ $x := sha256sum $.big }}{{ end }}",
+        &[("big", &big)],
+    );
+    assert!(
+        e.contains("error calling sha256sum: the render exceeds its work limit"),
+        "{e}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    // The same call a few times is fine.
+    assert_eq!(
+        ok(
+            "{{ range 100 }}{{ $x := sha256sum $.big }}{{ end }}ok",
+            &[("big", &big)]
+        ),
+        "ok"
+    );
 }
 
 #[test]
