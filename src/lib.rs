@@ -24,4 +24,5 @@ pub mod runtime;
 pub mod source;
 pub mod status;
 pub mod support;
+pub mod template;
 pub mod tls;

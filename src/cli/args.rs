@@ -6,6 +6,7 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 
 use super::duration::parse_duration;
+use crate::template::{Engine, TemplateSettings};
 
 /// Where a projected ServiceAccount token lives in a Pod.
 pub const DEFAULT_TOKEN_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
@@ -38,7 +39,8 @@ pub struct Args {
     /// `ENV=secret.key` (one key each), or `*` for every key of every named secret.
     #[arg(long, value_delimiter = ',')]
     pub inject_on_env: Vec<String>,
-    /// `/path=secret.key` (one key) or `/path=secret` (the whole secret as YAML).
+    /// `/path=secret.key` (one key), `/path=secret` (the whole secret as YAML), or
+    /// `/path=@/template/file` (a Go template over the secrets it names: docs/templates.md).
     #[arg(long, value_delimiter = ',')]
     pub inject_on_file: Vec<String>,
     /// Init mode: the program to exec with the secrets.
@@ -189,8 +191,51 @@ pub struct EnvSpec {
 pub struct FileSpec {
     /// Absolute path.
     pub path: PathBuf,
-    /// One key, or the whole secret (YAML).
-    pub source: SecretRef,
+    /// One key, the whole secret (YAML), or a template.
+    pub source: FileSource,
+}
+
+/// What a file holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FileSource {
+    /// `/path=secret.key` (one key) or `/path=secret` (the whole secret).
+    Secret(SecretRef),
+    /// `/path=@/template/file`: the template rendered over the secrets it names
+    /// (docs/templates.md, "esi-cli file templates").
+    Template(FileTemplate),
+}
+
+/// A file template: its path, and once [`Plan::load_templates`] ran, its text and the
+/// secrets it reads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileTemplate {
+    /// The template file, as given after `@`.
+    pub file: PathBuf,
+    /// Filled by [`Plan::load_templates`].
+    pub loaded: Option<LoadedTemplate>,
+}
+
+/// A template file read and checked at start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoadedTemplate {
+    /// The template source (at most [`crate::template::TemplateLimits::max_source_bytes`]).
+    pub text: String,
+    /// The secrets it reads (`.secret.key`, `index . "secret"`), each fetched once.
+    pub secrets: Vec<String>,
+}
+
+impl FileSpec {
+    /// The secrets this file needs (none for a template not loaded yet).
+    pub fn secret_names(&self) -> Vec<&str> {
+        match &self.source {
+            FileSource::Secret(r) => vec![r.secret.as_str()],
+            FileSource::Template(t) => t
+                .loaded
+                .as_ref()
+                .map(|l| l.secrets.iter().map(String::as_str).collect())
+                .unwrap_or_default(),
+        }
+    }
 }
 
 /// Everything the command line asks for, validated.
@@ -364,7 +409,7 @@ impl Plan {
             let (path, r) = item.split_once('=').ok_or_else(|| {
                 invalid(
                     "inject-on-file",
-                    format!("{item:?} is not /path=secret[.key]"),
+                    format!("{item:?} is not /path=secret[.key] or /path=@template"),
                 )
             })?;
             let path = PathBuf::from(path.trim());
@@ -380,12 +425,25 @@ impl Plan {
                     format!("{} is named twice", path.display()),
                 ));
             }
-            files.push(FileSpec {
-                path,
-                source: parse_ref(r.trim(), &known).ok_or_else(|| {
+            let source = match r.trim().strip_prefix('@') {
+                Some(file) => {
+                    let file = file.trim();
+                    if file.is_empty() || file.contains('\0') {
+                        return Err(invalid(
+                            "inject-on-file",
+                            format!("{item:?}: no template file named after @"),
+                        ));
+                    }
+                    FileSource::Template(FileTemplate {
+                        file: PathBuf::from(file),
+                        loaded: None,
+                    })
+                }
+                None => FileSource::Secret(parse_ref(r.trim(), &known).ok_or_else(|| {
                     invalid("inject-on-file", format!("{item:?}: no secret named"))
-                })?,
-            });
+                })?),
+            };
+            files.push(FileSpec { path, source });
         }
 
         let binary = a.binary_path.clone().filter(|p| !p.as_os_str().is_empty());
@@ -449,13 +507,55 @@ impl Plan {
             .iter()
             .map(String::as_str)
             .chain(self.env.iter().map(|e| e.source.secret.as_str()))
-            .chain(self.files.iter().map(|f| f.source.secret.as_str()));
+            .chain(self.files.iter().flat_map(FileSpec::secret_names));
         for n in refs {
             if !names.contains(&n) {
                 names.push(n);
             }
         }
         names
+    }
+
+    /// Reads and checks every `--inject-on-file=/path=@template` file: at most
+    /// [`crate::template::TemplateLimits::max_source_bytes`], UTF-8, valid syntax, only
+    /// supported functions, and secrets named (`.secret.key`, `index . "secret"`), not the
+    /// whole data (`range .`), so that exactly those are fetched. Each name must be
+    /// fetchable from the chosen source. Separate from [`Plan::from_args`], which reads
+    /// nothing from disk; `esi-cli` calls both at start, before anything is fetched.
+    pub fn load_templates(&mut self) -> Result<(), ArgsError> {
+        let engine = Engine::new(TemplateSettings::default())
+            .map_err(|e| invalid("inject-on-file", e.to_string()))?;
+        let limit = engine.settings().limits.max_source_bytes;
+        for spec in &mut self.files {
+            let FileSource::Template(t) = &mut spec.source else {
+                continue;
+            };
+            let name = t.file.display().to_string();
+            let text = read_template(&t.file, limit).map_err(|reason| {
+                invalid("inject-on-file", format!("template {name}: {reason}"))
+            })?;
+            let refs = engine
+                .data_refs(&name, &text)
+                .map_err(|e| invalid("inject-on-file", e.to_string()))?;
+            if let Some((line, col)) = refs.whole_data_at {
+                return Err(invalid(
+                    "inject-on-file",
+                    format!(
+                        "template {name}: {line}:{col}: the template uses the data as a whole \
+                         (`.` or `$`); name each secret (`.secret.key`, `index . \"secret\"`) \
+                         so that esi-cli knows what to fetch"
+                    ),
+                ));
+            }
+            t.loaded = Some(LoadedTemplate {
+                text,
+                secrets: refs.names.into_iter().collect(),
+            });
+        }
+        for name in self.referenced_names() {
+            self.resolve(name)?;
+        }
+        Ok(())
     }
 
     /// What a secret name means for the chosen source.
@@ -487,9 +587,9 @@ impl Plan {
             Mode::Init => self.referenced_names(),
             Mode::Daemon => {
                 let mut v: Vec<&str> = Vec::new();
-                for f in &self.files {
-                    if !v.contains(&f.source.secret.as_str()) {
-                        v.push(&f.source.secret);
+                for name in self.files.iter().flat_map(FileSpec::secret_names) {
+                    if !v.contains(&name) {
+                        v.push(name);
                     }
                 }
                 v
@@ -503,6 +603,21 @@ impl Plan {
         }
         Ok(out)
     }
+}
+
+/// Reads a template file of at most `limit` bytes, as UTF-8 text. The reason holds no
+/// content of the file.
+fn read_template(path: &std::path::Path, limit: usize) -> Result<String, String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read: {e}"))?;
+    let mut buf = Vec::new();
+    file.take(limit as u64 + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    if buf.len() > limit {
+        return Err(format!("is larger than {limit} bytes"));
+    }
+    String::from_utf8(buf).map_err(|_| "is not UTF-8 text".to_string())
 }
 
 /// Splits `secret.key`. Secret names and keys may both hold dots, so a prefix that is a
@@ -585,7 +700,7 @@ mod tests {
             }
         );
         assert_eq!(p.env[1].source.key, None);
-        assert_eq!(p.files[0].source.key, None);
+        assert!(matches!(&p.files[0].source, FileSource::Secret(r) if r.key.is_none()));
         assert_eq!(p.files[1].path, PathBuf::from("/etc/app/pw"));
         assert_eq!(
             p.args,
@@ -784,5 +899,107 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(p.secrets().unwrap(), vec![SecretId::Store("filed".into())]);
+    }
+
+    fn write_tmp(dir: &std::path::Path, name: &str, text: &[u8]) -> String {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    }
+
+    #[test]
+    fn file_templates_are_parsed_then_loaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = write_tmp(
+            dir.path(),
+            "good.tmpl",
+            br#"user={{ .db.user }} key={{ index . "api/keys" "k" }} pw={{ .pw.password }}"#,
+        );
+        let flag = format!("--inject-on-file=/etc/app/c.yaml=@{good}");
+        let mut p = fed(&[
+            "--mode=init",
+            &flag,
+            "--federated-generators=ns/Password/pw",
+        ])
+        .unwrap();
+        // Flag parsing reads nothing: the template is not loaded yet.
+        match &p.files[0].source {
+            FileSource::Template(t) => {
+                assert_eq!(t.file, PathBuf::from(&good));
+                assert!(t.loaded.is_none());
+            }
+            other => panic!("{other:?}"),
+        }
+        p.load_templates().unwrap();
+        let FileSource::Template(t) = &p.files[0].source else {
+            panic!()
+        };
+        assert_eq!(
+            t.loaded.as_ref().unwrap().secrets,
+            vec!["api/keys", "db", "pw"]
+        );
+        assert_eq!(
+            p.secrets().unwrap(),
+            vec![
+                SecretId::Store("api/keys".into()),
+                SecretId::Store("db".into()),
+                SecretId::Generator(GeneratorRef {
+                    namespace: "ns".into(),
+                    kind: "Password".into(),
+                    name: "pw".into()
+                }),
+            ]
+        );
+    }
+
+    #[test]
+    fn broken_file_templates_fail_at_load_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let load = |name: &str, text: &[u8]| -> String {
+            let path = write_tmp(dir.path(), name, text);
+            let flag = format!("--inject-on-file=/etc/app/c=@{path}");
+            let mut p = fed(&["--mode=init", &flag]).unwrap();
+            p.load_templates().unwrap_err().to_string()
+        };
+        let e = load("now.tmpl", b"{{ if false }}{{ now }}{{ end }}");
+        assert!(
+            e.contains("now.tmpl: 1:18: function \"now\" is not supported"),
+            "{e}"
+        );
+        let e = load("syntax.tmpl", b"a\n{{ if .x }}");
+        assert!(e.contains("syntax.tmpl: 2:1: unexpected EOF"), "{e}");
+        let e = load("whole.tmpl", b"{{ range $k, $v := . }}{{ end }}");
+        assert!(e.contains("uses the data as a whole"), "{e}");
+        let e = load("big.tmpl", &vec![b'x'; 64 * 1024 + 1]);
+        assert!(e.contains("big.tmpl: is larger than 65536 bytes"), "{e}");
+        let e = load("bin.tmpl", &[0xff, 0xfe]);
+        assert!(e.contains("bin.tmpl: is not UTF-8 text"), "{e}");
+        let flag = "--inject-on-file=/etc/app/c=@/nonexistent/x.tmpl";
+        let e = fed(&["--mode=init", flag])
+            .unwrap()
+            .load_templates()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("template /nonexistent/x.tmpl: cannot read"),
+            "{e}"
+        );
+        let e = fed(&["--mode=init", "--inject-on-file=/etc/app/c=@"]).unwrap_err();
+        assert!(e.contains("no template file named after @"), "{e}");
+        // A secret the template names must be fetchable: without a store it is not.
+        let path = write_tmp(dir.path(), "store.tmpl", b"{{ .db.user }}");
+        let flag = format!("--inject-on-file=/etc/app/c=@{path}");
+        let mut p = parse(&[
+            "--mode=init",
+            "--federated-server-url=https://esi.example.com",
+            "--federated-generators=ns/Password/pw",
+            &flag,
+        ])
+        .unwrap();
+        let e = p.load_templates().unwrap_err().to_string();
+        assert!(
+            e.contains("--federated-store") && e.contains("\"db\""),
+            "{e}"
+        );
     }
 }

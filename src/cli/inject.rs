@@ -4,9 +4,10 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use super::args::{FileSpec, Plan, SecretId, SecretRef};
+use super::args::{FileSource, FileSpec, FileTemplate, Plan, SecretId, SecretRef};
 use super::fetch::Results;
 use super::value::{SecretData, SecretValue};
+use crate::template::{Engine, TemplateData, TemplateSettings};
 
 /// One reason a requested secret cannot be had; printed as one line.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -121,20 +122,24 @@ fn pick(id: &SecretId, data: &SecretData, r: &SecretRef) -> Result<SecretValue, 
     }
 }
 
-/// The content of one file: one key's value, or the whole secret (YAML when it has
-/// keys; a store value that is not a JSON object is written as it is).
+/// The content of one file: one key's value, the whole secret (YAML when it has keys; a
+/// store value that is not a JSON object is written as it is), or a rendered template.
 pub fn render_file(
     plan: &Plan,
     results: &Results,
     spec: &FileSpec,
 ) -> Result<SecretValue, Option<Failure>> {
-    let (id, data) = lookup(plan, results, &spec.source.secret)?;
+    let source = match &spec.source {
+        FileSource::Secret(r) => r,
+        FileSource::Template(t) => return render_template_file(plan, results, spec, t),
+    };
+    let (id, data) = lookup(plan, results, &source.secret)?;
     let with_path = |f: Failure| Failure {
         subject: format!("{} (for {})", f.subject, spec.path.display()),
         reason: f.reason,
     };
-    match (&spec.source.key, &data.raw) {
-        (Some(_), _) => pick(&id, data, &spec.source).map_err(|f| Some(with_path(f))),
+    match (&source.key, &data.raw) {
+        (Some(_), _) => pick(&id, data, source).map_err(|f| Some(with_path(f))),
         (None, Some(raw)) if data.keys.is_empty() => Ok(raw.clone()),
         (None, _) => render_yaml(data).map_err(|reason| {
             Some(with_path(Failure {
@@ -143,6 +148,71 @@ pub fn render_file(
             }))
         }),
     }
+}
+
+/// A template file rendered over the secrets it names: `.secret.key` for a secret with
+/// keys, `.secret` for a store value that is not a JSON object (docs/templates.md).
+fn render_template_file(
+    plan: &Plan,
+    results: &Results,
+    spec: &FileSpec,
+    t: &FileTemplate,
+) -> Result<SecretValue, Option<Failure>> {
+    let subject = || {
+        format!(
+            "template {} (for {})",
+            t.file.display(),
+            spec.path.display()
+        )
+    };
+    let Some(loaded) = &t.loaded else {
+        return Err(Some(Failure {
+            subject: subject(),
+            reason: "was not loaded".into(),
+        }));
+    };
+    let mut data = TemplateData::new();
+    let mut missing = None;
+    for name in &loaded.secrets {
+        match lookup(plan, results, name) {
+            Ok((_, d)) if d.keys.is_empty() && d.raw.is_some() => {
+                let raw = d
+                    .raw
+                    .as_ref()
+                    .map(|v| v.expose().to_vec())
+                    .unwrap_or_default();
+                data.insert_value(name, raw);
+            }
+            Ok((_, d)) => data.insert(
+                name,
+                d.keys
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.expose().to_vec()))
+                    .collect(),
+            ),
+            // Reported once per secret by the caller; the file is not rendered.
+            Err(f) => missing = Some(f),
+        }
+    }
+    if let Some(f) = missing {
+        return Err(f);
+    }
+    let engine = Engine::new(TemplateSettings::default()).map_err(|e| {
+        Some(Failure {
+            subject: subject(),
+            reason: e.to_string(),
+        })
+    })?;
+    // Template errors name the template, a key or a function, never a value.
+    engine
+        .render_data(&t.file.display().to_string(), &loaded.text, &data)
+        .map(SecretValue::new)
+        .map_err(|e| {
+            Some(Failure {
+                subject: subject(),
+                reason: e.to_string(),
+            })
+        })
 }
 
 /// The failures of the fetch round, one line per secret that could not be had.
@@ -442,5 +512,63 @@ mod tests {
         );
         let inj = assemble(&p, &r, &p.secrets().unwrap()).unwrap();
         assert_eq!(env_of(&inj), vec![("A_B".to_string(), "1".to_string())]);
+    }
+
+    #[test]
+    fn file_templates_render_over_the_secrets_they_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let tmpl = dir.path().join("c.tmpl");
+        std::fs::write(
+            &tmpl,
+            "db: {{ .db.user }}:{{ .db.password }}\ntoken: {{ .token }}\npw: {{ .pw.password | b64enc }}\n",
+        )
+        .unwrap();
+        let flag = format!("--inject-on-file=/c=@{}", tmpl.display());
+        let mut p = plan(&[
+            "--mode=init",
+            &flag,
+            "--federated-generators=ns/Password/pw",
+        ]);
+        p.load_templates().unwrap();
+        let ids = p.secrets().unwrap();
+        let mut r = Results::new();
+        r.insert(
+            SecretId::Store("db".into()),
+            Ok(SecretData::from_store_value(
+                r#"{"user":"app","password":"p"}"#.into(),
+            )),
+        );
+        r.insert(
+            SecretId::Store("token".into()),
+            Ok(SecretData::from_store_value("t0k".into())),
+        );
+        let gen_id = ids
+            .iter()
+            .find(|i| matches!(i, SecretId::Generator(_)))
+            .unwrap()
+            .clone();
+        r.insert(
+            gen_id,
+            Ok(SecretData::from_keys(
+                [("password".to_string(), SecretValue::new(vec![0xff, 0x00]))].into(),
+            )),
+        );
+        let inj = assemble(&p, &r, &ids).unwrap();
+        assert_eq!(
+            inj.files[0].1.expose(),
+            b"db: app:p\ntoken: t0k\npw: /wA=\n"
+        );
+        // A key the template reads and the secret lacks: the file fails, naming the key only.
+        std::fs::write(&tmpl, "{{ .db.nope }}").unwrap();
+        let mut p = plan(&["--mode=init", &flag]);
+        p.load_templates().unwrap();
+        let lines = assemble(&p, &r, &p.secrets().unwrap()).unwrap_err();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        let line = lines[0].to_string();
+        assert!(
+            line.contains("c.tmpl (for /c)") && line.contains("no entry for key \"nope\""),
+            "{line}"
+        );
+        assert!(!line.contains("app") && !line.contains("t0k"), "{line}");
     }
 }

@@ -59,7 +59,7 @@ pub fn main_entry() -> ExitCode {
             };
         }
     };
-    let plan = match Plan::from_args(&args) {
+    let plan = match Plan::from_args(&args).and_then(|mut p| p.load_templates().map(|()| p)) {
         Ok(p) => p,
         Err(e) => {
             say(e);
