@@ -169,7 +169,7 @@ pub fn rewrite_map(
             (None, Some(t), None) => {
                 let Some(renderer) = renderer else {
                     return Err(SyncError::Unsupported(format!(
-                        "{at}.transform needs the template engine, which this build does not have yet"
+                        "{at}.transform needs the template engine, which this reconciler was not given"
                     )));
                 };
                 let mut out = DataMap::new();

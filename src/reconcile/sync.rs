@@ -39,8 +39,8 @@ pub const EXTERNAL_SECRET_API_VERSION: &str = "external-secrets.io/v1";
 pub struct SyncOptions {
     /// `--controller-class`: stores of another class are not ours.
     pub controller_class: String,
-    /// The template engine for `target.template` and `rewrite[].transform`; `None` (this
-    /// build, until the engine is wired in): such an ExternalSecret fails as unsupported.
+    /// The template engine for `target.template` and `rewrite[].transform`
+    /// ([`super::template::engine`]); `None`: such an ExternalSecret fails as unsupported.
     pub templates: Option<Arc<dyn TemplateRenderer>>,
 }
 
@@ -364,10 +364,10 @@ fn renderer_for<'a>(
     match opts.templates.as_deref() {
         Some(r) => Ok(Some(r)),
         None if spec.target.template.is_some() => Err(SyncError::Unsupported(
-            "target.template needs the template engine, which this build does not have yet".into(),
+            "target.template needs the template engine, which this reconciler was not given".into(),
         )),
         None if transform => Err(SyncError::Unsupported(
-            "rewrite[].transform needs the template engine, which this build does not have yet"
+            "rewrite[].transform needs the template engine, which this reconciler was not given"
                 .into(),
         )),
         None => Ok(None),
@@ -1059,14 +1059,76 @@ metadata: {name: team, labels: {tier: db}}
         DirectoryScanner::new(dir.path().to_path_buf(), None).scan(&mut |e| builder.apply(e));
         let inv = builder.build();
         assert_eq!(inv.external_secrets().len(), 2);
+        let no_engine = SyncOptions {
+            templates: None,
+            ..SyncOptions::default()
+        };
         for es in inv.external_secrets() {
-            let err = sync(es, &inv, &SyncOptions::default(), &mut Vec::new())
+            let err = sync(es, &inv, &no_engine, &mut Vec::new())
                 .await
                 .unwrap_err();
             assert!(matches!(err, SyncError::Unsupported(_)), "{err}");
             assert!(err.to_string().contains("template engine"), "{err}");
         }
-        assert!(crate::reconcile::template::engine().is_none());
+    }
+
+    /// The Go template engine renders `target.template` (data, templateFrom literal with
+    /// `valuesDecodingStrategy`, metadata) and `rewrite[].transform`, in ESO's order.
+    #[tokio::test]
+    async fn the_go_template_engine_renders_templates_and_transforms() {
+        let engine = crate::reconcile::template::engine().expect("the engine builds");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("m.yaml"),
+            format!(
+                "{STORE}{}{}",
+                es(
+                    "tpl",
+                    "team",
+                    r#"{secretStoreRef: {name: fake}, target: {template: {
+                        type: kubernetes.io/basic-auth,
+                        metadata: {labels: {tier: "{{ .text | upper | replace \" \" \"-\" }}"}},
+                        data: {username: "{{ (.db | fromJson).user }}", greeting: "{{ .text | lower }}"},
+                        templateFrom: [{literal: "decoded: {{ .text | b64enc }}", valuesDecodingStrategy: Base64}]}},
+                       data: [{secretKey: text, remoteRef: {key: plain}}, {secretKey: db, remoteRef: {key: db}}]}"#
+                ),
+                es(
+                    "tr",
+                    "team",
+                    "{secretStoreRef: {name: fake}, dataFrom: [{extract: {key: db}, rewrite: [{transform: {template: \"db_{{ .value | upper }}\"}}]}]}"
+                )
+            ),
+        )
+        .unwrap();
+        let mut builder = InventoryBuilder::new(ProviderSettings::default());
+        DirectoryScanner::new(dir.path().to_path_buf(), None).scan(&mut |e| builder.apply(e));
+        let inv = builder.build();
+        let opts = SyncOptions {
+            templates: Some(engine),
+            ..SyncOptions::default()
+        };
+        let mut results = BTreeMap::new();
+        for es in inv.external_secrets() {
+            let r = sync(es, &inv, &opts, &mut Vec::new()).await;
+            results.insert(es.name.clone(), r);
+        }
+        let tpl = results["tpl"].as_ref().expect("tpl syncs");
+        assert_eq!(tpl.type_, "kubernetes.io/basic-auth");
+        assert_eq!(tpl.labels["tier"], "PLAIN-TEXT");
+        let data: BTreeMap<&str, &[u8]> = tpl
+            .data
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_slice()))
+            .collect();
+        assert_eq!(data["username"], b"u");
+        assert_eq!(data["decoded"], b"plain text");
+        assert!(
+            !data.contains_key("text"),
+            "Replace: only the templates' output"
+        );
+        let tr = results["tr"].as_ref().expect("tr syncs");
+        let keys: Vec<&str> = tr.data.keys().map(String::as_str).collect();
+        assert_eq!(keys, ["db_PASS", "db_USER"]);
     }
 
     #[tokio::test]

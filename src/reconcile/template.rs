@@ -1,6 +1,6 @@
-//! `target.template` in ESO's `ApplyTemplate` order, over a [`TemplateRenderer`] (the Go
-//! template engine of `crate::template` plugs in there; until it does, an ExternalSecret
-//! with a template fails with a clear "not supported" error, see [`super::SyncOptions`]).
+//! `target.template` in ESO's `ApplyTemplate` order, over a [`TemplateRenderer`]: the Go
+//! template engine of `crate::template` ([`engine`]); without one (tests), an ExternalSecret
+//! with a template fails with a clear "not supported" error, see [`super::SyncOptions`].
 //!
 //! ESO's order (`externalsecret_controller_template.go`):
 //! 1. validate (`type`, `templateFrom[].target`);
@@ -17,7 +17,9 @@
 
 use std::collections::BTreeMap;
 
-use crate::resources::external_secret::{SecretTemplate, TemplateMergePolicy, TemplateScope};
+use crate::resources::external_secret::{
+    DecodingStrategy, SecretTemplate, TemplateMergePolicy, TemplateScope,
+};
 
 use super::SyncError;
 use super::inventory::Inventory;
@@ -37,12 +39,49 @@ pub trait TemplateRenderer: Send + Sync {
     ) -> Result<DataMap, String>;
 }
 
-/// The template engine this build renders ESO templates with: none yet (the Go template
-/// engine, `crate::template`, is wired in here when it lands; until then an ExternalSecret
-/// with `target.template` or `rewrite[].transform` fails as unsupported, never rendered
-/// some other way).
+/// The Go template engine (`crate::template`, ESO's engine v2 semantics, default `{{ }}`
+/// delimiters) that renders `target.template` and `rewrite[].transform`. `None` only if the
+/// engine cannot be built with its defaults, which a test rules out: such ExternalSecrets
+/// then fail as unsupported, never rendered some other way.
 pub fn engine() -> Option<std::sync::Arc<dyn TemplateRenderer>> {
-    None
+    crate::template::Engine::new(crate::template::TemplateSettings::default())
+        .ok()
+        .map(|e| std::sync::Arc::new(e) as std::sync::Arc<dyn TemplateRenderer>)
+}
+
+impl TemplateRenderer for crate::template::Engine {
+    fn render(&self, name: &str, tpl: &str, data: &DataMap) -> Result<Vec<u8>, String> {
+        crate::template::Engine::render(self, name, tpl, data).map_err(|e| e.to_string())
+    }
+
+    fn render_keys_and_values(
+        &self,
+        name: &str,
+        tpl: &str,
+        data: &DataMap,
+    ) -> Result<DataMap, String> {
+        crate::template::Engine::render_keys_and_values(self, name, tpl, data)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// `templateFrom[].valuesDecodingStrategy` applied to each value of a `KeysAndValues`
+/// output (ESO: values only, never keys). Errors name the key, never the value.
+fn decode_values(strategy: DecodingStrategy, kv: DataMap, at: &str) -> Result<DataMap, SyncError> {
+    use crate::template::DecodingStrategy as D;
+    let strategy = match strategy {
+        DecodingStrategy::None => return Ok(kv),
+        DecodingStrategy::Base64 => D::Base64,
+        DecodingStrategy::Base64Url => D::Base64Url,
+        DecodingStrategy::Auto => D::Auto,
+    };
+    kv.into_iter()
+        .map(|(k, v)| {
+            crate::template::decode_value(strategy, &k, &v)
+                .map(|decoded| (k, decoded))
+                .map_err(|e| template_error(at, e.to_string()))
+        })
+        .collect()
 }
 
 /// What a template makes of the Secret. Debug shows keys, never values.
@@ -203,6 +242,7 @@ pub fn apply_template(
                         let kv = renderer
                             .render_keys_and_values(&item.key, &tpl_text, provider)
                             .map_err(|e| template_error(&at, e))?;
+                        let kv = decode_values(from.values_decoding_strategy, kv, &at)?;
                         for (k, v) in kv {
                             put(&mut out, t, k, v, &at)?;
                         }
@@ -214,6 +254,7 @@ pub fn apply_template(
             let kv = renderer
                 .render_keys_and_values("literal", literal, provider)
                 .map_err(|e| template_error(&at, e))?;
+            let kv = decode_values(from.values_decoding_strategy, kv, &at)?;
             for (k, v) in kv {
                 put(&mut out, t, k, v, &at)?;
             }

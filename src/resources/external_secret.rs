@@ -396,6 +396,9 @@ pub struct TemplateFrom {
     /// An inline template (KeysAndValues).
     #[serde(default)]
     pub literal: Option<String>,
+    /// How the values a `KeysAndValues` template renders are decoded (keys never are).
+    #[serde(default)]
+    pub values_decoding_strategy: DecodingStrategy,
 }
 
 /// `target.template.mergePolicy`.
