@@ -372,11 +372,18 @@ impl RemoteClient {
         &self.base
     }
 
-    /// `base/segments…`, each segment percent-encoded as one (a `/` in a name is `%2F`).
-    /// Empty segments are refused: they would change which resource the path names.
+    /// `base/segments…`, each segment percent-encoded as one (a `/` in a name is `%2F`, a
+    /// `%` is `%25`). Empty, `.` and `..` segments are refused
+    /// ([`RemoteError::InvalidRequest`]): they would change which resource the path names
+    /// (the `url` crate drops a `.` or `..` segment rather than encode it).
     pub fn url_of(&self, segments: &[&str]) -> Result<reqwest::Url, RemoteError> {
         if segments.iter().any(|s| s.is_empty()) {
             return Err(RemoteError::InvalidRequest("an empty name in the path"));
+        }
+        if segments.iter().any(|s| matches!(*s, "." | "..")) {
+            return Err(RemoteError::InvalidRequest(
+                "a name `.` or `..` in the path",
+            ));
         }
         let mut url = self.base.clone();
         url.path_segments_mut()
@@ -841,6 +848,42 @@ mod tests {
             c.url_of(&["v1", "credentials", "", "renew"]),
             Err(RemoteError::InvalidRequest(_))
         ));
+    }
+
+    /// Review finding 1: the `url` crate drops a `.` or `..` segment given to
+    /// `path_segments_mut().extend` instead of encoding it, so a name `..` changed which
+    /// resource the path names (`/generators/../ns/revoke` became `/generators/ns/revoke`).
+    #[test]
+    fn dot_names_are_refused_not_dropped() {
+        let c = client("https://esi.example.com/prefix/");
+        for bad in [".", ".."] {
+            for segments in [
+                ["v1", "secretstore", bad, "get"].as_slice(),
+                ["generators", bad, "ns", "revoke"].as_slice(),
+                ["v1", "credentials", bad, "renew"].as_slice(),
+            ] {
+                assert!(
+                    matches!(c.url_of(segments), Err(RemoteError::InvalidRequest(_))),
+                    "{segments:?}: {:?}",
+                    c.url_of(segments).map(|u| u.to_string())
+                );
+            }
+        }
+        // Dots that are not a whole segment, and encoded dots, stay text of one segment.
+        let u = c
+            .url_of(&["secretstore", "s", "secrets", "..."])
+            .unwrap();
+        assert_eq!(
+            u.as_str(),
+            "https://esi.example.com/prefix/secretstore/s/secrets/..."
+        );
+        let u = c
+            .url_of(&["secretstore", "s", "secrets", "%2e%2E"])
+            .unwrap();
+        assert_eq!(
+            u.as_str(),
+            "https://esi.example.com/prefix/secretstore/s/secrets/%252e%252E"
+        );
     }
 
     #[test]
