@@ -780,9 +780,13 @@ fn tls_cause(
             continue;
         }
         // Some layers re-wrap the rustls error as text; its messages are distinctive.
-        let text = e.to_string();
-        if TLS_PHRASES.iter().any(|p| text.contains(p)) {
-            return Some(root_cause(e));
+        // Not reqwest's own text: it holds the URL, whose names (a key called
+        // `tls-handshake-key`) are the caller's words, not a TLS failure.
+        if e.downcast_ref::<reqwest::Error>().is_none() {
+            let text = e.to_string();
+            if TLS_PHRASES.iter().any(|p| text.contains(p)) {
+                return Some(root_cause(e));
+            }
         }
         cur = e.source();
     }
@@ -884,6 +888,27 @@ mod tests {
             u.as_str(),
             "https://esi.example.com/prefix/secretstore/s/secrets/%252e%252E"
         );
+    }
+
+    /// Review finding 4: a name with a TLS word ("handshake") in the URL made a refused
+    /// connection look like a TLS failure (reqwest's text holds the URL), which is not
+    /// retried.
+    #[tokio::test]
+    async fn a_name_in_the_url_is_not_a_tls_failure() {
+        // Nothing listens on a port just released.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let c = client(&format!("https://127.0.0.1:{port}"));
+        let tok = Token::new("t").unwrap();
+        let e = c
+            .ese_secret(&tok, "s", "tls-handshake-key")
+            .await
+            .unwrap_err();
+        assert!(matches!(e, RemoteError::Unreachable(_)), "{e:?}");
+        assert!(e.is_transient());
     }
 
     #[test]
