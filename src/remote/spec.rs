@@ -83,7 +83,8 @@ pub struct ServiceAccountRef {
     /// its own).
     #[serde(default)]
     pub namespace: Option<String>,
-    /// The token's audiences (the Federation Server's `audiences`).
+    /// The token's audiences (the Federation Server's `audiences`): 1 to 16 (none would
+    /// mean the API server's own audience, a token valid against this cluster).
     #[serde(default)]
     pub audiences: Vec<String>,
 }
@@ -231,7 +232,7 @@ fn is_dns_subdomain(name: &str) -> bool {
 /// Resolves `server` and `auth` into a [`Connection`]. Errors: [`ConnectError::Invalid`]
 /// (no or two token sources, `caRef` with `caBundle`, a URL that is not `https://`, a CA
 /// without certificates, a bad token, a `serviceAccountRef` outside the object's
-/// namespace or whose name or namespace is not a Kubernetes name, more than 16
+/// namespace or whose name or namespace is not a Kubernetes name, no or more than 16
 /// audiences), [`ConnectError::SecretRef`].
 pub fn connect(
     ctx: &ConnectContext<'_>,
@@ -324,6 +325,13 @@ pub fn connect(
             if !is_dns_label(&namespace) {
                 return Err(invalid(
                     "auth.kubernetes.serviceAccountRef.namespace is not a namespace name (lowercase letters, digits and '-', at most 63)",
+                ));
+            }
+            // No audience would ask for the API server's own: a token this cluster's API
+            // server accepts, handed to another server. Deny by default.
+            if sa.audiences.is_empty() {
+                return Err(invalid(
+                    "auth.kubernetes.serviceAccountRef.audiences: name the Federation Server's audience (without one, the token would be valid for this cluster's API server, and would be sent to another server)",
                 ));
             }
             if sa.audiences.len() > MAX_AUDIENCES
@@ -520,6 +528,20 @@ mod tests {
                 url.clone(),
                 json!({"kubernetes": {"serviceAccountRef": {"name": "app", "namespace": "../kube-system", "audiences": ["a"]}}}),
                 "serviceAccountRef.namespace",
+            ),
+            // Review finding 3: no audiences would ask a token for the API server's own
+            // audience, which the remote server could then use against this cluster.
+            (
+                Some("apps"),
+                url.clone(),
+                json!({"kubernetes": {"serviceAccountRef": {"name": "a"}}}),
+                "audiences",
+            ),
+            (
+                Some("apps"),
+                url.clone(),
+                json!({"kubernetes": {"serviceAccountRef": {"name": "a", "audiences": []}}}),
+                "audiences",
             ),
         ] {
             let e = err(ns, server.clone(), auth.clone());
