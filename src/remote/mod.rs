@@ -373,12 +373,18 @@ impl RemoteClient {
     }
 
     /// `base/segments…`, each segment percent-encoded as one (a `/` in a name is `%2F`, a
-    /// `%` is `%25`). Empty, `.` and `..` segments are refused
+    /// `%` is `%25`). Empty, `.` and `..` segments and control characters are refused
     /// ([`RemoteError::InvalidRequest`]): they would change which resource the path names
-    /// (the `url` crate drops a `.` or `..` segment rather than encode it).
+    /// (the `url` crate drops a `.` or `..` segment rather than encode it, and skips tab,
+    /// CR and LF, so `vault\tprod` would name `vaultprod`).
     pub fn url_of(&self, segments: &[&str]) -> Result<reqwest::Url, RemoteError> {
         if segments.iter().any(|s| s.is_empty()) {
             return Err(RemoteError::InvalidRequest("an empty name in the path"));
+        }
+        if segments.iter().any(|s| s.chars().any(char::is_control)) {
+            return Err(RemoteError::InvalidRequest(
+                "a name with control characters in the path",
+            ));
         }
         if segments.iter().any(|s| matches!(*s, "." | "..")) {
             return Err(RemoteError::InvalidRequest(
@@ -888,6 +894,22 @@ mod tests {
             u.as_str(),
             "https://esi.example.com/prefix/secretstore/s/secrets/%252e%252E"
         );
+    }
+
+    /// Review finding 9: the `url` crate skips tab, CR and LF inside a segment, so
+    /// `vault\tprod` named the store `vaultprod`, `.\n.` became a `..` segment and `\t` an
+    /// empty one.
+    #[test]
+    fn control_characters_in_names_are_refused() {
+        let c = client("https://esi.example.com/prefix/");
+        for bad in ["vault\tprod", ".\n.", "\t", "a\rb", "a\u{0}b", "a\u{7f}b"] {
+            let got = c.url_of(&["v1", "secretstore", bad, "get"]);
+            assert!(
+                matches!(got, Err(RemoteError::InvalidRequest(_))),
+                "{bad:?}: {:?}",
+                got.map(|u| u.to_string())
+            );
+        }
     }
 
     /// Review finding 4: a name with a TLS word ("handshake") in the URL made a refused
