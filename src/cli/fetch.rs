@@ -178,7 +178,10 @@ mod tests {
             }
         })
         .await;
-        assert!(matches!(out, Err(FetchError::RateLimited { .. })), "{out:?}");
+        assert!(
+            matches!(out, Err(FetchError::RateLimited { .. })),
+            "{out:?}"
+        );
         let n = calls.load(Ordering::SeqCst);
         assert!(n <= 10, "{n} calls in 400 ms");
     }

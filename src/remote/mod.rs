@@ -880,9 +880,7 @@ mod tests {
             }
         }
         // Dots that are not a whole segment, and encoded dots, stay text of one segment.
-        let u = c
-            .url_of(&["secretstore", "s", "secrets", "..."])
-            .unwrap();
+        let u = c.url_of(&["secretstore", "s", "secrets", "..."]).unwrap();
         assert_eq!(
             u.as_str(),
             "https://esi.example.com/prefix/secretstore/s/secrets/..."
