@@ -219,13 +219,13 @@ fn is_dns_part(name: &str) -> bool {
 
 /// A DNS-1123 label (a namespace name): at most 63 bytes (Kubernetes'
 /// `IsDNS1123Label`).
-fn is_dns_label(name: &str) -> bool {
+pub(crate) fn is_dns_label(name: &str) -> bool {
     name.len() <= 63 && is_dns_part(name)
 }
 
 /// A DNS-1123 subdomain (a ServiceAccount name): at most 253 bytes, parts joined by `.`
 /// (Kubernetes' `IsDNS1123Subdomain`).
-fn is_dns_subdomain(name: &str) -> bool {
+pub(crate) fn is_dns_subdomain(name: &str) -> bool {
     name.len() <= 253 && name.split('.').all(is_dns_part)
 }
 
