@@ -77,7 +77,8 @@ pub struct RemoteSettings {
     /// What TLS trusts.
     pub trust: Trust,
     /// The client cluster's CA (PEM), sent base64-encoded as the body's `ca.crt` on every
-    /// call (the server may use it to reach that cluster's keys). `None`: not sent.
+    /// call (the server may use it to reach that cluster's keys): only its certificates,
+    /// re-encoded, never anything else the bundle holds. `None`: not sent.
     pub client_ca: Option<Vec<u8>>,
     /// Bound on one call, connect to last byte.
     pub timeout: Duration,
@@ -284,6 +285,22 @@ pub fn pem_certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, Stri
     Ok(certs)
 }
 
+/// Certificates as PEM (`CERTIFICATE` blocks, 64-character lines, LF), nothing else.
+fn certificates_pem(certs: &[CertificateDer<'_>]) -> String {
+    let mut out = String::new();
+    for c in certs {
+        out.push_str("-----BEGIN CERTIFICATE-----\n");
+        let b64 = B64.encode(c.as_ref());
+        for line in b64.as_bytes().chunks(64) {
+            // Base64 is ASCII: every chunk is UTF-8.
+            out.push_str(std::str::from_utf8(line).unwrap_or_default());
+            out.push('\n');
+        }
+        out.push_str("-----END CERTIFICATE-----\n");
+    }
+    out
+}
+
 impl RemoteClient {
     /// Builds the client. Errors: [`RemoteConfigError::Url`] (not an absolute `https`
     /// URL, or one with credentials, a query or a fragment), [`RemoteConfigError::Ca`] (no PEM certificate in `trust.ca_pem` or
@@ -329,11 +346,13 @@ impl RemoteClient {
         }
         let client_ca = match &settings.client_ca {
             Some(pem) => {
-                pem_certificates(pem).map_err(|reason| RemoteConfigError::Ca {
+                let certs = pem_certificates(pem).map_err(|reason| RemoteConfigError::Ca {
                     setting: "ca.crt (the client cluster's CA)".into(),
                     reason,
                 })?;
-                Some(Arc::from(B64.encode(pem)))
+                // Only the certificates, re-encoded: never what else the file or Secret
+                // holds (a private key next to its certificate, comments).
+                Some(Arc::from(B64.encode(certificates_pem(&certs))))
             }
             None => None,
         };
@@ -908,6 +927,32 @@ mod tests {
                 got.map(|u| u.to_string())
             );
         }
+    }
+
+    /// Review finding 10: `ca.crt` was the file or Secret value as it is, so a bundle
+    /// holding a private key next to its certificate (a combined `cert+key` PEM, a
+    /// careless `caCertSecretRef`) sent the key to the server on every call. Only the
+    /// certificates go now.
+    #[test]
+    fn only_the_certificates_of_the_client_ca_are_sent() {
+        let ca = rcgen::generate_simple_self_signed(vec!["x".into()]).unwrap();
+        let mut pem = ca.cert.pem();
+        pem.push_str(&ca.signing_key.serialize_pem());
+        pem.push_str("# a comment, then the certificate again\n");
+        pem.push_str(&ca.cert.pem());
+        let mut s = RemoteSettings::new("https://h");
+        s.client_ca = Some(pem.into_bytes());
+        let c = RemoteClient::new(&s).unwrap();
+        let sent = B64
+            .decode(c.body(Default::default())["ca.crt"].as_str().unwrap())
+            .unwrap();
+        let sent = String::from_utf8(sent).unwrap();
+        assert!(!sent.contains("PRIVATE KEY"), "{sent}");
+        assert!(!sent.contains("comment"), "{sent}");
+        assert_eq!(
+            pem_certificates(sent.as_bytes()).unwrap(),
+            vec![ca.cert.der().clone(), ca.cert.der().clone()]
+        );
     }
 
     /// Review finding 4: a name with a TLS word ("handshake") in the URL made a refused
