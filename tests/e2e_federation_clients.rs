@@ -483,6 +483,48 @@ async fn kubernetes_mode_tokens_come_from_the_token_request_api() {
     );
 }
 
+/// Review finding 2 at the sink: kube-core formats the namespace and name into the
+/// TokenRequest path unencoded, so the token source itself refuses what is not a
+/// Kubernetes name: no request with `..` or `/` in a name reaches the API server.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_token_request_source_refuses_names_that_are_not_kubernetes_names() {
+    use common::fake_kube::FakeKube;
+    use esi::remote::ServiceAccountTokens;
+    let fake = FakeKube::start().await;
+    fake.sign_tokens_with_fixture(ISS, "ec-1");
+    fake.apply(json!({"apiVersion": "v1", "kind": "ServiceAccount",
+        "metadata": {"name": "admin", "namespace": "kube-system"}}));
+    let source = esi::remote::token_request::KubeTokenRequest::new(fake.client().await);
+    let aud = vec![AUD.to_string()];
+    for (ns, sa) in [
+        ("apps", "../../kube-system/serviceaccounts/admin"),
+        ("apps/../kube-system", "admin"),
+        ("apps", "admin/token?dryRun=All&x="),
+        ("apps", ""),
+    ] {
+        let got = source.token(ns, sa, &aud).await;
+        assert!(
+            matches!(&got, Err(TokenError::Unavailable(m)) if m.contains("not a Kubernetes name")),
+            "{ns}/{sa}: {got:?}"
+        );
+    }
+    // Review finding 3 at the sink: no audience would be the API server's own.
+    fake.apply(json!({"apiVersion": "v1", "kind": "ServiceAccount",
+        "metadata": {"name": "app", "namespace": "apps"}}));
+    let got = source.token("apps", "app", &[]).await;
+    assert!(
+        matches!(&got, Err(TokenError::Unavailable(m)) if m.contains("no audience")),
+        "{got:?}"
+    );
+    let sent: Vec<String> = fake
+        .requests()
+        .into_iter()
+        .map(|r| r.path)
+        .filter(|p| p.contains("serviceaccounts"))
+        .collect();
+    assert!(sent.is_empty(), "{sent:?}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_server_refuses_an_externalsecrets_store() {
     let vault = FakeVault::start().await;

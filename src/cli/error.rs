@@ -48,6 +48,10 @@ pub enum FetchError {
     /// The answer was not what the call returns.
     #[error("malformed answer: {0}")]
     Malformed(&'static str),
+    /// The request cannot be made as asked (a name `.` or `..`, which a URL path cannot
+    /// carry as a name; no `--federated-store`).
+    #[error("invalid request: {0}")]
+    InvalidRequest(&'static str),
     /// The overall `--timeout` ran out.
     #[error("timed out after {0:?}")]
     Timeout(Duration),

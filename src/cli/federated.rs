@@ -130,7 +130,7 @@ fn fetch_error(e: RemoteError) -> FetchError {
             path: String::new(),
             reason: t.to_string(),
         },
-        RemoteError::InvalidRequest(m) => FetchError::Malformed(m),
+        RemoteError::InvalidRequest(m) => FetchError::InvalidRequest(m),
     }
 }
 
@@ -177,7 +177,7 @@ impl FederatedClient {
                 let store = self
                     .store
                     .as_deref()
-                    .ok_or(FetchError::Malformed("no --federated-store"))?;
+                    .ok_or(FetchError::InvalidRequest("no --federated-store"))?;
                 vec!["secretstore", store, "secrets", name.as_str()]
             }
             SecretId::Generator(GeneratorRef {
@@ -238,7 +238,7 @@ impl FederatedClient {
                 let store = self
                     .store
                     .as_deref()
-                    .ok_or(FetchError::Malformed("no --federated-store"))?;
+                    .ok_or(FetchError::InvalidRequest("no --federated-store"))?;
                 let value = self
                     .remote
                     .ese_secret(&token, store, name)
@@ -301,6 +301,26 @@ mod tests {
             u.as_str(),
             "https://esi.example.com/prefix/generators/ns/Password/a%20b%3F"
         );
+    }
+
+    /// Review finding 7: a name the path cannot carry (`..`) was reported as a
+    /// "malformed answer" of the server, which never answered.
+    #[test]
+    fn names_a_path_cannot_carry_are_invalid_requests() {
+        let c = client("https://esi.example.com");
+        for id in [
+            SecretId::Store("..".into()),
+            SecretId::Generator(GeneratorRef {
+                namespace: "..".into(),
+                kind: "Password".into(),
+                name: "pw".into(),
+            }),
+        ] {
+            let e = c.url_for(&id).unwrap_err();
+            assert!(matches!(e, FetchError::InvalidRequest(_)), "{e:?}");
+            assert!(e.to_string().starts_with("invalid request: "), "{e}");
+            assert!(!e.is_transient());
+        }
     }
 
     #[test]

@@ -35,7 +35,8 @@ pub fn backoff(attempt: u32, base: Duration, cap: Duration) -> Duration {
 }
 
 /// Runs `attempt` until it succeeds, fails for good, or `deadline` passes; transient
-/// failures are retried with capped exponential backoff (and `Retry-After` for 429).
+/// failures are retried with capped exponential backoff (for 429, the longer of it and
+/// `Retry-After`, itself capped at 5 minutes).
 pub async fn with_retry<T, F, Fut>(
     deadline: Instant,
     total: Duration,
@@ -60,7 +61,8 @@ where
             retry_after: Some(ra),
         } = &err
         {
-            wait = *ra;
+            // Never shorter than the backoff: `Retry-After: 0` is no licence to hammer.
+            wait = wait.max(*ra);
         }
         if Instant::now() + wait >= deadline {
             // The last real cause says more than "timed out".
@@ -158,6 +160,30 @@ mod tests {
         .await;
         assert_eq!(out, Ok(7));
         assert_eq!(calls.load(Ordering::SeqCst), 4);
+    }
+
+    /// Review finding 6: `Retry-After: 0` (or a server that always says it) made every
+    /// retry immediate: as many calls as round trips allow until the deadline. The wait is
+    /// now at least the backoff.
+    #[tokio::test]
+    async fn a_zero_retry_after_still_backs_off() {
+        let calls = AtomicU32::new(0);
+        let total = Duration::from_millis(400);
+        let out: Result<(), _> = with_retry(Instant::now() + total, total, || {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async {
+                Err(FetchError::RateLimited {
+                    retry_after: Some(Duration::ZERO),
+                })
+            }
+        })
+        .await;
+        assert!(
+            matches!(out, Err(FetchError::RateLimited { .. })),
+            "{out:?}"
+        );
+        let n = calls.load(Ordering::SeqCst);
+        assert!(n <= 10, "{n} calls in 400 ms");
     }
 
     #[tokio::test]

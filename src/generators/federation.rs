@@ -116,8 +116,17 @@ impl FederationGenerator {
         {
             return Err(ctx.invalid(KIND, "generator.kind must be 1 to 63 letters or digits"));
         }
-        if t.name.is_empty() || t.name.len() > 253 || t.name.chars().any(char::is_control) {
-            return Err(ctx.invalid(KIND, "generator.name must be 1 to 253 characters"));
+        // One path segment of every call: not `.` or `..` (dropped from a path).
+        if t.name.is_empty()
+            || t.name.len() > 253
+            || t.name.chars().any(char::is_control)
+            || t.name == "."
+            || t.name == ".."
+        {
+            return Err(ctx.invalid(
+                KIND,
+                "generator.name must be 1 to 253 characters, without control characters, and not `.` or `..`",
+            ));
         }
         let connect_ctx = ConnectContext {
             namespace: ctx.owner_namespace(),
@@ -332,6 +341,15 @@ mod tests {
                 {
                     let mut s = ese_sample();
                     s["generator"]["name"] = json!("");
+                    s
+                },
+                "generator.name",
+            ),
+            // Review finding 9: a name a path would drop.
+            (
+                {
+                    let mut s = ese_sample();
+                    s["generator"]["name"] = json!("..");
                     s
                 },
                 "generator.name",

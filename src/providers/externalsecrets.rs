@@ -114,10 +114,17 @@ impl ExternalSecretsProvider {
     ) -> Result<Self, ProviderConfigError> {
         let spec: Spec = ctx.parse(PROVIDER, block)?;
         let target = spec.target.cluster_secret_store_name;
-        if target.is_empty() || target.len() > 253 {
+        // One path segment of every call: no control characters (the `url` crate skips
+        // tab, CR and LF) and not `.` or `..` (dropped from a path).
+        if target.is_empty()
+            || target.len() > 253
+            || target.chars().any(char::is_control)
+            || target == "."
+            || target == ".."
+        {
             return Err(ctx.invalid(
                 PROVIDER,
-                "target.clusterSecretStoreName must be 1 to 253 characters",
+                "target.clusterSecretStoreName must be 1 to 253 characters, without control characters, and not `.` or `..`",
             ));
         }
         let connect_ctx = ConnectContext {
@@ -346,6 +353,13 @@ mod tests {
         empty["target"]["clusterSecretStoreName"] = json!("");
         let e = build(empty, true).err().unwrap().to_string();
         assert!(e.contains("clusterSecretStoreName"), "{e}");
+        // Review finding 9: names a path would change are refused when the store loads.
+        for bad in ["vault\tprod", "..", "."] {
+            let mut b = good();
+            b["target"]["clusterSecretStoreName"] = json!(bad);
+            let e = build(b, true).err().unwrap().to_string();
+            assert!(e.contains("clusterSecretStoreName"), "{bad:?}: {e}");
+        }
         let mut no_auth = good();
         no_auth["auth"] = json!({});
         let e = build(no_auth, true).err().unwrap().to_string();

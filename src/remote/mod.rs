@@ -77,7 +77,8 @@ pub struct RemoteSettings {
     /// What TLS trusts.
     pub trust: Trust,
     /// The client cluster's CA (PEM), sent base64-encoded as the body's `ca.crt` on every
-    /// call (the server may use it to reach that cluster's keys). `None`: not sent.
+    /// call (the server may use it to reach that cluster's keys): only its certificates,
+    /// re-encoded, never anything else the bundle holds. `None`: not sent.
     pub client_ca: Option<Vec<u8>>,
     /// Bound on one call, connect to last byte.
     pub timeout: Duration,
@@ -284,6 +285,22 @@ pub fn pem_certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, Stri
     Ok(certs)
 }
 
+/// Certificates as PEM (`CERTIFICATE` blocks, 64-character lines, LF), nothing else.
+fn certificates_pem(certs: &[CertificateDer<'_>]) -> String {
+    let mut out = String::new();
+    for c in certs {
+        out.push_str("-----BEGIN CERTIFICATE-----\n");
+        let b64 = B64.encode(c.as_ref());
+        for line in b64.as_bytes().chunks(64) {
+            // Base64 is ASCII: every chunk is UTF-8.
+            out.push_str(std::str::from_utf8(line).unwrap_or_default());
+            out.push('\n');
+        }
+        out.push_str("-----END CERTIFICATE-----\n");
+    }
+    out
+}
+
 impl RemoteClient {
     /// Builds the client. Errors: [`RemoteConfigError::Url`] (not an absolute `https`
     /// URL, or one with credentials, a query or a fragment), [`RemoteConfigError::Ca`] (no PEM certificate in `trust.ca_pem` or
@@ -329,11 +346,13 @@ impl RemoteClient {
         }
         let client_ca = match &settings.client_ca {
             Some(pem) => {
-                pem_certificates(pem).map_err(|reason| RemoteConfigError::Ca {
+                let certs = pem_certificates(pem).map_err(|reason| RemoteConfigError::Ca {
                     setting: "ca.crt (the client cluster's CA)".into(),
                     reason,
                 })?;
-                Some(Arc::from(B64.encode(pem)))
+                // Only the certificates, re-encoded: never what else the file or Secret
+                // holds (a private key next to its certificate, comments).
+                Some(Arc::from(B64.encode(certificates_pem(&certs))))
             }
             None => None,
         };
@@ -372,11 +391,24 @@ impl RemoteClient {
         &self.base
     }
 
-    /// `base/segments…`, each segment percent-encoded as one (a `/` in a name is `%2F`).
-    /// Empty segments are refused: they would change which resource the path names.
+    /// `base/segments…`, each segment percent-encoded as one (a `/` in a name is `%2F`, a
+    /// `%` is `%25`). Empty, `.` and `..` segments and control characters are refused
+    /// ([`RemoteError::InvalidRequest`]): they would change which resource the path names
+    /// (the `url` crate drops a `.` or `..` segment rather than encode it, and skips tab,
+    /// CR and LF, so `vault\tprod` would name `vaultprod`).
     pub fn url_of(&self, segments: &[&str]) -> Result<reqwest::Url, RemoteError> {
         if segments.iter().any(|s| s.is_empty()) {
             return Err(RemoteError::InvalidRequest("an empty name in the path"));
+        }
+        if segments.iter().any(|s| s.chars().any(char::is_control)) {
+            return Err(RemoteError::InvalidRequest(
+                "a name with control characters in the path",
+            ));
+        }
+        if segments.iter().any(|s| matches!(*s, "." | "..")) {
+            return Err(RemoteError::InvalidRequest(
+                "a name `.` or `..` in the path",
+            ));
         }
         let mut url = self.base.clone();
         url.path_segments_mut()
@@ -773,9 +805,13 @@ fn tls_cause(
             continue;
         }
         // Some layers re-wrap the rustls error as text; its messages are distinctive.
-        let text = e.to_string();
-        if TLS_PHRASES.iter().any(|p| text.contains(p)) {
-            return Some(root_cause(e));
+        // Not reqwest's own text: it holds the URL, whose names (a key called
+        // `tls-handshake-key`) are the caller's words, not a TLS failure.
+        if e.downcast_ref::<reqwest::Error>().is_none() {
+            let text = e.to_string();
+            if TLS_PHRASES.iter().any(|p| text.contains(p)) {
+                return Some(root_cause(e));
+            }
         }
         cur = e.source();
     }
@@ -841,6 +877,103 @@ mod tests {
             c.url_of(&["v1", "credentials", "", "renew"]),
             Err(RemoteError::InvalidRequest(_))
         ));
+    }
+
+    /// Review finding 1: the `url` crate drops a `.` or `..` segment given to
+    /// `path_segments_mut().extend` instead of encoding it, so a name `..` changed which
+    /// resource the path names (`/generators/../ns/revoke` became `/generators/ns/revoke`).
+    #[test]
+    fn dot_names_are_refused_not_dropped() {
+        let c = client("https://esi.example.com/prefix/");
+        for bad in [".", ".."] {
+            for segments in [
+                ["v1", "secretstore", bad, "get"].as_slice(),
+                ["generators", bad, "ns", "revoke"].as_slice(),
+                ["v1", "credentials", bad, "renew"].as_slice(),
+            ] {
+                assert!(
+                    matches!(c.url_of(segments), Err(RemoteError::InvalidRequest(_))),
+                    "{segments:?}: {:?}",
+                    c.url_of(segments).map(|u| u.to_string())
+                );
+            }
+        }
+        // Dots that are not a whole segment, and encoded dots, stay text of one segment.
+        let u = c.url_of(&["secretstore", "s", "secrets", "..."]).unwrap();
+        assert_eq!(
+            u.as_str(),
+            "https://esi.example.com/prefix/secretstore/s/secrets/..."
+        );
+        let u = c
+            .url_of(&["secretstore", "s", "secrets", "%2e%2E"])
+            .unwrap();
+        assert_eq!(
+            u.as_str(),
+            "https://esi.example.com/prefix/secretstore/s/secrets/%252e%252E"
+        );
+    }
+
+    /// Review finding 9: the `url` crate skips tab, CR and LF inside a segment, so
+    /// `vault\tprod` named the store `vaultprod`, `.\n.` became a `..` segment and `\t` an
+    /// empty one.
+    #[test]
+    fn control_characters_in_names_are_refused() {
+        let c = client("https://esi.example.com/prefix/");
+        for bad in ["vault\tprod", ".\n.", "\t", "a\rb", "a\u{0}b", "a\u{7f}b"] {
+            let got = c.url_of(&["v1", "secretstore", bad, "get"]);
+            assert!(
+                matches!(got, Err(RemoteError::InvalidRequest(_))),
+                "{bad:?}: {:?}",
+                got.map(|u| u.to_string())
+            );
+        }
+    }
+
+    /// Review finding 10: `ca.crt` was the file or Secret value as it is, so a bundle
+    /// holding a private key next to its certificate (a combined `cert+key` PEM, a
+    /// careless `caCertSecretRef`) sent the key to the server on every call. Only the
+    /// certificates go now.
+    #[test]
+    fn only_the_certificates_of_the_client_ca_are_sent() {
+        let ca = rcgen::generate_simple_self_signed(vec!["x".into()]).unwrap();
+        let mut pem = ca.cert.pem();
+        pem.push_str(&ca.signing_key.serialize_pem());
+        pem.push_str("# a comment, then the certificate again\n");
+        pem.push_str(&ca.cert.pem());
+        let mut s = RemoteSettings::new("https://h");
+        s.client_ca = Some(pem.into_bytes());
+        let c = RemoteClient::new(&s).unwrap();
+        let sent = B64
+            .decode(c.body(Default::default())["ca.crt"].as_str().unwrap())
+            .unwrap();
+        let sent = String::from_utf8(sent).unwrap();
+        assert!(!sent.contains("PRIVATE KEY"), "{sent}");
+        assert!(!sent.contains("comment"), "{sent}");
+        assert_eq!(
+            pem_certificates(sent.as_bytes()).unwrap(),
+            vec![ca.cert.der().clone(), ca.cert.der().clone()]
+        );
+    }
+
+    /// Review finding 4: a name with a TLS word ("handshake") in the URL made a refused
+    /// connection look like a TLS failure (reqwest's text holds the URL), which is not
+    /// retried.
+    #[tokio::test]
+    async fn a_name_in_the_url_is_not_a_tls_failure() {
+        // Nothing listens on a port just released.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let c = client(&format!("https://127.0.0.1:{port}"));
+        let tok = Token::new("t").unwrap();
+        let e = c
+            .ese_secret(&tok, "s", "tls-handshake-key")
+            .await
+            .unwrap_err();
+        assert!(matches!(e, RemoteError::Unreachable(_)), "{e:?}");
+        assert!(e.is_transient());
     }
 
     #[test]

@@ -83,7 +83,8 @@ pub struct ServiceAccountRef {
     /// its own).
     #[serde(default)]
     pub namespace: Option<String>,
-    /// The token's audiences (the Federation Server's `audiences`).
+    /// The token's audiences (the Federation Server's `audiences`): 1 to 16 (none would
+    /// mean the API server's own audience, a token valid against this cluster).
     #[serde(default)]
     pub audiences: Vec<String>,
 }
@@ -206,10 +207,33 @@ fn ca_bundle_pem(text: &str) -> Result<Vec<u8>, ConnectError> {
         .map_err(|_| ConnectError::Invalid("server.caBundle is not valid base64".into()))
 }
 
+/// `a-z0-9-`, at least one, no `-` at either end.
+fn is_dns_part(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
+/// A DNS-1123 label (a namespace name): at most 63 bytes (Kubernetes'
+/// `IsDNS1123Label`).
+pub(crate) fn is_dns_label(name: &str) -> bool {
+    name.len() <= 63 && is_dns_part(name)
+}
+
+/// A DNS-1123 subdomain (a ServiceAccount name): at most 253 bytes, parts joined by `.`
+/// (Kubernetes' `IsDNS1123Subdomain`).
+pub(crate) fn is_dns_subdomain(name: &str) -> bool {
+    name.len() <= 253 && name.split('.').all(is_dns_part)
+}
+
 /// Resolves `server` and `auth` into a [`Connection`]. Errors: [`ConnectError::Invalid`]
 /// (no or two token sources, `caRef` with `caBundle`, a URL that is not `https://`, a CA
 /// without certificates, a bad token, a `serviceAccountRef` outside the object's
-/// namespace, more than 16 audiences), [`ConnectError::SecretRef`].
+/// namespace or whose name or namespace is not a Kubernetes name, no or more than 16
+/// audiences), [`ConnectError::SecretRef`].
 pub fn connect(
     ctx: &ConnectContext<'_>,
     server: &ServerSpec,
@@ -277,6 +301,13 @@ pub fn connect(
                     "auth.kubernetes.serviceAccountRef.name is required",
                 ));
             }
+            // Both become path segments of the TokenRequest call, which kube-core formats in
+            // unencoded: only Kubernetes names, so `..` or `/` cannot name another object.
+            if !is_dns_subdomain(&sa.name) {
+                return Err(invalid(
+                    "auth.kubernetes.serviceAccountRef.name is not a ServiceAccount name (lowercase letters, digits, '-' and '.', at most 253)",
+                ));
+            }
             let namespace = match (ctx.namespace, sa.namespace.as_deref()) {
                 (Some(own), Some(named)) if own != named => {
                     return Err(ConnectError::Invalid(format!(
@@ -291,6 +322,18 @@ pub fn connect(
                     ));
                 }
             };
+            if !is_dns_label(&namespace) {
+                return Err(invalid(
+                    "auth.kubernetes.serviceAccountRef.namespace is not a namespace name (lowercase letters, digits and '-', at most 63)",
+                ));
+            }
+            // No audience would ask for the API server's own: a token this cluster's API
+            // server accepts, handed to another server. Deny by default.
+            if sa.audiences.is_empty() {
+                return Err(invalid(
+                    "auth.kubernetes.serviceAccountRef.audiences: name the Federation Server's audience (without one, the token would be valid for this cluster's API server, and would be sent to another server)",
+                ));
+            }
             if sa.audiences.len() > MAX_AUDIENCES
                 || sa
                     .audiences
@@ -464,6 +507,40 @@ mod tests {
                 Some("apps"),
                 url.clone(),
                 json!({"kubernetes": {"serviceAccountRef": {"name": "a", "audiences": [""]}}}),
+                "audiences",
+            ),
+            // Review finding 2: names that are not Kubernetes names would become path
+            // segments of the TokenRequest call unencoded (kube-core formats them in).
+            (
+                Some("apps"),
+                url.clone(),
+                json!({"kubernetes": {"serviceAccountRef": {"name": "../../kube-system/serviceaccounts/admin", "audiences": ["a"]}}}),
+                "serviceAccountRef.name",
+            ),
+            (
+                Some("apps"),
+                url.clone(),
+                json!({"kubernetes": {"serviceAccountRef": {"name": "app/token?x=", "audiences": ["a"]}}}),
+                "serviceAccountRef.name",
+            ),
+            (
+                None,
+                url.clone(),
+                json!({"kubernetes": {"serviceAccountRef": {"name": "app", "namespace": "../kube-system", "audiences": ["a"]}}}),
+                "serviceAccountRef.namespace",
+            ),
+            // Review finding 3: no audiences would ask a token for the API server's own
+            // audience, which the remote server could then use against this cluster.
+            (
+                Some("apps"),
+                url.clone(),
+                json!({"kubernetes": {"serviceAccountRef": {"name": "a"}}}),
+                "audiences",
+            ),
+            (
+                Some("apps"),
+                url.clone(),
+                json!({"kubernetes": {"serviceAccountRef": {"name": "a", "audiences": []}}}),
                 "audiences",
             ),
         ] {

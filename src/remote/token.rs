@@ -84,8 +84,9 @@ impl fmt::Debug for Token {
 #[async_trait::async_trait]
 pub trait ServiceAccountTokens: Send + Sync + fmt::Debug {
     /// A token of ServiceAccount `namespace/service_account` whose `aud` holds `audiences`
-    /// (empty: the API server's default audience). Errors name the ServiceAccount and the
-    /// cause, never a token.
+    /// (never empty: that would be the API server's own audience, refused). Errors name the ServiceAccount and the
+    /// cause, never a token; a namespace or name that is not a Kubernetes name
+    /// (DNS-1123 label / subdomain) is refused before any request.
     async fn token(
         &self,
         namespace: &str,

@@ -86,6 +86,22 @@ impl ServiceAccountTokens for KubeTokenRequest {
         service_account: &str,
         audiences: &[String],
     ) -> Result<Token, TokenError> {
+        // kube-core formats both into the request path unencoded: only Kubernetes names, so
+        // `..` or `/` cannot name another object (the names are not echoed: not one).
+        if !super::spec::is_dns_label(namespace) || !super::spec::is_dns_subdomain(service_account)
+        {
+            return Err(TokenError::Unavailable(
+                "TokenRequest: the ServiceAccount's namespace or name is not a Kubernetes name"
+                    .into(),
+            ));
+        }
+        // No audience means the API server's own: a token valid against this cluster, which
+        // these tokens (sent to another server) must never be.
+        if audiences.is_empty() {
+            return Err(TokenError::Unavailable(
+                "TokenRequest: no audience (the API server's own would be asked for)".into(),
+            ));
+        }
         let key: Key = (
             namespace.to_string(),
             service_account.to_string(),
