@@ -143,6 +143,15 @@ pub enum SyncError {
         /// Why (key names, never values).
         reason: String,
     },
+    /// `target.template` could not be applied (parse or render error, a missing
+    /// `templateFrom` item, …).
+    #[error("{what}: {reason}")]
+    Template {
+        /// `spec.target.template.data`, `…templateFrom[i]`, ….
+        what: String,
+        /// Why (template and key names, positions, never values).
+        reason: String,
+    },
     /// The Secret would exceed Kubernetes' size limit.
     #[error("the Secret's data would be {size} bytes, more than Kubernetes' limit of {limit}")]
     TooLarge {
@@ -186,6 +195,7 @@ impl SyncError {
     pub fn summary(&self) -> &'static str {
         match self {
             SyncError::DeleteNotOwner { .. } => "could not delete secret",
+            SyncError::Template { .. } => "could not apply template",
             SyncError::Immutable { .. } => "could not update secret, target is immutable",
             SyncError::Owned { .. } | SyncError::TooLarge { .. } => "could not update secret",
             _ => "could not get secret data from provider",

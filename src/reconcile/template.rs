@@ -154,8 +154,8 @@ fn put(
 }
 
 fn template_error(at: &str, reason: String) -> SyncError {
-    SyncError::Rewrite {
-        what: format!("{at} (template)"),
+    SyncError::Template {
+        what: at.to_string(),
         reason,
     }
 }
