@@ -9,6 +9,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 
 use base64::Engine;
+use common::fake_vault::FakeVault;
 use common::*;
 use esi::generators::{
     GenerateContext, Generator, GeneratorError, RevocationState, build_generator_with,
@@ -30,56 +31,6 @@ const AWKWARD: &str = "\"quoted\" \\back\\slash \u{0}\u{1}\u{1f}\r\n\u{7f}é€�
 
 fn token(ns: &str, sa: &str) -> String {
     mint("ec-1", &sa_claims(ISS, AUD, ns, sa), None)
-}
-
-/// A minimal Vault for lease bookkeeping: `POST /v1/fake/creds` issues a lease,
-/// `PUT /v1/sys/leases/revoke` records the revoked lease id.
-struct FakeVault {
-    url: String,
-    revoked: Arc<Mutex<Vec<String>>>,
-}
-
-impl FakeVault {
-    async fn start() -> FakeVault {
-        use axum::routing::{post, put};
-        let revoked = Arc::new(Mutex::new(Vec::new()));
-        let counter = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let seen = revoked.clone();
-        let app = axum::Router::new()
-            .route(
-                "/v1/fake/creds",
-                post(move || {
-                    let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    async move {
-                        axum::Json(json!({
-                            "lease_id": format!("fake/creds/{n}"),
-                            "lease_duration": 3600,
-                            "data": {"username": format!("user-{n}"), "password": AWKWARD}
-                        }))
-                    }
-                }),
-            )
-            .route(
-                "/v1/sys/leases/revoke",
-                put(move |axum::Json(body): axum::Json<Value>| {
-                    let seen = seen.clone();
-                    async move {
-                        seen.lock()
-                            .unwrap()
-                            .push(body["lease_id"].as_str().unwrap_or_default().to_string());
-                        axum::http::StatusCode::NO_CONTENT
-                    }
-                }),
-            );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        FakeVault { url, revoked }
-    }
-
-    fn revoked(&self) -> Vec<String> {
-        self.revoked.lock().unwrap().clone()
-    }
 }
 
 /// `text` as a YAML double-quoted scalar: every control character escaped (YAML refuses
@@ -255,7 +206,7 @@ fn rr(key: &str, property: Option<&str>) -> RemoteRef {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_store_provider_reads_exact_bytes_through_v1() {
-    let vault = FakeVault::start().await;
+    let vault = FakeVault::start_with_password(AWKWARD).await;
     let server = start_server(&vault.url);
     let secrets = client_secrets(&token("apps", "app"), &server.ca_pem());
     let p = store(store_block(&server, "ca.crt"), &secrets, &client_settings());
@@ -323,7 +274,7 @@ async fn the_store_provider_reads_exact_bytes_through_v1() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_store_provider_says_what_is_wrong() {
-    let vault = FakeVault::start().await;
+    let vault = FakeVault::start_with_password(AWKWARD).await;
     let server = start_server(&vault.url);
     let good = token("apps", "app");
 
@@ -395,7 +346,7 @@ impl ServiceAccountTokens for Minter {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn service_account_tokens_come_from_the_token_source() {
-    let vault = FakeVault::start().await;
+    let vault = FakeVault::start_with_password(AWKWARD).await;
     let server = start_server(&vault.url);
     let secrets = client_secrets("unused", &server.ca_pem());
     let block = json!({
@@ -434,7 +385,7 @@ async fn service_account_tokens_come_from_the_token_source() {
 #[tokio::test(flavor = "multi_thread")]
 async fn kubernetes_mode_tokens_come_from_the_token_request_api() {
     use common::fake_kube::FakeKube;
-    let vault = FakeVault::start().await;
+    let vault = FakeVault::start_with_password(AWKWARD).await;
     let server = start_server(&vault.url);
     let fake = FakeKube::start().await;
     fake.sign_tokens_with_fixture(ISS, "ec-1");
@@ -527,7 +478,7 @@ async fn the_token_request_source_refuses_names_that_are_not_kubernetes_names() 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_server_refuses_an_externalsecrets_store() {
-    let vault = FakeVault::start().await;
+    let vault = FakeVault::start_with_password(AWKWARD).await;
     let server = start_server(&vault.url);
     server
         .wait_log(
@@ -579,7 +530,7 @@ fn federation_generator(server: &Server, kind: &str, name: &str) -> Arc<dyn Gene
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_federation_generator_issues_and_revokes_by_handle() {
-    let vault = FakeVault::start().await;
+    let vault = FakeVault::start_with_password(AWKWARD).await;
     let server = start_server(&vault.url);
     let ctx = GenerateContext::default();
 

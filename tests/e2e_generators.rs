@@ -15,6 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::fake_vault::FakeVault;
 use common::*;
 use serde_json::{Value, json};
 
@@ -1012,58 +1013,6 @@ spec:
             .iter()
             .all(|l| l["lease_id_hash"] == "")
     );
-}
-
-/// A minimal Vault for lease bookkeeping: `POST /v1/fake/creds` issues a lease,
-/// `PUT /v1/sys/leases/revoke` records the revoked lease id.
-struct FakeVault {
-    url: String,
-    revoked: Arc<Mutex<Vec<String>>>,
-}
-
-impl FakeVault {
-    async fn start() -> FakeVault {
-        use axum::routing::{post, put};
-        let revoked = Arc::new(Mutex::new(Vec::new()));
-        let counter = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let seen = revoked.clone();
-        let app = axum::Router::new()
-            .route(
-                "/v1/fake/creds",
-                post(move || {
-                    let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    async move {
-                        axum::Json(json!({
-                            "lease_id": format!("fake/creds/{n}"),
-                            "lease_duration": 3600,
-                            "data": {"username": format!("user-{n}")}
-                        }))
-                    }
-                }),
-            )
-            .route(
-                "/v1/sys/leases/revoke",
-                put(move |axum::Json(body): axum::Json<Value>| {
-                    let seen = seen.clone();
-                    async move {
-                        seen.lock()
-                            .unwrap()
-                            .push(body["lease_id"].as_str().unwrap_or_default().to_string());
-                        axum::http::StatusCode::NO_CONTENT
-                    }
-                }),
-            );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        FakeVault { url, revoked }
-    }
-
-    fn revoked(&self) -> Vec<String> {
-        let mut v = self.revoked.lock().unwrap().clone();
-        v.sort();
-        v
-    }
 }
 
 /// Issue 19, finding 10: a ServiceAccount named like another workload's pod is another

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod fake_kube;
+pub mod fake_vault;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
