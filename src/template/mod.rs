@@ -503,8 +503,14 @@ impl Engine {
                     .map(|(n, f)| (n.to_string(), funcs::wrap(n, ctx, *f, work.clone())))
                     .collect(),
             )
-            .func("index", move |args: &[Value]| {
-                funcs::index(&string_maps, args).map_err(|e| funcs::to_gotmpl("index", &ctx, e))
+            .func("index", {
+                // Charged like every other function: indexing a large string reads it.
+                let work = work.clone();
+                move |args: &[Value]| {
+                    funcs::charge(&ctx, &work, args)
+                        .and_then(|()| funcs::index(&string_maps, args))
+                        .map_err(|e| funcs::to_gotmpl("index", &ctx, e))
+                }
             })
             .func("fail", move |args: &[Value]| {
                 funcs::fail(&literals, args).map_err(|e| funcs::to_gotmpl("fail", &ctx, e))
