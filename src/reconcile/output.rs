@@ -23,7 +23,7 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::cli::files::{WriteOutcome, write_if_changed, write_if_changed_mode};
+use crate::cli::files::{WriteOutcome, read_regular_file, write_if_changed, write_if_changed_mode};
 use crate::providers::ProviderSettings;
 use crate::resources::external_secret::{CreationPolicy, RefreshPolicy};
 use crate::source::LoadError;
@@ -44,6 +44,9 @@ pub const STATUS_SUFFIX: &str = ".externalsecret-status";
 pub const STATE_FILE: &str = ".esi-reconcile-state.json";
 /// Largest state file read (bytes).
 const MAX_STATE_BYTES: u64 = 64 * 1024 * 1024;
+/// Largest Secret file read back to compare with the state (bytes; a larger one is
+/// treated as not ours and rewritten).
+const MAX_SECRET_FILE_BYTES: u64 = 64 * 1024 * 1024;
 /// Most credentials kept waiting for revocation (expired ones are dropped first: they
 /// lapse on their own).
 const MAX_PENDING_REVOCATIONS: usize = 10_000;
@@ -364,15 +367,18 @@ impl OutputReconciler {
             path: path.display().to_string(),
             reason,
         };
-        match std::fs::metadata(&path) {
+        let bytes = match std::fs::symlink_metadata(&path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(State::default()),
             Err(e) => return Err(fail(e.to_string())),
-            Ok(m) if m.len() > MAX_STATE_BYTES => {
-                return Err(fail(format!("larger than {MAX_STATE_BYTES} bytes")));
-            }
-            Ok(_) => {}
-        }
-        let bytes = std::fs::read(&path).map_err(|e| fail(e.to_string()))?;
+            Ok(m) if !m.is_file() => return Err(fail("not a regular file".into())),
+            Ok(_) => read_regular_file(&path, MAX_STATE_BYTES)
+                .map_err(|e| fail(e.to_string()))?
+                .ok_or_else(|| {
+                    fail(format!(
+                        "not a regular file of at most {MAX_STATE_BYTES} bytes"
+                    ))
+                })?,
+        };
         // Refused, not reset: it holds what revokes issued credentials.
         serde_json::from_slice(&bytes)
             .map_err(|_| fail("not a reconcile state file (fix or remove it)".into()))
@@ -645,7 +651,11 @@ impl OutputReconciler {
             claimed.insert(key, es.name.clone());
         }
         let secret_path = self.secret_path(&es.namespace, &secret_name);
-        let file_hash = std::fs::read(&secret_path).ok().map(|b| sha256_hex(&b));
+        // Bounded, regular files only: a planted symlink or FIFO reads as "no file".
+        let file_hash = read_regular_file(&secret_path, MAX_SECRET_FILE_BYTES)
+            .ok()
+            .flatten()
+            .map(|b| sha256_hex(&b));
         let secret_valid = !writes
             || (entry.secret == secret_name
                 && entry.secret_sha256.is_some()
@@ -910,6 +920,32 @@ mod tests {
                 serde_saphyr::from_str(&format!("k: {}\n", scalar(word))).unwrap();
             assert_eq!(parsed["k"], word, "{word}");
         }
+    }
+
+    /// A state file planted as a symlink (to /dev/zero, or to another state) is refused,
+    /// never followed (review: /dev/zero passed the size check, 0 bytes, and was read
+    /// without end).
+    #[test]
+    fn a_symlinked_state_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let manifests = dir.path().join("manifests");
+        std::fs::create_dir_all(&manifests).unwrap();
+        let r = OutputReconciler::new(OutputOptions {
+            manifests,
+            output: dir.path().join("out"),
+            controller_class: String::new(),
+            provider_settings: ProviderSettings::default(),
+        })
+        .unwrap();
+        let other = dir.path().join("other.json");
+        std::fs::write(&other, br#"{"version":1,"externalSecrets":{}}"#).unwrap();
+        std::os::unix::fs::symlink(&other, r.state_path()).unwrap();
+        let e = r.load_state().unwrap_err().to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+        std::fs::remove_file(r.state_path()).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", r.state_path()).unwrap();
+        let e = r.load_state().unwrap_err().to_string();
+        assert!(e.contains("not a regular file"), "{e}");
     }
 
     #[test]
