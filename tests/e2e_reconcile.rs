@@ -935,3 +935,37 @@ spec:
         assert!(!stdout.contains("revocation pending"), "{stdout}");
     }
 }
+
+/// An ExternalSecret that is gone, or whose target moved, removes its old Secret file only
+/// when the file still holds what it wrote: another ExternalSecret that took the same
+/// target name in the same pass keeps its fresh Secret (review: it was deleted, with the
+/// new owner reporting Ready=True).
+#[test]
+fn a_gone_owner_never_removes_the_secret_another_one_just_wrote() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = dir.path().join("manifests");
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(&manifests).unwrap();
+    let es = |name: &str, key: &str| {
+        format!(
+            "apiVersion: external-secrets.io/v1\nkind: ExternalSecret\nmetadata: {{name: {name}, namespace: team}}\nspec:\n  secretStoreRef: {{name: fake}}\n  target: {{name: shared}}\n  data: [{{secretKey: k, remoteRef: {{key: {key}}}}}]\n"
+        )
+    };
+    let write = |parts: &[&str]| std::fs::write(manifests.join("all.yaml"), docs(parts)).unwrap();
+    let shared = out.join("team/shared.yaml");
+    // Gone: `a` is removed while `b` takes its target.
+    write(&[STORE, &es("a", "app/api")]);
+    assert_eq!(reconcile(&manifests, &out, &[]).0, 0);
+    assert_eq!(secret_data(&shared)["k"], b"k1");
+    write(&[STORE, &es("b", "app/web")]);
+    assert_eq!(reconcile(&manifests, &out, &[]).0, 0);
+    assert!(shared.exists(), "b's Secret was removed by a's cleanup");
+    assert_eq!(secret_data(&shared)["k"], b"k2");
+    // Moved: `b` retargets while `a` (synced first) takes `shared`.
+    let es_b_moved = es("b", "app/web").replace("name: shared", "name: elsewhere");
+    write(&[STORE, &es_b_moved, &es("a", "app/api")]);
+    assert_eq!(reconcile(&manifests, &out, &[]).0, 0);
+    assert_eq!(secret_data(&out.join("team/elsewhere.yaml"))["k"], b"k2");
+    assert!(shared.exists(), "a's Secret was removed by b's move");
+    assert_eq!(secret_data(&shared)["k"], b"k1");
+}

@@ -333,6 +333,19 @@ fn remove_file(path: &Path) -> std::io::Result<bool> {
     }
 }
 
+/// Removes the Secret file at `path` only when it still holds the bytes this reconciler
+/// wrote (`sha256`, hex): a file another ExternalSecret wrote since (it took the same
+/// target name) or any other file is left alone, as ESO deletes only Secrets it owns.
+fn remove_if_ours(path: &Path, sha256: Option<&str>) -> std::io::Result<bool> {
+    let Some(expected) = sha256 else {
+        return Ok(false);
+    };
+    match read_regular_file(path, MAX_SECRET_FILE_BYTES)? {
+        Some(bytes) if sha256_hex(&bytes) == expected => remove_file(path),
+        _ => Ok(false),
+    }
+}
+
 impl OutputReconciler {
     /// A reconciler of `opts`; refuses an OUT inside DIR or DIR inside OUT.
     pub fn new(opts: OutputOptions) -> Result<Self, OutputError> {
@@ -463,11 +476,11 @@ impl OutputReconciler {
             {
                 continue;
             }
-            if policy::delete_when_external_secret_gone(old.creation_policy)
-                && old.secret_sha256.is_some()
-            {
+            if policy::delete_when_external_secret_gone(old.creation_policy) {
                 let path = self.secret_path(namespace, &old.secret);
-                if remove_file(&path).map_err(|e| io_error(&path, e))? {
+                if remove_if_ours(&path, old.secret_sha256.as_deref())
+                    .map_err(|e| io_error(&path, e))?
+                {
                     report.files_changed += 1;
                 }
             }
@@ -707,7 +720,7 @@ impl OutputReconciler {
         {
             if entry.creation_policy == CreationPolicy::Owner {
                 let old = self.secret_path(&es.namespace, &entry.secret);
-                if remove_file(&old).unwrap_or(false) {
+                if remove_if_ours(&old, entry.secret_sha256.as_deref()).unwrap_or(false) {
                     report.files_changed += 1;
                 }
             }
@@ -765,7 +778,7 @@ impl OutputReconciler {
                 (REASON_SYNCED, "secret synced", Some(secret_name))
             }
             SecretAction::Delete => {
-                if entry.secret_sha256.is_some() && remove_file(&secret_path).unwrap_or(false) {
+                if remove_if_ours(&secret_path, entry.secret_sha256.as_deref()).unwrap_or(false) {
                     report.files_changed += 1;
                 }
                 entry.secret_sha256 = None;
