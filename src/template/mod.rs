@@ -204,6 +204,30 @@ pub enum DecodingStrategy {
     Auto,
 }
 
+/// A key of a KeysAndValues output as an error may show it: the key when the template
+/// `tpl` spells it out, else a placeholder (a rendered key can be a value).
+pub fn key_label(tpl: &str, key: &str) -> String {
+    if !key.is_empty() && tpl.contains(key) {
+        key.to_string()
+    } else {
+        "(a key rendered from the data)".to_string()
+    }
+}
+
+/// [`decode_value`] of a value rendered by template `tpl`: the error names `key` only when
+/// the template spells it out ([`key_label`]).
+///
+/// # Errors
+/// [`TemplateError::Decode`].
+pub fn decode_value_in(
+    strategy: DecodingStrategy,
+    tpl: &str,
+    key: &str,
+    value: &[u8],
+) -> Result<Vec<u8>, TemplateError> {
+    decode_value(strategy, &key_label(tpl, key), value)
+}
+
 /// Decodes one rendered value as ESO's `valuesDecodingStrategy` does (source: ESO
 /// `runtime/esutils` `Decode`). `key` is only for the error, which holds no value.
 pub fn decode_value(
@@ -390,7 +414,7 @@ impl Engine {
         data: &BTreeMap<String, Vec<u8>>,
     ) -> Result<BTreeMap<String, Vec<u8>>, TemplateError> {
         let out = self.render(name, tpl, data)?;
-        parse_keys_and_values(name, &out)
+        parse_keys_and_values(name, tpl, &out)
     }
 
     /// Which entries of the root data `tpl` reads: `.name…`, `$.name…` and
@@ -615,6 +639,7 @@ fn parse_error(name: &str, e: gotmpl::TemplateError) -> TemplateError {
 /// KeysAndValues: the rendered bytes as a YAML map of scalars, each value as a string.
 fn parse_keys_and_values(
     name: &str,
+    tpl: &str,
     out: &[u8],
 ) -> Result<BTreeMap<String, Vec<u8>>, TemplateError> {
     let err = |message: String| TemplateError::KeysAndValues {
@@ -654,7 +679,12 @@ fn parse_keys_and_values(
                 (_, _, Some(f)) => gofmt::format_float_g(f),
                 _ => n.to_string(),
             },
-            _ => return Err(err(format!("the value of key {k:?} is not a string"))),
+            _ => {
+                return Err(err(format!(
+                    "the value of key {:?} is not a string",
+                    key_label(tpl, &k)
+                )));
+            }
         };
         result.insert(k, value.into_bytes());
     }

@@ -1104,3 +1104,40 @@ fn index_is_charged_to_the_work_budget() {
         b"97".repeat(10)
     );
 }
+
+/// KeysAndValues keys are rendered, so they can be values (`{{ .user }}: x`): an error
+/// names a key only when the template spells it out, never one built from the data
+/// (review: `the value of key "hunter2" is not a string`).
+#[test]
+fn keys_built_from_values_stay_out_of_errors() {
+    let d = data(&[("password", b"hunter2")]);
+    let e = engine()
+        .render_keys_and_values("literal", "{{ .password }}: [a]", &d)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("is not a string") && !e.contains("hunter2"),
+        "{e}"
+    );
+    let e = engine()
+        .render_keys_and_values("literal", "fixed: [a]", &d)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("\"fixed\""), "{e}");
+    let e = decode_value_in(
+        DecodingStrategy::Base64,
+        "{{ .password }}: \"%%%\"",
+        "hunter2",
+        b"%%%",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("failed to decode") && !e.contains("hunter2"),
+        "{e}"
+    );
+    let e = decode_value_in(DecodingStrategy::Base64, "fixed: x", "fixed", b"%%%")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("for key fixed"), "{e}");
+}
