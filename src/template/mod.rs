@@ -703,13 +703,26 @@ pub struct DataRefs {
 
 /// Template data built from named maps: `.name.key` (e.g. `esi-cli` file templates, where
 /// each secret is a map of its keys). Keys and values are bytes, passed through
-/// byte-exact.
-#[derive(Clone, Debug, Default)]
+/// byte-exact. Debug shows names and keys, never values.
+#[derive(Clone, Default)]
 pub struct TemplateData {
     entries: BTreeMap<String, Entry>,
 }
 
-#[derive(Clone, Debug)]
+impl std::fmt::Debug for TemplateData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut m = f.debug_map();
+        for (name, entry) in &self.entries {
+            match entry {
+                Entry::Map(map) => m.entry(name, &map.keys().collect::<Vec<_>>()),
+                Entry::Value(_) => m.entry(name, &"<value>"),
+            };
+        }
+        m.finish()
+    }
+}
+
+#[derive(Clone)]
 enum Entry {
     Map(BTreeMap<String, Vec<u8>>),
     Value(Vec<u8>),

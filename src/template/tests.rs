@@ -1141,3 +1141,21 @@ fn keys_built_from_values_stay_out_of_errors() {
         .to_string();
     assert!(e.contains("for key fixed"), "{e}");
 }
+
+/// `TemplateData` holds secret values: its Debug shows names and keys only (review: the
+/// derived Debug printed the bytes).
+#[test]
+fn template_data_debug_shows_no_value() {
+    let mut d = TemplateData::new();
+    d.insert("db", [("user".to_string(), b"hunter2".to_vec())].into());
+    d.insert_value("raw", b"hunter3".to_vec());
+    let shown = format!("{d:?}");
+    assert!(
+        shown.contains("db") && shown.contains("user") && shown.contains("raw"),
+        "{shown}"
+    );
+    assert!(
+        !shown.contains("hunter") && !shown.contains("104, 117"),
+        "{shown}"
+    );
+}
