@@ -23,6 +23,41 @@ pub fn write_if_changed(path: &Path, content: &[u8]) -> std::io::Result<WriteOut
     write_if_changed_mode(path, content, 0o400)
 }
 
+/// Reads `path` when it is a regular file (a symlink is not followed: `Ok(None)`, as for
+/// a FIFO, a device or a missing file) of at most `max` bytes (larger: `Ok(None)`). Files
+/// in an output directory are read this way, so that a symlink to `/dev/zero` or a FIFO
+/// planted there cannot exhaust memory or block a pass.
+///
+/// # Errors
+/// Any other I/O error of opening or reading.
+pub fn read_regular_file(path: &Path, max: u64) -> std::io::Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    let mut f = match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound
+                || e.raw_os_error() == Some(libc::ELOOP) =>
+        {
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
+    };
+    let meta = f.metadata()?;
+    if !meta.is_file() || meta.len() > max {
+        return Ok(None);
+    }
+    let mut buf = Vec::new();
+    (&mut f).take(max.saturating_add(1)).read_to_end(&mut buf)?;
+    if buf.len() as u64 > max {
+        return Ok(None);
+    }
+    Ok(Some(buf))
+}
+
 /// [`write_if_changed`] with the file's permission bits (`mode`, e.g. `0o600`); a file
 /// left untouched keeps its mode.
 pub fn write_if_changed_mode(
@@ -30,7 +65,7 @@ pub fn write_if_changed_mode(
     content: &[u8],
     mode: u32,
 ) -> std::io::Result<WriteOutcome> {
-    if let Ok(current) = std::fs::read(path)
+    if let Ok(Some(current)) = read_regular_file(path, content.len() as u64)
         && current == content
     {
         return Ok(WriteOutcome::Unchanged);
@@ -76,6 +111,35 @@ pub fn write_if_changed_mode(
 mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
+
+    /// A symlink planted at the target (to a file with the same bytes, or to /dev/zero) is
+    /// replaced by a regular file, never followed (review: it was read, so a link to a
+    /// copy kept the link, and a link to /dev/zero read without end).
+    #[test]
+    fn a_planted_symlink_is_replaced_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::write(&elsewhere, b"same").unwrap();
+        let path = dir.path().join("out/secret.yaml");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &path).unwrap();
+        assert_eq!(
+            write_if_changed(&path, b"same").unwrap(),
+            WriteOutcome::Written
+        );
+        assert!(std::fs::symlink_metadata(&path).unwrap().is_file());
+        assert_eq!(std::fs::read(&elsewhere).unwrap(), b"same");
+        let zero = dir.path().join("out/zero.yaml");
+        std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+        assert_eq!(
+            write_if_changed(&zero, b"x").unwrap(),
+            WriteOutcome::Written
+        );
+        assert_eq!(read_regular_file(&zero, 10).unwrap().unwrap(), b"x");
+        assert_eq!(read_regular_file(&zero, 0).unwrap(), None);
+        std::os::unix::fs::symlink("/dev/zero", dir.path().join("z2")).unwrap();
+        assert_eq!(read_regular_file(&dir.path().join("z2"), 10).unwrap(), None);
+    }
 
     #[test]
     fn writes_creates_dirs_and_skips_identical_content() {

@@ -23,7 +23,7 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::cli::files::{WriteOutcome, write_if_changed, write_if_changed_mode};
+use crate::cli::files::{WriteOutcome, read_regular_file, write_if_changed, write_if_changed_mode};
 use crate::providers::ProviderSettings;
 use crate::resources::external_secret::{CreationPolicy, RefreshPolicy};
 use crate::source::LoadError;
@@ -44,6 +44,9 @@ pub const STATUS_SUFFIX: &str = ".externalsecret-status";
 pub const STATE_FILE: &str = ".esi-reconcile-state.json";
 /// Largest state file read (bytes).
 const MAX_STATE_BYTES: u64 = 64 * 1024 * 1024;
+/// Largest Secret file read back to compare with the state (bytes; a larger one is
+/// treated as not ours and rewritten).
+const MAX_SECRET_FILE_BYTES: u64 = 64 * 1024 * 1024;
 /// Most credentials kept waiting for revocation (expired ones are dropped first: they
 /// lapse on their own).
 const MAX_PENDING_REVOCATIONS: usize = 10_000;
@@ -330,6 +333,19 @@ fn remove_file(path: &Path) -> std::io::Result<bool> {
     }
 }
 
+/// Removes the Secret file at `path` only when it still holds the bytes this reconciler
+/// wrote (`sha256`, hex): a file another ExternalSecret wrote since (it took the same
+/// target name) or any other file is left alone, as ESO deletes only Secrets it owns.
+fn remove_if_ours(path: &Path, sha256: Option<&str>) -> std::io::Result<bool> {
+    let Some(expected) = sha256 else {
+        return Ok(false);
+    };
+    match read_regular_file(path, MAX_SECRET_FILE_BYTES)? {
+        Some(bytes) if sha256_hex(&bytes) == expected => remove_file(path),
+        _ => Ok(false),
+    }
+}
+
 impl OutputReconciler {
     /// A reconciler of `opts`; refuses an OUT inside DIR or DIR inside OUT.
     pub fn new(opts: OutputOptions) -> Result<Self, OutputError> {
@@ -364,15 +380,18 @@ impl OutputReconciler {
             path: path.display().to_string(),
             reason,
         };
-        match std::fs::metadata(&path) {
+        let bytes = match std::fs::symlink_metadata(&path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(State::default()),
             Err(e) => return Err(fail(e.to_string())),
-            Ok(m) if m.len() > MAX_STATE_BYTES => {
-                return Err(fail(format!("larger than {MAX_STATE_BYTES} bytes")));
-            }
-            Ok(_) => {}
-        }
-        let bytes = std::fs::read(&path).map_err(|e| fail(e.to_string()))?;
+            Ok(m) if !m.is_file() => return Err(fail("not a regular file".into())),
+            Ok(_) => read_regular_file(&path, MAX_STATE_BYTES)
+                .map_err(|e| fail(e.to_string()))?
+                .ok_or_else(|| {
+                    fail(format!(
+                        "not a regular file of at most {MAX_STATE_BYTES} bytes"
+                    ))
+                })?,
+        };
         // Refused, not reset: it holds what revokes issued credentials.
         serde_json::from_slice(&bytes)
             .map_err(|_| fail("not a reconcile state file (fix or remove it)".into()))
@@ -457,11 +476,11 @@ impl OutputReconciler {
             {
                 continue;
             }
-            if policy::delete_when_external_secret_gone(old.creation_policy)
-                && old.secret_sha256.is_some()
-            {
+            if policy::delete_when_external_secret_gone(old.creation_policy) {
                 let path = self.secret_path(namespace, &old.secret);
-                if remove_file(&path).map_err(|e| io_error(&path, e))? {
+                if remove_if_ours(&path, old.secret_sha256.as_deref())
+                    .map_err(|e| io_error(&path, e))?
+                {
                     report.files_changed += 1;
                 }
             }
@@ -645,7 +664,11 @@ impl OutputReconciler {
             claimed.insert(key, es.name.clone());
         }
         let secret_path = self.secret_path(&es.namespace, &secret_name);
-        let file_hash = std::fs::read(&secret_path).ok().map(|b| sha256_hex(&b));
+        // Bounded, regular files only: a planted symlink or FIFO reads as "no file".
+        let file_hash = read_regular_file(&secret_path, MAX_SECRET_FILE_BYTES)
+            .ok()
+            .flatten()
+            .map(|b| sha256_hex(&b));
         let secret_valid = !writes
             || (entry.secret == secret_name
                 && entry.secret_sha256.is_some()
@@ -697,7 +720,7 @@ impl OutputReconciler {
         {
             if entry.creation_policy == CreationPolicy::Owner {
                 let old = self.secret_path(&es.namespace, &entry.secret);
-                if remove_file(&old).unwrap_or(false) {
+                if remove_if_ours(&old, entry.secret_sha256.as_deref()).unwrap_or(false) {
                     report.files_changed += 1;
                 }
             }
@@ -755,7 +778,7 @@ impl OutputReconciler {
                 (REASON_SYNCED, "secret synced", Some(secret_name))
             }
             SecretAction::Delete => {
-                if entry.secret_sha256.is_some() && remove_file(&secret_path).unwrap_or(false) {
+                if remove_if_ours(&secret_path, entry.secret_sha256.as_deref()).unwrap_or(false) {
                     report.files_changed += 1;
                 }
                 entry.secret_sha256 = None;
@@ -910,6 +933,32 @@ mod tests {
                 serde_saphyr::from_str(&format!("k: {}\n", scalar(word))).unwrap();
             assert_eq!(parsed["k"], word, "{word}");
         }
+    }
+
+    /// A state file planted as a symlink (to /dev/zero, or to another state) is refused,
+    /// never followed (review: /dev/zero passed the size check, 0 bytes, and was read
+    /// without end).
+    #[test]
+    fn a_symlinked_state_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let manifests = dir.path().join("manifests");
+        std::fs::create_dir_all(&manifests).unwrap();
+        let r = OutputReconciler::new(OutputOptions {
+            manifests,
+            output: dir.path().join("out"),
+            controller_class: String::new(),
+            provider_settings: ProviderSettings::default(),
+        })
+        .unwrap();
+        let other = dir.path().join("other.json");
+        std::fs::write(&other, br#"{"version":1,"externalSecrets":{}}"#).unwrap();
+        std::os::unix::fs::symlink(&other, r.state_path()).unwrap();
+        let e = r.load_state().unwrap_err().to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+        std::fs::remove_file(r.state_path()).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", r.state_path()).unwrap();
+        let e = r.load_state().unwrap_err().to_string();
+        assert!(e.contains("not a regular file"), "{e}");
     }
 
     #[test]

@@ -67,7 +67,14 @@ impl TemplateRenderer for crate::template::Engine {
 
 /// `templateFrom[].valuesDecodingStrategy` applied to each value of a `KeysAndValues`
 /// output (ESO: values only, never keys). Errors name the key, never the value.
-fn decode_values(strategy: DecodingStrategy, kv: DataMap, at: &str) -> Result<DataMap, SyncError> {
+/// `tpl`: the template that rendered `kv` (an error names a key only when it spells it
+/// out: a rendered key can be a value).
+fn decode_values(
+    strategy: DecodingStrategy,
+    tpl: &str,
+    kv: DataMap,
+    at: &str,
+) -> Result<DataMap, SyncError> {
     use crate::template::DecodingStrategy as D;
     let strategy = match strategy {
         DecodingStrategy::None => return Ok(kv),
@@ -77,7 +84,7 @@ fn decode_values(strategy: DecodingStrategy, kv: DataMap, at: &str) -> Result<Da
     };
     kv.into_iter()
         .map(|(k, v)| {
-            crate::template::decode_value(strategy, &k, &v)
+            crate::template::decode_value_in(strategy, tpl, &k, &v)
                 .map(|decoded| (k, decoded))
                 .map_err(|e| template_error(at, e.to_string()))
         })
@@ -242,7 +249,7 @@ pub fn apply_template(
                         let kv = renderer
                             .render_keys_and_values(&item.key, &tpl_text, provider)
                             .map_err(|e| template_error(&at, e))?;
-                        let kv = decode_values(from.values_decoding_strategy, kv, &at)?;
+                        let kv = decode_values(from.values_decoding_strategy, &tpl_text, kv, &at)?;
                         for (k, v) in kv {
                             put(&mut out, t, k, v, &at)?;
                         }
@@ -254,7 +261,7 @@ pub fn apply_template(
             let kv = renderer
                 .render_keys_and_values("literal", literal, provider)
                 .map_err(|e| template_error(&at, e))?;
-            let kv = decode_values(from.values_decoding_strategy, kv, &at)?;
+            let kv = decode_values(from.values_decoding_strategy, literal, kv, &at)?;
             for (k, v) in kv {
                 put(&mut out, t, k, v, &at)?;
             }

@@ -85,6 +85,11 @@ fn spend(ctx: &Ctx, work: &Work, amount: usize) -> Result<(), FnError> {
     Ok(())
 }
 
+/// Charges the sizes of `args` to `work` (for functions registered without [`wrap`]).
+pub(crate) fn charge(ctx: &Ctx, work: &Work, args: &[Value]) -> Result<(), FnError> {
+    spend(ctx, work, args.iter().map(weight).sum())
+}
+
 /// Wraps `f` as a gotmpl function named `name`, charging `work`.
 pub(crate) fn wrap(name: &'static str, ctx: Ctx, f: Func, work: Work) -> gotmpl::ValueFunc {
     Arc::new(move |args: &[Value]| {

@@ -204,6 +204,30 @@ pub enum DecodingStrategy {
     Auto,
 }
 
+/// A key of a KeysAndValues output as an error may show it: the key when the template
+/// `tpl` spells it out, else a placeholder (a rendered key can be a value).
+pub fn key_label(tpl: &str, key: &str) -> String {
+    if !key.is_empty() && tpl.contains(key) {
+        key.to_string()
+    } else {
+        "(a key rendered from the data)".to_string()
+    }
+}
+
+/// [`decode_value`] of a value rendered by template `tpl`: the error names `key` only when
+/// the template spells it out ([`key_label`]).
+///
+/// # Errors
+/// [`TemplateError::Decode`].
+pub fn decode_value_in(
+    strategy: DecodingStrategy,
+    tpl: &str,
+    key: &str,
+    value: &[u8],
+) -> Result<Vec<u8>, TemplateError> {
+    decode_value(strategy, &key_label(tpl, key), value)
+}
+
 /// Decodes one rendered value as ESO's `valuesDecodingStrategy` does (source: ESO
 /// `runtime/esutils` `Decode`). `key` is only for the error, which holds no value.
 pub fn decode_value(
@@ -390,7 +414,7 @@ impl Engine {
         data: &BTreeMap<String, Vec<u8>>,
     ) -> Result<BTreeMap<String, Vec<u8>>, TemplateError> {
         let out = self.render(name, tpl, data)?;
-        parse_keys_and_values(name, &out)
+        parse_keys_and_values(name, tpl, &out)
     }
 
     /// Which entries of the root data `tpl` reads: `.name…`, `$.name…` and
@@ -503,8 +527,14 @@ impl Engine {
                     .map(|(n, f)| (n.to_string(), funcs::wrap(n, ctx, *f, work.clone())))
                     .collect(),
             )
-            .func("index", move |args: &[Value]| {
-                funcs::index(&string_maps, args).map_err(|e| funcs::to_gotmpl("index", &ctx, e))
+            .func("index", {
+                // Charged like every other function: indexing a large string reads it.
+                let work = work.clone();
+                move |args: &[Value]| {
+                    funcs::charge(&ctx, &work, args)
+                        .and_then(|()| funcs::index(&string_maps, args))
+                        .map_err(|e| funcs::to_gotmpl("index", &ctx, e))
+                }
             })
             .func("fail", move |args: &[Value]| {
                 funcs::fail(&literals, args).map_err(|e| funcs::to_gotmpl("fail", &ctx, e))
@@ -609,6 +639,7 @@ fn parse_error(name: &str, e: gotmpl::TemplateError) -> TemplateError {
 /// KeysAndValues: the rendered bytes as a YAML map of scalars, each value as a string.
 fn parse_keys_and_values(
     name: &str,
+    tpl: &str,
     out: &[u8],
 ) -> Result<BTreeMap<String, Vec<u8>>, TemplateError> {
     let err = |message: String| TemplateError::KeysAndValues {
@@ -648,7 +679,12 @@ fn parse_keys_and_values(
                 (_, _, Some(f)) => gofmt::format_float_g(f),
                 _ => n.to_string(),
             },
-            _ => return Err(err(format!("the value of key {k:?} is not a string"))),
+            _ => {
+                return Err(err(format!(
+                    "the value of key {:?} is not a string",
+                    key_label(tpl, &k)
+                )));
+            }
         };
         result.insert(k, value.into_bytes());
     }
@@ -667,13 +703,26 @@ pub struct DataRefs {
 
 /// Template data built from named maps: `.name.key` (e.g. `esi-cli` file templates, where
 /// each secret is a map of its keys). Keys and values are bytes, passed through
-/// byte-exact.
-#[derive(Clone, Debug, Default)]
+/// byte-exact. Debug shows names and keys, never values.
+#[derive(Clone, Default)]
 pub struct TemplateData {
     entries: BTreeMap<String, Entry>,
 }
 
-#[derive(Clone, Debug)]
+impl std::fmt::Debug for TemplateData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut m = f.debug_map();
+        for (name, entry) in &self.entries {
+            match entry {
+                Entry::Map(map) => m.entry(name, &map.keys().collect::<Vec<_>>()),
+                Entry::Value(_) => m.entry(name, &"<value>"),
+            };
+        }
+        m.finish()
+    }
+}
+
+#[derive(Clone)]
 enum Entry {
     Map(BTreeMap<String, Vec<u8>>),
     Value(Vec<u8>),
