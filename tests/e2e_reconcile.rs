@@ -971,11 +971,10 @@ fn a_gone_owner_never_removes_the_secret_another_one_just_wrote() {
 }
 
 /// creationPolicy Merge whose target Secret manifest is removed from DIR: ESO waits for
-/// the Secret (SecretMissing) and creates nothing; here the earlier output counts as the
-/// Secret and is rewritten with the ExternalSecret's data alone (the base's keys and type
-/// are lost), a Secret that nobody owns.
+/// the Secret (SecretMissing) and creates nothing (review finding: the earlier output
+/// counted as the Secret and was rewritten with the ExternalSecret's data alone, the base's
+/// keys and type lost). The merged output goes with its base.
 #[test]
-#[ignore = "review finding 4"]
 fn merge_never_recreates_a_target_whose_manifest_is_gone() {
     let dir = tempfile::tempdir().unwrap();
     let manifests = dir.path().join("manifests");
@@ -999,5 +998,9 @@ fn merge_never_recreates_a_target_whose_manifest_is_gone() {
     assert_eq!(
         (status.as_str(), reason.as_str()),
         ("True", "SecretMissing")
+    );
+    assert!(
+        !file.exists(),
+        "the merged output of a gone Secret is removed"
     );
 }

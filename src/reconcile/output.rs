@@ -700,9 +700,14 @@ impl OutputReconciler {
             Err(e) => return Err((e, issued)),
         };
         let existing = inv.secret(&es.namespace, &secret_name);
-        // Our own earlier file counts as existing (Kubernetes would have it).
-        let exists =
-            existing.is_some() || (entry.secret == secret_name && entry.secret_sha256.is_some());
+        // Our own earlier file counts as existing (Kubernetes would have it), except for
+        // creationPolicy Merge: the Secret merged into is the manifest in DIR, and when that
+        // is gone, so is the Secret (ESO waits: SecretMissing) — never recreated from our
+        // own output with the base's keys and type lost.
+        let exists = existing.is_some()
+            || (target.creation_policy != CreationPolicy::Merge
+                && entry.secret == secret_name
+                && entry.secret_sha256.is_some());
         let action = policy::secret_action(
             target.creation_policy,
             target.deletion_policy,
@@ -794,11 +799,19 @@ impl OutputReconciler {
                 "secret retained due to DeletionPolicy=Retain",
                 None,
             ),
-            SecretAction::WaitForTarget => (
-                REASON_MISSING,
-                "secret will not be created due to CreationPolicy=Merge",
-                None,
-            ),
+            SecretAction::WaitForTarget => {
+                // The merged output of a Secret that no longer exists goes with it.
+                if remove_if_ours(&secret_path, entry.secret_sha256.as_deref()).unwrap_or(false) {
+                    report.files_changed += 1;
+                }
+                entry.secret_sha256 = None;
+                entry.immutable_data_hash = None;
+                (
+                    REASON_MISSING,
+                    "secret will not be created due to CreationPolicy=Merge",
+                    None,
+                )
+            }
             SecretAction::Nothing => (REASON_SYNCED, "secret synced", None),
         };
         Ok(Synced::Done {
