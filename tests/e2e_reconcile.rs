@@ -699,49 +699,10 @@ fn interval_mode_follows_changes_until_terminated() {
 /// the backend lease) when its ExternalSecret goes.
 mod federation_client {
     use super::*;
-    use std::sync::{Arc, Mutex};
 
     const AUD: &str = "https://esi-federation.example.com";
     const ISS: &str = "https://kubernetes.default.svc.cluster.local";
     const AWKWARD: &str = "\"quoted\" \\back\\slash \u{0}\u{1}\u{1f}\r\n\u{7f}é€😀 \t ";
-
-    /// A Vault that issues leases (`POST /v1/fake/creds`) and records revocations.
-    async fn fake_vault() -> (String, Arc<Mutex<Vec<String>>>) {
-        use axum::routing::{post, put};
-        let revoked = Arc::new(Mutex::new(Vec::new()));
-        let counter = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let seen = revoked.clone();
-        let app = axum::Router::new()
-            .route(
-                "/v1/fake/creds",
-                post(move || {
-                    let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    async move {
-                        axum::Json(json!({
-                            "lease_id": format!("fake/creds/{n}"),
-                            "lease_duration": 3600,
-                            "data": {"username": format!("user-{n}"), "password": AWKWARD}
-                        }))
-                    }
-                }),
-            )
-            .route(
-                "/v1/sys/leases/revoke",
-                put(move |axum::Json(body): axum::Json<Value>| {
-                    let seen = seen.clone();
-                    async move {
-                        seen.lock()
-                            .unwrap()
-                            .push(body["lease_id"].as_str().unwrap_or_default().to_string());
-                        axum::http::StatusCode::NO_CONTENT
-                    }
-                }),
-            );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        (url, revoked)
-    }
 
     /// A YAML double-quoted scalar: every control character escaped (YAML refuses DEL and
     /// others raw).
@@ -885,7 +846,8 @@ spec:
 
     #[tokio::test(flavor = "multi_thread")]
     async fn external_secrets_store_and_federation_generator() {
-        let (vault_url, revoked) = fake_vault().await;
+        let vault = common::fake_vault::FakeVault::start_with_password(AWKWARD).await;
+        let (vault_url, revoked) = (vault.url.clone(), vault.revoked_handle());
         let server = server(&vault_url);
         let dir = tempfile::tempdir().unwrap();
         let m = dir.path().join("manifests");
