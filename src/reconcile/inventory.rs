@@ -147,6 +147,13 @@ impl Inventory {
 
     /// A namespace's labels: those of its Namespace object when one was read, plus the
     /// `kubernetes.io/metadata.name` label Kubernetes sets on every namespace.
+    /// Whether the labels of `namespace` are known (its `Namespace` object was seen). A
+    /// `namespaceSelector` is evaluated only then: with unknown labels a `NotIn` or
+    /// `DoesNotExist` term would hold for want of information (fail open).
+    pub fn namespace_known(&self, namespace: &str) -> bool {
+        self.namespaces.contains_key(namespace)
+    }
+
     pub fn namespace_labels(&self, namespace: &str) -> BTreeMap<String, String> {
         let mut labels = self.namespaces.get(namespace).cloned().unwrap_or_default();
         labels.insert(NAMESPACE_NAME_LABEL.to_string(), namespace.to_string());

@@ -442,10 +442,28 @@ fn resolve_store<'a>(
     }
     if id.kind == StoreKind::ClusterSecretStore {
         let labels = inv.namespace_labels(&es.namespace);
-        let allowed = stores::namespace_allowed(&entry.conditions, &es.namespace, &labels)
-            .map_err(|reason| SyncError::StoreConditionInvalid {
-                name: r.name.clone(),
-                reason,
+        // Without the Namespace object its labels are unknown: selectors cannot be decided
+        // and never admit (`NotIn`/`DoesNotExist` would hold for want of labels); names and
+        // regexps still can.
+        let conditions: Vec<_> = if inv.namespace_known(&es.namespace) {
+            entry.conditions.clone()
+        } else {
+            entry
+                .conditions
+                .iter()
+                .cloned()
+                .map(|mut c| {
+                    c.namespace_selector = None;
+                    c
+                })
+                .collect()
+        };
+        let allowed =
+            stores::namespace_allowed(&conditions, &es.namespace, &labels).map_err(|reason| {
+                SyncError::StoreConditionInvalid {
+                    name: r.name.clone(),
+                    reason,
+                }
             })?;
         if !allowed {
             return Err(SyncError::StoreDenied {
@@ -871,6 +889,32 @@ metadata: {name: team, labels: {tier: db}}
         assert!(
             err.to_string().contains("not valid base64") && !err.to_string().contains("plain"),
             "{err}"
+        );
+    }
+
+    /// Review finding: a namespace without a Namespace object has unknown labels, so a
+    /// `NotIn`/`DoesNotExist` selector must not admit it for want of labels.
+    #[tokio::test]
+    async fn negative_selectors_do_not_admit_a_namespace_of_unknown_labels() {
+        let store = "---\napiVersion: external-secrets.io/v1\nkind: ClusterSecretStore\nmetadata: {name: notdev}\nspec:\n  conditions: [{namespaceSelector: {matchExpressions: [{key: env, operator: NotIn, values: [dev]}, {key: frozen, operator: DoesNotExist}]}}, {namespaces: [listed]}]\n  provider: {fake: {data: [{key: k, value: v}]}}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: prod, labels: {env: prod}}\n";
+        let spec = "{secretStoreRef: {name: notdev, kind: ClusterSecretStore}, data: [{secretKey: a, remoteRef: {key: k}}]}";
+        let m = format!(
+            "{STORE}{store}{}{}{}",
+            es("known", "prod", spec),
+            es("unknown", "ghost", spec),
+            es("named", "listed", spec)
+        );
+        let out = run(&m, "").await;
+        let by = |n: &str| out.iter().find(|(name, ..)| name == n).unwrap().1.clone();
+        assert_eq!(by("known").unwrap().data["a"], b"v");
+        assert!(
+            matches!(by("unknown").unwrap_err(), SyncError::StoreDenied { .. }),
+            "unknown labels never satisfy a selector"
+        );
+        assert_eq!(
+            by("named").unwrap().data["a"],
+            b"v",
+            "names are still decided without the Namespace object"
         );
     }
 
