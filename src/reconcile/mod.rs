@@ -17,6 +17,7 @@
 mod error;
 pub mod inventory;
 pub mod keys;
+pub mod kubernetes;
 pub mod output;
 pub mod policy;
 pub mod rollout;

@@ -1,0 +1,437 @@
+//! End to end, the reconciler's Kubernetes mode: the real `esi-server reconcile
+//! --kubernetes` against the fake API server of `tests/common/fake_kube.rs`. ExternalSecrets
+//! become Secrets per creationPolicy (owner references and their garbage collection, Orphan,
+//! Merge into an existing Secret only), with ESO's status and Events, the force-sync
+//! annotation, per-object backoff, and the refusal of the API server's own token audiences.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::fake_kube::FakeKube;
+use common::*;
+use serde_json::{Value, json};
+
+const ESO: &str = "external-secrets.io/v1";
+const NS: &str = "apps";
+
+async fn cluster() -> FakeKube {
+    let k = FakeKube::start().await;
+    for (g, v, kind, plural, namespaced, status) in [
+        (
+            "external-secrets.io",
+            "v1",
+            "ExternalSecret",
+            "externalsecrets",
+            true,
+            true,
+        ),
+        (
+            "external-secrets.io",
+            "v1",
+            "SecretStore",
+            "secretstores",
+            true,
+            true,
+        ),
+        (
+            "external-secrets.io",
+            "v1",
+            "ClusterSecretStore",
+            "clustersecretstores",
+            false,
+            true,
+        ),
+        (
+            "generators.external-secrets.io",
+            "v1alpha1",
+            "Password",
+            "passwords",
+            true,
+            false,
+        ),
+        ("events.k8s.io", "v1", "Event", "events", true, false),
+    ] {
+        k.register(g, v, kind, plural, namespaced, status);
+    }
+    k
+}
+
+/// The reconciler process; killed when dropped.
+struct Reconciler {
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Reconciler {
+    fn start(k: &FakeKube, extra: &[&str]) -> Reconciler {
+        install_crypto();
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig = dir.path().join("kubeconfig");
+        k.kubeconfig(&kubeconfig);
+        let mut child = Command::new(server_bin())
+            .args([
+                "reconcile",
+                "--kubernetes",
+                "--leader-election-namespace",
+                "esi-system",
+                "--leader-election-lease-duration",
+                "2s",
+                "--log-format",
+                "json",
+            ])
+            .args(extra)
+            .env("KUBECONFIG", &kubeconfig)
+            .env_remove("POD_NAME")
+            .env_remove("POD_NAMESPACE")
+            .env(
+                "RUST_LOG",
+                std::env::var("ESI_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start esi-server reconcile");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        for out in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines().map_while(Result::ok) {
+                    if std::env::var("ESI_TEST_ECHO").is_ok() {
+                        eprintln!("[reconciler] {line}");
+                    }
+                    log.lock().unwrap().push(line);
+                }
+            });
+        }
+        Reconciler {
+            child,
+            log,
+            _dir: dir,
+        }
+    }
+
+    fn logs(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for Reconciler {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_for<T>(what: &str, secs: u64, r: &Reconciler, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "timed out waiting for {what}; reconciler log:\n{}",
+                r.logs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn fake_store(k: &FakeKube, value: &str) {
+    k.apply(json!({
+        "apiVersion": ESO,
+        "kind": "ClusterSecretStore",
+        "metadata": {"name": "fake"},
+        "spec": {"provider": {"fake": {"data": [{"key": "db", "value": value}]}}}
+    }));
+}
+
+fn external_secret(name: &str, target: Value, extra_meta: Value) -> Value {
+    let mut meta = json!({"name": name, "namespace": NS});
+    if let Value::Object(m) = extra_meta {
+        for (key, v) in m {
+            meta[key] = v;
+        }
+    }
+    json!({
+        "apiVersion": ESO,
+        "kind": "ExternalSecret",
+        "metadata": meta,
+        "spec": {
+            "refreshInterval": "1h",
+            "secretStoreRef": {"kind": "ClusterSecretStore", "name": "fake"},
+            "target": target,
+            "data": [{"secretKey": "password", "remoteRef": {"key": "db"}}]
+        }
+    })
+}
+
+fn secret(k: &FakeKube, name: &str) -> Option<Value> {
+    k.get("v1", "Secret", Some(NS), name)
+}
+
+fn data(s: &Value, key: &str) -> Option<String> {
+    use base64::Engine;
+    let v = s.pointer(&format!("/data/{key}"))?.as_str()?;
+    String::from_utf8(base64::engine::general_purpose::STANDARD.decode(v).ok()?).ok()
+}
+
+fn es(k: &FakeKube, name: &str) -> Value {
+    k.get(ESO, "ExternalSecret", Some(NS), name).unwrap()
+}
+
+fn ready(es: &Value) -> Option<(String, String, String)> {
+    let c = es
+        .pointer("/status/conditions")?
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "Ready")?;
+    Some((
+        c["status"].as_str()?.to_string(),
+        c["reason"].as_str()?.to_string(),
+        c["message"].as_str()?.to_string(),
+    ))
+}
+
+/// Owner: the Secret is created with a controller owner reference to the ExternalSecret,
+/// the status is ESO's, an Event says `Updated`; deleting the ExternalSecret collects the
+/// Secret.
+#[tokio::test(flavor = "multi_thread")]
+async fn owner_policy_writes_the_secret_status_and_event_and_gc_collects_it() {
+    let k = cluster().await;
+    fake_store(&k, "s3cr3t");
+    let created = k.apply(external_secret("app", json!({"name": "app-db"}), json!({})));
+    let uid = created["metadata"]["uid"].as_str().unwrap().to_string();
+    let r = Reconciler::start(&k, &[]);
+    let s = wait_for("the Secret", 30, &r, || secret(&k, "app-db"));
+    assert_eq!(data(&s, "password").as_deref(), Some("s3cr3t"));
+    let owners = s["metadata"]["ownerReferences"].as_array().unwrap();
+    assert_eq!(owners.len(), 1, "{s}");
+    assert_eq!(owners[0]["kind"], "ExternalSecret");
+    assert_eq!(owners[0]["uid"], uid.as_str());
+    assert_eq!(owners[0]["controller"], true);
+    assert_eq!(
+        s["metadata"]["labels"]["reconcile.external-secrets.io/managed"],
+        "true"
+    );
+
+    let status = wait_for("the status", 15, &r, || {
+        let e = es(&k, "app");
+        (ready(&e)?.0 == "True").then_some(e)
+    });
+    let (_, reason, message) = ready(&status).unwrap();
+    assert_eq!(reason, "SecretSynced");
+    assert_eq!(message, "secret synced");
+    assert!(status["status"]["refreshTime"].is_string(), "{status}");
+    assert!(
+        status["status"]["syncedResourceVersion"].is_string(),
+        "{status}"
+    );
+    assert_eq!(status["status"]["binding"]["name"], "app-db");
+
+    let event = wait_for("the Event", 15, &r, || {
+        k.list("events.k8s.io/v1", "Event", Some(NS))
+            .into_iter()
+            .find(|e| e["regarding"]["name"] == "app" && e["reason"] == "Updated")
+    });
+    assert_eq!(event["type"], "Normal");
+    assert_eq!(event["regarding"]["kind"], "ExternalSecret");
+
+    // A Secret edited by hand is written back.
+    let mut edited = secret(&k, "app-db").unwrap();
+    edited["data"]["password"] = json!(b64("tampered"));
+    k.apply(edited);
+    wait_for("the Secret written back", 15, &r, || {
+        (data(&secret(&k, "app-db")?, "password")? == "s3cr3t").then_some(())
+    });
+
+    assert!(k.delete(ESO, "ExternalSecret", Some(NS), "app"));
+    wait_for("the Secret collected", 15, &r, || {
+        secret(&k, "app-db").is_none().then_some(())
+    });
+}
+
+/// Orphan: no owner reference, the Secret outlives its ExternalSecret. Merge: nothing
+/// while the target is absent (`Ready=False`, `SecretMissing`), then only our key is
+/// patched into it.
+#[tokio::test(flavor = "multi_thread")]
+async fn orphan_keeps_the_secret_and_merge_patches_only_its_keys() {
+    let k = cluster().await;
+    fake_store(&k, "s3cr3t");
+    k.apply(external_secret(
+        "orphan",
+        json!({"name": "orphan-db", "creationPolicy": "Orphan"}),
+        json!({}),
+    ));
+    k.apply(external_secret(
+        "merge",
+        json!({"name": "shared", "creationPolicy": "Merge"}),
+        json!({}),
+    ));
+    let r = Reconciler::start(&k, &[]);
+    let s = wait_for("the orphan Secret", 30, &r, || secret(&k, "orphan-db"));
+    assert!(s["metadata"].get("ownerReferences").is_none(), "{s}");
+    assert_eq!(data(&s, "password").as_deref(), Some("s3cr3t"));
+
+    let waiting = wait_for("Merge waiting", 15, &r, || {
+        let e = es(&k, "merge");
+        let c = ready(&e)?;
+        (c.0 == "False").then_some(c)
+    });
+    assert_eq!(waiting.1, "SecretMissing", "{waiting:?}");
+    assert!(secret(&k, "shared").is_none(), "Merge must not create");
+
+    k.apply(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "shared", "namespace": NS, "labels": {"team": "a"}},
+        "type": "Opaque",
+        "data": {"other": b64("kept")}
+    }));
+    let merged = wait_for("the merge", 30, &r, || {
+        let s = secret(&k, "shared")?;
+        data(&s, "password").map(|_| s)
+    });
+    assert_eq!(data(&merged, "password").as_deref(), Some("s3cr3t"));
+    assert_eq!(data(&merged, "other").as_deref(), Some("kept"));
+    assert_eq!(merged["metadata"]["labels"]["team"], "a");
+    assert!(merged["metadata"].get("ownerReferences").is_none());
+    wait_for("Merge ready", 15, &r, || {
+        (ready(&es(&k, "merge"))?.0 == "True").then_some(())
+    });
+
+    assert!(k.delete(ESO, "ExternalSecret", Some(NS), "orphan"));
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(secret(&k, "orphan-db").is_some(), "Orphan outlives its ES");
+}
+
+/// Not due (1h interval): a changed store value is not fetched; the force-sync annotation
+/// syncs again at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn force_sync_annotation_syncs_before_the_interval() {
+    let k = cluster().await;
+    fake_store(&k, "v1");
+    k.apply(external_secret("app", json!({"name": "app-db"}), json!({})));
+    let r = Reconciler::start(&k, &[]);
+    wait_for("the first sync", 30, &r, || {
+        (data(&secret(&k, "app-db")?, "password")? == "v1").then_some(())
+    });
+    fake_store(&k, "v2");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        data(&secret(&k, "app-db").unwrap(), "password").as_deref(),
+        Some("v1"),
+        "not due before the interval"
+    );
+    k.apply(external_secret(
+        "app",
+        json!({"name": "app-db"}),
+        json!({"annotations": {"force-sync": "1"}}),
+    ));
+    wait_for("the forced sync", 15, &r, || {
+        (data(&secret(&k, "app-db")?, "password")? == "v2").then_some(())
+    });
+}
+
+/// A broken ExternalSecret (its store does not exist) is retried with growing delays
+/// (each attempt reads its target Secret: counted in the fake's log), not in a loop, and
+/// a good one still syncs meanwhile.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_external_secret_backs_off_and_does_not_hold_up_others() {
+    let k = cluster().await;
+    fake_store(&k, "s3cr3t");
+    let mut bad = external_secret("bad", json!({"name": "bad-db"}), json!({}));
+    bad["spec"]["secretStoreRef"]["name"] = json!("nope");
+    k.apply(bad);
+    let r = Reconciler::start(&k, &[]);
+    let e = wait_for("Ready=False", 30, &r, || {
+        let e = es(&k, "bad");
+        (ready(&e)?.0 == "False").then_some(e)
+    });
+    let (_, reason, message) = ready(&e).unwrap();
+    assert_eq!(reason, "SecretSyncedError");
+    assert!(message.contains("\"nope\""), "{message}");
+    let start = Instant::now();
+    k.apply(external_secret(
+        "good",
+        json!({"name": "good-db"}),
+        json!({}),
+    ));
+    wait_for("the good Secret", 10, &r, || secret(&k, "good-db"));
+    std::thread::sleep(Duration::from_secs(14).saturating_sub(start.elapsed()));
+    let path = format!("/api/v1/namespaces/{NS}/secrets/bad-db");
+    let attempts = k
+        .requests()
+        .iter()
+        .filter(|q| q.method == "GET" && q.path == path)
+        .count();
+    // 1 s, 2 s, 4 s, 8 s (jittered up to twice): at most ~6 attempts in ~15 s, not dozens.
+    assert!(
+        (3..=7).contains(&attempts),
+        "attempts of the broken ExternalSecret: {attempts}"
+    );
+    // Growing: over the next 6 s at most one more attempt (the next delay is ≥ 8 s).
+    std::thread::sleep(Duration::from_secs(6));
+    let later = k
+        .requests()
+        .iter()
+        .filter(|q| q.method == "GET" && q.path == path)
+        .count();
+    assert!(
+        later - attempts <= 1,
+        "the delays must grow: {attempts} then {later}"
+    );
+    assert!(secret(&k, "bad-db").is_none());
+}
+
+/// A SecretStore asking for a ServiceAccount token with an audience the API server
+/// accepts is refused before any TokenRequest, with a clear status.
+#[tokio::test(flavor = "multi_thread")]
+async fn api_server_audiences_are_refused() {
+    let k = cluster().await;
+    k.apply(json!({"apiVersion": "v1", "kind": "ServiceAccount",
+        "metadata": {"name": "admin-sa", "namespace": NS}}));
+    k.apply(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "fed", "namespace": NS},
+        "data": {"ca.crt": b64(k.ca_pem())}
+    }));
+    k.apply(json!({
+        "apiVersion": ESO,
+        "kind": "SecretStore",
+        "metadata": {"name": "remote", "namespace": NS},
+        "spec": {"provider": {"externalsecrets": {
+            "server": {"url": "https://127.0.0.1:9", "caRef": {"name": "fed", "key": "ca.crt"}},
+            "auth": {"kubernetes": {"serviceAccountRef": {
+                "name": "admin-sa", "audiences": ["https://kubernetes.default.svc"]}}},
+            "target": {"clusterSecretStoreName": "any"}
+        }}}
+    }));
+    let mut e = external_secret("steal", json!({"name": "stolen"}), json!({}));
+    e["spec"]["secretStoreRef"] = json!({"kind": "SecretStore", "name": "remote"});
+    k.apply(e);
+    let r = Reconciler::start(&k, &[]);
+    let e = wait_for("Ready=False", 30, &r, || {
+        let e = es(&k, "steal");
+        (ready(&e)?.0 == "False").then_some(e)
+    });
+    let (_, _, message) = ready(&e).unwrap();
+    assert!(
+        message.contains("accepted by the Kubernetes API server"),
+        "{message}"
+    );
+    let asked = k
+        .requests()
+        .iter()
+        .filter(|q| q.method == "POST" && q.path.ends_with("/serviceaccounts/admin-sa/token"))
+        .count();
+    assert_eq!(asked, 0, "no token may be requested");
+}
