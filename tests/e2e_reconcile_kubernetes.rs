@@ -435,3 +435,97 @@ async fn api_server_audiences_are_refused() {
         .count();
     assert_eq!(asked, 0, "no token may be requested");
 }
+
+fn deployment(name: &str, secret: &str) -> Value {
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{
+                    "name": "app", "image": "app:1",
+                    "env": [{"name": "PASSWORD", "valueFrom": {"secretKeyRef": {"name": secret, "key": "password"}}}]
+                }]}
+            }
+        }
+    })
+}
+
+/// Rollout extension: an ExternalSecret annotated `esi.external-secrets.io/rollout: "true"`
+/// whose Secret's data changes records the Secret's new resourceVersion in the pod template
+/// of each Deployment reading it, once per change; a sync that changes nothing rolls
+/// nothing, and a Deployment reading another Secret is left alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn rollout_patches_the_deployment_once_per_change() {
+    let k = cluster().await;
+    k.register_kind::<k8s_openapi::api::apps::v1::Deployment>(true, false);
+    k.register_kind::<k8s_openapi::api::apps::v1::StatefulSet>(true, false);
+    k.register_kind::<k8s_openapi::api::apps::v1::DaemonSet>(true, false);
+    k.apply(deployment("web", "app-db"));
+    k.apply(deployment("other", "unrelated"));
+    fake_store(&k, "v1");
+    let rollout = json!({"esi.external-secrets.io/rollout": "true"});
+    k.apply(external_secret(
+        "app",
+        json!({"name": "app-db"}),
+        json!({"annotations": rollout}),
+    ));
+    let r = Reconciler::start(&k, &[]);
+    wait_for("the first sync", 30, &r, || {
+        (data(&secret(&k, "app-db")?, "password")? == "v1").then_some(())
+    });
+    let versions = |name: &str| {
+        k.get("apps/v1", "Deployment", Some(NS), name).unwrap()["spec"]["template"]["metadata"]
+            ["annotations"]["esi.external-secrets.io/secret-versions"]
+            .as_str()
+            .map(str::to_string)
+    };
+    assert_eq!(versions("web"), None, "a new Secret rolls nothing");
+
+    fake_store(&k, "v2");
+    // The store's change reaches the inventory first.
+    std::thread::sleep(Duration::from_secs(1));
+    k.apply(external_secret(
+        "app",
+        json!({"name": "app-db"}),
+        json!({"annotations": {"esi.external-secrets.io/rollout": "true", "force-sync": "1"}}),
+    ));
+    let rolled = wait_for("the rollout", 15, &r, || versions("web"));
+    let rv = secret(&k, "app-db").unwrap()["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(rolled, format!("app-db={rv}"));
+    assert_eq!(versions("other"), None);
+    let synced = |e: &Value| {
+        e["status"]["syncedResourceVersion"]
+            .as_str()
+            .map(str::to_string)
+    };
+    let first = wait_for("the forced sync's status", 15, &r, || {
+        let e = es(&k, "app");
+        let v = synced(&e)?;
+        (e["status"]["binding"]["name"] == "app-db").then_some(v)
+    });
+
+    // Synced again with the same data: no second rollout.
+    k.apply(external_secret(
+        "app",
+        json!({"name": "app-db"}),
+        json!({"annotations": {"esi.external-secrets.io/rollout": "true", "force-sync": "2"}}),
+    ));
+    wait_for("the second sync", 15, &r, || {
+        let e = es(&k, "app");
+        (synced(&e)? != first && ready(&e)?.0 == "True").then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let patches = k
+        .requests()
+        .iter()
+        .filter(|q| q.method == "PATCH" && q.path.ends_with("/deployments/web"))
+        .count();
+    assert_eq!(patches, 1, "one rollout per change");
+    assert_eq!(versions("web"), Some(rolled));
+}

@@ -634,7 +634,10 @@ async fn reconcile_one(
     )?;
     let out = match action {
         SecretAction::Write => {
-            write_secret(&secrets, desired, existing.as_ref(), es).await?;
+            let before = existing.as_ref().map(|s| existing_of(s).data);
+            let after = desired.data.clone();
+            let version = write_secret(&secrets, desired, existing.as_ref(), es).await?;
+            roll_if_changed(ctx, es, &name, before, &after, version).await;
             Outcome {
                 reason: REASON_SYNCED,
                 message: "secret synced",
@@ -648,7 +651,10 @@ async fn reconcile_one(
                     "the Merge target vanished".into(),
                 )));
             };
-            merge_secret(&secrets, desired, base).await?;
+            let before = existing_of(base);
+            let after = desired.clone().merged_into(&before).data;
+            let version = merge_secret(&secrets, desired, base).await?;
+            roll_if_changed(ctx, es, &name, Some(before.data), &after, version).await;
             Outcome {
                 reason: REASON_SYNCED,
                 message: "secret synced",
@@ -696,6 +702,65 @@ async fn reconcile_one(
     Ok(Some(out))
 }
 
+/// Rollout extension ([`super::rollout`]): when the ExternalSecret asks for it and a Secret
+/// that existed had its data changed, every Deployment, StatefulSet and DaemonSet of the
+/// namespace whose pod template reads it records the Secret's new `resourceVersion` (which
+/// rolls it). Failures are logged and counted, never fail the sync (the Secret is written).
+async fn roll_if_changed(
+    ctx: &Context,
+    es: &ExternalSecretObject,
+    secret: &str,
+    before: Option<BTreeMap<String, Vec<u8>>>,
+    after: &BTreeMap<String, Vec<u8>>,
+    version: Option<String>,
+) {
+    use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+    if !super::rollout::rollout_requested(&es.annotations) {
+        return;
+    }
+    let (Some(before), Some(version)) = (before, version) else {
+        return;
+    };
+    if sync::data_hash(&before) == sync::data_hash(after) {
+        return;
+    }
+    let ns = &es.namespace;
+    let client = &ctx.client;
+    let pp = PatchParams {
+        field_manager: Some(CONTROLLER_NAME.into()),
+        ..PatchParams::default()
+    };
+    macro_rules! roll {
+        ($kind:ty, $label:literal) => {{
+            let api: Api<$kind> = Api::namespaced(client.clone(), ns);
+            match api.list(&Default::default()).await {
+                Ok(list) => {
+                    for w in list.items {
+                        let Some(template) = w.spec.as_ref().map(|s| &s.template) else {
+                            continue;
+                        };
+                        let Some(patch) = super::rollout::rollout_patch(template, secret, &version)
+                        else {
+                            continue;
+                        };
+                        let name = w.metadata.name.clone().unwrap_or_default();
+                        match api.patch(&name, &pp, &Patch::Merge(&patch)).await {
+                            Ok(_) => tracing::info!(kind = $label, namespace = %ns, name = %name, secret = %secret, "rolled out"),
+                            Err(e) => tracing::warn!(kind = $label, namespace = %ns, name = %name, error = %kube_error("patch", &e), "cannot roll out"),
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(kind = $label, namespace = %ns, error = %kube_error("list", &e), "cannot list workloads to roll out")
+                }
+            }
+        }};
+    }
+    roll!(Deployment, "Deployment");
+    roll!(StatefulSet, "StatefulSet");
+    roll!(DaemonSet, "DaemonSet");
+}
+
 /// Revokes credentials that were issued but never handed out (best effort, logged).
 async fn revoke(inv: &Inventory, issued: Vec<sync::IssuedCredential>) {
     for cred in issued {
@@ -720,7 +785,7 @@ async fn write_secret(
     desired: DesiredSecret,
     existing: Option<&Secret>,
     es: &ExternalSecretObject,
-) -> Result<(), Failure> {
+) -> Result<Option<String>, Failure> {
     let name = desired.name.clone();
     let mut labels = BTreeMap::new();
     let mut annotations = BTreeMap::new();
@@ -730,7 +795,7 @@ async fn write_secret(
         let base = existing_of(s);
         if base.immutable {
             if sync::data_hash(&base.data) == sync::data_hash(&desired.data) {
-                return Ok(());
+                return Ok(None);
             }
             return Err(immutable_error(&name));
         }
@@ -801,7 +866,7 @@ async fn write_secret(
         secrets.create(&pp, &secret).await
     };
     result
-        .map(|_| ())
+        .map(|s| s.metadata.resource_version)
         .map_err(|e| Failure::Kube(kube_error("writing the target Secret", &e)))
 }
 
@@ -811,13 +876,13 @@ async fn merge_secret(
     secrets: &Api<Secret>,
     desired: DesiredSecret,
     base: &Secret,
-) -> Result<(), Failure> {
+) -> Result<Option<String>, Failure> {
     let existing = existing_of(base);
     let merged = desired.clone().merged_into(&existing);
     let name = desired.name.clone();
     if existing.immutable {
         if sync::data_hash(&existing.data) == sync::data_hash(&merged.data) {
-            return Ok(());
+            return Ok(None);
         }
         return Err(immutable_error(&name));
     }
@@ -839,7 +904,7 @@ async fn merge_secret(
     secrets
         .patch(&name, &pp, &Patch::Merge(&patch))
         .await
-        .map(|_| ())
+        .map(|s| s.metadata.resource_version)
         .map_err(|e| Failure::Kube(kube_error("merging into the target Secret", &e)))
 }
 
