@@ -211,7 +211,7 @@ async fn owner_policy_writes_the_secret_status_and_event_and_gc_collects_it() {
     fake_store(&k, "s3cr3t");
     let created = k.apply(external_secret("app", json!({"name": "app-db"}), json!({})));
     let uid = created["metadata"]["uid"].as_str().unwrap().to_string();
-    let r = Reconciler::start(&k, &[]);
+    let r = Reconciler::start(&k, &["--metrics-listen", "127.0.0.1:0"]);
     let s = wait_for("the Secret", 30, &r, || secret(&k, "app-db"));
     assert_eq!(data(&s, "password").as_deref(), Some("s3cr3t"));
     let owners = s["metadata"]["ownerReferences"].as_array().unwrap();
@@ -245,6 +245,29 @@ async fn owner_policy_writes_the_secret_status_and_event_and_gc_collects_it() {
     });
     assert_eq!(event["type"], "Normal");
     assert_eq!(event["regarding"]["kind"], "ExternalSecret");
+
+    // ESO's metrics, on the metrics listener.
+    let addr = wait_for("the metrics listener", 10, &r, || {
+        r.logs()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|l| l["message"] == "metrics listening (plain HTTP)")
+            .and_then(|l| l["addr"].as_str().map(str::to_string))
+    });
+    let text = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "externalsecret_sync_calls_total{name=\"app\",namespace=\"apps\"} 1",
+        "externalsecret_status_condition{condition=\"Ready\",name=\"app\",namespace=\"apps\",status=\"True\"} 1",
+        "externalsecret_status_condition{condition=\"Ready\",name=\"app\",namespace=\"apps\",status=\"False\"} 0",
+    ] {
+        assert!(text.contains(line), "{line} not in:\n{text}");
+    }
+    assert!(text.contains("externalsecret_reconcile_duration{name=\"app\",namespace=\"apps\"}"));
 
     // A Secret edited by hand is written back.
     let mut edited = secret(&k, "app-db").unwrap();

@@ -490,19 +490,16 @@ async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action,
     let started = Instant::now();
     let now = SystemTime::now();
     let result = reconcile_one(&obj, &es, &inv, &ctx, now).await;
-    let labels = [es.name.as_str(), es.namespace.as_str()];
-    let m = &crate::metrics::METRICS;
-    m.es_reconcile_duration
-        .with_label_values(&labels)
-        .set(started.elapsed().as_nanos() as f64);
+    let record = |ready: bool, errored: bool| {
+        super::es_metrics::record_sync(&es.name, &es.namespace, ready, errored, started.elapsed())
+    };
     match result {
         Ok(None) => {
             forget(&ctx, &key);
             Ok(requeue_after(&es, &last_sync(&obj), now))
         }
         Ok(Some(out)) => {
-            m.es_sync_calls_total.with_label_values(&labels).inc();
-            set_condition_metric(&es, out.ready);
+            record(out.ready, false);
             write_status(&ctx, &obj, &es, &out, now).await?;
             event(&ctx, &obj, true, out.message).await;
             if out.ready {
@@ -518,9 +515,7 @@ async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action,
             }
         }
         Err(Failure::Sync(e)) => {
-            m.es_sync_calls_total.with_label_values(&labels).inc();
-            m.es_sync_calls_error.with_label_values(&labels).inc();
-            set_condition_metric(&es, false);
+            record(false, true);
             let message = e.message();
             let out = Outcome {
                 reason: e.reason(),
@@ -535,15 +530,6 @@ async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action,
             Err(ReconcileError::Sync(message))
         }
         Err(Failure::Kube(e)) => Err(e),
-    }
-}
-
-fn set_condition_metric(es: &ExternalSecretObject, ready: bool) {
-    let m = &crate::metrics::METRICS;
-    for (status, value) in [("True", ready), ("False", !ready)] {
-        m.es_status_condition
-            .with_label_values(&[&es.name, &es.namespace, "Ready", status])
-            .set(if value { 1.0 } else { 0.0 });
     }
 }
 

@@ -15,6 +15,7 @@
 //! same [`sync()`].
 
 mod error;
+pub mod es_metrics;
 pub mod inventory;
 pub mod keys;
 pub mod kubernetes;

@@ -558,6 +558,7 @@ impl OutputReconciler {
         }
         let now_s = secs(now);
         let mut entry = state.external_secrets.get(&id).cloned().unwrap_or_default();
+        let started = std::time::Instant::now();
         let outcome = self
             .decide_and_sync(es, inv, opts, now, &mut entry, claimed, report)
             .await;
@@ -573,6 +574,13 @@ impl OutputReconciler {
                 issued,
             }) => {
                 report.synced += 1;
+                super::es_metrics::record_sync(
+                    &es.name,
+                    &es.namespace,
+                    reason != REASON_MISSING,
+                    false,
+                    started.elapsed(),
+                );
                 entry
                     .status
                     .set_ready(true, reason, message.to_string(), now_s);
@@ -588,6 +596,13 @@ impl OutputReconciler {
                 self.logged.remove(&id);
             }
             Err((e, issued)) => {
+                super::es_metrics::record_sync(
+                    &es.name,
+                    &es.namespace,
+                    false,
+                    true,
+                    started.elapsed(),
+                );
                 issued_now = issued;
                 let message = e.message();
                 if self.logged.get(&id) != Some(&message) {
