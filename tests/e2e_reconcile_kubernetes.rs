@@ -552,3 +552,168 @@ async fn rollout_patches_the_deployment_once_per_change() {
     assert_eq!(patches, 1, "one rollout per change");
     assert_eq!(versions("web"), Some(rolled));
 }
+
+/// A minimal Vault: `POST /v1/fake/creds` issues a lease, `PUT /v1/sys/leases/revoke`
+/// records the revoked lease id.
+async fn fake_vault() -> (String, Arc<Mutex<Vec<String>>>) {
+    use axum::routing::{post, put};
+    let revoked = Arc::new(Mutex::new(Vec::new()));
+    let counter = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = revoked.clone();
+    let app = axum::Router::new()
+        .route(
+            "/v1/fake/creds",
+            post(move || {
+                let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                async move {
+                    axum::Json(json!({
+                        "lease_id": format!("fake/creds/{n}"),
+                        "lease_duration": 3600,
+                        "data": {"username": format!("user-{n}"), "password": "pw"}
+                    }))
+                }
+            }),
+        )
+        .route(
+            "/v1/sys/leases/revoke",
+            put(move |axum::Json(body): axum::Json<Value>| {
+                let seen = seen.clone();
+                async move {
+                    seen.lock()
+                        .unwrap()
+                        .push(body["lease_id"].as_str().unwrap_or_default().to_string());
+                    axum::http::StatusCode::NO_CONTENT
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, revoked)
+}
+
+/// A `Federation` generator's credential (a VaultDynamicSecret lease on the real server) is
+/// revoked when its ExternalSecret is deleted: the finalizer holds the deletion until the
+/// server's `DELETE /v1/credentials/{id}` revoked it; an ExternalSecret without such a
+/// generator gets no finalizer.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_federation_credential_is_revoked_through_the_finalizer() {
+    const AUD: &str = "https://esi-federation.example.com";
+    const ISS: &str = "https://kubernetes.default.svc.cluster.local";
+    let (vault_url, revoked) = fake_vault().await;
+    let server = Server::start(
+        &[
+            ("federation.yaml", static_federation(ISS, AUD)),
+            (
+                "authorization.yaml",
+                r#"apiVersion: federation.external-secrets.io/v1alpha1
+kind: Authorization
+metadata: {name: allow-app}
+spec:
+  federationRef: {kind: KubernetesFederation, name: alpha}
+  subject:
+    oidc: {issuer: "https://kubernetes.default.svc.cluster.local", subject: "system:serviceaccount:apps:app"}
+  allowedGenerators:
+    - {name: creds, kind: VaultDynamicSecret, namespace: apps}
+"#
+                .to_string(),
+            ),
+            (
+                "generators.yaml",
+                format!(
+                    r#"apiVersion: v1
+kind: Secret
+metadata: {{name: vault-token, namespace: apps}}
+stringData: {{token: t}}
+---
+apiVersion: generators.external-secrets.io/v1alpha1
+kind: VaultDynamicSecret
+metadata: {{name: creds, namespace: apps}}
+spec:
+  method: POST
+  path: fake/creds
+  provider:
+    server: {vault_url}
+    auth:
+      tokenSecretRef: {{name: vault-token, key: token}}
+"#
+                ),
+            ),
+        ],
+        &[],
+    );
+    let k = cluster().await;
+    k.register(
+        "generators.external-secrets.io",
+        "v1alpha1",
+        "Federation",
+        "federations",
+        true,
+        false,
+    );
+    let ca = String::from_utf8(server.ca_pem()).unwrap();
+    k.apply(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "fed", "namespace": NS},
+        "data": {
+            "token": b64(&mint("ec-1", &sa_claims(ISS, AUD, NS, "app"), None)),
+            "ca.crt": b64(&ca)
+        }
+    }));
+    k.apply(json!({
+        "apiVersion": "generators.external-secrets.io/v1alpha1",
+        "kind": "Federation",
+        "metadata": {"name": "fed", "namespace": NS},
+        "spec": {
+            "server": {"url": server.url, "caRef": {"name": "fed", "key": "ca.crt"}},
+            "generator": {"namespace": NS, "kind": "VaultDynamicSecret", "name": "creds"},
+            "auth": {
+                "tokenSecretRef": {"name": "fed", "key": "token"},
+                "caCertSecretRef": {"name": "fed", "key": "ca.crt"}
+            }
+        }
+    }));
+    k.apply(json!({
+        "apiVersion": ESO,
+        "kind": "ExternalSecret",
+        "metadata": {"name": "db", "namespace": NS},
+        "spec": {
+            "refreshInterval": "1h",
+            "target": {"name": "db-creds"},
+            "dataFrom": [{"sourceRef": {"generatorRef": {
+                "apiVersion": "generators.external-secrets.io/v1alpha1",
+                "kind": "Federation", "name": "fed"}}}]
+        }
+    }));
+    fake_store(&k, "s3cr3t");
+    k.apply(external_secret(
+        "plain",
+        json!({"name": "plain-db"}),
+        json!({}),
+    ));
+    let r = Reconciler::start(&k, &[]);
+    let s = wait_for("the generated Secret", 30, &r, || secret(&k, "db-creds"));
+    assert_eq!(data(&s, "username").as_deref(), Some("user-0"));
+    let finalizers = es(&k, "db")["metadata"]["finalizers"].clone();
+    assert_eq!(
+        finalizers,
+        json!(["esi.external-secrets.io/revoke-credentials"])
+    );
+    wait_for("the plain Secret", 15, &r, || secret(&k, "plain-db"));
+    assert!(
+        es(&k, "plain")["metadata"].get("finalizers").is_none(),
+        "no finalizer without outside state"
+    );
+    assert!(revoked.lock().unwrap().is_empty());
+
+    assert!(k.delete(ESO, "ExternalSecret", Some(NS), "db"));
+    wait_for("the ExternalSecret gone", 30, &r, || {
+        k.get(ESO, "ExternalSecret", Some(NS), "db")
+            .is_none()
+            .then_some(())
+    });
+    assert_eq!(*revoked.lock().unwrap(), ["fake/creds/0"]);
+    wait_for("the Secret collected", 15, &r, || {
+        secret(&k, "db-creds").is_none().then_some(())
+    });
+}

@@ -50,6 +50,17 @@ use super::{SyncError, template};
 
 /// The field manager and Event reporter name.
 pub const CONTROLLER_NAME: &str = "esi-reconciler";
+/// Our finalizer, only on ExternalSecrets that use a generator issuing revocable
+/// credentials ([`REVOCABLE_GENERATOR_KINDS`]): removed once those are revoked.
+pub const FINALIZER: &str = "esi.external-secrets.io/revoke-credentials";
+/// Annotation on the target Secret: the revocation state (handles, never values) of the
+/// generated credentials it holds, as JSON (the Secret holds the credentials themselves, so
+/// it is no more sensitive than they are).
+pub const ISSUED_ANNOTATION: &str = "esi.external-secrets.io/issued-credentials";
+/// Generator kinds whose credentials are revoked when no longer used.
+pub const REVOCABLE_GENERATOR_KINDS: &[&str] = &["Federation", "VaultDynamicSecret"];
+/// Largest [`ISSUED_ANNOTATION`] read (bytes).
+const MAX_ISSUED_BYTES: usize = 64 * 1024;
 /// Shortest delay after a failure.
 pub const BACKOFF_MIN: Duration = Duration::from_secs(1);
 /// Longest delay after failures.
@@ -95,11 +106,15 @@ fn kube_error(what: &str, e: &kube::Error) -> ReconcileError {
 }
 
 /// The kinds the reconciler's inventory watches: SecretStores, ClusterSecretStores and
-/// every generator kind (ExternalSecrets are the controller's own watch).
+/// every generator kind, the client-side `Federation` included (ExternalSecrets are the
+/// controller's own watch).
 pub fn reconciled_kind(group: &str, kind: &str) -> bool {
     match group {
         "external-secrets.io" => matches!(kind, "SecretStore" | "ClusterSecretStore"),
-        "generators.external-secrets.io" => crate::generators::is_generator_kind(kind),
+        "generators.external-secrets.io" => {
+            crate::generators::is_generator_kind(kind)
+                || crate::generators::is_client_generator_kind(kind)
+        }
         _ => false,
     }
 }
@@ -478,12 +493,19 @@ async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action,
         return Ok(Action::requeue(NOT_LEADER_RETRY));
     }
     let key = ObjectRef::from_obj_with(&*obj, ctx.resource.clone());
+    let es = external_secret(&obj);
+    let inv = ctx.inventory.load_full();
     if obj.metadata.deletion_timestamp.is_some() {
+        if has_finalizer(&obj) {
+            cleanup(&obj, &es, &inv, &ctx).await?;
+        }
         forget(&ctx, &key);
         return Ok(Action::await_change());
     }
-    let es = external_secret(&obj);
-    let inv = ctx.inventory.load_full();
+    if uses_revocable_generator(&es) && !has_finalizer(&obj) {
+        // Before the first credential is issued: its revocation must not be skipped.
+        set_finalizer(&ctx, &obj, &es, true).await?;
+    }
     if !sync::is_managed(&es, &inv, &ctx.sync) {
         return Ok(Action::await_change());
     }
@@ -618,6 +640,15 @@ async fn reconcile_one(
         existing.is_some(),
         &name,
     )?;
+    let previous = existing.as_ref().map(issued_of).unwrap_or_default();
+    let mut desired = desired;
+    let writes = matches!(action, SecretAction::Write | SecretAction::MergeInto);
+    if writes && !issued.is_empty() {
+        let text = serde_json::to_string(&issued).unwrap_or_default();
+        desired
+            .annotations
+            .insert(ISSUED_ANNOTATION.to_string(), text);
+    }
     let out = match action {
         SecretAction::Write => {
             let before = existing.as_ref().map(|s| existing_of(s).data);
@@ -681,9 +712,12 @@ async fn reconcile_one(
             ready: true,
         },
     };
-    if !out.ready {
+    if !out.ready || !writes {
         // Nothing was handed out.
         revoke(inv, issued).await;
+    } else if !issued.is_empty() {
+        // Replaced by the new ones.
+        revoke(inv, previous).await;
     }
     Ok(Some(out))
 }
@@ -747,16 +781,138 @@ async fn roll_if_changed(
     roll!(DaemonSet, "DaemonSet");
 }
 
-/// Revokes credentials that were issued but never handed out (best effort, logged).
-async fn revoke(inv: &Inventory, issued: Vec<sync::IssuedCredential>) {
+/// Revokes credentials (best effort, logged); returns how many could not be.
+async fn revoke(inv: &Inventory, issued: Vec<sync::IssuedCredential>) -> usize {
+    let mut failed = 0;
     for cred in issued {
         let key = cred.generator_key();
-        if let Some(Ok(g)) = inv.generator(&key)
-            && let Err(e) = g.revoke(&cred.state).await
-        {
-            tracing::warn!(generator = %format!("{} {}/{}", key.kind, key.namespace, key.name), error = %e, "cannot revoke an unused credential");
+        let what = format!("{} {}/{}", key.kind, key.namespace, key.name);
+        match inv.generator(&key) {
+            Some(Ok(g)) => match g.revoke(&cred.state).await {
+                Ok(()) => {
+                    tracing::info!(generator = %what, state = %cred.state.fingerprint(), "revoked a generated credential");
+                }
+                Err(e) => {
+                    tracing::warn!(generator = %what, error = %e, "cannot revoke a generated credential");
+                    failed += 1;
+                }
+            },
+            _ => {
+                tracing::warn!(generator = %what, "cannot revoke a generated credential: generator not available");
+                failed += 1;
+            }
         }
     }
+    failed
+}
+
+/// Whether a `dataFrom[].sourceRef.generatorRef` names a kind in
+/// [`REVOCABLE_GENERATOR_KINDS`].
+fn uses_revocable_generator(es: &ExternalSecretObject) -> bool {
+    es.spec.as_ref().is_ok_and(|spec| {
+        spec.data_from.iter().any(|d| {
+            d.source_ref
+                .as_ref()
+                .and_then(|s| s.generator_ref.as_ref())
+                .is_some_and(|g| REVOCABLE_GENERATOR_KINDS.contains(&g.kind.as_str()))
+        })
+    })
+}
+
+fn has_finalizer(obj: &DynamicObject) -> bool {
+    obj.metadata
+        .finalizers
+        .as_ref()
+        .is_some_and(|f| f.iter().any(|f| f == FINALIZER))
+}
+
+/// Adds or removes [`FINALIZER`] (a merge patch of the whole list, guarded by the
+/// `resourceVersion` read: a concurrent change makes it fail and retry).
+async fn set_finalizer(
+    ctx: &Context,
+    obj: &DynamicObject,
+    es: &ExternalSecretObject,
+    present: bool,
+) -> Result<(), ReconcileError> {
+    let mut list: Vec<String> = obj
+        .metadata
+        .finalizers
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|f| f != FINALIZER)
+        .collect();
+    if present {
+        list.push(FINALIZER.to_string());
+    }
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(ctx.client.clone(), &es.namespace, &ctx.resource);
+    let patch = json!({"metadata": {
+        "finalizers": list,
+        "resourceVersion": obj.metadata.resource_version,
+    }});
+    let pp = PatchParams {
+        field_manager: Some(CONTROLLER_NAME.into()),
+        ..PatchParams::default()
+    };
+    match api.patch(&es.name, &pp, &Patch::Merge(&patch)).await {
+        Ok(_) => Ok(()),
+        // Already gone: nothing left to hold.
+        Err(kube::Error::Api(s)) if s.code == 404 && !present => Ok(()),
+        Err(e) => Err(kube_error("updating the finalizers", &e)),
+    }
+}
+
+/// The credentials recorded on a Secret ([`ISSUED_ANNOTATION`]); none when absent or
+/// unreadable.
+fn issued_of(s: &Secret) -> Vec<sync::IssuedCredential> {
+    s.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ISSUED_ANNOTATION))
+        .filter(|t| t.len() <= MAX_ISSUED_BYTES)
+        .and_then(|t| serde_json::from_str(t).ok())
+        .unwrap_or_default()
+}
+
+/// An ExternalSecret with our finalizer is being deleted: revoke the credentials its
+/// Secret records (a failure keeps the finalizer and is retried with backoff), drop the
+/// record from a Secret that stays (Orphan, Merge), then remove the finalizer. The Secret
+/// itself follows creationPolicy: Owner's goes with the ExternalSecret (garbage
+/// collection), others stay.
+async fn cleanup(
+    obj: &DynamicObject,
+    es: &ExternalSecretObject,
+    inv: &Inventory,
+    ctx: &Context,
+) -> Result<(), ReconcileError> {
+    if let Ok(spec) = &es.spec {
+        let name = sync::target_name(es, spec);
+        let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &es.namespace);
+        let existing = secrets
+            .get_opt(&name)
+            .await
+            .map_err(|e| kube_error("reading the target Secret", &e))?;
+        if let Some(secret) = existing {
+            let issued = issued_of(&secret);
+            if !issued.is_empty() {
+                let failed = revoke(inv, issued).await;
+                if failed > 0 {
+                    return Err(ReconcileError::Sync(format!(
+                        "{failed} generated credentials could not be revoked; the finalizer stays"
+                    )));
+                }
+                if spec.target.creation_policy != CreationPolicy::Owner {
+                    let patch = json!({"metadata": {"annotations": {ISSUED_ANNOTATION: null}}});
+                    secrets
+                        .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                        .await
+                        .map_err(|e| kube_error("updating the target Secret", &e))?;
+                }
+            }
+        }
+    }
+    set_finalizer(ctx, obj, es, false).await
 }
 
 fn immutable_error(name: &str) -> Failure {
