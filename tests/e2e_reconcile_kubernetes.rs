@@ -312,6 +312,14 @@ async fn orphan_keeps_the_secret_and_merge_patches_only_its_keys() {
     });
     assert_eq!(waiting.1, "SecretMissing", "{waiting:?}");
     assert!(secret(&k, "shared").is_none(), "Merge must not create");
+    // Waiting is retried with backoff, and its unchanged status is not rewritten.
+    std::thread::sleep(Duration::from_secs(3));
+    let writes = k
+        .requests()
+        .iter()
+        .filter(|q| q.is_status_write() && q.path.ends_with("/externalsecrets/merge/status"))
+        .count();
+    assert_eq!(writes, 1, "status writes while waiting");
 
     k.apply(json!({
         "apiVersion": "v1", "kind": "Secret",

@@ -39,7 +39,7 @@ use crate::source::kubernetes::{KindFilter, KubeSource};
 use crate::source::{ObjectKey, SourceEvent, SourceObject};
 use crate::status::lease::{self, LeaseSettings, Term};
 
-use super::error::{REASON_DELETED, REASON_MISSING, REASON_SYNCED, REASON_SYNCED_ERROR};
+use super::error::{REASON_DELETED, REASON_MISSING, REASON_SYNCED};
 use super::inventory::{ExistingSecret, ExternalSecretObject, Inventory, InventoryBuilder};
 use super::policy::{self, LastSync, SecretAction};
 use super::sync::{
@@ -520,11 +520,20 @@ async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action,
             forget(&ctx, &key);
             Ok(requeue_after(&es, &last_sync(&obj), now))
         }
+        Ok(Some(out)) if !out.ready => {
+            // Waiting (Merge target absent): like a failure, written and told only when it
+            // changes, retried with backoff.
+            record(false, false);
+            if write_failure_status(&ctx, &obj, &es, &out, out.message, now).await? {
+                event(&ctx, &obj, false, out.message).await;
+            }
+            Err(ReconcileError::Sync(out.message.to_string()))
+        }
         Ok(Some(out)) => {
             record(out.ready, false);
             write_status(&ctx, &obj, &es, &out, now).await?;
             event(&ctx, &obj, true, out.message).await;
-            if out.ready {
+            {
                 forget(&ctx, &key);
                 let last = LastSync {
                     refresh_time: Some(now),
@@ -532,8 +541,6 @@ async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action,
                     failed: false,
                 };
                 Ok(requeue_after(&es, &last, now))
-            } else {
-                Err(ReconcileError::Sync(out.message.to_string()))
             }
         }
         Err(Failure::Sync(e)) => {
@@ -1125,7 +1132,7 @@ async fn write_failure_status(
     }
     let now_s = rfc3339(now);
     let status = json!({
-        "conditions": [condition(obj, false, REASON_SYNCED_ERROR, message, &now_s)],
+        "conditions": [condition(obj, false, out.reason, message, &now_s)],
     });
     patch_status(ctx, obj, status)
         .await
