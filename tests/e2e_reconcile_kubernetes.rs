@@ -725,3 +725,37 @@ spec:
         secret(&k, "db-creds").is_none().then_some(())
     });
 }
+
+/// A ClusterSecretStore's `conditions.namespaceSelector` reads the Namespace's labels from
+/// the cluster: a labelled namespace is admitted, another is refused (deny by default).
+#[tokio::test(flavor = "multi_thread")]
+async fn cluster_store_conditions_read_namespace_labels() {
+    let k = cluster().await;
+    k.apply(json!({"apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": NS, "labels": {"team": "a"}}}));
+    k.apply(json!({"apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": "other", "labels": {"team": "b"}}}));
+    k.apply(json!({
+        "apiVersion": ESO,
+        "kind": "ClusterSecretStore",
+        "metadata": {"name": "fake"},
+        "spec": {
+            "provider": {"fake": {"data": [{"key": "db", "value": "s3cr3t"}]}},
+            "conditions": [{"namespaceSelector": {"matchLabels": {"team": "a"}}}]
+        }
+    }));
+    k.apply(external_secret("app", json!({"name": "app-db"}), json!({})));
+    let mut other = external_secret("app", json!({"name": "app-db"}), json!({}));
+    other["metadata"]["namespace"] = json!("other");
+    k.apply(other);
+    let r = Reconciler::start(&k, &[]);
+    let s = wait_for("the admitted Secret", 30, &r, || secret(&k, "app-db"));
+    assert_eq!(data(&s, "password").as_deref(), Some("s3cr3t"));
+    let refused = wait_for("the refusal", 15, &r, || {
+        let e = k.get(ESO, "ExternalSecret", Some("other"), "app")?;
+        let c = ready(&e)?;
+        (c.0 == "False").then_some(c.2)
+    });
+    assert!(refused.contains("not allowed from namespace"), "{refused}");
+    assert!(k.get("v1", "Secret", Some("other"), "app-db").is_none());
+}

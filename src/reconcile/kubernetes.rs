@@ -133,7 +133,7 @@ pub fn external_secret_resource() -> ApiResource {
 /// The inventory's feed: the builder and what each object references.
 struct Feed {
     builder: InventoryBuilder,
-    /// Per object: whether cluster-scoped (its references first) and the Secrets it names.
+    /// Per store or generator: whether cluster-scoped (its references first) and the Secrets it names.
     refs: BTreeMap<ObjectKey, Refs>,
 }
 
@@ -146,6 +146,11 @@ impl Feed {
             SourceEvent::Apply(key, SourceObject::Manifest(obj))
             | SourceEvent::InitApply(key, SourceObject::Manifest(obj)) => {
                 let group = obj.api_version.split_once('/').map_or("", |(g, _)| g);
+                if group.is_empty() {
+                    // A Namespace: it references nothing.
+                    self.builder.apply(event);
+                    return;
+                }
                 let owner = match (group, obj.kind.as_str()) {
                     ("external-secrets.io", "ClusterSecretStore") => None,
                     ("generators.external-secrets.io", k)
@@ -218,6 +223,10 @@ async fn run_inventory(
             }
         }
     }
+    // Namespaces (labels only matter): ClusterSecretStore `conditions.namespaceSelector`.
+    source.watch_kinds(vec![ApiResource::erase::<
+        k8s_openapi::api::core::v1::Namespace,
+    >(&())]);
     let mut secrets: Vec<(String, String)> = Vec::new();
     let mut generation = 0u64;
     let mut first = true;
