@@ -879,6 +879,56 @@ pub async fn run(
 mod tests {
     use super::*;
 
+    /// ESO's metrics are recorded in directory mode too (names and labels as ESO's).
+    #[tokio::test]
+    async fn a_pass_records_esos_metrics() {
+        let dir = tempfile::tempdir().unwrap();
+        let manifests = dir.path().join("m");
+        std::fs::create_dir_all(&manifests).unwrap();
+        std::fs::write(
+            manifests.join("all.yaml"),
+            r#"apiVersion: external-secrets.io/v1
+kind: ClusterSecretStore
+metadata: {name: fake}
+spec: {provider: {fake: {data: [{key: db, value: x}]}}}
+---
+apiVersion: external-secrets.io/v1
+kind: ExternalSecret
+metadata: {name: metrics-good, namespace: metrics-ns}
+spec:
+  secretStoreRef: {kind: ClusterSecretStore, name: fake}
+  data: [{secretKey: a, remoteRef: {key: db}}]
+---
+apiVersion: external-secrets.io/v1
+kind: ExternalSecret
+metadata: {name: metrics-bad, namespace: metrics-ns}
+spec:
+  secretStoreRef: {kind: ClusterSecretStore, name: nope}
+  data: [{secretKey: a, remoteRef: {key: db}}]
+"#,
+        )
+        .unwrap();
+        let mut r = OutputReconciler::new(OutputOptions {
+            manifests,
+            output: dir.path().join("out"),
+            controller_class: String::new(),
+            provider_settings: ProviderSettings::default(),
+        })
+        .unwrap();
+        r.run_once(SystemTime::now()).await.unwrap();
+        let text = crate::metrics::METRICS.render();
+        for line in [
+            r#"externalsecret_sync_calls_total{name="metrics-good",namespace="metrics-ns"} 1"#,
+            r#"externalsecret_sync_calls_total{name="metrics-bad",namespace="metrics-ns"} 1"#,
+            r#"externalsecret_sync_calls_error{name="metrics-bad",namespace="metrics-ns"} 1"#,
+            r#"externalsecret_status_condition{condition="Ready",name="metrics-good",namespace="metrics-ns",status="True"} 1"#,
+            r#"externalsecret_status_condition{condition="Ready",name="metrics-bad",namespace="metrics-ns",status="False"} 1"#,
+        ] {
+            assert!(text.contains(line), "{line} not in:\n{text}");
+        }
+        assert!(!text.contains(r#"externalsecret_sync_calls_error{name="metrics-good""#));
+    }
+
     #[test]
     fn yaml_is_deterministic_and_parses_back() {
         let s = DesiredSecret {
