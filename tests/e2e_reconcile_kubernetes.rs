@@ -277,6 +277,32 @@ async fn owner_policy_writes_the_secret_status_and_event_and_gc_collects_it() {
         (data(&secret(&k, "app-db")?, "password")? == "s3cr3t").then_some(())
     });
 
+    // A Secret another controller owns is not taken over.
+    k.apply(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "taken", "namespace": NS, "ownerReferences": [{
+            "apiVersion": ESO, "kind": "ExternalSecret", "name": "someone",
+            "uid": "0000-other", "controller": true}]},
+        "data": {"password": b64("theirs")}
+    }));
+    k.apply(external_secret(
+        "thief",
+        json!({"name": "taken"}),
+        json!({}),
+    ));
+    let refused = wait_for("the refusal", 15, &r, || {
+        let c = ready(&es(&k, "thief"))?;
+        (c.0 == "False").then_some(c.2)
+    });
+    assert!(
+        refused.contains("already owned by ExternalSecret someone"),
+        "{refused}"
+    );
+    assert_eq!(
+        data(&secret(&k, "taken").unwrap(), "password").as_deref(),
+        Some("theirs")
+    );
+
     assert!(k.delete(ESO, "ExternalSecret", Some(NS), "app"));
     wait_for("the Secret collected", 15, &r, || {
         secret(&k, "app-db").is_none().then_some(())

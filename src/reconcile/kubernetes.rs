@@ -950,6 +950,25 @@ async fn write_secret(
     let mut owners: Vec<Value> = Vec::new();
     let mut resource_version = None;
     if let Some(s) = existing {
+        // A Secret another controller (another ExternalSecret, a Deployment…) manages is
+        // not taken over (ESO: "target is owned by another ExternalSecret").
+        if let Some(other) = s
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .find(|o| o.controller == Some(true) && Some(&o.uid) != es.uid.as_ref())
+        {
+            let owner = if other.kind == "ExternalSecret" {
+                other.name.clone()
+            } else {
+                format!("{} (a {}, not an ExternalSecret)", other.name, other.kind)
+            };
+            return Err(Failure::Sync(SyncError::Owned {
+                secret: name,
+                owner,
+            }));
+        }
         let base = existing_of(s);
         if base.immutable {
             if sync::data_hash(&base.data) == sync::data_hash(&desired.data) {
