@@ -69,10 +69,16 @@ struct Reconciler {
 
 impl Reconciler {
     fn start(k: &FakeKube, extra: &[&str]) -> Reconciler {
+        Self::start_as(k, common::fake_kube::DEFAULT_USER, extra)
+    }
+
+    /// As `user` of the fake (its requests are logged with it).
+    fn start_as(k: &FakeKube, user: &str, extra: &[&str]) -> Reconciler {
         install_crypto();
         let dir = tempfile::tempdir().unwrap();
         let kubeconfig = dir.path().join("kubeconfig");
-        k.kubeconfig(&kubeconfig);
+        k.add_user(user);
+        k.kubeconfig_as(&kubeconfig, user);
         let mut child = Command::new(server_bin())
             .args([
                 "reconcile",
@@ -784,4 +790,41 @@ async fn cluster_store_conditions_read_namespace_labels() {
     });
     assert!(refused.contains("not allowed from namespace"), "{refused}");
     assert!(k.get("v1", "Secret", Some("other"), "app-db").is_none());
+}
+
+/// Two replicas: only the holder of the Lease writes Secrets and statuses.
+#[tokio::test(flavor = "multi_thread")]
+async fn only_the_lease_holder_reconciles() {
+    let k = cluster().await;
+    fake_store(&k, "s3cr3t");
+    k.apply(external_secret("app", json!({"name": "app-db"}), json!({})));
+    let a = Reconciler::start_as(&k, "replica-a", &["--leader-election-identity", "a"]);
+    let b = Reconciler::start_as(&k, "replica-b", &["--leader-election-identity", "b"]);
+    wait_for("the Secret", 30, &a, || secret(&k, "app-db"));
+    wait_for("the status", 15, &b, || {
+        (ready(&es(&k, "app"))?.0 == "True").then_some(())
+    });
+    // More ExternalSecrets while both run.
+    for i in 0..3 {
+        k.apply(external_secret(
+            &format!("more-{i}"),
+            json!({"name": format!("more-{i}")}),
+            json!({}),
+        ));
+    }
+    for i in 0..3 {
+        wait_for("more Secrets", 15, &a, || secret(&k, &format!("more-{i}")));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let writers: std::collections::BTreeSet<String> = k
+        .requests()
+        .into_iter()
+        .filter(|q| {
+            (q.path.contains("/secrets") && matches!(q.method.as_str(), "POST" | "PUT" | "PATCH"))
+                || (q.is_status_write() && q.path.contains("/externalsecrets/"))
+        })
+        .filter_map(|q| q.user)
+        .collect();
+    assert_eq!(writers.len(), 1, "writers: {writers:?}");
+    drop(b);
 }
