@@ -828,3 +828,30 @@ async fn only_the_lease_holder_reconciles() {
     assert_eq!(writers.len(), 1, "writers: {writers:?}");
     drop(b);
 }
+
+/// `templateFrom` a Secret of the ExternalSecret's namespace: that Secret is watched (by
+/// name) and its template rendered.
+#[tokio::test(flavor = "multi_thread")]
+async fn template_from_a_secret_is_read_from_the_cluster() {
+    let k = cluster().await;
+    fake_store(&k, "s3cr3t");
+    k.apply(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "tpl", "namespace": NS},
+        "data": {"config": b64("user=app password={{ .password }}")}
+    }));
+    let mut e = external_secret("app", json!({"name": "app-db"}), json!({}));
+    e["spec"]["target"]["template"] = json!({
+        "templateFrom": [{"secret": {"name": "tpl", "items": [{"key": "config"}]}}]
+    });
+    k.apply(e);
+    let r = Reconciler::start(&k, &[]);
+    let s = wait_for("the templated Secret", 30, &r, || {
+        let s = secret(&k, "app-db")?;
+        data(&s, "config").map(|_| s)
+    });
+    assert_eq!(
+        data(&s, "config").as_deref(),
+        Some("user=app password=s3cr3t")
+    );
+}

@@ -105,12 +105,15 @@ fn kube_error(what: &str, e: &kube::Error) -> ReconcileError {
     ReconcileError::Kube(format!("{what}: {why}"))
 }
 
-/// The kinds the reconciler's inventory watches: SecretStores, ClusterSecretStores and
-/// every generator kind, the client-side `Federation` included (ExternalSecrets are the
-/// controller's own watch).
+/// The kinds the reconciler's inventory watches: SecretStores, ClusterSecretStores,
+/// every generator kind (the client-side `Federation` included) and ExternalSecrets (for
+/// the Secrets their `templateFrom` reads; the controller watches them on its own too).
 pub fn reconciled_kind(group: &str, kind: &str) -> bool {
     match group {
-        "external-secrets.io" => matches!(kind, "SecretStore" | "ClusterSecretStore"),
+        "external-secrets.io" => matches!(
+            kind,
+            "SecretStore" | "ClusterSecretStore" | "ExternalSecret"
+        ),
         "generators.external-secrets.io" => {
             crate::generators::is_generator_kind(kind)
                 || crate::generators::is_client_generator_kind(kind)
@@ -135,6 +138,8 @@ struct Feed {
     builder: InventoryBuilder,
     /// Per store or generator: whether cluster-scoped (its references first) and the Secrets it names.
     refs: BTreeMap<ObjectKey, Refs>,
+    /// Something other than an ExternalSecret changed since the last inventory.
+    dirty: bool,
 }
 
 /// An object's owner namespace (None: cluster-scoped) and the Secrets it references.
@@ -142,6 +147,17 @@ type Refs = (Option<String>, BTreeSet<(String, String)>);
 
 impl Feed {
     fn apply(&mut self, event: SourceEvent) {
+        let external_secret = match &event {
+            SourceEvent::Apply(key, _)
+            | SourceEvent::InitApply(key, _)
+            | SourceEvent::Delete(key) => {
+                matches!(key, ObjectKey::Resource { kind, .. } if kind == "ExternalSecret")
+            }
+            _ => false,
+        };
+        if !external_secret {
+            self.dirty = true;
+        }
         match &event {
             SourceEvent::Apply(key, SourceObject::Manifest(obj))
             | SourceEvent::InitApply(key, SourceObject::Manifest(obj)) => {
@@ -165,11 +181,14 @@ impl Feed {
                             .unwrap_or_else(|| "default".into()),
                     ),
                 };
-                let refs = obj
-                    .body
-                    .get("spec")
-                    .map(|spec| crate::resources::secret_references(spec, owner.as_deref()))
-                    .unwrap_or_default();
+                let refs = if obj.kind == "ExternalSecret" {
+                    template_secrets(&obj.body, owner.as_deref().unwrap_or("default"))
+                } else {
+                    obj.body
+                        .get("spec")
+                        .map(|spec| crate::resources::secret_references(spec, owner.as_deref()))
+                        .unwrap_or_default()
+                };
                 self.refs.insert(key.clone(), (owner, refs));
             }
             SourceEvent::Delete(key) => {
@@ -180,20 +199,49 @@ impl Feed {
         self.builder.apply(event);
     }
 
-    /// Referenced Secrets, those of cluster-scoped objects first.
+    /// Referenced Secrets, those of cluster-scoped objects first, then at most
+    /// [`MAX_SECRETS_PER_NAMESPACE`] per namespace (no namespace crowds out another).
     fn referenced_secrets(&self) -> Vec<(String, String)> {
         let mut cluster = BTreeSet::new();
-        let mut namespaced = BTreeSet::new();
+        let mut namespaced: BTreeMap<&str, BTreeSet<(String, String)>> = BTreeMap::new();
         for (owner, refs) in self.refs.values() {
             match owner {
                 None => cluster.extend(refs.iter().cloned()),
-                Some(_) => namespaced.extend(refs.iter().cloned()),
+                Some(ns) => namespaced
+                    .entry(ns.as_str())
+                    .or_default()
+                    .extend(refs.iter().cloned()),
             }
         }
         let mut out: Vec<_> = cluster.iter().cloned().collect();
-        out.extend(namespaced.into_iter().filter(|r| !cluster.contains(r)));
+        for refs in namespaced.into_values() {
+            out.extend(
+                refs.into_iter()
+                    .filter(|r| !cluster.contains(r))
+                    .take(MAX_SECRETS_PER_NAMESPACE),
+            );
+        }
         out
     }
+}
+
+/// Most referenced Secrets watched per namespace.
+const MAX_SECRETS_PER_NAMESPACE: usize = 200;
+/// Most `templateFrom` entries of one ExternalSecret looked at.
+const MAX_TEMPLATE_FROM: usize = 32;
+
+/// The Secrets an ExternalSecret's `spec.target.template.templateFrom[].secret` name, in its
+/// namespace.
+fn template_secrets(body: &Value, namespace: &str) -> BTreeSet<(String, String)> {
+    body.pointer("/spec/target/template/templateFrom")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .take(MAX_TEMPLATE_FROM)
+        .filter_map(|t| t.pointer("/secret/name")?.as_str())
+        .filter(|n| sync::is_object_name(n))
+        .map(|n| (namespace.to_string(), n.to_string()))
+        .collect()
 }
 
 /// Runs the inventory feed: discovery (retried), the first full list, then every change;
@@ -208,6 +256,7 @@ async fn run_inventory(
     let mut feed = Feed {
         builder: InventoryBuilder::new(settings),
         refs: BTreeMap::new(),
+        dirty: true,
     };
     let mut delay = Duration::from_millis(500);
     loop {
@@ -237,7 +286,10 @@ async fn run_inventory(
                 source.watch_secrets(&wanted, &mut |e| feed.apply(e));
                 secrets = wanted;
             }
-            if source.synced() {
+            // ExternalSecrets' own changes (they matter here only for the Secrets their
+            // templates read) reach the controller through its own watch: no new inventory.
+            if source.synced() && (feed.dirty || first) {
+                feed.dirty = false;
                 let inv = feed.builder.build();
                 for p in &inv.problems {
                     tracing::warn!(problem = %p, "inventory problem");
@@ -251,11 +303,10 @@ async fn run_inventory(
                 }
             }
         }
-        if !source.next(&mut |e| feed.apply(e)).await {
-            // Nothing changed (a status write coming back): wait for the next one.
-            continue;
+        if source.next(&mut |e| feed.apply(e)).await && feed.dirty {
+            // Gather what arrives close behind.
+            tokio::time::sleep(DEBOUNCE).await;
         }
-        tokio::time::sleep(DEBOUNCE).await;
         while source.try_next(&mut |e| feed.apply(e)).is_some() {}
     }
 }
@@ -1216,7 +1267,8 @@ mod tests {
             "generators.external-secrets.io",
             "Password"
         ));
-        assert!(!reconciled_kind("external-secrets.io", "ExternalSecret"));
+        assert!(reconciled_kind("external-secrets.io", "ExternalSecret"));
+        assert!(!reconciled_kind("external-secrets.io", "PushSecret"));
         assert!(!reconciled_kind(
             "federation.external-secrets.io",
             "Authorization"
