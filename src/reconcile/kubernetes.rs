@@ -311,6 +311,15 @@ async fn run_inventory(
     }
 }
 
+/// A status this replica wrote.
+#[derive(Debug, Clone)]
+enum Written {
+    /// A successful sync: its refresh time and the version synced.
+    Synced(LastSync),
+    /// A failure: reason and message.
+    Failed(String, String),
+}
+
 /// Shared by every reconcile.
 struct Context {
     client: kube::Client,
@@ -318,6 +327,9 @@ struct Context {
     sync: SyncOptions,
     leading: watch::Receiver<Term>,
     failures: Mutex<HashMap<ObjectRef<DynamicObject>, u32>>,
+    /// What this replica last wrote in each status (the watch cache can lag behind our
+    /// own writes: a reconcile queued meanwhile must not sync again, nor rewrite a failure).
+    written: Mutex<HashMap<ObjectRef<DynamicObject>, Written>>,
     recorder: Recorder,
     resource: ApiResource,
 }
@@ -358,6 +370,7 @@ pub async fn run(
         },
         leading: leading_rx,
         failures: Mutex::new(HashMap::new()),
+        written: Mutex::new(HashMap::new()),
         recorder: Recorder::new(
             client.clone(),
             Reporter {
@@ -560,6 +573,10 @@ async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action,
             cleanup(&obj, &es, &inv, &ctx).await?;
         }
         forget(&ctx, &key);
+        ctx.written
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key);
         return Ok(Action::await_change());
     }
     if uses_revocable_generator(&es) && !has_finalizer(&obj) {
@@ -578,7 +595,7 @@ async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action,
     match result {
         Ok(None) => {
             forget(&ctx, &key);
-            Ok(requeue_after(&es, &last_sync(&obj), now))
+            Ok(requeue_after(&es, &effective_last_sync(&ctx, &obj), now))
         }
         Ok(Some(out)) if !out.ready => {
             // Waiting (Merge target absent): like a failure, written and told only when it
@@ -600,6 +617,7 @@ async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action,
                     synced_resource_version: Some(es.resource_version.clone()),
                     failed: false,
                 };
+                remember(&ctx, key.clone(), Written::Synced(last.clone()));
                 Ok(requeue_after(&es, &last, now))
             }
         }
@@ -619,6 +637,34 @@ async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action,
             Err(ReconcileError::Sync(message))
         }
         Err(Failure::Kube(e)) => Err(e),
+    }
+}
+
+fn remember(ctx: &Context, key: ObjectRef<DynamicObject>, w: Written) {
+    let mut map = ctx.written.lock().unwrap_or_else(|p| p.into_inner());
+    if map.len() >= MAX_FAILURE_ENTRIES && !map.contains_key(&key) {
+        map.clear();
+    }
+    map.insert(key, w);
+}
+
+fn recalled(ctx: &Context, key: &ObjectRef<DynamicObject>) -> Option<Written> {
+    ctx.written
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(key)
+        .cloned()
+}
+
+/// The last sync as the status says, or as this replica last wrote it when the status
+/// (from the watch cache) is older.
+fn effective_last_sync(ctx: &Context, obj: &DynamicObject) -> LastSync {
+    let seen = last_sync(obj);
+    let key = ObjectRef::from_obj_with(obj, ctx.resource.clone());
+    match recalled(ctx, &key) {
+        // Ours is newer than the cached status (a failure after it would have replaced it).
+        Some(Written::Synced(mine)) if mine.refresh_time > seen.refresh_time => mine,
+        _ => seen,
     }
 }
 
@@ -686,7 +732,7 @@ async fn reconcile_one(
         refresh,
         interval,
         &es.resource_version,
-        &last_sync(obj),
+        &effective_last_sync(ctx, obj),
         valid,
         now,
     ) {
@@ -1201,21 +1247,30 @@ async fn write_failure_status(
     message: &str,
     now: SystemTime,
 ) -> Result<bool, ReconcileError> {
+    let key = ObjectRef::from_obj_with(obj, ctx.resource.clone());
     let same = ready_condition(obj).is_some_and(|c| {
         c.get("status").and_then(Value::as_str) == Some("False")
             && c.get("reason").and_then(Value::as_str) == Some(out.reason)
             && c.get("message").and_then(Value::as_str) == Some(message)
-    });
+    }) || matches!(recalled(ctx, &key), Some(Written::Failed(r, m)) if r == out.reason && m == message);
     if same {
         return Ok(false);
     }
+
     let now_s = rfc3339(now);
     let status = json!({
         "conditions": [condition(obj, false, out.reason, message, &now_s)],
     });
     patch_status(ctx, obj, status)
         .await
-        .map(|()| true)
+        .map(|()| {
+            remember(
+                ctx,
+                key,
+                Written::Failed(out.reason.to_string(), message.to_string()),
+            );
+            true
+        })
         .map_err(|f| match f {
             Failure::Kube(e) => e,
             Failure::Sync(e) => ReconcileError::Sync(e.message()),
@@ -1257,6 +1312,57 @@ mod tests {
         assert!(d4 >= Duration::from_secs(8), "{d4:?}");
         let d30 = backoff_delay(30);
         assert!(d30 >= BACKOFF_MAX / 2 && d30 <= BACKOFF_MAX * 2, "{d30:?}");
+    }
+
+    /// The watch cache may hold a status older than the one this replica just wrote: the
+    /// newer one decides (no second sync, no rewritten failure).
+    #[tokio::test]
+    async fn our_own_newer_status_wins_over_a_stale_cache() {
+        let config = kube::Config::new("https://127.0.0.1:1".parse().unwrap());
+        let client = kube::Client::try_from(config).unwrap();
+        let (_tx, leading) = watch::channel::<Term>(None);
+        let resource = external_secret_resource();
+        let ctx = Context {
+            client: client.clone(),
+            inventory: Arc::new(ArcSwap::from_pointee(Inventory::default())),
+            sync: SyncOptions::default(),
+            leading,
+            failures: Mutex::new(HashMap::new()),
+            written: Mutex::new(HashMap::new()),
+            recorder: Recorder::new(
+                client,
+                Reporter {
+                    controller: CONTROLLER_NAME.into(),
+                    instance: None,
+                },
+            ),
+            resource: resource.clone(),
+        };
+        let obj: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "external-secrets.io/v1", "kind": "ExternalSecret",
+            "metadata": {"name": "a", "namespace": "ns"},
+            "spec": {},
+        }))
+        .unwrap();
+        assert_eq!(effective_last_sync(&ctx, &obj), LastSync::default());
+        let mine = LastSync {
+            refresh_time: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(100)),
+            synced_resource_version: Some("v".into()),
+            failed: false,
+        };
+        let key = ObjectRef::from_obj_with(&obj, resource);
+        remember(&ctx, key.clone(), Written::Synced(mine.clone()));
+        assert_eq!(effective_last_sync(&ctx, &obj), mine);
+        // A status newer than ours (another replica's, later) wins.
+        let mut newer = obj.clone();
+        newer.data["status"] = json!({"refreshTime": "1970-01-01T00:10:00Z",
+            "syncedResourceVersion": "w"});
+        assert_eq!(
+            effective_last_sync(&ctx, &newer)
+                .synced_resource_version
+                .as_deref(),
+            Some("w")
+        );
     }
 
     #[test]
