@@ -6,7 +6,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 
 /// All metrics of the server.
@@ -52,6 +53,26 @@ pub struct Metrics {
     pub connections: IntCounterVec,
     /// Connections open now.
     pub open_connections: IntGauge,
+    /// ESO's `externalsecret_sync_calls_total{name,namespace}`: syncs attempted by the
+    /// reconciler.
+    pub es_sync_calls_total: IntCounterVec,
+    /// ESO's `externalsecret_sync_calls_error{name,namespace}`: syncs that failed.
+    pub es_sync_calls_error: IntCounterVec,
+    /// ESO's `externalsecret_status_condition{name,namespace,condition,status}`: 1 for the
+    /// ExternalSecret's current `Ready` status, 0 for the other.
+    pub es_status_condition: GaugeVec,
+    /// ESO's `externalsecret_reconcile_duration{name,namespace}`: the last reconcile's
+    /// duration in nanoseconds (ESO sets a Go `time.Duration` as the value).
+    pub es_reconcile_duration: GaugeVec,
+}
+
+fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+    let g = GaugeVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| panic!("invalid metric {name}: {e}"));
+    registry
+        .register(Box::new(g.clone()))
+        .unwrap_or_else(|e| panic!("duplicate metric {name}: {e}"));
+    g
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
@@ -194,6 +215,30 @@ impl Metrics {
                 &["reason"],
             ),
             open_connections: gauge(&registry, "esi_open_connections", "Connections open now"),
+            es_sync_calls_total: counter(
+                &registry,
+                "externalsecret_sync_calls_total",
+                "Total number of the External Secret sync calls",
+                &["name", "namespace"],
+            ),
+            es_sync_calls_error: counter(
+                &registry,
+                "externalsecret_sync_calls_error",
+                "Total number of the External Secret sync errors",
+                &["name", "namespace"],
+            ),
+            es_status_condition: gauge_vec(
+                &registry,
+                "externalsecret_status_condition",
+                "The status condition of a specific External Secret",
+                &["name", "namespace", "condition", "status"],
+            ),
+            es_reconcile_duration: gauge_vec(
+                &registry,
+                "externalsecret_reconcile_duration",
+                "The duration time to reconcile the External Secret",
+                &["name", "namespace"],
+            ),
             policies,
             registry,
         }

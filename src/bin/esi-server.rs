@@ -53,12 +53,21 @@ struct SourceArgs {
 struct ReconcileArgs {
     /// Directory of manifests (recursive): ExternalSecrets, SecretStores,
     /// ClusterSecretStores, generators, Secrets, ConfigMaps, Namespaces.
-    #[arg(long, env = "ESI_MANIFESTS")]
-    manifests: PathBuf,
+    #[arg(
+        long,
+        env = "ESI_MANIFESTS",
+        required_unless_present = "kubernetes",
+        requires = "output"
+    )]
+    manifests: Option<PathBuf>,
     /// Output directory: `<namespace>/<secret>.yaml`,
     /// `<namespace>/<externalsecret>.externalsecret-status.yaml`, and a state file.
-    #[arg(long)]
-    output: PathBuf,
+    #[arg(long, requires = "manifests")]
+    output: Option<PathBuf>,
+    /// Kubernetes mode: reconcile the cluster's ExternalSecrets into its Secrets (in-cluster
+    /// configuration, or `KUBECONFIG`); only the holder of the leader-election Lease acts.
+    #[arg(long, env = "ESI_KUBERNETES", conflicts_with_all = ["manifests", "output", "once", "interval"])]
+    kubernetes: bool,
     /// ESO controller class: stores whose `spec.controller` is set to another class are
     /// not this reconciler's (their ExternalSecrets are left alone).
     #[arg(long, default_value = "")]
@@ -72,6 +81,35 @@ struct ReconcileArgs {
     /// Timeout of each backend call.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     backend_timeout: Duration,
+    /// Kubernetes mode: most ExternalSecrets reconciled at once.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+    concurrency: u16,
+    /// Kubernetes mode: the leader-election Lease's namespace (default: this Pod's).
+    #[arg(long, env = "POD_NAMESPACE")]
+    leader_election_namespace: Option<String>,
+    /// Kubernetes mode: name of the leader-election Lease.
+    #[arg(long, default_value = "esi-reconciler")]
+    leader_election_name: String,
+    /// Kubernetes mode: this replica's identity in the Lease (default: the host name).
+    #[arg(long, env = "POD_NAME")]
+    leader_election_identity: Option<String>,
+    /// Kubernetes mode: how long a Lease not renewed stays with its holder.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    leader_election_lease_duration: Duration,
+    /// Kubernetes mode: audiences the cluster's API server accepts; ServiceAccount tokens
+    /// are never requested for them (a store or generator names the URL its token goes to).
+    /// The issuer of the cluster's `/.well-known/openid-configuration` is added when it can
+    /// be read.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "https://kubernetes.default.svc.cluster.local,https://kubernetes.default.svc,kubernetes"
+    )]
+    api_server_audiences: Vec<String>,
+    /// Kubernetes mode: serve `/metrics` (ESO's `externalsecret_*` metrics and the
+    /// server's) on this plain-HTTP address (e.g. `127.0.0.1:8080`); none by default.
+    #[arg(long, env = "ESI_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -423,9 +461,19 @@ fn check(args: SourceArgs) -> Result<()> {
 /// Flags → [`esi::reconcile::output::OutputOptions`]; the library does the rest.
 fn reconcile(args: ReconcileArgs) -> Result<()> {
     init_logging(args.log_format);
+    if args.kubernetes {
+        return tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")?
+            .block_on(reconcile_kubernetes(args));
+    }
+    let (Some(manifests), Some(output)) = (args.manifests, args.output) else {
+        bail!("give --manifests DIR --output OUT, or --kubernetes");
+    };
     let opts = esi::reconcile::output::OutputOptions {
-        manifests: args.manifests,
-        output: args.output,
+        manifests,
+        output,
         controller_class: args.controller_class,
         // The reconciler is a client: `externalsecrets` stores and `Federation` generators
         // are its to use (the federation server refuses them).
@@ -470,6 +518,81 @@ fn reconcile(args: ReconcileArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `reconcile --kubernetes`: the client, the token source (refusing the API server's own
+/// audiences), the metrics listener; [`esi::reconcile::kubernetes::run`] does the rest.
+async fn reconcile_kubernetes(args: ReconcileArgs) -> Result<()> {
+    let client = kube::Client::try_default()
+        .await
+        .context("cannot configure the Kubernetes client (in-cluster or KUBECONFIG)")?;
+    let mut audiences = args.api_server_audiences.clone();
+    match api_server_issuer(&client).await {
+        Some(issuer) => {
+            tracing::info!(%issuer, "the API server's issuer is refused as a token audience");
+            audiences.push(issuer);
+        }
+        None => tracing::info!(
+            "the API server's OIDC issuer could not be read; refusing --api-server-audiences only"
+        ),
+    }
+    let tokens = esi::remote::token_request::KubeTokenRequest::new(client.clone())
+        .with_refused_audiences(audiences);
+    if let Some(addr) = args.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        tracing::info!(addr = %listener.local_addr()?, "metrics listening (plain HTTP)");
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, api::metrics_router()).await {
+                tracing::error!(error = %e, "metrics listener failed");
+            }
+        });
+    }
+    let namespace = args
+        .leader_election_namespace
+        .clone()
+        .or_else(in_cluster_namespace)
+        .unwrap_or_else(|| "default".into());
+    let opts = esi::reconcile::kubernetes::KubeOptions {
+        controller_class: args.controller_class,
+        concurrency: args.concurrency,
+        lease: esi::status::lease::LeaseSettings::with_duration(
+            namespace,
+            args.leader_election_name,
+            args.leader_election_identity
+                .or_else(host_name)
+                .unwrap_or_else(|| format!("esi-reconciler-{}", std::process::id())),
+            args.leader_election_lease_duration,
+        ),
+        provider_settings: ProviderSettings {
+            timeout: args.backend_timeout,
+            client_side: true,
+            service_account_tokens: Some(std::sync::Arc::new(tokens)),
+        },
+    };
+    esi::reconcile::kubernetes::run(client, opts, shutdown_signal()).await;
+    Ok(())
+}
+
+/// The `issuer` of the API server's `/.well-known/openid-configuration` (bounded answer),
+/// or None when it cannot be read.
+async fn api_server_issuer(client: &kube::Client) -> Option<String> {
+    let request = http::Request::get("/.well-known/openid-configuration")
+        .body(Vec::new())
+        .ok()?;
+    let answer = tokio::time::timeout(Duration::from_secs(10), client.request_text(request))
+        .await
+        .ok()?
+        .ok()?;
+    if answer.len() > 64 * 1024 {
+        return None;
+    }
+    let doc: serde_json::Value = serde_json::from_str(&answer).ok()?;
+    doc.get("issuer")?
+        .as_str()
+        .filter(|s| !s.is_empty() && s.len() <= 1024)
+        .map(str::to_string)
 }
 
 /// Flags → [`esi::runtime::ServeConfig`]; the library does the rest.

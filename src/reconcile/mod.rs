@@ -15,8 +15,10 @@
 //! same [`sync()`].
 
 mod error;
+pub mod es_metrics;
 pub mod inventory;
 pub mod keys;
+pub mod kubernetes;
 pub mod output;
 pub mod policy;
 pub mod rollout;

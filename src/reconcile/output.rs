@@ -577,6 +577,7 @@ impl OutputReconciler {
         }
         let now_s = secs(now);
         let mut entry = state.external_secrets.get(&id).cloned().unwrap_or_default();
+        let started = std::time::Instant::now();
         let outcome = self
             .decide_and_sync(es, inv, opts, now, &mut entry, claimed, report)
             .await;
@@ -592,6 +593,13 @@ impl OutputReconciler {
                 issued,
             }) => {
                 report.synced += 1;
+                super::es_metrics::record_sync(
+                    &es.name,
+                    &es.namespace,
+                    reason != REASON_MISSING,
+                    false,
+                    started.elapsed(),
+                );
                 entry
                     .status
                     .set_ready(true, reason, message.to_string(), now_s);
@@ -607,6 +615,13 @@ impl OutputReconciler {
                 self.logged.remove(&id);
             }
             Err((e, issued)) => {
+                super::es_metrics::record_sync(
+                    &es.name,
+                    &es.namespace,
+                    false,
+                    true,
+                    started.elapsed(),
+                );
                 issued_now = issued;
                 let message = e.message();
                 if self.logged.get(&id) != Some(&message) {
@@ -899,6 +914,56 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// ESO's metrics are recorded in directory mode too (names and labels as ESO's).
+    #[tokio::test]
+    async fn a_pass_records_esos_metrics() {
+        let dir = tempfile::tempdir().unwrap();
+        let manifests = dir.path().join("m");
+        std::fs::create_dir_all(&manifests).unwrap();
+        std::fs::write(
+            manifests.join("all.yaml"),
+            r#"apiVersion: external-secrets.io/v1
+kind: ClusterSecretStore
+metadata: {name: fake}
+spec: {provider: {fake: {data: [{key: db, value: x}]}}}
+---
+apiVersion: external-secrets.io/v1
+kind: ExternalSecret
+metadata: {name: metrics-good, namespace: metrics-ns}
+spec:
+  secretStoreRef: {kind: ClusterSecretStore, name: fake}
+  data: [{secretKey: a, remoteRef: {key: db}}]
+---
+apiVersion: external-secrets.io/v1
+kind: ExternalSecret
+metadata: {name: metrics-bad, namespace: metrics-ns}
+spec:
+  secretStoreRef: {kind: ClusterSecretStore, name: nope}
+  data: [{secretKey: a, remoteRef: {key: db}}]
+"#,
+        )
+        .unwrap();
+        let mut r = OutputReconciler::new(OutputOptions {
+            manifests,
+            output: dir.path().join("out"),
+            controller_class: String::new(),
+            provider_settings: ProviderSettings::default(),
+        })
+        .unwrap();
+        r.run_once(SystemTime::now()).await.unwrap();
+        let text = crate::metrics::METRICS.render();
+        for line in [
+            r#"externalsecret_sync_calls_total{name="metrics-good",namespace="metrics-ns"} 1"#,
+            r#"externalsecret_sync_calls_total{name="metrics-bad",namespace="metrics-ns"} 1"#,
+            r#"externalsecret_sync_calls_error{name="metrics-bad",namespace="metrics-ns"} 1"#,
+            r#"externalsecret_status_condition{condition="Ready",name="metrics-good",namespace="metrics-ns",status="True"} 1"#,
+            r#"externalsecret_status_condition{condition="Ready",name="metrics-bad",namespace="metrics-ns",status="False"} 1"#,
+        ] {
+            assert!(text.contains(line), "{line} not in:\n{text}");
+        }
+        assert!(!text.contains(r#"externalsecret_sync_calls_error{name="metrics-good""#));
+    }
 
     #[test]
     fn yaml_is_deterministic_and_parses_back() {

@@ -60,6 +60,7 @@ impl Cache {
 pub struct KubeTokenRequest {
     client: kube::Client,
     cache: Cache,
+    refused_audiences: Vec<String>,
 }
 
 impl std::fmt::Debug for KubeTokenRequest {
@@ -74,8 +75,39 @@ impl KubeTokenRequest {
         KubeTokenRequest {
             client,
             cache: Cache::default(),
+            refused_audiences: Vec::new(),
         }
     }
+
+    /// Refuses tokens for any of `audiences` (compared without a trailing `/`): the
+    /// audiences the Kubernetes API server itself accepts. A namespaced SecretStore or
+    /// Federation generator names the ServiceAccount, the audience and the URL the token is
+    /// sent to; a token with the API server's audience would let whoever runs that URL act
+    /// as the ServiceAccount against this cluster (see docs/security.md).
+    pub fn with_refused_audiences(mut self, audiences: Vec<String>) -> Self {
+        self.refused_audiences = audiences
+            .into_iter()
+            .map(|a| normalize_audience(&a).to_string())
+            .filter(|a| !a.is_empty())
+            .collect();
+        self
+    }
+
+    /// The first of `audiences` that is refused, if any.
+    fn refused<'a>(&self, audiences: &'a [String]) -> Option<&'a str> {
+        audiences
+            .iter()
+            .find(|a| {
+                let a = normalize_audience(a);
+                self.refused_audiences.iter().any(|r| r == a)
+            })
+            .map(String::as_str)
+    }
+}
+
+/// An audience as compared with the refused ones: trimmed, without a trailing `/`.
+fn normalize_audience(a: &str) -> &str {
+    a.trim().trim_end_matches('/')
 }
 
 #[async_trait::async_trait]
@@ -101,6 +133,12 @@ impl ServiceAccountTokens for KubeTokenRequest {
             return Err(TokenError::Unavailable(
                 "TokenRequest: no audience (the API server's own would be asked for)".into(),
             ));
+        }
+        if let Some(aud) = self.refused(audiences) {
+            return Err(TokenError::Unavailable(format!(
+                "TokenRequest: audience {aud:?} is accepted by the Kubernetes API server itself \
+                 (--api-server-audiences); a token for it would be valid against this cluster: refused"
+            )));
         }
         let key: Key = (
             namespace.to_string(),
@@ -174,6 +212,35 @@ mod tests {
             c.get(&("ns".into(), "a".into(), vec!["other".into()]), now)
                 .is_none()
         );
+    }
+
+    #[tokio::test]
+    async fn api_server_audiences_are_refused_before_any_request() {
+        // Nothing listens there: a request would fail with another message.
+        let config = kube::Config::new("https://127.0.0.1:1".parse().unwrap());
+        let client = kube::Client::try_from(config).unwrap();
+        let t = KubeTokenRequest::new(client).with_refused_audiences(vec![
+            "https://kubernetes.default.svc/".into(),
+            "kubernetes".into(),
+        ]);
+        for aud in [
+            "https://kubernetes.default.svc",
+            "kubernetes",
+            " kubernetes/",
+        ] {
+            let e = t
+                .token("ns", "sa", &["https://fed.example".into(), aud.into()])
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("accepted by the Kubernetes API server"), "{e}");
+        }
+        let e = t
+            .token("ns", "sa", &["https://fed.example".into()])
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("accepted by the Kubernetes API server"), "{e}");
     }
 
     #[test]

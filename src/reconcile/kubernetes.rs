@@ -1,0 +1,1383 @@
+//! `esi-server reconcile --kubernetes`: ExternalSecrets of a cluster → its Secrets.
+//!
+//! - The inventory (SecretStores, ClusterSecretStores, generators and the Secrets they
+//!   reference) is fed by [`KubeSource`] with [`reconciled_kind`], rebuilt after each batch of
+//!   changes and published whole ([`ArcSwap`]); each publication re-queues every
+//!   ExternalSecret (`reconcile_all_on`).
+//! - A kube-runtime [`Controller`] over ExternalSecrets (`external-secrets.io/v1`), owning the
+//!   Secrets it writes (watched by ESO's `reconcile.external-secrets.io/managed=true` label,
+//!   never every Secret), with at most `concurrency` reconciles at once.
+//! - One reconcile: [`policy::needs_sync`] → [`sync()`] → the Secret per `creationPolicy`
+//!   (Owner: controller owner reference; Orphan: none; Merge: a merge patch of our keys into
+//!   an existing Secret only, `Ready=False` (`SecretMissing`) while it is absent; None:
+//!   nothing) → `status` (ESO's shape) → an Event (ESO's `Updated` / `UpdateFailed`) →
+//!   requeue after `refreshInterval` (Periodic) or on change.
+//! - Failures: `Ready=False`, then per-object jittered exponential backoff (1 s doubling to
+//!   5 min, reset on success); other ExternalSecrets are not held up.
+//! - Only the holder of the leader-election Lease ([`crate::status::lease`]) reconciles.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use backon::BackoffBuilder;
+use base64::Engine;
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use crate::providers::ProviderSettings;
+use crate::resources::external_secret::{CreationPolicy, RefreshPolicy};
+use crate::source::kubernetes::{KindFilter, KubeSource};
+use crate::source::{ObjectKey, SourceEvent, SourceObject};
+use crate::status::lease::{self, LeaseSettings, Term};
+
+use super::error::{REASON_DELETED, REASON_MISSING, REASON_SYNCED};
+use super::inventory::{ExistingSecret, ExternalSecretObject, Inventory, InventoryBuilder};
+use super::policy::{self, LastSync, SecretAction};
+use super::sync::{
+    self, ANNOTATION_DATA_HASH, DesiredSecret, EXTERNAL_SECRET_API_VERSION, LABEL_MANAGED,
+    SyncOptions,
+};
+use super::{SyncError, template};
+
+/// The field manager and Event reporter name.
+pub const CONTROLLER_NAME: &str = "esi-reconciler";
+/// Our finalizer, only on ExternalSecrets that use a generator issuing revocable
+/// credentials ([`REVOCABLE_GENERATOR_KINDS`]): removed once those are revoked.
+pub const FINALIZER: &str = "esi.external-secrets.io/revoke-credentials";
+/// Annotation on the target Secret: the revocation state (handles, never values) of the
+/// generated credentials it holds, as JSON (the Secret holds the credentials themselves, so
+/// it is no more sensitive than they are).
+pub const ISSUED_ANNOTATION: &str = "esi.external-secrets.io/issued-credentials";
+/// Generator kinds whose credentials are revoked when no longer used.
+pub const REVOCABLE_GENERATOR_KINDS: &[&str] = &["Federation", "VaultDynamicSecret"];
+/// Largest [`ISSUED_ANNOTATION`] read (bytes).
+const MAX_ISSUED_BYTES: usize = 64 * 1024;
+/// Shortest delay after a failure.
+pub const BACKOFF_MIN: Duration = Duration::from_secs(1);
+/// Longest delay after failures.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// How often a replica that does not lead looks again.
+const NOT_LEADER_RETRY: Duration = Duration::from_secs(2);
+/// Changes arriving within this long of each other make one inventory.
+const DEBOUNCE: Duration = Duration::from_millis(100);
+/// Most ExternalSecrets whose failure counts are remembered (beyond: forgotten, so the
+/// next failure starts at [`BACKOFF_MIN`] again).
+const MAX_FAILURE_ENTRIES: usize = 100_000;
+
+/// What `reconcile --kubernetes` needs.
+#[derive(Debug, Clone)]
+pub struct KubeOptions {
+    /// `--controller-class`.
+    pub controller_class: String,
+    /// `--concurrency`: most ExternalSecrets reconciled at once (at least 1).
+    pub concurrency: u16,
+    /// The leader-election Lease.
+    pub lease: LeaseSettings,
+    /// Backend call bounds (and the ServiceAccount token source).
+    pub provider_settings: ProviderSettings,
+}
+
+/// Why a reconcile failed (logged, counted, backed off; never holds a value).
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// The sync failed (the status says why).
+    #[error("{0}")]
+    Sync(String),
+    /// The Kubernetes API refused or could not be reached.
+    #[error("Kubernetes API: {0}")]
+    Kube(String),
+}
+
+fn kube_error(what: &str, e: &kube::Error) -> ReconcileError {
+    let why = match e {
+        kube::Error::Api(s) => format!("HTTP {} {}", s.code, s.reason),
+        _ => "the Kubernetes API could not be reached".to_string(),
+    };
+    ReconcileError::Kube(format!("{what}: {why}"))
+}
+
+/// The kinds the reconciler's inventory watches: SecretStores, ClusterSecretStores,
+/// every generator kind (the client-side `Federation` included) and ExternalSecrets (for
+/// the Secrets their `templateFrom` reads; the controller watches them on its own too).
+pub fn reconciled_kind(group: &str, kind: &str) -> bool {
+    match group {
+        "external-secrets.io" => matches!(
+            kind,
+            "SecretStore" | "ClusterSecretStore" | "ExternalSecret"
+        ),
+        "generators.external-secrets.io" => {
+            crate::generators::is_generator_kind(kind)
+                || crate::generators::is_client_generator_kind(kind)
+        }
+        _ => false,
+    }
+}
+
+/// ESO's ExternalSecret resource.
+pub fn external_secret_resource() -> ApiResource {
+    ApiResource {
+        group: "external-secrets.io".into(),
+        version: "v1".into(),
+        api_version: EXTERNAL_SECRET_API_VERSION.into(),
+        kind: "ExternalSecret".into(),
+        plural: "externalsecrets".into(),
+    }
+}
+
+/// The inventory's feed: the builder and what each object references.
+struct Feed {
+    builder: InventoryBuilder,
+    /// Per store or generator: whether cluster-scoped (its references first) and the Secrets it names.
+    refs: BTreeMap<ObjectKey, Refs>,
+    /// Something other than an ExternalSecret changed since the last inventory.
+    dirty: bool,
+}
+
+/// An object's owner namespace (None: cluster-scoped) and the Secrets it references.
+type Refs = (Option<String>, BTreeSet<(String, String)>);
+
+impl Feed {
+    fn apply(&mut self, event: SourceEvent) {
+        let external_secret = match &event {
+            SourceEvent::Apply(key, _)
+            | SourceEvent::InitApply(key, _)
+            | SourceEvent::Delete(key) => {
+                matches!(key, ObjectKey::Resource { kind, .. } if kind == "ExternalSecret")
+            }
+            _ => false,
+        };
+        if !external_secret {
+            self.dirty = true;
+        }
+        match &event {
+            SourceEvent::Apply(key, SourceObject::Manifest(obj))
+            | SourceEvent::InitApply(key, SourceObject::Manifest(obj)) => {
+                let group = obj.api_version.split_once('/').map_or("", |(g, _)| g);
+                if group.is_empty() {
+                    // A Namespace: it references nothing.
+                    self.builder.apply(event);
+                    return;
+                }
+                let owner = match (group, obj.kind.as_str()) {
+                    ("external-secrets.io", "ClusterSecretStore") => None,
+                    ("generators.external-secrets.io", k)
+                        if crate::generators::is_cluster_scoped(k) =>
+                    {
+                        None
+                    }
+                    _ => Some(
+                        obj.metadata
+                            .namespace
+                            .clone()
+                            .unwrap_or_else(|| "default".into()),
+                    ),
+                };
+                let refs = if obj.kind == "ExternalSecret" {
+                    template_secrets(&obj.body, owner.as_deref().unwrap_or("default"))
+                } else {
+                    obj.body
+                        .get("spec")
+                        .map(|spec| crate::resources::secret_references(spec, owner.as_deref()))
+                        .unwrap_or_default()
+                };
+                self.refs.insert(key.clone(), (owner, refs));
+            }
+            SourceEvent::Delete(key) => {
+                self.refs.remove(key);
+            }
+            _ => {}
+        }
+        self.builder.apply(event);
+    }
+
+    /// Referenced Secrets, those of cluster-scoped objects first, then at most
+    /// [`MAX_SECRETS_PER_NAMESPACE`] per namespace (no namespace crowds out another).
+    fn referenced_secrets(&self) -> Vec<(String, String)> {
+        let mut cluster = BTreeSet::new();
+        let mut namespaced: BTreeMap<&str, BTreeSet<(String, String)>> = BTreeMap::new();
+        for (owner, refs) in self.refs.values() {
+            match owner {
+                None => cluster.extend(refs.iter().cloned()),
+                Some(ns) => namespaced
+                    .entry(ns.as_str())
+                    .or_default()
+                    .extend(refs.iter().cloned()),
+            }
+        }
+        let mut out: Vec<_> = cluster.iter().cloned().collect();
+        for refs in namespaced.into_values() {
+            out.extend(
+                refs.into_iter()
+                    .filter(|r| !cluster.contains(r))
+                    .take(MAX_SECRETS_PER_NAMESPACE),
+            );
+        }
+        out
+    }
+}
+
+/// Most referenced Secrets watched per namespace.
+const MAX_SECRETS_PER_NAMESPACE: usize = 200;
+/// Most `templateFrom` entries of one ExternalSecret looked at.
+const MAX_TEMPLATE_FROM: usize = 32;
+
+/// The Secrets an ExternalSecret's `spec.target.template.templateFrom[].secret` name, in its
+/// namespace.
+fn template_secrets(body: &Value, namespace: &str) -> BTreeSet<(String, String)> {
+    body.pointer("/spec/target/template/templateFrom")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .take(MAX_TEMPLATE_FROM)
+        .filter_map(|t| t.pointer("/secret/name")?.as_str())
+        .filter(|n| sync::is_object_name(n))
+        .map(|n| (namespace.to_string(), n.to_string()))
+        .collect()
+}
+
+/// Runs the inventory feed: discovery (retried), the first full list, then every change;
+/// each inventory is published to `published` and announced on `changed`. `ready` turns
+/// true after the first publication.
+async fn run_inventory(
+    mut source: KubeSource,
+    settings: ProviderSettings,
+    published: Arc<ArcSwap<Inventory>>,
+    changed: watch::Sender<u64>,
+) {
+    let mut feed = Feed {
+        builder: InventoryBuilder::new(settings),
+        refs: BTreeMap::new(),
+        dirty: true,
+    };
+    let mut delay = Duration::from_millis(500);
+    loop {
+        match source.discover().await {
+            Ok(kinds) => {
+                tracing::info!(kinds, "Kubernetes API discovered");
+                break;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?delay, "Kubernetes API not reachable");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+    // Namespaces (labels only matter): ClusterSecretStore `conditions.namespaceSelector`.
+    source.watch_kinds(vec![ApiResource::erase::<
+        k8s_openapi::api::core::v1::Namespace,
+    >(&())]);
+    let mut secrets: Vec<(String, String)> = Vec::new();
+    let mut generation = 0u64;
+    let mut first = true;
+    loop {
+        if source.kinds_synced() {
+            let wanted = feed.referenced_secrets();
+            if wanted != secrets {
+                source.watch_secrets(&wanted, &mut |e| feed.apply(e));
+                secrets = wanted;
+            }
+            // ExternalSecrets' own changes (they matter here only for the Secrets their
+            // templates read) reach the controller through its own watch: no new inventory.
+            if source.synced() && (feed.dirty || first) {
+                feed.dirty = false;
+                let inv = feed.builder.build();
+                for p in &inv.problems {
+                    tracing::warn!(problem = %p, "inventory problem");
+                }
+                published.store(Arc::new(inv));
+                generation += 1;
+                changed.send_replace(generation);
+                if first {
+                    tracing::info!("Kubernetes resources synced; reconciling");
+                    first = false;
+                }
+            }
+        }
+        if source.next(&mut |e| feed.apply(e)).await && feed.dirty {
+            // Gather what arrives close behind.
+            tokio::time::sleep(DEBOUNCE).await;
+        }
+        while source.try_next(&mut |e| feed.apply(e)).is_some() {}
+    }
+}
+
+/// A status this replica wrote.
+#[derive(Debug, Clone)]
+enum Written {
+    /// A successful sync: its refresh time and the version synced.
+    Synced(LastSync),
+    /// A failure: reason and message.
+    Failed(String, String),
+}
+
+/// Shared by every reconcile.
+struct Context {
+    client: kube::Client,
+    inventory: Arc<ArcSwap<Inventory>>,
+    sync: SyncOptions,
+    leading: watch::Receiver<Term>,
+    failures: Mutex<HashMap<ObjectRef<DynamicObject>, u32>>,
+    /// What this replica last wrote in each status (the watch cache can lag behind our
+    /// own writes: a reconcile queued meanwhile must not sync again, nor rewrite a failure).
+    written: Mutex<HashMap<ObjectRef<DynamicObject>, Written>>,
+    recorder: Recorder,
+    resource: ApiResource,
+}
+
+/// Runs `reconcile --kubernetes` until `shutdown` completes.
+pub async fn run(
+    client: kube::Client,
+    opts: KubeOptions,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let filter: KindFilter = Arc::new(reconciled_kind);
+    let source = KubeSource::new(client.clone(), filter);
+    let published = Arc::new(ArcSwap::from_pointee(Inventory::default()));
+    let (changed_tx, mut changed_rx) = watch::channel(0u64);
+    tokio::spawn(run_inventory(
+        source,
+        opts.provider_settings.clone(),
+        published.clone(),
+        changed_tx,
+    ));
+    let (leading_tx, leading_rx) = watch::channel::<Term>(None);
+    tokio::spawn(lease::run(client.clone(), opts.lease.clone(), leading_tx));
+
+    // The first inventory before the first reconcile: an ExternalSecret must not fail for
+    // a store not listed yet.
+    while *changed_rx.borrow_and_update() == 0 {
+        if changed_rx.changed().await.is_err() {
+            return;
+        }
+    }
+    let resource = external_secret_resource();
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        inventory: published,
+        sync: SyncOptions {
+            controller_class: opts.controller_class.clone(),
+            templates: template::engine(),
+        },
+        leading: leading_rx,
+        failures: Mutex::new(HashMap::new()),
+        written: Mutex::new(HashMap::new()),
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: CONTROLLER_NAME.into(),
+                instance: Some(opts.lease.identity.clone()),
+            },
+        ),
+        resource: resource.clone(),
+    });
+    let inventory_changes = futures_util::stream::unfold(changed_rx, |mut rx| async move {
+        rx.changed().await.ok()?;
+        Some(((), rx))
+    });
+    let api = Api::<DynamicObject>::all_with(client.clone(), &resource);
+    let secrets = Api::<Secret>::all(client);
+    Controller::new_with(api, watcher::Config::default(), resource)
+        .owns_with(
+            secrets,
+            (),
+            watcher::Config::default().labels(&format!("{LABEL_MANAGED}=true")),
+        )
+        .reconcile_all_on(inventory_changes)
+        .with_config(ControllerConfig::default().concurrency(opts.concurrency.max(1)))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "reconcile");
+            }
+        })
+        .await;
+}
+
+/// `delay` after the `n`th failure in a row (n ≥ 1): backon's jittered exponential from
+/// [`BACKOFF_MIN`], doubling, capped at [`BACKOFF_MAX`].
+pub fn backoff_delay(n: u32) -> Duration {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(BACKOFF_MIN)
+        .with_max_delay(BACKOFF_MAX)
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
+        .build()
+        .nth(n.saturating_sub(1) as usize)
+        .unwrap_or(BACKOFF_MAX)
+        .min(BACKOFF_MAX * 2)
+}
+
+fn error_policy(obj: Arc<DynamicObject>, err: &ReconcileError, ctx: Arc<Context>) -> Action {
+    let key = ObjectRef::from_obj_with(&*obj, ctx.resource.clone());
+    let n = {
+        let mut failures = ctx.failures.lock().unwrap_or_else(|p| p.into_inner());
+        if failures.len() >= MAX_FAILURE_ENTRIES && !failures.contains_key(&key) {
+            failures.clear();
+        }
+        let n = failures.entry(key).or_insert(0);
+        *n = n.saturating_add(1);
+        *n
+    };
+    let delay = backoff_delay(n);
+    if n == 1 {
+        tracing::warn!(external_secret = %format!("{}/{}", obj.metadata.namespace.as_deref().unwrap_or(""), obj.metadata.name.as_deref().unwrap_or("")), error = %err, "reconcile failed; retrying with backoff");
+    }
+    Action::requeue(delay)
+}
+
+fn content_version(obj: &DynamicObject) -> String {
+    let mut annotations = obj.metadata.annotations.clone().unwrap_or_default();
+    annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+    let content = json!({
+        "spec": obj.data.get("spec").cloned().unwrap_or(Value::Null),
+        "labels": obj.metadata.labels.clone().unwrap_or_default(),
+        "annotations": annotations,
+    });
+    let hash = crate::resources::content_hash(&content);
+    hash[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The ExternalSecret as `sync` reads it.
+fn external_secret(obj: &DynamicObject) -> ExternalSecretObject {
+    let namespace = obj
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    let name = obj.metadata.name.clone().unwrap_or_default();
+    let spec = obj
+        .data
+        .get("spec")
+        .cloned()
+        .ok_or_else(|| "no spec".to_string())
+        .and_then(|s| serde_json::from_value(s).map_err(|e| format!("spec: {e}")));
+    ExternalSecretObject {
+        origin: format!("kubernetes:ExternalSecret/{namespace}/{name}"),
+        namespace,
+        name,
+        uid: obj.metadata.uid.clone(),
+        labels: obj.metadata.labels.clone().unwrap_or_default(),
+        annotations: obj.metadata.annotations.clone().unwrap_or_default(),
+        spec,
+        resource_version: content_version(obj),
+    }
+}
+
+fn parse_time(s: &str) -> Option<SystemTime> {
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
+    let secs = u64::try_from(t.unix_timestamp()).ok()?;
+    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    let s = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    time::OffsetDateTime::from_unix_timestamp(i64::try_from(s).unwrap_or(0))
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".into())
+}
+
+/// The `Ready` condition in an ExternalSecret's status.
+fn ready_condition(obj: &DynamicObject) -> Option<&Value> {
+    obj.data
+        .pointer("/status/conditions")?
+        .as_array()?
+        .iter()
+        .find(|c| c.get("type").and_then(Value::as_str) == Some("Ready"))
+}
+
+fn last_sync(obj: &DynamicObject) -> LastSync {
+    let status = obj.data.get("status");
+    LastSync {
+        refresh_time: status
+            .and_then(|s| s.get("refreshTime"))
+            .and_then(Value::as_str)
+            .and_then(parse_time),
+        synced_resource_version: status
+            .and_then(|s| s.get("syncedResourceVersion"))
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        failed: ready_condition(obj)
+            .and_then(|c| c.get("status"))
+            .and_then(Value::as_str)
+            == Some("False"),
+    }
+}
+
+fn existing_of(s: &Secret) -> ExistingSecret {
+    ExistingSecret {
+        type_: s.type_.clone().unwrap_or_else(|| "Opaque".into()),
+        labels: s.metadata.labels.clone().unwrap_or_default(),
+        annotations: s.metadata.annotations.clone().unwrap_or_default(),
+        data: s
+            .data
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.0))
+            .collect(),
+        immutable: s.immutable.unwrap_or(false),
+    }
+}
+
+/// ESO's `isSecretValid`: the Secret exists and its data is what the data-hash annotation
+/// says we wrote.
+fn secret_valid(s: Option<&Secret>) -> bool {
+    let Some(s) = s else { return false };
+    let e = existing_of(s);
+    e.annotations.get(ANNOTATION_DATA_HASH).map(String::as_str) == Some(&sync::data_hash(&e.data))
+}
+
+fn b64_map(data: &BTreeMap<String, Vec<u8>>) -> serde_json::Map<String, Value> {
+    data.iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                Value::String(base64::engine::general_purpose::STANDARD.encode(v)),
+            )
+        })
+        .collect()
+}
+
+/// The outcome of one successful pass, for the status.
+struct Outcome {
+    reason: &'static str,
+    message: &'static str,
+    binding: Option<String>,
+    ready: bool,
+}
+
+async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+    if !lease::leads(&ctx.leading) {
+        return Ok(Action::requeue(NOT_LEADER_RETRY));
+    }
+    let key = ObjectRef::from_obj_with(&*obj, ctx.resource.clone());
+    let es = external_secret(&obj);
+    let inv = ctx.inventory.load_full();
+    if obj.metadata.deletion_timestamp.is_some() {
+        if has_finalizer(&obj) {
+            cleanup(&obj, &es, &inv, &ctx).await?;
+        }
+        forget(&ctx, &key);
+        ctx.written
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key);
+        return Ok(Action::await_change());
+    }
+    if uses_revocable_generator(&es) && !has_finalizer(&obj) {
+        // Before the first credential is issued: its revocation must not be skipped.
+        set_finalizer(&ctx, &obj, &es, true).await?;
+    }
+    if !sync::is_managed(&es, &inv, &ctx.sync) {
+        return Ok(Action::await_change());
+    }
+    let started = Instant::now();
+    let now = SystemTime::now();
+    let result = reconcile_one(&obj, &es, &inv, &ctx, now).await;
+    let record = |ready: bool, errored: bool| {
+        super::es_metrics::record_sync(&es.name, &es.namespace, ready, errored, started.elapsed())
+    };
+    match result {
+        Ok(None) => {
+            forget(&ctx, &key);
+            Ok(requeue_after(&es, &effective_last_sync(&ctx, &obj), now))
+        }
+        Ok(Some(out)) if !out.ready => {
+            // Waiting (Merge target absent): like a failure, written and told only when it
+            // changes, retried with backoff.
+            record(false, false);
+            if write_failure_status(&ctx, &obj, &es, &out, out.message, now).await? {
+                event(&ctx, &obj, false, out.message).await;
+            }
+            Err(ReconcileError::Sync(out.message.to_string()))
+        }
+        Ok(Some(out)) => {
+            record(out.ready, false);
+            write_status(&ctx, &obj, &es, &out, now).await?;
+            event(&ctx, &obj, true, out.message).await;
+            {
+                forget(&ctx, &key);
+                let last = LastSync {
+                    refresh_time: Some(now),
+                    synced_resource_version: Some(es.resource_version.clone()),
+                    failed: false,
+                };
+                remember(&ctx, key.clone(), Written::Synced(last.clone()));
+                Ok(requeue_after(&es, &last, now))
+            }
+        }
+        Err(Failure::Sync(e)) => {
+            record(false, true);
+            let message = e.message();
+            let out = Outcome {
+                reason: e.reason(),
+                message: "",
+                binding: None,
+                ready: false,
+            };
+            let changed = write_failure_status(&ctx, &obj, &es, &out, &message, now).await?;
+            if changed {
+                event(&ctx, &obj, false, &message).await;
+            }
+            Err(ReconcileError::Sync(message))
+        }
+        Err(Failure::Kube(e)) => Err(e),
+    }
+}
+
+fn remember(ctx: &Context, key: ObjectRef<DynamicObject>, w: Written) {
+    let mut map = ctx.written.lock().unwrap_or_else(|p| p.into_inner());
+    if map.len() >= MAX_FAILURE_ENTRIES && !map.contains_key(&key) {
+        map.clear();
+    }
+    map.insert(key, w);
+}
+
+fn recalled(ctx: &Context, key: &ObjectRef<DynamicObject>) -> Option<Written> {
+    ctx.written
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(key)
+        .cloned()
+}
+
+/// The last sync as the status says, or as this replica last wrote it when the status
+/// (from the watch cache) is older.
+fn effective_last_sync(ctx: &Context, obj: &DynamicObject) -> LastSync {
+    let seen = last_sync(obj);
+    let key = ObjectRef::from_obj_with(obj, ctx.resource.clone());
+    match recalled(ctx, &key) {
+        // Ours is newer than the cached status (a failure after it would have replaced it).
+        Some(Written::Synced(mine)) if mine.refresh_time > seen.refresh_time => mine,
+        _ => seen,
+    }
+}
+
+fn forget(ctx: &Context, key: &ObjectRef<DynamicObject>) {
+    ctx.failures
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(key);
+}
+
+/// Periodic with an interval: come back when the next refresh is due; else on a change.
+fn requeue_after(es: &ExternalSecretObject, last: &LastSync, now: SystemTime) -> Action {
+    let Ok(spec) = &es.spec else {
+        return Action::await_change();
+    };
+    let Ok(interval) = policy::refresh_interval(spec.refresh_interval.as_deref()) else {
+        return Action::await_change();
+    };
+    let refresh = spec.refresh_policy.unwrap_or(RefreshPolicy::Periodic);
+    match policy::next_refresh(refresh, interval, last) {
+        Some(due) => Action::requeue(
+            due.duration_since(now)
+                .unwrap_or(Duration::ZERO)
+                .max(Duration::from_millis(100)),
+        ),
+        None => Action::await_change(),
+    }
+}
+
+enum Failure {
+    Sync(SyncError),
+    Kube(ReconcileError),
+}
+
+impl From<SyncError> for Failure {
+    fn from(e: SyncError) -> Self {
+        Failure::Sync(e)
+    }
+}
+
+/// `Ok(None)`: nothing was due.
+async fn reconcile_one(
+    obj: &DynamicObject,
+    es: &ExternalSecretObject,
+    inv: &Inventory,
+    ctx: &Context,
+    now: SystemTime,
+) -> Result<Option<Outcome>, Failure> {
+    let spec = es
+        .spec
+        .as_ref()
+        .map_err(|e| SyncError::InvalidSpec(e.clone()))?;
+    sync::validate(es, spec)?;
+    let interval = policy::refresh_interval(spec.refresh_interval.as_deref())?;
+    let name = sync::target_name(es, spec);
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &es.namespace);
+    let existing = secrets
+        .get_opt(&name)
+        .await
+        .map_err(|e| Failure::Kube(kube_error("reading the target Secret", &e)))?;
+    let valid =
+        spec.target.creation_policy == CreationPolicy::None || secret_valid(existing.as_ref());
+    let refresh = spec.refresh_policy.unwrap_or(RefreshPolicy::Periodic);
+    if !policy::needs_sync(
+        refresh,
+        interval,
+        &es.resource_version,
+        &effective_last_sync(ctx, obj),
+        valid,
+        now,
+    ) {
+        return Ok(None);
+    }
+    let mut issued = Vec::new();
+    let desired = match sync::sync(es, inv, &ctx.sync, &mut issued).await {
+        Ok(d) => d,
+        Err(e) => {
+            revoke(inv, issued).await;
+            return Err(e.into());
+        }
+    };
+    let action = policy::secret_action(
+        spec.target.creation_policy,
+        spec.target.deletion_policy,
+        desired.provider_data_empty,
+        existing.is_some(),
+        &name,
+    )?;
+    let previous = existing.as_ref().map(issued_of).unwrap_or_default();
+    let mut desired = desired;
+    let writes = matches!(action, SecretAction::Write | SecretAction::MergeInto);
+    if writes && !issued.is_empty() {
+        let text = serde_json::to_string(&issued).unwrap_or_default();
+        desired
+            .annotations
+            .insert(ISSUED_ANNOTATION.to_string(), text);
+    }
+    let out = match action {
+        SecretAction::Write => {
+            let before = existing.as_ref().map(|s| existing_of(s).data);
+            let after = desired.data.clone();
+            let version = write_secret(&secrets, desired, existing.as_ref(), es).await?;
+            roll_if_changed(ctx, es, &name, before, &after, version).await;
+            Outcome {
+                reason: REASON_SYNCED,
+                message: "secret synced",
+                binding: Some(name),
+                ready: true,
+            }
+        }
+        SecretAction::MergeInto => {
+            let Some(base) = existing.as_ref() else {
+                return Err(Failure::Kube(ReconcileError::Kube(
+                    "the Merge target vanished".into(),
+                )));
+            };
+            let before = existing_of(base);
+            let after = desired.clone().merged_into(&before).data;
+            let version = merge_secret(&secrets, desired, base).await?;
+            roll_if_changed(ctx, es, &name, Some(before.data), &after, version).await;
+            Outcome {
+                reason: REASON_SYNCED,
+                message: "secret synced",
+                binding: Some(name),
+                ready: true,
+            }
+        }
+        SecretAction::Delete => {
+            if existing.is_some() {
+                secrets
+                    .delete(&name, &DeleteParams::default())
+                    .await
+                    .map_err(|e| Failure::Kube(kube_error("deleting the target Secret", &e)))?;
+            }
+            Outcome {
+                reason: REASON_DELETED,
+                message: "secret deleted due to DeletionPolicy=Delete",
+                binding: None,
+                ready: true,
+            }
+        }
+        SecretAction::Retain => Outcome {
+            reason: REASON_SYNCED,
+            message: "secret retained due to DeletionPolicy=Retain",
+            binding: None,
+            ready: true,
+        },
+        SecretAction::WaitForTarget => Outcome {
+            reason: REASON_MISSING,
+            message: "secret will not be created due to CreationPolicy=Merge",
+            binding: None,
+            ready: false,
+        },
+        SecretAction::Nothing => Outcome {
+            reason: REASON_SYNCED,
+            message: "secret synced",
+            binding: None,
+            ready: true,
+        },
+    };
+    if !out.ready || !writes {
+        // Nothing was handed out.
+        revoke(inv, issued).await;
+    } else if !issued.is_empty() {
+        // Replaced by the new ones.
+        revoke(inv, previous).await;
+    }
+    Ok(Some(out))
+}
+
+/// Rollout extension ([`super::rollout`]): when the ExternalSecret asks for it and a Secret
+/// that existed had its data changed, every Deployment, StatefulSet and DaemonSet of the
+/// namespace whose pod template reads it records the Secret's new `resourceVersion` (which
+/// rolls it). Failures are logged and counted, never fail the sync (the Secret is written).
+async fn roll_if_changed(
+    ctx: &Context,
+    es: &ExternalSecretObject,
+    secret: &str,
+    before: Option<BTreeMap<String, Vec<u8>>>,
+    after: &BTreeMap<String, Vec<u8>>,
+    version: Option<String>,
+) {
+    use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+    if !super::rollout::rollout_requested(&es.annotations) {
+        return;
+    }
+    let (Some(before), Some(version)) = (before, version) else {
+        return;
+    };
+    if sync::data_hash(&before) == sync::data_hash(after) {
+        return;
+    }
+    let ns = &es.namespace;
+    let client = &ctx.client;
+    let pp = PatchParams {
+        field_manager: Some(CONTROLLER_NAME.into()),
+        ..PatchParams::default()
+    };
+    macro_rules! roll {
+        ($kind:ty, $label:literal) => {{
+            let api: Api<$kind> = Api::namespaced(client.clone(), ns);
+            match api.list(&Default::default()).await {
+                Ok(list) => {
+                    for w in list.items {
+                        let Some(template) = w.spec.as_ref().map(|s| &s.template) else {
+                            continue;
+                        };
+                        let Some(patch) = super::rollout::rollout_patch(template, secret, &version)
+                        else {
+                            continue;
+                        };
+                        let name = w.metadata.name.clone().unwrap_or_default();
+                        match api.patch(&name, &pp, &Patch::Merge(&patch)).await {
+                            Ok(_) => tracing::info!(kind = $label, namespace = %ns, name = %name, secret = %secret, "rolled out"),
+                            Err(e) => tracing::warn!(kind = $label, namespace = %ns, name = %name, error = %kube_error("patch", &e), "cannot roll out"),
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(kind = $label, namespace = %ns, error = %kube_error("list", &e), "cannot list workloads to roll out")
+                }
+            }
+        }};
+    }
+    roll!(Deployment, "Deployment");
+    roll!(StatefulSet, "StatefulSet");
+    roll!(DaemonSet, "DaemonSet");
+}
+
+/// Revokes credentials (best effort, logged); returns how many could not be.
+async fn revoke(inv: &Inventory, issued: Vec<sync::IssuedCredential>) -> usize {
+    let mut failed = 0;
+    for cred in issued {
+        let key = cred.generator_key();
+        let what = format!("{} {}/{}", key.kind, key.namespace, key.name);
+        match inv.generator(&key) {
+            Some(Ok(g)) => match g.revoke(&cred.state).await {
+                Ok(()) => {
+                    tracing::info!(generator = %what, state = %cred.state.fingerprint(), "revoked a generated credential");
+                }
+                Err(e) => {
+                    tracing::warn!(generator = %what, error = %e, "cannot revoke a generated credential");
+                    failed += 1;
+                }
+            },
+            _ => {
+                tracing::warn!(generator = %what, "cannot revoke a generated credential: generator not available");
+                failed += 1;
+            }
+        }
+    }
+    failed
+}
+
+/// Whether a `dataFrom[].sourceRef.generatorRef` names a kind in
+/// [`REVOCABLE_GENERATOR_KINDS`].
+fn uses_revocable_generator(es: &ExternalSecretObject) -> bool {
+    es.spec.as_ref().is_ok_and(|spec| {
+        spec.data_from.iter().any(|d| {
+            d.source_ref
+                .as_ref()
+                .and_then(|s| s.generator_ref.as_ref())
+                .is_some_and(|g| REVOCABLE_GENERATOR_KINDS.contains(&g.kind.as_str()))
+        })
+    })
+}
+
+fn has_finalizer(obj: &DynamicObject) -> bool {
+    obj.metadata
+        .finalizers
+        .as_ref()
+        .is_some_and(|f| f.iter().any(|f| f == FINALIZER))
+}
+
+/// Adds or removes [`FINALIZER`] (a merge patch of the whole list, guarded by the
+/// `resourceVersion` read: a concurrent change makes it fail and retry).
+async fn set_finalizer(
+    ctx: &Context,
+    obj: &DynamicObject,
+    es: &ExternalSecretObject,
+    present: bool,
+) -> Result<(), ReconcileError> {
+    let mut list: Vec<String> = obj
+        .metadata
+        .finalizers
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|f| f != FINALIZER)
+        .collect();
+    if present {
+        list.push(FINALIZER.to_string());
+    }
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(ctx.client.clone(), &es.namespace, &ctx.resource);
+    let patch = json!({"metadata": {
+        "finalizers": list,
+        "resourceVersion": obj.metadata.resource_version,
+    }});
+    let pp = PatchParams {
+        field_manager: Some(CONTROLLER_NAME.into()),
+        ..PatchParams::default()
+    };
+    match api.patch(&es.name, &pp, &Patch::Merge(&patch)).await {
+        Ok(_) => Ok(()),
+        // Already gone: nothing left to hold.
+        Err(kube::Error::Api(s)) if s.code == 404 && !present => Ok(()),
+        Err(e) => Err(kube_error("updating the finalizers", &e)),
+    }
+}
+
+/// The credentials recorded on a Secret ([`ISSUED_ANNOTATION`]); none when absent or
+/// unreadable.
+fn issued_of(s: &Secret) -> Vec<sync::IssuedCredential> {
+    s.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ISSUED_ANNOTATION))
+        .filter(|t| t.len() <= MAX_ISSUED_BYTES)
+        .and_then(|t| serde_json::from_str(t).ok())
+        .unwrap_or_default()
+}
+
+/// An ExternalSecret with our finalizer is being deleted: revoke the credentials its
+/// Secret records (a failure keeps the finalizer and is retried with backoff), drop the
+/// record from a Secret that stays (Orphan, Merge), then remove the finalizer. The Secret
+/// itself follows creationPolicy: Owner's goes with the ExternalSecret (garbage
+/// collection), others stay.
+async fn cleanup(
+    obj: &DynamicObject,
+    es: &ExternalSecretObject,
+    inv: &Inventory,
+    ctx: &Context,
+) -> Result<(), ReconcileError> {
+    if let Ok(spec) = &es.spec {
+        let name = sync::target_name(es, spec);
+        let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &es.namespace);
+        let existing = secrets
+            .get_opt(&name)
+            .await
+            .map_err(|e| kube_error("reading the target Secret", &e))?;
+        if let Some(secret) = existing {
+            let issued = issued_of(&secret);
+            if !issued.is_empty() {
+                let failed = revoke(inv, issued).await;
+                if failed > 0 {
+                    return Err(ReconcileError::Sync(format!(
+                        "{failed} generated credentials could not be revoked; the finalizer stays"
+                    )));
+                }
+                if spec.target.creation_policy != CreationPolicy::Owner {
+                    let patch = json!({"metadata": {"annotations": {ISSUED_ANNOTATION: null}}});
+                    secrets
+                        .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                        .await
+                        .map_err(|e| kube_error("updating the target Secret", &e))?;
+                }
+            }
+        }
+    }
+    set_finalizer(ctx, obj, es, false).await
+}
+
+fn immutable_error(name: &str) -> Failure {
+    Failure::Sync(SyncError::Immutable {
+        secret: name.to_string(),
+    })
+}
+
+/// Owner / Orphan: create the Secret, or replace its data keeping its other metadata.
+async fn write_secret(
+    secrets: &Api<Secret>,
+    desired: DesiredSecret,
+    existing: Option<&Secret>,
+    es: &ExternalSecretObject,
+) -> Result<Option<String>, Failure> {
+    let name = desired.name.clone();
+    let mut labels = BTreeMap::new();
+    let mut annotations = BTreeMap::new();
+    let mut owners: Vec<Value> = Vec::new();
+    let mut resource_version = None;
+    if let Some(s) = existing {
+        // A Secret another controller (another ExternalSecret, a Deployment…) manages is
+        // not taken over (ESO: "target is owned by another ExternalSecret").
+        if let Some(other) = s
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .find(|o| o.controller == Some(true) && Some(&o.uid) != es.uid.as_ref())
+        {
+            let owner = if other.kind == "ExternalSecret" {
+                other.name.clone()
+            } else {
+                format!("{} (a {}, not an ExternalSecret)", other.name, other.kind)
+            };
+            return Err(Failure::Sync(SyncError::Owned {
+                secret: name,
+                owner,
+            }));
+        }
+        let base = existing_of(s);
+        if base.immutable {
+            if sync::data_hash(&base.data) == sync::data_hash(&desired.data) {
+                return Ok(None);
+            }
+            return Err(immutable_error(&name));
+        }
+        labels = base.labels;
+        annotations = base.annotations;
+        owners = s
+            .metadata
+            .owner_references
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|o| o.controller != Some(true))
+            .filter_map(|o| serde_json::to_value(o).ok())
+            .collect();
+        resource_version = s.metadata.resource_version.clone();
+    }
+    labels.extend(desired.labels.clone());
+    annotations.extend(desired.annotations.clone());
+    if let Some(o) = &desired.owner {
+        let Some(uid) = o.uid.clone().or_else(|| es.uid.clone()) else {
+            return Err(Failure::Kube(ReconcileError::Kube(
+                "the ExternalSecret has no uid".into(),
+            )));
+        };
+        owners.push(json!({
+            "apiVersion": EXTERNAL_SECRET_API_VERSION,
+            "kind": "ExternalSecret",
+            "name": o.name,
+            "uid": uid,
+            "controller": true,
+            "blockOwnerDeletion": true,
+        }));
+    }
+    let mut metadata = json!({
+        "name": name,
+        "namespace": desired.namespace,
+        "labels": labels,
+        "annotations": annotations,
+    });
+    if !owners.is_empty() {
+        metadata["ownerReferences"] = Value::Array(owners);
+    }
+    if let Some(rv) = resource_version {
+        metadata["resourceVersion"] = Value::String(rv);
+    }
+    let mut body = json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": metadata,
+        "type": existing.and_then(|s| s.type_.clone()).unwrap_or(desired.type_.clone()),
+        "data": b64_map(&desired.data),
+    });
+    if desired.immutable {
+        body["immutable"] = Value::Bool(true);
+    }
+    let secret: Secret = serde_json::from_value(body).map_err(|_| {
+        Failure::Sync(SyncError::InvalidSpec(
+            "the Secret built is not a valid Secret".into(),
+        ))
+    })?;
+    let pp = PostParams {
+        field_manager: Some(CONTROLLER_NAME.into()),
+        ..PostParams::default()
+    };
+    let result = if existing.is_some() {
+        secrets.replace(&name, &pp, &secret).await
+    } else {
+        secrets.create(&pp, &secret).await
+    };
+    result
+        .map(|s| s.metadata.resource_version)
+        .map_err(|e| Failure::Kube(kube_error("writing the target Secret", &e)))
+}
+
+/// Merge: our keys, labels and annotations patched into the existing Secret; nothing else
+/// of it is touched.
+async fn merge_secret(
+    secrets: &Api<Secret>,
+    desired: DesiredSecret,
+    base: &Secret,
+) -> Result<Option<String>, Failure> {
+    let existing = existing_of(base);
+    let merged = desired.clone().merged_into(&existing);
+    let name = desired.name.clone();
+    if existing.immutable {
+        if sync::data_hash(&existing.data) == sync::data_hash(&merged.data) {
+            return Ok(None);
+        }
+        return Err(immutable_error(&name));
+    }
+    let mut annotations = desired.annotations.clone();
+    if let Some(h) = merged.annotations.get(ANNOTATION_DATA_HASH) {
+        annotations.insert(ANNOTATION_DATA_HASH.to_string(), h.clone());
+    }
+    let mut patch = json!({
+        "metadata": {"labels": desired.labels, "annotations": annotations},
+        "data": b64_map(&desired.data),
+    });
+    if desired.immutable {
+        patch["immutable"] = Value::Bool(true);
+    }
+    let pp = PatchParams {
+        field_manager: Some(CONTROLLER_NAME.into()),
+        ..PatchParams::default()
+    };
+    secrets
+        .patch(&name, &pp, &Patch::Merge(&patch))
+        .await
+        .map(|s| s.metadata.resource_version)
+        .map_err(|e| Failure::Kube(kube_error("merging into the target Secret", &e)))
+}
+
+fn condition(obj: &DynamicObject, ready: bool, reason: &str, message: &str, now: &str) -> Value {
+    let status = if ready { "True" } else { "False" };
+    let since = ready_condition(obj)
+        .filter(|c| c.get("status").and_then(Value::as_str) == Some(status))
+        .and_then(|c| c.get("lastTransitionTime"))
+        .and_then(Value::as_str)
+        .map_or_else(|| now.to_string(), str::to_string);
+    json!({
+        "type": "Ready",
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": since,
+    })
+}
+
+async fn patch_status(ctx: &Context, obj: &DynamicObject, status: Value) -> Result<(), Failure> {
+    let es = external_secret(obj);
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(ctx.client.clone(), &es.namespace, &ctx.resource);
+    let pp = PatchParams {
+        field_manager: Some(CONTROLLER_NAME.into()),
+        ..PatchParams::default()
+    };
+    api.patch_status(&es.name, &pp, &Patch::Merge(json!({ "status": status })))
+        .await
+        .map(|_| ())
+        .map_err(|e| Failure::Kube(kube_error("writing the ExternalSecret status", &e)))
+}
+
+async fn write_status(
+    ctx: &Context,
+    obj: &DynamicObject,
+    es: &ExternalSecretObject,
+    out: &Outcome,
+    now: SystemTime,
+) -> Result<(), ReconcileError> {
+    let now_s = rfc3339(now);
+    let mut status = json!({
+        "conditions": [condition(obj, out.ready, out.reason, out.message, &now_s)],
+    });
+    if out.ready {
+        status["refreshTime"] = Value::String(now_s.clone());
+        status["syncedResourceVersion"] = Value::String(es.resource_version.clone());
+    }
+    if let Some(b) = &out.binding {
+        status["binding"] = json!({ "name": b });
+    }
+    patch_status(ctx, obj, status).await.map_err(|f| match f {
+        Failure::Kube(e) => e,
+        Failure::Sync(e) => ReconcileError::Sync(e.message()),
+    })
+}
+
+/// `Ready=False` with the failure; written only when it differs from what is there (so a
+/// failing ExternalSecret's retries do not each make a watch event). Returns whether it
+/// was written.
+async fn write_failure_status(
+    ctx: &Context,
+    obj: &DynamicObject,
+    _es: &ExternalSecretObject,
+    out: &Outcome,
+    message: &str,
+    now: SystemTime,
+) -> Result<bool, ReconcileError> {
+    let key = ObjectRef::from_obj_with(obj, ctx.resource.clone());
+    let same = ready_condition(obj).is_some_and(|c| {
+        c.get("status").and_then(Value::as_str) == Some("False")
+            && c.get("reason").and_then(Value::as_str) == Some(out.reason)
+            && c.get("message").and_then(Value::as_str) == Some(message)
+    }) || matches!(recalled(ctx, &key), Some(Written::Failed(r, m)) if r == out.reason && m == message);
+    if same {
+        return Ok(false);
+    }
+
+    let now_s = rfc3339(now);
+    let status = json!({
+        "conditions": [condition(obj, false, out.reason, message, &now_s)],
+    });
+    patch_status(ctx, obj, status)
+        .await
+        .map(|()| {
+            remember(
+                ctx,
+                key,
+                Written::Failed(out.reason.to_string(), message.to_string()),
+            );
+            true
+        })
+        .map_err(|f| match f {
+            Failure::Kube(e) => e,
+            Failure::Sync(e) => ReconcileError::Sync(e.message()),
+        })
+}
+
+/// ESO's Events: Normal `Updated` after a sync, Warning `UpdateFailed` after a failure.
+/// Failures to publish are logged at debug (Events are best effort).
+async fn event(ctx: &Context, obj: &DynamicObject, ok: bool, message: &str) {
+    let ev = Event {
+        type_: if ok {
+            EventType::Normal
+        } else {
+            EventType::Warning
+        },
+        reason: if ok { "Updated" } else { "UpdateFailed" }.into(),
+        note: Some(message.chars().take(1024).collect()),
+        action: "Sync".into(),
+        secondary: None,
+    };
+    let reference = {
+        use kube::Resource;
+        obj.object_ref(&ctx.resource)
+    };
+    if let Err(e) = ctx.recorder.publish(&ev, &reference).await {
+        tracing::debug!(error = %e, "cannot publish an Event");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_from_one_second_to_five_minutes() {
+        let d1 = backoff_delay(1);
+        assert!(d1 >= BACKOFF_MIN && d1 < BACKOFF_MIN * 2, "{d1:?}");
+        let d4 = backoff_delay(4);
+        assert!(d4 >= Duration::from_secs(8), "{d4:?}");
+        let d30 = backoff_delay(30);
+        assert!(d30 >= BACKOFF_MAX / 2 && d30 <= BACKOFF_MAX * 2, "{d30:?}");
+    }
+
+    /// The watch cache may hold a status older than the one this replica just wrote: the
+    /// newer one decides (no second sync, no rewritten failure).
+    #[tokio::test]
+    async fn our_own_newer_status_wins_over_a_stale_cache() {
+        let config = kube::Config::new("https://127.0.0.1:1".parse().unwrap());
+        let client = kube::Client::try_from(config).unwrap();
+        let (_tx, leading) = watch::channel::<Term>(None);
+        let resource = external_secret_resource();
+        let ctx = Context {
+            client: client.clone(),
+            inventory: Arc::new(ArcSwap::from_pointee(Inventory::default())),
+            sync: SyncOptions::default(),
+            leading,
+            failures: Mutex::new(HashMap::new()),
+            written: Mutex::new(HashMap::new()),
+            recorder: Recorder::new(
+                client,
+                Reporter {
+                    controller: CONTROLLER_NAME.into(),
+                    instance: None,
+                },
+            ),
+            resource: resource.clone(),
+        };
+        let obj: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "external-secrets.io/v1", "kind": "ExternalSecret",
+            "metadata": {"name": "a", "namespace": "ns"},
+            "spec": {},
+        }))
+        .unwrap();
+        assert_eq!(effective_last_sync(&ctx, &obj), LastSync::default());
+        let mine = LastSync {
+            refresh_time: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(100)),
+            synced_resource_version: Some("v".into()),
+            failed: false,
+        };
+        let key = ObjectRef::from_obj_with(&obj, resource);
+        remember(&ctx, key.clone(), Written::Synced(mine.clone()));
+        assert_eq!(effective_last_sync(&ctx, &obj), mine);
+        // A status newer than ours (another replica's, later) wins.
+        let mut newer = obj.clone();
+        newer.data["status"] = json!({"refreshTime": "1970-01-01T00:10:00Z",
+            "syncedResourceVersion": "w"});
+        assert_eq!(
+            effective_last_sync(&ctx, &newer)
+                .synced_resource_version
+                .as_deref(),
+            Some("w")
+        );
+    }
+
+    #[test]
+    fn the_inventory_watches_stores_and_generators_only() {
+        assert!(reconciled_kind("external-secrets.io", "SecretStore"));
+        assert!(reconciled_kind("external-secrets.io", "ClusterSecretStore"));
+        assert!(reconciled_kind(
+            "generators.external-secrets.io",
+            "Password"
+        ));
+        assert!(reconciled_kind("external-secrets.io", "ExternalSecret"));
+        assert!(!reconciled_kind("external-secrets.io", "PushSecret"));
+        assert!(!reconciled_kind(
+            "federation.external-secrets.io",
+            "Authorization"
+        ));
+    }
+}

@@ -1,0 +1,857 @@
+//! End to end, the reconciler's Kubernetes mode: the real `esi-server reconcile
+//! --kubernetes` against the fake API server of `tests/common/fake_kube.rs`. ExternalSecrets
+//! become Secrets per creationPolicy (owner references and their garbage collection, Orphan,
+//! Merge into an existing Secret only), with ESO's status and Events, the force-sync
+//! annotation, per-object backoff, and the refusal of the API server's own token audiences.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::fake_kube::FakeKube;
+use common::*;
+use serde_json::{Value, json};
+
+const ESO: &str = "external-secrets.io/v1";
+const NS: &str = "apps";
+
+async fn cluster() -> FakeKube {
+    let k = FakeKube::start().await;
+    for (g, v, kind, plural, namespaced, status) in [
+        (
+            "external-secrets.io",
+            "v1",
+            "ExternalSecret",
+            "externalsecrets",
+            true,
+            true,
+        ),
+        (
+            "external-secrets.io",
+            "v1",
+            "SecretStore",
+            "secretstores",
+            true,
+            true,
+        ),
+        (
+            "external-secrets.io",
+            "v1",
+            "ClusterSecretStore",
+            "clustersecretstores",
+            false,
+            true,
+        ),
+        (
+            "generators.external-secrets.io",
+            "v1alpha1",
+            "Password",
+            "passwords",
+            true,
+            false,
+        ),
+        ("events.k8s.io", "v1", "Event", "events", true, false),
+    ] {
+        k.register(g, v, kind, plural, namespaced, status);
+    }
+    k
+}
+
+/// The reconciler process; killed when dropped.
+struct Reconciler {
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Reconciler {
+    fn start(k: &FakeKube, extra: &[&str]) -> Reconciler {
+        Self::start_as(k, common::fake_kube::DEFAULT_USER, extra)
+    }
+
+    /// As `user` of the fake (its requests are logged with it).
+    fn start_as(k: &FakeKube, user: &str, extra: &[&str]) -> Reconciler {
+        install_crypto();
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig = dir.path().join("kubeconfig");
+        k.add_user(user);
+        k.kubeconfig_as(&kubeconfig, user);
+        let mut child = Command::new(server_bin())
+            .args([
+                "reconcile",
+                "--kubernetes",
+                "--leader-election-namespace",
+                "esi-system",
+                "--leader-election-lease-duration",
+                "2s",
+                "--log-format",
+                "json",
+            ])
+            .args(extra)
+            .env("KUBECONFIG", &kubeconfig)
+            .env_remove("POD_NAME")
+            .env_remove("POD_NAMESPACE")
+            .env(
+                "RUST_LOG",
+                std::env::var("ESI_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start esi-server reconcile");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        for out in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines().map_while(Result::ok) {
+                    if std::env::var("ESI_TEST_ECHO").is_ok() {
+                        eprintln!("[reconciler] {line}");
+                    }
+                    log.lock().unwrap().push(line);
+                }
+            });
+        }
+        Reconciler {
+            child,
+            log,
+            _dir: dir,
+        }
+    }
+
+    fn logs(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for Reconciler {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_for<T>(what: &str, secs: u64, r: &Reconciler, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "timed out waiting for {what}; reconciler log:\n{}",
+                r.logs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn fake_store(k: &FakeKube, value: &str) {
+    k.apply(json!({
+        "apiVersion": ESO,
+        "kind": "ClusterSecretStore",
+        "metadata": {"name": "fake"},
+        "spec": {"provider": {"fake": {"data": [{"key": "db", "value": value}]}}}
+    }));
+}
+
+fn external_secret(name: &str, target: Value, extra_meta: Value) -> Value {
+    let mut meta = json!({"name": name, "namespace": NS});
+    if let Value::Object(m) = extra_meta {
+        for (key, v) in m {
+            meta[key] = v;
+        }
+    }
+    json!({
+        "apiVersion": ESO,
+        "kind": "ExternalSecret",
+        "metadata": meta,
+        "spec": {
+            "refreshInterval": "1h",
+            "secretStoreRef": {"kind": "ClusterSecretStore", "name": "fake"},
+            "target": target,
+            "data": [{"secretKey": "password", "remoteRef": {"key": "db"}}]
+        }
+    })
+}
+
+fn secret(k: &FakeKube, name: &str) -> Option<Value> {
+    k.get("v1", "Secret", Some(NS), name)
+}
+
+fn data(s: &Value, key: &str) -> Option<String> {
+    use base64::Engine;
+    let v = s.pointer(&format!("/data/{key}"))?.as_str()?;
+    String::from_utf8(base64::engine::general_purpose::STANDARD.decode(v).ok()?).ok()
+}
+
+fn es(k: &FakeKube, name: &str) -> Value {
+    k.get(ESO, "ExternalSecret", Some(NS), name).unwrap()
+}
+
+fn ready(es: &Value) -> Option<(String, String, String)> {
+    let c = es
+        .pointer("/status/conditions")?
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "Ready")?;
+    Some((
+        c["status"].as_str()?.to_string(),
+        c["reason"].as_str()?.to_string(),
+        c["message"].as_str()?.to_string(),
+    ))
+}
+
+/// Owner: the Secret is created with a controller owner reference to the ExternalSecret,
+/// the status is ESO's, an Event says `Updated`; deleting the ExternalSecret collects the
+/// Secret.
+#[tokio::test(flavor = "multi_thread")]
+async fn owner_policy_writes_the_secret_status_and_event_and_gc_collects_it() {
+    let k = cluster().await;
+    fake_store(&k, "s3cr3t");
+    let created = k.apply(external_secret("app", json!({"name": "app-db"}), json!({})));
+    let uid = created["metadata"]["uid"].as_str().unwrap().to_string();
+    let r = Reconciler::start(&k, &["--metrics-listen", "127.0.0.1:0"]);
+    let s = wait_for("the Secret", 30, &r, || secret(&k, "app-db"));
+    assert_eq!(data(&s, "password").as_deref(), Some("s3cr3t"));
+    let owners = s["metadata"]["ownerReferences"].as_array().unwrap();
+    assert_eq!(owners.len(), 1, "{s}");
+    assert_eq!(owners[0]["kind"], "ExternalSecret");
+    assert_eq!(owners[0]["uid"], uid.as_str());
+    assert_eq!(owners[0]["controller"], true);
+    assert_eq!(
+        s["metadata"]["labels"]["reconcile.external-secrets.io/managed"],
+        "true"
+    );
+
+    let status = wait_for("the status", 15, &r, || {
+        let e = es(&k, "app");
+        (ready(&e)?.0 == "True").then_some(e)
+    });
+    let (_, reason, message) = ready(&status).unwrap();
+    assert_eq!(reason, "SecretSynced");
+    assert_eq!(message, "secret synced");
+    assert!(status["status"]["refreshTime"].is_string(), "{status}");
+    assert!(
+        status["status"]["syncedResourceVersion"].is_string(),
+        "{status}"
+    );
+    assert_eq!(status["status"]["binding"]["name"], "app-db");
+
+    let event = wait_for("the Event", 15, &r, || {
+        k.list("events.k8s.io/v1", "Event", Some(NS))
+            .into_iter()
+            .find(|e| e["regarding"]["name"] == "app" && e["reason"] == "Updated")
+    });
+    assert_eq!(event["type"], "Normal");
+    assert_eq!(event["regarding"]["kind"], "ExternalSecret");
+
+    // ESO's metrics, on the metrics listener.
+    let addr = wait_for("the metrics listener", 10, &r, || {
+        r.logs()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|l| l["message"] == "metrics listening (plain HTTP)")
+            .and_then(|l| l["addr"].as_str().map(str::to_string))
+    });
+    let text = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "externalsecret_sync_calls_total{name=\"app\",namespace=\"apps\"} 1",
+        "externalsecret_status_condition{condition=\"Ready\",name=\"app\",namespace=\"apps\",status=\"True\"} 1",
+        "externalsecret_status_condition{condition=\"Ready\",name=\"app\",namespace=\"apps\",status=\"False\"} 0",
+    ] {
+        assert!(text.contains(line), "{line} not in:\n{text}");
+    }
+    assert!(text.contains("externalsecret_reconcile_duration{name=\"app\",namespace=\"apps\"}"));
+
+    // A Secret edited by hand is written back.
+    let mut edited = secret(&k, "app-db").unwrap();
+    edited["data"]["password"] = json!(b64("tampered"));
+    k.apply(edited);
+    wait_for("the Secret written back", 15, &r, || {
+        (data(&secret(&k, "app-db")?, "password")? == "s3cr3t").then_some(())
+    });
+
+    // A Secret another controller owns is not taken over.
+    k.apply(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "taken", "namespace": NS, "ownerReferences": [{
+            "apiVersion": ESO, "kind": "ExternalSecret", "name": "someone",
+            "uid": "0000-other", "controller": true}]},
+        "data": {"password": b64("theirs")}
+    }));
+    k.apply(external_secret(
+        "thief",
+        json!({"name": "taken"}),
+        json!({}),
+    ));
+    let refused = wait_for("the refusal", 15, &r, || {
+        let c = ready(&es(&k, "thief"))?;
+        (c.0 == "False").then_some(c.2)
+    });
+    assert!(
+        refused.contains("already owned by ExternalSecret someone"),
+        "{refused}"
+    );
+    assert_eq!(
+        data(&secret(&k, "taken").unwrap(), "password").as_deref(),
+        Some("theirs")
+    );
+
+    assert!(k.delete(ESO, "ExternalSecret", Some(NS), "app"));
+    wait_for("the Secret collected", 15, &r, || {
+        secret(&k, "app-db").is_none().then_some(())
+    });
+}
+
+/// Orphan: no owner reference, the Secret outlives its ExternalSecret. Merge: nothing
+/// while the target is absent (`Ready=False`, `SecretMissing`), then only our key is
+/// patched into it.
+#[tokio::test(flavor = "multi_thread")]
+async fn orphan_keeps_the_secret_and_merge_patches_only_its_keys() {
+    let k = cluster().await;
+    fake_store(&k, "s3cr3t");
+    k.apply(external_secret(
+        "orphan",
+        json!({"name": "orphan-db", "creationPolicy": "Orphan"}),
+        json!({}),
+    ));
+    k.apply(external_secret(
+        "merge",
+        json!({"name": "shared", "creationPolicy": "Merge"}),
+        json!({}),
+    ));
+    let r = Reconciler::start(&k, &[]);
+    let s = wait_for("the orphan Secret", 30, &r, || secret(&k, "orphan-db"));
+    assert!(s["metadata"].get("ownerReferences").is_none(), "{s}");
+    assert_eq!(data(&s, "password").as_deref(), Some("s3cr3t"));
+
+    let waiting = wait_for("Merge waiting", 15, &r, || {
+        let e = es(&k, "merge");
+        let c = ready(&e)?;
+        (c.0 == "False").then_some(c)
+    });
+    assert_eq!(waiting.1, "SecretMissing", "{waiting:?}");
+    assert!(secret(&k, "shared").is_none(), "Merge must not create");
+    // Waiting is retried with backoff, and its unchanged status is not rewritten.
+    std::thread::sleep(Duration::from_secs(3));
+    let writes = k
+        .requests()
+        .iter()
+        .filter(|q| q.is_status_write() && q.path.ends_with("/externalsecrets/merge/status"))
+        .count();
+    assert_eq!(writes, 1, "status writes while waiting");
+
+    k.apply(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "shared", "namespace": NS, "labels": {"team": "a"}},
+        "type": "Opaque",
+        "data": {"other": b64("kept")}
+    }));
+    let merged = wait_for("the merge", 30, &r, || {
+        let s = secret(&k, "shared")?;
+        data(&s, "password").map(|_| s)
+    });
+    assert_eq!(data(&merged, "password").as_deref(), Some("s3cr3t"));
+    assert_eq!(data(&merged, "other").as_deref(), Some("kept"));
+    assert_eq!(merged["metadata"]["labels"]["team"], "a");
+    assert!(merged["metadata"].get("ownerReferences").is_none());
+    wait_for("Merge ready", 15, &r, || {
+        (ready(&es(&k, "merge"))?.0 == "True").then_some(())
+    });
+
+    assert!(k.delete(ESO, "ExternalSecret", Some(NS), "orphan"));
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(secret(&k, "orphan-db").is_some(), "Orphan outlives its ES");
+}
+
+/// Not due (1h interval): a changed store value is not fetched; the force-sync annotation
+/// syncs again at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn force_sync_annotation_syncs_before_the_interval() {
+    let k = cluster().await;
+    fake_store(&k, "v1");
+    k.apply(external_secret("app", json!({"name": "app-db"}), json!({})));
+    let r = Reconciler::start(&k, &[]);
+    wait_for("the first sync", 30, &r, || {
+        (data(&secret(&k, "app-db")?, "password")? == "v1").then_some(())
+    });
+    fake_store(&k, "v2");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        data(&secret(&k, "app-db").unwrap(), "password").as_deref(),
+        Some("v1"),
+        "not due before the interval"
+    );
+    k.apply(external_secret(
+        "app",
+        json!({"name": "app-db"}),
+        json!({"annotations": {"force-sync": "1"}}),
+    ));
+    wait_for("the forced sync", 15, &r, || {
+        (data(&secret(&k, "app-db")?, "password")? == "v2").then_some(())
+    });
+}
+
+/// A broken ExternalSecret (its store does not exist) is retried with growing delays
+/// (each attempt reads its target Secret: counted in the fake's log), not in a loop, and
+/// a good one still syncs meanwhile.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_external_secret_backs_off_and_does_not_hold_up_others() {
+    let k = cluster().await;
+    fake_store(&k, "s3cr3t");
+    let mut bad = external_secret("bad", json!({"name": "bad-db"}), json!({}));
+    bad["spec"]["secretStoreRef"]["name"] = json!("nope");
+    k.apply(bad);
+    let r = Reconciler::start(&k, &[]);
+    let e = wait_for("Ready=False", 30, &r, || {
+        let e = es(&k, "bad");
+        (ready(&e)?.0 == "False").then_some(e)
+    });
+    let (_, reason, message) = ready(&e).unwrap();
+    assert_eq!(reason, "SecretSyncedError");
+    assert!(message.contains("\"nope\""), "{message}");
+    let start = Instant::now();
+    k.apply(external_secret(
+        "good",
+        json!({"name": "good-db"}),
+        json!({}),
+    ));
+    wait_for("the good Secret", 10, &r, || secret(&k, "good-db"));
+    std::thread::sleep(Duration::from_secs(14).saturating_sub(start.elapsed()));
+    let path = format!("/api/v1/namespaces/{NS}/secrets/bad-db");
+    let attempts = k
+        .requests()
+        .iter()
+        .filter(|q| q.method == "GET" && q.path == path)
+        .count();
+    // 1 s, 2 s, 4 s, 8 s (jittered up to twice): at most ~6 attempts in ~15 s, not dozens.
+    assert!(
+        (3..=7).contains(&attempts),
+        "attempts of the broken ExternalSecret: {attempts}"
+    );
+    // Growing: over the next 6 s at most one more attempt (the next delay is ≥ 8 s).
+    std::thread::sleep(Duration::from_secs(6));
+    let later = k
+        .requests()
+        .iter()
+        .filter(|q| q.method == "GET" && q.path == path)
+        .count();
+    assert!(
+        later - attempts <= 1,
+        "the delays must grow: {attempts} then {later}"
+    );
+    assert!(secret(&k, "bad-db").is_none());
+}
+
+/// A SecretStore asking for a ServiceAccount token with an audience the API server
+/// accepts is refused before any TokenRequest, with a clear status.
+#[tokio::test(flavor = "multi_thread")]
+async fn api_server_audiences_are_refused() {
+    let k = cluster().await;
+    k.apply(json!({"apiVersion": "v1", "kind": "ServiceAccount",
+        "metadata": {"name": "admin-sa", "namespace": NS}}));
+    k.apply(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "fed", "namespace": NS},
+        "data": {"ca.crt": b64(k.ca_pem())}
+    }));
+    k.apply(json!({
+        "apiVersion": ESO,
+        "kind": "SecretStore",
+        "metadata": {"name": "remote", "namespace": NS},
+        "spec": {"provider": {"externalsecrets": {
+            "server": {"url": "https://127.0.0.1:9", "caRef": {"name": "fed", "key": "ca.crt"}},
+            "auth": {"kubernetes": {"serviceAccountRef": {
+                "name": "admin-sa", "audiences": ["https://kubernetes.default.svc"]}}},
+            "target": {"clusterSecretStoreName": "any"}
+        }}}
+    }));
+    let mut e = external_secret("steal", json!({"name": "stolen"}), json!({}));
+    e["spec"]["secretStoreRef"] = json!({"kind": "SecretStore", "name": "remote"});
+    k.apply(e);
+    let r = Reconciler::start(&k, &[]);
+    let e = wait_for("Ready=False", 30, &r, || {
+        let e = es(&k, "steal");
+        (ready(&e)?.0 == "False").then_some(e)
+    });
+    let (_, _, message) = ready(&e).unwrap();
+    assert!(
+        message.contains("accepted by the Kubernetes API server"),
+        "{message}"
+    );
+    let asked = k
+        .requests()
+        .iter()
+        .filter(|q| q.method == "POST" && q.path.ends_with("/serviceaccounts/admin-sa/token"))
+        .count();
+    assert_eq!(asked, 0, "no token may be requested");
+}
+
+fn deployment(name: &str, secret: &str) -> Value {
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{
+                    "name": "app", "image": "app:1",
+                    "env": [{"name": "PASSWORD", "valueFrom": {"secretKeyRef": {"name": secret, "key": "password"}}}]
+                }]}
+            }
+        }
+    })
+}
+
+/// Rollout extension: an ExternalSecret annotated `esi.external-secrets.io/rollout: "true"`
+/// whose Secret's data changes records the Secret's new resourceVersion in the pod template
+/// of each Deployment reading it, once per change; a sync that changes nothing rolls
+/// nothing, and a Deployment reading another Secret is left alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn rollout_patches_the_deployment_once_per_change() {
+    let k = cluster().await;
+    k.register_kind::<k8s_openapi::api::apps::v1::Deployment>(true, false);
+    k.register_kind::<k8s_openapi::api::apps::v1::StatefulSet>(true, false);
+    k.register_kind::<k8s_openapi::api::apps::v1::DaemonSet>(true, false);
+    k.apply(deployment("web", "app-db"));
+    k.apply(deployment("other", "unrelated"));
+    fake_store(&k, "v1");
+    let rollout = json!({"esi.external-secrets.io/rollout": "true"});
+    k.apply(external_secret(
+        "app",
+        json!({"name": "app-db"}),
+        json!({"annotations": rollout}),
+    ));
+    let r = Reconciler::start(&k, &[]);
+    wait_for("the first sync", 30, &r, || {
+        (data(&secret(&k, "app-db")?, "password")? == "v1").then_some(())
+    });
+    let versions = |name: &str| {
+        k.get("apps/v1", "Deployment", Some(NS), name).unwrap()["spec"]["template"]["metadata"]
+            ["annotations"]["esi.external-secrets.io/secret-versions"]
+            .as_str()
+            .map(str::to_string)
+    };
+    assert_eq!(versions("web"), None, "a new Secret rolls nothing");
+
+    fake_store(&k, "v2");
+    // The store's change reaches the inventory first.
+    std::thread::sleep(Duration::from_secs(1));
+    k.apply(external_secret(
+        "app",
+        json!({"name": "app-db"}),
+        json!({"annotations": {"esi.external-secrets.io/rollout": "true", "force-sync": "1"}}),
+    ));
+    let rolled = wait_for("the rollout", 15, &r, || versions("web"));
+    let rv = secret(&k, "app-db").unwrap()["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(rolled, format!("app-db={rv}"));
+    assert_eq!(versions("other"), None);
+    let synced = |e: &Value| {
+        e["status"]["syncedResourceVersion"]
+            .as_str()
+            .map(str::to_string)
+    };
+    let first = wait_for("the forced sync's status", 15, &r, || {
+        let e = es(&k, "app");
+        let v = synced(&e)?;
+        (e["status"]["binding"]["name"] == "app-db").then_some(v)
+    });
+
+    // Synced again with the same data: no second rollout.
+    k.apply(external_secret(
+        "app",
+        json!({"name": "app-db"}),
+        json!({"annotations": {"esi.external-secrets.io/rollout": "true", "force-sync": "2"}}),
+    ));
+    wait_for("the second sync", 15, &r, || {
+        let e = es(&k, "app");
+        (synced(&e)? != first && ready(&e)?.0 == "True").then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let patches = k
+        .requests()
+        .iter()
+        .filter(|q| q.method == "PATCH" && q.path.ends_with("/deployments/web"))
+        .count();
+    assert_eq!(patches, 1, "one rollout per change");
+    assert_eq!(versions("web"), Some(rolled));
+}
+
+/// A minimal Vault: `POST /v1/fake/creds` issues a lease, `PUT /v1/sys/leases/revoke`
+/// records the revoked lease id.
+async fn fake_vault() -> (String, Arc<Mutex<Vec<String>>>) {
+    use axum::routing::{post, put};
+    let revoked = Arc::new(Mutex::new(Vec::new()));
+    let counter = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = revoked.clone();
+    let app = axum::Router::new()
+        .route(
+            "/v1/fake/creds",
+            post(move || {
+                let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                async move {
+                    axum::Json(json!({
+                        "lease_id": format!("fake/creds/{n}"),
+                        "lease_duration": 3600,
+                        "data": {"username": format!("user-{n}"), "password": "pw"}
+                    }))
+                }
+            }),
+        )
+        .route(
+            "/v1/sys/leases/revoke",
+            put(move |axum::Json(body): axum::Json<Value>| {
+                let seen = seen.clone();
+                async move {
+                    seen.lock()
+                        .unwrap()
+                        .push(body["lease_id"].as_str().unwrap_or_default().to_string());
+                    axum::http::StatusCode::NO_CONTENT
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, revoked)
+}
+
+/// A `Federation` generator's credential (a VaultDynamicSecret lease on the real server) is
+/// revoked when its ExternalSecret is deleted: the finalizer holds the deletion until the
+/// server's `DELETE /v1/credentials/{id}` revoked it; an ExternalSecret without such a
+/// generator gets no finalizer.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_federation_credential_is_revoked_through_the_finalizer() {
+    const AUD: &str = "https://esi-federation.example.com";
+    const ISS: &str = "https://kubernetes.default.svc.cluster.local";
+    let (vault_url, revoked) = fake_vault().await;
+    let server = Server::start(
+        &[
+            ("federation.yaml", static_federation(ISS, AUD)),
+            (
+                "authorization.yaml",
+                r#"apiVersion: federation.external-secrets.io/v1alpha1
+kind: Authorization
+metadata: {name: allow-app}
+spec:
+  federationRef: {kind: KubernetesFederation, name: alpha}
+  subject:
+    oidc: {issuer: "https://kubernetes.default.svc.cluster.local", subject: "system:serviceaccount:apps:app"}
+  allowedGenerators:
+    - {name: creds, kind: VaultDynamicSecret, namespace: apps}
+"#
+                .to_string(),
+            ),
+            (
+                "generators.yaml",
+                format!(
+                    r#"apiVersion: v1
+kind: Secret
+metadata: {{name: vault-token, namespace: apps}}
+stringData: {{token: t}}
+---
+apiVersion: generators.external-secrets.io/v1alpha1
+kind: VaultDynamicSecret
+metadata: {{name: creds, namespace: apps}}
+spec:
+  method: POST
+  path: fake/creds
+  provider:
+    server: {vault_url}
+    auth:
+      tokenSecretRef: {{name: vault-token, key: token}}
+"#
+                ),
+            ),
+        ],
+        &[],
+    );
+    let k = cluster().await;
+    k.register(
+        "generators.external-secrets.io",
+        "v1alpha1",
+        "Federation",
+        "federations",
+        true,
+        false,
+    );
+    let ca = String::from_utf8(server.ca_pem()).unwrap();
+    k.apply(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "fed", "namespace": NS},
+        "data": {
+            "token": b64(&mint("ec-1", &sa_claims(ISS, AUD, NS, "app"), None)),
+            "ca.crt": b64(&ca)
+        }
+    }));
+    k.apply(json!({
+        "apiVersion": "generators.external-secrets.io/v1alpha1",
+        "kind": "Federation",
+        "metadata": {"name": "fed", "namespace": NS},
+        "spec": {
+            "server": {"url": server.url, "caRef": {"name": "fed", "key": "ca.crt"}},
+            "generator": {"namespace": NS, "kind": "VaultDynamicSecret", "name": "creds"},
+            "auth": {
+                "tokenSecretRef": {"name": "fed", "key": "token"},
+                "caCertSecretRef": {"name": "fed", "key": "ca.crt"}
+            }
+        }
+    }));
+    k.apply(json!({
+        "apiVersion": ESO,
+        "kind": "ExternalSecret",
+        "metadata": {"name": "db", "namespace": NS},
+        "spec": {
+            "refreshInterval": "1h",
+            "target": {"name": "db-creds"},
+            "dataFrom": [{"sourceRef": {"generatorRef": {
+                "apiVersion": "generators.external-secrets.io/v1alpha1",
+                "kind": "Federation", "name": "fed"}}}]
+        }
+    }));
+    fake_store(&k, "s3cr3t");
+    k.apply(external_secret(
+        "plain",
+        json!({"name": "plain-db"}),
+        json!({}),
+    ));
+    let r = Reconciler::start(&k, &[]);
+    let s = wait_for("the generated Secret", 30, &r, || secret(&k, "db-creds"));
+    assert_eq!(data(&s, "username").as_deref(), Some("user-0"));
+    let finalizers = es(&k, "db")["metadata"]["finalizers"].clone();
+    assert_eq!(
+        finalizers,
+        json!(["esi.external-secrets.io/revoke-credentials"])
+    );
+    wait_for("the plain Secret", 15, &r, || secret(&k, "plain-db"));
+    assert!(
+        es(&k, "plain")["metadata"].get("finalizers").is_none(),
+        "no finalizer without outside state"
+    );
+    assert!(revoked.lock().unwrap().is_empty());
+
+    assert!(k.delete(ESO, "ExternalSecret", Some(NS), "db"));
+    wait_for("the ExternalSecret gone", 30, &r, || {
+        k.get(ESO, "ExternalSecret", Some(NS), "db")
+            .is_none()
+            .then_some(())
+    });
+    assert_eq!(*revoked.lock().unwrap(), ["fake/creds/0"]);
+    wait_for("the Secret collected", 15, &r, || {
+        secret(&k, "db-creds").is_none().then_some(())
+    });
+}
+
+/// A ClusterSecretStore's `conditions.namespaceSelector` reads the Namespace's labels from
+/// the cluster: a labelled namespace is admitted, another is refused (deny by default).
+#[tokio::test(flavor = "multi_thread")]
+async fn cluster_store_conditions_read_namespace_labels() {
+    let k = cluster().await;
+    k.apply(json!({"apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": NS, "labels": {"team": "a"}}}));
+    k.apply(json!({"apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": "other", "labels": {"team": "b"}}}));
+    k.apply(json!({
+        "apiVersion": ESO,
+        "kind": "ClusterSecretStore",
+        "metadata": {"name": "fake"},
+        "spec": {
+            "provider": {"fake": {"data": [{"key": "db", "value": "s3cr3t"}]}},
+            "conditions": [{"namespaceSelector": {"matchLabels": {"team": "a"}}}]
+        }
+    }));
+    k.apply(external_secret("app", json!({"name": "app-db"}), json!({})));
+    let mut other = external_secret("app", json!({"name": "app-db"}), json!({}));
+    other["metadata"]["namespace"] = json!("other");
+    k.apply(other);
+    let r = Reconciler::start(&k, &[]);
+    let s = wait_for("the admitted Secret", 30, &r, || secret(&k, "app-db"));
+    assert_eq!(data(&s, "password").as_deref(), Some("s3cr3t"));
+    let refused = wait_for("the refusal", 15, &r, || {
+        let e = k.get(ESO, "ExternalSecret", Some("other"), "app")?;
+        let c = ready(&e)?;
+        (c.0 == "False").then_some(c.2)
+    });
+    assert!(refused.contains("not allowed from namespace"), "{refused}");
+    assert!(k.get("v1", "Secret", Some("other"), "app-db").is_none());
+}
+
+/// Two replicas: only the holder of the Lease writes Secrets and statuses.
+#[tokio::test(flavor = "multi_thread")]
+async fn only_the_lease_holder_reconciles() {
+    let k = cluster().await;
+    fake_store(&k, "s3cr3t");
+    k.apply(external_secret("app", json!({"name": "app-db"}), json!({})));
+    let a = Reconciler::start_as(&k, "replica-a", &["--leader-election-identity", "a"]);
+    let b = Reconciler::start_as(&k, "replica-b", &["--leader-election-identity", "b"]);
+    wait_for("the Secret", 30, &a, || secret(&k, "app-db"));
+    wait_for("the status", 15, &b, || {
+        (ready(&es(&k, "app"))?.0 == "True").then_some(())
+    });
+    // More ExternalSecrets while both run.
+    for i in 0..3 {
+        k.apply(external_secret(
+            &format!("more-{i}"),
+            json!({"name": format!("more-{i}")}),
+            json!({}),
+        ));
+    }
+    for i in 0..3 {
+        wait_for("more Secrets", 15, &a, || secret(&k, &format!("more-{i}")));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let writers: std::collections::BTreeSet<String> = k
+        .requests()
+        .into_iter()
+        .filter(|q| {
+            (q.path.contains("/secrets") && matches!(q.method.as_str(), "POST" | "PUT" | "PATCH"))
+                || (q.is_status_write() && q.path.contains("/externalsecrets/"))
+        })
+        .filter_map(|q| q.user)
+        .collect();
+    assert_eq!(writers.len(), 1, "writers: {writers:?}");
+    drop(b);
+}
+
+/// `templateFrom` a Secret of the ExternalSecret's namespace: that Secret is watched (by
+/// name) and its template rendered.
+#[tokio::test(flavor = "multi_thread")]
+async fn template_from_a_secret_is_read_from_the_cluster() {
+    let k = cluster().await;
+    fake_store(&k, "s3cr3t");
+    k.apply(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "tpl", "namespace": NS},
+        "data": {"config": b64("user=app password={{ .password }}")}
+    }));
+    let mut e = external_secret("app", json!({"name": "app-db"}), json!({}));
+    e["spec"]["target"]["template"] = json!({
+        "templateFrom": [{"secret": {"name": "tpl", "items": [{"key": "config"}]}}]
+    });
+    k.apply(e);
+    let r = Reconciler::start(&k, &[]);
+    let s = wait_for("the templated Secret", 30, &r, || {
+        let s = secret(&k, "app-db")?;
+        data(&s, "config").map(|_| s)
+    });
+    assert_eq!(
+        data(&s, "config").as_deref(),
+        Some("user=app password=s3cr3t")
+    );
+}
