@@ -64,6 +64,11 @@ pub struct Metrics {
     /// ESO's `externalsecret_reconcile_duration{name,namespace}`: the last reconcile's
     /// duration in nanoseconds (ESO sets a Go `time.Duration` as the value).
     pub es_reconcile_duration: GaugeVec,
+    /// ESO's `externalsecret_provider_api_calls_count{provider,call,status}`: backend calls
+    /// by provider or generator kind, call (ESO's interface method: `GetSecret`,
+    /// `GetSecretMap`, `GetAllSecrets`, `Generate`, `Cleanup`, `Renew`) and `status`
+    /// (`success` / `error`), in every mode.
+    pub es_provider_api_calls: IntCounterVec,
 }
 
 fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
@@ -239,6 +244,12 @@ impl Metrics {
                 "The duration time to reconcile the External Secret",
                 &["name", "namespace"],
             ),
+            es_provider_api_calls: counter(
+                &registry,
+                "externalsecret_provider_api_calls_count",
+                "Number of API calls towards the secret provider",
+                &["provider", "call", "status"],
+            ),
             policies,
             registry,
         }
@@ -256,11 +267,14 @@ impl Metrics {
 }
 
 /// Runs one backend call of `kind` and records it: `esi_backend_calls_total{kind, outcome}`
-/// (`outcome` names the result: `ok` or an error kind) and, with `timed`, its latency in
-/// `esi_backend_call_duration_seconds{kind}`. The one metering path of providers and
-/// generators alike.
+/// (`outcome` names the result: `ok` or an error kind), ESO's
+/// `externalsecret_provider_api_calls_count{provider, call, status}` (`provider`: `kind`
+/// up to a `/`) and, with `timed`,
+/// its latency in `esi_backend_call_duration_seconds{kind}`. The one metering path of
+/// providers and generators alike.
 pub async fn observe_backend_call<T, E>(
     kind: &str,
+    call_name: &str,
     timed: bool,
     outcome: impl FnOnce(&Result<T, E>) -> &'static str,
     call: impl std::future::Future<Output = Result<T, E>>,
@@ -270,6 +284,13 @@ pub async fn observe_backend_call<T, E>(
     METRICS
         .backend_calls
         .with_label_values(&[kind, outcome(&result)])
+        .inc();
+    let status = if result.is_ok() { "success" } else { "error" };
+    // `kind` may carry the operation (`VaultDynamicSecret/revoke`); ESO's label is the kind.
+    let provider = kind.split('/').next().unwrap_or(kind);
+    METRICS
+        .es_provider_api_calls
+        .with_label_values(&[provider, call_name, status])
         .inc();
     if timed {
         METRICS

@@ -822,7 +822,7 @@ async fn review_status_writes_leave_esos_ready_condition_on_cluster_secret_store
     );
 }
 
-/// The referenced-Secret watch budget (MAX_WATCHED_SECRETS = 2000) is shared by every
+/// The referenced-Secret watch budget (MAX_WATCHED_OBJECTS = 2000) is shared by every
 /// namespace: a namespace editor's generator (here a Password generator in `aaa`, whose
 /// spec need not even be valid) that names 2000 Secrets of its own namespace takes every
 /// slot, and the administrator's ClusterSecretStore Secret (namespace `esi-system` sorts

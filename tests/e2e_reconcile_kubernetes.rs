@@ -274,6 +274,12 @@ async fn owner_policy_writes_the_secret_status_and_event_and_gc_collects_it() {
         assert!(text.contains(line), "{line} not in:\n{text}");
     }
     assert!(text.contains("externalsecret_reconcile_duration{name=\"app\",namespace=\"apps\"}"));
+    assert!(
+        text.contains(
+            "externalsecret_provider_api_calls_count{call=\"GetSecret\",provider=\"fake\",status=\"success\"}"
+        ),
+        "{text}"
+    );
 
     // A Secret edited by hand is written back.
     let mut edited = secret(&k, "app-db").unwrap();
@@ -590,7 +596,32 @@ async fn rollout_patches_the_deployment_once_per_change() {
         .filter(|q| q.method == "PATCH" && q.path.ends_with("/deployments/web"))
         .count();
     assert_eq!(patches, 1, "one rollout per change");
-    assert_eq!(versions("web"), Some(rolled));
+    assert_eq!(versions("web"), Some(rolled.clone()));
+
+    // A patch the API refuses for a while (500) is retried (before: logged and lost, the
+    // Deployment kept the old value until the next change).
+    fake_store(&k, "v3");
+    std::thread::sleep(Duration::from_secs(1));
+    k.fail_next_writes("deployments", 2);
+    k.apply(external_secret(
+        "app",
+        json!({"name": "app-db"}),
+        json!({"annotations": {"esi.external-secrets.io/rollout": "true", "force-sync": "3"}}),
+    ));
+    let again = wait_for("the retried rollout", 15, &r, || {
+        versions("web").filter(|v| *v != rolled)
+    });
+    let rv = secret(&k, "app-db").unwrap()["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(again, format!("app-db={rv}"));
+    let patches = k
+        .requests()
+        .iter()
+        .filter(|q| q.method == "PATCH" && q.path.ends_with("/deployments/web"))
+        .count();
+    assert_eq!(patches, 1 + 3, "two refused, the third went through");
 }
 
 /// A minimal Vault: `POST /v1/fake/creds` issues a lease, `PUT /v1/sys/leases/revoke`
@@ -854,4 +885,112 @@ async fn template_from_a_secret_is_read_from_the_cluster() {
         data(&s, "config").as_deref(),
         Some("user=app password=s3cr3t")
     );
+}
+
+/// A `ClusterGenerator` wrapping a revocable kind (here `VaultDynamicSecret`) gets the
+/// finalizer like the kind itself, and its lease is revoked when the ExternalSecret goes
+/// (before: no finalizer, the lease outlived the ExternalSecret).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cluster_generator_wrapping_a_revocable_kind_is_revoked_through_the_finalizer() {
+    let (vault_url, revoked) = fake_vault().await;
+    let k = cluster().await;
+    k.register(
+        "generators.external-secrets.io",
+        "v1alpha1",
+        "ClusterGenerator",
+        "clustergenerators",
+        false,
+        false,
+    );
+    k.apply(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "vault-token", "namespace": NS},
+        "data": {"token": b64("t")}
+    }));
+    k.apply(json!({
+        "apiVersion": "generators.external-secrets.io/v1alpha1",
+        "kind": "ClusterGenerator",
+        "metadata": {"name": "db"},
+        "spec": {
+            "kind": "VaultDynamicSecret",
+            "generator": {"vaultDynamicSecretSpec": {
+                "method": "POST",
+                "path": "fake/creds",
+                "provider": {
+                    "server": vault_url,
+                    "auth": {"tokenSecretRef": {"name": "vault-token", "namespace": NS, "key": "token"}}
+                }
+            }}
+        }
+    }));
+    k.apply(json!({
+        "apiVersion": ESO,
+        "kind": "ExternalSecret",
+        "metadata": {"name": "db", "namespace": NS},
+        "spec": {
+            "refreshInterval": "1h",
+            "target": {"name": "db-creds"},
+            "dataFrom": [{"sourceRef": {"generatorRef": {
+                "apiVersion": "generators.external-secrets.io/v1alpha1",
+                "kind": "ClusterGenerator", "name": "db"}}}]
+        }
+    }));
+    let r = Reconciler::start(&k, &[]);
+    let s = wait_for("the generated Secret", 30, &r, || secret(&k, "db-creds"));
+    assert_eq!(data(&s, "username").as_deref(), Some("user-0"));
+    assert_eq!(
+        es(&k, "db")["metadata"]["finalizers"],
+        json!(["esi.external-secrets.io/revoke-credentials"])
+    );
+    assert!(revoked.lock().unwrap().is_empty());
+    assert!(k.delete(ESO, "ExternalSecret", Some(NS), "db"));
+    wait_for("the ExternalSecret gone", 30, &r, || {
+        k.get(ESO, "ExternalSecret", Some(NS), "db")
+            .is_none()
+            .then_some(())
+    });
+    assert_eq!(*revoked.lock().unwrap(), ["fake/creds/0"]);
+}
+
+/// `templateFrom` a ConfigMap: watched by name like a Secret; an ExternalSecret whose
+/// ConfigMap is missing fails naming it, and syncs once the ConfigMap is created (before:
+/// ConfigMaps were never watched, the template failed for good).
+#[tokio::test(flavor = "multi_thread")]
+async fn template_from_a_config_map_is_read_from_the_cluster() {
+    let k = cluster().await;
+    fake_store(&k, "s3cr3t");
+    let mut e = external_secret("app", json!({"name": "app-db"}), json!({}));
+    e["spec"]["target"]["template"] = json!({
+        "templateFrom": [{"configMap": {"name": "tpl", "items": [{"key": "config"}]}}]
+    });
+    k.apply(e);
+    let r = Reconciler::start(&k, &[]);
+    let failed = wait_for("the missing ConfigMap reported", 30, &r, || {
+        let c = ready(&es(&k, "app"))?;
+        (c.0 == "False").then_some(c.2)
+    });
+    assert!(failed.contains("tpl"), "{failed}");
+    assert!(secret(&k, "app-db").is_none());
+    k.apply(json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "tpl", "namespace": NS},
+        "data": {"config": "user=app password={{ .password }}"}
+    }));
+    let s = wait_for("the templated Secret", 30, &r, || {
+        let s = secret(&k, "app-db")?;
+        data(&s, "config").map(|_| s)
+    });
+    assert_eq!(
+        data(&s, "config").as_deref(),
+        Some("user=app password=s3cr3t")
+    );
+    // A change of the ConfigMap re-renders.
+    k.apply(json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "tpl", "namespace": NS},
+        "data": {"config": "pw={{ .password }}"}
+    }));
+    wait_for("the re-rendered Secret", 30, &r, || {
+        (data(&secret(&k, "app-db")?, "config")? == "pw=s3cr3t").then_some(())
+    });
 }

@@ -93,7 +93,7 @@ impl Feed {
         });
     }
 
-    fn referenced_secrets(&self) -> Vec<(String, String)> {
+    fn referenced_secrets(&self) -> Vec<crate::source::NamedObject> {
         lock(&self.builder).referenced_secrets()
     }
 }
@@ -138,13 +138,13 @@ pub async fn run(
     }
 
     // The first full list of everything, then the first snapshot.
-    let mut secrets: Vec<(String, String)> = Vec::new();
+    let mut secrets: Vec<crate::source::NamedObject> = Vec::new();
     loop {
         // Checked before waiting: with no kind to watch (none installed) nothing would come.
         if source.kinds_synced() {
             let wanted = feed.referenced_secrets();
             if wanted != secrets {
-                source.watch_secrets(&wanted, &mut |e| feed.kube(e));
+                source.watch_named(&wanted, &mut |e| feed.kube(e));
                 secrets = wanted;
             }
             if source.synced() {
@@ -225,7 +225,7 @@ pub async fn run(
         }
         let wanted = feed.referenced_secrets();
         if wanted != secrets {
-            source.watch_secrets(&wanted, &mut |e| feed.kube(e));
+            source.watch_named(&wanted, &mut |e| feed.kube(e));
             secrets = wanted;
             changed = true;
         }

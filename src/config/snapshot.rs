@@ -28,7 +28,9 @@ use crate::resources::{
 };
 use crate::resources::{GeneratorKey, SecretIndex};
 use crate::source::dir::DirectoryScanner;
-use crate::source::{LoadError, ObjectKey, RawObject, SourceEvent, SourceObject, inside};
+use crate::source::{
+    LoadError, NamedObject, ObjectKey, RawObject, SourceEvent, SourceObject, inside,
+};
 
 /// Where resources come from in directory mode.
 #[derive(Debug, Clone)]
@@ -347,13 +349,9 @@ impl SnapshotBuilder {
     /// objects (ClusterSecretStores, ClusterGenerators: written by cluster administrators),
     /// then those of namespaced generators, at most [`MAX_SECRETS_PER_NAMESPACE`] per
     /// namespace, so that no namespace's objects can crowd out another's or the cluster's.
-    pub fn referenced_secrets(&self) -> Vec<(String, String)> {
-        let mut cluster = std::collections::BTreeSet::new();
-        let mut namespaced: BTreeMap<String, std::collections::BTreeSet<(String, String)>> =
-            BTreeMap::new();
-        for obj in self.objects.values() {
-            let g = group(&obj.api_version);
-            let owner = match (g, obj.kind.as_str()) {
+    pub fn referenced_secrets(&self) -> Vec<NamedObject> {
+        let refs = self.objects.values().filter_map(|obj| {
+            let owner = match (group(&obj.api_version), obj.kind.as_str()) {
                 ("external-secrets.io", "ClusterSecretStore") => None,
                 ("generators.external-secrets.io", kind) if generators::is_generator_kind(kind) => {
                     if generators::is_cluster_scoped(kind) {
@@ -362,26 +360,16 @@ impl SnapshotBuilder {
                         Some(obj.metadata.namespace.as_deref().unwrap_or("default"))
                     }
                 }
-                _ => continue,
+                _ => return None,
             };
-            let Some(spec) = obj.body.get("spec") else {
-                continue;
-            };
-            let refs = crate::resources::secret_references(spec, owner);
-            match owner {
-                None => cluster.extend(refs),
-                Some(ns) => namespaced.entry(ns.to_string()).or_default().extend(refs),
-            }
-        }
-        let mut out: Vec<(String, String)> = cluster.iter().cloned().collect();
-        for refs in namespaced.into_values() {
-            out.extend(
-                refs.into_iter()
-                    .filter(|r| !cluster.contains(r))
-                    .take(MAX_SECRETS_PER_NAMESPACE),
-            );
-        }
-        out
+            let spec = obj.body.get("spec")?;
+            let refs = crate::resources::secret_references(spec, owner)
+                .into_iter()
+                .map(|(ns, name)| NamedObject::secret(ns, name))
+                .collect();
+            Some((owner, refs))
+        });
+        crate::source::watch_order(refs, MAX_SECRETS_PER_NAMESPACE)
     }
 
     fn remove(&mut self, key: &ObjectKey) {
@@ -900,10 +888,10 @@ mod tests {
              spec: {path: p, provider: {server: 'https://v', auth: {tokenSecretRef: {name: mine, key: t}}}}\n",
         );
         let refs = builder_of(&yaml).referenced_secrets();
-        let pair = |a: &str, b: &str| (a.to_string(), b.to_string());
+        let pair = NamedObject::secret;
         assert_eq!(refs[0], pair("zz", "zz-admin"), "the cluster's first");
         assert_eq!(
-            refs.iter().filter(|(ns, _)| ns == "aa-tenant").count(),
+            refs.iter().filter(|r| r.namespace == "aa-tenant").count(),
             MAX_SECRETS_PER_NAMESPACE,
             "one namespace is capped"
         );

@@ -536,13 +536,13 @@ impl<G: Generator> Generator for Metered<G> {
 
     async fn generate(&self, ctx: &GenerateContext<'_>) -> Result<Generated, GeneratorError> {
         let inner = self.inner();
-        observe_backend_call(inner.kind(), true, outcome, inner.generate(ctx)).await
+        observe_backend_call(inner.kind(), "Generate", true, outcome, inner.generate(ctx)).await
     }
 
     async fn revoke(&self, state: &RevocationState) -> Result<(), GeneratorError> {
         let inner = self.inner();
         let kind = format!("{}/revoke", inner.kind());
-        observe_backend_call(&kind, false, outcome, inner.revoke(state)).await
+        observe_backend_call(&kind, "Cleanup", false, outcome, inner.revoke(state)).await
     }
 
     async fn renew(
@@ -552,7 +552,7 @@ impl<G: Generator> Generator for Metered<G> {
     ) -> Result<Renewed, GeneratorError> {
         let inner = self.inner();
         let kind = format!("{}/renew", inner.kind());
-        observe_backend_call(&kind, true, outcome, inner.renew(state, increment)).await
+        observe_backend_call(&kind, "Renew", true, outcome, inner.renew(state, increment)).await
     }
 }
 

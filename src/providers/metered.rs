@@ -13,10 +13,12 @@ use crate::metrics::observe_backend_call;
 /// Records one provider call: `backend_calls` (kind, outcome) and `backend_latency`.
 async fn observe<T>(
     kind: &'static str,
+    call_name: &'static str,
     call: impl Future<Output = Result<T, ProviderError>>,
 ) -> Result<T, ProviderError> {
     observe_backend_call(
         kind,
+        call_name,
         true,
         |r| match r {
             Ok(_) => "ok",
@@ -42,18 +44,33 @@ impl<P: SecretProvider> SecretProvider for Metered<P> {
     }
 
     async fn get_secret(&self, remote: &RemoteRef) -> Result<Vec<u8>, ProviderError> {
-        observe(self.inner().kind(), self.inner().get_secret(remote)).await
+        observe(
+            self.inner().kind(),
+            "GetSecret",
+            self.inner().get_secret(remote),
+        )
+        .await
     }
 
     async fn get_secret_map(
         &self,
         remote: &RemoteRef,
     ) -> Result<BTreeMap<String, Vec<u8>>, ProviderError> {
-        observe(self.inner().kind(), self.inner().get_secret_map(remote)).await
+        observe(
+            self.inner().kind(),
+            "GetSecretMap",
+            self.inner().get_secret_map(remote),
+        )
+        .await
     }
 
     async fn find(&self, find: &FindRequest) -> Result<BTreeMap<String, Vec<u8>>, ProviderError> {
-        observe(self.inner().kind(), self.inner().find(find)).await
+        observe(
+            self.inner().kind(),
+            "GetAllSecrets",
+            self.inner().find(find),
+        )
+        .await
     }
 
     async fn find_allowed(
@@ -61,7 +78,12 @@ impl<P: SecretProvider> SecretProvider for Metered<P> {
         find: &FindRequest,
         allow: &KeyFilter<'_>,
     ) -> Result<BTreeMap<String, Vec<u8>>, ProviderError> {
-        observe(self.inner().kind(), self.inner().find_allowed(find, allow)).await
+        observe(
+            self.inner().kind(),
+            "GetAllSecrets",
+            self.inner().find_allowed(find, allow),
+        )
+        .await
     }
 }
 
@@ -99,13 +121,28 @@ mod tests {
                 .with_label_values(&["metered_test", outcome])
                 .get()
         };
+        let eso = |call: &str, status: &str| {
+            METRICS
+                .es_provider_api_calls
+                .with_label_values(&["metered_test", call, status])
+                .get()
+        };
         let before = (count("not_found"), count("ok"), count("timeout"));
+        let eso_before = (
+            eso("GetSecret", "error"),
+            eso("GetSecretMap", "success"),
+            eso("GetAllSecrets", "error"),
+        );
         let _ = p.get_secret(&RemoteRef::default()).await;
         let _ = p.get_secret_map(&RemoteRef::default()).await;
         let _ = p.find(&FindRequest::default()).await;
         assert_eq!(count("not_found"), before.0 + 1);
         assert_eq!(count("ok"), before.1 + 1);
         assert_eq!(count("timeout"), before.2 + 1);
+        // ESO's names and statuses.
+        assert_eq!(eso("GetSecret", "error"), eso_before.0 + 1);
+        assert_eq!(eso("GetSecretMap", "success"), eso_before.1 + 1);
+        assert_eq!(eso("GetAllSecrets", "error"), eso_before.2 + 1);
         let samples = METRICS
             .backend_latency
             .with_label_values(&["metered_test"])

@@ -124,13 +124,18 @@ pub fn convert_keys(
     Ok(out)
 }
 
-/// ESO's `ValidateKeys`: an empty key is dropped (its provider data did not exist); a key
-/// over 253 bytes, or with a character other than a letter, digit, `-`, `.`, `_`, is an
-/// error.
+/// ESO's `ValidateKeys`: an empty key is dropped (its provider data did not exist); any
+/// other key must be what the API server accepts as a Secret key (Kubernetes'
+/// `IsConfigMapKey`): at most 253 bytes of ASCII letters, digits, `-`, `.`, `_`, and not
+/// `.`, `..` or starting with `..` (ESO's conversion keeps non-ASCII letters; the API
+/// server would refuse them later, here the error names the key first).
 pub fn validate_keys(mut map: DataMap, what: &str) -> Result<DataMap, SyncError> {
     map.remove("");
     for key in map.keys() {
-        if key.len() > MAX_SECRET_KEY_LEN || !key.chars().all(valid_key_char) {
+        let ascii = key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+        if key.len() > MAX_SECRET_KEY_LEN || !ascii || key == "." || key.starts_with("..") {
             let mut shown = key.clone();
             if shown.len() > MAX_SECRET_KEY_LEN {
                 let mut end = MAX_SECRET_KEY_LEN;
@@ -416,6 +421,19 @@ mod tests {
         let err = validate_keys(map(&[(&long, "1")]), "w").unwrap_err();
         assert!(matches!(err, SyncError::InvalidKey { ref key, .. } if key.len() == 253));
         assert!(validate_keys(map(&[(&"k".repeat(253), "1")]), "w").is_ok());
+        // What the API server refuses as a Secret key (IsConfigMapKey).
+        for bad in [".", "..", "..a", "..data", "é", "ключ", "a b"] {
+            assert!(
+                matches!(
+                    validate_keys(map(&[(bad, "1")]), "w"),
+                    Err(SyncError::InvalidKey { .. })
+                ),
+                "{bad}"
+            );
+        }
+        for good in [".a", "a..b", "a.", "-", "_"] {
+            assert!(validate_keys(map(&[(good, "1")]), "w").is_ok(), "{good}");
+        }
     }
 
     fn regexp(source: &str, target: &str) -> Rewrite {

@@ -1,7 +1,7 @@
 //! `esi-server reconcile --kubernetes`: ExternalSecrets of a cluster → its Secrets.
 //!
-//! - The inventory (SecretStores, ClusterSecretStores, generators and the Secrets they
-//!   reference) is fed by [`KubeSource`] with [`reconciled_kind`], rebuilt after each batch of
+//! - The inventory (SecretStores, ClusterSecretStores, generators, the Secrets they
+//!   reference and the Secrets and ConfigMaps of `templateFrom`) is fed by [`KubeSource`] with [`reconciled_kind`], rebuilt after each batch of
 //!   changes and published whole ([`ArcSwap`]); each publication re-queues every
 //!   ExternalSecret (`reconcile_all_on`).
 //! - A kube-runtime [`Controller`] over ExternalSecrets (`external-secrets.io/v1`), owning the
@@ -36,7 +36,7 @@ use tokio::sync::watch;
 use crate::providers::ProviderSettings;
 use crate::resources::external_secret::{CreationPolicy, RefreshPolicy};
 use crate::source::kubernetes::{KindFilter, KubeSource};
-use crate::source::{ObjectKey, SourceEvent, SourceObject};
+use crate::source::{NamedObject, ObjectKey, SourceEvent, SourceObject};
 use crate::status::lease::{self, LeaseSettings, Term};
 
 use super::error::{REASON_DELETED, REASON_MISSING, REASON_SYNCED};
@@ -142,8 +142,9 @@ struct Feed {
     dirty: bool,
 }
 
-/// An object's owner namespace (None: cluster-scoped) and the Secrets it references.
-type Refs = (Option<String>, BTreeSet<(String, String)>);
+/// An object's owner namespace (None: cluster-scoped) and the Secrets and ConfigMaps it
+/// references.
+type Refs = (Option<String>, BTreeSet<NamedObject>);
 
 impl Feed {
     fn apply(&mut self, event: SourceEvent) {
@@ -163,7 +164,7 @@ impl Feed {
             | SourceEvent::InitApply(key, SourceObject::Manifest(obj)) => {
                 let group = obj.api_version.split_once('/').map_or("", |(g, _)| g);
                 if group.is_empty() {
-                    // A Namespace: it references nothing.
+                    // A core object (Namespace, Secret, ConfigMap): it references nothing.
                     self.builder.apply(event);
                     return;
                 }
@@ -182,12 +183,15 @@ impl Feed {
                     ),
                 };
                 let refs = if obj.kind == "ExternalSecret" {
-                    template_secrets(&obj.body, owner.as_deref().unwrap_or("default"))
+                    template_sources(&obj.body, owner.as_deref().unwrap_or("default"))
                 } else {
                     obj.body
                         .get("spec")
                         .map(|spec| crate::resources::secret_references(spec, owner.as_deref()))
                         .unwrap_or_default()
+                        .into_iter()
+                        .map(|(ns, name)| NamedObject::secret(ns, name))
+                        .collect()
                 };
                 self.refs.insert(key.clone(), (owner, refs));
             }
@@ -199,49 +203,46 @@ impl Feed {
         self.builder.apply(event);
     }
 
-    /// Referenced Secrets, those of cluster-scoped objects first, then at most
-    /// [`MAX_SECRETS_PER_NAMESPACE`] per namespace (no namespace crowds out another).
-    fn referenced_secrets(&self) -> Vec<(String, String)> {
-        let mut cluster = BTreeSet::new();
-        let mut namespaced: BTreeMap<&str, BTreeSet<(String, String)>> = BTreeMap::new();
-        for (owner, refs) in self.refs.values() {
-            match owner {
-                None => cluster.extend(refs.iter().cloned()),
-                Some(ns) => namespaced
-                    .entry(ns.as_str())
-                    .or_default()
-                    .extend(refs.iter().cloned()),
-            }
-        }
-        let mut out: Vec<_> = cluster.iter().cloned().collect();
-        for refs in namespaced.into_values() {
-            out.extend(
-                refs.into_iter()
-                    .filter(|r| !cluster.contains(r))
-                    .take(MAX_SECRETS_PER_NAMESPACE),
-            );
-        }
-        out
+    /// Referenced Secrets and ConfigMaps, those of cluster-scoped objects first, then at
+    /// most [`MAX_OBJECTS_PER_NAMESPACE`] per namespace (no namespace crowds out another).
+    fn referenced(&self) -> Vec<NamedObject> {
+        crate::source::watch_order(
+            self.refs
+                .values()
+                .map(|(owner, refs)| (owner.as_deref(), refs.clone())),
+            MAX_OBJECTS_PER_NAMESPACE,
+        )
     }
 }
 
-/// Most referenced Secrets watched per namespace.
-const MAX_SECRETS_PER_NAMESPACE: usize = 200;
+/// Most referenced Secrets and ConfigMaps watched per namespace.
+const MAX_OBJECTS_PER_NAMESPACE: usize = 200;
 /// Most `templateFrom` entries of one ExternalSecret looked at.
 const MAX_TEMPLATE_FROM: usize = 32;
 
-/// The Secrets an ExternalSecret's `spec.target.template.templateFrom[].secret` name, in its
-/// namespace.
-fn template_secrets(body: &Value, namespace: &str) -> BTreeSet<(String, String)> {
-    body.pointer("/spec/target/template/templateFrom")
+/// The Secrets and ConfigMaps an ExternalSecret's `spec.target.template.templateFrom[]`
+/// name (`secret.name`, `configMap.name`), in its namespace.
+fn template_sources(body: &Value, namespace: &str) -> BTreeSet<NamedObject> {
+    let entries = body
+        .pointer("/spec/target/template/templateFrom")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
-        .take(MAX_TEMPLATE_FROM)
-        .filter_map(|t| t.pointer("/secret/name")?.as_str())
-        .filter(|n| sync::is_object_name(n))
-        .map(|n| (namespace.to_string(), n.to_string()))
-        .collect()
+        .take(MAX_TEMPLATE_FROM);
+    let mut out = BTreeSet::new();
+    for t in entries {
+        if let Some(n) = t.pointer("/secret/name").and_then(Value::as_str)
+            && sync::is_object_name(n)
+        {
+            out.insert(NamedObject::secret(namespace, n));
+        }
+        if let Some(n) = t.pointer("/configMap/name").and_then(Value::as_str)
+            && sync::is_object_name(n)
+        {
+            out.insert(NamedObject::config_map(namespace, n));
+        }
+    }
+    out
 }
 
 /// Runs the inventory feed: discovery (retried), the first full list, then every change;
@@ -276,15 +277,15 @@ async fn run_inventory(
     source.watch_kinds(vec![ApiResource::erase::<
         k8s_openapi::api::core::v1::Namespace,
     >(&())]);
-    let mut secrets: Vec<(String, String)> = Vec::new();
+    let mut watched: Vec<NamedObject> = Vec::new();
     let mut generation = 0u64;
     let mut first = true;
     loop {
         if source.kinds_synced() {
-            let wanted = feed.referenced_secrets();
-            if wanted != secrets {
-                source.watch_secrets(&wanted, &mut |e| feed.apply(e));
-                secrets = wanted;
+            let wanted = feed.referenced();
+            if wanted != watched {
+                source.watch_named(&wanted, &mut |e| feed.apply(e));
+                watched = wanted;
             }
             // ExternalSecrets' own changes (they matter here only for the Secrets their
             // templates read) reach the controller through its own watch: no new inventory.
@@ -330,6 +331,10 @@ struct Context {
     /// What this replica last wrote in each status (the watch cache can lag behind our
     /// own writes: a reconcile queued meanwhile must not sync again, nor rewrite a failure).
     written: Mutex<HashMap<ObjectRef<DynamicObject>, Written>>,
+    /// Per ExternalSecret, the fingerprint of its `templateFrom` sources' data when its
+    /// Secret was last known to be in sync ([`template_fingerprint`]; memory only, never
+    /// written anywhere: it is derived from Secret data).
+    templates: Mutex<HashMap<ObjectRef<DynamicObject>, String>>,
     recorder: Recorder,
     resource: ApiResource,
 }
@@ -371,6 +376,7 @@ pub async fn run(
         leading: leading_rx,
         failures: Mutex::new(HashMap::new()),
         written: Mutex::new(HashMap::new()),
+        templates: Mutex::new(HashMap::new()),
         recorder: Recorder::new(
             client.clone(),
             Reporter {
@@ -577,9 +583,13 @@ async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action,
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&key);
+        ctx.templates
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key);
         return Ok(Action::await_change());
     }
-    if uses_revocable_generator(&es) && !has_finalizer(&obj) {
+    if uses_revocable_generator(&es, &inv) && !has_finalizer(&obj) {
         // Before the first credential is issued: its revocation must not be skipped.
         set_finalizer(&ctx, &obj, &es, true).await?;
     }
@@ -728,14 +738,30 @@ async fn reconcile_one(
     let valid =
         spec.target.creation_policy == CreationPolicy::None || secret_valid(existing.as_ref());
     let refresh = spec.refresh_policy.unwrap_or(RefreshPolicy::Periodic);
-    if !policy::needs_sync(
-        refresh,
-        interval,
-        &es.resource_version,
-        &effective_last_sync(ctx, obj),
-        valid,
-        now,
-    ) {
+    let key = ObjectRef::from_obj_with(obj, ctx.resource.clone());
+    let templates = template_fingerprint(obj, &es.namespace, inv);
+    let seen_templates = {
+        let map = ctx.templates.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(&key).cloned()
+    };
+    // Extension: a `templateFrom` source that changed re-renders (not for CreatedOnce).
+    let templates_changed = refresh != RefreshPolicy::CreatedOnce
+        && seen_templates
+            .as_ref()
+            .is_some_and(|seen| Some(seen) != templates.as_ref());
+    if !templates_changed
+        && !policy::needs_sync(
+            refresh,
+            interval,
+            &es.resource_version,
+            &effective_last_sync(ctx, obj),
+            valid,
+            now,
+        )
+    {
+        if seen_templates.is_none() {
+            remember_templates(ctx, key, templates);
+        }
         return Ok(None);
     }
     let mut issued = Vec::new();
@@ -832,7 +858,45 @@ async fn reconcile_one(
         // Replaced by the new ones.
         revoke(inv, previous).await;
     }
+    if out.ready {
+        remember_templates(ctx, key, templates);
+    }
     Ok(Some(out))
+}
+
+/// A fingerprint of the data of the Secrets and ConfigMaps an ExternalSecret's
+/// `templateFrom` reads, as the inventory holds them (`None`: it reads none). Absent
+/// sources count too (their appearance changes it).
+fn template_fingerprint(obj: &DynamicObject, namespace: &str, inv: &Inventory) -> Option<String> {
+    let sources = template_sources(&obj.data, namespace);
+    if sources.is_empty() {
+        return None;
+    }
+    let mut parts = BTreeMap::new();
+    for o in sources {
+        let data = match o.kind {
+            crate::source::NamedKind::Secret => inv.secret(&o.namespace, &o.name).map(|s| &s.data),
+            crate::source::NamedKind::ConfigMap => inv.config_map(&o.namespace, &o.name),
+        };
+        let hash = data.map(sync::data_hash).unwrap_or_default();
+        parts.insert(format!("{}/{}", o.kind.as_str(), o.name), hash.into_bytes());
+    }
+    Some(sync::data_hash(&parts))
+}
+
+fn remember_templates(ctx: &Context, key: ObjectRef<DynamicObject>, fingerprint: Option<String>) {
+    let mut map = ctx.templates.lock().unwrap_or_else(|p| p.into_inner());
+    match fingerprint {
+        Some(f) => {
+            if map.len() >= MAX_FAILURE_ENTRIES && !map.contains_key(&key) {
+                map.clear();
+            }
+            map.insert(key, f);
+        }
+        None => {
+            map.remove(&key);
+        }
+    }
 }
 
 /// Rollout extension ([`super::rollout`]): when the ExternalSecret asks for it and a Secret
@@ -877,9 +941,21 @@ async fn roll_if_changed(
                             continue;
                         };
                         let name = w.metadata.name.clone().unwrap_or_default();
-                        match api.patch(&name, &pp, &Patch::Merge(&patch)).await {
-                            Ok(_) => tracing::info!(kind = $label, namespace = %ns, name = %name, secret = %secret, "rolled out"),
-                            Err(e) => tracing::warn!(kind = $label, namespace = %ns, name = %name, error = %kube_error("patch", &e), "cannot roll out"),
+                        let mut delays = rollout_retries();
+                        loop {
+                            match api.patch(&name, &pp, &Patch::Merge(&patch)).await {
+                                Ok(_) => {
+                                    tracing::info!(kind = $label, namespace = %ns, name = %name, secret = %secret, "rolled out");
+                                    break;
+                                }
+                                Err(e) => match delays.next().filter(|_| transient(&e)) {
+                                    Some(delay) => tokio::time::sleep(delay).await,
+                                    None => {
+                                        tracing::warn!(kind = $label, namespace = %ns, name = %name, error = %kube_error("patch", &e), "cannot roll out");
+                                        break;
+                                    }
+                                },
+                            }
                         }
                     }
                 }
@@ -892,6 +968,24 @@ async fn roll_if_changed(
     roll!(Deployment, "Deployment");
     roll!(StatefulSet, "StatefulSet");
     roll!(DaemonSet, "DaemonSet");
+}
+
+/// Delays between attempts of one rollout patch: a conflict, throttling, a server error or
+/// an unreachable API is retried (jittered, 0.2 s doubling, 4 attempts in all).
+fn rollout_retries() -> impl Iterator<Item = Duration> {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_times(3)
+        .with_jitter()
+        .build()
+}
+
+/// Whether a Kubernetes API error may pass on retrying (409, 429, 5xx, no answer).
+fn transient(e: &kube::Error) -> bool {
+    match e {
+        kube::Error::Api(s) => matches!(s.code, 409 | 429 | 500..=599),
+        _ => true,
+    }
 }
 
 /// Revokes credentials (best effort, logged); returns how many could not be.
@@ -920,15 +1014,32 @@ async fn revoke(inv: &Inventory, issued: Vec<sync::IssuedCredential>) -> usize {
 }
 
 /// Whether a `dataFrom[].sourceRef.generatorRef` names a kind in
-/// [`REVOCABLE_GENERATOR_KINDS`].
-fn uses_revocable_generator(es: &ExternalSecretObject) -> bool {
-    es.spec.as_ref().is_ok_and(|spec| {
-        spec.data_from.iter().any(|d| {
-            d.source_ref
-                .as_ref()
-                .and_then(|s| s.generator_ref.as_ref())
-                .is_some_and(|g| REVOCABLE_GENERATOR_KINDS.contains(&g.kind.as_str()))
-        })
+/// [`REVOCABLE_GENERATOR_KINDS`], or a `ClusterGenerator` wrapping one (per the inventory;
+/// one not available yet counts as revocable: a finalizer with nothing recorded is removed
+/// at deletion without any call, a missing one would leak credentials).
+fn uses_revocable_generator(es: &ExternalSecretObject, inv: &Inventory) -> bool {
+    let Ok(spec) = &es.spec else {
+        return false;
+    };
+    spec.data_from.iter().any(|d| {
+        let Some(g) = d.source_ref.as_ref().and_then(|s| s.generator_ref.as_ref()) else {
+            return false;
+        };
+        if REVOCABLE_GENERATOR_KINDS.contains(&g.kind.as_str()) {
+            return true;
+        }
+        if !crate::generators::is_cluster_scoped(&g.kind) {
+            return false;
+        }
+        let key = crate::resources::GeneratorKey {
+            namespace: String::new(),
+            kind: g.kind.clone(),
+            name: g.name.clone(),
+        };
+        match inv.generator(&key) {
+            Some(Ok(wrapper)) => REVOCABLE_GENERATOR_KINDS.contains(&wrapper.kind()),
+            _ => true,
+        }
     })
 }
 
@@ -1329,6 +1440,7 @@ mod tests {
             leading,
             failures: Mutex::new(HashMap::new()),
             written: Mutex::new(HashMap::new()),
+            templates: Mutex::new(HashMap::new()),
             recorder: Recorder::new(
                 client,
                 Reporter {

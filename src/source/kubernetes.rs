@@ -1,5 +1,5 @@
 //! Kubernetes mode: one kube-runtime watcher per served kind, and one per referenced
-//! Secret, told as [`SourceEvent`]s.
+//! Secret or ConfigMap, told as [`SourceEvent`]s.
 //!
 //! Each watcher lists, then watches (kube-runtime's `Init`, `InitApply`…, `InitDone`,
 //! then `Apply`/`Delete`). A list is buffered and compared with what that watcher
@@ -13,12 +13,12 @@
 //! `managedFields` and the `last-applied-configuration` annotation: our own status
 //! writes come back as watch events and change nothing.
 //!
-//! Secrets: never every Secret of the cluster. Only the Secrets that the stores and
-//! generators reference ([`KubeSource::watch_secrets`]) are watched, each on its own
-//! (`fieldSelector=metadata.name=…` in its namespace, which RBAC can grant by
-//! `resourceNames`). A Secret that cannot be read (forbidden) counts as absent and is
-//! reported as a problem, so one missing grant does not keep the server from becoming
-//! ready.
+//! Secrets and ConfigMaps: never every one of the cluster. Only those referenced (by
+//! stores and generators; by the reconciler's `templateFrom`) are watched
+//! ([`KubeSource::watch_named`]), each on its own (`fieldSelector=metadata.name=…` in its
+//! namespace, which RBAC can grant by `resourceNames`). One that cannot be read (forbidden)
+//! counts as absent and is reported as a problem, so one missing grant does not keep the
+//! server from becoming ready.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -30,11 +30,12 @@ use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
-use super::{LoadError, ObjectKey, RawObject, SourceEvent, SourceObject};
+use super::{LoadError, NamedKind, NamedObject, ObjectKey, RawObject, SourceEvent, SourceObject};
 use crate::resources::{ContentHash, ObjectMeta};
 
-/// Most Secrets watched at once (one watch each); references beyond it are reported.
-pub const MAX_WATCHED_SECRETS: usize = 2_000;
+/// Most Secrets and ConfigMaps watched at once (one watch each); references beyond it
+/// are reported.
+pub const MAX_WATCHED_OBJECTS: usize = 2_000;
 
 /// The groups whose kinds may be served; [`KindFilter`] picks the kinds.
 pub const GROUPS: &[&str] = &[
@@ -113,14 +114,16 @@ pub struct ObservedCondition {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 enum StreamId {
     Kind { group: String, kind: String },
-    Secret { namespace: String, name: String },
+    Named(NamedObject),
 }
 
 impl StreamId {
     fn origin(&self) -> String {
         match self {
             StreamId::Kind { group, kind } => format!("kubernetes:{kind}.{group}"),
-            StreamId::Secret { namespace, name } => format!("kubernetes:Secret/{namespace}/{name}"),
+            StreamId::Named(o) => {
+                format!("kubernetes:{}/{}/{}", o.kind.as_str(), o.namespace, o.name)
+            }
         }
     }
 }
@@ -265,24 +268,23 @@ impl KubeSource {
         );
     }
 
-    /// Watches the Secrets in `wanted` (namespace, name), in its order of priority, at most
-    /// [`MAX_WATCHED_SECRETS`]: starts the new ones and stops the others, reporting what
+    /// Watches the objects in `wanted`, in its order of priority, at most
+    /// [`MAX_WATCHED_OBJECTS`]: starts the new ones and stops the others, reporting what
     /// they had reported as gone. The caller puts first what must not be crowded out (the
-    /// references of cluster-scoped objects, which only cluster administrators write).
-    pub fn watch_secrets(
+    /// references of cluster-scoped objects, which only cluster administrators write:
+    /// [`super::watch_order`]).
+    pub fn watch_named(
         &mut self,
-        wanted: &[(String, String)],
+        wanted: &[NamedObject],
         out: &mut (dyn FnMut(SourceEvent) + Send),
     ) {
-        let allowed: std::collections::HashSet<&(String, String)> =
-            wanted.iter().take(MAX_WATCHED_SECRETS).collect();
+        let allowed: std::collections::HashSet<&NamedObject> =
+            wanted.iter().take(MAX_WATCHED_OBJECTS).collect();
         let current: Vec<StreamId> = self
             .streams
             .keys()
             .filter(|id| match id {
-                StreamId::Secret { namespace, name } => {
-                    !allowed.contains(&(namespace.clone(), name.clone()))
-                }
+                StreamId::Named(o) => !allowed.contains(o),
                 StreamId::Kind { .. } => false,
             })
             .cloned()
@@ -298,26 +300,32 @@ impl KubeSource {
             }
             problems_changed |= self.problems.remove(&id).is_some();
         }
-        let resource = ApiResource::erase::<k8s_openapi::api::core::v1::Secret>(&());
-        for (namespace, name) in wanted.iter().take(MAX_WATCHED_SECRETS) {
-            let id = StreamId::Secret {
-                namespace: namespace.clone(),
-                name: name.clone(),
-            };
+        for object in wanted.iter().take(MAX_WATCHED_OBJECTS) {
+            let id = StreamId::Named(object.clone());
             if self.streams.contains_key(&id) {
                 continue;
             }
-            let api =
-                Api::<DynamicObject>::namespaced_with(self.client.clone(), namespace, &resource);
-            let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-            self.start(id, resource.clone(), api, config);
+            let resource = match object.kind {
+                NamedKind::Secret => ApiResource::erase::<k8s_openapi::api::core::v1::Secret>(&()),
+                NamedKind::ConfigMap => {
+                    ApiResource::erase::<k8s_openapi::api::core::v1::ConfigMap>(&())
+                }
+            };
+            let api = Api::<DynamicObject>::namespaced_with(
+                self.client.clone(),
+                &object.namespace,
+                &resource,
+            );
+            let config =
+                watcher::Config::default().fields(&format!("metadata.name={}", object.name));
+            self.start(id, resource, api, config);
         }
-        let refused = wanted.len().saturating_sub(MAX_WATCHED_SECRETS);
+        let refused = wanted.len().saturating_sub(MAX_WATCHED_OBJECTS);
         if refused > 0 {
             tracing::error!(
                 refused,
-                limit = MAX_WATCHED_SECRETS,
-                "too many referenced Secrets; the rest are not watched (their stores and generators are not ready)"
+                limit = MAX_WATCHED_OBJECTS,
+                "too many referenced Secrets and ConfigMaps; the rest are not watched (what needs them is not ready)"
             );
         }
         if problems_changed {
@@ -325,14 +333,14 @@ impl KubeSource {
         }
     }
 
-    /// Whether every watched kind has been listed once (Secrets aside).
+    /// Whether every watched kind has been listed once (named objects aside).
     pub fn kinds_synced(&self) -> bool {
         self.streams
             .iter()
-            .all(|(id, s)| s.synced || matches!(id, StreamId::Secret { .. }))
+            .all(|(id, s)| s.synced || matches!(id, StreamId::Named(_)))
     }
 
-    /// Whether every watcher (kinds and Secrets) has been listed once.
+    /// Whether every watcher (kinds and named objects) has been listed once.
     pub fn synced(&self) -> bool {
         self.streams.values().all(|s| s.synced)
     }
@@ -459,8 +467,8 @@ impl KubeSource {
                 // (the API unreachable, a 500) keep it not synced until its first list.
                 if !stream.synced {
                     let object = match &update.id {
-                        StreamId::Secret { namespace, name } => {
-                            Some(format!("Secret/{namespace}/{name}"))
+                        StreamId::Named(o) => {
+                            Some(format!("{}/{}/{}", o.kind.as_str(), o.namespace, o.name))
                         }
                         StreamId::Kind { .. } => None,
                     };

@@ -23,6 +23,86 @@ use crate::resources::{ContentHash, ObjectMeta, content_hash, text_hash};
 
 pub use manifest::{Parsed, parse_manifest};
 
+/// A core kind watched object by object (what stores, generators and templates reference:
+/// never every object of the kind).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum NamedKind {
+    /// `v1` Secret.
+    Secret,
+    /// `v1` ConfigMap.
+    ConfigMap,
+}
+
+impl NamedKind {
+    /// The Kubernetes kind.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NamedKind::Secret => "Secret",
+            NamedKind::ConfigMap => "ConfigMap",
+        }
+    }
+}
+
+/// One referenced object of a [`NamedKind`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NamedObject {
+    /// Its kind.
+    pub kind: NamedKind,
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+}
+
+impl NamedObject {
+    /// A Secret.
+    pub fn secret(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        NamedObject {
+            kind: NamedKind::Secret,
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+
+    /// A ConfigMap.
+    pub fn config_map(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        NamedObject {
+            kind: NamedKind::ConfigMap,
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+/// The objects to watch, in order of priority and without repeats: those referenced by
+/// cluster-scoped objects first (written by cluster administrators), then at most
+/// `per_namespace` of each namespace's own, so that no namespace's objects crowd out
+/// another's or the cluster's. `references` yields, per referencing object, its namespace
+/// (`None`: cluster-scoped) and what it references.
+pub fn watch_order<'a, I>(references: I, per_namespace: usize) -> Vec<NamedObject>
+where
+    I: IntoIterator<Item = (Option<&'a str>, std::collections::BTreeSet<NamedObject>)>,
+{
+    use std::collections::{BTreeMap, BTreeSet};
+    let mut cluster: BTreeSet<NamedObject> = BTreeSet::new();
+    let mut namespaced: BTreeMap<&str, BTreeSet<NamedObject>> = BTreeMap::new();
+    for (owner, refs) in references {
+        match owner {
+            None => cluster.extend(refs),
+            Some(ns) => namespaced.entry(ns).or_default().extend(refs),
+        }
+    }
+    let mut out: Vec<NamedObject> = cluster.iter().cloned().collect();
+    for refs in namespaced.into_values() {
+        out.extend(
+            refs.into_iter()
+                .filter(|r| !cluster.contains(r))
+                .take(per_namespace),
+        );
+    }
+    out
+}
+
 /// Identifies an object within its source, and orders objects (of two objects claiming
 /// one name, the first wins). Shown as the object's origin in messages.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -239,6 +239,8 @@ struct Shared {
     users: Mutex<Vec<(String, String)>>,
     requests: Mutex<VecDeque<RequestRecord>>,
     fault: Mutex<Fault>,
+    /// (plural, how many more) writes answered `500` ([`FakeKube::fail_next_writes`]).
+    failing_writes: Mutex<Option<(String, u32)>>,
     drop_watches: watch::Sender<u64>,
     bookmark_interval: Mutex<Duration>,
     /// (issuer, signer)
@@ -286,6 +288,7 @@ impl FakeKube {
             users: Mutex::new(vec![(DEFAULT_USER.to_string(), random_token())]),
             requests: Mutex::new(VecDeque::new()),
             fault: Mutex::new(Fault::None),
+            failing_writes: Mutex::new(None),
             drop_watches,
             bookmark_interval: Mutex::new(Duration::from_secs(1)),
             signer: Mutex::new(None),
@@ -580,6 +583,12 @@ current-context: fake
     /// [`FakeKube::drop_watches`]).
     pub fn set_fault(&self, fault: Fault) {
         *lock(&self.shared.fault) = fault;
+    }
+
+    /// The next `n` writes (POST, PUT, PATCH, DELETE) to resources of `plural` answer
+    /// `500 InternalError` (then writes work again).
+    pub fn fail_next_writes(&self, plural: &str, n: u32) {
+        *lock(&self.shared.failing_writes) = Some((plural.to_string(), n));
     }
 
     /// Ends every open watch stream now (clean end of the HTTP body, as an API server restart
@@ -1671,6 +1680,18 @@ fn route(
     })?;
     let fault = *lock(&shared.fault);
     let Target { def, ns, name, sub } = target;
+    if *method != Method::GET {
+        let mut failing = lock(&shared.failing_writes);
+        if let Some((plural, n)) = failing.as_mut()
+            && *plural == def.plural
+            && *n > 0
+        {
+            *n -= 1;
+            return Err(KubeError::internal(
+                "injected fault: this write is refused (FakeKube::fail_next_writes)",
+            ));
+        }
+    }
     let fault = match fault {
         Fault::RefuseReadsOf(plural) if plural == def.plural => Fault::RefuseReads,
         Fault::RefuseReadsOf(_) => Fault::None,
