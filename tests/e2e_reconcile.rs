@@ -6,32 +6,19 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
 use base64::Engine;
+use common::reconcile_files::{read_yaml, reconcile_once, secret_data};
 use common::*;
 use serde_json::{Value, json};
 use sha3::Digest;
 
 /// Runs one pass; returns the exit code and stdout.
 fn reconcile(manifests: &Path, out: &Path, extra: &[&str]) -> (i32, String) {
-    let o = Command::new(server_bin())
-        .arg("reconcile")
-        .arg("--manifests")
-        .arg(manifests)
-        .arg("--output")
-        .arg(out)
-        .arg("--once")
-        .args(extra)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&o.stdout).to_string();
-    let stderr = String::from_utf8_lossy(&o.stderr).to_string();
-    eprintln!("stdout:\n{stdout}\nstderr:\n{stderr}");
-    (o.status.code().unwrap_or(-1), stdout)
+    let pass = reconcile_once(manifests, out, extra);
+    (pass.code, pass.stdout)
 }
 
 fn sha3_224(text: &str) -> String {
@@ -48,26 +35,6 @@ fn hash_scalar(h: String) -> String {
     } else {
         h
     }
-}
-
-fn read_yaml(path: &Path) -> Value {
-    serde_saphyr::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
-/// The decoded data of a Secret file.
-fn secret_data(path: &Path) -> BTreeMap<String, Vec<u8>> {
-    let v = read_yaml(path);
-    v["data"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .map(|(k, v)| {
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(v.as_str().unwrap())
-                .unwrap();
-            (k.clone(), bytes)
-        })
-        .collect()
 }
 
 fn ready(status: &Path) -> (String, String, String) {

@@ -663,6 +663,40 @@ async fn fake_vault() -> (String, Arc<Mutex<Vec<String>>>) {
     (url, revoked)
 }
 
+/// An ExternalSecret `name` writing `target` from the generator `kind`/`generator`.
+fn generated_external_secret(name: &str, target: &str, kind: &str, generator: &str) -> Value {
+    json!({
+        "apiVersion": ESO,
+        "kind": "ExternalSecret",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {
+            "refreshInterval": "1h",
+            "target": {"name": target},
+            "dataFrom": [{"sourceRef": {"generatorRef": {
+                "apiVersion": "generators.external-secrets.io/v1alpha1",
+                "kind": kind, "name": generator}}}]
+        }
+    })
+}
+
+/// Deletes the ExternalSecret `name`; waits until it is gone (its finalizer removed) and
+/// checks what was revoked by then.
+fn deleted_and_revoked(
+    k: &FakeKube,
+    r: &Reconciler,
+    name: &str,
+    revoked: &Mutex<Vec<String>>,
+    expected: &[&str],
+) {
+    assert!(k.delete(ESO, "ExternalSecret", Some(NS), name));
+    wait_for("the ExternalSecret gone", 30, r, || {
+        k.get(ESO, "ExternalSecret", Some(NS), name)
+            .is_none()
+            .then_some(())
+    });
+    assert_eq!(*revoked.lock().unwrap(), expected);
+}
+
 /// A `Federation` generator's credential (a VaultDynamicSecret lease on the real server) is
 /// revoked when its ExternalSecret is deleted: the finalizer holds the deletion until the
 /// server's `DELETE /v1/credentials/{id}` revoked it; an ExternalSecret without such a
@@ -744,18 +778,12 @@ spec:
             }
         }
     }));
-    k.apply(json!({
-        "apiVersion": ESO,
-        "kind": "ExternalSecret",
-        "metadata": {"name": "db", "namespace": NS},
-        "spec": {
-            "refreshInterval": "1h",
-            "target": {"name": "db-creds"},
-            "dataFrom": [{"sourceRef": {"generatorRef": {
-                "apiVersion": "generators.external-secrets.io/v1alpha1",
-                "kind": "Federation", "name": "fed"}}}]
-        }
-    }));
+    k.apply(generated_external_secret(
+        "db",
+        "db-creds",
+        "Federation",
+        "fed",
+    ));
     fake_store(&k, "s3cr3t");
     k.apply(external_secret(
         "plain",
@@ -777,13 +805,7 @@ spec:
     );
     assert!(revoked.lock().unwrap().is_empty());
 
-    assert!(k.delete(ESO, "ExternalSecret", Some(NS), "db"));
-    wait_for("the ExternalSecret gone", 30, &r, || {
-        k.get(ESO, "ExternalSecret", Some(NS), "db")
-            .is_none()
-            .then_some(())
-    });
-    assert_eq!(*revoked.lock().unwrap(), ["fake/creds/0"]);
+    deleted_and_revoked(&k, &r, "db", &revoked, &["fake/creds/0"]);
     wait_for("the Secret collected", 15, &r, || {
         secret(&k, "db-creds").is_none().then_some(())
     });
@@ -860,6 +882,13 @@ async fn only_the_lease_holder_reconciles() {
     drop(b);
 }
 
+/// The ExternalSecret `app` (Secret `app-db`) with one `templateFrom` entry.
+fn templated_external_secret(from: Value) -> Value {
+    let mut e = external_secret("app", json!({"name": "app-db"}), json!({}));
+    e["spec"]["target"]["template"] = json!({ "templateFrom": [from] });
+    e
+}
+
 /// `templateFrom` a Secret of the ExternalSecret's namespace: that Secret is watched (by
 /// name) and its template rendered.
 #[tokio::test(flavor = "multi_thread")]
@@ -871,20 +900,14 @@ async fn template_from_a_secret_is_read_from_the_cluster() {
         "metadata": {"name": "tpl", "namespace": NS},
         "data": {"config": b64("user=app password={{ .password }}")}
     }));
-    let mut e = external_secret("app", json!({"name": "app-db"}), json!({}));
-    e["spec"]["target"]["template"] = json!({
-        "templateFrom": [{"secret": {"name": "tpl", "items": [{"key": "config"}]}}]
-    });
-    k.apply(e);
+    k.apply(templated_external_secret(
+        json!({"secret": {"name": "tpl", "items": [{"key": "config"}]}}),
+    ));
     let r = Reconciler::start(&k, &[]);
     let s = wait_for("the templated Secret", 30, &r, || {
-        let s = secret(&k, "app-db")?;
-        data(&s, "config").map(|_| s)
+        data(&secret(&k, "app-db")?, "config")
     });
-    assert_eq!(
-        data(&s, "config").as_deref(),
-        Some("user=app password=s3cr3t")
-    );
+    assert_eq!(s, "user=app password=s3cr3t");
 }
 
 /// A `ClusterGenerator` wrapping a revocable kind (here `VaultDynamicSecret`) gets the
@@ -923,18 +946,12 @@ async fn a_cluster_generator_wrapping_a_revocable_kind_is_revoked_through_the_fi
             }}
         }
     }));
-    k.apply(json!({
-        "apiVersion": ESO,
-        "kind": "ExternalSecret",
-        "metadata": {"name": "db", "namespace": NS},
-        "spec": {
-            "refreshInterval": "1h",
-            "target": {"name": "db-creds"},
-            "dataFrom": [{"sourceRef": {"generatorRef": {
-                "apiVersion": "generators.external-secrets.io/v1alpha1",
-                "kind": "ClusterGenerator", "name": "db"}}}]
-        }
-    }));
+    k.apply(generated_external_secret(
+        "db",
+        "db-creds",
+        "ClusterGenerator",
+        "db",
+    ));
     let r = Reconciler::start(&k, &[]);
     let s = wait_for("the generated Secret", 30, &r, || secret(&k, "db-creds"));
     assert_eq!(data(&s, "username").as_deref(), Some("user-0"));
@@ -943,13 +960,7 @@ async fn a_cluster_generator_wrapping_a_revocable_kind_is_revoked_through_the_fi
         json!(["esi.external-secrets.io/revoke-credentials"])
     );
     assert!(revoked.lock().unwrap().is_empty());
-    assert!(k.delete(ESO, "ExternalSecret", Some(NS), "db"));
-    wait_for("the ExternalSecret gone", 30, &r, || {
-        k.get(ESO, "ExternalSecret", Some(NS), "db")
-            .is_none()
-            .then_some(())
-    });
-    assert_eq!(*revoked.lock().unwrap(), ["fake/creds/0"]);
+    deleted_and_revoked(&k, &r, "db", &revoked, &["fake/creds/0"]);
 }
 
 /// `templateFrom` a ConfigMap: watched by name like a Secret; an ExternalSecret whose
@@ -959,11 +970,9 @@ async fn a_cluster_generator_wrapping_a_revocable_kind_is_revoked_through_the_fi
 async fn template_from_a_config_map_is_read_from_the_cluster() {
     let k = cluster().await;
     fake_store(&k, "s3cr3t");
-    let mut e = external_secret("app", json!({"name": "app-db"}), json!({}));
-    e["spec"]["target"]["template"] = json!({
-        "templateFrom": [{"configMap": {"name": "tpl", "items": [{"key": "config"}]}}]
-    });
-    k.apply(e);
+    k.apply(templated_external_secret(
+        json!({"configMap": {"name": "tpl", "items": [{"key": "config"}]}}),
+    ));
     let r = Reconciler::start(&k, &[]);
     let failed = wait_for("the missing ConfigMap reported", 30, &r, || {
         let c = ready(&es(&k, "app"))?;
@@ -977,13 +986,9 @@ async fn template_from_a_config_map_is_read_from_the_cluster() {
         "data": {"config": "user=app password={{ .password }}"}
     }));
     let s = wait_for("the templated Secret", 30, &r, || {
-        let s = secret(&k, "app-db")?;
-        data(&s, "config").map(|_| s)
+        data(&secret(&k, "app-db")?, "config")
     });
-    assert_eq!(
-        data(&s, "config").as_deref(),
-        Some("user=app password=s3cr3t")
-    );
+    assert_eq!(s, "user=app password=s3cr3t");
     // A change of the ConfigMap re-renders.
     k.apply(json!({
         "apiVersion": "v1", "kind": "ConfigMap",

@@ -7,45 +7,12 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
 
-use base64::Engine;
-use common::*;
-use serde_json::Value;
+use common::reconcile_files::{read_yaml, reconcile_once, secret_data};
 
 fn reconcile(manifests: &Path, out: &Path) -> (i32, String) {
-    let o = Command::new(server_bin())
-        .arg("reconcile")
-        .arg("--manifests")
-        .arg(manifests)
-        .arg("--output")
-        .arg(out)
-        .arg("--once")
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&o.stdout).to_string();
-    let stderr = String::from_utf8_lossy(&o.stderr).to_string();
-    eprintln!("stdout:\n{stdout}\nstderr:\n{stderr}");
-    (o.status.code().unwrap_or(-1), format!("{stdout}{stderr}"))
-}
-
-fn read_yaml(path: &Path) -> Value {
-    serde_saphyr::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
-fn secret_data(path: &Path) -> BTreeMap<String, Vec<u8>> {
-    read_yaml(path)["data"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .map(|(k, v)| {
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(v.as_str().unwrap())
-                .unwrap();
-            (k.clone(), bytes)
-        })
-        .collect()
+    let pass = reconcile_once(manifests, out, &[]);
+    (pass.code, format!("{}{}", pass.stdout, pass.stderr))
 }
 
 const MANIFESTS: &str = r#"apiVersion: external-secrets.io/v1
