@@ -20,6 +20,7 @@ use gotmpl::Value;
 
 use super::bytes;
 use super::gofmt::{self, Capped, Overflow};
+use super::pki;
 
 /// Limits every function honours.
 #[derive(Clone, Copy, Debug)]
@@ -90,14 +91,29 @@ pub(crate) fn charge(ctx: &Ctx, work: &Work, args: &[Value]) -> Result<(), FnErr
     spend(ctx, work, args.iter().map(weight).sum())
 }
 
+/// Work charged for one call on top of the sizes, where the sizes do not tell the cost:
+/// the JWK functions check keys (curve multiplications, big-number arithmetic), about as
+/// expensive as hashing this many bytes.
+fn call_cost(name: &str) -> usize {
+    match name {
+        "jwkPublicKeyPem" | "jwkPrivateKeyPem" => 256 * 1024,
+        _ => 0,
+    }
+}
+
 /// Wraps `f` as a gotmpl function named `name`, charging `work`.
 pub(crate) fn wrap(name: &'static str, ctx: Ctx, f: Func, work: Work) -> gotmpl::ValueFunc {
+    let cost = call_cost(name);
     Arc::new(move |args: &[Value]| {
-        spend(&ctx, &work, args.iter().map(weight).sum())
-            .and_then(|()| f(&ctx, args))
-            .and_then(|v| check_size(&ctx, v))
-            .and_then(|v| spend(&ctx, &work, weight(&v)).map(|()| v))
-            .map_err(|e| to_gotmpl(name, &ctx, e))
+        spend(
+            &ctx,
+            &work,
+            args.iter().map(weight).sum::<usize>().saturating_add(cost),
+        )
+        .and_then(|()| f(&ctx, args))
+        .and_then(|v| check_size(&ctx, v))
+        .and_then(|v| spend(&ctx, &work, weight(&v)).map(|()| v))
+        .map_err(|e| to_gotmpl(name, &ctx, e))
     })
 }
 
@@ -1659,6 +1675,62 @@ fn f_slice(_: &Ctx, a: &[Value]) -> FnResult {
     }
 }
 
+// ---------------------------------------------------------------------------------------
+// PEM and JWK (ESO's own functions; see `pki`)
+
+fn pki_err(e: pki::PkiError) -> FnError {
+    msg(e.to_string())
+}
+
+/// A string result that may be a private key: our copy of its text is wiped after the
+/// engine's value is made from it.
+fn secret_string(raw: &[u8]) -> Value {
+    let text = zeroize::Zeroizing::new(bytes::from_bytes(raw));
+    Value::String(Arc::from(text.as_str()))
+}
+
+fn f_jwk_public_key_pem(_: &Ctx, a: &[Value]) -> FnResult {
+    arity(a, 1, "1")?;
+    let json = zeroize::Zeroizing::new(bytes::to_bytes(st(&a[0], "the JWK")?));
+    pki::jwk_public_key_pem(&json)
+        .map(|pem| from_raw(&pem))
+        .map_err(pki_err)
+}
+
+fn f_jwk_private_key_pem(_: &Ctx, a: &[Value]) -> FnResult {
+    arity(a, 1, "1")?;
+    let json = zeroize::Zeroizing::new(bytes::to_bytes(st(&a[0], "the JWK")?));
+    pki::jwk_private_key_pem(&json)
+        .map(|pem| secret_string(&pem))
+        .map_err(pki_err)
+}
+
+fn f_filter_pem(ctx: &Ctx, a: &[Value]) -> FnResult {
+    arity(a, 2, "2")?;
+    let kind = bytes::to_bytes(st(&a[0], "the PEM type")?);
+    let input = zeroize::Zeroizing::new(bytes::to_bytes(st(&a[1], "the input")?));
+    pki::filter_pem(&kind, &input, ctx.max_value)
+        .map(|pem| secret_string(&pem))
+        .map_err(pki_err)
+}
+
+fn f_filter_cert_chain(ctx: &Ctx, a: &[Value]) -> FnResult {
+    arity(a, 2, "2")?;
+    let kind = bytes::to_bytes(st(&a[0], "the certificate type")?);
+    let input = zeroize::Zeroizing::new(bytes::to_bytes(st(&a[1], "the input")?));
+    pki::filter_cert_chain(&kind, &input, ctx.max_value)
+        .map(|pem| from_raw(&pem))
+        .map_err(pki_err)
+}
+
+fn f_cert_sans(ctx: &Ctx, a: &[Value]) -> FnResult {
+    arity(a, 1, "1")?;
+    let input = zeroize::Zeroizing::new(bytes::to_bytes(st(&a[0], "the input")?));
+    let sans = pki::cert_sans(&input).map_err(pki_err)?;
+    checked_len(ctx, sans.len())?;
+    Ok(list(sans.into_iter().map(string).collect()))
+}
+
 /// Every function of the engine by name, with Go's own builtins that gotmpl keeps
 /// (`and or not eq ne lt le gt ge call`), `index` and `fail` (registered per render) in
 /// [`BUILTIN_NAMES`]/[`PER_RENDER_NAMES`].
@@ -1796,6 +1868,12 @@ pub(crate) const FUNCS: &[(&str, Func)] = &[
     ("js", f_js),
     ("urlquery", f_urlquery),
     ("slice", f_slice),
+    // PEM and JWK (ESO)
+    ("jwkPublicKeyPem", f_jwk_public_key_pem),
+    ("jwkPrivateKeyPem", f_jwk_private_key_pem),
+    ("filterPEM", f_filter_pem),
+    ("filterCertChain", f_filter_cert_chain),
+    ("certSANs", f_cert_sans),
 ];
 
 /// Go builtins that gotmpl implements and we keep as they are (they only compare, test or

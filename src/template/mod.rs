@@ -21,6 +21,7 @@ mod bytes;
 mod check;
 mod funcs;
 mod gofmt;
+mod pki;
 #[cfg(test)]
 mod tests;
 

@@ -758,6 +758,12 @@ fn no_value_in_any_error() {
         "{{ add (atoi .num) 9223372036854775807 }}",
         "{{ mul .num .num .num .num .num }}",
         "{{ .secret | sha256sum | nosuch }}",
+        "{{ .secret | jwkPrivateKeyPem }}",
+        "{{ .json | jwkPublicKeyPem }}",
+        "{{ filterPEM \"X\" .secret }}",
+        "{{ filterCertChain \"leaf\" .secret }}",
+        "{{ filterCertChain .secret .secret }}",
+        "{{ .secret | certSANs }}",
     ];
     for tpl in templates {
         let e = match render(tpl, d) {
