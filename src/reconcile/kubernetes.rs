@@ -42,6 +42,7 @@ use crate::status::lease::{self, LeaseSettings, Term};
 use super::error::{REASON_DELETED, REASON_MISSING, REASON_SYNCED};
 use super::inventory::{ExistingSecret, ExternalSecretObject, Inventory, InventoryBuilder};
 use super::policy::{self, LastSync, SecretAction};
+use super::records::Records;
 use super::sync::{
     self, ANNOTATION_DATA_HASH, DesiredSecret, EXTERNAL_SECRET_API_VERSION, LABEL_MANAGED,
     SyncOptions,
@@ -53,14 +54,8 @@ pub const CONTROLLER_NAME: &str = "esi-reconciler";
 /// Our finalizer, only on ExternalSecrets that use a generator issuing revocable
 /// credentials ([`REVOCABLE_GENERATOR_KINDS`]): removed once those are revoked.
 pub const FINALIZER: &str = "esi.external-secrets.io/revoke-credentials";
-/// Annotation on the target Secret: the revocation state (handles, never values) of the
-/// generated credentials it holds, as JSON (the Secret holds the credentials themselves, so
-/// it is no more sensitive than they are).
-pub const ISSUED_ANNOTATION: &str = "esi.external-secrets.io/issued-credentials";
 /// Generator kinds whose credentials are revoked when no longer used.
 pub const REVOCABLE_GENERATOR_KINDS: &[&str] = &["Federation", "VaultDynamicSecret"];
-/// Largest [`ISSUED_ANNOTATION`] read (bytes).
-const MAX_ISSUED_BYTES: usize = 64 * 1024;
 /// Shortest delay after a failure.
 pub const BACKOFF_MIN: Duration = Duration::from_secs(1);
 /// Longest delay after failures.
@@ -337,6 +332,8 @@ struct Context {
     templates: Mutex<HashMap<ObjectRef<DynamicObject>, String>>,
     recorder: Recorder,
     resource: ApiResource,
+    /// Where issued credentials are recorded ([`super::records`]).
+    records: Records,
 }
 
 /// Runs `reconcile --kubernetes` until `shutdown` completes.
@@ -385,6 +382,7 @@ pub async fn run(
             },
         ),
         resource: resource.clone(),
+        records: Records::new(client.clone(), &opts.lease.namespace),
     });
     let inventory_changes = futures_util::stream::unfold(changed_rx, |mut rx| async move {
         rx.changed().await.ok()?;
@@ -589,12 +587,12 @@ async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action,
             .remove(&key);
         return Ok(Action::await_change());
     }
+    if !sync::is_managed(&es, &inv, &ctx.sync) {
+        return Ok(Action::await_change());
+    }
     if uses_revocable_generator(&es, &inv) && !has_finalizer(&obj) {
         // Before the first credential is issued: its revocation must not be skipped.
         set_finalizer(&ctx, &obj, &es, true).await?;
-    }
-    if !sync::is_managed(&es, &inv, &ctx.sync) {
-        return Ok(Action::await_change());
     }
     let started = Instant::now();
     let now = SystemTime::now();
@@ -735,8 +733,16 @@ async fn reconcile_one(
         .get_opt(&name)
         .await
         .map_err(|e| Failure::Kube(kube_error("reading the target Secret", &e)))?;
-    let valid =
-        spec.target.creation_policy == CreationPolicy::None || secret_valid(existing.as_ref());
+    // A Secret deleted by `deletionPolicy: Delete` stays absent: that is its synced state
+    // (else every event would sync again).
+    let deleted = existing.is_none()
+        && ready_condition(obj)
+            .and_then(|c| c.get("reason"))
+            .and_then(Value::as_str)
+            == Some(REASON_DELETED);
+    let valid = spec.target.creation_policy == CreationPolicy::None
+        || deleted
+        || secret_valid(existing.as_ref());
     let refresh = spec.refresh_policy.unwrap_or(RefreshPolicy::Periodic);
     let key = ObjectRef::from_obj_with(obj, ctx.resource.clone());
     let templates = template_fingerprint(obj, &es.namespace, inv);
@@ -764,66 +770,138 @@ async fn reconcile_one(
         }
         return Ok(None);
     }
+    if spec.target.creation_policy == CreationPolicy::Merge && existing.is_none() {
+        // Nothing to merge into: no backend call, no credential issued.
+        return Ok(Some(Outcome {
+            reason: REASON_MISSING,
+            message: "secret will not be created due to CreationPolicy=Merge",
+            binding: None,
+            ready: false,
+        }));
+    }
+    if !lease::leads(&ctx.leading) {
+        return Err(Failure::Kube(ReconcileError::Kube("no longer leading".into())));
+    }
+    let uid = es.uid.clone().unwrap_or_default();
+    let owner = format!("{}/{}", es.namespace, es.name);
     let mut issued = Vec::new();
     let desired = match sync::sync(es, inv, &ctx.sync, &mut issued).await {
         Ok(d) => d,
         Err(e) => {
-            revoke(inv, issued).await;
+            release(ctx, es, inv, issued).await;
             return Err(e.into());
         }
     };
+    // Issued credentials are recorded (beside the previous ones) before anything else, so
+    // that no failure or crash from here on leaves one unrecorded.
+    let previous = if issued.is_empty() {
+        Vec::new()
+    } else {
+        let recorded = ctx.records.get(&uid).await;
+        let previous = match recorded {
+            Ok(p) => p,
+            Err(e) => {
+                release(ctx, es, inv, issued).await;
+                return Err(Failure::Kube(ReconcileError::Kube(e.to_string())));
+            }
+        };
+        let both: Vec<_> = previous.iter().chain(&issued).cloned().collect();
+        if let Err(e) = ctx.records.put(&uid, &owner, &both).await {
+            release(ctx, es, inv, issued).await;
+            return Err(Failure::Kube(ReconcileError::Kube(e.to_string())));
+        }
+        previous
+    };
+    let applied = apply_action(ctx, es, spec, &secrets, &name, existing.as_ref(), desired).await;
+    let out = match applied {
+        Ok(out) if out.outcome.ready && out.writes => out.outcome,
+        other => {
+            // Nothing was handed out: the new credentials go, the record is as before.
+            if !issued.is_empty() {
+                let kept = revoke(ctx, es, inv, issued).await;
+                let back: Vec<_> = previous.iter().chain(&kept).cloned().collect();
+                if let Err(e) = ctx.records.put(&uid, &owner, &back).await {
+                    tracing::warn!(external_secret = %owner, error = %e, "cannot update the record of issued credentials");
+                }
+            }
+            let out = other?.outcome;
+            if out.ready {
+                remember_templates(ctx, key, templates);
+            }
+            return Ok(Some(out));
+        }
+    };
+    if !issued.is_empty() {
+        // Replaced by the new ones; those that could not be revoked stay recorded.
+        let kept = revoke(ctx, es, inv, previous).await;
+        let now_held: Vec<_> = kept.iter().chain(&issued).cloned().collect();
+        if let Err(e) = ctx.records.put(&uid, &owner, &now_held).await {
+            tracing::warn!(external_secret = %owner, error = %e, "cannot update the record of issued credentials");
+        }
+    }
+    if out.ready {
+        remember_templates(ctx, key, templates);
+    }
+    Ok(Some(out))
+}
+
+/// What [`apply_action`] did.
+struct Applied {
+    outcome: Outcome,
+    /// Whether the Secret now holds the synced data (the credentials were handed out).
+    writes: bool,
+}
+
+/// The Secret per the creation and deletion policies, once the data is known.
+async fn apply_action(
+    ctx: &Context,
+    es: &ExternalSecretObject,
+    spec: &crate::resources::external_secret::ExternalSecretSpec,
+    secrets: &Api<Secret>,
+    name: &str,
+    existing: Option<&Secret>,
+    desired: DesiredSecret,
+) -> Result<Applied, Failure> {
     let action = policy::secret_action(
         spec.target.creation_policy,
         spec.target.deletion_policy,
         desired.provider_data_empty,
         existing.is_some(),
-        &name,
+        name,
     )?;
-    let previous = existing.as_ref().map(issued_of).unwrap_or_default();
-    let mut desired = desired;
     let writes = matches!(action, SecretAction::Write | SecretAction::MergeInto);
-    if writes && !issued.is_empty() {
-        let text = serde_json::to_string(&issued).unwrap_or_default();
-        desired
-            .annotations
-            .insert(ISSUED_ANNOTATION.to_string(), text);
+    if writes && !lease::leads(&ctx.leading) {
+        return Err(Failure::Kube(ReconcileError::Kube("no longer leading".into())));
     }
-    let out = match action {
+    let synced = |name: &str| Outcome {
+        reason: REASON_SYNCED,
+        message: "secret synced",
+        binding: Some(name.to_string()),
+        ready: true,
+    };
+    let outcome = match action {
         SecretAction::Write => {
-            let before = existing.as_ref().map(|s| existing_of(s).data);
+            let before = existing.map(|s| existing_of(s).data);
             let after = desired.data.clone();
-            let version = write_secret(&secrets, desired, existing.as_ref(), es).await?;
-            roll_if_changed(ctx, es, &name, before, &after, version).await;
-            Outcome {
-                reason: REASON_SYNCED,
-                message: "secret synced",
-                binding: Some(name),
-                ready: true,
-            }
+            let version = write_secret(secrets, desired, existing, es).await?;
+            roll_if_changed(ctx, es, name, before, &after, version).await;
+            synced(name)
         }
         SecretAction::MergeInto => {
-            let Some(base) = existing.as_ref() else {
+            let Some(base) = existing else {
                 return Err(Failure::Kube(ReconcileError::Kube(
                     "the Merge target vanished".into(),
                 )));
             };
             let before = existing_of(base);
             let after = desired.clone().merged_into(&before).data;
-            let version = merge_secret(&secrets, desired, base).await?;
-            roll_if_changed(ctx, es, &name, Some(before.data), &after, version).await;
-            Outcome {
-                reason: REASON_SYNCED,
-                message: "secret synced",
-                binding: Some(name),
-                ready: true,
-            }
+            let version = merge_secret(secrets, desired, base).await?;
+            roll_if_changed(ctx, es, name, Some(before.data), &after, version).await;
+            synced(name)
         }
         SecretAction::Delete => {
-            if existing.is_some() {
-                secrets
-                    .delete(&name, &DeleteParams::default())
-                    .await
-                    .map_err(|e| Failure::Kube(kube_error("deleting the target Secret", &e)))?;
+            if let Some(s) = existing {
+                delete_owned_secret(secrets, s, es).await?;
             }
             Outcome {
                 reason: REASON_DELETED,
@@ -851,17 +929,84 @@ async fn reconcile_one(
             ready: true,
         },
     };
-    if !out.ready || !writes {
-        // Nothing was handed out.
-        revoke(inv, issued).await;
-    } else if !issued.is_empty() {
-        // Replaced by the new ones.
-        revoke(inv, previous).await;
+    Ok(Applied { outcome, writes })
+}
+
+/// `deletionPolicy: Delete` with no provider data: deletes the target Secret only when this
+/// ExternalSecret wrote it (its controller owner reference, or ESO's managed label without
+/// another controller), with the uid and resourceVersion read as preconditions. Anything
+/// else is refused like a write would be (ESO deletes whatever has the name: that would
+/// hand "delete any Secret" to whoever may create ExternalSecrets).
+async fn delete_owned_secret(
+    secrets: &Api<Secret>,
+    s: &Secret,
+    es: &ExternalSecretObject,
+) -> Result<(), Failure> {
+    let name = s.metadata.name.clone().unwrap_or_default();
+    let controller = s
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true));
+    let ours = match controller {
+        Some(o) => Some(&o.uid) == es.uid.as_ref(),
+        None => s
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(LABEL_MANAGED))
+            .is_some_and(|v| v == "true"),
+    };
+    if !ours {
+        let owner = controller.map_or_else(
+            || "nobody (not written by an ExternalSecret)".to_string(),
+            |o| o.name.clone(),
+        );
+        return Err(Failure::Sync(SyncError::Owned {
+            secret: name,
+            owner,
+        }));
     }
-    if out.ready {
-        remember_templates(ctx, key, templates);
+    let dp = DeleteParams {
+        preconditions: Some(kube::api::Preconditions {
+            uid: s.metadata.uid.clone(),
+            resource_version: s.metadata.resource_version.clone(),
+        }),
+        ..DeleteParams::default()
+    };
+    match secrets.delete(&name, &dp).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(Failure::Kube(kube_error("deleting the target Secret", &e))),
     }
-    Ok(Some(out))
+}
+
+/// Revokes credentials just issued that will not be handed out, then forgets them (a sync
+/// that failed before anything was recorded).
+async fn release(
+    ctx: &Context,
+    es: &ExternalSecretObject,
+    inv: &Inventory,
+    issued: Vec<sync::IssuedCredential>,
+) {
+    let kept = revoke(ctx, es, inv, issued).await;
+    if kept.is_empty() {
+        return;
+    }
+    // Recorded, so that a later sync or the cleanup revokes them.
+    let uid = es.uid.clone().unwrap_or_default();
+    let owner = format!("{}/{}", es.namespace, es.name);
+    let recorded = match ctx.records.get(&uid).await {
+        Ok(previous) => {
+            let all: Vec<_> = previous.into_iter().chain(kept).collect();
+            ctx.records.put(&uid, &owner, &all).await
+        }
+        Err(e) => Err(e),
+    };
+    if let Err(e) = recorded {
+        tracing::warn!(external_secret = %owner, error = %e, "generated credentials could not be revoked nor recorded; they lapse at their TTL");
+    }
 }
 
 /// A fingerprint of the data of the Secrets and ConfigMaps an ExternalSecret's
@@ -988,9 +1133,18 @@ fn transient(e: &kube::Error) -> bool {
     }
 }
 
-/// Revokes credentials (best effort, logged); returns how many could not be.
-async fn revoke(inv: &Inventory, issued: Vec<sync::IssuedCredential>) -> usize {
-    let mut failed = 0;
+/// Revokes credentials; returns those that could not be revoked now but may be later (the
+/// generator is not ready, the backend failed), to stay recorded. Those that never can be
+/// (the generator no longer exists, or says the state is not revocable) are let go with a
+/// Warning Event: they lapse at their TTL.
+async fn revoke(
+    ctx: &Context,
+    es: &ExternalSecretObject,
+    inv: &Inventory,
+    issued: Vec<sync::IssuedCredential>,
+) -> Vec<sync::IssuedCredential> {
+    let mut kept = Vec::new();
+    let mut abandoned: Vec<String> = Vec::new();
     for cred in issued {
         let key = cred.generator_key();
         let what = format!("{} {}/{}", key.kind, key.namespace, key.name);
@@ -999,18 +1153,52 @@ async fn revoke(inv: &Inventory, issued: Vec<sync::IssuedCredential>) -> usize {
                 Ok(()) => {
                     tracing::info!(generator = %what, state = %cred.state.fingerprint(), "revoked a generated credential");
                 }
+                Err(crate::generators::GeneratorError::NotRevocable) => abandoned.push(what),
                 Err(e) => {
-                    tracing::warn!(generator = %what, error = %e, "cannot revoke a generated credential");
-                    failed += 1;
+                    tracing::warn!(generator = %what, error = %e, "cannot revoke a generated credential; it stays recorded");
+                    kept.push(cred);
                 }
             },
-            _ => {
-                tracing::warn!(generator = %what, "cannot revoke a generated credential: generator not available");
-                failed += 1;
+            Some(Err(_)) => {
+                tracing::warn!(generator = %what, "cannot revoke a generated credential: generator not ready; it stays recorded");
+                kept.push(cred);
             }
+            None => abandoned.push(what),
         }
     }
-    failed
+    if !abandoned.is_empty() {
+        abandoned.sort();
+        abandoned.dedup();
+        let message = format!(
+            "generated credentials cannot be revoked (generator gone or not revocable: {}); they lapse at their TTL",
+            abandoned.join(", ")
+        );
+        tracing::warn!(external_secret = %format!("{}/{}", es.namespace, es.name), "{message}");
+        warn_event(ctx, es, "RevocationAbandoned", &message).await;
+    }
+    kept
+}
+
+/// A Warning Event on the ExternalSecret `es`.
+async fn warn_event(ctx: &Context, es: &ExternalSecretObject, reason: &str, message: &str) {
+    let ev = Event {
+        type_: EventType::Warning,
+        reason: reason.into(),
+        note: Some(message.chars().take(1024).collect()),
+        action: "Revoke".into(),
+        secondary: None,
+    };
+    let reference = k8s_openapi::api::core::v1::ObjectReference {
+        api_version: Some(EXTERNAL_SECRET_API_VERSION.into()),
+        kind: Some("ExternalSecret".into()),
+        name: Some(es.name.clone()),
+        namespace: Some(es.namespace.clone()),
+        uid: es.uid.clone(),
+        ..Default::default()
+    };
+    if let Err(e) = ctx.recorder.publish(&ev, &reference).await {
+        tracing::debug!(error = %e, "cannot publish an Event");
+    }
 }
 
 /// Whether a `dataFrom[].sourceRef.generatorRef` names a kind in
@@ -1087,55 +1275,63 @@ async fn set_finalizer(
     }
 }
 
-/// The credentials recorded on a Secret ([`ISSUED_ANNOTATION`]); none when absent or
-/// unreadable.
-fn issued_of(s: &Secret) -> Vec<sync::IssuedCredential> {
-    s.metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(ISSUED_ANNOTATION))
-        .filter(|t| t.len() <= MAX_ISSUED_BYTES)
-        .and_then(|t| serde_json::from_str(t).ok())
-        .unwrap_or_default()
-}
+/// Failed cleanups of one ExternalSecret after which what is still recorded is let go
+/// (with a Warning Event): about 4 minutes of backoff, so a namespace deletion that also
+/// removed the generator's credentials never hangs for good.
+const CLEANUP_ATTEMPTS: u32 = 8;
 
 /// An ExternalSecret with our finalizer is being deleted: revoke the credentials its
-/// Secret records (a failure keeps the finalizer and is retried with backoff), drop the
-/// record from a Secret that stays (Orphan, Merge), then remove the finalizer. The Secret
-/// itself follows creationPolicy: Owner's goes with the ExternalSecret (garbage
-/// collection), others stay.
+/// record holds (whatever happened to its Secret), delete the record, then remove the
+/// finalizer. A revocation that fails keeps the finalizer and is retried with backoff, at
+/// most [`CLEANUP_ATTEMPTS`] times. The Secret itself follows creationPolicy: Owner's goes
+/// with the ExternalSecret (garbage collection), others stay.
 async fn cleanup(
     obj: &DynamicObject,
     es: &ExternalSecretObject,
     inv: &Inventory,
     ctx: &Context,
 ) -> Result<(), ReconcileError> {
-    if let Ok(spec) = &es.spec {
-        let name = sync::target_name(es, spec);
-        let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &es.namespace);
-        let existing = secrets
-            .get_opt(&name)
-            .await
-            .map_err(|e| kube_error("reading the target Secret", &e))?;
-        if let Some(secret) = existing {
-            let issued = issued_of(&secret);
-            if !issued.is_empty() {
-                let failed = revoke(inv, issued).await;
-                if failed > 0 {
-                    return Err(ReconcileError::Sync(format!(
-                        "{failed} generated credentials could not be revoked; the finalizer stays"
-                    )));
-                }
-                if spec.target.creation_policy != CreationPolicy::Owner {
-                    let patch = json!({"metadata": {"annotations": {ISSUED_ANNOTATION: null}}});
-                    secrets
-                        .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                        .await
-                        .map_err(|e| kube_error("updating the target Secret", &e))?;
-                }
-            }
+    let uid = es.uid.clone().unwrap_or_default();
+    let owner = format!("{}/{}", es.namespace, es.name);
+    let recorded = match ctx.records.get(&uid).await {
+        Ok(r) => r,
+        Err(e @ super::records::RecordError::Damaged(_)) => {
+            warn_event(ctx, es, "RevocationAbandoned", &e.to_string()).await;
+            Vec::new()
         }
+        Err(e) => return Err(ReconcileError::Kube(e.to_string())),
+    };
+    let kept = revoke(ctx, es, inv, recorded).await;
+    if !kept.is_empty() {
+        let key = ObjectRef::from_obj_with(obj, ctx.resource.clone());
+        let failures = ctx
+            .failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .copied()
+            .unwrap_or(0);
+        if failures + 1 < CLEANUP_ATTEMPTS {
+            ctx.records
+                .put(&uid, &owner, &kept)
+                .await
+                .map_err(|e| ReconcileError::Kube(e.to_string()))?;
+            return Err(ReconcileError::Sync(format!(
+                "{} generated credentials could not be revoked yet; the finalizer stays",
+                kept.len()
+            )));
+        }
+        let message = format!(
+            "{} generated credentials could not be revoked after {CLEANUP_ATTEMPTS} attempts; released, they lapse at their TTL",
+            kept.len()
+        );
+        tracing::warn!(external_secret = %owner, "{message}");
+        warn_event(ctx, es, "RevocationAbandoned", &message).await;
     }
+    ctx.records
+        .put(&uid, &owner, &[])
+        .await
+        .map_err(|e| ReconcileError::Kube(e.to_string()))?;
     set_finalizer(ctx, obj, es, false).await
 }
 
@@ -1442,13 +1638,14 @@ mod tests {
             written: Mutex::new(HashMap::new()),
             templates: Mutex::new(HashMap::new()),
             recorder: Recorder::new(
-                client,
+                client.clone(),
                 Reporter {
                     controller: CONTROLLER_NAME.into(),
                     instance: None,
                 },
             ),
             resource: resource.clone(),
+            records: Records::new(client, "esi"),
         };
         let obj: DynamicObject = serde_json::from_value(json!({
             "apiVersion": "external-secrets.io/v1", "kind": "ExternalSecret",

@@ -21,6 +21,7 @@ pub mod keys;
 pub mod kubernetes;
 pub mod output;
 pub mod policy;
+pub mod records;
 pub mod rollout;
 pub mod stores;
 pub mod sync;
