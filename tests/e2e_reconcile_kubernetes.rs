@@ -999,3 +999,185 @@ async fn template_from_a_config_map_is_read_from_the_cluster() {
         (data(&secret(&k, "app-db")?, "config")? == "pw=s3cr3t").then_some(())
     });
 }
+
+/// A namespaced `VaultDynamicSecret` generator `creds` on the fake Vault at `vault_url`.
+fn vault_generator(k: &FakeKube, vault_url: &str) {
+    k.register(
+        "generators.external-secrets.io",
+        "v1alpha1",
+        "VaultDynamicSecret",
+        "vaultdynamicsecrets",
+        true,
+        false,
+    );
+    k.apply(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "vault-token", "namespace": NS},
+        "data": {"token": b64("t")}
+    }));
+    k.apply(json!({
+        "apiVersion": "generators.external-secrets.io/v1alpha1",
+        "kind": "VaultDynamicSecret",
+        "metadata": {"name": "creds", "namespace": NS},
+        "spec": {
+            "method": "POST",
+            "path": "fake/creds",
+            "provider": {"server": vault_url, "auth": {"tokenSecretRef": {"name": "vault-token", "key": "token"}}}
+        }
+    }));
+}
+
+/// The record of issued credentials lives in the reconciler's namespace, not on the target
+/// Secret tenants can write: a revocation entry forged on the Secret is never acted on
+/// (before: the next sync revoked whatever the annotation named with the generator's
+/// token); the replaced credential is revoked from the record; and a Secret deleted before
+/// its ExternalSecret does not stop the revocation (before: the finalizer went without it).
+#[tokio::test(flavor = "multi_thread")]
+async fn revocation_follows_the_reconcilers_record_not_the_target_secret() {
+    let (vault_url, revoked) = fake_vault().await;
+    let k = cluster().await;
+    vault_generator(&k, &vault_url);
+    k.apply(generated_external_secret(
+        "db",
+        "db-creds",
+        "VaultDynamicSecret",
+        "creds",
+    ));
+    let r = Reconciler::start(&k, &[]);
+    wait_for("the generated Secret", 30, &r, || secret(&k, "db-creds"));
+    let uid = es(&k, "db")["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let record = k
+        .get(
+            "v1",
+            "Secret",
+            Some("esi-system"),
+            &format!("esi-issued-{uid}"),
+        )
+        .expect("the record in the reconciler's namespace");
+    assert!(record["data"]["issued"].is_string());
+
+    // A tenant forges an entry on the target Secret.
+    let mut forged = secret(&k, "db-creds").unwrap();
+    forged["metadata"]["annotations"]["esi.external-secrets.io/issued-credentials"] = json!(
+        r#"[{"namespace":"apps","kind":"VaultDynamicSecret","name":"creds","state":{"leaseId":"victim/lease"}}]"#
+    );
+    k.apply(forged);
+    let mut again = generated_external_secret("db", "db-creds", "VaultDynamicSecret", "creds");
+    again["metadata"]["annotations"] = json!({"force-sync": "1"});
+    k.apply(again);
+    wait_for("the second credential", 15, &r, || {
+        (data(&secret(&k, "db-creds")?, "username")? == "user-1").then_some(())
+    });
+    wait_for("the first credential revoked", 15, &r, || {
+        (!revoked.lock().unwrap().is_empty()).then_some(())
+    });
+    assert_eq!(
+        *revoked.lock().unwrap(),
+        ["fake/creds/0"],
+        "never the forged one"
+    );
+
+    // The Secret goes first (a namespace deletion removes both at once).
+    assert!(k.delete("v1", "Secret", Some(NS), "db-creds"));
+    deleted_and_revoked(&k, &r, "db", &revoked, &["fake/creds/0", "fake/creds/1"]);
+    wait_for("the record deleted", 15, &r, || {
+        k.get(
+            "v1",
+            "Secret",
+            Some("esi-system"),
+            &format!("esi-issued-{uid}"),
+        )
+        .is_none()
+        .then_some(())
+    });
+}
+
+/// A credential issued by a sync whose Secret cannot be written (an immutable Secret with
+/// other data) is revoked at once, on every retry (before: issued again and leaked on
+/// every backoff retry).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_credential_whose_secret_cannot_be_written_is_revoked() {
+    let (vault_url, revoked) = fake_vault().await;
+    let k = cluster().await;
+    vault_generator(&k, &vault_url);
+    k.apply(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "db-creds", "namespace": NS},
+        "immutable": true,
+        "data": {"username": b64("someone-else")}
+    }));
+    k.apply(generated_external_secret(
+        "db",
+        "db-creds",
+        "VaultDynamicSecret",
+        "creds",
+    ));
+    let r = Reconciler::start(&k, &[]);
+    let failed = wait_for("the failure", 30, &r, || {
+        let c = ready(&es(&k, "db"))?;
+        (c.0 == "False").then_some(c.2)
+    });
+    assert!(failed.contains("immutable"), "{failed}");
+    wait_for("two attempts revoked", 20, &r, || {
+        (revoked.lock().unwrap().len() >= 2).then_some(())
+    });
+    let revoked = revoked.lock().unwrap().clone();
+    assert_eq!(revoked[..2], ["fake/creds/0", "fake/creds/1"]);
+    let uid = es(&k, "db")["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Between attempts nothing stays recorded (a retry records before writing).
+    wait_for("nothing left recorded", 15, &r, || {
+        k.get(
+            "v1",
+            "Secret",
+            Some("esi-system"),
+            &format!("esi-issued-{uid}"),
+        )
+        .is_none()
+        .then_some(())
+    });
+}
+
+/// An ExternalSecret whose generator was deleted first (a `kubectl delete -f` of both, a
+/// namespace deletion) is not held forever by the finalizer: what can never be revoked is
+/// let go with a Warning Event (before: the finalizer stayed, the namespace hung).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gone_generator_does_not_hold_the_finalizer_forever() {
+    let (vault_url, revoked) = fake_vault().await;
+    let k = cluster().await;
+    vault_generator(&k, &vault_url);
+    k.apply(generated_external_secret(
+        "db",
+        "db-creds",
+        "VaultDynamicSecret",
+        "creds",
+    ));
+    let r = Reconciler::start(&k, &[]);
+    wait_for("the generated Secret", 30, &r, || secret(&k, "db-creds"));
+    assert!(k.delete(
+        "generators.external-secrets.io/v1alpha1",
+        "VaultDynamicSecret",
+        Some(NS),
+        "creds"
+    ));
+    std::thread::sleep(Duration::from_secs(1));
+    deleted_and_revoked(&k, &r, "db", &revoked, &[]);
+    let event = wait_for("the Warning Event", 15, &r, || {
+        k.list("events.k8s.io/v1", "Event", Some(NS))
+            .into_iter()
+            .find(|e| e["reason"] == "RevocationAbandoned")
+    });
+    assert_eq!(event["type"], "Warning");
+    assert!(
+        event["note"]
+            .as_str()
+            .unwrap()
+            .contains("VaultDynamicSecret apps/creds"),
+        "{event}"
+    );
+}

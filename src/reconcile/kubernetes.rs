@@ -780,7 +780,9 @@ async fn reconcile_one(
         }));
     }
     if !lease::leads(&ctx.leading) {
-        return Err(Failure::Kube(ReconcileError::Kube("no longer leading".into())));
+        return Err(Failure::Kube(ReconcileError::Kube(
+            "no longer leading".into(),
+        )));
     }
     let uid = es.uid.clone().unwrap_or_default();
     let owner = format!("{}/{}", es.namespace, es.name);
@@ -871,7 +873,9 @@ async fn apply_action(
     )?;
     let writes = matches!(action, SecretAction::Write | SecretAction::MergeInto);
     if writes && !lease::leads(&ctx.leading) {
-        return Err(Failure::Kube(ReconcileError::Kube("no longer leading".into())));
+        return Err(Failure::Kube(ReconcileError::Kube(
+            "no longer leading".into(),
+        )));
     }
     let synced = |name: &str| Outcome {
         reason: REASON_SYNCED,

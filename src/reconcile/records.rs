@@ -117,13 +117,15 @@ impl Records {
         if issued.len() > MAX_RECORDED {
             return Err(RecordError::TooMany);
         }
-        let text =
-            serde_json::to_vec(issued).map_err(|_| RecordError::Damaged(name.clone()))?;
+        let text = serde_json::to_vec(issued).map_err(|_| RecordError::Damaged(name.clone()))?;
         let existing = self.api.get_opt(&name).await.map_err(|e| api_error(&e))?;
         let secret = Secret {
             metadata: ObjectMeta {
                 name: Some(name.clone()),
-                labels: Some(BTreeMap::from([(RECORD_LABEL.to_string(), "true".to_string())])),
+                labels: Some(BTreeMap::from([(
+                    RECORD_LABEL.to_string(),
+                    "true".to_string(),
+                )])),
                 annotations: Some(BTreeMap::from([(
                     "esi.external-secrets.io/external-secret".to_string(),
                     owner.to_string(),
