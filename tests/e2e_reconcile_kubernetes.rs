@@ -461,11 +461,9 @@ async fn a_failing_external_secret_backs_off_and_does_not_hold_up_others() {
     assert!(secret(&k, "bad-db").is_none());
 }
 
-/// A SecretStore asking for a ServiceAccount token with an audience the API server
-/// accepts is refused before any TokenRequest, with a clear status.
-#[tokio::test(flavor = "multi_thread")]
-async fn api_server_audiences_are_refused() {
-    let k = cluster().await;
+/// A SecretStore `remote` whose token is asked for `audience` (the server URL goes
+/// nowhere), and an ExternalSecret `steal` reading it.
+fn token_store(k: &FakeKube, audience: &str) {
     k.apply(json!({"apiVersion": "v1", "kind": "ServiceAccount",
         "metadata": {"name": "admin-sa", "namespace": NS}}));
     k.apply(json!({
@@ -480,29 +478,67 @@ async fn api_server_audiences_are_refused() {
         "spec": {"provider": {"externalsecrets": {
             "server": {"url": "https://127.0.0.1:9", "caRef": {"name": "fed", "key": "ca.crt"}},
             "auth": {"kubernetes": {"serviceAccountRef": {
-                "name": "admin-sa", "audiences": ["https://kubernetes.default.svc"]}}},
+                "name": "admin-sa", "audiences": [audience]}}},
             "target": {"clusterSecretStoreName": "any"}
         }}}
     }));
     let mut e = external_secret("steal", json!({"name": "stolen"}), json!({}));
     e["spec"]["secretStoreRef"] = json!({"kind": "SecretStore", "name": "remote"});
     k.apply(e);
-    let r = Reconciler::start(&k, &[]);
-    let e = wait_for("Ready=False", 30, &r, || {
-        let e = es(&k, "steal");
+}
+
+/// The `Ready=False` message of `steal`, once no token was requested.
+fn refused_without_token(k: &FakeKube, r: &Reconciler) -> String {
+    let e = wait_for("Ready=False", 30, r, || {
+        let e = es(k, "steal");
         (ready(&e)?.0 == "False").then_some(e)
     });
-    let (_, _, message) = ready(&e).unwrap();
-    assert!(
-        message.contains("accepted by the Kubernetes API server"),
-        "{message}"
-    );
     let asked = k
         .requests()
         .iter()
         .filter(|q| q.method == "POST" && q.path.ends_with("/serviceaccounts/admin-sa/token"))
         .count();
     assert_eq!(asked, 0, "no token may be requested");
+    ready(&e).unwrap().2
+}
+
+/// A SecretStore asking for a ServiceAccount token with an audience the API server
+/// accepts is refused before any TokenRequest, with a clear status: a default audience,
+/// or the issuer the cluster publishes.
+#[tokio::test(flavor = "multi_thread")]
+async fn api_server_audiences_are_refused() {
+    let k = cluster().await;
+    token_store(&k, "https://kubernetes.default.svc");
+    let r = Reconciler::start(&k, &[]);
+    let message = refused_without_token(&k, &r);
+    assert!(
+        message.contains("accepted by the Kubernetes API server"),
+        "{message}"
+    );
+    drop(r);
+
+    // A custom issuer (`--service-account-issuer`), read from the cluster's discovery.
+    let k = cluster().await;
+    k.sign_tokens_with_fixture("https://issuer.example", "ec-1");
+    token_store(&k, "https://issuer.example/");
+    let r = Reconciler::start(&k, &[]);
+    let message = refused_without_token(&k, &r);
+    assert!(
+        message.contains("accepted by the Kubernetes API server"),
+        "{message}"
+    );
+}
+
+/// When the API server's issuer cannot be read, no token is requested at all, even for an
+/// audience that looks harmless (before: the refusal list silently lacked the issuer).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unknown_api_server_issuer_fails_closed() {
+    let k = cluster().await;
+    k.refuse_issuer_discovery(true);
+    token_store(&k, "https://esi-federation.example.com");
+    let r = Reconciler::start(&k, &[]);
+    let message = refused_without_token(&k, &r);
+    assert!(message.contains("issuer is unknown"), "{message}");
 }
 
 fn deployment(name: &str, secret: &str) -> Value {
@@ -1179,5 +1215,41 @@ async fn a_gone_generator_does_not_hold_the_finalizer_forever() {
             .unwrap()
             .contains("VaultDynamicSecret apps/creds"),
         "{event}"
+    );
+}
+
+/// `deletionPolicy: Delete` with nothing at the provider deletes only a Secret this
+/// ExternalSecret wrote: a Secret of that name written by someone else survives (before:
+/// deleted on every refresh, whoever wrote it).
+#[tokio::test(flavor = "multi_thread")]
+async fn deletion_policy_delete_spares_a_secret_it_did_not_write() {
+    let k = cluster().await;
+    fake_store(&k, "s3cr3t");
+    k.apply(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "victim", "namespace": NS},
+        "data": {"tls.key": b64("theirs")}
+    }));
+    let mut e = external_secret(
+        "x",
+        json!({"name": "victim", "deletionPolicy": "Delete"}),
+        json!({}),
+    );
+    e["spec"]["data"] = json!([]);
+    e["spec"]["dataFrom"] = json!([{"find": {"name": {"regexp": "^nothing-matches$"}}}]);
+    k.apply(e);
+    let r = Reconciler::start(&k, &[]);
+    let refused = wait_for("the refusal", 30, &r, || {
+        let c = ready(&es(&k, "x"))?;
+        (c.0 == "False").then_some(c.2)
+    });
+    assert!(refused.contains("victim"), "{refused}");
+    assert_eq!(
+        data(
+            &secret(&k, "victim").expect("the Secret survives"),
+            "tls.key"
+        )
+        .as_deref(),
+        Some("theirs")
     );
 }

@@ -98,14 +98,20 @@ struct ReconcileArgs {
     leader_election_lease_duration: Duration,
     /// Kubernetes mode: audiences the cluster's API server accepts; ServiceAccount tokens
     /// are never requested for them (a store or generator names the URL its token goes to).
-    /// The issuer of the cluster's `/.well-known/openid-configuration` is added when it can
-    /// be read.
+    /// The API server's issuer is refused too: `--api-server-issuer`, else read from the
+    /// cluster's `/.well-known/openid-configuration`; when neither gives it, no token is
+    /// requested at all (fail closed).
     #[arg(
         long,
         value_delimiter = ',',
         default_value = "https://kubernetes.default.svc.cluster.local,https://kubernetes.default.svc,kubernetes"
     )]
     api_server_audiences: Vec<String>,
+    /// Kubernetes mode: the API server's ServiceAccount issuer (its `--service-account-issuer`),
+    /// when `/.well-known/openid-configuration` may not be read (the
+    /// `system:service-account-issuer-discovery` ClusterRole grants it).
+    #[arg(long)]
+    api_server_issuer: Option<String>,
     /// Kubernetes mode: serve `/metrics` (ESO's `externalsecret_*` metrics and the
     /// server's) on this plain-HTTP address (e.g. `127.0.0.1:8080`); none by default.
     #[arg(long, env = "ESI_METRICS_LISTEN")]
@@ -527,17 +533,28 @@ async fn reconcile_kubernetes(args: ReconcileArgs) -> Result<()> {
         .await
         .context("cannot configure the Kubernetes client (in-cluster or KUBECONFIG)")?;
     let mut audiences = args.api_server_audiences.clone();
-    match api_server_issuer(&client).await {
+    let issuer = match args.api_server_issuer.clone() {
+        Some(issuer) => Some(issuer),
+        None => discover_api_server_issuer(&client).await,
+    };
+    let tokens = esi::remote::token_request::KubeTokenRequest::new(client.clone());
+    let tokens = match issuer {
         Some(issuer) => {
             tracing::info!(%issuer, "the API server's issuer is refused as a token audience");
             audiences.push(issuer);
+            tokens.with_refused_audiences(audiences)
         }
-        None => tracing::info!(
-            "the API server's OIDC issuer could not be read; refusing --api-server-audiences only"
-        ),
-    }
-    let tokens = esi::remote::token_request::KubeTokenRequest::new(client.clone())
-        .with_refused_audiences(audiences);
+        None => {
+            tracing::error!(
+                "the API server's issuer is unknown (GET /.well-known/openid-configuration failed): no ServiceAccount token will be requested; grant the system:service-account-issuer-discovery ClusterRole or pass --api-server-issuer"
+            );
+            tokens.refusing_all(
+                "the Kubernetes API server's issuer is unknown, so a token might be valid against this cluster: \
+                 grant GET /.well-known/openid-configuration (ClusterRole system:service-account-issuer-discovery) \
+                 or pass --api-server-issuer",
+            )
+        }
+    };
     if let Some(addr) = args.metrics_listen {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -577,6 +594,20 @@ async fn reconcile_kubernetes(args: ReconcileArgs) -> Result<()> {
 
 /// The `issuer` of the API server's `/.well-known/openid-configuration` (bounded answer),
 /// or None when it cannot be read.
+/// [`api_server_issuer`], tried three times over about 3 s (a transient failure at start
+/// must not disable TokenRequests).
+async fn discover_api_server_issuer(client: &kube::Client) -> Option<String> {
+    for attempt in 0..3u32 {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(1000 * u64::from(attempt))).await;
+        }
+        if let Some(issuer) = api_server_issuer(client).await {
+            return Some(issuer);
+        }
+    }
+    None
+}
+
 async fn api_server_issuer(client: &kube::Client) -> Option<String> {
     let request = http::Request::get("/.well-known/openid-configuration")
         .body(Vec::new())

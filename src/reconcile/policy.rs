@@ -60,7 +60,8 @@ pub fn should_refresh(
                 _ if changed => true,
                 None => true,
                 Some(t) if t > now => true,
-                Some(t) => t.checked_add(interval).is_none_or(|due| due < now),
+                // An interval beyond the clock's range is never due (not "always").
+                Some(t) => t.checked_add(interval).is_some_and(|due| due < now),
             }
         }
     }
@@ -166,6 +167,31 @@ pub fn delete_when_external_secret_gone(creation: CreationPolicy) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_interval_beyond_the_clock_is_never_due() {
+        let now = SystemTime::now();
+        let last = LastSync {
+            refresh_time: Some(now - Duration::from_secs(10)),
+            synced_resource_version: Some("v".into()),
+            failed: false,
+        };
+        let huge = Duration::from_secs(u64::MAX / 2);
+        assert!(!should_refresh(
+            RefreshPolicy::Periodic,
+            huge,
+            "v",
+            &last,
+            now
+        ));
+        assert!(should_refresh(
+            RefreshPolicy::Periodic,
+            Duration::from_secs(5),
+            "v",
+            &last,
+            now
+        ));
+    }
+
     use super::*;
 
     const H: Duration = Duration::from_secs(3600);

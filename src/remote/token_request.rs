@@ -61,6 +61,8 @@ pub struct KubeTokenRequest {
     client: kube::Client,
     cache: Cache,
     refused_audiences: Vec<String>,
+    /// Set: every token is refused, for this reason (the refusal list is incomplete).
+    refuse_all: Option<&'static str>,
 }
 
 impl std::fmt::Debug for KubeTokenRequest {
@@ -76,7 +78,15 @@ impl KubeTokenRequest {
             client,
             cache: Cache::default(),
             refused_audiences: Vec::new(),
+            refuse_all: None,
         }
+    }
+
+    /// Refuses every token with `reason`: when the audiences the API server accepts cannot
+    /// all be known, none is requested (fail closed).
+    pub fn refusing_all(mut self, reason: &'static str) -> Self {
+        self.refuse_all = Some(reason);
+        self
     }
 
     /// Refuses tokens for any of `audiences` (compared without a trailing `/`): the
@@ -126,6 +136,11 @@ impl ServiceAccountTokens for KubeTokenRequest {
                 "TokenRequest: the ServiceAccount's namespace or name is not a Kubernetes name"
                     .into(),
             ));
+        }
+        if let Some(reason) = self.refuse_all {
+            return Err(TokenError::Unavailable(format!(
+                "TokenRequest refused: {reason}"
+            )));
         }
         // No audience means the API server's own: a token valid against this cluster, which
         // these tokens (sent to another server) must never be.

@@ -59,6 +59,8 @@
 //!   `nbf`, `exp` = now + `spec.expirationSeconds` (default 3600, at least 600), `jti`,
 //!   `kubernetes.io.namespace` / `.serviceaccount`) with the signer the test set
 //!   ([`FakeKube::set_token_signer`], [`FakeKube::sign_tokens_with_fixture`]).
+//! - `GET /.well-known/openid-configuration`: `{issuer, jwks_uri}` (the token signer's issuer,
+//!   else [`DEFAULT_ISSUER`]); `403` after [`FakeKube::refuse_issuer_discovery`].
 //! - Errors are `Status` objects with `reason` and `code` (`NotFound`, `AlreadyExists`,
 //!   `Conflict`, `Invalid`, `BadRequest`, `Unauthorized`, `MethodNotAllowed`, `Expired`,
 //!   `InternalError`).
@@ -107,6 +109,8 @@ use super::{TestCa, install_crypto, test_ca};
 
 /// The user of [`FakeKube::token`], [`FakeKube::kubeconfig`] and [`FakeKube::client`].
 pub const DEFAULT_USER: &str = "admin";
+/// The API server's issuer when no token signer names one.
+pub const DEFAULT_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
 
 /// Watch events kept for watches that resume from a `resourceVersion` (default).
 const DEFAULT_HISTORY: usize = 1000;
@@ -241,6 +245,8 @@ struct Shared {
     fault: Mutex<Fault>,
     /// (plural, how many more) writes answered `500` ([`FakeKube::fail_next_writes`]).
     failing_writes: Mutex<Option<(String, u32)>>,
+    /// `/.well-known/openid-configuration` answers `403` ([`FakeKube::refuse_issuer_discovery`]).
+    refuse_discovery: std::sync::atomic::AtomicBool,
     drop_watches: watch::Sender<u64>,
     bookmark_interval: Mutex<Duration>,
     /// (issuer, signer)
@@ -289,6 +295,7 @@ impl FakeKube {
             requests: Mutex::new(VecDeque::new()),
             fault: Mutex::new(Fault::None),
             failing_writes: Mutex::new(None),
+            refuse_discovery: std::sync::atomic::AtomicBool::new(false),
             drop_watches,
             bookmark_interval: Mutex::new(Duration::from_secs(1)),
             signer: Mutex::new(None),
@@ -589,6 +596,14 @@ current-context: fake
     /// `500 InternalError` (then writes work again).
     pub fn fail_next_writes(&self, plural: &str, n: u32) {
         *lock(&self.shared.failing_writes) = Some((plural.to_string(), n));
+    }
+
+    /// Whether `GET /.well-known/openid-configuration` answers `403` (as without the
+    /// `system:service-account-issuer-discovery` grant) instead of the issuer.
+    pub fn refuse_issuer_discovery(&self, refuse: bool) {
+        self.shared
+            .refuse_discovery
+            .store(refuse, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Ends every open watch stream now (clean end of the HTTP body, as an API server restart
@@ -1663,6 +1678,26 @@ fn route(
     content_type: Option<&str>,
     body: &[u8],
 ) -> KResult<Response> {
+    if path == "/.well-known/openid-configuration" && *method == Method::GET {
+        if shared
+            .refuse_discovery
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(KubeError::new(
+                403,
+                "Forbidden",
+                "forbidden: cannot get path \"/.well-known/openid-configuration\"",
+            ));
+        }
+        let issuer = lock(&shared.signer)
+            .as_ref()
+            .map(|(i, _)| i.clone())
+            .unwrap_or_else(|| DEFAULT_ISSUER.to_string());
+        return Ok(json_response(
+            200,
+            &json!({"issuer": issuer, "jwks_uri": format!("{issuer}/openid/v1/jwks")}),
+        ));
+    }
     if let Some(doc) = discovery(&lock(&shared.store), path) {
         return Ok(json_response(200, &doc?));
     }
