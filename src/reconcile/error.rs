@@ -168,6 +168,13 @@ pub enum SyncError {
         /// The creation policy.
         policy: &'static str,
     },
+    /// `deletionPolicy: Delete` on a Secret this ExternalSecret did not write (another
+    /// controller owns it, or nothing marks it as an ExternalSecret's).
+    #[error("unable to delete secret {secret}: it was not written by this ExternalSecret")]
+    DeleteNotWritten {
+        /// Secret name.
+        secret: String,
+    },
     /// The existing Secret is immutable and its data would change.
     #[error("unable to update secret {secret}: immutable")]
     Immutable {
@@ -194,7 +201,9 @@ impl SyncError {
     /// which the status message starts with.
     pub fn summary(&self) -> &'static str {
         match self {
-            SyncError::DeleteNotOwner { .. } => "could not delete secret",
+            SyncError::DeleteNotOwner { .. } | SyncError::DeleteNotWritten { .. } => {
+                "could not delete secret"
+            }
             SyncError::Template { .. } => "could not apply template",
             SyncError::Immutable { .. } => "could not update secret, target is immutable",
             SyncError::Owned { .. } | SyncError::TooLarge { .. } => "could not update secret",

@@ -963,14 +963,7 @@ async fn delete_owned_secret(
             .is_some_and(|v| v == "true"),
     };
     if !ours {
-        let owner = controller.map_or_else(
-            || "nobody (not written by an ExternalSecret)".to_string(),
-            |o| o.name.clone(),
-        );
-        return Err(Failure::Sync(SyncError::Owned {
-            secret: name,
-            owner,
-        }));
+        return Err(Failure::Sync(SyncError::DeleteNotWritten { secret: name }));
     }
     let dp = DeleteParams {
         preconditions: Some(kube::api::Preconditions {
