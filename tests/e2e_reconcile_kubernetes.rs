@@ -953,19 +953,7 @@ async fn template_from_a_secret_is_read_from_the_cluster() {
 async fn a_cluster_generator_wrapping_a_revocable_kind_is_revoked_through_the_finalizer() {
     let (vault_url, revoked) = fake_vault().await;
     let k = cluster().await;
-    k.register(
-        "generators.external-secrets.io",
-        "v1alpha1",
-        "ClusterGenerator",
-        "clustergenerators",
-        false,
-        false,
-    );
-    k.apply(json!({
-        "apiVersion": "v1", "kind": "Secret",
-        "metadata": {"name": "vault-token", "namespace": NS},
-        "data": {"token": b64("t")}
-    }));
+    generator_kind_and_vault_token(&k, "ClusterGenerator", "clustergenerators", false);
     k.apply(json!({
         "apiVersion": "generators.external-secrets.io/v1alpha1",
         "kind": "ClusterGenerator",
@@ -1036,14 +1024,14 @@ async fn template_from_a_config_map_is_read_from_the_cluster() {
     });
 }
 
-/// A namespaced `VaultDynamicSecret` generator `creds` on the fake Vault at `vault_url`.
-fn vault_generator(k: &FakeKube, vault_url: &str) {
+/// Registers the generator `kind` and writes the Vault token Secret `vault-token` of `NS`.
+fn generator_kind_and_vault_token(k: &FakeKube, kind: &str, plural: &str, namespaced: bool) {
     k.register(
         "generators.external-secrets.io",
         "v1alpha1",
-        "VaultDynamicSecret",
-        "vaultdynamicsecrets",
-        true,
+        kind,
+        plural,
+        namespaced,
         false,
     );
     k.apply(json!({
@@ -1051,6 +1039,11 @@ fn vault_generator(k: &FakeKube, vault_url: &str) {
         "metadata": {"name": "vault-token", "namespace": NS},
         "data": {"token": b64("t")}
     }));
+}
+
+/// A namespaced `VaultDynamicSecret` generator `creds` on the fake Vault at `vault_url`.
+fn vault_generator(k: &FakeKube, vault_url: &str) {
+    generator_kind_and_vault_token(k, "VaultDynamicSecret", "vaultdynamicsecrets", true);
     k.apply(json!({
         "apiVersion": "generators.external-secrets.io/v1alpha1",
         "kind": "VaultDynamicSecret",
@@ -1063,13 +1056,31 @@ fn vault_generator(k: &FakeKube, vault_url: &str) {
     }));
 }
 
-/// The record of issued credentials lives in the reconciler's namespace, not on the target
-/// Secret tenants can write: a revocation entry forged on the Secret is never acted on
-/// (before: the next sync revoked whatever the annotation named with the generator's
-/// token); the replaced credential is revoked from the record; and a Secret deleted before
-/// its ExternalSecret does not stop the revocation (before: the finalizer went without it).
-#[tokio::test(flavor = "multi_thread")]
-async fn revocation_follows_the_reconcilers_record_not_the_target_secret() {
+/// The reconciler's record of the credentials issued for the ExternalSecret `uid`.
+fn record(k: &FakeKube, uid: &str) -> Option<Value> {
+    k.get(
+        "v1",
+        "Secret",
+        Some("esi-system"),
+        &format!("esi-issued-{uid}"),
+    )
+}
+
+/// Waits until the ExternalSecret `uid` has nothing recorded.
+fn no_record(k: &FakeKube, r: &Reconciler, uid: &str) {
+    wait_for("nothing left recorded", 15, r, || {
+        record(k, uid).is_none().then_some(())
+    });
+}
+
+/// The `metadata.uid` of the ExternalSecret `name`.
+fn es_uid(k: &FakeKube, name: &str) -> String {
+    es(k, name)["metadata"]["uid"].as_str().unwrap().to_string()
+}
+
+/// The ExternalSecret `db` from the `VaultDynamicSecret` `creds` on a fake Vault, synced:
+/// the cluster, the reconciler and the leases revoked.
+async fn generated_db() -> (FakeKube, Reconciler, Arc<Mutex<Vec<String>>>) {
     let (vault_url, revoked) = fake_vault().await;
     let k = cluster().await;
     vault_generator(&k, &vault_url);
@@ -1081,19 +1092,20 @@ async fn revocation_follows_the_reconcilers_record_not_the_target_secret() {
     ));
     let r = Reconciler::start(&k, &[]);
     wait_for("the generated Secret", 30, &r, || secret(&k, "db-creds"));
-    let uid = es(&k, "db")["metadata"]["uid"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let record = k
-        .get(
-            "v1",
-            "Secret",
-            Some("esi-system"),
-            &format!("esi-issued-{uid}"),
-        )
-        .expect("the record in the reconciler's namespace");
-    assert!(record["data"]["issued"].is_string());
+    (k, r, revoked)
+}
+
+/// The record of issued credentials lives in the reconciler's namespace, not on the target
+/// Secret tenants can write: a revocation entry forged on the Secret is never acted on
+/// (before: the next sync revoked whatever the annotation named with the generator's
+/// token); the replaced credential is revoked from the record; and a Secret deleted before
+/// its ExternalSecret does not stop the revocation (before: the finalizer went without it).
+#[tokio::test(flavor = "multi_thread")]
+async fn revocation_follows_the_reconcilers_record_not_the_target_secret() {
+    let (k, r, revoked) = generated_db().await;
+    let uid = es_uid(&k, "db");
+    let recorded = record(&k, &uid).expect("the record in the reconciler's namespace");
+    assert!(recorded["data"]["issued"].is_string());
 
     // A tenant forges an entry on the target Secret.
     let mut forged = secret(&k, "db-creds").unwrap();
@@ -1119,16 +1131,7 @@ async fn revocation_follows_the_reconcilers_record_not_the_target_secret() {
     // The Secret goes first (a namespace deletion removes both at once).
     assert!(k.delete("v1", "Secret", Some(NS), "db-creds"));
     deleted_and_revoked(&k, &r, "db", &revoked, &["fake/creds/0", "fake/creds/1"]);
-    wait_for("the record deleted", 15, &r, || {
-        k.get(
-            "v1",
-            "Secret",
-            Some("esi-system"),
-            &format!("esi-issued-{uid}"),
-        )
-        .is_none()
-        .then_some(())
-    });
+    no_record(&k, &r, &uid);
 }
 
 /// A credential issued by a sync whose Secret cannot be written (an immutable Secret with
@@ -1162,21 +1165,8 @@ async fn a_credential_whose_secret_cannot_be_written_is_revoked() {
     });
     let revoked = revoked.lock().unwrap().clone();
     assert_eq!(revoked[..2], ["fake/creds/0", "fake/creds/1"]);
-    let uid = es(&k, "db")["metadata"]["uid"]
-        .as_str()
-        .unwrap()
-        .to_string();
     // Between attempts nothing stays recorded (a retry records before writing).
-    wait_for("nothing left recorded", 15, &r, || {
-        k.get(
-            "v1",
-            "Secret",
-            Some("esi-system"),
-            &format!("esi-issued-{uid}"),
-        )
-        .is_none()
-        .then_some(())
-    });
+    no_record(&k, &r, &es_uid(&k, "db"));
 }
 
 /// An ExternalSecret whose generator was deleted first (a `kubectl delete -f` of both, a
@@ -1184,17 +1174,7 @@ async fn a_credential_whose_secret_cannot_be_written_is_revoked() {
 /// let go with a Warning Event (before: the finalizer stayed, the namespace hung).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_gone_generator_does_not_hold_the_finalizer_forever() {
-    let (vault_url, revoked) = fake_vault().await;
-    let k = cluster().await;
-    vault_generator(&k, &vault_url);
-    k.apply(generated_external_secret(
-        "db",
-        "db-creds",
-        "VaultDynamicSecret",
-        "creds",
-    ));
-    let r = Reconciler::start(&k, &[]);
-    wait_for("the generated Secret", 30, &r, || secret(&k, "db-creds"));
+    let (k, r, revoked) = generated_db().await;
     assert!(k.delete(
         "generators.external-secrets.io/v1alpha1",
         "VaultDynamicSecret",
