@@ -390,7 +390,9 @@ pub async fn run(
     });
     let api = Api::<DynamicObject>::all_with(client.clone(), &resource);
     let secrets = Api::<Secret>::all(client);
-    Controller::new_with(api, watcher::Config::default(), resource)
+    let controller = Controller::new_with(api, watcher::Config::default(), resource);
+    tokio::spawn(forget_deleted(controller.store(), ctx.clone()));
+    controller
         .owns_with(
             secrets,
             (),
@@ -406,6 +408,35 @@ pub async fn run(
             }
         })
         .await;
+}
+
+/// How often the per-ExternalSecret memory is swept of ExternalSecrets that are gone.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+/// Drops, every [`SWEEP_EVERY`], what [`Context`] remembers of ExternalSecrets the
+/// controller's cache no longer has (deleted without our finalizer, so never reconciled
+/// at deletion), so that the memory follows the cluster rather than only its cap.
+async fn forget_deleted(store: kube::runtime::reflector::Store<DynamicObject>, ctx: Arc<Context>) {
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    loop {
+        tick.tick().await;
+        if store.wait_until_ready().await.is_err() {
+            return;
+        }
+        let live = |key: &ObjectRef<DynamicObject>| store.get(key).is_some();
+        sweep(&ctx.failures, live);
+        sweep(&ctx.written, live);
+        sweep(&ctx.templates, live);
+    }
+}
+
+fn sweep<V>(
+    map: &Mutex<HashMap<ObjectRef<DynamicObject>, V>>,
+    live: impl Fn(&ObjectRef<DynamicObject>) -> bool,
+) {
+    map.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .retain(|key, _| live(key));
 }
 
 /// `delay` after the `n`th failure in a row (n ≥ 1): backon's jittered exponential from
@@ -1669,6 +1700,17 @@ mod tests {
                 .as_deref(),
             Some("w")
         );
+    }
+
+    #[test]
+    fn sweeping_keeps_only_live_external_secrets() {
+        let resource = external_secret_resource();
+        let key =
+            |name: &str| ObjectRef::<DynamicObject>::new_with(name, resource.clone()).within("ns");
+        let map = Mutex::new(HashMap::from([(key("gone"), 3u32), (key("live"), 1)]));
+        sweep(&map, |k| k.name == "live");
+        let left: Vec<_> = map.lock().unwrap().keys().map(|k| k.name.clone()).collect();
+        assert_eq!(left, ["live"]);
     }
 
     #[test]
