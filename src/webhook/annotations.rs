@@ -177,7 +177,7 @@ pub enum Parsed {
     /// `skip: "true"`: leave the Pod alone, whatever else it says.
     Skipped,
     /// An injection (or a Pod already injected).
-    Request(Annotations),
+    Request(Box<Annotations>),
 }
 
 /// Reads the annotations under [`PREFIX`]: unknown keys, unsupported ESE keys, empty or
@@ -261,7 +261,7 @@ pub fn parse(annotations: Option<&BTreeMap<String, String>>) -> Result<Parsed, D
             }
         }
     }
-    Ok(Parsed::Request(a))
+    Ok(Parsed::Request(Box::new(a)))
 }
 
 /// A value, trimmed: not empty, not oversized, no control characters.
@@ -359,7 +359,8 @@ mod tests {
 
     #[test]
     fn each_refusal_names_the_annotation() {
-        let cases: &[(&[(&str, &str)], &str, &str)] = &[
+        type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
+        let cases: &[Case] = &[
             (
                 &[("bogus", "1")],
                 "bogus",

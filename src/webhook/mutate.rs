@@ -1217,7 +1217,8 @@ mod tests {
             s.as_object_mut().unwrap().remove("securityContext");
             s
         };
-        let cases: Vec<(Vec<(&str, &str)>, Value, u16, &str, &str)> = vec![
+        type Case<'a> = (Vec<(&'a str, &'a str)>, Value, u16, &'a str, &'a str);
+        let cases: Vec<Case> = vec![
             (
                 env(&[]),
                 no_cmd,
