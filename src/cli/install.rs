@@ -5,9 +5,8 @@
 //! distroless, with no `cp` to do it.
 
 use std::ffi::OsString;
-use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs::File;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -62,12 +61,15 @@ pub fn main(argv: &[OsString]) -> ExitCode {
     }
 }
 
-/// Copies `source` to `dest` as an executable (0555): into a new temporary file in
-/// `dest`'s directory, synced, then renamed over `dest`, so that nobody ever runs a
-/// partial copy.
+/// Largest binary copied (this one is about 16 MiB).
+const MAX_BINARY_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Copies `source` to `dest` as an executable (0555), the way esi-cli writes secret files
+/// ([`super::files::write_if_changed_mode`]: a temporary file beside `dest`, synced, then
+/// renamed over it), so that nobody ever runs a partial copy.
 ///
 /// # Errors
-/// `dest` not absolute, its directory missing or not writable, or any I/O failure.
+/// `dest` not absolute, `source` unreadable or too large, or any I/O failure.
 pub fn copy_executable(source: &Path, dest: &Path) -> std::io::Result<()> {
     if !dest.is_absolute() {
         return Err(std::io::Error::new(
@@ -75,33 +77,17 @@ pub fn copy_executable(source: &Path, dest: &Path) -> std::io::Result<()> {
             "the destination must be an absolute path",
         ));
     }
-    let dir = dest.parent().ok_or_else(|| {
-        std::io::Error::new(std::io::ErrorKind::InvalidInput, "no parent directory")
-    })?;
-    let name = dest
-        .file_name()
-        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "no file name"))?;
-    let mut tmp_name = OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".{}.tmp", std::process::id()));
-    let tmp = dir.join(tmp_name);
-    let result = (|| {
-        let mut from = File::open(source)?;
-        let mut to = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o555)
-            .open(&tmp)?;
-        std::io::copy(&mut from, &mut to)?;
-        to.flush()?;
-        to.sync_all()?;
-        std::fs::rename(&tmp, dest)?;
-        File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+    let mut bytes = Vec::new();
+    File::open(source)?
+        .take(MAX_BINARY_BYTES + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_BINARY_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "the binary is larger than 256 MiB",
+        ));
     }
-    result
+    super::files::write_if_changed_mode(dest, &bytes, 0o555).map(|_| ())
 }
 
 #[cfg(test)]
@@ -129,7 +115,7 @@ mod tests {
             .collect();
         assert_eq!(names.len(), 2, "{names:?}");
         assert!(copy_executable(&src, Path::new("relative/esi-cli")).is_err());
-        assert!(copy_executable(&src, &dir.path().join("missing/esi-cli")).is_err());
+        assert!(copy_executable(&dir.path().join("missing"), &dest).is_err());
     }
 
     #[test]

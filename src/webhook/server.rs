@@ -10,7 +10,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -22,7 +21,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 use super::Settings;
 use super::review::{MAX_BODY_BYTES, Outcome, review};
-use crate::runtime::{ListenerSettings, serve_https};
+use crate::runtime::{ListenerSettings, serve_https_reloading};
 use crate::tls::{TlsError, TlsFiles};
 
 /// Time a client has to send the whole review once its headers arrived.
@@ -284,15 +283,11 @@ pub async fn serve(
     let addr = listener.local_addr()?;
     tracing::info!(%addr, image = %config.settings.image, audience = %config.settings.audience, "webhook listening (HTTPS)");
     on_listening(addr);
-    let tls = Arc::new(ArcSwap::from_pointee(tls_config));
-    tokio::spawn(crate::tls::reload_on_change(
-        config.tls.clone(),
-        tls.clone(),
-        config.tls_reload_interval,
-    ));
-    serve_https(
+    serve_https_reloading(
         listener,
-        tls,
+        config.tls,
+        tls_config,
+        config.tls_reload_interval,
         router(config.settings),
         config.listener,
         shutdown,
