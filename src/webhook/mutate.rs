@@ -400,6 +400,13 @@ impl<'a> Request<'a> {
             });
         }
         let plan = check(&argv, self.a, Some(i))?;
+        if plan.expand.is_empty() && plan.env.is_empty() && plan.files.is_empty() {
+            return Err(Denial::invalid(
+                Key::ExternalSecret.full(),
+                "nothing to inject: name the secrets with externalsecret, \
+                 federated-generators, inject-on-env or inject-on-file",
+            ));
+        }
         if plan.args != rest || plan.binary.as_deref() != Some(Path::new(program)) {
             return Err(Denial::invalid(
                 format!("spec.containers[{i}].command"),
@@ -1254,6 +1261,13 @@ mod tests {
                 400,
                 "env-vars",
                 "no injection is selected",
+            ),
+            (
+                vec![("env-vars", "true")],
+                app_spec(),
+                400,
+                "externalsecret",
+                "nothing to inject",
             ),
             (
                 vec![("file-secrets", "true"), ("externalsecret", "a,b")],
