@@ -682,15 +682,9 @@ fn manifests(issuer: &Issuer, vault: Option<&(String, String)>) -> Vec<(&'static
 #[tokio::test(flavor = "multi_thread")]
 async fn the_injected_command_lines_run_and_give_the_application_its_secrets() {
     let vault = openbao();
+    let db = json!({"user": "app", "password": "s3cr3t-db-pw"});
     if let Some((addr, root)) = &vault {
-        vault_put(
-            addr,
-            root,
-            "secret",
-            "e2e-webhook/db",
-            json!({"user": "app", "password": "s3cr3t-db-pw"}),
-        )
-        .await;
+        vault_put(addr, root, "secret", "e2e-webhook/db", db).await;
     }
     let issuer = Issuer::start(jwks(&["rsa-1"]), false).await;
     let server = Server::start(&manifests(&issuer, vault.as_ref()), &[]);
