@@ -26,3 +26,4 @@ pub mod status;
 pub mod support;
 pub mod template;
 pub mod tls;
+pub mod webhook;

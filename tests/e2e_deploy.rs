@@ -1188,3 +1188,278 @@ fn the_chart_ships_the_servers_crds() {
         "deploy/crds is not `esi-server crds`"
     );
 }
+
+/// The webhook's objects (`webhook.enabled`), for each certificate choice: the
+/// `MutatingWebhookConfiguration` reaches the webhook's Service and trusts its certificate,
+/// the Service selects the webhook's Pods only, the Deployment runs `esi-server webhook`
+/// confined, without a token or RBAC, and the server's own objects are unchanged.
+#[test]
+fn the_webhook_renders_wired_and_confined() {
+    if !helm_available() {
+        return;
+    }
+    let ns = "esi-system";
+    let without = render(&serde_json::json!({}));
+    for (case, values) in [
+        (
+            "self-signed CA",
+            serde_json::json!({"webhook": {"enabled": true}}),
+        ),
+        (
+            "cluster issuer",
+            serde_json::json!({"webhook": {"enabled": true, "failurePolicy": "Ignore", "timeoutSeconds": 5,
+                "tls": {"certManager": {"issuerRef": {"name": "corp-ca", "kind": "ClusterIssuer"}}},
+                "cli": {"audience": "https://esi.example.com", "image": "reg.example.com/esi-cli:1"}}}),
+        ),
+        (
+            "existing Secret",
+            serde_json::json!({"webhook": {"enabled": true, "namespaceSelector": {"matchLabels": null},
+                "tls": {"source": "secret", "secretName": "hook-tls", "caBundle": "Q0EK"}}}),
+        ),
+    ] {
+        let set = values.to_string();
+        if let Err(e) = helm(&["lint", CHART, "--set-json", &set]) {
+            panic!("{case}: helm lint --strict: {e}");
+        }
+        let docs = render(&values);
+        let w = &values["webhook"];
+        // The server's objects are as without the webhook.
+        for d in &without {
+            assert!(docs.contains(d), "{case}: changed: {d}");
+        }
+        let hooks = of_kind(&docs, "MutatingWebhookConfiguration");
+        assert_eq!(hooks.len(), 1, "{case}");
+        let cfg = hooks[0];
+        let [hook] = cfg["webhooks"].as_array().unwrap().as_slice() else {
+            panic!("{case}: one webhook")
+        };
+        assert_eq!(strs(&hook["admissionReviewVersions"]), ["v1"], "{case}");
+        assert_eq!(hook["sideEffects"], "None");
+        assert_eq!(hook["reinvocationPolicy"], "IfNeeded");
+        assert_eq!(
+            hook["failurePolicy"],
+            w["failurePolicy"].as_str().unwrap_or("Fail"),
+            "{case}"
+        );
+        assert_eq!(
+            hook["timeoutSeconds"],
+            w["timeoutSeconds"].as_u64().unwrap_or(10),
+            "{case}"
+        );
+        assert_eq!(
+            hook["rules"],
+            serde_json::json!([{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
+                                "resources": ["pods"], "scope": "Namespaced"}])
+        );
+        let exprs = hook["namespaceSelector"]["matchExpressions"]
+            .as_array()
+            .unwrap();
+        assert!(
+            exprs.contains(
+                &serde_json::json!({"key": "kubernetes.io/metadata.name", "operator": "NotIn",
+                                               "values": [ns, "kube-system"]})
+            ),
+            "{case}: its own namespace is never selected: {exprs:?}"
+        );
+        let labels_wanted =
+            !w["namespaceSelector"]["matchLabels"].is_null() || w["namespaceSelector"].is_null();
+        assert_eq!(
+            hook["namespaceSelector"]["matchLabels"]["esi-federation.io/injection"] == "enabled",
+            labels_wanted,
+            "{case}"
+        );
+        assert_eq!(
+            hook["objectSelector"]["matchExpressions"][0]["key"],
+            "secretless.externalsecrets.com/skip"
+        );
+        // clientConfig → the Service → the webhook's Pods, on the port they listen on.
+        let svc_ref = &hook["clientConfig"]["service"];
+        assert_eq!(
+            (svc_ref["namespace"].as_str(), svc_ref["path"].as_str()),
+            (Some(ns), Some("/mutate"))
+        );
+        let service = docs
+            .iter()
+            .find(|d| d["kind"] == "Service" && d["metadata"]["name"] == svc_ref["name"])
+            .unwrap_or_else(|| panic!("{case}: no Service {}", svc_ref["name"]));
+        let port = &service["spec"]["ports"][0];
+        assert_eq!(port["port"], svc_ref["port"], "{case}");
+        let deployments = of_kind(&docs, "Deployment");
+        assert_eq!(deployments.len(), 2, "{case}");
+        let (server, hookd) =
+            match deployments[0]["metadata"]["name"].as_str() == Some("esi-federation") {
+                true => (deployments[0], deployments[1]),
+                false => (deployments[1], deployments[0]),
+            };
+        let pod_labels = &hookd["spec"]["template"]["metadata"]["labels"];
+        assert!(selects(&service["spec"]["selector"], pod_labels), "{case}");
+        assert!(selects(&hookd["spec"]["selector"], pod_labels), "{case}");
+        let server_labels = &server["spec"]["template"]["metadata"]["labels"];
+        assert!(
+            !selects(&service["spec"]["selector"], server_labels),
+            "{case}: the webhook Service selects the server"
+        );
+        for s in of_kind(&docs, "Service")
+            .into_iter()
+            .chain(of_kind(&docs, "PodDisruptionBudget"))
+        {
+            if s["metadata"]["name"] == "esi-federation" {
+                assert!(
+                    !selects(&s["spec"]["selector"], pod_labels),
+                    "{case}: the server's {} selects the webhook",
+                    s["kind"]
+                );
+            }
+        }
+        let pod = &hookd["spec"]["template"]["spec"];
+        let c = &pod["containers"][0];
+        assert!(
+            c["ports"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["name"] == port["targetPort"]),
+            "{case}: the Service targets no container port"
+        );
+        // Confined, no token, no RBAC.
+        assert_eq!(pod["automountServiceAccountToken"], false);
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+        let sc = &c["securityContext"];
+        assert_eq!(
+            (
+                &sc["readOnlyRootFilesystem"],
+                &sc["allowPrivilegeEscalation"],
+                strs(&sc["capabilities"]["drop"])
+            ),
+            (
+                &Value::Bool(true),
+                &Value::Bool(false),
+                vec!["ALL".to_string()]
+            ),
+            "{case}"
+        );
+        assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault");
+        assert!(!c["resources"]["limits"]["memory"].is_null());
+        let sa = pod["serviceAccountName"].clone();
+        assert!(
+            of_kind(&docs, "ServiceAccount")
+                .iter()
+                .any(|s| s["metadata"]["name"] == sa && s["automountServiceAccountToken"] == false)
+        );
+        for b in of_kind(&docs, "RoleBinding")
+            .into_iter()
+            .chain(of_kind(&docs, "ClusterRoleBinding"))
+        {
+            assert!(
+                !b["subjects"].to_string().contains(sa.as_str().unwrap()),
+                "{case}: the webhook has RBAC"
+            );
+        }
+        let args = strs(&c["args"]);
+        assert_eq!(args[0], "webhook");
+        let listen = args
+            .iter()
+            .find_map(|a| a.strip_prefix("--listen=0.0.0.0:"))
+            .unwrap();
+        for probe in ["startupProbe", "livenessProbe", "readinessProbe"] {
+            let g = &c[probe]["httpGet"];
+            assert_eq!(
+                (g["scheme"].as_str(), g["port"].to_string()),
+                (Some("HTTPS"), listen.to_string()),
+                "{case}: {probe}"
+            );
+        }
+        let image = w["cli"]["image"]
+            .as_str()
+            .unwrap_or(c["image"].as_str().unwrap())
+            .to_string();
+        assert!(
+            args.contains(&format!("--cli-image={image}")),
+            "{case}: {args:?}"
+        );
+        let audience = w["cli"]["audience"].as_str().unwrap_or("esi-federation");
+        assert!(
+            args.contains(&format!("--audience={audience}")),
+            "{case}: {args:?}"
+        );
+        // The certificate the Pod serves is the one the API server is told to trust.
+        let tls_secret = pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "tls")
+            .map(|v| v["secret"]["secretName"].clone())
+            .unwrap();
+        let certs = of_kind(&docs, "Certificate");
+        let issuers = of_kind(&docs, "Issuer");
+        if w["tls"]["source"] == "secret" {
+            assert_eq!(tls_secret, "hook-tls");
+            assert_eq!(hook["clientConfig"]["caBundle"], "Q0EK");
+            assert!(cfg["metadata"]["annotations"]["cert-manager.io/inject-ca-from"].is_null());
+            assert!(certs.is_empty() && issuers.is_empty(), "{case}");
+            continue;
+        }
+        assert!(hook["clientConfig"]["caBundle"].is_null(), "{case}");
+        let inject = cfg["metadata"]["annotations"]["cert-manager.io/inject-ca-from"]
+            .as_str()
+            .unwrap();
+        let (inject_ns, inject_name) = inject.split_once('/').unwrap();
+        let leaf = certs
+            .iter()
+            .find(|c| {
+                c["metadata"]["name"] == inject_name && c["metadata"]["namespace"] == inject_ns
+            })
+            .unwrap_or_else(|| panic!("{case}: no Certificate {inject}"));
+        assert_eq!(leaf["spec"]["secretName"], tls_secret, "{case}");
+        let svc_dns = format!("{}.{ns}.svc", service["metadata"]["name"].as_str().unwrap());
+        assert!(strs(&leaf["spec"]["dnsNames"]).contains(&svc_dns), "{case}");
+        let issuer_ref = &leaf["spec"]["issuerRef"];
+        match w["tls"]["certManager"]["issuerRef"]["name"].as_str() {
+            Some(given) => {
+                assert_eq!(
+                    (issuer_ref["name"].as_str(), issuer_ref["kind"].as_str()),
+                    (Some(given), Some("ClusterIssuer"))
+                );
+                assert!(issuers.is_empty(), "{case}");
+            }
+            None => {
+                // Leaf ← CA Issuer ← CA Certificate (isCA) ← self-signed Issuer.
+                let ca_issuer = issuers
+                    .iter()
+                    .find(|i| i["metadata"]["name"] == issuer_ref["name"])
+                    .unwrap();
+                let ca_secret = &ca_issuer["spec"]["ca"]["secretName"];
+                let ca_cert = certs
+                    .iter()
+                    .find(|c| &c["spec"]["secretName"] == ca_secret)
+                    .unwrap();
+                assert_eq!(ca_cert["spec"]["isCA"], true);
+                let root = issuers
+                    .iter()
+                    .find(|i| i["metadata"]["name"] == ca_cert["spec"]["issuerRef"]["name"])
+                    .unwrap();
+                assert!(root["spec"]["selfSigned"].is_object(), "{case}");
+            }
+        }
+    }
+    for (values, reason) in [
+        (
+            serde_json::json!({"webhook": {"enabled": true, "tls": {"source": "secret"}}}),
+            "webhook.tls.caBundle",
+        ),
+        (
+            serde_json::json!({"webhook": {"enabled": true, "failurePolicy": "Sometimes"}}),
+            "webhook.failurePolicy must be",
+        ),
+        (
+            serde_json::json!({"webhook": {"enabled": true, "timeoutSeconds": 60}}),
+            "webhook.timeoutSeconds",
+        ),
+    ] {
+        let set = values.to_string();
+        match helm(&["template", CHART, "--set-json", &set]) {
+            Ok(_) => panic!("{set} rendered"),
+            Err(e) => assert!(e.contains(reason), "{set}: {e}"),
+        }
+    }
+}

@@ -37,6 +37,19 @@ enum Command {
     /// Print the CustomResourceDefinitions of our kinds (Authorization, KubernetesFederation,
     /// AuthorizedIdentity) as multi-document YAML, for `kubectl apply -f -`.
     Crds,
+    /// The Pod-injection webhook: a mutating admission webhook (HTTPS, `POST /mutate`)
+    /// that adds esi-cli to Pods with ESE's `secretless.externalsecrets.com/` annotations.
+    /// See docs/webhook.md.
+    Webhook(Box<WebhookCmd>),
+}
+
+#[derive(Args)]
+struct WebhookCmd {
+    #[command(flatten)]
+    args: esi::webhook::WebhookArgs,
+    /// Log format.
+    #[arg(long, value_enum, default_value = "text", env = "ESI_LOG_FORMAT")]
+    log_format: LogFormat,
 }
 
 #[derive(Args, Clone)]
@@ -434,6 +447,20 @@ fn run() -> Result<()> {
         Command::DevToken(args) => dev_token(args),
         Command::Crds => {
             print!("{}", esi::resources::crd::all_yaml()?);
+            Ok(())
+        }
+        Command::Webhook(cmd) => {
+            init_logging(cmd.log_format);
+            let config = cmd.args.into_config()?;
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?
+                .block_on(esi::webhook::serve(
+                    config,
+                    |addr| println!("esi-server webhook listening on https://{addr}"),
+                    shutdown_signal(),
+                ))?;
             Ok(())
         }
     }

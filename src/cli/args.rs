@@ -27,7 +27,9 @@ pub enum Mode {
 #[command(
     name = "esi-cli",
     version,
-    about = "Fetches secrets from an ESI Federation Server (or the local cluster) and injects them"
+    about = "Fetches secrets from an ESI Federation Server (or the local cluster) and injects them",
+    after_help = "`esi-cli install --to=PATH` copies this binary to PATH (mode 0555) and exits: \
+                  the injection webhook's init container does this (docs/webhook.md)."
 )]
 pub struct Args {
     /// init: fetch, then exec --binary-path; daemon: keep --inject-on-file files current.
@@ -102,6 +104,49 @@ pub enum ArgsError {
         /// What is wrong (never a secret value: flags hold names and paths).
         reason: String,
     },
+}
+
+/// Why an esi-cli command line cannot work, as esi-cli would report it at start.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ArgvError {
+    /// The parser refused it (an unknown flag, a value of the wrong form, a stray word).
+    #[error("{message}")]
+    Syntax {
+        /// The flag concerned (`--federated-token`), when the parser names one.
+        flag: Option<String>,
+        /// The parser's one-line message.
+        message: String,
+    },
+    /// [`Plan::from_args`] refused a value or a combination.
+    #[error(transparent)]
+    Invalid(#[from] ArgsError),
+}
+
+/// Parses and validates a whole esi-cli command line (`argv[0]` first) exactly as esi-cli
+/// does at start ([`Args`], then [`Plan::from_args`]), reading nothing from disk (file
+/// templates are not loaded). The injection webhook checks the command lines it writes
+/// with this, so that a Pod it admits never fails on its flags.
+pub fn check_argv<I, T>(argv: I) -> Result<Plan, ArgvError>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let args = Args::try_parse_from(argv).map_err(|e| {
+        use clap::error::{ContextKind, ContextValue};
+        let flag = match e.get(ContextKind::InvalidArg) {
+            Some(ContextValue::String(s)) => s.split_whitespace().next().map(str::to_string),
+            _ => None,
+        };
+        let rendered = e.render().to_string();
+        let message = rendered
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim_start_matches("error: ")
+            .to_string();
+        ArgvError::Syntax { flag, message }
+    })?;
+    Ok(Plan::from_args(&args)?)
 }
 
 fn invalid(flag: &'static str, reason: impl Into<String>) -> ArgsError {
@@ -864,6 +909,44 @@ mod tests {
         ])
         .unwrap_err();
         assert!(err.contains("federated-server-url"), "{err}");
+    }
+
+    #[test]
+    fn whole_command_lines_are_checked_as_esi_cli_does() {
+        let p = check_argv([
+            "esi-cli",
+            "--mode=init",
+            "--binary-path=/bin/app",
+            "--args=-c,echo $(X)",
+            "--external-secrets=db",
+        ])
+        .unwrap();
+        assert_eq!(p.args, vec!["-c", "echo $(X)"]);
+        assert_eq!(p.expand, vec!["db"]);
+        match check_argv(["esi-cli", "--mode=init", "--bogus=1"]).unwrap_err() {
+            ArgvError::Syntax { flag, message } => {
+                assert_eq!(flag.as_deref(), Some("--bogus"), "{message}");
+                assert!(message.contains("unexpected argument"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        match check_argv(["esi-cli", "--mode=init", "--federated-token="]).unwrap_err() {
+            ArgvError::Syntax { flag, .. } => {
+                assert_eq!(flag.as_deref(), Some("--federated-token"))
+            }
+            other => panic!("{other:?}"),
+        }
+        let e = check_argv(["esi-cli", "--mode=init", "--inject-on-env=X"]).unwrap_err();
+        assert!(
+            matches!(
+                &e,
+                ArgvError::Invalid(ArgsError::Invalid {
+                    flag: "inject-on-env",
+                    ..
+                })
+            ),
+            "{e:?}"
+        );
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub mod federated;
 pub mod fetch;
 pub mod files;
 pub mod inject;
+pub mod install;
 pub mod local;
 pub use crate::remote::tls_explain;
 pub mod value;
@@ -46,9 +47,14 @@ fn say(line: impl std::fmt::Display) {
 }
 
 /// The binary's whole life: parse flags, then run the mode. Only returns when init
-/// mode does not exec (an error, or nothing to exec) or daemon mode ends.
+/// mode does not exec (an error, or nothing to exec) or daemon mode ends. `esi-cli
+/// install --to=PATH` copies the binary instead ([`install`]).
 pub fn main_entry() -> ExitCode {
-    let args = match Args::try_parse() {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if install::requested(&argv) {
+        return install::main(&argv);
+    }
+    let args = match Args::try_parse_from(&argv) {
         Ok(a) => a,
         Err(e) => {
             let _ = e.print();

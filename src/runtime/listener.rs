@@ -317,6 +317,29 @@ pub async fn serve_https(
     Ok(())
 }
 
+/// [`serve_https`] with the TLS config loaded from `files` (`initial`) and reloaded when
+/// the files change (checked every `reload_interval`, [`crate::tls::reload_on_change`]).
+///
+/// # Errors
+/// As [`serve_https`].
+pub async fn serve_https_reloading(
+    listener: TcpListener,
+    files: crate::tls::TlsFiles,
+    initial: ServerConfig,
+    reload_interval: Duration,
+    app: Router,
+    settings: ListenerSettings,
+    shutdown: impl Future<Output = ()> + Send,
+) -> std::io::Result<()> {
+    let tls = Arc::new(ArcSwap::from_pointee(initial));
+    tokio::spawn(crate::tls::reload_on_change(
+        files,
+        tls.clone(),
+        reload_interval,
+    ));
+    serve_https(listener, tls, app, settings, shutdown).await
+}
+
 /// What one connection task needs.
 struct Connection {
     tls: Arc<ServerConfig>,

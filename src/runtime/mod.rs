@@ -4,7 +4,7 @@
 pub mod listener;
 mod serve;
 
-pub use listener::{ListenerSettings, serve_https};
+pub use listener::{ListenerSettings, serve_https, serve_https_reloading};
 pub use serve::{
     KubernetesMode, LedgerChoice, Listening, ServeConfig, ServeError, Source, TlsSource, serve,
 };

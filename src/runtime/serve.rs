@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
-use super::listener::{ListenerSettings, serve_https};
+use super::listener::{ListenerSettings, serve_https_reloading};
 use crate::api::{self, ApiSettings, AppState, LimitSettings, Limits};
 use crate::authn::{Authenticator, AuthnSettings};
 use crate::config::DirectorySource;
@@ -297,13 +297,16 @@ pub async fn serve(
         addr,
         self_signed_ca,
     });
-    let tls = Arc::new(ArcSwap::from_pointee(tls_config));
-    tokio::spawn(crate::tls::reload_on_change(
+    serve_https_reloading(
+        listener,
         tls_files,
-        tls.clone(),
+        tls_config,
         config.tls_reload_interval,
-    ));
-    serve_https(listener, tls, app, config.listener, shutdown).await?;
+        app,
+        config.listener,
+        shutdown,
+    )
+    .await?;
     Ok(())
 }
 

@@ -83,7 +83,45 @@ app.kubernetes.io/part-of: esi-federation
 {{- if not (has .Values.podAntiAffinity (list "soft" "hard" "none")) -}}
 {{- fail (printf "podAntiAffinity must be soft, hard or none, not %q" .Values.podAntiAffinity) -}}
 {{- end -}}
+{{- if .Values.webhook.enabled -}}
+{{- if not (has .Values.webhook.tls.source (list "certManager" "secret")) -}}
+{{- fail (printf "webhook.tls.source must be certManager or secret, not %q" .Values.webhook.tls.source) -}}
+{{- end -}}
+{{- if and (eq .Values.webhook.tls.source "secret") (not .Values.webhook.tls.caBundle) -}}
+{{- fail "webhook.tls.source=secret needs webhook.tls.caBundle: the base64 PEM of the CA that signed the Secret's certificate (the API server trusts only it)" -}}
+{{- end -}}
+{{- if not (has .Values.webhook.failurePolicy (list "Fail" "Ignore")) -}}
+{{- fail (printf "webhook.failurePolicy must be Fail or Ignore, not %q" .Values.webhook.failurePolicy) -}}
+{{- end -}}
+{{- if or (lt (int .Values.webhook.timeoutSeconds) 1) (gt (int .Values.webhook.timeoutSeconds) 30) -}}
+{{- fail "webhook.timeoutSeconds must be between 1 and 30" -}}
+{{- end -}}
+{{- end -}}
 {{- if and .Values.metrics.podMonitor.enabled (not .Values.metrics.enabled) -}}
 {{- fail "metrics.podMonitor.enabled needs metrics.enabled (the PodMonitor scrapes the plain-HTTP metrics port)" -}}
 {{- end -}}
+{{- end -}}
+
+{{/* The webhook's names and labels: its own app name, so that the server's selectors never
+match its Pods. */}}
+{{- define "esi.webhookName" -}}
+{{- printf "%s-webhook" (include "esi.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "esi.webhookSelectorLabels" -}}
+app.kubernetes.io/name: {{ printf "%s-webhook" (include "esi.name" .) | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "esi.webhookLabels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "esi.webhookSelectorLabels" . }}
+app.kubernetes.io/component: webhook
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: esi-federation
+{{- end -}}
+
+{{- define "esi.webhookTlsSecretName" -}}
+{{- default (printf "%s-tls" (include "esi.webhookName" .)) .Values.webhook.tls.secretName -}}
 {{- end -}}

@@ -1,0 +1,1395 @@
+//! From annotations to an injected Pod (docs/webhook.md, "What gets injected").
+//!
+//! - **Environment** (`env-vars: "true"`): the init container `esi-cli-install` copies
+//!   `esi-cli` onto the in-memory volume `esi-cli-bin`; every container's command becomes
+//!   `/esi/bin/esi-cli --mode=init … --binary-path=<command[0]> --args=<the rest, comma
+//!   joined>`, so esi-cli fetches the secrets and execs the application with them. These
+//!   containers also write the files, if any.
+//! - **Files** (`inject-on-file`, `file-secrets: "true"`): without environment injection,
+//!   the init container `esi-cli-init` writes them onto the in-memory volume
+//!   `esi-cli-files`, mounted read-only into every container at the files' directories.
+//! - **Daemon** (`daemon-refresh-interval`): the native sidecar `esi-cli-daemon` (an init
+//!   container with `restartPolicy: Always`) keeps the files current and, with
+//!   generators, renews the credentials the init step issued (`--credentials-file` on the
+//!   volume `esi-cli-state`) and revokes them when the Pod ends.
+//! - **Token** (with `federated-server-url`): the projected volume `esi-cli-token`, a
+//!   ServiceAccount token for the federation audience and the cluster CA
+//!   (`kube-root-ca.crt`), mounted read-only into the containers that run esi-cli.
+//!
+//! Every esi-cli command line is checked by esi-cli's own parser before the Pod is
+//! admitted; every refusal names the annotation or field to fix.
+
+use std::collections::BTreeMap;
+use std::path::{Component, Path, PathBuf};
+
+use json_patch::Patch;
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMapProjection, Container, EmptyDirVolumeSource, KeyToPath,
+    LocalObjectReference, Pod, PodSpec, ProjectedVolumeSource, SeccompProfile, SecurityContext,
+    ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
+use super::annotations::{self, Annotations, Key, Parsed, split_list};
+use super::{Denial, Settings};
+use crate::cli::args::{ArgsError, ArgvError, FileSource, Plan, check_argv};
+
+/// Where `esi-cli` is copied to in the application containers.
+pub const BIN_DIR: &str = "/esi/bin";
+/// Where the projected token and the cluster CA are mounted.
+pub const TOKEN_DIR: &str = "/esi/token";
+/// Where the credentials handoff lives (init step → daemon).
+pub const STATE_DIR: &str = "/esi/state";
+/// The directory of ESE's `file-secrets` file (`/secrets/secrets.json`).
+pub const SECRETS_DIR: &str = "/secrets";
+/// The Pod's own ServiceAccount mount (local mode reads the API with it).
+pub const SA_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+/// Names the injection adds to a Pod; a Pod already using one is denied (403).
+pub const VOLUME_BIN: &str = "esi-cli-bin";
+/// The projected token volume.
+pub const VOLUME_TOKEN: &str = "esi-cli-token";
+/// The written files.
+pub const VOLUME_FILES: &str = "esi-cli-files";
+/// The credentials handoff.
+pub const VOLUME_STATE: &str = "esi-cli-state";
+/// Copies esi-cli (environment injection).
+pub const CONTAINER_INSTALL: &str = "esi-cli-install";
+/// Writes the files (file injection without environment injection).
+pub const CONTAINER_INIT: &str = "esi-cli-init";
+/// Keeps files and credentials current (native sidecar).
+pub const CONTAINER_DAEMON: &str = "esi-cli-daemon";
+
+const RESERVED_VOLUMES: [&str; 4] = [VOLUME_BIN, VOLUME_TOKEN, VOLUME_FILES, VOLUME_STATE];
+const RESERVED_CONTAINERS: [&str; 3] = [CONTAINER_INSTALL, CONTAINER_INIT, CONTAINER_DAEMON];
+
+/// Directories (and everything below the first group) a secret file may not be put in:
+/// mounting the files volume there would hide what the image keeps there.
+const SYSTEM_TREES: [&str; 9] = [
+    "/bin", "/boot", "/dev", "/lib", "/lib32", "/lib64", "/proc", "/sbin", "/sys",
+];
+const SYSTEM_DIRS: [&str; 13] = [
+    "/",
+    "/etc",
+    "/usr",
+    "/usr/bin",
+    "/usr/lib",
+    "/usr/local",
+    "/usr/local/bin",
+    "/var",
+    "/var/lib",
+    "/var/run",
+    "/run",
+    "/root",
+    "/var/run/secrets",
+];
+
+/// The JSON patch that injects `pod` (empty: admit it unchanged), or why it cannot be.
+///
+/// # Errors
+/// A [`Denial`] naming the annotation or field to fix.
+pub fn mutate(pod: &Pod, settings: &Settings) -> Result<Patch, Denial> {
+    let a = match annotations::parse(pod.metadata.annotations.as_ref())? {
+        Parsed::NotOurs | Parsed::Skipped => return Ok(Patch(Vec::new())),
+        Parsed::Request(a) => a,
+    };
+    let spec = pod
+        .spec
+        .as_ref()
+        .ok_or_else(|| Denial::invalid("spec", "the Pod has no spec"))?;
+    if a.injected {
+        return already_injected(spec).map(|()| Patch(Vec::new()));
+    }
+    let mut out = pod.clone();
+    inject(&a, settings, &mut out)?;
+    let internal = |_| Denial {
+        code: 500,
+        field: "webhook".into(),
+        message: "cannot encode the Pod".into(),
+    };
+    let before = serde_json::to_value(pod).map_err(internal)?;
+    let after = serde_json::to_value(&out).map_err(internal)?;
+    Ok(super::diff::diff(&before, &after))
+}
+
+/// Reinvocation (or a Pod copied from an injected one): nothing more to do, provided the
+/// injection is really there (the annotation alone is no way to skip it).
+fn already_injected(spec: &PodSpec) -> Result<(), Denial> {
+    let ours = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .any(|c| RESERVED_CONTAINERS.contains(&c.name.as_str()));
+    if ours {
+        Ok(())
+    } else {
+        Err(Denial::invalid(
+            Key::Injected.full(),
+            "is set by the webhook on the Pods it injected, and this Pod has no injected \
+             container: remove it (use skip: \"true\" to leave a Pod alone)",
+        ))
+    }
+}
+
+/// One argument of an esi-cli command line and whether it came from an annotation (then
+/// `$` is doubled in the Pod, so that the kubelet's `$(VAR)` expansion leaves it as
+/// checked) or from the container's own command (kept verbatim: the kubelet expands it as
+/// it did before the injection).
+struct Arg {
+    text: String,
+    from_annotation: bool,
+}
+
+fn flag(name: &str, value: &str) -> Arg {
+    Arg {
+        text: format!("--{name}={value}"),
+        from_annotation: true,
+    }
+}
+
+/// The command line as checked (what esi-cli will receive).
+fn texts(argv: &[Arg]) -> Vec<&str> {
+    argv.iter().map(|a| a.text.as_str()).collect()
+}
+
+/// The command line as written into the Pod.
+fn in_pod(argv: &[Arg]) -> Vec<String> {
+    argv.iter()
+        .map(|a| match a.from_annotation {
+            true => a.text.replace('$', "$$"),
+            false => a.text.clone(),
+        })
+        .collect()
+}
+
+/// The annotation an esi-cli flag comes from.
+fn annotation_of_flag(flag: &str, files_from_file_secrets: bool) -> String {
+    let key = match flag.trim_start_matches('-') {
+        "external-secrets" => Key::ExternalSecret,
+        "federated-server-url" => Key::FederatedServerUrl,
+        "federated-store" => Key::FederatedStore,
+        "federated-generators" => Key::FederatedGenerators,
+        "federated-token" => Key::FederatedToken,
+        "federated-ca-crt" => Key::FederatedCaCrt,
+        "daemon-refresh-interval" => Key::DaemonRefreshInterval,
+        "inject-on-env" => Key::InjectOnEnv,
+        "inject-on-file" if files_from_file_secrets => Key::FileSecrets,
+        "inject-on-file" => Key::InjectOnFile,
+        _ => return "secretless.externalsecrets.com/ annotations".into(),
+    };
+    key.full()
+}
+
+/// Checks a command line with esi-cli's parser; a refusal names the annotation (or, for
+/// `--binary-path`/`--args`, the container field) it comes from.
+fn check(argv: &[Arg], a: &Annotations, container: Option<usize>) -> Result<Plan, Denial> {
+    let files_from_file_secrets = a.inject_on_file.is_none();
+    check_argv(texts(argv)).map_err(|e| {
+        let (flag, message) = match &e {
+            ArgvError::Syntax { flag, message } => {
+                (flag.clone().unwrap_or_default(), message.clone())
+            }
+            ArgvError::Invalid(ArgsError::Invalid { flag, reason }) => {
+                (format!("--{flag}"), reason.clone())
+            }
+        };
+        let field = match (flag.as_str(), container) {
+            ("--binary-path" | "--args", Some(i)) => format!("spec.containers[{i}].command"),
+            _ => annotation_of_flag(&flag, files_from_file_secrets),
+        };
+        Denial::invalid(field, format!("esi-cli would refuse {flag}: {message}"))
+    })
+}
+
+/// What the annotations ask for, checked together, and the flags every esi-cli gets.
+struct Request<'a> {
+    a: &'a Annotations,
+    env: bool,
+    daemon: bool,
+    /// Generators are handed from the init step to the daemon (`--credentials-file`).
+    handoff: bool,
+    federated: bool,
+    /// The injected token volume is needed (some path not overridden).
+    token_volume: bool,
+    /// `inject-on-file` items (with file-secrets' default first).
+    files: Vec<String>,
+    /// Flags common to every esi-cli of the Pod.
+    common: Vec<Arg>,
+}
+
+impl<'a> Request<'a> {
+    fn new(a: &'a Annotations, containers: usize) -> Result<Request<'a>, Denial> {
+        let env = a.env_vars;
+        let wants_files = a.file_secrets || a.inject_on_file.is_some();
+        if !env && !wants_files {
+            return Err(Denial::invalid(
+                Key::EnvVars.full(),
+                "no injection is selected: set env-vars: \"true\" (environment variables) or \
+                 file-secrets: \"true\" / inject-on-file (files), or skip: \"true\"",
+            ));
+        }
+        if a.inject_on_env.is_some() && !env {
+            return Err(Denial::invalid(
+                Key::InjectOnEnv.full(),
+                "sets environment variables: it needs env-vars: \"true\"",
+            ));
+        }
+        let federated = a.server_url.is_some();
+        if !federated {
+            let fed_only = [
+                (Key::FederatedStore, a.store.is_some()),
+                (Key::FederatedGenerators, a.generators.is_some()),
+                (Key::FederatedToken, a.token.is_some()),
+                (Key::FederatedCaCrt, a.ca_crt.is_some()),
+                (Key::FederatedAuth, a.auth),
+            ];
+            if let Some((key, _)) = fed_only.iter().find(|(_, set)| *set) {
+                return Err(Denial::invalid(
+                    key.full(),
+                    "is for a Federation Server: it needs federated-server-url",
+                ));
+            }
+        }
+        let mut files = Vec::new();
+        if a.file_secrets {
+            match a.external_secret_names().as_slice() {
+                [one] => files.push(format!("{SECRETS_DIR}/secrets.json={one}")),
+                [] if a.inject_on_file.is_some() => {}
+                [] => {
+                    return Err(Denial::invalid(
+                        Key::FileSecrets.full(),
+                        format!(
+                            "writes the externalsecret to {SECRETS_DIR}/secrets.json: set \
+                             externalsecret (one name), or name the files with inject-on-file"
+                        ),
+                    ));
+                }
+                several => {
+                    return Err(Denial::invalid(
+                        Key::FileSecrets.full(),
+                        format!(
+                            "writes one externalsecret to {SECRETS_DIR}/secrets.json, not {} \
+                             ({}): name each file with inject-on-file instead",
+                            several.len(),
+                            several.join(", ")
+                        ),
+                    ));
+                }
+            }
+        }
+        files.extend(
+            split_list(a.inject_on_file.as_deref())
+                .into_iter()
+                .map(str::to_string),
+        );
+        let daemon = a.refresh.is_some();
+        let generators = !split_list(a.generators.as_deref()).is_empty();
+        let handoff = daemon && generators;
+        if handoff && env && containers > 1 {
+            return Err(Denial::invalid(
+                Key::DaemonRefreshInterval.full(),
+                format!(
+                    "with federated-generators the daemon renews the credentials of one \
+                     esi-cli init step, but each of the {containers} containers runs its own \
+                     (env-vars): inject into a Pod with one container, or drop \
+                     daemon-refresh-interval"
+                ),
+            ));
+        }
+        if daemon && !handoff && files.is_empty() {
+            return Err(Denial::invalid(
+                Key::DaemonRefreshInterval.full(),
+                "the daemon keeps files current (inject-on-file, file-secrets) or renews \
+                 generator credentials (federated-generators): this Pod has neither",
+            ));
+        }
+        let mut common = Vec::new();
+        if let Some(url) = &a.server_url {
+            common.push(flag("federated-server-url", url));
+            if let Some(s) = &a.store {
+                common.push(flag("federated-store", s));
+            }
+            if let Some(g) = &a.generators {
+                common.push(flag("federated-generators", g));
+            }
+            let token = a.token.clone().unwrap_or(format!("{TOKEN_DIR}/token"));
+            common.push(flag("federated-token", &token));
+            let ca = a.ca_crt.clone().unwrap_or(format!("{TOKEN_DIR}/ca.crt"));
+            common.push(flag("federated-ca-crt", &ca));
+        }
+        Ok(Request {
+            a,
+            env,
+            daemon,
+            handoff,
+            federated,
+            token_volume: federated && (a.token.is_none() || a.ca_crt.is_none()),
+            files,
+            common,
+        })
+    }
+
+    fn credentials_file(&self) -> Option<Arg> {
+        self.handoff
+            .then(|| flag("credentials-file", &format!("{STATE_DIR}/credentials.json")))
+    }
+
+    fn inject_on_file(&self, items: &[String]) -> Option<Arg> {
+        (!items.is_empty()).then(|| flag("inject-on-file", &items.join(",")))
+    }
+
+    /// An application container's command line (environment injection).
+    fn env_argv(&self, i: usize, c: &Container) -> Result<(Vec<Arg>, Plan), Denial> {
+        let field = format!("spec.containers[{i}].command");
+        let command = c.command.as_deref().unwrap_or_default();
+        let Some((program, first)) = command.split_first().filter(|(p, _)| !p.is_empty()) else {
+            return Err(Denial::invalid(
+                field,
+                format!(
+                    "container {:?} has no command: the webhook cannot know the image's \
+                     entrypoint, which esi-cli must exec; write it as command (and args) in \
+                     the Pod spec, or set skip: \"true\"",
+                    c.name
+                ),
+            ));
+        };
+        let rest: Vec<(String, &String)> = first
+            .iter()
+            .enumerate()
+            .map(|(j, s)| (format!("spec.containers[{i}].command[{}]", j + 1), s))
+            .chain(
+                c.args
+                    .iter()
+                    .flatten()
+                    .enumerate()
+                    .map(|(j, s)| (format!("spec.containers[{i}].args[{j}]"), s)),
+            )
+            .collect();
+        if let Some((at, _)) = rest.iter().find(|(_, s)| s.contains(',')) {
+            return Err(Denial::invalid(
+                at.clone(),
+                "holds a comma, which esi-cli's --args cannot carry (it splits the \
+                 application's arguments at commas): pass that value another way (an \
+                 environment variable, a file)",
+            ));
+        }
+        let mut argv = vec![Arg {
+            text: format!("{BIN_DIR}/esi-cli"),
+            from_annotation: false,
+        }];
+        argv.push(flag("mode", "init"));
+        argv.extend(self.common.iter().map(flag_copy));
+        if let Some(es) = &self.a.external_secret {
+            argv.push(flag("external-secrets", es));
+        }
+        argv.push(flag(
+            "inject-on-env",
+            self.a.inject_on_env.as_deref().unwrap_or("*"),
+        ));
+        argv.extend(self.inject_on_file(&self.files));
+        argv.extend(self.credentials_file());
+        argv.push(Arg {
+            text: format!("--binary-path={program}"),
+            from_annotation: false,
+        });
+        let rest: Vec<&str> = rest.iter().map(|(_, s)| s.as_str()).collect();
+        if !rest.is_empty() {
+            argv.push(Arg {
+                text: format!("--args={}", rest.join(",")),
+                from_annotation: false,
+            });
+        }
+        let plan = check(&argv, self.a, Some(i))?;
+        if plan.expand.is_empty() && plan.env.is_empty() && plan.files.is_empty() {
+            return Err(Denial::invalid(
+                Key::ExternalSecret.full(),
+                "nothing to inject: name the secrets with externalsecret, \
+                 federated-generators, inject-on-env or inject-on-file",
+            ));
+        }
+        if plan.args != rest || plan.binary.as_deref() != Some(Path::new(program)) {
+            return Err(Denial::invalid(
+                format!("spec.containers[{i}].command"),
+                "the command does not pass through esi-cli's --binary-path and --args unchanged",
+            ));
+        }
+        Ok((argv, plan))
+    }
+
+    /// The file-writing init container's command line (files without environment).
+    fn init_argv(&self, settings: &Settings) -> Result<(Vec<Arg>, Plan), Denial> {
+        let mut argv = vec![program(settings), flag("mode", "init")];
+        argv.extend(self.common.iter().map(flag_copy));
+        argv.extend(self.inject_on_file(&self.files));
+        argv.extend(self.credentials_file());
+        let plan = check(&argv, self.a, None)?;
+        // esi-cli splits `secret.key` at a known secret name first; the file step cannot be
+        // told the externalsecret names (they would ask for environment variables), so a
+        // reference that reads differently without them is refused.
+        if let Some(es) = &self.a.external_secret {
+            let mut with_names: Vec<Arg> = vec![program(settings), flag("mode", "daemon")];
+            with_names.extend(self.common.iter().map(flag_copy));
+            with_names.push(flag("external-secrets", es));
+            with_names.extend(self.inject_on_file(&self.files));
+            let reference = check(&with_names, self.a, None)?;
+            for (mine, theirs) in plan.files.iter().zip(&reference.files) {
+                if mine != theirs {
+                    return Err(Denial::invalid(
+                        Key::InjectOnFile.full(),
+                        format!(
+                            "{}: the reference reads differently without the externalsecret \
+                             names (a name with a dot); file injection does not know them: \
+                             rename the secret or use env-vars: \"true\"",
+                            mine.path.display()
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok((argv, plan))
+    }
+
+    /// The daemon's command line: the files it keeps (without those of generators when
+    /// their credentials are handed off: the init step wrote them and the daemon renews
+    /// the credentials) and the handoff.
+    fn daemon_argv(&self, settings: &Settings, files: &Plan) -> Result<Vec<Arg>, Denial> {
+        let generator_file = |f: &crate::cli::args::FileSpec| match &f.source {
+            FileSource::Secret(r) => files.generators.iter().any(|g| g.name == r.secret),
+            FileSource::Template(_) => false,
+        };
+        let kept: Vec<String> = self
+            .files
+            .iter()
+            .zip(&files.files)
+            .filter(|(_, f)| !(self.handoff && generator_file(f)))
+            .map(|(item, _)| item.clone())
+            .collect();
+        let mut argv = vec![program(settings), flag("mode", "daemon")];
+        argv.extend(self.common.iter().map(flag_copy));
+        argv.extend(self.inject_on_file(&kept));
+        if let Some(r) = &self.a.refresh {
+            argv.push(flag("daemon-refresh-interval", r));
+        }
+        argv.extend(self.credentials_file());
+        check(&argv, self.a, None)?;
+        Ok(argv)
+    }
+}
+
+fn flag_copy(f: &Arg) -> Arg {
+    Arg {
+        text: f.text.clone(),
+        from_annotation: f.from_annotation,
+    }
+}
+
+fn program(settings: &Settings) -> Arg {
+    Arg {
+        text: settings.cli_path.clone(),
+        from_annotation: false,
+    }
+}
+
+/// Injects `pod` in place; on error the caller drops the half-changed copy.
+fn inject(a: &Annotations, settings: &Settings, pod: &mut Pod) -> Result<(), Denial> {
+    let Some(spec) = pod.spec.as_mut() else {
+        return Err(Denial::invalid("spec", "the Pod has no spec"));
+    };
+    reserved_names(spec)?;
+    let req = Request::new(a, spec.containers.len())?;
+
+    // Every command line, checked before anything changes.
+    let mut env_argvs: Vec<Vec<Arg>> = Vec::new();
+    // The files as esi-cli reads them (paths, and which secret or template each holds).
+    let mut files_plan: Option<Plan> = None;
+    if req.env {
+        for (i, c) in spec.containers.iter().enumerate() {
+            let (argv, plan) = req.env_argv(i, c)?;
+            env_argvs.push(argv);
+            files_plan.get_or_insert(plan);
+        }
+    }
+    let mut init_argv = None;
+    if !req.env && !req.files.is_empty() {
+        let (argv, plan) = req.init_argv(settings)?;
+        init_argv = Some(argv);
+        files_plan = Some(plan);
+    }
+    let daemon_argv = match (req.daemon, &files_plan) {
+        (true, Some(plan)) => Some(req.daemon_argv(settings, plan)?),
+        (true, None) => Some(req.daemon_argv(settings, &empty_plan(&req, settings)?)?),
+        (false, _) => None,
+    };
+    let file_paths: Vec<PathBuf> = files_plan
+        .iter()
+        .flat_map(|p| p.files.iter().map(|f| f.path.clone()))
+        .collect();
+    let dirs = file_dirs(&file_paths, a)?;
+    for (i, c) in spec.containers.iter().enumerate() {
+        for (j, m) in c.volume_mounts.iter().flatten().enumerate() {
+            if under(Path::new(&m.mount_path), Path::new("/esi"))
+                || dirs.iter().any(|d| Path::new(&m.mount_path) == d)
+            {
+                return Err(Denial::forbidden(
+                    format!("spec.containers[{i}].volumeMounts[{j}].mountPath"),
+                    format!(
+                        "{:?} is where the injection mounts its volumes (/esi, and the \
+                         directories of the secret files)",
+                        m.mount_path
+                    ),
+                ));
+            }
+        }
+    }
+    // What esi-cli reads in its own containers must be on a volume of the Pod.
+    let own_containers = init_argv.is_some() || daemon_argv.is_some();
+    let mirrored = match own_containers {
+        true => mirrored_mounts(&req, files_plan.as_ref(), spec)?,
+        false => Vec::new(),
+    };
+    if req.env && !req.federated {
+        for (i, c) in spec.containers.iter().enumerate() {
+            if !c
+                .volume_mounts
+                .iter()
+                .flatten()
+                .any(|m| m.mount_path == SA_DIR)
+            {
+                return Err(no_service_account(&format!("spec.containers[{i}]")));
+            }
+        }
+    }
+
+    // Changes.
+    let files_mounts = |read_only: bool| -> Vec<VolumeMount> {
+        dirs.iter()
+            .map(|d| VolumeMount {
+                name: VOLUME_FILES.into(),
+                mount_path: d.display().to_string(),
+                sub_path: Some(d.strip_prefix("/").unwrap_or(d).display().to_string()),
+                read_only: read_only.then_some(true),
+                ..VolumeMount::default()
+            })
+            .collect()
+    };
+    let token_mount = || VolumeMount {
+        name: VOLUME_TOKEN.into(),
+        mount_path: TOKEN_DIR.into(),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    };
+    let state_mount = || VolumeMount {
+        name: VOLUME_STATE.into(),
+        mount_path: STATE_DIR.into(),
+        ..VolumeMount::default()
+    };
+    let mut volumes = Vec::new();
+    let mut init_containers = Vec::new();
+    if req.env {
+        volumes.push(memory_volume(VOLUME_BIN, "64Mi"));
+        let mut c = injected_container(
+            CONTAINER_INSTALL,
+            settings,
+            settings.run_as_user,
+            settings.run_as_group,
+        );
+        c.command = Some(vec![
+            settings.cli_path.clone(),
+            "install".into(),
+            format!("--to={BIN_DIR}/esi-cli"),
+        ]);
+        c.volume_mounts = Some(vec![VolumeMount {
+            name: VOLUME_BIN.into(),
+            mount_path: BIN_DIR.into(),
+            ..VolumeMount::default()
+        }]);
+        init_containers.push(c);
+    }
+    if req.token_volume {
+        volumes.push(token_volume(settings));
+    }
+    if !dirs.is_empty() {
+        volumes.push(memory_volume(VOLUME_FILES, "16Mi"));
+    }
+    if req.handoff {
+        volumes.push(memory_volume(VOLUME_STATE, "1Mi"));
+    }
+    let (uid, gid) = match own_containers {
+        true => file_user(spec, settings, req.env)?,
+        false => (settings.run_as_user, settings.run_as_group),
+    };
+    let own = |name: &str, argv: &[Arg]| {
+        let mut c = injected_container(name, settings, uid, gid);
+        c.command = Some(in_pod(argv));
+        let mut mounts = files_mounts(false);
+        if req.token_volume {
+            mounts.push(token_mount());
+        }
+        if req.handoff {
+            mounts.push(state_mount());
+        }
+        mounts.extend(mirrored.iter().cloned());
+        c.volume_mounts = Some(mounts);
+        c
+    };
+    if let Some(argv) = &init_argv {
+        init_containers.push(own(CONTAINER_INIT, argv));
+    }
+    if let Some(argv) = &daemon_argv {
+        let mut c = own(CONTAINER_DAEMON, argv);
+        c.restart_policy = Some("Always".into());
+        init_containers.push(c);
+    }
+    for (i, c) in spec.containers.iter_mut().enumerate() {
+        let mounts = c.volume_mounts.get_or_insert_with(Vec::new);
+        match env_argvs.get(i) {
+            Some(argv) => {
+                c.command = Some(in_pod(argv));
+                c.args = None;
+                mounts.push(VolumeMount {
+                    name: VOLUME_BIN.into(),
+                    mount_path: BIN_DIR.into(),
+                    read_only: Some(true),
+                    ..VolumeMount::default()
+                });
+                if req.token_volume {
+                    mounts.push(token_mount());
+                }
+                mounts.extend(files_mounts(false));
+                if req.handoff {
+                    mounts.push(state_mount());
+                }
+            }
+            None => mounts.extend(files_mounts(true)),
+        }
+    }
+    spec.volumes.get_or_insert_with(Vec::new).extend(volumes);
+    spec.init_containers
+        .get_or_insert_with(Vec::new)
+        .extend(init_containers);
+    if !a.image_pull_secrets.is_empty() {
+        let have = spec.image_pull_secrets.get_or_insert_with(Vec::new);
+        for name in &a.image_pull_secrets {
+            if !have.iter().any(|s| &s.name == name) {
+                have.push(LocalObjectReference { name: name.clone() });
+            }
+        }
+    }
+    pod.metadata
+        .annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(Key::Injected.full(), "true".into());
+    Ok(())
+}
+
+/// A plan without files, for a daemon that only renews handed-off credentials.
+fn empty_plan(req: &Request<'_>, settings: &Settings) -> Result<Plan, Denial> {
+    let mut argv = vec![program(settings), flag("mode", "daemon")];
+    argv.extend(req.common.iter().map(flag_copy));
+    argv.extend(req.credentials_file());
+    check(&argv, req.a, None)
+}
+
+fn no_service_account(field: &str) -> Denial {
+    Denial::invalid(
+        field,
+        format!(
+            "without federated-server-url esi-cli reads ExternalSecrets through the \
+             Kubernetes API with the Pod's ServiceAccount token, which is not mounted at \
+             {SA_DIR} (automountServiceAccountToken: false?)"
+        ),
+    )
+}
+
+/// Names the injection adds must be free (a Pod changed by hand is not injected twice).
+fn reserved_names(spec: &PodSpec) -> Result<(), Denial> {
+    for (j, v) in spec.volumes.iter().flatten().enumerate() {
+        if RESERVED_VOLUMES.contains(&v.name.as_str()) {
+            return Err(Denial::forbidden(
+                format!("spec.volumes[{j}].name"),
+                format!("{:?} is reserved for the injection", v.name),
+            ));
+        }
+    }
+    let containers = spec
+        .containers
+        .iter()
+        .enumerate()
+        .map(|(j, c)| ("containers", j, c));
+    let inits = spec.init_containers.iter().flatten().enumerate();
+    for (list, j, c) in containers.chain(inits.map(|(j, c)| ("initContainers", j, c))) {
+        if RESERVED_CONTAINERS.contains(&c.name.as_str()) {
+            return Err(Denial::forbidden(
+                format!("spec.{list}[{j}].name"),
+                format!("{:?} is reserved for the injection", c.name),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether `path` is `dir` or below it (whole components).
+fn under(path: &Path, dir: &Path) -> bool {
+    path.starts_with(dir)
+}
+
+/// The directories the files volume is mounted at: the files' directories, each once,
+/// nested ones folded into the outermost. System directories, relative components and
+/// the injection's own `/esi` are refused.
+fn file_dirs(paths: &[PathBuf], a: &Annotations) -> Result<Vec<PathBuf>, Denial> {
+    let field = || match a.inject_on_file.is_some() {
+        true => Key::InjectOnFile.full(),
+        false => Key::FileSecrets.full(),
+    };
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    for p in paths {
+        if p.components()
+            .any(|c| !matches!(c, Component::RootDir | Component::Normal(_)))
+        {
+            return Err(Denial::invalid(
+                field(),
+                format!("{}: the path must not hold . or .. components", p.display()),
+            ));
+        }
+        let dir = p.parent().unwrap_or(Path::new("/"));
+        let refused = SYSTEM_DIRS.iter().any(|d| dir == Path::new(d))
+            || SYSTEM_TREES.iter().any(|d| under(dir, Path::new(d)))
+            || under(dir, Path::new("/esi"))
+            || under(dir, Path::new(SA_DIR));
+        if refused {
+            return Err(Denial::invalid(
+                field(),
+                format!(
+                    "{}: the files volume would be mounted at {}, hiding what the image keeps \
+                     there: put the file in a directory of its own (e.g. /secrets or \
+                     /etc/app/secrets)",
+                    p.display(),
+                    dir.display()
+                ),
+            ));
+        }
+        dirs.push(dir.to_path_buf());
+    }
+    dirs.sort();
+    dirs.dedup();
+    let outer: Vec<PathBuf> = dirs
+        .iter()
+        .filter(|d| !dirs.iter().any(|o| o != *d && under(d, o)))
+        .cloned()
+        .collect();
+    Ok(outer)
+}
+
+/// The Pod's volume mounts that esi-cli needs in its own containers: templates of
+/// file injection, a `federated-token`/`federated-ca-crt` of the Pod's, and in local mode
+/// the ServiceAccount token. Each is the application containers' mount holding the path,
+/// added read-only.
+fn mirrored_mounts(
+    req: &Request<'_>,
+    files: Option<&Plan>,
+    spec: &PodSpec,
+) -> Result<Vec<VolumeMount>, Denial> {
+    let mut wanted: Vec<(String, PathBuf)> = Vec::new();
+    for f in files.iter().flat_map(|p| p.files.iter()) {
+        if let FileSource::Template(t) = &f.source {
+            wanted.push((Key::InjectOnFile.full(), t.file.clone()));
+        }
+    }
+    if let Some(t) = &req.a.token {
+        wanted.push((Key::FederatedToken.full(), PathBuf::from(t)));
+    }
+    if let Some(c) = &req.a.ca_crt {
+        wanted.push((Key::FederatedCaCrt.full(), PathBuf::from(c)));
+    }
+    if !req.federated {
+        wanted.push(("spec".into(), PathBuf::from(format!("{SA_DIR}/token"))));
+    }
+    let mounts: Vec<&VolumeMount> = spec
+        .containers
+        .iter()
+        .flat_map(|c| c.volume_mounts.iter().flatten())
+        .collect();
+    let mut out: Vec<VolumeMount> = Vec::new();
+    for (field, path) in wanted {
+        let holder = mounts
+            .iter()
+            .filter(|m| under(&path, Path::new(&m.mount_path)) && Path::new(&m.mount_path) != path)
+            .max_by_key(|m| m.mount_path.len());
+        let Some(m) = holder else {
+            if field == "spec" {
+                return Err(no_service_account("spec"));
+            }
+            return Err(Denial::invalid(
+                field,
+                format!(
+                    "{}: esi-cli runs in its own container here (file injection), which sees \
+                     only the Pod's volumes, and no container of the Pod mounts one holding \
+                     this path: put it on a volume (a ConfigMap, a projected token) mounted \
+                     in the Pod",
+                    path.display()
+                ),
+            ));
+        };
+        if !out.iter().any(|o| o.mount_path == m.mount_path) {
+            out.push(VolumeMount {
+                name: m.name.clone(),
+                mount_path: m.mount_path.clone(),
+                sub_path: m.sub_path.clone(),
+                sub_path_expr: m.sub_path_expr.clone(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The user and group of esi-cli's own containers. Files are written with mode 0400, so
+/// the application must be their owner (or root): esi-cli runs as the user every
+/// application container runs as (its own `runAsUser`, else the Pod's), the settings'
+/// when that is root (root reads anything). With environment injection the application
+/// containers' esi-cli writes too (files, the credentials handoff), so the daemon must be
+/// that very user, root excluded. A user the Pod does not name (the image's) cannot be
+/// known here: denied, rather than files nobody can read.
+fn file_user(spec: &PodSpec, settings: &Settings, env: bool) -> Result<(i64, i64), Denial> {
+    let pod = spec.security_context.as_ref();
+    let effective = |get: fn(&SecurityContext) -> Option<i64>| -> Option<i64> {
+        let each: Vec<Option<i64>> = spec
+            .containers
+            .iter()
+            .map(|c| c.security_context.as_ref().and_then(get))
+            .map(|v| v.or_else(|| pod.and_then(|p| get_pod(p, get))))
+            .collect();
+        match each.first() {
+            Some(Some(v)) if each.iter().all(|e| *e == Some(*v)) => Some(*v),
+            _ => None,
+        }
+    };
+    let field = "spec.securityContext.runAsUser";
+    let why = "esi-cli writes the secret files (and the credentials handoff) with mode 0400, \
+               readable by their owner only";
+    let uid = match effective(|s| s.run_as_user) {
+        Some(0) if env => {
+            return Err(Denial::invalid(
+                field,
+                format!(
+                    "{why}: the application containers run as root, and the daemon, which \
+                     rewrites what they wrote, cannot (runAsNonRoot): run them as a non-root \
+                     user"
+                ),
+            ));
+        }
+        Some(0) => settings.run_as_user,
+        Some(uid) => uid,
+        None => {
+            return Err(Denial::invalid(
+                field,
+                format!(
+                    "{why}: set runAsUser on the Pod (or the same on every container) so that \
+                     esi-cli runs as the application's user"
+                ),
+            ));
+        }
+    };
+    let gid = effective(|s| s.run_as_group)
+        .filter(|g| *g > 0)
+        .unwrap_or(settings.run_as_group);
+    Ok((uid, gid))
+}
+
+/// The Pod-level value of a container-level security setting (the two types share the
+/// user and group fields).
+fn get_pod(
+    p: &k8s_openapi::api::core::v1::PodSecurityContext,
+    get: fn(&SecurityContext) -> Option<i64>,
+) -> Option<i64> {
+    get(&SecurityContext {
+        run_as_user: p.run_as_user,
+        run_as_group: p.run_as_group,
+        ..SecurityContext::default()
+    })
+}
+
+fn injected_container(name: &str, settings: &Settings, uid: i64, gid: i64) -> Container {
+    Container {
+        name: name.into(),
+        image: Some(settings.image.clone()),
+        image_pull_policy: Some(settings.image_pull_policy.clone()),
+        resources: Some(settings.resources.clone()),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        security_context: Some(SecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(uid),
+            run_as_group: Some(gid),
+            read_only_root_filesystem: Some(true),
+            allow_privilege_escalation: Some(false),
+            privileged: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                add: None,
+            }),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                localhost_profile: None,
+            }),
+            ..SecurityContext::default()
+        }),
+        ..Container::default()
+    }
+}
+
+fn memory_volume(name: &str, size: &str) -> Volume {
+    Volume {
+        name: name.into(),
+        empty_dir: Some(EmptyDirVolumeSource {
+            medium: Some("Memory".into()),
+            size_limit: Some(Quantity(size.into())),
+        }),
+        ..Volume::default()
+    }
+}
+
+fn token_volume(settings: &Settings) -> Volume {
+    Volume {
+        name: VOLUME_TOKEN.into(),
+        projected: Some(ProjectedVolumeSource {
+            sources: Some(vec![
+                VolumeProjection {
+                    service_account_token: Some(ServiceAccountTokenProjection {
+                        audience: Some(settings.audience.clone()),
+                        expiration_seconds: Some(settings.token_expiration_seconds),
+                        path: "token".into(),
+                    }),
+                    ..VolumeProjection::default()
+                },
+                VolumeProjection {
+                    config_map: Some(ConfigMapProjection {
+                        name: "kube-root-ca.crt".into(),
+                        items: Some(vec![KeyToPath {
+                            key: "ca.crt".into(),
+                            path: "ca.crt".into(),
+                            mode: None,
+                        }]),
+                        optional: None,
+                    }),
+                    ..VolumeProjection::default()
+                },
+            ]),
+            default_mode: None,
+        }),
+        ..Volume::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    const P: &str = "secretless.externalsecrets.com/";
+
+    fn pod(annotations: &[(&str, &str)], spec: Value) -> Value {
+        let annotations: serde_json::Map<String, Value> = annotations
+            .iter()
+            .map(|(k, v)| (format!("{P}{k}"), Value::from(*v)))
+            .collect();
+        json!({"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": "app", "namespace": "apps", "annotations": annotations},
+               "spec": spec})
+    }
+
+    fn app_spec() -> Value {
+        json!({"securityContext": {"runAsUser": 1000},
+               "containers": [{"name": "app", "image": "app:1",
+                               "command": ["/bin/app", "--port=8080"], "args": ["serve"],
+                               "volumeMounts": [{"name": "kube-api-access", "mountPath": SA_DIR}]}],
+               "volumes": [{"name": "kube-api-access", "projected": {"sources": []}}]})
+    }
+
+    /// Runs mutate and applies its patch: the resulting Pod.
+    fn admit(doc: &Value) -> Result<Value, Denial> {
+        let typed: Pod = serde_json::from_value(doc.clone()).unwrap();
+        let patch = mutate(&typed, &Settings::default())?;
+        let mut out = doc.clone();
+        json_patch::patch(&mut out, &patch).unwrap();
+        // Reinvocation: nothing more.
+        let again: Pod = serde_json::from_value(out.clone()).unwrap();
+        assert_eq!(mutate(&again, &Settings::default()), Ok(Patch(Vec::new())));
+        Ok(out)
+    }
+
+    fn strs(v: &Value) -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap().to_string())
+            .collect()
+    }
+
+    fn names(v: &Value) -> Vec<String> {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|x| x["name"].as_str().unwrap().to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    const FED: [(&str, &str); 3] = [
+        ("federated-server-url", "https://esi.example.com"),
+        ("federated-store", "vault-prod"),
+        ("externalsecret", "db"),
+    ];
+
+    #[test]
+    fn env_mode_wraps_every_container_in_esi_cli() {
+        let mut a = FED.to_vec();
+        a.push(("env-vars", "true"));
+        let out = admit(&pod(&a, app_spec())).unwrap();
+        let c = &out["spec"]["containers"][0];
+        assert_eq!(
+            strs(&c["command"]),
+            vec![
+                "/esi/bin/esi-cli",
+                "--mode=init",
+                "--federated-server-url=https://esi.example.com",
+                "--federated-store=vault-prod",
+                "--federated-token=/esi/token/token",
+                "--federated-ca-crt=/esi/token/ca.crt",
+                "--external-secrets=db",
+                "--inject-on-env=*",
+                "--binary-path=/bin/app",
+                "--args=--port=8080,serve",
+            ]
+        );
+        assert!(c.get("args").is_none());
+        assert_eq!(
+            names(&c["volumeMounts"]),
+            vec!["kube-api-access", VOLUME_BIN, VOLUME_TOKEN]
+        );
+        assert_eq!(c["volumeMounts"][1]["readOnly"], true);
+        assert_eq!(c["volumeMounts"][2]["readOnly"], true);
+        let init = &out["spec"]["initContainers"][0];
+        assert_eq!(init["name"], CONTAINER_INSTALL);
+        assert_eq!(
+            strs(&init["command"]),
+            vec!["/usr/local/bin/esi-cli", "install", "--to=/esi/bin/esi-cli"]
+        );
+        let sc = &init["securityContext"];
+        assert_eq!(sc["runAsNonRoot"], true);
+        assert_eq!(sc["readOnlyRootFilesystem"], true);
+        assert_eq!(sc["allowPrivilegeEscalation"], false);
+        assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]));
+        assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault");
+        assert_eq!(
+            names(&out["spec"]["volumes"]),
+            vec!["kube-api-access", VOLUME_BIN, VOLUME_TOKEN]
+        );
+        let token = &out["spec"]["volumes"][2]["projected"]["sources"];
+        assert_eq!(
+            token[0]["serviceAccountToken"]["audience"],
+            "esi-federation"
+        );
+        assert_eq!(token[0]["serviceAccountToken"]["expirationSeconds"], 600);
+        assert_eq!(token[1]["configMap"]["name"], "kube-root-ca.crt");
+        assert_eq!(out["spec"]["volumes"][1]["emptyDir"]["medium"], "Memory");
+        assert_eq!(
+            out["metadata"]["annotations"][format!("{P}injected")],
+            "true"
+        );
+    }
+
+    #[test]
+    fn file_mode_writes_with_an_init_container_and_keeps_with_a_daemon() {
+        let mut a = FED.to_vec();
+        a.extend([
+            ("federated-generators", "apps/Password/pw"),
+            (
+                "inject-on-file",
+                "/etc/app/secrets/db.yaml=db,/etc/app/secrets/pw=pw.password,/secrets/x/y=db.user",
+            ),
+            ("daemon-refresh-interval", "1m"),
+            ("image-pull-secrets", "regcred,regcred"),
+        ]);
+        let out = admit(&pod(&a, app_spec())).unwrap();
+        let spec = &out["spec"];
+        assert_eq!(
+            names(&spec["initContainers"]),
+            vec![CONTAINER_INIT, CONTAINER_DAEMON]
+        );
+        let init = &spec["initContainers"][0];
+        let cmd = strs(&init["command"]);
+        assert_eq!(cmd[0], "/usr/local/bin/esi-cli");
+        assert!(cmd.contains(&"--inject-on-file=/etc/app/secrets/db.yaml=db,/etc/app/secrets/pw=pw.password,/secrets/x/y=db.user".to_string()), "{cmd:?}");
+        assert!(cmd.contains(&"--credentials-file=/esi/state/credentials.json".to_string()));
+        // Files volume at each outermost directory, by subPath; the Pod's user.
+        let mounts = &init["volumeMounts"];
+        assert_eq!(mounts[0]["mountPath"], "/etc/app/secrets");
+        assert_eq!(mounts[0]["subPath"], "etc/app/secrets");
+        assert_eq!(mounts[1]["mountPath"], "/secrets/x");
+        assert_eq!(init["securityContext"]["runAsUser"], 1000);
+        let daemon = &spec["initContainers"][1];
+        assert_eq!(daemon["restartPolicy"], "Always");
+        let cmd = strs(&daemon["command"]);
+        // The generator's file is the init step's; the daemon renews its credential.
+        assert!(
+            cmd.contains(
+                &"--inject-on-file=/etc/app/secrets/db.yaml=db,/secrets/x/y=db.user".to_string()
+            ),
+            "{cmd:?}"
+        );
+        assert!(cmd.contains(&"--daemon-refresh-interval=1m".to_string()));
+        assert!(cmd.contains(&"--mode=daemon".to_string()));
+        // The application keeps its command and reads the files read-only.
+        let c = &spec["containers"][0];
+        assert_eq!(strs(&c["command"]), vec!["/bin/app", "--port=8080"]);
+        assert_eq!(c["volumeMounts"][1]["readOnly"], true);
+        assert_eq!(
+            names(&c["volumeMounts"]),
+            vec!["kube-api-access", VOLUME_FILES, VOLUME_FILES]
+        );
+        assert_eq!(spec["imagePullSecrets"], json!([{"name": "regcred"}]));
+        assert_eq!(
+            names(&spec["volumes"]),
+            vec!["kube-api-access", VOLUME_TOKEN, VOLUME_FILES, VOLUME_STATE]
+        );
+    }
+
+    #[test]
+    fn file_secrets_writes_the_externalsecret_like_ese() {
+        let a = [("externalsecret", "app-secrets"), ("file-secrets", "true")];
+        let out = admit(&pod(&a, app_spec())).unwrap();
+        let init = &out["spec"]["initContainers"][0];
+        assert_eq!(
+            strs(&init["command"]),
+            vec![
+                "/usr/local/bin/esi-cli",
+                "--mode=init",
+                "--inject-on-file=/secrets/secrets.json=app-secrets"
+            ]
+        );
+        // Local mode: the Pod's ServiceAccount mount is lent to esi-cli's container.
+        assert_eq!(init["volumeMounts"][1]["mountPath"], SA_DIR);
+        assert_eq!(init["volumeMounts"][1]["readOnly"], true);
+    }
+
+    #[test]
+    fn annotation_values_reach_esi_cli_literally() {
+        let mut a = FED.to_vec();
+        a.extend([("env-vars", "true"), ("inject-on-env", "P$(HOME)=db.pw")]);
+        let mut spec = app_spec();
+        spec["containers"][0]["args"] = json!(["$(PORT)"]);
+        let out = admit(&pod(&a, spec)).unwrap();
+        let cmd = strs(&out["spec"]["containers"][0]["command"]);
+        // The kubelet turns $$ back into $; the application's own $(PORT) still expands.
+        assert!(
+            cmd.contains(&"--inject-on-env=P$$(HOME)=db.pw".to_string()),
+            "{cmd:?}"
+        );
+        assert!(
+            cmd.contains(&"--args=--port=8080,$(PORT)".to_string()),
+            "{cmd:?}"
+        );
+    }
+
+    #[test]
+    fn refusals_name_what_to_fix() {
+        let env = |extra: &[(&'static str, &'static str)]| {
+            let mut a = FED.to_vec();
+            a.push(("env-vars", "true"));
+            a.extend_from_slice(extra);
+            a
+        };
+        let no_cmd = {
+            let mut s = app_spec();
+            s["containers"][0]
+                .as_object_mut()
+                .unwrap()
+                .remove("command");
+            s
+        };
+        let comma = {
+            let mut s = app_spec();
+            s["containers"][0]["args"] = json!(["a", "x,y"]);
+            s
+        };
+        let taken = {
+            let mut s = app_spec();
+            s["volumes"][0]["name"] = json!(VOLUME_TOKEN);
+            s
+        };
+        let no_user = {
+            let mut s = app_spec();
+            s.as_object_mut().unwrap().remove("securityContext");
+            s
+        };
+        type Case<'a> = (Vec<(&'a str, &'a str)>, Value, u16, &'a str, &'a str);
+        let cases: Vec<Case> = vec![
+            (
+                env(&[]),
+                no_cmd,
+                400,
+                "spec.containers[0].command",
+                "has no command",
+            ),
+            (
+                env(&[]),
+                comma,
+                400,
+                "spec.containers[0].args[1]",
+                "holds a comma",
+            ),
+            (env(&[]), taken, 403, "spec.volumes[0].name", "reserved"),
+            (
+                env(&[("inject-on-env", "NOPE")]),
+                app_spec(),
+                400,
+                "inject-on-env",
+                "is not ENV=secret.key",
+            ),
+            (
+                env(&[("daemon-refresh-interval", "soon")]),
+                app_spec(),
+                400,
+                "daemon-refresh-interval",
+                "neither",
+            ),
+            (
+                vec![("externalsecret", "db")],
+                app_spec(),
+                400,
+                "env-vars",
+                "no injection is selected",
+            ),
+            (
+                vec![("env-vars", "true")],
+                app_spec(),
+                400,
+                "externalsecret",
+                "nothing to inject",
+            ),
+            (
+                vec![("file-secrets", "true"), ("externalsecret", "a,b")],
+                app_spec(),
+                400,
+                "file-secrets",
+                "not 2",
+            ),
+            (
+                vec![
+                    ("inject-on-env", "A=b.c"),
+                    ("file-secrets", "true"),
+                    ("externalsecret", "b"),
+                ],
+                app_spec(),
+                400,
+                "inject-on-env",
+                "needs env-vars",
+            ),
+            (
+                vec![
+                    ("federated-server-url", "http://esi"),
+                    ("env-vars", "true"),
+                    ("externalsecret", "db"),
+                ],
+                app_spec(),
+                400,
+                "federated-server-url",
+                "https",
+            ),
+            (
+                vec![("federated-store", "s"), ("env-vars", "true")],
+                app_spec(),
+                400,
+                "federated-store",
+                "needs federated-server-url",
+            ),
+            (
+                vec![("inject-on-file", "/etc/passwd=db.pw")],
+                app_spec(),
+                400,
+                "inject-on-file",
+                "hiding what the image keeps",
+            ),
+            (
+                vec![("inject-on-file", "/app/../etc/x=db.pw")],
+                app_spec(),
+                400,
+                "inject-on-file",
+                ".. components",
+            ),
+            (
+                vec![("inject-on-file", "relative=db.pw")],
+                app_spec(),
+                400,
+                "inject-on-file",
+                "absolute",
+            ),
+            (
+                vec![("inject-on-file", "/s/x=@/tmpl/x.tmpl")],
+                app_spec(),
+                400,
+                "inject-on-file",
+                "no container of the Pod mounts",
+            ),
+            (
+                vec![("inject-on-file", "/s/x=db.pw")],
+                no_user,
+                400,
+                "spec.securityContext.runAsUser",
+                "0400",
+            ),
+            (
+                vec![("injected", "true"), ("env-vars", "true")],
+                app_spec(),
+                400,
+                "injected",
+                "no injected container",
+            ),
+            (
+                vec![
+                    ("federated-server-url", "https://e"),
+                    ("federated-generators", "a/Password/pw"),
+                    ("env-vars", "true"),
+                    ("daemon-refresh-interval", "1m"),
+                ],
+                {
+                    let mut s = app_spec();
+                    let second = s["containers"][0].clone();
+                    s["containers"]
+                        .as_array_mut()
+                        .unwrap()
+                        .push(json!({"name": "b", "command": second["command"].clone()}));
+                    s
+                },
+                400,
+                "daemon-refresh-interval",
+                "each of the 2 containers",
+            ),
+        ];
+        for (a, spec, code, field, needle) in cases {
+            let d = admit(&pod(&a, spec)).unwrap_err();
+            let want = if field.starts_with("spec") {
+                field.to_string()
+            } else {
+                format!("{P}{field}")
+            };
+            assert_eq!(
+                (d.code, d.field.as_str()),
+                (code, want.as_str()),
+                "{a:?}: {d}"
+            );
+            assert!(d.message.contains(needle), "{a:?}: {d}");
+        }
+    }
+
+    #[test]
+    fn pods_without_annotations_or_skipped_are_unchanged() {
+        for a in [vec![], vec![("skip", "true"), ("env-vars", "true")]] {
+            let doc = pod(&a, app_spec());
+            let typed: Pod = serde_json::from_value(doc).unwrap();
+            assert_eq!(mutate(&typed, &Settings::default()), Ok(Patch(Vec::new())));
+        }
+    }
+}
