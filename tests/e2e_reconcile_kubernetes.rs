@@ -660,43 +660,11 @@ async fn rollout_patches_the_deployment_once_per_change() {
     assert_eq!(patches, 1 + 3, "two refused, the third went through");
 }
 
-/// A minimal Vault: `POST /v1/fake/creds` issues a lease, `PUT /v1/sys/leases/revoke`
-/// records the revoked lease id.
+/// The shared fake Vault (`common::fake_vault`): its URL and the revoked lease ids, in
+/// revocation order.
 async fn fake_vault() -> (String, Arc<Mutex<Vec<String>>>) {
-    use axum::routing::{post, put};
-    let revoked = Arc::new(Mutex::new(Vec::new()));
-    let counter = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let seen = revoked.clone();
-    let app = axum::Router::new()
-        .route(
-            "/v1/fake/creds",
-            post(move || {
-                let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                async move {
-                    axum::Json(json!({
-                        "lease_id": format!("fake/creds/{n}"),
-                        "lease_duration": 3600,
-                        "data": {"username": format!("user-{n}"), "password": "pw"}
-                    }))
-                }
-            }),
-        )
-        .route(
-            "/v1/sys/leases/revoke",
-            put(move |axum::Json(body): axum::Json<Value>| {
-                let seen = seen.clone();
-                async move {
-                    seen.lock()
-                        .unwrap()
-                        .push(body["lease_id"].as_str().unwrap_or_default().to_string());
-                    axum::http::StatusCode::NO_CONTENT
-                }
-            }),
-        );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (url, revoked)
+    let vault = common::fake_vault::FakeVault::start_with_password("pw").await;
+    (vault.url.clone(), vault.revoked_handle())
 }
 
 /// An ExternalSecret `name` writing `target` from the generator `kind`/`generator`.
