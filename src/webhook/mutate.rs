@@ -36,6 +36,9 @@ use crate::cli::args::{ArgsError, ArgvError, FileSource, Plan, check_argv};
 
 /// Where `esi-cli` is copied to in the application containers.
 pub const BIN_DIR: &str = "/esi/bin";
+/// Most containers and init containers of a Pod the webhook injects into (each costs a
+/// checked esi-cli command line and a share of the patch).
+pub const MAX_CONTAINERS: usize = 64;
 /// Where the projected token and the cluster CA are mounted.
 pub const TOKEN_DIR: &str = "/esi/token";
 /// Where the credentials handoff lives (init step → daemon).
@@ -97,6 +100,14 @@ pub fn mutate(pod: &Pod, settings: &Settings) -> Result<Patch, Denial> {
         .spec
         .as_ref()
         .ok_or_else(|| Denial::invalid("spec", "the Pod has no spec"))?;
+    // Each container costs an esi-cli command line checked and written: bounded.
+    let containers = spec.containers.len() + spec.init_containers.as_ref().map_or(0, Vec::len);
+    if containers > MAX_CONTAINERS {
+        return Err(Denial::invalid(
+            "spec.containers",
+            format!("more than {MAX_CONTAINERS} containers and init containers in one Pod"),
+        ));
+    }
     if a.injected {
         return already_injected(spec).map(|()| Patch(Vec::new()));
     }
@@ -1041,6 +1052,26 @@ mod tests {
         ("federated-store", "vault-prod"),
         ("externalsecret", "db"),
     ];
+
+    #[test]
+    fn too_many_containers_are_refused() {
+        let mut a = FED.to_vec();
+        a.push(("env-vars", "true"));
+        let mut spec = app_spec();
+        let one = spec["containers"][0].clone();
+        spec["containers"] = Value::Array(
+            (0..=MAX_CONTAINERS)
+                .map(|i| {
+                    let mut c = one.clone();
+                    c["name"] = json!(format!("c{i}"));
+                    c
+                })
+                .collect(),
+        );
+        let err = admit(&pod(&a, spec)).unwrap_err();
+        assert_eq!(err.field, "spec.containers");
+        assert!(err.message.contains("more than 64"), "{}", err.message);
+    }
 
     #[test]
     fn env_mode_wraps_every_container_in_esi_cli() {
