@@ -560,7 +560,12 @@ async fn reconcile_kubernetes(args: ReconcileArgs) -> Result<()> {
         .await
         .context("cannot configure the Kubernetes client (in-cluster or KUBECONFIG)")?;
     let mut audiences = args.api_server_audiences.clone();
-    let issuer = match args.api_server_issuer.clone() {
+    // An empty value (an unset Helm value) counts as not given: discovery runs.
+    let given = args
+        .api_server_issuer
+        .clone()
+        .filter(|i| !i.trim().trim_end_matches('/').is_empty());
+    let issuer = match given {
         Some(issuer) => Some(issuer),
         None => discover_api_server_issuer(&client).await,
     };

@@ -817,6 +817,29 @@ async fn reconcile_one(
     }
     let uid = es.uid.clone().unwrap_or_default();
     let owner = format!("{}/{}", es.namespace, es.name);
+    // The record is read (and checked) before any credential is issued: one that cannot be
+    // read or is full would leave a new credential neither recorded nor handed out.
+    let recorded = if uses_revocable_generator(es, inv) {
+        let now_secs = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut r = ctx
+            .records
+            .get(&uid)
+            .await
+            .map_err(|e| Failure::Kube(ReconcileError::Kube(e.to_string())))?;
+        // Lapsed on their own: nothing left to revoke.
+        r.retain(|c| c.expires_at.is_none_or(|t| t > now_secs));
+        if r.len() + 16 > super::records::MAX_RECORDED {
+            return Err(Failure::Kube(ReconcileError::Kube(
+                "the record of issued credentials is full (revocations keep failing); nothing is issued"
+                    .into(),
+            )));
+        }
+        r
+    } else {
+        Vec::new()
+    };
     let mut issued = Vec::new();
     let desired = match sync::sync(es, inv, &ctx.sync, &mut issued).await {
         Ok(d) => d,
@@ -830,14 +853,7 @@ async fn reconcile_one(
     let previous = if issued.is_empty() {
         Vec::new()
     } else {
-        let recorded = ctx.records.get(&uid).await;
-        let previous = match recorded {
-            Ok(p) => p,
-            Err(e) => {
-                release(ctx, es, inv, issued).await;
-                return Err(Failure::Kube(ReconcileError::Kube(e.to_string())));
-            }
-        };
+        let previous = recorded;
         let both: Vec<_> = previous.iter().chain(&issued).cloned().collect();
         if let Err(e) = ctx.records.put(&uid, &owner, &both).await {
             release(ctx, es, inv, issued).await;
