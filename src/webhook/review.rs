@@ -4,10 +4,14 @@
 //! not the base64 string of the API, and its request fails as a whole on a Pod that does
 //! not decode, losing the `uid` that a denial must echo.
 
+use std::collections::BTreeMap;
+
 use base64::Engine;
 use k8s_openapi::api::core::v1::Pod;
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
+use super::annotations::{self, Parsed};
 use super::{Denial, Settings};
 
 /// The API version of the reviews read and written.
@@ -56,79 +60,152 @@ pub struct Answer {
 #[error("malformed AdmissionReview: {0}")]
 pub struct Malformed(pub String);
 
-/// Answers the review in `body`.
+/// Largest JSON patch sent back (base64 makes it a third larger in the response): an
+/// injection that would need more is denied, naming the annotations.
+pub const MAX_PATCH_BYTES: usize = 1024 * 1024;
+
+/// The review as read: only what the webhook needs, borrowed from the body (the Pod is
+/// kept as its raw JSON text and decoded once, into [`Pod`], only when it asks for an
+/// injection).
+#[derive(serde::Deserialize)]
+struct Envelope<'a> {
+    #[serde(rename = "apiVersion", default)]
+    api_version: Option<Value>,
+    #[serde(default)]
+    kind: Option<Value>,
+    #[serde(borrow, default)]
+    request: Option<&'a RawValue>,
+}
+
+/// `request` of a review: small fields as JSON values (checked below, so that a wrong type
+/// is named rather than failing the whole body), the object as raw text.
+#[derive(serde::Deserialize)]
+struct RequestPart<'a> {
+    #[serde(default)]
+    uid: Option<Value>,
+    #[serde(default)]
+    kind: Option<Value>,
+    #[serde(default)]
+    resource: Option<Value>,
+    #[serde(rename = "subResource", default)]
+    sub_resource: Option<Value>,
+    #[serde(default)]
+    operation: Option<Value>,
+    #[serde(default)]
+    namespace: Option<Value>,
+    #[serde(default)]
+    name: Option<Value>,
+    #[serde(borrow, default)]
+    object: Option<&'a RawValue>,
+}
+
+/// The part of a Pod read before the rest: its annotations (values of any JSON type, so
+/// that a Pod that does not decode is still told apart from one asking for injection).
+#[derive(serde::Deserialize)]
+struct PodHead {
+    #[serde(default)]
+    metadata: Option<MetaHead>,
+}
+
+#[derive(serde::Deserialize)]
+struct MetaHead {
+    #[serde(rename = "generateName", default)]
+    generate_name: Option<Value>,
+    #[serde(default)]
+    annotations: Option<BTreeMap<String, Value>>,
+}
+
+/// Answers the review in `body`: a JSON `admission.k8s.io/v1` `AdmissionReview` (at most
+/// [`MAX_BODY_BYTES`], bounded by the caller). The body is parsed once into borrowed
+/// parts; the Pod's annotations are read from its raw JSON first, so that a Pod without
+/// ours is admitted unchanged even when the rest of it would not decode into
+/// [`Pod`]; only a Pod asking for an injection is decoded whole.
 ///
 /// # Errors
 /// [`Malformed`] when `body` is not an `admission.k8s.io/v1` `AdmissionReview` with a
 /// request and its `uid`.
 pub fn review(body: &[u8], settings: &Settings) -> Result<Answer, Malformed> {
-    let doc: Value = serde_json::from_slice(body).map_err(|e| {
+    let doc: Envelope<'_> = serde_json::from_slice(body).map_err(|e| {
         Malformed(format!(
             "not JSON (line {}, column {})",
             e.line(),
             e.column()
         ))
     })?;
-    if doc["apiVersion"] != API_VERSION || doc["kind"] != "AdmissionReview" {
+    if doc.api_version.as_ref().and_then(Value::as_str) != Some(API_VERSION)
+        || doc.kind.as_ref().and_then(Value::as_str) != Some("AdmissionReview")
+    {
         return Err(Malformed(format!(
             "apiVersion must be {API_VERSION} and kind AdmissionReview (the webhook \
              configuration's admissionReviewVersions must be [v1])"
         )));
     }
-    let request = doc
-        .get("request")
-        .filter(|r| r.is_object())
-        .ok_or_else(|| Malformed("no request".into()))?;
-    let uid = request["uid"]
-        .as_str()
+    let request: RequestPart<'_> = doc
+        .request
+        .filter(|r| r.get().trim_start().starts_with('{'))
+        .ok_or_else(|| Malformed("no request".into()))
+        .and_then(|r| {
+            serde_json::from_str(r.get()).map_err(|_| Malformed("request is not an object".into()))
+        })?;
+    let uid = request
+        .uid
+        .as_ref()
+        .and_then(Value::as_str)
         .filter(|u| !u.is_empty() && u.len() <= 256)
         .ok_or_else(|| Malformed("request.uid must be a non-empty string".into()))?
         .to_string();
-    let text = |v: &Value| {
-        v.as_str()
+    let text = |v: Option<&Value>| {
+        v.and_then(Value::as_str)
             .unwrap_or_default()
             .chars()
             .take(253)
             .collect::<String>()
     };
-    let namespace = text(&request["namespace"]);
     let mut answer = Answer {
         review: Value::Null,
         outcome: Outcome::Unchanged,
         uid: uid.clone(),
-        namespace,
-        name: text(&request["name"]),
+        namespace: text(request.namespace.as_ref()),
+        name: text(request.name.as_ref()),
     };
-    let is_pod = request["kind"] == json!({"group": "", "version": "v1", "kind": "Pod"})
-        && request["resource"]["resource"] == "pods"
-        && request["subResource"]
-            .as_str()
-            .unwrap_or_default()
-            .is_empty();
-    if !is_pod || request["operation"] != "CREATE" {
+    let is_pod = request.kind == Some(json!({"group": "", "version": "v1", "kind": "Pod"}))
+        && request
+            .resource
+            .as_ref()
+            .is_some_and(|r| r["resource"] == "pods")
+        && text(request.sub_resource.as_ref()).is_empty();
+    let create = request.operation.as_ref().and_then(Value::as_str) == Some("CREATE");
+    if !is_pod || !create {
         answer.review = allowed(&uid, None);
         return Ok(answer);
     }
-    let result = match serde_json::from_value::<Pod>(request["object"].clone()) {
-        Ok(pod) => {
-            if answer.name.is_empty() {
-                answer.name = pod.metadata.generate_name.clone().unwrap_or_default();
-            }
-            super::mutate(&pod, settings)
-        }
-        // serde's message may quote a value of the Pod (an env var's): not repeated.
-        Err(_) => Err(Denial::invalid(
-            "request.object",
-            "is not a Pod this webhook can read",
-        )),
-    };
+    let result = pod_patch(request.object, settings, &mut answer.name);
     match result {
         Ok(patch) if patch.0.is_empty() => answer.review = allowed(&uid, None),
-        Ok(patch) => {
-            answer.outcome = Outcome::Mutated(patch.0.len());
-            let bytes = serde_json::to_vec(&patch).map_err(|_| Malformed("unencodable".into()))?;
-            answer.review = allowed(&uid, Some(&bytes));
-        }
+        Ok(patch) => match serde_json::to_vec(&patch) {
+            Ok(bytes) if bytes.len() <= MAX_PATCH_BYTES => {
+                answer.outcome = Outcome::Mutated(patch.0.len());
+                answer.review = allowed(&uid, Some(&bytes));
+            }
+            Ok(bytes) => {
+                let d = Denial::invalid(
+                    "metadata.annotations",
+                    format!(
+                        "the injection would change the Pod by {} bytes of JSON patch, more than \
+                         {MAX_PATCH_BYTES}: fewer containers, or shorter \
+                         secretless.externalsecrets.com/ annotations (each esi-cli command line \
+                         carries them)",
+                        bytes.len()
+                    ),
+                );
+                answer.outcome = Outcome::Denied {
+                    code: d.code,
+                    field: d.field.clone(),
+                };
+                answer.review = denied(&uid, &d);
+            }
+            Err(_) => return Err(Malformed("unencodable".into())),
+        },
         Err(d) => {
             answer.outcome = Outcome::Denied {
                 code: d.code,
@@ -138,6 +215,54 @@ pub fn review(body: &[u8], settings: &Settings) -> Result<Answer, Malformed> {
         }
     }
     Ok(answer)
+}
+
+/// The patch for the Pod of a CREATE review (`object`, raw JSON): empty when its
+/// annotations, read first, hold none of ours (or `skip`); otherwise the Pod decoded
+/// whole and handed to [`super::mutate()`]. Fills `name` from `generateName` when the
+/// request named none.
+fn pod_patch(
+    object: Option<&RawValue>,
+    settings: &Settings,
+    name: &mut String,
+) -> Result<json_patch::Patch, Denial> {
+    let unreadable = || Denial::invalid("request.object", "is not a Pod this webhook can read");
+    let object = object.ok_or_else(unreadable)?;
+    // serde's message may quote a value of the Pod (an env var's): never repeated.
+    let head: PodHead = serde_json::from_str(object.get()).map_err(|_| unreadable())?;
+    let meta = head.metadata;
+    if name.is_empty() {
+        *name = meta
+            .as_ref()
+            .and_then(|m| m.generate_name.as_ref())
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .chars()
+            .take(253)
+            .collect();
+    }
+    let ours: BTreeMap<String, String> = match meta.and_then(|m| m.annotations) {
+        None => return Ok(json_patch::Patch(Vec::new())),
+        Some(all) => {
+            let mut ours = BTreeMap::new();
+            for (k, v) in all {
+                if !k.starts_with(annotations::PREFIX) {
+                    continue;
+                }
+                let Value::String(v) = v else {
+                    return Err(Denial::invalid(k, "must be a string"));
+                };
+                ours.insert(k, v);
+            }
+            ours
+        }
+    };
+    match annotations::parse(Some(&ours))? {
+        Parsed::NotOurs | Parsed::Skipped => return Ok(json_patch::Patch(Vec::new())),
+        Parsed::Request(_) => {}
+    }
+    let pod: Pod = serde_json::from_str(object.get()).map_err(|_| unreadable())?;
+    super::mutate(&pod, settings)
 }
 
 fn allowed(uid: &str, patch: Option<&[u8]>) -> Value {
@@ -239,6 +364,83 @@ mod tests {
         assert!(!patch.0.is_empty());
     }
 
+    /// Review finding 9: the annotations are read before the Pod is decoded, so a Pod
+    /// without ours is admitted even when the rest of it does not decode.
+    #[test]
+    fn undecodable_pods_without_our_annotations_are_admitted() {
+        let s = Settings::default();
+        let odd = |annotations: Value| {
+            json!({"metadata": {"generateName": "odd-", "annotations": annotations},
+                   "spec": {"containers": [{"name": "a", "env": [{"name": "X", "value": 12345}]}]}})
+        };
+        for annotations in [json!({"other.example.com/x": "1"}), Value::Null] {
+            let a = review(&request("CREATE", "Pod", odd(annotations)), &s).unwrap();
+            assert_eq!(a.outcome, Outcome::Unchanged);
+            assert_eq!(a.review["response"], json!({"uid": "u-1", "allowed": true}));
+            assert_eq!(a.name, "odd-");
+        }
+        // skip: "true" is honoured without decoding the rest either.
+        let skip = json!({"secretless.externalsecrets.com/skip": "true"});
+        let a = review(&request("CREATE", "Pod", odd(skip)), &s).unwrap();
+        assert_eq!(a.outcome, Outcome::Unchanged);
+        // Ours, not a string: named.
+        let a = review(
+            &request(
+                "CREATE",
+                "Pod",
+                odd(json!({"secretless.externalsecrets.com/env-vars": true})),
+            ),
+            &s,
+        )
+        .unwrap();
+        assert_eq!(
+            a.outcome,
+            Outcome::Denied {
+                code: 400,
+                field: "secretless.externalsecrets.com/env-vars".into()
+            }
+        );
+    }
+
+    /// Review finding 1: a patch larger than [`MAX_PATCH_BYTES`] is denied, naming the
+    /// annotations that make it large.
+    #[test]
+    fn an_oversized_patch_is_denied() {
+        let s = Settings::default();
+        let env: Vec<String> = (0..100)
+            .map(|i| format!("V{i:03}_{}=db.k{i}", "X".repeat(70)))
+            .collect();
+        let env = env.join(",");
+        let names: Vec<String> = (0..30)
+            .map(|i| format!("apps/team/{}/s{i}", "n".repeat(250)))
+            .collect();
+        let names = names.join(",");
+        let store = "s".repeat(6000);
+        for v in [&env, &names, &store] {
+            assert!(v.len() < annotations::MAX_VALUE_BYTES, "{}", v.len());
+        }
+        let containers: Vec<Value> = (0..64)
+            .map(|i| json!({"name": format!("c{i}"), "image": "app:1", "command": ["/app"]}))
+            .collect();
+        let object = json!({"metadata": {"name": "big", "annotations": {
+                "secretless.externalsecrets.com/env-vars": "true",
+                "secretless.externalsecrets.com/federated-server-url": "https://esi.example.com",
+                "secretless.externalsecrets.com/federated-store": store,
+                "secretless.externalsecrets.com/externalsecret": names,
+                "secretless.externalsecrets.com/inject-on-env": env}},
+            "spec": {"containers": containers}});
+        let a = review(&request("CREATE", "Pod", object), &s).unwrap();
+        assert_eq!(
+            a.outcome,
+            Outcome::Denied {
+                code: 400,
+                field: "metadata.annotations".into()
+            }
+        );
+        let msg = a.review["response"]["status"]["message"].as_str().unwrap();
+        assert!(msg.contains("more than 1048576"), "{msg}");
+    }
+
     #[test]
     fn malformed_reviews_are_named() {
         let s = Settings::default();
@@ -266,7 +468,8 @@ mod tests {
         let body = request(
             "CREATE",
             "Pod",
-            json!({"spec": {"containers": [{"name": "a", "env": [{"name": "X", "value": 12345}]}]}}),
+            json!({"metadata": {"annotations": {"secretless.externalsecrets.com/env-vars": "true"}},
+                   "spec": {"containers": [{"name": "a", "env": [{"name": "X", "value": 12345}]}]}}),
         );
         let a = review(&body, &s).unwrap();
         let msg = a.review["response"]["status"]["message"]
