@@ -9,8 +9,12 @@ use super::Denial;
 /// The prefix of every annotation of ours.
 pub const PREFIX: &str = "secretless.externalsecrets.com/";
 
-/// Longest annotation value accepted (names, paths and lists of them).
-pub const MAX_VALUE_BYTES: usize = 16 * 1024;
+/// Longest annotation value accepted (names, paths and lists of them), in bytes.
+pub const MAX_VALUE_BYTES: usize = 8 * 1024;
+/// Most bytes of all our annotations' values together: each esi-cli command line of the
+/// Pod carries them, so they bound the work and the patch (with
+/// [`super::mutate::MAX_CONTAINERS`]).
+pub const MAX_TOTAL_BYTES: usize = 32 * 1024;
 
 /// One annotation we read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -85,6 +89,19 @@ impl Key {
             Key::Skip => "skip",
             Key::ImagePullSecrets => "image-pull-secrets",
             Key::Injected => "injected",
+        }
+    }
+
+    /// Most items of a comma-separated list annotation (`None`: not a list). Each item
+    /// costs a parse, a fetch or a file in esi-cli and a share of the checks here.
+    pub fn max_items(self) -> Option<usize> {
+        match self {
+            Key::ExternalSecret => Some(32),
+            Key::FederatedGenerators => Some(16),
+            Key::InjectOnEnv => Some(128),
+            Key::InjectOnFile => Some(32),
+            Key::ImagePullSecrets => Some(16),
+            _ => None,
         }
     }
 
@@ -204,6 +221,16 @@ pub fn parse(annotations: Option<&BTreeMap<String, String>>) -> Result<Parsed, D
             return Ok(Parsed::NotOurs);
         }
     }
+    let total: usize = ours.iter().map(|(_, v)| v.len()).sum();
+    if total > MAX_TOTAL_BYTES {
+        return Err(Denial::invalid(
+            "metadata.annotations",
+            format!(
+                "the {PREFIX} annotations hold {total} bytes together, more than \
+                 {MAX_TOTAL_BYTES}"
+            ),
+        ));
+    }
     let mut a = Annotations::default();
     for (name, raw) in ours {
         let Some(key) = Key::ALL.into_iter().find(|k| k.name() == name) else {
@@ -221,6 +248,15 @@ pub fn parse(annotations: Option<&BTreeMap<String, String>>) -> Result<Parsed, D
             ));
         };
         let value = text(key, raw)?;
+        if let Some(max) = key.max_items() {
+            let n = split_list(Some(&value)).len();
+            if n > max {
+                return Err(Denial::invalid(
+                    key.full(),
+                    format!("names {n} items, more than {max}"),
+                ));
+            }
+        }
         let set = |slot: &mut Option<String>| *slot = Some(value.clone());
         match key {
             Key::ExternalSecret => set(&mut a.external_secret),
@@ -409,6 +445,33 @@ mod tests {
         let long = "x".repeat(MAX_VALUE_BYTES + 1);
         let d = parsed(&[("externalsecret", &long)]).unwrap_err();
         assert!(d.message.contains("longer than"), "{d}");
+    }
+
+    /// Review finding 1: lists and the annotations as a whole are bounded.
+    #[test]
+    fn lists_and_the_total_size_are_bounded() {
+        let files: Vec<String> = (0..33).map(|i| format!("/s/f{i}=db.k")).collect();
+        let d = parsed(&[("inject-on-file", &files.join(","))]).unwrap_err();
+        assert_eq!(d.field, Key::InjectOnFile.full());
+        assert!(d.message.contains("names 33 items, more than 32"), "{d}");
+        let env: Vec<String> = (0..129).map(|i| format!("V{i}=db.k")).collect();
+        let d = parsed(&[("inject-on-env", &env.join(","))]).unwrap_err();
+        assert!(d.message.contains("more than 128"), "{d}");
+        // At the bounds: fine.
+        let Ok(Parsed::Request(_)) = parsed(&[("inject-on-file", &files[..32].join(","))]) else {
+            panic!()
+        };
+        let big = "x".repeat(MAX_VALUE_BYTES);
+        let d = parsed(&[
+            ("externalsecret", &big),
+            ("federated-store", &big),
+            ("federated-server-url", &big),
+            ("federated-token", &big),
+            ("federated-ca-crt", "y"),
+        ])
+        .unwrap_err();
+        assert_eq!(d.field, "metadata.annotations");
+        assert!(d.message.contains("more than 32768"), "{d}");
     }
 
     #[test]

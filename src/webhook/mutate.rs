@@ -100,8 +100,15 @@ pub fn mutate(pod: &Pod, settings: &Settings) -> Result<Patch, Denial> {
         .spec
         .as_ref()
         .ok_or_else(|| Denial::invalid("spec", "the Pod has no spec"))?;
-    // Each container costs an esi-cli command line checked and written: bounded.
-    let containers = spec.containers.len() + spec.init_containers.as_ref().map_or(0, Vec::len);
+    // Each container costs an esi-cli command line checked and written: bounded. Our own
+    // init containers do not count (re-admission of an injected Pod).
+    let containers = spec.containers.len()
+        + spec
+            .init_containers
+            .iter()
+            .flatten()
+            .filter(|c| !RESERVED_CONTAINERS.contains(&c.name.as_str()))
+            .count();
     if containers > MAX_CONTAINERS {
         return Err(Denial::invalid(
             "spec.containers",
@@ -194,6 +201,9 @@ fn annotation_of_flag(flag: &str, files_from_file_secrets: bool) -> String {
 /// Checks a command line with esi-cli's parser; a refusal names the annotation (or, for
 /// `--binary-path`/`--args`, the container field) it comes from.
 fn check(argv: &[Arg], a: &Annotations, container: Option<usize>) -> Result<Plan, Denial> {
+    #[cfg(test)]
+    tests::CHECKED_BYTES
+        .with(|n| n.set(n.get() + argv.iter().map(|a| a.text.len()).sum::<usize>()));
     let files_from_file_secrets = a.inject_on_file.is_none();
     check_argv(texts(argv)).map_err(|e| {
         let (flag, message) = match &e {
@@ -349,8 +359,39 @@ impl<'a> Request<'a> {
         (!items.is_empty()).then(|| flag("inject-on-file", &items.join(",")))
     }
 
-    /// An application container's command line (environment injection).
-    fn env_argv(&self, i: usize, c: &Container) -> Result<(Vec<Arg>, Plan), Denial> {
+    /// The flags every application container's esi-cli gets (environment injection):
+    /// the same for all, so checked once ([`Request::env_argv`]).
+    fn env_prefix(&self) -> Vec<Arg> {
+        let mut argv = vec![Arg {
+            text: format!("{BIN_DIR}/esi-cli"),
+            from_annotation: false,
+        }];
+        argv.push(flag("mode", "init"));
+        argv.extend(self.common.iter().map(flag_copy));
+        if let Some(es) = &self.a.external_secret {
+            argv.push(flag("external-secrets", es));
+        }
+        argv.push(flag(
+            "inject-on-env",
+            self.a.inject_on_env.as_deref().unwrap_or("*"),
+        ));
+        argv.extend(self.inject_on_file(&self.files));
+        argv.extend(self.credentials_file());
+        argv
+    }
+
+    /// An application container's command line (environment injection): `prefix` (from
+    /// [`Request::env_prefix`]) and the container's `--binary-path`/`--args`. With
+    /// `prefix_checked`, the shared flags were checked with an earlier container and only
+    /// this container's part is (a short command line), so that the annotations are
+    /// parsed once per Pod, not once per container.
+    fn env_argv(
+        &self,
+        i: usize,
+        c: &Container,
+        prefix: &[Arg],
+        prefix_checked: Option<&Plan>,
+    ) -> Result<(Vec<Arg>, Plan), Denial> {
         let field = format!("spec.containers[{i}].command");
         let command = c.command.as_deref().unwrap_or_default();
         let Some((program, first)) = command.split_first().filter(|(p, _)| !p.is_empty()) else {
@@ -384,46 +425,61 @@ impl<'a> Request<'a> {
                  environment variable, a file)",
             ));
         }
-        let mut argv = vec![Arg {
-            text: format!("{BIN_DIR}/esi-cli"),
-            from_annotation: false,
-        }];
-        argv.push(flag("mode", "init"));
-        argv.extend(self.common.iter().map(flag_copy));
-        if let Some(es) = &self.a.external_secret {
-            argv.push(flag("external-secrets", es));
-        }
-        argv.push(flag(
-            "inject-on-env",
-            self.a.inject_on_env.as_deref().unwrap_or("*"),
-        ));
-        argv.extend(self.inject_on_file(&self.files));
-        argv.extend(self.credentials_file());
-        argv.push(Arg {
+        let mut tail = vec![Arg {
             text: format!("--binary-path={program}"),
             from_annotation: false,
-        });
+        }];
         let rest: Vec<&str> = rest.iter().map(|(_, s)| s.as_str()).collect();
         if !rest.is_empty() {
-            argv.push(Arg {
+            tail.push(Arg {
                 text: format!("--args={}", rest.join(",")),
                 from_annotation: false,
             });
         }
-        let plan = check(&argv, self.a, Some(i))?;
-        if plan.expand.is_empty() && plan.env.is_empty() && plan.files.is_empty() {
-            return Err(Denial::invalid(
-                Key::ExternalSecret.full(),
-                "nothing to inject: name the secrets with externalsecret, \
-                 federated-generators, inject-on-env or inject-on-file",
-            ));
-        }
+        let plan = match prefix_checked {
+            None => {
+                let argv: Vec<Arg> = prefix
+                    .iter()
+                    .map(flag_copy)
+                    .chain(tail.iter().map(flag_copy))
+                    .collect();
+                let plan = check(&argv, self.a, Some(i))?;
+                if plan.expand.is_empty() && plan.env.is_empty() && plan.files.is_empty() {
+                    return Err(Denial::invalid(
+                        Key::ExternalSecret.full(),
+                        "nothing to inject: name the secrets with externalsecret, \
+                         federated-generators, inject-on-env or inject-on-file",
+                    ));
+                }
+                plan
+            }
+            Some(shared) => {
+                // The container's own part, checked alone (its flags do not interact with
+                // the shared ones): a minimal valid command line around it.
+                let mut argv = vec![
+                    Arg {
+                        text: format!("{BIN_DIR}/esi-cli"),
+                        from_annotation: false,
+                    },
+                    flag("mode", "init"),
+                    flag("external-secrets", "x"),
+                ];
+                argv.extend(tail.iter().map(flag_copy));
+                let own = check(&argv, self.a, Some(i))?;
+                Plan {
+                    binary: own.binary,
+                    args: own.args,
+                    ..shared.clone()
+                }
+            }
+        };
         if plan.args != rest || plan.binary.as_deref() != Some(Path::new(program)) {
             return Err(Denial::invalid(
                 format!("spec.containers[{i}].command"),
                 "the command does not pass through esi-cli's --binary-path and --args unchanged",
             ));
         }
+        let argv = prefix.iter().map(flag_copy).chain(tail).collect();
         Ok((argv, plan))
     }
 
@@ -514,8 +570,9 @@ fn inject(a: &Annotations, settings: &Settings, pod: &mut Pod) -> Result<(), Den
     // The files as esi-cli reads them (paths, and which secret or template each holds).
     let mut files_plan: Option<Plan> = None;
     if req.env {
+        let prefix = req.env_prefix();
         for (i, c) in spec.containers.iter().enumerate() {
-            let (argv, plan) = req.env_argv(i, c)?;
+            let (argv, plan) = req.env_argv(i, c, &prefix, files_plan.as_ref())?;
             env_argvs.push(argv);
             files_plan.get_or_insert(plan);
         }
@@ -996,8 +1053,14 @@ fn token_volume(settings: &Settings) -> Volume {
 mod tests {
     use super::*;
     use serde_json::{Value, json};
+    use std::cell::Cell;
 
     const P: &str = "secretless.externalsecrets.com/";
+
+    thread_local! {
+        /// Bytes of esi-cli command lines checked by [`check`] on this thread.
+        pub(super) static CHECKED_BYTES: Cell<usize> = const { Cell::new(0) };
+    }
 
     fn pod(annotations: &[(&str, &str)], spec: Value) -> Value {
         let annotations: serde_json::Map<String, Value> = annotations
@@ -1071,6 +1134,45 @@ mod tests {
         let err = admit(&pod(&a, spec)).unwrap_err();
         assert_eq!(err.field, "spec.containers");
         assert!(err.message.contains("more than 64"), "{}", err.message);
+    }
+
+    /// Review finding 1: the annotations' flags are parsed once per Pod, not once per
+    /// container (64 containers × a long annotation cost 64 parses of it).
+    #[test]
+    fn shared_flags_are_checked_once_per_pod() {
+        let env: Vec<String> = (0..100)
+            .map(|i| format!("V{i:03}_{}=db.k{i}", "X".repeat(60)))
+            .collect();
+        let env = env.join(",");
+        let mut a = FED.to_vec();
+        a.extend([("env-vars", "true"), ("inject-on-env", env.as_str())]);
+        let mut spec = app_spec();
+        let one = spec["containers"][0].clone();
+        spec["containers"] = Value::Array(
+            (0..MAX_CONTAINERS)
+                .map(|i| {
+                    let mut c = one.clone();
+                    c["name"] = json!(format!("c{i}"));
+                    c
+                })
+                .collect(),
+        );
+        CHECKED_BYTES.with(|n| n.set(0));
+        let out = admit(&pod(&a, spec)).unwrap();
+        let checked = CHECKED_BYTES.with(Cell::get);
+        // admit() runs mutate twice (the second a no-op): about one parse of the shared
+        // flags, plus a short line per container.
+        assert!(
+            checked < 2 * env.len() + MAX_CONTAINERS * 200,
+            "{checked} bytes checked for {} bytes of annotation",
+            env.len()
+        );
+        let last = strs(&out["spec"]["containers"][MAX_CONTAINERS - 1]["command"]);
+        assert!(last.contains(&format!("--inject-on-env={env}")), "{last:?}");
+        assert_eq!(
+            last.last().map(String::as_str),
+            Some("--args=--port=8080,serve")
+        );
     }
 
     #[test]

@@ -408,7 +408,7 @@ mod tests {
     fn an_oversized_patch_is_denied() {
         let s = Settings::default();
         let env: Vec<String> = (0..100)
-            .map(|i| format!("V{i:03}_{}=db.k{i}", "X".repeat(70)))
+            .map(|i| format!("V{i:03}_{}=db.k{i}", "X".repeat(60)))
             .collect();
         let env = env.join(",");
         let names: Vec<String> = (0..30)
