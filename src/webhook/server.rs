@@ -26,6 +26,37 @@ use crate::tls::{TlsError, TlsFiles};
 
 /// Time a client has to send the whole review once its headers arrived.
 const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a review waits for a free slot before it is answered 503 (the API server then
+/// applies the webhook configuration's `failurePolicy`).
+const QUEUE_WAIT: Duration = Duration::from_secs(1);
+/// How long one review may compute (on a blocking thread) before it is answered 503.
+const REVIEW_DEADLINE: Duration = Duration::from_secs(3);
+
+/// How many reviews run at once, bodies included: each holds one slot from before its
+/// body is read until its answer is computed (so at most this many bodies of
+/// [`MAX_BODY_BYTES`] are in memory), and reviews compute on blocking threads, never on
+/// the workers that answer `/healthz`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Reviews in progress at once (at least 1).
+    pub concurrent_reviews: usize,
+    /// Wait for a slot before answering 503.
+    pub queue_wait: Duration,
+    /// Time a review may compute before answering 503.
+    pub deadline: Duration,
+}
+
+impl Default for Limits {
+    /// Two reviews per core (the work is CPU-bound and short), at least 2.
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        Limits {
+            concurrent_reviews: (2 * cores).max(2),
+            queue_wait: QUEUE_WAIT,
+            deadline: REVIEW_DEADLINE,
+        }
+    }
+}
 
 /// The flags of `esi-server webhook` (the binary flattens them into its subcommand).
 #[derive(clap::Args, Debug, Clone)]
@@ -78,6 +109,10 @@ pub struct WebhookArgs {
     /// Memory limit of the injected containers (empty: none).
     #[arg(long, default_value = "128Mi")]
     pub cli_memory_limit: String,
+    /// Reviews in progress at once, bodies included (0: twice the cores, at least 2);
+    /// more wait up to 1 s, then get 503 (the API server applies `failurePolicy`).
+    #[arg(long, default_value_t = 0)]
+    pub max_concurrent_reviews: usize,
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -97,6 +132,8 @@ pub struct WebhookConfig {
     pub settings: Settings,
     /// Connection limits.
     pub listener: ListenerSettings,
+    /// Review concurrency and deadlines.
+    pub limits: Limits,
 }
 
 impl WebhookArgs {
@@ -159,6 +196,13 @@ impl WebhookArgs {
             tls_reload_interval: self.tls_reload_interval,
             settings,
             listener: ListenerSettings::default(),
+            limits: Limits {
+                concurrent_reviews: match self.max_concurrent_reviews {
+                    0 => Limits::default().concurrent_reviews,
+                    n => n.min(1024),
+                },
+                ..Limits::default()
+            },
         })
     }
 }
@@ -185,13 +229,28 @@ pub enum WebhookError {
     Io(#[from] std::io::Error),
 }
 
+/// What the handlers share.
+struct AppState {
+    settings: Arc<Settings>,
+    slots: Arc<tokio::sync::Semaphore>,
+    limits: Limits,
+}
+
 /// The routes: `POST /mutate`, `GET /healthz`, `GET /readyz`.
-pub fn router(settings: Settings) -> Router {
+pub fn router(settings: Settings, limits: Limits) -> Router {
+    let limits = Limits {
+        concurrent_reviews: limits.concurrent_reviews.max(1),
+        ..limits
+    };
     Router::new()
         .route("/mutate", post(mutate))
         .route("/healthz", get(ok))
         .route("/readyz", get(ok))
-        .with_state(Arc::new(settings))
+        .with_state(Arc::new(AppState {
+            settings: Arc::new(settings),
+            slots: Arc::new(tokio::sync::Semaphore::new(limits.concurrent_reviews)),
+            limits,
+        }))
 }
 
 async fn ok() -> &'static str {
@@ -207,7 +266,17 @@ fn plain(status: StatusCode, text: impl Into<String>) -> Response {
         .into_response()
 }
 
-async fn mutate(State(settings): State<Arc<Settings>>, req: Request) -> Response {
+fn unavailable(text: impl Into<String>) -> Response {
+    let mut r = plain(StatusCode::SERVICE_UNAVAILABLE, text);
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    r
+}
+
+/// `POST /mutate`: a slot first (503 when none frees up in time), then the body (at most
+/// [`MAX_BODY_BYTES`], within [`BODY_TIMEOUT`]), then the review on a blocking thread
+/// within the deadline (503 past it; the slot is held until the computation really ends).
+async fn mutate(State(state): State<Arc<AppState>>, req: Request) -> Response {
     let json = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -223,6 +292,22 @@ async fn mutate(State(settings): State<Arc<Settings>>, req: Request) -> Response
             "an AdmissionReview is sent as application/json",
         );
     }
+    let slot =
+        match tokio::time::timeout(state.limits.queue_wait, state.slots.clone().acquire_owned())
+            .await
+        {
+            Ok(Ok(slot)) => slot,
+            _ => {
+                tracing::warn!(
+                    limit = state.limits.concurrent_reviews,
+                    "review refused: every slot busy"
+                );
+                return unavailable(format!(
+                    "the webhook is busy ({} reviews in progress): try again",
+                    state.limits.concurrent_reviews
+                ));
+            }
+        };
     let body: Body = req.into_body();
     let bytes = match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY_BYTES))
         .await
@@ -241,7 +326,26 @@ async fn mutate(State(settings): State<Arc<Settings>>, req: Request) -> Response
             );
         }
     };
-    match review(&bytes, &settings) {
+    let settings = state.settings.clone();
+    let work = tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        review(&bytes, &settings)
+    });
+    let result = match tokio::time::timeout(state.limits.deadline, work).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(_)) => {
+            tracing::error!("review failed");
+            return plain(StatusCode::INTERNAL_SERVER_ERROR, "the review failed");
+        }
+        Err(_) => {
+            tracing::warn!(
+                deadline_ms = state.limits.deadline.as_millis(),
+                "review past its deadline"
+            );
+            return unavailable("the review took too long");
+        }
+    };
+    match result {
         Ok(answer) => {
             match &answer.outcome {
                 Outcome::Unchanged => {
@@ -288,7 +392,7 @@ pub async fn serve(
         config.tls,
         tls_config,
         config.tls_reload_interval,
-        router(config.settings),
+        router(config.settings, config.limits),
         config.listener,
         shutdown,
     )
@@ -313,6 +417,60 @@ mod tests {
         Cli::try_parse_from(argv).unwrap().args.into_config()
     }
 
+    /// Review finding 2: a slot is taken before the body is read; with every slot held
+    /// by a body still arriving, the next review is refused 503 after the queue wait (not
+    /// after the body timeout), and `/healthz` is still answered.
+    #[tokio::test]
+    async fn reviews_past_the_limit_are_refused_quickly_and_healthz_answers() {
+        use tower::ServiceExt;
+        let limits = Limits {
+            concurrent_reviews: 2,
+            queue_wait: Duration::from_millis(200),
+            deadline: Duration::from_secs(3),
+        };
+        let app = router(Settings::default(), limits);
+        let post = |body: Body| {
+            Request::builder()
+                .method("POST")
+                .uri("/mutate")
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(body)
+                .unwrap()
+        };
+        let stalled = || {
+            Body::from_stream(futures_util::stream::pending::<
+                Result<axum::body::Bytes, std::io::Error>,
+            >())
+        };
+        let mut held = Vec::new();
+        for _ in 0..limits.concurrent_reviews {
+            held.push(tokio::spawn(app.clone().oneshot(post(stalled()))));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let started = std::time::Instant::now();
+        let r = app.clone().oneshot(post(Body::from("{}"))).await.unwrap();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "1");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        let h = app
+            .clone()
+            .oneshot(Request::get("/healthz").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(h.status(), StatusCode::OK);
+        // A slot freed (the stalled client gone): reviews are answered again.
+        for h in held {
+            h.abort();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let r = app.oneshot(post(Body::from("{}"))).await.unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    }
+
     #[test]
     fn flags_become_settings_and_bad_ones_are_named() {
         let c = config(&["--cli-cpu-limit=500m", "--cli-memory-request="]).unwrap();
@@ -321,6 +479,10 @@ mod tests {
         assert_eq!(r.requests.as_ref().unwrap().get("memory"), None);
         assert_eq!(r.limits.as_ref().unwrap()["cpu"].0, "500m");
         assert_eq!(r.limits.as_ref().unwrap()["memory"].0, "128Mi");
+        assert_eq!(c.limits, Limits::default());
+        assert!(c.limits.concurrent_reviews >= 2);
+        let c = config(&["--max-concurrent-reviews=3"]).unwrap();
+        assert_eq!(c.limits.concurrent_reviews, 3);
         let e = config(&["--cli-memory-limit=lots"])
             .unwrap_err()
             .to_string();
