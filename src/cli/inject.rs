@@ -42,6 +42,88 @@ pub fn env_name(key: &str) -> String {
         .collect()
 }
 
+/// Variable names that change how a program or its runtime loads code, finds programs or
+/// libraries, or trusts certificates: never set from a secret's key listing
+/// (`--external-secrets`, `*`), where whoever writes the remote secret chooses the names.
+/// Named explicitly (`--inject-on-env=PATH=secret.key`) they are set as asked.
+const UNSAFE_NAMES: &[&str] = &[
+    "PATH",
+    "NODE_OPTIONS",
+    "NODE_PATH",
+    "NODE_EXTRA_CA_CERTS",
+    "JAVA_TOOL_OPTIONS",
+    "_JAVA_OPTIONS",
+    "JDK_JAVA_OPTIONS",
+    "JAVA_OPTIONS",
+    "CLASSPATH",
+    "PYTHONPATH",
+    "PYTHONHOME",
+    "PYTHONSTARTUP",
+    "PYTHONUSERBASE",
+    "PYTHONWARNINGS",
+    "PYTHONBREAKPOINT",
+    "BASH_ENV",
+    "ENV",
+    "SHELLOPTS",
+    "BASHOPTS",
+    "PS4",
+    "IFS",
+    "CDPATH",
+    "PERL5OPT",
+    "PERL5LIB",
+    "PERLLIB",
+    "PERL5DB",
+    "RUBYOPT",
+    "RUBYLIB",
+    "GEM_PATH",
+    "GEM_HOME",
+    "GCONV_PATH",
+    "GLIBC_TUNABLES",
+    "HOSTALIASES",
+    "LOCPATH",
+    "NLSPATH",
+    "RES_OPTIONS",
+    "LOCALDOMAIN",
+    "MALLOC_CONF",
+    "OPENSSL_CONF",
+    "OPENSSL_ENGINES",
+    "OPENSSL_MODULES",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "CURL_CA_BUNDLE",
+    "REQUESTS_CA_BUNDLE",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "ALL_PROXY",
+    "NO_PROXY",
+    "DOTNET_STARTUP_HOOKS",
+    "DOTNET_ADDITIONAL_DEPS",
+    "PHPRC",
+    "PHP_INI_SCAN_DIR",
+    "LUA_PATH",
+    "LUA_CPATH",
+    "LUA_INIT",
+    "ERL_AFLAGS",
+    "ERL_FLAGS",
+    "ERL_ZFLAGS",
+    "ERL_LIBS",
+    "GODEBUG",
+    "HOME",
+    "TMPDIR",
+    "SHELL",
+];
+
+/// Prefixes of such names (the dynamic loaders', .NET's profilers, Git's).
+const UNSAFE_PREFIXES: &[&str] = &[
+    "LD_", "DYLD_", "CORECLR_", "COR_", "MALLOC_", "GIT_", "NODE_", "PYTHON",
+];
+
+/// Whether `name` (an environment variable name as [`env_name`] makes them) is one that
+/// [`assemble`] does not set from a key listing ([`UNSAFE_NAMES`], [`UNSAFE_PREFIXES`]).
+pub fn is_unsafe_listed_name(name: &str) -> bool {
+    UNSAFE_NAMES.contains(&name) || UNSAFE_PREFIXES.iter().any(|p| name.starts_with(p))
+}
+
 /// The whole secret as a YAML map of key: value (strings, quoted where YAML would
 /// otherwise read them as numbers, booleans or null).
 pub fn render_yaml(data: &SecretData) -> Result<SecretValue, String> {
@@ -256,6 +338,11 @@ pub fn assemble(
         for (k, v) in &data.keys {
             let var = env_name(k);
             if var.is_empty() || explicit.contains(&var.as_str()) {
+                continue;
+            }
+            if is_unsafe_listed_name(&var) {
+                // The name only (it is the remote key's, upper-cased), never the value.
+                tracing::warn!(variable = %var, secret = %id, "not set from the secret's key listing: it changes how programs load code; name it in --inject-on-env to set it");
                 continue;
             }
             if env.iter().any(|(n, _)| *n == var) {
@@ -500,6 +587,74 @@ mod tests {
         assert_eq!(whole["password"], "p");
         assert_eq!(f["/c"], "t0k");
         assert_eq!(f["/d"].trim(), "password: gen");
+    }
+
+    /// Review finding 5: a key listing (`--external-secrets`, `*`) cannot set variables
+    /// that change how programs load code; named explicitly they are set.
+    #[test]
+    fn listed_keys_never_set_loader_variables_but_explicit_ones_do() {
+        let data = || {
+            keys(&[
+                ("ld_preload", "/tmp/evil.so"),
+                ("PATH", "/tmp/evil"),
+                ("node-options", "--require /tmp/evil.js"),
+                ("JAVA_TOOL_OPTIONS", "-javaagent:/tmp/evil.jar"),
+                ("PYTHONPATH", "/tmp/evil"),
+                ("bash_env", "/tmp/evil.sh"),
+                ("DYLD_INSERT_LIBRARIES", "/tmp/evil.dylib"),
+                ("GCONV_PATH", "/tmp/evil"),
+                ("PERL5OPT", "-Mevil"),
+                ("RUBYOPT", "-revil"),
+                ("LD_LIBRARY_PATH", "/tmp/evil"),
+                ("db-password", "ok"),
+                ("PATHS_FILE", "fine"),
+            ])
+        };
+        let p = plan(&["--mode=init", "--binary-path=/x", "--external-secrets=s"]);
+        let mut r = Results::new();
+        r.insert(SecretId::Store("s".into()), Ok(data()));
+        let inj = assemble(&p, &r, &p.secrets().unwrap()).unwrap();
+        assert_eq!(
+            env_of(&inj),
+            vec![
+                ("PATHS_FILE".to_string(), "fine".to_string()),
+                ("DB_PASSWORD".to_string(), "ok".to_string())
+            ]
+        );
+        // `*` over a generator's keys: the same.
+        let p = plan(&[
+            "--mode=init",
+            "--binary-path=/x",
+            "--federated-generators=ns/Password/g",
+            "--inject-on-env=*",
+        ]);
+        let ids = p.secrets().unwrap();
+        let mut r = Results::new();
+        r.insert(
+            ids[0].clone(),
+            Ok(keys(&[("LD_PRELOAD", "x"), ("password", "p")])),
+        );
+        let inj = assemble(&p, &r, &ids).unwrap();
+        assert_eq!(
+            env_of(&inj),
+            vec![("PASSWORD".to_string(), "p".to_string())]
+        );
+        // Named in the mapping: set.
+        let p = plan(&[
+            "--mode=init",
+            "--binary-path=/x",
+            "--external-secrets=s",
+            "--inject-on-env=PATH=s.PATH,LD_PRELOAD=s.ld_preload",
+        ]);
+        let mut r = Results::new();
+        r.insert(SecretId::Store("s".into()), Ok(data()));
+        let env = env_of(&assemble(&p, &r, &p.secrets().unwrap()).unwrap());
+        assert!(
+            env.contains(&("PATH".into(), "/tmp/evil".into())),
+            "{env:?}"
+        );
+        assert!(env.contains(&("LD_PRELOAD".into(), "/tmp/evil.so".into())));
+        assert!(!env.iter().any(|(n, _)| n == "NODE_OPTIONS"));
     }
 
     #[test]
