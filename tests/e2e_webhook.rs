@@ -323,7 +323,8 @@ async fn file_mode_writes_before_the_application_starts() {
         ])
     );
     // Both application containers (one without a command: fine here) read them read-only,
-    // keep their commands, and get no token.
+    // each file mounted alone (nothing the image keeps beside them is hidden), keep their
+    // commands, and get no token.
     for (i, c) in spec["containers"].as_array().unwrap().iter().enumerate() {
         let original = &fixture("file")["request"]["object"]["spec"]["containers"][i];
         assert_eq!(c["command"], original["command"]);
@@ -331,8 +332,9 @@ async fn file_mode_writes_before_the_application_starts() {
         assert_eq!(
             mounts,
             [
-                json!({"name": "esi-cli-files", "mountPath": "/etc/app/secrets", "subPath": "etc/app/secrets", "readOnly": true}),
-                json!({"name": "esi-cli-files", "mountPath": "/secrets", "subPath": "secrets", "readOnly": true}),
+                json!({"name": "esi-cli-files", "mountPath": "/secrets/secrets.json", "subPath": "secrets/secrets.json", "readOnly": true}),
+                json!({"name": "esi-cli-files", "mountPath": "/etc/app/secrets/db.yaml", "subPath": "etc/app/secrets/db.yaml", "readOnly": true}),
+                json!({"name": "esi-cli-files", "mountPath": "/etc/app/secrets/db-password", "subPath": "etc/app/secrets/db-password", "readOnly": true}),
             ]
         );
     }
@@ -617,7 +619,9 @@ fn as_run(container: &Value, root: &Path) -> Vec<String> {
             let dir = root
                 .join(m["name"].as_str().unwrap())
                 .join(m["subPath"].as_str().unwrap_or_default());
-            std::fs::create_dir_all(&dir).unwrap();
+            if !dir.exists() {
+                std::fs::create_dir_all(&dir).unwrap();
+            }
             (m["mountPath"].as_str().unwrap().to_string(), dir)
         })
         .collect();
@@ -701,6 +705,8 @@ async fn the_injected_command_lines_run_and_give_the_application_its_secrets() {
         format!("{P}inject-on-file"): "/secrets/db.yaml=e2e-webhook/db",
     });
     object["metadata"]["annotations"] = annotations;
+    // esi-cli-init writes the files as the application's user (mode 0400).
+    object["spec"]["securityContext"] = json!({"runAsUser": 1000});
     let app = &mut object["spec"]["containers"][0];
     app["command"] = json!(["/usr/bin/env"]);
     app["args"] = json!(["LISTEN=:$(PORT)", "LITERAL=$$(PORT)"]);
@@ -739,7 +745,27 @@ async fn the_injected_command_lines_run_and_give_the_application_its_secrets() {
         0o555
     );
 
-    // 2. The application container: its exact command, run from the copy.
+    // 2. esi-cli-init writes the files, once for the Pod.
+    let init = named(&pod["spec"]["initContainers"], "esi-cli-init");
+    let argv = as_run(init, root.path());
+    assert_eq!(argv[0], "/usr/local/bin/esi-cli");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(cli_bin())
+            .args(&argv[1..])
+            .env_clear()
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // 3. The application container: its exact command, run from the copy.
     let app = &pod["spec"]["containers"][0];
     let argv = as_run(app, root.path());
     assert_eq!(PathBuf::from(&argv[0]), copied);

@@ -239,7 +239,7 @@ struct Request<'a> {
 }
 
 impl<'a> Request<'a> {
-    fn new(a: &'a Annotations, containers: usize) -> Result<Request<'a>, Denial> {
+    fn new(a: &'a Annotations) -> Result<Request<'a>, Denial> {
         let env = a.env_vars;
         let wants_files = a.file_secrets || a.inject_on_file.is_some();
         if !env && !wants_files {
@@ -306,17 +306,6 @@ impl<'a> Request<'a> {
         let daemon = a.refresh.is_some();
         let generators = !split_list(a.generators.as_deref()).is_empty();
         let handoff = daemon && generators;
-        if handoff && env && containers > 1 {
-            return Err(Denial::invalid(
-                Key::DaemonRefreshInterval.full(),
-                format!(
-                    "with federated-generators the daemon renews the credentials of one \
-                     esi-cli init step, but each of the {containers} containers runs its own \
-                     (env-vars): inject into a Pod with one container, or drop \
-                     daemon-refresh-interval"
-                ),
-            ));
-        }
         if daemon && !handoff && files.is_empty() {
             return Err(Denial::invalid(
                 Key::DaemonRefreshInterval.full(),
@@ -360,8 +349,10 @@ impl<'a> Request<'a> {
     }
 
     /// The flags every application container's esi-cli gets (environment injection):
-    /// the same for all, so checked once ([`Request::env_argv`]).
-    fn env_prefix(&self) -> Vec<Arg> {
+    /// the same for all, so checked once ([`Commands::new`]). Files are not among them:
+    /// `esi-cli-init` writes those once for the Pod. `handoff`: this step issues the
+    /// generator credentials the daemon renews.
+    fn env_prefix(&self, handoff: bool) -> Vec<Arg> {
         let mut argv = vec![Arg {
             text: format!("{BIN_DIR}/esi-cli"),
             from_annotation: false,
@@ -375,23 +366,17 @@ impl<'a> Request<'a> {
             "inject-on-env",
             self.a.inject_on_env.as_deref().unwrap_or("*"),
         ));
-        argv.extend(self.inject_on_file(&self.files));
-        argv.extend(self.credentials_file());
+        if handoff {
+            argv.extend(self.credentials_file());
+        }
         argv
     }
 
     /// An application container's command line (environment injection): `prefix` (from
-    /// [`Request::env_prefix`]) and the container's `--binary-path`/`--args`. With
-    /// `prefix_checked`, the shared flags were checked with an earlier container and only
-    /// this container's part is (a short command line), so that the annotations are
-    /// parsed once per Pod, not once per container.
-    fn env_argv(
-        &self,
-        i: usize,
-        c: &Container,
-        prefix: &[Arg],
-        prefix_checked: Option<&Plan>,
-    ) -> Result<(Vec<Arg>, Plan), Denial> {
+    /// [`Request::env_prefix`], checked once by [`Commands::new`]) and the container's
+    /// `--binary-path`/`--args`, checked alone (a short command line), so that the
+    /// annotations are parsed once per Pod, not once per container.
+    fn env_argv(&self, i: usize, c: &Container, prefix: &[Arg]) -> Result<Vec<Arg>, Denial> {
         let field = format!("spec.containers[{i}].command");
         let command = c.command.as_deref().unwrap_or_default();
         let Some((program, first)) = command.split_first().filter(|(p, _)| !p.is_empty()) else {
@@ -436,59 +421,35 @@ impl<'a> Request<'a> {
                 from_annotation: false,
             });
         }
-        let plan = match prefix_checked {
-            None => {
-                let argv: Vec<Arg> = prefix
-                    .iter()
-                    .map(flag_copy)
-                    .chain(tail.iter().map(flag_copy))
-                    .collect();
-                let plan = check(&argv, self.a, Some(i))?;
-                if plan.expand.is_empty() && plan.env.is_empty() && plan.files.is_empty() {
-                    return Err(Denial::invalid(
-                        Key::ExternalSecret.full(),
-                        "nothing to inject: name the secrets with externalsecret, \
-                         federated-generators, inject-on-env or inject-on-file",
-                    ));
-                }
-                plan
-            }
-            Some(shared) => {
-                // The container's own part, checked alone (its flags do not interact with
-                // the shared ones): a minimal valid command line around it.
-                let mut argv = vec![
-                    Arg {
-                        text: format!("{BIN_DIR}/esi-cli"),
-                        from_annotation: false,
-                    },
-                    flag("mode", "init"),
-                    flag("external-secrets", "x"),
-                ];
-                argv.extend(tail.iter().map(flag_copy));
-                let own = check(&argv, self.a, Some(i))?;
-                Plan {
-                    binary: own.binary,
-                    args: own.args,
-                    ..shared.clone()
-                }
-            }
-        };
-        if plan.args != rest || plan.binary.as_deref() != Some(Path::new(program)) {
+        // The container's own part does not interact with the shared flags: checked in a
+        // minimal valid command line around it.
+        let mut argv = vec![
+            Arg {
+                text: format!("{BIN_DIR}/esi-cli"),
+                from_annotation: false,
+            },
+            flag("mode", "init"),
+            flag("external-secrets", "x"),
+        ];
+        argv.extend(tail.iter().map(flag_copy));
+        let own = check(&argv, self.a, Some(i))?;
+        if own.args != rest || own.binary.as_deref() != Some(Path::new(program)) {
             return Err(Denial::invalid(
                 format!("spec.containers[{i}].command"),
                 "the command does not pass through esi-cli's --binary-path and --args unchanged",
             ));
         }
-        let argv = prefix.iter().map(flag_copy).chain(tail).collect();
-        Ok((argv, plan))
+        Ok(prefix.iter().map(flag_copy).chain(tail).collect())
     }
 
     /// The file-writing init container's command line (files without environment).
-    fn init_argv(&self, settings: &Settings) -> Result<(Vec<Arg>, Plan), Denial> {
+    fn init_argv(&self, settings: &Settings, handoff: bool) -> Result<(Vec<Arg>, Plan), Denial> {
         let mut argv = vec![program(settings), flag("mode", "init")];
         argv.extend(self.common.iter().map(flag_copy));
         argv.extend(self.inject_on_file(&self.files));
-        argv.extend(self.credentials_file());
+        if handoff {
+            argv.extend(self.credentials_file());
+        }
         let plan = check(&argv, self.a, None)?;
         // esi-cli splits `secret.key` at a known secret name first; the file step cannot be
         // told the externalsecret names (they would ask for environment variables), so a
@@ -557,62 +518,208 @@ fn program(settings: &Settings) -> Arg {
     }
 }
 
+/// Every esi-cli command line the annotations make, checked, except the application
+/// containers' own `--binary-path`/`--args` (see [`Request::env_argv`]). The same for a
+/// Pod being injected and for one re-admitted (whose commands must still be these).
+struct Commands<'a> {
+    req: Request<'a>,
+    /// The application containers' shared flags (environment injection).
+    env_prefix: Option<Vec<Arg>>,
+    /// `esi-cli-init`: writes the files, once for the Pod.
+    init: Option<Vec<Arg>>,
+    /// `esi-cli-daemon`.
+    daemon: Option<Vec<Arg>>,
+    /// The files as esi-cli reads them (paths, and which secret or template each holds).
+    files: Option<Plan>,
+    /// The generator credentials handed to the daemon are issued by the application
+    /// container's esi-cli (not by `esi-cli-init`).
+    handoff_in_env: bool,
+}
+
+impl<'a> Commands<'a> {
+    /// `wrapped`: how many application containers run esi-cli (environment injection).
+    fn new(a: &'a Annotations, settings: &Settings, wrapped: usize) -> Result<Self, Denial> {
+        let req = Request::new(a)?;
+        // The files: written once, by esi-cli-init, whatever the mode.
+        let (init, files) = match req.files.is_empty() {
+            true => (None, None),
+            false => {
+                let (argv, plan) = req.init_argv(settings, false)?;
+                (Some(argv), Some(plan))
+            }
+        };
+        let file_generators: Vec<&str> = files
+            .iter()
+            .flat_map(|p| p.files.iter())
+            .filter_map(|f| match &f.source {
+                FileSource::Secret(r) => Some(r.secret.as_str()),
+                FileSource::Template(_) => None,
+            })
+            .filter(|name| {
+                files
+                    .iter()
+                    .any(|p| p.generators.iter().any(|g| g.name == *name))
+            })
+            .collect();
+        let mut env_prefix = None;
+        let mut handoff_in_env = false;
+        if req.env {
+            let prefix = req.env_prefix(false);
+            let mut probe: Vec<Arg> = prefix.iter().map(flag_copy).collect();
+            probe.push(Arg {
+                text: "--binary-path=/x".into(),
+                from_annotation: false,
+            });
+            let plan = check(&probe, a, None)?;
+            if plan.expand.is_empty() && plan.env.is_empty() && req.files.is_empty() {
+                return Err(Denial::invalid(
+                    Key::ExternalSecret.full(),
+                    "nothing to inject: name the secrets with externalsecret, \
+                     federated-generators, inject-on-env or inject-on-file",
+                ));
+            }
+            let mut env_generators: Vec<String> = Vec::new();
+            let names = plan
+                .expand
+                .iter()
+                .map(String::as_str)
+                .chain(plan.env.iter().map(|e| e.source.secret.as_str()));
+            for name in names {
+                if plan.generators.iter().any(|g| g.name == name)
+                    && !env_generators.iter().any(|g| g == name)
+                {
+                    env_generators.push(name.to_string());
+                }
+            }
+            if let Some(g) = env_generators
+                .iter()
+                .find(|g| file_generators.contains(&g.as_str()))
+            {
+                return Err(Denial::invalid(
+                    Key::FederatedGenerators.full(),
+                    format!(
+                        "generator {g:?} feeds both a file and environment variables: each \
+                         would get a credential of its own (two different values); use it in \
+                         one of them"
+                    ),
+                ));
+            }
+            if wrapped > 1 && !env_generators.is_empty() {
+                return Err(Denial::invalid(
+                    Key::FederatedGenerators.full(),
+                    format!(
+                        "generator {:?} feeds environment variables, and each of the {wrapped} \
+                         containers' esi-cli would issue a credential of its own (a different \
+                         value in each): write it to a file (inject-on-file: issued once, by \
+                         esi-cli-init, for every container), or inject into a Pod with one \
+                         container",
+                        env_generators[0]
+                    ),
+                ));
+            }
+            handoff_in_env = req.handoff && !env_generators.is_empty();
+            env_prefix = Some(match handoff_in_env {
+                true => req.env_prefix(true),
+                false => prefix,
+            });
+        }
+        // Without a generator in the environment, esi-cli-init issues what is handed off.
+        let init = match (init, req.handoff && !handoff_in_env) {
+            (Some(_), true) => Some(req.init_argv(settings, true)?.0),
+            (init, _) => init,
+        };
+        let daemon = match (req.daemon, &files) {
+            (true, Some(plan)) => Some(req.daemon_argv(settings, plan)?),
+            (true, None) => Some(req.daemon_argv(settings, &empty_plan(&req, settings)?)?),
+            (false, _) => None,
+        };
+        Ok(Commands {
+            req,
+            env_prefix,
+            init,
+            daemon,
+            files,
+            handoff_in_env,
+        })
+    }
+
+    /// Whether the files are mounted by directory (the daemon rewrites them: a file mounted
+    /// by `subPath` would keep showing the first version) rather than one by one.
+    fn files_by_directory(&self) -> bool {
+        self.daemon.is_some()
+    }
+}
+
 /// Injects `pod` in place; on error the caller drops the half-changed copy.
 fn inject(a: &Annotations, settings: &Settings, pod: &mut Pod) -> Result<(), Denial> {
     let Some(spec) = pod.spec.as_mut() else {
         return Err(Denial::invalid("spec", "the Pod has no spec"));
     };
     reserved_names(spec)?;
-    let req = Request::new(a, spec.containers.len())?;
+    let wrapped = match a.env_vars {
+        true => spec.containers.len(),
+        false => 0,
+    };
+    let cmds = Commands::new(a, settings, wrapped)?;
+    let req = &cmds.req;
 
     // Every command line, checked before anything changes.
     let mut env_argvs: Vec<Vec<Arg>> = Vec::new();
-    // The files as esi-cli reads them (paths, and which secret or template each holds).
-    let mut files_plan: Option<Plan> = None;
-    if req.env {
-        let prefix = req.env_prefix();
+    if let Some(prefix) = &cmds.env_prefix {
         for (i, c) in spec.containers.iter().enumerate() {
-            let (argv, plan) = req.env_argv(i, c, &prefix, files_plan.as_ref())?;
-            env_argvs.push(argv);
-            files_plan.get_or_insert(plan);
+            env_argvs.push(req.env_argv(i, c, prefix)?);
         }
     }
-    let mut init_argv = None;
-    if !req.env && !req.files.is_empty() {
-        let (argv, plan) = req.init_argv(settings)?;
-        init_argv = Some(argv);
-        files_plan = Some(plan);
-    }
-    let daemon_argv = match (req.daemon, &files_plan) {
-        (true, Some(plan)) => Some(req.daemon_argv(settings, plan)?),
-        (true, None) => Some(req.daemon_argv(settings, &empty_plan(&req, settings)?)?),
-        (false, _) => None,
-    };
-    let file_paths: Vec<PathBuf> = files_plan
+    let file_paths: Vec<PathBuf> = cmds
+        .files
         .iter()
         .flat_map(|p| p.files.iter().map(|f| f.path.clone()))
         .collect();
     let dirs = file_dirs(&file_paths, a)?;
+    let by_dir = cmds.files_by_directory();
     for (i, c) in spec.containers.iter().enumerate() {
         for (j, m) in c.volume_mounts.iter().flatten().enumerate() {
-            if under(Path::new(&m.mount_path), Path::new("/esi"))
-                || dirs.iter().any(|d| Path::new(&m.mount_path) == d)
-            {
+            let at = Path::new(&m.mount_path);
+            let clash = match by_dir {
+                true => dirs.iter().any(|d| at == d),
+                false => file_paths.iter().any(|f| under(at, f)),
+            };
+            if under(at, Path::new("/esi")) || clash {
                 return Err(Denial::forbidden(
                     format!("spec.containers[{i}].volumeMounts[{j}].mountPath"),
                     format!(
                         "{:?} is where the injection mounts its volumes (/esi, and the \
-                         directories of the secret files)",
+                         secret files or, with the daemon, their directories)",
                         m.mount_path
                     ),
                 ));
             }
         }
+        // A directory mount hides what the image keeps there: not the program's.
+        if by_dir
+            && let Some(program) = c.command.as_ref().and_then(|c| c.first())
+            && let Some(d) = dirs.iter().find(|d| under(Path::new(program), d))
+        {
+            let key = match a.inject_on_file.is_some() {
+                true => Key::InjectOnFile,
+                false => Key::FileSecrets,
+            };
+            return Err(Denial::invalid(
+                key.full(),
+                format!(
+                    "with the daemon the files volume is mounted over the whole directory {} \
+                     (so that rewritten files show), which would hide the program of \
+                     spec.containers[{i}] ({program}): put the files in a directory of their \
+                     own (e.g. /secrets)",
+                    d.display()
+                ),
+            ));
+        }
     }
     // What esi-cli reads in its own containers must be on a volume of the Pod.
-    let own_containers = init_argv.is_some() || daemon_argv.is_some();
+    let own_containers = cmds.init.is_some() || cmds.daemon.is_some();
     let mirrored = match own_containers {
-        true => mirrored_mounts(&req, files_plan.as_ref(), spec)?,
+        true => mirrored_mounts(req, cmds.files.as_ref(), spec)?,
         false => Vec::new(),
     };
     if req.env && !req.federated {
@@ -629,13 +736,30 @@ fn inject(a: &Annotations, settings: &Settings, pod: &mut Pod) -> Result<(), Den
     }
 
     // Changes.
-    let files_mounts = |read_only: bool| -> Vec<VolumeMount> {
+    // esi-cli's containers: the files' directories, read-write.
+    let dir_mounts = || -> Vec<VolumeMount> {
         dirs.iter()
             .map(|d| VolumeMount {
                 name: VOLUME_FILES.into(),
                 mount_path: d.display().to_string(),
                 sub_path: Some(d.strip_prefix("/").unwrap_or(d).display().to_string()),
-                read_only: read_only.then_some(true),
+                ..VolumeMount::default()
+            })
+            .collect()
+    };
+    // The applications: read-only, each file alone (nothing of the image hidden), or its
+    // directory when the daemon rewrites the files.
+    let app_mounts = || -> Vec<VolumeMount> {
+        let at: &[PathBuf] = match by_dir {
+            true => &dirs,
+            false => &file_paths,
+        };
+        at.iter()
+            .map(|p| VolumeMount {
+                name: VOLUME_FILES.into(),
+                mount_path: p.display().to_string(),
+                sub_path: Some(p.strip_prefix("/").unwrap_or(p).display().to_string()),
+                read_only: Some(true),
                 ..VolumeMount::default()
             })
             .collect()
@@ -661,11 +785,7 @@ fn inject(a: &Annotations, settings: &Settings, pod: &mut Pod) -> Result<(), Den
             settings.run_as_user,
             settings.run_as_group,
         );
-        c.command = Some(vec![
-            settings.cli_path.clone(),
-            "install".into(),
-            format!("--to={BIN_DIR}/esi-cli"),
-        ]);
+        c.command = Some(install_command(settings));
         c.volume_mounts = Some(vec![VolumeMount {
             name: VOLUME_BIN.into(),
             mount_path: BIN_DIR.into(),
@@ -683,13 +803,13 @@ fn inject(a: &Annotations, settings: &Settings, pod: &mut Pod) -> Result<(), Den
         volumes.push(memory_volume(VOLUME_STATE, "1Mi"));
     }
     let (uid, gid) = match own_containers {
-        true => file_user(spec, settings, req.env)?,
+        true => file_user(spec, settings, cmds.handoff_in_env)?,
         false => (settings.run_as_user, settings.run_as_group),
     };
     let own = |name: &str, argv: &[Arg]| {
         let mut c = injected_container(name, settings, uid, gid);
         c.command = Some(in_pod(argv));
-        let mut mounts = files_mounts(false);
+        let mut mounts = dir_mounts();
         if req.token_volume {
             mounts.push(token_mount());
         }
@@ -700,36 +820,33 @@ fn inject(a: &Annotations, settings: &Settings, pod: &mut Pod) -> Result<(), Den
         c.volume_mounts = Some(mounts);
         c
     };
-    if let Some(argv) = &init_argv {
+    if let Some(argv) = &cmds.init {
         init_containers.push(own(CONTAINER_INIT, argv));
     }
-    if let Some(argv) = &daemon_argv {
+    if let Some(argv) = &cmds.daemon {
         let mut c = own(CONTAINER_DAEMON, argv);
         c.restart_policy = Some("Always".into());
         init_containers.push(c);
     }
     for (i, c) in spec.containers.iter_mut().enumerate() {
         let mounts = c.volume_mounts.get_or_insert_with(Vec::new);
-        match env_argvs.get(i) {
-            Some(argv) => {
-                c.command = Some(in_pod(argv));
-                c.args = None;
-                mounts.push(VolumeMount {
-                    name: VOLUME_BIN.into(),
-                    mount_path: BIN_DIR.into(),
-                    read_only: Some(true),
-                    ..VolumeMount::default()
-                });
-                if req.token_volume {
-                    mounts.push(token_mount());
-                }
-                mounts.extend(files_mounts(false));
-                if req.handoff {
-                    mounts.push(state_mount());
-                }
+        if let Some(argv) = env_argvs.get(i) {
+            c.command = Some(in_pod(argv));
+            c.args = None;
+            mounts.push(VolumeMount {
+                name: VOLUME_BIN.into(),
+                mount_path: BIN_DIR.into(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            });
+            if req.token_volume {
+                mounts.push(token_mount());
             }
-            None => mounts.extend(files_mounts(true)),
+            if cmds.handoff_in_env {
+                mounts.push(state_mount());
+            }
         }
+        mounts.extend(app_mounts());
     }
     spec.volumes.get_or_insert_with(Vec::new).extend(volumes);
     spec.init_containers
@@ -748,6 +865,15 @@ fn inject(a: &Annotations, settings: &Settings, pod: &mut Pod) -> Result<(), Den
         .get_or_insert_with(BTreeMap::new)
         .insert(Key::Injected.full(), "true".into());
     Ok(())
+}
+
+/// `esi-cli-install`'s command.
+fn install_command(settings: &Settings) -> Vec<String> {
+    vec![
+        settings.cli_path.clone(),
+        "install".into(),
+        format!("--to={BIN_DIR}/esi-cli"),
+    ]
 }
 
 /// A plan without files, for a daemon that only renews handed-off credentials.
@@ -915,11 +1041,15 @@ fn mirrored_mounts(
 /// The user and group of esi-cli's own containers. Files are written with mode 0400, so
 /// the application must be their owner (or root): esi-cli runs as the user every
 /// application container runs as (its own `runAsUser`, else the Pod's), the settings'
-/// when that is root (root reads anything). With environment injection the application
-/// containers' esi-cli writes too (files, the credentials handoff), so the daemon must be
-/// that very user, root excluded. A user the Pod does not name (the image's) cannot be
+/// when that is root (root reads anything). With `handoff_in_env` the application
+/// container's esi-cli writes the credentials handoff, so the daemon must be that very
+/// user, root excluded. A user the Pod does not name (the image's) cannot be
 /// known here: denied, rather than files nobody can read.
-fn file_user(spec: &PodSpec, settings: &Settings, env: bool) -> Result<(i64, i64), Denial> {
+fn file_user(
+    spec: &PodSpec,
+    settings: &Settings,
+    handoff_in_env: bool,
+) -> Result<(i64, i64), Denial> {
     let pod = spec.security_context.as_ref();
     let effective = |get: fn(&SecurityContext) -> Option<i64>| -> Option<i64> {
         let each: Vec<Option<i64>> = spec
@@ -937,7 +1067,7 @@ fn file_user(spec: &PodSpec, settings: &Settings, env: bool) -> Result<(i64, i64
     let why = "esi-cli writes the secret files (and the credentials handoff) with mode 0400, \
                readable by their owner only";
     let uid = match effective(|s| s.run_as_user) {
-        Some(0) if env => {
+        Some(0) if handoff_in_env => {
             return Err(Denial::invalid(
                 field,
                 format!(
@@ -1289,6 +1419,135 @@ mod tests {
         );
     }
 
+    fn two_containers(mut spec: Value) -> Value {
+        let mut second = spec["containers"][0].clone();
+        second["name"] = json!("second");
+        second["command"] = json!(["/bin/second"]);
+        spec["containers"].as_array_mut().unwrap().push(second);
+        spec
+    }
+
+    /// Review finding 3: with env-vars and files, the files are written once, by
+    /// esi-cli-init as the containers' user, not by each container's esi-cli; what cannot
+    /// be shared (several users, a generator's credential per container) is refused.
+    #[test]
+    fn env_mode_files_are_written_once_by_esi_cli_init() {
+        let mut a = FED.to_vec();
+        a.extend([
+            ("env-vars", "true"),
+            ("federated-generators", "apps/Password/pw"),
+            ("inject-on-env", "DB=db.password"),
+            ("inject-on-file", "/etc/app/secrets/pw=pw.password"),
+            ("daemon-refresh-interval", "1m"),
+        ]);
+        let out = admit(&pod(&a, two_containers(app_spec()))).unwrap();
+        let spec = &out["spec"];
+        assert_eq!(
+            names(&spec["initContainers"]),
+            vec![CONTAINER_INSTALL, CONTAINER_INIT, CONTAINER_DAEMON]
+        );
+        let init = &spec["initContainers"][1];
+        let cmd = strs(&init["command"]);
+        assert!(cmd.contains(&"--inject-on-file=/etc/app/secrets/pw=pw.password".to_string()));
+        // The generator feeds the file only: esi-cli-init issues it, the daemon renews it.
+        assert!(cmd.contains(&"--credentials-file=/esi/state/credentials.json".to_string()));
+        assert_eq!(init["securityContext"]["runAsUser"], 1000);
+        for c in spec["containers"].as_array().unwrap() {
+            let cmd = strs(&c["command"]);
+            assert!(
+                !cmd.iter().any(|a| a.starts_with("--inject-on-file")),
+                "{cmd:?}"
+            );
+            assert!(
+                !cmd.iter().any(|a| a.starts_with("--credentials-file")),
+                "{cmd:?}"
+            );
+            assert!(!c["volumeMounts"].to_string().contains(VOLUME_STATE));
+            let files: Vec<&Value> = c["volumeMounts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|m| m["name"] == VOLUME_FILES)
+                .collect();
+            assert_eq!(files.len(), 1);
+            assert_eq!(files[0]["readOnly"], true);
+        }
+        // Two users: one esi-cli-init cannot write 0400 files both can read.
+        let mut spec2 = two_containers(app_spec());
+        spec2["containers"][1]["securityContext"] = json!({"runAsUser": 2000});
+        let d = admit(&pod(&a, spec2)).unwrap_err();
+        assert_eq!(d.field, "spec.securityContext.runAsUser", "{d}");
+        // A generator in the environment of two containers: a credential each.
+        let mut b = FED.to_vec();
+        b.extend([
+            ("env-vars", "true"),
+            ("federated-generators", "apps/Password/pw"),
+            ("inject-on-env", "PW=pw.password"),
+        ]);
+        let d = admit(&pod(&b, two_containers(app_spec()))).unwrap_err();
+        assert_eq!(d.field, format!("{P}federated-generators"));
+        assert!(d.message.contains("each of the 2 containers"), "{d}");
+        // With one container: fine, and that container's esi-cli hands off the credential.
+        b.push(("daemon-refresh-interval", "1m"));
+        let out = admit(&pod(&b, app_spec())).unwrap();
+        let cmd = strs(&out["spec"]["containers"][0]["command"]);
+        assert!(cmd.contains(&"--credentials-file=/esi/state/credentials.json".to_string()));
+        // One generator in both a file and the environment: two different credentials.
+        b.push(("inject-on-file", "/secrets/pw=pw.password"));
+        let d = admit(&pod(&b, app_spec())).unwrap_err();
+        assert!(
+            d.message.contains("feeds both a file and environment"),
+            "{d}"
+        );
+    }
+
+    /// Review finding 4: the files volume never hides what the image keeps beside a file.
+    #[test]
+    fn files_are_mounted_one_by_one_unless_the_daemon_rewrites_them() {
+        let mut a = FED.to_vec();
+        a.push(("inject-on-file", "/app/.env=db,/app/conf/db.yaml=db"));
+        let mut spec = app_spec();
+        spec["containers"][0]["command"] = json!(["/app/server"]);
+        let out = admit(&pod(&a, spec.clone())).unwrap();
+        let c = &out["spec"]["containers"][0];
+        assert_eq!(strs(&c["command"]), vec!["/app/server"]);
+        let mounts: Vec<&Value> = c["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["name"] == VOLUME_FILES)
+            .collect();
+        assert_eq!(
+            mounts,
+            vec![
+                &json!({"name": VOLUME_FILES, "mountPath": "/app/.env", "subPath": "app/.env", "readOnly": true}),
+                &json!({"name": VOLUME_FILES, "mountPath": "/app/conf/db.yaml", "subPath": "app/conf/db.yaml", "readOnly": true}),
+            ]
+        );
+        // esi-cli-init writes into the directory (its own container hides nothing).
+        let init = &out["spec"]["initContainers"][0];
+        assert_eq!(init["volumeMounts"][0]["mountPath"], "/app");
+        assert_eq!(init["volumeMounts"][0]["subPath"], "app");
+        // The daemon rewrites files: directory mounts, and then not over the program.
+        a.push(("daemon-refresh-interval", "1m"));
+        let d = admit(&pod(&a, spec)).unwrap_err();
+        assert_eq!(d.field, format!("{P}inject-on-file"));
+        assert!(
+            d.message.contains("hide the program of spec.containers[0]"),
+            "{d}"
+        );
+        // A Pod mount at a file's path: refused.
+        let mut b = FED.to_vec();
+        b.push(("inject-on-file", "/etc/app/x.yaml=db"));
+        let mut spec = app_spec();
+        spec["containers"][0]["volumeMounts"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"name": "kube-api-access", "mountPath": "/etc/app/x.yaml"}));
+        let d = admit(&pod(&b, spec)).unwrap_err();
+        assert_eq!(d.code, 403, "{d}");
+    }
+
     #[test]
     fn file_secrets_writes_the_externalsecret_like_ese() {
         let a = [("externalsecret", "app-secrets"), ("file-secrets", "true")];
@@ -1497,7 +1756,7 @@ mod tests {
                     s
                 },
                 400,
-                "daemon-refresh-interval",
+                "federated-generators",
                 "each of the 2 containers",
             ),
         ];
