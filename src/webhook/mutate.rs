@@ -410,6 +410,22 @@ impl<'a> Request<'a> {
                  environment variable, a file)",
             ));
         }
+        for (at, arg) in &rest {
+            for name in var_refs(arg) {
+                if let Some(why) = unsafe_reference(c, name) {
+                    return Err(Denial::invalid(
+                        at.clone(),
+                        format!(
+                            "$({name}) {why}: the kubelet expands it inside esi-cli's --args, \
+                             which splits at commas, so a comma in the value would split the \
+                             argument; write the value in env (value: …), or read the \
+                             variable in the program (sh -c '… \"$VAR\"'), or use $$({name}) \
+                             for a literal"
+                        ),
+                    ));
+                }
+            }
+        }
         let mut tail = vec![Arg {
             text: format!("--binary-path={program}"),
             from_annotation: false,
@@ -502,6 +518,69 @@ impl<'a> Request<'a> {
         check(&argv, self.a, None)?;
         Ok(argv)
     }
+}
+
+/// The `$(NAME)` references the kubelet expands in a command or argument (`$$` is a
+/// literal `$`), in order.
+fn var_refs(s: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut rest = s;
+    while let Some(i) = rest.find('$') {
+        let after = &rest[i + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            rest = tail;
+        } else if let Some(inner) = after.strip_prefix('(')
+            && let Some(end) = inner.find(')')
+        {
+            out.push(&inner[..end]);
+            rest = &inner[end + 1..];
+        } else {
+            rest = after;
+        }
+    }
+    out
+}
+
+/// Why the value `$(name)` expands to in container `c` could hold a comma, or `None` when
+/// it cannot: a literal `value` without a comma (and without references of its own), a
+/// field of the Pod other than an annotation, a resource quantity, or a variable the
+/// container does not define (the kubelet leaves `$(name)` as written).
+fn unsafe_reference(c: &Container, name: &str) -> Option<String> {
+    let Some(var) = c.env.iter().flatten().rev().find(|e| e.name == name) else {
+        return match c.env_from.as_ref().is_some_and(|f| !f.is_empty()) {
+            true => Some(
+                "may come from the container's envFrom (a ConfigMap or Secret), whose values \
+                 the webhook cannot see"
+                    .into(),
+            ),
+            false => None,
+        };
+    };
+    if let Some(from) = &var.value_from {
+        let annotation = from
+            .field_ref
+            .as_ref()
+            .is_some_and(|f| f.field_path.starts_with("metadata.annotations"));
+        return match (&from.config_map_key_ref, &from.secret_key_ref) {
+            (None, None) if !annotation => None,
+            _ => Some(format!(
+                "takes its value from env {name}'s valueFrom (a ConfigMap, a Secret or an \
+                 annotation), which the webhook cannot see"
+            )),
+        };
+    }
+    let value = var.value.as_deref().unwrap_or_default();
+    if value.contains(',') {
+        return Some(format!(
+            "expands to env {name}'s value, which holds a comma"
+        ));
+    }
+    if value.contains("$(") {
+        return Some(format!(
+            "expands to env {name}'s value, which refers to other variables"
+        ));
+    }
+    None
 }
 
 fn flag_copy(f: &Arg) -> Arg {
@@ -1583,6 +1662,55 @@ mod tests {
             cmd.contains(&"--args=--port=8080,$(PORT)".to_string()),
             "{cmd:?}"
         );
+    }
+
+    /// Review finding 7: a `$(VAR)` whose value could hold a comma would split esi-cli's
+    /// `--args`: refused, naming the argument; safe references still work.
+    #[test]
+    fn references_that_could_split_args_are_refused() {
+        let mut a = FED.to_vec();
+        a.push(("env-vars", "true"));
+        let with = |env: Value, env_from: Option<Value>, arg: &str| {
+            let mut spec = app_spec();
+            spec["containers"][0]["env"] = env;
+            if let Some(f) = env_from {
+                spec["containers"][0]["envFrom"] = f;
+            }
+            spec["containers"][0]["args"] = json!(["serve", arg]);
+            pod(&a, spec)
+        };
+        let list = json!([{"name": "HOSTS", "value": "a,b"}, {"name": "PORT", "value": "8080"},
+                          {"name": "PW", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}},
+                          {"name": "IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+                          {"name": "NOTE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.annotations['x']"}}},
+                          {"name": "BOTH", "value": "$(HOSTS)"}]);
+        for (arg, needle) in [
+            ("--hosts=$(HOSTS)", "holds a comma"),
+            ("--pw=$(PW)", "valueFrom"),
+            ("--note=$(NOTE)", "valueFrom"),
+            ("--both=$(BOTH)", "refers to other variables"),
+        ] {
+            let d = admit(&with(list.clone(), None, arg)).unwrap_err();
+            assert_eq!(d.field, "spec.containers[0].args[1]", "{arg}: {d}");
+            assert!(d.message.contains(needle), "{arg}: {d}");
+            assert!(!d.message.contains("a,b"), "no value quoted: {d}");
+        }
+        let d = admit(&with(
+            json!([]),
+            Some(json!([{"configMapRef": {"name": "c"}}])),
+            "$(X)",
+        ))
+        .unwrap_err();
+        assert!(d.message.contains("envFrom"), "{d}");
+        // Safe: a literal without a comma, a Pod field, an undefined variable, a literal $$.
+        for arg in ["--port=$(PORT)", "--ip=$(IP)", "$(UNDEFINED)", "$$(HOSTS)"] {
+            let out = admit(&with(list.clone(), None, arg)).unwrap();
+            let cmd = strs(&out["spec"]["containers"][0]["command"]);
+            assert_eq!(
+                cmd.last().unwrap(),
+                &format!("--args=--port=8080,serve,{arg}")
+            );
+        }
     }
 
     #[test]
