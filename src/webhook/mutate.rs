@@ -116,7 +116,7 @@ pub fn mutate(pod: &Pod, settings: &Settings) -> Result<Patch, Denial> {
         ));
     }
     if a.injected {
-        return already_injected(spec).map(|()| Patch(Vec::new()));
+        return already_injected(&a, settings, spec).map(|()| Patch(Vec::new()));
     }
     let mut out = pod.clone();
     inject(&a, settings, &mut out)?;
@@ -131,22 +131,116 @@ pub fn mutate(pod: &Pod, settings: &Settings) -> Result<Patch, Denial> {
 }
 
 /// Reinvocation (or a Pod copied from an injected one): nothing more to do, provided the
-/// injection is really there (the annotation alone is no way to skip it).
-fn already_injected(spec: &PodSpec) -> Result<(), Denial> {
-    let ours = spec
+/// injection is really there and is what the annotations make now (the annotation alone
+/// is no way to skip the injection, nor to smuggle in other commands): our init containers
+/// (those and only those the annotations call for, each with the exact command), our
+/// volumes, and in env mode the application containers wrapped with the exact shared
+/// flags. Containers without esi-cli (added by a later webhook) are left alone.
+fn already_injected(a: &Annotations, settings: &Settings, spec: &PodSpec) -> Result<(), Denial> {
+    let field = Key::Injected.full();
+    let inconsistent = |what: String| {
+        Denial::invalid(
+            field.clone(),
+            format!(
+                "is set by the webhook on the Pods it injected, and this Pod's injection is \
+                 not what its annotations make ({what}): remove the annotation and what was \
+                 injected (use skip: \"true\" to leave a Pod alone)"
+            ),
+        )
+    };
+    let wrapper = format!("{BIN_DIR}/esi-cli");
+    let wrapped: Vec<(usize, &Container)> = spec
+        .containers
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.command.as_ref().and_then(|c| c.first()) == Some(&wrapper))
+        .collect();
+    let ours: Vec<&Container> = spec
         .init_containers
         .iter()
         .flatten()
-        .any(|c| RESERVED_CONTAINERS.contains(&c.name.as_str()));
-    if ours {
-        Ok(())
-    } else {
-        Err(Denial::invalid(
-            Key::Injected.full(),
+        .filter(|c| RESERVED_CONTAINERS.contains(&c.name.as_str()))
+        .collect();
+    if ours.is_empty() {
+        return Err(Denial::invalid(
+            field,
             "is set by the webhook on the Pods it injected, and this Pod has no injected \
              container: remove it (use skip: \"true\" to leave a Pod alone)",
-        ))
+        ));
     }
+    let cmds = Commands::new(a, settings, wrapped.len())?;
+    let mut expected: Vec<(&str, Vec<String>)> = Vec::new();
+    if cmds.req.env {
+        expected.push((CONTAINER_INSTALL, install_command(settings)));
+    }
+    if let Some(argv) = &cmds.init {
+        expected.push((CONTAINER_INIT, in_pod(argv)));
+    }
+    if let Some(argv) = &cmds.daemon {
+        expected.push((CONTAINER_DAEMON, in_pod(argv)));
+    }
+    for c in &ours {
+        if !expected.iter().any(|(n, _)| *n == c.name) {
+            return Err(inconsistent(format!("{} is not called for", c.name)));
+        }
+    }
+    for (name, command) in &expected {
+        let found: Vec<&&Container> = ours.iter().filter(|c| c.name == *name).collect();
+        match found.as_slice() {
+            [c] if c.command.as_ref() == Some(command) => {}
+            [] => return Err(inconsistent(format!("{name} is missing"))),
+            [_] => return Err(inconsistent(format!("{name} has another command"))),
+            _ => return Err(inconsistent(format!("{name} appears more than once"))),
+        }
+    }
+    let mut volumes = Vec::new();
+    if cmds.req.env {
+        volumes.push(VOLUME_BIN);
+    }
+    if cmds.req.token_volume {
+        volumes.push(VOLUME_TOKEN);
+    }
+    if cmds.init.is_some() {
+        volumes.push(VOLUME_FILES);
+    }
+    if cmds.req.handoff {
+        volumes.push(VOLUME_STATE);
+    }
+    for v in volumes {
+        if !spec.volumes.iter().flatten().any(|x| x.name == v) {
+            return Err(inconsistent(format!("volume {v} is missing")));
+        }
+    }
+    match &cmds.env_prefix {
+        Some(prefix) => {
+            let prefix = in_pod(prefix);
+            if wrapped.is_empty() {
+                return Err(inconsistent("no container runs esi-cli".into()));
+            }
+            for (i, c) in wrapped {
+                let command = c.command.as_deref().unwrap_or_default();
+                let tail = command.get(prefix.len()..).unwrap_or_default();
+                let ok = command.starts_with(&prefix)
+                    && tail
+                        .first()
+                        .is_some_and(|t| t.starts_with("--binary-path="))
+                    && tail.len() <= 2
+                    && tail.get(1).is_none_or(|t| t.starts_with("--args="));
+                if !ok {
+                    return Err(inconsistent(format!(
+                        "spec.containers[{i}]'s esi-cli command"
+                    )));
+                }
+            }
+        }
+        None if !wrapped.is_empty() => {
+            return Err(inconsistent(
+                "a container runs esi-cli without env-vars".into(),
+            ));
+        }
+        None => {}
+    }
+    Ok(())
 }
 
 /// One argument of an esi-cli command line and whether it came from an annotation (then
@@ -1661,6 +1755,83 @@ mod tests {
         assert!(
             cmd.contains(&"--args=--port=8080,$(PORT)".to_string()),
             "{cmd:?}"
+        );
+    }
+
+    /// Review finding 8: `injected: "true"` passes only with the injection its
+    /// annotations make, exactly.
+    #[test]
+    fn an_altered_or_forged_injection_is_refused() {
+        let mut a = FED.to_vec();
+        a.extend([
+            ("env-vars", "true"),
+            ("inject-on-file", "/secrets/db=db.password"),
+        ]);
+        let out = admit(&pod(&a, app_spec())).unwrap();
+        let again = |f: &dyn Fn(&mut Value)| {
+            let mut doc = out.clone();
+            f(&mut doc);
+            let typed: Pod = serde_json::from_value(doc).unwrap();
+            mutate(&typed, &Settings::default())
+        };
+        assert_eq!(again(&|_| {}), Ok(Patch(Vec::new())));
+        type Edit = Box<dyn Fn(&mut Value)>;
+        let cases: Vec<(Edit, &str)> = vec![
+            (
+                Box::new(|d| {
+                    d["metadata"]["annotations"][format!("{P}inject-on-env")] = json!("X=db.user")
+                }),
+                "spec.containers[0]'s esi-cli command",
+            ),
+            (
+                Box::new(|d| {
+                    d["spec"]["initContainers"][1]["command"] = json!([
+                        "/usr/local/bin/esi-cli",
+                        "--mode=init",
+                        "--inject-on-file=/secrets/db=other.pw"
+                    ])
+                }),
+                "esi-cli-init has another command",
+            ),
+            (
+                Box::new(|d| {
+                    d["spec"]["initContainers"]
+                        .as_array_mut()
+                        .unwrap()
+                        .remove(1);
+                }),
+                "esi-cli-init is missing",
+            ),
+            (
+                Box::new(|d| {
+                    d["spec"]["volumes"]
+                        .as_array_mut()
+                        .unwrap()
+                        .retain(|v| v["name"] != VOLUME_TOKEN);
+                }),
+                "volume esi-cli-token is missing",
+            ),
+            (
+                Box::new(|d| {
+                    d["spec"]["initContainers"].as_array_mut().unwrap().push(
+                        json!({"name": CONTAINER_DAEMON, "image": "x", "command": ["/bin/sh"]}),
+                    )
+                }),
+                "esi-cli-daemon is not called for",
+            ),
+        ];
+        for (edit, needle) in cases {
+            let d = again(&*edit).unwrap_err();
+            assert_eq!(d.field, format!("{P}injected"), "{d}");
+            assert!(d.message.contains(needle), "{needle}: {d}");
+        }
+        // A container added by a later webhook is left alone.
+        assert_eq!(
+            again(&|d| d["spec"]["containers"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!({"name": "mesh-proxy", "image": "proxy"}))),
+            Ok(Patch(Vec::new()))
         );
     }
 
