@@ -1189,6 +1189,54 @@ fn the_chart_ships_the_servers_crds() {
     );
 }
 
+/// The webhook's NetworkPolicy (`webhook.networkPolicy.enabled`, review finding 1):
+/// it selects the webhook's Pods only, admits ingress on the port they listen on alone
+/// (from the given peers), and allows no egress; `annotatedPodsOnly: false` drops the
+/// match condition.
+#[test]
+fn the_webhook_network_policy_admits_only_its_port() {
+    if !helm_available() {
+        return;
+    }
+    let peers = serde_json::json!([{"ipBlock": {"cidr": "10.0.0.0/24"}}]);
+    let values = serde_json::json!({"webhook": {"enabled": true, "port": 8443,
+        "annotatedPodsOnly": false,
+        "networkPolicy": {"enabled": true, "from": peers}}});
+    if let Err(e) = helm(&["lint", CHART, "--set-json", &values.to_string()]) {
+        panic!("helm lint --strict: {e}");
+    }
+    let docs = render(&values);
+    let policies = of_kind(&docs, "NetworkPolicy");
+    let [policy] = policies.as_slice() else {
+        panic!("one NetworkPolicy: {policies:?}")
+    };
+    let spec = &policy["spec"];
+    let hookd = of_kind(&docs, "Deployment")
+        .into_iter()
+        .find(|d| d["metadata"]["name"] != "esi-federation")
+        .unwrap();
+    let server = of_kind(&docs, "Deployment")
+        .into_iter()
+        .find(|d| d["metadata"]["name"] == "esi-federation")
+        .unwrap();
+    assert!(selects(
+        &spec["podSelector"]["matchLabels"],
+        &hookd["spec"]["template"]["metadata"]["labels"]
+    ));
+    assert!(!selects(
+        &spec["podSelector"]["matchLabels"],
+        &server["spec"]["template"]["metadata"]["labels"]
+    ));
+    assert_eq!(strs(&spec["policyTypes"]), ["Ingress", "Egress"]);
+    assert_eq!(
+        spec["ingress"],
+        serde_json::json!([{"ports": [{"port": 8443, "protocol": "TCP"}], "from": peers}])
+    );
+    assert_eq!(spec["egress"], serde_json::json!([]));
+    let hook = &of_kind(&docs, "MutatingWebhookConfiguration")[0]["webhooks"][0];
+    assert!(hook["matchConditions"].is_null());
+}
+
 /// The webhook's objects (`webhook.enabled`), for each certificate choice: the
 /// `MutatingWebhookConfiguration` reaches the webhook's Service and trusts its certificate,
 /// the Service selects the webhook's Pods only, the Deployment runs `esi-server webhook`
@@ -1272,6 +1320,17 @@ fn the_webhook_renders_wired_and_confined() {
             hook["objectSelector"]["matchExpressions"][0]["key"],
             "secretless.externalsecrets.com/skip"
         );
+        // Only annotated Pods are sent (review finding 6: selection by annotation).
+        let conditions = hook["matchConditions"].as_array().unwrap();
+        assert_eq!(conditions.len(), 1, "{case}");
+        assert!(
+            conditions[0]["expression"]
+                .as_str()
+                .unwrap()
+                .contains("startsWith('secretless.externalsecrets.com/')"),
+            "{case}"
+        );
+        assert!(of_kind(&docs, "NetworkPolicy").is_empty(), "{case}: off by default");
         // clientConfig → the Service → the webhook's Pods, on the port they listen on.
         let svc_ref = &hook["clientConfig"]["service"];
         assert_eq!(
