@@ -1330,7 +1330,10 @@ fn the_webhook_renders_wired_and_confined() {
                 .contains("startsWith('secretless.externalsecrets.com/')"),
             "{case}"
         );
-        assert!(of_kind(&docs, "NetworkPolicy").is_empty(), "{case}: off by default");
+        assert!(
+            of_kind(&docs, "NetworkPolicy").is_empty(),
+            "{case}: off by default"
+        );
         // clientConfig → the Service → the webhook's Pods, on the port they listen on.
         let svc_ref = &hook["clientConfig"]["service"];
         assert_eq!(

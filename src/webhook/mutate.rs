@@ -3,11 +3,11 @@
 //! - **Environment** (`env-vars: "true"`): the init container `esi-cli-install` copies
 //!   `esi-cli` onto the in-memory volume `esi-cli-bin`; every container's command becomes
 //!   `/esi/bin/esi-cli --mode=init … --binary-path=<command[0]> --args=<the rest, comma
-//!   joined>`, so esi-cli fetches the secrets and execs the application with them. These
-//!   containers also write the files, if any.
-//! - **Files** (`inject-on-file`, `file-secrets: "true"`): without environment injection,
-//!   the init container `esi-cli-init` writes them onto the in-memory volume
-//!   `esi-cli-files`, mounted read-only into every container at the files' directories.
+//!   joined>`, so esi-cli fetches the secrets and execs the application with them.
+//! - **Files** (`inject-on-file`, `file-secrets: "true"`), in either mode: the init
+//!   container `esi-cli-init` writes them once for the Pod onto the in-memory volume
+//!   `esi-cli-files`, mounted read-only into every container file by file (by directory
+//!   when the daemon rewrites them).
 //! - **Daemon** (`daemon-refresh-interval`): the native sidecar `esi-cli-daemon` (an init
 //!   container with `restartPolicy: Always`) keeps the files current and, with
 //!   generators, renews the credentials the init step issued (`--credentials-file` on the
