@@ -1201,3 +1201,57 @@ async fn deletion_policy_delete_spares_a_secret_it_did_not_write() {
         Some("theirs")
     );
 }
+
+/// Writes the record of the ExternalSecret `uid` by hand: `entries` lease ids of the
+/// generator `creds`.
+fn preload_record(k: &FakeKube, uid: &str, lease_ids: impl IntoIterator<Item = String>) {
+    let entries: Vec<Value> = lease_ids
+        .into_iter()
+        .map(|id| {
+            json!({"namespace": NS, "kind": "VaultDynamicSecret", "name": "creds",
+                "state": {"leaseId": id}})
+        })
+        .collect();
+    k.apply(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": format!("esi-issued-{uid}"), "namespace": "esi-system",
+            "labels": {"esi.external-secrets.io/issued-credentials": "true"}},
+        "data": {"issued": b64(&serde_json::to_string(&entries).unwrap())}
+    }));
+}
+
+/// The record is read and checked before anything is issued: with revocations failing and
+/// the record nearly full (250 of 256), nothing new is issued, and the status says why
+/// (before: a credential was issued, then could not be recorded, and the failure never
+/// reached the status).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_record_issues_nothing_and_says_why() {
+    let vault = common::fake_vault::FakeVault::start_with_password("pw").await;
+    vault.set_revocations_failing(true);
+    let k = cluster().await;
+    vault_generator(&k, &vault.url);
+    let created = k.apply(generated_external_secret(
+        "db",
+        "db-creds",
+        "VaultDynamicSecret",
+        "creds",
+    ));
+    let uid = created["metadata"]["uid"].as_str().unwrap().to_string();
+    preload_record(&k, &uid, (0..250).map(|n| format!("old/{n}")));
+    let r = Reconciler::start(&k, &[]);
+    let failed = wait_for("Ready=False", 30, &r, || {
+        let c = ready(&es(&k, "db"))?;
+        (c.0 == "False").then_some(c)
+    });
+    assert_eq!(failed.1, "SecretSyncedError");
+    assert!(
+        failed.2.contains("record of issued credentials is full")
+            && failed.2.contains("no credential is issued"),
+        "{failed:?}"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(vault.issued(), 0, "nothing issued");
+    assert!(secret(&k, "db-creds").is_none());
+    let kept = record(&k, &uid).expect("the record is kept");
+    assert!(kept["data"]["issued"].is_string());
+}

@@ -42,7 +42,7 @@ use crate::status::lease::{self, LeaseSettings, Term};
 use super::error::{REASON_DELETED, REASON_MISSING, REASON_SYNCED};
 use super::inventory::{ExistingSecret, ExternalSecretObject, Inventory, InventoryBuilder};
 use super::policy::{self, LastSync, SecretAction};
-use super::records::Records;
+use super::records::{MAX_RECORDED, Record, RecordError, Records};
 use super::sync::{
     self, ANNOTATION_DATA_HASH, DesiredSecret, EXTERNAL_SECRET_API_VERSION, LABEL_MANAGED,
     SyncOptions,
@@ -675,7 +675,7 @@ async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action,
             }
             Err(ReconcileError::Sync(message))
         }
-        Err(Failure::Kube(e)) => Err(e),
+        Err(Failure::Kube(e) | Failure::Unknown(e)) => Err(e),
     }
 }
 
@@ -736,6 +736,9 @@ fn requeue_after(es: &ExternalSecretObject, last: &LastSync, now: SystemTime) ->
 enum Failure {
     Sync(SyncError),
     Kube(ReconcileError),
+    /// The Secret write failed in a way that leaves open whether it landed (no answer, a
+    /// 5xx), and a read back could not tell: the credentials may be handed out.
+    Unknown(ReconcileError),
 }
 
 impl From<SyncError> for Failure {
@@ -819,26 +822,22 @@ async fn reconcile_one(
     let owner = format!("{}/{}", es.namespace, es.name);
     // The record is read (and checked) before any credential is issued: one that cannot be
     // read or is full would leave a new credential neither recorded nor handed out.
-    let recorded = if uses_revocable_generator(es, inv) {
+    let (record, previous) = if uses_revocable_generator(es, inv) {
         let now_secs = now
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let mut r = ctx
-            .records
-            .get(&uid)
-            .await
-            .map_err(|e| Failure::Kube(ReconcileError::Kube(e.to_string())))?;
+        let record = ctx.records.get(&uid).await.map_err(record_failure)?;
         // Lapsed on their own: nothing left to revoke.
-        r.retain(|c| c.expires_at.is_none_or(|t| t > now_secs));
-        if r.len() + 16 > super::records::MAX_RECORDED {
-            return Err(Failure::Kube(ReconcileError::Kube(
-                "the record of issued credentials is full (revocations keep failing); nothing is issued"
-                    .into(),
-            )));
-        }
-        r
+        let live: Vec<_> = record
+            .entries
+            .iter()
+            .filter(|c| c.expires_at.is_none_or(|t| t > now_secs))
+            .cloned()
+            .collect();
+        record_has_room(&live)?;
+        (record, live)
     } else {
-        Vec::new()
+        (Record::default(), Vec::new())
     };
     let mut issued = Vec::new();
     let desired = match sync::sync(es, inv, &ctx.sync, &mut issued).await {
@@ -850,26 +849,31 @@ async fn reconcile_one(
     };
     // Issued credentials are recorded (beside the previous ones) before anything else, so
     // that no failure or crash from here on leaves one unrecorded.
-    let previous = if issued.is_empty() {
-        Vec::new()
-    } else {
-        let previous = recorded;
+    let mut record = record;
+    if !issued.is_empty() {
         let both: Vec<_> = previous.iter().chain(&issued).cloned().collect();
-        if let Err(e) = ctx.records.put(&uid, &owner, &both).await {
-            release(ctx, es, inv, issued).await;
-            return Err(Failure::Kube(ReconcileError::Kube(e.to_string())));
+        match ctx.records.put(&uid, &owner, &record, both).await {
+            Ok(r) => record = r,
+            Err(e) => {
+                release(ctx, es, inv, issued).await;
+                return Err(record_failure(e));
+            }
         }
-        previous
-    };
+    }
     let applied = apply_action(ctx, es, spec, &secrets, &name, existing.as_ref(), desired).await;
     let out = match applied {
         Ok(out) if out.outcome.ready && out.writes => out.outcome,
+        Err(Failure::Unknown(e)) => {
+            // The write may have landed and could not be checked: the new credentials may be
+            // in the Secret. Nothing is revoked; all stay recorded until the next sync.
+            return Err(Failure::Kube(e));
+        }
         other => {
             // Nothing was handed out: the new credentials go, the record is as before.
             if !issued.is_empty() {
-                let kept = revoke(ctx, es, inv, issued).await;
-                let back: Vec<_> = previous.iter().chain(&kept).cloned().collect();
-                if let Err(e) = ctx.records.put(&uid, &owner, &back).await {
+                let kept = revoke(ctx, es, inv, issued.clone()).await;
+                let back = without(&record.entries, &issued, &kept);
+                if let Err(e) = ctx.records.put(&uid, &owner, &record, back).await {
                     tracing::warn!(external_secret = %owner, error = %e, "cannot update the record of issued credentials");
                 }
             }
@@ -882,9 +886,9 @@ async fn reconcile_one(
     };
     if !issued.is_empty() {
         // Replaced by the new ones; those that could not be revoked stay recorded.
-        let kept = revoke(ctx, es, inv, previous).await;
-        let now_held: Vec<_> = kept.iter().chain(&issued).cloned().collect();
-        if let Err(e) = ctx.records.put(&uid, &owner, &now_held).await {
+        let kept = revoke(ctx, es, inv, previous.clone()).await;
+        let now_held = without(&record.entries, &previous, &kept);
+        if let Err(e) = ctx.records.put(&uid, &owner, &record, now_held).await {
             tracing::warn!(external_secret = %owner, error = %e, "cannot update the record of issued credentials");
         }
     }
@@ -892,6 +896,46 @@ async fn reconcile_one(
         remember_templates(ctx, key, templates);
     }
     Ok(Some(out))
+}
+
+/// The record's entries after `tried` were revoked except `kept`: `entries` without the
+/// revoked ones (everything else, whoever recorded it, stays).
+fn without(
+    entries: &[sync::IssuedCredential],
+    tried: &[sync::IssuedCredential],
+    kept: &[sync::IssuedCredential],
+) -> Vec<sync::IssuedCredential> {
+    entries
+        .iter()
+        .filter(|e| !tried.contains(e) || kept.contains(e))
+        .cloned()
+        .collect()
+}
+
+/// Room left in a record holding `live` for what one sync may add: at most
+/// [`MAX_RECORDED`] − [`RECORD_HEADROOM`] entries and three quarters of
+/// [`super::records::MAX_RECORD_BYTES`].
+///
+/// # Errors
+/// [`SyncError::Record`] when full (revocations keep failing): nothing is issued.
+fn record_has_room(live: &[sync::IssuedCredential]) -> Result<(), Failure> {
+    let bytes = serde_json::to_vec(live).map_or(usize::MAX, |v| v.len());
+    if live.len() + RECORD_HEADROOM > MAX_RECORDED
+        || bytes > super::records::MAX_RECORD_BYTES / 4 * 3
+    {
+        return Err(Failure::Sync(SyncError::Record(format!(
+            "the record of issued credentials is full ({} credentials not yet revoked: revocations keep failing)",
+            live.len()
+        ))));
+    }
+    Ok(())
+}
+
+/// Entries kept free in a record before a sync may issue (see [`record_has_room`]).
+const RECORD_HEADROOM: usize = 16;
+
+fn record_failure(e: RecordError) -> Failure {
+    Failure::Sync(SyncError::Record(e.to_string()))
 }
 
 /// What [`apply_action`] did.
@@ -1042,9 +1086,9 @@ async fn release(
     let uid = es.uid.clone().unwrap_or_default();
     let owner = format!("{}/{}", es.namespace, es.name);
     let recorded = match ctx.records.get(&uid).await {
-        Ok(previous) => {
-            let all: Vec<_> = previous.into_iter().chain(kept).collect();
-            ctx.records.put(&uid, &owner, &all).await
+        Ok(record) => {
+            let all: Vec<_> = record.entries.iter().cloned().chain(kept).collect();
+            ctx.records.put(&uid, &owner, &record, all).await.map(drop)
         }
         Err(e) => Err(e),
     };
@@ -1337,15 +1381,15 @@ async fn cleanup(
 ) -> Result<(), ReconcileError> {
     let uid = es.uid.clone().unwrap_or_default();
     let owner = format!("{}/{}", es.namespace, es.name);
-    let recorded = match ctx.records.get(&uid).await {
+    let record = match ctx.records.get(&uid).await {
         Ok(r) => r,
-        Err(e @ super::records::RecordError::Damaged(_)) => {
+        Err(e @ RecordError::Damaged(_)) => {
             warn_event(ctx, es, "RevocationAbandoned", &e.to_string()).await;
-            Vec::new()
+            Record::default()
         }
         Err(e) => return Err(ReconcileError::Kube(e.to_string())),
     };
-    let kept = revoke(ctx, es, inv, recorded).await;
+    let kept = revoke(ctx, es, inv, record.entries.clone()).await;
     if !kept.is_empty() {
         let key = ObjectRef::from_obj_with(obj, ctx.resource.clone());
         let failures = ctx
@@ -1356,8 +1400,9 @@ async fn cleanup(
             .copied()
             .unwrap_or(0);
         if failures + 1 < CLEANUP_ATTEMPTS {
+            let left = without(&record.entries, &record.entries, &kept);
             ctx.records
-                .put(&uid, &owner, &kept)
+                .put(&uid, &owner, &record, left)
                 .await
                 .map_err(|e| ReconcileError::Kube(e.to_string()))?;
             return Err(ReconcileError::Sync(format!(
@@ -1373,7 +1418,7 @@ async fn cleanup(
         warn_event(ctx, es, "RevocationAbandoned", &message).await;
     }
     ctx.records
-        .put(&uid, &owner, &[])
+        .put(&uid, &owner, &record, Vec::new())
         .await
         .map_err(|e| ReconcileError::Kube(e.to_string()))?;
     set_finalizer(ctx, obj, es, false).await
@@ -1582,7 +1627,7 @@ async fn write_status(
         status["binding"] = json!({ "name": b });
     }
     patch_status(ctx, obj, status).await.map_err(|f| match f {
-        Failure::Kube(e) => e,
+        Failure::Kube(e) | Failure::Unknown(e) => e,
         Failure::Sync(e) => ReconcileError::Sync(e.message()),
     })
 }
@@ -1623,7 +1668,7 @@ async fn write_failure_status(
             true
         })
         .map_err(|f| match f {
-            Failure::Kube(e) => e,
+            Failure::Kube(e) | Failure::Unknown(e) => e,
             Failure::Sync(e) => ReconcileError::Sync(e.message()),
         })
 }
