@@ -1362,3 +1362,44 @@ async fn another_classs_external_secret_keeps_its_finalizer() {
     );
     assert!(secret(&k, "theirs-db").is_none());
 }
+
+/// A Secret write whose answer is lost (applied, then `504`; kube's client retries and
+/// meets `409`) is read back: the Secret holds the new credential, so it counts as written
+/// and nothing is revoked (before: the credential handed out in the Secret was revoked, and
+/// another issued).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_secret_write_that_landed_despite_an_error_keeps_its_credential() {
+    let vault = common::fake_vault::FakeVault::start_with_password("pw").await;
+    let k = cluster().await;
+    vault_generator(&k, &vault.url);
+    k.lose_answers_to_next_writes(&format!("/api/v1/namespaces/{NS}/secrets"), 1);
+    let created = k.apply(generated_external_secret(
+        "db",
+        "db-creds",
+        "VaultDynamicSecret",
+        "creds",
+    ));
+    let uid = created["metadata"]["uid"].as_str().unwrap().to_string();
+    let r = Reconciler::start(&k, &[]);
+    wait_for("Ready=True", 30, &r, || {
+        (ready(&es(&k, "db"))?.0 == "True").then_some(())
+    });
+    let lost = k
+        .requests()
+        .iter()
+        .filter(|q| {
+            q.status == 504
+                && q.path
+                    .starts_with(&format!("/api/v1/namespaces/{NS}/secrets"))
+        })
+        .count();
+    assert_eq!(lost, 1, "the fault was met");
+    assert_eq!(
+        data(&secret(&k, "db-creds").unwrap(), "username").as_deref(),
+        Some("user-0")
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(vault.revoked().is_empty(), "{:?}", vault.revoked());
+    assert_eq!(vault.issued(), 1);
+    assert!(record(&k, &uid).is_some(), "the credential stays recorded");
+}

@@ -1736,9 +1736,41 @@ async fn write_secret(
     } else {
         secrets.create(&pp, &secret).await
     };
-    result
-        .map(|s| s.metadata.resource_version)
-        .map_err(|e| Failure::Kube(kube_error("writing the target Secret", &e)))
+    match result {
+        Ok(s) => Ok(s.metadata.resource_version),
+        Err(e) => {
+            let wanted = sync::data_hash(&desired.data);
+            landed_anyway(
+                secrets,
+                &name,
+                |data| sync::data_hash(data) == wanted,
+                kube_error("writing the target Secret", &e),
+            )
+            .await
+        }
+    }
+}
+
+/// A Secret write answered with an error may still have landed: the answer lost (no
+/// answer, a 5xx), or the client's own retry of a 504 meeting the write that had landed
+/// (409). The Secret is read back: when its data is what was written (`landed`), the write
+/// counts as done (its `resourceVersion` returned), so the credentials it holds are not
+/// revoked; when it is not, `err` ([`Failure::Kube`]); when it cannot be read either,
+/// [`Failure::Unknown`] (the caller then revokes nothing).
+async fn landed_anyway(
+    secrets: &Api<Secret>,
+    name: &str,
+    landed: impl Fn(&BTreeMap<String, Vec<u8>>) -> bool,
+    err: ReconcileError,
+) -> Result<Option<String>, Failure> {
+    match secrets.get_opt(name).await {
+        Ok(Some(s)) if landed(&existing_of(&s).data) => {
+            tracing::info!(secret = %name, error = %err, "the Secret write answered an error but landed");
+            Ok(s.metadata.resource_version)
+        }
+        Ok(_) => Err(Failure::Kube(err)),
+        Err(_) => Err(Failure::Unknown(err)),
+    }
 }
 
 /// Merge: our keys, labels and annotations patched into the existing Secret; nothing else
@@ -1772,11 +1804,19 @@ async fn merge_secret(
         field_manager: Some(CONTROLLER_NAME.into()),
         ..PatchParams::default()
     };
-    secrets
-        .patch(&name, &pp, &Patch::Merge(&patch))
-        .await
-        .map(|s| s.metadata.resource_version)
-        .map_err(|e| Failure::Kube(kube_error("merging into the target Secret", &e)))
+    match secrets.patch(&name, &pp, &Patch::Merge(&patch)).await {
+        Ok(s) => Ok(s.metadata.resource_version),
+        Err(e) => {
+            let ours = &desired.data;
+            landed_anyway(
+                secrets,
+                &name,
+                |data| ours.iter().all(|(k, v)| data.get(k) == Some(v)),
+                kube_error("merging into the target Secret", &e),
+            )
+            .await
+        }
+    }
 }
 
 /// The error of a status write (which only fails as a Kubernetes API error).
