@@ -1403,3 +1403,29 @@ async fn a_secret_write_that_landed_despite_an_error_keeps_its_credential() {
     assert_eq!(vault.issued(), 1);
     assert!(record(&k, &uid).is_some(), "the credential stays recorded");
 }
+
+/// A template reading its own target Secret, with a generator, is refused before anything
+/// is issued (before: each write changed the source, which rendered again and issued a new
+/// credential, without end).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_template_reading_its_own_target_is_refused_before_issuing() {
+    let vault = common::fake_vault::FakeVault::start_with_password("pw").await;
+    let k = cluster().await;
+    vault_generator(&k, &vault.url);
+    let mut e = generated_external_secret("db", "db-creds", "VaultDynamicSecret", "creds");
+    e["spec"]["target"]["template"] = json!({"mergePolicy": "Merge", "templateFrom": [
+        {"secret": {"name": "db-creds", "items": [{"key": "username"}]}}]});
+    k.apply(e);
+    let r = Reconciler::start(&k, &[]);
+    let failed = wait_for("Ready=False", 30, &r, || {
+        let c = ready(&es(&k, "db"))?;
+        (c.0 == "False").then_some(c.2)
+    });
+    assert!(
+        failed.contains("names the target Secret \"db-creds\" itself"),
+        "{failed}"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(vault.issued(), 0);
+    assert!(secret(&k, "db-creds").is_none());
+}
