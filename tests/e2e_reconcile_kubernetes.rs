@@ -541,6 +541,45 @@ async fn an_unknown_api_server_issuer_fails_closed() {
     assert!(message.contains("issuer is unknown"), "{message}");
 }
 
+/// An issuer unknown at start is asked for again in the background: once the cluster
+/// serves it, tokens are requested without a restart (before: refused until restarted),
+/// and the API server's own audiences stay refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_issuer_discovered_later_lifts_the_refusal_without_restart() {
+    let k = cluster().await;
+    k.refuse_issuer_discovery(true);
+    token_store(&k, "https://esi-federation.example.com");
+    let r = Reconciler::start(&k, &[]);
+    let message = refused_without_token(&k, &r);
+    assert!(message.contains("issuer is unknown"), "{message}");
+    k.refuse_issuer_discovery(false);
+    wait_for("a TokenRequest", 60, &r, || {
+        k.requests()
+            .iter()
+            .any(|q| q.method == "POST" && q.path.ends_with("/serviceaccounts/admin-sa/token"))
+            .then_some(())
+    });
+    wait_for("the refusal lifted in the status", 30, &r, || {
+        let c = ready(&es(&k, "steal"))?;
+        (c.0 == "False" && !c.2.contains("issuer is unknown")).then_some(())
+    });
+    // The defaults are still refused.
+    let mut e = external_secret("steal", json!({"name": "stolen"}), json!({}));
+    e["spec"]["secretStoreRef"] = json!({"kind": "SecretStore", "name": "remote"});
+    let mut store = k.get(ESO, "SecretStore", Some(NS), "remote").unwrap();
+    store["spec"]["provider"]["externalsecrets"]["auth"]["kubernetes"]["serviceAccountRef"]["audiences"] =
+        json!(["https://kubernetes.default.svc"]);
+    k.apply(store);
+    std::thread::sleep(Duration::from_secs(1));
+    e["metadata"]["annotations"] = json!({"force-sync": "1"});
+    k.apply(e);
+    wait_for("the default audience refused", 30, &r, || {
+        let c = ready(&es(&k, "steal"))?;
+        c.2.contains("accepted by the Kubernetes API server")
+            .then_some(())
+    });
+}
+
 fn deployment(name: &str, secret: &str) -> Value {
     json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
@@ -1200,4 +1239,193 @@ async fn deletion_policy_delete_spares_a_secret_it_did_not_write() {
         .as_deref(),
         Some("theirs")
     );
+}
+
+/// Writes the record of the ExternalSecret `uid` by hand: `entries` lease ids of the
+/// generator `creds`.
+fn preload_record(k: &FakeKube, uid: &str, lease_ids: impl IntoIterator<Item = String>) {
+    let entries: Vec<Value> = lease_ids
+        .into_iter()
+        .map(|id| {
+            json!({"namespace": NS, "kind": "VaultDynamicSecret", "name": "creds",
+                "state": {"leaseId": id}})
+        })
+        .collect();
+    k.apply(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": format!("esi-issued-{uid}"), "namespace": "esi-system",
+            "labels": {"esi.external-secrets.io/issued-credentials": "true"}},
+        "data": {"issued": b64(&serde_json::to_string(&entries).unwrap())}
+    }));
+}
+
+/// The record is read and checked before anything is issued: with revocations failing and
+/// the record nearly full (250 of 256), nothing new is issued, and the status says why
+/// (before: a credential was issued, then could not be recorded, and the failure never
+/// reached the status).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_record_issues_nothing_and_says_why() {
+    let vault = common::fake_vault::FakeVault::start_with_password("pw").await;
+    vault.set_revocations_failing(true);
+    let k = cluster().await;
+    vault_generator(&k, &vault.url);
+    let created = k.apply(generated_external_secret(
+        "db",
+        "db-creds",
+        "VaultDynamicSecret",
+        "creds",
+    ));
+    let uid = created["metadata"]["uid"].as_str().unwrap().to_string();
+    preload_record(&k, &uid, (0..250).map(|n| format!("old/{n}")));
+    let r = Reconciler::start(&k, &[]);
+    let failed = wait_for("Ready=False", 30, &r, || {
+        let c = ready(&es(&k, "db"))?;
+        (c.0 == "False").then_some(c)
+    });
+    assert_eq!(failed.1, "SecretSyncedError");
+    assert!(
+        failed.2.contains("record of issued credentials is full")
+            && failed.2.contains("no credential is issued"),
+        "{failed:?}"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(vault.issued(), 0, "nothing issued");
+    assert!(secret(&k, "db-creds").is_none());
+    let kept = record(&k, &uid).expect("the record is kept");
+    assert!(kept["data"]["issued"].is_string());
+}
+
+/// The record of an ExternalSecret that is gone (deleted without our finalizer) is swept
+/// by the leader at start: its credentials revoked, the record deleted (before: kept, and
+/// its credentials never revoked); a live ExternalSecret's record is left alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn records_of_gone_external_secrets_are_swept() {
+    let vault = common::fake_vault::FakeVault::start_with_password("pw").await;
+    let k = cluster().await;
+    vault_generator(&k, &vault.url);
+    let created = k.apply(generated_external_secret(
+        "db",
+        "db-creds",
+        "VaultDynamicSecret",
+        "creds",
+    ));
+    let live = created["metadata"]["uid"].as_str().unwrap().to_string();
+    preload_record(&k, "0000-gone", ["old/gone".to_string()]);
+    let r = Reconciler::start(&k, &[]);
+    wait_for("the generated Secret", 30, &r, || secret(&k, "db-creds"));
+    wait_for("the gone record revoked", 30, &r, || {
+        vault
+            .revoked()
+            .contains(&"old/gone".to_string())
+            .then_some(())
+    });
+    no_record(&k, &r, "0000-gone");
+    assert!(record(&k, &live).is_some(), "a live record stays");
+    assert_eq!(vault.revoked(), ["old/gone"]);
+}
+
+/// An ExternalSecret of another controller class keeps the (shared) finalizer when deleted:
+/// its own reconciler revokes what it recorded (before: this one removed the finalizer
+/// without revoking anything, and the other never got to).
+#[tokio::test(flavor = "multi_thread")]
+async fn another_classs_external_secret_keeps_its_finalizer() {
+    let k = cluster().await;
+    fake_store(&k, "s3cr3t");
+    k.apply(json!({
+        "apiVersion": ESO,
+        "kind": "ClusterSecretStore",
+        "metadata": {"name": "theirs"},
+        "spec": {"controller": "other", "provider": {"fake": {"data": [{"key": "db", "value": "x"}]}}}
+    }));
+    let mut theirs = external_secret(
+        "theirs",
+        json!({"name": "theirs-db"}),
+        json!({"finalizers": ["esi.external-secrets.io/revoke-credentials"]}),
+    );
+    theirs["spec"]["secretStoreRef"]["name"] = json!("theirs");
+    k.apply(theirs);
+    k.apply(external_secret(
+        "mine",
+        json!({"name": "mine-db"}),
+        json!({}),
+    ));
+    let r = Reconciler::start(&k, &[]);
+    wait_for("our Secret", 30, &r, || secret(&k, "mine-db"));
+    assert!(k.delete(ESO, "ExternalSecret", Some(NS), "theirs"));
+    std::thread::sleep(Duration::from_secs(3));
+    let left = k
+        .get(ESO, "ExternalSecret", Some(NS), "theirs")
+        .expect("still there, being deleted");
+    assert_eq!(
+        left["metadata"]["finalizers"],
+        json!(["esi.external-secrets.io/revoke-credentials"])
+    );
+    assert!(secret(&k, "theirs-db").is_none());
+}
+
+/// A Secret write whose answer is lost (applied, then `504`; kube's client retries and
+/// meets `409`) is read back: the Secret holds the new credential, so it counts as written
+/// and nothing is revoked (before: the credential handed out in the Secret was revoked, and
+/// another issued).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_secret_write_that_landed_despite_an_error_keeps_its_credential() {
+    let vault = common::fake_vault::FakeVault::start_with_password("pw").await;
+    let k = cluster().await;
+    vault_generator(&k, &vault.url);
+    k.lose_answers_to_next_writes(&format!("/api/v1/namespaces/{NS}/secrets"), 1);
+    let created = k.apply(generated_external_secret(
+        "db",
+        "db-creds",
+        "VaultDynamicSecret",
+        "creds",
+    ));
+    let uid = created["metadata"]["uid"].as_str().unwrap().to_string();
+    let r = Reconciler::start(&k, &[]);
+    wait_for("Ready=True", 30, &r, || {
+        (ready(&es(&k, "db"))?.0 == "True").then_some(())
+    });
+    let lost = k
+        .requests()
+        .iter()
+        .filter(|q| {
+            q.status == 504
+                && q.path
+                    .starts_with(&format!("/api/v1/namespaces/{NS}/secrets"))
+        })
+        .count();
+    assert_eq!(lost, 1, "the fault was met");
+    assert_eq!(
+        data(&secret(&k, "db-creds").unwrap(), "username").as_deref(),
+        Some("user-0")
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(vault.revoked().is_empty(), "{:?}", vault.revoked());
+    assert_eq!(vault.issued(), 1);
+    assert!(record(&k, &uid).is_some(), "the credential stays recorded");
+}
+
+/// A template reading its own target Secret, with a generator, is refused before anything
+/// is issued (before: each write changed the source, which rendered again and issued a new
+/// credential, without end).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_template_reading_its_own_target_is_refused_before_issuing() {
+    let vault = common::fake_vault::FakeVault::start_with_password("pw").await;
+    let k = cluster().await;
+    vault_generator(&k, &vault.url);
+    let mut e = generated_external_secret("db", "db-creds", "VaultDynamicSecret", "creds");
+    e["spec"]["target"]["template"] = json!({"mergePolicy": "Merge", "templateFrom": [
+        {"secret": {"name": "db-creds", "items": [{"key": "username"}]}}]});
+    k.apply(e);
+    let r = Reconciler::start(&k, &[]);
+    let failed = wait_for("Ready=False", 30, &r, || {
+        let c = ready(&es(&k, "db"))?;
+        (c.0 == "False").then_some(c.2)
+    });
+    assert!(
+        failed.contains("names the target Secret \"db-creds\" itself"),
+        "{failed}"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(vault.issued(), 0);
+    assert!(secret(&k, "db-creds").is_none());
 }

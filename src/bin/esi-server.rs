@@ -574,17 +574,19 @@ async fn reconcile_kubernetes(args: ReconcileArgs) -> Result<()> {
         Some(issuer) => {
             tracing::info!(%issuer, "the API server's issuer is refused as a token audience");
             audiences.push(issuer);
-            tokens.with_refused_audiences(audiences)
+            std::sync::Arc::new(tokens.with_refused_audiences(audiences))
         }
         None => {
             tracing::error!(
-                "the API server's issuer is unknown (GET /.well-known/openid-configuration failed): no ServiceAccount token will be requested; grant the system:service-account-issuer-discovery ClusterRole or pass --api-server-issuer"
+                "the API server's issuer is unknown (GET /.well-known/openid-configuration failed): no ServiceAccount token is requested until it is known (asked again in the background); grant the system:service-account-issuer-discovery ClusterRole or pass --api-server-issuer"
             );
-            tokens.refusing_all(
+            let tokens = std::sync::Arc::new(tokens.with_refused_audiences(audiences).refusing_all(
                 "the Kubernetes API server's issuer is unknown, so a token might be valid against this cluster: \
                  grant GET /.well-known/openid-configuration (ClusterRole system:service-account-issuer-discovery) \
                  or pass --api-server-issuer",
-            )
+            ));
+            tokio::spawn(rediscover_api_server_issuer(client.clone(), tokens.clone()));
+            tokens
         }
     };
     if let Some(addr) = args.metrics_listen {
@@ -617,17 +619,16 @@ async fn reconcile_kubernetes(args: ReconcileArgs) -> Result<()> {
         provider_settings: ProviderSettings {
             timeout: args.backend_timeout,
             client_side: true,
-            service_account_tokens: Some(std::sync::Arc::new(tokens)),
+            service_account_tokens: Some(tokens),
         },
     };
     esi::reconcile::kubernetes::run(client, opts, shutdown_signal()).await;
     Ok(())
 }
 
-/// The `issuer` of the API server's `/.well-known/openid-configuration` (bounded answer),
-/// or None when it cannot be read.
-/// [`api_server_issuer`], tried three times over about 3 s (a transient failure at start
-/// must not disable TokenRequests).
+/// [`api_server_issuer`], tried three times at start, 1 s then 2 s apart, each try bounded
+/// to 10 s (at most about 33 s in all), so that a transient failure at start does not
+/// disable TokenRequests; None when all failed ([`rediscover_api_server_issuer`] goes on).
 async fn discover_api_server_issuer(client: &kube::Client) -> Option<String> {
     for attempt in 0..3u32 {
         if attempt > 0 {
@@ -640,6 +641,32 @@ async fn discover_api_server_issuer(client: &kube::Client) -> Option<String> {
     None
 }
 
+/// First delay of [`rediscover_api_server_issuer`].
+const REDISCOVER_MIN: Duration = Duration::from_secs(5);
+/// Longest delay of [`rediscover_api_server_issuer`].
+const REDISCOVER_MAX: Duration = Duration::from_secs(300);
+
+/// The issuer was unknown at start: asked again in the background, 5 s after, the delay
+/// doubling up to 5 min, until it is known; then `tokens` refuses it as an audience and
+/// stops refusing every token ([`esi::remote::token_request::KubeTokenRequest::learn_issuer`]).
+async fn rediscover_api_server_issuer(
+    client: kube::Client,
+    tokens: std::sync::Arc<esi::remote::token_request::KubeTokenRequest>,
+) {
+    let mut delay = REDISCOVER_MIN;
+    loop {
+        tokio::time::sleep(delay).await;
+        if let Some(issuer) = api_server_issuer(&client).await {
+            tokens.learn_issuer(&issuer);
+            tracing::info!(%issuer, "the API server's issuer is now known and refused as a token audience; ServiceAccount tokens are requested again");
+            return;
+        }
+        delay = (delay * 2).min(REDISCOVER_MAX);
+    }
+}
+
+/// The `issuer` of the API server's `/.well-known/openid-configuration` (bounded answer,
+/// each request bounded to 10 s), or None when it cannot be read.
 async fn api_server_issuer(client: &kube::Client) -> Option<String> {
     let request = http::Request::get("/.well-known/openid-configuration")
         .body(Vec::new())

@@ -181,6 +181,10 @@ pub enum SyncError {
         /// Secret name.
         secret: String,
     },
+    /// The record of issued credentials (Kubernetes mode) cannot be read or written, or is
+    /// full: no credential is issued (one neither recorded nor handed out would leak).
+    #[error("{0}; no credential is issued")]
+    Record(String),
     /// Another ExternalSecret already writes this Secret.
     #[error("secret {secret} is already owned by ExternalSecret {owner}")]
     Owned {
@@ -205,6 +209,7 @@ impl SyncError {
                 "could not delete secret"
             }
             SyncError::Template { .. } => "could not apply template",
+            SyncError::Record(_) => "could not record generated credentials",
             SyncError::Immutable { .. } => "could not update secret, target is immutable",
             SyncError::Owned { .. } | SyncError::TooLarge { .. } => "could not update secret",
             _ => "could not get secret data from provider",

@@ -36,13 +36,13 @@ use tokio::sync::watch;
 use crate::providers::ProviderSettings;
 use crate::resources::external_secret::{CreationPolicy, RefreshPolicy};
 use crate::source::kubernetes::{KindFilter, KubeSource};
-use crate::source::{NamedObject, ObjectKey, SourceEvent, SourceObject};
+use crate::source::{NamedObject, ObjectKey, RefTier, SourceEvent, SourceObject};
 use crate::status::lease::{self, LeaseSettings, Term};
 
 use super::error::{REASON_DELETED, REASON_MISSING, REASON_SYNCED};
 use super::inventory::{ExistingSecret, ExternalSecretObject, Inventory, InventoryBuilder};
 use super::policy::{self, LastSync, SecretAction};
-use super::records::Records;
+use super::records::{MAX_RECORDED, Record, RecordError, Records};
 use super::sync::{
     self, ANNOTATION_DATA_HASH, DesiredSecret, EXTERNAL_SECRET_API_VERSION, LABEL_MANAGED,
     SyncOptions,
@@ -137,9 +137,10 @@ struct Feed {
     dirty: bool,
 }
 
-/// An object's owner namespace (None: cluster-scoped) and the Secrets and ConfigMaps it
-/// references.
-type Refs = (Option<String>, BTreeSet<NamedObject>);
+/// An object's owner namespace (None: cluster-scoped), its tier (an ExternalSecret's
+/// `templateFrom` after stores' and generators' references) and the Secrets and ConfigMaps
+/// it references.
+type Refs = (Option<String>, RefTier, BTreeSet<NamedObject>);
 
 impl Feed {
     fn apply(&mut self, event: SourceEvent) {
@@ -177,6 +178,11 @@ impl Feed {
                             .unwrap_or_else(|| "default".into()),
                     ),
                 };
+                let tier = if obj.kind == "ExternalSecret" {
+                    RefTier::Template
+                } else {
+                    RefTier::Primary
+                };
                 let refs = if obj.kind == "ExternalSecret" {
                     template_sources(&obj.body, owner.as_deref().unwrap_or("default"))
                 } else {
@@ -188,7 +194,7 @@ impl Feed {
                         .map(|(ns, name)| NamedObject::secret(ns, name))
                         .collect()
                 };
-                self.refs.insert(key.clone(), (owner, refs));
+                self.refs.insert(key.clone(), (owner, tier, refs));
             }
             SourceEvent::Delete(key) => {
                 self.refs.remove(key);
@@ -198,13 +204,15 @@ impl Feed {
         self.builder.apply(event);
     }
 
-    /// Referenced Secrets and ConfigMaps, those of cluster-scoped objects first, then at
-    /// most [`MAX_OBJECTS_PER_NAMESPACE`] per namespace (no namespace crowds out another).
+    /// Referenced Secrets and ConfigMaps in [`crate::source::watch_order_tiered`]'s order:
+    /// those of cluster-scoped objects, then every namespace's stores' and generators' in
+    /// turn, then `templateFrom`'s in turn; at most [`MAX_OBJECTS_PER_NAMESPACE`] per
+    /// namespace.
     fn referenced(&self) -> Vec<NamedObject> {
-        crate::source::watch_order(
+        crate::source::watch_order_tiered(
             self.refs
                 .values()
-                .map(|(owner, refs)| (owner.as_deref(), refs.clone())),
+                .map(|(owner, tier, refs)| (owner.as_deref(), *tier, refs.clone())),
             MAX_OBJECTS_PER_NAMESPACE,
         )
     }
@@ -216,8 +224,15 @@ const MAX_OBJECTS_PER_NAMESPACE: usize = 200;
 const MAX_TEMPLATE_FROM: usize = 32;
 
 /// The Secrets and ConfigMaps an ExternalSecret's `spec.target.template.templateFrom[]`
-/// name (`secret.name`, `configMap.name`), in its namespace.
+/// name (`secret.name`, `configMap.name`), in its namespace; never its own target Secret
+/// (`target.name`, else its name), which sync refuses as a source: watching it would make
+/// each write render again.
 fn template_sources(body: &Value, namespace: &str) -> BTreeSet<NamedObject> {
+    let target = body
+        .pointer("/spec/target/name")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+        .or_else(|| body.pointer("/metadata/name").and_then(Value::as_str));
     let entries = body
         .pointer("/spec/target/template/templateFrom")
         .and_then(Value::as_array)
@@ -228,6 +243,7 @@ fn template_sources(body: &Value, namespace: &str) -> BTreeSet<NamedObject> {
     for t in entries {
         if let Some(n) = t.pointer("/secret/name").and_then(Value::as_str)
             && sync::is_object_name(n)
+            && Some(n) != target
         {
             out.insert(NamedObject::secret(namespace, n));
         }
@@ -323,6 +339,8 @@ struct Context {
     sync: SyncOptions,
     leading: watch::Receiver<Term>,
     failures: Mutex<HashMap<ObjectRef<DynamicObject>, u32>>,
+    /// Cleanup attempts per ExternalSecret being deleted ([`next_cleanup_attempt`]).
+    cleanups: Mutex<HashMap<ObjectRef<DynamicObject>, u32>>,
     /// What this replica last wrote in each status (the watch cache can lag behind our
     /// own writes: a reconcile queued meanwhile must not sync again, nor rewrite a failure).
     written: Mutex<HashMap<ObjectRef<DynamicObject>, Written>>,
@@ -330,6 +348,8 @@ struct Context {
     /// Secret was last known to be in sync ([`template_fingerprint`]; memory only, never
     /// written anywhere: it is derived from Secret data).
     templates: Mutex<HashMap<ObjectRef<DynamicObject>, String>>,
+    /// When each ExternalSecret last synced for a template change ([`template_resync_wait`]).
+    template_resyncs: Mutex<HashMap<ObjectRef<DynamicObject>, Instant>>,
     recorder: Recorder,
     resource: ApiResource,
     /// Where issued credentials are recorded ([`super::records`]).
@@ -372,8 +392,10 @@ pub async fn run(
         },
         leading: leading_rx,
         failures: Mutex::new(HashMap::new()),
+        cleanups: Mutex::new(HashMap::new()),
         written: Mutex::new(HashMap::new()),
         templates: Mutex::new(HashMap::new()),
+        template_resyncs: Mutex::new(HashMap::new()),
         recorder: Recorder::new(
             client.clone(),
             Reporter {
@@ -392,6 +414,7 @@ pub async fn run(
     let secrets = Api::<Secret>::all(client);
     let controller = Controller::new_with(api, watcher::Config::default(), resource);
     tokio::spawn(forget_deleted(controller.store(), ctx.clone()));
+    tokio::spawn(sweep_records(controller.store(), ctx.clone()));
     controller
         .owns_with(
             secrets,
@@ -420,13 +443,28 @@ async fn forget_deleted(store: kube::runtime::reflector::Store<DynamicObject>, c
     let mut tick = tokio::time::interval(SWEEP_EVERY);
     loop {
         tick.tick().await;
-        if store.wait_until_ready().await.is_err() {
+        if !store_ready(&store).await {
             return;
         }
         let live = |key: &ObjectRef<DynamicObject>| store.get(key).is_some();
         sweep(&ctx.failures, live);
+        sweep(&ctx.cleanups, live);
         sweep(&ctx.written, live);
         sweep(&ctx.templates, live);
+        sweep(&ctx.template_resyncs, live);
+    }
+}
+
+/// Waits until the controller's cache has been listed once; false if it never will be.
+/// `Store::wait_until_ready` wakes only the last of several tasks waiting at once (one
+/// oneshot receiver behind a lock; the controller itself waits on it too), so it is asked
+/// again every second rather than awaited once.
+async fn store_ready(store: &kube::runtime::reflector::Store<DynamicObject>) -> bool {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(1), store.wait_until_ready()).await {
+            Ok(ready) => return ready.is_ok(),
+            Err(_) => continue,
+        }
     }
 }
 
@@ -604,10 +642,19 @@ async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action,
     let es = external_secret(&obj);
     let inv = ctx.inventory.load_full();
     if obj.metadata.deletion_timestamp.is_some() {
+        // Another controller class's ExternalSecret is left to its reconciler (which shares
+        // the finalizer's name but keeps its own records).
         if has_finalizer(&obj) {
+            if !sync::is_managed(&es, &inv, &ctx.sync) {
+                return Ok(Action::await_change());
+            }
             cleanup(&obj, &es, &inv, &ctx).await?;
         }
         forget(&ctx, &key);
+        ctx.cleanups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key);
         ctx.written
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -675,7 +722,8 @@ async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action,
             }
             Err(ReconcileError::Sync(message))
         }
-        Err(Failure::Kube(e)) => Err(e),
+        Err(Failure::Kube(e) | Failure::Unknown(e)) => Err(e),
+        Err(Failure::Later(wait)) => Ok(Action::requeue(wait)),
     }
 }
 
@@ -736,6 +784,12 @@ fn requeue_after(es: &ExternalSecretObject, last: &LastSync, now: SystemTime) ->
 enum Failure {
     Sync(SyncError),
     Kube(ReconcileError),
+    /// The Secret write failed in a way that leaves open whether it landed (no answer, a
+    /// 5xx), and a read back could not tell: the credentials may be handed out.
+    Unknown(ReconcileError),
+    /// Not now: come back after this long (a template-triggered resync too soon after the
+    /// last one).
+    Later(Duration),
 }
 
 impl From<SyncError> for Failure {
@@ -786,20 +840,23 @@ async fn reconcile_one(
         && seen_templates
             .as_ref()
             .is_some_and(|seen| Some(seen) != templates.as_ref());
-    if !templates_changed
-        && !policy::needs_sync(
-            refresh,
-            interval,
-            &es.resource_version,
-            &effective_last_sync(ctx, obj),
-            valid,
-            now,
-        )
-    {
+    let due = policy::needs_sync(
+        refresh,
+        interval,
+        &es.resource_version,
+        &effective_last_sync(ctx, obj),
+        valid,
+        now,
+    );
+    if !templates_changed && !due {
         if seen_templates.is_none() {
             remember_templates(ctx, key, templates);
         }
         return Ok(None);
+    }
+    if !due && let Some(wait) = template_resync_wait(ctx, &key, Instant::now()) {
+        // Sources that keep changing render at most once per TEMPLATE_RESYNC_EVERY.
+        return Err(Failure::Later(wait));
     }
     if spec.target.creation_policy == CreationPolicy::Merge && existing.is_none() {
         // Nothing to merge into: no backend call, no credential issued.
@@ -819,26 +876,22 @@ async fn reconcile_one(
     let owner = format!("{}/{}", es.namespace, es.name);
     // The record is read (and checked) before any credential is issued: one that cannot be
     // read or is full would leave a new credential neither recorded nor handed out.
-    let recorded = if uses_revocable_generator(es, inv) {
+    let (record, previous) = if uses_revocable_generator(es, inv) {
         let now_secs = now
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let mut r = ctx
-            .records
-            .get(&uid)
-            .await
-            .map_err(|e| Failure::Kube(ReconcileError::Kube(e.to_string())))?;
+        let record = ctx.records.get(&uid).await.map_err(record_failure)?;
         // Lapsed on their own: nothing left to revoke.
-        r.retain(|c| c.expires_at.is_none_or(|t| t > now_secs));
-        if r.len() + 16 > super::records::MAX_RECORDED {
-            return Err(Failure::Kube(ReconcileError::Kube(
-                "the record of issued credentials is full (revocations keep failing); nothing is issued"
-                    .into(),
-            )));
-        }
-        r
+        let live: Vec<_> = record
+            .entries
+            .iter()
+            .filter(|c| c.expires_at.is_none_or(|t| t > now_secs))
+            .cloned()
+            .collect();
+        record_has_room(&live)?;
+        (record, live)
     } else {
-        Vec::new()
+        (Record::default(), Vec::new())
     };
     let mut issued = Vec::new();
     let desired = match sync::sync(es, inv, &ctx.sync, &mut issued).await {
@@ -850,26 +903,31 @@ async fn reconcile_one(
     };
     // Issued credentials are recorded (beside the previous ones) before anything else, so
     // that no failure or crash from here on leaves one unrecorded.
-    let previous = if issued.is_empty() {
-        Vec::new()
-    } else {
-        let previous = recorded;
+    let mut record = record;
+    if !issued.is_empty() {
         let both: Vec<_> = previous.iter().chain(&issued).cloned().collect();
-        if let Err(e) = ctx.records.put(&uid, &owner, &both).await {
-            release(ctx, es, inv, issued).await;
-            return Err(Failure::Kube(ReconcileError::Kube(e.to_string())));
+        match ctx.records.put(&uid, &owner, &record, both).await {
+            Ok(r) => record = r,
+            Err(e) => {
+                release(ctx, es, inv, issued).await;
+                return Err(record_failure(e));
+            }
         }
-        previous
-    };
+    }
     let applied = apply_action(ctx, es, spec, &secrets, &name, existing.as_ref(), desired).await;
     let out = match applied {
         Ok(out) if out.outcome.ready && out.writes => out.outcome,
+        Err(Failure::Unknown(e)) => {
+            // The write may have landed and could not be checked: the new credentials may be
+            // in the Secret. Nothing is revoked; all stay recorded until the next sync.
+            return Err(Failure::Kube(e));
+        }
         other => {
             // Nothing was handed out: the new credentials go, the record is as before.
             if !issued.is_empty() {
-                let kept = revoke(ctx, es, inv, issued).await;
-                let back: Vec<_> = previous.iter().chain(&kept).cloned().collect();
-                if let Err(e) = ctx.records.put(&uid, &owner, &back).await {
+                let kept = revoke(ctx, es, inv, issued.clone()).await;
+                let back = without(&record.entries, &issued, &kept);
+                if let Err(e) = ctx.records.put(&uid, &owner, &record, back).await {
                     tracing::warn!(external_secret = %owner, error = %e, "cannot update the record of issued credentials");
                 }
             }
@@ -882,9 +940,9 @@ async fn reconcile_one(
     };
     if !issued.is_empty() {
         // Replaced by the new ones; those that could not be revoked stay recorded.
-        let kept = revoke(ctx, es, inv, previous).await;
-        let now_held: Vec<_> = kept.iter().chain(&issued).cloned().collect();
-        if let Err(e) = ctx.records.put(&uid, &owner, &now_held).await {
+        let kept = revoke(ctx, es, inv, previous.clone()).await;
+        let now_held = without(&record.entries, &previous, &kept);
+        if let Err(e) = ctx.records.put(&uid, &owner, &record, now_held).await {
             tracing::warn!(external_secret = %owner, error = %e, "cannot update the record of issued credentials");
         }
     }
@@ -892,6 +950,46 @@ async fn reconcile_one(
         remember_templates(ctx, key, templates);
     }
     Ok(Some(out))
+}
+
+/// The record's entries after `tried` were revoked except `kept`: `entries` without the
+/// revoked ones (everything else, whoever recorded it, stays).
+fn without(
+    entries: &[sync::IssuedCredential],
+    tried: &[sync::IssuedCredential],
+    kept: &[sync::IssuedCredential],
+) -> Vec<sync::IssuedCredential> {
+    entries
+        .iter()
+        .filter(|e| !tried.contains(e) || kept.contains(e))
+        .cloned()
+        .collect()
+}
+
+/// Room left in a record holding `live` for what one sync may add: at most
+/// [`MAX_RECORDED`] − [`RECORD_HEADROOM`] entries and three quarters of
+/// [`super::records::MAX_RECORD_BYTES`].
+///
+/// # Errors
+/// [`SyncError::Record`] when full (revocations keep failing): nothing is issued.
+fn record_has_room(live: &[sync::IssuedCredential]) -> Result<(), Failure> {
+    let bytes = serde_json::to_vec(live).map_or(usize::MAX, |v| v.len());
+    if live.len() + RECORD_HEADROOM > MAX_RECORDED
+        || bytes > super::records::MAX_RECORD_BYTES / 4 * 3
+    {
+        return Err(Failure::Sync(SyncError::Record(format!(
+            "the record of issued credentials is full ({} credentials not yet revoked: revocations keep failing)",
+            live.len()
+        ))));
+    }
+    Ok(())
+}
+
+/// Entries kept free in a record before a sync may issue (see [`record_has_room`]).
+const RECORD_HEADROOM: usize = 16;
+
+fn record_failure(e: RecordError) -> Failure {
+    Failure::Sync(SyncError::Record(e.to_string()))
 }
 
 /// What [`apply_action`] did.
@@ -1042,9 +1140,9 @@ async fn release(
     let uid = es.uid.clone().unwrap_or_default();
     let owner = format!("{}/{}", es.namespace, es.name);
     let recorded = match ctx.records.get(&uid).await {
-        Ok(previous) => {
-            let all: Vec<_> = previous.into_iter().chain(kept).collect();
-            ctx.records.put(&uid, &owner, &all).await
+        Ok(record) => {
+            let all: Vec<_> = record.entries.iter().cloned().chain(kept).collect();
+            ctx.records.put(&uid, &owner, &record, all).await.map(drop)
         }
         Err(e) => Err(e),
     };
@@ -1071,6 +1169,35 @@ fn template_fingerprint(obj: &DynamicObject, namespace: &str, inv: &Inventory) -
         parts.insert(format!("{}/{}", o.kind.as_str(), o.name), hash.into_bytes());
     }
     Some(sync::data_hash(&parts))
+}
+
+/// Least time between two syncs of one ExternalSecret that only its `templateFrom`
+/// sources' change asked for (sources that change all the time do not make it sync, and
+/// issue credentials, all the time).
+const TEMPLATE_RESYNC_EVERY: Duration = Duration::from_secs(10);
+
+/// `None` (and the resync is counted from `now`) when the ExternalSecret `key` may sync
+/// for a template change at `now`; else how long to wait.
+fn template_resync_wait(
+    ctx: &Context,
+    key: &ObjectRef<DynamicObject>,
+    now: Instant,
+) -> Option<Duration> {
+    let mut map = ctx
+        .template_resyncs
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    if let Some(last) = map.get(key) {
+        let since = now.saturating_duration_since(*last);
+        if since < TEMPLATE_RESYNC_EVERY {
+            return Some(TEMPLATE_RESYNC_EVERY - since);
+        }
+    }
+    if map.len() >= MAX_FAILURE_ENTRIES && !map.contains_key(key) {
+        map.clear();
+    }
+    map.insert(key.clone(), now);
+    None
 }
 
 fn remember_templates(ctx: &Context, key: ObjectRef<DynamicObject>, fingerprint: Option<String>) {
@@ -1187,6 +1314,25 @@ async fn revoke(
     inv: &Inventory,
     issued: Vec<sync::IssuedCredential>,
 ) -> Vec<sync::IssuedCredential> {
+    let (kept, abandoned) = revoke_all(inv, issued).await;
+    if !abandoned.is_empty() {
+        let message = format!(
+            "generated credentials cannot be revoked (generator gone or not revocable: {}); they lapse at their TTL",
+            abandoned.join(", ")
+        );
+        tracing::warn!(external_secret = %format!("{}/{}", es.namespace, es.name), "{message}");
+        warn_event(ctx, es, "RevocationAbandoned", &message).await;
+    }
+    kept
+}
+
+/// Revokes `issued` through the generators of `inv`; returns those to keep recorded (the
+/// generator not ready, the backend failed) and the generators (`Kind namespace/name`,
+/// sorted, once each) whose credentials can never be revoked (gone, or not revocable).
+async fn revoke_all(
+    inv: &Inventory,
+    issued: Vec<sync::IssuedCredential>,
+) -> (Vec<sync::IssuedCredential>, Vec<String>) {
     let mut kept = Vec::new();
     let mut abandoned: Vec<String> = Vec::new();
     for cred in issued {
@@ -1210,17 +1356,91 @@ async fn revoke(
             None => abandoned.push(what),
         }
     }
-    if !abandoned.is_empty() {
-        abandoned.sort();
-        abandoned.dedup();
-        let message = format!(
-            "generated credentials cannot be revoked (generator gone or not revocable: {}); they lapse at their TTL",
-            abandoned.join(", ")
-        );
-        tracing::warn!(external_secret = %format!("{}/{}", es.namespace, es.name), "{message}");
-        warn_event(ctx, es, "RevocationAbandoned", &message).await;
+    abandoned.sort();
+    abandoned.dedup();
+    (kept, abandoned)
+}
+
+/// How often the records of ExternalSecrets that are gone are looked for.
+const RECORD_SWEEP_EVERY: Duration = Duration::from_secs(600);
+
+/// While this replica leads: at start, then every [`RECORD_SWEEP_EVERY`], the records of
+/// issued credentials whose ExternalSecret (by uid) the controller's cache no longer has
+/// (deleted without our finalizer, the finalizer removed by hand, a cleanup that could not
+/// read its record) are revoked, then deleted ([`sweep_records_once`]).
+async fn sweep_records(store: kube::runtime::reflector::Store<DynamicObject>, ctx: Arc<Context>) {
+    if !store_ready(&store).await {
+        return;
     }
-    kept
+    let mut leading = ctx.leading.clone();
+    loop {
+        while !lease::leads(&leading) {
+            if leading.changed().await.is_err() {
+                return;
+            }
+        }
+        sweep_records_once(&store, &ctx).await;
+        tokio::time::sleep(RECORD_SWEEP_EVERY).await;
+    }
+}
+
+/// The uids of `recorded` that no ExternalSecret of `live` has.
+fn orphaned(recorded: Vec<String>, live: &std::collections::HashSet<String>) -> Vec<String> {
+    recorded.into_iter().filter(|u| !live.contains(u)).collect()
+}
+
+/// One sweep: the records are listed first, the live uids read after (a record is written
+/// only for an ExternalSecret the cache already has), so a new ExternalSecret's record is
+/// never taken for an orphan. What cannot be revoked yet stays recorded for the next sweep.
+async fn sweep_records_once(store: &kube::runtime::reflector::Store<DynamicObject>, ctx: &Context) {
+    let recorded = match ctx.records.list_uids().await {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list the records of issued credentials");
+            return;
+        }
+    };
+    let live: std::collections::HashSet<String> = store
+        .state()
+        .iter()
+        .filter_map(|o| o.metadata.uid.clone())
+        .collect();
+    let gone = orphaned(recorded, &live);
+    tracing::debug!(
+        live = live.len(),
+        gone = gone.len(),
+        "sweeping the records of issued credentials"
+    );
+    for uid in gone {
+        if !lease::leads(&ctx.leading) {
+            return;
+        }
+        let record = match ctx.records.get(&uid).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(record = %super::records::record_name(&uid), error = %e, "cannot read a record of issued credentials whose ExternalSecret is gone");
+                continue;
+            }
+        };
+        let inv = ctx.inventory.load_full();
+        let (kept, abandoned) = revoke_all(&inv, record.entries.clone()).await;
+        if !abandoned.is_empty() {
+            tracing::warn!(record = %super::records::record_name(&uid), generators = %abandoned.join(", "), "generated credentials of a gone ExternalSecret cannot be revoked; they lapse at their TTL");
+        }
+        let left = without(&record.entries, &record.entries, &kept);
+        let owner = format!("(gone) uid {uid}");
+        match ctx.records.put(&uid, &owner, &record, left).await {
+            Ok(r) if r.entries.is_empty() => {
+                tracing::info!(record = %super::records::record_name(&uid), "the record of a gone ExternalSecret was revoked and deleted");
+            }
+            Ok(r) => {
+                tracing::warn!(record = %super::records::record_name(&uid), left = r.entries.len(), "credentials of a gone ExternalSecret stay recorded; retried at the next sweep");
+            }
+            Err(e) => {
+                tracing::warn!(record = %super::records::record_name(&uid), error = %e, "cannot update a record of issued credentials");
+            }
+        }
+    }
 }
 
 /// A Warning Event on the ExternalSecret `es`.
@@ -1337,27 +1557,37 @@ async fn cleanup(
 ) -> Result<(), ReconcileError> {
     let uid = es.uid.clone().unwrap_or_default();
     let owner = format!("{}/{}", es.namespace, es.name);
-    let recorded = match ctx.records.get(&uid).await {
+    let key = ObjectRef::from_obj_with(obj, ctx.resource.clone());
+    let attempt = next_cleanup_attempt(ctx, &key);
+    if attempt == 1 {
+        // The backoff starts again too (sync failures before the deletion made it long).
+        forget(ctx, &key);
+    }
+    let last = attempt >= CLEANUP_ATTEMPTS;
+    let record = match ctx.records.get(&uid).await {
         Ok(r) => r,
-        Err(e @ super::records::RecordError::Damaged(_)) => {
+        Err(e @ RecordError::Damaged(_)) => {
             warn_event(ctx, es, "RevocationAbandoned", &e.to_string()).await;
-            Vec::new()
+            Record::default()
         }
-        Err(e) => return Err(ReconcileError::Kube(e.to_string())),
+        Err(e) if !last => return Err(ReconcileError::Kube(e.to_string())),
+        Err(e) => {
+            // Unreadable (403, the API unreachable) for good: let go; the record stays, and
+            // the sweep of records without an ExternalSecret revokes it later.
+            let message = format!(
+                "{e}: not read after {CLEANUP_ATTEMPTS} attempts; released, its credentials are revoked later or lapse at their TTL"
+            );
+            tracing::warn!(external_secret = %owner, "{message}");
+            warn_event(ctx, es, "RevocationAbandoned", &message).await;
+            return set_finalizer(ctx, obj, es, false).await;
+        }
     };
-    let kept = revoke(ctx, es, inv, recorded).await;
+    let kept = revoke(ctx, es, inv, record.entries.clone()).await;
     if !kept.is_empty() {
-        let key = ObjectRef::from_obj_with(obj, ctx.resource.clone());
-        let failures = ctx
-            .failures
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-            .copied()
-            .unwrap_or(0);
-        if failures + 1 < CLEANUP_ATTEMPTS {
+        if !last {
+            let left = without(&record.entries, &record.entries, &kept);
             ctx.records
-                .put(&uid, &owner, &kept)
+                .put(&uid, &owner, &record, left)
                 .await
                 .map_err(|e| ReconcileError::Kube(e.to_string()))?;
             return Err(ReconcileError::Sync(format!(
@@ -1372,11 +1602,27 @@ async fn cleanup(
         tracing::warn!(external_secret = %owner, "{message}");
         warn_event(ctx, es, "RevocationAbandoned", &message).await;
     }
-    ctx.records
-        .put(&uid, &owner, &[])
-        .await
-        .map_err(|e| ReconcileError::Kube(e.to_string()))?;
+    match ctx.records.put(&uid, &owner, &record, Vec::new()).await {
+        Ok(_) => {}
+        Err(e) if !last => return Err(ReconcileError::Kube(e.to_string())),
+        Err(e) => {
+            tracing::warn!(external_secret = %owner, error = %e, "the record of issued credentials could not be deleted; the sweep deletes it later");
+        }
+    }
     set_finalizer(ctx, obj, es, false).await
+}
+
+/// Counts one more cleanup attempt of the ExternalSecret `key` and returns it (1 for the
+/// first). Counted apart from sync failures (`Context::failures`, which drive the backoff):
+/// failures before the deletion do not use up the cleanup's [`CLEANUP_ATTEMPTS`].
+fn next_cleanup_attempt(ctx: &Context, key: &ObjectRef<DynamicObject>) -> u32 {
+    let mut map = ctx.cleanups.lock().unwrap_or_else(|p| p.into_inner());
+    if map.len() >= MAX_FAILURE_ENTRIES && !map.contains_key(key) {
+        map.clear();
+    }
+    let n = map.entry(key.clone()).or_insert(0);
+    *n = n.saturating_add(1);
+    *n
 }
 
 fn immutable_error(name: &str) -> Failure {
@@ -1490,9 +1736,41 @@ async fn write_secret(
     } else {
         secrets.create(&pp, &secret).await
     };
-    result
-        .map(|s| s.metadata.resource_version)
-        .map_err(|e| Failure::Kube(kube_error("writing the target Secret", &e)))
+    match result {
+        Ok(s) => Ok(s.metadata.resource_version),
+        Err(e) => {
+            let wanted = sync::data_hash(&desired.data);
+            landed_anyway(
+                secrets,
+                &name,
+                |data| sync::data_hash(data) == wanted,
+                kube_error("writing the target Secret", &e),
+            )
+            .await
+        }
+    }
+}
+
+/// A Secret write answered with an error may still have landed: the answer lost (no
+/// answer, a 5xx), or the client's own retry of a 504 meeting the write that had landed
+/// (409). The Secret is read back: when its data is what was written (`landed`), the write
+/// counts as done (its `resourceVersion` returned), so the credentials it holds are not
+/// revoked; when it is not, `err` ([`Failure::Kube`]); when it cannot be read either,
+/// [`Failure::Unknown`] (the caller then revokes nothing).
+async fn landed_anyway(
+    secrets: &Api<Secret>,
+    name: &str,
+    landed: impl Fn(&BTreeMap<String, Vec<u8>>) -> bool,
+    err: ReconcileError,
+) -> Result<Option<String>, Failure> {
+    match secrets.get_opt(name).await {
+        Ok(Some(s)) if landed(&existing_of(&s).data) => {
+            tracing::info!(secret = %name, error = %err, "the Secret write answered an error but landed");
+            Ok(s.metadata.resource_version)
+        }
+        Ok(_) => Err(Failure::Kube(err)),
+        Err(_) => Err(Failure::Unknown(err)),
+    }
 }
 
 /// Merge: our keys, labels and annotations patched into the existing Secret; nothing else
@@ -1526,11 +1804,28 @@ async fn merge_secret(
         field_manager: Some(CONTROLLER_NAME.into()),
         ..PatchParams::default()
     };
-    secrets
-        .patch(&name, &pp, &Patch::Merge(&patch))
-        .await
-        .map(|s| s.metadata.resource_version)
-        .map_err(|e| Failure::Kube(kube_error("merging into the target Secret", &e)))
+    match secrets.patch(&name, &pp, &Patch::Merge(&patch)).await {
+        Ok(s) => Ok(s.metadata.resource_version),
+        Err(e) => {
+            let ours = &desired.data;
+            landed_anyway(
+                secrets,
+                &name,
+                |data| ours.iter().all(|(k, v)| data.get(k) == Some(v)),
+                kube_error("merging into the target Secret", &e),
+            )
+            .await
+        }
+    }
+}
+
+/// The error of a status write (which only fails as a Kubernetes API error).
+fn failure_error(f: Failure) -> ReconcileError {
+    match f {
+        Failure::Kube(e) | Failure::Unknown(e) => e,
+        Failure::Sync(e) => ReconcileError::Sync(e.message()),
+        Failure::Later(_) => ReconcileError::Kube("retried later".into()),
+    }
 }
 
 fn condition(obj: &DynamicObject, ready: bool, reason: &str, message: &str, now: &str) -> Value {
@@ -1581,10 +1876,7 @@ async fn write_status(
     if let Some(b) = &out.binding {
         status["binding"] = json!({ "name": b });
     }
-    patch_status(ctx, obj, status).await.map_err(|f| match f {
-        Failure::Kube(e) => e,
-        Failure::Sync(e) => ReconcileError::Sync(e.message()),
-    })
+    patch_status(ctx, obj, status).await.map_err(failure_error)
 }
 
 /// `Ready=False` with the failure; written only when it differs from what is there (so a
@@ -1622,10 +1914,7 @@ async fn write_failure_status(
             );
             true
         })
-        .map_err(|f| match f {
-            Failure::Kube(e) => e,
-            Failure::Sync(e) => ReconcileError::Sync(e.message()),
-        })
+        .map_err(failure_error)
 }
 
 /// ESO's Events: Normal `Updated` after a sync, Warning `UpdateFailed` after a failure.
@@ -1665,22 +1954,21 @@ mod tests {
         assert!(d30 >= BACKOFF_MAX / 2 && d30 <= BACKOFF_MAX * 2, "{d30:?}");
     }
 
-    /// The watch cache may hold a status older than the one this replica just wrote: the
-    /// newer one decides (no second sync, no rewritten failure).
-    #[tokio::test]
-    async fn our_own_newer_status_wins_over_a_stale_cache() {
+    /// A Context whose client goes nowhere.
+    fn test_context() -> Context {
         let config = kube::Config::new("https://127.0.0.1:1".parse().unwrap());
         let client = kube::Client::try_from(config).unwrap();
         let (_tx, leading) = watch::channel::<Term>(None);
-        let resource = external_secret_resource();
-        let ctx = Context {
+        Context {
             client: client.clone(),
             inventory: Arc::new(ArcSwap::from_pointee(Inventory::default())),
             sync: SyncOptions::default(),
             leading,
             failures: Mutex::new(HashMap::new()),
+            cleanups: Mutex::new(HashMap::new()),
             written: Mutex::new(HashMap::new()),
             templates: Mutex::new(HashMap::new()),
+            template_resyncs: Mutex::new(HashMap::new()),
             recorder: Recorder::new(
                 client.clone(),
                 Reporter {
@@ -1688,9 +1976,82 @@ mod tests {
                     instance: None,
                 },
             ),
-            resource: resource.clone(),
+            resource: external_secret_resource(),
             records: Records::new(client, "esi"),
+        }
+    }
+
+    /// An ExternalSecret's own target Secret is never among its template sources (before:
+    /// watched, so each write rendered again and, with a generator, issued again).
+    #[test]
+    fn the_target_secret_is_not_a_template_source() {
+        let body = |target: Option<&str>| {
+            let mut b = json!({"metadata": {"name": "app"}, "spec": {"target": {"template": {
+                "templateFrom": [{"secret": {"name": "app"}}, {"secret": {"name": "db"}},
+                    {"configMap": {"name": "app"}}]}}}});
+            if let Some(t) = target {
+                b["spec"]["target"]["name"] = json!(t);
+            }
+            b
         };
+        let names = |b: &Value| {
+            template_sources(b, "ns")
+                .into_iter()
+                .map(|o| format!("{}/{}", o.kind.as_str(), o.name))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(&body(None)), ["Secret/db", "ConfigMap/app"]);
+        assert_eq!(names(&body(Some("db"))), ["Secret/app", "ConfigMap/app"]);
+    }
+
+    /// Template-triggered resyncs of one ExternalSecret are at most one per
+    /// TEMPLATE_RESYNC_EVERY (before: one per change of a source, without limit).
+    #[tokio::test]
+    async fn template_resyncs_are_rate_limited() {
+        let ctx = test_context();
+        let key = ObjectRef::<DynamicObject>::new_with("a", ctx.resource.clone()).within("ns");
+        let other = ObjectRef::<DynamicObject>::new_with("b", ctx.resource.clone()).within("ns");
+        let t0 = Instant::now();
+        assert_eq!(template_resync_wait(&ctx, &key, t0), None);
+        let wait = template_resync_wait(&ctx, &key, t0 + Duration::from_secs(3));
+        assert_eq!(wait, Some(TEMPLATE_RESYNC_EVERY - Duration::from_secs(3)));
+        assert_eq!(template_resync_wait(&ctx, &other, t0), None);
+        assert_eq!(
+            template_resync_wait(&ctx, &key, t0 + TEMPLATE_RESYNC_EVERY),
+            None
+        );
+    }
+
+    /// Records whose ExternalSecret uid no longer exists are the sweep's; others are not.
+    #[test]
+    fn only_records_without_a_live_external_secret_are_swept() {
+        let live = std::collections::HashSet::from(["a".to_string(), "b".to_string()]);
+        assert_eq!(
+            orphaned(vec!["a".into(), "gone".into(), "b".into()], &live),
+            ["gone"]
+        );
+    }
+
+    /// Sync failures before the deletion do not use up the cleanup's attempts (before: an
+    /// ExternalSecret that had failed 7 times was released after one failed revocation).
+    #[tokio::test]
+    async fn cleanup_attempts_are_counted_apart_from_sync_failures() {
+        let ctx = test_context();
+        let key = ObjectRef::<DynamicObject>::new_with("db", ctx.resource.clone()).within("ns");
+        ctx.failures.lock().unwrap().insert(key.clone(), 7);
+        for n in 1..=CLEANUP_ATTEMPTS {
+            assert_eq!(next_cleanup_attempt(&ctx, &key), n);
+        }
+        let other = ObjectRef::<DynamicObject>::new_with("x", ctx.resource.clone()).within("ns");
+        assert_eq!(next_cleanup_attempt(&ctx, &other), 1);
+    }
+
+    /// The watch cache may hold a status older than the one this replica just wrote: the
+    /// newer one decides (no second sync, no rewritten failure).
+    #[tokio::test]
+    async fn our_own_newer_status_wins_over_a_stale_cache() {
+        let ctx = test_context();
+        let resource = ctx.resource.clone();
         let obj: DynamicObject = serde_json::from_value(json!({
             "apiVersion": "external-secrets.io/v1", "kind": "ExternalSecret",
             "metadata": {"name": "a", "namespace": "ns"},

@@ -11,13 +11,20 @@
 //!
 //! Order of a sync that issues credentials: record previous + new, write the target
 //! Secret, revoke the previous, record the new (with any previous that could not be
-//! revoked). A crash at any point leaves every live credential recorded.
+//! revoked). From the moment the new credentials are recorded (right after the backend
+//! issued them, before the Secret is written), a crash leaves every live credential
+//! recorded; one that happens between the backend's answer and that first write leaves the
+//! new credentials unrecorded (they lapse at their TTL).
+//!
+//! Every write is a compare-and-set on the `resourceVersion` the caller read ([`Record`]):
+//! a record changed in between (another replica after a leadership handover) is read again
+//! and the two merged ([`merge`]): an entry someone else recorded is never dropped.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams, Preconditions};
 
 use super::sync::IssuedCredential;
 
@@ -25,10 +32,17 @@ use super::sync::IssuedCredential;
 const DATA_KEY: &str = "issued";
 /// Most credentials one record holds (beyond: the sync fails rather than forget one).
 pub const MAX_RECORDED: usize = 256;
-/// Largest record read (bytes).
-const MAX_RECORD_BYTES: usize = 256 * 1024;
+/// Largest record read or written (bytes of the JSON under `data.issued`).
+pub const MAX_RECORD_BYTES: usize = 256 * 1024;
 /// Label of every record, for listing and RBAC.
 pub const RECORD_LABEL: &str = "esi.external-secrets.io/issued-credentials";
+/// Prefix of every record's name (then the ExternalSecret's uid).
+pub const RECORD_PREFIX: &str = "esi-issued-";
+/// Attempts of one [`Records::put`] that meets a concurrent change (each: read, merge,
+/// write again).
+const PUT_ATTEMPTS: u32 = 4;
+/// Most records listed by [`Records::list_uids`].
+const MAX_LISTED: usize = 100_000;
 
 /// Why the record could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +56,13 @@ pub enum RecordError {
     /// More credentials than a record holds.
     #[error("more than {MAX_RECORDED} generated credentials for one ExternalSecret")]
     TooMany,
+    /// The record would be larger than [`MAX_RECORD_BYTES`] (which [`Records::get`] would
+    /// refuse to read back): it is not written.
+    #[error("the record of issued credentials would be {0} bytes, more than {MAX_RECORD_BYTES}")]
+    TooLarge(usize),
+    /// Changed by someone else at every one of [`PUT_ATTEMPTS`] attempts.
+    #[error("the record of issued credentials keeps changing under this writer")]
+    Conflict,
 }
 
 fn api_error(e: &kube::Error) -> RecordError {
@@ -49,6 +70,16 @@ fn api_error(e: &kube::Error) -> RecordError {
         kube::Error::Api(s) => format!("HTTP {} {}", s.code, s.reason),
         _ => "the Kubernetes API could not be reached".to_string(),
     })
+}
+
+/// A record as read: its entries and the `resourceVersion` they were read at (`None`: there
+/// was no record). The base of the compare-and-set of [`Records::put`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Record {
+    /// The credentials recorded.
+    pub entries: Vec<IssuedCredential>,
+    /// The record Secret's `resourceVersion` when read or written (`None`: absent).
+    pub version: Option<String>,
 }
 
 /// The records, in one namespace.
@@ -65,7 +96,49 @@ impl std::fmt::Debug for Records {
 
 /// The record's name for an ExternalSecret uid.
 pub fn record_name(uid: &str) -> String {
-    format!("esi-issued-{uid}")
+    format!("{RECORD_PREFIX}{uid}")
+}
+
+/// What to write when the record changed between the caller's read (`base`) and its write
+/// of `ours`: `ours`, plus every entry of the record as it is now (`theirs`) that was not in
+/// `base` (recorded by someone else meanwhile: never dropped). Entries of `base` left out of
+/// `ours` (revoked by the caller) stay out.
+pub fn merge(
+    base: &[IssuedCredential],
+    theirs: &[IssuedCredential],
+    ours: Vec<IssuedCredential>,
+) -> Vec<IssuedCredential> {
+    let mut out = ours;
+    for t in theirs {
+        if !base.contains(t) && !out.contains(t) {
+            out.push(t.clone());
+        }
+    }
+    out
+}
+
+/// The JSON stored for `issued`.
+///
+/// # Errors
+/// [`RecordError::TooMany`] beyond [`MAX_RECORDED`] entries, [`RecordError::TooLarge`]
+/// beyond [`MAX_RECORD_BYTES`].
+pub fn encode(issued: &[IssuedCredential]) -> Result<Vec<u8>, RecordError> {
+    if issued.len() > MAX_RECORDED {
+        return Err(RecordError::TooMany);
+    }
+    let text = serde_json::to_vec(issued).map_err(|_| RecordError::TooLarge(usize::MAX))?;
+    if text.len() > MAX_RECORD_BYTES {
+        return Err(RecordError::TooLarge(text.len()));
+    }
+    Ok(text)
+}
+
+/// What one write attempt met.
+enum Attempt {
+    Written(Record),
+    /// The record is not at the version the write was based on (409, or gone under a
+    /// replace).
+    Changed,
 }
 
 impl Records {
@@ -76,15 +149,17 @@ impl Records {
         }
     }
 
-    /// The credentials recorded for the ExternalSecret `uid` (none when there is no record).
+    /// The credentials recorded for the ExternalSecret `uid` and the record's version (an
+    /// empty [`Record`] when there is none).
     ///
     /// # Errors
     /// [`RecordError::Api`] when it cannot be read, [`RecordError::Damaged`] when it cannot
-    /// be parsed (never taken as empty: that would forget live credentials).
-    pub async fn get(&self, uid: &str) -> Result<Vec<IssuedCredential>, RecordError> {
+    /// be parsed or is larger than [`MAX_RECORD_BYTES`] (never taken as empty: that would
+    /// forget live credentials).
+    pub async fn get(&self, uid: &str) -> Result<Record, RecordError> {
         let name = record_name(uid);
         let Some(secret) = self.api.get_opt(&name).await.map_err(|e| api_error(&e))? else {
-            return Ok(Vec::new());
+            return Ok(Record::default());
         };
         let Some(bytes) = secret.data.as_ref().and_then(|d| d.get(DATA_KEY)) else {
             return Err(RecordError::Damaged(name));
@@ -92,33 +167,77 @@ impl Records {
         if bytes.0.len() > MAX_RECORD_BYTES {
             return Err(RecordError::Damaged(name));
         }
-        serde_json::from_slice(&bytes.0).map_err(|_| RecordError::Damaged(name))
+        let entries = serde_json::from_slice(&bytes.0).map_err(|_| RecordError::Damaged(name))?;
+        Ok(Record {
+            entries,
+            version: secret.metadata.resource_version,
+        })
     }
 
-    /// Makes the record of `uid` hold exactly `issued` (deleted when empty). `owner` (the
-    /// ExternalSecret's `namespace/name`) is kept as an annotation for operators.
+    /// Makes the record of `uid` hold `issued` (deleted when empty), if it is still at
+    /// `base.version`; if it changed since (409), reads it again, [`merge`]s, and tries
+    /// again, [`PUT_ATTEMPTS`] times in all. `owner` (the ExternalSecret's `namespace/name`)
+    /// is kept as an annotation for operators. Returns the record as written (the base of
+    /// the next put).
     ///
     /// # Errors
-    /// [`RecordError::TooMany`] beyond [`MAX_RECORDED`]; [`RecordError::Api`].
+    /// [`RecordError::TooMany`] / [`RecordError::TooLarge`] beyond the bounds (nothing is
+    /// written: the caller must not hand out what it could not record);
+    /// [`RecordError::Conflict`]; [`RecordError::Api`]; [`RecordError::Damaged`] when the
+    /// record read again cannot be parsed.
     pub async fn put(
         &self,
         uid: &str,
         owner: &str,
+        base: &Record,
+        issued: Vec<IssuedCredential>,
+    ) -> Result<Record, RecordError> {
+        let mut base = base.clone();
+        let mut wanted = issued;
+        for _ in 0..PUT_ATTEMPTS {
+            match self.try_put(uid, owner, &base, &wanted).await? {
+                Attempt::Written(r) => return Ok(r),
+                Attempt::Changed => {
+                    let now = self.get(uid).await?;
+                    wanted = merge(&base.entries, &now.entries, wanted);
+                    base = now;
+                }
+            }
+        }
+        Err(RecordError::Conflict)
+    }
+
+    async fn try_put(
+        &self,
+        uid: &str,
+        owner: &str,
+        base: &Record,
         issued: &[IssuedCredential],
-    ) -> Result<(), RecordError> {
+    ) -> Result<Attempt, RecordError> {
         let name = record_name(uid);
+        let conflict = |e: &kube::Error| matches!(e, kube::Error::Api(s) if s.code == 409);
         if issued.is_empty() {
-            return match self.api.delete(&name, &DeleteParams::default()).await {
-                Ok(_) => Ok(()),
-                Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            let Some(version) = &base.version else {
+                // Nothing was recorded when read; whatever appeared since is someone else's.
+                return Ok(Attempt::Written(Record::default()));
+            };
+            let dp = DeleteParams {
+                preconditions: Some(Preconditions {
+                    uid: None,
+                    resource_version: Some(version.clone()),
+                }),
+                ..DeleteParams::default()
+            };
+            return match self.api.delete(&name, &dp).await {
+                Ok(_) => Ok(Attempt::Written(Record::default())),
+                Err(kube::Error::Api(s)) if s.code == 404 => {
+                    Ok(Attempt::Written(Record::default()))
+                }
+                Err(e) if conflict(&e) => Ok(Attempt::Changed),
                 Err(e) => Err(api_error(&e)),
             };
         }
-        if issued.len() > MAX_RECORDED {
-            return Err(RecordError::TooMany);
-        }
-        let text = serde_json::to_vec(issued).map_err(|_| RecordError::Damaged(name.clone()))?;
-        let existing = self.api.get_opt(&name).await.map_err(|e| api_error(&e))?;
+        let text = encode(issued)?;
         let secret = Secret {
             metadata: ObjectMeta {
                 name: Some(name.clone()),
@@ -130,7 +249,7 @@ impl Records {
                     "esi.external-secrets.io/external-secret".to_string(),
                     owner.to_string(),
                 )])),
-                resource_version: existing.and_then(|s| s.metadata.resource_version),
+                resource_version: base.version.clone(),
                 ..ObjectMeta::default()
             },
             data: Some(BTreeMap::from([(DATA_KEY.to_string(), ByteString(text))])),
@@ -141,11 +260,221 @@ impl Records {
             field_manager: Some(super::kubernetes::CONTROLLER_NAME.into()),
             ..PostParams::default()
         };
-        let result = if secret.metadata.resource_version.is_some() {
+        let result = if base.version.is_some() {
             self.api.replace(&name, &pp, &secret).await
         } else {
             self.api.create(&pp, &secret).await
         };
-        result.map(drop).map_err(|e| api_error(&e))
+        match result {
+            Ok(s) => Ok(Attempt::Written(Record {
+                entries: issued.to_vec(),
+                version: s.metadata.resource_version,
+            })),
+            // 409: another version (or, on create, a record that appeared); 404 on replace:
+            // deleted meanwhile.
+            Err(e) if conflict(&e) => Ok(Attempt::Changed),
+            Err(kube::Error::Api(s)) if s.code == 404 && base.version.is_some() => {
+                Ok(Attempt::Changed)
+            }
+            Err(e) => Err(api_error(&e)),
+        }
+    }
+
+    /// The ExternalSecret uids that have a record (by [`RECORD_LABEL`] and name), at most
+    /// [`MAX_LISTED`].
+    ///
+    /// # Errors
+    /// [`RecordError::Api`].
+    pub async fn list_uids(&self) -> Result<Vec<String>, RecordError> {
+        let lp = ListParams::default().labels(&format!("{RECORD_LABEL}=true"));
+        let list = self.api.list(&lp).await.map_err(|e| api_error(&e))?;
+        Ok(list
+            .items
+            .into_iter()
+            .filter_map(|s| s.metadata.name)
+            .filter_map(|n| n.strip_prefix(RECORD_PREFIX).map(str::to_string))
+            .take(MAX_LISTED)
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::generators::RevocationState;
+    use kube::client::Body;
+    use serde_json::{Value, json};
+    use std::sync::{Arc, Mutex};
+
+    fn cred(n: u32) -> IssuedCredential {
+        IssuedCredential {
+            namespace: "apps".into(),
+            kind: "VaultDynamicSecret".into(),
+            name: "creds".into(),
+            state: RevocationState(json!({"leaseId": format!("fake/creds/{n}")})),
+            expires_at: None,
+        }
+    }
+
+    /// One record Secret behind a compare-and-set API, as the API server keeps it: GET,
+    /// POST (409 when it exists), PUT (409 unless at the current resourceVersion), DELETE
+    /// (409 when the precondition's resourceVersion is not the current one).
+    type Stored = Arc<Mutex<Option<(u64, Value)>>>;
+
+    fn api_server(stored: Stored) -> kube::Client {
+        let svc = tower::service_fn(move |req: http::Request<Body>| {
+            let stored = stored.clone();
+            async move {
+                let method = req.method().clone();
+                let bytes = http_body_util::BodyExt::collect(req.into_body())
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
+                let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                let status = |code: u16, reason: &str| {
+                    (
+                        code,
+                        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                        "reason": reason, "code": code, "message": reason}),
+                    )
+                };
+                let mut s = stored.lock().unwrap();
+                let current_rv = s.as_ref().map(|(rv, _)| rv.to_string());
+                let (code, answer) = match method.as_str() {
+                    "GET" => match &*s {
+                        Some((_, obj)) => (200, obj.clone()),
+                        None => status(404, "NotFound"),
+                    },
+                    "POST" if s.is_some() => status(409, "AlreadyExists"),
+                    "PUT"
+                        if body["metadata"]["resourceVersion"].as_str()
+                            != current_rv.as_deref() =>
+                    {
+                        status(409, "Conflict")
+                    }
+                    "POST" | "PUT" => {
+                        let rv = s.as_ref().map_or(1, |(rv, _)| rv + 1);
+                        let mut obj = body.clone();
+                        obj["metadata"]["resourceVersion"] = json!(rv.to_string());
+                        *s = Some((rv, obj.clone()));
+                        (200, obj)
+                    }
+                    "DELETE" => {
+                        let wanted = body["preconditions"]["resourceVersion"].as_str();
+                        if s.is_none() {
+                            status(404, "NotFound")
+                        } else if wanted.is_some() && wanted != current_rv.as_deref() {
+                            status(409, "Conflict")
+                        } else {
+                            *s = None;
+                            (
+                                200,
+                                json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
+                            )
+                        }
+                    }
+                    _ => status(405, "MethodNotAllowed"),
+                };
+                let resp = http::Response::builder()
+                    .status(code)
+                    .header("content-type", "application/json")
+                    .body(Body::from(serde_json::to_vec(&answer).unwrap()))
+                    .unwrap();
+                Ok::<_, std::convert::Infallible>(resp)
+            }
+        });
+        kube::Client::new(svc, "esi")
+    }
+
+    /// A writer between the caller's read and its put (a replica that took over) is
+    /// detected: its entries are kept, the caller's removals stay removed (before: the put
+    /// used its own fresh resourceVersion and overwrote the other writer's entries).
+    #[tokio::test]
+    async fn a_put_over_a_concurrent_write_keeps_both_writers_entries() {
+        let stored: Stored = Arc::new(Mutex::new(None));
+        let records = Records::new(api_server(stored.clone()), "esi");
+        let first = records
+            .put("u", "apps/db", &Record::default(), vec![cred(0), cred(1)])
+            .await
+            .unwrap();
+        let read = records.get("u").await.unwrap();
+        assert_eq!(read, first);
+        // Another writer records cred(2) meanwhile.
+        let other = Records::new(api_server(stored.clone()), "esi");
+        other
+            .put("u", "apps/db", &read, vec![cred(0), cred(1), cred(2)])
+            .await
+            .unwrap();
+        // The caller revoked cred(0) and issued cred(3), based on what it had read.
+        let written = records
+            .put("u", "apps/db", &read, vec![cred(1), cred(3)])
+            .await
+            .unwrap();
+        let now = records.get("u").await.unwrap();
+        assert_eq!(now, written);
+        assert_eq!(now.entries, [cred(1), cred(3), cred(2)]);
+        // A create over a record that appeared meanwhile merges too.
+        let fresh = records
+            .put("u", "apps/db", &Record::default(), vec![cred(4)])
+            .await
+            .unwrap();
+        assert_eq!(fresh.entries, [cred(4), cred(1), cred(3), cred(2)]);
+        // Emptying a record someone added to since keeps their entry.
+        other
+            .put(
+                "u",
+                "apps/db",
+                &fresh,
+                vec![cred(4), cred(1), cred(3), cred(2), cred(5)],
+            )
+            .await
+            .unwrap();
+        let left = records
+            .put("u", "apps/db", &fresh, Vec::new())
+            .await
+            .unwrap();
+        assert_eq!(left.entries, [cred(5)]);
+        assert_eq!(records.get("u").await.unwrap().entries, [cred(5)]);
+        // Emptied at the current version: deleted.
+        records
+            .put("u", "apps/db", &left, Vec::new())
+            .await
+            .unwrap();
+        assert!(stored.lock().unwrap().is_none());
+    }
+
+    #[test]
+    fn merging_keeps_what_others_added_and_drops_what_we_removed() {
+        let base = [cred(0), cred(1)];
+        let theirs = [cred(0), cred(1), cred(2)];
+        assert_eq!(
+            merge(&base, &theirs, vec![cred(1), cred(3)]),
+            [cred(1), cred(3), cred(2)]
+        );
+        assert_eq!(merge(&base, &base, vec![]), Vec::<IssuedCredential>::new());
+    }
+
+    /// A record that `get` would refuse to read back is never written (before: `put` had no
+    /// byte bound, so a record could be written that made every later sync fail).
+    #[tokio::test]
+    async fn a_record_larger_than_a_get_reads_is_refused() {
+        let big = |n: u32| IssuedCredential {
+            state: RevocationState(json!({"leaseId": "x".repeat(2048), "n": n})),
+            ..cred(n)
+        };
+        let many: Vec<_> = (0..200).map(big).collect();
+        assert!(matches!(encode(&many), Err(RecordError::TooLarge(n)) if n > MAX_RECORD_BYTES));
+        let stored: Stored = Arc::new(Mutex::new(None));
+        let records = Records::new(api_server(stored.clone()), "esi");
+        let err = records
+            .put("u", "apps/db", &Record::default(), many)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, RecordError::TooLarge(_)), "{err}");
+        assert!(stored.lock().unwrap().is_none(), "nothing written");
+        assert!(matches!(
+            encode(&(0..257).map(cred).collect::<Vec<_>>()),
+            Err(RecordError::TooMany)
+        ));
     }
 }

@@ -262,6 +262,18 @@ pub fn validate(es: &ExternalSecretObject, spec: &ExternalSecretSpec) -> Result<
         )));
     }
     let t = &spec.target;
+    // A template reading the Secret it writes renders again after each write (with a
+    // generator: a new credential each time, without end).
+    if let Some(i) = t
+        .template
+        .iter()
+        .flat_map(|tpl| &tpl.template_from)
+        .position(|f| f.secret.as_ref().is_some_and(|r| r.name == secret))
+    {
+        return Err(invalid(format!(
+            "spec.target.template.templateFrom[{i}].secret names the target Secret {secret:?} itself"
+        )));
+    }
     if t.deletion_policy == DeletionPolicy::Delete && t.creation_policy == CreationPolicy::Merge {
         return Err(invalid(
             "deletionPolicy=Delete must not be used when the controller doesn't own the secret. Please set creationPolicy=Owner",
@@ -1038,6 +1050,23 @@ metadata: {name: team, labels: {tier: db}}
         };
         let entry = serde_json::json!({"secretKey": "k", "remoteRef": {"key": "x"}});
         assert!(check(serde_json::json!({"data": [entry]})).is_ok());
+        // A template reading its own target Secret (a render loop) is refused; another
+        // Secret is fine.
+        let from = |name: &str, target: Option<&str>| {
+            let mut spec = serde_json::json!({"data": [entry], "target": {"template": {
+                "templateFrom": [{"configMap": {"name": "es"}}, {"secret": {"name": name}}]}}});
+            if let Some(t) = target {
+                spec["target"]["name"] = serde_json::json!(t);
+            }
+            check(spec)
+        };
+        let e = from("es", None).unwrap_err().to_string();
+        assert!(
+            e.contains("templateFrom[1].secret names the target Secret \"es\" itself"),
+            "{e}"
+        );
+        assert!(from("db", Some("db")).is_err());
+        assert!(from("es", Some("db")).is_ok());
         let many: Vec<_> = (0..=MAX_DATA_ENTRIES).map(|_| entry.clone()).collect();
         assert!(matches!(
             check(serde_json::json!({"data": many})),

@@ -60,9 +60,17 @@ impl Cache {
 pub struct KubeTokenRequest {
     client: kube::Client,
     cache: Cache,
-    refused_audiences: Vec<String>,
+    /// What is refused; [`KubeTokenRequest::learn_issuer`] changes it while running.
+    refusal: std::sync::RwLock<Refusal>,
+}
+
+/// The audiences refused, and whether every token is.
+#[derive(Default)]
+struct Refusal {
+    /// Normalized ([`normalize_audience`]).
+    audiences: Vec<String>,
     /// Set: every token is refused, for this reason (the refusal list is incomplete).
-    refuse_all: Option<&'static str>,
+    all: Option<&'static str>,
 }
 
 impl std::fmt::Debug for KubeTokenRequest {
@@ -77,15 +85,33 @@ impl KubeTokenRequest {
         KubeTokenRequest {
             client,
             cache: Cache::default(),
-            refused_audiences: Vec::new(),
-            refuse_all: None,
+            refusal: std::sync::RwLock::new(Refusal::default()),
         }
+    }
+
+    fn refusal_mut(&mut self) -> &mut Refusal {
+        self.refusal.get_mut().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The API server's issuer, learnt after start (`issuer`, the `iss` of its tokens): it
+    /// is refused as an audience from now on and, in the same step, a refusal of every
+    /// token ([`KubeTokenRequest::refusing_all`]) is lifted (the refusal list is complete).
+    pub fn learn_issuer(&self, issuer: &str) {
+        let issuer = normalize_audience(issuer);
+        if issuer.is_empty() {
+            return;
+        }
+        let mut r = self.refusal.write().unwrap_or_else(|p| p.into_inner());
+        if !r.audiences.iter().any(|a| a == issuer) {
+            r.audiences.push(issuer.to_string());
+        }
+        r.all = None;
     }
 
     /// Refuses every token with `reason`: when the audiences the API server accepts cannot
     /// all be known, none is requested (fail closed).
     pub fn refusing_all(mut self, reason: &'static str) -> Self {
-        self.refuse_all = Some(reason);
+        self.refusal_mut().all = Some(reason);
         self
     }
 
@@ -95,7 +121,7 @@ impl KubeTokenRequest {
     /// sent to; a token with the API server's audience would let whoever runs that URL act
     /// as the ServiceAccount against this cluster (see docs/security.md).
     pub fn with_refused_audiences(mut self, audiences: Vec<String>) -> Self {
-        self.refused_audiences = audiences
+        self.refusal_mut().audiences = audiences
             .into_iter()
             .map(|a| normalize_audience(&a).to_string())
             .filter(|a| !a.is_empty())
@@ -103,15 +129,25 @@ impl KubeTokenRequest {
         self
     }
 
-    /// The first of `audiences` that is refused, if any.
-    fn refused<'a>(&self, audiences: &'a [String]) -> Option<&'a str> {
+    /// Why `audiences` are refused, if they are: every token refused, or the first refused
+    /// audience.
+    fn refused(&self, audiences: &[String]) -> Option<String> {
+        let r = self.refusal.read().unwrap_or_else(|p| p.into_inner());
+        if let Some(reason) = r.all {
+            return Some(format!("TokenRequest refused: {reason}"));
+        }
         audiences
             .iter()
             .find(|a| {
                 let a = normalize_audience(a);
-                self.refused_audiences.iter().any(|r| r == a)
+                r.audiences.iter().any(|x| x == a)
             })
-            .map(String::as_str)
+            .map(|aud| {
+                format!(
+                    "TokenRequest: audience {aud:?} is accepted by the Kubernetes API server itself \
+                     (--api-server-audiences); a token for it would be valid against this cluster: refused"
+                )
+            })
     }
 }
 
@@ -137,10 +173,8 @@ impl ServiceAccountTokens for KubeTokenRequest {
                     .into(),
             ));
         }
-        if let Some(reason) = self.refuse_all {
-            return Err(TokenError::Unavailable(format!(
-                "TokenRequest refused: {reason}"
-            )));
+        if let Some(why) = self.refused(audiences) {
+            return Err(TokenError::Unavailable(why));
         }
         // No audience means the API server's own: a token valid against this cluster, which
         // these tokens (sent to another server) must never be.
@@ -148,12 +182,6 @@ impl ServiceAccountTokens for KubeTokenRequest {
             return Err(TokenError::Unavailable(
                 "TokenRequest: no audience (the API server's own would be asked for)".into(),
             ));
-        }
-        if let Some(aud) = self.refused(audiences) {
-            return Err(TokenError::Unavailable(format!(
-                "TokenRequest: audience {aud:?} is accepted by the Kubernetes API server itself \
-                 (--api-server-audiences); a token for it would be valid against this cluster: refused"
-            )));
         }
         let key: Key = (
             namespace.to_string(),
@@ -256,6 +284,34 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(!e.contains("accepted by the Kubernetes API server"), "{e}");
+    }
+
+    /// The issuer learnt after start lifts the refusal of every token and is refused itself
+    /// (before: an issuer unknown at start refused every token until a restart).
+    #[tokio::test]
+    async fn an_issuer_learnt_later_lifts_the_refusal_of_every_token() {
+        let config = kube::Config::new("https://127.0.0.1:1".parse().unwrap());
+        let client = kube::Client::try_from(config).unwrap();
+        let t = KubeTokenRequest::new(client)
+            .with_refused_audiences(vec!["kubernetes".into()])
+            .refusing_all("the issuer is unknown");
+        let ask = |aud: &str| {
+            let aud = vec![aud.to_string()];
+            let t = &t;
+            async move { t.token("ns", "sa", &aud).await.unwrap_err().to_string() }
+        };
+        assert!(
+            ask("https://fed.example")
+                .await
+                .contains("the issuer is unknown")
+        );
+        t.learn_issuer("https://issuer.example/");
+        let e = ask("https://fed.example").await;
+        assert!(e.contains("could not be reached"), "asked for: {e}");
+        for aud in ["https://issuer.example", "kubernetes"] {
+            let e = ask(aud).await;
+            assert!(e.contains("accepted by the Kubernetes API server"), "{e}");
+        }
     }
 
     #[test]

@@ -74,31 +74,85 @@ impl NamedObject {
     }
 }
 
-/// The objects to watch, in order of priority and without repeats: those referenced by
-/// cluster-scoped objects first (written by cluster administrators), then at most
-/// `per_namespace` of each namespace's own, so that no namespace's objects crowd out
-/// another's or the cluster's. `references` yields, per referencing object, its namespace
-/// (`None`: cluster-scoped) and what it references.
+/// Where a reference ranks in [`watch_order_tiered`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RefTier {
+    /// What a store or generator needs to work (its credentials).
+    Primary,
+    /// What a template reads (`templateFrom`): after every namespace's primary references.
+    Template,
+}
+
+/// [`watch_order_tiered`] with every reference [`RefTier::Primary`].
 pub fn watch_order<'a, I>(references: I, per_namespace: usize) -> Vec<NamedObject>
 where
     I: IntoIterator<Item = (Option<&'a str>, std::collections::BTreeSet<NamedObject>)>,
 {
-    use std::collections::{BTreeMap, BTreeSet};
+    watch_order_tiered(
+        references
+            .into_iter()
+            .map(|(owner, refs)| (owner, RefTier::Primary, refs)),
+        per_namespace,
+    )
+}
+
+/// The objects to watch, in order of priority and without repeats, so that whatever is cut
+/// at the end (a global cap) is what matters least and no namespace crowds out another:
+///
+/// 1. those referenced by cluster-scoped objects (written by cluster administrators);
+/// 2. every namespace's [`RefTier::Primary`] references, taken one namespace at a time in
+///    turn (round-robin: the first of each namespace, then the second…), never the
+///    alphabetically first namespaces' all before the others';
+/// 3. every namespace's [`RefTier::Template`] references, round-robin likewise.
+///
+/// At most `per_namespace` objects of each namespace's own (both tiers together, its
+/// primary ones first). `references` yields, per referencing object, its namespace (`None`:
+/// cluster-scoped), its tier and what it references.
+pub fn watch_order_tiered<'a, I>(references: I, per_namespace: usize) -> Vec<NamedObject>
+where
+    I: IntoIterator<
+        Item = (
+            Option<&'a str>,
+            RefTier,
+            std::collections::BTreeSet<NamedObject>,
+        ),
+    >,
+{
+    use std::collections::{BTreeMap, BTreeSet, HashSet};
     let mut cluster: BTreeSet<NamedObject> = BTreeSet::new();
-    let mut namespaced: BTreeMap<&str, BTreeSet<NamedObject>> = BTreeMap::new();
-    for (owner, refs) in references {
+    let mut namespaced: BTreeMap<(RefTier, &str), BTreeSet<NamedObject>> = BTreeMap::new();
+    for (owner, tier, refs) in references {
         match owner {
             None => cluster.extend(refs),
-            Some(ns) => namespaced.entry(ns).or_default().extend(refs),
+            Some(ns) => namespaced.entry((tier, ns)).or_default().extend(refs),
         }
     }
-    let mut out: Vec<NamedObject> = cluster.iter().cloned().collect();
-    for refs in namespaced.into_values() {
-        out.extend(
-            refs.into_iter()
-                .filter(|r| !cluster.contains(r))
-                .take(per_namespace),
-        );
+    let mut seen: HashSet<NamedObject> = cluster.iter().cloned().collect();
+    let mut out: Vec<NamedObject> = cluster.into_iter().collect();
+    let mut taken: BTreeMap<&str, usize> = BTreeMap::new();
+    for tier in [RefTier::Primary, RefTier::Template] {
+        let mut queues: Vec<(&str, std::collections::btree_set::IntoIter<NamedObject>)> =
+            namespaced
+                .iter()
+                .filter(|((t, _), _)| *t == tier)
+                .map(|((_, ns), refs)| (*ns, refs.clone().into_iter()))
+                .collect();
+        while !queues.is_empty() {
+            queues.retain_mut(|(ns, refs)| {
+                let n = taken.entry(ns).or_insert(0);
+                if *n >= per_namespace {
+                    return false;
+                }
+                for r in refs.by_ref() {
+                    if seen.insert(r.clone()) {
+                        out.push(r);
+                        *n += 1;
+                        return true;
+                    }
+                }
+                false
+            });
+        }
     }
     out
 }
@@ -305,6 +359,55 @@ impl fmt::Display for LoadError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The cluster's references first, then every namespace's store and generator
+    /// references in turn, then `templateFrom` references in turn: a namespace's templates
+    /// neither take its stores' slots nor, through alphabetical order, the global cap from
+    /// other namespaces (before: one tier, namespace after namespace).
+    #[test]
+    fn watch_order_is_tiered_and_round_robin() {
+        use std::collections::BTreeSet;
+        let s = |ns: &str, name: &str| NamedObject::secret(ns, name);
+        let set = |v: &[NamedObject]| v.iter().cloned().collect::<BTreeSet<_>>();
+        let many = |ns: &str, prefix: &str, n: usize| {
+            (0..n)
+                .map(|i| s(ns, &format!("{prefix}{i:02}")))
+                .collect::<Vec<_>>()
+        };
+        let order = watch_order_tiered(
+            [
+                (Some("aa"), RefTier::Template, set(&many("aa", "tpl", 10))),
+                (Some("aa"), RefTier::Primary, set(&many("aa", "store", 2))),
+                (Some("bb"), RefTier::Primary, set(&many("bb", "store", 3))),
+                (None, RefTier::Primary, set(&[s("zz", "admin")])),
+                (
+                    Some("bb"),
+                    RefTier::Template,
+                    set(&[s("bb", "store00"), s("bb", "tpl")]),
+                ),
+            ],
+            4,
+        );
+        let shown: Vec<String> = order
+            .iter()
+            .map(|o| format!("{}/{}", o.namespace, o.name))
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                "zz/admin",
+                "aa/store00",
+                "bb/store00",
+                "aa/store01",
+                "bb/store01",
+                "bb/store02",
+                // Templates last; aa has 2 slots left, bb 1 (its store00 is not repeated).
+                "aa/tpl00",
+                "bb/tpl",
+                "aa/tpl01",
+            ]
+        );
+    }
 
     #[test]
     fn keys_show_as_origins_and_sort_by_file_then_position() {

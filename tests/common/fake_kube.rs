@@ -66,7 +66,9 @@
 //!   `InternalError`).
 //! - For the test: a request log ([`FakeKube::requests`]: method, path, query, content type,
 //!   User-Agent, the user of the token, status code), and faults ([`FakeKube::set_fault`],
-//!   [`FakeKube::drop_watches`]) to make watches (or all reads) fail or drop.
+//!   [`FakeKube::drop_watches`]) to make watches (or all reads) fail or drop, writes refused
+//!   ([`FakeKube::fail_next_writes`]) or applied with their answer lost
+//!   ([`FakeKube::lose_answers_to_next_writes`]).
 //!
 //! # What it does NOT do
 //! - No RBAC or any authorization (every known token may do everything), no admission, no
@@ -245,6 +247,9 @@ struct Shared {
     fault: Mutex<Fault>,
     /// (plural, how many more) writes answered `500` ([`FakeKube::fail_next_writes`]).
     failing_writes: Mutex<Option<(String, u32)>>,
+    /// (path prefix, how many more) writes applied, then answered `504`
+    /// ([`FakeKube::lose_answers_to_next_writes`]).
+    lost_answers: Mutex<Option<(String, u32)>>,
     /// `/.well-known/openid-configuration` answers `403` ([`FakeKube::refuse_issuer_discovery`]).
     refuse_discovery: std::sync::atomic::AtomicBool,
     drop_watches: watch::Sender<u64>,
@@ -295,6 +300,7 @@ impl FakeKube {
             requests: Mutex::new(VecDeque::new()),
             fault: Mutex::new(Fault::None),
             failing_writes: Mutex::new(None),
+            lost_answers: Mutex::new(None),
             refuse_discovery: std::sync::atomic::AtomicBool::new(false),
             drop_watches,
             bookmark_interval: Mutex::new(Duration::from_secs(1)),
@@ -596,6 +602,13 @@ current-context: fake
     /// `500 InternalError` (then writes work again).
     pub fn fail_next_writes(&self, plural: &str, n: u32) {
         *lock(&self.shared.failing_writes) = Some((plural.to_string(), n));
+    }
+
+    /// The next `n` successful writes (POST, PUT, PATCH, DELETE) to a path starting with
+    /// `path_prefix` are applied, then answered `504 Timeout` (an answer lost on the way:
+    /// the client cannot tell whether the write landed; kube's client retries a 504).
+    pub fn lose_answers_to_next_writes(&self, path_prefix: &str, n: u32) {
+        *lock(&self.shared.lost_answers) = Some((path_prefix.to_string(), n));
     }
 
     /// Whether `GET /.well-known/openid-configuration` answers `403` (as without the
@@ -1614,6 +1627,22 @@ async fn handle(
         )
         .unwrap_or_else(|e| e.response())
     };
+    let mut response = response;
+    if method != Method::GET && response.status().is_success() {
+        let mut lost = lock(&shared.lost_answers);
+        if let Some((prefix, n)) = lost.as_mut()
+            && *n > 0
+            && uri.path().starts_with(prefix.as_str())
+        {
+            *n -= 1;
+            response = KubeError::new(
+                504,
+                "Timeout",
+                "injected fault: the write was applied, its answer lost (FakeKube::lose_answers_to_next_writes)",
+            )
+            .response();
+        }
+    }
     let mut log = lock(&shared.requests);
     if log.len() >= MAX_REQUEST_LOG {
         log.pop_front();

@@ -1,10 +1,10 @@
 //! A minimal Vault for lease bookkeeping, in process over plain HTTP on loopback:
 //! `POST /v1/fake/creds` issues a lease (`fake/creds/<n>`, one hour, `username` `user-<n>`
 //! and, if given, a fixed `password`), `PUT /v1/sys/leases/revoke` records the revoked lease
-//! id. For tests of who revokes what (generators, the `Federation` client, the reconciler);
+//! id (`500` while [`FakeVault::set_revocations_failing`]). For tests of who revokes what (generators, the `Federation` client, the reconciler);
 //! real Vault behaviour is tested against OpenBao.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde_json::{Value, json};
@@ -14,6 +14,8 @@ pub struct FakeVault {
     /// `http://127.0.0.1:<port>`.
     pub url: String,
     revoked: Arc<Mutex<Vec<String>>>,
+    issued: Arc<AtomicUsize>,
+    failing: Arc<AtomicBool>,
 }
 
 impl FakeVault {
@@ -31,6 +33,9 @@ impl FakeVault {
         use axum::routing::{post, put};
         let revoked = Arc::new(Mutex::new(Vec::new()));
         let counter = Arc::new(AtomicUsize::new(0));
+        let issued = counter.clone();
+        let failing = Arc::new(AtomicBool::new(false));
+        let refuse = failing.clone();
         let seen = revoked.clone();
         let app = axum::Router::new()
             .route(
@@ -54,7 +59,11 @@ impl FakeVault {
                 "/v1/sys/leases/revoke",
                 put(move |axum::Json(body): axum::Json<Value>| {
                     let seen = seen.clone();
+                    let refuse = refuse.load(Ordering::SeqCst);
                     async move {
+                        if refuse {
+                            return axum::http::StatusCode::INTERNAL_SERVER_ERROR;
+                        }
                         seen.lock()
                             .unwrap()
                             .push(body["lease_id"].as_str().unwrap_or_default().to_string());
@@ -65,7 +74,12 @@ impl FakeVault {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        FakeVault { url, revoked }
+        FakeVault {
+            url,
+            revoked,
+            issued,
+            failing,
+        }
     }
 
     /// The revoked lease ids, sorted.
@@ -73,6 +87,16 @@ impl FakeVault {
         let mut v = self.revoked.lock().unwrap().clone();
         v.sort();
         v
+    }
+
+    /// How many leases were issued.
+    pub fn issued(&self) -> usize {
+        self.issued.load(Ordering::SeqCst)
+    }
+
+    /// Whether every revocation answers `500` (and is not recorded).
+    pub fn set_revocations_failing(&self, failing: bool) {
+        self.failing.store(failing, Ordering::SeqCst);
     }
 
     /// The shared list of revoked lease ids, in revocation order.
