@@ -1,0 +1,519 @@
+//! ESO's `aws` provider: AWS Secrets Manager (`service: SecretsManager`) and SSM
+//! Parameter Store (`service: ParameterStore`), over the AWS client shared with the AWS
+//! generators ([`client`]: SigV4, AssumeRole, error mapping).
+//!
+//! ```yaml
+//! provider:
+//!   aws:
+//!     service: SecretsManager          # or ParameterStore
+//!     region: eu-west-1
+//!     role: arn:aws:iam::123456789012:role/esi   # optional: AssumeRole (cached ~1 h)
+//!     externalID: …                                # optional, sent with AssumeRole
+//!     auth:
+//!       secretRef:
+//!         accessKeyIDSecretRef: {name: aws, key: access-key-id, namespace: esi-system}
+//!         secretAccessKeySecretRef: {name: aws, key: secret-access-key, namespace: esi-system}
+//!         sessionTokenSecretRef: {name: aws, key: session-token, namespace: esi-system}  # optional
+//!     endpoint: https://vpce-….secretsmanager.eu-west-1.vpce.amazonaws.com  # extension
+//!     stsEndpoint: https://sts.eu-west-1.amazonaws.com                       # extension
+//! ```
+//!
+//! Credentials come only from `auth.secretRef` (no ambient credentials, no `auth.jwt`;
+//! see [`client`]). ESO fields that would change what is read or as whom
+//! (`additionalRoles`, `sessionTags`, `transitiveTagKeys`, `prefix`) are refused, not
+//! ignored. Keys are canonicalized as `docs/security.md` ("Canonical forms") says: a
+//! Secrets Manager key is the secret's *name* (ARNs are refused), a Parameter Store key
+//! the fully qualified parameter name (`/a/b`; a top-level `name` is `/name`).
+//!
+//! `find` lists names only (Secrets Manager `ListSecrets`, Parameter Store
+//! `DescribeParameters`), hands each canonical key to the caller's filter, and reads the
+//! values of the keys it accepts one by one, so a refused key is never read. A find
+//! lists at most [`MAX_FIND_ENTRIES`] entries and answers at most [`MAX_FIND_BYTES`].
+
+pub(crate) mod client;
+mod parameterstore;
+mod secretsmanager;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use reqwest::Url;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::{
+    BuildContext, FindRequest, KeyFilter, Metered, ProviderConfigError, ProviderError,
+    SecretProvider, property,
+};
+use client::{AwsClient, AwsCommonSpec, AwsConfigError};
+
+const PROVIDER: &str = "aws";
+/// Entries a `find` may list (over all pages) before it is refused as too broad.
+const MAX_FIND_ENTRIES: usize = 1000;
+/// Pages a `find` may ask for (AWS may answer short pages).
+const MAX_FIND_PAGES: usize = 100;
+/// Bytes of values a `find` may answer.
+const MAX_FIND_BYTES: usize = 16 << 20;
+/// Tags a `find` may ask for, and their sizes (AWS's own limits).
+const MAX_FIND_TAGS: usize = 50;
+const MAX_TAG_KEY: usize = 128;
+const MAX_TAG_VALUE: usize = 256;
+
+/// `spec.provider.aws`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AwsProviderSpec {
+    #[serde(default)]
+    service: String,
+    #[serde(flatten)]
+    common: AwsCommonSpec,
+    #[serde(rename = "externalID", default)]
+    external_id: Option<String>,
+    /// Role chaining: not served.
+    #[serde(default)]
+    additional_roles: Option<Vec<Value>>,
+    /// Session tags: not served.
+    #[serde(default)]
+    session_tags: Option<Vec<Value>>,
+    #[serde(default)]
+    transitive_tag_keys: Option<Vec<Value>>,
+    /// A prefix added to every key: not served (keys are names as they are).
+    #[serde(default)]
+    prefix: Option<String>,
+}
+
+/// Builds the provider of `spec.provider.aws` (metered).
+pub(crate) fn build(
+    ctx: &BuildContext<'_>,
+    block: &Value,
+) -> Result<Arc<dyn SecretProvider>, ProviderConfigError> {
+    let spec: AwsProviderSpec = ctx.parse(PROVIDER, block)?;
+    for (field, set) in [
+        (
+            "additionalRoles",
+            spec.additional_roles
+                .as_ref()
+                .is_some_and(|v| !v.is_empty()),
+        ),
+        (
+            "sessionTags",
+            spec.session_tags.as_ref().is_some_and(|v| !v.is_empty()),
+        ),
+        (
+            "transitiveTagKeys",
+            spec.transitive_tag_keys
+                .as_ref()
+                .is_some_and(|v| !v.is_empty()),
+        ),
+        (
+            "prefix",
+            spec.prefix.as_deref().is_some_and(|p| !p.is_empty()),
+        ),
+    ] {
+        if set {
+            return Err(ctx.unsupported(PROVIDER, field));
+        }
+    }
+    let (kind, endpoint_prefix, target_prefix) = match spec.service.as_str() {
+        "SecretsManager" => (secretsmanager::KIND, "secretsmanager", "secretsmanager"),
+        "ParameterStore" => (parameterstore::KIND, "ssm", "AmazonSSM"),
+        "" => return Err(ctx.invalid(PROVIDER, "service is required")),
+        _ => {
+            return Err(ctx.unsupported(
+                PROVIDER,
+                "service (this server serves SecretsManager and ParameterStore)",
+            ));
+        }
+    };
+    let endpoint = client::service_endpoint(&spec.common, endpoint_prefix)
+        .map_err(|why| ctx.invalid(PROVIDER, why))?;
+    let client = AwsClient::from_spec(
+        kind,
+        &spec.common,
+        ctx.secrets,
+        ctx.namespace,
+        ctx.settings.timeout,
+        None,
+    )
+    .and_then(|c| c.with_external_id(spec.external_id.as_deref()))
+    .map_err(|e| match e {
+        AwsConfigError::Invalid(reason) => ctx.invalid(PROVIDER, reason),
+        AwsConfigError::SecretRef { field, source } => ProviderConfigError::SecretRef {
+            store: ctx.store.to_string(),
+            field,
+            source,
+        },
+    })?;
+    let backend = Backend {
+        client,
+        endpoint,
+        service: endpoint_prefix,
+        target_prefix,
+        session: client::session_name(&format!("esi-store-{}", ctx.store)),
+    };
+    Ok(match spec.service.as_str() {
+        "SecretsManager" => Arc::new(Metered::new(secretsmanager::SecretsManagerProvider::new(
+            backend,
+        ))),
+        _ => Arc::new(Metered::new(parameterstore::ParameterStoreProvider::new(
+            backend,
+        ))),
+    })
+}
+
+/// One AWS JSON 1.1 service as a store reads it: the shared client, the endpoint, and the
+/// names that address the service.
+struct Backend {
+    client: AwsClient,
+    endpoint: Url,
+    /// SigV4 service name (`secretsmanager`, `ssm`).
+    service: &'static str,
+    /// `X-Amz-Target` prefix (`secretsmanager`, `AmazonSSM`).
+    target_prefix: &'static str,
+    /// The role session name (the store's name), when a role is assumed.
+    session: String,
+}
+
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backend")
+            .field("client", &self.client)
+            .field("endpoint", &self.endpoint.as_str())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Backend {
+    /// One call of `action` with `body`; the answer's JSON, or the refusal mapped.
+    async fn call(&self, action: &'static str, body: &Value) -> Result<Value, ProviderError> {
+        let creds = self.client.cached_credentials(&self.session).await?;
+        let target = format!("{}.{action}", self.target_prefix);
+        let (status, answer) = self
+            .client
+            .json_call(&creds, self.service, &self.endpoint, &target, body)
+            .await?;
+        if !status.is_success() {
+            return Err(self.client.refusal(action, status, &answer).into());
+        }
+        serde_json::from_slice(&answer).map_err(|_| malformed(action))
+    }
+
+    /// Every entry of the `items` arrays of a paginated listing (`NextToken`), asked
+    /// `page_size` at a time; refused when it would pass [`MAX_FIND_ENTRIES`] entries or
+    /// [`MAX_FIND_PAGES`] pages.
+    async fn list(
+        &self,
+        action: &'static str,
+        request: Map<String, Value>,
+        items: &str,
+        page_size: u32,
+    ) -> Result<Vec<Value>, ProviderError> {
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        for _ in 0..MAX_FIND_PAGES {
+            let mut body = request.clone();
+            body.insert("MaxResults".into(), page_size.into());
+            if let Some(t) = token.take() {
+                body.insert("NextToken".into(), t.into());
+            }
+            let mut answer = self.call(action, &Value::Object(body)).await?;
+            let page = match answer.get_mut(items).map(Value::take) {
+                Some(Value::Array(page)) => page,
+                None | Some(Value::Null) => Vec::new(),
+                Some(_) => return Err(malformed(action)),
+            };
+            if out.len() + page.len() > MAX_FIND_ENTRIES {
+                return Err(too_broad());
+            }
+            out.extend(page);
+            token = answer
+                .get("NextToken")
+                .and_then(Value::as_str)
+                .filter(|t| !t.is_empty())
+                .map(str::to_string);
+            if token.is_none() {
+                return Ok(out);
+            }
+        }
+        Err(too_broad())
+    }
+}
+
+fn malformed(action: &str) -> ProviderError {
+    ProviderError::Backend(format!("AWS answered {action} with malformed JSON"))
+}
+
+fn too_broad() -> ProviderError {
+    ProviderError::InvalidRequest(format!(
+        "find would list more than {MAX_FIND_ENTRIES} entries; narrow it with find.path or tags"
+    ))
+}
+
+/// A payload as a JSON object (what `property` and GetSecretMap read).
+fn json_object(payload: &[u8]) -> Result<Map<String, Value>, ProviderError> {
+    match serde_json::from_slice(payload) {
+        Ok(Value::Object(map)) => Ok(map),
+        _ => Err(ProviderError::InvalidRequest(
+            "the secret is not a JSON object, so it has no properties".into(),
+        )),
+    }
+}
+
+/// ESO GetSecret on a payload: all of it without property, else the property of its JSON.
+fn value_of(payload: Vec<u8>, property: Option<&str>) -> Result<Vec<u8>, ProviderError> {
+    match property {
+        None => Ok(payload),
+        Some(p) => property::value_bytes(property::lookup(&json_object(&payload)?, p)?),
+    }
+}
+
+/// ESO GetSecretMap on a payload: its JSON object's (or its property's) entries.
+fn map_of(
+    payload: &[u8],
+    property: Option<&str>,
+) -> Result<BTreeMap<String, Vec<u8>>, ProviderError> {
+    property::secret_map(&json_object(payload)?, property)
+}
+
+/// The checks every `find` shares: canonical, and names a regexp or tags (as ESO).
+fn check_find(canonical: FindRequest, find: &FindRequest) -> Result<(), ProviderError> {
+    if canonical != *find {
+        return Err(ProviderError::InvalidRequest(
+            "find is not in canonical form".into(),
+        ));
+    }
+    if find.name_regexp.is_none() && find.tags.is_empty() {
+        return Err(ProviderError::InvalidRequest(
+            "find needs name.regexp or tags".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The canonical tags of a `find`: as given, bounded in number and size.
+fn canonical_tags(tags: &BTreeMap<String, String>) -> Result<(), ProviderError> {
+    if tags.len() > MAX_FIND_TAGS {
+        return Err(ProviderError::InvalidRequest(format!(
+            "find has more than {MAX_FIND_TAGS} tags"
+        )));
+    }
+    if tags.iter().any(|(k, v)| {
+        k.is_empty()
+            || k.len() > MAX_TAG_KEY
+            || v.len() > MAX_TAG_VALUE
+            || k.chars().chain(v.chars()).any(char::is_control)
+    }) {
+        return Err(ProviderError::InvalidRequest(format!(
+            "find tags must be 1..={MAX_TAG_KEY} byte keys and values of at most {MAX_TAG_VALUE} bytes, without control characters"
+        )));
+    }
+    Ok(())
+}
+
+/// Reads the current value of each name `allow` accepts (in order, each once), through
+/// `read`; a name gone since it was listed is left out. Bounded by [`MAX_FIND_BYTES`].
+async fn read_allowed<'a, F, Fut>(
+    names: Vec<String>,
+    allow: &KeyFilter<'_>,
+    read: F,
+) -> Result<BTreeMap<String, Vec<u8>>, ProviderError>
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<u8>, ProviderError>> + 'a,
+{
+    let mut out = BTreeMap::new();
+    let mut total = 0usize;
+    for name in names {
+        // The per-key decision, before the value is read.
+        if out.contains_key(&name) || !allow(&name) {
+            continue;
+        }
+        match read(name.clone()).await {
+            Ok(value) => {
+                total += value.len();
+                if total > MAX_FIND_BYTES {
+                    return Err(ProviderError::InvalidRequest(format!(
+                        "find would answer more than {MAX_FIND_BYTES} bytes; narrow it"
+                    )));
+                }
+                out.insert(name, value);
+            }
+            Err(ProviderError::NotFound) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::providers::ProviderSettings;
+    use crate::resources::{SecretIndex, SecretObject};
+    use serde_json::json;
+
+    /// `esi/aws` with a key pair.
+    pub fn secrets() -> SecretIndex {
+        let mut idx = SecretIndex::default();
+        idx.insert(
+            "esi",
+            "aws",
+            &SecretObject {
+                string_data: [
+                    ("id".to_string(), "AKIDEXAMPLE".to_string()),
+                    (
+                        "secret".to_string(),
+                        "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY".to_string(),
+                    ),
+                ]
+                .into(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        idx
+    }
+
+    /// A `spec.provider.aws` block for `service` at `endpoint` with `extra` fields.
+    pub fn block(service: &str, endpoint: &str, extra: Value) -> Value {
+        let mut b = json!({
+            "service": service,
+            "region": "us-east-1",
+            "endpoint": endpoint,
+            "auth": {"secretRef": {
+                "accessKeyIDSecretRef": {"name": "aws", "key": "id", "namespace": "esi"},
+                "secretAccessKeySecretRef": {"name": "aws", "key": "secret", "namespace": "esi"}
+            }}
+        });
+        if let (Value::Object(b), Value::Object(extra)) = (&mut b, extra) {
+            b.extend(extra);
+        }
+        b
+    }
+
+    pub fn build_block(block: &Value) -> Result<Arc<dyn SecretProvider>, ProviderConfigError> {
+        let secrets = secrets();
+        let settings = ProviderSettings {
+            timeout: std::time::Duration::from_secs(5),
+            ..ProviderSettings::default()
+        };
+        build(
+            &BuildContext {
+                store: "aws-store",
+                namespace: None,
+                secrets: &secrets,
+                settings: &settings,
+            },
+            block,
+        )
+    }
+
+    #[test]
+    fn refuses_what_it_does_not_serve() {
+        for (extra, needle) in [
+            (json!({"service": ""}), "service is required"),
+            (json!({"service": "CertificateManager"}), "unsupported"),
+            (json!({"additionalRoles": ["arn:x"]}), "additionalRoles"),
+            (
+                json!({"sessionTags": [{"key": "a", "value": "b"}]}),
+                "sessionTags",
+            ),
+            (json!({"prefix": "team/"}), "prefix"),
+            (json!({"auth": {}}), "auth.secretRef is required"),
+            (
+                json!({"auth": {"jwt": {"serviceAccountRef": {"name": "x"}}}}),
+                "auth.jwt is not supported",
+            ),
+            (json!({"endpoint": "ftp://x"}), "endpoint must be an http"),
+            (json!({"region": "Mars"}), "region is required"),
+        ] {
+            let err = build_block(&block("SecretsManager", "http://127.0.0.1:1", extra))
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(err.contains(needle), "{err} lacks {needle}");
+            assert!(!err.contains("EXAMPLEKEY"), "{err}");
+        }
+        // Empty lists are what ESO writes by default: accepted.
+        let p = build_block(&block(
+            "ParameterStore",
+            "http://127.0.0.1:1",
+            json!({"additionalRoles": [], "sessionTags": null, "prefix": ""}),
+        ))
+        .unwrap();
+        assert_eq!(p.kind(), "aws/ParameterStore");
+        // Missing credentials Secret: a SecretRef error (the store waits for it).
+        let err = build_block(&block(
+            "SecretsManager",
+            "http://127.0.0.1:1",
+            json!({"auth": {"secretRef": {
+                "accessKeyIDSecretRef": {"name": "nope", "key": "id", "namespace": "esi"},
+                "secretAccessKeySecretRef": {"name": "aws", "key": "secret", "namespace": "esi"}}}}),
+        ))
+        .err()
+        .unwrap();
+        assert!(err.is_missing_secret(), "{err}");
+    }
+
+    #[test]
+    fn payloads_and_properties() {
+        let json = br#"{"user": "u", "n": {"x": 1}}"#.to_vec();
+        assert_eq!(value_of(json.clone(), None).unwrap(), json);
+        assert_eq!(value_of(json.clone(), Some("n.x")).unwrap(), b"1");
+        assert_eq!(
+            value_of(json.clone(), Some("nope")),
+            Err(ProviderError::NotFound)
+        );
+        assert!(matches!(
+            value_of(b"plain".to_vec(), Some("a")),
+            Err(ProviderError::InvalidRequest(_))
+        ));
+        let map = map_of(&json, None).unwrap();
+        assert_eq!(map["user"], b"u");
+        assert_eq!(map["n"], br#"{"x":1}"#);
+        assert!(matches!(
+            map_of(b"[1]", None),
+            Err(ProviderError::InvalidRequest(_))
+        ));
+    }
+
+    #[test]
+    fn find_tags_are_bounded() {
+        let tags = |k: &str, v: &str| [(k.to_string(), v.to_string())].into();
+        assert!(canonical_tags(&tags("env", "prod")).is_ok());
+        for bad in [
+            tags("", "x"),
+            tags(&"k".repeat(129), "x"),
+            tags("k", &"v".repeat(257)),
+            tags("k\n", "v"),
+        ] {
+            assert!(canonical_tags(&bad).is_err(), "{bad:?}");
+        }
+        let many: BTreeMap<String, String> = (0..51)
+            .map(|i| (format!("k{i}"), "v".to_string()))
+            .collect();
+        assert!(canonical_tags(&many).is_err());
+    }
+
+    #[tokio::test]
+    async fn read_allowed_decides_before_reading() {
+        let read_names = std::sync::Mutex::new(Vec::new());
+        let out = read_allowed(
+            vec!["a".into(), "denied".into(), "gone".into(), "a".into()],
+            &|k: &str| k != "denied",
+            |name: String| {
+                read_names.lock().unwrap().push(name.clone());
+                async move {
+                    match name.as_str() {
+                        "gone" => Err(ProviderError::NotFound),
+                        _ => Ok(name.into_bytes()),
+                    }
+                }
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(out.keys().collect::<Vec<_>>(), ["a"]);
+        assert_eq!(*read_names.lock().unwrap(), ["a", "gone"]);
+    }
+}
