@@ -5,6 +5,7 @@
 
 pub mod fake_kube;
 pub mod fake_vault;
+pub mod moto;
 pub mod reconcile_files;
 
 use std::io::{BufRead, BufReader};
