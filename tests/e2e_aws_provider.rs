@@ -34,16 +34,9 @@ fn manifests(moto: &Moto, stores: &[(&str, &str, &str, String)]) -> String {
         .collect::<Vec<_>>()
         .join(", ");
     let mut out = static_federation(ISS, AUD)
+        + &app_authorization(ISS, &format!("  allowedClusterSecretStores: [{names}]\n"))
         + &format!(
             r#"---
-apiVersion: federation.external-secrets.io/v1alpha1
-kind: Authorization
-metadata: {{name: app}}
-spec:
-  federationRef: {{kind: KubernetesFederation, name: alpha}}
-  subject: {{oidc: {{issuer: {ISS}, subject: "system:serviceaccount:apps:app"}}}}
-  allowedClusterSecretStores: [{names}]
----
 apiVersion: v1
 kind: Secret
 metadata: {{name: aws, namespace: esi-system}}

@@ -31,17 +31,7 @@ fn manifests(allowed: &[(&str, &str)], generators: &str) -> Vec<(&'static str, S
         .map(|(kind, name)| format!("\n    - {{name: {name}, kind: {kind}, namespace: apps}}"))
         .collect();
     let base = static_federation(ISS, AUD)
-        + &format!(
-            r#"---
-apiVersion: federation.external-secrets.io/v1alpha1
-kind: Authorization
-metadata: {{name: app}}
-spec:
-  federationRef: {{kind: KubernetesFederation, name: alpha}}
-  subject: {{oidc: {{issuer: {ISS}, subject: "system:serviceaccount:apps:app"}}}}
-  allowedGenerators:{allowed}
-"#
-        );
+        + &app_authorization(ISS, &format!("  allowedGenerators:{allowed}\n"));
     vec![
         ("base.yaml", base),
         ("generators.yaml", generators.to_string()),

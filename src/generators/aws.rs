@@ -87,28 +87,8 @@ pub(crate) mod tests {
     use super::*;
     use crate::authn::Identity;
     use crate::providers::ProviderSettings;
-    use crate::resources::SecretIndex;
-    use crate::resources::SecretObject;
+    pub use crate::providers::aws::client::tests::{auth, secrets};
     use serde_json::json;
-
-    /// A SecretIndex with `ns/aws` holding a key pair.
-    pub fn secrets() -> SecretIndex {
-        let mut idx = SecretIndex::default();
-        let obj = SecretObject {
-            string_data: [
-                ("id".to_string(), "AKIDEXAMPLE".to_string()),
-                (
-                    "secret".to_string(),
-                    "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY".to_string(),
-                ),
-                ("bad".to_string(), "two words".to_string()),
-            ]
-            .into(),
-            ..Default::default()
-        };
-        idx.insert("ns", "aws", &obj).unwrap();
-        idx
-    }
 
     /// Runs `f` with a BuildContext over [`secrets`].
     pub fn with_ctx<T>(namespace: &str, f: impl FnOnce(&BuildContext<'_>) -> T) -> T {
@@ -120,13 +100,6 @@ pub(crate) mod tests {
             secrets: &secrets,
             settings: &settings,
         })
-    }
-
-    pub fn auth() -> serde_json::Value {
-        json!({"secretRef": {
-            "accessKeyIDSecretRef": {"name": "aws", "key": "id"},
-            "secretAccessKeySecretRef": {"name": "aws", "key": "secret"}
-        }})
     }
 
     fn build(namespace: &str, spec: serde_json::Value) -> Result<AwsClient, GeneratorConfigError> {

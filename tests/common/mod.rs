@@ -445,6 +445,22 @@ spec:
     )
 }
 
+/// An `Authorization` `app` (after a `---` line) for ServiceAccount `apps/app` of `issuer`
+/// through the federation `alpha` of [`static_federation`], granting `grants`: YAML lines
+/// under `spec` (indented two spaces, each ending with a newline).
+pub fn app_authorization(issuer: &str, grants: &str) -> String {
+    format!(
+        r#"---
+apiVersion: federation.external-secrets.io/v1alpha1
+kind: Authorization
+metadata: {{name: app}}
+spec:
+  federationRef: {{kind: KubernetesFederation, name: alpha}}
+  subject: {{oidc: {{issuer: {issuer}, subject: "system:serviceaccount:apps:app"}}}}
+{grants}"#
+    )
+}
+
 /// A reqwest client that trusts only `ca_pem` (HTTP/1.1: no ALPN).
 pub fn client_trusting(ca_pem: &[u8]) -> reqwest::Client {
     reqwest::Client::builder()

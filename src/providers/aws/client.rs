@@ -766,13 +766,13 @@ pub(crate) fn parse_sts_credentials(body: &[u8]) -> Result<Issued, MalformedAnsw
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::resources::SecretObject;
     use serde_json::json;
 
     /// `ns/aws` holding a key pair (and an unusable value under `bad`).
-    fn secrets() -> SecretIndex {
+    pub fn secrets() -> SecretIndex {
         let mut idx = SecretIndex::default();
         let obj = SecretObject {
             string_data: [
@@ -790,7 +790,8 @@ mod tests {
         idx
     }
 
-    fn auth() -> serde_json::Value {
+    /// `auth` naming the key pair of [`secrets`].
+    pub fn auth() -> serde_json::Value {
         json!({"secretRef": {
             "accessKeyIDSecretRef": {"name": "aws", "key": "id"},
             "secretAccessKeySecretRef": {"name": "aws", "key": "secret"}

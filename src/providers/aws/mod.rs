@@ -34,15 +34,20 @@ pub(crate) mod client;
 mod parameterstore;
 mod secretsmanager;
 
+use parameterstore::ParameterStore;
+use secretsmanager::SecretsManager;
+
 use std::collections::BTreeMap;
+use std::marker::PhantomData;
 use std::sync::Arc;
 
 use reqwest::Url;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use super::fake::compile_name_regexp;
 use super::{
-    BuildContext, FindRequest, KeyFilter, Metered, ProviderConfigError, ProviderError,
+    BuildContext, FindRequest, KeyFilter, Metered, ProviderConfigError, ProviderError, RemoteRef,
     SecretProvider, property,
 };
 use client::{AwsClient, AwsCommonSpec, AwsConfigError};
@@ -115,8 +120,8 @@ pub(crate) fn build(
         }
     }
     let (kind, endpoint_prefix, target_prefix) = match spec.service.as_str() {
-        "SecretsManager" => (secretsmanager::KIND, "secretsmanager", "secretsmanager"),
-        "ParameterStore" => (parameterstore::KIND, "ssm", "AmazonSSM"),
+        "SecretsManager" => (SecretsManager::KIND, "secretsmanager", "secretsmanager"),
+        "ParameterStore" => (ParameterStore::KIND, "ssm", "AmazonSSM"),
         "" => return Err(ctx.invalid(PROVIDER, "service is required")),
         _ => {
             return Err(ctx.unsupported(
@@ -152,13 +157,156 @@ pub(crate) fn build(
         session: client::session_name(&format!("esi-store-{}", ctx.store)),
     };
     Ok(match spec.service.as_str() {
-        "SecretsManager" => Arc::new(Metered::new(secretsmanager::SecretsManagerProvider::new(
-            backend,
-        ))),
-        _ => Arc::new(Metered::new(parameterstore::ParameterStoreProvider::new(
-            backend,
-        ))),
+        "SecretsManager" => Arc::new(Metered::new(AwsStore::<SecretsManager>::new(backend))),
+        _ => Arc::new(Metered::new(AwsStore::<ParameterStore>::new(backend))),
     })
+}
+
+/// What tells the two services apart: their canonical forms, and how a value is read and
+/// names are listed. Everything else ([`AwsStore`]) is the same.
+trait Service: Send + Sync + 'static {
+    /// The provider kind (a metrics label).
+    const KIND: &'static str;
+    /// The action that reads one value.
+    const GET: &'static str;
+    /// The listing of `find`: action, the request's filters field, the answer's array
+    /// field, page size.
+    const LIST: (&'static str, &'static str, &'static str, u32);
+    /// The canonical key (refused: no canonical form).
+    fn canonical_key(key: &str) -> Result<String, ProviderError>;
+    /// The canonical version (`None`: the current one).
+    fn canonical_version(version: Option<&str>) -> Result<Option<String>, ProviderError>;
+    /// The canonical form of a non-empty `find.path` (`None`: everything).
+    fn canonical_path(path: &str) -> Result<Option<String>, ProviderError>;
+    /// The [`Service::GET`] request for a canonical key and version.
+    fn get_request(name: &str, version: Option<&str>) -> Value;
+    /// The value in a [`Service::GET`] answer.
+    fn payload(answer: &Value) -> Result<Vec<u8>, ProviderError>;
+    /// The listing filters of a canonical find.
+    fn list_filters(find: &FindRequest) -> Vec<Value>;
+    /// The canonical key of a listed entry if it matches the find.
+    fn matching_name(
+        entry: &Value,
+        find: &FindRequest,
+        regex: Option<&regex::Regex>,
+    ) -> Option<String>;
+}
+
+/// A store on one AWS service.
+struct AwsStore<S> {
+    backend: Backend,
+    service: PhantomData<fn() -> S>,
+}
+
+impl<S> std::fmt::Debug for AwsStore<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AwsStore")
+            .field("backend", &self.backend)
+            .finish()
+    }
+}
+
+impl<S: Service> AwsStore<S> {
+    fn new(backend: Backend) -> Self {
+        AwsStore {
+            backend,
+            service: PhantomData,
+        }
+    }
+
+    /// The value of a canonical key at a canonical version.
+    async fn read(&self, name: &str, version: Option<&str>) -> Result<Vec<u8>, ProviderError> {
+        let answer = self
+            .backend
+            .call(S::GET, &S::get_request(name, version))
+            .await?;
+        S::payload(&answer)
+    }
+
+    /// The value of a reference that must already be canonical.
+    async fn read_canonical(&self, remote: &RemoteRef) -> Result<Vec<u8>, ProviderError> {
+        if self.canonical_ref(remote)? != *remote {
+            return Err(ProviderError::InvalidRequest(
+                "reference is not in canonical form".into(),
+            ));
+        }
+        self.read(&remote.key, remote.version.as_deref()).await
+    }
+}
+
+#[async_trait::async_trait]
+impl<S: Service> SecretProvider for AwsStore<S> {
+    fn kind(&self) -> &'static str {
+        S::KIND
+    }
+
+    fn canonical_ref(&self, remote: &RemoteRef) -> Result<RemoteRef, ProviderError> {
+        Ok(RemoteRef {
+            key: S::canonical_key(&remote.key)?,
+            property: property::canonical_property(remote.property.as_deref())?,
+            version: S::canonical_version(remote.version.as_deref())?,
+        })
+    }
+
+    fn canonical_find(&self, find: &FindRequest) -> Result<FindRequest, ProviderError> {
+        let path = match find.path.as_deref().filter(|p| !p.is_empty()) {
+            None => None,
+            Some(p) => S::canonical_path(p)?,
+        };
+        canonical_tags(&find.tags)?;
+        Ok(FindRequest {
+            path,
+            name_regexp: find.name_regexp.clone().filter(|r| !r.is_empty()),
+            tags: find.tags.clone(),
+        })
+    }
+
+    async fn get_secret(&self, remote: &RemoteRef) -> Result<Vec<u8>, ProviderError> {
+        let payload = self.read_canonical(remote).await?;
+        value_of(payload, remote.property.as_deref())
+    }
+
+    async fn get_secret_map(
+        &self,
+        remote: &RemoteRef,
+    ) -> Result<BTreeMap<String, Vec<u8>>, ProviderError> {
+        let payload = self.read_canonical(remote).await?;
+        map_of(&payload, remote.property.as_deref())
+    }
+
+    async fn find(&self, find: &FindRequest) -> Result<BTreeMap<String, Vec<u8>>, ProviderError> {
+        self.find_allowed(find, &|_| true).await
+    }
+
+    /// Lists names only, hands each matching canonical key to `allow`, and reads the
+    /// current value of those it accepts.
+    async fn find_allowed(
+        &self,
+        find: &FindRequest,
+        allow: &KeyFilter<'_>,
+    ) -> Result<BTreeMap<String, Vec<u8>>, ProviderError> {
+        check_find(self.canonical_find(find)?, find)?;
+        let regex = find
+            .name_regexp
+            .as_deref()
+            .map(compile_name_regexp)
+            .transpose()?;
+        let (action, filters_field, items, page_size) = S::LIST;
+        let mut request = Map::new();
+        let filters = S::list_filters(find);
+        if !filters.is_empty() {
+            request.insert(filters_field.into(), Value::Array(filters));
+        }
+        let entries = self.backend.list(action, request, items, page_size).await?;
+        let names = entries
+            .iter()
+            .filter_map(|e| S::matching_name(e, find, regex.as_ref()))
+            .collect();
+        read_allowed(names, allow, |name: String| async move {
+            self.read(&name, None).await
+        })
+        .await
+    }
 }
 
 /// One AWS JSON 1.1 service as a store reads it: the shared client, the endpoint, and the
@@ -275,6 +423,37 @@ fn map_of(
     property::secret_map(&json_object(payload)?, property)
 }
 
+/// What both services' names must be: non-empty, at most `max` bytes, without `:` (an ARN,
+/// or a name with a version: `colon` says what to write instead), and only ASCII letters,
+/// digits and the bytes of `allowed`. `what` names the field in messages.
+fn check_name_text(
+    name: &str,
+    what: &str,
+    max: usize,
+    colon: &str,
+    allowed: &str,
+) -> Result<(), ProviderError> {
+    let bad = |why: String| Err(ProviderError::InvalidRequest(format!("{what} {why}")));
+    if name.is_empty() {
+        return bad("is empty".into());
+    }
+    if name.len() > max {
+        return bad("is too long".into());
+    }
+    if name.contains(':') {
+        return bad(colon.into());
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || allowed.as_bytes().contains(&b))
+    {
+        return bad(format!(
+            "has characters names do not have (letters, digits, {allowed})"
+        ));
+    }
+    Ok(())
+}
+
 /// The checks every `find` shares: canonical, and names a regexp or tags (as ESO).
 fn check_find(canonical: FindRequest, find: &FindRequest) -> Result<(), ProviderError> {
     if canonical != *find {
@@ -347,32 +526,10 @@ where
 
 #[cfg(test)]
 pub(crate) mod tests {
+    use super::client::tests::secrets;
     use super::*;
     use crate::providers::ProviderSettings;
-    use crate::resources::{SecretIndex, SecretObject};
     use serde_json::json;
-
-    /// `esi/aws` with a key pair.
-    pub fn secrets() -> SecretIndex {
-        let mut idx = SecretIndex::default();
-        idx.insert(
-            "esi",
-            "aws",
-            &SecretObject {
-                string_data: [
-                    ("id".to_string(), "AKIDEXAMPLE".to_string()),
-                    (
-                        "secret".to_string(),
-                        "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY".to_string(),
-                    ),
-                ]
-                .into(),
-                ..Default::default()
-            },
-        )
-        .unwrap();
-        idx
-    }
 
     /// A `spec.provider.aws` block for `service` at `endpoint` with `extra` fields.
     pub fn block(service: &str, endpoint: &str, extra: Value) -> Value {
@@ -381,8 +538,8 @@ pub(crate) mod tests {
             "region": "us-east-1",
             "endpoint": endpoint,
             "auth": {"secretRef": {
-                "accessKeyIDSecretRef": {"name": "aws", "key": "id", "namespace": "esi"},
-                "secretAccessKeySecretRef": {"name": "aws", "key": "secret", "namespace": "esi"}
+                "accessKeyIDSecretRef": {"name": "aws", "key": "id", "namespace": "ns"},
+                "secretAccessKeySecretRef": {"name": "aws", "key": "secret", "namespace": "ns"}
             }}
         });
         if let (Value::Object(b), Value::Object(extra)) = (&mut b, extra) {
@@ -447,8 +604,8 @@ pub(crate) mod tests {
             "SecretsManager",
             "http://127.0.0.1:1",
             json!({"auth": {"secretRef": {
-                "accessKeyIDSecretRef": {"name": "nope", "key": "id", "namespace": "esi"},
-                "secretAccessKeySecretRef": {"name": "aws", "key": "secret", "namespace": "esi"}}}}),
+                "accessKeyIDSecretRef": {"name": "nope", "key": "id", "namespace": "ns"},
+                "secretAccessKeySecretRef": {"name": "aws", "key": "secret", "namespace": "ns"}}}}),
         ))
         .err()
         .unwrap();

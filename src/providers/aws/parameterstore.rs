@@ -12,17 +12,11 @@
 //! equals), not GetParametersByPath: the latter answers every value under the path,
 //! those of keys the caller may not read included.
 
-use std::collections::BTreeMap;
+use serde_json::{Value, json};
 
-use serde_json::{Map, Value, json};
+use super::{Service, check_name_text};
+use crate::providers::{FindRequest, ProviderError};
 
-use super::super::fake::compile_name_regexp;
-use super::{Backend, check_find, map_of, read_allowed, value_of};
-use crate::providers::{
-    FindRequest, KeyFilter, ProviderError, RemoteRef, SecretProvider, property,
-};
-
-pub(super) const KIND: &str = "aws/ParameterStore";
 /// Longest parameter name (AWS: 1011 characters).
 const MAX_NAME: usize = 1011;
 /// Deepest hierarchy AWS allows.
@@ -32,29 +26,19 @@ const MAX_LABEL: usize = 100;
 /// DescribeParameters page size (AWS's maximum).
 const PAGE_SIZE: u32 = 50;
 
-/// Serves parameters from Parameter Store in one region.
-#[derive(Debug)]
-pub(super) struct ParameterStoreProvider {
-    backend: Backend,
-}
+/// Parameter Store, as a [`Service`] of the `aws` store.
+pub(super) struct ParameterStore;
 
 /// The canonical (fully qualified) name of `key`: see the module doc.
 fn canonical_name(key: &str, what: &str) -> Result<String, ProviderError> {
+    check_name_text(
+        key,
+        what,
+        MAX_NAME,
+        "is an ARN or carries a version: use the parameter's name (and remoteRef.version)",
+        "_.-/",
+    )?;
     let bad = |why: &str| Err(ProviderError::InvalidRequest(format!("{what} {why}")));
-    if key.is_empty() {
-        return bad("is empty");
-    }
-    if key.contains(':') {
-        return bad(
-            "is an ARN or carries a version: use the parameter's name (and remoteRef.version)",
-        );
-    }
-    if !key
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"_.-/".contains(&b))
-    {
-        return bad("has characters parameter names do not have (letters, digits, _.-/)");
-    }
     let full = if key.starts_with('/') {
         key.to_string()
     } else if key.contains('/') {
@@ -78,85 +62,35 @@ fn canonical_name(key: &str, what: &str) -> Result<String, ProviderError> {
     Ok(full)
 }
 
-/// The canonical version: a decimal number without leading zeros, or a label (letters,
-/// digits, `_.-`, at most 100 bytes; AWS refuses the labels it does not allow).
-fn canonical_version(version: Option<&str>) -> Result<Option<String>, ProviderError> {
-    let Some(v) = version.filter(|v| !v.is_empty()) else {
-        return Ok(None);
-    };
-    let number = v.bytes().all(|b| b.is_ascii_digit());
-    let ok = if number {
-        v.len() <= 20 && !v.starts_with('0')
-    } else {
-        v.len() <= MAX_LABEL
-            && v.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
-    };
-    if !ok {
-        return Err(ProviderError::InvalidRequest(
-            "version must be a number without leading zeros or a parameter label".into(),
-        ));
-    }
-    Ok(Some(v.to_string()))
-}
+impl Service for ParameterStore {
+    const KIND: &'static str = "aws/ParameterStore";
+    const GET: &'static str = "GetParameter";
+    const LIST: (&'static str, &'static str, &'static str, u32) = (
+        "DescribeParameters",
+        "ParameterFilters",
+        "Parameters",
+        PAGE_SIZE,
+    );
 
-/// The GetParameter request for a canonical name and version (`name:version`).
-fn get_request(name: &str, version: Option<&str>) -> Value {
-    let name = match version {
-        Some(v) => format!("{name}:{v}"),
-        None => name.to_string(),
-    };
-    json!({"Name": name, "WithDecryption": true})
-}
-
-/// The DescribeParameters filters of a canonical find.
-fn list_request(find: &FindRequest) -> Map<String, Value> {
-    let mut filters = Vec::new();
-    if let Some(path) = &find.path {
-        filters.push(json!({"Key": "Path", "Option": "Recursive", "Values": [path]}));
-    }
-    for (k, v) in &find.tags {
-        filters.push(json!({"Key": format!("tag:{k}"), "Option": "Equals", "Values": [v]}));
-    }
-    let mut request = Map::new();
-    if !filters.is_empty() {
-        request.insert("ParameterFilters".into(), Value::Array(filters));
-    }
-    request
-}
-
-/// The canonical name of a DescribeParameters entry if it matches the find (under the
-/// path, the regexp on the canonical name); tags are AWS's exact filters.
-fn matching_name(
-    entry: &Value,
-    find: &FindRequest,
-    regex: Option<&regex::Regex>,
-) -> Option<String> {
-    let name = canonical_name(entry.get("Name").and_then(Value::as_str)?, "name").ok()?;
-    if let Some(path) = &find.path
-        && !name
-            .strip_prefix(path.as_str())
-            .is_some_and(|rest| rest.starts_with('/'))
-    {
-        return None;
-    }
-    if regex.is_some_and(|re| !re.is_match(&name)) {
-        return None;
-    }
-    Some(name)
-}
-
-impl ParameterStoreProvider {
-    pub(super) fn new(backend: Backend) -> Self {
-        ParameterStoreProvider { backend }
+    fn canonical_key(key: &str) -> Result<String, ProviderError> {
+        canonical_name(key, "key")
     }
 
-    /// The (decrypted) value of a canonical name at a canonical version.
-    async fn read(&self, name: &str, version: Option<&str>) -> Result<Vec<u8>, ProviderError> {
-        let answer = self
-            .backend
-            .call("GetParameter", &get_request(name, version))
-            .await?;
+    /// A hierarchy (`/a/b`; a trailing `/` is dropped; `/`: everything).
+    fn canonical_path(path: &str) -> Result<Option<String>, ProviderError> {
+        if path == "/" {
+            return Ok(None);
+        }
+        let path = path.strip_suffix('/').unwrap_or(path);
+        if !path.starts_with('/') {
+            return Err(ProviderError::InvalidRequest(
+                "find.path must start with /".into(),
+            ));
+        }
+        canonical_name(path, "find.path").map(Some)
+    }
+
+    fn payload(answer: &Value) -> Result<Vec<u8>, ProviderError> {
         match answer
             .get("Parameter")
             .and_then(|p| p.get("Value"))
@@ -169,98 +103,68 @@ impl ParameterStoreProvider {
         }
     }
 
-    /// The value of a reference that must already be canonical.
-    async fn read_canonical(&self, remote: &RemoteRef) -> Result<Vec<u8>, ProviderError> {
-        if self.canonical_ref(remote)? != *remote {
+    /// The canonical version: a decimal number without leading zeros, or a label (letters,
+    /// digits, `_.-`, at most 100 bytes; AWS refuses the labels it does not allow).
+    fn canonical_version(version: Option<&str>) -> Result<Option<String>, ProviderError> {
+        let Some(v) = version.filter(|v| !v.is_empty()) else {
+            return Ok(None);
+        };
+        let number = v.bytes().all(|b| b.is_ascii_digit());
+        let ok = if number {
+            v.len() <= 20 && !v.starts_with('0')
+        } else {
+            v.len() <= MAX_LABEL
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+        };
+        if !ok {
             return Err(ProviderError::InvalidRequest(
-                "reference is not in canonical form".into(),
+                "version must be a number without leading zeros or a parameter label".into(),
             ));
         }
-        self.read(&remote.key, remote.version.as_deref()).await
-    }
-}
-
-#[async_trait::async_trait]
-impl SecretProvider for ParameterStoreProvider {
-    fn kind(&self) -> &'static str {
-        KIND
+        Ok(Some(v.to_string()))
     }
 
-    fn canonical_ref(&self, remote: &RemoteRef) -> Result<RemoteRef, ProviderError> {
-        Ok(RemoteRef {
-            key: canonical_name(&remote.key, "key")?,
-            property: property::canonical_property(remote.property.as_deref())?,
-            version: canonical_version(remote.version.as_deref())?,
-        })
-    }
-
-    /// `path` is a hierarchy (`/a/b`; a trailing `/` is dropped; `/` or none: everything).
-    fn canonical_find(&self, find: &FindRequest) -> Result<FindRequest, ProviderError> {
-        let path = match find.path.as_deref().filter(|p| !p.is_empty() && *p != "/") {
-            None => None,
-            Some(p) => {
-                let p = p.strip_suffix('/').unwrap_or(p);
-                if !p.starts_with('/') {
-                    return Err(ProviderError::InvalidRequest(
-                        "find.path must start with /".into(),
-                    ));
-                }
-                Some(canonical_name(p, "find.path")?)
-            }
+    /// The GetParameter request for a canonical name and version (`name:version`).
+    fn get_request(name: &str, version: Option<&str>) -> Value {
+        let name = match version {
+            Some(v) => format!("{name}:{v}"),
+            None => name.to_string(),
         };
-        super::canonical_tags(&find.tags)?;
-        Ok(FindRequest {
-            path,
-            name_regexp: find.name_regexp.clone().filter(|r| !r.is_empty()),
-            tags: find.tags.clone(),
-        })
+        json!({"Name": name, "WithDecryption": true})
     }
 
-    async fn get_secret(&self, remote: &RemoteRef) -> Result<Vec<u8>, ProviderError> {
-        let value = self.read_canonical(remote).await?;
-        value_of(value, remote.property.as_deref())
+    /// The DescribeParameters filters of a canonical find.
+    fn list_filters(find: &FindRequest) -> Vec<Value> {
+        let mut filters = Vec::new();
+        if let Some(path) = &find.path {
+            filters.push(json!({"Key": "Path", "Option": "Recursive", "Values": [path]}));
+        }
+        for (k, v) in &find.tags {
+            filters.push(json!({"Key": format!("tag:{k}"), "Option": "Equals", "Values": [v]}));
+        }
+        filters
     }
 
-    async fn get_secret_map(
-        &self,
-        remote: &RemoteRef,
-    ) -> Result<BTreeMap<String, Vec<u8>>, ProviderError> {
-        let value = self.read_canonical(remote).await?;
-        map_of(&value, remote.property.as_deref())
-    }
-
-    async fn find(&self, find: &FindRequest) -> Result<BTreeMap<String, Vec<u8>>, ProviderError> {
-        self.find_allowed(find, &|_| true).await
-    }
-
-    async fn find_allowed(
-        &self,
+    /// The canonical name of a DescribeParameters entry if it matches the find (under the
+    /// path, the regexp on the canonical name); tags are AWS's exact filters.
+    fn matching_name(
+        entry: &Value,
         find: &FindRequest,
-        allow: &KeyFilter<'_>,
-    ) -> Result<BTreeMap<String, Vec<u8>>, ProviderError> {
-        check_find(self.canonical_find(find)?, find)?;
-        let regex = find
-            .name_regexp
-            .as_deref()
-            .map(compile_name_regexp)
-            .transpose()?;
-        let entries = self
-            .backend
-            .list(
-                "DescribeParameters",
-                list_request(find),
-                "Parameters",
-                PAGE_SIZE,
-            )
-            .await?;
-        let names = entries
-            .iter()
-            .filter_map(|e| matching_name(e, find, regex.as_ref()))
-            .collect();
-        read_allowed(names, allow, |name: String| async move {
-            self.read(&name, None).await
-        })
-        .await
+        regex: Option<&regex::Regex>,
+    ) -> Option<String> {
+        let name = canonical_name(entry.get("Name").and_then(Value::as_str)?, "name").ok()?;
+        if let Some(path) = &find.path
+            && !name
+                .strip_prefix(path.as_str())
+                .is_some_and(|rest| rest.starts_with('/'))
+        {
+            return None;
+        }
+        if regex.is_some_and(|re| !re.is_match(&name)) {
+            return None;
+        }
+        Some(name)
     }
 }
 
@@ -309,19 +213,28 @@ mod tests {
 
     #[test]
     fn versions_and_requests() {
-        assert_eq!(canonical_version(None), Ok(None));
-        assert_eq!(canonical_version(Some("")), Ok(None));
-        assert_eq!(canonical_version(Some("3")), Ok(Some("3".into())));
-        assert_eq!(canonical_version(Some("prod")), Ok(Some("prod".into())));
+        assert_eq!(ParameterStore::canonical_version(None), Ok(None));
+        assert_eq!(ParameterStore::canonical_version(Some("")), Ok(None));
+        assert_eq!(
+            ParameterStore::canonical_version(Some("3")),
+            Ok(Some("3".into()))
+        );
+        assert_eq!(
+            ParameterStore::canonical_version(Some("prod")),
+            Ok(Some("prod".into()))
+        );
         for bad in ["0", "03", "a b", "x:y", &"l".repeat(101)] {
-            assert!(canonical_version(Some(bad)).is_err(), "{bad}");
+            assert!(
+                ParameterStore::canonical_version(Some(bad)).is_err(),
+                "{bad}"
+            );
         }
         assert_eq!(
-            get_request("/db", Some("3")),
+            ParameterStore::get_request("/db", Some("3")),
             json!({"Name": "/db:3", "WithDecryption": true})
         );
         assert_eq!(
-            get_request("/db", None),
+            ParameterStore::get_request("/db", None),
             json!({"Name": "/db", "WithDecryption": true})
         );
     }
@@ -334,7 +247,7 @@ mod tests {
             tags: [("env".to_string(), "prod".to_string())].into(),
         };
         assert_eq!(
-            list_request(&find)["ParameterFilters"],
+            Value::Array(ParameterStore::list_filters(&find)),
             json!([
                 {"Key": "Path", "Option": "Recursive", "Values": ["/app"]},
                 {"Key": "tag:env", "Option": "Equals", "Values": ["prod"]}
@@ -343,7 +256,7 @@ mod tests {
         let re = regex::Regex::new("pass").unwrap();
         let entry = |name: &str| json!({"Name": name});
         assert_eq!(
-            matching_name(&entry("/app/db/password"), &find, Some(&re)),
+            ParameterStore::matching_name(&entry("/app/db/password"), &find, Some(&re)),
             Some("/app/db/password".into())
         );
         for name in [
@@ -353,13 +266,16 @@ mod tests {
             "/app/db/user",
         ] {
             assert_eq!(
-                matching_name(&entry(name), &find, Some(&re)),
+                ParameterStore::matching_name(&entry(name), &find, Some(&re)),
                 None,
                 "{name}"
             );
         }
         // Top-level names come back canonical.
         let all = FindRequest::default();
-        assert_eq!(matching_name(&entry("db"), &all, None), Some("/db".into()));
+        assert_eq!(
+            ParameterStore::matching_name(&entry("db"), &all, None),
+            Some("/db".into())
+        );
     }
 }
