@@ -652,6 +652,178 @@ pub(crate) mod tests {
         assert!(canonical_tags(&many).is_err());
     }
 
+    /// A fake AWS JSON endpoint: records (target, authorization, body) and answers
+    /// `answer(target, body)`.
+    async fn fake_aws(
+        answer: fn(&str, &Value) -> (u16, Value),
+    ) -> (String, Arc<std::sync::Mutex<Vec<(String, String, Value)>>>) {
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let record = seen.clone();
+        let app = axum::Router::new().route(
+            "/",
+            axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
+                let record = record.clone();
+                async move {
+                    let header = |n: &str| {
+                        headers
+                            .get(n)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or_default()
+                            .to_string()
+                    };
+                    let target = header("x-amz-target");
+                    let body: Value = serde_json::from_str(&body).unwrap();
+                    record.lock().unwrap().push((
+                        target.clone(),
+                        header("authorization"),
+                        body.clone(),
+                    ));
+                    let (status, answer) = answer(&target, &body);
+                    (
+                        axum::http::StatusCode::from_u16(status).unwrap(),
+                        answer.to_string(),
+                    )
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (format!("http://{addr}"), seen)
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn signed_json_calls_and_bounded_listings() {
+        let (endpoint, seen) = fake_aws(|target, body| match target {
+            "secretsmanager.GetSecretValue" => {
+                (200, json!({"Name": body["SecretId"], "SecretString": "v"}))
+            }
+            // Always another page of 100: the listing is refused past 1000 entries.
+            _ => (
+                200,
+                json!({"SecretList": (0..100).map(|i| json!({"Name": format!("s{i}")})).collect::<Vec<_>>(),
+                    "NextToken": "more"}),
+            ),
+        })
+        .await;
+        let p = build_block(&block("SecretsManager", &endpoint, json!({}))).unwrap();
+        let r = p
+            .canonical_ref(&RemoteRef {
+                key: "team/db".into(),
+                property: None,
+                version: Some("AWSPREVIOUS".into()),
+            })
+            .unwrap();
+        assert_eq!(p.get_secret(&r).await.unwrap(), b"v");
+        let find = p
+            .canonical_find(&FindRequest {
+                name_regexp: Some(".".into()),
+                ..Default::default()
+            })
+            .unwrap();
+        let err = p.find(&find).await.unwrap_err();
+        assert!(err.to_string().contains("more than 1000 entries"), "{err}");
+        let seen = seen.lock().unwrap();
+        let (target, auth, body) = &seen[0];
+        assert_eq!(target, "secretsmanager.GetSecretValue");
+        assert!(
+            auth.starts_with("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/")
+                && auth.contains("/us-east-1/secretsmanager/aws4_request"),
+            "{auth}"
+        );
+        assert_eq!(
+            *body,
+            json!({"SecretId": "team/db", "VersionStage": "AWSPREVIOUS"})
+        );
+        assert_eq!(seen.len(), 1 + 11, "the eleventh page passes 1000 entries");
+        assert_eq!(seen[1].2, json!({"MaxResults": 100}));
+        assert_eq!(seen[2].2, json!({"MaxResults": 100, "NextToken": "more"}));
+        // A reference that is not canonical is refused before any call.
+        let raw = RemoteRef {
+            key: "team/db".into(),
+            property: None,
+            version: Some("AWSCURRENT".into()),
+        };
+        assert!(matches!(
+            p.get_secret(&raw).await,
+            Err(ProviderError::InvalidRequest(_))
+        ));
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn parameter_store_reads_decrypted_and_maps_not_found() {
+        let (endpoint, seen) = fake_aws(|_, body| match body["Name"].as_str() {
+            Some("/app/db:2") => (
+                200,
+                json!({"Parameter": {"Name": "/app/db", "Value": "pw"}}),
+            ),
+            _ => (
+                400,
+                json!({"__type": "ParameterNotFound", "message": "no /app/x here"}),
+            ),
+        })
+        .await;
+        let p = build_block(&block("ParameterStore", &endpoint, json!({}))).unwrap();
+        let r = |key: &str, version: Option<&str>| {
+            p.canonical_ref(&RemoteRef {
+                key: key.into(),
+                property: None,
+                version: version.map(str::to_string),
+            })
+            .unwrap()
+        };
+        assert_eq!(p.get_secret(&r("/app/db", Some("2"))).await.unwrap(), b"pw");
+        assert_eq!(
+            p.get_secret(&r("x", None)).await,
+            Err(ProviderError::NotFound)
+        );
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen[0].0, "AmazonSSM.GetParameter");
+        assert!(seen[0].1.contains("/us-east-1/ssm/aws4_request"));
+        assert_eq!(
+            seen[0].2,
+            json!({"Name": "/app/db:2", "WithDecryption": true})
+        );
+        assert_eq!(seen[1].2["Name"], "/x");
+    }
+
+    #[tokio::test]
+    async fn silent_endpoint_times_out_with_the_settings_timeout() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hold = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((sock, _)) = listener.accept().await {
+                held.push(sock);
+            }
+        });
+        let secrets = secrets();
+        let settings = ProviderSettings {
+            timeout: std::time::Duration::from_millis(300),
+            ..ProviderSettings::default()
+        };
+        let p = build(
+            &BuildContext {
+                store: "s",
+                namespace: None,
+                secrets: &secrets,
+                settings: &settings,
+            },
+            &block("SecretsManager", &format!("http://{addr}"), json!({})),
+        )
+        .unwrap();
+        let start = std::time::Instant::now();
+        let err = p
+            .get_secret(&RemoteRef {
+                key: "db".into(),
+                ..Default::default()
+            })
+            .await;
+        assert_eq!(err, Err(ProviderError::Timeout));
+        assert!(start.elapsed() < std::time::Duration::from_secs(5));
+        hold.abort();
+    }
+
     #[tokio::test]
     async fn read_allowed_decides_before_reading() {
         let read_names = std::sync::Mutex::new(Vec::new());
