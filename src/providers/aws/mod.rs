@@ -723,6 +723,16 @@ pub(crate) mod tests {
             .unwrap();
         let err = p.find(&find).await.unwrap_err();
         assert!(err.to_string().contains("more than 1000 entries"), "{err}");
+        // A reference that is not canonical is refused before any call.
+        let raw = RemoteRef {
+            key: "team/db".into(),
+            property: None,
+            version: Some("AWSCURRENT".into()),
+        };
+        assert!(matches!(
+            p.get_secret(&raw).await,
+            Err(ProviderError::InvalidRequest(_))
+        ));
         let seen = seen.lock().unwrap();
         let (target, auth, body) = &seen[0];
         assert_eq!(target, "secretsmanager.GetSecretValue");
@@ -738,16 +748,6 @@ pub(crate) mod tests {
         assert_eq!(seen.len(), 1 + 11, "the eleventh page passes 1000 entries");
         assert_eq!(seen[1].2, json!({"MaxResults": 100}));
         assert_eq!(seen[2].2, json!({"MaxResults": 100, "NextToken": "more"}));
-        // A reference that is not canonical is refused before any call.
-        let raw = RemoteRef {
-            key: "team/db".into(),
-            property: None,
-            version: Some("AWSCURRENT".into()),
-        };
-        assert!(matches!(
-            p.get_secret(&raw).await,
-            Err(ProviderError::InvalidRequest(_))
-        ));
     }
 
     #[tokio::test(flavor = "multi_thread")]
