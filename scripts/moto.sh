@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Starts/stops a throw-away moto server (AWS API mock) on loopback for the STS and ECR
-# generator tests, with request signing enforced.
+# generator tests and the aws store provider's tests (Secrets Manager, Parameter Store),
+# with request signing enforced.
 #
 #   scripts/moto.sh start   # install if needed, start, create an IAM user and key, write target/test-backends/moto.env
 #   scripts/moto.sh stop    # stop it
@@ -8,7 +9,8 @@
 # moto checks SigV4 signatures and IAM policies only after its first
 # INITIAL_NO_AUTH_ACTION_COUNT actions: exactly that many setup calls (create a user,
 # give it a policy, create its access key, and a role it may assume) run unchecked, and every later call must be
-# signed with that key, so a wrong signature fails. moto comes from PyPI (pinned), into a
+# signed with that key, so a wrong signature fails (tests create their secrets and
+# parameters with that key: the user's policy allows it). moto comes from PyPI (pinned), into a
 # virtualenv under target/test-backends when the one on PATH is missing or another version.
 set -euo pipefail
 
@@ -100,7 +102,7 @@ iam = boto3.client("iam", endpoint_url=endpoint, region_name=region,
 iam.create_user(UserName="esi-test")
 iam.put_user_policy(UserName="esi-test", PolicyName="esi-test-all", PolicyDocument=json.dumps({
     "Version": "2012-10-17",
-    "Statement": [{"Effect": "Allow", "Action": ["sts:*", "ecr:*", "ecr-public:*", "iam:*"], "Resource": "*"}],
+    "Statement": [{"Effect": "Allow", "Action": ["sts:*", "ecr:*", "ecr-public:*", "iam:*", "secretsmanager:*", "ssm:*"], "Resource": "*"}],
 }))
 key = iam.create_access_key(UserName="esi-test")["AccessKey"]
 role = iam.create_role(RoleName="esi-test-role", AssumeRolePolicyDocument=json.dumps({
@@ -109,7 +111,7 @@ role = iam.create_role(RoleName="esi-test-role", AssumeRolePolicyDocument=json.d
 }))["Role"]
 iam.put_role_policy(RoleName="esi-test-role", PolicyName="esi-test-role-all", PolicyDocument=json.dumps({
     "Version": "2012-10-17",
-    "Statement": [{"Effect": "Allow", "Action": ["sts:*", "ecr:*"], "Resource": "*"}],
+    "Statement": [{"Effect": "Allow", "Action": ["sts:*", "ecr:*", "secretsmanager:*", "ssm:*"], "Resource": "*"}],
 }))
 print(key["AccessKeyId"], key["SecretAccessKey"], role["Arn"])
 PY

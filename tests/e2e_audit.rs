@@ -36,17 +36,11 @@ apiVersion: generators.external-secrets.io/v1alpha1
 kind: Password
 metadata: {{name: pw, namespace: apps}}
 spec: {{length: 24}}
----
-apiVersion: federation.external-secrets.io/v1alpha1
-kind: Authorization
-metadata: {{name: app}}
-spec:
-  federationRef: {{kind: KubernetesFederation, name: alpha}}
-  subject: {{oidc: {{issuer: {ISS}, subject: "system:serviceaccount:apps:app"}}}}
-  allowedClusterSecretStores: [store]
-  allowedGenerators:
-    - {{name: pw, kind: Password, namespace: apps}}
 "#
+            )
+            + &app_authorization(
+                ISS,
+                "  allowedClusterSecretStores: [store]\n  allowedGenerators:\n    - {name: pw, kind: Password, namespace: apps}\n",
             ),
     )]
 }

@@ -12,46 +12,12 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::routing::any;
+use common::moto::{Moto, moto};
 use common::*;
 use serde_json::{Value, json};
 
 const AUD: &str = "https://esi-federation.example.com";
 const ISS: &str = "https://kubernetes.default.svc.cluster.local";
-
-/// The moto server from `scripts/moto.sh` (env), or None (skipped) when it is not running.
-struct Moto {
-    endpoint: String,
-    region: String,
-    key_id: String,
-    secret: String,
-    role_arn: String,
-}
-
-fn moto() -> Option<Moto> {
-    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-    match (
-        var("ESI_TEST_MOTO_ENDPOINT"),
-        var("ESI_TEST_MOTO_ACCESS_KEY_ID"),
-        var("ESI_TEST_MOTO_SECRET_ACCESS_KEY"),
-    ) {
-        (Some(endpoint), Some(key_id), Some(secret)) => Some(Moto {
-            endpoint,
-            region: var("ESI_TEST_MOTO_REGION").unwrap_or_else(|| "us-east-1".into()),
-            key_id,
-            secret,
-            role_arn: var("ESI_TEST_MOTO_ROLE_ARN").unwrap_or_default(),
-        }),
-        _ => {
-            if std::env::var("ESI_REQUIRE_BACKENDS").as_deref() == Ok("1") {
-                panic!(
-                    "moto is required (ESI_REQUIRE_BACKENDS=1) but ESI_TEST_MOTO_ENDPOINT is not set"
-                );
-            }
-            eprintln!("skipped: moto not running (run scripts/test.sh, or scripts/moto.sh start)");
-            None
-        }
-    }
-}
 
 fn token(ns: &str, sa: &str) -> String {
     mint("ec-1", &sa_claims(ISS, AUD, ns, sa), None)
@@ -65,17 +31,7 @@ fn manifests(allowed: &[(&str, &str)], generators: &str) -> Vec<(&'static str, S
         .map(|(kind, name)| format!("\n    - {{name: {name}, kind: {kind}, namespace: apps}}"))
         .collect();
     let base = static_federation(ISS, AUD)
-        + &format!(
-            r#"---
-apiVersion: federation.external-secrets.io/v1alpha1
-kind: Authorization
-metadata: {{name: app}}
-spec:
-  federationRef: {{kind: KubernetesFederation, name: alpha}}
-  subject: {{oidc: {{issuer: {ISS}, subject: "system:serviceaccount:apps:app"}}}}
-  allowedGenerators:{allowed}
-"#
-        );
+        + &app_authorization(ISS, &format!("  allowedGenerators:{allowed}\n"));
     vec![
         ("base.yaml", base),
         ("generators.yaml", generators.to_string()),
@@ -119,13 +75,8 @@ async fn sts_and_ecr_tokens_from_moto_with_signatures_checked() {
     let Some(moto) = moto() else {
         return;
     };
-    // The right secret with its last character changed. (Replacing it with a fixed "x" made
-    // the "wrong" secret the right one whenever the secret ended in "x": about one run in
-    // sixty-four (moto's secrets draw from 64 characters), moto then rightly accepted the call and the test failed.)
-    let wrong_secret = {
-        let (head, last) = moto.secret.split_at(moto.secret.len() - 1);
-        format!("{head}{}", if last == "x" { "y" } else { "x" })
-    };
+    // The right secret with its last character changed (`Moto::wrong_secret`).
+    let wrong_secret = moto.wrong_secret();
     assert_ne!(wrong_secret, moto.secret);
     let mut generators = format!(
         r#"apiVersion: v1

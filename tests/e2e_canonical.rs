@@ -23,17 +23,11 @@ fn base(stores: &[&str], generators: &str) -> String {
         .collect::<Vec<_>>()
         .join(", ");
     static_federation(ISS, AUD)
-        + &format!(
-            r#"---
-apiVersion: federation.external-secrets.io/v1alpha1
-kind: Authorization
-metadata: {{name: app}}
-spec:
-  federationRef: {{kind: KubernetesFederation, name: alpha}}
-  subject: {{oidc: {{issuer: {ISS}, subject: "system:serviceaccount:apps:app"}}}}
-  allowedClusterSecretStores: [{stores}]
-  allowedGenerators: {generators}
-"#
+        + &app_authorization(
+            ISS,
+            &format!(
+                "  allowedClusterSecretStores: [{stores}]\n  allowedGenerators: {generators}\n"
+            ),
         )
 }
 

@@ -183,13 +183,9 @@ impl EcrAuthorizationTokenGenerator {
             Some("public") => Scope::Public,
             Some(_) => return Err(ctx.invalid(KIND, "scope must be private or public")),
         };
-        let client = AwsClient::from_spec(ctx, KIND, &spec.common, None)?;
-        let endpoint = match spec.common.endpoint.as_deref() {
-            Some(raw) => aws::parse_endpoint(raw)
-                .map_err(|why| ctx.invalid(KIND, format!("endpoint {why}")))?,
-            None => aws::regional_endpoint(scope.endpoint_prefix(), client.region())
-                .map_err(|_| ctx.invalid(KIND, "region does not form an endpoint"))?,
-        };
+        let client = aws::client(ctx, KIND, &spec.common, None)?;
+        let endpoint = aws::service_endpoint(&spec.common, scope.endpoint_prefix())
+            .map_err(|why| ctx.invalid(KIND, why))?;
         Ok(EcrAuthorizationTokenGenerator {
             client,
             endpoint,
@@ -205,27 +201,22 @@ impl Generator for EcrAuthorizationTokenGenerator {
     }
 
     async fn generate(&self, ctx: &GenerateContext<'_>) -> Result<Generated, GeneratorError> {
-        let creds = self.client.credentials(ctx).await?;
+        let creds = aws::credentials(&self.client, ctx).await?;
         let (status, answer) = self
             .client
-            .send(
+            .json_call(
                 &creds,
                 self.scope.service(),
-                self.endpoint.clone(),
-                &[
-                    ("content-type", "application/x-amz-json-1.1"),
-                    ("x-amz-target", self.scope.target()),
-                ],
-                b"{}".to_vec(),
+                &self.endpoint,
+                self.scope.target(),
+                &serde_json::json!({}),
             )
             .await?;
         if !status.is_success() {
-            return Err(aws::aws_error(
-                KIND,
-                "GetAuthorizationToken",
-                status,
-                &answer,
-            ));
+            return Err(self
+                .client
+                .refusal("GetAuthorizationToken", status, &answer)
+                .into());
         }
         let out = parse_answer(self.scope, &answer)?;
         tracing::debug!(kind = KIND, scope = ?self.scope, "ECR issued an authorization token");

@@ -78,14 +78,10 @@ impl StsSessionTokenGenerator {
         spec: &Value,
     ) -> Result<Self, GeneratorConfigError> {
         let spec: StsSessionTokenSpec = ctx.parse(KIND, spec)?;
-        let endpoint = match spec.common.endpoint.as_deref() {
-            Some(raw) => aws::parse_endpoint(raw)
-                .map_err(|why| ctx.invalid(KIND, format!("endpoint {why}")))?,
-            None => aws::regional_endpoint("sts", spec.common.region.trim())
-                .map_err(|_| ctx.invalid(KIND, "region is required (an AWS region name)"))?,
-        };
+        let endpoint =
+            aws::service_endpoint(&spec.common, "sts").map_err(|why| ctx.invalid(KIND, why))?;
         // AssumeRole goes to the same STS unless stsEndpoint says otherwise.
-        let client = AwsClient::from_spec(ctx, KIND, &spec.common, Some(endpoint.clone()))?;
+        let client = aws::client(ctx, KIND, &spec.common, Some(endpoint.clone()))?;
         let params = spec.request_parameters.unwrap_or_default();
         if let Some(d) = params.session_duration
             && !(MIN_DURATION..=MAX_DURATION).contains(&d)
@@ -143,13 +139,16 @@ impl Generator for StsSessionTokenGenerator {
     }
 
     async fn generate(&self, ctx: &GenerateContext<'_>) -> Result<Generated, GeneratorError> {
-        let creds = self.client.credentials(ctx).await?;
+        let creds = aws::credentials(&self.client, ctx).await?;
         let (status, answer) = self
             .client
             .query_call(&creds, self.endpoint.clone(), self.body())
             .await?;
         if !status.is_success() {
-            return Err(aws::aws_error(KIND, "GetSessionToken", status, &answer));
+            return Err(self
+                .client
+                .refusal("GetSessionToken", status, &answer)
+                .into());
         }
         let issued = aws::parse_sts_credentials(&answer).map_err(|_| {
             GeneratorError::Backend("STS answered GetSessionToken with malformed XML".into())

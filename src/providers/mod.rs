@@ -6,6 +6,7 @@
 //! backend metrics. Errors of both enums are safe to show callers: they never hold a
 //! secret value or a token.
 
+pub(crate) mod aws;
 mod externalsecrets;
 mod fake;
 mod metered;
@@ -373,6 +374,7 @@ pub fn build_provider(
     let provider: Arc<dyn SecretProvider> = match name.as_str() {
         "vault" => Arc::new(Metered::new(VaultProvider::from_spec(&ctx, block)?)),
         "fake" => Arc::new(Metered::new(FakeProvider::from_spec(&ctx, block)?)),
+        "aws" => aws::build(&ctx, block)?,
         externalsecrets::PROVIDER if !settings.client_side => {
             return Err(ProviderConfigError::ClientSideOnly {
                 store: store_name.to_string(),
@@ -428,9 +430,9 @@ mod tests {
             build(None, json!({}), &idx),
             Err(ProviderConfigError::NoProvider { .. })
         ));
-        let err = build(None, json!({"aws": {}}), &idx).err().unwrap();
+        let err = build(None, json!({"gcpsm": {}}), &idx).err().unwrap();
         assert!(
-            matches!(err, ProviderConfigError::UnknownProvider { ref name, .. } if name == "aws")
+            matches!(err, ProviderConfigError::UnknownProvider { ref name, .. } if name == "gcpsm")
         );
         let err = build(None, json!({"fake": {"data": []}, "vault": {}}), &idx)
             .err()

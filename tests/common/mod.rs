@@ -5,6 +5,7 @@
 
 pub mod fake_kube;
 pub mod fake_vault;
+pub mod moto;
 pub mod reconcile_files;
 
 use std::io::{BufRead, BufReader};
@@ -441,6 +442,22 @@ spec:
   audiences: ["{audience}"]
   jwks: '{jwks}'
 "#
+    )
+}
+
+/// An `Authorization` `app` (after a `---` line) for ServiceAccount `apps/app` of `issuer`
+/// through the federation `alpha` of [`static_federation`], granting `grants`: YAML lines
+/// under `spec` (indented two spaces, each ending with a newline).
+pub fn app_authorization(issuer: &str, grants: &str) -> String {
+    format!(
+        r#"---
+apiVersion: federation.external-secrets.io/v1alpha1
+kind: Authorization
+metadata: {{name: app}}
+spec:
+  federationRef: {{kind: KubernetesFederation, name: alpha}}
+  subject: {{oidc: {{issuer: {issuer}, subject: "system:serviceaccount:apps:app"}}}}
+{grants}"#
     )
 }
 
