@@ -9,6 +9,7 @@
 //! [`diff`] turns the changed Pod into a JSON patch. [`mutate()`] is pure: no I/O, no clock.
 
 pub mod annotations;
+pub mod bounds;
 pub mod diff;
 pub mod mutate;
 pub mod review;
