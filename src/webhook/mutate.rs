@@ -19,12 +19,13 @@
 //! Every esi-cli command line is checked by esi-cli's own parser before the Pod is
 //! admitted; every refusal names the annotation or field to fix.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Component, Path, PathBuf};
 
 use json_patch::Patch;
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMapProjection, Container, EmptyDirVolumeSource, KeyToPath,
+    Capabilities, ConfigMapProjection, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    KeyToPath,
     LocalObjectReference, Pod, PodSpec, ProjectedVolumeSource, SeccompProfile, SecurityContext,
     ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
 };
@@ -504,9 +505,18 @@ impl<'a> Request<'a> {
                  environment variable, a file)",
             ));
         }
+        // One map of the container's variables (the last definition wins, as in the
+        // kubelet), not a scan of env per reference (second review H1).
+        let env: HashMap<&str, &EnvVar> = c
+            .env
+            .iter()
+            .flatten()
+            .map(|e| (e.name.as_str(), e))
+            .collect();
+        let env_from = c.env_from.as_ref().is_some_and(|f| !f.is_empty());
         for (at, arg) in &rest {
             for name in var_refs(arg) {
-                if let Some(why) = unsafe_reference(c, name) {
+                if let Some(why) = unsafe_reference(&env, env_from, name) {
                     return Err(Denial::invalid(
                         at.clone(),
                         format!(
@@ -635,13 +645,16 @@ fn var_refs(s: &str) -> Vec<&str> {
     out
 }
 
-/// Why the value `$(name)` expands to in container `c` could hold a comma, or `None` when
-/// it cannot: a literal `value` without a comma (and without references of its own), a
-/// field of the Pod other than an annotation, a resource quantity, or a variable the
-/// container does not define (the kubelet leaves `$(name)` as written).
-fn unsafe_reference(c: &Container, name: &str) -> Option<String> {
-    let Some(var) = c.env.iter().flatten().rev().find(|e| e.name == name) else {
-        return match c.env_from.as_ref().is_some_and(|f| !f.is_empty()) {
+/// Why the value `$(name)` expands to in a container (its variables `env`, and whether it
+/// has `envFrom`) could hold a comma, or `None` when it cannot: a literal `value` without
+/// a comma (and without references of its own), a single-valued field of the Pod
+/// ([`SINGLE_VALUED_FIELDS`], a label), a resource quantity, or a variable the container
+/// does not define (the kubelet leaves `$(name)` as written). Any other source (a
+/// ConfigMap, a Secret, an annotation, `status.podIPs`, a source this build does not
+/// know) could.
+fn unsafe_reference(env: &HashMap<&str, &EnvVar>, env_from: bool, name: &str) -> Option<String> {
+    let Some(var) = env.get(name) else {
+        return match env_from {
             true => Some(
                 "may come from the container's envFrom (a ConfigMap or Secret), whose values \
                  the webhook cannot see"
@@ -651,15 +664,26 @@ fn unsafe_reference(c: &Container, name: &str) -> Option<String> {
         };
     };
     if let Some(from) = &var.value_from {
-        let annotation = from
-            .field_ref
-            .as_ref()
-            .is_some_and(|f| f.field_path.starts_with("metadata.annotations"));
-        return match (&from.config_map_key_ref, &from.secret_key_ref) {
-            (None, None) if !annotation => None,
-            _ => Some(format!(
-                "takes its value from env {name}'s valueFrom (a ConfigMap, a Secret or an \
-                 annotation), which the webhook cannot see"
+        let single = match from {
+            EnvVarSource {
+                field_ref: Some(f),
+                resource_field_ref: None,
+                config_map_key_ref: None,
+                secret_key_ref: None,
+            } => single_valued_field(&f.field_path),
+            EnvVarSource {
+                field_ref: None,
+                resource_field_ref: Some(_),
+                config_map_key_ref: None,
+                secret_key_ref: None,
+            } => true,
+            _ => false,
+        };
+        return match single {
+            true => None,
+            false => Some(format!(
+                "takes its value from env {name}'s valueFrom (a ConfigMap, a Secret, an \
+                 annotation, a list such as status.podIPs), which may hold a comma"
             )),
         };
     }
@@ -675,6 +699,28 @@ fn unsafe_reference(c: &Container, name: &str) -> Option<String> {
         ));
     }
     None
+}
+
+/// Pod fields a `fieldRef` reads that hold one value without a comma (names, a UID, one
+/// IP). `status.podIPs` and `status.hostIPs` are comma lists on dual-stack clusters, and
+/// annotations may hold anything.
+const SINGLE_VALUED_FIELDS: [&str; 7] = [
+    "metadata.name",
+    "metadata.namespace",
+    "metadata.uid",
+    "spec.nodeName",
+    "spec.serviceAccountName",
+    "status.podIP",
+    "status.hostIP",
+];
+
+/// Whether a `fieldRef` path reads a single value without a comma: one of
+/// [`SINGLE_VALUED_FIELDS`], or a label (label values are `[A-Za-z0-9_.-]`).
+fn single_valued_field(path: &str) -> bool {
+    SINGLE_VALUED_FIELDS.contains(&path)
+        || path
+            .strip_prefix("metadata.labels['")
+            .is_some_and(|rest| rest.ends_with("']"))
 }
 
 fn flag_copy(f: &Arg) -> Arg {
@@ -1882,6 +1928,68 @@ mod tests {
                 &format!("--args=--port=8080,serve,{arg}")
             );
         }
+    }
+
+    /// Second review L1: only single-valued Pod fields and resource quantities are safe
+    /// `$(VAR)` sources; `status.podIPs`/`status.hostIPs` (comma lists on dual-stack),
+    /// annotations and sources this build does not know are not.
+    #[test]
+    fn only_single_valued_field_refs_are_safe_references() {
+        let mut a = FED.to_vec();
+        a.push(("env-vars", "true"));
+        let with = |from: Value| {
+            let mut spec = app_spec();
+            spec["containers"][0]["env"] = json!([{"name": "V", "valueFrom": from}]);
+            spec["containers"][0]["args"] = json!(["--v=$(V)"]);
+            pod(&a, spec)
+        };
+        let field = |p: &str| json!({"fieldRef": {"fieldPath": p}});
+        for safe in [
+            field("metadata.name"),
+            field("metadata.namespace"),
+            field("metadata.uid"),
+            field("metadata.labels['app.kubernetes.io/name']"),
+            field("spec.nodeName"),
+            field("spec.serviceAccountName"),
+            field("status.podIP"),
+            field("status.hostIP"),
+            json!({"resourceFieldRef": {"resource": "limits.memory"}}),
+        ] {
+            assert!(admit(&with(safe.clone())).is_ok(), "{safe}");
+        }
+        for unsafe_ in [
+            field("status.podIPs"),
+            field("status.hostIPs"),
+            field("metadata.annotations['x']"),
+            field("metadata.annotations"),
+            json!({"fileKeyRef": {"path": "x", "key": "k", "volumeName": "v"}}),
+            json!({}),
+            json!({"configMapKeyRef": {"name": "c", "key": "k"}}),
+        ] {
+            let d = admit(&with(unsafe_.clone())).unwrap_err();
+            assert_eq!(d.field, "spec.containers[0].args[0]", "{unsafe_}: {d}");
+            assert!(d.message.contains("valueFrom"), "{unsafe_}: {d}");
+        }
+    }
+
+    /// Second review H1: `$(VAR)` references are looked up in one map of the container's
+    /// variables, not by scanning env for each (1024 variables × 150,000 references).
+    #[test]
+    fn many_references_against_many_variables_are_checked_quickly() {
+        let mut a = FED.to_vec();
+        a.push(("env-vars", "true"));
+        let mut spec = app_spec();
+        let env: Vec<Value> = (0..crate::webhook::bounds::MAX_ENV)
+            .map(|i| json!({"name": format!("VARIABLE_{i:04}"), "value": "1"}))
+            .collect();
+        spec["containers"][0]["env"] = json!(env);
+        spec["containers"][0]["args"] = json!(["$(UNDEFINED_NAME)".repeat(150_000)]);
+        let typed: Pod = serde_json::from_value(pod(&a, spec)).unwrap();
+        let started = std::time::Instant::now();
+        let patch = mutate(&typed, &Settings::default()).unwrap();
+        let took = started.elapsed();
+        assert!(!patch.0.is_empty());
+        assert!(took < std::time::Duration::from_millis(700), "{took:?}");
     }
 
     #[test]
