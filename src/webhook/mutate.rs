@@ -22,7 +22,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Component, Path, PathBuf};
 
-use json_patch::Patch;
+use json_patch::jsonptr::PointerBuf;
+use json_patch::{AddOperation, Patch, PatchOperation, RemoveOperation};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapProjection, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource,
     KeyToPath,
@@ -119,16 +120,57 @@ pub fn mutate(pod: &Pod, settings: &Settings) -> Result<Patch, Denial> {
     if a.injected {
         return already_injected(&a, settings, spec).map(|()| Patch(Vec::new()));
     }
-    let mut out = pod.clone();
-    inject(&a, settings, &mut out)?;
-    let internal = |_| Denial {
+    inject(&a, settings, pod)
+}
+
+/// The JSON patch being built: only what the injection adds or changes, addressed in the
+/// object the API server holds (so fields this build does not know are never touched, and
+/// the Pod is neither copied nor converted whole: second review H1).
+#[derive(Default)]
+struct Ops(Vec<PatchOperation>);
+
+fn pointer(tokens: &[&str]) -> PointerBuf {
+    PointerBuf::from_tokens(tokens.iter().copied())
+}
+
+fn encode(v: impl serde::Serialize) -> Result<serde_json::Value, Denial> {
+    serde_json::to_value(v).map_err(|_| Denial {
         code: 500,
         field: "webhook".into(),
-        message: "cannot encode the Pod".into(),
-    };
-    let before = serde_json::to_value(pod).map_err(internal)?;
-    let after = serde_json::to_value(&out).map_err(internal)?;
-    Ok(super::diff::diff(&before, &after))
+        message: "cannot encode the injection".into(),
+    })
+}
+
+impl Ops {
+    /// Sets the member at `path` (added, or replacing what is there).
+    fn set(&mut self, path: PointerBuf, value: impl serde::Serialize) -> Result<(), Denial> {
+        let value = encode(value)?;
+        self.0
+            .push(PatchOperation::Add(AddOperation { path, value }));
+        Ok(())
+    }
+
+    /// Appends `items` to the array at `path`, which holds `existing` elements (`None`:
+    /// absent or null, then set whole).
+    fn append<T: serde::Serialize>(
+        &mut self,
+        path: &[&str],
+        existing: Option<usize>,
+        items: &[T],
+    ) -> Result<(), Denial> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let Some(n) = existing else {
+            return self.set(pointer(path), items);
+        };
+        for (k, item) in items.iter().enumerate() {
+            let mut at = pointer(path);
+            at.push_back(n + k);
+            self.set(at, item)?;
+        }
+        Ok(())
+    }
 }
 
 /// Reinvocation (or a Pod copied from an injected one): nothing more to do, provided the
@@ -869,9 +911,9 @@ impl<'a> Commands<'a> {
     }
 }
 
-/// Injects `pod` in place; on error the caller drops the half-changed copy.
-fn inject(a: &Annotations, settings: &Settings, pod: &mut Pod) -> Result<(), Denial> {
-    let Some(spec) = pod.spec.as_mut() else {
+/// The patch that injects `pod`, every check done before the first operation.
+fn inject(a: &Annotations, settings: &Settings, pod: &Pod) -> Result<Patch, Denial> {
+    let Some(spec) = pod.spec.as_ref() else {
         return Err(Denial::invalid("spec", "the Pod has no spec"));
     };
     reserved_names(spec)?;
@@ -1047,11 +1089,17 @@ fn inject(a: &Annotations, settings: &Settings, pod: &mut Pod) -> Result<(), Den
         c.restart_policy = Some("Always".into());
         init_containers.push(c);
     }
-    for (i, c) in spec.containers.iter_mut().enumerate() {
-        let mounts = c.volume_mounts.get_or_insert_with(Vec::new);
+    let mut ops = Ops::default();
+    for (i, c) in spec.containers.iter().enumerate() {
+        let index = i.to_string();
+        let at = |field: &str| pointer(&["spec", "containers", &index, field]);
+        let mut mounts = Vec::new();
         if let Some(argv) = env_argvs.get(i) {
-            c.command = Some(in_pod(argv));
-            c.args = None;
+            ops.set(at("command"), in_pod(argv))?;
+            if c.args.is_some() {
+                ops.0
+                    .push(PatchOperation::Remove(RemoveOperation { path: at("args") }));
+            }
             mounts.push(VolumeMount {
                 name: VOLUME_BIN.into(),
                 mount_path: BIN_DIR.into(),
@@ -1066,24 +1114,43 @@ fn inject(a: &Annotations, settings: &Settings, pod: &mut Pod) -> Result<(), Den
             }
         }
         mounts.extend(app_mounts());
+        ops.append(
+            &["spec", "containers", &index, "volumeMounts"],
+            c.volume_mounts.as_ref().map(Vec::len),
+            &mounts,
+        )?;
     }
-    spec.volumes.get_or_insert_with(Vec::new).extend(volumes);
-    spec.init_containers
-        .get_or_insert_with(Vec::new)
-        .extend(init_containers);
-    if !a.image_pull_secrets.is_empty() {
-        let have = spec.image_pull_secrets.get_or_insert_with(Vec::new);
-        for name in &a.image_pull_secrets {
-            if !have.iter().any(|s| &s.name == name) {
-                have.push(LocalObjectReference { name: name.clone() });
-            }
-        }
+    ops.append(
+        &["spec", "volumes"],
+        spec.volumes.as_ref().map(Vec::len),
+        &volumes,
+    )?;
+    ops.append(
+        &["spec", "initContainers"],
+        spec.init_containers.as_ref().map(Vec::len),
+        &init_containers,
+    )?;
+    let have = spec.image_pull_secrets.as_deref().unwrap_or_default();
+    let pull: Vec<LocalObjectReference> = a
+        .image_pull_secrets
+        .iter()
+        .filter(|name| !have.iter().any(|s| &s.name == *name))
+        .map(|name| LocalObjectReference { name: name.clone() })
+        .collect();
+    ops.append(
+        &["spec", "imagePullSecrets"],
+        spec.image_pull_secrets.as_ref().map(Vec::len),
+        &pull,
+    )?;
+    let injected = Key::Injected.full();
+    match &pod.metadata.annotations {
+        Some(_) => ops.set(pointer(&["metadata", "annotations", &injected]), "true")?,
+        None => ops.set(
+            pointer(&["metadata", "annotations"]),
+            BTreeMap::from([(injected, "true")]),
+        )?,
     }
-    pod.metadata
-        .annotations
-        .get_or_insert_with(BTreeMap::new)
-        .insert(Key::Injected.full(), "true".into());
-    Ok(())
+    Ok(Patch(ops.0))
 }
 
 /// `esi-cli-install`'s command.
