@@ -139,8 +139,7 @@ const UNSAFE_NAMES: &[&str] = &[
 /// Prefixes of such names (the dynamic loaders', .NET's runtime and profilers, Git's).
 /// Names are upper-cased by [`env_name`], so `COMPLUS_` is .NET's `COMPlus_`.
 const UNSAFE_PREFIXES: &[&str] = &[
-    "LD_", "DYLD_", "CORECLR_", "COR_", "COMPLUS_", "DOTNET_", "MALLOC_", "GIT_", "NODE_",
-    "PYTHON",
+    "LD_", "DYLD_", "CORECLR_", "COR_", "COMPLUS_", "DOTNET_", "MALLOC_", "GIT_", "NODE_", "PYTHON",
 ];
 
 /// Suffixes of such names: option variables read by launchers and runtimes
@@ -740,8 +739,16 @@ mod tests {
             assert_eq!(env_name(name), name, "already a listed name");
         }
         // .NET's `COMPlus_` as a key becomes `COMPLUS_`.
-        assert!(is_unsafe_listed_name(&env_name("COMPlus_EnableDiagnostics")));
-        for name in ["DB_PASSWORD", "API_TOKEN", "OPTS_FILE", "USERNAME", "JAVA_VERSION"] {
+        assert!(is_unsafe_listed_name(&env_name(
+            "COMPlus_EnableDiagnostics"
+        )));
+        for name in [
+            "DB_PASSWORD",
+            "API_TOKEN",
+            "OPTS_FILE",
+            "USERNAME",
+            "JAVA_VERSION",
+        ] {
             assert!(!is_unsafe_listed_name(name), "{name}");
         }
         // Through a listing: skipped; named in the mapping: set.

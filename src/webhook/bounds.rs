@@ -99,7 +99,9 @@ fn check_lists(spec: &SpecLens) -> Result<(), Denial> {
                 if n > max {
                     return Err(Denial::invalid(
                         format!("spec.{list}[{i}].{field}"),
-                        format!("more than {max} entries (the webhook injects into Pods with at most {max})"),
+                        format!(
+                            "more than {max} entries (the webhook injects into Pods with at most {max})"
+                        ),
                     ));
                 }
             }
@@ -281,8 +283,7 @@ mod tests {
         assert_eq!(check(r#"{"metadata":{}}"#), Ok(()));
         let big = |field: &str, n: usize| {
             let list: Vec<serde_json::Value> = (0..n).map(|_| json!({"name": "B"})).collect();
-            json!({"spec": {"containers": [{"name": "a"}, {"name": "b", field: list}]}})
-                .to_string()
+            json!({"spec": {"containers": [{"name": "a"}, {"name": "b", field: list}]}}).to_string()
         };
         for (field, max) in [
             ("env", MAX_ENV),
@@ -296,7 +297,9 @@ mod tests {
             assert_eq!(d.field, format!("spec.containers[1].{field}"), "{d}");
             assert!(d.message.contains(&format!("more than {max}")), "{d}");
         }
-        let inits: Vec<_> = (0..=MAX_RAW_CONTAINERS).map(|_| json!({"name": "i"})).collect();
+        let inits: Vec<_> = (0..=MAX_RAW_CONTAINERS)
+            .map(|_| json!({"name": "i"}))
+            .collect();
         let d = check(&json!({"spec": {"initContainers": inits}}).to_string()).unwrap_err();
         assert_eq!(d.field, "spec.containers");
         let volumes: Vec<_> = (0..=MAX_VOLUMES).map(|_| json!({"name": "v"})).collect();

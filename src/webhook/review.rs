@@ -336,7 +336,10 @@ mod tests {
             let a = review(&body, &s).unwrap();
             let took = started.elapsed();
             assert_eq!(TYPED_DECODES.with(Cell::get), 0, "{field}: decoded");
-            assert!(took < std::time::Duration::from_millis(500), "{field}: {took:?}");
+            assert!(
+                took < std::time::Duration::from_millis(500),
+                "{field}: {took:?}"
+            );
             assert_eq!(
                 a.outcome,
                 Outcome::Denied {

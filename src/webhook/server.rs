@@ -7,9 +7,9 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::Mutex;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use axum::Router;
@@ -648,7 +648,10 @@ mod tests {
     #[test]
     fn default_concurrency_fits_the_charts_memory_limit() {
         let d = Limits::default();
-        assert!((2..=DEFAULT_MAX_REVIEWS).contains(&d.concurrent_reviews), "{d:?}");
+        assert!(
+            (2..=DEFAULT_MAX_REVIEWS).contains(&d.concurrent_reviews),
+            "{d:?}"
+        );
         // Each slot: a body and a bounded decoded Pod (measured ≲ 10 MiB): 4 × 16 MiB is a
         // quarter of the chart's 256Mi limit.
         assert!(DEFAULT_MAX_REVIEWS * (MAX_BODY_BYTES + 13 * 1024 * 1024) <= 128 * 1024 * 1024);
