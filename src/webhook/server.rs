@@ -654,7 +654,7 @@ mod tests {
         );
         // Each slot: a body and a bounded decoded Pod (measured ≲ 10 MiB): 4 × 16 MiB is a
         // quarter of the chart's 256Mi limit.
-        assert!(DEFAULT_MAX_REVIEWS * (MAX_BODY_BYTES + 13 * 1024 * 1024) <= 128 * 1024 * 1024);
+        const { assert!(DEFAULT_MAX_REVIEWS * (MAX_BODY_BYTES + 13 * 1024 * 1024) <= 128 * 1024 * 1024) };
         assert_eq!(d.per_peer, d.concurrent_reviews / 2);
     }
 
