@@ -258,8 +258,10 @@ fn already_injected(a: &Annotations, settings: &Settings, spec: &PodSpec) -> Res
         .collect();
     let user = match users.first() {
         None => (settings.run_as_user, settings.run_as_group),
-        Some((Some(uid), Some(gid))) if *uid > 0 && users.iter().all(|u| u == &users[0]) => {
-            (*uid, *gid)
+        Some(&(Some(uid), Some(gid)))
+            if uid > 0 && users.iter().all(|u| *u == (Some(uid), Some(gid))) =>
+        {
+            (uid, gid)
         }
         Some(_) => {
             return Err(inconsistent(
@@ -1033,7 +1035,8 @@ fn inject(a: &Annotations, settings: &Settings, pod: &Pod) -> Result<Patch, Deni
         .containers
         .iter()
         .enumerate()
-        .filter(|(i, _)| selected[*i])
+        .zip(&selected)
+        .filter_map(|(c, on)| on.then_some(c))
         .collect();
 
     // Every command line, checked before anything changes.
