@@ -538,6 +538,32 @@ async fn other_pods_requests_and_bodies() {
         .post("application/json", vec![b' '; 3 * 1024 * 1024 + 1])
         .await;
     assert_eq!(s, 413);
+    // Second review H1: an annotated Pod with huge lists is refused quickly, naming the
+    // list and its bound (before, 240,000 env entries took ~450 MiB to decode and copy).
+    let mut review = fixture("env");
+    let env: Vec<Value> = (0..240_000).map(|_| json!({"name": "B"})).collect();
+    review["request"]["object"]["spec"]["containers"][0]["env"] = json!(env);
+    let started = std::time::Instant::now();
+    let response = w.review(&review).await;
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(response["allowed"], false);
+    let msg = response["status"]["message"].as_str().unwrap();
+    assert!(
+        msg.starts_with("request.object: the Pod is ") && msg.contains("more than the 1572864"),
+        "{msg}"
+    );
+    let env: Vec<Value> = (0..1025).map(|_| json!({"name": "B"})).collect();
+    review["request"]["object"]["spec"]["containers"][0]["env"] = json!(env);
+    let response = w.review(&review).await;
+    let msg = response["status"]["message"].as_str().unwrap();
+    assert!(
+        msg.starts_with("spec.containers[0].env: more than 1024 entries"),
+        "{msg}"
+    );
     for path in ["/healthz", "/readyz"] {
         let resp = w
             .client

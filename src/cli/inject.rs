@@ -111,17 +111,60 @@ const UNSAFE_NAMES: &[&str] = &[
     "HOME",
     "TMPDIR",
     "SHELL",
+    // JVM launchers' option variables (`-XX:OnOutOfMemoryError=` runs a command,
+    // `-javaagent:` loads code); the `_OPTS` suffix rule covers the rest.
+    "JAVA_HOME",
+    "JRE_HOME",
+    // Shells, pagers and tools that run what a variable names.
+    "ZDOTDIR",
+    "PROMPT_COMMAND",
+    "LESSOPEN",
+    "LESSCLOSE",
+    "BROWSER",
+    "EDITOR",
+    "VISUAL",
+    "PAGER",
+    "KUBECONFIG",
+    "DOCKER_HOST",
+    "DOCKER_CONFIG",
+    "SSLKEYLOGFILE",
+    // CA bundles: whoever sets them chooses whom the program trusts.
+    "AWS_CA_BUNDLE",
+    "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH",
+    "PIP_CERT",
+    "HTTPLIB2_CA_CERTS",
+    "WEBSOCKET_CLIENT_CA_BUNDLE",
 ];
 
-/// Prefixes of such names (the dynamic loaders', .NET's profilers, Git's).
+/// Prefixes of such names (the dynamic loaders', .NET's runtime and profilers, Git's).
+/// Names are upper-cased by [`env_name`], so `COMPLUS_` is .NET's `COMPlus_`.
 const UNSAFE_PREFIXES: &[&str] = &[
-    "LD_", "DYLD_", "CORECLR_", "COR_", "MALLOC_", "GIT_", "NODE_", "PYTHON",
+    "LD_", "DYLD_", "CORECLR_", "COR_", "COMPLUS_", "DOTNET_", "MALLOC_", "GIT_", "NODE_", "PYTHON",
+];
+
+/// Suffixes of such names: option variables read by launchers and runtimes
+/// (`JAVA_OPTS`, `CATALINA_OPTS`, `KAFKA_OPTS`, `ES_JAVA_OPTS`, `JVM_OPTS`, `MAVEN_OPTS`,
+/// `GRADLE_OPTS`, `NODE_OPTIONS`, `ERL_FLAGS`, …) and CA-bundle variables
+/// (`REQUESTS_CA_BUNDLE`, `NODE_EXTRA_CA_CERTS`, …).
+const UNSAFE_SUFFIXES: &[&str] = &[
+    "_OPTS",
+    "_OPTIONS",
+    "_FLAGS",
+    "_CA_BUNDLE",
+    "_CA_CERTS",
+    "_CA_FILE",
+    "_CA_PATH",
+    "_CERT_FILE",
+    "_CERT_DIR",
 ];
 
 /// Whether `name` (an environment variable name as [`env_name`] makes them) is one that
-/// [`assemble`] does not set from a key listing ([`UNSAFE_NAMES`], [`UNSAFE_PREFIXES`]).
+/// [`assemble`] does not set from a key listing ([`UNSAFE_NAMES`], [`UNSAFE_PREFIXES`],
+/// [`UNSAFE_SUFFIXES`]).
 pub fn is_unsafe_listed_name(name: &str) -> bool {
-    UNSAFE_NAMES.contains(&name) || UNSAFE_PREFIXES.iter().any(|p| name.starts_with(p))
+    UNSAFE_NAMES.contains(&name)
+        || UNSAFE_PREFIXES.iter().any(|p| name.starts_with(p))
+        || UNSAFE_SUFFIXES.iter().any(|s| name.ends_with(s))
 }
 
 /// The whole secret as a YAML map of key: value (strings, quoted where YAML would
@@ -655,6 +698,80 @@ mod tests {
         );
         assert!(env.contains(&("LD_PRELOAD".into(), "/tmp/evil.so".into())));
         assert!(!env.iter().any(|(n, _)| n == "NODE_OPTIONS"));
+    }
+
+    /// Second review M2: launcher option variables (`-XX:OnOutOfMemoryError` runs a
+    /// command), .NET's runtime knobs, tools that run what a variable names and CA
+    /// bundles are never set from a listing; ordinary names still are.
+    #[test]
+    fn listings_skip_launcher_options_dotnet_tools_and_ca_bundles() {
+        for name in [
+            "JAVA_OPTS",
+            "CATALINA_OPTS",
+            "KAFKA_OPTS",
+            "ES_JAVA_OPTS",
+            "JVM_OPTS",
+            "MAVEN_OPTS",
+            "GRADLE_OPTS",
+            "ZDOTDIR",
+            "SSLKEYLOGFILE",
+            "LESSOPEN",
+            "BROWSER",
+            "PROMPT_COMMAND",
+            "KUBECONFIG",
+            "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH",
+            "AWS_CA_BUNDLE",
+            "JAVA_HOME",
+            "DOTNET_STARTUP_HOOKS",
+            "DOTNET_GCHEAPHARDLIMIT",
+            "CORECLR_PROFILER_PATH",
+            "COMPLUS_DBGJITDEBUGLAUNCHSETTING",
+            "SSL_CERT_FILE",
+            "SSL_CERT_DIR",
+            "REQUESTS_CA_BUNDLE",
+            "CURL_CA_BUNDLE",
+            "NODE_EXTRA_CA_CERTS",
+            "GIT_SSH_COMMAND",
+            "GO_FLAGS",
+            "APP_OPTIONS",
+        ] {
+            assert!(is_unsafe_listed_name(name), "{name}");
+            assert_eq!(env_name(name), name, "already a listed name");
+        }
+        // .NET's `COMPlus_` as a key becomes `COMPLUS_`.
+        assert!(is_unsafe_listed_name(&env_name(
+            "COMPlus_EnableDiagnostics"
+        )));
+        for name in [
+            "DB_PASSWORD",
+            "API_TOKEN",
+            "OPTS_FILE",
+            "USERNAME",
+            "JAVA_VERSION",
+        ] {
+            assert!(!is_unsafe_listed_name(name), "{name}");
+        }
+        // Through a listing: skipped; named in the mapping: set.
+        let p = plan(&["--mode=init", "--binary-path=/x", "--external-secrets=s"]);
+        let mut r = Results::new();
+        r.insert(
+            SecretId::Store("s".into()),
+            Ok(keys(&[
+                ("java_opts", "-XX:OnOutOfMemoryError=/bin/sh"),
+                ("aws-ca-bundle", "/tmp/ca"),
+                ("token", "t"),
+            ])),
+        );
+        let inj = assemble(&p, &r, &p.secrets().unwrap()).unwrap();
+        assert_eq!(env_of(&inj), vec![("TOKEN".to_string(), "t".to_string())]);
+        let p = plan(&[
+            "--mode=init",
+            "--binary-path=/x",
+            "--external-secrets=s",
+            "--inject-on-env=JAVA_OPTS=s.java_opts",
+        ]);
+        let env = env_of(&assemble(&p, &r, &p.secrets().unwrap()).unwrap());
+        assert!(env.iter().any(|(n, _)| n == "JAVA_OPTS"), "{env:?}");
     }
 
     #[test]

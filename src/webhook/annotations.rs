@@ -49,11 +49,14 @@ pub enum Key {
     ImagePullSecrets,
     /// `injected`: set by the webhook on the Pods it changed.
     Injected,
+    /// `containers`: the `spec.containers` to inject into (default all). An extension of
+    /// this webhook, not an ESE annotation.
+    Containers,
 }
 
 impl Key {
     /// Every key, in the order of the docs.
-    pub const ALL: [Key; 15] = [
+    pub const ALL: [Key; 16] = [
         Key::ExternalSecret,
         Key::FederatedServerUrl,
         Key::FederatedAuth,
@@ -69,6 +72,7 @@ impl Key {
         Key::Skip,
         Key::ImagePullSecrets,
         Key::Injected,
+        Key::Containers,
     ];
 
     /// The name after the prefix.
@@ -89,6 +93,7 @@ impl Key {
             Key::Skip => "skip",
             Key::ImagePullSecrets => "image-pull-secrets",
             Key::Injected => "injected",
+            Key::Containers => "containers",
         }
     }
 
@@ -101,6 +106,7 @@ impl Key {
             Key::InjectOnEnv => Some(128),
             Key::InjectOnFile => Some(32),
             Key::ImagePullSecrets => Some(16),
+            Key::Containers => Some(super::mutate::MAX_CONTAINERS),
             _ => None,
         }
     }
@@ -167,6 +173,8 @@ pub struct Annotations {
     pub image_pull_secrets: Vec<String>,
     /// `injected: "true"`: the webhook changed this Pod already.
     pub injected: bool,
+    /// `containers`, split, without duplicates (empty: every container).
+    pub containers: Vec<String>,
 }
 
 impl Annotations {
@@ -282,6 +290,19 @@ pub fn parse(annotations: Option<&BTreeMap<String, String>>) -> Result<Parsed, D
             Key::FileSecrets => a.file_secrets = boolean(key, &value)?,
             Key::Injected => a.injected = boolean(key, &value)?,
             Key::Skip => {}
+            Key::Containers => {
+                for name in split_list(Some(&value)) {
+                    if !is_dns_label(name) {
+                        return Err(Denial::invalid(
+                            key.full(),
+                            format!("{name:?} is not a container name (a DNS-1123 label)"),
+                        ));
+                    }
+                    if !a.containers.iter().any(|n| n == name) {
+                        a.containers.push(name.to_string());
+                    }
+                }
+            }
             Key::ImagePullSecrets => {
                 for name in split_list(Some(&value)) {
                     if !is_dns_subdomain(name) {
@@ -330,6 +351,11 @@ fn boolean(key: Key, value: &str) -> Result<bool, Denial> {
             format!("{value:?} must be \"true\" or \"false\""),
         )),
     }
+}
+
+/// A DNS-1123 label: what Kubernetes accepts as a container's name.
+pub fn is_dns_label(s: &str) -> bool {
+    s.len() <= 63 && !s.contains('.') && is_dns_subdomain(s)
 }
 
 /// A DNS-1123 subdomain: what Kubernetes accepts as a Secret's name.
@@ -391,6 +417,10 @@ mod tests {
         assert_eq!(a.external_secret_names(), vec!["db", "api"]);
         assert!(a.env_vars && !a.file_secrets && a.auth && !a.injected);
         assert_eq!(a.image_pull_secrets, vec!["regcred", "other"]);
+        let Ok(Parsed::Request(a)) = parsed(&[("containers", "app, worker,app")]) else {
+            panic!()
+        };
+        assert_eq!(a.containers, vec!["app", "worker"]);
     }
 
     #[test]
@@ -435,6 +465,11 @@ mod tests {
                 "not a Secret name",
             ),
             (&[("skip", "sometimes")], "skip", "must be"),
+            (
+                &[("containers", "app,Worker")],
+                "containers",
+                "not a container name",
+            ),
         ];
         for (pairs, field, needle) in cases {
             let d = parsed(pairs).unwrap_err();

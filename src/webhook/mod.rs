@@ -5,11 +5,12 @@
 //! One way through: [`server`] reads an `AdmissionReview` ([`review`]), which hands the Pod
 //! to [`mutate()`]: [`annotations`] parses the annotations, [`mod@mutate`] turns them into the
 //! `esi-cli` command lines (each checked by esi-cli's own flag parser,
-//! [`crate::cli::args::check_argv`]) and the containers and volumes that carry them, and
-//! [`diff`] turns the changed Pod into a JSON patch. [`mutate()`] is pure: no I/O, no clock.
+//! [`crate::cli::args::check_argv`]) and the containers and volumes that carry them, as a
+//! JSON patch of only what changes. [`bounds`] bounds the Pod from its raw JSON before it
+//! is decoded. [`mutate()`] is pure: no I/O, no clock.
 
 pub mod annotations;
-pub mod diff;
+pub mod bounds;
 pub mod mutate;
 pub mod review;
 pub mod server;

@@ -19,14 +19,15 @@
 //! Every esi-cli command line is checked by esi-cli's own parser before the Pod is
 //! admitted; every refusal names the annotation or field to fix.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Component, Path, PathBuf};
 
-use json_patch::Patch;
+use json_patch::jsonptr::PointerBuf;
+use json_patch::{AddOperation, Patch, PatchOperation, RemoveOperation};
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMapProjection, Container, EmptyDirVolumeSource, KeyToPath,
-    LocalObjectReference, Pod, PodSpec, ProjectedVolumeSource, SeccompProfile, SecurityContext,
-    ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
+    Capabilities, ConfigMapProjection, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    KeyToPath, LocalObjectReference, Pod, PodSpec, ProjectedVolumeSource, SeccompProfile,
+    SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
@@ -66,26 +67,27 @@ pub const CONTAINER_DAEMON: &str = "esi-cli-daemon";
 const RESERVED_VOLUMES: [&str; 4] = [VOLUME_BIN, VOLUME_TOKEN, VOLUME_FILES, VOLUME_STATE];
 const RESERVED_CONTAINERS: [&str; 3] = [CONTAINER_INSTALL, CONTAINER_INIT, CONTAINER_DAEMON];
 
-/// Directories (and everything below the first group) a secret file may not be put in:
-/// mounting the files volume there would hide what the image keeps there.
+/// Directories (and everything below the first group, and below any top-level `/lib*`) a
+/// secret file may not be put in: mounting the files volume there would hide what the
+/// image keeps there (programs, libraries, runtime state), or make a directory programs
+/// write to read-only.
 const SYSTEM_TREES: [&str; 9] = [
-    "/bin", "/boot", "/dev", "/lib", "/lib32", "/lib64", "/proc", "/sbin", "/sys",
+    "/bin", "/boot", "/dev", "/proc", "/sbin", "/sys", "/usr", "/run", "/var/run",
 ];
-const SYSTEM_DIRS: [&str; 13] = [
-    "/",
-    "/etc",
-    "/usr",
-    "/usr/bin",
-    "/usr/lib",
-    "/usr/local",
-    "/usr/local/bin",
-    "/var",
-    "/var/lib",
-    "/var/run",
-    "/run",
-    "/root",
-    "/var/run/secrets",
+const SYSTEM_DIRS: [&str; 12] = [
+    "/", "/etc", "/home", "/mnt", "/opt", "/root", "/srv", "/tmp", "/var", "/var/lib", "/var/log",
+    "/var/tmp",
 ];
+
+/// Whether `dir` is one a secret file may not be put in ([`SYSTEM_TREES`],
+/// [`SYSTEM_DIRS`], `/lib*`).
+fn system_dir(dir: &Path) -> bool {
+    let lib = dir.components().nth(1).is_some_and(
+        |c| matches!(c, Component::Normal(n) if n.to_string_lossy().starts_with("lib")),
+    );
+    lib || SYSTEM_DIRS.iter().any(|d| dir == Path::new(d))
+        || SYSTEM_TREES.iter().any(|d| under(dir, Path::new(d)))
+}
 
 /// The JSON patch that injects `pod` (empty: admit it unchanged), or why it cannot be.
 ///
@@ -118,24 +120,72 @@ pub fn mutate(pod: &Pod, settings: &Settings) -> Result<Patch, Denial> {
     if a.injected {
         return already_injected(&a, settings, spec).map(|()| Patch(Vec::new()));
     }
-    let mut out = pod.clone();
-    inject(&a, settings, &mut out)?;
-    let internal = |_| Denial {
+    inject(&a, settings, pod)
+}
+
+/// The JSON patch being built: only what the injection adds or changes, addressed in the
+/// object the API server holds (so fields this build does not know are never touched, and
+/// the Pod is neither copied nor converted whole: second review H1).
+#[derive(Default)]
+struct Ops(Vec<PatchOperation>);
+
+fn pointer(tokens: &[&str]) -> PointerBuf {
+    PointerBuf::from_tokens(tokens.iter().copied())
+}
+
+fn encode(v: impl serde::Serialize) -> Result<serde_json::Value, Denial> {
+    serde_json::to_value(v).map_err(|_| Denial {
         code: 500,
         field: "webhook".into(),
-        message: "cannot encode the Pod".into(),
-    };
-    let before = serde_json::to_value(pod).map_err(internal)?;
-    let after = serde_json::to_value(&out).map_err(internal)?;
-    Ok(super::diff::diff(&before, &after))
+        message: "cannot encode the injection".into(),
+    })
+}
+
+impl Ops {
+    /// Sets the member at `path` (added, or replacing what is there).
+    fn set(&mut self, path: PointerBuf, value: impl serde::Serialize) -> Result<(), Denial> {
+        let value = encode(value)?;
+        self.0
+            .push(PatchOperation::Add(AddOperation { path, value }));
+        Ok(())
+    }
+
+    /// Appends `items` to the array at `path`, which holds `existing` elements (`None`:
+    /// absent or null, then set whole).
+    fn append<T: serde::Serialize>(
+        &mut self,
+        path: &[&str],
+        existing: Option<usize>,
+        items: &[T],
+    ) -> Result<(), Denial> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let Some(n) = existing else {
+            return self.set(pointer(path), items);
+        };
+        for (k, item) in items.iter().enumerate() {
+            let mut at = pointer(path);
+            at.push_back(n + k);
+            self.set(at, item)?;
+        }
+        Ok(())
+    }
 }
 
 /// Reinvocation (or a Pod copied from an injected one): nothing more to do, provided the
-/// injection is really there and is what the annotations make now (the annotation alone
-/// is no way to skip the injection, nor to smuggle in other commands): our init containers
-/// (those and only those the annotations call for, each with the exact command), our
-/// volumes, and in env mode the application containers wrapped with the exact shared
-/// flags. Containers without esi-cli (added by a later webhook) are left alone.
+/// injection is really there and is exactly what the annotations make now (the annotation
+/// alone is no way to skip the injection, nor to smuggle in other containers): our init
+/// containers, those and only those called for, each as the webhook makes it (image,
+/// command, no arguments or environment of its own, security context, mounts); our
+/// volumes as made; in env mode the wrapped containers (those `containers` names, when
+/// set) with the exact shared flags, no `args`, and esi-cli's mounts. Not compared: the
+/// user of esi-cli's own containers (taken from them, non-root: it follows the
+/// application's, which a later webhook may change), resource quantities (the API server
+/// rewrites them canonically) and fields the API server defaults, at their default.
+/// Containers without esi-cli (added by a later webhook) are left alone. The comparison is
+/// with what this build and these settings make: see docs/webhook.md, "Reinvocation and
+/// names", for a rollout that changes them.
 fn already_injected(a: &Annotations, settings: &Settings, spec: &PodSpec) -> Result<(), Denial> {
     let field = Key::Injected.full();
     let inconsistent = |what: String| {
@@ -169,46 +219,91 @@ fn already_injected(a: &Annotations, settings: &Settings, spec: &PodSpec) -> Res
         ));
     }
     let cmds = Commands::new(a, settings, wrapped.len())?;
-    let mut expected: Vec<(&str, Vec<String>)> = Vec::new();
-    if cmds.req.env {
-        expected.push((CONTAINER_INSTALL, install_command(settings)));
-    }
-    if let Some(argv) = &cmds.init {
-        expected.push((CONTAINER_INIT, in_pod(argv)));
-    }
-    if let Some(argv) = &cmds.daemon {
-        expected.push((CONTAINER_DAEMON, in_pod(argv)));
-    }
+    let file_paths: Vec<PathBuf> = cmds
+        .files
+        .iter()
+        .flat_map(|p| p.files.iter().map(|f| f.path.clone()))
+        .collect();
+    let dirs = file_dirs(&file_paths, a)?;
+    let pod_mounts: Vec<&VolumeMount> = spec
+        .containers
+        .iter()
+        .flat_map(|c| c.volume_mounts.iter().flatten())
+        .filter(|m| !RESERVED_VOLUMES.contains(&m.name.as_str()))
+        .collect();
+    let mirrored = match cmds.init.is_some() || cmds.daemon.is_some() {
+        true => mirrored_mounts(&cmds.req, cmds.files.as_ref(), &pod_mounts)?,
+        false => Vec::new(),
+    };
+    let called_for = [
+        (CONTAINER_INSTALL, cmds.req.env),
+        (CONTAINER_INIT, cmds.init.is_some()),
+        (CONTAINER_DAEMON, cmds.daemon.is_some()),
+    ];
     for c in &ours {
-        if !expected.iter().any(|(n, _)| *n == c.name) {
+        if !called_for.iter().any(|(n, on)| *on && *n == c.name) {
             return Err(inconsistent(format!("{} is not called for", c.name)));
         }
     }
-    for (name, command) in &expected {
+    let users: Vec<(Option<i64>, Option<i64>)> = ours
+        .iter()
+        .filter(|c| c.name != CONTAINER_INSTALL)
+        .map(|c| {
+            let sc = c.security_context.as_ref();
+            (
+                sc.and_then(|s| s.run_as_user),
+                sc.and_then(|s| s.run_as_group),
+            )
+        })
+        .collect();
+    let user = match users.first() {
+        None => (settings.run_as_user, settings.run_as_group),
+        Some(&(Some(uid), Some(gid)))
+            if uid > 0 && users.iter().all(|u| *u == (Some(uid), Some(gid))) =>
+        {
+            (uid, gid)
+        }
+        Some(_) => {
+            return Err(inconsistent(
+                "esi-cli's containers run as root, as no user, or as different users".into(),
+            ));
+        }
+    };
+    let expected = added(&cmds, settings, &dirs, &mirrored, user);
+    for e in &expected.init_containers {
+        let name = &e.name;
         let found: Vec<&&Container> = ours.iter().filter(|c| c.name == *name).collect();
         match found.as_slice() {
-            [c] if c.command.as_ref() == Some(command) => {}
+            [c] if c.command != e.command => {
+                return Err(inconsistent(format!("{name} has another command")));
+            }
+            [c] if as_made(c, e) != *e => {
+                return Err(inconsistent(format!(
+                    "{name} is not as the webhook makes it: its image, arguments, environment, \
+                     security context or mounts differ"
+                )));
+            }
+            [_] => {}
             [] => return Err(inconsistent(format!("{name} is missing"))),
-            [_] => return Err(inconsistent(format!("{name} has another command"))),
             _ => return Err(inconsistent(format!("{name} appears more than once"))),
         }
     }
-    let mut volumes = Vec::new();
-    if cmds.req.env {
-        volumes.push(VOLUME_BIN);
-    }
-    if cmds.req.token_volume {
-        volumes.push(VOLUME_TOKEN);
-    }
-    if cmds.init.is_some() {
-        volumes.push(VOLUME_FILES);
-    }
-    if cmds.req.handoff {
-        volumes.push(VOLUME_STATE);
-    }
-    for v in volumes {
-        if !spec.volumes.iter().flatten().any(|x| x.name == v) {
-            return Err(inconsistent(format!("volume {v} is missing")));
+    for v in &expected.volumes {
+        let found: Vec<&Volume> = spec
+            .volumes
+            .iter()
+            .flatten()
+            .filter(|x| x.name == v.name)
+            .collect();
+        match found.as_slice() {
+            [x] if volume_as_made(x) == *v => {}
+            [] => return Err(inconsistent(format!("volume {} is missing", v.name))),
+            _ => {
+                return Err(inconsistent(format!(
+                    "volume {} is not as the webhook makes it",
+                    v.name
+                )));
+            }
         }
     }
     match &cmds.env_prefix {
@@ -216,6 +311,18 @@ fn already_injected(a: &Annotations, settings: &Settings, spec: &PodSpec) -> Res
             let prefix = in_pod(prefix);
             if wrapped.is_empty() {
                 return Err(inconsistent("no container runs esi-cli".into()));
+            }
+            if !a.containers.is_empty() {
+                let mut names: Vec<&str> = wrapped.iter().map(|(_, c)| c.name.as_str()).collect();
+                let mut want: Vec<&str> = a.containers.iter().map(String::as_str).collect();
+                names.sort_unstable();
+                want.sort_unstable();
+                if names != want {
+                    return Err(inconsistent(format!(
+                        "the containers running esi-cli are not those {} names",
+                        Key::Containers.full()
+                    )));
+                }
             }
             for (i, c) in wrapped {
                 let command = c.command.as_deref().unwrap_or_default();
@@ -231,6 +338,24 @@ fn already_injected(a: &Annotations, settings: &Settings, spec: &PodSpec) -> Res
                         "spec.containers[{i}]'s esi-cli command"
                     )));
                 }
+                if c.args.as_ref().is_some_and(|a| !a.is_empty()) {
+                    return Err(inconsistent(format!(
+                        "spec.containers[{i}] has args besides esi-cli's --args"
+                    )));
+                }
+                let mounts = c.volume_mounts.as_deref().unwrap_or_default();
+                let mut needed = vec![bin_mount(true)];
+                if cmds.req.token_volume {
+                    needed.push(token_mount());
+                }
+                if cmds.handoff_in_env {
+                    needed.push(state_mount());
+                }
+                if needed.iter().any(|n| !mounts.contains(n)) {
+                    return Err(inconsistent(format!(
+                        "spec.containers[{i}] lacks esi-cli's mounts"
+                    )));
+                }
             }
         }
         None if !wrapped.is_empty() => {
@@ -241,6 +366,30 @@ fn already_injected(a: &Annotations, settings: &Settings, spec: &PodSpec) -> Res
         None => {}
     }
     Ok(())
+}
+
+/// One of our init containers as found, with what the API server changes on its own put
+/// back as the webhook made it: `terminationMessagePath` at its default, and the resource
+/// quantities (rewritten canonically: `0.5` becomes `500m`).
+fn as_made(found: &Container, made: &Container) -> Container {
+    let mut c = found.clone();
+    if c.termination_message_path.as_deref() == Some("/dev/termination-log") {
+        c.termination_message_path = None;
+    }
+    c.resources.clone_from(&made.resources);
+    c
+}
+
+/// One of our volumes as found, the projected volume's defaulted `defaultMode` (0644)
+/// put back as the webhook made it (absent).
+fn volume_as_made(found: &Volume) -> Volume {
+    let mut v = found.clone();
+    if let Some(p) = v.projected.as_mut()
+        && p.default_mode == Some(0o644)
+    {
+        p.default_mode = None;
+    }
+    v
 }
 
 /// One argument of an esi-cli command line and whether it came from an annotation (then
@@ -504,9 +653,18 @@ impl<'a> Request<'a> {
                  environment variable, a file)",
             ));
         }
+        // One map of the container's variables (the last definition wins, as in the
+        // kubelet), not a scan of env per reference (second review H1).
+        let env: HashMap<&str, &EnvVar> = c
+            .env
+            .iter()
+            .flatten()
+            .map(|e| (e.name.as_str(), e))
+            .collect();
+        let env_from = c.env_from.as_ref().is_some_and(|f| !f.is_empty());
         for (at, arg) in &rest {
             for name in var_refs(arg) {
-                if let Some(why) = unsafe_reference(c, name) {
+                if let Some(why) = unsafe_reference(&env, env_from, name) {
                     return Err(Denial::invalid(
                         at.clone(),
                         format!(
@@ -635,13 +793,16 @@ fn var_refs(s: &str) -> Vec<&str> {
     out
 }
 
-/// Why the value `$(name)` expands to in container `c` could hold a comma, or `None` when
-/// it cannot: a literal `value` without a comma (and without references of its own), a
-/// field of the Pod other than an annotation, a resource quantity, or a variable the
-/// container does not define (the kubelet leaves `$(name)` as written).
-fn unsafe_reference(c: &Container, name: &str) -> Option<String> {
-    let Some(var) = c.env.iter().flatten().rev().find(|e| e.name == name) else {
-        return match c.env_from.as_ref().is_some_and(|f| !f.is_empty()) {
+/// Why the value `$(name)` expands to in a container (its variables `env`, and whether it
+/// has `envFrom`) could hold a comma, or `None` when it cannot: a literal `value` without
+/// a comma (and without references of its own), a single-valued field of the Pod
+/// ([`SINGLE_VALUED_FIELDS`], a label), a resource quantity, or a variable the container
+/// does not define (the kubelet leaves `$(name)` as written). Any other source (a
+/// ConfigMap, a Secret, an annotation, `status.podIPs`, a source this build does not
+/// know) could.
+fn unsafe_reference(env: &HashMap<&str, &EnvVar>, env_from: bool, name: &str) -> Option<String> {
+    let Some(var) = env.get(name) else {
+        return match env_from {
             true => Some(
                 "may come from the container's envFrom (a ConfigMap or Secret), whose values \
                  the webhook cannot see"
@@ -651,15 +812,26 @@ fn unsafe_reference(c: &Container, name: &str) -> Option<String> {
         };
     };
     if let Some(from) = &var.value_from {
-        let annotation = from
-            .field_ref
-            .as_ref()
-            .is_some_and(|f| f.field_path.starts_with("metadata.annotations"));
-        return match (&from.config_map_key_ref, &from.secret_key_ref) {
-            (None, None) if !annotation => None,
-            _ => Some(format!(
-                "takes its value from env {name}'s valueFrom (a ConfigMap, a Secret or an \
-                 annotation), which the webhook cannot see"
+        let single = match from {
+            EnvVarSource {
+                field_ref: Some(f),
+                resource_field_ref: None,
+                config_map_key_ref: None,
+                secret_key_ref: None,
+            } => single_valued_field(&f.field_path),
+            EnvVarSource {
+                field_ref: None,
+                resource_field_ref: Some(_),
+                config_map_key_ref: None,
+                secret_key_ref: None,
+            } => true,
+            _ => false,
+        };
+        return match single {
+            true => None,
+            false => Some(format!(
+                "takes its value from env {name}'s valueFrom (a ConfigMap, a Secret, an \
+                 annotation, a list such as status.podIPs), which may hold a comma"
             )),
         };
     }
@@ -675,6 +847,28 @@ fn unsafe_reference(c: &Container, name: &str) -> Option<String> {
         ));
     }
     None
+}
+
+/// Pod fields a `fieldRef` reads that hold one value without a comma (names, a UID, one
+/// IP). `status.podIPs` and `status.hostIPs` are comma lists on dual-stack clusters, and
+/// annotations may hold anything.
+const SINGLE_VALUED_FIELDS: [&str; 7] = [
+    "metadata.name",
+    "metadata.namespace",
+    "metadata.uid",
+    "spec.nodeName",
+    "spec.serviceAccountName",
+    "status.podIP",
+    "status.hostIP",
+];
+
+/// Whether a `fieldRef` path reads a single value without a comma: one of
+/// [`SINGLE_VALUED_FIELDS`], or a label (label values are `[A-Za-z0-9_.-]`).
+fn single_valued_field(path: &str) -> bool {
+    SINGLE_VALUED_FIELDS.contains(&path)
+        || path
+            .strip_prefix("metadata.labels['")
+            .is_some_and(|rest| rest.ends_with("']"))
 }
 
 fn flag_copy(f: &Arg) -> Arg {
@@ -823,24 +1017,33 @@ impl<'a> Commands<'a> {
     }
 }
 
-/// Injects `pod` in place; on error the caller drops the half-changed copy.
-fn inject(a: &Annotations, settings: &Settings, pod: &mut Pod) -> Result<(), Denial> {
-    let Some(spec) = pod.spec.as_mut() else {
+/// The patch that injects `pod`, every check done before the first operation.
+fn inject(a: &Annotations, settings: &Settings, pod: &Pod) -> Result<Patch, Denial> {
+    let Some(spec) = pod.spec.as_ref() else {
         return Err(Denial::invalid("spec", "the Pod has no spec"));
     };
     reserved_names(spec)?;
+    let selected = selection(a, spec)?;
     let wrapped = match a.env_vars {
-        true => spec.containers.len(),
+        true => selected.iter().filter(|s| **s).count(),
         false => 0,
     };
     let cmds = Commands::new(a, settings, wrapped)?;
     let req = &cmds.req;
+    // The containers injected into (all, or those `containers` names), with their index.
+    let targets: Vec<(usize, &Container)> = spec
+        .containers
+        .iter()
+        .enumerate()
+        .zip(&selected)
+        .filter_map(|(c, on)| on.then_some(c))
+        .collect();
 
     // Every command line, checked before anything changes.
-    let mut env_argvs: Vec<Vec<Arg>> = Vec::new();
+    let mut env_argvs: BTreeMap<usize, Vec<Arg>> = BTreeMap::new();
     if let Some(prefix) = &cmds.env_prefix {
-        for (i, c) in spec.containers.iter().enumerate() {
-            env_argvs.push(req.env_argv(i, c, prefix)?);
+        for (i, c) in &targets {
+            env_argvs.insert(*i, req.env_argv(*i, c, prefix)?);
         }
     }
     let file_paths: Vec<PathBuf> = cmds
@@ -850,7 +1053,11 @@ fn inject(a: &Annotations, settings: &Settings, pod: &mut Pod) -> Result<(), Den
         .collect();
     let dirs = file_dirs(&file_paths, a)?;
     let by_dir = cmds.files_by_directory();
-    for (i, c) in spec.containers.iter().enumerate() {
+    let files_key = match a.inject_on_file.is_some() {
+        true => Key::InjectOnFile,
+        false => Key::FileSecrets,
+    };
+    for (i, c) in &targets {
         for (j, m) in c.volume_mounts.iter().flatten().enumerate() {
             let at = Path::new(&m.mount_path);
             let clash = match by_dir {
@@ -867,18 +1074,35 @@ fn inject(a: &Annotations, settings: &Settings, pod: &mut Pod) -> Result<(), Den
                     ),
                 ));
             }
+            // A file inside a volume the container mounts: the kubelet would have to make
+            // the file's mount point inside that volume (read-only for a ConfigMap, a
+            // Secret, a projected volume), and the Pod would not start.
+            let inside: Vec<&PathBuf> = match by_dir {
+                true => dirs.iter().collect(),
+                false => file_paths.iter().collect(),
+            };
+            if let Some(f) = inside.iter().find(|f| under(f, at) && f.as_path() != at) {
+                return Err(Denial::invalid(
+                    files_key.full(),
+                    format!(
+                        "{} would be mounted inside the volume {:?} that \
+                         spec.containers[{i}].volumeMounts[{j}] mounts at {}: the Pod would not \
+                         start; put the files in a directory no volume of the container is \
+                         mounted over (e.g. /secrets)",
+                        f.display(),
+                        m.name,
+                        m.mount_path
+                    ),
+                ));
+            }
         }
         // A directory mount hides what the image keeps there: not the program's.
         if by_dir
             && let Some(program) = c.command.as_ref().and_then(|c| c.first())
             && let Some(d) = dirs.iter().find(|d| under(Path::new(program), d))
         {
-            let key = match a.inject_on_file.is_some() {
-                true => Key::InjectOnFile,
-                false => Key::FileSecrets,
-            };
             return Err(Denial::invalid(
-                key.full(),
+                files_key.full(),
                 format!(
                     "with the daemon the files volume is mounted over the whole directory {} \
                      (so that rewritten files show), which would hide the program of \
@@ -891,12 +1115,17 @@ fn inject(a: &Annotations, settings: &Settings, pod: &mut Pod) -> Result<(), Den
     }
     // What esi-cli reads in its own containers must be on a volume of the Pod.
     let own_containers = cmds.init.is_some() || cmds.daemon.is_some();
+    let pod_mounts: Vec<&VolumeMount> = spec
+        .containers
+        .iter()
+        .flat_map(|c| c.volume_mounts.iter().flatten())
+        .collect();
     let mirrored = match own_containers {
-        true => mirrored_mounts(req, cmds.files.as_ref(), spec)?,
+        true => mirrored_mounts(req, cmds.files.as_ref(), &pod_mounts)?,
         false => Vec::new(),
     };
     if req.env && !req.federated {
-        for (i, c) in spec.containers.iter().enumerate() {
+        for (i, c) in &targets {
             if !c
                 .volume_mounts
                 .iter()
@@ -909,17 +1138,6 @@ fn inject(a: &Annotations, settings: &Settings, pod: &mut Pod) -> Result<(), Den
     }
 
     // Changes.
-    // esi-cli's containers: the files' directories, read-write.
-    let dir_mounts = || -> Vec<VolumeMount> {
-        dirs.iter()
-            .map(|d| VolumeMount {
-                name: VOLUME_FILES.into(),
-                mount_path: d.display().to_string(),
-                sub_path: Some(d.strip_prefix("/").unwrap_or(d).display().to_string()),
-                ..VolumeMount::default()
-            })
-            .collect()
-    };
     // The applications: read-only, each file alone (nothing of the image hidden), or its
     // directory when the daemon rewrites the files.
     let app_mounts = || -> Vec<VolumeMount> {
@@ -937,17 +1155,117 @@ fn inject(a: &Annotations, settings: &Settings, pod: &mut Pod) -> Result<(), Den
             })
             .collect()
     };
-    let token_mount = || VolumeMount {
+    let readers: Vec<&Container> = targets.iter().map(|(_, c)| *c).collect();
+    let (uid, gid) = match own_containers {
+        true => file_user(&readers, spec, settings, cmds.handoff_in_env)?,
+        false => (settings.run_as_user, settings.run_as_group),
+    };
+    let Added {
+        volumes,
+        init_containers,
+    } = added(&cmds, settings, &dirs, &mirrored, (uid, gid));
+    let mut ops = Ops::default();
+    for (i, c) in targets {
+        let index = i.to_string();
+        let at = |field: &str| pointer(&["spec", "containers", &index, field]);
+        let mut mounts = Vec::new();
+        if let Some(argv) = env_argvs.get(&i) {
+            ops.set(at("command"), in_pod(argv))?;
+            if c.args.is_some() {
+                ops.0
+                    .push(PatchOperation::Remove(RemoveOperation { path: at("args") }));
+            }
+            mounts.push(bin_mount(true));
+            if req.token_volume {
+                mounts.push(token_mount());
+            }
+            if cmds.handoff_in_env {
+                mounts.push(state_mount());
+            }
+        }
+        mounts.extend(app_mounts());
+        ops.append(
+            &["spec", "containers", &index, "volumeMounts"],
+            c.volume_mounts.as_ref().map(Vec::len),
+            &mounts,
+        )?;
+    }
+    ops.append(
+        &["spec", "volumes"],
+        spec.volumes.as_ref().map(Vec::len),
+        &volumes,
+    )?;
+    ops.append(
+        &["spec", "initContainers"],
+        spec.init_containers.as_ref().map(Vec::len),
+        &init_containers,
+    )?;
+    let have = spec.image_pull_secrets.as_deref().unwrap_or_default();
+    let pull: Vec<LocalObjectReference> = a
+        .image_pull_secrets
+        .iter()
+        .filter(|name| !have.iter().any(|s| &s.name == *name))
+        .map(|name| LocalObjectReference { name: name.clone() })
+        .collect();
+    ops.append(
+        &["spec", "imagePullSecrets"],
+        spec.image_pull_secrets.as_ref().map(Vec::len),
+        &pull,
+    )?;
+    let injected = Key::Injected.full();
+    match &pod.metadata.annotations {
+        Some(_) => ops.set(pointer(&["metadata", "annotations", &injected]), "true")?,
+        None => ops.set(
+            pointer(&["metadata", "annotations"]),
+            BTreeMap::from([(injected, "true")]),
+        )?,
+    }
+    Ok(Patch(ops.0))
+}
+
+/// The volumes and init containers the injection adds, the same whether a Pod is being
+/// injected or re-admitted (then compared with what it holds).
+struct Added {
+    volumes: Vec<Volume>,
+    init_containers: Vec<Container>,
+}
+
+fn token_mount() -> VolumeMount {
+    VolumeMount {
         name: VOLUME_TOKEN.into(),
         mount_path: TOKEN_DIR.into(),
         read_only: Some(true),
         ..VolumeMount::default()
-    };
-    let state_mount = || VolumeMount {
+    }
+}
+
+fn state_mount() -> VolumeMount {
+    VolumeMount {
         name: VOLUME_STATE.into(),
         mount_path: STATE_DIR.into(),
         ..VolumeMount::default()
-    };
+    }
+}
+
+fn bin_mount(read_only: bool) -> VolumeMount {
+    VolumeMount {
+        name: VOLUME_BIN.into(),
+        mount_path: BIN_DIR.into(),
+        read_only: read_only.then_some(true),
+        ..VolumeMount::default()
+    }
+}
+
+/// `dirs`: where the files volume is mounted in esi-cli's own containers; `mirrored`: the
+/// Pod's mounts they need; `user`: the user and group they run as.
+fn added(
+    cmds: &Commands<'_>,
+    settings: &Settings,
+    dirs: &[PathBuf],
+    mirrored: &[VolumeMount],
+    (uid, gid): (i64, i64),
+) -> Added {
+    let req = &cmds.req;
     let mut volumes = Vec::new();
     let mut init_containers = Vec::new();
     if req.env {
@@ -959,11 +1277,7 @@ fn inject(a: &Annotations, settings: &Settings, pod: &mut Pod) -> Result<(), Den
             settings.run_as_group,
         );
         c.command = Some(install_command(settings));
-        c.volume_mounts = Some(vec![VolumeMount {
-            name: VOLUME_BIN.into(),
-            mount_path: BIN_DIR.into(),
-            ..VolumeMount::default()
-        }]);
+        c.volume_mounts = Some(vec![bin_mount(false)]);
         init_containers.push(c);
     }
     if req.token_volume {
@@ -975,14 +1289,19 @@ fn inject(a: &Annotations, settings: &Settings, pod: &mut Pod) -> Result<(), Den
     if req.handoff {
         volumes.push(memory_volume(VOLUME_STATE, "1Mi"));
     }
-    let (uid, gid) = match own_containers {
-        true => file_user(spec, settings, cmds.handoff_in_env)?,
-        false => (settings.run_as_user, settings.run_as_group),
-    };
+    // esi-cli's containers: the files' directories, read-write.
     let own = |name: &str, argv: &[Arg]| {
         let mut c = injected_container(name, settings, uid, gid);
         c.command = Some(in_pod(argv));
-        let mut mounts = dir_mounts();
+        let mut mounts: Vec<VolumeMount> = dirs
+            .iter()
+            .map(|d| VolumeMount {
+                name: VOLUME_FILES.into(),
+                mount_path: d.display().to_string(),
+                sub_path: Some(d.strip_prefix("/").unwrap_or(d).display().to_string()),
+                ..VolumeMount::default()
+            })
+            .collect();
         if req.token_volume {
             mounts.push(token_mount());
         }
@@ -1001,43 +1320,33 @@ fn inject(a: &Annotations, settings: &Settings, pod: &mut Pod) -> Result<(), Den
         c.restart_policy = Some("Always".into());
         init_containers.push(c);
     }
-    for (i, c) in spec.containers.iter_mut().enumerate() {
-        let mounts = c.volume_mounts.get_or_insert_with(Vec::new);
-        if let Some(argv) = env_argvs.get(i) {
-            c.command = Some(in_pod(argv));
-            c.args = None;
-            mounts.push(VolumeMount {
-                name: VOLUME_BIN.into(),
-                mount_path: BIN_DIR.into(),
-                read_only: Some(true),
-                ..VolumeMount::default()
-            });
-            if req.token_volume {
-                mounts.push(token_mount());
-            }
-            if cmds.handoff_in_env {
-                mounts.push(state_mount());
-            }
-        }
-        mounts.extend(app_mounts());
+    Added {
+        volumes,
+        init_containers,
     }
-    spec.volumes.get_or_insert_with(Vec::new).extend(volumes);
-    spec.init_containers
-        .get_or_insert_with(Vec::new)
-        .extend(init_containers);
-    if !a.image_pull_secrets.is_empty() {
-        let have = spec.image_pull_secrets.get_or_insert_with(Vec::new);
-        for name in &a.image_pull_secrets {
-            if !have.iter().any(|s| &s.name == name) {
-                have.push(LocalObjectReference { name: name.clone() });
-            }
-        }
+}
+
+/// Which of `spec.containers` are injected into: all, or those the `containers`
+/// annotation names (each of which must be there).
+fn selection(a: &Annotations, spec: &PodSpec) -> Result<Vec<bool>, Denial> {
+    if a.containers.is_empty() {
+        return Ok(vec![true; spec.containers.len()]);
     }
-    pod.metadata
-        .annotations
-        .get_or_insert_with(BTreeMap::new)
-        .insert(Key::Injected.full(), "true".into());
-    Ok(())
+    if let Some(missing) = a
+        .containers
+        .iter()
+        .find(|n| !spec.containers.iter().any(|c| &c.name == *n))
+    {
+        return Err(Denial::invalid(
+            Key::Containers.full(),
+            format!("names {missing:?}, which is not a container of spec.containers"),
+        ));
+    }
+    Ok(spec
+        .containers
+        .iter()
+        .map(|c| a.containers.contains(&c.name))
+        .collect())
 }
 
 /// `esi-cli-install`'s command.
@@ -1119,10 +1428,8 @@ fn file_dirs(paths: &[PathBuf], a: &Annotations) -> Result<Vec<PathBuf>, Denial>
             ));
         }
         let dir = p.parent().unwrap_or(Path::new("/"));
-        let refused = SYSTEM_DIRS.iter().any(|d| dir == Path::new(d))
-            || SYSTEM_TREES.iter().any(|d| under(dir, Path::new(d)))
-            || under(dir, Path::new("/esi"))
-            || under(dir, Path::new(SA_DIR));
+        let refused =
+            system_dir(dir) || under(dir, Path::new("/esi")) || under(dir, Path::new(SA_DIR));
         if refused {
             return Err(Denial::invalid(
                 field(),
@@ -1154,7 +1461,7 @@ fn file_dirs(paths: &[PathBuf], a: &Annotations) -> Result<Vec<PathBuf>, Denial>
 fn mirrored_mounts(
     req: &Request<'_>,
     files: Option<&Plan>,
-    spec: &PodSpec,
+    mounts: &[&VolumeMount],
 ) -> Result<Vec<VolumeMount>, Denial> {
     let mut wanted: Vec<(String, PathBuf)> = Vec::new();
     for f in files.iter().flat_map(|p| p.files.iter()) {
@@ -1171,11 +1478,6 @@ fn mirrored_mounts(
     if !req.federated {
         wanted.push(("spec".into(), PathBuf::from(format!("{SA_DIR}/token"))));
     }
-    let mounts: Vec<&VolumeMount> = spec
-        .containers
-        .iter()
-        .flat_map(|c| c.volume_mounts.iter().flatten())
-        .collect();
     let mut out: Vec<VolumeMount> = Vec::new();
     for (field, path) in wanted {
         let holder = mounts
@@ -1213,20 +1515,20 @@ fn mirrored_mounts(
 
 /// The user and group of esi-cli's own containers. Files are written with mode 0400, so
 /// the application must be their owner (or root): esi-cli runs as the user every
-/// application container runs as (its own `runAsUser`, else the Pod's), the settings'
-/// when that is root (root reads anything). With `handoff_in_env` the application
+/// application container injected into (`containers`) runs as (its own `runAsUser`, else
+/// the Pod's), the settings' when that is root (root reads anything). With `handoff_in_env` the application
 /// container's esi-cli writes the credentials handoff, so the daemon must be that very
 /// user, root excluded. A user the Pod does not name (the image's) cannot be
 /// known here: denied, rather than files nobody can read.
 fn file_user(
+    containers: &[&Container],
     spec: &PodSpec,
     settings: &Settings,
     handoff_in_env: bool,
 ) -> Result<(i64, i64), Denial> {
     let pod = spec.security_context.as_ref();
     let effective = |get: fn(&SecurityContext) -> Option<i64>| -> Option<i64> {
-        let each: Vec<Option<i64>> = spec
-            .containers
+        let each: Vec<Option<i64>> = containers
             .iter()
             .map(|c| c.security_context.as_ref().and_then(get))
             .map(|v| v.or_else(|| pod.and_then(|p| get_pod(p, get))))
@@ -1721,6 +2023,109 @@ mod tests {
         assert_eq!(d.code, 403, "{d}");
     }
 
+    /// Second review L4: files are never put in system directories (`/usr/**`, `/lib*`,
+    /// `/run/**`, `/tmp` itself…), nor inside a volume the container mounts (a
+    /// ConfigMap at /etc/app and a file at /etc/app/s.json: the Pod would not start, and
+    /// esi-cli-init would get two mounts at one path when that volume holds a template).
+    #[test]
+    fn files_stay_out_of_system_directories_and_other_volumes() {
+        for path in [
+            "/usr/share/app/x",
+            "/usr/local/etc/x",
+            "/lib64/x",
+            "/libexec/app/x",
+            "/run/secrets/x",
+            "/var/run/app/x",
+            "/tmp/x",
+            "/opt/x",
+            "/etc/x",
+        ] {
+            let a = [("inject-on-file", format!("{path}=db.pw"))];
+            let a: Vec<(&str, &str)> = a.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let d = admit(&pod(&a, app_spec())).unwrap_err();
+            assert_eq!(d.field, format!("{P}inject-on-file"), "{path}: {d}");
+            assert!(
+                d.message.contains("hiding what the image keeps"),
+                "{path}: {d}"
+            );
+        }
+        for path in [
+            "/tmp/app/x",
+            "/opt/app/secrets/x",
+            "/etc/app/x",
+            "/library/x",
+        ] {
+            let a = [("inject-on-file", format!("{path}=db.pw"))];
+            let a: Vec<(&str, &str)> = a.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let lib = path.starts_with("/library");
+            assert_eq!(admit(&pod(&a, app_spec())).is_ok(), !lib, "{path}");
+        }
+        // A ConfigMap at /etc/app and a file below it, with or without the daemon.
+        let mut spec = app_spec();
+        spec["containers"][0]["volumeMounts"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"name": "conf", "mountPath": "/etc/app"}));
+        spec["volumes"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"name": "conf", "configMap": {"name": "conf"}}));
+        let mut a = vec![(
+            "inject-on-file",
+            "/etc/app/s.json=db.pw,/etc/app/r.txt=@/etc/app/r.tmpl",
+        )];
+        let d = admit(&pod(&a, spec.clone())).unwrap_err();
+        assert_eq!(d.field, format!("{P}inject-on-file"), "{d}");
+        assert!(
+            d.message.contains("inside the volume \"conf\"")
+                && d.message.contains("spec.containers[0].volumeMounts[1]"),
+            "{d}"
+        );
+        // With the daemon the files' directory is that very mount path: reserved.
+        a.push(("daemon-refresh-interval", "1m"));
+        let d = admit(&pod(&a, spec.clone())).unwrap_err();
+        assert_eq!(
+            (d.code, d.field.as_str()),
+            (403, "spec.containers[0].volumeMounts[1].mountPath"),
+            "{d}"
+        );
+        // Above the directory: inside the volume.
+        let mut above = spec.clone();
+        above["containers"][0]["volumeMounts"][1]["mountPath"] = json!("/etc");
+        let d = admit(&pod(&a, above)).unwrap_err();
+        assert!(d.message.contains("inside the volume"), "{d}");
+        // A template's volume below the files' directory is fine, and mounted once.
+        let mut spec = app_spec();
+        spec["containers"][0]["volumeMounts"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"name": "conf", "mountPath": "/etc/app/templates"}));
+        spec["volumes"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"name": "conf", "configMap": {"name": "conf"}}));
+        let a = [
+            (
+                "inject-on-file",
+                "/etc/app/s.json=db.pw,/etc/app/r.txt=@/etc/app/templates/r.tmpl",
+            ),
+            ("daemon-refresh-interval", "1m"),
+        ];
+        let out = admit(&pod(&a, spec)).unwrap();
+        for c in out["spec"]["initContainers"].as_array().unwrap() {
+            let paths: Vec<&str> = c["volumeMounts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["mountPath"].as_str().unwrap())
+                .collect();
+            let mut unique = paths.clone();
+            unique.sort_unstable();
+            unique.dedup();
+            assert_eq!(unique.len(), paths.len(), "{paths:?}");
+        }
+    }
+
     #[test]
     fn file_secrets_writes_the_externalsecret_like_ese() {
         let a = [("externalsecret", "app-secrets"), ("file-secrets", "true")];
@@ -1835,6 +2240,147 @@ mod tests {
         );
     }
 
+    /// Second review L2: re-admission compares everything the webhook makes, not only
+    /// the commands: our init containers' image, arguments, environment, security
+    /// context and mounts, our volumes, and the wrapped containers' args and mounts;
+    /// what the API server defaults or rewrites is accepted.
+    #[test]
+    fn re_admission_compares_the_whole_injection() {
+        let mut a = FED.to_vec();
+        a.extend([
+            ("env-vars", "true"),
+            ("inject-on-file", "/secrets/db=db.password"),
+        ]);
+        let out = admit(&pod(&a, app_spec())).unwrap();
+        let again = |f: &dyn Fn(&mut Value)| {
+            let mut doc = out.clone();
+            f(&mut doc);
+            let typed: Pod = serde_json::from_value(doc).unwrap();
+            mutate(&typed, &Settings::default())
+        };
+        type Edit = Box<dyn Fn(&mut Value)>;
+        let cases: Vec<(Edit, &str)> = vec![
+            (
+                Box::new(|d| d["spec"]["initContainers"][1]["image"] = json!("evil:1")),
+                "esi-cli-init is not as the webhook makes it",
+            ),
+            (
+                Box::new(|d| d["spec"]["initContainers"][0]["args"] = json!(["--to=/tmp/x"])),
+                "esi-cli-install is not as the webhook makes it",
+            ),
+            (
+                Box::new(|d| {
+                    d["spec"]["initContainers"][1]["env"] = json!([{"name": "X", "value": "1"}])
+                }),
+                "esi-cli-init is not as",
+            ),
+            (
+                Box::new(|d| {
+                    d["spec"]["initContainers"][1]["securityContext"]["privileged"] = json!(true)
+                }),
+                "esi-cli-init is not as",
+            ),
+            (
+                Box::new(|d| {
+                    d["spec"]["initContainers"][1]["volumeMounts"]
+                        .as_array_mut()
+                        .unwrap()
+                        .push(json!({"name": "kube-api-access", "mountPath": "/x"}))
+                }),
+                "esi-cli-init is not as",
+            ),
+            (
+                Box::new(|d| {
+                    d["spec"]["initContainers"][1]["securityContext"]["runAsUser"] = json!(0)
+                }),
+                "run as root",
+            ),
+            (
+                Box::new(|d| {
+                    d["spec"]["volumes"][1]["emptyDir"] = json!({});
+                }),
+                "volume esi-cli-bin is not as the webhook makes it",
+            ),
+            (
+                Box::new(|d| d["spec"]["containers"][0]["args"] = json!(["--debug"])),
+                "has args besides esi-cli's --args",
+            ),
+            (
+                Box::new(|d| {
+                    d["spec"]["containers"][0]["volumeMounts"]
+                        .as_array_mut()
+                        .unwrap()
+                        .retain(|m| m["name"] != VOLUME_BIN);
+                }),
+                "lacks esi-cli's mounts",
+            ),
+        ];
+        for (edit, needle) in cases {
+            let d = again(&*edit).unwrap_err();
+            assert_eq!(d.field, format!("{P}injected"), "{d}");
+            assert!(d.message.contains(needle), "{needle}: {d}");
+        }
+        // What the API server defaults or rewrites.
+        assert_eq!(
+            again(&|d| {
+                for c in d["spec"]["initContainers"].as_array_mut().unwrap() {
+                    c["terminationMessagePath"] = json!("/dev/termination-log");
+                    c["resources"]["requests"]["cpu"] = json!("0.01");
+                }
+                for v in d["spec"]["volumes"].as_array_mut().unwrap() {
+                    if v["name"] == VOLUME_TOKEN {
+                        v["projected"]["defaultMode"] = json!(420);
+                    }
+                }
+            }),
+            Ok(Patch(Vec::new()))
+        );
+    }
+
+    /// Second review L3: `containers` (an extension annotation) restricts the injection
+    /// to the named containers, leaving sidecars added by earlier webhooks alone.
+    #[test]
+    fn the_containers_annotation_restricts_the_injection() {
+        let mut a = FED.to_vec();
+        a.extend([
+            ("env-vars", "true"),
+            ("inject-on-file", "/secrets/db=db.password"),
+            ("containers", "app"),
+        ]);
+        let mut spec = app_spec();
+        spec["containers"].as_array_mut().unwrap().insert(
+            0,
+            json!({"name": "daprd", "image": "dapr:1", "securityContext": {"runAsUser": 0}}),
+        );
+        let out = admit(&pod(&a, spec.clone())).unwrap();
+        let sidecar = &out["spec"]["containers"][0];
+        assert_eq!(sidecar, &spec["containers"][0], "the sidecar is untouched");
+        let app = &out["spec"]["containers"][1];
+        assert_eq!(strs(&app["command"])[0], "/esi/bin/esi-cli");
+        assert!(app["volumeMounts"].to_string().contains(VOLUME_FILES));
+        // Without the annotation the sidecar is wrapped too (and, without a command, refused).
+        let b: Vec<(&str, &str)> = a
+            .iter()
+            .filter(|(k, _)| *k != "containers")
+            .copied()
+            .collect();
+        let d = admit(&pod(&b, spec.clone())).unwrap_err();
+        assert_eq!(d.field, "spec.containers[0].command", "{d}");
+        // A name that is not a container: refused.
+        let mut c = a.clone();
+        c.retain(|(k, _)| *k != "containers");
+        c.push(("containers", "app,worker"));
+        let d = admit(&pod(&c, spec.clone())).unwrap_err();
+        assert_eq!(d.field, format!("{P}containers"), "{d}");
+        assert!(d.message.contains("\"worker\""), "{d}");
+        // Re-admission: the wrapped containers must be those named.
+        let mut forged = out.clone();
+        forged["metadata"]["annotations"][format!("{P}containers")] = json!("daprd,app");
+        let typed: Pod = serde_json::from_value(forged).unwrap();
+        let d = mutate(&typed, &Settings::default()).unwrap_err();
+        assert!(d.message.contains("not those"), "{d}");
+    }
+
     /// Review finding 7: a `$(VAR)` whose value could hold a comma would split esi-cli's
     /// `--args`: refused, naming the argument; safe references still work.
     #[test]
@@ -1882,6 +2428,68 @@ mod tests {
                 &format!("--args=--port=8080,serve,{arg}")
             );
         }
+    }
+
+    /// Second review L1: only single-valued Pod fields and resource quantities are safe
+    /// `$(VAR)` sources; `status.podIPs`/`status.hostIPs` (comma lists on dual-stack),
+    /// annotations and sources this build does not know are not.
+    #[test]
+    fn only_single_valued_field_refs_are_safe_references() {
+        let mut a = FED.to_vec();
+        a.push(("env-vars", "true"));
+        let with = |from: Value| {
+            let mut spec = app_spec();
+            spec["containers"][0]["env"] = json!([{"name": "V", "valueFrom": from}]);
+            spec["containers"][0]["args"] = json!(["--v=$(V)"]);
+            pod(&a, spec)
+        };
+        let field = |p: &str| json!({"fieldRef": {"fieldPath": p}});
+        for safe in [
+            field("metadata.name"),
+            field("metadata.namespace"),
+            field("metadata.uid"),
+            field("metadata.labels['app.kubernetes.io/name']"),
+            field("spec.nodeName"),
+            field("spec.serviceAccountName"),
+            field("status.podIP"),
+            field("status.hostIP"),
+            json!({"resourceFieldRef": {"resource": "limits.memory"}}),
+        ] {
+            assert!(admit(&with(safe.clone())).is_ok(), "{safe}");
+        }
+        for unsafe_ in [
+            field("status.podIPs"),
+            field("status.hostIPs"),
+            field("metadata.annotations['x']"),
+            field("metadata.annotations"),
+            json!({"fileKeyRef": {"path": "x", "key": "k", "volumeName": "v"}}),
+            json!({}),
+            json!({"configMapKeyRef": {"name": "c", "key": "k"}}),
+        ] {
+            let d = admit(&with(unsafe_.clone())).unwrap_err();
+            assert_eq!(d.field, "spec.containers[0].args[0]", "{unsafe_}: {d}");
+            assert!(d.message.contains("valueFrom"), "{unsafe_}: {d}");
+        }
+    }
+
+    /// Second review H1: `$(VAR)` references are looked up in one map of the container's
+    /// variables, not by scanning env for each (1024 variables × 150,000 references).
+    #[test]
+    fn many_references_against_many_variables_are_checked_quickly() {
+        let mut a = FED.to_vec();
+        a.push(("env-vars", "true"));
+        let mut spec = app_spec();
+        let env: Vec<Value> = (0..crate::webhook::bounds::MAX_ENV)
+            .map(|i| json!({"name": format!("VARIABLE_{i:04}"), "value": "1"}))
+            .collect();
+        spec["containers"][0]["env"] = json!(env);
+        spec["containers"][0]["args"] = json!(["$(UNDEFINED_NAME)".repeat(150_000)]);
+        let typed: Pod = serde_json::from_value(pod(&a, spec)).unwrap();
+        let started = std::time::Instant::now();
+        let patch = mutate(&typed, &Settings::default()).unwrap();
+        let took = started.elapsed();
+        assert!(!patch.0.is_empty());
+        assert!(took < std::time::Duration::from_millis(700), "{took:?}");
     }
 
     #[test]

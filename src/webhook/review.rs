@@ -261,6 +261,11 @@ fn pod_patch(
         Parsed::NotOurs | Parsed::Skipped => return Ok(json_patch::Patch(Vec::new())),
         Parsed::Request(_) => {}
     }
+    // Bounded before it is decoded (second review H1): decoding a Pod of a million tiny
+    // list entries would take hundreds of MiB.
+    super::bounds::check(object.get())?;
+    #[cfg(test)]
+    tests::TYPED_DECODES.with(|n| n.set(n.get() + 1));
     let pod: Pod = serde_json::from_str(object.get()).map_err(|_| unreadable())?;
     super::mutate(&pod, settings)
 }
@@ -297,6 +302,62 @@ fn denied(uid: &str, d: &Denial) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::cell::Cell;
+
+    thread_local! {
+        /// Pods decoded whole (into [`Pod`]) on this thread.
+        pub(super) static TYPED_DECODES: Cell<usize> = const { Cell::new(0) };
+    }
+
+    /// Second review H1: a Pod asking for an injection with huge lists is refused from
+    /// its raw JSON, quickly and before it is decoded, naming the list and the bound.
+    #[test]
+    fn huge_pods_are_refused_before_they_are_decoded() {
+        let s = Settings::default();
+        let ours = json!({"secretless.externalsecrets.com/env-vars": "true",
+                          "secretless.externalsecrets.com/externalsecret": "db"});
+        let env: Vec<Value> = (0..100_000).map(|_| json!({"name": "B"})).collect();
+        let many_env = json!({"metadata": {"name": "big", "annotations": ours},
+            "spec": {"containers": [{"name": "app", "command": ["/app"], "env": env}]}});
+        let tiny: Vec<Value> = (0..242_000).map(|_| json!({"name": "a"})).collect();
+        let many_containers = json!({"metadata": {"name": "big", "annotations": ours},
+            "spec": {"containers": tiny}});
+        let mid: Vec<Value> = (0..100).map(|_| json!({"name": "a"})).collect();
+        let hundred = json!({"metadata": {"name": "big", "annotations": ours},
+            "spec": {"containers": mid}});
+        for (object, field, needle) in [
+            (many_env, "spec.containers[0].env", "more than 1024 entries"),
+            (many_containers, "request.object", "more than the 1572864"),
+            (hundred, "spec.containers", "more than 64 containers"),
+        ] {
+            let body = request("CREATE", "Pod", object);
+            TYPED_DECODES.with(|n| n.set(0));
+            let started = std::time::Instant::now();
+            let a = review(&body, &s).unwrap();
+            let took = started.elapsed();
+            assert_eq!(TYPED_DECODES.with(Cell::get), 0, "{field}: decoded");
+            assert!(
+                took < std::time::Duration::from_millis(500),
+                "{field}: {took:?}"
+            );
+            assert_eq!(
+                a.outcome,
+                Outcome::Denied {
+                    code: 400,
+                    field: field.into()
+                }
+            );
+            let msg = a.review["response"]["status"]["message"].as_str().unwrap();
+            assert!(msg.contains(needle), "{msg}");
+        }
+        // Without our annotations the same Pods are admitted, undecoded.
+        let env: Vec<Value> = (0..100_000).map(|_| json!({"name": "B"})).collect();
+        let plain = json!({"metadata": {"name": "big"},
+            "spec": {"containers": [{"name": "app", "env": env}]}});
+        let a = review(&request("CREATE", "Pod", plain), &s).unwrap();
+        assert_eq!(a.outcome, Outcome::Unchanged);
+        assert_eq!(TYPED_DECODES.with(Cell::get), 0);
+    }
 
     fn request(operation: &str, kind: &str, object: Value) -> Vec<u8> {
         serde_json::to_vec(&json!({

@@ -4,28 +4,39 @@
 //! files (reloaded on change) are the Federation Server's own ([`crate::runtime`],
 //! [`crate::tls`]).
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use tokio::sync::Semaphore;
 
 use super::Settings;
 use super::review::{MAX_BODY_BYTES, Outcome, review};
 use crate::runtime::{ListenerSettings, serve_https_reloading};
 use crate::tls::{TlsError, TlsFiles};
 
-/// Time a client has to send the whole review once its headers arrived.
-const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a client has to send the whole review once its headers arrived: the API server
+/// sends it in one go (at most 3 MiB), so a body still arriving after this is a client
+/// holding a slot (second review M1).
+const BODY_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default most reviews at once: each may hold a body of [`MAX_BODY_BYTES`] (3 MiB) and,
+/// for a Pod asking for an injection, its decoded form (bounded by
+/// [`super::bounds`]: about 10 MiB measured at worst); 4 slots stay under a quarter of the
+/// chart's 256Mi memory limit even with the allocator's overhead (docs/webhook.md,
+/// "Limits").
+const DEFAULT_MAX_REVIEWS: usize = 4;
 /// How long a review waits for a free slot before it is answered 503 (the API server then
 /// applies the webhook configuration's `failurePolicy`).
 const QUEUE_WAIT: Duration = Duration::from_secs(1);
@@ -40,21 +51,37 @@ const REVIEW_DEADLINE: Duration = Duration::from_secs(3);
 pub struct Limits {
     /// Reviews in progress at once (at least 1).
     pub concurrent_reviews: usize,
+    /// Reviews in progress at once from one client address (IPv6: one /64), so that one
+    /// client cannot hold every slot (at least 1).
+    pub per_peer: usize,
+    /// Time a client has to send the whole body.
+    pub body_timeout: Duration,
     /// Wait for a slot before answering 503.
     pub queue_wait: Duration,
     /// Time a review may compute before answering 503.
     pub deadline: Duration,
 }
 
-impl Default for Limits {
-    /// Two reviews per core (the work is CPU-bound and short), at least 2.
-    fn default() -> Self {
-        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+impl Limits {
+    /// `concurrent_reviews` slots, half of them (at least 1) per client address.
+    pub fn with_slots(concurrent_reviews: usize) -> Limits {
+        let concurrent_reviews = concurrent_reviews.max(1);
         Limits {
-            concurrent_reviews: (2 * cores).max(2),
+            concurrent_reviews,
+            per_peer: (concurrent_reviews / 2).max(1),
+            body_timeout: BODY_TIMEOUT,
             queue_wait: QUEUE_WAIT,
             deadline: REVIEW_DEADLINE,
         }
+    }
+}
+
+impl Default for Limits {
+    /// Two reviews per core (the work is CPU-bound and short), at least 2 and at most
+    /// [`DEFAULT_MAX_REVIEWS`] (memory).
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        Limits::with_slots((2 * cores).clamp(2, DEFAULT_MAX_REVIEWS))
     }
 }
 
@@ -109,8 +136,9 @@ pub struct WebhookArgs {
     /// Memory limit of the injected containers (empty: none).
     #[arg(long, default_value = "128Mi")]
     pub cli_memory_limit: String,
-    /// Reviews in progress at once, bodies included (0: twice the cores, at least 2);
-    /// more wait up to 1 s, then get 503 (the API server applies `failurePolicy`).
+    /// Reviews in progress at once, bodies included (0: twice the cores, 2 to 4; each
+    /// may take ~15 MiB, see docs/webhook.md "Limits"); one client address gets half of
+    /// them; more wait up to 1 s, then get 503 (the API server applies `failurePolicy`).
     #[arg(long, default_value_t = 0)]
     pub max_concurrent_reviews: usize,
 }
@@ -196,12 +224,9 @@ impl WebhookArgs {
             tls_reload_interval: self.tls_reload_interval,
             settings,
             listener: ListenerSettings::default(),
-            limits: Limits {
-                concurrent_reviews: match self.max_concurrent_reviews {
-                    0 => Limits::default().concurrent_reviews,
-                    n => n.min(1024),
-                },
-                ..Limits::default()
+            limits: match self.max_concurrent_reviews {
+                0 => Limits::default(),
+                n => Limits::with_slots(n.min(1024)),
             },
         })
     }
@@ -234,6 +259,63 @@ struct AppState {
     settings: Arc<Settings>,
     slots: Arc<tokio::sync::Semaphore>,
     limits: Limits,
+    /// Per client address, the slots it may hold (entries live while a review of that
+    /// address is in progress).
+    peers: Mutex<HashMap<IpAddr, Arc<Semaphore>>>,
+}
+
+/// A review's hold on its client address's share; gives it back, and forgets the address
+/// when no review of it is left, when dropped.
+struct PeerSlot {
+    state: Arc<AppState>,
+    peer: IpAddr,
+    share: Option<Arc<Semaphore>>,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        self.permit.take();
+        self.share.take();
+        let mut peers = self.state.peers.lock().unwrap_or_else(|p| p.into_inner());
+        // Clones are made under this lock: only the map's is left when nobody waits.
+        if peers
+            .get(&self.peer)
+            .is_some_and(|s| Arc::strong_count(s) == 1)
+        {
+            peers.remove(&self.peer);
+        }
+    }
+}
+
+impl AppState {
+    /// Waits (within the queue wait) for a slot of `peer`'s share, then for a slot.
+    async fn slot(
+        self: &Arc<Self>,
+        peer: IpAddr,
+    ) -> Option<(PeerSlot, tokio::sync::OwnedSemaphorePermit)> {
+        let share = {
+            let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+            peers
+                .entry(peer)
+                .or_insert_with(|| Arc::new(Semaphore::new(self.limits.per_peer)))
+                .clone()
+        };
+        let mut held = PeerSlot {
+            state: self.clone(),
+            peer,
+            share: Some(share.clone()),
+            permit: None,
+        };
+        let both = async {
+            held.permit = Some(share.acquire_owned().await.ok()?);
+            self.slots.clone().acquire_owned().await.ok()
+        };
+        match tokio::time::timeout(self.limits.queue_wait, both).await {
+            Ok(Some(slot)) => Some((held, slot)),
+            _ => None,
+        }
+    }
 }
 
 /// The routes: `POST /mutate`, `GET /healthz`, `GET /readyz`.
@@ -249,7 +331,11 @@ pub fn router(settings: Settings, limits: Limits) -> Router {
         .with_state(Arc::new(AppState {
             settings: Arc::new(settings),
             slots: Arc::new(tokio::sync::Semaphore::new(limits.concurrent_reviews)),
-            limits,
+            limits: Limits {
+                per_peer: limits.per_peer.clamp(1, limits.concurrent_reviews),
+                ..limits
+            },
+            peers: Mutex::new(HashMap::new()),
         }))
 }
 
@@ -273,9 +359,10 @@ fn unavailable(text: impl Into<String>) -> Response {
     r
 }
 
-/// `POST /mutate`: a slot first (503 when none frees up in time), then the body (at most
-/// [`MAX_BODY_BYTES`], within [`BODY_TIMEOUT`]), then the review on a blocking thread
-/// within the deadline (503 past it; the slot is held until the computation really ends).
+/// `POST /mutate`: a slot first, within its client address's share (503 when none frees
+/// up in time), then the body (at most [`MAX_BODY_BYTES`], within [`BODY_TIMEOUT`]), then
+/// the review on a blocking thread within the deadline (503 past it; the slot is held
+/// until the computation really ends).
 async fn mutate(State(state): State<Arc<AppState>>, req: Request) -> Response {
     let json = req
         .headers()
@@ -292,25 +379,30 @@ async fn mutate(State(state): State<Arc<AppState>>, req: Request) -> Response {
             "an AdmissionReview is sent as application/json",
         );
     }
-    let slot =
-        match tokio::time::timeout(state.limits.queue_wait, state.slots.clone().acquire_owned())
-            .await
-        {
-            Ok(Ok(slot)) => slot,
-            _ => {
-                tracing::warn!(
-                    limit = state.limits.concurrent_reviews,
-                    "review refused: every slot busy"
-                );
-                return unavailable(format!(
-                    "the webhook is busy ({} reviews in progress): try again",
-                    state.limits.concurrent_reviews
-                ));
-            }
-        };
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| {
+            crate::api::limits::source_key(c.0.ip())
+        });
+    let Some((peer_slot, slot)) = state.slot(peer).await else {
+        tracing::warn!(
+            limit = state.limits.concurrent_reviews,
+            per_peer = state.limits.per_peer,
+            %peer,
+            "review refused: every slot (or the client's share) busy"
+        );
+        return unavailable(format!(
+            "the webhook is busy ({} reviews in progress, {} at most per client): try again",
+            state.limits.concurrent_reviews, state.limits.per_peer
+        ));
+    };
     let body: Body = req.into_body();
-    let bytes = match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY_BYTES))
-        .await
+    let bytes = match tokio::time::timeout(
+        state.limits.body_timeout,
+        axum::body::to_bytes(body, MAX_BODY_BYTES),
+    )
+    .await
     {
         Ok(Ok(b)) => b,
         Ok(Err(_)) => {
@@ -328,7 +420,7 @@ async fn mutate(State(state): State<Arc<AppState>>, req: Request) -> Response {
     };
     let settings = state.settings.clone();
     let work = tokio::task::spawn_blocking(move || {
-        let _slot = slot;
+        let _slot = (slot, peer_slot);
         review(&bytes, &settings)
     });
     let result = match tokio::time::timeout(state.limits.deadline, work).await {
@@ -425,8 +517,9 @@ mod tests {
         use tower::ServiceExt;
         let limits = Limits {
             concurrent_reviews: 2,
+            per_peer: 2,
             queue_wait: Duration::from_millis(200),
-            deadline: Duration::from_secs(3),
+            ..Limits::with_slots(2)
         };
         let app = router(Settings::default(), limits);
         let post = |body: Body| {
@@ -471,6 +564,100 @@ mod tests {
         assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     }
 
+    fn post_from(peer: &str, body: Body) -> Request {
+        let mut r = Request::builder()
+            .method("POST")
+            .uri("/mutate")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(body)
+            .unwrap();
+        let addr: SocketAddr = peer.parse().unwrap();
+        r.extensions_mut().insert(ConnectInfo(addr));
+        r
+    }
+
+    fn stalled() -> Body {
+        Body::from_stream(futures_util::stream::pending::<
+            Result<axum::body::Bytes, std::io::Error>,
+        >())
+    }
+
+    /// Second review M1: a body still arriving after the body deadline (2 s: the API
+    /// server sends the review in one go) is answered 408 and its slot given back.
+    #[tokio::test]
+    async fn a_stalled_body_releases_its_slot_within_the_body_deadline() {
+        use tower::ServiceExt;
+        let limits = Limits::with_slots(1);
+        assert_eq!(limits.body_timeout, Duration::from_secs(2));
+        let app = router(Settings::default(), limits);
+        let started = std::time::Instant::now();
+        let r = app
+            .clone()
+            .oneshot(post_from("10.0.0.9:1000", stalled()))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::REQUEST_TIMEOUT);
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(3), "{took:?}");
+        // The slot is free again: the next review is read and answered at once.
+        let started = std::time::Instant::now();
+        let r = app
+            .oneshot(post_from("10.0.0.9:1001", Body::from("{}")))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        assert!(started.elapsed() < Duration::from_millis(500));
+    }
+
+    /// Second review M1: one client address holds at most half the slots; another
+    /// client (the API server) still gets its reviews answered.
+    #[tokio::test]
+    async fn one_client_holds_at_most_half_the_slots() {
+        use tower::ServiceExt;
+        let limits = Limits {
+            queue_wait: Duration::from_millis(200),
+            ..Limits::with_slots(4)
+        };
+        assert_eq!(limits.per_peer, 2);
+        let app = router(Settings::default(), limits);
+        let mut held = Vec::new();
+        for port in [1, 2] {
+            let req = post_from(&format!("10.0.0.66:{port}"), stalled());
+            held.push(tokio::spawn(app.clone().oneshot(req)));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let r = app
+            .clone()
+            .oneshot(post_from("10.0.0.66:3", Body::from("{}")))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        for port in [1, 2] {
+            let r = app
+                .clone()
+                .oneshot(post_from(&format!("10.0.0.1:{port}"), Body::from("{}")))
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        }
+        for h in held {
+            h.abort();
+        }
+    }
+
+    #[test]
+    fn default_concurrency_fits_the_charts_memory_limit() {
+        let d = Limits::default();
+        assert!(
+            (2..=DEFAULT_MAX_REVIEWS).contains(&d.concurrent_reviews),
+            "{d:?}"
+        );
+        // Each slot: a body and a bounded decoded Pod (measured ≲ 10 MiB): 4 × 16 MiB is a
+        // quarter of the chart's 256Mi limit.
+        const { assert!(DEFAULT_MAX_REVIEWS * (MAX_BODY_BYTES + 13 * 1024 * 1024) <= 128 * 1024 * 1024) };
+        assert_eq!(d.per_peer, d.concurrent_reviews / 2);
+    }
+
     #[test]
     fn flags_become_settings_and_bad_ones_are_named() {
         let c = config(&["--cli-cpu-limit=500m", "--cli-memory-request="]).unwrap();
@@ -483,6 +670,7 @@ mod tests {
         assert!(c.limits.concurrent_reviews >= 2);
         let c = config(&["--max-concurrent-reviews=3"]).unwrap();
         assert_eq!(c.limits.concurrent_reviews, 3);
+        assert_eq!(c.limits.per_peer, 1);
         let e = config(&["--cli-memory-limit=lots"])
             .unwrap_err()
             .to_string();
