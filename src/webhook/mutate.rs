@@ -82,11 +82,28 @@ const SYSTEM_DIRS: [&str; 12] = [
 /// Whether `dir` is one a secret file may not be put in ([`SYSTEM_TREES`],
 /// [`SYSTEM_DIRS`], `/lib*`).
 fn system_dir(dir: &Path) -> bool {
+    if secrets_subdir(dir) {
+        return false;
+    }
     let lib = dir.components().nth(1).is_some_and(
         |c| matches!(c, Component::Normal(n) if n.to_string_lossy().starts_with("lib")),
     );
     lib || SYSTEM_DIRS.iter().any(|d| dir == Path::new(d))
         || SYSTEM_TREES.iter().any(|d| under(dir, Path::new(d)))
+}
+
+/// Directories below `/run/secrets/<name>/` (or `/var/run/secrets/…`), the usual place
+/// of secret files in container images (Docker's convention), stay allowed, except the
+/// ones Kubernetes and cloud agents mount their tokens at (`kubernetes.io`,
+/// `eks.amazonaws.com`, `azure`, `tokens`): mounting there would hide a token.
+fn secrets_subdir(dir: &Path) -> bool {
+    const TOKEN_DIRS: [&str; 4] = ["kubernetes.io", "eks.amazonaws.com", "azure", "tokens"];
+    ["/run/secrets", "/var/run/secrets"].iter().any(|base| {
+        dir.strip_prefix(base).is_ok_and(|rest| {
+            matches!(rest.components().next(), Some(Component::Normal(n))
+                if !TOKEN_DIRS.contains(&n.to_string_lossy().as_ref()))
+        })
+    })
 }
 
 /// The JSON patch that injects `pod` (empty: admit it unchanged), or why it cannot be.
@@ -2035,6 +2052,8 @@ mod tests {
             "/lib64/x",
             "/libexec/app/x",
             "/run/secrets/x",
+            "/run/secrets/kubernetes.io/x",
+            "/var/run/secrets/eks.amazonaws.com/x",
             "/var/run/app/x",
             "/tmp/x",
             "/opt/x",
@@ -2052,6 +2071,8 @@ mod tests {
         for path in [
             "/tmp/app/x",
             "/opt/app/secrets/x",
+            "/run/secrets/app/x",
+            "/var/run/secrets/db/x",
             "/etc/app/x",
             "/library/x",
         ] {
