@@ -69,6 +69,11 @@ pub struct Metrics {
     /// `GetSecretMap`, `GetAllSecrets`, `Generate`, `Cleanup`, `Renew`) and `status`
     /// (`success` / `error`), in every mode.
     pub es_provider_api_calls: IntCounterVec,
+    /// Store cache lookups by store and outcome (`hit`, `miss`: this request called the
+    /// backend, `coalesced`: it waited for another request's identical call).
+    pub store_cache_requests: IntCounterVec,
+    /// Store cache entries evicted, by store and cause (`expired`, `size`).
+    pub store_cache_evictions: IntCounterVec,
 }
 
 fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
@@ -249,6 +254,18 @@ impl Metrics {
                 "externalsecret_provider_api_calls_count",
                 "Number of API calls towards the secret provider",
                 &["provider", "call", "status"],
+            ),
+            store_cache_requests: counter(
+                &registry,
+                "esi_store_cache_requests_total",
+                "Store cache lookups by store and outcome (hit, miss, coalesced)",
+                &["store", "outcome"],
+            ),
+            store_cache_evictions: counter(
+                &registry,
+                "esi_store_cache_evictions_total",
+                "Store cache entries evicted by store and cause (expired, size)",
+                &["store", "cause"],
             ),
             policies,
             registry,

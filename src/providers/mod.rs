@@ -3,10 +3,11 @@
 //! Each provider lives in its own file and parses its own block of `spec.provider`
 //! (ESO field names), so adding a provider touches only [`build_provider`]'s match.
 //! Every provider is wrapped in [`metered::Metered`], the one place that records
-//! backend metrics. Errors of both enums are safe to show callers: they never hold a
+//! backend metrics, and, when the store's `spec.cache` asks for it, in [`cache::Cached`]. Errors of both enums are safe to show callers: they never hold a
 //! secret value or a token.
 
 pub(crate) mod aws;
+pub mod cache;
 mod externalsecrets;
 mod fake;
 mod metered;
@@ -134,6 +135,22 @@ pub trait SecretProvider: Send + Sync {
         &self,
         remote: &RemoteRef,
     ) -> Result<BTreeMap<String, Vec<u8>>, ProviderError>;
+    /// [`SecretProvider::get_secret`], with the value's age when it was served from the
+    /// store's cache ([`cache::Cached`]; `None`: read from the backend for this call).
+    async fn get_secret_with_age(
+        &self,
+        remote: &RemoteRef,
+    ) -> Result<(Vec<u8>, Option<Duration>), ProviderError> {
+        self.get_secret(remote).await.map(|v| (v, None))
+    }
+    /// [`SecretProvider::get_secret_map`], with the map's age when it was served from the
+    /// store's cache.
+    async fn get_secret_map_with_age(
+        &self,
+        remote: &RemoteRef,
+    ) -> Result<(BTreeMap<String, Vec<u8>>, Option<Duration>), ProviderError> {
+        self.get_secret_map(remote).await.map(|m| (m, None))
+    }
     /// ESO GetAllSecrets (dataFrom.find): secrets whose name matches, as name -> value.
     /// Names are canonical keys. No per-key decision: see [`SecretProvider::find_allowed`].
     async fn find(&self, find: &FindRequest) -> Result<BTreeMap<String, Vec<u8>>, ProviderError>;
@@ -242,6 +259,14 @@ pub enum ProviderConfigError {
         store: String,
         /// Provider key.
         provider: &'static str,
+    },
+    /// The extension `spec.cache` is malformed or out of bounds.
+    #[error("store {store}: invalid spec.cache: {reason}")]
+    InvalidCache {
+        /// Store name.
+        store: String,
+        /// What is wrong (field names and bounds only).
+        reason: String,
     },
     /// A `…SecretRef` does not resolve.
     #[error("store {store}: {field}: {source}")]
@@ -365,6 +390,11 @@ pub fn build_provider(
             });
         }
     };
+    let cache = spec
+        .cache
+        .as_ref()
+        .map(|block| cache::CacheSettings::from_spec(store_name, block))
+        .transpose()?;
     let ctx = BuildContext {
         store: store_name,
         namespace,
@@ -391,7 +421,15 @@ pub fn build_provider(
             });
         }
     };
-    Ok(provider)
+    // The metrics label: a store's name, namespaced for a SecretStore.
+    let label = match namespace {
+        Some(ns) => format!("{ns}/{store_name}"),
+        None => store_name.to_string(),
+    };
+    Ok(match cache {
+        Some(c) => Arc::new(cache::Cached::new(&label, provider, &c)),
+        None => provider,
+    })
 }
 
 #[cfg(test)]
@@ -557,6 +595,49 @@ mod tests {
             .err()
             .unwrap();
         assert!(!err.to_string().contains("42"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn spec_cache_wraps_the_store_and_is_checked_at_load() {
+        let idx = SecretIndex::default();
+        let with_cache = |cache: serde_json::Value| {
+            let spec: SecretStoreSpec = serde_json::from_value(json!({
+                "provider": {"fake": {"data": [{"key": "k", "value": "v"}]}},
+                "cache": cache,
+            }))
+            .unwrap();
+            build_provider("cached", None, &spec, &idx, &ProviderSettings::default())
+        };
+        let p = with_cache(json!({"ttl": "30s", "maxEntries": 10})).unwrap();
+        let r = RemoteRef {
+            key: "k".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            p.get_secret_with_age(&r).await.unwrap(),
+            (b"v".to_vec(), None)
+        );
+        let (v, age) = p.get_secret_with_age(&r).await.unwrap();
+        assert_eq!(v, b"v");
+        assert!(age.is_some(), "the second read is served from the cache");
+        let err = with_cache(json!({"ttl": "2h"})).err().unwrap();
+        assert!(
+            matches!(err, ProviderConfigError::InvalidCache { .. }),
+            "{err}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "store cached: invalid spec.cache: ttl must be more than 0 and at most 1h"
+        );
+        // Without spec.cache nothing is cached.
+        let p = build(
+            None,
+            json!({"fake": {"data": [{"key": "k", "value": "v"}]}}),
+            &idx,
+        )
+        .unwrap();
+        p.get_secret(&r).await.unwrap();
+        assert_eq!(p.get_secret_with_age(&r).await.unwrap().1, None);
     }
 
     #[test]
