@@ -3,7 +3,8 @@
 //! Each provider lives in its own file and parses its own block of `spec.provider`
 //! (ESO field names), so adding a provider touches only [`build_provider`]'s match.
 //! Every provider is wrapped in [`metered::Metered`], the one place that records
-//! backend metrics, and, when the store's `spec.cache` asks for it, in [`cache::Cached`]. Errors of both enums are safe to show callers: they never hold a
+//! backend metrics, then in [`resilient::Resilient`] (retries, a circuit breaker per
+//! store) and, when the store's `spec.cache` asks for it, in [`cache::Cached`]. Errors of both enums are safe to show callers: they never hold a
 //! secret value or a token.
 
 pub(crate) mod aws;
@@ -12,6 +13,7 @@ mod externalsecrets;
 mod fake;
 mod metered;
 pub mod property;
+pub mod resilient;
 pub(crate) mod tls;
 pub(crate) mod vault;
 
@@ -426,6 +428,11 @@ pub fn build_provider(
         Some(ns) => format!("{ns}/{store_name}"),
         None => store_name.to_string(),
     };
+    let provider: Arc<dyn SecretProvider> = Arc::new(resilient::Resilient::new(
+        &label,
+        provider,
+        resilient::ResilienceSettings::with_backend_timeout(settings.timeout),
+    ));
     Ok(match cache {
         Some(c) => Arc::new(cache::Cached::new(&label, provider, &c)),
         None => provider,
