@@ -542,3 +542,23 @@ spec:
         ) >= 10.0
     );
 }
+
+/// `scripts/bench.sh` measures the cached store too; the configuration it writes (with
+/// `spec.cache`) passes `esi-server check` (its `--check` dry run: no build, no backend).
+#[test]
+fn issue14_bench_configuration_with_the_cached_store_is_valid() {
+    let out = Command::new("bash")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/bench.sh"))
+        .arg("--check")
+        .env("ESI_SERVER_BIN", server_bin())
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("3 stores, 0 generators, 1 federations, 1 policies, 0 errors"),
+        "{text}"
+    );
+    assert!(text.contains("bench configuration is valid"), "{text}");
+}
