@@ -54,6 +54,23 @@ fi
 
 KID="$(python3 -c 'import json;print(json.load(open("tests/fixtures/keys/jwks.json"))["rsa-1"]["kid"])')"
 JWKS="$(python3 -c 'import json;print(json.dumps({"keys":[json.load(open("tests/fixtures/keys/jwks.json"))["rsa-1"]]}))')"
+# A vault ClusterSecretStore NAME on the OpenBao, with EXTRA lines under `spec:`.
+vault_store() {
+    cat <<YAML
+---
+apiVersion: external-secrets.io/v1
+kind: ClusterSecretStore
+metadata: {name: $1}
+spec:
+  provider:
+    vault:
+      server: ${VAULT_ADDR}
+      path: secret
+      version: v2
+      auth: {tokenSecretRef: {name: vault, namespace: esi, key: token}}
+${2:-}
+YAML
+}
 mkdir -p "${WORK}/m"
 cat >"${WORK}/m/all.yaml" <<YAML
 apiVersion: identity.federation.external-secrets.io/v1alpha1
@@ -79,30 +96,9 @@ spec:
   provider:
     fake:
       data: [{key: bench/db, value: '{"username":"bench","password":"bench-password-value"}'}]
----
-apiVersion: external-secrets.io/v1
-kind: ClusterSecretStore
-metadata: {name: vault}
-spec:
-  provider:
-    vault:
-      server: ${VAULT_ADDR}
-      path: secret
-      version: v2
-      auth: {tokenSecretRef: {name: vault, namespace: esi, key: token}}
----
-apiVersion: external-secrets.io/v1
-kind: ClusterSecretStore
-metadata: {name: vault-cached}
-spec:
-  provider:
-    vault:
-      server: ${VAULT_ADDR}
-      path: secret
-      version: v2
-      auth: {tokenSecretRef: {name: vault, namespace: esi, key: token}}
-  # Extension: the store cache (docs/providers.md, "Store cache").
-  cache: {ttl: 30s, maxEntries: 1000, maxBytes: 16Mi}
+$(vault_store vault)
+$(vault_store vault-cached "  # Extension: the store cache (docs/providers.md, \"Store cache\").
+  cache: {ttl: 30s, maxEntries: 1000, maxBytes: 16Mi}")
 ---
 apiVersion: v1
 kind: Secret

@@ -157,34 +157,20 @@ impl Bao {
 
 impl Drop for Bao {
     fn drop(&mut self) {
-        if self.child.is_some() {
+        if let Some(child) = &self.child {
             // A frozen process must be thawed to die cleanly.
             let _ = Command::new("kill")
-                .args(["-CONT", &self.child.as_ref().unwrap().id().to_string()])
+                .args(["-CONT", &child.id().to_string()])
                 .status();
         }
         self.kill();
     }
 }
 
-/// A Vault ClusterSecretStore `name` on `addr` (KV v2 at `secret`), with `cache` lines
-/// (indented for `spec:`) when given.
+/// A Vault ClusterSecretStore `name` on `addr` (KV v2 at `secret`, the root token), with
+/// `cache` lines (indented for `spec:`) when given.
 fn bao_store(name: &str, addr: &str, cache: &str) -> String {
-    format!(
-        r#"---
-apiVersion: external-secrets.io/v1
-kind: ClusterSecretStore
-metadata: {{name: {name}}}
-spec:
-  provider:
-    vault:
-      server: {addr}
-      path: secret
-      version: v2
-      auth:
-        tokenSecretRef: {{name: bao-root, namespace: esi-system, key: token}}
-{cache}"#
-    )
+    vault_store(name, addr, ROOT, "      path: secret\n      version: v2\n") + cache
 }
 
 fn manifests(stores: &[&str], body: &str) -> String {
@@ -195,14 +181,6 @@ fn manifests(stores: &[&str], body: &str) -> String {
         .join(", ");
     static_federation(ISS, AUD)
         + &app_authorization(ISS, &format!("  allowedClusterSecretStores: [{list}]\n"))
-        + &format!(
-            r#"---
-apiVersion: v1
-kind: Secret
-metadata: {{name: bao-root, namespace: esi-system}}
-stringData: {{token: "{ROOT}"}}
-"#
-        )
         + body
 }
 

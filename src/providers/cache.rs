@@ -292,17 +292,7 @@ impl Cached {
 
 #[async_trait::async_trait]
 impl SecretProvider for Cached {
-    fn kind(&self) -> &'static str {
-        self.inner.kind()
-    }
-
-    fn canonical_ref(&self, remote: &RemoteRef) -> Result<RemoteRef, ProviderError> {
-        self.inner.canonical_ref(remote)
-    }
-
-    fn canonical_find(&self, find: &FindRequest) -> Result<FindRequest, ProviderError> {
-        self.inner.canonical_find(find)
-    }
+    super::forward_canonical!(inner);
 
     async fn get_secret(&self, remote: &RemoteRef) -> Result<Vec<u8>, ProviderError> {
         self.get_secret_with_age(remote).await.map(|(v, _)| v)

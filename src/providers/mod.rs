@@ -169,6 +169,31 @@ pub trait SecretProvider: Send + Sync {
     }
 }
 
+/// The [`SecretProvider`] methods a wrapper (cache, resilience) forwards unchanged to the
+/// provider in its field `$inner`: the kind and the canonical forms.
+macro_rules! forward_canonical {
+    ($inner:ident) => {
+        fn kind(&self) -> &'static str {
+            self.$inner.kind()
+        }
+
+        fn canonical_ref(
+            &self,
+            remote: &$crate::providers::RemoteRef,
+        ) -> Result<$crate::providers::RemoteRef, $crate::providers::ProviderError> {
+            self.$inner.canonical_ref(remote)
+        }
+
+        fn canonical_find(
+            &self,
+            find: &$crate::providers::FindRequest,
+        ) -> Result<$crate::providers::FindRequest, $crate::providers::ProviderError> {
+            self.$inner.canonical_find(find)
+        }
+    };
+}
+pub(crate) use forward_canonical;
+
 /// A failed backend call. Messages are safe to show callers (no values, no tokens).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProviderError {

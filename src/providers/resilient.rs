@@ -319,17 +319,7 @@ impl Resilient {
 
 #[async_trait::async_trait]
 impl SecretProvider for Resilient {
-    fn kind(&self) -> &'static str {
-        self.inner.kind()
-    }
-
-    fn canonical_ref(&self, remote: &RemoteRef) -> Result<RemoteRef, ProviderError> {
-        self.inner.canonical_ref(remote)
-    }
-
-    fn canonical_find(&self, find: &FindRequest) -> Result<FindRequest, ProviderError> {
-        self.inner.canonical_find(find)
-    }
+    super::forward_canonical!(inner);
 
     async fn get_secret(&self, remote: &RemoteRef) -> Result<Vec<u8>, ProviderError> {
         self.run(|| self.inner.get_secret(remote)).await
