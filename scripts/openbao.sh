@@ -2,6 +2,7 @@
 # Starts/stops a throw-away OpenBao dev server for the vault provider's integration tests.
 #
 #   scripts/openbao.sh start   # install if needed, start, configure, write target/test-backends/openbao.env
+#                              # (ESI_TEST_BAO_BIN names the binary, for tests that run their own OpenBao)
 #   scripts/openbao.sh stop    # stop it and remove its state files
 #
 # The dev server keeps everything in memory, so every start configures it from scratch:
@@ -103,6 +104,7 @@ export ESI_TEST_VAULT_TOKEN=${token}
 export ESI_TEST_APPROLE_ROLE_ID=${role_id}
 export ESI_TEST_APPROLE_SECRET_ID=${secret_id}
 export ESI_TEST_OPENBAO_PID=${pid}
+export ESI_TEST_BAO_BIN=${bao}
 EOF
 }
 

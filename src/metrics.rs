@@ -6,8 +6,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// All metrics of the server.
@@ -69,10 +69,30 @@ pub struct Metrics {
     /// `GetSecretMap`, `GetAllSecrets`, `Generate`, `Cleanup`, `Renew`) and `status`
     /// (`success` / `error`), in every mode.
     pub es_provider_api_calls: IntCounterVec,
+    /// Store cache lookups by store and outcome (`hit`, `miss`: this request called the
+    /// backend, `coalesced`: it waited for another request's identical call).
+    pub store_cache_requests: IntCounterVec,
+    /// Store cache entries evicted, by store and cause (`expired`, `size`).
+    pub store_cache_evictions: IntCounterVec,
+    /// Retries of failed backend calls (throttling, 5xx, unreachable, timeout), by store.
+    pub store_retries: IntCounterVec,
+    /// Calls refused without a backend call because the store's circuit is open, by store.
+    pub store_circuit_rejections: IntCounterVec,
+    /// Each store's circuit: 0 closed (healthy), 1 open (failing fast), 2 half-open (probing).
+    pub store_circuit_state: IntGaugeVec,
 }
 
 fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
     let g = GaugeVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| panic!("invalid metric {name}: {e}"));
+    registry
+        .register(Box::new(g.clone()))
+        .unwrap_or_else(|e| panic!("duplicate metric {name}: {e}"));
+    g
+}
+
+fn int_gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels)
         .unwrap_or_else(|e| panic!("invalid metric {name}: {e}"));
     registry
         .register(Box::new(g.clone()))
@@ -249,6 +269,36 @@ impl Metrics {
                 "externalsecret_provider_api_calls_count",
                 "Number of API calls towards the secret provider",
                 &["provider", "call", "status"],
+            ),
+            store_cache_requests: counter(
+                &registry,
+                "esi_store_cache_requests_total",
+                "Store cache lookups by store and outcome (hit, miss, coalesced)",
+                &["store", "outcome"],
+            ),
+            store_cache_evictions: counter(
+                &registry,
+                "esi_store_cache_evictions_total",
+                "Store cache entries evicted by store and cause (expired, size)",
+                &["store", "cause"],
+            ),
+            store_retries: counter(
+                &registry,
+                "esi_store_backend_retries_total",
+                "Retries of failed backend calls by store",
+                &["store"],
+            ),
+            store_circuit_rejections: counter(
+                &registry,
+                "esi_store_circuit_rejections_total",
+                "Calls refused because the store's circuit is open, by store",
+                &["store"],
+            ),
+            store_circuit_state: int_gauge_vec(
+                &registry,
+                "esi_store_circuit_state",
+                "Store circuit state: 0 closed, 1 open, 2 half-open",
+                &["store"],
             ),
             policies,
             registry,

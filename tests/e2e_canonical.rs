@@ -31,29 +31,6 @@ fn base(stores: &[&str], generators: &str) -> String {
         )
 }
 
-/// A Vault ClusterSecretStore `name` on OpenBao with the root token; `extra` adds
-/// `path`/`version` lines (indented for `vault:`).
-fn vault_store(name: &str, addr: &str, root: &str, extra: &str) -> String {
-    format!(
-        r#"---
-apiVersion: v1
-kind: Secret
-metadata: {{name: vault-token-{name}, namespace: esi-system}}
-stringData: {{token: "{root}"}}
----
-apiVersion: external-secrets.io/v1
-kind: ClusterSecretStore
-metadata: {{name: {name}}}
-spec:
-  provider:
-    vault:
-      server: {addr}
-{extra}      auth:
-        tokenSecretRef: {{name: vault-token-{name}, namespace: esi-system, key: token}}
-"#
-    )
-}
-
 fn forbid_policy() -> String {
     std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),

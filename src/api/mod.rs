@@ -428,21 +428,31 @@ fn decide_key(
     }
 }
 
-/// Reads `remote` from `store` for `caller` after a `get` decision on its canonical form.
+/// Reads `remote` from `store` for `caller` after a `get` decision on its canonical form;
+/// with the value's age when the store's cache answered.
 async fn read_secret(
     state: &AppState,
     snapshot: &Snapshot,
     caller: &Caller,
     store: &str,
     remote: &RemoteRef,
-) -> Result<Zeroizing<Vec<u8>>, ApiError> {
+) -> Result<(Zeroizing<Vec<u8>>, Option<Duration>), ApiError> {
     let (provider, canonical) = decide_key(snapshot, caller, store, remote)?;
     with_timeout(
         state.settings.backend_timeout,
-        provider.get_secret(&canonical),
+        provider.get_secret_with_age(&canonical),
     )
     .await
-    .map(Zeroizing::new)
+    .map(|(v, age)| (Zeroizing::new(v), age))
+}
+
+/// An RFC 9111 `Age` header (whole seconds) on an answer served from a store's cache.
+fn with_age(mut resp: Response, age: Option<Duration>) -> Response {
+    if let Some(age) = age {
+        resp.headers_mut()
+            .insert(header::AGE, axum::http::HeaderValue::from(age.as_secs()));
+    }
+    resp
 }
 
 /// A JSON answer whose intermediate copies of secret material are wiped once written.
@@ -469,10 +479,10 @@ async fn ese_get_secret(
         property: None,
         version: None,
     };
-    let value = read_secret(&state, &snapshot, &caller, &store, &remote).await?;
+    let (value, age) = read_secret(&state, &snapshot, &caller, &store, &remote).await?;
     // ESE answers Go's `string(bytes)`: invalid UTF-8 becomes U+FFFD, as here.
     let text = Zeroizing::new(String::from_utf8_lossy(&value).into_owned());
-    secret_json(&*text)
+    secret_json(&*text).map(|r| with_age(r, age))
 }
 
 /// A namespace from a generator URL (or body): a Kubernetes namespace name, else 400.
@@ -708,13 +718,13 @@ async fn v1_get(
 ) -> Result<Response, ApiError> {
     let remote = remote_ref_of(request)?;
     let snapshot = state.snapshot.load_full();
-    let value = read_secret(&state, &snapshot, &caller, &store, &remote).await?;
+    let (value, age) = read_secret(&state, &snapshot, &caller, &store, &remote).await?;
     let encoded = Zeroizing::new(B64.encode(&*value));
     #[derive(serde::Serialize)]
     struct Value<'a> {
         value: &'a str,
     }
-    secret_json(&Value { value: &encoded })
+    secret_json(&Value { value: &encoded }).map(|r| with_age(r, age))
 }
 
 async fn v1_extract(
@@ -728,12 +738,12 @@ async fn v1_extract(
     let remote = remote_ref_of(request)?;
     let snapshot = state.snapshot.load_full();
     let (provider, canonical) = decide_key(&snapshot, &caller, &store, &remote)?;
-    let map = with_timeout(
+    let (map, age) = with_timeout(
         state.settings.backend_timeout,
-        provider.get_secret_map(&canonical),
+        provider.get_secret_map_with_age(&canonical),
     )
     .await?;
-    encode_map(map)
+    encode_map(map).map(|r| with_age(r, age))
 }
 
 async fn v1_find(

@@ -3,14 +3,17 @@
 //! Each provider lives in its own file and parses its own block of `spec.provider`
 //! (ESO field names), so adding a provider touches only [`build_provider`]'s match.
 //! Every provider is wrapped in [`metered::Metered`], the one place that records
-//! backend metrics. Errors of both enums are safe to show callers: they never hold a
+//! backend metrics, then in [`resilient::Resilient`] (retries, a circuit breaker per
+//! store) and, when the store's `spec.cache` asks for it, in [`cache::Cached`]. Errors of both enums are safe to show callers: they never hold a
 //! secret value or a token.
 
 pub(crate) mod aws;
+pub mod cache;
 mod externalsecrets;
 mod fake;
 mod metered;
 pub mod property;
+pub mod resilient;
 pub(crate) mod tls;
 pub(crate) mod vault;
 
@@ -134,6 +137,22 @@ pub trait SecretProvider: Send + Sync {
         &self,
         remote: &RemoteRef,
     ) -> Result<BTreeMap<String, Vec<u8>>, ProviderError>;
+    /// [`SecretProvider::get_secret`], with the value's age when it was served from the
+    /// store's cache ([`cache::Cached`]; `None`: read from the backend for this call).
+    async fn get_secret_with_age(
+        &self,
+        remote: &RemoteRef,
+    ) -> Result<(Vec<u8>, Option<Duration>), ProviderError> {
+        self.get_secret(remote).await.map(|v| (v, None))
+    }
+    /// [`SecretProvider::get_secret_map`], with the map's age when it was served from the
+    /// store's cache.
+    async fn get_secret_map_with_age(
+        &self,
+        remote: &RemoteRef,
+    ) -> Result<(BTreeMap<String, Vec<u8>>, Option<Duration>), ProviderError> {
+        self.get_secret_map(remote).await.map(|m| (m, None))
+    }
     /// ESO GetAllSecrets (dataFrom.find): secrets whose name matches, as name -> value.
     /// Names are canonical keys. No per-key decision: see [`SecretProvider::find_allowed`].
     async fn find(&self, find: &FindRequest) -> Result<BTreeMap<String, Vec<u8>>, ProviderError>;
@@ -149,6 +168,31 @@ pub trait SecretProvider: Send + Sync {
         Err(not_ready())
     }
 }
+
+/// The [`SecretProvider`] methods a wrapper (cache, resilience) forwards unchanged to the
+/// provider in its field `$inner`: the kind and the canonical forms.
+macro_rules! forward_canonical {
+    ($inner:ident) => {
+        fn kind(&self) -> &'static str {
+            self.$inner.kind()
+        }
+
+        fn canonical_ref(
+            &self,
+            remote: &$crate::providers::RemoteRef,
+        ) -> Result<$crate::providers::RemoteRef, $crate::providers::ProviderError> {
+            self.$inner.canonical_ref(remote)
+        }
+
+        fn canonical_find(
+            &self,
+            find: &$crate::providers::FindRequest,
+        ) -> Result<$crate::providers::FindRequest, $crate::providers::ProviderError> {
+            self.$inner.canonical_find(find)
+        }
+    };
+}
+pub(crate) use forward_canonical;
 
 /// A failed backend call. Messages are safe to show callers (no values, no tokens).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -242,6 +286,14 @@ pub enum ProviderConfigError {
         store: String,
         /// Provider key.
         provider: &'static str,
+    },
+    /// The extension `spec.cache` is malformed or out of bounds.
+    #[error("store {store}: invalid spec.cache: {reason}")]
+    InvalidCache {
+        /// Store name.
+        store: String,
+        /// What is wrong (field names and bounds only).
+        reason: String,
     },
     /// A `…SecretRef` does not resolve.
     #[error("store {store}: {field}: {source}")]
@@ -365,6 +417,11 @@ pub fn build_provider(
             });
         }
     };
+    let cache = spec
+        .cache
+        .as_ref()
+        .map(|block| cache::CacheSettings::from_spec(store_name, block))
+        .transpose()?;
     let ctx = BuildContext {
         store: store_name,
         namespace,
@@ -391,7 +448,20 @@ pub fn build_provider(
             });
         }
     };
-    Ok(provider)
+    // The metrics label: a store's name, namespaced for a SecretStore.
+    let label = match namespace {
+        Some(ns) => format!("{ns}/{store_name}"),
+        None => store_name.to_string(),
+    };
+    let provider: Arc<dyn SecretProvider> = Arc::new(resilient::Resilient::new(
+        &label,
+        provider,
+        resilient::ResilienceSettings::with_backend_timeout(settings.timeout),
+    ));
+    Ok(match cache {
+        Some(c) => Arc::new(cache::Cached::new(&label, provider, &c)),
+        None => provider,
+    })
 }
 
 #[cfg(test)]
@@ -557,6 +627,49 @@ mod tests {
             .err()
             .unwrap();
         assert!(!err.to_string().contains("42"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn spec_cache_wraps_the_store_and_is_checked_at_load() {
+        let idx = SecretIndex::default();
+        let with_cache = |cache: serde_json::Value| {
+            let spec: SecretStoreSpec = serde_json::from_value(json!({
+                "provider": {"fake": {"data": [{"key": "k", "value": "v"}]}},
+                "cache": cache,
+            }))
+            .unwrap();
+            build_provider("cached", None, &spec, &idx, &ProviderSettings::default())
+        };
+        let p = with_cache(json!({"ttl": "30s", "maxEntries": 10})).unwrap();
+        let r = RemoteRef {
+            key: "k".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            p.get_secret_with_age(&r).await.unwrap(),
+            (b"v".to_vec(), None)
+        );
+        let (v, age) = p.get_secret_with_age(&r).await.unwrap();
+        assert_eq!(v, b"v");
+        assert!(age.is_some(), "the second read is served from the cache");
+        let err = with_cache(json!({"ttl": "2h"})).err().unwrap();
+        assert!(
+            matches!(err, ProviderConfigError::InvalidCache { .. }),
+            "{err}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "store cached: invalid spec.cache: ttl must be more than 0 and at most 1h"
+        );
+        // Without spec.cache nothing is cached.
+        let p = build(
+            None,
+            json!({"fake": {"data": [{"key": "k", "value": "v"}]}}),
+            &idx,
+        )
+        .unwrap();
+        p.get_secret(&r).await.unwrap();
+        assert_eq!(p.get_secret_with_age(&r).await.unwrap().1, None);
     }
 
     #[test]

@@ -245,6 +245,11 @@ pub struct SecretStoreSpec {
     /// the server, whose callers are decided by Authorizations; enforced by the reconciler.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<external_secret::ClusterSecretStoreCondition>,
+    /// Extension: the store's cache (`{ttl, maxEntries, maxBytes}`), off when absent. Kept
+    /// untyped here and checked when the store is built (`providers::cache`), with
+    /// messages naming the field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<serde_json::Value>,
 }
 
 /// A Kubernetes `Secret`, used in directory mode so `…SecretRef`s resolve.

@@ -520,6 +520,29 @@ pub fn openbao() -> Option<(String, String)> {
     }
 }
 
+/// A Vault ClusterSecretStore `name` on OpenBao with the root token; `extra` adds
+/// `path`/`version` lines (indented for `vault:`).
+pub fn vault_store(name: &str, addr: &str, root: &str, extra: &str) -> String {
+    format!(
+        r#"---
+apiVersion: v1
+kind: Secret
+metadata: {{name: vault-token-{name}, namespace: esi-system}}
+stringData: {{token: "{root}"}}
+---
+apiVersion: external-secrets.io/v1
+kind: ClusterSecretStore
+metadata: {{name: {name}}}
+spec:
+  provider:
+    vault:
+      server: {addr}
+{extra}      auth:
+        tokenSecretRef: {{name: vault-token-{name}, namespace: esi-system, key: token}}
+"#
+    )
+}
+
 /// Writes a KV v2 secret into OpenBao.
 pub async fn vault_put(addr: &str, token: &str, mount: &str, key: &str, data: Value) {
     let resp = reqwest::Client::new()

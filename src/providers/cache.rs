@@ -1,0 +1,598 @@
+//! The per-store cache (extension `spec.cache`, off when absent): [`Cached`] answers
+//! `get`/`extract` reads from memory for `ttl`, so a federation server in front of a
+//! backend does not multiply its traffic.
+//!
+//! ```yaml
+//! spec:
+//!   provider: {vault: {…}}
+//!   cache:
+//!     ttl: 30s          # required; 1s … 1h
+//!     maxEntries: 1000  # optional (default 1000; at most 100000)
+//!     maxBytes: 16Mi    # optional (default 16Mi; 1Ki … 1Gi; Ki/Mi/Gi, k/M/G or a number)
+//! ```
+//!
+//! - **After the decision.** The API decides on the canonical reference first and then
+//!   calls the provider; the cache is the outermost layer of the provider, so a cached
+//!   value is only handed out after a `get` decision that allowed it (a forbid added after
+//!   the value was cached applies at once).
+//! - **Keyed by the canonical reference**: the call (`get`/`extract`), the canonical key,
+//!   property and version. One cache belongs to one built store: a store whose spec (or
+//!   a Secret it uses) changes is built anew with an empty cache, and the old values are
+//!   dropped with the old store.
+//! - **What is cached**: values read by `get` (`GetSecret`) and maps read by `extract`
+//!   (`GetSecretMap`). `find` is never cached: its answer depends on the caller (each key
+//!   is decided before it is read), and a find's listing would outlive keys added later.
+//! - **Failures are not cached**, `NotFound` included: every failed read reaches the
+//!   backend again.
+//! - **Concurrent identical misses are coalesced** into one backend call (moka's
+//!   `try_get_with`); the other callers wait for it and share its answer (or its error).
+//! - **Bounded** in entries and bytes: an entry weighs its bytes (key and values), and at
+//!   least `maxBytes / maxEntries`, under a capacity of `maxBytes` — so neither bound can
+//!   be passed (moka evicts down to its capacity as it maintains the cache).
+//! - **Zeroized**: values are held in `Zeroizing` buffers, wiped when the last copy of an
+//!   evicted (or expired, or replaced) entry is dropped.
+//! - **Age**: a value served from the cache carries its age, which the API answers as
+//!   an RFC 9111 `Age` header (seconds).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use moka::notification::RemovalCause;
+use serde::Deserialize;
+use zeroize::Zeroizing;
+
+use super::{
+    FindRequest, KeyFilter, ProviderConfigError, ProviderError, RemoteRef, SecretProvider,
+    safe_serde_message,
+};
+use crate::metrics::METRICS;
+
+/// Longest `ttl` a store may ask for.
+pub const MAX_TTL: Duration = Duration::from_secs(3600);
+/// Default and largest `maxEntries`.
+pub const DEFAULT_MAX_ENTRIES: u64 = 1000;
+const MAX_MAX_ENTRIES: u64 = 100_000;
+/// Default, smallest and largest `maxBytes`.
+pub const DEFAULT_MAX_BYTES: u64 = 16 << 20;
+const MIN_MAX_BYTES: u64 = 1 << 10;
+const MAX_MAX_BYTES: u64 = 1 << 30;
+/// Bytes counted for an entry besides its key and values (bookkeeping).
+const ENTRY_OVERHEAD: usize = 64;
+
+/// `spec.cache` as written.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct CacheSpec {
+    #[serde(default)]
+    ttl: Option<String>,
+    #[serde(default)]
+    max_entries: Option<u64>,
+    #[serde(default)]
+    max_bytes: Option<serde_json::Value>,
+}
+
+/// A checked `spec.cache`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheSettings {
+    /// How long a value is served from memory.
+    pub ttl: Duration,
+    /// Most entries held.
+    pub max_entries: u64,
+    /// Most bytes of keys and values held.
+    pub max_bytes: u64,
+}
+
+impl CacheSettings {
+    /// Checks `spec.cache` of store `store`: a clear message naming the field on error
+    /// (never a value: a cache block holds none, but serde's messages are cut anyway).
+    pub fn from_spec(store: &str, block: &serde_json::Value) -> Result<Self, ProviderConfigError> {
+        let invalid = |reason: String| ProviderConfigError::InvalidCache {
+            store: store.to_string(),
+            reason,
+        };
+        let spec: CacheSpec =
+            serde_json::from_value(block.clone()).map_err(|e| invalid(safe_serde_message(&e)))?;
+        let ttl = spec
+            .ttl
+            .as_deref()
+            .ok_or_else(|| invalid("ttl is required (e.g. ttl: 30s)".into()))?;
+        let ttl = crate::support::duration::parse_duration(ttl)
+            .map_err(|e| invalid(format!("ttl: {e}")))?;
+        if ttl.is_zero() || ttl > MAX_TTL {
+            return Err(invalid("ttl must be more than 0 and at most 1h".into()));
+        }
+        let max_entries = spec.max_entries.unwrap_or(DEFAULT_MAX_ENTRIES);
+        if !(1..=MAX_MAX_ENTRIES).contains(&max_entries) {
+            return Err(invalid(format!(
+                "maxEntries must be between 1 and {MAX_MAX_ENTRIES}"
+            )));
+        }
+        let max_bytes = match &spec.max_bytes {
+            None => DEFAULT_MAX_BYTES,
+            Some(v) => parse_bytes(v).ok_or_else(|| {
+                invalid("maxBytes must be a byte count such as 16Mi, 512Ki or 1048576".into())
+            })?,
+        };
+        if !(MIN_MAX_BYTES..=MAX_MAX_BYTES).contains(&max_bytes) {
+            return Err(invalid("maxBytes must be between 1Ki and 1Gi".into()));
+        }
+        Ok(CacheSettings {
+            ttl,
+            max_entries,
+            max_bytes,
+        })
+    }
+}
+
+/// A byte count: a number, or a string of digits with an optional Kubernetes quantity
+/// suffix (`Ki`, `Mi`, `Gi`, `k`, `M`, `G`).
+fn parse_bytes(v: &serde_json::Value) -> Option<u64> {
+    let text = match v {
+        serde_json::Value::Number(n) => return n.as_u64(),
+        serde_json::Value::String(s) => s.trim(),
+        _ => return None,
+    };
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, suffix) = text.split_at(split);
+    if digits.is_empty() || digits.len() > 12 {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    let unit: u64 = match suffix {
+        "" => 1,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "k" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        _ => return None,
+    };
+    n.checked_mul(unit)
+}
+
+/// Which read a cache entry answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Call {
+    GetSecret,
+    GetSecretMap,
+}
+
+/// A cache key: the call and the canonical reference.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct CacheKey {
+    call: Call,
+    key: String,
+    property: Option<String>,
+    version: Option<String>,
+}
+
+impl CacheKey {
+    fn new(call: Call, remote: &RemoteRef) -> Self {
+        CacheKey {
+            call,
+            key: remote.key.clone(),
+            property: remote.property.clone(),
+            version: remote.version.clone(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.key.len()
+            + self.property.as_ref().map_or(0, String::len)
+            + self.version.as_ref().map_or(0, String::len)
+    }
+}
+
+/// What a read answered, wiped when the last copy is dropped.
+enum Body {
+    Value(Zeroizing<Vec<u8>>),
+    Map(BTreeMap<String, Zeroizing<Vec<u8>>>),
+}
+
+struct Entry {
+    at: Instant,
+    body: Body,
+}
+
+impl Entry {
+    fn len(&self) -> usize {
+        match &self.body {
+            Body::Value(v) => v.len(),
+            Body::Map(m) => m.iter().map(|(k, v)| k.len() + v.len()).sum(),
+        }
+    }
+}
+
+/// A provider behind a cache of its `get`/`extract` reads (see the module docs).
+pub struct Cached {
+    inner: Arc<dyn SecretProvider>,
+    cache: moka::future::Cache<CacheKey, Arc<Entry>>,
+    store: String,
+}
+
+impl Cached {
+    /// Wraps `inner`, the provider of store `store` (its metrics label).
+    pub fn new(store: &str, inner: Arc<dyn SecretProvider>, settings: &CacheSettings) -> Self {
+        // Every entry weighs at least `floor`, so `maxBytes / floor = maxEntries` entries
+        // fill the capacity: both bounds hold.
+        let floor = settings.max_bytes / settings.max_entries;
+        let label = store.to_string();
+        let cache = moka::future::Cache::builder()
+            .max_capacity(settings.max_bytes)
+            .time_to_live(settings.ttl)
+            .weigher(move |k: &CacheKey, v: &Arc<Entry>| -> u32 {
+                let bytes = (k.len() + v.len() + ENTRY_OVERHEAD) as u64;
+                u32::try_from(bytes.max(floor)).unwrap_or(u32::MAX)
+            })
+            .eviction_listener(move |_k, _v, cause| {
+                let cause = match cause {
+                    RemovalCause::Expired => "expired",
+                    RemovalCause::Size => "size",
+                    RemovalCause::Explicit | RemovalCause::Replaced => return,
+                };
+                METRICS
+                    .store_cache_evictions
+                    .with_label_values(&[&label, cause])
+                    .inc();
+            })
+            .build();
+        Cached {
+            inner,
+            cache,
+            store: store.to_string(),
+        }
+    }
+
+    fn count(&self, outcome: &str) {
+        METRICS
+            .store_cache_requests
+            .with_label_values(&[&self.store, outcome])
+            .inc();
+    }
+
+    /// The entry for `key`: from the cache (with its age), or read by `fetch` — once for
+    /// every concurrent caller of the same key. A read by this call has no age.
+    async fn lookup(
+        &self,
+        key: CacheKey,
+        fetch: impl std::future::Future<Output = Result<Body, ProviderError>>,
+    ) -> Result<(Arc<Entry>, Option<Duration>), ProviderError> {
+        if let Some(entry) = self.cache.get(&key).await {
+            self.count("hit");
+            let age = entry.at.elapsed();
+            return Ok((entry, Some(age)));
+        }
+        let fetched = AtomicBool::new(false);
+        let init = async {
+            fetched.store(true, Ordering::Relaxed);
+            fetch.await.map(|body| {
+                Arc::new(Entry {
+                    at: Instant::now(),
+                    body,
+                })
+            })
+        };
+        let result = self.cache.try_get_with(key, init).await;
+        let own = fetched.load(Ordering::Relaxed);
+        self.count(if own { "miss" } else { "coalesced" });
+        match result {
+            Ok(entry) => {
+                let age = (!own).then(|| entry.at.elapsed());
+                Ok((entry, age))
+            }
+            Err(e) => Err((*e).clone()),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl SecretProvider for Cached {
+    super::forward_canonical!(inner);
+
+    async fn get_secret(&self, remote: &RemoteRef) -> Result<Vec<u8>, ProviderError> {
+        self.get_secret_with_age(remote).await.map(|(v, _)| v)
+    }
+
+    async fn get_secret_map(
+        &self,
+        remote: &RemoteRef,
+    ) -> Result<BTreeMap<String, Vec<u8>>, ProviderError> {
+        self.get_secret_map_with_age(remote).await.map(|(m, _)| m)
+    }
+
+    async fn get_secret_with_age(
+        &self,
+        remote: &RemoteRef,
+    ) -> Result<(Vec<u8>, Option<Duration>), ProviderError> {
+        let fetch = async {
+            self.inner
+                .get_secret(remote)
+                .await
+                .map(|v| Body::Value(Zeroizing::new(v)))
+        };
+        let (entry, age) = self
+            .lookup(CacheKey::new(Call::GetSecret, remote), fetch)
+            .await?;
+        match &entry.body {
+            Body::Value(v) => Ok((v.to_vec(), age)),
+            Body::Map(_) => Err(ProviderError::Backend("cache entry of another call".into())),
+        }
+    }
+
+    async fn get_secret_map_with_age(
+        &self,
+        remote: &RemoteRef,
+    ) -> Result<(BTreeMap<String, Vec<u8>>, Option<Duration>), ProviderError> {
+        let fetch = async {
+            self.inner
+                .get_secret_map(remote)
+                .await
+                .map(|m| Body::Map(m.into_iter().map(|(k, v)| (k, Zeroizing::new(v))).collect()))
+        };
+        let (entry, age) = self
+            .lookup(CacheKey::new(Call::GetSecretMap, remote), fetch)
+            .await?;
+        match &entry.body {
+            Body::Map(m) => Ok((
+                m.iter().map(|(k, v)| (k.clone(), v.to_vec())).collect(),
+                age,
+            )),
+            Body::Value(_) => Err(ProviderError::Backend("cache entry of another call".into())),
+        }
+    }
+
+    async fn find(&self, find: &FindRequest) -> Result<BTreeMap<String, Vec<u8>>, ProviderError> {
+        self.inner.find(find).await
+    }
+
+    async fn find_allowed(
+        &self,
+        find: &FindRequest,
+        allow: &KeyFilter<'_>,
+    ) -> Result<BTreeMap<String, Vec<u8>>, ProviderError> {
+        self.inner.find_allowed(find, allow).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use std::sync::atomic::AtomicUsize;
+
+    /// Counts reads; `key` "missing" is not found, "down" is unavailable.
+    struct Counting {
+        calls: AtomicUsize,
+        delay: Duration,
+    }
+
+    #[async_trait::async_trait]
+    impl SecretProvider for Counting {
+        fn kind(&self) -> &'static str {
+            "cache_test"
+        }
+        async fn get_secret(&self, remote: &RemoteRef) -> Result<Vec<u8>, ProviderError> {
+            let n = self.calls.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(self.delay).await;
+            match remote.key.as_str() {
+                "missing" => Err(ProviderError::NotFound),
+                "down" => Err(ProviderError::Unavailable("down".into())),
+                "big" => Ok(vec![b'x'; 4096]),
+                k => Ok(format!("{k}:{}:{n}", remote.property.as_deref().unwrap_or("")).into()),
+            }
+        }
+        async fn get_secret_map(
+            &self,
+            remote: &RemoteRef,
+        ) -> Result<BTreeMap<String, Vec<u8>>, ProviderError> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            Ok([(remote.key.clone(), b"map".to_vec())].into())
+        }
+        async fn find(&self, _: &FindRequest) -> Result<BTreeMap<String, Vec<u8>>, ProviderError> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            Ok(BTreeMap::new())
+        }
+    }
+
+    fn settings(ttl_ms: u64) -> CacheSettings {
+        CacheSettings {
+            ttl: Duration::from_millis(ttl_ms),
+            max_entries: 100,
+            max_bytes: 1 << 20,
+        }
+    }
+
+    fn cached(ttl_ms: u64, delay_ms: u64) -> (Arc<Counting>, Cached) {
+        let inner = Arc::new(Counting {
+            calls: AtomicUsize::new(0),
+            delay: Duration::from_millis(delay_ms),
+        });
+        let c = Cached::new("cache-test", inner.clone(), &settings(ttl_ms));
+        (inner, c)
+    }
+
+    fn key(k: &str) -> RemoteRef {
+        RemoteRef {
+            key: k.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn spec_is_checked_with_clear_messages() {
+        let ok = CacheSettings::from_spec("s", &json!({"ttl": "30s"})).unwrap();
+        assert_eq!(ok.ttl, Duration::from_secs(30));
+        assert_eq!(ok.max_entries, DEFAULT_MAX_ENTRIES);
+        assert_eq!(ok.max_bytes, DEFAULT_MAX_BYTES);
+        let full = CacheSettings::from_spec(
+            "s",
+            &json!({"ttl": "1h", "maxEntries": 10, "maxBytes": "512Ki"}),
+        )
+        .unwrap();
+        assert_eq!((full.max_entries, full.max_bytes), (10, 512 << 10));
+        assert_eq!(
+            CacheSettings::from_spec("s", &json!({"ttl": "1m", "maxBytes": 4096}))
+                .unwrap()
+                .max_bytes,
+            4096
+        );
+        for (block, needle) in [
+            (json!({}), "ttl is required"),
+            (json!({"ttl": "2h"}), "at most 1h"),
+            (json!({"ttl": "0s"}), "more than 0"),
+            (json!({"ttl": "soon"}), "ttl: invalid duration"),
+            (json!({"ttl": "1m", "maxEntries": 0}), "maxEntries"),
+            (json!({"ttl": "1m", "maxBytes": "16Xi"}), "maxBytes"),
+            (
+                json!({"ttl": "1m", "maxBytes": "2Gi"}),
+                "between 1Ki and 1Gi",
+            ),
+            (json!({"ttl": "1m", "size": 1}), "unknown field `size`"),
+            (json!("30s"), "invalid type"),
+        ] {
+            let err = CacheSettings::from_spec("s", &block)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("store s: invalid spec.cache"), "{err}");
+            assert!(err.contains(needle), "{block}: {err}");
+        }
+    }
+
+    #[test]
+    fn byte_counts() {
+        assert_eq!(parse_bytes(&json!("16Mi")), Some(16 << 20));
+        assert_eq!(parse_bytes(&json!("2k")), Some(2000));
+        assert_eq!(parse_bytes(&json!("100")), Some(100));
+        assert_eq!(parse_bytes(&json!(7)), Some(7));
+        for bad in [
+            json!("Mi"),
+            json!("-1"),
+            json!("1.5Mi"),
+            json!(-3),
+            json!(true),
+        ] {
+            assert_eq!(parse_bytes(&bad), None, "{bad}");
+        }
+        assert_eq!(parse_bytes(&json!("999999999999Gi")), None);
+    }
+
+    #[tokio::test]
+    async fn hits_carry_an_age_and_keys_are_the_whole_reference() {
+        let (inner, c) = cached(60_000, 0);
+        let (v1, age1) = c.get_secret_with_age(&key("a")).await.unwrap();
+        assert_eq!(age1, None, "a read by this call has no age");
+        let (v2, age2) = c.get_secret_with_age(&key("a")).await.unwrap();
+        assert_eq!(v1, v2);
+        assert!(age2.is_some());
+        assert_eq!(inner.calls.load(Ordering::SeqCst), 1);
+        // Another property, version or call is another entry.
+        let with_prop = RemoteRef {
+            property: Some("p".into()),
+            ..key("a")
+        };
+        let with_version = RemoteRef {
+            version: Some("2".into()),
+            ..key("a")
+        };
+        c.get_secret(&with_prop).await.unwrap();
+        c.get_secret(&with_version).await.unwrap();
+        c.get_secret_map(&key("a")).await.unwrap();
+        let (_, map_age) = c.get_secret_map_with_age(&key("a")).await.unwrap();
+        assert!(map_age.is_some());
+        assert_eq!(inner.calls.load(Ordering::SeqCst), 4);
+        // find is never cached.
+        c.find(&FindRequest::default()).await.unwrap();
+        c.find(&FindRequest::default()).await.unwrap();
+        assert_eq!(inner.calls.load(Ordering::SeqCst), 6);
+    }
+
+    #[tokio::test]
+    async fn concurrent_misses_make_one_call() {
+        let (inner, c) = cached(60_000, 50);
+        let c = Arc::new(c);
+        let before = METRICS
+            .store_cache_requests
+            .with_label_values(&["cache-test", "coalesced"])
+            .get();
+        let tasks: Vec<_> = (0..100)
+            .map(|_| {
+                let c = c.clone();
+                tokio::spawn(async move { c.get_secret_with_age(&key("hot")).await })
+            })
+            .collect();
+        let mut without_age = 0;
+        for t in tasks {
+            let (v, age) = t.await.unwrap().unwrap();
+            assert!(v.starts_with(b"hot:"));
+            without_age += usize::from(age.is_none());
+        }
+        assert_eq!(inner.calls.load(Ordering::SeqCst), 1);
+        assert_eq!(without_age, 1, "only the caller that read has no age");
+        let after = METRICS
+            .store_cache_requests
+            .with_label_values(&["cache-test", "coalesced"])
+            .get();
+        assert!(after > before);
+    }
+
+    #[tokio::test]
+    async fn failures_are_not_cached() {
+        let (inner, c) = cached(60_000, 0);
+        for _ in 0..3 {
+            assert_eq!(
+                c.get_secret(&key("missing")).await,
+                Err(ProviderError::NotFound)
+            );
+            assert!(matches!(
+                c.get_secret(&key("down")).await,
+                Err(ProviderError::Unavailable(_))
+            ));
+        }
+        assert_eq!(inner.calls.load(Ordering::SeqCst), 6);
+    }
+
+    #[tokio::test]
+    async fn entries_expire_after_the_ttl() {
+        let (inner, c) = cached(100, 0);
+        let first = c.get_secret(&key("a")).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let second = c.get_secret(&key("a")).await.unwrap();
+        assert_ne!(first, second, "re-read after the ttl");
+        assert_eq!(inner.calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn bounded_in_bytes_and_entries() {
+        let inner = Arc::new(Counting {
+            calls: AtomicUsize::new(0),
+            delay: Duration::ZERO,
+        });
+        // 8 KiB hold at most one 4 KiB value plus small ones; 4 entries at most.
+        let c = Cached::new(
+            "cache-bounds",
+            inner.clone(),
+            &CacheSettings {
+                ttl: Duration::from_secs(60),
+                max_entries: 4,
+                max_bytes: 8 << 10,
+            },
+        );
+        for i in 0..20 {
+            c.get_secret(&key(&format!("k{i}"))).await.unwrap();
+            c.get_secret(&key("big")).await.unwrap();
+        }
+        c.cache.run_pending_tasks().await;
+        assert!(c.cache.entry_count() <= 4, "{}", c.cache.entry_count());
+        assert!(c.cache.weighted_size() <= 8 << 10);
+        let evicted = METRICS
+            .store_cache_evictions
+            .with_label_values(&["cache-bounds", "size"])
+            .get();
+        assert!(evicted > 0);
+    }
+}

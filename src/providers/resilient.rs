@@ -1,0 +1,561 @@
+//! Backend resilience, the same for every provider: [`Resilient`] wraps each built store
+//! (around [`super::Metered`], so every attempt is counted as a backend call).
+//!
+//! - **Timeouts**: each provider bounds each backend call by the settings timeout
+//!   (`--backend-timeout`); the API bounds the whole call on top.
+//! - **Retries** ([`is_retryable`]): a call that failed with `Unavailable` (unreachable,
+//!   throttled: 429 or the backend's throttling code, 5xx) or `Timeout` is tried again,
+//!   at most [`ResilienceSettings::retries`] times, after a jittered exponential backoff
+//!   (`backon`), and only while the first attempt started less than one backend timeout
+//!   ago (so the whole call stays within the request deadline). A definite answer
+//!   (`NotFound`, `InvalidRequest`, `Unsupported`, `Backend`: a 4xx) is never retried. A
+//!   `find` is not retried either: each of its keys is decided (and audited) as it is
+//!   listed, and a retry would decide them again.
+//! - **A circuit breaker per store** ([`Breaker`]): after
+//!   [`ResilienceSettings::failure_threshold`] attempts in a row failed as unavailable or
+//!   timed out, the circuit *opens*: calls answer `Unavailable` ("circuit open", 503) at
+//!   once, without reaching the backend. After [`ResilienceSettings::cool_down`] one call
+//!   is let through as a probe (*half-open*): its success closes the circuit, its failure
+//!   opens it for another cool-down. Each change is logged once (not per request) and
+//!   shown in `esi_store_circuit_state{store}` (0 closed, 1 open, 2 half-open). A store's
+//!   circuit is its own: other stores, and `/readyz`, are not affected.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use backon::Retryable;
+
+use super::{FindRequest, KeyFilter, ProviderError, RemoteRef, SecretProvider};
+use crate::metrics::METRICS;
+
+/// The message of the error a call gets while the store's circuit is open.
+pub const CIRCUIT_OPEN: &str =
+    "circuit open: the backend failed repeatedly; calls resume after a cool-down";
+
+/// Retry and breaker settings (the same for every store).
+#[derive(Debug, Clone)]
+pub struct ResilienceSettings {
+    /// Retries after the first attempt.
+    pub retries: usize,
+    /// First backoff delay (before jitter; doubles each retry).
+    pub min_delay: Duration,
+    /// Largest backoff delay.
+    pub max_delay: Duration,
+    /// Retries start only within this long of the first attempt (the backend timeout).
+    pub retry_window: Duration,
+    /// Attempts in a row failing as unavailable or timed out that open the circuit.
+    pub failure_threshold: u32,
+    /// How long an open circuit refuses calls before it lets a probe through.
+    pub cool_down: Duration,
+}
+
+impl ResilienceSettings {
+    /// The defaults, with retries allowed within `backend_timeout` of the first attempt.
+    pub fn with_backend_timeout(backend_timeout: Duration) -> Self {
+        ResilienceSettings {
+            retries: 2,
+            min_delay: Duration::from_millis(50),
+            max_delay: Duration::from_millis(800),
+            retry_window: backend_timeout,
+            failure_threshold: 5,
+            cool_down: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Whether a failed attempt may succeed if tried again (and counts against the circuit):
+/// the backend was unreachable, throttled, failing (5xx) or too slow. Never a definite
+/// answer, and never the open circuit's own refusal.
+pub fn is_retryable(err: &ProviderError) -> bool {
+    match err {
+        ProviderError::Timeout => true,
+        ProviderError::Unavailable(m) => m != CIRCUIT_OPEN,
+        ProviderError::NotFound
+        | ProviderError::InvalidRequest(_)
+        | ProviderError::Unsupported(_)
+        | ProviderError::Backend(_) => false,
+    }
+}
+
+/// A circuit's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CircuitState {
+    /// Calls reach the backend.
+    Closed,
+    /// Calls are refused until the cool-down ends.
+    Open,
+    /// One probe call is in flight; others are refused.
+    HalfOpen,
+}
+
+impl CircuitState {
+    fn gauge(self) -> i64 {
+        match self {
+            CircuitState::Closed => 0,
+            CircuitState::Open => 1,
+            CircuitState::HalfOpen => 2,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            CircuitState::Closed => "closed",
+            CircuitState::Open => "open",
+            CircuitState::HalfOpen => "half-open",
+        }
+    }
+}
+
+struct BreakerState {
+    state: CircuitState,
+    /// Failures in a row while closed.
+    failures: u32,
+    /// When an open circuit lets a probe through.
+    open_until: Instant,
+}
+
+/// A store's circuit breaker: a small state machine under a mutex (held for no await).
+pub struct Breaker {
+    store: String,
+    threshold: u32,
+    cool_down: Duration,
+    inner: Mutex<BreakerState>,
+}
+
+/// Leave to make one call: finish it with its outcome. A probe dropped unfinished (its
+/// call cancelled) counts as a failure, so the circuit never stays half-open.
+#[must_use]
+pub struct Permit<'a> {
+    breaker: &'a Breaker,
+    probe: bool,
+    finished: bool,
+}
+
+impl Permit<'_> {
+    /// Records the call's outcome: `failed` when it failed as unavailable or timed out.
+    pub fn finish(mut self, failed: bool) {
+        self.finished = true;
+        self.breaker.record(self.probe, failed, Instant::now());
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        if !self.finished && self.probe {
+            self.breaker.record(true, true, Instant::now());
+        }
+    }
+}
+
+impl Breaker {
+    /// A closed circuit for store `store` (its metrics label).
+    pub fn new(store: &str, threshold: u32, cool_down: Duration) -> Self {
+        METRICS
+            .store_circuit_state
+            .with_label_values(&[store])
+            .set(CircuitState::Closed.gauge());
+        Breaker {
+            store: store.to_string(),
+            threshold: threshold.max(1),
+            cool_down,
+            inner: Mutex::new(BreakerState {
+                state: CircuitState::Closed,
+                failures: 0,
+                open_until: Instant::now(),
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BreakerState> {
+        // The state stays consistent whatever panicked while holding the lock.
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The current state.
+    pub fn state(&self) -> CircuitState {
+        self.lock().state
+    }
+
+    /// Leave to call the backend at `now`, or `None` while the circuit refuses calls.
+    pub fn admit(&self, now: Instant) -> Option<Permit<'_>> {
+        let mut s = self.lock();
+        let probe = match s.state {
+            CircuitState::Closed => false,
+            CircuitState::Open if now >= s.open_until => {
+                self.transition(&mut s, CircuitState::HalfOpen);
+                true
+            }
+            CircuitState::Open | CircuitState::HalfOpen => return None,
+        };
+        Some(Permit {
+            breaker: self,
+            probe,
+            finished: false,
+        })
+    }
+
+    fn record(&self, probe: bool, failed: bool, now: Instant) {
+        let mut s = self.lock();
+        match (s.state, probe, failed) {
+            (CircuitState::HalfOpen, true, false) => {
+                s.failures = 0;
+                self.transition(&mut s, CircuitState::Closed);
+            }
+            (CircuitState::HalfOpen, true, true) => {
+                s.open_until = now + self.cool_down;
+                self.transition(&mut s, CircuitState::Open);
+            }
+            (CircuitState::Closed, _, false) => s.failures = 0,
+            (CircuitState::Closed, _, true) => {
+                s.failures = s.failures.saturating_add(1);
+                if s.failures >= self.threshold {
+                    s.open_until = now + self.cool_down;
+                    self.transition(&mut s, CircuitState::Open);
+                }
+            }
+            // Calls admitted before the circuit opened, finishing late: the probe decides.
+            _ => {}
+        }
+    }
+
+    fn transition(&self, s: &mut BreakerState, to: CircuitState) {
+        let from = s.state;
+        s.state = to;
+        METRICS
+            .store_circuit_state
+            .with_label_values(&[&self.store])
+            .set(to.gauge());
+        match to {
+            CircuitState::Open => tracing::warn!(
+                store = %self.store,
+                from = from.name(),
+                to = to.name(),
+                cool_down_ms = self.cool_down.as_millis() as u64,
+                "store circuit opened: backend calls fail fast until a probe succeeds"
+            ),
+            CircuitState::HalfOpen => tracing::info!(
+                store = %self.store,
+                from = from.name(),
+                to = to.name(),
+                "store circuit half-open: probing the backend"
+            ),
+            CircuitState::Closed => tracing::info!(
+                store = %self.store,
+                from = from.name(),
+                to = to.name(),
+                "store circuit closed: the backend answers again"
+            ),
+        }
+    }
+}
+
+/// A provider behind retries and a circuit breaker (see the module docs).
+pub struct Resilient {
+    inner: Arc<dyn SecretProvider>,
+    breaker: Breaker,
+    settings: ResilienceSettings,
+    store: String,
+}
+
+impl Resilient {
+    /// Wraps `inner`, the provider of store `store` (its metrics label).
+    pub fn new(store: &str, inner: Arc<dyn SecretProvider>, settings: ResilienceSettings) -> Self {
+        Resilient {
+            inner,
+            breaker: Breaker::new(store, settings.failure_threshold, settings.cool_down),
+            settings,
+            store: store.to_string(),
+        }
+    }
+
+    /// One attempt through the breaker.
+    async fn once<T, Fut>(&self, call: impl FnOnce() -> Fut) -> Result<T, ProviderError>
+    where
+        Fut: Future<Output = Result<T, ProviderError>>,
+    {
+        let Some(permit) = self.breaker.admit(Instant::now()) else {
+            METRICS
+                .store_circuit_rejections
+                .with_label_values(&[&self.store])
+                .inc();
+            return Err(ProviderError::Unavailable(CIRCUIT_OPEN.into()));
+        };
+        let result = call().await;
+        permit.finish(matches!(&result, Err(e) if is_retryable(e)));
+        result
+    }
+
+    /// `call` through the breaker, retried as the module docs say.
+    async fn run<T, Fut>(&self, call: impl Fn() -> Fut + Send + Sync) -> Result<T, ProviderError>
+    where
+        Fut: Future<Output = Result<T, ProviderError>> + Send,
+        T: Send,
+    {
+        let start = Instant::now();
+        let backoff = backon::ExponentialBuilder::default()
+            .with_min_delay(self.settings.min_delay)
+            .with_max_delay(self.settings.max_delay)
+            .with_factor(2.0)
+            .with_jitter()
+            .with_max_times(self.settings.retries);
+        (|| self.once(&call))
+            .retry(backoff)
+            .sleep(tokio::time::sleep)
+            .when(|e| is_retryable(e) && start.elapsed() < self.settings.retry_window)
+            .notify(|e, delay| {
+                METRICS
+                    .store_retries
+                    .with_label_values(&[&self.store])
+                    .inc();
+                tracing::debug!(store = %self.store, error = %e.kind(), delay_ms = delay.as_millis() as u64, "retrying backend call");
+            })
+            .await
+    }
+}
+
+#[async_trait::async_trait]
+impl SecretProvider for Resilient {
+    super::forward_canonical!(inner);
+
+    async fn get_secret(&self, remote: &RemoteRef) -> Result<Vec<u8>, ProviderError> {
+        self.run(|| self.inner.get_secret(remote)).await
+    }
+
+    async fn get_secret_map(
+        &self,
+        remote: &RemoteRef,
+    ) -> Result<BTreeMap<String, Vec<u8>>, ProviderError> {
+        self.run(|| self.inner.get_secret_map(remote)).await
+    }
+
+    async fn find(&self, find: &FindRequest) -> Result<BTreeMap<String, Vec<u8>>, ProviderError> {
+        self.run(|| self.inner.find(find)).await
+    }
+
+    async fn find_allowed(
+        &self,
+        find: &FindRequest,
+        allow: &KeyFilter<'_>,
+    ) -> Result<BTreeMap<String, Vec<u8>>, ProviderError> {
+        // Not retried: every key is decided (and audited) as it is listed.
+        self.once(|| self.inner.find_allowed(find, allow)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::VecDeque;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn retry_classification() {
+        assert!(is_retryable(&ProviderError::Timeout));
+        assert!(is_retryable(&ProviderError::Unavailable(
+            "vault answered HTTP 503".into()
+        )));
+        assert!(is_retryable(&ProviderError::Unavailable(
+            "vault is rate limiting (HTTP 429)".into()
+        )));
+        assert!(!is_retryable(&ProviderError::Unavailable(
+            CIRCUIT_OPEN.into()
+        )));
+        assert!(!is_retryable(&ProviderError::NotFound));
+        assert!(!is_retryable(&ProviderError::InvalidRequest("x".into())));
+        assert!(!is_retryable(&ProviderError::Unsupported("x".into())));
+        assert!(!is_retryable(&ProviderError::Backend("403".into())));
+    }
+
+    #[test]
+    fn breaker_opens_after_failures_in_a_row_and_probes_after_the_cool_down() {
+        let b = Breaker::new("breaker-test", 3, Duration::from_secs(5));
+        let t0 = Instant::now();
+        // Successes reset the count.
+        for _ in 0..2 {
+            b.admit(t0).unwrap().finish(true);
+        }
+        b.admit(t0).unwrap().finish(false);
+        for _ in 0..2 {
+            b.admit(t0).unwrap().finish(true);
+        }
+        assert_eq!(b.state(), CircuitState::Closed);
+        b.admit(t0).unwrap().finish(true);
+        assert_eq!(b.state(), CircuitState::Open);
+        let gauge = || {
+            METRICS
+                .store_circuit_state
+                .with_label_values(&["breaker-test"])
+                .get()
+        };
+        assert_eq!(gauge(), 1);
+        // Refused during the cool-down.
+        assert!(b.admit(t0 + Duration::from_secs(4)).is_none());
+        // Then one probe, and only one.
+        let probe = b.admit(t0 + Duration::from_secs(6)).unwrap();
+        assert_eq!(b.state(), CircuitState::HalfOpen);
+        assert_eq!(gauge(), 2);
+        assert!(b.admit(t0 + Duration::from_secs(6)).is_none());
+        // A failed probe opens it again for a cool-down from now.
+        probe.finish(true);
+        assert_eq!(b.state(), CircuitState::Open);
+        assert!(b.admit(Instant::now() + Duration::from_secs(1)).is_none());
+        let probe = b.admit(Instant::now() + Duration::from_secs(6)).unwrap();
+        probe.finish(false);
+        assert_eq!(b.state(), CircuitState::Closed);
+        assert_eq!(gauge(), 0);
+        assert!(b.admit(Instant::now()).is_some());
+    }
+
+    #[test]
+    fn a_dropped_probe_counts_as_a_failure() {
+        let b = Breaker::new("breaker-drop", 1, Duration::from_millis(1));
+        b.admit(Instant::now()).unwrap().finish(true);
+        assert_eq!(b.state(), CircuitState::Open);
+        let later = Instant::now() + Duration::from_millis(10);
+        drop(b.admit(later).unwrap());
+        assert_eq!(b.state(), CircuitState::Open);
+        // A dropped ordinary permit changes nothing.
+        let b = Breaker::new("breaker-drop2", 1, Duration::from_millis(1));
+        drop(b.admit(Instant::now()).unwrap());
+        assert_eq!(b.state(), CircuitState::Closed);
+    }
+
+    /// Answers the scripted results in turn (then `Ok`), counting calls.
+    struct Scripted {
+        script: Mutex<VecDeque<ProviderError>>,
+        calls: AtomicUsize,
+    }
+
+    impl Scripted {
+        fn new(errors: Vec<ProviderError>) -> Arc<Self> {
+            Arc::new(Scripted {
+                script: Mutex::new(errors.into()),
+                calls: AtomicUsize::new(0),
+            })
+        }
+        fn next(&self) -> Result<Vec<u8>, ProviderError> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            match self.script.lock().unwrap().pop_front() {
+                Some(e) => Err(e),
+                None => Ok(b"v".to_vec()),
+            }
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl SecretProvider for Scripted {
+        fn kind(&self) -> &'static str {
+            "resilient_test"
+        }
+        async fn get_secret(&self, _: &RemoteRef) -> Result<Vec<u8>, ProviderError> {
+            self.next()
+        }
+        async fn get_secret_map(
+            &self,
+            _: &RemoteRef,
+        ) -> Result<BTreeMap<String, Vec<u8>>, ProviderError> {
+            self.next().map(|v| [("k".to_string(), v)].into())
+        }
+        async fn find(&self, _: &FindRequest) -> Result<BTreeMap<String, Vec<u8>>, ProviderError> {
+            self.next().map(|_| BTreeMap::new())
+        }
+        async fn find_allowed(
+            &self,
+            _: &FindRequest,
+            _: &KeyFilter<'_>,
+        ) -> Result<BTreeMap<String, Vec<u8>>, ProviderError> {
+            self.next().map(|_| BTreeMap::new())
+        }
+    }
+
+    fn settings() -> ResilienceSettings {
+        ResilienceSettings {
+            min_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(5),
+            cool_down: Duration::from_millis(200),
+            ..ResilienceSettings::with_backend_timeout(Duration::from_secs(5))
+        }
+    }
+
+    #[tokio::test]
+    async fn transient_failures_are_retried_and_definite_ones_are_not() {
+        let inner = Scripted::new(vec![
+            ProviderError::Unavailable("vault answered HTTP 503".into()),
+            ProviderError::Timeout,
+        ]);
+        let r = Resilient::new("retry-test", inner.clone(), settings());
+        assert_eq!(r.get_secret(&RemoteRef::default()).await.unwrap(), b"v");
+        assert_eq!(inner.calls.load(Ordering::SeqCst), 3);
+
+        // At most two retries.
+        let inner = Scripted::new(vec![ProviderError::Timeout; 3]);
+        let r = Resilient::new("retry-test", inner.clone(), settings());
+        assert_eq!(
+            r.get_secret(&RemoteRef::default()).await,
+            Err(ProviderError::Timeout)
+        );
+        assert_eq!(inner.calls.load(Ordering::SeqCst), 3);
+
+        for definite in [
+            ProviderError::NotFound,
+            ProviderError::Backend("permission denied".into()),
+            ProviderError::InvalidRequest("bad".into()),
+        ] {
+            let inner = Scripted::new(vec![definite.clone()]);
+            let r = Resilient::new("retry-test", inner.clone(), settings());
+            assert_eq!(r.get_secret(&RemoteRef::default()).await, Err(definite));
+            assert_eq!(inner.calls.load(Ordering::SeqCst), 1);
+        }
+
+        // A find is not retried (its keys were decided already).
+        let inner = Scripted::new(vec![ProviderError::Timeout]);
+        let r = Resilient::new("retry-test", inner.clone(), settings());
+        let allow = |_: &str| true;
+        assert_eq!(
+            r.find_allowed(&FindRequest::default(), &allow).await,
+            Err(ProviderError::Timeout)
+        );
+        assert_eq!(inner.calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn no_retry_after_the_window() {
+        let inner = Scripted::new(vec![ProviderError::Timeout; 3]);
+        let r = Resilient::new(
+            "retry-window",
+            inner.clone(),
+            ResilienceSettings {
+                retry_window: Duration::ZERO,
+                ..settings()
+            },
+        );
+        assert_eq!(
+            r.get_secret(&RemoteRef::default()).await,
+            Err(ProviderError::Timeout)
+        );
+        assert_eq!(inner.calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn an_open_circuit_fails_fast_and_recovers() {
+        // Five failing attempts (two calls: 3 + 2 with the retries) open the circuit.
+        let inner = Scripted::new(vec![ProviderError::Unavailable("down".into()); 5]);
+        let r = Resilient::new("circuit-test", inner.clone(), settings());
+        let _ = r.get_secret(&RemoteRef::default()).await;
+        let _ = r.get_secret(&RemoteRef::default()).await;
+        assert_eq!(inner.calls.load(Ordering::SeqCst), 5);
+        assert_eq!(r.breaker.state(), CircuitState::Open);
+        // Refused at once, without reaching the backend, and not retried.
+        let err = r.get_secret(&RemoteRef::default()).await.unwrap_err();
+        assert_eq!(err, ProviderError::Unavailable(CIRCUIT_OPEN.into()));
+        assert_eq!(inner.calls.load(Ordering::SeqCst), 5);
+        // After the cool-down a probe reaches the (recovered) backend and closes it.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert_eq!(r.get_secret(&RemoteRef::default()).await.unwrap(), b"v");
+        assert_eq!(r.breaker.state(), CircuitState::Closed);
+    }
+}
