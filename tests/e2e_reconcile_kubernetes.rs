@@ -1584,3 +1584,48 @@ async fn a_merge_into_a_secret_changed_meanwhile_is_refused_and_retried() {
         (vault.revoked() == ["fake/creds/0"]).then_some(())
     });
 }
+
+/// A credential is recorded as soon as its generator issued it, before the rest of the sync
+/// (here a store read that hangs until the backend timeout): a crash meanwhile leaves it
+/// recorded (before: recorded only after every fetch and template, so the whole sync was a
+/// window in which a crash left it unrecorded). The sync then fails and it is revoked.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_credential_is_recorded_before_the_rest_of_the_sync() {
+    let vault = common::fake_vault::FakeVault::start_with_password("pw").await;
+    // A backend that accepts connections and never answers.
+    let hang = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hang_addr = format!("http://{}", hang.local_addr().unwrap());
+    let k = cluster().await;
+    vault_generator(&k, &vault.url);
+    k.apply(json!({
+        "apiVersion": ESO, "kind": "SecretStore",
+        "metadata": {"name": "hang", "namespace": NS},
+        "spec": {"provider": {"vault": {"server": hang_addr, "path": "secret", "version": "v2",
+            "auth": {"tokenSecretRef": {"name": "vault-token", "key": "token"}}}}}
+    }));
+    let mut e = generated_external_secret("db", "db-creds", "VaultDynamicSecret", "creds");
+    e["spec"]["data"] = json!([{"secretKey": "other", "remoteRef": {"key": "app"},
+        "sourceRef": {"storeRef": {"kind": "SecretStore", "name": "hang"}}}]);
+    let created = k.apply(e);
+    let uid = created["metadata"]["uid"].as_str().unwrap().to_string();
+    let r = Reconciler::start(&k, &["--backend-timeout", "8s"]);
+    let entries = wait_for(
+        "the credential recorded while the sync goes on",
+        20,
+        &r,
+        || {
+            let e = record_entries(&k, &uid);
+            (!e.is_empty()).then_some(e)
+        },
+    );
+    assert_eq!(entries[0]["state"]["leaseId"], "fake/creds/0");
+    assert!(vault.revoked().is_empty(), "the sync is still running");
+    assert!(secret(&k, "db-creds").is_none());
+    wait_for("revoked once the sync failed", 30, &r, || {
+        vault
+            .revoked()
+            .contains(&"fake/creds/0".to_string())
+            .then_some(())
+    });
+    drop(hang);
+}
