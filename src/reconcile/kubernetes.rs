@@ -1067,6 +1067,7 @@ async fn reconcile_one(
     // The record is read (and checked) before any credential is issued: one that cannot be
     // read or is full would leave a new credential neither recorded nor handed out.
     let record = if uses_revocable_generator(es, inv) {
+        refuse_before_issuing(es, spec, existing.as_ref(), &name)?;
         let record = ctx.records.get(&uid).await.map_err(record_failure)?;
         record_has_room(&record.entries, revocable_refs(spec))?;
         note_pending(ctx, &key, &record.entries, now_secs);
@@ -2099,6 +2100,59 @@ fn immutable_error(name: &str) -> Failure {
     })
 }
 
+/// A Secret another controller (another ExternalSecret, a Deployment…) manages is not
+/// taken over (ESO: "target is owned by another ExternalSecret").
+///
+/// # Errors
+/// [`SyncError::Owned`].
+fn owned_by_another(s: &Secret, es: &ExternalSecretObject, name: &str) -> Result<(), Failure> {
+    let Some(other) = s
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true) && Some(&o.uid) != es.uid.as_ref())
+    else {
+        return Ok(());
+    };
+    let owner = if other.kind == "ExternalSecret" {
+        other.name.clone()
+    } else {
+        format!("{} (a {}, not an ExternalSecret)", other.name, other.kind)
+    };
+    Err(Failure::Sync(SyncError::Owned {
+        secret: name.to_string(),
+        owner,
+    }))
+}
+
+/// Before a generator issues anything: a target Secret that cannot take its output is
+/// refused now (owned by another controller, for Owner and Orphan; immutable, whose data a
+/// new credential always changes), rather than after a credential was issued and revoked
+/// on every retry.
+///
+/// # Errors
+/// [`SyncError::Owned`], [`SyncError::Immutable`].
+fn refuse_before_issuing(
+    es: &ExternalSecretObject,
+    spec: &crate::resources::external_secret::ExternalSecretSpec,
+    existing: Option<&Secret>,
+    name: &str,
+) -> Result<(), Failure> {
+    let Some(s) = existing else {
+        return Ok(());
+    };
+    match spec.target.creation_policy {
+        CreationPolicy::Owner | CreationPolicy::Orphan => owned_by_another(s, es, name)?,
+        CreationPolicy::Merge => {}
+        CreationPolicy::None => return Ok(()),
+    }
+    if s.immutable.unwrap_or(false) {
+        return Err(immutable_error(name));
+    }
+    Ok(())
+}
+
 /// Owner / Orphan: create the Secret, or replace its data keeping its other metadata.
 async fn write_secret(
     secrets: &Api<Secret>,
@@ -2112,25 +2166,7 @@ async fn write_secret(
     let mut owners: Vec<Value> = Vec::new();
     let mut resource_version = None;
     if let Some(s) = existing {
-        // A Secret another controller (another ExternalSecret, a Deployment…) manages is
-        // not taken over (ESO: "target is owned by another ExternalSecret").
-        if let Some(other) = s
-            .metadata
-            .owner_references
-            .iter()
-            .flatten()
-            .find(|o| o.controller == Some(true) && Some(&o.uid) != es.uid.as_ref())
-        {
-            let owner = if other.kind == "ExternalSecret" {
-                other.name.clone()
-            } else {
-                format!("{} (a {}, not an ExternalSecret)", other.name, other.kind)
-            };
-            return Err(Failure::Sync(SyncError::Owned {
-                secret: name,
-                owner,
-            }));
-        }
+        owned_by_another(s, es, &name)?;
         let base = existing_of(s);
         if base.immutable {
             if sync::data_hash(&base.data) == sync::data_hash(&desired.data) {
