@@ -9,12 +9,12 @@
 //! accessors, credential ids), never values, as JSON under `data.issued`, and is keyed by
 //! uid: a new ExternalSecret of the same name never inherits an old record.
 //!
-//! Order of a sync that issues credentials: record previous + new, write the target
-//! Secret, revoke the previous, record the new (with any previous that could not be
-//! revoked). From the moment the new credentials are recorded (right after the backend
-//! issued them, before the Secret is written), a crash leaves every live credential
-//! recorded; one that happens between the backend's answer and that first write leaves the
-//! new credentials unrecorded (they lapse at their TTL).
+//! Order of a sync that issues credentials: each new credential recorded as soon as it is
+//! issued (beside those already recorded), write the target Secret, then mark the previous
+//! ones `revoke_after` (the end of their grace), revoked once it passed (those that cannot
+//! be revoked stay). A crash between a backend's answer and that credential's record write
+//! leaves it unrecorded (it lapses at its TTL); from then on every live credential is
+//! recorded.
 //!
 //! Every write is a compare-and-set on the `resourceVersion` the caller read ([`Record`]):
 //! a record changed in between (another replica after a leadership handover) is read again
