@@ -1088,6 +1088,11 @@ fn es_uid(k: &FakeKube, name: &str) -> String {
 /// The ExternalSecret `db` from the `VaultDynamicSecret` `creds` on a fake Vault, synced:
 /// the cluster, the reconciler and the leases revoked.
 async fn generated_db() -> (FakeKube, Reconciler, Arc<Mutex<Vec<String>>>) {
+    generated_db_with(&[]).await
+}
+
+/// [`generated_db`] with the reconciler's `extra` flags.
+async fn generated_db_with(extra: &[&str]) -> (FakeKube, Reconciler, Arc<Mutex<Vec<String>>>) {
     let (vault_url, revoked) = fake_vault().await;
     let k = cluster().await;
     vault_generator(&k, &vault_url);
@@ -1097,9 +1102,25 @@ async fn generated_db() -> (FakeKube, Reconciler, Arc<Mutex<Vec<String>>>) {
         "VaultDynamicSecret",
         "creds",
     ));
-    let r = Reconciler::start(&k, &[]);
+    let r = Reconciler::start(&k, extra);
     wait_for("the generated Secret", 30, &r, || secret(&k, "db-creds"));
     (k, r, revoked)
+}
+
+/// The entries of the record of the ExternalSecret `uid`.
+fn record_entries(k: &FakeKube, uid: &str) -> Vec<Value> {
+    record(k, uid)
+        .and_then(|r| data(&r, "issued"))
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default()
+}
+
+/// Forces a sync of the generated ExternalSecret `db` (a new credential) with the
+/// force-sync annotation `n`.
+fn force_sync_db(k: &FakeKube, n: &str) {
+    let mut again = generated_external_secret("db", "db-creds", "VaultDynamicSecret", "creds");
+    again["metadata"]["annotations"] = json!({"force-sync": n});
+    k.apply(again);
 }
 
 /// The record of issued credentials lives in the reconciler's namespace, not on the target
@@ -1109,7 +1130,7 @@ async fn generated_db() -> (FakeKube, Reconciler, Arc<Mutex<Vec<String>>>) {
 /// its ExternalSecret does not stop the revocation (before: the finalizer went without it).
 #[tokio::test(flavor = "multi_thread")]
 async fn revocation_follows_the_reconcilers_record_not_the_target_secret() {
-    let (k, r, revoked) = generated_db().await;
+    let (k, r, revoked) = generated_db_with(&["--revocation-grace", "0s"]).await;
     let uid = es_uid(&k, "db");
     let recorded = record(&k, &uid).expect("the record in the reconciler's namespace");
     assert!(recorded["data"]["issued"].is_string());
@@ -1141,19 +1162,26 @@ async fn revocation_follows_the_reconcilers_record_not_the_target_secret() {
     no_record(&k, &r, &uid);
 }
 
-/// A credential issued by a sync whose Secret cannot be written (an immutable Secret with
-/// other data) is revoked at once, on every retry (before: issued again and leaked on
-/// every backoff retry).
+/// A target Secret that cannot take a generator's output (immutable with other data, or
+/// controlled by another owner) is refused before anything is issued (before: a credential
+/// was issued and revoked on every backoff retry; earlier still, leaked).
 #[tokio::test(flavor = "multi_thread")]
-async fn a_credential_whose_secret_cannot_be_written_is_revoked() {
-    let (vault_url, revoked) = fake_vault().await;
+async fn a_target_that_cannot_be_written_is_refused_before_issuing() {
+    let vault = common::fake_vault::FakeVault::start_with_password("pw").await;
     let k = cluster().await;
-    vault_generator(&k, &vault_url);
+    vault_generator(&k, &vault.url);
     k.apply(json!({
         "apiVersion": "v1", "kind": "Secret",
         "metadata": {"name": "db-creds", "namespace": NS},
         "immutable": true,
         "data": {"username": b64("someone-else")}
+    }));
+    k.apply(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "app-creds", "namespace": NS, "ownerReferences": [{
+            "apiVersion": "apps/v1", "kind": "Deployment", "name": "app",
+            "uid": "0000-app", "controller": true}]},
+        "data": {"username": b64("theirs")}
     }));
     k.apply(generated_external_secret(
         "db",
@@ -1161,19 +1189,25 @@ async fn a_credential_whose_secret_cannot_be_written_is_revoked() {
         "VaultDynamicSecret",
         "creds",
     ));
+    k.apply(generated_external_secret(
+        "app",
+        "app-creds",
+        "VaultDynamicSecret",
+        "creds",
+    ));
     let r = Reconciler::start(&k, &[]);
-    let failed = wait_for("the failure", 30, &r, || {
-        let c = ready(&es(&k, "db"))?;
-        (c.0 == "False").then_some(c.2)
-    });
-    assert!(failed.contains("immutable"), "{failed}");
-    wait_for("two attempts revoked", 20, &r, || {
-        (revoked.lock().unwrap().len() >= 2).then_some(())
-    });
-    let revoked = revoked.lock().unwrap().clone();
-    assert_eq!(revoked[..2], ["fake/creds/0", "fake/creds/1"]);
-    // Between attempts nothing stays recorded (a retry records before writing).
+    for (es_name, why) in [("db", "immutable"), ("app", "owned by")] {
+        let failed = wait_for("the failure", 30, &r, || {
+            let c = ready(&es(&k, es_name))?;
+            (c.0 == "False").then_some(c.2)
+        });
+        assert!(failed.contains(why), "{failed}");
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(vault.issued(), 0, "nothing issued");
+    assert!(vault.revoked().is_empty());
     no_record(&k, &r, &es_uid(&k, "db"));
+    no_record(&k, &r, &es_uid(&k, "app"));
 }
 
 /// An ExternalSecret whose generator was deleted first (a `kubectl delete -f` of both, a
@@ -1188,7 +1222,15 @@ async fn a_gone_generator_does_not_hold_the_finalizer_forever() {
         Some(NS),
         "creds"
     ));
-    std::thread::sleep(Duration::from_secs(1));
+    // A reconciler that never built the generator (restarted: what it remembers is lost).
+    drop(r);
+    let r = Reconciler::start(&k, &[]);
+    wait_for("the reconciler up", 30, &r, || {
+        r.logs()
+            .contains("Kubernetes resources synced")
+            .then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
     deleted_and_revoked(&k, &r, "db", &revoked, &[]);
     let event = wait_for("the Warning Event", 15, &r, || {
         k.list("events.k8s.io/v1", "Event", Some(NS))
@@ -1428,4 +1470,175 @@ async fn a_template_reading_its_own_target_is_refused_before_issuing() {
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(vault.issued(), 0);
     assert!(secret(&k, "db-creds").is_none());
+}
+
+/// A replaced credential stays valid for `--revocation-grace` after the Secret holding its
+/// successor was written (workloads still read it until the kubelet refreshes the mounted
+/// Secret, or until they restart), then it is revoked (before: revoked right after the
+/// write). The record holds it meanwhile, with its deadline.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replaced_credential_stays_valid_for_the_grace() {
+    let (k, r, revoked) = generated_db_with(&["--revocation-grace", "4s"]).await;
+    let uid = es_uid(&k, "db");
+    force_sync_db(&k, "1");
+    wait_for("the second credential", 15, &r, || {
+        (data(&secret(&k, "db-creds")?, "username")? == "user-1").then_some(())
+    });
+    let written = Instant::now();
+    let entries = wait_for(
+        "both recorded, the old one with its deadline",
+        5,
+        &r,
+        || {
+            let e = record_entries(&k, &uid);
+            (e.len() == 2 && e.iter().any(|e| e["revokeAfter"].is_u64())).then_some(e)
+        },
+    );
+    let old = entries.iter().find(|e| e["revokeAfter"].is_u64()).unwrap();
+    assert_eq!(old["state"]["leaseId"], "fake/creds/0");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        revoked.lock().unwrap().is_empty(),
+        "still valid right after the write: {:?}",
+        revoked.lock().unwrap()
+    );
+    wait_for("the old credential revoked after the grace", 20, &r, || {
+        (!revoked.lock().unwrap().is_empty()).then_some(())
+    });
+    assert!(
+        written.elapsed() >= Duration::from_secs(2),
+        "{:?}",
+        written.elapsed()
+    );
+    assert_eq!(*revoked.lock().unwrap(), ["fake/creds/0"]);
+    wait_for("only the current one recorded", 10, &r, || {
+        (record_entries(&k, &uid).len() == 1).then_some(())
+    });
+    deleted_and_revoked(&k, &r, "db", &revoked, &["fake/creds/0", "fake/creds/1"]);
+}
+
+/// Deleting the ExternalSecret revokes everything it recorded at once, replaced credentials
+/// still in their grace included.
+#[tokio::test(flavor = "multi_thread")]
+async fn deletion_revokes_credentials_in_their_grace_at_once() {
+    let (k, r, revoked) = generated_db_with(&["--revocation-grace", "1h"]).await;
+    let uid = es_uid(&k, "db");
+    force_sync_db(&k, "1");
+    wait_for("both recorded", 15, &r, || {
+        (record_entries(&k, &uid).len() == 2).then_some(())
+    });
+    assert!(revoked.lock().unwrap().is_empty());
+    assert!(k.delete(ESO, "ExternalSecret", Some(NS), "db"));
+    wait_for("the ExternalSecret gone", 30, &r, || {
+        k.get(ESO, "ExternalSecret", Some(NS), "db")
+            .is_none()
+            .then_some(())
+    });
+    let mut all = revoked.lock().unwrap().clone();
+    all.sort();
+    assert_eq!(all, ["fake/creds/0", "fake/creds/1"]);
+    no_record(&k, &r, &uid);
+}
+
+/// The credentials of an ExternalSecret whose generator object was deleted first (a
+/// namespace deletion, `kubectl delete -f` of both) are still revoked, through the
+/// generator this reconciler last built (before: abandoned, left to lapse at their TTL).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deleted_generators_credentials_are_still_revoked() {
+    let (k, r, revoked) = generated_db().await;
+    assert!(k.delete(
+        "generators.external-secrets.io/v1alpha1",
+        "VaultDynamicSecret",
+        Some(NS),
+        "creds"
+    ));
+    std::thread::sleep(Duration::from_secs(1));
+    deleted_and_revoked(&k, &r, "db", &revoked, &["fake/creds/0"]);
+    assert!(
+        !k.list("events.k8s.io/v1", "Event", Some(NS))
+            .iter()
+            .any(|e| e["reason"] == "RevocationAbandoned"),
+        "nothing abandoned"
+    );
+}
+
+/// The Merge patch carries the `resourceVersion` read: a Secret changed in between (another
+/// writer) makes it a 409; this sync's credential is revoked and the next sync merges into
+/// the Secret as it is then (before: merged over the change blindly).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_merge_into_a_secret_changed_meanwhile_is_refused_and_retried() {
+    let vault = common::fake_vault::FakeVault::start_with_password("pw").await;
+    let k = cluster().await;
+    vault_generator(&k, &vault.url);
+    k.apply(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "db-creds", "namespace": NS},
+        "data": {"keep": b64("theirs")}
+    }));
+    let path = format!("/api/v1/namespaces/{NS}/secrets/db-creds");
+    k.change_before_next_writes(&path, 1);
+    let mut e = generated_external_secret("db", "db-creds", "VaultDynamicSecret", "creds");
+    e["spec"]["target"]["creationPolicy"] = json!("Merge");
+    k.apply(e);
+    let r = Reconciler::start(&k, &[]);
+    let s = wait_for("the second credential merged", 30, &r, || {
+        let s = secret(&k, "db-creds")?;
+        (data(&s, "username")? == "user-1").then_some(s)
+    });
+    assert_eq!(data(&s, "keep").as_deref(), Some("theirs"));
+    assert_eq!(s["metadata"]["annotations"]["fake.test/changed"], "0");
+    let conflicts = k
+        .requests()
+        .iter()
+        .filter(|q| q.method == "PATCH" && q.path == path && q.status == 409)
+        .count();
+    assert_eq!(conflicts, 1);
+    wait_for("the first credential revoked", 10, &r, || {
+        (vault.revoked() == ["fake/creds/0"]).then_some(())
+    });
+}
+
+/// A credential is recorded as soon as its generator issued it, before the rest of the sync
+/// (here a store read that hangs until the backend timeout): a crash meanwhile leaves it
+/// recorded (before: recorded only after every fetch and template, so the whole sync was a
+/// window in which a crash left it unrecorded). The sync then fails and it is revoked.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_credential_is_recorded_before_the_rest_of_the_sync() {
+    let vault = common::fake_vault::FakeVault::start_with_password("pw").await;
+    // A backend that accepts connections and never answers.
+    let hang = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hang_addr = format!("http://{}", hang.local_addr().unwrap());
+    let k = cluster().await;
+    vault_generator(&k, &vault.url);
+    k.apply(json!({
+        "apiVersion": ESO, "kind": "SecretStore",
+        "metadata": {"name": "hang", "namespace": NS},
+        "spec": {"provider": {"vault": {"server": hang_addr, "path": "secret", "version": "v2",
+            "auth": {"tokenSecretRef": {"name": "vault-token", "key": "token"}}}}}
+    }));
+    let mut e = generated_external_secret("db", "db-creds", "VaultDynamicSecret", "creds");
+    e["spec"]["data"] = json!([{"secretKey": "other", "remoteRef": {"key": "app"},
+        "sourceRef": {"storeRef": {"kind": "SecretStore", "name": "hang"}}}]);
+    let created = k.apply(e);
+    let uid = created["metadata"]["uid"].as_str().unwrap().to_string();
+    let r = Reconciler::start(&k, &["--backend-timeout", "8s"]);
+    let entries = wait_for(
+        "the credential recorded while the sync goes on",
+        20,
+        &r,
+        || {
+            let e = record_entries(&k, &uid);
+            (!e.is_empty()).then_some(e)
+        },
+    );
+    assert_eq!(entries[0]["state"]["leaseId"], "fake/creds/0");
+    assert!(vault.revoked().is_empty(), "the sync is still running");
+    assert!(secret(&k, "db-creds").is_none());
+    wait_for("revoked once the sync failed", 30, &r, || {
+        vault
+            .revoked()
+            .contains(&"fake/creds/0".to_string())
+            .then_some(())
+    });
+    drop(hang);
 }

@@ -120,11 +120,20 @@ struct ReconcileArgs {
         default_value = "https://kubernetes.default.svc.cluster.local,https://kubernetes.default.svc,kubernetes"
     )]
     api_server_audiences: Vec<String>,
-    /// Kubernetes mode: the API server's ServiceAccount issuer (its `--service-account-issuer`),
-    /// when `/.well-known/openid-configuration` may not be read (the
-    /// `system:service-account-issuer-discovery` ClusterRole grants it).
-    #[arg(long)]
-    api_server_issuer: Option<String>,
+    /// Kubernetes mode: the API server's ServiceAccount issuers (every `--service-account-issuer`
+    /// it is started with: it accepts each as a token audience; repeat the flag or separate
+    /// with commas, e.g. both issuers while migrating from one to another). Given, they are
+    /// refused at once and the discovered one (`/.well-known/openid-configuration`, which
+    /// names only the first; the `system:service-account-issuer-discovery` ClusterRole grants
+    /// it) is added in the background when it can be read; not given, discovery decides.
+    #[arg(long, value_delimiter = ',')]
+    api_server_issuer: Vec<String>,
+    /// Kubernetes mode: how long a generator credential that was replaced stays valid after
+    /// the Secret holding its successor was written (workloads read the old value until the
+    /// kubelet refreshes the mounted Secret, up to about 2 minutes, or until they restart);
+    /// then it is revoked. At most the credential's own expiry; `0s` revokes at once.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    revocation_grace: Duration,
     /// Kubernetes mode: serve `/metrics` (ESO's `externalsecret_*` metrics and the
     /// server's) on this plain-HTTP address (e.g. `127.0.0.1:8080`); none by default.
     #[arg(long, env = "ESI_METRICS_LISTEN")]
@@ -559,24 +568,28 @@ async fn reconcile_kubernetes(args: ReconcileArgs) -> Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("cannot configure the Kubernetes client (in-cluster or KUBECONFIG)")?;
-    let mut audiences = args.api_server_audiences.clone();
-    // An empty value (an unset Helm value) counts as not given: discovery runs.
-    let given = args
-        .api_server_issuer
-        .clone()
-        .filter(|i| !i.trim().trim_end_matches('/').is_empty());
-    let issuer = match given {
-        Some(issuer) => Some(issuer),
-        None => discover_api_server_issuer(&client).await,
+    let given = given_issuers(&args.api_server_issuer);
+    let issuers = if given.is_empty() {
+        discover_api_server_issuer(&client)
+            .await
+            .into_iter()
+            .collect()
+    } else {
+        given.clone()
     };
     let tokens = esi::remote::token_request::KubeTokenRequest::new(client.clone());
-    let tokens = match issuer {
-        Some(issuer) => {
-            tracing::info!(%issuer, "the API server's issuer is refused as a token audience");
-            audiences.push(issuer);
-            std::sync::Arc::new(tokens.with_refused_audiences(audiences))
+    let tokens = match refused_audiences(&args.api_server_audiences, &issuers) {
+        Some(audiences) => {
+            tracing::info!(issuers = %issuers.join(", "), "the API server's issuers are refused as token audiences");
+            let tokens = std::sync::Arc::new(tokens.with_refused_audiences(audiences));
+            if !given.is_empty() {
+                // The discovered issuer is refused too, once it can be read.
+                tokio::spawn(rediscover_api_server_issuer(client.clone(), tokens.clone()));
+            }
+            tokens
         }
         None => {
+            let audiences = args.api_server_audiences.clone();
             tracing::error!(
                 "the API server's issuer is unknown (GET /.well-known/openid-configuration failed): no ServiceAccount token is requested until it is known (asked again in the background); grant the system:service-account-issuer-discovery ClusterRole or pass --api-server-issuer"
             );
@@ -621,9 +634,30 @@ async fn reconcile_kubernetes(args: ReconcileArgs) -> Result<()> {
             client_side: true,
             service_account_tokens: Some(tokens),
         },
+        revocation_grace: args.revocation_grace,
     };
     esi::reconcile::kubernetes::run(client, opts, shutdown_signal()).await;
     Ok(())
+}
+
+/// The issuers given by `--api-server-issuer`, without empty values (an unset Helm value
+/// counts as not given: discovery runs).
+fn given_issuers(given: &[String]) -> Vec<String> {
+    given
+        .iter()
+        .filter(|i| !i.trim().trim_end_matches('/').is_empty())
+        .cloned()
+        .collect()
+}
+
+/// The audiences refused: `audiences` and every one of `issuers` (the API server accepts
+/// each of its `--service-account-issuer`s as an audience); `None` when no issuer is known
+/// (then every token is refused).
+fn refused_audiences(audiences: &[String], issuers: &[String]) -> Option<Vec<String>> {
+    if issuers.is_empty() {
+        return None;
+    }
+    Some(audiences.iter().chain(issuers).cloned().collect())
 }
 
 /// [`api_server_issuer`], tried three times at start, 1 s then 2 s apart, each try bounded
@@ -646,9 +680,9 @@ const REDISCOVER_MIN: Duration = Duration::from_secs(5);
 /// Longest delay of [`rediscover_api_server_issuer`].
 const REDISCOVER_MAX: Duration = Duration::from_secs(300);
 
-/// The issuer was unknown at start: asked again in the background, 5 s after, the delay
-/// doubling up to 5 min, until it is known; then `tokens` refuses it as an audience and
-/// stops refusing every token ([`esi::remote::token_request::KubeTokenRequest::learn_issuer`]).
+/// The issuer was unknown at start (or issuers were given, and the discovered one is added
+/// to them): asked again in the background, 5 s after, the delay doubling up to 5 min,
+/// until it is known; then `tokens` refuses it as an audience and stops refusing every token ([`esi::remote::token_request::KubeTokenRequest::learn_issuer`]).
 async fn rediscover_api_server_issuer(
     client: kube::Client,
     tokens: std::sync::Arc<esi::remote::token_request::KubeTokenRequest>,
@@ -894,5 +928,33 @@ mod tests {
         // Before: 2^64 h overflowed the multiplication; units are required, as in Go.
         assert!(parse_duration("9999999999999999999h").is_err());
         assert!(parse_duration("10").is_err());
+    }
+
+    /// Every issuer given is refused as an audience (before: one `--api-server-issuer` only,
+    /// so during an issuer migration the API server's other issuer could be asked for).
+    #[test]
+    fn every_api_server_issuer_is_refused() {
+        let cli = Cli::try_parse_from([
+            "esi-server",
+            "reconcile",
+            "--kubernetes",
+            "--api-server-issuer",
+            "https://old.example",
+            "--api-server-issuer",
+            "https://new.example,",
+        ])
+        .unwrap();
+        let Command::Reconcile(args) = cli.command else {
+            panic!("reconcile");
+        };
+        let issuers = given_issuers(&args.api_server_issuer);
+        assert_eq!(issuers, ["https://old.example", "https://new.example"]);
+        let refused = refused_audiences(&args.api_server_audiences, &issuers).unwrap();
+        for a in ["kubernetes", "https://old.example", "https://new.example"] {
+            assert!(refused.iter().any(|r| r == a), "{a}: {refused:?}");
+        }
+        assert_eq!(args.revocation_grace, Duration::from_secs(300));
+        assert!(refused_audiences(&args.api_server_audiences, &[]).is_none());
+        assert!(given_issuers(&[" ".into(), "/".into()]).is_empty());
     }
 }

@@ -182,8 +182,9 @@ pub enum SyncError {
         secret: String,
     },
     /// The record of issued credentials (Kubernetes mode) cannot be read or written, or is
-    /// full: no credential is issued (one neither recorded nor handed out would leak).
-    #[error("{0}; no credential is issued")]
+    /// full (one neither recorded nor handed out would leak). The message says what became
+    /// of what the sync issued (nothing issued, or revoked).
+    #[error("{0}")]
     Record(String),
     /// Another ExternalSecret already writes this Secret.
     #[error("secret {secret} is already owned by ExternalSecret {owner}")]

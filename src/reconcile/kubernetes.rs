@@ -33,7 +33,9 @@ use kube::runtime::watcher;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
+use crate::generators::Generator;
 use crate::providers::ProviderSettings;
+use crate::resources::GeneratorKey;
 use crate::resources::external_secret::{CreationPolicy, RefreshPolicy};
 use crate::source::kubernetes::{KindFilter, KubeSource};
 use crate::source::{NamedObject, ObjectKey, RefTier, SourceEvent, SourceObject};
@@ -79,7 +81,25 @@ pub struct KubeOptions {
     pub lease: LeaseSettings,
     /// Backend call bounds (and the ServiceAccount token source).
     pub provider_settings: ProviderSettings,
+    /// `--revocation-grace`: how long a replaced generator credential stays valid after the
+    /// Secret holding its successor was written ([`DEFAULT_REVOCATION_GRACE`]).
+    pub revocation_grace: Duration,
 }
+
+/// Default of `--revocation-grace`: the kubelet refreshes a mounted Secret only after its
+/// sync period and cache TTL (a minute each by default, so up to about 2 minutes), and a
+/// rollout ([`super::rollout`]) takes time to replace every Pod; 5 minutes covers both with
+/// room (ESO's generator-state design uses a 5 minute `garbageCollectionDeadline` in its
+/// example). Environment variables keep the old value until the Pod restarts: those need
+/// the rollout extension or a longer grace.
+pub const DEFAULT_REVOCATION_GRACE: Duration = Duration::from_secs(300);
+/// A credential whose `expires_at` passed this long ago is revoked (once, idempotent) and
+/// then let go even if the revocation fails (it lapsed; the margin covers clock skew).
+const EXPIRY_MARGIN: u64 = 300;
+/// A due revocation that failed is tried again after this long.
+const PENDING_RETRY: u64 = 60;
+/// Most built generators kept for revocation ([`Context::generators`]).
+const MAX_REMEMBERED_GENERATORS: usize = 10_000;
 
 /// Why a reconcile failed (logged, counted, backed off; never holds a value).
 #[derive(Debug, thiserror::Error)]
@@ -354,6 +374,20 @@ struct Context {
     resource: ApiResource,
     /// Where issued credentials are recorded ([`super::records`]).
     records: Records,
+    /// How long a replaced credential stays valid ([`KubeOptions::revocation_grace`]).
+    revocation_grace: Duration,
+    /// The Lease's duration (the sweep leaves records younger than twice this alone).
+    lease_duration: Duration,
+    /// Per ExternalSecret, when the next replaced credential of its record is due for
+    /// revocation (seconds since the epoch; [`revocation_deadline`]), as this replica last
+    /// saw the record: the reconcile then revokes it and requeues for the next one.
+    pending: Mutex<HashMap<ObjectRef<DynamicObject>, u64>>,
+    /// The generators last built for each generator that issued or revoked a credential here,
+    /// so that what a record holds can still be revoked once the generator object is gone
+    /// (a namespace deletion removes it before the ExternalSecret). Memory only: lost at a
+    /// restart; pruned by the sweep to those some record references; at most
+    /// [`MAX_REMEMBERED_GENERATORS`].
+    generators: Mutex<HashMap<GeneratorKey, Arc<dyn Generator>>>,
 }
 
 /// Runs `reconcile --kubernetes` until `shutdown` completes.
@@ -405,6 +439,10 @@ pub async fn run(
         ),
         resource: resource.clone(),
         records: Records::new(client.clone(), &opts.lease.namespace),
+        revocation_grace: opts.revocation_grace,
+        lease_duration: opts.lease.duration,
+        pending: Mutex::new(HashMap::new()),
+        generators: Mutex::new(HashMap::new()),
     });
     let inventory_changes = futures_util::stream::unfold(changed_rx, |mut rx| async move {
         rx.changed().await.ok()?;
@@ -452,6 +490,7 @@ async fn forget_deleted(store: kube::runtime::reflector::Store<DynamicObject>, c
         sweep(&ctx.written, live);
         sweep(&ctx.templates, live);
         sweep(&ctx.template_resyncs, live);
+        sweep(&ctx.pending, live);
     }
 }
 
@@ -663,6 +702,10 @@ async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action,
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&key);
+        ctx.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key);
         return Ok(Action::await_change());
     }
     if !sync::is_managed(&es, &inv, &ctx.sync) {
@@ -674,6 +717,10 @@ async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action,
     }
     let started = Instant::now();
     let now = SystemTime::now();
+    if pending_due(&ctx, &key, epoch_secs(now)) {
+        // Replaced credentials past their grace.
+        revoke_due(&ctx, &es, &inv, &key, epoch_secs(now), None).await;
+    }
     let result = reconcile_one(&obj, &es, &inv, &ctx, now).await;
     let record = |ready: bool, errored: bool| {
         super::es_metrics::record_sync(&es.name, &es.namespace, ready, errored, started.elapsed())
@@ -681,7 +728,8 @@ async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action,
     match result {
         Ok(None) => {
             forget(&ctx, &key);
-            Ok(requeue_after(&es, &effective_last_sync(&ctx, &obj), now))
+            let after = requeue_after(&es, &effective_last_sync(&ctx, &obj), now);
+            Ok(with_pending(&ctx, &key, after, now))
         }
         Ok(Some(out)) if !out.ready => {
             // Waiting (Merge target absent): like a failure, written and told only when it
@@ -704,7 +752,12 @@ async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action,
                     failed: false,
                 };
                 remember(&ctx, key.clone(), Written::Synced(last.clone()));
-                Ok(requeue_after(&es, &last, now))
+                Ok(with_pending(
+                    &ctx,
+                    &key,
+                    requeue_after(&es, &last, now),
+                    now,
+                ))
             }
         }
         Err(Failure::Sync(e)) => {
@@ -723,7 +776,7 @@ async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action,
             Err(ReconcileError::Sync(message))
         }
         Err(Failure::Kube(e) | Failure::Unknown(e)) => Err(e),
-        Err(Failure::Later(wait)) => Ok(Action::requeue(wait)),
+        Err(Failure::Later(wait)) => Ok(with_pending(&ctx, &key, Some(wait), now)),
     }
 }
 
@@ -762,23 +815,159 @@ fn forget(ctx: &Context, key: &ObjectRef<DynamicObject>) {
         .remove(key);
 }
 
-/// Periodic with an interval: come back when the next refresh is due; else on a change.
-fn requeue_after(es: &ExternalSecretObject, last: &LastSync, now: SystemTime) -> Action {
+/// Periodic with an interval: how long until the next refresh is due; else `None` (on a
+/// change).
+fn requeue_after(es: &ExternalSecretObject, last: &LastSync, now: SystemTime) -> Option<Duration> {
     let Ok(spec) = &es.spec else {
-        return Action::await_change();
+        return None;
     };
     let Ok(interval) = policy::refresh_interval(spec.refresh_interval.as_deref()) else {
-        return Action::await_change();
+        return None;
     };
     let refresh = spec.refresh_policy.unwrap_or(RefreshPolicy::Periodic);
-    match policy::next_refresh(refresh, interval, last) {
-        Some(due) => Action::requeue(
-            due.duration_since(now)
-                .unwrap_or(Duration::ZERO)
-                .max(Duration::from_millis(100)),
-        ),
-        None => Action::await_change(),
+    policy::next_refresh(refresh, interval, last).map(|due| {
+        due.duration_since(now)
+            .unwrap_or(Duration::ZERO)
+            .max(Duration::from_millis(100))
+    })
+}
+
+/// Requeue after `after` (`None`: on a change), or sooner when a replaced credential of the
+/// ExternalSecret `key` is due for revocation before.
+fn with_pending(
+    ctx: &Context,
+    key: &ObjectRef<DynamicObject>,
+    after: Option<Duration>,
+    now: SystemTime,
+) -> Action {
+    let pending = ctx
+        .pending
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(key)
+        .map(|t| Duration::from_secs(t.saturating_sub(epoch_secs(now)).max(1)));
+    match (after, pending) {
+        (Some(a), Some(p)) => Action::requeue(a.min(p)),
+        (Some(d), None) | (None, Some(d)) => Action::requeue(d),
+        (None, None) => Action::await_change(),
     }
+}
+
+fn epoch_secs(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// When a recorded credential is due for revocation (seconds since the epoch): once
+/// replaced, at the end of its grace (`revoke_after`); in any case `EXPIRY_MARGIN` after it
+/// lapsed on its own (revoked once, idempotent, then let go). `None`: in use, no expiry.
+fn revocation_deadline(c: &sync::IssuedCredential) -> Option<u64> {
+    let lapsed = c.expires_at.map(|t| t.saturating_add(EXPIRY_MARGIN));
+    match (c.revoke_after, lapsed) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+fn is_due(c: &sync::IssuedCredential, now: u64) -> bool {
+    revocation_deadline(c).is_some_and(|t| t <= now)
+}
+
+/// Remembers when the next of `entries` is due for revocation (those already due could not
+/// be revoked: tried again in [`PENDING_RETRY`]).
+fn note_pending(
+    ctx: &Context,
+    key: &ObjectRef<DynamicObject>,
+    entries: &[sync::IssuedCredential],
+    now: u64,
+) {
+    let next = entries
+        .iter()
+        .filter_map(revocation_deadline)
+        .map(|t| if t <= now { now + PENDING_RETRY } else { t })
+        .min();
+    let mut map = ctx.pending.lock().unwrap_or_else(|p| p.into_inner());
+    match next {
+        Some(t) => {
+            if map.len() >= MAX_FAILURE_ENTRIES && !map.contains_key(key) {
+                map.clear();
+            }
+            map.insert(key.clone(), t);
+        }
+        None => {
+            map.remove(key);
+        }
+    }
+}
+
+/// Whether this replica knows of a replaced credential of `key` due for revocation.
+fn pending_due(ctx: &Context, key: &ObjectRef<DynamicObject>, now: u64) -> bool {
+    ctx.pending
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(key)
+        .is_some_and(|t| *t <= now)
+}
+
+/// Revokes the credentials of the ExternalSecret's record that are due ([`is_due`]) and
+/// records what is left (those that could not be revoked stay, retried in
+/// [`PENDING_RETRY`], unless they lapsed more than [`EXPIRY_MARGIN`] ago). `base`: the
+/// record as just written, else it is read.
+async fn revoke_due(
+    ctx: &Context,
+    es: &ExternalSecretObject,
+    inv: &Inventory,
+    key: &ObjectRef<DynamicObject>,
+    now: u64,
+    base: Option<Record>,
+) {
+    let uid = es.uid.clone().unwrap_or_default();
+    let owner = format!("{}/{}", es.namespace, es.name);
+    let retry_later = || {
+        let mut map = ctx.pending.lock().unwrap_or_else(|p| p.into_inner());
+        map.insert(key.clone(), now + PENDING_RETRY);
+    };
+    let record = match base {
+        Some(r) => r,
+        None => match ctx.records.get(&uid).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(external_secret = %owner, error = %e, "cannot read the record of issued credentials to revoke the replaced ones; retried later");
+                retry_later();
+                return;
+            }
+        },
+    };
+    let due: Vec<_> = record
+        .entries
+        .iter()
+        .filter(|e| is_due(e, now))
+        .cloned()
+        .collect();
+    if due.is_empty() {
+        note_pending(ctx, key, &record.entries, now);
+        return;
+    }
+    let kept = still_held(revoke(ctx, es, inv, due.clone()).await, now);
+    let left = without(&record.entries, &due, &kept);
+    match ctx.records.put(&uid, &owner, &record, left).await {
+        Ok(r) => note_pending(ctx, key, &r.entries, now),
+        Err(e) => {
+            tracing::warn!(external_secret = %owner, error = %e, "cannot update the record of issued credentials");
+            retry_later();
+        }
+    }
+}
+
+/// Of credentials whose revocation failed, those to keep recorded: not those that lapsed
+/// more than [`EXPIRY_MARGIN`] ago (nothing is left to revoke).
+fn still_held(kept: Vec<sync::IssuedCredential>, now: u64) -> Vec<sync::IssuedCredential> {
+    kept.into_iter()
+        .filter(|c| {
+            c.expires_at
+                .is_none_or(|t| t.saturating_add(EXPIRY_MARGIN) > now)
+        })
+        .collect()
 }
 
 enum Failure {
@@ -874,46 +1063,46 @@ async fn reconcile_one(
     }
     let uid = es.uid.clone().unwrap_or_default();
     let owner = format!("{}/{}", es.namespace, es.name);
+    let now_secs = epoch_secs(now);
     // The record is read (and checked) before any credential is issued: one that cannot be
     // read or is full would leave a new credential neither recorded nor handed out.
-    let (record, previous) = if uses_revocable_generator(es, inv) {
-        let now_secs = now
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+    let record = if uses_revocable_generator(es, inv) {
+        refuse_before_issuing(es, spec, existing.as_ref(), &name)?;
         let record = ctx.records.get(&uid).await.map_err(record_failure)?;
-        // Lapsed on their own: nothing left to revoke.
-        let live: Vec<_> = record
-            .entries
-            .iter()
-            .filter(|c| c.expires_at.is_none_or(|t| t > now_secs))
-            .cloned()
-            .collect();
-        record_has_room(&live)?;
-        (record, live)
+        record_has_room(&record.entries, revocable_refs(spec))?;
+        note_pending(ctx, &key, &record.entries, now_secs);
+        record
     } else {
-        (Record::default(), Vec::new())
+        Record::default()
+    };
+    // Those the Secret holds now (replaced if this sync writes new ones).
+    let previous: Vec<_> = record
+        .entries
+        .iter()
+        .filter(|e| e.revoke_after.is_none())
+        .cloned()
+        .collect();
+    // Each credential is recorded (beside those already recorded) as soon as it is issued,
+    // before anything else of the sync runs, so that no failure or crash from there on
+    // leaves one unrecorded.
+    let mut hook = RecordHook {
+        records: &ctx.records,
+        uid: &uid,
+        owner: &owner,
+        record,
     };
     let mut issued = Vec::new();
-    let desired = match sync::sync(es, inv, &ctx.sync, &mut issued).await {
+    let synced = sync::sync_with(es, inv, &ctx.sync, &mut issued, Some(&mut hook)).await;
+    let record = hook.record;
+    remember_generators(ctx, inv, &issued);
+    let desired = match synced {
         Ok(d) => d,
         Err(e) => {
-            release(ctx, es, inv, issued).await;
+            // Nothing handed out: what was issued goes.
+            drop_issued(ctx, es, inv, &record, issued).await;
             return Err(e.into());
         }
     };
-    // Issued credentials are recorded (beside the previous ones) before anything else, so
-    // that no failure or crash from here on leaves one unrecorded.
-    let mut record = record;
-    if !issued.is_empty() {
-        let both: Vec<_> = previous.iter().chain(&issued).cloned().collect();
-        match ctx.records.put(&uid, &owner, &record, both).await {
-            Ok(r) => record = r,
-            Err(e) => {
-                release(ctx, es, inv, issued).await;
-                return Err(record_failure(e));
-            }
-        }
-    }
     let applied = apply_action(ctx, es, spec, &secrets, &name, existing.as_ref(), desired).await;
     let out = match applied {
         Ok(out) if out.outcome.ready && out.writes => out.outcome,
@@ -924,13 +1113,7 @@ async fn reconcile_one(
         }
         other => {
             // Nothing was handed out: the new credentials go, the record is as before.
-            if !issued.is_empty() {
-                let kept = revoke(ctx, es, inv, issued.clone()).await;
-                let back = without(&record.entries, &issued, &kept);
-                if let Err(e) = ctx.records.put(&uid, &owner, &record, back).await {
-                    tracing::warn!(external_secret = %owner, error = %e, "cannot update the record of issued credentials");
-                }
-            }
+            drop_issued(ctx, es, inv, &record, issued).await;
             let out = other?.outcome;
             if out.ready {
                 remember_templates(ctx, key, templates);
@@ -939,17 +1122,110 @@ async fn reconcile_one(
         }
     };
     if !issued.is_empty() {
-        // Replaced by the new ones; those that could not be revoked stay recorded.
-        let kept = revoke(ctx, es, inv, previous.clone()).await;
-        let now_held = without(&record.entries, &previous, &kept);
-        if let Err(e) = ctx.records.put(&uid, &owner, &record, now_held).await {
-            tracing::warn!(external_secret = %owner, error = %e, "cannot update the record of issued credentials");
+        // Replaced by the new ones: revoked once their grace is over (at once without one);
+        // those that cannot be revoked then stay recorded.
+        let grace = ctx.revocation_grace.as_secs();
+        let marked = retire(&record.entries, &previous, now_secs.saturating_add(grace));
+        match ctx.records.put(&uid, &owner, &record, marked).await {
+            Ok(r) => {
+                note_pending(ctx, &key, &r.entries, now_secs);
+                if r.entries.iter().any(|e| is_due(e, now_secs)) {
+                    revoke_due(ctx, es, inv, &key, now_secs, Some(r)).await;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(external_secret = %owner, error = %e, "cannot update the record of issued credentials");
+            }
         }
     }
     if out.ready {
         remember_templates(ctx, key, templates);
     }
     Ok(Some(out))
+}
+
+/// `entries` with those of `replaced` still in use given `deadline` as their
+/// `revoke_after` (or their expiry when sooner).
+fn retire(
+    entries: &[sync::IssuedCredential],
+    replaced: &[sync::IssuedCredential],
+    deadline: u64,
+) -> Vec<sync::IssuedCredential> {
+    entries
+        .iter()
+        .map(|e| {
+            let mut e = e.clone();
+            if e.revoke_after.is_none() && replaced.iter().any(|r| r.same(&e)) {
+                e.revoke_after = Some(deadline.min(e.expires_at.unwrap_or(u64::MAX)));
+            }
+            e
+        })
+        .collect()
+}
+
+/// Records each credential as it is issued ([`sync::OnIssued`]): the record then holds
+/// what it held plus every credential issued so far.
+struct RecordHook<'a> {
+    records: &'a Records,
+    uid: &'a str,
+    owner: &'a str,
+    /// The record as last read or written.
+    record: Record,
+}
+
+#[async_trait::async_trait]
+impl sync::OnIssued for RecordHook<'_> {
+    async fn issued(&mut self, cred: &sync::IssuedCredential) -> Result<(), SyncError> {
+        let mut all = self.record.entries.clone();
+        all.push(cred.clone());
+        match self
+            .records
+            .put(self.uid, self.owner, &self.record, all)
+            .await
+        {
+            Ok(r) => {
+                self.record = r;
+                Ok(())
+            }
+            Err(e) => Err(SyncError::Record(format!(
+                "{e}; the credentials this sync issued are not handed out and are revoked"
+            ))),
+        }
+    }
+}
+
+/// Credentials just issued that will not be handed out: revoked; the record (`base`, as
+/// the sync left it) keeps only those that could not be revoked.
+async fn drop_issued(
+    ctx: &Context,
+    es: &ExternalSecretObject,
+    inv: &Inventory,
+    base: &Record,
+    issued: Vec<sync::IssuedCredential>,
+) {
+    if issued.is_empty() {
+        return;
+    }
+    let kept = revoke(ctx, es, inv, issued.clone()).await;
+    let mut back = without(&base.entries, &issued, &kept);
+    for k in &kept {
+        // Issued but not recorded (the record write failed): recorded now.
+        if !back.iter().any(|e| e.same(k)) {
+            back.push(k.clone());
+        }
+    }
+    if back == base.entries {
+        return;
+    }
+    let uid = es.uid.clone().unwrap_or_default();
+    let owner = format!("{}/{}", es.namespace, es.name);
+    if let Err(e) = ctx.records.put(&uid, &owner, base, back).await {
+        if kept.is_empty() {
+            tracing::warn!(external_secret = %owner, error = %e, "cannot update the record of issued credentials");
+        } else {
+            tracing::warn!(external_secret = %owner, error = %e, "generated credentials could not be revoked nor recorded; they lapse at their TTL");
+        }
+    }
 }
 
 /// The record's entries after `tried` were revoked except `kept`: `entries` without the
@@ -961,35 +1237,55 @@ fn without(
 ) -> Vec<sync::IssuedCredential> {
     entries
         .iter()
-        .filter(|e| !tried.contains(e) || kept.contains(e))
+        .filter(|e| !tried.iter().any(|t| t.same(e)) || kept.iter().any(|k| k.same(e)))
         .cloned()
         .collect()
 }
 
 /// Room left in a record holding `live` for what one sync may add: at most
-/// [`MAX_RECORDED`] − [`RECORD_HEADROOM`] entries and three quarters of
-/// [`super::records::MAX_RECORD_BYTES`].
+/// [`MAX_RECORDED`] entries once each of its `refs` generatorRefs issued one (and at least
+/// [`RECORD_HEADROOM`] free), and three quarters of [`super::records::MAX_RECORD_BYTES`].
 ///
 /// # Errors
-/// [`SyncError::Record`] when full (revocations keep failing): nothing is issued.
-fn record_has_room(live: &[sync::IssuedCredential]) -> Result<(), Failure> {
+/// [`SyncError::Record`] when full (revocations keep failing) or when the ExternalSecret
+/// has more generatorRefs than a record holds: nothing is issued.
+fn record_has_room(live: &[sync::IssuedCredential], refs: usize) -> Result<(), Failure> {
+    if refs > MAX_RECORDED - RECORD_HEADROOM {
+        return Err(Failure::Sync(SyncError::Record(format!(
+            "{refs} generatorRefs, more than the {} credentials one record of issued credentials keeps; no credential is issued",
+            MAX_RECORDED - RECORD_HEADROOM
+        ))));
+    }
     let bytes = serde_json::to_vec(live).map_or(usize::MAX, |v| v.len());
-    if live.len() + RECORD_HEADROOM > MAX_RECORDED
+    if live.len() + refs.max(RECORD_HEADROOM) > MAX_RECORDED
         || bytes > super::records::MAX_RECORD_BYTES / 4 * 3
     {
         return Err(Failure::Sync(SyncError::Record(format!(
-            "the record of issued credentials is full ({} credentials not yet revoked: revocations keep failing)",
+            "the record of issued credentials is full ({} credentials not yet revoked: revocations keep failing, or replaced ones wait for their grace); no credential is issued",
             live.len()
         ))));
     }
     Ok(())
 }
 
+/// The `dataFrom[].sourceRef.generatorRef`s of `spec` (each may issue one credential per
+/// sync).
+fn revocable_refs(spec: &crate::resources::external_secret::ExternalSecretSpec) -> usize {
+    spec.data_from
+        .iter()
+        .filter(|d| {
+            d.source_ref
+                .as_ref()
+                .is_some_and(|s| s.generator_ref.is_some())
+        })
+        .count()
+}
+
 /// Entries kept free in a record before a sync may issue (see [`record_has_room`]).
 const RECORD_HEADROOM: usize = 16;
 
 fn record_failure(e: RecordError) -> Failure {
-    Failure::Sync(SyncError::Record(e.to_string()))
+    Failure::Sync(SyncError::Record(format!("{e}; no credential is issued")))
 }
 
 /// What [`apply_action`] did.
@@ -1121,33 +1417,6 @@ async fn delete_owned_secret(
         Ok(_) => Ok(()),
         Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
         Err(e) => Err(Failure::Kube(kube_error("deleting the target Secret", &e))),
-    }
-}
-
-/// Revokes credentials just issued that will not be handed out, then forgets them (a sync
-/// that failed before anything was recorded).
-async fn release(
-    ctx: &Context,
-    es: &ExternalSecretObject,
-    inv: &Inventory,
-    issued: Vec<sync::IssuedCredential>,
-) {
-    let kept = revoke(ctx, es, inv, issued).await;
-    if kept.is_empty() {
-        return;
-    }
-    // Recorded, so that a later sync or the cleanup revokes them.
-    let uid = es.uid.clone().unwrap_or_default();
-    let owner = format!("{}/{}", es.namespace, es.name);
-    let recorded = match ctx.records.get(&uid).await {
-        Ok(record) => {
-            let all: Vec<_> = record.entries.iter().cloned().chain(kept).collect();
-            ctx.records.put(&uid, &owner, &record, all).await.map(drop)
-        }
-        Err(e) => Err(e),
-    };
-    if let Err(e) = recorded {
-        tracing::warn!(external_secret = %owner, error = %e, "generated credentials could not be revoked nor recorded; they lapse at their TTL");
     }
 }
 
@@ -1314,7 +1583,7 @@ async fn revoke(
     inv: &Inventory,
     issued: Vec<sync::IssuedCredential>,
 ) -> Vec<sync::IssuedCredential> {
-    let (kept, abandoned) = revoke_all(inv, issued).await;
+    let (kept, abandoned) = revoke_all(ctx, inv, issued).await;
     if !abandoned.is_empty() {
         let message = format!(
             "generated credentials cannot be revoked (generator gone or not revocable: {}); they lapse at their TTL",
@@ -1326,10 +1595,14 @@ async fn revoke(
     kept
 }
 
-/// Revokes `issued` through the generators of `inv`; returns those to keep recorded (the
-/// generator not ready, the backend failed) and the generators (`Kind namespace/name`,
-/// sorted, once each) whose credentials can never be revoked (gone, or not revocable).
+/// Revokes `issued` through the generators of `inv`, else (gone, or not ready: a namespace
+/// being deleted loses the generator's Secrets, then the generator) through the one last
+/// built for it here ([`Context::generators`]); returns those to keep recorded (not ready
+/// and never built here, the backend failed) and the generators (`Kind namespace/name`,
+/// sorted, once each) whose credentials can never be revoked (gone and never built here,
+/// or not revocable).
 async fn revoke_all(
+    ctx: &Context,
     inv: &Inventory,
     issued: Vec<sync::IssuedCredential>,
 ) -> (Vec<sync::IssuedCredential>, Vec<String>) {
@@ -1338,22 +1611,43 @@ async fn revoke_all(
     for cred in issued {
         let key = cred.generator_key();
         let what = format!("{} {}/{}", key.kind, key.namespace, key.name);
-        match inv.generator(&key) {
-            Some(Ok(g)) => match g.revoke(&cred.state).await {
-                Ok(()) => {
-                    tracing::info!(generator = %what, state = %cred.state.fingerprint(), "revoked a generated credential");
-                }
-                Err(crate::generators::GeneratorError::NotRevocable) => abandoned.push(what),
-                Err(e) => {
-                    tracing::warn!(generator = %what, error = %e, "cannot revoke a generated credential; it stays recorded");
+        let remembered = || {
+            ctx.generators
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&key)
+                .cloned()
+        };
+        let generator = match inv.generator(&key) {
+            Some(Ok(g)) => {
+                remember_generator(ctx, &key, g);
+                g.clone()
+            }
+            Some(Err(_)) => match remembered() {
+                Some(g) => g,
+                None => {
+                    tracing::warn!(generator = %what, "cannot revoke a generated credential: generator not ready; it stays recorded");
                     kept.push(cred);
+                    continue;
                 }
             },
-            Some(Err(_)) => {
-                tracing::warn!(generator = %what, "cannot revoke a generated credential: generator not ready; it stays recorded");
+            None => match remembered() {
+                Some(g) => g,
+                None => {
+                    abandoned.push(what);
+                    continue;
+                }
+            },
+        };
+        match generator.revoke(&cred.state).await {
+            Ok(()) => {
+                tracing::info!(generator = %what, state = %cred.state.fingerprint(), "revoked a generated credential");
+            }
+            Err(crate::generators::GeneratorError::NotRevocable) => abandoned.push(what),
+            Err(e) => {
+                tracing::warn!(generator = %what, error = %e, "cannot revoke a generated credential; it stays recorded");
                 kept.push(cred);
             }
-            None => abandoned.push(what),
         }
     }
     abandoned.sort();
@@ -1361,13 +1655,36 @@ async fn revoke_all(
     (kept, abandoned)
 }
 
-/// How often the records of ExternalSecrets that are gone are looked for.
-const RECORD_SWEEP_EVERY: Duration = Duration::from_secs(600);
+/// Keeps `g`, built for `key`, for revoking what it issued once it is gone from the
+/// inventory ([`Context::generators`]).
+fn remember_generator(ctx: &Context, key: &GeneratorKey, g: &Arc<dyn Generator>) {
+    let mut map = ctx.generators.lock().unwrap_or_else(|p| p.into_inner());
+    if map.len() >= MAX_REMEMBERED_GENERATORS && !map.contains_key(key) {
+        // Full: the sweep prunes it to the generators records reference.
+        tracing::debug!("too many generators remembered for revocation; not this one");
+        return;
+    }
+    map.insert(key.clone(), g.clone());
+}
 
-/// While this replica leads: at start, then every [`RECORD_SWEEP_EVERY`], the records of
-/// issued credentials whose ExternalSecret (by uid) the controller's cache no longer has
-/// (deleted without our finalizer, the finalizer removed by hand, a cleanup that could not
-/// read its record) are revoked, then deleted ([`sweep_records_once`]).
+/// [`remember_generator`] for the generators of `issued`.
+fn remember_generators(ctx: &Context, inv: &Inventory, issued: &[sync::IssuedCredential]) {
+    for cred in issued {
+        let key = cred.generator_key();
+        if let Some(Ok(g)) = inv.generator(&key) {
+            remember_generator(ctx, &key, g);
+        }
+    }
+}
+
+/// How often the records are swept ([`sweep_records_once`]) at the latest.
+const RECORD_SWEEP_EVERY: Duration = Duration::from_secs(600);
+/// Least time between two sweeps.
+const RECORD_SWEEP_MIN: Duration = Duration::from_secs(2);
+
+/// While this replica leads: at start, then every [`RECORD_SWEEP_EVERY`] (sooner when a
+/// recorded credential falls due or a young record waits to be judged), the records are
+/// swept ([`sweep_records_once`]).
 async fn sweep_records(store: kube::runtime::reflector::Store<DynamicObject>, ctx: Arc<Context>) {
     if !store_ready(&store).await {
         return;
@@ -1379,25 +1696,64 @@ async fn sweep_records(store: kube::runtime::reflector::Store<DynamicObject>, ct
                 return;
             }
         }
-        sweep_records_once(&store, &ctx).await;
-        tokio::time::sleep(RECORD_SWEEP_EVERY).await;
+        let next = sweep_records_once(&store, &ctx).await;
+        tokio::time::sleep(next.clamp(RECORD_SWEEP_MIN, RECORD_SWEEP_EVERY)).await;
     }
 }
 
-/// The uids of `recorded` that no ExternalSecret of `live` has.
-fn orphaned(recorded: Vec<String>, live: &std::collections::HashSet<String>) -> Vec<String> {
-    recorded.into_iter().filter(|u| !live.contains(u)).collect()
+/// What the sweep makes of a record whose ExternalSecret uid the controller's cache lacks.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    /// Its ExternalSecret is gone: revoke everything, then delete the record.
+    Orphan,
+    /// Its ExternalSecret exists (the cache lags) or cannot be checked: left alone now.
+    Live,
+    /// Too young to judge (its ExternalSecret may not have reached this replica's cache):
+    /// judged again in this long.
+    Young(Duration),
 }
 
-/// One sweep: the records are listed first, the live uids read after (a record is written
-/// only for an ExternalSecret the cache already has), so a new ExternalSecret's record is
-/// never taken for an orphan. What cannot be revoked yet stays recorded for the next sweep.
-async fn sweep_records_once(store: &kube::runtime::reflector::Store<DynamicObject>, ctx: &Context) {
-    let recorded = match ctx.records.list_uids().await {
-        Ok(u) => u,
+/// Judges a record absent from the cache: younger than twice the Lease duration (`min_age`),
+/// it waits; else its ExternalSecret as read live (`found`: the uid of the object at the
+/// owner annotation's namespace/name, `Ok(None)` for a 404, `Err` when it could not be read)
+/// decides. A record whose owner cannot be read back (`found` is `Err(false)`: no owner
+/// annotation, or the sweep's own `(gone)` mark) is judged by the cache alone.
+fn verdict(
+    uid: &str,
+    age: Option<Duration>,
+    min_age: Duration,
+    found: Result<Option<String>, bool>,
+) -> Verdict {
+    match age {
+        Some(age) if age < min_age => return Verdict::Young(min_age - age),
+        None => {}
+        Some(_) => {}
+    }
+    match found {
+        Ok(Some(live)) if live == uid => Verdict::Live,
+        Ok(_) | Err(false) => Verdict::Orphan,
+        Err(true) => Verdict::Live,
+    }
+}
+
+/// One sweep of the records of issued credentials. The records are listed first, the live
+/// uids read after (a record is written only for an ExternalSecret the cache already has).
+/// - A record whose ExternalSecret the cache lacks ([`verdict`]: old enough, and confirmed
+///   gone by a live read of its ExternalSecret) is revoked, then deleted.
+/// - A live ExternalSecret's record has its due credentials revoked ([`is_due`]: after a
+///   restart or a leadership change this replica's reconciles do not know of them).
+///
+/// What cannot be revoked yet stays recorded for the next sweep. The generators remembered
+/// for revocation are pruned to those a record references. Returns when to sweep next.
+async fn sweep_records_once(
+    store: &kube::runtime::reflector::Store<DynamicObject>,
+    ctx: &Context,
+) -> Duration {
+    let listed = match ctx.records.list().await {
+        Ok(l) => l,
         Err(e) => {
             tracing::warn!(error = %e, "cannot list the records of issued credentials");
-            return;
+            return RECORD_SWEEP_EVERY;
         }
     };
     let live: std::collections::HashSet<String> = store
@@ -1405,42 +1761,126 @@ async fn sweep_records_once(store: &kube::runtime::reflector::Store<DynamicObjec
         .iter()
         .filter_map(|o| o.metadata.uid.clone())
         .collect();
-    let gone = orphaned(recorded, &live);
-    tracing::debug!(
-        live = live.len(),
-        gone = gone.len(),
-        "sweeping the records of issued credentials"
-    );
-    for uid in gone {
+    prune_generators(ctx, &listed);
+    let now = SystemTime::now();
+    let now_secs = epoch_secs(now);
+    let min_age = ctx.lease_duration * 2;
+    let mut next = RECORD_SWEEP_EVERY;
+    for l in listed {
         if !lease::leads(&ctx.leading) {
-            return;
+            return next;
         }
-        let record = match ctx.records.get(&uid).await {
+        let name = super::records::record_name(&l.uid);
+        let record = match l.record {
             Ok(r) => r,
             Err(e) => {
-                tracing::warn!(record = %super::records::record_name(&uid), error = %e, "cannot read a record of issued credentials whose ExternalSecret is gone");
+                tracing::warn!(record = %name, error = %e, "cannot read a record of issued credentials");
                 continue;
             }
         };
-        let inv = ctx.inventory.load_full();
-        let (kept, abandoned) = revoke_all(&inv, record.entries.clone()).await;
-        if !abandoned.is_empty() {
-            tracing::warn!(record = %super::records::record_name(&uid), generators = %abandoned.join(", "), "generated credentials of a gone ExternalSecret cannot be revoked; they lapse at their TTL");
+        let orphan = if live.contains(&l.uid) {
+            false
+        } else {
+            let age = l
+                .created
+                .map(|c| Duration::from_secs(now_secs.saturating_sub(c)));
+            let found = if age.is_some_and(|a| a < min_age) {
+                Err(true)
+            } else {
+                owner_uid(ctx, l.owner.as_deref()).await
+            };
+            match verdict(&l.uid, age, min_age, found) {
+                Verdict::Orphan => true,
+                Verdict::Live => false,
+                Verdict::Young(wait) => {
+                    next = next.min(wait);
+                    continue;
+                }
+            }
+        };
+        let tried: Vec<_> = if orphan {
+            record.entries.clone()
+        } else {
+            record
+                .entries
+                .iter()
+                .filter(|e| is_due(e, now_secs))
+                .cloned()
+                .collect()
+        };
+        if !orphan {
+            if let Some(t) = record
+                .entries
+                .iter()
+                .filter_map(revocation_deadline)
+                .filter(|t| *t > now_secs)
+                .min()
+            {
+                next = next.min(Duration::from_secs(t - now_secs));
+            }
+            if tried.is_empty() {
+                continue;
+            }
         }
-        let left = without(&record.entries, &record.entries, &kept);
-        let owner = format!("(gone) uid {uid}");
-        match ctx.records.put(&uid, &owner, &record, left).await {
+        let inv = ctx.inventory.load_full();
+        let (kept, abandoned) = revoke_all(ctx, &inv, tried.clone()).await;
+        let kept = still_held(kept, now_secs);
+        if !abandoned.is_empty() {
+            tracing::warn!(record = %name, generators = %abandoned.join(", "), "recorded generated credentials cannot be revoked; they lapse at their TTL");
+        }
+        let left = without(&record.entries, &tried, &kept);
+        let owner = if orphan {
+            format!("(gone) uid {}", l.uid)
+        } else {
+            l.owner.clone().unwrap_or_default()
+        };
+        match ctx.records.put(&l.uid, &owner, &record, left).await {
             Ok(r) if r.entries.is_empty() => {
-                tracing::info!(record = %super::records::record_name(&uid), "the record of a gone ExternalSecret was revoked and deleted");
+                tracing::info!(record = %name, "a record of issued credentials was revoked and deleted");
             }
             Ok(r) => {
-                tracing::warn!(record = %super::records::record_name(&uid), left = r.entries.len(), "credentials of a gone ExternalSecret stay recorded; retried at the next sweep");
+                tracing::info!(record = %name, left = r.entries.len(), "recorded credentials revoked; those left are retried later");
             }
             Err(e) => {
-                tracing::warn!(record = %super::records::record_name(&uid), error = %e, "cannot update a record of issued credentials");
+                tracing::warn!(record = %name, error = %e, "cannot update a record of issued credentials");
             }
         }
     }
+    next
+}
+
+/// The uid of the ExternalSecret at `owner` (`namespace/name`, the record's owner
+/// annotation) read live: `Ok(None)` when there is none; `Err(true)` when it could not be
+/// read (left alone); `Err(false)` when `owner` names none (no annotation, or the sweep's
+/// own `(gone)` mark).
+async fn owner_uid(ctx: &Context, owner: Option<&str>) -> Result<Option<String>, bool> {
+    let Some((ns, name)) = owner.and_then(|o| o.split_once('/')) else {
+        return Err(false);
+    };
+    if !sync::is_object_name(name) || !sync::is_object_name(ns) {
+        return Err(false);
+    }
+    let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), ns, &ctx.resource);
+    match api.get_opt(name).await {
+        Ok(found) => Ok(found.and_then(|o| o.metadata.uid)),
+        Err(e) => {
+            tracing::warn!(external_secret = %format!("{ns}/{name}"), error = %kube_error("reading", &e), "cannot check whether a record's ExternalSecret exists; left for the next sweep");
+            Err(true)
+        }
+    }
+}
+
+/// Forgets the generators remembered for revocation that no record references.
+fn prune_generators(ctx: &Context, listed: &[super::records::Listed]) {
+    let referenced: BTreeSet<GeneratorKey> = listed
+        .iter()
+        .filter_map(|l| l.record.as_ref().ok())
+        .flat_map(|r| r.entries.iter().map(sync::IssuedCredential::generator_key))
+        .collect();
+    ctx.generators
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .retain(|k, _| referenced.contains(k));
 }
 
 /// A Warning Event on the ExternalSecret `es`.
@@ -1539,16 +1979,27 @@ async fn set_finalizer(
     }
 }
 
-/// Failed cleanups of one ExternalSecret after which what is still recorded is let go
-/// (with a Warning Event): about 4 minutes of backoff, so a namespace deletion that also
-/// removed the generator's credentials never hangs for good.
+/// Least cleanup attempts of one ExternalSecret before what is still recorded is let go.
 const CLEANUP_ATTEMPTS: u32 = 8;
+/// Least time since the deletion (`deletionTimestamp`) before what is still recorded is let
+/// go: so that a namespace deletion that also removed the generator's credentials never
+/// hangs for good, while attempts that come close together (each inventory publication
+/// reconciles every ExternalSecret again) do not give up within seconds.
+const CLEANUP_TIMEOUT: Duration = Duration::from_secs(240);
 
-/// An ExternalSecret with our finalizer is being deleted: revoke the credentials its
-/// record holds (whatever happened to its Secret), delete the record, then remove the
-/// finalizer. A revocation that fails keeps the finalizer and is retried with backoff, at
-/// most [`CLEANUP_ATTEMPTS`] times. The Secret itself follows creationPolicy: Owner's goes
-/// with the ExternalSecret (garbage collection), others stay.
+/// Whether a cleanup gives up: at its `attempt`th attempt, `since` after the deletion
+/// (`None`: unknown, counted as long ago), both bounds reached.
+fn cleanup_gives_up(attempt: u32, since: Option<Duration>) -> bool {
+    attempt >= CLEANUP_ATTEMPTS && since.is_none_or(|d| d >= CLEANUP_TIMEOUT)
+}
+
+/// An ExternalSecret with our finalizer is being deleted: revoke every credential its
+/// record holds (in use or replaced, whatever happened to its Secret), delete the record,
+/// then remove the finalizer. A revocation that fails keeps the finalizer and is retried
+/// with backoff until [`cleanup_gives_up`]; then what could not be revoked stays in the
+/// record (the sweep tries again every [`RECORD_SWEEP_EVERY`]) and the finalizer goes. The
+/// Secret itself follows creationPolicy: Owner's goes with the ExternalSecret (garbage
+/// collection), others stay.
 async fn cleanup(
     obj: &DynamicObject,
     es: &ExternalSecretObject,
@@ -1563,7 +2014,12 @@ async fn cleanup(
         // The backoff starts again too (sync failures before the deletion made it long).
         forget(ctx, &key);
     }
-    let last = attempt >= CLEANUP_ATTEMPTS;
+    let now = SystemTime::now();
+    let since = obj.metadata.deletion_timestamp.as_ref().map(|t| {
+        let at = u64::try_from(t.0.as_second()).unwrap_or(0);
+        Duration::from_secs(epoch_secs(now).saturating_sub(at))
+    });
+    let last = cleanup_gives_up(attempt, since);
     let record = match ctx.records.get(&uid).await {
         Ok(r) => r,
         Err(e @ RecordError::Damaged(_)) => {
@@ -1575,32 +2031,45 @@ async fn cleanup(
             // Unreadable (403, the API unreachable) for good: let go; the record stays, and
             // the sweep of records without an ExternalSecret revokes it later.
             let message = format!(
-                "{e}: not read after {CLEANUP_ATTEMPTS} attempts; released, its credentials are revoked later or lapse at their TTL"
+                "{e}: not read in {} minutes of attempts; released, its credentials are revoked by a later sweep or lapse at their TTL",
+                CLEANUP_TIMEOUT.as_secs() / 60
             );
             tracing::warn!(external_secret = %owner, "{message}");
             warn_event(ctx, es, "RevocationAbandoned", &message).await;
             return set_finalizer(ctx, obj, es, false).await;
         }
     };
-    let kept = revoke(ctx, es, inv, record.entries.clone()).await;
+    let kept = still_held(
+        revoke(ctx, es, inv, record.entries.clone()).await,
+        epoch_secs(now),
+    );
+    let left = without(&record.entries, &record.entries, &kept);
     if !kept.is_empty() {
+        let written = ctx.records.put(&uid, &owner, &record, left).await;
         if !last {
-            let left = without(&record.entries, &record.entries, &kept);
-            ctx.records
-                .put(&uid, &owner, &record, left)
-                .await
-                .map_err(|e| ReconcileError::Kube(e.to_string()))?;
+            written.map_err(|e| ReconcileError::Kube(e.to_string()))?;
             return Err(ReconcileError::Sync(format!(
                 "{} generated credentials could not be revoked yet; the finalizer stays",
                 kept.len()
             )));
         }
-        let message = format!(
-            "{} generated credentials could not be revoked after {CLEANUP_ATTEMPTS} attempts; released, they lapse at their TTL",
-            kept.len()
-        );
+        // Given up: they stay recorded for the sweep, the finalizer goes.
+        let message = match written {
+            Ok(_) => format!(
+                "{} generated credentials could not be revoked in {} minutes; released, they stay recorded and the sweep tries again every {} minutes (or they lapse at their TTL)",
+                kept.len(),
+                CLEANUP_TIMEOUT.as_secs() / 60,
+                RECORD_SWEEP_EVERY.as_secs() / 60
+            ),
+            Err(e) => format!(
+                "{} generated credentials could not be revoked in {} minutes, and their record could not be updated ({e}); released, they lapse at their TTL",
+                kept.len(),
+                CLEANUP_TIMEOUT.as_secs() / 60
+            ),
+        };
         tracing::warn!(external_secret = %owner, "{message}");
         warn_event(ctx, es, "RevocationAbandoned", &message).await;
+        return set_finalizer(ctx, obj, es, false).await;
     }
     match ctx.records.put(&uid, &owner, &record, Vec::new()).await {
         Ok(_) => {}
@@ -1631,6 +2100,59 @@ fn immutable_error(name: &str) -> Failure {
     })
 }
 
+/// A Secret another controller (another ExternalSecret, a Deployment…) manages is not
+/// taken over (ESO: "target is owned by another ExternalSecret").
+///
+/// # Errors
+/// [`SyncError::Owned`].
+fn owned_by_another(s: &Secret, es: &ExternalSecretObject, name: &str) -> Result<(), Failure> {
+    let Some(other) = s
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true) && Some(&o.uid) != es.uid.as_ref())
+    else {
+        return Ok(());
+    };
+    let owner = if other.kind == "ExternalSecret" {
+        other.name.clone()
+    } else {
+        format!("{} (a {}, not an ExternalSecret)", other.name, other.kind)
+    };
+    Err(Failure::Sync(SyncError::Owned {
+        secret: name.to_string(),
+        owner,
+    }))
+}
+
+/// Before a generator issues anything: a target Secret that cannot take its output is
+/// refused now (owned by another controller, for Owner and Orphan; immutable, whose data a
+/// new credential always changes), rather than after a credential was issued and revoked
+/// on every retry.
+///
+/// # Errors
+/// [`SyncError::Owned`], [`SyncError::Immutable`].
+fn refuse_before_issuing(
+    es: &ExternalSecretObject,
+    spec: &crate::resources::external_secret::ExternalSecretSpec,
+    existing: Option<&Secret>,
+    name: &str,
+) -> Result<(), Failure> {
+    let Some(s) = existing else {
+        return Ok(());
+    };
+    match spec.target.creation_policy {
+        CreationPolicy::Owner | CreationPolicy::Orphan => owned_by_another(s, es, name)?,
+        CreationPolicy::Merge => {}
+        CreationPolicy::None => return Ok(()),
+    }
+    if s.immutable.unwrap_or(false) {
+        return Err(immutable_error(name));
+    }
+    Ok(())
+}
+
 /// Owner / Orphan: create the Secret, or replace its data keeping its other metadata.
 async fn write_secret(
     secrets: &Api<Secret>,
@@ -1644,25 +2166,7 @@ async fn write_secret(
     let mut owners: Vec<Value> = Vec::new();
     let mut resource_version = None;
     if let Some(s) = existing {
-        // A Secret another controller (another ExternalSecret, a Deployment…) manages is
-        // not taken over (ESO: "target is owned by another ExternalSecret").
-        if let Some(other) = s
-            .metadata
-            .owner_references
-            .iter()
-            .flatten()
-            .find(|o| o.controller == Some(true) && Some(&o.uid) != es.uid.as_ref())
-        {
-            let owner = if other.kind == "ExternalSecret" {
-                other.name.clone()
-            } else {
-                format!("{} (a {}, not an ExternalSecret)", other.name, other.kind)
-            };
-            return Err(Failure::Sync(SyncError::Owned {
-                secret: name,
-                owner,
-            }));
-        }
+        owned_by_another(s, es, &name)?;
         let base = existing_of(s);
         if base.immutable {
             if sync::data_hash(&base.data) == sync::data_hash(&desired.data) {
@@ -1738,6 +2242,7 @@ async fn write_secret(
     };
     match result {
         Ok(s) => Ok(s.metadata.resource_version),
+        Err(e) if !ambiguous(&e) => Err(Failure::Kube(kube_error("writing the target Secret", &e))),
         Err(e) => {
             let wanted = sync::data_hash(&desired.data);
             landed_anyway(
@@ -1748,6 +2253,16 @@ async fn write_secret(
             )
             .await
         }
+    }
+}
+
+/// Whether a write answered with `e` may have landed: no answer, a 5xx, or a 409 (the
+/// client's own retry of a write that had landed, or a precondition that failed: the read
+/// back tells). A definite refusal (403, 404, 422, 429…) did not land.
+fn ambiguous(e: &kube::Error) -> bool {
+    match e {
+        kube::Error::Api(s) => s.code == 409 || s.code >= 500,
+        _ => true,
     }
 }
 
@@ -1793,8 +2308,15 @@ async fn merge_secret(
     if let Some(h) = merged.annotations.get(ANNOTATION_DATA_HASH) {
         annotations.insert(ANNOTATION_DATA_HASH.to_string(), h.clone());
     }
+    // Guarded by the resourceVersion read (as the finalizer's patch): a Secret changed
+    // since (its keys, its immutability) makes it a 409, which fails this sync (the new
+    // credentials revoked) and the next one merges into what it is then.
     let mut patch = json!({
-        "metadata": {"labels": desired.labels, "annotations": annotations},
+        "metadata": {
+            "labels": desired.labels,
+            "annotations": annotations,
+            "resourceVersion": base.metadata.resource_version,
+        },
         "data": b64_map(&desired.data),
     });
     if desired.immutable {
@@ -1806,6 +2328,10 @@ async fn merge_secret(
     };
     match secrets.patch(&name, &pp, &Patch::Merge(&patch)).await {
         Ok(s) => Ok(s.metadata.resource_version),
+        Err(e) if !ambiguous(&e) => Err(Failure::Kube(kube_error(
+            "merging into the target Secret",
+            &e,
+        ))),
         Err(e) => {
             let ours = &desired.data;
             landed_anyway(
@@ -1978,6 +2504,10 @@ mod tests {
             ),
             resource: external_secret_resource(),
             records: Records::new(client, "esi"),
+            revocation_grace: DEFAULT_REVOCATION_GRACE,
+            lease_duration: Duration::from_secs(15),
+            pending: Mutex::new(HashMap::new()),
+            generators: Mutex::new(HashMap::new()),
         }
     }
 
@@ -2022,13 +2552,140 @@ mod tests {
         );
     }
 
-    /// Records whose ExternalSecret uid no longer exists are the sweep's; others are not.
+    /// A record the cache lacks is swept only once its ExternalSecret is confirmed gone by a
+    /// live read, and never while younger than twice the Lease (before: a new leader swept
+    /// on its watch cache alone, and revoked the credentials of an ExternalSecret it had
+    /// not seen yet).
     #[test]
-    fn only_records_without_a_live_external_secret_are_swept() {
-        let live = std::collections::HashSet::from(["a".to_string(), "b".to_string()]);
+    fn the_sweep_confirms_an_orphan_live_and_spares_young_records() {
+        let lease2 = Duration::from_secs(30);
+        let old = Some(Duration::from_secs(3600));
+        // Live with the same uid: kept.
         assert_eq!(
-            orphaned(vec!["a".into(), "gone".into(), "b".into()], &live),
-            ["gone"]
+            verdict("u", old, lease2, Ok(Some("u".into()))),
+            Verdict::Live
+        );
+        // Not found, or another object of that name: gone.
+        assert_eq!(verdict("u", old, lease2, Ok(None)), Verdict::Orphan);
+        assert_eq!(
+            verdict("u", old, lease2, Ok(Some("other".into()))),
+            Verdict::Orphan
+        );
+        // Cannot be read: left for the next sweep.
+        assert_eq!(verdict("u", old, lease2, Err(true)), Verdict::Live);
+        // No owner to read back: the cache decides.
+        assert_eq!(verdict("u", old, lease2, Err(false)), Verdict::Orphan);
+        // Young: judged again once old enough, whatever the read says.
+        assert_eq!(
+            verdict("u", Some(Duration::from_secs(10)), lease2, Ok(None)),
+            Verdict::Young(Duration::from_secs(20))
+        );
+    }
+
+    fn cred(n: u32, expires_at: Option<u64>, revoke_after: Option<u64>) -> sync::IssuedCredential {
+        sync::IssuedCredential {
+            namespace: "apps".into(),
+            kind: "VaultDynamicSecret".into(),
+            name: "creds".into(),
+            state: crate::generators::RevocationState(json!({"leaseId": format!("l/{n}")})),
+            expires_at,
+            revoke_after,
+        }
+    }
+
+    /// Replaced credentials are given a grace, capped by their expiry; those already
+    /// replaced keep theirs; new ones are untouched (before: revoked right after the write,
+    /// while workloads still read them).
+    #[test]
+    fn replaced_credentials_are_revoked_after_a_grace() {
+        let entries = [
+            cred(0, None, Some(50)),
+            cred(1, None, None),
+            cred(2, Some(120), None),
+            cred(3, None, None),
+        ];
+        let replaced = [entries[0].clone(), entries[1].clone(), entries[2].clone()];
+        let marked = retire(&entries, &replaced, 400);
+        assert_eq!(marked[0].revoke_after, Some(50));
+        assert_eq!(marked[1].revoke_after, Some(400));
+        assert_eq!(marked[2].revoke_after, Some(120), "capped by its expiry");
+        assert_eq!(marked[3].revoke_after, None, "the new one is in use");
+        assert!(is_due(&marked[0], 50) && !is_due(&marked[1], 399) && is_due(&marked[1], 400));
+        assert!(!is_due(&marked[3], u64::MAX));
+        // Lapsed on its own: due once past the margin, and let go if it cannot be revoked.
+        let lapsed = cred(4, Some(100), None);
+        assert!(!is_due(&lapsed, 100 + EXPIRY_MARGIN - 1) && is_due(&lapsed, 100 + EXPIRY_MARGIN));
+        assert!(still_held(vec![lapsed.clone()], 100 + EXPIRY_MARGIN).is_empty());
+        assert_eq!(
+            still_held(vec![lapsed.clone()], 100 + EXPIRY_MARGIN - 1).len(),
+            1
+        );
+        // Same credential whatever its deadlines.
+        assert!(marked[1].same(&entries[1]));
+        assert_eq!(without(&marked, &[entries[1].clone()], &[]).len(), 3);
+    }
+
+    /// The reconcile comes back when the next replaced credential is due, and after a
+    /// failed revocation in PENDING_RETRY.
+    #[tokio::test]
+    async fn a_pending_revocation_requeues() {
+        let ctx = test_context();
+        let key = ObjectRef::<DynamicObject>::new_with("db", ctx.resource.clone()).within("ns");
+        note_pending(
+            &ctx,
+            &key,
+            &[cred(0, None, Some(130)), cred(1, None, None)],
+            100,
+        );
+        assert!(!pending_due(&ctx, &key, 129) && pending_due(&ctx, &key, 130));
+        let at = |s: u64| SystemTime::UNIX_EPOCH + Duration::from_secs(s);
+        let action = with_pending(&ctx, &key, Some(Duration::from_secs(3600)), at(100));
+        assert_eq!(action, Action::requeue(Duration::from_secs(30)));
+        let action = with_pending(&ctx, &key, Some(Duration::from_secs(10)), at(100));
+        assert_eq!(action, Action::requeue(Duration::from_secs(10)));
+        // Due and not revoked: retried later, not spun on.
+        note_pending(&ctx, &key, &[cred(0, None, Some(130))], 200);
+        assert_eq!(
+            ctx.pending.lock().unwrap().get(&key),
+            Some(&(200 + PENDING_RETRY))
+        );
+        note_pending(&ctx, &key, &[cred(1, None, None)], 200);
+        assert!(ctx.pending.lock().unwrap().get(&key).is_none());
+        assert_eq!(
+            with_pending(&ctx, &key, None, at(200)),
+            Action::await_change()
+        );
+    }
+
+    /// A cleanup gives up only after both CLEANUP_ATTEMPTS attempts and CLEANUP_TIMEOUT
+    /// since the deletion (before: 8 reconciles, which inventory publications can bring
+    /// within seconds).
+    #[test]
+    fn cleanup_gives_up_after_minutes_not_attempts() {
+        let secs = |s| Some(Duration::from_secs(s));
+        assert!(!cleanup_gives_up(CLEANUP_ATTEMPTS, secs(10)));
+        assert!(!cleanup_gives_up(CLEANUP_ATTEMPTS * 10, secs(239)));
+        assert!(!cleanup_gives_up(CLEANUP_ATTEMPTS - 1, secs(3600)));
+        assert!(cleanup_gives_up(CLEANUP_ATTEMPTS, secs(240)));
+        assert!(cleanup_gives_up(CLEANUP_ATTEMPTS, None));
+    }
+
+    /// An ExternalSecret with more generatorRefs than a record keeps issues nothing; room is
+    /// counted per generatorRef (before: 16 reserved whatever the count).
+    #[test]
+    fn record_room_counts_generator_refs() {
+        let live: Vec<_> = (0..200).map(|n| cred(n, None, None)).collect();
+        assert!(record_has_room(&live, 1).is_ok());
+        assert!(record_has_room(&live, 40).is_ok());
+        assert!(record_has_room(&live, 57).is_err());
+        assert!(record_has_room(&[], MAX_RECORDED).is_err());
+        let Err(Failure::Sync(e)) = record_has_room(&[], 1000) else {
+            panic!("refused");
+        };
+        assert!(
+            e.message().contains("no credential is issued"),
+            "{}",
+            e.message()
         );
     }
 

@@ -9,12 +9,12 @@
 //! accessors, credential ids), never values, as JSON under `data.issued`, and is keyed by
 //! uid: a new ExternalSecret of the same name never inherits an old record.
 //!
-//! Order of a sync that issues credentials: record previous + new, write the target
-//! Secret, revoke the previous, record the new (with any previous that could not be
-//! revoked). From the moment the new credentials are recorded (right after the backend
-//! issued them, before the Secret is written), a crash leaves every live credential
-//! recorded; one that happens between the backend's answer and that first write leaves the
-//! new credentials unrecorded (they lapse at their TTL).
+//! Order of a sync that issues credentials: each new credential recorded as soon as it is
+//! issued (beside those already recorded), write the target Secret, then mark the previous
+//! ones `revoke_after` (the end of their grace), revoked once it passed (those that cannot
+//! be revoked stay). A crash between a backend's answer and that credential's record write
+//! leaves it unrecorded (it lapses at its TTL); from then on every live credential is
+//! recorded.
 //!
 //! Every write is a compare-and-set on the `resourceVersion` the caller read ([`Record`]):
 //! a record changed in between (another replica after a leadership handover) is read again
@@ -110,7 +110,7 @@ pub fn merge(
 ) -> Vec<IssuedCredential> {
     let mut out = ours;
     for t in theirs {
-        if !base.contains(t) && !out.contains(t) {
+        if !base.iter().any(|b| b.same(t)) && !out.iter().any(|o| o.same(t)) {
             out.push(t.clone());
         }
     }
@@ -132,6 +132,45 @@ pub fn encode(issued: &[IssuedCredential]) -> Result<Vec<u8>, RecordError> {
     }
     Ok(text)
 }
+
+/// A record Secret as read: its entries and `resourceVersion`.
+///
+/// # Errors
+/// [`RecordError::Damaged`] when it has no `issued`, is larger than [`MAX_RECORD_BYTES`] or
+/// cannot be parsed.
+fn parse(secret: &Secret) -> Result<Record, RecordError> {
+    let name = secret.metadata.name.clone().unwrap_or_default();
+    let Some(bytes) = secret.data.as_ref().and_then(|d| d.get(DATA_KEY)) else {
+        return Err(RecordError::Damaged(name));
+    };
+    if bytes.0.len() > MAX_RECORD_BYTES {
+        return Err(RecordError::Damaged(name));
+    }
+    let entries = serde_json::from_slice(&bytes.0).map_err(|_| RecordError::Damaged(name))?;
+    Ok(Record {
+        entries,
+        version: secret.metadata.resource_version.clone(),
+    })
+}
+
+/// The annotation naming a record's ExternalSecret (`namespace/name`).
+pub const OWNER_ANNOTATION: &str = "esi.external-secrets.io/external-secret";
+
+/// A record as listed ([`Records::list`]).
+#[derive(Debug)]
+pub struct Listed {
+    /// The ExternalSecret uid it is for.
+    pub uid: String,
+    /// Its ExternalSecret's `namespace/name` as recorded (the owner annotation).
+    pub owner: Option<String>,
+    /// When the record Secret was created (seconds since the epoch).
+    pub created: Option<u64>,
+    /// Its entries, or why they cannot be read.
+    pub record: Result<Record, RecordError>,
+}
+
+/// Records listed per page by [`Records::list`].
+const LIST_PAGE: u32 = 500;
 
 /// What one write attempt met.
 enum Attempt {
@@ -158,20 +197,10 @@ impl Records {
     /// forget live credentials).
     pub async fn get(&self, uid: &str) -> Result<Record, RecordError> {
         let name = record_name(uid);
-        let Some(secret) = self.api.get_opt(&name).await.map_err(|e| api_error(&e))? else {
-            return Ok(Record::default());
-        };
-        let Some(bytes) = secret.data.as_ref().and_then(|d| d.get(DATA_KEY)) else {
-            return Err(RecordError::Damaged(name));
-        };
-        if bytes.0.len() > MAX_RECORD_BYTES {
-            return Err(RecordError::Damaged(name));
+        match self.api.get_opt(&name).await.map_err(|e| api_error(&e))? {
+            Some(secret) => parse(&secret),
+            None => Ok(Record::default()),
         }
-        let entries = serde_json::from_slice(&bytes.0).map_err(|_| RecordError::Damaged(name))?;
-        Ok(Record {
-            entries,
-            version: secret.metadata.resource_version,
-        })
     }
 
     /// Makes the record of `uid` hold `issued` (deleted when empty), if it is still at
@@ -246,7 +275,7 @@ impl Records {
                     "true".to_string(),
                 )])),
                 annotations: Some(BTreeMap::from([(
-                    "esi.external-secrets.io/external-secret".to_string(),
+                    OWNER_ANNOTATION.to_string(),
                     owner.to_string(),
                 )])),
                 resource_version: base.version.clone(),
@@ -280,21 +309,51 @@ impl Records {
         }
     }
 
-    /// The ExternalSecret uids that have a record (by [`RECORD_LABEL`] and name), at most
+    /// Every record (by [`RECORD_LABEL`] and name), read in pages of [`LIST_PAGE`], at most
     /// [`MAX_LISTED`].
     ///
     /// # Errors
     /// [`RecordError::Api`].
-    pub async fn list_uids(&self) -> Result<Vec<String>, RecordError> {
-        let lp = ListParams::default().labels(&format!("{RECORD_LABEL}=true"));
-        let list = self.api.list(&lp).await.map_err(|e| api_error(&e))?;
-        Ok(list
-            .items
-            .into_iter()
-            .filter_map(|s| s.metadata.name)
-            .filter_map(|n| n.strip_prefix(RECORD_PREFIX).map(str::to_string))
-            .take(MAX_LISTED)
-            .collect())
+    pub async fn list(&self) -> Result<Vec<Listed>, RecordError> {
+        let mut out = Vec::new();
+        let mut lp = ListParams::default()
+            .labels(&format!("{RECORD_LABEL}=true"))
+            .limit(LIST_PAGE);
+        loop {
+            let page = self.api.list(&lp).await.map_err(|e| api_error(&e))?;
+            for s in &page.items {
+                let Some(uid) = s
+                    .metadata
+                    .name
+                    .as_deref()
+                    .and_then(|n| n.strip_prefix(RECORD_PREFIX))
+                else {
+                    continue;
+                };
+                if out.len() >= MAX_LISTED {
+                    return Ok(out);
+                }
+                out.push(Listed {
+                    uid: uid.to_string(),
+                    owner: s
+                        .metadata
+                        .annotations
+                        .as_ref()
+                        .and_then(|a| a.get(OWNER_ANNOTATION))
+                        .cloned(),
+                    created: s
+                        .metadata
+                        .creation_timestamp
+                        .as_ref()
+                        .and_then(|t| u64::try_from(t.0.as_second()).ok()),
+                    record: parse(s),
+                });
+            }
+            match page.metadata.continue_.filter(|c| !c.is_empty()) {
+                Some(next) => lp = lp.continue_token(&next),
+                None => return Ok(out),
+            }
+        }
     }
 }
 
@@ -313,6 +372,7 @@ mod tests {
             name: "creds".into(),
             state: RevocationState(json!({"leaseId": format!("fake/creds/{n}")})),
             expires_at: None,
+            revoke_after: None,
         }
     }
 

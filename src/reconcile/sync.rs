@@ -70,9 +70,24 @@ pub struct IssuedCredential {
     /// When it lapses on its own (seconds since the epoch).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<u64>,
+    /// Replaced (no longer in the target Secret's desired data): revoked once this time has
+    /// passed (seconds since the epoch), so that workloads still reading the previous value
+    /// (a mounted Secret is refreshed by the kubelet only after a minute or two, an
+    /// environment variable only at a restart) have a grace. `None`: in use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoke_after: Option<u64>,
 }
 
 impl IssuedCredential {
+    /// Whether `other` is the same credential (same generator and revocation state),
+    /// whatever its deadlines.
+    pub fn same(&self, other: &IssuedCredential) -> bool {
+        self.namespace == other.namespace
+            && self.kind == other.kind
+            && self.name == other.name
+            && self.state == other.state
+    }
+
     /// The generator's key.
     pub fn generator_key(&self) -> GeneratorKey {
         GeneratorKey {
@@ -502,6 +517,7 @@ fn provider_error(what: &str, store: &str, source: crate::providers::ProviderErr
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn data_from_entry(
     es: &ExternalSecretObject,
     spec: &ExternalSecretSpec,
@@ -510,6 +526,7 @@ async fn data_from_entry(
     inv: &Inventory,
     opts: &SyncOptions,
     issued: &mut Vec<IssuedCredential>,
+    hook: Option<&mut (dyn OnIssued + '_)>,
 ) -> Result<DataMap, SyncError> {
     let renderer = opts.templates.as_deref();
     let source = entry.source_ref.as_ref();
@@ -550,7 +567,13 @@ async fn data_from_entry(
                 name: key.name,
                 state,
                 expires_at: generated.expires_at,
+                revoke_after: None,
             });
+            if let Some(hook) = hook
+                && let Some(cred) = issued.last()
+            {
+                hook.issued(cred).await?;
+            }
         }
         let map: DataMap = generated
             .data
@@ -626,6 +649,32 @@ pub async fn sync(
     opts: &SyncOptions,
     issued: &mut Vec<IssuedCredential>,
 ) -> Result<DesiredSecret, SyncError> {
+    sync_with(es, inv, opts, issued, None).await
+}
+
+/// Told of each credential a generator issued, right after it was issued (before anything
+/// else of the sync runs): Kubernetes mode records it there, so that the window in which a
+/// crash leaves it unrecorded is one write, not the whole sync.
+#[async_trait::async_trait]
+pub trait OnIssued: Send {
+    /// `cred` was just issued (it is already in the sync's `issued`).
+    ///
+    /// # Errors
+    /// A [`SyncError`] fails the sync at once (the caller then revokes what `issued` holds).
+    async fn issued(&mut self, cred: &IssuedCredential) -> Result<(), SyncError>;
+}
+
+/// [`sync`], calling `hook` as each credential is issued.
+///
+/// # Errors
+/// As [`sync`], and what `hook` answers.
+pub async fn sync_with(
+    es: &ExternalSecretObject,
+    inv: &Inventory,
+    opts: &SyncOptions,
+    issued: &mut Vec<IssuedCredential>,
+    mut hook: Option<&mut (dyn OnIssued + '_)>,
+) -> Result<DesiredSecret, SyncError> {
     let spec = es.spec.as_ref().map_err(|e| invalid(e.clone()))?;
     validate(es, spec)?;
     let renderer = renderer_for(spec, opts)?;
@@ -633,7 +682,18 @@ pub async fn sync(
     let mut data = DataMap::new();
     for (i, entry) in spec.data_from.iter().enumerate() {
         let what = format!("spec.dataFrom[{i}]");
-        match data_from_entry(es, spec, entry, &what, inv, opts, issued).await {
+        match data_from_entry(
+            es,
+            spec,
+            entry,
+            &what,
+            inv,
+            opts,
+            issued,
+            hook.as_deref_mut(),
+        )
+        .await
+        {
             Ok(mut map) => data.append(&mut map),
             Err(e) if skip_missing && e.is_not_found() => continue,
             Err(e) => return Err(e),

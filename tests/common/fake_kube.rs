@@ -250,6 +250,9 @@ struct Shared {
     /// (path prefix, how many more) writes applied, then answered `504`
     /// ([`FakeKube::lose_answers_to_next_writes`]).
     lost_answers: Mutex<Option<(String, u32)>>,
+    /// (path, how many more) `PATCH`/`PUT`s preceded by another writer's change of the object
+    /// ([`FakeKube::change_before_next_writes`]).
+    changed_before: Mutex<Option<(String, u32)>>,
     /// `/.well-known/openid-configuration` answers `403` ([`FakeKube::refuse_issuer_discovery`]).
     refuse_discovery: std::sync::atomic::AtomicBool,
     drop_watches: watch::Sender<u64>,
@@ -301,6 +304,7 @@ impl FakeKube {
             fault: Mutex::new(Fault::None),
             failing_writes: Mutex::new(None),
             lost_answers: Mutex::new(None),
+            changed_before: Mutex::new(None),
             refuse_discovery: std::sync::atomic::AtomicBool::new(false),
             drop_watches,
             bookmark_interval: Mutex::new(Duration::from_secs(1)),
@@ -609,6 +613,13 @@ current-context: fake
     /// the client cannot tell whether the write landed; kube's client retries a 504).
     pub fn lose_answers_to_next_writes(&self, path_prefix: &str, n: u32) {
         *lock(&self.shared.lost_answers) = Some((path_prefix.to_string(), n));
+    }
+
+    /// The next `n` `PATCH` or `PUT` requests to exactly `path` find the object changed just
+    /// before by another writer (an annotation `fake.test/changed` set: a new
+    /// `resourceVersion`), as a write racing the client's read-modify-write would.
+    pub fn change_before_next_writes(&self, path: &str, n: u32) {
+        *lock(&self.shared.changed_before) = Some((path.to_string(), n));
     }
 
     /// Whether `GET /.well-known/openid-configuration` answers `403` (as without the
@@ -1613,6 +1624,29 @@ async fn handle(
     let hang = lock(&shared.hang_path).as_deref() == Some(uri.path());
     if hang {
         std::future::pending::<()>().await;
+    }
+    if user.is_some() && (method == Method::PATCH || method == Method::PUT) {
+        let change = {
+            let mut changed = lock(&shared.changed_before);
+            match changed.as_mut() {
+                Some((p, n)) if *n > 0 && p == uri.path() => {
+                    *n -= 1;
+                    Some(*n)
+                }
+                _ => None,
+            }
+        };
+        if let Some(n) = change {
+            let patch = json!({"metadata": {"annotations": {"fake.test/changed": n.to_string()}}});
+            let _ = route(
+                &shared,
+                &Method::PATCH,
+                uri.path(),
+                &Query::parse(None),
+                Some("application/merge-patch+json"),
+                &serde_json::to_vec(&patch).unwrap_or_default(),
+            );
+        }
     }
     let response = if user.is_none() {
         KubeError::new(401, "Unauthorized", "Unauthorized").response()
