@@ -16,8 +16,9 @@
 //! key of the referenced Secret is available; `secretRef.key` is not needed). Values are
 //! query-escaped in the URL and inserted as they are in headers and body. Anything else
 //! between `{{ }}` (functions, pipelines, `.remoteRef`) is refused when the object loads.
-//! The answer is handled as ESO does: the value at `result.jsonPath` (`$`, `.a`,
-//! `['a']`, `[0]`) must be a JSON object (or a string holding one); each member becomes a
+//! The answer is handled as ESO does: the value at `result.jsonPath` (RFC 9535 JSONPath,
+//! filters included: [`crate::support::jsonpath`]; the first value when it selects
+//! several) must be a JSON object (or a string holding one); each member becomes a
 //! key, strings as they are and other values as JSON text. Webhooks hold no revocation
 //! state. Secrets used in templates never appear in messages or Debug output.
 
@@ -34,6 +35,7 @@ use super::{
 };
 use crate::providers;
 use crate::resources::SecretKeySelector;
+use crate::support::jsonpath::JsonPath;
 
 const KIND: &str = "Webhook";
 /// Bound on the webhook's answer.
@@ -173,72 +175,6 @@ fn query_escape(value: &str) -> String {
     url::form_urlencoded::byte_serialize(value.as_bytes()).collect()
 }
 
-/// One step of a JSONPath.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Step {
-    /// `.name` or `['name']`.
-    Key(String),
-    /// `[n]` (negative counts from the end).
-    Index(i64),
-}
-
-/// Parses the JSONPath subset: `$`, then `.name`, `['name']`/`["name"]` and `[n]`.
-/// Wildcards, slices, filters and recursive descent are refused.
-pub(crate) fn parse_json_path(path: &str) -> Result<Vec<Step>, &'static str> {
-    let path = path.trim();
-    let mut rest = path.strip_prefix('$').ok_or("must start with $")?;
-    let mut steps = Vec::new();
-    while !rest.is_empty() {
-        if let Some(after) = rest.strip_prefix('.') {
-            let end = after.find(['.', '[']).unwrap_or(after.len());
-            let name = &after[..end];
-            if name.is_empty() || name == "*" {
-                return Err("supports only $, .name, ['name'] and [n]");
-            }
-            steps.push(Step::Key(name.to_string()));
-            rest = &after[end..];
-        } else if let Some(after) = rest.strip_prefix('[') {
-            let end = after.find(']').ok_or("has an unclosed [")?;
-            let inner = after[..end].trim();
-            let quoted = inner
-                .strip_prefix('\'')
-                .and_then(|s| s.strip_suffix('\''))
-                .or_else(|| inner.strip_prefix('"').and_then(|s| s.strip_suffix('"')));
-            match quoted {
-                Some(name) => steps.push(Step::Key(name.to_string())),
-                None => {
-                    let n: i64 = inner
-                        .parse()
-                        .map_err(|_| "supports only $, .name, ['name'] and [n]")?;
-                    steps.push(Step::Index(n));
-                }
-            }
-            rest = &after[end + 1..];
-        } else {
-            return Err("supports only $, .name, ['name'] and [n]");
-        }
-    }
-    Ok(steps)
-}
-
-/// The value at `steps` in `value`, if any.
-pub(crate) fn eval_json_path<'a>(value: &'a Value, steps: &[Step]) -> Option<&'a Value> {
-    steps.iter().try_fold(value, |v, step| match step {
-        Step::Key(k) => v.as_object()?.get(k),
-        Step::Index(i) => {
-            let items = v.as_array()?;
-            let idx = if *i < 0 {
-                items
-                    .len()
-                    .checked_sub(usize::try_from(i.unsigned_abs()).ok()?)?
-            } else {
-                usize::try_from(*i).ok()?
-            };
-            items.get(idx)
-        }
-    })
-}
-
 /// ESO's value rule for a member of the result object.
 fn member_text(v: &Value) -> String {
     match v {
@@ -253,11 +189,15 @@ fn member_text(v: &Value) -> String {
 /// The data map from the webhook's answer, as ESO's GetSecretMap builds it.
 pub(crate) fn result_map(
     body: &[u8],
-    path: &[Step],
+    path: Option<&JsonPath>,
 ) -> Result<BTreeMap<String, String>, GeneratorError> {
     let doc: Value = serde_json::from_slice(body)
         .map_err(|_| GeneratorError::Backend("webhook answered malformed JSON".into()))?;
-    let found = eval_json_path(&doc, path).ok_or_else(|| {
+    let found = match path {
+        None => Some(&doc),
+        Some(path) => path.select_one(&doc),
+    };
+    let found = found.ok_or_else(|| {
         GeneratorError::Backend("result.jsonPath matches nothing in the webhook answer".into())
     })?;
     // As ESO: a string result is parsed as JSON once more.
@@ -292,7 +232,7 @@ pub struct WebhookGenerator {
     url: Url,
     headers: HeaderMap,
     body: Option<String>,
-    json_path: Vec<Step>,
+    json_path: Option<JsonPath>,
 }
 
 impl std::fmt::Debug for WebhookGenerator {
@@ -400,9 +340,11 @@ impl WebhookGenerator {
             Some(text) => Some(render(&template("body", text)?, lookup, str::to_string)?),
         };
         let json_path = match spec.result.json_path.as_deref().map(str::trim) {
-            None | Some("") => Vec::new(),
-            Some(path) => parse_json_path(path)
-                .map_err(|why| ctx.invalid(KIND, format!("result.jsonPath {why}")))?,
+            None | Some("") => None,
+            Some(path) => Some(
+                JsonPath::parse(path)
+                    .map_err(|why| ctx.invalid(KIND, format!("result.jsonPath {why}")))?,
+            ),
         };
         let timeout = match spec.timeout.as_deref() {
             None => ctx.settings.timeout,
@@ -483,7 +425,10 @@ impl Generator for WebhookGenerator {
             }
             body.extend_from_slice(&chunk);
         }
-        Ok(Generated::plain(result_map(&body, &self.json_path)?))
+        Ok(Generated::plain(result_map(
+            &body,
+            self.json_path.as_ref(),
+        )?))
     }
 }
 
@@ -571,37 +516,10 @@ mod tests {
     }
 
     #[test]
-    fn json_paths() {
-        let doc = json!({"a": {"b": [10, {"c": "deep"}], "d-e": 1}, "list": [1, 2, 3]});
-        let get = |p: &str| eval_json_path(&doc, &parse_json_path(p).unwrap()).cloned();
-        assert_eq!(get("$"), Some(doc.clone()));
-        assert_eq!(get("$.a.b[0]"), Some(json!(10)));
-        assert_eq!(get("$.a.b[1].c"), Some(json!("deep")));
-        assert_eq!(get("$['a']['d-e']"), Some(json!(1)));
-        assert_eq!(get("$[\"list\"][-1]"), Some(json!(3)));
-        assert_eq!(get("$.list[3]"), None);
-        assert_eq!(get("$.list[-4]"), None);
-        assert_eq!(get("$.missing"), None);
-        assert_eq!(get("$.a.b.c"), None);
-        for bad in [
-            "a.b",
-            "$.*",
-            "$..a",
-            "$[*]",
-            "$.a[?(@.x)]",
-            "$[0:2]",
-            "$.a[",
-            "$a",
-        ] {
-            assert!(parse_json_path(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
     fn results_follow_eso() {
         let body = br#"{"data": {"user": "u", "n": 3, "f": 1.5, "ok": true, "none": null, "obj": {"k": "v"}, "arr": [1]},
             "nested": "{\"inner\": \"x\"}", "scalar": 5, "text": "plain"}"#;
-        let map = result_map(body, &parse_json_path("$.data").unwrap()).unwrap();
+        let map = result_map(body, Some(&JsonPath::parse("$.data").unwrap())).unwrap();
         assert_eq!(map["user"], "u");
         assert_eq!(map["n"], "3");
         assert_eq!(map["f"], "1.5");
@@ -609,19 +527,29 @@ mod tests {
         assert_eq!(map["none"], "");
         assert_eq!(map["obj"], r#"{"k":"v"}"#);
         assert_eq!(map["arr"], "[1]");
-        let nested = result_map(body, &parse_json_path("$.nested").unwrap()).unwrap();
+        let nested = result_map(body, Some(&JsonPath::parse("$.nested").unwrap())).unwrap();
         assert_eq!(nested["inner"], "x");
-        let whole = result_map(br#"{"a": "b"}"#, &[]).unwrap();
+        // ESO's filter expressions select the object.
+        let items = br#"{"items": [{"n": "a", "v": {"k": "1"}}, {"n": "b", "v": {"k": "2"}}]}"#;
+        let picked = result_map(
+            items,
+            Some(&JsonPath::parse("$.items[?(@.n=='b')].v").unwrap()),
+        )
+        .unwrap();
+        assert_eq!(picked["k"], "2");
+        let whole = result_map(br#"{"a": "b"}"#, None).unwrap();
         assert_eq!(whole["a"], "b");
         for (path, needle) in [
             ("$.scalar", "not a JSON object"),
             ("$.text", "string that is not a JSON object"),
             ("$.nope", "matches nothing"),
         ] {
-            let err = result_map(body, &parse_json_path(path).unwrap()).unwrap_err();
+            let err = result_map(body, Some(&JsonPath::parse(path).unwrap())).unwrap_err();
             assert!(err.to_string().contains(needle), "{err}");
         }
-        let err = result_map(b"not json s3cr3t", &[]).unwrap_err().to_string();
+        let err = result_map(b"not json s3cr3t", None)
+            .unwrap_err()
+            .to_string();
         assert_eq!(err, "backend error: webhook answered malformed JSON");
     }
 
@@ -681,8 +609,8 @@ mod tests {
             (base(json!({"method": "TRACE"})), "method must be"),
             (base(json!({"timeout": "10m"})), "timeout must be"),
             (
-                base(json!({"result": {"jsonPath": "$..x"}})),
-                "result.jsonPath supports only",
+                base(json!({"result": {"jsonPath": "$.a[?(@.x==]"}})),
+                "result.jsonPath is not a valid JSONPath",
             ),
             (
                 base(json!({"caProvider": {"type": "Secret", "name": "ca"}})),
