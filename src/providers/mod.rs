@@ -16,6 +16,7 @@ pub mod property;
 pub mod resilient;
 pub(crate) mod tls;
 pub(crate) mod vault;
+pub(crate) mod webhook;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -432,6 +433,9 @@ pub fn build_provider(
         "vault" => Arc::new(Metered::new(VaultProvider::from_spec(&ctx, block)?)),
         "fake" => Arc::new(Metered::new(FakeProvider::from_spec(&ctx, block)?)),
         "aws" => aws::build(&ctx, block)?,
+        webhook::PROVIDER => Arc::new(Metered::new(webhook::WebhookProvider::from_spec(
+            &ctx, block,
+        )?)),
         externalsecrets::PROVIDER if !settings.client_side => {
             return Err(ProviderConfigError::ClientSideOnly {
                 store: store_name.to_string(),
