@@ -11,6 +11,7 @@ pub(crate) mod aws;
 pub mod cache;
 mod externalsecrets;
 mod fake;
+pub(crate) mod kubernetes;
 mod metered;
 pub mod property;
 pub mod resilient;
@@ -433,6 +434,9 @@ pub fn build_provider(
         "vault" => Arc::new(Metered::new(VaultProvider::from_spec(&ctx, block)?)),
         "fake" => Arc::new(Metered::new(FakeProvider::from_spec(&ctx, block)?)),
         "aws" => aws::build(&ctx, block)?,
+        kubernetes::PROVIDER => Arc::new(Metered::new(kubernetes::KubernetesProvider::from_spec(
+            &ctx, block,
+        )?)),
         webhook::PROVIDER => Arc::new(Metered::new(webhook::WebhookProvider::from_spec(
             &ctx, block,
         )?)),

@@ -228,6 +228,14 @@ fn transport_error(err: &reqwest::Error) -> CallError {
 /// Sends one request and reads the answer, refusing non-2xx and answers above
 /// [`MAX_BODY`] (read in chunks: a large answer is never held whole).
 pub(crate) async fn send(req: reqwest::RequestBuilder) -> Result<Vec<u8>, CallError> {
+    send_bounded(req, MAX_BODY).await
+}
+
+/// [`send`] with another bound on the answer.
+pub(crate) async fn send_bounded(
+    req: reqwest::RequestBuilder,
+    max: usize,
+) -> Result<Vec<u8>, CallError> {
     let mut resp = req.send().await.map_err(|e| transport_error(&e))?;
     let status = resp.status();
     if !status.is_success() {
@@ -238,7 +246,7 @@ pub(crate) async fn send(req: reqwest::RequestBuilder) -> Result<Vec<u8>, CallEr
     }
     let mut body = Vec::new();
     while let Some(chunk) = resp.chunk().await.map_err(|e| transport_error(&e))? {
-        if body.len() + chunk.len() > MAX_BODY {
+        if body.len() + chunk.len() > max {
             return Err(CallError::TooLarge);
         }
         body.extend_from_slice(&chunk);
