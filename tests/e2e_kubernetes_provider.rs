@@ -35,17 +35,6 @@ fn secret(name: &str, labels: Value, data: Value) -> Value {
         "data": data})
 }
 
-fn decoded(body: &str, field: &str) -> String {
-    use base64::Engine;
-    let v: Value = serde_json::from_str(body).unwrap();
-    String::from_utf8(
-        base64::engine::general_purpose::STANDARD
-            .decode(v[field].as_str().unwrap())
-            .unwrap(),
-    )
-    .unwrap()
-}
-
 fn manifests(kube: &FakeKube, token: &str) -> String {
     static_federation(ISS, AUD)
         + &app_authorization(
@@ -239,7 +228,10 @@ async fn reads_remote_secrets_with_a_token_and_decides_each_key_before_reading()
         )
         .await;
     assert_eq!(status, 502, "{body}");
-    assert!(body.contains("kubernetes answered HTTP 401"), "{body}");
+    assert!(
+        body.contains("kubernetes API server answered HTTP 401"),
+        "{body}"
+    );
     server.sync_logs().await;
     for line in server.logs() {
         assert!(

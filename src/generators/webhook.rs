@@ -22,11 +22,8 @@
 //! key, strings as they are and other values as JSON text. Webhooks hold no revocation
 //! state. Secrets used in templates never appear in messages or Debug output.
 
-use std::collections::BTreeMap;
-
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
-use reqwest::{Method, StatusCode, Url};
-use serde::Deserialize;
+use reqwest::{Method, Url};
 use serde_json::Value;
 
 use super::{
@@ -34,57 +31,12 @@ use super::{
 };
 use crate::providers;
 use crate::providers::webhook::call::{
-    self, CallError, Part, is_identifier, parse_template, query_escape, raw, render, result_map,
+    self, Part, parse_template, query_escape, raw, render, result_map,
 };
 use crate::resources::SecretKeySelector;
 use crate::support::jsonpath::JsonPath;
 
 const KIND: &str = "Webhook";
-
-/// `spec` of a Webhook generator.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct WebhookSpec {
-    #[serde(default)]
-    method: Option<String>,
-    url: String,
-    #[serde(default)]
-    headers: BTreeMap<String, String>,
-    #[serde(default)]
-    body: Option<String>,
-    #[serde(default)]
-    timeout: Option<String>,
-    #[serde(default)]
-    result: WebhookResult,
-    #[serde(default)]
-    secrets: Vec<WebhookSecret>,
-    #[serde(default)]
-    ca_bundle: Option<String>,
-    #[serde(default)]
-    ca_provider: Option<Value>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
-struct WebhookResult {
-    #[serde(default)]
-    json_path: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct WebhookSecret {
-    name: String,
-    secret_ref: WebhookSecretRef,
-}
-
-/// ESO's generator `SecretKeySelector`: the key is optional (all keys are available).
-#[derive(Deserialize)]
-struct WebhookSecretRef {
-    name: String,
-    #[serde(default)]
-    namespace: Option<String>,
-}
 
 /// Calls one webhook per generation.
 pub struct WebhookGenerator {
@@ -115,24 +67,15 @@ impl WebhookGenerator {
         ctx: &BuildContext<'_>,
         spec: &Value,
     ) -> Result<Self, GeneratorConfigError> {
-        let spec: WebhookSpec = ctx.parse(KIND, spec)?;
-        if spec.ca_provider.is_some() {
-            return Err(ctx.invalid(KIND, "caProvider is not supported (use caBundle)"));
+        let spec: call::WebhookSpec = ctx.parse(KIND, spec)?;
+        if let Some(why) = spec.unsupported() {
+            return Err(ctx.invalid(KIND, why));
         }
         let method =
             call::parse_method(spec.method.as_deref()).map_err(|why| ctx.invalid(KIND, why))?;
-        let mut names = BTreeMap::new();
-        for s in &spec.secrets {
-            if !is_identifier(&s.name) {
-                return Err(ctx.invalid(KIND, "secrets[].name must be an identifier"));
-            }
-            if s.secret_ref.name.trim().is_empty() {
-                return Err(ctx.invalid(KIND, "secrets[].secretRef.name is required"));
-            }
-            if names.insert(s.name.clone(), &s.secret_ref).is_some() {
-                return Err(ctx.invalid(KIND, format!("secrets[].name {:?} is repeated", s.name)));
-            }
-        }
+        let names = spec
+            .secret_names(None)
+            .map_err(|why| ctx.invalid(KIND, why))?;
         // Resolves `{{ .name.key }}` to that key of the Secret `name` refers to.
         let lookup = |name: &str, key: &str| -> Result<String, GeneratorConfigError> {
             let Some(secret_ref) = names.get(name) else {
@@ -215,27 +158,9 @@ impl Generator for WebhookGenerator {
         if let Some(body) = &self.body {
             req = req.body(body.clone());
         }
-        let body = call::send(req).await.map_err(|e| match e {
-            CallError::Status(status) => {
-                tracing::warn!(
-                    kind = KIND,
-                    status = status.as_u16(),
-                    "the webhook refused the call"
-                );
-                let what = format!("webhook answered HTTP {}", status.as_u16());
-                if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
-                    GeneratorError::Unavailable(what)
-                } else {
-                    GeneratorError::Backend(what)
-                }
-            }
-            CallError::TooLarge => GeneratorError::Backend("webhook answer is too large".into()),
-            CallError::Timeout => GeneratorError::Unavailable("webhook call timed out".into()),
-            CallError::Connect => {
-                GeneratorError::Unavailable("cannot connect to the webhook".into())
-            }
-            CallError::Failed => GeneratorError::Unavailable("webhook request failed".into()),
-        })?;
+        let body = call::send(req)
+            .await
+            .map_err(|e| GeneratorError::from(e.into_provider("webhook", false)))?;
         let map = result_map(&body, self.json_path.as_ref())
             .map_err(|e| GeneratorError::Backend(e.to_string()))?;
         Ok(Generated::plain(map))
@@ -332,6 +257,10 @@ mod tests {
                 "url must be an http or https URL",
             ),
             (base(json!({"method": "TRACE"})), "method must be"),
+            (
+                base(json!({"auth": {"ntlm": {}}})),
+                "auth (NTLM) is not supported",
+            ),
             (base(json!({"timeout": "10m"})), "timeout must be"),
             (
                 base(json!({"result": {"jsonPath": "$.a[?(@.x==]"}})),

@@ -30,12 +30,11 @@ use std::collections::BTreeMap;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderValue};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::webhook::call::{self, CallError};
+use super::webhook::call;
 use super::{
     BuildContext, FindRequest, KeyFilter, ProviderConfigError, ProviderError, RemoteRef,
     SecretProvider, property,
@@ -446,23 +445,9 @@ impl KubernetesProvider {
                 "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json",
             );
         }
-        call::send_bounded(req, max).await.map_err(|e| match e {
-            CallError::Status(StatusCode::NOT_FOUND) => ProviderError::NotFound,
-            CallError::Status(status) => {
-                let what = format!("kubernetes answered HTTP {}", status.as_u16());
-                if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
-                    ProviderError::Unavailable(what)
-                } else {
-                    ProviderError::Backend(what)
-                }
-            }
-            CallError::TooLarge => ProviderError::Backend("kubernetes answer is too large".into()),
-            CallError::Timeout => ProviderError::Timeout,
-            CallError::Connect => {
-                ProviderError::Unavailable("cannot connect to the kubernetes API server".into())
-            }
-            CallError::Failed => ProviderError::Unavailable("kubernetes API request failed".into()),
-        })
+        call::send_bounded(req, max)
+            .await
+            .map_err(|e| e.into_provider("kubernetes API server", true))
     }
 
     /// The decoded data of Secret `name` (canonical).
@@ -806,6 +791,54 @@ mod tests {
             assert!(msg.contains(needle), "{msg} lacks {needle}");
             assert!(!msg.contains("tok-s3cr3t"), "{msg}");
         }
+    }
+
+    #[test]
+    fn client_certificates_load_and_bad_keys_are_refused() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["esi".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let other = rcgen::KeyPair::generate().unwrap();
+        let mut idx = secrets();
+        let obj = SecretObject {
+            string_data: [
+                ("tls.crt".to_string(), cert.pem()),
+                ("tls.key".to_string(), key.serialize_pem()),
+                ("other.key".to_string(), other.serialize_pem()),
+                ("junk".to_string(), "not pem".to_string()),
+            ]
+            .into(),
+            ..Default::default()
+        };
+        idx.insert("ns", "client", &obj).unwrap();
+        let settings = ProviderSettings::default();
+        let build_cert = |cert_key: &str, key_key: &str| {
+            KubernetesProvider::from_spec(
+                &BuildContext {
+                    store: "k",
+                    namespace: Some("ns"),
+                    secrets: &idx,
+                    settings: &settings,
+                },
+                &base(json!({"auth": {"cert": {
+                    "clientCert": {"name": "client", "key": cert_key},
+                    "clientKey": {"name": "client", "key": key_key}}}})),
+            )
+        };
+        let p = build_cert("tls.crt", "tls.key").unwrap();
+        assert!(matches!(p.auth, Auth::Cert));
+        let msg = build_cert("junk", "tls.key").err().unwrap().to_string();
+        assert!(msg.contains("client certificate"), "{msg}");
+        let msg = build_cert("tls.crt", "junk").err().unwrap().to_string();
+        assert!(msg.contains("client key"), "{msg}");
+        let msg = build_cert("tls.crt", "other.key")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(msg.contains("client key"), "{msg}");
+        assert!(!msg.contains("PRIVATE KEY"), "{msg}");
     }
 
     #[tokio::test]

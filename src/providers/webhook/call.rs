@@ -15,9 +15,97 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode, Url};
+use serde::Deserialize;
 use serde_json::Value;
 
+use crate::providers::ProviderError;
 use crate::support::jsonpath::JsonPath;
+
+/// ESO's webhook block (the generator's `spec`, the store's `spec.provider.webhook`).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct WebhookSpec {
+    #[serde(default)]
+    pub method: Option<String>,
+    pub url: String,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub body: Option<String>,
+    #[serde(default)]
+    pub timeout: Option<String>,
+    #[serde(default)]
+    pub result: WebhookResult,
+    #[serde(default)]
+    pub secrets: Vec<WebhookSecret>,
+    #[serde(default)]
+    pub ca_bundle: Option<String>,
+    #[serde(default)]
+    pub ca_provider: Option<Value>,
+    /// ESO's NTLM auth: refused (credentials go in `headers`).
+    #[serde(default)]
+    pub auth: Option<Value>,
+}
+
+/// `result`.
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct WebhookResult {
+    #[serde(default)]
+    pub json_path: Option<String>,
+}
+
+/// One of `secrets[]`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct WebhookSecret {
+    pub name: String,
+    pub secret_ref: WebhookSecretRef,
+}
+
+/// ESO's `SecretKeySelector` here: the key is ignored (every key is available).
+#[derive(Deserialize)]
+pub(crate) struct WebhookSecretRef {
+    pub name: String,
+    #[serde(default)]
+    pub namespace: Option<String>,
+}
+
+impl WebhookSpec {
+    /// What the block asks that is not served (`None`: nothing).
+    pub fn unsupported(&self) -> Option<&'static str> {
+        if self.ca_provider.is_some() {
+            Some("caProvider is not supported (use caBundle)")
+        } else if self.auth.is_some() {
+            Some("auth (NTLM) is not supported (send credentials in headers)")
+        } else {
+            None
+        }
+    }
+
+    /// `secrets[]` by name, checked: identifiers, not `reserved`, each once, with a Secret.
+    pub fn secret_names(
+        &self,
+        reserved: Option<&str>,
+    ) -> Result<BTreeMap<&str, &WebhookSecretRef>, String> {
+        let mut names = BTreeMap::new();
+        for s in &self.secrets {
+            if !is_identifier(&s.name) || Some(s.name.as_str()) == reserved {
+                return Err(match reserved {
+                    Some(r) => format!("secrets[].name must be an identifier other than {r}"),
+                    None => "secrets[].name must be an identifier".to_string(),
+                });
+            }
+            if s.secret_ref.name.trim().is_empty() {
+                return Err("secrets[].secretRef.name is required".to_string());
+            }
+            if names.insert(s.name.as_str(), &s.secret_ref).is_some() {
+                return Err(format!("secrets[].name {:?} is repeated", s.name));
+            }
+        }
+        Ok(names)
+    }
+}
 
 /// Bound on the webhook's answer.
 pub(crate) const MAX_BODY: usize = 1024 * 1024;
@@ -212,6 +300,34 @@ pub(crate) enum CallError {
     Connect,
     /// Any other transport failure.
     Failed,
+}
+
+impl CallError {
+    /// As a provider error, naming `backend`; `not_found`: a 404 means "no such secret".
+    pub(crate) fn into_provider(self, backend: &str, not_found: bool) -> ProviderError {
+        match self {
+            CallError::Status(StatusCode::NOT_FOUND) if not_found => ProviderError::NotFound,
+            CallError::Status(status) => {
+                tracing::warn!(
+                    backend,
+                    status = status.as_u16(),
+                    "the backend refused the call"
+                );
+                let what = format!("{backend} answered HTTP {}", status.as_u16());
+                if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+                    ProviderError::Unavailable(what)
+                } else {
+                    ProviderError::Backend(what)
+                }
+            }
+            CallError::TooLarge => ProviderError::Backend(format!("{backend} answer is too large")),
+            CallError::Timeout => ProviderError::Timeout,
+            CallError::Connect => {
+                ProviderError::Unavailable(format!("cannot connect to the {backend}"))
+            }
+            CallError::Failed => ProviderError::Unavailable(format!("{backend} request failed")),
+        }
+    }
 }
 
 /// Maps a transport error without its text (the URL may hold secret values).

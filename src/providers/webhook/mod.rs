@@ -33,9 +33,8 @@ pub(crate) mod call;
 
 use std::collections::BTreeMap;
 
+use reqwest::Method;
 use reqwest::header::{HeaderName, HeaderValue};
-use reqwest::{Method, StatusCode};
-use serde::Deserialize;
 use serde_json::Value;
 
 use super::{
@@ -44,7 +43,7 @@ use super::{
 };
 use crate::resources::SecretKeySelector;
 use crate::support::jsonpath::JsonPath;
-use call::{CallError, Part};
+use call::Part;
 
 /// The key of `spec.provider`.
 pub(crate) const PROVIDER: &str = "webhook";
@@ -52,53 +51,6 @@ pub(crate) const PROVIDER: &str = "webhook";
 const REMOTE_REF: &str = "remoteRef";
 /// Bound on a key, property or version.
 const MAX_REF: usize = 4096;
-
-/// `spec.provider.webhook` (ESO's `WebhookProvider`).
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct WebhookSpec {
-    #[serde(default)]
-    method: Option<String>,
-    url: String,
-    #[serde(default)]
-    headers: BTreeMap<String, String>,
-    #[serde(default)]
-    body: Option<String>,
-    #[serde(default)]
-    timeout: Option<String>,
-    #[serde(default)]
-    result: WebhookResult,
-    #[serde(default)]
-    secrets: Vec<WebhookSecret>,
-    #[serde(default)]
-    ca_bundle: Option<String>,
-    #[serde(default)]
-    ca_provider: Option<Value>,
-    #[serde(default)]
-    auth: Option<Value>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
-struct WebhookResult {
-    #[serde(default)]
-    json_path: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct WebhookSecret {
-    name: String,
-    secret_ref: WebhookSecretRef,
-}
-
-/// ESO's `SecretKeySelector` here: the key is ignored (every key is available).
-#[derive(Deserialize)]
-struct WebhookSecretRef {
-    name: String,
-    #[serde(default)]
-    namespace: Option<String>,
-}
 
 /// `result.jsonPath`: parsed at load, or per call when it uses `.remoteRef.*`.
 enum ResultPath {
@@ -175,32 +127,15 @@ impl WebhookProvider {
         ctx: &BuildContext<'_>,
         block: &Value,
     ) -> Result<Self, ProviderConfigError> {
-        let spec: WebhookSpec = ctx.parse(PROVIDER, block)?;
-        if spec.ca_provider.is_some() {
-            return Err(ctx.unsupported(PROVIDER, "caProvider (use caBundle)"));
-        }
-        if spec.auth.is_some() {
-            return Err(ctx.unsupported(PROVIDER, "auth (NTLM; use headers)"));
+        let spec: call::WebhookSpec = ctx.parse(PROVIDER, block)?;
+        if let Some(why) = spec.unsupported() {
+            return Err(ctx.unsupported(PROVIDER, why));
         }
         let method =
             call::parse_method(spec.method.as_deref()).map_err(|why| ctx.invalid(PROVIDER, why))?;
-        let mut names = BTreeMap::new();
-        for s in &spec.secrets {
-            if !call::is_identifier(&s.name) || s.name == REMOTE_REF {
-                return Err(ctx.invalid(
-                    PROVIDER,
-                    "secrets[].name must be an identifier other than remoteRef",
-                ));
-            }
-            if s.secret_ref.name.trim().is_empty() {
-                return Err(ctx.invalid(PROVIDER, "secrets[].secretRef.name is required"));
-            }
-            if names.insert(s.name.clone(), &s.secret_ref).is_some() {
-                return Err(
-                    ctx.invalid(PROVIDER, format!("secrets[].name {:?} is repeated", s.name))
-                );
-            }
-        }
+        let names = spec
+            .secret_names(Some(REMOTE_REF))
+            .map_err(|why| ctx.invalid(PROVIDER, why))?;
         // `{{ .name.key }}`: that key of the Secret `name` refers to; `.remoteRef.*` later.
         let lookup = |name: &str, key: &str| -> Result<Option<String>, ProviderConfigError> {
             if name == REMOTE_REF {
@@ -346,28 +281,9 @@ impl WebhookProvider {
         if let Some(body) = &self.body {
             req = req.body(render_ref(body, remote, call::raw)?);
         }
-        call::send(req).await.map_err(|e| match e {
-            CallError::Status(StatusCode::NOT_FOUND) => ProviderError::NotFound,
-            CallError::Status(status) => {
-                tracing::warn!(
-                    provider = PROVIDER,
-                    status = status.as_u16(),
-                    "the webhook refused the call"
-                );
-                let what = format!("webhook answered HTTP {}", status.as_u16());
-                if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
-                    ProviderError::Unavailable(what)
-                } else {
-                    ProviderError::Backend(what)
-                }
-            }
-            CallError::TooLarge => ProviderError::Backend("webhook answer is too large".into()),
-            CallError::Timeout => ProviderError::Timeout,
-            CallError::Connect => {
-                ProviderError::Unavailable("cannot connect to the webhook".into())
-            }
-            CallError::Failed => ProviderError::Unavailable("webhook request failed".into()),
-        })
+        call::send(req)
+            .await
+            .map_err(|e| e.into_provider("webhook", true))
     }
 
     /// `result.jsonPath` for `remote`.
