@@ -43,17 +43,6 @@ async fn post(server: &Server, path: &str, token: &str, body: Value) -> (u16, St
     server.post(path, Some(token), body).await
 }
 
-fn decoded(body: &str, field: &str) -> String {
-    use base64::Engine;
-    let v: Value = serde_json::from_str(body).unwrap();
-    String::from_utf8(
-        base64::engine::general_purpose::STANDARD
-            .decode(v[field].as_str().unwrap())
-            .unwrap(),
-    )
-    .unwrap()
-}
-
 /// Decision lines (target `esi::decision`) naming `resource`.
 fn decisions(server: &Server, resource: &str) -> Vec<Value> {
     server

@@ -117,6 +117,15 @@ fn build_digest(obj: &RawObject, secrets: &[u8; 32]) -> [u8; 32] {
         .unwrap_or_default();
     h.update((spec.len() as u64).to_be_bytes());
     h.update(spec.as_bytes());
+    // The one annotation a store reads (its cache), so changing it rebuilds the store.
+    let cache = obj
+        .metadata
+        .annotations
+        .get(providers::cache::CACHE_ANNOTATION)
+        .map(String::as_str)
+        .unwrap_or_default();
+    h.update((cache.len() as u64).to_be_bytes());
+    h.update(cache.as_bytes());
     h.update(secrets);
     h.finalize().into()
 }
@@ -526,7 +535,13 @@ impl SnapshotBuilder {
                     }
                     let built = spec_of::<SecretStoreSpec>(obj)
                         .map_err(|r| (r, false))
-                        .and_then(|spec| {
+                        .and_then(|mut spec| {
+                            providers::cache::apply_annotation(
+                                name,
+                                &mut spec,
+                                &obj.metadata.annotations,
+                            )
+                            .map_err(|e| (e.to_string(), false))?;
                             providers::build_provider(
                                 name,
                                 None,
@@ -900,6 +915,70 @@ mod tests {
             "another namespace keeps its own"
         );
         assert_eq!(refs.len(), 1 + MAX_SECRETS_PER_NAMESPACE + 1);
+    }
+
+    /// `spec.cache` is pruned by a Kubernetes API server (ESO's CRD does not know it); the
+    /// annotation form is read in both modes, and both set differently refuse the store.
+    #[tokio::test]
+    async fn the_cache_annotation_turns_the_cache_on_and_conflicts_are_refused() {
+        let store = |name: &str, annotation: Option<&str>, cache: &str| {
+            let annotations = annotation
+                .map(|a| format!(", annotations: {{federation.external-secrets.io/cache: '{a}'}}"))
+                .unwrap_or_default();
+            format!(
+                "---\napiVersion: external-secrets.io/v1\nkind: ClusterSecretStore\n\
+                 metadata: {{name: {name}{annotations}}}\n\
+                 spec: {{provider: {{fake: {{data: [{{key: k, value: v}}]}}}}{cache}}}\n"
+            )
+        };
+        let yaml = [
+            store("annotated", Some(r#"{"ttl":"30s","maxEntries":10}"#), ""),
+            store("both-same", Some(r#"{"ttl":"30s"}"#), ", cache: {ttl: 30s}"),
+            store(
+                "both-differ",
+                Some(r#"{"ttl":"30s"}"#),
+                ", cache: {ttl: 60s}",
+            ),
+            store("bad-annotation", Some("ttl: 30s"), ""),
+            store("bad-ttl", Some(r#"{"ttl":"2h"}"#), ""),
+            store("plain", None, ""),
+        ]
+        .concat();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("m.yaml"), yaml).unwrap();
+        let snap = load(dir.path());
+        let problems: Vec<String> = snap.errors.iter().map(ToString::to_string).collect();
+        assert_eq!(problems.len(), 3, "{problems:#?}");
+        let problem = |name: &str| {
+            problems
+                .iter()
+                .find(|p| p.contains(&format!("ClusterSecretStore/{name}")))
+                .cloned()
+                .unwrap_or_default()
+        };
+        assert!(
+            problem("both-differ").contains("spec.cache is set too and says something else"),
+            "{problems:?}"
+        );
+        assert!(
+            problem("bad-annotation").contains("must be a JSON object"),
+            "{problems:?}"
+        );
+        assert!(
+            problem("bad-ttl").contains("ttl must be more than 0 and at most 1h"),
+            "{problems:?}"
+        );
+        let r = crate::providers::RemoteRef {
+            key: "k".into(),
+            ..Default::default()
+        };
+        for (name, cached) in [("annotated", true), ("both-same", true), ("plain", false)] {
+            let p = &snap.stores[name];
+            p.get_secret(&r).await.unwrap();
+            let (v, age) = p.get_secret_with_age(&r).await.unwrap();
+            assert_eq!(v, b"v");
+            assert_eq!(age.is_some(), cached, "{name}");
+        }
     }
 
     fn sample_identity() -> Identity {

@@ -49,6 +49,48 @@ use super::{
 };
 use crate::metrics::METRICS;
 
+/// The annotation form of `spec.cache` (JSON, e.g. `{"ttl":"30s","maxEntries":1000}`):
+/// ESO's SecretStore CRD does not know `spec.cache`, so a Kubernetes API server prunes it;
+/// the annotation survives. Read in both modes.
+pub const CACHE_ANNOTATION: &str = "federation.external-secrets.io/cache";
+/// Bound on the annotation's value.
+const MAX_ANNOTATION: usize = 1024;
+
+/// Puts the [`CACHE_ANNOTATION`] of a store into `spec.cache`. Both set: they must say the
+/// same (equal JSON), else the store does not load — neither silently wins.
+pub fn apply_annotation(
+    store: &str,
+    spec: &mut crate::resources::SecretStoreSpec,
+    annotations: &BTreeMap<String, String>,
+) -> Result<(), ProviderConfigError> {
+    let Some(text) = annotations.get(CACHE_ANNOTATION) else {
+        return Ok(());
+    };
+    let invalid = |reason: &str| ProviderConfigError::InvalidCache {
+        store: store.to_string(),
+        reason: format!("annotation {CACHE_ANNOTATION}: {reason}"),
+    };
+    if text.len() > MAX_ANNOTATION {
+        return Err(invalid("must be at most 1024 bytes"));
+    }
+    let value: serde_json::Value = serde_json::from_str(text)
+        .ok()
+        .filter(serde_json::Value::is_object)
+        .ok_or_else(|| {
+            invalid(r#"must be a JSON object such as {"ttl":"30s","maxEntries":1000}"#)
+        })?;
+    match &spec.cache {
+        Some(cache) if *cache != value => Err(invalid(
+            "spec.cache is set too and says something else; keep one of them",
+        )),
+        Some(_) => Ok(()),
+        None => {
+            spec.cache = Some(value);
+            Ok(())
+        }
+    }
+}
+
 /// Longest `ttl` a store may ask for.
 pub const MAX_TTL: Duration = Duration::from_secs(3600);
 /// Default and largest `maxEntries`.

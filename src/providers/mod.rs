@@ -11,11 +11,13 @@ pub(crate) mod aws;
 pub mod cache;
 mod externalsecrets;
 mod fake;
+pub(crate) mod kubernetes;
 mod metered;
 pub mod property;
 pub mod resilient;
 pub(crate) mod tls;
 pub(crate) mod vault;
+pub(crate) mod webhook;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -432,6 +434,12 @@ pub fn build_provider(
         "vault" => Arc::new(Metered::new(VaultProvider::from_spec(&ctx, block)?)),
         "fake" => Arc::new(Metered::new(FakeProvider::from_spec(&ctx, block)?)),
         "aws" => aws::build(&ctx, block)?,
+        kubernetes::PROVIDER => Arc::new(Metered::new(kubernetes::KubernetesProvider::from_spec(
+            &ctx, block,
+        )?)),
+        webhook::PROVIDER => Arc::new(Metered::new(webhook::WebhookProvider::from_spec(
+            &ctx, block,
+        )?)),
         externalsecrets::PROVIDER if !settings.client_side => {
             return Err(ProviderConfigError::ClientSideOnly {
                 store: store_name.to_string(),

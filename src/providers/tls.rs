@@ -19,6 +19,12 @@ pub enum ClientBuildError {
     /// `caBundle` holds no usable PEM certificate.
     #[error("caBundle holds no valid PEM certificate")]
     CaPem,
+    /// The client certificate is not PEM.
+    #[error("the client certificate holds no valid PEM certificate")]
+    ClientCert,
+    /// The client key is not a PEM private key matching the certificate.
+    #[error("the client key is not a PEM private key of the client certificate")]
+    ClientKey,
     /// rustls or reqwest refused the configuration.
     #[error("cannot build the HTTP client: {0}")]
     Client(String),
@@ -52,19 +58,42 @@ pub fn http_client(
     ca_bundle: Option<&str>,
     timeout: Duration,
 ) -> Result<reqwest::Client, ClientBuildError> {
+    http_client_with_identity(ca_bundle, None, timeout)
+}
+
+/// [`http_client`], presenting a client certificate when `identity` (PEM certificate
+/// chain, PEM private key) is given.
+pub fn http_client_with_identity(
+    ca_bundle: Option<&str>,
+    identity: Option<(&[u8], &[u8])>,
+    timeout: Duration,
+) -> Result<reqwest::Client, ClientBuildError> {
     let roots = match ca_bundle {
         Some(bundle) => roots_from_ca_bundle(bundle)?,
         None => RootCertStore {
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
         },
     };
-    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::aws_lc_rs::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .map_err(|e| ClientBuildError::Client(e.to_string()))?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    .with_root_certificates(roots);
+    let mut tls = match identity {
+        None => tls.with_no_client_auth(),
+        Some((cert_pem, key_pem)) => {
+            let certs = CertificateDer::pem_slice_iter(cert_pem)
+                .collect::<Result<Vec<_>, _>>()
+                .ok()
+                .filter(|c| !c.is_empty())
+                .ok_or(ClientBuildError::ClientCert)?;
+            let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(key_pem)
+                .map_err(|_| ClientBuildError::ClientKey)?;
+            tls.with_client_auth_cert(certs, key)
+                .map_err(|_| ClientBuildError::ClientKey)?
+        }
+    };
     // A preconfigured rustls config gets no ALPN from reqwest; offer what it speaks.
     tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     reqwest::Client::builder()

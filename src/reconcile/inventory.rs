@@ -416,7 +416,7 @@ impl InventoryBuilder {
                             .push(problem(obj, format!("duplicate {}", kind.as_str())));
                         continue;
                     }
-                    let spec: SecretStoreSpec = match obj.body.get("spec") {
+                    let mut spec: SecretStoreSpec = match obj.body.get("spec") {
                         None | Some(serde_json::Value::Null) => SecretStoreSpec::default(),
                         Some(s) => match serde_json::from_value(s.clone()) {
                             Ok(spec) => spec,
@@ -435,8 +435,15 @@ impl InventoryBuilder {
                         Some(b) => Ok(b.value.clone()),
                         None => {
                             let ns = (kind == StoreKind::SecretStore).then_some(namespace.as_str());
-                            match providers::build_provider(name, ns, &spec, &index, &self.settings)
-                            {
+                            let built = providers::cache::apply_annotation(
+                                name,
+                                &mut spec,
+                                &obj.metadata.annotations,
+                            )
+                            .and_then(|()| {
+                                providers::build_provider(name, ns, &spec, &index, &self.settings)
+                            });
+                            match built {
                                 Ok(p) => Ok(p),
                                 Err(e) => {
                                     let reason = e.to_string();

@@ -123,6 +123,18 @@ pub fn test_ca() -> TestCa {
     }
 }
 
+/// The base64 field `field` of a JSON answer, decoded as UTF-8 (`/v1` values).
+pub fn decoded(body: &str, field: &str) -> String {
+    use base64::Engine;
+    let v: Value = serde_json::from_str(body).unwrap();
+    String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(v[field].as_str().unwrap())
+            .unwrap(),
+    )
+    .unwrap()
+}
+
 pub fn b64(s: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(s)
