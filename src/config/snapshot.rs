@@ -20,9 +20,7 @@ use crate::authz::{
 };
 use crate::generators::{self, Generator};
 use crate::metrics::METRICS;
-use crate::providers::{
-    self, FindRequest, ProviderError, ProviderSettings, RemoteRef, SecretProvider,
-};
+use crate::providers::{self, ProviderError, ProviderSettings, RemoteRef, SecretProvider};
 use crate::resources::{
     AuthorizationSpec, KubernetesFederationSpec, SecretObject, SecretStoreSpec,
 };
@@ -190,9 +188,6 @@ impl SecretProvider for NotReadyStore {
         &self,
         _: &RemoteRef,
     ) -> Result<BTreeMap<String, Vec<u8>>, ProviderError> {
-        Err(ProviderError::Unavailable("store is not ready".into()))
-    }
-    async fn find(&self, _: &FindRequest) -> Result<BTreeMap<String, Vec<u8>>, ProviderError> {
         Err(ProviderError::Unavailable("store is not ready".into()))
     }
 }

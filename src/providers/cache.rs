@@ -388,6 +388,7 @@ impl SecretProvider for Cached {
         }
     }
 
+    // Not the default: the inner store's own `find` (retried by `Resilient`).
     async fn find(&self, find: &FindRequest) -> Result<BTreeMap<String, Vec<u8>>, ProviderError> {
         self.inner.find(find).await
     }
@@ -435,7 +436,11 @@ mod tests {
             self.calls.fetch_add(1, Ordering::SeqCst);
             Ok([(remote.key.clone(), b"map".to_vec())].into())
         }
-        async fn find(&self, _: &FindRequest) -> Result<BTreeMap<String, Vec<u8>>, ProviderError> {
+        async fn find_allowed(
+            &self,
+            _: &FindRequest,
+            _: &KeyFilter<'_>,
+        ) -> Result<BTreeMap<String, Vec<u8>>, ProviderError> {
             self.calls.fetch_add(1, Ordering::SeqCst);
             Ok(BTreeMap::new())
         }

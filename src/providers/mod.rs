@@ -156,8 +156,12 @@ pub trait SecretProvider: Send + Sync {
         self.get_secret_map(remote).await.map(|m| (m, None))
     }
     /// ESO GetAllSecrets (dataFrom.find): secrets whose name matches, as name -> value.
-    /// Names are canonical keys. No per-key decision: see [`SecretProvider::find_allowed`].
-    async fn find(&self, find: &FindRequest) -> Result<BTreeMap<String, Vec<u8>>, ProviderError>;
+    /// Names are canonical keys. No per-key decision: [`SecretProvider::find_allowed`]
+    /// with a filter that accepts every key (the default; a wrapper overrides it only to
+    /// do something else, e.g. [`resilient::Resilient`] retries it).
+    async fn find(&self, find: &FindRequest) -> Result<BTreeMap<String, Vec<u8>>, ProviderError> {
+        self.find_allowed(find, &|_| true).await
+    }
     /// [`SecretProvider::find`], keeping only the keys `allow` accepts; `allow` sees each
     /// canonical key *before* its value is read, so a refused key is never read. `find`
     /// must be canonical.

@@ -460,9 +460,6 @@ mod tests {
         ) -> Result<BTreeMap<String, Vec<u8>>, ProviderError> {
             self.next().map(|v| [("k".to_string(), v)].into())
         }
-        async fn find(&self, _: &FindRequest) -> Result<BTreeMap<String, Vec<u8>>, ProviderError> {
-            self.next().map(|_| BTreeMap::new())
-        }
         async fn find_allowed(
             &self,
             _: &FindRequest,
