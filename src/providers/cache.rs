@@ -255,6 +255,9 @@ pub struct Cached {
     inner: Arc<dyn SecretProvider>,
     cache: moka::future::Cache<CacheKey, Arc<Entry>>,
     store: String,
+    /// Keeps the store's cache series in `/metrics` while this cache lives (last field:
+    /// dropped after the cache).
+    _series: crate::metrics::StoreSeries,
 }
 
 impl Cached {
@@ -287,6 +290,7 @@ impl Cached {
             inner,
             cache,
             store: store.to_string(),
+            _series: crate::metrics::StoreSeries::hold(store),
         }
     }
 

@@ -122,6 +122,8 @@ pub struct Breaker {
     threshold: u32,
     cool_down: Duration,
     inner: Mutex<BreakerState>,
+    /// Keeps the store's series in `/metrics` while this build of the store lives.
+    _series: crate::metrics::StoreSeries,
 }
 
 /// Leave to make one call: finish it with its outcome. A probe dropped unfinished (its
@@ -152,6 +154,7 @@ impl Drop for Permit<'_> {
 impl Breaker {
     /// A closed circuit for store `store` (its metrics label).
     pub fn new(store: &str, threshold: u32, cool_down: Duration) -> Self {
+        let series = crate::metrics::StoreSeries::hold(store);
         METRICS
             .store_circuit_state
             .with_label_values(&[store])
@@ -165,6 +168,7 @@ impl Breaker {
                 failures: 0,
                 open_until: Instant::now(),
             }),
+            _series: series,
         }
     }
 
