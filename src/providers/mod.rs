@@ -71,6 +71,15 @@ pub struct ProviderSettings {
     /// outside a cluster: a store or generator using it fails at use with a message
     /// saying so.
     pub service_account_tokens: Option<Arc<dyn crate::remote::ServiceAccountTokens>>,
+    /// Retries and circuit breaker of every store ([`resilient::Resilient`]).
+    pub resilience: resilient::StoreResilience,
+}
+
+impl ProviderSettings {
+    /// The [`resilient::ResilienceSettings`] every store is built with.
+    pub fn resilience_settings(&self) -> resilient::ResilienceSettings {
+        resilient::ResilienceSettings::new(self.timeout, &self.resilience)
+    }
 }
 
 impl std::fmt::Debug for ProviderSettings {
@@ -82,6 +91,7 @@ impl std::fmt::Debug for ProviderSettings {
                 "service_account_tokens",
                 &self.service_account_tokens.is_some(),
             )
+            .field("resilience", &self.resilience)
             .finish()
     }
 }
@@ -92,6 +102,7 @@ impl Default for ProviderSettings {
             timeout: Duration::from_secs(10),
             client_side: false,
             service_account_tokens: None,
+            resilience: resilient::StoreResilience::default(),
         }
     }
 }
@@ -468,7 +479,7 @@ pub fn build_provider(
     let provider: Arc<dyn SecretProvider> = Arc::new(resilient::Resilient::new(
         &label,
         provider,
-        resilient::ResilienceSettings::with_backend_timeout(settings.timeout),
+        settings.resilience_settings(),
     ));
     Ok(match cache {
         Some(c) => Arc::new(cache::Cached::new(&label, provider, &c)),
