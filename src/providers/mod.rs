@@ -107,6 +107,17 @@ impl Default for ProviderSettings {
     }
 }
 
+/// How a store's cache answered a read ([`cache::Cached`]); `None` in the `_with_age`
+/// results: the backend answered, for this call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheAge {
+    /// How long ago the value was read from the backend (the RFC 9111 `Age`).
+    pub age: Duration,
+    /// Served past the store's `ttl` because the backend was down (`staleIfError`): the
+    /// answer carries `Warning: 110 - "Response is Stale"`.
+    pub stale: bool,
+}
+
 /// Decides whether one (canonical) key of a `find` answer may be returned.
 pub type KeyFilter<'a> = dyn Fn(&str) -> bool + Send + Sync + 'a;
 
@@ -155,7 +166,7 @@ pub trait SecretProvider: Send + Sync {
     async fn get_secret_with_age(
         &self,
         remote: &RemoteRef,
-    ) -> Result<(Vec<u8>, Option<Duration>), ProviderError> {
+    ) -> Result<(Vec<u8>, Option<CacheAge>), ProviderError> {
         self.get_secret(remote).await.map(|v| (v, None))
     }
     /// [`SecretProvider::get_secret_map`], with the map's age when it was served from the
@@ -163,7 +174,7 @@ pub trait SecretProvider: Send + Sync {
     async fn get_secret_map_with_age(
         &self,
         remote: &RemoteRef,
-    ) -> Result<(BTreeMap<String, Vec<u8>>, Option<Duration>), ProviderError> {
+    ) -> Result<(BTreeMap<String, Vec<u8>>, Option<CacheAge>), ProviderError> {
         self.get_secret_map(remote).await.map(|m| (m, None))
     }
     /// ESO GetAllSecrets (dataFrom.find): secrets whose name matches, as name -> value.
@@ -482,7 +493,12 @@ pub fn build_provider(
         settings.resilience_settings(),
     ));
     Ok(match cache {
-        Some(c) => Arc::new(cache::Cached::new(&label, provider, &c)),
+        // A refresh that could serve a stale value gives up in time for the answer to be
+        // the stale value rather than the request deadline's 503.
+        Some(c) => Arc::new(
+            cache::Cached::new(&label, provider, &c)
+                .with_refresh_deadline(settings.timeout * 3 / 4),
+        ),
         None => provider,
     })
 }
