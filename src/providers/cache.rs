@@ -385,19 +385,9 @@ impl Cached {
             })
         };
         let result = self.cache.try_get_with(key, init).await;
-        let own = fetched.load(Ordering::Relaxed);
-        self.count(if own { "miss" } else { "coalesced" });
+        let own = self.read_by(&fetched);
         match result {
-            Ok(entry) => {
-                if own {
-                    self.backend_answered();
-                }
-                let age = (!own).then(|| CacheAge {
-                    age: entry.at.elapsed(),
-                    stale: false,
-                });
-                Ok((entry, age))
-            }
+            Ok(entry) => Ok(self.fetched(entry, own)),
             Err(e) => Err((*e).clone()),
         }
     }
@@ -447,19 +437,9 @@ impl Cached {
                 refreshing.remove(&key);
             }
         }
-        let own = fetched.load(Ordering::Relaxed);
-        self.count(if own { "miss" } else { "coalesced" });
+        let own = self.read_by(&fetched);
         match result {
-            Ok(entry) => {
-                if own {
-                    self.backend_answered();
-                }
-                let age = (!own).then(|| CacheAge {
-                    age: entry.at.elapsed(),
-                    stale: false,
-                });
-                Ok((entry, age))
-            }
+            Ok(entry) => Ok(self.fetched(entry, own)),
             Err(e) if serves_stale(&e) => {
                 let age = stale.at.elapsed();
                 if age > self.ttl + self.stale_if_error {
@@ -480,6 +460,25 @@ impl Cached {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Whether this call made the backend read (else it waited for another's), counted.
+    fn read_by(&self, fetched: &AtomicBool) -> bool {
+        let own = fetched.load(Ordering::Relaxed);
+        self.count(if own { "miss" } else { "coalesced" });
+        own
+    }
+
+    /// An entry read from the backend, by this call (`own`: no age) or another.
+    fn fetched(&self, entry: Arc<Entry>, own: bool) -> (Arc<Entry>, Option<CacheAge>) {
+        if own {
+            self.backend_answered();
+        }
+        let age = (!own).then(|| CacheAge {
+            age: entry.at.elapsed(),
+            stale: false,
+        });
+        (entry, age)
     }
 
     /// The backend answered a read: stale values, if any were served, are no longer.
