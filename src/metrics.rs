@@ -3,7 +3,8 @@
 //! Label values are always bounded sets (route templates, outcomes, provider kinds,
 //! federation names from config) — never request data, so cardinality stays bounded.
 
-use std::sync::LazyLock;
+use std::collections::HashMap;
+use std::sync::{LazyLock, Mutex};
 
 use prometheus::{
     Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
@@ -80,6 +81,9 @@ pub struct Metrics {
     pub store_circuit_rejections: IntCounterVec,
     /// Each store's circuit: 0 closed (healthy), 1 open (failing fast), 2 half-open (probing).
     pub store_circuit_state: IntGaugeVec,
+    /// Answers served from a store's cache past its ttl because the backend was down
+    /// (`staleIfError`), by store.
+    pub store_cache_stale_served: IntCounterVec,
 }
 
 fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
@@ -300,6 +304,12 @@ impl Metrics {
                 "Store circuit state: 0 closed, 1 open, 2 half-open",
                 &["store"],
             ),
+            store_cache_stale_served: counter(
+                &registry,
+                "esi_store_cache_stale_served_total",
+                "Answers served stale from a store's cache while its backend was down, by store",
+                &["store"],
+            ),
             policies,
             registry,
         }
@@ -313,6 +323,70 @@ impl Metrics {
             return String::new();
         }
         String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// Outcomes of `esi_store_cache_requests_total` (its `outcome` label).
+pub const STORE_CACHE_OUTCOMES: [&str; 3] = ["hit", "miss", "coalesced"];
+/// Causes of `esi_store_cache_evictions_total` (its `cause` label).
+pub const STORE_CACHE_EVICTION_CAUSES: [&str; 2] = ["expired", "size"];
+
+/// How many live holders (a built store's breaker, its cache) each store label has.
+static STORE_SERIES: LazyLock<Mutex<HashMap<String, usize>>> = LazyLock::new(Default::default);
+
+/// A built store's hold on its per-store series (`esi_store_circuit_state{store}`, the
+/// retry, rejection and cache series). A rebuilt store holds them before the old build
+/// lets go, so they carry on; when the last holder of a label drops (the store left the
+/// snapshot, or was renamed), its series are removed from `/metrics` instead of staying at
+/// their last value.
+pub struct StoreSeries {
+    store: String,
+}
+
+impl StoreSeries {
+    /// Takes a hold on the series of `store`.
+    pub fn hold(store: &str) -> Self {
+        let mut live = lock_series();
+        *live.entry(store.to_string()).or_insert(0) += 1;
+        StoreSeries {
+            store: store.to_string(),
+        }
+    }
+}
+
+fn lock_series() -> std::sync::MutexGuard<'static, HashMap<String, usize>> {
+    STORE_SERIES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Drop for StoreSeries {
+    fn drop(&mut self) {
+        let mut live = lock_series();
+        let Some(n) = live.get_mut(&self.store) else {
+            return;
+        };
+        *n -= 1;
+        if *n > 0 {
+            return;
+        }
+        live.remove(&self.store);
+        // Under the lock: a new holder of the label cannot interleave. Absent series
+        // answer an error, which is fine.
+        let store = self.store.as_str();
+        let m = &*METRICS;
+        let _ = m.store_circuit_state.remove_label_values(&[store]);
+        let _ = m.store_circuit_rejections.remove_label_values(&[store]);
+        let _ = m.store_retries.remove_label_values(&[store]);
+        let _ = m.store_cache_stale_served.remove_label_values(&[store]);
+        for outcome in STORE_CACHE_OUTCOMES {
+            let _ = m
+                .store_cache_requests
+                .remove_label_values(&[store, outcome]);
+        }
+        for cause in STORE_CACHE_EVICTION_CAUSES {
+            let _ = m.store_cache_evictions.remove_label_values(&[store, cause]);
+        }
     }
 }
 
@@ -372,3 +446,42 @@ impl<T> Metered<T> {
 
 /// The process-wide metrics.
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+#[cfg(test)]
+mod store_series_tests {
+    use super::*;
+
+    fn has_circuit_series(store: &str) -> bool {
+        METRICS
+            .render()
+            .lines()
+            .any(|l| l.starts_with(&format!("esi_store_circuit_state{{store=\"{store}\"}}")))
+    }
+
+    /// A store removed from the snapshot loses its series; a rebuilt one (the new build
+    /// holds them before the old one drops) keeps them.
+    #[test]
+    fn series_of_a_store_go_with_its_last_holder() {
+        let store = "series-test";
+        let old = StoreSeries::hold(store);
+        METRICS
+            .store_circuit_state
+            .with_label_values(&[store])
+            .set(1);
+        METRICS
+            .store_cache_requests
+            .with_label_values(&[store, "hit"])
+            .inc();
+        // Rebuilt: the new build holds the label, then the old one is dropped.
+        let new = StoreSeries::hold(store);
+        drop(old);
+        assert!(has_circuit_series(store), "a rebuild keeps the series");
+        // Removed from the snapshot: the last holder goes.
+        drop(new);
+        assert!(!has_circuit_series(store), "{}", METRICS.render());
+        assert!(
+            !METRICS.render().contains(&format!("store=\"{store}\"")),
+            "no series of the store is left"
+        );
+    }
+}

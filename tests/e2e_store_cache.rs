@@ -187,6 +187,7 @@ fn manifests(stores: &[&str], body: &str) -> String {
 struct Answer {
     status: u16,
     age: Option<u64>,
+    warning: Option<String>,
     body: String,
     elapsed: Duration,
 }
@@ -205,10 +206,15 @@ async fn get(client: &reqwest::Client, server: &Server, store: &str, key: &str) 
         .headers()
         .get("age")
         .map(|v| v.to_str().unwrap().parse().unwrap());
+    let warning = resp
+        .headers()
+        .get("warning")
+        .map(|v| v.to_str().unwrap().to_string());
     let body = resp.text().await.unwrap();
     Answer {
         status,
         age,
+        warning,
         body,
         elapsed: start.elapsed(),
     }
@@ -519,6 +525,117 @@ spec:
             &["store=\"bao-live\""]
         ) >= 10.0
     );
+}
+
+/// `staleIfError`: OpenBao killed, a value read before and past its ttl is answered stale
+/// (its true `Age`, `Warning: 110 - "Response is Stale"`); a key never read gets 503, and
+/// so does the same key on a store without `staleIfError`. One warning line per store, not
+/// one per request. OpenBao back, the value is fresh again; a key it no longer has (a
+/// definite not found) evicts the stale value, so when OpenBao dies again that key is 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn issue14_stale_if_error_serves_the_last_good_value_while_the_backend_is_down() {
+    install_crypto();
+    let Some(mut bao) = Bao::start().await else {
+        return;
+    };
+    bao.put("db", json!({"password": "db-v1"})).await;
+    bao.put("gone", json!({"password": "gone-v1"})).await;
+    let addr = bao.addr();
+    let stores = bao_store("bao-stale", &addr, "  cache: {ttl: 1s, staleIfError: 5m}\n")
+        + &bao_store("bao-fresh-only", &addr, "  cache: {ttl: 1s}\n");
+    let server = Server::start_with_args(
+        &[(
+            "all.yaml",
+            manifests(&["bao-stale", "bao-fresh-only"], &stores),
+        )],
+        &[],
+        &[
+            "--backend-timeout",
+            "2s",
+            "--rate-limit-per-identity",
+            "0",
+            "--store-breaker-cool-down",
+            "500ms",
+        ],
+    );
+    let client = client_trusting(&server.ca_pem());
+    for store in ["bao-stale", "bao-fresh-only"] {
+        let a = get(&client, &server, store, "db").await;
+        assert_eq!(value(&a), "db-v1");
+        assert_eq!((a.age, a.warning), (None, None));
+    }
+    assert_eq!(
+        value(&get(&client, &server, "bao-stale", "gone").await),
+        "gone-v1"
+    );
+
+    bao.kill();
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    for _ in 0..8 {
+        let a = get(&client, &server, "bao-stale", "db").await;
+        assert_eq!(value(&a), "db-v1", "served stale");
+        assert!(a.age.is_some_and(|s| s >= 2), "the true age: {:?}", a.age);
+        assert_eq!(a.warning.as_deref(), Some("110 - \"Response is Stale\""));
+    }
+    let a = get(&client, &server, "bao-stale", "never").await;
+    assert_eq!(a.status, 503, "a key never read: {}", a.body);
+    assert_eq!(a.warning, None);
+    let a = get(&client, &server, "bao-fresh-only", "db").await;
+    assert_eq!(a.status, 503, "without staleIfError: {}", a.body);
+    assert_eq!(a.warning, None);
+    let (_, metrics) = server.get("/metrics").await;
+    let stale_served = |metrics: &str, store: &str| {
+        metric(
+            metrics,
+            "esi_store_cache_stale_served_total",
+            &[&format!("store=\"{store}\"")],
+        )
+    };
+    assert_eq!(stale_served(&metrics, "bao-stale"), 8.0, "{metrics}");
+    assert_eq!(stale_served(&metrics, "bao-fresh-only"), 0.0);
+    server.sync_logs().await;
+    assert_eq!(
+        server.count_log("store cache serving stale values"),
+        1,
+        "one line per transition, not per request"
+    );
+
+    // OpenBao back (empty: "gone" is no more), with a new value for "db".
+    bao.launch().await;
+    bao.put("db", json!({"password": "db-v2"})).await;
+    let back = Instant::now();
+    loop {
+        let a = get(&client, &server, "bao-stale", "db").await;
+        if a.warning.is_none() {
+            assert_eq!(value(&a), "db-v2");
+            break;
+        }
+        assert!(
+            back.elapsed() < Duration::from_secs(20),
+            "never fresh again"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    server.sync_logs().await;
+    assert_eq!(
+        server.count_log("store cache serving fresh values again"),
+        1
+    );
+    // A definite answer replaces the stale value: not found evicts it.
+    let a = get(&client, &server, "bao-stale", "gone").await;
+    assert_eq!(a.status, 404, "{}", a.body);
+    bao.kill();
+    let a = get(&client, &server, "bao-stale", "gone").await;
+    assert_eq!(a.status, 503, "evicted by the not found: {}", a.body);
+    assert!(!a.body.contains(&base64_of("gone-v1")));
+
+    server.sync_logs().await;
+    for leak in ["db-v1", "db-v2", "gone-v1", ROOT] {
+        assert!(
+            server.logs().iter().all(|l| !l.contains(leak)),
+            "{leak} reached the logs"
+        );
+    }
 }
 
 /// `scripts/bench.sh` measures the cached store too; the configuration it writes (with

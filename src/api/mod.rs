@@ -37,7 +37,7 @@ use crate::config::Snapshot;
 use crate::generators::{self, Generator};
 use crate::ledger::{GeneratorRef, Holder, Ledger, Owner, lifecycle};
 use crate::metrics::METRICS;
-use crate::providers::{FindRequest, RemoteRef, SecretProvider};
+use crate::providers::{CacheAge, FindRequest, RemoteRef, SecretProvider};
 
 /// Settings of the HTTP layer (its abuse limits are in [`LimitSettings`]).
 #[derive(Debug, Clone)]
@@ -436,7 +436,7 @@ async fn read_secret(
     caller: &Caller,
     store: &str,
     remote: &RemoteRef,
-) -> Result<(Zeroizing<Vec<u8>>, Option<Duration>), ApiError> {
+) -> Result<(Zeroizing<Vec<u8>>, Option<CacheAge>), ApiError> {
     let (provider, canonical) = decide_key(snapshot, caller, store, remote)?;
     with_timeout(
         state.settings.backend_timeout,
@@ -446,14 +446,27 @@ async fn read_secret(
     .map(|(v, age)| (Zeroizing::new(v), age))
 }
 
-/// An RFC 9111 `Age` header (whole seconds) on an answer served from a store's cache.
-fn with_age(mut resp: Response, age: Option<Duration>) -> Response {
+/// An RFC 9111 `Age` header (whole seconds) on an answer served from a store's cache, and
+/// for a value served stale while the backend is down (`staleIfError`) RFC 9111's
+/// `Warning: 110 - "Response is Stale"` (RFC 5861).
+fn with_age(mut resp: Response, age: Option<CacheAge>) -> Response {
     if let Some(age) = age {
-        resp.headers_mut()
-            .insert(header::AGE, axum::http::HeaderValue::from(age.as_secs()));
+        resp.headers_mut().insert(
+            header::AGE,
+            axum::http::HeaderValue::from(age.age.as_secs()),
+        );
+        if age.stale {
+            resp.headers_mut().insert(
+                header::WARNING,
+                axum::http::HeaderValue::from_static(STALE_WARNING),
+            );
+        }
     }
     resp
 }
+
+/// The `Warning` of an answer served stale (RFC 9111 §5.5, code 110).
+const STALE_WARNING: &str = "110 - \"Response is Stale\"";
 
 /// A JSON answer whose intermediate copies of secret material are wiped once written.
 fn secret_json(value: &impl serde::Serialize) -> Result<Response, ApiError> {

@@ -236,6 +236,19 @@ struct ServeArgs {
     /// Timeout of each backend call.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     backend_timeout: Duration,
+    /// Retries of a store's backend call that failed as unavailable (unreachable,
+    /// throttled, 5xx) or timed out, after a jittered exponential backoff; never of a
+    /// definite answer (not found, forbidden, bad request). 0 to 5.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(0..=5))]
+    store_retries: u8,
+    /// Failed attempts in a row (unavailable or timed out) that open a store's circuit
+    /// breaker: its calls then answer 503 at once, without reaching the backend. At least 1.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    store_breaker_failures: u32,
+    /// How long an open circuit refuses calls before one probe is let through (its success
+    /// closes the circuit). 100ms to 1h.
+    #[arg(long, default_value = "5s", value_parser = parse_cool_down)]
+    store_breaker_cool_down: Duration,
     /// Minimum time between two JWKS refreshes of one federation on unknown key ids.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     jwks_min_refresh_interval: Duration,
@@ -342,6 +355,30 @@ struct DevTokenArgs {
 /// Go-style durations (`30s`, `1h30m`, `250ms`), the one parser of the project.
 fn parse_duration(s: &str) -> Result<Duration, String> {
     esi::cli::duration::parse_duration(s).map_err(|e| e.to_string())
+}
+
+/// `--store-breaker-cool-down`: a duration within its bounds.
+fn parse_cool_down(s: &str) -> Result<Duration, String> {
+    use esi::providers::resilient::{MAX_COOL_DOWN, MIN_COOL_DOWN};
+    let d = parse_duration(s)?;
+    if (MIN_COOL_DOWN..=MAX_COOL_DOWN).contains(&d) {
+        Ok(d)
+    } else {
+        Err("must be between 100ms and 1h".into())
+    }
+}
+
+/// The provider settings of `serve`: the backend timeout and the stores' resilience.
+fn serve_provider_settings(args: &ServeArgs) -> ProviderSettings {
+    ProviderSettings {
+        timeout: args.backend_timeout,
+        resilience: esi::providers::resilient::StoreResilience {
+            retries: usize::from(args.store_retries),
+            breaker_failures: args.store_breaker_failures,
+            breaker_cool_down: args.store_breaker_cool_down,
+        },
+        ..ProviderSettings::default()
+    }
 }
 
 /// Directive appended to every log filter unless `RUST_LOG` names rustls itself: rustls warns
@@ -633,6 +670,7 @@ async fn reconcile_kubernetes(args: ReconcileArgs) -> Result<()> {
             timeout: args.backend_timeout,
             client_side: true,
             service_account_tokens: Some(tokens),
+            ..ProviderSettings::default()
         },
         revocation_grace: args.revocation_grace,
     };
@@ -721,10 +759,7 @@ async fn api_server_issuer(client: &kube::Client) -> Option<String> {
 
 /// Flags → [`esi::runtime::ServeConfig`]; the library does the rest.
 async fn serve(args: ServeArgs) -> Result<()> {
-    let provider_settings = ProviderSettings {
-        timeout: args.backend_timeout,
-        ..ProviderSettings::default()
-    };
+    let provider_settings = serve_provider_settings(&args);
     // The server's own namespace: its Lease and its ledger's GeneratorStates live there.
     let own_namespace = args
         .leader_election_namespace
@@ -928,6 +963,60 @@ mod tests {
         // Before: 2^64 h overflowed the multiplication; units are required, as in Go.
         assert!(parse_duration("9999999999999999999h").is_err());
         assert!(parse_duration("10").is_err());
+    }
+
+    fn serve_args(extra: &[&str]) -> Result<ServeArgs, clap::Error> {
+        let cli = Cli::try_parse_from(
+            ["esi-server", "serve", "--manifests", "/m"]
+                .iter()
+                .chain(extra),
+        )?;
+        match cli.command {
+            Command::Serve(args) => Ok(*args),
+            _ => panic!("serve"),
+        }
+    }
+
+    /// `--store-retries`, `--store-breaker-failures` and `--store-breaker-cool-down` reach
+    /// the stores' ResilienceSettings (before: constants), within their bounds.
+    #[test]
+    fn store_resilience_flags_reach_the_settings() {
+        let defaults = serve_provider_settings(&serve_args(&[]).unwrap()).resilience_settings();
+        assert_eq!(defaults.retries, 2);
+        assert_eq!(defaults.failure_threshold, 5);
+        assert_eq!(defaults.cool_down, Duration::from_secs(5));
+        let args = serve_args(&[
+            "--store-retries",
+            "5",
+            "--store-breaker-failures",
+            "3",
+            "--store-breaker-cool-down",
+            "1m30s",
+            "--backend-timeout",
+            "4s",
+        ])
+        .unwrap();
+        let r = serve_provider_settings(&args).resilience_settings();
+        assert_eq!(r.retries, 5);
+        assert_eq!(r.failure_threshold, 3);
+        assert_eq!(r.cool_down, Duration::from_secs(90));
+        assert_eq!(r.retry_window, Duration::from_secs(4));
+        assert_eq!(
+            serve_provider_settings(&serve_args(&["--store-retries", "0"]).unwrap())
+                .resilience_settings()
+                .retries,
+            0
+        );
+        for bad in [
+            ["--store-retries", "6"],
+            ["--store-retries", "-1"],
+            ["--store-breaker-failures", "0"],
+            ["--store-breaker-cool-down", "10ms"],
+            ["--store-breaker-cool-down", "2h"],
+            ["--store-breaker-cool-down", "soon"],
+        ] {
+            assert!(serve_args(&bad).is_err(), "{bad:?} accepted");
+        }
     }
 
     /// Every issuer given is refused as an audience (before: one `--api-server-issuer` only,

@@ -20,9 +20,7 @@ use crate::authz::{
 };
 use crate::generators::{self, Generator};
 use crate::metrics::METRICS;
-use crate::providers::{
-    self, FindRequest, ProviderError, ProviderSettings, RemoteRef, SecretProvider,
-};
+use crate::providers::{self, ProviderError, ProviderSettings, RemoteRef, SecretProvider};
 use crate::resources::{
     AuthorizationSpec, KubernetesFederationSpec, SecretObject, SecretStoreSpec,
 };
@@ -190,9 +188,6 @@ impl SecretProvider for NotReadyStore {
         &self,
         _: &RemoteRef,
     ) -> Result<BTreeMap<String, Vec<u8>>, ProviderError> {
-        Err(ProviderError::Unavailable("store is not ready".into()))
-    }
-    async fn find(&self, _: &FindRequest) -> Result<BTreeMap<String, Vec<u8>>, ProviderError> {
         Err(ProviderError::Unavailable("store is not ready".into()))
     }
 }
@@ -1307,6 +1302,48 @@ mod tests {
         write(dir.path(), "authz.yaml", &authz("t"));
         let second = source.reload(Some(&first)).expect("the change is seen");
         assert!(!can_get(&second, "s"));
+    }
+
+    /// A store's `esi_store_circuit_state{store}` series follows the store: kept across a
+    /// rebuild (the new build exists before the old snapshot is dropped), removed with the
+    /// store (before: left at its last value forever).
+    #[test]
+    fn a_removed_store_loses_its_circuit_series_and_a_rebuilt_one_keeps_it() {
+        let has_series = || {
+            METRICS
+                .render()
+                .contains("esi_store_circuit_state{store=\"series-snap\"}")
+        };
+        let store = STORE.replace("name: s}", "name: series-snap}");
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "fed.yaml", &fed());
+        write(dir.path(), "authz.yaml", &authz("series-snap"));
+        write(dir.path(), "store.yaml", &store);
+        let mut source = DirectoryReloader::new(&source(dir.path()));
+        let first = source.load(None);
+        assert!(first.stores.contains_key("series-snap"));
+        assert!(has_series());
+        // Rebuilt (its spec changed), then the old snapshot goes: the series stays.
+        write(
+            dir.path(),
+            "store.yaml",
+            &store.replace("value: v", "value: w"),
+        );
+        let second = source.load(Some(&first));
+        assert!(!Arc::ptr_eq(
+            &first.stores["series-snap"],
+            &second.stores["series-snap"]
+        ));
+        drop(first);
+        assert!(has_series(), "the rebuilt store's series survives");
+        // Removed from the manifests: once the last snapshot holding it goes, so does
+        // its series.
+        std::fs::remove_file(dir.path().join("store.yaml")).unwrap();
+        let third = source.load(Some(&second));
+        assert!(!third.stores.contains_key("series-snap"));
+        assert!(has_series(), "still served by the snapshot in use");
+        drop(second);
+        assert!(!has_series(), "{}", METRICS.render());
     }
 
     /// Issue 9: an object whose spec (and the Secrets) did not change is reused as built —

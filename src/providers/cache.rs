@@ -9,6 +9,7 @@
 //!     ttl: 30s          # required; 1s … 1h
 //!     maxEntries: 1000  # optional (default 1000; at most 100000)
 //!     maxBytes: 16Mi    # optional (default 16Mi; 1Ki … 1Gi; Ki/Mi/Gi, k/M/G or a number)
+//!     staleIfError: 5m  # optional (default 0s: off; at most 24h)
 //! ```
 //!
 //! - **After the decision.** The API decides on the canonical reference first and then
@@ -33,10 +34,19 @@
 //!   evicted (or expired, or replaced) entry is dropped.
 //! - **Age**: a value served from the cache carries its age, which the API answers as
 //!   an RFC 9111 `Age` header (seconds).
+//! - **Serve stale on error** (`staleIfError`, RFC 5861's `stale-if-error`; off by
+//!   default): entries are kept for `ttl + staleIfError` and are fresh for `ttl`. A read of
+//!   an entry past its `ttl` refreshes it (concurrent refreshes of one key coalesced into
+//!   one backend call); when the backend is down (`Unavailable`, `Timeout`, the circuit
+//!   open) the last good value is answered, with its true age and
+//!   `Warning: 110 - "Response is Stale"`. A definite answer (not found, refused, bad
+//!   request) evicts the stale value and is answered as it is. A key never read, or read
+//!   longer than `ttl + staleIfError` ago, gets the error. The same one cache, under the
+//!   same bounds, holds fresh and stale entries.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use moka::notification::RemovalCause;
@@ -44,8 +54,8 @@ use serde::Deserialize;
 use zeroize::Zeroizing;
 
 use super::{
-    FindRequest, KeyFilter, ProviderConfigError, ProviderError, RemoteRef, SecretProvider,
-    safe_serde_message,
+    CacheAge, FindRequest, KeyFilter, ProviderConfigError, ProviderError, RemoteRef,
+    SecretProvider, safe_serde_message,
 };
 use crate::metrics::METRICS;
 
@@ -93,6 +103,8 @@ pub fn apply_annotation(
 
 /// Longest `ttl` a store may ask for.
 pub const MAX_TTL: Duration = Duration::from_secs(3600);
+/// Longest `staleIfError` a store may ask for.
+pub const MAX_STALE_IF_ERROR: Duration = Duration::from_secs(24 * 3600);
 /// Default and largest `maxEntries`.
 pub const DEFAULT_MAX_ENTRIES: u64 = 1000;
 const MAX_MAX_ENTRIES: u64 = 100_000;
@@ -113,6 +125,8 @@ struct CacheSpec {
     max_entries: Option<u64>,
     #[serde(default)]
     max_bytes: Option<serde_json::Value>,
+    #[serde(default)]
+    stale_if_error: Option<String>,
 }
 
 /// A checked `spec.cache`.
@@ -124,6 +138,9 @@ pub struct CacheSettings {
     pub max_entries: u64,
     /// Most bytes of keys and values held.
     pub max_bytes: u64,
+    /// How long past `ttl` the last good value may be served while the backend is down
+    /// (zero: never).
+    pub stale_if_error: Duration,
 }
 
 impl CacheSettings {
@@ -160,10 +177,19 @@ impl CacheSettings {
         if !(MIN_MAX_BYTES..=MAX_MAX_BYTES).contains(&max_bytes) {
             return Err(invalid("maxBytes must be between 1Ki and 1Gi".into()));
         }
+        let stale_if_error = match spec.stale_if_error.as_deref() {
+            None => Duration::ZERO,
+            Some(text) => crate::support::duration::parse_duration(text)
+                .map_err(|e| invalid(format!("staleIfError: {e}")))?,
+        };
+        if stale_if_error > MAX_STALE_IF_ERROR {
+            return Err(invalid("staleIfError must be at most 24h".into()));
+        }
         Ok(CacheSettings {
             ttl,
             max_entries,
             max_bytes,
+            stale_if_error,
         })
     }
 }
@@ -250,11 +276,32 @@ impl Entry {
     }
 }
 
+/// The outcome of one refresh of a stale entry, shared by the callers it coalesced.
+type Refresh = Arc<tokio::sync::OnceCell<Result<Arc<Entry>, ProviderError>>>;
+
+/// Whether a failed refresh may be answered with the stale value: the backend is down
+/// (unreachable, failing, throttled, too slow, or its circuit open). A definite answer
+/// never is.
+fn serves_stale(err: &ProviderError) -> bool {
+    matches!(err, ProviderError::Unavailable(_) | ProviderError::Timeout)
+}
+
 /// A provider behind a cache of its `get`/`extract` reads (see the module docs).
 pub struct Cached {
     inner: Arc<dyn SecretProvider>,
     cache: moka::future::Cache<CacheKey, Arc<Entry>>,
     store: String,
+    ttl: Duration,
+    stale_if_error: Duration,
+    /// Bound on a refresh that has a stale value to fall back on.
+    refresh_deadline: Duration,
+    /// Refreshes of stale entries under way, by key (entries live while one is).
+    refreshing: Mutex<HashMap<CacheKey, Refresh>>,
+    /// Whether the last answer that needed the backend was a stale one (logged on change).
+    serving_stale: AtomicBool,
+    /// Keeps the store's cache series in `/metrics` while this cache lives (last field:
+    /// dropped after the cache).
+    _series: crate::metrics::StoreSeries,
 }
 
 impl Cached {
@@ -266,7 +313,8 @@ impl Cached {
         let label = store.to_string();
         let cache = moka::future::Cache::builder()
             .max_capacity(settings.max_bytes)
-            .time_to_live(settings.ttl)
+            // Stale entries stay (under the same bounds) for `staleIfError` more.
+            .time_to_live(settings.ttl + settings.stale_if_error)
             .weigher(move |k: &CacheKey, v: &Arc<Entry>| -> u32 {
                 let bytes = (k.len() + v.len() + ENTRY_OVERHEAD) as u64;
                 u32::try_from(bytes.max(floor)).unwrap_or(u32::MAX)
@@ -287,7 +335,20 @@ impl Cached {
             inner,
             cache,
             store: store.to_string(),
+            ttl: settings.ttl,
+            stale_if_error: settings.stale_if_error,
+            refresh_deadline: Duration::from_secs(10),
+            refreshing: Mutex::new(HashMap::new()),
+            serving_stale: AtomicBool::new(false),
+            _series: crate::metrics::StoreSeries::hold(store),
         }
+    }
+
+    /// Bounds a refresh that has a stale value to fall back on (default 10 s): past it
+    /// the refresh counts as timed out and the stale value is answered.
+    pub fn with_refresh_deadline(mut self, deadline: Duration) -> Self {
+        self.refresh_deadline = deadline;
+        self
     }
 
     fn count(&self, outcome: &str) {
@@ -303,11 +364,15 @@ impl Cached {
         &self,
         key: CacheKey,
         fetch: impl std::future::Future<Output = Result<Body, ProviderError>>,
-    ) -> Result<(Arc<Entry>, Option<Duration>), ProviderError> {
+    ) -> Result<(Arc<Entry>, Option<CacheAge>), ProviderError> {
         if let Some(entry) = self.cache.get(&key).await {
-            self.count("hit");
             let age = entry.at.elapsed();
-            return Ok((entry, Some(age)));
+            // Without staleIfError the cache's own ttl decides (an entry is gone after it).
+            if self.stale_if_error.is_zero() || age <= self.ttl {
+                self.count("hit");
+                return Ok((entry, Some(CacheAge { age, stale: false })));
+            }
+            return self.refresh(key, entry, fetch).await;
         }
         let fetched = AtomicBool::new(false);
         let init = async {
@@ -320,15 +385,116 @@ impl Cached {
             })
         };
         let result = self.cache.try_get_with(key, init).await;
-        let own = fetched.load(Ordering::Relaxed);
-        self.count(if own { "miss" } else { "coalesced" });
+        let own = self.read_by(&fetched);
         match result {
-            Ok(entry) => {
-                let age = (!own).then(|| entry.at.elapsed());
-                Ok((entry, age))
-            }
+            Ok(entry) => Ok(self.fetched(entry, own)),
             Err(e) => Err((*e).clone()),
         }
+    }
+
+    /// Reads `key` again for an entry past its ttl (`stale`), once for every concurrent
+    /// caller: a value replaces the entry; a definite answer evicts it; the backend down,
+    /// the stale value is answered while its age is within `ttl + staleIfError`.
+    async fn refresh(
+        &self,
+        key: CacheKey,
+        stale: Arc<Entry>,
+        fetch: impl std::future::Future<Output = Result<Body, ProviderError>>,
+    ) -> Result<(Arc<Entry>, Option<CacheAge>), ProviderError> {
+        let cell = self
+            .lock_refreshing()
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        let fetched = AtomicBool::new(false);
+        let init = || async {
+            fetched.store(true, Ordering::Relaxed);
+            let result = tokio::time::timeout(self.refresh_deadline, fetch)
+                .await
+                .unwrap_or(Err(ProviderError::Timeout));
+            match result {
+                Ok(body) => {
+                    let entry = Arc::new(Entry {
+                        at: Instant::now(),
+                        body,
+                    });
+                    self.cache.insert(key.clone(), entry.clone()).await;
+                    Ok(entry)
+                }
+                Err(e) => {
+                    if !serves_stale(&e) {
+                        // A definite answer: the stale value must not outlive it.
+                        self.cache.invalidate(&key).await;
+                    }
+                    Err(e)
+                }
+            }
+        };
+        let result = cell.get_or_init(init).await.clone();
+        {
+            let mut refreshing = self.lock_refreshing();
+            if refreshing.get(&key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+                refreshing.remove(&key);
+            }
+        }
+        let own = self.read_by(&fetched);
+        match result {
+            Ok(entry) => Ok(self.fetched(entry, own)),
+            Err(e) if serves_stale(&e) => {
+                let age = stale.at.elapsed();
+                if age > self.ttl + self.stale_if_error {
+                    return Err(e);
+                }
+                METRICS
+                    .store_cache_stale_served
+                    .with_label_values(&[&self.store])
+                    .inc();
+                if !self.serving_stale.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        store = %self.store,
+                        error = e.kind(),
+                        "store cache serving stale values: the backend is unavailable"
+                    );
+                }
+                Ok((stale, Some(CacheAge { age, stale: true })))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether this call made the backend read (else it waited for another's), counted.
+    fn read_by(&self, fetched: &AtomicBool) -> bool {
+        let own = fetched.load(Ordering::Relaxed);
+        self.count(if own { "miss" } else { "coalesced" });
+        own
+    }
+
+    /// An entry read from the backend, by this call (`own`: no age) or another.
+    fn fetched(&self, entry: Arc<Entry>, own: bool) -> (Arc<Entry>, Option<CacheAge>) {
+        if own {
+            self.backend_answered();
+        }
+        let age = (!own).then(|| CacheAge {
+            age: entry.at.elapsed(),
+            stale: false,
+        });
+        (entry, age)
+    }
+
+    /// The backend answered a read: stale values, if any were served, are no longer.
+    fn backend_answered(&self) {
+        if self.serving_stale.swap(false, Ordering::Relaxed) {
+            tracing::info!(
+                store = %self.store,
+                "store cache serving fresh values again: the backend answers"
+            );
+        }
+    }
+
+    fn lock_refreshing(&self) -> std::sync::MutexGuard<'_, HashMap<CacheKey, Refresh>> {
+        self.refreshing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -350,7 +516,7 @@ impl SecretProvider for Cached {
     async fn get_secret_with_age(
         &self,
         remote: &RemoteRef,
-    ) -> Result<(Vec<u8>, Option<Duration>), ProviderError> {
+    ) -> Result<(Vec<u8>, Option<CacheAge>), ProviderError> {
         let fetch = async {
             self.inner
                 .get_secret(remote)
@@ -369,7 +535,7 @@ impl SecretProvider for Cached {
     async fn get_secret_map_with_age(
         &self,
         remote: &RemoteRef,
-    ) -> Result<(BTreeMap<String, Vec<u8>>, Option<Duration>), ProviderError> {
+    ) -> Result<(BTreeMap<String, Vec<u8>>, Option<CacheAge>), ProviderError> {
         let fetch = async {
             self.inner
                 .get_secret_map(remote)
@@ -388,6 +554,7 @@ impl SecretProvider for Cached {
         }
     }
 
+    // Not the default: the inner store's own `find` (retried by `Resilient`).
     async fn find(&self, find: &FindRequest) -> Result<BTreeMap<String, Vec<u8>>, ProviderError> {
         self.inner.find(find).await
     }
@@ -435,7 +602,11 @@ mod tests {
             self.calls.fetch_add(1, Ordering::SeqCst);
             Ok([(remote.key.clone(), b"map".to_vec())].into())
         }
-        async fn find(&self, _: &FindRequest) -> Result<BTreeMap<String, Vec<u8>>, ProviderError> {
+        async fn find_allowed(
+            &self,
+            _: &FindRequest,
+            _: &KeyFilter<'_>,
+        ) -> Result<BTreeMap<String, Vec<u8>>, ProviderError> {
             self.calls.fetch_add(1, Ordering::SeqCst);
             Ok(BTreeMap::new())
         }
@@ -446,6 +617,7 @@ mod tests {
             ttl: Duration::from_millis(ttl_ms),
             max_entries: 100,
             max_bytes: 1 << 20,
+            stale_if_error: Duration::ZERO,
         }
     }
 
@@ -503,6 +675,237 @@ mod tests {
             assert!(err.contains("store s: invalid spec.cache"), "{err}");
             assert!(err.contains(needle), "{block}: {err}");
         }
+    }
+
+    #[test]
+    fn stale_if_error_is_bounded_and_off_by_default() {
+        let off = CacheSettings::from_spec("s", &json!({"ttl": "30s"})).unwrap();
+        assert_eq!(off.stale_if_error, Duration::ZERO);
+        let on =
+            CacheSettings::from_spec("s", &json!({"ttl": "30s", "staleIfError": "5m"})).unwrap();
+        assert_eq!(on.stale_if_error, Duration::from_secs(300));
+        let max =
+            CacheSettings::from_spec("s", &json!({"ttl": "1s", "staleIfError": "24h"})).unwrap();
+        assert_eq!(max.stale_if_error, MAX_STALE_IF_ERROR);
+        for (v, needle) in [
+            (json!("25h"), "staleIfError must be at most 24h"),
+            (json!("-1s"), "staleIfError: invalid duration"),
+            (json!("soon"), "staleIfError: invalid duration"),
+            (json!(300), "invalid type"),
+        ] {
+            let err = CacheSettings::from_spec("s", &json!({"ttl": "30s", "staleIfError": v}))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(needle), "{v}: {err}");
+        }
+    }
+
+    /// A backend whose answer the test switches: a value (numbered by call), down, not
+    /// found, refused, or its circuit open.
+    struct Switch {
+        calls: AtomicUsize,
+        mode: Mutex<Result<(), ProviderError>>,
+        delay: Duration,
+    }
+
+    impl Switch {
+        fn set(&self, mode: Result<(), ProviderError>) {
+            *self.mode.lock().unwrap() = mode;
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl SecretProvider for Switch {
+        fn kind(&self) -> &'static str {
+            "cache_switch"
+        }
+        async fn get_secret(&self, remote: &RemoteRef) -> Result<Vec<u8>, ProviderError> {
+            let n = self.calls.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(self.delay).await;
+            let mode = self.mode.lock().unwrap().clone();
+            mode.map(|()| format!("{}:{n}", remote.key).into_bytes())
+        }
+        async fn get_secret_map(
+            &self,
+            remote: &RemoteRef,
+        ) -> Result<BTreeMap<String, Vec<u8>>, ProviderError> {
+            self.get_secret(remote)
+                .await
+                .map(|v| [("k".to_string(), v)].into())
+        }
+    }
+
+    fn stale_cache(
+        store: &str,
+        ttl_ms: u64,
+        stale_ms: u64,
+        delay_ms: u64,
+    ) -> (Arc<Switch>, Cached) {
+        let inner = Arc::new(Switch {
+            calls: AtomicUsize::new(0),
+            mode: Mutex::new(Ok(())),
+            delay: Duration::from_millis(delay_ms),
+        });
+        let settings = CacheSettings {
+            stale_if_error: Duration::from_millis(stale_ms),
+            ..settings(ttl_ms)
+        };
+        (inner.clone(), Cached::new(store, inner, &settings))
+    }
+
+    fn stale_served(store: &str) -> u64 {
+        METRICS
+            .store_cache_stale_served
+            .with_label_values(&[store])
+            .get()
+    }
+
+    /// Past its ttl, a value is refreshed; the backend down (unavailable, timed out,
+    /// circuit open), the last good value is answered stale with its true age; never a
+    /// key not cached, and never after a definite answer, which evicts it.
+    #[tokio::test]
+    async fn stale_if_error_serves_the_last_good_value_while_the_backend_is_down() {
+        let (inner, c) = stale_cache("stale-test", 100, 60_000, 0);
+        let (v1, age) = c.get_secret_with_age(&key("a")).await.unwrap();
+        assert_eq!((v1.as_slice(), age), (b"a:0".as_slice(), None));
+        let m1 = c.get_secret_map(&key("a")).await.unwrap();
+        // Fresh: a hit, not stale.
+        let (_, age) = c.get_secret_with_age(&key("a")).await.unwrap();
+        assert!(age.is_some_and(|a| !a.stale));
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        for down in [
+            ProviderError::Unavailable("vault answered HTTP 503".into()),
+            ProviderError::Timeout,
+            ProviderError::Unavailable(crate::providers::resilient::CIRCUIT_OPEN.into()),
+        ] {
+            inner.set(Err(down.clone()));
+            let before = stale_served("stale-test");
+            let (v, age) = c.get_secret_with_age(&key("a")).await.unwrap();
+            assert_eq!(v, v1, "{down:?}");
+            let age = age.unwrap();
+            assert!(age.stale, "{down:?}");
+            assert!(age.age >= Duration::from_millis(150), "the true age");
+            let (m, map_age) = c.get_secret_map_with_age(&key("a")).await.unwrap();
+            assert_eq!(m, m1);
+            assert!(map_age.is_some_and(|a| a.stale));
+            assert_eq!(stale_served("stale-test"), before + 2);
+            // A key never read gets the error.
+            assert_eq!(c.get_secret(&key("never")).await, Err(down));
+        }
+        // The backend back: the refresh replaces the value, which is fresh again.
+        inner.set(Ok(()));
+        let (v, age) = c.get_secret_with_age(&key("a")).await.unwrap();
+        assert_ne!(v, v1);
+        assert_eq!(age, None, "read by this call");
+        let (_, age) = c.get_secret_with_age(&key("a")).await.unwrap();
+        assert!(age.is_some_and(|a| !a.stale));
+
+        // A definite answer is answered, and evicts the stale value.
+        for definite in [
+            ProviderError::NotFound,
+            ProviderError::Backend("permission denied".into()),
+            ProviderError::InvalidRequest("bad".into()),
+        ] {
+            inner.set(Ok(()));
+            c.get_secret(&key("b")).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            inner.set(Err(definite.clone()));
+            assert_eq!(c.get_secret(&key("b")).await, Err(definite.clone()));
+            inner.set(Err(ProviderError::Timeout));
+            assert_eq!(
+                c.get_secret(&key("b")).await,
+                Err(ProviderError::Timeout),
+                "{definite:?} evicted the stale value"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn without_stale_if_error_or_past_it_the_error_is_answered() {
+        // Off (the default).
+        let (inner, c) = stale_cache("stale-off", 100, 0, 0);
+        c.get_secret(&key("a")).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        inner.set(Err(ProviderError::Timeout));
+        assert_eq!(c.get_secret(&key("a")).await, Err(ProviderError::Timeout));
+        // Older than ttl + staleIfError.
+        let (inner, c) = stale_cache("stale-past", 50, 100, 0);
+        c.get_secret(&key("a")).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        inner.set(Err(ProviderError::Timeout));
+        assert_eq!(c.get_secret(&key("a")).await, Err(ProviderError::Timeout));
+        assert_eq!(stale_served("stale-off") + stale_served("stale-past"), 0);
+    }
+
+    /// Concurrent reads of a stale entry make one refresh, and all get its answer (the new
+    /// value, or the stale one when it failed); a slow backend is given up on in time.
+    #[tokio::test]
+    async fn stale_refreshes_are_coalesced_and_bounded() {
+        let (inner, c) = stale_cache("stale-coalesce", 100, 60_000, 50);
+        let c = Arc::new(c.with_refresh_deadline(Duration::from_millis(500)));
+        let v1 = c.get_secret(&key("a")).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let read_all = |c: Arc<Cached>| async move {
+            let tasks: Vec<_> = (0..50)
+                .map(|_| {
+                    let c = c.clone();
+                    tokio::spawn(async move { c.get_secret_with_age(&key("a")).await })
+                })
+                .collect();
+            let mut out = Vec::new();
+            for t in tasks {
+                out.push(t.await.unwrap().unwrap());
+            }
+            out
+        };
+        inner.set(Err(ProviderError::Unavailable("down".into())));
+        let answers = read_all(c.clone()).await;
+        assert!(
+            answers
+                .iter()
+                .all(|(v, a)| *v == v1 && a.is_some_and(|a| a.stale))
+        );
+        assert_eq!(
+            inner.calls.load(Ordering::SeqCst),
+            2,
+            "one refresh for 50 reads"
+        );
+        inner.set(Ok(()));
+        let answers = read_all(c.clone()).await;
+        assert!(answers.iter().all(|(v, _)| v.as_slice() == b"a:2"));
+        assert_eq!(inner.calls.load(Ordering::SeqCst), 3);
+        assert!(c.lock_refreshing().is_empty());
+        // A backend slower than the refresh deadline: the stale value, in time.
+        let slow = Arc::new(Switch {
+            calls: AtomicUsize::new(0),
+            mode: Mutex::new(Ok(())),
+            delay: Duration::ZERO,
+        });
+        let c = Cached::new(
+            "stale-slow",
+            slow.clone(),
+            &CacheSettings {
+                stale_if_error: Duration::from_secs(60),
+                ..settings(100)
+            },
+        )
+        .with_refresh_deadline(Duration::from_millis(200));
+        let v = c.get_secret(&key("a")).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let slow_inner = Arc::new(Switch {
+            calls: AtomicUsize::new(0),
+            mode: Mutex::new(Ok(())),
+            delay: Duration::from_secs(30),
+        });
+        let c = Cached {
+            inner: slow_inner,
+            ..c
+        };
+        let start = Instant::now();
+        let (again, age) = c.get_secret_with_age(&key("a")).await.unwrap();
+        assert_eq!(again, v);
+        assert!(age.is_some_and(|a| a.stale));
+        assert!(start.elapsed() < Duration::from_secs(2));
     }
 
     #[test]
@@ -622,6 +1025,7 @@ mod tests {
                 ttl: Duration::from_secs(60),
                 max_entries: 4,
                 max_bytes: 8 << 10,
+                stale_if_error: Duration::ZERO,
             },
         );
         for i in 0..20 {

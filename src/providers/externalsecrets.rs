@@ -242,10 +242,6 @@ impl SecretProvider for ExternalSecretsProvider {
         Ok(map.into_iter().map(|(k, v)| (k, v.to_vec())).collect())
     }
 
-    async fn find(&self, find: &FindRequest) -> Result<BTreeMap<String, Vec<u8>>, ProviderError> {
-        self.find_allowed(find, &|_| true).await
-    }
-
     /// The remote server answers only keys this identity may `get` there; `allow` then
     /// filters them here. Unlike a backend store, the values of refused keys have crossed
     /// the wire (the remote server reads them for its own answer): they are dropped

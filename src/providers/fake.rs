@@ -227,10 +227,6 @@ impl SecretProvider for FakeProvider {
         property::secret_map(&data, remote.property.as_deref())
     }
 
-    async fn find(&self, find: &FindRequest) -> Result<BTreeMap<String, Vec<u8>>, ProviderError> {
-        self.find_allowed(find, &|_| true).await
-    }
-
     async fn find_allowed(
         &self,
         find: &FindRequest,

@@ -598,10 +598,6 @@ impl SecretProvider for KubernetesProvider {
         }
     }
 
-    async fn find(&self, find: &FindRequest) -> Result<BTreeMap<String, Vec<u8>>, ProviderError> {
-        self.find_allowed(find, &|_| true).await
-    }
-
     async fn find_allowed(
         &self,
         find: &FindRequest,

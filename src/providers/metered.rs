@@ -64,15 +64,6 @@ impl<P: SecretProvider> SecretProvider for Metered<P> {
         .await
     }
 
-    async fn find(&self, find: &FindRequest) -> Result<BTreeMap<String, Vec<u8>>, ProviderError> {
-        observe(
-            self.inner().kind(),
-            "GetAllSecrets",
-            self.inner().find(find),
-        )
-        .await
-    }
-
     async fn find_allowed(
         &self,
         find: &FindRequest,
@@ -107,7 +98,11 @@ mod tests {
         ) -> Result<BTreeMap<String, Vec<u8>>, ProviderError> {
             Ok(BTreeMap::new())
         }
-        async fn find(&self, _: &FindRequest) -> Result<BTreeMap<String, Vec<u8>>, ProviderError> {
+        async fn find_allowed(
+            &self,
+            _: &FindRequest,
+            _: &KeyFilter<'_>,
+        ) -> Result<BTreeMap<String, Vec<u8>>, ProviderError> {
             Err(ProviderError::Timeout)
         }
     }

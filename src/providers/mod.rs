@@ -71,6 +71,15 @@ pub struct ProviderSettings {
     /// outside a cluster: a store or generator using it fails at use with a message
     /// saying so.
     pub service_account_tokens: Option<Arc<dyn crate::remote::ServiceAccountTokens>>,
+    /// Retries and circuit breaker of every store ([`resilient::Resilient`]).
+    pub resilience: resilient::StoreResilience,
+}
+
+impl ProviderSettings {
+    /// The [`resilient::ResilienceSettings`] every store is built with.
+    pub fn resilience_settings(&self) -> resilient::ResilienceSettings {
+        resilient::ResilienceSettings::new(self.timeout, &self.resilience)
+    }
 }
 
 impl std::fmt::Debug for ProviderSettings {
@@ -82,6 +91,7 @@ impl std::fmt::Debug for ProviderSettings {
                 "service_account_tokens",
                 &self.service_account_tokens.is_some(),
             )
+            .field("resilience", &self.resilience)
             .finish()
     }
 }
@@ -92,8 +102,20 @@ impl Default for ProviderSettings {
             timeout: Duration::from_secs(10),
             client_side: false,
             service_account_tokens: None,
+            resilience: resilient::StoreResilience::default(),
         }
     }
+}
+
+/// How a store's cache answered a read ([`cache::Cached`]); `None` in the `_with_age`
+/// results: the backend answered, for this call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheAge {
+    /// How long ago the value was read from the backend (the RFC 9111 `Age`).
+    pub age: Duration,
+    /// Served past the store's `ttl` because the backend was down (`staleIfError`): the
+    /// answer carries `Warning: 110 - "Response is Stale"`.
+    pub stale: bool,
 }
 
 /// Decides whether one (canonical) key of a `find` answer may be returned.
@@ -144,7 +166,7 @@ pub trait SecretProvider: Send + Sync {
     async fn get_secret_with_age(
         &self,
         remote: &RemoteRef,
-    ) -> Result<(Vec<u8>, Option<Duration>), ProviderError> {
+    ) -> Result<(Vec<u8>, Option<CacheAge>), ProviderError> {
         self.get_secret(remote).await.map(|v| (v, None))
     }
     /// [`SecretProvider::get_secret_map`], with the map's age when it was served from the
@@ -152,12 +174,16 @@ pub trait SecretProvider: Send + Sync {
     async fn get_secret_map_with_age(
         &self,
         remote: &RemoteRef,
-    ) -> Result<(BTreeMap<String, Vec<u8>>, Option<Duration>), ProviderError> {
+    ) -> Result<(BTreeMap<String, Vec<u8>>, Option<CacheAge>), ProviderError> {
         self.get_secret_map(remote).await.map(|m| (m, None))
     }
     /// ESO GetAllSecrets (dataFrom.find): secrets whose name matches, as name -> value.
-    /// Names are canonical keys. No per-key decision: see [`SecretProvider::find_allowed`].
-    async fn find(&self, find: &FindRequest) -> Result<BTreeMap<String, Vec<u8>>, ProviderError>;
+    /// Names are canonical keys. No per-key decision: [`SecretProvider::find_allowed`]
+    /// with a filter that accepts every key (the default; a wrapper overrides it only to
+    /// do something else, e.g. [`resilient::Resilient`] retries it).
+    async fn find(&self, find: &FindRequest) -> Result<BTreeMap<String, Vec<u8>>, ProviderError> {
+        self.find_allowed(find, &|_| true).await
+    }
     /// [`SecretProvider::find`], keeping only the keys `allow` accepts; `allow` sees each
     /// canonical key *before* its value is read, so a refused key is never read. `find`
     /// must be canonical.
@@ -464,10 +490,15 @@ pub fn build_provider(
     let provider: Arc<dyn SecretProvider> = Arc::new(resilient::Resilient::new(
         &label,
         provider,
-        resilient::ResilienceSettings::with_backend_timeout(settings.timeout),
+        settings.resilience_settings(),
     ));
     Ok(match cache {
-        Some(c) => Arc::new(cache::Cached::new(&label, provider, &c)),
+        // A refresh that could serve a stale value gives up in time for the answer to be
+        // the stale value rather than the request deadline's 503.
+        Some(c) => Arc::new(
+            cache::Cached::new(&label, provider, &c)
+                .with_refresh_deadline(settings.timeout * 3 / 4),
+        ),
         None => provider,
     })
 }

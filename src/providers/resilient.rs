@@ -51,16 +51,51 @@ pub struct ResilienceSettings {
     pub cool_down: Duration,
 }
 
+/// Most retries `--store-retries` allows.
+pub const MAX_RETRIES: usize = 5;
+/// Bounds of `--store-breaker-cool-down`.
+pub const MIN_COOL_DOWN: Duration = Duration::from_millis(100);
+/// Bounds of `--store-breaker-cool-down`.
+pub const MAX_COOL_DOWN: Duration = Duration::from_secs(3600);
+
+/// The tunable part of [`ResilienceSettings`]: `esi-server serve --store-retries`,
+/// `--store-breaker-failures` and `--store-breaker-cool-down` (the same for every store).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreResilience {
+    /// Retries after the first attempt (0 … [`MAX_RETRIES`]).
+    pub retries: usize,
+    /// Attempts in a row failing as unavailable or timed out that open a circuit (≥ 1).
+    pub breaker_failures: u32,
+    /// How long an open circuit refuses calls before it lets a probe through.
+    pub breaker_cool_down: Duration,
+}
+
+impl Default for StoreResilience {
+    fn default() -> Self {
+        StoreResilience {
+            retries: 2,
+            breaker_failures: 5,
+            breaker_cool_down: Duration::from_secs(5),
+        }
+    }
+}
+
 impl ResilienceSettings {
     /// The defaults, with retries allowed within `backend_timeout` of the first attempt.
     pub fn with_backend_timeout(backend_timeout: Duration) -> Self {
+        Self::new(backend_timeout, &StoreResilience::default())
+    }
+
+    /// `tuned`'s retries and breaker (clamped to their bounds), with retries allowed
+    /// within `backend_timeout` of the first attempt.
+    pub fn new(backend_timeout: Duration, tuned: &StoreResilience) -> Self {
         ResilienceSettings {
-            retries: 2,
+            retries: tuned.retries.min(MAX_RETRIES),
             min_delay: Duration::from_millis(50),
             max_delay: Duration::from_millis(800),
             retry_window: backend_timeout,
-            failure_threshold: 5,
-            cool_down: Duration::from_secs(5),
+            failure_threshold: tuned.breaker_failures.max(1),
+            cool_down: tuned.breaker_cool_down.clamp(MIN_COOL_DOWN, MAX_COOL_DOWN),
         }
     }
 }
@@ -122,6 +157,8 @@ pub struct Breaker {
     threshold: u32,
     cool_down: Duration,
     inner: Mutex<BreakerState>,
+    /// Keeps the store's series in `/metrics` while this build of the store lives.
+    _series: crate::metrics::StoreSeries,
 }
 
 /// Leave to make one call: finish it with its outcome. A probe dropped unfinished (its
@@ -152,6 +189,7 @@ impl Drop for Permit<'_> {
 impl Breaker {
     /// A closed circuit for store `store` (its metrics label).
     pub fn new(store: &str, threshold: u32, cool_down: Duration) -> Self {
+        let series = crate::metrics::StoreSeries::hold(store);
         METRICS
             .store_circuit_state
             .with_label_values(&[store])
@@ -165,6 +203,7 @@ impl Breaker {
                 failures: 0,
                 open_until: Instant::now(),
             }),
+            _series: series,
         }
     }
 
@@ -459,9 +498,6 @@ mod tests {
             _: &RemoteRef,
         ) -> Result<BTreeMap<String, Vec<u8>>, ProviderError> {
             self.next().map(|v| [("k".to_string(), v)].into())
-        }
-        async fn find(&self, _: &FindRequest) -> Result<BTreeMap<String, Vec<u8>>, ProviderError> {
-            self.next().map(|_| BTreeMap::new())
         }
         async fn find_allowed(
             &self,

@@ -274,10 +274,6 @@ impl<S: Service> SecretProvider for AwsStore<S> {
         map_of(&payload, remote.property.as_deref())
     }
 
-    async fn find(&self, find: &FindRequest) -> Result<BTreeMap<String, Vec<u8>>, ProviderError> {
-        self.find_allowed(find, &|_| true).await
-    }
-
     /// Lists names only, hands each matching canonical key to `allow`, and reads the
     /// current value of those it accepts.
     async fn find_allowed(

@@ -383,10 +383,6 @@ impl SecretProvider for WebhookProvider {
         Ok(map.into_iter().map(|(k, v)| (k, v.into_bytes())).collect())
     }
 
-    async fn find(&self, _find: &FindRequest) -> Result<BTreeMap<String, Vec<u8>>, ProviderError> {
-        Err(no_find())
-    }
-
     async fn find_allowed(
         &self,
         _find: &FindRequest,
