@@ -1,5 +1,5 @@
 //! The baseline of `scripts/bench.sh`: a bare axum handler over rustls (HTTP/1.1 and h2,
-//! aws-lc-rs, the server's own stack) answering fixed bytes to any POST, with nothing else
+//! aws-lc-rs, the server's own stack) reading any POST's body and answering fixed bytes, with nothing else
 //! on the path: no token, no decision, no backend, no logs, no limits. What the machine
 //! can do for one HTTPS request; esi-server's own cost is measured against it.
 //!
@@ -24,7 +24,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let body = Bytes::from(std::fs::read(body)?);
     let app = Router::new().route(
         "/{*path}",
-        post(move || {
+        // The request body is read, as esi-server reads it (answering before it is read
+        // makes an h2 client see its upload reset).
+        post(move |_request: Bytes| {
             let body = body.clone();
             async move { ([(header::CONTENT_TYPE, "application/json")], body) }
         }),

