@@ -19,6 +19,7 @@
 //! The message is escaped the same way but not quoted.
 
 use std::fmt::{self, Write as _};
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -26,6 +27,40 @@ use tracing::field::{Field, Visit};
 use tracing_subscriber::field::RecordFields;
 use tracing_subscriber::fmt::FormatFields;
 use tracing_subscriber::fmt::format::Writer;
+
+/// Lines the operational log can queue before it drops (about 64 MiB of JSON lines at
+/// worst; a line is typically 300–500 bytes).
+pub const LOG_QUEUE_LINES: usize = 128 * 1024;
+
+static DROPPED: OnceLock<tracing_appender::non_blocking::ErrorCounter> = OnceLock::new();
+
+/// A writer for the operational log (stderr) that does not write on the thread that logs:
+/// lines are queued (at most [`LOG_QUEUE_LINES`]) and a thread of their own writes them in
+/// batches through a 64 KiB buffer, flushed whenever the queue runs empty. A request thread
+/// therefore never waits on stderr (a slow or full pipe, a paused log collector); when the
+/// queue is full, lines are dropped and counted (`esi_log_lines_dropped_total`), never
+/// blocking requests. The audit log does not go through it (its lines are written before the
+/// answer, see [`crate::audit`]).
+///
+/// Keep the guard until the process ends: dropping it writes what is queued.
+pub fn non_blocking_stderr() -> (
+    tracing_appender::non_blocking::NonBlocking,
+    tracing_appender::non_blocking::WorkerGuard,
+) {
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .buffered_lines_limit(LOG_QUEUE_LINES)
+        .lossy(true)
+        .thread_name("esi-log-writer")
+        .finish(std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr()));
+    let _ = DROPPED.set(writer.error_counter());
+    (writer, guard)
+}
+
+/// Operational log lines dropped so far by [`non_blocking_stderr`]'s writer (0 when it is
+/// not in use).
+pub fn dropped_lines() -> u64 {
+    DROPPED.get().map_or(0, |c| c.dropped_lines() as u64)
+}
 
 /// Field formatter for the text log that escapes every value (see the module docs).
 #[derive(Debug, Clone, Copy, Default)]

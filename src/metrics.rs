@@ -49,6 +49,9 @@ pub struct Metrics {
     pub audit_events: IntCounterVec,
     /// 1 while the last audit line was written, 0 while lines cannot be written.
     pub audit_log_ok: IntGauge,
+    /// Operational log lines dropped because the log writer's queue was full
+    /// ([`crate::logging::non_blocking_stderr`]); brought up to date at each render.
+    pub log_lines_dropped: prometheus::IntCounter,
     /// Connections ended early by the listener, by reason (`refused_per_source`,
     /// `refused_total`, `handshake_timeout`, `handshake_error`, `idle_closed`).
     pub connections: IntCounterVec,
@@ -145,7 +148,16 @@ impl Metrics {
             "1 while audit lines are written, 0 while they cannot be",
         );
         audit_log_ok.set(1);
+        let log_lines_dropped = prometheus::IntCounter::new(
+            "esi_log_lines_dropped_total",
+            "Operational log lines dropped because the log writer's queue was full",
+        )
+        .unwrap_or_else(|e| panic!("invalid metric esi_log_lines_dropped_total: {e}"));
+        registry
+            .register(Box::new(log_lines_dropped.clone()))
+            .unwrap_or_else(|e| panic!("duplicate metric esi_log_lines_dropped_total: {e}"));
         Metrics {
+            log_lines_dropped,
             http_requests: counter(
                 &registry,
                 "esi_http_requests_total",
@@ -317,6 +329,11 @@ impl Metrics {
 
     /// Renders every metric in the Prometheus text format.
     pub fn render(&self) -> String {
+        let dropped = crate::logging::dropped_lines();
+        let counted = self.log_lines_dropped.get();
+        if dropped > counted {
+            self.log_lines_dropped.inc_by(dropped - counted);
+        }
         let mut buf = Vec::new();
         let encoder = TextEncoder::new();
         if encoder.encode(&self.registry.gather(), &mut buf).is_err() {

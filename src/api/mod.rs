@@ -353,7 +353,8 @@ async fn admit<B: DeserializeOwned + Default + ClientCa>(
         tracing::info!(workload = %verified.subject, pod = verified.pod_name.as_deref().unwrap_or(""), "workload token verified");
         workload = Some(verified);
     }
-    tracing::info!(federation = %identity.federation, subject = %identity.subject, "authenticated");
+    // Debug only: the decision line (target `esi::decision`) names the same caller.
+    tracing::debug!(federation = %identity.federation, subject = %identity.subject, "authenticated");
     state
         .limits
         .check_identity(&identity.federation, &identity.subject)?;

@@ -415,16 +415,22 @@ fn init_logging(format: LogFormat) {
 
 /// Operational logs (stderr, `RUST_LOG`) plus the audit log, which its own filter keeps
 /// complete whatever `RUST_LOG` says.
+/// Returns the audit log's reopener and the guard of the operational log's writer thread
+/// (keep it until the end: dropping it writes out what is queued).
 fn init_serve_logging(
     format: LogFormat,
     audit: Option<&std::path::Path>,
-) -> Result<Option<esi::audit::AuditReopener>> {
+) -> Result<(
+    Option<esi::audit::AuditReopener>,
+    tracing_appender::non_blocking::WorkerGuard,
+)> {
     use tracing_subscriber::filter::filter_fn;
     use tracing_subscriber::prelude::*;
     let filter = log_filter();
+    let (stderr, guard) = esi::logging::non_blocking_stderr();
     let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(esi::logging::stderr_colors())
-        .with_writer(std::io::stderr);
+        .with_writer(stderr);
     let fmt = match format {
         LogFormat::Json => fmt.json().flatten_event(true).with_filter(filter).boxed(),
         LogFormat::Text => fmt
@@ -436,7 +442,7 @@ fn init_serve_logging(
     let reopener = audit.as_ref().map(esi::audit::AuditLayer::reopener);
     let audit = audit.map(|l| l.with_filter(filter_fn(esi::audit::is_audit_relevant)));
     tracing_subscriber::registry().with(fmt).with(audit).init();
-    Ok(reopener)
+    Ok((reopener, guard))
 }
 
 /// SIGHUP reopens the audit file (log rotation: `logrotate`'s `postrotate` sends it). The
@@ -477,7 +483,8 @@ fn run() -> Result<()> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     match cli.command {
         Command::Serve(args) => {
-            let reopener = init_serve_logging(args.log_format, args.audit_log.as_deref())?;
+            let (reopener, _log_writer) =
+                init_serve_logging(args.log_format, args.audit_log.as_deref())?;
             esi::audit::install_panic_hook();
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
