@@ -182,6 +182,10 @@ trait Service: Send + Sync + 'static {
     fn get_request(name: &str, version: Option<&str>) -> Value;
     /// The value in a [`Service::GET`] answer.
     fn payload(answer: &Value) -> Result<Vec<u8>, ProviderError>;
+    /// Whether a [`Service::GET`] answer is for the canonical key and version asked (the
+    /// decision was made on them): if not, [`different_secret`].
+    fn check_answer(answer: &Value, name: &str, version: Option<&str>)
+    -> Result<(), ProviderError>;
     /// The listing filters of a canonical find.
     fn list_filters(find: &FindRequest) -> Vec<Value>;
     /// The canonical key of a listed entry if it matches the find.
@@ -220,6 +224,7 @@ impl<S: Service> AwsStore<S> {
             .backend
             .call(S::GET, &S::get_request(name, version))
             .await?;
+        S::check_answer(&answer, name, version)?;
         S::payload(&answer)
     }
 
@@ -385,6 +390,12 @@ impl Backend {
 
 fn malformed(action: &str) -> ProviderError {
     ProviderError::Backend(format!("AWS answered {action} with malformed JSON"))
+}
+
+/// A read answered for another secret or version than the one asked (and decided on):
+/// no value is returned.
+fn different_secret() -> ProviderError {
+    ProviderError::Backend("the backend answered for a different secret".into())
 }
 
 fn too_broad() -> ProviderError {
@@ -692,7 +703,8 @@ pub(crate) mod tests {
     async fn signed_json_calls_and_bounded_listings() {
         let (endpoint, seen) = fake_aws(|target, body| match target {
             "secretsmanager.GetSecretValue" => {
-                (200, json!({"Name": body["SecretId"], "SecretString": "v"}))
+                (200, json!({"Name": body["SecretId"], "SecretString": "v",
+                    "VersionId": "v1", "VersionStages": ["AWSPREVIOUS"]}))
             }
             // Always another page of 100: the listing is refused past 1000 entries.
             _ => (
@@ -781,6 +793,53 @@ pub(crate) mod tests {
             json!({"Name": "/app/db:2", "WithDecryption": true})
         );
         assert_eq!(seen[1].2["Name"], "/x");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_answer_for_another_secret_is_refused() {
+        // The fake answers every read with another secret's (or version's) value.
+        let (endpoint, _) = fake_aws(|target, body| match target {
+            "secretsmanager.GetSecretValue" => match body["SecretId"].as_str() {
+                Some("team/db") => (
+                    200,
+                    json!({"Name": "team/admin", "SecretString": "admin-pw",
+                        "VersionId": "v1", "VersionStages": ["AWSCURRENT"]}),
+                ),
+                _ => (
+                    200,
+                    json!({"Name": body["SecretId"], "SecretString": "old",
+                        "VersionId": "v1", "VersionStages": ["AWSCURRENT"]}),
+                ),
+            },
+            _ => (
+                200,
+                json!({"Parameter": {"Name": "/app/admin", "Value": "admin-pw", "Version": 1}}),
+            ),
+        })
+        .await;
+        let sm = build_block(&block("SecretsManager", &endpoint, json!({}))).unwrap();
+        let ps = build_block(&block("ParameterStore", &endpoint, json!({}))).unwrap();
+        let r = |p: &Arc<dyn SecretProvider>, key: &str, version: Option<&str>| {
+            p.canonical_ref(&RemoteRef {
+                key: key.into(),
+                property: None,
+                version: version.map(str::to_string),
+            })
+            .unwrap()
+        };
+        for (p, remote) in [
+            (&sm, r(&sm, "team/db", None)),
+            (&sm, r(&sm, "team/other", Some("AWSPREVIOUS"))),
+            (&ps, r(&ps, "/app/db", None)),
+        ] {
+            let err = p.get_secret(&remote).await.unwrap_err();
+            assert_eq!(
+                err,
+                ProviderError::Backend("the backend answered for a different secret".into()),
+                "{remote:?}"
+            );
+            assert!(!err.to_string().contains("admin"), "{err}");
+        }
     }
 
     #[tokio::test]

@@ -16,7 +16,7 @@
 
 use serde_json::{Value, json};
 
-use super::{Service, check_name_text};
+use super::{Service, check_name_text, different_secret};
 use crate::providers::{FindRequest, ProviderError};
 
 /// Longest parameter name (AWS: 1011 characters).
@@ -120,6 +120,40 @@ impl Service for ParameterStore {
                 "AWS answered GetParameter without a value".into(),
             )),
         }
+    }
+
+    /// The answer's `Parameter.Name` canonicalizes to the name asked (AWS may answer a
+    /// top-level `/name` as `name`, or a name with its `:version` selector); with a
+    /// numeric version, a `Parameter.Version` in the answer is that number.
+    fn check_answer(
+        answer: &Value,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<(), ProviderError> {
+        let parameter = answer.get("Parameter");
+        let answered = parameter
+            .and_then(|p| p.get("Name"))
+            .and_then(Value::as_str);
+        let Some(answered) = answered else {
+            return Err(different_secret());
+        };
+        let answered = match version {
+            Some(v) => answered
+                .strip_suffix(v)
+                .and_then(|a| a.strip_suffix(':'))
+                .unwrap_or(answered),
+            None => answered,
+        };
+        if canonical_name(answered, "name").ok().as_deref() != Some(name) {
+            return Err(different_secret());
+        }
+        if let Some(v) = version.filter(|v| v.bytes().all(|b| b.is_ascii_digit()))
+            && let Some(got) = parameter.and_then(|p| p.get("Version"))
+            && got.as_u64().map(|n| n.to_string()).as_deref() != Some(v)
+        {
+            return Err(different_secret());
+        }
+        Ok(())
     }
 
     /// The canonical version: a decimal number without leading zeros, or a label (letters,
@@ -276,6 +310,44 @@ mod tests {
             ),
             None
         );
+    }
+
+    #[test]
+    fn answers_must_be_for_the_parameter_asked() {
+        let answer = |name: &str, version: u64| json!({"Parameter": {"Name": name, "Value": "v", "Version": version}});
+        let check =
+            |a: &Value, name: &str, v: Option<&str>| ParameterStore::check_answer(a, name, v);
+        for (a, name, v) in [
+            (answer("/app/db", 3), "/app/db", None),
+            (answer("db", 1), "/db", None),
+            (answer("/app/db", 3), "/app/db", Some("3")),
+            (answer("/app/db:3", 3), "/app/db", Some("3")),
+            (answer("/app/db:blue", 7), "/app/db", Some("blue")),
+            (answer("/app/db", 7), "/app/db", Some("blue")),
+            (
+                json!({"Parameter": {"Name": "/app/db", "Value": "v"}}),
+                "/app/db",
+                Some("3"),
+            ),
+        ] {
+            assert_eq!(check(&a, name, v), Ok(()), "{a} {name} {v:?}");
+        }
+        for (a, name, v) in [
+            (answer("/app/admin", 3), "/app/db", None),
+            (answer("/App/db", 3), "/app/db", None),
+            (answer("/app/db:3", 3), "/app/db", None),
+            (answer("/app/db:4", 4), "/app/db", Some("3")),
+            (answer("/app/db", 4), "/app/db", Some("3")),
+            (answer("/aws/reference/secretsmanager/db", 1), "/db", None),
+            (json!({"Parameter": {"Value": "v"}}), "/app/db", None),
+            (json!({"Name": "/app/db", "Value": "v"}), "/app/db", None),
+        ] {
+            assert_eq!(
+                check(&a, name, v),
+                Err(different_secret()),
+                "{a} {name} {v:?}"
+            );
+        }
     }
 
     #[test]
