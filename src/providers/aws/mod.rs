@@ -28,7 +28,8 @@
 //! `find` lists names only (Secrets Manager `ListSecrets`, Parameter Store
 //! `DescribeParameters`), hands each canonical key to the caller's filter, and reads the
 //! values of the keys it accepts one by one, so a refused key is never read. A find
-//! lists at most [`MAX_FIND_ENTRIES`] entries and answers at most [`MAX_FIND_BYTES`].
+//! lists at most [`MAX_FIND_ENTRIES`] entries (in at most [`MAX_LIST_BYTES`] of answers,
+//! keeping only the matching names of each page) and answers at most [`MAX_FIND_BYTES`].
 
 pub(crate) mod client;
 mod parameterstore;
@@ -57,6 +58,9 @@ const PROVIDER: &str = "aws";
 const MAX_FIND_ENTRIES: usize = 1000;
 /// Pages a `find` may ask for (AWS may answer short pages).
 const MAX_FIND_PAGES: usize = 100;
+/// Bytes of listing answers a `find` may read (over all pages; each page is at most
+/// [`client::MAX_BODY`]). Only the names that match are kept past each page.
+const MAX_LIST_BYTES: usize = 8 << 20;
 /// Bytes of values a `find` may answer.
 const MAX_FIND_BYTES: usize = 16 << 20;
 /// Tags a `find` may ask for, and their sizes (AWS's own limits).
@@ -298,11 +302,12 @@ impl<S: Service> SecretProvider for AwsStore<S> {
         if !filters.is_empty() {
             request.insert(filters_field.into(), Value::Array(filters));
         }
-        let entries = self.backend.list(action, request, items, page_size).await?;
-        let names = entries
-            .iter()
-            .filter_map(|e| S::matching_name(e, find, regex.as_ref()))
-            .collect();
+        let names = self
+            .backend
+            .list(action, request, items, page_size, |e| {
+                S::matching_name(e, find, regex.as_ref())
+            })
+            .await?;
         read_allowed(names, allow, |name: String| async move {
             self.read(&name, None).await
         })
@@ -335,6 +340,12 @@ impl std::fmt::Debug for Backend {
 impl Backend {
     /// One call of `action` with `body`; the answer's JSON, or the refusal mapped.
     async fn call(&self, action: &'static str, body: &Value) -> Result<Value, ProviderError> {
+        let answer = self.call_raw(action, body).await?;
+        serde_json::from_slice(&answer).map_err(|_| malformed(action))
+    }
+
+    /// One call of `action` with `body`; the answer's bytes, or the refusal mapped.
+    async fn call_raw(&self, action: &'static str, body: &Value) -> Result<Vec<u8>, ProviderError> {
         let creds = self.client.cached_credentials(&self.session).await?;
         let target = format!("{}.{action}", self.target_prefix);
         let (status, answer) = self
@@ -344,20 +355,24 @@ impl Backend {
         if !status.is_success() {
             return Err(self.client.refusal(action, status, &answer).into());
         }
-        serde_json::from_slice(&answer).map_err(|_| malformed(action))
+        Ok(answer)
     }
 
-    /// Every entry of the `items` arrays of a paginated listing (`NextToken`), asked
-    /// `page_size` at a time; refused when it would pass [`MAX_FIND_ENTRIES`] entries or
-    /// [`MAX_FIND_PAGES`] pages.
-    async fn list(
+    /// What `keep` makes of each entry of the `items` arrays of a paginated listing
+    /// (`NextToken`), asked `page_size` at a time; each page is dropped once `keep` has
+    /// seen it. Refused when it would pass [`MAX_FIND_ENTRIES`] entries,
+    /// [`MAX_FIND_PAGES`] pages or [`MAX_LIST_BYTES`] bytes of answers.
+    async fn list<T>(
         &self,
         action: &'static str,
         request: Map<String, Value>,
         items: &str,
         page_size: u32,
-    ) -> Result<Vec<Value>, ProviderError> {
+        mut keep: impl FnMut(&Value) -> Option<T>,
+    ) -> Result<Vec<T>, ProviderError> {
         let mut out = Vec::new();
+        let mut listed = 0usize;
+        let mut bytes = 0usize;
         let mut token: Option<String> = None;
         for _ in 0..MAX_FIND_PAGES {
             let mut body = request.clone();
@@ -365,16 +380,26 @@ impl Backend {
             if let Some(t) = token.take() {
                 body.insert("NextToken".into(), t.into());
             }
-            let mut answer = self.call(action, &Value::Object(body)).await?;
-            let page = match answer.get_mut(items).map(Value::take) {
-                Some(Value::Array(page)) => page,
-                None | Some(Value::Null) => Vec::new(),
+            let raw = self.call_raw(action, &Value::Object(body)).await?;
+            bytes += raw.len();
+            if bytes > MAX_LIST_BYTES {
+                return Err(ProviderError::InvalidRequest(format!(
+                    "find listing too large (more than {} MiB of {action} answers); narrow it with find.path or tags",
+                    MAX_LIST_BYTES >> 20
+                )));
+            }
+            let answer: Value = serde_json::from_slice(&raw).map_err(|_| malformed(action))?;
+            drop(raw);
+            let page = match answer.get(items) {
+                Some(Value::Array(page)) => page.as_slice(),
+                None | Some(Value::Null) => &[],
                 Some(_) => return Err(malformed(action)),
             };
-            if out.len() + page.len() > MAX_FIND_ENTRIES {
+            listed += page.len();
+            if listed > MAX_FIND_ENTRIES {
                 return Err(too_broad());
             }
-            out.extend(page);
+            out.extend(page.iter().filter_map(&mut keep));
             token = answer
                 .get("NextToken")
                 .and_then(Value::as_str)
@@ -793,6 +818,51 @@ pub(crate) mod tests {
             json!({"Name": "/app/db:2", "WithDecryption": true})
         );
         assert_eq!(seen[1].2["Name"], "/x");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn listings_are_bounded_in_bytes() {
+        // Pages of 10 entries with 20 KiB descriptions each (~200 KiB a page, well under the
+        // 1 MiB answer bound and the 1000 entries): 50 pages pass 8 MiB.
+        let (endpoint, seen) = fake_aws(|target, body| match target {
+            "secretsmanager.ListSecrets" => {
+                let page: usize = body["NextToken"]
+                    .as_str()
+                    .and_then(|t| t.parse().ok())
+                    .unwrap_or(0);
+                let mut answer = json!({"SecretList": (0..10).map(|i| json!({
+                    "Name": format!("s{page}-{i}"),
+                    "Description": "d".repeat(20 << 10),
+                    "Tags": [{"Key": "env", "Value": "prod"}],
+                })).collect::<Vec<_>>()});
+                if page < 49 {
+                    answer["NextToken"] = (page + 1).to_string().into();
+                }
+                (200, answer)
+            }
+            _ => (
+                200,
+                json!({"Name": body["SecretId"], "SecretString": "v",
+                    "VersionStages": ["AWSCURRENT"]}),
+            ),
+        })
+        .await;
+        let p = build_block(&block("SecretsManager", &endpoint, json!({}))).unwrap();
+        let find = FindRequest {
+            name_regexp: Some("^s0-0$".into()),
+            ..Default::default()
+        };
+        let err = p.find(&find).await.unwrap_err();
+        assert!(
+            matches!(&err, ProviderError::InvalidRequest(m) if m.contains("listing too large")),
+            "{err}"
+        );
+        let seen = seen.lock().unwrap();
+        assert!(
+            seen.iter().all(|(t, ..)| t == "secretsmanager.ListSecrets"),
+            "nothing is read"
+        );
+        assert!(seen.len() < 50, "{} pages", seen.len());
     }
 
     #[tokio::test(flavor = "multi_thread")]
