@@ -353,6 +353,7 @@ impl Backend {
             .json_call(&creds, self.service, &self.endpoint, &target, body)
             .await?;
         if !status.is_success() {
+            self.client.after_refusal(&creds, &answer);
             return Err(self.client.refusal(action, status, &answer).into());
         }
         Ok(answer)
