@@ -158,12 +158,40 @@ pub(crate) fn build(
         endpoint,
         service: endpoint_prefix,
         target_prefix,
-        session: client::session_name(&format!("esi-store-{}", ctx.store)),
+        session: store_session_name(ctx.namespace, ctx.store),
     };
     Ok(match spec.service.as_str() {
         "SecretsManager" => Arc::new(Metered::new(AwsStore::<SecretsManager>::new(backend))),
         _ => Arc::new(Metered::new(AwsStore::<ParameterStore>::new(backend))),
     })
+}
+
+/// The AssumeRole session name of a store, so CloudTrail tells stores (and tenants)
+/// apart: `esi-store-{name}` for a ClusterSecretStore, `esi-store-{namespace}@{name}` for a
+/// SecretStore (`@` is in no Kubernetes name, so no two stores share one). STS allows
+/// `[\w+=,.@-]` and 64 characters: a longer name keeps its first 51 and ends in `=` and
+/// 12 hex digits of the SHA-256 of the whole, so it stays apart from its neighbours.
+fn store_session_name(namespace: Option<&str>, store: &str) -> String {
+    const MAX: usize = 64;
+    const DIGEST_HEX: usize = 12;
+    let full = match namespace {
+        Some(ns) => format!("esi-store-{ns}@{store}"),
+        None => format!("esi-store-{store}"),
+    };
+    let mut name = client::session_name(&full);
+    if full.len() > MAX {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(full.as_bytes());
+        let hex: String = digest
+            .iter()
+            .take(DIGEST_HEX / 2)
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        name.truncate(MAX - DIGEST_HEX - 1);
+        name.push('=');
+        name.push_str(&hex);
+    }
+    name
 }
 
 /// What tells the two services apart: their canonical forms, and how a value is read and
@@ -643,6 +671,94 @@ pub(crate) mod tests {
         .err()
         .unwrap();
         assert!(err.is_missing_secret(), "{err}");
+    }
+
+    #[test]
+    fn session_names_tell_stores_and_tenants_apart() {
+        assert_eq!(store_session_name(None, "aws-prod"), "esi-store-aws-prod");
+        assert_eq!(
+            store_session_name(Some("team-a"), "aws-prod"),
+            "esi-store-team-a@aws-prod"
+        );
+        // `@` is in no Kubernetes name: a ClusterSecretStore `team-a.aws-prod` is another.
+        assert_ne!(
+            store_session_name(Some("team-a"), "aws-prod"),
+            store_session_name(None, "team-a.aws-prod")
+        );
+        // Long names stay within AWS's 64 characters and apart (a digest of the whole).
+        let ns = "n".repeat(63);
+        let a = store_session_name(Some(&ns), &format!("{}a", "s".repeat(200)));
+        let b = store_session_name(Some(&ns), &format!("{}b", "s".repeat(200)));
+        assert_eq!(a.len(), 64);
+        assert_eq!(b.len(), 64);
+        assert_ne!(a, b);
+        assert!(a.starts_with("esi-store-nnn"), "{a}");
+        for name in [&a, &b, &store_session_name(Some("x"), "y")] {
+            assert!(
+                name.bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || b"_+=,.@-".contains(&c)),
+                "{name}"
+            );
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_namespaced_store_assumes_its_role_with_its_namespace() {
+        // A fake STS that records each AssumeRole's form and refuses it.
+        let seen = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let record = seen.clone();
+        let app = axum::Router::new().route(
+            "/",
+            axum::routing::post(move |body: String| {
+                record.lock().unwrap().push(body);
+                async {
+                    (
+                        axum::http::StatusCode::FORBIDDEN,
+                        "<ErrorResponse><Error><Code>AccessDenied</Code></Error></ErrorResponse>",
+                    )
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let sts = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let secrets = secrets();
+        let settings = ProviderSettings {
+            timeout: std::time::Duration::from_secs(5),
+            ..ProviderSettings::default()
+        };
+        let p = build(
+            &BuildContext {
+                store: "aws-prod",
+                namespace: Some("ns"),
+                secrets: &secrets,
+                settings: &settings,
+            },
+            &block(
+                "SecretsManager",
+                "http://127.0.0.1:1",
+                json!({"role": "arn:aws:iam::123456789012:role/r", "stsEndpoint": sts,
+                    "auth": {"secretRef": {
+                        "accessKeyIDSecretRef": {"name": "aws", "key": "id"},
+                        "secretAccessKeySecretRef": {"name": "aws", "key": "secret"}}}}),
+            ),
+        )
+        .unwrap();
+        let remote = RemoteRef {
+            key: "db".into(),
+            ..Default::default()
+        };
+        assert!(matches!(
+            p.get_secret(&remote).await,
+            Err(ProviderError::Backend(_))
+        ));
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 1);
+        assert!(
+            seen[0].contains("RoleSessionName=esi-store-ns%40aws-prod&"),
+            "{}",
+            seen[0]
+        );
     }
 
     #[test]
