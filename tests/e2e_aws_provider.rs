@@ -378,6 +378,28 @@ async fn secrets_manager_and_parameter_store_from_moto_with_signatures_checked()
         let (status, body) = get(&server, "aws-ssm", remote.clone()).await;
         assert_eq!(status, want, "{remote}: {}", String::from_utf8_lossy(&body));
     }
+    // AWS's reserved names: GetParameter of `/aws/reference/secretsmanager/<id>` answers a
+    // Secrets Manager secret (moto does too), which would read the admin secret `aws-sm`
+    // forbids through `aws-ssm`. Refused before any call, in any case, and as a find path.
+    for key in [
+        format!("/aws/reference/secretsmanager/{admin}"),
+        format!("/AWS/reference/secretsmanager/{admin}"),
+        format!("/ssm/esi-{id}"),
+    ] {
+        let (status, body) = get(&server, "aws-ssm", json!({ "key": key })).await;
+        let body = String::from_utf8_lossy(&body);
+        assert_eq!(status, 400, "{key}: {body}");
+        assert!(body.contains("reserved by AWS"), "{key}: {body}");
+        assert!(!body.contains("ADMIN-AWS-value"), "{key}: {body}");
+    }
+    let (status, got) = data(
+        &server,
+        "aws-ssm",
+        "find",
+        json!({"find": {"path": "/aws", "name": {"regexp": "."}}}),
+    )
+    .await;
+    assert_eq!(status, 400, "{got}");
     let (status, map) = data(
         &server,
         "aws-ssm",

@@ -20,7 +20,8 @@
 //! settings timeout, [`MAX_BODY`]); error messages carry AWS's error code, never its
 //! message (which can echo request parts), nor keys or signatures.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
@@ -184,6 +185,43 @@ const THROTTLING_CODES: [&str; 8] = [
     "ProvisionedThroughputExceededException",
 ];
 
+/// AWS error codes that mean "these credentials are expired or unknown".
+const REJECTED_CREDENTIALS_CODES: [&str; 4] = [
+    "ExpiredToken",
+    "ExpiredTokenException",
+    "InvalidClientTokenId",
+    "UnrecognizedClientException",
+];
+
+/// How long a failed AssumeRole is every caller's answer before STS is asked again.
+const FAILURE_HOLD: Duration = Duration::from_secs(2);
+
+/// The assumed-role credentials of [`AwsClient::cached_credentials`].
+#[derive(Default)]
+struct RoleCache {
+    /// The last credentials STS issued.
+    issued: Option<Issued>,
+    /// The running (or last) AssumeRole, which every caller needing one joins.
+    attempt: Option<std::sync::Arc<Attempt>>,
+}
+
+/// One AssumeRole, shared by its callers: its result (a failure with when it failed).
+#[derive(Default)]
+struct Attempt {
+    result: tokio::sync::OnceCell<Result<Issued, (AwsError, Instant)>>,
+    /// Whether a caller holding still-valid credentials runs it (the others do not wait).
+    driven: AtomicBool,
+}
+
+/// Clears [`Attempt::driven`] when its caller is done or cancelled.
+struct Driving<'a>(&'a AtomicBool);
+
+impl Drop for Driving<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
+}
+
 /// A signed-call client: region, static credentials, optional role.
 pub(crate) struct AwsClient {
     /// Who uses it (a generator kind, `aws/SecretsManager`, …), for logs.
@@ -194,8 +232,8 @@ pub(crate) struct AwsClient {
     role: Option<String>,
     external_id: Option<String>,
     sts_endpoint: Url,
-    /// The last AssumeRole answer, for [`AwsClient::cached_credentials`].
-    assumed: tokio::sync::Mutex<Option<Issued>>,
+    /// The assumed role's credentials, for [`AwsClient::cached_credentials`].
+    assumed: std::sync::Mutex<RoleCache>,
 }
 
 impl std::fmt::Debug for AwsClient {
@@ -366,7 +404,7 @@ impl AwsClient {
             role,
             external_id: None,
             sts_endpoint,
-            assumed: tokio::sync::Mutex::new(None),
+            assumed: std::sync::Mutex::default(),
         })
     }
 
@@ -393,23 +431,113 @@ impl AwsClient {
 
     /// Like [`AwsClient::credentials`], but an assumed role's credentials are kept (one
     /// hour sessions) and asked for again only within five minutes of their expiry.
-    /// Concurrent callers wait for one AssumeRole.
+    ///
+    /// The refresh is single-flight: one AssumeRole at a time, which every caller that
+    /// needs it joins (no lock is held across it). While credentials are still valid (in
+    /// the last five minutes), one caller runs the refresh and the others keep using them,
+    /// also when it fails. A failed AssumeRole is the answer of every caller for
+    /// [`FAILURE_HOLD`], so N concurrent callers make one STS call, not N.
     pub(crate) async fn cached_credentials(&self, session: &str) -> Result<Credentials, AwsError> {
         const SECONDS: u32 = 3600;
         const MARGIN: u64 = 300;
         let Some(role) = &self.role else {
             return Ok(self.credentials.clone());
         };
-        let mut cached = self.assumed.lock().await;
-        if let Some(issued) = cached.as_ref()
-            && issued.expires_at > unix_now() + MARGIN
-        {
-            return Ok(issued.credentials.clone());
+        let now = unix_now();
+        let (attempt, fallback) = {
+            let mut cache = self.role_cache();
+            if let Some(issued) = &cache.issued
+                && issued.expires_at > now + MARGIN
+            {
+                return Ok(issued.credentials.clone());
+            }
+            let reuse = cache
+                .attempt
+                .as_ref()
+                .is_some_and(|a| match a.result.get() {
+                    // Running, or abandoned by a cancelled caller (the next one takes it over).
+                    None => true,
+                    Some(Err((_, failed_at))) => failed_at.elapsed() < FAILURE_HOLD,
+                    // Its credentials are within the margin by now: a new one.
+                    Some(Ok(_)) => false,
+                });
+            let attempt = match &cache.attempt {
+                Some(a) if reuse => a.clone(),
+                _ => {
+                    let a = std::sync::Arc::new(Attempt::default());
+                    cache.attempt = Some(a.clone());
+                    a
+                }
+            };
+            let fallback = cache
+                .issued
+                .as_ref()
+                .filter(|i| i.expires_at > now)
+                .map(|i| i.credentials.clone());
+            (attempt, fallback)
+        };
+        let run = || async {
+            match self.assume_role(role, session, SECONDS).await {
+                Ok(issued) => {
+                    let mut cache = self.role_cache();
+                    if cache
+                        .issued
+                        .as_ref()
+                        .is_none_or(|c| c.expires_at <= issued.expires_at)
+                    {
+                        cache.issued = Some(issued.clone());
+                    }
+                    Ok(issued)
+                }
+                Err(e) => Err((e, Instant::now())),
+            }
+        };
+        let result = match (&fallback, attempt.result.get()) {
+            (_, Some(done)) => done,
+            (None, None) => attempt.result.get_or_init(run).await,
+            (Some(fallback), None) => {
+                if attempt.driven.swap(true, Ordering::SeqCst) {
+                    // Another caller runs the refresh: these credentials are still valid.
+                    return Ok(fallback.clone());
+                }
+                let _driving = Driving(&attempt.driven);
+                attempt.result.get_or_init(run).await
+            }
+        };
+        match (result, fallback) {
+            (Ok(issued), _) => Ok(issued.credentials.clone()),
+            (Err(_), Some(fallback)) => Ok(fallback),
+            (Err((e, _)), None) => Err(e.clone()),
         }
-        let issued = self.assume_role(role, session, SECONDS).await?;
-        let credentials = issued.credentials.clone();
-        *cached = (issued.expires_at > unix_now() + MARGIN).then_some(issued);
-        Ok(credentials)
+    }
+
+    /// Forgets the cached assumed-role credentials `used` when AWS refused a call signed
+    /// with them because they expired or are unknown (`body` is AWS's answer), so the next
+    /// call assumes the role again instead of failing until their stated expiry.
+    pub(crate) fn after_refusal(&self, used: &Credentials, body: &[u8]) {
+        if self.role.is_none()
+            || !error_code(body).is_some_and(|c| REJECTED_CREDENTIALS_CODES.contains(&c.as_str()))
+        {
+            return;
+        }
+        let mut cache = self.role_cache();
+        if cache
+            .issued
+            .as_ref()
+            .is_some_and(|i| i.credentials == *used)
+        {
+            cache.issued = None;
+            tracing::info!(
+                user = self.label,
+                "AWS refused the assumed role's credentials; assuming the role again"
+            );
+        }
+    }
+
+    fn role_cache(&self) -> std::sync::MutexGuard<'_, RoleCache> {
+        self.assumed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// STS AssumeRole, signed with the static credentials.
@@ -730,7 +858,7 @@ struct StsCredentials {
 }
 
 /// Temporary credentials STS issued, with their expiry (seconds since the epoch).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Issued {
     pub credentials: Credentials,
     pub expires_at: u64,
@@ -1174,5 +1302,157 @@ pub(crate) mod tests {
                 .access_key_id,
             "AKIDEXAMPLE"
         );
+    }
+
+    /// A fake STS: the first `ok_first` AssumeRole calls answer credentials valid for
+    /// `valid_for` seconds at once, every later one fails (HTTP 403) after 300 ms; counts
+    /// the calls.
+    async fn flaky_sts(
+        ok_first: usize,
+        valid_for: i64,
+    ) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let calls = std::sync::Arc::new(AtomicUsize::new(0));
+        let counter = calls.clone();
+        let app = axum::Router::new().route(
+            "/",
+            axum::routing::post(move || {
+                let n = counter.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    if n >= ok_first {
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                        return (
+                            axum::http::StatusCode::FORBIDDEN,
+                            "<ErrorResponse><Error><Code>AccessDenied</Code></Error></ErrorResponse>"
+                                .to_string(),
+                        );
+                    }
+                    let expires =
+                        time::OffsetDateTime::now_utc() + time::Duration::seconds(valid_for);
+                    let expires = expires
+                        .format(&time::format_description::well_known::Rfc3339)
+                        .unwrap();
+                    (
+                        axum::http::StatusCode::OK,
+                        format!(
+                            "<AssumeRoleResponse><AssumeRoleResult><Credentials>\
+<AccessKeyId>ASIA{n}</AccessKeyId><SecretAccessKey>s</SecretAccessKey>\
+<SessionToken>t</SessionToken><Expiration>{expires}</Expiration>\
+</Credentials></AssumeRoleResult></AssumeRoleResponse>"
+                        ),
+                    )
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (format!("http://{addr}"), calls)
+    }
+
+    fn role_client(sts: &str) -> AwsClient {
+        client(json!({"region": "us-east-1", "auth": auth(),
+            "role": "arn:aws:iam::123456789012:role/r", "stsEndpoint": sts}))
+        .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn concurrent_callers_share_one_failing_assume_role() {
+        use std::sync::atomic::Ordering;
+        let (sts, calls) = flaky_sts(0, 3600).await;
+        let c = role_client(&sts);
+        let start = std::time::Instant::now();
+        let results =
+            futures_util::future::join_all((0..5).map(|_| c.cached_credentials("esi-store-s")))
+                .await;
+        for r in &results {
+            let err = r.as_ref().unwrap_err();
+            assert_eq!(err.kind, AwsErrorKind::Backend);
+            assert!(err.message.contains("AssumeRole"), "{err}");
+        }
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "one AssumeRole for all five"
+        );
+        assert!(start.elapsed() < Duration::from_millis(1500));
+        // The failure is kept for a moment: callers right after make no call either.
+        assert!(c.cached_credentials("esi-store-s").await.is_err());
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        // Then asked again.
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        assert!(c.cached_credentials("esi-store-s").await.is_err());
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn still_valid_credentials_are_served_while_a_refresh_runs_or_fails() {
+        use std::sync::atomic::Ordering;
+        // Valid for 200 s: inside the five minute margin, so the next caller refreshes.
+        let (sts, calls) = flaky_sts(1, 200).await;
+        let c = role_client(&sts);
+        assert_eq!(
+            c.cached_credentials("esi-store-s")
+                .await
+                .unwrap()
+                .access_key_id,
+            "ASIA0"
+        );
+        let start = std::time::Instant::now();
+        let results =
+            futures_util::future::join_all((0..5).map(|_| c.cached_credentials("esi-store-s")))
+                .await;
+        for r in results {
+            assert_eq!(r.unwrap().access_key_id, "ASIA0");
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "one refresh for all five");
+        assert!(start.elapsed() < Duration::from_millis(1500));
+        // The failed refresh is not retried at once; the old credentials still serve.
+        assert_eq!(
+            c.cached_credentials("esi-store-s")
+                .await
+                .unwrap()
+                .access_key_id,
+            "ASIA0"
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn rejected_credentials_are_dropped() {
+        use std::sync::atomic::Ordering;
+        let (sts, calls) = fake_sts_plain(3600).await;
+        let c = role_client(&sts);
+        let first = c.cached_credentials("esi-store-s").await.unwrap();
+        assert_eq!(c.cached_credentials("esi-store-s").await.unwrap(), first);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        // Another code keeps them.
+        c.after_refusal(&first, br#"{"__type":"AccessDeniedException"}"#);
+        assert_eq!(c.cached_credentials("esi-store-s").await.unwrap(), first);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        for body in [
+            &br#"{"__type":"ExpiredTokenException","message":"x"}"#[..],
+            br#"<ErrorResponse><Error><Code>ExpiredToken</Code></Error></ErrorResponse>"#,
+            br#"<ErrorResponse><Error><Code>InvalidClientTokenId</Code></Error></ErrorResponse>"#,
+            br#"{"__type":"UnrecognizedClientException"}"#,
+        ] {
+            let before = calls.load(Ordering::SeqCst);
+            let used = c.cached_credentials("esi-store-s").await.unwrap();
+            c.after_refusal(&used, body);
+            let fresh = c.cached_credentials("esi-store-s").await.unwrap();
+            assert_ne!(fresh, used, "{}", String::from_utf8_lossy(body));
+            assert_eq!(calls.load(Ordering::SeqCst), before + 1);
+        }
+        // Credentials no longer cached (already replaced) are not dropped again.
+        let current = c.cached_credentials("esi-store-s").await.unwrap();
+        c.after_refusal(&first, br#"{"__type":"ExpiredTokenException"}"#);
+        assert_eq!(c.cached_credentials("esi-store-s").await.unwrap(), current);
+    }
+
+    /// A fake STS answering every AssumeRole with fresh credentials (any session).
+    async fn fake_sts_plain(
+        valid_for: i64,
+    ) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        flaky_sts(usize::MAX, valid_for).await
     }
 }

@@ -28,7 +28,8 @@
 //! `find` lists names only (Secrets Manager `ListSecrets`, Parameter Store
 //! `DescribeParameters`), hands each canonical key to the caller's filter, and reads the
 //! values of the keys it accepts one by one, so a refused key is never read. A find
-//! lists at most [`MAX_FIND_ENTRIES`] entries and answers at most [`MAX_FIND_BYTES`].
+//! lists at most [`MAX_FIND_ENTRIES`] entries (in at most [`MAX_LIST_BYTES`] of answers,
+//! keeping only the matching names of each page) and answers at most [`MAX_FIND_BYTES`].
 
 pub(crate) mod client;
 mod parameterstore;
@@ -57,6 +58,9 @@ const PROVIDER: &str = "aws";
 const MAX_FIND_ENTRIES: usize = 1000;
 /// Pages a `find` may ask for (AWS may answer short pages).
 const MAX_FIND_PAGES: usize = 100;
+/// Bytes of listing answers a `find` may read (over all pages; each page is at most
+/// [`client::MAX_BODY`]). Only the names that match are kept past each page.
+const MAX_LIST_BYTES: usize = 8 << 20;
 /// Bytes of values a `find` may answer.
 const MAX_FIND_BYTES: usize = 16 << 20;
 /// Tags a `find` may ask for, and their sizes (AWS's own limits).
@@ -154,12 +158,40 @@ pub(crate) fn build(
         endpoint,
         service: endpoint_prefix,
         target_prefix,
-        session: client::session_name(&format!("esi-store-{}", ctx.store)),
+        session: store_session_name(ctx.namespace, ctx.store),
     };
     Ok(match spec.service.as_str() {
         "SecretsManager" => Arc::new(Metered::new(AwsStore::<SecretsManager>::new(backend))),
         _ => Arc::new(Metered::new(AwsStore::<ParameterStore>::new(backend))),
     })
+}
+
+/// The AssumeRole session name of a store, so CloudTrail tells stores (and tenants)
+/// apart: `esi-store-{name}` for a ClusterSecretStore, `esi-store-{namespace}@{name}` for a
+/// SecretStore (`@` is in no Kubernetes name, so no two stores share one). STS allows
+/// `[\w+=,.@-]` and 64 characters: a longer name keeps its first 51 and ends in `=` and
+/// 12 hex digits of the SHA-256 of the whole, so it stays apart from its neighbours.
+fn store_session_name(namespace: Option<&str>, store: &str) -> String {
+    const MAX: usize = 64;
+    const DIGEST_HEX: usize = 12;
+    let full = match namespace {
+        Some(ns) => format!("esi-store-{ns}@{store}"),
+        None => format!("esi-store-{store}"),
+    };
+    let mut name = client::session_name(&full);
+    if full.len() > MAX {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(full.as_bytes());
+        let hex: String = digest
+            .iter()
+            .take(DIGEST_HEX / 2)
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        name.truncate(MAX - DIGEST_HEX - 1);
+        name.push('=');
+        name.push_str(&hex);
+    }
+    name
 }
 
 /// What tells the two services apart: their canonical forms, and how a value is read and
@@ -182,6 +214,10 @@ trait Service: Send + Sync + 'static {
     fn get_request(name: &str, version: Option<&str>) -> Value;
     /// The value in a [`Service::GET`] answer.
     fn payload(answer: &Value) -> Result<Vec<u8>, ProviderError>;
+    /// Whether a [`Service::GET`] answer is for the canonical key and version asked (the
+    /// decision was made on them): if not, [`different_secret`].
+    fn check_answer(answer: &Value, name: &str, version: Option<&str>)
+    -> Result<(), ProviderError>;
     /// The listing filters of a canonical find.
     fn list_filters(find: &FindRequest) -> Vec<Value>;
     /// The canonical key of a listed entry if it matches the find.
@@ -220,6 +256,7 @@ impl<S: Service> AwsStore<S> {
             .backend
             .call(S::GET, &S::get_request(name, version))
             .await?;
+        S::check_answer(&answer, name, version)?;
         S::payload(&answer)
     }
 
@@ -293,11 +330,12 @@ impl<S: Service> SecretProvider for AwsStore<S> {
         if !filters.is_empty() {
             request.insert(filters_field.into(), Value::Array(filters));
         }
-        let entries = self.backend.list(action, request, items, page_size).await?;
-        let names = entries
-            .iter()
-            .filter_map(|e| S::matching_name(e, find, regex.as_ref()))
-            .collect();
+        let names = self
+            .backend
+            .list(action, request, items, page_size, |e| {
+                S::matching_name(e, find, regex.as_ref())
+            })
+            .await?;
         read_allowed(names, allow, |name: String| async move {
             self.read(&name, None).await
         })
@@ -330,6 +368,12 @@ impl std::fmt::Debug for Backend {
 impl Backend {
     /// One call of `action` with `body`; the answer's JSON, or the refusal mapped.
     async fn call(&self, action: &'static str, body: &Value) -> Result<Value, ProviderError> {
+        let answer = self.call_raw(action, body).await?;
+        serde_json::from_slice(&answer).map_err(|_| malformed(action))
+    }
+
+    /// One call of `action` with `body`; the answer's bytes, or the refusal mapped.
+    async fn call_raw(&self, action: &'static str, body: &Value) -> Result<Vec<u8>, ProviderError> {
         let creds = self.client.cached_credentials(&self.session).await?;
         let target = format!("{}.{action}", self.target_prefix);
         let (status, answer) = self
@@ -337,22 +381,27 @@ impl Backend {
             .json_call(&creds, self.service, &self.endpoint, &target, body)
             .await?;
         if !status.is_success() {
+            self.client.after_refusal(&creds, &answer);
             return Err(self.client.refusal(action, status, &answer).into());
         }
-        serde_json::from_slice(&answer).map_err(|_| malformed(action))
+        Ok(answer)
     }
 
-    /// Every entry of the `items` arrays of a paginated listing (`NextToken`), asked
-    /// `page_size` at a time; refused when it would pass [`MAX_FIND_ENTRIES`] entries or
-    /// [`MAX_FIND_PAGES`] pages.
-    async fn list(
+    /// What `keep` makes of each entry of the `items` arrays of a paginated listing
+    /// (`NextToken`), asked `page_size` at a time; each page is dropped once `keep` has
+    /// seen it. Refused when it would pass [`MAX_FIND_ENTRIES`] entries,
+    /// [`MAX_FIND_PAGES`] pages or [`MAX_LIST_BYTES`] bytes of answers.
+    async fn list<T>(
         &self,
         action: &'static str,
         request: Map<String, Value>,
         items: &str,
         page_size: u32,
-    ) -> Result<Vec<Value>, ProviderError> {
+        mut keep: impl FnMut(&Value) -> Option<T>,
+    ) -> Result<Vec<T>, ProviderError> {
         let mut out = Vec::new();
+        let mut listed = 0usize;
+        let mut bytes = 0usize;
         let mut token: Option<String> = None;
         for _ in 0..MAX_FIND_PAGES {
             let mut body = request.clone();
@@ -360,16 +409,26 @@ impl Backend {
             if let Some(t) = token.take() {
                 body.insert("NextToken".into(), t.into());
             }
-            let mut answer = self.call(action, &Value::Object(body)).await?;
-            let page = match answer.get_mut(items).map(Value::take) {
-                Some(Value::Array(page)) => page,
-                None | Some(Value::Null) => Vec::new(),
+            let raw = self.call_raw(action, &Value::Object(body)).await?;
+            bytes += raw.len();
+            if bytes > MAX_LIST_BYTES {
+                return Err(ProviderError::InvalidRequest(format!(
+                    "find listing too large (more than {} MiB of {action} answers); narrow it with find.path or tags",
+                    MAX_LIST_BYTES >> 20
+                )));
+            }
+            let answer: Value = serde_json::from_slice(&raw).map_err(|_| malformed(action))?;
+            drop(raw);
+            let page = match answer.get(items) {
+                Some(Value::Array(page)) => page.as_slice(),
+                None | Some(Value::Null) => &[],
                 Some(_) => return Err(malformed(action)),
             };
-            if out.len() + page.len() > MAX_FIND_ENTRIES {
+            listed += page.len();
+            if listed > MAX_FIND_ENTRIES {
                 return Err(too_broad());
             }
-            out.extend(page);
+            out.extend(page.iter().filter_map(&mut keep));
             token = answer
                 .get("NextToken")
                 .and_then(Value::as_str)
@@ -385,6 +444,12 @@ impl Backend {
 
 fn malformed(action: &str) -> ProviderError {
     ProviderError::Backend(format!("AWS answered {action} with malformed JSON"))
+}
+
+/// A read answered for another secret or version than the one asked (and decided on):
+/// no value is returned.
+fn different_secret() -> ProviderError {
+    ProviderError::Backend("the backend answered for a different secret".into())
 }
 
 fn too_broad() -> ProviderError {
@@ -609,6 +674,94 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn session_names_tell_stores_and_tenants_apart() {
+        assert_eq!(store_session_name(None, "aws-prod"), "esi-store-aws-prod");
+        assert_eq!(
+            store_session_name(Some("team-a"), "aws-prod"),
+            "esi-store-team-a@aws-prod"
+        );
+        // `@` is in no Kubernetes name: a ClusterSecretStore `team-a.aws-prod` is another.
+        assert_ne!(
+            store_session_name(Some("team-a"), "aws-prod"),
+            store_session_name(None, "team-a.aws-prod")
+        );
+        // Long names stay within AWS's 64 characters and apart (a digest of the whole).
+        let ns = "n".repeat(63);
+        let a = store_session_name(Some(&ns), &format!("{}a", "s".repeat(200)));
+        let b = store_session_name(Some(&ns), &format!("{}b", "s".repeat(200)));
+        assert_eq!(a.len(), 64);
+        assert_eq!(b.len(), 64);
+        assert_ne!(a, b);
+        assert!(a.starts_with("esi-store-nnn"), "{a}");
+        for name in [&a, &b, &store_session_name(Some("x"), "y")] {
+            assert!(
+                name.bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || b"_+=,.@-".contains(&c)),
+                "{name}"
+            );
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_namespaced_store_assumes_its_role_with_its_namespace() {
+        // A fake STS that records each AssumeRole's form and refuses it.
+        let seen = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let record = seen.clone();
+        let app = axum::Router::new().route(
+            "/",
+            axum::routing::post(move |body: String| {
+                record.lock().unwrap().push(body);
+                async {
+                    (
+                        axum::http::StatusCode::FORBIDDEN,
+                        "<ErrorResponse><Error><Code>AccessDenied</Code></Error></ErrorResponse>",
+                    )
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let sts = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let secrets = secrets();
+        let settings = ProviderSettings {
+            timeout: std::time::Duration::from_secs(5),
+            ..ProviderSettings::default()
+        };
+        let p = build(
+            &BuildContext {
+                store: "aws-prod",
+                namespace: Some("ns"),
+                secrets: &secrets,
+                settings: &settings,
+            },
+            &block(
+                "SecretsManager",
+                "http://127.0.0.1:1",
+                json!({"role": "arn:aws:iam::123456789012:role/r", "stsEndpoint": sts,
+                    "auth": {"secretRef": {
+                        "accessKeyIDSecretRef": {"name": "aws", "key": "id"},
+                        "secretAccessKeySecretRef": {"name": "aws", "key": "secret"}}}}),
+            ),
+        )
+        .unwrap();
+        let remote = RemoteRef {
+            key: "db".into(),
+            ..Default::default()
+        };
+        assert!(matches!(
+            p.get_secret(&remote).await,
+            Err(ProviderError::Backend(_))
+        ));
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 1);
+        assert!(
+            seen[0].contains("RoleSessionName=esi-store-ns%40aws-prod&"),
+            "{}",
+            seen[0]
+        );
+    }
+
+    #[test]
     fn payloads_and_properties() {
         let json = br#"{"user": "u", "n": {"x": 1}}"#.to_vec();
         assert_eq!(value_of(json.clone(), None).unwrap(), json);
@@ -692,7 +845,8 @@ pub(crate) mod tests {
     async fn signed_json_calls_and_bounded_listings() {
         let (endpoint, seen) = fake_aws(|target, body| match target {
             "secretsmanager.GetSecretValue" => {
-                (200, json!({"Name": body["SecretId"], "SecretString": "v"}))
+                (200, json!({"Name": body["SecretId"], "SecretString": "v",
+                    "VersionId": "v1", "VersionStages": ["AWSPREVIOUS"]}))
             }
             // Always another page of 100: the listing is refused past 1000 entries.
             _ => (
@@ -781,6 +935,98 @@ pub(crate) mod tests {
             json!({"Name": "/app/db:2", "WithDecryption": true})
         );
         assert_eq!(seen[1].2["Name"], "/x");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn listings_are_bounded_in_bytes() {
+        // Pages of 10 entries with 20 KiB descriptions each (~200 KiB a page, well under the
+        // 1 MiB answer bound and the 1000 entries): 50 pages pass 8 MiB.
+        let (endpoint, seen) = fake_aws(|target, body| match target {
+            "secretsmanager.ListSecrets" => {
+                let page: usize = body["NextToken"]
+                    .as_str()
+                    .and_then(|t| t.parse().ok())
+                    .unwrap_or(0);
+                let mut answer = json!({"SecretList": (0..10).map(|i| json!({
+                    "Name": format!("s{page}-{i}"),
+                    "Description": "d".repeat(20 << 10),
+                    "Tags": [{"Key": "env", "Value": "prod"}],
+                })).collect::<Vec<_>>()});
+                if page < 49 {
+                    answer["NextToken"] = (page + 1).to_string().into();
+                }
+                (200, answer)
+            }
+            _ => (
+                200,
+                json!({"Name": body["SecretId"], "SecretString": "v",
+                    "VersionStages": ["AWSCURRENT"]}),
+            ),
+        })
+        .await;
+        let p = build_block(&block("SecretsManager", &endpoint, json!({}))).unwrap();
+        let find = FindRequest {
+            name_regexp: Some("^s0-0$".into()),
+            ..Default::default()
+        };
+        let err = p.find(&find).await.unwrap_err();
+        assert!(
+            matches!(&err, ProviderError::InvalidRequest(m) if m.contains("listing too large")),
+            "{err}"
+        );
+        let seen = seen.lock().unwrap();
+        assert!(
+            seen.iter().all(|(t, ..)| t == "secretsmanager.ListSecrets"),
+            "nothing is read"
+        );
+        assert!(seen.len() < 50, "{} pages", seen.len());
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_answer_for_another_secret_is_refused() {
+        // The fake answers every read with another secret's (or version's) value.
+        let (endpoint, _) = fake_aws(|target, body| match target {
+            "secretsmanager.GetSecretValue" => match body["SecretId"].as_str() {
+                Some("team/db") => (
+                    200,
+                    json!({"Name": "team/admin", "SecretString": "admin-pw",
+                        "VersionId": "v1", "VersionStages": ["AWSCURRENT"]}),
+                ),
+                _ => (
+                    200,
+                    json!({"Name": body["SecretId"], "SecretString": "old",
+                        "VersionId": "v1", "VersionStages": ["AWSCURRENT"]}),
+                ),
+            },
+            _ => (
+                200,
+                json!({"Parameter": {"Name": "/app/admin", "Value": "admin-pw", "Version": 1}}),
+            ),
+        })
+        .await;
+        let sm = build_block(&block("SecretsManager", &endpoint, json!({}))).unwrap();
+        let ps = build_block(&block("ParameterStore", &endpoint, json!({}))).unwrap();
+        let r = |p: &Arc<dyn SecretProvider>, key: &str, version: Option<&str>| {
+            p.canonical_ref(&RemoteRef {
+                key: key.into(),
+                property: None,
+                version: version.map(str::to_string),
+            })
+            .unwrap()
+        };
+        for (p, remote) in [
+            (&sm, r(&sm, "team/db", None)),
+            (&sm, r(&sm, "team/other", Some("AWSPREVIOUS"))),
+            (&ps, r(&ps, "/app/db", None)),
+        ] {
+            let err = p.get_secret(&remote).await.unwrap_err();
+            assert_eq!(
+                err,
+                ProviderError::Backend("the backend answered for a different secret".into()),
+                "{remote:?}"
+            );
+            assert!(!err.to_string().contains("admin"), "{err}");
+        }
     }
 
     #[tokio::test]

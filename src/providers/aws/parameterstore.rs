@@ -5,7 +5,9 @@
 //! `/a/b/c` as given, and a top-level `name` is `/name` (AWS treats `name` and `/name` as one
 //! parameter). Names are case-sensitive, `A-Za-z0-9_.-` in at most 15 `/`-separated
 //! segments; empty, `.` and `..` segments are refused, as are ARNs and `name:version`
-//! (anything with `:`: the version goes in `remoteRef.version`). The version is a number
+//! (anything with `:`: the version goes in `remoteRef.version`), and names whose first
+//! segment starts with `aws` or `ssm` in any case (reserved by AWS:
+//! `/aws/reference/secretsmanager/<id>` reads a Secrets Manager secret). The version is a number
 //! (no leading zeros) or a label.
 //!
 //! `find` lists names with DescribeParameters (filters: `Path` recursive, `tag:<key>`
@@ -14,7 +16,7 @@
 
 use serde_json::{Value, json};
 
-use super::{Service, check_name_text};
+use super::{Service, check_name_text, different_secret};
 use crate::providers::{FindRequest, ProviderError};
 
 /// Longest parameter name (AWS: 1011 characters).
@@ -29,6 +31,16 @@ const PAGE_SIZE: u32 = 50;
 /// Parameter Store, as a [`Service`] of the `aws` store.
 pub(super) struct ParameterStore;
 
+/// Whether a first path segment is one AWS reserves: parameter names may not start with
+/// `aws` or `ssm` in any case. What lives there is not a parameter of this account:
+/// `/aws/reference/secretsmanager/<id>` makes GetParameter answer a *Secrets Manager*
+/// secret (so a decision on a Parameter Store key would read another store's secret), and
+/// `/aws/service/…` are AWS's public parameters. All of them are refused.
+fn reserved(first_segment: &str) -> bool {
+    let head = first_segment.as_bytes().get(..3).unwrap_or_default();
+    head.eq_ignore_ascii_case(b"aws") || head.eq_ignore_ascii_case(b"ssm")
+}
+
 /// The canonical (fully qualified) name of `key`: see the module doc.
 fn canonical_name(key: &str, what: &str) -> Result<String, ProviderError> {
     check_name_text(
@@ -39,6 +51,13 @@ fn canonical_name(key: &str, what: &str) -> Result<String, ProviderError> {
         "_.-/",
     )?;
     let bad = |why: &str| Err(ProviderError::InvalidRequest(format!("{what} {why}")));
+    // Before the other rules, so `aws/x` says why too.
+    let first = key.strip_prefix('/').unwrap_or(key);
+    if reserved(first.split('/').next().unwrap_or_default()) {
+        return bad(
+            "starts with aws or ssm, which are reserved by AWS (/aws/reference/secretsmanager/… reads a Secrets Manager secret); read Secrets Manager secrets through a SecretsManager store",
+        );
+    }
     let full = if key.starts_with('/') {
         key.to_string()
     } else if key.contains('/') {
@@ -101,6 +120,40 @@ impl Service for ParameterStore {
                 "AWS answered GetParameter without a value".into(),
             )),
         }
+    }
+
+    /// The answer's `Parameter.Name` canonicalizes to the name asked (AWS may answer a
+    /// top-level `/name` as `name`, or a name with its `:version` selector); with a
+    /// numeric version, a `Parameter.Version` in the answer is that number.
+    fn check_answer(
+        answer: &Value,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<(), ProviderError> {
+        let parameter = answer.get("Parameter");
+        let answered = parameter
+            .and_then(|p| p.get("Name"))
+            .and_then(Value::as_str);
+        let Some(answered) = answered else {
+            return Err(different_secret());
+        };
+        let answered = match version {
+            Some(v) => answered
+                .strip_suffix(v)
+                .and_then(|a| a.strip_suffix(':'))
+                .unwrap_or(answered),
+            None => answered,
+        };
+        if canonical_name(answered, "name").ok().as_deref() != Some(name) {
+            return Err(different_secret());
+        }
+        if let Some(v) = version.filter(|v| v.bytes().all(|b| b.is_ascii_digit()))
+            && let Some(got) = parameter.and_then(|p| p.get("Version"))
+            && got.as_u64().map(|n| n.to_string()).as_deref() != Some(v)
+        {
+            return Err(different_secret());
+        }
+        Ok(())
     }
 
     /// The canonical version: a decimal number without leading zeros, or a label (letters,
@@ -207,6 +260,92 @@ mod tests {
                     Err(ProviderError::InvalidRequest(_))
                 ),
                 "{key}"
+            );
+        }
+    }
+
+    #[test]
+    fn names_aws_reserves_are_refused() {
+        // `/aws/reference/secretsmanager/<id>` would read a Secrets Manager secret through
+        // GetParameter; `aws*` and `ssm*` first segments are AWS's, in any case.
+        for key in [
+            "/aws/reference/secretsmanager/db",
+            "/AWS/reference/secretsmanager/db",
+            "/aws/service/global-infrastructure/regions",
+            "/ssm/x",
+            "/SSMx/y",
+            "/awsome/x",
+            "aws",
+            "ssm",
+            "aws/x",
+            "AWS-db",
+        ] {
+            let err = canonical_name(key, "key").unwrap_err();
+            assert!(
+                matches!(&err, ProviderError::InvalidRequest(m) if m.contains("reserved by AWS")),
+                "{key}: {err}"
+            );
+        }
+        for path in [
+            "/aws",
+            "/aws/",
+            "/aws/reference",
+            "/Ssm/x",
+            "/aws/reference/secretsmanager",
+        ] {
+            let err = ParameterStore::canonical_path(path).unwrap_err();
+            assert!(err.to_string().contains("reserved by AWS"), "{path}: {err}");
+        }
+        // Other names that merely contain the letters are parameters like any other.
+        for key in ["/app/aws/db", "/my-aws", "/x/ssm", "db-aws"] {
+            assert!(canonical_name(key, "key").is_ok(), "{key}");
+        }
+        // A listed reserved name (DescribeParameters never lists them, but an answer may)
+        // has no canonical key, so a find leaves it out.
+        assert_eq!(
+            ParameterStore::matching_name(
+                &json!({"Name": "/aws/reference/secretsmanager/db"}),
+                &FindRequest::default(),
+                None
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn answers_must_be_for_the_parameter_asked() {
+        let answer = |name: &str, version: u64| json!({"Parameter": {"Name": name, "Value": "v", "Version": version}});
+        let check =
+            |a: &Value, name: &str, v: Option<&str>| ParameterStore::check_answer(a, name, v);
+        for (a, name, v) in [
+            (answer("/app/db", 3), "/app/db", None),
+            (answer("db", 1), "/db", None),
+            (answer("/app/db", 3), "/app/db", Some("3")),
+            (answer("/app/db:3", 3), "/app/db", Some("3")),
+            (answer("/app/db:blue", 7), "/app/db", Some("blue")),
+            (answer("/app/db", 7), "/app/db", Some("blue")),
+            (
+                json!({"Parameter": {"Name": "/app/db", "Value": "v"}}),
+                "/app/db",
+                Some("3"),
+            ),
+        ] {
+            assert_eq!(check(&a, name, v), Ok(()), "{a} {name} {v:?}");
+        }
+        for (a, name, v) in [
+            (answer("/app/admin", 3), "/app/db", None),
+            (answer("/App/db", 3), "/app/db", None),
+            (answer("/app/db:3", 3), "/app/db", None),
+            (answer("/app/db:4", 4), "/app/db", Some("3")),
+            (answer("/app/db", 4), "/app/db", Some("3")),
+            (answer("/aws/reference/secretsmanager/db", 1), "/db", None),
+            (json!({"Parameter": {"Value": "v"}}), "/app/db", None),
+            (json!({"Name": "/app/db", "Value": "v"}), "/app/db", None),
+        ] {
+            assert_eq!(
+                check(&a, name, v),
+                Err(different_secret()),
+                "{a} {name} {v:?}"
             );
         }
     }

@@ -12,7 +12,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde_json::{Value, json};
 
-use super::{Service, check_name_text};
+use super::{Service, check_name_text, different_secret};
 use crate::providers::{FindRequest, ProviderError};
 
 /// Longest secret name Secrets Manager allows.
@@ -114,6 +114,30 @@ impl Service for SecretsManager {
         Err(ProviderError::Backend(
             "AWS answered GetSecretValue without a value".into(),
         ))
+    }
+
+    /// The answer's `Name` is the name asked; with a version id its `VersionId` is that id,
+    /// with a staging label (none: `AWSCURRENT`) its `VersionStages` hold the label.
+    fn check_answer(
+        answer: &Value,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<(), ProviderError> {
+        if answer.get("Name").and_then(Value::as_str) != Some(name) {
+            return Err(different_secret());
+        }
+        let stages = answer.get("VersionStages").and_then(Value::as_array);
+        let has_stage =
+            |stage: &str| stages.is_some_and(|s| s.iter().any(|v| v.as_str() == Some(stage)));
+        let ok = match version {
+            // AWS's default is the current version; an answer without stages is accepted.
+            None => stages.is_none() || has_stage(CURRENT),
+            Some(v) => match v.strip_prefix(UUID_PREFIX) {
+                Some(id) => answer.get("VersionId").and_then(Value::as_str) == Some(id),
+                None => has_stage(v),
+            },
+        };
+        if ok { Ok(()) } else { Err(different_secret()) }
     }
 
     /// The ListSecrets filters of a canonical find: the name prefix and as many tag filters as
@@ -287,6 +311,44 @@ mod tests {
                 None,
                 "{why}"
             );
+        }
+    }
+
+    #[test]
+    fn answers_must_be_for_the_secret_asked() {
+        let id = "a1b2c3d4-5678-90ab-cdef-EXAMPLE11111";
+        let answer = json!({"Name": "team/db", "VersionId": id,
+            "VersionStages": ["AWSCURRENT", "blue"], "SecretString": "v"});
+        let check =
+            |a: &Value, name: &str, v: Option<&str>| SecretsManager::check_answer(a, name, v);
+        assert_eq!(check(&answer, "team/db", None), Ok(()));
+        assert_eq!(check(&answer, "team/db", Some("blue")), Ok(()));
+        assert_eq!(
+            check(&answer, "team/db", Some(&format!("uuid/{id}"))),
+            Ok(())
+        );
+        // No stages in the answer: only the current version is taken on trust.
+        assert_eq!(check(&json!({"Name": "team/db"}), "team/db", None), Ok(()));
+        let refused = Err(different_secret());
+        for (a, name, v) in [
+            (&answer, "team/admin", None),
+            (&answer, "Team/db", None),
+            (&json!({"SecretString": "v"}), "team/db", None),
+            (&json!({"Name": 1}), "team/db", None),
+            (&answer, "team/db", Some("AWSPREVIOUS")),
+            (
+                &answer,
+                "team/db",
+                Some("uuid/b1b2c3d4-5678-90ab-cdef-EXAMPLE11111"),
+            ),
+            (
+                &json!({"Name": "team/db", "VersionStages": ["AWSPREVIOUS"]}),
+                "team/db",
+                None,
+            ),
+            (&json!({"Name": "team/db"}), "team/db", Some("blue")),
+        ] {
+            assert_eq!(check(a, name, v), refused, "{a} {name} {v:?}");
         }
     }
 
