@@ -311,6 +311,58 @@ pub struct PolicyEngine {
     federations: HashMap<String, FederationShard>,
     policy_count: usize,
     cache: PolicyCache,
+    /// Decisions already made by this engine (its policies never change: a changed
+    /// Authorization or policy file builds a new engine, with an empty cache).
+    decisions: moka::sync::Cache<DecisionKey, Decision>,
+    /// Requests evaluated by Cedar (decision cache misses), for tests and diagnostics.
+    evaluations: std::sync::atomic::AtomicU64,
+}
+
+/// Decisions one engine remembers (least recently and frequently used go first). An entry
+/// is a few hundred bytes: about 8 MiB at most.
+pub const DECISION_CACHE_ENTRIES: u64 = 16 * 1024;
+
+/// Everything a decision depends on besides the policies: the Cedar request and its
+/// entities are built from this key alone ([`build_request`]), so two requests with equal
+/// keys are the same Cedar request, and the cache can never answer one with the other's
+/// decision. Anything a future request carries (context: time, source address…) must be a
+/// field here to reach Cedar at all.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct DecisionKey {
+    federation: String,
+    issuer: String,
+    subject: String,
+    namespace: String,
+    service_account: String,
+    service_account_uid: Option<String>,
+    pod_name: Option<String>,
+    pod_uid: Option<String>,
+    action: Action,
+    /// Canonical form ([`Resource::canonical`]).
+    resource: Resource,
+}
+
+impl DecisionKey {
+    fn new(identity: &Identity, action: Action, resource: Resource) -> Self {
+        DecisionKey {
+            federation: identity.federation.clone(),
+            issuer: identity.issuer.clone(),
+            subject: identity.subject.clone(),
+            namespace: identity.namespace.clone(),
+            service_account: identity.service_account.clone(),
+            service_account_uid: identity.service_account_uid.clone(),
+            pod_name: identity.pod_name.clone(),
+            pod_uid: identity.pod_uid.clone(),
+            action,
+            resource,
+        }
+    }
+}
+
+fn decision_cache() -> moka::sync::Cache<DecisionKey, Decision> {
+    moka::sync::Cache::builder()
+        .max_capacity(DECISION_CACHE_ENTRIES)
+        .build()
 }
 
 impl fmt::Debug for PolicyEngine {
@@ -344,6 +396,8 @@ impl PolicyEngine {
             federations: HashMap::new(),
             policy_count: 0,
             cache: PolicyCache::new(1),
+            decisions: decision_cache(),
+            evaluations: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -466,15 +520,51 @@ impl PolicyEngine {
         self.policy_count
     }
 
-    /// Decides one request, and logs and counts the decision.
+    /// Requests this engine evaluated with Cedar, i.e. not answered from its decision cache.
+    pub fn evaluations(&self) -> u64 {
+        self.evaluations.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Decides one request, and logs and counts the decision. A request equal in every
+    /// input to one this engine decided before (same principal, token attributes, action and
+    /// canonical resource: [`DecisionKey`]) gets that decision without evaluating again;
+    /// each decision is still logged and counted.
     pub fn decide(&self, identity: &Identity, action: Action, resource: &Resource) -> Decision {
         // Decided and logged in canonical form only (a ClusterGenerator under whatever
         // namespace a URL named is the one ClusterGenerator).
-        let resource = &*resource.canonical();
-        let decision = match build_request(identity, action, resource) {
-            Ok((request, entities)) => {
-                self.evaluate(identity, Scope::of(resource), &request, &entities)
+        let key = DecisionKey::new(identity, action, resource.canonical().into_owned());
+        let decision = match self.decisions.get(&key) {
+            Some(decision) => decision,
+            None => {
+                let decision = self.decide_uncached(&key);
+                self.decisions.insert(key.clone(), decision.clone());
+                decision
             }
+        };
+        let outcome = if decision.allowed { "allow" } else { "deny" };
+        tracing::info!(
+            target: "esi::decision",
+            federation = %identity.federation,
+            principal = %identity.subject,
+            action = %action,
+            resource = %key.resource,
+            decision = outcome,
+            policies = ?decision.policy_ids,
+        );
+        METRICS
+            .decisions
+            .with_label_values(&[action.as_str(), outcome])
+            .inc();
+        decision
+    }
+
+    /// Evaluates `key` with Cedar.
+    fn decide_uncached(&self, key: &DecisionKey) -> Decision {
+        self.evaluations
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (action, resource) = (key.action, &key.resource);
+        match build_request(key) {
+            Ok((request, entities)) => self.evaluate(key, Scope::of(resource), &request, &entities),
             Err(e) => {
                 tracing::warn!(
                     target: "esi::decision",
@@ -488,28 +578,13 @@ impl PolicyEngine {
                     policy_ids: Vec::new(),
                 }
             }
-        };
-        let outcome = if decision.allowed { "allow" } else { "deny" };
-        tracing::info!(
-            target: "esi::decision",
-            federation = %identity.federation,
-            principal = %identity.subject,
-            action = %action,
-            resource = %resource,
-            decision = outcome,
-            policies = ?decision.policy_ids,
-        );
-        METRICS
-            .decisions
-            .with_label_values(&[action.as_str(), outcome])
-            .inc();
-        decision
+        }
     }
 
     /// Evaluates the shards that can apply to this caller and combines them.
     fn evaluate(
         &self,
-        identity: &Identity,
+        identity: &DecisionKey,
         scope: Scope,
         request: &Request,
         entities: &Entities,
@@ -617,11 +692,8 @@ fn entity(
 
 /// The Cedar request and its (few) entities: principal + namespace + federation,
 /// resource (+ its store).
-fn build_request(
-    identity: &Identity,
-    action: Action,
-    resource: &Resource,
-) -> Result<(Request, Entities), RequestError> {
+fn build_request(key: &DecisionKey) -> Result<(Request, Entities), RequestError> {
+    let (identity, action, resource) = (key, key.action, &key.resource);
     if !action.applies_to(resource) {
         return Err(RequestError::Mismatch(action));
     }

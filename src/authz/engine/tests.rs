@@ -114,7 +114,9 @@ impl Tested {
 
     /// The flat, unsharded evaluation.
     fn reference_allows(&self, identity: &Identity, action: Action, resource: &Resource) -> bool {
-        let Ok((request, entities)) = build_request(identity, action, resource) else {
+        let Ok((request, entities)) =
+            build_request(&DecisionKey::new(identity, action, resource.clone()))
+        else {
             return false;
         };
         let response = self
@@ -797,8 +799,12 @@ when { 9223372036854775807 + 1 > 0 };
         }
     );
     // Plain Cedar skips the erroring forbid and would allow: that is the fail-open case.
-    let (request, entities) =
-        build_request(&prom, Action::Get, &key("vault-shared", "k")).expect("request");
+    let (request, entities) = build_request(&DecisionKey::new(
+        &prom,
+        Action::Get,
+        key("vault-shared", "k"),
+    ))
+    .expect("request");
     let raw = engine
         .authorizer
         .is_authorized(&request, &engine.flat, &entities);
@@ -1156,4 +1162,87 @@ fn compiled_policies_of_random_authorizations_validate() {
         compiled > 400,
         "the corpus compiled to {compiled} policies only"
     );
+}
+
+#[test]
+fn decisions_are_cached_per_engine_on_every_input_of_the_request() {
+    let text = r#"
+@id("web-1-only")
+permit (principal in Esi::Namespace::"beta/ops", action == Esi::Action::"get", resource)
+when { principal has podName && principal.podName == "web-1" && resource.store == "shared" };
+"#;
+    let engine = build_ok(&[], &[file("pods.cedar", text)]);
+    let mut web1 = identity("beta", ISSUER, "ops", "runner");
+    web1.pod_name = Some("web-1".into());
+    let mut web2 = web1.clone();
+    web2.pod_name = Some("web-2".into());
+
+    let first = engine.decide(&web1, Action::Get, &key("shared", "k"));
+    assert!(first.allowed);
+    assert_eq!(engine.evaluations(), 1);
+    // The same request again: the cached decision, not a second evaluation.
+    assert_eq!(
+        engine.decide(&web1, Action::Get, &key("shared", "k")),
+        first
+    );
+    assert_eq!(engine.evaluations(), 1);
+    // One attribute apart (the Pod), another key, another action: each evaluated anew,
+    // never answered with web-1's decision.
+    assert!(
+        !engine
+            .decide(&web2, Action::Get, &key("shared", "k"))
+            .allowed
+    );
+    assert!(
+        !engine
+            .decide(&web1, Action::Get, &key("other", "k"))
+            .allowed
+    );
+    assert!(!engine.decide(&web1, Action::Find, &store("shared")).allowed);
+    assert_eq!(engine.evaluations(), 4);
+    let mut uid = web1.clone();
+    uid.pod_uid = Some("another-pod-uid".into());
+    assert!(
+        engine
+            .decide(&uid, Action::Get, &key("shared", "k"))
+            .allowed
+    );
+    assert_eq!(engine.evaluations(), 5);
+
+    // A forbid added means a new engine: its own (empty) cache, the forbid applies at once.
+    let forbid = r#"
+@id("no-web")
+forbid (principal, action, resource) when { principal has podName && principal.podName like "web-*" };
+"#;
+    let guarded = build_ok(
+        &[],
+        &[file("pods.cedar", text), file("guard.cedar", forbid)],
+    );
+    let d = guarded.decide(&web1, Action::Get, &key("shared", "k"));
+    assert!(!d.allowed);
+    assert_eq!(d.policy_ids, ["no-web"]);
+    // The first engine is unchanged by the second.
+    assert!(
+        engine
+            .decide(&web1, Action::Get, &key("shared", "k"))
+            .allowed
+    );
+}
+
+#[test]
+fn the_decision_cache_is_bounded() {
+    let text = r#"
+permit (principal in Esi::Namespace::"beta/ops", action == Esi::Action::"get", resource);
+"#;
+    let engine = build_ok(&[], &[file("all.cedar", text)]);
+    let who = identity("beta", ISSUER, "ops", "runner");
+    for i in 0..(DECISION_CACHE_ENTRIES + 2_000) {
+        assert!(
+            engine
+                .decide(&who, Action::Get, &key("s", &format!("k{i}")))
+                .allowed
+        );
+    }
+    engine.decisions.run_pending_tasks();
+    assert!(engine.decisions.entry_count() <= DECISION_CACHE_ENTRIES);
 }
