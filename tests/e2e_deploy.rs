@@ -315,6 +315,10 @@ struct Case {
     kubernetes_source: bool,
     ledger: &'static str,
     replicas: Option<u64>,
+    /// `server.enabled` (default true).
+    server: bool,
+    /// `reconciler.enabled`: its replicas (None: not deployed).
+    reconciler: Option<u64>,
 }
 
 fn cases() -> Vec<Case> {
@@ -325,6 +329,8 @@ fn cases() -> Vec<Case> {
             kubernetes_source: true,
             ledger: "kubernetes",
             replicas: Some(2),
+            server: true,
+            reconciler: None,
         },
         Case {
             name: "postgres ledger",
@@ -332,6 +338,8 @@ fn cases() -> Vec<Case> {
             kubernetes_source: true,
             ledger: "postgres",
             replicas: Some(3),
+            server: true,
+            reconciler: None,
         },
         Case {
             name: "embedded ledger",
@@ -339,6 +347,8 @@ fn cases() -> Vec<Case> {
             kubernetes_source: true,
             ledger: "embedded",
             replicas: Some(1),
+            server: true,
+            reconciler: None,
         },
         Case {
             name: "directory source, embedded ledger",
@@ -347,6 +357,8 @@ fn cases() -> Vec<Case> {
             kubernetes_source: false,
             ledger: "embedded",
             replicas: Some(1),
+            server: true,
+            reconciler: None,
         },
         Case {
             name: "directory source, kubernetes ledger",
@@ -354,6 +366,8 @@ fn cases() -> Vec<Case> {
             kubernetes_source: false,
             ledger: "kubernetes",
             replicas: Some(2),
+            server: true,
+            reconciler: None,
         },
         Case {
             name: "cert-manager, autoscaling, PodMonitor, per-namespace Secrets, mTLS, hard anti-affinity, extra flags",
@@ -369,6 +383,43 @@ fn cases() -> Vec<Case> {
             kubernetes_source: true,
             ledger: "kubernetes",
             replicas: None,
+            server: true,
+            reconciler: None,
+        },
+        Case {
+            name: "reconciler beside the server",
+            values: serde_json::json!({"reconciler": {"enabled": true}}),
+            kubernetes_source: true,
+            ledger: "kubernetes",
+            replicas: Some(2),
+            server: true,
+            reconciler: Some(2),
+        },
+        Case {
+            name: "reconciler alone (client cluster): one replica, rollout, given issuers, no discovery, PodMonitor, own image",
+            values: serde_json::json!({"server": {"enabled": false},
+                "reconciler": {"enabled": true, "replicaCount": 1, "controllerClass": "esi",
+                    "image": {"repository": "reg.example.com/esi", "digest": "sha256:0123"},
+                    "apiServerIssuers": ["https://old.example.com", "https://new.example.com"],
+                    "apiServerAudiences": ["https://kubernetes.default.svc", "extra"],
+                    "leaderElection": {"name": "esi-rec"},
+                    "rbac": {"rollout": true, "issuerDiscovery": false},
+                    "metrics": {"podMonitor": {"enabled": true}}}}),
+            kubernetes_source: true,
+            ledger: "kubernetes",
+            replicas: None,
+            server: false,
+            reconciler: Some(1),
+        },
+        Case {
+            name: "reconciler without metrics, webhook, no server",
+            values: serde_json::json!({"server": {"enabled": false}, "webhook": {"enabled": true},
+                "reconciler": {"enabled": true, "replicaCount": 3, "metrics": {"enabled": false}}}),
+            kubernetes_source: true,
+            ledger: "kubernetes",
+            replicas: None,
+            server: false,
+            reconciler: Some(3),
         },
     ]
 }
@@ -398,20 +449,11 @@ fn selects(selector: &Value, labels: &Value) -> bool {
     !want.is_empty() && want.iter().all(|(k, v)| &labels[k] == v)
 }
 
-/// The Deployment's problems, as sentences (empty: none).
-fn deployment_problems(docs: &[Value], case: &Case) -> Vec<String> {
+/// A Pod template's confinement problems, as sentences (empty: none): non-root, seccomp
+/// `RuntimeDefault`, and for every container a read-only root filesystem, no privilege
+/// escalation, every capability dropped, requests and a memory limit.
+fn pod_problems(pod: &Value) -> Vec<String> {
     let mut p = Vec::new();
-    let deployments = of_kind(docs, "Deployment");
-    if deployments.len() != 1 {
-        return vec![format!("{} Deployments", deployments.len())];
-    }
-    let d = deployments[0];
-    let spec = &d["spec"];
-    let pod = &spec["template"]["spec"];
-    let labels = &spec["template"]["metadata"]["labels"];
-    if !selects(&spec["selector"], labels) {
-        p.push("the Deployment's selector does not select its Pods".into());
-    }
     let psc = &pod["securityContext"];
     if psc["runAsNonRoot"] != true {
         p.push("pod: runAsNonRoot is not true".into());
@@ -421,6 +463,16 @@ fn deployment_problems(docs: &[Value], case: &Case) -> Vec<String> {
     }
     if psc["seccompProfile"]["type"] != "RuntimeDefault" {
         p.push("pod: seccomp is not RuntimeDefault".into());
+    }
+    for field in ["hostNetwork", "hostPID", "hostIPC"] {
+        if pod[field] == true {
+            p.push(format!("pod: {field}"));
+        }
+    }
+    for v in pod["volumes"].as_array().cloned().unwrap_or_default() {
+        if !v["hostPath"].is_null() {
+            p.push(format!("pod: hostPath volume {}", v["name"]));
+        }
     }
     let containers = pod["containers"].as_array().cloned().unwrap_or_default();
     for c in &containers {
@@ -453,6 +505,25 @@ fn deployment_problems(docs: &[Value], case: &Case) -> Vec<String> {
             ));
         }
     }
+    p
+}
+
+/// The Deployment's problems, as sentences (empty: none).
+fn deployment_problems(docs: &[Value], case: &Case) -> Vec<String> {
+    let mut p = Vec::new();
+    let deployments = of_kind(docs, "Deployment");
+    if deployments.len() != 1 {
+        return vec![format!("{} Deployments", deployments.len())];
+    }
+    let d = deployments[0];
+    let spec = &d["spec"];
+    let pod = &spec["template"]["spec"];
+    let labels = &spec["template"]["metadata"]["labels"];
+    if !selects(&spec["selector"], labels) {
+        p.push("the Deployment's selector does not select its Pods".into());
+    }
+    p.extend(pod_problems(pod));
+    let containers = pod["containers"].as_array().cloned().unwrap_or_default();
     let Some(server) = containers.iter().find(|c| c["name"] == "esi-server") else {
         p.push("no esi-server container".into());
         return p;
@@ -848,6 +919,574 @@ fn rbac_problems(docs: &[Value], case: &Case) -> Vec<String> {
     p
 }
 
+/// The component a rendered object belongs to: its `app.kubernetes.io/component` label
+/// (`webhook`, `reconciler`), else `server`.
+fn component(doc: &Value) -> &str {
+    doc["metadata"]["labels"]["app.kubernetes.io/component"]
+        .as_str()
+        .unwrap_or("server")
+}
+
+fn of_component(docs: &[Value], name: &str) -> Vec<Value> {
+    docs.iter()
+        .filter(|d| component(d) == name)
+        .cloned()
+        .collect()
+}
+
+/// Built-in ClusterRoles the chart may bind without shipping them: the reconciler's
+/// issuer discovery (GET `/.well-known/openid-configuration` only).
+const BUILTIN_ROLES: [&str; 1] = ["system:service-account-issuer-discovery"];
+
+/// Problems of every workload and every RBAC object of the chart, whichever component
+/// (the server's get more in [`deployment_problems`] and [`rbac_problems`]): each
+/// Deployment's Pods confined ([`pod_problems`]); no role with a wildcard, a non-resource
+/// URL, a verb that escalates (`escalate`, `bind`, `impersonate`, `deletecollection`) or any
+/// right on RBAC objects, ServiceAccounts, Pods or nodes; every role bound, every binding to a role of the
+/// chart (or [`BUILTIN_ROLES`]) and to ServiceAccounts of the chart only, none of which mounts
+/// its token by default.
+fn generic_problems(docs: &[Value]) -> Vec<String> {
+    let mut p = Vec::new();
+    for d in of_kind(docs, "Deployment") {
+        if component(d) != "server" {
+            for problem in pod_problems(&d["spec"]["template"]["spec"]) {
+                p.push(format!("Deployment {}: {problem}", d["metadata"]["name"]));
+            }
+        }
+    }
+    let accounts: Vec<(Value, Value)> = of_kind(docs, "ServiceAccount")
+        .into_iter()
+        .map(|a| {
+            if a["automountServiceAccountToken"] != false {
+                p.push(format!(
+                    "ServiceAccount {} mounts its token everywhere",
+                    a["metadata"]["name"]
+                ));
+            }
+            (
+                a["metadata"]["name"].clone(),
+                a["metadata"]["namespace"].clone(),
+            )
+        })
+        .collect();
+    let roles: Vec<&Value> = docs
+        .iter()
+        .filter(|d| d["kind"] == "ClusterRole" || d["kind"] == "Role")
+        .collect();
+    let bindings: Vec<&Value> = docs
+        .iter()
+        .filter(|d| d["kind"] == "ClusterRoleBinding" || d["kind"] == "RoleBinding")
+        .collect();
+    let forbidden_resources = [
+        "roles",
+        "clusterroles",
+        "rolebindings",
+        "clusterrolebindings",
+        "serviceaccounts",
+        "pods",
+        "pods/exec",
+        "nodes",
+        "certificatesigningrequests",
+        "mutatingwebhookconfigurations",
+        "validatingwebhookconfigurations",
+        "customresourcedefinitions",
+    ];
+    for role in &roles {
+        let kind = role["kind"].as_str().unwrap_or("");
+        let name = &role["metadata"]["name"];
+        for rule in role["rules"].as_array().cloned().unwrap_or_default() {
+            for field in [
+                "apiGroups",
+                "resources",
+                "verbs",
+                "resourceNames",
+                "nonResourceURLs",
+            ] {
+                if strs(&rule[field]).iter().any(|s| s.contains('*')) {
+                    p.push(format!("{kind} {name}: a wildcard in {field}: {rule}"));
+                }
+            }
+            if !rule["nonResourceURLs"].is_null() {
+                p.push(format!("{kind} {name}: nonResourceURLs"));
+            }
+            for v in strs(&rule["verbs"]) {
+                if ["escalate", "bind", "impersonate", "deletecollection"].contains(&v.as_str()) {
+                    p.push(format!("{kind} {name}: verb {v}"));
+                }
+            }
+            for r in strs(&rule["resources"]) {
+                if forbidden_resources.contains(&r.as_str()) {
+                    p.push(format!("{kind} {name}: rights on {r}"));
+                }
+            }
+        }
+        let bound = bindings.iter().any(|b| {
+            b["roleRef"]["kind"] == kind
+                && &b["roleRef"]["name"] == name
+                && (kind == "ClusterRole"
+                    || b["metadata"]["namespace"] == role["metadata"]["namespace"])
+        });
+        if !bound {
+            p.push(format!("{kind} {name} is bound to nothing"));
+        }
+    }
+    for b in &bindings {
+        let r = &b["roleRef"];
+        let ours = roles.iter().any(|role| {
+            role["kind"] == r["kind"]
+                && role["metadata"]["name"] == r["name"]
+                && (r["kind"] == "ClusterRole"
+                    || role["metadata"]["namespace"] == b["metadata"]["namespace"])
+        });
+        let builtin = r["kind"] == "ClusterRole"
+            && r["name"]
+                .as_str()
+                .is_some_and(|n| BUILTIN_ROLES.contains(&n));
+        if !ours && !builtin {
+            let str_of = |v: &Value| v.as_str().unwrap_or("?").to_string();
+            p.push(format!(
+                "{} {} binds {} {:?}, which the chart does not ship",
+                str_of(&b["kind"]),
+                str_of(&b["metadata"]["name"]),
+                str_of(&r["kind"]),
+                str_of(&r["name"])
+            ));
+        }
+        for s in b["subjects"].as_array().cloned().unwrap_or_default() {
+            let known = s["kind"] == "ServiceAccount"
+                && accounts
+                    .iter()
+                    .any(|(n, ns)| &s["name"] == n && &s["namespace"] == ns);
+            if !known {
+                p.push(format!(
+                    "{} {}: subject {s} is not a ServiceAccount of the chart",
+                    b["kind"], b["metadata"]["name"]
+                ));
+            }
+        }
+    }
+    p
+}
+
+/// (scope, group, resource) → (verbs, resourceNames): what `docs`' roles grant the
+/// ServiceAccount `sa` (in `sa_ns`), through the bindings in `docs`; the scope is
+/// `cluster` or the Role's namespace. A rule's `resourceNames` are kept per verb set.
+type Grants = std::collections::BTreeMap<(String, String, String), Vec<(Vec<String>, Vec<String>)>>;
+
+fn grants(docs: &[Value], sa: &Value, sa_ns: &Value) -> Grants {
+    let mut out = Grants::new();
+    for b in docs
+        .iter()
+        .filter(|d| d["kind"] == "ClusterRoleBinding" || d["kind"] == "RoleBinding")
+    {
+        let to_sa = b["subjects"].as_array().is_some_and(|s| {
+            s.iter().any(|s| {
+                s["kind"] == "ServiceAccount" && &s["name"] == sa && &s["namespace"] == sa_ns
+            })
+        });
+        if !to_sa {
+            continue;
+        }
+        let r = &b["roleRef"];
+        let Some(role) = docs.iter().find(|d| {
+            d["kind"] == r["kind"]
+                && d["metadata"]["name"] == r["name"]
+                && (r["kind"] == "ClusterRole"
+                    || d["metadata"]["namespace"] == b["metadata"]["namespace"])
+        }) else {
+            continue;
+        };
+        // A ClusterRole bound by a RoleBinding grants only in that namespace.
+        let scope = if b["kind"] == "ClusterRoleBinding" {
+            "cluster".to_string()
+        } else {
+            b["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        };
+        for rule in role["rules"].as_array().cloned().unwrap_or_default() {
+            let mut verbs = strs(&rule["verbs"]);
+            verbs.sort();
+            let names = strs(&rule["resourceNames"]);
+            for g in strs(&rule["apiGroups"]) {
+                for res in strs(&rule["resources"]) {
+                    out.entry((scope.clone(), g.clone(), res))
+                        .or_default()
+                        .push((verbs.clone(), names.clone()));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The verbs `grants` holds for one (scope, group, resource), any resource name, sorted
+/// and deduplicated.
+fn verbs_of(g: &Grants, scope: &str, group: &str, resource: &str) -> Vec<String> {
+    let mut v: Vec<String> = g
+        .get(&(scope.into(), group.into(), resource.into()))
+        .map(|rules| rules.iter().flat_map(|(v, _)| v.clone()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// The reconciler's problems (`reconciler.enabled`, docs/reconciler.md), as sentences:
+/// one Deployment of `esi-server reconcile --kubernetes` under its own ServiceAccount
+/// (token mounted: it uses the API), with the Lease's namespace and its identity from the
+/// downward API, the flags its values give, no probe (it serves no health endpoint), its
+/// metrics port and PodMonitor wired, a PodDisruptionBudget and spreading when it has more
+/// than one replica; and its RBAC exactly what "RBAC it needs" lists, the Lease in the
+/// release namespace only.
+fn reconciler_problems(docs: &[Value], all: &[Value], case: &Case) -> Vec<String> {
+    let mut p = Vec::new();
+    let v = &case.values["reconciler"];
+    let deployments = of_kind(docs, "Deployment");
+    let [d] = deployments.as_slice() else {
+        return vec![format!("{} reconciler Deployments", deployments.len())];
+    };
+    let ns = d["metadata"]["namespace"].clone();
+    let spec = &d["spec"];
+    let pod = &spec["template"]["spec"];
+    let labels = &spec["template"]["metadata"]["labels"];
+    if !selects(&spec["selector"], labels) {
+        p.push("the reconciler's selector does not select its Pods".into());
+    }
+    // Never the server's or the webhook's Pods, nor they its.
+    for other in of_kind(all, "Deployment")
+        .into_iter()
+        .filter(|o| component(o) != "reconciler")
+    {
+        if selects(
+            &spec["selector"],
+            &other["spec"]["template"]["metadata"]["labels"],
+        ) || selects(&other["spec"]["selector"], labels)
+        {
+            p.push(format!(
+                "the reconciler's selector and {}'s overlap",
+                other["metadata"]["name"]
+            ));
+        }
+    }
+    for kind in ["Service", "PodDisruptionBudget", "PodMonitor"] {
+        for o in of_kind(all, kind)
+            .into_iter()
+            .filter(|o| component(o) != "reconciler")
+        {
+            if selects(&o["spec"]["selector"], labels) {
+                p.push(format!(
+                    "{kind} {} selects the reconciler",
+                    o["metadata"]["name"]
+                ));
+            }
+        }
+    }
+    if spec["replicas"].as_u64() != case.reconciler {
+        p.push(format!("reconciler replicas {}", spec["replicas"]));
+    }
+    let containers = pod["containers"].as_array().cloned().unwrap_or_default();
+    let [c] = containers.as_slice() else {
+        p.push(format!("{} reconciler containers", containers.len()));
+        return p;
+    };
+    let args = strs(&c["args"]);
+    if args.first().map(String::as_str) != Some("reconcile")
+        || !args.iter().any(|a| a == "--kubernetes")
+    {
+        p.push(format!("not `esi-server reconcile --kubernetes`: {args:?}"));
+    }
+    let flag = |name: &str| -> Vec<String> {
+        args.iter()
+            .filter_map(|a| a.strip_prefix(&format!("{name}=")))
+            .map(str::to_string)
+            .collect()
+    };
+    let want_str = |value: &Value, default: &str| value.as_str().unwrap_or(default).to_string();
+    for (name, want) in [
+        (
+            "--leader-election-name",
+            vec![want_str(&v["leaderElection"]["name"], "esi-reconciler")],
+        ),
+        (
+            "--revocation-grace",
+            vec![want_str(&v["revocationGrace"], "5m")],
+        ),
+        ("--concurrency", vec!["4".to_string()]),
+        ("--backend-timeout", vec!["10s".to_string()]),
+        (
+            "--controller-class",
+            v["controllerClass"]
+                .as_str()
+                .map(str::to_string)
+                .into_iter()
+                .collect(),
+        ),
+        ("--api-server-issuer", strs(&v["apiServerIssuers"])),
+        (
+            "--api-server-audiences",
+            v["apiServerAudiences"]
+                .as_array()
+                .map(|_| strs(&v["apiServerAudiences"]).join(","))
+                .into_iter()
+                .collect(),
+        ),
+    ] {
+        if flag(name) != want {
+            p.push(format!("{name}: {:?}, want {want:?}", flag(name)));
+        }
+    }
+    for forbidden in ["--manifests", "--output", "--once", "--interval"] {
+        if !flag(forbidden).is_empty() || args.iter().any(|a| a == forbidden) {
+            p.push(format!("directory-mode flag {forbidden}"));
+        }
+    }
+    let image = c["image"].as_str().unwrap_or("");
+    let want_image = match v["image"]["repository"].as_str() {
+        Some(repo) => format!("{repo}@{}", v["image"]["digest"].as_str().unwrap_or("")),
+        None => "esi-federation:0.1.0".to_string(),
+    };
+    if image != want_image {
+        p.push(format!("reconciler image {image}, want {want_image}"));
+    }
+    let env = c["env"].as_array().cloned().unwrap_or_default();
+    for (name, field) in [
+        ("POD_NAME", "metadata.name"),
+        ("POD_NAMESPACE", "metadata.namespace"),
+    ] {
+        let e = env.iter().find(|e| e["name"] == name);
+        if e.map(|e| e["valueFrom"]["fieldRef"]["fieldPath"].clone()) != Some(field.into()) {
+            p.push(format!(
+                "reconciler: {name} is not the downward API's {field}"
+            ));
+        }
+    }
+    // It serves no health endpoint: no probe may name one.
+    for probe in ["startupProbe", "livenessProbe", "readinessProbe"] {
+        if !c[probe].is_null() {
+            p.push(format!("reconciler {probe}: {}", c[probe]));
+        }
+    }
+    if !c["volumeMounts"].is_null() || !pod["volumes"].is_null() {
+        p.push("the reconciler mounts volumes (it writes no file)".into());
+    }
+    // Metrics: the named port is the listener's; the PodMonitor scrapes it.
+    let metrics = v["metrics"]["enabled"] != false;
+    let listen = flag("--metrics-listen");
+    let ports = c["ports"].as_array().cloned().unwrap_or_default();
+    match (metrics, listen.as_slice(), ports.as_slice()) {
+        (false, [], []) => {}
+        (true, [addr], [port]) => {
+            if port["name"] != "metrics"
+                || Some(port["containerPort"].to_string())
+                    != addr.rsplit(':').next().map(str::to_string)
+            {
+                p.push(format!(
+                    "metrics port {port} is not --metrics-listen={addr}"
+                ));
+            }
+        }
+        other => p.push(format!("metrics {metrics}: {other:?}")),
+    }
+    let monitors = of_kind(docs, "PodMonitor");
+    if monitors.len() != usize::from(v["metrics"]["podMonitor"]["enabled"] == true) {
+        p.push(format!("{} reconciler PodMonitors", monitors.len()));
+    }
+    for m in monitors {
+        if !selects(&m["spec"]["selector"], labels)
+            || m["spec"]["podMetricsEndpoints"][0]["port"] != "metrics"
+        {
+            p.push("the reconciler's PodMonitor does not scrape its metrics port".into());
+        }
+    }
+    let pdbs = of_kind(docs, "PodDisruptionBudget");
+    let several = case.reconciler.unwrap_or(0) > 1;
+    if pdbs.len() != usize::from(several) {
+        p.push(format!("{} reconciler PodDisruptionBudgets", pdbs.len()));
+    }
+    for pdb in pdbs {
+        if !selects(&pdb["spec"]["selector"], labels) {
+            p.push("the reconciler's PodDisruptionBudget does not select its Pods".into());
+        }
+    }
+    if several && pod["affinity"]["podAntiAffinity"].is_null() {
+        p.push("several reconciler replicas and nothing spreads them".into());
+    }
+    // Its own ServiceAccount, token mounted by the Pod only.
+    if pod["automountServiceAccountToken"] != true {
+        p.push("the reconciler's Pod does not mount its token (it uses the API)".into());
+    }
+    let sa = pod["serviceAccountName"].clone();
+    let accounts = of_kind(docs, "ServiceAccount");
+    let [account] = accounts.as_slice() else {
+        p.push(format!("{} reconciler ServiceAccounts", accounts.len()));
+        return p;
+    };
+    if account["metadata"]["name"] != sa || account["metadata"]["namespace"] != ns {
+        p.push(format!(
+            "the reconciler runs as {sa}, not its own ServiceAccount"
+        ));
+    }
+    if of_kind(all, "Deployment").iter().any(|o| {
+        component(o) != "reconciler" && o["spec"]["template"]["spec"]["serviceAccountName"] == sa
+    }) {
+        p.push("another Deployment runs as the reconciler's ServiceAccount".into());
+    }
+    // RBAC: exactly the rights docs/reconciler.md lists, no more, no less.
+    p.extend(reconciler_rbac_problems(all, &sa, &ns, v));
+    p
+}
+
+/// What docs/reconciler.md ("RBAC it needs") lists, as (scope, group, resource, verbs);
+/// `ns` is the release namespace.
+fn reconciler_rights(ns: &str, v: &Value) -> Vec<(String, String, String, Vec<String>)> {
+    let mut want: Vec<(&str, &str, &str, &[&str])> = vec![
+        (
+            "cluster",
+            "external-secrets.io",
+            "externalsecrets",
+            &["get", "list", "patch", "watch"],
+        ),
+        (
+            "cluster",
+            "external-secrets.io",
+            "externalsecrets/status",
+            &["patch"],
+        ),
+        (
+            "cluster",
+            "external-secrets.io",
+            "secretstores",
+            &["get", "list", "watch"],
+        ),
+        (
+            "cluster",
+            "external-secrets.io",
+            "clustersecretstores",
+            &["get", "list", "watch"],
+        ),
+        (
+            "cluster",
+            "",
+            "secrets",
+            &[
+                "create", "delete", "get", "list", "patch", "update", "watch",
+            ],
+        ),
+        ("cluster", "", "configmaps", &["get", "list", "watch"]),
+        ("cluster", "", "namespaces", &["list", "watch"]),
+        ("cluster", "", "serviceaccounts/token", &["create"]),
+        ("cluster", "events.k8s.io", "events", &["create", "patch"]),
+        (
+            ns,
+            "coordination.k8s.io",
+            "leases",
+            &["create", "get", "update"],
+        ),
+    ];
+    let kinds = match v["rbac"]["generatorKinds"].as_array() {
+        Some(_) => strs(&v["rbac"]["generatorKinds"]),
+        None => [
+            "fakes",
+            "passwords",
+            "uuids",
+            "sshkeys",
+            "vaultdynamicsecrets",
+            "stssessiontokens",
+            "ecrauthorizationtokens",
+            "webhooks",
+            "federations",
+            "clustergenerators",
+        ]
+        .map(String::from)
+        .to_vec(),
+    };
+    if v["rbac"]["rollout"] == true {
+        for r in ["deployments", "statefulsets", "daemonsets"] {
+            want.push(("cluster", "apps", r, &["get", "list", "patch"]));
+        }
+    }
+    let mut out: Vec<(String, String, String, Vec<String>)> = want
+        .into_iter()
+        .map(|(s, g, r, v)| {
+            (
+                s.to_string(),
+                g.to_string(),
+                r.to_string(),
+                v.iter().map(|x| x.to_string()).collect(),
+            )
+        })
+        .collect();
+    for k in kinds {
+        out.push((
+            "cluster".into(),
+            "generators.external-secrets.io".into(),
+            k,
+            vec!["get".into(), "list".into(), "watch".into()],
+        ));
+    }
+    out.sort();
+    out
+}
+
+fn reconciler_rbac_problems(all: &[Value], sa: &Value, ns: &Value, v: &Value) -> Vec<String> {
+    let mut p = Vec::new();
+    let ns_str = ns.as_str().unwrap_or("");
+    let g = grants(all, sa, ns);
+    let mut have: Vec<(String, String, String, Vec<String>)> = g
+        .keys()
+        .map(|(s, gr, r)| (s.clone(), gr.clone(), r.clone(), verbs_of(&g, s, gr, r)))
+        .collect();
+    have.sort();
+    let want = reconciler_rights(ns_str, v);
+    for w in &want {
+        if !have.contains(w) {
+            p.push(format!(
+                "reconciler: wanted {w:?}, granted {:?}",
+                have.iter().find(|h| h.0 == w.0 && h.1 == w.1 && h.2 == w.2)
+            ));
+        }
+    }
+    for h in &have {
+        if !want.contains(h) {
+            p.push(format!(
+                "reconciler: granted {h:?}, which docs/reconciler.md does not list"
+            ));
+        }
+    }
+    // The Lease: in the release namespace only, and its get/update limited to its name.
+    for ((scope, group, resource), rules) in &g {
+        if group == "coordination.k8s.io" && resource == "leases" {
+            if scope != ns_str {
+                p.push(format!("reconciler: leases granted at scope {scope}"));
+            }
+            let name = v["leaderElection"]["name"]
+                .as_str()
+                .unwrap_or("esi-reconciler");
+            for (verbs, names) in rules {
+                if *verbs != ["create"] && *names != [name] {
+                    p.push(format!(
+                        "reconciler: leases {verbs:?} not limited to {name}: {names:?}"
+                    ));
+                }
+            }
+        }
+    }
+    // Issuer discovery: Kubernetes' own ClusterRole, bound iff reconciler.rbac.issuerDiscovery.
+    let discovery = all.iter().any(|b| {
+        b["kind"] == "ClusterRoleBinding"
+            && b["roleRef"]["name"] == "system:service-account-issuer-discovery"
+            && b["subjects"]
+                .as_array()
+                .is_some_and(|s| s.iter().any(|s| &s["name"] == sa && &s["namespace"] == ns))
+    });
+    if discovery != (v["rbac"]["issuerDiscovery"] != false) {
+        p.push(format!("reconciler: issuer discovery bound: {discovery}"));
+    }
+    p
+}
+
 #[test]
 fn the_chart_renders_safely_for_each_source_ledger_and_tls_choice() {
     if !helm_available() {
@@ -855,8 +1494,26 @@ fn the_chart_renders_safely_for_each_source_ledger_and_tls_choice() {
     }
     for case in cases() {
         let docs = render(&case.values);
-        let mut problems = deployment_problems(&docs, &case);
-        problems.extend(rbac_problems(&docs, &case));
+        let server = of_component(&docs, "server");
+        let mut problems = generic_problems(&docs);
+        if case.server {
+            problems.extend(deployment_problems(&server, &case));
+            problems.extend(rbac_problems(&server, &case));
+        } else if !server.is_empty() {
+            problems.push(format!(
+                "server.enabled=false, yet {} server objects",
+                server.len()
+            ));
+        }
+        let reconciler = of_component(&docs, "reconciler");
+        if case.reconciler.is_some() {
+            problems.extend(reconciler_problems(&reconciler, &docs, &case));
+        } else if !reconciler.is_empty() {
+            problems.push(format!(
+                "{} reconciler objects, not enabled",
+                reconciler.len()
+            ));
+        }
         assert!(problems.is_empty(), "{}: {problems:#?}", case.name);
         // Every document is a whole Kubernetes object.
         for d in &docs {
@@ -888,6 +1545,8 @@ fn the_checks_catch_a_wildcard_an_unconfined_container_and_a_secret_write() {
         kubernetes_source: true,
         ledger: "kubernetes",
         replicas: Some(2),
+        server: true,
+        reconciler: None,
     };
     let mut docs = render(&case.values);
     for d in docs.iter_mut().filter(|d| d["kind"] == "ClusterRole") {
@@ -923,6 +1582,89 @@ fn the_checks_catch_a_wildcard_an_unconfined_container_and_a_secret_write() {
         has("authorizedidentities.federation.external-secrets.io (cluster): verb delete"),
         "{problems:#?}"
     );
+}
+
+/// The reconciler's checks fail on RBAC that is wrong: a right docs/reconciler.md does
+/// not list, a listed one missing, the Lease granted cluster-wide, an escalating verb, a
+/// binding to a role the chart does not ship, and a container left unconfined.
+#[test]
+fn the_reconciler_checks_catch_extra_rights_a_cluster_lease_and_an_unconfined_container() {
+    if !helm_available() {
+        return;
+    }
+    let case = Case {
+        name: "broken reconciler",
+        values: serde_json::json!({"server": {"enabled": false}, "reconciler": {"enabled": true}}),
+        kubernetes_source: true,
+        ledger: "kubernetes",
+        replicas: None,
+        server: false,
+        reconciler: Some(2),
+    };
+    let docs = render(&case.values);
+    let ok = [
+        generic_problems(&docs),
+        reconciler_problems(&of_component(&docs, "reconciler"), &docs, &case),
+    ]
+    .concat();
+    assert!(ok.is_empty(), "{ok:#?}");
+    let mut docs = docs;
+    for d in docs.iter_mut() {
+        if d["kind"] == "ClusterRole" {
+            let rules = d["rules"].as_array_mut().unwrap();
+            // Secrets without delete, plus deletecollection; leases cluster-wide; RBAC objects.
+            for r in rules.iter_mut() {
+                if r["resources"] == serde_json::json!(["secrets"]) {
+                    r["verbs"] = serde_json::json!([
+                        "get",
+                        "list",
+                        "watch",
+                        "create",
+                        "update",
+                        "patch",
+                        "deletecollection"
+                    ]);
+                }
+            }
+            rules.push(serde_json::json!({"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "update"]}));
+            rules.push(serde_json::json!({"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["clusterroles"], "verbs": ["escalate"]}));
+        }
+        if d["kind"] == "Role" {
+            d["rules"][1]["resourceNames"] = serde_json::json!([]);
+        }
+        if d["kind"] == "ClusterRoleBinding"
+            && d["roleRef"]["name"] == "system:service-account-issuer-discovery"
+        {
+            d["roleRef"]["name"] = "cluster-admin".into();
+        }
+        if d["kind"] == "Deployment" {
+            d["spec"]["template"]["spec"]["containers"][0]["securityContext"]["readOnlyRootFilesystem"] =
+                false.into();
+            d["spec"]["template"]["spec"]["containers"][0]["livenessProbe"] =
+                serde_json::json!({"httpGet": {"path": "/healthz", "port": 8080}});
+        }
+    }
+    let problems = [
+        generic_problems(&docs),
+        reconciler_problems(&of_component(&docs, "reconciler"), &docs, &case),
+    ]
+    .concat();
+    let has = |needle: &str| problems.iter().any(|p| p.contains(needle));
+    for needle in [
+        "verb deletecollection",
+        "verb escalate",
+        "rights on clusterroles",
+        "leases granted at scope cluster",
+        "not limited to esi-reconciler",
+        "which docs/reconciler.md does not list",
+        "wanted (\"cluster\", \"\", \"secrets\"",
+        "binds ClusterRole \"cluster-admin\"",
+        "issuer discovery bound: false",
+        "root filesystem not read-only",
+        "reconciler livenessProbe",
+    ] {
+        assert!(has(needle), "{needle}: {problems:#?}");
+    }
 }
 
 #[test]
@@ -967,6 +1709,22 @@ fn values_that_cannot_work_fail_the_render_with_the_reason() {
         (
             serde_json::json!({"metrics": {"enabled": false, "podMonitor": {"enabled": true}}}),
             "needs metrics.enabled",
+        ),
+        (
+            serde_json::json!({"server": {"enabled": false}}),
+            "nothing to deploy",
+        ),
+        (
+            serde_json::json!({"reconciler": {"enabled": true, "concurrency": 0}}),
+            "reconciler.concurrency must be",
+        ),
+        (
+            serde_json::json!({"reconciler": {"enabled": true, "replicaCount": 0}}),
+            "reconciler.replicaCount must be",
+        ),
+        (
+            serde_json::json!({"reconciler": {"enabled": true, "metrics": {"enabled": false, "podMonitor": {"enabled": true}}}}),
+            "needs reconciler.metrics.enabled",
         ),
     ] {
         let set = values.to_string();

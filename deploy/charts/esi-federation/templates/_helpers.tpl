@@ -68,7 +68,7 @@ app.kubernetes.io/part-of: esi-federation
 {{- if not (has .Values.ledger.type (list "kubernetes" "postgres" "embedded")) -}}
 {{- fail (printf "ledger.type must be kubernetes, postgres or embedded, not %q" .Values.ledger.type) -}}
 {{- end -}}
-{{- if and (eq .Values.ledger.type "postgres") (not .Values.ledger.postgres.existingSecret) -}}
+{{- if and .Values.server.enabled (eq .Values.ledger.type "postgres") (not .Values.ledger.postgres.existingSecret) -}}
 {{- fail "ledger.type=postgres needs ledger.postgres.existingSecret: the name of a Secret holding the PostgreSQL URL (never put the URL in values)" -}}
 {{- end -}}
 {{- if and (eq .Values.ledger.type "embedded") .Values.autoscaling.enabled -}}
@@ -77,7 +77,7 @@ app.kubernetes.io/part-of: esi-federation
 {{- if not (has .Values.tls.source (list "secret" "certManager")) -}}
 {{- fail (printf "tls.source must be secret or certManager, not %q" .Values.tls.source) -}}
 {{- end -}}
-{{- if and (eq .Values.tls.source "certManager") (not .Values.tls.certManager.issuerRef.name) -}}
+{{- if and .Values.server.enabled (eq .Values.tls.source "certManager") (not .Values.tls.certManager.issuerRef.name) -}}
 {{- fail "tls.source=certManager needs tls.certManager.issuerRef.name" -}}
 {{- end -}}
 {{- if not (has .Values.podAntiAffinity (list "soft" "hard" "none")) -}}
@@ -99,6 +99,20 @@ app.kubernetes.io/part-of: esi-federation
 {{- end -}}
 {{- if and .Values.metrics.podMonitor.enabled (not .Values.metrics.enabled) -}}
 {{- fail "metrics.podMonitor.enabled needs metrics.enabled (the PodMonitor scrapes the plain-HTTP metrics port)" -}}
+{{- end -}}
+{{- if not (or .Values.server.enabled .Values.reconciler.enabled .Values.webhook.enabled) -}}
+{{- fail "server.enabled, reconciler.enabled and webhook.enabled are all false: nothing to deploy" -}}
+{{- end -}}
+{{- if .Values.reconciler.enabled -}}
+{{- if lt (int .Values.reconciler.replicaCount) 1 -}}
+{{- fail "reconciler.replicaCount must be at least 1" -}}
+{{- end -}}
+{{- if or (lt (int .Values.reconciler.concurrency) 1) (gt (int .Values.reconciler.concurrency) 256) -}}
+{{- fail "reconciler.concurrency must be between 1 and 256" -}}
+{{- end -}}
+{{- if and .Values.reconciler.metrics.podMonitor.enabled (not .Values.reconciler.metrics.enabled) -}}
+{{- fail "reconciler.metrics.podMonitor.enabled needs reconciler.metrics.enabled (the PodMonitor scrapes the reconciler's plain-HTTP metrics port)" -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
 
@@ -124,4 +138,44 @@ app.kubernetes.io/part-of: esi-federation
 
 {{- define "esi.webhookTlsSecretName" -}}
 {{- default (printf "%s-tls" (include "esi.webhookName" .)) .Values.webhook.tls.secretName -}}
+{{- end -}}
+
+{{/* The reconciler's names and labels (`esi-server reconcile --kubernetes`,
+docs/reconciler.md): its own app name, so that the server's selectors never match its Pods. */}}
+{{- define "esi.reconcilerName" -}}
+{{- printf "%s-reconciler" (include "esi.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "esi.reconcilerSelectorLabels" -}}
+app.kubernetes.io/name: {{ printf "%s-reconciler" (include "esi.name" .) | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "esi.reconcilerLabels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "esi.reconcilerSelectorLabels" . }}
+app.kubernetes.io/component: reconciler
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: esi-federation
+{{- end -}}
+
+{{- define "esi.reconcilerServiceAccountName" -}}
+{{- if .Values.reconciler.serviceAccount.create -}}
+{{- default (include "esi.reconcilerName" .) .Values.reconciler.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.reconciler.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The reconciler's image: `reconciler.image.*` where set, else the server's. */}}
+{{- define "esi.reconcilerImage" -}}
+{{- $i := .Values.reconciler.image -}}
+{{- if not $i.repository -}}
+{{- include "esi.image" . -}}
+{{- else if $i.digest -}}
+{{- printf "%s@%s" $i.repository $i.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $i.repository (default .Chart.AppVersion $i.tag) -}}
+{{- end -}}
 {{- end -}}
