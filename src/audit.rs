@@ -113,12 +113,27 @@ impl Sink {
         match self {
             Sink::Writer(w) => w.write_all(text).and_then(|()| w.flush()).is_ok(),
             Sink::File { file, .. } => {
-                let before = file.metadata().map(|m| m.len());
-                let written = file.write_all(text).and_then(|()| file.flush()).is_ok();
-                if !written && let Ok(len) = before {
-                    let _ = file.set_len(len);
+                // One `write` per line in the usual case; the file's length is asked only
+                // after a failure, to cut off what part of this line did land (the file is
+                // appended to by this process only, under the sink's lock).
+                let mut landed = 0;
+                while landed < text.len() {
+                    match file.write(&text[landed..]) {
+                        Ok(0) => break,
+                        Ok(n) => landed += n,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(_) => break,
+                    }
                 }
-                written
+                if landed == text.len() {
+                    return true;
+                }
+                if landed > 0
+                    && let Ok(len) = file.metadata().map(|m| m.len())
+                {
+                    let _ = file.set_len(len.saturating_sub(landed as u64));
+                }
+                false
             }
         }
     }
