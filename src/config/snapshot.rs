@@ -1658,7 +1658,6 @@ mod tests {
             Vec::<&str>::new(),
             "the late store is built now, and kept"
         );
-        drop(step);
         assert_eq!(prev.stores["late"].kind(), "vault", "{:?}", prev.errors);
     }
 }
