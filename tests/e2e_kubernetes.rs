@@ -409,6 +409,92 @@ async fn a_rotated_secret_reaches_its_store_and_no_other_secret_is_read() {
     );
 }
 
+/// A Secret named by a field other than `…SecretRef` (vault's `auth.appRole.roleRef`) is
+/// watched too: the store builds once it arrives and follows its rotation; no other
+/// Secret is read.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_approle_role_ref_secret_is_watched_and_its_rotation_reaches_the_store() {
+    install_crypto();
+    let Some((addr, root)) = openbao() else {
+        return;
+    };
+    let (Ok(role_id), Ok(secret_id)) = (
+        std::env::var("ESI_TEST_APPROLE_ROLE_ID"),
+        std::env::var("ESI_TEST_APPROLE_SECRET_ID"),
+    ) else {
+        eprintln!("skipped: no AppRole (run scripts/openbao.sh start)");
+        return;
+    };
+    vault_put(
+        &addr,
+        &root,
+        "secret",
+        "kube-e2e/approle",
+        json!({"v": "via-approle"}),
+    )
+    .await;
+    let k = cluster().await;
+    k.apply(yaml(&static_federation(ISS, AUD)));
+    k.apply(authorization("app", &["vault-approle"]));
+    k.apply(json!({
+        "apiVersion": STORE, "kind": "ClusterSecretStore", "metadata": {"name": "vault-approle"},
+        "spec": {"provider": {"vault": {"server": addr, "path": "secret", "version": "v2",
+            "auth": {"appRole": {
+                "roleRef": {"name": "approle-role", "namespace": "esi-system", "key": "id"},
+                "secretRef": {"name": "approle-secret", "namespace": "esi-system", "key": "id"}}}}}}
+    }));
+    let secret = |name: &str, value: &str| {
+        json!({"apiVersion": "v1", "kind": "Secret",
+               "metadata": {"name": name, "namespace": "esi-system"},
+               "data": {"id": b64(value)}})
+    };
+    k.apply(secret("approle-secret", &secret_id));
+    k.apply(secret("approle-role", "not-the-role"));
+    let (_dir, path) = kubeconfig(&k, "admin");
+    let server = start(&path);
+    wait_ready(&server, Duration::from_secs(20)).await;
+    let t = token("apps", "app");
+    let path_of = "/secretstore/vault-approle/secrets/kube-e2e%2Fapprole";
+    let (status, body) = server.post(path_of, Some(&t), json!({})).await;
+    assert_ne!(status, 200, "a wrong role must not read: {body}");
+
+    // Rotated: the store logs in with the new role id within seconds.
+    k.apply(secret("approle-role", &role_id));
+    let start = Instant::now();
+    loop {
+        let (status, body) = server.post(path_of, Some(&t), json!({})).await;
+        if status == 200 {
+            assert!(body.contains("via-approle"), "{body}");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the roleRef Secret's rotation not in effect: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "rotated roleRef Secret in effect after {:?}",
+        start.elapsed()
+    );
+    for r in k.requests() {
+        if r.path.contains("/secrets") {
+            assert!(
+                r.path.starts_with("/api/v1/namespaces/esi-system/secrets")
+                    && (r
+                        .query
+                        .contains("fieldSelector=metadata.name%3Dapprole-role")
+                        || r.query
+                            .contains("fieldSelector=metadata.name%3Dapprole-secret")),
+                "a Secret read beyond the referenced ones: {} {}?{}",
+                r.method,
+                r.path,
+                r.query
+            );
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn only_the_leader_writes_status_and_another_replica_takes_over() {
     let k = cluster().await;

@@ -5,7 +5,7 @@
 //! object that builds and drops every object that is gone, while an object that does not
 //! build keeps its last good form (or, if it never built, is absent and grants nothing).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -24,7 +24,7 @@ use crate::providers::{self, ProviderError, ProviderSettings, RemoteRef, SecretP
 use crate::resources::{
     AuthorizationSpec, KubernetesFederationSpec, SecretObject, SecretStoreSpec,
 };
-use crate::resources::{GeneratorKey, SecretIndex};
+use crate::resources::{GeneratorKey, SecretIndex, SecretName};
 use crate::source::dir::DirectoryScanner;
 use crate::source::{
     LoadError, NamedObject, ObjectKey, RawObject, SourceEvent, SourceObject, inside,
@@ -73,13 +73,16 @@ pub struct KeptObject {
     pub origin: String,
 }
 
-/// A built object and the digest of what it was built from (its spec and the Secrets it
-/// could reference): an object whose digest did not change is reused as it is, not built
+/// A built object and the digest of what it was built from (its spec and the Secrets its
+/// build looked up): an object whose digest did not change is reused as it is, not built
 /// again (no new HTTP client, no new Vault login).
 #[derive(Clone)]
 struct Kept<T> {
     value: T,
     digest: Option<[u8; 32]>,
+    /// The Secrets its build looked up, found or not ([`SecretIndex::recording`]): only
+    /// a change to one of these builds it again, not any tenant's Secret.
+    secrets: BTreeSet<SecretName>,
 }
 
 impl<T> Kept<T> {
@@ -87,17 +90,19 @@ impl<T> Kept<T> {
         Kept {
             value,
             digest: None,
+            secrets: BTreeSet::new(),
         }
     }
 
-    fn built_from(mut self, digest: [u8; 32]) -> Self {
+    fn built_from(mut self, digest: [u8; 32], secrets: BTreeSet<SecretName>) -> Self {
         self.digest = Some(digest);
+        self.secrets = secrets;
         self
     }
 }
 
-/// Digest of what an object is built from: its kind, name, namespace and spec, and the
-/// digest of every Secret (a store or generator may reference any of them).
+/// Digest of what an object is built from: its kind, name, namespace and spec, and
+/// `secrets`, the digest of the Secrets its build looks up ([`SecretIndex::digest_of`]).
 fn build_digest(obj: &RawObject, secrets: &[u8; 32]) -> [u8; 32] {
     let mut h = Sha256::new();
     for part in [
@@ -455,17 +460,9 @@ impl SnapshotBuilder {
             }
         }
 
-        let secrets_digest: [u8; 32] = {
-            let mut h = Sha256::new();
-            for obj in objects
-                .iter()
-                .filter(|o| o.kind == "Secret" && group(&o.api_version) == "v1")
-            {
-                let text = obj.body.to_string();
-                h.update((text.len() as u64).to_be_bytes());
-                h.update(text.as_bytes());
-            }
-            h.finalize().into()
+        // What an object was built from: itself and the Secrets its last build looked up.
+        let digest_with = |obj: &RawObject, names: &BTreeSet<SecretName>| {
+            build_digest(obj, &secrets.digest_of(names))
         };
 
         let mut federations: Vec<Federation> = Vec::new();
@@ -519,15 +516,16 @@ impl SnapshotBuilder {
                         errors.push(error(obj, "duplicate ClusterSecretStore name"));
                         continue;
                     }
-                    let digest = build_digest(obj, &secrets_digest);
-                    if let Some(k) = old.stores.get(name).filter(|k| k.digest == Some(digest)) {
+                    if let Some(k) = old
+                        .stores
+                        .get(name)
+                        .filter(|k| k.digest == Some(digest_with(obj, &k.secrets)))
+                    {
                         stores.insert(name.to_owned(), k.value.clone());
-                        last_good.stores.insert(
-                            name.to_owned(),
-                            Kept::new(k.value.clone()).built_from(digest),
-                        );
+                        last_good.stores.insert(name.to_owned(), k.clone());
                         continue;
                     }
+                    let recording = secrets.recording();
                     let built = spec_of::<SecretStoreSpec>(obj)
                         .map_err(|r| (r, false))
                         .and_then(|mut spec| {
@@ -541,16 +539,19 @@ impl SnapshotBuilder {
                                 name,
                                 None,
                                 &spec,
-                                &secrets,
+                                &recording,
                                 provider_settings,
                             )
                             .map_err(|e| (e.to_string(), e.is_missing_secret()))
                         });
                     match built {
                         Ok(p) => {
-                            last_good
-                                .stores
-                                .insert(name.to_owned(), Kept::new(p.clone()).built_from(digest));
+                            let used = recording.lookups();
+                            let digest = digest_with(obj, &used);
+                            last_good.stores.insert(
+                                name.to_owned(),
+                                Kept::new(p.clone()).built_from(digest, used),
+                            );
                             stores.insert(name.to_string(), p);
                         }
                         Err((reason, missing_secret)) => match old.stores.get(name) {
@@ -592,18 +593,16 @@ impl SnapshotBuilder {
                         errors.push(error(obj, "duplicate generator"));
                         continue;
                     }
-                    let digest = build_digest(obj, &secrets_digest);
                     if let Some(k) = old
                         .generators
                         .get(&key)
-                        .filter(|k| k.digest == Some(digest))
+                        .filter(|k| k.digest == Some(digest_with(obj, &k.secrets)))
                     {
                         generators.insert(key.clone(), k.value.clone());
-                        last_good
-                            .generators
-                            .insert(key, Kept::new(k.value.clone()).built_from(digest));
+                        last_good.generators.insert(key, k.clone());
                         continue;
                     }
+                    let recording = secrets.recording();
                     let spec = obj
                         .body
                         .get("spec")
@@ -614,13 +613,15 @@ impl SnapshotBuilder {
                         &namespace,
                         name,
                         &spec,
-                        &secrets,
+                        &recording,
                         provider_settings,
                     ) {
                         Ok(generator) => {
+                            let used = recording.lookups();
+                            let digest = digest_with(obj, &used);
                             last_good.generators.insert(
                                 key.clone(),
-                                Kept::new(generator.clone()).built_from(digest),
+                                Kept::new(generator.clone()).built_from(digest, used),
                             );
                             generators.insert(key, generator);
                         }
@@ -910,6 +911,167 @@ mod tests {
             "another namespace keeps its own"
         );
         assert_eq!(refs.len(), 1 + MAX_SECRETS_PER_NAMESPACE + 1);
+    }
+
+    /// The watch list is complete by construction: every Secret that building a provider or
+    /// generator looks up ([`SecretIndex::recording`]) is among the spec's
+    /// [`crate::resources::secret_references`], for every field that names a Secret
+    /// (vault's `auth.appRole.roleRef`, the kubernetes provider's `server.caProvider`,
+    /// `auth.token.bearerToken`, `auth.cert.clientCert`/`clientKey`, …).
+    #[test]
+    fn every_secret_a_build_looks_up_is_a_watched_reference() {
+        use crate::resources::secret_references;
+        use serde_json::json;
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["esi".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let data: BTreeMap<String, String> = [
+            ("token", "eyJ.a.b".to_string()),
+            ("ca.crt", cert.pem()),
+            ("tls.crt", cert.pem()),
+            ("tls.key", key.serialize_pem()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let mut index = SecretIndex::default();
+        let names = [
+            "vault-token",
+            "role",
+            "secret-id",
+            "k-ca",
+            "bearer",
+            "c-crt",
+            "c-key",
+            "a-id",
+            "a-secret",
+            "a-session",
+            "hook",
+            "fed",
+            "fed-ca",
+            "fed-client-ca",
+        ];
+        for ns in ["ns", "eso"] {
+            for name in names {
+                let obj = SecretObject {
+                    string_data: data.clone(),
+                    ..Default::default()
+                };
+                index.insert(ns, name, &obj).unwrap();
+            }
+        }
+        let settings = ProviderSettings {
+            client_side: true,
+            ..ProviderSettings::default()
+        };
+        let sel = |name: &str, key: &str| json!({"name": name, "key": key});
+        let aws_auth = json!({"secretRef": {
+            "accessKeyIDSecretRef": sel("a-id", "token"),
+            "secretAccessKeySecretRef": sel("a-secret", "token"),
+            "sessionTokenSecretRef": sel("a-session", "token")}});
+        let remote = json!({
+            "server": {"url": "https://esi.example.com", "caRef": sel("fed-ca", "ca.crt")},
+            "auth": {"tokenSecretRef": sel("fed", "token"),
+                     "caCertSecretRef": sel("fed-client-ca", "ca.crt")}});
+        let stores = [
+            json!({"vault": {"server": "https://v", "path": "secret",
+                "auth": {"tokenSecretRef": sel("vault-token", "token")}}}),
+            json!({"vault": {"server": "https://v", "path": "secret",
+                "auth": {"appRole": {"roleRef": sel("role", "token"),
+                                     "secretRef": sel("secret-id", "token")}}}}),
+            json!({"kubernetes": {
+                "server": {"url": "https://k",
+                           "caProvider": {"type": "Secret", "name": "k-ca", "key": "ca.crt"}},
+                "auth": {"token": {"bearerToken": sel("bearer", "token")}}}}),
+            json!({"kubernetes": {"server": {"url": "https://k"},
+                "auth": {"cert": {"clientCert": sel("c-crt", "tls.crt"),
+                                  "clientKey": sel("c-key", "tls.key")}}}}),
+            json!({"aws": {"service": "SecretsManager", "region": "us-east-1", "auth": aws_auth}}),
+            json!({"webhook": {"url": "https://h/x?t={{ .auth.token }}",
+                "secrets": [{"name": "auth", "secretRef": {"name": "hook"}}]}}),
+            json!({"externalsecrets": {
+                "server": remote["server"], "auth": remote["auth"],
+                "target": {"clusterSecretStoreName": "vault-prod"}}}),
+        ];
+        let check = |what: &str,
+                     spec: &serde_json::Value,
+                     owner: Option<&str>,
+                     looked: BTreeSet<SecretName>| {
+            assert!(!looked.is_empty(), "{what}: nothing looked up");
+            let refs = secret_references(spec, owner);
+            // Equal: each spec's every reference was reached (nothing short-circuited), and
+            // each was a watched reference.
+            assert!(
+                looked == refs,
+                "{what}: looked up {looked:?}, references {refs:?}"
+            );
+        };
+        for provider in stores {
+            let spec = json!({ "provider": provider });
+            let parsed: SecretStoreSpec = serde_json::from_value(spec.clone()).unwrap();
+            let recording = index.recording();
+            let _ = providers::build_provider("s", Some("ns"), &parsed, &recording, &settings);
+            check(
+                &provider.to_string(),
+                &spec,
+                Some("ns"),
+                recording.lookups(),
+            );
+        }
+        let vault = |auth: serde_json::Value| {
+            json!({"path": "/database/creds/app",
+                   "provider": {"server": "http://127.0.0.1:1", "auth": auth}})
+        };
+        let gens = [
+            (
+                "ECRAuthorizationToken",
+                "ns",
+                json!({"region": "us-east-1", "auth": aws_auth}),
+            ),
+            (
+                "STSSessionToken",
+                "ns",
+                json!({"region": "us-east-1", "auth": aws_auth}),
+            ),
+            (
+                "VaultDynamicSecret",
+                "ns",
+                vault(json!({"tokenSecretRef": sel("vault-token", "token")})),
+            ),
+            (
+                "VaultDynamicSecret",
+                "ns",
+                vault(json!({"appRole": {
+                "roleRef": sel("role", "token"), "secretRef": sel("secret-id", "token")}})),
+            ),
+            (
+                "Webhook",
+                "ns",
+                json!({"url": "https://h/x?t={{ .auth.token }}",
+                "secrets": [{"name": "auth", "secretRef": sel("hook", "token")}]}),
+            ),
+            (
+                "Federation",
+                "ns",
+                json!({"server": remote["server"], "auth": remote["auth"],
+                "generator": {"namespace": "n", "kind": "Fake", "name": "g"}}),
+            ),
+            (
+                "ClusterGenerator",
+                "",
+                json!({"kind": "VaultDynamicSecret", "generator": {
+                "vaultDynamicSecretSpec": vault(json!({"tokenSecretRef":
+                    {"name": "vault-token", "key": "token", "namespace": "eso"}}))}}),
+            ),
+        ];
+        for (kind, ns, spec) in gens {
+            let recording = index.recording();
+            let _ = generators::build_generator_with(kind, ns, "g", &spec, &recording, &settings);
+            let owner = (!ns.is_empty()).then_some(ns);
+            check(&format!("{kind} {spec}"), &spec, owner, recording.lookups());
+        }
     }
 
     /// `spec.cache` is pruned by a Kubernetes API server (ESO's CRD does not know it); the
@@ -1388,16 +1550,114 @@ mod tests {
             &second.generators[&key],
             &third.generators[&key]
         ));
-        // A Secret changes: whatever may reference it is built again.
+        // A Secret neither looks up changes (another tenant's): both are reused.
         write(
             dir.path(),
             "secret.yaml",
             "apiVersion: v1\nkind: Secret\nmetadata: {name: x, namespace: ns}\nstringData: {a: b}\n",
         );
         let fourth = source.load(Some(&third));
-        assert!(!Arc::ptr_eq(
+        assert!(Arc::ptr_eq(&third.stores["s"], &fourth.stores["s"]));
+        assert!(Arc::ptr_eq(
             &third.generators[&key],
             &fourth.generators[&key]
         ));
+    }
+
+    /// A Secret (namespace `eso`) with `data`, as YAML.
+    fn secret_yaml(name: &str, data: &[(&str, &str)]) -> String {
+        let data: serde_json::Map<String, serde_json::Value> = data
+            .iter()
+            .map(|(k, v)| (k.to_string(), serde_json::Value::from(*v)))
+            .collect();
+        serde_json::json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": name, "namespace": "eso"}, "stringData": data})
+        .to_string()
+    }
+
+    fn ca_pem() -> String {
+        rcgen::generate_simple_self_signed(vec!["k".into()])
+            .unwrap()
+            .cert
+            .pem()
+    }
+
+    /// Each store is built from its own Secrets only: another Secret changing (any
+    /// tenant's) keeps it as built (its AssumeRole session, tokens, cache and circuit),
+    /// while one it looks up changing, going or appearing builds it again, through
+    /// whatever field names it (`roleRef`, `caProvider`, `bearerToken`).
+    #[test]
+    fn a_store_is_rebuilt_for_its_own_secrets_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path();
+        write(
+            p,
+            "vault.yaml",
+            "apiVersion: external-secrets.io/v1\nkind: ClusterSecretStore\nmetadata: {name: v}\n\
+             spec: {provider: {vault: {server: 'https://v', path: secret, auth: {appRole: {\
+             roleRef: {name: role, namespace: eso, key: id}, secretRef: {name: sid, namespace: eso, key: s}}}}}}\n",
+        );
+        write(
+            p,
+            "kube.yaml",
+            "apiVersion: external-secrets.io/v1\nkind: ClusterSecretStore\nmetadata: {name: k}\n\
+             spec: {provider: {kubernetes: {\
+             server: {url: 'https://k', caProvider: {type: Secret, name: k-ca, namespace: eso, key: ca.crt}},\
+             auth: {token: {bearerToken: {name: bearer, namespace: eso, key: token}}}}}}\n",
+        );
+        write(
+            p,
+            "late.yaml",
+            "apiVersion: external-secrets.io/v1\nkind: ClusterSecretStore\nmetadata: {name: late}\n\
+             spec: {provider: {vault: {server: 'https://v', path: secret, auth: {\
+             tokenSecretRef: {name: late-token, namespace: eso, key: token}}}}}\n",
+        );
+        write(p, "role.yaml", &secret_yaml("role", &[("id", "r1")]));
+        write(p, "sid.yaml", &secret_yaml("sid", &[("s", "s1")]));
+        write(p, "ca.yaml", &secret_yaml("k-ca", &[("ca.crt", &ca_pem())]));
+        write(p, "bearer.yaml", &secret_yaml("bearer", &[("token", "t1")]));
+        write(p, "other.yaml", &secret_yaml("other", &[("x", "1")]));
+        let mut source = DirectoryReloader::new(&source(p));
+        let mut prev = source.load(None);
+        assert_eq!(prev.stores["v"].kind(), "vault", "{:?}", prev.errors);
+        assert_eq!(prev.stores["k"].kind(), "kubernetes", "{:?}", prev.errors);
+        assert_eq!(prev.stores["late"].kind(), "not-ready");
+        // Applies `change` and reloads; says which stores were built again.
+        let mut step = |name: &str, text: Option<&str>| -> Vec<&'static str> {
+            match text {
+                Some(text) => write(p, name, text),
+                None => std::fs::remove_file(p.join(name)).unwrap(),
+            }
+            let next = source.load(Some(&prev));
+            let rebuilt = ["v", "k", "late"]
+                .into_iter()
+                .filter(|s| !Arc::ptr_eq(&prev.stores[*s], &next.stores[*s]))
+                .collect();
+            prev = next;
+            rebuilt
+        };
+        // The not-ready store is retried on every build; the others are kept.
+        let other = secret_yaml("other", &[("x", "2")]);
+        assert_eq!(step("other.yaml", Some(&other)), ["late"]);
+        let role = secret_yaml("role", &[("id", "r2")]);
+        assert_eq!(step("role.yaml", Some(&role)), ["v", "late"]);
+        let ca = secret_yaml("k-ca", &[("ca.crt", &ca_pem())]);
+        assert_eq!(step("ca.yaml", Some(&ca)), ["k", "late"]);
+        let bearer = secret_yaml("bearer", &[("token", "t2")]);
+        assert_eq!(step("bearer.yaml", Some(&bearer)), ["k", "late"]);
+        // A Secret it reads goes: kept in its last good form; back with another value:
+        // built again.
+        assert_eq!(step("bearer.yaml", None), ["late"]);
+        let bearer = secret_yaml("bearer", &[("token", "t3")]);
+        assert_eq!(step("bearer.yaml", Some(&bearer)), ["k", "late"]);
+        // A Secret it looked up and did not find appears: built.
+        let late = secret_yaml("late-token", &[("token", "t")]);
+        assert_eq!(step("late.yaml.secret.yaml", Some(&late)), ["late"]);
+        assert_eq!(
+            step("other.yaml", Some(&secret_yaml("other", &[("x", "3")]))),
+            Vec::<&str>::new(),
+            "the late store is built now, and kept"
+        );
+        assert_eq!(prev.stores["late"].kind(), "vault", "{:?}", prev.errors);
     }
 }

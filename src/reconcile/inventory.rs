@@ -8,7 +8,7 @@
 //! with the reason); a store or generator whose spec and the Secrets did not change is
 //! reused as built. Problems are reported per object.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 
@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use crate::generators::{self, Generator};
 use crate::providers::{self, ProviderSettings, SecretProvider};
 use crate::resources::external_secret::{ExternalSecretSpec, StoreKind};
-use crate::resources::{GeneratorKey, SecretIndex, SecretObject, SecretStoreSpec};
+use crate::resources::{GeneratorKey, SecretIndex, SecretName, SecretObject, SecretStoreSpec};
 use crate::source::{LoadError, ObjectKey, RawObject, SourceEvent, SourceObject};
 
 use super::stores::NAMESPACE_NAME_LABEL;
@@ -161,11 +161,14 @@ impl Inventory {
     }
 }
 
-/// A built object and the digest of what it was built from.
+/// A built object, the digest of what it was built from, and the Secrets its build looked
+/// up (found or not, [`SecretIndex::recording`]): only a change to one of these, or to the
+/// object, builds it again.
 #[derive(Clone)]
 struct Built<T> {
     value: T,
     digest: [u8; 32],
+    secrets: BTreeSet<SecretName>,
 }
 
 /// Turns source events into [`Inventory`]s. Keep one per reconciler: it remembers what
@@ -205,10 +208,12 @@ fn problem(obj: &RawObject, reason: impl Into<String>) -> LoadError {
     }
 }
 
-fn digest_of(obj: &RawObject, secrets: &[u8; 32]) -> [u8; 32] {
+/// Digest of what an object is built from: the object and the current contents (or
+/// absence) of `secrets`, the Secrets its build looks up.
+fn digest_of(obj: &RawObject, index: &SecretIndex, secrets: &BTreeSet<SecretName>) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update(obj.hash);
-    h.update(secrets);
+    h.update(index.digest_of(secrets));
     h.finalize().into()
 }
 
@@ -303,7 +308,6 @@ impl InventoryBuilder {
 
         // Secrets, ConfigMaps and Namespaces first: stores and generators resolve against them.
         let mut index = SecretIndex::default();
-        let mut secrets_hash = Sha256::new();
         for obj in &objects {
             let namespace = obj.metadata.namespace.as_deref().unwrap_or("default");
             let id = (namespace.to_string(), obj.metadata.name.clone());
@@ -332,9 +336,6 @@ impl InventoryBuilder {
                         inv.problems.push(problem(obj, e.to_string()));
                         continue;
                     }
-                    let text = obj.body.to_string();
-                    secrets_hash.update((text.len() as u64).to_be_bytes());
-                    secrets_hash.update(text.as_bytes());
                     inv.secrets.insert(
                         id,
                         ExistingSecret {
@@ -385,7 +386,6 @@ impl InventoryBuilder {
                 _ => {}
             }
         }
-        let secrets_digest: [u8; 32] = secrets_hash.finalize().into();
 
         let mut stores: HashMap<StoreId, Built<Arc<dyn SecretProvider>>> = HashMap::new();
         let mut generators: HashMap<GeneratorKey, Built<Arc<dyn Generator>>> = HashMap::new();
@@ -429,9 +429,11 @@ impl InventoryBuilder {
                             }
                         },
                     };
-                    let digest = digest_of(obj, &secrets_digest);
                     let old = self.stores.get(&id);
-                    let provider = match old.filter(|b| b.digest == digest) {
+                    let recording = index.recording();
+                    let provider = match old
+                        .filter(|b| b.digest == digest_of(obj, &index, &b.secrets))
+                    {
                         Some(b) => Ok(b.value.clone()),
                         None => {
                             let ns = (kind == StoreKind::SecretStore).then_some(namespace.as_str());
@@ -441,7 +443,13 @@ impl InventoryBuilder {
                                 &obj.metadata.annotations,
                             )
                             .and_then(|()| {
-                                providers::build_provider(name, ns, &spec, &index, &self.settings)
+                                providers::build_provider(
+                                    name,
+                                    ns,
+                                    &spec,
+                                    &recording,
+                                    &self.settings,
+                                )
                             });
                             match built {
                                 Ok(p) => Ok(p),
@@ -465,17 +473,18 @@ impl InventoryBuilder {
                         }
                     };
                     if let Ok(p) = &provider {
-                        let kept_digest = match old {
-                            Some(b) if Arc::ptr_eq(&b.value, p) => b.digest,
-                            _ => digest,
+                        let built = match old {
+                            Some(b) if Arc::ptr_eq(&b.value, p) => b.clone(),
+                            _ => {
+                                let secrets = recording.lookups();
+                                Built {
+                                    value: p.clone(),
+                                    digest: digest_of(obj, &index, &secrets),
+                                    secrets,
+                                }
+                            }
                         };
-                        stores.insert(
-                            id.clone(),
-                            Built {
-                                value: p.clone(),
-                                digest: kept_digest,
-                            },
-                        );
+                        stores.insert(id.clone(), built);
                     }
                     inv.stores.insert(
                         id,
@@ -507,9 +516,10 @@ impl InventoryBuilder {
                         inv.problems.push(problem(obj, "duplicate generator"));
                         continue;
                     }
-                    let digest = digest_of(obj, &secrets_digest);
                     let old = self.generators.get(&key);
-                    let built = match old.filter(|b| b.digest == digest) {
+                    let recording = index.recording();
+                    let built = match old.filter(|b| b.digest == digest_of(obj, &index, &b.secrets))
+                    {
                         Some(b) => Ok(b.value.clone()),
                         None => {
                             let spec = obj
@@ -522,7 +532,7 @@ impl InventoryBuilder {
                                 &namespace,
                                 name,
                                 &spec,
-                                &index,
+                                &recording,
                                 &self.settings,
                             ) {
                                 Ok(g) => Ok(g),
@@ -543,17 +553,18 @@ impl InventoryBuilder {
                         }
                     };
                     if let Ok(gen_) = &built {
-                        let kept_digest = match old {
-                            Some(b) if Arc::ptr_eq(&b.value, gen_) => b.digest,
-                            _ => digest,
+                        let kept = match old {
+                            Some(b) if Arc::ptr_eq(&b.value, gen_) => b.clone(),
+                            _ => {
+                                let secrets = recording.lookups();
+                                Built {
+                                    value: gen_.clone(),
+                                    digest: digest_of(obj, &index, &secrets),
+                                    secrets,
+                                }
+                            }
                         };
-                        generators.insert(
-                            key.clone(),
-                            Built {
-                                value: gen_.clone(),
-                                digest: kept_digest,
-                            },
-                        );
+                        generators.insert(key.clone(), kept);
                     }
                     inv.generators.insert(key, built);
                 }
@@ -744,5 +755,129 @@ stringData: {x: z}
         );
         // A new force-sync annotation is a new resource version.
         assert_ne!(inv.external_secrets()[1].resource_version, rv_before);
+    }
+
+    /// A Secret of namespace `team` with `data`, as YAML.
+    fn secret_yaml(name: &str, data: &[(&str, &str)]) -> String {
+        let data: serde_json::Map<String, serde_json::Value> = data
+            .iter()
+            .map(|(k, v)| (k.to_string(), serde_json::Value::from(*v)))
+            .collect();
+        serde_json::json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": name, "namespace": "team"}, "stringData": data})
+        .to_string()
+    }
+
+    /// Each store and generator is built from its own Secrets only: another Secret
+    /// changing (another tenant's, or an unrelated one of its namespace) keeps it as built,
+    /// while one it looks up changing, going and coming back, or appearing builds it again,
+    /// whatever field names it (`roleRef`, `caProvider`, `bearerToken`, `tokenSecretRef`).
+    #[test]
+    fn stores_and_generators_are_rebuilt_for_their_own_secrets_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path();
+        let write = |name: &str, text: &str| std::fs::write(p.join(name), text).unwrap();
+        write(
+            "stores.yaml",
+            "apiVersion: external-secrets.io/v1\nkind: SecretStore\nmetadata: {name: v, namespace: team}\n\
+             spec: {provider: {vault: {server: 'https://v', path: secret, auth: {appRole: {\
+             roleRef: {name: role, key: id}, secretRef: {name: sid, key: s}}}}}}\n\
+             ---\n\
+             apiVersion: external-secrets.io/v1\nkind: SecretStore\nmetadata: {name: k, namespace: team}\n\
+             spec: {provider: {kubernetes: {\
+             server: {url: 'https://k', caProvider: {type: Secret, name: k-ca, key: ca.crt}},\
+             auth: {token: {bearerToken: {name: bearer, key: token}}}}}}\n\
+             ---\n\
+             apiVersion: generators.external-secrets.io/v1alpha1\nkind: VaultDynamicSecret\n\
+             metadata: {name: g, namespace: team}\n\
+             spec: {path: /database/creds/app, provider: {server: 'http://127.0.0.1:1',\
+             auth: {tokenSecretRef: {name: late-token, key: token}}}}\n",
+        );
+        let ca = || {
+            rcgen::generate_simple_self_signed(vec!["k".into()])
+                .unwrap()
+                .cert
+                .pem()
+        };
+        write("role.yaml", &secret_yaml("role", &[("id", "r1")]));
+        write("sid.yaml", &secret_yaml("sid", &[("s", "s1")]));
+        write("ca.yaml", &secret_yaml("k-ca", &[("ca.crt", &ca())]));
+        write("bearer.yaml", &secret_yaml("bearer", &[("token", "t1")]));
+        write("other.yaml", &secret_yaml("other", &[("x", "1")]));
+        let mut builder = InventoryBuilder::new(ProviderSettings::default());
+        let mut scanner = DirectoryScanner::new(p.to_path_buf(), None);
+        let id = |name: &str| StoreId {
+            kind: StoreKind::SecretStore,
+            namespace: "team".into(),
+            name: name.into(),
+        };
+        let gen_key = GeneratorKey {
+            namespace: "team".into(),
+            kind: "VaultDynamicSecret".into(),
+            name: "g".into(),
+        };
+        type Built = (Vec<Arc<dyn SecretProvider>>, Option<Arc<dyn Generator>>);
+        let current = |inv: &Inventory| -> Built {
+            let stores = ["v", "k"]
+                .iter()
+                .map(|s| inv.store(&id(s)).unwrap().provider.clone().unwrap())
+                .collect();
+            let generator = inv.generator(&gen_key).unwrap().as_ref().ok().cloned();
+            (stores, generator)
+        };
+        let inv = build(&mut builder, &mut scanner);
+        let mut prev = current(&inv);
+        assert!(prev.1.is_none(), "its token Secret is missing");
+        // Writes `name` (or removes it), builds, and says what was built again.
+        let mut step = |name: &str, text: Option<&str>| -> Vec<&'static str> {
+            match text {
+                Some(text) => write(name, text),
+                None => std::fs::remove_file(p.join(name)).unwrap(),
+            }
+            let next = current(&build(&mut builder, &mut scanner));
+            let mut rebuilt: Vec<&'static str> = ["v", "k"]
+                .into_iter()
+                .zip(prev.0.iter().zip(&next.0))
+                .filter(|(_, (a, b))| !Arc::ptr_eq(a, b))
+                .map(|(s, _)| s)
+                .collect();
+            match (&prev.1, &next.1) {
+                (Some(a), Some(b)) if Arc::ptr_eq(a, b) => {}
+                (None, None) => {}
+                _ => rebuilt.push("g"),
+            }
+            prev = next;
+            rebuilt
+        };
+        let none = Vec::<&str>::new();
+        assert_eq!(
+            step("other.yaml", Some(&secret_yaml("other", &[("x", "2")]))),
+            none
+        );
+        assert_eq!(
+            step("role.yaml", Some(&secret_yaml("role", &[("id", "r2")]))),
+            ["v"]
+        );
+        assert_eq!(
+            step("ca.yaml", Some(&secret_yaml("k-ca", &[("ca.crt", &ca())]))),
+            ["k"]
+        );
+        let bearer = |t: &str| secret_yaml("bearer", &[("token", t)]);
+        assert_eq!(step("bearer.yaml", Some(&bearer("t2"))), ["k"]);
+        assert_eq!(
+            step("bearer.yaml", None),
+            none,
+            "kept in its last good form"
+        );
+        assert_eq!(step("bearer.yaml", Some(&bearer("t3"))), ["k"]);
+        // The generator's missing Secret appears: built; then kept.
+        let token = secret_yaml("late-token", &[("token", "s.t")]);
+        assert_eq!(step("late.yaml", Some(&token)), ["g"]);
+        assert_eq!(
+            step("other.yaml", Some(&secret_yaml("other", &[("x", "3")]))),
+            none
+        );
+        let token = secret_yaml("late-token", &[("token", "s.u")]);
+        assert_eq!(step("late.yaml", Some(&token)), ["g"]);
     }
 }

@@ -18,7 +18,9 @@ mod hash;
 mod secrets;
 
 pub use hash::{ContentHash, content_hash, text_hash};
-pub use secrets::{MAX_REFERENCE_DEPTH, SecretIndex, SecretRefError, secret_references};
+pub use secrets::{
+    MAX_REFERENCE_DEPTH, SecretIndex, SecretName, SecretRefError, secret_references,
+};
 
 /// The metadata we use from a Kubernetes object.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

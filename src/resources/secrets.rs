@@ -1,6 +1,9 @@
 //! Kubernetes `Secret` objects known to the server, so that `…SecretRef`s resolve.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+
+use sha2::{Digest, Sha256};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -59,10 +62,19 @@ impl SecretRefError {
     }
 }
 
+/// A Secret's (namespace, name).
+pub type SecretName = (String, String);
+
 /// Secrets by namespace and name, values decoded. Built once per snapshot.
+///
+/// A [`recording`](Self::recording) view of an index notes every Secret that
+/// [`resolve`](Self::resolve) looks up (found or not), so that what a store or generator
+/// was built from is known by construction: it is rebuilt when exactly those Secrets
+/// change, appear or go.
 #[derive(Default, Clone)]
 pub struct SecretIndex {
-    secrets: HashMap<(String, String), BTreeMap<String, Vec<u8>>>,
+    secrets: Arc<HashMap<SecretName, BTreeMap<String, Vec<u8>>>>,
+    lookups: Option<Arc<Mutex<BTreeSet<SecretName>>>>,
 }
 
 // Values never appear in Debug output.
@@ -102,9 +114,56 @@ impl SecretIndex {
         for (k, v) in &secret.string_data {
             values.insert(k.clone(), v.as_bytes().to_vec());
         }
-        self.secrets
-            .insert((namespace.to_string(), name.to_string()), values);
+        Arc::make_mut(&mut self.secrets).insert((namespace.to_string(), name.to_string()), values);
         Ok(())
+    }
+
+    /// The same Secrets, with a fresh record of lookups: every Secret that
+    /// [`resolve`](Self::resolve) looks up through the view (or a clone of it) is noted,
+    /// whether it exists or not; [`lookups`](Self::lookups) tells which. A reference the
+    /// owner may not follow (another namespace, none) is refused before any lookup and not
+    /// noted: no Secret can change that.
+    pub fn recording(&self) -> SecretIndex {
+        SecretIndex {
+            secrets: Arc::clone(&self.secrets),
+            lookups: Some(Arc::new(Mutex::new(BTreeSet::new()))),
+        }
+    }
+
+    /// The Secrets looked up through this [`recording`](Self::recording) view so far
+    /// (empty for an index that does not record).
+    pub fn lookups(&self) -> BTreeSet<SecretName> {
+        self.lookups
+            .as_ref()
+            .map(|l| l.lock().unwrap_or_else(|e| e.into_inner()).clone())
+            .unwrap_or_default()
+    }
+
+    /// A digest of the current contents of `names` (each one's decoded data, or that it
+    /// is absent): equal digests mean whatever was built from those Secrets would be built
+    /// the same. Values never leave this function but as a SHA-256.
+    pub fn digest_of<'a>(&self, names: impl IntoIterator<Item = &'a SecretName>) -> [u8; 32] {
+        let mut h = Sha256::new();
+        let field = |h: &mut Sha256, bytes: &[u8]| {
+            h.update((bytes.len() as u64).to_be_bytes());
+            h.update(bytes);
+        };
+        for name in names {
+            field(&mut h, name.0.as_bytes());
+            field(&mut h, name.1.as_bytes());
+            match self.secrets.get(name) {
+                None => h.update([0u8]),
+                Some(data) => {
+                    h.update([1u8]);
+                    h.update((data.len() as u64).to_be_bytes());
+                    for (k, v) in data {
+                        field(&mut h, k.as_bytes());
+                        field(&mut h, v);
+                    }
+                }
+            }
+        }
+        h.finalize().into()
     }
 
     /// Resolves `selector` for an object in `owner_namespace` (`None` when the object is
@@ -132,9 +191,16 @@ impl SecretIndex {
             .ok_or_else(|| SecretRefError::NoNamespace {
                 name: selector.name.clone(),
             })?;
+        let id = (namespace.to_string(), selector.name.clone());
+        if let Some(lookups) = &self.lookups {
+            lookups
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(id.clone());
+        }
         let secret = self
             .secrets
-            .get(&(namespace.to_string(), selector.name.clone()))
+            .get(&id)
             .ok_or_else(|| SecretRefError::SecretNotFound {
                 namespace: namespace.to_string(),
                 name: selector.name.clone(),
@@ -161,11 +227,16 @@ impl SecretIndex {
 }
 
 /// The Secrets (namespace, name) an object's `spec` references, for watching only those
-/// (Kubernetes mode). Every ESO and ESE reference to a Secret is a `SecretKeySelector`
-/// under a field named `secretRef` or ending in `SecretRef` (`auth.tokenSecretRef`,
-/// `accessKeyIDSecretRef`, a webhook generator's `secrets[].secretRef`), or the
-/// `externalsecrets` provider's `server.caRef`, so this walks the
-/// spec and collects each such object's `name`, in its `namespace` or else the owner's.
+/// (Kubernetes mode). A reference is an object under a field named `secretRef` or ending in
+/// `SecretRef` (`auth.tokenSecretRef`, `accessKeyIDSecretRef`, a webhook's
+/// `secrets[].secretRef`, whose key comes from its templates), or the `externalsecrets`
+/// provider's `server.caRef`, or any field whose value has the shape of a
+/// `SecretKeySelector` (a `name` and a `key`; with a `type`, only `Secret`): vault's
+/// `auth.appRole.roleRef`, the kubernetes provider's `server.caProvider`,
+/// `auth.token.bearerToken`, `auth.cert.clientCert` and `clientKey`, whatever a provider
+/// adds next. This walks the spec and collects each such object's `name`, in its
+/// `namespace` or else the owner's. A test builds every provider and generator with a
+/// [`SecretIndex::recording`] view and checks each Secret it looked up is listed here.
 /// A reference the owner may not follow (another namespace than a namespaced owner's, or
 /// none for a cluster-scoped owner) is left out: [`SecretIndex::resolve`] refuses it
 /// anyway. Depth is bounded ([`MAX_REFERENCE_DEPTH`]).
@@ -181,9 +252,19 @@ pub fn secret_references(
 /// Deepest nesting of a spec that [`secret_references`] walks.
 pub const MAX_REFERENCE_DEPTH: usize = 32;
 
-fn is_secret_ref_field(field: &str) -> bool {
+fn is_secret_ref(field: &str, value: &serde_json::Value) -> bool {
+    use serde_json::Value;
     // `caRef`: the `externalsecrets` provider's `server.caRef` (a Secret key with the CA).
-    field == "secretRef" || field == "caRef" || field.ends_with("SecretRef")
+    if field == "secretRef" || field == "caRef" || field.ends_with("SecretRef") {
+        return true;
+    }
+    // A `SecretKeySelector` by shape (`roleRef`, `bearerToken`, `clientCert`, …), or a
+    // `caProvider` of type Secret (not ConfigMap).
+    value.get("name").is_some_and(Value::is_string)
+        && value.get("key").is_some_and(Value::is_string)
+        && value
+            .get("type")
+            .is_none_or(|t| t.as_str() == Some("Secret"))
 }
 
 fn collect_references(
@@ -199,7 +280,7 @@ fn collect_references(
     match value {
         Value::Object(map) => {
             for (field, v) in map {
-                if is_secret_ref_field(field)
+                if is_secret_ref(field, v)
                     && let Some(name) = v.get("name").and_then(Value::as_str)
                     && !name.is_empty()
                 {
@@ -282,6 +363,47 @@ mod tests {
             deep = json!({ "x": deep });
         }
         assert!(refs(deep, Some("ns")).is_empty());
+    }
+
+    /// Every Secret a provider or generator resolves is a reference, whatever its field is
+    /// called: vault's `auth.appRole.roleRef`, the kubernetes provider's
+    /// `server.caProvider` (type Secret; a ConfigMap is not a Secret), `auth.token.bearerToken`,
+    /// `auth.cert.clientCert` and `auth.cert.clientKey`.
+    #[test]
+    fn references_include_selectors_not_named_secret_ref() {
+        use serde_json::json;
+        let refs = |spec: serde_json::Value, owner: Option<&str>| -> Vec<(String, String)> {
+            secret_references(&spec, owner).into_iter().collect()
+        };
+        let pair = |a: &str, b: &str| (a.to_string(), b.to_string());
+        assert_eq!(
+            refs(
+                json!({"provider": {"vault": {"server": "https://v", "auth": {"appRole": {
+                    "roleRef": {"name": "role", "key": "id"},
+                    "secretRef": {"name": "sid", "key": "s"}}}}}}),
+                Some("team")
+            ),
+            [pair("team", "role"), pair("team", "sid")]
+        );
+        assert_eq!(
+            refs(
+                json!({"provider": {"kubernetes": {
+                    "server": {"url": "https://k", "caProvider": {"type": "Secret", "name": "ca", "key": "ca.crt"}},
+                    "auth": {"token": {"bearerToken": {"name": "bearer", "key": "token"}}}}}}),
+                Some("team")
+            ),
+            [pair("team", "bearer"), pair("team", "ca")]
+        );
+        assert_eq!(
+            refs(
+                json!({"provider": {"kubernetes": {
+                    "server": {"url": "https://k", "caProvider": {"type": "ConfigMap", "name": "cm", "key": "ca.crt"}},
+                    "auth": {"cert": {"clientCert": {"name": "crt", "key": "tls.crt", "namespace": "eso"},
+                                      "clientKey": {"name": "key", "key": "tls.key", "namespace": "eso"}}}}}}),
+                None
+            ),
+            [pair("eso", "crt"), pair("eso", "key")]
+        );
     }
 
     #[test]
