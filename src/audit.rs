@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id};
 use tracing::{Event, Metadata, Subscriber};
@@ -238,13 +238,12 @@ impl AuditLayer {
         AuditReopener(self.out.clone())
     }
 
-    fn write_line(&self, line: &Map<String, Value>) {
-        let written = serde_json::to_vec(line).is_ok_and(|mut text| {
-            text.push(b'\n');
-            // A poisoned lock only means a writer panicked mid-line; keep auditing.
+    fn write_line(&self, text: &[u8]) {
+        // A poisoned lock only means a writer panicked mid-line; keep auditing.
+        let written = {
             let mut sink = self.out.lock().unwrap_or_else(|p| p.into_inner());
-            sink.write_line(&text)
-        });
+            sink.write_line(text)
+        };
         if written {
             METRICS.audit_log_ok.set(1);
             return;
@@ -265,48 +264,108 @@ impl AuditLayer {
     }
 }
 
-/// The request id (and route) of a `request` span.
-struct RequestInfo(Map<String, Value>);
+/// The fields of a `request` span an audit line repeats, as JSON members
+/// (`,"request_id":"…","method":"…","route":"…"`), in the order the span declared them.
+struct RequestInfo(Vec<u8>);
 
-/// Collects fields as JSON, dropping denied names.
-struct JsonVisitor<'a>(&'a mut Map<String, Value>);
+/// Names of the members every line starts with (or takes from its request span): an event
+/// field of one of these names is not written, so no event can pose as another kind of line
+/// or another request.
+const LINE_MEMBERS: &[&str] = &["ts_ms", "kind", "level", "request_id", "method", "route"];
 
-impl JsonVisitor<'_> {
-    fn put(&mut self, field: &Field, value: Value) {
-        let name = field.name();
-        if DENIED_FIELDS.contains(&name) {
-            return;
+/// Writes fields as JSON object members (`,"name":value`) straight into a line, dropping
+/// denied names, the line's own members and any name written already (first wins).
+struct JsonMembers<'a> {
+    out: &'a mut Vec<u8>,
+    /// Names written so far by this visitor.
+    seen: Vec<&'static str>,
+    /// Only these names are kept (`None`: all but the denied and the line's own).
+    only: Option<&'static [&'static str]>,
+}
+
+impl<'a> JsonMembers<'a> {
+    fn new(out: &'a mut Vec<u8>, only: Option<&'static [&'static str]>) -> Self {
+        JsonMembers {
+            out,
+            seen: Vec::new(),
+            only,
         }
-        self.0.insert(name.to_owned(), value);
+    }
+
+    /// Starts the member `name` (`,"name":`), or says it must be skipped.
+    fn member(&mut self, field: &Field) -> bool {
+        let name = field.name();
+        let wanted = match self.only {
+            Some(only) => only.contains(&name),
+            None => !DENIED_FIELDS.contains(&name) && !LINE_MEMBERS.contains(&name),
+        };
+        if !wanted || self.seen.contains(&name) {
+            return false;
+        }
+        self.seen.push(name);
+        self.out.push(b',');
+        json_str(self.out, name);
+        self.out.push(b':');
+        true
     }
 }
 
-impl Visit for JsonVisitor<'_> {
+/// Appends `text` as a JSON string.
+fn json_str(out: &mut Vec<u8>, text: &str) {
+    // Writing JSON into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, text);
+}
+
+impl Visit for JsonMembers<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.put(field, Value::String(value.to_owned()));
+        if self.member(field) {
+            json_str(self.out, value);
+        }
     }
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.put(field, Value::Bool(value));
+        if self.member(field) {
+            self.out
+                .extend_from_slice(if value { b"true" } else { b"false" });
+        }
     }
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.put(field, value.into());
+        if self.member(field) {
+            let _ = write!(self.out, "{value}");
+        }
     }
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.put(field, value.into());
+        if self.member(field) {
+            let _ = write!(self.out, "{value}");
+        }
     }
     fn record_f64(&mut self, field: &Field, value: f64) {
-        self.put(field, value.into());
+        if self.member(field) {
+            // JSON has no NaN or infinity: as serde_json does, those become null.
+            let _ = serde_json::to_writer(&mut *self.out, &value);
+        }
     }
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        if !self.member(field) {
+            return;
+        }
         let text = format!("{value:?}");
         // `?vec_of_strings` (e.g. policy ids) is a JSON array already: keep its structure.
-        let v = if text.starts_with('[') {
-            serde_json::from_str::<Value>(&text).unwrap_or(Value::String(text))
-        } else {
-            Value::String(text)
-        };
-        self.put(field, v);
+        match text
+            .starts_with('[')
+            .then(|| serde_json::from_str::<Value>(&text).ok())
+            .flatten()
+        {
+            Some(array) => {
+                let _ = serde_json::to_writer(&mut *self.out, &array);
+            }
+            None => json_str(self.out, &text),
+        }
     }
+}
+
+thread_local! {
+    /// The line being built on this thread (reused: no allocation per line once warm).
+    static LINE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 impl<S> Layer<S> for AuditLayer
@@ -317,10 +376,13 @@ where
         if attrs.metadata().name() != REQUEST_SPAN {
             return;
         }
-        let mut fields = Map::new();
-        attrs.record(&mut JsonVisitor(&mut fields));
+        let mut members = Vec::with_capacity(96);
+        attrs.record(&mut JsonMembers::new(
+            &mut members,
+            Some(&["request_id", "method", "route"]),
+        ));
         if let Some(span) = ctx.span(id) {
-            span.extensions_mut().insert(RequestInfo(fields));
+            span.extensions_mut().insert(RequestInfo(members));
         }
     }
 
@@ -331,27 +393,34 @@ where
             AUDIT_TARGET => "credential",
             _ => return,
         };
-        let mut line = Map::new();
         let ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
-        line.insert("ts_ms".into(), ms.into());
-        line.insert("kind".into(), kind.into());
-        line.insert("level".into(), meta.level().as_str().into());
-        if let Some(scope) = ctx.event_scope(event) {
-            for span in scope {
-                if let Some(info) = span.extensions().get::<RequestInfo>() {
-                    for (k, v) in &info.0 {
-                        if k == "request_id" || k == "route" || k == "method" {
-                            line.insert(k.clone(), v.clone());
-                        }
+        LINE.with(|line| {
+            // Re-entered only if writing a line logged an audit event, which it does not;
+            // should it ever, that line is built in a buffer of its own.
+            let mut own = Vec::new();
+            let mut borrowed = line.try_borrow_mut().ok();
+            let out = borrowed.as_deref_mut().unwrap_or(&mut own);
+            out.clear();
+            let _ = write!(out, "{{\"ts_ms\":{ms},\"kind\":\"{kind}\",\"level\":");
+            json_str(out, meta.level().as_str());
+            if let Some(scope) = ctx.event_scope(event) {
+                for span in scope {
+                    if let Some(info) = span.extensions().get::<RequestInfo>() {
+                        out.extend_from_slice(&info.0);
+                        break;
                     }
-                    break;
                 }
             }
-        }
-        event.record(&mut JsonVisitor(&mut line));
-        self.write_line(&line);
+            event.record(&mut JsonMembers::new(out, None));
+            out.extend_from_slice(b"}\n");
+            self.write_line(out);
+            // A line far above the usual size does not stay allocated to the thread.
+            if out.capacity() > 64 * 1024 {
+                *out = Vec::new();
+            }
+        });
     }
 }
 
@@ -424,6 +493,30 @@ mod tests {
     }
 
     #[test]
+    fn an_event_cannot_pose_as_another_kind_or_request_and_text_is_escaped() {
+        let buf = Buf::default();
+        let layer =
+            AuditLayer::new(Box::new(buf.clone())).with_filter(filter_fn(is_audit_relevant));
+        tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), || {
+            let span = tracing::info_span!("request", request_id = "r-2", route = "/y");
+            let _g = span.enter();
+            tracing::info!(target: "esi::decision", kind = "credential", request_id = "forged",
+                level = "TRACE", resource = "k\"},\n{\"kind\":\"x", decision = "deny",
+                n = 7u64, ok = true, ratio = f64::NAN);
+        });
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        let got = lines(&buf);
+        assert_eq!(got[0]["kind"], "decision");
+        assert_eq!(got[0]["request_id"], "r-2");
+        assert_eq!(got[0]["level"], "INFO");
+        assert_eq!(got[0]["resource"], "k\"},\n{\"kind\":\"x");
+        assert_eq!(got[0]["n"], 7);
+        assert_eq!(got[0]["ok"], true);
+        assert!(got[0]["ratio"].is_null());
+    }
+
+    #[test]
     fn events_outside_a_request_have_no_request_id() {
         let buf = Buf::default();
         let layer =
@@ -444,9 +537,7 @@ mod tests {
         let path = dir.path().join("audit.jsonl");
         for _ in 0..2 {
             let layer = AuditLayer::to_path(&path).unwrap();
-            let mut m = Map::new();
-            m.insert("a".into(), 1.into());
-            layer.write_line(&m);
+            layer.write_line(b"{\"a\":1}\n");
         }
         assert_eq!(
             std::fs::read_to_string(&path).unwrap(),
@@ -463,14 +554,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
         let layer = AuditLayer::to_path(&path).unwrap();
-        let mut m = Map::new();
-        m.insert("n".into(), 1.into());
-        layer.write_line(&m);
+        layer.write_line(b"{\"n\":1}\n");
         let rotated = dir.path().join("audit.jsonl.1");
         std::fs::rename(&path, &rotated).unwrap();
         assert!(layer.reopener().reopen().unwrap());
-        m.insert("n".into(), 2.into());
-        layer.write_line(&m);
+        layer.write_line(b"{\"n\":2}\n");
         assert_eq!(std::fs::read_to_string(&rotated).unwrap(), "{\"n\":1}\n");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"n\":2}\n");
         // stdout has nothing to reopen.
