@@ -51,7 +51,10 @@ pub fn non_blocking_stderr() -> (
         .buffered_lines_limit(LOG_QUEUE_LINES)
         .lossy(true)
         .thread_name("esi-log-writer")
-        .finish(std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr()));
+        .finish(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stderr(),
+        ));
     let _ = DROPPED.set(writer.error_counter());
     (writer, guard)
 }
