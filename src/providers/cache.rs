@@ -51,7 +51,6 @@
 //!   deadline is ended.
 
 use std::collections::{BTreeMap, HashMap};
-use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -641,22 +640,20 @@ fn backend_answered(serving_stale: &AtomicBool, store: &str) {
 
 /// What `call` of `remote` answers, read from `inner` (owned: a refresh may outlive its
 /// callers).
-fn read(
+async fn read(
     inner: Arc<dyn SecretProvider>,
     call: Call,
     remote: RemoteRef,
-) -> impl Future<Output = Result<Body, ProviderError>> + Send + 'static {
-    async move {
-        match call {
-            Call::GetSecret => inner
-                .get_secret(&remote)
-                .await
-                .map(|v| Body::Value(Zeroizing::new(v))),
-            Call::GetSecretMap => inner
-                .get_secret_map(&remote)
-                .await
-                .map(|m| Body::Map(m.into_iter().map(|(k, v)| (k, Zeroizing::new(v))).collect())),
-        }
+) -> Result<Body, ProviderError> {
+    match call {
+        Call::GetSecret => inner
+            .get_secret(&remote)
+            .await
+            .map(|v| Body::Value(Zeroizing::new(v))),
+        Call::GetSecretMap => inner
+            .get_secret_map(&remote)
+            .await
+            .map(|m| Body::Map(m.into_iter().map(|(k, v)| (k, Zeroizing::new(v))).collect())),
     }
 }
 
