@@ -448,8 +448,9 @@ async fn read_secret(
 }
 
 /// An RFC 9111 `Age` header (whole seconds) on an answer served from a store's cache, and
-/// for a value served stale while the backend is down (`staleIfError`) RFC 9111's
-/// `Warning: 110 - "Response is Stale"` (RFC 5861).
+/// for a value served stale while the backend is down (`staleIfError`, RFC 5861) the
+/// `Warning: 110 - "Response is Stale"` of RFC 7234 §5.5.1 — advisory only: RFC 9111
+/// obsoletes the `Warning` header, so clients may ignore it (the `Age` is what tells).
 fn with_age(mut resp: Response, age: Option<CacheAge>) -> Response {
     if let Some(age) = age {
         resp.headers_mut().insert(
@@ -466,7 +467,8 @@ fn with_age(mut resp: Response, age: Option<CacheAge>) -> Response {
     resp
 }
 
-/// The `Warning` of an answer served stale (RFC 9111 §5.5, code 110).
+/// The `Warning` of an answer served stale (RFC 7234 §5.5.1, code 110; advisory: the
+/// header is obsoleted by RFC 9111).
 const STALE_WARNING: &str = "110 - \"Response is Stale\"";
 
 /// A JSON answer whose intermediate copies of secret material are wiped once written.

@@ -43,9 +43,15 @@
 //!   request) evicts the stale value and is answered as it is. A key never read, or read
 //!   longer than `ttl + staleIfError` ago, gets the error. The same one cache, under the
 //!   same bounds, holds fresh and stale entries.
+//! - **A refresh outlives a slow backend's deadline**: its callers wait ¾ of the backend
+//!   timeout, then answer the stale value; the refresh (its own task, at most one per key)
+//!   goes on, bounded as a request is, so a slow answer still replaces the entry and a
+//!   backend that never answers is recorded as timed out by the breaker (which opens, and
+//!   stale answers become immediate). A refresh all of whose callers are gone before the
+//!   deadline is ended.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -114,6 +120,10 @@ const MIN_MAX_BYTES: u64 = 1 << 10;
 const MAX_MAX_BYTES: u64 = 1 << 30;
 /// Bytes counted for an entry besides its key and values (bookkeeping).
 const ENTRY_OVERHEAD: usize = 64;
+/// The backend timeout refreshes are bounded by unless told ([`Cached::with_backend_timeout`]).
+const DEFAULT_BACKEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// A background refresh may run this much past the backend timeout (as a request may).
+const REFRESH_GRACE: Duration = Duration::from_secs(1);
 
 /// `spec.cache` as written.
 #[derive(Deserialize)]
@@ -276,8 +286,87 @@ impl Entry {
     }
 }
 
-/// The outcome of one refresh of a stale entry, shared by the callers it coalesced.
-type Refresh = Arc<tokio::sync::OnceCell<Result<Arc<Entry>, ProviderError>>>;
+/// What one refresh of a stale entry ended with.
+type Outcome = Option<Result<Arc<Entry>, ProviderError>>;
+
+/// One refresh of a stale entry, under way in a task of its own and shared by the callers
+/// it coalesced (held by them and by the map of refreshes under way).
+struct Flight {
+    /// Tells this refresh from a later one of the same key.
+    id: u64,
+    /// Set once, when the refresh ends.
+    outcome: tokio::sync::watch::Receiver<Outcome>,
+    /// Callers waiting past it answer the stale value (and later callers at once).
+    deadline: tokio::time::Instant,
+    /// A caller gave up at the deadline: the refresh goes on to its limit, whoever waits,
+    /// so the breaker sees its real outcome and a slow answer still replaces the entry.
+    detached: AtomicBool,
+    /// Ends the refresh when every caller is gone before the deadline.
+    task: tokio::task::AbortHandle,
+}
+
+/// The refreshes under way, by key: at most one per key.
+type Refreshing = Arc<Mutex<HashMap<CacheKey, Arc<Flight>>>>;
+
+fn lock_refreshing(
+    refreshing: &Mutex<HashMap<CacheKey, Arc<Flight>>>,
+) -> std::sync::MutexGuard<'_, HashMap<CacheKey, Arc<Flight>>> {
+    refreshing
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A caller's hold on a [`Flight`]. Dropped (the caller answered, or was cancelled) while
+/// the refresh is unfinished, not yet past its deadline, and held by nobody else but the
+/// map, it ends the refresh and removes it from the map: a refresh nobody waits for leaves
+/// nothing behind.
+struct Waiter<'a> {
+    refreshing: &'a Mutex<HashMap<CacheKey, Arc<Flight>>>,
+    key: &'a CacheKey,
+    flight: Option<Arc<Flight>>,
+}
+
+impl Waiter<'_> {
+    /// The refresh's outcome, or `Timeout` past its deadline (the refresh goes on).
+    async fn outcome(&self) -> Result<Arc<Entry>, ProviderError> {
+        let Some(flight) = &self.flight else {
+            return Err(ProviderError::Timeout);
+        };
+        let mut outcome = flight.outcome.clone();
+        match tokio::time::timeout_at(flight.deadline, outcome.wait_for(Option::is_some)).await {
+            Ok(Ok(done)) => done.clone().unwrap_or(Err(ProviderError::Timeout)),
+            // The task ended without an outcome (it panicked).
+            Ok(Err(_)) => Err(ProviderError::Unavailable(
+                "the store cache's refresh ended without an answer".into(),
+            )),
+            Err(_) => {
+                flight.detached.store(true, Ordering::SeqCst);
+                Err(ProviderError::Timeout)
+            }
+        }
+    }
+}
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        let Some(flight) = self.flight.take() else {
+            return;
+        };
+        // Under the lock: every other holder (the map, other waiters) lets go under it
+        // too, so the count is exact.
+        let mut refreshing = lock_refreshing(self.refreshing);
+        let alone = !flight.detached.load(Ordering::SeqCst)
+            && refreshing
+                .get(self.key)
+                .is_some_and(|f| Arc::ptr_eq(f, &flight))
+            && Arc::strong_count(&flight) == 2;
+        if alone {
+            flight.task.abort();
+            refreshing.remove(self.key);
+        }
+        drop(flight);
+    }
+}
 
 /// Whether a failed refresh may be answered with the stale value: the backend is down
 /// (unreachable, failing, throttled, too slow, or its circuit open). A definite answer
@@ -293,12 +382,16 @@ pub struct Cached {
     store: String,
     ttl: Duration,
     stale_if_error: Duration,
-    /// Bound on a refresh that has a stale value to fall back on.
+    /// How long callers wait for a refresh that has a stale value to fall back on.
     refresh_deadline: Duration,
+    /// Bound on a refresh, which goes on in the background past `refresh_deadline`.
+    refresh_limit: Duration,
     /// Refreshes of stale entries under way, by key (entries live while one is).
-    refreshing: Mutex<HashMap<CacheKey, Refresh>>,
+    refreshing: Refreshing,
+    /// Numbers the refreshes.
+    next_flight: AtomicU64,
     /// Whether the last answer that needed the backend was a stale one (logged on change).
-    serving_stale: AtomicBool,
+    serving_stale: Arc<AtomicBool>,
     /// Keeps the store's cache series in `/metrics` while this cache lives (last field:
     /// dropped after the cache).
     _series: crate::metrics::StoreSeries,
@@ -337,17 +430,24 @@ impl Cached {
             store: store.to_string(),
             ttl: settings.ttl,
             stale_if_error: settings.stale_if_error,
-            refresh_deadline: Duration::from_secs(10),
-            refreshing: Mutex::new(HashMap::new()),
-            serving_stale: AtomicBool::new(false),
+            refresh_deadline: DEFAULT_BACKEND_TIMEOUT * 3 / 4,
+            refresh_limit: DEFAULT_BACKEND_TIMEOUT + REFRESH_GRACE,
+            refreshing: Arc::default(),
+            next_flight: AtomicU64::new(0),
+            serving_stale: Arc::default(),
             _series: crate::metrics::StoreSeries::hold(store),
         }
     }
 
-    /// Bounds a refresh that has a stale value to fall back on (default 10 s): past it
-    /// the refresh counts as timed out and the stale value is answered.
-    pub fn with_refresh_deadline(mut self, deadline: Duration) -> Self {
-        self.refresh_deadline = deadline;
+    /// Bounds refreshes by the backend timeout `timeout` (default 10 s). Callers of a
+    /// refresh that has a stale value to fall back on wait ¾ of it, then answer the stale
+    /// value rather than the request deadline's 503; the refresh itself goes on in the
+    /// background, bounded as a request is (`timeout` and a second), so the breaker
+    /// records its real outcome (a backend that never answers opens the circuit) and a
+    /// slow answer still replaces the entry.
+    pub fn with_backend_timeout(mut self, timeout: Duration) -> Self {
+        self.refresh_deadline = timeout * 3 / 4;
+        self.refresh_limit = timeout + REFRESH_GRACE;
         self
     }
 
@@ -358,13 +458,15 @@ impl Cached {
             .inc();
     }
 
-    /// The entry for `key`: from the cache (with its age), or read by `fetch` — once for
-    /// every concurrent caller of the same key. A read by this call has no age.
+    /// The entry `call` of `remote` reads: from the cache (with its age), or read from the
+    /// backend — once for every concurrent caller of the same key. A read by this call
+    /// has no age.
     async fn lookup(
         &self,
-        key: CacheKey,
-        fetch: impl std::future::Future<Output = Result<Body, ProviderError>>,
+        call: Call,
+        remote: &RemoteRef,
     ) -> Result<(Arc<Entry>, Option<CacheAge>), ProviderError> {
+        let key = CacheKey::new(call, remote);
         if let Some(entry) = self.cache.get(&key).await {
             let age = entry.at.elapsed();
             // Without staleIfError the cache's own ttl decides (an entry is gone after it).
@@ -372,17 +474,19 @@ impl Cached {
                 self.count("hit");
                 return Ok((entry, Some(CacheAge { age, stale: false })));
             }
-            return self.refresh(key, entry, fetch).await;
+            return self.refresh(key, call, remote, entry).await;
         }
         let fetched = AtomicBool::new(false);
         let init = async {
             fetched.store(true, Ordering::Relaxed);
-            fetch.await.map(|body| {
-                Arc::new(Entry {
-                    at: Instant::now(),
-                    body,
+            read(self.inner.clone(), call, remote.clone())
+                .await
+                .map(|body| {
+                    Arc::new(Entry {
+                        at: Instant::now(),
+                        body,
+                    })
                 })
-            })
         };
         let result = self.cache.try_get_with(key, init).await;
         let own = self.read_by(&fetched);
@@ -394,50 +498,34 @@ impl Cached {
 
     /// Reads `key` again for an entry past its ttl (`stale`), once for every concurrent
     /// caller: a value replaces the entry; a definite answer evicts it; the backend down,
-    /// the stale value is answered while its age is within `ttl + staleIfError`.
+    /// or slower than the refresh deadline, the stale value is answered while its age is
+    /// within `ttl + staleIfError`.
     async fn refresh(
         &self,
         key: CacheKey,
+        call: Call,
+        remote: &RemoteRef,
         stale: Arc<Entry>,
-        fetch: impl std::future::Future<Output = Result<Body, ProviderError>>,
     ) -> Result<(Arc<Entry>, Option<CacheAge>), ProviderError> {
-        let cell = self
-            .lock_refreshing()
-            .entry(key.clone())
-            .or_default()
-            .clone();
-        let fetched = AtomicBool::new(false);
-        let init = || async {
-            fetched.store(true, Ordering::Relaxed);
-            let result = tokio::time::timeout(self.refresh_deadline, fetch)
-                .await
-                .unwrap_or(Err(ProviderError::Timeout));
-            match result {
-                Ok(body) => {
-                    let entry = Arc::new(Entry {
-                        at: Instant::now(),
-                        body,
-                    });
-                    self.cache.insert(key.clone(), entry.clone()).await;
-                    Ok(entry)
-                }
-                Err(e) => {
-                    if !serves_stale(&e) {
-                        // A definite answer: the stale value must not outlive it.
-                        self.cache.invalidate(&key).await;
-                    }
-                    Err(e)
+        let (flight, own) = {
+            let mut refreshing = lock_refreshing(&self.refreshing);
+            match refreshing.get(&key) {
+                Some(flight) => (flight.clone(), false),
+                None => {
+                    let flight = self.start_refresh(&key, call, remote);
+                    refreshing.insert(key.clone(), flight.clone());
+                    (flight, true)
                 }
             }
         };
-        let result = cell.get_or_init(init).await.clone();
-        {
-            let mut refreshing = self.lock_refreshing();
-            if refreshing.get(&key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
-                refreshing.remove(&key);
-            }
-        }
-        let own = self.read_by(&fetched);
+        let waiter = Waiter {
+            refreshing: &self.refreshing,
+            key: &key,
+            flight: Some(flight),
+        };
+        let result = waiter.outcome().await;
+        drop(waiter);
+        self.count(if own { "miss" } else { "coalesced" });
         match result {
             Ok(entry) => Ok(self.fetched(entry, own)),
             Err(e) if serves_stale(&e) => {
@@ -462,6 +550,59 @@ impl Cached {
         }
     }
 
+    /// Starts the refresh of `key` in a task of its own (it owns what it needs, so it may
+    /// outlive its callers): bounded by `refresh_limit`; a value replaces the entry, a
+    /// definite answer evicts it; then it leaves the map and publishes its outcome.
+    fn start_refresh(&self, key: &CacheKey, call: Call, remote: &RemoteRef) -> Arc<Flight> {
+        let id = self.next_flight.fetch_add(1, Ordering::Relaxed);
+        let (publish, outcome) = tokio::sync::watch::channel(None);
+        let cache = self.cache.clone();
+        let refreshing = self.refreshing.clone();
+        let serving_stale = self.serving_stale.clone();
+        let store = self.store.clone();
+        let owned_key = key.clone();
+        let limit = self.refresh_limit;
+        let reading = read(self.inner.clone(), call, remote.clone());
+        let task = tokio::spawn(async move {
+            let key = owned_key;
+            let result = tokio::time::timeout(limit, reading)
+                .await
+                .unwrap_or(Err(ProviderError::Timeout));
+            let result = match result {
+                Ok(body) => {
+                    let entry = Arc::new(Entry {
+                        at: Instant::now(),
+                        body,
+                    });
+                    cache.insert(key.clone(), entry.clone()).await;
+                    backend_answered(&serving_stale, &store);
+                    Ok(entry)
+                }
+                Err(e) => {
+                    if !serves_stale(&e) {
+                        // A definite answer: the stale value must not outlive it.
+                        cache.invalidate(&key).await;
+                    }
+                    Err(e)
+                }
+            };
+            {
+                let mut map = lock_refreshing(&refreshing);
+                if map.get(&key).is_some_and(|f| f.id == id) {
+                    map.remove(&key);
+                }
+            }
+            publish.send_replace(Some(result));
+        });
+        Arc::new(Flight {
+            id,
+            outcome,
+            deadline: tokio::time::Instant::now() + self.refresh_deadline,
+            detached: AtomicBool::new(false),
+            task: task.abort_handle(),
+        })
+    }
+
     /// Whether this call made the backend read (else it waited for another's), counted.
     fn read_by(&self, fetched: &AtomicBool) -> bool {
         let own = fetched.load(Ordering::Relaxed);
@@ -472,7 +613,7 @@ impl Cached {
     /// An entry read from the backend, by this call (`own`: no age) or another.
     fn fetched(&self, entry: Arc<Entry>, own: bool) -> (Arc<Entry>, Option<CacheAge>) {
         if own {
-            self.backend_answered();
+            backend_answered(&self.serving_stale, &self.store);
         }
         let age = (!own).then(|| CacheAge {
             age: entry.at.elapsed(),
@@ -481,20 +622,38 @@ impl Cached {
         (entry, age)
     }
 
-    /// The backend answered a read: stale values, if any were served, are no longer.
-    fn backend_answered(&self) {
-        if self.serving_stale.swap(false, Ordering::Relaxed) {
-            tracing::info!(
-                store = %self.store,
-                "store cache serving fresh values again: the backend answers"
-            );
-        }
+    #[cfg(test)]
+    fn lock_refreshing(&self) -> std::sync::MutexGuard<'_, HashMap<CacheKey, Arc<Flight>>> {
+        lock_refreshing(&self.refreshing)
     }
+}
 
-    fn lock_refreshing(&self) -> std::sync::MutexGuard<'_, HashMap<CacheKey, Refresh>> {
-        self.refreshing
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+/// The backend answered a read: stale values, if any were served, are no longer.
+fn backend_answered(serving_stale: &AtomicBool, store: &str) {
+    if serving_stale.swap(false, Ordering::Relaxed) {
+        tracing::info!(
+            store = %store,
+            "store cache serving fresh values again: the backend answers"
+        );
+    }
+}
+
+/// What `call` of `remote` answers, read from `inner` (owned: a refresh may outlive its
+/// callers).
+async fn read(
+    inner: Arc<dyn SecretProvider>,
+    call: Call,
+    remote: RemoteRef,
+) -> Result<Body, ProviderError> {
+    match call {
+        Call::GetSecret => inner
+            .get_secret(&remote)
+            .await
+            .map(|v| Body::Value(Zeroizing::new(v))),
+        Call::GetSecretMap => inner
+            .get_secret_map(&remote)
+            .await
+            .map(|m| Body::Map(m.into_iter().map(|(k, v)| (k, Zeroizing::new(v))).collect())),
     }
 }
 
@@ -517,15 +676,7 @@ impl SecretProvider for Cached {
         &self,
         remote: &RemoteRef,
     ) -> Result<(Vec<u8>, Option<CacheAge>), ProviderError> {
-        let fetch = async {
-            self.inner
-                .get_secret(remote)
-                .await
-                .map(|v| Body::Value(Zeroizing::new(v)))
-        };
-        let (entry, age) = self
-            .lookup(CacheKey::new(Call::GetSecret, remote), fetch)
-            .await?;
+        let (entry, age) = self.lookup(Call::GetSecret, remote).await?;
         match &entry.body {
             Body::Value(v) => Ok((v.to_vec(), age)),
             Body::Map(_) => Err(ProviderError::Backend("cache entry of another call".into())),
@@ -536,15 +687,7 @@ impl SecretProvider for Cached {
         &self,
         remote: &RemoteRef,
     ) -> Result<(BTreeMap<String, Vec<u8>>, Option<CacheAge>), ProviderError> {
-        let fetch = async {
-            self.inner
-                .get_secret_map(remote)
-                .await
-                .map(|m| Body::Map(m.into_iter().map(|(k, v)| (k, Zeroizing::new(v))).collect()))
-        };
-        let (entry, age) = self
-            .lookup(CacheKey::new(Call::GetSecretMap, remote), fetch)
-            .await?;
+        let (entry, age) = self.lookup(Call::GetSecretMap, remote).await?;
         match &entry.body {
             Body::Map(m) => Ok((
                 m.iter().map(|(k, v)| (k.clone(), v.to_vec())).collect(),
@@ -705,12 +848,22 @@ mod tests {
     struct Switch {
         calls: AtomicUsize,
         mode: Mutex<Result<(), ProviderError>>,
-        delay: Duration,
+        delay: Mutex<Duration>,
     }
 
     impl Switch {
+        fn new(delay: Duration) -> Arc<Self> {
+            Arc::new(Switch {
+                calls: AtomicUsize::new(0),
+                mode: Mutex::new(Ok(())),
+                delay: Mutex::new(delay),
+            })
+        }
         fn set(&self, mode: Result<(), ProviderError>) {
             *self.mode.lock().unwrap() = mode;
+        }
+        fn set_delay(&self, delay: Duration) {
+            *self.delay.lock().unwrap() = delay;
         }
     }
 
@@ -721,7 +874,8 @@ mod tests {
         }
         async fn get_secret(&self, remote: &RemoteRef) -> Result<Vec<u8>, ProviderError> {
             let n = self.calls.fetch_add(1, Ordering::SeqCst);
-            tokio::time::sleep(self.delay).await;
+            let delay = *self.delay.lock().unwrap();
+            tokio::time::sleep(delay).await;
             let mode = self.mode.lock().unwrap().clone();
             mode.map(|()| format!("{}:{n}", remote.key).into_bytes())
         }
@@ -741,16 +895,17 @@ mod tests {
         stale_ms: u64,
         delay_ms: u64,
     ) -> (Arc<Switch>, Cached) {
-        let inner = Arc::new(Switch {
-            calls: AtomicUsize::new(0),
-            mode: Mutex::new(Ok(())),
-            delay: Duration::from_millis(delay_ms),
-        });
+        let inner = Switch::new(Duration::from_millis(delay_ms));
         let settings = CacheSettings {
             stale_if_error: Duration::from_millis(stale_ms),
             ..settings(ttl_ms)
         };
         (inner.clone(), Cached::new(store, inner, &settings))
+    }
+
+    /// `c` with refreshes waited for `deadline_ms` (¾ of a backend timeout).
+    fn bounded(c: Cached, deadline_ms: u64) -> Cached {
+        c.with_backend_timeout(Duration::from_millis(deadline_ms * 4 / 3))
     }
 
     fn stale_served(store: &str) -> u64 {
@@ -842,7 +997,7 @@ mod tests {
     #[tokio::test]
     async fn stale_refreshes_are_coalesced_and_bounded() {
         let (inner, c) = stale_cache("stale-coalesce", 100, 60_000, 50);
-        let c = Arc::new(c.with_refresh_deadline(Duration::from_millis(500)));
+        let c = Arc::new(bounded(c, 500));
         let v1 = c.get_secret(&key("a")).await.unwrap();
         tokio::time::sleep(Duration::from_millis(150)).await;
         let read_all = |c: Arc<Cached>| async move {
@@ -876,11 +1031,7 @@ mod tests {
         assert_eq!(inner.calls.load(Ordering::SeqCst), 3);
         assert!(c.lock_refreshing().is_empty());
         // A backend slower than the refresh deadline: the stale value, in time.
-        let slow = Arc::new(Switch {
-            calls: AtomicUsize::new(0),
-            mode: Mutex::new(Ok(())),
-            delay: Duration::ZERO,
-        });
+        let slow = Switch::new(Duration::ZERO);
         let c = Cached::new(
             "stale-slow",
             slow.clone(),
@@ -888,15 +1039,11 @@ mod tests {
                 stale_if_error: Duration::from_secs(60),
                 ..settings(100)
             },
-        )
-        .with_refresh_deadline(Duration::from_millis(200));
+        );
+        let c = bounded(c, 200);
         let v = c.get_secret(&key("a")).await.unwrap();
         tokio::time::sleep(Duration::from_millis(150)).await;
-        let slow_inner = Arc::new(Switch {
-            calls: AtomicUsize::new(0),
-            mode: Mutex::new(Ok(())),
-            delay: Duration::from_secs(30),
-        });
+        let slow_inner = Switch::new(Duration::from_secs(30));
         let c = Cached {
             inner: slow_inner,
             ..c
@@ -906,6 +1053,92 @@ mod tests {
         assert_eq!(again, v);
         assert!(age.is_some_and(|a| a.stale));
         assert!(start.elapsed() < Duration::from_secs(2));
+    }
+
+    /// F1 (a): a backend that never answers, behind the breaker (one failure opens it):
+    /// the refresh given up on at the deadline is still recorded as timed out, so the
+    /// circuit opens and later stale answers are immediate (before: each waited for the
+    /// deadline, and the circuit never opened).
+    #[tokio::test]
+    async fn a_hung_backend_opens_the_circuit_and_stale_answers_become_immediate() {
+        let inner = Switch::new(Duration::ZERO);
+        let resilient = Arc::new(super::super::resilient::Resilient::new(
+            "stale-hung",
+            inner.clone(),
+            super::super::resilient::ResilienceSettings {
+                retry_window: Duration::from_millis(266),
+                failure_threshold: 1,
+                cool_down: Duration::from_secs(60),
+                ..super::super::resilient::ResilienceSettings::with_backend_timeout(
+                    Duration::from_millis(266),
+                )
+            },
+        ));
+        let c = Cached::new(
+            "stale-hung",
+            resilient,
+            &CacheSettings {
+                stale_if_error: Duration::from_secs(60),
+                ..settings(100)
+            },
+        );
+        let c = bounded(c, 200);
+        let v = c.get_secret(&key("a")).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        inner.set_delay(Duration::from_secs(30));
+        let (again, age) = c.get_secret_with_age(&key("a")).await.unwrap();
+        assert_eq!(again, v);
+        assert!(age.is_some_and(|a| a.stale));
+        // The refresh's limit (backend timeout + 1 s) passes: the attempt timed out.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let start = Instant::now();
+        let (again, age) = c.get_secret_with_age(&key("a")).await.unwrap();
+        let took = start.elapsed();
+        assert_eq!(again, v);
+        assert!(age.is_some_and(|a| a.stale));
+        assert!(took < Duration::from_millis(50), "took {took:?}");
+        assert_eq!(inner.calls.load(Ordering::SeqCst), 2, "the circuit is open");
+    }
+
+    /// F1 (b): a backend slower than the refresh deadline but alive: the stale value is
+    /// answered in time, and the refresh's answer still replaces the entry (before: it was
+    /// dropped, and the value stayed stale while the backend answered).
+    #[tokio::test]
+    async fn a_slow_answer_still_replaces_the_stale_entry() {
+        let (inner, c) = stale_cache("stale-slowish", 100, 60_000, 0);
+        let c = bounded(c, 100);
+        let v1 = c.get_secret(&key("a")).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        inner.set_delay(Duration::from_millis(150));
+        let start = Instant::now();
+        let (v, age) = c.get_secret_with_age(&key("a")).await.unwrap();
+        assert_eq!(v, v1);
+        assert!(age.is_some_and(|a| a.stale));
+        assert!(start.elapsed() < Duration::from_millis(140));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // (Stale again by now, and refreshed again, slowly: answered from the entry.)
+        let v = c.get_secret(&key("a")).await.unwrap();
+        assert_eq!(v, b"a:1", "the slow refresh's answer");
+    }
+
+    /// F3: a refresh whose every caller is cancelled before its deadline leaves nothing in
+    /// the map of refreshes under way (before: its entry stayed for good).
+    #[tokio::test]
+    async fn a_refresh_whose_callers_are_all_cancelled_leaves_nothing() {
+        let (inner, c) = stale_cache("stale-cancel", 100, 60_000, 0);
+        let c = Arc::new(bounded(c, 5_000));
+        c.get_secret(&key("a")).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        inner.set_delay(Duration::from_secs(30));
+        let reader = {
+            let c = c.clone();
+            tokio::spawn(async move { c.get_secret(&key("a")).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(c.lock_refreshing().len(), 1, "under way");
+        reader.abort();
+        assert!(reader.await.unwrap_err().is_cancelled());
+        assert!(c.lock_refreshing().is_empty());
     }
 
     #[test]

@@ -419,10 +419,19 @@ impl KubernetesProvider {
                         "auth.serviceAccount needs the TokenRequest API (Kubernetes mode)".into(),
                     )
                 })?;
-                let token = tokens
-                    .token(namespace, name, audiences)
-                    .await
-                    .map_err(|e| ProviderError::Unavailable(e.to_string()))?;
+                // A refusal (the ServiceAccount gone, or the server may no longer ask for
+                // its tokens) is a definite answer: not retried, not counted against the
+                // circuit, and a cached value is not served in its place.
+                let token =
+                    tokens
+                        .token(namespace, name, audiences)
+                        .await
+                        .map_err(|e| match e {
+                            crate::remote::TokenError::Refused(_) => {
+                                ProviderError::Backend(e.to_string())
+                            }
+                            _ => ProviderError::Unavailable(e.to_string()),
+                        })?;
                 Ok(Some(token.header().clone()))
             }
         }
@@ -835,6 +844,118 @@ mod tests {
             .to_string();
         assert!(msg.contains("client key"), "{msg}");
         assert!(!msg.contains("PRIVATE KEY"), "{msg}");
+    }
+
+    /// The TokenRequest API answering 403 (the server may no longer ask for the
+    /// ServiceAccount's tokens), as `KubeTokenRequest` maps it.
+    #[derive(Debug)]
+    struct Revoked;
+
+    #[async_trait::async_trait]
+    impl ServiceAccountTokens for Revoked {
+        async fn token(
+            &self,
+            namespace: &str,
+            service_account: &str,
+            _: &[String],
+        ) -> Result<Token, crate::remote::TokenError> {
+            let forbidden = kube::core::Status::failure("forbidden", "Forbidden")
+                .with_code(403)
+                .boxed();
+            Err(crate::remote::token_request::request_error(
+                namespace,
+                service_account,
+                &kube::Error::Api(forbidden),
+            ))
+        }
+    }
+
+    /// Answers one value (read while access was granted), then asks the real provider.
+    struct GrantedOnce {
+        answered: std::sync::atomic::AtomicBool,
+        then: KubernetesProvider,
+    }
+
+    #[async_trait::async_trait]
+    impl SecretProvider for GrantedOnce {
+        fn kind(&self) -> &'static str {
+            "kubernetes_granted_once"
+        }
+        async fn get_secret(&self, remote: &RemoteRef) -> Result<Vec<u8>, ProviderError> {
+            if !self
+                .answered
+                .swap(true, std::sync::atomic::Ordering::SeqCst)
+            {
+                return Ok(b"v0".to_vec());
+            }
+            self.then.get_secret(remote).await
+        }
+        async fn get_secret_map(
+            &self,
+            remote: &RemoteRef,
+        ) -> Result<BTreeMap<String, Vec<u8>>, ProviderError> {
+            self.then.get_secret_map(remote).await
+        }
+    }
+
+    /// F2: access revoked (TokenRequest answers 403) is a definite answer: not retried,
+    /// and with staleIfError the cached value is not served in its place (before: it was
+    /// `Unavailable`, and the value was served stale for up to 24 h).
+    #[tokio::test]
+    async fn a_revoked_service_account_is_refused_not_served_stale() {
+        let secrets = secrets();
+        let settings = ProviderSettings {
+            service_account_tokens: Some(std::sync::Arc::new(Revoked)),
+            ..ProviderSettings::default()
+        };
+        let p = KubernetesProvider::from_spec(
+            &BuildContext {
+                store: "k",
+                namespace: Some("ns"),
+                secrets: &secrets,
+                settings: &settings,
+            },
+            &base(json!({"auth": {"serviceAccount": {"name": "sa", "audiences": ["https://api.example"]}}})),
+        )
+        .unwrap();
+        let db = RemoteRef {
+            key: "db".into(),
+            ..Default::default()
+        };
+        let err = p.get_secret(&db).await.unwrap_err();
+        assert!(
+            matches!(&err, ProviderError::Backend(m) if m.contains("HTTP 403")),
+            "{err:?}"
+        );
+        let resilient = crate::providers::resilient::Resilient::new(
+            "k-revoked",
+            std::sync::Arc::new(GrantedOnce {
+                answered: Default::default(),
+                then: p,
+            }),
+            crate::providers::resilient::ResilienceSettings::with_backend_timeout(
+                std::time::Duration::from_secs(5),
+            ),
+        );
+        let cached = crate::providers::cache::Cached::new(
+            "k-revoked",
+            std::sync::Arc::new(resilient),
+            &crate::providers::cache::CacheSettings {
+                ttl: std::time::Duration::from_millis(100),
+                max_entries: 10,
+                max_bytes: 1 << 20,
+                stale_if_error: std::time::Duration::from_secs(3600),
+            },
+        );
+        assert_eq!(cached.get_secret(&db).await.unwrap(), b"v0");
+        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+        for _ in 0..2 {
+            let err = cached.get_secret(&db).await.unwrap_err();
+            assert!(
+                matches!(&err, ProviderError::Backend(m) if m.contains("HTTP 403")),
+                "{err:?}"
+            );
+        }
     }
 
     #[tokio::test]

@@ -493,11 +493,11 @@ pub fn build_provider(
         settings.resilience_settings(),
     ));
     Ok(match cache {
-        // A refresh that could serve a stale value gives up in time for the answer to be
-        // the stale value rather than the request deadline's 503.
+        // A refresh that could serve a stale value is waited for ¾ of the backend timeout,
+        // in time for the answer to be the stale value rather than the request deadline's
+        // 503; it goes on in the background, bounded as a request is.
         Some(c) => Arc::new(
-            cache::Cached::new(&label, provider, &c)
-                .with_refresh_deadline(settings.timeout * 3 / 4),
+            cache::Cached::new(&label, provider, &c).with_backend_timeout(settings.timeout),
         ),
         None => provider,
     })

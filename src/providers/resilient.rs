@@ -8,9 +8,13 @@
 //!   at most [`ResilienceSettings::retries`] times, after a jittered exponential backoff
 //!   (`backon`), and only while the first attempt started less than one backend timeout
 //!   ago (so the whole call stays within the request deadline). A definite answer
-//!   (`NotFound`, `InvalidRequest`, `Unsupported`, `Backend`: a 4xx) is never retried. A
-//!   `find` is not retried either: each of its keys is decided (and audited) as it is
-//!   listed, and a retry would decide them again.
+//!   (`NotFound`, `InvalidRequest`, `Unsupported`, `Backend`: a 4xx) is never retried.
+//!   The API's `find_allowed` is not retried either: each of its keys is decided (and
+//!   audited) as it is listed, and a retry would decide them again; `find` (the
+//!   reconciler's `dataFrom.find`, no per-key decision) is retried like a read.
+//! - **An attempt given up on** (dropped unfinished: the request deadline, a background
+//!   cache refresh's bound) one backend timeout or more after it started counts as timed
+//!   out, so a backend that never answers opens the circuit.
 //! - **A circuit breaker per store** ([`Breaker`]): after
 //!   [`ResilienceSettings::failure_threshold`] attempts in a row failed as unavailable or
 //!   timed out, the circuit *opens*: calls answer `Unavailable` ("circuit open", 503) at
@@ -43,7 +47,8 @@ pub struct ResilienceSettings {
     pub min_delay: Duration,
     /// Largest backoff delay.
     pub max_delay: Duration,
-    /// Retries start only within this long of the first attempt (the backend timeout).
+    /// Retries start only within this long of the first attempt (the backend timeout); an
+    /// attempt dropped unfinished after this long counts as timed out.
     pub retry_window: Duration,
     /// Attempts in a row failing as unavailable or timed out that open the circuit.
     pub failure_threshold: u32,
@@ -161,13 +166,18 @@ pub struct Breaker {
     _series: crate::metrics::StoreSeries,
 }
 
-/// Leave to make one call: finish it with its outcome. A probe dropped unfinished (its
-/// call cancelled) counts as a failure, so the circuit never stays half-open.
+/// Leave to make one call: finish it with its outcome. A call dropped unfinished (its
+/// caller gave up) counts as a failure when it was a probe, so the circuit never stays
+/// half-open, or when it had run for its timeout ([`Permit::timing_out_after`]): a backend
+/// that never answers is a failing one, whoever stops waiting for it.
 #[must_use]
 pub struct Permit<'a> {
     breaker: &'a Breaker,
     probe: bool,
     finished: bool,
+    admitted: Instant,
+    /// A call dropped unfinished this long after it was admitted timed out.
+    timeout: Option<Duration>,
 }
 
 impl Permit<'_> {
@@ -176,12 +186,26 @@ impl Permit<'_> {
         self.finished = true;
         self.breaker.record(self.probe, failed, Instant::now());
     }
+
+    /// A call dropped unfinished `timeout` or more after it was admitted counts as timed
+    /// out (a failure); dropped sooner, it counts for nothing (unless a probe).
+    pub fn timing_out_after(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
 }
 
 impl Drop for Permit<'_> {
     fn drop(&mut self) {
-        if !self.finished && self.probe {
-            self.breaker.record(true, true, Instant::now());
+        if self.finished {
+            return;
+        }
+        let now = Instant::now();
+        let timed_out = self
+            .timeout
+            .is_some_and(|t| now.saturating_duration_since(self.admitted) >= t);
+        if self.probe || timed_out {
+            self.breaker.record(self.probe, true, now);
         }
     }
 }
@@ -234,6 +258,8 @@ impl Breaker {
             breaker: self,
             probe,
             finished: false,
+            admitted: now,
+            timeout: None,
         })
     }
 
@@ -323,6 +349,9 @@ impl Resilient {
                 .inc();
             return Err(ProviderError::Unavailable(CIRCUIT_OPEN.into()));
         };
+        // Dropped after the backend timeout (the request deadline, a cache refresh's bound),
+        // the attempt timed out: a backend that never answers opens the circuit.
+        let permit = permit.timing_out_after(self.settings.retry_window);
         let result = call().await;
         permit.finish(matches!(&result, Err(e) if is_retryable(e)));
         result
@@ -461,6 +490,55 @@ mod tests {
         let b = Breaker::new("breaker-drop2", 1, Duration::from_millis(1));
         drop(b.admit(Instant::now()).unwrap());
         assert_eq!(b.state(), CircuitState::Closed);
+    }
+
+    /// Never answers.
+    struct Hung;
+
+    #[async_trait::async_trait]
+    impl SecretProvider for Hung {
+        fn kind(&self) -> &'static str {
+            "resilient_hung"
+        }
+        async fn get_secret(&self, _: &RemoteRef) -> Result<Vec<u8>, ProviderError> {
+            std::future::pending().await
+        }
+        async fn get_secret_map(
+            &self,
+            _: &RemoteRef,
+        ) -> Result<BTreeMap<String, Vec<u8>>, ProviderError> {
+            std::future::pending().await
+        }
+    }
+
+    /// A call given up on (dropped) after the backend timeout timed out: a backend that
+    /// never answers opens the circuit. Given up on sooner, it counts for nothing.
+    #[tokio::test]
+    async fn an_attempt_dropped_after_the_backend_timeout_is_a_failure() {
+        let settings = ResilienceSettings {
+            retry_window: Duration::from_millis(100),
+            failure_threshold: 1,
+            ..settings()
+        };
+        let r = Resilient::new("hung-test", Arc::new(Hung), settings);
+        let early = tokio::time::timeout(
+            Duration::from_millis(20),
+            r.get_secret(&RemoteRef::default()),
+        )
+        .await;
+        assert!(early.is_err());
+        assert_eq!(r.breaker.state(), CircuitState::Closed);
+        let late = tokio::time::timeout(
+            Duration::from_millis(150),
+            r.get_secret(&RemoteRef::default()),
+        )
+        .await;
+        assert!(late.is_err());
+        assert_eq!(r.breaker.state(), CircuitState::Open);
+        assert_eq!(
+            r.get_secret(&RemoteRef::default()).await,
+            Err(ProviderError::Unavailable(CIRCUIT_OPEN.into()))
+        );
     }
 
     /// Answers the scripted results in turn (then `Ok`), counting calls.

@@ -129,12 +129,14 @@ impl KubeTokenRequest {
         self
     }
 
-    /// Why `audiences` are refused, if they are: every token refused, or the first refused
-    /// audience.
-    fn refused(&self, audiences: &[String]) -> Option<String> {
+    /// Why `audiences` are refused, if they are: every token refused (until the issuer
+    /// is learnt: may pass), or the first refused audience (definite).
+    fn refused(&self, audiences: &[String]) -> Option<TokenError> {
         let r = self.refusal.read().unwrap_or_else(|p| p.into_inner());
         if let Some(reason) = r.all {
-            return Some(format!("TokenRequest refused: {reason}"));
+            return Some(TokenError::Unavailable(format!(
+                "TokenRequest refused: {reason}"
+            )));
         }
         audiences
             .iter()
@@ -143,11 +145,30 @@ impl KubeTokenRequest {
                 r.audiences.iter().any(|x| x == a)
             })
             .map(|aud| {
-                format!(
+                TokenError::Refused(format!(
                     "TokenRequest: audience {aud:?} is accepted by the Kubernetes API server itself \
                      (--api-server-audiences); a token for it would be valid against this cluster: refused"
-                )
+                ))
             })
+    }
+}
+
+/// A failed TokenRequest: an API answer 4xx other than 408 (timeout) and 429 (throttled)
+/// is a refusal — 403 (the server may no longer ask for the ServiceAccount's tokens), 404
+/// (the ServiceAccount is gone), 400/422 — definite; anything else (no answer, 408, 429,
+/// 5xx) may pass.
+pub(crate) fn request_error(namespace: &str, service_account: &str, e: &kube::Error) -> TokenError {
+    let what = format!("TokenRequest for ServiceAccount {namespace}/{service_account}");
+    match e {
+        kube::Error::Api(s) if (400..500).contains(&s.code) && !matches!(s.code, 408 | 429) => {
+            TokenError::Refused(format!("{what} refused: HTTP {} {}", s.code, s.reason))
+        }
+        kube::Error::Api(s) => {
+            TokenError::Unavailable(format!("{what} failed: HTTP {} {}", s.code, s.reason))
+        }
+        _ => TokenError::Unavailable(format!(
+            "{what} failed: the Kubernetes API could not be reached"
+        )),
     }
 }
 
@@ -168,18 +189,18 @@ impl ServiceAccountTokens for KubeTokenRequest {
         // `..` or `/` cannot name another object (the names are not echoed: not one).
         if !super::spec::is_dns_label(namespace) || !super::spec::is_dns_subdomain(service_account)
         {
-            return Err(TokenError::Unavailable(
+            return Err(TokenError::Refused(
                 "TokenRequest: the ServiceAccount's namespace or name is not a Kubernetes name"
                     .into(),
             ));
         }
-        if let Some(why) = self.refused(audiences) {
-            return Err(TokenError::Unavailable(why));
+        if let Some(refusal) = self.refused(audiences) {
+            return Err(refusal);
         }
         // No audience means the API server's own: a token valid against this cluster, which
         // these tokens (sent to another server) must never be.
         if audiences.is_empty() {
-            return Err(TokenError::Unavailable(
+            return Err(TokenError::Refused(
                 "TokenRequest: no audience (the API server's own would be asked for)".into(),
             ));
         }
@@ -204,15 +225,7 @@ impl ServiceAccountTokens for KubeTokenRequest {
         let answer = api
             .create_token_request(service_account, &Default::default(), &request)
             .await
-            .map_err(|e| {
-                let why = match &e {
-                    kube::Error::Api(s) => format!("HTTP {} {}", s.code, s.reason),
-                    _ => "the Kubernetes API could not be reached".to_string(),
-                };
-                TokenError::Unavailable(format!(
-                    "TokenRequest for ServiceAccount {namespace}/{service_account} failed: {why}"
-                ))
-            })?;
+            .map_err(|e| request_error(namespace, service_account, &e))?;
         let status = answer.status.ok_or_else(|| {
             TokenError::Unavailable(format!(
                 "TokenRequest for ServiceAccount {namespace}/{service_account} answered no token"
@@ -312,6 +325,40 @@ mod tests {
             let e = ask(aud).await;
             assert!(e.contains("accepted by the Kubernetes API server"), "{e}");
         }
+    }
+
+    /// 4xx answers but 408 and 429 are refusals (definite); the rest may pass.
+    #[test]
+    fn api_refusals_are_definite() {
+        let api = |code: u16, reason: &str| {
+            kube::Error::Api(
+                kube::core::Status::failure("ignored", reason)
+                    .with_code(code)
+                    .boxed(),
+            )
+        };
+        for (code, reason) in [
+            (403, "Forbidden"),
+            (404, "NotFound"),
+            (400, "BadRequest"),
+            (422, "Invalid"),
+        ] {
+            let e = request_error("ns", "sa", &api(code, reason));
+            assert!(matches!(&e, TokenError::Refused(_)), "{code}: {e:?}");
+            assert!(e.to_string().contains(&format!("HTTP {code}")), "{e}");
+            assert!(e.to_string().contains("ns/sa"), "{e}");
+        }
+        for (code, reason) in [
+            (408, "Timeout"),
+            (429, "TooManyRequests"),
+            (500, "InternalError"),
+            (503, "ServiceUnavailable"),
+        ] {
+            let e = request_error("ns", "sa", &api(code, reason));
+            assert!(matches!(&e, TokenError::Unavailable(_)), "{code}: {e:?}");
+        }
+        let e = request_error("ns", "sa", &kube::Error::LinesCodecMaxLineLengthExceeded);
+        assert!(matches!(&e, TokenError::Unavailable(_)), "{e:?}");
     }
 
     #[test]
