@@ -396,12 +396,7 @@ where
         let ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
-        LINE.with(|line| {
-            // Re-entered only if writing a line logged an audit event, which it does not;
-            // should it ever, that line is built in a buffer of its own.
-            let mut own = Vec::new();
-            let mut borrowed = line.try_borrow_mut().ok();
-            let out = borrowed.as_deref_mut().unwrap_or(&mut own);
+        let build = |out: &mut Vec<u8>| {
             out.clear();
             let _ = write!(out, "{{\"ts_ms\":{ms},\"kind\":\"{kind}\",\"level\":");
             json_str(out, meta.level().as_str());
@@ -416,11 +411,23 @@ where
             event.record(&mut JsonMembers::new(out, None));
             out.extend_from_slice(b"}\n");
             self.write_line(out);
-            // A line far above the usual size does not stay allocated to the thread.
-            if out.capacity() > 64 * 1024 {
-                *out = Vec::new();
+        };
+        // The thread's buffer when it can be had; a buffer of its own otherwise (an audit
+        // event while the line is being written, or while the thread is being torn down).
+        let reused = LINE.try_with(|line| match line.try_borrow_mut() {
+            Ok(mut out) => {
+                build(&mut out);
+                // A line far above the usual size does not stay allocated to the thread.
+                if out.capacity() > 64 * 1024 {
+                    *out = Vec::new();
+                }
+                true
             }
+            Err(_) => false,
         });
+        if reused != Ok(true) {
+            build(&mut Vec::new());
+        }
     }
 }
 

@@ -19,8 +19,8 @@
 //! The message is escaped the same way but not quoted.
 
 use std::fmt::{self, Write as _};
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use tracing::field::{Field, Visit};
@@ -28,25 +28,92 @@ use tracing_subscriber::field::RecordFields;
 use tracing_subscriber::fmt::FormatFields;
 use tracing_subscriber::fmt::format::Writer;
 
-/// Lines the operational log can queue before it drops (about 64 MiB of JSON lines at
-/// worst; a line is typically 300–500 bytes).
-pub const LOG_QUEUE_LINES: usize = 128 * 1024;
+/// Lines the operational log can queue before it drops.
+pub const LOG_QUEUE_LINES: usize = 16 * 1024;
+
+/// Longest operational log line written (bytes, newline included). A longer one (only
+/// caller-chosen text can make one: our own fields are bounded) is replaced by a short
+/// notice, so the queue holds at most [`LOG_QUEUE_LINES`] × this = 64 MiB.
+pub const LOG_LINE_MAX_BYTES: usize = 4 * 1024;
 
 static DROPPED: OnceLock<tracing_appender::non_blocking::ErrorCounter> = OnceLock::new();
+/// Lines replaced because they were too long.
+static OVERSIZE: AtomicU64 = AtomicU64::new(0);
+
+/// The operational log's writer ([`non_blocking_stderr`]): hands each line to the writer
+/// thread's queue, replacing one longer than [`LOG_LINE_MAX_BYTES`] by a notice, and says
+/// on stderr (at most once a minute) when lines were dropped.
+#[derive(Clone)]
+pub struct LogWriter {
+    inner: tracing_appender::non_blocking::NonBlocking,
+    json: bool,
+    reported: Arc<AtomicU64>,
+    complaints: Arc<Throttled>,
+}
+
+impl LogWriter {
+    fn note_drops(&self) {
+        let dropped = dropped_lines();
+        if dropped > self.reported.load(Ordering::Relaxed) && self.complaints.tick().is_some() {
+            let before = self.reported.swap(dropped, Ordering::Relaxed);
+            // Not through the queue, which is what is full.
+            eprintln!(
+                "esi-server: {} operational log lines dropped (queue full or line over {LOG_LINE_MAX_BYTES} bytes); see esi_log_lines_dropped_total",
+                dropped.saturating_sub(before)
+            );
+        }
+    }
+}
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if buf.len() > LOG_LINE_MAX_BYTES {
+            OVERSIZE.fetch_add(1, Ordering::Relaxed);
+            let notice = if self.json {
+                format!(
+                    "{{\"level\":\"WARN\",\"target\":\"esi::logging\",\"message\":\"a log line of {} bytes was not written (longer than {LOG_LINE_MAX_BYTES})\"}}\n",
+                    buf.len()
+                )
+            } else {
+                format!(
+                    " WARN esi::logging: a log line of {} bytes was not written (longer than {LOG_LINE_MAX_BYTES})\n",
+                    buf.len()
+                )
+            };
+            self.inner.write_all(notice.as_bytes())?;
+            self.note_drops();
+            return Ok(buf.len());
+        }
+        let n = self.inner.write(buf)?;
+        self.note_drops();
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogWriter {
+    type Writer = LogWriter;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
 
 /// A writer for the operational log (stderr) that does not write on the thread that logs:
-/// lines are queued (at most [`LOG_QUEUE_LINES`]) and a thread of their own writes them in
-/// batches through a 64 KiB buffer, flushed whenever the queue runs empty. A request thread
-/// therefore never waits on stderr (a slow or full pipe, a paused log collector); when the
-/// queue is full, lines are dropped and counted (`esi_log_lines_dropped_total`), never
-/// blocking requests. The audit log does not go through it (its lines are written before the
-/// answer, see [`crate::audit`]).
+/// lines are queued (at most [`LOG_QUEUE_LINES`], each at most [`LOG_LINE_MAX_BYTES`]:
+/// 64 MiB at worst) and a thread of their own writes them in batches through a 64 KiB
+/// buffer, flushed whenever the queue runs empty. A request thread therefore never waits on
+/// stderr (a slow or full pipe, a paused log collector); when the queue is full, lines are
+/// dropped, counted (`esi_log_lines_dropped_total`) and reported on stderr at most once a
+/// minute, never blocking requests. The audit log does not go through it (its lines are
+/// written before the answer, see [`crate::audit`]). `json` says which format the notices
+/// of replaced lines take. Lines still queued when the process is killed (SIGKILL) are lost.
 ///
 /// Keep the guard until the process ends: dropping it writes what is queued.
-pub fn non_blocking_stderr() -> (
-    tracing_appender::non_blocking::NonBlocking,
-    tracing_appender::non_blocking::WorkerGuard,
-) {
+pub fn non_blocking_stderr(json: bool) -> (LogWriter, tracing_appender::non_blocking::WorkerGuard) {
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .buffered_lines_limit(LOG_QUEUE_LINES)
         .lossy(true)
@@ -56,13 +123,19 @@ pub fn non_blocking_stderr() -> (
             std::io::stderr(),
         ));
     let _ = DROPPED.set(writer.error_counter());
+    let writer = LogWriter {
+        inner: writer,
+        json,
+        reported: Arc::new(AtomicU64::new(0)),
+        complaints: Arc::new(Throttled::new(Duration::from_secs(60))),
+    };
     (writer, guard)
 }
 
-/// Operational log lines dropped so far by [`non_blocking_stderr`]'s writer (0 when it is
-/// not in use).
+/// Operational log lines dropped (queue full) or replaced (too long) so far by
+/// [`non_blocking_stderr`]'s writer (0 when it is not in use).
 pub fn dropped_lines() -> u64 {
-    DROPPED.get().map_or(0, |c| c.dropped_lines() as u64)
+    DROPPED.get().map_or(0, |c| c.dropped_lines() as u64) + OVERSIZE.load(Ordering::Relaxed)
 }
 
 /// Field formatter for the text log that escapes every value (see the module docs).
@@ -250,6 +323,20 @@ impl Throttled {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_line_over_the_limit_is_replaced_and_counted() {
+        use std::io::Write as _;
+        let (mut writer, _guard) = super::non_blocking_stderr(true);
+        let before = super::dropped_lines();
+        let line = vec![b'x'; super::LOG_LINE_MAX_BYTES + 1];
+        assert_eq!(writer.write(&line).unwrap(), line.len());
+        assert_eq!(super::dropped_lines(), before + 1);
+        // A line within the limit goes through untouched and is not counted.
+        writer.write_all(b"{\"message\":\"ok\"}\n").unwrap();
+        assert_eq!(super::dropped_lines(), before + 1);
+    }
+
     use super::*;
 
     #[test]

@@ -429,7 +429,7 @@ async fn kubernetes_mode_tokens_come_from_the_token_request_api() {
         .unwrap_err()
         .to_string();
     assert!(
-        e.contains("TokenRequest for ServiceAccount apps/ghost failed: HTTP 404"),
+        e.contains("TokenRequest for ServiceAccount apps/ghost refused: HTTP 404"),
         "{e}"
     );
 }
@@ -455,7 +455,7 @@ async fn the_token_request_source_refuses_names_that_are_not_kubernetes_names() 
     ] {
         let got = source.token(ns, sa, &aud).await;
         assert!(
-            matches!(&got, Err(TokenError::Unavailable(m)) if m.contains("not a Kubernetes name")),
+            matches!(&got, Err(TokenError::Refused(m)) if m.contains("not a Kubernetes name")),
             "{ns}/{sa}: {got:?}"
         );
     }
@@ -464,7 +464,7 @@ async fn the_token_request_source_refuses_names_that_are_not_kubernetes_names() 
         "metadata": {"name": "app", "namespace": "apps"}}));
     let got = source.token("apps", "app", &[]).await;
     assert!(
-        matches!(&got, Err(TokenError::Unavailable(m)) if m.contains("no audience")),
+        matches!(&got, Err(TokenError::Refused(m)) if m.contains("no audience")),
         "{got:?}"
     );
     let sent: Vec<String> = fake

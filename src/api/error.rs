@@ -103,7 +103,7 @@ impl ApiError {
 
     fn render(self, style: ErrorStyle) -> Response {
         let status = self.status();
-        let detail = self.to_string();
+        let detail = bounded_detail(self.to_string());
         match style {
             ErrorStyle::Ese => (status, axum::Json(detail)).into_response(),
             ErrorStyle::Problem => {
@@ -157,7 +157,7 @@ pub async fn render_errors(
     let Some(Pending(error)) = resp.extensions_mut().remove::<Pending>() else {
         return resp;
     };
-    tracing::info!(status = error.status().as_u16(), reason = %error, "refused");
+    tracing::info!(status = error.status().as_u16(), reason = %bounded_detail(error.to_string()), "refused");
     let mut styled = error.into_styled_response(style);
     for (name, value) in resp.headers() {
         if !styled.headers().contains_key(name) {
@@ -201,8 +201,32 @@ impl From<GeneratorError> for ApiError {
     }
 }
 
+/// Longest error detail answered or logged (characters): a message may quote caller input
+/// (serde's "invalid type: string \"…\"" does), which must not make answers or log lines
+/// of the caller's choosing size.
+pub const DETAIL_MAX_CHARS: usize = 512;
+
+/// `detail` cut to [`DETAIL_MAX_CHARS`] characters (on a character boundary), marked `…`.
+fn bounded_detail(mut detail: String) -> String {
+    if let Some((at, _)) = detail.char_indices().nth(DETAIL_MAX_CHARS) {
+        detail.truncate(at);
+        detail.push('…');
+    }
+    detail
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn details_quoting_caller_input_are_bounded() {
+        let long = ApiError::BadRequest(format!("invalid JSON body: \"{}\"", "é".repeat(70_000)));
+        let detail = bounded_detail(long.to_string());
+        assert_eq!(detail.chars().count(), DETAIL_MAX_CHARS + 1);
+        assert!(detail.ends_with('…'));
+        assert_eq!(bounded_detail("short".into()), "short");
+    }
+
     use super::*;
 
     #[tokio::test]

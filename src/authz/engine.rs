@@ -318,9 +318,18 @@ pub struct PolicyEngine {
     evaluations: std::sync::atomic::AtomicU64,
 }
 
-/// Decisions one engine remembers (least recently and frequently used go first). An entry
-/// is a few hundred bytes: about 8 MiB at most.
-pub const DECISION_CACHE_ENTRIES: u64 = 16 * 1024;
+/// Bytes of decisions one engine remembers (keys' and policy ids' text plus a fixed
+/// overhead per entry; least recently and frequently used go first): 8 MiB, about 16k
+/// ordinary entries.
+pub const DECISION_CACHE_BYTES: u64 = 8 * 1024 * 1024;
+
+/// A request whose key weighs more than this is decided but not remembered: keys are
+/// caller-chosen text (a store or key name that does not exist is decided as written), so
+/// large ones must not crowd out the rest or hold memory.
+pub const DECISION_CACHE_MAX_ENTRY_BYTES: u32 = 2 * 1024;
+
+/// Fixed cost counted per cached decision (the entry, the key's and decision's headers).
+const DECISION_ENTRY_OVERHEAD: u32 = 256;
 
 /// Everything a decision depends on besides the policies: the Cedar request and its
 /// entities are built from this key alone ([`build_request`]), so two requests with equal
@@ -343,6 +352,34 @@ struct DecisionKey {
 }
 
 impl DecisionKey {
+    /// What remembering `decision` under this key costs, in bytes (approximate).
+    fn weight(&self, decision: &Decision) -> u32 {
+        let opt = |o: &Option<String>| o.as_ref().map_or(0, String::len);
+        let resource = match &self.resource {
+            Resource::RemoteKey { store, key } => store.len() + key.len(),
+            Resource::Store { store } => store.len(),
+            Resource::Generator {
+                namespace,
+                kind,
+                name,
+            } => namespace.len() + kind.len() + name.len(),
+            Resource::GeneratorStates { namespace } => namespace.len(),
+        };
+        let text = self.federation.len()
+            + self.issuer.len()
+            + self.subject.len()
+            + self.namespace.len()
+            + self.service_account.len()
+            + opt(&self.service_account_uid)
+            + opt(&self.pod_name)
+            + opt(&self.pod_uid)
+            + resource
+            + decision.policy_ids.iter().map(String::len).sum::<usize>();
+        u32::try_from(text)
+            .unwrap_or(u32::MAX)
+            .saturating_add(DECISION_ENTRY_OVERHEAD)
+    }
+
     fn new(identity: &Identity, action: Action, resource: Resource) -> Self {
         DecisionKey {
             federation: identity.federation.clone(),
@@ -361,7 +398,8 @@ impl DecisionKey {
 
 fn decision_cache() -> moka::sync::Cache<DecisionKey, Decision> {
     moka::sync::Cache::builder()
-        .max_capacity(DECISION_CACHE_ENTRIES)
+        .weigher(|key: &DecisionKey, decision: &Decision| key.weight(decision))
+        .max_capacity(DECISION_CACHE_BYTES)
         .build()
 }
 
@@ -536,8 +574,13 @@ impl PolicyEngine {
         let decision = match self.decisions.get(&key) {
             Some(decision) => decision,
             None => {
-                let decision = self.decide_uncached(&key);
-                self.decisions.insert(key.clone(), decision.clone());
+                let (decision, warned) = self.decide_uncached(&key);
+                // A decision that logged a warning (a policy failed to evaluate, the request
+                // could not be built) is made again each time, so each such request leaves
+                // its warning in the audit log.
+                if !warned && key.weight(&decision) <= DECISION_CACHE_MAX_ENTRY_BYTES {
+                    self.decisions.insert(key.clone(), decision.clone());
+                }
                 decision
             }
         };
@@ -558,8 +601,8 @@ impl PolicyEngine {
         decision
     }
 
-    /// Evaluates `key` with Cedar.
-    fn decide_uncached(&self, key: &DecisionKey) -> Decision {
+    /// Evaluates `key` with Cedar; `true` beside the decision when a warning was logged.
+    fn decide_uncached(&self, key: &DecisionKey) -> (Decision, bool) {
         self.evaluations
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (action, resource) = (key.action, &key.resource);
@@ -573,22 +616,26 @@ impl PolicyEngine {
                     resource = %resource,
                     "request denied before evaluation"
                 );
-                Decision {
-                    allowed: false,
-                    policy_ids: Vec::new(),
-                }
+                (
+                    Decision {
+                        allowed: false,
+                        policy_ids: Vec::new(),
+                    },
+                    true,
+                )
             }
         }
     }
 
-    /// Evaluates the shards that can apply to this caller and combines them.
+    /// Evaluates the shards that can apply to this caller and combines them; `true` beside
+    /// the decision when a policy failed to evaluate (a warning was logged).
     fn evaluate(
         &self,
         identity: &DecisionKey,
         scope: Scope,
         request: &Request,
         entities: &Entities,
-    ) -> Decision {
+    ) -> (Decision, bool) {
         let mut outcome = Outcome::default();
         if !self.global.is_empty() {
             let response = self
@@ -597,7 +644,7 @@ impl PolicyEngine {
             outcome.absorb(&self.global, &response);
             // A satisfied (or failed) forbid settles it; no need to look further.
             if !outcome.forbids.is_empty() {
-                return outcome.finish();
+                return outcome.settle();
             }
         }
         if let Some(shard) = self.federations.get(identity.federation.as_str()) {
@@ -613,7 +660,7 @@ impl PolicyEngine {
                 }
             }
         }
-        outcome.finish()
+        outcome.settle()
     }
 }
 
@@ -622,6 +669,8 @@ impl PolicyEngine {
 struct Outcome {
     permits: Vec<String>,
     forbids: Vec<String>,
+    /// A policy failed to evaluate (and a warning was logged).
+    warned: bool,
 }
 
 impl Outcome {
@@ -639,6 +688,7 @@ impl Outcome {
             let AuthorizationError::PolicyEvaluationError(e) = error;
             let id = e.policy_id();
             let is_permit = set.policy(id).map(Policy::effect) == Some(Effect::Permit);
+            self.warned = true;
             tracing::warn!(
                 target: "esi::decision",
                 policy = %id,
@@ -652,6 +702,12 @@ impl Outcome {
                 self.forbids.push(id.to_string());
             }
         }
+    }
+
+    /// The decision, and whether a policy failed to evaluate.
+    fn settle(self) -> (Decision, bool) {
+        let warned = self.warned;
+        (self.finish(), warned)
     }
 
     fn finish(self) -> Decision {

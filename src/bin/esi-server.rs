@@ -427,7 +427,7 @@ fn init_serve_logging(
     use tracing_subscriber::filter::filter_fn;
     use tracing_subscriber::prelude::*;
     let filter = log_filter();
-    let (stderr, guard) = esi::logging::non_blocking_stderr();
+    let (stderr, guard) = esi::logging::non_blocking_stderr(matches!(format, LogFormat::Json));
     let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(esi::logging::stderr_colors())
         .with_writer(stderr);

@@ -1230,13 +1230,26 @@ forbid (principal, action, resource) when { principal has podName && principal.p
 }
 
 #[test]
-fn the_decision_cache_is_bounded() {
+fn the_decision_cache_is_bounded_in_bytes_and_skips_large_keys() {
     let text = r#"
 permit (principal in Esi::Namespace::"beta/ops", action == Esi::Action::"get", resource);
 "#;
     let engine = build_ok(&[], &[file("all.cedar", text)]);
     let who = identity("beta", ISSUER, "ops", "runner");
-    for i in 0..(DECISION_CACHE_ENTRIES + 2_000) {
+    // Caller-chosen keys of 64 KiB: decided every time, never remembered.
+    let big = "A".repeat(64 * 1024);
+    for i in 0..300 {
+        assert!(
+            engine
+                .decide(&who, Action::Get, &key("s", &format!("{i}{big}")))
+                .allowed
+        );
+    }
+    engine.decisions.run_pending_tasks();
+    assert_eq!(engine.decisions.entry_count(), 0);
+    assert_eq!(engine.evaluations(), 300);
+    // Many small keys: the cache stays within its byte budget.
+    for i in 0..40_000 {
         assert!(
             engine
                 .decide(&who, Action::Get, &key("s", &format!("k{i}")))
@@ -1244,5 +1257,33 @@ permit (principal in Esi::Namespace::"beta/ops", action == Esi::Action::"get", r
         );
     }
     engine.decisions.run_pending_tasks();
-    assert!(engine.decisions.entry_count() <= DECISION_CACHE_ENTRIES);
+    assert!(engine.decisions.weighted_size() <= DECISION_CACHE_BYTES);
+    let kept: u64 = engine
+        .decisions
+        .iter()
+        .map(|(k, d)| u64::from(k.weight(&d)))
+        .sum();
+    assert!(kept <= DECISION_CACHE_BYTES, "{kept}");
+    assert!(engine.decisions.entry_count() > 1_000);
+}
+
+#[test]
+fn a_decision_whose_policy_failed_to_evaluate_is_not_remembered() {
+    // Overflow passes strict validation but fails at evaluation: the forbid counts as
+    // satisfied (deny), with a warning for the audit log each time.
+    let text = r#"
+@id("erroring")
+forbid (principal, action == Esi::Action::"get", resource)
+when { 9223372036854775807 + 1 > 0 };
+permit (principal in Esi::Namespace::"beta/ops", action == Esi::Action::"get", resource);
+"#;
+    let engine = build_ok(&[], &[file("e.cedar", text)]);
+    let who = identity("beta", ISSUER, "ops", "runner");
+    let before = engine.evaluations();
+    for _ in 0..3 {
+        let d = engine.decide(&who, Action::Get, &key("s", "k"));
+        assert!(!d.allowed);
+    }
+    // Evaluated each time (not answered from the cache), so each logs its warning.
+    assert_eq!(engine.evaluations() - before, 3);
 }
