@@ -154,7 +154,9 @@ async fn observe(req: Request, next: Next) -> Response {
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
-    let request_id = uuid::Uuid::new_v4();
+    // A request id must be unique, not secret: a version-4 UUID from the thread's CSPRNG
+    // (rand's ThreadRng, seeded by the OS), not a getrandom system call per request.
+    let request_id = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
     let span = tracing::info_span!("request", %request_id, method = %req.method(), route = %route);
     let start = Instant::now();
     let mut resp = next.run(req).instrument(span.clone()).await;
