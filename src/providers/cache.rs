@@ -563,25 +563,53 @@ impl Cached {
         let owned_key = key.clone();
         let limit = self.refresh_limit;
         let reading = read(self.inner.clone(), call, remote.clone());
+        let started = Instant::now();
         let task = tokio::spawn(async move {
             let key = owned_key;
             let result = tokio::time::timeout(limit, reading)
                 .await
                 .unwrap_or(Err(ProviderError::Timeout));
+            // The refresh may end after its entry was evicted and read again by a miss: an
+            // entry read after this refresh started is newer than its answer, and stays.
+            let newer = move |current: Option<moka::Entry<CacheKey, Arc<Entry>>>| {
+                current.is_some_and(|c| c.value().at > started)
+            };
             let result = match result {
                 Ok(body) => {
                     let entry = Arc::new(Entry {
                         at: Instant::now(),
                         body,
                     });
-                    cache.insert(key.clone(), entry.clone()).await;
+                    let put = entry.clone();
+                    cache
+                        .entry(key.clone())
+                        .and_compute_with(|current| {
+                            let op = if newer(current) {
+                                moka::ops::compute::Op::Nop
+                            } else {
+                                moka::ops::compute::Op::Put(put)
+                            };
+                            std::future::ready(op)
+                        })
+                        .await;
                     backend_answered(&serving_stale, &store);
                     Ok(entry)
                 }
                 Err(e) => {
                     if !serves_stale(&e) {
-                        // A definite answer: the stale value must not outlive it.
-                        cache.invalidate(&key).await;
+                        // A definite answer: the stale value must not outlive it (a newer
+                        // entry read since is the backend's later word, and stays).
+                        cache
+                            .entry(key.clone())
+                            .and_compute_with(|current| {
+                                let op = if newer(current) {
+                                    moka::ops::compute::Op::Nop
+                                } else {
+                                    moka::ops::compute::Op::Remove
+                                };
+                                std::future::ready(op)
+                            })
+                            .await;
                     }
                     Err(e)
                 }
@@ -1119,6 +1147,29 @@ mod tests {
         // (Stale again by now, and refreshed again, slowly: answered from the entry.)
         let v = c.get_secret(&key("a")).await.unwrap();
         assert_eq!(v, b"a:1", "the slow refresh's answer");
+    }
+
+    /// Review 52 finding 5: a refresh that ends after its entry was evicted and read again
+    /// by a miss does not overwrite that newer entry with its older answer.
+    #[tokio::test]
+    async fn a_late_refresh_does_not_overwrite_a_newer_entry() {
+        let (inner, c) = stale_cache("stale-late", 1_000, 60_000, 0);
+        let c = bounded(c, 100);
+        assert_eq!(c.get_secret(&key("a")).await.unwrap(), b"a:0");
+        tokio::time::sleep(Duration::from_millis(1_050)).await;
+        inner.set_delay(Duration::from_millis(600));
+        // Stale: answered from the entry; the refresh (call 1) goes on in the background.
+        let (v, age) = c.get_secret_with_age(&key("a")).await.unwrap();
+        assert_eq!(v, b"a:0");
+        assert!(age.is_some_and(|a| a.stale));
+        // The entry is evicted and read again by a miss (call 2) while the refresh runs.
+        c.cache.invalidate_all();
+        c.cache.run_pending_tasks().await;
+        inner.set_delay(Duration::ZERO);
+        assert_eq!(c.get_secret(&key("a")).await.unwrap(), b"a:2");
+        // The refresh ends (answering a:1, read before a:2): a:2 stays.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        assert_eq!(c.get_secret(&key("a")).await.unwrap(), b"a:2");
     }
 
     /// F3: a refresh whose every caller is cancelled before its deadline leaves nothing in
