@@ -210,6 +210,28 @@ fn problem(obj: &RawObject, reason: impl Into<String>) -> LoadError {
 
 /// Digest of what an object is built from: the object and the current contents (or
 /// absence) of `secrets`, the Secrets its build looks up.
+/// The last good form `old` when `value` is it (kept), else `value` as built now, with the
+/// Secrets its build looked up (`recording`) and its digest over them.
+fn kept_or_built<T: ?Sized>(
+    old: Option<&Built<Arc<T>>>,
+    value: &Arc<T>,
+    obj: &RawObject,
+    index: &SecretIndex,
+    recording: &SecretIndex,
+) -> Built<Arc<T>> {
+    match old {
+        Some(b) if Arc::ptr_eq(&b.value, value) => b.clone(),
+        _ => {
+            let secrets = recording.lookups();
+            Built {
+                value: value.clone(),
+                digest: digest_of(obj, index, &secrets),
+                secrets,
+            }
+        }
+    }
+}
+
 fn digest_of(obj: &RawObject, index: &SecretIndex, secrets: &BTreeSet<SecretName>) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update(obj.hash);
@@ -473,18 +495,7 @@ impl InventoryBuilder {
                         }
                     };
                     if let Ok(p) = &provider {
-                        let built = match old {
-                            Some(b) if Arc::ptr_eq(&b.value, p) => b.clone(),
-                            _ => {
-                                let secrets = recording.lookups();
-                                Built {
-                                    value: p.clone(),
-                                    digest: digest_of(obj, &index, &secrets),
-                                    secrets,
-                                }
-                            }
-                        };
-                        stores.insert(id.clone(), built);
+                        stores.insert(id.clone(), kept_or_built(old, p, obj, &index, &recording));
                     }
                     inv.stores.insert(
                         id,
@@ -553,18 +564,10 @@ impl InventoryBuilder {
                         }
                     };
                     if let Ok(gen_) = &built {
-                        let kept = match old {
-                            Some(b) if Arc::ptr_eq(&b.value, gen_) => b.clone(),
-                            _ => {
-                                let secrets = recording.lookups();
-                                Built {
-                                    value: gen_.clone(),
-                                    digest: digest_of(obj, &index, &secrets),
-                                    secrets,
-                                }
-                            }
-                        };
-                        generators.insert(key.clone(), kept);
+                        generators.insert(
+                            key.clone(),
+                            kept_or_built(old, gen_, obj, &index, &recording),
+                        );
                     }
                     inv.generators.insert(key, built);
                 }
