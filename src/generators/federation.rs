@@ -430,4 +430,56 @@ mod tests {
         assert_eq!(expiry(&c), Some(1_893_456_000));
         assert_eq!(expiry(&Credential::default()), None);
     }
+
+    /// Answers every TokenRequest with the scripted error.
+    #[derive(Debug)]
+    struct FailingTokens(crate::remote::TokenError);
+
+    #[async_trait::async_trait]
+    impl crate::remote::ServiceAccountTokens for FailingTokens {
+        async fn token(
+            &self,
+            _: &str,
+            _: &str,
+            _: &[String],
+        ) -> Result<crate::remote::Token, crate::remote::TokenError> {
+            Err(self.0.clone())
+        }
+    }
+
+    /// A TokenRequest that may pass is transient (`Unavailable`: retried); a refused one
+    /// is definite (`Backend`).
+    #[tokio::test]
+    async fn token_request_failures_keep_their_class() {
+        use crate::remote::TokenError;
+        for (failure, transient) in [
+            (TokenError::Unavailable("HTTP 503".into()), true),
+            (TokenError::Refused("HTTP 403".into()), false),
+        ] {
+            let settings = ProviderSettings {
+                service_account_tokens: Some(std::sync::Arc::new(FailingTokens(failure))),
+                client_side: true,
+                ..ProviderSettings::default()
+            };
+            let spec = json!({
+                "server": {"url": "https://localhost:30080"},
+                "generator": {"namespace": "federation-example", "kind": "Fake", "name": "g"},
+                "auth": {"kubernetes": {"serviceAccountRef": {"name": "app", "audiences": ["https://esi"]}}}
+            });
+            let g = build_generator_with("Federation", "apps", "fed", &spec, &index(), &settings)
+                .unwrap();
+            let e = g.generate(&GenerateContext::default()).await.unwrap_err();
+            if transient {
+                assert!(
+                    matches!(&e, GeneratorError::Unavailable(m) if m.contains("503")),
+                    "{e:?}"
+                );
+            } else {
+                assert!(
+                    matches!(&e, GeneratorError::Backend(m) if m.contains("403")),
+                    "{e:?}"
+                );
+            }
+        }
+    }
 }

@@ -75,8 +75,9 @@ impl std::fmt::Debug for ExternalSecretsProvider {
 }
 
 /// A remote failure as a provider error: 404 (missing or not allowed) is `NotFound`;
-/// connect failures, timeouts, 429 and 5xx are `Unavailable`; the rest (401, 403, TLS,
-/// malformed answers, no token) `Backend`, each with its plain-words cause.
+/// connect failures, timeouts, 429, 5xx and a TokenRequest that may pass are
+/// `Unavailable`; the rest (401, 403, TLS, malformed answers, no usable token, a refused
+/// TokenRequest) `Backend`, each with its plain-words cause.
 pub(crate) fn provider_error(e: RemoteError) -> ProviderError {
     match e {
         RemoteError::NotFound => ProviderError::NotFound,
@@ -421,6 +422,17 @@ mod tests {
         assert!(matches!(
             provider_error(RemoteError::Unauthorized),
             ProviderError::Backend(m) if m.contains("401")
+        ));
+        // A TokenRequest that may pass (API server unreachable, throttling, 5xx, the
+        // gateway's own credentials rejected) is transient: retried, served stale.
+        assert!(matches!(
+            provider_error(RemoteError::Token(crate::remote::TokenError::Unavailable("HTTP 503".into()))),
+            ProviderError::Unavailable(m) if m.contains("503")
+        ));
+        // A refused one (ServiceAccount gone, RBAC removed) is definite.
+        assert!(matches!(
+            provider_error(RemoteError::Token(crate::remote::TokenError::Refused("HTTP 403".into()))),
+            ProviderError::Backend(m) if m.contains("403")
         ));
     }
 }

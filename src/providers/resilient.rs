@@ -12,9 +12,11 @@
 //!   The API's `find_allowed` is not retried either: each of its keys is decided (and
 //!   audited) as it is listed, and a retry would decide them again; `find` (the
 //!   reconciler's `dataFrom.find`, no per-key decision) is retried like a read.
-//! - **An attempt given up on** (dropped unfinished: the request deadline, a background
-//!   cache refresh's bound) one backend timeout or more after it started counts as timed
-//!   out, so a backend that never answers opens the circuit.
+//! - **A single read given up on** (a get dropped unfinished: the request deadline, a
+//!   background cache refresh's bound) one backend timeout or more after it started counts
+//!   as timed out, so a backend that never answers opens the circuit. A find given up on
+//!   counts for nothing: it makes many backend calls (list pages, then read keys) and may
+//!   outlast the backend timeout while every call answers.
 //! - **A circuit breaker per store** ([`Breaker`]): after
 //!   [`ResilienceSettings::failure_threshold`] attempts in a row failed as unavailable or
 //!   timed out, the circuit *opens*: calls answer `Unavailable` ("circuit open", 503) at
@@ -47,8 +49,8 @@ pub struct ResilienceSettings {
     pub min_delay: Duration,
     /// Largest backoff delay.
     pub max_delay: Duration,
-    /// Retries start only within this long of the first attempt (the backend timeout); an
-    /// attempt dropped unfinished after this long counts as timed out.
+    /// Retries start only within this long of the first attempt (the backend timeout); a
+    /// single read dropped unfinished after this long counts as timed out.
     pub retry_window: Duration,
     /// Attempts in a row failing as unavailable or timed out that open the circuit.
     pub failure_threshold: u32,
@@ -337,8 +339,14 @@ impl Resilient {
         }
     }
 
-    /// One attempt through the breaker.
-    async fn once<T, Fut>(&self, call: impl FnOnce() -> Fut) -> Result<T, ProviderError>
+    /// One attempt through the breaker. `single_read`: the attempt is one backend read
+    /// (a get), so given up on after the backend timeout it timed out; a find makes many
+    /// backend calls (list pages, then read keys) and may legitimately outlast it.
+    async fn once<T, Fut>(
+        &self,
+        single_read: bool,
+        call: impl FnOnce() -> Fut,
+    ) -> Result<T, ProviderError>
     where
         Fut: Future<Output = Result<T, ProviderError>>,
     {
@@ -349,16 +357,27 @@ impl Resilient {
                 .inc();
             return Err(ProviderError::Unavailable(CIRCUIT_OPEN.into()));
         };
-        // Dropped after the backend timeout (the request deadline, a cache refresh's bound),
-        // the attempt timed out: a backend that never answers opens the circuit.
-        let permit = permit.timing_out_after(self.settings.retry_window);
+        // A single read dropped after the backend timeout (the request deadline, a cache
+        // refresh's bound) timed out: a backend that never answers opens the circuit. A
+        // find dropped late was slow but progressing (many calls, each answering): it
+        // counts for nothing, or 5 slow finds would open the circuit for every tenant.
+        let permit = if single_read {
+            permit.timing_out_after(self.settings.retry_window)
+        } else {
+            permit
+        };
         let result = call().await;
         permit.finish(matches!(&result, Err(e) if is_retryable(e)));
         result
     }
 
-    /// `call` through the breaker, retried as the module docs say.
-    async fn run<T, Fut>(&self, call: impl Fn() -> Fut + Send + Sync) -> Result<T, ProviderError>
+    /// `call` through the breaker, retried as the module docs say (`single_read`: see
+    /// [`Resilient::once`]).
+    async fn run<T, Fut>(
+        &self,
+        single_read: bool,
+        call: impl Fn() -> Fut + Send + Sync,
+    ) -> Result<T, ProviderError>
     where
         Fut: Future<Output = Result<T, ProviderError>> + Send,
         T: Send,
@@ -370,7 +389,7 @@ impl Resilient {
             .with_factor(2.0)
             .with_jitter()
             .with_max_times(self.settings.retries);
-        (|| self.once(&call))
+        (|| self.once(single_read, &call))
             .retry(backoff)
             .sleep(tokio::time::sleep)
             .when(|e| is_retryable(e) && start.elapsed() < self.settings.retry_window)
@@ -390,18 +409,18 @@ impl SecretProvider for Resilient {
     super::forward_canonical!(inner);
 
     async fn get_secret(&self, remote: &RemoteRef) -> Result<Vec<u8>, ProviderError> {
-        self.run(|| self.inner.get_secret(remote)).await
+        self.run(true, || self.inner.get_secret(remote)).await
     }
 
     async fn get_secret_map(
         &self,
         remote: &RemoteRef,
     ) -> Result<BTreeMap<String, Vec<u8>>, ProviderError> {
-        self.run(|| self.inner.get_secret_map(remote)).await
+        self.run(true, || self.inner.get_secret_map(remote)).await
     }
 
     async fn find(&self, find: &FindRequest) -> Result<BTreeMap<String, Vec<u8>>, ProviderError> {
-        self.run(|| self.inner.find(find)).await
+        self.run(false, || self.inner.find(find)).await
     }
 
     async fn find_allowed(
@@ -410,7 +429,8 @@ impl SecretProvider for Resilient {
         allow: &KeyFilter<'_>,
     ) -> Result<BTreeMap<String, Vec<u8>>, ProviderError> {
         // Not retried: every key is decided (and audited) as it is listed.
-        self.once(|| self.inner.find_allowed(find, allow)).await
+        self.once(false, || self.inner.find_allowed(find, allow))
+            .await
     }
 }
 
@@ -539,6 +559,58 @@ mod tests {
             r.get_secret(&RemoteRef::default()).await,
             Err(ProviderError::Unavailable(CIRCUIT_OPEN.into()))
         );
+    }
+
+    /// Lists slowly (many backend calls, each answering) but never hangs.
+    struct SlowFind(Duration);
+
+    #[async_trait::async_trait]
+    impl SecretProvider for SlowFind {
+        fn kind(&self) -> &'static str {
+            "resilient_slow_find"
+        }
+        async fn get_secret(&self, _: &RemoteRef) -> Result<Vec<u8>, ProviderError> {
+            std::future::pending().await
+        }
+        async fn get_secret_map(
+            &self,
+            _: &RemoteRef,
+        ) -> Result<BTreeMap<String, Vec<u8>>, ProviderError> {
+            std::future::pending().await
+        }
+        async fn find_allowed(
+            &self,
+            _: &FindRequest,
+            _: &KeyFilter<'_>,
+        ) -> Result<BTreeMap<String, Vec<u8>>, ProviderError> {
+            tokio::time::sleep(self.0).await;
+            Ok(BTreeMap::new())
+        }
+    }
+
+    /// A find makes many backend calls (list pages, then read keys): dropped at the
+    /// request deadline, it was slow, not failing, and must not open the circuit for
+    /// every tenant. Only a single read dropped after the backend timeout is a failure.
+    #[tokio::test]
+    async fn a_find_dropped_after_the_backend_timeout_is_not_a_failure() {
+        let window = Duration::from_millis(100);
+        let settings = ResilienceSettings {
+            retry_window: window,
+            failure_threshold: 1,
+            ..settings()
+        };
+        let r = Resilient::new("slow-find-test", Arc::new(SlowFind(window * 2)), settings);
+        let find = FindRequest::default();
+        let dropped = tokio::time::timeout(window * 3 / 2, r.find_allowed(&find, &|_| true)).await;
+        assert!(dropped.is_err());
+        assert_eq!(r.breaker.state(), CircuitState::Closed);
+        let dropped = tokio::time::timeout(window * 3 / 2, r.find(&find)).await;
+        assert!(dropped.is_err());
+        assert_eq!(r.breaker.state(), CircuitState::Closed);
+        // A single read given up on after the backend timeout still counts.
+        let late = tokio::time::timeout(window * 3 / 2, r.get_secret(&RemoteRef::default())).await;
+        assert!(late.is_err());
+        assert_eq!(r.breaker.state(), CircuitState::Open);
     }
 
     /// Answers the scripted results in turn (then `Ok`), counting calls.

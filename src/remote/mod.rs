@@ -190,7 +190,8 @@ pub enum RemoteError {
 }
 
 impl RemoteError {
-    /// Whether trying again may help (connect errors, timeouts, 429, 5xx).
+    /// Whether trying again may help (connect errors, timeouts, 429, 5xx, a TokenRequest
+    /// that may pass: [`TokenError::Unavailable`]).
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
@@ -198,6 +199,7 @@ impl RemoteError {
                 | RemoteError::Timeout
                 | RemoteError::RateLimited { .. }
                 | RemoteError::Server(_)
+                | RemoteError::Token(TokenError::Unavailable(_))
         )
     }
 }
@@ -1071,5 +1073,8 @@ mod tests {
         assert!(!RemoteError::NotFound.is_transient());
         assert!(!RemoteError::Unauthorized.is_transient());
         assert!(!RemoteError::Tls("x".into()).is_transient());
+        assert!(RemoteError::Token(TokenError::Unavailable("x".into())).is_transient());
+        assert!(!RemoteError::Token(TokenError::Refused("x".into())).is_transient());
+        assert!(!RemoteError::Token(TokenError::Empty).is_transient());
     }
 }

@@ -135,8 +135,9 @@ impl std::fmt::Debug for Credentials {
 }
 
 impl Credentials {
-    /// The token for one call. Without a TokenRequest source, a ServiceAccount token
-    /// cannot be had: [`TokenError::Unavailable`] says how to fix it.
+    /// The token for one call. Without a TokenRequest source (`--manifests` mode), a
+    /// ServiceAccount token cannot be had, definitely: [`TokenError::Refused`] says how to
+    /// fix it.
     pub async fn token(&self) -> Result<Token, RemoteError> {
         match self {
             Credentials::Static(t) => Ok(t.clone()),
@@ -147,7 +148,7 @@ impl Credentials {
                 tokens,
             } => match tokens {
                 Some(source) => Ok(source.token(namespace, name, audiences).await?),
-                None => Err(RemoteError::Token(TokenError::Unavailable(
+                None => Err(RemoteError::Token(TokenError::Refused(
                     "auth.kubernetes needs Kubernetes mode (the TokenRequest API); use auth.tokenSecretRef in --manifests mode".into(),
                 ))),
             },

@@ -26,14 +26,14 @@ pub enum TokenError {
     /// Not text, or holds characters an HTTP header cannot carry.
     #[error("the token holds characters a token cannot have")]
     BadCharacters,
-    /// The source could not give one, this time (no Kubernetes client, the API server
-    /// unreachable, throttling or failing, …): trying again may help.
+    /// The source could not give one, this time (the API server unreachable, throttling
+    /// or failing, the gateway's own credentials rejected: 401, …): trying again may help.
     #[error("{0}")]
     Unavailable(String),
-    /// The source refused, definitely: the API server answered 4xx (other than 408 and
-    /// 429) — the ServiceAccount is gone, or the server may no longer ask for its tokens —
-    /// or the request can never be made (an audience refused, a name that is not a
-    /// Kubernetes name). Trying again does not help, and a value read with an earlier
+    /// The source refused, definitely: the API server answered 4xx (other than 401, 408
+    /// and 429) — the ServiceAccount is gone, or the server may no longer ask for its
+    /// tokens — or the request can never be made (an audience refused, a name that is not
+    /// a Kubernetes name, no TokenRequest source: `--manifests` mode). Trying again does not help, and a value read with an earlier
     /// token must not be served in its place.
     #[error("{0}")]
     Refused(String),

@@ -153,13 +153,18 @@ impl KubeTokenRequest {
     }
 }
 
-/// A failed TokenRequest: an API answer 4xx other than 408 (timeout) and 429 (throttled)
-/// is a refusal — 403 (the server may no longer ask for the ServiceAccount's tokens), 404
-/// (the ServiceAccount is gone), 400/422 — definite; anything else (no answer, 408, 429,
-/// 5xx) may pass.
+/// A failed TokenRequest: an API answer 4xx other than 401, 408 (timeout) and 429
+/// (throttled) is a refusal — 403 (the server may no longer ask for the ServiceAccount's
+/// tokens), 404 (the ServiceAccount is gone), 400/422 — definite; anything else (no
+/// answer, 401, 408, 429, 5xx) may pass. A 401 rejects the gateway's own credentials
+/// (token rotation, an authentication webhook outage), not the ServiceAccount.
 pub(crate) fn request_error(namespace: &str, service_account: &str, e: &kube::Error) -> TokenError {
     let what = format!("TokenRequest for ServiceAccount {namespace}/{service_account}");
     match e {
+        kube::Error::Api(s) if s.code == 401 => TokenError::Unavailable(format!(
+            "{what} failed: HTTP {} {} (the gateway's own Kubernetes credentials were rejected)",
+            s.code, s.reason
+        )),
         kube::Error::Api(s) if (400..500).contains(&s.code) && !matches!(s.code, 408 | 429) => {
             TokenError::Refused(format!("{what} refused: HTTP {} {}", s.code, s.reason))
         }
@@ -348,7 +353,10 @@ mod tests {
             assert!(e.to_string().contains(&format!("HTTP {code}")), "{e}");
             assert!(e.to_string().contains("ns/sa"), "{e}");
         }
+        // 401: the gateway's own credentials were rejected (token rotation, an auth
+        // webhook outage), not the ServiceAccount: transient.
         for (code, reason) in [
+            (401, "Unauthorized"),
             (408, "Timeout"),
             (429, "TooManyRequests"),
             (500, "InternalError"),
