@@ -124,6 +124,23 @@ impl Bao {
         self.signal("-STOP");
     }
 
+    /// Waits (at most 10 s) until OpenBao no longer answers its health endpoint within
+    /// 300 ms: the freeze has taken effect before anything is asserted about it.
+    async fn wait_until_unresponsive(&self) {
+        let probe = reqwest::Client::builder()
+            .timeout(Duration::from_millis(300))
+            .build()
+            .unwrap();
+        let health = format!("{}/v1/sys/health", self.addr());
+        for _ in 0..30 {
+            if probe.get(&health).send().await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("OpenBao still answers after SIGSTOP");
+    }
+
     fn resume(&self) {
         self.signal("-CONT");
     }
@@ -457,6 +474,7 @@ spec:
     for phase in ["frozen", "killed"] {
         if phase == "frozen" {
             bao.pause();
+            bao.wait_until_unresponsive().await;
         } else {
             bao.kill();
         }
