@@ -216,3 +216,47 @@ async fn a_full_disk_refuses_requests_until_space_is_freed() {
     let (_, metrics) = server.get("/metrics").await;
     assert!(metrics.contains("esi_audit_log_ok 1"), "{metrics}");
 }
+
+/// With an audit log, decision lines are there and not repeated in the operational log
+/// (stderr), unless `RUST_LOG` names `esi::decision`; without one they stay in stderr (the
+/// other suites read them there).
+#[tokio::test(flavor = "multi_thread")]
+async fn decisions_go_to_the_audit_log_and_are_not_repeated_on_stderr() {
+    for (rust_log, repeated) in [("info", false), ("info,esi::decision=info", true)] {
+        let dir = tempfile::tempdir().unwrap();
+        let audit = dir.path().join("audit.jsonl");
+        let server = Server::start_with_log_filter(
+            &setup(),
+            &[],
+            &["--audit-log", audit.to_str().unwrap()],
+            Some(rust_log),
+        );
+        let (status, _) = server
+            .post(
+                "/secretstore/store/secrets/k",
+                Some(&app_token()),
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 200);
+        server.sync_logs().await;
+        let lines = audit_lines(&audit);
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert_eq!(lines[0]["decision"], "allow");
+        let on_stderr = server.count_log("\"target\":\"esi::decision\"");
+        assert_eq!(on_stderr, usize::from(repeated), "RUST_LOG={rust_log}");
+        // The request's access line is there either way, in the JSON shape collectors parse.
+        let answered: Vec<Value> = server
+            .logs()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|l| l["message"] == "answered" && l["span"]["route"].is_string())
+            .collect();
+        assert!(!answered.is_empty(), "{:?}", server.logs());
+        assert_eq!(answered[0]["span"]["name"], "request");
+        assert_eq!(
+            answered[0]["spans"][0]["request_id"],
+            answered[0]["span"]["request_id"]
+        );
+    }
+}

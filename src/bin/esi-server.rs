@@ -262,7 +262,8 @@ struct ServeArgs {
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     tls_reload_interval: Duration,
     /// Audit log (one JSON line per decision and per issued/revoked credential): a file,
-    /// or `-` for stdout.
+    /// or `-` for stdout. With it, decision lines leave the operational log (stderr), which
+    /// would only repeat them, unless `RUST_LOG` names `esi::decision`.
     #[arg(long, env = "ESI_AUDIT_LOG")]
     audit_log: Option<PathBuf>,
     /// Sustained requests per second from one source address (0: no limit).
@@ -408,7 +409,10 @@ fn init_logging(format: LogFormat) {
         .with_ansi(esi::logging::stderr_colors())
         .with_writer(std::io::stderr);
     match format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Json => builder
+            .event_format(esi::logging::JsonLines)
+            .fmt_fields(esi::logging::JsonSpanFields)
+            .init(),
         LogFormat::Text => builder.fmt_fields(esi::logging::EscapedFields).init(),
     }
 }
@@ -426,16 +430,29 @@ fn init_serve_logging(
 )> {
     use tracing_subscriber::filter::filter_fn;
     use tracing_subscriber::prelude::*;
+    // Decisions are in the audit log when there is one: the operational log would repeat
+    // each (twice the lines per request in `kubectl logs`), unless RUST_LOG asks for them.
+    let decisions_too = audit.is_none()
+        || std::env::var("RUST_LOG").is_ok_and(|s| s.contains(esi::audit::DECISION_TARGET));
     let filter = log_filter();
+    let not_audited = move |meta: &tracing::Metadata<'_>| {
+        decisions_too || meta.target() != esi::audit::DECISION_TARGET
+    };
     let (stderr, guard) = esi::logging::non_blocking_stderr(matches!(format, LogFormat::Json));
     let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(esi::logging::stderr_colors())
         .with_writer(stderr);
     let fmt = match format {
-        LogFormat::Json => fmt.json().flatten_event(true).with_filter(filter).boxed(),
+        LogFormat::Json => fmt
+            .event_format(esi::logging::JsonLines)
+            .fmt_fields(esi::logging::JsonSpanFields)
+            .with_filter(filter)
+            .with_filter(filter_fn(not_audited))
+            .boxed(),
         LogFormat::Text => fmt
             .fmt_fields(esi::logging::EscapedFields)
             .with_filter(filter)
+            .with_filter(filter_fn(not_audited))
             .boxed(),
     };
     let audit = audit.map(esi::audit::AuditLayer::to_path).transpose()?;

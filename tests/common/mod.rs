@@ -253,6 +253,17 @@ impl Server {
         policies: &[(&str, &str)],
         extra: &[&str],
     ) -> Server {
+        Self::start_with_log_filter(manifests, policies, extra, None)
+    }
+
+    /// As [`Server::start_with_args`], with `RUST_LOG` set to `rust_log` (default: the
+    /// `ESI_TEST_LOG` variable, else `info`).
+    pub fn start_with_log_filter(
+        manifests: &[(&str, String)],
+        policies: &[(&str, &str)],
+        extra: &[&str],
+        rust_log: Option<&str>,
+    ) -> Server {
         install_crypto();
         let dir = tempfile::tempdir().unwrap();
         let mdir = dir.path().join("manifests");
@@ -271,6 +282,9 @@ impl Server {
             .arg(&mdir)
             .arg("--policies")
             .arg(&pdir);
+        if let Some(filter) = rust_log {
+            cmd.env("ESI_TEST_RUST_LOG", filter);
+        }
         Self::launch(cmd, dir, extra)
     }
 
@@ -291,6 +305,14 @@ impl Server {
     fn launch(mut cmd: Command, dir: tempfile::TempDir, extra: &[&str]) -> Server {
         let mdir = dir.path().join("manifests");
         let pdir = dir.path().join("policies");
+        // A filter of the test's own (ESI_TEST_RUST_LOG on the command), else the run's.
+        let rust_log = cmd
+            .get_envs()
+            .find(|(k, _)| *k == "ESI_TEST_RUST_LOG")
+            .and_then(|(_, v)| v)
+            .map(|v| v.to_string_lossy().into_owned())
+            .or_else(|| std::env::var("ESI_TEST_LOG").ok())
+            .unwrap_or_else(|| "info".into());
         cmd.arg("--listen")
             .arg("127.0.0.1:0")
             .arg("--data-dir")
@@ -300,10 +322,7 @@ impl Server {
             .arg("--log-format")
             .arg("json")
             .args(extra)
-            .env(
-                "RUST_LOG",
-                std::env::var("ESI_TEST_LOG").unwrap_or_else(|_| "info".into()),
-            )
+            .env("RUST_LOG", rust_log)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("start esi-server");
