@@ -424,10 +424,7 @@ fn init_logging(format: LogFormat) {
 fn init_serve_logging(
     format: LogFormat,
     audit: Option<&std::path::Path>,
-) -> Result<(
-    Option<esi::audit::AuditReopener>,
-    tracing_appender::non_blocking::WorkerGuard,
-)> {
+) -> Result<(Option<esi::audit::AuditReopener>, esi::logging::LogGuard)> {
     use tracing_subscriber::filter::filter_fn;
     use tracing_subscriber::prelude::*;
     // Decisions are in the audit log when there is one: the operational log would repeat
@@ -438,7 +435,8 @@ fn init_serve_logging(
     let not_audited = move |meta: &tracing::Metadata<'_>| {
         decisions_too || meta.target() != esi::audit::DECISION_TARGET
     };
-    let (stderr, guard) = esi::logging::non_blocking_stderr(matches!(format, LogFormat::Json));
+    let (stderr, guard) = esi::logging::non_blocking_stderr(matches!(format, LogFormat::Json))
+        .context("cannot start the log writer thread")?;
     let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(esi::logging::stderr_colors())
         .with_writer(stderr);

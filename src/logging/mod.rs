@@ -27,7 +27,7 @@ pub use json::{JsonLines, JsonSpanFields};
 
 use std::fmt::{self, Write as _};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use tracing::field::{Field, Visit};
@@ -35,24 +35,102 @@ use tracing_subscriber::field::RecordFields;
 use tracing_subscriber::fmt::FormatFields;
 use tracing_subscriber::fmt::format::Writer;
 
-/// Lines the operational log can queue before it drops.
-pub const LOG_QUEUE_LINES: usize = 16 * 1024;
+/// Most bytes of operational log lines waiting for the writer thread; a line that would
+/// go beyond is dropped (and counted).
+pub const LOG_QUEUE_BYTES: usize = 8 * 1024 * 1024;
 
 /// Longest operational log line written (bytes, newline included). A longer one (only
 /// caller-chosen text can make one: our own fields are bounded) is replaced by a short
-/// notice, so the queue holds at most [`LOG_QUEUE_LINES`] × this = 64 MiB.
+/// notice.
 pub const LOG_LINE_MAX_BYTES: usize = 4 * 1024;
 
-static DROPPED: OnceLock<tracing_appender::non_blocking::ErrorCounter> = OnceLock::new();
-/// Lines replaced because they were too long.
-static OVERSIZE: AtomicU64 = AtomicU64::new(0);
+/// How long the writer thread lets lines gather after the first one before writing them.
+pub const LOG_FLUSH_INTERVAL: Duration = Duration::from_millis(50);
 
-/// The operational log's writer ([`non_blocking_stderr`]): hands each line to the writer
-/// thread's queue, replacing one longer than [`LOG_LINE_MAX_BYTES`] by a notice, and says
-/// on stderr (at most once a minute) when lines were dropped.
+/// Queued bytes that make the writer thread write at once, whatever the interval.
+const LOG_FLUSH_BYTES: usize = 64 * 1024;
+
+/// Lines dropped (queue full) or replaced (too long).
+static DROPPED: AtomicU64 = AtomicU64::new(0);
+
+/// What the request threads and the writer thread share.
+struct Queue {
+    lines: Mutex<Queued>,
+    /// Wakes the writer thread: a first line after a quiet spell, a full batch, the end.
+    wake: Condvar,
+}
+
+struct Queued {
+    bytes: Vec<u8>,
+    closing: bool,
+}
+
+impl Queue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queued> {
+        // A panic while holding the lock cannot leave the bytes half-written (extend is
+        // all or nothing for our purposes): keep logging.
+        self.lines.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues one whole line; false when it was dropped.
+    fn push(&self, line: &[u8]) -> bool {
+        let mut q = self.lock();
+        if q.bytes.len() + line.len() > LOG_QUEUE_BYTES {
+            return false;
+        }
+        let first = q.bytes.is_empty();
+        q.bytes.extend_from_slice(line);
+        let full = q.bytes.len() >= LOG_FLUSH_BYTES;
+        drop(q);
+        if first || full {
+            self.wake.notify_one();
+        }
+        true
+    }
+
+    /// The writer thread: sleeps while nothing is queued; once a line is, lets others join
+    /// it for [`LOG_FLUSH_INTERVAL`] (less when [`LOG_FLUSH_BYTES`] are queued or the end
+    /// comes), then writes them all with one `write_all`. Ends after writing what was queued
+    /// when the guard is dropped.
+    fn write_out(&self, mut sink: impl std::io::Write) {
+        let mut batch = Vec::with_capacity(LOG_FLUSH_BYTES);
+        loop {
+            let mut q = self.lock();
+            while q.bytes.is_empty() && !q.closing {
+                q = self.wake.wait(q).unwrap_or_else(|p| p.into_inner());
+            }
+            let due = Instant::now() + LOG_FLUSH_INTERVAL;
+            while !q.closing && q.bytes.len() < LOG_FLUSH_BYTES {
+                let Some(left) = due.checked_duration_since(Instant::now()) else {
+                    break;
+                };
+                q = self
+                    .wake
+                    .wait_timeout(q, left)
+                    .map_or_else(|p| p.into_inner().0, |(g, _)| g);
+            }
+            std::mem::swap(&mut q.bytes, &mut batch);
+            let closing = q.closing && q.bytes.is_empty();
+            drop(q);
+            // Nowhere to report a failed write to but stderr itself: the lines are lost.
+            let _ = sink.write_all(&batch).and_then(|()| sink.flush());
+            batch.clear();
+            if batch.capacity() > 4 * LOG_FLUSH_BYTES {
+                batch = Vec::with_capacity(LOG_FLUSH_BYTES);
+            }
+            if closing {
+                return;
+            }
+        }
+    }
+}
+
+/// The operational log's writer ([`non_blocking_stderr`]): queues each line for the writer
+/// thread, replacing one longer than [`LOG_LINE_MAX_BYTES`] by a notice, and says on stderr
+/// (at most once a minute) when lines were dropped.
 #[derive(Clone)]
 pub struct LogWriter {
-    inner: tracing_appender::non_blocking::NonBlocking,
+    queue: Arc<Queue>,
     json: bool,
     reported: Arc<AtomicU64>,
     complaints: Arc<Throttled>,
@@ -70,12 +148,19 @@ impl LogWriter {
             );
         }
     }
+
+    fn queue(&self, line: &[u8]) {
+        if !self.queue.push(line) {
+            DROPPED.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 impl std::io::Write for LogWriter {
+    /// Takes one whole line (the fmt layer writes each line with one `write_all`).
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         if buf.len() > LOG_LINE_MAX_BYTES {
-            OVERSIZE.fetch_add(1, Ordering::Relaxed);
+            DROPPED.fetch_add(1, Ordering::Relaxed);
             let notice = if self.json {
                 format!(
                     "{{\"level\":\"WARN\",\"target\":\"esi::logging\",\"message\":\"a log line of {} bytes was not written (longer than {LOG_LINE_MAX_BYTES})\"}}\n",
@@ -87,17 +172,16 @@ impl std::io::Write for LogWriter {
                     buf.len()
                 )
             };
-            self.inner.write_all(notice.as_bytes())?;
-            self.note_drops();
-            return Ok(buf.len());
+            self.queue(notice.as_bytes());
+        } else {
+            self.queue(buf);
         }
-        let n = self.inner.write(buf)?;
         self.note_drops();
-        Ok(n)
+        Ok(buf.len())
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
+        Ok(())
     }
 }
 
@@ -109,40 +193,73 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogWriter {
     }
 }
 
-/// A writer for the operational log (stderr) that does not write on the thread that logs:
-/// lines are queued (at most [`LOG_QUEUE_LINES`], each at most [`LOG_LINE_MAX_BYTES`]:
-/// 64 MiB at worst) and a thread of their own writes them in batches through a 64 KiB
-/// buffer, flushed whenever the queue runs empty. A request thread therefore never waits on
-/// stderr (a slow or full pipe, a paused log collector); when the queue is full, lines are
-/// dropped, counted (`esi_log_lines_dropped_total`) and reported on stderr at most once a
-/// minute, never blocking requests. The audit log does not go through it (its lines are
-/// written before the answer, see [`crate::audit`]). `json` says which format the notices
-/// of replaced lines take. Lines still queued when the process is killed (SIGKILL) are lost.
+/// Ends the operational log's writer thread when dropped, after it wrote what was queued.
+pub struct LogGuard {
+    queue: Arc<Queue>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for LogGuard {
+    fn drop(&mut self) {
+        self.queue.lock().closing = true;
+        self.queue.wake.notify_one();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A writer for the operational log (stderr) that does not write on the thread that logs,
+/// nor wake another thread per line: lines are queued (at most [`LOG_QUEUE_BYTES`], each at
+/// most [`LOG_LINE_MAX_BYTES`]) and a thread of their own writes them in batches, at the
+/// latest [`LOG_FLUSH_INTERVAL`] after the first line of a batch. A request thread never
+/// waits on stderr (a slow or full pipe, a paused log collector) and pays one lock and a
+/// copy per line; when the queue is full, lines are dropped, counted
+/// (`esi_log_lines_dropped_total`) and reported on stderr at most once a minute, never
+/// blocking requests. (`tracing-appender`'s writer, used before, hands each line through a
+/// channel and wakes its thread for most of them: about a tenth of the server's CPU at the
+/// default log level, issue 15.) The audit log does not go through it (its lines are written
+/// before the answer, see [`crate::audit`]). `json` says which format the notices of
+/// replaced lines take. Lines still queued when the process is killed (SIGKILL) are lost:
+/// at most [`LOG_FLUSH_INTERVAL`]'s worth.
 ///
 /// Keep the guard until the process ends: dropping it writes what is queued.
-pub fn non_blocking_stderr(json: bool) -> (LogWriter, tracing_appender::non_blocking::WorkerGuard) {
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .buffered_lines_limit(LOG_QUEUE_LINES)
-        .lossy(true)
-        .thread_name("esi-log-writer")
-        .finish(std::io::BufWriter::with_capacity(
-            64 * 1024,
-            std::io::stderr(),
-        ));
-    let _ = DROPPED.set(writer.error_counter());
+///
+/// # Errors
+/// When the writer thread cannot be started.
+pub fn non_blocking_stderr(json: bool) -> std::io::Result<(LogWriter, LogGuard)> {
+    let queue = Arc::new(Queue {
+        lines: Mutex::new(Queued {
+            bytes: Vec::with_capacity(LOG_FLUSH_BYTES),
+            closing: false,
+        }),
+        wake: Condvar::new(),
+    });
+    let thread = {
+        let queue = queue.clone();
+        std::thread::Builder::new()
+            .name("esi-log-writer".into())
+            .spawn(move || queue.write_out(std::io::stderr()))?
+    };
     let writer = LogWriter {
-        inner: writer,
+        queue: queue.clone(),
         json,
         reported: Arc::new(AtomicU64::new(0)),
         complaints: Arc::new(Throttled::new(Duration::from_secs(60))),
     };
-    (writer, guard)
+    Ok((
+        writer,
+        LogGuard {
+            queue,
+            thread: Some(thread),
+        },
+    ))
 }
 
 /// Operational log lines dropped (queue full) or replaced (too long) so far by
 /// [`non_blocking_stderr`]'s writer (0 when it is not in use).
 pub fn dropped_lines() -> u64 {
-    DROPPED.get().map_or(0, |c| c.dropped_lines() as u64) + OVERSIZE.load(Ordering::Relaxed)
+    DROPPED.load(Ordering::Relaxed)
 }
 
 /// Field formatter for the text log that escapes every value (see the module docs).
@@ -334,7 +451,7 @@ mod tests {
     #[test]
     fn a_line_over_the_limit_is_replaced_and_counted() {
         use std::io::Write as _;
-        let (mut writer, _guard) = super::non_blocking_stderr(true);
+        let (mut writer, _guard) = super::non_blocking_stderr(true).unwrap();
         let before = super::dropped_lines();
         let line = vec![b'x'; super::LOG_LINE_MAX_BYTES + 1];
         assert_eq!(writer.write(&line).unwrap(), line.len());
@@ -345,6 +462,87 @@ mod tests {
     }
 
     use super::*;
+
+    fn queue() -> Arc<Queue> {
+        Arc::new(Queue {
+            lines: Mutex::new(Queued {
+                bytes: Vec::new(),
+                closing: false,
+            }),
+            wake: Condvar::new(),
+        })
+    }
+
+    /// Records what each flush carried.
+    #[derive(Clone, Default)]
+    struct Batches(Arc<Mutex<(Vec<u8>, Vec<usize>)>>);
+
+    impl std::io::Write for Batches {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().0.extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            let mut g = self.0.lock().unwrap();
+            let n = g.0.len();
+            g.1.push(n);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn lines_are_written_in_order_in_few_batches_and_all_at_the_end() {
+        let q = queue();
+        let sink = Batches::default();
+        let thread = {
+            let (q, sink) = (q.clone(), sink.clone());
+            std::thread::spawn(move || q.write_out(sink))
+        };
+        let mut expected = Vec::new();
+        for i in 0..5_000 {
+            let line = format!("line {i}\n");
+            assert!(q.push(line.as_bytes()));
+            expected.extend_from_slice(line.as_bytes());
+        }
+        q.lock().closing = true;
+        q.wake.notify_one();
+        thread.join().unwrap();
+        let (written, flushes) = sink.0.lock().unwrap().clone();
+        assert_eq!(written, expected);
+        // 5,000 lines (≈ 48 KiB) in a few batches, not one write per line.
+        assert!(flushes.len() <= 4, "{flushes:?}");
+    }
+
+    #[test]
+    fn a_line_waits_at_most_the_flush_interval() {
+        let q = queue();
+        let sink = Batches::default();
+        {
+            let (q, sink) = (q.clone(), sink.clone());
+            std::thread::spawn(move || q.write_out(sink));
+        }
+        let start = Instant::now();
+        assert!(q.push(b"one\n"));
+        while sink.0.lock().unwrap().1.is_empty() {
+            assert!(start.elapsed() < Duration::from_secs(5), "never written");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(sink.0.lock().unwrap().0, b"one\n");
+        q.lock().closing = true;
+        q.wake.notify_one();
+    }
+
+    #[test]
+    fn a_full_queue_drops_lines_instead_of_growing() {
+        let q = queue();
+        let line = vec![b'x'; LOG_LINE_MAX_BYTES];
+        let fits = LOG_QUEUE_BYTES / line.len();
+        for _ in 0..fits {
+            assert!(q.push(&line));
+        }
+        assert!(!q.push(&line));
+        assert!(q.lock().bytes.len() <= LOG_QUEUE_BYTES);
+    }
 
     #[test]
     fn colors_only_on_a_terminal_without_no_color() {
