@@ -26,7 +26,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde_json::Value;
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id};
 use tracing::{Event, Metadata, Subscriber};
@@ -278,16 +277,75 @@ const LINE_MEMBERS: &[&str] = &["ts_ms", "kind", "level", "request_id", "method"
 struct JsonMembers<'a> {
     out: &'a mut Vec<u8>,
     /// Names written so far by this visitor.
-    seen: Vec<&'static str>,
+    seen: &'a mut Vec<&'static str>,
+    /// Where `Debug`/`Display` values are formatted before they are escaped.
+    text: &'a mut String,
     /// Only these names are kept (`None`: all but the denied and the line's own).
     only: Option<&'static [&'static str]>,
 }
 
+/// Buffers a thread reuses from line to line: once warm, a line allocates nothing.
+#[derive(Default)]
+struct Scratch {
+    line: Vec<u8>,
+    seen: Vec<&'static str>,
+    text: String,
+}
+
+impl Scratch {
+    const fn new() -> Self {
+        Scratch {
+            line: Vec::new(),
+            seen: Vec::new(),
+            text: String::new(),
+        }
+    }
+
+    /// A buffer far above the usual size does not stay allocated to the thread.
+    fn trim(&mut self) {
+        if self.line.capacity() > 64 * 1024 {
+            self.line = Vec::new();
+        }
+        if self.text.capacity() > 64 * 1024 {
+            self.text = String::new();
+        }
+    }
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = const { std::cell::RefCell::new(Scratch::new()) };
+}
+
+/// Runs `f` with this thread's [`Scratch`], or with fresh buffers when it cannot be had (a
+/// line being built already on this thread, or the thread being torn down).
+fn with_scratch(mut f: impl FnMut(&mut Scratch)) {
+    let done = SCRATCH
+        .try_with(|cell| match cell.try_borrow_mut() {
+            Ok(mut scratch) => {
+                f(&mut scratch);
+                scratch.trim();
+                true
+            }
+            Err(_) => false,
+        })
+        .unwrap_or(false);
+    if !done {
+        f(&mut Scratch::default());
+    }
+}
+
 impl<'a> JsonMembers<'a> {
-    fn new(out: &'a mut Vec<u8>, only: Option<&'static [&'static str]>) -> Self {
+    fn new(
+        out: &'a mut Vec<u8>,
+        seen: &'a mut Vec<&'static str>,
+        text: &'a mut String,
+        only: Option<&'static [&'static str]>,
+    ) -> Self {
+        seen.clear();
         JsonMembers {
             out,
-            seen: Vec::new(),
+            seen,
+            text,
             only,
         }
     }
@@ -348,24 +406,22 @@ impl Visit for JsonMembers<'_> {
         if !self.member(field) {
             return;
         }
-        let text = format!("{value:?}");
-        // `?vec_of_strings` (e.g. policy ids) is a JSON array already: keep its structure.
-        match text
-            .starts_with('[')
-            .then(|| serde_json::from_str::<Value>(&text).ok())
-            .flatten()
-        {
-            Some(array) => {
-                let _ = serde_json::to_writer(&mut *self.out, &array);
-            }
-            None => json_str(self.out, &text),
+        self.text.clear();
+        if fmt::Write::write_fmt(self.text, format_args!("{value:?}")).is_err() {
+            self.text.clear();
+            self.text.push_str("<unformattable>");
+        }
+        // `?vec_of_strings` (e.g. policy ids) prints as a JSON array already: keep its
+        // structure when it is one, whole and on one line; anything else is a string.
+        let array = self.text.starts_with('[')
+            && !self.text.contains(['\n', '\r'])
+            && serde_json::from_str::<serde::de::IgnoredAny>(self.text).is_ok();
+        if array {
+            self.out.extend_from_slice(self.text.as_bytes());
+        } else {
+            json_str(self.out, self.text);
         }
     }
-}
-
-thread_local! {
-    /// The line being built on this thread (reused: no allocation per line once warm).
-    static LINE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 impl<S> Layer<S> for AuditLayer
@@ -377,10 +433,15 @@ where
             return;
         }
         let mut members = Vec::with_capacity(96);
-        attrs.record(&mut JsonMembers::new(
-            &mut members,
-            Some(&["request_id", "method", "route"]),
-        ));
+        with_scratch(|scratch| {
+            members.clear();
+            attrs.record(&mut JsonMembers::new(
+                &mut members,
+                &mut scratch.seen,
+                &mut scratch.text,
+                Some(&["request_id", "method", "route"]),
+            ));
+        });
         if let Some(span) = ctx.span(id) {
             span.extensions_mut().insert(RequestInfo(members));
         }
@@ -396,7 +457,8 @@ where
         let ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
-        let build = |out: &mut Vec<u8>| {
+        with_scratch(|scratch| {
+            let out = &mut scratch.line;
             out.clear();
             let _ = write!(out, "{{\"ts_ms\":{ms},\"kind\":\"{kind}\",\"level\":");
             json_str(out, meta.level().as_str());
@@ -408,26 +470,15 @@ where
                     }
                 }
             }
-            event.record(&mut JsonMembers::new(out, None));
+            event.record(&mut JsonMembers::new(
+                out,
+                &mut scratch.seen,
+                &mut scratch.text,
+                None,
+            ));
             out.extend_from_slice(b"}\n");
             self.write_line(out);
-        };
-        // The thread's buffer when it can be had; a buffer of its own otherwise (an audit
-        // event while the line is being written, or while the thread is being torn down).
-        let reused = LINE.try_with(|line| match line.try_borrow_mut() {
-            Ok(mut out) => {
-                build(&mut out);
-                // A line far above the usual size does not stay allocated to the thread.
-                if out.capacity() > 64 * 1024 {
-                    *out = Vec::new();
-                }
-                true
-            }
-            Err(_) => false,
         });
-        if reused != Ok(true) {
-            build(&mut Vec::new());
-        }
     }
 }
 
@@ -460,7 +511,7 @@ mod tests {
         }
     }
 
-    fn lines(buf: &Buf) -> Vec<Value> {
+    fn lines(buf: &Buf) -> Vec<serde_json::Value> {
         String::from_utf8(buf.0.lock().unwrap().clone())
             .unwrap()
             .lines()
@@ -521,6 +572,36 @@ mod tests {
         assert_eq!(got[0]["n"], 7);
         assert_eq!(got[0]["ok"], true);
         assert!(got[0]["ratio"].is_null());
+    }
+
+    #[test]
+    fn only_a_whole_json_array_is_kept_as_an_array() {
+        let buf = Buf::default();
+        let layer =
+            AuditLayer::new(Box::new(buf.clone())).with_filter(filter_fn(is_audit_relevant));
+        tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), || {
+            for _ in 0..2 {
+                tracing::info!(target: "esi::decision",
+                    policies = ?vec!["authorization/a/stores", "policy\"q"],
+                    forged = %"[1],\"decision\":\"allow\"",
+                    escaped = ?vec!["a\u{1b}b"],
+                    multi = %"[1,\n2]",
+                    decision = "deny");
+            }
+        });
+        let got = lines(&buf);
+        assert_eq!(got.len(), 2);
+        for line in got {
+            assert_eq!(
+                line["policies"],
+                serde_json::json!(["authorization/a/stores", "policy\"q"])
+            );
+            assert_eq!(line["forged"], "[1],\"decision\":\"allow\"");
+            assert_eq!(line["decision"], "deny");
+            // Rust's `\u{1b}` is not JSON: the whole text is a string.
+            assert_eq!(line["escaped"], "[\"a\\u{1b}b\"]");
+            assert_eq!(line["multi"], "[1,\n2]");
+        }
     }
 
     #[test]
