@@ -148,12 +148,16 @@ impl IntoResponse for ApiError {
 
 /// Middleware of a router: renders every [`ApiError`] answered below it in `style`
 /// (headers already set, e.g. `Connection: close`, are kept), and logs the refusal.
-pub async fn render_errors(
+pub async fn render_errors<F, Fut>(
     style: ErrorStyle,
     req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let mut resp = next.run(req).await;
+    next: F,
+) -> Response
+where
+    F: FnOnce(axum::extract::Request) -> Fut,
+    Fut: std::future::Future<Output = Response>,
+{
+    let mut resp = next(req).await;
     let Some(Pending(error)) = resp.extensions_mut().remove::<Pending>() else {
         return resp;
     };

@@ -21,9 +21,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::extract::{ConnectInfo, MatchedPath, Request};
 use axum::http::{HeaderMap, HeaderValue, Version, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota};
@@ -386,7 +385,11 @@ fn refuse(error: ApiError, version: Version, body: Option<Body>) -> Response {
 /// the whole-request deadline. Health probes are neither rate limited nor counted against
 /// the caps (an orchestrator probing from one address must not be locked out); unrouted
 /// paths skip the token check (they answer 404).
-pub async fn guard(State(limits): State<Arc<Limits>>, req: Request, next: Next) -> Response {
+pub async fn guard<F, Fut>(limits: &Limits, req: Request, next: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: std::future::Future<Output = Response>,
+{
     let path = req.uri().path();
     let probe = matches!(path, "/healthz" | "/readyz" | "/metrics");
     let routed = req.extensions().get::<MatchedPath>().is_some();
@@ -403,7 +406,7 @@ pub async fn guard(State(limits): State<Arc<Limits>>, req: Request, next: Next) 
     }
     if probe {
         let req = Request::from_parts(parts, pending.unwrap_or_else(Body::empty));
-        return next.run(req).await;
+        return next(req).await;
     }
     if let Some(ip) = source
         && let Err(e) = limits.check_source(ip)
@@ -445,7 +448,7 @@ pub async fn guard(State(limits): State<Arc<Limits>>, req: Request, next: Next) 
                 }
             }
         };
-        next.run(Request::from_parts(parts, Body::from(body))).await
+        next(Request::from_parts(parts, Body::from(body))).await
     };
     match tokio::time::timeout(deadline, work).await {
         Ok(resp) => resp,
@@ -464,8 +467,9 @@ mod tests {
     use std::convert::Infallible;
 
     use axum::Router;
+    use axum::extract::State;
     use axum::http::StatusCode;
-    use axum::middleware;
+    use axum::middleware::{self, Next};
     use axum::routing::post;
     use http_body::Frame;
     use http_body_util::StreamBody;
@@ -502,10 +506,15 @@ mod tests {
                     }
                 }),
             )
-            .layer(middleware::from_fn_with_state(limits, guard))
-            .layer(middleware::from_fn(|req, next| {
-                crate::api::render_errors(ErrorStyle::Ese, req, next)
-            }))
+            .layer(middleware::from_fn_with_state(
+                limits,
+                |State(limits): State<Arc<Limits>>, req: Request, next: Next| async move {
+                    crate::api::render_errors(ErrorStyle::Ese, req, |req| {
+                        guard(&limits, req, |req| next.run(req))
+                    })
+                    .await
+                },
+            ))
     }
 
     fn request(from: &str, token: Option<&str>, body: Body) -> Request {

@@ -76,7 +76,6 @@ pub struct AppState {
 /// (errors as a JSON string, as ESE answers them; also health, metrics and unknown paths)
 /// and the `/v1` extension calls (RFC 9457 problem details).
 pub fn router(state: AppState, with_metrics: bool) -> Router {
-    let guard = middleware::from_fn_with_state(state.limits.clone(), limits::guard);
     let mut ese = Router::new()
         .route("/secretstore/{store}/secrets/{*name}", post(ese_get_secret))
         .route("/generators/{namespace}/revoke", post(ese_revoke_states))
@@ -89,12 +88,6 @@ pub fn router(state: AppState, with_metrics: bool) -> Router {
     if with_metrics {
         ese = ese.route("/metrics", get(metrics));
     }
-    let ese = ese
-        .fallback(not_found)
-        .layer(guard.clone())
-        .layer(middleware::from_fn(|req, next| {
-            render_errors(ErrorStyle::Ese, req, next)
-        }));
     let v1 = Router::new()
         .route("/v1/secretstore/{store}/get", post(v1_get))
         .route("/v1/secretstore/{store}/extract", post(v1_extract))
@@ -107,17 +100,32 @@ pub fn router(state: AppState, with_metrics: bool) -> Router {
         .route(
             "/v1/credentials/{id}",
             axum::routing::delete(credentials::v1_revoke),
-        )
-        .layer(guard)
-        .layer(middleware::from_fn(|req, next| {
-            render_errors(ErrorStyle::Problem, req, next)
-        }));
+        );
     // `limits::guard` reads the body within this limit; the extractor limit only restates it.
     let limit = state.limits.settings.max_body_bytes;
     ese.merge(v1)
-        .layer(middleware::from_fn(observe))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.limits.clone(), front))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
+}
+
+/// The way in of every call, as one layer: the request span and metrics ([`observe`]), the
+/// error style of the call's family ([`render_errors`]: problem+json for a `/v1` route,
+/// ESE's JSON string for the ESE calls, health, metrics and unknown paths), then the abuse
+/// limits ([`limits::guard`]). One layer rather than three: axum wraps every route in each
+/// layer, and each costs a boxed service clone and a boxed future per request.
+async fn front(State(limits): State<Arc<Limits>>, req: Request, next: Next) -> Response {
+    let style = match req.extensions().get::<MatchedPath>() {
+        Some(route) if route.as_str().starts_with("/v1/") => ErrorStyle::Problem,
+        _ => ErrorStyle::Ese,
+    };
+    observe(req, |req| {
+        render_errors(style, req, |req| {
+            limits::guard(&limits, req, |req| next.run(req))
+        })
+    })
+    .await
 }
 
 /// A router with only `/metrics`, for a separate metrics listener.
@@ -149,7 +157,11 @@ async fn not_found() -> ApiError {
 }
 
 /// Request metrics and a request id span around every call.
-async fn observe(req: Request, next: Next) -> Response {
+async fn observe<F, Fut>(req: Request, next: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: std::future::Future<Output = Response>,
+{
     let route = req
         .extensions()
         .get::<MatchedPath>()
@@ -159,7 +171,7 @@ async fn observe(req: Request, next: Next) -> Response {
     let request_id = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
     let span = tracing::info_span!("request", %request_id, method = %req.method(), route = %route);
     let start = Instant::now();
-    let mut resp = next.run(req).instrument(span.clone()).await;
+    let mut resp = next(req).instrument(span.clone()).await;
     // The id every log and audit line of this request carries, for the caller to quote.
     if let Ok(v) = axum::http::HeaderValue::from_str(&request_id.to_string()) {
         resp.headers_mut().insert("x-request-id", v);
