@@ -255,8 +255,11 @@ run openbao-read "${WORK}/bao.lua" "${BAO_URL}/v1/secret/data/bench/db" "${BAO_P
 run openbao-jwt-login "${WORK}/login.lua" "${BAO_URL}/v1/auth/jwt/login" "${BAO_PID}"
 run openbao-jwt-flow "${WORK}/flow.lua" "${BAO_URL}/" "${BAO_PID}"
 FLOW_RPS="$(awk -v r="${RPS[openbao-jwt-flow]}" 'BEGIN { printf "%.1f", r / 2 }')"
-# About half of esi-fake's peak: each connection waits CONNECTIONS/(peak/2) s between requests.
-HALF_DELAY_MS="$(awk -v c="${CONNECTIONS}" -v r="${RPS[esi-fake]}" 'BEGIN { printf "%d", c * 1000 / (r / 2) }')"
+# About half of esi-fake's peak: wrk's delay() counts whole milliseconds, so each connection
+# waits HALF_DELAY_MS between requests and there are as many connections as that takes
+# (at 2 ms, one connection sends at most 500 req/s).
+HALF_DELAY_MS=2
+HALF_CONNECTIONS="$(awk -v r="${RPS[esi-fake]}" -v d="${HALF_DELAY_MS}" 'BEGIN { n = int(r / 2 * d / 1000 + 0.5); print (n < 1 ? 1 : n) }')"
 cat >"${WORK}/paced.lua" <<LUA
 wrk.method = "POST"
 wrk.body = "{}"
@@ -264,7 +267,7 @@ wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer ${TOKEN}"
 delay = function() return ${HALF_DELAY_MS} end
 LUA
-run esi-fake@half "${WORK}/paced.lua" "${URL}/secretstore/fake/secrets/bench%2Fdb" "${ESI_PID}"
+run esi-fake@half "${WORK}/paced.lua" "${URL}/secretstore/fake/secrets/bench%2Fdb" "${ESI_PID}" -c"${HALF_CONNECTIONS}"
 
 echo
 echo "openbao-jwt-flow: ${FLOW_RPS} flows/s (login + read)"
