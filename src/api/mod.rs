@@ -162,10 +162,9 @@ where
     F: FnOnce(Request) -> Fut,
     Fut: std::future::Future<Output = Response>,
 {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
+    // The route template (shared text, no copy), never the path the caller sent.
+    let matched = req.extensions().get::<MatchedPath>().cloned();
+    let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
     // A request id must be unique, not secret: a version-4 UUID from the thread's CSPRNG
     // (rand's ThreadRng, seeded by the OS), not a getrandom system call per request.
     let request_id = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
@@ -173,17 +172,19 @@ where
     let start = Instant::now();
     let mut resp = next(req).instrument(span.clone()).await;
     // The id every log and audit line of this request carries, for the caller to quote.
-    if let Ok(v) = axum::http::HeaderValue::from_str(&request_id.to_string()) {
+    let mut id_text = uuid::Uuid::encode_buffer();
+    let id_text = request_id.hyphenated().encode_lower(&mut id_text);
+    if let Ok(v) = axum::http::HeaderValue::from_str(id_text) {
         resp.headers_mut().insert("x-request-id", v);
     }
     let status = resp.status();
     METRICS
         .http_requests
-        .with_label_values(&[&route, status.as_str()])
+        .with_label_values(&[route, status.as_str()])
         .inc();
     METRICS
         .http_latency
-        .with_label_values(&[&route])
+        .with_label_values(&[route])
         .observe(start.elapsed().as_secs_f64());
     span.in_scope(|| {
         tracing::info!(

@@ -336,7 +336,10 @@ const DECISION_ENTRY_OVERHEAD: u32 = 256;
 /// keys are the same Cedar request, and the cache can never answer one with the other's
 /// decision. Anything a future request carries (context: time, source address…) must be a
 /// field here to reach Cedar at all.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+///
+/// Equality and hashing go through [`KeyRef`], so a cached decision is found from borrowed
+/// inputs ([`DecisionKey::lookup`]) without copying them; the two agree by construction.
+#[derive(Debug, Clone)]
 struct DecisionKey {
     federation: String,
     issuer: String,
@@ -349,6 +352,100 @@ struct DecisionKey {
     action: Action,
     /// Canonical form ([`Resource::canonical`]).
     resource: Resource,
+}
+
+/// A [`DecisionKey`]'s fields, borrowed: what equality and hashing of keys compare.
+#[derive(PartialEq, Eq, Hash)]
+struct KeyRef<'a> {
+    federation: &'a str,
+    issuer: &'a str,
+    subject: &'a str,
+    namespace: &'a str,
+    service_account: &'a str,
+    service_account_uid: Option<&'a str>,
+    pod_name: Option<&'a str>,
+    pod_uid: Option<&'a str>,
+    action: Action,
+    resource: &'a Resource,
+}
+
+impl<'a> KeyRef<'a> {
+    fn new(identity: &'a Identity, action: Action, resource: &'a Resource) -> Self {
+        KeyRef {
+            federation: &identity.federation,
+            issuer: &identity.issuer,
+            subject: &identity.subject,
+            namespace: &identity.namespace,
+            service_account: &identity.service_account,
+            service_account_uid: identity.service_account_uid.as_deref(),
+            pod_name: identity.pod_name.as_deref(),
+            pod_uid: identity.pod_uid.as_deref(),
+            action,
+            resource,
+        }
+    }
+}
+
+/// Anything that reads as a [`KeyRef`]: the cache's keys and lookups alike.
+trait AsKeyRef {
+    fn key_ref(&self) -> KeyRef<'_>;
+}
+
+impl AsKeyRef for DecisionKey {
+    fn key_ref(&self) -> KeyRef<'_> {
+        KeyRef {
+            federation: &self.federation,
+            issuer: &self.issuer,
+            subject: &self.subject,
+            namespace: &self.namespace,
+            service_account: &self.service_account,
+            service_account_uid: self.service_account_uid.as_deref(),
+            pod_name: self.pod_name.as_deref(),
+            pod_uid: self.pod_uid.as_deref(),
+            action: self.action,
+            resource: &self.resource,
+        }
+    }
+}
+
+impl AsKeyRef for KeyRef<'_> {
+    fn key_ref(&self) -> KeyRef<'_> {
+        KeyRef { ..*self }
+    }
+}
+
+impl PartialEq for dyn AsKeyRef + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.key_ref() == other.key_ref()
+    }
+}
+
+impl Eq for dyn AsKeyRef + '_ {}
+
+impl std::hash::Hash for dyn AsKeyRef + '_ {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.key_ref().hash(state);
+    }
+}
+
+impl PartialEq for DecisionKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.key_ref() == other.key_ref()
+    }
+}
+
+impl Eq for DecisionKey {}
+
+impl std::hash::Hash for DecisionKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.key_ref().hash(state);
+    }
+}
+
+impl<'a> std::borrow::Borrow<dyn AsKeyRef + 'a> for DecisionKey {
+    fn borrow(&self) -> &(dyn AsKeyRef + 'a) {
+        self
+    }
 }
 
 impl DecisionKey {
@@ -570,16 +667,18 @@ impl PolicyEngine {
     pub fn decide(&self, identity: &Identity, action: Action, resource: &Resource) -> Decision {
         // Decided and logged in canonical form only (a ClusterGenerator under whatever
         // namespace a URL named is the one ClusterGenerator).
-        let key = DecisionKey::new(identity, action, resource.canonical().into_owned());
-        let decision = match self.decisions.get(&key) {
+        let canonical = resource.canonical();
+        let lookup = KeyRef::new(identity, action, &canonical);
+        let decision = match self.decisions.get(&lookup as &dyn AsKeyRef) {
             Some(decision) => decision,
             None => {
+                let key = DecisionKey::new(identity, action, canonical.clone().into_owned());
                 let (decision, warned) = self.decide_uncached(&key);
                 // A decision that logged a warning (a policy failed to evaluate, the request
                 // could not be built) is made again each time, so each such request leaves
                 // its warning in the audit log.
                 if !warned && key.weight(&decision) <= DECISION_CACHE_MAX_ENTRY_BYTES {
-                    self.decisions.insert(key.clone(), decision.clone());
+                    self.decisions.insert(key, decision.clone());
                 }
                 decision
             }
@@ -590,7 +689,7 @@ impl PolicyEngine {
             federation = %identity.federation,
             principal = %identity.subject,
             action = %action,
-            resource = %key.resource,
+            resource = %canonical,
             decision = outcome,
             policies = ?decision.policy_ids,
         );

@@ -31,6 +31,11 @@ use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
 use tracing_subscriber::registry::LookupSpan;
 
+thread_local! {
+    /// Where a span's fields are formatted before they are stored (reused).
+    static SCRATCH: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
 /// Event formatter of the JSON operational log (see the module docs). Use it with
 /// [`JsonSpanFields`] as the layer's field formatter.
 #[derive(Debug, Clone, Copy, Default)]
@@ -42,10 +47,36 @@ pub struct JsonLines;
 pub struct JsonSpanFields;
 
 impl<'writer> FormatFields<'writer> for JsonSpanFields {
-    fn format_fields<R: RecordFields>(&self, writer: Writer<'writer>, fields: R) -> fmt::Result {
-        let mut members = Members::new(writer, false);
-        fields.record(&mut members);
-        members.result
+    fn format_fields<R: RecordFields>(
+        &self,
+        mut writer: Writer<'writer>,
+        fields: R,
+    ) -> fmt::Result {
+        // Formatted whole into the thread's scratch text, then written at once: the span's
+        // stored text is allocated once at its size, not grown field by field.
+        let mut fields = Some(fields);
+        let reused = SCRATCH.try_with(|cell| {
+            let mut text = cell.try_borrow_mut().ok()?;
+            let fields = fields.take()?;
+            text.clear();
+            let mut members = Members::new(Writer::new(&mut *text), false);
+            fields.record(&mut members);
+            let result = members.result.and_then(|()| writer.write_str(&text));
+            if text.capacity() > 64 * 1024 {
+                *text = String::new();
+            }
+            Some(result)
+        });
+        match (reused, fields) {
+            (Ok(Some(result)), _) => result,
+            (_, Some(fields)) => {
+                let mut members = Members::new(writer, false);
+                fields.record(&mut members);
+                members.result
+            }
+            // Taken and recorded above.
+            (_, None) => Ok(()),
+        }
     }
 
     fn add_fields(
