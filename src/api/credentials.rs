@@ -78,7 +78,7 @@ pub(super) async fn issue(
     let snapshot = state.snapshot.load_full();
     let generator =
         authorized_generator(&snapshot, caller, Action::Generate, namespace, kind, name)?;
-    let holder = Holder::new(&caller.identity, caller.workload.as_ref());
+    let holder = Holder::new(&caller.identity, caller.workload.as_deref());
     let generator_ref = ledger_ref(namespace, kind, name, &holder);
     let ctx = GenerateContext {
         workload: Some(caller.workload.as_ref().unwrap_or(&caller.identity)),
@@ -162,7 +162,7 @@ async fn own_credential(
         .await
         .map_err(ledger_unavailable)?
         .ok_or(ApiError::NotFound)?;
-    let holder = Holder::new(&caller.identity, caller.workload.as_ref());
+    let holder = Holder::new(&caller.identity, caller.workload.as_deref());
     if !entry.holder.same_workload(&holder) {
         tracing::info!(generator = %entry.generator, "credential handle of another workload");
         return Err(ApiError::NotFound);

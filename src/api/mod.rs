@@ -278,8 +278,8 @@ body_with_ca!(
 /// was sent (a federation client acting for a workload), that workload's identity — both
 /// verified once, by [`Admitted`].
 struct Caller {
-    identity: Identity,
-    workload: Option<Identity>,
+    identity: Arc<Identity>,
+    workload: Option<Arc<Identity>>,
 }
 
 /// An admitted request: its verified [`Caller`] and its parsed JSON body (empty → default).
@@ -347,7 +347,7 @@ async fn admit<B: DeserializeOwned + Default + ClientCa>(
     };
     let identity = state
         .authenticator
-        .authenticate(token, parsed.ca_crt())
+        .authenticate_shared(token, parsed.ca_crt())
         .await?;
     let mut workload = None;
     if let Some(workload_token) = bearer_token(headers, "x-workload-token") {
@@ -356,7 +356,7 @@ async fn admit<B: DeserializeOwned + Default + ClientCa>(
         }
         let verified = state
             .authenticator
-            .authenticate(workload_token, parsed.ca_crt())
+            .authenticate_shared(workload_token, parsed.ca_crt())
             .await
             .map_err(|e| ApiError::Unauthorized(format!("x-workload-token: {e}")))?;
         // A workload token only means something within the caller's own federation.
@@ -653,7 +653,7 @@ async fn ese_revoke_own(
     let snapshot = state.snapshot.load_full();
     authorized_generator(&snapshot, &caller, Action::Revoke, &namespace, &kind, &name)?;
     let workload = caller.workload.clone();
-    let holder = Holder::new(&caller.identity, workload.as_ref());
+    let holder = Holder::new(&caller.identity, workload.as_deref());
     let generator_ref = ledger_ref(&namespace, &kind, &name, &holder);
     let owner = holder.owner();
     revoke_owned(&state, &snapshot, &owner, "request", |g| {

@@ -165,6 +165,21 @@ impl Authenticator {
         token: &str,
         client_ca_b64: Option<&str>,
     ) -> Result<Identity, AuthnError> {
+        self.authenticate_shared(token, client_ca_b64)
+            .await
+            .map(Arc::unwrap_or_clone)
+    }
+
+    /// [`Authenticator::authenticate`], the identity shared with the verified-token cache
+    /// (no copy on a cache hit: what the request path uses).
+    ///
+    /// # Errors
+    /// As [`Authenticator::authenticate`].
+    pub async fn authenticate_shared(
+        &self,
+        token: &str,
+        client_ca_b64: Option<&str>,
+    ) -> Result<Arc<Identity>, AuthnError> {
         let result = self.authenticate_inner(token, client_ca_b64).await;
         match &result {
             Ok((_, cached)) => {
@@ -180,7 +195,7 @@ impl Authenticator {
         &self,
         token: &str,
         client_ca_b64: Option<&str>,
-    ) -> Result<(Identity, bool), AuthnError> {
+    ) -> Result<(Arc<Identity>, bool), AuthnError> {
         let s = &self.settings;
         if token.len() > s.max_token_bytes {
             tracing::debug!(kind = "too_large", "authentication failed");
@@ -194,7 +209,7 @@ impl Authenticator {
             if now <= hit.exp.saturating_add(s.leeway_secs)
                 && self.live_generation(&hit.identity.federation, now) == Some(hit.generation)
             {
-                return Ok(((*hit.identity).clone(), true));
+                return Ok((hit.identity.clone(), true));
             }
             self.tokens.invalidate(&digest);
         }
@@ -207,12 +222,13 @@ impl Authenticator {
         };
         match self.verify(&parsed, client_ca_b64, now).await {
             Ok((identity, generation)) => {
+                let identity = Arc::new(identity);
                 // Legacy tokens (no `exp`) are verified every time, never cached.
                 if let Some(exp) = identity.expires_at {
                     self.tokens.insert(
                         digest,
                         CachedToken {
-                            identity: Arc::new(identity.clone()),
+                            identity: identity.clone(),
                             exp,
                             generation,
                         },
