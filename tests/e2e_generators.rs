@@ -311,7 +311,27 @@ impl TestServer {
             .unwrap()
     }
 
-    fn audit_lines(&self, event: &str) -> Vec<Value> {
+    /// The credential audit lines of `event` logged so far (after the log reader caught up
+    /// with everything logged before this call: the log is written by a thread of its own).
+    async fn audit_lines(&self, event: &str) -> Vec<Value> {
+        let resp = self
+            .client
+            .get(format!("{}/healthz", self.url))
+            .send()
+            .await
+            .unwrap();
+        let id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
+        for _ in 0..200 {
+            if self.log.lock().unwrap().iter().any(|l| l.contains(&id)) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        self.audit_lines_now(event)
+    }
+
+    /// The credential audit lines of `event` the log reader has seen (for polling loops).
+    fn audit_lines_now(&self, event: &str) -> Vec<Value> {
         self.log
             .lock()
             .unwrap()
@@ -471,7 +491,7 @@ async fn database_credentials_are_revoked_by_delete_owner_and_sweeper() {
         !server.logs().contains(&format!("{long}/creds/app/")),
         "lease id logged"
     );
-    let issued = server.audit_lines("issue");
+    let issued = server.audit_lines("issue").await;
     assert_eq!(issued.len(), 1, "{issued:?}");
     assert_eq!(issued[0]["pod"], "app-pod");
     assert_eq!(issued[0]["federation"], "alpha");
@@ -496,7 +516,7 @@ async fn database_credentials_are_revoked_by_delete_owner_and_sweeper() {
         !pg.can_login(&user, &pass),
         "revoked credential must not log in"
     );
-    let revoked = server.audit_lines("revoke");
+    let revoked = server.audit_lines("revoke").await;
     assert!(
         revoked
             .iter()
@@ -544,7 +564,7 @@ async fn database_credentials_are_revoked_by_delete_owner_and_sweeper() {
     assert!(pg.can_login(&user3, &pass3));
     let swept = || {
         server
-            .audit_lines("revoke")
+            .audit_lines_now("revoke")
             .iter()
             .any(|l| l["reason"] == "sweep" && l["outcome"] == "ok")
     };
@@ -609,7 +629,7 @@ async fn ledger_survives_kill_and_restart() {
     assert_eq!(status, 200, "{body}");
     let (user2, pass2) = creds(&serde_json::from_str(&body).unwrap());
     assert!(pg.can_login(&user2, &pass2));
-    let issued = server.audit_lines("issue");
+    let issued = server.audit_lines("issue").await;
     assert_eq!(issued[1]["pod"], "app-pod");
     assert_eq!(
         issued[1]["requested_by"],
@@ -747,7 +767,7 @@ async fn credential_handles_renew_and_revoke_only_for_their_workload() {
         "{body}"
     );
     assert!(lease_ttl(&addr, &root, &lease[0]).await > 3000);
-    assert_eq!(server.audit_lines("renew").len(), 1);
+    assert_eq!(server.audit_lines("renew").await.len(), 1);
     assert!(
         server.metrics().await.contains(
             "esi_credentials_renewed_total{kind=\"VaultDynamicSecret\",outcome=\"ok\"} 1"
@@ -1006,10 +1026,11 @@ spec:
         .await;
     assert_eq!((status, body.as_str()), (200, "null"));
     // Five issues: four generators, and the ClusterGenerator again under another URL namespace.
-    assert_eq!(server.audit_lines("issue").len(), 5);
+    assert_eq!(server.audit_lines("issue").await.len(), 5);
     assert!(
         server
             .audit_lines("issue")
+            .await
             .iter()
             .all(|l| l["lease_id_hash"] == "")
     );
@@ -1271,14 +1292,14 @@ async fn daemon_renews_one_credential_and_revokes_it_at_exit() {
     }
     assert!(pg.can_login(&user, &pass), "{}", cli.logs());
     assert!(lease_ttl(&addr, &root, &first[0]).await > 0);
-    let renewals = server.audit_lines("renew");
+    let renewals = server.audit_lines("renew").await;
     assert!(
         renewals.len() >= 3,
         "{} renewals:\n{}",
         renewals.len(),
         cli.logs()
     );
-    assert_eq!(server.audit_lines("issue").len(), 1);
+    assert_eq!(server.audit_lines("issue").await.len(), 1);
 
     let status = cli.terminate().await;
     assert!(status.success(), "{status:?}\n{}", cli.logs());
@@ -1343,6 +1364,7 @@ async fn rotation_at_the_maximum_ttl_never_leaves_the_file_without_a_working_log
     // Each rotated-out credential was revoked by the daemon (a request), not left to lapse.
     let by_request = server
         .audit_lines("revoke")
+        .await
         .into_iter()
         .filter(|l| l["reason"] == "request" && l["outcome"] == "ok")
         .count();
@@ -1353,7 +1375,7 @@ async fn rotation_at_the_maximum_ttl_never_leaves_the_file_without_a_working_log
     );
     assert!(!pg.can_login(&seen[0].0, &seen[0].1));
     assert!(leases(&addr, &root, &mount).await.len() <= 2);
-    assert!(server.audit_lines("renew").len() >= 2);
+    assert!(server.audit_lines("renew").await.len() >= 2);
     cli.terminate().await;
     assert!(
         leases(&addr, &root, &mount).await.is_empty(),
@@ -1403,7 +1425,7 @@ async fn init_hands_credentials_to_the_daemon_which_renews_and_revokes_them() {
         "{}",
         failed.logs()
     );
-    assert_eq!(server.audit_lines("revoke").len(), 1);
+    assert_eq!(server.audit_lines("revoke").await.len(), 1);
     let mut init = CliProcess::start(
         &server,
         dir.path(),
@@ -1434,7 +1456,11 @@ async fn init_hands_credentials_to_the_daemon_which_renews_and_revokes_them() {
     tokio::time::sleep(Duration::from_secs(13)).await;
     assert!(pg.can_login(&user, &pass), "{}", daemon.logs());
     assert_eq!(leases(&addr, &root, &mount).await.len(), 1);
-    assert!(server.audit_lines("renew").len() >= 2, "{}", daemon.logs());
+    assert!(
+        server.audit_lines("renew").await.len() >= 2,
+        "{}",
+        daemon.logs()
+    );
     let status = daemon.terminate().await;
     assert!(status.success(), "{}", daemon.logs());
     assert!(!pg.can_login(&user, &pass), "{}", daemon.logs());
@@ -1474,8 +1500,8 @@ async fn measure_live_credentials_of_a_daemon() {
         assert_eq!(live, 1, "{}", cli.logs());
         tokio::time::sleep(Duration::from_secs(10)).await;
     }
-    let issued = server.audit_lines("issue").len();
-    let renewed = server.audit_lines("renew").len();
+    let issued = server.audit_lines("issue").await.len();
+    let renewed = server.audit_lines("renew").await.len();
     let per_hour = |n: usize| n as f64 * 3600.0 / seconds as f64;
     eprintln!(
         "over {seconds} s: at most {most} live credential(s); backend calls: {issued} issue(s), {renewed} renewal(s) = {:.0}/h (a re-issue every 2 s round: {:.0}/h)",
@@ -1669,6 +1695,6 @@ async fn replicas_share_a_postgres_ledger() {
         .await;
     assert_eq!((status, body.as_str()), (200, "null"));
     assert!(!pg.can_login(&user, &pass));
-    assert_eq!(a.audit_lines("issue").len(), 1);
-    assert_eq!(b.audit_lines("revoke").len(), 1);
+    assert_eq!(a.audit_lines("issue").await.len(), 1);
+    assert_eq!(b.audit_lines("revoke").await.len(), 1);
 }

@@ -44,11 +44,12 @@ pub const LOG_QUEUE_BYTES: usize = 8 * 1024 * 1024;
 /// notice.
 pub const LOG_LINE_MAX_BYTES: usize = 4 * 1024;
 
-/// How long the writer thread lets lines gather after the first one before writing them.
-pub const LOG_FLUSH_INTERVAL: Duration = Duration::from_millis(50);
+/// After writing, how long the writer thread lets the next lines gather before it writes
+/// again: a quiet server's line is written at once, a busy one's in batches of this much.
+pub const LOG_FLUSH_INTERVAL: Duration = Duration::from_millis(2);
 
-/// Queued bytes that make the writer thread write at once, whatever the interval.
-const LOG_FLUSH_BYTES: usize = 64 * 1024;
+/// Capacity the writer thread keeps for its batch between writes.
+const LOG_BATCH_BYTES: usize = 64 * 1024;
 
 /// Lines dropped (queue full) or replaced (too long).
 static DROPPED: AtomicU64 = AtomicU64::new(0);
@@ -80,47 +81,43 @@ impl Queue {
         }
         let first = q.bytes.is_empty();
         q.bytes.extend_from_slice(line);
-        let full = q.bytes.len() >= LOG_FLUSH_BYTES;
         drop(q);
-        if first || full {
+        // Only the first line of a batch wakes the writer; it takes the rest with it.
+        if first {
             self.wake.notify_one();
         }
         true
     }
 
-    /// The writer thread: sleeps while nothing is queued; once a line is, lets others join
-    /// it for [`LOG_FLUSH_INTERVAL`] (less when [`LOG_FLUSH_BYTES`] are queued or the end
-    /// comes), then writes them all with one `write_all`. Ends after writing what was queued
-    /// when the guard is dropped.
+    /// The writer thread: sleeps while nothing is queued; writes what is queued with one
+    /// `write_all` as soon as a line comes, then lets the next lines gather for
+    /// [`LOG_FLUSH_INTERVAL`] before it looks again (at most one wake-up and one write per
+    /// interval, however many lines). Ends after writing what was queued when the guard is
+    /// dropped.
     fn write_out(&self, mut sink: impl std::io::Write) {
-        let mut batch = Vec::with_capacity(LOG_FLUSH_BYTES);
+        let mut batch = Vec::with_capacity(LOG_BATCH_BYTES);
         loop {
-            let mut q = self.lock();
-            while q.bytes.is_empty() && !q.closing {
-                q = self.wake.wait(q).unwrap_or_else(|p| p.into_inner());
-            }
-            let due = Instant::now() + LOG_FLUSH_INTERVAL;
-            while !q.closing && q.bytes.len() < LOG_FLUSH_BYTES {
-                let Some(left) = due.checked_duration_since(Instant::now()) else {
-                    break;
-                };
-                q = self
-                    .wake
-                    .wait_timeout(q, left)
-                    .map_or_else(|p| p.into_inner().0, |(g, _)| g);
-            }
-            std::mem::swap(&mut q.bytes, &mut batch);
-            let closing = q.closing && q.bytes.is_empty();
-            drop(q);
+            let closing = {
+                let mut q = self.lock();
+                while q.bytes.is_empty() && !q.closing {
+                    q = self.wake.wait(q).unwrap_or_else(|p| p.into_inner());
+                }
+                std::mem::swap(&mut q.bytes, &mut batch);
+                q.closing
+            };
             // Nowhere to report a failed write to but stderr itself: the lines are lost.
             let _ = sink.write_all(&batch).and_then(|()| sink.flush());
             batch.clear();
-            if batch.capacity() > 4 * LOG_FLUSH_BYTES {
-                batch = Vec::with_capacity(LOG_FLUSH_BYTES);
+            if batch.capacity() > 4 * LOG_BATCH_BYTES {
+                batch = Vec::with_capacity(LOG_BATCH_BYTES);
             }
             if closing {
+                // Lines queued while the last batch was written.
+                let rest = std::mem::take(&mut self.lock().bytes);
+                let _ = sink.write_all(&rest).and_then(|()| sink.flush());
                 return;
             }
+            std::thread::sleep(LOG_FLUSH_INTERVAL);
         }
     }
 }
@@ -211,8 +208,8 @@ impl Drop for LogGuard {
 
 /// A writer for the operational log (stderr) that does not write on the thread that logs,
 /// nor wake another thread per line: lines are queued (at most [`LOG_QUEUE_BYTES`], each at
-/// most [`LOG_LINE_MAX_BYTES`]) and a thread of their own writes them in batches, at the
-/// latest [`LOG_FLUSH_INTERVAL`] after the first line of a batch. A request thread never
+/// most [`LOG_LINE_MAX_BYTES`]) and a thread of their own writes them: at once when the
+/// server is quiet, in batches at most every [`LOG_FLUSH_INTERVAL`] when it is busy. A request thread never
 /// waits on stderr (a slow or full pipe, a paused log collector) and pays one lock and a
 /// copy per line; when the queue is full, lines are dropped, counted
 /// (`esi_log_lines_dropped_total`) and reported on stderr at most once a minute, never
@@ -230,7 +227,7 @@ impl Drop for LogGuard {
 pub fn non_blocking_stderr(json: bool) -> std::io::Result<(LogWriter, LogGuard)> {
     let queue = Arc::new(Queue {
         lines: Mutex::new(Queued {
-            bytes: Vec::with_capacity(LOG_FLUSH_BYTES),
+            bytes: Vec::with_capacity(LOG_BATCH_BYTES),
             closing: false,
         }),
         wake: Condvar::new(),
