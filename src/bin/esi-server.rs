@@ -638,27 +638,28 @@ fn sources(args: SourceArgs) -> esi::policy::Sources {
     }
 }
 
-/// `check`: the load's problems, one line each; fails on load errors only (references to
-/// what does not exist are warnings here, errors in `policy validate`).
+/// `check`: the load's problems, one line each, from the loader of `serve` and `policy
+/// validate`; fails on load errors only (references to what does not exist are warnings
+/// here, errors in `policy validate`, which also shows file and line).
 fn check(args: SourceArgs) -> Result<()> {
     init_logging(LogFormat::Text);
     let snapshot = esi::policy::load(&sources(args));
-    let report = esi::policy::validate::report(&snapshot);
-    for p in &report.problems {
-        let kind = if p.load_error { "error" } else { "warning" };
-        match &p.object {
-            Some(o) => println!("{kind}: {}: {o}: {}", p.origin, p.message),
-            None => println!("{kind}: {}: {}", p.origin, p.message),
-        }
+    for e in &snapshot.errors {
+        println!("error: {e}");
     }
-    let c = report.counts;
-    let errors = report.load_errors();
+    for w in &snapshot.warnings {
+        println!("warning: {w}");
+    }
     println!(
-        "{} stores, {} generators, {} federations, {} policies, {errors} errors",
-        c.stores, c.generators, c.federations, c.policies,
+        "{} stores, {} generators, {} federations, {} policies, {} errors",
+        snapshot.stores.len(),
+        snapshot.generators.len(),
+        snapshot.federations.len(),
+        snapshot.policies.policy_count(),
+        snapshot.errors.len()
     );
-    if errors > 0 {
-        bail!("{errors} problems found");
+    if !snapshot.errors.is_empty() {
+        bail!("{} problems found", snapshot.errors.len());
     }
     Ok(())
 }
@@ -754,10 +755,9 @@ fn policy(cmd: PolicyCommand) -> Result<()> {
         }
         PolicyCommand::Test { source, dir } => {
             let snapshot = policy::load(&sources(source));
-            let report = policy::validate::report(&snapshot);
-            let load_errors = report.load_errors();
+            let load_errors = snapshot.errors.len();
             if load_errors > 0 {
-                print!("{}", report.render());
+                print!("{}", policy::validate::report(&snapshot).render());
             }
             let outcomes = policy::cases::run(&snapshot, &dir)?;
             print!("{}", outcomes.text());

@@ -24,7 +24,7 @@ use crate::source::LoadError;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
-    /// Fails `validate` (and, for load errors, `check`).
+    /// Fails `validate`.
     Error,
     /// Shown, does not fail.
     Warning,
@@ -56,9 +56,6 @@ pub struct Problem {
     /// Where, when it could be found.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub span: Option<Span>,
-    /// Whether the loader counts it as an error (what `check` fails on).
-    #[serde(skip)]
-    pub load_error: bool,
 }
 
 /// Every problem of a load.
@@ -90,11 +87,6 @@ impl Report {
             .iter()
             .filter(|p| p.severity == Severity::Error)
             .count()
-    }
-
-    /// Problems that the loader counts as errors (what `check` fails on).
-    pub fn load_errors(&self) -> usize {
-        self.problems.iter().filter(|p| p.load_error).count()
     }
 
     /// Every problem rendered with its source line.
@@ -223,7 +215,6 @@ fn problem(severity: Severity, e: &LoadError, message: String, span: Option<Span
         object: e.object.clone(),
         message,
         span,
-        load_error: false,
     }
 }
 
@@ -251,17 +242,13 @@ fn locate_error(e: &LoadError, files: &mut FileCache, out: &mut Vec<Problem>) {
                         column,
                         len: 1,
                     }));
-                let mut p = problem(Severity::Error, e, message, span);
-                p.load_error = true;
-                out.push(p);
+                out.push(problem(Severity::Error, e, message, span));
             }
             return;
         }
     }
     let span = document_span(e, files);
-    let mut p = problem(Severity::Error, e, e.reason.clone(), span);
-    p.load_error = true;
-    out.push(p);
+    out.push(problem(Severity::Error, e, e.reason.clone(), span));
 }
 
 fn locate_warning(w: &LoadError, files: &mut FileCache, out: &mut Vec<Problem>) {
