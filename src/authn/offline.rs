@@ -82,3 +82,66 @@ pub async fn identify_offline(
         ),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::authn::Clock;
+    use crate::authn::tests::support::{TestKey, claims};
+    use crate::resources::KubernetesFederationSpec;
+
+    const AUD: &str = "https://esi.example";
+    const NOW: u64 = 1_700_000_000;
+
+    fn settings() -> AuthnSettings {
+        AuthnSettings {
+            clock: Clock::fixed(NOW),
+            ..Default::default()
+        }
+    }
+
+    fn federation(name: &str, issuer: &str, jwks: Option<String>) -> Federation {
+        let spec = KubernetesFederationSpec {
+            issuer: Some(issuer.into()),
+            // Never contacted: the test has no network.
+            url: jwks.is_none().then(|| "https://127.0.0.1:9".into()),
+            audiences: vec![AUD.into()],
+            jwks,
+            ..Default::default()
+        };
+        Federation::from_spec(name, &spec).expect("federation")
+    }
+
+    #[tokio::test]
+    async fn static_keys_verify_fetched_keys_only_read_the_claims() {
+        let key = TestKey::es256();
+        let feds = [
+            federation("alpha", "https://static", Some(TestKey::jwks(&[&key]))),
+            federation("beta", "https://fetching", None),
+        ];
+        let token = key.sign(&claims("https://static", AUD, NOW));
+        match identify_offline(&feds, &token, settings()).await {
+            Ok(OfflineIdentity::Verified(id)) => assert_eq!(id.federation, "alpha"),
+            other => panic!("{other:?}"),
+        }
+        let token = key.sign(&claims("https://fetching", AUD, NOW));
+        match identify_offline(&feds, &token, settings()).await {
+            Ok(OfflineIdentity::Unverified { identity, reason }) => {
+                assert_eq!(identity.federation, "beta");
+                assert!(reason.contains("not verified"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Claims are still checked when the signature cannot be.
+        let expired = key.sign(&claims("https://fetching", AUD, NOW - 100_000));
+        assert!(identify_offline(&feds, &expired, settings()).await.is_err());
+        // A static-key federation refuses a token its keys did not sign.
+        let other = TestKey::es256().sign(&claims("https://static", AUD, NOW));
+        assert_eq!(
+            identify_offline(&feds, &other, settings()).await,
+            Err(AuthnError::UnknownKeyId)
+        );
+        let unknown = key.sign(&claims("https://nobody", AUD, NOW));
+        assert!(identify_offline(&feds, &unknown, settings()).await.is_err());
+    }
+}

@@ -491,3 +491,70 @@ impl Explanation {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(path: &str, issuer: Option<&str>) -> PrincipalSpec {
+        PrincipalSpec {
+            path: path.into(),
+            issuer: issuer.map(str::to_owned),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_principal_is_the_identity_token_verification_would_give() {
+        let snapshot = Snapshot::empty();
+        let mut notes = Vec::new();
+        // No federation: only with an explicit issuer, and said.
+        assert!(identity_of(&snapshot, &spec("f/ns/sa", None), &mut notes).is_err());
+        let id = identity_of(&snapshot, &spec("f/ns/sa", Some("https://i")), &mut notes)
+            .expect("identity");
+        assert_eq!(id.subject, "system:serviceaccount:ns:sa");
+        assert_eq!((id.federation.as_str(), id.namespace.as_str()), ("f", "ns"));
+        assert!(notes[0].contains("no KubernetesFederation f"), "{notes:?}");
+        for bad in ["f/ns", "f//sa", "", "/ns/sa"] {
+            assert!(
+                identity_of(&snapshot, &spec(bad, Some("i")), &mut notes).is_err(),
+                "{bad}"
+            );
+        }
+        let long = format!("f/ns/{}", "a".repeat(FIELD_MAX));
+        assert!(identity_of(&snapshot, &spec(&long, Some("i")), &mut notes).is_err());
+    }
+
+    #[test]
+    fn resources_take_the_canonical_form_the_api_decides() {
+        let snapshot = Snapshot::empty();
+        let mut notes = Vec::new();
+        let target = Target::Generator {
+            action: Action::Generate,
+            path: "team/ClusterGenerator/root".into(),
+        };
+        let (action, resource) = resource_of(&snapshot, &target, &mut notes).expect("resource");
+        assert_eq!(action, Action::Generate);
+        assert_eq!(
+            resource.to_string(),
+            "generator:<cluster>/ClusterGenerator/root"
+        );
+        assert!(notes.iter().any(|n| n.contains("404")), "{notes:?}");
+        let wrong = Target::Generator {
+            action: Action::Get,
+            path: "a/b/c".into(),
+        };
+        assert!(resource_of(&snapshot, &wrong, &mut notes).is_err());
+        let key = Target::Key {
+            store: "s".into(),
+            key: "k".into(),
+            property: None,
+            version: None,
+        };
+        let (action, resource) = resource_of(&snapshot, &key, &mut notes).expect("resource");
+        assert_eq!(
+            (action, resource.to_string()),
+            (Action::Get, "key:s/k".into())
+        );
+    }
+}
