@@ -16,6 +16,7 @@ pub mod generators;
 pub mod ledger;
 pub mod logging;
 pub mod metrics;
+pub mod policy;
 pub mod providers;
 pub mod reconcile;
 pub mod remote;

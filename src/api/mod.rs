@@ -408,6 +408,40 @@ async fn with_timeout<T, E: Into<ApiError>>(
     }
 }
 
+/// What the server decides for a `get` of `remote` on `store` ([`key_target`]).
+pub struct KeyTarget {
+    /// The resource decided: the store's canonical form of the key, or the key as written
+    /// when it has none (or the store is unknown).
+    pub resource: Resource,
+    /// The store, when it exists.
+    pub provider: Option<Arc<dyn SecretProvider>>,
+    /// The canonical reference, or why there is none (the request then fails after the
+    /// decision: 404 for an unknown store, 400 for a spelling with no canonical form).
+    pub canonical: Result<RemoteRef, ApiError>,
+}
+
+/// The `get` decision's resource for `remote` on `store`, as every `get` (and
+/// `esi-server policy explain`) computes it: one canonical form per backend object.
+pub fn key_target(snapshot: &Snapshot, store: &str, remote: &RemoteRef) -> KeyTarget {
+    let provider = snapshot.stores.get(store).cloned();
+    let canonical = match &provider {
+        Some(p) => p.canonical_ref(remote).map_err(ApiError::from),
+        None => Err(ApiError::NotFound),
+    };
+    let decided_key = match &canonical {
+        Ok(c) => c.key.clone(),
+        Err(_) => remote.key.clone(),
+    };
+    KeyTarget {
+        resource: Resource::RemoteKey {
+            store: store.to_string(),
+            key: decided_key,
+        },
+        provider,
+        canonical,
+    }
+}
+
 /// The store and the canonical form of `remote` on it, after the `get` decision on
 /// exactly that form (see `SecretProvider::canonical_ref`): the decision, its audit line
 /// and the backend call all name the same object. A spelling with no canonical form (or
@@ -419,25 +453,9 @@ fn decide_key(
     store: &str,
     remote: &RemoteRef,
 ) -> Result<(Arc<dyn SecretProvider>, RemoteRef), ApiError> {
-    let provider = snapshot.stores.get(store).cloned();
-    let canonical = match &provider {
-        Some(p) => p.canonical_ref(remote).map_err(ApiError::from),
-        None => Err(ApiError::NotFound),
-    };
-    let decided_key = match &canonical {
-        Ok(c) => c.key.clone(),
-        Err(_) => remote.key.clone(),
-    };
-    authorize(
-        snapshot,
-        caller,
-        Action::Get,
-        &Resource::RemoteKey {
-            store: store.to_string(),
-            key: decided_key,
-        },
-    )?;
-    match (provider, canonical) {
+    let target = key_target(snapshot, store, remote);
+    authorize(snapshot, caller, Action::Get, &target.resource)?;
+    match (target.provider, target.canonical) {
         (Some(p), Ok(c)) => Ok((p, c)),
         (_, Err(e)) => Err(e),
         (None, Ok(_)) => Err(ApiError::NotFound),

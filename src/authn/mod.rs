@@ -12,6 +12,7 @@ mod federation;
 mod identity;
 mod jwks;
 mod keys;
+mod offline;
 mod settings;
 mod token;
 
@@ -25,6 +26,7 @@ pub use federation::{Federation, FederationError};
 pub use identity::Identity;
 pub use jwks::KeyHealth;
 pub use keys::kubernetes_key_id;
+pub use offline::{OfflineIdentity, identify_offline};
 pub use settings::AuthnSettings;
 
 /// Checks, cheaply and without any key, that `token` is at most `max_bytes` long and has the

@@ -191,6 +191,34 @@ impl CheckedAuthorization {
     }
 }
 
+/// One policy in force ([`PolicyEngine::listing`]).
+#[derive(Debug, Clone)]
+pub struct ListedPolicy {
+    /// Its id, as decisions report it.
+    pub id: String,
+    /// Where it came from.
+    pub source: PolicySource,
+    /// The policy (its Cedar id is `id`).
+    pub policy: Policy,
+}
+
+/// Where a policy in force came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicySource {
+    /// Compiled from the Authorization `name` (read from `origin`, when known).
+    Authorization {
+        /// The Authorization's name.
+        name: String,
+        /// Where it was read from (`file#document`, or `kubernetes`).
+        origin: Option<String>,
+    },
+    /// A hand-written `.cedar` file.
+    File {
+        /// Its path.
+        path: String,
+    },
+}
+
 /// Compiled shards by the digest of their Authorizations, shared by successive engines.
 /// Bounded by the number of policies held (a shard weighs its policy count, at least 1).
 #[derive(Clone)]
@@ -299,6 +327,8 @@ struct FederationShard {
     exact: HashMap<String, Shard>,
     /// Authorizations with a glob subject, compiled when the engine is built.
     glob: Option<Arc<Scoped>>,
+    /// The Authorizations of `glob` (shared, not copied), for [`PolicyEngine::listing`].
+    glob_members: Vec<Arc<CheckedAuthorization>>,
 }
 
 /// Compiled and hand-written policies, ready to decide. Immutable once built (the compiled
@@ -307,6 +337,9 @@ pub struct PolicyEngine {
     authorizer: Authorizer,
     /// Hand-written policies, evaluated for every request.
     global: PolicySet,
+    /// Ids of the hand-written policies in load order (file, then place in the file),
+    /// with the file each came from: for [`PolicyEngine::listing`].
+    hand_written: Vec<(String, String)>,
     /// Authorizations by federation name.
     federations: HashMap<String, FederationShard>,
     policy_count: usize,
@@ -528,6 +561,7 @@ impl PolicyEngine {
         PolicyEngine {
             authorizer: Authorizer::new(),
             global: PolicySet::new(),
+            hand_written: Vec::new(),
             federations: HashMap::new(),
             policy_count: 0,
             cache: PolicyCache::new(1),
@@ -628,7 +662,9 @@ impl PolicyEngine {
         for (federation, mut shard) in globs {
             shard.seal();
             let compiled = cache.get(&shard);
-            b.engine.federations.entry(federation).or_default().glob = Some(compiled);
+            let entry = b.engine.federations.entry(federation).or_default();
+            entry.glob = Some(compiled);
+            entry.glob_members = shard.members;
         }
         for file in policy_files {
             if let Err(reason) = b.add_file(file) {
@@ -653,6 +689,82 @@ impl PolicyEngine {
     /// Number of policies in force.
     pub fn policy_count(&self) -> usize {
         self.policy_count
+    }
+
+    /// Every policy in force, with where it came from: the compiled Authorizations by
+    /// name (each in the order of [`compile`]'s table), then the hand-written policies in
+    /// load order. Compiles every shard not compiled yet (through the shared cache), so it
+    /// costs what deciding for every caller would: for tooling (`esi-server policy`), not
+    /// for the request path. The ids are those [`PolicyEngine::decide`] reports.
+    pub fn listing(&self) -> Vec<ListedPolicy> {
+        let mut origins: HashMap<&str, &str> = HashMap::new();
+        for shard in self.federations.values() {
+            let members = shard.exact.values().flat_map(|s| &s.members);
+            for m in members.chain(&shard.glob_members) {
+                origins.insert(&m.name, &m.origin);
+            }
+        }
+        let mut listed = Vec::new();
+        let mut compiled: HashMap<String, Policy> = HashMap::new();
+        for shard in self.federations.values() {
+            let sets = shard
+                .exact
+                .values()
+                .map(|s| self.cache.get(s))
+                .chain(shard.glob.iter().cloned());
+            for set in sets {
+                for scoped in set.iter() {
+                    for p in scoped.policies() {
+                        compiled.insert(p.id().to_string(), p.clone());
+                    }
+                }
+            }
+        }
+        let mut ids: Vec<String> = compiled.keys().cloned().collect();
+        // `authorization/<name>/<part>`: by name, then by the compiler's order of parts.
+        let rank = |part: &str| match part {
+            "stores" => 0,
+            "remote-keys" => 1,
+            "generators" => 2,
+            "states" => 3,
+            _ => 4,
+        };
+        ids.sort_by(|a, b| {
+            let split = |id: &str| {
+                let rest = id.strip_prefix(RESERVED_PREFIX).unwrap_or(id);
+                match rest.rsplit_once('/') {
+                    Some((name, part)) => (name.to_owned(), rank(part)),
+                    None => (rest.to_owned(), 4),
+                }
+            };
+            split(a).cmp(&split(b))
+        });
+        for id in ids {
+            let Some(policy) = compiled.remove(&id) else {
+                continue;
+            };
+            let name = id
+                .strip_prefix(RESERVED_PREFIX)
+                .and_then(|rest| rest.rsplit_once('/'))
+                .map_or(id.as_str(), |(name, _)| name)
+                .to_owned();
+            let origin = origins.get(name.as_str()).map(|o| (*o).to_owned());
+            listed.push(ListedPolicy {
+                id,
+                source: PolicySource::Authorization { name, origin },
+                policy,
+            });
+        }
+        for (id, path) in &self.hand_written {
+            if let Some(policy) = self.global.policy(&PolicyId::new(id)) {
+                listed.push(ListedPolicy {
+                    id: id.clone(),
+                    source: PolicySource::File { path: path.clone() },
+                    policy: policy.clone(),
+                });
+            }
+        }
+        listed
     }
 
     /// Requests this engine evaluated with Cedar, i.e. not answered from its decision cache.
@@ -1041,6 +1153,9 @@ impl Builder {
                 .global
                 .add(policy.clone())
                 .map_err(|e| e.to_string())?;
+            self.engine
+                .hand_written
+                .push((policy.id().to_string(), owner.clone()));
             self.engine.policy_count += 1;
         }
         Ok(())

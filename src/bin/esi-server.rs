@@ -24,8 +24,14 @@ enum Command {
     /// Serve the federation API over HTTPS from a directory of manifests.
     Serve(Box<ServeArgs>),
     /// Load a directory of manifests and policies, report every problem, and exit
-    /// non-zero if there is any.
+    /// non-zero if there is any load error (`policy validate` is stricter: it also fails
+    /// on references to objects that do not exist, and shows file and line).
     Check(SourceArgs),
+    /// See the policies before they reach production: compile, validate, explain, test.
+    /// Every subcommand reads `--manifests`/`--policies` as `serve` does. See
+    /// docs/policies.md.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// DEVELOPMENT ONLY: mint a ServiceAccount-like JWT signed with a local key
     /// (e.g. examples/quickstart/dev-signing-key.pem) for trying the server out.
     DevToken(DevTokenArgs),
@@ -60,6 +66,103 @@ struct SourceArgs {
     /// Directory of `.cedar` policy files loaded beside the compiled Authorizations.
     #[arg(long, env = "ESI_POLICIES")]
     policies: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Print every policy in force as Cedar text: the policies compiled from the
+    /// Authorizations, then the `.cedar` files', each with `@id("…")` holding the id
+    /// decisions and the audit log report.
+    Compile {
+        #[command(flatten)]
+        source: SourceArgs,
+        /// JSON: id, source, effect and text of each policy.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check every Authorization and `.cedar` file (against schemas/esi.cedarschema) and
+    /// every reference to a federation, store or generator; print each problem with its
+    /// file and line; exit 1 if there is any error. For CI and pre-commit hooks.
+    Validate {
+        #[command(flatten)]
+        source: SourceArgs,
+        /// JSON: the problems (severity, file, line, column, message) and counts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Decide one request as the server would, and show the policies that determined it
+    /// (their ids are those of the server's decision log for the same request).
+    Explain(Box<ExplainArgs>),
+    /// Run the YAML cases of DIR (principal, action, resource, expected decision and,
+    /// optionally, policy ids) against the policies in force; exit 1 if any fails.
+    Test {
+        #[command(flatten)]
+        source: SourceArgs,
+        /// Directory of case files (`*.yaml`, `*.yml`; not recursive).
+        dir: PathBuf,
+    },
+}
+
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("who").required(true).args(["principal", "token"])))]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["store", "find", "generator", "revoke_states"])))]
+struct ExplainArgs {
+    #[command(flatten)]
+    source: SourceArgs,
+    /// The caller: FEDERATION/NAMESPACE/SERVICEACCOUNT.
+    #[arg(long)]
+    principal: Option<String>,
+    /// The caller's token (a file holding a ServiceAccount JWT): verified offline when its
+    /// federation has static keys (`jwks`, `publicKeys`); otherwise its claims are read and
+    /// the output says the signature was NOT verified.
+    #[arg(long, conflicts_with_all = ["issuer", "uid", "pod_name", "pod_uid"])]
+    token: Option<PathBuf>,
+    /// With --principal: the token's issuer (default: the federation's `spec.issuer`).
+    #[arg(long)]
+    issuer: Option<String>,
+    /// With --principal: the ServiceAccount UID (`principal.uid`).
+    #[arg(long)]
+    uid: Option<String>,
+    /// With --principal: the pod of a pod-bound token (`principal.podName`).
+    #[arg(long)]
+    pod_name: Option<String>,
+    /// With --principal: the pod's UID (`principal.podUid`).
+    #[arg(long)]
+    pod_uid: Option<String>,
+    /// `get` of --key on this ClusterSecretStore.
+    #[arg(long, requires = "key")]
+    store: Option<String>,
+    /// The remote key (with --store).
+    #[arg(long, requires = "store")]
+    key: Option<String>,
+    /// The key's property (with --store; a store may fold it into the key's canonical form).
+    #[arg(long, requires = "store")]
+    property: Option<String>,
+    /// The key's version (with --store).
+    #[arg(long, requires = "store")]
+    version: Option<String>,
+    /// `find` on this ClusterSecretStore.
+    #[arg(long)]
+    find: Option<String>,
+    /// A generator: NAMESPACE/KIND/NAME (action --action, default generate).
+    #[arg(long)]
+    generator: Option<String>,
+    /// With --generator: generate, revoke or renew.
+    #[arg(long, value_enum, default_value = "generate", requires = "generator")]
+    action: GeneratorAction,
+    /// `revokeStates` in this namespace.
+    #[arg(long)]
+    revoke_states: Option<String>,
+    /// JSON output.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum GeneratorAction {
+    Generate,
+    Revoke,
+    Renew,
 }
 
 #[derive(Args)]
@@ -389,10 +492,15 @@ const QUIET_LIBRARIES: &str = "rustls=error";
 
 /// The operational log filter: `RUST_LOG` (default `info`) with [`QUIET_LIBRARIES`].
 fn log_filter() -> tracing_subscriber::EnvFilter {
+    log_filter_or("info")
+}
+
+/// [`log_filter`] with another default level than `info`.
+fn log_filter_or(default: &str) -> tracing_subscriber::EnvFilter {
     let spec = std::env::var("RUST_LOG")
         .ok()
         .filter(|s| !s.trim().is_empty())
-        .unwrap_or_else(|| "info".into());
+        .unwrap_or_else(|| default.into());
     let spec = if spec.contains("rustls") {
         spec
     } else {
@@ -403,7 +511,10 @@ fn log_filter() -> tracing_subscriber::EnvFilter {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = log_filter();
+    init_logging_with(format, log_filter());
+}
+
+fn init_logging_with(format: LogFormat, filter: tracing_subscriber::EnvFilter) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(esi::logging::stderr_colors())
@@ -511,6 +622,7 @@ fn run() -> Result<()> {
                 })
         }
         Command::Check(args) => check(args),
+        Command::Policy(cmd) => policy(cmd),
         Command::Reconcile(args) => reconcile(args),
         Command::DevToken(args) => dev_token(args),
         Command::Crds => {
@@ -534,16 +646,24 @@ fn run() -> Result<()> {
     }
 }
 
-fn check(args: SourceArgs) -> Result<()> {
-    init_logging(LogFormat::Text);
-    let source = DirectorySource {
+fn sources(args: SourceArgs) -> esi::policy::Sources {
+    esi::policy::Sources {
         manifests: args.manifests,
         policies: args.policies,
-        provider_settings: ProviderSettings::default(),
-    };
-    let snapshot = source.load();
+    }
+}
+
+/// `check`: the load's problems, one line each, from the loader of `serve` and `policy
+/// validate`; fails on load errors only (references to what does not exist are warnings
+/// here, errors in `policy validate`, which also shows file and line).
+fn check(args: SourceArgs) -> Result<()> {
+    init_logging(LogFormat::Text);
+    let snapshot = esi::policy::load(&sources(args));
     for e in &snapshot.errors {
         println!("error: {e}");
+    }
+    for w in &snapshot.warnings {
+        println!("warning: {w}");
     }
     println!(
         "{} stores, {} generators, {} federations, {} policies, {} errors",
@@ -557,6 +677,114 @@ fn check(args: SourceArgs) -> Result<()> {
         bail!("{} problems found", snapshot.errors.len());
     }
     Ok(())
+}
+
+/// `policy …`: parse, call `esi::policy`, print.
+fn policy(cmd: PolicyCommand) -> Result<()> {
+    use esi::policy::{self, explain};
+    // Decisions are logged (target esi::decision) at info; the answer is on stdout.
+    init_logging_with(LogFormat::Text, log_filter_or("warn"));
+    match cmd {
+        PolicyCommand::Compile { source, json } => {
+            let snapshot = policy::load(&sources(source));
+            let printed = policy::listing::print(&snapshot.policies.listing())?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&printed)?);
+            } else {
+                print!("{}", policy::listing::as_cedar(&printed));
+            }
+            if !snapshot.errors.is_empty() {
+                eprintln!(
+                    "esi-server: {} objects did not load and are not in the output (see `esi-server policy validate`)",
+                    snapshot.errors.len()
+                );
+            }
+            Ok(())
+        }
+        PolicyCommand::Validate { source, json } => {
+            let snapshot = policy::load(&sources(source));
+            let report = policy::validate::report(&snapshot);
+            let errors = report.errors();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.render());
+                let warnings = report.problems.len() - errors;
+                let c = report.counts;
+                println!(
+                    "{errors} errors, {warnings} warnings ({} policies, {} stores, {} generators, {} federations)",
+                    c.policies, c.stores, c.generators, c.federations
+                );
+            }
+            if errors > 0 {
+                bail!("validation failed: {errors} errors");
+            }
+            Ok(())
+        }
+        PolicyCommand::Explain(args) => {
+            let args = *args;
+            let who = match (args.principal, args.token) {
+                (_, Some(file)) => explain::Who::Token(file),
+                (Some(path), None) => explain::Who::Principal(explain::PrincipalSpec {
+                    path,
+                    issuer: args.issuer,
+                    uid: args.uid,
+                    pod_name: args.pod_name,
+                    pod_uid: args.pod_uid,
+                }),
+                (None, None) => bail!("give --principal or --token"),
+            };
+            let target = match (
+                args.store,
+                args.key,
+                args.find,
+                args.generator,
+                args.revoke_states,
+            ) {
+                (Some(store), Some(key), ..) => explain::Target::Key {
+                    store,
+                    key,
+                    property: args.property,
+                    version: args.version,
+                },
+                (_, _, Some(store), ..) => explain::Target::Find { store },
+                (_, _, _, Some(path), _) => explain::Target::Generator {
+                    action: match args.action {
+                        GeneratorAction::Generate => esi::authz::Action::Generate,
+                        GeneratorAction::Revoke => esi::authz::Action::Revoke,
+                        GeneratorAction::Renew => esi::authz::Action::Renew,
+                    },
+                    path,
+                },
+                (_, _, _, _, Some(namespace)) => explain::Target::States { namespace },
+                _ => bail!("give --store and --key, --find, --generator or --revoke-states"),
+            };
+            let snapshot = policy::load(&sources(args.source));
+            let explanation = explain::explain_request(&snapshot, &who, &target)?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&explanation)?);
+            } else {
+                print!("{}", explanation.text());
+            }
+            Ok(())
+        }
+        PolicyCommand::Test { source, dir } => {
+            let snapshot = policy::load(&sources(source));
+            let load_errors = snapshot.errors.len();
+            if load_errors > 0 {
+                print!("{}", policy::validate::report(&snapshot).render());
+            }
+            let outcomes = policy::cases::run(&snapshot, &dir)?;
+            print!("{}", outcomes.text());
+            if load_errors > 0 {
+                bail!("{load_errors} objects did not load; the cases ran without them");
+            }
+            if outcomes.failed() > 0 {
+                bail!("{} cases failed", outcomes.failed());
+            }
+            Ok(())
+        }
+    }
 }
 
 /// Flags → [`esi::reconcile::output::OutputOptions`]; the library does the rest.

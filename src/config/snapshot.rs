@@ -726,11 +726,15 @@ impl SnapshotBuilder {
                 }
             }
             for g in &spec.allowed_generators {
-                let key = GeneratorKey {
+                // Looked up as the API looks it up: a ClusterGenerator has no namespace
+                // (before: its canonical `<cluster>` namespace was looked up, so every
+                // ClusterGenerator an Authorization named was reported missing).
+                let key = crate::ledger::GeneratorRef {
                     namespace: g.namespace.clone(),
                     kind: g.kind.clone(),
                     name: g.name.clone(),
-                };
+                }
+                .lookup_key();
                 if !generators.contains_key(&key) {
                     missing.push(format!("{} {}/{}", g.kind, g.namespace, g.name));
                 }
@@ -1224,6 +1228,45 @@ mod tests {
         format!(
             "apiVersion: federation.external-secrets.io/v1alpha1\nkind: Authorization\nmetadata: {{name: a}}\nspec:\n  federationRef: {{kind: KubernetesFederation, name: f}}\n  subject: {{issuer: 'https://i', subject: 'system:serviceaccount:ns:sa'}}\n  allowedClusterSecretStores: [{store}]\n"
         )
+    }
+
+    /// An Authorization naming a ClusterGenerator that exists is not reported as naming
+    /// what does not exist (`policy validate` fails on such reports); one naming a
+    /// ClusterGenerator that does not exist still is.
+    #[test]
+    fn an_existing_cluster_generator_is_not_reported_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "fed.yaml", &fed());
+        write(
+            dir.path(),
+            "gen.yaml",
+            "apiVersion: generators.external-secrets.io/v1alpha1\nkind: ClusterGenerator\nmetadata: {name: cpw}\nspec: {kind: Password, generator: {passwordSpec: {length: 12}}}\n",
+        );
+        let grant = |name: &str| {
+            format!(
+                "apiVersion: federation.external-secrets.io/v1alpha1\nkind: Authorization\nmetadata: {{name: a}}\nspec:\n  federationRef: {{kind: KubernetesFederation, name: f}}\n  subject: {{issuer: 'https://i', subject: 'system:serviceaccount:ns:sa'}}\n  allowedGenerators: [{{name: {name}, kind: ClusterGenerator, namespace: ns}}]\n"
+            )
+        };
+        write(dir.path(), "a.yaml", &grant("cpw"));
+        let snap = load(dir.path());
+        assert!(snap.errors.is_empty(), "{:?}", snap.errors);
+        assert!(
+            !snap
+                .warnings
+                .iter()
+                .any(|w| w.reason.starts_with(MISSING_PREFIX)),
+            "{:?}",
+            snap.warnings
+        );
+        write(dir.path(), "a.yaml", &grant("other"));
+        let snap = load(dir.path());
+        assert!(
+            snap.warnings
+                .iter()
+                .any(|w| w.reason.starts_with(MISSING_PREFIX) && w.reason.contains("other")),
+            "{:?}",
+            snap.warnings
+        );
     }
 
     fn can_get(snap: &Snapshot, store: &str) -> bool {

@@ -1,0 +1,147 @@
+//! What can be known of a token without the network (`esi-server policy explain --token`).
+//!
+//! A federation with static keys (`jwks`, `publicKeys`) verifies a token exactly as the
+//! server does, with the server's own [`Authenticator`], which never fetches anything for
+//! such a federation. A federation that fetches its keys from its `url` cannot verify
+//! offline: its claims can still be read and checked (issuer, expiry, audience, subject),
+//! but the signature is not, and the answer says so.
+
+use super::authenticator::Authenticator;
+use super::error::AuthnError;
+use super::federation::Federation;
+use super::identity::Identity;
+use super::settings::AuthnSettings;
+use super::token;
+
+/// A token read offline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OfflineIdentity {
+    /// Verified with the static keys of its federation, as the server verifies it.
+    Verified(Identity),
+    /// Claims read and checked, signature **not** verified: the federation whose issuer
+    /// the token names fetches its keys from its `url`.
+    Unverified {
+        /// The identity the claims describe.
+        identity: Identity,
+        /// Why the signature was not verified.
+        reason: String,
+    },
+}
+
+/// Reads `token` against `federations` without the network (see the module doc). An
+/// error is what the server would answer (e.g. an expired token, a bad signature with a
+/// static key, an issuer no federation trusts).
+pub async fn identify_offline(
+    federations: &[Federation],
+    token: &str,
+    settings: AuthnSettings,
+) -> Result<OfflineIdentity, AuthnError> {
+    let parsed = token::parse(token, settings.max_token_bytes)?;
+    let mut sorted: Vec<&Federation> = federations.iter().collect();
+    sorted.sort_by(|a, b| a.name.cmp(&b.name));
+    let static_keys: Vec<Federation> = sorted
+        .iter()
+        .filter(|f| !f.fetches())
+        .map(|f| (*f).clone())
+        .collect();
+    // Federations with fetched keys that may be the token's: their configured issuer, or
+    // else their url (the issuer discovery would give is unknown offline).
+    let fetching: Vec<&Federation> = sorted
+        .iter()
+        .copied()
+        .filter(|f| f.fetches())
+        .filter(|f| {
+            f.issuer
+                .as_deref()
+                .or(f.url_raw.as_deref())
+                .is_some_and(|iss| iss == parsed.iss)
+        })
+        .collect();
+    let now = settings.clock.now();
+    let (leeway, max_lifetime) = (settings.leeway_secs, settings.max_token_lifetime.as_secs());
+    let mut failure = AuthnError::UnknownIssuer;
+    if !static_keys.is_empty() {
+        let authenticator = Authenticator::new(settings);
+        authenticator.set_federations(static_keys);
+        match authenticator.authenticate(token, None).await {
+            Ok(identity) => return Ok(OfflineIdentity::Verified(identity)),
+            Err(e) => failure = e,
+        }
+    }
+    let Some(fed) = fetching.first() else {
+        return Err(failure);
+    };
+    let identity = parsed.check_claims(fed, now, leeway, max_lifetime)?;
+    let url = fed.url_raw.as_deref().unwrap_or("its url");
+    Ok(OfflineIdentity::Unverified {
+        identity,
+        reason: format!(
+            "KubernetesFederation {} fetches its keys from {url}; without the network the \
+             signature was not verified (only the claims were read and checked)",
+            fed.name
+        ),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::authn::Clock;
+    use crate::authn::tests::support::{TestKey, claims};
+    use crate::resources::KubernetesFederationSpec;
+
+    const AUD: &str = "https://esi.example";
+    const NOW: u64 = 1_700_000_000;
+
+    fn settings() -> AuthnSettings {
+        AuthnSettings {
+            clock: Clock::fixed(NOW),
+            ..Default::default()
+        }
+    }
+
+    fn federation(name: &str, issuer: &str, jwks: Option<String>) -> Federation {
+        let spec = KubernetesFederationSpec {
+            issuer: Some(issuer.into()),
+            // Never contacted: the test has no network.
+            url: jwks.is_none().then(|| "https://127.0.0.1:9".into()),
+            audiences: vec![AUD.into()],
+            jwks,
+            ..Default::default()
+        };
+        Federation::from_spec(name, &spec).expect("federation")
+    }
+
+    #[tokio::test]
+    async fn static_keys_verify_fetched_keys_only_read_the_claims() {
+        let key = TestKey::es256();
+        let feds = [
+            federation("alpha", "https://static", Some(TestKey::jwks(&[&key]))),
+            federation("beta", "https://fetching", None),
+        ];
+        let token = key.sign(&claims("https://static", AUD, NOW));
+        match identify_offline(&feds, &token, settings()).await {
+            Ok(OfflineIdentity::Verified(id)) => assert_eq!(id.federation, "alpha"),
+            other => panic!("{other:?}"),
+        }
+        let token = key.sign(&claims("https://fetching", AUD, NOW));
+        match identify_offline(&feds, &token, settings()).await {
+            Ok(OfflineIdentity::Unverified { identity, reason }) => {
+                assert_eq!(identity.federation, "beta");
+                assert!(reason.contains("not verified"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Claims are still checked when the signature cannot be.
+        let expired = key.sign(&claims("https://fetching", AUD, NOW - 100_000));
+        assert!(identify_offline(&feds, &expired, settings()).await.is_err());
+        // A static-key federation refuses a token its keys did not sign.
+        let other = TestKey::es256().sign(&claims("https://static", AUD, NOW));
+        assert_eq!(
+            identify_offline(&feds, &other, settings()).await,
+            Err(AuthnError::UnknownKeyId)
+        );
+        let unknown = key.sign(&claims("https://nobody", AUD, NOW));
+        assert!(identify_offline(&feds, &unknown, settings()).await.is_err());
+    }
+}

@@ -1,0 +1,560 @@
+//! `esi-server policy explain`: one decision and the policies that determined it.
+//!
+//! The request is built as the API builds it — the caller's [`Identity`] as token
+//! verification makes it, the resource in its canonical form ([`crate::api::key_target`]
+//! for keys, [`Resource::generator`] for generators) — and decided by
+//! [`crate::authz::PolicyEngine::decide`], the server's own path, so the ids shown are
+//! those of the server's decision log (`esi::decision`, `policies`) for the same request.
+
+use serde::Serialize;
+
+use super::PolicyToolError;
+use super::listing;
+use crate::authn::{AuthnSettings, Federation, Identity, OfflineIdentity};
+use crate::authz::{Action, Decision, Resource};
+use crate::config::Snapshot;
+use crate::providers::RemoteRef;
+
+/// Longest name accepted in a request (store, key, namespace, …).
+const FIELD_MAX: usize = 4096;
+
+/// Who asks: a ServiceAccount of a federation.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PrincipalSpec {
+    /// `FED/NS/SA`.
+    pub path: String,
+    /// The token's `iss` (default: the federation's configured issuer).
+    pub issuer: Option<String>,
+    /// ServiceAccount UID (`principal.uid`).
+    pub uid: Option<String>,
+    /// Pod name of a pod-bound token (`principal.podName`).
+    pub pod_name: Option<String>,
+    /// Pod UID of a pod-bound token (`principal.podUid`).
+    pub pod_uid: Option<String>,
+}
+
+/// What is asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// `get` of `key` (with `property`/`version`) on `store`.
+    Key {
+        /// Store.
+        store: String,
+        /// Remote key.
+        key: String,
+        /// Property.
+        property: Option<String>,
+        /// Version.
+        version: Option<String>,
+    },
+    /// `find` on a store.
+    Find {
+        /// Store.
+        store: String,
+    },
+    /// `generate`, `revoke` or `renew` on a generator `NS/KIND/NAME`.
+    Generator {
+        /// The action.
+        action: Action,
+        /// `NS/KIND/NAME`.
+        path: String,
+    },
+    /// `revokeStates` in a namespace.
+    States {
+        /// Namespace.
+        namespace: String,
+    },
+}
+
+/// A request, resolved as the server resolves it.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// The caller.
+    pub identity: Identity,
+    /// The action.
+    pub action: Action,
+    /// The resource, canonical.
+    pub resource: Resource,
+    /// What else the server would do with this request (an unknown store answers 404
+    /// whatever the decision, …).
+    pub notes: Vec<String>,
+}
+
+fn bounded(what: &str, value: &str) -> Result<(), PolicyToolError> {
+    if value.is_empty() {
+        return Err(PolicyToolError::BadRequest(format!("{what} is empty")));
+    }
+    if value.len() > FIELD_MAX {
+        return Err(PolicyToolError::BadRequest(format!(
+            "{what} is longer than {FIELD_MAX} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// Splits `a/b/c` into exactly three non-empty parts.
+fn three<'a>(what: &str, path: &'a str) -> Result<(&'a str, &'a str, &'a str), PolicyToolError> {
+    let mut parts = path.splitn(3, '/');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(a), Some(b), Some(c)) if !a.is_empty() && !b.is_empty() && !c.is_empty() => {
+            Ok((a, b, c))
+        }
+        _ => Err(PolicyToolError::BadRequest(format!(
+            "{what} must be {}, got {path:?}",
+            if what == "principal" {
+                "FEDERATION/NAMESPACE/SERVICEACCOUNT"
+            } else {
+                "NAMESPACE/KIND/NAME"
+            }
+        ))),
+    }
+}
+
+fn federation<'s>(snapshot: &'s Snapshot, name: &str) -> Option<&'s Federation> {
+    snapshot.federations.iter().find(|f| f.name() == name)
+}
+
+/// The identity token verification would give a ServiceAccount token of `spec`.
+pub fn identity_of(
+    snapshot: &Snapshot,
+    spec: &PrincipalSpec,
+    notes: &mut Vec<String>,
+) -> Result<Identity, PolicyToolError> {
+    bounded("principal", &spec.path)?;
+    let (fed, namespace, name) = three("principal", &spec.path)?;
+    let configured = federation(snapshot, fed).and_then(|f| f.configured_issuer());
+    let issuer = match (&spec.issuer, configured) {
+        (Some(given), Some(configured)) if given != configured => {
+            notes.push(format!(
+                "KubernetesFederation {fed} accepts tokens of issuer {configured}, not {given}: the server would refuse this token (401)"
+            ));
+            given.clone()
+        }
+        (Some(given), _) => given.clone(),
+        (None, Some(configured)) => configured.to_owned(),
+        (None, None) if federation(snapshot, fed).is_some() => {
+            return Err(PolicyToolError::BadRequest(format!(
+                "KubernetesFederation {fed} learns its issuer by discovery (no spec.issuer); give --issuer"
+            )));
+        }
+        (None, None) => {
+            return Err(PolicyToolError::BadRequest(format!(
+                "no KubernetesFederation {fed} is loaded (the server would refuse every token of it); give --issuer to evaluate the policies anyway"
+            )));
+        }
+    };
+    if federation(snapshot, fed).is_none() {
+        notes.push(format!(
+            "no KubernetesFederation {fed} is loaded: the server would refuse every token of it (401)"
+        ));
+    }
+    for (what, v) in [
+        ("issuer", Some(&issuer)),
+        ("uid", spec.uid.as_ref()),
+        ("pod name", spec.pod_name.as_ref()),
+        ("pod uid", spec.pod_uid.as_ref()),
+    ] {
+        if let Some(v) = v {
+            bounded(what, v)?;
+        }
+    }
+    Ok(Identity {
+        federation: fed.to_owned(),
+        issuer,
+        subject: format!("system:serviceaccount:{namespace}:{name}"),
+        namespace: namespace.to_owned(),
+        service_account: name.to_owned(),
+        service_account_uid: spec.uid.clone(),
+        pod_name: spec.pod_name.clone(),
+        pod_uid: spec.pod_uid.clone(),
+        expires_at: None,
+    })
+}
+
+/// The token in `text` as the server would verify it, offline (see
+/// [`crate::authn::identify_offline`]): verified when its federation has static keys; read
+/// but unverified (said in `notes`) when it fetches its keys.
+pub fn identity_of_token(
+    snapshot: &Snapshot,
+    text: &str,
+    notes: &mut Vec<String>,
+) -> Result<(Identity, bool), PolicyToolError> {
+    let token = text.trim();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .map_err(|e| PolicyToolError::Token(format!("cannot start a runtime: {e}")))?;
+    let read = runtime.block_on(crate::authn::identify_offline(
+        &snapshot.federations,
+        token,
+        AuthnSettings::default(),
+    ));
+    match read {
+        Ok(OfflineIdentity::Verified(identity)) => Ok((identity, true)),
+        Ok(OfflineIdentity::Unverified { identity, reason }) => {
+            notes.push(format!("NOT VERIFIED: {reason}"));
+            Ok((identity, false))
+        }
+        Err(e) => Err(PolicyToolError::Token(format!(
+            "the server would refuse it (401): {e}"
+        ))),
+    }
+}
+
+/// The action and canonical resource of `target`, as the API computes them.
+pub fn resource_of(
+    snapshot: &Snapshot,
+    target: &Target,
+    notes: &mut Vec<String>,
+) -> Result<(Action, Resource), PolicyToolError> {
+    match target {
+        Target::Key {
+            store,
+            key,
+            property,
+            version,
+        } => {
+            bounded("store", store)?;
+            bounded("key", key)?;
+            let remote = RemoteRef {
+                key: key.clone(),
+                property: property.clone().filter(|p| !p.is_empty()),
+                version: version.clone().filter(|v| !v.is_empty()),
+            };
+            let target = crate::api::key_target(snapshot, store, &remote);
+            match (&target.provider, &target.canonical) {
+                (None, _) => notes.push(format!(
+                    "no ClusterSecretStore {store} is loaded: the server answers 404 whatever the decision"
+                )),
+                (Some(_), Err(e)) => notes.push(format!(
+                    "the store has no canonical form for this key ({e}): the server decides the key as written, then refuses the request"
+                )),
+                (Some(_), Ok(c)) if c.key != *key => notes.push(format!(
+                    "the store's canonical form of key {key:?} is {:?}: that is what is decided",
+                    c.key
+                )),
+                _ => {}
+            }
+            Ok((Action::Get, target.resource))
+        }
+        Target::Find { store } => {
+            bounded("store", store)?;
+            if !snapshot.stores.contains_key(store) {
+                notes.push(format!(
+                    "no ClusterSecretStore {store} is loaded: the server answers 404 whatever the decision"
+                ));
+            }
+            notes.push(
+                "a find answers only the keys the caller may also get (each one a `get` decision)"
+                    .to_owned(),
+            );
+            Ok((
+                Action::Find,
+                Resource::Store {
+                    store: store.clone(),
+                },
+            ))
+        }
+        Target::Generator { action, path } => {
+            bounded("generator", path)?;
+            if !matches!(action, Action::Generate | Action::Revoke | Action::Renew) {
+                return Err(PolicyToolError::BadRequest(format!(
+                    "action {action} does not apply to a generator (generate, revoke, renew)"
+                )));
+            }
+            let (namespace, kind, name) = three("generator", path)?;
+            let key = crate::ledger::GeneratorRef {
+                namespace: namespace.to_owned(),
+                kind: kind.to_owned(),
+                name: name.to_owned(),
+            }
+            .lookup_key();
+            if !snapshot.generators.contains_key(&key) {
+                notes.push(format!(
+                    "no generator {kind} {namespace}/{name} is loaded: the server answers 404 whatever the decision"
+                ));
+            }
+            Ok((*action, Resource::generator(namespace, kind, name)))
+        }
+        Target::States { namespace } => {
+            bounded("namespace", namespace)?;
+            Ok((
+                Action::RevokeStates,
+                Resource::GeneratorStates {
+                    namespace: namespace.clone(),
+                },
+            ))
+        }
+    }
+}
+
+/// A determining policy.
+#[derive(Debug, Clone, Serialize)]
+pub struct Determining {
+    /// Its id.
+    pub id: String,
+    /// `Authorization/<name>` or the `.cedar` file.
+    pub source: String,
+    /// Where the Authorization was read from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
+    /// `permit` or `forbid`.
+    pub effect: &'static str,
+    /// Its Cedar text (with `@id`).
+    pub text: String,
+}
+
+/// The answer of `explain`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Explanation {
+    /// `allow` or `deny`.
+    pub decision: &'static str,
+    /// The caller.
+    pub principal: PrincipalView,
+    /// Whether the principal came from a token whose signature was verified (`None`: not
+    /// from a token).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_verified: Option<bool>,
+    /// The action (Cedar id).
+    pub action: String,
+    /// The resource as the decision log shows it.
+    pub resource: String,
+    /// Ids of the determining policies, as the decision log's `policies`.
+    pub policies: Vec<String>,
+    /// Those policies.
+    pub determining: Vec<Determining>,
+    /// What else to know.
+    pub notes: Vec<String>,
+}
+
+/// The caller as shown.
+#[derive(Debug, Clone, Serialize)]
+pub struct PrincipalView {
+    /// Federation.
+    pub federation: String,
+    /// `iss`.
+    pub issuer: String,
+    /// `sub`.
+    pub subject: String,
+    /// Cedar entity id `<federation>/<namespace>/<name>`.
+    pub entity: String,
+    /// Pod name, when given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod_name: Option<String>,
+}
+
+/// Who asks, as given on the command line.
+#[derive(Debug, Clone)]
+pub enum Who {
+    /// A ServiceAccount named directly.
+    Principal(PrincipalSpec),
+    /// A file holding the caller's token.
+    Token(std::path::PathBuf),
+}
+
+/// Resolves `who` and `target` as the server would, decides, and explains.
+pub fn explain_request(
+    snapshot: &Snapshot,
+    who: &Who,
+    target: &Target,
+) -> Result<Explanation, PolicyToolError> {
+    let mut notes = Vec::new();
+    let (identity, verified) = match who {
+        Who::Principal(spec) => (identity_of(snapshot, spec, &mut notes)?, None),
+        Who::Token(file) => {
+            let text = super::read_bounded(file)?;
+            let (identity, verified) = identity_of_token(snapshot, &text, &mut notes)?;
+            (identity, Some(verified))
+        }
+    };
+    let (action, resource) = resource_of(snapshot, target, &mut notes)?;
+    let resolved = Resolved {
+        identity,
+        action,
+        resource,
+        notes,
+    };
+    explain(snapshot, resolved, verified)
+}
+
+/// Decides `resolved` with the snapshot's engine, as the server does.
+pub fn decide(snapshot: &Snapshot, resolved: &Resolved) -> Decision {
+    snapshot
+        .policies
+        .decide(&resolved.identity, resolved.action, &resolved.resource)
+}
+
+/// Decides and explains.
+pub fn explain(
+    snapshot: &Snapshot,
+    resolved: Resolved,
+    token_verified: Option<bool>,
+) -> Result<Explanation, PolicyToolError> {
+    let decision = decide(snapshot, &resolved);
+    let wanted: std::collections::HashSet<&str> =
+        decision.policy_ids.iter().map(String::as_str).collect();
+    let mut determining = Vec::new();
+    if !wanted.is_empty() {
+        for listed in snapshot.policies.listing() {
+            if !wanted.contains(listed.id.as_str()) {
+                continue;
+            }
+            let (source, origin) = listing::source_name(&listed.source);
+            determining.push(Determining {
+                effect: match listed.policy.effect() {
+                    cedar_policy::Effect::Permit => "permit",
+                    cedar_policy::Effect::Forbid => "forbid",
+                },
+                text: listing::text_with_id(&listed.policy, &listed.id)?,
+                id: listed.id,
+                source,
+                origin,
+            });
+        }
+    }
+    let mut notes = resolved.notes;
+    if decision.policy_ids.is_empty() && !decision.allowed {
+        notes.insert(
+            0,
+            "no policy permits this request: denied by default".to_owned(),
+        );
+    }
+    let id = &resolved.identity;
+    Ok(Explanation {
+        decision: if decision.allowed { "allow" } else { "deny" },
+        principal: PrincipalView {
+            federation: id.federation.clone(),
+            issuer: id.issuer.clone(),
+            subject: id.subject.clone(),
+            entity: format!("{}/{}/{}", id.federation, id.namespace, id.service_account),
+            pod_name: id.pod_name.clone(),
+        },
+        token_verified,
+        action: resolved.action.to_string(),
+        resource: resolved.resource.canonical().to_string(),
+        policies: decision.policy_ids,
+        determining,
+        notes,
+    })
+}
+
+impl Explanation {
+    /// Human-readable form.
+    pub fn text(&self) -> String {
+        let mut out = format!(
+            "decision: {}\nprincipal: {} (federation {}, issuer {}{})\naction: {}\nresource: {}\n",
+            self.decision.to_uppercase(),
+            self.principal.subject,
+            self.principal.federation,
+            self.principal.issuer,
+            self.principal
+                .pod_name
+                .as_deref()
+                .map(|p| format!(", pod {p}"))
+                .unwrap_or_default(),
+            self.action,
+            self.resource,
+        );
+        match self.token_verified {
+            Some(true) => {
+                out.push_str("token: verified offline with the federation's static keys\n")
+            }
+            Some(false) => out.push_str("token: NOT VERIFIED (claims only)\n"),
+            None => {}
+        }
+        if self.policies.is_empty() {
+            out.push_str("determining policies: none\n");
+        } else {
+            out.push_str(&format!(
+                "determining policies: {}\n",
+                self.policies.join(", ")
+            ));
+        }
+        for d in &self.determining {
+            let origin = d
+                .origin
+                .as_deref()
+                .map(|o| format!(" ({o})"))
+                .unwrap_or_default();
+            out.push_str(&format!(
+                "\n// {}{origin}\n{}\n",
+                d.source,
+                d.text.trim_end()
+            ));
+        }
+        if !self.notes.is_empty() {
+            out.push('\n');
+            for n in &self.notes {
+                out.push_str(&format!("note: {n}\n"));
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(path: &str, issuer: Option<&str>) -> PrincipalSpec {
+        PrincipalSpec {
+            path: path.into(),
+            issuer: issuer.map(str::to_owned),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_principal_is_the_identity_token_verification_would_give() {
+        let snapshot = Snapshot::empty();
+        let mut notes = Vec::new();
+        // No federation: only with an explicit issuer, and said.
+        assert!(identity_of(&snapshot, &spec("f/ns/sa", None), &mut notes).is_err());
+        let id = identity_of(&snapshot, &spec("f/ns/sa", Some("https://i")), &mut notes)
+            .expect("identity");
+        assert_eq!(id.subject, "system:serviceaccount:ns:sa");
+        assert_eq!((id.federation.as_str(), id.namespace.as_str()), ("f", "ns"));
+        assert!(notes[0].contains("no KubernetesFederation f"), "{notes:?}");
+        for bad in ["f/ns", "f//sa", "", "/ns/sa"] {
+            assert!(
+                identity_of(&snapshot, &spec(bad, Some("i")), &mut notes).is_err(),
+                "{bad}"
+            );
+        }
+        let long = format!("f/ns/{}", "a".repeat(FIELD_MAX));
+        assert!(identity_of(&snapshot, &spec(&long, Some("i")), &mut notes).is_err());
+    }
+
+    #[test]
+    fn resources_take_the_canonical_form_the_api_decides() {
+        let snapshot = Snapshot::empty();
+        let mut notes = Vec::new();
+        let target = Target::Generator {
+            action: Action::Generate,
+            path: "team/ClusterGenerator/root".into(),
+        };
+        let (action, resource) = resource_of(&snapshot, &target, &mut notes).expect("resource");
+        assert_eq!(action, Action::Generate);
+        assert_eq!(
+            resource.to_string(),
+            "generator:<cluster>/ClusterGenerator/root"
+        );
+        assert!(notes.iter().any(|n| n.contains("404")), "{notes:?}");
+        let wrong = Target::Generator {
+            action: Action::Get,
+            path: "a/b/c".into(),
+        };
+        assert!(resource_of(&snapshot, &wrong, &mut notes).is_err());
+        let key = Target::Key {
+            store: "s".into(),
+            key: "k".into(),
+            property: None,
+            version: None,
+        };
+        let (action, resource) = resource_of(&snapshot, &key, &mut notes).expect("resource");
+        assert_eq!(
+            (action, resource.to_string()),
+            (Action::Get, "key:s/k".into())
+        );
+    }
+}

@@ -1,0 +1,372 @@
+//! `esi-server policy validate` (and `check`): every problem of a load, located.
+//!
+//! The problems are the loader's own ([`Snapshot::errors`], [`Snapshot::warnings`]), so
+//! `validate`, `check` and the server report the same things. `validate` adds to them:
+//!
+//! * references to what does not exist (an Authorization naming a federation, store or
+//!   generator that is not there) count as **errors** (the server loads such an
+//!   Authorization, and that part of it grants nothing: a typo, usually);
+//! * each problem points at its file and line: `.cedar` errors at the `line:column` the
+//!   Cedar parser or validator gave; manifest problems at the object's document, and a
+//!   missing reference at the line that names it.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use serde::Serialize;
+
+use super::render::{self, Span};
+use crate::config::Snapshot;
+use crate::config::snapshot::MISSING_PREFIX;
+use crate::source::LoadError;
+
+/// How bad a problem is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Fails `validate`.
+    Error,
+    /// Shown, does not fail.
+    Warning,
+}
+
+impl Severity {
+    fn as_str(self) -> &'static str {
+        match self {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        }
+    }
+}
+
+/// One problem, located.
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    /// Error or warning.
+    pub severity: Severity,
+    /// The file (without the `#document` suffix of origins).
+    pub file: String,
+    /// The origin as the loader reports it (`file#document`, a path, …).
+    pub origin: String,
+    /// The object, when known (`Kind/name`, `policy file`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub object: Option<String>,
+    /// What is wrong.
+    pub message: String,
+    /// Where, when it could be found.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub span: Option<Span>,
+}
+
+/// Every problem of a load.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// In the loader's order: errors, then warnings.
+    pub problems: Vec<Problem>,
+    /// Stores, generators, federations and policies in force.
+    pub counts: Counts,
+}
+
+/// What a load put in force.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Counts {
+    /// ClusterSecretStores.
+    pub stores: usize,
+    /// Generators.
+    pub generators: usize,
+    /// KubernetesFederations.
+    pub federations: usize,
+    /// Policies (compiled and hand-written).
+    pub policies: usize,
+}
+
+impl Report {
+    /// Problems that fail `validate`.
+    pub fn errors(&self) -> usize {
+        self.problems
+            .iter()
+            .filter(|p| p.severity == Severity::Error)
+            .count()
+    }
+
+    /// Every problem rendered with its source line.
+    pub fn render(&self) -> String {
+        let mut files = FileCache::default();
+        let mut out = String::new();
+        for p in &self.problems {
+            let message = match &p.object {
+                Some(o) => format!("{o}: {}", p.message),
+                None => p.message.clone(),
+            };
+            let source = p.span.as_ref().and_then(|_| files.text(&p.file));
+            let shown = if p.span.is_some() { &p.file } else { &p.origin };
+            out.push_str(&render::render(
+                p.severity.as_str(),
+                &message,
+                shown,
+                p.span.as_ref(),
+                source,
+            ));
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// Files read again to locate problems (each once, bounded).
+#[derive(Default)]
+struct FileCache {
+    texts: HashMap<String, Option<String>>,
+}
+
+impl FileCache {
+    fn text(&mut self, file: &str) -> Option<&str> {
+        self.texts
+            .entry(file.to_owned())
+            .or_insert_with(|| super::read_bounded(Path::new(file)).ok())
+            .as_deref()
+    }
+}
+
+/// The problems of `snapshot`, located.
+pub fn report(snapshot: &Snapshot) -> Report {
+    let mut files = FileCache::default();
+    let mut problems = Vec::new();
+    for e in &snapshot.errors {
+        locate_error(e, &mut files, &mut problems);
+    }
+    for w in &snapshot.warnings {
+        locate_warning(w, &mut files, &mut problems);
+    }
+    Report {
+        problems,
+        counts: Counts {
+            stores: snapshot.stores.len(),
+            generators: snapshot.generators.len(),
+            federations: snapshot.federations.len(),
+            policies: snapshot.policies.policy_count(),
+        },
+    }
+}
+
+/// `file#3/items/0` → (`file`, document 3).
+fn split_origin(origin: &str) -> (&str, Option<usize>) {
+    match origin.rsplit_once('#') {
+        Some((file, rest)) => {
+            let doc = rest.split('/').next().and_then(|d| d.parse().ok());
+            match doc {
+                Some(doc) => (file, Some(doc)),
+                None => (origin, None),
+            }
+        }
+        None => (origin, None),
+    }
+}
+
+/// Lines `[start, end)` (1-based; `end` `None` at the end of the file) of YAML document
+/// `doc` of `text`, counting documents as the loader does (empty ones are skipped).
+fn document_lines(text: &str, doc: usize) -> Option<(usize, Option<usize>)> {
+    let mut docs: Vec<(usize, usize)> = Vec::new();
+    let mut start = 1;
+    let mut content = false;
+    let lines: Vec<&str> = text.lines().collect();
+    for (i, line) in lines.iter().enumerate() {
+        let number = i + 1;
+        let marker = *line == "---" || line.starts_with("--- ") || line.starts_with("---\t");
+        if marker {
+            if content {
+                docs.push((start, number));
+            }
+            start = number + 1;
+            content = false;
+            continue;
+        }
+        let t = line.trim();
+        if !t.is_empty() && !t.starts_with('#') && t != "..." {
+            content = true;
+        }
+    }
+    if content {
+        docs.push((start, lines.len() + 1));
+    }
+    let (s, e) = *docs.get(doc)?;
+    // The first line with content, so the span points at the object, not a comment.
+    let first = (s..e)
+        .find(|n| {
+            lines
+                .get(n - 1)
+                .is_some_and(|l| !l.trim().is_empty() && !l.trim().starts_with('#'))
+        })
+        .unwrap_or(s);
+    Some((first, Some(e)))
+}
+
+/// The object's name in `Kind/name` or `Kind/namespace/name`.
+fn object_name(object: Option<&str>) -> Option<&str> {
+    object?.rsplit('/').next().filter(|n| !n.is_empty())
+}
+
+fn problem(severity: Severity, e: &LoadError, message: String, span: Option<Span>) -> Problem {
+    let (file, _) = split_origin(&e.origin);
+    Problem {
+        severity,
+        file: file.to_owned(),
+        origin: e.origin.clone(),
+        object: e.object.clone(),
+        message,
+        span,
+    }
+}
+
+/// The span of an object's document: its `name: <name>` line, else its first line.
+fn document_span(e: &LoadError, files: &mut FileCache) -> Option<Span> {
+    let (file, doc) = split_origin(&e.origin);
+    let text = files.text(file)?;
+    let (start, end) = document_lines(text, doc?)?;
+    object_name(e.object.as_deref())
+        .and_then(|name| render::find_token(text, name, start, end))
+        .or_else(|| Some(render::span_at(text, start, 1)))
+}
+
+fn locate_error(e: &LoadError, files: &mut FileCache, out: &mut Vec<Problem>) {
+    if e.object.as_deref() == Some("policy file") {
+        let segments = cedar_segments(&e.reason);
+        if !segments.is_empty() {
+            let text = files.text(&e.origin).map(str::to_owned);
+            for (line, column, message) in segments {
+                let span = text
+                    .as_deref()
+                    .map(|t| render::span_at(t, line, column))
+                    .or(Some(Span {
+                        line,
+                        column,
+                        len: 1,
+                    }));
+                out.push(problem(Severity::Error, e, message, span));
+            }
+            return;
+        }
+    }
+    let span = document_span(e, files);
+    out.push(problem(Severity::Error, e, e.reason.clone(), span));
+}
+
+fn locate_warning(w: &LoadError, files: &mut FileCache, out: &mut Vec<Problem>) {
+    let Some(missing) = w.reason.strip_prefix(MISSING_PREFIX) else {
+        let span = document_span(w, files);
+        out.push(problem(Severity::Warning, w, w.reason.clone(), span));
+        return;
+    };
+    let (file, doc) = split_origin(&w.origin);
+    let bounds = files
+        .text(file)
+        .zip(doc)
+        .and_then(|(text, doc)| document_lines(text, doc));
+    // `Kind name` entries, joined with ", " (names cannot hold ", ").
+    for entry in missing.split(", ") {
+        let (kind, name) = entry.split_once(' ').unwrap_or(("", entry));
+        // A generator is `namespace/name`: its name is what the line shows.
+        let shown = name.rsplit('/').next().unwrap_or(name);
+        let span = bounds.and_then(|(start, end)| {
+            files
+                .text(file)
+                .and_then(|text| render::find_token(text, shown, start, end))
+        });
+        let span = span.or_else(|| document_span(w, files));
+        out.push(problem(
+            Severity::Error,
+            w,
+            format!("{kind} {name} does not exist (that part of the Authorization grants nothing)"),
+            span,
+        ));
+    }
+}
+
+/// The `line L:C: message` parts of a policy file's load error (the engine's format:
+/// `<what>: line L:C: msg; line L:C: msg`).
+fn cedar_segments(reason: &str) -> Vec<(usize, usize, String)> {
+    let Ok(re) = regex::Regex::new(r"line (\d+):(\d+): ") else {
+        return Vec::new();
+    };
+    let found: Vec<(usize, usize, usize, usize)> = re
+        .captures_iter(reason)
+        .filter_map(|c| {
+            let whole = c.get(0)?;
+            let line = c.get(1)?.as_str().parse().ok()?;
+            let column = c.get(2)?.as_str().parse().ok()?;
+            Some((whole.start(), whole.end(), line, column))
+        })
+        .collect();
+    let Some(first) = found.first() else {
+        return Vec::new();
+    };
+    let prefix = reason[..first.0].trim_end_matches([':', ' ']);
+    let mut out = Vec::new();
+    for (i, (_, end, line, column)) in found.iter().enumerate() {
+        let stop = found.get(i + 1).map_or(reason.len(), |next| next.0);
+        let message = reason[*end..stop].trim_end_matches([';', ' ']);
+        out.push((*line, *column, format!("{prefix}: {message}")));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn documents_are_counted_as_the_loader_counts_them() {
+        let text = "# header\n---\na: 1\n---\n---\n# only a comment\nb: 2\nc: 3\n---\nd: 4\n";
+        assert_eq!(document_lines(text, 0), Some((3, Some(4))));
+        assert_eq!(document_lines(text, 1), Some((7, Some(9))));
+        assert_eq!(document_lines(text, 2), Some((10, Some(11))));
+        assert_eq!(document_lines(text, 3), None);
+        assert_eq!(split_origin("m/a.yaml#2/items/1"), ("m/a.yaml", Some(2)));
+        assert_eq!(split_origin("p/x.cedar"), ("p/x.cedar", None));
+    }
+
+    #[test]
+    fn cedar_errors_split_into_located_messages() {
+        let reason = "does not validate against the schema: line 3:14: attribute `nope` not found; line 9:1: unknown action (help: did you mean `get`?)";
+        assert_eq!(
+            cedar_segments(reason),
+            vec![
+                (
+                    3,
+                    14,
+                    "does not validate against the schema: attribute `nope` not found".into()
+                ),
+                (
+                    9,
+                    1,
+                    "does not validate against the schema: unknown action (help: did you mean `get`?)"
+                        .into()
+                ),
+            ]
+        );
+        assert!(cedar_segments("policy id \"x\" appears twice in this file").is_empty());
+    }
+
+    /// The engine's message format is what `cedar_segments` reads: a schema error in a
+    /// file comes back located.
+    #[test]
+    fn engine_messages_carry_line_and_column() {
+        use crate::authz::{PolicyEngine, PolicyFile};
+        let text =
+            "// c\npermit (principal, action, resource)\nwhen { principal.nope == \"x\" };\n";
+        let (_, errors) = PolicyEngine::build(
+            &[],
+            &[PolicyFile {
+                path: "bad.cedar".into(),
+                text: text.into(),
+            }],
+        );
+        assert_eq!(errors.len(), 1);
+        let segments = cedar_segments(&errors[0].reason);
+        assert!(!segments.is_empty(), "{:?}", errors[0]);
+        assert!(
+            segments.iter().all(|(line, _, _)| *line == 3),
+            "{segments:?}"
+        );
+    }
+}
