@@ -217,28 +217,37 @@ async fn a_full_disk_refuses_requests_until_space_is_freed() {
     assert!(metrics.contains("esi_audit_log_ok 1"), "{metrics}");
 }
 
+/// A server with an audit log in a temporary directory and `RUST_LOG=rust_log`, after one
+/// allowed read (200).
+async fn audited_server_after_one_read(
+    rust_log: &str,
+) -> (Server, tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let server = Server::start_with_log_filter(
+        &setup(),
+        &[],
+        &["--audit-log", audit.to_str().unwrap()],
+        Some(rust_log),
+    );
+    let (status, _) = server
+        .post(
+            "/secretstore/store/secrets/k",
+            Some(&app_token()),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    (server, dir, audit)
+}
+
 /// With an audit log, decision lines are there and not repeated in the operational log
 /// (stderr), unless `RUST_LOG` names `esi::decision`; without one they stay in stderr (the
 /// other suites read them there).
 #[tokio::test(flavor = "multi_thread")]
 async fn decisions_go_to_the_audit_log_and_are_not_repeated_on_stderr() {
     for (rust_log, repeated) in [("info", false), ("info,esi::decision=info", true)] {
-        let dir = tempfile::tempdir().unwrap();
-        let audit = dir.path().join("audit.jsonl");
-        let server = Server::start_with_log_filter(
-            &setup(),
-            &[],
-            &["--audit-log", audit.to_str().unwrap()],
-            Some(rust_log),
-        );
-        let (status, _) = server
-            .post(
-                "/secretstore/store/secrets/k",
-                Some(&app_token()),
-                json!({}),
-            )
-            .await;
-        assert_eq!(status, 200);
+        let (server, _dir, audit) = audited_server_after_one_read(rust_log).await;
         server.sync_logs().await;
         let lines = audit_lines(&audit);
         assert_eq!(lines.len(), 1, "{lines:?}");
@@ -266,24 +275,9 @@ async fn decisions_go_to_the_audit_log_and_are_not_repeated_on_stderr() {
 /// line on (issue 15: a line per request was a tenth of the server's CPU per request).
 #[tokio::test(flavor = "multi_thread")]
 async fn at_info_requests_leave_no_access_line_but_refusals_are_logged() {
-    let dir = tempfile::tempdir().unwrap();
-    let audit = dir.path().join("audit.jsonl");
     // `esi::access=info` is what plain `info` means for it (the harness adds `=debug`
     // unless the filter names the target).
-    let server = Server::start_with_log_filter(
-        &setup(),
-        &[],
-        &["--audit-log", audit.to_str().unwrap()],
-        Some("info,esi::access=info"),
-    );
-    let (status, _) = server
-        .post(
-            "/secretstore/store/secrets/k",
-            Some(&app_token()),
-            json!({}),
-        )
-        .await;
-    assert_eq!(status, 200);
+    let (server, _dir, audit) = audited_server_after_one_read("info,esi::access=info").await;
     let (status, _) = server
         .post("/secretstore/store/secrets/k", None, json!({}))
         .await;

@@ -1153,7 +1153,7 @@ mod tests {
         assert!(c.lock_refreshing().is_empty());
         let most = inner.max_in_flight.load(Ordering::SeqCst);
         assert!(
-            most <= MAX_REFRESHES_PER_STORE && most >= 2,
+            (2..=MAX_REFRESHES_PER_STORE).contains(&most),
             "{most} reads at once"
         );
         // Each entry was replaced by its refresh: fresh again.
