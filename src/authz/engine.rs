@@ -1102,20 +1102,7 @@ impl Builder {
                 "templates (policies with ?principal/?resource slots) are not supported".to_owned(),
             );
         }
-        // The parser names policies policy0, policy1, … in file order.
-        let mut numbered: Vec<(usize, &Policy)> = parsed
-            .policies()
-            .map(|p| {
-                let n = p
-                    .id()
-                    .to_string()
-                    .strip_prefix("policy")
-                    .and_then(|n| n.parse().ok())
-                    .unwrap_or(usize::MAX);
-                (n, p)
-            })
-            .collect();
-        numbered.sort_by_key(|(n, _)| *n);
+        let numbered = in_file_order(&parsed);
 
         let stem = file
             .path
@@ -1124,7 +1111,7 @@ impl Builder {
             .unwrap_or_else(|| "policy".to_owned());
         let mut set = PolicySet::new();
         let mut seen = HashSet::new();
-        for (index, (_, policy)) in numbered.iter().enumerate() {
+        for (index, policy) in numbered.iter().enumerate() {
             let id = match policy.annotation("id") {
                 Some("") => return Err(format!("policy #{index} has an empty @id")),
                 Some(id) if !is_plain_policy_id(id) => {
@@ -1167,6 +1154,24 @@ impl Builder {
         }
         Ok(())
     }
+}
+
+/// The policies of a parsed `.cedar` text in the order the text holds them (Cedar's parser
+/// names them `policy0`, `policy1`, … in that order; `PolicySet::policies` iterates in no
+/// set order). The index in this order is the `<stem>/<index>` id of a policy without `@id`.
+pub fn in_file_order(parsed: &PolicySet) -> Vec<&Policy> {
+    let mut numbered: Vec<(usize, &Policy)> = parsed
+        .policies()
+        .map(|p| {
+            let n = AsRef::<str>::as_ref(p.id())
+                .strip_prefix("policy")
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(usize::MAX);
+            (n, p)
+        })
+        .collect();
+    numbered.sort_by_key(|(n, _)| *n);
+    numbered.into_iter().map(|(_, p)| p).collect()
 }
 
 /// Bound on a hand-written policy's `@id`.

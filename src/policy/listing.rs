@@ -97,27 +97,14 @@ pub fn as_cedar(printed: &[PrintedPolicy]) -> String {
 /// file: the `@id` annotation, else `<stem>/<index>`.
 pub fn ids_in_text(text: &str, stem: &str) -> Result<Vec<(String, Policy)>, PolicyToolError> {
     let set = PolicySet::from_str_checked(text)?;
-    let mut numbered: Vec<(usize, Policy)> = set
-        .policies()
-        .map(|p| {
-            let n = p
-                .id()
-                .to_string()
-                .strip_prefix("policy")
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(usize::MAX);
-            (n, p.clone())
-        })
-        .collect();
-    numbered.sort_by_key(|(n, _)| *n);
-    Ok(numbered
+    Ok(crate::authz::in_file_order(&set)
         .into_iter()
         .enumerate()
-        .map(|(i, (_, p))| {
+        .map(|(i, p)| {
             let id = p
                 .annotation("id")
                 .map_or_else(|| format!("{stem}/{i}"), str::to_owned);
-            (id, p)
+            (id, p.clone())
         })
         .collect())
 }
