@@ -288,22 +288,6 @@ pub fn resource_of(
     }
 }
 
-/// A determining policy.
-#[derive(Debug, Clone, Serialize)]
-pub struct Determining {
-    /// Its id.
-    pub id: String,
-    /// `Authorization/<name>` or the `.cedar` file.
-    pub source: String,
-    /// Where the Authorization was read from.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub origin: Option<String>,
-    /// `permit` or `forbid`.
-    pub effect: &'static str,
-    /// Its Cedar text (with `@id`).
-    pub text: String,
-}
-
 /// The answer of `explain`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Explanation {
@@ -322,7 +306,7 @@ pub struct Explanation {
     /// Ids of the determining policies, as the decision log's `policies`.
     pub policies: Vec<String>,
     /// Those policies.
-    pub determining: Vec<Determining>,
+    pub determining: Vec<listing::PrintedPolicy>,
     /// What else to know.
     pub notes: Vec<String>,
 }
@@ -395,22 +379,13 @@ pub fn explain(
         decision.policy_ids.iter().map(String::as_str).collect();
     let mut determining = Vec::new();
     if !wanted.is_empty() {
-        for listed in snapshot.policies.listing() {
-            if !wanted.contains(listed.id.as_str()) {
-                continue;
-            }
-            let (source, origin) = listing::source_name(&listed.source);
-            determining.push(Determining {
-                effect: match listed.policy.effect() {
-                    cedar_policy::Effect::Permit => "permit",
-                    cedar_policy::Effect::Forbid => "forbid",
-                },
-                text: listing::text_with_id(&listed.policy, &listed.id)?,
-                id: listed.id,
-                source,
-                origin,
-            });
-        }
+        let listed: Vec<_> = snapshot
+            .policies
+            .listing()
+            .into_iter()
+            .filter(|l| wanted.contains(l.id.as_str()))
+            .collect();
+        determining = listing::print(&listed)?;
     }
     let mut notes = resolved.notes;
     if decision.policy_ids.is_empty() && !decision.allowed {
