@@ -496,3 +496,160 @@ fn policy_test_runs_the_examples_and_shows_failures() {
     assert!(!ok);
     assert!(err.contains("context must be empty"), "{err}");
 }
+
+/// An Authorization `name` of federation `alpha` for `subject` (after a `---` line),
+/// granting `grants` (YAML lines under `spec`).
+fn authorization(name: &str, subject: &str, grants: &str) -> String {
+    format!(
+        "---\napiVersion: federation.external-secrets.io/v1alpha1\nkind: Authorization\nmetadata: {{name: {name}}}\nspec:\n  federationRef: {{kind: KubernetesFederation, name: alpha}}\n  subject: {{oidc: {{issuer: {ISS}, subject: \"{subject}\"}}}}\n{grants}"
+    )
+}
+
+/// A fake ClusterSecretStore `name` (after a `---` line).
+fn fake_store(name: &str) -> String {
+    format!(
+        "---\napiVersion: external-secrets.io/v1\nkind: ClusterSecretStore\nmetadata: {{name: {name}}}\nspec:\n  provider:\n    fake:\n      data:\n        - {{key: k, value: v}}\n"
+    )
+}
+
+/// The 1-based line of `text` holding `needle`.
+fn line_of(text: &str, needle: &str) -> usize {
+    text.lines()
+        .position(|l| l.contains(needle))
+        .map(|i| i + 1)
+        .unwrap_or_else(|| panic!("{needle} not in\n{text}"))
+}
+
+const FORBID_ADMIN: &str = "@id(\"no-admin\")\nforbid (principal, action == Esi::Action::\"get\", resource is Esi::RemoteKey)\nwhen { resource.key like \"admin/*\" };\n";
+
+/// `lint`: one case per rule, each with its file and line; exit 0 with warnings, 1 with
+/// --deny-warnings or on an error; `--json`.
+#[test]
+fn lint_reports_each_rule_with_file_and_line() {
+    let idle = format!(
+        "---\napiVersion: identity.federation.external-secrets.io/v1alpha1\nkind: KubernetesFederation\nmetadata: {{name: idle}}\nspec:\n  issuer: https://idle.example\n  audiences: [\"{AUD}\"]\n  jwks: '{}'\n",
+        jwks(&["ec-1"])
+    );
+    let world = static_federation(ISS, AUD)
+        + &idle
+        + &fake_store("main")
+        + &fake_store("restricted")
+        + &fake_store("orphan")
+        + &authorization(
+            "team",
+            "system:serviceaccount:team:*",
+            "  allowedClusterSecretStores: [restricted]\n  allowedRemoteKeys: {restricted: [db/*]}\n",
+        )
+        + &authorization(
+            "app",
+            "system:serviceaccount:apps:app",
+            "  allowedClusterSecretStores: [main, restricted]\n",
+        )
+        + &authorization(
+            "everyone",
+            "system:serviceaccount:*",
+            "  allowedClusterSecretStores: [main]\n",
+        )
+        + &authorization(
+            "admins",
+            "system:serviceaccount:ops:admin",
+            "  allowedClusterSecretStores: [restricted]\n  allowedRemoteKeys: {restricted: [admin/*]}\n",
+        );
+    let wide = "// Any ServiceAccount of alpha may list `restricted`.\npermit (principal in Esi::Federation::\"alpha\", action == Esi::Action::\"find\", resource == Esi::Store::\"restricted\");\n";
+    let tree = Tree::new(
+        &[("world.yaml", &world)],
+        &[("no-admin.cedar", FORBID_ADMIN), ("wide.cedar", wide)],
+    );
+    let file = tree.path("manifests/world.yaml").display().to_string();
+    let at = |needle: &str| format!("{file}:{}:", line_of(&world, needle));
+    let (ok, out, err) = tree_policy(&tree, &["lint"]);
+    assert!(ok, "warnings alone pass: {out}\n{err}");
+    for (rule, object, place) in [
+        (
+            "broad-subject",
+            "Authorization/everyone",
+            at("\"system:serviceaccount:*\""),
+        ),
+        (
+            "broad-subject",
+            "policy wide/0",
+            format!("{}:2:", tree.path("policies/wide.cedar").display()),
+        ),
+        (
+            "unrestricted-store",
+            "Authorization/app",
+            at("[main, restricted]"),
+        ),
+        (
+            "shadowed-permit",
+            "Authorization/admins",
+            at("{restricted: [admin/*]}"),
+        ),
+        (
+            "unused-federation",
+            "KubernetesFederation/idle",
+            at("name: idle"),
+        ),
+        (
+            "unreadable-store",
+            "ClusterSecretStore/orphan",
+            at("name: orphan"),
+        ),
+    ] {
+        let head = format!("warning[{rule}]: {object}: ");
+        let found = out
+            .split("\n\n")
+            .find(|f| f.starts_with(&head))
+            .unwrap_or_else(|| panic!("{head}:\n{out}"));
+        assert!(found.contains(&format!("--> {place}")), "{place}:\n{found}");
+        assert!(found.contains('^'), "{found}");
+    }
+    assert!(
+        out.contains("policy authorization/admins/remote-keys"),
+        "{out}"
+    );
+    assert!(out.contains("denied by no-admin"), "{out}");
+    assert!(out.contains("0 errors, 6 warnings"), "{out}");
+
+    let (ok, _, _) = tree_policy(&tree, &["lint", "--deny-warnings"]);
+    assert!(!ok, "--deny-warnings fails on warnings");
+
+    let (ok, out, _) = tree_policy(&tree, &["lint", "--json"]);
+    assert!(ok);
+    let report: Value = serde_json::from_str(&out).unwrap();
+    let findings = report["findings"].as_array().unwrap();
+    assert_eq!(findings.len(), 6, "{out}");
+    let shadowed = findings
+        .iter()
+        .find(|f| f["rule"] == "shadowed-permit")
+        .unwrap();
+    assert_eq!(shadowed["severity"], "warning");
+    assert_eq!(
+        shadowed["span"]["line"],
+        line_of(&world, "{restricted: [admin/*]}")
+    );
+    assert!(report["evaluated"]["requests"].as_u64().unwrap() > 0);
+
+    // What `validate` calls an error fails lint too.
+    let broken = world.replace("[main, restricted]", "[main, restricted, nosuch]");
+    let tree = Tree::new(
+        &[("world.yaml", &broken)],
+        &[("no-admin.cedar", FORBID_ADMIN)],
+    );
+    let (ok, out, _) = tree_policy(&tree, &["lint"]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("error[invalid]: Authorization/app: ClusterSecretStore nosuch does not exist"),
+        "{out}"
+    );
+
+    // The example world has one finding, and only a warning.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let (ok, out, _) = policy(
+        &root.join("policies/tests/manifests"),
+        &root.join("policies/examples"),
+        &["lint"],
+    );
+    assert!(ok, "{out}");
+    assert!(out.contains("0 errors, 1 warnings"), "{out}");
+}

@@ -20,7 +20,9 @@ use std::path::PathBuf;
 
 use crate::resources::AuthorizationSpec;
 
-pub use engine::{CheckedAuthorization, ListedPolicy, PolicyCache, PolicyEngine, PolicySource};
+pub use engine::{
+    CheckedAuthorization, ListedPolicy, PermitView, PolicyCache, PolicyEngine, PolicySource,
+};
 
 /// The Cedar schema every policy is validated against (human-readable form).
 pub const SCHEMA_SRC: &str = include_str!("../../schemas/esi.cedarschema");

@@ -101,6 +101,23 @@ enum PolicyCommand {
         /// Directory of case files (`*.yaml`, `*.yml`; not recursive).
         dir: PathBuf,
     },
+    /// Find what the policies grant that is probably not meant (a subject glob matching
+    /// every ServiceAccount, a store others restrict granted whole, permits a forbid
+    /// shadows) and what they cannot grant (unused federations, stores no one may read).
+    /// Exit 1 on errors (what `validate` reports), or on warnings with --deny-warnings.
+    Lint {
+        #[command(flatten)]
+        source: SourceArgs,
+        /// JSON: the findings (rule, severity, file, span, object, message) and counts.
+        #[arg(long)]
+        json: bool,
+        /// Exit 1 on warnings too.
+        #[arg(long)]
+        deny_warnings: bool,
+        /// Most requests evaluated (the evaluated rules say when more were left out).
+        #[arg(long, default_value_t = esi::policy::requests::DEFAULT_MAX_REQUESTS)]
+        max_requests: usize,
+    },
 }
 
 #[derive(Args)]
@@ -595,7 +612,7 @@ fn reopen_on_sighup(reopener: Option<esi::audit::AuditReopener>) -> Result<()> {
 /// failure (a problem in the manifests, a missing file) is not a crash.
 fn main() -> std::process::ExitCode {
     match run() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("esi-server: error: {e:#}");
             std::process::ExitCode::FAILURE
@@ -603,11 +620,18 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn run() -> Result<()> {
+fn run() -> Result<std::process::ExitCode> {
     let cli = Cli::parse();
     // One crypto provider for every rustls user in the process.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     match cli.command {
+        Command::Policy(cmd) => policy(cmd),
+        command => run_command(command).map(|()| std::process::ExitCode::SUCCESS),
+    }
+}
+
+fn run_command(command: Command) -> Result<()> {
+    match command {
         Command::Serve(args) => {
             let (reopener, _log_writer) =
                 init_serve_logging(args.log_format, args.audit_log.as_deref())?;
@@ -622,7 +646,7 @@ fn run() -> Result<()> {
                 })
         }
         Command::Check(args) => check(args),
-        Command::Policy(cmd) => policy(cmd),
+        Command::Policy(_) => bail!("policy commands are run by run()"),
         Command::Reconcile(args) => reconcile(args),
         Command::DevToken(args) => dev_token(args),
         Command::Crds => {
@@ -679,11 +703,42 @@ fn check(args: SourceArgs) -> Result<()> {
     Ok(())
 }
 
-/// `policy …`: parse, call `esi::policy`, print.
-fn policy(cmd: PolicyCommand) -> Result<()> {
-    use esi::policy::{self, explain};
+/// `policy …`: parse, call `esi::policy`, print; the exit code is the command's answer.
+fn policy(cmd: PolicyCommand) -> Result<std::process::ExitCode> {
+    use std::process::ExitCode;
     // Decisions are logged (target esi::decision) at info; the answer is on stdout.
     init_logging_with(LogFormat::Text, log_filter_or("warn"));
+    match cmd {
+        PolicyCommand::Lint {
+            source,
+            json,
+            deny_warnings,
+            max_requests,
+        } => {
+            let tree = esi::policy::Tree::load(
+                sources(source.clone()),
+                source.manifests.display().to_string(),
+            );
+            let report = esi::policy::lint::lint(&tree, max_requests);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.render());
+            }
+            let failing = report.errors() + if deny_warnings { report.warnings() } else { 0 };
+            Ok(if failing > 0 {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        other => policy_basic(other).map(|()| ExitCode::SUCCESS),
+    }
+}
+
+/// `policy compile|validate|explain|test`.
+fn policy_basic(cmd: PolicyCommand) -> Result<()> {
+    use esi::policy::{self, explain};
     match cmd {
         PolicyCommand::Compile { source, json } => {
             let snapshot = policy::load(&sources(source));
@@ -783,6 +838,9 @@ fn policy(cmd: PolicyCommand) -> Result<()> {
                 bail!("{} cases failed", outcomes.failed());
             }
             Ok(())
+        }
+        PolicyCommand::Lint { .. } => {
+            bail!("not a basic policy command")
         }
     }
 }
