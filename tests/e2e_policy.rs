@@ -653,3 +653,266 @@ fn lint_reports_each_rule_with_file_and_line() {
     assert!(ok, "{out}");
     assert!(out.contains("0 errors, 1 warnings"), "{out}");
 }
+
+/// `world()` plus an Authorization `reporting` for `subject` reading `reports/*` of `store`.
+fn reporting_world(subject: &str) -> String {
+    world()
+        + &authorization(
+            "reporting",
+            subject,
+            "  allowedClusterSecretStores: [store]\n  allowedRemoteKeys: {store: [reports/*]}\n",
+        )
+}
+
+/// Runs `esi-server policy diff <args>` in `dir` (temporary files in `dir/tmp`, created
+/// here): (exit code, stdout, stderr).
+fn diff_in(dir: &Path, args: &[&str]) -> (i32, String, String) {
+    let tmp = dir.join("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let out = Command::new(server_bin())
+        .current_dir(dir)
+        .env("TMPDIR", &tmp)
+        .args(["policy", "diff"])
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `diff` between two directory trees: a glob widened from one ServiceAccount to the
+/// whole federation is a gain for every principal it now covers, computed by the engines;
+/// text, `--json`, `--markdown`, and the exit codes.
+#[test]
+fn diff_detects_a_widened_glob() {
+    let old_world = reporting_world("system:serviceaccount:reporting:nightly");
+    let new_world = reporting_world("system:serviceaccount:*");
+    let old = Tree::new(&[("world.yaml", &old_world)], &[("no-k2.cedar", FORBID_K2)]);
+    let new = Tree::new(&[("world.yaml", &new_world)], &[("no-k2.cedar", FORBID_K2)]);
+    let dirs = |extra: &[&str]| {
+        let mut args: Vec<String> = vec![
+            "--old-manifests".into(),
+            old.path("manifests").display().to_string(),
+            "--old-policies".into(),
+            old.path("policies").display().to_string(),
+            "--manifests".into(),
+            new.path("manifests").display().to_string(),
+            "--policies".into(),
+            new.path("policies").display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    };
+    let run = |extra: &[&str]| {
+        let args = dirs(extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        diff_in(old.dir.path(), &args)
+    };
+
+    let (code, out, err) = run(&["--json"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let d: Value = serde_json::from_str(&out).unwrap();
+    let gained: Vec<(String, String, String)> = d["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            assert_eq!(c["change"], "gained", "{c}");
+            (
+                c["principal_label"].as_str().unwrap().to_owned(),
+                c["action"].as_str().unwrap().to_owned(),
+                c["resource_label"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    // Every principal but apps/app (which reads the whole store already) and the one
+    // ServiceAccount named before gains `reports/*`; the glob's own representative is
+    // `alpha/*/*`.
+    let expected: Vec<(String, String, String)> = [("alpha/*/*", "get", "store:reports/*")]
+        .iter()
+        .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
+        .collect();
+    assert_eq!(gained, expected, "{out}");
+    assert_eq!(
+        d["changes"][0]["new"]["policies"],
+        json!(["authorization/reporting/remote-keys"])
+    );
+    assert_eq!(d["changes"][0]["old"]["policies"], json!([]));
+    assert_eq!(
+        (d["gained"].as_u64(), d["lost"].as_u64()),
+        (Some(1), Some(0))
+    );
+    assert_eq!(d["truncated"], false);
+
+    let (code, out, _) = run(&[]);
+    assert_eq!(code, 0);
+    assert!(out.contains("1 gained, 0 lost"), "{out}");
+    assert!(
+        out.contains("alpha/*/* (any ServiceAccount matching system:serviceaccount:*:*)\n  + get"),
+        "{out}"
+    );
+    assert!(
+        out.contains("now allowed by authorization/reporting/remote-keys; was denied by default"),
+        "{out}"
+    );
+
+    let (code, out, _) = run(&["--markdown", "--exit-code"]);
+    assert_eq!(code, 1, "--exit-code: 1 on changes\n{out}");
+    assert!(out.starts_with("### ESI policy diff: "), "{out}");
+    assert!(
+        out.contains("| 🟢 gained | alpha/&#42;/&#42; (any matching system:serviceaccount:&#42;:&#42;) | get | store:reports/&#42; | allowed by authorization/reporting/remote-keys | denied by default |"),
+        "{out}"
+    );
+
+    // Narrowing back is a loss; a tree against itself is no change (exit 0 with
+    // --exit-code); a bound below the requests makes --exit-code inconclusive (2).
+    let (om, op, nm, np) = (
+        old.path("manifests"),
+        old.path("policies"),
+        new.path("manifests"),
+        new.path("policies"),
+    );
+    let (om, op, nm, np) = (
+        om.to_str().unwrap(),
+        op.to_str().unwrap(),
+        nm.to_str().unwrap(),
+        np.to_str().unwrap(),
+    );
+    let args = [
+        "--old-manifests",
+        nm,
+        "--old-policies",
+        np,
+        "--manifests",
+        om,
+        "--policies",
+        op,
+    ];
+    let (code, out, _) = diff_in(old.dir.path(), &args);
+    assert_eq!(code, 0);
+    assert!(out.contains("0 gained, 1 lost"), "{out}");
+    assert!(out.contains("  - get          store:reports/*"), "{out}");
+    let same = ["--old-manifests", nm, "--manifests", nm, "--exit-code"];
+    let (code, out, _) = diff_in(old.dir.path(), &same);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("no access changes"), "{out}");
+    let mut cut = same.to_vec();
+    cut.extend(["--max-requests", "2"]);
+    let (code, out, err) = diff_in(old.dir.path(), &cut);
+    assert_eq!(code, 2, "{out}\n{err}");
+    assert!(out.contains("NOT compared"), "{out}");
+    assert!(err.contains("raise --max-requests"), "{err}");
+
+    // Trees that cannot be read: exit 2, whatever --exit-code says.
+    let (code, _, err) = diff_in(old.dir.path(), &["--manifests", "m", "--git=-x..HEAD"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("starts with '-'"), "{err}");
+}
+
+/// `diff --git A..B` and `diff --git A` (against the working tree) compare the same
+/// directories at two revisions of a repository; nothing in it is changed.
+#[test]
+fn diff_compares_git_revisions() {
+    let repo = tempfile::tempdir().unwrap();
+    let git = |args: &[&str]| {
+        let out = Command::new("git")
+            .current_dir(repo.path())
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let write = |path: &str, text: &str| {
+        let p = repo.path().join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    };
+    git(&["init", "-q", "-b", "main"]);
+    write(
+        "deploy/manifests/world.yaml",
+        &reporting_world("system:serviceaccount:reporting:nightly"),
+    );
+    git(&["add", "-A"]);
+    git(&["commit", "-q", "-m", "old"]);
+    // The second revision widens the glob and adds the first .cedar file (the policies
+    // directory does not exist at the first).
+    write(
+        "deploy/manifests/world.yaml",
+        &reporting_world("system:serviceaccount:*"),
+    );
+    write("deploy/policies/no-k2.cedar", FORBID_K2);
+    git(&["add", "-A"]);
+    git(&["commit", "-q", "-m", "new"]);
+    let status_before = git(&["status", "--porcelain"]);
+
+    let base = [
+        "--manifests",
+        "deploy/manifests",
+        "--policies",
+        "deploy/policies",
+    ];
+    let mut args = base.to_vec();
+    args.extend(["--git", "HEAD~1..HEAD", "--json"]);
+    let (code, out, err) = diff_in(repo.path(), &args);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let d: Value = serde_json::from_str(&out).unwrap();
+    assert!(d["old"].as_str().unwrap().starts_with("HEAD~1 ("), "{out}");
+    let changes: Vec<(String, String, String)> = d["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["change"].as_str().unwrap().to_owned(),
+                c["principal_label"].as_str().unwrap().to_owned(),
+                c["resource_label"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    // The widened glob gains reports/*; the new forbid takes k2 from apps/app, named as
+    // a key by the new policy file.
+    let expected: Vec<(String, String, String)> = [
+        ("gained", "alpha/*/*", "store:reports/*"),
+        ("lost", "alpha/apps/app", "store:k2"),
+    ]
+    .iter()
+    .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
+    .collect();
+    assert_eq!(changes, expected, "{out}");
+    let lost = &d["changes"][1];
+    assert_eq!(lost["new"]["policies"], json!(["no-k2"]));
+    assert_eq!(lost["new"]["forbidden"], true);
+
+    // One revision: against the working tree, where the forbid is removed again.
+    std::fs::remove_file(repo.path().join("deploy/policies/no-k2.cedar")).unwrap();
+    let mut args = base.to_vec();
+    args.extend(["--git", "HEAD"]);
+    let (code, out, err) = diff_in(repo.path(), &args);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("1 gained, 0 lost"), "{out}");
+    assert!(out.contains("-> working tree (deploy/manifests)"), "{out}");
+    assert!(out.contains("  + get          store:k2"), "{out}");
+    std::fs::write(repo.path().join("deploy/policies/no-k2.cedar"), FORBID_K2).unwrap();
+    assert_eq!(git(&["status", "--porcelain"]), status_before);
+    // No temporary checkout is left behind (the runs' TMPDIR is the repository's `tmp`,
+    // which git ignores only because it is empty).
+    let left: Vec<_> = std::fs::read_dir(repo.path().join("tmp")).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
+
+    // A revision that does not exist.
+    let mut args = base.to_vec();
+    args.extend(["--git", "nosuch..HEAD"]);
+    let (code, _, err) = diff_in(repo.path(), &args);
+    assert_eq!(code, 2);
+    assert!(err.contains("\"nosuch\" is not a commit"), "{err}");
+}

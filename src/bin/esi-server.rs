@@ -118,6 +118,63 @@ enum PolicyCommand {
         #[arg(long, default_value_t = esi::policy::requests::DEFAULT_MAX_REQUESTS)]
         max_requests: usize,
     },
+    /// Which principals gain or lose which access between an old tree and the new one,
+    /// each request decided by each tree's engine. Exit 0, or with --exit-code: 0 no
+    /// change, 1 changes; 2 when the trees could not be compared (or, with --exit-code,
+    /// not completely).
+    Diff(Box<DiffArgs>),
+}
+
+/// The new tree and where the old one comes from (`diff`).
+#[derive(Args)]
+struct CompareArgs {
+    /// The new tree (with --git: the directories, as paths in the working tree).
+    #[command(flatten)]
+    source: SourceArgs,
+    /// The old tree's manifest directory.
+    #[arg(long, conflicts_with = "git")]
+    old_manifests: Option<PathBuf>,
+    /// The old tree's `.cedar` directory.
+    #[arg(long, requires = "old_manifests")]
+    old_policies: Option<PathBuf>,
+    /// `A..B`: the --manifests and --policies directories as they are at revisions A (old)
+    /// and B (new; `A..` means `A..HEAD`); `A`: at A, against the working tree.
+    #[arg(long, value_name = "A..B")]
+    git: Option<String>,
+    /// Most requests evaluated per tree (the output says when more were left out).
+    #[arg(long, default_value_t = esi::policy::requests::DEFAULT_MAX_REQUESTS)]
+    max_requests: usize,
+}
+
+impl CompareArgs {
+    fn baseline(&self) -> esi::policy::Baseline {
+        use esi::policy::{Baseline, Sources};
+        match (&self.git, &self.old_manifests) {
+            (Some(range), _) => Baseline::Git(range.clone()),
+            (None, Some(m)) => Baseline::Dirs(Sources {
+                manifests: m.clone(),
+                policies: self.old_policies.clone(),
+            }),
+            (None, None) => Baseline::None,
+        }
+    }
+}
+
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("old").required(true).args(["old_manifests", "git"])))]
+struct DiffArgs {
+    #[command(flatten)]
+    compare: CompareArgs,
+    /// JSON: summary and every change with both answers and their policies.
+    #[arg(long, conflicts_with = "markdown")]
+    json: bool,
+    /// Markdown, for a pull-request comment.
+    #[arg(long)]
+    markdown: bool,
+    /// Exit 1 when access changed (as `git diff --exit-code`), 2 when not every request
+    /// could be compared.
+    #[arg(long)]
+    exit_code: bool,
 }
 
 #[derive(Args)]
@@ -732,8 +789,45 @@ fn policy(cmd: PolicyCommand) -> Result<std::process::ExitCode> {
                 ExitCode::SUCCESS
             })
         }
+        PolicyCommand::Diff(args) => Ok(match policy_diff(*args) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("esi-server: error: {e:#}");
+                ExitCode::from(2)
+            }
+        }),
         other => policy_basic(other).map(|()| ExitCode::SUCCESS),
     }
+}
+
+/// `policy diff`: exit 0 (or, with --exit-code, 1 on changes, 2 when incomplete).
+fn policy_diff(args: DiffArgs) -> Result<std::process::ExitCode> {
+    use std::process::ExitCode;
+    let baseline = args.compare.baseline();
+    let trees = esi::policy::Trees::load(sources(args.compare.source), baseline)?;
+    let Some(old) = trees.old.as_ref() else {
+        bail!("give --old-manifests or --git");
+    };
+    let diff = esi::policy::diff::diff(old, &trees.new, args.compare.max_requests);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&diff)?);
+    } else if args.markdown {
+        print!("{}", diff.markdown());
+    } else {
+        print!("{}", diff.text());
+    }
+    if diff.truncated {
+        eprintln!(
+            "esi-server: warning: {} requests were not compared (raise --max-requests)",
+            diff.compared.total - diff.compared.requests
+        );
+    }
+    Ok(match (args.exit_code, diff.truncated, diff.is_empty()) {
+        (false, _, _) => ExitCode::SUCCESS,
+        (true, true, _) => ExitCode::from(2),
+        (true, false, true) => ExitCode::SUCCESS,
+        (true, false, false) => ExitCode::from(1),
+    })
 }
 
 /// `policy compile|validate|explain|test`.
@@ -839,7 +933,7 @@ fn policy_basic(cmd: PolicyCommand) -> Result<()> {
             }
             Ok(())
         }
-        PolicyCommand::Lint { .. } => {
+        PolicyCommand::Lint { .. } | PolicyCommand::Diff(_) => {
             bail!("not a basic policy command")
         }
     }

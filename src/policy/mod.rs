@@ -11,15 +11,19 @@
 //! * [`explain`]: `explain`, one decision through [`crate::authz::PolicyEngine::decide`]
 //!   with the request built as the API builds it;
 //! * [`cases`]: `test`, YAML cases run against the same engine;
-//! * [`lint`]: `lint`, findings about what the policies allow (or cannot).
+//! * [`lint`]: `lint`, findings about what the policies allow (or cannot);
+//! * [`diff`]: `diff`, who gains or loses what between two trees.
 //!
-//! `lint` evaluates the relevant requests: [`requests`] enumerates them from what the
-//! trees name ([`names`]) and decides them with each tree's engine.
+//! `lint` and `diff` evaluate the same requests: [`requests`] enumerates them
+//! from what the trees name ([`names`]) and decides them with each tree's engine. [`git`]
+//! extracts a tree at a git revision.
 //!
 //! This module depends on `authz`, `authn`, `api` and `config`; none of them depends on it.
 
 pub mod cases;
+pub mod diff;
 pub mod explain;
+pub mod git;
 pub mod lint;
 pub mod listing;
 pub mod names;
@@ -73,6 +77,17 @@ pub enum PolicyToolError {
     /// Output could not be encoded.
     #[error("cannot encode the output: {0}")]
     Encode(#[from] serde_json::Error),
+    /// A tree could not be extracted from git.
+    #[error("git: {0}")]
+    Git(String),
+    /// A file could not be written.
+    #[error("cannot write {path}: {source}")]
+    Write {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 /// The directories every command reads, as `serve --manifests DIR --policies DIR`.
@@ -118,6 +133,13 @@ impl Tree {
         }
     }
 
+    /// Loads a tree extracted from git ([`git::Checkout`]).
+    pub fn load_checkout(checkout: &git::Checkout) -> Tree {
+        let mut tree = Tree::load(checkout.sources.clone(), checkout.label.clone());
+        tree.extracted = Some((checkout.root().to_path_buf(), checkout.rev.clone()));
+        tree
+    }
+
     /// A path (or `path#document` origin) as shown: `REV:relative/path` for an extracted
     /// tree, else as given.
     pub fn shown(&self, path: &str) -> String {
@@ -127,6 +149,68 @@ impl Tree {
             return format!("{rev}:{}", rest.display());
         }
         path.to_owned()
+    }
+}
+
+/// Where the old tree of `diff` comes from.
+#[derive(Debug, Clone)]
+pub enum Baseline {
+    /// No old tree (`report` of one tree).
+    None,
+    /// Other directories.
+    Dirs(Sources),
+    /// `A..B`: the same directories at revisions A and B (B empty: `HEAD`); `A`: at A, and
+    /// the working tree as the new one.
+    Git(String),
+}
+
+/// The new tree and, when compared, the old one (with the git checkouts they were read
+/// from, removed when this is dropped).
+pub struct Trees {
+    /// The old tree.
+    pub old: Option<Tree>,
+    /// The new tree.
+    pub new: Tree,
+    _checkouts: Vec<git::Checkout>,
+}
+
+impl Trees {
+    /// Loads `new` (working-tree directories) and the `baseline`. Errors: a git revision
+    /// that does not resolve, a directory outside the repository, an extraction failure.
+    pub fn load(new: Sources, baseline: Baseline) -> Result<Trees, PolicyToolError> {
+        let shown = |s: &Sources| s.manifests.display().to_string();
+        match baseline {
+            Baseline::None => Ok(Trees {
+                old: None,
+                new: Tree::load(new.clone(), shown(&new)),
+                _checkouts: Vec::new(),
+            }),
+            Baseline::Dirs(old) => Ok(Trees {
+                old: Some(Tree::load(old.clone(), shown(&old))),
+                new: Tree::load(new.clone(), shown(&new)),
+                _checkouts: Vec::new(),
+            }),
+            Baseline::Git(range) => {
+                let (a, b) = git::parse_range(&range)?;
+                let old_checkout = git::extract(&new, &a)?;
+                let old = Tree::load_checkout(&old_checkout);
+                let mut checkouts = vec![old_checkout];
+                let new = match b {
+                    Some(b) => {
+                        let c = git::extract(&new, &b)?;
+                        let tree = Tree::load_checkout(&c);
+                        checkouts.push(c);
+                        tree
+                    }
+                    None => Tree::load(new.clone(), format!("working tree ({})", shown(&new))),
+                };
+                Ok(Trees {
+                    old: Some(old),
+                    new,
+                    _checkouts: checkouts,
+                })
+            }
+        }
     }
 }
 
