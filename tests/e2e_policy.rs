@@ -906,7 +906,9 @@ fn diff_compares_git_revisions() {
     assert_eq!(git(&["status", "--porcelain"]), status_before);
     // No temporary checkout is left behind (the runs' TMPDIR is the repository's `tmp`,
     // which git ignores only because it is empty).
-    let left: Vec<_> = std::fs::read_dir(repo.path().join("tmp")).unwrap().collect();
+    let left: Vec<_> = std::fs::read_dir(repo.path().join("tmp"))
+        .unwrap()
+        .collect();
     assert!(left.is_empty(), "{left:?}");
 
     // A revision that does not exist.
@@ -915,4 +917,202 @@ fn diff_compares_git_revisions() {
     let (code, _, err) = diff_in(repo.path(), &args);
     assert_eq!(code, 2);
     assert!(err.contains("\"nosuch\" is not a commit"), "{err}");
+}
+
+/// Runs headless Chromium (Debian's `chromium`) with `args` and a fresh profile, for at
+/// most two minutes: stdout. Fails with a clear message when Chromium is not installed,
+/// unless `ESI_SKIP_CHROMIUM=1` says to skip (then `None`).
+fn chromium(profile: &Path, args: &[&str]) -> Option<String> {
+    if std::env::var("ESI_SKIP_CHROMIUM").as_deref() == Ok("1") {
+        eprintln!("SKIPPED: ESI_SKIP_CHROMIUM=1, the HTML report is not rendered in Chromium");
+        return None;
+    }
+    let mut child = match Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--hide-scrollbars",
+            "--window-size=1400,1000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+    {
+        Ok(child) => child,
+        Err(e) => panic!(
+            "cannot run chromium ({e}): install it (scripts/chromium.sh install, or apt-get install chromium), or set ESI_SKIP_CHROMIUM=1 to skip this test explicitly"
+        ),
+    };
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut stdout, &mut out).unwrap();
+        out
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("chromium {args:?} did not finish in 120 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(status.success(), "chromium {args:?}: {status}");
+    Some(reader.join().unwrap())
+}
+
+/// The cell of `principal` × `column` in a rendered DOM: its opening tag and content.
+fn cell<'a>(dom: &'a str, principal: &str, column: &str) -> &'a str {
+    let key = format!("data-principal=\"{principal}\" data-column=\"{column}\"");
+    let at = dom
+        .find(&key)
+        .unwrap_or_else(|| panic!("no cell {principal} × {column}"));
+    let end = dom[at..].find("</td>").map_or(dom.len(), |e| at + e);
+    &dom[at..end]
+}
+
+/// `report --html`: one self-contained page that renders in headless Chromium with the
+/// expected matrix (the DOM after rendering), escapes what manifests and policies hold,
+/// colours a diff, and yields a screenshot (target/artifacts/policy-report.png).
+#[test]
+fn report_renders_the_access_matrix_in_chromium() {
+    // A key pattern and a policy id that would be markup if pasted unescaped.
+    let hostile = reporting_world("system:serviceaccount:reporting:*").replace(
+        "[reports/*]",
+        "[\"reports/*\", \"<script>alert(1)</script>\"]",
+    );
+    let old_world = reporting_world("system:serviceaccount:reporting:nightly");
+    let injected = "@id(\"<img src=x onerror=alert(2)>\")\nforbid (principal, action == Esi::Action::\"get\", resource is Esi::RemoteKey)\nwhen { resource.key == \"</pre><script>alert(3)</script>\" };\n";
+    let old = Tree::new(&[("world.yaml", &old_world)], &[("no-k2.cedar", FORBID_K2)]);
+    let new = Tree::new(
+        &[("world.yaml", &hostile)],
+        &[("no-k2.cedar", FORBID_K2), ("injected.cedar", injected)],
+    );
+    let out_file = new.dir.path().join("report.html");
+    let (ok, out, err) = tree_policy(&new, &["report", "--html", out_file.to_str().unwrap()]);
+    assert!(ok, "{out}\n{err}");
+    assert!(out.contains("principals ×"), "{out}");
+    let html = std::fs::read_to_string(&out_file).unwrap();
+    for bad in [
+        "<script",
+        "<img",
+        "src=\"",
+        "href=\"http",
+        "@import",
+        "url(",
+    ] {
+        assert!(!html.contains(bad), "{bad} in the page");
+    }
+    assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+
+    let profile = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", out_file.display());
+    let Some(dom) = chromium(profile.path(), &["--dump-dom", &url]) else {
+        return;
+    };
+    assert!(dom.contains("id=\"matrix\""), "{dom}");
+    assert!(!dom.contains("<script"), "a script element in the DOM");
+    assert!(!dom.contains("<img"), "an img element in the DOM");
+    // apps/app reads the store except k2, which the forbid takes; it uses its generator.
+    let app = cell(&dom, "alpha/apps/app", "store");
+    assert!(
+        app.contains("data-access=\"partial\" data-forbid=\"true\""),
+        "{app}"
+    );
+    assert!(
+        app.contains("data-item=\"k2\" data-state=\"forbid\""),
+        "{app}"
+    );
+    assert!(
+        app.contains("data-item=\"find\" data-state=\"allow\""),
+        "{app}"
+    );
+    assert!(app.contains(">no-k2</a>"), "{app}");
+    let generator = cell(&dom, "alpha/apps/app", "apps/Password/pw");
+    assert!(generator.contains("data-access=\"full\""), "{generator}");
+    // Any ServiceAccount of reporting reads reports/* only; any other one nothing.
+    let reporting = cell(&dom, "alpha/reporting/*", "store");
+    assert!(
+        reporting.contains("data-item=\"reports/*\" data-state=\"allow\""),
+        "{reporting}"
+    );
+    assert!(reporting.contains("data-access=\"partial\""), "{reporting}");
+    let anyone = cell(&dom, "alpha/*/*", "store");
+    assert!(
+        anyone.contains("data-access=\"none\" data-forbid=\"false\""),
+        "{anyone}"
+    );
+    // Each linked policy is listed with its anchor, its text escaped.
+    let link = app
+        .split("href=\"#")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap();
+    assert!(dom.contains(&format!("id=\"{link}\"")), "{link}");
+    assert!(dom.contains("&lt;img src=x onerror=alert(2)&gt;"));
+
+    // Two trees: the widened glob is a gain, coloured; the screenshot is of this page.
+    let (ok, out, err) = tree_policy(
+        &new,
+        &[
+            "report",
+            "--html",
+            out_file.to_str().unwrap(),
+            "--old-manifests",
+            old.path("manifests").to_str().unwrap(),
+            "--old-policies",
+            old.path("policies").to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{out}\n{err}");
+    assert!(out.contains("cells changed"), "{out}");
+    let dom = chromium(profile.path(), &["--dump-dom", &url]).unwrap();
+    let widened = cell(&dom, "alpha/reporting/*", "store");
+    assert!(widened.contains("data-diff=\"gained\""), "{widened}");
+    assert!(
+        widened.contains("data-item=\"reports/*\" data-state=\"gained\""),
+        "{widened}"
+    );
+    assert!(
+        dom.contains("policy-added") || dom.contains(" added\""),
+        "{dom}"
+    );
+    // The ServiceAccount named before keeps reports/* and gains the new key pattern.
+    let nightly = cell(&dom, "alpha/reporting/nightly", "store");
+    assert!(
+        nightly.contains("data-item=\"reports/*\" data-state=\"allow\""),
+        "{nightly}"
+    );
+    assert!(
+        nightly
+            .contains("data-item=\"&lt;script&gt;alert(1)&lt;/script&gt;\" data-state=\"gained\""),
+        "{nightly}"
+    );
+    let generator = cell(&dom, "alpha/apps/app", "apps/Password/pw");
+    assert!(generator.contains("data-diff=\"same\""), "{generator}");
+
+    let artifacts = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let png = artifacts.join("policy-report.png");
+    let _ = std::fs::remove_file(&png);
+    chromium(
+        profile.path(),
+        &[&format!("--screenshot={}", png.display()), &url],
+    )
+    .unwrap();
+    let bytes = std::fs::read(&png).unwrap();
+    assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
+    assert!(
+        bytes.len() > 20_000,
+        "a near-empty screenshot: {} bytes",
+        bytes.len()
+    );
 }

@@ -123,9 +123,13 @@ enum PolicyCommand {
     /// change, 1 changes; 2 when the trees could not be compared (or, with --exit-code,
     /// not completely).
     Diff(Box<DiffArgs>),
+    /// Write one self-contained HTML page: the access matrix (principals × stores and
+    /// generators), forbids highlighted, each cell linking to the policies that decide it;
+    /// with an old tree, what was gained and lost, coloured.
+    Report(Box<ReportArgs>),
 }
 
-/// The new tree and where the old one comes from (`diff`).
+/// The new tree and where the old one comes from (`diff`, `report`).
 #[derive(Args)]
 struct CompareArgs {
     /// The new tree (with --git: the directories, as paths in the working tree).
@@ -175,6 +179,15 @@ struct DiffArgs {
     /// could be compared.
     #[arg(long)]
     exit_code: bool,
+}
+
+#[derive(Args)]
+struct ReportArgs {
+    #[command(flatten)]
+    compare: CompareArgs,
+    /// Where to write the page.
+    #[arg(long, value_name = "OUT")]
+    html: PathBuf,
 }
 
 #[derive(Args)]
@@ -796,6 +809,35 @@ fn policy(cmd: PolicyCommand) -> Result<std::process::ExitCode> {
                 ExitCode::from(2)
             }
         }),
+        PolicyCommand::Report(args) => {
+            let args = *args;
+            let baseline = args.compare.baseline();
+            let trees = esi::policy::Trees::load(sources(args.compare.source), baseline)?;
+            let page = esi::policy::report::report(
+                &trees.new,
+                trees.old.as_ref(),
+                args.compare.max_requests,
+            )?;
+            std::fs::write(&args.html, &page.html)
+                .with_context(|| format!("cannot write {}", args.html.display()))?;
+            println!(
+                "wrote {}: {} principals × {} columns{}{}",
+                args.html.display(),
+                page.rows,
+                page.columns,
+                if trees.old.is_some() {
+                    format!(", {} cells changed", page.changed)
+                } else {
+                    String::new()
+                },
+                if page.truncated {
+                    " (NOT every request was evaluated: see --max-requests)"
+                } else {
+                    ""
+                }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         other => policy_basic(other).map(|()| ExitCode::SUCCESS),
     }
 }
@@ -933,7 +975,7 @@ fn policy_basic(cmd: PolicyCommand) -> Result<()> {
             }
             Ok(())
         }
-        PolicyCommand::Lint { .. } | PolicyCommand::Diff(_) => {
+        PolicyCommand::Lint { .. } | PolicyCommand::Diff(_) | PolicyCommand::Report(_) => {
             bail!("not a basic policy command")
         }
     }

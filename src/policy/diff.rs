@@ -148,6 +148,11 @@ pub fn why(o: &Outcome) -> String {
     match (&o.unreachable, o.decided) {
         (Some(reason), _) => format!("refused: {reason}"),
         (None, true) => format!("allowed by {}", o.policies.join(", ")),
+        (None, false) if o.forbidden && !o.overrides.is_empty() => format!(
+            "denied by {} (over {})",
+            o.policies.join(", "),
+            o.overrides.join(", ")
+        ),
         (None, false) if o.forbidden => format!("denied by {}", o.policies.join(", ")),
         (None, false) => "denied by default".to_owned(),
     }
@@ -375,6 +380,7 @@ mod tests {
                 decided,
                 forbidden,
                 policies: policies.iter().map(|s| s.to_string()).collect(),
+                overrides: Vec::new(),
                 unreachable: unreachable.map(str::to_owned),
             };
         assert_eq!(

@@ -12,9 +12,10 @@
 //!   with the request built as the API builds it;
 //! * [`cases`]: `test`, YAML cases run against the same engine;
 //! * [`lint`]: `lint`, findings about what the policies allow (or cannot);
-//! * [`diff`]: `diff`, who gains or loses what between two trees.
+//! * [`diff`]: `diff`, who gains or loses what between two trees;
+//! * [`report`]: `report --html`, the access matrix as one page.
 //!
-//! `lint` and `diff` evaluate the same requests: [`requests`] enumerates them
+//! `lint`, `diff` and `report` evaluate the same requests: [`requests`] enumerates them
 //! from what the trees name ([`names`]) and decides them with each tree's engine. [`git`]
 //! extracts a tree at a git revision.
 //!
@@ -28,6 +29,7 @@ pub mod lint;
 pub mod listing;
 pub mod names;
 mod render;
+pub mod report;
 pub mod requests;
 pub mod validate;
 
@@ -152,7 +154,7 @@ impl Tree {
     }
 }
 
-/// Where the old tree of `diff` comes from.
+/// Where the old tree of `diff` and `report` comes from.
 #[derive(Debug, Clone)]
 pub enum Baseline {
     /// No old tree (`report` of one tree).

@@ -415,8 +415,11 @@ impl Universe {
         }
     }
 
-    /// Every request decided by `tree`'s engine, in the order of [`Universe::requests`].
+    /// Every request decided by `tree`'s engine, in the order of [`Universe::requests`]. For
+    /// a request a forbid denies, the permits it overrides come from
+    /// [`crate::authz::PermitView`].
     pub fn evaluate(&self, tree: &Tree) -> Vec<Outcome> {
+        let view = tree.snapshot.policies.permit_view();
         self.requests
             .iter()
             .map(|r| {
@@ -425,11 +428,18 @@ impl Universe {
                     tree.snapshot
                         .policies
                         .decide(&resolved.identity, r.action, &resolved.resource);
+                let forbidden = !d.allowed && !d.policy_ids.is_empty();
+                let overrides = if forbidden {
+                    view.satisfied(&resolved.identity, r.action, &resolved.resource)
+                } else {
+                    Vec::new()
+                };
                 Outcome {
                     allowed: d.allowed && resolved.unreachable.is_none(),
                     decided: d.allowed,
-                    forbidden: !d.allowed && !d.policy_ids.is_empty(),
+                    forbidden,
                     policies: d.policy_ids,
+                    overrides,
                     unreachable: resolved.unreachable,
                 }
             })
@@ -460,6 +470,10 @@ pub struct Outcome {
     /// The determining policies: the permits that allowed it, or the forbids that denied
     /// it; empty for a default deny.
     pub policies: Vec<String>,
+    /// When a forbid denied it: the permits it would otherwise have satisfied (the forbid
+    /// takes something away); empty when nothing would have allowed it anyway.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub overrides: Vec<String>,
     /// Why the server would refuse it whatever the policies say.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unreachable: Option<String>,
@@ -545,6 +559,17 @@ mod tests {
             .expect("admin request");
         assert!(outcomes[admin].forbidden);
         assert_eq!(outcomes[admin].policies, ["f/0"]);
+        assert_eq!(outcomes[admin].overrides, ["authorization/app/stores"]);
+        // A forbid that takes nothing away overrides nothing.
+        let idle = u
+            .requests
+            .iter()
+            .position(|r| {
+                u.principals[r.principal].label() == "alpha/*/*"
+                    && u.probes[r.probe].short() == "admin"
+            })
+            .expect("request");
+        assert!(outcomes[idle].forbidden && outcomes[idle].overrides.is_empty());
         // The bound cuts principal-major, and says so.
         let cut = Universe::of(&[&tree], 5);
         assert_eq!(
