@@ -1285,8 +1285,9 @@ fn describe(diagnostic: &(impl Diagnostic + ?Sized), text: Option<&str>) -> Stri
     }
 }
 
-/// 1-based line and column of a byte offset.
-fn line_column(text: &str, offset: usize) -> (usize, usize) {
+/// 1-based line and column (in characters) of a byte offset of `text` (the offset is
+/// clamped to the text and moved back to a character boundary).
+pub(crate) fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let mut cut = offset.min(text.len());
     while !text.is_char_boundary(cut) {
         cut -= 1;

@@ -20,6 +20,7 @@ use std::path::PathBuf;
 
 use crate::resources::AuthorizationSpec;
 
+pub(crate) use engine::line_column;
 pub use engine::{
     CheckedAuthorization, ListedPolicy, PermitView, PolicyCache, PolicyEngine, PolicySource,
 };

@@ -260,14 +260,7 @@ fn policy_span(text: &str, id: &str, stem: &str) -> Option<render::Span> {
         let source = policy.to_string();
         let at = from + text.get(from..)?.find(source.trim())?;
         if pid == id {
-            let before = &text[..at];
-            let line = before.matches('\n').count() + 1;
-            let column = before
-                .rfind('\n')
-                .map_or(before, |nl| &before[nl + 1..])
-                .chars()
-                .count()
-                + 1;
+            let (line, column) = crate::authz::line_column(text, at);
             return Some(render::span_at(text, line, column));
         }
         from = at + source.trim().len();
@@ -546,7 +539,7 @@ fn unreadable_stores(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::testing::{authorization, federation, store, tree};
+    use crate::policy::testing::{app_world, authorization, federation, store, tree};
 
     const FORBID_ADMIN: &str = "@id(\"no-admin\")\nforbid (principal, action == Esi::Action::\"get\", resource is Esi::RemoteKey)\nwhen { resource.store == \"main\" && resource.key like \"admin/*\" };\n";
 
@@ -669,18 +662,7 @@ mod tests {
     /// finding.
     #[test]
     fn a_clean_world_has_no_findings() {
-        let (_dir, tree) = tree(
-            &[
-                federation("alpha"),
-                store("main"),
-                authorization(
-                    "app",
-                    "system:serviceaccount:apps:app",
-                    "  allowedClusterSecretStores: [main]\n",
-                ),
-            ],
-            &[("forbid.cedar", FORBID_ADMIN)],
-        );
+        let (_dir, tree) = tree(&app_world(), &[("forbid.cedar", FORBID_ADMIN)]);
         let report = lint(&tree, 100_000);
         assert!(report.findings.is_empty(), "{}", report.render());
         assert!(report.evaluated.requests > 0);

@@ -281,6 +281,20 @@ spec:
         )
     }
 
+    /// Federation `alpha`, store `main`, and Authorization `app` giving `apps/app` all of
+    /// `main`; tests add what they need.
+    pub fn app_world() -> Vec<String> {
+        vec![
+            federation("alpha"),
+            store("main"),
+            authorization(
+                "app",
+                "system:serviceaccount:apps:app",
+                "  allowedClusterSecretStores: [main]\n",
+            ),
+        ]
+    }
+
     /// The documents joined into `manifests/world.yaml`, and `policies` as `.cedar` files,
     /// loaded.
     pub fn tree(documents: &[String], policies: &[(&str, &str)]) -> (tempfile::TempDir, Tree) {

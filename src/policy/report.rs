@@ -184,7 +184,7 @@ pub fn report(
     for c in &columns {
         let kind = match c {
             Column::Store { .. } => "store",
-            Column::Generator { .. } => "generator",
+            Column::Generator(_) => "generator",
             Column::States { .. } => "revokeStates",
         };
         let _ = write!(
@@ -466,7 +466,7 @@ impl Cell {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::testing::{authorization, federation, store, tree};
+    use crate::policy::testing::{app_world, authorization, federation, store, tree};
 
     /// Names, keys, ids and policy text are user data: none of it becomes markup.
     #[test]
@@ -503,21 +503,14 @@ mod tests {
     #[test]
     fn cells_say_what_each_principal_may_do() {
         let world = |subject: &str| {
-            vec![
-                federation("alpha"),
-                store("main"),
-                store("other"),
-                authorization(
-                    "app",
-                    "system:serviceaccount:apps:app",
-                    "  allowedClusterSecretStores: [main]\n",
-                ),
-                authorization(
-                    "reports",
-                    subject,
-                    "  allowedClusterSecretStores: [main]\n  allowedRemoteKeys: {main: [reports/*]}\n",
-                ),
-            ]
+            let mut world = app_world();
+            world.push(store("other"));
+            world.push(authorization(
+                "reports",
+                subject,
+                "  allowedClusterSecretStores: [main]\n  allowedRemoteKeys: {main: [reports/*]}\n",
+            ));
+            world
         };
         let forbid = [(
             "f.cedar",

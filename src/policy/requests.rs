@@ -22,6 +22,8 @@
 //! Requests are principal × probe, in that order, and at most `max_requests` of them are
 //! evaluated; [`Universe::truncated`] says when some were not.
 
+use std::collections::BTreeSet;
+
 use serde::Serialize;
 
 use super::Tree;
@@ -56,15 +58,8 @@ pub enum Probe {
         /// Store.
         store: String,
     },
-    /// A generator (`namespace` empty for a cluster-scoped kind).
-    Generator {
-        /// Namespace.
-        namespace: String,
-        /// Kind.
-        kind: String,
-        /// Name.
-        name: String,
-    },
+    /// A generator.
+    Generator(GeneratorId),
     /// Generator states of a namespace.
     States {
         /// Namespace.
@@ -82,14 +77,7 @@ pub enum Column {
         store: String,
     },
     /// A generator.
-    Generator {
-        /// Namespace (empty: cluster-scoped).
-        namespace: String,
-        /// Kind.
-        kind: String,
-        /// Name.
-        name: String,
-    },
+    Generator(GeneratorId),
     /// `revokeStates` in a namespace.
     States {
         /// Namespace.
@@ -97,21 +85,50 @@ pub enum Column {
     },
 }
 
+/// A loaded generator, as the snapshot keys it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct GeneratorId {
+    /// Namespace (empty: a cluster-scoped kind).
+    pub namespace: String,
+    /// Kind.
+    pub kind: String,
+    /// Name.
+    pub name: String,
+}
+
+impl GeneratorId {
+    /// `namespace/kind/name`, or `kind/name` for a cluster-scoped kind.
+    pub fn label(&self) -> String {
+        if self.namespace.is_empty() {
+            format!("{}/{}", self.kind, self.name)
+        } else {
+            format!("{}/{}/{}", self.namespace, self.kind, self.name)
+        }
+    }
+
+    fn of(key: &GeneratorKey) -> GeneratorId {
+        GeneratorId {
+            namespace: key.namespace.clone(),
+            kind: key.kind.clone(),
+            name: key.name.clone(),
+        }
+    }
+
+    fn key(&self) -> GeneratorKey {
+        GeneratorKey {
+            namespace: self.namespace.clone(),
+            kind: self.kind.clone(),
+            name: self.name.clone(),
+        }
+    }
+}
+
 impl Column {
     /// How the column is headed.
     pub fn label(&self) -> String {
         match self {
             Column::Store { store } => store.clone(),
-            Column::Generator {
-                namespace,
-                kind,
-                name,
-            } if namespace.is_empty() => format!("{kind}/{name}"),
-            Column::Generator {
-                namespace,
-                kind,
-                name,
-            } => format!("{namespace}/{kind}/{name}"),
+            Column::Generator(g) => g.label(),
             Column::States { namespace } => format!("states of {namespace}"),
         }
     }
@@ -123,7 +140,7 @@ impl Probe {
         match self {
             Probe::Key { .. } => &[Action::Get],
             Probe::Find { .. } => &[Action::Find],
-            Probe::Generator { .. } => &[Action::Generate, Action::Revoke, Action::Renew],
+            Probe::Generator(_) => &[Action::Generate, Action::Revoke, Action::Renew],
             Probe::States { .. } => &[Action::RevokeStates],
         }
     }
@@ -134,15 +151,7 @@ impl Probe {
             Probe::Key { store, .. } | Probe::Find { store } => Column::Store {
                 store: store.clone(),
             },
-            Probe::Generator {
-                namespace,
-                kind,
-                name,
-            } => Column::Generator {
-                namespace: namespace.clone(),
-                kind: kind.clone(),
-                name: name.clone(),
-            },
+            Probe::Generator(g) => Column::Generator(g.clone()),
             Probe::States { namespace } => Column::States {
                 namespace: namespace.clone(),
             },
@@ -244,21 +253,11 @@ impl Universe {
                 store: store.clone(),
             });
         }
-        let mut generators: Vec<&GeneratorKey> = trees
+        let generators: BTreeSet<GeneratorId> = trees
             .iter()
-            .flat_map(|t| t.snapshot.generators.keys())
+            .flat_map(|t| t.snapshot.generators.keys().map(GeneratorId::of))
             .collect();
-        generators.sort_by(|a, b| {
-            (&a.namespace, &a.kind, &a.name).cmp(&(&b.namespace, &b.kind, &b.name))
-        });
-        generators.dedup();
-        for g in generators {
-            probes.push(Probe::Generator {
-                namespace: g.namespace.clone(),
-                kind: g.kind.clone(),
-                name: g.name.clone(),
-            });
-        }
+        probes.extend(generators.into_iter().map(Probe::Generator));
         for ns in &names.state_namespaces {
             probes.push(Probe::States {
                 namespace: ns.clone(),
@@ -384,25 +383,12 @@ impl Universe {
                     store: store.clone(),
                 }
             }
-            Probe::Generator {
-                namespace,
-                kind,
-                name,
-            } => {
-                let key = GeneratorKey {
-                    namespace: namespace.clone(),
-                    kind: kind.clone(),
-                    name: name.clone(),
-                };
-                if !tree.snapshot.generators.contains_key(&key) {
-                    unreachable.get_or_insert_with(|| {
-                        format!(
-                            "generator {} is not loaded",
-                            self.probes[request.probe].label()
-                        )
-                    });
+            Probe::Generator(g) => {
+                if !tree.snapshot.generators.contains_key(&g.key()) {
+                    unreachable
+                        .get_or_insert_with(|| format!("generator {} is not loaded", g.label()));
                 }
-                Resource::generator(namespace, kind, name)
+                Resource::generator(&g.namespace, &g.kind, &g.name)
             }
             Probe::States { namespace } => Resource::GeneratorStates {
                 namespace: namespace.clone(),
@@ -482,27 +468,20 @@ pub struct Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::testing::{authorization, federation, store, tree};
+    use crate::policy::testing::{app_world, authorization, tree};
 
     /// The universe of a small world: the named principals and their representatives,
     /// each store's named keys, the other key and find, decided as the server decides.
     #[test]
     fn named_principals_and_keys_are_enumerated_and_decided() {
+        let mut world = app_world();
+        world.push(authorization(
+            "reports",
+            "system:serviceaccount:reporting:*",
+            "  allowedClusterSecretStores: [main]\n  allowedRemoteKeys: {main: [reports/*]}\n",
+        ));
         let (_dir, tree) = tree(
-            &[
-                federation("alpha"),
-                store("main"),
-                authorization(
-                    "app",
-                    "system:serviceaccount:apps:app",
-                    "  allowedClusterSecretStores: [main]\n",
-                ),
-                authorization(
-                    "reports",
-                    "system:serviceaccount:reporting:*",
-                    "  allowedClusterSecretStores: [main]\n  allowedRemoteKeys: {main: [reports/*]}\n",
-                ),
-            ],
+            &world,
             &[(
                 "f.cedar",
                 "forbid (principal, action, resource is Esi::RemoteKey) when { resource.key == \"admin\" };",
@@ -587,11 +566,11 @@ mod tests {
         };
         assert_eq!(key.label(), "s:db/*");
         assert_eq!(key.column(), Column::Store { store: "s".into() });
-        let g = Probe::Generator {
+        let g = Probe::Generator(GeneratorId {
             namespace: String::new(),
             kind: "ClusterGenerator".into(),
             name: "root".into(),
-        };
+        });
         assert_eq!(g.label(), "ClusterGenerator/root");
         assert_eq!(g.actions().len(), 3);
     }
