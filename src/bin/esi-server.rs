@@ -27,9 +27,9 @@ enum Command {
     /// non-zero if there is any load error (`policy validate` is stricter: it also fails
     /// on references to objects that do not exist, and shows file and line).
     Check(SourceArgs),
-    /// See the policies before they reach production: compile, validate, explain, test.
-    /// Every subcommand reads `--manifests`/`--policies` as `serve` does. See
-    /// docs/policies.md.
+    /// See the policies before they reach production: compile, validate, explain, test,
+    /// lint, diff, report. Every subcommand reads `--manifests`/`--policies` as `serve`
+    /// does. See docs/policies.md.
     #[command(subcommand)]
     Policy(PolicyCommand),
     /// DEVELOPMENT ONLY: mint a ServiceAccount-like JWT signed with a local key

@@ -528,7 +528,7 @@ fn unreadable_stores(
             origin,
             format!("ClusterSecretStore/{store}"),
             format!(
-                "no principal may read it: none of the {n} evaluated requests ({} principals × {keys} keys and find) is allowed",
+                "no principal may read it: none of its {n} evaluated requests (by {} principals: get of {keys} keys or key patterns, and find) is allowed",
                 universe.principals.len()
             ),
         );
