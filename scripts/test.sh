@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test: starts the real backends on loopback (OpenBao, PostgreSQL, moto), installs Helm's
-# SDK for the chart tests, runs the unit and end-to-end suites against them, and stops what it started.
+# SDK for the chart tests and Chromium for the HTML report test, runs the unit and end-to-end suites
+# against them, and stops what it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,6 +26,9 @@ source target/test-backends/moto.env
 set +a
 # Helm's SDK (PyPI) for the chart tests in tests/e2e_deploy.rs.
 scripts/helm.sh install
+# Headless Chromium (Debian) for the HTML policy report test in tests/e2e_policy.rs; its
+# screenshot lands in target/artifacts/policy-report.png.
+scripts/chromium.sh install
 # Tests that need a backend fail (instead of skipping) when it is missing.
 export ESI_REQUIRE_BACKENDS=1
 

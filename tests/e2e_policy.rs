@@ -496,3 +496,623 @@ fn policy_test_runs_the_examples_and_shows_failures() {
     assert!(!ok);
     assert!(err.contains("context must be empty"), "{err}");
 }
+
+/// An Authorization `name` of federation `alpha` for `subject` (after a `---` line),
+/// granting `grants` (YAML lines under `spec`).
+fn authorization(name: &str, subject: &str, grants: &str) -> String {
+    format!(
+        "---\napiVersion: federation.external-secrets.io/v1alpha1\nkind: Authorization\nmetadata: {{name: {name}}}\nspec:\n  federationRef: {{kind: KubernetesFederation, name: alpha}}\n  subject: {{oidc: {{issuer: {ISS}, subject: \"{subject}\"}}}}\n{grants}"
+    )
+}
+
+/// A fake ClusterSecretStore `name` (after a `---` line).
+fn fake_store(name: &str) -> String {
+    format!(
+        "---\napiVersion: external-secrets.io/v1\nkind: ClusterSecretStore\nmetadata: {{name: {name}}}\nspec:\n  provider:\n    fake:\n      data:\n        - {{key: k, value: v}}\n"
+    )
+}
+
+/// The 1-based line of `text` holding `needle`.
+fn line_of(text: &str, needle: &str) -> usize {
+    text.lines()
+        .position(|l| l.contains(needle))
+        .map(|i| i + 1)
+        .unwrap_or_else(|| panic!("{needle} not in\n{text}"))
+}
+
+const FORBID_ADMIN: &str = "@id(\"no-admin\")\nforbid (principal, action == Esi::Action::\"get\", resource is Esi::RemoteKey)\nwhen { resource.key like \"admin/*\" };\n";
+
+/// `lint`: one case per rule, each with its file and line; exit 0 with warnings, 1 with
+/// --deny-warnings or on an error; `--json`.
+#[test]
+fn lint_reports_each_rule_with_file_and_line() {
+    let idle = format!(
+        "---\napiVersion: identity.federation.external-secrets.io/v1alpha1\nkind: KubernetesFederation\nmetadata: {{name: idle}}\nspec:\n  issuer: https://idle.example\n  audiences: [\"{AUD}\"]\n  jwks: '{}'\n",
+        jwks(&["ec-1"])
+    );
+    let world = static_federation(ISS, AUD)
+        + &idle
+        + &fake_store("main")
+        + &fake_store("restricted")
+        + &fake_store("orphan")
+        + &authorization(
+            "team",
+            "system:serviceaccount:team:*",
+            "  allowedClusterSecretStores: [restricted]\n  allowedRemoteKeys: {restricted: [db/*]}\n",
+        )
+        + &authorization(
+            "app",
+            "system:serviceaccount:apps:app",
+            "  allowedClusterSecretStores: [main, restricted]\n",
+        )
+        + &authorization(
+            "everyone",
+            "system:serviceaccount:*",
+            "  allowedClusterSecretStores: [main]\n",
+        )
+        + &authorization(
+            "admins",
+            "system:serviceaccount:ops:admin",
+            "  allowedClusterSecretStores: [restricted]\n  allowedRemoteKeys: {restricted: [admin/*]}\n",
+        );
+    let wide = "// Any ServiceAccount of alpha may list `restricted`.\npermit (principal in Esi::Federation::\"alpha\", action == Esi::Action::\"find\", resource == Esi::Store::\"restricted\");\n";
+    let tree = Tree::new(
+        &[("world.yaml", &world)],
+        &[("no-admin.cedar", FORBID_ADMIN), ("wide.cedar", wide)],
+    );
+    let file = tree.path("manifests/world.yaml").display().to_string();
+    let at = |needle: &str| format!("{file}:{}:", line_of(&world, needle));
+    let (ok, out, err) = tree_policy(&tree, &["lint"]);
+    assert!(ok, "warnings alone pass: {out}\n{err}");
+    for (rule, object, place) in [
+        (
+            "broad-subject",
+            "Authorization/everyone",
+            at("\"system:serviceaccount:*\""),
+        ),
+        (
+            "broad-subject",
+            "policy wide/0",
+            format!("{}:2:", tree.path("policies/wide.cedar").display()),
+        ),
+        (
+            "unrestricted-store",
+            "Authorization/app",
+            at("[main, restricted]"),
+        ),
+        (
+            "shadowed-permit",
+            "Authorization/admins",
+            at("{restricted: [admin/*]}"),
+        ),
+        (
+            "unused-federation",
+            "KubernetesFederation/idle",
+            at("name: idle"),
+        ),
+        (
+            "unreadable-store",
+            "ClusterSecretStore/orphan",
+            at("name: orphan"),
+        ),
+    ] {
+        let head = format!("warning[{rule}]: {object}: ");
+        let found = out
+            .split("\n\n")
+            .find(|f| f.starts_with(&head))
+            .unwrap_or_else(|| panic!("{head}:\n{out}"));
+        assert!(found.contains(&format!("--> {place}")), "{place}:\n{found}");
+        assert!(found.contains('^'), "{found}");
+    }
+    assert!(
+        out.contains("policy authorization/admins/remote-keys"),
+        "{out}"
+    );
+    assert!(out.contains("denied by no-admin"), "{out}");
+    assert!(out.contains("0 errors, 6 warnings"), "{out}");
+
+    let (ok, _, _) = tree_policy(&tree, &["lint", "--deny-warnings"]);
+    assert!(!ok, "--deny-warnings fails on warnings");
+
+    let (ok, out, _) = tree_policy(&tree, &["lint", "--json"]);
+    assert!(ok);
+    let report: Value = serde_json::from_str(&out).unwrap();
+    let findings = report["findings"].as_array().unwrap();
+    assert_eq!(findings.len(), 6, "{out}");
+    let shadowed = findings
+        .iter()
+        .find(|f| f["rule"] == "shadowed-permit")
+        .unwrap();
+    assert_eq!(shadowed["severity"], "warning");
+    assert_eq!(
+        shadowed["span"]["line"],
+        line_of(&world, "{restricted: [admin/*]}")
+    );
+    assert!(report["evaluated"]["requests"].as_u64().unwrap() > 0);
+
+    // What `validate` calls an error fails lint too.
+    let broken = world.replace("[main, restricted]", "[main, restricted, nosuch]");
+    let tree = Tree::new(
+        &[("world.yaml", &broken)],
+        &[("no-admin.cedar", FORBID_ADMIN)],
+    );
+    let (ok, out, _) = tree_policy(&tree, &["lint"]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("error[invalid]: Authorization/app: ClusterSecretStore nosuch does not exist"),
+        "{out}"
+    );
+
+    // The example world has one finding, and only a warning.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let (ok, out, _) = policy(
+        &root.join("policies/tests/manifests"),
+        &root.join("policies/examples"),
+        &["lint"],
+    );
+    assert!(ok, "{out}");
+    assert!(out.contains("0 errors, 1 warnings"), "{out}");
+}
+
+/// `world()` plus an Authorization `reporting` for `subject` reading `reports/*` of `store`.
+fn reporting_world(subject: &str) -> String {
+    world()
+        + &authorization(
+            "reporting",
+            subject,
+            "  allowedClusterSecretStores: [store]\n  allowedRemoteKeys: {store: [reports/*]}\n",
+        )
+}
+
+/// Runs `esi-server policy diff <args>` in `dir` (temporary files in `dir/tmp`, created
+/// here): (exit code, stdout, stderr).
+fn diff_in(dir: &Path, args: &[&str]) -> (i32, String, String) {
+    let tmp = dir.join("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let out = Command::new(server_bin())
+        .current_dir(dir)
+        .env("TMPDIR", &tmp)
+        .args(["policy", "diff"])
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `diff` between two directory trees: a glob widened from one ServiceAccount to the
+/// whole federation is a gain for every principal it now covers, computed by the engines;
+/// text, `--json`, `--markdown`, and the exit codes.
+#[test]
+fn diff_detects_a_widened_glob() {
+    let old_world = reporting_world("system:serviceaccount:reporting:nightly");
+    let new_world = reporting_world("system:serviceaccount:*");
+    let old = Tree::new(&[("world.yaml", &old_world)], &[("no-k2.cedar", FORBID_K2)]);
+    let new = Tree::new(&[("world.yaml", &new_world)], &[("no-k2.cedar", FORBID_K2)]);
+    let dirs = |extra: &[&str]| {
+        let mut args: Vec<String> = vec![
+            "--old-manifests".into(),
+            old.path("manifests").display().to_string(),
+            "--old-policies".into(),
+            old.path("policies").display().to_string(),
+            "--manifests".into(),
+            new.path("manifests").display().to_string(),
+            "--policies".into(),
+            new.path("policies").display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    };
+    let run = |extra: &[&str]| {
+        let args = dirs(extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        diff_in(old.dir.path(), &args)
+    };
+
+    let (code, out, err) = run(&["--json"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let d: Value = serde_json::from_str(&out).unwrap();
+    let gained: Vec<(String, String, String)> = d["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            assert_eq!(c["change"], "gained", "{c}");
+            (
+                c["principal_label"].as_str().unwrap().to_owned(),
+                c["action"].as_str().unwrap().to_owned(),
+                c["resource_label"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    // Every principal but apps/app (which reads the whole store already) and the one
+    // ServiceAccount named before gains `reports/*`; the glob's own representative is
+    // `alpha/*/*`.
+    let expected: Vec<(String, String, String)> = [("alpha/*/*", "get", "store:reports/*")]
+        .iter()
+        .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
+        .collect();
+    assert_eq!(gained, expected, "{out}");
+    assert_eq!(
+        d["changes"][0]["new"]["policies"],
+        json!(["authorization/reporting/remote-keys"])
+    );
+    assert_eq!(d["changes"][0]["old"]["policies"], json!([]));
+    assert_eq!(
+        (d["gained"].as_u64(), d["lost"].as_u64()),
+        (Some(1), Some(0))
+    );
+    assert_eq!(d["truncated"], false);
+
+    let (code, out, _) = run(&[]);
+    assert_eq!(code, 0);
+    assert!(out.contains("1 gained, 0 lost"), "{out}");
+    assert!(
+        out.contains("alpha/*/* (any ServiceAccount matching system:serviceaccount:*:*)\n  + get"),
+        "{out}"
+    );
+    assert!(
+        out.contains("now allowed by authorization/reporting/remote-keys; was denied by default"),
+        "{out}"
+    );
+
+    let (code, out, _) = run(&["--markdown", "--exit-code"]);
+    assert_eq!(code, 1, "--exit-code: 1 on changes\n{out}");
+    assert!(out.starts_with("### ESI policy diff: "), "{out}");
+    assert!(
+        out.contains("| 🟢 gained | alpha/&#42;/&#42; (any matching system:serviceaccount:&#42;:&#42;) | get | store:reports/&#42; | allowed by authorization/reporting/remote-keys | denied by default |"),
+        "{out}"
+    );
+
+    // Narrowing back is a loss; a tree against itself is no change (exit 0 with
+    // --exit-code); a bound below the requests makes --exit-code inconclusive (2).
+    let (om, op, nm, np) = (
+        old.path("manifests"),
+        old.path("policies"),
+        new.path("manifests"),
+        new.path("policies"),
+    );
+    let (om, op, nm, np) = (
+        om.to_str().unwrap(),
+        op.to_str().unwrap(),
+        nm.to_str().unwrap(),
+        np.to_str().unwrap(),
+    );
+    let args = [
+        "--old-manifests",
+        nm,
+        "--old-policies",
+        np,
+        "--manifests",
+        om,
+        "--policies",
+        op,
+    ];
+    let (code, out, _) = diff_in(old.dir.path(), &args);
+    assert_eq!(code, 0);
+    assert!(out.contains("0 gained, 1 lost"), "{out}");
+    assert!(out.contains("  - get          store:reports/*"), "{out}");
+    let same = ["--old-manifests", nm, "--manifests", nm, "--exit-code"];
+    let (code, out, _) = diff_in(old.dir.path(), &same);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("no access changes"), "{out}");
+    let mut cut = same.to_vec();
+    cut.extend(["--max-requests", "2"]);
+    let (code, out, err) = diff_in(old.dir.path(), &cut);
+    assert_eq!(code, 2, "{out}\n{err}");
+    assert!(out.contains("NOT compared"), "{out}");
+    assert!(err.contains("raise --max-requests"), "{err}");
+
+    // Trees that cannot be read: exit 2, whatever --exit-code says.
+    let (code, _, err) = diff_in(old.dir.path(), &["--manifests", "m", "--git=-x..HEAD"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("starts with '-'"), "{err}");
+}
+
+/// `diff --git A..B` and `diff --git A` (against the working tree) compare the same
+/// directories at two revisions of a repository; nothing in it is changed.
+#[test]
+fn diff_compares_git_revisions() {
+    let repo = tempfile::tempdir().unwrap();
+    let git = |args: &[&str]| {
+        let out = Command::new("git")
+            .current_dir(repo.path())
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let write = |path: &str, text: &str| {
+        let p = repo.path().join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    };
+    git(&["init", "-q", "-b", "main"]);
+    write(
+        "deploy/manifests/world.yaml",
+        &reporting_world("system:serviceaccount:reporting:nightly"),
+    );
+    git(&["add", "-A"]);
+    git(&["commit", "-q", "-m", "old"]);
+    // The second revision widens the glob and adds the first .cedar file (the policies
+    // directory does not exist at the first).
+    write(
+        "deploy/manifests/world.yaml",
+        &reporting_world("system:serviceaccount:*"),
+    );
+    write("deploy/policies/no-k2.cedar", FORBID_K2);
+    git(&["add", "-A"]);
+    git(&["commit", "-q", "-m", "new"]);
+    let status_before = git(&["status", "--porcelain"]);
+
+    let base = [
+        "--manifests",
+        "deploy/manifests",
+        "--policies",
+        "deploy/policies",
+    ];
+    let mut args = base.to_vec();
+    args.extend(["--git", "HEAD~1..HEAD", "--json"]);
+    let (code, out, err) = diff_in(repo.path(), &args);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let d: Value = serde_json::from_str(&out).unwrap();
+    assert!(d["old"].as_str().unwrap().starts_with("HEAD~1 ("), "{out}");
+    let changes: Vec<(String, String, String)> = d["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["change"].as_str().unwrap().to_owned(),
+                c["principal_label"].as_str().unwrap().to_owned(),
+                c["resource_label"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    // The widened glob gains reports/*; the new forbid takes k2 from apps/app, named as
+    // a key by the new policy file.
+    let expected: Vec<(String, String, String)> = [
+        ("gained", "alpha/*/*", "store:reports/*"),
+        ("lost", "alpha/apps/app", "store:k2"),
+    ]
+    .iter()
+    .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
+    .collect();
+    assert_eq!(changes, expected, "{out}");
+    let lost = &d["changes"][1];
+    assert_eq!(lost["new"]["policies"], json!(["no-k2"]));
+    assert_eq!(lost["new"]["forbidden"], true);
+
+    // One revision: against the working tree, where the forbid is removed again.
+    std::fs::remove_file(repo.path().join("deploy/policies/no-k2.cedar")).unwrap();
+    let mut args = base.to_vec();
+    args.extend(["--git", "HEAD"]);
+    let (code, out, err) = diff_in(repo.path(), &args);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("1 gained, 0 lost"), "{out}");
+    assert!(out.contains("-> working tree (deploy/manifests)"), "{out}");
+    assert!(out.contains("  + get          store:k2"), "{out}");
+    std::fs::write(repo.path().join("deploy/policies/no-k2.cedar"), FORBID_K2).unwrap();
+    assert_eq!(git(&["status", "--porcelain"]), status_before);
+    // No temporary checkout is left behind (the runs' TMPDIR is the repository's `tmp`,
+    // which git ignores only because it is empty).
+    let left: Vec<_> = std::fs::read_dir(repo.path().join("tmp"))
+        .unwrap()
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+
+    // A revision that does not exist.
+    let mut args = base.to_vec();
+    args.extend(["--git", "nosuch..HEAD"]);
+    let (code, _, err) = diff_in(repo.path(), &args);
+    assert_eq!(code, 2);
+    assert!(err.contains("\"nosuch\" is not a commit"), "{err}");
+}
+
+/// Runs headless Chromium (Debian's `chromium`) with `args` and a fresh profile, for at
+/// most two minutes: stdout. Fails with a clear message when Chromium is not installed,
+/// unless `ESI_SKIP_CHROMIUM=1` says to skip (then `None`).
+fn chromium(profile: &Path, args: &[&str]) -> Option<String> {
+    if std::env::var("ESI_SKIP_CHROMIUM").as_deref() == Ok("1") {
+        eprintln!("SKIPPED: ESI_SKIP_CHROMIUM=1, the HTML report is not rendered in Chromium");
+        return None;
+    }
+    let mut child = match Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--hide-scrollbars",
+            "--window-size=1400,1000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+    {
+        Ok(child) => child,
+        Err(e) => panic!(
+            "cannot run chromium ({e}): install it (scripts/chromium.sh install, or apt-get install chromium), or set ESI_SKIP_CHROMIUM=1 to skip this test explicitly"
+        ),
+    };
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut stdout, &mut out).unwrap();
+        out
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("chromium {args:?} did not finish in 120 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(status.success(), "chromium {args:?}: {status}");
+    Some(reader.join().unwrap())
+}
+
+/// The cell of `principal` × `column` in a rendered DOM: its opening tag and content.
+fn cell<'a>(dom: &'a str, principal: &str, column: &str) -> &'a str {
+    let key = format!("data-principal=\"{principal}\" data-column=\"{column}\"");
+    let at = dom
+        .find(&key)
+        .unwrap_or_else(|| panic!("no cell {principal} × {column}"));
+    let end = dom[at..].find("</td>").map_or(dom.len(), |e| at + e);
+    &dom[at..end]
+}
+
+/// `report --html`: one self-contained page that renders in headless Chromium with the
+/// expected matrix (the DOM after rendering), escapes what manifests and policies hold,
+/// colours a diff, and yields a screenshot (target/artifacts/policy-report.png).
+#[test]
+fn report_renders_the_access_matrix_in_chromium() {
+    // A key pattern and a policy id that would be markup if pasted unescaped.
+    let hostile = reporting_world("system:serviceaccount:reporting:*").replace(
+        "[reports/*]",
+        "[\"reports/*\", \"<script>alert(1)</script>\"]",
+    );
+    let old_world = reporting_world("system:serviceaccount:reporting:nightly");
+    let injected = "@id(\"<img src=x onerror=alert(2)>\")\nforbid (principal, action == Esi::Action::\"get\", resource is Esi::RemoteKey)\nwhen { resource.key == \"</pre><script>alert(3)</script>\" };\n";
+    let old = Tree::new(&[("world.yaml", &old_world)], &[("no-k2.cedar", FORBID_K2)]);
+    let new = Tree::new(
+        &[("world.yaml", &hostile)],
+        &[("no-k2.cedar", FORBID_K2), ("injected.cedar", injected)],
+    );
+    let out_file = new.dir.path().join("report.html");
+    let (ok, out, err) = tree_policy(&new, &["report", "--html", out_file.to_str().unwrap()]);
+    assert!(ok, "{out}\n{err}");
+    assert!(out.contains("principals ×"), "{out}");
+    let html = std::fs::read_to_string(&out_file).unwrap();
+    for bad in [
+        "<script",
+        "<img",
+        "src=\"",
+        "href=\"http",
+        "@import",
+        "url(",
+    ] {
+        assert!(!html.contains(bad), "{bad} in the page");
+    }
+    assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+
+    let profile = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", out_file.display());
+    let Some(dom) = chromium(profile.path(), &["--dump-dom", &url]) else {
+        return;
+    };
+    assert!(dom.contains("id=\"matrix\""), "{dom}");
+    assert!(!dom.contains("<script"), "a script element in the DOM");
+    assert!(!dom.contains("<img"), "an img element in the DOM");
+    // apps/app reads the store except k2, which the forbid takes; it uses its generator.
+    let app = cell(&dom, "alpha/apps/app", "store");
+    assert!(
+        app.contains("data-access=\"partial\" data-forbid=\"true\""),
+        "{app}"
+    );
+    assert!(
+        app.contains("data-item=\"k2\" data-state=\"forbid\""),
+        "{app}"
+    );
+    assert!(
+        app.contains("data-item=\"find\" data-state=\"allow\""),
+        "{app}"
+    );
+    assert!(app.contains(">no-k2</a>"), "{app}");
+    let generator = cell(&dom, "alpha/apps/app", "apps/Password/pw");
+    assert!(generator.contains("data-access=\"full\""), "{generator}");
+    // Any ServiceAccount of reporting reads reports/* only; any other one nothing.
+    let reporting = cell(&dom, "alpha/reporting/*", "store");
+    assert!(
+        reporting.contains("data-item=\"reports/*\" data-state=\"allow\""),
+        "{reporting}"
+    );
+    assert!(reporting.contains("data-access=\"partial\""), "{reporting}");
+    let anyone = cell(&dom, "alpha/*/*", "store");
+    assert!(
+        anyone.contains("data-access=\"none\" data-forbid=\"false\""),
+        "{anyone}"
+    );
+    // Each linked policy is listed with its anchor, its text escaped.
+    let link = app
+        .split("href=\"#")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap();
+    assert!(dom.contains(&format!("id=\"{link}\"")), "{link}");
+    assert!(dom.contains("&lt;img src=x onerror=alert(2)&gt;"));
+
+    // Two trees: the widened glob is a gain, coloured; the screenshot is of this page.
+    let (ok, out, err) = tree_policy(
+        &new,
+        &[
+            "report",
+            "--html",
+            out_file.to_str().unwrap(),
+            "--old-manifests",
+            old.path("manifests").to_str().unwrap(),
+            "--old-policies",
+            old.path("policies").to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{out}\n{err}");
+    assert!(out.contains("cells changed"), "{out}");
+    let dom = chromium(profile.path(), &["--dump-dom", &url]).unwrap();
+    let widened = cell(&dom, "alpha/reporting/*", "store");
+    assert!(widened.contains("data-diff=\"gained\""), "{widened}");
+    assert!(
+        widened.contains("data-item=\"reports/*\" data-state=\"gained\""),
+        "{widened}"
+    );
+    assert!(
+        dom.contains("policy-added") || dom.contains(" added\""),
+        "{dom}"
+    );
+    // The ServiceAccount named before keeps reports/* and gains the new key pattern.
+    let nightly = cell(&dom, "alpha/reporting/nightly", "store");
+    assert!(
+        nightly.contains("data-item=\"reports/*\" data-state=\"allow\""),
+        "{nightly}"
+    );
+    assert!(
+        nightly
+            .contains("data-item=\"&lt;script&gt;alert(1)&lt;/script&gt;\" data-state=\"gained\""),
+        "{nightly}"
+    );
+    let generator = cell(&dom, "alpha/apps/app", "apps/Password/pw");
+    assert!(generator.contains("data-diff=\"same\""), "{generator}");
+
+    let artifacts = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let png = artifacts.join("policy-report.png");
+    let _ = std::fs::remove_file(&png);
+    chromium(
+        profile.path(),
+        &[&format!("--screenshot={}", png.display()), &url],
+    )
+    .unwrap();
+    let bytes = std::fs::read(&png).unwrap();
+    assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
+    assert!(
+        bytes.len() > 20_000,
+        "a near-empty screenshot: {} bytes",
+        bytes.len()
+    );
+}

@@ -121,7 +121,9 @@ fn echo(s: &str) -> String {
 }
 
 /// The (issuer, subject) pair of a subject, from either form ESE accepts.
-fn subject_of(subject: Option<&AuthorizationSubject>) -> Result<(&str, &str), CompileError> {
+pub(crate) fn subject_of(
+    subject: Option<&AuthorizationSubject>,
+) -> Result<(&str, &str), CompileError> {
     let subject = subject.ok_or(CompileError::MissingSubject)?;
     if subject.spiffe.is_some() {
         return Err(CompileError::SpiffeUnsupported);

@@ -189,6 +189,12 @@ impl CheckedAuthorization {
     pub fn policy_count(&self) -> usize {
         self.shape.policies
     }
+
+    /// The `(issuer, subject)` its policies match (`subject` may be a glob with `*`).
+    /// Always `Some` for a checked Authorization (checking requires both).
+    pub fn subject(&self) -> Option<(&str, &str)> {
+        compile::subject_of(self.spec.subject.as_ref()).ok()
+    }
 }
 
 /// One policy in force ([`PolicyEngine::listing`]).
@@ -858,20 +864,100 @@ impl PolicyEngine {
                 return outcome.settle();
             }
         }
-        if let Some(shard) = self.federations.get(identity.federation.as_str()) {
-            let exact = shard
-                .exact
-                .get(identity.subject.as_str())
-                .map(|s| self.cache.get(s));
-            for sets in exact.iter().chain(&shard.glob) {
-                let set = &sets[scope as usize];
-                if !set.is_empty() {
-                    let response = self.authorizer.is_authorized(request, set, entities);
-                    outcome.absorb(set, &response);
-                }
+        for sets in self.shards_of(&identity.federation, &identity.subject) {
+            let set = &sets[scope as usize];
+            if !set.is_empty() {
+                let response = self.authorizer.is_authorized(request, set, entities);
+                outcome.absorb(set, &response);
             }
         }
         outcome.settle()
+    }
+
+    /// The compiled shards a caller of `federation` with `subject` can match: its exact
+    /// subject's (compiled now if needed) and its federation's globs.
+    fn shards_of(&self, federation: &str, subject: &str) -> Vec<Arc<Scoped>> {
+        let Some(shard) = self.federations.get(federation) else {
+            return Vec::new();
+        };
+        let exact = shard.exact.get(subject).map(|s| self.cache.get(s));
+        exact
+            .into_iter()
+            .chain(shard.glob.iter().cloned())
+            .collect()
+    }
+
+    /// Every Authorization in force (checked, compiled when needed), by name. For tooling
+    /// (`esi-server policy lint|diff|report`): the objects behind the compiled policies.
+    pub fn authorizations(&self) -> Vec<Arc<CheckedAuthorization>> {
+        let mut all: Vec<Arc<CheckedAuthorization>> = self
+            .federations
+            .values()
+            .flat_map(|shard| {
+                let exact = shard.exact.values().flat_map(|s| s.members.iter());
+                exact.chain(&shard.glob_members).cloned()
+            })
+            .collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    /// For tooling (`esi-server policy lint`): a view that answers which permits a request
+    /// satisfies whatever the forbids say, which [`PolicyEngine::decide`] cannot tell (a
+    /// satisfied forbid hides the permits). Built once per engine (it holds the
+    /// hand-written permits apart); decisions are not cached, logged or counted.
+    pub fn permit_view(&self) -> PermitView<'_> {
+        let mut permits = PolicySet::new();
+        for p in self.global.policies() {
+            if p.effect() == Effect::Permit {
+                // Ids are unique in `global`, so adding cannot fail.
+                let _ = permits.add(p.clone());
+            }
+        }
+        PermitView {
+            engine: self,
+            permits,
+        }
+    }
+}
+
+/// The permits a request satisfies, forbids aside ([`PolicyEngine::permit_view`]).
+pub struct PermitView<'e> {
+    engine: &'e PolicyEngine,
+    /// The hand-written permits (the compiled policies are all permits).
+    permits: PolicySet,
+}
+
+impl PermitView<'_> {
+    /// Ids of the permits (hand-written and compiled) that `identity` doing `action` on
+    /// `resource` satisfies, sorted; empty for a request that cannot be built (as
+    /// [`PolicyEngine::decide`] denies it). A permit that fails to evaluate is not satisfied.
+    pub fn satisfied(
+        &self,
+        identity: &Identity,
+        action: Action,
+        resource: &Resource,
+    ) -> Vec<String> {
+        let key = DecisionKey::new(identity, action, resource.canonical().into_owned());
+        let Ok((request, entities)) = build_request(&key) else {
+            return Vec::new();
+        };
+        let scope = Scope::of(&key.resource);
+        let shards = self.engine.shards_of(&key.federation, &key.subject);
+        let sets = std::iter::once(&self.permits).chain(shards.iter().map(|s| &s[scope as usize]));
+        let mut ids = Vec::new();
+        for set in sets.filter(|s| !s.is_empty()) {
+            let response = self
+                .engine
+                .authorizer
+                .is_authorized(&request, set, &entities);
+            if response.decision() == CedarDecision::Allow {
+                ids.extend(response.diagnostics().reason().map(ToString::to_string));
+            }
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        ids
     }
 }
 
@@ -1225,8 +1311,9 @@ fn describe(diagnostic: &(impl Diagnostic + ?Sized), text: Option<&str>) -> Stri
     }
 }
 
-/// 1-based line and column of a byte offset.
-fn line_column(text: &str, offset: usize) -> (usize, usize) {
+/// 1-based line and column (in characters) of a byte offset of `text` (the offset is
+/// clamped to the text and moved back to a character boundary).
+pub(crate) fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let mut cut = offset.min(text.len());
     while !text.is_char_boundary(cut) {
         cut -= 1;

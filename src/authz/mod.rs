@@ -20,8 +20,10 @@ use std::path::PathBuf;
 
 use crate::resources::AuthorizationSpec;
 
+pub(crate) use engine::line_column;
 pub use engine::{
-    CheckedAuthorization, ListedPolicy, PolicyCache, PolicyEngine, PolicySource, in_file_order,
+    CheckedAuthorization, ListedPolicy, PermitView, PolicyCache, PolicyEngine, PolicySource,
+    in_file_order,
 };
 
 /// The Cedar schema every policy is validated against (human-readable form).

@@ -27,9 +27,9 @@ enum Command {
     /// non-zero if there is any load error (`policy validate` is stricter: it also fails
     /// on references to objects that do not exist, and shows file and line).
     Check(SourceArgs),
-    /// See the policies before they reach production: compile, validate, explain, test.
-    /// Every subcommand reads `--manifests`/`--policies` as `serve` does. See
-    /// docs/policies.md.
+    /// See the policies before they reach production: compile, validate, explain, test,
+    /// lint, diff, report. Every subcommand reads `--manifests`/`--policies` as `serve`
+    /// does. See docs/policies.md.
     #[command(subcommand)]
     Policy(PolicyCommand),
     /// DEVELOPMENT ONLY: mint a ServiceAccount-like JWT signed with a local key
@@ -101,6 +101,93 @@ enum PolicyCommand {
         /// Directory of case files (`*.yaml`, `*.yml`; not recursive).
         dir: PathBuf,
     },
+    /// Find what the policies grant that is probably not meant (a subject glob matching
+    /// every ServiceAccount, a store others restrict granted whole, permits a forbid
+    /// shadows) and what they cannot grant (unused federations, stores no one may read).
+    /// Exit 1 on errors (what `validate` reports), or on warnings with --deny-warnings.
+    Lint {
+        #[command(flatten)]
+        source: SourceArgs,
+        /// JSON: the findings (rule, severity, file, span, object, message) and counts.
+        #[arg(long)]
+        json: bool,
+        /// Exit 1 on warnings too.
+        #[arg(long)]
+        deny_warnings: bool,
+        /// Most requests evaluated (the evaluated rules say when more were left out).
+        #[arg(long, default_value_t = esi::policy::requests::DEFAULT_MAX_REQUESTS)]
+        max_requests: usize,
+    },
+    /// Which principals gain or lose which access between an old tree and the new one,
+    /// each request decided by each tree's engine. Exit 0, or with --exit-code: 0 no
+    /// change, 1 changes; 2 when the trees could not be compared (or, with --exit-code,
+    /// not completely).
+    Diff(Box<DiffArgs>),
+    /// Write one self-contained HTML page: the access matrix (principals × stores and
+    /// generators), forbids highlighted, each cell linking to the policies that decide it;
+    /// with an old tree, what was gained and lost, coloured.
+    Report(Box<ReportArgs>),
+}
+
+/// The new tree and where the old one comes from (`diff`, `report`).
+#[derive(Args)]
+struct CompareArgs {
+    /// The new tree (with --git: the directories, as paths in the working tree).
+    #[command(flatten)]
+    source: SourceArgs,
+    /// The old tree's manifest directory.
+    #[arg(long, conflicts_with = "git")]
+    old_manifests: Option<PathBuf>,
+    /// The old tree's `.cedar` directory.
+    #[arg(long, requires = "old_manifests")]
+    old_policies: Option<PathBuf>,
+    /// `A..B`: the --manifests and --policies directories as they are at revisions A (old)
+    /// and B (new; `A..` means `A..HEAD`); `A`: at A, against the working tree.
+    #[arg(long, value_name = "A..B")]
+    git: Option<String>,
+    /// Most requests evaluated per tree (the output says when more were left out).
+    #[arg(long, default_value_t = esi::policy::requests::DEFAULT_MAX_REQUESTS)]
+    max_requests: usize,
+}
+
+impl CompareArgs {
+    fn baseline(&self) -> esi::policy::Baseline {
+        use esi::policy::{Baseline, Sources};
+        match (&self.git, &self.old_manifests) {
+            (Some(range), _) => Baseline::Git(range.clone()),
+            (None, Some(m)) => Baseline::Dirs(Sources {
+                manifests: m.clone(),
+                policies: self.old_policies.clone(),
+            }),
+            (None, None) => Baseline::None,
+        }
+    }
+}
+
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("old").required(true).args(["old_manifests", "git"])))]
+struct DiffArgs {
+    #[command(flatten)]
+    compare: CompareArgs,
+    /// JSON: summary and every change with both answers and their policies.
+    #[arg(long, conflicts_with = "markdown")]
+    json: bool,
+    /// Markdown, for a pull-request comment.
+    #[arg(long)]
+    markdown: bool,
+    /// Exit 1 when access changed (as `git diff --exit-code`), 2 when not every request
+    /// could be compared.
+    #[arg(long)]
+    exit_code: bool,
+}
+
+#[derive(Args)]
+struct ReportArgs {
+    #[command(flatten)]
+    compare: CompareArgs,
+    /// Where to write the page.
+    #[arg(long, value_name = "OUT")]
+    html: PathBuf,
 }
 
 #[derive(Args)]
@@ -597,7 +684,7 @@ fn reopen_on_sighup(reopener: Option<esi::audit::AuditReopener>) -> Result<()> {
 /// failure (a problem in the manifests, a missing file) is not a crash.
 fn main() -> std::process::ExitCode {
     match run() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("esi-server: error: {e:#}");
             std::process::ExitCode::FAILURE
@@ -605,11 +692,18 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn run() -> Result<()> {
+fn run() -> Result<std::process::ExitCode> {
     let cli = Cli::parse();
     // One crypto provider for every rustls user in the process.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     match cli.command {
+        Command::Policy(cmd) => policy(cmd),
+        command => run_command(command).map(|()| std::process::ExitCode::SUCCESS),
+    }
+}
+
+fn run_command(command: Command) -> Result<()> {
+    match command {
         Command::Serve(args) => {
             let (reopener, _log_writer) =
                 init_serve_logging(args.log_format, args.audit_log.as_deref())?;
@@ -624,7 +718,7 @@ fn run() -> Result<()> {
                 })
         }
         Command::Check(args) => check(args),
-        Command::Policy(cmd) => policy(cmd),
+        Command::Policy(_) => bail!("policy commands are run by run()"),
         Command::Reconcile(args) => reconcile(args),
         Command::DevToken(args) => dev_token(args),
         Command::Crds => {
@@ -681,11 +775,108 @@ fn check(args: SourceArgs) -> Result<()> {
     Ok(())
 }
 
-/// `policy …`: parse, call `esi::policy`, print.
-fn policy(cmd: PolicyCommand) -> Result<()> {
-    use esi::policy::{self, explain};
+/// `policy …`: parse, call `esi::policy`, print; the exit code is the command's answer.
+fn policy(cmd: PolicyCommand) -> Result<std::process::ExitCode> {
+    use std::process::ExitCode;
     // Decisions are logged (target esi::decision) at info; the answer is on stdout.
     init_logging_with(LogFormat::Text, log_filter_or("warn"));
+    match cmd {
+        PolicyCommand::Lint {
+            source,
+            json,
+            deny_warnings,
+            max_requests,
+        } => {
+            let tree = esi::policy::Tree::load(
+                sources(source.clone()),
+                source.manifests.display().to_string(),
+            );
+            let report = esi::policy::lint::lint(&tree, max_requests);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.render());
+            }
+            let failing = report.errors() + if deny_warnings { report.warnings() } else { 0 };
+            Ok(if failing > 0 {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        PolicyCommand::Diff(args) => Ok(match policy_diff(*args) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("esi-server: error: {e:#}");
+                ExitCode::from(2)
+            }
+        }),
+        PolicyCommand::Report(args) => {
+            let args = *args;
+            let baseline = args.compare.baseline();
+            let trees = esi::policy::Trees::load(sources(args.compare.source), baseline)?;
+            let page = esi::policy::report::report(
+                &trees.new,
+                trees.old.as_ref(),
+                args.compare.max_requests,
+            )?;
+            std::fs::write(&args.html, &page.html)
+                .with_context(|| format!("cannot write {}", args.html.display()))?;
+            println!(
+                "wrote {}: {} principals × {} columns{}{}",
+                args.html.display(),
+                page.rows,
+                page.columns,
+                if trees.old.is_some() {
+                    format!(", {} cells changed", page.changed)
+                } else {
+                    String::new()
+                },
+                if page.truncated {
+                    " (NOT every request was evaluated: see --max-requests)"
+                } else {
+                    ""
+                }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        other => policy_basic(other).map(|()| ExitCode::SUCCESS),
+    }
+}
+
+/// `policy diff`: exit 0 (or, with --exit-code, 1 on changes, 2 when incomplete).
+fn policy_diff(args: DiffArgs) -> Result<std::process::ExitCode> {
+    use std::process::ExitCode;
+    let baseline = args.compare.baseline();
+    let trees = esi::policy::Trees::load(sources(args.compare.source), baseline)?;
+    let Some(old) = trees.old.as_ref() else {
+        bail!("give --old-manifests or --git");
+    };
+    let diff = esi::policy::diff::diff(old, &trees.new, args.compare.max_requests);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&diff)?);
+    } else if args.markdown {
+        print!("{}", diff.markdown());
+    } else {
+        print!("{}", diff.text());
+    }
+    if diff.truncated {
+        eprintln!(
+            "esi-server: warning: {} requests were not compared (raise --max-requests)",
+            diff.compared.total - diff.compared.requests
+        );
+    }
+    Ok(match (args.exit_code, diff.truncated, diff.is_empty()) {
+        (false, _, _) => ExitCode::SUCCESS,
+        (true, true, _) => ExitCode::from(2),
+        (true, false, true) => ExitCode::SUCCESS,
+        (true, false, false) => ExitCode::from(1),
+    })
+}
+
+/// `policy compile|validate|explain|test`.
+fn policy_basic(cmd: PolicyCommand) -> Result<()> {
+    use esi::policy::{self, explain};
     match cmd {
         PolicyCommand::Compile { source, json } => {
             let snapshot = policy::load(&sources(source));
@@ -785,6 +976,9 @@ fn policy(cmd: PolicyCommand) -> Result<()> {
                 bail!("{} cases failed", outcomes.failed());
             }
             Ok(())
+        }
+        PolicyCommand::Lint { .. } | PolicyCommand::Diff(_) | PolicyCommand::Report(_) => {
+            bail!("not a basic policy command")
         }
     }
 }

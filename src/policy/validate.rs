@@ -31,7 +31,8 @@ pub enum Severity {
 }
 
 impl Severity {
-    fn as_str(self) -> &'static str {
+    /// `error` or `warning`.
+    pub fn as_str(self) -> &'static str {
         match self {
             Severity::Error => "error",
             Severity::Warning => "warning",
@@ -94,33 +95,39 @@ impl Report {
         let mut files = FileCache::default();
         let mut out = String::new();
         for p in &self.problems {
-            let message = match &p.object {
-                Some(o) => format!("{o}: {}", p.message),
-                None => p.message.clone(),
-            };
-            let source = p.span.as_ref().and_then(|_| files.text(&p.file));
-            let shown = if p.span.is_some() { &p.file } else { &p.origin };
-            out.push_str(&render::render(
-                p.severity.as_str(),
-                &message,
-                shown,
-                p.span.as_ref(),
-                source,
-            ));
-            out.push('\n');
+            out.push_str(&render_problem(&mut files, p, None));
         }
         out
     }
 }
 
+/// One problem with its source line (`severity[rule]: object: message`, `--> file:line`),
+/// followed by an empty line.
+pub(crate) fn render_problem(files: &mut FileCache, p: &Problem, rule: Option<&str>) -> String {
+    let message = match &p.object {
+        Some(o) => format!("{o}: {}", p.message),
+        None => p.message.clone(),
+    };
+    let severity = match rule {
+        Some(rule) => format!("{}[{rule}]", p.severity.as_str()),
+        None => p.severity.as_str().to_owned(),
+    };
+    let source = p.span.as_ref().and_then(|_| files.text(&p.file));
+    let shown = if p.span.is_some() { &p.file } else { &p.origin };
+    let mut out = render::render(&severity, &message, shown, p.span.as_ref(), source);
+    out.push('\n');
+    out
+}
+
 /// Files read again to locate problems (each once, bounded).
 #[derive(Default)]
-struct FileCache {
+pub(crate) struct FileCache {
     texts: HashMap<String, Option<String>>,
 }
 
 impl FileCache {
-    fn text(&mut self, file: &str) -> Option<&str> {
+    /// The text of `file` (`None` if it cannot be read or is too large).
+    pub(crate) fn text(&mut self, file: &str) -> Option<&str> {
         self.texts
             .entry(file.to_owned())
             .or_insert_with(|| super::read_bounded(Path::new(file)).ok())
@@ -220,12 +227,49 @@ fn problem(severity: Severity, e: &LoadError, message: String, span: Option<Span
 
 /// The span of an object's document: its `name: <name>` line, else its first line.
 fn document_span(e: &LoadError, files: &mut FileCache) -> Option<Span> {
-    let (file, doc) = split_origin(&e.origin);
+    object_span(files, &e.origin, e.object.as_deref())
+}
+
+/// The span of the document `origin` (`file#document`) holding `object` (`Kind/name`):
+/// its name's line, else its first line.
+fn object_span(files: &mut FileCache, origin: &str, object: Option<&str>) -> Option<Span> {
+    let (file, doc) = split_origin(origin);
     let text = files.text(file)?;
     let (start, end) = document_lines(text, doc?)?;
-    object_name(e.object.as_deref())
+    object_name(object)
         .and_then(|name| render::find_token(text, name, start, end))
         .or_else(|| Some(render::span_at(text, start, 1)))
+}
+
+/// A problem about `object` (`Kind/name`) read from `origin` (`file#document`), pointing
+/// at `token` in its document — after the line naming `after`, when given — else at the
+/// object's name.
+pub(crate) fn object_problem(
+    files: &mut FileCache,
+    severity: Severity,
+    origin: &str,
+    object: &str,
+    at: Option<(Option<&str>, &str)>,
+    message: String,
+) -> Problem {
+    let (file, doc) = split_origin(origin);
+    let found = at.and_then(|(after, token)| {
+        let text = files.text(file)?;
+        let (mut start, end) = document_lines(text, doc?)?;
+        if let Some(after) = after {
+            start = render::find_token(text, after, start, end).map_or(start, |s| s.line);
+        }
+        render::find_token(text, token, start, end)
+    });
+    let span = found.or_else(|| object_span(files, origin, Some(object)));
+    Problem {
+        severity,
+        file: file.to_owned(),
+        origin: origin.to_owned(),
+        object: Some(object.to_owned()),
+        message,
+        span,
+    }
 }
 
 fn locate_error(e: &LoadError, files: &mut FileCache, out: &mut Vec<Problem>) {

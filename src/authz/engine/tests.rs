@@ -1335,3 +1335,70 @@ permit (principal in Esi::Namespace::"beta/ops", action == Esi::Action::"get", r
     // Evaluated each time (not answered from the cache), so each logs its warning.
     assert_eq!(engine.evaluations() - before, 3);
 }
+
+/// For `policy lint`: the permit view names every permit a request satisfies, also when a
+/// forbid denies it (which `decide` cannot show); the engine lists its Authorizations.
+#[test]
+fn permit_view_sees_permits_behind_forbids() {
+    let app = authorization(
+        "m.yaml#0",
+        r#"
+metadata: {name: app}
+spec:
+  federationRef: {kind: KubernetesFederation, name: alpha}
+  subject: {oidc: {issuer: "https://kubernetes.default.svc.cluster.local", subject: "system:serviceaccount:apps:app"}}
+  allowedClusterSecretStores: [vault]
+"#,
+    );
+    let glob = authorization(
+        "m.yaml#1",
+        r#"
+metadata: {name: all-apps}
+spec:
+  federationRef: {kind: KubernetesFederation, name: alpha}
+  subject: {oidc: {issuer: "https://kubernetes.default.svc.cluster.local", subject: "system:serviceaccount:apps:*"}}
+  allowedClusterSecretStores: [vault]
+  allowedRemoteKeys: {vault: ["admin/*"]}
+"#,
+    );
+    let files = [file(
+        "p/f.cedar",
+        "@id(\"no-admin\") forbid (principal, action, resource is Esi::RemoteKey) when { resource.key like \"admin/*\" };\n@id(\"ops\") permit (principal, action == Esi::Action::\"get\", resource) when { principal.namespace == \"apps\" };",
+    )];
+    let (engine, errors) = PolicyEngine::build(&[app, glob], &files);
+    assert!(errors.is_empty(), "{errors:?}");
+    let who = identity("alpha", ISSUER, "apps", "app");
+    let view = engine.permit_view();
+    let admin = key("vault", "admin/root");
+    let d = engine.decide(&who, Action::Get, &admin);
+    assert_eq!(
+        (d.allowed, d.policy_ids.clone()),
+        (false, vec!["no-admin".to_owned()])
+    );
+    assert_eq!(
+        view.satisfied(&who, Action::Get, &admin),
+        [
+            "authorization/all-apps/remote-keys",
+            "authorization/app/stores",
+            "ops"
+        ]
+    );
+    assert_eq!(
+        view.satisfied(&who, Action::Find, &store("vault")),
+        ["authorization/app/stores"]
+    );
+    // Another namespace satisfies nothing; a mismatched request builds nothing.
+    let other = identity("alpha", ISSUER, "team", "x");
+    assert!(view.satisfied(&other, Action::Get, &admin).is_empty());
+    assert!(
+        view.satisfied(&who, Action::Get, &store("vault"))
+            .is_empty()
+    );
+    let listed = engine.authorizations();
+    let names: Vec<&str> = listed.iter().map(|a| a.name()).collect();
+    assert_eq!(names, ["all-apps", "app"]);
+    assert_eq!(
+        listed[0].subject(),
+        Some((ISSUER, "system:serviceaccount:apps:*"))
+    );
+}

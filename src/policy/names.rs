@@ -1,0 +1,630 @@
+//! What a tree *names*: the principals, keys and namespaces its Authorizations and
+//! hand-written policies mention, from which [`super::requests`] builds the requests worth
+//! evaluating.
+//!
+//! * Authorizations (their checked specs, as compiled): the federation and subject of
+//!   each (an exact `system:serviceaccount:NS:SA` subject is that ServiceAccount; a glob
+//!   gets one representative, [`representative`]), the key globs of `allowedRemoteKeys`
+//!   per store, the namespaces of `allowedGeneratorStates`.
+//! * Hand-written policies (their JSON form, walked): entity literals (`Federation`,
+//!   `Namespace`, `ServiceAccount`, `Store`, `RemoteKey`, `GeneratorStates`) and string
+//!   literals or `like` patterns compared with `principal.{federation, namespace, name,
+//!   subject}` and `resource.{store, key, name, namespace}`. Within one policy they are
+//!   combined (its namespaces with its ServiceAccount names, its keys with its stores).
+//!
+//! A `*` in a principal's namespace or name, or in a key, stands for "any other": the
+//! request is evaluated with that literal character, which no Kubernetes name holds, so
+//! it matches the globs and patterns that cover it and no exact name.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::Value;
+
+use super::Tree;
+use crate::authz::PolicySource;
+
+/// Most principals one tree may contribute.
+pub const MAX_PRINCIPALS: usize = 10_000;
+/// Most keys (literals and patterns) one tree may contribute.
+pub const MAX_KEYS: usize = 10_000;
+
+/// A ServiceAccount of a federation; `*` in `namespace` or `name` means "any other".
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+pub struct PrincipalName {
+    /// KubernetesFederation.
+    pub federation: String,
+    /// Namespace, or `*`.
+    pub namespace: String,
+    /// ServiceAccount, or `*`.
+    pub name: String,
+}
+
+impl PrincipalName {
+    /// `federation/namespace/name`, as `explain --principal` takes it.
+    pub fn label(&self) -> String {
+        format!("{}/{}/{}", self.federation, self.namespace, self.name)
+    }
+
+    /// The token subject this principal carries.
+    pub fn subject(&self) -> String {
+        format!("system:serviceaccount:{}:{}", self.namespace, self.name)
+    }
+
+    /// For a representative (a `*` in its namespace or name): the subject glob it stands
+    /// for; `None` for a named ServiceAccount.
+    pub fn represents(&self) -> Option<String> {
+        (self.namespace.contains('*') || self.name.contains('*')).then(|| self.subject())
+    }
+}
+
+/// What one tree names.
+#[derive(Debug, Clone, Default)]
+pub struct Names {
+    /// Federations loaded or named.
+    pub federations: BTreeSet<String>,
+    /// Issuers named by Authorizations, by federation (first by Authorization name).
+    pub issuers: BTreeMap<String, Vec<String>>,
+    /// Principals (each federation's `*/*` included).
+    pub principals: BTreeSet<PrincipalName>,
+    /// Keys and key patterns by store.
+    pub keys: BTreeMap<String, BTreeSet<String>>,
+    /// Keys and key patterns named without a store (probed in every store).
+    pub keys_any_store: BTreeSet<String>,
+    /// Namespaces whose generator states are named.
+    pub state_namespaces: BTreeSet<String>,
+}
+
+impl Names {
+    /// What `tree` names.
+    pub fn of(tree: &Tree) -> Names {
+        let mut names = Names::default();
+        for f in &tree.snapshot.federations {
+            names.federations.insert(f.name().to_owned());
+        }
+        for a in &tree.authorizations {
+            let spec = a.spec();
+            let fed = spec.federation_ref.name.clone();
+            names.federations.insert(fed.clone());
+            if let Some((issuer, subject)) = a.subject() {
+                let issuers = names.issuers.entry(fed.clone()).or_default();
+                if !issuers.iter().any(|i| i == issuer) {
+                    issuers.push(issuer.to_owned());
+                }
+                names.add_subject(&fed, subject);
+            }
+            for (store, globs) in &spec.allowed_remote_keys {
+                for g in globs {
+                    names.add_key(Some(store), g);
+                }
+            }
+            for s in &spec.allowed_generator_states {
+                names.state_namespaces.insert(s.namespace.clone());
+            }
+        }
+        let all_feds: Vec<String> = names.federations.iter().cloned().collect();
+        for listed in &tree.listing {
+            if !matches!(listed.source, PolicySource::File { .. }) {
+                continue;
+            }
+            let Ok(json) = listed.policy.to_json() else {
+                continue;
+            };
+            let facts = PolicyFacts::of(&json);
+            names.add_facts(&facts, &all_feds);
+        }
+        for fed in names.federations.clone() {
+            names.add_principal(&fed, "*", "*");
+        }
+        names
+    }
+
+    /// Adds what `other` names.
+    pub fn merge(&mut self, other: Names) {
+        self.federations.extend(other.federations);
+        for (fed, issuers) in other.issuers {
+            let mine = self.issuers.entry(fed).or_default();
+            for i in issuers {
+                if !mine.contains(&i) {
+                    mine.push(i);
+                }
+            }
+        }
+        for p in other.principals {
+            if self.principals.len() < MAX_PRINCIPALS {
+                self.principals.insert(p);
+            }
+        }
+        for (store, keys) in other.keys {
+            for k in keys {
+                self.add_key(Some(&store), &k);
+            }
+        }
+        for k in other.keys_any_store {
+            self.add_key(None, &k);
+        }
+        self.state_namespaces.extend(other.state_namespaces);
+    }
+
+    fn key_count(&self) -> usize {
+        self.keys_any_store.len() + self.keys.values().map(BTreeSet::len).sum::<usize>()
+    }
+
+    fn add_key(&mut self, store: Option<&str>, key: &str) {
+        if key.is_empty() || self.key_count() >= MAX_KEYS {
+            return;
+        }
+        match store {
+            Some(s) => {
+                self.keys
+                    .entry(s.to_owned())
+                    .or_default()
+                    .insert(key.to_owned());
+            }
+            None => {
+                self.keys_any_store.insert(key.to_owned());
+            }
+        }
+    }
+
+    fn add_principal(&mut self, federation: &str, namespace: &str, name: &str) {
+        let valid = |s: &str| !s.is_empty() && !s.contains(':');
+        if federation.is_empty() || !valid(namespace) || !valid(name) {
+            return;
+        }
+        if self.principals.len() < MAX_PRINCIPALS {
+            self.principals.insert(PrincipalName {
+                federation: federation.to_owned(),
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+            });
+        }
+    }
+
+    /// The ServiceAccount of an exact subject, or the representative of a glob.
+    fn add_subject(&mut self, federation: &str, subject: &str) {
+        let found = if subject.contains('*') {
+            representative(subject)
+        } else {
+            split_sa_subject(subject).map(|(ns, n)| (ns.to_owned(), n.to_owned()))
+        };
+        if let Some((ns, name)) = found {
+            self.add_principal(federation, &ns, &name);
+        }
+    }
+
+    fn add_facts(&mut self, facts: &PolicyFacts, all_feds: &[String]) {
+        let feds: Vec<String> = if facts.federations.is_empty() {
+            all_feds.to_vec()
+        } else {
+            facts.federations.iter().cloned().collect()
+        };
+        for (f, ns, n) in &facts.service_accounts {
+            self.add_principal(f, ns, n);
+        }
+        let mut names: Vec<&str> = facts.sa_names.iter().map(String::as_str).collect();
+        names.push("*");
+        for (fed, ns) in &facts.namespaces {
+            let in_feds: Vec<&str> = match fed {
+                Some(f) => vec![f.as_str()],
+                None => feds.iter().map(String::as_str).collect(),
+            };
+            for f in in_feds {
+                for n in &names {
+                    self.add_principal(f, ns, n);
+                }
+            }
+        }
+        for f in &feds {
+            // A name with no namespace: that name in any namespace.
+            if facts.namespaces.is_empty() {
+                for n in &facts.sa_names {
+                    self.add_principal(f, "*", n);
+                }
+            }
+            for s in &facts.subjects {
+                self.add_subject(f, s);
+            }
+        }
+        if facts.stores.is_empty() {
+            for k in &facts.keys {
+                self.add_key(None, k);
+            }
+        } else {
+            for s in &facts.stores {
+                for k in &facts.keys {
+                    self.add_key(Some(s), k);
+                }
+            }
+        }
+        for (s, k) in &facts.remote_keys {
+            self.add_key(Some(s), k);
+        }
+        self.state_namespaces
+            .extend(facts.state_namespaces.iter().cloned());
+    }
+}
+
+/// `system:serviceaccount:NS:NAME` → `(NS, NAME)`, both non-empty and without `:` (as
+/// token verification reads a subject).
+pub fn split_sa_subject(sub: &str) -> Option<(&str, &str)> {
+    let rest = sub.strip_prefix("system:serviceaccount:")?;
+    let (ns, name) = rest.split_once(':')?;
+    if ns.is_empty() || name.is_empty() || name.contains(':') {
+        return None;
+    }
+    Some((ns, name))
+}
+
+/// Whether `text` matches `glob` as Cedar's `like` does: `*` matches any run of
+/// characters (`:` and `/` included), every other character only itself.
+pub fn glob_matches(glob: &str, text: &str) -> bool {
+    let g: Vec<char> = glob.chars().collect();
+    let t: Vec<char> = text.chars().collect();
+    let (mut gi, mut ti) = (0, 0);
+    // Last `*` seen and the text position it was tried at.
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if gi < g.len() && g[gi] == '*' {
+            star = Some((gi, ti));
+            gi += 1;
+        } else if gi < g.len() && g[gi] == t[ti] {
+            gi += 1;
+            ti += 1;
+        } else if let Some((sg, st)) = star {
+            gi = sg + 1;
+            ti = st + 1;
+            star = Some((sg, st + 1));
+        } else {
+            return false;
+        }
+    }
+    g[gi..].iter().all(|c| *c == '*')
+}
+
+/// Whether a subject glob matches the subject of every ServiceAccount of every namespace.
+///
+/// Exact, not sampled: with `x`, `y` single characters that occur nowhere in the glob, a
+/// glob matching `system:serviceaccount:x:y` consumes each of them with a wildcard (no
+/// literal can), and a wildcard matches whatever replaces them — so it matches every
+/// `system:serviceaccount:NS:NAME`; the converse is immediate.
+pub fn matches_every_service_account(glob: &str) -> bool {
+    let mut fresh = ('\u{e000}'..='\u{f8ff}').filter(|c| !glob.contains(*c));
+    match (fresh.next(), fresh.next()) {
+        (Some(x), Some(y)) => glob_matches(glob, &format!("system:serviceaccount:{x}:{y}")),
+        _ => false,
+    }
+}
+
+/// The representative ServiceAccount `(namespace, name)` of a subject glob: the glob with
+/// each `*` filled so that it reads as a ServiceAccount subject, keeping `*` itself
+/// wherever a namespace or name is left open. `system:serviceaccount:reporting:*` gives
+/// `(reporting, *)`, `system:serviceaccount:*` and `*` give `(*, *)`,
+/// `system:serviceaccount:team-*:app` gives `(team-*, app)`. Fillers are tried in a fixed
+/// order for the first three `*` (later ones take `*`); `None` when no filling reads as a
+/// ServiceAccount subject (such a glob matches no token the server accepts).
+pub fn representative(glob: &str) -> Option<(String, String)> {
+    const FILLERS: [&str; 8] = [
+        "*",
+        "*:*",
+        "serviceaccount:*:*",
+        "system:serviceaccount:*:*",
+        "system:serviceaccount",
+        "serviceaccount",
+        "system",
+        "",
+    ];
+    const TRIED: u32 = 3;
+    let parts: Vec<&str> = glob.split('*').collect();
+    let stars = parts.len() - 1;
+    let tried = stars.min(TRIED as usize);
+    let combinations = FILLERS.len().pow(tried as u32);
+    for mut n in 0..combinations {
+        let mut text = String::from(parts[0]);
+        for (i, part) in parts.iter().enumerate().skip(1) {
+            let filler = if i <= tried {
+                let f = FILLERS[n % FILLERS.len()];
+                n /= FILLERS.len();
+                f
+            } else {
+                "*"
+            };
+            text.push_str(filler);
+            text.push_str(part);
+        }
+        if let Some((ns, name)) = split_sa_subject(&text)
+            && glob_matches(glob, &text)
+        {
+            return Some((ns.to_owned(), name.to_owned()));
+        }
+    }
+    None
+}
+
+/// What one hand-written policy mentions.
+#[derive(Debug, Default)]
+struct PolicyFacts {
+    federations: BTreeSet<String>,
+    /// `(federation if known, namespace)`.
+    namespaces: BTreeSet<(Option<String>, String)>,
+    service_accounts: BTreeSet<(String, String, String)>,
+    sa_names: BTreeSet<String>,
+    subjects: BTreeSet<String>,
+    stores: BTreeSet<String>,
+    keys: BTreeSet<String>,
+    /// `RemoteKey` literals: `(store, key)`.
+    remote_keys: BTreeSet<(String, String)>,
+    state_namespaces: BTreeSet<String>,
+}
+
+/// Deepest JSON nesting walked (Cedar bounds policy depth well below this).
+const WALK_DEPTH: usize = 256;
+
+impl PolicyFacts {
+    fn of(est: &Value) -> PolicyFacts {
+        let mut facts = PolicyFacts::default();
+        facts.walk(est, 0);
+        facts
+    }
+
+    fn walk(&mut self, v: &Value, depth: usize) {
+        if depth > WALK_DEPTH {
+            return;
+        }
+        match v {
+            Value::Object(map) => {
+                if let (Some(Value::String(ty)), Some(Value::String(id))) =
+                    (map.get("type"), map.get("id"))
+                {
+                    self.entity(ty, id);
+                }
+                for (op, body) in map {
+                    match op.as_str() {
+                        "==" | "!=" | "contains" | "containsAll" | "containsAny" | "in" => {
+                            let (l, r) = (body.get("left"), body.get("right"));
+                            if let (Some(l), Some(r)) = (l, r) {
+                                self.compare(l, r);
+                                self.compare(r, l);
+                            }
+                        }
+                        "like" => {
+                            if let (Some((var, attr)), Some(Value::Array(pattern))) =
+                                (body.get("left").and_then(attr_of), body.get("pattern"))
+                            {
+                                let glob: String = pattern
+                                    .iter()
+                                    .map(|e| match e {
+                                        Value::Object(m) => m
+                                            .get("Literal")
+                                            .and_then(Value::as_str)
+                                            .unwrap_or_default()
+                                            .to_owned(),
+                                        _ => "*".to_owned(),
+                                    })
+                                    .collect();
+                                self.attribute(var, attr, &glob);
+                            }
+                        }
+                        _ => {}
+                    }
+                    self.walk(body, depth + 1);
+                }
+            }
+            Value::Array(items) => {
+                for item in items {
+                    self.walk(item, depth + 1);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// `attr` (of `principal`/`resource`) compared with string literals in `other`.
+    fn compare(&mut self, attr: &Value, other: &Value) {
+        let Some((var, name)) = attr_of(attr) else {
+            return;
+        };
+        let mut literals = Vec::new();
+        match other.get("Value") {
+            Some(Value::String(s)) => literals.push(s.clone()),
+            _ => {
+                if let Some(Value::Array(items)) = other.get("Set") {
+                    for i in items {
+                        if let Some(Value::String(s)) = i.get("Value") {
+                            literals.push(s.clone());
+                        }
+                    }
+                }
+            }
+        }
+        for l in literals {
+            self.attribute(var, name, &l);
+        }
+    }
+
+    fn attribute(&mut self, var: &str, attr: &str, value: &str) {
+        let value = value.to_owned();
+        match (var, attr) {
+            ("principal", "federation") => {
+                self.federations.insert(value);
+            }
+            ("principal", "namespace") => {
+                self.namespaces.insert((None, value));
+            }
+            ("principal", "name") => {
+                self.sa_names.insert(value);
+            }
+            ("principal", "subject") => {
+                self.subjects.insert(value);
+            }
+            ("resource", "store") => {
+                self.stores.insert(value);
+            }
+            ("resource", "name") => {
+                self.stores.insert(value);
+            }
+            ("resource", "key") => {
+                self.keys.insert(value);
+            }
+            ("resource", "namespace") => {
+                self.state_namespaces.insert(value);
+            }
+            _ => {}
+        }
+    }
+
+    fn entity(&mut self, ty: &str, id: &str) {
+        let ty = ty.strip_prefix("Esi::").unwrap_or(ty);
+        match ty {
+            "Federation" => {
+                self.federations.insert(id.to_owned());
+            }
+            "Namespace" => {
+                if let Some((f, ns)) = id.split_once('/') {
+                    self.federations.insert(f.to_owned());
+                    self.namespaces.insert((Some(f.to_owned()), ns.to_owned()));
+                }
+            }
+            "ServiceAccount" => {
+                let mut parts = id.splitn(3, '/');
+                if let (Some(f), Some(ns), Some(n)) = (parts.next(), parts.next(), parts.next()) {
+                    self.federations.insert(f.to_owned());
+                    self.service_accounts
+                        .insert((f.to_owned(), ns.to_owned(), n.to_owned()));
+                }
+            }
+            "Store" => {
+                self.stores.insert(id.to_owned());
+            }
+            "RemoteKey" => {
+                if let Some((s, k)) = id.split_once('/') {
+                    self.remote_keys.insert((s.to_owned(), k.to_owned()));
+                }
+            }
+            "GeneratorStates" => {
+                self.state_namespaces.insert(id.to_owned());
+            }
+            _ => {}
+        }
+    }
+}
+
+/// `{".": {"left": {"Var": v}, "attr": a}}` → `(v, a)`.
+fn attr_of(v: &Value) -> Option<(&str, &str)> {
+    let dot = v.get(".")?;
+    let var = dot.get("left")?.get("Var")?.as_str()?;
+    let attr = dot.get("attr")?.as_str()?;
+    Some((var, attr))
+}
+
+/// The federations a hand-written policy names (entity literals, `principal.federation`).
+pub fn federations_named_by(policy: &cedar_policy::Policy) -> BTreeSet<String> {
+    policy
+        .to_json()
+        .map(|json| PolicyFacts::of(&json).federations)
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs_match_as_cedar_like_does() {
+        assert!(glob_matches("a*b", "ab"));
+        assert!(glob_matches("a*b", "a:/xb"));
+        assert!(!glob_matches("a*b", "a:/xbc"));
+        assert!(glob_matches("*", ""));
+        assert!(glob_matches("**x*", "yyxyy"));
+        assert!(!glob_matches("x", "X"));
+        assert!(glob_matches("reports/*", "reports/*"));
+        assert!(!glob_matches("reports/2026/*", "reports/*"));
+    }
+
+    #[test]
+    fn every_service_account_is_decided_exactly() {
+        for broad in [
+            "*",
+            "system:*",
+            "system:serviceaccount:*",
+            "system:serviceaccount:*:*",
+            "*:*:*:*",
+            "system:serviceaccount:**",
+        ] {
+            assert!(matches_every_service_account(broad), "{broad}");
+        }
+        for narrow in [
+            "system:serviceaccount:ns:*",
+            "system:serviceaccount:*:app",
+            "system:serviceaccount:*a*:*",
+            "*:*:*:*:*",
+            "system:serviceaccount:ns:sa",
+        ] {
+            assert!(!matches_every_service_account(narrow), "{narrow}");
+        }
+    }
+
+    #[test]
+    fn representatives_read_as_service_accounts_of_the_glob() {
+        let r = |g: &str| representative(g).map(|(a, b)| format!("{a}/{b}"));
+        assert_eq!(
+            r("system:serviceaccount:reporting:*").as_deref(),
+            Some("reporting/*")
+        );
+        assert_eq!(r("system:serviceaccount:*").as_deref(), Some("*/*"));
+        assert_eq!(r("*").as_deref(), Some("*/*"));
+        assert_eq!(r("system:*").as_deref(), Some("*/*"));
+        assert_eq!(
+            r("system:serviceaccount:team-*:app").as_deref(),
+            Some("team-*/app")
+        );
+        assert_eq!(r("system:serviceaccount:ns-*").as_deref(), Some("ns-*/*"));
+        assert_eq!(r("*:reporting:*").as_deref(), Some("reporting/*"));
+        assert_eq!(r("user:*"), None);
+        // Each representative matches its glob.
+        for g in [
+            "*",
+            "system:*",
+            "*:reporting:*",
+            "system:serviceaccount:a*b:c*",
+        ] {
+            let (ns, n) = representative(g).expect(g);
+            assert!(
+                glob_matches(g, &format!("system:serviceaccount:{ns}:{n}")),
+                "{g}"
+            );
+        }
+    }
+
+    #[test]
+    fn hand_written_policies_name_principals_and_keys() {
+        let policy: cedar_policy::Policy = r#"permit (
+              principal in Esi::Namespace::"main/ops",
+              action == Esi::Action::"get",
+              resource in Esi::Store::"vault-dev"
+            ) when { principal.name == "on-call" && resource.key like "admin/*" };"#
+            .parse()
+            .expect("parses");
+        let facts = PolicyFacts::of(&policy.to_json().expect("json"));
+        assert_eq!(facts.federations, BTreeSet::from(["main".to_owned()]));
+        assert!(
+            facts
+                .namespaces
+                .contains(&(Some("main".into()), "ops".into()))
+        );
+        assert!(facts.sa_names.contains("on-call"));
+        assert!(facts.stores.contains("vault-dev"));
+        assert!(facts.keys.contains("admin/*"));
+        let mut names = Names::default();
+        names.add_facts(&facts, &["main".to_owned(), "other".to_owned()]);
+        let labels: Vec<String> = names.principals.iter().map(PrincipalName::label).collect();
+        assert_eq!(labels, ["main/ops/*", "main/ops/on-call"]);
+        assert_eq!(
+            names
+                .keys
+                .get("vault-dev")
+                .map(|k| k.iter().cloned().collect::<Vec<_>>()),
+            Some(vec!["admin/*".to_owned()])
+        );
+        assert_eq!(federations_named_by(&policy), facts.federations);
+    }
+}

@@ -1,0 +1,577 @@
+//! The relevant requests: what `lint`, `diff` and `report` evaluate, in one place.
+//!
+//! From what one or two trees name ([`Names`]) and what they load:
+//!
+//! * **principals**: every ServiceAccount an Authorization names exactly; one
+//!   representative per subject glob ([`super::names::representative`]: `*` kept where a
+//!   namespace or name is open); the ServiceAccounts, namespaces and names hand-written
+//!   policies mention; and, per federation, `FED/*/*` ("any other ServiceAccount");
+//! * **probes** (resources with their actions): per ClusterSecretStore loaded by either
+//!   tree, `get` of every key and key pattern named for it (or for no store in
+//!   particular), `get` of one other key that matches none of them, and `find`; per
+//!   generator loaded by either tree, `generate`, `revoke`, `renew`; per namespace named
+//!   by `allowedGeneratorStates` (or a policy), `revokeStates`.
+//!
+//! Each request is resolved per tree as the server would resolve it (the federation's
+//! configured issuer, else the one its Authorizations name; the store's canonical form of
+//! the key, [`crate::api::key_target`]) and decided by that tree's engine
+//! ([`crate::authz::PolicyEngine::decide`]). The effective answer also says whether the
+//! server would get that far: a federation or store that is not loaded refuses the
+//! request whatever the policies say.
+//!
+//! Requests are principal × probe, in that order, and at most `max_requests` of them are
+//! evaluated; [`Universe::truncated`] says when some were not.
+
+use std::collections::BTreeSet;
+
+use serde::Serialize;
+
+use super::Tree;
+use super::names::{Names, PrincipalName, glob_matches};
+use crate::authn::Identity;
+use crate::authz::{Action, Resource};
+use crate::providers::RemoteRef;
+use crate::resources::GeneratorKey;
+
+/// Default bound on the requests evaluated per tree.
+pub const DEFAULT_MAX_REQUESTS: usize = 200_000;
+
+/// Candidates for the key no named key or pattern covers (the first one that matches none
+/// of a store's patterns is used).
+const OTHER_KEYS: [&str; 3] = ["(other)", "~esi-other-key~", "\u{e000}"];
+
+/// A resource, with the actions evaluated on it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Probe {
+    /// `get` of a key: a named key, a named pattern (its `*` kept), or the other key.
+    Key {
+        /// Store.
+        store: String,
+        /// The key probed.
+        key: String,
+        /// The key no named key or pattern covers.
+        other: bool,
+    },
+    /// `find` on a store.
+    Find {
+        /// Store.
+        store: String,
+    },
+    /// A generator.
+    Generator(GeneratorId),
+    /// Generator states of a namespace.
+    States {
+        /// Namespace.
+        namespace: String,
+    },
+}
+
+/// What a matrix column is: a store, a generator or a namespace's generator states.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Column {
+    /// A ClusterSecretStore (its keys and `find`).
+    Store {
+        /// Name.
+        store: String,
+    },
+    /// A generator.
+    Generator(GeneratorId),
+    /// `revokeStates` in a namespace.
+    States {
+        /// Namespace.
+        namespace: String,
+    },
+}
+
+/// A loaded generator, as the snapshot keys it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct GeneratorId {
+    /// Namespace (empty: a cluster-scoped kind).
+    pub namespace: String,
+    /// Kind.
+    pub kind: String,
+    /// Name.
+    pub name: String,
+}
+
+impl GeneratorId {
+    /// `namespace/kind/name`, or `kind/name` for a cluster-scoped kind.
+    pub fn label(&self) -> String {
+        if self.namespace.is_empty() {
+            format!("{}/{}", self.kind, self.name)
+        } else {
+            format!("{}/{}/{}", self.namespace, self.kind, self.name)
+        }
+    }
+
+    fn of(key: &GeneratorKey) -> GeneratorId {
+        GeneratorId {
+            namespace: key.namespace.clone(),
+            kind: key.kind.clone(),
+            name: key.name.clone(),
+        }
+    }
+
+    fn key(&self) -> GeneratorKey {
+        GeneratorKey {
+            namespace: self.namespace.clone(),
+            kind: self.kind.clone(),
+            name: self.name.clone(),
+        }
+    }
+}
+
+impl Column {
+    /// How the column is headed.
+    pub fn label(&self) -> String {
+        match self {
+            Column::Store { store } => store.clone(),
+            Column::Generator(g) => g.label(),
+            Column::States { namespace } => format!("states of {namespace}"),
+        }
+    }
+}
+
+impl Probe {
+    /// The actions evaluated on it.
+    pub fn actions(&self) -> &'static [Action] {
+        match self {
+            Probe::Key { .. } => &[Action::Get],
+            Probe::Find { .. } => &[Action::Find],
+            Probe::Generator(_) => &[Action::Generate, Action::Revoke, Action::Renew],
+            Probe::States { .. } => &[Action::RevokeStates],
+        }
+    }
+
+    /// Its column.
+    pub fn column(&self) -> Column {
+        match self {
+            Probe::Key { store, .. } | Probe::Find { store } => Column::Store {
+                store: store.clone(),
+            },
+            Probe::Generator(g) => Column::Generator(g.clone()),
+            Probe::States { namespace } => Column::States {
+                namespace: namespace.clone(),
+            },
+        }
+    }
+
+    /// Short form: `vault-prod:db/*`, `vault-prod:(any other key)`, `find vault-prod`,
+    /// `apps/Password/pw`, `states of apps`.
+    pub fn label(&self) -> String {
+        match self {
+            Probe::Key {
+                store, other: true, ..
+            } => format!("{store}:(any other key)"),
+            Probe::Key { store, key, .. } => format!("{store}:{key}"),
+            Probe::Find { store } => store.clone(),
+            other => other.column().label(),
+        }
+    }
+
+    /// Within its column: the key (or `(any other key)`), `find`, or empty.
+    pub fn short(&self) -> String {
+        match self {
+            Probe::Key { other: true, .. } => "(any other key)".to_owned(),
+            Probe::Key { key, .. } => key.clone(),
+            Probe::Find { .. } => "find".to_owned(),
+            _ => String::new(),
+        }
+    }
+}
+
+/// One request: indexes into [`Universe::principals`] and [`Universe::probes`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Request {
+    /// The caller.
+    pub principal: usize,
+    /// The resource.
+    pub probe: usize,
+    /// The action.
+    pub action: Action,
+}
+
+/// The requests worth evaluating for one or two trees.
+#[derive(Debug, Clone)]
+pub struct Universe {
+    /// Principals, sorted.
+    pub principals: Vec<PrincipalName>,
+    /// Probes, sorted (by column, then key).
+    pub probes: Vec<Probe>,
+    /// Requests evaluated: principal-major, at most the bound.
+    pub requests: Vec<Request>,
+    /// Requests there were before the bound.
+    pub total: usize,
+    /// What the trees name (the issuers of federations whose issuer is not configured).
+    names: Names,
+}
+
+impl Universe {
+    /// The requests worth evaluating for `trees` (one, or old and new), at most
+    /// `max_requests`.
+    pub fn of(trees: &[&Tree], max_requests: usize) -> Universe {
+        let mut names = Names::default();
+        for t in trees {
+            names.merge(Names::of(t));
+        }
+        let mut stores: Vec<&String> = trees
+            .iter()
+            .flat_map(|t| t.snapshot.stores.keys())
+            .collect();
+        stores.sort();
+        stores.dedup();
+        let mut probes = Vec::new();
+        for store in stores {
+            let mut keys: Vec<&String> = names
+                .keys
+                .get(store)
+                .into_iter()
+                .flatten()
+                .chain(&names.keys_any_store)
+                .collect();
+            keys.sort();
+            keys.dedup();
+            let other = OTHER_KEYS
+                .iter()
+                .find(|o| !keys.iter().any(|k| glob_matches(k, o)))
+                .unwrap_or(&OTHER_KEYS[0]);
+            for k in &keys {
+                probes.push(Probe::Key {
+                    store: store.clone(),
+                    key: (*k).clone(),
+                    other: false,
+                });
+            }
+            probes.push(Probe::Key {
+                store: store.clone(),
+                key: (*other).to_owned(),
+                other: true,
+            });
+            probes.push(Probe::Find {
+                store: store.clone(),
+            });
+        }
+        let generators: BTreeSet<GeneratorId> = trees
+            .iter()
+            .flat_map(|t| t.snapshot.generators.keys().map(GeneratorId::of))
+            .collect();
+        probes.extend(generators.into_iter().map(Probe::Generator));
+        for ns in &names.state_namespaces {
+            probes.push(Probe::States {
+                namespace: ns.clone(),
+            });
+        }
+        let principals: Vec<PrincipalName> = names.principals.iter().cloned().collect();
+        let per_principal: usize = probes.iter().map(|p| p.actions().len()).sum();
+        let total = per_principal.saturating_mul(principals.len());
+        let mut requests = Vec::with_capacity(total.min(max_requests));
+        'all: for principal in 0..principals.len() {
+            for (probe, p) in probes.iter().enumerate() {
+                for action in p.actions() {
+                    if requests.len() >= max_requests {
+                        break 'all;
+                    }
+                    requests.push(Request {
+                        principal,
+                        probe,
+                        action: *action,
+                    });
+                }
+            }
+        }
+        Universe {
+            principals,
+            probes,
+            requests,
+            total,
+            names,
+        }
+    }
+
+    /// Whether some requests were left out by the bound.
+    pub fn truncated(&self) -> bool {
+        self.requests.len() < self.total
+    }
+
+    /// The columns of the probes, in order, without repeats.
+    pub fn columns(&self) -> Vec<Column> {
+        let mut columns: Vec<Column> = Vec::new();
+        for p in &self.probes {
+            let c = p.column();
+            if columns.last() != Some(&c) {
+                columns.push(c);
+            }
+        }
+        columns
+    }
+
+    /// The request as `tree`'s server would see it.
+    pub fn resolve(&self, tree: &Tree, request: &Request) -> Resolved {
+        let mut unreachable = None;
+        let p = &self.principals[request.principal];
+        let federation = tree
+            .snapshot
+            .federations
+            .iter()
+            .find(|f| f.name() == p.federation);
+        if federation.is_none() {
+            unreachable = Some(format!(
+                "KubernetesFederation {} is not loaded: its tokens are refused",
+                p.federation
+            ));
+        }
+        let issuer = federation
+            .and_then(|f| f.configured_issuer())
+            .map(str::to_owned)
+            .or_else(|| {
+                let named = |t: &Tree| {
+                    t.authorizations
+                        .iter()
+                        .filter(|a| a.spec().federation_ref.name == p.federation)
+                        .find_map(|a| a.subject().map(|(i, _)| i.to_owned()))
+                };
+                named(tree).or_else(|| {
+                    self.names
+                        .issuers
+                        .get(&p.federation)
+                        .and_then(|i| i.first().cloned())
+                })
+            })
+            .unwrap_or_default();
+        let identity = Identity {
+            federation: p.federation.clone(),
+            issuer,
+            subject: p.subject(),
+            namespace: p.namespace.clone(),
+            service_account: p.name.clone(),
+            service_account_uid: None,
+            pod_name: None,
+            pod_uid: None,
+            expires_at: None,
+        };
+        let resource = match &self.probes[request.probe] {
+            Probe::Key { store, key, .. } => {
+                let remote = RemoteRef {
+                    key: key.clone(),
+                    property: None,
+                    version: None,
+                };
+                let target = crate::api::key_target(&tree.snapshot, store, &remote);
+                match (&target.provider, &target.canonical) {
+                    (None, _) => {
+                        unreachable.get_or_insert_with(|| {
+                            format!("ClusterSecretStore {store} is not loaded")
+                        });
+                    }
+                    (Some(_), Err(e)) => {
+                        unreachable.get_or_insert_with(|| {
+                            format!("the store has no canonical form for this key ({e})")
+                        });
+                    }
+                    _ => {}
+                }
+                target.resource
+            }
+            Probe::Find { store } => {
+                if !tree.snapshot.stores.contains_key(store) {
+                    unreachable
+                        .get_or_insert_with(|| format!("ClusterSecretStore {store} is not loaded"));
+                }
+                Resource::Store {
+                    store: store.clone(),
+                }
+            }
+            Probe::Generator(g) => {
+                if !tree.snapshot.generators.contains_key(&g.key()) {
+                    unreachable
+                        .get_or_insert_with(|| format!("generator {} is not loaded", g.label()));
+                }
+                Resource::generator(&g.namespace, &g.kind, &g.name)
+            }
+            Probe::States { namespace } => Resource::GeneratorStates {
+                namespace: namespace.clone(),
+            },
+        };
+        Resolved {
+            identity,
+            resource,
+            unreachable,
+        }
+    }
+
+    /// Every request decided by `tree`'s engine, in the order of [`Universe::requests`]. For
+    /// a request a forbid denies, the permits it overrides come from
+    /// [`crate::authz::PermitView`].
+    pub fn evaluate(&self, tree: &Tree) -> Vec<Outcome> {
+        let view = tree.snapshot.policies.permit_view();
+        self.requests
+            .iter()
+            .map(|r| {
+                let resolved = self.resolve(tree, r);
+                let d =
+                    tree.snapshot
+                        .policies
+                        .decide(&resolved.identity, r.action, &resolved.resource);
+                let forbidden = !d.allowed && !d.policy_ids.is_empty();
+                let overrides = if forbidden {
+                    view.satisfied(&resolved.identity, r.action, &resolved.resource)
+                } else {
+                    Vec::new()
+                };
+                Outcome {
+                    allowed: d.allowed && resolved.unreachable.is_none(),
+                    decided: d.allowed,
+                    forbidden,
+                    policies: d.policy_ids,
+                    overrides,
+                    unreachable: resolved.unreachable,
+                }
+            })
+            .collect()
+    }
+}
+
+/// A request as one tree's server would see it.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// The caller, as token verification would make it.
+    pub identity: Identity,
+    /// The resource, canonical.
+    pub resource: Resource,
+    /// Why the server would refuse it before or whatever the decision, if it would.
+    pub unreachable: Option<String>,
+}
+
+/// One request's answer in one tree.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Outcome {
+    /// The server would serve it: the policies allow it and nothing refuses it earlier.
+    pub allowed: bool,
+    /// The policies allow it.
+    pub decided: bool,
+    /// Denied by a forbid (not by default).
+    pub forbidden: bool,
+    /// The determining policies: the permits that allowed it, or the forbids that denied
+    /// it; empty for a default deny.
+    pub policies: Vec<String>,
+    /// When a forbid denied it: the permits it would otherwise have satisfied (the forbid
+    /// takes something away); empty when nothing would have allowed it anyway.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub overrides: Vec<String>,
+    /// Why the server would refuse it whatever the policies say.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unreachable: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::testing::{app_world, authorization, tree};
+
+    /// The universe of a small world: the named principals and their representatives,
+    /// each store's named keys, the other key and find, decided as the server decides.
+    #[test]
+    fn named_principals_and_keys_are_enumerated_and_decided() {
+        let mut world = app_world();
+        world.push(authorization(
+            "reports",
+            "system:serviceaccount:reporting:*",
+            "  allowedClusterSecretStores: [main]\n  allowedRemoteKeys: {main: [reports/*]}\n",
+        ));
+        let (_dir, tree) = tree(
+            &world,
+            &[(
+                "f.cedar",
+                "forbid (principal, action, resource is Esi::RemoteKey) when { resource.key == \"admin\" };",
+            )],
+        );
+        let u = Universe::of(&[&tree], DEFAULT_MAX_REQUESTS);
+        let principals: Vec<String> = u.principals.iter().map(PrincipalName::label).collect();
+        assert_eq!(
+            principals,
+            ["alpha/*/*", "alpha/apps/app", "alpha/reporting/*"]
+        );
+        let probes: Vec<String> = u.probes.iter().map(Probe::label).collect();
+        assert_eq!(
+            probes,
+            [
+                "main:admin",
+                "main:reports/*",
+                "main:(any other key)",
+                "main"
+            ]
+        );
+        assert_eq!(u.requests.len(), 3 * 4);
+        assert!(!u.truncated());
+        let outcomes = u.evaluate(&tree);
+        let allowed: Vec<(String, String)> = u
+            .requests
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, o)| o.allowed)
+            .map(|(r, _)| {
+                (
+                    u.principals[r.principal].label(),
+                    format!("{} {}", r.action, u.probes[r.probe].label()),
+                )
+            })
+            .collect();
+        let expected: Vec<(String, String)> = [
+            ("alpha/apps/app", "get main:reports/*"),
+            ("alpha/apps/app", "get main:(any other key)"),
+            ("alpha/apps/app", "find main"),
+            ("alpha/reporting/*", "get main:reports/*"),
+        ]
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+        assert_eq!(allowed, expected);
+        // The forbid decided `admin`, and says so.
+        let admin = u
+            .requests
+            .iter()
+            .position(|r| {
+                u.principals[r.principal].name == "app" && u.probes[r.probe].short() == "admin"
+            })
+            .expect("admin request");
+        assert!(outcomes[admin].forbidden);
+        assert_eq!(outcomes[admin].policies, ["f/0"]);
+        assert_eq!(outcomes[admin].overrides, ["authorization/app/stores"]);
+        // A forbid that takes nothing away overrides nothing.
+        let idle = u
+            .requests
+            .iter()
+            .position(|r| {
+                u.principals[r.principal].label() == "alpha/*/*"
+                    && u.probes[r.probe].short() == "admin"
+            })
+            .expect("request");
+        assert!(outcomes[idle].forbidden && outcomes[idle].overrides.is_empty());
+        // The bound cuts principal-major, and says so.
+        let cut = Universe::of(&[&tree], 5);
+        assert_eq!(
+            (cut.requests.len(), cut.total, cut.truncated()),
+            (5, 12, true)
+        );
+    }
+
+    #[test]
+    fn columns_and_labels() {
+        let key = Probe::Key {
+            store: "s".into(),
+            key: "db/*".into(),
+            other: false,
+        };
+        assert_eq!(key.label(), "s:db/*");
+        assert_eq!(key.column(), Column::Store { store: "s".into() });
+        let g = Probe::Generator(GeneratorId {
+            namespace: String::new(),
+            kind: "ClusterGenerator".into(),
+            name: "root".into(),
+        });
+        assert_eq!(g.label(), "ClusterGenerator/root");
+        assert_eq!(g.actions().len(), 3);
+    }
+}
