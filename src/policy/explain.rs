@@ -158,17 +158,13 @@ pub fn identity_of(
             bounded(what, v)?;
         }
     }
-    Ok(Identity {
-        federation: fed.to_owned(),
-        issuer,
-        subject: format!("system:serviceaccount:{namespace}:{name}"),
-        namespace: namespace.to_owned(),
-        service_account: name.to_owned(),
-        service_account_uid: spec.uid.clone(),
-        pod_name: spec.pod_name.clone(),
-        pod_uid: spec.pod_uid.clone(),
-        expires_at: None,
-    })
+    let mut identity = Identity::of_service_account(fed, &issuer, namespace, name);
+    if let Some(sa) = identity.service_account_mut() {
+        sa.uid = spec.uid.clone();
+        sa.pod_name = spec.pod_name.clone();
+        sa.pod_uid = spec.pod_uid.clone();
+    }
+    Ok(identity)
 }
 
 /// The token in `text` as the server would verify it, offline (see
@@ -336,7 +332,11 @@ pub struct PrincipalView {
     pub issuer: String,
     /// `sub`.
     pub subject: String,
-    /// Cedar entity id `<federation>/<namespace>/<name>`.
+    /// Cedar entity type: `ServiceAccount` or `OidcSubject`.
+    #[serde(rename = "type")]
+    pub principal_type: String,
+    /// Cedar entity id: `<federation>/<namespace>/<name>` (a ServiceAccount),
+    /// `<federation>/<subject>` (an OIDC subject).
     pub entity: String,
     /// Pod name, when given.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -426,8 +426,9 @@ pub fn explain(
             federation: id.federation.clone(),
             issuer: id.issuer.clone(),
             subject: id.subject.clone(),
-            entity: format!("{}/{}/{}", id.federation, id.namespace, id.service_account),
-            pod_name: id.pod_name.clone(),
+            principal_type: id.kind().as_str().to_owned(),
+            entity: id.canonical_id(),
+            pod_name: id.service_account().and_then(|sa| sa.pod_name.clone()),
         },
         token_verified,
         action: resolved.action.to_string(),
@@ -442,9 +443,14 @@ impl Explanation {
     /// Human-readable form.
     pub fn text(&self) -> String {
         let mut out = format!(
-            "decision: {}\nprincipal: {} (federation {}, issuer {}{})\naction: {}\nresource: {}\n",
+            "decision: {}\nprincipal: {} ({}federation {}, issuer {}{})\naction: {}\nresource: {}\n",
             self.decision.to_uppercase(),
             self.principal.subject,
+            if self.principal.principal_type == "ServiceAccount" {
+                String::new()
+            } else {
+                format!("{} of ", self.principal.principal_type)
+            },
             self.principal.federation,
             self.principal.issuer,
             self.principal
@@ -513,7 +519,13 @@ mod tests {
         let id = identity_of(&snapshot, &spec("f/ns/sa", Some("https://i")), &mut notes)
             .expect("identity");
         assert_eq!(id.subject, "system:serviceaccount:ns:sa");
-        assert_eq!((id.federation.as_str(), id.namespace.as_str()), ("f", "ns"));
+        assert_eq!(
+            (
+                id.federation.as_str(),
+                id.service_account().unwrap().namespace.as_str()
+            ),
+            ("f", "ns")
+        );
         assert!(notes[0].contains("no KubernetesFederation f"), "{notes:?}");
         for bad in ["f/ns", "f//sa", "", "/ns/sa"] {
             assert!(
