@@ -259,3 +259,41 @@ async fn federations_sharing_an_issuer_are_told_apart_by_their_rules() {
         "{refused:?}"
     );
 }
+
+#[tokio::test]
+async fn discovery_redirects_and_oversized_documents_are_refused() {
+    let key = TestKey::rsa();
+    let srv = TestServer::start().await;
+    srv.jwks(&[&key]);
+    srv.redirect(
+        "/.well-known/openid-configuration",
+        &format!("{}/elsewhere", srv.url),
+    );
+    srv.discovery_at("/elsewhere");
+    let a = authenticator(vec![oidc("o", &srv.oidc_spec())]);
+    assert_eq!(
+        a.authenticate(&key.sign(&oidc_claims(&srv.url, AUD, T0)), None)
+            .await,
+        Err(AuthnError::KeysUnavailable)
+    );
+    assert_eq!(srv.hits("/elsewhere"), 0);
+    let srv = TestServer::start().await;
+    srv.jwks(&[&key]);
+    srv.route(
+        "/.well-known/openid-configuration",
+        200,
+        json!({"issuer": srv.url, "jwks_uri": format!("{}/openid/v1/jwks", srv.url), "pad": "x".repeat(300 * 1024)})
+            .to_string(),
+    );
+    let a = authenticator(vec![oidc("o", &srv.oidc_spec())]);
+    assert_eq!(
+        a.authenticate(&key.sign(&oidc_claims(&srv.url, AUD, T0)), None)
+            .await,
+        Err(AuthnError::KeysUnavailable)
+    );
+    assert_eq!(srv.hits("/openid/v1/jwks"), 0);
+    match &a.key_health()[0].1 {
+        KeyHealth::Unreachable { reason, .. } => assert!(reason.contains("larger"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+}

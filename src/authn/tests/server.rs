@@ -156,8 +156,13 @@ impl TestServer {
     /// An OIDC discovery document announcing this server as issuer, keys at
     /// `/openid/v1/jwks` (where [`TestServer::jwks`] puts them).
     pub(super) fn discovery(&self) {
+        self.discovery_at("/.well-known/openid-configuration");
+    }
+
+    /// The document of [`TestServer::discovery`] at `path`.
+    pub(super) fn discovery_at(&self, path: &str) {
         self.route(
-            "/.well-known/openid-configuration",
+            path,
             200,
             json!({"issuer": self.url, "jwks_uri": format!("{}/openid/v1/jwks", self.url)})
                 .to_string(),
