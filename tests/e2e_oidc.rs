@@ -406,3 +406,85 @@ spec:
         vault.revoked()
     );
 }
+
+/// `esi-cli --federated-auth=oidc` with the job's token in an environment variable (as
+/// GitLab's `id_tokens` hand it out) or a file (as a GitHub Actions step writes it).
+#[tokio::test(flavor = "multi_thread")]
+async fn esi_cli_uses_a_ci_token_from_the_environment_or_a_file() {
+    let issuer = Issuer::start_oidc(jwks(&["rsa-1"])).await;
+    let mut manifests = github_federation(&issuer);
+    manifests.push_str(&ci_store());
+    manifests.push_str(&authorization(
+        "app-main",
+        "OIDCFederation",
+        "github",
+        &issuer.url,
+        "repo:org/app:ref:refs/heads/main",
+        "  allowedClusterSecretStores: [ci-store]\n",
+    ));
+    let server = Server::start(&[("all.yaml", manifests)], &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let server_ca = dir.path().join("server-ca.crt");
+    std::fs::write(&server_ca, server.ca_pem()).unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(
+        &token_file,
+        github_token(&issuer, "org/app", "refs/heads/main"),
+    )
+    .unwrap();
+    let run = |token_flag: String, env_token: Option<String>| {
+        let mut cmd = std::process::Command::new(cli_bin());
+        cmd.args([
+            "--mode=init".to_string(),
+            format!("--federated-server-url={}", server.url),
+            "--federated-store=ci-store".into(),
+            "--federated-auth=oidc".into(),
+            token_flag,
+            format!("--federated-ca-crt={}", server_ca.display()),
+            "--inject-on-env=DEPLOY_KEY=deploy-key".into(),
+            "--binary-path=/usr/bin/env".into(),
+        ])
+        .env_remove("RUST_LOG")
+        .env_remove("ESI_TEST_CI_TOKEN")
+        .stdin(std::process::Stdio::null());
+        if let Some(t) = env_token {
+            cmd.env("ESI_TEST_CI_TOKEN", t);
+        }
+        tokio::task::spawn_blocking(move || cmd.output().expect("run esi-cli"))
+    };
+    let main = github_token(&issuer, "org/app", "refs/heads/main");
+    for (flag, env) in [
+        (
+            "--token-env=ESI_TEST_CI_TOKEN".to_string(),
+            Some(main.clone()),
+        ),
+        (format!("--token-file={}", token_file.display()), None),
+    ] {
+        let out = run(flag.clone(), env).await.unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{flag}: {stderr}");
+        assert!(
+            stdout.lines().any(|l| l == format!("DEPLOY_KEY={VALUE}")),
+            "{flag}: {stdout}"
+        );
+    }
+    // Another branch's job is not allowed; the token is never printed.
+    let dev = github_token(&issuer, "org/app", "refs/heads/dev");
+    let out = run("--token-env=ESI_TEST_CI_TOKEN".into(), Some(dev.clone()))
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(!stderr.contains(&dev), "{stderr}");
+    // No token where the flag says: a clear message, nothing run.
+    let out = run("--token-env=ESI_TEST_CI_TOKEN".into(), None)
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("environment variable ESI_TEST_CI_TOKEN: not set"),
+        "{stderr}"
+    );
+}
