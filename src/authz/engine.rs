@@ -92,8 +92,11 @@ struct Validators {
     service_accounts_only: Validator,
 }
 
+/// Validators by the claim set they were made for.
+type ValidatorCache = Vec<(BTreeSet<String>, Arc<Validators>)>;
+
 /// Validators of recent claim sets (reloads usually keep the set).
-static VALIDATORS: LazyLock<std::sync::Mutex<Vec<(BTreeSet<String>, Arc<Validators>)>>> =
+static VALIDATORS: LazyLock<std::sync::Mutex<ValidatorCache>> =
     LazyLock::new(|| std::sync::Mutex::new(Vec::new()));
 
 /// The validators for `claims` (see [`Validators`]); an error if the schema does not parse.

@@ -18,13 +18,11 @@ use crate::resources::{
 const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
 
 fn identity(federation: &str, issuer: &str, namespace: &str, sa: &str) -> Identity {
-    {
-        let mut id = Identity::of_service_account(&federation, &issuer, &namespace, &sa);
-        if let Some(sa) = id.service_account_mut() {
-            sa.uid = Some("0d5c1a2b-uid".to_owned());
-        }
-        id
+    let mut id = Identity::of_service_account(federation, issuer, namespace, sa);
+    if let Some(sa) = id.service_account_mut() {
+        sa.uid = Some("0d5c1a2b-uid".to_owned());
     }
+    id
 }
 
 fn key(store: &str, key: &str) -> Resource {
