@@ -179,19 +179,11 @@ impl Kind {
     fn setup(self, issuer: &Issuer) -> Vec<(&'static str, String)> {
         let mut manifests = setup(issuer);
         if let Kind::Oidc = self {
-            manifests[0].1 = format!(
-                r#"apiVersion: identity.federation.external-secrets.io/v1alpha1
-kind: OIDCFederation
-metadata: {{name: alpha}}
-spec:
-  issuer: {}
-  audiences: ["{AUD}"]
-  caBundle: {}
-  boundClaims: {{repository_owner: org}}
-  claims: [ref]
-"#,
-                issuer.url,
-                b64(&issuer.ca.ca_pem)
+            manifests[0].1 = oidc_federation(
+                "alpha",
+                issuer,
+                AUD,
+                "  boundClaims: {repository_owner: org}\n  claims: [ref]\n",
             );
             manifests[1].1 = authorization(
                 "allow-app",

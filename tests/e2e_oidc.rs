@@ -18,21 +18,27 @@ const SECRET: &str = "/secretstore/ci-store/secrets/deploy-key";
 /// An `OIDCFederation` `github` of `issuer`: tokens of `org`'s repositories only, with
 /// `repository`, `ref` and `environment` handed to policies.
 fn github_federation(issuer: &Issuer) -> String {
-    format!(
-        r#"apiVersion: identity.federation.external-secrets.io/v1alpha1
-kind: OIDCFederation
-metadata: {{name: github}}
-spec:
-  issuer: {}
-  audiences: ["{AUD}"]
-  caBundle: {}
-  boundClaims:
-    repository_owner: org
-  claims: [repository, ref, environment]
-"#,
-        issuer.url,
-        b64(&issuer.ca.ca_pem)
+    oidc_federation(
+        "github",
+        issuer,
+        AUD,
+        "  boundClaims:\n    repository_owner: org\n  claims: [repository, ref, environment]\n",
     )
+}
+
+/// [`github_federation`], the store, and `org/app`'s `main` allowed to read it.
+fn app_main_setup(issuer: &Issuer) -> String {
+    let mut manifests = github_federation(issuer);
+    manifests.push_str(&ci_store());
+    manifests.push_str(&authorization(
+        "app-main",
+        "OIDCFederation",
+        "github",
+        &issuer.url,
+        "repo:org/app:ref:refs/heads/main",
+        "  allowedClusterSecretStores: [ci-store]\n",
+    ));
+    manifests
 }
 
 /// An Authorization `name` of the `kind` federation `federation` for `subject` of
@@ -109,16 +115,7 @@ fn github_token(issuer: &Issuer, repository: &str, git_ref: &str) -> String {
 async fn oidc_subjects_are_authorized_bound_and_forbidden_by_their_claims() {
     let issuer = Issuer::start_oidc(jwks(&["rsa-1", "ec-1"])).await;
     let main = "repo:org/app:ref:refs/heads/main";
-    let mut manifests = github_federation(&issuer);
-    manifests.push_str(&ci_store());
-    manifests.push_str(&authorization(
-        "app-main",
-        "OIDCFederation",
-        "github",
-        &issuer.url,
-        main,
-        "  allowedClusterSecretStores: [ci-store]\n",
-    ));
+    let mut manifests = app_main_setup(&issuer);
     // Every repository of the organisation's `tools-*`: a glob subject.
     manifests.push_str(&authorization(
         "tools",
@@ -412,17 +409,7 @@ spec:
 #[tokio::test(flavor = "multi_thread")]
 async fn esi_cli_uses_a_ci_token_from_the_environment_or_a_file() {
     let issuer = Issuer::start_oidc(jwks(&["rsa-1"])).await;
-    let mut manifests = github_federation(&issuer);
-    manifests.push_str(&ci_store());
-    manifests.push_str(&authorization(
-        "app-main",
-        "OIDCFederation",
-        "github",
-        &issuer.url,
-        "repo:org/app:ref:refs/heads/main",
-        "  allowedClusterSecretStores: [ci-store]\n",
-    ));
-    let server = Server::start(&[("all.yaml", manifests)], &[]);
+    let server = Server::start(&[("all.yaml", app_main_setup(&issuer))], &[]);
     let dir = tempfile::tempdir().unwrap();
     let server_ca = dir.path().join("server-ca.crt");
     std::fs::write(&server_ca, server.ca_pem()).unwrap();

@@ -16,8 +16,8 @@ use rustls_pki_types::pem::PemObject;
 use super::identity::FederationKind;
 use super::keys::{JwksError, VerifyKey, parse_jwks, parse_public_key_pems};
 use crate::resources::{
-    ClientCaPolicy, KubernetesFederationSpec, OidcFederationSpec, OktaFederationSpec,
-    PingIdentityFederationSpec,
+    ClientCaPolicy, KubernetesFederationSpec, OidcCommonSpec, OidcFederationSpec,
+    OktaFederationSpec, PingIdentityFederationSpec,
 };
 
 /// Most static keys (`jwks` and `publicKeys` together; the same bound as the default for
@@ -267,16 +267,15 @@ impl Federation {
         name: &str,
         spec: &OktaFederationSpec,
     ) -> Result<Federation, FederationError> {
-        let oidc = OidcFederationSpec {
-            issuer: okta_issuer(spec)?,
-            audiences: spec.oidc.audiences.clone(),
-            ca_bundle: spec.oidc.ca_bundle.clone(),
-            bound_claims: spec.oidc.bound_claims.clone(),
-            claims: spec.oidc.claims.clone(),
-            ..Default::default()
-        };
-        let notes = preset_notes(spec.management_api.is_some());
-        Self::oidc(name, FederationKind::Okta, &oidc, &["sub"], notes)
+        let issuer = okta_issuer(spec)?;
+        Self::preset(
+            name,
+            FederationKind::Okta,
+            issuer,
+            &spec.oidc,
+            &["sub"],
+            spec.management_api.is_some(),
+        )
     }
 
     /// Validates a `PingIdentityFederation` spec (ESE) as the `OIDCFederation` it is a
@@ -286,22 +285,40 @@ impl Federation {
         name: &str,
         spec: &PingIdentityFederationSpec,
     ) -> Result<Federation, FederationError> {
-        let oidc = OidcFederationSpec {
-            issuer: ping_issuer(spec)?,
-            audiences: spec.oidc.audiences.clone(),
-            ca_bundle: spec.oidc.ca_bundle.clone(),
-            bound_claims: spec.oidc.bound_claims.clone(),
-            claims: spec.oidc.claims.clone(),
-            ..Default::default()
-        };
-        let notes = preset_notes(spec.management_api.is_some());
-        Self::oidc(
+        let issuer = ping_issuer(spec)?;
+        Self::preset(
             name,
             FederationKind::PingIdentity,
-            &oidc,
+            issuer,
+            &spec.oidc,
             &["sub", "client_id"],
-            notes,
+            spec.management_api.is_some(),
         )
+    }
+
+    /// A preset: the `OIDCFederation` of `issuer` with the preset's extension fields.
+    fn preset(
+        name: &str,
+        kind: FederationKind,
+        issuer: String,
+        common: &OidcCommonSpec,
+        subject: &[&str],
+        management_api: bool,
+    ) -> Result<Federation, FederationError> {
+        let oidc = OidcFederationSpec {
+            issuer,
+            common: common.clone(),
+            ..Default::default()
+        };
+        let mut notes = Vec::new();
+        if management_api {
+            notes.push(
+                "managementAPI is not used: this server does not call the identity provider's \
+                 management API"
+                    .to_owned(),
+            );
+        }
+        Self::oidc(name, kind, &oidc, subject, notes)
     }
 
     fn oidc(
@@ -323,11 +340,12 @@ impl Federation {
             .transpose()?;
         // The presets keep ESE's behaviour (no audience check) with a warning; the
         // extension kind has no such past.
-        if spec.audiences.is_empty() && kind == FederationKind::Oidc {
+        let common = &spec.common;
+        if common.audiences.is_empty() && kind == FederationKind::Oidc {
             return Err(FederationError::NoAudiences);
         }
-        check_audiences(&spec.audiences)?;
-        let ca_bundle = ca_bundle(spec.ca_bundle.as_deref())?;
+        check_audiences(&common.audiences)?;
+        let ca_bundle = ca_bundle(common.ca_bundle.as_deref())?;
         let keys = static_jwks(spec.jwks.as_deref())?;
         let static_keys = (!keys.is_empty()).then(|| Arc::new(keys));
         let subject_claims = match spec.subject_claim.as_deref() {
@@ -337,14 +355,14 @@ impl Federation {
             }
             None => default_subject.iter().map(|s| (*s).to_owned()).collect(),
         };
-        if spec.bound_claims.len() > MAX_BOUND_CLAIMS {
+        if common.bound_claims.len() > MAX_BOUND_CLAIMS {
             return Err(FederationError::BadClaimRule(format!(
                 "boundClaims has {} entries, more than {MAX_BOUND_CLAIMS}",
-                spec.bound_claims.len()
+                common.bound_claims.len()
             )));
         }
-        let mut bound_claims = Vec::with_capacity(spec.bound_claims.len());
-        for (claim, pattern) in &spec.bound_claims {
+        let mut bound_claims = Vec::with_capacity(common.bound_claims.len());
+        for (claim, pattern) in &common.bound_claims {
             check_claim_name("boundClaims", claim)?;
             if pattern.is_empty() || pattern.len() > MAX_CLAIM_PATTERN_BYTES {
                 return Err(FederationError::BadClaimRule(format!(
@@ -353,14 +371,14 @@ impl Federation {
             }
             bound_claims.push((claim.clone(), pattern.clone()));
         }
-        if spec.claims.len() > MAX_EXPOSED_CLAIMS {
+        if common.claims.len() > MAX_EXPOSED_CLAIMS {
             return Err(FederationError::BadClaimRule(format!(
                 "claims lists {} names, more than {MAX_EXPOSED_CLAIMS}",
-                spec.claims.len()
+                common.claims.len()
             )));
         }
-        let mut claims: Vec<String> = Vec::with_capacity(spec.claims.len());
-        for claim in &spec.claims {
+        let mut claims: Vec<String> = Vec::with_capacity(common.claims.len());
+        for claim in &common.claims {
             check_claim_name("claims", claim)?;
             if claims.contains(claim) {
                 return Err(FederationError::BadClaimRule(format!(
@@ -381,7 +399,7 @@ impl Federation {
             url,
             fetch,
             issuer: Some(spec.issuer.clone()),
-            audiences: spec.audiences.clone(),
+            audiences: common.audiences.clone(),
             ca_bundle,
             // A caller never tells the server whom to trust for an OIDC issuer.
             client_ca_policy: ClientCaPolicy::Ignore,
@@ -561,18 +579,6 @@ pub fn ping_issuer(spec: &PingIdentityFederationSpec) -> Result<String, Federati
         ));
     }
     Ok(format!("https://auth.pingone.{region}/{env}/as"))
-}
-
-fn preset_notes(management_api: bool) -> Vec<String> {
-    let mut notes = Vec::new();
-    if management_api {
-        notes.push(
-            "managementAPI is not used: this server does not call the identity provider's \
-             management API"
-                .to_owned(),
-        );
-    }
-    notes
 }
 
 fn check_name(name: &str) -> Result<(), FederationError> {
@@ -872,7 +878,10 @@ mod tests {
     fn oidc_spec() -> OidcFederationSpec {
         OidcFederationSpec {
             issuer: "https://token.actions.githubusercontent.com".into(),
-            audiences: vec!["https://esi.example".into()],
+            common: OidcCommonSpec {
+                audiences: vec!["https://esi.example".into()],
+                ..Default::default()
+            },
             ..Default::default()
         }
     }
@@ -891,7 +900,7 @@ mod tests {
         assert!(f.exposed_claims().is_empty());
         let mut s = oidc_spec();
         s.jwks_uri = Some("https://keys.example/jwks?v=2".into());
-        s.claims = vec!["repository".into()];
+        s.common.claims = vec!["repository".into()];
         let f = Federation::from_oidc_spec("github", &s).unwrap();
         assert_eq!(f.fetch, Fetch::Jwks);
         assert_eq!(f.exposed_claims(), ["repository".to_owned()]);
@@ -905,9 +914,12 @@ mod tests {
             f(&mut s);
             Federation::from_oidc_spec("github", &s).unwrap_err()
         };
-        assert_eq!(bad(&|s| s.audiences.clear()), FederationError::NoAudiences);
         assert_eq!(
-            bad(&|s| s.audiences = vec![String::new()]),
+            bad(&|s| s.common.audiences.clear()),
+            FederationError::NoAudiences
+        );
+        assert_eq!(
+            bad(&|s| s.common.audiences = vec![String::new()]),
             FederationError::EmptyAudience
         );
         assert_eq!(bad(&|s| s.issuer.clear()), FederationError::EmptyIssuer);
@@ -938,17 +950,17 @@ mod tests {
             &(|s: &mut OidcFederationSpec| s.subject_claim = Some(String::new()))
                 as &dyn Fn(&mut OidcFederationSpec),
             &|s| s.subject_claim = Some("has space".into()),
-            &|s| s.claims = vec!["a".into(), "a".into()],
-            &|s| s.claims = (0..=MAX_EXPOSED_CLAIMS).map(|i| format!("c{i}")).collect(),
-            &|s| s.claims = vec!["x".repeat(MAX_CLAIM_NAME_BYTES + 1)],
-            &|s| s.bound_claims = [("repository".to_owned(), String::new())].into(),
+            &|s| s.common.claims = vec!["a".into(), "a".into()],
+            &|s| s.common.claims = (0..=MAX_EXPOSED_CLAIMS).map(|i| format!("c{i}")).collect(),
+            &|s| s.common.claims = vec!["x".repeat(MAX_CLAIM_NAME_BYTES + 1)],
+            &|s| s.common.bound_claims = [("repository".to_owned(), String::new())].into(),
             &|s| {
-                s.bound_claims =
+                s.common.bound_claims =
                     [("ref".to_owned(), "x".repeat(MAX_CLAIM_PATTERN_BYTES + 1))].into()
             },
-            &|s| s.bound_claims = [("bad\nname".to_owned(), "x".to_owned())].into(),
+            &|s| s.common.bound_claims = [("bad\nname".to_owned(), "x".to_owned())].into(),
             &|s| {
-                s.bound_claims = (0..=MAX_BOUND_CLAIMS)
+                s.common.bound_claims = (0..=MAX_BOUND_CLAIMS)
                     .map(|i| (format!("c{i}"), "x".to_owned()))
                     .collect()
             },

@@ -769,7 +769,10 @@ mod tests {
     fn oidc_spec() -> crate::resources::OidcFederationSpec {
         crate::resources::OidcFederationSpec {
             issuer: "https://token.example".into(),
-            audiences: vec!["esi".into()],
+            common: crate::resources::OidcCommonSpec {
+                audiences: vec!["esi".into()],
+                ..Default::default()
+            },
             jwks: Some(
                 r#"{"keys":[{"kty":"EC","crv":"P-256","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]}"#
                     .into(),
@@ -852,7 +855,7 @@ mod tests {
         // boundClaims: every entry, exact or glob; arrays match by any string element.
         let bound = |pairs: &[(&str, &str)]| {
             let mut spec = oidc_spec();
-            spec.bound_claims = pairs
+            spec.common.bound_claims = pairs
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect();
@@ -884,7 +887,7 @@ mod tests {
         }
         // Claims handed to policies: strings only; absent ones are left out.
         let mut spec = oidc_spec();
-        spec.claims = vec!["repository".into(), "ref".into(), "absent".into()];
+        spec.common.claims = vec!["repository".into(), "ref".into(), "absent".into()];
         let exposing = oidc_fed(spec);
         let id = oidc_check(&exposing, gh_claims()).unwrap();
         assert_eq!(

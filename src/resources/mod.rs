@@ -123,9 +123,25 @@ pub struct OidcFederationSpec {
     /// A static JWKS document instead of fetching (air-gapped networks, tests).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwks: Option<String>,
-    /// Token `aud` must contain one of these (required: an OIDC issuer signs tokens for
-    /// every relying party it serves).
-    #[serde(default)]
+    /// The claim that names the workload: `principal.subject`, matched by
+    /// `Authorization.spec.subject.oidc.subject` (default `sub`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject_claim: Option<String>,
+    /// What every OIDC federation kind has: audiences, CA, bound and exposed claims
+    /// (`audiences` is required here).
+    #[serde(flatten)]
+    pub common: OidcCommonSpec,
+}
+
+/// The fields every OIDC federation kind has: `OIDCFederation` and, as extensions, ESE's
+/// presets (`OktaFederation`, `PingIdentityFederation`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OidcCommonSpec {
+    /// Token `aud` must contain one of these: required for an `OIDCFederation` (an OIDC
+    /// issuer signs tokens for every relying party it serves); for a preset, without it
+    /// any `aud` passes, with a warning, as ESE does.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(inner(length(min = 1)))]
     pub audiences: Vec<String>,
     /// Base64 PEM bundle trusted for the issuer's (and `jwksUri`'s) TLS instead of the
@@ -137,33 +153,8 @@ pub struct OidcFederationSpec {
     /// a missing claim, or one of another type, does not match.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub bound_claims: BTreeMap<String, String>,
-    /// The claim that names the workload: `principal.subject`, matched by
-    /// `Authorization.spec.subject.oidc.subject` (default `sub`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub subject_claim: Option<String>,
     /// Claims handed to policies as `principal.claims.<name>` (strings only; a token whose
     /// listed claim is not a string is refused).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub claims: Vec<String>,
-}
-
-/// The extension fields an ESE preset (`OktaFederation`, `PingIdentityFederation`) may carry
-/// besides its own: those of [`OidcFederationSpec`] that its preset does not fix.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct OidcPresetExtensions {
-    /// As `OIDCFederation.spec.audiences` (without it any `aud` passes, with a warning, as
-    /// ESE does).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(inner(length(min = 1)))]
-    pub audiences: Vec<String>,
-    /// As `OIDCFederation.spec.caBundle`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ca_bundle: Option<String>,
-    /// As `OIDCFederation.spec.boundClaims`.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub bound_claims: BTreeMap<String, String>,
-    /// As `OIDCFederation.spec.claims`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub claims: Vec<String>,
 }
@@ -190,9 +181,9 @@ pub struct OktaFederationSpec {
         skip_serializing_if = "Option::is_none"
     )]
     pub management_api: Option<serde_json::Value>,
-    /// Extensions.
+    /// Extensions: `audiences`, `caBundle`, `boundClaims`, `claims`.
     #[serde(flatten)]
-    pub oidc: OidcPresetExtensions,
+    pub oidc: OidcCommonSpec,
 }
 
 /// `PingIdentityFederation.spec` (ESE): a PingOne environment, a preset of
@@ -214,9 +205,9 @@ pub struct PingIdentityFederationSpec {
         skip_serializing_if = "Option::is_none"
     )]
     pub management_api: Option<serde_json::Value>,
-    /// Extensions.
+    /// Extensions: `audiences`, `caBundle`, `boundClaims`, `claims`.
     #[serde(flatten)]
-    pub oidc: OidcPresetExtensions,
+    pub oidc: OidcCommonSpec,
 }
 
 /// `federationRef` of an `Authorization`.
@@ -224,7 +215,8 @@ pub struct PingIdentityFederationSpec {
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("required" = ["name"]))]
 pub struct FederationRef {
-    /// Kind of the federation (`KubernetesFederation`).
+    /// Kind of the federation: `KubernetesFederation` (or empty), `OIDCFederation`,
+    /// `OktaFederation` or `PingIdentityFederation`.
     #[serde(default)]
     pub kind: String,
     /// Name of the federation object.

@@ -516,6 +516,24 @@ spec:
     )
 }
 
+/// An `OIDCFederation` `name` whose issuer is `issuer` (an [`Issuer::start_oidc`]; its CA
+/// pinned), for audience `audience`, with `extra` YAML lines under `spec` (indented two
+/// spaces, each ending with a newline).
+pub fn oidc_federation(name: &str, issuer: &Issuer, audience: &str, extra: &str) -> String {
+    format!(
+        r#"apiVersion: identity.federation.external-secrets.io/v1alpha1
+kind: OIDCFederation
+metadata: {{name: {name}}}
+spec:
+  issuer: {}
+  audiences: ["{audience}"]
+  caBundle: {}
+{extra}"#,
+        issuer.url,
+        b64(&issuer.ca.ca_pem)
+    )
+}
+
 /// An `Authorization` `app` (after a `---` line) for ServiceAccount `apps/app` of `issuer`
 /// through the federation `alpha` of [`static_federation`], granting `grants`: YAML lines
 /// under `spec` (indented two spaces, each ending with a newline).

@@ -11,7 +11,7 @@ use serde_json::json;
 use super::server::{AUD, T0, TestServer};
 use super::support::{TestKey, oidc_claims};
 use crate::authn::*;
-use crate::resources::{KubernetesFederationSpec, OidcFederationSpec};
+use crate::resources::{KubernetesFederationSpec, OidcCommonSpec, OidcFederationSpec};
 
 fn authenticator(federations: Vec<Federation>) -> Arc<Authenticator> {
     let a = Authenticator::new(AuthnSettings {
@@ -26,6 +26,15 @@ fn oidc(name: &str, spec: &OidcFederationSpec) -> Federation {
     Federation::from_oidc_spec(name, spec).unwrap()
 }
 
+/// A valid token of `iss` signed by `key` finds no usable keys.
+async fn assert_no_keys(a: &Authenticator, key: &TestKey, iss: &str) {
+    assert_eq!(
+        a.authenticate(&key.sign(&oidc_claims(iss, AUD, T0)), None)
+            .await,
+        Err(AuthnError::KeysUnavailable)
+    );
+}
+
 #[tokio::test]
 async fn discovery_at_the_issuer_gives_an_oidc_subject() {
     let srv = TestServer::start().await;
@@ -33,8 +42,8 @@ async fn discovery_at_the_issuer_gives_an_oidc_subject() {
     srv.discovery();
     srv.jwks(&[&key]);
     let mut spec = srv.oidc_spec();
-    spec.claims = vec!["repository".into(), "environment".into(), "missing".into()];
-    spec.bound_claims = [("repository".to_owned(), "org/*".to_owned())].into();
+    spec.common.claims = vec!["repository".into(), "environment".into(), "missing".into()];
+    spec.common.bound_claims = [("repository".to_owned(), "org/*".to_owned())].into();
     let a = authenticator(vec![oidc("github", &spec)]);
     let id = a
         .authenticate(&key.sign(&oidc_claims(&srv.url, AUD, T0)), None)
@@ -133,12 +142,7 @@ async fn discovery_must_name_the_issuer_and_keep_keys_on_its_host() {
             doc(&srv).to_string(),
         );
         let a = authenticator(vec![oidc("o", &srv.oidc_spec())]);
-        assert_eq!(
-            a.authenticate(&key.sign(&oidc_claims(&srv.url, AUD, T0)), None)
-                .await,
-            Err(AuthnError::KeysUnavailable),
-            "{name}"
-        );
+        assert_no_keys(&a, &key, &srv.url).await;
         assert_eq!(srv.hits("/openid/v1/jwks"), 0, "{name}");
         match &a.key_health()[0].1 {
             KeyHealth::Unreachable { reason, .. } => {
@@ -151,11 +155,7 @@ async fn discovery_must_name_the_issuer_and_keep_keys_on_its_host() {
     let srv = TestServer::start().await;
     srv.jwks(&[&key]);
     let a = authenticator(vec![oidc("o", &srv.oidc_spec())]);
-    assert_eq!(
-        a.authenticate(&key.sign(&oidc_claims(&srv.url, AUD, T0)), None)
-            .await,
-        Err(AuthnError::KeysUnavailable)
-    );
+    assert_no_keys(&a, &key, &srv.url).await;
     assert_eq!(srv.hits("/openid/v1/jwks"), 0);
     assert_eq!(srv.hits("/.well-known/openid-configuration"), 1);
 }
@@ -182,7 +182,10 @@ async fn jwks_uri_is_fetched_without_discovery_and_static_jwks_without_fetching(
     let offline = OidcFederationSpec {
         issuer: issuer.into(),
         jwks: Some(TestKey::jwks(&[&key])),
-        audiences: vec![AUD.into()],
+        common: OidcCommonSpec {
+            audiences: vec![AUD.into()],
+            ..Default::default()
+        },
         ..Default::default()
     };
     let a = authenticator(vec![oidc("o", &offline)]);
@@ -201,10 +204,8 @@ async fn a_clients_ca_is_never_trusted_for_an_oidc_issuer() {
     srv.jwks(&[&key]);
     // No caBundle: the public roots only, which do not know the test CA, and the client's
     // `ca.crt` (the test CA) is ignored whatever it says.
-    let spec = OidcFederationSpec {
-        ca_bundle: None,
-        ..srv.oidc_spec()
-    };
+    let mut spec = srv.oidc_spec();
+    spec.common.ca_bundle = None;
     let a = authenticator(vec![oidc("o", &spec)]);
     assert_eq!(
         a.authenticate(
@@ -225,7 +226,7 @@ async fn federations_sharing_an_issuer_are_told_apart_by_their_rules() {
     srv.jwks(&[&key]);
     let team = |name: &str, owner: &str| {
         let mut spec = srv.oidc_spec();
-        spec.bound_claims = [("repository_owner".to_owned(), owner.to_owned())].into();
+        spec.common.bound_claims = [("repository_owner".to_owned(), owner.to_owned())].into();
         oidc(name, &spec)
     };
     // A KubernetesFederation of the same issuer is tried too: its rules refuse the token.
@@ -271,11 +272,7 @@ async fn discovery_redirects_and_oversized_documents_are_refused() {
     );
     srv.discovery_at("/elsewhere");
     let a = authenticator(vec![oidc("o", &srv.oidc_spec())]);
-    assert_eq!(
-        a.authenticate(&key.sign(&oidc_claims(&srv.url, AUD, T0)), None)
-            .await,
-        Err(AuthnError::KeysUnavailable)
-    );
+    assert_no_keys(&a, &key, &srv.url).await;
     assert_eq!(srv.hits("/elsewhere"), 0);
     let srv = TestServer::start().await;
     srv.jwks(&[&key]);
@@ -286,11 +283,7 @@ async fn discovery_redirects_and_oversized_documents_are_refused() {
             .to_string(),
     );
     let a = authenticator(vec![oidc("o", &srv.oidc_spec())]);
-    assert_eq!(
-        a.authenticate(&key.sign(&oidc_claims(&srv.url, AUD, T0)), None)
-            .await,
-        Err(AuthnError::KeysUnavailable)
-    );
+    assert_no_keys(&a, &key, &srv.url).await;
     assert_eq!(srv.hits("/openid/v1/jwks"), 0);
     match &a.key_health()[0].1 {
         KeyHealth::Unreachable { reason, .. } => assert!(reason.contains("larger"), "{reason}"),

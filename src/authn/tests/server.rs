@@ -16,7 +16,9 @@ use serde_json::json;
 
 use super::support::{TestKey, claims, oidc_claims};
 use crate::authn::*;
-use crate::resources::{ClientCaPolicy, KubernetesFederationSpec, OidcFederationSpec};
+use crate::resources::{
+    ClientCaPolicy, KubernetesFederationSpec, OidcCommonSpec, OidcFederationSpec,
+};
 
 pub(super) const AUD: &str = "https://esi.example";
 pub(super) const T0: u64 = 1_700_000_000;
@@ -147,8 +149,11 @@ impl TestServer {
     pub(super) fn oidc_spec(&self) -> OidcFederationSpec {
         OidcFederationSpec {
             issuer: self.url.clone(),
-            audiences: vec![AUD.into()],
-            ca_bundle: Some(self.ca_b64()),
+            common: OidcCommonSpec {
+                audiences: vec![AUD.into()],
+                ca_bundle: Some(self.ca_b64()),
+                ..Default::default()
+            },
             ..Default::default()
         }
     }
@@ -205,15 +210,7 @@ impl Profile {
         srv: &TestServer,
         tweak: impl FnOnce(&mut AuthnSettings),
     ) -> Arc<Authenticator> {
-        let mut settings = AuthnSettings {
-            clock,
-            fetch_timeout: Duration::from_secs(5),
-            ..Default::default()
-        };
-        tweak(&mut settings);
-        let a = Authenticator::new(settings);
-        a.set_federations(vec![self.federation(srv)]);
-        Arc::new(a)
+        authenticator_of(clock, self.federation(srv), tweak)
     }
 }
 
@@ -300,6 +297,15 @@ fn authenticator_with(
     spec: &KubernetesFederationSpec,
     tweak: impl FnOnce(&mut AuthnSettings),
 ) -> Arc<Authenticator> {
+    authenticator_of(clock, Federation::from_spec("alpha", spec).unwrap(), tweak)
+}
+
+/// An authenticator of `federation` alone, with a 5 s fetch timeout and `tweak`.
+fn authenticator_of(
+    clock: Clock,
+    federation: Federation,
+    tweak: impl FnOnce(&mut AuthnSettings),
+) -> Arc<Authenticator> {
     let mut settings = AuthnSettings {
         clock,
         fetch_timeout: Duration::from_secs(5),
@@ -307,7 +313,7 @@ fn authenticator_with(
     };
     tweak(&mut settings);
     let a = Authenticator::new(settings);
-    a.set_federations(vec![Federation::from_spec("alpha", spec).unwrap()]);
+    a.set_federations(vec![federation]);
     Arc::new(a)
 }
 
