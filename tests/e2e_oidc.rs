@@ -215,6 +215,7 @@ when { principal.claims has repository && principal.claims.repository == "org/to
     assert!(
         decisions.iter().any(|d| field(d, "principal") == main
             && field(d, "principal_type") == "OidcSubject"
+            && field(d, "principal_id") == format!("github/{main}")
             && field(d, "decision") == "allow"),
         "{decisions:#?}"
     );

@@ -263,11 +263,27 @@ impl Identity {
     /// for a ServiceAccount, `<federation>/<subject>` for an OIDC subject (federation names
     /// hold no `/`).
     pub fn canonical_id(&self) -> String {
-        match &self.principal {
+        self.canonical().to_string()
+    }
+
+    /// [`Identity::canonical_id`], formatted only when written (decision log lines).
+    pub fn canonical(&self) -> CanonicalId<'_> {
+        CanonicalId(self)
+    }
+}
+
+/// An identity's Cedar entity id, as `Display` ([`Identity::canonical`]).
+#[derive(Clone, Copy)]
+pub struct CanonicalId<'a>(&'a Identity);
+
+impl fmt::Display for CanonicalId<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let id = self.0;
+        match &id.principal {
             Principal::ServiceAccount(sa) => {
-                format!("{}/{}/{}", self.federation, sa.namespace, sa.name)
+                write!(f, "{}/{}/{}", id.federation, sa.namespace, sa.name)
             }
-            Principal::OidcSubject { .. } => format!("{}/{}", self.federation, self.subject),
+            Principal::OidcSubject { .. } => write!(f, "{}/{}", id.federation, id.subject),
         }
     }
 }

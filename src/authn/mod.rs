@@ -31,7 +31,9 @@ pub use federation::{
     Federation, FederationError, MAX_BOUND_CLAIMS, MAX_CLAIM_NAME_BYTES, MAX_CLAIM_PATTERN_BYTES,
     MAX_CLAIM_VALUE_BYTES, MAX_EXPOSED_CLAIMS, okta_issuer, ping_issuer,
 };
-pub use identity::{FederationKind, Identity, Principal, PrincipalKind, ServiceAccount};
+pub use identity::{
+    CanonicalId, FederationKind, Identity, Principal, PrincipalKind, ServiceAccount,
+};
 pub use jwks::KeyHealth;
 pub use keys::kubernetes_key_id;
 pub use offline::{OfflineIdentity, identify_offline};

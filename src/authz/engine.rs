@@ -897,6 +897,7 @@ impl PolicyEngine {
             federation = %identity.federation,
             principal = %identity.subject,
             principal_type = identity.kind().as_str(),
+            principal_id = %identity.canonical(),
             action = %action,
             resource = %canonical,
             decision = outcome,
