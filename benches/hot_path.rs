@@ -122,17 +122,7 @@ fn authorization(i: usize) -> AuthorizationSource {
 }
 
 fn identity(i: usize) -> Identity {
-    Identity {
-        federation: "bench".into(),
-        issuer: ISS.into(),
-        subject: format!("system:serviceaccount:bench:sa-{i}"),
-        namespace: "bench".into(),
-        service_account: format!("sa-{i}"),
-        service_account_uid: None,
-        pod_name: None,
-        pod_uid: None,
-        expires_at: None,
-    }
+    Identity::of_service_account("bench", ISS, "bench", &format!("sa-{i}"))
 }
 
 fn bench_authz(c: &mut Criterion) {

@@ -148,11 +148,150 @@ fn sign(header: Value, claims: &Value, key: &str) -> String {
     sign_raw(&header.to_string(), &claims.to_string(), key)
 }
 
-/// `app_claims` with `f` applied.
-fn claims_with(f: impl FnOnce(&mut Value)) -> Value {
-    let mut c = app_claims();
-    f(&mut c);
-    c
+/// The kind of federation a suite is aimed at: its tokens' shape differs, the defences
+/// must not.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    /// `KubernetesFederation` `alpha` (ServiceAccount `monitoring:app` allowed).
+    Kubernetes,
+    /// `OIDCFederation` `alpha` (issue 18): GitHub Actions-shaped tokens of the provider,
+    /// `repository_owner: org` bound, subject `repo:org/app:ref:refs/heads/main` allowed.
+    Oidc,
+}
+
+impl Kind {
+    async fn issuer(self, keys: Value) -> Issuer {
+        match self {
+            Kind::Kubernetes => Issuer::start(keys, false).await,
+            Kind::Oidc => Issuer::start_oidc(keys).await,
+        }
+    }
+
+    /// The `iss` of this kind's tokens.
+    fn iss(self, issuer: &Issuer) -> String {
+        match self {
+            Kind::Kubernetes => ISS.to_owned(),
+            Kind::Oidc => issuer.url.clone(),
+        }
+    }
+
+    /// [`setup`] for this kind.
+    fn setup(self, issuer: &Issuer) -> Vec<(&'static str, String)> {
+        let mut manifests = setup(issuer);
+        if let Kind::Oidc = self {
+            manifests[0].1 = oidc_federation(
+                "alpha",
+                issuer,
+                AUD,
+                "  boundClaims: {repository_owner: org}\n  claims: [ref]\n",
+            );
+            manifests[1].1 = authorization(
+                "allow-app",
+                "alpha",
+                &issuer.url,
+                "repo:org/app:ref:refs/heads/main",
+            )
+            .replace("kind: KubernetesFederation", "kind: OIDCFederation");
+        }
+        manifests
+    }
+
+    /// Valid claims of the workload `name` (`app` is the allowed one).
+    fn claims_of(self, issuer: &Issuer, name: &str) -> Value {
+        match self {
+            Kind::Kubernetes => sa_claims(ISS, AUD, "monitoring", name),
+            Kind::Oidc => {
+                let now = now();
+                json!({
+                    "iss": issuer.url,
+                    "aud": AUD,
+                    "sub": format!("repo:org/{name}:ref:refs/heads/main"),
+                    "iat": now,
+                    "nbf": now,
+                    "exp": now + 600,
+                    "repository": format!("org/{name}"),
+                    "repository_owner": "org",
+                    "ref": "refs/heads/main",
+                })
+            }
+        }
+    }
+
+    fn app_claims(self, issuer: &Issuer) -> Value {
+        self.claims_of(issuer, "app")
+    }
+
+    fn claims_with(self, issuer: &Issuer, f: impl FnOnce(&mut Value)) -> Value {
+        let mut c = self.app_claims(issuer);
+        f(&mut c);
+        c
+    }
+
+    /// Crafted tokens only this kind refuses (each otherwise valid for it).
+    fn own_cases(self, issuer: &Issuer, kid: &str) -> Vec<(&'static str, String)> {
+        let with = |f: &dyn Fn(&mut Value)| {
+            let mut c = self.app_claims(issuer);
+            f(&mut c);
+            mint("rsa-1", &c, None)
+        };
+        match self {
+            Kind::Kubernetes => vec![
+                (
+                    "sub disagrees with kubernetes.io",
+                    with(&|c| c["sub"] = json!("system:serviceaccount:kube-system:admin")),
+                ),
+                (
+                    "kubernetes.io not an object",
+                    with(&|c| c["kubernetes.io"] = json!("monitoring")),
+                ),
+            ],
+            Kind::Oidc => vec![
+                (
+                    "bound claim of another owner",
+                    with(&|c| c["repository_owner"] = json!("evil")),
+                ),
+                (
+                    "bound claim missing",
+                    with(&|c| {
+                        c.as_object_mut().unwrap().remove("repository_owner");
+                    }),
+                ),
+                (
+                    "bound claim a number",
+                    with(&|c| c["repository_owner"] = json!(7)),
+                ),
+                (
+                    "bound claim an array of others",
+                    with(&|c| c["repository_owner"] = json!(["evil", "other"])),
+                ),
+                (
+                    "duplicate bound claim member",
+                    sign_raw(
+                        &json!({"alg": "RS256", "kid": kid}).to_string(),
+                        &self.app_claims(issuer).to_string().replacen(
+                            '{',
+                            "{\"repository_owner\":\"evil\",",
+                            1,
+                        ),
+                        "rsa-1",
+                    ),
+                ),
+                (
+                    "claim for policies not a string",
+                    with(&|c| c["ref"] = json!(["refs/heads/main"])),
+                ),
+                (
+                    "claim for policies too long",
+                    with(&|c| c["ref"] = json!("r".repeat(2000))),
+                ),
+                (
+                    "subject too long",
+                    with(&|c| c["sub"] = json!("s".repeat(2000))),
+                ),
+                ("subject empty", with(&|c| c["sub"] = json!(""))),
+            ],
+        }
+    }
 }
 
 async fn post_with(
@@ -174,18 +313,29 @@ async fn post_with(
     (status, resp.text().await.unwrap(), headers)
 }
 
+/// The crafted-token suite against a `KubernetesFederation`.
 #[tokio::test(flavor = "multi_thread")]
 async fn crafted_tokens_are_rejected_without_flooding_the_issuer() {
+    crafted_tokens_are_rejected(Kind::Kubernetes).await;
+}
+
+/// The same suite against an `OIDCFederation` (issue 18): one verifier, the same defences.
+#[tokio::test(flavor = "multi_thread")]
+async fn crafted_tokens_are_rejected_by_an_oidc_federation_too() {
+    crafted_tokens_are_rejected(Kind::Oidc).await;
+}
+
+async fn crafted_tokens_are_rejected(kind: Kind) {
     debug_logging();
-    let issuer = Issuer::start(jwks(&["rsa-1", "ec-1"]), false).await;
+    let issuer = kind.issuer(jwks(&["rsa-1", "ec-1"])).await;
     // An attacker's issuer: its keys must never be fetched, whatever a token says.
     let attacker = Issuer::start(jwks(&["rsa-2"]), true).await;
     let server = Server::start_with_args(
-        &setup(&issuer),
+        &kind.setup(&issuer),
         &[],
         &["--jwks-min-refresh-interval", "60s"],
     );
-    let good = mint("rsa-1", &app_claims(), None);
+    let good = mint("rsa-1", &kind.app_claims(&issuer), None);
     let (status, text) = server
         .post(
             "/secretstore/fake-store/secrets/other",
@@ -210,7 +360,7 @@ async fn crafted_tokens_are_rejected_without_flooding_the_issuer() {
         }
         h
     };
-    let c = app_claims();
+    let c = kind.app_claims(&issuer);
     let c_text = c.to_string();
     let jwks_text = jwks(&["rsa-1", "ec-1"]).to_string();
     let hmac = |alg: Algorithm, name: &str| {
@@ -232,19 +382,19 @@ async fn crafted_tokens_are_rejected_without_flooding_the_issuer() {
         )
     };
     let parts: Vec<&str> = good.split('.').collect();
-    let other_sa = mint("rsa-1", &sa_claims(ISS, AUD, "monitoring", "other"), None);
+    let other_sa = mint("rsa-1", &kind.claims_of(&issuer, "other"), None);
     let other_parts: Vec<&str> = other_sa.split('.').collect();
-    let tampered_claims =
-        enc(
-            claims_with(|c| c["sub"] = json!("system:serviceaccount:kube-system:admin"))
-                .to_string()
-                .as_bytes(),
-        );
+    let tampered_claims = enc(kind
+        .claims_with(&issuer, |c| {
+            c["sub"] = json!("system:serviceaccount:kube-system:admin")
+        })
+        .to_string()
+        .as_bytes());
     let mut tampered_sig = parts[2].to_string();
     let last = tampered_sig.pop().unwrap();
     tampered_sig.push(if last == 'A' { 'B' } else { 'A' });
     let legacy = json!({
-        "iss": ISS,
+        "iss": kind.iss(&issuer),
         "sub": "system:serviceaccount:monitoring:app",
         "aud": [AUD],
         "kubernetes.io/serviceaccount/namespace": "monitoring",
@@ -252,7 +402,7 @@ async fn crafted_tokens_are_rejected_without_flooding_the_issuer() {
         "kubernetes.io/serviceaccount/service-account.name": "app",
     });
 
-    let cases: Vec<(&str, String)> = vec![
+    let mut cases: Vec<(&str, String)> = vec![
         ("alg none, empty signature", unsigned("none", "")),
         ("alg none with a signature", unsigned("none", parts[2])),
         ("alg None (case)", unsigned("None", parts[2])),
@@ -355,7 +505,7 @@ async fn crafted_tokens_are_rejected_without_flooding_the_issuer() {
             "expired",
             mint(
                 "rsa-1",
-                &claims_with(|c| {
+                &kind.claims_with(&issuer, |c| {
                     c["exp"] = json!(now - 3600);
                     c["iat"] = json!(now - 7200);
                     c["nbf"] = json!(now - 7200);
@@ -367,7 +517,7 @@ async fn crafted_tokens_are_rejected_without_flooding_the_issuer() {
             "nbf in the future",
             mint(
                 "rsa-1",
-                &claims_with(|c| c["nbf"] = json!(now + 3600)),
+                &kind.claims_with(&issuer, |c| c["nbf"] = json!(now + 3600)),
                 None,
             ),
         ),
@@ -375,7 +525,7 @@ async fn crafted_tokens_are_rejected_without_flooding_the_issuer() {
             "iat in the future",
             mint(
                 "rsa-1",
-                &claims_with(|c| c["iat"] = json!(now + 3600)),
+                &kind.claims_with(&issuer, |c| c["iat"] = json!(now + 3600)),
                 None,
             ),
         ),
@@ -383,7 +533,7 @@ async fn crafted_tokens_are_rejected_without_flooding_the_issuer() {
             "no exp",
             mint(
                 "rsa-1",
-                &claims_with(|c| {
+                &kind.claims_with(&issuer, |c| {
                     c.as_object_mut().unwrap().remove("exp");
                 }),
                 None,
@@ -393,7 +543,7 @@ async fn crafted_tokens_are_rejected_without_flooding_the_issuer() {
             "no iat",
             mint(
                 "rsa-1",
-                &claims_with(|c| {
+                &kind.claims_with(&issuer, |c| {
                     c.as_object_mut().unwrap().remove("iat");
                 }),
                 None,
@@ -403,7 +553,7 @@ async fn crafted_tokens_are_rejected_without_flooding_the_issuer() {
             "lifetime of two years",
             mint(
                 "rsa-1",
-                &claims_with(|c| {
+                &kind.claims_with(&issuer, |c| {
                     c["iat"] = json!(now - 60);
                     c["exp"] = json!(now + 2 * 366 * 86400);
                 }),
@@ -414,7 +564,7 @@ async fn crafted_tokens_are_rejected_without_flooding_the_issuer() {
             "no iss",
             mint(
                 "rsa-1",
-                &claims_with(|c| {
+                &kind.claims_with(&issuer, |c| {
                     c.as_object_mut().unwrap().remove("iss");
                 }),
                 None,
@@ -422,17 +572,25 @@ async fn crafted_tokens_are_rejected_without_flooding_the_issuer() {
         ),
         (
             "iss is a number",
-            mint("rsa-1", &claims_with(|c| c["iss"] = json!(42)), None),
+            mint(
+                "rsa-1",
+                &kind.claims_with(&issuer, |c| c["iss"] = json!(42)),
+                None,
+            ),
         ),
         (
             "iss is an array",
-            mint("rsa-1", &claims_with(|c| c["iss"] = json!([ISS])), None),
+            mint(
+                "rsa-1",
+                &kind.claims_with(&issuer, |c| c["iss"] = json!([kind.iss(&issuer)])),
+                None,
+            ),
         ),
         (
             "another issuer",
             mint(
                 "rsa-1",
-                &claims_with(|c| c["iss"] = json!("https://evil.example")),
+                &kind.claims_with(&issuer, |c| c["iss"] = json!("https://evil.example")),
                 None,
             ),
         ),
@@ -440,7 +598,7 @@ async fn crafted_tokens_are_rejected_without_flooding_the_issuer() {
             "no sub",
             mint(
                 "rsa-1",
-                &claims_with(|c| {
+                &kind.claims_with(&issuer, |c| {
                     c.as_object_mut().unwrap().remove("sub");
                 }),
                 None,
@@ -448,21 +606,9 @@ async fn crafted_tokens_are_rejected_without_flooding_the_issuer() {
         ),
         (
             "sub is an object",
-            mint("rsa-1", &claims_with(|c| c["sub"] = json!({"x": 1})), None),
-        ),
-        (
-            "sub disagrees with kubernetes.io",
             mint(
                 "rsa-1",
-                &claims_with(|c| c["sub"] = json!("system:serviceaccount:kube-system:admin")),
-                None,
-            ),
-        ),
-        (
-            "kubernetes.io not an object",
-            mint(
-                "rsa-1",
-                &claims_with(|c| c["kubernetes.io"] = json!("monitoring")),
+                &kind.claims_with(&issuer, |c| c["sub"] = json!({"x": 1})),
                 None,
             ),
         ),
@@ -470,7 +616,7 @@ async fn crafted_tokens_are_rejected_without_flooding_the_issuer() {
             "no aud",
             mint(
                 "rsa-1",
-                &claims_with(|c| {
+                &kind.claims_with(&issuer, |c| {
                     c.as_object_mut().unwrap().remove("aud");
                 }),
                 None,
@@ -480,13 +626,17 @@ async fn crafted_tokens_are_rejected_without_flooding_the_issuer() {
             "wrong aud",
             mint(
                 "rsa-1",
-                &claims_with(|c| c["aud"] = json!(["https://other"])),
+                &kind.claims_with(&issuer, |c| c["aud"] = json!(["https://other"])),
                 None,
             ),
         ),
         (
             "aud with a number",
-            mint("rsa-1", &claims_with(|c| c["aud"] = json!([7])), None),
+            mint(
+                "rsa-1",
+                &kind.claims_with(&issuer, |c| c["aud"] = json!([7])),
+                None,
+            ),
         ),
         (
             "legacy secret-based token (not opted in)",
@@ -529,6 +679,8 @@ async fn crafted_tokens_are_rejected_without_flooding_the_issuer() {
         ("empty segments", "..".to_string()),
         ("not a JWT", "hello".to_string()),
     ];
+    // What only this kind of federation requires of a token.
+    cases.extend(kind.own_cases(&issuer, &k_rsa1));
     assert!(cases.len() >= 30, "{}", cases.len());
     for (name, token) in &cases {
         let (status, text) = server
@@ -568,7 +720,7 @@ async fn crafted_tokens_are_rejected_without_flooding_the_issuer() {
 
     // x-workload-token is verified like the bearer.
     let bearer = format!("Bearer {good}");
-    let workload = mint("ec-1", &sa_claims(ISS, AUD, "monitoring", "workload"), None);
+    let workload = mint("ec-1", &kind.claims_of(&issuer, "workload"), None);
     let (status, _, _) = post_with(
         &server,
         "/secretstore/fake-store/secrets/other",

@@ -964,17 +964,7 @@ async fn review_nothing_is_swept_before_the_first_sync() {
                  "provider": {"server": "https://127.0.0.1:1", "auth": {"tokenSecretRef": {"name": "vault-token-db", "key": "token"}}}}
     }));
     // A credential issued earlier (by a previous replica), expired a second ago.
-    let caller = esi::authn::Identity {
-        federation: "alpha".into(),
-        issuer: ISS.into(),
-        subject: "system:serviceaccount:apps:app".into(),
-        namespace: "apps".into(),
-        service_account: "app".into(),
-        service_account_uid: None,
-        pod_name: None,
-        pod_uid: None,
-        expires_at: None,
-    };
+    let caller = esi::authn::Identity::of_service_account("alpha", ISS, "apps", "app");
     let entry = LedgerEntry {
         id: uuid::Uuid::new_v4().to_string(),
         holder: Holder::new(&caller, None),

@@ -1116,3 +1116,111 @@ fn report_renders_the_access_matrix_in_chromium() {
         bytes.len()
     );
 }
+
+/// Issue 18: the tools work for OIDC federations: `compile` shows Authorizations compiled
+/// for `Esi::OidcSubject`, `validate` checks claim reads against the claims the federations
+/// list (and warns about a file written for ServiceAccounts only), `explain` takes
+/// `FEDERATION/SUBJECT` with `--claim`, and `test` cases carry `claims`.
+#[test]
+fn the_tools_serve_oidc_subjects() {
+    let gh = "https://token.actions.githubusercontent.com";
+    let manifests = format!(
+        r#"apiVersion: identity.federation.external-secrets.io/v1alpha1
+kind: OIDCFederation
+metadata: {{name: github}}
+spec:
+  issuer: {gh}
+  audiences: [{AUD}]
+  boundClaims: {{repository_owner: org}}
+  claims: [repository, environment]
+---
+apiVersion: external-secrets.io/v1
+kind: ClusterSecretStore
+metadata: {{name: store}}
+spec: {{provider: {{fake: {{data: [{{key: prod/db, value: v}}]}}}}}}
+---
+apiVersion: federation.external-secrets.io/v1alpha1
+kind: Authorization
+metadata: {{name: deploy}}
+spec:
+  federationRef: {{kind: OIDCFederation, name: github}}
+  subject: {{oidc: {{issuer: "{gh}", subject: "repo:org/*"}}}}
+  allowedClusterSecretStores: [store]
+"#
+    );
+    let prod_only = "@id(\"prod-from-production\")\nforbid (principal is Esi::OidcSubject, action, resource is Esi::RemoteKey)\nwhen { resource.key like \"prod/*\" }\nunless { principal.claims has environment && principal.claims.environment == \"production\" };\n";
+    let old = "forbid (principal, action, resource) when { principal.namespace == \"sandbox\" };\n";
+    let tree = Tree::new(
+        &[("m.yaml", &manifests)],
+        &[("ci.cedar", prod_only), ("old.cedar", old)],
+    );
+    let (m, p) = (tree.path("manifests"), tree.path("policies"));
+    let (ok, out, err) = policy(&m, &p, &["compile"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(r#"permit(principal is Esi::OidcSubject in Esi::Federation::"github""#),
+        "{out}"
+    );
+    let (ok, out, err) = policy(&m, &p, &["validate"]);
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("valid for ServiceAccount callers only") && out.contains("old.cedar"),
+        "{out}"
+    );
+    assert!(out.contains("0 errors, 1 warnings"), "{out}");
+    let explain = |m: &Path, p: &Path, env: &str| {
+        let claim = format!("--claim=environment={env}");
+        policy(
+            m,
+            p,
+            &[
+                "explain",
+                "--principal",
+                "github/repo:org/app:environment:prod",
+                &claim,
+                "--claim=repository=org/app",
+                "--store",
+                "store",
+                "--key",
+                "prod/db",
+            ],
+        )
+    };
+    // The ServiceAccount-only file fails to evaluate for an OIDC subject: its forbid denies.
+    let (ok, out, err) = explain(&m, &p, "production");
+    assert!(ok, "{err}");
+    assert!(out.starts_with("decision: DENY"), "{out}");
+    assert!(out.contains("OidcSubject of federation github"), "{out}");
+    assert!(out.contains("determining policies: old/0"), "{out}");
+    // Without it, the claim decides.
+    let tree = Tree::new(&[("m.yaml", &manifests)], &[("ci.cedar", prod_only)]);
+    let (m, p) = (tree.path("manifests"), tree.path("policies"));
+    let (_, out, _) = explain(&m, &p, "production");
+    assert!(out.starts_with("decision: ALLOW"), "{out}");
+    let (_, out, _) = explain(&m, &p, "staging");
+    assert!(out.starts_with("decision: DENY"), "{out}");
+    assert!(out.contains("prod-from-production"), "{out}");
+    // The same in a test case.
+    let cases = tree.dir.path().join("cases");
+    std::fs::create_dir_all(&cases).unwrap();
+    std::fs::write(
+        cases.join("ci.yaml"),
+        "cases:\n  - name: staging jobs do not read prod keys\n    principal: github/repo:org/app:environment:staging\n    claims: {environment: staging}\n    action: get\n    resource: {store: store, key: prod/db}\n    expect: deny\n    policies: [prod-from-production]\n",
+    )
+    .unwrap();
+    let out = Command::new(server_bin())
+        .args(["policy", "test", "--manifests"])
+        .arg(&m)
+        .arg("--policies")
+        .arg(&p)
+        .arg(&cases)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

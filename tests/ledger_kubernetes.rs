@@ -55,17 +55,18 @@ async fn replica(fake: &FakeKube, user: &str) -> KubernetesLedger {
 }
 
 fn identity(federation: &str, namespace: &str, sa: &str, pod: Option<&str>) -> Identity {
-    Identity {
-        federation: federation.into(),
-        issuer: "https://kubernetes.default.svc.cluster.local".into(),
-        subject: format!("system:serviceaccount:{namespace}:{sa}"),
-        namespace: namespace.into(),
-        service_account: sa.into(),
-        service_account_uid: Some(format!("sa-uid-{sa}")),
-        pod_name: pod.map(str::to_string),
-        pod_uid: pod.map(|p| format!("uid-{p}")),
-        expires_at: None,
+    let mut id = Identity::of_service_account(
+        federation,
+        "https://kubernetes.default.svc.cluster.local",
+        namespace,
+        sa,
+    );
+    if let Some(w) = id.service_account_mut() {
+        w.uid = Some(format!("sa-uid-{sa}"));
+        w.pod_name = pod.map(str::to_string);
+        w.pod_uid = pod.map(|p| format!("uid-{p}"));
     }
+    id
 }
 
 fn holder(namespace: &str, sa: &str, pod: Option<&str>) -> Holder {

@@ -376,7 +376,11 @@ async fn admit<B: DeserializeOwned + Default + ClientCa>(
                 "x-workload-token is not from the caller's federation".into(),
             ));
         }
-        tracing::info!(workload = %verified.subject, pod = verified.pod_name.as_deref().unwrap_or(""), "workload token verified");
+        let pod = verified
+            .service_account()
+            .and_then(|sa| sa.pod_name.as_deref())
+            .unwrap_or("");
+        tracing::info!(workload = %verified.subject, pod, "workload token verified");
         workload = Some(verified);
     }
     // Debug only: the decision line (target `esi::decision`) names the same caller.

@@ -61,9 +61,16 @@ pub enum AuthnError {
     /// `iss` missing or not a string.
     #[error("invalid token issuer claim")]
     BadIssuer,
-    /// `sub` missing, not a ServiceAccount subject, or inconsistent with `kubernetes.io`.
+    /// `sub` missing, not a ServiceAccount subject, or inconsistent with `kubernetes.io`;
+    /// for an OIDC federation, its subject claim missing, not a string, empty or too long.
     #[error("invalid token subject")]
     BadSubject,
+    /// An OIDC token's claims do not match its federation's `boundClaims`.
+    #[error("token claims do not match the federation's boundClaims")]
+    UnboundClaims,
+    /// A claim an OIDC federation hands to policies is not a string of bounded length.
+    #[error("a claim handed to policies is not a string of at most 1024 bytes")]
+    BadClaim,
     /// The `kubernetes.io` claim is not of the expected shape.
     #[error("invalid kubernetes.io claim")]
     BadKubernetesClaim,
@@ -98,6 +105,8 @@ impl AuthnError {
             AuthnError::BadAudience => "bad_audience",
             AuthnError::BadIssuer => "bad_issuer",
             AuthnError::BadSubject => "bad_subject",
+            AuthnError::UnboundClaims => "unbound_claims",
+            AuthnError::BadClaim => "bad_claim",
             AuthnError::BadKubernetesClaim => "bad_kubernetes_claim",
         }
     }

@@ -1,4 +1,8 @@
-//! `KubernetesFederation` specs turned into validated, ready-to-use federations.
+//! Federation specs (`KubernetesFederation`, `OIDCFederation` and its ESE presets
+//! `OktaFederation`, `PingIdentityFederation`) turned into validated, ready-to-use
+//! federations. Every kind is verified by the one authenticator (same key cache, rotation,
+//! flood limits and token checks); a federation only adds where its keys come from
+//! ([`Fetch`]) and what a verified token must carry and proves ([`Rules`]).
 
 use std::fmt;
 use std::sync::Arc;
@@ -9,8 +13,12 @@ use reqwest::Url;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 
+use super::identity::FederationKind;
 use super::keys::{JwksError, VerifyKey, parse_jwks, parse_public_key_pems};
-use crate::resources::{ClientCaPolicy, KubernetesFederationSpec};
+use crate::resources::{
+    ClientCaPolicy, KubernetesFederationSpec, OidcCommonSpec, OidcFederationSpec,
+    OktaFederationSpec, PingIdentityFederationSpec,
+};
 
 /// Most static keys (`jwks` and `publicKeys` together; the same bound as the default for
 /// fetched ones).
@@ -21,13 +29,32 @@ const MAX_PUBLIC_KEY_PEM_BYTES: usize = 64 * 1024;
 pub(crate) const MAX_BUNDLE_CERTS: usize = 64;
 /// Largest base64 CA bundle we decode.
 pub(crate) const MAX_BUNDLE_B64_BYTES: usize = 512 * 1024;
+/// Most `boundClaims` entries of an OIDC federation.
+pub const MAX_BOUND_CLAIMS: usize = 32;
+/// Most claims an OIDC federation hands to policies (`spec.claims`).
+pub const MAX_EXPOSED_CLAIMS: usize = 32;
+/// Longest claim name (`boundClaims`, `claims`, `subjectClaim`).
+pub const MAX_CLAIM_NAME_BYTES: usize = 128;
+/// Longest `boundClaims` pattern.
+pub const MAX_CLAIM_PATTERN_BYTES: usize = 512;
+/// Longest string claim value an OIDC token may hand to policies, and longest subject.
+pub const MAX_CLAIM_VALUE_BYTES: usize = 1024;
+/// Longest `audiences` entry.
+const MAX_AUDIENCE_BYTES: usize = 1024;
+/// Most `audiences` entries.
+const MAX_AUDIENCES: usize = 32;
+/// PingOne regions (ESE's enum).
+const PING_REGIONS: [&str; 4] = ["com", "eu", "asia", "ca"];
 
-/// Why a `KubernetesFederation` spec is not usable.
+/// Why a federation spec is not usable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FederationError {
     /// `metadata.name` is empty.
     #[error("federation name is empty")]
     EmptyName,
+    /// `metadata.name` holds a `/` (principal ids are `<federation>/…`).
+    #[error("federation name must not contain '/'")]
+    SlashInName,
     /// `url` does not parse.
     #[error("url is not a valid URL: {0}")]
     BadUrl(String),
@@ -46,6 +73,9 @@ pub enum FederationError {
     /// One of `audiences` is empty.
     #[error("audiences must not contain an empty string")]
     EmptyAudience,
+    /// `audiences` holds too many or too long entries.
+    #[error("audiences: at most {MAX_AUDIENCES} entries of at most {MAX_AUDIENCE_BYTES} bytes")]
+    AudiencesTooLarge,
     /// `caBundle` is not base64.
     #[error("caBundle is not valid base64")]
     CaBundleBase64,
@@ -69,36 +99,106 @@ pub enum FederationError {
         "static keys (jwks, publicKeys) without url need issuer: the expected token issuer is unknown"
     )]
     NoIssuer,
+    /// An OIDC federation's `issuer` is not an `https` URL we can use (why).
+    #[error(
+        "issuer must be an https URL without credentials, query or fragment (it is both the expected iss and where discovery starts): {0}"
+    )]
+    BadIssuer(String),
+    /// An OIDC federation's `jwksUri` is not an `https` URL we can use (why).
+    #[error("jwksUri must be an https URL without credentials or fragment: {0}")]
+    BadJwksUri(String),
+    /// An `OIDCFederation` without `audiences`.
+    #[error(
+        "audiences is required: an OIDC issuer signs tokens for every relying party it serves, and without an audience a token meant for another service would be accepted"
+    )]
+    NoAudiences,
+    /// `boundClaims`, `claims` or `subjectClaim` is not usable (which field, why).
+    #[error("{0}")]
+    BadClaimRule(String),
+    /// An `OktaFederation`'s `domain` or `authorizationServerId` is not usable.
+    #[error("{0}")]
+    BadOkta(String),
+    /// A `PingIdentityFederation`'s `region` or `environmentId` is not usable.
+    #[error("{0}")]
+    BadPingIdentity(String),
 }
 
-/// A validated `KubernetesFederation`: one trusted client cluster.
+/// Where a federation's keys are fetched from, when they are not static.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fetch {
+    /// A Kubernetes API server at `url`: `{url}/.well-known/openid-configuration` →
+    /// `jwks_uri` re-based onto `url`; without discovery `{url}/openid/v1/jwks`.
+    KubernetesApi,
+    /// OIDC discovery at the issuer (`url`): `{issuer}/.well-known/openid-configuration`,
+    /// whose `issuer` must be the federation's and whose `jwks_uri` must be on the
+    /// issuer's origin.
+    OidcDiscovery,
+    /// `url` is the JWKS itself (`jwksUri`).
+    Jwks,
+}
+
+/// What an OIDC token must carry besides signature, issuer, audience and lifetime, and
+/// which of its claims make the identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct OidcRules {
+    /// The claims naming the subject, tried in order: the first present is used (`sub`;
+    /// PingIdentity: `sub`, then `client_id`, as ESE).
+    pub(crate) subject_claims: Vec<String>,
+    /// Claim → exact value or `*` glob, all required.
+    pub(crate) bound_claims: Vec<(String, String)>,
+    /// Claims handed to policies.
+    pub(crate) claims: Vec<String>,
+}
+
+/// What a verified token must carry and which identity it proves, per kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Rules {
+    /// A ServiceAccount token (`sub` consistent with the `kubernetes.io` claim).
+    Kubernetes {
+        /// `spec.allowLegacyTokens`: accept secret-based tokens without `exp`/`iat`.
+        allow_legacy_tokens: bool,
+    },
+    /// An OIDC token.
+    Oidc(OidcRules),
+}
+
+/// The spec a federation was built from (what decides whether two are the same).
+#[derive(Debug, Clone, PartialEq)]
+enum Source {
+    Kubernetes(KubernetesFederationSpec),
+    /// Presets are compared in their `OIDCFederation` form, with their own warnings.
+    Oidc(OidcFederationSpec, Vec<String>),
+}
+
+/// A validated federation: one trusted cluster or OIDC issuer.
 #[derive(Clone)]
 pub struct Federation {
     pub(crate) name: String,
-    spec: KubernetesFederationSpec,
+    pub(crate) kind: FederationKind,
+    source: Source,
+    /// Where keys are fetched from (`url`; an OIDC federation's issuer or `jwksUri`).
     pub(crate) url: Option<Url>,
     /// `url` as written: the expected `iss` when neither `issuer` nor discovery gives one
     /// (the parsed form may gain a trailing `/`).
     pub(crate) url_raw: Option<String>,
+    pub(crate) fetch: Fetch,
     pub(crate) issuer: Option<String>,
     pub(crate) audiences: Vec<String>,
     pub(crate) ca_bundle: Vec<CertificateDer<'static>>,
     pub(crate) client_ca_policy: ClientCaPolicy,
     pub(crate) static_keys: Option<Arc<Vec<VerifyKey>>>,
-    /// `spec.allowLegacyTokens`: accept secret-based tokens without `exp`/`iat`.
-    pub(crate) allow_legacy_tokens: bool,
+    pub(crate) rules: Rules,
 }
 
 impl Federation {
-    /// Validates a spec. Everything that can be checked without the network is checked here,
-    /// so a bad resource is reported at load instead of failing requests later.
+    /// Validates a `KubernetesFederation` spec. Everything that can be checked without the
+    /// network is checked here, so a bad resource is reported at load instead of failing
+    /// requests later.
     pub fn from_spec(
         name: &str,
         spec: &KubernetesFederationSpec,
     ) -> Result<Federation, FederationError> {
-        if name.is_empty() {
-            return Err(FederationError::EmptyName);
-        }
+        check_name(name)?;
         let url = spec
             .url
             .as_deref()
@@ -108,29 +208,9 @@ impl Federation {
             Some("") => return Err(FederationError::EmptyIssuer),
             other => other.map(str::to_owned),
         };
-        if spec.audiences.iter().any(String::is_empty) {
-            return Err(FederationError::EmptyAudience);
-        }
-        let ca_bundle = match spec.ca_bundle.as_deref() {
-            Some(b64) => parse_ca_bundle_b64(b64).map_err(|e| match e {
-                CaParseError::Base64 => FederationError::CaBundleBase64,
-                CaParseError::Pem(reason) => FederationError::CaBundlePem(reason),
-            })?,
-            None => Vec::new(),
-        };
-        let mut keys = Vec::new();
-        if let Some(doc) = spec.jwks.as_deref() {
-            let jwks = parse_jwks(doc.as_bytes(), MAX_STATIC_KEYS).map_err(|e| match e {
-                JwksError::Malformed(m) => FederationError::BadStaticJwks(m),
-                other => FederationError::BadStaticJwks(other.to_string()),
-            })?;
-            if jwks.is_empty() {
-                return Err(FederationError::BadStaticJwks(
-                    "no usable signing key (RSA, EC P-256 or P-384 with use=sig)".into(),
-                ));
-            }
-            keys.extend(jwks);
-        }
+        check_audiences(&spec.audiences)?;
+        let ca_bundle = ca_bundle(spec.ca_bundle.as_deref())?;
+        let mut keys = static_jwks(spec.jwks.as_deref())?;
         for (i, pem) in spec.public_keys.iter().enumerate() {
             if pem.len() > MAX_PUBLIC_KEY_PEM_BYTES {
                 return Err(FederationError::BadPublicKey(i, "too large".into()));
@@ -157,15 +237,178 @@ impl Federation {
         });
         Ok(Federation {
             name: name.to_owned(),
-            spec: spec.clone(),
+            kind: FederationKind::Kubernetes,
+            source: Source::Kubernetes(spec.clone()),
             url,
             url_raw: spec.url.as_ref().map(|u| u.trim().to_owned()),
+            fetch: Fetch::KubernetesApi,
             issuer,
             audiences: spec.audiences.clone(),
             ca_bundle,
             client_ca_policy,
             static_keys,
-            allow_legacy_tokens: spec.allow_legacy_tokens,
+            rules: Rules::Kubernetes {
+                allow_legacy_tokens: spec.allow_legacy_tokens,
+            },
+        })
+    }
+
+    /// Validates an `OIDCFederation` spec.
+    pub fn from_oidc_spec(
+        name: &str,
+        spec: &OidcFederationSpec,
+    ) -> Result<Federation, FederationError> {
+        Self::oidc(name, FederationKind::Oidc, spec, &["sub"], Vec::new())
+    }
+
+    /// Validates an `OktaFederation` spec (ESE) as the `OIDCFederation` it is a preset of
+    /// (see [`okta_issuer`]).
+    pub fn from_okta_spec(
+        name: &str,
+        spec: &OktaFederationSpec,
+    ) -> Result<Federation, FederationError> {
+        let issuer = okta_issuer(spec)?;
+        Self::preset(
+            name,
+            FederationKind::Okta,
+            issuer,
+            &spec.oidc,
+            &["sub"],
+            spec.management_api.is_some(),
+        )
+    }
+
+    /// Validates a `PingIdentityFederation` spec (ESE) as the `OIDCFederation` it is a
+    /// preset of (see [`ping_issuer`]). Its subject is `sub`, else `client_id` (PingOne's
+    /// client-credentials tokens), as ESE reads it.
+    pub fn from_ping_identity_spec(
+        name: &str,
+        spec: &PingIdentityFederationSpec,
+    ) -> Result<Federation, FederationError> {
+        let issuer = ping_issuer(spec)?;
+        Self::preset(
+            name,
+            FederationKind::PingIdentity,
+            issuer,
+            &spec.oidc,
+            &["sub", "client_id"],
+            spec.management_api.is_some(),
+        )
+    }
+
+    /// A preset: the `OIDCFederation` of `issuer` with the preset's extension fields.
+    fn preset(
+        name: &str,
+        kind: FederationKind,
+        issuer: String,
+        common: &OidcCommonSpec,
+        subject: &[&str],
+        management_api: bool,
+    ) -> Result<Federation, FederationError> {
+        let oidc = OidcFederationSpec {
+            issuer,
+            common: common.clone(),
+            ..Default::default()
+        };
+        let mut notes = Vec::new();
+        if management_api {
+            notes.push(
+                "managementAPI is not used: this server does not call the identity provider's \
+                 management API"
+                    .to_owned(),
+            );
+        }
+        Self::oidc(name, kind, &oidc, subject, notes)
+    }
+
+    fn oidc(
+        name: &str,
+        kind: FederationKind,
+        spec: &OidcFederationSpec,
+        default_subject: &[&str],
+        notes: Vec<String>,
+    ) -> Result<Federation, FederationError> {
+        check_name(name)?;
+        if spec.issuer.is_empty() {
+            return Err(FederationError::EmptyIssuer);
+        }
+        let issuer_url = parse_https(&spec.issuer, true).map_err(FederationError::BadIssuer)?;
+        let jwks_uri = spec
+            .jwks_uri
+            .as_deref()
+            .map(|u| parse_https(u.trim(), false).map_err(FederationError::BadJwksUri))
+            .transpose()?;
+        // The presets keep ESE's behaviour (no audience check) with a warning; the
+        // extension kind has no such past.
+        let common = &spec.common;
+        if common.audiences.is_empty() && kind == FederationKind::Oidc {
+            return Err(FederationError::NoAudiences);
+        }
+        check_audiences(&common.audiences)?;
+        let ca_bundle = ca_bundle(common.ca_bundle.as_deref())?;
+        let keys = static_jwks(spec.jwks.as_deref())?;
+        let static_keys = (!keys.is_empty()).then(|| Arc::new(keys));
+        let subject_claims = match spec.subject_claim.as_deref() {
+            Some(claim) => {
+                check_claim_name("subjectClaim", claim)?;
+                vec![claim.to_owned()]
+            }
+            None => default_subject.iter().map(|s| (*s).to_owned()).collect(),
+        };
+        if common.bound_claims.len() > MAX_BOUND_CLAIMS {
+            return Err(FederationError::BadClaimRule(format!(
+                "boundClaims has {} entries, more than {MAX_BOUND_CLAIMS}",
+                common.bound_claims.len()
+            )));
+        }
+        let mut bound_claims = Vec::with_capacity(common.bound_claims.len());
+        for (claim, pattern) in &common.bound_claims {
+            check_claim_name("boundClaims", claim)?;
+            if pattern.is_empty() || pattern.len() > MAX_CLAIM_PATTERN_BYTES {
+                return Err(FederationError::BadClaimRule(format!(
+                    "boundClaims[{claim:?}]: the pattern must be 1 to {MAX_CLAIM_PATTERN_BYTES} bytes"
+                )));
+            }
+            bound_claims.push((claim.clone(), pattern.clone()));
+        }
+        if common.claims.len() > MAX_EXPOSED_CLAIMS {
+            return Err(FederationError::BadClaimRule(format!(
+                "claims lists {} names, more than {MAX_EXPOSED_CLAIMS}",
+                common.claims.len()
+            )));
+        }
+        let mut claims: Vec<String> = Vec::with_capacity(common.claims.len());
+        for claim in &common.claims {
+            check_claim_name("claims", claim)?;
+            if claims.contains(claim) {
+                return Err(FederationError::BadClaimRule(format!(
+                    "claims: {claim:?} is listed twice"
+                )));
+            }
+            claims.push(claim.clone());
+        }
+        let (url, fetch) = match jwks_uri {
+            Some(u) => (Some(u), Fetch::Jwks),
+            None => (Some(issuer_url), Fetch::OidcDiscovery),
+        };
+        Ok(Federation {
+            name: name.to_owned(),
+            kind,
+            source: Source::Oidc(spec.clone(), notes),
+            url_raw: url.as_ref().map(|u| u.as_str().to_owned()),
+            url,
+            fetch,
+            issuer: Some(spec.issuer.clone()),
+            audiences: common.audiences.clone(),
+            ca_bundle,
+            // A caller never tells the server whom to trust for an OIDC issuer.
+            client_ca_policy: ClientCaPolicy::Ignore,
+            static_keys,
+            rules: Rules::Oidc(OidcRules {
+                subject_claims,
+                bound_claims,
+                claims,
+            }),
         })
     }
 
@@ -174,13 +417,38 @@ impl Federation {
         &self.name
     }
 
+    /// The federation's kind.
+    pub fn kind(&self) -> FederationKind {
+        self.kind
+    }
+
+    /// The claims this federation hands to policies (`principal.claims.<name>`); empty for
+    /// a Kubernetes federation.
+    pub fn exposed_claims(&self) -> &[String] {
+        match &self.rules {
+            Rules::Oidc(r) => &r.claims,
+            Rules::Kubernetes { .. } => &[],
+        }
+    }
+
+    /// The expected `iss` when it is known without fetching: `issuer`, or `url` for static
+    /// keys (public: for load-time checks of federations sharing an issuer).
+    pub fn known_issuer(&self) -> Option<&str> {
+        self.configured_issuer()
+    }
+
     /// Accepted but risky settings, for the load log and the federation's status.
     pub fn warnings(&self) -> Vec<String> {
         let mut w = Vec::new();
         if self.audiences.is_empty() {
             w.push("no audiences: any aud is accepted".to_owned());
         }
-        if self.allow_legacy_tokens {
+        if matches!(
+            self.rules,
+            Rules::Kubernetes {
+                allow_legacy_tokens: true
+            }
+        ) {
             w.push(
                 "allowLegacyTokens: secret-based tokens never expire; prefer projected tokens"
                     .into(),
@@ -194,15 +462,21 @@ impl Federation {
             );
         }
         if self.static_keys.is_some() && self.url.is_some() {
-            w.push(
-                "static keys (jwks/publicKeys) are set: keys are not fetched from url".to_owned(),
-            );
+            let from = if self.kind == FederationKind::Kubernetes {
+                "static keys (jwks/publicKeys) are set: keys are not fetched from url"
+            } else {
+                "jwks is set: keys are not fetched from the issuer or jwksUri"
+            };
+            w.push(from.to_owned());
         }
         if self.static_keys.is_none() && self.issuer.is_none() {
             w.push(
                 "no issuer: the expected iss is taken from the discovery document (or url)"
                     .to_owned(),
             );
+        }
+        if let Source::Oidc(_, notes) = &self.source {
+            w.extend(notes.iter().cloned());
         }
         w
     }
@@ -223,9 +497,9 @@ impl Federation {
 }
 
 impl PartialEq for Federation {
-    /// Everything else is derived from the name and the spec.
+    /// Everything else is derived from the name, the kind and the spec.
     fn eq(&self, other: &Self) -> bool {
-        self.name == other.name && self.spec == other.spec
+        self.name == other.name && self.kind == other.kind && self.source == other.source
     }
 }
 
@@ -233,15 +507,160 @@ impl fmt::Debug for Federation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Federation")
             .field("name", &self.name)
+            .field("kind", &self.kind)
             .field("url", &self.url.as_ref().map(Url::as_str))
             .field("issuer", &self.issuer)
             .field("audiences", &self.audiences)
             .field("ca_bundle_certs", &self.ca_bundle.len())
             .field("client_ca_policy", &self.client_ca_policy)
             .field("static_keys", &self.static_keys.as_ref().map(|k| k.len()))
-            .field("allow_legacy_tokens", &self.allow_legacy_tokens)
+            .field("rules", &self.rules)
             .finish()
     }
+}
+
+/// The issuer an `OktaFederation` stands for: `{domain}/oauth2/{authorizationServerId}`,
+/// with ESE's default server `default` when the field is absent and the org authorization
+/// server (`{domain}` itself) when it is empty, as Okta names its issuers. `domain` may
+/// omit `https://`; any other scheme, a path, a query or credentials are refused.
+pub fn okta_issuer(spec: &OktaFederationSpec) -> Result<String, FederationError> {
+    let raw = spec.domain.trim();
+    if raw.is_empty() {
+        return Err(FederationError::BadOkta("domain is empty".into()));
+    }
+    let with_scheme = if raw.contains("://") {
+        raw.to_owned()
+    } else {
+        format!("https://{raw}")
+    };
+    let url = parse_https(&with_scheme, true)
+        .map_err(|e| FederationError::BadOkta(format!("domain: {e}")))?;
+    if url.path() != "/" {
+        return Err(FederationError::BadOkta(
+            "domain must be the organization URL alone (no path)".into(),
+        ));
+    }
+    let base = with_scheme.trim_end_matches('/');
+    match spec.authorization_server_id.as_deref().map(str::trim) {
+        None => Ok(format!("{base}/oauth2/default")),
+        Some("") => Ok(base.to_owned()),
+        Some(id)
+            if id.len() <= 64
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
+        {
+            Ok(format!("{base}/oauth2/{id}"))
+        }
+        Some(_) => Err(FederationError::BadOkta(
+            "authorizationServerId must be 1 to 64 letters, digits, '-' or '_'".into(),
+        )),
+    }
+}
+
+/// The issuer a `PingIdentityFederation` stands for:
+/// `https://auth.pingone.{region}/{environmentId}/as`.
+pub fn ping_issuer(spec: &PingIdentityFederationSpec) -> Result<String, FederationError> {
+    let region = spec.region.trim();
+    if !PING_REGIONS.contains(&region) {
+        return Err(FederationError::BadPingIdentity(format!(
+            "region must be one of {}",
+            PING_REGIONS.join(", ")
+        )));
+    }
+    let env = spec.environment_id.trim();
+    if env.is_empty()
+        || env.len() > 64
+        || !env.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    {
+        return Err(FederationError::BadPingIdentity(
+            "environmentId must be 1 to 64 letters, digits or '-' (a PingOne environment UUID)"
+                .into(),
+        ));
+    }
+    Ok(format!("https://auth.pingone.{region}/{env}/as"))
+}
+
+fn check_name(name: &str) -> Result<(), FederationError> {
+    if name.is_empty() {
+        return Err(FederationError::EmptyName);
+    }
+    if name.contains('/') {
+        return Err(FederationError::SlashInName);
+    }
+    Ok(())
+}
+
+fn check_audiences(audiences: &[String]) -> Result<(), FederationError> {
+    if audiences.iter().any(String::is_empty) {
+        return Err(FederationError::EmptyAudience);
+    }
+    if audiences.len() > MAX_AUDIENCES || audiences.iter().any(|a| a.len() > MAX_AUDIENCE_BYTES) {
+        return Err(FederationError::AudiencesTooLarge);
+    }
+    Ok(())
+}
+
+/// A claim name: 1 to [`MAX_CLAIM_NAME_BYTES`] printable ASCII characters, no space.
+fn check_claim_name(field: &str, name: &str) -> Result<(), FederationError> {
+    if name.is_empty()
+        || name.len() > MAX_CLAIM_NAME_BYTES
+        || !name.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(FederationError::BadClaimRule(format!(
+            "{field}: a claim name must be 1 to {MAX_CLAIM_NAME_BYTES} printable ASCII characters without spaces"
+        )));
+    }
+    Ok(())
+}
+
+fn ca_bundle(b64: Option<&str>) -> Result<Vec<CertificateDer<'static>>, FederationError> {
+    match b64 {
+        Some(b64) => parse_ca_bundle_b64(b64).map_err(|e| match e {
+            CaParseError::Base64 => FederationError::CaBundleBase64,
+            CaParseError::Pem(reason) => FederationError::CaBundlePem(reason),
+        }),
+        None => Ok(Vec::new()),
+    }
+}
+
+fn static_jwks(doc: Option<&str>) -> Result<Vec<VerifyKey>, FederationError> {
+    let Some(doc) = doc else {
+        return Ok(Vec::new());
+    };
+    let jwks = parse_jwks(doc.as_bytes(), MAX_STATIC_KEYS).map_err(|e| match e {
+        JwksError::Malformed(m) => FederationError::BadStaticJwks(m),
+        other => FederationError::BadStaticJwks(other.to_string()),
+    })?;
+    if jwks.is_empty() {
+        return Err(FederationError::BadStaticJwks(
+            "no usable signing key (RSA, EC P-256 or P-384 with use=sig)".into(),
+        ));
+    }
+    Ok(jwks)
+}
+
+/// An `https` URL with a host and no credentials or fragment (and, for an issuer, no query):
+/// the reason otherwise (never the URL itself, which could carry credentials).
+fn parse_https(raw: &str, issuer: bool) -> Result<Url, String> {
+    let url = Url::parse(raw).map_err(|e| e.to_string())?;
+    if url.scheme() != "https" {
+        return Err("not https".into());
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err("no host".into());
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("credentials in the URL".into());
+    }
+    if url.fragment().is_some() || (issuer && url.query().is_some()) {
+        return Err(if issuer {
+            "a query or fragment".into()
+        } else {
+            "a fragment".into()
+        });
+    }
+    Ok(url)
 }
 
 fn parse_url(raw: &str) -> Result<Url, FederationError> {
@@ -454,5 +873,193 @@ mod tests {
         )
         .unwrap_err();
         assert!(!e.to_string().contains("secretpw"));
+    }
+
+    fn oidc_spec() -> OidcFederationSpec {
+        OidcFederationSpec {
+            issuer: "https://token.actions.githubusercontent.com".into(),
+            common: OidcCommonSpec {
+                audiences: vec!["https://esi.example".into()],
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn oidc_specs() {
+        let f = Federation::from_oidc_spec("github", &oidc_spec()).unwrap();
+        assert_eq!(f.kind(), FederationKind::Oidc);
+        assert_eq!(f.fetch, Fetch::OidcDiscovery);
+        assert_eq!(
+            f.configured_issuer(),
+            Some("https://token.actions.githubusercontent.com")
+        );
+        assert_eq!(f.client_ca_policy, ClientCaPolicy::Ignore);
+        assert!(f.warnings().is_empty(), "{:?}", f.warnings());
+        assert!(f.exposed_claims().is_empty());
+        let mut s = oidc_spec();
+        s.jwks_uri = Some("https://keys.example/jwks?v=2".into());
+        s.common.claims = vec!["repository".into()];
+        let f = Federation::from_oidc_spec("github", &s).unwrap();
+        assert_eq!(f.fetch, Fetch::Jwks);
+        assert_eq!(f.exposed_claims(), ["repository".to_owned()]);
+        assert_ne!(
+            f,
+            Federation::from_oidc_spec("github", &oidc_spec()).unwrap()
+        );
+
+        let bad = |f: &dyn Fn(&mut OidcFederationSpec)| {
+            let mut s = oidc_spec();
+            f(&mut s);
+            Federation::from_oidc_spec("github", &s).unwrap_err()
+        };
+        assert_eq!(
+            bad(&|s| s.common.audiences.clear()),
+            FederationError::NoAudiences
+        );
+        assert_eq!(
+            bad(&|s| s.common.audiences = vec![String::new()]),
+            FederationError::EmptyAudience
+        );
+        assert_eq!(bad(&|s| s.issuer.clear()), FederationError::EmptyIssuer);
+        for issuer in [
+            "http://token.example",
+            "https://u:p@token.example",
+            "https://token.example/?a=b",
+            "https://token.example/#f",
+            "token.example",
+        ] {
+            assert!(
+                matches!(
+                    bad(&|s| s.issuer = issuer.into()),
+                    FederationError::BadIssuer(_)
+                ),
+                "{issuer}"
+            );
+        }
+        assert!(matches!(
+            bad(&|s| s.jwks_uri = Some("http://keys.example".into())),
+            FederationError::BadJwksUri(_)
+        ));
+        assert!(matches!(
+            bad(&|s| s.jwks = Some("{".into())),
+            FederationError::BadStaticJwks(_)
+        ));
+        for rule in [
+            &(|s: &mut OidcFederationSpec| s.subject_claim = Some(String::new()))
+                as &dyn Fn(&mut OidcFederationSpec),
+            &|s| s.subject_claim = Some("has space".into()),
+            &|s| s.common.claims = vec!["a".into(), "a".into()],
+            &|s| s.common.claims = (0..=MAX_EXPOSED_CLAIMS).map(|i| format!("c{i}")).collect(),
+            &|s| s.common.claims = vec!["x".repeat(MAX_CLAIM_NAME_BYTES + 1)],
+            &|s| s.common.bound_claims = [("repository".to_owned(), String::new())].into(),
+            &|s| {
+                s.common.bound_claims =
+                    [("ref".to_owned(), "x".repeat(MAX_CLAIM_PATTERN_BYTES + 1))].into()
+            },
+            &|s| s.common.bound_claims = [("bad\nname".to_owned(), "x".to_owned())].into(),
+            &|s| {
+                s.common.bound_claims = (0..=MAX_BOUND_CLAIMS)
+                    .map(|i| (format!("c{i}"), "x".to_owned()))
+                    .collect()
+            },
+        ] {
+            assert!(matches!(bad(rule), FederationError::BadClaimRule(_)));
+        }
+        assert_eq!(
+            Federation::from_oidc_spec("a/b", &oidc_spec()).unwrap_err(),
+            FederationError::SlashInName
+        );
+        // Error messages never echo the issuer (it could carry credentials).
+        let e = bad(&|s| s.issuer = "http://u:secretpw@token.example".into());
+        assert!(!e.to_string().contains("secretpw"));
+    }
+
+    #[test]
+    fn okta_and_ping_identity_presets() {
+        let okta = |domain: &str, server: Option<&str>| OktaFederationSpec {
+            domain: domain.into(),
+            authorization_server_id: server.map(str::to_owned),
+            ..Default::default()
+        };
+        for (spec, issuer) in [
+            (
+                okta("https://dev-1.okta.com", None),
+                "https://dev-1.okta.com/oauth2/default",
+            ),
+            (
+                okta("https://dev-1.okta.com/", Some("")),
+                "https://dev-1.okta.com",
+            ),
+            (
+                okta("dev-1.okta.com", Some("aus1x")),
+                "https://dev-1.okta.com/oauth2/aus1x",
+            ),
+            (
+                okta("https://login.example.com:8443", Some("default")),
+                "https://login.example.com:8443/oauth2/default",
+            ),
+        ] {
+            assert_eq!(okta_issuer(&spec).unwrap(), issuer, "{spec:?}");
+        }
+        for spec in [
+            okta("", None),
+            okta("http://dev-1.okta.com", None),
+            okta("https://dev-1.okta.com/path", None),
+            okta("https://dev-1.okta.com", Some("a/b")),
+            okta("https://u:p@dev-1.okta.com", None),
+        ] {
+            assert!(
+                matches!(okta_issuer(&spec), Err(FederationError::BadOkta(_))),
+                "{spec:?}"
+            );
+        }
+        // ESE's manifests have no audiences: accepted with ESE's behaviour, and said.
+        let mut spec = okta("https://dev-1.okta.com", Some(""));
+        spec.management_api =
+            Some(serde_json::json!({"apiTokenSecretRef": {"name": "k", "key": "t"}}));
+        let f = Federation::from_okta_spec("okta", &spec).unwrap();
+        assert_eq!(f.kind(), FederationKind::Okta);
+        assert_eq!(f.configured_issuer(), Some("https://dev-1.okta.com"));
+        let w = f.warnings();
+        assert!(w.iter().any(|m| m.contains("no audiences")), "{w:?}");
+        assert!(w.iter().any(|m| m.contains("managementAPI")), "{w:?}");
+        spec.oidc.audiences = vec!["api://esi".into()];
+        spec.management_api = None;
+        assert!(
+            Federation::from_okta_spec("okta", &spec)
+                .unwrap()
+                .warnings()
+                .is_empty()
+        );
+
+        let ping = |region: &str, env: &str| PingIdentityFederationSpec {
+            region: region.into(),
+            environment_id: env.into(),
+            ..Default::default()
+        };
+        let env = "0b5e6d3a-1111-4a2b-9c3d-2e4f5a6b7c8d";
+        assert_eq!(
+            ping_issuer(&ping("com", env)).unwrap(),
+            format!("https://auth.pingone.com/{env}/as")
+        );
+        for spec in [
+            ping("us", env),
+            ping("eu", ""),
+            ping("eu", "../x"),
+            ping("eu", "a/b"),
+        ] {
+            assert!(
+                matches!(ping_issuer(&spec), Err(FederationError::BadPingIdentity(_))),
+                "{spec:?}"
+            );
+        }
+        let f = Federation::from_ping_identity_spec("ping", &ping("ca", env)).unwrap();
+        assert_eq!(f.kind(), FederationKind::PingIdentity);
+        match &f.rules {
+            Rules::Oidc(r) => assert_eq!(r.subject_claims, ["sub", "client_id"]),
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -11,7 +11,7 @@ use reqwest::header::ACCEPT;
 use rustls_pki_types::CertificateDer;
 
 use super::error::AuthnError;
-use super::federation::{Federation, parse_ca_bundle_b64};
+use super::federation::{Federation, Fetch, parse_ca_bundle_b64};
 use super::keys::{JwksError, VerifyKey, parse_jwks};
 use super::settings::AuthnSettings;
 use crate::metrics::METRICS;
@@ -584,8 +584,7 @@ pub(crate) fn rebase_jwks_uri(
     Ok(out)
 }
 
-/// Discovery, then keys: `{url}/.well-known/openid-configuration` → `jwks_uri` re-based onto
-/// `url`; without discovery (a 4xx), `{url}/openid/v1/jwks`.
+/// The keys of `fed`, from where its kind keeps them ([`Fetch`]).
 async fn fetch(
     fed: &Federation,
     extra: &[CertificateDer<'static>],
@@ -596,34 +595,11 @@ async fn fetch(
         .as_ref()
         .ok_or(FetchError::Client("federation has no url".into()))?;
     let client = client(fed, extra, s)?;
-    let discovery_url = with_path(base, "/.well-known/openid-configuration");
-    let (jwks_url, discovered_issuer) =
-        match get_capped(&client, discovery_url.clone(), s.max_jwks_bytes).await? {
-            Some(body) => {
-                let doc: serde_json::Value =
-                    serde_json::from_slice(&body).map_err(|_| FetchError::Discovery("not JSON"))?;
-                let jwks_uri = doc
-                    .get("jwks_uri")
-                    .and_then(serde_json::Value::as_str)
-                    .ok_or(FetchError::Discovery("no jwks_uri"))?;
-                let issuer = match doc.get("issuer") {
-                    None | Some(serde_json::Value::Null) => None,
-                    Some(serde_json::Value::String(i)) if !i.is_empty() => Some(i.clone()),
-                    Some(_) => return Err(FetchError::Discovery("issuer is not a string")),
-                };
-                // A pinned issuer must agree with what the cluster itself announces: a
-                // mismatch means `url` points at another cluster (or an impostor).
-                if let (Some(pinned), Some(announced)) = (fed.issuer.as_deref(), issuer.as_deref())
-                    && pinned != announced
-                {
-                    return Err(FetchError::Discovery(
-                        "issuer differs from the federation's issuer",
-                    ));
-                }
-                (rebase_jwks_uri(base, &discovery_url, jwks_uri)?, issuer)
-            }
-            None => (with_path(base, "/openid/v1/jwks"), None),
-        };
+    let (jwks_url, discovered_issuer) = match fed.fetch {
+        Fetch::KubernetesApi => kubernetes_jwks_url(fed, base, &client, s).await?,
+        Fetch::OidcDiscovery => (oidc_jwks_url(fed, base, &client, s).await?, None),
+        Fetch::Jwks => (base.clone(), None),
+    };
     let body = get_capped(&client, jwks_url, s.max_jwks_bytes)
         .await?
         .ok_or(FetchError::Status(404))?;
@@ -632,6 +608,98 @@ async fn fetch(
         keys,
         discovered_issuer,
     })
+}
+
+/// The discovery document at `url`: `Ok(None)` for a 4xx answer.
+async fn discovery_document(
+    client: &reqwest::Client,
+    url: Url,
+    s: &AuthnSettings,
+) -> Result<Option<serde_json::Map<String, serde_json::Value>>, FetchError> {
+    match get_capped(client, url, s.max_jwks_bytes).await? {
+        Some(body) => match serde_json::from_slice(&body) {
+            Ok(serde_json::Value::Object(doc)) => Ok(Some(doc)),
+            _ => Err(FetchError::Discovery("not a JSON object")),
+        },
+        None => Ok(None),
+    }
+}
+
+/// A Kubernetes API server's keys: `{url}/.well-known/openid-configuration` → `jwks_uri`
+/// re-based onto `url`; without discovery (a 4xx), `{url}/openid/v1/jwks`. With the issuer
+/// the document announces.
+async fn kubernetes_jwks_url(
+    fed: &Federation,
+    base: &Url,
+    client: &reqwest::Client,
+    s: &AuthnSettings,
+) -> Result<(Url, Option<String>), FetchError> {
+    let discovery_url = with_path(base, "/.well-known/openid-configuration");
+    let Some(doc) = discovery_document(client, discovery_url.clone(), s).await? else {
+        return Ok((with_path(base, "/openid/v1/jwks"), None));
+    };
+    let jwks_uri = doc
+        .get("jwks_uri")
+        .and_then(serde_json::Value::as_str)
+        .ok_or(FetchError::Discovery("no jwks_uri"))?;
+    let issuer = match doc.get("issuer") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(i)) if !i.is_empty() => Some(i.clone()),
+        Some(_) => return Err(FetchError::Discovery("issuer is not a string")),
+    };
+    // A pinned issuer must agree with what the cluster itself announces: a mismatch means
+    // `url` points at another cluster (or an impostor).
+    if let (Some(pinned), Some(announced)) = (fed.issuer.as_deref(), issuer.as_deref())
+        && pinned != announced
+    {
+        return Err(FetchError::Discovery(
+            "issuer differs from the federation's issuer",
+        ));
+    }
+    Ok((rebase_jwks_uri(base, &discovery_url, jwks_uri)?, issuer))
+}
+
+/// An OIDC issuer's keys (OpenID Connect Discovery 1.0): the document at
+/// `{issuer}/.well-known/openid-configuration` (a terminating `/` of the issuer removed)
+/// must announce exactly the federation's issuer (§4.3), and its `jwks_uri` must be an
+/// `https` URL on the issuer's origin: a discovery document never sends the server to
+/// another host (an issuer whose keys live elsewhere is configured with `jwksUri`).
+async fn oidc_jwks_url(
+    fed: &Federation,
+    issuer: &Url,
+    client: &reqwest::Client,
+    s: &AuthnSettings,
+) -> Result<Url, FetchError> {
+    let discovery_url = with_path(issuer, "/.well-known/openid-configuration");
+    let doc = discovery_document(client, discovery_url, s)
+        .await?
+        .ok_or(FetchError::Discovery("no discovery document (4xx)"))?;
+    match doc.get("issuer") {
+        Some(serde_json::Value::String(i)) if Some(i.as_str()) == fed.issuer.as_deref() => {}
+        Some(serde_json::Value::String(_)) => {
+            return Err(FetchError::Discovery(
+                "issuer differs from the federation's issuer",
+            ));
+        }
+        _ => return Err(FetchError::Discovery("no issuer")),
+    }
+    let jwks_uri = doc
+        .get("jwks_uri")
+        .and_then(serde_json::Value::as_str)
+        .ok_or(FetchError::Discovery("no jwks_uri"))?;
+    let mut url =
+        Url::parse(jwks_uri).map_err(|_| FetchError::Discovery("jwks_uri is not a URL"))?;
+    if url.scheme() != "https"
+        || url.origin() != issuer.origin()
+        || !url.username().is_empty()
+        || url.password().is_some()
+    {
+        return Err(FetchError::Discovery(
+            "jwks_uri is not an https URL on the issuer's host (set jwksUri to name it)",
+        ));
+    }
+    url.set_fragment(None);
+    Ok(url)
 }
 
 #[cfg(test)]

@@ -1,9 +1,14 @@
-//! Authentication: ServiceAccount JWTs verified against each federation's keys.
+//! Authentication: JWTs verified against each federation's keys — Kubernetes
+//! ServiceAccount tokens (`KubernetesFederation`) and OIDC issuers' tokens (`OIDCFederation`
+//! and ESE's `OktaFederation`, `PingIdentityFederation` presets), by one verifier.
 //!
 //! A token is matched to the federations whose issuer equals its `iss` (by name order), then
 //! to a key by `kid`: the keys with that `kid`, else the keys without one (all keys when the
 //! token has none). Keys come only from the federation's own configuration (static `jwks` or
-//! PEM `publicKeys`, or fetched anonymously from its `url`), never from the token.
+//! PEM `publicKeys`, or fetched anonymously from its `url` or issuer), never from the token.
+//! The checks every token gets (size, shape, algorithm, signature, lifetime, audience) are
+//! the same for every kind; a federation's kind only adds what its tokens must carry and
+//! which [`Identity`] they prove.
 
 mod authenticator;
 mod clock;
@@ -22,8 +27,13 @@ mod tests;
 pub use authenticator::Authenticator;
 pub use clock::Clock;
 pub use error::AuthnError;
-pub use federation::{Federation, FederationError};
-pub use identity::Identity;
+pub use federation::{
+    Federation, FederationError, MAX_BOUND_CLAIMS, MAX_CLAIM_NAME_BYTES, MAX_CLAIM_PATTERN_BYTES,
+    MAX_CLAIM_VALUE_BYTES, MAX_EXPOSED_CLAIMS, okta_issuer, ping_issuer,
+};
+pub use identity::{
+    CanonicalId, FederationKind, Identity, Principal, PrincipalKind, ServiceAccount,
+};
 pub use jwks::KeyHealth;
 pub use keys::kubernetes_key_id;
 pub use offline::{OfflineIdentity, identify_offline};

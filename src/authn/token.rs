@@ -8,9 +8,11 @@ use jsonwebtoken::Algorithm;
 use serde::Deserialize;
 use serde_json::Value;
 
+use std::collections::BTreeMap;
+
 use super::error::AuthnError;
-use super::federation::Federation;
-use super::identity::Identity;
+use super::federation::{Federation, MAX_CLAIM_VALUE_BYTES, OidcRules, Rules};
+use super::identity::{Identity, Principal, ServiceAccount};
 use super::keys::{VerifyKey, accepted_algorithm};
 
 /// A syntactically valid token, not yet verified.
@@ -20,6 +22,8 @@ pub(crate) struct ParsedToken<'a> {
     pub(crate) kid: Option<String>,
     /// `base64(header).base64(claims)`: the signed bytes.
     message: &'a str,
+    /// `base64(claims)`, read again in full for an OIDC federation's claim rules.
+    payload: &'a str,
     signature: &'a str,
     pub(crate) iss: String,
     claims: RawClaims,
@@ -146,6 +150,7 @@ pub(crate) fn parse(token: &str, max_bytes: usize) -> Result<ParsedToken<'_>, Au
         alg,
         kid: header.kid.filter(|k| !k.is_empty()),
         message: &token[..h.len() + 1 + p.len()],
+        payload: p,
         signature: s,
         iss,
         claims,
@@ -170,7 +175,8 @@ impl ParsedToken<'_> {
     }
 
     /// Checks the claims of a token whose signature a key of `fed` verified, and builds the
-    /// identity. `now` and `leeway` in seconds.
+    /// identity. `now` and `leeway` in seconds. The checks every kind shares (lifetime,
+    /// audience) come first, then the kind's own ([`Rules`]).
     pub(crate) fn check_claims(
         &self,
         fed: &Federation,
@@ -179,8 +185,14 @@ impl ParsedToken<'_> {
         max_lifetime: u64,
     ) -> Result<Identity, AuthnError> {
         let c = &self.claims;
+        let allow_legacy = matches!(
+            fed.rules,
+            Rules::Kubernetes {
+                allow_legacy_tokens: true
+            }
+        );
         let legacy = c.is_legacy();
-        if legacy && !fed.allow_legacy_tokens {
+        if legacy && !allow_legacy {
             return Err(AuthnError::LegacyToken);
         }
         let exp = match &c.exp {
@@ -214,6 +226,24 @@ impl ParsedToken<'_> {
             return Err(AuthnError::LifetimeTooLong);
         }
         check_audience(c.aud.as_ref(), &fed.audiences)?;
+        let (subject, principal) = match &fed.rules {
+            Rules::Kubernetes { .. } => self.service_account(legacy)?,
+            Rules::Oidc(rules) => self.oidc_subject(rules)?,
+        };
+        Ok(Identity {
+            federation: fed.name.clone(),
+            federation_kind: fed.kind,
+            issuer: self.iss.clone(),
+            subject,
+            principal,
+            expires_at: exp,
+        })
+    }
+
+    /// A ServiceAccount token's subject and ServiceAccount: `sub` must name the
+    /// ServiceAccount the `kubernetes.io` claim (or a legacy token's flat claims) names.
+    fn service_account(&self, legacy: bool) -> Result<(String, Principal), AuthnError> {
+        let c = &self.claims;
         let subject = match &c.sub {
             Some(Value::String(s)) => s.clone(),
             _ => return Err(AuthnError::BadSubject),
@@ -235,18 +265,109 @@ impl ParsedToken<'_> {
         if subject != format!("system:serviceaccount:{}:{}", sa.namespace, sa.name) {
             return Err(AuthnError::BadSubject);
         }
-        Ok(Identity {
-            federation: fed.name.clone(),
-            issuer: self.iss.clone(),
+        Ok((
             subject,
-            namespace: sa.namespace,
-            service_account: sa.name,
-            service_account_uid: sa.uid,
-            pod_name: sa.pod_name,
-            pod_uid: sa.pod_uid,
-            expires_at: exp,
-        })
+            Principal::ServiceAccount(ServiceAccount {
+                namespace: sa.namespace,
+                name: sa.name,
+                uid: sa.uid,
+                pod_name: sa.pod_name,
+                pod_uid: sa.pod_uid,
+            }),
+        ))
     }
+
+    /// An OIDC token's subject (the first present of `subject_claims`, a non-empty string
+    /// of at most [`MAX_CLAIM_VALUE_BYTES`]), its `boundClaims` (all must match) and the
+    /// claims handed to policies (strings of at most [`MAX_CLAIM_VALUE_BYTES`]; a listed
+    /// claim of another type refuses the token, so a policy never misses a claim the token
+    /// did carry). The claims are read again in full, duplicate members refused.
+    fn oidc_subject(&self, rules: &OidcRules) -> Result<(String, Principal), AuthnError> {
+        let all: UniqueClaims = b64_json(self.payload, "bad claims")?;
+        let all = all.0;
+        let present = |name: &str| all.get(name).filter(|v| !v.is_null());
+        let subject = match rules.subject_claims.iter().find_map(|c| present(c)) {
+            Some(Value::String(s)) if !s.is_empty() && s.len() <= MAX_CLAIM_VALUE_BYTES => {
+                s.clone()
+            }
+            _ => return Err(AuthnError::BadSubject),
+        };
+        for (claim, pattern) in &rules.bound_claims {
+            let bound = match present(claim) {
+                Some(Value::String(s)) => glob_match(pattern, s),
+                Some(Value::Array(items)) => items
+                    .iter()
+                    .any(|i| i.as_str().is_some_and(|s| glob_match(pattern, s))),
+                _ => false,
+            };
+            if !bound {
+                return Err(AuthnError::UnboundClaims);
+            }
+        }
+        let mut claims = BTreeMap::new();
+        for name in &rules.claims {
+            match present(name) {
+                None => {}
+                Some(Value::String(s)) if s.len() <= MAX_CLAIM_VALUE_BYTES => {
+                    claims.insert(name.clone(), s.clone());
+                }
+                Some(_) => return Err(AuthnError::BadClaim),
+            }
+        }
+        Ok((subject, Principal::OidcSubject { claims }))
+    }
+}
+
+/// A JSON object's members, a member that appears twice refused (a token whose claims
+/// could be read two ways is ambiguous).
+struct UniqueClaims(BTreeMap<String, Value>);
+
+impl<'de> Deserialize<'de> for UniqueClaims {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = UniqueClaims;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<UniqueClaims, A::Error> {
+                let mut out = BTreeMap::new();
+                while let Some((k, v)) = map.next_entry::<String, Value>()? {
+                    if out.insert(k, v).is_some() {
+                        return Err(serde::de::Error::custom("duplicate member"));
+                    }
+                }
+                Ok(UniqueClaims(out))
+            }
+        }
+        d.deserialize_map(Visitor)
+    }
+}
+
+/// Whether `value` matches `pattern`, in which every `*` matches any run of characters
+/// (none included) and everything else itself. Linear: the literal runs between stars are
+/// found left to right (the leftmost place of each is never worse for the rest).
+pub(crate) fn glob_match(pattern: &str, value: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or_default();
+    let Some(mut rest) = value.strip_prefix(first) else {
+        return false;
+    };
+    let middle: Vec<&str> = parts.collect();
+    let Some((last, middle)) = middle.split_last() else {
+        // No `*`: exact.
+        return rest.is_empty();
+    };
+    for part in middle {
+        match rest.find(part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
 }
 
 /// A NumericDate: a non-negative number of seconds (fractions are truncated).
@@ -466,8 +587,11 @@ mod tests {
         };
         assert_eq!(run(&legacy, false).err(), Some(AuthnError::LegacyToken));
         let id = run(&legacy, true).unwrap();
-        assert_eq!(id.service_account, "vault-auth");
-        assert_eq!(id.service_account_uid.as_deref(), Some("d77f89bc"));
+        assert_eq!(id.service_account().unwrap().name, "vault-auth");
+        assert_eq!(
+            id.service_account().unwrap().uid.as_deref(),
+            Some("d77f89bc")
+        );
         assert_eq!(id.expires_at, None);
         // The flat claims must agree with `sub`.
         let mut wrong = legacy.clone();
@@ -513,7 +637,10 @@ mod tests {
             json!({"iss": "i", "sub": "system:serviceaccount:ns:sa", "exp": 2000, "iat": 900});
         let id = check(base.clone(), &[]).unwrap();
         assert_eq!(
-            (id.namespace.as_str(), id.service_account.as_str()),
+            (
+                id.service_account().unwrap().namespace.as_str(),
+                id.service_account().unwrap().name.as_str()
+            ),
             ("ns", "sa")
         );
         assert_eq!(id.expires_at, Some(2000));
@@ -606,9 +733,9 @@ mod tests {
         }
         let k8s = json!({"namespace": "ns", "serviceaccount": {"name": "sa", "uid": "u1"}, "pod": {"name": "p", "uid": "u2"}});
         let id = check(with("kubernetes.io", k8s.clone()), &[]).unwrap();
-        assert_eq!(id.service_account_uid.as_deref(), Some("u1"));
-        assert_eq!(id.pod_name.as_deref(), Some("p"));
-        assert_eq!(id.pod_uid.as_deref(), Some("u2"));
+        assert_eq!(id.service_account().unwrap().uid.as_deref(), Some("u1"));
+        assert_eq!(id.service_account().unwrap().pod_name.as_deref(), Some("p"));
+        assert_eq!(id.service_account().unwrap().pod_uid.as_deref(), Some("u2"));
         let mut other = k8s.clone();
         other["serviceaccount"]["name"] = json!("admin");
         assert_eq!(
@@ -633,5 +760,258 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    fn oidc_fed(spec: crate::resources::OidcFederationSpec) -> Federation {
+        Federation::from_oidc_spec("gh", &spec).unwrap()
+    }
+
+    fn oidc_spec() -> crate::resources::OidcFederationSpec {
+        crate::resources::OidcFederationSpec {
+            issuer: "https://token.example".into(),
+            common: crate::resources::OidcCommonSpec {
+                audiences: vec!["esi".into()],
+                ..Default::default()
+            },
+            jwks: Some(
+                r#"{"keys":[{"kty":"EC","crv":"P-256","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]}"#
+                    .into(),
+            ),
+            ..Default::default()
+        }
+    }
+
+    fn oidc_check(fed: &Federation, claims: Value) -> Result<Identity, AuthnError> {
+        let t = tok(json!({"alg": "RS256"}), claims);
+        parse(&t, 10_000)
+            .unwrap()
+            .check_claims(fed, 1000, 60, 366 * 86400)
+    }
+
+    fn gh_claims() -> Value {
+        json!({
+            "iss": "https://token.example", "aud": "esi", "exp": 2000, "iat": 900,
+            "sub": "repo:org/app:environment:prod",
+            "repository": "org/app", "ref": "refs/heads/main",
+            "groups": ["dev", "ops"], "run_attempt": 2, "empty": "",
+        })
+    }
+
+    #[test]
+    fn oidc_subjects_bound_claims_and_exposed_claims() {
+        let with = |k: &str, v: Value| {
+            let mut c = gh_claims();
+            c[k] = v;
+            c
+        };
+        let without = |k: &str| {
+            let mut c = gh_claims();
+            c.as_object_mut().unwrap().remove(k);
+            c
+        };
+        let plain = oidc_fed(oidc_spec());
+        let id = oidc_check(&plain, gh_claims()).unwrap();
+        assert_eq!(id.subject, "repo:org/app:environment:prod");
+        assert_eq!(id.federation, "gh");
+        assert_eq!(
+            id.principal,
+            Principal::OidcSubject {
+                claims: Default::default()
+            }
+        );
+        // The checks every kind shares still apply.
+        assert_eq!(
+            oidc_check(&plain, with("aud", json!("other"))).err(),
+            Some(AuthnError::BadAudience)
+        );
+        assert_eq!(
+            oidc_check(&plain, without("exp")).err(),
+            Some(AuthnError::MissingExpiry)
+        );
+        assert_eq!(
+            oidc_check(&plain, with("exp", json!(900))).err(),
+            Some(AuthnError::Expired)
+        );
+        // The subject claim: a non-empty string of bounded length.
+        for bad in [json!(5), json!(""), json!(["a"]), json!("x".repeat(1025))] {
+            assert_eq!(
+                oidc_check(&plain, with("sub", bad.clone())).err(),
+                Some(AuthnError::BadSubject),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            oidc_check(&plain, without("sub")).err(),
+            Some(AuthnError::BadSubject)
+        );
+        let mut spec = oidc_spec();
+        spec.subject_claim = Some("repository".into());
+        let by_repo = oidc_fed(spec);
+        assert_eq!(
+            oidc_check(&by_repo, gh_claims()).unwrap().subject,
+            "org/app"
+        );
+
+        // boundClaims: every entry, exact or glob; arrays match by any string element.
+        let bound = |pairs: &[(&str, &str)]| {
+            let mut spec = oidc_spec();
+            spec.common.bound_claims = pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect();
+            oidc_fed(spec)
+        };
+        for ok in [
+            bound(&[("repository", "org/app")]),
+            bound(&[("repository", "org/*"), ("ref", "refs/heads/*")]),
+            bound(&[("groups", "ops")]),
+            bound(&[("groups", "o*")]),
+            bound(&[("empty", "*")]),
+        ] {
+            assert!(oidc_check(&ok, gh_claims()).is_ok(), "{ok:?}");
+        }
+        for refused in [
+            bound(&[("repository", "org/other")]),
+            bound(&[("repository", "org/*"), ("ref", "refs/tags/*")]),
+            bound(&[("repository", "Org/app")]),
+            bound(&[("repository", "org/ap")]),
+            bound(&[("groups", "admin")]),
+            bound(&[("run_attempt", "2")]),
+            bound(&[("missing", "*")]),
+        ] {
+            assert_eq!(
+                oidc_check(&refused, gh_claims()).err(),
+                Some(AuthnError::UnboundClaims),
+                "{refused:?}"
+            );
+        }
+        // Claims handed to policies: strings only; absent ones are left out.
+        let mut spec = oidc_spec();
+        spec.common.claims = vec!["repository".into(), "ref".into(), "absent".into()];
+        let exposing = oidc_fed(spec);
+        let id = oidc_check(&exposing, gh_claims()).unwrap();
+        assert_eq!(
+            id.principal,
+            Principal::OidcSubject {
+                claims: [
+                    ("ref".to_owned(), "refs/heads/main".to_owned()),
+                    ("repository".to_owned(), "org/app".to_owned())
+                ]
+                .into()
+            }
+        );
+        for bad in [
+            json!(["org/app"]),
+            json!(7),
+            json!({"a": 1}),
+            json!("x".repeat(1025)),
+        ] {
+            assert_eq!(
+                oidc_check(&exposing, with("repository", bad.clone())).err(),
+                Some(AuthnError::BadClaim),
+                "{bad}"
+            );
+        }
+        assert!(oidc_check(&exposing, with("repository", Value::Null)).is_ok());
+        // A member twice is ambiguous: refused (here one RawClaims does not know).
+        let dup = format!(
+            "{}.{}.c2ln",
+            enc(&json!({"alg": "RS256"})),
+            URL_SAFE_NO_PAD.encode(gh_claims().to_string().replacen(
+                '{',
+                r#"{"repository":"org/other","#,
+                1
+            ))
+        );
+        assert_eq!(
+            parse(&dup, 10_000)
+                .unwrap()
+                .check_claims(&exposing, 1000, 60, 366 * 86400)
+                .err(),
+            Some(AuthnError::Malformed("bad claims"))
+        );
+        // A legacy-shaped token is never accepted by an OIDC federation.
+        let legacy = json!({
+            "iss": "https://token.example", "sub": "x", "aud": "esi",
+            "kubernetes.io/serviceaccount/namespace": "default",
+        });
+        assert_eq!(
+            oidc_check(&plain, legacy).err(),
+            Some(AuthnError::LegacyToken)
+        );
+    }
+
+    #[test]
+    fn ping_identity_subjects_fall_back_to_client_id() {
+        let spec = crate::resources::PingIdentityFederationSpec {
+            region: "eu".into(),
+            environment_id: "0b5e6d3a-1111-4a2b-9c3d-2e4f5a6b7c8d".into(),
+            ..Default::default()
+        };
+        let fed = Federation::from_ping_identity_spec("ping", &spec).unwrap();
+        let iss = "https://auth.pingone.eu/0b5e6d3a-1111-4a2b-9c3d-2e4f5a6b7c8d/as";
+        let claims = json!({"iss": iss, "aud": "x", "exp": 2000, "iat": 900, "client_id": "app-1"});
+        let t = tok(json!({"alg": "RS256"}), claims.clone());
+        let id = parse(&t, 10_000)
+            .unwrap()
+            .check_claims(&fed, 1000, 60, 366 * 86400)
+            .unwrap();
+        assert_eq!(id.subject, "app-1");
+        assert_eq!(
+            id.federation_kind,
+            crate::authn::FederationKind::PingIdentity
+        );
+        let mut with_sub = claims;
+        with_sub["sub"] = json!("user-7");
+        let t = tok(json!({"alg": "RS256"}), with_sub);
+        let id = parse(&t, 10_000)
+            .unwrap()
+            .check_claims(&fed, 1000, 60, 366 * 86400)
+            .unwrap();
+        assert_eq!(id.subject, "user-7");
+    }
+
+    #[test]
+    fn globs_are_literal_but_for_stars() {
+        for (pattern, value, want) in [
+            ("a", "a", true),
+            ("a", "ab", false),
+            ("", "", true),
+            ("", "x", false),
+            ("*", "", true),
+            ("*", "anything/at:all", true),
+            ("org/*", "org/app", true),
+            ("org/*", "org", false),
+            ("org/*", "other/org/app", false),
+            ("*/app", "org/app", true),
+            ("*/app", "org/app2", false),
+            ("a*b*c", "abc", true),
+            ("a*b*c", "aXbYc", true),
+            ("a*b*c", "acb", false),
+            ("a*a", "a", false),
+            ("a*a", "aa", true),
+            ("ab*ba", "aba", false),
+            ("**", "x", true),
+            ("a.c", "abc", false),
+            ("a?c", "abc", false),
+            (
+                "repo:org/*:ref:refs/heads/main",
+                "repo:org/app:ref:refs/heads/main",
+                true,
+            ),
+            (
+                "repo:org/*:ref:refs/heads/main",
+                "repo:org/app:ref:refs/heads/main2",
+                false,
+            ),
+        ] {
+            assert_eq!(glob_match(pattern, value), want, "{pattern:?} {value:?}");
+        }
+        // Linear: a long value against many stars answers at once.
+        let value = "a".repeat(16 * 1024);
+        assert!(!glob_match(
+            &"*a".repeat(200).replace("*a*a", "*a*b"),
+            &value
+        ));
     }
 }

@@ -22,10 +22,8 @@ use std::collections::BTreeSet;
 use cedar_policy::{Policy, PolicyId};
 use serde_json::{Value, json};
 
+use crate::authn::{FederationKind, PrincipalKind};
 use crate::resources::{AuthorizationSpec, AuthorizationSubject};
-
-/// The only federation kind served.
-const FEDERATION_KIND: &str = "KubernetesFederation";
 /// Longest user value echoed in an error message.
 const ECHO_MAX: usize = 120;
 
@@ -36,7 +34,7 @@ pub(crate) enum CompileError {
     #[error("spec.subject is missing")]
     MissingSubject,
     #[error(
-        "spec.subject.spiffe is not supported: only OIDC subjects (Kubernetes ServiceAccounts) are served"
+        "spec.subject.spiffe is not supported: only OIDC subjects (Kubernetes ServiceAccounts and OIDC federations' subjects) are served"
     )]
     SpiffeUnsupported,
     #[error("spec.subject sets both `oidc` and the flat `issuer`/`subject` form; set only one")]
@@ -47,7 +45,9 @@ pub(crate) enum CompileError {
     EmptySubject,
     #[error("spec.federationRef.name is empty")]
     MissingFederation,
-    #[error("spec.federationRef.kind {0:?} is not supported (expected KubernetesFederation)")]
+    #[error(
+        "spec.federationRef.kind {0:?} is not supported (expected KubernetesFederation, OIDCFederation, OktaFederation or PingIdentityFederation)"
+    )]
     UnsupportedFederationKind(String),
     #[error("spec.allowedClusterSecretStores[{0}] is empty")]
     EmptyStore(usize),
@@ -215,11 +215,14 @@ fn any_of(operands: Vec<Value>) -> Option<Value> {
     balanced("||", operands)
 }
 
-/// One `permit` of this Authorization. `principal is ServiceAccount in Federation::"f"`
-/// always, so a subject only matches tokens that came through its federation. Without a
-/// resource type the scope is open and the condition must restrict the resource.
+/// One `permit` of this Authorization. `principal is <type> in Federation::"f"` always
+/// (`ServiceAccount` for a KubernetesFederation, `OidcSubject` for an OIDC federation), so
+/// a subject only matches tokens that came through its federation, as the kind of caller
+/// that federation proves. Without a resource type the scope is open and the condition
+/// must restrict the resource.
 fn permit(
     id: String,
+    principal: PrincipalKind,
     federation: &str,
     actions: &[&str],
     resource_type: Option<&str>,
@@ -234,7 +237,7 @@ fn permit(
         "effect": "permit",
         "principal": {
             "op": "is",
-            "entity_type": qualified("ServiceAccount"),
+            "entity_type": qualified(principal.as_str()),
             "in": { "entity": entity_ref("Federation", federation) },
         },
         "action": { "op": "in", "entities": actions },
@@ -253,6 +256,8 @@ fn permit(
 pub(crate) struct Shape {
     /// `federationRef.name`.
     pub federation: String,
+    /// The kind of caller `federationRef.kind` proves.
+    pub principal: PrincipalKind,
     /// How the subject is matched.
     pub subject: SubjectMatch,
     /// How many policies [`compile`] makes of it (0 to 4, one per row of the table above).
@@ -264,9 +269,7 @@ pub(crate) struct Shape {
 /// them all, and compiles only those a caller needs; issue 9).
 pub(crate) fn check(spec: &AuthorizationSpec) -> Result<Shape, CompileError> {
     let fed = &spec.federation_ref;
-    if !fed.kind.is_empty() && fed.kind != FEDERATION_KIND {
-        return Err(CompileError::UnsupportedFederationKind(echo(&fed.kind)));
-    }
+    let principal = federation_kind(&fed.kind)?.principal_kind();
     if fed.name.is_empty() {
         return Err(CompileError::MissingFederation);
     }
@@ -313,6 +316,7 @@ pub(crate) fn check(spec: &AuthorizationSpec) -> Result<Shape, CompileError> {
     .count();
     Ok(Shape {
         federation: fed.name.clone(),
+        principal,
         subject: if subject.contains('*') {
             SubjectMatch::Glob
         } else {
@@ -322,9 +326,19 @@ pub(crate) fn check(spec: &AuthorizationSpec) -> Result<Shape, CompileError> {
     })
 }
 
+/// The kind `federationRef.kind` names (empty: `KubernetesFederation`, the only kind
+/// before there were others).
+pub(crate) fn federation_kind(kind: &str) -> Result<FederationKind, CompileError> {
+    if kind.is_empty() {
+        return Ok(FederationKind::Kubernetes);
+    }
+    FederationKind::from_kind(kind)
+        .ok_or_else(|| CompileError::UnsupportedFederationKind(echo(kind)))
+}
+
 /// Compiles one Authorization. `name` names the policies (`authorization/<name>/…`).
 pub(crate) fn compile(name: &str, spec: &AuthorizationSpec) -> Result<Compiled, CompileError> {
-    check(spec)?;
+    let principal = check(spec)?.principal;
     let federation = spec.federation_ref.name.as_str();
     let (issuer, subject) = subject_of(spec.subject.as_ref())?;
 
@@ -359,7 +373,14 @@ pub(crate) fn compile(name: &str, spec: &AuthorizationSpec) -> Result<Compiled, 
         // `resource in Store` covers both the Store itself (find) and its keys (get).
         policies.push((
             Scope::Secrets,
-            permit(id("stores"), federation, &["get", "find"], None, cond)?,
+            permit(
+                id("stores"),
+                principal,
+                federation,
+                &["get", "find"],
+                None,
+                cond,
+            )?,
         ));
     }
 
@@ -390,6 +411,7 @@ pub(crate) fn compile(name: &str, spec: &AuthorizationSpec) -> Result<Compiled, 
             Scope::Secrets,
             permit(
                 id("remote-keys"),
+                principal,
                 federation,
                 &["get"],
                 Some("RemoteKey"),
@@ -415,6 +437,7 @@ pub(crate) fn compile(name: &str, spec: &AuthorizationSpec) -> Result<Compiled, 
             Scope::Generators,
             permit(
                 id("generators"),
+                principal,
                 federation,
                 &["generate", "revoke", "renew"],
                 Some("Generator"),
@@ -434,6 +457,7 @@ pub(crate) fn compile(name: &str, spec: &AuthorizationSpec) -> Result<Compiled, 
             Scope::States,
             permit(
                 id("states"),
+                principal,
                 federation,
                 &["revokeStates"],
                 Some("GeneratorStates"),

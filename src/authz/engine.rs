@@ -27,7 +27,7 @@
 //! whose compiled policies fail schema validation (a compiler bug: `check` passed) grants
 //! nothing and is logged: fail closed.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::str::FromStr;
 use std::sync::{Arc, LazyLock};
@@ -35,7 +35,7 @@ use std::sync::{Arc, LazyLock};
 use cedar_policy::{
     AuthorizationError, Authorizer, Context, Decision as CedarDecision, Effect, Entities, Entity,
     EntityId, EntityTypeName, EntityUid, Policy, PolicyId, PolicySet, Request, Response,
-    RestrictedExpression, Schema, ValidationMode, Validator,
+    RestrictedExpression, Schema, SchemaFragment, ValidationMode, Validator,
 };
 use miette::Diagnostic;
 use sha2::{Digest as _, Sha256};
@@ -44,7 +44,7 @@ use super::compile::{self, Scope, SubjectMatch};
 use super::{
     Action, AuthorizationSource, Decision, PolicyFile, PolicyLoadError, Resource, SCHEMA_SRC,
 };
-use crate::authn::Identity;
+use crate::authn::{Identity, Principal};
 use crate::metrics::METRICS;
 use crate::resources::AuthorizationSpec;
 
@@ -64,14 +64,95 @@ static SCHEMA: LazyLock<Result<Schema, String>> = LazyLock::new(|| {
 /// parse, which a test rules out; decisions then deny.
 static VOCABULARY: LazyLock<Option<Vocabulary>> = LazyLock::new(Vocabulary::new);
 
-/// The validator of compiled and hand-written policies; `None` if the schema does not parse.
+/// The validator of compiled and hand-written policies when no federation hands claims to
+/// policies; `None` if the schema does not parse (tests: compiled policies validate).
+#[cfg(test)]
 static VALIDATOR: LazyLock<Option<Validator>> =
     LazyLock::new(|| SCHEMA.as_ref().ok().map(|s| Validator::new(s.clone())));
+
+/// The schema in Cedar's JSON form, from which the validators of a set of claim names are
+/// made ([`validators`]).
+static SCHEMA_JSON: LazyLock<Result<serde_json::Value, String>> = LazyLock::new(|| {
+    let (fragment, _warnings) =
+        SchemaFragment::from_cedarschema_str(SCHEMA_SRC).map_err(|e| e.to_string())?;
+    fragment.to_json_value().map_err(|e| e.to_string())
+});
+
+/// The validators policy files are checked with, for one set of claim names.
+struct Validators {
+    /// The schema with `OidcClaims` holding every claim name a loaded federation lists
+    /// (each an optional `String`).
+    full: Validator,
+    /// The same with `ServiceAccount` the only principal of every action: the schema as it
+    /// was before other identity kinds. A file valid only under it was written for
+    /// ServiceAccounts (it reads, say, `principal.namespace` unguarded); it is loaded with a
+    /// warning rather than dropped, since dropping a `forbid` on upgrade would fail open.
+    /// For any other principal such a policy fails to evaluate: a `forbid` then denies, a
+    /// `permit` does not apply.
+    service_accounts_only: Validator,
+}
+
+/// Validators by the claim set they were made for.
+type ValidatorCache = Vec<(BTreeSet<String>, Arc<Validators>)>;
+
+/// Validators of recent claim sets (reloads usually keep the set).
+static VALIDATORS: LazyLock<std::sync::Mutex<ValidatorCache>> =
+    LazyLock::new(|| std::sync::Mutex::new(Vec::new()));
+
+/// The validators for `claims` (see [`Validators`]); an error if the schema does not parse.
+fn validators(claims: &BTreeSet<String>) -> Result<Arc<Validators>, String> {
+    let mut cache = VALIDATORS.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, v)) = cache.iter().find(|(c, _)| c == claims) {
+        return Ok(v.clone());
+    }
+    let mut full = SCHEMA_JSON.as_ref().map_err(Clone::clone)?.clone();
+    let esi = full
+        .get_mut("Esi")
+        .ok_or_else(|| "the schema has no Esi namespace".to_owned())?;
+    let attributes = esi
+        .pointer_mut("/commonTypes/OidcClaims/attributes")
+        .and_then(serde_json::Value::as_object_mut)
+        .ok_or_else(|| "the schema has no OidcClaims record".to_owned())?;
+    for name in claims {
+        attributes.insert(
+            name.clone(),
+            serde_json::json!({"type": "String", "required": false}),
+        );
+    }
+    let mut legacy = full.clone();
+    let actions = legacy
+        .pointer_mut("/Esi/actions")
+        .and_then(serde_json::Value::as_object_mut)
+        .ok_or_else(|| "the schema has no actions".to_owned())?;
+    for action in actions.values_mut() {
+        if let Some(types) = action
+            .pointer_mut("/appliesTo/principalTypes")
+            .and_then(serde_json::Value::as_array_mut)
+        {
+            types.retain(|t| t == "ServiceAccount");
+        }
+    }
+    let build = |json: serde_json::Value| {
+        Schema::from_json_value(json)
+            .map(Validator::new)
+            .map_err(|e| e.to_string())
+    };
+    let v = Arc::new(Validators {
+        full: build(full)?,
+        service_accounts_only: build(legacy)?,
+    });
+    if cache.len() >= 4 {
+        cache.remove(0);
+    }
+    cache.push((claims.clone(), v.clone()));
+    Ok(v)
+}
 
 struct Vocabulary {
     federation: EntityTypeName,
     namespace: EntityTypeName,
     service_account: EntityTypeName,
+    oidc_subject: EntityTypeName,
     store: EntityTypeName,
     remote_key: EntityTypeName,
     generator: EntityTypeName,
@@ -91,6 +172,7 @@ impl Vocabulary {
             federation: ty("Federation")?,
             namespace: ty("Namespace")?,
             service_account: ty("ServiceAccount")?,
+            oidc_subject: ty("OidcSubject")?,
             store: ty("Store")?,
             remote_key: ty("RemoteKey")?,
             generator: ty("Generator")?,
@@ -355,6 +437,8 @@ pub struct PolicyEngine {
     decisions: moka::sync::Cache<DecisionKey, Decision>,
     /// Requests evaluated by Cedar (decision cache misses), for tests and diagnostics.
     evaluations: std::sync::atomic::AtomicU64,
+    /// Policy files loaded with a warning (valid for ServiceAccount callers only).
+    load_warnings: Vec<PolicyLoadError>,
 }
 
 /// Bytes of decisions one engine remembers (keys' and policy ids' text plus a fixed
@@ -383,11 +467,9 @@ struct DecisionKey {
     federation: String,
     issuer: String,
     subject: String,
-    namespace: String,
-    service_account: String,
-    service_account_uid: Option<String>,
-    pod_name: Option<String>,
-    pod_uid: Option<String>,
+    /// The principal's kind and what it knows (ServiceAccount and pod, or OIDC claims):
+    /// two principals of different kinds never share a key.
+    principal: Principal,
     action: Action,
     /// Canonical form ([`Resource::canonical`]).
     resource: Resource,
@@ -399,11 +481,7 @@ struct KeyRef<'a> {
     federation: &'a str,
     issuer: &'a str,
     subject: &'a str,
-    namespace: &'a str,
-    service_account: &'a str,
-    service_account_uid: Option<&'a str>,
-    pod_name: Option<&'a str>,
-    pod_uid: Option<&'a str>,
+    principal: &'a Principal,
     action: Action,
     resource: &'a Resource,
 }
@@ -414,11 +492,7 @@ impl<'a> KeyRef<'a> {
             federation: &identity.federation,
             issuer: &identity.issuer,
             subject: &identity.subject,
-            namespace: &identity.namespace,
-            service_account: &identity.service_account,
-            service_account_uid: identity.service_account_uid.as_deref(),
-            pod_name: identity.pod_name.as_deref(),
-            pod_uid: identity.pod_uid.as_deref(),
+            principal: &identity.principal,
             action,
             resource,
         }
@@ -436,11 +510,7 @@ impl AsKeyRef for DecisionKey {
             federation: &self.federation,
             issuer: &self.issuer,
             subject: &self.subject,
-            namespace: &self.namespace,
-            service_account: &self.service_account,
-            service_account_uid: self.service_account_uid.as_deref(),
-            pod_name: self.pod_name.as_deref(),
-            pod_uid: self.pod_uid.as_deref(),
+            principal: &self.principal,
             action: self.action,
             resource: &self.resource,
         }
@@ -490,7 +560,6 @@ impl<'a> std::borrow::Borrow<dyn AsKeyRef + 'a> for DecisionKey {
 impl DecisionKey {
     /// What remembering `decision` under this key costs, in bytes (approximate).
     fn weight(&self, decision: &Decision) -> u32 {
-        let opt = |o: &Option<String>| o.as_ref().map_or(0, String::len);
         let resource = match &self.resource {
             Resource::RemoteKey { store, key } => store.len() + key.len(),
             Resource::Store { store } => store.len(),
@@ -504,11 +573,7 @@ impl DecisionKey {
         let text = self.federation.len()
             + self.issuer.len()
             + self.subject.len()
-            + self.namespace.len()
-            + self.service_account.len()
-            + opt(&self.service_account_uid)
-            + opt(&self.pod_name)
-            + opt(&self.pod_uid)
+            + self.principal.text_len()
             + resource
             + decision.policy_ids.iter().map(String::len).sum::<usize>();
         u32::try_from(text)
@@ -521,11 +586,7 @@ impl DecisionKey {
             federation: identity.federation.clone(),
             issuer: identity.issuer.clone(),
             subject: identity.subject.clone(),
-            namespace: identity.namespace.clone(),
-            service_account: identity.service_account.clone(),
-            service_account_uid: identity.service_account_uid.clone(),
-            pod_name: identity.pod_name.clone(),
-            pod_uid: identity.pod_uid.clone(),
+            principal: identity.principal.clone(),
             action,
             resource,
         }
@@ -559,6 +620,8 @@ impl Default for PolicyEngine {
 struct Builder {
     ids: HashMap<String, String>,
     engine: PolicyEngine,
+    /// What policy files are validated with (`None`: the schema did not parse).
+    validators: Option<Arc<Validators>>,
 }
 
 impl PolicyEngine {
@@ -573,6 +636,7 @@ impl PolicyEngine {
             cache: PolicyCache::new(1),
             decisions: decision_cache(),
             evaluations: std::sync::atomic::AtomicU64::new(0),
+            load_warnings: Vec::new(),
         }
     }
 
@@ -621,6 +685,18 @@ impl PolicyEngine {
         policy_files: &[PolicyFile],
         cache: &PolicyCache,
     ) -> (PolicyEngine, Vec<PolicyLoadError>) {
+        Self::build_checked_with_claims(authorizations, policy_files, cache, &BTreeSet::new())
+    }
+
+    /// [`PolicyEngine::build_checked`], with policy files validated against the schema in
+    /// which `principal.claims` of an `Esi::OidcSubject` holds `claims` (the names the
+    /// loaded OIDC federations hand to policies, each optional).
+    pub fn build_checked_with_claims(
+        authorizations: Vec<Arc<CheckedAuthorization>>,
+        policy_files: &[PolicyFile],
+        cache: &PolicyCache,
+        claims: &BTreeSet<String>,
+    ) -> (PolicyEngine, Vec<PolicyLoadError>) {
         let mut errors = Vec::new();
         if let Err(e) = SCHEMA.as_ref() {
             errors.push(PolicyLoadError {
@@ -629,12 +705,26 @@ impl PolicyEngine {
                 reason: bounded(format!("the built-in schema does not parse: {e}")),
             });
         }
+        let validators = match validators(claims) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                errors.push(PolicyLoadError {
+                    origin: "schemas/esi.cedarschema".to_owned(),
+                    object: "schema".to_owned(),
+                    reason: bounded(format!(
+                        "the schema with the federations' claims does not build: {e}"
+                    )),
+                });
+                None
+            }
+        };
         let mut b = Builder {
             ids: HashMap::new(),
             engine: PolicyEngine {
                 cache: cache.clone(),
                 ..PolicyEngine::empty()
             },
+            validators,
         };
         let mut globs: HashMap<String, Shard> = HashMap::new();
         for a in authorizations {
@@ -690,6 +780,12 @@ impl PolicyEngine {
             "policy engine built"
         );
         (engine, errors)
+    }
+
+    /// Policy files loaded with a warning: valid for ServiceAccount callers only (they
+    /// read an attribute other principal types lack without `principal is …`).
+    pub fn load_warnings(&self) -> &[PolicyLoadError] {
+        &self.load_warnings
     }
 
     /// Number of policies in force.
@@ -806,6 +902,8 @@ impl PolicyEngine {
             target: "esi::decision",
             federation = %identity.federation,
             principal = %identity.subject,
+            principal_type = identity.kind().as_str(),
+            principal_id = %identity.canonical(),
             action = %action,
             resource = %canonical,
             decision = outcome,
@@ -1054,39 +1152,54 @@ fn build_request(key: &DecisionKey) -> Result<(Request, Entities), RequestError>
     }
     let v = VOCABULARY.as_ref().ok_or(RequestError::Vocabulary)?;
     let fed = identity.federation.as_str();
-    let ns = identity.namespace.as_str();
     let fed_uid = uid(&v.federation, fed);
-    let ns_uid = uid(&v.namespace, &format!("{fed}/{ns}"));
-    let sa_uid = uid(
-        &v.service_account,
-        &format!("{fed}/{ns}/{}", identity.service_account),
-    );
-
-    let mut sa_attrs = vec![
-        ("federation", string(fed)),
-        ("issuer", string(&identity.issuer)),
-        ("subject", string(&identity.subject)),
-        ("namespace", string(ns)),
-        ("name", string(&identity.service_account)),
-    ];
-    let optional = [
-        ("uid", &identity.service_account_uid),
-        ("podName", &identity.pod_name),
-        ("podUid", &identity.pod_uid),
-    ];
-    for (name, value) in optional {
-        if let Some(value) = value {
-            sa_attrs.push((name, string(value)));
-        }
-    }
-
     let mut entities = Vec::with_capacity(5);
     entities.push(Entity::new_no_attrs(fed_uid.clone(), HashSet::new()));
-    entities.push(Entity::new_no_attrs(
-        ns_uid.clone(),
-        HashSet::from([fed_uid]),
-    ));
-    entities.push(entity(sa_uid.clone(), sa_attrs, [ns_uid])?);
+    let principal_uid = match &identity.principal {
+        Principal::ServiceAccount(sa) => {
+            let ns = sa.namespace.as_str();
+            let ns_uid = uid(&v.namespace, &format!("{fed}/{ns}"));
+            let sa_uid = uid(&v.service_account, &format!("{fed}/{ns}/{}", sa.name));
+            let mut sa_attrs = vec![
+                ("federation", string(fed)),
+                ("issuer", string(&identity.issuer)),
+                ("subject", string(&identity.subject)),
+                ("namespace", string(ns)),
+                ("name", string(&sa.name)),
+            ];
+            let optional = [
+                ("uid", &sa.uid),
+                ("podName", &sa.pod_name),
+                ("podUid", &sa.pod_uid),
+            ];
+            for (name, value) in optional {
+                if let Some(value) = value {
+                    sa_attrs.push((name, string(value)));
+                }
+            }
+            entities.push(Entity::new_no_attrs(
+                ns_uid.clone(),
+                HashSet::from([fed_uid]),
+            ));
+            entities.push(entity(sa_uid.clone(), sa_attrs, [ns_uid])?);
+            sa_uid
+        }
+        Principal::OidcSubject { claims } => {
+            let subject_uid = uid(&v.oidc_subject, &format!("{fed}/{}", identity.subject));
+            let claims = RestrictedExpression::new_record(
+                claims.iter().map(|(k, v)| (k.clone(), string(v))),
+            )
+            .map_err(|e| RequestError::Entities(e.to_string()))?;
+            let attrs = [
+                ("federation", string(fed)),
+                ("issuer", string(&identity.issuer)),
+                ("subject", string(&identity.subject)),
+                ("claims", claims),
+            ];
+            entities.push(entity(subject_uid.clone(), attrs, [fed_uid])?);
+            subject_uid
+        }
+    };
 
     let resource_uid = match resource {
         Resource::RemoteKey { store, key } => {
@@ -1135,7 +1248,7 @@ fn build_request(key: &DecisionKey) -> Result<(Request, Entities), RequestError>
     let entities = Entities::from_entities(entities, None)
         .map_err(|e| RequestError::Entities(e.to_string()))?;
     let request = Request::new(
-        sa_uid,
+        principal_uid,
         v.action(action),
         resource_uid,
         Context::empty(),
@@ -1157,18 +1270,42 @@ impl Builder {
         Ok(())
     }
 
-    fn validate(&self, set: &PolicySet, text: Option<&str>) -> Result<(), String> {
-        let validator = VALIDATOR
+    /// Validates a policy file's set: `Ok(None)` when valid; `Ok(Some(warning))` when valid
+    /// only for ServiceAccount principals (see [`Validators::service_accounts_only`]).
+    fn validate(&self, set: &PolicySet, text: Option<&str>) -> Result<Option<String>, String> {
+        let validators = self
+            .validators
             .as_ref()
             .ok_or_else(|| "no schema to validate against".to_owned())?;
-        let result = validator.validate(set, ValidationMode::Strict);
+        let result = validators.full.validate(set, ValidationMode::Strict);
         if result.validation_passed() {
-            return Ok(());
+            return Ok(None);
         }
         let messages: Vec<String> = result
             .validation_errors()
             .map(|e| describe(e, text))
             .collect();
+        // Only a policy that applies to ServiceAccounts may fall back: one scoped to
+        // another principal type is impossible under the ServiceAccount-only schema, and
+        // passes it vacuously.
+        let failed: HashSet<&PolicyId> =
+            result.validation_errors().map(|e| e.policy_id()).collect();
+        let legacy = validators
+            .service_accounts_only
+            .validate(set, ValidationMode::Strict);
+        let vacuous = legacy.validation_warnings().any(|w| {
+            matches!(
+                w,
+                cedar_policy::ValidationWarning::ImpossiblePolicy(_)
+                    | cedar_policy::ValidationWarning::InvalidActionApplication(_)
+            ) && failed.contains(w.policy_id())
+        });
+        if legacy.validation_passed() && !vacuous {
+            return Ok(Some(format!(
+                "valid for ServiceAccount callers only (loaded): {}. For another kind of caller these policies fail to evaluate (a forbid then denies, a permit does not apply); scope them with `principal is Esi::ServiceAccount`",
+                messages.join("; ")
+            )));
+        }
         Err(format!(
             "does not validate against the schema: {}",
             messages.join("; ")
@@ -1224,7 +1361,13 @@ impl Builder {
             set.add(policy.new_id(PolicyId::new(&id)))
                 .map_err(|e| e.to_string())?;
         }
-        self.validate(&set, Some(&file.text))?;
+        if let Some(warning) = self.validate(&set, Some(&file.text))? {
+            self.engine.load_warnings.push(PolicyLoadError {
+                origin: file.path.display().to_string(),
+                object: "policy file".to_owned(),
+                reason: bounded(warning),
+            });
+        }
 
         let owner = file.path.display().to_string();
         for policy in set.policies() {

@@ -300,17 +300,7 @@ mod tests {
         use crate::resources::{
             AllowedGenerator, AuthorizationSpec, AuthorizationSubject, FederationRef, OidcSubject,
         };
-        let who = Identity {
-            federation: "alpha".into(),
-            issuer: "https://issuer".into(),
-            subject: "system:serviceaccount:team:app".into(),
-            namespace: "team".into(),
-            service_account: "app".into(),
-            service_account_uid: None,
-            pod_name: None,
-            pod_uid: None,
-            expires_at: None,
-        };
+        let who = Identity::of_service_account("alpha", "https://issuer", "team", "app");
         let spelled = |ns: &str, kind: &str, name: &str| Resource::Generator {
             namespace: ns.into(),
             kind: kind.into(),

@@ -196,13 +196,14 @@ struct ReportArgs {
 struct ExplainArgs {
     #[command(flatten)]
     source: SourceArgs,
-    /// The caller: FEDERATION/NAMESPACE/SERVICEACCOUNT.
+    /// The caller: FEDERATION/NAMESPACE/SERVICEACCOUNT, or FEDERATION/SUBJECT for an OIDC
+    /// federation (OIDCFederation, OktaFederation, PingIdentityFederation).
     #[arg(long)]
     principal: Option<String>,
     /// The caller's token (a file holding a ServiceAccount JWT): verified offline when its
     /// federation has static keys (`jwks`, `publicKeys`); otherwise its claims are read and
     /// the output says the signature was NOT verified.
-    #[arg(long, conflicts_with_all = ["issuer", "uid", "pod_name", "pod_uid"])]
+    #[arg(long, conflicts_with_all = ["issuer", "uid", "pod_name", "pod_uid", "claim"])]
     token: Option<PathBuf>,
     /// With --principal: the token's issuer (default: the federation's `spec.issuer`).
     #[arg(long)]
@@ -216,6 +217,10 @@ struct ExplainArgs {
     /// With --principal: the pod's UID (`principal.podUid`).
     #[arg(long)]
     pod_uid: Option<String>,
+    /// With --principal of an OIDC federation: a claim of its token, NAME=VALUE
+    /// (`principal.claims.NAME`; repeat for more).
+    #[arg(long, value_name = "NAME=VALUE")]
+    claim: Vec<String>,
     /// `get` of --key on this ClusterSecretStore.
     #[arg(long, requires = "key")]
     store: Option<String>,
@@ -918,13 +923,24 @@ fn policy_basic(cmd: PolicyCommand) -> Result<()> {
             let args = *args;
             let who = match (args.principal, args.token) {
                 (_, Some(file)) => explain::Who::Token(file),
-                (Some(path), None) => explain::Who::Principal(explain::PrincipalSpec {
-                    path,
-                    issuer: args.issuer,
-                    uid: args.uid,
-                    pod_name: args.pod_name,
-                    pod_uid: args.pod_uid,
-                }),
+                (Some(path), None) => {
+                    let mut claims = std::collections::BTreeMap::new();
+                    for c in &args.claim {
+                        let (k, v) = c
+                            .split_once('=')
+                            .filter(|(k, _)| !k.is_empty())
+                            .ok_or_else(|| anyhow::anyhow!("--claim {c:?} is not NAME=VALUE"))?;
+                        claims.insert(k.to_owned(), v.to_owned());
+                    }
+                    explain::Who::Principal(explain::PrincipalSpec {
+                        path,
+                        issuer: args.issuer,
+                        uid: args.uid,
+                        pod_name: args.pod_name,
+                        pod_uid: args.pod_uid,
+                        claims,
+                    })
+                }
                 (None, None) => bail!("give --principal or --token"),
             };
             let target = match (

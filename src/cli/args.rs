@@ -66,9 +66,19 @@ pub struct Args {
     /// Generators on the Federation Server, `NAMESPACE/KIND/NAME`, comma separated.
     #[arg(long, value_delimiter = ',')]
     pub federated_generators: Vec<String>,
-    /// The ServiceAccount token file, read afresh for every request.
-    #[arg(long, default_value = DEFAULT_TOKEN_PATH)]
-    pub federated_token: PathBuf,
+    /// How esi-cli proves who it is (ESE's `federated-auth`): `kubernetes` (the Pod's
+    /// ServiceAccount token) or `oidc` (a token of an OIDC issuer the server federates with,
+    /// such as a CI system's job token, from --federated-token or --federated-token-env).
+    #[arg(long, default_value = "kubernetes")]
+    pub federated_auth: String,
+    /// The token file, read afresh for every request (default: the Pod's ServiceAccount
+    /// token; with --federated-auth=oidc, required unless --federated-token-env is given).
+    #[arg(long, visible_alias = "token-file")]
+    pub federated_token: Option<PathBuf>,
+    /// The environment variable holding the token (read for every request), e.g. GitLab's
+    /// `id_tokens` variable: instead of --federated-token.
+    #[arg(long, visible_alias = "token-env")]
+    pub federated_token_env: Option<String>,
     /// The client cluster's CA (PEM): sent to the server as `ca.crt` and trusted for its TLS.
     #[arg(long)]
     pub federated_ca_crt: Option<PathBuf>,
@@ -199,6 +209,33 @@ impl std::fmt::Display for SecretId {
     }
 }
 
+/// `--federated-auth`: how esi-cli proves who it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FederatedAuth {
+    /// The Pod's ServiceAccount token (a `KubernetesFederation`).
+    Kubernetes,
+    /// A token of an OIDC issuer (an `OIDCFederation` or one of its presets).
+    Oidc,
+}
+
+/// Where the bearer token is read from, afresh for every request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TokenSource {
+    /// A file (`--federated-token`): projected tokens rotate in place.
+    File(PathBuf),
+    /// An environment variable (`--federated-token-env`), as CI systems hand tokens out.
+    Env(String),
+}
+
+impl std::fmt::Display for TokenSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TokenSource::File(p) => write!(f, "file {}", p.display()),
+            TokenSource::Env(name) => write!(f, "environment variable {name}"),
+        }
+    }
+}
+
 /// Where secrets come from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SourceConfig {
@@ -208,8 +245,10 @@ pub enum SourceConfig {
         url: String,
         /// `--federated-store`.
         store: Option<String>,
-        /// `--federated-token`.
-        token_path: PathBuf,
+        /// `--federated-auth`.
+        auth: FederatedAuth,
+        /// `--federated-token` or `--federated-token-env`.
+        token: TokenSource,
         /// `--federated-ca-crt`, and whether the user named it (a missing default is tolerated).
         ca_path: PathBuf,
         /// True when `--federated-ca-crt` was given explicitly.
@@ -370,6 +409,59 @@ impl Plan {
             }
         }
 
+        let auth = match a.federated_auth.trim() {
+            "kubernetes" => FederatedAuth::Kubernetes,
+            "oidc" => FederatedAuth::Oidc,
+            "okta" | "pingidentity" => {
+                return Err(invalid(
+                    "federated-auth",
+                    format!(
+                        "{:?} is not supported: obtain the token from the identity provider and give it with --federated-auth=oidc (the server's OktaFederation and PingIdentityFederation verify it)",
+                        a.federated_auth.trim()
+                    ),
+                ));
+            }
+            other => {
+                return Err(invalid(
+                    "federated-auth",
+                    format!("{other:?}: must be kubernetes or oidc"),
+                ));
+            }
+        };
+        let token_file = a
+            .federated_token
+            .clone()
+            .filter(|p| !p.as_os_str().is_empty());
+        let token_env = a
+            .federated_token_env
+            .as_deref()
+            .map(str::trim)
+            .filter(|n| !n.is_empty());
+        let token = match (token_file, token_env) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "federated-token-env",
+                    "give either --federated-token or --federated-token-env, not both",
+                ));
+            }
+            (Some(path), None) => TokenSource::File(path),
+            (None, Some(name)) => {
+                if name.contains('=') || name.contains('\0') {
+                    return Err(invalid(
+                        "federated-token-env",
+                        "is the name of an environment variable",
+                    ));
+                }
+                TokenSource::Env(name.to_owned())
+            }
+            (None, None) if auth == FederatedAuth::Oidc => {
+                return Err(invalid(
+                    "federated-auth",
+                    "oidc needs the token: --federated-token=FILE or --federated-token-env=NAME",
+                ));
+            }
+            (None, None) => TokenSource::File(PathBuf::from(DEFAULT_TOKEN_PATH)),
+        };
         let source = match a.federated_server_url.as_deref().map(str::trim) {
             Some(url) if !url.is_empty() => {
                 let parsed = reqwest::Url::parse(url)
@@ -386,7 +478,8 @@ impl Plan {
                         .map(str::trim)
                         .filter(|s| !s.is_empty())
                         .map(str::to_string),
-                    token_path: a.federated_token.clone(),
+                    auth,
+                    token,
                     ca_path: a
                         .federated_ca_crt
                         .clone()
@@ -399,6 +492,12 @@ impl Plan {
                     return Err(invalid(
                         "federated-server-url",
                         "is required with --federated-store and --federated-generators",
+                    ));
+                }
+                if auth == FederatedAuth::Oidc {
+                    return Err(invalid(
+                        "federated-server-url",
+                        "is required with --federated-auth=oidc (an OIDC token is for a Federation Server)",
                     ));
                 }
                 SourceConfig::Local {
@@ -718,6 +817,92 @@ mod tests {
         let mut v = FED.to_vec();
         v.extend_from_slice(extra);
         parse(&v)
+    }
+
+    /// Issue 18: `--federated-auth` (ESE's annotation name) picks the token: the Pod's
+    /// ServiceAccount token by default; with `oidc` a file or an environment variable must
+    /// be named.
+    #[test]
+    fn federated_auth_and_token_sources() {
+        let source = |p: Plan| match p.source {
+            SourceConfig::Federated { auth, token, .. } => (auth, token),
+            other => panic!("{other:?}"),
+        };
+        let init = [
+            "--mode=init",
+            "--inject-on-env=X=s.k",
+            "--binary-path=/bin/true",
+        ];
+        let p = fed(&init).unwrap();
+        assert_eq!(
+            source(p),
+            (
+                FederatedAuth::Kubernetes,
+                TokenSource::File(DEFAULT_TOKEN_PATH.into())
+            )
+        );
+        let mut args = init.to_vec();
+        args.extend(["--federated-auth=oidc", "--token-env=CI_JOB_JWT"]);
+        assert_eq!(
+            source(fed(&args).unwrap()),
+            (FederatedAuth::Oidc, TokenSource::Env("CI_JOB_JWT".into()))
+        );
+        let mut args = init.to_vec();
+        args.extend(["--federated-auth=oidc", "--token-file=/run/ci/token"]);
+        assert_eq!(
+            source(fed(&args).unwrap()),
+            (
+                FederatedAuth::Oidc,
+                TokenSource::File("/run/ci/token".into())
+            )
+        );
+        let mut args = init.to_vec();
+        args.extend(["--federated-token-env=K8S_TOKEN"]);
+        assert_eq!(
+            source(fed(&args).unwrap()).1,
+            TokenSource::Env("K8S_TOKEN".into())
+        );
+        for (extra, flag, words) in [
+            (
+                &["--federated-auth=oidc"][..],
+                "--federated-auth",
+                "--federated-token-env=NAME",
+            ),
+            (
+                &["--federated-auth=okta"][..],
+                "--federated-auth",
+                "--federated-auth=oidc",
+            ),
+            (
+                &["--federated-auth=spiffe"][..],
+                "--federated-auth",
+                "kubernetes or oidc",
+            ),
+            (
+                &["--federated-token=/t", "--federated-token-env=T"][..],
+                "--federated-token-env",
+                "not both",
+            ),
+            (
+                &["--federated-auth=oidc", "--federated-token-env=A=B"][..],
+                "--federated-token-env",
+                "name of an environment variable",
+            ),
+        ] {
+            let mut args = init.to_vec();
+            args.extend_from_slice(extra);
+            let e = fed(&args).unwrap_err();
+            assert!(e.starts_with(flag) && e.contains(words), "{extra:?}: {e}");
+        }
+        // An OIDC token is for a Federation Server.
+        let e = parse(&[
+            "--mode=init",
+            "--external-secrets=x",
+            "--federated-auth=oidc",
+            "--federated-token-env=T",
+        ])
+        .unwrap_err();
+        assert!(e.contains("--federated-server-url"), "{e}");
     }
 
     #[test]

@@ -550,7 +550,7 @@ mod tests {
         let client = FederatedClient::new(
             "https://127.0.0.1:1",
             None,
-            dir.path().join("no-token"),
+            super::super::args::TokenSource::File(dir.path().join("no-token")),
             &dir.path().join("no-ca"),
             false,
         )

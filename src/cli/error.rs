@@ -22,10 +22,10 @@ pub enum FetchError {
     /// The server's certificate was not trusted, or the handshake failed.
     #[error("TLS failure: {0}")]
     Tls(String),
-    /// The token file could not be read or holds no usable token.
-    #[error("bad token file {path}: {reason}")]
+    /// The token file (or variable) could not be read or holds no usable token.
+    #[error("bad token {path}: {reason}")]
     BadToken {
-        /// The file.
+        /// Where it was read from: `file <path>` or `environment variable <name>`.
         path: String,
         /// Why.
         reason: String,

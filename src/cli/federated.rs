@@ -4,9 +4,9 @@
 //! roots, and sent as `ca.crt`).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use super::args::{GeneratorRef, SecretId};
+use super::args::{GeneratorRef, SecretId, TokenSource};
 use super::error::{FetchError, SetupError};
 use super::value::{SecretData, SecretValue};
 use crate::remote::{RemoteClient, RemoteConfigError, RemoteError, RemoteSettings, Token, Trust};
@@ -49,7 +49,7 @@ const MAX_CA_BYTES: u64 = 1 << 20;
 pub struct FederatedClient {
     remote: RemoteClient,
     store: Option<String>,
-    token_path: PathBuf,
+    token: TokenSource,
 }
 
 impl std::fmt::Debug for FederatedClient {
@@ -57,7 +57,7 @@ impl std::fmt::Debug for FederatedClient {
         f.debug_struct("FederatedClient")
             .field("base", &self.remote.base().as_str())
             .field("store", &self.store)
-            .field("token_path", &self.token_path)
+            .field("token", &self.token)
             .finish_non_exhaustive()
     }
 }
@@ -91,17 +91,29 @@ fn read_ca(path: &Path, explicit: bool) -> Result<Option<Vec<u8>>, SetupError> {
     Ok(Some(pem))
 }
 
-/// Reads the token afresh (projected tokens rotate).
-fn bearer(path: &Path) -> Result<Token, FetchError> {
+/// Reads the token afresh (projected tokens rotate; a variable is read again too).
+fn bearer(source: &TokenSource) -> Result<Token, FetchError> {
     let bad = |reason: String| FetchError::BadToken {
-        path: path.display().to_string(),
+        path: source.to_string(),
         reason,
     };
-    let meta = std::fs::metadata(path).map_err(|e| bad(e.to_string()))?;
-    if meta.len() > MAX_TOKEN_BYTES {
-        return Err(bad("file too large for a token".into()));
-    }
-    let raw = zeroize::Zeroizing::new(std::fs::read(path).map_err(|e| bad(e.to_string()))?);
+    let raw = match source {
+        TokenSource::File(path) => {
+            let meta = std::fs::metadata(path).map_err(|e| bad(e.to_string()))?;
+            if meta.len() > MAX_TOKEN_BYTES {
+                return Err(bad("file too large for a token".into()));
+            }
+            zeroize::Zeroizing::new(std::fs::read(path).map_err(|e| bad(e.to_string()))?)
+        }
+        TokenSource::Env(name) => {
+            let value = std::env::var_os(name).ok_or_else(|| bad("not set".into()))?;
+            let bytes = zeroize::Zeroizing::new(value.into_encoded_bytes());
+            if bytes.len() as u64 > MAX_TOKEN_BYTES {
+                return Err(bad("too large for a token".into()));
+            }
+            bytes
+        }
+    };
     Token::from_bytes(&raw).map_err(|e| match e {
         crate::remote::TokenError::Empty => bad("empty".into()),
         other => bad(other.to_string()),
@@ -140,7 +152,7 @@ impl FederatedClient {
     pub fn new(
         url: &str,
         store: Option<String>,
-        token_path: PathBuf,
+        token: TokenSource,
         ca_path: &Path,
         ca_explicit: bool,
     ) -> Result<Self, SetupError> {
@@ -166,7 +178,7 @@ impl FederatedClient {
         Ok(Self {
             remote,
             store,
-            token_path,
+            token,
         })
     }
 
@@ -199,7 +211,7 @@ impl FederatedClient {
 
     /// One attempt at issuing a generator's credential with its handle (`POST /v1/generators/…`).
     pub async fn issue_once(&self, g: &GeneratorRef) -> Result<(SecretData, Lease), FetchError> {
-        let token = bearer(&self.token_path)?;
+        let token = bearer(&self.token)?;
         let issued = self
             .remote
             .issue(&token, &g.namespace, &g.kind, &g.name)
@@ -216,7 +228,7 @@ impl FederatedClient {
     /// One attempt at renewing credential `id` by `increment` seconds (`None`: the
     /// backend's default). [`FetchError::NotRenewable`] when a new one is needed.
     pub async fn renew_once(&self, id: &str, increment: Option<u64>) -> Result<Lease, FetchError> {
-        let token = bearer(&self.token_path)?;
+        let token = bearer(&self.token)?;
         self.remote
             .renew(&token, id, increment)
             .await
@@ -226,13 +238,13 @@ impl FederatedClient {
 
     /// One attempt at revoking credential `id`. Already gone (404) counts as revoked.
     pub async fn revoke_once(&self, id: &str) -> Result<(), FetchError> {
-        let token = bearer(&self.token_path)?;
+        let token = bearer(&self.token)?;
         self.remote.revoke(&token, id).await.map_err(fetch_error)
     }
 
     /// One attempt at one secret (the caller retries).
     pub async fn fetch_once(&self, id: &SecretId) -> Result<SecretData, FetchError> {
-        let token = bearer(&self.token_path)?;
+        let token = bearer(&self.token)?;
         match id {
             SecretId::Store(name) => {
                 let store = self
@@ -272,7 +284,7 @@ mod tests {
         FederatedClient::new(
             url,
             Some("vault-prod".into()),
-            PathBuf::from("/nonexistent/token"),
+            TokenSource::File("/nonexistent/token".into()),
             Path::new("/nonexistent/ca.crt"),
             false,
         )
@@ -326,28 +338,50 @@ mod tests {
     #[test]
     fn token_file_problems_are_clear_and_never_show_the_token() {
         let dir = tempfile::tempdir().unwrap();
-        let missing = dir.path().join("nope");
-        let e = bearer(&missing).unwrap_err().to_string();
+        let file = |name: &str| TokenSource::File(dir.path().join(name));
+        let e = bearer(&file("nope")).unwrap_err().to_string();
         assert!(
             e.starts_with("bad token file") && e.contains("No such file"),
             "{e}"
         );
-        let empty = dir.path().join("empty");
-        std::fs::write(&empty, "  \n").unwrap();
-        assert!(bearer(&empty).unwrap_err().to_string().contains("empty"));
-        let bad = dir.path().join("bad");
-        std::fs::write(&bad, "secret-token-abc\x01def").unwrap();
-        let e = bearer(&bad).unwrap_err().to_string();
+        std::fs::write(dir.path().join("empty"), "  \n").unwrap();
+        assert!(
+            bearer(&file("empty"))
+                .unwrap_err()
+                .to_string()
+                .contains("empty")
+        );
+        std::fs::write(dir.path().join("bad"), "secret-token-abc\x01def").unwrap();
+        let e = bearer(&file("bad")).unwrap_err().to_string();
         assert!(!e.contains("secret-token"), "{e}");
-        let good = dir.path().join("good");
-        let mut f = std::fs::File::create(&good).unwrap();
+        let mut f = std::fs::File::create(dir.path().join("good")).unwrap();
         writeln!(f, "eyJ.a.b").unwrap();
-        let t = bearer(&good).unwrap();
+        let t = bearer(&file("good")).unwrap();
         let h = t.header();
         assert!(h.is_sensitive());
         assert_eq!(h.to_str().unwrap(), "Bearer eyJ.a.b");
         assert!(!format!("{h:?}").contains("eyJ"));
         assert!(!format!("{t:?}").contains("eyJ"));
+    }
+
+    /// Issue 18: a CI system's token from an environment variable, read for every call.
+    #[test]
+    fn tokens_from_the_environment() {
+        // A name no other test uses; set before any thread of this test reads it.
+        let name = "ESI_CLI_TEST_OIDC_TOKEN_3F7A";
+        let env = TokenSource::Env(name.into());
+        let e = bearer(&env).unwrap_err().to_string();
+        assert_eq!(e, format!("bad token environment variable {name}: not set"));
+        // SAFETY: this test alone uses the variable.
+        unsafe { std::env::set_var(name, "eyJ.c.d\n") };
+        let t = bearer(&env).unwrap();
+        assert_eq!(t.header().to_str().unwrap(), "Bearer eyJ.c.d");
+        unsafe { std::env::set_var(name, "secret-oidc-token\x01") };
+        let e = bearer(&env).unwrap_err().to_string();
+        assert!(!e.contains("secret-oidc"), "{e}");
+        unsafe { std::env::set_var(name, "x".repeat(64 * 1024 + 1)) };
+        assert!(bearer(&env).unwrap_err().to_string().contains("too large"));
+        unsafe { std::env::remove_var(name) };
     }
 
     #[test]
@@ -369,6 +403,13 @@ mod tests {
         std::fs::write(&good, ca.cert.pem()).unwrap();
         let pem = read_ca(&good, true).unwrap().unwrap();
         assert_eq!(pem, ca.cert.pem().into_bytes());
-        FederatedClient::new("https://h", None, good.clone(), &good, true).unwrap();
+        FederatedClient::new(
+            "https://h",
+            None,
+            TokenSource::File(good.clone()),
+            &good,
+            true,
+        )
+        .unwrap();
     }
 }

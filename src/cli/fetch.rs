@@ -89,13 +89,14 @@ impl Fetcher {
             SourceConfig::Federated {
                 url,
                 store,
-                token_path,
+                token,
                 ca_path,
                 ca_explicit,
+                ..
             } => Ok(Fetcher::Federated(FederatedClient::new(
                 url,
                 store.clone(),
-                token_path.clone(),
+                token.clone(),
                 ca_path,
                 *ca_explicit,
             )?)),

@@ -22,7 +22,8 @@ use crate::generators::{self, Generator};
 use crate::metrics::METRICS;
 use crate::providers::{self, ProviderError, ProviderSettings, RemoteRef, SecretProvider};
 use crate::resources::{
-    AuthorizationSpec, KubernetesFederationSpec, SecretObject, SecretStoreSpec,
+    AuthorizationSpec, KubernetesFederationSpec, OidcFederationSpec, OktaFederationSpec,
+    PingIdentityFederationSpec, SecretObject, SecretStoreSpec,
 };
 use crate::resources::{GeneratorKey, SecretIndex, SecretName};
 use crate::source::dir::DirectoryScanner;
@@ -466,6 +467,7 @@ impl SnapshotBuilder {
         };
 
         let mut federations: Vec<Federation> = Vec::new();
+        let mut federation_origins: HashMap<String, (String, String)> = HashMap::new();
         let mut warnings: Vec<LoadError> = Vec::new();
         let mut stores: HashMap<String, Arc<dyn SecretProvider>> = HashMap::new();
         let mut generators: HashMap<GeneratorKey, Arc<dyn Generator>> = HashMap::new();
@@ -477,15 +479,41 @@ impl SnapshotBuilder {
                 ("v1", "Secret") => {}
                 (
                     "identity.federation.external-secrets.io" | "federation.external-secrets.io",
-                    "KubernetesFederation",
+                    kind @ ("KubernetesFederation"
+                    | "OIDCFederation"
+                    | "OktaFederation"
+                    | "PingIdentityFederation"),
                 ) => {
-                    if federations.iter().any(|x| x.name() == name) {
-                        errors.push(error(obj, "duplicate KubernetesFederation name"));
+                    // Names are unique across kinds: a principal is `<federation>/…` and an
+                    // Authorization's federationRef is found by name.
+                    if let Some(other) = federations.iter().find(|x| x.name() == name) {
+                        errors.push(error(
+                            obj,
+                            format!(
+                                "duplicate federation name: {} {name} is loaded (names are unique across KubernetesFederation, OIDCFederation, OktaFederation and PingIdentityFederation)",
+                                other.kind()
+                            ),
+                        ));
                         continue;
                     }
-                    let built = spec_of::<KubernetesFederationSpec>(obj).and_then(|spec| {
-                        Federation::from_spec(name, &spec).map_err(|e| e.to_string())
-                    });
+                    let built = match kind {
+                        "KubernetesFederation" => spec_of::<KubernetesFederationSpec>(obj)
+                            .and_then(|spec| {
+                                Federation::from_spec(name, &spec).map_err(|e| e.to_string())
+                            }),
+                        "OIDCFederation" => spec_of::<OidcFederationSpec>(obj).and_then(|spec| {
+                            Federation::from_oidc_spec(name, &spec).map_err(|e| e.to_string())
+                        }),
+                        "OktaFederation" => spec_of::<OktaFederationSpec>(obj).and_then(|spec| {
+                            Federation::from_okta_spec(name, &spec).map_err(|e| e.to_string())
+                        }),
+                        _ => spec_of::<PingIdentityFederationSpec>(obj).and_then(|spec| {
+                            Federation::from_ping_identity_spec(name, &spec)
+                                .map_err(|e| e.to_string())
+                        }),
+                    };
+                    federation_origins
+                        .insert(name.to_owned(), (obj.origin.clone(), obj.display_name()));
                     match built {
                         Ok(f) => {
                             for w in f.warnings() {
@@ -500,7 +528,11 @@ impl SnapshotBuilder {
                                 .insert(name.to_owned(), Kept::new(f.clone()));
                             federations.push(f);
                         }
-                        Err(reason) => match old.federations.get(name) {
+                        Err(reason) => match old
+                            .federations
+                            .get(name)
+                            .filter(|k| k.value.kind().as_str() == kind)
+                        {
                             Some(k) => {
                                 errors.push(error(obj, reason + KEPT_SUFFIX));
                                 keep_note(&mut kept, obj.display_name(), &obj.origin);
@@ -653,6 +685,37 @@ impl SnapshotBuilder {
             }
         }
 
+        // An OIDC federation sharing its issuer with another federation: a token both accept
+        // is attributed to the first by name (the authenticator's order), and only that
+        // federation's Authorizations apply to it. Distinct boundClaims or audiences keep
+        // them apart; said at load so that an overlap is not a surprise.
+        let mut by_name: Vec<&Federation> = federations.iter().collect();
+        by_name.sort_by(|a, b| a.name().cmp(b.name()));
+        for (i, later) in by_name.iter().enumerate() {
+            let Some(issuer) = later.known_issuer() else {
+                continue;
+            };
+            let first = by_name[..i].iter().find(|earlier| {
+                earlier.known_issuer() == Some(issuer)
+                    && (earlier.kind() != crate::authn::FederationKind::Kubernetes
+                        || later.kind() != crate::authn::FederationKind::Kubernetes)
+            });
+            if let (Some(first), Some((origin, object))) =
+                (first, federation_origins.get(later.name()))
+            {
+                warnings.push(LoadError {
+                    origin: origin.clone(),
+                    object: Some(object.clone()),
+                    reason: format!(
+                        "shares its issuer with {} {}: a token both accept is attributed to {} (the first by name); keep them apart with boundClaims or audiences",
+                        first.kind(),
+                        first.name(),
+                        first.name()
+                    ),
+                });
+            }
+        }
+
         // Authorizations: the first of one name wins; one that does not check keeps its last
         // good form.
         let mut authorizations: Vec<Arc<CheckedAuthorization>> =
@@ -717,8 +780,17 @@ impl SnapshotBuilder {
             let spec = a.spec();
             let mut missing: Vec<String> = Vec::new();
             let fed = &spec.federation_ref.name;
-            if !fed.is_empty() && !federations.iter().any(|f| f.name() == fed) {
-                missing.push(format!("KubernetesFederation {fed}"));
+            // The kind the Authorization names must prove the principal type its federation
+            // proves (a KubernetesFederation's ServiceAccounts; an OIDC federation's — any
+            // of OIDCFederation and its presets — subjects): otherwise it grants nothing.
+            let wanted = crate::authn::FederationKind::from_kind(&spec.federation_ref.kind)
+                .unwrap_or(crate::authn::FederationKind::Kubernetes);
+            if !fed.is_empty()
+                && !federations.iter().any(|f| {
+                    f.name() == fed && f.kind().principal_kind() == wanted.principal_kind()
+                })
+            {
+                missing.push(format!("{wanted} {fed}"));
             }
             for s in &spec.allowed_cluster_secret_stores {
                 if !stores.contains_key(s) {
@@ -766,8 +838,17 @@ impl SnapshotBuilder {
 
         // Policy files: compile; each file that fails takes its last good form.
         let mut policy_files: Vec<PolicyFile> = self.policy_files.values().cloned().collect();
-        let (mut engine, first_errors) =
-            PolicyEngine::build_checked(authorizations.clone(), &policy_files, &self.cache);
+        // `principal.claims` holds what the loaded OIDC federations hand to policies.
+        let claims: BTreeSet<String> = federations
+            .iter()
+            .flat_map(|f| f.exposed_claims().iter().cloned())
+            .collect();
+        let (mut engine, first_errors) = PolicyEngine::build_checked_with_claims(
+            authorizations.clone(),
+            &policy_files,
+            &self.cache,
+            &claims,
+        );
         let mut substituted = false;
         let mut old_files: HashSet<PathBuf> = HashSet::new();
         let mut reported: Vec<PolicyLoadError> = Vec::new();
@@ -792,8 +873,12 @@ impl SnapshotBuilder {
             reported.push(e);
         }
         let final_errors = if substituted {
-            let (again, errs) =
-                PolicyEngine::build_checked(authorizations, &policy_files, &self.cache);
+            let (again, errs) = PolicyEngine::build_checked_with_claims(
+                authorizations,
+                &policy_files,
+                &self.cache,
+                &claims,
+            );
             engine = again;
             errs
         } else {
@@ -824,6 +909,13 @@ impl SnapshotBuilder {
                 origin: e.origin,
                 object: Some(e.object),
                 reason: e.reason,
+            });
+        }
+        for w in engine.load_warnings() {
+            warnings.push(LoadError {
+                origin: w.origin.clone(),
+                object: Some(w.object.clone()),
+                reason: w.reason.clone(),
             });
         }
         let policies = Arc::new(engine);
@@ -1143,17 +1235,12 @@ mod tests {
     }
 
     fn sample_identity() -> Identity {
-        Identity {
-            federation: "current-cluster-federation".into(),
-            issuer: "https://kubernetes.default.svc.cluster.local".into(),
-            subject: "system:serviceaccount:federation-example:federation-sa".into(),
-            namespace: "federation-example".into(),
-            service_account: "federation-sa".into(),
-            service_account_uid: None,
-            pod_name: None,
-            pod_uid: None,
-            expires_at: None,
-        }
+        Identity::of_service_account(
+            "current-cluster-federation",
+            "https://kubernetes.default.svc.cluster.local",
+            "federation-example",
+            "federation-sa",
+        )
     }
 
     #[test]
@@ -1269,18 +1356,167 @@ mod tests {
         );
     }
 
-    fn can_get(snap: &Snapshot, store: &str) -> bool {
-        let who = Identity {
-            federation: "f".into(),
-            issuer: "https://i".into(),
-            subject: "system:serviceaccount:ns:sa".into(),
-            namespace: "ns".into(),
-            service_account: "sa".into(),
-            service_account_uid: None,
-            pod_name: None,
-            pod_uid: None,
-            expires_at: None,
+    /// Issue 18: OIDC federations (and ESE's presets) load beside Kubernetes ones; names are
+    /// unique across kinds; an Authorization's federationRef must name a federation of the
+    /// principal kind it grants; OIDC federations sharing an issuer are said; the claims
+    /// they hand to policies are in the schema policy files are checked against.
+    #[test]
+    fn oidc_federations_and_presets_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let policies = tempfile::tempdir().unwrap();
+        let jwks = {
+            let keys: serde_json::Value = serde_json::from_str(include_str!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/keys/jwks.json"
+            )))
+            .unwrap();
+            serde_json::json!({"keys": [keys["ec-1"]]}).to_string()
         };
+        let gh = "https://token.actions.githubusercontent.com";
+        write(
+            dir.path(),
+            "feds.yaml",
+            &format!(
+                r#"apiVersion: identity.federation.external-secrets.io/v1alpha1
+kind: OIDCFederation
+metadata: {{name: github}}
+spec:
+  issuer: {gh}
+  audiences: [https://esi.example]
+  jwks: '{jwks}'
+  boundClaims: {{repository_owner: org}}
+  claims: [repository, ref]
+---
+apiVersion: identity.federation.external-secrets.io/v1alpha1
+kind: OIDCFederation
+metadata: {{name: github-other-team}}
+spec:
+  issuer: {gh}
+  audiences: [https://esi.example]
+  jwks: '{jwks}'
+  boundClaims: {{repository_owner: other}}
+  claims: [environment]
+---
+apiVersion: federation.external-secrets.io/v1alpha1
+kind: OktaFederation
+metadata: {{name: okta-prod}}
+spec: {{domain: "https://trial-1038013.okta.com", authorizationServerId: ""}}
+---
+apiVersion: identity.federation.external-secrets.io/v1alpha1
+kind: PingIdentityFederation
+metadata: {{name: ping}}
+spec: {{region: eu, environmentId: 0b5e6d3a-1111-4a2b-9c3d-2e4f5a6b7c8d}}
+---
+apiVersion: identity.federation.external-secrets.io/v1alpha1
+kind: KubernetesFederation
+metadata: {{name: github}}
+spec: {{issuer: 'https://i', jwks: '{jwks}'}}
+---
+apiVersion: identity.federation.external-secrets.io/v1alpha1
+kind: OIDCFederation
+metadata: {{name: no-audience}}
+spec: {{issuer: "https://gitlab.example.com", jwks: '{jwks}'}}
+"#
+            ),
+        );
+        write(dir.path(), "store.yaml", STORE);
+        let grant = |name: &str, kind: &str, fed: &str| {
+            format!(
+                "apiVersion: federation.external-secrets.io/v1alpha1\nkind: Authorization\nmetadata: {{name: {name}}}\nspec:\n  federationRef: {{kind: {kind}, name: {fed}}}\n  subject: {{oidc: {{issuer: '{gh}', subject: 'repo:org/app:*'}}}}\n  allowedClusterSecretStores: [s]\n"
+            )
+        };
+        write(
+            dir.path(),
+            "authz.yaml",
+            &[
+                grant("ci", "OIDCFederation", "github"),
+                grant("ci-as-sa", "KubernetesFederation", "github"),
+                grant("ci-okta-kind", "OktaFederation", "github"),
+            ]
+            .join("---\n"),
+        );
+        std::fs::write(
+            policies.path().join("ci.cedar"),
+            "forbid (principal is Esi::OidcSubject, action, resource)\nwhen { principal.claims has ref && principal.claims.ref != \"refs/heads/main\" };\n",
+        )
+        .unwrap();
+        let snap = DirectorySource {
+            manifests: dir.path().to_path_buf(),
+            policies: Some(policies.path().to_path_buf()),
+            provider_settings: ProviderSettings::default(),
+        }
+        .load();
+        let kinds: Vec<(&str, &str)> = snap
+            .federations
+            .iter()
+            .map(|f| (f.name(), f.kind().as_str()))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ("github", "OIDCFederation"),
+                ("github-other-team", "OIDCFederation"),
+                ("okta-prod", "OktaFederation"),
+                ("ping", "PingIdentityFederation"),
+            ]
+        );
+        let errors: Vec<String> = snap.errors.iter().map(ToString::to_string).collect();
+        assert_eq!(errors.len(), 2, "{errors:#?}");
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("KubernetesFederation/github")
+                    && e.contains("duplicate federation name: OIDCFederation github")),
+            "{errors:?}"
+        );
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("OIDCFederation/no-audience")
+                    && e.contains("audiences is required")),
+            "{errors:?}"
+        );
+        let warnings: Vec<String> = snap.warnings.iter().map(ToString::to_string).collect();
+        let has = |needle: &str| warnings.iter().any(|w| w.contains(needle));
+        assert!(
+            has("shares its issuer with OIDCFederation github"),
+            "{warnings:#?}"
+        );
+        assert!(
+            has("OktaFederation/okta-prod") && has("no audiences"),
+            "{warnings:#?}"
+        );
+        // The KubernetesFederation kind names no loaded federation of that kind; the
+        // preset kind names an OIDC federation like OIDCFederation does.
+        assert!(
+            has("Authorization/ci-as-sa") && has("KubernetesFederation github"),
+            "{warnings:#?}"
+        );
+        assert!(!has("Authorization/ci-okta-kind"), "{warnings:#?}");
+        assert!(!has("Authorization/ci:"), "{warnings:#?}");
+        // The policy file reads a claim a federation lists: it loaded, and it holds.
+        let main = Identity::of_oidc_subject(
+            "github",
+            gh,
+            "repo:org/app:ref:refs/heads/main",
+            &[("ref", "refs/heads/main")],
+        );
+        let dev = Identity::of_oidc_subject(
+            "github",
+            gh,
+            "repo:org/app:ref:refs/heads/dev",
+            &[("ref", "refs/heads/dev")],
+        );
+        let k = Resource::RemoteKey {
+            store: "s".into(),
+            key: "k".into(),
+        };
+        assert!(snap.policies.decide(&main, Action::Get, &k).allowed);
+        assert!(!snap.policies.decide(&dev, Action::Get, &k).allowed);
+    }
+
+    fn can_get(snap: &Snapshot, store: &str) -> bool {
+        let who = Identity::of_service_account("f", "https://i", "ns", "sa");
         let resource = Resource::RemoteKey {
             store: store.into(),
             key: "k".into(),

@@ -72,11 +72,15 @@ pub(crate) async fn credentials(
     Ok(client.credentials(&session_name(ctx)).await?)
 }
 
-/// An STS role session name for the workload: `esi-<namespace>-<serviceaccount>`,
-/// restricted to STS's characters and 64 bytes, so CloudTrail shows who.
+/// An STS role session name for the workload: `esi-<namespace>-<serviceaccount>` (an OIDC
+/// subject: `esi-<federation>-<subject>`), restricted to STS's characters and 64 bytes, so
+/// CloudTrail shows who.
 pub(crate) fn session_name(ctx: &GenerateContext<'_>) -> String {
     let raw = match ctx.workload {
-        Some(id) => format!("esi-{}-{}", id.namespace, id.service_account),
+        Some(id) => match id.service_account() {
+            Some(sa) => format!("esi-{}-{}", sa.namespace, sa.name),
+            None => format!("esi-{}-{}", id.federation, id.subject),
+        },
         None => "esi-federation".to_string(),
     };
     crate::providers::aws::client::session_name(&raw)
@@ -172,31 +176,25 @@ pub(crate) mod tests {
     #[test]
     fn session_names_follow_sts_rules() {
         assert_eq!(session_name(&GenerateContext::default()), "esi-federation");
-        let id = Identity {
-            federation: "f".into(),
-            issuer: "i".into(),
-            subject: "s".into(),
-            namespace: "team-a".into(),
-            service_account: "builder:x".into(),
-            service_account_uid: None,
-            pod_name: None,
-            pod_uid: None,
-            expires_at: None,
-        };
+        let id = Identity::of_service_account("f", "i", "team-a", "builder:x");
         let ctx = GenerateContext {
             workload: Some(&id),
         };
         assert_eq!(session_name(&ctx), "esi-team-a-builder-x");
-        let long = Identity {
-            namespace: "n".repeat(80),
-            ..id.clone()
-        };
+        let long = Identity::of_service_account("f", "i", &"n".repeat(80), "x");
         assert_eq!(
             session_name(&GenerateContext {
                 workload: Some(&long)
             })
             .len(),
             64
+        );
+        let ci = Identity::of_oidc_subject("github", "i", "repo:org/app:ref:refs/heads/main", &[]);
+        assert_eq!(
+            session_name(&GenerateContext {
+                workload: Some(&ci)
+            }),
+            "esi-github-repo-org-app-ref-refs-heads-main"
         );
     }
 }

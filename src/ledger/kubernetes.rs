@@ -391,19 +391,21 @@ fn issued_credential(entry: &LedgerEntry) -> Value {
         source["namespace"] = json!(g.namespace);
     }
     let h = &entry.holder;
-    let binding = match &h.pod_name {
-        Some(pod) => json!({
+    // An OIDC subject is no Kubernetes workload: it has no binding.
+    let binding = match (&h.pod_name, h.principal_kind.is_service_account()) {
+        (_, false) => None,
+        (Some(pod), true) => Some(json!({
             "kind": "Pod",
             "name": pod,
             "namespace": h.namespace,
             "uid": h.pod_uid.clone().unwrap_or_default(),
-        }),
-        None => json!({
+        })),
+        (None, true) => Some(json!({
             "kind": "ServiceAccount",
             "name": h.service_account,
             "namespace": h.namespace,
             "uid": h.service_account_uid.clone().unwrap_or_default(),
-        }),
+        })),
     };
     let mut item = json!({
         "sourceRef": source,
@@ -413,8 +415,10 @@ fn issued_credential(entry: &LedgerEntry) -> Value {
             "name": object_name(&entry.id),
             "namespace": g.namespace,
         },
-        "workloadBinding": binding,
     });
+    if let Some(binding) = binding {
+        item["workloadBinding"] = binding;
+    }
     if let Some(at) = rfc3339(entry.issued_at) {
         item["lastIssuedAt"] = json!(at);
     }
@@ -422,8 +426,12 @@ fn issued_credential(entry: &LedgerEntry) -> Value {
 }
 
 fn identity_spec(holder: &Holder) -> Value {
+    let kind = holder
+        .federation_kind
+        .as_deref()
+        .unwrap_or("KubernetesFederation");
     json!({
-        "federationRef": {"kind": "KubernetesFederation", "name": holder.federation},
+        "federationRef": {"kind": kind, "name": holder.federation},
         "subject": {"oidc": {"issuer": holder.issuer, "subject": holder.subject}},
     })
 }
@@ -959,6 +967,7 @@ impl Ledger for KubernetesLedger {
         let kinds: &[OwnerKind] = match owner.kind {
             Some(OwnerKind::Pod) => &[OwnerKind::Pod],
             Some(OwnerKind::ServiceAccount) => &[OwnerKind::ServiceAccount],
+            Some(OwnerKind::OidcSubject) => &[OwnerKind::OidcSubject],
             None => &[OwnerKind::Pod, OwnerKind::ServiceAccount],
         };
         let hashes: Vec<String> = kinds.iter().map(|k| owner_hash(owner, *k)).collect();
@@ -1140,6 +1149,40 @@ mod tests {
         assert!(valid_id(&uuid::Uuid::new_v4().to_string()));
         assert!(!valid_namespace(&"a".repeat(64)));
         assert!(valid_namespace("kube-system"));
+    }
+
+    /// Issue 18: an OIDC subject's credentials name its federation's kind and no workload.
+    #[test]
+    fn an_oidc_subjects_identity_names_its_federation_and_no_workload() {
+        let h = Holder::new(
+            &super::super::test_support::oidc_identity(
+                "github",
+                "repo:org/app:ref:refs/heads/main",
+            ),
+            None,
+        );
+        let spec = identity_spec(&h);
+        assert_eq!(spec["federationRef"]["kind"], "OIDCFederation");
+        assert_eq!(
+            spec["subject"]["oidc"]["subject"],
+            "repo:org/app:ref:refs/heads/main"
+        );
+        let e = entry(&h, ("ci", "VaultDynamicSecret", "db"), None);
+        let item = issued_credential(&e);
+        assert!(item.get("workloadBinding").is_none(), "{item}");
+        let obj = state_object(&e, "esi-system").unwrap();
+        assert_eq!(decode(&obj).unwrap(), e);
+        let name = identity_name(&h);
+        assert!(name.len() <= 63 && valid_id(&name), "{name}");
+        let sa = Holder::new(&identity("github", "apps", "app", None), None);
+        assert_eq!(
+            identity_spec(&sa)["federationRef"]["kind"],
+            "KubernetesFederation"
+        );
+        assert_ne!(
+            owner_hash(&h.owner(), OwnerKind::OidcSubject),
+            owner_hash(&sa.owner(), OwnerKind::ServiceAccount)
+        );
     }
 
     #[test]

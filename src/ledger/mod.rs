@@ -1,5 +1,6 @@
-//! The issued-credential ledger: who (federation, namespace, ServiceAccount, pod) got
-//! what (generator, the state needed to revoke it, expiry) and when.
+//! The issued-credential ledger: who (federation, namespace, ServiceAccount, pod; or
+//! federation and OIDC subject) got what (generator, the state needed to revoke it,
+//! expiry) and when.
 //!
 //! [`Ledger`] is the storage trait (directory mode: [`RedbLedger`], an embedded durable
 //! store under `--data-dir`; several replicas: [`KubernetesLedger`], ESO `GeneratorState`
@@ -17,7 +18,7 @@ mod redb_store;
 
 use serde::{Deserialize, Serialize};
 
-use crate::authn::Identity;
+use crate::authn::{Identity, PrincipalKind};
 use crate::generators::{self, RevocationState};
 use crate::resources::GeneratorKey;
 
@@ -63,13 +64,17 @@ fn default_data_dir_from(var: impl Fn(&str) -> Option<std::ffi::OsString>) -> st
 
 /// What kind of workload owns a credential. Pods and ServiceAccounts are separate name
 /// spaces in Kubernetes: a ServiceAccount `app-pod` and a Pod `app-pod` are different
-/// owners and never share credentials (issue 19, finding 10).
+/// owners and never share credentials (issue 19, finding 10). An OIDC subject is a third
+/// name space (issue 18): it has no namespace, and no ServiceAccount or Pod of any name is
+/// the same owner.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum OwnerKind {
     /// A pod-bound token's pod (`kubernetes.io.pod.name`).
     Pod,
     /// A ServiceAccount token without a pod claim.
     ServiceAccount,
+    /// The subject of an OIDC federation's token (its owner's `namespace` is empty).
+    OidcSubject,
 }
 
 impl OwnerKind {
@@ -78,25 +83,27 @@ impl OwnerKind {
         match self {
             OwnerKind::Pod => "pod",
             OwnerKind::ServiceAccount => "serviceaccount",
+            OwnerKind::OidcSubject => "oidcsubject",
         }
     }
 }
 
 /// Whose credentials an operation concerns, within its federation and namespace: the pod
-/// when the token was pod-bound, else the ServiceAccount, each in its own name space.
+/// when the token was pod-bound, else the ServiceAccount, each in its own name space; for
+/// an OIDC subject, the subject (no namespace).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Owner {
     /// `KubernetesFederation` name.
     pub federation: String,
     /// Namespace of the workload in its cluster.
     pub namespace: String,
-    /// `Some`: exactly that pod or ServiceAccount (what [`Holder::owner`] gives).
-    /// `None`: ESE's plain `owner` name in `POST /generators/{ns}/revoke` — the pod of
-    /// that name and the ServiceAccount of that name (its credentials issued outside any
-    /// pod). That call is authorized for the whole namespace (`allowedGeneratorStates`),
-    /// so naming both is no wider than the caller's right.
+    /// `Some`: exactly that pod, ServiceAccount or OIDC subject (what [`Holder::owner`]
+    /// gives). `None`: ESE's plain `owner` name in `POST /generators/{ns}/revoke` — the pod
+    /// of that name and the ServiceAccount of that name (its credentials issued outside any
+    /// pod), never an OIDC subject. That call is authorized for the whole namespace
+    /// (`allowedGeneratorStates`), so naming both is no wider than the caller's right.
     pub kind: Option<OwnerKind>,
-    /// Pod name, or ServiceAccount name.
+    /// Pod name, ServiceAccount name, or OIDC subject.
     pub name: String,
 }
 
@@ -123,17 +130,27 @@ impl Owner {
 /// The verified workload a credential was issued to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Holder {
-    /// `KubernetesFederation` name.
+    /// The federation's name.
     pub federation: String,
+    /// The federation's kind when it is not a `KubernetesFederation` (entries of
+    /// Kubernetes holders leave it out, as before there were other kinds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub federation_kind: Option<String>,
+    /// The kind of principal (absent in what is written for a ServiceAccount, as before
+    /// there were other kinds). An OIDC subject's holder has an empty namespace and
+    /// ServiceAccount, and no pod.
+    #[serde(default, skip_serializing_if = "PrincipalKind::is_service_account")]
+    pub principal_kind: PrincipalKind,
     /// The workload token's `iss` (empty in entries recorded before it was kept). Shown in
     /// the Kubernetes ledger's `AuthorizedIdentity` (`identitySpec.subject.oidc.issuer`).
     #[serde(default)]
     pub issuer: String,
-    /// The workload token's `sub`.
+    /// The workload token's subject (a ServiceAccount token's `sub`; an OIDC token's
+    /// subject claim).
     pub subject: String,
-    /// ServiceAccount namespace.
+    /// ServiceAccount namespace (empty for an OIDC subject).
     pub namespace: String,
-    /// ServiceAccount name.
+    /// ServiceAccount name (empty for an OIDC subject).
     pub service_account: String,
     /// ServiceAccount UID, when the token carries it (the Kubernetes ledger's
     /// `workloadBinding.uid` of a credential issued outside any pod).
@@ -153,33 +170,53 @@ impl Holder {
     /// (ESE: the workload on whose behalf the caller asks), else the caller.
     pub fn new(caller: &Identity, workload: Option<&Identity>) -> Self {
         let w = workload.unwrap_or(caller);
+        let sa = w.service_account();
+        let text = |f: fn(&crate::authn::ServiceAccount) -> &Option<String>| {
+            sa.and_then(|sa| f(sa).clone()).filter(|v| !v.is_empty())
+        };
         Holder {
             federation: w.federation.clone(),
+            federation_kind: (w.federation_kind != crate::authn::FederationKind::Kubernetes)
+                .then(|| w.federation_kind.as_str().to_owned()),
+            principal_kind: w.kind(),
             issuer: w.issuer.clone(),
             subject: w.subject.clone(),
-            namespace: w.namespace.clone(),
-            service_account: w.service_account.clone(),
-            service_account_uid: w.service_account_uid.clone().filter(|u| !u.is_empty()),
-            pod_name: w.pod_name.clone().filter(|p| !p.is_empty()),
-            pod_uid: w.pod_uid.clone().filter(|p| !p.is_empty()),
+            namespace: sa.map(|sa| sa.namespace.clone()).unwrap_or_default(),
+            service_account: sa.map(|sa| sa.name.clone()).unwrap_or_default(),
+            service_account_uid: text(|sa| &sa.uid),
+            pod_name: text(|sa| &sa.pod_name),
+            pod_uid: text(|sa| &sa.pod_uid),
             requested_by: caller.subject.clone(),
         }
     }
 
-    /// Whether `other` is the very workload this holder is: the same federation,
-    /// namespace and ServiceAccount, and the same Pod (name and UID) or none. Only that
-    /// workload may renew or revoke a credential by its handle (issue 17); a Pod of the
-    /// same name re-created later (a StatefulSet's) is another workload.
+    /// Whether `other` is the very workload this holder is: the same federation, kind of
+    /// principal and subject, and — for a ServiceAccount — the same namespace and
+    /// ServiceAccount, and the same Pod (name and UID) or none. Only that workload may
+    /// renew or revoke a credential by its handle (issue 17); a Pod of the same name
+    /// re-created later (a StatefulSet's) is another workload, and an OIDC subject is never
+    /// a ServiceAccount whatever its `sub` says.
     pub fn same_workload(&self, other: &Holder) -> bool {
         self.federation == other.federation
+            && self.principal_kind == other.principal_kind
+            && self.subject == other.subject
             && self.namespace == other.namespace
             && self.service_account == other.service_account
             && self.pod_name == other.pod_name
             && self.pod_uid == other.pod_uid
     }
 
-    /// The owner: the pod if the token was pod-bound, else the ServiceAccount.
+    /// The owner: the pod if the token was pod-bound, else the ServiceAccount; for an OIDC
+    /// subject, the subject.
     pub fn owner(&self) -> Owner {
+        if self.principal_kind == PrincipalKind::OidcSubject {
+            return Owner {
+                federation: self.federation.clone(),
+                namespace: String::new(),
+                kind: Some(OwnerKind::OidcSubject),
+                name: self.subject.clone(),
+            };
+        }
         let (kind, name) = match &self.pod_name {
             Some(pod) => (OwnerKind::Pod, pod.clone()),
             None => (OwnerKind::ServiceAccount, self.service_account.clone()),
@@ -482,17 +519,22 @@ pub(crate) mod test_support {
 
     /// An identity as authn would produce it.
     pub fn identity(federation: &str, namespace: &str, sa: &str, pod: Option<&str>) -> Identity {
-        Identity {
-            federation: federation.into(),
-            issuer: "https://kubernetes.default.svc.cluster.local".into(),
-            subject: format!("system:serviceaccount:{namespace}:{sa}"),
-            namespace: namespace.into(),
-            service_account: sa.into(),
-            service_account_uid: None,
-            pod_name: pod.map(str::to_string),
-            pod_uid: pod.map(|p| format!("uid-{p}")),
-            expires_at: None,
+        let mut id = Identity::of_service_account(
+            federation,
+            "https://kubernetes.default.svc.cluster.local",
+            namespace,
+            sa,
+        );
+        if let Some(sa) = id.service_account_mut() {
+            sa.pod_name = pod.map(str::to_string);
+            sa.pod_uid = pod.map(|p| format!("uid-{p}"));
         }
+        id
+    }
+
+    /// An OIDC subject as authn would produce it.
+    pub fn oidc_identity(federation: &str, subject: &str) -> Identity {
+        Identity::of_oidc_subject(federation, "https://token.example", subject, &[])
     }
 
     /// An entry for `holder` from `generator` with a lease-like state.
@@ -526,6 +568,75 @@ pub(crate) mod test_support {
 mod tests {
     use super::test_support::*;
     use super::*;
+
+    /// Issue 18: a credential issued to an OIDC subject is owned by (federation, subject),
+    /// in a name space of its own: no ServiceAccount, Pod or other subject — nor the same
+    /// subject of another federation — is that owner or the same workload, and ESE's
+    /// namespace-wide revocation never names it.
+    #[test]
+    fn oidc_subjects_own_their_credentials_alone() {
+        let ci = Holder::new(
+            &oidc_identity("github", "repo:org/app:ref:refs/heads/main"),
+            None,
+        );
+        assert_eq!(ci.principal_kind, PrincipalKind::OidcSubject);
+        assert_eq!(ci.federation_kind.as_deref(), Some("OIDCFederation"));
+        assert_eq!(
+            (ci.namespace.as_str(), ci.service_account.as_str()),
+            ("", "")
+        );
+        assert_eq!(ci.pod_name, None);
+        let owner = ci.owner();
+        assert_eq!(
+            owner,
+            Owner {
+                federation: "github".into(),
+                namespace: String::new(),
+                kind: Some(OwnerKind::OidcSubject),
+                name: "repo:org/app:ref:refs/heads/main".into(),
+            }
+        );
+        let same = Holder::new(
+            &oidc_identity("github", "repo:org/app:ref:refs/heads/main"),
+            None,
+        );
+        assert!(ci.same_workload(&same));
+        for other in [
+            Holder::new(
+                &oidc_identity("github", "repo:org/app:ref:refs/heads/dev"),
+                None,
+            ),
+            Holder::new(
+                &oidc_identity("gitlab", "repo:org/app:ref:refs/heads/main"),
+                None,
+            ),
+        ] {
+            assert!(!ci.same_workload(&other), "{other:?}");
+            assert_ne!(ci.owner(), other.owner());
+        }
+        // A ServiceAccount whose subject text equals an OIDC subject's is not it.
+        let oidc_sa_text = Holder::new(
+            &oidc_identity("alpha", "system:serviceaccount:apps:app"),
+            None,
+        );
+        let sa = Holder::new(&identity("alpha", "apps", "app", None), None);
+        assert_eq!(oidc_sa_text.subject, sa.subject);
+        assert!(!oidc_sa_text.same_workload(&sa));
+        assert!(!sa.same_workload(&oidc_sa_text));
+        assert_ne!(oidc_sa_text.owner(), sa.owner());
+        // ESE's `{owner, namespace}` names Pods and ServiceAccounts only.
+        let ese = Owner::from_ese("github".into(), String::new(), &owner.name);
+        assert_eq!(ese.kind, None);
+        // Entries of ServiceAccounts are written as before (no kind fields), and such
+        // entries read back as ServiceAccounts.
+        let json = serde_json::to_value(&sa).unwrap();
+        assert!(json.get("principal_kind").is_none() && json.get("federation_kind").is_none());
+        let back: Holder = serde_json::from_value(json).unwrap();
+        assert_eq!(back, sa);
+        let json = serde_json::to_value(&ci).unwrap();
+        assert_eq!(json["principal_kind"], "OidcSubject");
+        assert_eq!(serde_json::from_value::<Holder>(json).unwrap(), ci);
+    }
 
     #[test]
     fn owner_is_pod_else_service_account() {
@@ -577,7 +688,7 @@ mod tests {
         }
         // A Pod re-created under the same name has another UID.
         let mut recreated = identity("alpha", "apps", "app", Some("app-1"));
-        recreated.pod_uid = Some("uid-new".into());
+        recreated.service_account_mut().unwrap().pod_uid = Some("uid-new".into());
         assert!(!holder.same_workload(&Holder::new(&recreated, None)));
     }
 

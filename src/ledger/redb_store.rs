@@ -398,6 +398,7 @@ impl RedbLedger {
         let kinds: &[OwnerKind] = match owner.kind {
             Some(OwnerKind::Pod) => &[OwnerKind::Pod],
             Some(OwnerKind::ServiceAccount) => &[OwnerKind::ServiceAccount],
+            Some(OwnerKind::OidcSubject) => &[OwnerKind::OidcSubject],
             None => &[OwnerKind::Pod, OwnerKind::ServiceAccount],
         };
         let txn = db.begin_read().map_err(storage)?;
@@ -523,7 +524,7 @@ impl Ledger for RedbLedger {
 #[cfg(test)]
 mod tests {
     use super::super::Holder;
-    use super::super::test_support::{entry, identity};
+    use super::super::test_support::{entry, identity, oidc_identity};
     use super::*;
 
     fn holder(ns: &str, sa: &str, pod: Option<&str>) -> Holder {
@@ -622,6 +623,16 @@ mod tests {
         };
         assert!(ledger.by_owner(&nobody).await.unwrap().is_empty());
         assert_eq!(ledger.count().await.unwrap(), 6);
+        // OIDC subjects (issue 18): their own owners, never a ServiceAccount's or Pod's.
+        let ci = Holder::new(&oidc_identity("alpha", "app"), None);
+        let ci_entry = entry(&ci, g, None);
+        ledger.record(&ci_entry).await.unwrap();
+        assert_eq!(ledger.by_owner(&ci.owner()).await.unwrap(), vec![ci_entry]);
+        assert_eq!(ledger.by_owner(&app.owner()).await.unwrap().len(), 2);
+        for ese in ["app", "serviceaccount/app", "pod/app"] {
+            let o = Owner::from_ese("alpha".into(), String::new(), ese);
+            assert!(ledger.by_owner(&o).await.unwrap().is_empty(), "{ese}");
+        }
     }
 
     #[tokio::test]

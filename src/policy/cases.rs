@@ -6,6 +6,7 @@
 //! cases:
 //!   - name: the app reads its database password
 //!     principal: cluster-main/apps/app        # FEDERATION/NAMESPACE/SERVICEACCOUNT
+//!                                             # (OIDC federations: FEDERATION/SUBJECT)
 //!     action: get                             # get | find | generate | revoke | renew | revokeStates
 //!     resource: {store: vault-prod, key: db/password}
 //!     expect: allow                           # allow | deny
@@ -14,7 +15,8 @@
 //!
 //! `resource` is `{store, key}` (get), `{store}` (find), `{generator: NS/KIND/NAME}`
 //! (generate, revoke, renew) or `{namespace}` (revokeStates). A principal may add
-//! `issuer`, `uid`, `podName`, `podUid`. `context` must be empty or absent: the server
+//! `issuer`, `uid`, `podName`, `podUid` (a ServiceAccount) or `claims` (an OIDC subject:
+//! `{repository: org/app}`). `context` must be empty or absent: the server
 //! decides every request with an empty context. Each case is resolved and decided
 //! exactly as `explain` does.
 
@@ -53,6 +55,9 @@ struct Case {
     pod_name: Option<String>,
     #[serde(default)]
     pod_uid: Option<String>,
+    /// An OIDC subject's claims (`principal: FEDERATION/SUBJECT`).
+    #[serde(default)]
+    claims: BTreeMap<String, String>,
     action: String,
     resource: CaseResource,
     #[serde(default)]
@@ -283,6 +288,7 @@ fn run_case(snapshot: &Snapshot, case: &Case) -> Result<Option<String>, String> 
         uid: case.uid.clone(),
         pod_name: case.pod_name.clone(),
         pod_uid: case.pod_uid.clone(),
+        claims: case.claims.clone(),
     };
     let identity =
         explain::identity_of(snapshot, &principal, &mut notes).map_err(|e| e.to_string())?;

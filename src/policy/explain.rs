@@ -21,7 +21,8 @@ const FIELD_MAX: usize = 4096;
 /// Who asks: a ServiceAccount of a federation.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PrincipalSpec {
-    /// `FED/NS/SA`.
+    /// `FED/NS/SA` (a `KubernetesFederation`'s ServiceAccount), or `FED/SUBJECT` (an OIDC
+    /// federation's subject; the subject may hold `/`).
     pub path: String,
     /// The token's `iss` (default: the federation's configured issuer).
     pub issuer: Option<String>,
@@ -31,6 +32,9 @@ pub struct PrincipalSpec {
     pub pod_name: Option<String>,
     /// Pod UID of a pod-bound token (`principal.podUid`).
     pub pod_uid: Option<String>,
+    /// An OIDC subject's claims (`principal.claims`): those its federation hands to
+    /// policies are kept, others are left out (and said).
+    pub claims: std::collections::BTreeMap<String, String>,
 }
 
 /// What is asked for.
@@ -114,13 +118,75 @@ fn federation<'s>(snapshot: &'s Snapshot, name: &str) -> Option<&'s Federation> 
     snapshot.federations.iter().find(|f| f.name() == name)
 }
 
-/// The identity token verification would give a ServiceAccount token of `spec`.
+/// The identity token verification would give an OIDC token of `spec` (`FED/SUBJECT`)
+/// through the OIDC federation `fed`.
+fn oidc_identity_of(
+    fed: &Federation,
+    spec: &PrincipalSpec,
+    subject: &str,
+    notes: &mut Vec<String>,
+) -> Result<Identity, PolicyToolError> {
+    let name = fed.name();
+    if spec.uid.is_some() || spec.pod_name.is_some() || spec.pod_uid.is_some() {
+        return Err(PolicyToolError::BadRequest(format!(
+            "{} {name} verifies OIDC tokens: uid and pod belong to ServiceAccounts (give claims)",
+            fed.kind()
+        )));
+    }
+    if subject.is_empty() {
+        return Err(PolicyToolError::BadRequest(
+            "principal must be FEDERATION/SUBJECT for an OIDC federation".into(),
+        ));
+    }
+    let configured = fed.configured_issuer().unwrap_or_default();
+    let issuer = match &spec.issuer {
+        Some(given) if given != configured => {
+            notes.push(format!(
+                "{} {name} accepts tokens of issuer {configured}, not {given}: the server would refuse this token (401)",
+                fed.kind()
+            ));
+            given.clone()
+        }
+        _ => configured.to_owned(),
+    };
+    bounded("issuer", &issuer)?;
+    let mut claims: Vec<(&str, &str)> = Vec::new();
+    for (k, v) in &spec.claims {
+        bounded("claim", v)?;
+        if fed.exposed_claims().iter().any(|c| c == k) {
+            claims.push((k, v));
+        } else {
+            notes.push(format!(
+                "claim {k:?} is not in spec.claims of {} {name}: the server would not hand it to policies",
+                fed.kind()
+            ));
+        }
+    }
+    let mut identity = Identity::of_oidc_subject(name, &issuer, subject, &claims);
+    identity.federation_kind = fed.kind();
+    Ok(identity)
+}
+
+/// The identity token verification would give a token of `spec`: a ServiceAccount's
+/// (`FED/NS/SA`), or an OIDC subject's (`FED/SUBJECT`) when `FED` is an OIDC federation.
 pub fn identity_of(
     snapshot: &Snapshot,
     spec: &PrincipalSpec,
     notes: &mut Vec<String>,
 ) -> Result<Identity, PolicyToolError> {
     bounded("principal", &spec.path)?;
+    if let Some((fed, subject)) = spec.path.split_once('/')
+        && let Some(f) = federation(snapshot, fed)
+        && f.kind().principal_kind() == crate::authn::PrincipalKind::OidcSubject
+    {
+        return oidc_identity_of(f, spec, subject, notes);
+    }
+    if !spec.claims.is_empty() {
+        return Err(PolicyToolError::BadRequest(
+            "claims belong to OIDC subjects: name an OIDC federation's subject (FEDERATION/SUBJECT)"
+                .into(),
+        ));
+    }
     let (fed, namespace, name) = three("principal", &spec.path)?;
     let configured = federation(snapshot, fed).and_then(|f| f.configured_issuer());
     let issuer = match (&spec.issuer, configured) {
@@ -158,17 +224,13 @@ pub fn identity_of(
             bounded(what, v)?;
         }
     }
-    Ok(Identity {
-        federation: fed.to_owned(),
-        issuer,
-        subject: format!("system:serviceaccount:{namespace}:{name}"),
-        namespace: namespace.to_owned(),
-        service_account: name.to_owned(),
-        service_account_uid: spec.uid.clone(),
-        pod_name: spec.pod_name.clone(),
-        pod_uid: spec.pod_uid.clone(),
-        expires_at: None,
-    })
+    let mut identity = Identity::of_service_account(fed, &issuer, namespace, name);
+    if let Some(sa) = identity.service_account_mut() {
+        sa.uid = spec.uid.clone();
+        sa.pod_name = spec.pod_name.clone();
+        sa.pod_uid = spec.pod_uid.clone();
+    }
+    Ok(identity)
 }
 
 /// The token in `text` as the server would verify it, offline (see
@@ -320,7 +382,11 @@ pub struct PrincipalView {
     pub issuer: String,
     /// `sub`.
     pub subject: String,
-    /// Cedar entity id `<federation>/<namespace>/<name>`.
+    /// Cedar entity type: `ServiceAccount` or `OidcSubject`.
+    #[serde(rename = "type")]
+    pub principal_type: String,
+    /// Cedar entity id: `<federation>/<namespace>/<name>` (a ServiceAccount),
+    /// `<federation>/<subject>` (an OIDC subject).
     pub entity: String,
     /// Pod name, when given.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -401,8 +467,9 @@ pub fn explain(
             federation: id.federation.clone(),
             issuer: id.issuer.clone(),
             subject: id.subject.clone(),
-            entity: format!("{}/{}/{}", id.federation, id.namespace, id.service_account),
-            pod_name: id.pod_name.clone(),
+            principal_type: id.kind().as_str().to_owned(),
+            entity: id.canonical_id(),
+            pod_name: id.service_account().and_then(|sa| sa.pod_name.clone()),
         },
         token_verified,
         action: resolved.action.to_string(),
@@ -417,9 +484,14 @@ impl Explanation {
     /// Human-readable form.
     pub fn text(&self) -> String {
         let mut out = format!(
-            "decision: {}\nprincipal: {} (federation {}, issuer {}{})\naction: {}\nresource: {}\n",
+            "decision: {}\nprincipal: {} ({}federation {}, issuer {}{})\naction: {}\nresource: {}\n",
             self.decision.to_uppercase(),
             self.principal.subject,
+            if self.principal.principal_type == "ServiceAccount" {
+                String::new()
+            } else {
+                format!("{} of ", self.principal.principal_type)
+            },
             self.principal.federation,
             self.principal.issuer,
             self.principal
@@ -479,6 +551,52 @@ mod tests {
         }
     }
 
+    /// Issue 18: `FED/SUBJECT` of an OIDC federation is an OIDC subject, with the claims
+    /// its federation hands to policies.
+    #[test]
+    fn an_oidc_federations_principal_is_an_oidc_subject() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("f.yaml"),
+            "apiVersion: identity.federation.external-secrets.io/v1alpha1\nkind: OIDCFederation\nmetadata: {name: github}\nspec: {issuer: 'https://token.actions.githubusercontent.com', audiences: [esi], claims: [repository]}\n",
+        )
+        .unwrap();
+        let snapshot = crate::policy::load(&crate::policy::Sources {
+            manifests: dir.path().to_path_buf(),
+            policies: None,
+        });
+        assert!(snapshot.errors.is_empty(), "{:?}", snapshot.errors);
+        let mut notes = Vec::new();
+        let mut s = spec("github/repo:org/app:ref:refs/heads/main", None);
+        s.claims = [
+            ("repository".to_owned(), "org/app".to_owned()),
+            ("ref".to_owned(), "refs/heads/main".to_owned()),
+        ]
+        .into();
+        let id = identity_of(&snapshot, &s, &mut notes).unwrap();
+        assert_eq!(id.subject, "repo:org/app:ref:refs/heads/main");
+        assert_eq!(id.issuer, "https://token.actions.githubusercontent.com");
+        assert_eq!(id.canonical_id(), "github/repo:org/app:ref:refs/heads/main");
+        assert_eq!(
+            id.principal,
+            crate::authn::Principal::OidcSubject {
+                claims: [("repository".to_owned(), "org/app".to_owned())].into()
+            }
+        );
+        assert!(
+            notes
+                .iter()
+                .any(|n| n.contains("\"ref\" is not in spec.claims")),
+            "{notes:?}"
+        );
+        s.pod_name = Some("p".into());
+        assert!(identity_of(&snapshot, &s, &mut notes).is_err());
+        // Claims for a ServiceAccount are a mistake, said.
+        let mut sa = spec("f/ns/sa", Some("https://i"));
+        sa.claims = [("a".to_owned(), "b".to_owned())].into();
+        assert!(identity_of(&snapshot, &sa, &mut notes).is_err());
+    }
+
     #[test]
     fn a_principal_is_the_identity_token_verification_would_give() {
         let snapshot = Snapshot::empty();
@@ -488,7 +606,13 @@ mod tests {
         let id = identity_of(&snapshot, &spec("f/ns/sa", Some("https://i")), &mut notes)
             .expect("identity");
         assert_eq!(id.subject, "system:serviceaccount:ns:sa");
-        assert_eq!((id.federation.as_str(), id.namespace.as_str()), ("f", "ns"));
+        assert_eq!(
+            (
+                id.federation.as_str(),
+                id.service_account().unwrap().namespace.as_str()
+            ),
+            ("f", "ns")
+        );
         assert!(notes[0].contains("no KubernetesFederation f"), "{notes:?}");
         for bad in ["f/ns", "f//sa", "", "/ns/sa"] {
             assert!(

@@ -340,17 +340,7 @@ impl Universe {
                 })
             })
             .unwrap_or_default();
-        let identity = Identity {
-            federation: p.federation.clone(),
-            issuer,
-            subject: p.subject(),
-            namespace: p.namespace.clone(),
-            service_account: p.name.clone(),
-            service_account_uid: None,
-            pod_name: None,
-            pod_uid: None,
-            expires_at: None,
-        };
+        let identity = Identity::of_service_account(&p.federation, &issuer, &p.namespace, &p.name);
         let resource = match &self.probes[request.probe] {
             Probe::Key { store, key, .. } => {
                 let remote = RemoteRef {

@@ -103,12 +103,120 @@ pub struct KubernetesFederationSpec {
     pub allow_legacy_tokens: bool,
 }
 
+/// `OIDCFederation.spec` (*extension*, issue 18): any OpenID Connect issuer whose tokens
+/// name workloads that are not Kubernetes ServiceAccounts (CI jobs, VMs, services of another
+/// platform). Checked by `authn::Federation::from_oidc_spec`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("required" = ["issuer", "audiences"]))]
+pub struct OidcFederationSpec {
+    /// The issuer: the exact `iss` of its tokens, an `https` URL. Keys come from its
+    /// discovery document (`{issuer}/.well-known/openid-configuration` → `jwks_uri`, which
+    /// must be on the issuer's host) unless `jwksUri` or `jwks` is set.
+    #[serde(default)]
+    #[schemars(length(min = 1))]
+    pub issuer: String,
+    /// The JWKS URL (`https`), fetched directly instead of through discovery: for an
+    /// issuer whose keys live on another host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_uri: Option<String>,
+    /// A static JWKS document instead of fetching (air-gapped networks, tests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks: Option<String>,
+    /// The claim that names the workload: `principal.subject`, matched by
+    /// `Authorization.spec.subject.oidc.subject` (default `sub`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject_claim: Option<String>,
+    /// What every OIDC federation kind has: audiences, CA, bound and exposed claims
+    /// (`audiences` is required here).
+    #[serde(flatten)]
+    pub common: OidcCommonSpec,
+}
+
+/// The fields every OIDC federation kind has: `OIDCFederation` and, as extensions, ESE's
+/// presets (`OktaFederation`, `PingIdentityFederation`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OidcCommonSpec {
+    /// Token `aud` must contain one of these: required for an `OIDCFederation` (an OIDC
+    /// issuer signs tokens for every relying party it serves); for a preset, without it
+    /// any `aud` passes, with a warning, as ESE does.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(length(min = 1)))]
+    pub audiences: Vec<String>,
+    /// Base64 PEM bundle trusted for the issuer's (and `jwksUri`'s) TLS instead of the
+    /// public roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle: Option<String>,
+    /// Claim → exact value or `*` glob; a token must match every entry. A string claim
+    /// matches its pattern; an array claim matches when one of its string elements does;
+    /// a missing claim, or one of another type, does not match.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub bound_claims: BTreeMap<String, String>,
+    /// Claims handed to policies as `principal.claims.<name>` (strings only; a token whose
+    /// listed claim is not a string is refused).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub claims: Vec<String>,
+}
+
+/// `OktaFederation.spec` (ESE): an Okta authorization server, a preset of
+/// [`OidcFederationSpec`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("required" = ["domain"]))]
+pub struct OktaFederationSpec {
+    /// The Okta organization URL (`https://dev-12345.okta.com`, or a custom domain).
+    #[serde(default)]
+    #[schemars(length(min = 1))]
+    pub domain: String,
+    /// The authorization server: absent means `default` (ESE's default), empty means the
+    /// org authorization server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization_server_id: Option<String>,
+    /// ESE: Okta management API credentials for checking that applications still exist.
+    /// Accepted and not used (the server does not call Okta's management API).
+    #[serde(
+        default,
+        rename = "managementAPI",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub management_api: Option<serde_json::Value>,
+    /// Extensions: `audiences`, `caBundle`, `boundClaims`, `claims`.
+    #[serde(flatten)]
+    pub oidc: OidcCommonSpec,
+}
+
+/// `PingIdentityFederation.spec` (ESE): a PingOne environment, a preset of
+/// [`OidcFederationSpec`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("required" = ["region", "environmentId"]))]
+pub struct PingIdentityFederationSpec {
+    /// The PingOne region: `com`, `eu`, `asia` or `ca`.
+    #[serde(default)]
+    pub region: String,
+    /// The PingOne environment id.
+    #[serde(default)]
+    pub environment_id: String,
+    /// ESE: PingOne management API credentials. Accepted and not used.
+    #[serde(
+        default,
+        rename = "managementAPI",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub management_api: Option<serde_json::Value>,
+    /// Extensions: `audiences`, `caBundle`, `boundClaims`, `claims`.
+    #[serde(flatten)]
+    pub oidc: OidcCommonSpec,
+}
+
 /// `federationRef` of an `Authorization`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("required" = ["name"]))]
 pub struct FederationRef {
-    /// Kind of the federation (`KubernetesFederation`).
+    /// Kind of the federation: `KubernetesFederation` (or empty), `OIDCFederation`,
+    /// `OktaFederation` or `PingIdentityFederation`.
     #[serde(default)]
     pub kind: String,
     /// Name of the federation object.

@@ -140,14 +140,28 @@ pub fn b64(s: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(s)
 }
 
+/// What an [`Issuer`] answers at `/.well-known/openid-configuration`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum DiscoveryMode {
+    /// 404 (a Kubernetes API server without discovery: keys at `/openid/v1/jwks`).
+    None,
+    /// A Kubernetes API server's: the in-cluster issuer, `jwks_uri` on another host.
+    Kubernetes,
+    /// An OIDC provider's: this issuer's own URL, `jwks_uri` beside it.
+    Oidc,
+}
+
 #[derive(Clone)]
 struct IssuerState {
     jwks: Arc<Mutex<Value>>,
     jwks_hits: Arc<AtomicUsize>,
-    discovery: bool,
+    discovery: DiscoveryMode,
+    /// The issuer's own URL, once bound.
+    url: Arc<std::sync::OnceLock<String>>,
 }
 
-/// An OIDC issuer like a Kubernetes API server's discovery endpoints, over HTTPS with its own CA.
+/// An OIDC issuer like a Kubernetes API server's discovery endpoints (or, with
+/// [`Issuer::start_oidc`], an OIDC provider's), over HTTPS with its own CA.
 pub struct Issuer {
     pub url: String,
     pub ca: TestCa,
@@ -160,21 +174,45 @@ impl Issuer {
     /// Starts an issuer serving `keys`. With `discovery`, `/.well-known/openid-configuration`
     /// names a `jwks_uri` on another host (the server must re-base it onto `url`).
     pub async fn start(keys: Value, discovery: bool) -> Issuer {
+        let mode = if discovery {
+            DiscoveryMode::Kubernetes
+        } else {
+            DiscoveryMode::None
+        };
+        Self::start_mode(keys, mode).await
+    }
+
+    /// Starts an OIDC provider serving `keys`: its discovery document names its own URL as
+    /// `issuer` (the `iss` of its tokens) and `{url}/openid/v1/jwks` as `jwks_uri`.
+    pub async fn start_oidc(keys: Value) -> Issuer {
+        Self::start_mode(keys, DiscoveryMode::Oidc).await
+    }
+
+    async fn start_mode(keys: Value, discovery: DiscoveryMode) -> Issuer {
         install_crypto();
         let ca = test_ca();
         let state = IssuerState {
             jwks: Arc::new(Mutex::new(keys)),
             jwks_hits: Arc::new(AtomicUsize::new(0)),
             discovery,
+            url: Arc::new(std::sync::OnceLock::new()),
         };
         async fn discovery_doc(State(s): State<IssuerState>) -> axum::response::Response {
             use axum::response::IntoResponse;
-            if !s.discovery {
-                return axum::http::StatusCode::NOT_FOUND.into_response();
-            }
+            let own = s.url.get().cloned().unwrap_or_default();
+            let (issuer, jwks_uri) = match s.discovery {
+                DiscoveryMode::None => {
+                    return axum::http::StatusCode::NOT_FOUND.into_response();
+                }
+                DiscoveryMode::Kubernetes => (
+                    "https://kubernetes.default.svc.cluster.local".to_string(),
+                    "https://10.0.0.1:6443/openid/v1/jwks".to_string(),
+                ),
+                DiscoveryMode::Oidc => (own.clone(), format!("{own}/openid/v1/jwks")),
+            };
             axum::Json(json!({
-                "issuer": "https://kubernetes.default.svc.cluster.local",
-                "jwks_uri": "https://10.0.0.1:6443/openid/v1/jwks",
+                "issuer": issuer,
+                "jwks_uri": jwks_uri,
                 "response_types_supported": ["id_token"],
                 "subject_types_supported": ["public"],
                 "id_token_signing_alg_values_supported": ["RS256", "ES256"]
@@ -208,8 +246,10 @@ impl Issuer {
                 .await
                 .unwrap();
         });
+        let url = format!("https://127.0.0.1:{}", addr.port());
+        let _ = state.url.set(url.clone());
         Issuer {
-            url: format!("https://127.0.0.1:{}", addr.port()),
+            url,
             ca,
             jwks: state.jwks,
             jwks_hits: state.jwks_hits,
@@ -480,6 +520,24 @@ spec:
   audiences: ["{audience}"]
   jwks: '{jwks}'
 "#
+    )
+}
+
+/// An `OIDCFederation` `name` whose issuer is `issuer` (an [`Issuer::start_oidc`]; its CA
+/// pinned), for audience `audience`, with `extra` YAML lines under `spec` (indented two
+/// spaces, each ending with a newline).
+pub fn oidc_federation(name: &str, issuer: &Issuer, audience: &str, extra: &str) -> String {
+    format!(
+        r#"apiVersion: identity.federation.external-secrets.io/v1alpha1
+kind: OIDCFederation
+metadata: {{name: {name}}}
+spec:
+  issuer: {}
+  audiences: ["{audience}"]
+  caBundle: {}
+{extra}"#,
+        issuer.url,
+        b64(&issuer.ca.ca_pem)
     )
 }
 

@@ -49,11 +49,17 @@ async fn happy_paths_for_each_key_type() {
         assert_eq!(id.issuer, ISS);
         assert_eq!(id.subject, "system:serviceaccount:default:app");
         assert_eq!(
-            (id.namespace.as_str(), id.service_account.as_str()),
+            (
+                id.service_account().unwrap().namespace.as_str(),
+                id.service_account().unwrap().name.as_str()
+            ),
             ("default", "app")
         );
-        assert_eq!(id.service_account_uid.as_deref(), Some("uid-1"));
-        assert_eq!(id.pod_name.as_deref(), Some("app-0"));
+        assert_eq!(id.service_account().unwrap().uid.as_deref(), Some("uid-1"));
+        assert_eq!(
+            id.service_account().unwrap().pod_name.as_deref(),
+            Some("app-0")
+        );
         assert_eq!(id.expires_at, Some(NOW + 3600));
     }
     // The other RSA algorithms with a key whose JWK names no alg.
@@ -115,9 +121,9 @@ async fn claim_failures() {
     let id = a.authenticate(&key.sign(&c), None).await.unwrap();
     assert_eq!(
         (
-            id.namespace.as_str(),
-            id.service_account.as_str(),
-            id.pod_name
+            id.service_account().unwrap().namespace.as_str(),
+            id.service_account().unwrap().name.as_str(),
+            id.service_account().unwrap().pod_name.clone()
         ),
         ("default", "app", None)
     );

@@ -14,12 +14,14 @@ use base64::engine::general_purpose::STANDARD;
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::json;
 
-use super::support::{TestKey, claims};
+use super::support::{TestKey, claims, oidc_claims};
 use crate::authn::*;
-use crate::resources::{ClientCaPolicy, KubernetesFederationSpec};
+use crate::resources::{
+    ClientCaPolicy, KubernetesFederationSpec, OidcCommonSpec, OidcFederationSpec,
+};
 
-const AUD: &str = "https://esi.example";
-const T0: u64 = 1_700_000_000;
+pub(super) const AUD: &str = "https://esi.example";
+pub(super) const T0: u64 = 1_700_000_000;
 
 /// A canned answer.
 #[derive(Clone)]
@@ -30,26 +32,26 @@ struct Route {
 }
 
 #[derive(Default)]
-struct ServerState {
+pub(super) struct ServerState {
     routes: Mutex<HashMap<String, Route>>,
     hits: Mutex<HashMap<String, usize>>,
     /// Requests that carried any credential header.
     credentialed: AtomicUsize,
     /// Answer 503 to everything.
-    down: AtomicBool,
+    pub(super) down: AtomicBool,
     /// Delay before answering (to make concurrent requests overlap).
     delay_ms: AtomicU64,
 }
 
-struct TestServer {
-    state: Arc<ServerState>,
-    url: String,
+pub(super) struct TestServer {
+    pub(super) state: Arc<ServerState>,
+    pub(super) url: String,
     ca_pem: String,
     handle: axum_server::Handle<std::net::SocketAddr>,
 }
 
 impl TestServer {
-    async fn start() -> TestServer {
+    pub(super) async fn start() -> TestServer {
         let ca_key = rcgen::KeyPair::generate().unwrap();
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -97,7 +99,7 @@ impl TestServer {
         }
     }
 
-    fn route(&self, path: &str, status: u16, body: impl Into<String>) {
+    pub(super) fn route(&self, path: &str, status: u16, body: impl Into<String>) {
         let r = Route {
             status,
             location: None,
@@ -106,7 +108,7 @@ impl TestServer {
         self.state.routes.lock().unwrap().insert(path.to_owned(), r);
     }
 
-    fn redirect(&self, path: &str, location: &str) {
+    pub(super) fn redirect(&self, path: &str, location: &str) {
         let r = Route {
             status: 302,
             location: Some(location.to_owned()),
@@ -115,11 +117,11 @@ impl TestServer {
         self.state.routes.lock().unwrap().insert(path.to_owned(), r);
     }
 
-    fn jwks(&self, keys: &[&TestKey]) {
+    pub(super) fn jwks(&self, keys: &[&TestKey]) {
         self.route("/openid/v1/jwks", 200, TestKey::jwks(keys));
     }
 
-    fn hits(&self, path: &str) -> usize {
+    pub(super) fn hits(&self, path: &str) -> usize {
         self.state
             .hits
             .lock()
@@ -129,7 +131,7 @@ impl TestServer {
             .unwrap_or(0)
     }
 
-    fn ca_b64(&self) -> String {
+    pub(super) fn ca_b64(&self) -> String {
         STANDARD.encode(&self.ca_pem)
     }
 
@@ -140,6 +142,75 @@ impl TestServer {
             ca_bundle: Some(self.ca_b64()),
             ..Default::default()
         }
+    }
+
+    /// An `OIDCFederation` of this server as issuer (its discovery document must be routed:
+    /// [`TestServer::discovery`]).
+    pub(super) fn oidc_spec(&self) -> OidcFederationSpec {
+        OidcFederationSpec {
+            issuer: self.url.clone(),
+            common: OidcCommonSpec {
+                audiences: vec![AUD.into()],
+                ca_bundle: Some(self.ca_b64()),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    /// An OIDC discovery document announcing this server as issuer, keys at
+    /// `/openid/v1/jwks` (where [`TestServer::jwks`] puts them).
+    pub(super) fn discovery(&self) {
+        self.discovery_at("/.well-known/openid-configuration");
+    }
+
+    /// The document of [`TestServer::discovery`] at `path`.
+    pub(super) fn discovery_at(&self, path: &str) {
+        self.route(
+            path,
+            200,
+            json!({"issuer": self.url, "jwks_uri": format!("{}/openid/v1/jwks", self.url)})
+                .to_string(),
+        );
+    }
+}
+
+/// The kinds of federation the shared key machinery is tested with: what is fetched, and
+/// how, differs; the cache, rotation and flood limits must not.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Profile {
+    /// A `KubernetesFederation` at the server's URL (no discovery: `/openid/v1/jwks`).
+    Kubernetes,
+    /// An `OIDCFederation` whose issuer is the server (discovery, then the same JWKS path).
+    Oidc,
+}
+
+impl Profile {
+    fn federation(self, srv: &TestServer) -> Federation {
+        match self {
+            Profile::Kubernetes => Federation::from_spec("alpha", &srv.spec()).unwrap(),
+            Profile::Oidc => {
+                srv.discovery();
+                Federation::from_oidc_spec("alpha", &srv.oidc_spec()).unwrap()
+            }
+        }
+    }
+
+    /// Valid claims of this kind's tokens issued by `iss` at `now`.
+    fn claims(self, iss: &str, now: u64) -> serde_json::Value {
+        match self {
+            Profile::Kubernetes => claims(iss, AUD, now),
+            Profile::Oidc => oidc_claims(iss, AUD, now),
+        }
+    }
+
+    fn authenticator(
+        self,
+        clock: Clock,
+        srv: &TestServer,
+        tweak: impl FnOnce(&mut AuthnSettings),
+    ) -> Arc<Authenticator> {
+        authenticator_of(clock, self.federation(srv), tweak)
     }
 }
 
@@ -198,10 +269,10 @@ async fn answer(st: &ServerState, uri: Uri, headers: HeaderMap) -> Response {
 }
 
 /// A clock tests can move.
-struct TestClock(Arc<AtomicU64>);
+pub(super) struct TestClock(Arc<AtomicU64>);
 
 impl TestClock {
-    fn new() -> (TestClock, Clock) {
+    pub(super) fn new() -> (TestClock, Clock) {
         let t = Arc::new(AtomicU64::new(T0));
         let t2 = t.clone();
         (
@@ -209,10 +280,10 @@ impl TestClock {
             Clock::from_fn(move || t2.load(Ordering::SeqCst)),
         )
     }
-    fn now(&self) -> u64 {
+    pub(super) fn now(&self) -> u64 {
         self.0.load(Ordering::SeqCst)
     }
-    fn advance(&self, secs: u64) {
+    pub(super) fn advance(&self, secs: u64) {
         self.0.fetch_add(secs, Ordering::SeqCst);
     }
 }
@@ -226,6 +297,15 @@ fn authenticator_with(
     spec: &KubernetesFederationSpec,
     tweak: impl FnOnce(&mut AuthnSettings),
 ) -> Arc<Authenticator> {
+    authenticator_of(clock, Federation::from_spec("alpha", spec).unwrap(), tweak)
+}
+
+/// An authenticator of `federation` alone, with a 5 s fetch timeout and `tweak`.
+fn authenticator_of(
+    clock: Clock,
+    federation: Federation,
+    tweak: impl FnOnce(&mut AuthnSettings),
+) -> Arc<Authenticator> {
     let mut settings = AuthnSettings {
         clock,
         fetch_timeout: Duration::from_secs(5),
@@ -233,7 +313,7 @@ fn authenticator_with(
     };
     tweak(&mut settings);
     let a = Authenticator::new(settings);
-    a.set_federations(vec![Federation::from_spec("alpha", spec).unwrap()]);
+    a.set_federations(vec![federation]);
     Arc::new(a)
 }
 
@@ -417,6 +497,11 @@ async fn failed_fetch_with_a_client_ca_keeps_cached_keys() {
 
 #[tokio::test]
 async fn key_rotation_triggers_one_refresh() {
+    key_rotation_triggers_one_refresh_for(Profile::Kubernetes).await;
+    key_rotation_triggers_one_refresh_for(Profile::Oidc).await;
+}
+
+async fn key_rotation_triggers_one_refresh_for(p: Profile) {
     let srv = TestServer::start().await;
     let old = TestKey::es256();
     let new = TestKey::rsa();
@@ -424,16 +509,16 @@ async fn key_rotation_triggers_one_refresh() {
     let (clock, c) = TestClock::new();
     // Rotation waits off: this test is about the refresh interval alone (the test clock does
     // not move while a request would wait).
-    let a = authenticator_with(c, &srv.spec(), |s| s.jwks_rotation_wait = Duration::ZERO);
+    let a = p.authenticator(c, &srv, |s| s.jwks_rotation_wait = Duration::ZERO);
     assert!(
-        a.authenticate(&old.sign(&claims(&srv.url, AUD, T0)), None)
+        a.authenticate(&old.sign(&p.claims(&srv.url, T0)), None)
             .await
             .is_ok()
     );
     assert_eq!(srv.hits("/openid/v1/jwks"), 1);
     srv.jwks(&[&old, &new]);
     // Within the min refresh interval an unknown kid does not refetch.
-    let t = new.sign(&claims(&srv.url, AUD, T0));
+    let t = new.sign(&p.claims(&srv.url, T0));
     assert_eq!(
         a.authenticate(&t, None).await,
         Err(AuthnError::UnknownKeyId)
@@ -441,24 +526,24 @@ async fn key_rotation_triggers_one_refresh() {
     assert_eq!(srv.hits("/openid/v1/jwks"), 1);
     // After it, one refresh finds the new key.
     clock.advance(11);
-    let t = new.sign(&claims(&srv.url, AUD, clock.now()));
+    let t = new.sign(&p.claims(&srv.url, clock.now()));
     assert!(a.authenticate(&t, None).await.is_ok());
     assert_eq!(srv.hits("/openid/v1/jwks"), 2);
-    let t = new.sign(&claims(&srv.url, AUD, clock.now() + 1));
+    let t = new.sign(&p.claims(&srv.url, clock.now() + 1));
     assert!(a.authenticate(&t, None).await.is_ok());
     assert!(
-        a.authenticate(&old.sign(&claims(&srv.url, AUD, clock.now())), None)
+        a.authenticate(&old.sign(&p.claims(&srv.url, clock.now())), None)
             .await
             .is_ok()
     );
     assert_eq!(srv.hits("/openid/v1/jwks"), 2);
     // A rotated-out key stops verifying after the next refresh, and so do its cached tokens.
-    let cached = old.sign(&claims(&srv.url, AUD, clock.now() + 5));
+    let cached = old.sign(&p.claims(&srv.url, clock.now() + 5));
     assert!(a.authenticate(&cached, None).await.is_ok());
     assert!(a.is_cached(&cached));
     srv.jwks(&[&new]);
     clock.advance(301);
-    let t = new.sign(&claims(&srv.url, AUD, clock.now()));
+    let t = new.sign(&p.claims(&srv.url, clock.now()));
     assert!(a.authenticate(&t, None).await.is_ok());
     assert_eq!(srv.hits("/openid/v1/jwks"), 3);
     assert_eq!(
@@ -469,6 +554,11 @@ async fn key_rotation_triggers_one_refresh() {
 
 #[tokio::test]
 async fn unknown_kid_flood_shares_one_fetch() {
+    unknown_kid_flood_shares_one_fetch_for(Profile::Kubernetes).await;
+    unknown_kid_flood_shares_one_fetch_for(Profile::Oidc).await;
+}
+
+async fn unknown_kid_flood_shares_one_fetch_for(p: Profile) {
     let srv = TestServer::start().await;
     let key = TestKey::es256();
     srv.jwks(&[&key]);
@@ -476,18 +566,14 @@ async fn unknown_kid_flood_shares_one_fetch() {
     let (clock, c) = TestClock::new();
     // Rotation waits off (the test clock does not move while a request waits); the flood with
     // waits is `unknown_kid_flood_with_rotation_waits_is_bounded`.
-    let a = authenticator_with(c, &srv.spec(), |s| s.jwks_rotation_wait = Duration::ZERO);
+    let a = p.authenticator(c, &srv, |s| s.jwks_rotation_wait = Duration::ZERO);
     let attacker = TestKey::es256();
     let flood = |now: u64| {
         (0..100)
             .map(|i| {
                 let kid = format!("random-{i}-{}", rand::random::<u64>());
-                let t = attacker.sign_with(
-                    attacker.alg,
-                    Some(&kid),
-                    &claims(&srv.url, AUD, now),
-                    |_| {},
-                );
+                let t =
+                    attacker.sign_with(attacker.alg, Some(&kid), &p.claims(&srv.url, now), |_| {});
                 let a = a.clone();
                 tokio::spawn(async move { a.authenticate(&t, None).await })
             })
@@ -509,7 +595,7 @@ async fn unknown_kid_flood_shares_one_fetch() {
     // The real key still works, without a fetch.
     let before = srv.hits("/openid/v1/jwks");
     assert!(
-        a.authenticate(&key.sign(&claims(&srv.url, AUD, clock.now())), None)
+        a.authenticate(&key.sign(&p.claims(&srv.url, clock.now())), None)
             .await
             .is_ok()
     );

@@ -96,3 +96,21 @@ pub(crate) fn claims(iss: &str, aud: &str, now: u64) -> Value {
         },
     })
 }
+
+/// A GitHub Actions-shaped OIDC token's claims for `org/app` on `main`, valid from
+/// `now - 10` for ten minutes.
+pub(crate) fn oidc_claims(iss: &str, aud: &str, now: u64) -> Value {
+    json!({
+        "iss": iss,
+        "aud": aud,
+        "sub": "repo:org/app:ref:refs/heads/main",
+        "iat": now - 10,
+        "nbf": now - 10,
+        "exp": now + 600,
+        "repository": "org/app",
+        "repository_owner": "org",
+        "ref": "refs/heads/main",
+        "environment": "prod",
+        "run_id": 7,
+    })
+}

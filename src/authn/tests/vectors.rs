@@ -132,7 +132,7 @@ async fn legacy_tokens_accepted_when_the_federation_opts_in() {
     let token = read(&format!("{dir}/token.jwt"));
     let id = auth.authenticate(token.trim(), None).await.unwrap();
     assert_eq!(id.subject, "system:serviceaccount:default:vault-auth");
-    assert_eq!(id.namespace, "default");
+    assert_eq!(id.service_account().unwrap().namespace, "default");
     assert_eq!(id.expires_at, None);
     // Never cached: a legacy token is verified on every call.
     assert!(!auth.is_cached(token.trim()));
@@ -186,16 +186,22 @@ async fn minikube_2020_projected() {
     assert_eq!(id.issuer, K8S);
     assert_eq!(id.subject, "system:serviceaccount:default:default");
     assert_eq!(
-        (id.namespace.as_str(), id.service_account.as_str()),
+        (
+            id.service_account().unwrap().namespace.as_str(),
+            id.service_account().unwrap().name.as_str()
+        ),
         ("default", "default")
     );
     assert_eq!(
-        id.service_account_uid.as_deref(),
+        id.service_account().unwrap().uid.as_deref(),
         Some("77c81ad7-1bea-4d94-9ca5-f5d7f3632331")
     );
-    assert_eq!(id.pod_name.as_deref(), Some("vault"));
     assert_eq!(
-        id.pod_uid.as_deref(),
+        id.service_account().unwrap().pod_name.as_deref(),
+        Some("vault")
+    );
+    assert_eq!(
+        id.service_account().unwrap().pod_uid.as_deref(),
         Some("086c2f61-dea2-47bb-b5ca-63e63c5c9885")
     );
     assert_eq!(id.expires_at, Some(1_920_082_797));
@@ -285,14 +291,14 @@ async fn salrashid_tokens_valid_at_their_clocks_expired_now() {
         .unwrap();
     assert_eq!(id.subject, "system:serviceaccount:default:svc1-sa");
     assert_eq!(
-        id.pod_name.as_deref(),
+        id.service_account().unwrap().pod_name.as_deref(),
         Some("myapp-deployment-86d84cff8f-ckljb")
     );
     let id = run(dir, "token2.jwt", &aud, iss, 1_634_916_000)
         .await
         .unwrap();
     assert_eq!(
-        id.pod_name.as_deref(),
+        id.service_account().unwrap().pod_name.as_deref(),
         Some("myapp-deployment-548bb79f55-brddj")
     );
     let now = Clock::system().now();
@@ -323,7 +329,7 @@ async fn eks_token_by_kid_and_only_that_key() {
         "system:serviceaccount:hakawai:hakawai-litellm-proxy"
     );
     assert_eq!(
-        id.pod_name.as_deref(),
+        id.service_account().unwrap().pod_name.as_deref(),
         Some("hakawai-litellm-proxy-57456bb9cb-bwzxh")
     );
     assert_eq!(

@@ -18,17 +18,11 @@ use crate::resources::{
 const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
 
 fn identity(federation: &str, issuer: &str, namespace: &str, sa: &str) -> Identity {
-    Identity {
-        federation: federation.to_owned(),
-        issuer: issuer.to_owned(),
-        subject: format!("system:serviceaccount:{namespace}:{sa}"),
-        namespace: namespace.to_owned(),
-        service_account: sa.to_owned(),
-        service_account_uid: Some("0d5c1a2b-uid".to_owned()),
-        pod_name: None,
-        pod_uid: None,
-        expires_at: None,
+    let mut id = Identity::of_service_account(federation, issuer, namespace, sa);
+    if let Some(sa) = id.service_account_mut() {
+        sa.uid = Some("0d5c1a2b-uid".to_owned());
     }
+    id
 }
 
 fn key(store: &str, key: &str) -> Resource {
@@ -979,7 +973,14 @@ fn random_authorization(rng: &mut StdRng, i: usize) -> AuthorizationSource {
         origin: format!("/corpus/auth-{i}.yaml"),
         spec: AuthorizationSpec {
             federation_ref: FederationRef {
-                kind: "KubernetesFederation".to_owned(),
+                // Some of each kind, over the same federation names and subjects: the
+                // sharding must keep kinds apart as Cedar does.
+                kind: if rng.random_bool(0.25) {
+                    "OIDCFederation"
+                } else {
+                    "KubernetesFederation"
+                }
+                .to_owned(),
                 name: pick(rng, &FEDERATIONS[..3]).to_owned(),
             },
             subject: Some(subject),
@@ -1033,7 +1034,16 @@ fn random_request(rng: &mut StdRng) -> (Identity, Action, Resource) {
         pick(rng, &ACCOUNTS),
     );
     if rng.random_bool(0.05) {
-        who.pod_name = Some("pod-1".to_owned());
+        who.service_account_mut().unwrap().pod_name = Some("pod-1".to_owned());
+    }
+    if rng.random_bool(0.2) {
+        // The same federation and subject text, as an OIDC subject with a claim.
+        who = Identity::of_oidc_subject(
+            &who.federation,
+            &who.issuer,
+            &who.subject,
+            &[("repository", pick(rng, &NAMESPACES))],
+        );
     }
     let action = *Action::ALL.choose(rng).unwrap_or(&Action::Get);
     let resource = match action {
@@ -1221,9 +1231,9 @@ when { principal has podName && principal.podName == "web-1" && resource.store =
 "#;
     let engine = build_ok(&[], &[file("pods.cedar", text)]);
     let mut web1 = identity("beta", ISSUER, "ops", "runner");
-    web1.pod_name = Some("web-1".into());
+    web1.service_account_mut().unwrap().pod_name = Some("web-1".into());
     let mut web2 = web1.clone();
-    web2.pod_name = Some("web-2".into());
+    web2.service_account_mut().unwrap().pod_name = Some("web-2".into());
 
     let first = engine.decide(&web1, Action::Get, &key("shared", "k"));
     assert!(first.allowed);
@@ -1249,7 +1259,7 @@ when { principal has podName && principal.podName == "web-1" && resource.store =
     assert!(!engine.decide(&web1, Action::Find, &store("shared")).allowed);
     assert_eq!(engine.evaluations(), 4);
     let mut uid = web1.clone();
-    uid.pod_uid = Some("another-pod-uid".into());
+    uid.service_account_mut().unwrap().pod_uid = Some("another-pod-uid".into());
     assert!(
         engine
             .decide(&uid, Action::Get, &key("shared", "k"))
@@ -1401,4 +1411,226 @@ spec:
         listed[0].subject(),
         Some((ISSUER, "system:serviceaccount:apps:*"))
     );
+}
+
+const GH: &str = "https://token.actions.githubusercontent.com";
+
+fn ci(subject: &str, claims: &[(&str, &str)]) -> Identity {
+    Identity::of_oidc_subject("github", GH, subject, claims)
+}
+
+/// Issue 18: Authorizations of an OIDC federation grant its subjects (exact or glob) as
+/// `Esi::OidcSubject`, never a ServiceAccount, and a KubernetesFederation's never an OIDC
+/// subject, even with the same federation name and subject text.
+#[test]
+fn oidc_subjects_are_their_own_principal_type() {
+    let auths = [
+        authorization(
+            "/m/ci.yaml",
+            &format!(
+                r#"
+metadata: {{name: ci-main}}
+spec:
+  federationRef: {{kind: OIDCFederation, name: github}}
+  subject: {{oidc: {{issuer: "{GH}", subject: "repo:org/app:ref:refs/heads/main"}}}}
+  allowedClusterSecretStores: [ci]
+"#
+            ),
+        ),
+        authorization(
+            "/m/ci-glob.yaml",
+            &format!(
+                r#"
+metadata: {{name: ci-any-branch}}
+spec:
+  federationRef: {{kind: OktaFederation, name: github}}
+  subject: {{oidc: {{issuer: "{GH}", subject: "repo:org/tools:*"}}}}
+  allowedGenerators: [{{name: pw, kind: Password, namespace: ci}}]
+"#
+            ),
+        ),
+        authorization(
+            "/m/sa.yaml",
+            &format!(
+                r#"
+metadata: {{name: sa}}
+spec:
+  federationRef: {{kind: KubernetesFederation, name: github}}
+  subject: {{oidc: {{issuer: "{GH}", subject: "system:serviceaccount:ci:runner"}}}}
+  allowedClusterSecretStores: [k8s]
+"#
+            ),
+        ),
+    ];
+    let engine = build_ok(&auths, &[]);
+    let main = ci("repo:org/app:ref:refs/heads/main", &[]);
+    assert!(allowed(&engine, &main, Action::Get, &key("ci", "token")));
+    assert!(allowed(&engine, &main, Action::Find, &store("ci")));
+    assert!(!allowed(&engine, &main, Action::Get, &key("k8s", "token")));
+    let branch = ci("repo:org/app:ref:refs/heads/feature", &[]);
+    assert!(!allowed(&engine, &branch, Action::Get, &key("ci", "token")));
+    let tools = ci("repo:org/tools:ref:refs/heads/x", &[]);
+    let pw = generator("ci", "Password", "pw");
+    assert!(allowed(&engine, &tools, Action::Generate, &pw));
+    assert!(!allowed(&engine, &main, Action::Generate, &pw));
+    // The issuer is part of the subject.
+    let other_issuer = Identity::of_oidc_subject(
+        "github",
+        "https://other.example",
+        "repo:org/app:ref:refs/heads/main",
+        &[],
+    );
+    assert!(!allowed(
+        &engine,
+        &other_issuer,
+        Action::Get,
+        &key("ci", "t")
+    ));
+    // The KubernetesFederation Authorization grants the ServiceAccount only.
+    let sa = identity("github", GH, "ci", "runner");
+    assert!(allowed(&engine, &sa, Action::Get, &key("k8s", "t")));
+    assert!(!allowed(&engine, &sa, Action::Get, &key("ci", "t")));
+    let sa_text = ci("system:serviceaccount:ci:runner", &[]);
+    assert!(!allowed(&engine, &sa_text, Action::Get, &key("k8s", "t")));
+    // The compiled policies name the principal type.
+    let listed: Vec<String> = engine
+        .listing()
+        .iter()
+        .map(|p| p.policy.to_string())
+        .collect();
+    assert!(
+        listed
+            .iter()
+            .any(|p| p.contains("principal is Esi::OidcSubject in Esi::Federation::\"github\"")),
+        "{listed:?}"
+    );
+}
+
+/// Issue 18: hand-written policies tell kinds apart and read the claims a federation
+/// hands to them; a `forbid` on a claim holds against an Authorization's permit.
+#[test]
+fn policies_read_oidc_claims_and_a_forbid_on_a_claim_holds() {
+    let auth = authorization(
+        "/m/ci.yaml",
+        &format!(
+            r#"
+metadata: {{name: ci}}
+spec:
+  federationRef: {{kind: OIDCFederation, name: github}}
+  subject: {{oidc: {{issuer: "{GH}", subject: "repo:*"}}}}
+  allowedClusterSecretStores: [ci]
+"#
+        ),
+    );
+    let text = r#"
+@id("no-forks")
+forbid (principal is Esi::OidcSubject, action, resource)
+when { principal.claims has repository && principal.claims.repository like "evil-org/*" };
+@id("prod-only-from-main")
+forbid (principal is Esi::OidcSubject, action, resource in Esi::Store::"ci")
+when { resource has key && resource.key like "prod/*" }
+unless { principal.claims has ref && principal.claims.ref == "refs/heads/main" };
+@id("sa-namespace")
+forbid (principal is Esi::ServiceAccount, action, resource)
+when { principal.namespace == "sandbox" };
+"#;
+    let claims: BTreeSet<String> = ["repository".to_owned(), "ref".to_owned()].into();
+    let (engine, errors) = PolicyEngine::build_checked_with_claims(
+        vec![Arc::new(CheckedAuthorization::check(&auth).unwrap())],
+        &[file("ci.cedar", text)],
+        &PolicyCache::default(),
+        &claims,
+    );
+    assert!(errors.is_empty(), "{errors:?}");
+    assert!(
+        engine.load_warnings().is_empty(),
+        "{:?}",
+        engine.load_warnings()
+    );
+    let engine = Tested::new(engine, std::slice::from_ref(&auth));
+    let good = ci(
+        "repo:org/app:ref:refs/heads/main",
+        &[("repository", "org/app"), ("ref", "refs/heads/main")],
+    );
+    assert!(allowed(&engine, &good, Action::Get, &key("ci", "prod/db")));
+    let fork = ci(
+        "repo:evil-org/app:ref:refs/heads/main",
+        &[("repository", "evil-org/app"), ("ref", "refs/heads/main")],
+    );
+    let d = engine.decide(&fork, Action::Get, &key("ci", "dev/x"));
+    assert!(!d.allowed);
+    assert_eq!(d.policy_ids, ["no-forks"]);
+    let branch = ci(
+        "repo:org/app:ref:refs/heads/x",
+        &[("repository", "org/app"), ("ref", "refs/heads/x")],
+    );
+    assert!(!allowed(
+        &engine,
+        &branch,
+        Action::Get,
+        &key("ci", "prod/db")
+    ));
+    assert!(allowed(&engine, &branch, Action::Get, &key("ci", "dev/db")));
+    // The decision cache tells claims apart: the same subject with other claims is
+    // decided anew.
+    let unclaimed = ci("repo:org/app:ref:refs/heads/main", &[]);
+    assert!(!allowed(
+        &engine,
+        &unclaimed,
+        Action::Get,
+        &key("ci", "prod/db")
+    ));
+    assert!(allowed(&engine, &good, Action::Get, &key("ci", "prod/db")));
+    // Without `has`, strict validation refuses a claim: it may be absent.
+    let unguarded = r#"forbid (principal is Esi::OidcSubject, action, resource)
+when { principal.claims.repository == "x" };"#;
+    let (_, errors) = PolicyEngine::build_checked_with_claims(
+        Vec::new(),
+        &[file("bad.cedar", unguarded)],
+        &PolicyCache::default(),
+        &claims,
+    );
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].reason.contains("optional attribute"),
+        "{errors:?}"
+    );
+}
+
+/// A policy file written before OIDC subjects existed (`principal.namespace` unguarded)
+/// still loads, with a warning: dropping a forbid on upgrade would fail open. For an OIDC
+/// subject its forbid denies (fails to evaluate), its permit does not apply.
+#[test]
+fn service_account_only_policies_load_with_a_warning_and_fail_closed_for_others() {
+    let text = r#"
+@id("ns-permit")
+permit (principal, action, resource) when { principal.namespace == "ops" };
+@id("ns-forbid")
+forbid (principal, action, resource) when { principal.namespace == "sandbox" };
+"#;
+    let (engine, errors) = PolicyEngine::build(&[], &[file("old.cedar", text)]);
+    assert!(errors.is_empty(), "{errors:?}");
+    let warnings = engine.load_warnings();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].reason.contains("ServiceAccount callers only"),
+        "{warnings:?}"
+    );
+    assert_eq!(warnings[0].origin, "old.cedar");
+    let ops = identity("alpha", ISSUER, "ops", "app");
+    assert!(engine.decide(&ops, Action::Get, &key("s", "k")).allowed);
+    let sandbox = identity("alpha", ISSUER, "sandbox", "app");
+    assert!(!engine.decide(&sandbox, Action::Get, &key("s", "k")).allowed);
+    let d = engine.decide(&ci("repo:org/app", &[]), Action::Get, &key("s", "k"));
+    assert!(!d.allowed);
+    assert_eq!(d.policy_ids, ["ns-forbid"]);
+    // A file invalid for every kind is still refused.
+    let (_, errors) = PolicyEngine::build(
+        &[],
+        &[file(
+            "bad.cedar",
+            "permit (principal, action, resource) when { principal.nope == 1 };",
+        )],
+    );
+    assert_eq!(errors.len(), 1);
 }

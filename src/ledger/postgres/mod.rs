@@ -361,7 +361,7 @@ impl Ledger for PostgresLedger {
 #[cfg(test)]
 mod tests {
     use super::super::Holder;
-    use super::super::test_support::{entry, identity};
+    use super::super::test_support::{entry, identity, oidc_identity};
     use super::*;
 
     use tokio_postgres::{Client, Config};
@@ -547,6 +547,14 @@ mod tests {
         let mut want = vec![a, b];
         want.sort_by(|x, y| x.id.cmp(&y.id));
         assert_eq!(found, want);
+        // An OIDC subject (issue 18) is its own owner: never a Pod's or ServiceAccount's.
+        let ci = Holder::new(&oidc_identity("alpha", "app-pod"), None);
+        let d = entry(&ci, ("apps", "VaultDynamicSecret", "db"), None);
+        ledger.record(&d).await.unwrap();
+        assert_eq!(ledger.by_owner(&ci.owner()).await.unwrap(), vec![d]);
+        assert_eq!(ledger.by_owner(&both).await.unwrap().len(), 2);
+        let ese = Owner::from_ese("alpha".into(), String::new(), "app-pod");
+        assert!(ledger.by_owner(&ese).await.unwrap().is_empty());
     }
 
     #[tokio::test]

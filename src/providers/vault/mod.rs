@@ -845,17 +845,7 @@ mod tests {
             }],
         );
         assert!(errors.is_empty(), "{errors:?}");
-        let who = Identity {
-            federation: "f".into(),
-            issuer: "i".into(),
-            subject: "system:serviceaccount:n:s".into(),
-            namespace: "n".into(),
-            service_account: "s".into(),
-            service_account_uid: None,
-            pod_name: None,
-            pod_uid: None,
-            expires_at: None,
-        };
+        let who = Identity::of_service_account("f", "i", "n", "s");
         let stores = [
             json!({"server": "http://vault:8200", "path": "secret", "auth": token_auth()}),
             json!({"server": "http://vault:8200", "path": "secret", "version": "v1", "auth": token_auth()}),
