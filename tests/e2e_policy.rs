@@ -990,7 +990,7 @@ fn report_renders_the_access_matrix_in_chromium() {
         "[\"reports/*\", \"<script>alert(1)</script>\"]",
     );
     let old_world = reporting_world("system:serviceaccount:reporting:nightly");
-    let injected = "@id(\"<img src=x onerror=alert(2)>\")\nforbid (principal, action == Esi::Action::\"get\", resource is Esi::RemoteKey)\nwhen { resource.key == \"</pre><script>alert(3)</script>\" };\n";
+    let injected = "@id(\"<img/src=x/onerror=alert(2)>\")\nforbid (principal, action == Esi::Action::\"get\", resource is Esi::RemoteKey)\nwhen { resource.key == \"</pre><script>alert(3)</script>\" };\n";
     let old = Tree::new(&[("world.yaml", &old_world)], &[("no-k2.cedar", FORBID_K2)]);
     let new = Tree::new(
         &[("world.yaml", &hostile)],
@@ -1057,7 +1057,7 @@ fn report_renders_the_access_matrix_in_chromium() {
         .and_then(|s| s.split('"').next())
         .unwrap();
     assert!(dom.contains(&format!("id=\"{link}\"")), "{link}");
-    assert!(dom.contains("&lt;img src=x onerror=alert(2)&gt;"));
+    assert!(dom.contains("&lt;img/src=x/onerror=alert(2)&gt;"));
 
     // Two trees: the widened glob is a gain, coloured; the screenshot is of this page.
     let (ok, out, err) = tree_policy(

@@ -483,7 +483,7 @@ mod tests {
             ],
             &[(
                 "p.cedar",
-                "@id(\"<img src=x onerror=alert(2)>\")\nforbid (principal, action, resource is Esi::RemoteKey) when { resource.key == \"</pre><script>alert(3)</script>\" };\n",
+                "@id(\"<img/src=x/onerror=alert(2)>\")\nforbid (principal, action, resource is Esi::RemoteKey) when { resource.key == \"</pre><script>alert(3)</script>\" };\n",
             )],
         );
         assert!(t.snapshot.errors.is_empty(), "{:?}", t.snapshot.errors);
@@ -493,7 +493,7 @@ mod tests {
         }
         assert!(page.html.contains("&lt;script&gt;alert(1)&lt;/script&gt;*"));
         assert!(page.html.contains("data-principal=\"alpha/&lt;b&gt;/x\""));
-        assert!(page.html.contains("&lt;img src=x onerror=alert(2)&gt;"));
+        assert!(page.html.contains("&lt;img/src=x/onerror=alert(2)&gt;"));
         // The only elements are ours: no script, no external reference.
         assert!(!page.html.contains("src=\"") && !page.html.contains("href=\"http"));
     }
