@@ -215,6 +215,23 @@ fn spec_of<T: serde::de::DeserializeOwned + Default>(obj: &RawObject) -> Result<
     }
 }
 
+/// The spec of one of our own kinds (`Authorization`, the federation kinds): as
+/// [`spec_of`], and a field the kind does not declare is an error, not ignored
+/// ([`crate::resources::strict`]: a misspelt `allowedRemoteKeys` would otherwise grant the
+/// whole store).
+fn strict_spec_of<T>(obj: &RawObject) -> Result<T, String>
+where
+    T: serde::de::DeserializeOwned + Default + schemars::JsonSchema + 'static,
+{
+    if let Some(spec) = obj.body.get("spec") {
+        let unknown = crate::resources::strict::unknown_fields::<T>(spec);
+        if let Some(msg) = crate::resources::strict::unknown_fields_message(&obj.kind, &unknown) {
+            return Err(msg);
+        }
+    }
+    spec_of(obj)
+}
+
 fn error(obj: &RawObject, reason: impl Into<String>) -> LoadError {
     METRICS.load_errors.with_label_values(&[&obj.kind]).inc();
     LoadError {
@@ -399,7 +416,7 @@ impl SnapshotBuilder {
                 self.policy_files.insert(key, PolicyFile { path, text });
             }
             SourceObject::Manifest(obj) if is_authorization(&obj) => {
-                let checked = spec_of::<AuthorizationSpec>(&obj).and_then(|spec| {
+                let checked = strict_spec_of::<AuthorizationSpec>(&obj).and_then(|spec| {
                     let source = AuthorizationSource {
                         name: obj.metadata.name.clone(),
                         origin: obj.origin.clone(),
@@ -497,17 +514,21 @@ impl SnapshotBuilder {
                         continue;
                     }
                     let built = match kind {
-                        "KubernetesFederation" => spec_of::<KubernetesFederationSpec>(obj)
+                        "KubernetesFederation" => strict_spec_of::<KubernetesFederationSpec>(obj)
                             .and_then(|spec| {
                                 Federation::from_spec(name, &spec).map_err(|e| e.to_string())
                             }),
-                        "OIDCFederation" => spec_of::<OidcFederationSpec>(obj).and_then(|spec| {
-                            Federation::from_oidc_spec(name, &spec).map_err(|e| e.to_string())
-                        }),
-                        "OktaFederation" => spec_of::<OktaFederationSpec>(obj).and_then(|spec| {
-                            Federation::from_okta_spec(name, &spec).map_err(|e| e.to_string())
-                        }),
-                        _ => spec_of::<PingIdentityFederationSpec>(obj).and_then(|spec| {
+                        "OIDCFederation" => {
+                            strict_spec_of::<OidcFederationSpec>(obj).and_then(|spec| {
+                                Federation::from_oidc_spec(name, &spec).map_err(|e| e.to_string())
+                            })
+                        }
+                        "OktaFederation" => {
+                            strict_spec_of::<OktaFederationSpec>(obj).and_then(|spec| {
+                                Federation::from_okta_spec(name, &spec).map_err(|e| e.to_string())
+                            })
+                        }
+                        _ => strict_spec_of::<PingIdentityFederationSpec>(obj).and_then(|spec| {
                             Federation::from_ping_identity_spec(name, &spec)
                                 .map_err(|e| e.to_string())
                         }),
@@ -1315,6 +1336,65 @@ mod tests {
         format!(
             "apiVersion: federation.external-secrets.io/v1alpha1\nkind: Authorization\nmetadata: {{name: a}}\nspec:\n  federationRef: {{kind: KubernetesFederation, name: f}}\n  subject: {{issuer: 'https://i', subject: 'system:serviceaccount:ns:sa'}}\n  allowedClusterSecretStores: [{store}]\n"
         )
+    }
+
+    /// Review finding (issue 13): a misspelt `allowedRemoteKeys` was ignored, and the
+    /// subject granted every key of the store the line meant to restrict. Now the
+    /// Authorization is refused (file, object and field named) and grants nothing; the same
+    /// holds for the federation kinds.
+    #[test]
+    fn unknown_spec_fields_refuse_the_object_instead_of_widening_it() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "fed.yaml", &fed());
+        write(dir.path(), "store.yaml", STORE);
+        let who = Identity::of_service_account("f", "https://i", "ns", "sa");
+        let get = |snap: &Snapshot, key: &str| {
+            snap.policies
+                .decide(
+                    &who,
+                    Action::Get,
+                    &Resource::RemoteKey {
+                        store: "s".into(),
+                        key: key.into(),
+                    },
+                )
+                .allowed
+        };
+        let restricted = |field: &str| format!("{}  {field}: {{s: [k]}}\n", authz("s"));
+        write(dir.path(), "a.yaml", &restricted("allowedRemoteKeys"));
+        let snap = load(dir.path());
+        assert!(snap.errors.is_empty(), "{:?}", snap.errors);
+        assert!(get(&snap, "k") && !get(&snap, "other"));
+
+        write(dir.path(), "a.yaml", &restricted("allowedRemoteKey"));
+        let snap = load(dir.path());
+        let problems: Vec<String> = snap.errors.iter().map(ToString::to_string).collect();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        for part in [
+            "a.yaml",
+            "Authorization/a",
+            "unknown field spec.allowedRemoteKey (did you mean allowedRemoteKeys?)",
+        ] {
+            assert!(problems[0].contains(part), "{part}: {problems:?}");
+        }
+        assert!(!get(&snap, "other") && !get(&snap, "k"), "grants nothing");
+
+        // A federation with an unknown field is refused too (its tokens verify nowhere).
+        write(
+            dir.path(),
+            "fed.yaml",
+            &fed().replace("spec: {", "spec: {audience: [x], "),
+        );
+        write(dir.path(), "a.yaml", &restricted("allowedRemoteKeys"));
+        let snap = load(dir.path());
+        assert!(
+            snap.errors.iter().any(|e| e.to_string().contains(
+                "unknown field spec.audience (did you mean audiences?): not a field of KubernetesFederation"
+            )),
+            "{:?}",
+            snap.errors
+        );
+        assert!(snap.federations.is_empty());
     }
 
     /// An Authorization naming a ClusterGenerator that exists is not reported as naming

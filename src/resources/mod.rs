@@ -16,6 +16,7 @@ pub mod crd;
 pub mod external_secret;
 mod hash;
 mod secrets;
+pub mod strict;
 
 pub use hash::{ContentHash, content_hash, text_hash};
 pub use secrets::{
