@@ -1706,7 +1706,7 @@ fn pod_and_namespace_come_from_the_service_account() {
     let text = r#"
 @id("runner-pods")
 permit (principal, action == Esi::Action::"get", resource)
-when { context has pod && context.pod like "runner-*" && context.namespace == "ops" };
+when { context has pod && context.pod like "runner-*" && context has namespace && context.namespace == "ops" };
 "#;
     let engine = build_ok(&[], &[file("pod.cedar", text)]);
     let k = key("shared", "k");
