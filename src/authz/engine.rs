@@ -779,6 +779,19 @@ impl PolicyEngine {
         };
         let mut globs: HashMap<String, Shard> = HashMap::new();
         for a in authorizations {
+            if a.spec.when.is_some() {
+                // Compiled now, to validate the condition against the schema: a bad one
+                // refuses this Authorization (it grants nothing), never a broader grant.
+                if let Err(reason) = b.validate_authorization(&a) {
+                    errors.push(PolicyLoadError {
+                        origin: a.origin.clone(),
+                        object: format!("Authorization/{}", a.name),
+                        reason: bounded(reason),
+                    });
+                    continue;
+                }
+                b.engine.reads_context = true;
+            }
             b.engine.policy_count += a.shape.policies;
             match &a.shape.subject {
                 SubjectMatch::Exact(subject) => {
@@ -1361,6 +1374,18 @@ fn build_request(
 }
 
 impl Builder {
+    /// Compiles `a` and validates its policies against the schema (its `spec.when`).
+    fn validate_authorization(&self, a: &CheckedAuthorization) -> Result<(), String> {
+        let compiled = compile::compile(&a.name, &a.spec).map_err(|e| e.to_string())?;
+        let mut set = PolicySet::new();
+        for (_, policy) in compiled.policies {
+            set.add(policy).map_err(|e| e.to_string())?;
+        }
+        self.validate(&set, None)
+            .map(|_| ())
+            .map_err(|e| format!("spec.when: {e}"))
+    }
+
     /// Claims `id` for `owner`, or says who already has it.
     fn claim(&mut self, id: &str, owner: &str) -> Result<(), String> {
         if let Some(previous) = self.ids.get(id) {

@@ -990,6 +990,7 @@ fn random_authorization(rng: &mut StdRng, i: usize) -> AuthorizationSource {
             allowed_generators: generators,
             allowed_generator_states: generator_states,
             allowed_remote_keys: remote_keys,
+            when: None,
         },
     }
 }
@@ -1755,5 +1756,47 @@ fn context_attributes_are_schema_validated() {
         let (engine, errors) = PolicyEngine::build(&[], &[file("bad.cedar", &text)]);
         assert_eq!(errors.len(), 1, "{typo}: {errors:?}");
         assert_eq!(engine.policy_count(), 0, "{typo}");
+    }
+}
+
+#[test]
+fn spec_when_adds_a_condition_and_refuses_bad_ones() {
+    let auth = |name: &str, when: &str| {
+        authorization(
+            &format!("/etc/esi/{name}.yaml"),
+            &format!(
+                "metadata: {{name: {name}}}\nspec:\n  federationRef: {{name: beta}}\n  subject: {{oidc: {{issuer: \"{ISSUER}\", subject: \"system:serviceaccount:ops:runner\"}}}}\n  allowedClusterSecretStores: [shared]\n  when: {when:?}\n"
+            ),
+        )
+    };
+    let good = auth(
+        "from-loopback",
+        "context has sourceAddress && context.sourceAddress.isInRange(ip(\"127.0.0.1/32\"))",
+    );
+    let engine = build_ok(std::slice::from_ref(&good), &[]);
+    let ops = identity("beta", ISSUER, "ops", "runner");
+    let k = key("shared", "k");
+    let d = engine.decide_in(&ops, Action::Get, &k, &at(Some("127.0.0.1"), JUNE_2026));
+    assert!(d.allowed, "{d:?}");
+    assert!(!engine.decide_in(&ops, Action::Get, &k, &at(Some("10.0.0.1"), JUNE_2026)).allowed);
+    assert!(!engine.decide_in(&ops, Action::Get, &k, &at(None, JUNE_2026)).allowed);
+    for bad in [
+        // Injection: closing the brace to add a policy of its own.
+        "true } ; permit (principal, action, resource) when { true",
+        "true }; permit (principal, action, resource) when { true",
+        // Schema: a typo, an unguarded optional attribute, a type error.
+        "context.sourceAdress.isInRange(ip(\"10.0.0.0/8\"))",
+        "context.sourceAddress.isInRange(ip(\"10.0.0.0/8\"))",
+        "context.time == 3",
+        "",
+    ] {
+        let (engine, errors) = PolicyEngine::build(&[auth("bad", bad)], &[]);
+        assert_eq!(errors.len(), 1, "{bad:?}: {errors:?}");
+        assert_eq!(errors[0].object, "Authorization/bad", "{bad:?}");
+        assert!(errors[0].reason.contains("spec.when"), "{bad:?}: {errors:?}");
+        // Refused: nothing granted, from anywhere.
+        for from in [Some("127.0.0.1"), Some("10.0.0.1"), None] {
+            assert!(!engine.decide_in(&ops, Action::Get, &k, &at(from, JUNE_2026)).allowed);
+        }
     }
 }
