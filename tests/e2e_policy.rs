@@ -1232,8 +1232,10 @@ spec:
 async fn source_address_conditions_decide_over_https() {
     let dir = tempfile::tempdir().unwrap();
     let audit = dir.path().join("audit.jsonl");
-    let loopback = "context has sourceAddress && context.sourceAddress.isInRange(ip(\\\"127.0.0.1/32\\\"))";
-    let private = "context has sourceAddress && context.sourceAddress.isInRange(ip(\\\"10.0.0.0/8\\\"))";
+    let loopback =
+        "context has sourceAddress && context.sourceAddress.isInRange(ip(\\\"127.0.0.1/32\\\"))";
+    let private =
+        "context has sourceAddress && context.sourceAddress.isInRange(ip(\\\"10.0.0.0/8\\\"))";
     let manifests = static_federation(ISS, AUD)
         + &fake_store("store")
         + &authorization(

@@ -285,7 +285,10 @@ pub(crate) fn when_condition(text: &str) -> Result<Value, CompileError> {
         )));
     }
     let expression = cedar_policy::Expression::from_str(text).map_err(|e| {
-        CompileError::When(format!("is not one Cedar expression: {}", echo(&e.to_string())))
+        CompileError::When(format!(
+            "is not one Cedar expression: {}",
+            echo(&e.to_string())
+        ))
     })?;
     // Built from the parsed expression's own rendering, never from the raw text.
     let policy = Policy::from_str(&format!(
@@ -295,7 +298,11 @@ pub(crate) fn when_condition(text: &str) -> Result<Value, CompileError> {
     let json = policy
         .to_json()
         .map_err(|e| CompileError::When(echo(&e.to_string())))?;
-    match json.get("conditions").and_then(Value::as_array).map(Vec::as_slice) {
+    match json
+        .get("conditions")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+    {
         Some([only]) if only.get("kind") == Some(&json!("when")) => only
             .get("body")
             .cloned()

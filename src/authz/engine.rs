@@ -968,8 +968,7 @@ impl PolicyEngine {
         let decision = match self.decisions.get(&lookup as &dyn AsKeyRef) {
             Some(decision) => decision,
             None => {
-                let key =
-                    DecisionKey::new(identity, action, canonical.clone().into_owned(), keyed);
+                let key = DecisionKey::new(identity, action, canonical.clone().into_owned(), keyed);
                 let (decision, warned) = self.decide_uncached(&key, context);
                 // A decision that logged a warning (a policy failed to evaluate, the request
                 // could not be built) is made again each time, so each such request leaves
@@ -1208,10 +1207,7 @@ impl Outcome {
 
 /// Cedar's `context` record (`RequestContext` in `schemas/esi.cedarschema`): `pod` and
 /// `namespace` from a ServiceAccount principal, `sourceAddress` when known, `time` always.
-fn cedar_context(
-    principal: &Principal,
-    context: &RequestContext,
-) -> Result<Context, RequestError> {
+fn cedar_context(principal: &Principal, context: &RequestContext) -> Result<Context, RequestError> {
     let mut pairs: Vec<(String, RestrictedExpression)> = Vec::with_capacity(4);
     if let Principal::ServiceAccount(sa) = principal {
         if let Some(pod) = &sa.pod_name {

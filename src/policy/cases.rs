@@ -280,10 +280,10 @@ fn context_of(map: &BTreeMap<String, serde_json::Value>) -> Result<RequestContex
     for (name, value) in map {
         match (name.as_str(), value) {
             ("sourceAddress", serde_json::Value::String(s)) => {
-                context.source_address = Some(
-                    s.parse()
-                        .map_err(|_| format!("context.sourceAddress {s:?} is not an IP address"))?,
-                );
+                context.source_address =
+                    Some(s.parse().map_err(|_| {
+                        format!("context.sourceAddress {s:?} is not an IP address")
+                    })?);
             }
             ("time", serde_json::Value::String(s)) => {
                 context.time = s
@@ -409,8 +409,10 @@ mod tests {
         let map = |yaml: &str| -> BTreeMap<String, serde_json::Value> {
             serde_saphyr::from_str(yaml).expect("map")
         };
-        let c = context_of(&map("{sourceAddress: 127.0.0.1, time: \"2026-06-01T00:00:00Z\"}"))
-            .expect("context");
+        let c = context_of(&map(
+            "{sourceAddress: 127.0.0.1, time: \"2026-06-01T00:00:00Z\"}",
+        ))
+        .expect("context");
         assert_eq!(c.source_address, Some("127.0.0.1".parse().expect("ip")));
         assert_eq!(c.time, 1_780_272_000);
         assert_eq!(context_of(&map("{time: 5}")).expect("seconds").time, 5);

@@ -108,12 +108,10 @@ impl Tested {
 
     /// The flat, unsharded evaluation.
     fn reference_allows(&self, identity: &Identity, action: Action, resource: &Resource) -> bool {
-        let Ok((request, entities)) =
-            build_request(
-                &DecisionKey::new(identity, action, resource.clone(), None),
-                &RequestContext::now(None),
-            )
-        else {
+        let Ok((request, entities)) = build_request(
+            &DecisionKey::new(identity, action, resource.clone(), None),
+            &RequestContext::now(None),
+        ) else {
             return false;
         };
         let response = self
@@ -1693,9 +1691,21 @@ when { context.time < datetime("2027-01-01T00:00:00Z") };
     let engine = build_ok(&[], &[file("time.cedar", text)]);
     let ops = identity("beta", ISSUER, "ops", "runner");
     let k = key("shared", "k");
-    assert!(engine.decide_in(&ops, Action::Get, &k, &at(None, JUNE_2026)).allowed);
-    assert!(!engine.decide_in(&ops, Action::Get, &k, &at(None, JUNE_2027)).allowed);
-    assert!(engine.decide_in(&ops, Action::Get, &k, &at(None, JUNE_2026)).allowed);
+    assert!(
+        engine
+            .decide_in(&ops, Action::Get, &k, &at(None, JUNE_2026))
+            .allowed
+    );
+    assert!(
+        !engine
+            .decide_in(&ops, Action::Get, &k, &at(None, JUNE_2027))
+            .allowed
+    );
+    assert!(
+        engine
+            .decide_in(&ops, Action::Get, &k, &at(None, JUNE_2026))
+            .allowed
+    );
     // `decide` is "now": after 2026-12-31 this policy no longer allows.
     let now = RequestContext::now(None).time;
     let expected = now < 1_798_761_600;
@@ -1737,7 +1747,11 @@ when { resource.store == "shared" };
     let ops = identity("beta", ISSUER, "ops", "runner");
     let k = key("shared", "k");
     for (address, time) in [("127.0.0.1", JUNE_2026), ("10.0.0.1", JUNE_2027)] {
-        assert!(engine.decide_in(&ops, Action::Get, &k, &at(Some(address), time)).allowed);
+        assert!(
+            engine
+                .decide_in(&ops, Action::Get, &k, &at(Some(address), time))
+                .allowed
+        );
     }
     assert_eq!(engine.evaluations(), 1);
 }
@@ -1778,8 +1792,16 @@ fn spec_when_adds_a_condition_and_refuses_bad_ones() {
     let k = key("shared", "k");
     let d = engine.decide_in(&ops, Action::Get, &k, &at(Some("127.0.0.1"), JUNE_2026));
     assert!(d.allowed, "{d:?}");
-    assert!(!engine.decide_in(&ops, Action::Get, &k, &at(Some("10.0.0.1"), JUNE_2026)).allowed);
-    assert!(!engine.decide_in(&ops, Action::Get, &k, &at(None, JUNE_2026)).allowed);
+    assert!(
+        !engine
+            .decide_in(&ops, Action::Get, &k, &at(Some("10.0.0.1"), JUNE_2026))
+            .allowed
+    );
+    assert!(
+        !engine
+            .decide_in(&ops, Action::Get, &k, &at(None, JUNE_2026))
+            .allowed
+    );
     for bad in [
         // Injection: closing the brace to add a policy of its own.
         "true } ; permit (principal, action, resource) when { true",
@@ -1793,10 +1815,17 @@ fn spec_when_adds_a_condition_and_refuses_bad_ones() {
         let (engine, errors) = PolicyEngine::build(&[auth("bad", bad)], &[]);
         assert_eq!(errors.len(), 1, "{bad:?}: {errors:?}");
         assert_eq!(errors[0].object, "Authorization/bad", "{bad:?}");
-        assert!(errors[0].reason.contains("spec.when"), "{bad:?}: {errors:?}");
+        assert!(
+            errors[0].reason.contains("spec.when"),
+            "{bad:?}: {errors:?}"
+        );
         // Refused: nothing granted, from anywhere.
         for from in [Some("127.0.0.1"), Some("10.0.0.1"), None] {
-            assert!(!engine.decide_in(&ops, Action::Get, &k, &at(from, JUNE_2026)).allowed);
+            assert!(
+                !engine
+                    .decide_in(&ops, Action::Get, &k, &at(from, JUNE_2026))
+                    .allowed
+            );
         }
     }
 }
