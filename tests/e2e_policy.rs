@@ -1224,3 +1224,86 @@ spec:
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Issue 13, conditions beyond ESE: the server decides with the TCP peer as
+/// `context.sourceAddress` (a `.cedar` permit for 127.0.0.1/32, a forbid for 10.0.0.0/8, an
+/// Authorization's `spec.when`), and records it in the audit line.
+#[tokio::test(flavor = "multi_thread")]
+async fn source_address_conditions_decide_over_https() {
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let loopback =
+        "context has sourceAddress && context.sourceAddress.isInRange(ip(\\\"127.0.0.1/32\\\"))";
+    let private =
+        "context has sourceAddress && context.sourceAddress.isInRange(ip(\\\"10.0.0.0/8\\\"))";
+    let manifests = static_federation(ISS, AUD)
+        + &fake_store("store")
+        + &authorization(
+            "near",
+            "system:serviceaccount:apps:near",
+            &format!("  allowedClusterSecretStores: [store]\n  when: \"{loopback}\"\n"),
+        )
+        + &authorization(
+            "far",
+            "system:serviceaccount:apps:far",
+            &format!("  allowedClusterSecretStores: [store]\n  when: \"{private}\"\n"),
+        );
+    let cedar = "@id(\"cedar-loopback\")\npermit (principal in Esi::Namespace::\"alpha/ops\", action == Esi::Action::\"get\", resource)\nwhen { context has sourceAddress && context.sourceAddress.isInRange(ip(\"127.0.0.1/32\")) };\n\n@id(\"cedar-no-private\")\nforbid (principal, action, resource)\nwhen { context has sourceAddress && context.sourceAddress.isInRange(ip(\"10.0.0.0/8\")) };\n";
+    let server = Server::start_with_args(
+        &[("world.yaml", manifests)],
+        &[("net.cedar", cedar)],
+        &["--audit-log", audit.to_str().unwrap()],
+    );
+    let cases = [
+        ("apps", "near", 200, json!(["authorization/near/stores"])),
+        ("apps", "far", 404, json!([])),
+        ("ops", "anyone", 200, json!(["cedar-loopback"])),
+    ];
+    for (i, (ns, sa, status, ids)) in cases.iter().enumerate() {
+        let token = mint("ec-1", &sa_claims(ISS, AUD, ns, sa), None);
+        let (got, body) = server
+            .post("/secretstore/store/secrets/k", Some(&token), json!({}))
+            .await;
+        assert_eq!(got, *status, "{ns}/{sa}: {body}");
+        let lines = audit_lines(&audit);
+        let line = &lines[i];
+        assert_eq!(line["policies"], *ids, "{ns}/{sa}: {line}");
+        assert_eq!(line["source_address"], "127.0.0.1", "{line}");
+    }
+    // The same requests decided for another address: `policy test` with a context.
+    let cases_dir = dir.path().join("cases");
+    std::fs::create_dir_all(&cases_dir).unwrap();
+    std::fs::write(
+        cases_dir.join("net.yaml"),
+        "cases:\n  - name: near from loopback\n    principal: alpha/apps/near\n    action: get\n    resource: {store: store, key: k}\n    context: {sourceAddress: 127.0.0.1}\n    expect: allow\n  - name: near from elsewhere\n    principal: alpha/apps/near\n    action: get\n    resource: {store: store, key: k}\n    context: {sourceAddress: 192.0.2.1}\n    expect: deny\n  - name: far from its range is still forbidden by the cedar file\n    principal: alpha/apps/far\n    action: get\n    resource: {store: store, key: k}\n    context: {sourceAddress: 10.1.2.3}\n    expect: deny\n    policies: [cedar-no-private]\n  - name: ops from loopback\n    principal: alpha/ops/anyone\n    action: get\n    resource: {store: store, key: k}\n    context: {sourceAddress: 127.0.0.1, time: \"2026-06-01T00:00:00Z\"}\n    expect: allow\n    policies: [cedar-loopback]\n",
+    )
+    .unwrap();
+    let (ok, out, err) = policy(
+        &server.manifests,
+        &server.policies,
+        &["test", cases_dir.to_str().unwrap()],
+    );
+    assert!(ok, "{out}\n{err}");
+}
+
+/// A `spec.when` that tries to close the condition and add a policy of its own is refused:
+/// `validate` names the object and fails, and the Authorization grants nothing.
+#[test]
+fn spec_when_injection_is_refused() {
+    let manifests = static_federation(ISS, AUD)
+        + &fake_store("store")
+        + &authorization(
+            "evil",
+            "system:serviceaccount:apps:evil",
+            "  allowedClusterSecretStores: [store]\n  when: \"false } ; permit (principal, action, resource) when { true\"\n",
+        );
+    let tree = Tree::new(&[("world.yaml", &manifests)], &[]);
+    let (ok, out, err) = tree_policy(&tree, &["validate"]);
+    assert!(!ok, "{out}\n{err}");
+    let text = format!("{out}{err}");
+    assert!(text.contains("Authorization/evil"), "{text}");
+    assert!(text.contains("spec.when"), "{text}");
+    let (ok, out, err) = tree_policy(&tree, &["compile"]);
+    let text = format!("{ok} {out}{err}");
+    assert!(!out.contains("authorization/evil"), "{text}");
+}

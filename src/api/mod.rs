@@ -291,6 +291,17 @@ body_with_ca!(
 struct Caller {
     identity: Arc<Identity>,
     workload: Option<Arc<Identity>>,
+    /// The TCP peer of the HTTPS connection (the listener's `ConnectInfo`; never a
+    /// forwarding header), IPv4-mapped IPv6 addresses as IPv4: Cedar's
+    /// `context.sourceAddress`. `None` when the connection did not record it.
+    source_address: Option<std::net::IpAddr>,
+}
+
+impl Caller {
+    /// The Cedar request context of a decision made now for this caller.
+    fn context(&self) -> crate::authz::RequestContext {
+        crate::authz::RequestContext::now(self.source_address)
+    }
 }
 
 /// An admitted request: its verified [`Caller`] and its parsed JSON body (empty → default).
@@ -310,7 +321,11 @@ where
         let (parts, body) = req.into_parts();
         // `limits::guard` has read the body within its limit and deadline already.
         let bytes = axum::body::to_bytes(body, state.limits.settings.max_body_bytes).await;
-        let (caller, body) = admit(state, &parts.headers, bytes).await?;
+        let (mut caller, body) = admit(state, &parts.headers, bytes).await?;
+        caller.source_address = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|axum::extract::ConnectInfo(peer)| peer.ip().to_canonical());
         Ok(Admitted { caller, body })
     }
 }
@@ -388,7 +403,14 @@ async fn admit<B: DeserializeOwned + Default + ClientCa>(
     state
         .limits
         .check_identity(&identity.federation, &identity.subject)?;
-    Ok((Caller { identity, workload }, parsed))
+    Ok((
+        Caller {
+            identity,
+            workload,
+            source_address: None,
+        },
+        parsed,
+    ))
 }
 
 fn authorize(
@@ -401,7 +423,7 @@ fn authorize(
     let _ = crate::audit::take_write_failure();
     let allowed = snapshot
         .policies
-        .decide(&caller.identity, action, resource)
+        .decide_in(&caller.identity, action, resource, &caller.context())
         .allowed;
     if crate::audit::take_write_failure() {
         return Err(ApiError::AuditUnavailable);
@@ -860,17 +882,19 @@ async fn v1_find(
     // Each key's decision is audited like a `get`; a key whose line cannot be written is
     // left out and the whole answer refused.
     let unaudited = std::sync::atomic::AtomicBool::new(false);
+    let context = caller.context();
     let allow = |key: &str| {
         let _ = crate::audit::take_write_failure();
         let allowed = snapshot
             .policies
-            .decide(
+            .decide_in(
                 &caller.identity,
                 Action::Get,
                 &Resource::RemoteKey {
                     store: store.clone(),
                     key: key.to_string(),
                 },
+                &context,
             )
             .allowed;
         if crate::audit::take_write_failure() {

@@ -19,6 +19,8 @@
 
 use std::collections::BTreeSet;
 
+use std::str::FromStr;
+
 use cedar_policy::{Policy, PolicyId};
 use serde_json::{Value, json};
 
@@ -31,6 +33,8 @@ const ECHO_MAX: usize = 120;
 /// user configuration (names, globs), never secrets, and are cut to a bounded length.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum CompileError {
+    #[error("spec.when: {0}")]
+    When(String),
     #[error("spec.subject is missing")]
     MissingSubject,
     #[error(
@@ -264,6 +268,49 @@ pub(crate) struct Shape {
     pub policies: usize,
 }
 
+/// Longest `spec.when` accepted, in bytes.
+pub(crate) const WHEN_MAX_BYTES: usize = 4096;
+
+/// `spec.when` as the JSON body of a `when` condition: the text must parse as one Cedar
+/// expression and nothing else (a `} permit (…) {` trick is not an expression, so it is
+/// refused rather than spliced into a policy). Schema validation happens at load
+/// ([`crate::authz::PolicyEngine`]), on the compiled policies.
+pub(crate) fn when_condition(text: &str) -> Result<Value, CompileError> {
+    if text.trim().is_empty() {
+        return Err(CompileError::When("is empty".to_owned()));
+    }
+    if text.len() > WHEN_MAX_BYTES {
+        return Err(CompileError::When(format!(
+            "is longer than {WHEN_MAX_BYTES} bytes"
+        )));
+    }
+    let expression = cedar_policy::Expression::from_str(text).map_err(|e| {
+        CompileError::When(format!(
+            "is not one Cedar expression: {}",
+            echo(&e.to_string())
+        ))
+    })?;
+    // Built from the parsed expression's own rendering, never from the raw text.
+    let policy = Policy::from_str(&format!(
+        "permit (principal, action, resource) when {{ {expression} }};"
+    ))
+    .map_err(|e| CompileError::When(format!("does not form a policy: {}", echo(&e.to_string()))))?;
+    let json = policy
+        .to_json()
+        .map_err(|e| CompileError::When(echo(&e.to_string())))?;
+    match json
+        .get("conditions")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+    {
+        Some([only]) if only.get("kind") == Some(&json!("when")) => only
+            .get("body")
+            .cloned()
+            .ok_or_else(|| CompileError::When("has no body".to_owned())),
+        _ => Err(CompileError::When("is not one condition".to_owned())),
+    }
+}
+
 /// Checks an Authorization as [`compile`] does, without building Cedar policies: the same
 /// errors, in the same order, at a fraction of the cost (a load of 100,000 objects checks
 /// them all, and compiles only those a caller needs; issue 9).
@@ -274,6 +321,9 @@ pub(crate) fn check(spec: &AuthorizationSpec) -> Result<Shape, CompileError> {
         return Err(CompileError::MissingFederation);
     }
     let (_, subject) = subject_of(spec.subject.as_ref())?;
+    if let Some(text) = &spec.when {
+        when_condition(text)?;
+    }
     let mut stores = BTreeSet::new();
     for (i, store) in spec.allowed_cluster_secret_stores.iter().enumerate() {
         if store.is_empty() {
@@ -349,7 +399,12 @@ pub(crate) fn compile(name: &str, spec: &AuthorizationSpec) -> Result<Compiled, 
         eq(principal_subject, string(subject))
     };
     let who = eq(attr("principal", "issuer"), string(issuer));
-    let when = |grant: Value| all_of(vec![who.clone(), subject_cond.clone(), grant]);
+    let extra = spec.when.as_deref().map(when_condition).transpose()?;
+    let when = |grant: Value| {
+        let mut all = vec![who.clone(), subject_cond.clone(), grant];
+        all.extend(extra.clone());
+        all_of(all)
+    };
     let id = |suffix: &str| format!("authorization/{name}/{suffix}");
 
     // Every entry was checked above, so a typo fails the whole object.
@@ -507,6 +562,7 @@ mod tests {
                 namespace: "ns".into(),
             }],
             allowed_remote_keys: [("vault".to_owned(), vec!["db/*".to_owned()])].into(),
+            when: None,
         }
     }
 

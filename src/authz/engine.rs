@@ -29,6 +29,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
+use std::net::IpAddr;
 use std::str::FromStr;
 use std::sync::{Arc, LazyLock};
 
@@ -439,6 +440,38 @@ pub struct PolicyEngine {
     evaluations: std::sync::atomic::AtomicU64,
     /// Policy files loaded with a warning (valid for ServiceAccount callers only).
     load_warnings: Vec<PolicyLoadError>,
+    /// Whether any policy may read `context` (its text names it): only then are the
+    /// request context's source address and time part of [`DecisionKey`], so engines
+    /// whose policies never read them keep one cache entry per request shape.
+    reads_context: bool,
+}
+
+/// What a request carries besides principal, action and resource: the source of Cedar's
+/// `context` record (`RequestContext` in `schemas/esi.cedarschema`). The pod and namespace
+/// of the record come from the principal (a ServiceAccount token's `kubernetes.io` claims);
+/// these are the rest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RequestContext {
+    /// The TCP peer of the HTTPS connection (`context.sourceAddress`); `None` when unknown
+    /// (tooling without `--source-address`). Never taken from `X-Forwarded-For`.
+    pub source_address: Option<IpAddr>,
+    /// When the request is decided (`context.time`), in whole seconds since the Unix epoch,
+    /// UTC: the granularity policies can observe, and so the cache's.
+    pub time: i64,
+}
+
+impl RequestContext {
+    /// The context of a request decided now, from `source_address`.
+    pub fn now(source_address: Option<IpAddr>) -> Self {
+        let time = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+            .unwrap_or(0);
+        RequestContext {
+            source_address,
+            time,
+        }
+    }
 }
 
 /// Bytes of decisions one engine remembers (keys' and policy ids' text plus a fixed
@@ -455,10 +488,10 @@ pub const DECISION_CACHE_MAX_ENTRY_BYTES: u32 = 2 * 1024;
 const DECISION_ENTRY_OVERHEAD: u32 = 256;
 
 /// Everything a decision depends on besides the policies: the Cedar request and its
-/// entities are built from this key alone ([`build_request`]), so two requests with equal
-/// keys are the same Cedar request, and the cache can never answer one with the other's
-/// decision. Anything a future request carries (context: time, source address…) must be a
-/// field here to reach Cedar at all.
+/// entities are built from this key and the [`RequestContext`] ([`build_request`]); the
+/// context is a field of the key whenever a policy may read it, so two requests with equal
+/// keys are decided alike, and the cache can never answer one with the other's decision.
+/// Anything a future request carries must be a field here (or of [`RequestContext`]).
 ///
 /// Equality and hashing go through [`KeyRef`], so a cached decision is found from borrowed
 /// inputs ([`DecisionKey::lookup`]) without copying them; the two agree by construction.
@@ -473,6 +506,9 @@ struct DecisionKey {
     action: Action,
     /// Canonical form ([`Resource::canonical`]).
     resource: Resource,
+    /// The request context, when the engine's policies may read it ([`PolicyEngine`]'s
+    /// `reads_context`); `None` otherwise (no policy can tell two contexts apart).
+    context: Option<RequestContext>,
 }
 
 /// A [`DecisionKey`]'s fields, borrowed: what equality and hashing of keys compare.
@@ -484,10 +520,16 @@ struct KeyRef<'a> {
     principal: &'a Principal,
     action: Action,
     resource: &'a Resource,
+    context: Option<RequestContext>,
 }
 
 impl<'a> KeyRef<'a> {
-    fn new(identity: &'a Identity, action: Action, resource: &'a Resource) -> Self {
+    fn new(
+        identity: &'a Identity,
+        action: Action,
+        resource: &'a Resource,
+        context: Option<RequestContext>,
+    ) -> Self {
         KeyRef {
             federation: &identity.federation,
             issuer: &identity.issuer,
@@ -495,6 +537,7 @@ impl<'a> KeyRef<'a> {
             principal: &identity.principal,
             action,
             resource,
+            context,
         }
     }
 }
@@ -513,6 +556,7 @@ impl AsKeyRef for DecisionKey {
             principal: &self.principal,
             action: self.action,
             resource: &self.resource,
+            context: self.context,
         }
     }
 }
@@ -581,7 +625,12 @@ impl DecisionKey {
             .saturating_add(DECISION_ENTRY_OVERHEAD)
     }
 
-    fn new(identity: &Identity, action: Action, resource: Resource) -> Self {
+    fn new(
+        identity: &Identity,
+        action: Action,
+        resource: Resource,
+        context: Option<RequestContext>,
+    ) -> Self {
         DecisionKey {
             federation: identity.federation.clone(),
             issuer: identity.issuer.clone(),
@@ -589,6 +638,7 @@ impl DecisionKey {
             principal: identity.principal.clone(),
             action,
             resource,
+            context,
         }
     }
 }
@@ -637,6 +687,7 @@ impl PolicyEngine {
             decisions: decision_cache(),
             evaluations: std::sync::atomic::AtomicU64::new(0),
             load_warnings: Vec::new(),
+            reads_context: false,
         }
     }
 
@@ -728,6 +779,19 @@ impl PolicyEngine {
         };
         let mut globs: HashMap<String, Shard> = HashMap::new();
         for a in authorizations {
+            if a.spec.when.is_some() {
+                // Compiled now, to validate the condition against the schema: a bad one
+                // refuses this Authorization (it grants nothing), never a broader grant.
+                if let Err(reason) = b.validate_authorization(&a) {
+                    errors.push(PolicyLoadError {
+                        origin: a.origin.clone(),
+                        object: format!("Authorization/{}", a.name),
+                        reason: bounded(reason),
+                    });
+                    continue;
+                }
+                b.engine.reads_context = true;
+            }
             b.engine.policy_count += a.shape.policies;
             match &a.shape.subject {
                 SubjectMatch::Exact(subject) => {
@@ -878,16 +942,34 @@ impl PolicyEngine {
     /// input to one this engine decided before (same principal, token attributes, action and
     /// canonical resource: [`DecisionKey`]) gets that decision without evaluating again;
     /// each decision is still logged and counted.
+    ///
+    /// Decided now, with no source address: for tooling and internal callers; requests
+    /// from the network go through [`PolicyEngine::decide_in`] with their peer address.
     pub fn decide(&self, identity: &Identity, action: Action, resource: &Resource) -> Decision {
+        self.decide_in(identity, action, resource, &RequestContext::now(None))
+    }
+
+    /// Decides one request in `context` (Cedar's `context` record: source address, time,
+    /// and the principal's pod and namespace), and logs and counts the decision. The
+    /// context is part of the cache key whenever a policy of this engine may read it, so a
+    /// decision is never reused for another source address or second.
+    pub fn decide_in(
+        &self,
+        identity: &Identity,
+        action: Action,
+        resource: &Resource,
+        context: &RequestContext,
+    ) -> Decision {
         // Decided and logged in canonical form only (a ClusterGenerator under whatever
         // namespace a URL named is the one ClusterGenerator).
         let canonical = resource.canonical();
-        let lookup = KeyRef::new(identity, action, &canonical);
+        let keyed = self.reads_context.then_some(*context);
+        let lookup = KeyRef::new(identity, action, &canonical, keyed);
         let decision = match self.decisions.get(&lookup as &dyn AsKeyRef) {
             Some(decision) => decision,
             None => {
-                let key = DecisionKey::new(identity, action, canonical.clone().into_owned());
-                let (decision, warned) = self.decide_uncached(&key);
+                let key = DecisionKey::new(identity, action, canonical.clone().into_owned(), keyed);
+                let (decision, warned) = self.decide_uncached(&key, context);
                 // A decision that logged a warning (a policy failed to evaluate, the request
                 // could not be built) is made again each time, so each such request leaves
                 // its warning in the audit log.
@@ -906,6 +988,7 @@ impl PolicyEngine {
             principal_id = %identity.canonical(),
             action = %action,
             resource = %canonical,
+            source_address = context.source_address.map(tracing::field::display),
             decision = outcome,
             policies = ?decision.policy_ids,
         );
@@ -917,11 +1000,11 @@ impl PolicyEngine {
     }
 
     /// Evaluates `key` with Cedar; `true` beside the decision when a warning was logged.
-    fn decide_uncached(&self, key: &DecisionKey) -> (Decision, bool) {
+    fn decide_uncached(&self, key: &DecisionKey, context: &RequestContext) -> (Decision, bool) {
         self.evaluations
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (action, resource) = (key.action, &key.resource);
-        match build_request(key) {
+        match build_request(key, context) {
             Ok((request, entities)) => self.evaluate(key, Scope::of(resource), &request, &entities),
             Err(e) => {
                 tracing::warn!(
@@ -1036,8 +1119,8 @@ impl PermitView<'_> {
         action: Action,
         resource: &Resource,
     ) -> Vec<String> {
-        let key = DecisionKey::new(identity, action, resource.canonical().into_owned());
-        let Ok((request, entities)) = build_request(&key) else {
+        let key = DecisionKey::new(identity, action, resource.canonical().into_owned(), None);
+        let Ok((request, entities)) = build_request(&key, &RequestContext::now(None)) else {
             return Vec::new();
         };
         let scope = Scope::of(&key.resource);
@@ -1122,6 +1205,31 @@ impl Outcome {
     }
 }
 
+/// Cedar's `context` record (`RequestContext` in `schemas/esi.cedarschema`): `pod` and
+/// `namespace` from a ServiceAccount principal, `sourceAddress` when known, `time` always.
+fn cedar_context(principal: &Principal, context: &RequestContext) -> Result<Context, RequestError> {
+    let mut pairs: Vec<(String, RestrictedExpression)> = Vec::with_capacity(4);
+    if let Principal::ServiceAccount(sa) = principal {
+        if let Some(pod) = &sa.pod_name {
+            pairs.push(("pod".to_owned(), string(pod)));
+        }
+        pairs.push(("namespace".to_owned(), string(&sa.namespace)));
+    }
+    if let Some(address) = context.source_address {
+        pairs.push((
+            "sourceAddress".to_owned(),
+            RestrictedExpression::new_ip(address.to_string()),
+        ));
+    }
+    let time = jiff::Timestamp::from_second(context.time)
+        .map_err(|e| RequestError::Request(format!("request time out of range: {e}")))?;
+    pairs.push((
+        "time".to_owned(),
+        RestrictedExpression::new_datetime(time.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()),
+    ));
+    Context::from_pairs(pairs).map_err(|e| RequestError::Request(e.to_string()))
+}
+
 fn uid(ty: &EntityTypeName, id: &str) -> EntityUid {
     EntityUid::from_type_name_and_id(ty.clone(), EntityId::new(id))
 }
@@ -1145,7 +1253,10 @@ fn entity(
 
 /// The Cedar request and its (few) entities: principal + namespace + federation,
 /// resource (+ its store).
-fn build_request(key: &DecisionKey) -> Result<(Request, Entities), RequestError> {
+fn build_request(
+    key: &DecisionKey,
+    context: &RequestContext,
+) -> Result<(Request, Entities), RequestError> {
     let (identity, action, resource) = (key, key.action, &key.resource);
     if !action.applies_to(resource) {
         return Err(RequestError::Mismatch(action));
@@ -1251,7 +1362,7 @@ fn build_request(key: &DecisionKey) -> Result<(Request, Entities), RequestError>
         principal_uid,
         v.action(action),
         resource_uid,
-        Context::empty(),
+        cedar_context(&identity.principal, context)?,
         None,
     )
     .map_err(|e| RequestError::Request(e.to_string()))?;
@@ -1259,6 +1370,18 @@ fn build_request(key: &DecisionKey) -> Result<(Request, Entities), RequestError>
 }
 
 impl Builder {
+    /// Compiles `a` and validates its policies against the schema (its `spec.when`).
+    fn validate_authorization(&self, a: &CheckedAuthorization) -> Result<(), String> {
+        let compiled = compile::compile(&a.name, &a.spec).map_err(|e| e.to_string())?;
+        let mut set = PolicySet::new();
+        for (_, policy) in compiled.policies {
+            set.add(policy).map_err(|e| e.to_string())?;
+        }
+        self.validate(&set, None)
+            .map(|_| ())
+            .map_err(|e| format!("spec.when: {e}"))
+    }
+
     /// Claims `id` for `owner`, or says who already has it.
     fn claim(&mut self, id: &str, owner: &str) -> Result<(), String> {
         if let Some(previous) = self.ids.get(id) {
@@ -1371,6 +1494,11 @@ impl Builder {
 
         let owner = file.path.display().to_string();
         for policy in set.policies() {
+            // Conservative: a policy that names `context` anywhere (even in a string) keys
+            // the decision cache by context; one that does not cannot read it.
+            if policy.to_string().contains("context") {
+                self.engine.reads_context = true;
+            }
             self.claim(policy.id().as_ref(), &owner)?;
             self.engine
                 .global

@@ -23,7 +23,7 @@ use crate::resources::AuthorizationSpec;
 pub(crate) use engine::line_column;
 pub use engine::{
     CheckedAuthorization, ListedPolicy, PermitView, PolicyCache, PolicyEngine, PolicySource,
-    in_file_order,
+    RequestContext, in_file_order,
 };
 
 /// The Cedar schema every policy is validated against (human-readable form).

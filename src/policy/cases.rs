@@ -16,9 +16,11 @@
 //! `resource` is `{store, key}` (get), `{store}` (find), `{generator: NS/KIND/NAME}`
 //! (generate, revoke, renew) or `{namespace}` (revokeStates). A principal may add
 //! `issuer`, `uid`, `podName`, `podUid` (a ServiceAccount) or `claims` (an OIDC subject:
-//! `{repository: org/app}`). `context` must be empty or absent: the server
-//! decides every request with an empty context. Each case is resolved and decided
-//! exactly as `explain` does.
+//! `{repository: org/app}`). `context` may set `sourceAddress` (an IP address) and `time`
+//! (RFC 3339, e.g. `"2026-06-01T00:00:00Z"`, or seconds since the epoch); absent, a case is
+//! decided with no source address, now. `context.pod`/`context.namespace` come from the
+//! principal (`podName`, its namespace). Each case is resolved and decided as `explain`
+//! does, in that context.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -28,7 +30,7 @@ use serde_saphyr::Spanned;
 
 use super::PolicyToolError;
 use super::explain::{self, PrincipalSpec, Resolved, Target};
-use crate::authz::Action;
+use crate::authz::{Action, RequestContext};
 use crate::config::Snapshot;
 
 /// Most case files read from one directory.
@@ -272,13 +274,43 @@ pub fn run(snapshot: &Snapshot, dir: &Path) -> Result<Outcomes, PolicyToolError>
 }
 
 /// `Ok(None)`: passed; `Ok(Some(diff))`: failed; `Err`: the case is not well formed.
-fn run_case(snapshot: &Snapshot, case: &Case) -> Result<Option<String>, String> {
-    if !case.context.is_empty() {
-        return Err(
-            "context must be empty: the server decides every request with an empty context"
-                .to_owned(),
-        );
+/// A case's `context:` map as the request context it is decided in.
+fn context_of(map: &BTreeMap<String, serde_json::Value>) -> Result<RequestContext, String> {
+    let mut context = RequestContext::now(None);
+    for (name, value) in map {
+        match (name.as_str(), value) {
+            ("sourceAddress", serde_json::Value::String(s)) => {
+                context.source_address =
+                    Some(s.parse().map_err(|_| {
+                        format!("context.sourceAddress {s:?} is not an IP address")
+                    })?);
+            }
+            ("time", serde_json::Value::String(s)) => {
+                context.time = s
+                    .parse::<jiff::Timestamp>()
+                    .map_err(|e| format!("context.time {s:?} is not an RFC 3339 time: {e}"))?
+                    .as_second();
+            }
+            ("time", v) if v.as_i64().is_some() => {
+                context.time = v.as_i64().unwrap_or_default();
+            }
+            ("pod" | "namespace", _) => {
+                return Err(format!(
+                    "context.{name} comes from the principal (podName, its namespace), not the case's context"
+                ));
+            }
+            _ => {
+                return Err(format!(
+                    "context.{name:.64}: unknown or of the wrong type (expected sourceAddress: an IP address, time: RFC 3339 or seconds)"
+                ));
+            }
+        }
     }
+    Ok(context)
+}
+
+fn run_case(snapshot: &Snapshot, case: &Case) -> Result<Option<String>, String> {
+    let context = context_of(&case.context)?;
     let action = parse_action(&case.action)?;
     let target = target_of(action, &case.resource)?;
     let mut notes = Vec::new();
@@ -300,7 +332,12 @@ fn run_case(snapshot: &Snapshot, case: &Case) -> Result<Option<String>, String> 
         resource,
         notes,
     };
-    let decision = explain::decide(snapshot, &resolved);
+    let decision = snapshot.policies.decide_in(
+        &resolved.identity,
+        resolved.action,
+        &resolved.resource,
+        &context,
+    );
     let got = if decision.allowed {
         Expect::Allow
     } else {
@@ -365,6 +402,28 @@ mod tests {
         assert!(target_of(Action::Renew, &r(None, None, Some("n/Password/p"))).is_ok());
         assert!(parse_action("revokeStates").is_ok());
         assert!(parse_action("delete").is_err());
+    }
+
+    #[test]
+    fn case_context_sets_source_address_and_time() {
+        let map = |yaml: &str| -> BTreeMap<String, serde_json::Value> {
+            serde_saphyr::from_str(yaml).expect("map")
+        };
+        let c = context_of(&map(
+            "{sourceAddress: 127.0.0.1, time: \"2026-06-01T00:00:00Z\"}",
+        ))
+        .expect("context");
+        assert_eq!(c.source_address, Some("127.0.0.1".parse().expect("ip")));
+        assert_eq!(c.time, 1_780_272_000);
+        assert_eq!(context_of(&map("{time: 5}")).expect("seconds").time, 5);
+        for bad in [
+            "{sourceAddress: nowhere}",
+            "{time: yesterday}",
+            "{pod: web-1}",
+            "{sourceAdress: 127.0.0.1}",
+        ] {
+            assert!(context_of(&map(bad)).is_err(), "{bad}");
+        }
     }
 
     #[test]

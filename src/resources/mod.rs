@@ -337,6 +337,13 @@ pub struct AuthorizationSpec {
         "items": {"type": "string", "minLength": 1}
     }))]
     pub allowed_remote_keys: BTreeMap<String, Vec<String>>,
+    /// Extension: a Cedar condition (one expression, e.g.
+    /// `context.sourceAddress.isInRange(ip("10.0.0.0/8"))`) added as `when { … }` to every
+    /// policy this Authorization compiles to. Parsed as an expression alone and validated
+    /// against the schema at load; an invalid one refuses the whole Authorization.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub when: Option<String>,
 }
 
 /// `SecretStore`/`ClusterSecretStore` spec (ESO). The provider stays untyped here: each

@@ -108,9 +108,10 @@ impl Tested {
 
     /// The flat, unsharded evaluation.
     fn reference_allows(&self, identity: &Identity, action: Action, resource: &Resource) -> bool {
-        let Ok((request, entities)) =
-            build_request(&DecisionKey::new(identity, action, resource.clone()))
-        else {
+        let Ok((request, entities)) = build_request(
+            &DecisionKey::new(identity, action, resource.clone(), None),
+            &RequestContext::now(None),
+        ) else {
             return false;
         };
         let response = self
@@ -841,11 +842,10 @@ when { 9223372036854775807 + 1 > 0 };
         }
     );
     // Plain Cedar skips the erroring forbid and would allow: that is the fail-open case.
-    let (request, entities) = build_request(&DecisionKey::new(
-        &prom,
-        Action::Get,
-        key("vault-shared", "k"),
-    ))
+    let (request, entities) = build_request(
+        &DecisionKey::new(&prom, Action::Get, key("vault-shared", "k"), None),
+        &RequestContext::now(None),
+    )
     .expect("request");
     let raw = engine
         .authorizer
@@ -988,6 +988,7 @@ fn random_authorization(rng: &mut StdRng, i: usize) -> AuthorizationSource {
             allowed_generators: generators,
             allowed_generator_states: generator_states,
             allowed_remote_keys: remote_keys,
+            when: None,
         },
     }
 }
@@ -1633,4 +1634,198 @@ forbid (principal, action, resource) when { principal.namespace == "sandbox" };
         )],
     );
     assert_eq!(errors.len(), 1);
+}
+
+/// A request context at `time` (seconds since the epoch) from `address`.
+fn at(address: Option<&str>, time: i64) -> RequestContext {
+    RequestContext {
+        source_address: address.map(|a| a.parse().expect("test address")),
+        time,
+    }
+}
+
+/// 2026-06-01T00:00:00Z and 2027-06-01T00:00:00Z, in seconds since the epoch.
+const JUNE_2026: i64 = 1_780_272_000;
+const JUNE_2027: i64 = 1_811_808_000;
+
+const FROM_LOOPBACK: &str = r#"
+@id("loopback-reads-shared")
+permit (principal, action == Esi::Action::"get", resource)
+when { context has sourceAddress && context.sourceAddress.isInRange(ip("127.0.0.1/32")) };
+
+@id("no-private-range")
+forbid (principal, action, resource)
+when { context has sourceAddress && context.sourceAddress.isInRange(ip("10.0.0.0/8")) };
+"#;
+
+#[test]
+fn source_address_decides_each_request_through_the_cache() {
+    let engine = build_ok(&[], &[file("net.cedar", FROM_LOOPBACK)]);
+    let ops = identity("beta", ISSUER, "ops", "runner");
+    let k = key("shared", "k");
+    let decide = |ctx| engine.decide_in(&ops, Action::Get, &k, &ctx);
+    let loopback = decide(at(Some("127.0.0.1"), JUNE_2026));
+    assert!(loopback.allowed);
+    assert_eq!(loopback.policy_ids, ["loopback-reads-shared"]);
+    // The cached ALLOW for 127.0.0.1 is not reused for another address.
+    let private = decide(at(Some("10.1.2.3"), JUNE_2026));
+    assert!(!private.allowed);
+    assert_eq!(private.policy_ids, ["no-private-range"]);
+    assert!(!decide(at(Some("192.0.2.7"), JUNE_2026)).allowed);
+    assert!(!decide(at(None, JUNE_2026)).allowed);
+    assert!(!decide(at(Some("::1"), JUNE_2026)).allowed);
+    assert_eq!(engine.evaluations(), 5);
+    // The same request again is answered from the cache, still per address.
+    assert!(decide(at(Some("127.0.0.1"), JUNE_2026)).allowed);
+    assert!(!decide(at(Some("10.1.2.3"), JUNE_2026)).allowed);
+    assert_eq!(engine.evaluations(), 5);
+}
+
+#[test]
+fn time_decides_each_request_through_the_cache() {
+    let text = r#"
+@id("until-2027")
+permit (principal, action == Esi::Action::"get", resource)
+when { context.time < datetime("2027-01-01T00:00:00Z") };
+"#;
+    let engine = build_ok(&[], &[file("time.cedar", text)]);
+    let ops = identity("beta", ISSUER, "ops", "runner");
+    let k = key("shared", "k");
+    assert!(
+        engine
+            .decide_in(&ops, Action::Get, &k, &at(None, JUNE_2026))
+            .allowed
+    );
+    assert!(
+        !engine
+            .decide_in(&ops, Action::Get, &k, &at(None, JUNE_2027))
+            .allowed
+    );
+    assert!(
+        engine
+            .decide_in(&ops, Action::Get, &k, &at(None, JUNE_2026))
+            .allowed
+    );
+    // `decide` is "now": after 2026-12-31 this policy no longer allows.
+    let now = RequestContext::now(None).time;
+    let expected = now < 1_798_761_600;
+    assert_eq!(engine.decide(&ops, Action::Get, &k).allowed, expected);
+}
+
+#[test]
+fn pod_and_namespace_come_from_the_service_account() {
+    let text = r#"
+@id("runner-pods")
+permit (principal, action == Esi::Action::"get", resource)
+when { context has pod && context.pod like "runner-*" && context has namespace && context.namespace == "ops" };
+"#;
+    let engine = build_ok(&[], &[file("pod.cedar", text)]);
+    let k = key("shared", "k");
+    let mut pod = identity("beta", ISSUER, "ops", "runner");
+    let no_pod = pod.clone();
+    if let Some(sa) = pod.service_account_mut() {
+        sa.pod_name = Some("runner-7f9c".to_owned());
+    }
+    let mut other_pod = pod.clone();
+    if let Some(sa) = other_pod.service_account_mut() {
+        sa.pod_name = Some("web-1".to_owned());
+    }
+    let ctx = at(None, JUNE_2026);
+    assert!(engine.decide_in(&pod, Action::Get, &k, &ctx).allowed);
+    assert!(!engine.decide_in(&no_pod, Action::Get, &k, &ctx).allowed);
+    assert!(!engine.decide_in(&other_pod, Action::Get, &k, &ctx).allowed);
+}
+
+#[test]
+fn context_stays_out_of_the_cache_key_when_no_policy_reads_it() {
+    let text = r#"
+@id("ops-read-shared")
+permit (principal in Esi::Namespace::"beta/ops", action == Esi::Action::"get", resource)
+when { resource.store == "shared" };
+"#;
+    let engine = build_ok(&[], &[file("ops.cedar", text)]);
+    let ops = identity("beta", ISSUER, "ops", "runner");
+    let k = key("shared", "k");
+    for (address, time) in [("127.0.0.1", JUNE_2026), ("10.0.0.1", JUNE_2027)] {
+        assert!(
+            engine
+                .decide_in(&ops, Action::Get, &k, &at(Some(address), time))
+                .allowed
+        );
+    }
+    assert_eq!(engine.evaluations(), 1);
+}
+
+#[test]
+fn context_attributes_are_schema_validated() {
+    for typo in [
+        "context.sourceAdress.isInRange(ip(\"10.0.0.0/8\"))",
+        "context.time < 5",
+        "context.pod == \"x\"",
+        "context.sourceAddress == \"10.0.0.1\"",
+    ] {
+        let text = format!(
+            "@id(\"bad\")\npermit (principal, action == Esi::Action::\"get\", resource) when {{ {typo} }};\n"
+        );
+        let (engine, errors) = PolicyEngine::build(&[], &[file("bad.cedar", &text)]);
+        assert_eq!(errors.len(), 1, "{typo}: {errors:?}");
+        assert_eq!(engine.policy_count(), 0, "{typo}");
+    }
+}
+
+#[test]
+fn spec_when_adds_a_condition_and_refuses_bad_ones() {
+    let auth = |name: &str, when: &str| {
+        authorization(
+            &format!("/etc/esi/{name}.yaml"),
+            &format!(
+                "metadata: {{name: {name}}}\nspec:\n  federationRef: {{name: beta}}\n  subject: {{oidc: {{issuer: \"{ISSUER}\", subject: \"system:serviceaccount:ops:runner\"}}}}\n  allowedClusterSecretStores: [shared]\n  when: {when:?}\n"
+            ),
+        )
+    };
+    let good = auth(
+        "from-loopback",
+        "context has sourceAddress && context.sourceAddress.isInRange(ip(\"127.0.0.1/32\"))",
+    );
+    let engine = build_ok(std::slice::from_ref(&good), &[]);
+    let ops = identity("beta", ISSUER, "ops", "runner");
+    let k = key("shared", "k");
+    let d = engine.decide_in(&ops, Action::Get, &k, &at(Some("127.0.0.1"), JUNE_2026));
+    assert!(d.allowed, "{d:?}");
+    assert!(
+        !engine
+            .decide_in(&ops, Action::Get, &k, &at(Some("10.0.0.1"), JUNE_2026))
+            .allowed
+    );
+    assert!(
+        !engine
+            .decide_in(&ops, Action::Get, &k, &at(None, JUNE_2026))
+            .allowed
+    );
+    for bad in [
+        // Injection: closing the brace to add a policy of its own.
+        "true } ; permit (principal, action, resource) when { true",
+        "true }; permit (principal, action, resource) when { true",
+        // Schema: a typo, an unguarded optional attribute, a type error.
+        "context.sourceAdress.isInRange(ip(\"10.0.0.0/8\"))",
+        "context.sourceAddress.isInRange(ip(\"10.0.0.0/8\"))",
+        "context.time == 3",
+        "",
+    ] {
+        let (engine, errors) = PolicyEngine::build(&[auth("bad", bad)], &[]);
+        assert_eq!(errors.len(), 1, "{bad:?}: {errors:?}");
+        assert_eq!(errors[0].object, "Authorization/bad", "{bad:?}");
+        assert!(
+            errors[0].reason.contains("spec.when"),
+            "{bad:?}: {errors:?}"
+        );
+        // Refused: nothing granted, from anywhere.
+        for from in [Some("127.0.0.1"), Some("10.0.0.1"), None] {
+            assert!(
+                !engine
+                    .decide_in(&ops, Action::Get, &k, &at(from, JUNE_2026))
+                    .allowed
+            );
+        }
+    }
 }
