@@ -486,7 +486,7 @@ fn policy_test_runs_the_examples_and_shows_failures() {
     assert!(out.contains("+ actual:   deny by no-k2"), "{out}");
     assert!(out.contains("1 passed, 1 failed"), "{out}");
 
-    // A context the server never passes is refused, not silently ignored.
+    // A context attribute the server never passes is refused, not silently ignored.
     std::fs::write(
         cases.join("a.yaml"),
         "cases:\n  - name: ctx\n    principal: alpha/apps/app\n    action: find\n    resource: {store: store}\n    context: {sourceIp: 10.0.0.1}\n    expect: deny\n",
@@ -494,7 +494,10 @@ fn policy_test_runs_the_examples_and_shows_failures() {
     .unwrap();
     let (ok, _, err) = tree_policy(&tree, &["test", cases.to_str().unwrap()]);
     assert!(!ok);
-    assert!(err.contains("context must be empty"), "{err}");
+    assert!(
+        err.contains("case \"ctx\": context.sourceIp: unknown"),
+        "{err}"
+    );
 }
 
 /// An Authorization `name` of federation `alpha` for `subject` (after a `---` line),
