@@ -284,6 +284,9 @@ pub(crate) fn when_condition(text: &str) -> Result<Value, CompileError> {
             "is longer than {WHEN_MAX_BYTES} bytes"
         )));
     }
+    // `when { … }` adds one level.
+    super::check_nesting(text, super::MAX_NESTING - 1)
+        .map_err(|e| CompileError::When(e.to_string()))?;
     let expression = cedar_policy::Expression::from_str(text).map_err(|e| {
         CompileError::When(format!(
             "is not one Cedar expression: {}",

@@ -1436,6 +1436,7 @@ impl Builder {
     }
 
     fn add_file(&mut self, file: &PolicyFile) -> Result<(), String> {
+        super::check_nesting(&file.text, super::MAX_NESTING).map_err(|e| e.to_string())?;
         let parsed = PolicySet::from_str(&file.text).map_err(|errors| {
             let messages: Vec<String> = errors
                 .iter()

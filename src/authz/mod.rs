@@ -14,6 +14,7 @@
 
 mod compile;
 mod engine;
+mod nesting;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -25,6 +26,7 @@ pub use engine::{
     CheckedAuthorization, ListedPolicy, PermitView, PolicyCache, PolicyEngine, PolicySource,
     RequestContext, in_file_order,
 };
+pub(crate) use nesting::{MAX_NESTING, check_nesting};
 
 /// The Cedar schema every policy is validated against (human-readable form).
 pub const SCHEMA_SRC: &str = include_str!("../../schemas/esi.cedarschema");

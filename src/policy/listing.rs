@@ -116,6 +116,8 @@ trait FromStrChecked: Sized {
 
 impl FromStrChecked for PolicySet {
     fn from_str_checked(text: &str) -> Result<Self, PolicyToolError> {
+        crate::authz::check_nesting(text, crate::authz::MAX_NESTING)
+            .map_err(|e| PolicyToolError::BadRequest(e.to_string()))?;
         text.parse()
             .map_err(|e: cedar_policy::ParseErrors| PolicyToolError::BadRequest(e.to_string()))
     }

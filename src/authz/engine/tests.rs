@@ -1802,7 +1802,10 @@ fn spec_when_adds_a_condition_and_refuses_bad_ones() {
             .decide_in(&ops, Action::Get, &k, &at(None, JUNE_2026))
             .allowed
     );
+    // ~700 nested parentheses overflowed the stack in Cedar's parser (review finding 6).
+    let deep = format!("{}true{}", "(".repeat(700), ")".repeat(700));
     for bad in [
+        deep.as_str(),
         // Injection: closing the brace to add a policy of its own.
         "true } ; permit (principal, action, resource) when { true",
         "true }; permit (principal, action, resource) when { true",
@@ -1828,4 +1831,42 @@ fn spec_when_adds_a_condition_and_refuses_bad_ones() {
             );
         }
     }
+}
+
+/// Review finding 6 (issue 13): a `.cedar` file of ~700 nested parentheses aborted the
+/// process (stack overflow in Cedar's parser) in `serve` and `esi-server policy`. It is now
+/// one load error naming the line, and the other files load.
+#[test]
+fn deeply_nested_policy_files_are_refused_not_a_crash() {
+    let deep = file(
+        "/p/deep.cedar",
+        &format!(
+            "// nesting\npermit (principal, action, resource)\nwhen {{ {}true{} }};",
+            "(".repeat(700),
+            ")".repeat(700)
+        ),
+    );
+    let sets = file(
+        "/p/sets.cedar",
+        &format!(
+            "permit (principal, action, resource) when {{ {}{} == [] }};",
+            "[".repeat(700),
+            "]".repeat(700)
+        ),
+    );
+    let good = file(
+        "/p/good.cedar",
+        "forbid (principal, action, resource) when { false };",
+    );
+    let (engine, errors) = PolicyEngine::build(&[], &[deep, sets, good]);
+    let origins: Vec<&str> = errors.iter().map(|e| e.origin.as_str()).collect();
+    assert_eq!(origins, ["/p/deep.cedar", "/p/sets.cedar"]);
+    assert!(
+        errors[0]
+            .reason
+            .contains("nest more than 64 deep at line 3"),
+        "{}",
+        errors[0]
+    );
+    assert_eq!(engine.policy_count(), 1);
 }
