@@ -36,11 +36,7 @@ pub(crate) fn check_nesting(text: &str, max: usize) -> Result<(), TooDeep> {
                 // A string literal: `\` escapes the next character.
                 while let Some(s) = chars.next() {
                     match s {
-                        '\\' => {
-                            if chars.next() == Some('\n') {
-                                line += 1;
-                            }
-                        }
+                        '\\' => line += usize::from(chars.next() == Some('\n')),
                         '"' => break,
                         '\n' => line += 1,
                         _ => {}
