@@ -64,6 +64,16 @@ impl Tree {
 
 /// Runs `esi-server policy <args> --manifests M --policies P`: (success, stdout, stderr).
 fn policy(manifests: &Path, policies: &Path, args: &[&str]) -> (bool, String, String) {
+    let (code, out, err) = policy_status(manifests, policies, args);
+    (code == Some(0), out, err)
+}
+
+/// As [`policy`], with the exit code.
+fn policy_status(
+    manifests: &Path,
+    policies: &Path,
+    args: &[&str],
+) -> (Option<i32>, String, String) {
     let out = Command::new(server_bin())
         .arg("policy")
         .args(args)
@@ -75,7 +85,7 @@ fn policy(manifests: &Path, policies: &Path, args: &[&str]) -> (bool, String, St
         .output()
         .unwrap();
     (
-        out.status.success(),
+        out.status.code(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
@@ -327,13 +337,32 @@ spec:
         mint("ec-1", &sa_claims(ISS2, AUD, "apps", "app"), None),
     )
     .unwrap();
-    let unverified = explain_json(&tree, &["--token", token, "--find", "store"]);
+    // Review finding: an unverified token's decision read `decision: ALLOW` first. It is
+    // now `unverified-…` from the first line, and the exit code (3) says so too.
+    let (code, out, err) = policy_status(
+        &tree.path("manifests"),
+        &tree.path("policies"),
+        &["explain", "--json", "--token", token, "--find", "store"],
+    );
+    assert_eq!(code, Some(3), "{out}\n{err}");
+    let unverified: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(unverified["token_verified"], false);
+    assert!(
+        unverified["decision"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("unverified-")),
+        "{unverified}"
+    );
     assert_eq!(unverified["principal"]["federation"], "beta");
     let notes = unverified["notes"].to_string();
     assert!(notes.contains("NOT VERIFIED"), "{notes}");
-    let (ok, out, _) = tree_policy(&tree, &["explain", "--token", token, "--find", "store"]);
-    assert!(ok);
+    let (code, out, _) = policy_status(
+        &tree.path("manifests"),
+        &tree.path("policies"),
+        &["explain", "--token", token, "--find", "store"],
+    );
+    assert_eq!(code, Some(3));
+    assert!(out.starts_with("decision: UNVERIFIED-"), "{out}");
     assert!(out.contains("token: NOT VERIFIED"), "{out}");
 
     // A token the server would refuse (signed by a key alpha does not trust) is refused.
@@ -1309,4 +1338,51 @@ fn spec_when_injection_is_refused() {
     let (ok, out, err) = tree_policy(&tree, &["compile"]);
     let text = format!("{ok} {out}{err}");
     assert!(!out.contains("authorization/evil"), "{text}");
+}
+
+/// Review finding 2 (issue 13): `explain` ignored what did not load. A broken edit meant to
+/// revoke showed DENY while the server kept the old permit (the last good form of a file
+/// it already served). Now the answer says PARTIAL LOAD first, lists what did not load, and
+/// exits 1.
+#[test]
+fn explain_says_a_partial_load_and_fails() {
+    let world = world();
+    let tree = Tree::new(
+        &[("world.yaml", &world)],
+        &[(
+            "broken.cedar",
+            "forbid (principal, action, resource) when { oops",
+        )],
+    );
+    let args = [
+        "explain",
+        "--principal",
+        "alpha/apps/app",
+        "--find",
+        "store",
+    ];
+    let (code, out, err) = policy_status(&tree.path("manifests"), &tree.path("policies"), &args);
+    assert_eq!(code, Some(1), "{out}\n{err}");
+    assert!(out.starts_with("PARTIAL LOAD: "), "{out}");
+    assert!(out.contains("did not load: "), "{out}");
+    assert!(out.contains("broken.cedar"), "{out}");
+    assert!(err.contains("objects did not load"), "{err}");
+    let mut json_args = vec!["explain", "--json"];
+    json_args.extend_from_slice(&args[1..]);
+    let (code, out, _) = policy_status(&tree.path("manifests"), &tree.path("policies"), &json_args);
+    assert_eq!(code, Some(1));
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["partial_load"], true);
+    assert!(
+        v["load_errors"][0]
+            .as_str()
+            .unwrap()
+            .contains("broken.cedar"),
+        "{v}"
+    );
+    // Without the broken file: a full load, exit 0, no such line.
+    std::fs::remove_file(tree.path("policies").join("broken.cedar")).unwrap();
+    let (code, out, _) = policy_status(&tree.path("manifests"), &tree.path("policies"), &args);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.starts_with("decision: "), "{out}");
 }

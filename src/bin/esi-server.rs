@@ -845,6 +845,7 @@ fn policy(cmd: PolicyCommand) -> Result<std::process::ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        PolicyCommand::Explain(args) => policy_explain(*args),
         other => policy_basic(other).map(|()| ExitCode::SUCCESS),
     }
 }
@@ -879,9 +880,84 @@ fn policy_diff(args: DiffArgs) -> Result<std::process::ExitCode> {
     })
 }
 
+/// `policy explain` exits with this when the caller came from a token whose signature could
+/// not be checked offline (a federation that fetches its keys): the decision is about the
+/// token's claims, not about a verified caller.
+const EXIT_UNVERIFIED: u8 = 3;
+
+/// `policy explain`: 0, 1 on an error or a partial load (objects that did not load, so the
+/// decision may not be the running server's), [`EXIT_UNVERIFIED`] for an unverified token.
+fn policy_explain(args: ExplainArgs) -> Result<std::process::ExitCode> {
+    use esi::policy::{self, explain};
+    let who = match (args.principal, args.token) {
+        (_, Some(file)) => explain::Who::Token(file),
+        (Some(path), None) => {
+            let mut claims = std::collections::BTreeMap::new();
+            for c in &args.claim {
+                let (k, v) = c
+                    .split_once('=')
+                    .filter(|(k, _)| !k.is_empty())
+                    .ok_or_else(|| anyhow::anyhow!("--claim {c:?} is not NAME=VALUE"))?;
+                claims.insert(k.to_owned(), v.to_owned());
+            }
+            explain::Who::Principal(explain::PrincipalSpec {
+                path,
+                issuer: args.issuer,
+                uid: args.uid,
+                pod_name: args.pod_name,
+                pod_uid: args.pod_uid,
+                claims,
+            })
+        }
+        (None, None) => bail!("give --principal or --token"),
+    };
+    let target = match (
+        args.store,
+        args.key,
+        args.find,
+        args.generator,
+        args.revoke_states,
+    ) {
+        (Some(store), Some(key), ..) => explain::Target::Key {
+            store,
+            key,
+            property: args.property,
+            version: args.version,
+        },
+        (_, _, Some(store), ..) => explain::Target::Find { store },
+        (_, _, _, Some(path), _) => explain::Target::Generator {
+            action: match args.action {
+                GeneratorAction::Generate => esi::authz::Action::Generate,
+                GeneratorAction::Revoke => esi::authz::Action::Revoke,
+                GeneratorAction::Renew => esi::authz::Action::Renew,
+            },
+            path,
+        },
+        (_, _, _, _, Some(namespace)) => explain::Target::States { namespace },
+        _ => bail!("give --store and --key, --find, --generator or --revoke-states"),
+    };
+    let snapshot = policy::load(&sources(args.source));
+    let explanation = explain::explain_request(&snapshot, &who, &target)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&explanation)?);
+    } else {
+        print!("{}", explanation.text());
+    }
+    if explanation.partial_load {
+        bail!(
+            "{} objects did not load: the decision above is not necessarily the running server's (fix them first; see `esi-server policy validate`)",
+            snapshot.errors.len()
+        );
+    }
+    if explanation.token_verified == Some(false) {
+        return Ok(std::process::ExitCode::from(EXIT_UNVERIFIED));
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
 /// `policy compile|validate|explain|test`.
 fn policy_basic(cmd: PolicyCommand) -> Result<()> {
-    use esi::policy::{self, explain};
+    use esi::policy;
     match cmd {
         PolicyCommand::Compile { source, json } => {
             let snapshot = policy::load(&sources(source));
@@ -919,64 +995,6 @@ fn policy_basic(cmd: PolicyCommand) -> Result<()> {
             }
             Ok(())
         }
-        PolicyCommand::Explain(args) => {
-            let args = *args;
-            let who = match (args.principal, args.token) {
-                (_, Some(file)) => explain::Who::Token(file),
-                (Some(path), None) => {
-                    let mut claims = std::collections::BTreeMap::new();
-                    for c in &args.claim {
-                        let (k, v) = c
-                            .split_once('=')
-                            .filter(|(k, _)| !k.is_empty())
-                            .ok_or_else(|| anyhow::anyhow!("--claim {c:?} is not NAME=VALUE"))?;
-                        claims.insert(k.to_owned(), v.to_owned());
-                    }
-                    explain::Who::Principal(explain::PrincipalSpec {
-                        path,
-                        issuer: args.issuer,
-                        uid: args.uid,
-                        pod_name: args.pod_name,
-                        pod_uid: args.pod_uid,
-                        claims,
-                    })
-                }
-                (None, None) => bail!("give --principal or --token"),
-            };
-            let target = match (
-                args.store,
-                args.key,
-                args.find,
-                args.generator,
-                args.revoke_states,
-            ) {
-                (Some(store), Some(key), ..) => explain::Target::Key {
-                    store,
-                    key,
-                    property: args.property,
-                    version: args.version,
-                },
-                (_, _, Some(store), ..) => explain::Target::Find { store },
-                (_, _, _, Some(path), _) => explain::Target::Generator {
-                    action: match args.action {
-                        GeneratorAction::Generate => esi::authz::Action::Generate,
-                        GeneratorAction::Revoke => esi::authz::Action::Revoke,
-                        GeneratorAction::Renew => esi::authz::Action::Renew,
-                    },
-                    path,
-                },
-                (_, _, _, _, Some(namespace)) => explain::Target::States { namespace },
-                _ => bail!("give --store and --key, --find, --generator or --revoke-states"),
-            };
-            let snapshot = policy::load(&sources(args.source));
-            let explanation = explain::explain_request(&snapshot, &who, &target)?;
-            if args.json {
-                println!("{}", serde_json::to_string_pretty(&explanation)?);
-            } else {
-                print!("{}", explanation.text());
-            }
-            Ok(())
-        }
         PolicyCommand::Test { source, dir } => {
             let snapshot = policy::load(&sources(source));
             let load_errors = snapshot.errors.len();
@@ -993,7 +1011,10 @@ fn policy_basic(cmd: PolicyCommand) -> Result<()> {
             }
             Ok(())
         }
-        PolicyCommand::Lint { .. } | PolicyCommand::Diff(_) | PolicyCommand::Report(_) => {
+        PolicyCommand::Lint { .. }
+        | PolicyCommand::Diff(_)
+        | PolicyCommand::Report(_)
+        | PolicyCommand::Explain(_) => {
             bail!("not a basic policy command")
         }
     }

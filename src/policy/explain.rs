@@ -350,11 +350,23 @@ pub fn resource_of(
     }
 }
 
+/// Most load errors an explanation lists.
+pub const MAX_LOAD_ERRORS: usize = 20;
+
 /// The answer of `explain`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Explanation {
-    /// `allow` or `deny`.
+    /// `allow` or `deny`; `unverified-allow` or `unverified-deny` when the caller came from a
+    /// token whose signature could not be checked (its claims were taken as they are).
     pub decision: &'static str,
+    /// Some objects did not load ([`Self::load_errors`]): the server keeps the last good form
+    /// of an object it already served, so this decision may not be the running server's
+    /// (review finding: a broken edit meant to revoke showed DENY while the server kept the
+    /// old permit).
+    pub partial_load: bool,
+    /// What did not load, as `validate` says it (at most [`MAX_LOAD_ERRORS`], then a count).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub load_errors: Vec<String>,
     /// The caller.
     pub principal: PrincipalView,
     /// Whether the principal came from a token whose signature was verified (`None`: not
@@ -461,8 +473,27 @@ pub fn explain(
         );
     }
     let id = &resolved.identity;
+    let mut load_errors: Vec<String> = snapshot
+        .errors
+        .iter()
+        .take(MAX_LOAD_ERRORS)
+        .map(ToString::to_string)
+        .collect();
+    if snapshot.errors.len() > MAX_LOAD_ERRORS {
+        load_errors.push(format!(
+            "… and {} more",
+            snapshot.errors.len() - MAX_LOAD_ERRORS
+        ));
+    }
     Ok(Explanation {
-        decision: if decision.allowed { "allow" } else { "deny" },
+        decision: match (token_verified, decision.allowed) {
+            (Some(false), true) => "unverified-allow",
+            (Some(false), false) => "unverified-deny",
+            (_, true) => "allow",
+            (_, false) => "deny",
+        },
+        partial_load: !snapshot.errors.is_empty(),
+        load_errors,
         principal: PrincipalView {
             federation: id.federation.clone(),
             issuer: id.issuer.clone(),
@@ -483,7 +514,13 @@ pub fn explain(
 impl Explanation {
     /// Human-readable form.
     pub fn text(&self) -> String {
-        let mut out = format!(
+        let mut out = String::new();
+        if self.partial_load {
+            out.push_str(
+                "PARTIAL LOAD: objects did not load (listed at the end); the server keeps the last good form of what it already served, so this decision may not be the running server's\n",
+            );
+        }
+        out.push_str(&format!(
             "decision: {}\nprincipal: {} ({}federation {}, issuer {}{})\naction: {}\nresource: {}\n",
             self.decision.to_uppercase(),
             self.principal.subject,
@@ -501,7 +538,7 @@ impl Explanation {
                 .unwrap_or_default(),
             self.action,
             self.resource,
-        );
+        ));
         match self.token_verified {
             Some(true) => {
                 out.push_str("token: verified offline with the federation's static keys\n")
@@ -533,6 +570,12 @@ impl Explanation {
             out.push('\n');
             for n in &self.notes {
                 out.push_str(&format!("note: {n}\n"));
+            }
+        }
+        if !self.load_errors.is_empty() {
+            out.push('\n');
+            for e in &self.load_errors {
+                out.push_str(&format!("did not load: {e}\n"));
             }
         }
         out
