@@ -1386,3 +1386,40 @@ fn explain_says_a_partial_load_and_fails() {
     assert_eq!(code, Some(0), "{out}");
     assert!(out.starts_with("decision: "), "{out}");
 }
+
+/// Piping a policy command into a reader that stops early (`| head -1`) panicked with
+/// "failed printing to stdout: Broken pipe" (exit 101). It now ends as Unix tools do: by
+/// SIGPIPE, quietly.
+#[test]
+fn a_closed_pipe_ends_policy_commands_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Stdio;
+    let world = world();
+    // Enough output to outlast any pipe buffer.
+    let many: String = (0..2000)
+        .map(|i| format!("@id(\"p{i}\")\nforbid (principal, action, resource) when {{ false }};\n"))
+        .collect();
+    let tree = Tree::new(&[("world.yaml", &world)], &[("many.cedar", &many)]);
+    let mut child = Command::new(server_bin())
+        .args(["policy", "compile", "--manifests"])
+        .arg(tree.path("manifests"))
+        .arg("--policies")
+        .arg(tree.path("policies"))
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reader goes away at once.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(!err.contains("Broken pipe"), "{err}");
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGPIPE),
+        "{:?} {err}",
+        out.status
+    );
+}

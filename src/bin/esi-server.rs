@@ -783,6 +783,15 @@ fn check(args: SourceArgs) -> Result<()> {
 /// `policy …`: parse, call `esi::policy`, print; the exit code is the command's answer.
 fn policy(cmd: PolicyCommand) -> Result<std::process::ExitCode> {
     use std::process::ExitCode;
+    // `esi-server policy … | head` must end quietly when the reader goes away, as `grep` or
+    // `git log` do: Rust ignores SIGPIPE at start (right for the server's sockets), which
+    // turned every later print into a "Broken pipe" panic. These commands write only to
+    // stdout/stderr and files, so the default disposition (end the process) is right here.
+    // SAFETY: `signal` with SIG_DFL installs no handler; the disposition is process-wide and
+    // set before this command writes anything.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     // Decisions are logged (target esi::decision) at info; the answer is on stdout.
     init_logging_with(LogFormat::Text, log_filter_or("warn"));
     match cmd {
