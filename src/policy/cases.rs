@@ -270,6 +270,14 @@ pub fn run(snapshot: &Snapshot, dir: &Path) -> Result<Outcomes, PolicyToolError>
             });
         }
     }
+    if outcomes.cases.is_empty() {
+        // Review finding (issue 13): files holding `cases: []` passed, so a CI step checked
+        // nothing and said ok.
+        return Err(PolicyToolError::BadCases {
+            path: dir.display().to_string(),
+            reason: "no cases (its case files hold none): nothing would be checked".to_owned(),
+        });
+    }
     Ok(outcomes)
 }
 
@@ -424,6 +432,18 @@ mod tests {
         ] {
             assert!(context_of(&map(bad)).is_err(), "{bad}");
         }
+    }
+
+    /// A directory without cases is an error, not a pass.
+    #[test]
+    fn no_cases_is_an_error_not_a_pass() {
+        let snapshot = crate::config::Snapshot::empty();
+        let dir = tempfile::tempdir().expect("dir");
+        let err = run(&snapshot, dir.path()).expect_err("empty dir");
+        assert!(err.to_string().contains("no case files"), "{err}");
+        std::fs::write(dir.path().join("a.yaml"), "cases: []\n").expect("write");
+        let err = run(&snapshot, dir.path()).expect_err("cases: []");
+        assert!(err.to_string().contains("no cases"), "{err}");
     }
 
     #[test]
