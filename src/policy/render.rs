@@ -92,7 +92,7 @@ pub fn render(
     message: &str,
     path: &str,
     span: Option<&Span>,
-    source: Option<&str>,
+    source_line: Option<&str>,
 ) -> String {
     let mut out = format!("{severity}: {message}\n");
     let Some(span) = span else {
@@ -100,7 +100,7 @@ pub fn render(
         return out;
     };
     let _ = writeln!(out, "  --> {path}:{}:{}", span.line, span.column);
-    if let Some(line) = source.and_then(|s| line_of(s, span.line)) {
+    if let Some(line) = source_line {
         let shown: String = line.chars().take(LINE_MAX).collect();
         let number = span.line.to_string();
         let pad = " ".repeat(number.len());
@@ -136,7 +136,13 @@ mod tests {
                 len: 6
             }
         );
-        let shown = render("error", "missing", "a.yaml", Some(&span), Some(text));
+        let shown = render(
+            "error",
+            "missing",
+            "a.yaml",
+            Some(&span),
+            line_of(text, span.line),
+        );
         assert_eq!(
             shown,
             "error: missing\n  --> a.yaml:3:32\n   |\n 3 |   allowedClusterSecretStores: [nosuch]\n   |                                ^^^^^^\n"
