@@ -141,17 +141,7 @@ pub fn authz(data: &[u8]) {
     }
     for (s, f) in [(&sources[..], &[][..]), (&[][..], &files[..])] {
         let (engine, _errors) = PolicyEngine::build(s, f);
-        let id = esi::authn::Identity {
-            federation: "fuzz".into(),
-            issuer: ISSUER.into(),
-            subject: "system:serviceaccount:fuzz:app".into(),
-            namespace: "fuzz".into(),
-            service_account: "app".into(),
-            service_account_uid: None,
-            pod_name: None,
-            pod_uid: None,
-            expires_at: None,
-        };
+        let id = esi::authn::Identity::of_service_account("fuzz", ISSUER, "fuzz", "app");
         let d = engine.decide(
             &id,
             Action::Get,
