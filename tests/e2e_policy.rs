@@ -515,6 +515,32 @@ fn policy_test_runs_the_examples_and_shows_failures() {
     assert!(out.contains("+ actual:   deny by no-k2"), "{out}");
     assert!(out.contains("1 passed, 1 failed"), "{out}");
 
+    // Review finding 4: a store typo (404) or an unknown federation (401) is not a denial:
+    // `expect: deny` fails, naming what the server answers; `expectStatus` passes.
+    let refused = "cases:\n  - name: typo\n    principal: alpha/apps/app\n    action: get\n    resource: {store: stroe, key: k}\n    expect: deny\n  - name: no such federation\n    principal: beta/apps/app\n    issuer: https://beta.example\n    action: get\n    resource: {store: store, key: k}\n    expect: deny\n";
+    std::fs::write(cases.join("a.yaml"), refused).unwrap();
+    let (ok, out, _) = tree_policy(&tree, &["test", cases.to_str().unwrap()]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("+ actual:   status 404: store stroe (ClusterSecretStore) does not exist; the server would answer 404"),
+        "{out}"
+    );
+    assert!(
+        out.contains("+ actual:   status 401: federation beta does not exist"),
+        "{out}"
+    );
+    assert!(out.contains("0 passed, 2 failed"), "{out}");
+    std::fs::write(
+        cases.join("a.yaml"),
+        refused
+            .replacen("expect: deny", "expectStatus: 404", 1)
+            .replacen("expect: deny", "expectStatus: 401", 1),
+    )
+    .unwrap();
+    let (ok, out, err) = tree_policy(&tree, &["test", cases.to_str().unwrap()]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("2 passed, 0 failed"), "{out}");
+
     // A context attribute the server never passes is refused, not silently ignored.
     std::fs::write(
         cases.join("a.yaml"),

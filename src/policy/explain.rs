@@ -233,6 +233,111 @@ pub fn identity_of(
     Ok(identity)
 }
 
+/// A request the server answers with an HTTP status of its own rather than with the
+/// decision's: the token refused (401, before any decision), a generator namespace that is
+/// not a namespace name (400, before the decision), the object missing (404, after it) or
+/// a key the store cannot spell (the store's error, after an allow).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The HTTP status (400, 401, 404, …).
+    pub status: u16,
+    /// Why, ending with the status the server would answer.
+    pub reason: String,
+}
+
+/// The 401 the server answers before deciding, for a token of `spec`: its federation is
+/// not loaded (no federation verifies it), or the token's issuer is not the one its
+/// federation accepts (token verification matches `iss` against each federation's
+/// configured issuer, see `Authenticator::verify`). `None`: the token would be accepted
+/// (or its federation learns its issuer by discovery and the issuer cannot be checked).
+pub fn authn_refusal(snapshot: &Snapshot, spec: &PrincipalSpec) -> Option<Refusal> {
+    let fed = spec.path.split('/').next().unwrap_or_default();
+    let Some(f) = federation(snapshot, fed) else {
+        return Some(Refusal {
+            status: 401,
+            reason: format!(
+                "federation {fed} does not exist (no KubernetesFederation or OIDC federation of that name is loaded); the server would answer 401"
+            ),
+        });
+    };
+    match (&spec.issuer, f.configured_issuer()) {
+        (Some(given), Some(configured)) if given != configured => Some(Refusal {
+            status: 401,
+            reason: format!(
+                "{} {fed} accepts tokens of issuer {configured}, not {given}; the server would answer 401",
+                f.kind()
+            ),
+        }),
+        _ => None,
+    }
+}
+
+/// What the server answers for `target` once the token is accepted, besides the decision
+/// (`allowed`): `Some` when it is not the decision's own answer (allow: the call proceeds,
+/// deny: 404). Order as in the API: a generator namespace is checked before the decision
+/// (400); a missing store or generator answers 404 whatever the decision; a key the store
+/// has no canonical form for answers the store's error after an allow.
+pub fn resource_refusal(snapshot: &Snapshot, target: &Target, allowed: bool) -> Option<Refusal> {
+    let missing = |what: String| Refusal {
+        status: 404,
+        reason: format!("{what} does not exist; the server would answer 404"),
+    };
+    match target {
+        Target::Key {
+            store,
+            key,
+            property,
+            version,
+        } => {
+            let remote = RemoteRef {
+                key: key.clone(),
+                property: property.clone().filter(|p| !p.is_empty()),
+                version: version.clone().filter(|v| !v.is_empty()),
+            };
+            let target = crate::api::key_target(snapshot, store, &remote);
+            match (&target.provider, target.canonical) {
+                (None, _) => Some(missing(format!("store {store} (ClusterSecretStore)"))),
+                (Some(_), Err(e)) if allowed => Some(Refusal {
+                    status: e.status().as_u16(),
+                    reason: format!(
+                        "the store has no canonical form for this key ({e}); the server would answer {}",
+                        e.status().as_u16()
+                    ),
+                }),
+                _ => None,
+            }
+        }
+        Target::Find { store } => (!snapshot.stores.contains_key(store))
+            .then(|| missing(format!("store {store} (ClusterSecretStore)"))),
+        Target::Generator { path, .. } => {
+            let (namespace, kind, name) = three("generator", path).ok()?;
+            if !crate::generators::is_namespace_name(namespace) {
+                return Some(not_a_namespace(namespace));
+            }
+            let key = crate::ledger::GeneratorRef {
+                namespace: namespace.to_owned(),
+                kind: kind.to_owned(),
+                name: name.to_owned(),
+            }
+            .lookup_key();
+            (!snapshot.generators.contains_key(&key))
+                .then(|| missing(format!("generator {kind} {namespace}/{name}")))
+        }
+        Target::States { namespace } => {
+            (!crate::generators::is_namespace_name(namespace)).then(|| not_a_namespace(namespace))
+        }
+    }
+}
+
+fn not_a_namespace(namespace: &str) -> Refusal {
+    Refusal {
+        status: 400,
+        reason: format!(
+            "{namespace:?} is not a Kubernetes namespace name; the server would answer 400 before deciding"
+        ),
+    }
+}
+
 /// The token in `text` as the server would verify it, offline (see
 /// [`crate::authn::identify_offline`]): verified when its federation has static keys; read
 /// but unverified (said in `notes`) when it fetches its keys.
