@@ -461,6 +461,81 @@ async fn explain_matches_the_servers_audit_lines() {
     );
 }
 
+/// Review finding 5 (issue 13): objects of our API groups the loader does not know (a kind
+/// typo, a version no CRD serves) are errors at their line; files the directory loader
+/// skips silently (hidden, wrong-case extension, too deep, a dangling symlink) are named.
+#[test]
+fn validate_names_unknown_kinds_and_skipped_files() {
+    let good = world();
+    let unknown = good.clone()
+        + "---\napiVersion: federation.external-secrets.io/v1alpha1\nkind: Authorisation\nmetadata: {name: typo}\nspec: {}\n---\napiVersion: federation.external-secrets.io/v1\nkind: Authorization\nmetadata: {name: later}\nspec:\n  federationRef: {kind: KubernetesFederation, name: alpha}\n  subject: {oidc: {issuer: https://x.example, subject: \"system:serviceaccount:apps:app\"}}\n";
+    let lines_before = good.lines().count();
+    let tree = Tree::new(
+        &[("world.yaml", &unknown)],
+        &[
+            ("no-k2.cedar", FORBID_K2),
+            (".hidden.cedar", FORBID_K2),
+            ("SHOUT.CEDAR", FORBID_K2),
+        ],
+    );
+    std::fs::write(tree.path("manifests/more.YAML"), &good).unwrap();
+    #[cfg(unix)]
+    std::os::unix::fs::symlink(
+        tree.path("manifests/gone.yaml"),
+        tree.path("manifests/link.yaml"),
+    )
+    .unwrap();
+    let mut deep = tree.path("manifests");
+    for level in 1..=16 {
+        deep = deep.join(format!("l{level}"));
+    }
+    std::fs::create_dir_all(&deep).unwrap();
+    let (ok, out, err) = tree_policy(&tree, &["validate"]);
+    assert!(!ok, "{out}");
+    assert!(err.contains("validation failed: 2 errors"), "{err}\n{out}");
+    let world_file = tree.path("manifests/world.yaml").display().to_string();
+    assert!(
+        out.contains(&format!(
+            "error: Authorisation/typo: unknown kind Authorisation in federation.external-secrets.io"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("{world_file}:{}:", lines_before + 3)),
+        "{out}"
+    );
+    assert!(
+        out.contains("error: Authorization/later: apiVersion federation.external-secrets.io/v1 is not served for Authorization (federation.external-secrets.io/v1alpha1)"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("{world_file}:{}:", lines_before + 7)),
+        "{out}"
+    );
+    for (path, reason) in [
+        ("policies/.hidden.cedar", "hidden file"),
+        ("policies/SHOUT.CEDAR", "extension .CEDAR"),
+        ("manifests/more.YAML", "extension .YAML"),
+        (
+            "manifests/l1/l2/l3/l4/l5/l6/l7/l8/l9/l10/l11/l12/l13/l14/l15/l16",
+            "deeper than the loader's limit of 16 levels",
+        ),
+        #[cfg(unix)]
+        ("manifests/link.yaml", "symlink that does not resolve"),
+    ] {
+        let line = out
+            .lines()
+            .find(|l| l.contains(&*tree.path(path).display().to_string()))
+            .unwrap_or_else(|| panic!("{path}:\n{out}"));
+        assert!(
+            line.starts_with("warning: ")
+                && line.contains(": not loaded: ")
+                && line.contains(reason),
+            "{path}: {reason}:\n{out}"
+        );
+    }
+}
+
 #[test]
 fn policy_test_runs_the_examples_and_shows_failures() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));

@@ -985,8 +985,9 @@ fn policy_basic(cmd: PolicyCommand) -> Result<()> {
             Ok(())
         }
         PolicyCommand::Validate { source, json } => {
-            let snapshot = policy::load(&sources(source));
-            let report = policy::validate::report(&snapshot);
+            let dirs = sources(source);
+            let snapshot = policy::load(&dirs);
+            let report = policy::validate::report_with_files(&snapshot, &dirs);
             let errors = report.errors();
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
