@@ -691,7 +691,10 @@ fn main() -> std::process::ExitCode {
     match run() {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("esi-server: error: {e:#}");
+            eprintln!(
+                "esi-server: error: {}",
+                esi::support::text::printable_lines(&format!("{e:#}"))
+            );
             std::process::ExitCode::FAILURE
         }
     }
@@ -745,6 +748,13 @@ fn run_command(command: Command) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Prints the text output of a policy command with every control character but line breaks
+/// and tabs escaped (`\u{1b}`): names, ids and file contents are user text, and an escape
+/// sequence in them must not reach the terminal (review finding 8, issue 13).
+fn print_text(text: &str) {
+    print!("{}", esi::support::text::printable_lines(text));
 }
 
 fn sources(args: SourceArgs) -> esi::policy::Sources {
@@ -809,7 +819,7 @@ fn policy(cmd: PolicyCommand) -> Result<std::process::ExitCode> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                print!("{}", report.render());
+                print_text(&report.render());
             }
             let failing = report.errors() + if deny_warnings { report.warnings() } else { 0 };
             Ok(if failing > 0 {
@@ -821,7 +831,10 @@ fn policy(cmd: PolicyCommand) -> Result<std::process::ExitCode> {
         PolicyCommand::Diff(args) => Ok(match policy_diff(*args) {
             Ok(code) => code,
             Err(e) => {
-                eprintln!("esi-server: error: {e:#}");
+                eprintln!(
+                    "esi-server: error: {}",
+                    esi::support::text::printable_lines(&format!("{e:#}"))
+                );
                 ExitCode::from(2)
             }
         }),
@@ -871,9 +884,9 @@ fn policy_diff(args: DiffArgs) -> Result<std::process::ExitCode> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&diff)?);
     } else if args.markdown {
-        print!("{}", diff.markdown());
+        print_text(&diff.markdown());
     } else {
-        print!("{}", diff.text());
+        print_text(&diff.text());
     }
     if diff.truncated {
         eprintln!(
@@ -950,7 +963,7 @@ fn policy_explain(args: ExplainArgs) -> Result<std::process::ExitCode> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&explanation)?);
     } else {
-        print!("{}", explanation.text());
+        print_text(&explanation.text());
     }
     if explanation.partial_load {
         bail!(
@@ -974,7 +987,7 @@ fn policy_basic(cmd: PolicyCommand) -> Result<()> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&printed)?);
             } else {
-                print!("{}", policy::listing::as_cedar(&printed));
+                print_text(&policy::listing::as_cedar(&printed));
             }
             if !snapshot.errors.is_empty() {
                 eprintln!(
@@ -992,7 +1005,7 @@ fn policy_basic(cmd: PolicyCommand) -> Result<()> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                print!("{}", report.render());
+                print_text(&report.render());
                 let warnings = report.problems.len() - errors;
                 let c = report.counts;
                 println!(
@@ -1009,10 +1022,10 @@ fn policy_basic(cmd: PolicyCommand) -> Result<()> {
             let snapshot = policy::load(&sources(source));
             let load_errors = snapshot.errors.len();
             if load_errors > 0 {
-                print!("{}", policy::validate::report(&snapshot).render());
+                print_text(&policy::validate::report(&snapshot).render());
             }
             let outcomes = policy::cases::run(&snapshot, &dir)?;
-            print!("{}", outcomes.text());
+            print_text(&outcomes.text());
             if load_errors > 0 {
                 bail!("{load_errors} objects did not load; the cases ran without them");
             }

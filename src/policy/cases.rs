@@ -38,6 +38,7 @@ use super::PolicyToolError;
 use super::explain::{self, PrincipalSpec, Resolved, Target};
 use crate::authz::{Action, RequestContext};
 use crate::config::Snapshot;
+use crate::support::text::printable;
 
 /// Most case files read from one directory.
 const MAX_FILES: usize = 1000;
@@ -134,13 +135,15 @@ impl Outcomes {
         self.cases.iter().filter(|c| c.failure.is_some()).count()
     }
 
-    /// The report: one line per case, a diff under each failure, a summary.
+    /// The report: one line per case, a diff under each failure, a summary. Names and
+    /// places are user text, escaped ([`printable`]).
     pub fn text(&self) -> String {
         let mut out = String::new();
         for c in &self.cases {
+            let (at, name) = (printable(&c.at, usize::MAX), printable(&c.name, usize::MAX));
             match &c.failure {
-                None => out.push_str(&format!("ok    {}  {}\n", c.at, c.name)),
-                Some(diff) => out.push_str(&format!("FAIL  {}  {}\n{diff}", c.at, c.name)),
+                None => out.push_str(&format!("ok    {at}  {name}\n")),
+                Some(diff) => out.push_str(&format!("FAIL  {at}  {name}\n{diff}")),
             }
         }
         let failed = self.failed();
@@ -379,8 +382,8 @@ fn run_case(snapshot: &Snapshot, case: &Case) -> Result<Option<String>, String> 
         explain::resource_of(snapshot, &target, &mut notes).map_err(|e| e.to_string())?;
     let request = format!(
         "      request:  {action} {} by {}\n",
-        resource.canonical(),
-        case.principal
+        printable(&resource.canonical().to_string(), usize::MAX),
+        printable(&case.principal, usize::MAX)
     );
     // The server refuses the token before deciding (401): no decision is made.
     if let Some(refusal) = explain::authn_refusal(snapshot, &principal) {
@@ -439,7 +442,7 @@ fn run_case(snapshot: &Snapshot, case: &Case) -> Result<Option<String>, String> 
         show_ids(&decision.policy_ids)
     );
     for n in &resolved.notes {
-        diff.push_str(&format!("      note: {n}\n"));
+        diff.push_str(&format!("      note: {}\n", printable(n, usize::MAX)));
     }
     Ok(Some(diff))
 }
@@ -448,6 +451,7 @@ fn show_ids(ids: &[String]) -> String {
     if ids.is_empty() {
         "(no policy)".to_owned()
     } else {
+        let ids: Vec<String> = ids.iter().map(|i| printable(i, usize::MAX)).collect();
         ids.join(", ")
     }
 }
@@ -468,7 +472,8 @@ fn refused(expected: Expected, request: &str, refusal: &explain::Refusal) -> Opt
     };
     Some(format!(
         "{request}    - expected: {expected_line}\n    + actual:   status {}: {}\n",
-        refusal.status, refusal.reason
+        refusal.status,
+        printable(&refusal.reason, usize::MAX)
     ))
 }
 

@@ -14,6 +14,7 @@ use crate::authn::{AuthnSettings, Federation, Identity, OfflineIdentity};
 use crate::authz::{Action, Decision, Resource};
 use crate::config::Snapshot;
 use crate::providers::RemoteRef;
+use crate::support::text::printable;
 
 /// Longest name accepted in a request (store, key, namespace, …).
 const FIELD_MAX: usize = 4096;
@@ -617,8 +618,10 @@ pub fn explain(
 }
 
 impl Explanation {
-    /// Human-readable form.
+    /// Human-readable form: every value from the request, the tokens or the files on one
+    /// line, escaped ([`printable`]).
     pub fn text(&self) -> String {
+        let one = |s: &str| printable(s, usize::MAX);
         let mut out = String::new();
         if self.partial_load {
             out.push_str(
@@ -628,21 +631,21 @@ impl Explanation {
         out.push_str(&format!(
             "decision: {}\nprincipal: {} ({}federation {}, issuer {}{})\naction: {}\nresource: {}\n",
             self.decision.to_uppercase(),
-            self.principal.subject,
+            one(&self.principal.subject),
             if self.principal.principal_type == "ServiceAccount" {
                 String::new()
             } else {
                 format!("{} of ", self.principal.principal_type)
             },
-            self.principal.federation,
-            self.principal.issuer,
+            one(&self.principal.federation),
+            one(&self.principal.issuer),
             self.principal
                 .pod_name
                 .as_deref()
-                .map(|p| format!(", pod {p}"))
+                .map(|p| format!(", pod {}", one(p)))
                 .unwrap_or_default(),
             self.action,
-            self.resource,
+            one(&self.resource),
         ));
         match self.token_verified {
             Some(true) => {
@@ -654,10 +657,8 @@ impl Explanation {
         if self.policies.is_empty() {
             out.push_str("determining policies: none\n");
         } else {
-            out.push_str(&format!(
-                "determining policies: {}\n",
-                self.policies.join(", ")
-            ));
+            let ids: Vec<String> = self.policies.iter().map(|i| one(i)).collect();
+            out.push_str(&format!("determining policies: {}\n", ids.join(", ")));
         }
         for d in &self.determining {
             let origin = d
@@ -666,21 +667,21 @@ impl Explanation {
                 .map(|o| format!(" ({o})"))
                 .unwrap_or_default();
             out.push_str(&format!(
-                "\n// {}{origin}\n{}\n",
-                d.source,
+                "\n// {}\n{}\n",
+                one(&format!("{}{origin}", d.source)),
                 d.text.trim_end()
             ));
         }
         if !self.notes.is_empty() {
             out.push('\n');
             for n in &self.notes {
-                out.push_str(&format!("note: {n}\n"));
+                out.push_str(&format!("note: {}\n", one(n)));
             }
         }
         if !self.load_errors.is_empty() {
             out.push('\n');
             for e in &self.load_errors {
-                out.push_str(&format!("did not load: {e}\n"));
+                out.push_str(&format!("did not load: {}\n", one(e)));
             }
         }
         out
