@@ -592,6 +592,48 @@ fn policy_output_escapes_control_characters() {
     );
 }
 
+/// Review finding 10 (issue 13): `explain` and `test` refuse a principal no token can
+/// carry (a `:` or an extra `/`), instead of deciding for it.
+#[test]
+fn principals_no_token_can_carry_are_refused() {
+    let tree = Tree::new(&[("world.yaml", &world())], &[]);
+    for (bad, says) in [
+        (
+            "alpha/apps/app/extra",
+            "FEDERATION/NAMESPACE/SERVICEACCOUNT (three parts)",
+        ),
+        (
+            "alpha/apps:x/app",
+            "namespace \"apps:x\" is not a Kubernetes namespace name",
+        ),
+    ] {
+        let (ok, out, err) = tree_policy(
+            &tree,
+            &[
+                "explain",
+                "--principal",
+                bad,
+                "--store",
+                "store",
+                "--key",
+                "k",
+            ],
+        );
+        assert!(!ok, "{bad}: {out}");
+        assert!(err.contains(says), "{bad}: {err}");
+        let cases = tree.dir.path().join("cases");
+        std::fs::create_dir_all(&cases).unwrap();
+        std::fs::write(
+            cases.join("a.yaml"),
+            format!("cases:\n  - name: c\n    principal: \"{bad}\"\n    action: get\n    resource: {{store: store, key: k}}\n    expect: deny\n"),
+        )
+        .unwrap();
+        let (ok, out, err) = tree_policy(&tree, &["test", cases.to_str().unwrap()]);
+        assert!(!ok, "{bad}: {out}");
+        assert!(err.contains(says), "{bad}: {err}");
+    }
+}
+
 #[test]
 fn policy_test_runs_the_examples_and_shows_failures() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));

@@ -385,6 +385,8 @@ fn run_case(snapshot: &Snapshot, case: &Case) -> Result<Option<String>, String> 
         printable(&resource.canonical().to_string(), usize::MAX),
         printable(&case.principal, usize::MAX)
     );
+    // A principal no token can carry is a mistake in the case, not a request.
+    explain::check_principal(snapshot, &principal).map_err(|e| e.to_string())?;
     // The server refuses the token before deciding (401): no decision is made.
     if let Some(refusal) = explain::authn_refusal(snapshot, &principal) {
         return Ok(refused(expected, &request, &refusal));

@@ -105,12 +105,75 @@ fn three<'a>(what: &str, path: &'a str) -> Result<(&'a str, &'a str, &'a str), P
             Ok((a, b, c))
         }
         _ => Err(PolicyToolError::BadRequest(format!(
-            "{what} must be {}, got {path:?}",
-            if what == "principal" {
-                "FEDERATION/NAMESPACE/SERVICEACCOUNT"
-            } else {
-                "NAMESPACE/KIND/NAME"
+            "{what} must be NAMESPACE/KIND/NAME, got {path:?}"
+        ))),
+    }
+}
+
+/// `FED/NS/SA` split into a federation, namespace and ServiceAccount that a token can name:
+/// exactly three parts, the federation's name a DNS-1123 subdomain (a Kubernetes object
+/// name), the namespace a DNS-1123 label and the ServiceAccount a DNS-1123 subdomain, as
+/// Kubernetes requires of them. A `:` or an extra `/` names a principal no token of a
+/// KubernetesFederation carries (`system:serviceaccount:NS:SA` is split at `:`), so it is
+/// refused rather than decided (review finding 10, issue 13).
+fn service_account_path(path: &str) -> Result<(&str, &str, &str), PolicyToolError> {
+    use crate::support::text::{is_dns_label, is_dns_subdomain};
+    let parts: Vec<&str> = path.split('/').collect();
+    let [fed, namespace, name] = parts[..] else {
+        return Err(PolicyToolError::BadRequest(format!(
+            "principal must be FEDERATION/NAMESPACE/SERVICEACCOUNT (three parts), got {path:?}"
+        )));
+    };
+    let refuse = |what: &str, value: &str, rule: &str| {
+        Err(PolicyToolError::BadRequest(format!(
+            "principal {path:?}: {what} {value:?} is not {rule}, so no token names it"
+        )))
+    };
+    if !is_dns_subdomain(fed) {
+        return refuse(
+            "federation",
+            fed,
+            "a Kubernetes object name (a DNS-1123 subdomain: a-z, 0-9, '-', '.')",
+        );
+    }
+    if !is_dns_label(namespace) {
+        return refuse(
+            "namespace",
+            namespace,
+            "a Kubernetes namespace name (a DNS-1123 label: at most 63 of a-z, 0-9, '-')",
+        );
+    }
+    if !is_dns_subdomain(name) {
+        return refuse(
+            "ServiceAccount",
+            name,
+            "a Kubernetes ServiceAccount name (a DNS-1123 subdomain: a-z, 0-9, '-', '.')",
+        );
+    }
+    Ok((fed, namespace, name))
+}
+
+/// Checks that `spec` names a principal a token can carry, before anything else is asked
+/// of it: an OIDC federation's `FED/SUBJECT` (any non-empty subject), else
+/// [`service_account_path`]; for a federation that is not loaded only its name is checked
+/// (the server refuses every token of it, 401, whatever follows).
+pub fn check_principal(snapshot: &Snapshot, spec: &PrincipalSpec) -> Result<(), PolicyToolError> {
+    bounded("principal", &spec.path)?;
+    let fed = spec.path.split('/').next().unwrap_or_default();
+    match federation(snapshot, fed) {
+        Some(f) if f.kind().principal_kind() == crate::authn::PrincipalKind::OidcSubject => {
+            match spec.path.split_once('/') {
+                Some((_, subject)) if !subject.is_empty() => Ok(()),
+                _ => Err(PolicyToolError::BadRequest(
+                    "principal must be FEDERATION/SUBJECT for an OIDC federation".into(),
+                )),
             }
+        }
+        Some(_) => service_account_path(&spec.path).map(|_| ()),
+        None if crate::support::text::is_dns_subdomain(fed) => Ok(()),
+        None => Err(PolicyToolError::BadRequest(format!(
+            "principal {:?}: federation {fed:?} is not a Kubernetes object name (a DNS-1123 subdomain), so no federation has it",
+            spec.path
         ))),
     }
 }
@@ -188,7 +251,7 @@ pub fn identity_of(
                 .into(),
         ));
     }
-    let (fed, namespace, name) = three("principal", &spec.path)?;
+    let (fed, namespace, name) = service_account_path(&spec.path)?;
     let configured = federation(snapshot, fed).and_then(|f| f.configured_issuer());
     let issuer = match (&spec.issuer, configured) {
         (Some(given), Some(configured)) if given != configured => {
@@ -771,6 +834,41 @@ mod tests {
         }
         let long = format!("f/ns/{}", "a".repeat(FIELD_MAX));
         assert!(identity_of(&snapshot, &spec(&long, Some("i")), &mut notes).is_err());
+    }
+
+    /// Review finding 10 (issue 13): a principal with `:` or an extra `/`, or a part
+    /// Kubernetes would not accept as a name, is refused: no token carries it.
+    #[test]
+    fn principals_no_token_can_carry_are_refused() {
+        let (_dir, tree) = crate::policy::testing::tree(&crate::policy::testing::app_world(), &[]);
+        let snapshot = &tree.snapshot;
+        let mut notes = Vec::new();
+        for (bad, says) in [
+            ("alpha/apps/app/extra", "three parts"),
+            (
+                "alpha/apps:x/app",
+                "namespace \"apps:x\" is not a Kubernetes namespace name",
+            ),
+            ("alpha/apps/app:x", "ServiceAccount \"app:x\" is not"),
+            ("alpha/Apps/app", "namespace \"Apps\""),
+            ("alpha/apps/a_b", "ServiceAccount \"a_b\""),
+            ("alpha/a.b/app", "namespace \"a.b\""),
+            ("alpha/apps", "three parts"),
+        ] {
+            for given in [spec(bad, None), spec(bad, Some("https://alpha.example"))] {
+                let err = identity_of(snapshot, &given, &mut notes).expect_err(bad);
+                assert!(err.to_string().contains(says), "{bad}: {err}");
+                let err = check_principal(snapshot, &given).expect_err(bad);
+                assert!(err.to_string().contains(says), "{bad}: {err}");
+            }
+        }
+        // A federation that is not loaded: its name must still be one.
+        assert!(check_principal(snapshot, &spec("nowhere/ns/sa", None)).is_ok());
+        assert!(check_principal(snapshot, &spec("no:where/ns/sa", None)).is_err());
+        assert!(check_principal(snapshot, &spec("alpha/apps/app", None)).is_ok());
+        assert!(check_principal(snapshot, &spec("alpha/apps/a.b-c", None)).is_ok());
+        let id = identity_of(snapshot, &spec("alpha/apps/a.b-c", None), &mut notes).expect("ok");
+        assert_eq!(id.subject, "system:serviceaccount:apps:a.b-c");
     }
 
     #[test]
