@@ -634,6 +634,107 @@ fn principals_no_token_can_carry_are_refused() {
     }
 }
 
+/// `explain --source-address IP --time RFC3339` decides in that context (Cedar's
+/// `context.sourceAddress`, `context.time`), over the repository's examples
+/// (policies/examples/context-network-and-window.cedar).
+#[test]
+fn explain_decides_in_the_context_given() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let (manifests, policies) = (
+        root.join("policies/tests/manifests"),
+        root.join("policies/examples"),
+    );
+    let explain = |who: &str, extra: &[&str]| {
+        let mut args = vec![
+            "explain",
+            "--json",
+            "--principal",
+            who,
+            "--store",
+            "vault-prod",
+            "--key",
+            "db/password",
+        ];
+        args.extend_from_slice(extra);
+        let (ok, out, err) = policy(&manifests, &policies, &args);
+        assert!(ok, "{args:?}: {out}{err}");
+        serde_json::from_str::<Value>(&out).unwrap()
+    };
+    let app = "cluster-main/apps/app";
+    let inside = explain(app, &["--source-address", "::ffff:10.2.3.4"]);
+    assert_eq!(inside["decision"], "allow", "{inside}");
+    assert_eq!(inside["context"]["sourceAddress"], "10.2.3.4", "{inside}");
+    let outside = explain(app, &["--source-address", "192.0.2.10"]);
+    assert_eq!(outside["decision"], "deny", "{outside}");
+    assert_eq!(outside["policies"], json!(["prod-only-from-node-network"]));
+    // No address given: none in the context, as for a request without one.
+    let none = explain(app, &[]);
+    assert_eq!(none["decision"], "allow", "{none}");
+    assert!(none["context"].get("sourceAddress").is_none(), "{none}");
+
+    let deployer = "cluster-main/ops/deployer";
+    let window = explain(deployer, &["--time", "2026-12-24T23:30:00Z"]);
+    assert_eq!(window["decision"], "allow", "{window}");
+    assert_eq!(
+        window["policies"],
+        json!(["ops-deployer-maintenance-window"])
+    );
+    assert_eq!(window["context"]["time"], "2026-12-24T23:30:00Z");
+    let after = explain(deployer, &["--time", "2026-12-25T02:00:00Z"]);
+    assert_eq!(after["decision"], "deny", "{after}");
+
+    let (ok, out, _) = policy(
+        &manifests,
+        &policies,
+        &[
+            "explain",
+            "--principal",
+            deployer,
+            "--store",
+            "vault-prod",
+            "--key",
+            "db/password",
+            "--time",
+            "2026-12-24T23:30:00Z",
+            "--source-address",
+            "10.0.0.7",
+        ],
+    );
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("context: time 2026-12-24T23:30:00Z, sourceAddress 10.0.0.7\n"),
+        "{out}"
+    );
+    for (flag, bad, says) in [
+        (
+            "--time",
+            "yesterday",
+            "--time \"yesterday\" is not an RFC 3339 time",
+        ),
+        (
+            "--source-address",
+            "nowhere",
+            "--source-address \"nowhere\" is not an IP address",
+        ),
+    ] {
+        let (ok, _, err) = policy(
+            &manifests,
+            &policies,
+            &[
+                "explain",
+                "--principal",
+                app,
+                "--find",
+                "vault-prod",
+                flag,
+                bad,
+            ],
+        );
+        assert!(!ok);
+        assert!(err.contains(says), "{err}");
+    }
+}
+
 #[test]
 fn policy_test_runs_the_examples_and_shows_failures() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -1500,6 +1601,31 @@ async fn source_address_conditions_decide_over_https() {
         let line = &lines[i];
         assert_eq!(line["policies"], *ids, "{ns}/{sa}: {line}");
         assert_eq!(line["source_address"], "127.0.0.1", "{line}");
+        // `explain --source-address` decides in the server's context: the same ids, the
+        // same decision (an IPv4-mapped address is the IPv4 one, as the server takes it).
+        for address in ["127.0.0.1", "::ffff:127.0.0.1"] {
+            let (ok, out, err) = policy(
+                &server.manifests,
+                &server.policies,
+                &[
+                    "explain",
+                    "--json",
+                    "--principal",
+                    &format!("alpha/{ns}/{sa}"),
+                    "--store",
+                    "store",
+                    "--key",
+                    "k",
+                    "--source-address",
+                    address,
+                ],
+            );
+            assert!(ok, "{out}{err}");
+            let explained: Value = serde_json::from_str(&out).unwrap();
+            assert_eq!(explained["policies"], line["policies"], "{ns}/{sa}: {out}");
+            assert_eq!(explained["decision"], line["decision"], "{ns}/{sa}: {out}");
+            assert_eq!(explained["context"]["sourceAddress"], "127.0.0.1", "{out}");
+        }
     }
     // The same requests decided for another address: `policy test` with a context.
     let cases_dir = dir.path().join("cases");

@@ -245,6 +245,15 @@ struct ExplainArgs {
     /// `revokeStates` in this namespace.
     #[arg(long)]
     revoke_states: Option<String>,
+    /// `context.sourceAddress`: the caller's IP address, as the server takes it from the TCP
+    /// peer (IPv4-mapped IPv6 as IPv4). Default: none (policies testing
+    /// `context has sourceAddress` see none).
+    #[arg(long, value_name = "IP")]
+    source_address: Option<String>,
+    /// `context.time`: when the request is decided, RFC 3339 (`2026-06-01T00:00:00Z`).
+    /// Default: now.
+    #[arg(long, value_name = "RFC3339")]
+    time: Option<String>,
     /// JSON output.
     #[arg(long)]
     json: bool,
@@ -958,8 +967,18 @@ fn policy_explain(args: ExplainArgs) -> Result<std::process::ExitCode> {
         (_, _, _, _, Some(namespace)) => explain::Target::States { namespace },
         _ => bail!("give --store and --key, --find, --generator or --revoke-states"),
     };
+    let mut context = esi::authz::RequestContext::now(None);
+    if let Some(address) = &args.source_address {
+        context.source_address = Some(
+            explain::parse_source_address(address)
+                .map_err(|e| anyhow::anyhow!("--source-address {e}"))?,
+        );
+    }
+    if let Some(time) = &args.time {
+        context.time = explain::parse_time(time).map_err(|e| anyhow::anyhow!("--time {e}"))?;
+    }
     let snapshot = policy::load(&sources(args.source));
-    let explanation = explain::explain_request(&snapshot, &who, &target)?;
+    let explanation = explain::explain_request(&snapshot, &who, &target, &context)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&explanation)?);
     } else {

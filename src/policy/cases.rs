@@ -303,16 +303,13 @@ fn context_of(map: &BTreeMap<String, serde_json::Value>) -> Result<RequestContex
     for (name, value) in map {
         match (name.as_str(), value) {
             ("sourceAddress", serde_json::Value::String(s)) => {
-                context.source_address =
-                    Some(s.parse().map_err(|_| {
-                        format!("context.sourceAddress {s:?} is not an IP address")
-                    })?);
+                context.source_address = Some(
+                    explain::parse_source_address(s)
+                        .map_err(|e| format!("context.sourceAddress {e}"))?,
+                );
             }
             ("time", serde_json::Value::String(s)) => {
-                context.time = s
-                    .parse::<jiff::Timestamp>()
-                    .map_err(|e| format!("context.time {s:?} is not an RFC 3339 time: {e}"))?
-                    .as_second();
+                context.time = explain::parse_time(s).map_err(|e| format!("context.time {e}"))?;
             }
             ("time", v) if v.as_i64().is_some() => {
                 context.time = v.as_i64().unwrap_or_default();

@@ -11,7 +11,7 @@ use serde::Serialize;
 use super::PolicyToolError;
 use super::listing;
 use crate::authn::{AuthnSettings, Federation, Identity, OfflineIdentity};
-use crate::authz::{Action, Decision, Resource};
+use crate::authz::{Action, Decision, RequestContext, Resource};
 use crate::config::Snapshot;
 use crate::providers::RemoteRef;
 use crate::support::text::printable;
@@ -519,6 +519,32 @@ pub fn resource_of(
     }
 }
 
+/// `context.sourceAddress` as the server sets it: an IP address, IPv4-mapped IPv6 as IPv4
+/// (the API takes the TCP peer's `IpAddr::to_canonical`).
+pub fn parse_source_address(s: &str) -> Result<std::net::IpAddr, String> {
+    s.trim()
+        .parse::<std::net::IpAddr>()
+        .map(|ip| ip.to_canonical())
+        .map_err(|_| format!("{:?} is not an IP address", printable(s, FIELD_ECHO_MAX)))
+}
+
+/// `context.time`: an RFC 3339 time (`2026-06-01T00:00:00Z`), as whole seconds since the
+/// epoch (the server decides in whole seconds, UTC).
+pub fn parse_time(s: &str) -> Result<i64, String> {
+    s.trim()
+        .parse::<jiff::Timestamp>()
+        .map(|t| t.as_second())
+        .map_err(|e| {
+            format!(
+                "{:?} is not an RFC 3339 time: {e}",
+                printable(s, FIELD_ECHO_MAX)
+            )
+        })
+}
+
+/// Longest value echoed in an error about it.
+const FIELD_ECHO_MAX: usize = 128;
+
 /// Most load errors an explanation lists.
 pub const MAX_LOAD_ERRORS: usize = 20;
 
@@ -548,10 +574,33 @@ pub struct Explanation {
     pub resource: String,
     /// Ids of the determining policies, as the decision log's `policies`.
     pub policies: Vec<String>,
+    /// The request context decided in (Cedar's `context.sourceAddress`, `context.time`).
+    pub context: ContextView,
     /// Those policies.
     pub determining: Vec<listing::PrintedPolicy>,
     /// What else to know.
     pub notes: Vec<String>,
+}
+
+/// The request context as shown.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContextView {
+    /// `context.sourceAddress`, when given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_address: Option<String>,
+    /// `context.time`, RFC 3339 UTC.
+    pub time: String,
+}
+
+impl ContextView {
+    fn of(context: &RequestContext) -> Self {
+        ContextView {
+            source_address: context.source_address.map(|a| a.to_string()),
+            time: jiff::Timestamp::from_second(context.time)
+                .map_or_else(|_| context.time.to_string(), |t| t.to_string()),
+        }
+    }
 }
 
 /// The caller as shown.
@@ -583,11 +632,14 @@ pub enum Who {
     Token(std::path::PathBuf),
 }
 
-/// Resolves `who` and `target` as the server would, decides, and explains.
+/// Resolves `who` and `target` as the server would, decides in `context` (the server's:
+/// the peer's address, now; `RequestContext::now(None)` when neither is given), and
+/// explains.
 pub fn explain_request(
     snapshot: &Snapshot,
     who: &Who,
     target: &Target,
+    context: &RequestContext,
 ) -> Result<Explanation, PolicyToolError> {
     let mut notes = Vec::new();
     let (identity, verified) = match who {
@@ -605,23 +657,27 @@ pub fn explain_request(
         resource,
         notes,
     };
-    explain(snapshot, resolved, verified)
+    explain(snapshot, resolved, verified, context)
 }
 
-/// Decides `resolved` with the snapshot's engine, as the server does.
-pub fn decide(snapshot: &Snapshot, resolved: &Resolved) -> Decision {
-    snapshot
-        .policies
-        .decide(&resolved.identity, resolved.action, &resolved.resource)
+/// Decides `resolved` in `context` with the snapshot's engine, as the server does.
+pub fn decide(snapshot: &Snapshot, resolved: &Resolved, context: &RequestContext) -> Decision {
+    snapshot.policies.decide_in(
+        &resolved.identity,
+        resolved.action,
+        &resolved.resource,
+        context,
+    )
 }
 
-/// Decides and explains.
+/// Decides in `context` and explains.
 pub fn explain(
     snapshot: &Snapshot,
     resolved: Resolved,
     token_verified: Option<bool>,
+    context: &RequestContext,
 ) -> Result<Explanation, PolicyToolError> {
-    let decision = decide(snapshot, &resolved);
+    let decision = decide(snapshot, &resolved, context);
     let wanted: std::collections::HashSet<&str> =
         decision.policy_ids.iter().map(String::as_str).collect();
     let mut determining = Vec::new();
@@ -675,6 +731,7 @@ pub fn explain(
         action: resolved.action.to_string(),
         resource: resolved.resource.canonical().to_string(),
         policies: decision.policy_ids,
+        context: ContextView::of(context),
         determining,
         notes,
     })
@@ -709,6 +766,15 @@ impl Explanation {
                 .unwrap_or_default(),
             self.action,
             one(&self.resource),
+        ));
+        out.push_str(&format!(
+            "context: time {}{}\n",
+            self.context.time,
+            self.context
+                .source_address
+                .as_deref()
+                .map(|a| format!(", sourceAddress {a}"))
+                .unwrap_or_else(|| ", no sourceAddress".to_owned())
         ));
         match self.token_verified {
             Some(true) => {
