@@ -495,9 +495,9 @@ fn validate_names_unknown_kinds_and_skipped_files() {
     assert!(err.contains("validation failed: 2 errors"), "{err}\n{out}");
     let world_file = tree.path("manifests/world.yaml").display().to_string();
     assert!(
-        out.contains(&format!(
+        out.contains(
             "error: Authorisation/typo: unknown kind Authorisation in federation.external-secrets.io"
-        )),
+        ),
         "{out}"
     );
     assert!(
