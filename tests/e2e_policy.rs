@@ -461,6 +461,280 @@ async fn explain_matches_the_servers_audit_lines() {
     );
 }
 
+/// Review finding 5 (issue 13): objects of our API groups the loader does not know (a kind
+/// typo, a version no CRD serves) are errors at their line; files the directory loader
+/// skips silently (hidden, wrong-case extension, too deep, a dangling symlink) are named.
+#[test]
+fn validate_names_unknown_kinds_and_skipped_files() {
+    let good = world();
+    let unknown = good.clone()
+        + "---\napiVersion: federation.external-secrets.io/v1alpha1\nkind: Authorisation\nmetadata: {name: typo}\nspec: {}\n---\napiVersion: federation.external-secrets.io/v1\nkind: Authorization\nmetadata: {name: later}\nspec:\n  federationRef: {kind: KubernetesFederation, name: alpha}\n  subject: {oidc: {issuer: https://x.example, subject: \"system:serviceaccount:apps:app\"}}\n";
+    let lines_before = good.lines().count();
+    let tree = Tree::new(
+        &[("world.yaml", &unknown)],
+        &[
+            ("no-k2.cedar", FORBID_K2),
+            (".hidden.cedar", FORBID_K2),
+            ("SHOUT.CEDAR", FORBID_K2),
+        ],
+    );
+    std::fs::write(tree.path("manifests/more.YAML"), &good).unwrap();
+    #[cfg(unix)]
+    std::os::unix::fs::symlink(
+        tree.path("manifests/gone.yaml"),
+        tree.path("manifests/link.yaml"),
+    )
+    .unwrap();
+    let mut deep = tree.path("manifests");
+    for level in 1..=16 {
+        deep = deep.join(format!("l{level}"));
+    }
+    std::fs::create_dir_all(&deep).unwrap();
+    let (ok, out, err) = tree_policy(&tree, &["validate"]);
+    assert!(!ok, "{out}");
+    assert!(err.contains("validation failed: 2 errors"), "{err}\n{out}");
+    let world_file = tree.path("manifests/world.yaml").display().to_string();
+    assert!(
+        out.contains(
+            "error: Authorisation/typo: unknown kind Authorisation in federation.external-secrets.io"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("{world_file}:{}:", lines_before + 3)),
+        "{out}"
+    );
+    assert!(
+        out.contains("error: Authorization/later: apiVersion federation.external-secrets.io/v1 is not served for Authorization (federation.external-secrets.io/v1alpha1)"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("{world_file}:{}:", lines_before + 7)),
+        "{out}"
+    );
+    for (path, reason) in [
+        ("policies/.hidden.cedar", "hidden file"),
+        ("policies/SHOUT.CEDAR", "extension .CEDAR"),
+        ("manifests/more.YAML", "extension .YAML"),
+        (
+            "manifests/l1/l2/l3/l4/l5/l6/l7/l8/l9/l10/l11/l12/l13/l14/l15/l16",
+            "deeper than the loader's limit of 16 levels",
+        ),
+        #[cfg(unix)]
+        ("manifests/link.yaml", "symlink that does not resolve"),
+    ] {
+        let line = out
+            .lines()
+            .find(|l| l.contains(&*tree.path(path).display().to_string()))
+            .unwrap_or_else(|| panic!("{path}:\n{out}"));
+        assert!(
+            line.starts_with("warning: ")
+                && line.contains(": not loaded: ")
+                && line.contains(reason),
+            "{path}: {reason}:\n{out}"
+        );
+    }
+}
+
+/// Review finding 8 (issue 13): user text with escape sequences (a `.cedar` `@id`, an
+/// object name) reaches the terminal escaped, never as it is; a name Kubernetes would
+/// refuse is refused at load.
+#[test]
+fn policy_output_escapes_control_characters() {
+    // (`@id`s are printable ASCII, refused otherwise by the engine: the file name and a
+    // string literal carry the escape here.)
+    let evil_cedar = "// comment \u{1b}[2J\n@id(\"evil\")\nforbid (principal, action == Esi::Action::\"get\", resource is Esi::RemoteKey)\nwhen { resource.key == \"k2\" || resource.key == \"x\u{1b}[2Jy\" };\n";
+    let tree = Tree::new(
+        &[("world.yaml", &world())],
+        &[("e\u{1b}[2Jvil.cedar", evil_cedar)],
+    );
+    let cases = tree.dir.path().join("cases");
+    std::fs::create_dir_all(&cases).unwrap();
+    std::fs::write(
+        cases.join("a.yaml"),
+        "cases:\n  - name: \"case \\e[2J name\"\n    principal: alpha/apps/app\n    action: get\n    resource: {store: store, key: k2}\n    expect: allow\n",
+    )
+    .unwrap();
+    let raw = |s: &str| s.contains('\u{1b}');
+    for args in [
+        vec!["compile"],
+        vec![
+            "explain",
+            "--principal",
+            "alpha/apps/app",
+            "--store",
+            "store",
+            "--key",
+            "k2",
+        ],
+        vec!["test", cases.to_str().unwrap()],
+    ] {
+        let (_, out, err) = tree_policy(&tree, &args);
+        assert!(!raw(&out) && !raw(&err), "{args:?}: {out:?} {err:?}");
+        assert!(out.contains("evil"), "{args:?}: {out}");
+        if args[0] != "test" {
+            assert!(out.contains("e\\u{1b}[2Jvil.cedar"), "{args:?}: {out}");
+        }
+    }
+    let (_, out, _) = tree_policy(&tree, &["test", cases.to_str().unwrap()]);
+    assert!(out.contains("case \\u{1b}[2J name"), "{out}");
+
+    // An object whose name Kubernetes would refuse is refused at load, its name escaped.
+    let evil_name = world()
+        + "---\napiVersion: external-secrets.io/v1\nkind: ClusterSecretStore\nmetadata: {name: \"a\\e[2Jb\"}\nspec: {provider: {fake: {data: []}}}\n";
+    let tree = Tree::new(&[("world.yaml", &evil_name)], &[]);
+    let (ok, out, err) = tree_policy(&tree, &["validate"]);
+    assert!(!ok, "{out}");
+    assert!(!raw(&out) && !raw(&err), "{out:?} {err:?}");
+    assert!(
+        out.contains("metadata.name \"a\\u{1b}[2Jb\" is not a DNS-1123 subdomain"),
+        "{out}"
+    );
+}
+
+/// Review finding 10 (issue 13): `explain` and `test` refuse a principal no token can
+/// carry (a `:` or an extra `/`), instead of deciding for it.
+#[test]
+fn principals_no_token_can_carry_are_refused() {
+    let tree = Tree::new(&[("world.yaml", &world())], &[]);
+    for (bad, says) in [
+        (
+            "alpha/apps/app/extra",
+            "FEDERATION/NAMESPACE/SERVICEACCOUNT (three parts)",
+        ),
+        (
+            "alpha/apps:x/app",
+            "namespace \"apps:x\" is not a Kubernetes namespace name",
+        ),
+    ] {
+        let (ok, out, err) = tree_policy(
+            &tree,
+            &[
+                "explain",
+                "--principal",
+                bad,
+                "--store",
+                "store",
+                "--key",
+                "k",
+            ],
+        );
+        assert!(!ok, "{bad}: {out}");
+        assert!(err.contains(says), "{bad}: {err}");
+        let cases = tree.dir.path().join("cases");
+        std::fs::create_dir_all(&cases).unwrap();
+        std::fs::write(
+            cases.join("a.yaml"),
+            format!("cases:\n  - name: c\n    principal: \"{bad}\"\n    action: get\n    resource: {{store: store, key: k}}\n    expect: deny\n"),
+        )
+        .unwrap();
+        let (ok, out, err) = tree_policy(&tree, &["test", cases.to_str().unwrap()]);
+        assert!(!ok, "{bad}: {out}");
+        assert!(err.contains(says), "{bad}: {err}");
+    }
+}
+
+/// `explain --source-address IP --time RFC3339` decides in that context (Cedar's
+/// `context.sourceAddress`, `context.time`), over the repository's examples
+/// (policies/examples/context-network-and-window.cedar).
+#[test]
+fn explain_decides_in_the_context_given() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let (manifests, policies) = (
+        root.join("policies/tests/manifests"),
+        root.join("policies/examples"),
+    );
+    let explain = |who: &str, extra: &[&str]| {
+        let mut args = vec![
+            "explain",
+            "--json",
+            "--principal",
+            who,
+            "--store",
+            "vault-prod",
+            "--key",
+            "db/password",
+        ];
+        args.extend_from_slice(extra);
+        let (ok, out, err) = policy(&manifests, &policies, &args);
+        assert!(ok, "{args:?}: {out}{err}");
+        serde_json::from_str::<Value>(&out).unwrap()
+    };
+    let app = "cluster-main/apps/app";
+    let inside = explain(app, &["--source-address", "::ffff:10.2.3.4"]);
+    assert_eq!(inside["decision"], "allow", "{inside}");
+    assert_eq!(inside["context"]["sourceAddress"], "10.2.3.4", "{inside}");
+    let outside = explain(app, &["--source-address", "192.0.2.10"]);
+    assert_eq!(outside["decision"], "deny", "{outside}");
+    assert_eq!(outside["policies"], json!(["prod-only-from-node-network"]));
+    // No address given: none in the context, as for a request without one.
+    let none = explain(app, &[]);
+    assert_eq!(none["decision"], "allow", "{none}");
+    assert!(none["context"].get("sourceAddress").is_none(), "{none}");
+
+    let deployer = "cluster-main/ops/deployer";
+    let window = explain(deployer, &["--time", "2026-12-24T23:30:00Z"]);
+    assert_eq!(window["decision"], "allow", "{window}");
+    assert_eq!(
+        window["policies"],
+        json!(["ops-deployer-maintenance-window"])
+    );
+    assert_eq!(window["context"]["time"], "2026-12-24T23:30:00Z");
+    let after = explain(deployer, &["--time", "2026-12-25T02:00:00Z"]);
+    assert_eq!(after["decision"], "deny", "{after}");
+
+    let (ok, out, _) = policy(
+        &manifests,
+        &policies,
+        &[
+            "explain",
+            "--principal",
+            deployer,
+            "--store",
+            "vault-prod",
+            "--key",
+            "db/password",
+            "--time",
+            "2026-12-24T23:30:00Z",
+            "--source-address",
+            "10.0.0.7",
+        ],
+    );
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("context: time 2026-12-24T23:30:00Z, sourceAddress 10.0.0.7\n"),
+        "{out}"
+    );
+    for (flag, bad, says) in [
+        (
+            "--time",
+            "yesterday",
+            "--time \"yesterday\" is not an RFC 3339 time",
+        ),
+        (
+            "--source-address",
+            "nowhere",
+            "--source-address \"nowhere\" is not an IP address",
+        ),
+    ] {
+        let (ok, _, err) = policy(
+            &manifests,
+            &policies,
+            &[
+                "explain",
+                "--principal",
+                app,
+                "--find",
+                "vault-prod",
+                flag,
+                bad,
+            ],
+        );
+        assert!(!ok);
+        assert!(err.contains(says), "{err}");
+    }
+}
+
 #[test]
 fn policy_test_runs_the_examples_and_shows_failures() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -514,6 +788,32 @@ fn policy_test_runs_the_examples_and_shows_failures() {
     assert!(out.contains("- expected: allow"), "{out}");
     assert!(out.contains("+ actual:   deny by no-k2"), "{out}");
     assert!(out.contains("1 passed, 1 failed"), "{out}");
+
+    // Review finding 4: a store typo (404) or an unknown federation (401) is not a denial:
+    // `expect: deny` fails, naming what the server answers; `expectStatus` passes.
+    let refused = "cases:\n  - name: typo\n    principal: alpha/apps/app\n    action: get\n    resource: {store: stroe, key: k}\n    expect: deny\n  - name: no such federation\n    principal: beta/apps/app\n    issuer: https://beta.example\n    action: get\n    resource: {store: store, key: k}\n    expect: deny\n";
+    std::fs::write(cases.join("a.yaml"), refused).unwrap();
+    let (ok, out, _) = tree_policy(&tree, &["test", cases.to_str().unwrap()]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("+ actual:   status 404: store stroe (ClusterSecretStore) does not exist; the server would answer 404"),
+        "{out}"
+    );
+    assert!(
+        out.contains("+ actual:   status 401: federation beta does not exist"),
+        "{out}"
+    );
+    assert!(out.contains("0 passed, 2 failed"), "{out}");
+    std::fs::write(
+        cases.join("a.yaml"),
+        refused
+            .replacen("expect: deny", "expectStatus: 404", 1)
+            .replacen("expect: deny", "expectStatus: 401", 1),
+    )
+    .unwrap();
+    let (ok, out, err) = tree_policy(&tree, &["test", cases.to_str().unwrap()]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("2 passed, 0 failed"), "{out}");
 
     // A context attribute the server never passes is refused, not silently ignored.
     std::fs::write(
@@ -1301,6 +1601,31 @@ async fn source_address_conditions_decide_over_https() {
         let line = &lines[i];
         assert_eq!(line["policies"], *ids, "{ns}/{sa}: {line}");
         assert_eq!(line["source_address"], "127.0.0.1", "{line}");
+        // `explain --source-address` decides in the server's context: the same ids, the
+        // same decision (an IPv4-mapped address is the IPv4 one, as the server takes it).
+        for address in ["127.0.0.1", "::ffff:127.0.0.1"] {
+            let (ok, out, err) = policy(
+                &server.manifests,
+                &server.policies,
+                &[
+                    "explain",
+                    "--json",
+                    "--principal",
+                    &format!("alpha/{ns}/{sa}"),
+                    "--store",
+                    "store",
+                    "--key",
+                    "k",
+                    "--source-address",
+                    address,
+                ],
+            );
+            assert!(ok, "{out}{err}");
+            let explained: Value = serde_json::from_str(&out).unwrap();
+            assert_eq!(explained["policies"], line["policies"], "{ns}/{sa}: {out}");
+            assert_eq!(explained["decision"], line["decision"], "{ns}/{sa}: {out}");
+            assert_eq!(explained["context"]["sourceAddress"], "127.0.0.1", "{out}");
+        }
     }
     // The same requests decided for another address: `policy test` with a context.
     let cases_dir = dir.path().join("cases");

@@ -17,6 +17,7 @@
 //! A store listed in `allowedRemoteKeys` is not findable: a `find` could return keys
 //! outside its globs.
 
+use crate::support::text::printable;
 use std::collections::BTreeSet;
 
 use std::str::FromStr;
@@ -114,14 +115,6 @@ impl Scope {
 pub(crate) struct Compiled {
     /// The `permit` policies (possibly none, when nothing is granted), with their scope.
     pub policies: Vec<(Scope, Policy)>,
-}
-
-/// Cuts a user value for an error message.
-fn echo(s: &str) -> String {
-    match s.char_indices().nth(ECHO_MAX) {
-        Some((cut, _)) => format!("{}…", &s[..cut]),
-        None => s.to_owned(),
-    }
 }
 
 /// The (issuer, subject) pair of a subject, from either form ESE accepts.
@@ -290,17 +283,22 @@ pub(crate) fn when_condition(text: &str) -> Result<Value, CompileError> {
     let expression = cedar_policy::Expression::from_str(text).map_err(|e| {
         CompileError::When(format!(
             "is not one Cedar expression: {}",
-            echo(&e.to_string())
+            printable(&e.to_string(), ECHO_MAX)
         ))
     })?;
     // Built from the parsed expression's own rendering, never from the raw text.
     let policy = Policy::from_str(&format!(
         "permit (principal, action, resource) when {{ {expression} }};"
     ))
-    .map_err(|e| CompileError::When(format!("does not form a policy: {}", echo(&e.to_string()))))?;
+    .map_err(|e| {
+        CompileError::When(format!(
+            "does not form a policy: {}",
+            printable(&e.to_string(), ECHO_MAX)
+        ))
+    })?;
     let json = policy
         .to_json()
-        .map_err(|e| CompileError::When(echo(&e.to_string())))?;
+        .map_err(|e| CompileError::When(printable(&e.to_string(), ECHO_MAX)))?;
     match json
         .get("conditions")
         .and_then(Value::as_array)
@@ -336,13 +334,17 @@ pub(crate) fn check(spec: &AuthorizationSpec) -> Result<Shape, CompileError> {
     }
     for (store, globs) in &spec.allowed_remote_keys {
         if !stores.contains(store.as_str()) {
-            return Err(CompileError::RemoteKeysForUnlistedStore(echo(store)));
+            return Err(CompileError::RemoteKeysForUnlistedStore(printable(
+                store, ECHO_MAX,
+            )));
         }
         if globs.is_empty() {
-            return Err(CompileError::EmptyRemoteKeys(echo(store)));
+            return Err(CompileError::EmptyRemoteKeys(printable(store, ECHO_MAX)));
         }
         if globs.iter().any(String::is_empty) {
-            return Err(CompileError::EmptyRemoteKeyPattern(echo(store)));
+            return Err(CompileError::EmptyRemoteKeyPattern(printable(
+                store, ECHO_MAX,
+            )));
         }
     }
     for (i, g) in spec.allowed_generators.iter().enumerate() {
@@ -386,7 +388,7 @@ pub(crate) fn federation_kind(kind: &str) -> Result<FederationKind, CompileError
         return Ok(FederationKind::Kubernetes);
     }
     FederationKind::from_kind(kind)
-        .ok_or_else(|| CompileError::UnsupportedFederationKind(echo(kind)))
+        .ok_or_else(|| CompileError::UnsupportedFederationKind(printable(kind, ECHO_MAX)))
 }
 
 /// Compiles one Authorization. `name` names the policies (`authorization/<name>/…`).

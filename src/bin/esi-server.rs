@@ -245,6 +245,15 @@ struct ExplainArgs {
     /// `revokeStates` in this namespace.
     #[arg(long)]
     revoke_states: Option<String>,
+    /// `context.sourceAddress`: the caller's IP address, as the server takes it from the TCP
+    /// peer (IPv4-mapped IPv6 as IPv4). Default: none (policies testing
+    /// `context has sourceAddress` see none).
+    #[arg(long, value_name = "IP")]
+    source_address: Option<String>,
+    /// `context.time`: when the request is decided, RFC 3339 (`2026-06-01T00:00:00Z`).
+    /// Default: now.
+    #[arg(long, value_name = "RFC3339")]
+    time: Option<String>,
     /// JSON output.
     #[arg(long)]
     json: bool,
@@ -691,7 +700,10 @@ fn main() -> std::process::ExitCode {
     match run() {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("esi-server: error: {e:#}");
+            eprintln!(
+                "esi-server: error: {}",
+                esi::support::text::printable_lines(&format!("{e:#}"))
+            );
             std::process::ExitCode::FAILURE
         }
     }
@@ -745,6 +757,13 @@ fn run_command(command: Command) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Prints the text output of a policy command with every control character but line breaks
+/// and tabs escaped (`\u{1b}`): names, ids and file contents are user text, and an escape
+/// sequence in them must not reach the terminal (review finding 8, issue 13).
+fn print_text(text: &str) {
+    print!("{}", esi::support::text::printable_lines(text));
 }
 
 fn sources(args: SourceArgs) -> esi::policy::Sources {
@@ -809,7 +828,7 @@ fn policy(cmd: PolicyCommand) -> Result<std::process::ExitCode> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                print!("{}", report.render());
+                print_text(&report.render());
             }
             let failing = report.errors() + if deny_warnings { report.warnings() } else { 0 };
             Ok(if failing > 0 {
@@ -821,7 +840,10 @@ fn policy(cmd: PolicyCommand) -> Result<std::process::ExitCode> {
         PolicyCommand::Diff(args) => Ok(match policy_diff(*args) {
             Ok(code) => code,
             Err(e) => {
-                eprintln!("esi-server: error: {e:#}");
+                eprintln!(
+                    "esi-server: error: {}",
+                    esi::support::text::printable_lines(&format!("{e:#}"))
+                );
                 ExitCode::from(2)
             }
         }),
@@ -871,9 +893,9 @@ fn policy_diff(args: DiffArgs) -> Result<std::process::ExitCode> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&diff)?);
     } else if args.markdown {
-        print!("{}", diff.markdown());
+        print_text(&diff.markdown());
     } else {
-        print!("{}", diff.text());
+        print_text(&diff.text());
     }
     if diff.truncated {
         eprintln!(
@@ -945,12 +967,22 @@ fn policy_explain(args: ExplainArgs) -> Result<std::process::ExitCode> {
         (_, _, _, _, Some(namespace)) => explain::Target::States { namespace },
         _ => bail!("give --store and --key, --find, --generator or --revoke-states"),
     };
+    let mut context = esi::authz::RequestContext::now(None);
+    if let Some(address) = &args.source_address {
+        context.source_address = Some(
+            explain::parse_source_address(address)
+                .map_err(|e| anyhow::anyhow!("--source-address {e}"))?,
+        );
+    }
+    if let Some(time) = &args.time {
+        context.time = explain::parse_time(time).map_err(|e| anyhow::anyhow!("--time {e}"))?;
+    }
     let snapshot = policy::load(&sources(args.source));
-    let explanation = explain::explain_request(&snapshot, &who, &target)?;
+    let explanation = explain::explain_request(&snapshot, &who, &target, &context)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&explanation)?);
     } else {
-        print!("{}", explanation.text());
+        print_text(&explanation.text());
     }
     if explanation.partial_load {
         bail!(
@@ -974,7 +1006,7 @@ fn policy_basic(cmd: PolicyCommand) -> Result<()> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&printed)?);
             } else {
-                print!("{}", policy::listing::as_cedar(&printed));
+                print_text(&policy::listing::as_cedar(&printed));
             }
             if !snapshot.errors.is_empty() {
                 eprintln!(
@@ -985,13 +1017,14 @@ fn policy_basic(cmd: PolicyCommand) -> Result<()> {
             Ok(())
         }
         PolicyCommand::Validate { source, json } => {
-            let snapshot = policy::load(&sources(source));
-            let report = policy::validate::report(&snapshot);
+            let dirs = sources(source);
+            let snapshot = policy::load(&dirs);
+            let report = policy::validate::report_with_files(&snapshot, &dirs);
             let errors = report.errors();
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                print!("{}", report.render());
+                print_text(&report.render());
                 let warnings = report.problems.len() - errors;
                 let c = report.counts;
                 println!(
@@ -1008,10 +1041,10 @@ fn policy_basic(cmd: PolicyCommand) -> Result<()> {
             let snapshot = policy::load(&sources(source));
             let load_errors = snapshot.errors.len();
             if load_errors > 0 {
-                print!("{}", policy::validate::report(&snapshot).render());
+                print_text(&policy::validate::report(&snapshot).render());
             }
             let outcomes = policy::cases::run(&snapshot, &dir)?;
-            print!("{}", outcomes.text());
+            print_text(&outcomes.text());
             if load_errors > 0 {
                 bail!("{load_errors} objects did not load; the cases ran without them");
             }

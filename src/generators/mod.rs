@@ -365,13 +365,7 @@ pub fn canonical_namespace<'a>(namespace: &'a str, kind: &str) -> &'a str {
 /// `a-z`, `0-9`, `-`, starting and ending with a letter or digit). Namespaces in
 /// generator URLs must be; anything else names no generator.
 pub fn is_namespace_name(namespace: &str) -> bool {
-    let b = namespace.as_bytes();
-    !b.is_empty()
-        && b.len() <= 63
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-        && b[0] != b'-'
-        && b[b.len() - 1] != b'-'
+    crate::support::text::is_dns_label(namespace)
 }
 
 /// What a generator's constructor needs.

@@ -13,6 +13,12 @@
 //!     policies: [authorization/app/stores]    # optional: the determining policy ids
 //! ```
 //!
+//! A request the server answers with a status rather than a decision of its own (a
+//! federation or issuer it does not know: 401; a store or generator that is not loaded:
+//! 404; a generator namespace that is not a namespace name: 400; see
+//! [`explain::authn_refusal`], [`explain::resource_refusal`]) fails an `expect` case; a
+//! case about it gives `expectStatus: 401|404|400` instead of `expect`.
+//!
 //! `resource` is `{store, key}` (get), `{store}` (find), `{generator: NS/KIND/NAME}`
 //! (generate, revoke, renew) or `{namespace}` (revokeStates). A principal may add
 //! `issuer`, `uid`, `podName`, `podUid` (a ServiceAccount) or `claims` (an OIDC subject:
@@ -32,6 +38,7 @@ use super::PolicyToolError;
 use super::explain::{self, PrincipalSpec, Resolved, Target};
 use crate::authz::{Action, RequestContext};
 use crate::config::Snapshot;
+use crate::support::text::printable;
 
 /// Most case files read from one directory.
 const MAX_FILES: usize = 1000;
@@ -64,7 +71,13 @@ struct Case {
     resource: CaseResource,
     #[serde(default)]
     context: BTreeMap<String, serde_json::Value>,
-    expect: Expect,
+    /// The decision expected (exactly one of `expect` and `expect_status`).
+    #[serde(default)]
+    expect: Option<Expect>,
+    /// The status the server answers instead of a decision of its own (401, 404, 400):
+    /// a case about a token refused or an object that does not exist says so.
+    #[serde(default)]
+    expect_status: Option<u16>,
     #[serde(default)]
     policies: Option<Vec<String>>,
 }
@@ -122,13 +135,15 @@ impl Outcomes {
         self.cases.iter().filter(|c| c.failure.is_some()).count()
     }
 
-    /// The report: one line per case, a diff under each failure, a summary.
+    /// The report: one line per case, a diff under each failure, a summary. Names and
+    /// places are user text, escaped ([`printable`]).
     pub fn text(&self) -> String {
         let mut out = String::new();
         for c in &self.cases {
+            let (at, name) = (printable(&c.at, usize::MAX), printable(&c.name, usize::MAX));
             match &c.failure {
-                None => out.push_str(&format!("ok    {}  {}\n", c.at, c.name)),
-                Some(diff) => out.push_str(&format!("FAIL  {}  {}\n{diff}", c.at, c.name)),
+                None => out.push_str(&format!("ok    {at}  {name}\n")),
+                Some(diff) => out.push_str(&format!("FAIL  {at}  {name}\n{diff}")),
             }
         }
         let failed = self.failed();
@@ -288,16 +303,13 @@ fn context_of(map: &BTreeMap<String, serde_json::Value>) -> Result<RequestContex
     for (name, value) in map {
         match (name.as_str(), value) {
             ("sourceAddress", serde_json::Value::String(s)) => {
-                context.source_address =
-                    Some(s.parse().map_err(|_| {
-                        format!("context.sourceAddress {s:?} is not an IP address")
-                    })?);
+                context.source_address = Some(
+                    explain::parse_source_address(s)
+                        .map_err(|e| format!("context.sourceAddress {e}"))?,
+                );
             }
             ("time", serde_json::Value::String(s)) => {
-                context.time = s
-                    .parse::<jiff::Timestamp>()
-                    .map_err(|e| format!("context.time {s:?} is not an RFC 3339 time: {e}"))?
-                    .as_second();
+                context.time = explain::parse_time(s).map_err(|e| format!("context.time {e}"))?;
             }
             ("time", v) if v.as_i64().is_some() => {
                 context.time = v.as_i64().unwrap_or_default();
@@ -317,7 +329,40 @@ fn context_of(map: &BTreeMap<String, serde_json::Value>) -> Result<RequestContex
     Ok(context)
 }
 
+/// Statuses a case may expect (`expectStatus`): what the server answers without a decision
+/// of its own ([`explain::Refusal`]).
+const EXPECTABLE_STATUSES: [u16; 3] = [400, 401, 404];
+
+/// What a case expects: a decision, or a status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expected {
+    Decision(Expect),
+    Status(u16),
+}
+
+fn expected_of(case: &Case) -> Result<Expected, String> {
+    match (case.expect, case.expect_status) {
+        (Some(e), None) => Ok(Expected::Decision(e)),
+        (None, Some(s)) if EXPECTABLE_STATUSES.contains(&s) => {
+            if case.policies.is_some() {
+                return Err(
+                    "policies applies to expect (a decision), not to expectStatus".to_owned(),
+                );
+            }
+            Ok(Expected::Status(s))
+        }
+        (None, Some(s)) => Err(format!(
+            "expectStatus {s}: the server answers 401 (token refused), 404 (no such store or generator) or 400 (not a namespace name) without a decision of its own"
+        )),
+        (Some(_), Some(_)) => Err("give expect or expectStatus, not both".to_owned()),
+        (None, None) => {
+            Err("expect (allow, deny) or expectStatus (401, 404, 400) is required".to_owned())
+        }
+    }
+}
+
 fn run_case(snapshot: &Snapshot, case: &Case) -> Result<Option<String>, String> {
+    let expected = expected_of(case)?;
     let context = context_of(&case.context)?;
     let action = parse_action(&case.action)?;
     let target = target_of(action, &case.resource)?;
@@ -330,10 +375,21 @@ fn run_case(snapshot: &Snapshot, case: &Case) -> Result<Option<String>, String> 
         pod_uid: case.pod_uid.clone(),
         claims: case.claims.clone(),
     };
-    let identity =
-        explain::identity_of(snapshot, &principal, &mut notes).map_err(|e| e.to_string())?;
     let (action, resource) =
         explain::resource_of(snapshot, &target, &mut notes).map_err(|e| e.to_string())?;
+    let request = format!(
+        "      request:  {action} {} by {}\n",
+        printable(&resource.canonical().to_string(), usize::MAX),
+        printable(&case.principal, usize::MAX)
+    );
+    // A principal no token can carry is a mistake in the case, not a request.
+    explain::check_principal(snapshot, &principal).map_err(|e| e.to_string())?;
+    // The server refuses the token before deciding (401): no decision is made.
+    if let Some(refusal) = explain::authn_refusal(snapshot, &principal) {
+        return Ok(refused(expected, &request, &refusal));
+    }
+    let identity =
+        explain::identity_of(snapshot, &principal, &mut notes).map_err(|e| e.to_string())?;
     let resolved = Resolved {
         identity,
         action,
@@ -346,10 +402,23 @@ fn run_case(snapshot: &Snapshot, case: &Case) -> Result<Option<String>, String> 
         &resolved.resource,
         &context,
     );
+    if let Some(refusal) = explain::resource_refusal(snapshot, &target, decision.allowed) {
+        return Ok(refused(expected, &request, &refusal));
+    }
     let got = if decision.allowed {
         Expect::Allow
     } else {
         Expect::Deny
+    };
+    let expect = match expected {
+        Expected::Decision(e) => e,
+        Expected::Status(status) => {
+            return Ok(Some(format!(
+                "{request}    - expected: status {status}\n    + actual:   {} by {} (the server decides this request; a denial answers 404 like a missing object: write expect: deny)\n",
+                got.as_str(),
+                show_ids(&decision.policy_ids)
+            )));
+        }
     };
     let mut expected_ids = case.policies.clone();
     if let Some(ids) = &mut expected_ids {
@@ -359,31 +428,52 @@ fn run_case(snapshot: &Snapshot, case: &Case) -> Result<Option<String>, String> 
     let ids_differ = expected_ids
         .as_ref()
         .is_some_and(|ids| *ids != decision.policy_ids);
-    if got == case.expect && !ids_differ {
+    if got == expect && !ids_differ {
         return Ok(None);
     }
-    let show = |ids: &[String]| {
-        if ids.is_empty() {
-            "(no policy)".to_owned()
-        } else {
-            ids.join(", ")
-        }
-    };
     let expected_line = match &expected_ids {
-        Some(ids) => format!("{} by {}", case.expect.as_str(), show(ids)),
-        None => case.expect.as_str().to_owned(),
+        Some(ids) => format!("{} by {}", expect.as_str(), show_ids(ids)),
+        None => expect.as_str().to_owned(),
     };
     let mut diff = format!(
-        "      request:  {action} {} by {}\n    - expected: {expected_line}\n    + actual:   {} by {}\n",
-        resolved.resource.canonical(),
-        case.principal,
+        "{request}    - expected: {expected_line}\n    + actual:   {} by {}\n",
         got.as_str(),
-        show(&decision.policy_ids)
+        show_ids(&decision.policy_ids)
     );
     for n in &resolved.notes {
-        diff.push_str(&format!("      note: {n}\n"));
+        diff.push_str(&format!("      note: {}\n", printable(n, usize::MAX)));
     }
     Ok(Some(diff))
+}
+
+fn show_ids(ids: &[String]) -> String {
+    if ids.is_empty() {
+        "(no policy)".to_owned()
+    } else {
+        let ids: Vec<String> = ids.iter().map(|i| printable(i, usize::MAX)).collect();
+        ids.join(", ")
+    }
+}
+
+/// The outcome of a case the server answers with `refusal` rather than a decision: it
+/// passes only when the case expects exactly that status (review finding 4: an
+/// `expect: deny` case about a federation that does not exist passed on Cedar's default
+/// deny, while the server answers 401).
+fn refused(expected: Expected, request: &str, refusal: &explain::Refusal) -> Option<String> {
+    let expected_line = match expected {
+        Expected::Status(status) if status == refusal.status => return None,
+        Expected::Status(status) => format!("status {status}"),
+        Expected::Decision(e) => format!(
+            "{} (a decision; the server makes none here: give expectStatus: {} if that is meant)",
+            e.as_str(),
+            refusal.status
+        ),
+    };
+    Some(format!(
+        "{request}    - expected: {expected_line}\n    + actual:   status {}: {}\n",
+        refusal.status,
+        printable(&refusal.reason, usize::MAX)
+    ))
 }
 
 #[cfg(test)]
@@ -444,6 +534,125 @@ mod tests {
         std::fs::write(dir.path().join("a.yaml"), "cases: []\n").expect("write");
         let err = run(&snapshot, dir.path()).expect_err("cases: []");
         assert!(err.to_string().contains("no cases"), "{err}");
+    }
+
+    /// Review finding 4: a case the server answers 401/404 without a decision of its own
+    /// fails unless it expects that status (before, Cedar's default deny made `expect: deny`
+    /// pass for a federation, issuer, store or generator that does not exist).
+    #[test]
+    fn cases_the_server_refuses_need_expect_status() {
+        let (_dir, tree) = crate::policy::testing::tree(&crate::policy::testing::app_world(), &[]);
+        assert!(
+            tree.snapshot.errors.is_empty(),
+            "{:?}",
+            tree.snapshot.errors
+        );
+        let cases = tempfile::tempdir().expect("dir");
+        let case = |principal: &str, extra: &str, resource: &str, expect: &str| {
+            format!(
+                "  - name: c\n    principal: {principal}\n{extra}    action: {}\n    resource: {resource}\n    {expect}\n",
+                if resource.contains("generator") {
+                    "generate"
+                } else {
+                    "get"
+                }
+            )
+        };
+        let key = |store: &str| format!("{{store: {store}, key: k}}");
+        let refused = [
+            (
+                case(
+                    "nowhere/apps/app",
+                    "    issuer: https://alpha.example\n",
+                    &key("main"),
+                    "expect: deny",
+                ),
+                401,
+                "federation nowhere does not exist",
+            ),
+            (
+                case("nowhere/apps/app", "", &key("main"), "expect: deny"),
+                401,
+                "federation nowhere does not exist",
+            ),
+            (
+                case(
+                    "alpha/apps/app",
+                    "    issuer: https://other.example\n",
+                    &key("main"),
+                    "expect: deny",
+                ),
+                401,
+                "KubernetesFederation alpha accepts tokens of issuer https://alpha.example, not https://other.example",
+            ),
+            (
+                case("alpha/apps/app", "", &key("mian"), "expect: deny"),
+                404,
+                "store mian (ClusterSecretStore) does not exist",
+            ),
+            (
+                case("alpha/apps/app", "", &key("mian"), "expect: allow"),
+                404,
+                "store mian (ClusterSecretStore) does not exist",
+            ),
+            (
+                case(
+                    "alpha/apps/app",
+                    "",
+                    "{generator: apps/Password/nope}",
+                    "expect: deny",
+                ),
+                404,
+                "generator Password apps/nope does not exist",
+            ),
+        ];
+        for (text, status, reason) in &refused {
+            // Expecting a decision: the case fails, saying what the server answers.
+            std::fs::write(cases.path().join("a.yaml"), format!("cases:\n{text}")).expect("write");
+            let out = run(&tree.snapshot, cases.path()).expect("runs");
+            let failure = out.cases[0].failure.as_deref().unwrap_or_default();
+            assert!(
+                failure.contains(&format!("+ actual:   status {status}: {reason}"))
+                    && failure.contains(&format!("the server would answer {status}")),
+                "{text}: {failure:?}"
+            );
+            // Expecting that status: it passes; another status: it fails.
+            for (expected, passes) in [
+                (*status, true),
+                (if *status == 401 { 404 } else { 401 }, false),
+            ] {
+                let text = text
+                    .replace("expect: deny", &format!("expectStatus: {expected}"))
+                    .replace("expect: allow", &format!("expectStatus: {expected}"));
+                std::fs::write(cases.path().join("a.yaml"), format!("cases:\n{text}"))
+                    .expect("write");
+                let out = run(&tree.snapshot, cases.path()).expect("runs");
+                assert_eq!(
+                    out.cases[0].failure.is_none(),
+                    passes,
+                    "{text}: {:?}",
+                    out.cases[0]
+                );
+            }
+        }
+        // A decided request does not pass as a status: a denial is `expect: deny`.
+        let denied = case("alpha/other/x", "", &key("main"), "expectStatus: 404");
+        std::fs::write(cases.path().join("a.yaml"), format!("cases:\n{denied}")).expect("write");
+        let out = run(&tree.snapshot, cases.path()).expect("runs");
+        let failure = out.cases[0].failure.as_deref().unwrap_or_default();
+        assert!(failure.contains("write expect: deny"), "{failure}");
+        let allowed = case("alpha/apps/app", "", &key("main"), "expect: allow");
+        std::fs::write(cases.path().join("a.yaml"), format!("cases:\n{allowed}")).expect("write");
+        assert_eq!(run(&tree.snapshot, cases.path()).expect("runs").failed(), 0);
+        // Both, neither, or a status the server never answers without a decision: refused.
+        for bad in [
+            allowed.replace("expect: allow", "expect: allow\n    expectStatus: 404"),
+            allowed.replace("    expect: allow\n", ""),
+            allowed.replace("expect: allow", "expectStatus: 403"),
+        ] {
+            std::fs::write(cases.path().join("a.yaml"), format!("cases:\n{bad}")).expect("write");
+            assert!(run(&tree.snapshot, cases.path()).is_err(), "{bad}");
+        }
     }
 
     #[test]

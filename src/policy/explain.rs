@@ -11,9 +11,10 @@ use serde::Serialize;
 use super::PolicyToolError;
 use super::listing;
 use crate::authn::{AuthnSettings, Federation, Identity, OfflineIdentity};
-use crate::authz::{Action, Decision, Resource};
+use crate::authz::{Action, Decision, RequestContext, Resource};
 use crate::config::Snapshot;
 use crate::providers::RemoteRef;
+use crate::support::text::printable;
 
 /// Longest name accepted in a request (store, key, namespace, …).
 const FIELD_MAX: usize = 4096;
@@ -104,12 +105,75 @@ fn three<'a>(what: &str, path: &'a str) -> Result<(&'a str, &'a str, &'a str), P
             Ok((a, b, c))
         }
         _ => Err(PolicyToolError::BadRequest(format!(
-            "{what} must be {}, got {path:?}",
-            if what == "principal" {
-                "FEDERATION/NAMESPACE/SERVICEACCOUNT"
-            } else {
-                "NAMESPACE/KIND/NAME"
+            "{what} must be NAMESPACE/KIND/NAME, got {path:?}"
+        ))),
+    }
+}
+
+/// `FED/NS/SA` split into a federation, namespace and ServiceAccount that a token can name:
+/// exactly three parts, the federation's name a DNS-1123 subdomain (a Kubernetes object
+/// name), the namespace a DNS-1123 label and the ServiceAccount a DNS-1123 subdomain, as
+/// Kubernetes requires of them. A `:` or an extra `/` names a principal no token of a
+/// KubernetesFederation carries (`system:serviceaccount:NS:SA` is split at `:`), so it is
+/// refused rather than decided (review finding 10, issue 13).
+fn service_account_path(path: &str) -> Result<(&str, &str, &str), PolicyToolError> {
+    use crate::support::text::{is_dns_label, is_dns_subdomain};
+    let parts: Vec<&str> = path.split('/').collect();
+    let [fed, namespace, name] = parts[..] else {
+        return Err(PolicyToolError::BadRequest(format!(
+            "principal must be FEDERATION/NAMESPACE/SERVICEACCOUNT (three parts), got {path:?}"
+        )));
+    };
+    let refuse = |what: &str, value: &str, rule: &str| {
+        Err(PolicyToolError::BadRequest(format!(
+            "principal {path:?}: {what} {value:?} is not {rule}, so no token names it"
+        )))
+    };
+    if !is_dns_subdomain(fed) {
+        return refuse(
+            "federation",
+            fed,
+            "a Kubernetes object name (a DNS-1123 subdomain: a-z, 0-9, '-', '.')",
+        );
+    }
+    if !is_dns_label(namespace) {
+        return refuse(
+            "namespace",
+            namespace,
+            "a Kubernetes namespace name (a DNS-1123 label: at most 63 of a-z, 0-9, '-')",
+        );
+    }
+    if !is_dns_subdomain(name) {
+        return refuse(
+            "ServiceAccount",
+            name,
+            "a Kubernetes ServiceAccount name (a DNS-1123 subdomain: a-z, 0-9, '-', '.')",
+        );
+    }
+    Ok((fed, namespace, name))
+}
+
+/// Checks that `spec` names a principal a token can carry, before anything else is asked
+/// of it: an OIDC federation's `FED/SUBJECT` (any non-empty subject), else
+/// [`service_account_path`]; for a federation that is not loaded only its name is checked
+/// (the server refuses every token of it, 401, whatever follows).
+pub fn check_principal(snapshot: &Snapshot, spec: &PrincipalSpec) -> Result<(), PolicyToolError> {
+    bounded("principal", &spec.path)?;
+    let fed = spec.path.split('/').next().unwrap_or_default();
+    match federation(snapshot, fed) {
+        Some(f) if f.kind().principal_kind() == crate::authn::PrincipalKind::OidcSubject => {
+            match spec.path.split_once('/') {
+                Some((_, subject)) if !subject.is_empty() => Ok(()),
+                _ => Err(PolicyToolError::BadRequest(
+                    "principal must be FEDERATION/SUBJECT for an OIDC federation".into(),
+                )),
             }
+        }
+        Some(_) => service_account_path(&spec.path).map(|_| ()),
+        None if crate::support::text::is_dns_subdomain(fed) => Ok(()),
+        None => Err(PolicyToolError::BadRequest(format!(
+            "principal {:?}: federation {fed:?} is not a Kubernetes object name (a DNS-1123 subdomain), so no federation has it",
+            spec.path
         ))),
     }
 }
@@ -187,7 +251,7 @@ pub fn identity_of(
                 .into(),
         ));
     }
-    let (fed, namespace, name) = three("principal", &spec.path)?;
+    let (fed, namespace, name) = service_account_path(&spec.path)?;
     let configured = federation(snapshot, fed).and_then(|f| f.configured_issuer());
     let issuer = match (&spec.issuer, configured) {
         (Some(given), Some(configured)) if given != configured => {
@@ -231,6 +295,111 @@ pub fn identity_of(
         sa.pod_uid = spec.pod_uid.clone();
     }
     Ok(identity)
+}
+
+/// A request the server answers with an HTTP status of its own rather than with the
+/// decision's: the token refused (401, before any decision), a generator namespace that is
+/// not a namespace name (400, before the decision), the object missing (404, after it) or
+/// a key the store cannot spell (the store's error, after an allow).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The HTTP status (400, 401, 404, …).
+    pub status: u16,
+    /// Why, ending with the status the server would answer.
+    pub reason: String,
+}
+
+/// The 401 the server answers before deciding, for a token of `spec`: its federation is
+/// not loaded (no federation verifies it), or the token's issuer is not the one its
+/// federation accepts (token verification matches `iss` against each federation's
+/// configured issuer, see `Authenticator::verify`). `None`: the token would be accepted
+/// (or its federation learns its issuer by discovery and the issuer cannot be checked).
+pub fn authn_refusal(snapshot: &Snapshot, spec: &PrincipalSpec) -> Option<Refusal> {
+    let fed = spec.path.split('/').next().unwrap_or_default();
+    let Some(f) = federation(snapshot, fed) else {
+        return Some(Refusal {
+            status: 401,
+            reason: format!(
+                "federation {fed} does not exist (no KubernetesFederation or OIDC federation of that name is loaded); the server would answer 401"
+            ),
+        });
+    };
+    match (&spec.issuer, f.configured_issuer()) {
+        (Some(given), Some(configured)) if given != configured => Some(Refusal {
+            status: 401,
+            reason: format!(
+                "{} {fed} accepts tokens of issuer {configured}, not {given}; the server would answer 401",
+                f.kind()
+            ),
+        }),
+        _ => None,
+    }
+}
+
+/// What the server answers for `target` once the token is accepted, besides the decision
+/// (`allowed`): `Some` when it is not the decision's own answer (allow: the call proceeds,
+/// deny: 404). Order as in the API: a generator namespace is checked before the decision
+/// (400); a missing store or generator answers 404 whatever the decision; a key the store
+/// has no canonical form for answers the store's error after an allow.
+pub fn resource_refusal(snapshot: &Snapshot, target: &Target, allowed: bool) -> Option<Refusal> {
+    let missing = |what: String| Refusal {
+        status: 404,
+        reason: format!("{what} does not exist; the server would answer 404"),
+    };
+    match target {
+        Target::Key {
+            store,
+            key,
+            property,
+            version,
+        } => {
+            let remote = RemoteRef {
+                key: key.clone(),
+                property: property.clone().filter(|p| !p.is_empty()),
+                version: version.clone().filter(|v| !v.is_empty()),
+            };
+            let target = crate::api::key_target(snapshot, store, &remote);
+            match (&target.provider, target.canonical) {
+                (None, _) => Some(missing(format!("store {store} (ClusterSecretStore)"))),
+                (Some(_), Err(e)) if allowed => Some(Refusal {
+                    status: e.status().as_u16(),
+                    reason: format!(
+                        "the store has no canonical form for this key ({e}); the server would answer {}",
+                        e.status().as_u16()
+                    ),
+                }),
+                _ => None,
+            }
+        }
+        Target::Find { store } => (!snapshot.stores.contains_key(store))
+            .then(|| missing(format!("store {store} (ClusterSecretStore)"))),
+        Target::Generator { path, .. } => {
+            let (namespace, kind, name) = three("generator", path).ok()?;
+            if !crate::generators::is_namespace_name(namespace) {
+                return Some(not_a_namespace(namespace));
+            }
+            let key = crate::ledger::GeneratorRef {
+                namespace: namespace.to_owned(),
+                kind: kind.to_owned(),
+                name: name.to_owned(),
+            }
+            .lookup_key();
+            (!snapshot.generators.contains_key(&key))
+                .then(|| missing(format!("generator {kind} {namespace}/{name}")))
+        }
+        Target::States { namespace } => {
+            (!crate::generators::is_namespace_name(namespace)).then(|| not_a_namespace(namespace))
+        }
+    }
+}
+
+fn not_a_namespace(namespace: &str) -> Refusal {
+    Refusal {
+        status: 400,
+        reason: format!(
+            "{namespace:?} is not a Kubernetes namespace name; the server would answer 400 before deciding"
+        ),
+    }
 }
 
 /// The token in `text` as the server would verify it, offline (see
@@ -350,6 +519,32 @@ pub fn resource_of(
     }
 }
 
+/// `context.sourceAddress` as the server sets it: an IP address, IPv4-mapped IPv6 as IPv4
+/// (the API takes the TCP peer's `IpAddr::to_canonical`).
+pub fn parse_source_address(s: &str) -> Result<std::net::IpAddr, String> {
+    s.trim()
+        .parse::<std::net::IpAddr>()
+        .map(|ip| ip.to_canonical())
+        .map_err(|_| format!("{:?} is not an IP address", printable(s, FIELD_ECHO_MAX)))
+}
+
+/// `context.time`: an RFC 3339 time (`2026-06-01T00:00:00Z`), as whole seconds since the
+/// epoch (the server decides in whole seconds, UTC).
+pub fn parse_time(s: &str) -> Result<i64, String> {
+    s.trim()
+        .parse::<jiff::Timestamp>()
+        .map(|t| t.as_second())
+        .map_err(|e| {
+            format!(
+                "{:?} is not an RFC 3339 time: {e}",
+                printable(s, FIELD_ECHO_MAX)
+            )
+        })
+}
+
+/// Longest value echoed in an error about it.
+const FIELD_ECHO_MAX: usize = 128;
+
 /// Most load errors an explanation lists.
 pub const MAX_LOAD_ERRORS: usize = 20;
 
@@ -379,10 +574,33 @@ pub struct Explanation {
     pub resource: String,
     /// Ids of the determining policies, as the decision log's `policies`.
     pub policies: Vec<String>,
+    /// The request context decided in (Cedar's `context.sourceAddress`, `context.time`).
+    pub context: ContextView,
     /// Those policies.
     pub determining: Vec<listing::PrintedPolicy>,
     /// What else to know.
     pub notes: Vec<String>,
+}
+
+/// The request context as shown.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContextView {
+    /// `context.sourceAddress`, when given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_address: Option<String>,
+    /// `context.time`, RFC 3339 UTC.
+    pub time: String,
+}
+
+impl ContextView {
+    fn of(context: &RequestContext) -> Self {
+        ContextView {
+            source_address: context.source_address.map(|a| a.to_string()),
+            time: jiff::Timestamp::from_second(context.time)
+                .map_or_else(|_| context.time.to_string(), |t| t.to_string()),
+        }
+    }
 }
 
 /// The caller as shown.
@@ -414,11 +632,14 @@ pub enum Who {
     Token(std::path::PathBuf),
 }
 
-/// Resolves `who` and `target` as the server would, decides, and explains.
+/// Resolves `who` and `target` as the server would, decides in `context` (the server's:
+/// the peer's address, now; `RequestContext::now(None)` when neither is given), and
+/// explains.
 pub fn explain_request(
     snapshot: &Snapshot,
     who: &Who,
     target: &Target,
+    context: &RequestContext,
 ) -> Result<Explanation, PolicyToolError> {
     let mut notes = Vec::new();
     let (identity, verified) = match who {
@@ -436,23 +657,27 @@ pub fn explain_request(
         resource,
         notes,
     };
-    explain(snapshot, resolved, verified)
+    explain(snapshot, resolved, verified, context)
 }
 
-/// Decides `resolved` with the snapshot's engine, as the server does.
-pub fn decide(snapshot: &Snapshot, resolved: &Resolved) -> Decision {
-    snapshot
-        .policies
-        .decide(&resolved.identity, resolved.action, &resolved.resource)
+/// Decides `resolved` in `context` with the snapshot's engine, as the server does.
+pub fn decide(snapshot: &Snapshot, resolved: &Resolved, context: &RequestContext) -> Decision {
+    snapshot.policies.decide_in(
+        &resolved.identity,
+        resolved.action,
+        &resolved.resource,
+        context,
+    )
 }
 
-/// Decides and explains.
+/// Decides in `context` and explains.
 pub fn explain(
     snapshot: &Snapshot,
     resolved: Resolved,
     token_verified: Option<bool>,
+    context: &RequestContext,
 ) -> Result<Explanation, PolicyToolError> {
-    let decision = decide(snapshot, &resolved);
+    let decision = decide(snapshot, &resolved, context);
     let wanted: std::collections::HashSet<&str> =
         decision.policy_ids.iter().map(String::as_str).collect();
     let mut determining = Vec::new();
@@ -506,14 +731,17 @@ pub fn explain(
         action: resolved.action.to_string(),
         resource: resolved.resource.canonical().to_string(),
         policies: decision.policy_ids,
+        context: ContextView::of(context),
         determining,
         notes,
     })
 }
 
 impl Explanation {
-    /// Human-readable form.
+    /// Human-readable form: every value from the request, the tokens or the files on one
+    /// line, escaped ([`printable`]).
     pub fn text(&self) -> String {
+        let one = |s: &str| printable(s, usize::MAX);
         let mut out = String::new();
         if self.partial_load {
             out.push_str(
@@ -523,21 +751,30 @@ impl Explanation {
         out.push_str(&format!(
             "decision: {}\nprincipal: {} ({}federation {}, issuer {}{})\naction: {}\nresource: {}\n",
             self.decision.to_uppercase(),
-            self.principal.subject,
+            one(&self.principal.subject),
             if self.principal.principal_type == "ServiceAccount" {
                 String::new()
             } else {
                 format!("{} of ", self.principal.principal_type)
             },
-            self.principal.federation,
-            self.principal.issuer,
+            one(&self.principal.federation),
+            one(&self.principal.issuer),
             self.principal
                 .pod_name
                 .as_deref()
-                .map(|p| format!(", pod {p}"))
+                .map(|p| format!(", pod {}", one(p)))
                 .unwrap_or_default(),
             self.action,
-            self.resource,
+            one(&self.resource),
+        ));
+        out.push_str(&format!(
+            "context: time {}{}\n",
+            self.context.time,
+            self.context
+                .source_address
+                .as_deref()
+                .map(|a| format!(", sourceAddress {a}"))
+                .unwrap_or_else(|| ", no sourceAddress".to_owned())
         ));
         match self.token_verified {
             Some(true) => {
@@ -549,10 +786,8 @@ impl Explanation {
         if self.policies.is_empty() {
             out.push_str("determining policies: none\n");
         } else {
-            out.push_str(&format!(
-                "determining policies: {}\n",
-                self.policies.join(", ")
-            ));
+            let ids: Vec<String> = self.policies.iter().map(|i| one(i)).collect();
+            out.push_str(&format!("determining policies: {}\n", ids.join(", ")));
         }
         for d in &self.determining {
             let origin = d
@@ -561,21 +796,21 @@ impl Explanation {
                 .map(|o| format!(" ({o})"))
                 .unwrap_or_default();
             out.push_str(&format!(
-                "\n// {}{origin}\n{}\n",
-                d.source,
+                "\n// {}\n{}\n",
+                one(&format!("{}{origin}", d.source)),
                 d.text.trim_end()
             ));
         }
         if !self.notes.is_empty() {
             out.push('\n');
             for n in &self.notes {
-                out.push_str(&format!("note: {n}\n"));
+                out.push_str(&format!("note: {}\n", one(n)));
             }
         }
         if !self.load_errors.is_empty() {
             out.push('\n');
             for e in &self.load_errors {
-                out.push_str(&format!("did not load: {e}\n"));
+                out.push_str(&format!("did not load: {}\n", one(e)));
             }
         }
         out
@@ -665,6 +900,41 @@ mod tests {
         }
         let long = format!("f/ns/{}", "a".repeat(FIELD_MAX));
         assert!(identity_of(&snapshot, &spec(&long, Some("i")), &mut notes).is_err());
+    }
+
+    /// Review finding 10 (issue 13): a principal with `:` or an extra `/`, or a part
+    /// Kubernetes would not accept as a name, is refused: no token carries it.
+    #[test]
+    fn principals_no_token_can_carry_are_refused() {
+        let (_dir, tree) = crate::policy::testing::tree(&crate::policy::testing::app_world(), &[]);
+        let snapshot = &tree.snapshot;
+        let mut notes = Vec::new();
+        for (bad, says) in [
+            ("alpha/apps/app/extra", "three parts"),
+            (
+                "alpha/apps:x/app",
+                "namespace \"apps:x\" is not a Kubernetes namespace name",
+            ),
+            ("alpha/apps/app:x", "ServiceAccount \"app:x\" is not"),
+            ("alpha/Apps/app", "namespace \"Apps\""),
+            ("alpha/apps/a_b", "ServiceAccount \"a_b\""),
+            ("alpha/a.b/app", "namespace \"a.b\""),
+            ("alpha/apps", "three parts"),
+        ] {
+            for given in [spec(bad, None), spec(bad, Some("https://alpha.example"))] {
+                let err = identity_of(snapshot, &given, &mut notes).expect_err(bad);
+                assert!(err.to_string().contains(says), "{bad}: {err}");
+                let err = check_principal(snapshot, &given).expect_err(bad);
+                assert!(err.to_string().contains(says), "{bad}: {err}");
+            }
+        }
+        // A federation that is not loaded: its name must still be one.
+        assert!(check_principal(snapshot, &spec("nowhere/ns/sa", None)).is_ok());
+        assert!(check_principal(snapshot, &spec("no:where/ns/sa", None)).is_err());
+        assert!(check_principal(snapshot, &spec("alpha/apps/app", None)).is_ok());
+        assert!(check_principal(snapshot, &spec("alpha/apps/a.b-c", None)).is_ok());
+        let id = identity_of(snapshot, &spec("alpha/apps/a.b-c", None), &mut notes).expect("ok");
+        assert_eq!(id.subject, "system:serviceaccount:apps:a.b-c");
     }
 
     #[test]

@@ -86,8 +86,8 @@ pub fn as_cedar(printed: &[PrintedPolicy]) -> String {
             .as_deref()
             .map(|o| format!(" ({o})"))
             .unwrap_or_default();
-        // Names and paths are user text: one line each, whatever they hold.
-        let comment = format!("{}{origin}", p.source).replace(['\n', '\r'], " ");
+        // Names and paths are user text: one line each, whatever they hold, escaped.
+        let comment = crate::support::text::printable(&format!("{}{origin}", p.source), usize::MAX);
         out.push_str(&format!("// {comment}\n{}\n\n", p.text.trim_end()));
     }
     out

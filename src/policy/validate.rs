@@ -95,6 +95,16 @@ impl Report {
         let mut files = FileCache::default();
         let mut out = String::new();
         for p in &self.problems {
+            if p.span.is_none() && p.object.is_none() && p.message.starts_with(NOT_LOADED) {
+                // A skipped file: one line.
+                out.push_str(&format!(
+                    "{}: {}: {}\n",
+                    p.severity.as_str(),
+                    p.origin,
+                    p.message
+                ));
+                continue;
+            }
             out.push_str(&render_problem(&mut files, p, None));
         }
         out
@@ -221,6 +231,23 @@ pub fn report(snapshot: &Snapshot) -> Report {
     for e in &snapshot.errors {
         locate_error(e, &mut files, &mut problems);
     }
+    // Review finding 5 (issue 13): an object of our API groups with a kind or version the
+    // loader does not know was ignored (or loaded as if it were served) without a word.
+    for u in &snapshot.unrecognized {
+        let token = if u.error.reason.starts_with("unknown kind") {
+            u.kind.as_str()
+        } else {
+            u.api_version.as_str()
+        };
+        problems.push(object_problem(
+            &mut files,
+            Severity::Error,
+            &u.error.origin,
+            u.error.object.as_deref().unwrap_or_default(),
+            Some((None, token)),
+            u.error.reason.clone(),
+        ));
+    }
     for w in &snapshot.warnings {
         locate_warning(w, &mut files, &mut problems);
     }
@@ -233,6 +260,29 @@ pub fn report(snapshot: &Snapshot) -> Report {
             policies: snapshot.policies.policy_count(),
         },
     }
+}
+
+/// How the message of a file the loader skips begins ([`report_with_files`]).
+const NOT_LOADED: &str = "not loaded: ";
+
+/// [`report`], and the files the directory loader skips without a word that were probably
+/// meant to load ([`crate::source::dir::skipped_files`]: hidden files, extensions of the
+/// wrong case, directories below its depth limit, symlinks that resolve to nothing), one
+/// warning each (the loader does not refuse them; it does not read them).
+pub fn report_with_files(snapshot: &Snapshot, sources: &super::Sources) -> Report {
+    let mut report = report(snapshot);
+    for s in crate::source::dir::skipped_files(&sources.manifests, sources.policies.as_deref()) {
+        let shown = s.path.display().to_string();
+        report.problems.push(Problem {
+            severity: Severity::Warning,
+            file: shown.clone(),
+            origin: shown,
+            object: None,
+            message: format!("{NOT_LOADED}{}", s.reason),
+            span: None,
+        });
+    }
+    report
 }
 
 /// `file#3/items/0` → (`file`, document 3).

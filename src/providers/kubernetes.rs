@@ -167,21 +167,12 @@ impl std::fmt::Debug for KubernetesProvider {
 
 /// Whether `name` is a DNS-1123 subdomain (Kubernetes object names).
 pub(crate) fn is_dns_subdomain(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= MAX_NAME
-        && name.split('.').all(|label| {
-            let b = label.as_bytes();
-            !b.is_empty()
-                && b.iter()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-                && b[0] != b'-'
-                && b[b.len() - 1] != b'-'
-        })
+    name.len() <= MAX_NAME && crate::support::text::is_dns_subdomain(name)
 }
 
 /// Whether `name` is a DNS-1123 label (namespaces).
 fn is_dns_label(name: &str) -> bool {
-    name.len() <= 63 && !name.contains('.') && is_dns_subdomain(name)
+    crate::support::text::is_dns_label(name)
 }
 
 /// A label value (`(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?`, at most 63).

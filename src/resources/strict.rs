@@ -216,7 +216,10 @@ fn walk(
     match value {
         Value::Object(map) => {
             for (k, v) in map {
-                let here = format!("{path}.{}", printable(k));
+                let here = format!(
+                    "{path}.{}",
+                    crate::support::text::printable(k, KEY_ECHO_MAX)
+                );
                 if let Some(sub) = sh.properties.get(k.as_str()) {
                     walk(root, sub, v, &here, depth + 1, out);
                     continue;
@@ -243,6 +246,9 @@ fn walk(
     }
 }
 
+/// Longest key echoed in a message (characters).
+const KEY_ECHO_MAX: usize = 128;
+
 /// The known name within edit distance 2 of `name` (the closest; ties: the first).
 fn closest<'a>(name: &str, known: impl Iterator<Item = &'a str>) -> Option<String> {
     known
@@ -250,24 +256,6 @@ fn closest<'a>(name: &str, known: impl Iterator<Item = &'a str>) -> Option<Strin
         .filter(|(d, _)| *d <= 2)
         .min_by_key(|(d, _)| *d)
         .map(|(_, k)| k.to_owned())
-}
-
-/// A key as it may be printed: control characters escaped, long keys cut.
-fn printable(key: &str) -> String {
-    const MAX: usize = 128;
-    let mut out = String::new();
-    for (i, c) in key.chars().enumerate() {
-        if i == MAX {
-            out.push('…');
-            break;
-        }
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 #[cfg(test)]

@@ -377,6 +377,57 @@ fn read_file(
 
 /// Lists files under `dir` whose extension is one of `extensions`, sorted, bounded.
 fn list_files(dir: &Path, extensions: &[&str], errors: &mut Vec<LoadError>) -> Vec<PathBuf> {
+    walk(dir, extensions, errors, &mut |_| {})
+}
+
+/// A file (or directory) the loader passes over without a word that a user probably meant
+/// it to read ([`skipped_files`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    /// The file or directory.
+    pub path: PathBuf,
+    /// Why the loader does not read it.
+    pub reason: String,
+}
+
+/// What the directory loader skips silently under `manifests` (manifest extensions) and
+/// `policies` (`.cedar`), by the loader's own walk ([`list_files`]), that was probably
+/// meant to load: hidden files with a loaded extension (`.x.cedar`; `..name` entries are
+/// Kubernetes ConfigMap mount internals and left out), extensions of the wrong case
+/// (`X.CEDAR`, `a.YAML`: the loader compares exactly), directories below the depth limit
+/// ([`MAX_DEPTH`] levels), entries it cannot examine (a symlink that resolves to nothing or
+/// loops) and special files. Hidden directories (`.git`) are not listed. In path order,
+/// each once.
+pub fn skipped_files(manifests: &Path, policies: Option<&Path>) -> Vec<Skipped> {
+    let mut out = Vec::new();
+    let mut errors = Vec::new();
+    walk(manifests, MANIFEST_EXTENSIONS, &mut errors, &mut |s| {
+        out.push(s)
+    });
+    if let Some(policies) = policies {
+        walk(policies, POLICY_EXTENSIONS, &mut errors, &mut |s| {
+            out.push(s)
+        });
+    }
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    out.dedup();
+    out
+}
+
+/// The files under `dir` whose extension is one of `extensions` (exactly), at most
+/// [`MAX_DEPTH`] levels deep, hidden entries left out; what it passes over that was
+/// probably meant to load goes to `skipped`.
+fn walk(
+    dir: &Path,
+    extensions: &[&str],
+    errors: &mut Vec<LoadError>,
+    skipped: &mut dyn FnMut(Skipped),
+) -> Vec<PathBuf> {
+    let extension_of = |path: &Path| path.extension().and_then(|e| e.to_str()).map(str::to_owned);
+    let loaded_ignoring_case = |e: &Option<String>| {
+        e.as_deref()
+            .is_some_and(|e| extensions.iter().any(|x| x.eq_ignore_ascii_case(e)))
+    };
     let mut out = Vec::new();
     let mut stack = vec![(dir.to_path_buf(), 0usize)];
     while let Some((current, depth)) = stack.pop() {
@@ -394,25 +445,72 @@ fn list_files(dir: &Path, extensions: &[&str], errors: &mut Vec<LoadError>) -> V
         for entry in entries.flatten() {
             let path = entry.path();
             let name = entry.file_name();
+            let extension = extension_of(&path);
             // Hidden entries include Kubernetes ConfigMap mounts' `..data` swaps: the
             // visible symlinks already point at the current content.
             if name.to_string_lossy().starts_with('.') {
+                if !name.to_string_lossy().starts_with("..")
+                    && loaded_ignoring_case(&extension)
+                    && std::fs::metadata(&path).is_ok_and(|m| m.is_file())
+                {
+                    skipped(Skipped {
+                        path,
+                        reason: "hidden file (its name starts with `.`): the loader skips hidden entries".into(),
+                    });
+                }
                 continue;
             }
-            let Ok(meta) = std::fs::metadata(&path) else {
-                continue;
+            let meta = match std::fs::metadata(&path) {
+                Ok(meta) => meta,
+                Err(e) => {
+                    let link = std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_symlink());
+                    skipped(Skipped {
+                        path,
+                        reason: if link {
+                            format!("symlink that does not resolve ({e}): not read")
+                        } else {
+                            format!("cannot be examined ({e}): not read")
+                        },
+                    });
+                    continue;
+                }
             };
             if meta.is_dir() {
                 if depth + 1 < MAX_DEPTH {
                     stack.push((path, depth + 1));
+                } else {
+                    skipped(Skipped {
+                        path,
+                        reason: format!(
+                            "directory deeper than the loader's limit of {MAX_DEPTH} levels: nothing in it is read"
+                        ),
+                    });
                 }
-            } else if meta.is_file()
-                && path
-                    .extension()
-                    .and_then(|e| e.to_str())
-                    .is_some_and(|e| extensions.contains(&e))
+            } else if extension
+                .as_deref()
+                .is_some_and(|e| extensions.contains(&e))
             {
-                out.push(path);
+                if meta.is_file() {
+                    out.push(path);
+                } else {
+                    skipped(Skipped {
+                        path,
+                        reason: "not a regular file: not read".into(),
+                    });
+                }
+            } else if loaded_ignoring_case(&extension) {
+                skipped(Skipped {
+                    reason: format!(
+                        "extension .{} is not one the loader reads ({}: compared exactly, lowercase)",
+                        extension.as_deref().unwrap_or_default(),
+                        extensions
+                            .iter()
+                            .map(|e| format!(".{e}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                    path,
+                });
             }
         }
     }
@@ -469,6 +567,84 @@ mod tests {
         "apiVersion: v1\nkind: Secret\nmetadata: {name: a, namespace: ns}\nstringData: {k: v}\n";
     const B: &str =
         "apiVersion: v1\nkind: Secret\nmetadata: {name: b, namespace: ns}\nstringData: {k: v}\n";
+
+    /// Review finding 5 (issue 13): what the walk passes over that was probably meant to
+    /// load is named, by the walk itself; what it reads is unchanged.
+    #[test]
+    fn skipped_files_are_named_by_the_loaders_own_walk() {
+        let root = tempfile::tempdir().unwrap();
+        let m = root.path().join("m");
+        let p = root.path().join("p");
+        std::fs::create_dir_all(m.join("..2026_01_01/x")).unwrap();
+        std::fs::create_dir_all(m.join(".git")).unwrap();
+        std::fs::create_dir_all(&p).unwrap();
+        for name in [
+            "a.yaml",
+            ".b.yaml",
+            "C.YAML",
+            "d.Json",
+            "notes.txt",
+            ".git/c.yaml",
+        ] {
+            write(&m, name, A);
+        }
+        write(&m.join("..2026_01_01"), "cm.yaml", A);
+        for name in ["ok.cedar", "X.CEDAR", ".x.cedar", "y.yaml"] {
+            write(&p, name, "");
+        }
+        #[cfg(unix)]
+        std::os::unix::fs::symlink(m.join("nowhere.yaml"), m.join("e.yaml")).unwrap();
+        // 16 levels: the 15th is read, the 16th is not.
+        let mut deep = m.clone();
+        for level in 1..=MAX_DEPTH {
+            deep = deep.join(format!("d{level}"));
+            std::fs::create_dir_all(&deep).unwrap();
+            write(&deep, "f.yaml", A);
+        }
+        let mut errors = Vec::new();
+        let read = list_files(&m, MANIFEST_EXTENSIONS, &mut errors);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert!(read.contains(&m.join("a.yaml")));
+        assert_eq!(read.len(), 1 + MAX_DEPTH - 1, "{read:?}");
+        let skipped: Vec<(String, String)> = skipped_files(&m, Some(&p))
+            .into_iter()
+            .map(|s| {
+                let shown = s
+                    .path
+                    .strip_prefix(root.path())
+                    .unwrap()
+                    .display()
+                    .to_string();
+                (shown, s.reason)
+            })
+            .collect();
+        let shown: Vec<&str> = skipped.iter().map(|(p, _)| p.as_str()).collect();
+        let deepest = format!(
+            "m/{}",
+            (1..=MAX_DEPTH)
+                .map(|l| format!("d{l}"))
+                .collect::<Vec<_>>()
+                .join("/")
+        );
+        let mut expected = vec![
+            "m/.b.yaml",
+            "m/C.YAML",
+            "m/d.Json",
+            deepest.as_str(),
+            "p/.x.cedar",
+            "p/X.CEDAR",
+        ];
+        #[cfg(unix)]
+        expected.push("m/e.yaml");
+        expected.sort_unstable();
+        assert_eq!(shown, expected, "{skipped:?}");
+        let reason = |p: &str| &skipped.iter().find(|(s, _)| s == p).unwrap().1;
+        assert!(reason("m/.b.yaml").contains("hidden"));
+        assert!(reason("p/X.CEDAR").contains("extension .CEDAR"));
+        assert!(reason(&deepest).contains("deeper than the loader's limit of 16 levels"));
+        #[cfg(unix)]
+        assert!(reason("m/e.yaml").contains("symlink that does not resolve"));
+    }
 
     #[test]
     fn the_first_scan_lists_everything_and_later_scans_only_changes() {

@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use super::{LoadError, ObjectKey, RawObject};
 use crate::resources::ObjectMeta;
+use crate::support::text::{is_dns_label, is_dns_subdomain, printable};
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -107,8 +108,39 @@ fn push_object(
         });
         return;
     }
+    // Directory mode reads what a cluster would have refused: names Kubernetes would not
+    // accept are refused here too, with the name escaped (review finding 8, issue 13).
+    if let Some(reason) = bad_name(&head.metadata) {
+        errors.push(LoadError {
+            origin: key.to_string(),
+            object: Some(printable(&head.kind, NAME_ECHO_MAX)),
+            reason,
+        });
+        return;
+    }
     let object = RawObject::new(&key, head.api_version, head.kind, head.metadata, doc);
     objects.push((key, object));
+}
+
+/// Longest name echoed in an error (characters).
+const NAME_ECHO_MAX: usize = 253;
+
+/// Why Kubernetes would refuse `metadata`'s name or namespace: a name must be a DNS-1123
+/// subdomain, a namespace a DNS-1123 label (Kubernetes API conventions, object names).
+fn bad_name(metadata: &ObjectMeta) -> Option<String> {
+    if !is_dns_subdomain(&metadata.name) {
+        return Some(format!(
+            "metadata.name \"{}\" is not a DNS-1123 subdomain (at most 253 of a-z, 0-9, '-', '.', each part starting and ending with a letter or digit): Kubernetes would refuse this object, so it is not loaded",
+            printable(&metadata.name, NAME_ECHO_MAX)
+        ));
+    }
+    match metadata.namespace.as_deref() {
+        Some(ns) if !is_dns_label(ns) => Some(format!(
+            "metadata.namespace \"{}\" is not a DNS-1123 label (at most 63 of a-z, 0-9, '-', starting and ending with a letter or digit): Kubernetes would refuse this object, so it is not loaded",
+            printable(ns, NAME_ECHO_MAX)
+        )),
+        _ => None,
+    }
 }
 
 fn first_line(s: &str) -> String {
@@ -133,6 +165,40 @@ mod tests {
         assert_eq!(errs.len(), 1);
         assert!(errs[0].origin.starts_with("f.yaml#1"), "{errs:?}");
         assert!(!format!("{:?}", objs[0]).contains("stringData"));
+    }
+
+    /// Review finding 8 (issue 13): names Kubernetes would refuse are refused at load, the
+    /// name escaped in the error.
+    #[test]
+    fn names_kubernetes_would_refuse_are_refused() {
+        let doc = |meta: &str| format!("apiVersion: v1\nkind: Secret\nmetadata: {meta}\n");
+        for meta in [
+            "{name: \"a\\e[2Jb\", namespace: ns}",
+            "{name: Upper}",
+            "{name: a_b}",
+            "{name: a, namespace: a.b}",
+            "{name: a, namespace: \"x\\ny\"}",
+        ] {
+            let (objs, errs) = parse_manifest(&path("f.yaml"), &doc(meta)).expect("YAML");
+            assert!(objs.is_empty(), "{meta}");
+            assert_eq!(errs.len(), 1, "{meta}");
+            assert!(
+                errs[0].reason.contains("is not a DNS-1123"),
+                "{:?}",
+                errs[0]
+            );
+            assert!(
+                !errs[0].reason.chars().any(char::is_control),
+                "{:?}",
+                errs[0]
+            );
+        }
+        let (_, errs) =
+            parse_manifest(&path("f.yaml"), &doc("{name: \"a\\e[2Jb\"}")).expect("YAML");
+        assert!(errs[0].reason.contains("\"a\\u{1b}[2Jb\""), "{:?}", errs[0]);
+        let (objs, errs) =
+            parse_manifest(&path("f.yaml"), &doc("{name: a.b-c, namespace: ns-1}")).expect("YAML");
+        assert_eq!((objs.len(), errs.len()), (1, 0));
     }
 
     #[test]

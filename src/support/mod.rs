@@ -2,3 +2,4 @@
 
 pub mod duration;
 pub mod jsonpath;
+pub mod text;

@@ -355,21 +355,12 @@ fn boolean(key: Key, value: &str) -> Result<bool, Denial> {
 
 /// A DNS-1123 label: what Kubernetes accepts as a container's name.
 pub fn is_dns_label(s: &str) -> bool {
-    s.len() <= 63 && !s.contains('.') && is_dns_subdomain(s)
+    crate::support::text::is_dns_label(s)
 }
 
 /// A DNS-1123 subdomain: what Kubernetes accepts as a Secret's name.
 pub fn is_dns_subdomain(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 253
-        && s.split('.').all(|label| {
-            !label.is_empty()
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-        })
+    crate::support::text::is_dns_subdomain(s)
 }
 
 #[cfg(test)]
