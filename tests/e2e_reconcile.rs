@@ -578,9 +578,9 @@ spec:
     assert!(!state.contains("pendingRevocations"), "{state}");
 }
 
-/// Names from manifests become paths: an ExternalSecret whose namespace or target is not a
-/// Kubernetes name writes nothing anywhere (and fails the run); OUT inside the manifests
-/// directory is refused.
+/// Names from manifests become paths: an ExternalSecret whose namespace (refused at load)
+/// or target (refused when synced) is not a Kubernetes name writes nothing anywhere (and
+/// fails the run); OUT inside the manifests directory is refused.
 #[test]
 fn hostile_names_write_nothing_outside_output() {
     let dir = tempfile::tempdir().unwrap();
@@ -598,7 +598,10 @@ fn hostile_names_write_nothing_outside_output() {
     std::fs::write(m.join("all.yaml"), text).unwrap();
     let (code, stdout) = reconcile(&m, &out, &[]);
     assert_ne!(code, 0);
-    assert!(stdout.contains("2 failed"), "{stdout}");
+    // The namespace is refused at load, as Kubernetes would refuse the object; the target
+    // name when the ExternalSecret is synced.
+    assert!(stdout.contains("\"../../escaped\" is not a DNS-1123 label"), "{stdout}");
+    assert!(stdout.contains("1 failed, "), "{stdout}");
     let all: Vec<String> = stamps(dir.path()).into_iter().map(|s| s.0).collect();
     assert!(all.iter().all(|p| !p.contains("escaped")), "{all:?}");
     let status = read_yaml(&out.join("team/renamed.externalsecret-status.yaml"));
