@@ -172,12 +172,18 @@ where
     // A request id must be unique, not secret: a version-4 UUID from the thread's CSPRNG
     // (rand's ThreadRng, seeded by the OS), not a getrandom system call per request.
     let request_id = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
-    let span = tracing::info_span!("request", %request_id, method = %req.method(), route = %route);
+    // The id every log and audit line of this request carries, for the caller to quote;
+    // span fields as text, so no layer formats them again.
+    let mut id_buffer = uuid::Uuid::encode_buffer();
+    let id_text: &str = request_id.hyphenated().encode_lower(&mut id_buffer);
+    let span = tracing::info_span!(
+        "request",
+        request_id = id_text,
+        method = req.method().as_str(),
+        route
+    );
     let start = Instant::now();
     let mut resp = next(req).instrument(span.clone()).await;
-    // The id every log and audit line of this request carries, for the caller to quote.
-    let mut id_text = uuid::Uuid::encode_buffer();
-    let id_text = request_id.hyphenated().encode_lower(&mut id_text);
     if let Ok(v) = axum::http::HeaderValue::from_str(id_text) {
         resp.headers_mut().insert("x-request-id", v);
     }

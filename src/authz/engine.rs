@@ -980,17 +980,34 @@ impl PolicyEngine {
             }
         };
         let outcome = if decision.allowed { "allow" } else { "deny" };
+        let principal_id = identity.canonical();
+        let audited = crate::audit::record_decision(&crate::audit::DecisionRecord {
+            federation: &identity.federation,
+            principal: &identity.subject,
+            principal_type: identity.kind().as_str(),
+            principal_id: &principal_id,
+            action: action.as_str(),
+            resource: &canonical,
+            source_address: context.source_address,
+            allowed: decision.allowed,
+            policies: &decision.policy_ids,
+        });
+        // The operational log's line: what it shows without an audit log, or beside it
+        // when RUST_LOG asks for `esi::decision` (the audit layer skips events carrying
+        // `in_audit_log`, so the audit log never holds a line twice). Filtered out by its
+        // callsite otherwise, before any field is formatted.
         tracing::info!(
             target: "esi::decision",
             federation = %identity.federation,
             principal = %identity.subject,
             principal_type = identity.kind().as_str(),
-            principal_id = %identity.canonical(),
+            principal_id = %principal_id,
             action = %action,
             resource = %canonical,
             source_address = context.source_address.map(tracing::field::display),
             decision = outcome,
             policies = ?decision.policy_ids,
+            in_audit_log = audited,
         );
         METRICS
             .decisions
