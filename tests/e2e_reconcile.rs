@@ -600,7 +600,10 @@ fn hostile_names_write_nothing_outside_output() {
     assert_ne!(code, 0);
     // The namespace is refused at load, as Kubernetes would refuse the object; the target
     // name when the ExternalSecret is synced.
-    assert!(stdout.contains("\"../../escaped\" is not a DNS-1123 label"), "{stdout}");
+    assert!(
+        stdout.contains("\"../../escaped\" is not a DNS-1123 label"),
+        "{stdout}"
+    );
     assert!(stdout.contains("1 failed, "), "{stdout}");
     let all: Vec<String> = stamps(dir.path()).into_iter().map(|s| s.0).collect();
     assert!(all.iter().all(|p| !p.contains("escaped")), "{all:?}");
