@@ -386,47 +386,93 @@ fn audit_lines(path: &Path) -> Vec<Value> {
 }
 
 /// The ids `explain` shows are those of the server's decision (audit) line for the same
-/// request: allowed, forbidden, a generator, default deny; by principal and by token.
+/// request, for every action the server decides: `get` allowed, forbidden and default deny,
+/// `generate` on a Generator and on a ClusterGenerator (decided as
+/// `<cluster>/ClusterGenerator/<name>` whatever namespace the path spells), and `find`
+/// (decided on the store; the `get` of each key it returns is decided after it, like a
+/// `get`); by principal and by token.
 #[tokio::test(flavor = "multi_thread")]
 async fn explain_matches_the_servers_audit_lines() {
     let dir = tempfile::tempdir().unwrap();
     let audit = dir.path().join("audit.jsonl");
+    const CLUSTER_GENERATOR: &str = r#"apiVersion: generators.external-secrets.io/v1alpha1
+kind: ClusterGenerator
+metadata: {name: cpw}
+spec:
+  kind: Password
+  generator:
+    passwordSpec: {length: 12}
+"#;
+    const CLUSTER_PERMIT: &str = "@id(\"cluster-pw\")\npermit (principal in Esi::Namespace::\"alpha/apps\", action == Esi::Action::\"generate\", resource == Esi::Generator::\"<cluster>/ClusterGenerator/cpw\");\n";
     let server = Server::start_with_args(
-        &[("world.yaml", world())],
-        &[("no-k2.cedar", FORBID_K2)],
+        &[
+            ("world.yaml", world()),
+            ("cluster.yaml", CLUSTER_GENERATOR.to_owned()),
+        ],
+        &[
+            ("no-k2.cedar", FORBID_K2),
+            ("cluster.cedar", CLUSTER_PERMIT),
+        ],
         &["--audit-log", audit.to_str().unwrap()],
     );
     let token = mint("ec-1", &sa_claims(ISS, AUD, "apps", "app"), None);
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, &token).unwrap();
-    let requests: [(&str, u16, Vec<&str>); 4] = [
+    // (path, body, status, explain flags, decision lines the request writes).
+    let requests: [(&str, Value, u16, Vec<&str>, usize); 6] = [
         (
             "/secretstore/store/secrets/k",
+            json!({}),
             200,
             vec!["--store", "store", "--key", "k"],
+            1,
         ),
         (
             "/secretstore/store/secrets/k2",
+            json!({}),
             404,
             vec!["--store", "store", "--key", "k2"],
+            1,
         ),
         (
             "/generators/apps/Password/pw",
+            json!({}),
             200,
             vec!["--generator", "apps/Password/pw"],
+            1,
+        ),
+        (
+            "/generators/apps/ClusterGenerator/cpw",
+            json!({}),
+            200,
+            vec!["--generator", "apps/ClusterGenerator/cpw"],
+            1,
+        ),
+        // The find, then the `get` of the one key it matches.
+        (
+            "/v1/secretstore/store/find",
+            json!({"find": {"name": {"regexp": "^k$"}}}),
+            200,
+            vec!["--find", "store"],
+            2,
         ),
         (
             "/secretstore/nosuch/secrets/k",
+            json!({}),
             404,
             vec!["--store", "nosuch", "--key", "k"],
+            1,
         ),
     ];
-    for (i, (path, status, args)) in requests.iter().enumerate() {
-        let (got, body) = server.post(path, Some(&token), json!({})).await;
-        assert_eq!(got, *status, "{path}: {body}");
+    let mut first_lines = Vec::new();
+    for (path, body, status, args, written) in &requests {
+        let before = audit_lines(&audit).len();
+        let (got, text) = server.post(path, Some(&token), body.clone()).await;
+        assert_eq!(got, *status, "{path}: {text}");
         let lines = audit_lines(&audit);
-        assert_eq!(lines.len(), i + 1, "{lines:?}");
-        let line = &lines[i];
+        assert_eq!(lines.len(), before + written, "{path}: {lines:?}");
+        // The request's own decision is its first line.
+        let line = lines[before].clone();
         for who in [
             vec!["--principal", "alpha/apps/app"],
             vec!["--token", token_file.to_str().unwrap()],
@@ -445,18 +491,21 @@ async fn explain_matches_the_servers_audit_lines() {
             assert_eq!(explained["resource"], line["resource"], "{path}: {line}");
             assert_eq!(explained["action"], line["action"], "{path}: {line}");
         }
+        first_lines.push(line);
     }
-    let ids: Vec<Value> = audit_lines(&audit)
+    let decided: Vec<(Value, Value)> = first_lines
         .iter()
-        .map(|l| l["policies"].clone())
+        .map(|l| (l["action"].clone(), l["policies"].clone()))
         .collect();
     assert_eq!(
-        ids,
+        decided,
         [
-            json!(["authorization/app/stores"]),
-            json!(["no-k2"]),
-            json!(["authorization/app/generators"]),
-            json!([]),
+            (json!("get"), json!(["authorization/app/stores"])),
+            (json!("get"), json!(["no-k2"])),
+            (json!("generate"), json!(["authorization/app/generators"])),
+            (json!("generate"), json!(["cluster-pw"])),
+            (json!("find"), json!(["authorization/app/stores"])),
+            (json!("get"), json!([])),
         ]
     );
 }

@@ -921,7 +921,11 @@ impl PolicyEngine {
                 policy,
             });
         }
-        for (id, path) in &self.hand_written {
+        // Hand-written policies by id (unique across files), not by file path or position:
+        // renaming or reordering `.cedar` files leaves the listing byte-identical.
+        let mut hand_written: Vec<&(String, String)> = self.hand_written.iter().collect();
+        hand_written.sort_by(|a, b| a.0.cmp(&b.0));
+        for (id, path) in hand_written {
             if let Some(policy) = self.global.policy(&PolicyId::new(id)) {
                 listed.push(ListedPolicy {
                     id: id.clone(),

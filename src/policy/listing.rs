@@ -191,14 +191,42 @@ mod tests {
                 "authorization/a/remote-keys",
                 "authorization/b/stores",
                 "authorization/b/remote-keys",
-                "no-admin",
-                "extra/1"
+                "extra/1",
+                "no-admin"
             ]
         );
         assert_eq!(printed[0].source, "Authorization/a");
         assert_eq!(printed[0].origin.as_deref(), Some("m.yaml#0"));
-        assert_eq!(printed[4].source, "p/extra.cedar");
-        assert_eq!(printed[4].effect, "forbid");
+        assert_eq!(printed[5].source, "p/extra.cedar");
+        assert_eq!(printed[5].effect, "forbid");
+    }
+
+    /// The listing does not depend on the order of `.cedar` files (their paths) or of
+    /// policies within them: the same policies in renamed, reordered files list alike.
+    #[test]
+    fn listing_is_the_same_whatever_the_file_order() {
+        let one = "@id(\"zeta\") forbid (principal, action, resource is Esi::RemoteKey) when { resource.key like \"admin/*\" };\n@id(\"beta\") permit (principal, action == Esi::Action::\"find\", resource);";
+        let two = "@id(\"alpha\") forbid (principal, action, resource is Esi::RemoteKey) when { resource.key like \"root/*\" };";
+        let listed = |files: &[(&str, &str)]| {
+            let files: Vec<PolicyFile> = files
+                .iter()
+                .map(|(path, text)| PolicyFile {
+                    path: (*path).into(),
+                    text: (*text).into(),
+                })
+                .collect();
+            let (engine, errors) = PolicyEngine::build(&[], &files);
+            assert!(errors.is_empty(), "{errors:?}");
+            let printed = print(&engine.listing()).expect("prints");
+            let ids: Vec<String> = printed.iter().map(|p| p.id.clone()).collect();
+            let texts: Vec<String> = printed.into_iter().map(|p| p.text).collect();
+            (ids, texts)
+        };
+        let reordered = "@id(\"beta\") permit (principal, action == Esi::Action::\"find\", resource);\n@id(\"zeta\") forbid (principal, action, resource is Esi::RemoteKey) when { resource.key like \"admin/*\" };";
+        let a = listed(&[("p/a.cedar", one), ("p/b.cedar", two)]);
+        let b = listed(&[("p/0.cedar", two), ("p/z.cedar", reordered)]);
+        assert_eq!(a.0, ["alpha", "beta", "zeta"]);
+        assert_eq!(a, b);
     }
 
     /// Cedar's parser ignores `@id` for naming; the printed text carries the ids in the
