@@ -133,9 +133,7 @@ pub fn record_decision(record: &DecisionRecord<'_>) -> bool {
             return false;
         };
         let registry = dispatch.downcast_ref::<tracing_subscriber::Registry>();
-        let ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let ms = now_ms();
         with_scratch(|scratch| {
             let out = &mut scratch.line;
             out.clear();
@@ -180,6 +178,13 @@ pub fn record_decision(record: &DecisionRecord<'_>) -> bool {
         });
         true
     })
+}
+
+/// Milliseconds since the Unix epoch (a line's `ts_ms`); 0 for a clock before 1970.
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Appends the members of the innermost `request` span around the current one, if any.
@@ -576,9 +581,7 @@ where
             AUDIT_TARGET => "credential",
             _ => return,
         };
-        let ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let ms = now_ms();
         with_scratch(|scratch| {
             let out = &mut scratch.line;
             out.clear();
