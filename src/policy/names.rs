@@ -795,4 +795,118 @@ mod tests {
         );
         assert_eq!(federations_named_by(&policy), facts.federations);
     }
+    /// Issue 13: an OIDC federation's subjects are principals of their own kind, named by
+    /// Authorizations (exact, and a glob as its own representative) and by hand-written
+    /// policies (`OidcSubject` literals, `principal.subject` patterns); its "any other" is
+    /// `FED/*`. They were dropped unless they read as `system:serviceaccount:NS:SA` (and
+    /// then taken for a ServiceAccount).
+    #[test]
+    fn oidc_subjects_are_principals_of_their_federations_kind() {
+        use crate::policy::testing::{authorization_of, federation, oidc_federation, store, tree};
+        let grants = "  allowedClusterSecretStores: [main]\n";
+        let oidc = |name: &str, subject: &str| {
+            authorization_of(name, "OIDCFederation", "github", subject, grants)
+        };
+        let (_dir, tree) = tree(
+            &[
+                federation("alpha"),
+                oidc_federation("github"),
+                store("main"),
+                oidc("deploy", "repo:org/app:ref:refs/heads/main"),
+                oidc("ci", "repo:org/**"),
+                // The federation decides the kind: an OIDC subject, whatever it reads as.
+                oidc("odd", "system:serviceaccount:apps:app"),
+                authorization_of(
+                    "app",
+                    "KubernetesFederation",
+                    "alpha",
+                    "system:serviceaccount:apps:app",
+                    grants,
+                ),
+            ],
+            &[(
+                "p.cedar",
+                "permit (principal == Esi::OidcSubject::\"github/repo:org/tool:ref:refs/tags/v1\", action, resource);\n\
+                 forbid (principal, action, resource) when { principal.subject like \"repo:org/app:*\" };\n\
+                 forbid (principal is Esi::ServiceAccount, action, resource) when { principal.namespace == \"sandbox\" };\n",
+            )],
+        );
+        assert!(tree.snapshot.errors.is_empty(), "{:?}", tree.snapshot.errors);
+        let names = Names::of(&tree);
+        assert_eq!(names.kind_of("github"), PrincipalKind::OidcSubject);
+        assert_eq!(names.kind_of("alpha"), PrincipalKind::ServiceAccount);
+        let found: Vec<(String, PrincipalKind)> = names
+            .principals
+            .iter()
+            .map(|p| (p.label(), p.kind()))
+            .collect();
+        let sa = PrincipalKind::ServiceAccount;
+        let oidc = PrincipalKind::OidcSubject;
+        let expected: Vec<(String, PrincipalKind)> = [
+            ("alpha/*/*", sa),
+            ("alpha/apps/app", sa),
+            // A namespace is a ServiceAccount's: not asked of the OIDC federation.
+            ("alpha/sandbox/*", sa),
+            ("github/*", oidc),
+            ("github/repo:org/*", oidc),
+            ("github/repo:org/app:*", oidc),
+            ("github/repo:org/app:ref:refs/heads/main", oidc),
+            ("github/repo:org/tool:ref:refs/tags/v1", oidc),
+            ("github/system:serviceaccount:apps:app", oidc),
+        ]
+        .iter()
+        .map(|(l, k)| (l.to_string(), *k))
+        .collect();
+        assert_eq!(found, expected);
+        let glob = PrincipalName::oidc_subject("github", "repo:org/*");
+        assert_eq!(glob.represents().as_deref(), Some("repo:org/*"));
+        assert!(!glob.is_any() && PrincipalName::oidc_subject("github", "*").is_any());
+        assert_eq!(
+            PrincipalName::oidc_subject("github", "repo:org/app").represents(),
+            None
+        );
+        // JSON says the kind.
+        assert_eq!(
+            serde_json::to_value(&glob).unwrap(),
+            serde_json::json!({"federation": "github", "type": "OidcSubject", "subject": "repo:org/*"})
+        );
+        assert_eq!(
+            serde_json::to_value(PrincipalName::service_account("a", "n", "s")).unwrap(),
+            serde_json::json!({"federation": "a", "type": "ServiceAccount", "namespace": "n", "name": "s"})
+        );
+    }
+
+    /// A subject cannot forge a line of output through its label; one no token carries
+    /// (empty, longer than a subject may be) is not a principal.
+    #[test]
+    fn oidc_labels_are_printable_and_subjects_bounded() {
+        let p = PrincipalName::oidc_subject("github", "repo:x\ny\u{1b}[2J");
+        assert_eq!(p.label(), "github/repo:x\\ny\\u{1b}[2J");
+        assert_eq!(p.subject(), "repo:x\ny\u{1b}[2J");
+        let mut names = Names::default();
+        names.add_subject("github", PrincipalKind::OidcSubject, "");
+        names.add_subject(
+            "github",
+            PrincipalKind::OidcSubject,
+            &"a".repeat(MAX_CLAIM_VALUE_BYTES + 1),
+        );
+        assert!(names.principals.is_empty());
+        names.add_subject(
+            "github",
+            PrincipalKind::OidcSubject,
+            &format!("{}{}", "*".repeat(5000), "a"),
+        );
+        let labels: Vec<String> = names.principals.iter().map(PrincipalName::label).collect();
+        assert_eq!(labels, ["github/*a"]);
+    }
+
+    #[test]
+    fn every_subject_is_only_a_glob_of_stars() {
+        for broad in ["*", "**"] {
+            assert!(matches_every_subject(broad), "{broad}");
+        }
+        for narrow in ["", "repo:*", "*:*", "a", "system:serviceaccount:*"] {
+            assert!(!matches_every_subject(narrow), "{narrow}");
+        }
+    }
 }

@@ -497,6 +497,7 @@ pub struct Outcome {
 mod tests {
     use super::*;
     use crate::policy::testing::{app_world, authorization, tree};
+    use crate::authn::PrincipalKind;
 
     /// The universe of a small world: the named principals and their representatives,
     /// each store's named keys, the other key and find, decided as the server decides.
@@ -602,5 +603,121 @@ mod tests {
         });
         assert_eq!(g.label(), "ClusterGenerator/root");
         assert_eq!(g.actions().len(), 3);
+    }
+    /// Issue 13: OIDC subjects are resolved to the identity `explain` builds for
+    /// `FED/SUBJECT` (the server's identity for such a token, claims aside) and decided by
+    /// the engine: the exact subject, a glob's representative and "any other" each get
+    /// what the server would give them. A ServiceAccount named for an OIDC federation is
+    /// refused, whatever the policies say.
+    #[test]
+    fn oidc_subjects_are_resolved_and_decided_as_the_server_does() {
+        use crate::policy::explain::{PrincipalSpec, identity_of};
+        use crate::policy::testing::{authorization_of, oidc_federation, store};
+        let world = [
+            oidc_federation("github"),
+            store("main"),
+            authorization_of(
+                "deploy",
+                "OIDCFederation",
+                "github",
+                "repo:org/app:ref:refs/heads/main",
+                "  allowedClusterSecretStores: [main]\n",
+            ),
+            authorization_of(
+                "ci",
+                "OIDCFederation",
+                "github",
+                "repo:org/*",
+                "  allowedClusterSecretStores: [main]\n  allowedRemoteKeys: {main: [ci/*]}\n",
+            ),
+        ];
+        let (_dir, tree) = tree(
+            &world,
+            &[(
+                "p.cedar",
+                "@id(\"prod-only-from-production\")\nforbid (principal is Esi::OidcSubject, action, resource is Esi::RemoteKey) when { resource.key like \"prod/*\" } unless { principal.claims has environment && principal.claims.environment == \"production\" };\n\
+                 @id(\"a-service-account\")\npermit (principal == Esi::ServiceAccount::\"github/apps/app\", action, resource);\n",
+            )],
+        );
+        assert!(tree.snapshot.errors.is_empty(), "{:?}", tree.snapshot.errors);
+        let u = Universe::of(&[&tree], DEFAULT_MAX_REQUESTS);
+        let principals: Vec<String> = u.principals.iter().map(PrincipalName::label).collect();
+        assert_eq!(
+            principals,
+            [
+                "github/apps/app",
+                "github/*",
+                "github/repo:org/*",
+                "github/repo:org/app:ref:refs/heads/main"
+            ]
+        );
+        let probes: Vec<String> = u.probes.iter().map(Probe::label).collect();
+        assert_eq!(
+            probes,
+            ["main:ci/*", "main:prod/*", "main:(any other key)", "main"]
+        );
+        let outcomes = u.evaluate(&tree);
+        let mut allowed = Vec::new();
+        for (r, o) in u.requests.iter().zip(&outcomes) {
+            let p = &u.principals[r.principal];
+            let resolved = u.resolve(&tree, r);
+            if p.kind() == PrincipalKind::OidcSubject {
+                // The identity `explain --principal FED/SUBJECT` decides.
+                let spec = PrincipalSpec {
+                    path: p.label(),
+                    ..Default::default()
+                };
+                let explained = identity_of(&tree.snapshot, &spec, &mut Vec::new()).expect("identity");
+                assert_eq!(resolved.identity, explained, "{}", p.label());
+                assert_eq!(resolved.identity.kind(), PrincipalKind::OidcSubject);
+                assert_eq!(resolved.identity.issuer, "https://github.example");
+                assert!(o.unreachable.is_none(), "{o:?}");
+            }
+            if o.allowed {
+                allowed.push(format!(
+                    "{} {} {} by {}",
+                    p.label(),
+                    r.action,
+                    u.probes[r.probe].label(),
+                    o.policies.join(",")
+                ));
+            }
+        }
+        assert_eq!(
+            allowed,
+            [
+                "github/repo:org/* get main:ci/* by authorization/ci/remote-keys",
+                "github/repo:org/app:ref:refs/heads/main get main:ci/* by authorization/ci/remote-keys,authorization/deploy/stores",
+                "github/repo:org/app:ref:refs/heads/main get main:(any other key) by authorization/deploy/stores",
+                "github/repo:org/app:ref:refs/heads/main find main by authorization/deploy/stores",
+            ]
+        );
+        // The forbid takes prod/* from the subject the Authorization grants the store to
+        // (a token without the claim).
+        let prod = u
+            .requests
+            .iter()
+            .position(|r| {
+                u.principals[r.principal].label() == "github/repo:org/app:ref:refs/heads/main"
+                    && u.probes[r.probe].short() == "prod/*"
+            })
+            .expect("prod request");
+        assert_eq!(outcomes[prod].policies, ["prod-only-from-production"]);
+        assert_eq!(outcomes[prod].overrides, ["authorization/deploy/stores"]);
+        // The policies allow the ServiceAccount; no token of an OIDC federation is one.
+        let sa = u
+            .requests
+            .iter()
+            .position(|r| u.principals[r.principal].label() == "github/apps/app")
+            .expect("ServiceAccount request");
+        assert!(outcomes[sa].decided && !outcomes[sa].allowed);
+        assert!(
+            outcomes[sa]
+                .unreachable
+                .as_deref()
+                .is_some_and(|w| w.contains("OIDCFederation github proves OidcSubject callers")),
+            "{:?}",
+            outcomes[sa]
+        );
     }
 }
