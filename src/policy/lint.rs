@@ -720,4 +720,67 @@ mod tests {
         assert_eq!((second.line, second.column), (5, 3));
         assert_eq!(policy_span(text, "nope", "f"), None);
     }
+    /// Issue 13: the rules about subjects and federations apply to OIDC federations: a
+    /// subject `*` matches every subject of the federation (a ServiceAccount-shaped glob
+    /// does not: it is an OIDC subject pattern like any other), a hand-written permit for
+    /// `FED/*` is broad, and an unused OIDC federation is named by its kind, at its line.
+    #[test]
+    fn subject_rules_apply_to_oidc_federations() {
+        use crate::policy::testing::{authorization_of, oidc_federation};
+        let oidc = |name: &str, subject: &str, keys: &str| {
+            authorization_of(
+                name,
+                "OIDCFederation",
+                "github",
+                subject,
+                &format!("  allowedClusterSecretStores: [main]\n  allowedRemoteKeys: {{main: [{keys}]}}\n"),
+            )
+        };
+        let (_dir, tree) = tree(
+            &[
+                oidc_federation("github"),
+                oidc_federation("idle-ci"),
+                store("main"),
+                oidc("all-ci", "*", "ci/*"),
+                oidc("sa-shaped", "system:serviceaccount:*", "x/*"),
+            ],
+            &[(
+                "wide.cedar",
+                "permit (principal is Esi::OidcSubject in Esi::Federation::\"github\", action == Esi::Action::\"find\", resource == Esi::Store::\"main\");\n",
+            )],
+        );
+        assert!(tree.snapshot.errors.is_empty(), "{:?}", tree.snapshot.errors);
+        let report = lint(&tree, 100_000);
+        let expected: Vec<(&str, String)> = vec![
+            ("broad-subject", "Authorization/all-ci".into()),
+            ("broad-subject", "policy wide/0".into()),
+            ("unused-federation", "OIDCFederation/idle-ci".into()),
+        ];
+        assert_eq!(rules(&report), expected, "{}", report.render());
+        let messages: Vec<&str> = report
+            .findings
+            .iter()
+            .map(|f| f.problem.message.as_str())
+            .collect();
+        assert!(
+            messages[0].contains("matches every subject of OIDCFederation github"),
+            "{}",
+            messages[0]
+        );
+        assert!(
+            messages[1].contains("permits any subject of OIDC federation github (evaluated as github/*): find main"),
+            "{}",
+            messages[1]
+        );
+        let world =
+            std::fs::read_to_string(tree.sources.manifests.join("world.yaml")).expect("world");
+        let idle = world
+            .lines()
+            .position(|l| l.contains("name: idle-ci"))
+            .map(|i| i + 1);
+        assert_eq!(
+            report.findings[2].problem.span.as_ref().map(|s| s.line),
+            idle
+        );
+    }
 }
