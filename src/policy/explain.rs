@@ -889,6 +889,35 @@ mod tests {
         assert!(identity_of(&snapshot, &sa, &mut notes).is_err());
     }
 
+    /// `FED/SUBJECT`: the federation is everything before the first `/`, the subject
+    /// everything after it (`/` and `:` included); a subject longer than token
+    /// verification accepts is refused, as no token carries it.
+    #[test]
+    fn oidc_principals_split_at_the_first_slash_and_are_bounded() {
+        let (_dir, tree) = crate::policy::testing::tree(
+            &[crate::policy::testing::oidc_federation("github")],
+            &[],
+        );
+        let snapshot = &tree.snapshot;
+        let mut notes = Vec::new();
+        let id = identity_of(snapshot, &spec("github/a/b:c/d", None), &mut notes).expect("ok");
+        assert_eq!(
+            (id.federation.as_str(), id.subject.as_str()),
+            ("github", "a/b:c/d")
+        );
+        let longest = format!("github/{}", "a".repeat(MAX_CLAIM_VALUE_BYTES));
+        assert!(check_principal(snapshot, &spec(&longest, None)).is_ok());
+        let over = format!("github/{}", "a".repeat(MAX_CLAIM_VALUE_BYTES + 1));
+        for result in [
+            check_principal(snapshot, &spec(&over, None)),
+            identity_of(snapshot, &spec(&over, None), &mut notes).map(|_| ()),
+        ] {
+            let err = result.expect_err("too long");
+            assert!(err.to_string().contains("longer than 1024 bytes"), "{err}");
+        }
+        assert!(check_principal(snapshot, &spec("github/", None)).is_err());
+    }
+
     #[test]
     fn a_principal_is_the_identity_token_verification_would_give() {
         let snapshot = Snapshot::empty();
