@@ -1920,7 +1920,10 @@ fn diff_shows_an_oidc_subject_gaining_access() {
         json!({"federation": "github", "type": "OidcSubject", "subject": MAIN})
     );
     assert!(d["changes"][1].get("represents").is_none(), "{out}");
-    assert_eq!((d["gained"].as_u64(), d["lost"].as_u64()), (Some(2), Some(0)));
+    assert_eq!(
+        (d["gained"].as_u64(), d["lost"].as_u64()),
+        (Some(2), Some(0))
+    );
 
     let (code, out, err) = run(&[]);
     assert_eq!(code, 0, "{out}\n{err}");
@@ -1939,7 +1942,11 @@ fn diff_shows_an_oidc_subject_gaining_access() {
     // `explain` of the label the diff shows decides as the diff's new tree did.
     for (principal, key, policy) in [
         ("github/repo:org/*", "k", "authorization/ci/remote-keys"),
-        (&format!("github/{MAIN}") as &str, "k2", "authorization/deploy/remote-keys"),
+        (
+            &format!("github/{MAIN}") as &str,
+            "k2",
+            "authorization/deploy/remote-keys",
+        ),
     ] {
         let explained = explain_json(
             &new,
@@ -2004,7 +2011,8 @@ fn report_has_rows_for_oidc_subjects() {
     assert!(deploy.contains(">prod-from-production</a>"), "{deploy}");
     let glob = cell(&html, "github/repo:org/*", "store");
     assert!(
-        glob.contains("data-item=\"k\" data-state=\"allow\"") && glob.contains("data-access=\"partial\""),
+        glob.contains("data-item=\"k\" data-state=\"allow\"")
+            && glob.contains("data-access=\"partial\""),
         "{glob}"
     );
     assert!(

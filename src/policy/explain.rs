@@ -894,10 +894,8 @@ mod tests {
     /// verification accepts is refused, as no token carries it.
     #[test]
     fn oidc_principals_split_at_the_first_slash_and_are_bounded() {
-        let (_dir, tree) = crate::policy::testing::tree(
-            &[crate::policy::testing::oidc_federation("github")],
-            &[],
-        );
+        let (_dir, tree) =
+            crate::policy::testing::tree(&[crate::policy::testing::oidc_federation("github")], &[]);
         let snapshot = &tree.snapshot;
         let mut notes = Vec::new();
         let id = identity_of(snapshot, &spec("github/a/b:c/d", None), &mut notes).expect("ok");

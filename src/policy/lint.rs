@@ -32,9 +32,9 @@ use super::validate::{self, FileCache, Problem, Severity};
 use super::{Sources, Tree, listing, render};
 use crate::authn::PrincipalKind;
 use crate::authz::PolicySource;
-use crate::support::text::printable;
 use crate::source::dir::DirectoryScanner;
 use crate::source::{SourceEvent, SourceObject};
+use crate::support::text::printable;
 
 /// Examples quoted in one finding.
 const EXAMPLES: usize = 3;
@@ -733,7 +733,9 @@ mod tests {
                 "OIDCFederation",
                 "github",
                 subject,
-                &format!("  allowedClusterSecretStores: [main]\n  allowedRemoteKeys: {{main: [{keys}]}}\n"),
+                &format!(
+                    "  allowedClusterSecretStores: [main]\n  allowedRemoteKeys: {{main: [{keys}]}}\n"
+                ),
             )
         };
         let (_dir, tree) = tree(
@@ -749,7 +751,11 @@ mod tests {
                 "permit (principal is Esi::OidcSubject in Esi::Federation::\"github\", action == Esi::Action::\"find\", resource == Esi::Store::\"main\");\n",
             )],
         );
-        assert!(tree.snapshot.errors.is_empty(), "{:?}", tree.snapshot.errors);
+        assert!(
+            tree.snapshot.errors.is_empty(),
+            "{:?}",
+            tree.snapshot.errors
+        );
         let report = lint(&tree, 100_000);
         let expected: Vec<(&str, String)> = vec![
             ("broad-subject", "Authorization/all-ci".into()),
@@ -768,7 +774,9 @@ mod tests {
             messages[0]
         );
         assert!(
-            messages[1].contains("permits any subject of OIDC federation github (evaluated as github/*): find main"),
+            messages[1].contains(
+                "permits any subject of OIDC federation github (evaluated as github/*): find main"
+            ),
             "{}",
             messages[1]
         );

@@ -338,9 +338,8 @@ impl Names {
         } else {
             facts.federations.iter().cloned().collect()
         };
-        let is_kubernetes = |names: &Names, f: &str| {
-            names.kind_of(f) == PrincipalKind::ServiceAccount
-        };
+        let is_kubernetes =
+            |names: &Names, f: &str| names.kind_of(f) == PrincipalKind::ServiceAccount;
         for (f, ns, n) in &facts.service_accounts {
             self.add_principal(f, ns, n);
         }
@@ -831,7 +830,11 @@ mod tests {
                  forbid (principal is Esi::ServiceAccount, action, resource) when { principal.namespace == \"sandbox\" };\n",
             )],
         );
-        assert!(tree.snapshot.errors.is_empty(), "{:?}", tree.snapshot.errors);
+        assert!(
+            tree.snapshot.errors.is_empty(),
+            "{:?}",
+            tree.snapshot.errors
+        );
         let names = Names::of(&tree);
         assert_eq!(names.kind_of("github"), PrincipalKind::OidcSubject);
         assert_eq!(names.kind_of("alpha"), PrincipalKind::ServiceAccount);

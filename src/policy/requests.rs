@@ -371,9 +371,9 @@ impl Universe {
             Caller::OidcSubject { subject } => {
                 // No claims: as a token carrying none of those the federation lists.
                 let mut identity = Identity::of_oidc_subject(&p.federation, &issuer, subject, &[]);
-                if let Some(f) = federation.filter(|f| {
-                    f.kind().principal_kind() == PrincipalKind::OidcSubject
-                }) {
+                if let Some(f) =
+                    federation.filter(|f| f.kind().principal_kind() == PrincipalKind::OidcSubject)
+                {
                     identity.federation_kind = f.kind();
                 }
                 identity
@@ -496,8 +496,8 @@ pub struct Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::testing::{app_world, authorization, tree};
     use crate::authn::PrincipalKind;
+    use crate::policy::testing::{app_world, authorization, tree};
 
     /// The universe of a small world: the named principals and their representatives,
     /// each store's named keys, the other key and find, decided as the server decides.
@@ -639,7 +639,11 @@ mod tests {
                  @id(\"a-service-account\")\npermit (principal == Esi::ServiceAccount::\"github/apps/app\", action, resource);\n",
             )],
         );
-        assert!(tree.snapshot.errors.is_empty(), "{:?}", tree.snapshot.errors);
+        assert!(
+            tree.snapshot.errors.is_empty(),
+            "{:?}",
+            tree.snapshot.errors
+        );
         let u = Universe::of(&[&tree], DEFAULT_MAX_REQUESTS);
         let principals: Vec<String> = u.principals.iter().map(PrincipalName::label).collect();
         assert_eq!(
@@ -667,7 +671,8 @@ mod tests {
                     path: p.label(),
                     ..Default::default()
                 };
-                let explained = identity_of(&tree.snapshot, &spec, &mut Vec::new()).expect("identity");
+                let explained =
+                    identity_of(&tree.snapshot, &spec, &mut Vec::new()).expect("identity");
                 assert_eq!(resolved.identity, explained, "{}", p.label());
                 assert_eq!(resolved.identity.kind(), PrincipalKind::OidcSubject);
                 assert_eq!(resolved.identity.issuer, "https://github.example");
