@@ -1797,3 +1797,351 @@ fn a_closed_pipe_ends_policy_commands_quietly() {
         out.status
     );
 }
+
+const GITHUB: &str = "https://token.actions.githubusercontent.com";
+
+/// An `OIDCFederation` `github` (handing `environment` to policies), a fake store `store`
+/// with `k`, `k2` and `prod/db`, and Authorizations of `github` given as `(name, subject,
+/// grants)` (grants: YAML lines under `spec`).
+fn github_world(authorizations: &[(&str, &str, &str)]) -> String {
+    let mut world = format!(
+        r#"apiVersion: identity.federation.external-secrets.io/v1alpha1
+kind: OIDCFederation
+metadata: {{name: github}}
+spec:
+  issuer: {GITHUB}
+  audiences: [{AUD}]
+  claims: [environment]
+---
+apiVersion: external-secrets.io/v1
+kind: ClusterSecretStore
+metadata: {{name: store}}
+spec:
+  provider:
+    fake:
+      data:
+        - {{key: k, value: v1}}
+        - {{key: k2, value: v2}}
+        - {{key: prod/db, value: v3}}
+"#
+    );
+    for (name, subject, grants) in authorizations {
+        world.push_str(&format!(
+            "---\napiVersion: federation.external-secrets.io/v1alpha1\nkind: Authorization\nmetadata: {{name: {name}}}\nspec:\n  federationRef: {{kind: OIDCFederation, name: github}}\n  subject: {{oidc: {{issuer: \"{GITHUB}\", subject: \"{subject}\"}}}}\n{grants}"
+        ));
+    }
+    world
+}
+
+/// Issue 13: `diff` covers OIDC subjects. An exact subject granted one more key gains it,
+/// and a new glob's representative (`github/repo:org/*`, the glob itself) gains what the
+/// glob is granted; text and `--json` show both, with the principal's kind, and `explain`
+/// of the label the diff shows decides as the diff's new tree did. (OIDC subjects were
+/// dropped from the enumeration: this diff showed nothing.)
+#[test]
+fn diff_shows_an_oidc_subject_gaining_access() {
+    const MAIN: &str = "repo:org/app:ref:refs/heads/main";
+    let old_world = github_world(&[(
+        "deploy",
+        MAIN,
+        "  allowedClusterSecretStores: [store]\n  allowedRemoteKeys: {store: [k]}\n",
+    )]);
+    let new_world = github_world(&[
+        (
+            "deploy",
+            MAIN,
+            "  allowedClusterSecretStores: [store]\n  allowedRemoteKeys: {store: [k, k2]}\n",
+        ),
+        (
+            "ci",
+            "repo:org/*",
+            "  allowedClusterSecretStores: [store]\n  allowedRemoteKeys: {store: [k]}\n",
+        ),
+    ]);
+    let old = Tree::new(&[("world.yaml", &old_world)], &[]);
+    let new = Tree::new(&[("world.yaml", &new_world)], &[]);
+    let args: Vec<String> = vec![
+        "--old-manifests".into(),
+        old.path("manifests").display().to_string(),
+        "--old-policies".into(),
+        old.path("policies").display().to_string(),
+        "--manifests".into(),
+        new.path("manifests").display().to_string(),
+        "--policies".into(),
+        new.path("policies").display().to_string(),
+    ];
+    let run = |extra: &[&str]| {
+        let mut all: Vec<&str> = args.iter().map(String::as_str).collect();
+        all.extend_from_slice(extra);
+        diff_in(old.dir.path(), &all)
+    };
+
+    let (code, out, err) = run(&["--json"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let d: Value = serde_json::from_str(&out).unwrap();
+    let changes: Vec<(String, String, String, String, Value)> = d["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["change"].as_str().unwrap().to_owned(),
+                c["principal_label"].as_str().unwrap().to_owned(),
+                c["action"].as_str().unwrap().to_owned(),
+                c["resource_label"].as_str().unwrap().to_owned(),
+                c["new"]["policies"].clone(),
+            )
+        })
+        .collect();
+    let expected: Vec<(String, String, String, String, Value)> = vec![
+        (
+            "gained".into(),
+            "github/repo:org/*".into(),
+            "get".into(),
+            "store:k".into(),
+            json!(["authorization/ci/remote-keys"]),
+        ),
+        (
+            "gained".into(),
+            format!("github/{MAIN}"),
+            "get".into(),
+            "store:k2".into(),
+            json!(["authorization/deploy/remote-keys"]),
+        ),
+    ];
+    assert_eq!(changes, expected, "{out}");
+    assert_eq!(
+        d["changes"][0]["principal"],
+        json!({"federation": "github", "type": "OidcSubject", "subject": "repo:org/*"})
+    );
+    assert_eq!(d["changes"][0]["represents"], "repo:org/*");
+    assert_eq!(
+        d["changes"][1]["principal"],
+        json!({"federation": "github", "type": "OidcSubject", "subject": MAIN})
+    );
+    assert!(d["changes"][1].get("represents").is_none(), "{out}");
+    assert_eq!(
+        (d["gained"].as_u64(), d["lost"].as_u64()),
+        (Some(2), Some(0))
+    );
+
+    let (code, out, err) = run(&[]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("2 gained, 0 lost"), "{out}");
+    assert!(
+        out.contains("\ngithub/repo:org/* (any subject matching repo:org/*)\n  + get          store:k\n      now allowed by authorization/ci/remote-keys; was denied by default\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "\ngithub/{MAIN}\n  + get          store:k2\n      now allowed by authorization/deploy/remote-keys; was denied by default\n"
+        )),
+        "{out}"
+    );
+
+    // `explain` of the label the diff shows decides as the diff's new tree did.
+    for (principal, key, policy) in [
+        ("github/repo:org/*", "k", "authorization/ci/remote-keys"),
+        (
+            &format!("github/{MAIN}") as &str,
+            "k2",
+            "authorization/deploy/remote-keys",
+        ),
+    ] {
+        let explained = explain_json(
+            &new,
+            &["--principal", principal, "--store", "store", "--key", key],
+        );
+        assert_eq!(explained["decision"], "allow", "{explained}");
+        assert_eq!(explained["policies"], json!([policy]), "{explained}");
+        assert_eq!(explained["principal"]["type"], "OidcSubject", "{explained}");
+    }
+}
+
+/// Issue 13: `report --html` has rows for OIDC subjects: the exact subject an
+/// Authorization names, a glob's representative and the federation's "any other" subject
+/// (`github/*`), each with its cells; a forbid on a claim the enumerated token lacks is
+/// shown taking `prod/db` away. (The page had no such row.)
+#[test]
+fn report_has_rows_for_oidc_subjects() {
+    let world = github_world(&[
+        (
+            "deploy",
+            "repo:org/app:environment:production",
+            "  allowedClusterSecretStores: [store]\n",
+        ),
+        (
+            "ci",
+            "repo:org/*",
+            "  allowedClusterSecretStores: [store]\n  allowedRemoteKeys: {store: [k]}\n",
+        ),
+    ]);
+    let prod_only = "@id(\"prod-from-production\")\nforbid (principal is Esi::OidcSubject, action, resource is Esi::RemoteKey)\nwhen { resource.key like \"prod/*\" }\nunless { principal.claims has environment && principal.claims.environment == \"production\" };\n";
+    let tree = Tree::new(&[("world.yaml", &world)], &[("ci.cedar", prod_only)]);
+    let out_file = tree.dir.path().join("report.html");
+    let (ok, out, err) = tree_policy(&tree, &["report", "--html", out_file.to_str().unwrap()]);
+    assert!(ok, "{out}\n{err}");
+    assert!(out.contains("3 principals × 1 columns"), "{out}");
+    let html = std::fs::read_to_string(&out_file).unwrap();
+    for principal in [
+        "github/*",
+        "github/repo:org/*",
+        "github/repo:org/app:environment:production",
+    ] {
+        assert!(
+            html.contains(&format!(
+                "data-principal=\"{principal}\" data-type=\"OidcSubject\""
+            )),
+            "no row for {principal}"
+        );
+    }
+    let deploy = cell(&html, "github/repo:org/app:environment:production", "store");
+    assert!(
+        deploy.contains("data-access=\"partial\" data-forbid=\"true\""),
+        "{deploy}"
+    );
+    assert!(
+        deploy.contains("data-item=\"prod/*\" data-state=\"forbid\""),
+        "{deploy}"
+    );
+    assert!(
+        deploy.contains("data-item=\"find\" data-state=\"allow\""),
+        "{deploy}"
+    );
+    assert!(deploy.contains(">prod-from-production</a>"), "{deploy}");
+    let glob = cell(&html, "github/repo:org/*", "store");
+    assert!(
+        glob.contains("data-item=\"k\" data-state=\"allow\"")
+            && glob.contains("data-access=\"partial\""),
+        "{glob}"
+    );
+    assert!(
+        html.contains("title=\"any subject matching repo:org/*\""),
+        "the representative says what it stands for"
+    );
+    let anyone = cell(&html, "github/*", "store");
+    assert!(anyone.contains("data-access=\"none\""), "{anyone}");
+    // No ServiceAccount row is made up for the OIDC federation.
+    assert!(!html.contains("data-principal=\"github/*/*\""));
+}
+
+/// Issue 13: for OIDC subjects too, `explain --principal FED/SUBJECT --claim …` shows the
+/// policy ids, decision and principal of the server's audit line for the same request:
+/// allowed by the exact subject's Authorization, denied by a forbid on a claim, allowed by
+/// a glob's Authorization, denied by a forbid for a token without the claim.
+#[tokio::test(flavor = "multi_thread")]
+async fn explain_matches_the_servers_audit_lines_for_oidc_subjects() {
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let issuer = Issuer::start_oidc(jwks(&["rsa-1"])).await;
+    let mut manifests = oidc_federation("github", &issuer, AUD, "  claims: [environment]\n");
+    let authorization = |name: &str, subject: &str, grants: &str| {
+        format!(
+            "---\napiVersion: federation.external-secrets.io/v1alpha1\nkind: Authorization\nmetadata: {{name: {name}}}\nspec:\n  federationRef: {{kind: OIDCFederation, name: github}}\n  subject: {{oidc: {{issuer: \"{}\", subject: \"{subject}\"}}}}\n{grants}",
+            issuer.url
+        )
+    };
+    manifests.push_str(&format!(
+        "---\n{}",
+        r#"apiVersion: external-secrets.io/v1
+kind: ClusterSecretStore
+metadata: {name: store}
+spec:
+  provider:
+    fake:
+      data:
+        - {key: k, value: v1}
+        - {key: prod/db, value: v3}
+"#
+    ));
+    const APP: &str = "repo:org/app:environment:production";
+    manifests.push_str(&authorization(
+        "deploy",
+        APP,
+        "  allowedClusterSecretStores: [store]\n",
+    ));
+    manifests.push_str(&authorization(
+        "ci",
+        "repo:org/*",
+        "  allowedClusterSecretStores: [store]\n  allowedRemoteKeys: {store: [k]}\n",
+    ));
+    let prod_only = "@id(\"prod-from-production\")\nforbid (principal is Esi::OidcSubject, action, resource is Esi::RemoteKey)\nwhen { resource.key like \"prod/*\" }\nunless { principal.claims has environment && principal.claims.environment == \"production\" };\n";
+    let server = Server::start_with_args(
+        &[("github.yaml", manifests)],
+        &[("ci.cedar", prod_only)],
+        &["--audit-log", audit.to_str().unwrap()],
+    );
+    let token = |subject: &str, environment: Option<&str>| {
+        let now = now();
+        let mut claims = json!({
+            "iss": issuer.url, "aud": AUD, "sub": subject,
+            "iat": now, "nbf": now, "exp": now + 300,
+        });
+        if let Some(env) = environment {
+            claims["environment"] = json!(env);
+        }
+        mint("rsa-1", &claims, None)
+    };
+    const LIB: &str = "repo:org/lib:ref:refs/heads/main";
+    // (subject, environment claim, key, status, the policies the server decides by).
+    let requests: [(&str, Option<&str>, &str, u16, Value); 4] = [
+        (
+            APP,
+            Some("production"),
+            "prod/db",
+            200,
+            json!(["authorization/deploy/stores"]),
+        ),
+        (
+            APP,
+            Some("staging"),
+            "prod/db",
+            404,
+            json!(["prod-from-production"]),
+        ),
+        (LIB, None, "k", 200, json!(["authorization/ci/remote-keys"])),
+        (LIB, None, "prod/db", 404, json!(["prod-from-production"])),
+    ];
+    for (subject, environment, key, status, policies) in &requests {
+        let before = audit_lines(&audit).len();
+        let path = format!("/secretstore/store/secrets/{key}");
+        let (got, text) = server
+            .post(&path, Some(&token(subject, *environment)), json!({}))
+            .await;
+        assert_eq!(got, *status, "{subject} {key}: {text}");
+        let lines = audit_lines(&audit);
+        assert_eq!(lines.len(), before + 1, "{path}: {lines:?}");
+        let line = &lines[before];
+        assert_eq!(line["policies"], *policies, "{line}");
+        let principal = format!("github/{subject}");
+        let claim = environment.map(|e| format!("--claim=environment={e}"));
+        let mut args = vec![
+            "explain",
+            "--json",
+            "--principal",
+            &principal,
+            "--store",
+            "store",
+            "--key",
+            key,
+        ];
+        if let Some(c) = &claim {
+            args.push(c);
+        }
+        let (ok, out, err) = policy(&server.manifests, &server.policies, &args);
+        assert!(ok, "{out}\n{err}");
+        let explained: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(explained["policies"], line["policies"], "{subject}: {line}");
+        assert_eq!(explained["decision"], line["decision"], "{subject}: {line}");
+        assert_eq!(explained["resource"], line["resource"], "{line}");
+        assert_eq!(explained["action"], line["action"], "{line}");
+        assert_eq!(
+            explained["principal"]["entity"], line["principal_id"],
+            "{line}"
+        );
+        assert_eq!(
+            explained["principal"]["type"], line["principal_type"],
+            "{line}"
+        );
+    }
+}

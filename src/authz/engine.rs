@@ -268,6 +268,13 @@ impl CheckedAuthorization {
         &self.origin
     }
 
+    /// The kind of caller its policies grant (`principal is …`): `ServiceAccount` for a
+    /// `federationRef.kind` of `KubernetesFederation` (or empty), `OidcSubject` for an OIDC
+    /// federation kind.
+    pub fn principal_kind(&self) -> crate::authn::PrincipalKind {
+        self.shape.principal
+    }
+
     /// Number of policies it compiles to (0 to 4).
     pub fn policy_count(&self) -> usize {
         self.shape.policies

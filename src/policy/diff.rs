@@ -12,6 +12,7 @@ use serde::Serialize;
 use super::Tree;
 use super::names::PrincipalName;
 use super::requests::{Outcome, Probe, Universe};
+use crate::support::text::printable;
 
 /// Most rows of the Markdown form (a pull-request comment has a size limit); the rest are
 /// counted.
@@ -34,7 +35,8 @@ pub struct Change {
     pub change: Direction,
     /// The caller.
     pub principal: PrincipalName,
-    /// `FED/NS/SA`.
+    /// `FED/NS/SA` (a ServiceAccount) or `FED/SUBJECT` (an OIDC subject), escaped
+    /// ([`PrincipalName::label`]).
     pub principal_label: String,
     /// For a representative: the subject glob it stands for.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -199,7 +201,11 @@ impl Diff {
                 out.push('\n');
                 out.push_str(&c.principal_label);
                 if let Some(glob) = &c.represents {
-                    out.push_str(&format!(" (any ServiceAccount matching {glob})"));
+                    out.push_str(&format!(
+                        " (any {} matching {})",
+                        c.principal.noun(),
+                        printable(glob, usize::MAX)
+                    ));
                 }
                 out.push('\n');
                 last = Some(&c.principal);

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::PolicyToolError;
 use super::listing;
-use crate::authn::{AuthnSettings, Federation, Identity, OfflineIdentity};
+use crate::authn::{AuthnSettings, Federation, Identity, MAX_CLAIM_VALUE_BYTES, OfflineIdentity};
 use crate::authz::{Action, Decision, RequestContext, Resource};
 use crate::config::Snapshot;
 use crate::providers::RemoteRef;
@@ -154,8 +154,9 @@ fn service_account_path(path: &str) -> Result<(&str, &str, &str), PolicyToolErro
 }
 
 /// Checks that `spec` names a principal a token can carry, before anything else is asked
-/// of it: an OIDC federation's `FED/SUBJECT` (any non-empty subject), else
-/// [`service_account_path`]; for a federation that is not loaded only its name is checked
+/// of it: `FED/SUBJECT` when `FED` (everything before the first `/`) is a loaded OIDC
+/// federation (the subject is everything after it, `/` and `:` included: [`oidc_subject`]),
+/// else [`service_account_path`]; for a federation that is not loaded only its name is checked
 /// (the server refuses every token of it, 401, whatever follows).
 pub fn check_principal(snapshot: &Snapshot, spec: &PrincipalSpec) -> Result<(), PolicyToolError> {
     bounded("principal", &spec.path)?;
@@ -163,8 +164,8 @@ pub fn check_principal(snapshot: &Snapshot, spec: &PrincipalSpec) -> Result<(), 
     match federation(snapshot, fed) {
         Some(f) if f.kind().principal_kind() == crate::authn::PrincipalKind::OidcSubject => {
             match spec.path.split_once('/') {
-                Some((_, subject)) if !subject.is_empty() => Ok(()),
-                _ => Err(PolicyToolError::BadRequest(
+                Some((_, subject)) => oidc_subject(subject).map(|_| ()),
+                None => Err(PolicyToolError::BadRequest(
                     "principal must be FEDERATION/SUBJECT for an OIDC federation".into(),
                 )),
             }
@@ -176,6 +177,23 @@ pub fn check_principal(snapshot: &Snapshot, spec: &PrincipalSpec) -> Result<(), 
             spec.path
         ))),
     }
+}
+
+/// The SUBJECT of `FED/SUBJECT` (everything after the first `/`) as token verification
+/// accepts an OIDC subject: non-empty, at most [`MAX_CLAIM_VALUE_BYTES`] bytes; a longer
+/// one is refused (the server refuses such a token, 401, before any decision).
+fn oidc_subject(subject: &str) -> Result<&str, PolicyToolError> {
+    if subject.is_empty() {
+        return Err(PolicyToolError::BadRequest(
+            "principal must be FEDERATION/SUBJECT for an OIDC federation".into(),
+        ));
+    }
+    if subject.len() > MAX_CLAIM_VALUE_BYTES {
+        return Err(PolicyToolError::BadRequest(format!(
+            "the subject is longer than {MAX_CLAIM_VALUE_BYTES} bytes, so no token the server accepts names it"
+        )));
+    }
+    Ok(subject)
 }
 
 fn federation<'s>(snapshot: &'s Snapshot, name: &str) -> Option<&'s Federation> {
@@ -197,11 +215,7 @@ fn oidc_identity_of(
             fed.kind()
         )));
     }
-    if subject.is_empty() {
-        return Err(PolicyToolError::BadRequest(
-            "principal must be FEDERATION/SUBJECT for an OIDC federation".into(),
-        ));
-    }
+    oidc_subject(subject)?;
     let configured = fed.configured_issuer().unwrap_or_default();
     let issuer = match &spec.issuer {
         Some(given) if given != configured => {
@@ -873,6 +887,33 @@ mod tests {
         let mut sa = spec("f/ns/sa", Some("https://i"));
         sa.claims = [("a".to_owned(), "b".to_owned())].into();
         assert!(identity_of(&snapshot, &sa, &mut notes).is_err());
+    }
+
+    /// `FED/SUBJECT`: the federation is everything before the first `/`, the subject
+    /// everything after it (`/` and `:` included); a subject longer than token
+    /// verification accepts is refused, as no token carries it.
+    #[test]
+    fn oidc_principals_split_at_the_first_slash_and_are_bounded() {
+        let (_dir, tree) =
+            crate::policy::testing::tree(&[crate::policy::testing::oidc_federation("github")], &[]);
+        let snapshot = &tree.snapshot;
+        let mut notes = Vec::new();
+        let id = identity_of(snapshot, &spec("github/a/b:c/d", None), &mut notes).expect("ok");
+        assert_eq!(
+            (id.federation.as_str(), id.subject.as_str()),
+            ("github", "a/b:c/d")
+        );
+        let longest = format!("github/{}", "a".repeat(MAX_CLAIM_VALUE_BYTES));
+        assert!(check_principal(snapshot, &spec(&longest, None)).is_ok());
+        let over = format!("github/{}", "a".repeat(MAX_CLAIM_VALUE_BYTES + 1));
+        for result in [
+            check_principal(snapshot, &spec(&over, None)),
+            identity_of(snapshot, &spec(&over, None), &mut notes).map(|_| ()),
+        ] {
+            let err = result.expect_err("too long");
+            assert!(err.to_string().contains("longer than 1024 bytes"), "{err}");
+        }
+        assert!(check_principal(snapshot, &spec("github/", None)).is_err());
     }
 
     #[test]

@@ -4,11 +4,11 @@
 //! | rule | how | finding |
 //! |---|---|---|
 //! | `invalid` | [`super::validate`] | every error `validate` reports (the rest of lint runs on what loaded) |
-//! | `broad-subject` | structural, exact ([`names::matches_every_service_account`]) | an Authorization whose subject glob matches every ServiceAccount of its federation |
-//! | `broad-subject` | evaluated | a hand-written permit that grants something to `FED/*/*`, any ServiceAccount of a federation |
+//! | `broad-subject` | structural, exact ([`names::matches_every_service_account`], [`names::matches_every_subject`]) | an Authorization whose subject glob matches every ServiceAccount (every subject, for an OIDC federation) of its federation |
+//! | `broad-subject` | evaluated | a hand-written permit that grants something to `FED/*/*` (any ServiceAccount of a federation) or `FED/*` (any subject of an OIDC federation) |
 //! | `unrestricted-store` | structural | an Authorization granting every key of a store that another Authorization restricts by key |
 //! | `shadowed-permit` | evaluated | a permit every evaluated request it satisfies is denied by a forbid |
-//! | `unused-federation` | structural | a KubernetesFederation no Authorization and no `.cedar` policy names |
+//! | `unused-federation` | structural | a federation (of any kind) no Authorization and no `.cedar` policy names |
 //! | `unreadable-store` | evaluated | a ClusterSecretStore no evaluated principal may `get` any key of, or `find` on |
 //!
 //! Evaluated rules decide the relevant requests ([`super::requests`]) with the tree's engine
@@ -26,13 +26,15 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use super::names::{self, PrincipalName};
+use super::names;
 use super::requests::{Column, Outcome, Probe, Universe};
 use super::validate::{self, FileCache, Problem, Severity};
 use super::{Sources, Tree, listing, render};
+use crate::authn::PrincipalKind;
 use crate::authz::PolicySource;
 use crate::source::dir::DirectoryScanner;
 use crate::source::{SourceEvent, SourceObject};
+use crate::support::text::printable;
 
 /// Examples quoted in one finding.
 const EXAMPLES: usize = 3;
@@ -291,10 +293,6 @@ fn examples<'a>(universe: &Universe, requests: impl Iterator<Item = &'a usize>) 
     out
 }
 
-fn is_any(p: &PrincipalName) -> bool {
-    p.namespace == "*" && p.name == "*"
-}
-
 fn broad_subjects(
     tree: &Tree,
     universe: &Universe,
@@ -306,27 +304,36 @@ fn broad_subjects(
         let Some((_, subject)) = a.subject() else {
             continue;
         };
-        if !names::matches_every_service_account(subject) {
-            continue;
-        }
         let fed = &a.spec().federation_ref.name;
+        let message = match a.principal_kind() {
+            PrincipalKind::ServiceAccount if names::matches_every_service_account(subject) => {
+                format!(
+                    "subject {subject:?} matches every ServiceAccount of every namespace of KubernetesFederation {fed}: any workload of that cluster gets what this Authorization grants (name the namespace: system:serviceaccount:NAMESPACE:*)"
+                )
+            }
+            PrincipalKind::OidcSubject if names::matches_every_subject(subject) => format!(
+                "subject {subject:?} matches every subject of {} {fed}: any token that federation accepts gets what this Authorization grants (name the subject, or narrow the glob, e.g. repo:ORG/REPO:*)",
+                a.spec().federation_ref.kind
+            ),
+            _ => continue,
+        };
         let problem = validate::object_problem(
             files,
             Severity::Warning,
             a.origin(),
             &format!("Authorization/{}", a.name()),
             Some((Some("subject"), subject)),
-            format!(
-                "subject {subject:?} matches every ServiceAccount of every namespace of KubernetesFederation {fed}: any workload of that cluster gets what this Authorization grants (name the namespace: system:serviceaccount:NAMESPACE:*)"
-            ),
+            message,
         );
         out.push(warn("broad-subject", problem));
     }
-    // Hand-written permits that grant something to any ServiceAccount of a federation.
-    let mut by_policy: BTreeMap<&str, (BTreeSet<&str>, Vec<usize>)> = BTreeMap::new();
+    // Hand-written permits that grant something to any caller of a federation (its
+    // `FED/*/*` or `FED/*`).
+    type Feds<'a> = BTreeSet<(PrincipalKind, &'a str)>;
+    let mut by_policy: BTreeMap<&str, (Feds, Vec<usize>)> = BTreeMap::new();
     for (i, (r, o)) in universe.requests.iter().zip(outcomes).enumerate() {
         let p = &universe.principals[r.principal];
-        if !o.decided || !is_any(p) {
+        if !o.decided || !p.is_any() {
             continue;
         }
         for id in &o.policies {
@@ -336,17 +343,41 @@ fn broad_subjects(
                 .any(|l| &l.id == id && matches!(l.source, PolicySource::File { .. }));
             if hand_written {
                 let entry = by_policy.entry(id).or_default();
-                entry.0.insert(&p.federation);
+                entry.0.insert((p.kind(), &p.federation));
                 entry.1.push(i);
             }
         }
     }
     for (id, (feds, requests)) in by_policy {
-        let feds: Vec<&str> = feds.into_iter().collect();
+        let mut whom = Vec::new();
+        for (kind, what, any) in [
+            (
+                PrincipalKind::ServiceAccount,
+                "any ServiceAccount of KubernetesFederation",
+                "/*/*",
+            ),
+            (
+                PrincipalKind::OidcSubject,
+                "any subject of OIDC federation",
+                "/*",
+            ),
+        ] {
+            let of_kind: Vec<&str> = feds
+                .iter()
+                .filter(|(k, _)| *k == kind)
+                .map(|(_, f)| *f)
+                .collect();
+            if let Some(first) = of_kind.first() {
+                whom.push(format!(
+                    "{what} {} (evaluated as {}{any})",
+                    printable(&of_kind.join(", "), usize::MAX),
+                    printable(first, usize::MAX)
+                ));
+            }
+        }
         let message = format!(
-            "permits any ServiceAccount of KubernetesFederation {} (evaluated as {}/*/*): {}",
-            feds.join(", "),
-            feds.first().copied().unwrap_or_default(),
+            "permits {}: {}",
+            whom.join(" and "),
             examples(universe, requests.iter())
         );
         out.push(warn(
@@ -463,17 +494,22 @@ fn unused_federations(
             named.extend(names::federations_named_by(&l.policy));
         }
     }
-    let mut feds: Vec<&str> = tree.snapshot.federations.iter().map(|f| f.name()).collect();
+    let mut feds: Vec<(&str, &str)> = tree
+        .snapshot
+        .federations
+        .iter()
+        .map(|f| (f.name(), f.kind().as_str()))
+        .collect();
     feds.sort_unstable();
-    for fed in feds {
+    for (fed, kind) in feds {
         if named.contains(fed) {
             continue;
         }
-        let origin = origins.get(&("KubernetesFederation".to_owned(), fed.to_owned()));
+        let origin = origins.get(&(kind.to_owned(), fed.to_owned()));
         let problem = manifest_problem(
             files,
             origin,
-            format!("KubernetesFederation/{fed}"),
+            format!("{kind}/{fed}"),
             "no Authorization and no .cedar policy names this federation: its tokens are verified and then denied everything (remove it, or grant something)".to_owned(),
         );
         out.push(warn("unused-federation", problem));
@@ -683,5 +719,76 @@ mod tests {
         let second = policy_span(text, "f/1", "f").expect("found");
         assert_eq!((second.line, second.column), (5, 3));
         assert_eq!(policy_span(text, "nope", "f"), None);
+    }
+    /// Issue 13: the rules about subjects and federations apply to OIDC federations: a
+    /// subject `*` matches every subject of the federation (a ServiceAccount-shaped glob
+    /// does not: it is an OIDC subject pattern like any other), a hand-written permit for
+    /// `FED/*` is broad, and an unused OIDC federation is named by its kind, at its line.
+    #[test]
+    fn subject_rules_apply_to_oidc_federations() {
+        use crate::policy::testing::{authorization_of, oidc_federation};
+        let oidc = |name: &str, subject: &str, keys: &str| {
+            authorization_of(
+                name,
+                "OIDCFederation",
+                "github",
+                subject,
+                &format!(
+                    "  allowedClusterSecretStores: [main]\n  allowedRemoteKeys: {{main: [{keys}]}}\n"
+                ),
+            )
+        };
+        let (_dir, tree) = tree(
+            &[
+                oidc_federation("github"),
+                oidc_federation("idle-ci"),
+                store("main"),
+                oidc("all-ci", "*", "ci/*"),
+                oidc("sa-shaped", "system:serviceaccount:*", "x/*"),
+            ],
+            &[(
+                "wide.cedar",
+                "permit (principal is Esi::OidcSubject in Esi::Federation::\"github\", action == Esi::Action::\"find\", resource == Esi::Store::\"main\");\n",
+            )],
+        );
+        assert!(
+            tree.snapshot.errors.is_empty(),
+            "{:?}",
+            tree.snapshot.errors
+        );
+        let report = lint(&tree, 100_000);
+        let expected: Vec<(&str, String)> = vec![
+            ("broad-subject", "Authorization/all-ci".into()),
+            ("broad-subject", "policy wide/0".into()),
+            ("unused-federation", "OIDCFederation/idle-ci".into()),
+        ];
+        assert_eq!(rules(&report), expected, "{}", report.render());
+        let messages: Vec<&str> = report
+            .findings
+            .iter()
+            .map(|f| f.problem.message.as_str())
+            .collect();
+        assert!(
+            messages[0].contains("matches every subject of OIDCFederation github"),
+            "{}",
+            messages[0]
+        );
+        assert!(
+            messages[1].contains(
+                "permits any subject of OIDC federation github (evaluated as github/*): find main"
+            ),
+            "{}",
+            messages[1]
+        );
+        let world =
+            std::fs::read_to_string(tree.sources.manifests.join("world.yaml")).expect("world");
+        let idle = world
+            .lines()
+            .position(|l| l.contains("name: idle-ci"))
+            .map(|i| i + 1);
+        assert_eq!(
+            report.findings[2].problem.span.as_ref().map(|s| s.line),
+            idle
+        );
     }
 }

@@ -281,6 +281,28 @@ spec:
         )
     }
 
+    /// An OIDCFederation `name` of issuer `https://<name>.example` (keys by discovery,
+    /// never fetched by the tools) handing claim `environment` to policies.
+    pub fn oidc_federation(name: &str) -> String {
+        format!(
+            "apiVersion: identity.federation.external-secrets.io/v1alpha1\nkind: OIDCFederation\nmetadata: {{name: {name}}}\nspec: {{issuer: 'https://{name}.example', audiences: [esi], claims: [environment]}}\n"
+        )
+    }
+
+    /// An Authorization `name` of federation `fed` of kind `kind` (its issuer
+    /// `https://<fed>.example`) for `subject`, with `grants` as for [`authorization`].
+    pub fn authorization_of(
+        name: &str,
+        kind: &str,
+        fed: &str,
+        subject: &str,
+        grants: &str,
+    ) -> String {
+        format!(
+            "apiVersion: federation.external-secrets.io/v1alpha1\nkind: Authorization\nmetadata: {{name: {name}}}\nspec:\n  federationRef: {{kind: {kind}, name: {fed}}}\n  subject: {{oidc: {{issuer: https://{fed}.example, subject: \"{subject}\"}}}}\n{grants}"
+        )
+    }
+
     /// Federation `alpha`, store `main`, and Authorization `app` giving `apps/app` all of
     /// `main`; tests add what they need.
     pub fn app_world() -> Vec<String> {

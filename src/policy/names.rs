@@ -3,57 +3,154 @@
 //! evaluating.
 //!
 //! * Authorizations (their checked specs, as compiled): the federation and subject of
-//!   each (an exact `system:serviceaccount:NS:SA` subject is that ServiceAccount; a glob
-//!   gets one representative, [`representative`]), the key globs of `allowedRemoteKeys`
-//!   per store, the namespaces of `allowedGeneratorStates`.
+//!   each, as the kind of caller its `federationRef.kind` grants. For a
+//!   `KubernetesFederation`, an exact `system:serviceaccount:NS:SA` subject is that
+//!   ServiceAccount and a glob gets one representative ([`representative`]); for an OIDC
+//!   federation (`OIDCFederation`, `OktaFederation`, `PingIdentityFederation`) the subject
+//!   is an OIDC subject, a glob its own representative. The key globs of
+//!   `allowedRemoteKeys` per store, the namespaces of `allowedGeneratorStates`.
 //! * Hand-written policies (their JSON form, walked): entity literals (`Federation`,
-//!   `Namespace`, `ServiceAccount`, `Store`, `RemoteKey`, `GeneratorStates`) and string
-//!   literals or `like` patterns compared with `principal.{federation, namespace, name,
-//!   subject}` and `resource.{store, key, name, namespace}`. Within one policy they are
-//!   combined (its namespaces with its ServiceAccount names, its keys with its stores).
+//!   `Namespace`, `ServiceAccount`, `OidcSubject`, `Store`, `RemoteKey`,
+//!   `GeneratorStates`) and string literals or `like` patterns compared with
+//!   `principal.{federation, namespace, name, subject}` and `resource.{store, key, name,
+//!   namespace}`. Within one policy they are combined (its namespaces with its
+//!   ServiceAccount names, its keys with its stores); a subject is taken as the kind of
+//!   caller its federation proves ([`Names::kinds`]), namespaces and names only for
+//!   Kubernetes federations.
 //!
-//! A `*` in a principal's namespace or name, or in a key, stands for "any other": the
-//! request is evaluated with that literal character, which no Kubernetes name holds, so
-//! it matches the globs and patterns that cover it and no exact name.
+//! A `*` in a principal's namespace or name, in an OIDC subject, or in a key, stands for
+//! "any other": the request is evaluated with that literal character, which no Kubernetes
+//! name holds and no exact subject an Authorization names holds (a subject with `*` is a
+//! glob), so it matches the globs and patterns that cover it and no exact name. Every
+//! federation gets its "any other" principal: `FED/*/*` for a Kubernetes federation, `FED/*`
+//! for an OIDC one.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
 
 use super::Tree;
+use crate::authn::{MAX_CLAIM_VALUE_BYTES, PrincipalKind};
 use crate::authz::PolicySource;
+use crate::support::text::printable;
 
 /// Most principals one tree may contribute.
 pub const MAX_PRINCIPALS: usize = 10_000;
 /// Most keys (literals and patterns) one tree may contribute.
 pub const MAX_KEYS: usize = 10_000;
 
-/// A ServiceAccount of a federation; `*` in `namespace` or `name` means "any other".
+/// A caller of a federation: a ServiceAccount or an OIDC subject. Ordered by federation,
+/// then kind, then name, so a federation's principals are together.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 pub struct PrincipalName {
-    /// KubernetesFederation.
+    /// The federation (`metadata.name`; names are unique across federation kinds).
     pub federation: String,
-    /// Namespace, or `*`.
-    pub namespace: String,
-    /// ServiceAccount, or `*`.
-    pub name: String,
+    /// Who, by kind. JSON: `"type": "ServiceAccount", "namespace", "name"` or
+    /// `"type": "OidcSubject", "subject"`.
+    #[serde(flatten)]
+    pub caller: Caller,
+}
+
+/// A principal of one kind (the Cedar entity type, [`PrincipalKind`]).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(tag = "type")]
+pub enum Caller {
+    /// A ServiceAccount of a `KubernetesFederation`; `*` in `namespace` or `name` means
+    /// "any other".
+    ServiceAccount {
+        /// Namespace, or `*`.
+        namespace: String,
+        /// ServiceAccount, or `*`.
+        name: String,
+    },
+    /// The subject of an OIDC federation's token (`subjectClaim`), at most
+    /// [`MAX_CLAIM_VALUE_BYTES`]; a `*` in it means "any other" (a glob's representative
+    /// is the glob itself).
+    OidcSubject {
+        /// The subject.
+        subject: String,
+    },
 }
 
 impl PrincipalName {
-    /// `federation/namespace/name`, as `explain --principal` takes it.
+    /// ServiceAccount `namespace/name` of `federation`.
+    pub fn service_account(federation: &str, namespace: &str, name: &str) -> PrincipalName {
+        PrincipalName {
+            federation: federation.to_owned(),
+            caller: Caller::ServiceAccount {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+            },
+        }
+    }
+
+    /// OIDC subject `subject` of `federation`.
+    pub fn oidc_subject(federation: &str, subject: &str) -> PrincipalName {
+        PrincipalName {
+            federation: federation.to_owned(),
+            caller: Caller::OidcSubject {
+                subject: subject.to_owned(),
+            },
+        }
+    }
+
+    /// The kind of caller (Cedar type).
+    pub fn kind(&self) -> PrincipalKind {
+        match self.caller {
+            Caller::ServiceAccount { .. } => PrincipalKind::ServiceAccount,
+            Caller::OidcSubject { .. } => PrincipalKind::OidcSubject,
+        }
+    }
+
+    /// As `explain --principal` takes it: `FED/NS/SA` for a ServiceAccount, `FED/SUBJECT`
+    /// for an OIDC subject; control and bidirectional characters escaped
+    /// ([`printable`]), so a subject cannot forge a line of output.
     pub fn label(&self) -> String {
-        format!("{}/{}/{}", self.federation, self.namespace, self.name)
+        let raw = match &self.caller {
+            Caller::ServiceAccount { namespace, name } => {
+                format!("{}/{namespace}/{name}", self.federation)
+            }
+            Caller::OidcSubject { subject } => format!("{}/{subject}", self.federation),
+        };
+        printable(&raw, usize::MAX)
     }
 
     /// The token subject this principal carries.
     pub fn subject(&self) -> String {
-        format!("system:serviceaccount:{}:{}", self.namespace, self.name)
+        match &self.caller {
+            Caller::ServiceAccount { namespace, name } => {
+                format!("system:serviceaccount:{namespace}:{name}")
+            }
+            Caller::OidcSubject { subject } => subject.clone(),
+        }
     }
 
-    /// For a representative (a `*` in its namespace or name): the subject glob it stands
-    /// for; `None` for a named ServiceAccount.
+    /// For a representative (a `*` in its namespace, name or subject): the subject glob it
+    /// stands for; `None` for a named caller.
     pub fn represents(&self) -> Option<String> {
-        (self.namespace.contains('*') || self.name.contains('*')).then(|| self.subject())
+        let open = match &self.caller {
+            Caller::ServiceAccount { namespace, name } => {
+                namespace.contains('*') || name.contains('*')
+            }
+            Caller::OidcSubject { subject } => subject.contains('*'),
+        };
+        open.then(|| self.subject())
+    }
+
+    /// Whether this is the federation's "any other" principal: `FED/*/*` or `FED/*`.
+    pub fn is_any(&self) -> bool {
+        match &self.caller {
+            Caller::ServiceAccount { namespace, name } => namespace == "*" && name == "*",
+            Caller::OidcSubject { subject } => subject == "*",
+        }
+    }
+
+    /// What it is, for text: `ServiceAccount` or `subject`.
+    pub fn noun(&self) -> &'static str {
+        match self.caller {
+            Caller::ServiceAccount { .. } => "ServiceAccount",
+            Caller::OidcSubject { .. } => "subject",
+        }
     }
 }
 
@@ -62,9 +159,13 @@ impl PrincipalName {
 pub struct Names {
     /// Federations loaded or named.
     pub federations: BTreeSet<String>,
+    /// The kind of caller each federation proves: a loaded federation's kind, else the
+    /// kind its Authorizations (first by name) grant; a federation in neither proves
+    /// ServiceAccounts (as an empty `federationRef.kind` does).
+    pub kinds: BTreeMap<String, PrincipalKind>,
     /// Issuers named by Authorizations, by federation (first by Authorization name).
     pub issuers: BTreeMap<String, Vec<String>>,
-    /// Principals (each federation's `*/*` included).
+    /// Principals (each federation's "any other" included).
     pub principals: BTreeSet<PrincipalName>,
     /// Keys and key patterns by store.
     pub keys: BTreeMap<String, BTreeSet<String>>,
@@ -80,17 +181,26 @@ impl Names {
         let mut names = Names::default();
         for f in &tree.snapshot.federations {
             names.federations.insert(f.name().to_owned());
+            names
+                .kinds
+                .insert(f.name().to_owned(), f.kind().principal_kind());
         }
         for a in &tree.authorizations {
             let spec = a.spec();
             let fed = spec.federation_ref.name.clone();
             names.federations.insert(fed.clone());
+            names
+                .kinds
+                .entry(fed.clone())
+                .or_insert_with(|| a.principal_kind());
             if let Some((issuer, subject)) = a.subject() {
                 let issuers = names.issuers.entry(fed.clone()).or_default();
                 if !issuers.iter().any(|i| i == issuer) {
                     issuers.push(issuer.to_owned());
                 }
-                names.add_subject(&fed, subject);
+                // The kind its policies grant (`principal is …`), whatever the federation
+                // of that name proves: a mismatch is refused when resolved.
+                names.add_subject(&fed, a.principal_kind(), subject);
             }
             for (store, globs) in &spec.allowed_remote_keys {
                 for g in globs {
@@ -113,14 +223,23 @@ impl Names {
             names.add_facts(&facts, &all_feds);
         }
         for fed in names.federations.clone() {
-            names.add_principal(&fed, "*", "*");
+            let kind = names.kind_of(&fed);
+            names.add_subject(&fed, kind, "*");
         }
         names
+    }
+
+    /// The kind of caller `federation` proves ([`Names::kinds`]).
+    pub fn kind_of(&self, federation: &str) -> PrincipalKind {
+        self.kinds.get(federation).copied().unwrap_or_default()
     }
 
     /// Adds what `other` names.
     pub fn merge(&mut self, other: Names) {
         self.federations.extend(other.federations);
+        for (fed, kind) in other.kinds {
+            self.kinds.entry(fed).or_insert(kind);
+        }
         for (fed, issuers) in other.issuers {
             let mine = self.issuers.entry(fed).or_default();
             for i in issuers {
@@ -166,29 +285,50 @@ impl Names {
         }
     }
 
-    fn add_principal(&mut self, federation: &str, namespace: &str, name: &str) {
-        let valid = |s: &str| !s.is_empty() && !s.contains(':');
-        if federation.is_empty() || !valid(namespace) || !valid(name) {
-            return;
-        }
-        if self.principals.len() < MAX_PRINCIPALS {
-            self.principals.insert(PrincipalName {
-                federation: federation.to_owned(),
-                namespace: namespace.to_owned(),
-                name: name.to_owned(),
-            });
+    fn insert(&mut self, principal: PrincipalName) {
+        if !principal.federation.is_empty() && self.principals.len() < MAX_PRINCIPALS {
+            self.principals.insert(principal);
         }
     }
 
-    /// The ServiceAccount of an exact subject, or the representative of a glob.
-    fn add_subject(&mut self, federation: &str, subject: &str) {
-        let found = if subject.contains('*') {
-            representative(subject)
-        } else {
-            split_sa_subject(subject).map(|(ns, n)| (ns.to_owned(), n.to_owned()))
-        };
-        if let Some((ns, name)) = found {
-            self.add_principal(federation, &ns, &name);
+    fn add_principal(&mut self, federation: &str, namespace: &str, name: &str) {
+        let valid = |s: &str| !s.is_empty() && !s.contains(':');
+        if valid(namespace) && valid(name) {
+            self.insert(PrincipalName::service_account(federation, namespace, name));
+        }
+    }
+
+    /// An OIDC subject as token verification accepts it: non-empty, at most
+    /// [`MAX_CLAIM_VALUE_BYTES`]. A glob is its own representative, runs of `*` made one
+    /// (the same glob for Cedar's `like`).
+    fn add_oidc_subject(&mut self, federation: &str, subject: &str) {
+        let mut collapsed = String::with_capacity(subject.len());
+        for c in subject.chars() {
+            if !(c == '*' && collapsed.ends_with('*')) {
+                collapsed.push(c);
+            }
+        }
+        if !collapsed.is_empty() && collapsed.len() <= MAX_CLAIM_VALUE_BYTES {
+            self.insert(PrincipalName::oidc_subject(federation, &collapsed));
+        }
+    }
+
+    /// The caller of `kind` an exact subject names, or the representative of a glob: for
+    /// a ServiceAccount, the ServiceAccount it reads as ([`representative`] for a glob;
+    /// nothing when it reads as none); for an OIDC subject, the subject.
+    fn add_subject(&mut self, federation: &str, kind: PrincipalKind, subject: &str) {
+        match kind {
+            PrincipalKind::ServiceAccount => {
+                let found = if subject.contains('*') {
+                    representative(subject)
+                } else {
+                    split_sa_subject(subject).map(|(ns, n)| (ns.to_owned(), n.to_owned()))
+                };
+                if let Some((ns, name)) = found {
+                    self.add_principal(federation, &ns, &name);
+                }
+            }
+            PrincipalKind::OidcSubject => self.add_oidc_subject(federation, subject),
         }
     }
 
@@ -198,15 +338,24 @@ impl Names {
         } else {
             facts.federations.iter().cloned().collect()
         };
+        let is_kubernetes =
+            |names: &Names, f: &str| names.kind_of(f) == PrincipalKind::ServiceAccount;
         for (f, ns, n) in &facts.service_accounts {
             self.add_principal(f, ns, n);
+        }
+        for (f, subject) in &facts.oidc_subjects {
+            self.add_oidc_subject(f, subject);
         }
         let mut names: Vec<&str> = facts.sa_names.iter().map(String::as_str).collect();
         names.push("*");
         for (fed, ns) in &facts.namespaces {
             let in_feds: Vec<&str> = match fed {
                 Some(f) => vec![f.as_str()],
-                None => feds.iter().map(String::as_str).collect(),
+                None => feds
+                    .iter()
+                    .map(String::as_str)
+                    .filter(|f| is_kubernetes(self, f))
+                    .collect(),
             };
             for f in in_feds {
                 for n in &names {
@@ -216,13 +365,14 @@ impl Names {
         }
         for f in &feds {
             // A name with no namespace: that name in any namespace.
-            if facts.namespaces.is_empty() {
+            if facts.namespaces.is_empty() && is_kubernetes(self, f) {
                 for n in &facts.sa_names {
                     self.add_principal(f, "*", n);
                 }
             }
+            let kind = self.kind_of(f);
             for s in &facts.subjects {
-                self.add_subject(f, s);
+                self.add_subject(f, kind, s);
             }
         }
         if facts.stores.is_empty() {
@@ -295,6 +445,13 @@ pub fn matches_every_service_account(glob: &str) -> bool {
     }
 }
 
+/// Whether a subject glob matches every subject of an OIDC federation: exactly when it
+/// holds nothing but `*` (a subject lacking any other character the glob holds does not
+/// match it).
+pub fn matches_every_subject(glob: &str) -> bool {
+    !glob.is_empty() && glob.chars().all(|c| c == '*')
+}
+
 /// The representative ServiceAccount `(namespace, name)` of a subject glob: the glob with
 /// each `*` filled so that it reads as a ServiceAccount subject, keeping `*` itself
 /// wherever a namespace or name is left open. `system:serviceaccount:reporting:*` gives
@@ -347,6 +504,8 @@ struct PolicyFacts {
     /// `(federation if known, namespace)`.
     namespaces: BTreeSet<(Option<String>, String)>,
     service_accounts: BTreeSet<(String, String, String)>,
+    /// `OidcSubject` literals: `(federation, subject)`.
+    oidc_subjects: BTreeSet<(String, String)>,
     sa_names: BTreeSet<String>,
     subjects: BTreeSet<String>,
     stores: BTreeSet<String>,
@@ -492,6 +651,14 @@ impl PolicyFacts {
                         .insert((f.to_owned(), ns.to_owned(), n.to_owned()));
                 }
             }
+            "OidcSubject" => {
+                // `<federation>/<subject>`: federation names hold no `/`.
+                if let Some((f, subject)) = id.split_once('/') {
+                    self.federations.insert(f.to_owned());
+                    self.oidc_subjects
+                        .insert((f.to_owned(), subject.to_owned()));
+                }
+            }
             "Store" => {
                 self.stores.insert(id.to_owned());
             }
@@ -626,5 +793,123 @@ mod tests {
             Some(vec!["admin/*".to_owned()])
         );
         assert_eq!(federations_named_by(&policy), facts.federations);
+    }
+    /// Issue 13: an OIDC federation's subjects are principals of their own kind, named by
+    /// Authorizations (exact, and a glob as its own representative) and by hand-written
+    /// policies (`OidcSubject` literals, `principal.subject` patterns); its "any other" is
+    /// `FED/*`. They were dropped unless they read as `system:serviceaccount:NS:SA` (and
+    /// then taken for a ServiceAccount).
+    #[test]
+    fn oidc_subjects_are_principals_of_their_federations_kind() {
+        use crate::policy::testing::{authorization_of, federation, oidc_federation, store, tree};
+        let grants = "  allowedClusterSecretStores: [main]\n";
+        let oidc = |name: &str, subject: &str| {
+            authorization_of(name, "OIDCFederation", "github", subject, grants)
+        };
+        let (_dir, tree) = tree(
+            &[
+                federation("alpha"),
+                oidc_federation("github"),
+                store("main"),
+                oidc("deploy", "repo:org/app:ref:refs/heads/main"),
+                oidc("ci", "repo:org/**"),
+                // The federation decides the kind: an OIDC subject, whatever it reads as.
+                oidc("odd", "system:serviceaccount:apps:app"),
+                authorization_of(
+                    "app",
+                    "KubernetesFederation",
+                    "alpha",
+                    "system:serviceaccount:apps:app",
+                    grants,
+                ),
+            ],
+            &[(
+                "p.cedar",
+                "permit (principal == Esi::OidcSubject::\"github/repo:org/tool:ref:refs/tags/v1\", action, resource);\n\
+                 forbid (principal, action, resource) when { principal.subject like \"repo:org/app:*\" };\n\
+                 forbid (principal is Esi::ServiceAccount, action, resource) when { principal.namespace == \"sandbox\" };\n",
+            )],
+        );
+        assert!(
+            tree.snapshot.errors.is_empty(),
+            "{:?}",
+            tree.snapshot.errors
+        );
+        let names = Names::of(&tree);
+        assert_eq!(names.kind_of("github"), PrincipalKind::OidcSubject);
+        assert_eq!(names.kind_of("alpha"), PrincipalKind::ServiceAccount);
+        let found: Vec<(String, PrincipalKind)> = names
+            .principals
+            .iter()
+            .map(|p| (p.label(), p.kind()))
+            .collect();
+        let sa = PrincipalKind::ServiceAccount;
+        let oidc = PrincipalKind::OidcSubject;
+        let expected: Vec<(String, PrincipalKind)> = [
+            ("alpha/*/*", sa),
+            ("alpha/apps/app", sa),
+            // A namespace is a ServiceAccount's: not asked of the OIDC federation.
+            ("alpha/sandbox/*", sa),
+            ("github/*", oidc),
+            ("github/repo:org/*", oidc),
+            ("github/repo:org/app:*", oidc),
+            ("github/repo:org/app:ref:refs/heads/main", oidc),
+            ("github/repo:org/tool:ref:refs/tags/v1", oidc),
+            ("github/system:serviceaccount:apps:app", oidc),
+        ]
+        .iter()
+        .map(|(l, k)| (l.to_string(), *k))
+        .collect();
+        assert_eq!(found, expected);
+        let glob = PrincipalName::oidc_subject("github", "repo:org/*");
+        assert_eq!(glob.represents().as_deref(), Some("repo:org/*"));
+        assert!(!glob.is_any() && PrincipalName::oidc_subject("github", "*").is_any());
+        assert_eq!(
+            PrincipalName::oidc_subject("github", "repo:org/app").represents(),
+            None
+        );
+        // JSON says the kind.
+        assert_eq!(
+            serde_json::to_value(&glob).unwrap(),
+            serde_json::json!({"federation": "github", "type": "OidcSubject", "subject": "repo:org/*"})
+        );
+        assert_eq!(
+            serde_json::to_value(PrincipalName::service_account("a", "n", "s")).unwrap(),
+            serde_json::json!({"federation": "a", "type": "ServiceAccount", "namespace": "n", "name": "s"})
+        );
+    }
+
+    /// A subject cannot forge a line of output through its label; one no token carries
+    /// (empty, longer than a subject may be) is not a principal.
+    #[test]
+    fn oidc_labels_are_printable_and_subjects_bounded() {
+        let p = PrincipalName::oidc_subject("github", "repo:x\ny\u{1b}[2J");
+        assert_eq!(p.label(), "github/repo:x\\ny\\u{1b}[2J");
+        assert_eq!(p.subject(), "repo:x\ny\u{1b}[2J");
+        let mut names = Names::default();
+        names.add_subject("github", PrincipalKind::OidcSubject, "");
+        names.add_subject(
+            "github",
+            PrincipalKind::OidcSubject,
+            &"a".repeat(MAX_CLAIM_VALUE_BYTES + 1),
+        );
+        assert!(names.principals.is_empty());
+        names.add_subject(
+            "github",
+            PrincipalKind::OidcSubject,
+            &format!("{}{}", "*".repeat(5000), "a"),
+        );
+        let labels: Vec<String> = names.principals.iter().map(PrincipalName::label).collect();
+        assert_eq!(labels, ["github/*a"]);
+    }
+
+    #[test]
+    fn every_subject_is_only_a_glob_of_stars() {
+        for broad in ["*", "**"] {
+            assert!(matches_every_subject(broad), "{broad}");
+        }
+        for narrow in ["", "repo:*", "*:*", "a", "system:serviceaccount:*"] {
+            assert!(!matches_every_subject(narrow), "{narrow}");
+        }
     }
 }

@@ -1,7 +1,9 @@
 //! `esi-server policy report --html OUT`: the access matrix as one self-contained page.
 //!
 //! Rows are the principals of the relevant requests ([`super::requests`]), grouped by
-//! federation and namespace (`*` rows stand for any other ServiceAccount); columns are the
+//! federation: ServiceAccounts by namespace, then OIDC subjects (`any` stands for any other
+//! ServiceAccount or subject, a glob's representative for what the glob matches that
+//! nothing names); columns are the
 //! ClusterSecretStores, generators and generator-state namespaces. A cell lists what the
 //! row may do in the column (the keys and key patterns it may `get`, or `all keys`, and
 //! `find`; the generator actions), what a forbid takes from it (highlighted: requests a
@@ -18,9 +20,11 @@
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write as _;
 
+use super::names::Caller;
 use super::requests::{Column, Outcome, Probe, Request, Universe};
 use super::{PolicyToolError, Tree, listing};
 use crate::authz::Action;
+use crate::support::text::printable;
 
 /// The rendered page and what it holds.
 #[derive(Debug, Clone)]
@@ -177,10 +181,12 @@ pub fn report(
             "<span class=\"item gained\">gained</span><span class=\"item lost\">lost</span>",
         );
     }
-    html.push_str("<span class=\"any\">* = any other ServiceAccount</span></p>\n");
+    html.push_str(
+        "<span class=\"any\">any = any other ServiceAccount (or subject, for an OIDC federation)</span></p>\n",
+    );
 
     // The matrix.
-    html.push_str("<table class=\"matrix\" id=\"matrix\"><thead><tr><th>namespace</th><th>ServiceAccount</th>");
+    html.push_str("<table class=\"matrix\" id=\"matrix\"><thead><tr><th>namespace</th><th>ServiceAccount or subject</th>");
     for c in &columns {
         let kind = match c {
             Column::Store { .. } => "store",
@@ -211,19 +217,31 @@ pub fn report(
             if s == "*" {
                 "<span class=\"any\">any</span>".to_owned()
             } else {
-                esc(s)
+                esc(&printable(s, usize::MAX))
             }
         };
         let title = p
             .represents()
-            .map(|g| format!(" title=\"any ServiceAccount matching {}\"", esc(&g)))
+            .map(|g| {
+                format!(
+                    " title=\"any {} matching {}\"",
+                    p.noun(),
+                    esc(&printable(&g, usize::MAX))
+                )
+            })
             .unwrap_or_default();
+        let (first, second) = match &p.caller {
+            Caller::ServiceAccount { namespace, name } => (shown(namespace), shown(name)),
+            Caller::OidcSubject { subject } => (
+                "<span class=\"kind\">OIDC subject</span>".to_owned(),
+                shown(subject),
+            ),
+        };
         let _ = write!(
             html,
-            "<tr id=\"row-{row}\" data-principal=\"{}\"><th{title}>{}</th><th{title}>{}</th>",
+            "<tr id=\"row-{row}\" data-principal=\"{}\" data-type=\"{}\"><th{title}>{first}</th><th{title}>{second}</th>",
             esc(&p.label()),
-            shown(&p.namespace),
-            shown(&p.name)
+            p.kind(),
         );
         for (col, c) in columns.iter().enumerate() {
             let requests = cells.get(&(row, col)).map(Vec::as_slice).unwrap_or(&[]);

@@ -2,22 +2,28 @@
 //!
 //! From what one or two trees name ([`Names`]) and what they load:
 //!
-//! * **principals**: every ServiceAccount an Authorization names exactly; one
-//!   representative per subject glob ([`super::names::representative`]: `*` kept where a
-//!   namespace or name is open); the ServiceAccounts, namespaces and names hand-written
-//!   policies mention; and, per federation, `FED/*/*` ("any other ServiceAccount");
+//! * **principals**: every ServiceAccount and OIDC subject an Authorization names exactly;
+//!   one representative per subject glob (a ServiceAccount glob's
+//!   [`super::names::representative`], `*` kept where a namespace or name is open; an OIDC
+//!   subject glob is itself); the ServiceAccounts, OIDC subjects, namespaces and names
+//!   hand-written policies mention; and, per federation, "any other": `FED/*/*` for a
+//!   Kubernetes federation, `FED/*` for an OIDC one ([`super::names`]);
 //! * **probes** (resources with their actions): per ClusterSecretStore loaded by either
 //!   tree, `get` of every key and key pattern named for it (or for no store in
 //!   particular), `get` of one other key that matches none of them, and `find`; per
 //!   generator loaded by either tree, `generate`, `revoke`, `renew`; per namespace named
 //!   by `allowedGeneratorStates` (or a policy), `revokeStates`.
 //!
-//! Each request is resolved per tree as the server would resolve it (the federation's
+//! Each request is resolved per tree as the server would resolve it (the identity token
+//! verification gives: [`Identity::of_service_account`] or [`Identity::of_oidc_subject`],
+//! an OIDC subject without claims; the federation's
 //! configured issuer, else the one its Authorizations name; the store's canonical form of
 //! the key, [`crate::api::key_target`]) and decided by that tree's engine
 //! ([`crate::authz::PolicyEngine::decide`]). The effective answer also says whether the
 //! server would get that far: a federation or store that is not loaded refuses the
-//! request whatever the policies say.
+//! request whatever the policies say, and so does a federation of the other kind (a
+//! `KubernetesFederation`'s tokens are never OIDC subjects, an OIDC federation's never
+//! ServiceAccounts).
 //!
 //! Requests are principal × probe, in that order, and at most `max_requests` of them are
 //! evaluated; [`Universe::truncated`] says when some were not.
@@ -27,8 +33,8 @@ use std::collections::BTreeSet;
 use serde::Serialize;
 
 use super::Tree;
-use super::names::{Names, PrincipalName, glob_matches};
-use crate::authn::Identity;
+use super::names::{Caller, Names, PrincipalName, glob_matches};
+use crate::authn::{Identity, PrincipalKind};
 use crate::authz::{Action, Resource};
 use crate::providers::RemoteRef;
 use crate::resources::GeneratorKey;
@@ -316,11 +322,27 @@ impl Universe {
             .federations
             .iter()
             .find(|f| f.name() == p.federation);
-        if federation.is_none() {
-            unreachable = Some(format!(
-                "KubernetesFederation {} is not loaded: its tokens are refused",
-                p.federation
-            ));
+        match federation {
+            None => {
+                unreachable = Some(format!(
+                    "{} {} is not loaded: its tokens are refused",
+                    match p.kind() {
+                        PrincipalKind::ServiceAccount => "KubernetesFederation",
+                        PrincipalKind::OidcSubject => "OIDC federation",
+                    },
+                    p.federation
+                ));
+            }
+            Some(f) if f.kind().principal_kind() != p.kind() => {
+                unreachable = Some(format!(
+                    "{} {} proves {} callers, not {}: no token of it is this principal",
+                    f.kind(),
+                    p.federation,
+                    f.kind().principal_kind(),
+                    p.kind()
+                ));
+            }
+            Some(_) => {}
         }
         let issuer = federation
             .and_then(|f| f.configured_issuer())
@@ -340,7 +362,23 @@ impl Universe {
                 })
             })
             .unwrap_or_default();
-        let identity = Identity::of_service_account(&p.federation, &issuer, &p.namespace, &p.name);
+        // The identity token verification gives, built by the constructors `explain` uses;
+        // the engine makes the Cedar entities from it as for a request to the server.
+        let identity = match &p.caller {
+            Caller::ServiceAccount { namespace, name } => {
+                Identity::of_service_account(&p.federation, &issuer, namespace, name)
+            }
+            Caller::OidcSubject { subject } => {
+                // No claims: as a token carrying none of those the federation lists.
+                let mut identity = Identity::of_oidc_subject(&p.federation, &issuer, subject, &[]);
+                if let Some(f) =
+                    federation.filter(|f| f.kind().principal_kind() == PrincipalKind::OidcSubject)
+                {
+                    identity.federation_kind = f.kind();
+                }
+                identity
+            }
+        };
         let resource = match &self.probes[request.probe] {
             Probe::Key { store, key, .. } => {
                 let remote = RemoteRef {
@@ -458,6 +496,7 @@ pub struct Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::authn::PrincipalKind;
     use crate::policy::testing::{app_world, authorization, tree};
 
     /// The universe of a small world: the named principals and their representatives,
@@ -523,7 +562,8 @@ mod tests {
             .requests
             .iter()
             .position(|r| {
-                u.principals[r.principal].name == "app" && u.probes[r.probe].short() == "admin"
+                u.principals[r.principal].label() == "alpha/apps/app"
+                    && u.probes[r.probe].short() == "admin"
             })
             .expect("admin request");
         assert!(outcomes[admin].forbidden);
@@ -563,5 +603,126 @@ mod tests {
         });
         assert_eq!(g.label(), "ClusterGenerator/root");
         assert_eq!(g.actions().len(), 3);
+    }
+    /// Issue 13: OIDC subjects are resolved to the identity `explain` builds for
+    /// `FED/SUBJECT` (the server's identity for such a token, claims aside) and decided by
+    /// the engine: the exact subject, a glob's representative and "any other" each get
+    /// what the server would give them. A ServiceAccount named for an OIDC federation is
+    /// refused, whatever the policies say.
+    #[test]
+    fn oidc_subjects_are_resolved_and_decided_as_the_server_does() {
+        use crate::policy::explain::{PrincipalSpec, identity_of};
+        use crate::policy::testing::{authorization_of, oidc_federation, store};
+        let world = [
+            oidc_federation("github"),
+            store("main"),
+            authorization_of(
+                "deploy",
+                "OIDCFederation",
+                "github",
+                "repo:org/app:ref:refs/heads/main",
+                "  allowedClusterSecretStores: [main]\n",
+            ),
+            authorization_of(
+                "ci",
+                "OIDCFederation",
+                "github",
+                "repo:org/*",
+                "  allowedClusterSecretStores: [main]\n  allowedRemoteKeys: {main: [ci/*]}\n",
+            ),
+        ];
+        let (_dir, tree) = tree(
+            &world,
+            &[(
+                "p.cedar",
+                "@id(\"prod-only-from-production\")\nforbid (principal is Esi::OidcSubject, action, resource is Esi::RemoteKey) when { resource.key like \"prod/*\" } unless { principal.claims has environment && principal.claims.environment == \"production\" };\n\
+                 @id(\"a-service-account\")\npermit (principal == Esi::ServiceAccount::\"github/apps/app\", action, resource);\n",
+            )],
+        );
+        assert!(
+            tree.snapshot.errors.is_empty(),
+            "{:?}",
+            tree.snapshot.errors
+        );
+        let u = Universe::of(&[&tree], DEFAULT_MAX_REQUESTS);
+        let principals: Vec<String> = u.principals.iter().map(PrincipalName::label).collect();
+        assert_eq!(
+            principals,
+            [
+                "github/apps/app",
+                "github/*",
+                "github/repo:org/*",
+                "github/repo:org/app:ref:refs/heads/main"
+            ]
+        );
+        let probes: Vec<String> = u.probes.iter().map(Probe::label).collect();
+        assert_eq!(
+            probes,
+            ["main:ci/*", "main:prod/*", "main:(any other key)", "main"]
+        );
+        let outcomes = u.evaluate(&tree);
+        let mut allowed = Vec::new();
+        for (r, o) in u.requests.iter().zip(&outcomes) {
+            let p = &u.principals[r.principal];
+            let resolved = u.resolve(&tree, r);
+            if p.kind() == PrincipalKind::OidcSubject {
+                // The identity `explain --principal FED/SUBJECT` decides.
+                let spec = PrincipalSpec {
+                    path: p.label(),
+                    ..Default::default()
+                };
+                let explained =
+                    identity_of(&tree.snapshot, &spec, &mut Vec::new()).expect("identity");
+                assert_eq!(resolved.identity, explained, "{}", p.label());
+                assert_eq!(resolved.identity.kind(), PrincipalKind::OidcSubject);
+                assert_eq!(resolved.identity.issuer, "https://github.example");
+                assert!(o.unreachable.is_none(), "{o:?}");
+            }
+            if o.allowed {
+                allowed.push(format!(
+                    "{} {} {} by {}",
+                    p.label(),
+                    r.action,
+                    u.probes[r.probe].label(),
+                    o.policies.join(",")
+                ));
+            }
+        }
+        assert_eq!(
+            allowed,
+            [
+                "github/repo:org/* get main:ci/* by authorization/ci/remote-keys",
+                "github/repo:org/app:ref:refs/heads/main get main:ci/* by authorization/ci/remote-keys,authorization/deploy/stores",
+                "github/repo:org/app:ref:refs/heads/main get main:(any other key) by authorization/deploy/stores",
+                "github/repo:org/app:ref:refs/heads/main find main by authorization/deploy/stores",
+            ]
+        );
+        // The forbid takes prod/* from the subject the Authorization grants the store to
+        // (a token without the claim).
+        let prod = u
+            .requests
+            .iter()
+            .position(|r| {
+                u.principals[r.principal].label() == "github/repo:org/app:ref:refs/heads/main"
+                    && u.probes[r.probe].short() == "prod/*"
+            })
+            .expect("prod request");
+        assert_eq!(outcomes[prod].policies, ["prod-only-from-production"]);
+        assert_eq!(outcomes[prod].overrides, ["authorization/deploy/stores"]);
+        // The policies allow the ServiceAccount; no token of an OIDC federation is one.
+        let sa = u
+            .requests
+            .iter()
+            .position(|r| u.principals[r.principal].label() == "github/apps/app")
+            .expect("ServiceAccount request");
+        assert!(outcomes[sa].decided && !outcomes[sa].allowed);
+        assert!(
+            outcomes[sa]
+                .unreachable
+                .as_deref()
+                .is_some_and(|w| w.contains("OIDCFederation github proves OidcSubject callers")),
+            "{:?}",
+            outcomes[sa]
+        );
     }
 }
