@@ -6,13 +6,13 @@
 //! emitters log names and ids only, and as a second line of defence fields whose names denote
 //! secret material (`value`, `token`, `password`, …) are dropped here whatever they hold.
 //!
-//! **No unaudited answers.** Every line is queued for the audit log's writer thread, which
-//! writes what is queued with one `write(2)` (group commit, [`writer`]). An emitter that
+//! **No unaudited answers.** Lines are written in batches, one `write(2)` for the lines
+//! queued while the previous batch was written (group commit, [`writer`]). An emitter that
 //! must know runs its work inside [`collect`] and awaits the [`Receipts`] before answering:
 //! the API refuses with 503 when a decision's line was not written (as Vault refuses
 //! requests no audit device can record); a credential whose "issued" line cannot be written
-//! is revoked again and not handed out. No request thread waits on the disk: a slow disk
-//! holds the requests that need it, not the threads serving others. Failures count in
+//! is revoked again and not handed out. No thread waits on another's write: while one
+//! writes, the others queue their lines and serve other requests. Failures count in
 //! `esi_audit_log_events_total{outcome="write_error"}`, `esi_audit_log_ok` drops to 0, and
 //! one error line per 10 s goes to stderr. The first line written again restores service:
 //! nothing needs a restart.
@@ -38,7 +38,7 @@ use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::LookupSpan;
 
 use crate::metrics::METRICS;
-use writer::{Committer, Sink, WriterThread};
+use writer::{Committer, Sink};
 
 /// Target of authorization decisions (emitted by `authz`).
 pub const DECISION_TARGET: &str = "esi::decision";
@@ -77,9 +77,6 @@ pub enum AuditError {
         /// Why.
         source: std::io::Error,
     },
-    /// The audit log's writer thread cannot be started.
-    #[error("cannot start the audit log writer thread: {0}")]
-    Thread(std::io::Error),
 }
 
 /// Whether a metadata item is something the audit layer consumes: an audit event, or the
@@ -222,8 +219,6 @@ fn json_display(out: &mut Vec<u8>, text: &mut String, value: &dyn fmt::Display) 
 /// logging configuration (e.g. `RUST_LOG=warn`) never silences the audit trail.
 pub struct AuditLayer {
     committer: Arc<Committer>,
-    /// Ends the writer thread (after it wrote what is queued) when the layer is dropped.
-    _writer: WriterThread,
 }
 
 impl fmt::Debug for AuditLayer {
@@ -275,37 +270,30 @@ impl AuditReopener {
 }
 
 impl AuditLayer {
-    fn with_sink(sink: Sink) -> Result<Self, AuditError> {
-        let committer = Arc::new(Committer::new(sink));
-        let writer = WriterThread::start(committer.clone())?;
-        Ok(AuditLayer {
-            committer,
-            _writer: writer,
-        })
+    fn with_sink(sink: Sink) -> Self {
+        AuditLayer {
+            committer: Arc::new(Committer::new(sink)),
+        }
     }
 
     /// Writes to `writer` (lines in batches, flushed after each).
-    ///
-    /// # Errors
-    /// [`AuditError::Thread`] when the writer thread cannot be started.
-    pub fn new(writer: Box<dyn Write + Send>) -> Result<Self, AuditError> {
+    pub fn new(writer: Box<dyn Write + Send>) -> Self {
         Self::with_sink(Sink::Writer(writer))
     }
 
     /// `-` is stdout; anything else a file, appended to and created with mode 0600.
     ///
     /// # Errors
-    /// [`AuditError::Open`] when the file cannot be opened, [`AuditError::Thread`] when the
-    /// writer thread cannot be started.
+    /// [`AuditError::Open`] when the file cannot be opened.
     pub fn to_path(path: &Path) -> Result<Self, AuditError> {
         if path.as_os_str() == "-" {
-            return Self::new(Box::new(std::io::stdout()));
+            return Ok(Self::new(Box::new(std::io::stdout())));
         }
         let file = writer::open_append(path)?;
-        Self::with_sink(Sink::File {
+        Ok(Self::with_sink(Sink::File {
             path: path.to_path_buf(),
             file,
-        })
+        }))
     }
 
     /// A handle that reopens this layer's file.
@@ -577,7 +565,7 @@ mod tests {
     fn decisions_and_credentials_become_json_lines_with_the_request_id() {
         let buf = Buf::default();
         let layer =
-            AuditLayer::new(Box::new(buf.clone())).unwrap().with_filter(filter_fn(is_audit_relevant));
+            AuditLayer::new(Box::new(buf.clone())).with_filter(filter_fn(is_audit_relevant));
         let subscriber = tracing_subscriber::registry().with(layer);
         tracing::subscriber::with_default(subscriber, || {
             let span =
@@ -629,7 +617,7 @@ mod tests {
         let (direct, via_event) = (Buf::default(), Buf::default());
         for (buf, direct_path) in [(&direct, true), (&via_event, false)] {
             let layer =
-                AuditLayer::new(Box::new(buf.clone())).unwrap().with_filter(filter_fn(is_audit_relevant));
+                AuditLayer::new(Box::new(buf.clone())).with_filter(filter_fn(is_audit_relevant));
             tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), || {
                 let span = tracing::info_span!(
                     "request",
@@ -675,7 +663,7 @@ mod tests {
         let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let count = seen.clone();
         let layer =
-            AuditLayer::new(Box::new(buf.clone())).unwrap().with_filter(filter_fn(is_audit_relevant));
+            AuditLayer::new(Box::new(buf.clone())).with_filter(filter_fn(is_audit_relevant));
         let oplog = filter_fn(move |m| {
             if m.is_event() && m.target() == DECISION_TARGET {
                 count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -714,7 +702,6 @@ mod tests {
         let full = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let buf = Buf::default();
         let layer = AuditLayer::new(Box::new(Flaky(full.clone(), buf.clone())))
-            .unwrap()
             .with_filter(filter_fn(is_audit_relevant));
         tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), || {
             let (recorded, receipts) = collect(|| record_decision(&r));
@@ -732,7 +719,7 @@ mod tests {
     fn an_event_cannot_pose_as_another_kind_or_request_and_text_is_escaped() {
         let buf = Buf::default();
         let layer =
-            AuditLayer::new(Box::new(buf.clone())).unwrap().with_filter(filter_fn(is_audit_relevant));
+            AuditLayer::new(Box::new(buf.clone())).with_filter(filter_fn(is_audit_relevant));
         tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), || {
             let span = tracing::info_span!("request", request_id = "r-2", route = "/y");
             let _g = span.enter();
@@ -756,7 +743,7 @@ mod tests {
     fn only_a_whole_json_array_is_kept_as_an_array() {
         let buf = Buf::default();
         let layer =
-            AuditLayer::new(Box::new(buf.clone())).unwrap().with_filter(filter_fn(is_audit_relevant));
+            AuditLayer::new(Box::new(buf.clone())).with_filter(filter_fn(is_audit_relevant));
         tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), || {
             for _ in 0..2 {
                 tracing::info!(target: "esi::decision",
@@ -786,7 +773,7 @@ mod tests {
     fn events_outside_a_request_have_no_request_id() {
         let buf = Buf::default();
         let layer =
-            AuditLayer::new(Box::new(buf.clone())).unwrap().with_filter(filter_fn(is_audit_relevant));
+            AuditLayer::new(Box::new(buf.clone())).with_filter(filter_fn(is_audit_relevant));
         tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), || {
             tracing::warn!(target: "esi::decision", error = "bad", "request denied before evaluation");
         });
@@ -832,7 +819,6 @@ mod tests {
         // stdout has nothing to reopen.
         assert!(
             !AuditLayer::new(Box::new(Buf::default()))
-                .unwrap()
                 .reopener()
                 .reopen()
                 .unwrap()
@@ -858,10 +844,10 @@ mod tests {
         let full = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let buf = Buf::default();
         let layer = AuditLayer::new(Box::new(Flaky(full.clone(), buf.clone())))
-            .unwrap()
             .with_filter(filter_fn(is_audit_relevant));
         tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), || {
-            let audited = || collect(|| tracing::info!(target: "esi::decision", decision = "allow")).1;
+            let audited =
+                || collect(|| tracing::info!(target: "esi::decision", decision = "allow")).1;
             assert!(audited().wait());
             full.store(true, std::sync::atomic::Ordering::SeqCst);
             let failed = audited();

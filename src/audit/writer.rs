@@ -1,23 +1,28 @@
-//! The audit log's writer: group commit on a thread of its own.
+//! The audit log's writer: group commit.
 //!
-//! A line is queued (one lock, one copy) and, when its emitter asked for it
+//! A line is queued (one short lock, one copy) and, when its emitter asked for it
 //! ([`collect`]), comes with a [`Ticket`] that resolves once the line is in the sink or
-//! could not be put there. The writer thread writes whatever is queued with one `write(2)`:
-//! lines queued while a batch is being written go together in the next one, so a busy
-//! server pays one system call for many lines, and no request thread ever waits on the disk
-//! or on another request's write (the request *task* waits for its ticket, its thread serves
-//! other requests meanwhile). The thread is woken only when it sleeps on an empty queue.
+//! could not be put there. The first emitter that finds nobody writing writes what is
+//! queued with one `write(2)`, and goes on batch after batch until the queue is empty;
+//! an emitter that finds a write under way returns at once, its line goes with the next
+//! batch, and its request *task* waits for the ticket while its thread serves other
+//! requests. So a busy server pays one system call for the lines of the requests under way,
+//! and no thread sleeps on another's write: before, each line took the sink's lock for its
+//! own `write(2)` and the other worker thread slept on that lock (about 0.7 futex calls per
+//! request). A writer thread of its own was measured too and lost: waking it and having it
+//! wake the request tasks from outside the runtime cost two futex calls per request, more
+//! than the writes it saved (issue 15, docs/performance.md).
 //!
-//! Bounded: at most [`AUDIT_QUEUE_BYTES`] wait; a line beyond is not queued and its ticket
-//! fails at once (the request is refused with 503, as for a failed write). The log never
-//! holds part of a line: a short write is cut back to the last whole line, and the lines
-//! after it fail.
+//! Bounded: at most [`AUDIT_QUEUE_BYTES`] wait (they pile up only while a write is slow);
+//! a line beyond is not queued and its ticket fails at once (the request is refused with
+//! 503, as for a failed write). The log never holds part of a line: a short write is cut
+//! back to the last whole line, and the lines after it fail.
 
 use std::cell::RefCell;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::oneshot;
@@ -225,12 +230,10 @@ fn hand_in(ticket: Ticket) {
     });
 }
 
-/// The queue shared by the emitting threads and the writer thread.
+/// The queue shared by the emitting threads; whichever finds nobody writing writes.
 pub(super) struct Committer {
     queue: Mutex<Queued>,
-    /// Wakes the writer thread (sleeping on an empty queue) and [`Committer::flush`].
-    wake: Condvar,
-    /// Signalled by the writer after each batch (for [`Committer::flush`]).
+    /// Signalled when a writing thread has written the queue out (for [`Committer::flush`]).
     written: Condvar,
     pub(super) sink: Mutex<Sink>,
     complaints: Throttled,
@@ -243,18 +246,25 @@ struct Queued {
     ends: Vec<usize>,
     /// Line index (in `ends`) and where its outcome goes.
     waiters: Vec<(usize, oneshot::Sender<bool>)>,
-    /// The writer sleeps on `wake` (an emitter must wake it).
-    idle: bool,
-    /// A batch is being written.
+    /// A thread is writing: it takes what is queued meanwhile with its next batch.
     busy: bool,
-    closing: bool,
+    /// Threads in [`Committer::flush`] (only they need `written` signalled).
+    flushers: usize,
+    /// The buffers of the batch being written, kept for the next one.
+    spare: Batch,
+}
+
+#[derive(Default)]
+struct Batch {
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
+    waiters: Vec<(usize, oneshot::Sender<bool>)>,
 }
 
 impl Committer {
     pub(super) fn new(sink: Sink) -> Self {
         Committer {
             queue: Mutex::new(Queued::default()),
-            wake: Condvar::new(),
             written: Condvar::new(),
             sink: Mutex::new(sink),
             complaints: Throttled::new(Duration::from_secs(10)),
@@ -268,11 +278,13 @@ impl Committer {
     }
 
     /// Queues one whole line (newline included); its ticket goes to the running
-    /// [`collect`], if any.
+    /// [`collect`], if any. When no thread is writing, this one writes what is queued,
+    /// batch after batch, until the queue is empty; otherwise it returns at once and the
+    /// writing thread takes the line with its next batch.
     pub(super) fn push(&self, line: &[u8]) {
         let wants_ticket = collecting();
         let mut q = self.lock();
-        if q.closing || q.bytes.len() + line.len() > AUDIT_QUEUE_BYTES {
+        if q.bytes.len() + line.len() > AUDIT_QUEUE_BYTES {
             drop(q);
             self.failed(1);
             if wants_ticket {
@@ -289,55 +301,52 @@ impl Committer {
             q.waiters.push((index, tx));
             hand_in(Ticket(TicketState::Queued(rx)));
         }
-        let wake = std::mem::take(&mut q.idle);
-        drop(q);
-        if wake {
-            self.wake.notify_one();
+        if !q.busy {
+            self.write_queued(q);
         }
     }
 
-    /// The writer thread: sleeps while nothing is queued, then writes everything queued
-    /// with one write and tells each waiting emitter its line's outcome. Returns after
-    /// writing what was queued once [`Committer::close`] was called.
-    pub(super) fn write_out(&self) {
-        let mut batch = Vec::with_capacity(BATCH_BYTES);
-        let mut ends = Vec::new();
-        let mut waiters = Vec::new();
+    /// Writes what is queued, batch after batch, until the queue is empty (the caller found
+    /// nobody writing).
+    fn write_queued<'a>(&'a self, mut q: MutexGuard<'a, Queued>) {
+        q.busy = true;
         loop {
-            {
-                let mut q = self.lock();
+            let mut batch = std::mem::take(&mut q.spare);
+            std::mem::swap(&mut q.bytes, &mut batch.bytes);
+            std::mem::swap(&mut q.ends, &mut batch.ends);
+            std::mem::swap(&mut q.waiters, &mut batch.waiters);
+            drop(q);
+            self.write_batch(&mut batch);
+            q = self.lock();
+            q.spare = batch;
+            if q.ends.is_empty() {
                 q.busy = false;
-                self.written.notify_all();
-                while q.ends.is_empty() {
-                    if q.closing {
-                        return;
-                    }
-                    q.idle = true;
-                    q = self.wake.wait(q).unwrap_or_else(|p| p.into_inner());
+                if q.flushers > 0 {
+                    self.written.notify_all();
                 }
-                q.idle = false;
-                q.busy = true;
-                std::mem::swap(&mut q.bytes, &mut batch);
-                std::mem::swap(&mut q.ends, &mut ends);
-                std::mem::swap(&mut q.waiters, &mut waiters);
+                return;
             }
-            let whole = {
-                let mut sink = self.sink.lock().unwrap_or_else(|p| p.into_inner());
-                sink.write_batch(&batch, &ends)
-            };
-            for (index, tx) in waiters.drain(..) {
-                let _ = tx.send(index < whole);
-            }
-            if whole == ends.len() {
-                METRICS.audit_log_ok.set(1);
-            } else {
-                self.failed(ends.len() - whole);
-            }
-            batch.clear();
-            ends.clear();
-            if batch.capacity() > 4 * BATCH_BYTES {
-                batch = Vec::with_capacity(BATCH_BYTES);
-            }
+        }
+    }
+
+    /// Writes one batch, tells each waiting emitter its line's outcome and empties it.
+    fn write_batch(&self, batch: &mut Batch) {
+        let whole = {
+            let mut sink = self.sink.lock().unwrap_or_else(|p| p.into_inner());
+            sink.write_batch(&batch.bytes, &batch.ends)
+        };
+        for (index, tx) in batch.waiters.drain(..) {
+            let _ = tx.send(index < whole);
+        }
+        if whole == batch.ends.len() {
+            METRICS.audit_log_ok.set(1);
+        } else {
+            self.failed(batch.ends.len() - whole);
+        }
+        batch.bytes.clear();
+        batch.ends.clear();
+        if batch.bytes.capacity() > 4 * BATCH_BYTES {
+            batch.bytes = Vec::with_capacity(BATCH_BYTES);
         }
     }
 
@@ -357,128 +366,152 @@ impl Committer {
         }
     }
 
-    /// Waits until every line queued before the call was written or failed, at most
-    /// `limit`; `false` when lines were still queued then.
+    /// Waits until the lines queued before the call were written (or failed), at most
+    /// `limit`; `false` when some were still queued then.
     pub(super) fn flush(&self, limit: Duration) -> bool {
         let deadline = std::time::Instant::now() + limit;
         let mut q = self.lock();
-        while !q.ends.is_empty() || q.busy {
+        q.flushers += 1;
+        let done = loop {
+            if !q.busy {
+                break true;
+            }
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             if left.is_zero() {
-                return false;
+                break false;
             }
             q = self
                 .written
                 .wait_timeout(q, left)
                 .map_or_else(|p| p.into_inner().0, |(q, _)| q);
-        }
-        true
-    }
-
-    /// Lets the writer thread end once the queue is written; later lines are refused.
-    pub(super) fn close(&self) {
-        self.lock().closing = true;
-        self.wake.notify_one();
-    }
-}
-
-/// The writer thread of one audit layer: started with it, ended (after writing what is
-/// queued) when the layer is dropped.
-pub(super) struct WriterThread {
-    committer: Arc<Committer>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl WriterThread {
-    /// Starts the thread writing `committer`'s lines.
-    ///
-    /// # Errors
-    /// [`AuditError::Thread`] when the thread cannot be started.
-    pub(super) fn start(committer: Arc<Committer>) -> Result<Self, AuditError> {
-        let thread = {
-            let committer = committer.clone();
-            std::thread::Builder::new()
-                .name("esi-audit-writer".into())
-                .spawn(move || committer.write_out())
-                .map_err(AuditError::Thread)?
         };
-        Ok(WriterThread {
-            committer,
-            thread: Some(thread),
-        })
-    }
-}
-
-impl Drop for WriterThread {
-    fn drop(&mut self) {
-        self.committer.close();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+        q.flushers -= 1;
+        done
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     fn file_sink(dir: &Path) -> (Sink, PathBuf) {
         let path = dir.join("audit.jsonl");
         let file = open_append(&path).unwrap();
-        (Sink::File { path: path.clone(), file }, path)
+        (
+            Sink::File {
+                path: path.clone(),
+                file,
+            },
+            path,
+        )
+    }
+
+    /// Writes land up to a limit, as on a disk that fills up; `writes` counts calls.
+    struct Limited(
+        Arc<Mutex<Vec<u8>>>,
+        usize,
+        Arc<std::sync::atomic::AtomicUsize>,
+    );
+    impl Write for Limited {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut out = self.0.lock().unwrap();
+            let room = self.1.saturating_sub(out.len());
+            if room == 0 {
+                return Err(std::io::Error::other("no space"));
+            }
+            let n = room.min(b.len());
+            out.extend_from_slice(&b[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn limited(
+        room: usize,
+    ) -> (
+        Limited,
+        Arc<Mutex<Vec<u8>>>,
+        Arc<std::sync::atomic::AtomicUsize>,
+    ) {
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let writes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        (Limited(out.clone(), room, writes.clone()), out, writes)
     }
 
     #[test]
-    fn a_batch_is_one_write_and_each_ticket_gets_its_line_outcome() {
-        let dir = tempfile::tempdir().unwrap();
-        let (sink, path) = file_sink(dir.path());
-        let committer = Arc::new(Committer::new(sink));
-        let writer = WriterThread::start(committer.clone()).unwrap();
+    fn lines_queued_during_a_write_go_in_one_batch_and_each_ticket_gets_its_outcome() {
+        let (sink, out, writes) = limited(usize::MAX);
+        let committer = Committer::new(Sink::Writer(Box::new(sink)));
+        // A write under way (another thread's): lines queue up.
+        committer.lock().busy = true;
         let ((), receipts) = collect(|| {
             for n in 0..100 {
                 committer.push(format!("{{\"n\":{n}}}\n").as_bytes());
             }
         });
         assert_eq!(receipts.len(), 100);
-        assert!(receipts.wait());
+        assert_eq!(writes.load(std::sync::atomic::Ordering::SeqCst), 0);
+        // That write ends; the next line's emitter writes everything queued at once.
+        committer.lock().busy = false;
+        let ((), last) = collect(|| committer.push(b"{\"n\":100}\n"));
+        assert!(receipts.wait() && last.wait());
+        assert_eq!(writes.load(std::sync::atomic::Ordering::SeqCst), 1);
         // Lines outside a collect get no ticket but are written all the same.
+        committer.push(b"{\"n\":101}\n");
         let ((), none) = collect(|| ());
         assert!(none.is_empty());
-        committer.push(b"{\"n\":100}\n");
-        drop(writer);
-        let text = std::fs::read_to_string(&path).unwrap();
+        let text = String::from_utf8(out.lock().unwrap().clone()).unwrap();
         let got: Vec<String> = text.lines().map(str::to_string).collect();
-        let want: Vec<String> = (0..=100).map(|n| format!("{{\"n\":{n}}}")).collect();
+        let want: Vec<String> = (0..=101).map(|n| format!("{{\"n\":{n}}}")).collect();
         assert_eq!(got, want);
+        assert!(!committer.lock().busy);
+    }
+
+    #[test]
+    fn concurrent_emitters_lose_no_line_and_interleave_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let (sink, path) = file_sink(dir.path());
+        let committer = Arc::new(Committer::new(sink));
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let committer = committer.clone();
+                std::thread::spawn(move || {
+                    let ((), receipts) = collect(|| {
+                        for n in 0..500 {
+                            committer.push(format!("{{\"t\":{t},\"n\":{n}}}\n").as_bytes());
+                        }
+                    });
+                    assert!(receipts.wait());
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert!(committer.flush(Duration::from_secs(10)));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut seen = std::collections::HashSet::new();
+        for line in text.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert!(seen.insert((v["t"].as_u64().unwrap(), v["n"].as_u64().unwrap())));
+        }
+        assert_eq!(seen.len(), 2000);
     }
 
     #[test]
     fn a_short_write_keeps_whole_lines_and_fails_the_rest() {
-        // Writes land up to a limit, as on a disk that fills up mid-batch.
-        struct Limited(Arc<Mutex<Vec<u8>>>, usize);
-        impl Write for Limited {
-            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-                let mut out = self.0.lock().unwrap();
-                let room = self.1.saturating_sub(out.len());
-                if room == 0 {
-                    return Err(std::io::Error::other("no space"));
-                }
-                let n = room.min(b.len());
-                out.extend_from_slice(&b[..n]);
-                Ok(n)
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
         // A writer sink (stdout) cannot be cut back: the whole batch fails.
-        let out = Arc::new(Mutex::new(Vec::new()));
-        let mut sink = Sink::Writer(Box::new(Limited(out.clone(), 10)));
+        let (w, _, _) = limited(10);
+        let mut sink = Sink::Writer(Box::new(w));
         assert_eq!(sink.write_batch(b"aaaa\nbbbb\ncccc\n", &[5, 10, 15]), 0);
 
         // An append-only file is cut back to its last whole line.
-        let out = Arc::new(Mutex::new(b"old\n".to_vec()));
-        let mut file = Limited(out.clone(), 4 + 12);
+        let (mut file, out, _) = limited(4 + 12);
+        out.lock().unwrap().extend_from_slice(b"old\n");
         let cut = |f: &mut Limited, n: u64| {
             let mut out = f.0.lock().unwrap();
             let len = out.len() - n as usize;
@@ -492,49 +525,69 @@ mod tests {
         // Part of the one line lands: it is cut, no line is written.
         assert_eq!(append_whole_lines(&mut file, b"dd\n", &[3], cut), 0);
         assert_eq!(&out.lock().unwrap()[..], b"old\naaaa\nbbbb\n");
-        // All lands.
-        let mut roomy = Limited(out.clone(), 1024);
-        assert_eq!(append_whole_lines(&mut roomy, b"e\nf\n", &[2, 4], cut), 2);
-        assert_eq!(&out.lock().unwrap()[..], b"old\naaaa\nbbbb\ne\nf\n");
+
+        // Through the queue: the tickets of the lines after the cut fail.
+        let dir = tempfile::tempdir().unwrap();
+        let (sink, path) = file_sink(dir.path());
+        let committer = Committer::new(sink);
+        committer.lock().busy = true;
+        let ((), first) = collect(|| committer.push(b"one\n"));
+        let ((), second) = collect(|| committer.push(b"two\n"));
+        committer.lock().busy = false;
+        committer.push(b"three\n");
+        assert!(first.wait() && second.wait());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "one\ntwo\nthree\n");
     }
 
     #[test]
     fn a_full_queue_refuses_lines_at_once() {
         let committer = Committer::new(Sink::Writer(Box::new(std::io::sink())));
-        // No writer thread: lines stay queued.
+        // A write under way that does not end: lines stay queued.
+        committer.lock().busy = true;
         let line = vec![b'x'; 1024 * 1024];
+        let count = AUDIT_QUEUE_BYTES / line.len();
         let ((), receipts) = collect(|| {
-            for _ in 0..(AUDIT_QUEUE_BYTES / line.len()) {
+            for _ in 0..count {
                 committer.push(&line);
             }
         });
-        assert_eq!(receipts.len(), AUDIT_QUEUE_BYTES / line.len());
+        assert_eq!(receipts.len(), count);
         let ((), refused) = collect(|| committer.push(&line));
         assert!(!refused.wait(), "a line beyond the bound was queued");
-        // The queued ones are written once a writer runs.
-        let committer = Arc::new(committer);
-        let writer = WriterThread::start(committer.clone()).unwrap();
+        // The queued ones are written by the thread whose write was under way.
+        let mut q = committer.lock();
+        q.busy = false;
+        committer.write_queued(q);
         assert!(receipts.wait());
-        drop(writer);
+        assert!(!committer.lock().busy);
     }
 
     #[test]
-    fn flush_waits_for_the_queue_and_closing_refuses_later_lines() {
+    fn flush_waits_for_the_write_under_way() {
         let committer = Arc::new(Committer::new(Sink::Writer(Box::new(std::io::sink()))));
+        committer.lock().busy = true;
         committer.push(b"a\n");
-        // Nothing writes yet: the flush times out.
         assert!(!committer.flush(Duration::from_millis(20)));
-        let writer = WriterThread::start(committer.clone()).unwrap();
-        assert!(committer.flush(Duration::from_secs(10)));
-        drop(writer);
-        let ((), late) = collect(|| committer.push(b"b\n"));
-        assert!(!late.wait());
+        let other = {
+            let committer = committer.clone();
+            std::thread::spawn(move || committer.flush(Duration::from_secs(10)))
+        };
+        std::thread::sleep(Duration::from_millis(20));
+        // The writing thread finishes its batch loop (as `push` does).
+        {
+            let mut q = committer.lock();
+            q.bytes.clear();
+            q.ends.clear();
+            q.busy = false;
+            committer.written.notify_all();
+        }
+        assert!(other.join().unwrap());
+        assert!(committer.flush(Duration::from_millis(1)));
     }
 
     #[test]
     fn collects_nest_and_each_sees_its_own_lines() {
-        let committer = Arc::new(Committer::new(Sink::Writer(Box::new(std::io::sink()))));
-        let writer = WriterThread::start(committer.clone()).unwrap();
+        let committer = Committer::new(Sink::Writer(Box::new(std::io::sink())));
         let (inner, outer) = collect(|| {
             committer.push(b"outer\n");
             let ((), inner) = collect(|| committer.push(b"inner\n"));
@@ -543,6 +596,5 @@ mod tests {
         });
         assert_eq!((inner.len(), outer.len()), (1, 2));
         assert!(inner.wait() && outer.wait());
-        drop(writer);
     }
 }
