@@ -77,7 +77,7 @@ pub(super) async fn issue(
 ) -> Result<(Generated, Option<String>), ApiError> {
     let snapshot = state.snapshot.load_full();
     let generator =
-        authorized_generator(&snapshot, caller, Action::Generate, namespace, kind, name)?;
+        authorized_generator(&snapshot, caller, Action::Generate, namespace, kind, name).await?;
     let holder = Holder::new(&caller.identity, caller.workload.as_deref());
     let generator_ref = ledger_ref(namespace, kind, name, &holder);
     let ctx = GenerateContext {
@@ -169,7 +169,7 @@ async fn own_credential(
     }
     let g = &entry.generator;
     let snapshot = state.snapshot.load_full();
-    authorized_generator(&snapshot, caller, action, &g.namespace, &g.kind, &g.name)?;
+    authorized_generator(&snapshot, caller, action, &g.namespace, &g.kind, &g.name).await?;
     Ok(entry)
 }
 

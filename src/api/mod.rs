@@ -419,19 +419,21 @@ async fn admit<B: DeserializeOwned + Default + ClientCa>(
     ))
 }
 
-fn authorize(
+/// The decision on `resource`, answered only once its audit line is written: 503
+/// ([`ApiError::AuditUnavailable`]) when it could not be, 404 when denied.
+async fn authorize(
     snapshot: &Snapshot,
     caller: &Caller,
     action: Action,
     resource: &Resource,
 ) -> Result<(), ApiError> {
-    // Stale flags from earlier work on this thread are not this decision's.
-    let _ = crate::audit::take_write_failure();
-    let allowed = snapshot
-        .policies
-        .decide_in(&caller.identity, action, resource, &caller.context())
-        .allowed;
-    if crate::audit::take_write_failure() {
+    let (decision, receipts) = crate::audit::collect(|| {
+        snapshot
+            .policies
+            .decide_in(&caller.identity, action, resource, &caller.context())
+    });
+    let allowed = decision.allowed;
+    if !receipts.written().await {
         return Err(ApiError::AuditUnavailable);
     }
     if allowed {
@@ -490,14 +492,14 @@ pub fn key_target(snapshot: &Snapshot, store: &str, remote: &RemoteRef) -> KeyTa
 /// and the backend call all name the same object. A spelling with no canonical form (or
 /// an unknown store) is decided as written, so a caller without a grant gets 404 and
 /// learns nothing about the store, and is then refused.
-fn decide_key(
+async fn decide_key(
     snapshot: &Snapshot,
     caller: &Caller,
     store: &str,
     remote: &RemoteRef,
 ) -> Result<(Arc<dyn SecretProvider>, RemoteRef), ApiError> {
     let target = key_target(snapshot, store, remote);
-    authorize(snapshot, caller, Action::Get, &target.resource)?;
+    authorize(snapshot, caller, Action::Get, &target.resource).await?;
     match (target.provider, target.canonical) {
         (Some(p), Ok(c)) => Ok((p, c)),
         (_, Err(e)) => Err(e),
@@ -514,7 +516,7 @@ async fn read_secret(
     store: &str,
     remote: &RemoteRef,
 ) -> Result<(Zeroizing<Vec<u8>>, Option<CacheAge>), ApiError> {
-    let (provider, canonical) = decide_key(snapshot, caller, store, remote)?;
+    let (provider, canonical) = decide_key(snapshot, caller, store, remote).await?;
     with_timeout(
         state.settings.backend_timeout,
         provider.get_secret_with_age(&canonical),
@@ -605,7 +607,7 @@ fn issue_refused(e: lifecycle::IssueError) -> ApiError {
 /// missing both answer 404. The decision is on the canonical resource
 /// ([`Resource::generator`]: a cluster-scoped generator has one identity, whatever
 /// namespace the URL names), and the lookup uses the same canonical key.
-fn authorized_generator(
+async fn authorized_generator(
     snapshot: &Snapshot,
     caller: &Caller,
     action: Action,
@@ -615,7 +617,7 @@ fn authorized_generator(
 ) -> Result<Arc<dyn Generator>, ApiError> {
     check_namespace(namespace, "namespace")?;
     let resource = Resource::generator(namespace, kind, name);
-    authorize(snapshot, caller, action, &resource)?;
+    authorize(snapshot, caller, action, &resource).await?;
     let key = GeneratorRef {
         namespace: namespace.to_string(),
         kind: kind.to_string(),
@@ -712,7 +714,7 @@ async fn ese_revoke_own(
     Admitted { caller, body: _ }: Admitted<EseBody>,
 ) -> Result<Response, ApiError> {
     let snapshot = state.snapshot.load_full();
-    authorized_generator(&snapshot, &caller, Action::Revoke, &namespace, &kind, &name)?;
+    authorized_generator(&snapshot, &caller, Action::Revoke, &namespace, &kind, &name).await?;
     let workload = caller.workload.clone();
     let holder = Holder::new(&caller.identity, workload.as_deref());
     let generator_ref = ledger_ref(&namespace, &kind, &name, &holder);
@@ -742,7 +744,8 @@ async fn ese_revoke_states(
         &Resource::GeneratorStates {
             namespace: namespace.clone(),
         },
-    )?;
+    )
+    .await?;
     if request.owner.is_empty() || request.namespace.is_empty() {
         return Err(ApiError::BadRequest(
             "owner and namespace are required".into(),
@@ -829,7 +832,7 @@ async fn v1_extract(
 ) -> Result<Response, ApiError> {
     let remote = remote_ref_of(request)?;
     let snapshot = state.snapshot.load_full();
-    let (provider, canonical) = decide_key(&snapshot, &caller, &store, &remote)?;
+    let (provider, canonical) = decide_key(&snapshot, &caller, &store, &remote).await?;
     let (map, age) = with_timeout(
         state.settings.backend_timeout,
         provider.get_secret_map_with_age(&canonical),
@@ -879,21 +882,20 @@ async fn v1_find(
         &Resource::Store {
             store: store.clone(),
         },
-    )?;
+    )
+    .await?;
     let (provider, canonical) = match (provider, canonical) {
         (Some(p), Ok(c)) => (p, c),
         (_, Err(e)) => return Err(e),
         (None, Ok(_)) => return Err(ApiError::NotFound),
     };
-    // Each key's decision is audited like a `get`; a key whose line cannot be written is
-    // left out and the whole answer refused.
-    let unaudited = std::sync::atomic::AtomicBool::new(false);
+    // Each key's decision is audited like a `get`; the answer leaves only once every
+    // key's line is written (503 otherwise).
+    let receipts = std::sync::Mutex::new(crate::audit::Receipts::default());
     let context = caller.context();
     let allow = |key: &str| {
-        let _ = crate::audit::take_write_failure();
-        let allowed = snapshot
-            .policies
-            .decide_in(
+        let (decision, mine) = crate::audit::collect(|| {
+            snapshot.policies.decide_in(
                 &caller.identity,
                 Action::Get,
                 &Resource::RemoteKey {
@@ -902,19 +904,20 @@ async fn v1_find(
                 },
                 &context,
             )
-            .allowed;
-        if crate::audit::take_write_failure() {
-            unaudited.store(true, std::sync::atomic::Ordering::Relaxed);
-            return false;
-        }
-        allowed
+        });
+        receipts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(mine);
+        decision.allowed
     };
     let map = with_timeout(
         state.settings.backend_timeout,
         provider.find_allowed(&canonical, &allow),
     )
     .await?;
-    if unaudited.load(std::sync::atomic::Ordering::Relaxed) {
+    let receipts = receipts.into_inner().unwrap_or_else(|p| p.into_inner());
+    if !receipts.written().await {
         return Err(ApiError::AuditUnavailable);
     }
     encode_map(map)

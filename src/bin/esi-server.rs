@@ -725,14 +725,23 @@ fn run_command(command: Command) -> Result<()> {
             let (reopener, _log_writer) =
                 init_serve_logging(args.log_format, args.audit_log.as_deref())?;
             esi::audit::install_panic_hook();
-            tokio::runtime::Builder::new_multi_thread()
+            let flusher = reopener.clone();
+            let served = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
                 .context("cannot start the async runtime")?
                 .block_on(async move {
                     reopen_on_sighup(reopener)?;
                     serve(*args).await
-                })
+                });
+            // Lines no request waited for (revocations by the background sweeps) are
+            // written before the process ends.
+            if let Some(flusher) = flusher
+                && !flusher.flush(std::time::Duration::from_secs(10))
+            {
+                eprintln!("esi-server: audit log lines still queued at exit were not written");
+            }
+            served
         }
         Command::Check(args) => check(args),
         Command::Policy(_) => bail!("policy commands are run by run()"),

@@ -166,12 +166,12 @@ pub async fn record_issue(
     let kind = generator.kind();
     let Some(state) = &generated.revocation else {
         // Nothing to revoke: unaudited, it is simply not handed out.
-        let _ = crate::audit::take_write_failure();
-        audit_issue(holder, generator_ref, kind, generated, "ok");
-        let outcome = if crate::audit::take_write_failure() {
-            "not_audited"
-        } else {
+        let ((), receipts) =
+            crate::audit::collect(|| audit_issue(holder, generator_ref, kind, generated, "ok"));
+        let outcome = if receipts.written().await {
             "ok"
+        } else {
+            "not_audited"
         };
         METRICS
             .credentials_issued
@@ -199,9 +199,10 @@ pub async fn record_issue(
     let failure = match ledger {
         Some(ledger) => match ledger.record(&entry).await {
             Ok(()) => {
-                let _ = crate::audit::take_write_failure();
-                audit_issue(holder, generator_ref, kind, generated, "ok");
-                if !crate::audit::take_write_failure() {
+                let ((), receipts) = crate::audit::collect(|| {
+                    audit_issue(holder, generator_ref, kind, generated, "ok")
+                });
+                if receipts.written().await {
                     METRICS
                         .credentials_issued
                         .with_label_values(&[kind, "ok"])

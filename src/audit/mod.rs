@@ -6,24 +6,28 @@
 //! emitters log names and ids only, and as a second line of defence fields whose names denote
 //! secret material (`value`, `token`, `password`, …) are dropped here whatever they hold.
 //!
-//! **No unaudited answers.** A line is written synchronously, on the thread that emits the
-//! event, so right after emitting, [`take_write_failure`] tells the emitter whether *its* line
-//! was written. The API checks it after every decision and refuses with 503 when the line was
-//! not written (as Vault refuses requests no audit device can record); a credential whose
-//! "issued" line cannot be written is revoked again and not handed out. Failures count in
-//! `esi_audit_log_events_total{outcome="write_error"}`, `esi_audit_log_ok` drops to 0, and one
-//! error line per 10 s goes to stderr. The first line written again restores service: nothing
-//! needs a restart.
+//! **No unaudited answers.** Lines are written in batches, one `write(2)` for the lines
+//! queued while the previous batch was written (group commit, [`writer`]). An emitter that
+//! must know runs its work inside [`collect`] and awaits the [`Receipts`] before answering:
+//! the API refuses with 503 when a decision's line was not written (as Vault refuses
+//! requests no audit device can record); a credential whose "issued" line cannot be written
+//! is revoked again and not handed out. No thread waits on another's write: while one
+//! writes, the others queue their lines and serve other requests. Failures count in
+//! `esi_audit_log_events_total{outcome="write_error"}`, `esi_audit_log_ok` drops to 0, and
+//! one error line per 10 s goes to stderr. The first line written again restores service:
+//! nothing needs a restart.
 //!
 //! **Rotation.** [`AuditReopener::reopen`] (the server calls it on SIGHUP) opens the path again,
 //! so `logrotate` can move the file and signal the server (`docs/security.md` has the recipe).
 
-use std::cell::Cell;
+mod writer;
+
+pub use writer::{AUDIT_QUEUE_BYTES, Receipts, Ticket, collect};
+
 use std::fmt;
-use std::fs::File;
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tracing::field::{Field, Visit};
@@ -33,8 +37,8 @@ use tracing_subscriber::Layer;
 use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::LookupSpan;
 
-use crate::logging::Throttled;
 use crate::metrics::METRICS;
+use writer::{Committer, Sink};
 
 /// Target of authorization decisions (emitted by `authz`).
 pub const DECISION_TARGET: &str = "esi::decision";
@@ -125,7 +129,7 @@ pub struct DecisionRecord<'a> {
 /// span: the same line an `esi::decision` event with these fields gives, without
 /// formatting and visiting the fields through `tracing` (a third of the line's cost per
 /// request, issue 15). A failed write is reported like every audit line's
-/// ([`take_write_failure`]). `false` when there is no audit layer (no audit log): the
+/// (its ticket goes to the running [`collect`]). `false` when there is no audit layer (no audit log): the
 /// caller then logs the decision to the operational log.
 pub fn record_decision(record: &DecisionRecord<'_>) -> bool {
     tracing::dispatcher::get_default(|dispatch| {
@@ -211,79 +215,10 @@ fn json_display(out: &mut Vec<u8>, text: &mut String, value: &dyn fmt::Display) 
     json_str(out, text);
 }
 
-thread_local! {
-    /// Whether an audit line written on this thread failed since the last
-    /// [`take_write_failure`].
-    static WRITE_FAILED: Cell<bool> = const { Cell::new(false) };
-}
-
-/// Whether an audit line emitted on this thread since the last call could not be written;
-/// clears the flag. Emit, then ask at once (no `.await` between): lines are written on the
-/// emitting thread, so the answer is about the caller's own lines.
-pub fn take_write_failure() -> bool {
-    WRITE_FAILED.with(|f| f.replace(false))
-}
-
-/// Where lines go.
-enum Sink {
-    /// A writer given by the caller (stdout, tests).
-    Writer(Box<dyn Write + Send>),
-    /// A file, which [`AuditReopener::reopen`] can open again by its path.
-    File { path: PathBuf, file: File },
-}
-
-impl Sink {
-    /// Writes one whole line, or nothing: a file cut short by a full disk is truncated back
-    /// to its length before the line, so the log never holds half a line.
-    fn write_line(&mut self, text: &[u8]) -> bool {
-        match self {
-            Sink::Writer(w) => w.write_all(text).and_then(|()| w.flush()).is_ok(),
-            Sink::File { file, .. } => {
-                // One `write` per line in the usual case; the file's length is asked only
-                // after a failure, to cut off what part of this line did land (the file is
-                // appended to by this process only, under the sink's lock).
-                let mut landed = 0;
-                while landed < text.len() {
-                    match file.write(&text[landed..]) {
-                        Ok(0) => break,
-                        Ok(n) => landed += n,
-                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                        Err(_) => break,
-                    }
-                }
-                if landed == text.len() {
-                    return true;
-                }
-                if landed > 0
-                    && let Ok(len) = file.metadata().map(|m| m.len())
-                {
-                    let _ = file.set_len(len.saturating_sub(landed as u64));
-                }
-                false
-            }
-        }
-    }
-}
-
-/// Opens `path` for appending, creating it with mode 0600.
-fn open_append(path: &Path) -> Result<File, AuditError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|source| AuditError::Open {
-            path: path.display().to_string(),
-            source,
-        })
-}
-
 /// The layer. Add it with a filter such as `filter_fn(is_audit_relevant)` so the rest of the
 /// logging configuration (e.g. `RUST_LOG=warn`) never silences the audit trail.
 pub struct AuditLayer {
-    out: Arc<Mutex<Sink>>,
-    complaints: Throttled,
+    committer: Arc<Committer>,
 }
 
 impl fmt::Debug for AuditLayer {
@@ -292,9 +227,9 @@ impl fmt::Debug for AuditLayer {
     }
 }
 
-/// Opens the audit file of an [`AuditLayer`] again (log rotation).
+/// Opens the audit file of an [`AuditLayer`] again (log rotation) and waits for its queue.
 #[derive(Clone)]
-pub struct AuditReopener(Arc<Mutex<Sink>>);
+pub struct AuditReopener(Arc<Committer>);
 
 impl fmt::Debug for AuditReopener {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -309,16 +244,13 @@ impl AuditReopener {
     /// # Errors
     /// [`AuditError::Open`]: the old file stays in use; the next SIGHUP tries again.
     pub fn reopen(&self) -> Result<bool, AuditError> {
-        let mut sink = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let Sink::File { path, file } = &mut *sink else {
-            return Ok(false);
-        };
-        match open_append(path) {
-            Ok(new) => {
-                let _ = file.flush();
-                *file = new;
-                METRICS.audit_events.with_label_values(&["reopened"]).inc();
-                Ok(true)
+        let mut sink = self.0.sink.lock().unwrap_or_else(|p| p.into_inner());
+        match sink.reopen() {
+            Ok(reopened) => {
+                if reopened {
+                    METRICS.audit_events.with_label_values(&["reopened"]).inc();
+                }
+                Ok(reopened)
             }
             Err(e) => {
                 METRICS
@@ -329,17 +261,22 @@ impl AuditReopener {
             }
         }
     }
+
+    /// Waits until the lines queued so far are written (or failed), at most `limit`;
+    /// `false` when some were still queued then. The server calls it before it exits.
+    pub fn flush(&self, limit: Duration) -> bool {
+        self.0.flush(limit)
+    }
 }
 
 impl AuditLayer {
     fn with_sink(sink: Sink) -> Self {
         AuditLayer {
-            out: Arc::new(Mutex::new(sink)),
-            complaints: Throttled::new(Duration::from_secs(10)),
+            committer: Arc::new(Committer::new(sink)),
         }
     }
 
-    /// Writes to `writer` (one line per event, flushed).
+    /// Writes to `writer` (lines in batches, flushed after each).
     pub fn new(writer: Box<dyn Write + Send>) -> Self {
         Self::with_sink(Sink::Writer(writer))
     }
@@ -352,7 +289,7 @@ impl AuditLayer {
         if path.as_os_str() == "-" {
             return Ok(Self::new(Box::new(std::io::stdout())));
         }
-        let file = open_append(path)?;
+        let file = writer::open_append(path)?;
         Ok(Self::with_sink(Sink::File {
             path: path.to_path_buf(),
             file,
@@ -361,32 +298,12 @@ impl AuditLayer {
 
     /// A handle that reopens this layer's file.
     pub fn reopener(&self) -> AuditReopener {
-        AuditReopener(self.out.clone())
+        AuditReopener(self.committer.clone())
     }
 
+    /// Queues one whole line; its ticket goes to the running [`collect`], if any.
     fn write_line(&self, text: &[u8]) {
-        // A poisoned lock only means a writer panicked mid-line; keep auditing.
-        let written = {
-            let mut sink = self.out.lock().unwrap_or_else(|p| p.into_inner());
-            sink.write_line(text)
-        };
-        if written {
-            METRICS.audit_log_ok.set(1);
-            return;
-        }
-        WRITE_FAILED.with(|f| f.set(true));
-        METRICS.audit_log_ok.set(0);
-        METRICS
-            .audit_events
-            .with_label_values(&["write_error"])
-            .inc();
-        // Not through `tracing`: this layer would see its own complaint. stderr is the
-        // operational log.
-        if let Some(suppressed) = self.complaints.tick() {
-            eprintln!(
-                "esi-server: cannot write the audit log; requests that need an audit line are refused with 503 ({suppressed} more failures since the last report)"
-            );
-        }
+        self.committer.push(text);
     }
 }
 
@@ -620,7 +537,7 @@ pub fn install_panic_hook() {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
+    use std::sync::{Arc, Mutex};
     use tracing_subscriber::filter::filter_fn;
     use tracing_subscriber::layer::SubscriberExt;
 
@@ -787,12 +704,13 @@ mod tests {
         let layer = AuditLayer::new(Box::new(Flaky(full.clone(), buf.clone())))
             .with_filter(filter_fn(is_audit_relevant));
         tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), || {
-            let _ = take_write_failure();
-            assert!(record_decision(&r));
-            assert!(take_write_failure(), "a failed write was not reported");
+            let (recorded, receipts) = collect(|| record_decision(&r));
+            assert!(recorded);
+            assert!(!receipts.wait(), "a failed write was not reported");
             full.store(false, std::sync::atomic::Ordering::SeqCst);
-            assert!(record_decision(&r));
-            assert!(!take_write_failure());
+            let (recorded, receipts) = collect(|| record_decision(&r));
+            assert!(recorded);
+            assert!(receipts.wait());
         });
         assert_eq!(lines(&buf).len(), 1);
     }
@@ -890,10 +808,12 @@ mod tests {
         let path = dir.path().join("audit.jsonl");
         let layer = AuditLayer::to_path(&path).unwrap();
         layer.write_line(b"{\"n\":1}\n");
+        assert!(layer.reopener().flush(Duration::from_secs(10)));
         let rotated = dir.path().join("audit.jsonl.1");
         std::fs::rename(&path, &rotated).unwrap();
         assert!(layer.reopener().reopen().unwrap());
         layer.write_line(b"{\"n\":2}\n");
+        assert!(layer.reopener().flush(Duration::from_secs(10)));
         assert_eq!(std::fs::read_to_string(&rotated).unwrap(), "{\"n\":1}\n");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"n\":2}\n");
         // stdout has nothing to reopen.
@@ -926,20 +846,18 @@ mod tests {
         let layer = AuditLayer::new(Box::new(Flaky(full.clone(), buf.clone())))
             .with_filter(filter_fn(is_audit_relevant));
         tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), || {
-            let _ = take_write_failure();
-            tracing::info!(target: "esi::decision", decision = "allow");
-            assert!(!take_write_failure());
+            let audited =
+                || collect(|| tracing::info!(target: "esi::decision", decision = "allow")).1;
+            assert!(audited().wait());
             full.store(true, std::sync::atomic::Ordering::SeqCst);
-            tracing::info!(target: "esi::decision", decision = "allow");
-            assert!(take_write_failure());
-            // Read once: the flag is cleared.
-            assert!(!take_write_failure());
-            // Ordinary log lines never touch it.
-            tracing::info!("not audit");
-            assert!(!take_write_failure());
+            let failed = audited();
+            assert_eq!(failed.len(), 1);
+            assert!(!failed.wait());
+            // Ordinary log lines are not audit lines: nothing to wait for.
+            let ((), none) = collect(|| tracing::info!("not audit"));
+            assert!(none.is_empty());
             full.store(false, std::sync::atomic::Ordering::SeqCst);
-            tracing::info!(target: "esi::decision", decision = "deny");
-            assert!(!take_write_failure());
+            assert!(audited().wait());
         });
         assert_eq!(lines(&buf).len(), 2);
     }
