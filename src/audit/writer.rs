@@ -230,6 +230,29 @@ fn hand_in(ticket: Ticket) {
     });
 }
 
+/// Set while a thread writes the queue out; dropped only when that thread unwinds (it is
+/// forgotten on the normal way out): fails the lines still queued and frees the queue.
+struct Writing<'a>(&'a Committer);
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        let mut q = self.0.lock();
+        let failed = q.ends.len();
+        q.bytes.clear();
+        q.ends.clear();
+        // Dropping a sender resolves its ticket as not written.
+        q.waiters.clear();
+        q.busy = false;
+        if q.flushers > 0 {
+            self.0.written.notify_all();
+        }
+        drop(q);
+        if failed > 0 {
+            self.0.failed(failed);
+        }
+    }
+}
+
 /// The queue shared by the emitting threads; whichever finds nobody writing writes.
 pub(super) struct Committer {
     queue: Mutex<Queued>,
@@ -310,6 +333,12 @@ impl Committer {
     /// nobody writing).
     fn write_queued<'a>(&'a self, mut q: MutexGuard<'a, Queued>) {
         q.busy = true;
+        drop(q);
+        // Should this thread unwind mid-write, the queue must not stay `busy` with nobody
+        // writing: the lines waiting then fail (their requests get 503) and the next line
+        // finds the queue free.
+        let writing = Writing(self);
+        let mut q = self.lock();
         loop {
             let mut batch = std::mem::take(&mut q.spare);
             std::mem::swap(&mut q.bytes, &mut batch.bytes);
@@ -324,9 +353,18 @@ impl Committer {
                 if q.flushers > 0 {
                     self.written.notify_all();
                 }
+                drop(q);
+                std::mem::forget(writing);
                 return;
             }
         }
+    }
+
+    /// Test hook: what an unwinding writer leaves.
+    #[cfg(test)]
+    fn is_free(&self) -> bool {
+        let q = self.lock();
+        !q.busy && q.ends.is_empty() && q.waiters.is_empty()
     }
 
     /// Writes one batch, tells each waiting emitter its line's outcome and empties it.
@@ -360,7 +398,9 @@ impl Committer {
         // Not through `tracing`: the audit layer would see its own complaint. stderr is the
         // operational log.
         if let Some(suppressed) = self.complaints.tick() {
-            eprintln!(
+            // `eprintln!` would panic on a closed stderr, on the writing thread.
+            let _ = writeln!(
+                std::io::stderr(),
                 "esi-server: cannot write the audit log; requests that need an audit line are refused with 503 ({suppressed} more failures since the last report)"
             );
         }
@@ -583,6 +623,55 @@ mod tests {
         }
         assert!(other.join().unwrap());
         assert!(committer.flush(Duration::from_millis(1)));
+    }
+
+    #[test]
+    fn a_writer_that_panics_fails_the_waiting_lines_and_frees_the_queue() {
+        /// Panics on its first write (a bug in a sink), then works.
+        struct PanicsOnce(bool, Arc<Mutex<Vec<u8>>>);
+        impl Write for PanicsOnce {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                if !self.0 {
+                    self.0 = true;
+                    panic!("sink bug");
+                }
+                self.1.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let committer = Arc::new(Committer::new(Sink::Writer(Box::new(PanicsOnce(
+            false,
+            out.clone(),
+        )))));
+        // Lines wait behind a write under way, then that writer's thread writes and panics.
+        committer.lock().busy = true;
+        let ((), waiting) = collect(|| committer.push(b"queued\n"));
+        let panicked = {
+            let committer = committer.clone();
+            std::thread::spawn(move || {
+                let mut q = committer.lock();
+                q.busy = false;
+                committer.write_queued(q);
+            })
+            .join()
+        };
+        assert!(panicked.is_err());
+        assert!(
+            !waiting.wait(),
+            "a line the panicking writer held was reported written"
+        );
+        assert!(
+            committer.is_free(),
+            "the queue stayed busy with nobody writing"
+        );
+        // The next line is written by its own emitter.
+        let ((), next) = collect(|| committer.push(b"next\n"));
+        assert!(next.wait());
+        assert_eq!(&out.lock().unwrap()[..], b"next\n");
     }
 
     #[test]
