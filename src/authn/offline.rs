@@ -50,11 +50,13 @@ pub async fn identify_offline(
         .iter()
         .copied()
         .filter(|f| f.fetches())
-        .filter(|f| {
-            f.issuer
+        .filter(|f| match f.trust_domain() {
+            Some(_) => parsed.may_be_of(f),
+            None => f
+                .issuer
                 .as_deref()
                 .or(f.url_raw.as_deref())
-                .is_some_and(|iss| iss == parsed.iss)
+                .is_some_and(|iss| Some(iss) == parsed.iss.as_deref()),
         })
         .collect();
     let now = settings.clock.now();
@@ -76,8 +78,9 @@ pub async fn identify_offline(
     Ok(OfflineIdentity::Unverified {
         identity,
         reason: format!(
-            "KubernetesFederation {} fetches its keys from {url}; without the network the \
+            "{} {} fetches its keys from {url}; without the network the \
              signature was not verified (only the claims were read and checked)",
+            fed.kind(),
             fed.name
         ),
     })

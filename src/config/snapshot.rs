@@ -23,6 +23,7 @@ use crate::metrics::METRICS;
 use crate::providers::{self, ProviderError, ProviderSettings, RemoteRef, SecretProvider};
 use crate::resources::{
     AuthorizationSpec, KubernetesFederationSpec, OidcFederationSpec, OktaFederationSpec,
+    SpiffeFederationSpec,
     PingIdentityFederationSpec, SecretObject, SecretStoreSpec,
 };
 use crate::resources::{GeneratorKey, SecretIndex, SecretName};
@@ -238,6 +239,7 @@ const KNOWN_APIS: &[(&str, &[&str], &[&str])] = &[
             "OIDCFederation",
             "OktaFederation",
             "PingIdentityFederation",
+            "SpiffeFederation",
         ],
     ),
     (
@@ -248,6 +250,7 @@ const KNOWN_APIS: &[(&str, &[&str], &[&str])] = &[
             "OIDCFederation",
             "OktaFederation",
             "PingIdentityFederation",
+            "SpiffeFederation",
         ],
     ),
     (
@@ -610,7 +613,8 @@ impl SnapshotBuilder {
                     kind @ ("KubernetesFederation"
                     | "OIDCFederation"
                     | "OktaFederation"
-                    | "PingIdentityFederation"),
+                    | "PingIdentityFederation"
+                    | "SpiffeFederation"),
                 ) => {
                     // Names are unique across kinds: a principal is `<federation>/…` and an
                     // Authorization's federationRef is found by name.
@@ -618,7 +622,7 @@ impl SnapshotBuilder {
                         errors.push(error(
                             obj,
                             format!(
-                                "duplicate federation name: {} {name} is loaded (names are unique across KubernetesFederation, OIDCFederation, OktaFederation and PingIdentityFederation)",
+                                "duplicate federation name: {} {name} is loaded (names are unique across KubernetesFederation, OIDCFederation, OktaFederation, PingIdentityFederation and SpiffeFederation)",
                                 other.kind()
                             ),
                         ));
@@ -637,6 +641,11 @@ impl SnapshotBuilder {
                         "OktaFederation" => {
                             strict_spec_of::<OktaFederationSpec>(obj).and_then(|spec| {
                                 Federation::from_okta_spec(name, &spec).map_err(|e| e.to_string())
+                            })
+                        }
+                        "SpiffeFederation" => {
+                            strict_spec_of::<SpiffeFederationSpec>(obj).and_then(|spec| {
+                                Federation::from_spiffe_spec(name, &spec).map_err(|e| e.to_string())
                             })
                         }
                         _ => strict_spec_of::<PingIdentityFederationSpec>(obj).and_then(|spec| {
