@@ -73,7 +73,8 @@ pub enum OwnerKind {
     Pod,
     /// A ServiceAccount token without a pod claim.
     ServiceAccount,
-    /// The subject of an OIDC federation's token (its owner's `namespace` is empty).
+    /// The subject of an OIDC federation's token, or the SPIFFE ID of a SPIFFE workload
+    /// whose path names no Kubernetes workload (its owner's `namespace` is empty).
     OidcSubject,
 }
 
