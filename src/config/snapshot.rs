@@ -857,6 +857,30 @@ impl SnapshotBuilder {
             }
         }
 
+        // Two SpiffeFederations of one trust domain: a JWT-SVID both bundles verify is
+        // attributed to the first by name, and only its Authorizations apply.
+        for (i, later) in by_name.iter().enumerate() {
+            let Some(td) = later.trust_domain() else {
+                continue;
+            };
+            let first = by_name[..i]
+                .iter()
+                .find(|earlier| earlier.trust_domain() == Some(td));
+            if let (Some(first), Some((origin, object))) =
+                (first, federation_origins.get(later.name()))
+            {
+                warnings.push(LoadError {
+                    origin: origin.clone(),
+                    object: Some(object.clone()),
+                    reason: format!(
+                        "shares its trust domain with SpiffeFederation {}: a JWT-SVID both bundles verify is attributed to {} (the first by name); keep them apart with audiences",
+                        first.name(),
+                        first.name()
+                    ),
+                });
+            }
+        }
+
         // What an `external-secrets.io` group does not hold (reported by `policy validate`).
         let unrecognized_of = |origin: &str, object: String, api_version: &str, kind: &str| {
             api_problem(api_version, kind).map(|reason| Unrecognized {
@@ -1817,6 +1841,108 @@ spec: {{issuer: "https://gitlab.example.com", jwks: '{jwks}'}}
         };
         assert!(snap.policies.decide(&main, Action::Get, &k).allowed);
         assert!(!snap.policies.decide(&dev, Action::Get, &k).allowed);
+    }
+
+    /// Issue 18 part 2: SpiffeFederations load (ESE's `trustDomain`, the extensions), two
+    /// of one trust domain are warned about, a bad one is reported, and a `spiffeID`
+    /// Authorization grants SPIFFE workloads of its federation only.
+    #[test]
+    fn spiffe_federations_load_and_their_authorizations_grant() {
+        let dir = tempfile::tempdir().unwrap();
+        let policies = tempfile::tempdir().unwrap();
+        let bundle = {
+            let keys: serde_json::Value = serde_json::from_str(
+                &std::fs::read_to_string(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/tests/fixtures/keys/jwks.json"
+                ))
+                .unwrap(),
+            )
+            .unwrap();
+            let mut key = keys["ec-1"].clone();
+            key["use"] = serde_json::json!("jwt-svid");
+            serde_json::json!({"keys": [key]}).to_string()
+        };
+        let fed = |name: &str, td: &str, extra: &str| {
+            format!(
+                "apiVersion: identity.federation.external-secrets.io/v1alpha1\nkind: SpiffeFederation\nmetadata: {{name: {name}}}\nspec:\n  trustDomain: {td}\n  audiences: [esi]\n  bundle: '{bundle}'\n{extra}---\n"
+            )
+        };
+        write(
+            dir.path(),
+            "feds.yaml",
+            &[
+                fed("spire", "example.org", ""),
+                fed("spire-copy", "example.org", ""),
+                fed("bad-td", "Example.org", ""),
+                fed("typo", "example.net", "  bundleEndpiont: {url: 'https://x'}\n"),
+            ]
+            .concat(),
+        );
+        write(dir.path(), "store.yaml", STORE);
+        write(
+            dir.path(),
+            "authz.yaml",
+            "apiVersion: federation.external-secrets.io/v1alpha1\nkind: Authorization\nmetadata: {name: api}\nspec:\n  federationRef: {kind: SpiffeFederation, name: spire}\n  subject: {spiffe: {spiffeID: 'spiffe://example.org/ns/prod/sa/*'}}\n  allowedClusterSecretStores: [s]\n",
+        );
+        let snap = DirectorySource {
+            manifests: dir.path().to_path_buf(),
+            policies: Some(policies.path().to_path_buf()),
+            provider_settings: ProviderSettings::default(),
+        }
+        .load();
+        let kinds: Vec<(&str, &str)> = snap
+            .federations
+            .iter()
+            .map(|f| (f.name(), f.kind().as_str()))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ("spire", "SpiffeFederation"),
+                ("spire-copy", "SpiffeFederation")
+            ]
+        );
+        let errors: Vec<String> = snap.errors.iter().map(ToString::to_string).collect();
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("SpiffeFederation/bad-td") && e.contains("trustDomain")),
+            "{errors:#?}"
+        );
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("SpiffeFederation/typo") && e.contains("bundleEndpiont")),
+            "{errors:#?}"
+        );
+        let warnings: Vec<String> = snap.warnings.iter().map(ToString::to_string).collect();
+        assert!(
+            warnings.iter().any(|w| w.contains("SpiffeFederation/spire-copy")
+                && w.contains("shares its trust domain with SpiffeFederation spire")),
+            "{warnings:#?}"
+        );
+        assert!(
+            !warnings.iter().any(|w| w.contains("Authorization/api")),
+            "{warnings:#?}"
+        );
+        let k = Resource::RemoteKey {
+            store: "s".into(),
+            key: "k".into(),
+        };
+        let who = |fed: &str, id: &str| Identity::of_spiffe_workload(fed, id).unwrap();
+        let decide = |id: &Identity| snap.policies.decide(id, Action::Get, &k).allowed;
+        assert!(decide(&who("spire", "spiffe://example.org/ns/prod/sa/api")));
+        assert!(!decide(&who("spire", "spiffe://example.org/ns/dev/sa/api")));
+        assert!(!decide(&who("spire-copy", "spiffe://example.org/ns/prod/sa/api")));
+        // An OIDC subject whose subject reads like the SPIFFE ID is not a SPIFFE workload.
+        let oidc = Identity::of_oidc_subject(
+            "spire",
+            "spiffe://example.org",
+            "spiffe://example.org/ns/prod/sa/api",
+            &[],
+        );
+        assert!(!decide(&oidc));
     }
 
     fn can_get(snap: &Snapshot, store: &str) -> bool {
