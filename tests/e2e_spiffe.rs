@@ -148,7 +148,11 @@ when { principal has serviceAccount && principal.serviceAccount == "archived" };
         ("a key not in the bundle", svid("ec-2", API)),
         (
             "the bundle's key under another kid",
-            mint("ec-2", &svid_claims(API), Some(jwk("ec-1")["kid"].as_str().unwrap())),
+            mint(
+                "ec-2",
+                &svid_claims(API),
+                Some(jwk("ec-1")["kid"].as_str().unwrap()),
+            ),
         ),
         (
             "a malformed SPIFFE ID",

@@ -378,7 +378,10 @@ impl Authenticator {
 /// were routed by trust domain ([`ParsedToken::may_be_of`]) and have no issuer to match;
 /// any other federation's must carry exactly the issuer it expects with these keys.
 fn issuer_matches(st: &FedState, ks: &KeySet, t: &ParsedToken<'_>) -> bool {
-    st.fed.trust_domain().is_some() || st.expected_issuer(ks).is_some_and(|i| Some(i) == t.iss.as_deref())
+    st.fed.trust_domain().is_some()
+        || st
+            .expected_issuer(ks)
+            .is_some_and(|i| Some(i) == t.iss.as_deref())
 }
 
 #[cfg(test)]

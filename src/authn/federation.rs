@@ -305,12 +305,11 @@ impl Federation {
         let static_keys = match spec.bundle.as_deref() {
             None => None,
             Some(doc) => {
-                let (keys, _) = parse_spiffe_bundle(doc.as_bytes(), MAX_STATIC_KEYS).map_err(
-                    |e| match e {
+                let (keys, _) =
+                    parse_spiffe_bundle(doc.as_bytes(), MAX_STATIC_KEYS).map_err(|e| match e {
                         JwksError::Malformed(m) => FederationError::BadSpiffeBundle(m),
                         other => FederationError::BadSpiffeBundle(other.to_string()),
-                    },
-                )?;
+                    })?;
                 if keys.is_empty() {
                     return Err(FederationError::BadSpiffeBundle(
                         "no usable JWT-SVID key (RSA, EC P-256 or P-384 with use=jwt-svid)".into(),

@@ -361,7 +361,10 @@ mod tests {
         );
         assert_eq!(w.issuer, "spiffe://example.org");
         let sa = w.service_account().unwrap();
-        assert_eq!((sa.namespace.as_str(), sa.pod_name.as_deref()), ("prod", Some("api-0")));
+        assert_eq!(
+            (sa.namespace.as_str(), sa.pod_name.as_deref()),
+            ("prod", Some("api-0"))
+        );
         let plain = Identity::of_spiffe_workload("spire", "spiffe://example.org/billing").unwrap();
         assert!(plain.service_account().is_none());
         assert!(Identity::of_spiffe_workload("spire", "spiffe://example.org").is_none());

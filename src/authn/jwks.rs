@@ -249,8 +249,7 @@ impl FedState {
     }
 
     fn usable(&self, ks: &KeySet, now: u64, s: &AuthnSettings) -> bool {
-        !self.fed.fetches()
-            || age(ks, now) <= ttl(ks, s).saturating_add(s.jwks_max_stale.as_secs())
+        !self.fed.fetches() || age(ks, now) <= ttl(ks, s).saturating_add(s.jwks_max_stale.as_secs())
     }
 
     /// The current key set if it may still be used at `now` (static keys always may).

@@ -40,9 +40,9 @@ pub use identity::{
     CanonicalId, FederationKind, Identity, Principal, PrincipalKind, ServiceAccount,
 };
 pub use jwks::KeyHealth;
+pub use jwks::{MAX_SPIFFE_REFRESH_SECS, MIN_SPIFFE_REFRESH_SECS};
 pub use keys::kubernetes_key_id;
 pub use offline::{OfflineIdentity, identify_offline};
-pub use jwks::{MAX_SPIFFE_REFRESH_SECS, MIN_SPIFFE_REFRESH_SECS};
 pub use settings::AuthnSettings;
 pub use spiffe::{
     MAX_SPIFFE_ID_BYTES, SpiffeId, SpiffeIdError, kubernetes_workload, parse_spiffe_id,

@@ -196,7 +196,10 @@ mod tests {
         for (id, want) in cases {
             assert_eq!(parse_workload_id(id).err(), Some(*want), "{id:?}");
         }
-        assert_eq!(parse_workload_id("spiffe://example.org").err(), Some(NoPath));
+        assert_eq!(
+            parse_workload_id("spiffe://example.org").err(),
+            Some(NoPath)
+        );
         assert!(parse_spiffe_id("spiffe://example.org").is_ok());
         // Messages never echo the input.
         assert!(!TrustDomainChar.to_string().contains("Example"));
@@ -205,7 +208,10 @@ mod tests {
     #[test]
     fn kubernetes_paths() {
         let sa = kubernetes_workload("/ns/default/sa/app").unwrap();
-        assert_eq!((sa.namespace.as_str(), sa.name.as_str()), ("default", "app"));
+        assert_eq!(
+            (sa.namespace.as_str(), sa.name.as_str()),
+            ("default", "app")
+        );
         assert_eq!((sa.uid, sa.pod_name, sa.pod_uid), (None, None, None));
         let sa = kubernetes_workload("/billing/ns/prod/sa/u-sa/api/pod/u-pod/api-7d9f").unwrap();
         assert_eq!(sa.namespace, "prod");

@@ -158,6 +158,10 @@ pub(crate) fn parse(token: &str, max_bytes: usize) -> Result<ParsedToken<'_>, Au
         Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
         // A JWT-SVID need not name an issuer (JWT-SVID §3): its trust domain does.
         None if spiffe_trust_domain.is_some() => None,
+        // A would-be JWT-SVID whose `sub` is no workload SPIFFE ID: say what is wrong.
+        None if matches!(&claims.sub, Some(Value::String(s)) if s.starts_with("spiffe://")) => {
+            return Err(AuthnError::BadSubject);
+        }
         _ => return Err(AuthnError::BadIssuer),
     };
     Ok(ParsedToken {

@@ -720,11 +720,17 @@ mod tests {
         );
         assert_eq!(
             subject_of(exact.subject.as_ref()).unwrap(),
-            ("spiffe://example.org", "spiffe://example.org/ns/prod/sa/api")
+            (
+                "spiffe://example.org",
+                "spiffe://example.org/ns/prod/sa/api"
+            )
         );
         let compiled = compile("a", &exact).unwrap();
         let text = compiled.policies[0].1.to_string();
-        assert!(text.contains("principal is Esi::SpiffeWorkload in Esi::Federation::\"spire\""), "{text}");
+        assert!(
+            text.contains("principal is Esi::SpiffeWorkload in Esi::Federation::\"spire\""),
+            "{text}"
+        );
         assert!(text.contains("\"spiffe://example.org\""), "{text}");
         let glob = spiffe_spec("spiffe://example.org/ns/prod/*");
         assert_eq!(check(&glob).unwrap().subject, SubjectMatch::Glob);

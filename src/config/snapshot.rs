@@ -23,8 +23,7 @@ use crate::metrics::METRICS;
 use crate::providers::{self, ProviderError, ProviderSettings, RemoteRef, SecretProvider};
 use crate::resources::{
     AuthorizationSpec, KubernetesFederationSpec, OidcFederationSpec, OktaFederationSpec,
-    SpiffeFederationSpec,
-    PingIdentityFederationSpec, SecretObject, SecretStoreSpec,
+    PingIdentityFederationSpec, SecretObject, SecretStoreSpec, SpiffeFederationSpec,
 };
 use crate::resources::{GeneratorKey, SecretIndex, SecretName};
 use crate::source::dir::DirectoryScanner;
@@ -1875,7 +1874,11 @@ spec: {{issuer: "https://gitlab.example.com", jwks: '{jwks}'}}
                 fed("spire", "example.org", ""),
                 fed("spire-copy", "example.org", ""),
                 fed("bad-td", "Example.org", ""),
-                fed("typo", "example.net", "  bundleEndpiont: {url: 'https://x'}\n"),
+                fed(
+                    "typo",
+                    "example.net",
+                    "  bundleEndpiont: {url: 'https://x'}\n",
+                ),
             ]
             .concat(),
         );
@@ -1918,8 +1921,10 @@ spec: {{issuer: "https://gitlab.example.com", jwks: '{jwks}'}}
         );
         let warnings: Vec<String> = snap.warnings.iter().map(ToString::to_string).collect();
         assert!(
-            warnings.iter().any(|w| w.contains("SpiffeFederation/spire-copy")
-                && w.contains("shares its trust domain with SpiffeFederation spire")),
+            warnings
+                .iter()
+                .any(|w| w.contains("SpiffeFederation/spire-copy")
+                    && w.contains("shares its trust domain with SpiffeFederation spire")),
             "{warnings:#?}"
         );
         assert!(
@@ -1934,7 +1939,10 @@ spec: {{issuer: "https://gitlab.example.com", jwks: '{jwks}'}}
         let decide = |id: &Identity| snap.policies.decide(id, Action::Get, &k).allowed;
         assert!(decide(&who("spire", "spiffe://example.org/ns/prod/sa/api")));
         assert!(!decide(&who("spire", "spiffe://example.org/ns/dev/sa/api")));
-        assert!(!decide(&who("spire-copy", "spiffe://example.org/ns/prod/sa/api")));
+        assert!(!decide(&who(
+            "spire-copy",
+            "spiffe://example.org/ns/prod/sa/api"
+        )));
         // An OIDC subject whose subject reads like the SPIFFE ID is not a SPIFFE workload.
         let oidc = Identity::of_oidc_subject(
             "spire",

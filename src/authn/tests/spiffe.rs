@@ -62,7 +62,10 @@ async fn a_jwt_svid_proves_a_spiffe_workload_of_its_trust_domain() {
     assert_eq!(fed.kind(), FederationKind::Spiffe);
     assert_eq!(fed.trust_domain(), Some(TD));
     let a = authenticator(Clock::fixed(T0), vec![fed]);
-    let id = a.authenticate(&key.sign(&svid(ID, T0)), None).await.unwrap();
+    let id = a
+        .authenticate(&key.sign(&svid(ID, T0)), None)
+        .await
+        .unwrap();
     assert_eq!(id.federation, "spire");
     assert_eq!(id.federation_kind, FederationKind::Spiffe);
     assert_eq!(id.kind(), PrincipalKind::SpiffeWorkload);
@@ -104,11 +107,17 @@ async fn jwt_svids_that_do_not_hold_are_refused() {
     let sig_key = TestKey::rsa();
     // The bundle also holds a `use: sig` key: it never verifies a JWT-SVID.
     let mut doc: Value = serde_json::from_str(&bundle(&[&key], None)).unwrap();
-    doc["keys"].as_array_mut().unwrap().push(sig_key.jwk.clone());
+    doc["keys"]
+        .as_array_mut()
+        .unwrap()
+        .push(sig_key.jwk.clone());
     let feds = vec![
         Federation::from_spiffe_spec("spire", &spec(TD, &doc.to_string())).unwrap(),
-        Federation::from_spiffe_spec("partner", &spec("partner.org", &bundle(&[&other_key], None)))
-            .unwrap(),
+        Federation::from_spiffe_spec(
+            "partner",
+            &spec("partner.org", &bundle(&[&other_key], None)),
+        )
+        .unwrap(),
     ];
     let a = authenticator(Clock::fixed(T0), feds);
     let refused = |claims: Value, by: &TestKey| by.sign(&claims);
@@ -158,17 +167,25 @@ async fn jwt_svids_that_do_not_hold_are_refused() {
         ),
         (
             "no iat, exp beyond the longest lifetime",
-            refused(json!({"sub": ID, "aud": AUD, "exp": T0 + 400 * 86400}), &key),
+            refused(
+                json!({"sub": ID, "aud": AUD, "exp": T0 + 400 * 86400}),
+                &key,
+            ),
             AuthnError::LifetimeTooLong,
         ),
         (
             "a trust domain ID names no workload",
             refused(svid("spiffe://example.org", T0), &key),
-            AuthnError::BadIssuer,
+            AuthnError::BadSubject,
         ),
         (
             "a malformed SPIFFE ID",
             refused(svid("spiffe://example.org/a/../b", T0), &key),
+            AuthnError::BadSubject,
+        ),
+        (
+            "no iss, and a sub that is no SPIFFE ID",
+            refused(svid("system:serviceaccount:prod:api", T0), &key),
             AuthnError::BadIssuer,
         ),
     ];
@@ -211,7 +228,10 @@ async fn kinds_do_not_cross() {
         .authenticate(&key.sign(&svid_with_kube_iss), None)
         .await
         .unwrap();
-    assert_eq!(id.federation, "spire", "the Kubernetes federation refuses its sub");
+    assert_eq!(
+        id.federation, "spire",
+        "the Kubernetes federation refuses its sub"
+    );
 }
 
 #[tokio::test]
@@ -238,31 +258,62 @@ async fn a_bundle_endpoint_is_refreshed_per_its_hint_bounded() {
         ..Default::default()
     });
     a.set_federations(vec![Federation::from_spiffe_spec("spire", &spec).unwrap()]);
-    assert!(a.authenticate(&old.sign(&svid(ID, clock.now())), None).await.is_ok());
+    assert!(
+        a.authenticate(&old.sign(&svid(ID, clock.now())), None)
+            .await
+            .is_ok()
+    );
     assert_eq!(srv.hits("/bundle"), 1);
     srv.route("/bundle", 200, bundle(&[&new], Some(3600 * 24)));
     clock.advance(MIN_SPIFFE_REFRESH_SECS - 5);
-    assert!(a.authenticate(&old.sign(&svid(ID, clock.now())), None).await.is_ok());
-    assert_eq!(srv.hits("/bundle"), 1, "fresh for the minimum, not the hint of 5 s");
+    assert!(
+        a.authenticate(&old.sign(&svid(ID, clock.now())), None)
+            .await
+            .is_ok()
+    );
+    assert_eq!(
+        srv.hits("/bundle"),
+        1,
+        "fresh for the minimum, not the hint of 5 s"
+    );
     clock.advance(10);
     // Stale: refreshed; the old key is gone from the bundle.
-    let _ = a.authenticate(&old.sign(&svid(ID, clock.now())), None).await;
+    let _ = a
+        .authenticate(&old.sign(&svid(ID, clock.now())), None)
+        .await;
     assert_eq!(srv.hits("/bundle"), 2);
     assert_eq!(
-        a.authenticate(&old.sign(&svid(ID, clock.now() + 1)), None).await,
+        a.authenticate(&old.sign(&svid(ID, clock.now() + 1)), None)
+            .await,
         Err(AuthnError::UnknownKeyId)
     );
-    assert!(a.authenticate(&new.sign(&svid(ID, clock.now())), None).await.is_ok());
+    assert!(
+        a.authenticate(&new.sign(&svid(ID, clock.now())), None)
+            .await
+            .is_ok()
+    );
     // A day's hint is cut to the maximum: past it, a token of a key the bundle holds
     // triggers a refresh.
     srv.route("/bundle", 200, bundle(&[&old, &new], None));
     clock.advance(MAX_SPIFFE_REFRESH_SECS - 10);
-    assert!(a.authenticate(&new.sign(&svid(ID, clock.now())), None).await.is_ok());
+    assert!(
+        a.authenticate(&new.sign(&svid(ID, clock.now())), None)
+            .await
+            .is_ok()
+    );
     assert_eq!(srv.hits("/bundle"), 2);
     clock.advance(11);
-    assert!(a.authenticate(&new.sign(&svid(ID, clock.now())), None).await.is_ok());
+    assert!(
+        a.authenticate(&new.sign(&svid(ID, clock.now())), None)
+            .await
+            .is_ok()
+    );
     assert_eq!(srv.hits("/bundle"), 3);
-    assert!(a.authenticate(&old.sign(&svid(ID, clock.now())), None).await.is_ok());
+    assert!(
+        a.authenticate(&old.sign(&svid(ID, clock.now())), None)
+            .await
+            .is_ok()
+    );
 }
 
 #[test]
@@ -273,7 +324,13 @@ fn spiffe_federation_specs() {
     assert!(f.warnings().is_empty(), "{:?}", f.warnings());
     assert_eq!(f.known_issuer(), None);
     let bad = |s: SpiffeFederationSpec| Federation::from_spiffe_spec("spire", &s).unwrap_err();
-    for td in ["", "Example.org", "spiffe://example.org", "example.org/x", "example.org:443"] {
+    for td in [
+        "",
+        "Example.org",
+        "spiffe://example.org",
+        "example.org/x",
+        "example.org:443",
+    ] {
         assert!(
             matches!(bad(spec(td, &doc)), FederationError::BadTrustDomain(_)),
             "{td:?}"
@@ -298,8 +355,15 @@ fn spiffe_federation_specs() {
         bad(spec(TD, &TestKey::jwks(&[&key]))),
         FederationError::BadSpiffeBundle(_)
     ));
-    assert!(matches!(bad(spec(TD, "{")), FederationError::BadSpiffeBundle(_)));
-    for url in ["http://spire.example/bundle", "https://u:p@spire.example", "spire"] {
+    assert!(matches!(
+        bad(spec(TD, "{")),
+        FederationError::BadSpiffeBundle(_)
+    ));
+    for url in [
+        "http://spire.example/bundle",
+        "https://u:p@spire.example",
+        "spire",
+    ] {
         let s = SpiffeFederationSpec {
             bundle: None,
             bundle_endpoint: Some(SpiffeBundleEndpoint {
