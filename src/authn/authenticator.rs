@@ -240,7 +240,7 @@ impl Authenticator {
                 tracing::debug!(
                     kind = e.kind(),
                     federation = federation.as_deref().unwrap_or(""),
-                    iss = parsed.iss.as_str(),
+                    iss = parsed.iss_or_empty(),
                     kid = parsed.kid.as_deref().unwrap_or(""),
                     "authentication failed"
                 );
@@ -280,13 +280,13 @@ impl Authenticator {
         let s = &self.settings;
         let federations = self.federations.load_full();
         for st in federations.iter() {
-            if st.fed.configured_issuer().is_some_and(|iss| iss != t.iss) {
+            if !t.may_be_of(&st.fed) {
                 continue;
             }
             let Some(ks) = st.fresh_keys(now, s) else {
                 continue;
             };
-            if st.expected_issuer(&ks) != Some(t.iss.as_str()) || !ks.holds(t.kid.as_deref()) {
+            if !issuer_matches(st, &ks, t) || !ks.holds(t.kid.as_deref()) {
                 continue;
             }
             if let Ok(found) = self.verify_with(st, &ks, t, now) {
@@ -297,7 +297,7 @@ impl Authenticator {
         let client_ca = ClientCa::new(client_ca_b64);
         let mut attempts: FuturesUnordered<_> = federations
             .iter()
-            .filter(|st| st.fed.configured_issuer().is_none_or(|iss| iss == t.iss))
+            .filter(|st| t.may_be_of(&st.fed))
             .map(|st| {
                 let arrived = st.arrival();
                 let client_ca = &client_ca;
@@ -334,15 +334,15 @@ impl Authenticator {
         now: u64,
     ) -> Result<(Identity, u64), Option<AuthnError>> {
         let s = &self.settings;
-        if st.fed.configured_issuer().is_none() {
+        if st.fed.configured_issuer().is_none() && st.fed.trust_domain().is_none() {
             // The issuer comes from discovery: we need the keys to know it.
             let ks = st.keys(None, arrived, client_ca, s).await?;
-            if st.expected_issuer(&ks) != Some(t.iss.as_str()) {
+            if !issuer_matches(st, &ks, t) {
                 return Err(None);
             }
         }
         let ks = st.keys(t.kid.as_deref(), arrived, client_ca, s).await?;
-        if st.expected_issuer(&ks) != Some(t.iss.as_str()) {
+        if !issuer_matches(st, &ks, t) {
             return Err(None);
         }
         self.verify_with(st, &ks, t, now).map_err(Some)
@@ -372,6 +372,16 @@ impl Authenticator {
             t.check_claims(&st.fed, now, s.leeway_secs, s.max_token_lifetime.as_secs())?;
         Ok((identity, ks.generation))
     }
+}
+
+/// Whether the token is the issuer's that `ks` belongs to: a `SpiffeFederation`'s tokens
+/// were routed by trust domain ([`ParsedToken::may_be_of`]) and have no issuer to match;
+/// any other federation's must carry exactly the issuer it expects with these keys.
+fn issuer_matches(st: &FedState, ks: &KeySet, t: &ParsedToken<'_>) -> bool {
+    st.fed.trust_domain().is_some()
+        || st
+            .expected_issuer(ks)
+            .is_some_and(|i| Some(i) == t.iss.as_deref())
 }
 
 #[cfg(test)]

@@ -62,7 +62,9 @@ pub enum AuthnError {
     #[error("invalid token issuer claim")]
     BadIssuer,
     /// `sub` missing, not a ServiceAccount subject, or inconsistent with `kubernetes.io`;
-    /// for an OIDC federation, its subject claim missing, not a string, empty or too long.
+    /// for an OIDC federation, its subject claim missing, not a string, empty or too long;
+    /// for a `SpiffeFederation`, not a workload SPIFFE ID of its trust domain (and a token
+    /// without `iss` whose `sub` starts `spiffe://` but is no valid workload SPIFFE ID).
     #[error("invalid token subject")]
     BadSubject,
     /// An OIDC token's claims do not match its federation's `boundClaims`.

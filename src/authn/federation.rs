@@ -14,10 +14,11 @@ use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 
 use super::identity::FederationKind;
-use super::keys::{JwksError, VerifyKey, parse_jwks, parse_public_key_pems};
+use super::keys::{JwksError, VerifyKey, parse_jwks, parse_public_key_pems, parse_spiffe_bundle};
+use super::spiffe::check_trust_domain;
 use crate::resources::{
     ClientCaPolicy, KubernetesFederationSpec, OidcCommonSpec, OidcFederationSpec,
-    OktaFederationSpec, PingIdentityFederationSpec,
+    OktaFederationSpec, PingIdentityFederationSpec, SpiffeFederationSpec,
 };
 
 /// Most static keys (`jwks` and `publicKeys` together; the same bound as the default for
@@ -121,6 +122,25 @@ pub enum FederationError {
     /// A `PingIdentityFederation`'s `region` or `environmentId` is not usable.
     #[error("{0}")]
     BadPingIdentity(String),
+    /// A `SpiffeFederation`'s `trustDomain` is not a SPIFFE trust domain name (why).
+    #[error(
+        "trustDomain must be a SPIFFE trust domain name (lowercase a-z, 0-9, '.', '-', '_'; no spiffe://, port or path): {0}"
+    )]
+    BadTrustDomain(String),
+    /// A `SpiffeFederation`'s `bundle` is not a usable SPIFFE bundle (why).
+    #[error("bundle is not a usable SPIFFE bundle (JWKS form): {0}")]
+    BadSpiffeBundle(String),
+    /// A `SpiffeFederation`'s `bundleEndpoint.url` is not an `https` URL we can use (why).
+    #[error("bundleEndpoint.url must be an https URL without credentials or fragment: {0}")]
+    BadBundleEndpoint(String),
+    /// A `SpiffeFederation` with neither `bundle` nor `bundleEndpoint`.
+    #[error("neither bundle nor bundleEndpoint is set: no keys to verify JWT-SVIDs with")]
+    NoBundle,
+    /// A `SpiffeFederation` without `audiences`.
+    #[error(
+        "audiences is required: a JWT-SVID is minted for the audiences it names, and without an audience one meant for another service would be accepted"
+    )]
+    NoSpiffeAudiences,
 }
 
 /// Where a federation's keys are fetched from, when they are not static.
@@ -135,6 +155,9 @@ pub(crate) enum Fetch {
     OidcDiscovery,
     /// `url` is the JWKS itself (`jwksUri`).
     Jwks,
+    /// `url` is a SPIFFE bundle endpoint: a bundle in JWKS form whose `jwt-svid` keys
+    /// verify, refreshed per its `spiffe_refresh_hint`.
+    SpiffeBundle,
 }
 
 /// What an OIDC token must carry besides signature, issuer, audience and lifetime, and
@@ -160,6 +183,11 @@ pub(crate) enum Rules {
     },
     /// An OIDC token.
     Oidc(OidcRules),
+    /// A JWT-SVID: `sub` a workload SPIFFE ID of exactly this trust domain.
+    Spiffe {
+        /// `spec.trustDomain`.
+        trust_domain: String,
+    },
 }
 
 /// The spec a federation was built from (what decides whether two are the same).
@@ -168,6 +196,7 @@ enum Source {
     Kubernetes(KubernetesFederationSpec),
     /// Presets are compared in their `OIDCFederation` form, with their own warnings.
     Oidc(OidcFederationSpec, Vec<String>),
+    Spiffe(SpiffeFederationSpec),
 }
 
 /// A validated federation: one trusted cluster or OIDC issuer.
@@ -249,6 +278,63 @@ impl Federation {
             static_keys,
             rules: Rules::Kubernetes {
                 allow_legacy_tokens: spec.allow_legacy_tokens,
+            },
+        })
+    }
+
+    /// Validates a `SpiffeFederation` spec: a valid `trustDomain`, `audiences` (required),
+    /// and keys from a static `bundle` (SPIFFE bundle, JWKS form; its `jwt-svid` keys), or
+    /// fetched from `bundleEndpoint.url` (`https`, trusting `caBundle` or the public roots;
+    /// never a client's CA).
+    pub fn from_spiffe_spec(
+        name: &str,
+        spec: &SpiffeFederationSpec,
+    ) -> Result<Federation, FederationError> {
+        check_name(name)?;
+        check_trust_domain(&spec.trust_domain)
+            .map_err(|e| FederationError::BadTrustDomain(e.to_string()))?;
+        if spec.audiences.is_empty() {
+            return Err(FederationError::NoSpiffeAudiences);
+        }
+        check_audiences(&spec.audiences)?;
+        let endpoint = spec.bundle_endpoint.as_ref();
+        let url = endpoint
+            .map(|e| parse_https(e.url.trim(), false).map_err(FederationError::BadBundleEndpoint))
+            .transpose()?;
+        let ca_bundle = ca_bundle(endpoint.and_then(|e| e.ca_bundle.as_deref()))?;
+        let static_keys = match spec.bundle.as_deref() {
+            None => None,
+            Some(doc) => {
+                let (keys, _) =
+                    parse_spiffe_bundle(doc.as_bytes(), MAX_STATIC_KEYS).map_err(|e| match e {
+                        JwksError::Malformed(m) => FederationError::BadSpiffeBundle(m),
+                        other => FederationError::BadSpiffeBundle(other.to_string()),
+                    })?;
+                if keys.is_empty() {
+                    return Err(FederationError::BadSpiffeBundle(
+                        "no usable JWT-SVID key (RSA, EC P-256 or P-384 with use=jwt-svid)".into(),
+                    ));
+                }
+                Some(Arc::new(keys))
+            }
+        };
+        if url.is_none() && static_keys.is_none() {
+            return Err(FederationError::NoBundle);
+        }
+        Ok(Federation {
+            name: name.to_owned(),
+            kind: FederationKind::Spiffe,
+            source: Source::Spiffe(spec.clone()),
+            url_raw: url.as_ref().map(|u| u.as_str().to_owned()),
+            url,
+            fetch: Fetch::SpiffeBundle,
+            issuer: None,
+            audiences: spec.audiences.clone(),
+            ca_bundle,
+            client_ca_policy: ClientCaPolicy::Ignore,
+            static_keys,
+            rules: Rules::Spiffe {
+                trust_domain: spec.trust_domain.clone(),
             },
         })
     }
@@ -427,7 +513,16 @@ impl Federation {
     pub fn exposed_claims(&self) -> &[String] {
         match &self.rules {
             Rules::Oidc(r) => &r.claims,
-            Rules::Kubernetes { .. } => &[],
+            Rules::Kubernetes { .. } | Rules::Spiffe { .. } => &[],
+        }
+    }
+
+    /// A `SpiffeFederation`'s trust domain: the one trust domain whose JWT-SVIDs it
+    /// verifies (tokens are routed to it by their `sub`, never by `iss`).
+    pub fn trust_domain(&self) -> Option<&str> {
+        match &self.rules {
+            Rules::Spiffe { trust_domain } => Some(trust_domain),
+            _ => None,
         }
     }
 
@@ -464,12 +559,17 @@ impl Federation {
         if self.static_keys.is_some() && self.url.is_some() {
             let from = if self.kind == FederationKind::Kubernetes {
                 "static keys (jwks/publicKeys) are set: keys are not fetched from url"
+            } else if self.kind == FederationKind::Spiffe {
+                "bundle is set: keys are not fetched from bundleEndpoint"
             } else {
                 "jwks is set: keys are not fetched from the issuer or jwksUri"
             };
             w.push(from.to_owned());
         }
-        if self.static_keys.is_none() && self.issuer.is_none() {
+        if self.static_keys.is_none()
+            && self.issuer.is_none()
+            && self.kind != FederationKind::Spiffe
+        {
             w.push(
                 "no issuer: the expected iss is taken from the discovery document (or url)"
                     .to_owned(),
@@ -482,7 +582,11 @@ impl Federation {
     }
 
     /// The expected `iss` when it is known without fetching: `issuer`, or `url` for static keys.
+    /// A `SpiffeFederation` has none (JWT-SVIDs are routed by trust domain).
     pub(crate) fn configured_issuer(&self) -> Option<&str> {
+        if self.kind == FederationKind::Spiffe {
+            return None;
+        }
         match (&self.issuer, &self.static_keys) {
             (Some(i), _) => Some(i),
             (None, Some(_)) => self.url_raw.as_deref(),

@@ -3,8 +3,9 @@
 //! Every kind has the same core (the federation that verified the token, its issuer, the
 //! subject that Authorizations match) and its own [`Principal`]: a Kubernetes
 //! ServiceAccount (with its pod), or an OIDC subject with the claims its federation hands to
-//! policies. A later kind (a SPIFFE workload) is one more variant: policies tell kinds apart
-//! by Cedar type (`principal is Esi::OidcSubject`), owners by [`Principal::workload`].
+//! policies, or a SPIFFE workload (whose path may name a Kubernetes workload). Policies tell
+//! kinds apart by Cedar type (`principal is Esi::OidcSubject`), owners by
+//! [`Principal::workload`].
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -20,15 +21,18 @@ pub enum FederationKind {
     Okta,
     /// `PingIdentityFederation` (ESE): a PingOne environment, a preset of `OIDCFederation`.
     PingIdentity,
+    /// `SpiffeFederation` (ESE): one SPIFFE trust domain's JWT-SVIDs.
+    Spiffe,
 }
 
 impl FederationKind {
     /// Every kind.
-    pub const ALL: [FederationKind; 4] = [
+    pub const ALL: [FederationKind; 5] = [
         FederationKind::Kubernetes,
         FederationKind::Oidc,
         FederationKind::Okta,
         FederationKind::PingIdentity,
+        FederationKind::Spiffe,
     ];
 
     /// The resource kind (`KubernetesFederation`, `OIDCFederation`, …).
@@ -38,6 +42,7 @@ impl FederationKind {
             FederationKind::Oidc => "OIDCFederation",
             FederationKind::Okta => "OktaFederation",
             FederationKind::PingIdentity => "PingIdentityFederation",
+            FederationKind::Spiffe => "SpiffeFederation",
         }
     }
 
@@ -53,6 +58,7 @@ impl FederationKind {
             FederationKind::Oidc | FederationKind::Okta | FederationKind::PingIdentity => {
                 PrincipalKind::OidcSubject
             }
+            FederationKind::Spiffe => PrincipalKind::SpiffeWorkload,
         }
     }
 }
@@ -84,6 +90,8 @@ pub enum PrincipalKind {
     ServiceAccount,
     /// The subject of an OIDC issuer's token (`Esi::OidcSubject`).
     OidcSubject,
+    /// A SPIFFE workload, by its JWT-SVID (`Esi::SpiffeWorkload`).
+    SpiffeWorkload,
 }
 
 impl PrincipalKind {
@@ -92,6 +100,7 @@ impl PrincipalKind {
         match self {
             PrincipalKind::ServiceAccount => "ServiceAccount",
             PrincipalKind::OidcSubject => "OidcSubject",
+            PrincipalKind::SpiffeWorkload => "SpiffeWorkload",
         }
     }
 
@@ -134,6 +143,17 @@ pub enum Principal {
         /// carries, each a string (bounded in number and length at load and verification).
         claims: BTreeMap<String, String>,
     },
+    /// A SPIFFE workload (`SpiffeFederation`): the identity's subject is its SPIFFE ID.
+    SpiffeWorkload {
+        /// The trust domain (the federation's `trustDomain`).
+        trust_domain: String,
+        /// The SPIFFE ID's path (`/…`, never empty).
+        path: String,
+        /// The Kubernetes workload the path names by ESE's convention
+        /// (`/{app}/ns/{ns}/sa/{saUID}/{saName}/pod/{podUID}/{podName}`, or
+        /// `/ns/{ns}/sa/{sa}`): it owns credentials as a ServiceAccount token would.
+        kubernetes: Option<ServiceAccount>,
+    },
 }
 
 impl Principal {
@@ -142,6 +162,7 @@ impl Principal {
         match self {
             Principal::ServiceAccount(_) => PrincipalKind::ServiceAccount,
             Principal::OidcSubject { .. } => PrincipalKind::OidcSubject,
+            Principal::SpiffeWorkload { .. } => PrincipalKind::SpiffeWorkload,
         }
     }
 
@@ -151,23 +172,26 @@ impl Principal {
         match self {
             Principal::ServiceAccount(sa) => Some(sa),
             Principal::OidcSubject { .. } => None,
+            Principal::SpiffeWorkload { kubernetes, .. } => kubernetes.as_ref(),
         }
     }
 
     /// Bytes of text held (for cache weights).
     pub fn text_len(&self) -> usize {
         let opt = |o: &Option<String>| o.as_ref().map_or(0, String::len);
+        let sa_len = |sa: &ServiceAccount| {
+            sa.namespace.len() + sa.name.len() + opt(&sa.uid) + opt(&sa.pod_name) + opt(&sa.pod_uid)
+        };
         match self {
-            Principal::ServiceAccount(sa) => {
-                sa.namespace.len()
-                    + sa.name.len()
-                    + opt(&sa.uid)
-                    + opt(&sa.pod_name)
-                    + opt(&sa.pod_uid)
-            }
+            Principal::ServiceAccount(sa) => sa_len(sa),
             Principal::OidcSubject { claims } => {
                 claims.iter().map(|(k, v)| k.len() + v.len()).sum()
             }
+            Principal::SpiffeWorkload {
+                trust_domain,
+                path,
+                kubernetes,
+            } => trust_domain.len() + path.len() + kubernetes.as_ref().map_or(0, sa_len),
         }
     }
 }
@@ -241,11 +265,31 @@ impl Identity {
         }
     }
 
+    /// The identity a verified JWT-SVID of a `SpiffeFederation` gives for `spiffe_id`
+    /// (a workload SPIFFE ID of `trust_domain`, checked), without expiry: for tools and
+    /// tests. `None` when `spiffe_id` is not a workload SPIFFE ID of that trust domain.
+    pub fn of_spiffe_workload(federation: &str, spiffe_id: &str) -> Option<Identity> {
+        let id = super::spiffe::parse_workload_id(spiffe_id).ok()?;
+        Some(Identity {
+            federation: federation.to_owned(),
+            federation_kind: FederationKind::Spiffe,
+            issuer: format!("spiffe://{}", id.trust_domain),
+            subject: spiffe_id.to_owned(),
+            principal: Principal::SpiffeWorkload {
+                trust_domain: id.trust_domain.to_owned(),
+                path: id.path.to_owned(),
+                kubernetes: super::spiffe::kubernetes_workload(id.path),
+            },
+            expires_at: None,
+        })
+    }
+
     /// The ServiceAccount, mutable (tools and tests).
     pub fn service_account_mut(&mut self) -> Option<&mut ServiceAccount> {
         match &mut self.principal {
             Principal::ServiceAccount(sa) => Some(sa),
             Principal::OidcSubject { .. } => None,
+            Principal::SpiffeWorkload { kubernetes, .. } => kubernetes.as_mut(),
         }
     }
 
@@ -254,14 +298,15 @@ impl Identity {
         self.principal.kind()
     }
 
-    /// The ServiceAccount, for a Kubernetes principal.
+    /// The Kubernetes workload: a ServiceAccount principal's, or the one a SPIFFE
+    /// workload's path names (see [`Principal::workload`]).
     pub fn service_account(&self) -> Option<&ServiceAccount> {
         self.principal.workload()
     }
 
     /// The principal's Cedar entity id, unique per kind: `<federation>/<namespace>/<name>`
-    /// for a ServiceAccount, `<federation>/<subject>` for an OIDC subject (federation names
-    /// hold no `/`).
+    /// for a ServiceAccount, `<federation>/<subject>` for an OIDC subject and for a SPIFFE
+    /// workload (whose subject is its SPIFFE ID; federation names hold no `/`).
     pub fn canonical_id(&self) -> String {
         self.canonical().to_string()
     }
@@ -283,7 +328,9 @@ impl fmt::Display for CanonicalId<'_> {
             Principal::ServiceAccount(sa) => {
                 write!(f, "{}/{}/{}", id.federation, sa.namespace, sa.name)
             }
-            Principal::OidcSubject { .. } => write!(f, "{}/{}", id.federation, id.subject),
+            Principal::OidcSubject { .. } | Principal::SpiffeWorkload { .. } => {
+                write!(f, "{}/{}", id.federation, id.subject)
+            }
         }
     }
 }
@@ -297,7 +344,30 @@ mod tests {
         for k in FederationKind::ALL {
             assert_eq!(FederationKind::from_kind(k.as_str()), Some(k));
         }
-        assert_eq!(FederationKind::from_kind("SpiffeFederation"), None);
+        assert_eq!(
+            FederationKind::from_kind("SpiffeFederation"),
+            Some(FederationKind::Spiffe)
+        );
+        assert_eq!(FederationKind::from_kind("X509Federation"), None);
+        let w = Identity::of_spiffe_workload(
+            "spire",
+            "spiffe://example.org/app/ns/prod/sa/u1/api/pod/u2/api-0",
+        )
+        .unwrap();
+        assert_eq!(w.kind(), PrincipalKind::SpiffeWorkload);
+        assert_eq!(
+            w.canonical_id(),
+            "spire/spiffe://example.org/app/ns/prod/sa/u1/api/pod/u2/api-0"
+        );
+        assert_eq!(w.issuer, "spiffe://example.org");
+        let sa = w.service_account().unwrap();
+        assert_eq!(
+            (sa.namespace.as_str(), sa.pod_name.as_deref()),
+            ("prod", Some("api-0"))
+        );
+        let plain = Identity::of_spiffe_workload("spire", "spiffe://example.org/billing").unwrap();
+        assert!(plain.service_account().is_none());
+        assert!(Identity::of_spiffe_workload("spire", "spiffe://example.org").is_none());
         assert_eq!(
             FederationKind::Okta.principal_kind(),
             PrincipalKind::OidcSubject

@@ -12,10 +12,18 @@ use rustls_pki_types::CertificateDer;
 
 use super::error::AuthnError;
 use super::federation::{Federation, Fetch, parse_ca_bundle_b64};
-use super::keys::{JwksError, VerifyKey, parse_jwks};
+use super::keys::{JwksError, VerifyKey, parse_jwks, parse_spiffe_bundle};
 use super::settings::AuthnSettings;
 use crate::metrics::METRICS;
 use crate::resources::ClientCaPolicy;
+
+/// Shortest time a fetched SPIFFE bundle is fresh, whatever its `spiffe_refresh_hint`
+/// (a bundle endpoint cannot make the server fetch it more often).
+pub const MIN_SPIFFE_REFRESH_SECS: u64 = 30;
+/// Longest time a fetched SPIFFE bundle is fresh, whatever its `spiffe_refresh_hint`
+/// (a removed key stops verifying within this, plus `jwks_max_stale` while the endpoint is
+/// unreachable).
+pub const MAX_SPIFFE_REFRESH_SECS: u64 = 3600;
 
 /// Source of unique key-set generations (a verified-token cache entry is bound to one).
 static NEXT_GENERATION: AtomicU64 = AtomicU64::new(1);
@@ -32,6 +40,10 @@ pub(crate) struct KeySet {
     fetched_at: u64,
     /// `issuer` of the discovery document, when discovery was used.
     discovered_issuer: Option<String>,
+    /// How long these keys are fresh when not the server's `jwks_ttl`: a SPIFFE bundle's
+    /// `spiffe_refresh_hint`, bounded by [`MIN_SPIFFE_REFRESH_SECS`] and
+    /// [`MAX_SPIFFE_REFRESH_SECS`].
+    ttl_secs: Option<u64>,
     /// Changes whenever the keys (or the federation) change.
     pub(crate) generation: u64,
 }
@@ -172,6 +184,7 @@ impl FedState {
                 keys: keys.clone(),
                 fetched_at: 0,
                 discovered_issuer: None,
+                ttl_secs: None,
                 generation: next_generation(),
             })
         });
@@ -236,11 +249,7 @@ impl FedState {
     }
 
     fn usable(&self, ks: &KeySet, now: u64, s: &AuthnSettings) -> bool {
-        !self.fed.fetches()
-            || age(ks, now)
-                <= s.jwks_ttl
-                    .as_secs()
-                    .saturating_add(s.jwks_max_stale.as_secs())
+        !self.fed.fetches() || age(ks, now) <= ttl(ks, s).saturating_add(s.jwks_max_stale.as_secs())
     }
 
     /// The current key set if it may still be used at `now` (static keys always may).
@@ -278,7 +287,7 @@ impl FedState {
         if let Some(ks) = &usable
             && has_kid(ks)
         {
-            if age(ks, now) <= s.jwks_ttl.as_secs() {
+            if age(ks, now) <= ttl(ks, s) {
                 return Ok(ks.clone());
             }
             // Stale but usable: refresh unless someone already is (then serve what we have).
@@ -414,6 +423,9 @@ impl FedState {
             keys: Arc::new(fetched.keys),
             fetched_at: now,
             discovered_issuer: fetched.discovered_issuer,
+            ttl_secs: fetched
+                .refresh_hint
+                .map(|h| h.clamp(MIN_SPIFFE_REFRESH_SECS, MAX_SPIFFE_REFRESH_SECS)),
             generation,
         })));
     }
@@ -422,7 +434,7 @@ impl FedState {
     pub(crate) fn fresh_keys(&self, now: u64, s: &AuthnSettings) -> Option<Arc<KeySet>> {
         self.current
             .load_full()
-            .filter(|ks| !self.fed.fetches() || age(ks, now) <= s.jwks_ttl.as_secs())
+            .filter(|ks| !self.fed.fetches() || age(ks, now) <= ttl(ks, s))
     }
 
     /// Current generation if the keys are usable at `now`.
@@ -456,6 +468,11 @@ fn age(ks: &KeySet, now: u64) -> u64 {
     now.saturating_sub(ks.fetched_at)
 }
 
+/// How long `ks` is fresh (seconds).
+fn ttl(ks: &KeySet, s: &AuthnSettings) -> u64 {
+    ks.ttl_secs.unwrap_or(s.jwks_ttl.as_secs())
+}
+
 fn failed_recently(state: &RefreshState, now: u64, s: &AuthnSettings) -> bool {
     state
         .last_failure
@@ -466,6 +483,8 @@ fn failed_recently(state: &RefreshState, now: u64, s: &AuthnSettings) -> bool {
 pub(crate) struct Fetched {
     keys: Vec<VerifyKey>,
     discovered_issuer: Option<String>,
+    /// A SPIFFE bundle's `spiffe_refresh_hint` (seconds), unbounded as read.
+    refresh_hint: Option<u64>,
 }
 
 fn client(
@@ -598,15 +617,19 @@ async fn fetch(
     let (jwks_url, discovered_issuer) = match fed.fetch {
         Fetch::KubernetesApi => kubernetes_jwks_url(fed, base, &client, s).await?,
         Fetch::OidcDiscovery => (oidc_jwks_url(fed, base, &client, s).await?, None),
-        Fetch::Jwks => (base.clone(), None),
+        Fetch::Jwks | Fetch::SpiffeBundle => (base.clone(), None),
     };
     let body = get_capped(&client, jwks_url, s.max_jwks_bytes)
         .await?
         .ok_or(FetchError::Status(404))?;
-    let keys = parse_jwks(&body, s.max_jwks_keys)?;
+    let (keys, refresh_hint) = match fed.fetch {
+        Fetch::SpiffeBundle => parse_spiffe_bundle(&body, s.max_jwks_keys)?,
+        _ => (parse_jwks(&body, s.max_jwks_keys)?, None),
+    };
     Ok(Fetched {
         keys,
         discovered_issuer,
+        refresh_hint,
     })
 }
 

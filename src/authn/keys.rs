@@ -110,6 +110,19 @@ pub(crate) enum JwksError {
 #[derive(Deserialize)]
 struct RawJwks {
     keys: Vec<serde_json::Value>,
+    /// A SPIFFE bundle's refresh hint (seconds); ignored in a plain JWKS.
+    #[serde(default)]
+    spiffe_refresh_hint: Option<serde_json::Value>,
+}
+
+/// Which keys of a key set may verify tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KeyUse {
+    /// A JWKS: keys with `use: sig` or without `use`.
+    Sig,
+    /// A SPIFFE bundle (SPIFFE Trust Domain and Bundle §4.2.1): only keys with
+    /// `use: jwt-svid` verify JWT-SVIDs (`x509-svid` keys are CA certificates).
+    JwtSvid,
 }
 
 /// The JWK members we read; everything else is ignored.
@@ -138,6 +151,24 @@ struct RawJwk {
 /// `sig`, an `alg` that does not fit the key, bad encodings, weak RSA) are skipped, not fatal:
 /// issuers publish keys for other purposes. A document over `max_keys` is rejected whole.
 pub(crate) fn parse_jwks(doc: &[u8], max_keys: usize) -> Result<Vec<VerifyKey>, JwksError> {
+    parse_key_set(doc, max_keys, KeyUse::Sig).map(|(keys, _)| keys)
+}
+
+/// Parses a SPIFFE bundle in its JWKS form (SPIFFE Trust Domain and Bundle §4): the keys
+/// with `use: jwt-svid` (others skipped, as [`parse_jwks`] skips keys), and
+/// `spiffe_refresh_hint` in seconds when it is a non-negative integer (else `None`).
+pub(crate) fn parse_spiffe_bundle(
+    doc: &[u8],
+    max_keys: usize,
+) -> Result<(Vec<VerifyKey>, Option<u64>), JwksError> {
+    parse_key_set(doc, max_keys, KeyUse::JwtSvid)
+}
+
+fn parse_key_set(
+    doc: &[u8],
+    max_keys: usize,
+    key_use: KeyUse,
+) -> Result<(Vec<VerifyKey>, Option<u64>), JwksError> {
     let raw: RawJwks =
         serde_json::from_slice(doc).map_err(|e| JwksError::Malformed(e.to_string()))?;
     if raw.keys.len() > max_keys {
@@ -149,7 +180,7 @@ pub(crate) fn parse_jwks(doc: &[u8], max_keys: usize) -> Result<Vec<VerifyKey>, 
     let mut keys = Vec::with_capacity(raw.keys.len());
     for value in raw.keys {
         match serde_json::from_value::<RawJwk>(value) {
-            Ok(jwk) => match parse_jwk(&jwk) {
+            Ok(jwk) => match parse_jwk(&jwk, key_use) {
                 Ok(key) => keys.push(key),
                 Err(reason) => {
                     tracing::debug!(
@@ -162,7 +193,11 @@ pub(crate) fn parse_jwks(doc: &[u8], max_keys: usize) -> Result<Vec<VerifyKey>, 
             Err(_) => tracing::debug!("JWK skipped: not a JWK object"),
         }
     }
-    Ok(keys)
+    let hint = match key_use {
+        KeyUse::JwtSvid => raw.spiffe_refresh_hint.as_ref().and_then(|v| v.as_u64()),
+        KeyUse::Sig => None,
+    };
+    Ok((keys, hint))
 }
 
 fn b64(field: &Option<String>, name: &'static str) -> Result<Vec<u8>, &'static str> {
@@ -184,9 +219,15 @@ enum Material<'a> {
     },
 }
 
-fn parse_jwk(jwk: &RawJwk) -> Result<VerifyKey, &'static str> {
-    if jwk.use_.as_deref().is_some_and(|u| u != "sig") {
-        return Err("use is not sig");
+fn parse_jwk(jwk: &RawJwk, key_use: KeyUse) -> Result<VerifyKey, &'static str> {
+    match key_use {
+        KeyUse::Sig if jwk.use_.as_deref().is_some_and(|u| u != "sig") => {
+            return Err("use is not sig");
+        }
+        KeyUse::JwtSvid if jwk.use_.as_deref() != Some("jwt-svid") => {
+            return Err("use is not jwt-svid");
+        }
+        _ => {}
     }
     match jwk.kty.as_str() {
         "RSA" => {
@@ -394,6 +435,36 @@ mod tests {
         assert!(keys[0].accepts(Algorithm::ES256));
         assert!(!keys[0].accepts(Algorithm::ES384));
         assert!(!keys[0].accepts(Algorithm::RS256));
+    }
+
+    /// A SPIFFE bundle verifies JWT-SVIDs with its `jwt-svid` keys only: `x509-svid`, `sig`
+    /// and use-less keys are skipped; a plain JWKS never takes a `jwt-svid` key.
+    #[test]
+    fn spiffe_bundle_keys_and_hint() {
+        let key = |kid: &str, use_: Option<&str>| {
+            let use_ = use_.map(|u| format!(r#","use":"{u}""#)).unwrap_or_default();
+            format!(
+                r#"{{"kty":"EC","crv":"P-256","kid":"{kid}"{use_},"x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}}"#
+            )
+        };
+        let doc = format!(
+            r#"{{"spiffe_sequence":3,"spiffe_refresh_hint":300,"keys":[{},{},{},{}]}}"#,
+            key("svid", Some("jwt-svid")),
+            key("ca", Some("x509-svid")),
+            key("sig", Some("sig")),
+            key("none", None)
+        );
+        let (keys, hint) = parse_spiffe_bundle(doc.as_bytes(), 64).unwrap();
+        let kids: Vec<_> = keys.iter().map(|k| k.kid.as_deref()).collect();
+        assert_eq!(kids, [Some("svid")]);
+        assert_eq!(hint, Some(300));
+        let plain = parse_jwks(doc.as_bytes(), 64).unwrap();
+        let kids: Vec<_> = plain.iter().map(|k| k.kid.as_deref()).collect();
+        assert_eq!(kids, [Some("sig"), Some("none")]);
+        for bad_hint in ["-1", "1.5", "\"300\"", "null"] {
+            let doc = format!(r#"{{"spiffe_refresh_hint":{bad_hint},"keys":[]}}"#);
+            assert_eq!(parse_spiffe_bundle(doc.as_bytes(), 64).unwrap().1, None);
+        }
     }
 
     #[test]

@@ -1,8 +1,12 @@
 //! Authentication: JWTs verified against each federation's keys — Kubernetes
-//! ServiceAccount tokens (`KubernetesFederation`) and OIDC issuers' tokens (`OIDCFederation`
-//! and ESE's `OktaFederation`, `PingIdentityFederation` presets), by one verifier.
+//! ServiceAccount tokens (`KubernetesFederation`), OIDC issuers' tokens (`OIDCFederation`
+//! and ESE's `OktaFederation`, `PingIdentityFederation` presets) and SPIFFE JWT-SVIDs
+//! (`SpiffeFederation`), by one verifier.
 //!
-//! A token is matched to the federations whose issuer equals its `iss` (by name order), then
+//! A JWT-SVID (a token whose `sub` is a workload SPIFFE ID) is matched to the
+//! `SpiffeFederation` of its `sub`'s trust domain, whatever its `iss` (JWT-SVIDs often have
+//! none); only that federation's bundle keys (`use: jwt-svid`) can verify it. Any other
+//! token is matched to the federations whose issuer equals its `iss` (by name order), then
 //! to a key by `kid`: the keys with that `kid`, else the keys without one (all keys when the
 //! token has none). Keys come only from the federation's own configuration (static `jwks` or
 //! PEM `publicKeys`, or fetched anonymously from its `url` or issuer), never from the token.
@@ -19,6 +23,7 @@ mod jwks;
 mod keys;
 mod offline;
 mod settings;
+mod spiffe;
 mod token;
 
 #[cfg(test)]
@@ -35,9 +40,14 @@ pub use identity::{
     CanonicalId, FederationKind, Identity, Principal, PrincipalKind, ServiceAccount,
 };
 pub use jwks::KeyHealth;
+pub use jwks::{MAX_SPIFFE_REFRESH_SECS, MIN_SPIFFE_REFRESH_SECS};
 pub use keys::kubernetes_key_id;
 pub use offline::{OfflineIdentity, identify_offline};
 pub use settings::AuthnSettings;
+pub use spiffe::{
+    MAX_SPIFFE_ID_BYTES, SpiffeId, SpiffeIdError, kubernetes_workload, parse_spiffe_id,
+    parse_workload_id,
+};
 
 /// Checks, cheaply and without any key, that `token` is at most `max_bytes` long and has the
 /// shape of a compact JWS (RFC 7515 §7.1): three dot-separated parts, the first two non-empty,

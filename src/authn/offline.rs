@@ -50,11 +50,13 @@ pub async fn identify_offline(
         .iter()
         .copied()
         .filter(|f| f.fetches())
-        .filter(|f| {
-            f.issuer
+        .filter(|f| match f.trust_domain() {
+            Some(_) => parsed.may_be_of(f),
+            None => f
+                .issuer
                 .as_deref()
                 .or(f.url_raw.as_deref())
-                .is_some_and(|iss| iss == parsed.iss)
+                .is_some_and(|iss| Some(iss) == parsed.iss.as_deref()),
         })
         .collect();
     let now = settings.clock.now();
@@ -76,8 +78,9 @@ pub async fn identify_offline(
     Ok(OfflineIdentity::Unverified {
         identity,
         reason: format!(
-            "KubernetesFederation {} fetches its keys from {url}; without the network the \
+            "{} {} fetches its keys from {url}; without the network the \
              signature was not verified (only the claims were read and checked)",
+            fed.kind(),
             fed.name
         ),
     })
@@ -143,5 +146,49 @@ mod tests {
         );
         let unknown = key.sign(&claims("https://nobody", AUD, NOW));
         assert!(identify_offline(&feds, &unknown, settings()).await.is_err());
+    }
+
+    /// A JWT-SVID is read offline like the server reads it: verified with a static bundle,
+    /// claims only (said) with a bundle endpoint; routed by its trust domain either way.
+    #[tokio::test]
+    async fn jwt_svids_offline() {
+        use crate::resources::{SpiffeBundleEndpoint, SpiffeFederationSpec};
+        let key = TestKey::es256();
+        let mut jwk = key.jwk.clone();
+        jwk["use"] = serde_json::json!("jwt-svid");
+        let spiffe = |name: &str, td: &str, bundle: bool| {
+            let spec = SpiffeFederationSpec {
+                trust_domain: td.into(),
+                bundle: bundle.then(|| serde_json::json!({"keys": [jwk.clone()]}).to_string()),
+                bundle_endpoint: (!bundle).then(|| SpiffeBundleEndpoint {
+                    url: "https://127.0.0.1:9/bundle".into(),
+                    ca_bundle: None,
+                }),
+                audiences: vec![AUD.into()],
+            };
+            Federation::from_spiffe_spec(name, &spec).expect("federation")
+        };
+        let feds = [
+            spiffe("mesh", "example.org", true),
+            spiffe("partner", "partner.org", false),
+        ];
+        let svid =
+            |sub: &str| key.sign(&serde_json::json!({"sub": sub, "aud": AUD, "exp": NOW + 300}));
+        match identify_offline(&feds, &svid("spiffe://example.org/ns/a/sa/b"), settings()).await {
+            Ok(OfflineIdentity::Verified(id)) => assert_eq!(id.federation, "mesh"),
+            other => panic!("{other:?}"),
+        }
+        match identify_offline(&feds, &svid("spiffe://partner.org/x"), settings()).await {
+            Ok(OfflineIdentity::Unverified { identity, reason }) => {
+                assert_eq!(identity.federation, "partner");
+                assert!(reason.starts_with("SpiffeFederation partner"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            identify_offline(&feds, &svid("spiffe://other.org/x"), settings())
+                .await
+                .is_err()
+        );
     }
 }

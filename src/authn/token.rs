@@ -14,6 +14,7 @@ use super::error::AuthnError;
 use super::federation::{Federation, MAX_CLAIM_VALUE_BYTES, OidcRules, Rules};
 use super::identity::{Identity, Principal, ServiceAccount};
 use super::keys::{VerifyKey, accepted_algorithm};
+use super::spiffe::{kubernetes_workload, parse_workload_id};
 
 /// A syntactically valid token, not yet verified.
 pub(crate) struct ParsedToken<'a> {
@@ -25,7 +26,12 @@ pub(crate) struct ParsedToken<'a> {
     /// `base64(claims)`, read again in full for an OIDC federation's claim rules.
     payload: &'a str,
     signature: &'a str,
-    pub(crate) iss: String,
+    /// `iss`, a non-empty string; `None` only for a token whose `sub` is a SPIFFE ID
+    /// (JWT-SVIDs need not carry `iss`).
+    pub(crate) iss: Option<String>,
+    /// The trust domain of `sub` when `sub` is a workload SPIFFE ID: what routes the token
+    /// to a `SpiffeFederation` (whose keys must then verify it).
+    pub(crate) spiffe_trust_domain: Option<String>,
     claims: RawClaims,
 }
 
@@ -142,8 +148,20 @@ pub(crate) fn parse(token: &str, max_bytes: usize) -> Result<ParsedToken<'_>, Au
         return Err(AuthnError::Malformed("bad signature encoding"));
     }
     let claims: RawClaims = b64_json(p, "bad claims")?;
+    let spiffe_trust_domain = match &claims.sub {
+        Some(Value::String(sub)) if sub.starts_with("spiffe://") => parse_workload_id(sub)
+            .ok()
+            .map(|id| id.trust_domain.to_owned()),
+        _ => None,
+    };
     let iss = match &claims.iss {
-        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+        // A JWT-SVID need not name an issuer (JWT-SVID §3): its trust domain does.
+        None if spiffe_trust_domain.is_some() => None,
+        // A would-be JWT-SVID whose `sub` is no workload SPIFFE ID: say what is wrong.
+        None if matches!(&claims.sub, Some(Value::String(s)) if s.starts_with("spiffe://")) => {
+            return Err(AuthnError::BadSubject);
+        }
         _ => return Err(AuthnError::BadIssuer),
     };
     Ok(ParsedToken {
@@ -153,11 +171,31 @@ pub(crate) fn parse(token: &str, max_bytes: usize) -> Result<ParsedToken<'_>, Au
         payload: p,
         signature: s,
         iss,
+        spiffe_trust_domain,
         claims,
     })
 }
 
 impl ParsedToken<'_> {
+    /// Whether `fed` may be this token's federation, from what the token says (before any
+    /// key; only `fed`'s keys then verify it): a `SpiffeFederation` when `sub` is a workload
+    /// SPIFFE ID of its trust domain (`iss` is not used); any other kind when the token
+    /// has an `iss` and `fed` expects that issuer, or learns its issuer by discovery.
+    pub(crate) fn may_be_of(&self, fed: &Federation) -> bool {
+        match fed.trust_domain() {
+            Some(td) => self.spiffe_trust_domain.as_deref() == Some(td),
+            None => self
+                .iss
+                .as_deref()
+                .is_some_and(|iss| fed.configured_issuer().is_none_or(|c| c == iss)),
+        }
+    }
+
+    /// `iss`, or empty when the token has none (logs).
+    pub(crate) fn iss_or_empty(&self) -> &str {
+        self.iss.as_deref().unwrap_or_default()
+    }
+
     /// Whether `key` verifies the signature (the caller checked `key.accepts(self.alg)`).
     pub(crate) fn verify_signature(&self, key: &VerifyKey) -> bool {
         if !key.accepts(self.alg) {
@@ -185,6 +223,7 @@ impl ParsedToken<'_> {
         max_lifetime: u64,
     ) -> Result<Identity, AuthnError> {
         let c = &self.claims;
+        let spiffe = matches!(fed.rules, Rules::Spiffe { .. });
         let allow_legacy = matches!(
             fed.rules,
             Rules::Kubernetes {
@@ -211,7 +250,8 @@ impl ParsedToken<'_> {
             return Err(AuthnError::NotYetValid);
         }
         let iat = match &c.iat {
-            None if legacy => None,
+            // JWT-SVID §3: `iat` is optional; the lifetime is then bounded from now.
+            None if legacy || spiffe => None,
             None => return Err(AuthnError::MissingIssuedAt),
             Some(v) => Some(numeric_date(v)?),
         };
@@ -220,8 +260,10 @@ impl ParsedToken<'_> {
         {
             return Err(AuthnError::IssuedInFuture);
         }
-        if let (Some(iat), Some(exp)) = (iat, exp)
-            && exp.saturating_sub(iat) > max_lifetime
+        // A JWT-SVID without `iat`: what is left of its lifetime is bounded instead.
+        let lifetime_from = iat.or(spiffe.then_some(now));
+        if let (Some(from), Some(exp)) = (lifetime_from, exp)
+            && exp.saturating_sub(from) > max_lifetime
         {
             return Err(AuthnError::LifetimeTooLong);
         }
@@ -229,15 +271,42 @@ impl ParsedToken<'_> {
         let (subject, principal) = match &fed.rules {
             Rules::Kubernetes { .. } => self.service_account(legacy)?,
             Rules::Oidc(rules) => self.oidc_subject(rules)?,
+            Rules::Spiffe { trust_domain } => self.spiffe_workload(trust_domain)?,
+        };
+        let issuer = match (&self.iss, &fed.rules) {
+            (_, Rules::Spiffe { trust_domain }) => format!("spiffe://{trust_domain}"),
+            (Some(iss), _) => iss.clone(),
+            (None, _) => return Err(AuthnError::BadIssuer),
         };
         Ok(Identity {
             federation: fed.name.clone(),
             federation_kind: fed.kind,
-            issuer: self.iss.clone(),
+            issuer,
             subject,
             principal,
             expires_at: exp,
         })
+    }
+
+    /// A JWT-SVID's subject and workload: `sub` a workload SPIFFE ID (SPIFFE-ID spec) of
+    /// exactly `trust_domain`; its path may name a Kubernetes workload
+    /// ([`kubernetes_workload`]).
+    fn spiffe_workload(&self, trust_domain: &str) -> Result<(String, Principal), AuthnError> {
+        let Some(Value::String(sub)) = &self.claims.sub else {
+            return Err(AuthnError::BadSubject);
+        };
+        let id = parse_workload_id(sub).map_err(|_| AuthnError::BadSubject)?;
+        if id.trust_domain != trust_domain {
+            return Err(AuthnError::BadSubject);
+        }
+        Ok((
+            sub.clone(),
+            Principal::SpiffeWorkload {
+                trust_domain: trust_domain.to_owned(),
+                path: id.path.to_owned(),
+                kubernetes: kubernetes_workload(id.path),
+            },
+        ))
     }
 
     /// A ServiceAccount token's subject and ServiceAccount: `sub` must name the

@@ -39,9 +39,19 @@ pub(crate) enum CompileError {
     #[error("spec.subject is missing")]
     MissingSubject,
     #[error(
-        "spec.subject.spiffe is not supported: only OIDC subjects (Kubernetes ServiceAccounts and OIDC federations' subjects) are served"
+        "spec.subject.spiffe.spiffeID must be spiffe://<trust-domain>/<path>, the trust domain literal, the path a glob or valid SPIFFE ID path: {0}"
     )]
-    SpiffeUnsupported,
+    BadSpiffeId(String),
+    #[error(
+        "spec.subject.spiffe needs spec.federationRef.kind SpiffeFederation (a SPIFFE ID is only ever proven by a SpiffeFederation)"
+    )]
+    SpiffeSubjectNeedsSpiffeFederation,
+    #[error(
+        "spec.federationRef.kind SpiffeFederation needs spec.subject.spiffe (its callers are SPIFFE workloads)"
+    )]
+    SpiffeFederationNeedsSpiffeSubject,
+    #[error("spec.subject sets both `spiffe` and `oidc` (or the flat form); set only one")]
+    SpiffeAndOidcSubject,
     #[error("spec.subject sets both `oidc` and the flat `issuer`/`subject` form; set only one")]
     AmbiguousSubject,
     #[error("spec.subject: issuer is empty")]
@@ -51,7 +61,7 @@ pub(crate) enum CompileError {
     #[error("spec.federationRef.name is empty")]
     MissingFederation,
     #[error(
-        "spec.federationRef.kind {0:?} is not supported (expected KubernetesFederation, OIDCFederation, OktaFederation or PingIdentityFederation)"
+        "spec.federationRef.kind {0:?} is not supported (expected KubernetesFederation, OIDCFederation, OktaFederation, PingIdentityFederation or SpiffeFederation)"
     )]
     UnsupportedFederationKind(String),
     #[error("spec.allowedClusterSecretStores[{0}] is empty")]
@@ -117,13 +127,18 @@ pub(crate) struct Compiled {
     pub policies: Vec<(Scope, Policy)>,
 }
 
-/// The (issuer, subject) pair of a subject, from either form ESE accepts.
+/// The (issuer, subject) pair of a subject, from either OIDC form ESE accepts, or of a
+/// SPIFFE subject: (`spiffe://<trust-domain>`, the SPIFFE ID or glob), as a SPIFFE
+/// workload's identity has them ([`crate::authn::Identity::of_spiffe_workload`]).
 pub(crate) fn subject_of(
     subject: Option<&AuthorizationSubject>,
 ) -> Result<(&str, &str), CompileError> {
     let subject = subject.ok_or(CompileError::MissingSubject)?;
-    if subject.spiffe.is_some() {
-        return Err(CompileError::SpiffeUnsupported);
+    if let Some(spiffe) = &subject.spiffe {
+        if subject.oidc.is_some() || subject.issuer.is_some() || subject.subject.is_some() {
+            return Err(CompileError::SpiffeAndOidcSubject);
+        }
+        return spiffe_subject(&spiffe.spiffe_id);
     }
     let flat = subject.issuer.is_some() || subject.subject.is_some();
     let (issuer, sub) = match (&subject.oidc, flat) {
@@ -142,6 +157,35 @@ pub(crate) fn subject_of(
         return Err(CompileError::EmptySubject);
     }
     Ok((issuer, sub))
+}
+
+/// A `spiffeID` subject: `spiffe://<trust-domain>` and the ID. The trust domain is literal
+/// and valid; without `*` the whole must be a workload SPIFFE ID, with `*` (a glob over
+/// the path) the path must start with `/` and hold only SPIFFE ID path characters besides.
+fn spiffe_subject(id: &str) -> Result<(&str, &str), CompileError> {
+    use crate::authn::{MAX_SPIFFE_ID_BYTES, parse_workload_id};
+    let bad = |why: &str| CompileError::BadSpiffeId(printable(why, ECHO_MAX));
+    let rest = id
+        .strip_prefix("spiffe://")
+        .ok_or_else(|| bad("the scheme must be spiffe://"))?;
+    let td_len = rest.find('/').ok_or_else(|| bad("no path"))?;
+    let trust_domain_id = &id[.."spiffe://".len() + td_len];
+    if id.contains('*') {
+        let path = &rest[td_len..];
+        crate::authn::parse_spiffe_id(trust_domain_id).map_err(|e| bad(&e.to_string()))?;
+        if id.len() > MAX_SPIFFE_ID_BYTES
+            || !path
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'/' | b'*'))
+        {
+            return Err(bad(
+                "a path glob may only hold letters, digits, '.', '-', '_', '/' and '*'",
+            ));
+        }
+    } else {
+        parse_workload_id(id).map_err(|e| bad(&e.to_string()))?;
+    }
+    Ok((trust_domain_id, id))
 }
 
 // ---- EST (JSON policy) builders -------------------------------------------------------
@@ -213,7 +257,8 @@ fn any_of(operands: Vec<Value>) -> Option<Value> {
 }
 
 /// One `permit` of this Authorization. `principal is <type> in Federation::"f"` always
-/// (`ServiceAccount` for a KubernetesFederation, `OidcSubject` for an OIDC federation), so
+/// (`ServiceAccount` for a KubernetesFederation, `OidcSubject` for an OIDC federation,
+/// `SpiffeWorkload` for a SpiffeFederation), so
 /// a subject only matches tokens that came through its federation, as the kind of caller
 /// that federation proves. Without a resource type the scope is open and the condition
 /// must restrict the resource.
@@ -322,6 +367,12 @@ pub(crate) fn check(spec: &AuthorizationSpec) -> Result<Shape, CompileError> {
         return Err(CompileError::MissingFederation);
     }
     let (_, subject) = subject_of(spec.subject.as_ref())?;
+    let spiffe_subject = spec.subject.as_ref().is_some_and(|s| s.spiffe.is_some());
+    match (principal == PrincipalKind::SpiffeWorkload, spiffe_subject) {
+        (false, true) => return Err(CompileError::SpiffeSubjectNeedsSpiffeFederation),
+        (true, false) => return Err(CompileError::SpiffeFederationNeedsSpiffeSubject),
+        _ => {}
+    }
     if let Some(text) = &spec.when {
         when_condition(text)?;
     }
@@ -643,6 +694,70 @@ mod tests {
         assert_eq!(check(&s).expect("checks").subject, SubjectMatch::Glob);
     }
 
+    fn spiffe_spec(id: &str) -> AuthorizationSpec {
+        let mut s = spec();
+        s.federation_ref.kind = "SpiffeFederation".into();
+        s.federation_ref.name = "spire".into();
+        s.subject = Some(AuthorizationSubject {
+            spiffe: Some(SpiffeSubject {
+                spiffe_id: id.into(),
+            }),
+            ..Default::default()
+        });
+        s
+    }
+
+    /// `subject.spiffe.spiffeID` compiles for a SpiffeFederation, exact or by path glob,
+    /// into `principal is Esi::SpiffeWorkload` policies on its trust domain and ID.
+    #[test]
+    fn spiffe_subjects() {
+        let exact = spiffe_spec("spiffe://example.org/ns/prod/sa/api");
+        let shape = check(&exact).unwrap();
+        assert_eq!(shape.principal, PrincipalKind::SpiffeWorkload);
+        assert_eq!(
+            shape.subject,
+            SubjectMatch::Exact("spiffe://example.org/ns/prod/sa/api".into())
+        );
+        assert_eq!(
+            subject_of(exact.subject.as_ref()).unwrap(),
+            (
+                "spiffe://example.org",
+                "spiffe://example.org/ns/prod/sa/api"
+            )
+        );
+        let compiled = compile("a", &exact).unwrap();
+        let text = compiled.policies[0].1.to_string();
+        assert!(
+            text.contains("principal is Esi::SpiffeWorkload in Esi::Federation::\"spire\""),
+            "{text}"
+        );
+        assert!(text.contains("\"spiffe://example.org\""), "{text}");
+        let glob = spiffe_spec("spiffe://example.org/ns/prod/*");
+        assert_eq!(check(&glob).unwrap().subject, SubjectMatch::Glob);
+        assert!(compile("g", &glob).is_ok());
+        for bad in [
+            "spiffe://example.org",
+            "spiffe://example.org/",
+            "spiffe://Example.org/x",
+            "spiffe://*/x",
+            "spiffe://example.org:1/x",
+            "spiffe://example.org/a/../b",
+            "spiffe://example.org/x?y",
+            "spiffe://example.org/*?y",
+            "https://example.org/x",
+        ] {
+            assert!(
+                matches!(check(&spiffe_spec(bad)), Err(CompileError::BadSpiffeId(_))),
+                "{bad}"
+            );
+        }
+        let mut both = spiffe_spec("spiffe://example.org/x");
+        if let Some(sub) = both.subject.as_mut() {
+            sub.issuer = Some("https://i".into());
+        }
+        assert_eq!(check(&both).err(), Some(CompileError::SpiffeAndOidcSubject));
+    }
+
     #[test]
     fn bad_specs_are_rejected_with_the_field_named() {
         type Mutation = Box<dyn Fn(&mut AuthorizationSpec)>;
@@ -661,7 +776,7 @@ mod tests {
                         ..Default::default()
                     })
                 }),
-                CompileError::SpiffeUnsupported,
+                CompileError::SpiffeSubjectNeedsSpiffeFederation,
             ),
             (
                 Box::new(|s| {
@@ -693,7 +808,11 @@ mod tests {
             ),
             (
                 Box::new(|s| s.federation_ref.kind = "SpiffeFederation".into()),
-                CompileError::UnsupportedFederationKind("SpiffeFederation".into()),
+                CompileError::SpiffeFederationNeedsSpiffeSubject,
+            ),
+            (
+                Box::new(|s| s.federation_ref.kind = "X509Federation".into()),
+                CompileError::UnsupportedFederationKind("X509Federation".into()),
             ),
             (
                 Box::new(|s| s.allowed_cluster_secret_stores.push(String::new())),

@@ -154,6 +154,7 @@ struct Vocabulary {
     namespace: EntityTypeName,
     service_account: EntityTypeName,
     oidc_subject: EntityTypeName,
+    spiffe_workload: EntityTypeName,
     store: EntityTypeName,
     remote_key: EntityTypeName,
     generator: EntityTypeName,
@@ -174,6 +175,7 @@ impl Vocabulary {
             namespace: ty("Namespace")?,
             service_account: ty("ServiceAccount")?,
             oidc_subject: ty("OidcSubject")?,
+            spiffe_workload: ty("SpiffeWorkload")?,
             store: ty("Store")?,
             remote_key: ty("RemoteKey")?,
             generator: ty("Generator")?,
@@ -1237,7 +1239,8 @@ impl Outcome {
 /// `namespace` from a ServiceAccount principal, `sourceAddress` when known, `time` always.
 fn cedar_context(principal: &Principal, context: &RequestContext) -> Result<Context, RequestError> {
     let mut pairs: Vec<(String, RestrictedExpression)> = Vec::with_capacity(4);
-    if let Principal::ServiceAccount(sa) = principal {
+    // A SPIFFE workload whose path names a Kubernetes workload has its pod and namespace.
+    if let Some(sa) = principal.workload() {
         if let Some(pod) = &sa.pod_name {
             pairs.push(("pod".to_owned(), string(pod)));
         }
@@ -1337,6 +1340,36 @@ fn build_request(
             ];
             entities.push(entity(subject_uid.clone(), attrs, [fed_uid])?);
             subject_uid
+        }
+        Principal::SpiffeWorkload {
+            trust_domain,
+            path,
+            kubernetes,
+        } => {
+            let workload_uid = uid(&v.spiffe_workload, &format!("{fed}/{}", identity.subject));
+            let mut attrs = vec![
+                ("federation", string(fed)),
+                ("issuer", string(&identity.issuer)),
+                ("subject", string(&identity.subject)),
+                ("trustDomain", string(trust_domain)),
+                ("path", string(path)),
+            ];
+            if let Some(sa) = kubernetes {
+                attrs.push(("namespace", string(&sa.namespace)));
+                attrs.push(("serviceAccount", string(&sa.name)));
+                let optional = [
+                    ("serviceAccountUid", &sa.uid),
+                    ("podName", &sa.pod_name),
+                    ("podUid", &sa.pod_uid),
+                ];
+                for (name, value) in optional {
+                    if let Some(value) = value {
+                        attrs.push((name, string(value)));
+                    }
+                }
+            }
+            entities.push(entity(workload_uid.clone(), attrs, [fed_uid])?);
+            workload_uid
         }
     };
 

@@ -421,6 +421,12 @@ impl Plan {
                     ),
                 ));
             }
+            "spiffe" => {
+                return Err(invalid(
+                    "federated-auth",
+                    "\"spiffe\" is not supported yet (no X.509-SVIDs, no Workload API socket): write a JWT-SVID to a file (spiffe-helper does) and give it with --federated-auth=oidc --federated-token=FILE (the server's SpiffeFederation verifies it)".to_owned(),
+                ));
+            }
             other => {
                 return Err(invalid(
                     "federated-auth",
@@ -875,6 +881,11 @@ mod tests {
             ),
             (
                 &["--federated-auth=spiffe"][..],
+                "--federated-auth",
+                "--federated-auth=oidc --federated-token=FILE",
+            ),
+            (
+                &["--federated-auth=x509"][..],
                 "--federated-auth",
                 "kubernetes or oidc",
             ),

@@ -23,7 +23,7 @@ use crate::metrics::METRICS;
 use crate::providers::{self, ProviderError, ProviderSettings, RemoteRef, SecretProvider};
 use crate::resources::{
     AuthorizationSpec, KubernetesFederationSpec, OidcFederationSpec, OktaFederationSpec,
-    PingIdentityFederationSpec, SecretObject, SecretStoreSpec,
+    PingIdentityFederationSpec, SecretObject, SecretStoreSpec, SpiffeFederationSpec,
 };
 use crate::resources::{GeneratorKey, SecretIndex, SecretName};
 use crate::source::dir::DirectoryScanner;
@@ -238,6 +238,7 @@ const KNOWN_APIS: &[(&str, &[&str], &[&str])] = &[
             "OIDCFederation",
             "OktaFederation",
             "PingIdentityFederation",
+            "SpiffeFederation",
         ],
     ),
     (
@@ -248,6 +249,7 @@ const KNOWN_APIS: &[(&str, &[&str], &[&str])] = &[
             "OIDCFederation",
             "OktaFederation",
             "PingIdentityFederation",
+            "SpiffeFederation",
         ],
     ),
     (
@@ -610,7 +612,8 @@ impl SnapshotBuilder {
                     kind @ ("KubernetesFederation"
                     | "OIDCFederation"
                     | "OktaFederation"
-                    | "PingIdentityFederation"),
+                    | "PingIdentityFederation"
+                    | "SpiffeFederation"),
                 ) => {
                     // Names are unique across kinds: a principal is `<federation>/…` and an
                     // Authorization's federationRef is found by name.
@@ -618,7 +621,7 @@ impl SnapshotBuilder {
                         errors.push(error(
                             obj,
                             format!(
-                                "duplicate federation name: {} {name} is loaded (names are unique across KubernetesFederation, OIDCFederation, OktaFederation and PingIdentityFederation)",
+                                "duplicate federation name: {} {name} is loaded (names are unique across KubernetesFederation, OIDCFederation, OktaFederation, PingIdentityFederation and SpiffeFederation)",
                                 other.kind()
                             ),
                         ));
@@ -637,6 +640,11 @@ impl SnapshotBuilder {
                         "OktaFederation" => {
                             strict_spec_of::<OktaFederationSpec>(obj).and_then(|spec| {
                                 Federation::from_okta_spec(name, &spec).map_err(|e| e.to_string())
+                            })
+                        }
+                        "SpiffeFederation" => {
+                            strict_spec_of::<SpiffeFederationSpec>(obj).and_then(|spec| {
+                                Federation::from_spiffe_spec(name, &spec).map_err(|e| e.to_string())
                             })
                         }
                         _ => strict_spec_of::<PingIdentityFederationSpec>(obj).and_then(|spec| {
@@ -841,6 +849,30 @@ impl SnapshotBuilder {
                     reason: format!(
                         "shares its issuer with {} {}: a token both accept is attributed to {} (the first by name); keep them apart with boundClaims or audiences",
                         first.kind(),
+                        first.name(),
+                        first.name()
+                    ),
+                });
+            }
+        }
+
+        // Two SpiffeFederations of one trust domain: a JWT-SVID both bundles verify is
+        // attributed to the first by name, and only its Authorizations apply.
+        for (i, later) in by_name.iter().enumerate() {
+            let Some(td) = later.trust_domain() else {
+                continue;
+            };
+            let first = by_name[..i]
+                .iter()
+                .find(|earlier| earlier.trust_domain() == Some(td));
+            if let (Some(first), Some((origin, object))) =
+                (first, federation_origins.get(later.name()))
+            {
+                warnings.push(LoadError {
+                    origin: origin.clone(),
+                    object: Some(object.clone()),
+                    reason: format!(
+                        "shares its trust domain with SpiffeFederation {}: a JWT-SVID both bundles verify is attributed to {} (the first by name); keep them apart with audiences",
                         first.name(),
                         first.name()
                     ),
@@ -1808,6 +1840,117 @@ spec: {{issuer: "https://gitlab.example.com", jwks: '{jwks}'}}
         };
         assert!(snap.policies.decide(&main, Action::Get, &k).allowed);
         assert!(!snap.policies.decide(&dev, Action::Get, &k).allowed);
+    }
+
+    /// Issue 18 part 2: SpiffeFederations load (ESE's `trustDomain`, the extensions), two
+    /// of one trust domain are warned about, a bad one is reported, and a `spiffeID`
+    /// Authorization grants SPIFFE workloads of its federation only.
+    #[test]
+    fn spiffe_federations_load_and_their_authorizations_grant() {
+        let dir = tempfile::tempdir().unwrap();
+        let policies = tempfile::tempdir().unwrap();
+        let bundle = {
+            let keys: serde_json::Value = serde_json::from_str(
+                &std::fs::read_to_string(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/tests/fixtures/keys/jwks.json"
+                ))
+                .unwrap(),
+            )
+            .unwrap();
+            let mut key = keys["ec-1"].clone();
+            key["use"] = serde_json::json!("jwt-svid");
+            serde_json::json!({"keys": [key]}).to_string()
+        };
+        let fed = |name: &str, td: &str, extra: &str| {
+            format!(
+                "apiVersion: identity.federation.external-secrets.io/v1alpha1\nkind: SpiffeFederation\nmetadata: {{name: {name}}}\nspec:\n  trustDomain: {td}\n  audiences: [esi]\n  bundle: '{bundle}'\n{extra}---\n"
+            )
+        };
+        write(
+            dir.path(),
+            "feds.yaml",
+            &[
+                fed("spire", "example.org", ""),
+                fed("spire-copy", "example.org", ""),
+                fed("bad-td", "Example.org", ""),
+                fed(
+                    "typo",
+                    "example.net",
+                    "  bundleEndpiont: {url: 'https://x'}\n",
+                ),
+            ]
+            .concat(),
+        );
+        write(dir.path(), "store.yaml", STORE);
+        write(
+            dir.path(),
+            "authz.yaml",
+            "apiVersion: federation.external-secrets.io/v1alpha1\nkind: Authorization\nmetadata: {name: api}\nspec:\n  federationRef: {kind: SpiffeFederation, name: spire}\n  subject: {spiffe: {spiffeID: 'spiffe://example.org/ns/prod/sa/*'}}\n  allowedClusterSecretStores: [s]\n",
+        );
+        let snap = DirectorySource {
+            manifests: dir.path().to_path_buf(),
+            policies: Some(policies.path().to_path_buf()),
+            provider_settings: ProviderSettings::default(),
+        }
+        .load();
+        let kinds: Vec<(&str, &str)> = snap
+            .federations
+            .iter()
+            .map(|f| (f.name(), f.kind().as_str()))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ("spire", "SpiffeFederation"),
+                ("spire-copy", "SpiffeFederation")
+            ]
+        );
+        let errors: Vec<String> = snap.errors.iter().map(ToString::to_string).collect();
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("SpiffeFederation/bad-td") && e.contains("trustDomain")),
+            "{errors:#?}"
+        );
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("SpiffeFederation/typo") && e.contains("bundleEndpiont")),
+            "{errors:#?}"
+        );
+        let warnings: Vec<String> = snap.warnings.iter().map(ToString::to_string).collect();
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains("SpiffeFederation/spire-copy")
+                    && w.contains("shares its trust domain with SpiffeFederation spire")),
+            "{warnings:#?}"
+        );
+        assert!(
+            !warnings.iter().any(|w| w.contains("Authorization/api")),
+            "{warnings:#?}"
+        );
+        let k = Resource::RemoteKey {
+            store: "s".into(),
+            key: "k".into(),
+        };
+        let who = |fed: &str, id: &str| Identity::of_spiffe_workload(fed, id).unwrap();
+        let decide = |id: &Identity| snap.policies.decide(id, Action::Get, &k).allowed;
+        assert!(decide(&who("spire", "spiffe://example.org/ns/prod/sa/api")));
+        assert!(!decide(&who("spire", "spiffe://example.org/ns/dev/sa/api")));
+        assert!(!decide(&who(
+            "spire-copy",
+            "spiffe://example.org/ns/prod/sa/api"
+        )));
+        // An OIDC subject whose subject reads like the SPIFFE ID is not a SPIFFE workload.
+        let oidc = Identity::of_oidc_subject(
+            "spire",
+            "spiffe://example.org",
+            "spiffe://example.org/ns/prod/sa/api",
+            &[],
+        );
+        assert!(!decide(&oidc));
     }
 
     fn can_get(snap: &Snapshot, store: &str) -> bool {

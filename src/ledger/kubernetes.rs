@@ -391,8 +391,12 @@ fn issued_credential(entry: &LedgerEntry) -> Value {
         source["namespace"] = json!(g.namespace);
     }
     let h = &entry.holder;
-    // An OIDC subject is no Kubernetes workload: it has no binding.
-    let binding = match (&h.pod_name, h.principal_kind.is_service_account()) {
+    // An OIDC subject is no Kubernetes workload: it has no binding. A SPIFFE workload has
+    // the one its path names (ESE's convention), if any.
+    let kubernetes = h.principal_kind.is_service_account()
+        || (h.principal_kind == crate::authn::PrincipalKind::SpiffeWorkload
+            && !h.namespace.is_empty());
+    let binding = match (&h.pod_name, kubernetes) {
         (_, false) => None,
         (Some(pod), true) => Some(json!({
             "kind": "Pod",
@@ -430,9 +434,15 @@ fn identity_spec(holder: &Holder) -> Value {
         .federation_kind
         .as_deref()
         .unwrap_or("KubernetesFederation");
+    // ESE's `FederationSubject`: a SPIFFE workload by its SPIFFE ID.
+    let subject = if holder.principal_kind == crate::authn::PrincipalKind::SpiffeWorkload {
+        json!({"spiffe": {"spiffeID": holder.subject}})
+    } else {
+        json!({"oidc": {"issuer": holder.issuer, "subject": holder.subject}})
+    };
     json!({
         "federationRef": {"kind": kind, "name": holder.federation},
-        "subject": {"oidc": {"issuer": holder.issuer, "subject": holder.subject}},
+        "subject": subject,
     })
 }
 
@@ -1183,6 +1193,38 @@ mod tests {
             owner_hash(&h.owner(), OwnerKind::OidcSubject),
             owner_hash(&sa.owner(), OwnerKind::ServiceAccount)
         );
+    }
+
+    /// Issue 18: a SPIFFE workload's credentials name it by SPIFFE ID (ESE's `spiffe`
+    /// subject) and bind the Pod its path names; one whose path names none binds nothing.
+    #[test]
+    fn a_spiffe_workloads_identity_names_its_spiffe_id_and_its_pod() {
+        let id = "spiffe://example.org/shop/ns/ci/sa/u-sa/app/pod/u-pod/app-0";
+        let h = Holder::new(
+            &crate::authn::Identity::of_spiffe_workload("spire", id).unwrap(),
+            None,
+        );
+        let spec = identity_spec(&h);
+        assert_eq!(spec["federationRef"]["kind"], "SpiffeFederation");
+        assert_eq!(spec["subject"]["spiffe"]["spiffeID"], id);
+        assert!(spec["subject"].get("oidc").is_none(), "{spec}");
+        let e = entry(&h, ("ci", "VaultDynamicSecret", "db"), None);
+        let item = issued_credential(&e);
+        assert_eq!(item["workloadBinding"]["kind"], "Pod", "{item}");
+        assert_eq!(item["workloadBinding"]["name"], "app-0");
+        assert_eq!(item["workloadBinding"]["uid"], "u-pod");
+        let obj = state_object(&e, "esi-system").unwrap();
+        assert_eq!(decode(&obj).unwrap(), e);
+        assert_eq!(h.owner().kind, Some(OwnerKind::Pod));
+        let plain = Holder::new(
+            &crate::authn::Identity::of_spiffe_workload("spire", "spiffe://example.org/billing")
+                .unwrap(),
+            None,
+        );
+        let e = entry(&plain, ("ci", "VaultDynamicSecret", "db"), None);
+        assert!(issued_credential(&e).get("workloadBinding").is_none());
+        assert_eq!(plain.owner().kind, Some(OwnerKind::OidcSubject));
+        assert_eq!(plain.owner().name, "spiffe://example.org/billing");
     }
 
     #[test]

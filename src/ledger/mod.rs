@@ -73,7 +73,8 @@ pub enum OwnerKind {
     Pod,
     /// A ServiceAccount token without a pod claim.
     ServiceAccount,
-    /// The subject of an OIDC federation's token (its owner's `namespace` is empty).
+    /// The subject of an OIDC federation's token, or the SPIFFE ID of a SPIFFE workload
+    /// whose path names no Kubernetes workload (its owner's `namespace` is empty).
     OidcSubject,
 }
 
@@ -208,8 +209,17 @@ impl Holder {
 
     /// The owner: the pod if the token was pod-bound, else the ServiceAccount; for an OIDC
     /// subject, the subject.
+    ///
+    /// A SPIFFE workload whose path names a Kubernetes workload (ESE's convention) is owned
+    /// as that Pod or ServiceAccount is, within its own federation; any other SPIFFE
+    /// workload by its SPIFFE ID, as an OIDC subject by its subject.
     pub fn owner(&self) -> Owner {
-        if self.principal_kind == PrincipalKind::OidcSubject {
+        let by_subject = match self.principal_kind {
+            PrincipalKind::OidcSubject => true,
+            PrincipalKind::SpiffeWorkload => self.namespace.is_empty(),
+            PrincipalKind::ServiceAccount => false,
+        };
+        if by_subject {
             return Owner {
                 federation: self.federation.clone(),
                 namespace: String::new(),

@@ -211,6 +211,47 @@ pub struct PingIdentityFederationSpec {
     pub oidc: OidcCommonSpec,
 }
 
+/// `SpiffeFederation.spec` (ESE: `trustDomain`; the rest are extensions, issue 18): one
+/// SPIFFE trust domain whose JWT-SVIDs the server accepts as bearer tokens. Keys come from a
+/// static `bundle` or are fetched from `bundleEndpoint`. Checked by
+/// `authn::Federation::from_spiffe_spec`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("required" = ["trustDomain"]))]
+pub struct SpiffeFederationSpec {
+    /// The trust domain (`example.org`, no `spiffe://`): a JWT-SVID's `sub` must be a
+    /// SPIFFE ID of exactly this trust domain.
+    #[serde(default)]
+    #[schemars(length(min = 1, max = 255))]
+    pub trust_domain: String,
+    /// The trust domain's SPIFFE bundle, JWKS form (`spire-server bundle show -format
+    /// spiffe`): only its keys with `use: jwt-svid` verify JWT-SVIDs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle: Option<String>,
+    /// Where the bundle is fetched (SPIFFE Federation's `https_web` profile), refreshed per
+    /// its `spiffe_refresh_hint` (bounded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle_endpoint: Option<SpiffeBundleEndpoint>,
+    /// A JWT-SVID's `aud` must hold one of these (required: a JWT-SVID is meant for the
+    /// audiences it names).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(length(min = 1)))]
+    pub audiences: Vec<String>,
+}
+
+/// `SpiffeFederation.spec.bundleEndpoint`: a SPIFFE bundle endpoint served over web PKI.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("required" = ["url"]))]
+pub struct SpiffeBundleEndpoint {
+    /// The endpoint's `https` URL (SPIRE server's federation `bundle_endpoint`).
+    #[serde(default)]
+    pub url: String,
+    /// Base64 PEM bundle trusted for the endpoint's TLS instead of the public roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle: Option<String>,
+}
+
 /// `federationRef` of an `Authorization`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
