@@ -315,6 +315,9 @@ fn broad_subjects(
                 "subject {subject:?} matches every subject of {} {fed}: any token that federation accepts gets what this Authorization grants (name the subject, or narrow the glob, e.g. repo:ORG/REPO:*)",
                 a.spec().federation_ref.kind
             ),
+            PrincipalKind::SpiffeWorkload if names::matches_every_workload(subject) => format!(
+                "subject {subject:?} matches every workload of the trust domain of SpiffeFederation {fed}: any JWT-SVID that federation accepts gets what this Authorization grants (name the workload, or narrow the glob, e.g. spiffe://TRUST-DOMAIN/ns/NAMESPACE/*)"
+            ),
             _ => continue,
         };
         let problem = validate::object_problem(
@@ -328,14 +331,19 @@ fn broad_subjects(
         out.push(warn("broad-subject", problem));
     }
     // Hand-written permits that grant something to any caller of a federation (its
-    // `FED/*/*` or `FED/*`).
+    // `FED/*/*`, `FED/*` or `FED/spiffe://TD/*`).
     type Feds<'a> = BTreeSet<(PrincipalKind, &'a str)>;
     let mut by_policy: BTreeMap<&str, (Feds, Vec<usize>)> = BTreeMap::new();
+    // Each federation's "any other" principal, as evaluated.
+    let mut any_label: BTreeMap<&str, String> = BTreeMap::new();
     for (i, (r, o)) in universe.requests.iter().zip(outcomes).enumerate() {
         let p = &universe.principals[r.principal];
         if !o.decided || !p.is_any() {
             continue;
         }
+        any_label
+            .entry(p.federation.as_str())
+            .or_insert_with(|| p.label());
         for id in &o.policies {
             let hand_written = tree
                 .listing
@@ -350,16 +358,15 @@ fn broad_subjects(
     }
     for (id, (feds, requests)) in by_policy {
         let mut whom = Vec::new();
-        for (kind, what, any) in [
+        for (kind, what) in [
             (
                 PrincipalKind::ServiceAccount,
                 "any ServiceAccount of KubernetesFederation",
-                "/*/*",
             ),
+            (PrincipalKind::OidcSubject, "any subject of OIDC federation"),
             (
-                PrincipalKind::OidcSubject,
-                "any subject of OIDC federation",
-                "/*",
+                PrincipalKind::SpiffeWorkload,
+                "any workload of SpiffeFederation",
             ),
         ] {
             let of_kind: Vec<&str> = feds
@@ -369,9 +376,9 @@ fn broad_subjects(
                 .collect();
             if let Some(first) = of_kind.first() {
                 whom.push(format!(
-                    "{what} {} (evaluated as {}{any})",
+                    "{what} {} (evaluated as {})",
                     printable(&of_kind.join(", "), usize::MAX),
-                    printable(first, usize::MAX)
+                    any_label.get(first).cloned().unwrap_or_default()
                 ));
             }
         }

@@ -329,6 +329,7 @@ impl Universe {
                     match p.kind() {
                         PrincipalKind::ServiceAccount => "KubernetesFederation",
                         PrincipalKind::OidcSubject => "OIDC federation",
+                        PrincipalKind::SpiffeWorkload => "SpiffeFederation",
                     },
                     p.federation
                 ));
@@ -375,6 +376,13 @@ impl Universe {
                     federation.filter(|f| f.kind().principal_kind() == PrincipalKind::OidcSubject)
                 {
                     identity.federation_kind = f.kind();
+                }
+                identity
+            }
+            Caller::SpiffeWorkload { spiffe_id } => {
+                let (identity, why) = spiffe_identity(&p.federation, federation, spiffe_id);
+                if let Some(why) = why {
+                    unreachable.get_or_insert(why);
                 }
                 identity
             }
@@ -491,6 +499,56 @@ pub struct Outcome {
     /// Why the server would refuse it whatever the policies say.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unreachable: Option<String>,
+}
+
+/// The identity JWT-SVID verification gives workload `spiffe_id` of `federation`
+/// ([`Identity::of_spiffe_workload`]), and why the server would refuse its token, if it
+/// would: a trust domain other than the loaded federation's. A glob (a representative) is
+/// built from its filling ([`super::names::spiffe_filled`]) and then carries the glob
+/// itself as its subject and path, so it matches the globs and patterns that cover it and
+/// no exact ID (no SPIFFE ID holds `*`), as an OIDC representative does.
+fn spiffe_identity(
+    federation: &str,
+    loaded: Option<&crate::authn::Federation>,
+    spiffe_id: &str,
+) -> (Identity, Option<String>) {
+    let filled = super::names::spiffe_filled(spiffe_id);
+    let Some(mut identity) = Identity::of_spiffe_workload(federation, &filled)
+        .or_else(|| Identity::of_spiffe_workload(federation, "spiffe://unknown.invalid/x"))
+    else {
+        // Unreachable: a fixed valid ID; an empty identity matches no policy.
+        return (
+            Identity::of_oidc_subject(federation, "", "", &[]),
+            Some(format!("{spiffe_id} is not a SPIFFE ID")),
+        );
+    };
+    let mut why = None;
+    if filled != spiffe_id {
+        if let crate::authn::Principal::SpiffeWorkload {
+            trust_domain,
+            path,
+            kubernetes,
+        } = &mut identity.principal
+        {
+            let glob_path = spiffe_id
+                .strip_prefix("spiffe://")
+                .and_then(|rest| rest.strip_prefix(trust_domain.as_str()))
+                .unwrap_or_default();
+            *path = glob_path.to_owned();
+            *kubernetes = None;
+        }
+        identity.subject = spiffe_id.to_owned();
+    }
+    if let (Some(f), crate::authn::Principal::SpiffeWorkload { trust_domain, .. }) =
+        (loaded, &identity.principal)
+        && let Some(td) = f.trust_domain()
+        && td != trust_domain
+    {
+        why = Some(format!(
+            "SpiffeFederation {federation} verifies JWT-SVIDs of trust domain {td}, not {trust_domain}: its tokens are refused"
+        ));
+    }
+    (identity, why)
 }
 
 #[cfg(test)]
