@@ -798,4 +798,53 @@ mod tests {
             idle
         );
     }
+
+    /// The rules about subjects apply to SpiffeFederations: a `spiffeID` glob matching
+    /// every workload of the trust domain is broad (one narrowed to a namespace is not),
+    /// and so is a hand-written permit for any workload (`FED/spiffe://TD/*`).
+    #[test]
+    fn subject_rules_apply_to_spiffe_federations() {
+        use crate::policy::testing::{spiffe_authorization, spiffe_federation};
+        let grants = "  allowedClusterSecretStores: [main]\n  allowedRemoteKeys: {main: [ci/*]}\n";
+        let (_dir, tree) = tree(
+            &[
+                spiffe_federation("spire", "example.org"),
+                store("main"),
+                spiffe_authorization("all", "spire", "spiffe://example.org/*", grants),
+                spiffe_authorization("prod", "spire", "spiffe://example.org/ns/prod/*", grants),
+            ],
+            &[(
+                "wide.cedar",
+                "permit (principal is Esi::SpiffeWorkload in Esi::Federation::\"spire\", action == Esi::Action::\"find\", resource == Esi::Store::\"main\");\n",
+            )],
+        );
+        assert!(
+            tree.snapshot.errors.is_empty(),
+            "{:?}",
+            tree.snapshot.errors
+        );
+        let report = lint(&tree, 100_000);
+        let expected: Vec<(&str, String)> = vec![
+            ("broad-subject", "Authorization/all".into()),
+            ("broad-subject", "policy wide/0".into()),
+        ];
+        assert_eq!(rules(&report), expected, "{}", report.render());
+        let messages: Vec<&str> = report
+            .findings
+            .iter()
+            .map(|f| f.problem.message.as_str())
+            .collect();
+        assert!(
+            messages[0].contains("matches every workload of the trust domain of SpiffeFederation spire"),
+            "{}",
+            messages[0]
+        );
+        assert!(
+            messages[1].contains(
+                "permits any workload of SpiffeFederation spire (evaluated as spire/spiffe://example.org/*): find main"
+            ),
+            "{}",
+            messages[1]
+        );
+    }
 }

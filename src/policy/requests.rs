@@ -783,4 +783,100 @@ mod tests {
             outcomes[sa]
         );
     }
+
+    /// SPIFFE workloads are resolved to the identity `explain` builds for
+    /// `FED/spiffe://TD/PATH` (the server's `Identity::of_spiffe_workload`) and decided by
+    /// the engine: the exact ID, a glob's representative and "any other" each get what
+    /// the server would give them; an ID of another trust domain is refused.
+    #[test]
+    fn spiffe_workloads_are_resolved_and_decided_as_the_server_does() {
+        use crate::policy::explain::{PrincipalSpec, identity_of};
+        use crate::policy::testing::{spiffe_authorization, spiffe_federation, store};
+        let world = [
+            spiffe_federation("spire", "example.org"),
+            store("main"),
+            spiffe_authorization(
+                "api",
+                "spire",
+                "spiffe://example.org/ns/prod/sa/api",
+                "  allowedClusterSecretStores: [main]\n",
+            ),
+            spiffe_authorization(
+                "prod",
+                "spire",
+                "spiffe://example.org/ns/prod/*",
+                "  allowedClusterSecretStores: [main]\n  allowedRemoteKeys: {main: [prod/*]}\n",
+            ),
+        ];
+        let (_dir, tree) = tree(
+            &world,
+            &[(
+                "p.cedar",
+                "@id(\"elsewhere\")\npermit (principal == Esi::SpiffeWorkload::\"spire/spiffe://example.net/x\", action, resource);\n",
+            )],
+        );
+        assert!(
+            tree.snapshot.errors.is_empty(),
+            "{:?}",
+            tree.snapshot.errors
+        );
+        let u = Universe::of(&[&tree], DEFAULT_MAX_REQUESTS);
+        let principals: Vec<String> = u.principals.iter().map(PrincipalName::label).collect();
+        assert_eq!(
+            principals,
+            [
+                "spire/spiffe://example.net/x",
+                "spire/spiffe://example.org/*",
+                "spire/spiffe://example.org/ns/prod/*",
+                "spire/spiffe://example.org/ns/prod/sa/api",
+            ]
+        );
+        let outcomes = u.evaluate(&tree);
+        let mut allowed = Vec::new();
+        for (r, o) in u.requests.iter().zip(&outcomes) {
+            let p = &u.principals[r.principal];
+            let resolved = u.resolve(&tree, r);
+            assert_eq!(resolved.identity.kind(), PrincipalKind::SpiffeWorkload);
+            match p.represents() {
+                None if p.label().contains("example.org") => {
+                    // The identity `explain --principal FED/SPIFFE-ID` decides.
+                    let spec = PrincipalSpec {
+                        path: p.label(),
+                        ..Default::default()
+                    };
+                    let explained =
+                        identity_of(&tree.snapshot, &spec, &mut Vec::new()).expect("identity");
+                    assert_eq!(resolved.identity, explained, "{}", p.label());
+                    assert!(o.unreachable.is_none(), "{o:?}");
+                }
+                None => {
+                    let why = o.unreachable.as_deref().unwrap_or_default();
+                    assert!(why.contains("trust domain example.org, not example.net"), "{why}");
+                }
+                Some(glob) => {
+                    assert_eq!(resolved.identity.subject, glob);
+                    assert_eq!(resolved.identity.issuer, "spiffe://example.org");
+                    assert!(o.unreachable.is_none(), "{o:?}");
+                }
+            }
+            if o.allowed && o.unreachable.is_none() {
+                allowed.push(format!(
+                    "{} {} {} by {}",
+                    p.label(),
+                    r.action,
+                    u.probes[r.probe].label(),
+                    o.policies.join(",")
+                ));
+            }
+        }
+        assert_eq!(
+            allowed,
+            [
+                "spire/spiffe://example.org/ns/prod/* get main:prod/* by authorization/prod/remote-keys",
+                "spire/spiffe://example.org/ns/prod/sa/api get main:prod/* by authorization/api/stores,authorization/prod/remote-keys",
+                "spire/spiffe://example.org/ns/prod/sa/api get main:(any other key) by authorization/api/stores",
+                "spire/spiffe://example.org/ns/prod/sa/api find main by authorization/api/stores",
+            ]
+        );
+    }
 }
