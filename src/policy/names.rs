@@ -7,10 +7,12 @@
 //!   `KubernetesFederation`, an exact `system:serviceaccount:NS:SA` subject is that
 //!   ServiceAccount and a glob gets one representative ([`representative`]); for an OIDC
 //!   federation (`OIDCFederation`, `OktaFederation`, `PingIdentityFederation`) the subject
-//!   is an OIDC subject, a glob its own representative. The key globs of
+//!   is an OIDC subject, a glob its own representative; for a `SpiffeFederation` the
+//!   `spiffeID` is a SPIFFE workload (checked with the server's parser), a glob its own
+//!   representative. The key globs of
 //!   `allowedRemoteKeys` per store, the namespaces of `allowedGeneratorStates`.
 //! * Hand-written policies (their JSON form, walked): entity literals (`Federation`,
-//!   `Namespace`, `ServiceAccount`, `OidcSubject`, `Store`, `RemoteKey`,
+//!   `Namespace`, `ServiceAccount`, `OidcSubject`, `SpiffeWorkload`, `Store`, `RemoteKey`,
 //!   `GeneratorStates`) and string literals or `like` patterns compared with
 //!   `principal.{federation, namespace, name, subject}` and `resource.{store, key, name,
 //!   namespace}`. Within one policy they are combined (its namespaces with its
@@ -23,7 +25,7 @@
 //! name holds and no exact subject an Authorization names holds (a subject with `*` is a
 //! glob), so it matches the globs and patterns that cover it and no exact name. Every
 //! federation gets its "any other" principal: `FED/*/*` for a Kubernetes federation, `FED/*`
-//! for an OIDC one.
+//! for an OIDC one, `FED/spiffe://TD/*` for a SPIFFE one (a SPIFFE ID holds no `*`).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -39,14 +41,14 @@ pub const MAX_PRINCIPALS: usize = 10_000;
 /// Most keys (literals and patterns) one tree may contribute.
 pub const MAX_KEYS: usize = 10_000;
 
-/// A caller of a federation: a ServiceAccount or an OIDC subject. Ordered by federation,
+/// A caller of a federation: a ServiceAccount, an OIDC subject or a SPIFFE workload. Ordered by federation,
 /// then kind, then name, so a federation's principals are together.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 pub struct PrincipalName {
     /// The federation (`metadata.name`; names are unique across federation kinds).
     pub federation: String,
     /// Who, by kind. JSON: `"type": "ServiceAccount", "namespace", "name"` or
-    /// `"type": "OidcSubject", "subject"`.
+    /// `"type": "OidcSubject", "subject"` or `"type": "SpiffeWorkload", "spiffeID"`.
     #[serde(flatten)]
     pub caller: Caller,
 }

@@ -6,8 +6,9 @@
 //!   one representative per subject glob (a ServiceAccount glob's
 //!   [`super::names::representative`], `*` kept where a namespace or name is open; an OIDC
 //!   subject glob is itself); the ServiceAccounts, OIDC subjects, namespaces and names
-//!   hand-written policies mention; and, per federation, "any other": `FED/*/*` for a
-//!   Kubernetes federation, `FED/*` for an OIDC one ([`super::names`]);
+//!   hand-written policies mention; SPIFFE workloads as OIDC subjects; and, per federation,
+//!   "any other": `FED/*/*` for a Kubernetes federation, `FED/*` for an OIDC one,
+//!   `FED/spiffe://TD/*` for a SPIFFE one ([`super::names`]);
 //! * **probes** (resources with their actions): per ClusterSecretStore loaded by either
 //!   tree, `get` of every key and key pattern named for it (or for no store in
 //!   particular), `get` of one other key that matches none of them, and `find`; per
@@ -15,8 +16,8 @@
 //!   by `allowedGeneratorStates` (or a policy), `revokeStates`.
 //!
 //! Each request is resolved per tree as the server would resolve it (the identity token
-//! verification gives: [`Identity::of_service_account`] or [`Identity::of_oidc_subject`],
-//! an OIDC subject without claims; the federation's
+//! verification gives: [`Identity::of_service_account`], [`Identity::of_oidc_subject`]
+//! (an OIDC subject without claims) or [`Identity::of_spiffe_workload`]; the federation's
 //! configured issuer, else the one its Authorizations name; the store's canonical form of
 //! the key, [`crate::api::key_target`]) and decided by that tree's engine
 //! ([`crate::authz::PolicyEngine::decide`]). The effective answer also says whether the
