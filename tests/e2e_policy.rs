@@ -2304,19 +2304,42 @@ fn diff_shows_a_spiffe_workload_gaining_access() {
         );
         assert_eq!(explained["decision"], "allow", "{explained}");
         assert_eq!(explained["policies"], json!([policy]), "{explained}");
-        assert_eq!(explained["principal"]["type"], "SpiffeWorkload", "{explained}");
-        assert_eq!(explained["principal"]["issuer"], "spiffe://example.org", "{explained}");
+        assert_eq!(
+            explained["principal"]["type"], "SpiffeWorkload",
+            "{explained}"
+        );
+        assert_eq!(
+            explained["principal"]["issuer"], "spiffe://example.org",
+            "{explained}"
+        );
     }
     // A SPIFFE ID the server's parser refuses, or of another trust domain, is refused.
     for (bad, why) in [
-        ("spire/spiffe://example.net/ns/prod/sa/api", "not example.org"),
-        ("spire/spiffe://example.org/ns//api", "not a workload SPIFFE ID"),
-        (&format!("spire/{SPIRE_BATCH}") as &str, "not a workload SPIFFE ID"),
+        (
+            "spire/spiffe://example.net/ns/prod/sa/api",
+            "not example.org",
+        ),
+        (
+            "spire/spiffe://example.org/ns//api",
+            "not a workload SPIFFE ID",
+        ),
+        (
+            &format!("spire/{SPIRE_BATCH}") as &str,
+            "not a workload SPIFFE ID",
+        ),
         ("spire/prod/api", "not a workload SPIFFE ID"),
     ] {
         let (ok, out, err) = tree_policy(
             &new,
-            &["explain", "--principal", bad, "--store", "store", "--key", "k"],
+            &[
+                "explain",
+                "--principal",
+                bad,
+                "--store",
+                "store",
+                "--key",
+                "k",
+            ],
         );
         assert!(!ok, "{bad}: {out}");
         assert!(err.contains(why), "{bad}: {err}");
@@ -2434,11 +2457,23 @@ async fn explain_matches_the_servers_audit_lines_for_spiffe_workloads() {
         let (ok, out, err) = policy(&server.manifests, &server.policies, &args);
         assert!(ok, "{out}\n{err}");
         let explained: Value = serde_json::from_str(&out).unwrap();
-        assert_eq!(explained["policies"], line["policies"], "{spiffe_id}: {line}");
-        assert_eq!(explained["decision"], line["decision"], "{spiffe_id}: {line}");
+        assert_eq!(
+            explained["policies"], line["policies"],
+            "{spiffe_id}: {line}"
+        );
+        assert_eq!(
+            explained["decision"], line["decision"],
+            "{spiffe_id}: {line}"
+        );
         assert_eq!(explained["resource"], line["resource"], "{line}");
         assert_eq!(explained["action"], line["action"], "{line}");
-        assert_eq!(explained["principal"]["entity"], line["principal_id"], "{line}");
-        assert_eq!(explained["principal"]["type"], line["principal_type"], "{line}");
+        assert_eq!(
+            explained["principal"]["entity"], line["principal_id"],
+            "{line}"
+        );
+        assert_eq!(
+            explained["principal"]["type"], line["principal_type"],
+            "{line}"
+        );
     }
 }

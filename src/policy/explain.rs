@@ -208,8 +208,7 @@ fn spiffe_id_of<'p>(fed: &Federation, path: &'p str) -> Result<&'p str, PolicyTo
     let name = fed.name();
     let Some((_, id)) = path.split_once('/').filter(|(_, id)| !id.is_empty()) else {
         return Err(PolicyToolError::BadRequest(
-            "principal must be FEDERATION/spiffe://TRUST-DOMAIN/PATH for a SpiffeFederation"
-                .into(),
+            "principal must be FEDERATION/spiffe://TRUST-DOMAIN/PATH for a SpiffeFederation".into(),
         ));
     };
     let parsed = crate::authn::parse_workload_id(id).map_err(|e| {
@@ -1005,15 +1004,24 @@ mod tests {
         );
         assert_eq!(id.kind(), crate::authn::PrincipalKind::SpiffeWorkload);
         assert_eq!(id.issuer, "spiffe://example.org");
-        assert_eq!(id.principal.workload().map(|sa| sa.name.as_str()), Some("api"));
+        assert_eq!(
+            id.principal.workload().map(|sa| sa.name.as_str()),
+            Some("api")
+        );
         assert!(notes.is_empty(), "{notes:?}");
         let same_issuer = spec(path, Some("spiffe://example.org"));
         assert!(identity_of(snapshot, &same_issuer, &mut notes).is_ok());
         for (bad, why) in [
-            ("spire/spiffe://example.net/ns/prod/sa/api", "not example.org"),
+            (
+                "spire/spiffe://example.net/ns/prod/sa/api",
+                "not example.org",
+            ),
             ("spire/spiffe://Example.org/x", "not a workload SPIFFE ID"),
             ("spire/spiffe://example.org", "not a workload SPIFFE ID"),
-            ("spire/spiffe://example.org/a//b", "not a workload SPIFFE ID"),
+            (
+                "spire/spiffe://example.org/a//b",
+                "not a workload SPIFFE ID",
+            ),
             ("spire/https://example.org/x", "not a workload SPIFFE ID"),
             ("spire/ns/sa", "not a workload SPIFFE ID"),
             ("spire/", "FEDERATION/spiffe://TRUST-DOMAIN/PATH"),

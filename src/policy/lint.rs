@@ -835,7 +835,8 @@ mod tests {
             .map(|f| f.problem.message.as_str())
             .collect();
         assert!(
-            messages[0].contains("matches every workload of the trust domain of SpiffeFederation spire"),
+            messages[0]
+                .contains("matches every workload of the trust domain of SpiffeFederation spire"),
             "{}",
             messages[0]
         );

@@ -907,7 +907,12 @@ mod tests {
             &[
                 spiffe_federation("spire", "example.org"),
                 store("main"),
-                spiffe_authorization("api", "spire", "spiffe://example.org/ns/prod/sa/api", grants),
+                spiffe_authorization(
+                    "api",
+                    "spire",
+                    "spiffe://example.org/ns/prod/sa/api",
+                    grants,
+                ),
                 spiffe_authorization("prod", "spire", "spiffe://example.org/ns/prod/**", grants),
             ],
             &[(
@@ -945,7 +950,10 @@ mod tests {
         assert!(any.is_any());
         let glob = PrincipalName::spiffe_workload("spire", "spiffe://example.org/ns/prod/*");
         assert!(!glob.is_any());
-        assert_eq!(glob.represents().as_deref(), Some("spiffe://example.org/ns/prod/*"));
+        assert_eq!(
+            glob.represents().as_deref(),
+            Some("spiffe://example.org/ns/prod/*")
+        );
         assert_eq!(
             serde_json::to_value(&glob).unwrap(),
             serde_json::json!({"federation": "spire", "type": "SpiffeWorkload", "spiffeID": "spiffe://example.org/ns/prod/*"})
@@ -964,7 +972,13 @@ mod tests {
             let every = broad != "spiffe://td/*/*";
             assert_eq!(matches_every_workload(broad), every, "{broad}");
         }
-        for narrow in ["spiffe://td/ns/*", "spiffe://td/x", "spiffe://*/x", "*", "spiffe://td"] {
+        for narrow in [
+            "spiffe://td/ns/*",
+            "spiffe://td/x",
+            "spiffe://*/x",
+            "*",
+            "spiffe://td",
+        ] {
             assert!(!matches_every_workload(narrow), "{narrow}");
         }
     }

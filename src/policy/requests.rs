@@ -852,7 +852,10 @@ mod tests {
                 }
                 None => {
                     let why = o.unreachable.as_deref().unwrap_or_default();
-                    assert!(why.contains("trust domain example.org, not example.net"), "{why}");
+                    assert!(
+                        why.contains("trust domain example.org, not example.net"),
+                        "{why}"
+                    );
                 }
                 Some(glob) => {
                     assert_eq!(resolved.identity.subject, glob);
