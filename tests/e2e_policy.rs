@@ -2145,3 +2145,335 @@ spec:
         );
     }
 }
+
+const SPIRE_API: &str = "spiffe://example.org/ns/prod/sa/api";
+const SPIRE_BATCH: &str = "spiffe://example.org/ns/batch/*";
+
+/// A `SpiffeFederation` `spire` of trust domain `example.org` (a static bundle of the
+/// fixture key `ec-1`), a fake store `store` with `k` and `k2`, and Authorizations of
+/// `spire` given as `(name, spiffeID, grants)` (grants: YAML lines under `spec`).
+fn spire_world(authorizations: &[(&str, &str, &str)]) -> String {
+    let mut key = jwk("ec-1");
+    key["use"] = json!("jwt-svid");
+    let bundle = json!({"keys": [key]}).to_string();
+    let mut world = format!(
+        r#"apiVersion: identity.federation.external-secrets.io/v1alpha1
+kind: SpiffeFederation
+metadata: {{name: spire}}
+spec:
+  trustDomain: example.org
+  audiences: ["{AUD}"]
+  bundle: '{bundle}'
+---
+apiVersion: external-secrets.io/v1
+kind: ClusterSecretStore
+metadata: {{name: store}}
+spec:
+  provider:
+    fake:
+      data:
+        - {{key: k, value: v1}}
+        - {{key: k2, value: v2}}
+"#
+    );
+    for (name, spiffe_id, grants) in authorizations {
+        world.push_str(&format!(
+            "---\napiVersion: federation.external-secrets.io/v1alpha1\nkind: Authorization\nmetadata: {{name: {name}}}\nspec:\n  federationRef: {{kind: SpiffeFederation, name: spire}}\n  subject: {{spiffe: {{spiffeID: \"{spiffe_id}\"}}}}\n{grants}"
+        ));
+    }
+    world
+}
+
+/// Issue 18: `diff` covers SPIFFE workloads. An exact SPIFFE ID granted one more key gains
+/// it, and a new `spiffeID` glob's representative (the glob itself) gains what the glob
+/// is granted; `--json` and text show both with the principal's kind, and `explain` of the
+/// exact ID (and of a workload the glob matches) decides as the diff's new tree did.
+/// (The policy tools did not build with SPIFFE principals: no diff at all.)
+#[test]
+fn diff_shows_a_spiffe_workload_gaining_access() {
+    let old_world = spire_world(&[(
+        "api",
+        SPIRE_API,
+        "  allowedClusterSecretStores: [store]\n  allowedRemoteKeys: {store: [k]}\n",
+    )]);
+    let new_world = spire_world(&[
+        (
+            "api",
+            SPIRE_API,
+            "  allowedClusterSecretStores: [store]\n  allowedRemoteKeys: {store: [k, k2]}\n",
+        ),
+        (
+            "batch",
+            SPIRE_BATCH,
+            "  allowedClusterSecretStores: [store]\n  allowedRemoteKeys: {store: [k]}\n",
+        ),
+    ]);
+    let old = Tree::new(&[("world.yaml", &old_world)], &[]);
+    let new = Tree::new(&[("world.yaml", &new_world)], &[]);
+    let args: Vec<String> = vec![
+        "--old-manifests".into(),
+        old.path("manifests").display().to_string(),
+        "--old-policies".into(),
+        old.path("policies").display().to_string(),
+        "--manifests".into(),
+        new.path("manifests").display().to_string(),
+        "--policies".into(),
+        new.path("policies").display().to_string(),
+    ];
+    let run = |extra: &[&str]| {
+        let mut all: Vec<&str> = args.iter().map(String::as_str).collect();
+        all.extend_from_slice(extra);
+        diff_in(old.dir.path(), &all)
+    };
+
+    let (code, out, err) = run(&["--json"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let d: Value = serde_json::from_str(&out).unwrap();
+    let changes: Vec<(String, String, String, String, Value)> = d["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["change"].as_str().unwrap().to_owned(),
+                c["principal_label"].as_str().unwrap().to_owned(),
+                c["action"].as_str().unwrap().to_owned(),
+                c["resource_label"].as_str().unwrap().to_owned(),
+                c["new"]["policies"].clone(),
+            )
+        })
+        .collect();
+    let expected: Vec<(String, String, String, String, Value)> = vec![
+        (
+            "gained".into(),
+            format!("spire/{SPIRE_BATCH}"),
+            "get".into(),
+            "store:k".into(),
+            json!(["authorization/batch/remote-keys"]),
+        ),
+        (
+            "gained".into(),
+            format!("spire/{SPIRE_API}"),
+            "get".into(),
+            "store:k2".into(),
+            json!(["authorization/api/remote-keys"]),
+        ),
+    ];
+    assert_eq!(changes, expected, "{out}");
+    assert_eq!(
+        d["changes"][0]["principal"],
+        json!({"federation": "spire", "type": "SpiffeWorkload", "spiffeID": SPIRE_BATCH})
+    );
+    assert_eq!(d["changes"][0]["represents"], SPIRE_BATCH);
+    assert_eq!(
+        d["changes"][1]["principal"],
+        json!({"federation": "spire", "type": "SpiffeWorkload", "spiffeID": SPIRE_API})
+    );
+    assert!(d["changes"][1].get("represents").is_none(), "{out}");
+
+    let (code, out, err) = run(&[]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("2 gained, 0 lost"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "\nspire/{SPIRE_BATCH} (any SPIFFE workload matching {SPIRE_BATCH})\n  + get          store:k\n"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "\nspire/{SPIRE_API}\n  + get          store:k2\n      now allowed by authorization/api/remote-keys; was denied by default\n"
+        )),
+        "{out}"
+    );
+
+    // `explain` of the exact ID, and of a workload the glob matches, decides as the
+    // diff's new tree did.
+    for (principal, key, policy) in [
+        (SPIRE_API, "k2", "authorization/api/remote-keys"),
+        (
+            "spiffe://example.org/ns/batch/sa/job",
+            "k",
+            "authorization/batch/remote-keys",
+        ),
+    ] {
+        let principal = format!("spire/{principal}");
+        let explained = explain_json(
+            &new,
+            &["--principal", &principal, "--store", "store", "--key", key],
+        );
+        assert_eq!(explained["decision"], "allow", "{explained}");
+        assert_eq!(explained["policies"], json!([policy]), "{explained}");
+        assert_eq!(
+            explained["principal"]["type"], "SpiffeWorkload",
+            "{explained}"
+        );
+        assert_eq!(
+            explained["principal"]["issuer"], "spiffe://example.org",
+            "{explained}"
+        );
+    }
+    // A SPIFFE ID the server's parser refuses, or of another trust domain, is refused.
+    for (bad, why) in [
+        (
+            "spire/spiffe://example.net/ns/prod/sa/api",
+            "not example.org",
+        ),
+        (
+            "spire/spiffe://example.org/ns//api",
+            "not a workload SPIFFE ID",
+        ),
+        (
+            &format!("spire/{SPIRE_BATCH}") as &str,
+            "not a workload SPIFFE ID",
+        ),
+        ("spire/prod/api", "not a workload SPIFFE ID"),
+    ] {
+        let (ok, out, err) = tree_policy(
+            &new,
+            &[
+                "explain",
+                "--principal",
+                bad,
+                "--store",
+                "store",
+                "--key",
+                "k",
+            ],
+        );
+        assert!(!ok, "{bad}: {out}");
+        assert!(err.contains(why), "{bad}: {err}");
+    }
+}
+
+/// Issue 18: `report --html` has rows for SPIFFE workloads: the exact SPIFFE ID, a glob's
+/// representative and the federation's "any other" workload (`spire/spiffe://TD/*`).
+#[test]
+fn report_has_rows_for_spiffe_workloads() {
+    let world = spire_world(&[
+        ("api", SPIRE_API, "  allowedClusterSecretStores: [store]\n"),
+        (
+            "batch",
+            SPIRE_BATCH,
+            "  allowedClusterSecretStores: [store]\n  allowedRemoteKeys: {store: [k]}\n",
+        ),
+    ]);
+    let tree = Tree::new(&[("world.yaml", &world)], &[]);
+    let out_file = tree.dir.path().join("report.html");
+    let (ok, out, err) = tree_policy(&tree, &["report", "--html", out_file.to_str().unwrap()]);
+    assert!(ok, "{out}\n{err}");
+    assert!(out.contains("3 principals × 1 columns"), "{out}");
+    let html = std::fs::read_to_string(&out_file).unwrap();
+    for principal in [
+        "spire/spiffe://example.org/*",
+        &format!("spire/{SPIRE_BATCH}"),
+        &format!("spire/{SPIRE_API}"),
+    ] {
+        assert!(
+            html.contains(&format!(
+                "data-principal=\"{principal}\" data-type=\"SpiffeWorkload\""
+            )),
+            "no row for {principal}"
+        );
+    }
+    let glob = cell(&html, &format!("spire/{SPIRE_BATCH}"), "store");
+    assert!(
+        glob.contains("data-item=\"k\" data-state=\"allow\"")
+            && glob.contains("data-access=\"partial\""),
+        "{glob}"
+    );
+    let anyone = cell(&html, "spire/spiffe://example.org/*", "store");
+    assert!(anyone.contains("data-access=\"none\""), "{anyone}");
+    assert!(!html.contains("data-principal=\"spire/*/*\""));
+}
+
+/// Issue 18: for SPIFFE workloads too, `explain --principal FED/SPIFFE-ID` shows the
+/// policy ids, decision and principal of the server's audit line for the same JWT-SVID
+/// request: allowed by the exact ID's Authorization, by a glob's, denied by a forbid on
+/// the workload's ServiceAccount, denied by default.
+#[tokio::test(flavor = "multi_thread")]
+async fn explain_matches_the_servers_audit_lines_for_spiffe_workloads() {
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let manifests = spire_world(&[
+        ("api", SPIRE_API, "  allowedClusterSecretStores: [store]\n"),
+        (
+            "batch",
+            SPIRE_BATCH,
+            "  allowedClusterSecretStores: [store]\n  allowedRemoteKeys: {store: [k]}\n",
+        ),
+    ]);
+    let forbid = "@id(\"no-archived\")\nforbid (principal is Esi::SpiffeWorkload, action, resource)\nwhen { principal has serviceAccount && principal.serviceAccount == \"archived\" };\n";
+    let server = Server::start_with_args(
+        &[("spire.yaml", manifests)],
+        &[("mesh.cedar", forbid)],
+        &["--audit-log", audit.to_str().unwrap()],
+    );
+    let svid = |sub: &str| {
+        let now = now();
+        mint(
+            "ec-1",
+            &json!({"sub": sub, "aud": [AUD], "iat": now, "exp": now + 300}),
+            None,
+        )
+    };
+    // (SPIFFE ID, key, status, the policies the server decides by).
+    let requests: [(&str, &str, u16, Value); 4] = [
+        (SPIRE_API, "k2", 200, json!(["authorization/api/stores"])),
+        (
+            "spiffe://example.org/ns/batch/sa/job",
+            "k",
+            200,
+            json!(["authorization/batch/remote-keys"]),
+        ),
+        (
+            "spiffe://example.org/ns/batch/sa/archived",
+            "k",
+            404,
+            json!(["no-archived"]),
+        ),
+        ("spiffe://example.org/ns/prod/sa/other", "k", 404, json!([])),
+    ];
+    for (spiffe_id, key, status, policies) in &requests {
+        let before = audit_lines(&audit).len();
+        let path = format!("/secretstore/store/secrets/{key}");
+        let (got, text) = server.post(&path, Some(&svid(spiffe_id)), json!({})).await;
+        assert_eq!(got, *status, "{spiffe_id} {key}: {text}");
+        let lines = audit_lines(&audit);
+        assert_eq!(lines.len(), before + 1, "{path}: {lines:?}");
+        let line = &lines[before];
+        assert_eq!(line["policies"], *policies, "{line}");
+        let principal = format!("spire/{spiffe_id}");
+        let args = [
+            "explain",
+            "--json",
+            "--principal",
+            &principal,
+            "--store",
+            "store",
+            "--key",
+            key,
+        ];
+        let (ok, out, err) = policy(&server.manifests, &server.policies, &args);
+        assert!(ok, "{out}\n{err}");
+        let explained: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(
+            explained["policies"], line["policies"],
+            "{spiffe_id}: {line}"
+        );
+        assert_eq!(
+            explained["decision"], line["decision"],
+            "{spiffe_id}: {line}"
+        );
+        assert_eq!(explained["resource"], line["resource"], "{line}");
+        assert_eq!(explained["action"], line["action"], "{line}");
+        assert_eq!(
+            explained["principal"]["entity"], line["principal_id"],
+            "{line}"
+        );
+        assert_eq!(
+            explained["principal"]["type"], line["principal_type"],
+            "{line}"
+        );
+    }
+}

@@ -22,8 +22,9 @@ const FIELD_MAX: usize = 4096;
 /// Who asks: a ServiceAccount of a federation.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PrincipalSpec {
-    /// `FED/NS/SA` (a `KubernetesFederation`'s ServiceAccount), or `FED/SUBJECT` (an OIDC
-    /// federation's subject; the subject may hold `/`).
+    /// `FED/NS/SA` (a `KubernetesFederation`'s ServiceAccount), `FED/SUBJECT` (an OIDC
+    /// federation's subject; the subject may hold `/`), or `FED/spiffe://TD/PATH` (a
+    /// `SpiffeFederation`'s workload, by its SPIFFE ID).
     pub path: String,
     /// The token's `iss` (default: the federation's configured issuer).
     pub issuer: Option<String>,
@@ -170,6 +171,9 @@ pub fn check_principal(snapshot: &Snapshot, spec: &PrincipalSpec) -> Result<(), 
                 )),
             }
         }
+        Some(f) if f.kind().principal_kind() == crate::authn::PrincipalKind::SpiffeWorkload => {
+            spiffe_id_of(f, &spec.path).map(|_| ())
+        }
         Some(_) => service_account_path(&spec.path).map(|_| ()),
         None if crate::support::text::is_dns_subdomain(fed) => Ok(()),
         None => Err(PolicyToolError::BadRequest(format!(
@@ -194,6 +198,64 @@ fn oidc_subject(subject: &str) -> Result<&str, PolicyToolError> {
         )));
     }
     Ok(subject)
+}
+
+/// The SPIFFE ID of `FED/SPIFFE-ID` (everything after the first `/`) for the
+/// `SpiffeFederation` `fed`, as JWT-SVID verification accepts it: a workload SPIFFE ID
+/// ([`crate::authn::parse_workload_id`], the server's parser) of the federation's trust
+/// domain; anything else is refused (the server refuses such a token, 401).
+fn spiffe_id_of<'p>(fed: &Federation, path: &'p str) -> Result<&'p str, PolicyToolError> {
+    let name = fed.name();
+    let Some((_, id)) = path.split_once('/').filter(|(_, id)| !id.is_empty()) else {
+        return Err(PolicyToolError::BadRequest(
+            "principal must be FEDERATION/spiffe://TRUST-DOMAIN/PATH for a SpiffeFederation".into(),
+        ));
+    };
+    let parsed = crate::authn::parse_workload_id(id).map_err(|e| {
+        PolicyToolError::BadRequest(format!(
+            "principal of SpiffeFederation {name}: {} is not a workload SPIFFE ID ({e}), so no JWT-SVID the server accepts names it",
+            printable(id, FIELD_ECHO_MAX)
+        ))
+    })?;
+    match fed.trust_domain() {
+        Some(td) if td != parsed.trust_domain => Err(PolicyToolError::BadRequest(format!(
+            "principal of SpiffeFederation {name}: {} is of trust domain {}, not {td}, so the server refuses its JWT-SVIDs (401)",
+            printable(id, FIELD_ECHO_MAX),
+            parsed.trust_domain
+        ))),
+        _ => Ok(id),
+    }
+}
+
+/// The identity JWT-SVID verification would give a token of `spec` (`FED/SPIFFE-ID`)
+/// through the `SpiffeFederation` `fed` ([`Identity::of_spiffe_workload`]).
+fn spiffe_identity_of(fed: &Federation, spec: &PrincipalSpec) -> Result<Identity, PolicyToolError> {
+    let name = fed.name();
+    if spec.uid.is_some() || spec.pod_name.is_some() || spec.pod_uid.is_some() {
+        return Err(PolicyToolError::BadRequest(format!(
+            "SpiffeFederation {name} verifies JWT-SVIDs: uid and pod belong to ServiceAccount tokens (the SPIFFE ID's path names the workload)"
+        )));
+    }
+    if !spec.claims.is_empty() {
+        return Err(PolicyToolError::BadRequest(format!(
+            "SpiffeFederation {name} verifies JWT-SVIDs: claims belong to OIDC subjects"
+        )));
+    }
+    let id = spiffe_id_of(fed, &spec.path)?;
+    let identity = Identity::of_spiffe_workload(name, id).ok_or_else(|| {
+        PolicyToolError::BadRequest(format!(
+            "principal of SpiffeFederation {name}: not a workload SPIFFE ID"
+        ))
+    })?;
+    if let Some(given) = &spec.issuer
+        && *given != identity.issuer
+    {
+        return Err(PolicyToolError::BadRequest(format!(
+            "SpiffeFederation {name}: a JWT-SVID's issuer is its trust domain ({}), not {given}",
+            identity.issuer
+        )));
+    }
+    Ok(identity)
 }
 
 fn federation<'s>(snapshot: &'s Snapshot, name: &str) -> Option<&'s Federation> {
@@ -258,6 +320,12 @@ pub fn identity_of(
         && f.kind().principal_kind() == crate::authn::PrincipalKind::OidcSubject
     {
         return oidc_identity_of(f, spec, subject, notes);
+    }
+    if let Some(fed) = spec.path.split('/').next()
+        && let Some(f) = federation(snapshot, fed)
+        && f.kind().principal_kind() == crate::authn::PrincipalKind::SpiffeWorkload
+    {
+        return spiffe_identity_of(f, spec);
     }
     if !spec.claims.is_empty() {
         return Err(PolicyToolError::BadRequest(
@@ -914,6 +982,66 @@ mod tests {
             assert!(err.to_string().contains("longer than 1024 bytes"), "{err}");
         }
         assert!(check_principal(snapshot, &spec("github/", None)).is_err());
+    }
+
+    /// `FED/spiffe://TD/PATH` of a SpiffeFederation is the workload the server's
+    /// `Identity::of_spiffe_workload` makes (the Kubernetes workload its path names
+    /// included); a malformed SPIFFE ID, one of another trust domain, a foreign issuer or
+    /// ServiceAccount/OIDC extras are refused clearly.
+    #[test]
+    fn a_spiffe_federations_principal_is_a_spiffe_workload() {
+        use crate::policy::testing::{spiffe_federation, tree};
+        let (_dir, tree) = tree(&[spiffe_federation("spire", "example.org")], &[]);
+        let snapshot = &tree.snapshot;
+        assert!(snapshot.errors.is_empty(), "{:?}", snapshot.errors);
+        let mut notes = Vec::new();
+        let path = "spire/spiffe://example.org/ns/prod/sa/api";
+        check_principal(snapshot, &spec(path, None)).expect("a workload");
+        let id = identity_of(snapshot, &spec(path, None), &mut notes).expect("a workload");
+        assert_eq!(
+            Some(id.clone()),
+            Identity::of_spiffe_workload("spire", "spiffe://example.org/ns/prod/sa/api")
+        );
+        assert_eq!(id.kind(), crate::authn::PrincipalKind::SpiffeWorkload);
+        assert_eq!(id.issuer, "spiffe://example.org");
+        assert_eq!(
+            id.principal.workload().map(|sa| sa.name.as_str()),
+            Some("api")
+        );
+        assert!(notes.is_empty(), "{notes:?}");
+        let same_issuer = spec(path, Some("spiffe://example.org"));
+        assert!(identity_of(snapshot, &same_issuer, &mut notes).is_ok());
+        for (bad, why) in [
+            (
+                "spire/spiffe://example.net/ns/prod/sa/api",
+                "not example.org",
+            ),
+            ("spire/spiffe://Example.org/x", "not a workload SPIFFE ID"),
+            ("spire/spiffe://example.org", "not a workload SPIFFE ID"),
+            (
+                "spire/spiffe://example.org/a//b",
+                "not a workload SPIFFE ID",
+            ),
+            ("spire/https://example.org/x", "not a workload SPIFFE ID"),
+            ("spire/ns/sa", "not a workload SPIFFE ID"),
+            ("spire/", "FEDERATION/spiffe://TRUST-DOMAIN/PATH"),
+        ] {
+            for result in [
+                check_principal(snapshot, &spec(bad, None)),
+                identity_of(snapshot, &spec(bad, None), &mut notes).map(|_| ()),
+            ] {
+                let err = result.expect_err(bad);
+                assert!(err.to_string().contains(why), "{bad}: {err}");
+            }
+        }
+        let other_issuer = spec(path, Some("https://example.org"));
+        assert!(identity_of(snapshot, &other_issuer, &mut notes).is_err());
+        let mut with_claims = spec(path, None);
+        with_claims.claims = [("a".to_owned(), "b".to_owned())].into();
+        assert!(identity_of(snapshot, &with_claims, &mut notes).is_err());
+        let mut with_pod = spec(path, None);
+        with_pod.pod_name = Some("p".into());
+        assert!(identity_of(snapshot, &with_pod, &mut notes).is_err());
     }
 
     #[test]

@@ -315,6 +315,9 @@ fn broad_subjects(
                 "subject {subject:?} matches every subject of {} {fed}: any token that federation accepts gets what this Authorization grants (name the subject, or narrow the glob, e.g. repo:ORG/REPO:*)",
                 a.spec().federation_ref.kind
             ),
+            PrincipalKind::SpiffeWorkload if names::matches_every_workload(subject) => format!(
+                "subject {subject:?} matches every workload of the trust domain of SpiffeFederation {fed}: any JWT-SVID that federation accepts gets what this Authorization grants (name the workload, or narrow the glob, e.g. spiffe://TRUST-DOMAIN/ns/NAMESPACE/*)"
+            ),
             _ => continue,
         };
         let problem = validate::object_problem(
@@ -328,14 +331,19 @@ fn broad_subjects(
         out.push(warn("broad-subject", problem));
     }
     // Hand-written permits that grant something to any caller of a federation (its
-    // `FED/*/*` or `FED/*`).
+    // `FED/*/*`, `FED/*` or `FED/spiffe://TD/*`).
     type Feds<'a> = BTreeSet<(PrincipalKind, &'a str)>;
     let mut by_policy: BTreeMap<&str, (Feds, Vec<usize>)> = BTreeMap::new();
+    // Each federation's "any other" principal, as evaluated.
+    let mut any_label: BTreeMap<&str, String> = BTreeMap::new();
     for (i, (r, o)) in universe.requests.iter().zip(outcomes).enumerate() {
         let p = &universe.principals[r.principal];
         if !o.decided || !p.is_any() {
             continue;
         }
+        any_label
+            .entry(p.federation.as_str())
+            .or_insert_with(|| p.label());
         for id in &o.policies {
             let hand_written = tree
                 .listing
@@ -350,16 +358,15 @@ fn broad_subjects(
     }
     for (id, (feds, requests)) in by_policy {
         let mut whom = Vec::new();
-        for (kind, what, any) in [
+        for (kind, what) in [
             (
                 PrincipalKind::ServiceAccount,
                 "any ServiceAccount of KubernetesFederation",
-                "/*/*",
             ),
+            (PrincipalKind::OidcSubject, "any subject of OIDC federation"),
             (
-                PrincipalKind::OidcSubject,
-                "any subject of OIDC federation",
-                "/*",
+                PrincipalKind::SpiffeWorkload,
+                "any workload of SpiffeFederation",
             ),
         ] {
             let of_kind: Vec<&str> = feds
@@ -369,9 +376,9 @@ fn broad_subjects(
                 .collect();
             if let Some(first) = of_kind.first() {
                 whom.push(format!(
-                    "{what} {} (evaluated as {}{any})",
+                    "{what} {} (evaluated as {})",
                     printable(&of_kind.join(", "), usize::MAX),
-                    printable(first, usize::MAX)
+                    any_label.get(first).cloned().unwrap_or_default()
                 ));
             }
         }
@@ -789,6 +796,56 @@ mod tests {
         assert_eq!(
             report.findings[2].problem.span.as_ref().map(|s| s.line),
             idle
+        );
+    }
+
+    /// The rules about subjects apply to SpiffeFederations: a `spiffeID` glob matching
+    /// every workload of the trust domain is broad (one narrowed to a namespace is not),
+    /// and so is a hand-written permit for any workload (`FED/spiffe://TD/*`).
+    #[test]
+    fn subject_rules_apply_to_spiffe_federations() {
+        use crate::policy::testing::{spiffe_authorization, spiffe_federation};
+        let grants = "  allowedClusterSecretStores: [main]\n  allowedRemoteKeys: {main: [ci/*]}\n";
+        let (_dir, tree) = tree(
+            &[
+                spiffe_federation("spire", "example.org"),
+                store("main"),
+                spiffe_authorization("all", "spire", "spiffe://example.org/*", grants),
+                spiffe_authorization("prod", "spire", "spiffe://example.org/ns/prod/*", grants),
+            ],
+            &[(
+                "wide.cedar",
+                "permit (principal is Esi::SpiffeWorkload in Esi::Federation::\"spire\", action == Esi::Action::\"find\", resource == Esi::Store::\"main\");\n",
+            )],
+        );
+        assert!(
+            tree.snapshot.errors.is_empty(),
+            "{:?}",
+            tree.snapshot.errors
+        );
+        let report = lint(&tree, 100_000);
+        let expected: Vec<(&str, String)> = vec![
+            ("broad-subject", "Authorization/all".into()),
+            ("broad-subject", "policy wide/0".into()),
+        ];
+        assert_eq!(rules(&report), expected, "{}", report.render());
+        let messages: Vec<&str> = report
+            .findings
+            .iter()
+            .map(|f| f.problem.message.as_str())
+            .collect();
+        assert!(
+            messages[0]
+                .contains("matches every workload of the trust domain of SpiffeFederation spire"),
+            "{}",
+            messages[0]
+        );
+        assert!(
+            messages[1].contains(
+                "permits any workload of SpiffeFederation spire (evaluated as spire/spiffe://example.org/*): find main"
+            ),
+            "{}",
+            messages[1]
         );
     }
 }

@@ -303,6 +303,28 @@ spec:
         )
     }
 
+    /// A SpiffeFederation `name` of trust domain `td` with a static bundle.
+    pub fn spiffe_federation(name: &str, td: &str) -> String {
+        format!(
+            r#"apiVersion: identity.federation.external-secrets.io/v1alpha1
+kind: SpiffeFederation
+metadata: {{name: {name}}}
+spec:
+  trustDomain: {td}
+  audiences: [esi]
+  bundle: '{{"keys": [{{"kty": "EC", "use": "jwt-svid", "crv": "P-256", "x": "haeMVoAV7dT5dXsoSvSni6Cc7MezOw4ptr7FFXCBKJs", "y": "BpvYuWiV4yKbO4cYVS1DNUtZl3sly2wYDOlxnm0xAuE", "kid": "k"}}]}}'
+"#
+        )
+    }
+
+    /// An Authorization `name` of SpiffeFederation `fed` for `spiffe_id` (a `spiffeID`
+    /// subject), with `grants` as for [`authorization`].
+    pub fn spiffe_authorization(name: &str, fed: &str, spiffe_id: &str, grants: &str) -> String {
+        format!(
+            "apiVersion: federation.external-secrets.io/v1alpha1\nkind: Authorization\nmetadata: {{name: {name}}}\nspec:\n  federationRef: {{kind: SpiffeFederation, name: {fed}}}\n  subject: {{spiffe: {{spiffeID: '{spiffe_id}'}}}}\n{grants}"
+        )
+    }
+
     /// Federation `alpha`, store `main`, and Authorization `app` giving `apps/app` all of
     /// `main`; tests add what they need.
     pub fn app_world() -> Vec<String> {

@@ -7,10 +7,12 @@
 //!   `KubernetesFederation`, an exact `system:serviceaccount:NS:SA` subject is that
 //!   ServiceAccount and a glob gets one representative ([`representative`]); for an OIDC
 //!   federation (`OIDCFederation`, `OktaFederation`, `PingIdentityFederation`) the subject
-//!   is an OIDC subject, a glob its own representative. The key globs of
+//!   is an OIDC subject, a glob its own representative; for a `SpiffeFederation` the
+//!   `spiffeID` is a SPIFFE workload (checked with the server's parser), a glob its own
+//!   representative. The key globs of
 //!   `allowedRemoteKeys` per store, the namespaces of `allowedGeneratorStates`.
 //! * Hand-written policies (their JSON form, walked): entity literals (`Federation`,
-//!   `Namespace`, `ServiceAccount`, `OidcSubject`, `Store`, `RemoteKey`,
+//!   `Namespace`, `ServiceAccount`, `OidcSubject`, `SpiffeWorkload`, `Store`, `RemoteKey`,
 //!   `GeneratorStates`) and string literals or `like` patterns compared with
 //!   `principal.{federation, namespace, name, subject}` and `resource.{store, key, name,
 //!   namespace}`. Within one policy they are combined (its namespaces with its
@@ -23,14 +25,14 @@
 //! name holds and no exact subject an Authorization names holds (a subject with `*` is a
 //! glob), so it matches the globs and patterns that cover it and no exact name. Every
 //! federation gets its "any other" principal: `FED/*/*` for a Kubernetes federation, `FED/*`
-//! for an OIDC one.
+//! for an OIDC one, `FED/spiffe://TD/*` for a SPIFFE one (a SPIFFE ID holds no `*`).
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
 
 use super::Tree;
-use crate::authn::{MAX_CLAIM_VALUE_BYTES, PrincipalKind};
+use crate::authn::{MAX_CLAIM_VALUE_BYTES, MAX_SPIFFE_ID_BYTES, PrincipalKind, parse_workload_id};
 use crate::authz::PolicySource;
 use crate::support::text::printable;
 
@@ -39,14 +41,14 @@ pub const MAX_PRINCIPALS: usize = 10_000;
 /// Most keys (literals and patterns) one tree may contribute.
 pub const MAX_KEYS: usize = 10_000;
 
-/// A caller of a federation: a ServiceAccount or an OIDC subject. Ordered by federation,
+/// A caller of a federation: a ServiceAccount, an OIDC subject or a SPIFFE workload. Ordered by federation,
 /// then kind, then name, so a federation's principals are together.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 pub struct PrincipalName {
     /// The federation (`metadata.name`; names are unique across federation kinds).
     pub federation: String,
     /// Who, by kind. JSON: `"type": "ServiceAccount", "namespace", "name"` or
-    /// `"type": "OidcSubject", "subject"`.
+    /// `"type": "OidcSubject", "subject"` or `"type": "SpiffeWorkload", "spiffeID"`.
     #[serde(flatten)]
     pub caller: Caller,
 }
@@ -69,6 +71,15 @@ pub enum Caller {
     OidcSubject {
         /// The subject.
         subject: String,
+    },
+    /// A workload of a `SpiffeFederation`, by its SPIFFE ID (`spiffe://TD/PATH`, the
+    /// token subject), at most [`MAX_SPIFFE_ID_BYTES`]; a `*` in it means "any other" (a
+    /// `spiffeID` glob's representative is the glob itself; the federation's "any other"
+    /// is `spiffe://TD/*`, or `*` when its trust domain is unknown).
+    SpiffeWorkload {
+        /// The SPIFFE ID, or a glob over its path. JSON: `spiffeID`.
+        #[serde(rename = "spiffeID")]
+        spiffe_id: String,
     },
 }
 
@@ -94,16 +105,27 @@ impl PrincipalName {
         }
     }
 
+    /// SPIFFE workload `spiffe_id` of `federation`.
+    pub fn spiffe_workload(federation: &str, spiffe_id: &str) -> PrincipalName {
+        PrincipalName {
+            federation: federation.to_owned(),
+            caller: Caller::SpiffeWorkload {
+                spiffe_id: spiffe_id.to_owned(),
+            },
+        }
+    }
+
     /// The kind of caller (Cedar type).
     pub fn kind(&self) -> PrincipalKind {
         match self.caller {
             Caller::ServiceAccount { .. } => PrincipalKind::ServiceAccount,
             Caller::OidcSubject { .. } => PrincipalKind::OidcSubject,
+            Caller::SpiffeWorkload { .. } => PrincipalKind::SpiffeWorkload,
         }
     }
 
     /// As `explain --principal` takes it: `FED/NS/SA` for a ServiceAccount, `FED/SUBJECT`
-    /// for an OIDC subject; control and bidirectional characters escaped
+    /// for an OIDC subject, `FED/SPIFFE-ID` for a SPIFFE workload; control and bidirectional characters escaped
     /// ([`printable`]), so a subject cannot forge a line of output.
     pub fn label(&self) -> String {
         let raw = match &self.caller {
@@ -111,6 +133,7 @@ impl PrincipalName {
                 format!("{}/{namespace}/{name}", self.federation)
             }
             Caller::OidcSubject { subject } => format!("{}/{subject}", self.federation),
+            Caller::SpiffeWorkload { spiffe_id } => format!("{}/{spiffe_id}", self.federation),
         };
         printable(&raw, usize::MAX)
     }
@@ -122,6 +145,7 @@ impl PrincipalName {
                 format!("system:serviceaccount:{namespace}:{name}")
             }
             Caller::OidcSubject { subject } => subject.clone(),
+            Caller::SpiffeWorkload { spiffe_id } => spiffe_id.clone(),
         }
     }
 
@@ -133,23 +157,29 @@ impl PrincipalName {
                 namespace.contains('*') || name.contains('*')
             }
             Caller::OidcSubject { subject } => subject.contains('*'),
+            Caller::SpiffeWorkload { spiffe_id } => spiffe_id.contains('*'),
         };
         open.then(|| self.subject())
     }
 
-    /// Whether this is the federation's "any other" principal: `FED/*/*` or `FED/*`.
+    /// Whether this is the federation's "any other" principal: `FED/*/*`, `FED/*`, or
+    /// `FED/spiffe://TD/*` (a glob matching every workload of its trust domain).
     pub fn is_any(&self) -> bool {
         match &self.caller {
             Caller::ServiceAccount { namespace, name } => namespace == "*" && name == "*",
             Caller::OidcSubject { subject } => subject == "*",
+            Caller::SpiffeWorkload { spiffe_id } => {
+                spiffe_id == "*" || matches_every_workload(spiffe_id)
+            }
         }
     }
 
-    /// What it is, for text: `ServiceAccount` or `subject`.
+    /// What it is, for text: `ServiceAccount`, `subject` or `SPIFFE workload`.
     pub fn noun(&self) -> &'static str {
         match self.caller {
             Caller::ServiceAccount { .. } => "ServiceAccount",
             Caller::OidcSubject { .. } => "subject",
+            Caller::SpiffeWorkload { .. } => "SPIFFE workload",
         }
     }
 }
@@ -224,7 +254,21 @@ impl Names {
         }
         for fed in names.federations.clone() {
             let kind = names.kind_of(&fed);
-            names.add_subject(&fed, kind, "*");
+            let any = match kind {
+                // Every workload of its trust domain: the loaded federation's, else the
+                // one its Authorizations name (`spiffe://TD`).
+                PrincipalKind::SpiffeWorkload => tree
+                    .snapshot
+                    .federations
+                    .iter()
+                    .find(|f| f.name() == fed)
+                    .and_then(|f| f.trust_domain())
+                    .map(|td| format!("spiffe://{td}"))
+                    .or_else(|| names.issuers.get(&fed).and_then(|i| i.first().cloned()))
+                    .map_or_else(|| "*".to_owned(), |td| format!("{td}/*")),
+                _ => "*".to_owned(),
+            };
+            names.add_subject(&fed, kind, &any);
         }
         names
     }
@@ -329,6 +373,26 @@ impl Names {
                 }
             }
             PrincipalKind::OidcSubject => self.add_oidc_subject(federation, subject),
+            PrincipalKind::SpiffeWorkload => self.add_spiffe_workload(federation, subject),
+        }
+    }
+
+    /// A SPIFFE ID as JWT-SVID verification accepts it ([`parse_workload_id`]), or a glob
+    /// over one (runs of `*` made one) that some such ID can match: the glob with each `*`
+    /// filled by a path character parses as a workload ID ([`spiffe_filled`]). `*` alone is
+    /// kept (the "any other" of a federation whose trust domain is unknown).
+    fn add_spiffe_workload(&mut self, federation: &str, spiffe_id: &str) {
+        let mut collapsed = String::with_capacity(spiffe_id.len());
+        for c in spiffe_id.chars() {
+            if !(c == '*' && collapsed.ends_with('*')) {
+                collapsed.push(c);
+            }
+        }
+        let accepted = collapsed == "*"
+            || (collapsed.len() <= MAX_SPIFFE_ID_BYTES
+                && parse_workload_id(&spiffe_filled(&collapsed)).is_ok());
+        if accepted {
+            self.insert(PrincipalName::spiffe_workload(federation, &collapsed));
         }
     }
 
@@ -345,6 +409,9 @@ impl Names {
         }
         for (f, subject) in &facts.oidc_subjects {
             self.add_oidc_subject(f, subject);
+        }
+        for (f, spiffe_id) in &facts.spiffe_workloads {
+            self.add_spiffe_workload(f, spiffe_id);
         }
         let mut names: Vec<&str> = facts.sa_names.iter().map(String::as_str).collect();
         names.push("*");
@@ -452,6 +519,30 @@ pub fn matches_every_subject(glob: &str) -> bool {
     !glob.is_empty() && glob.chars().all(|c| c == '*')
 }
 
+/// Whether a `spiffeID` glob (`spiffe://TD/…`) matches every workload SPIFFE ID of its
+/// trust domain `TD`. Exact, as [`matches_every_service_account`]: with `x` a character
+/// the glob does not hold, it matches `spiffe://TD/x` only by consuming `x` with a
+/// wildcard, which then matches any path in its place.
+pub fn matches_every_workload(glob: &str) -> bool {
+    let Some(td) = glob
+        .strip_prefix("spiffe://")
+        .and_then(|rest| rest.split('/').next())
+        .filter(|td| !td.is_empty() && !td.contains('*'))
+    else {
+        return false;
+    };
+    match ('\u{e000}'..='\u{f8ff}').find(|c| !glob.contains(*c)) {
+        Some(x) => glob_matches(glob, &format!("spiffe://{td}/{x}")),
+        None => false,
+    }
+}
+
+/// A SPIFFE ID glob with each `*` filled by `x` (a SPIFFE ID path character): a workload
+/// ID the glob matches when the glob is one JWT-SVID verification can meet.
+pub fn spiffe_filled(glob: &str) -> String {
+    glob.replace('*', "x")
+}
+
 /// The representative ServiceAccount `(namespace, name)` of a subject glob: the glob with
 /// each `*` filled so that it reads as a ServiceAccount subject, keeping `*` itself
 /// wherever a namespace or name is left open. `system:serviceaccount:reporting:*` gives
@@ -506,6 +597,8 @@ struct PolicyFacts {
     service_accounts: BTreeSet<(String, String, String)>,
     /// `OidcSubject` literals: `(federation, subject)`.
     oidc_subjects: BTreeSet<(String, String)>,
+    /// `SpiffeWorkload` literals: `(federation, SPIFFE ID)`.
+    spiffe_workloads: BTreeSet<(String, String)>,
     sa_names: BTreeSet<String>,
     subjects: BTreeSet<String>,
     stores: BTreeSet<String>,
@@ -659,6 +752,14 @@ impl PolicyFacts {
                         .insert((f.to_owned(), subject.to_owned()));
                 }
             }
+            "SpiffeWorkload" => {
+                // `<federation>/<SPIFFE ID>`, as the engine names the entity.
+                if let Some((f, spiffe_id)) = id.split_once('/') {
+                    self.federations.insert(f.to_owned());
+                    self.spiffe_workloads
+                        .insert((f.to_owned(), spiffe_id.to_owned()));
+                }
+            }
             "Store" => {
                 self.stores.insert(id.to_owned());
             }
@@ -794,6 +895,94 @@ mod tests {
         );
         assert_eq!(federations_named_by(&policy), facts.federations);
     }
+    /// SPIFFE workloads are principals of their SpiffeFederation: exact `spiffeID`s,
+    /// globs (their own representatives), `SpiffeWorkload` literals and
+    /// `principal.subject` patterns of hand-written policies, and the federation's "any
+    /// other", `FED/spiffe://TD/*`; malformed IDs name no principal.
+    #[test]
+    fn spiffe_workloads_are_principals_of_their_federation() {
+        use crate::policy::testing::{spiffe_authorization, spiffe_federation, store, tree};
+        let grants = "  allowedClusterSecretStores: [main]\n";
+        let (_dir, tree) = tree(
+            &[
+                spiffe_federation("spire", "example.org"),
+                store("main"),
+                spiffe_authorization(
+                    "api",
+                    "spire",
+                    "spiffe://example.org/ns/prod/sa/api",
+                    grants,
+                ),
+                spiffe_authorization("prod", "spire", "spiffe://example.org/ns/prod/**", grants),
+            ],
+            &[(
+                "p.cedar",
+                "permit (principal == Esi::SpiffeWorkload::\"spire/spiffe://example.org/batch\", action, resource);\n\
+                 forbid (principal == Esi::SpiffeWorkload::\"spire/spiffe://Bad/x\", action, resource);\n\
+                 forbid (principal, action, resource) when { principal.subject like \"spiffe://example.org/ns/sandbox/*\" };\n",
+            )],
+        );
+        assert!(
+            tree.snapshot.errors.is_empty(),
+            "{:?}",
+            tree.snapshot.errors
+        );
+        let names = Names::of(&tree);
+        assert_eq!(names.kind_of("spire"), PrincipalKind::SpiffeWorkload);
+        let found: Vec<(String, PrincipalKind)> = names
+            .principals
+            .iter()
+            .map(|p| (p.label(), p.kind()))
+            .collect();
+        let w = PrincipalKind::SpiffeWorkload;
+        let expected: Vec<(String, PrincipalKind)> = [
+            "spire/spiffe://example.org/*",
+            "spire/spiffe://example.org/batch",
+            "spire/spiffe://example.org/ns/prod/*",
+            "spire/spiffe://example.org/ns/prod/sa/api",
+            "spire/spiffe://example.org/ns/sandbox/*",
+        ]
+        .iter()
+        .map(|l| (l.to_string(), w))
+        .collect();
+        assert_eq!(found, expected);
+        let any = PrincipalName::spiffe_workload("spire", "spiffe://example.org/*");
+        assert!(any.is_any());
+        let glob = PrincipalName::spiffe_workload("spire", "spiffe://example.org/ns/prod/*");
+        assert!(!glob.is_any());
+        assert_eq!(
+            glob.represents().as_deref(),
+            Some("spiffe://example.org/ns/prod/*")
+        );
+        assert_eq!(
+            serde_json::to_value(&glob).unwrap(),
+            serde_json::json!({"federation": "spire", "type": "SpiffeWorkload", "spiffeID": "spiffe://example.org/ns/prod/*"})
+        );
+        // Control characters cannot forge a line.
+        assert_eq!(
+            PrincipalName::spiffe_workload("spire", "spiffe://example.org/a\nb").label(),
+            printable("spire/spiffe://example.org/a\nb", usize::MAX)
+        );
+    }
+
+    #[test]
+    fn every_workload_of_a_trust_domain_is_decided_exactly() {
+        for broad in ["spiffe://td/*", "spiffe://td/**", "spiffe://td/*/*"] {
+            // `/*/*` needs a second `/`: not every workload.
+            let every = broad != "spiffe://td/*/*";
+            assert_eq!(matches_every_workload(broad), every, "{broad}");
+        }
+        for narrow in [
+            "spiffe://td/ns/*",
+            "spiffe://td/x",
+            "spiffe://*/x",
+            "*",
+            "spiffe://td",
+        ] {
+            assert!(!matches_every_workload(narrow), "{narrow}");
+        }
+    }
+
     /// Issue 13: an OIDC federation's subjects are principals of their own kind, named by
     /// Authorizations (exact, and a glob as its own representative) and by hand-written
     /// policies (`OidcSubject` literals, `principal.subject` patterns); its "any other" is

@@ -236,6 +236,10 @@ pub fn report(
                 "<span class=\"kind\">OIDC subject</span>".to_owned(),
                 shown(subject),
             ),
+            Caller::SpiffeWorkload { spiffe_id } => (
+                "<span class=\"kind\">SPIFFE workload</span>".to_owned(),
+                shown(spiffe_id),
+            ),
         };
         let _ = write!(
             html,

@@ -6,8 +6,9 @@
 //!   one representative per subject glob (a ServiceAccount glob's
 //!   [`super::names::representative`], `*` kept where a namespace or name is open; an OIDC
 //!   subject glob is itself); the ServiceAccounts, OIDC subjects, namespaces and names
-//!   hand-written policies mention; and, per federation, "any other": `FED/*/*` for a
-//!   Kubernetes federation, `FED/*` for an OIDC one ([`super::names`]);
+//!   hand-written policies mention; SPIFFE workloads as OIDC subjects; and, per federation,
+//!   "any other": `FED/*/*` for a Kubernetes federation, `FED/*` for an OIDC one,
+//!   `FED/spiffe://TD/*` for a SPIFFE one ([`super::names`]);
 //! * **probes** (resources with their actions): per ClusterSecretStore loaded by either
 //!   tree, `get` of every key and key pattern named for it (or for no store in
 //!   particular), `get` of one other key that matches none of them, and `find`; per
@@ -15,8 +16,8 @@
 //!   by `allowedGeneratorStates` (or a policy), `revokeStates`.
 //!
 //! Each request is resolved per tree as the server would resolve it (the identity token
-//! verification gives: [`Identity::of_service_account`] or [`Identity::of_oidc_subject`],
-//! an OIDC subject without claims; the federation's
+//! verification gives: [`Identity::of_service_account`], [`Identity::of_oidc_subject`]
+//! (an OIDC subject without claims) or [`Identity::of_spiffe_workload`]; the federation's
 //! configured issuer, else the one its Authorizations name; the store's canonical form of
 //! the key, [`crate::api::key_target`]) and decided by that tree's engine
 //! ([`crate::authz::PolicyEngine::decide`]). The effective answer also says whether the
@@ -329,6 +330,7 @@ impl Universe {
                     match p.kind() {
                         PrincipalKind::ServiceAccount => "KubernetesFederation",
                         PrincipalKind::OidcSubject => "OIDC federation",
+                        PrincipalKind::SpiffeWorkload => "SpiffeFederation",
                     },
                     p.federation
                 ));
@@ -375,6 +377,13 @@ impl Universe {
                     federation.filter(|f| f.kind().principal_kind() == PrincipalKind::OidcSubject)
                 {
                     identity.federation_kind = f.kind();
+                }
+                identity
+            }
+            Caller::SpiffeWorkload { spiffe_id } => {
+                let (identity, why) = spiffe_identity(&p.federation, federation, spiffe_id);
+                if let Some(why) = why {
+                    unreachable.get_or_insert(why);
                 }
                 identity
             }
@@ -491,6 +500,56 @@ pub struct Outcome {
     /// Why the server would refuse it whatever the policies say.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unreachable: Option<String>,
+}
+
+/// The identity JWT-SVID verification gives workload `spiffe_id` of `federation`
+/// ([`Identity::of_spiffe_workload`]), and why the server would refuse its token, if it
+/// would: a trust domain other than the loaded federation's. A glob (a representative) is
+/// built from its filling ([`super::names::spiffe_filled`]) and then carries the glob
+/// itself as its subject and path, so it matches the globs and patterns that cover it and
+/// no exact ID (no SPIFFE ID holds `*`), as an OIDC representative does.
+fn spiffe_identity(
+    federation: &str,
+    loaded: Option<&crate::authn::Federation>,
+    spiffe_id: &str,
+) -> (Identity, Option<String>) {
+    let filled = super::names::spiffe_filled(spiffe_id);
+    let Some(mut identity) = Identity::of_spiffe_workload(federation, &filled)
+        .or_else(|| Identity::of_spiffe_workload(federation, "spiffe://unknown.invalid/x"))
+    else {
+        // Unreachable: a fixed valid ID; an empty identity matches no policy.
+        return (
+            Identity::of_oidc_subject(federation, "", "", &[]),
+            Some(format!("{spiffe_id} is not a SPIFFE ID")),
+        );
+    };
+    let mut why = None;
+    if filled != spiffe_id {
+        if let crate::authn::Principal::SpiffeWorkload {
+            trust_domain,
+            path,
+            kubernetes,
+        } = &mut identity.principal
+        {
+            let glob_path = spiffe_id
+                .strip_prefix("spiffe://")
+                .and_then(|rest| rest.strip_prefix(trust_domain.as_str()))
+                .unwrap_or_default();
+            *path = glob_path.to_owned();
+            *kubernetes = None;
+        }
+        identity.subject = spiffe_id.to_owned();
+    }
+    if let (Some(f), crate::authn::Principal::SpiffeWorkload { trust_domain, .. }) =
+        (loaded, &identity.principal)
+        && let Some(td) = f.trust_domain()
+        && td != trust_domain
+    {
+        why = Some(format!(
+            "SpiffeFederation {federation} verifies JWT-SVIDs of trust domain {td}, not {trust_domain}: its tokens are refused"
+        ));
+    }
+    (identity, why)
 }
 
 #[cfg(test)]
@@ -723,6 +782,105 @@ mod tests {
                 .is_some_and(|w| w.contains("OIDCFederation github proves OidcSubject callers")),
             "{:?}",
             outcomes[sa]
+        );
+    }
+
+    /// SPIFFE workloads are resolved to the identity `explain` builds for
+    /// `FED/spiffe://TD/PATH` (the server's `Identity::of_spiffe_workload`) and decided by
+    /// the engine: the exact ID, a glob's representative and "any other" each get what
+    /// the server would give them; an ID of another trust domain is refused.
+    #[test]
+    fn spiffe_workloads_are_resolved_and_decided_as_the_server_does() {
+        use crate::policy::explain::{PrincipalSpec, identity_of};
+        use crate::policy::testing::{spiffe_authorization, spiffe_federation, store};
+        let world = [
+            spiffe_federation("spire", "example.org"),
+            store("main"),
+            spiffe_authorization(
+                "api",
+                "spire",
+                "spiffe://example.org/ns/prod/sa/api",
+                "  allowedClusterSecretStores: [main]\n",
+            ),
+            spiffe_authorization(
+                "prod",
+                "spire",
+                "spiffe://example.org/ns/prod/*",
+                "  allowedClusterSecretStores: [main]\n  allowedRemoteKeys: {main: [prod/*]}\n",
+            ),
+        ];
+        let (_dir, tree) = tree(
+            &world,
+            &[(
+                "p.cedar",
+                "@id(\"elsewhere\")\npermit (principal == Esi::SpiffeWorkload::\"spire/spiffe://example.net/x\", action, resource);\n",
+            )],
+        );
+        assert!(
+            tree.snapshot.errors.is_empty(),
+            "{:?}",
+            tree.snapshot.errors
+        );
+        let u = Universe::of(&[&tree], DEFAULT_MAX_REQUESTS);
+        let principals: Vec<String> = u.principals.iter().map(PrincipalName::label).collect();
+        assert_eq!(
+            principals,
+            [
+                "spire/spiffe://example.net/x",
+                "spire/spiffe://example.org/*",
+                "spire/spiffe://example.org/ns/prod/*",
+                "spire/spiffe://example.org/ns/prod/sa/api",
+            ]
+        );
+        let outcomes = u.evaluate(&tree);
+        let mut allowed = Vec::new();
+        for (r, o) in u.requests.iter().zip(&outcomes) {
+            let p = &u.principals[r.principal];
+            let resolved = u.resolve(&tree, r);
+            assert_eq!(resolved.identity.kind(), PrincipalKind::SpiffeWorkload);
+            match p.represents() {
+                None if p.label().contains("example.org") => {
+                    // The identity `explain --principal FED/SPIFFE-ID` decides.
+                    let spec = PrincipalSpec {
+                        path: p.label(),
+                        ..Default::default()
+                    };
+                    let explained =
+                        identity_of(&tree.snapshot, &spec, &mut Vec::new()).expect("identity");
+                    assert_eq!(resolved.identity, explained, "{}", p.label());
+                    assert!(o.unreachable.is_none(), "{o:?}");
+                }
+                None => {
+                    let why = o.unreachable.as_deref().unwrap_or_default();
+                    assert!(
+                        why.contains("trust domain example.org, not example.net"),
+                        "{why}"
+                    );
+                }
+                Some(glob) => {
+                    assert_eq!(resolved.identity.subject, glob);
+                    assert_eq!(resolved.identity.issuer, "spiffe://example.org");
+                    assert!(o.unreachable.is_none(), "{o:?}");
+                }
+            }
+            if o.allowed && o.unreachable.is_none() {
+                allowed.push(format!(
+                    "{} {} {} by {}",
+                    p.label(),
+                    r.action,
+                    u.probes[r.probe].label(),
+                    o.policies.join(",")
+                ));
+            }
+        }
+        assert_eq!(
+            allowed,
+            [
+                "spire/spiffe://example.org/ns/prod/* get main:prod/* by authorization/prod/remote-keys",
+                "spire/spiffe://example.org/ns/prod/sa/api get main:prod/* by authorization/api/stores,authorization/prod/remote-keys",
+                "spire/spiffe://example.org/ns/prod/sa/api get main:(any other key) by authorization/api/stores",
+                "spire/spiffe://example.org/ns/prod/sa/api find main by authorization/api/stores",
+            ]
         );
     }
 }
