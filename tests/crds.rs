@@ -559,11 +559,10 @@ fn ese_crd_form_objects_validate_against_ours() {
         assert_valid(&format!("{what} (ESE)"), &ese_schema(kind), &obj);
         assert_valid(what, &ours_schema(kind), &obj);
     }
-    // The server serves the OIDC form (and refuses SPIFFE, which it does not serve: that is
-    // reported in the object's status, not by the schema, since ESE's CRD allows it).
+    // The server serves both subject forms: OIDC and SPIFFE (JWT-SVIDs, docs/identities.md).
     let objects = ese_form_objects();
     server_accepts("Authorization", &objects[0].2["spec"]).unwrap();
-    assert!(server_accepts("Authorization", &objects[1].2["spec"]).is_err());
+    server_accepts("Authorization", &objects[1].2["spec"]).unwrap();
     server_accepts("KubernetesFederation", &objects[2].2["spec"]).unwrap();
     // The AuthorizedIdentity reads into our type.
     let typed: AuthorizedIdentity = serde_json::from_value(objects[3].2.clone()).unwrap();
