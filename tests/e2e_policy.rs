@@ -1065,6 +1065,43 @@ fn diff_in(dir: &Path, args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// `esi-server policy diff` from `old` to `new` (their manifests and policies) with `extra`,
+/// run in `old`'s directory: (exit code, stdout, stderr).
+fn diff_trees(old: &Tree, new: &Tree, extra: &[&str]) -> (i32, String, String) {
+    let dirs = [
+        "--old-manifests".to_owned(),
+        old.path("manifests").display().to_string(),
+        "--old-policies".to_owned(),
+        old.path("policies").display().to_string(),
+        "--manifests".to_owned(),
+        new.path("manifests").display().to_string(),
+        "--policies".to_owned(),
+        new.path("policies").display().to_string(),
+    ];
+    let mut args: Vec<&str> = dirs.iter().map(String::as_str).collect();
+    args.extend_from_slice(extra);
+    diff_in(old.dir.path(), &args)
+}
+
+/// The changes of a `policy diff --json` answer: (change, principal label, action, resource
+/// label, the new tree's determining policies).
+fn change_rows(d: &Value) -> Vec<(String, String, String, String, Value)> {
+    d["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["change"].as_str().unwrap().to_owned(),
+                c["principal_label"].as_str().unwrap().to_owned(),
+                c["action"].as_str().unwrap().to_owned(),
+                c["resource_label"].as_str().unwrap().to_owned(),
+                c["new"]["policies"].clone(),
+            )
+        })
+        .collect()
+}
+
 /// `diff` between two directory trees: a glob widened from one ServiceAccount to the
 /// whole federation is a gain for every principal it now covers, computed by the engines;
 /// text, `--json`, `--markdown`, and the exit codes.
@@ -1074,25 +1111,7 @@ fn diff_detects_a_widened_glob() {
     let new_world = reporting_world("system:serviceaccount:*");
     let old = Tree::new(&[("world.yaml", &old_world)], &[("no-k2.cedar", FORBID_K2)]);
     let new = Tree::new(&[("world.yaml", &new_world)], &[("no-k2.cedar", FORBID_K2)]);
-    let dirs = |extra: &[&str]| {
-        let mut args: Vec<String> = vec![
-            "--old-manifests".into(),
-            old.path("manifests").display().to_string(),
-            "--old-policies".into(),
-            old.path("policies").display().to_string(),
-            "--manifests".into(),
-            new.path("manifests").display().to_string(),
-            "--policies".into(),
-            new.path("policies").display().to_string(),
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        args
-    };
-    let run = |extra: &[&str]| {
-        let args = dirs(extra);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        diff_in(old.dir.path(), &args)
-    };
+    let run = |extra: &[&str]| diff_trees(&old, &new, extra);
 
     let (code, out, err) = run(&["--json"]);
     assert_eq!(code, 0, "{out}\n{err}");
@@ -1860,39 +1879,12 @@ fn diff_shows_an_oidc_subject_gaining_access() {
     ]);
     let old = Tree::new(&[("world.yaml", &old_world)], &[]);
     let new = Tree::new(&[("world.yaml", &new_world)], &[]);
-    let args: Vec<String> = vec![
-        "--old-manifests".into(),
-        old.path("manifests").display().to_string(),
-        "--old-policies".into(),
-        old.path("policies").display().to_string(),
-        "--manifests".into(),
-        new.path("manifests").display().to_string(),
-        "--policies".into(),
-        new.path("policies").display().to_string(),
-    ];
-    let run = |extra: &[&str]| {
-        let mut all: Vec<&str> = args.iter().map(String::as_str).collect();
-        all.extend_from_slice(extra);
-        diff_in(old.dir.path(), &all)
-    };
+    let run = |extra: &[&str]| diff_trees(&old, &new, extra);
 
     let (code, out, err) = run(&["--json"]);
     assert_eq!(code, 0, "{out}\n{err}");
     let d: Value = serde_json::from_str(&out).unwrap();
-    let changes: Vec<(String, String, String, String, Value)> = d["changes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| {
-            (
-                c["change"].as_str().unwrap().to_owned(),
-                c["principal_label"].as_str().unwrap().to_owned(),
-                c["action"].as_str().unwrap().to_owned(),
-                c["resource_label"].as_str().unwrap().to_owned(),
-                c["new"]["policies"].clone(),
-            )
-        })
-        .collect();
+    let changes = change_rows(&d);
     let expected: Vec<(String, String, String, String, Value)> = vec![
         (
             "gained".into(),
@@ -2210,39 +2202,12 @@ fn diff_shows_a_spiffe_workload_gaining_access() {
     ]);
     let old = Tree::new(&[("world.yaml", &old_world)], &[]);
     let new = Tree::new(&[("world.yaml", &new_world)], &[]);
-    let args: Vec<String> = vec![
-        "--old-manifests".into(),
-        old.path("manifests").display().to_string(),
-        "--old-policies".into(),
-        old.path("policies").display().to_string(),
-        "--manifests".into(),
-        new.path("manifests").display().to_string(),
-        "--policies".into(),
-        new.path("policies").display().to_string(),
-    ];
-    let run = |extra: &[&str]| {
-        let mut all: Vec<&str> = args.iter().map(String::as_str).collect();
-        all.extend_from_slice(extra);
-        diff_in(old.dir.path(), &all)
-    };
+    let run = |extra: &[&str]| diff_trees(&old, &new, extra);
 
     let (code, out, err) = run(&["--json"]);
     assert_eq!(code, 0, "{out}\n{err}");
     let d: Value = serde_json::from_str(&out).unwrap();
-    let changes: Vec<(String, String, String, String, Value)> = d["changes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| {
-            (
-                c["change"].as_str().unwrap().to_owned(),
-                c["principal_label"].as_str().unwrap().to_owned(),
-                c["action"].as_str().unwrap().to_owned(),
-                c["resource_label"].as_str().unwrap().to_owned(),
-                c["new"]["policies"].clone(),
-            )
-        })
-        .collect();
+    let changes = change_rows(&d);
     let expected: Vec<(String, String, String, String, Value)> = vec![
         (
             "gained".into(),
