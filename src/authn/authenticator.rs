@@ -264,7 +264,9 @@ impl Authenticator {
             .and_then(|s| s.live_generation(now, &self.settings))
     }
 
-    /// Verifies `t` with the federations of its issuer. First, without waiting on anything,
+    /// Verifies `t` with the federations of its issuer — or, when its `sub` is a SPIFFE ID of
+    /// a served trust domain, with that trust domain's federations only ([`spiffe_routed`]).
+    /// First, without waiting on anything,
     /// every federation that already holds fresh keys for the token's `kid` (static keys, or
     /// fetched within their TTL) is tried, in name order. Only when none verifies it are the
     /// federations asked for keys, concurrently, each with its own fetch, timeout and
@@ -279,8 +281,12 @@ impl Authenticator {
     ) -> Result<(Identity, u64), (AuthnError, Option<String>)> {
         let s = &self.settings;
         let federations = self.federations.load_full();
+        let spiffe_routed = spiffe_routed(&federations, t);
+        let eligible = |st: &FedState| {
+            t.may_be_of(&st.fed) && (!spiffe_routed || st.fed.trust_domain().is_some())
+        };
         for st in federations.iter() {
-            if !t.may_be_of(&st.fed) {
+            if !eligible(st) {
                 continue;
             }
             let Some(ks) = st.fresh_keys(now, s) else {
@@ -297,7 +303,7 @@ impl Authenticator {
         let client_ca = ClientCa::new(client_ca_b64);
         let mut attempts: FuturesUnordered<_> = federations
             .iter()
-            .filter(|st| t.may_be_of(&st.fed))
+            .filter(|st| eligible(st))
             .map(|st| {
                 let arrived = st.arrival();
                 let client_ca = &client_ca;
@@ -372,6 +378,22 @@ impl Authenticator {
             t.check_claims(&st.fed, now, s.leeway_secs, s.max_token_lifetime.as_secs())?;
         Ok((identity, ks.generation))
     }
+}
+
+/// Whether only `SpiffeFederation`s may verify `t`: its `sub` is a SPIFFE ID of a trust
+/// domain that a `SpiffeFederation` serves. Such a token could also match another kind's
+/// federation by `iss` (SPIRE's OIDC discovery provider publishes the JWT-SVID keys as an
+/// OIDC issuer); without this rule the identity it proves (a `SpiffeWorkload` or an
+/// `OidcSubject`) would depend on federation names and on which key fetch answers first.
+/// The trust domain's bundle is the only authority for its SPIFFE IDs (JWT-SVID §3): a token
+/// of another issuer whose `sub` names one of its workloads is refused, never taken as an
+/// OIDC subject that looks like that workload in audit lines and the ledger.
+fn spiffe_routed(federations: &[Arc<FedState>], t: &ParsedToken<'_>) -> bool {
+    t.spiffe_trust_domain.as_deref().is_some_and(|td| {
+        federations
+            .iter()
+            .any(|st| st.fed.trust_domain() == Some(td))
+    })
 }
 
 /// Whether the token is the issuer's that `ks` belongs to: a `SpiffeFederation`'s tokens

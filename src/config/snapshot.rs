@@ -847,7 +847,7 @@ impl SnapshotBuilder {
                     origin: origin.clone(),
                     object: Some(object.clone()),
                     reason: format!(
-                        "shares its issuer with {} {}: a token both accept is attributed to {} (the first by name); keep them apart with boundClaims or audiences",
+                        "shares its issuer with {} {}: a token both accept is attributed to {} (the first by name, while its keys are available); keep them apart with boundClaims or audiences",
                         first.kind(),
                         first.name(),
                         first.name()
@@ -872,7 +872,7 @@ impl SnapshotBuilder {
                     origin: origin.clone(),
                     object: Some(object.clone()),
                     reason: format!(
-                        "shares its trust domain with SpiffeFederation {}: a JWT-SVID both bundles verify is attributed to {} (the first by name); keep them apart with audiences",
+                        "shares its trust domain with SpiffeFederation {}: a JWT-SVID both bundles verify is attributed to {} (the first by name, while its keys are available); keep them apart with audiences",
                         first.name(),
                         first.name()
                     ),

@@ -402,7 +402,7 @@ pub fn authn_refusal(snapshot: &Snapshot, spec: &PrincipalSpec) -> Option<Refusa
         return Some(Refusal {
             status: 401,
             reason: format!(
-                "federation {fed} does not exist (no KubernetesFederation or OIDC federation of that name is loaded); the server would answer 401"
+                "federation {fed} does not exist (no KubernetesFederation, OIDC federation or SpiffeFederation of that name is loaded); the server would answer 401"
             ),
         });
     };

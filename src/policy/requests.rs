@@ -514,13 +514,12 @@ fn spiffe_identity(
     spiffe_id: &str,
 ) -> (Identity, Option<String>) {
     let filled = super::names::spiffe_filled(spiffe_id);
-    let Some(mut identity) = Identity::of_spiffe_workload(federation, &filled)
-        .or_else(|| Identity::of_spiffe_workload(federation, "spiffe://unknown.invalid/x"))
-    else {
-        // Unreachable: a fixed valid ID; an empty identity matches no policy.
+    let Some(mut identity) = Identity::of_spiffe_workload(federation, &filled) else {
         return (
-            Identity::of_oidc_subject(federation, "", "", &[]),
-            Some(format!("{spiffe_id} is not a SPIFFE ID")),
+            unverifiable_spiffe_workload(federation, spiffe_id),
+            Some(format!(
+                "{spiffe_id} is not a workload SPIFFE ID: no JWT-SVID carries it"
+            )),
         );
     };
     let mut why = None;
@@ -550,6 +549,26 @@ fn spiffe_identity(
         ));
     }
     (identity, why)
+}
+
+/// A workload that no verified token can be (a glob or ID the SPIFFE-ID rules refuse, such
+/// as `spiffe://example.org/a/../*`), with the text as its subject and path so that only
+/// policies naming that very text match it; the caller marks it unreachable.
+fn unverifiable_spiffe_workload(federation: &str, spiffe_id: &str) -> Identity {
+    let rest = spiffe_id.strip_prefix("spiffe://").unwrap_or(spiffe_id);
+    let (trust_domain, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    Identity {
+        federation: federation.to_owned(),
+        federation_kind: crate::authn::FederationKind::Spiffe,
+        issuer: format!("spiffe://{trust_domain}"),
+        subject: spiffe_id.to_owned(),
+        principal: crate::authn::Principal::SpiffeWorkload {
+            trust_domain: trust_domain.to_owned(),
+            path: path.to_owned(),
+            kubernetes: None,
+        },
+        expires_at: None,
+    }
 }
 
 #[cfg(test)]
@@ -882,5 +901,19 @@ mod tests {
                 "spire/spiffe://example.org/ns/prod/sa/api find main by authorization/api/stores",
             ]
         );
+    }
+
+    /// A would-be workload that the SPIFFE-ID rules refuse (a `..` segment; enumeration
+    /// skips such names, a caller may not): it stays itself, a workload no JWT-SVID can be,
+    /// and says why its requests are unreachable.
+    #[test]
+    fn a_malformed_spiffe_id_is_unreachable() {
+        let (identity, why) = spiffe_identity("spire", None, "spiffe://example.org/a/../b");
+        let why = why.unwrap_or_default();
+        assert!(why.contains("not a workload SPIFFE ID"), "{why}");
+        assert_eq!(identity.kind(), PrincipalKind::SpiffeWorkload);
+        assert_eq!(identity.subject, "spiffe://example.org/a/../b");
+        assert_eq!(identity.issuer, "spiffe://example.org");
+        assert_eq!(identity.federation, "spire");
     }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use super::server::{AUD, T0, TestClock, TestServer};
-use super::support::{TestKey, claims};
+use super::support::{TestKey, claims, oidc_claims};
 use crate::authn::*;
 use crate::resources::{KubernetesFederationSpec, SpiffeBundleEndpoint, SpiffeFederationSpec};
 
@@ -390,4 +390,58 @@ fn spiffe_federation_specs() {
         "{:?}",
         f.warnings()
     );
+}
+
+/// SPIRE's OIDC discovery provider publishes a trust domain's JWT-SVID keys as an OIDC
+/// issuer, so a JWT-SVID that carries that `iss` is also a valid token of an
+/// `OIDCFederation` of the same keys. Which identity it proves must not depend on the
+/// federations' names or on which key fetch answers first: a `sub` that is a SPIFFE ID of a
+/// served trust domain is proved by that trust domain's bundle only.
+#[tokio::test]
+async fn a_spiffe_id_of_a_served_trust_domain_is_proved_by_its_bundle_only() {
+    let srv = TestServer::start().await;
+    let spire_key = TestKey::es256();
+    let idp_key = TestKey::rsa();
+    srv.discovery();
+    srv.jwks(&[&spire_key, &idp_key]);
+    let oidc_spec = srv.oidc_spec();
+    // Before and after "spire" in name order (the order federations with fresh keys are tried).
+    for oidc_name in ["aaa-oidc", "zzz-oidc"] {
+        let a = authenticator(
+            Clock::fixed(T0),
+            vec![
+                Federation::from_oidc_spec(oidc_name, &oidc_spec).unwrap(),
+                Federation::from_spiffe_spec("spire", &spec(TD, &bundle(&[&spire_key], None)))
+                    .unwrap(),
+            ],
+        );
+        // An ordinary token of the issuer: the OIDC federation now holds fresh keys.
+        let plain = a
+            .authenticate(&idp_key.sign(&oidc_claims(&srv.url, AUD, T0)), None)
+            .await
+            .unwrap();
+        assert_eq!(plain.federation, oidc_name);
+
+        let mut both = svid(ID, T0);
+        both["iss"] = json!(srv.url);
+        let id = a.authenticate(&spire_key.sign(&both), None).await.unwrap();
+        assert_eq!(id.federation, "spire", "{oidc_name}");
+        assert_eq!(id.kind(), PrincipalKind::SpiffeWorkload);
+        assert_eq!(id.subject, ID);
+
+        // The IdP's own key may sign its subjects, not the trust domain's workloads.
+        let mut forged = oidc_claims(&srv.url, AUD, T0);
+        forged["sub"] = json!(ID);
+        assert!(
+            a.authenticate(&idp_key.sign(&forged), None).await.is_err(),
+            "{oidc_name}: an OIDC token naming a served trust domain's workload"
+        );
+
+        // A SPIFFE ID of a trust domain no SpiffeFederation serves is just a subject.
+        let mut other = oidc_claims(&srv.url, AUD, T0);
+        other["sub"] = json!("spiffe://partner.org/ns/prod/sa/api");
+        let id = a.authenticate(&idp_key.sign(&other), None).await.unwrap();
+        assert_eq!(id.federation, oidc_name);
+        assert_eq!(id.kind(), PrincipalKind::OidcSubject);
+    }
 }
