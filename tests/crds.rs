@@ -17,8 +17,8 @@ use esi::authn::Federation;
 use esi::authz::{AuthorizationSource, CheckedAuthorization};
 use esi::config::kubernetes::{FEDERATION_KINDS, served_kind};
 use esi::resources::crd::{
-    self, Authorization, AuthorizedIdentity, KubernetesFederation, OidcFederation,
-    OktaFederation, PingIdentityFederation, SpiffeFederation,
+    self, Authorization, AuthorizedIdentity, KubernetesFederation, OidcFederation, OktaFederation,
+    PingIdentityFederation, SpiffeFederation,
 };
 use esi::resources::{
     AuthorizationSpec, KubernetesFederationSpec, OidcFederationSpec, OktaFederationSpec,
@@ -200,7 +200,11 @@ fn federation(spec: Value) -> Value {
 
 /// An object of one of the identity kinds (`identity.federation.external-secrets.io`).
 fn identity(kind: &str, spec: Value) -> Value {
-    object("identity.federation.external-secrets.io/v1alpha1", kind, spec)
+    object(
+        "identity.federation.external-secrets.io/v1alpha1",
+        kind,
+        spec,
+    )
 }
 
 fn fixture_jwks() -> String {
@@ -385,7 +389,11 @@ fn every_served_federation_kind_has_a_crd_like_kubernetes_federations() {
             "{kind}"
         );
         for field in ["/spec/group", "/spec/scope", "/spec/names/categories"] {
-            assert_eq!(crd.pointer(field), reference.pointer(field), "{kind} {field}");
+            assert_eq!(
+                crd.pointer(field),
+                reference.pointer(field),
+                "{kind} {field}"
+            );
         }
         let (v, r) = (version(&crd), version(&reference));
         assert_eq!(crd["spec"]["versions"].as_array().unwrap().len(), 1);
@@ -398,8 +406,7 @@ fn every_served_federation_kind_has_a_crd_like_kubernetes_federations() {
             "{kind}: status"
         );
         assert_eq!(
-            v["additionalPrinterColumns"][0],
-            r["additionalPrinterColumns"][0],
+            v["additionalPrinterColumns"][0], r["additionalPrinterColumns"][0],
             "{kind}: the Ready column"
         );
         assert!(
@@ -1029,7 +1036,10 @@ fn server_rejections_are_refused_by_the_schema() {
         ),
         (
             "OIDC federation: empty issuer",
-            identity("OIDCFederation", json!({"issuer": "", "audiences": ["esi"]})),
+            identity(
+                "OIDCFederation",
+                json!({"issuer": "", "audiences": ["esi"]}),
+            ),
             By::Structure,
         ),
         (

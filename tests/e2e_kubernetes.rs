@@ -2,7 +2,9 @@
 //! stateful fake API server of `tests/common/fake_kube.rs` (HTTPS, a kubeconfig), driven
 //! as `kubectl` would: objects applied, changed and deleted take effect, a rotated Secret
 //! reaches its store, a bad object gets `Ready=False` while the rest serves, only the
-//! elected leader writes status, and a failing API keeps the last snapshot serving.
+//! elected leader writes status, and a failing API keeps the last snapshot serving. The
+//! identity kinds (OIDCFederation and its presets, SpiffeFederation) are served like
+//! KubernetesFederations: their tokens, conditions, invalid specs and deletion.
 
 mod common;
 
@@ -1327,7 +1329,12 @@ async fn oidc_federations_created_through_the_api_serve_their_tokens_until_delet
 async fn spiffe_federations_created_through_the_api_serve_jwt_svids_and_invalid_ones_say_why() {
     let k = cluster().await;
     identity_kinds(&k);
-    k.apply(yaml(&spiffe_federation("spire", "example.org", AUD, &["ec-1"])));
+    k.apply(yaml(&spiffe_federation(
+        "spire",
+        "example.org",
+        AUD,
+        &["ec-1"],
+    )));
     let ese_form = json!({
         "apiVersion": IDENTITY,
         "kind": "SpiffeFederation",
@@ -1345,7 +1352,12 @@ async fn spiffe_federations_created_through_the_api_serve_jwt_svids_and_invalid_
     let api = "spiffe://example.org/ns/prod/sa/api";
     let partner = "spiffe://partner.org/ns/prod/sa/api";
     k.apply(spiffe_authorization("api", "spire", api, &["fake"]));
-    k.apply(spiffe_authorization("partner", "partner", partner, &["fake"]));
+    k.apply(spiffe_authorization(
+        "partner",
+        "partner",
+        partner,
+        &["fake"],
+    ));
     let (_dir, path) = kubeconfig(&k, "admin");
     let server = start(&path);
     wait_ready(&server, Duration::from_secs(20)).await;

@@ -319,7 +319,10 @@ mod tests {
                 "{kind}"
             );
             // Only in their CRDs' group: not a second source of trust anchors.
-            assert!(!served_kind("federation.external-secrets.io", kind), "{kind}");
+            assert!(
+                !served_kind("federation.external-secrets.io", kind),
+                "{kind}"
+            );
         }
         assert!(!served_kind(
             "identity.federation.external-secrets.io",
