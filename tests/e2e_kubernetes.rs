@@ -1238,8 +1238,9 @@ fn oidc_token(key: &str, issuer: &Issuer, sub: &str, extra: Value) -> String {
 }
 
 /// An OIDCFederation and an Authorization created through the API: a token of that issuer
-/// gets the secret, the federation gets `Ready=True`; ESE's OktaFederation preset (its org
-/// authorization server) serves alike; deleting the OIDCFederation refuses its tokens
+/// gets the secret, the federation gets `Ready=True` (one whose issuer cannot be reached
+/// `JWKSUnreachable`); ESE's OktaFederation preset (its org authorization server) serves
+/// alike; deleting the OIDCFederation refuses its tokens
 /// (401) and leaves its Authorization `MissingReference`, while the Okta one keeps serving.
 #[tokio::test(flavor = "multi_thread")]
 async fn oidc_federations_created_through_the_api_serve_their_tokens_until_deleted() {
@@ -1260,6 +1261,13 @@ async fn oidc_federations_created_through_the_api_serve_their_tokens_until_delet
         "metadata": {"name": "okta"},
         "spec": {"domain": okta.url, "authorizationServerId": "", "audiences": [AUD],
                  "caBundle": b64(&okta.ca.ca_pem)}
+    }));
+    // Valid, but its issuer cannot be reached: the condition says so.
+    k.apply(json!({
+        "apiVersion": IDENTITY,
+        "kind": "OIDCFederation",
+        "metadata": {"name": "down"},
+        "spec": {"issuer": "https://127.0.0.1:9", "audiences": [AUD]}
     }));
     k.apply(fake_store("fake", "v1"));
     k.apply(oidc_authorization(
@@ -1305,6 +1313,11 @@ async fn oidc_federations_created_through_the_api_serve_their_tokens_until_delet
         assert_eq!(ready["reason"], "Loaded", "{kind}: {ready}");
         assert_eq!(ready["observedGeneration"], 1, "{kind}: {ready}");
     }
+    let down = wait_ready_condition(&k, IDENTITY, "OIDCFederation", "down", |c| {
+        c["reason"] == "JWKSUnreachable"
+    })
+    .await;
+    assert_eq!(down["status"], "False", "{down}");
 
     // Deleted: its tokens are refused, the Authorization says what is missing.
     assert!(k.delete(IDENTITY, "OIDCFederation", None, "github"));
@@ -1321,7 +1334,8 @@ async fn oidc_federations_created_through_the_api_serve_their_tokens_until_delet
 }
 
 /// A SpiffeFederation with a static bundle created through the API: a JWT-SVID gets the
-/// secret. Invalid specs get `Ready=False` with the reason and serve nothing (ESE's shape
+/// secret (one whose bundle endpoint cannot be reached is `JWKSUnreachable`). Invalid specs
+/// get `Ready=False` with the reason and serve nothing (ESE's shape
 /// with only `trustDomain`; an OIDCFederation whose issuer is not https); the first, fixed
 /// through the API, serves at its next generation; the valid one, deleted, refuses its
 /// JWT-SVIDs.
@@ -1348,6 +1362,14 @@ async fn spiffe_federations_created_through_the_api_serve_jwt_svids_and_invalid_
         "metadata": {"name": "plain"},
         "spec": {"issuer": "http://127.0.0.1:9", "audiences": [AUD]}
     }));
+    // Valid, but its bundle endpoint cannot be reached: the condition says so.
+    k.apply(json!({
+        "apiVersion": IDENTITY,
+        "kind": "SpiffeFederation",
+        "metadata": {"name": "unreachable"},
+        "spec": {"trustDomain": "far.example", "audiences": [AUD],
+                 "bundleEndpoint": {"url": "https://127.0.0.1:9"}}
+    }));
     k.apply(fake_store("fake", "v1"));
     let api = "spiffe://example.org/ns/prod/sa/api";
     let partner = "spiffe://partner.org/ns/prod/sa/api";
@@ -1370,6 +1392,11 @@ async fn spiffe_federations_created_through_the_api_serve_jwt_svids_and_invalid_
     })
     .await;
     assert_eq!(ready["reason"], "Loaded", "{ready}");
+    let down = wait_ready_condition(&k, IDENTITY, "SpiffeFederation", "unreachable", |c| {
+        c["reason"] == "JWKSUnreachable"
+    })
+    .await;
+    assert_eq!(down["status"], "False", "{down}");
 
     // Invalid: the condition says why; nothing is served from it.
     let invalid = wait_ready_condition(&k, IDENTITY, "SpiffeFederation", "partner", |c| {
