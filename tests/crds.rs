@@ -15,8 +15,15 @@ use std::path::{Path, PathBuf};
 
 use esi::authn::Federation;
 use esi::authz::{AuthorizationSource, CheckedAuthorization};
-use esi::resources::crd::{self, Authorization, AuthorizedIdentity, KubernetesFederation};
-use esi::resources::{AuthorizationSpec, KubernetesFederationSpec};
+use esi::config::kubernetes::{FEDERATION_KINDS, served_kind};
+use esi::resources::crd::{
+    self, Authorization, AuthorizedIdentity, KubernetesFederation, OidcFederation, OktaFederation,
+    PingIdentityFederation, SpiffeFederation,
+};
+use esi::resources::{
+    AuthorizationSpec, KubernetesFederationSpec, OidcFederationSpec, OktaFederationSpec,
+    PingIdentityFederationSpec, SpiffeFederationSpec,
+};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use serde_json::{Value, json};
 
@@ -139,6 +146,34 @@ fn server_accepts(kind: &str, spec: &Value) -> Result<(), String> {
                 .map(drop)
                 .map_err(|e| e.to_string())
         }
+        "OIDCFederation" => {
+            let spec: OidcFederationSpec =
+                serde_json::from_value(spec.clone()).map_err(|e| e.to_string())?;
+            Federation::from_oidc_spec("t", &spec)
+                .map(drop)
+                .map_err(|e| e.to_string())
+        }
+        "OktaFederation" => {
+            let spec: OktaFederationSpec =
+                serde_json::from_value(spec.clone()).map_err(|e| e.to_string())?;
+            Federation::from_okta_spec("t", &spec)
+                .map(drop)
+                .map_err(|e| e.to_string())
+        }
+        "PingIdentityFederation" => {
+            let spec: PingIdentityFederationSpec =
+                serde_json::from_value(spec.clone()).map_err(|e| e.to_string())?;
+            Federation::from_ping_identity_spec("t", &spec)
+                .map(drop)
+                .map_err(|e| e.to_string())
+        }
+        "SpiffeFederation" => {
+            let spec: SpiffeFederationSpec =
+                serde_json::from_value(spec.clone()).map_err(|e| e.to_string())?;
+            Federation::from_spiffe_spec("t", &spec)
+                .map(drop)
+                .map_err(|e| e.to_string())
+        }
         other => panic!("no loader for {other}"),
     }
 }
@@ -159,6 +194,15 @@ fn federation(spec: Value) -> Value {
     object(
         "identity.federation.external-secrets.io/v1alpha1",
         "KubernetesFederation",
+        spec,
+    )
+}
+
+/// An object of one of the identity kinds (`identity.federation.external-secrets.io`).
+fn identity(kind: &str, spec: Value) -> Value {
+    object(
+        "identity.federation.external-secrets.io/v1alpha1",
+        kind,
         spec,
     )
 }
@@ -291,6 +335,92 @@ fn printer_columns() {
             col("Age", "date", age),
         ]
     );
+    assert_eq!(
+        columns("OIDCFederation"),
+        [
+            col("Ready", "string", ready),
+            col("Issuer", "string", ".spec.issuer"),
+            col("Age", "date", age),
+        ]
+    );
+    assert_eq!(
+        columns("OktaFederation"),
+        [
+            col("Ready", "string", ready),
+            col("Domain", "string", ".spec.domain"),
+            col("Age", "date", age),
+        ]
+    );
+    assert_eq!(
+        columns("PingIdentityFederation"),
+        [
+            col("Ready", "string", ready),
+            col("Region", "string", ".spec.region"),
+            col("Environment", "string", ".spec.environmentId"),
+            col("Age", "date", age),
+        ]
+    );
+    assert_eq!(
+        columns("SpiffeFederation"),
+        [
+            col("Ready", "string", ready),
+            col("Trust Domain", "string", ".spec.trustDomain"),
+            col("Age", "date", age),
+        ]
+    );
+}
+
+/// Issue 18: every federation kind the server watches in Kubernetes mode has a CRD of ours,
+/// shaped like KubernetesFederation's (ESE's): same group, cluster scope, categories,
+/// version, status subresource and status schema, a `Ready` column first; and every CRD of
+/// ours but the ledger's is a served kind (a CRD nobody watches, or a watched kind nobody
+/// can create, would be a silent gap).
+#[test]
+fn every_served_federation_kind_has_a_crd_like_kubernetes_federations() {
+    let reference = our_crd("KubernetesFederation");
+    let version = |crd: &Value| crd["spec"]["versions"][0].clone();
+    for kind in FEDERATION_KINDS {
+        let crd = our_crd(kind);
+        let plural = format!("{}s", kind.to_lowercase());
+        assert_eq!(crd["spec"]["names"]["plural"], plural, "{kind}");
+        assert_eq!(
+            crd["metadata"]["name"],
+            format!("{plural}.identity.federation.external-secrets.io"),
+            "{kind}"
+        );
+        for field in ["/spec/group", "/spec/scope", "/spec/names/categories"] {
+            assert_eq!(
+                crd.pointer(field),
+                reference.pointer(field),
+                "{kind} {field}"
+            );
+        }
+        let (v, r) = (version(&crd), version(&reference));
+        assert_eq!(crd["spec"]["versions"].as_array().unwrap().len(), 1);
+        for field in ["name", "served", "storage", "subresources"] {
+            assert_eq!(v[field], r[field], "{kind} version {field}");
+        }
+        assert_eq!(
+            schema_of(&crd)["properties"]["status"],
+            schema_of(&reference)["properties"]["status"],
+            "{kind}: status"
+        );
+        assert_eq!(
+            v["additionalPrinterColumns"][0], r["additionalPrinterColumns"][0],
+            "{kind}: the Ready column"
+        );
+        assert!(
+            served_kind(crd["spec"]["group"].as_str().unwrap(), kind),
+            "{kind} is not watched"
+        );
+    }
+    for crd in ours() {
+        let (group, kind) = (&crd.spec.group, &crd.spec.names.kind);
+        assert!(
+            served_kind(group, kind) || kind == "AuthorizedIdentity",
+            "{kind}.{group}: a CRD of ours the server does not watch"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -569,6 +699,51 @@ fn ese_crd_form_objects_validate_against_ours() {
     assert_eq!(typed.spec.issued_credentials.len(), 2);
 }
 
+/// ESE's identity kinds in ESE's shape (ESE publishes no CRD for them here; its types name
+/// these fields): valid under ours, so ESE's manifests apply. A `SpiffeFederation` with
+/// only ESE's `trustDomain` applies and the server says in its status why it serves nothing
+/// (no audiences, no bundle): the schema does not refuse what ESE's objects hold.
+#[test]
+fn ese_form_identity_objects_validate_against_ours() {
+    let spiffe = identity("SpiffeFederation", json!({"trustDomain": "example.org"}));
+    assert_valid(
+        "SpiffeFederation (ESE)",
+        &ours_schema("SpiffeFederation"),
+        &spiffe,
+    );
+    let why = server_accepts("SpiffeFederation", &spiffe["spec"]).unwrap_err();
+    assert!(why.contains("audiences"), "{why}");
+    let typed: SpiffeFederation = serde_json::from_value(spiffe).unwrap();
+    assert_eq!(typed.spec.trust_domain, "example.org");
+
+    let management = json!({"clientId": "0oa1", "secretRef": {"name": "okta", "key": "token"}});
+    let okta = identity(
+        "OktaFederation",
+        json!({
+            "domain": "https://dev-12345.okta.com",
+            "authorizationServerId": "default",
+            "managementAPI": management
+        }),
+    );
+    let ping = identity(
+        "PingIdentityFederation",
+        json!({
+            "region": "eu",
+            "environmentId": "1f2e3d4c-0000-4000-8000-000000000001",
+            "managementAPI": management
+        }),
+    );
+    for (kind, obj) in [("OktaFederation", &okta), ("PingIdentityFederation", &ping)] {
+        assert_valid(&format!("{kind} (ESE)"), &ours_schema(kind), obj);
+        // Served, without an audience check (as ESE), with a warning in its status.
+        server_accepts(kind, &obj["spec"]).unwrap_or_else(|e| panic!("{kind}: {e}"));
+    }
+    let typed: OktaFederation = serde_json::from_value(okta).unwrap();
+    assert_eq!(typed.spec.management_api, Some(management.clone()));
+    let typed: PingIdentityFederation = serde_json::from_value(ping).unwrap();
+    assert_eq!(typed.spec.region, "eu");
+}
+
 #[test]
 fn the_ese_checks_can_refuse() {
     // Controls: the validators used above do refuse what ESE's CRDs refuse.
@@ -597,6 +772,7 @@ fn the_ese_checks_can_refuse() {
 #[test]
 fn extension_objects_validate_and_are_served() {
     let jwks = fixture_jwks();
+    let ca = common::b64(&common::test_ca().ca_pem);
     let cases = [
         (
             "flat subject with a glob, no federationRef.kind, remote keys",
@@ -635,11 +811,88 @@ fn extension_objects_validate_and_are_served() {
                 "issuer": "https://issuer.example.com"
             })),
         ),
+        (
+            "OIDC federation with every field but jwks",
+            "OIDCFederation",
+            identity(
+                "OIDCFederation",
+                json!({
+                    "issuer": "https://token.actions.githubusercontent.com",
+                    "audiences": ["https://esi-federation.example.com"],
+                    "jwksUri": "https://token.actions.githubusercontent.com/.well-known/jwks",
+                    "caBundle": ca,
+                    "subjectClaim": "sub",
+                    "boundClaims": {"repository_owner": "org", "ref": "refs/heads/*"},
+                    "claims": ["repository", "ref", "environment"]
+                }),
+            ),
+        ),
+        (
+            "OIDC federation with static jwks",
+            "OIDCFederation",
+            identity(
+                "OIDCFederation",
+                json!({"issuer": "https://gitlab.example.com", "audiences": ["esi"], "jwks": jwks}),
+            ),
+        ),
+        (
+            "Okta preset with the OIDC extensions",
+            "OktaFederation",
+            identity(
+                "OktaFederation",
+                json!({
+                    "domain": "https://dev-12345.okta.com",
+                    "audiences": ["api://esi"],
+                    "caBundle": ca,
+                    "boundClaims": {"cid": "0oa*"},
+                    "claims": ["cid"]
+                }),
+            ),
+        ),
+        (
+            "PingIdentity preset with audiences",
+            "PingIdentityFederation",
+            identity(
+                "PingIdentityFederation",
+                json!({"region": "com", "environmentId": "abc-123", "audiences": ["esi"]}),
+            ),
+        ),
+        (
+            "SPIFFE federation with a static bundle",
+            "SpiffeFederation",
+            identity(
+                "SpiffeFederation",
+                json!({
+                    "trustDomain": "example.org",
+                    "audiences": ["esi"],
+                    "bundle": common::spiffe_bundle(&["ec-1", "rsa-1"])
+                }),
+            ),
+        ),
+        (
+            "SPIFFE federation with a bundle endpoint",
+            "SpiffeFederation",
+            identity(
+                "SpiffeFederation",
+                json!({
+                    "trustDomain": "example.org",
+                    "audiences": ["esi"],
+                    "bundleEndpoint": {"url": "https://spire.example.org:8443", "caBundle": ca}
+                }),
+            ),
+        ),
     ];
     for (what, kind, obj) in cases {
         assert_valid(what, &ours_schema(kind), &obj);
         server_accepts(kind, &obj["spec"]).unwrap_or_else(|e| panic!("{what}: {e}"));
     }
+    // The kube type reads them (the Kubernetes watcher's view of the same objects).
+    let typed: OidcFederation = serde_json::from_value(identity(
+        "OIDCFederation",
+        json!({"issuer": "https://i.example.com", "audiences": ["esi"], "claims": ["repository"]}),
+    ))
+    .unwrap();
+    assert_eq!(typed.spec.common.claims, ["repository"]);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -761,6 +1014,82 @@ fn server_rejections_are_refused_by_the_schema() {
         (
             "federation: unknown clientCAPolicy",
             federation(json!({"url": "https://k.example.com", "clientCAPolicy": "Always"})),
+            By::Structure,
+        ),
+        (
+            "OIDC federation: empty audiences",
+            identity(
+                "OIDCFederation",
+                json!({"issuer": "https://i.example.com", "audiences": []}),
+            ),
+            By::Rule("set audiences"),
+        ),
+        (
+            "OIDC federation: no audiences",
+            identity("OIDCFederation", json!({"issuer": "https://i.example.com"})),
+            By::Structure,
+        ),
+        (
+            "OIDC federation: no issuer",
+            identity("OIDCFederation", json!({"audiences": ["esi"]})),
+            By::Structure,
+        ),
+        (
+            "OIDC federation: empty issuer",
+            identity(
+                "OIDCFederation",
+                json!({"issuer": "", "audiences": ["esi"]}),
+            ),
+            By::Structure,
+        ),
+        (
+            "OIDC federation: empty audience",
+            identity(
+                "OIDCFederation",
+                json!({"issuer": "https://i.example.com", "audiences": [""]}),
+            ),
+            By::Structure,
+        ),
+        (
+            "SPIFFE federation: no trustDomain",
+            identity(
+                "SpiffeFederation",
+                json!({"audiences": ["esi"], "bundle": common::spiffe_bundle(&["ec-1"])}),
+            ),
+            By::Structure,
+        ),
+        (
+            "SPIFFE federation: empty trustDomain",
+            identity(
+                "SpiffeFederation",
+                json!({"trustDomain": "", "audiences": ["esi"], "bundle": common::spiffe_bundle(&["ec-1"])}),
+            ),
+            By::Structure,
+        ),
+        (
+            "SPIFFE federation: bundleEndpoint without url",
+            identity(
+                "SpiffeFederation",
+                json!({"trustDomain": "example.org", "audiences": ["esi"], "bundleEndpoint": {}}),
+            ),
+            By::Structure,
+        ),
+        (
+            "SPIFFE federation: empty audience",
+            identity(
+                "SpiffeFederation",
+                json!({"trustDomain": "example.org", "audiences": [""], "bundle": common::spiffe_bundle(&["ec-1"])}),
+            ),
+            By::Structure,
+        ),
+        (
+            "Okta preset: no domain",
+            identity("OktaFederation", json!({"audiences": ["esi"]})),
+            By::Structure,
+        ),
+        (
+            "PingIdentity preset: no environmentId",
+            identity("PingIdentityFederation", json!({"region": "eu"})),
             By::Structure,
         ),
     ];

@@ -715,6 +715,16 @@ fn deployment_problems(docs: &[Value], case: &Case) -> Vec<String> {
 }
 
 /// The RBAC's problems, as sentences (empty: none).
+/// The plurals of the federation kinds served in Kubernetes mode (all in
+/// `identity.federation.external-secrets.io`).
+const FEDERATIONS: [&str; 5] = [
+    "kubernetesfederations",
+    "oidcfederations",
+    "oktafederations",
+    "pingidentityfederations",
+    "spiffefederations",
+];
+
 fn rbac_problems(docs: &[Value], case: &Case) -> Vec<String> {
     let mut p = Vec::new();
     let sa = of_kind(docs, "ServiceAccount");
@@ -822,9 +832,13 @@ fn rbac_problems(docs: &[Value], case: &Case) -> Vec<String> {
         if !write {
             continue;
         }
+        let federation_status = group == "identity.federation.external-secrets.io"
+            && FEDERATIONS
+                .iter()
+                .any(|f| resource.strip_suffix("/status") == Some(*f));
         let allowed = match (group.as_str(), resource.as_str()) {
+            _ if federation_status => kube && scope == "cluster",
             ("federation.external-secrets.io", "authorizations/status")
-            | ("identity.federation.external-secrets.io", "kubernetesfederations/status")
             | ("external-secrets.io", "clustersecretstores/status") => kube && scope == "cluster",
             ("coordination.k8s.io", "leases") => {
                 kube && *scope == release_ns.as_str().unwrap_or("-")
@@ -854,12 +868,19 @@ fn rbac_problems(docs: &[Value], case: &Case) -> Vec<String> {
     };
     let read = ["get", "list", "watch"];
     if kube {
+        // Every federation kind the server watches (src/config/kubernetes.rs), read and its
+        // status patched.
+        for f in FEDERATIONS {
+            let g = "identity.federation.external-secrets.io";
+            if !can(g, f, &read) {
+                p.push(format!("cannot read {f}.{g}"));
+            }
+            if !can(g, &format!("{f}/status"), &["patch"]) {
+                p.push(format!("cannot patch {f}/status.{g}"));
+            }
+        }
         for (g, r) in [
             ("federation.external-secrets.io", "authorizations"),
-            (
-                "identity.federation.external-secrets.io",
-                "kubernetesfederations",
-            ),
             ("external-secrets.io", "clustersecretstores"),
             ("generators.external-secrets.io", "passwords"),
             ("generators.external-secrets.io", "clustergenerators"),
@@ -872,10 +893,6 @@ fn rbac_problems(docs: &[Value], case: &Case) -> Vec<String> {
         }
         for (g, r) in [
             ("federation.external-secrets.io", "authorizations/status"),
-            (
-                "identity.federation.external-secrets.io",
-                "kubernetesfederations/status",
-            ),
             ("external-secrets.io", "clustersecretstores/status"),
         ] {
             if !can(g, r, &["patch"]) {

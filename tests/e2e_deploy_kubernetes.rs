@@ -243,6 +243,36 @@ async fn the_charts_kubernetes_deployment_serves_within_its_rbac() {
     ] {
         k.register(g, v, kind, plural, namespaced, status);
     }
+    // The other federation kinds (issue 18): watched, and their status written, within
+    // the same RBAC.
+    for (kind, plural) in [
+        ("OIDCFederation", "oidcfederations"),
+        ("OktaFederation", "oktafederations"),
+        ("PingIdentityFederation", "pingidentityfederations"),
+        ("SpiffeFederation", "spiffefederations"),
+    ] {
+        k.register(
+            "identity.federation.external-secrets.io",
+            "v1alpha1",
+            kind,
+            plural,
+            false,
+            true,
+        );
+    }
+    let workload = "spiffe://example.org/ns/apps/sa/app";
+    k.apply(
+        serde_saphyr::from_str(&spiffe_federation("spire", "example.org", AUD, &["ec-2"])).unwrap(),
+    );
+    k.apply(json!({
+        "apiVersion": "federation.external-secrets.io/v1alpha1", "kind": "Authorization",
+        "metadata": {"name": "mesh"},
+        "spec": {
+            "federationRef": {"kind": "SpiffeFederation", "name": "spire"},
+            "subject": {"spiffe": {"spiffeID": workload}},
+            "allowedClusterSecretStores": ["fake"]
+        }
+    }));
     let user = format!("system:serviceaccount:{namespace}:{sa}");
     k.add_user(&user);
     k.apply(serde_saphyr::from_str(&static_federation(ISS, AUD)).unwrap());
@@ -411,13 +441,23 @@ async fn the_charts_kubernetes_deployment_serves_within_its_rbac() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    // Leader: its status writes arrive.
+    // A SPIFFE workload's JWT-SVID, through the SpiffeFederation read from the API.
+    let svid = mint("ec-2", &svid_claims(workload, AUD), None);
+    let resp = client
+        .post(format!("{url}/secretstore/fake/secrets/db"))
+        .bearer_auth(&svid)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    // Leader: its status writes arrive, the SpiffeFederation's among them.
     let start = Instant::now();
-    while !k
-        .requests()
-        .iter()
-        .any(|r| r.is_status_write() && r.user.as_deref() == Some(&user))
-    {
+    while !k.requests().iter().any(|r| {
+        r.is_status_write()
+            && r.user.as_deref() == Some(&user)
+            && r.path.contains("/spiffefederations/")
+    }) {
         assert!(
             start.elapsed() < Duration::from_secs(20),
             "no status written:\n{}",

@@ -2,7 +2,9 @@
 //! stateful fake API server of `tests/common/fake_kube.rs` (HTTPS, a kubeconfig), driven
 //! as `kubectl` would: objects applied, changed and deleted take effect, a rotated Secret
 //! reaches its store, a bad object gets `Ready=False` while the rest serves, only the
-//! elected leader writes status, and a failing API keeps the last snapshot serving.
+//! elected leader writes status, and a failing API keeps the last snapshot serving. The
+//! identity kinds (OIDCFederation and its presets, SpiffeFederation) are served like
+//! KubernetesFederations: their tokens, conditions, invalid specs and deletion.
 
 mod common;
 
@@ -1157,4 +1159,283 @@ async fn a_transient_error_on_a_referenced_secret_keeps_the_server_unready() {
         c["status"] == "True"
     })
     .await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Issue 18: the identity kinds (OIDCFederation, its Okta and PingIdentity presets,
+// SpiffeFederation) in Kubernetes mode, as KubernetesFederations are.
+// ---------------------------------------------------------------------------------------
+
+const IDENTITY: &str = "identity.federation.external-secrets.io/v1alpha1";
+
+/// Serves the identity kinds besides [`cluster`]'s (their CRDs installed).
+fn identity_kinds(k: &FakeKube) {
+    for (kind, plural) in [
+        ("OIDCFederation", "oidcfederations"),
+        ("OktaFederation", "oktafederations"),
+        ("PingIdentityFederation", "pingidentityfederations"),
+        ("SpiffeFederation", "spiffefederations"),
+    ] {
+        k.register(
+            "identity.federation.external-secrets.io",
+            "v1alpha1",
+            kind,
+            plural,
+            false,
+            true,
+        );
+    }
+}
+
+/// An Authorization `name` of the `kind` federation `federation` for the OIDC `subject`
+/// of `issuer`, allowing `stores`.
+fn oidc_authorization(
+    name: &str,
+    kind: &str,
+    federation: &str,
+    issuer: &str,
+    subject: &str,
+    stores: &[&str],
+) -> Value {
+    json!({
+        "apiVersion": AUTHZ,
+        "kind": "Authorization",
+        "metadata": {"name": name},
+        "spec": {
+            "federationRef": {"kind": kind, "name": federation},
+            "subject": {"oidc": {"issuer": issuer, "subject": subject}},
+            "allowedClusterSecretStores": stores,
+        }
+    })
+}
+
+/// An Authorization `name` of the SpiffeFederation `federation` for `spiffe_id`, allowing
+/// `stores`.
+fn spiffe_authorization(name: &str, federation: &str, spiffe_id: &str, stores: &[&str]) -> Value {
+    json!({
+        "apiVersion": AUTHZ,
+        "kind": "Authorization",
+        "metadata": {"name": name},
+        "spec": {
+            "federationRef": {"kind": "SpiffeFederation", "name": federation},
+            "subject": {"spiffe": {"spiffeID": spiffe_id}},
+            "allowedClusterSecretStores": stores,
+        }
+    })
+}
+
+/// A token of the OIDC provider `issuer` for `sub` (signed with the fixture key `key`),
+/// with `extra` claims.
+fn oidc_token(key: &str, issuer: &Issuer, sub: &str, extra: Value) -> String {
+    let now = now();
+    let mut claims = json!({
+        "iss": issuer.url, "aud": AUD, "sub": sub, "iat": now, "nbf": now, "exp": now + 300
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        claims[k] = v.clone();
+    }
+    mint(key, &claims, None)
+}
+
+/// An OIDCFederation and an Authorization created through the API: a token of that issuer
+/// gets the secret, the federation gets `Ready=True` (one whose issuer cannot be reached
+/// `JWKSUnreachable`); ESE's OktaFederation preset (its org authorization server) serves
+/// alike; deleting the OIDCFederation refuses its tokens
+/// (401) and leaves its Authorization `MissingReference`, while the Okta one keeps serving.
+#[tokio::test(flavor = "multi_thread")]
+async fn oidc_federations_created_through_the_api_serve_their_tokens_until_deleted() {
+    let k = cluster().await;
+    identity_kinds(&k);
+    let github = Issuer::start_oidc(jwks(&["rsa-1"])).await;
+    let okta = Issuer::start_oidc(jwks(&["ec-1"])).await;
+    let main = "repo:org/app:ref:refs/heads/main";
+    k.apply(yaml(&oidc_federation(
+        "github",
+        &github,
+        AUD,
+        "  boundClaims:\n    repository_owner: org\n  claims: [repository]\n",
+    )));
+    k.apply(json!({
+        "apiVersion": IDENTITY,
+        "kind": "OktaFederation",
+        "metadata": {"name": "okta"},
+        "spec": {"domain": okta.url, "authorizationServerId": "", "audiences": [AUD],
+                 "caBundle": b64(&okta.ca.ca_pem)}
+    }));
+    // Valid, but its issuer cannot be reached: the condition says so.
+    k.apply(json!({
+        "apiVersion": IDENTITY,
+        "kind": "OIDCFederation",
+        "metadata": {"name": "down"},
+        "spec": {"issuer": "https://127.0.0.1:9", "audiences": [AUD]}
+    }));
+    k.apply(fake_store("fake", "v1"));
+    k.apply(oidc_authorization(
+        "ci",
+        "OIDCFederation",
+        "github",
+        &github.url,
+        main,
+        &["fake"],
+    ));
+    k.apply(oidc_authorization(
+        "svc",
+        "OktaFederation",
+        "okta",
+        &okta.url,
+        "0oa-service",
+        &["fake"],
+    ));
+    let (_dir, path) = kubeconfig(&k, "admin");
+    let server = start(&path);
+    wait_ready(&server, Duration::from_secs(20)).await;
+
+    let ci = oidc_token(
+        "rsa-1",
+        &github,
+        main,
+        json!({"repository": "org/app", "repository_owner": "org"}),
+    );
+    until_status(&server, "fake", &ci, 200, Duration::from_secs(10)).await;
+    assert_eq!(read(&server, "fake", &ci).await.1, "\"v1\"");
+    // Its boundClaims hold: another owner's token of the same subject is refused.
+    let foreign = oidc_token(
+        "rsa-1",
+        &github,
+        main,
+        json!({"repository": "org/app", "repository_owner": "evil"}),
+    );
+    assert_eq!(read(&server, "fake", &foreign).await.0, 401);
+    let svc = oidc_token("ec-1", &okta, "0oa-service", json!({}));
+    assert_eq!(read(&server, "fake", &svc).await, (200, "\"v1\"".into()));
+    for (kind, name) in [("OIDCFederation", "github"), ("OktaFederation", "okta")] {
+        let ready = wait_ready_condition(&k, IDENTITY, kind, name, |c| c["status"] == "True").await;
+        assert_eq!(ready["reason"], "Loaded", "{kind}: {ready}");
+        assert_eq!(ready["observedGeneration"], 1, "{kind}: {ready}");
+    }
+    let down = wait_ready_condition(&k, IDENTITY, "OIDCFederation", "down", |c| {
+        c["reason"] == "JWKSUnreachable"
+    })
+    .await;
+    assert_eq!(down["status"], "False", "{down}");
+
+    // Deleted: its tokens are refused, the Authorization says what is missing.
+    assert!(k.delete(IDENTITY, "OIDCFederation", None, "github"));
+    let took = until_status(&server, "fake", &ci, 401, Duration::from_secs(5)).await;
+    eprintln!("deleted OIDCFederation in effect after {took:?}");
+    let missing =
+        wait_ready_condition(&k, AUTHZ, "Authorization", "ci", |c| c["status"] == "False").await;
+    assert_eq!(missing["reason"], "MissingReference", "{missing}");
+    assert!(
+        missing["message"].as_str().unwrap().contains("github"),
+        "{missing}"
+    );
+    assert_eq!(read(&server, "fake", &svc).await.0, 200);
+}
+
+/// A SpiffeFederation with a static bundle created through the API: a JWT-SVID gets the
+/// secret (one whose bundle endpoint cannot be reached is `JWKSUnreachable`). Invalid specs
+/// get `Ready=False` with the reason and serve nothing (ESE's shape
+/// with only `trustDomain`; an OIDCFederation whose issuer is not https); the first, fixed
+/// through the API, serves at its next generation; the valid one, deleted, refuses its
+/// JWT-SVIDs.
+#[tokio::test(flavor = "multi_thread")]
+async fn spiffe_federations_created_through_the_api_serve_jwt_svids_and_invalid_ones_say_why() {
+    let k = cluster().await;
+    identity_kinds(&k);
+    k.apply(yaml(&spiffe_federation(
+        "spire",
+        "example.org",
+        AUD,
+        &["ec-1"],
+    )));
+    let ese_form = json!({
+        "apiVersion": IDENTITY,
+        "kind": "SpiffeFederation",
+        "metadata": {"name": "partner"},
+        "spec": {"trustDomain": "partner.org"}
+    });
+    k.apply(ese_form.clone());
+    k.apply(json!({
+        "apiVersion": IDENTITY,
+        "kind": "OIDCFederation",
+        "metadata": {"name": "plain"},
+        "spec": {"issuer": "http://127.0.0.1:9", "audiences": [AUD]}
+    }));
+    // Valid, but its bundle endpoint cannot be reached: the condition says so.
+    k.apply(json!({
+        "apiVersion": IDENTITY,
+        "kind": "SpiffeFederation",
+        "metadata": {"name": "unreachable"},
+        "spec": {"trustDomain": "far.example", "audiences": [AUD],
+                 "bundleEndpoint": {"url": "https://127.0.0.1:9"}}
+    }));
+    k.apply(fake_store("fake", "v1"));
+    let api = "spiffe://example.org/ns/prod/sa/api";
+    let partner = "spiffe://partner.org/ns/prod/sa/api";
+    k.apply(spiffe_authorization("api", "spire", api, &["fake"]));
+    k.apply(spiffe_authorization(
+        "partner",
+        "partner",
+        partner,
+        &["fake"],
+    ));
+    let (_dir, path) = kubeconfig(&k, "admin");
+    let server = start(&path);
+    wait_ready(&server, Duration::from_secs(20)).await;
+
+    let svid = mint("ec-1", &svid_claims(api, AUD), None);
+    until_status(&server, "fake", &svid, 200, Duration::from_secs(10)).await;
+    assert_eq!(read(&server, "fake", &svid).await.1, "\"v1\"");
+    let ready = wait_ready_condition(&k, IDENTITY, "SpiffeFederation", "spire", |c| {
+        c["status"] == "True"
+    })
+    .await;
+    assert_eq!(ready["reason"], "Loaded", "{ready}");
+    let down = wait_ready_condition(&k, IDENTITY, "SpiffeFederation", "unreachable", |c| {
+        c["reason"] == "JWKSUnreachable"
+    })
+    .await;
+    assert_eq!(down["status"], "False", "{down}");
+
+    // Invalid: the condition says why; nothing is served from it.
+    let invalid = wait_ready_condition(&k, IDENTITY, "SpiffeFederation", "partner", |c| {
+        c["status"] == "False"
+    })
+    .await;
+    assert_eq!(invalid["reason"], "InvalidSpec", "{invalid}");
+    let message = invalid["message"].as_str().unwrap();
+    assert!(
+        message.contains("audiences") || message.contains("bundle"),
+        "{invalid}"
+    );
+    let plain = wait_ready_condition(&k, IDENTITY, "OIDCFederation", "plain", |c| {
+        c["status"] == "False"
+    })
+    .await;
+    assert_eq!(plain["reason"], "InvalidSpec", "{plain}");
+    assert!(
+        plain["message"].as_str().unwrap().contains("https"),
+        "{plain}"
+    );
+    let partner_svid = mint("ec-1", &svid_claims(partner, AUD), None);
+    assert_eq!(read(&server, "fake", &partner_svid).await.0, 401);
+
+    // Fixed through the API: served, and the condition follows the generation.
+    let mut fixed = ese_form;
+    fixed["spec"]["audiences"] = json!([AUD]);
+    fixed["spec"]["bundle"] = json!(spiffe_bundle(&["ec-2"]));
+    k.apply(fixed);
+    let partner_svid = mint("ec-2", &svid_claims(partner, AUD), None);
+    until_status(&server, "fake", &partner_svid, 200, Duration::from_secs(5)).await;
+    let ready = wait_ready_condition(&k, IDENTITY, "SpiffeFederation", "partner", |c| {
+        c["status"] == "True"
+    })
+    .await;
+    assert_eq!(ready["observedGeneration"], 2, "{ready}");
+
+    // Deleted: its JWT-SVIDs are refused; the other trust domain keeps serving.
+    assert!(k.delete(IDENTITY, "SpiffeFederation", None, "spire"));
+    until_status(&server, "fake", &svid, 401, Duration::from_secs(5)).await;
+    assert_eq!(read(&server, "fake", &partner_svid).await.0, 200);
 }

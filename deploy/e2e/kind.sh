@@ -63,6 +63,8 @@ fi
 kubectl wait --for=condition=Established --timeout=60s \
     crd/authorizations.federation.external-secrets.io \
     crd/kubernetesfederations.identity.federation.external-secrets.io \
+    crd/oidcfederations.identity.federation.external-secrets.io \
+    crd/spiffefederations.identity.federation.external-secrets.io \
     crd/clustersecretstores.external-secrets.io
 
 say "TLS: a throw-away CA and the server's certificate"

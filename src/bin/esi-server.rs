@@ -381,8 +381,9 @@ struct ServeArgs {
     /// both modes).
     #[arg(long, env = "ESI_POLICIES")]
     policies: Option<PathBuf>,
-    /// Kubernetes mode: read Authorizations, KubernetesFederations, ClusterSecretStores,
-    /// generators and the Secrets they reference from the Kubernetes API (in-cluster
+    /// Kubernetes mode: read Authorizations, federations (Kubernetes, OIDC, Okta,
+    /// PingIdentity, SPIFFE), ClusterSecretStores, generators and the Secrets they
+    /// reference from the Kubernetes API (in-cluster
     /// configuration, or `KUBECONFIG`), and write their `Ready` status from the elected
     /// leader.
     #[arg(long, env = "ESI_KUBERNETES", conflicts_with = "manifests")]

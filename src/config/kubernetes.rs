@@ -23,15 +23,25 @@ use crate::source::kubernetes::{KubeSource, discover_kinds};
 use crate::source::{LoadError, SourceEvent};
 use crate::status::Desired;
 
+/// The federation kinds served in Kubernetes mode, all in `identity.federation.…`
+/// (`crate::resources::crd`): each a trust anchor, their names unique across kinds.
+pub const FEDERATION_KINDS: &[&str] = &[
+    "KubernetesFederation",
+    "OIDCFederation",
+    "OktaFederation",
+    "PingIdentityFederation",
+    "SpiffeFederation",
+];
+
 /// Whether objects of `kind` in API `group` are served (and so watched): Authorizations,
-/// KubernetesFederations, ClusterSecretStores and every generator kind. A
-/// KubernetesFederation only in its CRD's group (`identity.…`): ESE's samples write it in
-/// `federation.…`, which directory mode accepts, but in a cluster a second group would let
-/// whoever may write there shadow a trust anchor of the same name.
+/// every [`FEDERATION_KINDS`] kind, ClusterSecretStores and every generator kind. A
+/// federation only in its CRD's group (`identity.…`): ESE's samples write
+/// KubernetesFederation in `federation.…`, which directory mode accepts, but in a cluster a
+/// second group would let whoever may write there shadow a trust anchor of the same name.
 pub fn served_kind(group: &str, kind: &str) -> bool {
     match group {
         "federation.external-secrets.io" => kind == "Authorization",
-        "identity.federation.external-secrets.io" => kind == "KubernetesFederation",
+        "identity.federation.external-secrets.io" => FEDERATION_KINDS.contains(&kind),
         "external-secrets.io" => kind == "ClusterSecretStore",
         "generators.external-secrets.io" => crate::generators::is_generator_kind(kind),
         _ => false,
@@ -296,6 +306,27 @@ mod tests {
         assert!(served_kind(
             "identity.federation.external-secrets.io",
             "KubernetesFederation"
+        ));
+        // Issue 18: the other federation kinds are served like KubernetesFederation.
+        for kind in [
+            "OIDCFederation",
+            "OktaFederation",
+            "PingIdentityFederation",
+            "SpiffeFederation",
+        ] {
+            assert!(
+                served_kind("identity.federation.external-secrets.io", kind),
+                "{kind}"
+            );
+            // Only in their CRDs' group: not a second source of trust anchors.
+            assert!(
+                !served_kind("federation.external-secrets.io", kind),
+                "{kind}"
+            );
+        }
+        assert!(!served_kind(
+            "identity.federation.external-secrets.io",
+            "OidcFederation"
         ));
         // ESE's samples' group for federations: not a second source of trust anchors.
         assert!(!served_kind(

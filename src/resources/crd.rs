@@ -4,10 +4,16 @@
 //! |---|---|---|---|
 //! | [`Authorization`] | `federation.external-secrets.io/v1alpha1` | Cluster | [`AuthorizationSpec`] |
 //! | [`KubernetesFederation`] | `identity.federation.external-secrets.io/v1alpha1` | Cluster | [`KubernetesFederationSpec`] |
+//! | [`OidcFederation`] (`OIDCFederation`) | `identity.federation.external-secrets.io/v1alpha1` | Cluster | [`OidcFederationCrdSpec`] |
+//! | [`OktaFederation`] | `identity.federation.external-secrets.io/v1alpha1` | Cluster | [`OktaFederationCrdSpec`] |
+//! | [`PingIdentityFederation`] | `identity.federation.external-secrets.io/v1alpha1` | Cluster | [`PingIdentityFederationCrdSpec`] |
+//! | [`SpiffeFederation`] | `identity.federation.external-secrets.io/v1alpha1` | Cluster | [`SpiffeFederationCrdSpec`] |
 //! | [`AuthorizedIdentity`] | `federation.external-secrets.io/v1alpha1` | Cluster | [`AuthorizedIdentitySpec`] |
 //!
 //! Group, version, scope and field names are those of ESE's CRDs (the federation server's
-//! `config/crds/bases/`, copied to `tests/fixtures/ese-crds/`); every object valid under them is valid under ours (tested in
+//! `config/crds/bases/`, copied to `tests/fixtures/ese-crds/`; ESE publishes none for
+//! `SpiffeFederation`, `OktaFederation` and `PingIdentityFederation`, whose fields follow
+//! ESE's types, and `OIDCFederation` is ours); every object valid under them is valid under ours (tested in
 //! `tests/crds.rs`), except one without `spec` (`kube` requires it: the typed objects have a
 //! `spec`, and such an object grants nothing). Ours add the *extension* fields of the specs, the samples' flat
 //! `subject: {issuer, subject}` form, a `status` (`Ready` condition, `observedGeneration`) and
@@ -29,7 +35,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{
-    AuthorizationSpec, FederationRef, KubernetesFederationSpec, OidcSubject, SpiffeSubject,
+    AuthorizationSpec, FederationRef, KubernetesFederationSpec, OidcFederationSpec, OidcSubject,
+    OktaFederationSpec, PingIdentityFederationSpec, SpiffeFederationSpec, SpiffeSubject,
 };
 
 // A `#[serde(transparent)]` newtype over the loader's `AuthorizationSpec`, so that `kube` can
@@ -117,6 +124,189 @@ pub struct AuthorizationCrdSpec(pub AuthorizationSpec);
 )]
 #[serde(transparent)]
 pub struct KubernetesFederationCrdSpec(pub KubernetesFederationSpec);
+
+// A `#[serde(transparent)]` newtype over the loader's `OidcFederationSpec` (see
+// `AuthorizationCrdSpec`).
+/// Any OpenID Connect issuer whose tokens name workloads that are not Kubernetes
+/// ServiceAccounts (CI jobs, VMs): `issuer` (an `https` URL, the exact `iss`), `audiences`
+/// (required), keys from discovery, `jwksUri` or a static `jwks`, `caBundle`,
+/// `boundClaims`, `subjectClaim` and the `claims` handed to policies. An extension kind.
+#[derive(CustomResource, Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+// One `printcolumn(...)` per column: the repeated keys are not duplicates.
+#[allow(clippy::duplicated_attributes)]
+#[kube(
+    group = "identity.federation.external-secrets.io",
+    version = "v1alpha1",
+    kind = "OIDCFederation",
+    root = "OidcFederation",
+    status = "ResourceStatus",
+    category = "external-secrets",
+    category = "external-secrets-federation",
+    derive = "PartialEq",
+    doc = "OIDCFederation: one trusted OpenID Connect issuer, whose tokens the server verifies.",
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = r#".status.conditions[?(@.type=="Ready")].status"#,
+        description = "Whether the server loaded this federation"
+    ),
+    printcolumn(
+        name = "Issuer",
+        type_ = "string",
+        json_path = ".spec.issuer",
+        description = "The exact iss of its tokens"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(transparent)]
+pub struct OidcFederationCrdSpec(pub OidcFederationSpec);
+
+// A `#[serde(transparent)]` newtype over the loader's `OktaFederationSpec`.
+/// An Okta authorization server (ESE's kind), served as a preset of `OIDCFederation`:
+/// `domain` and `authorizationServerId` (ESE's fields) name the issuer; the extensions
+/// `audiences`, `caBundle`, `boundClaims` and `claims` as for `OIDCFederation`.
+#[derive(CustomResource, Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+// One `printcolumn(...)` per column: the repeated keys are not duplicates.
+#[allow(clippy::duplicated_attributes)]
+#[kube(
+    group = "identity.federation.external-secrets.io",
+    version = "v1alpha1",
+    kind = "OktaFederation",
+    status = "ResourceStatus",
+    category = "external-secrets",
+    category = "external-secrets-federation",
+    derive = "PartialEq",
+    doc = "OktaFederation: one trusted Okta authorization server, whose tokens the server verifies.",
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = r#".status.conditions[?(@.type=="Ready")].status"#,
+        description = "Whether the server loaded this federation"
+    ),
+    printcolumn(
+        name = "Domain",
+        type_ = "string",
+        json_path = ".spec.domain",
+        description = "The Okta organization URL"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(transparent)]
+pub struct OktaFederationCrdSpec(pub OktaFederationSpec);
+
+// A `#[serde(transparent)]` newtype over the loader's `PingIdentityFederationSpec`.
+/// A PingOne environment (ESE's kind), served as a preset of `OIDCFederation`: `region`
+/// and `environmentId` (ESE's fields) name the issuer; the extensions `audiences`,
+/// `caBundle`, `boundClaims` and `claims` as for `OIDCFederation`.
+#[derive(CustomResource, Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+// One `printcolumn(...)` per column: the repeated keys are not duplicates.
+#[allow(clippy::duplicated_attributes)]
+#[kube(
+    group = "identity.federation.external-secrets.io",
+    version = "v1alpha1",
+    kind = "PingIdentityFederation",
+    status = "ResourceStatus",
+    category = "external-secrets",
+    category = "external-secrets-federation",
+    derive = "PartialEq",
+    doc = "PingIdentityFederation: one trusted PingOne environment, whose tokens the server verifies.",
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = r#".status.conditions[?(@.type=="Ready")].status"#,
+        description = "Whether the server loaded this federation"
+    ),
+    printcolumn(
+        name = "Region",
+        type_ = "string",
+        json_path = ".spec.region",
+        description = "The PingOne region"
+    ),
+    printcolumn(
+        name = "Environment",
+        type_ = "string",
+        json_path = ".spec.environmentId",
+        description = "The PingOne environment id"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(transparent)]
+pub struct PingIdentityFederationCrdSpec(pub PingIdentityFederationSpec);
+
+// A `#[serde(transparent)]` newtype over the loader's `SpiffeFederationSpec`.
+/// One SPIFFE trust domain: `trustDomain` (ESE's field, the only one required, so that
+/// ESE's objects apply) and the extensions: keys from a static `bundle` (the SPIFFE bundle's
+/// JWKS form) or fetched from `bundleEndpoint` (`url`, `caBundle`), and the `audiences` a
+/// JWT-SVID must name. Without a bundle or audiences the server reports why in `status`.
+#[derive(CustomResource, Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+// One `printcolumn(...)` per column: the repeated keys are not duplicates.
+#[allow(clippy::duplicated_attributes)]
+#[kube(
+    group = "identity.federation.external-secrets.io",
+    version = "v1alpha1",
+    kind = "SpiffeFederation",
+    status = "ResourceStatus",
+    category = "external-secrets",
+    category = "external-secrets-federation",
+    derive = "PartialEq",
+    doc = "SpiffeFederation: one trusted SPIFFE trust domain, whose SVIDs the server verifies.",
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = r#".status.conditions[?(@.type=="Ready")].status"#,
+        description = "Whether the server loaded this federation"
+    ),
+    printcolumn(
+        name = "Trust Domain",
+        type_ = "string",
+        json_path = ".spec.trustDomain",
+        description = "The SPIFFE trust domain"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(transparent)]
+pub struct SpiffeFederationCrdSpec(pub SpiffeFederationSpec);
+
+/// `Deref` and `From` between a CRD spec newtype and the loader's spec it wraps.
+macro_rules! spec_newtype {
+    ($($crd:ident => $spec:ident),* $(,)?) => {$(
+        impl std::ops::Deref for $crd {
+            type Target = $spec;
+            fn deref(&self) -> &$spec {
+                &self.0
+            }
+        }
+
+        impl From<$spec> for $crd {
+            fn from(spec: $spec) -> Self {
+                $crd(spec)
+            }
+        }
+    )*};
+}
+
+spec_newtype!(
+    OidcFederationCrdSpec => OidcFederationSpec,
+    OktaFederationCrdSpec => OktaFederationSpec,
+    PingIdentityFederationCrdSpec => PingIdentityFederationSpec,
+    SpiffeFederationCrdSpec => SpiffeFederationSpec,
+);
 
 impl std::ops::Deref for AuthorizationCrdSpec {
     type Target = AuthorizationSpec;
@@ -375,8 +565,9 @@ pub struct WorkloadBinding {
 #[error("cannot render the CRDs: {0}")]
 pub struct CrdError(String);
 
-/// Every CRD of ours: [`Authorization`], [`KubernetesFederation`], [`AuthorizedIdentity`],
-/// in that order, with no schema `default`s (see the module docs).
+/// Every CRD of ours: [`Authorization`], [`KubernetesFederation`], [`OidcFederation`],
+/// [`OktaFederation`], [`PingIdentityFederation`], [`SpiffeFederation`],
+/// [`AuthorizedIdentity`], in that order, with no schema `default`s (see the module docs).
 ///
 /// # Errors
 /// [`CrdError`] if a derived CRD does not round-trip through JSON (never, for these types).
@@ -384,6 +575,10 @@ pub fn crds() -> Result<Vec<CustomResourceDefinition>, CrdError> {
     [
         Authorization::crd(),
         KubernetesFederation::crd(),
+        OidcFederation::crd(),
+        OktaFederation::crd(),
+        PingIdentityFederation::crd(),
+        SpiffeFederation::crd(),
         AuthorizedIdentity::crd(),
     ]
     .into_iter()

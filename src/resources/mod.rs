@@ -107,9 +107,18 @@ pub struct KubernetesFederationSpec {
 /// `OIDCFederation.spec` (*extension*, issue 18): any OpenID Connect issuer whose tokens
 /// name workloads that are not Kubernetes ServiceAccounts (CI jobs, VMs, services of another
 /// platform). Checked by `authn::Federation::from_oidc_spec`.
+///
+/// Schema rule (the CRD's `x-kubernetes-validations`, mirroring that check): `audiences`
+/// is not empty.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-#[schemars(extend("required" = ["issuer", "audiences"]))]
+#[schemars(extend(
+    "required" = ["issuer", "audiences"],
+    "x-kubernetes-validations" = [{
+        "rule": "size(self.audiences) > 0",
+        "message": "set audiences: an OIDC issuer signs tokens for every relying party it serves, so a token must name this server"
+    }]
+))]
 pub struct OidcFederationSpec {
     /// The issuer: the exact `iss` of its tokens, an `https` URL. Keys come from its
     /// discovery document (`{issuer}/.well-known/openid-configuration` → `jwks_uri`, which
@@ -181,6 +190,8 @@ pub struct OktaFederationSpec {
         rename = "managementAPI",
         skip_serializing_if = "Option::is_none"
     )]
+    // Any object (ESE's shape, kept as given): typed for Kubernetes' structural schemas.
+    #[schemars(extend("type" = "object", "x-kubernetes-preserve-unknown-fields" = true))]
     pub management_api: Option<serde_json::Value>,
     /// Extensions: `audiences`, `caBundle`, `boundClaims`, `claims`.
     #[serde(flatten)]
@@ -205,6 +216,8 @@ pub struct PingIdentityFederationSpec {
         rename = "managementAPI",
         skip_serializing_if = "Option::is_none"
     )]
+    // Any object (ESE's shape, kept as given): typed for Kubernetes' structural schemas.
+    #[schemars(extend("type" = "object", "x-kubernetes-preserve-unknown-fields" = true))]
     pub management_api: Option<serde_json::Value>,
     /// Extensions: `audiences`, `caBundle`, `boundClaims`, `claims`.
     #[serde(flatten)]

@@ -1,14 +1,15 @@
-//! Kubernetes mode: the `Ready` condition of `Authorization`, `KubernetesFederation` and
-//! `ClusterSecretStore` objects, computed purely from a snapshot, and written by the
-//! elected leader only ([`writer`], [`lease`]).
+//! Kubernetes mode: the `Ready` condition of `Authorization`, federation
+//! (`KubernetesFederation`, `OIDCFederation`, `OktaFederation`, `PingIdentityFederation`,
+//! `SpiffeFederation`) and `ClusterSecretStore` objects, computed purely from a snapshot,
+//! and written by the elected leader only ([`writer`], [`lease`]).
 //!
 //! The condition says whether the object's current spec is in force: `True` with reason
 //! `Loaded` (or `LoadedWithWarnings`: a federation that accepts any audience), `False`
 //! with reason `InvalidSpec` (it does not compile or build; the message names the field,
 //! and says when the last good form still serves) or `MissingReference` (a Secret, a
-//! federation, a store or a generator it names does not exist); a KubernetesFederation
-//! whose keys cannot be fetched is `False` with reason `JWKSUnreachable` (a failing refresh
-//! while cached keys still serve is a warning). `observedGeneration` is
+//! federation, a store or a generator it names does not exist); a federation whose keys
+//! (JWKS, or a SPIFFE bundle) cannot be fetched is `False` with reason `JWKSUnreachable` (a
+//! failing refresh while cached keys still serve is a warning). `observedGeneration` is
 //! the object's `metadata.generation` the condition was computed for. Messages are the
 //! load errors' texts, which never hold values.
 
@@ -20,6 +21,7 @@ use std::collections::HashMap;
 use kube::api::ApiResource;
 
 use crate::authn::KeyHealth;
+use crate::config::kubernetes::FEDERATION_KINDS;
 use crate::config::snapshot::{MISSING_PREFIX, Snapshot};
 use crate::source::ObjectKey;
 use crate::source::kubernetes::{ConditionLayout, Observed, ObservedCondition};
@@ -27,13 +29,10 @@ use crate::source::kubernetes::{ConditionLayout, Observed, ObservedCondition};
 /// Longest condition message written (characters); longer ones are cut.
 pub const MAX_MESSAGE_CHARS: usize = 2048;
 
-/// The (group, kind) pairs that get a `Ready` condition.
+/// The (group, kind) pairs that get a `Ready` condition, besides every federation kind
+/// ([`FEDERATION_KINDS`]) in `identity.federation.external-secrets.io`.
 pub const STATUS_KINDS: &[(&str, &str)] = &[
     ("federation.external-secrets.io", "Authorization"),
-    (
-        "identity.federation.external-secrets.io",
-        "KubernetesFederation",
-    ),
     ("federation.external-secrets.io", "KubernetesFederation"),
     ("external-secrets.io", "ClusterSecretStore"),
 ];
@@ -90,14 +89,17 @@ impl Desired {
 }
 
 fn has_status(resource: &ApiResource) -> bool {
-    STATUS_KINDS
-        .iter()
-        .any(|(g, k)| *g == resource.group && *k == resource.kind)
+    (resource.group == "identity.federation.external-secrets.io"
+        && FEDERATION_KINDS.contains(&resource.kind.as_str()))
+        || STATUS_KINDS
+            .iter()
+            .any(|(g, k)| *g == resource.group && *k == resource.kind)
 }
 
 /// The conditions of every object in `objects` that gets one, from what `snapshot`
 /// reported about it (errors, kept forms and warnings are matched by origin) and, for a
-/// KubernetesFederation, whether its keys can be fetched (`keys`, by federation name).
+/// federation of any kind, whether its keys can be fetched (`keys`, by federation name:
+/// names are unique across the federation kinds).
 pub fn desired<'a>(
     snapshot: &Snapshot,
     objects: impl Iterator<Item = (&'a ObjectKey, &'a ApiResource, &'a Observed)>,
@@ -126,7 +128,7 @@ pub fn desired<'a>(
                     .unwrap_or(&[]),
             );
             if let ObjectKey::Resource { kind, name, .. } = key
-                && kind == "KubernetesFederation"
+                && FEDERATION_KINDS.contains(&kind.as_str())
             {
                 condition = with_keys(condition, keys.get(name));
             }
@@ -294,6 +296,74 @@ mod tests {
         // An invalid spec says so first.
         let c = with_keys(condition(&["invalid spec: x"], &[]), Some(&down));
         assert_eq!(c.reason, "InvalidSpec");
+    }
+
+    /// Issue 18: every federation kind of `identity.…` gets a condition, with its keys'
+    /// health (before, only KubernetesFederations did: an OIDCFederation or a
+    /// SpiffeFederation had none, whatever was wrong with it).
+    #[test]
+    fn every_federation_kind_gets_a_condition_with_its_keys_health() {
+        const GROUP: &str = "identity.federation.external-secrets.io";
+        let object = |kind: &str, plural: &str, name: &str| {
+            (
+                ObjectKey::Resource {
+                    group: GROUP.into(),
+                    kind: kind.into(),
+                    namespace: None,
+                    name: name.into(),
+                },
+                ApiResource {
+                    group: GROUP.into(),
+                    version: "v1alpha1".into(),
+                    api_version: format!("{GROUP}/v1alpha1"),
+                    kind: kind.into(),
+                    plural: plural.into(),
+                },
+                Observed::default(),
+            )
+        };
+        let objects = [
+            object("OIDCFederation", "oidcfederations", "github"),
+            object("OktaFederation", "oktafederations", "okta"),
+            object("PingIdentityFederation", "pingidentityfederations", "ping"),
+            object("SpiffeFederation", "spiffefederations", "spire"),
+            object("SpiffeFederation", "spiffefederations", "bad"),
+            // Not a kind of ours: no condition.
+            object("VaultFederation", "vaultfederations", "v"),
+        ];
+        let mut snapshot = Snapshot::empty();
+        snapshot.errors.push(crate::source::LoadError {
+            origin: objects[4].0.to_string(),
+            object: Some("SpiffeFederation/bad".into()),
+            reason: "invalid spec: set bundle or bundleEndpoint".into(),
+        });
+        let keys = HashMap::from([
+            (
+                "github".to_string(),
+                KeyHealth::Unreachable {
+                    reason: "connection refused".into(),
+                    serving: false,
+                },
+            ),
+            ("spire".to_string(), KeyHealth::Static),
+        ]);
+        let out = desired(&snapshot, objects.iter().map(|(k, r, o)| (k, r, o)), &keys);
+        let shown: Vec<(String, bool, &str)> = out
+            .iter()
+            .map(|d| (d.key.to_string(), d.condition.ready, d.condition.reason))
+            .collect();
+        let key = |i: usize| objects[i].0.to_string();
+        assert_eq!(
+            shown,
+            [
+                (key(0), false, "JWKSUnreachable"),
+                (key(1), true, "Loaded"),
+                (key(2), true, "Loaded"),
+                (key(4), false, "InvalidSpec"),
+                (key(3), true, "Loaded"),
+            ]
+        );
+        assert!(out[3].condition.message.contains("bundleEndpoint"));
     }
 
     #[test]

@@ -541,6 +541,43 @@ spec:
     )
 }
 
+/// A SPIFFE bundle (JWKS form) of the fixture keys `keys`, each `use: jwt-svid`, as
+/// `spire-server bundle show -format spiffe` prints it (X.509 authorities left out).
+pub fn spiffe_bundle(keys: &[&str]) -> String {
+    let keys: Vec<Value> = keys
+        .iter()
+        .map(|k| {
+            let mut jwk = jwk(k);
+            jwk["use"] = json!("jwt-svid");
+            jwk
+        })
+        .collect();
+    json!({"spiffe_sequence": 1, "spiffe_refresh_hint": 300, "keys": keys}).to_string()
+}
+
+/// A `SpiffeFederation` `name` of `trust_domain` for `audience` whose static bundle
+/// ([`spiffe_bundle`]) holds the fixture keys `keys`, ending with a newline.
+pub fn spiffe_federation(name: &str, trust_domain: &str, audience: &str, keys: &[&str]) -> String {
+    format!(
+        r#"apiVersion: identity.federation.external-secrets.io/v1alpha1
+kind: SpiffeFederation
+metadata: {{name: {name}}}
+spec:
+  trustDomain: {trust_domain}
+  audiences: ["{audience}"]
+  bundle: '{}'
+"#,
+        spiffe_bundle(keys)
+    )
+}
+
+/// JWT-SVID claims for the SPIFFE ID `sub` and `audience`, as SPIRE mints them (no `iss`),
+/// valid for five minutes.
+pub fn svid_claims(sub: &str, audience: &str) -> Value {
+    let now = now();
+    json!({"sub": sub, "aud": [audience], "iat": now, "exp": now + 300})
+}
+
 /// An `Authorization` `app` (after a `---` line) for ServiceAccount `apps/app` of `issuer`
 /// through the federation `alpha` of [`static_federation`], granting `grants`: YAML lines
 /// under `spec` (indented two spaces, each ending with a newline).
