@@ -30,6 +30,15 @@ pub enum FetchError {
         /// Why.
         reason: String,
     },
+    /// The X.509-SVID files (`--federated-x509-svid`, `--federated-x509-svid-key`) could
+    /// not be read or do not hold a usable SVID and key.
+    #[error("bad X.509-SVID {path}: {reason}")]
+    BadSvid {
+        /// The file at fault.
+        path: String,
+        /// Why (never the file's content).
+        reason: String,
+    },
     /// 429 until the deadline.
     #[error("rate limited by the server (HTTP 429) until the timeout")]
     RateLimited {
