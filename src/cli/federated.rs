@@ -175,7 +175,7 @@ impl FederatedClient {
         if let ClientCredential::X509Svid(files) = &credential
             && let Some(jwt) = &files.jwt_svid_not_sent
         {
-            tracing::info!(
+            tracing::warn!(
                 jwt_svid = %jwt.display(),
                 x509_svid = %files.cert.display(),
                 "both an X.509-SVID and a JWT-SVID are given: the X.509-SVID is used, the JWT-SVID is not sent"
