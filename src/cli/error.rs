@@ -7,8 +7,8 @@ use std::time::Duration;
 /// Why one secret could not be had. Texts name the cause, never a value or a token.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum FetchError {
-    /// 401: the token was refused.
-    #[error("unauthorized: the server refused the token (HTTP 401)")]
+    /// 401: the credential (bearer token or X.509-SVID) was refused.
+    #[error("unauthorized: the server refused the token or client certificate (HTTP 401)")]
     Unauthorized,
     /// 403 (Kubernetes API).
     #[error("forbidden: {0}")]
