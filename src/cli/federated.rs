@@ -55,9 +55,9 @@ const MAX_CA_BYTES: u64 = 1 << 20;
 pub struct FederatedClient {
     /// The HTTPS client, and the fingerprint of the X.509-SVID it presents (`None`: none
     /// yet, or a bearer credential).
-    remote: Mutex<(Option<[u8; 32]>, RemoteClient)>,
+    remote: Box<Mutex<(Option<[u8; 32]>, RemoteClient)>>,
     /// What the client is built from (rebuilt with each new X.509-SVID).
-    settings: RemoteSettings,
+    settings: Box<RemoteSettings>,
     store: Option<String>,
     credential: ClientCredential,
 }
@@ -201,8 +201,8 @@ impl FederatedClient {
             other => SetupError::Client(other.to_string()),
         })?;
         Ok(Self {
-            remote: Mutex::new((None, remote)),
-            settings,
+            remote: Box::new(Mutex::new((None, remote))),
+            settings: Box::new(settings),
             store,
             credential,
         })
@@ -228,7 +228,7 @@ impl FederatedClient {
         let svid = super::svid::load(files)?;
         let mut slot = self.remote.lock().unwrap_or_else(PoisonError::into_inner);
         if slot.0 != Some(svid.fingerprint) {
-            let mut settings = self.settings.clone();
+            let mut settings = (*self.settings).clone();
             settings.client_identity = Some(svid.identity);
             let client = RemoteClient::new(&settings).map_err(|e| FetchError::BadSvid {
                 path: files.cert.display().to_string(),
