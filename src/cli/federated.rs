@@ -115,6 +115,10 @@ fn bearer(source: &TokenSource) -> Result<Token, FetchError> {
     let raw = match source {
         TokenSource::File(path) => {
             let meta = std::fs::metadata(path).map_err(|e| bad(e.to_string()))?;
+            // A FIFO or device would block the read or never end.
+            if !meta.is_file() {
+                return Err(bad("not a regular file".into()));
+            }
             if meta.len() > MAX_TOKEN_BYTES {
                 return Err(bad("file too large for a token".into()));
             }
@@ -407,6 +411,12 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("empty")
+        );
+        assert!(
+            bearer(&TokenSource::File(dir.path().to_path_buf()))
+                .unwrap_err()
+                .to_string()
+                .contains("not a regular file")
         );
         std::fs::write(dir.path().join("bad"), "secret-token-abc\x01def").unwrap();
         let e = bearer(&file("bad")).unwrap_err().to_string();

@@ -47,9 +47,16 @@ fn bad(path: &Path, reason: impl Into<String>) -> FetchError {
     }
 }
 
-/// Reads a regular file of at most `max` bytes. The reason names no content.
+/// Reads a regular file of at most `max` bytes, following symlinks (spiffe-helper's and
+/// Kubernetes volumes' files may be links); a FIFO or device is refused without blocking
+/// (`O_NONBLOCK`). The reason names no content.
 fn read_bounded(path: &Path, max: u64) -> Result<zeroize::Zeroizing<Vec<u8>>, FetchError> {
-    let file = std::fs::File::open(path).map_err(|e| bad(path, e.to_string()))?;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| bad(path, e.to_string()))?;
     let meta = file.metadata().map_err(|e| bad(path, e.to_string()))?;
     if !meta.is_file() {
         return Err(bad(path, "not a regular file"));
@@ -303,5 +310,18 @@ pub(crate) mod tests {
         f.key = dir.path().to_path_buf();
         let e = load(&f).unwrap_err().to_string();
         assert!(e.contains("not a regular file"), "{e}");
+        // A FIFO planted as the key: refused at once, not a blocked read.
+        let fifo = dir.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        f.key = fifo;
+        let e = load(&f).unwrap_err().to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+        // A symlink to the real file is followed (Kubernetes volumes link their files).
+        let link = dir.path().join("link.pem");
+        std::os::unix::fs::symlink(dir.path().join("svid_key.pem"), &link).unwrap();
+        f.key = link;
+        load(&f).unwrap();
     }
 }
