@@ -38,6 +38,9 @@ pub enum FetchError {
         path: String,
         /// Why (never the file's content).
         reason: String,
+        /// The files look caught mid-rotation (spiffe-helper rewrites the chain, then the
+        /// key, not atomically: a key of another certificate): reading again may help.
+        rotating: bool,
     },
     /// 429 until the deadline.
     #[error("rate limited by the server (HTTP 429) until the timeout")]
@@ -67,11 +70,15 @@ pub enum FetchError {
 }
 
 impl FetchError {
-    /// Whether trying again may help (connect errors, 429, 5xx).
+    /// Whether trying again may help (connect errors, 429, 5xx, SVID files caught
+    /// mid-rotation).
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            FetchError::Unreachable(_) | FetchError::RateLimited { .. } | FetchError::Server(_)
+            FetchError::Unreachable(_)
+                | FetchError::RateLimited { .. }
+                | FetchError::Server(_)
+                | FetchError::BadSvid { rotating: true, .. }
         )
     }
 }

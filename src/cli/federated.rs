@@ -237,6 +237,7 @@ impl FederatedClient {
             let client = RemoteClient::new(&settings).map_err(|e| FetchError::BadSvid {
                 path: files.cert.display().to_string(),
                 reason: e.to_string(),
+                rotating: false,
             })?;
             if slot.0.is_some() {
                 tracing::info!(path = %files.cert.display(), "X.509-SVID rotated; new connections present it");

@@ -44,6 +44,7 @@ fn bad(path: &Path, reason: impl Into<String>) -> FetchError {
     FetchError::BadSvid {
         path: path.display().to_string(),
         reason: reason.into(),
+        rotating: false,
     }
 }
 
@@ -100,13 +101,14 @@ pub fn load(files: &X509SvidFiles) -> Result<LoadedSvid, FetchError> {
     let provider = rustls::crypto::aws_lc_rs::default_provider();
     rustls::sign::CertifiedKey::from_der(chain.clone(), key.clone_key(), &provider).map_err(
         |e| match e {
-            rustls::Error::InconsistentKeys(_) => bad(
-                &files.key,
-                format!(
+            rustls::Error::InconsistentKeys(_) => FetchError::BadSvid {
+                path: files.key.display().to_string(),
+                reason: format!(
                     "is not the private key of the certificate in {}",
                     files.cert.display()
                 ),
-            ),
+                rotating: true,
+            },
             _ => bad(&files.key, "the private key cannot be used to sign"),
         },
     )?;
@@ -291,7 +293,13 @@ pub(crate) mod tests {
         for (c, k, file, needle) in cases {
             let e = load(&files(dir.path(), &c, &k)).unwrap_err();
             assert!(matches!(e, FetchError::BadSvid { .. }), "{e:?}");
-            assert!(!e.is_transient());
+            // Only a key of another certificate (spiffe-helper writes the chain, then the
+            // key) is worth reading again within --timeout.
+            assert_eq!(
+                e.is_transient(),
+                needle.contains("is not the private key"),
+                "{e:?}"
+            );
             let text = e.to_string();
             assert!(
                 text.starts_with("bad X.509-SVID ") && text.contains(file) && text.contains(needle),
