@@ -823,3 +823,126 @@ async fn the_injected_command_lines_run_and_give_the_application_its_secrets() {
     assert!(file.contains("s3cr3t-db-pw"), "{file}");
     drop(server);
 }
+
+/// Issue 18: `federated-auth: spiffe` — the Pod's spiffe-helper volume holds a JWT-SVID;
+/// the injected command lines (esi-cli-init writing a file, then the application's esi-cli)
+/// run for real against a server with a `SpiffeFederation`, with no ServiceAccount token
+/// anywhere in the injection.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_injected_spiffe_command_lines_run_with_the_pods_jwt_svid() {
+    const SPIFFE_AUD: &str = "esi-federation";
+    const ID: &str = "spiffe://example.org/ns/monitoring/sa/prometheus";
+    let mut key = jwk("ec-1");
+    key["use"] = json!("jwt-svid");
+    let bundle = json!({"spiffe_sequence": 1, "keys": [key]});
+    let manifests = format!(
+        "apiVersion: identity.federation.external-secrets.io/v1alpha1\nkind: SpiffeFederation\n\
+         metadata: {{name: spire}}\nspec:\n  trustDomain: example.org\n  audiences: [{SPIFFE_AUD}]\n  bundle: '{bundle}'\n\
+         ---\napiVersion: federation.external-secrets.io/v1alpha1\nkind: Authorization\n\
+         metadata: {{name: prometheus}}\nspec:\n  federationRef: {{kind: SpiffeFederation, name: spire}}\n\
+         \x20 subject: {{spiffe: {{spiffeID: \"{ID}\"}}}}\n  allowedClusterSecretStores: [app-store]\n\
+         ---\napiVersion: external-secrets.io/v1\nkind: ClusterSecretStore\nmetadata: {{name: app-store}}\n\
+         spec:\n  provider:\n    fake:\n      data:\n\
+         \x20       - {{key: e2e-webhook/db, value: '{{\"user\":\"app\",\"password\":\"spiffe-db-pw\"}}'}}\n"
+    );
+    let server = Server::start(&[("spiffe.yaml", manifests)], &[]);
+    let w = Webhook::start(&[]);
+    let mut review = fixture("env");
+    let object = &mut review["request"]["object"];
+    object["metadata"]["annotations"] = json!({
+        format!("{P}env-vars"): "true",
+        format!("{P}externalsecret"): "e2e-webhook/db",
+        format!("{P}federated-server-url"): server.url,
+        format!("{P}federated-store"): "app-store",
+        format!("{P}federated-auth"): "spiffe",
+        format!("{P}federated-token"): "/run/spiffe/jwt_svid.token",
+        format!("{P}inject-on-env"): "DB_PASS=e2e-webhook/db.password",
+        format!("{P}inject-on-file"): "/secrets/db.yaml=e2e-webhook/db",
+    });
+    object["spec"]["securityContext"] = json!({"runAsUser": 1000});
+    object["spec"]["volumes"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "spiffe", "emptyDir": {"medium": "Memory"}}));
+    let app = &mut object["spec"]["containers"][0];
+    app["command"] = json!(["/usr/bin/env"]);
+    app["args"] = json!([]);
+    app["volumeMounts"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "spiffe", "mountPath": "/run/spiffe", "readOnly": true}));
+    let pod = w.admit(&review).await;
+
+    // No ServiceAccount token is projected for esi-cli: its volume holds the CA only.
+    let token_volume = named(&pod["spec"]["volumes"], "esi-cli-token");
+    let sources = token_volume["projected"]["sources"].as_array().unwrap();
+    assert_eq!(sources.len(), 1, "{sources:?}");
+    assert!(sources[0].get("serviceAccountToken").is_none());
+    let init = named(&pod["spec"]["initContainers"], "esi-cli-init");
+    assert!(
+        init["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["name"] == "spiffe" && m["readOnly"] == true),
+        "{init}"
+    );
+
+    // The volumes as directories: spiffe-helper's JWT-SVID, the CA (here the server's).
+    let root = tempfile::tempdir().unwrap();
+    let spiffe = root.path().join("spiffe");
+    std::fs::create_dir_all(&spiffe).unwrap();
+    let now = now();
+    let svid = mint(
+        "ec-1",
+        &json!({"sub": ID, "aud": [SPIFFE_AUD], "iat": now, "exp": now + 300}),
+        None,
+    );
+    std::fs::write(spiffe.join("jwt_svid.token"), &svid).unwrap();
+    let token_dir = root.path().join("esi-cli-token");
+    std::fs::create_dir_all(&token_dir).unwrap();
+    std::fs::write(token_dir.join("ca.crt"), server.ca_pem()).unwrap();
+
+    let install = named(&pod["spec"]["initContainers"], "esi-cli-install");
+    let argv = as_run(install, root.path());
+    let out = Command::new(cli_bin()).args(&argv[1..]).output().unwrap();
+    assert!(out.status.success());
+    let argv = as_run(init, root.path());
+    assert!(
+        argv.contains(&"--federated-auth=spiffe".to_string()),
+        "{argv:?}"
+    );
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(cli_bin())
+            .args(&argv[1..])
+            .env_clear()
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    let app = &pod["spec"]["containers"][0];
+    let argv = as_run(app, root.path());
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(&argv[0])
+            .args(&argv[1..])
+            .env_clear()
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let env: HashMap<&str, &str> = stdout.lines().filter_map(|l| l.split_once('=')).collect();
+    assert_eq!(env["DB_PASS"], "spiffe-db-pw");
+    let file = std::fs::read_to_string(root.path().join("esi-cli-files/secrets/db.yaml")).unwrap();
+    assert!(file.contains("spiffe-db-pw"), "{file}");
+    assert!(!stderr.contains(&svid));
+    drop(server);
+}

@@ -67,14 +67,32 @@ pub struct Args {
     #[arg(long, value_delimiter = ',')]
     pub federated_generators: Vec<String>,
     /// How esi-cli proves who it is (ESE's `federated-auth`): `kubernetes` (the Pod's
-    /// ServiceAccount token) or `oidc` (a token of an OIDC issuer the server federates with,
-    /// such as a CI system's job token, from --federated-token or --federated-token-env).
+    /// ServiceAccount token), `oidc` (a token of an OIDC issuer the server federates with,
+    /// such as a CI system's job token, from --federated-token or --federated-token-env) or
+    /// `spiffe` (a SPIFFE X.509-SVID from --federated-x509-svid and --federated-x509-svid-key
+    /// as the TLS client certificate, or a JWT-SVID from --federated-token; files as
+    /// spiffe-helper writes them).
     #[arg(long, default_value = "kubernetes")]
     pub federated_auth: String,
     /// The token file, read afresh for every request (default: the Pod's ServiceAccount
-    /// token; with --federated-auth=oidc, required unless --federated-token-env is given).
+    /// token; with --federated-auth=oidc, required unless --federated-token-env is given;
+    /// with --federated-auth=spiffe, a JWT-SVID file such as spiffe-helper's
+    /// `jwt_svid.token`).
     #[arg(long, visible_alias = "token-file")]
     pub federated_token: Option<PathBuf>,
+    /// With --federated-auth=spiffe: the X.509-SVID certificate chain (PEM, leaf first;
+    /// spiffe-helper's `svid.pem`), presented as the TLS client certificate instead of a
+    /// bearer token. Read afresh for every request (spiffe-helper rotates it in place).
+    #[arg(long)]
+    pub federated_x509_svid: Option<PathBuf>,
+    /// With --federated-x509-svid: its private key (PEM: PKCS#8, SEC1 or PKCS#1;
+    /// spiffe-helper's `svid_key.pem`).
+    #[arg(long)]
+    pub federated_x509_svid_key: Option<PathBuf>,
+    /// ESE's SPIFFE Workload API socket: not supported (refused with the alternative: the
+    /// files spiffe-helper writes from that socket; docs/identities.md).
+    #[arg(long)]
+    pub federated_socket_path: Option<String>,
     /// The environment variable holding the token (read for every request), e.g. GitLab's
     /// `id_tokens` variable: instead of --federated-token.
     #[arg(long, visible_alias = "token-env")]
@@ -216,6 +234,32 @@ pub enum FederatedAuth {
     Kubernetes,
     /// A token of an OIDC issuer (an `OIDCFederation` or one of its presets).
     Oidc,
+    /// A SPIFFE SVID (a `SpiffeFederation`): X.509 over mTLS, or a JWT-SVID.
+    Spiffe,
+}
+
+/// How the calls prove who is calling: exactly one credential per request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClientCredential {
+    /// `Authorization: Bearer` with the token read afresh for every request (a
+    /// ServiceAccount token, an OIDC token, a JWT-SVID).
+    Bearer(TokenSource),
+    /// A SPIFFE X.509-SVID presented as the TLS client certificate, no bearer token.
+    X509Svid(X509SvidFiles),
+}
+
+/// The files of an X.509-SVID, as spiffe-helper writes them (`svid.pem`, `svid_key.pem`),
+/// read afresh for every request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct X509SvidFiles {
+    /// `--federated-x509-svid`: the certificate chain, leaf first (PEM).
+    pub cert: PathBuf,
+    /// `--federated-x509-svid-key`: the leaf's private key (PEM).
+    pub key: PathBuf,
+    /// `--federated-token` given as well: that JWT-SVID is neither read nor sent (the
+    /// X.509-SVID wins: it proves possession of its key on every connection, where a
+    /// JWT-SVID is a bearer token; the server refuses a request carrying both).
+    pub jwt_svid_not_sent: Option<PathBuf>,
 }
 
 /// Where the bearer token is read from, afresh for every request.
@@ -247,8 +291,9 @@ pub enum SourceConfig {
         store: Option<String>,
         /// `--federated-auth`.
         auth: FederatedAuth,
-        /// `--federated-token` or `--federated-token-env`.
-        token: TokenSource,
+        /// `--federated-token` or `--federated-token-env` (a bearer token), or
+        /// `--federated-x509-svid` (a TLS client certificate).
+        credential: ClientCredential,
         /// `--federated-ca-crt`, and whether the user named it (a missing default is tolerated).
         ca_path: PathBuf,
         /// True when `--federated-ca-crt` was given explicitly.
@@ -421,19 +466,31 @@ impl Plan {
                     ),
                 ));
             }
-            "spiffe" => {
-                return Err(invalid(
-                    "federated-auth",
-                    "\"spiffe\" is not supported yet (no X.509-SVIDs, no Workload API socket): write a JWT-SVID to a file (spiffe-helper does) and give it with --federated-auth=oidc --federated-token=FILE (the server's SpiffeFederation verifies it)".to_owned(),
-                ));
-            }
+            "spiffe" => FederatedAuth::Spiffe,
             other => {
                 return Err(invalid(
                     "federated-auth",
-                    format!("{other:?}: must be kubernetes or oidc"),
+                    format!("{other:?}: must be kubernetes, oidc or spiffe"),
                 ));
             }
         };
+        if a.federated_socket_path.is_some() {
+            return Err(invalid(
+                "federated-socket-path",
+                "the SPIFFE Workload API is not supported: run spiffe-helper on that socket \
+                 to write the SVIDs to files, and give them with --federated-auth=spiffe \
+                 --federated-x509-svid=FILE --federated-x509-svid-key=FILE (or \
+                 --federated-token=FILE for a JWT-SVID)",
+            ));
+        }
+        let x509_cert = a
+            .federated_x509_svid
+            .clone()
+            .filter(|p| !p.as_os_str().is_empty());
+        let x509_key = a
+            .federated_x509_svid_key
+            .clone()
+            .filter(|p| !p.as_os_str().is_empty());
         let token_file = a
             .federated_token
             .clone()
@@ -443,6 +500,49 @@ impl Plan {
             .as_deref()
             .map(str::trim)
             .filter(|n| !n.is_empty());
+        if auth != FederatedAuth::Spiffe {
+            if x509_cert.is_some() {
+                return Err(invalid(
+                    "federated-x509-svid",
+                    "is a SPIFFE X.509-SVID: only with --federated-auth=spiffe",
+                ));
+            }
+            if x509_key.is_some() {
+                return Err(invalid(
+                    "federated-x509-svid-key",
+                    "is a SPIFFE X.509-SVID's key: only with --federated-auth=spiffe",
+                ));
+            }
+        }
+        if auth == FederatedAuth::Spiffe && token_env.is_some() {
+            return Err(invalid(
+                "federated-token-env",
+                "a JWT-SVID expires within minutes and spiffe-helper rewrites its file: \
+                 give the file with --federated-token (with --federated-auth=spiffe)",
+            ));
+        }
+        let x509 = match (x509_cert, x509_key) {
+            (Some(cert), Some(key)) => Some(X509SvidFiles {
+                cert,
+                key,
+                jwt_svid_not_sent: token_file.clone(),
+            }),
+            (Some(_), None) => {
+                return Err(invalid(
+                    "federated-x509-svid-key",
+                    "is required with --federated-x509-svid (the certificate's private key, \
+                     spiffe-helper's svid_key.pem)",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "federated-x509-svid",
+                    "is required with --federated-x509-svid-key (the certificate chain, \
+                     spiffe-helper's svid.pem)",
+                ));
+            }
+            (None, None) => None,
+        };
         let token = match (token_file, token_env) {
             (Some(_), Some(_)) => {
                 return Err(invalid(
@@ -466,7 +566,20 @@ impl Plan {
                     "oidc needs the token: --federated-token=FILE or --federated-token-env=NAME",
                 ));
             }
+            (None, None) if auth == FederatedAuth::Spiffe && x509.is_none() => {
+                return Err(invalid(
+                    "federated-auth",
+                    "spiffe needs an SVID: --federated-x509-svid=FILE \
+                     --federated-x509-svid-key=FILE (spiffe-helper's svid.pem and \
+                     svid_key.pem) or --federated-token=FILE (a JWT-SVID, spiffe-helper's \
+                     jwt_svid.token)",
+                ));
+            }
             (None, None) => TokenSource::File(PathBuf::from(DEFAULT_TOKEN_PATH)),
+        };
+        let credential = match x509 {
+            Some(files) => ClientCredential::X509Svid(files),
+            None => ClientCredential::Bearer(token),
         };
         let source = match a.federated_server_url.as_deref().map(str::trim) {
             Some(url) if !url.is_empty() => {
@@ -485,7 +598,7 @@ impl Plan {
                         .filter(|s| !s.is_empty())
                         .map(str::to_string),
                     auth,
-                    token,
+                    credential,
                     ca_path: a
                         .federated_ca_crt
                         .clone()
@@ -504,6 +617,12 @@ impl Plan {
                     return Err(invalid(
                         "federated-server-url",
                         "is required with --federated-auth=oidc (an OIDC token is for a Federation Server)",
+                    ));
+                }
+                if auth == FederatedAuth::Spiffe {
+                    return Err(invalid(
+                        "federated-server-url",
+                        "is required with --federated-auth=spiffe (an SVID is for a Federation Server)",
                     ));
                 }
                 SourceConfig::Local {
@@ -831,7 +950,11 @@ mod tests {
     #[test]
     fn federated_auth_and_token_sources() {
         let source = |p: Plan| match p.source {
-            SourceConfig::Federated { auth, token, .. } => (auth, token),
+            SourceConfig::Federated {
+                auth,
+                credential: ClientCredential::Bearer(token),
+                ..
+            } => (auth, token),
             other => panic!("{other:?}"),
         };
         let init = [
@@ -882,12 +1005,12 @@ mod tests {
             (
                 &["--federated-auth=spiffe"][..],
                 "--federated-auth",
-                "--federated-auth=oidc --federated-token=FILE",
+                "spiffe needs an SVID",
             ),
             (
                 &["--federated-auth=x509"][..],
                 "--federated-auth",
-                "kubernetes or oidc",
+                "kubernetes, oidc or spiffe",
             ),
             (
                 &["--federated-token=/t", "--federated-token-env=T"][..],
@@ -911,6 +1034,125 @@ mod tests {
             "--external-secrets=x",
             "--federated-auth=oidc",
             "--federated-token-env=T",
+        ])
+        .unwrap_err();
+        assert!(e.contains("--federated-server-url"), "{e}");
+    }
+
+    /// Issue 18: `--federated-auth=spiffe` takes an X.509-SVID (the TLS client certificate)
+    /// or a JWT-SVID file (the bearer token); the X.509-SVID wins when both are given; the
+    /// Workload API socket, a JWT-SVID from a variable, half an X.509-SVID, SVID files
+    /// without spiffe, and spiffe without a server are refused naming the flag and the fix.
+    #[test]
+    fn spiffe_svids_from_files() {
+        let credential = |p: Plan| match p.source {
+            SourceConfig::Federated {
+                auth: FederatedAuth::Spiffe,
+                credential,
+                ..
+            } => credential,
+            other => panic!("{other:?}"),
+        };
+        let init = [
+            "--mode=init",
+            "--inject-on-env=X=s.k",
+            "--binary-path=/bin/true",
+            "--federated-auth=spiffe",
+        ];
+        let with = |extra: &[&str]| {
+            let mut args = init.to_vec();
+            args.extend_from_slice(extra);
+            fed(&args)
+        };
+        assert_eq!(
+            credential(with(&["--federated-token=/run/spiffe/jwt_svid.token"]).unwrap()),
+            ClientCredential::Bearer(TokenSource::File("/run/spiffe/jwt_svid.token".into()))
+        );
+        let x509 = [
+            "--federated-x509-svid=/run/spiffe/svid.pem",
+            "--federated-x509-svid-key=/run/spiffe/svid_key.pem",
+        ];
+        assert_eq!(
+            credential(with(&x509).unwrap()),
+            ClientCredential::X509Svid(X509SvidFiles {
+                cert: "/run/spiffe/svid.pem".into(),
+                key: "/run/spiffe/svid_key.pem".into(),
+                jwt_svid_not_sent: None,
+            })
+        );
+        // Both: the X.509-SVID is used; the JWT-SVID is recorded as not sent.
+        let mut both = x509.to_vec();
+        both.push("--federated-token=/run/spiffe/jwt_svid.token");
+        match credential(with(&both).unwrap()) {
+            ClientCredential::X509Svid(f) => assert_eq!(
+                f.jwt_svid_not_sent,
+                Some(PathBuf::from("/run/spiffe/jwt_svid.token"))
+            ),
+            other => panic!("{other:?}"),
+        }
+        for (extra, flag, words) in [
+            (&[][..], "--federated-auth", "--federated-x509-svid=FILE"),
+            (
+                &["--federated-x509-svid=/s.pem"][..],
+                "--federated-x509-svid-key",
+                "svid_key.pem",
+            ),
+            (
+                &["--federated-x509-svid-key=/k.pem"][..],
+                "--federated-x509-svid:",
+                "svid.pem",
+            ),
+            (
+                &["--federated-token-env=JWT_SVID"][..],
+                "--federated-token-env",
+                "--federated-token",
+            ),
+            (
+                &["--federated-socket-path=/run/spire/agent.sock"][..],
+                "--federated-socket-path",
+                "spiffe-helper",
+            ),
+        ] {
+            let e = with(extra).unwrap_err();
+            assert!(e.starts_with(flag) && e.contains(words), "{extra:?}: {e}");
+        }
+        // SVID files are for spiffe only.
+        let kube = [
+            "--mode=init",
+            "--inject-on-env=X=s.k",
+            "--binary-path=/bin/true",
+        ];
+        for (extra, flag) in [
+            ("--federated-x509-svid=/s.pem", "--federated-x509-svid:"),
+            (
+                "--federated-x509-svid-key=/k.pem",
+                "--federated-x509-svid-key",
+            ),
+        ] {
+            let mut args = kube.to_vec();
+            args.push(extra);
+            let e = fed(&args).unwrap_err();
+            assert!(
+                e.starts_with(flag) && e.contains("only with --federated-auth=spiffe"),
+                "{e}"
+            );
+        }
+        // The socket is refused whatever the mode (it would otherwise be ignored).
+        let e = parse(&[
+            "--mode=init",
+            "--external-secrets=x",
+            "--binary-path=/bin/true",
+            "--federated-socket-path=/run/spire/agent.sock",
+        ])
+        .unwrap_err();
+        assert!(e.starts_with("--federated-socket-path"), "{e}");
+        // An SVID is for a Federation Server.
+        let e = parse(&[
+            "--mode=init",
+            "--external-secrets=x",
+            "--binary-path=/bin/true",
+            "--federated-auth=spiffe",
+            "--federated-token=/t",
         ])
         .unwrap_err();
         assert!(e.contains("--federated-server-url"), "{e}");

@@ -550,7 +550,9 @@ mod tests {
         let client = FederatedClient::new(
             "https://127.0.0.1:1",
             None,
-            super::super::args::TokenSource::File(dir.path().join("no-token")),
+            super::super::args::ClientCredential::Bearer(super::super::args::TokenSource::File(
+                dir.path().join("no-token"),
+            )),
             &dir.path().join("no-ca"),
             false,
         )

@@ -7,8 +7,8 @@ use std::time::Duration;
 /// Why one secret could not be had. Texts name the cause, never a value or a token.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum FetchError {
-    /// 401: the token was refused.
-    #[error("unauthorized: the server refused the token (HTTP 401)")]
+    /// 401: the credential (bearer token or X.509-SVID) was refused.
+    #[error("unauthorized: the server refused the token or client certificate (HTTP 401)")]
     Unauthorized,
     /// 403 (Kubernetes API).
     #[error("forbidden: {0}")]
@@ -29,6 +29,18 @@ pub enum FetchError {
         path: String,
         /// Why.
         reason: String,
+    },
+    /// The X.509-SVID files (`--federated-x509-svid`, `--federated-x509-svid-key`) could
+    /// not be read or do not hold a usable SVID and key.
+    #[error("bad X.509-SVID {path}: {reason}")]
+    BadSvid {
+        /// The file at fault.
+        path: String,
+        /// Why (never the file's content).
+        reason: String,
+        /// The files look caught mid-rotation (spiffe-helper rewrites the chain, then the
+        /// key, not atomically: a key of another certificate): reading again may help.
+        rotating: bool,
     },
     /// 429 until the deadline.
     #[error("rate limited by the server (HTTP 429) until the timeout")]
@@ -58,11 +70,15 @@ pub enum FetchError {
 }
 
 impl FetchError {
-    /// Whether trying again may help (connect errors, 429, 5xx).
+    /// Whether trying again may help (connect errors, 429, 5xx, SVID files caught
+    /// mid-rotation).
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            FetchError::Unreachable(_) | FetchError::RateLimited { .. } | FetchError::Server(_)
+            FetchError::Unreachable(_)
+                | FetchError::RateLimited { .. }
+                | FetchError::Server(_)
+                | FetchError::BadSvid { rotating: true, .. }
         )
     }
 }

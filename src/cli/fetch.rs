@@ -89,14 +89,14 @@ impl Fetcher {
             SourceConfig::Federated {
                 url,
                 store,
-                token,
+                credential,
                 ca_path,
                 ca_explicit,
                 ..
             } => Ok(Fetcher::Federated(FederatedClient::new(
                 url,
                 store.clone(),
-                token.clone(),
+                credential.clone(),
                 ca_path,
                 *ca_explicit,
             )?)),

@@ -19,6 +19,7 @@ pub mod files;
 pub mod inject;
 pub mod install;
 pub mod local;
+pub mod svid;
 pub use crate::remote::tls_explain;
 pub mod value;
 

@@ -69,6 +69,44 @@ impl std::fmt::Debug for Trust {
     }
 }
 
+/// A TLS client identity: a certificate chain (leaf first) and the leaf's private key,
+/// presented when the server asks for a client certificate (a SPIFFE X.509-SVID on the
+/// server's mTLS listener). `Debug` shows the chain's length, never the key.
+#[derive(Clone)]
+pub struct ClientIdentity {
+    /// DER certificates, leaf first.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// The leaf's private key (PKCS#8, SEC1 or PKCS#1 DER).
+    pub key: Arc<rustls_pki_types::PrivateKeyDer<'static>>,
+}
+
+impl std::fmt::Debug for ClientIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientIdentity")
+            .field("certificates", &self.chain.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// How one call proves who is calling: exactly one of a bearer token or the client's TLS
+/// certificate ([`RemoteSettings::client_identity`]), never both (the server refuses a
+/// request carrying both). `&Token` converts into [`Auth::Bearer`].
+#[derive(Clone, Copy, Debug)]
+pub enum Auth<'a> {
+    /// `Authorization: Bearer …`.
+    Bearer(&'a Token),
+    /// No `Authorization` header: the TLS client certificate of the connection is the
+    /// identity. A client built without [`RemoteSettings::client_identity`] refuses it
+    /// ([`RemoteError::InvalidRequest`]).
+    ClientCertificate,
+}
+
+impl<'a> From<&'a Token> for Auth<'a> {
+    fn from(token: &'a Token) -> Self {
+        Auth::Bearer(token)
+    }
+}
+
 /// How to reach one Federation Server.
 #[derive(Clone, Debug)]
 pub struct RemoteSettings {
@@ -92,6 +130,9 @@ pub struct RemoteSettings {
     pub ca_setting: &'static str,
     /// Name of the URL setting (`--federated-server-url` or `server.url`).
     pub url_setting: &'static str,
+    /// The TLS client certificate to present (`None`: none). A client with one sends no
+    /// bearer token: its calls take [`Auth::ClientCertificate`].
+    pub client_identity: Option<ClientIdentity>,
 }
 
 impl RemoteSettings {
@@ -111,6 +152,7 @@ impl RemoteSettings {
             user_agent: concat!("esi-federation/", env!("CARGO_PKG_VERSION")),
             ca_setting: "server.caRef",
             url_setting: "server.url",
+            client_identity: None,
         }
     }
 }
@@ -262,6 +304,8 @@ pub struct RemoteClient {
     timeout: Duration,
     /// What TLS trusts, for error messages.
     hint: TrustHint,
+    /// Whether a TLS client certificate is presented ([`Auth::ClientCertificate`]).
+    client_identity: bool,
 }
 
 impl std::fmt::Debug for RemoteClient {
@@ -362,8 +406,17 @@ impl RemoteClient {
         let tls = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| RemoteConfigError::Client(e.to_string()))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+            .with_root_certificates(roots);
+        let tls = match &settings.client_identity {
+            // rustls checks that the key is usable and matches the leaf; its error names
+            // no key material.
+            Some(id) => tls
+                .with_client_auth_cert(id.chain.clone(), id.key.clone_key())
+                .map_err(|e| {
+                    RemoteConfigError::Client(format!("the TLS client certificate: {e}"))
+                })?,
+            None => tls.with_no_client_auth(),
+        };
         let http = reqwest::Client::builder()
             .tls_backend_preconfigured(tls)
             .connect_timeout(settings.connect_timeout)
@@ -385,6 +438,7 @@ impl RemoteClient {
                 url_setting: settings.url_setting,
                 public_roots,
             },
+            client_identity: settings.client_identity.is_some(),
         })
     }
 
@@ -434,14 +488,28 @@ impl RemoteClient {
         &self,
         method: reqwest::Method,
         url: reqwest::Url,
-        token: &Token,
+        auth: Auth<'_>,
         body: serde_json::Value,
         ok: &[u16],
     ) -> Result<reqwest::Response, RemoteError> {
-        let resp = self
-            .http
-            .request(method, url)
-            .header(AUTHORIZATION, token.header().clone())
+        let request = self.http.request(method, url);
+        // One credential per request: the server refuses a bearer token on a connection
+        // that presented a client certificate, and a request with neither.
+        let request = match (auth, self.client_identity) {
+            (Auth::Bearer(token), false) => request.header(AUTHORIZATION, token.header().clone()),
+            (Auth::ClientCertificate, true) => request,
+            (Auth::Bearer(_), true) => {
+                return Err(RemoteError::InvalidRequest(
+                    "a bearer token on a client that presents a TLS client certificate",
+                ));
+            }
+            (Auth::ClientCertificate, false) => {
+                return Err(RemoteError::InvalidRequest(
+                    "no TLS client certificate is configured to authenticate with",
+                ));
+            }
+        };
+        let resp = request
             .json(&body)
             .send()
             .await
@@ -509,7 +577,7 @@ impl RemoteClient {
     /// [`RemoteClient::get`] for bytes.
     pub async fn ese_secret(
         &self,
-        token: &Token,
+        auth: impl Into<Auth<'_>>,
         store: &str,
         name: &str,
     ) -> Result<Zeroizing<String>, RemoteError> {
@@ -518,7 +586,7 @@ impl RemoteClient {
             .send(
                 reqwest::Method::POST,
                 url,
-                token,
+                auth.into(),
                 self.body(Default::default()),
                 &[200],
             )
@@ -534,7 +602,7 @@ impl RemoteClient {
     /// they are, other JSON values as JSON text, as ESE's client reads them).
     pub async fn ese_generate(
         &self,
-        token: &Token,
+        auth: impl Into<Auth<'_>>,
         namespace: &str,
         kind: &str,
         name: &str,
@@ -544,7 +612,7 @@ impl RemoteClient {
             .send(
                 reqwest::Method::POST,
                 url,
-                token,
+                auth.into(),
                 self.body(Default::default()),
                 &[200],
             )
@@ -568,7 +636,7 @@ impl RemoteClient {
     /// identity was issued by that generator (the server answers `null`).
     pub async fn ese_revoke(
         &self,
-        token: &Token,
+        auth: impl Into<Auth<'_>>,
         namespace: &str,
         kind: &str,
         name: &str,
@@ -577,7 +645,7 @@ impl RemoteClient {
         self.send(
             reqwest::Method::DELETE,
             url,
-            token,
+            auth.into(),
             self.body(Default::default()),
             &[200, 204],
         )
@@ -589,7 +657,7 @@ impl RemoteClient {
     /// `version`).
     pub async fn get(
         &self,
-        token: &Token,
+        auth: impl Into<Auth<'_>>,
         store: &str,
         key: &str,
         property: Option<&str>,
@@ -598,7 +666,7 @@ impl RemoteClient {
         let url = self.url_of(&["v1", "secretstore", store, "get"])?;
         let body = self.body(remote_ref(key, property, version));
         let resp = self
-            .send(reqwest::Method::POST, url, token, body, &[200])
+            .send(reqwest::Method::POST, url, auth.into(), body, &[200])
             .await?;
         let body = self.read(resp).await?;
         #[derive(Deserialize)]
@@ -614,7 +682,7 @@ impl RemoteClient {
     /// at its `property`), as bytes.
     pub async fn extract(
         &self,
-        token: &Token,
+        auth: impl Into<Auth<'_>>,
         store: &str,
         key: &str,
         property: Option<&str>,
@@ -623,7 +691,7 @@ impl RemoteClient {
         let url = self.url_of(&["v1", "secretstore", store, "extract"])?;
         let body = self.body(remote_ref(key, property, version));
         let resp = self
-            .send(reqwest::Method::POST, url, token, body, &[200])
+            .send(reqwest::Method::POST, url, auth.into(), body, &[200])
             .await?;
         let body = self.read(resp).await?;
         decode_data(&body)
@@ -632,7 +700,7 @@ impl RemoteClient {
     /// `POST /v1/secretstore/{store}/find`: the matching keys this identity may `get`.
     pub async fn find(
         &self,
-        token: &Token,
+        auth: impl Into<Auth<'_>>,
         store: &str,
         find: &Find<'_>,
     ) -> Result<BTreeMap<String, Zeroizing<Vec<u8>>>, RemoteError> {
@@ -650,7 +718,13 @@ impl RemoteClient {
         let mut extra = serde_json::Map::new();
         extra.insert("find".into(), serde_json::Value::Object(f));
         let resp = self
-            .send(reqwest::Method::POST, url, token, self.body(extra), &[200])
+            .send(
+                reqwest::Method::POST,
+                url,
+                auth.into(),
+                self.body(extra),
+                &[200],
+            )
             .await?;
         let body = self.read(resp).await?;
         decode_data(&body)
@@ -660,7 +734,7 @@ impl RemoteClient {
     /// handle.
     pub async fn issue(
         &self,
-        token: &Token,
+        auth: impl Into<Auth<'_>>,
         namespace: &str,
         kind: &str,
         name: &str,
@@ -670,7 +744,7 @@ impl RemoteClient {
             .send(
                 reqwest::Method::POST,
                 url,
-                token,
+                auth.into(),
                 self.body(Default::default()),
                 &[200],
             )
@@ -698,7 +772,7 @@ impl RemoteClient {
     /// default). [`RemoteError::NotRenewable`] when a new credential is needed.
     pub async fn renew(
         &self,
-        token: &Token,
+        auth: impl Into<Auth<'_>>,
         id: &str,
         increment: Option<u64>,
     ) -> Result<Credential, RemoteError> {
@@ -708,7 +782,13 @@ impl RemoteClient {
             extra.insert("increment".into(), seconds.into());
         }
         let resp = self
-            .send(reqwest::Method::POST, url, token, self.body(extra), &[200])
+            .send(
+                reqwest::Method::POST,
+                url,
+                auth.into(),
+                self.body(extra),
+                &[200],
+            )
             .await?;
         let body = self.read(resp).await?;
         #[derive(Deserialize)]
@@ -722,12 +802,12 @@ impl RemoteClient {
 
     /// `DELETE /v1/credentials/{id}`: revokes exactly that credential. Already gone (404,
     /// also what another identity's handle answers) counts as revoked.
-    pub async fn revoke(&self, token: &Token, id: &str) -> Result<(), RemoteError> {
+    pub async fn revoke(&self, auth: impl Into<Auth<'_>>, id: &str) -> Result<(), RemoteError> {
         let url = self.url_of(&["v1", "credentials", id])?;
         self.send(
             reqwest::Method::DELETE,
             url,
-            token,
+            auth.into(),
             self.body(Default::default()),
             &[200, 204, 404],
         )
@@ -976,6 +1056,53 @@ mod tests {
             .unwrap_err();
         assert!(matches!(e, RemoteError::Unreachable(_)), "{e:?}");
         assert!(e.is_transient());
+    }
+
+    /// Issue 18: one credential per request: a client presenting a TLS client certificate
+    /// sends no bearer token, and a client without one cannot be asked to rely on one;
+    /// both are refused before anything is sent.
+    #[tokio::test]
+    async fn exactly_one_credential_per_request() {
+        let plain = client("https://127.0.0.1:1");
+        let e = plain
+            .ese_secret(Auth::ClientCertificate, "s", "n")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, RemoteError::InvalidRequest(m) if m.contains("no TLS client certificate")),
+            "{e:?}"
+        );
+        let ca = crate::cli::svid::tests::Ca::new();
+        let (chain, key) = ca.svid(&["spiffe://example.org/a"]);
+        let mut settings = RemoteSettings::new("https://127.0.0.1:1");
+        settings.client_identity = Some(ClientIdentity {
+            chain: CertificateDer::pem_slice_iter(chain.as_bytes())
+                .collect::<Result<_, _>>()
+                .unwrap(),
+            key: Arc::new(rustls_pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap()),
+        });
+        let mtls = RemoteClient::new(&settings).unwrap();
+        let token = Token::new("eyJ.a.b").unwrap();
+        let e = mtls.ese_secret(&token, "s", "n").await.unwrap_err();
+        assert!(
+            matches!(e, RemoteError::InvalidRequest(m) if m.contains("bearer token")),
+            "{e:?}"
+        );
+        // A key that is not the leaf's: the client is not built.
+        let (_, other) = ca.svid(&["spiffe://example.org/b"]);
+        settings.client_identity = Some(ClientIdentity {
+            chain: CertificateDer::pem_slice_iter(chain.as_bytes())
+                .collect::<Result<_, _>>()
+                .unwrap(),
+            key: Arc::new(
+                rustls_pki_types::PrivateKeyDer::from_pem_slice(other.as_bytes()).unwrap(),
+            ),
+        });
+        let e = RemoteClient::new(&settings).unwrap_err();
+        assert!(
+            matches!(&e, RemoteConfigError::Client(m) if m.contains("TLS client certificate")),
+            "{e:?}"
+        );
     }
 
     #[test]

@@ -23,14 +23,21 @@ pub enum Key {
     ExternalSecret,
     /// `federated-server-url` (`--federated-server-url`, https only).
     FederatedServerUrl,
-    /// `federated-auth`: `kubernetes` only.
+    /// `federated-auth`: `kubernetes` (the injected ServiceAccount token) or `spiffe`
+    /// (SVID files in the Pod, as spiffe-helper writes them).
     FederatedAuth,
     /// `federated-generators` (`--federated-generators`).
     FederatedGenerators,
     /// `federated-store` (`--federated-store`).
     FederatedStore,
-    /// `federated-token`: a token path in the Pod instead of the injected one.
+    /// `federated-token`: a token path in the Pod instead of the injected one (with
+    /// `federated-auth: spiffe`: the JWT-SVID file).
     FederatedToken,
+    /// `federated-x509-svid`: with `federated-auth: spiffe`, the X.509-SVID chain file in
+    /// the Pod (`--federated-x509-svid`). An extension of this webhook.
+    FederatedX509Svid,
+    /// `federated-x509-svid-key`: its key file (`--federated-x509-svid-key`). An extension.
+    FederatedX509SvidKey,
     /// `federated-ca-crt`: a CA path in the Pod instead of the injected one.
     FederatedCaCrt,
     /// `daemon-refresh-interval`: adds the daemon sidecar.
@@ -56,13 +63,15 @@ pub enum Key {
 
 impl Key {
     /// Every key, in the order of the docs.
-    pub const ALL: [Key; 16] = [
+    pub const ALL: [Key; 18] = [
         Key::ExternalSecret,
         Key::FederatedServerUrl,
         Key::FederatedAuth,
         Key::FederatedGenerators,
         Key::FederatedStore,
         Key::FederatedToken,
+        Key::FederatedX509Svid,
+        Key::FederatedX509SvidKey,
         Key::FederatedCaCrt,
         Key::DaemonRefreshInterval,
         Key::InjectOnEnv,
@@ -84,6 +93,8 @@ impl Key {
             Key::FederatedGenerators => "federated-generators",
             Key::FederatedStore => "federated-store",
             Key::FederatedToken => "federated-token",
+            Key::FederatedX509Svid => "federated-x509-svid",
+            Key::FederatedX509SvidKey => "federated-x509-svid-key",
             Key::FederatedCaCrt => "federated-ca-crt",
             Key::DaemonRefreshInterval => "daemon-refresh-interval",
             Key::InjectOnEnv => "inject-on-env",
@@ -123,8 +134,12 @@ const UNSUPPORTED: &[(&str, &str)] = &[
         "secretstore",
         "name the Federation Server's store with federated-store",
     ),
-    ("federated-socket-path", SA_TOKEN_ONLY),
-    ("federated-server-spiffe-id", SA_TOKEN_ONLY),
+    ("federated-socket-path", NO_WORKLOAD_API),
+    (
+        "federated-server-spiffe-id",
+        "esi-cli verifies the Federation Server's certificate by its DNS name (against \
+         federated-ca-crt or the public roots), not by a SPIFFE ID",
+    ),
     ("okta-client-id", SA_TOKEN_ONLY),
     ("okta-private-key", SA_TOKEN_ONLY),
     ("okta-domain", SA_TOKEN_ONLY),
@@ -140,7 +155,15 @@ const UNSUPPORTED: &[(&str, &str)] = &[
 ];
 
 const SA_TOKEN_ONLY: &str = "esi-cli authenticates with the Pod's ServiceAccount token \
-                             (federated-auth: kubernetes), not with SPIFFE, Okta or PingIdentity";
+                             (federated-auth: kubernetes) or SPIFFE SVID files (federated-auth: \
+                             spiffe), not with Okta or PingIdentity";
+
+/// Why `federated-socket-path` is refused, with what to do instead.
+const NO_WORKLOAD_API: &str = "esi-cli does not read the SPIFFE Workload API socket (the one \
+    the SPIFFE CSI driver csi.spiffe.io mounts): run spiffe-helper on that socket in an init or \
+    sidecar container writing the SVIDs to a volume shared with the Pod (an emptyDir), and name \
+    the files with federated-x509-svid and federated-x509-svid-key (svid.pem, svid_key.pem) or \
+    federated-token (jwt_svid.token), with federated-auth: spiffe";
 
 /// The annotations of one Pod, each checked on its own (values trimmed, never empty).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -157,8 +180,15 @@ pub struct Annotations {
     pub token: Option<String>,
     /// `federated-ca-crt`.
     pub ca_crt: Option<String>,
-    /// Whether `federated-auth` was given (it can only say `kubernetes`).
+    /// Whether `federated-auth` was given.
     pub auth: bool,
+    /// `federated-auth: spiffe`: esi-cli authenticates with SVID files of the Pod, and no
+    /// ServiceAccount token is projected for it.
+    pub spiffe: bool,
+    /// `federated-x509-svid`.
+    pub x509_svid: Option<String>,
+    /// `federated-x509-svid-key`.
+    pub x509_svid_key: Option<String>,
     /// `daemon-refresh-interval`.
     pub refresh: Option<String>,
     /// `inject-on-env`.
@@ -272,17 +302,26 @@ pub fn parse(annotations: Option<&BTreeMap<String, String>>) -> Result<Parsed, D
             Key::FederatedGenerators => set(&mut a.generators),
             Key::FederatedStore => set(&mut a.store),
             Key::FederatedToken => set(&mut a.token),
+            Key::FederatedX509Svid => set(&mut a.x509_svid),
+            Key::FederatedX509SvidKey => set(&mut a.x509_svid_key),
             Key::FederatedCaCrt => set(&mut a.ca_crt),
             Key::DaemonRefreshInterval => set(&mut a.refresh),
             Key::InjectOnEnv => set(&mut a.inject_on_env),
             Key::InjectOnFile => set(&mut a.inject_on_file),
             Key::FederatedAuth => {
-                if value != "kubernetes" {
-                    let why = match value.as_str() {
-                        "spiffe" | "okta" | "pingidentity" => SA_TOKEN_ONLY,
-                        _ => "must be kubernetes (the Pod's ServiceAccount token)",
-                    };
-                    return Err(Denial::invalid(key.full(), format!("{value:?}: {why}")));
+                match value.as_str() {
+                    "kubernetes" => {}
+                    "spiffe" => a.spiffe = true,
+                    other => {
+                        let why = match other {
+                            "okta" | "pingidentity" => SA_TOKEN_ONLY,
+                            _ => {
+                                "must be kubernetes (the Pod's ServiceAccount token) or spiffe \
+                                 (SVID files in the Pod)"
+                            }
+                        };
+                        return Err(Denial::invalid(key.full(), format!("{value:?}: {why}")));
+                    }
                 }
                 a.auth = true;
             }
@@ -443,12 +482,22 @@ mod tests {
             (
                 &[("federated-auth", "okta")],
                 "federated-auth",
-                "not with SPIFFE",
+                "not with Okta",
             ),
             (
                 &[("federated-auth", "oidc")],
                 "federated-auth",
-                "must be kubernetes",
+                "must be kubernetes (the Pod's ServiceAccount token) or spiffe",
+            ),
+            (
+                &[("federated-socket-path", "/run/spire/sockets/agent.sock")],
+                "federated-socket-path",
+                "run spiffe-helper on that socket",
+            ),
+            (
+                &[("federated-server-spiffe-id", "spiffe://example.org/esi")],
+                "federated-server-spiffe-id",
+                "by its DNS name",
             ),
             (
                 &[("image-pull-secrets", "Reg_Cred")],

@@ -14,7 +14,12 @@
 //!   volume `esi-cli-state`) and revokes them when the Pod ends.
 //! - **Token** (with `federated-server-url`): the projected volume `esi-cli-token`, a
 //!   ServiceAccount token for the federation audience and the cluster CA
-//!   (`kube-root-ca.crt`), mounted read-only into the containers that run esi-cli.
+//!   (`kube-root-ca.crt`), mounted read-only into the containers that run esi-cli. With
+//!   `federated-auth: spiffe` no ServiceAccount token is projected (the volume holds the CA
+//!   only, when `federated-ca-crt` does not name another): esi-cli reads the SVID files
+//!   that spiffe-helper writes into a volume of the Pod (`federated-x509-svid`,
+//!   `federated-x509-svid-key`, or `federated-token` for a JWT-SVID), which its containers
+//!   mount read-only.
 //!
 //! Every esi-cli command line is checked by esi-cli's own parser before the Pod is
 //! admitted; every refusal names the annotation or field to fix.
@@ -448,6 +453,9 @@ fn annotation_of_flag(flag: &str, files_from_file_secrets: bool) -> String {
         "federated-store" => Key::FederatedStore,
         "federated-generators" => Key::FederatedGenerators,
         "federated-token" => Key::FederatedToken,
+        "federated-x509-svid" => Key::FederatedX509Svid,
+        "federated-x509-svid-key" => Key::FederatedX509SvidKey,
+        "federated-auth" => Key::FederatedAuth,
         "federated-ca-crt" => Key::FederatedCaCrt,
         "daemon-refresh-interval" => Key::DaemonRefreshInterval,
         "inject-on-env" => Key::InjectOnEnv,
@@ -521,6 +529,8 @@ impl<'a> Request<'a> {
                 (Key::FederatedStore, a.store.is_some()),
                 (Key::FederatedGenerators, a.generators.is_some()),
                 (Key::FederatedToken, a.token.is_some()),
+                (Key::FederatedX509Svid, a.x509_svid.is_some()),
+                (Key::FederatedX509SvidKey, a.x509_svid_key.is_some()),
                 (Key::FederatedCaCrt, a.ca_crt.is_some()),
                 (Key::FederatedAuth, a.auth),
             ];
@@ -573,6 +583,19 @@ impl<'a> Request<'a> {
                  generator credentials (federated-generators): this Pod has neither",
             ));
         }
+        if federated
+            && a.spiffe
+            && a.token.is_none()
+            && a.x509_svid.is_none()
+            && a.x509_svid_key.is_none()
+        {
+            return Err(Denial::invalid(
+                Key::FederatedAuth.full(),
+                "spiffe: name the SVID files that spiffe-helper writes into a volume of the \
+                 Pod: federated-x509-svid and federated-x509-svid-key (svid.pem, \
+                 svid_key.pem), or federated-token (jwt_svid.token)",
+            ));
+        }
         let mut common = Vec::new();
         if let Some(url) = &a.server_url {
             common.push(flag("federated-server-url", url));
@@ -582,8 +605,23 @@ impl<'a> Request<'a> {
             if let Some(g) = &a.generators {
                 common.push(flag("federated-generators", g));
             }
-            let token = a.token.clone().unwrap_or(format!("{TOKEN_DIR}/token"));
-            common.push(flag("federated-token", &token));
+            if a.spiffe {
+                common.push(flag("federated-auth", "spiffe"));
+            }
+            if let Some(x) = &a.x509_svid {
+                common.push(flag("federated-x509-svid", x));
+            }
+            if let Some(k) = &a.x509_svid_key {
+                common.push(flag("federated-x509-svid-key", k));
+            }
+            // With spiffe, a token file is only ever the Pod's own JWT-SVID.
+            match (&a.token, a.spiffe) {
+                (Some(t), _) => common.push(flag("federated-token", t)),
+                (None, false) => {
+                    common.push(flag("federated-token", &format!("{TOKEN_DIR}/token")))
+                }
+                (None, true) => {}
+            }
             let ca = a.ca_crt.clone().unwrap_or(format!("{TOKEN_DIR}/ca.crt"));
             common.push(flag("federated-ca-crt", &ca));
         }
@@ -593,10 +631,25 @@ impl<'a> Request<'a> {
             daemon,
             handoff,
             federated,
-            token_volume: federated && (a.token.is_none() || a.ca_crt.is_none()),
+            token_volume: federated && ((a.token.is_none() && !a.spiffe) || a.ca_crt.is_none()),
             files,
             common,
         })
+    }
+
+    /// With `federated-auth: spiffe`, the SVID files esi-cli reads, with their annotations.
+    fn svid_files(&self) -> Vec<(Key, &str)> {
+        if !self.a.spiffe {
+            return Vec::new();
+        }
+        [
+            (Key::FederatedToken, &self.a.token),
+            (Key::FederatedX509Svid, &self.a.x509_svid),
+            (Key::FederatedX509SvidKey, &self.a.x509_svid_key),
+        ]
+        .into_iter()
+        .filter_map(|(k, p)| p.as_deref().map(|p| (k, p)))
+        .collect()
     }
 
     fn credentials_file(&self) -> Option<Arg> {
@@ -637,6 +690,24 @@ impl<'a> Request<'a> {
     /// `--binary-path`/`--args`, checked alone (a short command line), so that the
     /// annotations are parsed once per Pod, not once per container.
     fn env_argv(&self, i: usize, c: &Container, prefix: &[Arg]) -> Result<Vec<Arg>, Denial> {
+        // esi-cli reads the SVID files in this container: it must mount them (by their
+        // directory: a file mounted alone by subPath is not updated when rotated).
+        for (key, path) in self.svid_files() {
+            let mounted = c.volume_mounts.iter().flatten().any(|m| {
+                let dir = Path::new(&m.mount_path);
+                under(Path::new(path), dir) && dir != Path::new(path)
+            });
+            if !mounted {
+                return Err(Denial::invalid(
+                    key.full(),
+                    format!(
+                        "{path}: esi-cli reads it in container {:?} (env-vars), which mounts no \
+                         volume holding it: mount there the volume spiffe-helper writes to",
+                        c.name
+                    ),
+                ));
+            }
+        }
         let field = format!("spec.containers[{i}].command");
         let command = c.command.as_deref().unwrap_or_default();
         let Some((program, first)) = command.split_first().filter(|(p, _)| !p.is_empty()) else {
@@ -1298,7 +1369,7 @@ fn added(
         init_containers.push(c);
     }
     if req.token_volume {
-        volumes.push(token_volume(settings));
+        volumes.push(token_volume(settings, !req.a.spiffe));
     }
     if !dirs.is_empty() {
         volumes.push(memory_volume(VOLUME_FILES, "16Mi"));
@@ -1489,6 +1560,12 @@ fn mirrored_mounts(
     if let Some(t) = &req.a.token {
         wanted.push((Key::FederatedToken.full(), PathBuf::from(t)));
     }
+    if let Some(x) = &req.a.x509_svid {
+        wanted.push((Key::FederatedX509Svid.full(), PathBuf::from(x)));
+    }
+    if let Some(k) = &req.a.x509_svid_key {
+        wanted.push((Key::FederatedX509SvidKey.full(), PathBuf::from(k)));
+    }
     if let Some(c) = &req.a.ca_crt {
         wanted.push((Key::FederatedCaCrt.full(), PathBuf::from(c)));
     }
@@ -1639,32 +1716,37 @@ fn memory_volume(name: &str, size: &str) -> Volume {
     }
 }
 
-fn token_volume(settings: &Settings) -> Volume {
+/// The projected volume: the ServiceAccount token for the federation audience (unless
+/// `sa_token` is false: `federated-auth: spiffe`) and the cluster CA.
+fn token_volume(settings: &Settings, sa_token: bool) -> Volume {
+    let token = sa_token.then(|| VolumeProjection {
+        service_account_token: Some(ServiceAccountTokenProjection {
+            audience: Some(settings.audience.clone()),
+            expiration_seconds: Some(settings.token_expiration_seconds),
+            path: "token".into(),
+        }),
+        ..VolumeProjection::default()
+    });
     Volume {
         name: VOLUME_TOKEN.into(),
         projected: Some(ProjectedVolumeSource {
-            sources: Some(vec![
-                VolumeProjection {
-                    service_account_token: Some(ServiceAccountTokenProjection {
-                        audience: Some(settings.audience.clone()),
-                        expiration_seconds: Some(settings.token_expiration_seconds),
-                        path: "token".into(),
-                    }),
-                    ..VolumeProjection::default()
-                },
-                VolumeProjection {
-                    config_map: Some(ConfigMapProjection {
-                        name: "kube-root-ca.crt".into(),
-                        items: Some(vec![KeyToPath {
-                            key: "ca.crt".into(),
-                            path: "ca.crt".into(),
-                            mode: None,
-                        }]),
-                        optional: None,
-                    }),
-                    ..VolumeProjection::default()
-                },
-            ]),
+            sources: Some(
+                token
+                    .into_iter()
+                    .chain([VolumeProjection {
+                        config_map: Some(ConfigMapProjection {
+                            name: "kube-root-ca.crt".into(),
+                            items: Some(vec![KeyToPath {
+                                key: "ca.crt".into(),
+                                path: "ca.crt".into(),
+                                mode: None,
+                            }]),
+                            optional: None,
+                        }),
+                        ..VolumeProjection::default()
+                    }])
+                    .collect(),
+            ),
             default_mode: None,
         }),
         ..Volume::default()
@@ -1909,6 +1991,181 @@ mod tests {
             names(&spec["volumes"]),
             vec!["kube-api-access", VOLUME_TOKEN, VOLUME_FILES, VOLUME_STATE]
         );
+    }
+
+    /// A Pod with spiffe-helper writing the SVIDs into the emptyDir `spiffe` (mounted at
+    /// /run/spiffe in the application), as its docs set it up.
+    fn spiffe_spec() -> Value {
+        let mut spec = app_spec();
+        spec["containers"][0]["volumeMounts"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"name": "spiffe", "mountPath": "/run/spiffe", "readOnly": true}));
+        spec["volumes"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"name": "spiffe", "emptyDir": {"medium": "Memory"}}));
+        spec
+    }
+
+    /// Issue 18: `federated-auth: spiffe` makes esi-cli use the Pod's SVID files (an
+    /// X.509-SVID, or a JWT-SVID in federated-token) and projects no ServiceAccount token
+    /// (only the cluster CA); file injection mounts the SVID volume read-only into
+    /// esi-cli's own containers; re-admission accepts the injection as made.
+    #[test]
+    fn spiffe_uses_the_pods_svid_files_and_no_service_account_token() {
+        let mut a = FED.to_vec();
+        a.extend([
+            ("env-vars", "true"),
+            ("federated-auth", "spiffe"),
+            ("federated-x509-svid", "/run/spiffe/svid.pem"),
+            ("federated-x509-svid-key", "/run/spiffe/svid_key.pem"),
+        ]);
+        let out = admit(&pod(&a, spiffe_spec())).unwrap();
+        let cmd = strs(&out["spec"]["containers"][0]["command"]);
+        assert_eq!(
+            cmd[..8],
+            [
+                "/esi/bin/esi-cli",
+                "--mode=init",
+                "--federated-server-url=https://esi.example.com",
+                "--federated-store=vault-prod",
+                "--federated-auth=spiffe",
+                "--federated-x509-svid=/run/spiffe/svid.pem",
+                "--federated-x509-svid-key=/run/spiffe/svid_key.pem",
+                "--federated-ca-crt=/esi/token/ca.crt",
+            ]
+        );
+        assert!(
+            !cmd.iter().any(|c| c.starts_with("--federated-token")),
+            "{cmd:?}"
+        );
+        let volumes = &out["spec"]["volumes"];
+        let token = volumes
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == VOLUME_TOKEN)
+            .unwrap();
+        assert_eq!(
+            token["projected"]["sources"],
+            json!([{"configMap": {"name": "kube-root-ca.crt",
+                                  "items": [{"key": "ca.crt", "path": "ca.crt"}]}}]),
+            "no ServiceAccount token for esi-cli"
+        );
+        // With the CA named too, nothing is projected at all.
+        let mut with_ca = a.clone();
+        with_ca.push(("federated-ca-crt", "/run/spiffe/bundle.pem"));
+        let out = admit(&pod(&with_ca, spiffe_spec())).unwrap();
+        assert!(!names(&out["spec"]["volumes"]).contains(&VOLUME_TOKEN.to_string()));
+
+        // A JWT-SVID, files written by esi-cli-init: the SVID volume is mounted into it.
+        let mut a = FED.to_vec();
+        a.extend([
+            ("inject-on-file", "/etc/app/secrets/db=db.password"),
+            ("federated-auth", "spiffe"),
+            ("federated-token", "/run/spiffe/jwt_svid.token"),
+        ]);
+        let out = admit(&pod(&a, spiffe_spec())).unwrap();
+        let init = &out["spec"]["initContainers"][0];
+        let cmd = strs(&init["command"]);
+        assert!(
+            cmd.contains(&"--federated-auth=spiffe".to_string()),
+            "{cmd:?}"
+        );
+        assert!(
+            cmd.contains(&"--federated-token=/run/spiffe/jwt_svid.token".to_string()),
+            "{cmd:?}"
+        );
+        let spiffe_mount = init["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == "spiffe")
+            .unwrap();
+        assert_eq!(spiffe_mount["mountPath"], "/run/spiffe");
+        assert_eq!(spiffe_mount["readOnly"], true);
+    }
+
+    /// Issue 18: what spiffe cannot do is refused at admission, naming the annotation.
+    #[test]
+    fn spiffe_refusals_name_what_to_fix() {
+        let refused = |extra: &[(&'static str, &'static str)], spec: Value| {
+            let mut a = FED.to_vec();
+            a.push(("env-vars", "true"));
+            a.extend_from_slice(extra);
+            admit(&pod(&a, spec)).unwrap_err()
+        };
+        // No SVID named.
+        let d = refused(&[("federated-auth", "spiffe")], spiffe_spec());
+        assert_eq!(d.field, format!("{P}federated-auth"));
+        assert!(d.message.contains("federated-x509-svid"), "{}", d.message);
+        // Half an X.509-SVID: esi-cli's own refusal, on the annotation.
+        let d = refused(
+            &[
+                ("federated-auth", "spiffe"),
+                ("federated-x509-svid", "/run/spiffe/svid.pem"),
+            ],
+            spiffe_spec(),
+        );
+        assert_eq!(d.field, format!("{P}federated-x509-svid-key"), "{d}");
+        assert!(d.message.contains("svid_key.pem"), "{}", d.message);
+        // SVID files without spiffe.
+        let d = refused(
+            &[
+                ("federated-x509-svid", "/run/spiffe/svid.pem"),
+                ("federated-x509-svid-key", "/run/spiffe/svid_key.pem"),
+            ],
+            spiffe_spec(),
+        );
+        assert_eq!(d.field, format!("{P}federated-x509-svid"), "{d}");
+        assert!(
+            d.message.contains("only with --federated-auth=spiffe"),
+            "{d}"
+        );
+        // The application container does not mount the SVID volume (env-vars: esi-cli
+        // reads the files there).
+        let d = refused(
+            &[
+                ("federated-auth", "spiffe"),
+                ("federated-token", "/run/spiffe/jwt_svid.token"),
+            ],
+            app_spec(),
+        );
+        assert_eq!(d.field, format!("{P}federated-token"), "{d}");
+        assert!(d.message.contains("mounts no volume holding it"), "{d}");
+        // File injection: no container of the Pod mounts it.
+        let mut a = FED.to_vec();
+        a.extend([
+            ("inject-on-file", "/etc/app/secrets/db=db.password"),
+            ("federated-auth", "spiffe"),
+            ("federated-x509-svid", "/run/spiffe/svid.pem"),
+            ("federated-x509-svid-key", "/run/spiffe/svid_key.pem"),
+        ]);
+        let d = admit(&pod(&a, app_spec())).unwrap_err();
+        assert_eq!(d.field, format!("{P}federated-x509-svid"), "{d}");
+        // The SPIFFE CSI driver's socket: the spiffe-helper alternative is named.
+        let d = refused(
+            &[(
+                "federated-socket-path",
+                "/spiffe-workload-api/spire-agent.sock",
+            )],
+            spiffe_spec(),
+        );
+        assert_eq!(d.field, format!("{P}federated-socket-path"), "{d}");
+        assert!(d.message.contains("csi.spiffe.io"), "{d}");
+        // spiffe is for a Federation Server.
+        let d = admit(&pod(
+            &[
+                ("externalsecret", "db"),
+                ("env-vars", "true"),
+                ("federated-auth", "spiffe"),
+                ("federated-token", "/run/spiffe/jwt_svid.token"),
+            ],
+            spiffe_spec(),
+        ))
+        .unwrap_err();
+        assert!(d.message.contains("federated-server-url"), "{d}");
     }
 
     fn two_containers(mut spec: Value) -> Value {
