@@ -5,9 +5,9 @@
 //! [`ClientCertificate`]; it never decides who the client is. The identity comes only from
 //! [`crate::authn::Authenticator::authenticate_x509`], at request time, against the current
 //! `SpiffeFederation` bundles:
-//! - the leaf ([`check_leaf`], X509-SVID §2, §4): parses as X.509, has exactly one URI SAN
-//!   and it is a workload SPIFFE ID ([`parse_workload_id`]); `basicConstraints` `cA` is not
-//!   set; `keyUsage` is present with `digitalSignature` and without `keyCertSign` and
+//! - the leaf ([`check_leaf`], X509-SVID §2, §4), in this order: parses as X.509;
+//!   `basicConstraints` `cA` is not set; it has exactly one URI SAN and it is a workload
+//!   SPIFFE ID ([`parse_workload_id`]); `keyUsage` is present with `digitalSignature` and without `keyCertSign` and
 //!   `cRLSign`;
 //! - the SPIFFE ID's trust domain selects the `SpiffeFederation` (none → refused);
 //! - the chain verifies (RFC 5280 path validation by rustls-webpki, `clientAuth` extended key
@@ -188,6 +188,13 @@ pub(crate) fn check_leaf(der: &[u8]) -> Result<SvidLeaf, X509SvidError> {
     if !rest.is_empty() {
         return Err(X509SvidError::Malformed);
     }
+    let ca = cert
+        .basic_constraints()
+        .map_err(|_| X509SvidError::Malformed)?
+        .is_some_and(|bc| bc.value.ca);
+    if ca {
+        return Err(X509SvidError::CaAsLeaf);
+    }
     let san = cert
         .subject_alternative_name()
         .map_err(|_| X509SvidError::Malformed)?;
@@ -203,13 +210,6 @@ pub(crate) fn check_leaf(der: &[u8]) -> Result<SvidLeaf, X509SvidError> {
         return Err(X509SvidError::SeveralUriSans);
     }
     parse_workload_id(uri).map_err(|_| X509SvidError::BadSpiffeId)?;
-    let ca = cert
-        .basic_constraints()
-        .map_err(|_| X509SvidError::Malformed)?
-        .is_some_and(|bc| bc.value.ca);
-    if ca {
-        return Err(X509SvidError::CaAsLeaf);
-    }
     let usage = cert
         .key_usage()
         .map_err(|_| X509SvidError::Malformed)?
