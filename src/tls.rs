@@ -439,6 +439,53 @@ mod tests {
         assert!(matches!(err, TlsError::NoClientCa(_)), "{err}");
     }
 
+    /// X.509-SVID mode: certificates asked for but optional, chains bounded, none ever
+    /// verified here (the request does); `client_ca` keeps its mandatory verification and
+    /// hands no chain to requests.
+    #[test]
+    fn svid_client_auth_is_optional_and_bounded() {
+        use rustls::server::danger::ClientCertVerifier;
+        let dir = tempfile::tempdir().unwrap();
+        let s = self_signed(dir.path(), &["localhost".into()]).unwrap();
+        let files = TlsFiles {
+            cert: s.cert.clone(),
+            key: s.key.clone(),
+            client_ca: None,
+        };
+        let svid = ServerTls {
+            files: files.clone(),
+            client_auth: ClientAuth::Svid,
+        };
+        assert!(svid.hands_client_certificates());
+        svid.load().unwrap();
+        assert!(!ServerTls::from(files.clone()).hands_client_certificates());
+        let with_ca = ServerTls {
+            files: TlsFiles {
+                client_ca: Some(s.ca_cert.clone()),
+                ..files
+            },
+            client_auth: ClientAuth::Svid,
+        };
+        assert!(!with_ca.hands_client_certificates());
+        with_ca.load().unwrap();
+
+        let v = PossessionOnly {
+            algorithms: rustls::crypto::aws_lc_rs::default_provider()
+                .signature_verification_algorithms,
+        };
+        assert!(v.offer_client_auth() && !v.client_auth_mandatory());
+        assert!(v.root_hint_subjects().is_empty());
+        let leaf = CertificateDer::from_pem_file(&s.cert).unwrap();
+        let now = rustls_pki_types::UnixTime::now();
+        assert!(v.verify_client_cert(&leaf, &[], now).is_ok());
+        let most = vec![leaf.clone(); crate::authn::MAX_CLIENT_CHAIN_CERTS - 1];
+        assert!(v.verify_client_cert(&leaf, &most, now).is_ok());
+        let too_many = vec![leaf.clone(); crate::authn::MAX_CLIENT_CHAIN_CERTS];
+        assert!(v.verify_client_cert(&leaf, &too_many, now).is_err());
+        let huge = CertificateDer::from(vec![0u8; crate::authn::MAX_CLIENT_CHAIN_BYTES]);
+        assert!(v.verify_client_cert(&leaf, &[huge], now).is_err());
+    }
+
     #[tokio::test]
     async fn changed_files_are_reloaded() {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();

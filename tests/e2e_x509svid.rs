@@ -150,7 +150,10 @@ spec:
         let (status, body) = post(&with(&svid), &url, None).await;
         assert_eq!(status, 401, "{what}: {body}");
         assert!(body.contains(rule), "{what}: {body}");
-        assert!(!body.contains("example.org"), "{what}: no certificate contents: {body}");
+        assert!(
+            !body.contains("example.org"),
+            "{what}: no certificate contents: {body}"
+        );
     }
     // A certificate without URI SAN is no SVID: without a bearer token, nothing to go by.
     let plain = with(&plain_client_cert());
@@ -252,7 +255,10 @@ spec:
         async move { req.send().await.unwrap().status().as_u16() }
     };
     // Another workload's JWT-SVID: not its credential.
-    assert_eq!(delete(jwt_svid("spiffe://example.org/ns/ci/sa/other")).await, 404);
+    assert_eq!(
+        delete(jwt_svid("spiffe://example.org/ns/ci/sa/other")).await,
+        404
+    );
     assert!(vault.revoked().is_empty());
     // The same workload's JWT-SVID: its own.
     assert_eq!(delete(jwt_svid(id)).await, 204);

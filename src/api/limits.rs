@@ -424,12 +424,14 @@ where
     };
     let deadline = limits.settings.request_timeout;
     let work = async {
-        if routed && let Err(e) = limits.check_tokens(
+        if routed
+            && let Err(e) = limits.check_tokens(
                 &parts.headers,
                 parts
                     .extensions
                     .get::<Arc<crate::authn::ClientCertificate>>(),
-            ) {
+            )
+        {
             return refuse(e, version, pending);
         }
         let body = match pending {

@@ -81,9 +81,7 @@ pub enum AuthnError {
     X509Svid(#[from] super::x509svid::X509SvidError),
     /// The request carries an X.509-SVID client certificate and a bearer token: one
     /// credential per request, the server does not pick one.
-    #[error(
-        "two credentials: an X.509-SVID client certificate and a bearer token; present one"
-    )]
+    #[error("two credentials: an X.509-SVID client certificate and a bearer token; present one")]
     TwoCredentials,
 }
 

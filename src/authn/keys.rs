@@ -189,7 +189,11 @@ pub(crate) fn parse_spiffe_bundle(doc: &[u8], max_keys: usize) -> Result<SpiffeB
             parse_jwk(&jwk, KeyUse::JwtSvid).map(|k| bundle.jwt_keys.push(k))
         };
         if let Err(reason) = parsed {
-            tracing::debug!(kid = jwk.kid.as_deref().unwrap_or(""), reason, "JWK skipped");
+            tracing::debug!(
+                kid = jwk.kid.as_deref().unwrap_or(""),
+                reason,
+                "JWK skipped"
+            );
         }
     }
     Ok(bundle)
@@ -207,7 +211,7 @@ fn parse_x509_authority(
         .decode(cert)
         .map_err(|_| "x5c is not base64")?;
     match x509_parser::parse_x509_certificate(&der) {
-        Ok((rest, _)) if rest.is_empty() => Ok(der.into()),
+        Ok(([], _)) => Ok(der.into()),
         _ => Err("x5c is not a DER X.509 certificate"),
     }
 }

@@ -78,7 +78,9 @@ pub enum X509SvidError {
     #[error("X.509-SVID is not valid for TLS client authentication (extendedKeyUsage)")]
     BadPurpose,
     /// The chain does not verify to the trust domain's `x509-svid` authorities.
-    #[error("X.509-SVID chain does not verify to its trust domain's bundle (x509-svid authorities)")]
+    #[error(
+        "X.509-SVID chain does not verify to its trust domain's bundle (x509-svid authorities)"
+    )]
     Untrusted,
 }
 
@@ -260,12 +262,10 @@ impl X509Authorities {
             return None;
         }
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-            Arc::new(store),
-            provider,
-        )
-        .build()
-        .ok()?;
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(store), provider)
+                .build()
+                .ok()?;
         Some(X509Authorities { roots, verifier })
     }
 
@@ -293,7 +293,8 @@ impl X509Authorities {
                     CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. },
                 ) => X509SvidError::NotYetValid,
                 rustls::Error::InvalidCertificate(
-                    CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. },
+                    CertificateError::InvalidPurpose
+                    | CertificateError::InvalidPurposeContext { .. },
                 ) => X509SvidError::BadPurpose,
                 _ => X509SvidError::Untrusted,
             })

@@ -135,10 +135,17 @@ async fn an_x509_svid_proves_the_same_workload_as_a_jwt_svid() {
     jwt_entry["use"] = json!("jwt-svid");
     let a = authenticator(
         T0,
-        vec![federation("spire", TD, vec![jwt_entry, ca.entry("x509-svid")])],
+        vec![federation(
+            "spire",
+            TD,
+            vec![jwt_entry, ca.entry("x509-svid")],
+        )],
     );
     let leaf = ca.sign(&svid_params(&[ID]));
-    let x509 = a.authenticate_x509(&cert(&[leaf.clone()])).await.unwrap();
+    let x509 = a
+        .authenticate_x509(&cert(std::slice::from_ref(&leaf)))
+        .await
+        .unwrap();
     let jwt = a
         .authenticate(
             &key.sign(&json!({"sub": ID, "aud": [AUD], "iat": T0 - 5, "exp": T0 + 300})),
@@ -177,13 +184,14 @@ fn leaf_rules() {
     use X509SvidError::*;
     assert_eq!(with(&|p| p.subject_alt_names.clear()), NoUriSan);
     assert_eq!(
-        with(&|p| p.subject_alt_names = vec![SanType::DnsName("api.example.org".try_into().unwrap())]),
+        with(&|p| p.subject_alt_names =
+            vec![SanType::DnsName("api.example.org".try_into().unwrap())]),
         NoUriSan
     );
     assert_eq!(
-        with(&|p| p
-            .subject_alt_names
-            .push(SanType::URI("spiffe://example.org/other".try_into().unwrap()))),
+        with(&|p| p.subject_alt_names.push(SanType::URI(
+            "spiffe://example.org/other".try_into().unwrap()
+        ))),
         SeveralUriSans
     );
     assert_eq!(
@@ -242,8 +250,14 @@ fn which_certificates_claim_to_be_svids() {
     let ca = Ca::root("spire");
     let claims = |p: CertificateParams| cert(&[ca.sign(&p)]).is_svid();
     assert!(claims(svid_params(&[ID])));
-    assert!(claims(svid_params(&["spiffe://example.org"])), "malformed IDs too");
-    assert!(claims(svid_params(&["SPIFFE://example.org/x"])), "scheme case");
+    assert!(
+        claims(svid_params(&["spiffe://example.org"])),
+        "malformed IDs too"
+    );
+    assert!(
+        claims(svid_params(&["SPIFFE://example.org/x"])),
+        "scheme case"
+    );
     assert!(claims(svid_params(&["https://x.example", ID])));
     assert!(!claims(svid_params(&[])));
     assert!(!claims(svid_params(&["https://x.example/spiffe://"])));
@@ -268,7 +282,11 @@ async fn chains_that_do_not_hold_are_refused() {
     ];
     let a = authenticator(T0, feds);
     let good = ca.sign(&svid_params(&[ID]));
-    assert!(a.authenticate_x509(&cert(&[good.clone()])).await.is_ok());
+    assert!(
+        a.authenticate_x509(&cert(std::slice::from_ref(&good)))
+            .await
+            .is_ok()
+    );
 
     use X509SvidError::*;
     // Another trust domain (no federation).
@@ -290,11 +308,15 @@ async fn chains_that_do_not_hold_are_refused() {
     assert_eq!(refused(&a, &[ca.sign(&p)]).await, NotYetValid);
     // The leaf rules come first, before any bundle.
     assert_eq!(
-        refused(&a, &[ca.sign(&svid_params(&[ID, "spiffe://example.org/b"]))]).await,
+        refused(
+            &a,
+            &[ca.sign(&svid_params(&[ID, "spiffe://example.org/b"]))]
+        )
+        .await,
         SeveralUriSans
     );
     assert_eq!(refused(&a, &[ca.sign(&svid_params(&[]))]).await, NoUriSan);
-    assert_eq!(refused(&a, &[ca.der.clone()]).await, CaAsLeaf);
+    assert_eq!(refused(&a, std::slice::from_ref(&ca.der)).await, CaAsLeaf);
     // Only for client authentication.
     let mut server_only = svid_params(&[ID]);
     server_only.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
@@ -311,10 +333,13 @@ async fn chains_that_do_not_hold_are_refused() {
 async fn intermediates_presented_by_the_client_chain_to_the_bundle() {
     let root = Ca::root("spire root");
     let mid = root.intermediate("spire server");
-    let a = authenticator(T0, vec![federation("spire", TD, vec![root.entry("x509-svid")])]);
+    let a = authenticator(
+        T0,
+        vec![federation("spire", TD, vec![root.entry("x509-svid")])],
+    );
     let leaf = mid.sign(&svid_params(&[ID]));
     assert_eq!(
-        refused(&a, &[leaf.clone()]).await,
+        refused(&a, std::slice::from_ref(&leaf)).await,
         X509SvidError::Untrusted,
         "without its intermediate"
     );
@@ -336,14 +361,24 @@ async fn only_x509_svid_entries_are_authorities() {
     let mut ca_as_jwt = ca.entry("jwt-svid");
     ca_as_jwt["x"] = key.jwk["x"].clone();
     ca_as_jwt["y"] = key.jwk["y"].clone();
-    let a = authenticator(T0, vec![federation("spire", TD, vec![jwt_entry, ca_as_jwt])]);
+    let a = authenticator(
+        T0,
+        vec![federation("spire", TD, vec![jwt_entry, ca_as_jwt])],
+    );
     assert_eq!(
         refused(&a, &[ca.sign(&svid_params(&[ID]))]).await,
         X509SvidError::NoAuthorities
     );
     // A bundle of an x509-svid entry only loads (X.509-SVIDs only) and verifies no JWT.
-    let a = authenticator(T0, vec![federation("spire", TD, vec![ca.entry("x509-svid")])]);
-    assert!(a.authenticate_x509(&cert(&[ca.sign(&svid_params(&[ID]))])).await.is_ok());
+    let a = authenticator(
+        T0,
+        vec![federation("spire", TD, vec![ca.entry("x509-svid")])],
+    );
+    assert!(
+        a.authenticate_x509(&cert(&[ca.sign(&svid_params(&[ID]))]))
+            .await
+            .is_ok()
+    );
     let jwt = key.sign(&json!({"sub": ID, "aud": [AUD], "iat": T0 - 5, "exp": T0 + 300}));
     assert!(a.authenticate(&jwt, None).await.is_err());
     // An x509-svid entry with no usable certificate is no key at all.
@@ -369,11 +404,21 @@ async fn only_x509_svid_entries_are_authorities() {
 async fn a_rotated_bundle_no_longer_trusts_the_old_ca() {
     let old = Ca::root("spire 1");
     let new = Ca::root("spire 2");
-    let a = authenticator(T0, vec![federation("spire", TD, vec![old.entry("x509-svid")])]);
+    let a = authenticator(
+        T0,
+        vec![federation("spire", TD, vec![old.entry("x509-svid")])],
+    );
     let old_leaf = old.sign(&svid_params(&[ID]));
     let new_leaf = new.sign(&svid_params(&[ID]));
-    assert!(a.authenticate_x509(&cert(&[old_leaf.clone()])).await.is_ok());
-    assert_eq!(refused(&a, &[new_leaf.clone()]).await, X509SvidError::Untrusted);
+    assert!(
+        a.authenticate_x509(&cert(std::slice::from_ref(&old_leaf)))
+            .await
+            .is_ok()
+    );
+    assert_eq!(
+        refused(&a, std::slice::from_ref(&new_leaf)).await,
+        X509SvidError::Untrusted
+    );
     a.set_federations(vec![federation("spire", TD, vec![new.entry("x509-svid")])]);
     assert_eq!(refused(&a, &[old_leaf]).await, X509SvidError::Untrusted);
     assert!(a.authenticate_x509(&cert(&[new_leaf])).await.is_ok());
