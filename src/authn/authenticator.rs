@@ -19,7 +19,8 @@ use super::settings::AuthnSettings;
 use super::spiffe::parse_workload_id;
 use super::token::{self, ParsedToken};
 use super::x509svid::{
-    ClientCertificate, X509SvidError, chain_within_bounds, check_leaf, earliest_not_after,
+    ClientCertificate, VerifiedChain, X509SvidError, chain_within_bounds, check_leaf,
+    earliest_not_after,
 };
 use crate::metrics::METRICS;
 
@@ -384,8 +385,8 @@ impl Authenticator {
     /// bundle of the `SpiffeFederation` of its URI SAN's trust domain (every federation
     /// with that trust domain, in name order; the first that verifies answers). The identity
     /// is the one a JWT-SVID with the same SPIFFE ID gives, expiring at the chain's earliest
-    /// `notAfter`. Successes are cached by the chain's digest, bound to the key set that
-    /// verified them, as tokens are.
+    /// `notAfter`. A success is remembered by `cert` (its connection's next requests), bound to
+    /// the key set that verified it, as a cached token is.
     ///
     /// # Errors
     /// [`AuthnError::X509Svid`] naming the rule broken; [`AuthnError::KeysUnavailable`]
@@ -409,31 +410,24 @@ impl Authenticator {
         &self,
         cert: &ClientCertificate,
     ) -> Result<(Arc<Identity>, bool), AuthnError> {
-        let s = &self.settings;
-        let now = s.clock.now();
-        let digest = *cert.digest();
-        if let Some(hit) = self.tokens.get(&digest) {
-            if now <= hit.exp.saturating_add(s.leeway_secs)
+        let now = self.settings.clock.now();
+        if let Some(hit) = cert.verified() {
+            // Certificates get no leeway: valid up to `notAfter` included, as webpki's check.
+            if now <= hit.not_after
                 && self.live_generation(&hit.identity.federation, now) == Some(hit.generation)
             {
                 return Ok((hit.identity.clone(), true));
             }
-            self.tokens.invalidate(&digest);
+            cert.set_verified(None);
         }
         match self.verify_x509(cert, now).await {
             Ok((identity, generation)) => {
                 let identity = Arc::new(identity);
-                if let Some(not_after) = identity.expires_at {
-                    // Certificates get no leeway: the entry ends at `notAfter`.
-                    self.tokens.insert(
-                        digest,
-                        CachedToken {
-                            identity: identity.clone(),
-                            exp: not_after.saturating_sub(s.leeway_secs),
-                            generation,
-                        },
-                    );
-                }
+                cert.set_verified(Some(VerifiedChain {
+                    identity: identity.clone(),
+                    generation,
+                    not_after: identity.expires_at.unwrap_or(0),
+                }));
                 Ok((identity, false))
             }
             Err((e, federation)) => {

@@ -20,9 +20,11 @@ use std::sync::Arc;
 use rustls::CertificateError;
 use rustls::server::danger::ClientCertVerifier;
 use rustls_pki_types::{CertificateDer, UnixTime};
-use sha2::{Digest, Sha256};
 use x509_parser::extensions::GeneralName;
 
+use arc_swap::ArcSwapOption;
+
+use super::identity::Identity;
 use super::spiffe::parse_workload_id;
 
 /// Most certificates a client may present (leaf and intermediates); longer chains fail the
@@ -106,33 +108,47 @@ impl X509SvidError {
 }
 
 /// The certificate chain a client presented in its TLS handshake (leaf first), made once per
-/// connection and shared by its requests (a request extension). Holding one proves only
+/// connection and shared by its requests (a request extension); it remembers its last
+/// successful verification, so a connection's requests verify the chain once (while the
+/// federation's keys stay the same and the chain valid). Holding one proves only
 /// that the client has the leaf's private key: who the client is, if anyone, is decided by
 /// [`crate::authn::Authenticator::authenticate_x509`].
-#[derive(Debug)]
 pub struct ClientCertificate {
     chain: Vec<CertificateDer<'static>>,
     /// Whether the leaf claims to be an X.509-SVID: it has a URI SAN with the `spiffe`
     /// scheme, or does not parse (so its claim cannot be ruled out).
     svid: bool,
-    /// SHA-256 over the chain (verified-credential cache key).
-    digest: [u8; 32],
+    /// The last successful verification, for the connection's next requests (re-checked
+    /// against the federation's current key set and the clock on every use).
+    verified: ArcSwapOption<VerifiedChain>,
+}
+
+/// A chain's successful verification.
+pub(crate) struct VerifiedChain {
+    pub(crate) identity: Arc<Identity>,
+    /// The generation of the key set that verified it.
+    pub(crate) generation: u64,
+    /// The chain's earliest `notAfter` (seconds since the epoch).
+    pub(crate) not_after: u64,
+}
+
+impl std::fmt::Debug for ClientCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientCertificate")
+            .field("certificates", &self.chain.len())
+            .field("svid", &self.svid)
+            .finish()
+    }
 }
 
 impl ClientCertificate {
     /// The chain as presented; `None` when it is empty (no certificate).
     pub fn new(chain: &[CertificateDer<'_>]) -> Option<Arc<ClientCertificate>> {
         let leaf = chain.first()?;
-        let mut hash = Sha256::new();
-        hash.update(b"esi x509-svid chain\0");
-        for cert in chain {
-            hash.update((cert.len() as u64).to_be_bytes());
-            hash.update(cert.as_ref());
-        }
         Some(Arc::new(ClientCertificate {
             svid: claims_spiffe(leaf),
             chain: chain.iter().map(|c| c.clone().into_owned()).collect(),
-            digest: hash.finalize().into(),
+            verified: ArcSwapOption::empty(),
         }))
     }
 
@@ -148,8 +164,14 @@ impl ClientCertificate {
         &self.chain
     }
 
-    pub(crate) fn digest(&self) -> &[u8; 32] {
-        &self.digest
+    /// The last successful verification of this chain (this connection's).
+    pub(crate) fn verified(&self) -> Option<Arc<VerifiedChain>> {
+        self.verified.load_full()
+    }
+
+    /// Records (or, with `None`, forgets) this chain's verification.
+    pub(crate) fn set_verified(&self, verified: Option<VerifiedChain>) {
+        self.verified.store(verified.map(Arc::new));
     }
 }
 

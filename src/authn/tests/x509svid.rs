@@ -12,7 +12,7 @@ use rcgen::{
 use rustls_pki_types::CertificateDer;
 use serde_json::{Value, json};
 
-use super::server::{AUD, T0};
+use super::server::{AUD, T0, TestClock};
 use super::support::TestKey;
 use crate::authn::x509svid::{X509SvidError, check_leaf};
 use crate::authn::*;
@@ -163,9 +163,46 @@ async fn an_x509_svid_proves_the_same_workload_as_a_jwt_svid() {
     assert_eq!((sa.namespace.as_str(), sa.name.as_str()), ("prod", "api"));
     // rcgen's default notAfter: 4096-01-01.
     assert!(x509.expires_at.unwrap() > T0 + 100 * 365 * 86400);
-    // Cached: the same identity, shared.
-    let again = a.authenticate_x509(&cert(&[leaf])).await.unwrap();
-    assert!(Arc::ptr_eq(&x509, &again));
+    // The connection's next request: its verification remembered, the identity shared.
+    let conn = cert(std::slice::from_ref(&leaf));
+    let first = a.authenticate_x509(&conn).await.unwrap();
+    assert!(Arc::ptr_eq(
+        &first,
+        &a.authenticate_x509(&conn).await.unwrap()
+    ));
+    // Another connection with the same chain verifies it again.
+    let other = a.authenticate_x509(&cert(&[leaf])).await.unwrap();
+    assert!(!Arc::ptr_eq(&first, &other));
+    assert_eq!(first, other);
+}
+
+/// A connection's remembered verification ends with the chain's validity.
+#[tokio::test]
+async fn a_remembered_verification_expires_with_the_chain() {
+    let (clock, c) = TestClock::new();
+    let ca = Ca::root("spire");
+    let a = Authenticator::new(AuthnSettings {
+        clock: c,
+        ..Default::default()
+    });
+    a.set_federations(vec![federation("spire", TD, vec![ca.entry("x509-svid")])]);
+    let mut p = svid_params(&[ID]);
+    let at = |secs: u64| time::OffsetDateTime::from_unix_timestamp(secs as i64).unwrap();
+    p.not_before = at(T0 - 10);
+    p.not_after = at(T0 + 100);
+    let conn = cert(&[ca.sign(&p)]);
+    let id = a.authenticate_x509(&conn).await.unwrap();
+    assert_eq!(id.expires_at, Some(T0 + 100));
+    clock.advance(100);
+    assert!(
+        a.authenticate_x509(&conn).await.is_ok(),
+        "notAfter itself is valid"
+    );
+    clock.advance(1);
+    assert_eq!(
+        a.authenticate_x509(&conn).await.unwrap_err(),
+        AuthnError::X509Svid(X509SvidError::Expired)
+    );
 }
 
 /// X509-SVID §2 and §4, each rule on its own (everything else valid).
@@ -410,16 +447,19 @@ async fn a_rotated_bundle_no_longer_trusts_the_old_ca() {
     );
     let old_leaf = old.sign(&svid_params(&[ID]));
     let new_leaf = new.sign(&svid_params(&[ID]));
-    assert!(
-        a.authenticate_x509(&cert(std::slice::from_ref(&old_leaf)))
-            .await
-            .is_ok()
-    );
+    // A connection verified before the rotation.
+    let old_conn = cert(std::slice::from_ref(&old_leaf));
+    assert!(a.authenticate_x509(&old_conn).await.is_ok());
     assert_eq!(
         refused(&a, std::slice::from_ref(&new_leaf)).await,
         X509SvidError::Untrusted
     );
     a.set_federations(vec![federation("spire", TD, vec![new.entry("x509-svid")])]);
+    assert_eq!(
+        a.authenticate_x509(&old_conn).await.unwrap_err(),
+        AuthnError::X509Svid(X509SvidError::Untrusted),
+        "what the connection verified before no longer holds"
+    );
     assert_eq!(refused(&a, &[old_leaf]).await, X509SvidError::Untrusted);
     assert!(a.authenticate_x509(&cert(&[new_leaf])).await.is_ok());
 }
