@@ -413,8 +413,11 @@ impl Authenticator {
         let now = self.settings.clock.now();
         if let Some(hit) = cert.verified() {
             // Certificates get no leeway: valid up to `notAfter` included, as webpki's check.
+            // Only while the keys are fresh: a connection can live long, and stale keys are
+            // refreshed by the verification below (a cached token's short life bounds it
+            // instead).
             if now <= hit.not_after
-                && self.live_generation(&hit.identity.federation, now) == Some(hit.generation)
+                && self.fresh_generation(&hit.identity.federation, now) == Some(hit.generation)
             {
                 return Ok((hit.identity.clone(), true));
             }
@@ -439,6 +442,16 @@ impl Authenticator {
                 Err(e)
             }
         }
+    }
+
+    /// The generation of `federation`'s keys if they are fresh at `now` (no fetch due).
+    fn fresh_generation(&self, federation: &str, now: u64) -> Option<u64> {
+        self.federations
+            .load()
+            .iter()
+            .find(|s| s.fed.name == federation)
+            .and_then(|s| s.fresh_keys(now, &self.settings))
+            .map(|ks| ks.generation)
     }
 
     async fn verify_x509(

@@ -12,7 +12,7 @@ use rcgen::{
 use rustls_pki_types::CertificateDer;
 use serde_json::{Value, json};
 
-use super::server::{AUD, T0, TestClock};
+use super::server::{AUD, T0, TestClock, TestServer};
 use super::support::TestKey;
 use crate::authn::x509svid::{X509SvidError, check_leaf};
 use crate::authn::*;
@@ -461,5 +461,55 @@ async fn a_rotated_bundle_no_longer_trusts_the_old_ca() {
         "what the connection verified before no longer holds"
     );
     assert_eq!(refused(&a, &[old_leaf]).await, X509SvidError::Untrusted);
+    assert!(a.authenticate_x509(&cert(&[new_leaf])).await.is_ok());
+}
+
+/// A bundle endpoint's `x509-svid` authorities are fetched and refreshed like its JWT-SVID
+/// keys; a refresh that changes only the authorities still ends what connections verified
+/// with the old ones.
+#[tokio::test]
+async fn a_bundle_endpoint_serves_and_rotates_authorities() {
+    let srv = TestServer::start().await;
+    let key = TestKey::es256();
+    let mut jwt_entry = key.jwk.clone();
+    jwt_entry["use"] = json!("jwt-svid");
+    let old = Ca::root("spire 1");
+    let new = Ca::root("spire 2");
+    let doc = |ca: &Ca| {
+        json!({"spiffe_refresh_hint": 60, "keys": [jwt_entry.clone(), ca.entry("x509-svid")]})
+            .to_string()
+    };
+    srv.route("/bundle", 200, doc(&old));
+    let spec = SpiffeFederationSpec {
+        trust_domain: TD.into(),
+        bundle_endpoint: Some(crate::resources::SpiffeBundleEndpoint {
+            url: format!("{}/bundle", srv.url),
+            ca_bundle: Some(srv.ca_b64()),
+        }),
+        audiences: vec![AUD.into()],
+        ..Default::default()
+    };
+    let (clock, c) = TestClock::new();
+    let a = Authenticator::new(AuthnSettings {
+        clock: c,
+        ..Default::default()
+    });
+    a.set_federations(vec![Federation::from_spiffe_spec("spire", &spec).unwrap()]);
+    let old_conn = cert(&[old.sign(&svid_params(&[ID]))]);
+    assert!(a.authenticate_x509(&old_conn).await.is_ok());
+    assert_eq!(srv.hits("/bundle"), 1);
+    let new_leaf = new.sign(&svid_params(&[ID]));
+    assert_eq!(
+        refused(&a, std::slice::from_ref(&new_leaf)).await,
+        X509SvidError::Untrusted
+    );
+    // The same JWT-SVID key, another CA.
+    srv.route("/bundle", 200, doc(&new));
+    clock.advance(61);
+    assert_eq!(
+        a.authenticate_x509(&old_conn).await.unwrap_err(),
+        AuthnError::X509Svid(X509SvidError::Untrusted)
+    );
+    assert_eq!(srv.hits("/bundle"), 2);
     assert!(a.authenticate_x509(&cert(&[new_leaf])).await.is_ok());
 }
