@@ -503,13 +503,24 @@ async fn a_bundle_endpoint_serves_and_rotates_authorities() {
         refused(&a, std::slice::from_ref(&new_leaf)).await,
         X509SvidError::Untrusted
     );
-    // The same JWT-SVID key, another CA.
+    // The same JWT-SVID key, another CA. Another connection's request refreshes the
+    // bundle; then the old connection's verification no longer holds.
     srv.route("/bundle", 200, doc(&new));
     clock.advance(61);
+    assert!(a.authenticate_x509(&cert(&[new_leaf])).await.is_ok());
+    assert_eq!(srv.hits("/bundle"), 2);
     assert_eq!(
         a.authenticate_x509(&old_conn).await.unwrap_err(),
         AuthnError::X509Svid(X509SvidError::Untrusted)
     );
-    assert_eq!(srv.hits("/bundle"), 2);
-    assert!(a.authenticate_x509(&cert(&[new_leaf])).await.is_ok());
+    // And a stale bundle is refreshed by a connection's own next request.
+    let conn = cert(&[new.sign(&svid_params(&[ID]))]);
+    assert!(a.authenticate_x509(&conn).await.is_ok());
+    srv.route("/bundle", 200, doc(&old));
+    clock.advance(61);
+    assert_eq!(
+        a.authenticate_x509(&conn).await.unwrap_err(),
+        AuthnError::X509Svid(X509SvidError::Untrusted)
+    );
+    assert_eq!(srv.hits("/bundle"), 3);
 }
