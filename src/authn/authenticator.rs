@@ -437,7 +437,8 @@ impl Authenticator {
                 tracing::debug!(
                     kind = e.kind(),
                     federation = federation.as_deref().unwrap_or(""),
-                    "X.509-SVID authentication failed"
+                    credential = "x509-svid",
+                    "authentication failed"
                 );
                 Err(e)
             }
