@@ -10,7 +10,7 @@
 mod common;
 
 use common::fake_vault::FakeVault;
-use common::svid::{SpiffeCa, client_with, plain_client_cert};
+use common::svid::{SpiffeCa, Wire, client_presenting, client_with, plain_client_cert};
 use common::*;
 use serde_json::{Value, json};
 
@@ -103,6 +103,18 @@ spec:
         post(&client_with(&server_ca, &api, true), &url, None).await,
         ok
     );
+    // And over HTTP/2: every stream of the connection carries the chain.
+    let h2 = client_presenting(&server_ca, &api, &api.key_pem, Wire::H2);
+    assert_eq!(post(&h2, &url, None).await, ok);
+    assert_eq!(post(&h2, &url, None).await, ok);
+    // A certificate without its private key (certificates are public): the handshake fails,
+    // on TLS 1.3 and 1.2 alike.
+    let thief = ca.svid("spiffe://example.org/ns/prod/sa/thief");
+    for wire in [Wire::Default, Wire::Tls12] {
+        let stolen = client_presenting(&server_ca, &api, &thief.key_pem, wire);
+        let sent = stolen.post(&url).json(&json!({})).send().await;
+        assert!(sent.is_err(), "stolen certificate accepted: {sent:?}");
+    }
     // Denied (404, as for anything the caller may not see): another workload.
     let other = ca.svid("spiffe://example.org/ns/prod/sa/other");
     assert_eq!(post(&with(&other), &url, None).await.0, 404);
@@ -170,6 +182,22 @@ spec:
     assert_eq!(post(&plain, &url, Some(&jwt_svid(API))).await, ok);
     assert_eq!(post(&server.client, &url, Some(&jwt_svid(API))).await, ok);
     assert_eq!(post(&server.client, &url, None).await.0, 401);
+
+    // Each refusal counted under its rule, as token refusals are.
+    let (_, metrics) = server.get("/metrics").await;
+    for outcome in [
+        "x509_unknown_trust_domain",
+        "x509_untrusted",
+        "x509_expired",
+        "x509_several_uri_sans",
+        "x509_ca_leaf",
+        "x509_bad_spiffe_id",
+    ] {
+        assert!(
+            metrics.contains(&format!("esi_authn_total{{outcome=\"{outcome}\"}}")),
+            "{outcome}"
+        );
+    }
 
     // The decision line names the workload as a JWT-SVID's would.
     server.sync_logs().await;

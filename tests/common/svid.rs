@@ -119,9 +119,36 @@ pub fn plain_client_cert() -> Svid {
     })
 }
 
+/// How a test client speaks.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Wire {
+    /// TLS 1.3 (or 1.2), HTTP/1.1.
+    Default,
+    /// TLS 1.2 only.
+    Tls12,
+    /// HTTP/2 (ALPN `h2`).
+    H2,
+}
+
 /// An HTTPS client trusting `server_ca_pem` and presenting `identity` as its client
 /// certificate; `tls12_only` limits it to TLS 1.2.
 pub fn client_with(server_ca_pem: &[u8], identity: &Svid, tls12_only: bool) -> reqwest::Client {
+    let wire = if tls12_only {
+        Wire::Tls12
+    } else {
+        Wire::Default
+    };
+    client_presenting(server_ca_pem, identity, &identity.key_pem, wire)
+}
+
+/// Presents the certificate chain of `identity` but signs the handshake with `key_pem`
+/// (another key when they differ: a stolen certificate, no private key), speaking `wire`.
+pub fn client_presenting(
+    server_ca_pem: &[u8],
+    identity: &Svid,
+    key_pem: &str,
+    wire: Wire,
+) -> reqwest::Client {
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(server_ca_pem) {
         roots.add(cert.unwrap()).unwrap();
@@ -130,22 +157,44 @@ pub fn client_with(server_ca_pem: &[u8], identity: &Svid, tls12_only: bool) -> r
         CertificateDer::pem_slice_iter(identity.chain_pem.as_bytes())
             .map(Result::unwrap)
             .collect();
-    let key = PrivateKeyDer::from_pem_slice(identity.key_pem.as_bytes()).unwrap();
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let signer = provider.key_provider.load_private_key(key).unwrap();
+    // No key/certificate match check (what `with_client_auth_cert` would refuse).
+    let certified = Arc::new(rustls::sign::CertifiedKey::new(chain, signer));
     let builder = rustls::ClientConfig::builder_with_provider(provider);
-    let builder = if tls12_only {
+    let builder = if wire == Wire::Tls12 {
         builder.with_protocol_versions(&[&rustls::version::TLS12])
     } else {
         builder.with_safe_default_protocol_versions()
     };
-    let tls = builder
+    let mut tls = builder
         .unwrap()
         .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
-        .unwrap();
-    reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .timeout(Duration::from_secs(20))
-        .build()
-        .unwrap()
+        .with_client_cert_resolver(Arc::new(Always(certified)));
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(20));
+    let client = if wire == Wire::H2 {
+        tls.alpn_protocols = vec![b"h2".to_vec()];
+        client.http2_prior_knowledge()
+    } else {
+        client
+    };
+    client.tls_backend_preconfigured(tls).build().unwrap()
+}
+
+#[derive(Debug)]
+struct Always(Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::client::ResolvesClientCert for Always {
+    fn resolve(
+        &self,
+        _: &[&[u8]],
+        _: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
 }
