@@ -154,7 +154,7 @@ struct RawJwk {
 /// `sig`, an `alg` that does not fit the key, bad encodings, weak RSA) are skipped, not fatal:
 /// issuers publish keys for other purposes. A document over `max_keys` is rejected whole.
 pub(crate) fn parse_jwks(doc: &[u8], max_keys: usize) -> Result<Vec<VerifyKey>, JwksError> {
-    parse_key_set(doc, max_keys, KeyUse::Sig).map(|(keys, _)| keys)
+    parse_key_set(doc, max_keys, KeyUse::Sig)
 }
 
 /// A SPIFFE bundle in its JWKS form (SPIFFE Trust Domain and Bundle §4).
@@ -232,7 +232,7 @@ fn parse_key_set(
     doc: &[u8],
     max_keys: usize,
     key_use: KeyUse,
-) -> Result<(Vec<VerifyKey>, Option<u64>), JwksError> {
+) -> Result<Vec<VerifyKey>, JwksError> {
     let raw = parse_raw(doc, max_keys)?;
     let mut keys = Vec::with_capacity(raw.keys.len());
     for value in raw.keys {
@@ -250,11 +250,7 @@ fn parse_key_set(
             Err(_) => tracing::debug!("JWK skipped: not a JWK object"),
         }
     }
-    let hint = match key_use {
-        KeyUse::JwtSvid => raw.spiffe_refresh_hint.as_ref().and_then(|v| v.as_u64()),
-        KeyUse::Sig => None,
-    };
-    Ok((keys, hint))
+    Ok(keys)
 }
 
 fn b64(field: &Option<String>, name: &'static str) -> Result<Vec<u8>, &'static str> {
