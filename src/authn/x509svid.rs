@@ -31,8 +31,9 @@ use super::spiffe::parse_workload_id;
 /// TLS handshake.
 pub const MAX_CLIENT_CHAIN_CERTS: usize = 8;
 /// Most bytes of DER a client's certificate chain may hold; larger chains fail the TLS
-/// handshake.
-pub const MAX_CLIENT_CHAIN_BYTES: usize = 64 * 1024;
+/// handshake. An SVID and its intermediates take a few KiB (RSA-4096 certificates are about
+/// 1.5 KiB each); the chain is kept for the connection's life, beside rustls' own copy.
+pub const MAX_CLIENT_CHAIN_BYTES: usize = 16 * 1024;
 
 /// Why an X.509-SVID was refused. Messages name the rule broken, never the certificate's
 /// contents.
@@ -144,10 +145,15 @@ impl std::fmt::Debug for ClientCertificate {
 impl ClientCertificate {
     /// The chain as presented; `None` when it is empty (no certificate).
     pub fn new(chain: &[CertificateDer<'_>]) -> Option<Arc<ClientCertificate>> {
-        let leaf = chain.first()?;
+        let svid = claims_spiffe(chain.first()?);
         Some(Arc::new(ClientCertificate {
-            svid: claims_spiffe(leaf),
-            chain: chain.iter().map(|c| c.clone().into_owned()).collect(),
+            // Only an SVID's chain is ever verified: no copy of any other.
+            chain: if svid {
+                chain.iter().map(|c| c.clone().into_owned()).collect()
+            } else {
+                Vec::new()
+            },
+            svid,
             verified: ArcSwapOption::empty(),
         }))
     }
@@ -159,7 +165,7 @@ impl ClientCertificate {
         self.svid
     }
 
-    /// The chain, leaf first.
+    /// The chain, leaf first; empty when it is no X.509-SVID ([`Self::is_svid`]).
     pub fn chain(&self) -> &[CertificateDer<'static>] {
         &self.chain
     }
