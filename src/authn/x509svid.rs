@@ -146,13 +146,13 @@ impl ClientCertificate {
     /// The chain as presented; `None` when it is empty (no certificate).
     pub fn new(chain: &[CertificateDer<'_>]) -> Option<Arc<ClientCertificate>> {
         let svid = claims_spiffe(chain.first()?);
+        // Only an SVID's chain is ever verified: of any other, the leaf alone (to say why).
+        let kept = if svid { chain.len() } else { 1 };
         Some(Arc::new(ClientCertificate {
-            // Only an SVID's chain is ever verified: no copy of any other.
-            chain: if svid {
-                chain.iter().map(|c| c.clone().into_owned()).collect()
-            } else {
-                Vec::new()
-            },
+            chain: chain[..kept]
+                .iter()
+                .map(|c| c.clone().into_owned())
+                .collect(),
             svid,
             verified: ArcSwapOption::empty(),
         }))
@@ -165,7 +165,7 @@ impl ClientCertificate {
         self.svid
     }
 
-    /// The chain, leaf first; empty when it is no X.509-SVID ([`Self::is_svid`]).
+    /// The chain, leaf first; the leaf alone when it is no X.509-SVID ([`Self::is_svid`]).
     pub fn chain(&self) -> &[CertificateDer<'static>] {
         &self.chain
     }
