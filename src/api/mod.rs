@@ -982,4 +982,44 @@ mod tests {
         h.insert("x-workload-token", "tok".parse().unwrap());
         assert_eq!(bearer_token(&h, "x-workload-token"), Some("tok"));
     }
+
+    /// One credential per request (docs/identities.md, "Precedence").
+    #[test]
+    fn one_credential_per_request() {
+        let cert = |san: rcgen::SanType| {
+            let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            p.subject_alt_names = vec![san];
+            let key = rcgen::KeyPair::generate().unwrap();
+            ClientCertificate::new(&[p.self_signed(&key).unwrap().der().clone()]).unwrap()
+        };
+        let svid = cert(rcgen::SanType::URI(
+            "spiffe://example.org/app".try_into().unwrap(),
+        ));
+        let plain = cert(rcgen::SanType::DnsName(
+            "client.example".try_into().unwrap(),
+        ));
+        let mut bearer = HeaderMap::new();
+        bearer.insert(header::AUTHORIZATION, "Bearer abc".parse().unwrap());
+        let none = HeaderMap::new();
+        let unauthorized = |r: Result<Credential<'_>, ApiError>, says: &str| match r {
+            Err(ApiError::Unauthorized(m)) => assert!(m.contains(says), "{m}"),
+            Err(e) => panic!("{e:?}"),
+            Ok(_) => panic!("accepted"),
+        };
+        assert!(matches!(
+            credential(&bearer, None),
+            Ok(Credential::Bearer("abc"))
+        ));
+        assert!(matches!(
+            credential(&none, Some(&svid)),
+            Ok(Credential::Svid(_))
+        ));
+        unauthorized(credential(&bearer, Some(&svid)), "two credentials");
+        assert!(matches!(
+            credential(&bearer, Some(&plain)),
+            Ok(Credential::Bearer("abc"))
+        ));
+        unauthorized(credential(&none, Some(&plain)), "not an X.509-SVID");
+        unauthorized(credential(&none, None), "missing bearer token");
+    }
 }
