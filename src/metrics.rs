@@ -179,7 +179,7 @@ impl Metrics {
             authentications: counter(
                 &registry,
                 "esi_authn_total",
-                "Token authentications by outcome",
+                "Authentications (bearer tokens, X.509-SVIDs) by outcome",
                 &["outcome"],
             ),
             jwks_fetches: counter(

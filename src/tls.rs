@@ -1,6 +1,17 @@
 //! TLS for the server: certificates from files (reloaded when they change), or a
 //! self-signed CA made at start; optionally client certificates required (mTLS).
 //!
+//! Client certificates, one of three ways ([`ServerTls`]):
+//! - `client_ca` set: required, verified by rustls against that CA bundle (WebPKI, mTLS as a
+//!   transport gate; the certificate is no identity and is not handed to requests);
+//! - [`ClientAuth::Svid`] (the API server): asked for but optional. The handshake only
+//!   proves that the client holds the leaf's private key (its CertificateVerify signature,
+//!   checked with the crypto provider's algorithms) and bounds the chain's size; it accepts
+//!   any chain, so by itself it authenticates no one. The chain is handed to requests
+//!   (`crate::authn::ClientCertificate`) and verified there as an X.509-SVID against the
+//!   current `SpiffeFederation` bundles, which change without a new TLS config;
+//! - [`ClientAuth::None`] (the webhook): not asked for.
+//!
 //! Protocols are TLS 1.3 and 1.2 with aws-lc-rs' default suites only: AEAD ciphers
 //! (AES-GCM, ChaCha20-Poly1305) with ECDHE key exchange; no CBC, no RSA key exchange.
 
@@ -42,6 +53,53 @@ pub enum TlsError {
     ClientVerifier(String),
 }
 
+/// How a server without `client_ca` treats client certificates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClientAuth {
+    /// Not asked for.
+    #[default]
+    None,
+    /// Asked for, optional; possession proven by the handshake, the chain handed to
+    /// requests to be verified as an X.509-SVID (see the module docs).
+    Svid,
+}
+
+/// A server's TLS files and how it treats client certificates.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    /// The certificate, key and optional client CA.
+    pub files: TlsFiles,
+    /// Without `files.client_ca`: whether client certificates are asked for (X.509-SVIDs).
+    pub client_auth: ClientAuth,
+}
+
+impl From<TlsFiles> for ServerTls {
+    fn from(files: TlsFiles) -> Self {
+        ServerTls {
+            files,
+            client_auth: ClientAuth::None,
+        }
+    }
+}
+
+impl ServerTls {
+    /// Builds the rustls config from the files as they are now.
+    pub fn load(&self) -> Result<ServerConfig, TlsError> {
+        let f = &self.files;
+        if f.client_ca.is_none() && self.client_auth == ClientAuth::Svid {
+            let (certs, key) = read_pair(&f.cert, &f.key)?;
+            return server_config(certs, key, ClientVerifier::Svid);
+        }
+        f.load()
+    }
+
+    /// Whether connections hand the client's certificate chain to requests (only
+    /// [`ClientAuth::Svid`] without `client_ca`).
+    pub fn hands_client_certificates(&self) -> bool {
+        self.files.client_ca.is_none() && self.client_auth == ClientAuth::Svid
+    }
+}
+
 /// Where the server's TLS material comes from, so it can be read again on change.
 #[derive(Debug, Clone)]
 pub struct TlsFiles {
@@ -77,16 +135,17 @@ impl TlsFiles {
 /// A change that does not load (e.g. a key written before its certificate) keeps the
 /// current config and is retried on the next change.
 pub async fn reload_on_change(
-    files: TlsFiles,
+    files: impl Into<ServerTls>,
     target: Arc<arc_swap::ArcSwap<ServerConfig>>,
     interval: std::time::Duration,
 ) {
-    let mut last = files.stamp();
+    let files: ServerTls = files.into();
+    let mut last = files.files.stamp();
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        let now = files.stamp();
+        let now = files.files.stamp();
         if now == last {
             continue;
         }
@@ -95,7 +154,7 @@ pub async fn reload_on_change(
             Ok(Ok(config)) => {
                 target.store(Arc::new(config));
                 last = now;
-                tracing::info!(cert = %files.cert.display(), "TLS certificate reloaded");
+                tracing::info!(cert = %files.files.cert.display(), "TLS certificate reloaded");
             }
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "TLS files changed but do not load; keeping the current certificate");
@@ -125,18 +184,9 @@ pub fn server_config_with_client_ca(
     key: &Path,
     client_ca: Option<&Path>,
 ) -> Result<ServerConfig, TlsError> {
-    let cert_pem = read(cert)?;
-    let key_pem = read(key)?;
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
-        .filter_map(Result::ok)
-        .collect();
-    if certs.is_empty() {
-        return Err(TlsError::NoCertificate(cert.to_path_buf()));
-    }
-    let key_der =
-        PrivateKeyDer::from_pem_slice(&key_pem).map_err(|_| TlsError::NoKey(key.to_path_buf()))?;
+    let (certs, key_der) = read_pair(cert, key)?;
     let roots = match client_ca {
-        None => None,
+        None => ClientVerifier::None,
         Some(path) => {
             let pem = read(path)?;
             let mut roots = rustls::RootCertStore::empty();
@@ -148,23 +198,52 @@ pub fn server_config_with_client_ca(
             if roots.is_empty() {
                 return Err(TlsError::NoClientCa(path.to_path_buf()));
             }
-            Some(roots)
+            ClientVerifier::Ca(roots)
         }
     };
     server_config(certs, key_der, roots)
 }
 
+fn read_pair(
+    cert: &Path,
+    key: &Path,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
+    let cert_pem = read(cert)?;
+    let key_pem = read(key)?;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
+        .filter_map(Result::ok)
+        .collect();
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificate(cert.to_path_buf()));
+    }
+    let key_der =
+        PrivateKeyDer::from_pem_slice(&key_pem).map_err(|_| TlsError::NoKey(key.to_path_buf()))?;
+    Ok((certs, key_der))
+}
+
+/// Which client certificate verifier a config gets.
+enum ClientVerifier {
+    None,
+    /// Required, issued by one of these CAs.
+    Ca(rustls::RootCertStore),
+    /// Optional, possession only ([`PossessionOnly`]).
+    Svid,
+}
+
 fn server_config(
     certs: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
-    client_roots: Option<rustls::RootCertStore>,
+    client: ClientVerifier,
 ) -> Result<ServerConfig, TlsError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
-    let builder = match client_roots {
-        None => builder.with_no_client_auth(),
-        Some(roots) => {
+    let builder = match client {
+        ClientVerifier::None => builder.with_no_client_auth(),
+        ClientVerifier::Svid => builder.with_client_cert_verifier(Arc::new(PossessionOnly {
+            algorithms: provider.signature_verification_algorithms,
+        })),
+        ClientVerifier::Ca(roots) => {
             let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
                 Arc::new(roots),
                 provider,
@@ -177,6 +256,71 @@ fn server_config(
     let mut config = builder.with_single_cert(certs, key)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
+}
+
+/// Optional client certificates whose chain is verified later, per request (X.509-SVIDs,
+/// see the module docs). rustls' `ClientCertVerifier` contract: `verify_client_cert` here
+/// accepts any chain within [`crate::authn::MAX_CLIENT_CHAIN_CERTS`] and
+/// [`crate::authn::MAX_CLIENT_CHAIN_BYTES`] — which is why a certificate accepted here is
+/// never an identity by itself — while the CertificateVerify signature over the handshake
+/// is checked with the leaf's public key ([`rustls::crypto::verify_tls13_signature`] and
+/// its TLS 1.2 twin), so a client cannot present a certificate whose key it lacks.
+#[derive(Debug)]
+struct PossessionOnly {
+    algorithms: rustls::crypto::WebPkiSupportedAlgorithms,
+}
+
+impl rustls::server::danger::ClientCertVerifier for PossessionOnly {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        // No hints: a client offers its certificate whatever its issuer.
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        let bytes = end_entity.len() + intermediates.iter().map(|c| c.len()).sum::<usize>();
+        if !crate::authn::chain_within_bounds(1 + intermediates.len(), bytes) {
+            return Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ));
+        }
+        // Not a verification: the request verifies the chain against the current bundles.
+        Ok(rustls::server::danger::ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
 }
 
 /// Files written by [`self_signed`].
@@ -293,6 +437,53 @@ mod tests {
         server_config_with_client_ca(&s.cert, &s.key, Some(&s.ca_cert)).unwrap();
         let err = server_config_with_client_ca(&s.cert, &s.key, Some(&s.key)).unwrap_err();
         assert!(matches!(err, TlsError::NoClientCa(_)), "{err}");
+    }
+
+    /// X.509-SVID mode: certificates asked for but optional, chains bounded, none ever
+    /// verified here (the request does); `client_ca` keeps its mandatory verification and
+    /// hands no chain to requests.
+    #[test]
+    fn svid_client_auth_is_optional_and_bounded() {
+        use rustls::server::danger::ClientCertVerifier;
+        let dir = tempfile::tempdir().unwrap();
+        let s = self_signed(dir.path(), &["localhost".into()]).unwrap();
+        let files = TlsFiles {
+            cert: s.cert.clone(),
+            key: s.key.clone(),
+            client_ca: None,
+        };
+        let svid = ServerTls {
+            files: files.clone(),
+            client_auth: ClientAuth::Svid,
+        };
+        assert!(svid.hands_client_certificates());
+        svid.load().unwrap();
+        assert!(!ServerTls::from(files.clone()).hands_client_certificates());
+        let with_ca = ServerTls {
+            files: TlsFiles {
+                client_ca: Some(s.ca_cert.clone()),
+                ..files
+            },
+            client_auth: ClientAuth::Svid,
+        };
+        assert!(!with_ca.hands_client_certificates());
+        with_ca.load().unwrap();
+
+        let v = PossessionOnly {
+            algorithms: rustls::crypto::aws_lc_rs::default_provider()
+                .signature_verification_algorithms,
+        };
+        assert!(v.offer_client_auth() && !v.client_auth_mandatory());
+        assert!(v.root_hint_subjects().is_empty());
+        let leaf = CertificateDer::from_pem_file(&s.cert).unwrap();
+        let now = rustls_pki_types::UnixTime::now();
+        assert!(v.verify_client_cert(&leaf, &[], now).is_ok());
+        let most = vec![leaf.clone(); crate::authn::MAX_CLIENT_CHAIN_CERTS - 1];
+        assert!(v.verify_client_cert(&leaf, &most, now).is_ok());
+        let too_many = vec![leaf.clone(); crate::authn::MAX_CLIENT_CHAIN_CERTS];
+        assert!(v.verify_client_cert(&leaf, &too_many, now).is_err());
+        let huge = CertificateDer::from(vec![0u8; crate::authn::MAX_CLIENT_CHAIN_BYTES]);
+        assert!(v.verify_client_cert(&leaf, &[huge], now).is_err());
     }
 
     #[tokio::test]

@@ -315,7 +315,6 @@ impl SpiffeCa {
 /// rotation of the files. Needs the server's X.509-SVID support (optional client
 /// certificates on the API listener, `x509-svid` bundle authorities): branch `wip/x509`.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "needs the server's X.509-SVID listener (branch wip/x509): remove this line once merged"]
 async fn esi_cli_presents_the_x509_svid_files_as_its_client_certificate() {
     let ca = SpiffeCa::new();
     let manifests = manifests_with(vec![ca.bundle_entry(), jwt_authority()]);

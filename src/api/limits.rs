@@ -247,14 +247,19 @@ impl Limits {
         }
     }
 
-    /// The bearer token and `x-workload-token`, before the body is read: present (bearer
-    /// only), within the size limit, and shaped like a compact JWS (RFC 7515 §7.1). The
-    /// signature is verified later, by `authn`, once the body's `ca.crt` is known.
-    fn check_tokens(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+    /// The credential and `x-workload-token`, before the body is read: one credential
+    /// ([`super::credential`]: an X.509-SVID client certificate or a bearer token), a bearer
+    /// token within the size limit and shaped like a compact JWS (RFC 7515 §7.1). Signatures
+    /// and chains are verified later, by `authn`, once the body's `ca.crt` is known.
+    fn check_tokens(
+        &self,
+        headers: &HeaderMap,
+        client_cert: Option<&Arc<crate::authn::ClientCertificate>>,
+    ) -> Result<(), ApiError> {
         let max = self.settings.max_token_bytes;
-        let bearer = super::bearer_token(headers, header::AUTHORIZATION.as_str())
-            .ok_or_else(|| ApiError::Unauthorized("missing bearer token".into()))?;
-        crate::authn::check_token_shape(bearer, max)?;
+        if let super::Credential::Bearer(bearer) = super::credential(headers, client_cert)? {
+            crate::authn::check_token_shape(bearer, max)?;
+        }
         if let Some(workload) = super::bearer_token(headers, "x-workload-token") {
             crate::authn::check_token_shape(workload, max).map_err(|e| {
                 match ApiError::from(e) {
@@ -419,7 +424,14 @@ where
     };
     let deadline = limits.settings.request_timeout;
     let work = async {
-        if routed && let Err(e) = limits.check_tokens(&parts.headers) {
+        if routed
+            && let Err(e) = limits.check_tokens(
+                &parts.headers,
+                parts
+                    .extensions
+                    .get::<Arc<crate::authn::ClientCertificate>>(),
+            )
+        {
             return refuse(e, version, pending);
         }
         let body = match pending {

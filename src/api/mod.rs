@@ -31,7 +31,7 @@ use zeroize::Zeroizing;
 pub use error::{ApiError, ErrorStyle, render_errors};
 pub use limits::{LimitSettings, Limits};
 
-use crate::authn::{Authenticator, Identity};
+use crate::authn::{Authenticator, AuthnError, ClientCertificate, Identity};
 use crate::authz::{Action, Resource};
 use crate::config::Snapshot;
 use crate::generators::{self, Generator};
@@ -327,7 +327,8 @@ where
         let (parts, body) = req.into_parts();
         // `limits::guard` has read the body within its limit and deadline already.
         let bytes = axum::body::to_bytes(body, state.limits.settings.max_body_bytes).await;
-        let (mut caller, body) = admit(state, &parts.headers, bytes).await?;
+        let client_cert = parts.extensions.get::<Arc<ClientCertificate>>();
+        let (mut caller, body) = admit(state, &parts.headers, client_cert, bytes).await?;
         caller.source_address = parts
             .extensions
             .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
@@ -349,16 +350,51 @@ fn bearer_token<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     }
 }
 
-/// Token present → body parsed → token (and `x-workload-token`) verified.
+/// What authenticates a request ([`credential`]).
+enum Credential<'r> {
+    /// `Authorization: Bearer` (a JWT).
+    Bearer(&'r str),
+    /// A TLS client certificate presented as an X.509-SVID.
+    Svid(&'r ClientCertificate),
+}
+
+/// The request's one credential (docs/identities.md, "Precedence"): a client certificate
+/// that is an X.509-SVID attempt ([`ClientCertificate::is_svid`]) or the bearer token —
+/// both at once is refused (401, [`AuthnError::TwoCredentials`]), never guessed. A client
+/// certificate that is no X.509-SVID (no `spiffe` URI SAN) is no credential here: the bearer
+/// token authenticates as if it had not been sent.
+///
+/// # Errors
+/// 401: both, or neither.
+fn credential<'r>(
+    headers: &'r HeaderMap,
+    cert: Option<&'r Arc<ClientCertificate>>,
+) -> Result<Credential<'r>, ApiError> {
+    let bearer = bearer_token(headers, header::AUTHORIZATION.as_str());
+    match (cert.filter(|c| c.is_svid()), bearer) {
+        (Some(_), Some(_)) => Err(AuthnError::TwoCredentials.into()),
+        (Some(cert), None) => Ok(Credential::Svid(cert)),
+        (None, Some(token)) => Ok(Credential::Bearer(token)),
+        (None, None) if cert.is_some() => Err(ApiError::Unauthorized(
+            "missing bearer token (the client certificate is not an X.509-SVID: no spiffe URI SAN)"
+                .into(),
+        )),
+        (None, None) => Err(ApiError::Unauthorized("missing bearer token".into())),
+    }
+}
+
+/// Credential present → body parsed → credential (and `x-workload-token`) verified.
 async fn admit<B: DeserializeOwned + Default + ClientCa>(
     state: &AppState,
     headers: &HeaderMap,
+    client_cert: Option<&Arc<ClientCertificate>>,
     body: Result<Bytes, axum::Error>,
 ) -> Result<(Caller, B), ApiError> {
-    let token = bearer_token(headers, header::AUTHORIZATION.as_str())
-        .ok_or_else(|| ApiError::Unauthorized("missing bearer token".into()))?;
+    let credential = credential(headers, client_cert)?;
     let max_token_bytes = state.limits.settings.max_token_bytes;
-    if token.len() > max_token_bytes {
+    if let Credential::Bearer(token) = credential
+        && token.len() > max_token_bytes
+    {
         return Err(ApiError::TooLarge);
     }
     let body = body.map_err(|e| {
@@ -377,10 +413,15 @@ async fn admit<B: DeserializeOwned + Default + ClientCa>(
             ApiError::BadRequest(format!("invalid JSON body: {e}"))
         })?
     };
-    let identity = state
-        .authenticator
-        .authenticate_shared(token, parsed.ca_crt())
-        .await?;
+    let identity = match credential {
+        Credential::Bearer(token) => {
+            state
+                .authenticator
+                .authenticate_shared(token, parsed.ca_crt())
+                .await?
+        }
+        Credential::Svid(cert) => state.authenticator.authenticate_x509(cert).await?,
+    };
     let mut workload = None;
     if let Some(workload_token) = bearer_token(headers, "x-workload-token") {
         if workload_token.len() > max_token_bytes {
@@ -940,5 +981,45 @@ mod tests {
         assert_eq!(bearer_token(&h, "authorization"), None);
         h.insert("x-workload-token", "tok".parse().unwrap());
         assert_eq!(bearer_token(&h, "x-workload-token"), Some("tok"));
+    }
+
+    /// One credential per request (docs/identities.md, "Precedence").
+    #[test]
+    fn one_credential_per_request() {
+        let cert = |san: rcgen::SanType| {
+            let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            p.subject_alt_names = vec![san];
+            let key = rcgen::KeyPair::generate().unwrap();
+            ClientCertificate::new(&[p.self_signed(&key).unwrap().der().clone()]).unwrap()
+        };
+        let svid = cert(rcgen::SanType::URI(
+            "spiffe://example.org/app".try_into().unwrap(),
+        ));
+        let plain = cert(rcgen::SanType::DnsName(
+            "client.example".try_into().unwrap(),
+        ));
+        let mut bearer = HeaderMap::new();
+        bearer.insert(header::AUTHORIZATION, "Bearer abc".parse().unwrap());
+        let none = HeaderMap::new();
+        let unauthorized = |r: Result<Credential<'_>, ApiError>, says: &str| match r {
+            Err(ApiError::Unauthorized(m)) => assert!(m.contains(says), "{m}"),
+            Err(e) => panic!("{e:?}"),
+            Ok(_) => panic!("accepted"),
+        };
+        assert!(matches!(
+            credential(&bearer, None),
+            Ok(Credential::Bearer("abc"))
+        ));
+        assert!(matches!(
+            credential(&none, Some(&svid)),
+            Ok(Credential::Svid(_))
+        ));
+        unauthorized(credential(&bearer, Some(&svid)), "two credentials");
+        assert!(matches!(
+            credential(&bearer, Some(&plain)),
+            Ok(Credential::Bearer("abc"))
+        ));
+        unauthorized(credential(&none, Some(&plain)), "not an X.509-SVID");
+        unauthorized(credential(&none, None), "missing bearer token");
     }
 }

@@ -16,7 +16,12 @@ use super::federation::Federation;
 use super::identity::Identity;
 use super::jwks::{ClientCa, FedState, KeyHealth, KeySet};
 use super::settings::AuthnSettings;
+use super::spiffe::parse_workload_id;
 use super::token::{self, ParsedToken};
+use super::x509svid::{
+    ClientCertificate, VerifiedChain, X509SvidError, chain_within_bounds, check_leaf,
+    earliest_not_after,
+};
 use crate::metrics::METRICS;
 
 /// Longest a verified token stays cached, whatever its `exp` (bounds the memory of long-lived tokens).
@@ -394,6 +399,127 @@ fn spiffe_routed(federations: &[Arc<FedState>], t: &ParsedToken<'_>) -> bool {
             .iter()
             .any(|st| st.fed.trust_domain() == Some(td))
     })
+}
+
+/// X.509-SVIDs presented as TLS client certificates (see [`super::x509svid`]).
+impl Authenticator {
+    /// Verifies a TLS client certificate presented as an X.509-SVID against the current
+    /// bundle of the `SpiffeFederation` of its URI SAN's trust domain (every federation
+    /// with that trust domain, in name order; the first that verifies answers). The identity
+    /// is the one a JWT-SVID with the same SPIFFE ID gives, expiring at the chain's earliest
+    /// `notAfter`. A success is remembered by `cert` (its connection's next requests), bound to
+    /// the key set that verified it, as a cached token is.
+    ///
+    /// # Errors
+    /// [`AuthnError::X509Svid`] naming the rule broken; [`AuthnError::KeysUnavailable`]
+    /// when the bundle cannot be had.
+    pub async fn authenticate_x509(
+        &self,
+        cert: &ClientCertificate,
+    ) -> Result<Arc<Identity>, AuthnError> {
+        let result = self.authenticate_x509_inner(cert).await;
+        match &result {
+            Ok((_, cached)) => {
+                let outcome = if *cached { "cached" } else { "ok" };
+                METRICS.authentications.with_label_values(&[outcome]).inc();
+            }
+            Err(e) => METRICS.authentications.with_label_values(&[e.kind()]).inc(),
+        }
+        result.map(|(id, _)| id)
+    }
+
+    async fn authenticate_x509_inner(
+        &self,
+        cert: &ClientCertificate,
+    ) -> Result<(Arc<Identity>, bool), AuthnError> {
+        let now = self.settings.clock.now();
+        if let Some(hit) = cert.verified() {
+            // Certificates get no leeway: valid up to `notAfter` included, as webpki's check.
+            // Only while the keys are fresh: a connection can live long, and stale keys are
+            // refreshed by the verification below (a cached token's short life bounds it
+            // instead).
+            if now <= hit.not_after
+                && self.fresh_generation(&hit.identity.federation, now) == Some(hit.generation)
+            {
+                return Ok((hit.identity.clone(), true));
+            }
+            cert.set_verified(None);
+        }
+        match self.verify_x509(cert, now).await {
+            Ok((identity, generation)) => {
+                let identity = Arc::new(identity);
+                cert.set_verified(Some(VerifiedChain {
+                    identity: identity.clone(),
+                    generation,
+                    not_after: identity.expires_at.unwrap_or(0),
+                }));
+                Ok((identity, false))
+            }
+            Err((e, federation)) => {
+                tracing::debug!(
+                    kind = e.kind(),
+                    federation = federation.as_deref().unwrap_or(""),
+                    credential = "x509-svid",
+                    "authentication failed"
+                );
+                Err(e)
+            }
+        }
+    }
+
+    /// The generation of `federation`'s keys if they are fresh at `now` (no fetch due).
+    fn fresh_generation(&self, federation: &str, now: u64) -> Option<u64> {
+        self.federations
+            .load()
+            .iter()
+            .find(|s| s.fed.name == federation)
+            .and_then(|s| s.fresh_keys(now, &self.settings))
+            .map(|ks| ks.generation)
+    }
+
+    async fn verify_x509(
+        &self,
+        cert: &ClientCertificate,
+        now: u64,
+    ) -> Result<(Identity, u64), (AuthnError, Option<String>)> {
+        let refused = |e: X509SvidError| (AuthnError::X509Svid(e), None);
+        let chain = cert.chain();
+        let bytes = chain.iter().map(|c| c.len()).sum();
+        if !chain_within_bounds(chain.len(), bytes) {
+            return Err(refused(X509SvidError::ChainTooLarge));
+        }
+        let leaf = chain.first().ok_or(refused(X509SvidError::Malformed))?;
+        let leaf = check_leaf(leaf).map_err(refused)?;
+        let trust_domain = parse_workload_id(&leaf.spiffe_id)
+            .map_err(|_| refused(X509SvidError::BadSpiffeId))?
+            .trust_domain;
+        let federations = self.federations.load_full();
+        let mut first_error = None;
+        for st in federations
+            .iter()
+            .filter(|st| st.fed.trust_domain() == Some(trust_domain))
+        {
+            let name = || Some(st.fed.name.clone());
+            let attempt = async {
+                let ks = st
+                    .keys(None, st.arrival(), &ClientCa::new(None), &self.settings)
+                    .await?;
+                let authorities = ks.x509.as_ref().ok_or(X509SvidError::NoAuthorities)?;
+                authorities.verify(chain, now)?;
+                let mut identity = Identity::of_spiffe_workload(&st.fed.name, &leaf.spiffe_id)
+                    .ok_or(X509SvidError::BadSpiffeId)?;
+                identity.expires_at = Some(earliest_not_after(chain).min(leaf.not_after));
+                Ok::<_, AuthnError>((identity, ks.generation))
+            };
+            match attempt.await {
+                Ok(found) => return Ok(found),
+                Err(e) => {
+                    first_error.get_or_insert((e, name()));
+                }
+            }
+        }
+        Err(first_error.unwrap_or(refused(X509SvidError::UnknownTrustDomain)))
+    }
 }
 
 /// Whether the token is the issuer's that `ks` belongs to: a `SpiffeFederation`'s tokens

@@ -76,6 +76,13 @@ pub enum AuthnError {
     /// The `kubernetes.io` claim is not of the expected shape.
     #[error("invalid kubernetes.io claim")]
     BadKubernetesClaim,
+    /// A TLS client certificate presented as an X.509-SVID was refused (the rule broken).
+    #[error("{0}")]
+    X509Svid(#[from] super::x509svid::X509SvidError),
+    /// The request carries an X.509-SVID client certificate and a bearer token: one
+    /// credential per request, the server does not pick one.
+    #[error("two credentials: an X.509-SVID client certificate and a bearer token; present one")]
+    TwoCredentials,
 }
 
 impl AuthnError {
@@ -110,6 +117,8 @@ impl AuthnError {
             AuthnError::UnboundClaims => "unbound_claims",
             AuthnError::BadClaim => "bad_claim",
             AuthnError::BadKubernetesClaim => "bad_kubernetes_claim",
+            AuthnError::X509Svid(e) => e.kind(),
+            AuthnError::TwoCredentials => "two_credentials",
         }
     }
 

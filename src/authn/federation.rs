@@ -16,6 +16,7 @@ use rustls_pki_types::pem::PemObject;
 use super::identity::FederationKind;
 use super::keys::{JwksError, VerifyKey, parse_jwks, parse_public_key_pems, parse_spiffe_bundle};
 use super::spiffe::check_trust_domain;
+use super::x509svid::X509Authorities;
 use crate::resources::{
     ClientCaPolicy, KubernetesFederationSpec, OidcCommonSpec, OidcFederationSpec,
     OktaFederationSpec, PingIdentityFederationSpec, SpiffeFederationSpec,
@@ -216,6 +217,8 @@ pub struct Federation {
     pub(crate) ca_bundle: Vec<CertificateDer<'static>>,
     pub(crate) client_ca_policy: ClientCaPolicy,
     pub(crate) static_keys: Option<Arc<Vec<VerifyKey>>>,
+    /// A `SpiffeFederation`'s static `bundle`: its `x509-svid` authorities, if any.
+    pub(crate) static_x509: Option<Arc<X509Authorities>>,
     pub(crate) rules: Rules,
 }
 
@@ -276,6 +279,7 @@ impl Federation {
             ca_bundle,
             client_ca_policy,
             static_keys,
+            static_x509: None,
             rules: Rules::Kubernetes {
                 allow_legacy_tokens: spec.allow_legacy_tokens,
             },
@@ -302,20 +306,28 @@ impl Federation {
             .map(|e| parse_https(e.url.trim(), false).map_err(FederationError::BadBundleEndpoint))
             .transpose()?;
         let ca_bundle = ca_bundle(endpoint.and_then(|e| e.ca_bundle.as_deref()))?;
+        let mut static_x509 = None;
         let static_keys = match spec.bundle.as_deref() {
             None => None,
             Some(doc) => {
-                let (keys, _) =
+                let bundle =
                     parse_spiffe_bundle(doc.as_bytes(), MAX_STATIC_KEYS).map_err(|e| match e {
                         JwksError::Malformed(m) => FederationError::BadSpiffeBundle(m),
                         other => FederationError::BadSpiffeBundle(other.to_string()),
                     })?;
-                if keys.is_empty() {
+                let had_authorities = !bundle.x509_authorities.is_empty();
+                static_x509 = X509Authorities::new(bundle.x509_authorities).map(Arc::new);
+                if had_authorities && static_x509.is_none() {
                     return Err(FederationError::BadSpiffeBundle(
-                        "no usable JWT-SVID key (RSA, EC P-256 or P-384 with use=jwt-svid)".into(),
+                        "an x509-svid authority is not usable as a trust anchor".into(),
                     ));
                 }
-                Some(Arc::new(keys))
+                if bundle.jwt_keys.is_empty() && static_x509.is_none() {
+                    return Err(FederationError::BadSpiffeBundle(
+                        "no usable key: neither a JWT-SVID key (RSA, EC P-256 or P-384 with use=jwt-svid) nor an X.509-SVID authority (use=x509-svid with x5c)".into(),
+                    ));
+                }
+                Some(Arc::new(bundle.jwt_keys))
             }
         };
         if url.is_none() && static_keys.is_none() {
@@ -333,6 +345,7 @@ impl Federation {
             ca_bundle,
             client_ca_policy: ClientCaPolicy::Ignore,
             static_keys,
+            static_x509,
             rules: Rules::Spiffe {
                 trust_domain: spec.trust_domain.clone(),
             },
@@ -490,6 +503,7 @@ impl Federation {
             // A caller never tells the server whom to trust for an OIDC issuer.
             client_ca_policy: ClientCaPolicy::Ignore,
             static_keys,
+            static_x509: None,
             rules: Rules::Oidc(OidcRules {
                 subject_claims,
                 bound_claims,

@@ -14,6 +14,7 @@ use super::error::AuthnError;
 use super::federation::{Federation, Fetch, parse_ca_bundle_b64};
 use super::keys::{JwksError, VerifyKey, parse_jwks, parse_spiffe_bundle};
 use super::settings::AuthnSettings;
+use super::x509svid::X509Authorities;
 use crate::metrics::METRICS;
 use crate::resources::ClientCaPolicy;
 
@@ -36,6 +37,8 @@ fn next_generation() -> u64 {
 #[derive(Debug)]
 pub(crate) struct KeySet {
     pub(crate) keys: Arc<Vec<VerifyKey>>,
+    /// A SPIFFE bundle's `x509-svid` authorities (X.509-SVID chains only).
+    pub(crate) x509: Option<Arc<X509Authorities>>,
     /// When fetched (clock seconds); 0 for static keys.
     fetched_at: u64,
     /// `issuer` of the discovery document, when discovery was used.
@@ -182,6 +185,7 @@ impl FedState {
         let current = fed.static_keys.as_ref().map(|keys| {
             Arc::new(KeySet {
                 keys: keys.clone(),
+                x509: fed.static_x509.clone(),
                 fetched_at: 0,
                 discovered_issuer: None,
                 ttl_secs: None,
@@ -408,6 +412,7 @@ impl FedState {
                     .iter()
                     .zip(&fetched.keys)
                     .all(|(a, b)| a.fingerprint == b.fingerprint)
+                && o.x509.as_ref().map(|x| &x.roots) == fetched.x509.as_ref().map(|x| &x.roots)
         });
         let generation = match (&old, same) {
             (Some(o), true) => o.generation,
@@ -421,6 +426,7 @@ impl FedState {
         );
         self.current.store(Some(Arc::new(KeySet {
             keys: Arc::new(fetched.keys),
+            x509: fetched.x509,
             fetched_at: now,
             discovered_issuer: fetched.discovered_issuer,
             ttl_secs: fetched
@@ -482,6 +488,8 @@ fn failed_recently(state: &RefreshState, now: u64, s: &AuthnSettings) -> bool {
 /// Keys as fetched.
 pub(crate) struct Fetched {
     keys: Vec<VerifyKey>,
+    /// A SPIFFE bundle's `x509-svid` authorities.
+    x509: Option<Arc<X509Authorities>>,
     discovered_issuer: Option<String>,
     /// A SPIFFE bundle's `spiffe_refresh_hint` (seconds), unbounded as read.
     refresh_hint: Option<u64>,
@@ -622,12 +630,17 @@ async fn fetch(
     let body = get_capped(&client, jwks_url, s.max_jwks_bytes)
         .await?
         .ok_or(FetchError::Status(404))?;
-    let (keys, refresh_hint) = match fed.fetch {
-        Fetch::SpiffeBundle => parse_spiffe_bundle(&body, s.max_jwks_keys)?,
-        _ => (parse_jwks(&body, s.max_jwks_keys)?, None),
+    let (keys, x509, refresh_hint) = match fed.fetch {
+        Fetch::SpiffeBundle => {
+            let bundle = parse_spiffe_bundle(&body, s.max_jwks_keys)?;
+            let x509 = X509Authorities::new(bundle.x509_authorities).map(Arc::new);
+            (bundle.jwt_keys, x509, bundle.refresh_hint)
+        }
+        _ => (parse_jwks(&body, s.max_jwks_keys)?, None, None),
     };
     Ok(Fetched {
         keys,
+        x509,
         discovered_issuer,
         refresh_hint,
     })

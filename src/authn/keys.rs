@@ -145,30 +145,78 @@ struct RawJwk {
     x: Option<String>,
     #[serde(default)]
     y: Option<String>,
+    /// An `x509-svid` entry's certificate (SPIFFE bundle).
+    #[serde(default)]
+    x5c: Option<Vec<String>>,
 }
 
 /// Parses a JWKS document. Keys we cannot use (other types or curves, `use` other than
 /// `sig`, an `alg` that does not fit the key, bad encodings, weak RSA) are skipped, not fatal:
 /// issuers publish keys for other purposes. A document over `max_keys` is rejected whole.
 pub(crate) fn parse_jwks(doc: &[u8], max_keys: usize) -> Result<Vec<VerifyKey>, JwksError> {
-    parse_key_set(doc, max_keys, KeyUse::Sig).map(|(keys, _)| keys)
+    parse_key_set(doc, max_keys, KeyUse::Sig)
+}
+
+/// A SPIFFE bundle in its JWKS form (SPIFFE Trust Domain and Bundle §4).
+#[derive(Debug, Default)]
+pub(crate) struct SpiffeBundle {
+    /// The keys with `use: jwt-svid`: they verify JWT-SVIDs, nothing else.
+    pub(crate) jwt_keys: Vec<VerifyKey>,
+    /// The CA certificates (DER) of the keys with `use: x509-svid` (each key's `x5c`, exactly
+    /// one certificate, §4.2.2): they verify X.509-SVID chains, nothing else.
+    pub(crate) x509_authorities: Vec<rustls_pki_types::CertificateDer<'static>>,
+    /// `spiffe_refresh_hint` in seconds when it is a non-negative integer.
+    pub(crate) refresh_hint: Option<u64>,
 }
 
 /// Parses a SPIFFE bundle in its JWKS form (SPIFFE Trust Domain and Bundle §4): the keys
-/// with `use: jwt-svid` (others skipped, as [`parse_jwks`] skips keys), and
-/// `spiffe_refresh_hint` in seconds when it is a non-negative integer (else `None`).
-pub(crate) fn parse_spiffe_bundle(
-    doc: &[u8],
-    max_keys: usize,
-) -> Result<(Vec<VerifyKey>, Option<u64>), JwksError> {
-    parse_key_set(doc, max_keys, KeyUse::JwtSvid)
+/// with `use: jwt-svid` and the authorities with `use: x509-svid` (others, and entries that
+/// are not usable, skipped, as [`parse_jwks`] skips keys), and `spiffe_refresh_hint`.
+pub(crate) fn parse_spiffe_bundle(doc: &[u8], max_keys: usize) -> Result<SpiffeBundle, JwksError> {
+    let raw = parse_raw(doc, max_keys)?;
+    let mut bundle = SpiffeBundle {
+        refresh_hint: raw.spiffe_refresh_hint.as_ref().and_then(|v| v.as_u64()),
+        ..Default::default()
+    };
+    for value in raw.keys {
+        let Ok(jwk) = serde_json::from_value::<RawJwk>(value) else {
+            tracing::debug!("JWK skipped: not a JWK object");
+            continue;
+        };
+        let parsed = if jwk.use_.as_deref() == Some("x509-svid") {
+            parse_x509_authority(&jwk).map(|c| bundle.x509_authorities.push(c))
+        } else {
+            parse_jwk(&jwk, KeyUse::JwtSvid).map(|k| bundle.jwt_keys.push(k))
+        };
+        if let Err(reason) = parsed {
+            tracing::debug!(
+                kid = jwk.kid.as_deref().unwrap_or(""),
+                reason,
+                "JWK skipped"
+            );
+        }
+    }
+    Ok(bundle)
 }
 
-fn parse_key_set(
-    doc: &[u8],
-    max_keys: usize,
-    key_use: KeyUse,
-) -> Result<(Vec<VerifyKey>, Option<u64>), JwksError> {
+/// An `x509-svid` entry's CA certificate: `x5c` holds exactly one base64 (not base64url,
+/// RFC 7517 §4.7) DER X.509 certificate.
+fn parse_x509_authority(
+    jwk: &RawJwk,
+) -> Result<rustls_pki_types::CertificateDer<'static>, &'static str> {
+    let [cert] = jwk.x5c.as_deref().ok_or("missing x5c")? else {
+        return Err("x5c must hold exactly one certificate");
+    };
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(cert)
+        .map_err(|_| "x5c is not base64")?;
+    match x509_parser::parse_x509_certificate(&der) {
+        Ok(([], _)) => Ok(der.into()),
+        _ => Err("x5c is not a DER X.509 certificate"),
+    }
+}
+
+fn parse_raw(doc: &[u8], max_keys: usize) -> Result<RawJwks, JwksError> {
     let raw: RawJwks =
         serde_json::from_slice(doc).map_err(|e| JwksError::Malformed(e.to_string()))?;
     if raw.keys.len() > max_keys {
@@ -177,6 +225,15 @@ fn parse_key_set(
             max: max_keys,
         });
     }
+    Ok(raw)
+}
+
+fn parse_key_set(
+    doc: &[u8],
+    max_keys: usize,
+    key_use: KeyUse,
+) -> Result<Vec<VerifyKey>, JwksError> {
+    let raw = parse_raw(doc, max_keys)?;
     let mut keys = Vec::with_capacity(raw.keys.len());
     for value in raw.keys {
         match serde_json::from_value::<RawJwk>(value) {
@@ -193,11 +250,7 @@ fn parse_key_set(
             Err(_) => tracing::debug!("JWK skipped: not a JWK object"),
         }
     }
-    let hint = match key_use {
-        KeyUse::JwtSvid => raw.spiffe_refresh_hint.as_ref().and_then(|v| v.as_u64()),
-        KeyUse::Sig => None,
-    };
-    Ok((keys, hint))
+    Ok(keys)
 }
 
 fn b64(field: &Option<String>, name: &'static str) -> Result<Vec<u8>, &'static str> {
@@ -454,16 +507,23 @@ mod tests {
             key("sig", Some("sig")),
             key("none", None)
         );
-        let (keys, hint) = parse_spiffe_bundle(doc.as_bytes(), 64).unwrap();
-        let kids: Vec<_> = keys.iter().map(|k| k.kid.as_deref()).collect();
+        let bundle = parse_spiffe_bundle(doc.as_bytes(), 64).unwrap();
+        let kids: Vec<_> = bundle.jwt_keys.iter().map(|k| k.kid.as_deref()).collect();
         assert_eq!(kids, [Some("svid")]);
-        assert_eq!(hint, Some(300));
+        assert_eq!(bundle.refresh_hint, Some(300));
+        // An x509-svid entry is an authority only with its certificate in `x5c`.
+        assert!(bundle.x509_authorities.is_empty());
         let plain = parse_jwks(doc.as_bytes(), 64).unwrap();
         let kids: Vec<_> = plain.iter().map(|k| k.kid.as_deref()).collect();
         assert_eq!(kids, [Some("sig"), Some("none")]);
         for bad_hint in ["-1", "1.5", "\"300\"", "null"] {
             let doc = format!(r#"{{"spiffe_refresh_hint":{bad_hint},"keys":[]}}"#);
-            assert_eq!(parse_spiffe_bundle(doc.as_bytes(), 64).unwrap().1, None);
+            assert_eq!(
+                parse_spiffe_bundle(doc.as_bytes(), 64)
+                    .unwrap()
+                    .refresh_hint,
+                None
+            );
         }
     }
 

@@ -10,6 +10,11 @@
 //! to a key by `kid`: the keys with that `kid`, else the keys without one (all keys when the
 //! token has none). Keys come only from the federation's own configuration (static `jwks` or
 //! PEM `publicKeys`, or fetched anonymously from its `url` or issuer), never from the token.
+//! An X.509-SVID (a TLS client certificate, `x509svid`) is matched to the
+//! `SpiffeFederation` of its URI SAN's trust domain and verified, at request time, against
+//! that federation's current bundle authorities (`use: x509-svid`); it proves the same
+//! [`Identity`] as a JWT-SVID for the same SPIFFE ID.
+//!
 //! The checks every token gets (size, shape, algorithm, signature, lifetime, audience) are
 //! the same for every kind; a federation's kind only adds what its tokens must carry and
 //! which [`Identity`] they prove.
@@ -25,6 +30,7 @@ mod offline;
 mod settings;
 mod spiffe;
 mod token;
+mod x509svid;
 
 #[cfg(test)]
 mod tests;
@@ -47,6 +53,10 @@ pub use settings::AuthnSettings;
 pub use spiffe::{
     MAX_SPIFFE_ID_BYTES, SpiffeId, SpiffeIdError, kubernetes_workload, parse_spiffe_id,
     parse_workload_id,
+};
+pub use x509svid::{
+    ClientCertificate, MAX_CLIENT_CHAIN_BYTES, MAX_CLIENT_CHAIN_CERTS, X509SvidError,
+    chain_within_bounds,
 };
 
 /// Checks, cheaply and without any key, that `token` is at most `max_bytes` long and has the

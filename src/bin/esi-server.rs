@@ -463,6 +463,8 @@ struct ServeArgs {
     #[arg(long, default_value_t = 64 * 1024)]
     max_body_bytes: usize,
     /// PEM CA bundle: require client certificates issued by it (mTLS) on the main listener.
+    /// Without it, client certificates are optional and read as X.509-SVIDs
+    /// (docs/identities.md).
     #[arg(long, env = "ESI_CLIENT_CA")]
     client_ca: Option<PathBuf>,
     /// How often the TLS certificate, key and client CA files are checked for changes.

@@ -229,6 +229,21 @@ pub async fn serve_https(
     settings: ListenerSettings,
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
+    serve(listener, tls, false, app, settings, shutdown).await
+}
+
+/// [`serve_https`]; with `client_certs`, a connection whose client presented a certificate
+/// chain hands it to each of its requests as an `Arc<crate::authn::ClientCertificate>`
+/// extension (made once per connection; nothing is added to requests of connections
+/// without one).
+async fn serve(
+    listener: TcpListener,
+    tls: Arc<ArcSwap<ServerConfig>>,
+    client_certs: bool,
+    app: Router,
+    settings: ListenerSettings,
+    shutdown: impl Future<Output = ()> + Send,
+) -> std::io::Result<()> {
     let max_total = effective_max_connections(settings.max_connections);
     if max_total < settings.max_connections {
         tracing::info!(
@@ -301,6 +316,7 @@ pub async fn serve_https(
             builder: builder.clone(),
             settings: settings.clone(),
             stop: stop_rx.clone(),
+            client_certs,
         };
         tokio::spawn(async move {
             conn.run(tcp, peer).await;
@@ -319,25 +335,29 @@ pub async fn serve_https(
 
 /// [`serve_https`] with the TLS config loaded from `files` (`initial`) and reloaded when
 /// the files change (checked every `reload_interval`, [`crate::tls::reload_on_change`]).
+/// Client certificate chains reach requests when `files` says so
+/// ([`crate::tls::ServerTls::hands_client_certificates`]).
 ///
 /// # Errors
 /// As [`serve_https`].
 pub async fn serve_https_reloading(
     listener: TcpListener,
-    files: crate::tls::TlsFiles,
+    files: impl Into<crate::tls::ServerTls>,
     initial: ServerConfig,
     reload_interval: Duration,
     app: Router,
     settings: ListenerSettings,
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
+    let files: crate::tls::ServerTls = files.into();
+    let client_certs = files.hands_client_certificates();
     let tls = Arc::new(ArcSwap::from_pointee(initial));
     tokio::spawn(crate::tls::reload_on_change(
         files,
         tls.clone(),
         reload_interval,
     ));
-    serve_https(listener, tls, app, settings, shutdown).await
+    serve(listener, tls, client_certs, app, settings, shutdown).await
 }
 
 /// What one connection task needs.
@@ -347,6 +367,8 @@ struct Connection {
     builder: auto::Builder<TokioExecutor>,
     settings: Arc<ListenerSettings>,
     stop: watch::Receiver<bool>,
+    /// Hand the client's certificate chain to requests.
+    client_certs: bool,
 }
 
 impl Connection {
@@ -373,6 +395,16 @@ impl Connection {
                 return;
             }
         };
+        // Once per connection; requests only clone the `Arc` (none without a certificate).
+        let client_cert = if self.client_certs {
+            stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(crate::authn::ClientCertificate::new)
+        } else {
+            None
+        };
         let activity = Arc::new(Activity::new());
         let app = self.app.clone();
         let tracked = activity.clone();
@@ -380,6 +412,9 @@ impl Connection {
             tracked.begin();
             let in_flight = InFlight(tracked.clone());
             req.extensions_mut().insert(ConnectInfo(peer));
+            if let Some(cert) = &client_cert {
+                req.extensions_mut().insert(cert.clone());
+            }
             let app = app.clone();
             async move {
                 let _in_flight = in_flight;

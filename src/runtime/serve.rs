@@ -206,8 +206,14 @@ pub async fn serve(
     };
 
     let (tls_files, self_signed_ca) = tls_files(&config)?;
+    // Without --client-ca, clients may present an X.509-SVID (optional client certificates;
+    // verified per request against the SpiffeFederation bundles).
+    let tls_files = crate::tls::ServerTls {
+        files: tls_files,
+        client_auth: crate::tls::ClientAuth::Svid,
+    };
     let tls_config = tls_files.load()?;
-    if tls_files.client_ca.is_some() {
+    if tls_files.files.client_ca.is_some() {
         tracing::info!("client certificates required (mTLS)");
     }
 

@@ -7,6 +7,7 @@ pub mod fake_kube;
 pub mod fake_vault;
 pub mod moto;
 pub mod reconcile_files;
+pub mod svid;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

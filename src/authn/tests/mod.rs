@@ -1,6 +1,6 @@
 //! The authenticator's tests that span modules: generated keys and static key sets
 //! (`keys`), JWKS fetched from a local HTTPS server (`server`), OIDC federations' discovery
-//! and claim rules (`oidc`), SPIFFE federations' JWT-SVIDs and bundles (`spiffe`), third-party token vectors (`vectors`), with shared keys and
+//! and claim rules (`oidc`), SPIFFE federations' JWT-SVIDs and bundles (`spiffe`), third-party token vectors (`vectors`), X.509-SVIDs (`x509svid`), with shared keys and
 //! claims (`support`). Unit tests of one module stay beside its code.
 
 mod keys;
@@ -9,6 +9,7 @@ mod server;
 mod spiffe;
 pub(crate) mod support;
 mod vectors;
+mod x509svid;
 
 /// `check_token_shape` accepts exactly the base64url alphabet (RFC 4648 §5) in every part,
 /// at every position (its scan has no early exit, so the last byte counts as the first).

@@ -1,0 +1,330 @@
+//! X.509-SVIDs (SPIFFE `standards/X509-SVID.md`) presented as TLS client certificates.
+//!
+//! The TLS layer ([`crate::tls`]) only checks that the client holds the leaf's private key
+//! (its CertificateVerify signature) and hands the chain to the request as a
+//! [`ClientCertificate`]; it never decides who the client is. The identity comes only from
+//! [`crate::authn::Authenticator::authenticate_x509`], at request time, against the current
+//! `SpiffeFederation` bundles:
+//! - the leaf ([`check_leaf`], X509-SVID §2, §4), in this order: parses as X.509;
+//!   `basicConstraints` `cA` is not set; it has exactly one URI SAN and it is a workload
+//!   SPIFFE ID ([`parse_workload_id`]); `keyUsage` is present with `digitalSignature` and without `keyCertSign` and
+//!   `cRLSign`;
+//! - the SPIFFE ID's trust domain selects the `SpiffeFederation` (none → refused);
+//! - the chain verifies (RFC 5280 path validation by rustls-webpki, `clientAuth` extended key
+//!   usage when the leaf has the extension, validity at the server's clock) to one of that
+//!   federation's bundle authorities with `use: x509-svid` — never to a `jwt-svid` key, never
+//!   to another trust domain's authorities (X509-SVID §5).
+
+use std::sync::Arc;
+
+use rustls::CertificateError;
+use rustls::server::danger::ClientCertVerifier;
+use rustls_pki_types::{CertificateDer, UnixTime};
+use x509_parser::extensions::GeneralName;
+
+use arc_swap::ArcSwapOption;
+
+use super::identity::Identity;
+use super::spiffe::parse_workload_id;
+
+/// Most certificates a client may present (leaf and intermediates); longer chains fail the
+/// TLS handshake.
+pub const MAX_CLIENT_CHAIN_CERTS: usize = 8;
+/// Most bytes of DER a client's certificate chain may hold; larger chains fail the TLS
+/// handshake. An SVID and its intermediates take a few KiB (RSA-4096 certificates are about
+/// 1.5 KiB each); the chain is kept for the connection's life, beside rustls' own copy.
+pub const MAX_CLIENT_CHAIN_BYTES: usize = 16 * 1024;
+
+/// Why an X.509-SVID was refused. Messages name the rule broken, never the certificate's
+/// contents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum X509SvidError {
+    /// The leaf is not a DER X.509 certificate that parses.
+    #[error("client certificate is not a valid X.509 certificate")]
+    Malformed,
+    /// More than [`MAX_CLIENT_CHAIN_CERTS`] certificates or [`MAX_CLIENT_CHAIN_BYTES`] bytes.
+    #[error(
+        "client certificate chain too large (at most {MAX_CLIENT_CHAIN_CERTS} certificates, {MAX_CLIENT_CHAIN_BYTES} bytes)"
+    )]
+    ChainTooLarge,
+    /// The leaf has no URI SAN (X509-SVID §2: exactly one).
+    #[error("client certificate is not an X.509-SVID: it has no URI SAN (exactly one is required)")]
+    NoUriSan,
+    /// The leaf has more than one URI SAN (X509-SVID §2: exactly one).
+    #[error("X.509-SVID has more than one URI SAN (exactly one is required)")]
+    SeveralUriSans,
+    /// The URI SAN is not a workload SPIFFE ID (SPIFFE-ID spec).
+    #[error("X.509-SVID's URI SAN is not a workload SPIFFE ID")]
+    BadSpiffeId,
+    /// The leaf is a CA certificate (X509-SVID §4.1: a leaf's `cA` must be false).
+    #[error("X.509-SVID leaf is a CA certificate (basicConstraints cA must be false)")]
+    CaAsLeaf,
+    /// `keyUsage` absent, without `digitalSignature`, or with `keyCertSign`/`cRLSign`
+    /// (X509-SVID §4.3).
+    #[error(
+        "X.509-SVID leaf keyUsage must include digitalSignature and exclude keyCertSign and cRLSign"
+    )]
+    KeyUsage,
+    /// No `SpiffeFederation` has the SPIFFE ID's trust domain.
+    #[error("no SpiffeFederation for the X.509-SVID's trust domain")]
+    UnknownTrustDomain,
+    /// The federation's bundle holds no `x509-svid` authority.
+    #[error("the trust domain's bundle has no x509-svid authority")]
+    NoAuthorities,
+    /// A certificate of the chain is past its `notAfter` at the server's clock.
+    #[error("X.509-SVID expired")]
+    Expired,
+    /// A certificate of the chain is before its `notBefore` at the server's clock.
+    #[error("X.509-SVID not yet valid")]
+    NotYetValid,
+    /// The leaf's extended key usage does not allow client authentication.
+    #[error("X.509-SVID is not valid for TLS client authentication (extendedKeyUsage)")]
+    BadPurpose,
+    /// The chain does not verify to the trust domain's `x509-svid` authorities.
+    #[error(
+        "X.509-SVID chain does not verify to its trust domain's bundle (x509-svid authorities)"
+    )]
+    Untrusted,
+}
+
+impl X509SvidError {
+    /// A short, bounded label for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            X509SvidError::Malformed => "x509_malformed",
+            X509SvidError::ChainTooLarge => "x509_chain_too_large",
+            X509SvidError::NoUriSan => "x509_no_uri_san",
+            X509SvidError::SeveralUriSans => "x509_several_uri_sans",
+            X509SvidError::BadSpiffeId => "x509_bad_spiffe_id",
+            X509SvidError::CaAsLeaf => "x509_ca_leaf",
+            X509SvidError::KeyUsage => "x509_key_usage",
+            X509SvidError::UnknownTrustDomain => "x509_unknown_trust_domain",
+            X509SvidError::NoAuthorities => "x509_no_authorities",
+            X509SvidError::Expired => "x509_expired",
+            X509SvidError::NotYetValid => "x509_not_yet_valid",
+            X509SvidError::BadPurpose => "x509_bad_purpose",
+            X509SvidError::Untrusted => "x509_untrusted",
+        }
+    }
+}
+
+/// The certificate chain a client presented in its TLS handshake (leaf first), made once per
+/// connection and shared by its requests (a request extension); it remembers its last
+/// successful verification, so a connection's requests verify the chain once (while the
+/// federation's keys stay the same and the chain valid). Holding one proves only
+/// that the client has the leaf's private key: who the client is, if anyone, is decided by
+/// [`crate::authn::Authenticator::authenticate_x509`].
+pub struct ClientCertificate {
+    chain: Vec<CertificateDer<'static>>,
+    /// Whether the leaf claims to be an X.509-SVID: it has a URI SAN with the `spiffe`
+    /// scheme, or does not parse (so its claim cannot be ruled out).
+    svid: bool,
+    /// The last successful verification, for the connection's next requests (re-checked
+    /// against the federation's current key set and the clock on every use).
+    verified: ArcSwapOption<VerifiedChain>,
+}
+
+/// A chain's successful verification.
+pub(crate) struct VerifiedChain {
+    pub(crate) identity: Arc<Identity>,
+    /// The generation of the key set that verified it.
+    pub(crate) generation: u64,
+    /// The chain's earliest `notAfter` (seconds since the epoch).
+    pub(crate) not_after: u64,
+}
+
+impl std::fmt::Debug for ClientCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientCertificate")
+            .field("certificates", &self.chain.len())
+            .field("svid", &self.svid)
+            .finish()
+    }
+}
+
+impl ClientCertificate {
+    /// The chain as presented; `None` when it is empty (no certificate).
+    pub fn new(chain: &[CertificateDer<'_>]) -> Option<Arc<ClientCertificate>> {
+        let svid = claims_spiffe(chain.first()?);
+        // Only an SVID's chain is ever verified: of any other, the leaf alone (to say why).
+        let kept = if svid { chain.len() } else { 1 };
+        Some(Arc::new(ClientCertificate {
+            chain: chain[..kept]
+                .iter()
+                .map(|c| c.clone().into_owned())
+                .collect(),
+            svid,
+            verified: ArcSwapOption::empty(),
+        }))
+    }
+
+    /// Whether the client presents it as an X.509-SVID (a `spiffe` URI SAN, or a leaf that
+    /// does not parse). A certificate that is not one is no credential of this server: a
+    /// bearer token then authenticates the request as if no certificate had been sent.
+    pub fn is_svid(&self) -> bool {
+        self.svid
+    }
+
+    /// The chain, leaf first; the leaf alone when it is no X.509-SVID ([`Self::is_svid`]).
+    pub fn chain(&self) -> &[CertificateDer<'static>] {
+        &self.chain
+    }
+
+    /// The last successful verification of this chain (this connection's).
+    pub(crate) fn verified(&self) -> Option<Arc<VerifiedChain>> {
+        self.verified.load_full()
+    }
+
+    /// Records (or, with `None`, forgets) this chain's verification.
+    pub(crate) fn set_verified(&self, verified: Option<VerifiedChain>) {
+        self.verified.store(verified.map(Arc::new));
+    }
+}
+
+fn claims_spiffe(leaf: &[u8]) -> bool {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(leaf) else {
+        return true;
+    };
+    match cert.subject_alternative_name() {
+        Ok(Some(san)) => san.value.general_names.iter().any(
+            |n| matches!(n, GeneralName::URI(u) if u.get(..7).is_some_and(|s| s.eq_ignore_ascii_case("spiffe:"))),
+        ),
+        Ok(None) => false,
+        Err(_) => true,
+    }
+}
+
+/// Whether `chain` is within [`MAX_CLIENT_CHAIN_CERTS`] and [`MAX_CLIENT_CHAIN_BYTES`].
+pub fn chain_within_bounds(chain_len: usize, total_bytes: usize) -> bool {
+    chain_len <= MAX_CLIENT_CHAIN_CERTS && total_bytes <= MAX_CLIENT_CHAIN_BYTES
+}
+
+/// What a leaf that follows the X.509-SVID rules proves before its chain is verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SvidLeaf {
+    /// The URI SAN: a workload SPIFFE ID.
+    pub(crate) spiffe_id: String,
+    /// `notAfter`, seconds since the epoch (0 if before it).
+    pub(crate) not_after: u64,
+}
+
+/// The leaf rules of X509-SVID §2 and §4 (see the module docs).
+///
+/// # Errors
+/// The first rule broken.
+pub(crate) fn check_leaf(der: &[u8]) -> Result<SvidLeaf, X509SvidError> {
+    let (rest, cert) =
+        x509_parser::parse_x509_certificate(der).map_err(|_| X509SvidError::Malformed)?;
+    if !rest.is_empty() {
+        return Err(X509SvidError::Malformed);
+    }
+    let ca = cert
+        .basic_constraints()
+        .map_err(|_| X509SvidError::Malformed)?
+        .is_some_and(|bc| bc.value.ca);
+    if ca {
+        return Err(X509SvidError::CaAsLeaf);
+    }
+    let san = cert
+        .subject_alternative_name()
+        .map_err(|_| X509SvidError::Malformed)?;
+    let mut uris = san
+        .iter()
+        .flat_map(|s| s.value.general_names.iter())
+        .filter_map(|n| match n {
+            GeneralName::URI(u) => Some(*u),
+            _ => None,
+        });
+    let uri = uris.next().ok_or(X509SvidError::NoUriSan)?;
+    if uris.next().is_some() {
+        return Err(X509SvidError::SeveralUriSans);
+    }
+    parse_workload_id(uri).map_err(|_| X509SvidError::BadSpiffeId)?;
+    let usage = cert
+        .key_usage()
+        .map_err(|_| X509SvidError::Malformed)?
+        .ok_or(X509SvidError::KeyUsage)?;
+    let ku = usage.value;
+    if !ku.digital_signature() || ku.key_cert_sign() || ku.crl_sign() {
+        return Err(X509SvidError::KeyUsage);
+    }
+    Ok(SvidLeaf {
+        spiffe_id: uri.to_owned(),
+        not_after: u64::try_from(cert.validity().not_after.timestamp()).unwrap_or(0),
+    })
+}
+
+/// The earliest `notAfter` (seconds since the epoch) among the certificates of `chain`
+/// that parse (`u64::MAX` when none does).
+pub(crate) fn earliest_not_after(chain: &[CertificateDer<'_>]) -> u64 {
+    chain
+        .iter()
+        .filter_map(|c| x509_parser::parse_x509_certificate(c).ok())
+        .map(|(_, c)| u64::try_from(c.validity().not_after.timestamp()).unwrap_or(0))
+        .min()
+        .unwrap_or(u64::MAX)
+}
+
+/// A trust domain's `x509-svid` authorities, ready to verify chains.
+pub(crate) struct X509Authorities {
+    /// The CA certificates (DER), as in the bundle.
+    pub(crate) roots: Vec<CertificateDer<'static>>,
+    verifier: Arc<dyn ClientCertVerifier>,
+}
+
+impl std::fmt::Debug for X509Authorities {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("X509Authorities")
+            .field("roots", &self.roots.len())
+            .finish()
+    }
+}
+
+impl X509Authorities {
+    /// Authorities from CA certificates; `None` when there is none or none is usable as a
+    /// trust anchor.
+    pub(crate) fn new(roots: Vec<CertificateDer<'static>>) -> Option<X509Authorities> {
+        let mut store = rustls::RootCertStore::empty();
+        store.add_parsable_certificates(roots.iter().cloned());
+        if store.is_empty() {
+            return None;
+        }
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(store), provider)
+                .build()
+                .ok()?;
+        Some(X509Authorities { roots, verifier })
+    }
+
+    /// Verifies `chain` (leaf first) to these authorities at `now` (seconds since the
+    /// epoch): RFC 5280 path validation, `clientAuth` extended key usage when present.
+    ///
+    /// # Errors
+    /// [`X509SvidError::Expired`], [`X509SvidError::NotYetValid`],
+    /// [`X509SvidError::BadPurpose`], else [`X509SvidError::Untrusted`].
+    pub(crate) fn verify(
+        &self,
+        chain: &[CertificateDer<'_>],
+        now: u64,
+    ) -> Result<(), X509SvidError> {
+        let (leaf, intermediates) = chain.split_first().ok_or(X509SvidError::Malformed)?;
+        let now = UnixTime::since_unix_epoch(std::time::Duration::from_secs(now));
+        self.verifier
+            .verify_client_cert(leaf, intermediates, now)
+            .map(|_| ())
+            .map_err(|e| match e {
+                rustls::Error::InvalidCertificate(
+                    CertificateError::Expired | CertificateError::ExpiredContext { .. },
+                ) => X509SvidError::Expired,
+                rustls::Error::InvalidCertificate(
+                    CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. },
+                ) => X509SvidError::NotYetValid,
+                rustls::Error::InvalidCertificate(
+                    CertificateError::InvalidPurpose
+                    | CertificateError::InvalidPurposeContext { .. },
+                ) => X509SvidError::BadPurpose,
+                _ => X509SvidError::Untrusted,
+            })
+    }
+}
