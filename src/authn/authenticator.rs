@@ -16,6 +16,7 @@ use super::federation::Federation;
 use super::identity::Identity;
 use super::jwks::{ClientCa, FedState, KeyHealth, KeySet};
 use super::settings::AuthnSettings;
+use super::spiffe::parse_workload_id;
 use super::token::{self, ParsedToken};
 use crate::metrics::METRICS;
 
@@ -295,7 +296,7 @@ impl Authenticator {
             if !issuer_matches(st, &ks, t) || !ks.holds(t.kid.as_deref()) {
                 continue;
             }
-            if let Ok(found) = self.verify_with(st, &ks, t, now) {
+            if let Ok(found) = self.verify_with(&federations, st, &ks, t, now) {
                 return Ok(found);
             }
         }
@@ -307,8 +308,9 @@ impl Authenticator {
             .map(|st| {
                 let arrived = st.arrival();
                 let client_ca = &client_ca;
+                let federations = &federations;
                 async move {
-                    self.verify_fetching(st, arrived, client_ca, t, now)
+                    self.verify_fetching(federations, st, arrived, client_ca, t, now)
                         .await
                         .map_err(|e| e.map(|e| (e, st.fed.name.clone())))
                 }
@@ -333,6 +335,7 @@ impl Authenticator {
     /// the token's issuer (known once its discovery document is).
     async fn verify_fetching(
         &self,
+        federations: &[Arc<FedState>],
         st: &FedState,
         arrived: u64,
         client_ca: &ClientCa<'_>,
@@ -351,12 +354,15 @@ impl Authenticator {
         if !issuer_matches(st, &ks, t) {
             return Err(None);
         }
-        self.verify_with(st, &ks, t, now).map_err(Some)
+        self.verify_with(federations, st, &ks, t, now).map_err(Some)
     }
 
-    /// Signature with the key set's candidates for the token's `kid`, then the claims.
+    /// Signature with the key set's candidates for the token's `kid`, then the claims; a
+    /// subject another kind proved that could be read as a served trust domain's workload
+    /// is refused ([`could_be_a_served_workload`]).
     fn verify_with(
         &self,
+        federations: &[Arc<FedState>],
         st: &FedState,
         ks: &KeySet,
         t: &ParsedToken<'_>,
@@ -376,6 +382,11 @@ impl Authenticator {
         }
         let identity =
             t.check_claims(&st.fed, now, s.leeway_secs, s.max_token_lifetime.as_secs())?;
+        if st.fed.trust_domain().is_none()
+            && could_be_a_served_workload(federations, &identity.subject)
+        {
+            return Err(AuthnError::BadSubject);
+        }
         Ok((identity, ks.generation))
     }
 }
@@ -394,6 +405,31 @@ fn spiffe_routed(federations: &[Arc<FedState>], t: &ParsedToken<'_>) -> bool {
             .iter()
             .any(|st| st.fed.trust_domain() == Some(td))
     })
+}
+
+/// Whether `subject`, proved by a federation that is not a `SpiffeFederation` (an OIDC
+/// subject: `sub` or the federation's `subjectClaim`), could be read as a workload of a
+/// trust domain a `SpiffeFederation` serves, in audit lines, the ledger or a policy that
+/// matches `principal.subject`: it begins with `spiffe:` (any case) and is either no
+/// workload SPIFFE ID at all (`SPIFFE://…`, `spiffe://Example.org/…`, a trailing `/`, `%`,
+/// a port, no path — forms [`spiffe_routed`] does not route) or one of a served trust
+/// domain (named by a claim other than `sub`). Only while some `SpiffeFederation` is
+/// served: otherwise no workload can be mistaken. A valid SPIFFE ID of a trust domain none
+/// serves stays an ordinary subject.
+fn could_be_a_served_workload(federations: &[Arc<FedState>], subject: &str) -> bool {
+    let looks_spiffe = subject
+        .get(..7)
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("spiffe:"));
+    let served = |td: Option<&str>| {
+        federations.iter().any(|st| {
+            st.fed
+                .trust_domain()
+                .is_some_and(|s| td.is_none_or(|td| s == td))
+        })
+    };
+    looks_spiffe
+        && served(None)
+        && parse_workload_id(subject).map_or(true, |id| served(Some(id.trust_domain)))
 }
 
 /// Whether the token is the issuer's that `ks` belongs to: a `SpiffeFederation`'s tokens

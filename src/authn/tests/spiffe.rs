@@ -445,3 +445,92 @@ async fn a_spiffe_id_of_a_served_trust_domain_is_proved_by_its_bundle_only() {
         assert_eq!(id.kind(), PrincipalKind::OidcSubject);
     }
 }
+
+/// Review of the rule above: a `sub` that only *looks* like a served trust domain's
+/// workload (a form the SPIFFE-ID parser refuses, so it was not routed to the bundle) or a
+/// served workload's ID in the OIDC federation's `subjectClaim` was taken as an OIDC
+/// subject that reads as that workload (audit, ledger, a policy on `principal.subject`).
+/// Refused while a `SpiffeFederation` is served; accepted, as any subject, when none is.
+#[tokio::test]
+async fn an_oidc_subject_that_reads_as_a_served_workload_is_refused() {
+    let srv = TestServer::start().await;
+    let spire_key = TestKey::es256();
+    let idp_key = TestKey::rsa();
+    srv.discovery();
+    srv.jwks(&[&idp_key]);
+    let oidc_spec = srv.oidc_spec();
+    let mut by_email = srv.oidc_spec();
+    by_email.subject_claim = Some("email".into());
+    let spire =
+        || Federation::from_spiffe_spec("spire", &spec(TD, &bundle(&[&spire_key], None))).unwrap();
+    let with_spire = authenticator(
+        Clock::fixed(T0),
+        vec![
+            Federation::from_oidc_spec("idp", &oidc_spec).unwrap(),
+            spire(),
+        ],
+    );
+    let without_spire = authenticator(
+        Clock::fixed(T0),
+        vec![Federation::from_oidc_spec("idp", &oidc_spec).unwrap()],
+    );
+    let lookalikes = [
+        "spiffe://example.org/ns/prod/sa/api/",
+        "spiffe://example.org//ns/prod/sa/api",
+        "spiffe://example.org/ns/prod/sa/./api",
+        "SPIFFE://example.org/ns/prod/sa/api",
+        "Spiffe://example.org/ns/prod/sa/api",
+        "spiffe://Example.org/ns/prod/sa/api",
+        "spiffe://EXAMPLE.ORG/ns/prod/sa/api",
+        "spiffe://example.org:443/ns/prod/sa/api",
+        "spiffe://user@example.org/ns/prod/sa/api",
+        "spiffe://exam%70le.org/ns/prod/sa/api",
+        "spiffe://example.org/ns/prod/sa/%61pi",
+        "spiffe:/example.org/ns/prod/sa/api",
+        "spiffe:example.org/ns/prod/sa/api",
+        "spiffe://example.org",
+        "spiffe://example.org/ns/prod/sa/api?x=1",
+    ];
+    for sub in lookalikes {
+        let mut c = oidc_claims(&srv.url, AUD, T0);
+        c["sub"] = json!(sub);
+        let token = idp_key.sign(&c);
+        assert!(
+            matches!(
+                with_spire.authenticate(&token, None).await,
+                Err(AuthnError::BadSubject)
+            ),
+            "{sub:?} taken as an OIDC subject while {TD} is served"
+        );
+        let id = without_spire.authenticate(&token, None).await.unwrap();
+        assert_eq!(
+            (id.kind(), id.subject.as_str()),
+            (PrincipalKind::OidcSubject, sub)
+        );
+    }
+
+    // The served workload's exact ID in another subject claim.
+    let by_email_a = authenticator(
+        Clock::fixed(T0),
+        vec![
+            Federation::from_oidc_spec("idp", &by_email).unwrap(),
+            spire(),
+        ],
+    );
+    let mut c = oidc_claims(&srv.url, AUD, T0);
+    c["email"] = json!(ID);
+    assert!(matches!(
+        by_email_a.authenticate(&idp_key.sign(&c), None).await,
+        Err(AuthnError::BadSubject)
+    ));
+    // Another trust domain's valid ID there, or an ordinary email, is just a subject.
+    for email in ["spiffe://partner.org/ns/prod/sa/api", "ci@example.org"] {
+        c["email"] = json!(email);
+        let id = by_email_a
+            .authenticate(&idp_key.sign(&c), None)
+            .await
+            .unwrap();
+        assert_eq!(id.subject, email);
+        assert_eq!(id.kind(), PrincipalKind::OidcSubject);
+    }
+}
