@@ -2,6 +2,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -23,12 +24,16 @@ use crate::metrics::METRICS;
 /// Longest a verified token stays cached, whatever its `exp` (bounds the memory of long-lived tokens).
 const MAX_TOKEN_CACHE_SECS: u64 = 3600;
 
-/// A verified token: its identity, bound to the key set that verified it.
+/// A verified token: its identity, bound to the key set that verified it and to the
+/// federations it was verified among (`epoch`).
 #[derive(Clone)]
 struct CachedToken {
     identity: Arc<Identity>,
     exp: u64,
     generation: u64,
+    /// [`Authenticator::epoch`] when verification began: a federation added or changed
+    /// since may route the token elsewhere, or refuse it ([`spiffe_routed`]).
+    epoch: u64,
 }
 
 /// Expires a cached token when the token itself expires (per entry).
@@ -57,6 +62,11 @@ pub struct Authenticator {
     tokens: moka::sync::Cache<[u8; 32], CachedToken>,
     /// Serializes reloads (each reads the previous set to keep unchanged federations' caches).
     reload: std::sync::Mutex<()>,
+    /// Counts reloads that added or changed a federation (bumped after the new set is
+    /// stored): a verified token cached under an older count is verified again, so that a
+    /// verification still running across such a reload cannot cache what the new set
+    /// would refuse (`invalidate_all` only drops what was cached before it).
+    epoch: AtomicU64,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -91,13 +101,16 @@ impl Authenticator {
             federations: ArcSwap::from_pointee(Vec::new()),
             tokens,
             reload: std::sync::Mutex::new(()),
+            epoch: AtomicU64::new(0),
         }
     }
 
     /// Replace the set of federations (called on every config reload). Caches (keys, verified
     /// tokens) of federations whose config is unchanged are kept; those of changed/removed
     /// federations are dropped. Adding or changing a federation drops every cached token, since
-    /// it may now match tokens (by issuer) that another federation verified before.
+    /// it may now match tokens (by issuer) that another federation verified before, and
+    /// outdates what a verification still running across the reload caches (its answer is
+    /// used once, then verified again against the new set).
     pub fn set_federations(&self, federations: Vec<Federation>) {
         // A poisoned lock only means another reload panicked; the data it guards is `()`.
         let _guard = self.reload.lock().unwrap_or_else(|p| p.into_inner());
@@ -129,6 +142,9 @@ impl Authenticator {
             .map(|s| s.fed.name.clone())
             .collect();
         self.federations.store(Arc::new(next));
+        if added_or_changed {
+            self.epoch.fetch_add(1, Ordering::SeqCst);
+        }
         // Stale entries are also rejected lazily (generation check on every hit); this only
         // frees their memory early.
         let drop_all = added_or_changed
@@ -208,12 +224,16 @@ impl Authenticator {
             // Re-check against the clock (moka's expiry runs on its own clock) and that the
             // keys that verified it are still the federation's usable keys.
             if now <= hit.exp.saturating_add(s.leeway_secs)
+                && hit.epoch == self.epoch.load(Ordering::SeqCst)
                 && self.live_generation(&hit.identity.federation, now) == Some(hit.generation)
             {
                 return Ok((hit.identity.clone(), true));
             }
             self.tokens.invalidate(&digest);
         }
+        // Read before the federations are (`verify`): a reload between the two only makes
+        // this entry stale, never a stale entry current.
+        let epoch = self.epoch.load(Ordering::SeqCst);
         let parsed = match token::parse(token, s.max_token_bytes) {
             Ok(p) => p,
             Err(e) => {
@@ -232,6 +252,7 @@ impl Authenticator {
                             identity: identity.clone(),
                             exp,
                             generation,
+                            epoch,
                         },
                     );
                 }

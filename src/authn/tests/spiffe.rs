@@ -534,3 +534,54 @@ async fn an_oidc_subject_that_reads_as_a_served_workload_is_refused() {
         assert_eq!(id.kind(), PrincipalKind::OidcSubject);
     }
 }
+
+/// A verification still running while a `SpiffeFederation` is added must not leave its
+/// answer cached: the reload's `invalidate_all` only drops what was cached before it, so
+/// an IdP token naming the new trust domain's workload, verified under the old set, stayed
+/// accepted from the cache (until its `exp`, up to an hour) though the new set refuses it.
+#[tokio::test]
+async fn a_verification_across_a_reload_does_not_cache_what_the_new_set_refuses() {
+    let srv = TestServer::start().await;
+    let spire_key = TestKey::es256();
+    let idp_key = TestKey::rsa();
+    srv.discovery();
+    srv.jwks(&[&idp_key]);
+    let oidc_spec = srv.oidc_spec();
+    let idp = || Federation::from_oidc_spec("idp", &oidc_spec).unwrap();
+    let a = authenticator(Clock::fixed(T0), vec![idp()]);
+    let mut c = oidc_claims(&srv.url, AUD, T0);
+    c["sub"] = json!(ID);
+    let token = idp_key.sign(&c);
+
+    // The first verification waits on the issuer's discovery and keys…
+    srv.state
+        .delay_ms
+        .store(300, std::sync::atomic::Ordering::SeqCst);
+    let first = {
+        let (a, token) = (a.clone(), token.clone());
+        tokio::spawn(async move { a.authenticate(&token, None).await })
+    };
+    let asked = std::time::Instant::now();
+    while srv.hits("/.well-known/openid-configuration") == 0 {
+        assert!(asked.elapsed().as_secs() < 5, "the issuer was never asked");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    // …while the trust domain's SpiffeFederation is added (the OIDC one unchanged).
+    a.set_federations(vec![
+        idp(),
+        Federation::from_spiffe_spec("spire", &spec(TD, &bundle(&[&spire_key], None))).unwrap(),
+    ]);
+    // Verified under the set it began with: an OIDC subject then.
+    let id = first.await.unwrap().unwrap();
+    assert_eq!(id.kind(), PrincipalKind::OidcSubject);
+    srv.state
+        .delay_ms
+        .store(0, std::sync::atomic::Ordering::SeqCst);
+    // From now on refused, not answered from the cache.
+    let again = a.authenticate(&token, None).await;
+    assert!(
+        again.is_err(),
+        "an IdP token naming a served workload, cached across the reload: {again:?}"
+    );
+    assert!(!a.is_cached(&token));
+}
