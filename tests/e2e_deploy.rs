@@ -714,7 +714,6 @@ fn deployment_problems(docs: &[Value], case: &Case) -> Vec<String> {
     p
 }
 
-/// The RBAC's problems, as sentences (empty: none).
 /// The plurals of the federation kinds served in Kubernetes mode (all in
 /// `identity.federation.external-secrets.io`).
 const FEDERATIONS: [&str; 5] = [
@@ -725,6 +724,7 @@ const FEDERATIONS: [&str; 5] = [
     "spiffefederations",
 ];
 
+/// The RBAC's problems, as sentences (empty: none).
 fn rbac_problems(docs: &[Value], case: &Case) -> Vec<String> {
     let mut p = Vec::new();
     let sa = of_kind(docs, "ServiceAccount");

@@ -2,6 +2,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -27,12 +28,16 @@ use crate::metrics::METRICS;
 /// Longest a verified token stays cached, whatever its `exp` (bounds the memory of long-lived tokens).
 const MAX_TOKEN_CACHE_SECS: u64 = 3600;
 
-/// A verified token: its identity, bound to the key set that verified it.
+/// A verified token: its identity, bound to the key set that verified it and to the
+/// federations it was verified among (`epoch`).
 #[derive(Clone)]
 struct CachedToken {
     identity: Arc<Identity>,
     exp: u64,
     generation: u64,
+    /// [`Authenticator::epoch`] when verification began: a federation added or changed
+    /// since may route the token elsewhere, or refuse it ([`spiffe_routed`]).
+    epoch: u64,
 }
 
 /// Expires a cached token when the token itself expires (per entry).
@@ -61,6 +66,11 @@ pub struct Authenticator {
     tokens: moka::sync::Cache<[u8; 32], CachedToken>,
     /// Serializes reloads (each reads the previous set to keep unchanged federations' caches).
     reload: std::sync::Mutex<()>,
+    /// Counts reloads that added or changed a federation (bumped after the new set is
+    /// stored): a verified token cached under an older count is verified again, so that a
+    /// verification still running across such a reload cannot cache what the new set
+    /// would refuse (`invalidate_all` only drops what was cached before it).
+    epoch: AtomicU64,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -95,13 +105,16 @@ impl Authenticator {
             federations: ArcSwap::from_pointee(Vec::new()),
             tokens,
             reload: std::sync::Mutex::new(()),
+            epoch: AtomicU64::new(0),
         }
     }
 
     /// Replace the set of federations (called on every config reload). Caches (keys, verified
     /// tokens) of federations whose config is unchanged are kept; those of changed/removed
     /// federations are dropped. Adding or changing a federation drops every cached token, since
-    /// it may now match tokens (by issuer) that another federation verified before.
+    /// it may now match tokens (by issuer) that another federation verified before, and
+    /// outdates what a verification still running across the reload caches (its answer is
+    /// used once, then verified again against the new set).
     pub fn set_federations(&self, federations: Vec<Federation>) {
         // A poisoned lock only means another reload panicked; the data it guards is `()`.
         let _guard = self.reload.lock().unwrap_or_else(|p| p.into_inner());
@@ -133,6 +146,9 @@ impl Authenticator {
             .map(|s| s.fed.name.clone())
             .collect();
         self.federations.store(Arc::new(next));
+        if added_or_changed {
+            self.epoch.fetch_add(1, Ordering::SeqCst);
+        }
         // Stale entries are also rejected lazily (generation check on every hit); this only
         // frees their memory early.
         let drop_all = added_or_changed
@@ -212,12 +228,16 @@ impl Authenticator {
             // Re-check against the clock (moka's expiry runs on its own clock) and that the
             // keys that verified it are still the federation's usable keys.
             if now <= hit.exp.saturating_add(s.leeway_secs)
+                && hit.epoch == self.epoch.load(Ordering::SeqCst)
                 && self.live_generation(&hit.identity.federation, now) == Some(hit.generation)
             {
                 return Ok((hit.identity.clone(), true));
             }
             self.tokens.invalidate(&digest);
         }
+        // Read before the federations are (`verify`): a reload between the two only makes
+        // this entry stale, never a stale entry current.
+        let epoch = self.epoch.load(Ordering::SeqCst);
         let parsed = match token::parse(token, s.max_token_bytes) {
             Ok(p) => p,
             Err(e) => {
@@ -236,6 +256,7 @@ impl Authenticator {
                             identity: identity.clone(),
                             exp,
                             generation,
+                            epoch,
                         },
                     );
                 }
@@ -300,7 +321,7 @@ impl Authenticator {
             if !issuer_matches(st, &ks, t) || !ks.holds(t.kid.as_deref()) {
                 continue;
             }
-            if let Ok(found) = self.verify_with(st, &ks, t, now) {
+            if let Ok(found) = self.verify_with(&federations, st, &ks, t, now) {
                 return Ok(found);
             }
         }
@@ -312,8 +333,9 @@ impl Authenticator {
             .map(|st| {
                 let arrived = st.arrival();
                 let client_ca = &client_ca;
+                let federations = &federations;
                 async move {
-                    self.verify_fetching(st, arrived, client_ca, t, now)
+                    self.verify_fetching(federations, st, arrived, client_ca, t, now)
                         .await
                         .map_err(|e| e.map(|e| (e, st.fed.name.clone())))
                 }
@@ -338,6 +360,7 @@ impl Authenticator {
     /// the token's issuer (known once its discovery document is).
     async fn verify_fetching(
         &self,
+        federations: &[Arc<FedState>],
         st: &FedState,
         arrived: u64,
         client_ca: &ClientCa<'_>,
@@ -356,12 +379,15 @@ impl Authenticator {
         if !issuer_matches(st, &ks, t) {
             return Err(None);
         }
-        self.verify_with(st, &ks, t, now).map_err(Some)
+        self.verify_with(federations, st, &ks, t, now).map_err(Some)
     }
 
-    /// Signature with the key set's candidates for the token's `kid`, then the claims.
+    /// Signature with the key set's candidates for the token's `kid`, then the claims; a
+    /// subject another kind proved that could be read as a served trust domain's workload
+    /// is refused ([`could_be_a_served_workload`]).
     fn verify_with(
         &self,
+        federations: &[Arc<FedState>],
         st: &FedState,
         ks: &KeySet,
         t: &ParsedToken<'_>,
@@ -381,6 +407,11 @@ impl Authenticator {
         }
         let identity =
             t.check_claims(&st.fed, now, s.leeway_secs, s.max_token_lifetime.as_secs())?;
+        if st.fed.trust_domain().is_none()
+            && could_be_a_served_workload(federations, &identity.subject)
+        {
+            return Err(AuthnError::BadSubject);
+        }
         Ok((identity, ks.generation))
     }
 }
@@ -520,6 +551,31 @@ impl Authenticator {
         }
         Err(first_error.unwrap_or(refused(X509SvidError::UnknownTrustDomain)))
     }
+}
+
+/// Whether `subject`, proved by a federation that is not a `SpiffeFederation` (an OIDC
+/// subject: `sub` or the federation's `subjectClaim`), could be read as a workload of a
+/// trust domain a `SpiffeFederation` serves, in audit lines, the ledger or a policy that
+/// matches `principal.subject`: it begins with `spiffe:` (any case) and is either no
+/// workload SPIFFE ID at all (`SPIFFE://…`, `spiffe://Example.org/…`, a trailing `/`, `%`,
+/// a port, no path — forms [`spiffe_routed`] does not route) or one of a served trust
+/// domain (named by a claim other than `sub`). Only while some `SpiffeFederation` is
+/// served: otherwise no workload can be mistaken. A valid SPIFFE ID of a trust domain none
+/// serves stays an ordinary subject.
+fn could_be_a_served_workload(federations: &[Arc<FedState>], subject: &str) -> bool {
+    let looks_spiffe = subject
+        .get(..7)
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("spiffe:"));
+    let served = |td: Option<&str>| {
+        federations.iter().any(|st| {
+            st.fed
+                .trust_domain()
+                .is_some_and(|s| td.is_none_or(|td| s == td))
+        })
+    };
+    looks_spiffe
+        && served(None)
+        && parse_workload_id(subject).map_or(true, |id| served(Some(id.trust_domain)))
 }
 
 /// Whether the token is the issuer's that `ks` belongs to: a `SpiffeFederation`'s tokens

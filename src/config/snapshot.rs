@@ -343,6 +343,21 @@ where
     spec_of(obj)
 }
 
+/// Whether `obj` is a federation (any kind, in either group the builder reads them from).
+fn is_federation_object(obj: &RawObject) -> bool {
+    matches!(
+        group(&obj.api_version),
+        "identity.federation.external-secrets.io" | "federation.external-secrets.io"
+    ) && matches!(
+        obj.kind.as_str(),
+        "KubernetesFederation"
+            | "OIDCFederation"
+            | "OktaFederation"
+            | "PingIdentityFederation"
+            | "SpiffeFederation"
+    )
+}
+
 fn error(obj: &RawObject, reason: impl Into<String>) -> LoadError {
     METRICS.load_errors.with_label_values(&[&obj.kind]).inc();
     LoadError {
@@ -602,6 +617,33 @@ impl SnapshotBuilder {
         let mut stores: HashMap<String, Arc<dyn SecretProvider>> = HashMap::new();
         let mut generators: HashMap<GeneratorKey, Arc<dyn Generator>> = HashMap::new();
 
+        // Of federation objects sharing a name (names are unique across kinds), the one
+        // served: the first, in object order, of the kind the previous snapshot served under
+        // that name, else the first. A new object of another kind (in Kubernetes mode,
+        // objects are ordered by kind, so `KubernetesFederation` before `SpiffeFederation`)
+        // never displaces a federation in force: whoever may write one federation kind
+        // cannot take over the name, the Authorizations and the policies of another's.
+        let mut federation_winners: HashMap<&str, (&str, &str)> = HashMap::new();
+        for obj in objects.iter().copied() {
+            if !is_federation_object(obj) {
+                continue;
+            }
+            let name = obj.metadata.name.as_str();
+            let incumbent = old.federations.get(name).map(|k| k.value.kind().as_str());
+            let candidate = (obj.origin.as_str(), obj.kind.as_str());
+            match federation_winners.get(name) {
+                None => {
+                    federation_winners.insert(name, candidate);
+                }
+                Some((_, kind))
+                    if incumbent == Some(obj.kind.as_str()) && incumbent != Some(*kind) =>
+                {
+                    federation_winners.insert(name, candidate);
+                }
+                Some(_) => {}
+            }
+        }
+
         for obj in objects.iter().copied() {
             let g = group(&obj.api_version);
             let name = obj.metadata.name.as_str();
@@ -617,12 +659,13 @@ impl SnapshotBuilder {
                 ) => {
                     // Names are unique across kinds: a principal is `<federation>/…` and an
                     // Authorization's federationRef is found by name.
-                    if let Some(other) = federations.iter().find(|x| x.name() == name) {
+                    if let Some((origin, winner)) = federation_winners.get(name)
+                        && *origin != obj.origin.as_str()
+                    {
                         errors.push(error(
                             obj,
                             format!(
-                                "duplicate federation name: {} {name} is loaded (names are unique across KubernetesFederation, OIDCFederation, OktaFederation, PingIdentityFederation and SpiffeFederation)",
-                                other.kind()
+                                "duplicate federation name: {winner} {name} holds the name (names are unique across KubernetesFederation, OIDCFederation, OktaFederation, PingIdentityFederation and SpiffeFederation; a federation in force keeps its name), so this one is not served"
                             ),
                         ));
                         continue;
@@ -1242,6 +1285,41 @@ mod tests {
         let mut builder = SnapshotBuilder::new(ProviderSettings::default());
         scanner.scan(&mut |e| builder.apply(e));
         builder
+    }
+
+    /// Review (issue 18 in Kubernetes mode): objects are ordered by kind there, so a new
+    /// `OIDCFederation` named like an `OktaFederation` in force (or a `KubernetesFederation`
+    /// named like a `SpiffeFederation`) took over its name — its Authorizations (same
+    /// principal type) and every policy on `Esi::Federation::"<name>"` — and the one in
+    /// force stopped serving. The federation in force keeps its name; on a first load the
+    /// first in order still does.
+    #[test]
+    fn a_new_federation_of_another_kind_does_not_take_over_a_name_in_force() {
+        let okta = "apiVersion: identity.federation.external-secrets.io/v1alpha1\nkind: OktaFederation\nmetadata: {name: shared}\nspec: {domain: 'https://dev-1.okta.com', audiences: [esi]}\n";
+        let oidc = "apiVersion: identity.federation.external-secrets.io/v1alpha1\nkind: OIDCFederation\nmetadata: {name: shared}\nspec: {issuer: 'https://evil.example.com', audiences: [esi]}\n";
+        let kinds = |snap: &Snapshot| -> Vec<(String, &'static str)> {
+            snap.federations
+                .iter()
+                .map(|f| (f.name().to_owned(), f.kind().as_str()))
+                .collect()
+        };
+        let first = builder_of(okta).build(None);
+        assert_eq!(kinds(&first), [("shared".to_owned(), "OktaFederation")]);
+        // The OIDCFederation comes first in object order.
+        let both = builder_of(&format!("{oidc}---\n{okta}"));
+        let next = both.build(Some(&first));
+        assert_eq!(kinds(&next), [("shared".to_owned(), "OktaFederation")]);
+        let errors: Vec<String> = next.errors.iter().map(ToString::to_string).collect();
+        assert!(
+            errors.iter().any(|e| e.contains("OIDCFederation/shared")
+                && e.contains("duplicate federation name: OktaFederation shared")),
+            "{errors:?}"
+        );
+        // Without a federation in force, the first in order holds the name, as before.
+        assert_eq!(
+            kinds(&both.build(None)),
+            [("shared".to_owned(), "OIDCFederation")]
+        );
     }
 
     #[test]

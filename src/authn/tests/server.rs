@@ -40,7 +40,7 @@ pub(super) struct ServerState {
     /// Answer 503 to everything.
     pub(super) down: AtomicBool,
     /// Delay before answering (to make concurrent requests overlap).
-    delay_ms: AtomicU64,
+    pub(super) delay_ms: AtomicU64,
 }
 
 pub(super) struct TestServer {

@@ -445,3 +445,143 @@ async fn a_spiffe_id_of_a_served_trust_domain_is_proved_by_its_bundle_only() {
         assert_eq!(id.kind(), PrincipalKind::OidcSubject);
     }
 }
+
+/// Review of the rule above: a `sub` that only *looks* like a served trust domain's
+/// workload (a form the SPIFFE-ID parser refuses, so it was not routed to the bundle) or a
+/// served workload's ID in the OIDC federation's `subjectClaim` was taken as an OIDC
+/// subject that reads as that workload (audit, ledger, a policy on `principal.subject`).
+/// Refused while a `SpiffeFederation` is served; accepted, as any subject, when none is.
+#[tokio::test]
+async fn an_oidc_subject_that_reads_as_a_served_workload_is_refused() {
+    let srv = TestServer::start().await;
+    let spire_key = TestKey::es256();
+    let idp_key = TestKey::rsa();
+    srv.discovery();
+    srv.jwks(&[&idp_key]);
+    let oidc_spec = srv.oidc_spec();
+    let mut by_email = srv.oidc_spec();
+    by_email.subject_claim = Some("email".into());
+    let spire =
+        || Federation::from_spiffe_spec("spire", &spec(TD, &bundle(&[&spire_key], None))).unwrap();
+    let with_spire = authenticator(
+        Clock::fixed(T0),
+        vec![
+            Federation::from_oidc_spec("idp", &oidc_spec).unwrap(),
+            spire(),
+        ],
+    );
+    let without_spire = authenticator(
+        Clock::fixed(T0),
+        vec![Federation::from_oidc_spec("idp", &oidc_spec).unwrap()],
+    );
+    let lookalikes = [
+        "spiffe://example.org/ns/prod/sa/api/",
+        "spiffe://example.org//ns/prod/sa/api",
+        "spiffe://example.org/ns/prod/sa/./api",
+        "SPIFFE://example.org/ns/prod/sa/api",
+        "Spiffe://example.org/ns/prod/sa/api",
+        "spiffe://Example.org/ns/prod/sa/api",
+        "spiffe://EXAMPLE.ORG/ns/prod/sa/api",
+        "spiffe://example.org:443/ns/prod/sa/api",
+        "spiffe://user@example.org/ns/prod/sa/api",
+        "spiffe://exam%70le.org/ns/prod/sa/api",
+        "spiffe://example.org/ns/prod/sa/%61pi",
+        "spiffe:/example.org/ns/prod/sa/api",
+        "spiffe:example.org/ns/prod/sa/api",
+        "spiffe://example.org",
+        "spiffe://example.org/ns/prod/sa/api?x=1",
+    ];
+    for sub in lookalikes {
+        let mut c = oidc_claims(&srv.url, AUD, T0);
+        c["sub"] = json!(sub);
+        let token = idp_key.sign(&c);
+        assert!(
+            matches!(
+                with_spire.authenticate(&token, None).await,
+                Err(AuthnError::BadSubject)
+            ),
+            "{sub:?} taken as an OIDC subject while {TD} is served"
+        );
+        let id = without_spire.authenticate(&token, None).await.unwrap();
+        assert_eq!(
+            (id.kind(), id.subject.as_str()),
+            (PrincipalKind::OidcSubject, sub)
+        );
+    }
+
+    // The served workload's exact ID in another subject claim.
+    let by_email_a = authenticator(
+        Clock::fixed(T0),
+        vec![
+            Federation::from_oidc_spec("idp", &by_email).unwrap(),
+            spire(),
+        ],
+    );
+    let mut c = oidc_claims(&srv.url, AUD, T0);
+    c["email"] = json!(ID);
+    assert!(matches!(
+        by_email_a.authenticate(&idp_key.sign(&c), None).await,
+        Err(AuthnError::BadSubject)
+    ));
+    // Another trust domain's valid ID there, or an ordinary email, is just a subject.
+    for email in ["spiffe://partner.org/ns/prod/sa/api", "ci@example.org"] {
+        c["email"] = json!(email);
+        let id = by_email_a
+            .authenticate(&idp_key.sign(&c), None)
+            .await
+            .unwrap();
+        assert_eq!(id.subject, email);
+        assert_eq!(id.kind(), PrincipalKind::OidcSubject);
+    }
+}
+
+/// A verification still running while a `SpiffeFederation` is added must not leave its
+/// answer cached: the reload's `invalidate_all` only drops what was cached before it, so
+/// an IdP token naming the new trust domain's workload, verified under the old set, stayed
+/// accepted from the cache (until its `exp`, up to an hour) though the new set refuses it.
+#[tokio::test]
+async fn a_verification_across_a_reload_does_not_cache_what_the_new_set_refuses() {
+    let srv = TestServer::start().await;
+    let spire_key = TestKey::es256();
+    let idp_key = TestKey::rsa();
+    srv.discovery();
+    srv.jwks(&[&idp_key]);
+    let oidc_spec = srv.oidc_spec();
+    let idp = || Federation::from_oidc_spec("idp", &oidc_spec).unwrap();
+    let a = authenticator(Clock::fixed(T0), vec![idp()]);
+    let mut c = oidc_claims(&srv.url, AUD, T0);
+    c["sub"] = json!(ID);
+    let token = idp_key.sign(&c);
+
+    // The first verification waits on the issuer's discovery and keys…
+    srv.state
+        .delay_ms
+        .store(300, std::sync::atomic::Ordering::SeqCst);
+    let first = {
+        let (a, token) = (a.clone(), token.clone());
+        tokio::spawn(async move { a.authenticate(&token, None).await })
+    };
+    let asked = std::time::Instant::now();
+    while srv.hits("/.well-known/openid-configuration") == 0 {
+        assert!(asked.elapsed().as_secs() < 5, "the issuer was never asked");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    // …while the trust domain's SpiffeFederation is added (the OIDC one unchanged).
+    a.set_federations(vec![
+        idp(),
+        Federation::from_spiffe_spec("spire", &spec(TD, &bundle(&[&spire_key], None))).unwrap(),
+    ]);
+    // Verified under the set it began with: an OIDC subject then.
+    let id = first.await.unwrap().unwrap();
+    assert_eq!(id.kind(), PrincipalKind::OidcSubject);
+    srv.state
+        .delay_ms
+        .store(0, std::sync::atomic::Ordering::SeqCst);
+    // From now on refused, not answered from the cache.
+    let again = a.authenticate(&token, None).await;
+    assert!(
+        again.is_err(),
+        "an IdP token naming a served workload, cached across the reload: {again:?}"
+    );
+    assert!(!a.is_cached(&token));
+}
