@@ -17,7 +17,7 @@ use super::federation::Federation;
 use super::identity::Identity;
 use super::jwks::{ClientCa, FedState, KeyHealth, KeySet};
 use super::settings::AuthnSettings;
-use super::spiffe::parse_workload_id;
+use super::spiffe::{could_be_a_served_workload, parse_workload_id};
 use super::token::{self, ParsedToken};
 use super::x509svid::{
     ClientCertificate, VerifiedChain, X509SvidError, chain_within_bounds, check_leaf,
@@ -408,7 +408,10 @@ impl Authenticator {
         let identity =
             t.check_claims(&st.fed, now, s.leeway_secs, s.max_token_lifetime.as_secs())?;
         if st.fed.trust_domain().is_none()
-            && could_be_a_served_workload(federations, &identity.subject)
+            && could_be_a_served_workload(
+                federations.iter().filter_map(|st| st.fed.trust_domain()),
+                &identity.subject,
+            )
         {
             return Err(AuthnError::BadSubject);
         }
@@ -423,7 +426,9 @@ impl Authenticator {
 /// `OidcSubject`) would depend on federation names and on which key fetch answers first.
 /// The trust domain's bundle is the only authority for its SPIFFE IDs (JWT-SVID §3): a token
 /// of another issuer whose `sub` names one of its workloads is refused, never taken as an
-/// OIDC subject that looks like that workload in audit lines and the ledger.
+/// OIDC subject that looks like that workload in audit lines and the ledger. Lookalikes
+/// this does not route (`SPIFFE://…`, `spiffe://Example.org/…`, a trailing `/`, `%`, a
+/// port, no path) are refused by [`could_be_a_served_workload`].
 fn spiffe_routed(federations: &[Arc<FedState>], t: &ParsedToken<'_>) -> bool {
     t.spiffe_trust_domain.as_deref().is_some_and(|td| {
         federations
@@ -551,31 +556,6 @@ impl Authenticator {
         }
         Err(first_error.unwrap_or(refused(X509SvidError::UnknownTrustDomain)))
     }
-}
-
-/// Whether `subject`, proved by a federation that is not a `SpiffeFederation` (an OIDC
-/// subject: `sub` or the federation's `subjectClaim`), could be read as a workload of a
-/// trust domain a `SpiffeFederation` serves, in audit lines, the ledger or a policy that
-/// matches `principal.subject`: it begins with `spiffe:` (any case) and is either no
-/// workload SPIFFE ID at all (`SPIFFE://…`, `spiffe://Example.org/…`, a trailing `/`, `%`,
-/// a port, no path — forms [`spiffe_routed`] does not route) or one of a served trust
-/// domain (named by a claim other than `sub`). Only while some `SpiffeFederation` is
-/// served: otherwise no workload can be mistaken. A valid SPIFFE ID of a trust domain none
-/// serves stays an ordinary subject.
-fn could_be_a_served_workload(federations: &[Arc<FedState>], subject: &str) -> bool {
-    let looks_spiffe = subject
-        .get(..7)
-        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("spiffe:"));
-    let served = |td: Option<&str>| {
-        federations.iter().any(|st| {
-            st.fed
-                .trust_domain()
-                .is_some_and(|s| td.is_none_or(|td| s == td))
-        })
-    };
-    looks_spiffe
-        && served(None)
-        && parse_workload_id(subject).map_or(true, |id| served(Some(id.trust_domain)))
 }
 
 /// Whether the token is the issuer's that `ks` belongs to: a `SpiffeFederation`'s tokens

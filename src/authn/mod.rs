@@ -54,6 +54,7 @@ pub use spiffe::{
     MAX_SPIFFE_ID_BYTES, SpiffeId, SpiffeIdError, kubernetes_workload, parse_spiffe_id,
     parse_workload_id,
 };
+pub(crate) use spiffe::{could_be_a_served_workload, could_only_be_served_workloads};
 pub use x509svid::{
     ClientCertificate, MAX_CLIENT_CHAIN_BYTES, MAX_CLIENT_CHAIN_CERTS, X509SvidError,
     chain_within_bounds,

@@ -119,6 +119,74 @@ pub fn parse_workload_id(id: &str) -> Result<SpiffeId<'_>, SpiffeIdError> {
     Ok(parsed)
 }
 
+/// Whether `subject`, proved by a federation that is not a `SpiffeFederation` (an OIDC or
+/// Kubernetes federation's subject: `sub` or the federation's `subjectClaim`), is refused
+/// because it could be read as a workload of a trust domain a `SpiffeFederation` serves, in
+/// audit lines, the ledger or a policy that matches `principal.subject`: it begins with
+/// `spiffe:` (any case) and is either no workload SPIFFE ID at all (`SPIFFE://…`,
+/// `spiffe://Example.org/…`, a trailing `/`, `%`, a port, no path) or one of a served trust
+/// domain. Only while some `SpiffeFederation` is served (`served_trust_domains`, the
+/// `trustDomain` of every `SpiffeFederation` in force, non-empty): otherwise no workload
+/// can be mistaken. A valid SPIFFE ID of a trust domain none serves stays an ordinary
+/// subject. The trust domain's bundle is the only authority for its SPIFFE IDs (JWT-SVID
+/// §3). The one rule the server (`Authenticator`) and the policy tools
+/// (`crate::policy::explain`, `crate::policy::requests`) apply.
+pub(crate) fn could_be_a_served_workload<'a>(
+    served_trust_domains: impl IntoIterator<Item = &'a str>,
+    subject: &str,
+) -> bool {
+    if !begins_with_spiffe_scheme(subject) {
+        return false;
+    }
+    // Not a workload ID: refused while any trust domain is served; else only when its own is.
+    let trust_domain = parse_workload_id(subject).ok().map(|id| id.trust_domain);
+    served_trust_domains
+        .into_iter()
+        .any(|served| trust_domain.is_none_or(|td| served == td))
+}
+
+/// Whether `text` begins with `spiffe:` in any case.
+fn begins_with_spiffe_scheme(text: &str) -> bool {
+    text.get(..7)
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("spiffe:"))
+}
+
+/// Whether every subject that begins with `prefix` is refused by
+/// [`could_be_a_served_workload`] (the literal text of a subject glob before its first `*`:
+/// then every subject the glob matches is refused). Sound, not complete: `true` only when
+/// no subject beginning with `prefix` can be accepted — the prefix begins with `spiffe:`
+/// (any case) and fixes a scheme other than `spiffe://`, or a trust domain that is served
+/// or that no trust domain can hold (a character outside `[a-z0-9._-]`, empty, too long);
+/// `false` whenever the prefix can still become a workload ID of a trust domain none
+/// serves, or a subject not beginning with `spiffe:`.
+pub(crate) fn could_only_be_served_workloads<'a>(
+    served_trust_domains: impl IntoIterator<Item = &'a str> + Clone,
+    prefix: &str,
+) -> bool {
+    const SCHEME: &str = "spiffe://";
+    let served = |td: Option<&str>| {
+        served_trust_domains
+            .clone()
+            .into_iter()
+            .any(|s| td.is_none_or(|td| s == td))
+    };
+    if !begins_with_spiffe_scheme(prefix) || !served(None) {
+        return false;
+    }
+    let Some(rest) = prefix.strip_prefix(SCHEME) else {
+        // `spiffe:` or `spiffe:/` may still become `spiffe://`; any other is a wrong scheme.
+        return !SCHEME.starts_with(prefix);
+    };
+    match rest.find('/') {
+        Some(end) => {
+            let td = &rest[..end];
+            check_trust_domain(td).is_err() || served(Some(td))
+        }
+        // The trust domain is still open: only a character no trust domain holds fixes it.
+        None => check_trust_domain(rest).is_err_and(|e| e != SpiffeIdError::EmptyTrustDomain),
+    }
+}
+
 /// The Kubernetes workload a SPIFFE ID's path names, if it follows one of two conventions:
 /// ESE's `/{app}/ns/{ns}/sa/{saUID}/{saName}/pod/{podUID}/{podName}` (ServiceAccount and
 /// Pod, both with their UIDs), or SPIRE's common `/ns/{ns}/sa/{sa}` (the ServiceAccount
@@ -203,6 +271,90 @@ mod tests {
         assert!(parse_spiffe_id("spiffe://example.org").is_ok());
         // Messages never echo the input.
         assert!(!TrustDomainChar.to_string().contains("Example"));
+    }
+
+    /// The lookalike rule (shared by the authenticator and the policy tools): a `spiffe:`
+    /// subject (any case) is refused while a trust domain is served when it is no workload
+    /// ID, or a workload ID of a served trust domain; a workload ID of another trust domain
+    /// and any other subject are not.
+    #[test]
+    fn lookalike_subjects_of_served_trust_domains() {
+        let served = ["example.org"];
+        for refused in [
+            "spiffe://example.org/ns/prod/sa/api",
+            "SPIFFE://example.org/ns/prod/sa/api",
+            "Spiffe:x",
+            "spiffe://Example.org/x",
+            "spiffe://example.org/x/",
+            "spiffe://example.org",
+            "spiffe://other.org:8443/x",
+            "spiffe://example.org/x%2Fy",
+        ] {
+            assert!(could_be_a_served_workload(served, refused), "{refused}");
+        }
+        for accepted in [
+            "spiffe://other.org/ns/prod/sa/api",
+            "repo:org/app:ref:refs/heads/main",
+            "spiffe",
+            "",
+            "xspiffe://example.org/x",
+        ] {
+            assert!(!could_be_a_served_workload(served, accepted), "{accepted}");
+        }
+        // No trust domain served: no subject is refused.
+        assert!(!could_be_a_served_workload([], "spiffe://example.org/x"));
+        assert!(!could_be_a_served_workload([], "SPIFFE://x"));
+    }
+
+    /// A prefix is said to hold only refused subjects exactly when it fixes a served or
+    /// impossible trust domain or a wrong scheme; and whenever it is said so, every
+    /// subject beginning with it (here: it followed by a set of endings) is refused.
+    #[test]
+    fn prefixes_of_only_refused_subjects() {
+        let served = ["example.org", "b.example"];
+        let only_refused = [
+            "spiffe://example.org/",
+            "spiffe://example.org/ns/prod/",
+            "spiffe://b.example/x",
+            "SPIFFE://",
+            "spiffe:x",
+            "spiffe:/x",
+            "Spiffe://other.org/",
+            "spiffe://Example",
+            "spiffe://example.org:",
+            "spiffe:///",
+            "spiffe://ex ample.org/x",
+        ];
+        // Each with an ending that makes a subject the server accepts.
+        let not_only = [
+            ("", "x"),
+            ("s", "x"),
+            ("spiffe", "x"),
+            ("spiffe:", "//other.org/x"),
+            ("spiffe:/", "/other.org/x"),
+            ("spiffe://", "other.org/x"),
+            ("spiffe://example.org", ".evil/x"),
+            ("spiffe://example.or", "x/y"),
+            ("spiffe://other.org/", "x"),
+            ("repo:org/", "x"),
+            ("xspiffe://example.org/", "x"),
+        ];
+        let endings = ["", "x", "/x", "x/y", ".x/y", "/", "#", "ns/prod/sa/api", ".evil/x"];
+        for prefix in only_refused {
+            assert!(could_only_be_served_workloads(served, prefix), "{prefix}");
+            for end in endings {
+                let subject = format!("{prefix}{end}");
+                assert!(could_be_a_served_workload(served, &subject), "{subject}");
+            }
+        }
+        for (prefix, witness) in not_only {
+            assert!(!could_only_be_served_workloads(served, prefix), "{prefix}");
+            let subject = format!("{prefix}{witness}");
+            assert!(!could_be_a_served_workload(served, &subject), "{subject}");
+        }
+        // Nothing is refused while no trust domain is served.
+        assert!(!could_only_be_served_workloads([], "spiffe://example.org/"));
+        assert!(!could_only_be_served_workloads([], "SPIFFE://"));
     }
 
     #[test]
