@@ -339,7 +339,17 @@ mod tests {
             ("repo:org/", "x"),
             ("xspiffe://example.org/", "x"),
         ];
-        let endings = ["", "x", "/x", "x/y", ".x/y", "/", "#", "ns/prod/sa/api", ".evil/x"];
+        let endings = [
+            "",
+            "x",
+            "/x",
+            "x/y",
+            ".x/y",
+            "/",
+            "#",
+            "ns/prod/sa/api",
+            ".evil/x",
+        ];
         for prefix in only_refused {
             assert!(could_only_be_served_workloads(served, prefix), "{prefix}");
             for end in endings {

@@ -379,11 +379,84 @@ pub fn identity_of(
     Ok(identity)
 }
 
+/// The trust domains the snapshot's `SpiffeFederation`s serve (as the server's
+/// authenticator sees its federations).
+fn served_trust_domains(snapshot: &Snapshot) -> impl Iterator<Item = &str> + Clone {
+    snapshot.federations.iter().filter_map(|f| f.trust_domain())
+}
+
+/// Why the server refuses `subject` (an OIDC subject, or the literal text before the first
+/// `*` of a subject glob when `glob`) from the federation `fed`, which is no
+/// `SpiffeFederation`: it could be read as a workload of a trust domain a loaded
+/// `SpiffeFederation` serves ([`crate::authn::could_be_a_served_workload`], the
+/// authenticator's own rule; for a glob, [`crate::authn::could_only_be_served_workloads`]:
+/// every subject it matches is refused). `None`: the rule does not refuse it.
+pub(crate) fn lookalike(
+    snapshot: &Snapshot,
+    fed: &Federation,
+    subject: &str,
+    glob: bool,
+) -> Option<String> {
+    if fed.trust_domain().is_some() {
+        return None;
+    }
+    let served = served_trust_domains(snapshot);
+    let refused = if glob {
+        let prefix = subject.split('*').next().unwrap_or_default();
+        crate::authn::could_only_be_served_workloads(served.clone(), prefix)
+    } else {
+        crate::authn::could_be_a_served_workload(served.clone(), subject)
+    };
+    if !refused {
+        return None;
+    }
+    let serving = |td: Option<&str>| {
+        let names: Vec<&str> = snapshot
+            .federations
+            .iter()
+            .filter(|f| {
+                f.trust_domain()
+                    .is_some_and(|s| td.is_none_or(|td| s == td))
+            })
+            .map(Federation::name)
+            .collect();
+        names.join(", ")
+    };
+    let shown = printable(subject, FIELD_ECHO_MAX);
+    let (kind, name) = (fed.kind(), fed.name());
+    if glob {
+        return Some(format!(
+            "every subject matching {shown} begins with spiffe: and is either no workload SPIFFE ID or one of a trust domain a SpiffeFederation serves ({}): a token of {kind} {name} with such a subject is refused",
+            serving(None)
+        ));
+    }
+    Some(match crate::authn::parse_workload_id(subject) {
+        Ok(id) => format!(
+            "subject {shown} is a workload SPIFFE ID of trust domain {}, which SpiffeFederation {} serves: only that trust domain's JWT-SVIDs prove it, and a token of {kind} {name} with this subject is refused",
+            id.trust_domain,
+            serving(Some(id.trust_domain))
+        ),
+        Err(e) => format!(
+            "subject {shown} begins with spiffe: but is not a workload SPIFFE ID ({e}): while a SpiffeFederation is loaded ({}), a token of {kind} {name} with such a subject is refused, as it could be read as a served workload",
+            serving(None)
+        ),
+    })
+}
+
+/// [`lookalike`] of an OIDC subject (no glob).
+pub(crate) fn lookalike_subject(
+    snapshot: &Snapshot,
+    fed: &Federation,
+    subject: &str,
+) -> Option<String> {
+    lookalike(snapshot, fed, subject, false)
+}
+
 /// A request the server answers with an HTTP status of its own rather than with the
 /// decision's: the token refused (401, before any decision), a generator namespace that is
 /// not a namespace name (400, before the decision), the object missing (404, after it) or
 /// a key the store cannot spell (the store's error, after an allow).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Refusal {
     /// The HTTP status (400, 401, 404, …).
     pub status: u16,
@@ -392,10 +465,12 @@ pub struct Refusal {
 }
 
 /// The 401 the server answers before deciding, for a token of `spec`: its federation is
-/// not loaded (no federation verifies it), or the token's issuer is not the one its
-/// federation accepts (token verification matches `iss` against each federation's
-/// configured issuer, see `Authenticator::verify`). `None`: the token would be accepted
-/// (or its federation learns its issuer by discovery and the issuer cannot be checked).
+/// not loaded (no federation verifies it), an OIDC federation's subject could be read as a
+/// workload of a trust domain a `SpiffeFederation` serves ([`lookalike_subject`]), or the
+/// token's issuer is not the one its federation accepts (token verification matches `iss`
+/// against each federation's configured issuer, see `Authenticator::verify`). `None`: the
+/// token would be accepted (or its federation learns its issuer by discovery and the
+/// issuer cannot be checked).
 pub fn authn_refusal(snapshot: &Snapshot, spec: &PrincipalSpec) -> Option<Refusal> {
     let fed = spec.path.split('/').next().unwrap_or_default();
     let Some(f) = federation(snapshot, fed) else {
@@ -406,6 +481,15 @@ pub fn authn_refusal(snapshot: &Snapshot, spec: &PrincipalSpec) -> Option<Refusa
             ),
         });
     };
+    if f.kind().principal_kind() == crate::authn::PrincipalKind::OidcSubject
+        && let Some((_, subject)) = spec.path.split_once('/')
+        && let Some(why) = lookalike_subject(snapshot, f, subject)
+    {
+        return Some(Refusal {
+            status: 401,
+            reason: format!("{why}; the server would answer 401"),
+        });
+    }
     match (&spec.issuer, f.configured_issuer()) {
         (Some(given), Some(configured)) if given != configured => Some(Refusal {
             status: 401,
@@ -662,6 +746,11 @@ pub struct Explanation {
     pub determining: Vec<listing::PrintedPolicy>,
     /// What else to know.
     pub notes: Vec<String>,
+    /// The status the server answers before any decision, and why (the token refused,
+    /// 401: [`authn_refusal`]); the decision above is then what the policies say, which
+    /// no request of this principal reaches.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refusal: Option<Refusal>,
 }
 
 /// The request context as shown.
@@ -724,6 +813,10 @@ pub fn explain_request(
     context: &RequestContext,
 ) -> Result<Explanation, PolicyToolError> {
     let mut notes = Vec::new();
+    let refusal = match who {
+        Who::Principal(spec) => authn_refusal(snapshot, spec),
+        Who::Token(_) => None,
+    };
     let (identity, verified) = match who {
         Who::Principal(spec) => (identity_of(snapshot, spec, &mut notes)?, None),
         Who::Token(file) => {
@@ -739,7 +832,9 @@ pub fn explain_request(
         resource,
         notes,
     };
-    explain(snapshot, resolved, verified, context)
+    let mut explanation = explain(snapshot, resolved, verified, context)?;
+    explanation.refusal = refusal;
+    Ok(explanation)
 }
 
 /// Decides `resolved` in `context` with the snapshot's engine, as the server does.
@@ -816,6 +911,7 @@ pub fn explain(
         context: ContextView::of(context),
         determining,
         notes,
+        refusal: None,
     })
 }
 
@@ -830,9 +926,21 @@ impl Explanation {
                 "PARTIAL LOAD: objects did not load (listed at the end); the server keeps the last good form of what it already served, so this decision may not be the running server's\n",
             );
         }
+        if let Some(r) = &self.refusal {
+            out.push_str(&format!(
+                "REFUSED: the server answers {} before any decision: {}\n",
+                r.status,
+                one(&r.reason)
+            ));
+        }
         out.push_str(&format!(
-            "decision: {}\nprincipal: {} ({}federation {}, issuer {}{})\naction: {}\nresource: {}\n",
+            "decision: {}{}\nprincipal: {} ({}federation {}, issuer {}{})\naction: {}\nresource: {}\n",
             self.decision.to_uppercase(),
+            if self.refusal.is_some() {
+                " (what the policies say; no request of this principal reaches them)"
+            } else {
+                ""
+            },
             one(&self.principal.subject),
             if self.principal.principal_type == "ServiceAccount" {
                 String::new()
@@ -955,6 +1063,126 @@ mod tests {
         let mut sa = spec("f/ns/sa", Some("https://i"));
         sa.claims = [("a".to_owned(), "b".to_owned())].into();
         assert!(identity_of(&snapshot, &sa, &mut notes).is_err());
+    }
+
+    /// The authenticator's lookalike rule: while a SpiffeFederation serves `example.org`,
+    /// an OIDC (or Okta preset) subject that is one of its workloads, or any `spiffe:`
+    /// subject that is no workload ID, is refused (401, with the reason) by `test` and
+    /// `explain`, whatever the policies say; a workload ID of another trust domain and an
+    /// ordinary subject are not, nor is anything while no SpiffeFederation is loaded.
+    /// (Before: `explain` said ALLOW without a refusal and `test` took `expect: allow`.)
+    #[test]
+    fn an_oidc_subject_that_reads_as_a_served_workload_is_refused() {
+        use crate::policy::testing::{
+            authorization_of, oidc_federation, spiffe_federation, store, tree,
+        };
+        let okta = "apiVersion: identity.federation.external-secrets.io/v1alpha1\nkind: OktaFederation\nmetadata: {name: okta}\nspec: {domain: 'https://dev-1.okta.com', audiences: [esi]}\n".to_owned();
+        let world = |spire: bool| {
+            let mut w = vec![oidc_federation("github"), okta.clone(), store("main")];
+            for (name, subject) in [
+                ("served", "spiffe://example.org/ns/prod/sa/api"),
+                ("other", "spiffe://other.org/ns/prod/sa/api"),
+            ] {
+                w.push(authorization_of(
+                    name,
+                    "OIDCFederation",
+                    "github",
+                    subject,
+                    "  allowedClusterSecretStores: [main]\n",
+                ));
+            }
+            if spire {
+                w.push(spiffe_federation("spire", "example.org"));
+            }
+            w
+        };
+        let (_dir, served) = tree(&world(true), &[]);
+        let (_dir2, unserved) = tree(&world(false), &[]);
+        for t in [&served, &unserved] {
+            assert!(t.snapshot.errors.is_empty(), "{:?}", t.snapshot.errors);
+        }
+        let refused = [
+            (
+                "github/spiffe://example.org/ns/prod/sa/api",
+                "is a workload SPIFFE ID of trust domain example.org, which SpiffeFederation spire serves",
+            ),
+            (
+                "okta/spiffe://example.org/x",
+                "a token of OktaFederation okta with this subject is refused",
+            ),
+            (
+                "github/SPIFFE://other.org/x",
+                "is not a workload SPIFFE ID (the scheme must be spiffe://)",
+            ),
+            ("github/spiffe://example.org/x/", "a path segment is empty"),
+        ];
+        for (path, why) in refused {
+            let r = authn_refusal(&served.snapshot, &spec(path, None)).expect(path);
+            assert_eq!(r.status, 401, "{path}");
+            assert!(r.reason.contains(why), "{path}: {}", r.reason);
+            assert!(
+                r.reason.ends_with("the server would answer 401"),
+                "{}",
+                r.reason
+            );
+            assert_eq!(
+                authn_refusal(&unserved.snapshot, &spec(path, None)),
+                None,
+                "{path}"
+            );
+        }
+        for path in [
+            "github/spiffe://other.org/ns/prod/sa/api",
+            "github/repo:org/app:ref:refs/heads/main",
+            "okta/00u1",
+        ] {
+            assert_eq!(
+                authn_refusal(&served.snapshot, &spec(path, None)),
+                None,
+                "{path}"
+            );
+        }
+        // `explain` says the refusal beside what the policies say (the Authorization
+        // `served` allows the find).
+        let find = Target::Find {
+            store: "main".into(),
+        };
+        let context = RequestContext::now(None);
+        let explain_of = |t: &super::super::Tree, path: &str| {
+            explain_request(
+                &t.snapshot,
+                &Who::Principal(spec(path, None)),
+                &find,
+                &context,
+            )
+            .expect("explained")
+        };
+        let e = explain_of(&served, "github/spiffe://example.org/ns/prod/sa/api");
+        assert_eq!(e.decision, "allow");
+        let r = e.refusal.as_ref().expect("refused");
+        assert_eq!(r.status, 401);
+        let json = serde_json::to_value(&e).expect("json");
+        assert_eq!(json["refusal"]["status"], 401, "{json}");
+        assert!(
+            e.text()
+                .starts_with("REFUSED: the server answers 401 before any decision: subject spiffe://example.org/ns/prod/sa/api is a workload SPIFFE ID"),
+            "{}",
+            e.text()
+        );
+        for (t, path) in [
+            (&unserved, "github/spiffe://example.org/ns/prod/sa/api"),
+            (&served, "github/spiffe://other.org/ns/prod/sa/api"),
+        ] {
+            let e = explain_of(t, path);
+            assert_eq!((e.decision, &e.refusal), ("allow", &None), "{path}");
+            assert!(
+                serde_json::to_value(&e)
+                    .expect("json")
+                    .get("refusal")
+                    .is_none()
+            );
+            assert!(e.text().starts_with("decision: ALLOW\n"), "{}", e.text());
+        }
     }
 
     /// `FED/SUBJECT`: the federation is everything before the first `/`, the subject

@@ -24,7 +24,10 @@
 //! server would get that far: a federation or store that is not loaded refuses the
 //! request whatever the policies say, and so does a federation of the other kind (a
 //! `KubernetesFederation`'s tokens are never OIDC subjects, an OIDC federation's never
-//! ServiceAccounts).
+//! ServiceAccounts), and so does an OIDC subject that could be read as a workload of a
+//! trust domain a loaded `SpiffeFederation` serves (the authenticator's rule,
+//! [`crate::authn::could_be_a_served_workload`]; a subject glob's representative when every
+//! subject the glob matches is refused, [`crate::authn::could_only_be_served_workloads`]).
 //!
 //! Requests are principal × probe, in that order, and at most `max_requests` of them are
 //! evaluated; [`Universe::truncated`] says when some were not.
@@ -377,6 +380,13 @@ impl Universe {
                     federation.filter(|f| f.kind().principal_kind() == PrincipalKind::OidcSubject)
                 {
                     identity.federation_kind = f.kind();
+                    // The authenticator's rule: a subject that could be read as a served
+                    // trust domain's workload is refused (a glob: when every subject it
+                    // matches is).
+                    let glob = p.represents().is_some();
+                    if let Some(why) = super::explain::lookalike(&tree.snapshot, f, subject, glob) {
+                        unreachable.get_or_insert(why);
+                    }
                 }
                 identity
             }
@@ -915,5 +925,98 @@ mod tests {
         assert_eq!(identity.subject, "spiffe://example.org/a/../b");
         assert_eq!(identity.issuer, "spiffe://example.org");
         assert_eq!(identity.federation, "spire");
+    }
+
+    /// The authenticator's lookalike rule in `lint`, `diff` and `report`: while
+    /// SpiffeFederation `spire` serves `example.org`, an OIDC subject that is one of its
+    /// workloads, or a `spiffe:` subject that is no workload ID, is unreachable with the
+    /// reason `explain` gives, and so is a subject glob whose every match is refused
+    /// (`spiffe://example.org/*`); a glob that also matches accepted subjects
+    /// (`spiffe://*`, "any other" `*`) and a workload ID of another trust domain are
+    /// decided as usual. Without `spire`, none is refused. (Before: all were allowed.)
+    #[test]
+    fn oidc_subjects_that_read_as_served_workloads_are_unreachable() {
+        use crate::policy::explain::{PrincipalSpec, authn_refusal};
+        use crate::policy::testing::{authorization_of, oidc_federation, spiffe_federation, store};
+        let world = |spire: bool| {
+            let mut w = vec![oidc_federation("github"), store("main")];
+            for (name, subject) in [
+                ("served", "spiffe://example.org/ns/prod/sa/api"),
+                ("upper", "SPIFFE://other.org/x"),
+                ("other", "spiffe://other.org/ns/prod/sa/api"),
+                ("served-glob", "spiffe://example.org/*"),
+                ("any-td", "spiffe://*"),
+            ] {
+                w.push(authorization_of(
+                    name,
+                    "OIDCFederation",
+                    "github",
+                    subject,
+                    "  allowedClusterSecretStores: [main]\n",
+                ));
+            }
+            if spire {
+                w.push(spiffe_federation("spire", "example.org"));
+            }
+            w
+        };
+        // (principal, unreachable while example.org is served).
+        let expected = [
+            ("github/*", false),
+            ("github/SPIFFE://other.org/x", true),
+            ("github/spiffe://*", false),
+            ("github/spiffe://example.org/*", true),
+            ("github/spiffe://example.org/ns/prod/sa/api", true),
+            ("github/spiffe://other.org/ns/prod/sa/api", false),
+        ];
+        for spire in [true, false] {
+            let (_dir, tree) = tree(&world(spire), &[]);
+            assert!(
+                tree.snapshot.errors.is_empty(),
+                "{:?}",
+                tree.snapshot.errors
+            );
+            let u = Universe::of(&[&tree], DEFAULT_MAX_REQUESTS);
+            let outcomes = u.evaluate(&tree);
+            let mut seen = Vec::new();
+            for (r, o) in u.requests.iter().zip(&outcomes) {
+                let p = &u.principals[r.principal];
+                if p.kind() != PrincipalKind::OidcSubject || u.probes[r.probe].label() != "main" {
+                    continue;
+                }
+                let label = p.label();
+                let (_, refused) = expected
+                    .iter()
+                    .find(|(l, _)| *l == label)
+                    .unwrap_or_else(|| panic!("unexpected principal {label}"));
+                let refused = *refused && spire;
+                // Every one of them is granted `main` (the glob `*` excepted).
+                assert_eq!(o.decided, label != "github/*", "{label}: {o:?}");
+                assert_eq!(o.unreachable.is_some(), refused, "{label}: {o:?}");
+                assert_eq!(o.allowed, o.decided && !refused, "{label}: {o:?}");
+                if refused {
+                    let why = o.unreachable.as_deref().unwrap_or_default();
+                    assert!(why.contains("OIDCFederation github"), "{why}");
+                    assert!(
+                        why.contains("(spire)") || why.contains("SpiffeFederation spire"),
+                        "{why}"
+                    );
+                }
+                // An exact subject: the refusal `explain` and `test` give (401).
+                if p.represents().is_none() {
+                    let spec = PrincipalSpec {
+                        path: label.clone(),
+                        ..Default::default()
+                    };
+                    let r = authn_refusal(&tree.snapshot, &spec);
+                    assert_eq!(r.is_some(), refused, "{label}");
+                    if let (Some(r), Some(why)) = (r, &o.unreachable) {
+                        assert!(r.reason.starts_with(why.as_str()), "{}\n{why}", r.reason);
+                    }
+                }
+                seen.push(label);
+            }
+            assert_eq!(seen.len(), expected.len(), "{seen:?}");
+        }
     }
 }
