@@ -2442,3 +2442,116 @@ async fn explain_matches_the_servers_audit_lines_for_spiffe_workloads() {
         );
     }
 }
+
+/// The authenticator's lookalike rule, as `explain` says it: while SpiffeFederation
+/// `spire` serves `example.org`, a token of OIDCFederation `github` whose subject is a
+/// workload of `example.org` is refused by the real server (401), and `explain
+/// --principal github/spiffe://example.org/…` says that refusal (401, with the reason)
+/// beside what the policies say; the same OIDC token for a workload ID of another trust
+/// domain is served (200) and explained without a refusal, with the policy ids, decision
+/// and principal of the server's audit line. (Before: `explain` said `allow` and nothing
+/// else for the refused subject.)
+#[tokio::test(flavor = "multi_thread")]
+async fn explain_says_the_401_of_an_oidc_subject_that_reads_as_a_served_workload() {
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let issuer = Issuer::start_oidc(jwks(&["rsa-1"])).await;
+    const SERVED: &str = "spiffe://example.org/ns/prod/sa/api";
+    const OTHER: &str = "spiffe://other.org/ns/prod/sa/api";
+    let mut manifests = spire_world(&[]);
+    manifests.push_str("---\n");
+    manifests.push_str(&oidc_federation("github", &issuer, AUD, ""));
+    for (name, subject) in [("served", SERVED), ("other", OTHER)] {
+        manifests.push_str(&format!(
+            "---\napiVersion: federation.external-secrets.io/v1alpha1\nkind: Authorization\nmetadata: {{name: {name}}}\nspec:\n  federationRef: {{kind: OIDCFederation, name: github}}\n  subject: {{oidc: {{issuer: \"{}\", subject: \"{subject}\"}}}}\n  allowedClusterSecretStores: [store]\n",
+            issuer.url
+        ));
+    }
+    let server = Server::start_with_args(
+        &[("world.yaml", manifests)],
+        &[],
+        &["--audit-log", audit.to_str().unwrap()],
+    );
+    let token = |subject: &str| {
+        let now = now();
+        mint(
+            "rsa-1",
+            &json!({"iss": issuer.url, "aud": AUD, "sub": subject, "iat": now, "nbf": now, "exp": now + 300}),
+            None,
+        )
+    };
+    let explain = |subject: &str| {
+        let principal = format!("github/{subject}");
+        let args = [
+            "explain",
+            "--json",
+            "--principal",
+            &principal,
+            "--store",
+            "store",
+            "--key",
+            "k",
+        ];
+        let (ok, out, err) = policy(&server.manifests, &server.policies, &args);
+        assert!(ok, "{out}\n{err}");
+        serde_json::from_str::<Value>(&out).unwrap()
+    };
+
+    let (status, text) = server
+        .post(
+            "/secretstore/store/secrets/k",
+            Some(&token(SERVED)),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 401, "{text}");
+    let explained = explain(SERVED);
+    assert_eq!(explained["refusal"]["status"], 401, "{explained}");
+    let reason = explained["refusal"]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("trust domain example.org, which SpiffeFederation spire serves")
+            && reason.ends_with("the server would answer 401"),
+        "{reason}"
+    );
+    // The text says it first.
+    let principal = format!("github/{SERVED}");
+    let (ok, out, err) = policy(
+        &server.manifests,
+        &server.policies,
+        &[
+            "explain",
+            "--principal",
+            &principal,
+            "--store",
+            "store",
+            "--key",
+            "k",
+        ],
+    );
+    assert!(ok, "{out}\n{err}");
+    assert!(
+        out.starts_with("REFUSED: the server answers 401 before any decision: "),
+        "{out}"
+    );
+
+    let before = audit_lines(&audit).len();
+    let (status, text) = server
+        .post(
+            "/secretstore/store/secrets/k",
+            Some(&token(OTHER)),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{text}");
+    let lines = audit_lines(&audit);
+    assert_eq!(lines.len(), before + 1, "{lines:?}");
+    let line = &lines[before];
+    let explained = explain(OTHER);
+    assert!(explained.get("refusal").is_none(), "{explained}");
+    assert_eq!(explained["decision"], line["decision"], "{line}");
+    assert_eq!(explained["policies"], line["policies"], "{line}");
+    assert_eq!(
+        explained["principal"]["entity"], line["principal_id"],
+        "{line}"
+    );
+}
