@@ -9,8 +9,9 @@
 use super::authenticator::Authenticator;
 use super::error::AuthnError;
 use super::federation::Federation;
-use super::identity::Identity;
+use super::identity::{FederationKind, Identity};
 use super::settings::AuthnSettings;
+use super::spiffe::could_be_a_served_workload;
 use super::token;
 
 /// A token read offline.
@@ -30,13 +31,29 @@ pub enum OfflineIdentity {
 
 /// Reads `token` against `federations` without the network (see the module doc). An
 /// error is what the server would answer (e.g. an expired token, a bad signature with a
-/// static key, an issuer no federation trusts).
+/// static key, an issuer no federation trusts). The server's SPIFFE rules hold over every
+/// federation, fetching ones included: a token whose `sub` is a workload of a served trust
+/// domain is only a `SpiffeFederation`'s, and another kind's subject that could be read as
+/// such a workload is refused ([`AuthnError::BadSubject`]).
 pub async fn identify_offline(
     federations: &[Federation],
     token: &str,
     settings: AuthnSettings,
 ) -> Result<OfflineIdentity, AuthnError> {
     let parsed = token::parse(token, settings.max_token_bytes)?;
+    // The server's routing and lookalike rules over every federation (the authenticator
+    // below holds only those with static keys): a token whose `sub` is a workload of a
+    // served trust domain is only a `SpiffeFederation`'s, and a subject another kind
+    // proves that could be read as such a workload is refused.
+    let served = federations.iter().filter_map(|f| f.trust_domain());
+    let routed = parsed
+        .spiffe_trust_domain
+        .as_deref()
+        .is_some_and(|td| served.clone().any(|s| s == td));
+    let refused = |identity: &Identity| {
+        identity.federation_kind != FederationKind::Spiffe
+            && (routed || could_be_a_served_workload(served.clone(), &identity.subject))
+    };
     let mut sorted: Vec<&Federation> = federations.iter().collect();
     sorted.sort_by(|a, b| a.name.cmp(&b.name));
     let static_keys: Vec<Federation> = sorted
@@ -52,6 +69,7 @@ pub async fn identify_offline(
         .filter(|f| f.fetches())
         .filter(|f| match f.trust_domain() {
             Some(_) => parsed.may_be_of(f),
+            None if routed => false,
             None => f
                 .issuer
                 .as_deref()
@@ -66,6 +84,7 @@ pub async fn identify_offline(
         let authenticator = Authenticator::new(settings);
         authenticator.set_federations(static_keys);
         match authenticator.authenticate(token, None).await {
+            Ok(identity) if refused(&identity) => failure = AuthnError::BadSubject,
             Ok(identity) => return Ok(OfflineIdentity::Verified(identity)),
             Err(e) => failure = e,
         }
@@ -74,6 +93,9 @@ pub async fn identify_offline(
         return Err(failure);
     };
     let identity = parsed.check_claims(fed, now, leeway, max_lifetime)?;
+    if refused(&identity) {
+        return Err(AuthnError::BadSubject);
+    }
     let url = fed.url_raw.as_deref().unwrap_or("its url");
     Ok(OfflineIdentity::Unverified {
         identity,
@@ -190,5 +212,77 @@ mod tests {
                 .await
                 .is_err()
         );
+    }
+
+    /// `explain --token` refuses what the server refuses by its SPIFFE rules even when the
+    /// SpiffeFederation serving the trust domain fetches its bundle (so the offline
+    /// authenticator, of static-key federations only, does not hold it): an OIDC token,
+    /// verified with static keys or read from a fetching federation, whose subject is a
+    /// served workload's ID (then read as the SpiffeFederation's, unverified, as the server
+    /// routes it) or a `spiffe:` lookalike; another trust domain's ID is a subject.
+    /// (Before: both were identified as OIDC subjects.)
+    #[tokio::test]
+    async fn oidc_lookalikes_of_a_fetching_spiffe_federation_are_refused_offline() {
+        use crate::resources::{
+            OidcCommonSpec, OidcFederationSpec, SpiffeBundleEndpoint, SpiffeFederationSpec,
+        };
+        let key = TestKey::es256();
+        let oidc = |name: &str, issuer: &str, jwks: Option<String>| {
+            let spec = OidcFederationSpec {
+                issuer: issuer.into(),
+                jwks_uri: jwks.is_none().then(|| "https://127.0.0.1:9/jwks".into()),
+                jwks,
+                common: OidcCommonSpec {
+                    audiences: vec![AUD.into()],
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            Federation::from_oidc_spec(name, &spec).expect("federation")
+        };
+        let spire = SpiffeFederationSpec {
+            trust_domain: "example.org".into(),
+            bundle: None,
+            bundle_endpoint: Some(SpiffeBundleEndpoint {
+                url: "https://127.0.0.1:9/bundle".into(),
+                ca_bundle: None,
+            }),
+            audiences: vec![AUD.into()],
+        };
+        let spire = Federation::from_spiffe_spec("spire", &spire).expect("federation");
+        let feds = [
+            oidc("idp", "https://static", Some(TestKey::jwks(&[&key]))),
+            oidc("remote", "https://fetching", None),
+            spire.clone(),
+        ];
+        let token = |iss: &str, sub: &str| {
+            key.sign(&serde_json::json!({"iss": iss, "sub": sub, "aud": AUD, "iat": NOW, "exp": NOW + 300}))
+        };
+        for iss in ["https://static", "https://fetching"] {
+            for sub in [
+                "spiffe://example.org/ns/prod/sa/api",
+                "SPIFFE://other.org/x",
+            ] {
+                let got = identify_offline(&feds, &token(iss, sub), settings()).await;
+                // Refused, or (a served workload's `sub`) routed to the SpiffeFederation,
+                // whose bundle offline cannot check: never the OIDC subject.
+                match &got {
+                    Err(_) => {}
+                    Ok(OfflineIdentity::Unverified { identity, .. })
+                        if identity.federation == "spire" => {}
+                    other => panic!("{iss} {sub}: {other:?}"),
+                }
+                // Without the SpiffeFederation, the same token is an OIDC subject.
+                let without = identify_offline(&feds[..2], &token(iss, sub), settings()).await;
+                assert!(without.is_ok(), "{iss} {sub}: {without:?}");
+            }
+            let other = identify_offline(
+                &feds,
+                &token(iss, "spiffe://other.org/ns/prod/sa/api"),
+                settings(),
+            )
+            .await;
+            assert!(other.is_ok(), "{iss}: {other:?}");
+        }
     }
 }
