@@ -6,6 +6,7 @@
 //! | `invalid` | [`super::validate`] | every error `validate` reports (the rest of lint runs on what loaded) |
 //! | `broad-subject` | structural, exact ([`names::matches_every_service_account`], [`names::matches_every_subject`]) | an Authorization whose subject glob matches every ServiceAccount (every subject, for an OIDC federation) of its federation |
 //! | `broad-subject` | evaluated | a hand-written permit that grants something to `FED/*/*` (any ServiceAccount of a federation) or `FED/*` (any subject of an OIDC federation) |
+//! | `refused-subject` | structural ([`super::explain::lookalike`], the authenticator's rule) | an Authorization of an OIDC federation whose subject (or every subject its glob matches) the server refuses while a `SpiffeFederation` is loaded: one that could be read as a served trust domain's workload |
 //! | `unrestricted-store` | structural | an Authorization granting every key of a store that another Authorization restricts by key |
 //! | `shadowed-permit` | evaluated | a permit every evaluated request it satisfies is denied by a forbid |
 //! | `unused-federation` | structural | a federation (of any kind) no Authorization and no `.cedar` policy names |
@@ -134,6 +135,7 @@ pub fn lint(tree: &Tree, max_requests: usize) -> LintReport {
     let origins = origins(&tree.sources);
 
     broad_subjects(tree, &universe, &outcomes, &mut files, &mut findings);
+    refused_subjects(tree, &mut files, &mut findings);
     unrestricted_stores(tree, &mut files, &mut findings);
     shadowed_permits(tree, &universe, &outcomes, &mut files, &mut findings);
     unused_federations(tree, &origins, &mut files, &mut findings);
@@ -391,6 +393,42 @@ fn broad_subjects(
             "broad-subject",
             policy_problem(tree, files, id, message),
         ));
+    }
+}
+
+/// Authorizations of a loaded OIDC federation whose subject only the server's lookalike
+/// rule refuses (a served trust domain's workload named as an OIDC subject, a `spiffe:`
+/// subject that is no workload ID, or a glob every match of which is one of those): they
+/// grant nothing.
+fn refused_subjects(tree: &Tree, files: &mut FileCache, out: &mut Vec<Finding>) {
+    for a in &tree.authorizations {
+        let Some((_, subject)) = a.subject() else {
+            continue;
+        };
+        if a.principal_kind() != PrincipalKind::OidcSubject {
+            continue;
+        }
+        let fed_ref = &a.spec().federation_ref;
+        let Some(fed) = tree.snapshot.federations.iter().find(|f| {
+            f.name() == fed_ref.name && f.kind().principal_kind() == PrincipalKind::OidcSubject
+        }) else {
+            continue;
+        };
+        let glob = subject.contains('*');
+        let Some(why) = super::explain::lookalike(&tree.snapshot, fed, subject, glob) else {
+            continue;
+        };
+        let problem = validate::object_problem(
+            files,
+            Severity::Warning,
+            a.origin(),
+            &format!("Authorization/{}", a.name()),
+            Some((Some("subject"), subject)),
+            format!(
+                "{why}: this Authorization grants nothing (a SpiffeFederation's workload is granted by an Authorization of that federation, subject: {{spiffe: {{spiffeID: …}}}})"
+            ),
+        );
+        out.push(warn("refused-subject", problem));
     }
 }
 
@@ -796,6 +834,89 @@ mod tests {
         assert_eq!(
             report.findings[2].problem.span.as_ref().map(|s| s.line),
             idle
+        );
+    }
+
+    /// `refused-subject`: while SpiffeFederation `spire` serves `example.org`, an OIDC
+    /// Authorization for one of its workloads, for a `spiffe:` subject that is no workload
+    /// ID, or for a glob every match of which is one of those grants nothing, said at its
+    /// subject; another trust domain's ID and a glob that also matches accepted subjects
+    /// are not reported, nor is anything without `spire`.
+    #[test]
+    fn oidc_subjects_the_server_refuses_are_reported() {
+        use crate::policy::testing::{authorization_of, oidc_federation, spiffe_federation};
+        let world = |spire: bool| {
+            let mut w = vec![oidc_federation("github"), store("main")];
+            for (name, subject) in [
+                ("served", "spiffe://example.org/ns/prod/sa/api"),
+                ("upper", "SPIFFE://other.org/x"),
+                ("served-glob", "spiffe://example.org/ns/*"),
+                ("other", "spiffe://other.org/ns/prod/sa/api"),
+                ("any-td", "spiffe://*"),
+            ] {
+                w.push(authorization_of(
+                    name,
+                    "OIDCFederation",
+                    "github",
+                    subject,
+                    "  allowedClusterSecretStores: [main]\n",
+                ));
+            }
+            if spire {
+                w.push(spiffe_federation("spire", "example.org"));
+                // Named, so that it is not an unused federation.
+                w.push(crate::policy::testing::spiffe_authorization(
+                    "mesh",
+                    "spire",
+                    "spiffe://example.org/ns/prod/sa/api",
+                    "  allowedClusterSecretStores: [main]\n",
+                ));
+            }
+            w
+        };
+        let (_dir, served) = tree(&world(true), &[]);
+        assert!(
+            served.snapshot.errors.is_empty(),
+            "{:?}",
+            served.snapshot.errors
+        );
+        let report = lint(&served, 100_000);
+        let refused: Vec<(&str, String)> = rules(&report)
+            .into_iter()
+            .filter(|(rule, _)| *rule == "refused-subject")
+            .collect();
+        let expected: Vec<(&str, String)> = ["served", "served-glob", "upper"]
+            .iter()
+            .map(|n| ("refused-subject", format!("Authorization/{n}")))
+            .collect();
+        assert_eq!(refused, expected, "{}", report.render());
+        let first = &report
+            .findings
+            .iter()
+            .find(|f| f.rule == "refused-subject")
+            .expect("finding")
+            .problem;
+        assert!(
+            first
+                .message
+                .contains("which SpiffeFederation spire serves")
+                && first.message.contains("this Authorization grants nothing"),
+            "{}",
+            first.message
+        );
+        let world_text =
+            std::fs::read_to_string(served.sources.manifests.join("world.yaml")).expect("world");
+        let line = world_text
+            .lines()
+            .position(|l| l.contains("subject: \"spiffe://example.org/ns/prod/sa/api\""))
+            .map(|i| i + 1);
+        assert_eq!(first.span.as_ref().map(|s| s.line), line);
+        let (_dir2, unserved) = tree(&world(false), &[]);
+        let report = lint(&unserved, 100_000);
+        assert!(
+            !report.findings.iter().any(|f| f.rule == "refused-subject"),
+            "{}",
+            report.render()
         );
     }
 
