@@ -655,6 +655,58 @@ mod tests {
         }
     }
 
+    /// A case for an OIDC subject the server refuses as a served SPIFFE workload's
+    /// lookalike (401) fails when it expects a decision, even the `allow` the policies
+    /// give, and passes with `expectStatus: 401`; another trust domain's ID is decided.
+    /// (Before: `expect: allow` passed.)
+    #[test]
+    fn a_case_for_an_oidc_lookalike_of_a_served_workload_expects_401() {
+        use crate::policy::testing::{authorization_of, oidc_federation, spiffe_federation, store};
+        let mut world = vec![
+            oidc_federation("github"),
+            spiffe_federation("spire", "example.org"),
+            store("main"),
+        ];
+        for (name, subject) in [
+            ("served", "spiffe://example.org/ns/prod/sa/api"),
+            ("other", "spiffe://other.org/ns/prod/sa/api"),
+        ] {
+            world.push(authorization_of(
+                name,
+                "OIDCFederation",
+                "github",
+                subject,
+                "  allowedClusterSecretStores: [main]\n",
+            ));
+        }
+        let (_dir, tree) = crate::policy::testing::tree(&world, &[]);
+        assert!(
+            tree.snapshot.errors.is_empty(),
+            "{:?}",
+            tree.snapshot.errors
+        );
+        let cases = tempfile::tempdir().expect("dir");
+        let run_one = |principal: &str, expect: &str| {
+            let text = format!(
+                "cases:\n  - name: c\n    principal: {principal}\n    action: find\n    resource: {{store: main}}\n    {expect}\n"
+            );
+            std::fs::write(cases.path().join("a.yaml"), text).expect("write");
+            run(&tree.snapshot, cases.path()).expect("runs").cases[0]
+                .failure
+                .clone()
+        };
+        let served = "github/spiffe://example.org/ns/prod/sa/api";
+        let failure = run_one(served, "expect: allow").unwrap_or_default();
+        assert!(
+            failure.contains("+ actual:   status 401: subject spiffe://example.org/ns/prod/sa/api is a workload SPIFFE ID of trust domain example.org, which SpiffeFederation spire serves"),
+            "{failure}"
+        );
+        assert_eq!(run_one(served, "expectStatus: 401"), None);
+        let other = "github/spiffe://other.org/ns/prod/sa/api";
+        assert_eq!(run_one(other, "expect: allow"), None);
+        assert!(run_one(other, "expectStatus: 401").is_some());
+    }
+
     #[test]
     fn case_files_are_strict() {
         let ok = "cases:\n  - name: a\n    principal: f/n/s\n    action: get\n    resource: {store: s, key: k}\n    expect: deny\n";
