@@ -385,12 +385,13 @@ fn served_trust_domains(snapshot: &Snapshot) -> impl Iterator<Item = &str> + Clo
     snapshot.federations.iter().filter_map(|f| f.trust_domain())
 }
 
-/// Why the server refuses `subject` (an OIDC subject, or the literal text before the first
-/// `*` of a subject glob when `glob`) from the federation `fed`, which is no
+/// Why the server refuses `subject` (an OIDC subject; when `glob`, a subject glob, of which
+/// only the text before the first `*` is looked at) from the federation `fed`, which is no
 /// `SpiffeFederation`: it could be read as a workload of a trust domain a loaded
 /// `SpiffeFederation` serves ([`crate::authn::could_be_a_served_workload`], the
 /// authenticator's own rule; for a glob, [`crate::authn::could_only_be_served_workloads`]:
-/// every subject it matches is refused). `None`: the rule does not refuse it.
+/// every subject it matches is refused). `None`: the rule does not refuse it (for a glob:
+/// some subject it matches may be accepted).
 pub(crate) fn lookalike(
     snapshot: &Snapshot,
     fed: &Federation,
