@@ -821,6 +821,24 @@ fn rbac_problems(docs: &[Value], case: &Case) -> Vec<String> {
             }
         }
     }
+    // No verb the server does not use: status is only patched (src/status/writer.rs sends
+    // a JSON patch, whose `test` op the API server evaluates: no get, no update), the Lease
+    // read, created and replaced (src/status/lease.rs: no patch), every other kind it
+    // watches only read. The ledger's kinds are checked below.
+    for (scope, group, resource, verbs) in &granted {
+        let used: &[&str] = match (group.as_str(), resource.as_str()) {
+            (_, r) if r.ends_with("/status") => &["patch"],
+            ("coordination.k8s.io", "leases") => &["get", "create", "update"],
+            ("generators.external-secrets.io", "generatorstates")
+            | ("federation.external-secrets.io", "authorizedidentities") => continue,
+            _ => &["get", "list", "watch"],
+        };
+        for v in verbs.iter().filter(|v| !used.contains(&v.as_str())) {
+            p.push(format!(
+                "{resource}.{group} ({scope}): verb {v}, which the server never uses"
+            ));
+        }
+    }
     // Writes only where allowed.
     let kube = case.kubernetes_source;
     let kube_ledger = case.ledger == "kubernetes";
@@ -1572,6 +1590,7 @@ fn the_checks_catch_a_wildcard_an_unconfined_container_and_a_secret_write() {
             .unwrap()
             .push(serde_json::json!({"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "update", "delete"]}));
         d["rules"].as_array_mut().unwrap().push(serde_json::json!({"apiGroups": ["federation.external-secrets.io"], "resources": ["authorizedidentities"], "verbs": ["delete", "patch"]}));
+        d["rules"].as_array_mut().unwrap().push(serde_json::json!({"apiGroups": ["identity.federation.external-secrets.io"], "resources": ["spiffefederations/status"], "verbs": ["get", "patch", "update"]}));
     }
     let problems = [
         deployment_problems(&docs, &case),
@@ -1580,6 +1599,15 @@ fn the_checks_catch_a_wildcard_an_unconfined_container_and_a_secret_write() {
     .concat();
     let has = |needle: &str| problems.iter().any(|p| p.contains(needle));
     assert!(has("a wildcard in resources"), "{problems:#?}");
+    // Status is only patched.
+    for v in ["get", "update"] {
+        assert!(
+            has(&format!(
+                "spiffefederations/status.identity.federation.external-secrets.io (cluster): verb {v}, which the server never uses"
+            )),
+            "{problems:#?}"
+        );
+    }
     assert!(
         has("container proxy: root filesystem not read-only"),
         "{problems:#?}"
