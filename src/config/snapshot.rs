@@ -24,6 +24,7 @@ use crate::providers::{self, ProviderError, ProviderSettings, RemoteRef, SecretP
 use crate::resources::{
     AuthorizationSpec, KubernetesFederationSpec, OidcFederationSpec, OktaFederationSpec,
     PingIdentityFederationSpec, SecretObject, SecretStoreSpec, SpiffeFederationSpec,
+    management_api_problem,
 };
 use crate::resources::{GeneratorKey, SecretIndex, SecretName};
 use crate::source::dir::DirectoryScanner;
@@ -682,6 +683,11 @@ impl SnapshotBuilder {
                         }
                         "OktaFederation" => {
                             strict_spec_of::<OktaFederationSpec>(obj).and_then(|spec| {
+                                if let Some(why) =
+                                    management_api_problem(spec.management_api.as_ref())
+                                {
+                                    return Err(why);
+                                }
                                 Federation::from_okta_spec(name, &spec).map_err(|e| e.to_string())
                             })
                         }
@@ -691,6 +697,10 @@ impl SnapshotBuilder {
                             })
                         }
                         _ => strict_spec_of::<PingIdentityFederationSpec>(obj).and_then(|spec| {
+                            if let Some(why) = management_api_problem(spec.management_api.as_ref())
+                            {
+                                return Err(why);
+                            }
                             Federation::from_ping_identity_spec(name, &spec)
                                 .map_err(|e| e.to_string())
                         }),
@@ -1319,6 +1329,53 @@ mod tests {
         assert_eq!(
             kinds(&both.build(None)),
             [("shared".to_owned(), "OIDCFederation")]
+        );
+    }
+
+    /// Review: `managementAPI` (OktaFederation, PingIdentityFederation) is accepted and
+    /// unused, but bounded as the CRD bounds it (`maxProperties`), so directory mode is not
+    /// laxer than the API server: more fields, or not an object, and the federation is not
+    /// served, with the reason.
+    #[test]
+    fn management_api_is_bounded_as_the_crd_bounds_it() {
+        let block = |n: usize| {
+            let fields: Vec<String> = (0..n)
+                .map(|i| format!("f{i}: {{name: k, key: t}}"))
+                .collect();
+            format!("{{{}}}", fields.join(", "))
+        };
+        let okta = |api: &str| {
+            format!(
+                "apiVersion: identity.federation.external-secrets.io/v1alpha1\nkind: OktaFederation\nmetadata: {{name: okta}}\nspec: {{domain: 'https://dev-1.okta.com', audiences: [esi], managementAPI: {api}}}\n"
+            )
+        };
+        let ping = |api: &str| {
+            format!(
+                "apiVersion: identity.federation.external-secrets.io/v1alpha1\nkind: PingIdentityFederation\nmetadata: {{name: ping}}\nspec: {{region: eu, environmentId: e, audiences: [esi], managementAPI: {api}}}\n"
+            )
+        };
+        let max = crate::resources::MAX_MANAGEMENT_API_FIELDS;
+        let served =
+            builder_of(&format!("{}---\n{}", okta(&block(max)), ping(&block(max)))).build(None);
+        assert_eq!(served.federations.len(), 2, "{:?}", served.errors);
+        let refused =
+            builder_of(&format!("{}---\n{}", okta(&block(max + 1)), ping("token"))).build(None);
+        assert!(refused.federations.is_empty());
+        let errors: Vec<String> = refused.errors.iter().map(ToString::to_string).collect();
+        assert!(
+            errors.iter().any(|e| e.contains("OktaFederation/okta")
+                && e.contains(&format!(
+                    "managementAPI has {} fields (at most {max})",
+                    max + 1
+                ))),
+            "{errors:?}"
+        );
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("PingIdentityFederation/ping")
+                    && e.contains("managementAPI must be an object")),
+            "{errors:?}"
         );
     }
 
