@@ -1569,3 +1569,61 @@ async fn an_edit_that_breaks_a_served_federation_keeps_its_last_good_form_and_sa
     assert_eq!(read(&server, "fake", &ci).await.0, 200);
     assert_eq!(read(&server, "fake", &svid).await.0, 200);
 }
+
+/// Review (issue 18): a KubernetesFederation created with the name of an OIDCFederation in
+/// force is refused while the server runs; after a restart (no federation in force, and
+/// objects come in (group, kind) order, `KubernetesFederation` first) the older one, by
+/// `metadata.creationTimestamp`, still holds the name: its tokens keep their grants and the
+/// restarted server refuses the newcomer, saying why.
+#[tokio::test(flavor = "multi_thread")]
+async fn after_a_restart_the_older_federation_keeps_a_shared_name() {
+    let k = cluster().await;
+    identity_kinds(&k);
+    let github = Issuer::start_oidc(jwks(&["rsa-1"])).await;
+    let main = "repo:org/app:ref:refs/heads/main";
+    k.apply(yaml(&oidc_federation("shared", &github, AUD, "")));
+    k.apply(fake_store("fake", "v1"));
+    k.apply(oidc_authorization(
+        "ci",
+        "OIDCFederation",
+        "shared",
+        &github.url,
+        main,
+        &["fake"],
+    ));
+    let (_dir, path) = kubeconfig(&k, "admin");
+    let server = start(&path);
+    wait_ready(&server, Duration::from_secs(20)).await;
+    let ci = oidc_token("rsa-1", &github, main, json!({}));
+    until_status(&server, "fake", &ci, 200, Duration::from_secs(10)).await;
+
+    // creationTimestamp has a resolution of one second.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    k.apply(json!({
+        "apiVersion": IDENTITY,
+        "kind": "KubernetesFederation",
+        "metadata": {"name": "shared"},
+        "spec": {"url": "https://127.0.0.1:9"}
+    }));
+    let refused = |c: &Value| {
+        c["status"] == "False"
+            && c["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("duplicate federation name: OIDCFederation shared"))
+    };
+    wait_ready_condition(&k, IDENTITY, "KubernetesFederation", "shared", refused).await;
+    assert_eq!(read(&server, "fake", &ci).await.0, 200);
+
+    // Restarted: nothing in force; the KubernetesFederation comes first in object order.
+    drop(server);
+    let server = start(&path);
+    wait_ready(&server, Duration::from_secs(20)).await;
+    until_status(&server, "fake", &ci, 200, Duration::from_secs(10)).await;
+    // The restarted server refuses the newcomer itself (the conditions in the API are the
+    // previous leader's until they differ, so its log says it).
+    let logs = server.logs().join("\n");
+    assert!(
+        logs.contains("duplicate federation name: OIDCFederation shared"),
+        "{logs}"
+    );
+}
