@@ -21,8 +21,8 @@ use esi::resources::crd::{
     PingIdentityFederation, SpiffeFederation,
 };
 use esi::resources::{
-    AuthorizationSpec, KubernetesFederationSpec, OidcFederationSpec, OktaFederationSpec,
-    PingIdentityFederationSpec, SpiffeFederationSpec,
+    AuthorizationSpec, KubernetesFederationSpec, MAX_MANAGEMENT_API_FIELDS, OidcFederationSpec,
+    OktaFederationSpec, PingIdentityFederationSpec, SpiffeFederationSpec, management_api_problem,
 };
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use serde_json::{Value, json};
@@ -156,6 +156,10 @@ fn server_accepts(kind: &str, spec: &Value) -> Result<(), String> {
         "OktaFederation" => {
             let spec: OktaFederationSpec =
                 serde_json::from_value(spec.clone()).map_err(|e| e.to_string())?;
+            // As the loader (src/config/snapshot.rs) does, before the federation is built.
+            if let Some(why) = management_api_problem(spec.management_api.as_ref()) {
+                return Err(why);
+            }
             Federation::from_okta_spec("t", &spec)
                 .map(drop)
                 .map_err(|e| e.to_string())
@@ -163,6 +167,9 @@ fn server_accepts(kind: &str, spec: &Value) -> Result<(), String> {
         "PingIdentityFederation" => {
             let spec: PingIdentityFederationSpec =
                 serde_json::from_value(spec.clone()).map_err(|e| e.to_string())?;
+            if let Some(why) = management_api_problem(spec.management_api.as_ref()) {
+                return Err(why);
+            }
             Federation::from_ping_identity_spec("t", &spec)
                 .map(drop)
                 .map_err(|e| e.to_string())
@@ -199,6 +206,15 @@ fn federation(spec: Value) -> Value {
 }
 
 /// An object of one of the identity kinds (`identity.federation.external-secrets.io`).
+/// An object of `n` string fields (`f0`…), each a Secret reference's worth of text.
+fn fields(n: usize) -> Value {
+    Value::Object(
+        (0..n)
+            .map(|i| (format!("f{i}"), json!({"name": "okta", "key": "token"})))
+            .collect(),
+    )
+}
+
 fn identity(kind: &str, spec: Value) -> Value {
     object(
         "identity.federation.external-secrets.io/v1alpha1",
@@ -738,6 +754,17 @@ fn ese_form_identity_objects_validate_against_ours() {
         // Served, without an audience check (as ESE), with a warning in its status.
         server_accepts(kind, &obj["spec"]).unwrap_or_else(|e| panic!("{kind}: {e}"));
     }
+    // Up to the bound, any fields: ESE's block as it comes.
+    for kind in ["OktaFederation", "PingIdentityFederation"] {
+        let mut obj = if kind == "OktaFederation" {
+            okta.clone()
+        } else {
+            ping.clone()
+        };
+        obj["spec"]["managementAPI"] = fields(MAX_MANAGEMENT_API_FIELDS);
+        assert_valid(&format!("{kind} (bound)"), &ours_schema(kind), &obj);
+        server_accepts(kind, &obj["spec"]).unwrap_or_else(|e| panic!("{kind}: {e}"));
+    }
     let typed: OktaFederation = serde_json::from_value(okta).unwrap();
     assert_eq!(typed.spec.management_api, Some(management.clone()));
     let typed: PingIdentityFederation = serde_json::from_value(ping).unwrap();
@@ -1090,6 +1117,31 @@ fn server_rejections_are_refused_by_the_schema() {
         (
             "PingIdentity preset: no environmentId",
             identity("PingIdentityFederation", json!({"region": "eu"})),
+            By::Structure,
+        ),
+        // `managementAPI` is accepted and unused, but bounded.
+        (
+            "Okta preset: managementAPI with too many fields",
+            identity(
+                "OktaFederation",
+                json!({"domain": "https://dev-1.okta.com", "managementAPI": fields(MAX_MANAGEMENT_API_FIELDS + 1)}),
+            ),
+            By::Structure,
+        ),
+        (
+            "PingIdentity preset: managementAPI with too many fields",
+            identity(
+                "PingIdentityFederation",
+                json!({"region": "eu", "environmentId": "e", "managementAPI": fields(MAX_MANAGEMENT_API_FIELDS + 1)}),
+            ),
+            By::Structure,
+        ),
+        (
+            "Okta preset: managementAPI not an object",
+            identity(
+                "OktaFederation",
+                json!({"domain": "https://dev-1.okta.com", "managementAPI": "token"}),
+            ),
             By::Structure,
         ),
     ];

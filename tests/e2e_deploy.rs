@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use common::*;
+use esi::config::kubernetes::FEDERATION_KINDS;
 use serde_json::Value;
 
 const MANIFEST: &str = concat!(
@@ -715,14 +716,27 @@ fn deployment_problems(docs: &[Value], case: &Case) -> Vec<String> {
 }
 
 /// The plurals of the federation kinds served in Kubernetes mode (all in
-/// `identity.federation.external-secrets.io`).
-const FEDERATIONS: [&str; 5] = [
-    "kubernetesfederations",
-    "oidcfederations",
-    "oktafederations",
-    "pingidentityfederations",
-    "spiffefederations",
-];
+/// `identity.federation.external-secrets.io`): each kind of
+/// `esi::config::kubernetes::FEDERATION_KINDS`, named as its CRD (`esi::resources::crd`)
+/// names it, so a kind added to the server without RBAC fails the checks below.
+fn federations() -> Vec<String> {
+    let crds = esi::resources::crd::crds().unwrap();
+    let plurals: Vec<String> = FEDERATION_KINDS
+        .iter()
+        .map(|kind| {
+            let crd = crds
+                .iter()
+                .find(|c| {
+                    c.spec.group == "identity.federation.external-secrets.io"
+                        && c.spec.names.kind == *kind
+                })
+                .unwrap_or_else(|| panic!("no CRD for the served kind {kind}"));
+            crd.spec.names.plural.clone()
+        })
+        .collect();
+    assert!(plurals.len() >= 5, "FEDERATION_KINDS lists {plurals:?}");
+    plurals
+}
 
 /// The RBAC's problems, as sentences (empty: none).
 fn rbac_problems(docs: &[Value], case: &Case) -> Vec<String> {
@@ -821,7 +835,26 @@ fn rbac_problems(docs: &[Value], case: &Case) -> Vec<String> {
             }
         }
     }
+    // No verb the server does not use: status is only patched (src/status/writer.rs sends
+    // a JSON patch, whose `test` op the API server evaluates: no get, no update), the Lease
+    // read, created and replaced (src/status/lease.rs: no patch), every other kind it
+    // watches only read. The ledger's kinds are checked below.
+    for (scope, group, resource, verbs) in &granted {
+        let used: &[&str] = match (group.as_str(), resource.as_str()) {
+            (_, r) if r.ends_with("/status") => &["patch"],
+            ("coordination.k8s.io", "leases") => &["get", "create", "update"],
+            ("generators.external-secrets.io", "generatorstates")
+            | ("federation.external-secrets.io", "authorizedidentities") => continue,
+            _ => &["get", "list", "watch"],
+        };
+        for v in verbs.iter().filter(|v| !used.contains(&v.as_str())) {
+            p.push(format!(
+                "{resource}.{group} ({scope}): verb {v}, which the server never uses"
+            ));
+        }
+    }
     // Writes only where allowed.
+    let federations = federations();
     let kube = case.kubernetes_source;
     let kube_ledger = case.ledger == "kubernetes";
     for (scope, group, resource, verbs) in &granted {
@@ -833,9 +866,9 @@ fn rbac_problems(docs: &[Value], case: &Case) -> Vec<String> {
             continue;
         }
         let federation_status = group == "identity.federation.external-secrets.io"
-            && FEDERATIONS
+            && federations
                 .iter()
-                .any(|f| resource.strip_suffix("/status") == Some(*f));
+                .any(|f| resource.strip_suffix("/status") == Some(f.as_str()));
         let allowed = match (group.as_str(), resource.as_str()) {
             _ if federation_status => kube && scope == "cluster",
             ("federation.external-secrets.io", "authorizations/status")
@@ -870,7 +903,7 @@ fn rbac_problems(docs: &[Value], case: &Case) -> Vec<String> {
     if kube {
         // Every federation kind the server watches (src/config/kubernetes.rs), read and its
         // status patched.
-        for f in FEDERATIONS {
+        for f in &federations {
             let g = "identity.federation.external-secrets.io";
             if !can(g, f, &read) {
                 p.push(format!("cannot read {f}.{g}"));
@@ -1572,6 +1605,15 @@ fn the_checks_catch_a_wildcard_an_unconfined_container_and_a_secret_write() {
             .unwrap()
             .push(serde_json::json!({"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "update", "delete"]}));
         d["rules"].as_array_mut().unwrap().push(serde_json::json!({"apiGroups": ["federation.external-secrets.io"], "resources": ["authorizedidentities"], "verbs": ["delete", "patch"]}));
+        d["rules"].as_array_mut().unwrap().push(serde_json::json!({"apiGroups": ["identity.federation.external-secrets.io"], "resources": ["spiffefederations/status"], "verbs": ["get", "patch", "update"]}));
+        // A served kind the RBAC forgot (as when a kind joins FEDERATION_KINDS alone).
+        for rule in d["rules"].as_array_mut().unwrap() {
+            if let Some(resources) = rule["resources"].as_array_mut() {
+                resources.retain(|r| {
+                    r != "pingidentityfederations" && r != "pingidentityfederations/status"
+                });
+            }
+        }
     }
     let problems = [
         deployment_problems(&docs, &case),
@@ -1580,6 +1622,24 @@ fn the_checks_catch_a_wildcard_an_unconfined_container_and_a_secret_write() {
     .concat();
     let has = |needle: &str| problems.iter().any(|p| p.contains(needle));
     assert!(has("a wildcard in resources"), "{problems:#?}");
+    // Every kind of FEDERATION_KINDS read and its status patched.
+    assert!(
+        has("cannot read pingidentityfederations.identity.federation.external-secrets.io"),
+        "{problems:#?}"
+    );
+    assert!(
+        has("cannot patch pingidentityfederations/status.identity.federation.external-secrets.io"),
+        "{problems:#?}"
+    );
+    // Status is only patched.
+    for v in ["get", "update"] {
+        assert!(
+            has(&format!(
+                "spiffefederations/status.identity.federation.external-secrets.io (cluster): verb {v}, which the server never uses"
+            )),
+            "{problems:#?}"
+        );
+    }
     assert!(
         has("container proxy: root filesystem not read-only"),
         "{problems:#?}"

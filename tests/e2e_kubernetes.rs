@@ -1335,9 +1335,11 @@ async fn oidc_federations_created_through_the_api_serve_their_tokens_until_delet
 
 /// A SpiffeFederation with a static bundle created through the API: a JWT-SVID gets the
 /// secret (one whose bundle endpoint cannot be reached is `JWKSUnreachable`). Invalid specs
-/// get `Ready=False` with the reason and serve nothing (ESE's shape
-/// with only `trustDomain`; an OIDCFederation whose issuer is not https); the first, fixed
-/// through the API, serves at its next generation; the valid one, deleted, refuses its
+/// get `Ready=False` with the reason and serve nothing, checked with tokens their keys
+/// verify for subjects their Authorizations name (ESE's shape, `trustDomain`, with a bundle
+/// but no audiences; an OIDCFederation with static keys whose issuer is not https, beside
+/// the same spec with an https issuer, which serves); the first, fixed through the API,
+/// serves the same JWT-SVID at its next generation; the valid one, deleted, refuses its
 /// JWT-SVIDs.
 #[tokio::test(flavor = "multi_thread")]
 async fn spiffe_federations_created_through_the_api_serve_jwt_svids_and_invalid_ones_say_why() {
@@ -1349,19 +1351,38 @@ async fn spiffe_federations_created_through_the_api_serve_jwt_svids_and_invalid_
         AUD,
         &["ec-1"],
     )));
+    // ESE's shape (`trustDomain`) with the bundle whose key signs `partner_svid` below,
+    // but no audiences: refused, although its key would verify that JWT-SVID.
     let ese_form = json!({
         "apiVersion": IDENTITY,
         "kind": "SpiffeFederation",
         "metadata": {"name": "partner"},
-        "spec": {"trustDomain": "partner.org"}
+        "spec": {"trustDomain": "partner.org", "bundle": spiffe_bundle(&["ec-2"])}
     });
     k.apply(ese_form.clone());
-    k.apply(json!({
-        "apiVersion": IDENTITY,
-        "kind": "OIDCFederation",
-        "metadata": {"name": "plain"},
-        "spec": {"issuer": "http://127.0.0.1:9", "audiences": [AUD]}
-    }));
+    // An http issuer with static keys (nothing to fetch): refused; the same spec with an
+    // https issuer serves the same token form (the control below).
+    let plain_issuer = "http://127.0.0.1:9";
+    let tls_issuer = "https://127.0.0.1:9";
+    let static_keys = jwks(&["rsa-2"]).to_string();
+    for (name, issuer) in [("plain", plain_issuer), ("tls", tls_issuer)] {
+        k.apply(json!({
+            "apiVersion": IDENTITY,
+            "kind": "OIDCFederation",
+            "metadata": {"name": name},
+            "spec": {"issuer": issuer, "audiences": [AUD], "jwks": static_keys}
+        }));
+        k.apply(json!({
+            "apiVersion": AUTHZ,
+            "kind": "Authorization",
+            "metadata": {"name": name},
+            "spec": {
+                "federationRef": {"kind": "OIDCFederation", "name": name},
+                "subject": {"oidc": {"issuer": issuer, "subject": "svc"}},
+                "allowedClusterSecretStores": ["fake"],
+            }
+        }));
+    }
     // Valid, but its bundle endpoint cannot be reached: the condition says so.
     k.apply(json!({
         "apiVersion": IDENTITY,
@@ -1418,15 +1439,33 @@ async fn spiffe_federations_created_through_the_api_serve_jwt_svids_and_invalid_
         plain["message"].as_str().unwrap().contains("https"),
         "{plain}"
     );
-    let partner_svid = mint("ec-1", &svid_claims(partner, AUD), None);
+    // Nothing is served from either: tokens their keys verify, for subjects their
+    // Authorizations name, are refused; the https control serves the same token form.
+    let token_of = |issuer: &str| {
+        let now = now();
+        mint(
+            "rsa-2",
+            &json!({"iss": issuer, "aud": AUD, "sub": "svc", "iat": now, "nbf": now, "exp": now + 300}),
+            None,
+        )
+    };
+    until_status(
+        &server,
+        "fake",
+        &token_of(tls_issuer),
+        200,
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(read(&server, "fake", &token_of(plain_issuer)).await.0, 401);
+    let partner_svid = mint("ec-2", &svid_claims(partner, AUD), None);
     assert_eq!(read(&server, "fake", &partner_svid).await.0, 401);
 
-    // Fixed through the API: served, and the condition follows the generation.
+    // Fixed through the API (audiences added, same bundle): the same JWT-SVID is served,
+    // and the condition follows the generation.
     let mut fixed = ese_form;
     fixed["spec"]["audiences"] = json!([AUD]);
-    fixed["spec"]["bundle"] = json!(spiffe_bundle(&["ec-2"]));
     k.apply(fixed);
-    let partner_svid = mint("ec-2", &svid_claims(partner, AUD), None);
     until_status(&server, "fake", &partner_svid, 200, Duration::from_secs(5)).await;
     let ready = wait_ready_condition(&k, IDENTITY, "SpiffeFederation", "partner", |c| {
         c["status"] == "True"
@@ -1438,4 +1477,153 @@ async fn spiffe_federations_created_through_the_api_serve_jwt_svids_and_invalid_
     assert!(k.delete(IDENTITY, "SpiffeFederation", None, "spire"));
     until_status(&server, "fake", &svid, 401, Duration::from_secs(5)).await;
     assert_eq!(read(&server, "fake", &partner_svid).await.0, 200);
+}
+
+/// docs/identities.md: "an edit that breaks one that did keeps its last good form serving,
+/// and says so". A valid OIDCFederation and a valid SpiffeFederation, edited through the API
+/// into specs the loader refuses (the OIDC one without `audiences`, the SPIFFE one with a
+/// bundle that is not a SPIFFE bundle): their tokens are still accepted, and each one's
+/// `Ready` condition, computed for the new generation, is `False`/`InvalidSpec` with the
+/// reason and that the last good form stays in force. Fixed again, each is `Loaded` at the
+/// next generation.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_edit_that_breaks_a_served_federation_keeps_its_last_good_form_and_says_why() {
+    let k = cluster().await;
+    identity_kinds(&k);
+    let github = Issuer::start_oidc(jwks(&["rsa-1"])).await;
+    let main = "repo:org/app:ref:refs/heads/main";
+    let oidc = yaml(&oidc_federation("github", &github, AUD, ""));
+    let spiffe = yaml(&spiffe_federation("spire", "example.org", AUD, &["ec-1"]));
+    k.apply(oidc.clone());
+    k.apply(spiffe.clone());
+    k.apply(fake_store("fake", "v1"));
+    k.apply(oidc_authorization(
+        "ci",
+        "OIDCFederation",
+        "github",
+        &github.url,
+        main,
+        &["fake"],
+    ));
+    let api = "spiffe://example.org/ns/prod/sa/api";
+    k.apply(spiffe_authorization("api", "spire", api, &["fake"]));
+    let (_dir, path) = kubeconfig(&k, "admin");
+    let server = start(&path);
+    wait_ready(&server, Duration::from_secs(20)).await;
+
+    let ci = oidc_token("rsa-1", &github, main, json!({}));
+    let svid = mint("ec-1", &svid_claims(api, AUD), None);
+    until_status(&server, "fake", &ci, 200, Duration::from_secs(10)).await;
+    until_status(&server, "fake", &svid, 200, Duration::from_secs(10)).await;
+    for (kind, name) in [("OIDCFederation", "github"), ("SpiffeFederation", "spire")] {
+        let ready = wait_ready_condition(&k, IDENTITY, kind, name, |c| {
+            c["status"] == "True" && c["observedGeneration"] == 1
+        })
+        .await;
+        assert_eq!(ready["reason"], "Loaded", "{kind}: {ready}");
+    }
+
+    // Broken through the API (generation 2).
+    let mut broken_oidc = oidc.clone();
+    broken_oidc["spec"]
+        .as_object_mut()
+        .unwrap()
+        .remove("audiences");
+    k.apply(broken_oidc);
+    let mut broken_spiffe = spiffe.clone();
+    broken_spiffe["spec"]["bundle"] = json!("not a SPIFFE bundle");
+    k.apply(broken_spiffe);
+    for (kind, name, says) in [
+        ("OIDCFederation", "github", "audiences"),
+        ("SpiffeFederation", "spire", "bundle"),
+    ] {
+        let refused =
+            wait_ready_condition(&k, IDENTITY, kind, name, |c| c["observedGeneration"] == 2).await;
+        assert_eq!(refused["status"], "False", "{kind}: {refused}");
+        assert_eq!(refused["reason"], "InvalidSpec", "{kind}: {refused}");
+        let message = refused["message"].as_str().unwrap();
+        assert!(message.contains(says), "{kind}: {refused}");
+        assert!(
+            message.contains("its last good form stays in force"),
+            "{kind}: {refused}"
+        );
+    }
+    // The condition is computed from the snapshot that refused generation 2: the tokens of
+    // generation 1 are still accepted.
+    assert_eq!(read(&server, "fake", &ci).await, (200, "\"v1\"".into()));
+    assert_eq!(read(&server, "fake", &svid).await, (200, "\"v1\"".into()));
+    // And the Authorizations naming them stay in force.
+    for name in ["ci", "api"] {
+        let ready = wait_ready_condition(&k, AUTHZ, "Authorization", name, |_| true).await;
+        assert_eq!(ready["status"], "True", "{name}: {ready}");
+    }
+
+    // Fixed (generation 3): loaded again.
+    k.apply(oidc);
+    k.apply(spiffe);
+    for (kind, name) in [("OIDCFederation", "github"), ("SpiffeFederation", "spire")] {
+        let ready =
+            wait_ready_condition(&k, IDENTITY, kind, name, |c| c["observedGeneration"] == 3).await;
+        assert_eq!(ready["status"], "True", "{kind}: {ready}");
+    }
+    assert_eq!(read(&server, "fake", &ci).await.0, 200);
+    assert_eq!(read(&server, "fake", &svid).await.0, 200);
+}
+
+/// Review (issue 18): a KubernetesFederation created with the name of an OIDCFederation in
+/// force is refused while the server runs; after a restart (no federation in force, and
+/// objects come in (group, kind) order, `KubernetesFederation` first) the older one, by
+/// `metadata.creationTimestamp`, still holds the name: its tokens keep their grants and the
+/// restarted server refuses the newcomer, saying why.
+#[tokio::test(flavor = "multi_thread")]
+async fn after_a_restart_the_older_federation_keeps_a_shared_name() {
+    let k = cluster().await;
+    identity_kinds(&k);
+    let github = Issuer::start_oidc(jwks(&["rsa-1"])).await;
+    let main = "repo:org/app:ref:refs/heads/main";
+    k.apply(yaml(&oidc_federation("shared", &github, AUD, "")));
+    k.apply(fake_store("fake", "v1"));
+    k.apply(oidc_authorization(
+        "ci",
+        "OIDCFederation",
+        "shared",
+        &github.url,
+        main,
+        &["fake"],
+    ));
+    let (_dir, path) = kubeconfig(&k, "admin");
+    let server = start(&path);
+    wait_ready(&server, Duration::from_secs(20)).await;
+    let ci = oidc_token("rsa-1", &github, main, json!({}));
+    until_status(&server, "fake", &ci, 200, Duration::from_secs(10)).await;
+
+    // creationTimestamp has a resolution of one second.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    k.apply(json!({
+        "apiVersion": IDENTITY,
+        "kind": "KubernetesFederation",
+        "metadata": {"name": "shared"},
+        "spec": {"url": "https://127.0.0.1:9"}
+    }));
+    let refused = |c: &Value| {
+        c["status"] == "False"
+            && c["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("duplicate federation name: OIDCFederation shared"))
+    };
+    wait_ready_condition(&k, IDENTITY, "KubernetesFederation", "shared", refused).await;
+    assert_eq!(read(&server, "fake", &ci).await.0, 200);
+
+    // Restarted: nothing in force; the KubernetesFederation comes first in object order.
+    drop(server);
+    let server = start(&path);
+    wait_ready(&server, Duration::from_secs(20)).await;
+    until_status(&server, "fake", &ci, 200, Duration::from_secs(10)).await;
+    // The restarted server refuses the newcomer itself (the conditions in the API are the
+    // previous leader's until they differ, so its log says it).
+    let logs = server.logs().join("\n");
+    assert!(
+        logs.contains("duplicate federation name: OIDCFederation shared"),
+        "{logs}"
+    );
 }

@@ -24,6 +24,7 @@ use crate::providers::{self, ProviderError, ProviderSettings, RemoteRef, SecretP
 use crate::resources::{
     AuthorizationSpec, KubernetesFederationSpec, OidcFederationSpec, OktaFederationSpec,
     PingIdentityFederationSpec, SecretObject, SecretStoreSpec, SpiffeFederationSpec,
+    management_api_problem,
 };
 use crate::resources::{GeneratorKey, SecretIndex, SecretName};
 use crate::source::dir::DirectoryScanner;
@@ -619,11 +620,15 @@ impl SnapshotBuilder {
 
         // Of federation objects sharing a name (names are unique across kinds), the one
         // served: the first, in object order, of the kind the previous snapshot served under
-        // that name, else the first. A new object of another kind (in Kubernetes mode,
-        // objects are ordered by kind, so `KubernetesFederation` before `SpiffeFederation`)
-        // never displaces a federation in force: whoever may write one federation kind
+        // that name; else the oldest by `metadata.creationTimestamp` (Kubernetes mode: the
+        // API server sets it, so after a restart the object that held the name still does);
+        // else (no timestamps, as in directory mode, or equal ones) the first in object
+        // order. A new object of another kind (in Kubernetes mode, objects are ordered by
+        // kind, so `KubernetesFederation` before `SpiffeFederation`) never displaces a
+        // federation in force nor an older one: whoever may write one federation kind
         // cannot take over the name, the Authorizations and the policies of another's.
         let mut federation_winners: HashMap<&str, (&str, &str)> = HashMap::new();
+        let mut winner_created: HashMap<&str, Option<jiff::Timestamp>> = HashMap::new();
         for obj in objects.iter().copied() {
             if !is_federation_object(obj) {
                 continue;
@@ -631,16 +636,18 @@ impl SnapshotBuilder {
             let name = obj.metadata.name.as_str();
             let incumbent = old.federations.get(name).map(|k| k.value.kind().as_str());
             let candidate = (obj.origin.as_str(), obj.kind.as_str());
-            match federation_winners.get(name) {
-                None => {
-                    federation_winners.insert(name, candidate);
-                }
-                Some((_, kind))
-                    if incumbent == Some(obj.kind.as_str()) && incumbent != Some(*kind) =>
-                {
-                    federation_winners.insert(name, candidate);
-                }
-                Some(_) => {}
+            let takes = match federation_winners.get(name) {
+                None => true,
+                Some((_, kind)) if incumbent == Some(*kind) => false,
+                Some(_) if incumbent == Some(obj.kind.as_str()) => true,
+                Some(_) => matches!(
+                    (obj.created, winner_created.get(name).copied().flatten()),
+                    (Some(newcomer), Some(holder)) if newcomer < holder
+                ),
+            };
+            if takes {
+                federation_winners.insert(name, candidate);
+                winner_created.insert(name, obj.created);
             }
         }
 
@@ -682,6 +689,11 @@ impl SnapshotBuilder {
                         }
                         "OktaFederation" => {
                             strict_spec_of::<OktaFederationSpec>(obj).and_then(|spec| {
+                                if let Some(why) =
+                                    management_api_problem(spec.management_api.as_ref())
+                                {
+                                    return Err(why);
+                                }
                                 Federation::from_okta_spec(name, &spec).map_err(|e| e.to_string())
                             })
                         }
@@ -691,6 +703,10 @@ impl SnapshotBuilder {
                             })
                         }
                         _ => strict_spec_of::<PingIdentityFederationSpec>(obj).and_then(|spec| {
+                            if let Some(why) = management_api_problem(spec.management_api.as_ref())
+                            {
+                                return Err(why);
+                            }
                             Federation::from_ping_identity_spec(name, &spec)
                                 .map_err(|e| e.to_string())
                         }),
@@ -1319,6 +1335,121 @@ mod tests {
         assert_eq!(
             kinds(&both.build(None)),
             [("shared".to_owned(), "OIDCFederation")]
+        );
+    }
+
+    /// Review (issue 18 in Kubernetes mode): with no federation in force (a first load,
+    /// i.e. after a restart), of two objects of different kinds sharing a name the oldest by
+    /// `metadata.creationTimestamp` holds it, not the first in (group, kind) order, so a
+    /// restart does not hand a name to the newcomer that was refused while the server ran.
+    /// Without timestamps (directory mode) or with equal ones, the first in order, as
+    /// before; a federation in force keeps its name whatever the timestamps say.
+    #[test]
+    fn on_a_first_load_the_oldest_federation_holds_a_shared_name() {
+        let kube = "apiVersion: identity.federation.external-secrets.io/v1alpha1\nkind: KubernetesFederation\nmetadata: {name: shared}\nspec: {url: 'https://k.example.com'}\n";
+        let oidc = "apiVersion: identity.federation.external-secrets.io/v1alpha1\nkind: OIDCFederation\nmetadata: {name: shared}\nspec: {issuer: 'https://oidc.example.com', audiences: [esi]}\n";
+        let kinds = |snap: &Snapshot| -> Vec<(String, &'static str)> {
+            snap.federations
+                .iter()
+                .map(|f| (f.name().to_owned(), f.kind().as_str()))
+                .collect()
+        };
+        let at = |t: &str| Some(t.parse::<jiff::Timestamp>().unwrap());
+        let with_times = |kube_at, oidc_at| {
+            let mut b = builder_of(&format!("{kube}---\n{oidc}"));
+            for obj in b.objects.values_mut() {
+                obj.created = if obj.kind == "KubernetesFederation" {
+                    kube_at
+                } else {
+                    oidc_at
+                };
+            }
+            b
+        };
+        // Sanity: both build alone.
+        assert_eq!(kinds(&builder_of(kube).build(None)).len(), 1);
+        assert_eq!(kinds(&builder_of(oidc).build(None)).len(), 1);
+        // The OIDCFederation is older: it holds the name although it comes second.
+        let older_oidc = with_times(at("2026-01-02T00:00:00Z"), at("2026-01-01T00:00:00Z"));
+        let first = older_oidc.build(None);
+        assert_eq!(kinds(&first), [("shared".to_owned(), "OIDCFederation")]);
+        let errors: Vec<String> = first.errors.iter().map(ToString::to_string).collect();
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("KubernetesFederation/shared")
+                    && e.contains("duplicate federation name: OIDCFederation shared")),
+            "{errors:?}"
+        );
+        // The KubernetesFederation older: it holds it.
+        let older_kube = with_times(at("2026-01-01T00:00:00Z"), at("2026-01-02T00:00:00Z"));
+        assert_eq!(
+            kinds(&older_kube.build(None)),
+            [("shared".to_owned(), "KubernetesFederation")]
+        );
+        // Equal or missing timestamps: the first in order.
+        for b in [
+            with_times(at("2026-01-01T00:00:00Z"), at("2026-01-01T00:00:00Z")),
+            with_times(None, at("2026-01-01T00:00:00Z")),
+            with_times(None, None),
+        ] {
+            assert_eq!(
+                kinds(&b.build(None)),
+                [("shared".to_owned(), "KubernetesFederation")]
+            );
+        }
+        // In force, it keeps the name even against an older-stamped newcomer.
+        let in_force = builder_of(kube).build(None);
+        assert_eq!(
+            kinds(&older_oidc.build(Some(&in_force))),
+            [("shared".to_owned(), "KubernetesFederation")]
+        );
+    }
+
+    /// Review: `managementAPI` (OktaFederation, PingIdentityFederation) is accepted and
+    /// unused, but bounded as the CRD bounds it (`maxProperties`), so directory mode is not
+    /// laxer than the API server: more fields, or not an object, and the federation is not
+    /// served, with the reason.
+    #[test]
+    fn management_api_is_bounded_as_the_crd_bounds_it() {
+        let block = |n: usize| {
+            let fields: Vec<String> = (0..n)
+                .map(|i| format!("f{i}: {{name: k, key: t}}"))
+                .collect();
+            format!("{{{}}}", fields.join(", "))
+        };
+        let okta = |api: &str| {
+            format!(
+                "apiVersion: identity.federation.external-secrets.io/v1alpha1\nkind: OktaFederation\nmetadata: {{name: okta}}\nspec: {{domain: 'https://dev-1.okta.com', audiences: [esi], managementAPI: {api}}}\n"
+            )
+        };
+        let ping = |api: &str| {
+            format!(
+                "apiVersion: identity.federation.external-secrets.io/v1alpha1\nkind: PingIdentityFederation\nmetadata: {{name: ping}}\nspec: {{region: eu, environmentId: e, audiences: [esi], managementAPI: {api}}}\n"
+            )
+        };
+        let max = crate::resources::MAX_MANAGEMENT_API_FIELDS;
+        let served =
+            builder_of(&format!("{}---\n{}", okta(&block(max)), ping(&block(max)))).build(None);
+        assert_eq!(served.federations.len(), 2, "{:?}", served.errors);
+        let refused =
+            builder_of(&format!("{}---\n{}", okta(&block(max + 1)), ping("token"))).build(None);
+        assert!(refused.federations.is_empty());
+        let errors: Vec<String> = refused.errors.iter().map(ToString::to_string).collect();
+        assert!(
+            errors.iter().any(|e| e.contains("OktaFederation/okta")
+                && e.contains(&format!(
+                    "managementAPI has {} fields (at most {max})",
+                    max + 1
+                ))),
+            "{errors:?}"
+        );
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("PingIdentityFederation/ping")
+                    && e.contains("managementAPI must be an object")),
+            "{errors:?}"
         );
     }
 

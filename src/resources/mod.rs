@@ -169,6 +169,25 @@ pub struct OidcCommonSpec {
     pub claims: Vec<String>,
 }
 
+/// Most fields an `OktaFederation`'s or `PingIdentityFederation`'s `managementAPI` may hold
+/// (the CRD's `maxProperties`; ESE's blocks name a client and a Secret or two).
+pub const MAX_MANAGEMENT_API_FIELDS: usize = 16;
+
+/// Why a `managementAPI` block (`OktaFederation`, `PingIdentityFederation`) is refused, as
+/// the CRD's schema refuses it, so that directory mode is not laxer than the API server: not
+/// an object, or more than [`MAX_MANAGEMENT_API_FIELDS`] fields. `None`: absent or accepted
+/// (it is never used; the federation warns that it is ignored).
+pub fn management_api_problem(management_api: Option<&serde_json::Value>) -> Option<String> {
+    match management_api? {
+        serde_json::Value::Object(fields) if fields.len() <= MAX_MANAGEMENT_API_FIELDS => None,
+        serde_json::Value::Object(fields) => Some(format!(
+            "managementAPI has {} fields (at most {MAX_MANAGEMENT_API_FIELDS})",
+            fields.len()
+        )),
+        _ => Some("managementAPI must be an object".to_owned()),
+    }
+}
+
 /// `OktaFederation.spec` (ESE): an Okta authorization server, a preset of
 /// [`OidcFederationSpec`].
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -184,14 +203,21 @@ pub struct OktaFederationSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authorization_server_id: Option<String>,
     /// ESE: Okta management API credentials for checking that applications still exist.
-    /// Accepted and not used (the server does not call Okta's management API).
+    /// Accepted and not used (the server does not call Okta's management API): an object
+    /// of at most 16 fields.
     #[serde(
         default,
         rename = "managementAPI",
         skip_serializing_if = "Option::is_none"
     )]
-    // Any object (ESE's shape, kept as given): typed for Kubernetes' structural schemas.
-    #[schemars(extend("type" = "object", "x-kubernetes-preserve-unknown-fields" = true))]
+    // Any object (ESE's shape, kept as given): typed for Kubernetes' structural schemas,
+    // its fields bounded (`MAX_MANAGEMENT_API_FIELDS`, checked in directory mode too by
+    // `management_api_problem`).
+    #[schemars(extend(
+        "type" = "object",
+        "maxProperties" = MAX_MANAGEMENT_API_FIELDS,
+        "x-kubernetes-preserve-unknown-fields" = true
+    ))]
     pub management_api: Option<serde_json::Value>,
     /// Extensions: `audiences`, `caBundle`, `boundClaims`, `claims`.
     #[serde(flatten)]
@@ -210,14 +236,21 @@ pub struct PingIdentityFederationSpec {
     /// The PingOne environment id.
     #[serde(default)]
     pub environment_id: String,
-    /// ESE: PingOne management API credentials. Accepted and not used.
+    /// ESE: PingOne management API credentials. Accepted and not used: an object of at
+    /// most 16 fields.
     #[serde(
         default,
         rename = "managementAPI",
         skip_serializing_if = "Option::is_none"
     )]
-    // Any object (ESE's shape, kept as given): typed for Kubernetes' structural schemas.
-    #[schemars(extend("type" = "object", "x-kubernetes-preserve-unknown-fields" = true))]
+    // Any object (ESE's shape, kept as given): typed for Kubernetes' structural schemas,
+    // its fields bounded (`MAX_MANAGEMENT_API_FIELDS`, checked in directory mode too by
+    // `management_api_problem`).
+    #[schemars(extend(
+        "type" = "object",
+        "maxProperties" = MAX_MANAGEMENT_API_FIELDS,
+        "x-kubernetes-preserve-unknown-fields" = true
+    ))]
     pub management_api: Option<serde_json::Value>,
     /// Extensions: `audiences`, `caBundle`, `boundClaims`, `claims`.
     #[serde(flatten)]

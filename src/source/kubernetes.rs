@@ -627,6 +627,7 @@ pub fn key_of(resource: &ApiResource, obj: &DynamicObject) -> Option<ObjectKey> 
 /// `apiVersion` and `kind`), without status and server-set metadata.
 fn convert(resource: &ApiResource, obj: DynamicObject) -> Option<Entry> {
     let key = key_of(resource, &obj)?;
+    let created = obj.metadata.creation_timestamp.as_ref().map(|t| t.0);
     let status = obj.data.get("status");
     let wanted = condition_type(&resource.kind);
     let conditions = status
@@ -667,13 +668,14 @@ fn convert(resource: &ApiResource, obj: DynamicObject) -> Option<Entry> {
             }
         }
     }
-    let raw = RawObject::new(
+    let mut raw = RawObject::new(
         &key,
         resource.api_version.clone(),
         resource.kind.clone(),
         meta,
         Value::Object(body),
     );
+    raw.created = created;
     Some(Entry { key, raw, observed })
 }
 
@@ -733,14 +735,27 @@ mod tests {
             "spec": {"federationRef": {"kind": "KubernetesFederation", "name": "f"}}
         });
         let first = convert(&r, object(base.clone())).unwrap();
+        assert_eq!(first.raw.created, None);
         let mut later = base.clone();
         later["metadata"]["resourceVersion"] = json!("2");
         later["metadata"]["managedFields"] = json!([{"manager": "esi-server"}]);
         later["status"] = json!({"observedGeneration": 1, "conditions": [
             {"type": "Ready", "status": "True", "reason": "Loaded", "message": "ok",
              "lastTransitionTime": "2026-01-01T00:00:00Z"}]});
+        later["metadata"]["creationTimestamp"] = json!("2026-01-02T03:04:05Z");
         let second = convert(&r, object(later)).unwrap();
         assert_eq!(first.raw.hash, second.raw.hash, "status is not content");
+        // The creation time is carried beside the content (it orders federations sharing
+        // a name), not in it.
+        assert_eq!(
+            second.raw.created,
+            Some("2026-01-02T03:04:05Z".parse().unwrap())
+        );
+        assert!(
+            second.raw.body["metadata"]
+                .get("creationTimestamp")
+                .is_none()
+        );
         assert_eq!(first.observed.ready, None);
         let ready = second.observed.ready.unwrap();
         assert_eq!(

@@ -244,6 +244,11 @@ pub struct RawObject {
     pub hash: ContentHash,
     /// Where it was read (its [`ObjectKey`] shown), for messages.
     pub origin: String,
+    /// `metadata.creationTimestamp` as the API server set it (Kubernetes mode only; `None`
+    /// for manifests read from a directory, whose timestamps anyone may write). Not
+    /// content: not in `body` nor `hash`. Decides which of two federations of different
+    /// kinds holds a shared name when none is in force (the oldest).
+    pub created: Option<jiff::Timestamp>,
 }
 
 // The body may hold Secret data: Debug shows only what identifies the object.
@@ -254,6 +259,7 @@ impl fmt::Debug for RawObject {
             .field("kind", &self.kind)
             .field("metadata", &self.metadata)
             .field("origin", &self.origin)
+            .field("created", &self.created)
             .finish()
     }
 }
@@ -276,6 +282,7 @@ impl RawObject {
             body,
             hash,
             origin: key.to_string(),
+            created: None,
         }
     }
 
