@@ -80,13 +80,27 @@ pub struct Keeper {
     pending: BTreeMap<GeneratorRef, (u32, Instant)>,
 }
 
-/// The wait after `failures` failed attempts: the fetches' backoff (doubling from 1 s,
-/// capped, jittered so many Pods do not retry in step).
+/// Whether a renewal granted less than asked (`got`, `asked` in seconds): the lease's
+/// maximum TTL is near, so the next refresh issues a new credential instead. Vault/OpenBao
+/// report `lease_duration` as whole seconds, truncated (a renewal of 6 s can read 5 s when
+/// the answer took a moment), so one second is forgiven before the 10 % margin. Unknown
+/// durations count as short.
+fn grants_short(got: Option<u64>, asked: Option<u64>) -> bool {
+    match (got, asked) {
+        (Some(got), Some(asked)) => {
+            got.saturating_add(1).saturating_mul(10) < asked.saturating_mul(9)
+        }
+        _ => true,
+    }
+}
+
 /// `seconds` of a lease as a duration, capped at [`MAX_LEASE_SECS`].
 fn lease(seconds: u64) -> Duration {
     Duration::from_secs(seconds.min(MAX_LEASE_SECS))
 }
 
+/// The wait after `failures` failed attempts: the fetches' backoff (doubling from 1 s,
+/// capped, jittered so many Pods do not retry in step).
 fn retry_after(failures: u32) -> Duration {
     super::fetch::backoff(failures, Duration::from_secs(1), MAX_RETRY)
 }
@@ -280,13 +294,7 @@ impl Keeper {
             match answer {
                 Ok(renewal) => {
                     let seconds = renewal.lease_duration;
-                    // A renewal that grants less than asked: the maximum TTL is near.
-                    let short = match (seconds, h.issued_for) {
-                        (Some(got), Some(asked)) => {
-                            got.saturating_mul(10) < asked.saturating_mul(9)
-                        }
-                        _ => true,
-                    };
+                    let short = grants_short(seconds, h.issued_for);
                     h.lapses_at = seconds.map(|s| now + lease(s));
                     h.lease.renewable = renewal.renewable;
                     h.reissue = short || !renewal.renewable;
@@ -484,6 +492,19 @@ impl Handoff {
 
 #[cfg(test)]
 mod tests {
+    /// A truncated second is not the maximum TTL; a real cut is.
+    #[test]
+    fn a_renewal_is_short_only_when_it_grants_clearly_less() {
+        use super::grants_short;
+        assert!(!grants_short(Some(5), Some(6)), "6 s read as 5 s");
+        assert!(!grants_short(Some(6), Some(6)));
+        assert!(!grants_short(Some(3599), Some(3600)));
+        assert!(grants_short(Some(4), Some(6)));
+        assert!(grants_short(Some(3000), Some(3600)));
+        assert!(grants_short(None, Some(6)));
+        assert!(grants_short(Some(6), None));
+    }
+
     use super::*;
 
     fn keeper() -> Keeper {
