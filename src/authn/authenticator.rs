@@ -541,10 +541,14 @@ impl Authenticator {
                     .keys(None, st.arrival(), &ClientCa::new(None), &self.settings)
                     .await?;
                 let authorities = ks.x509.as_ref().ok_or(X509SvidError::NoAuthorities)?;
-                authorities.verify(chain, now)?;
+                let anchors_not_after = authorities.verify(chain, now)?;
                 let mut identity = Identity::of_spiffe_workload(&st.fed.name, &leaf.spiffe_id)
                     .ok_or(X509SvidError::BadSpiffeId)?;
-                identity.expires_at = Some(earliest_not_after(chain).min(leaf.not_after));
+                identity.expires_at = Some(
+                    earliest_not_after(chain)
+                        .min(leaf.not_after)
+                        .min(anchors_not_after),
+                );
                 Ok::<_, AuthnError>((identity, ks.generation))
             };
             match attempt.await {

@@ -269,6 +269,9 @@ pub(crate) fn earliest_not_after(chain: &[CertificateDer<'_>]) -> u64 {
 pub(crate) struct X509Authorities {
     /// The CA certificates (DER), as in the bundle.
     pub(crate) roots: Vec<CertificateDer<'static>>,
+    /// Each usable root's validity, `(notBefore, notAfter)` in seconds since the epoch, in
+    /// the order of `roots` that parse.
+    validity: Vec<(CertificateDer<'static>, u64, u64)>,
     verifier: Arc<dyn ClientCertVerifier>,
 }
 
@@ -284,35 +287,66 @@ impl X509Authorities {
     /// Authorities from CA certificates; `None` when there is none or none is usable as a
     /// trust anchor.
     pub(crate) fn new(roots: Vec<CertificateDer<'static>>) -> Option<X509Authorities> {
-        let mut store = rustls::RootCertStore::empty();
-        store.add_parsable_certificates(roots.iter().cloned());
-        if store.is_empty() {
-            return None;
-        }
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let verifier =
-            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(store), provider)
-                .build()
-                .ok()?;
-        Some(X509Authorities { roots, verifier })
+        let validity: Vec<_> = roots
+            .iter()
+            .filter_map(|der| {
+                let (_, c) = x509_parser::parse_x509_certificate(der).ok()?;
+                let v = c.validity();
+                let secs = |t: i64| u64::try_from(t).unwrap_or(0);
+                Some((
+                    der.clone(),
+                    secs(v.not_before.timestamp()),
+                    secs(v.not_after.timestamp()),
+                ))
+            })
+            .collect();
+        let verifier = client_verifier(validity.iter().map(|(der, _, _)| der))?;
+        Some(X509Authorities {
+            roots,
+            validity,
+            verifier,
+        })
     }
 
     /// Verifies `chain` (leaf first) to these authorities at `now` (seconds since the
-    /// epoch): RFC 5280 path validation, `clientAuth` extended key usage when present.
+    /// epoch): RFC 5280 path validation, `clientAuth` extended key usage when present. Only
+    /// the authorities valid at `now` (`notBefore` ≤ now ≤ `notAfter`) are trust anchors:
+    /// webpki keeps no validity for its anchors, and a bundle (a static one above all) may
+    /// still list a CA past its `notAfter`. Returns the earliest `notAfter` of those
+    /// authorities (seconds since the epoch): the verification holds until then at most.
     ///
     /// # Errors
     /// [`X509SvidError::Expired`], [`X509SvidError::NotYetValid`],
-    /// [`X509SvidError::BadPurpose`], else [`X509SvidError::Untrusted`].
+    /// [`X509SvidError::BadPurpose`], else [`X509SvidError::Untrusted`] (also when no
+    /// authority is valid at `now`).
     pub(crate) fn verify(
         &self,
         chain: &[CertificateDer<'_>],
-        now: u64,
-    ) -> Result<(), X509SvidError> {
+        now_secs: u64,
+    ) -> Result<u64, X509SvidError> {
         let (leaf, intermediates) = chain.split_first().ok_or(X509SvidError::Malformed)?;
-        let now = UnixTime::since_unix_epoch(std::time::Duration::from_secs(now));
-        self.verifier
+        let valid =
+            |&&(_, nb, na): &&(CertificateDer<'static>, u64, u64)| nb <= now_secs && now_secs <= na;
+        let anchors_not_after = self
+            .validity
+            .iter()
+            .filter(valid)
+            .map(|(_, _, na)| *na)
+            .min()
+            .ok_or(X509SvidError::Untrusted)?;
+        let subset;
+        let verifier = if self.validity.iter().all(|v| valid(&v)) {
+            &self.verifier
+        } else {
+            // Rare (a bundle that lists an expired or future CA): a verifier of the others.
+            subset = client_verifier(self.validity.iter().filter(valid).map(|(der, _, _)| der))
+                .ok_or(X509SvidError::Untrusted)?;
+            &subset
+        };
+        let now = UnixTime::since_unix_epoch(std::time::Duration::from_secs(now_secs));
+        verifier
             .verify_client_cert(leaf, intermediates, now)
-            .map(|_| ())
+            .map(|_| anchors_not_after)
             .map_err(|e| match e {
                 rustls::Error::InvalidCertificate(
                     CertificateError::Expired | CertificateError::ExpiredContext { .. },
@@ -327,4 +361,19 @@ impl X509Authorities {
                 _ => X509SvidError::Untrusted,
             })
     }
+}
+
+/// A webpki client verifier with `roots` as trust anchors; `None` when none is usable.
+fn client_verifier<'a>(
+    roots: impl Iterator<Item = &'a CertificateDer<'static>>,
+) -> Option<Arc<dyn ClientCertVerifier>> {
+    let mut store = rustls::RootCertStore::empty();
+    store.add_parsable_certificates(roots.cloned());
+    if store.is_empty() {
+        return None;
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(store), provider)
+        .build()
+        .ok()
 }
