@@ -444,7 +444,8 @@ impl Authenticator {
     /// with that trust domain, in name order; the first that verifies answers). The identity
     /// is the one a JWT-SVID with the same SPIFFE ID gives, expiring at the chain's earliest
     /// `notAfter`. A success is remembered by `cert` (its connection's next requests), bound to
-    /// the key set that verified it, as a cached token is.
+    /// the key set that verified it and to the federations it was verified among, as a cached
+    /// token is: a federation added or changed since makes the next request verify again.
     ///
     /// # Errors
     /// [`AuthnError::X509Svid`] naming the rule broken; [`AuthnError::KeysUnavailable`]
@@ -475,12 +476,15 @@ impl Authenticator {
             // refreshed by the verification below (a cached token's short life bounds it
             // instead).
             if now <= hit.not_after
+                && hit.epoch == self.epoch.load(Ordering::SeqCst)
                 && self.fresh_generation(&hit.identity.federation, now) == Some(hit.generation)
             {
                 return Ok((hit.identity.clone(), true));
             }
             cert.set_verified(None);
         }
+        // Read before the federations are, as for a token (`authenticate_inner`).
+        let epoch = self.epoch.load(Ordering::SeqCst);
         match self.verify_x509(cert, now).await {
             Ok((identity, generation)) => {
                 let identity = Arc::new(identity);
@@ -488,6 +492,7 @@ impl Authenticator {
                     identity: identity.clone(),
                     generation,
                     not_after: identity.expires_at.unwrap_or(0),
+                    epoch,
                 }));
                 Ok((identity, false))
             }

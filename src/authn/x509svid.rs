@@ -131,6 +131,9 @@ pub(crate) struct VerifiedChain {
     pub(crate) generation: u64,
     /// The chain's earliest `notAfter` (seconds since the epoch).
     pub(crate) not_after: u64,
+    /// The authenticator's federation-set epoch when verification began: a federation
+    /// added since (the same trust domain under a name tried first) may answer otherwise.
+    pub(crate) epoch: u64,
 }
 
 impl std::fmt::Debug for ClientCertificate {

@@ -647,3 +647,34 @@ async fn an_expired_authority_verifies_nothing() {
         "the connection's verification ends with its authority"
     );
 }
+
+/// A connection's remembered verification is bound to the federations it was made among,
+/// as a cached token is: after a federation of the same trust domain is added under a name
+/// tried first, the connection's next request proves what a new connection's would.
+#[tokio::test]
+async fn a_remembered_verification_follows_an_added_federation() {
+    let ca = Ca::root("spire");
+    let a = authenticator(
+        T0,
+        vec![federation("spire", TD, vec![ca.entry("x509-svid")])],
+    );
+    let conn = cert(&[ca.sign(&svid_params(&[ID]))]);
+    assert_eq!(
+        a.authenticate_x509(&conn).await.unwrap().federation,
+        "spire"
+    );
+    a.set_federations(vec![
+        federation("spire", TD, vec![ca.entry("x509-svid")]),
+        federation("a-mesh", TD, vec![ca.entry("x509-svid")]),
+    ]);
+    let fresh = cert(conn.chain());
+    assert_eq!(
+        a.authenticate_x509(&fresh).await.unwrap().federation,
+        "a-mesh"
+    );
+    assert_eq!(
+        a.authenticate_x509(&conn).await.unwrap().federation,
+        "a-mesh",
+        "the same answer on the connection verified before"
+    );
+}
