@@ -21,7 +21,7 @@ use super::spiffe::{could_be_a_served_workload, parse_workload_id};
 use super::token::{self, ParsedToken};
 use super::x509svid::{
     ClientCertificate, VerifiedChain, X509SvidError, chain_within_bounds, check_leaf,
-    earliest_not_after,
+    check_signers, earliest_not_after,
 };
 use crate::metrics::METRICS;
 
@@ -531,6 +531,7 @@ impl Authenticator {
         }
         let leaf = chain.first().ok_or(refused(X509SvidError::Malformed))?;
         let leaf = check_leaf(leaf).map_err(refused)?;
+        check_signers(chain.get(1..).unwrap_or_default()).map_err(refused)?;
         let trust_domain = parse_workload_id(&leaf.spiffe_id)
             .map_err(|_| refused(X509SvidError::BadSpiffeId))?
             .trust_domain;

@@ -9,11 +9,13 @@
 //!   `basicConstraints` `cA` is not set; it has exactly one URI SAN and it is a workload
 //!   SPIFFE ID ([`parse_workload_id`]); `keyUsage` is present with `digitalSignature` and without `keyCertSign` and
 //!   `cRLSign`;
+//! - every certificate after the leaf with a `keyUsage` has `keyCertSign` ([`check_signers`],
+//!   RFC 5280 §6.1.4 (n): rustls-webpki ignores `keyUsage`);
 //! - the SPIFFE ID's trust domain selects the `SpiffeFederation` (none → refused);
 //! - the chain verifies (RFC 5280 path validation by rustls-webpki, `clientAuth` extended key
 //!   usage when the leaf has the extension, validity at the server's clock) to one of that
-//!   federation's bundle authorities with `use: x509-svid` — never to a `jwt-svid` key, never
-//!   to another trust domain's authorities (X509-SVID §5).
+//!   federation's bundle authorities with `use: x509-svid` valid at the server's clock — never
+//!   to a `jwt-svid` key, never to another trust domain's authorities (X509-SVID §5).
 
 use std::sync::Arc;
 
@@ -77,6 +79,10 @@ pub enum X509SvidError {
     /// A certificate of the chain is before its `notBefore` at the server's clock.
     #[error("X.509-SVID not yet valid")]
     NotYetValid,
+    /// A certificate after the leaf has `keyUsage` without `keyCertSign` (RFC 5280 §6.1.4
+    /// (n), X509-SVID §4.3, §5.1; rustls-webpki ignores `keyUsage`).
+    #[error("X.509-SVID chain: a signing certificate's keyUsage lacks keyCertSign")]
+    SignerKeyUsage,
     /// The leaf's extended key usage does not allow client authentication.
     #[error("X.509-SVID is not valid for TLS client authentication (extendedKeyUsage)")]
     BadPurpose,
@@ -102,6 +108,7 @@ impl X509SvidError {
             X509SvidError::NoAuthorities => "x509_no_authorities",
             X509SvidError::Expired => "x509_expired",
             X509SvidError::NotYetValid => "x509_not_yet_valid",
+            X509SvidError::SignerKeyUsage => "x509_signer_key_usage",
             X509SvidError::BadPurpose => "x509_bad_purpose",
             X509SvidError::Untrusted => "x509_untrusted",
         }
@@ -255,6 +262,27 @@ pub(crate) fn check_leaf(der: &[u8]) -> Result<SvidLeaf, X509SvidError> {
         spiffe_id: uri.to_owned(),
         not_after: u64::try_from(cert.validity().not_after.timestamp()).unwrap_or(0),
     })
+}
+
+/// The certificates after the leaf, as signing certificates: one with a `keyUsage` must
+/// have `keyCertSign` (RFC 5280 §6.1.4 (n), which X509-SVID §5.1 requires; rustls-webpki
+/// checks `cA` but ignores `keyUsage`). Certificates that do not parse are left to path
+/// validation.
+///
+/// # Errors
+/// [`X509SvidError::SignerKeyUsage`], also for a malformed or repeated `keyUsage`.
+pub(crate) fn check_signers(signers: &[CertificateDer<'_>]) -> Result<(), X509SvidError> {
+    for der in signers {
+        let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+            continue;
+        };
+        match cert.key_usage() {
+            Ok(None) => {}
+            Ok(Some(ku)) if ku.value.key_cert_sign() => {}
+            _ => return Err(X509SvidError::SignerKeyUsage),
+        }
+    }
+    Ok(())
 }
 
 /// The earliest `notAfter` (seconds since the epoch) among the certificates of `chain`

@@ -678,3 +678,50 @@ async fn a_remembered_verification_follows_an_added_federation() {
         "the same answer on the connection verified before"
     );
 }
+
+/// RFC 5280 §6.1.4 (n), which X509-SVID §5.1 requires: a signing certificate with a
+/// `keyUsage` must have `keyCertSign`. rustls-webpki ignores `keyUsage`, so an intermediate
+/// marked `cA` but restricted to `digitalSignature` would otherwise issue SVIDs.
+#[tokio::test]
+async fn a_signer_without_key_cert_sign_is_refused() {
+    let root = Ca::root("spire root");
+    let a = authenticator(
+        T0,
+        vec![federation("spire", TD, vec![root.entry("x509-svid")])],
+    );
+    let mut p = ca_params("not a signer");
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    let key = KeyPair::generate().unwrap();
+    let der = p.signed_by(&key, &root.issuer).unwrap().der().clone();
+    let mid = Ca {
+        issuer: Issuer::new(p, key),
+        der,
+    };
+    let leaf = mid.sign(&svid_params(&[ID]));
+    assert_eq!(
+        refused(&a, &[leaf, mid.der.clone()]).await,
+        X509SvidError::SignerKeyUsage
+    );
+    // An intermediate with keyCertSign (or without keyUsage) still chains.
+    let good = root.intermediate("spire server");
+    let leaf = good.sign(&svid_params(&[ID]));
+    assert!(
+        a.authenticate_x509(&cert(&[leaf, good.der.clone()]))
+            .await
+            .is_ok()
+    );
+    let mut p = ca_params("no keyUsage");
+    p.key_usages = Vec::new();
+    let key = KeyPair::generate().unwrap();
+    let der = p.signed_by(&key, &root.issuer).unwrap().der().clone();
+    let bare = Ca {
+        issuer: Issuer::new(p, key),
+        der,
+    };
+    let leaf = bare.sign(&svid_params(&[ID]));
+    assert!(
+        a.authenticate_x509(&cert(&[leaf, bare.der.clone()]))
+            .await
+            .is_ok()
+    );
+}
