@@ -21,7 +21,7 @@ use super::spiffe::{could_be_a_served_workload, parse_workload_id};
 use super::token::{self, ParsedToken};
 use super::x509svid::{
     ClientCertificate, VerifiedChain, X509SvidError, chain_within_bounds, check_leaf,
-    earliest_not_after,
+    check_signers, earliest_not_after,
 };
 use crate::metrics::METRICS;
 
@@ -444,7 +444,8 @@ impl Authenticator {
     /// with that trust domain, in name order; the first that verifies answers). The identity
     /// is the one a JWT-SVID with the same SPIFFE ID gives, expiring at the chain's earliest
     /// `notAfter`. A success is remembered by `cert` (its connection's next requests), bound to
-    /// the key set that verified it, as a cached token is.
+    /// the key set that verified it and to the federations it was verified among, as a cached
+    /// token is: a federation added or changed since makes the next request verify again.
     ///
     /// # Errors
     /// [`AuthnError::X509Svid`] naming the rule broken; [`AuthnError::KeysUnavailable`]
@@ -475,12 +476,15 @@ impl Authenticator {
             // refreshed by the verification below (a cached token's short life bounds it
             // instead).
             if now <= hit.not_after
+                && hit.epoch == self.epoch.load(Ordering::SeqCst)
                 && self.fresh_generation(&hit.identity.federation, now) == Some(hit.generation)
             {
                 return Ok((hit.identity.clone(), true));
             }
             cert.set_verified(None);
         }
+        // Read before the federations are, as for a token (`authenticate_inner`).
+        let epoch = self.epoch.load(Ordering::SeqCst);
         match self.verify_x509(cert, now).await {
             Ok((identity, generation)) => {
                 let identity = Arc::new(identity);
@@ -488,6 +492,7 @@ impl Authenticator {
                     identity: identity.clone(),
                     generation,
                     not_after: identity.expires_at.unwrap_or(0),
+                    epoch,
                 }));
                 Ok((identity, false))
             }
@@ -526,6 +531,7 @@ impl Authenticator {
         }
         let leaf = chain.first().ok_or(refused(X509SvidError::Malformed))?;
         let leaf = check_leaf(leaf).map_err(refused)?;
+        check_signers(chain.get(1..).unwrap_or_default()).map_err(refused)?;
         let trust_domain = parse_workload_id(&leaf.spiffe_id)
             .map_err(|_| refused(X509SvidError::BadSpiffeId))?
             .trust_domain;
@@ -541,10 +547,14 @@ impl Authenticator {
                     .keys(None, st.arrival(), &ClientCa::new(None), &self.settings)
                     .await?;
                 let authorities = ks.x509.as_ref().ok_or(X509SvidError::NoAuthorities)?;
-                authorities.verify(chain, now)?;
+                let anchors_not_after = authorities.verify(chain, now)?;
                 let mut identity = Identity::of_spiffe_workload(&st.fed.name, &leaf.spiffe_id)
                     .ok_or(X509SvidError::BadSpiffeId)?;
-                identity.expires_at = Some(earliest_not_after(chain).min(leaf.not_after));
+                identity.expires_at = Some(
+                    earliest_not_after(chain)
+                        .min(leaf.not_after)
+                        .min(anchors_not_after),
+                );
                 Ok::<_, AuthnError>((identity, ks.generation))
             };
             match attempt.await {

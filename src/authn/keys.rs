@@ -200,7 +200,10 @@ pub(crate) fn parse_spiffe_bundle(doc: &[u8], max_keys: usize) -> Result<SpiffeB
 }
 
 /// An `x509-svid` entry's CA certificate: `x5c` holds exactly one base64 (not base64url,
-/// RFC 7517 §4.7) DER X.509 certificate.
+/// RFC 7517 §4.7) DER X.509 certificate, and it is a signing certificate (X509-SVID §3,
+/// §4.1, §4.3: `basicConstraints` `cA` true; `keyCertSign` when it has `keyUsage`). webpki
+/// checks nothing of a trust anchor but its name and key: a workload's leaf pasted into a
+/// bundle would otherwise let its key holder issue SVIDs for the whole trust domain.
 fn parse_x509_authority(
     jwk: &RawJwk,
 ) -> Result<rustls_pki_types::CertificateDer<'static>, &'static str> {
@@ -210,10 +213,20 @@ fn parse_x509_authority(
     let der = base64::engine::general_purpose::STANDARD
         .decode(cert)
         .map_err(|_| "x5c is not base64")?;
-    match x509_parser::parse_x509_certificate(&der) {
-        Ok(([], _)) => Ok(der.into()),
-        _ => Err("x5c is not a DER X.509 certificate"),
+    let cert = match x509_parser::parse_x509_certificate(&der) {
+        Ok(([], cert)) => cert,
+        _ => return Err("x5c is not a DER X.509 certificate"),
+    };
+    let ca = matches!(cert.basic_constraints(), Ok(Some(bc)) if bc.value.ca);
+    let signs = match cert.key_usage() {
+        Ok(None) => true,
+        Ok(Some(ku)) => ku.value.key_cert_sign(),
+        Err(_) => false,
+    };
+    if !ca || !signs {
+        return Err("x5c is not a CA certificate (basicConstraints cA, keyCertSign)");
     }
+    Ok(der.into())
 }
 
 fn parse_raw(doc: &[u8], max_keys: usize) -> Result<RawJwks, JwksError> {

@@ -9,11 +9,13 @@
 //!   `basicConstraints` `cA` is not set; it has exactly one URI SAN and it is a workload
 //!   SPIFFE ID ([`parse_workload_id`]); `keyUsage` is present with `digitalSignature` and without `keyCertSign` and
 //!   `cRLSign`;
+//! - every certificate after the leaf with a `keyUsage` has `keyCertSign` ([`check_signers`],
+//!   RFC 5280 §6.1.4 (n): rustls-webpki ignores `keyUsage`);
 //! - the SPIFFE ID's trust domain selects the `SpiffeFederation` (none → refused);
 //! - the chain verifies (RFC 5280 path validation by rustls-webpki, `clientAuth` extended key
 //!   usage when the leaf has the extension, validity at the server's clock) to one of that
-//!   federation's bundle authorities with `use: x509-svid` — never to a `jwt-svid` key, never
-//!   to another trust domain's authorities (X509-SVID §5).
+//!   federation's bundle authorities with `use: x509-svid` valid at the server's clock — never
+//!   to a `jwt-svid` key, never to another trust domain's authorities (X509-SVID §5).
 
 use std::sync::Arc;
 
@@ -77,6 +79,10 @@ pub enum X509SvidError {
     /// A certificate of the chain is before its `notBefore` at the server's clock.
     #[error("X.509-SVID not yet valid")]
     NotYetValid,
+    /// A certificate after the leaf has `keyUsage` without `keyCertSign` (RFC 5280 §6.1.4
+    /// (n), X509-SVID §4.3, §5.1; rustls-webpki ignores `keyUsage`).
+    #[error("X.509-SVID chain: a signing certificate's keyUsage lacks keyCertSign")]
+    SignerKeyUsage,
     /// The leaf's extended key usage does not allow client authentication.
     #[error("X.509-SVID is not valid for TLS client authentication (extendedKeyUsage)")]
     BadPurpose,
@@ -102,6 +108,7 @@ impl X509SvidError {
             X509SvidError::NoAuthorities => "x509_no_authorities",
             X509SvidError::Expired => "x509_expired",
             X509SvidError::NotYetValid => "x509_not_yet_valid",
+            X509SvidError::SignerKeyUsage => "x509_signer_key_usage",
             X509SvidError::BadPurpose => "x509_bad_purpose",
             X509SvidError::Untrusted => "x509_untrusted",
         }
@@ -131,6 +138,9 @@ pub(crate) struct VerifiedChain {
     pub(crate) generation: u64,
     /// The chain's earliest `notAfter` (seconds since the epoch).
     pub(crate) not_after: u64,
+    /// The authenticator's federation-set epoch when verification began: a federation
+    /// added since (the same trust domain under a name tried first) may answer otherwise.
+    pub(crate) epoch: u64,
 }
 
 impl std::fmt::Debug for ClientCertificate {
@@ -254,6 +264,27 @@ pub(crate) fn check_leaf(der: &[u8]) -> Result<SvidLeaf, X509SvidError> {
     })
 }
 
+/// The certificates after the leaf, as signing certificates: one with a `keyUsage` must
+/// have `keyCertSign` (RFC 5280 §6.1.4 (n), which X509-SVID §5.1 requires; rustls-webpki
+/// checks `cA` but ignores `keyUsage`). Certificates that do not parse are left to path
+/// validation.
+///
+/// # Errors
+/// [`X509SvidError::SignerKeyUsage`], also for a malformed or repeated `keyUsage`.
+pub(crate) fn check_signers(signers: &[CertificateDer<'_>]) -> Result<(), X509SvidError> {
+    for der in signers {
+        let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+            continue;
+        };
+        match cert.key_usage() {
+            Ok(None) => {}
+            Ok(Some(ku)) if ku.value.key_cert_sign() => {}
+            _ => return Err(X509SvidError::SignerKeyUsage),
+        }
+    }
+    Ok(())
+}
+
 /// The earliest `notAfter` (seconds since the epoch) among the certificates of `chain`
 /// that parse (`u64::MAX` when none does).
 pub(crate) fn earliest_not_after(chain: &[CertificateDer<'_>]) -> u64 {
@@ -269,6 +300,9 @@ pub(crate) fn earliest_not_after(chain: &[CertificateDer<'_>]) -> u64 {
 pub(crate) struct X509Authorities {
     /// The CA certificates (DER), as in the bundle.
     pub(crate) roots: Vec<CertificateDer<'static>>,
+    /// Each usable root's validity, `(notBefore, notAfter)` in seconds since the epoch, in
+    /// the order of `roots` that parse.
+    validity: Vec<(CertificateDer<'static>, u64, u64)>,
     verifier: Arc<dyn ClientCertVerifier>,
 }
 
@@ -284,35 +318,66 @@ impl X509Authorities {
     /// Authorities from CA certificates; `None` when there is none or none is usable as a
     /// trust anchor.
     pub(crate) fn new(roots: Vec<CertificateDer<'static>>) -> Option<X509Authorities> {
-        let mut store = rustls::RootCertStore::empty();
-        store.add_parsable_certificates(roots.iter().cloned());
-        if store.is_empty() {
-            return None;
-        }
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let verifier =
-            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(store), provider)
-                .build()
-                .ok()?;
-        Some(X509Authorities { roots, verifier })
+        let validity: Vec<_> = roots
+            .iter()
+            .filter_map(|der| {
+                let (_, c) = x509_parser::parse_x509_certificate(der).ok()?;
+                let v = c.validity();
+                let secs = |t: i64| u64::try_from(t).unwrap_or(0);
+                Some((
+                    der.clone(),
+                    secs(v.not_before.timestamp()),
+                    secs(v.not_after.timestamp()),
+                ))
+            })
+            .collect();
+        let verifier = client_verifier(validity.iter().map(|(der, _, _)| der))?;
+        Some(X509Authorities {
+            roots,
+            validity,
+            verifier,
+        })
     }
 
     /// Verifies `chain` (leaf first) to these authorities at `now` (seconds since the
-    /// epoch): RFC 5280 path validation, `clientAuth` extended key usage when present.
+    /// epoch): RFC 5280 path validation, `clientAuth` extended key usage when present. Only
+    /// the authorities valid at `now` (`notBefore` ≤ now ≤ `notAfter`) are trust anchors:
+    /// webpki keeps no validity for its anchors, and a bundle (a static one above all) may
+    /// still list a CA past its `notAfter`. Returns the earliest `notAfter` of those
+    /// authorities (seconds since the epoch): the verification holds until then at most.
     ///
     /// # Errors
     /// [`X509SvidError::Expired`], [`X509SvidError::NotYetValid`],
-    /// [`X509SvidError::BadPurpose`], else [`X509SvidError::Untrusted`].
+    /// [`X509SvidError::BadPurpose`], else [`X509SvidError::Untrusted`] (also when no
+    /// authority is valid at `now`).
     pub(crate) fn verify(
         &self,
         chain: &[CertificateDer<'_>],
-        now: u64,
-    ) -> Result<(), X509SvidError> {
+        now_secs: u64,
+    ) -> Result<u64, X509SvidError> {
         let (leaf, intermediates) = chain.split_first().ok_or(X509SvidError::Malformed)?;
-        let now = UnixTime::since_unix_epoch(std::time::Duration::from_secs(now));
-        self.verifier
+        let valid =
+            |&&(_, nb, na): &&(CertificateDer<'static>, u64, u64)| nb <= now_secs && now_secs <= na;
+        let anchors_not_after = self
+            .validity
+            .iter()
+            .filter(valid)
+            .map(|(_, _, na)| *na)
+            .min()
+            .ok_or(X509SvidError::Untrusted)?;
+        let subset;
+        let verifier = if self.validity.iter().all(|v| valid(&v)) {
+            &self.verifier
+        } else {
+            // Rare (a bundle that lists an expired or future CA): a verifier of the others.
+            subset = client_verifier(self.validity.iter().filter(valid).map(|(der, _, _)| der))
+                .ok_or(X509SvidError::Untrusted)?;
+            &subset
+        };
+        let now = UnixTime::since_unix_epoch(std::time::Duration::from_secs(now_secs));
+        verifier
             .verify_client_cert(leaf, intermediates, now)
-            .map(|_| ())
+            .map(|_| anchors_not_after)
             .map_err(|e| match e {
                 rustls::Error::InvalidCertificate(
                     CertificateError::Expired | CertificateError::ExpiredContext { .. },
@@ -327,4 +392,19 @@ impl X509Authorities {
                 _ => X509SvidError::Untrusted,
             })
     }
+}
+
+/// A webpki client verifier with `roots` as trust anchors; `None` when none is usable.
+fn client_verifier<'a>(
+    roots: impl Iterator<Item = &'a CertificateDer<'static>>,
+) -> Option<Arc<dyn ClientCertVerifier>> {
+    let mut store = rustls::RootCertStore::empty();
+    store.add_parsable_certificates(roots.cloned());
+    if store.is_empty() {
+        return None;
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(store), provider)
+        .build()
+        .ok()
 }

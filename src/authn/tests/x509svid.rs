@@ -524,3 +524,204 @@ async fn a_bundle_endpoint_serves_and_rotates_authorities() {
     );
     assert_eq!(srv.hits("/bundle"), 3);
 }
+
+/// A bundle's `x509-svid` entry must hold a CA certificate (X509-SVID §3, §4.1, §4.3): a
+/// workload's leaf pasted into the bundle is no authority, so its key holder cannot issue
+/// SVIDs for the trust domain (webpki checks nothing of a trust anchor but its name and key).
+#[tokio::test]
+async fn a_non_ca_bundle_entry_is_no_authority() {
+    let ca = Ca::root("spire");
+    let leaf_key = KeyPair::generate().unwrap();
+    let mut leaf_params = svid_params(&["spiffe://example.org/workload"]);
+    leaf_params
+        .distinguished_name
+        .push(DnType::CommonName, "workload");
+    let leaf_der = leaf_params.self_signed(&leaf_key).unwrap().der().clone();
+    let workload = Ca {
+        issuer: Issuer::new(leaf_params, leaf_key),
+        der: leaf_der,
+    };
+    let a = authenticator(
+        T0,
+        vec![federation(
+            "spire",
+            TD,
+            vec![ca.entry("x509-svid"), workload.entry("x509-svid")],
+        )],
+    );
+    assert!(
+        a.authenticate_x509(&cert(&[ca.sign(&svid_params(&[ID]))]))
+            .await
+            .is_ok()
+    );
+    assert_eq!(
+        refused(&a, &[workload.sign(&svid_params(&[ID]))]).await,
+        X509SvidError::Untrusted
+    );
+    // A CA certificate whose keyUsage lacks keyCertSign is no authority either.
+    let mut no_sign = ca_params("no keyCertSign");
+    no_sign.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    let key = KeyPair::generate().unwrap();
+    let der = no_sign.self_signed(&key).unwrap().der().clone();
+    let no_sign = Ca {
+        issuer: Issuer::new(no_sign, key),
+        der,
+    };
+    let a = authenticator(
+        T0,
+        vec![federation(
+            "spire",
+            TD,
+            vec![ca.entry("x509-svid"), no_sign.entry("x509-svid")],
+        )],
+    );
+    assert_eq!(
+        refused(&a, &[no_sign.sign(&svid_params(&[ID]))]).await,
+        X509SvidError::Untrusted
+    );
+    // A bundle of such entries only has no usable key.
+    let spec = SpiffeFederationSpec {
+        trust_domain: TD.into(),
+        bundle: Some(bundle(vec![workload.entry("x509-svid")])),
+        audiences: vec![AUD.into()],
+        ..Default::default()
+    };
+    assert!(matches!(
+        Federation::from_spiffe_spec("spire", &spec),
+        Err(FederationError::BadSpiffeBundle(_))
+    ));
+}
+
+/// A bundle authority past its `notAfter` (or before its `notBefore`) is no trust anchor
+/// (webpki keeps no validity for anchors), and a connection's remembered verification
+/// ends when the authorities that verified it expire.
+#[tokio::test]
+async fn an_expired_authority_verifies_nothing() {
+    let at = |secs: u64| time::OffsetDateTime::from_unix_timestamp(secs as i64).unwrap();
+    let with_validity = |name: &str, not_before: u64, not_after: u64| {
+        let mut p = ca_params(name);
+        p.not_before = at(not_before);
+        p.not_after = at(not_after);
+        let key = KeyPair::generate().unwrap();
+        let der = p.self_signed(&key).unwrap().der().clone();
+        Ca {
+            issuer: Issuer::new(p, key),
+            der,
+        }
+    };
+    let expired = with_validity("expired", T0 - 1000, T0 - 1);
+    let future = with_validity("future", T0 + 1000, T0 + 2000);
+    let current = with_validity("current", T0 - 1000, T0 + 100);
+    let (clock, c) = TestClock::new();
+    let a = Authenticator::new(AuthnSettings {
+        clock: c,
+        ..Default::default()
+    });
+    a.set_federations(vec![federation(
+        "spire",
+        TD,
+        vec![
+            expired.entry("x509-svid"),
+            future.entry("x509-svid"),
+            current.entry("x509-svid"),
+        ],
+    )]);
+    // The leaves themselves are valid now (rcgen's default validity).
+    assert_eq!(
+        refused(&a, &[expired.sign(&svid_params(&[ID]))]).await,
+        X509SvidError::Untrusted
+    );
+    assert_eq!(
+        refused(&a, &[future.sign(&svid_params(&[ID]))]).await,
+        X509SvidError::Untrusted
+    );
+    let conn = cert(&[current.sign(&svid_params(&[ID]))]);
+    let id = a.authenticate_x509(&conn).await.unwrap();
+    assert_eq!(id.expires_at, Some(T0 + 100));
+    clock.advance(100);
+    assert!(a.authenticate_x509(&conn).await.is_ok());
+    clock.advance(1);
+    assert_eq!(
+        a.authenticate_x509(&conn).await.unwrap_err(),
+        AuthnError::X509Svid(X509SvidError::Untrusted),
+        "the connection's verification ends with its authority"
+    );
+}
+
+/// A connection's remembered verification is bound to the federations it was made among,
+/// as a cached token is: after a federation of the same trust domain is added under a name
+/// tried first, the connection's next request proves what a new connection's would.
+#[tokio::test]
+async fn a_remembered_verification_follows_an_added_federation() {
+    let ca = Ca::root("spire");
+    let a = authenticator(
+        T0,
+        vec![federation("spire", TD, vec![ca.entry("x509-svid")])],
+    );
+    let conn = cert(&[ca.sign(&svid_params(&[ID]))]);
+    assert_eq!(
+        a.authenticate_x509(&conn).await.unwrap().federation,
+        "spire"
+    );
+    a.set_federations(vec![
+        federation("spire", TD, vec![ca.entry("x509-svid")]),
+        federation("a-mesh", TD, vec![ca.entry("x509-svid")]),
+    ]);
+    let fresh = cert(conn.chain());
+    assert_eq!(
+        a.authenticate_x509(&fresh).await.unwrap().federation,
+        "a-mesh"
+    );
+    assert_eq!(
+        a.authenticate_x509(&conn).await.unwrap().federation,
+        "a-mesh",
+        "the same answer on the connection verified before"
+    );
+}
+
+/// RFC 5280 §6.1.4 (n), which X509-SVID §5.1 requires: a signing certificate with a
+/// `keyUsage` must have `keyCertSign`. rustls-webpki ignores `keyUsage`, so an intermediate
+/// marked `cA` but restricted to `digitalSignature` would otherwise issue SVIDs.
+#[tokio::test]
+async fn a_signer_without_key_cert_sign_is_refused() {
+    let root = Ca::root("spire root");
+    let a = authenticator(
+        T0,
+        vec![federation("spire", TD, vec![root.entry("x509-svid")])],
+    );
+    let mut p = ca_params("not a signer");
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    let key = KeyPair::generate().unwrap();
+    let der = p.signed_by(&key, &root.issuer).unwrap().der().clone();
+    let mid = Ca {
+        issuer: Issuer::new(p, key),
+        der,
+    };
+    let leaf = mid.sign(&svid_params(&[ID]));
+    assert_eq!(
+        refused(&a, &[leaf, mid.der.clone()]).await,
+        X509SvidError::SignerKeyUsage
+    );
+    // An intermediate with keyCertSign (or without keyUsage) still chains.
+    let good = root.intermediate("spire server");
+    let leaf = good.sign(&svid_params(&[ID]));
+    assert!(
+        a.authenticate_x509(&cert(&[leaf, good.der.clone()]))
+            .await
+            .is_ok()
+    );
+    let mut p = ca_params("no keyUsage");
+    p.key_usages = Vec::new();
+    let key = KeyPair::generate().unwrap();
+    let der = p.signed_by(&key, &root.issuer).unwrap().der().clone();
+    let bare = Ca {
+        issuer: Issuer::new(p, key),
+        der,
+    };
+    let leaf = bare.sign(&svid_params(&[ID]));
+    assert!(
+        a.authenticate_x509(&cert(&[leaf, bare.der.clone()]))
+            .await
+            .is_ok()
+    );
+}
