@@ -20,8 +20,8 @@ use super::settings::AuthnSettings;
 use super::spiffe::{could_be_a_served_workload, parse_workload_id};
 use super::token::{self, ParsedToken};
 use super::x509svid::{
-    ClientCertificate, VerifiedChain, X509SvidError, chain_within_bounds, check_leaf,
-    check_signers, earliest_not_after,
+    ClientCertificate, RefusalBasis, RefusedChain, VerifiedChain, X509SvidError,
+    chain_within_bounds, check_leaf, check_signers, earliest_not_after, next_validity_change,
 };
 use crate::metrics::METRICS;
 
@@ -446,6 +446,10 @@ impl Authenticator {
     /// `notAfter`. A success is remembered by `cert` (its connection's next requests), bound to
     /// the key set that verified it and to the federations it was verified among, as a cached
     /// token is: a federation added or changed since makes the next request verify again.
+    /// A definitive refusal is remembered too (counted and logged on each request as a fresh
+    /// one), bound to the federations of the trust domain, their key sets and the next time a
+    /// certificate of the chain or of the authorities becomes valid or expires; a refusal
+    /// because keys could not be had is not.
     ///
     /// # Errors
     /// [`AuthnError::X509Svid`] naming the rule broken; [`AuthnError::KeysUnavailable`]
@@ -483,6 +487,13 @@ impl Authenticator {
             }
             cert.set_verified(None);
         }
+        if let Some(no) = cert.refused() {
+            if self.refusal_holds(&no, now) {
+                log_x509_refusal(no.error.kind(), no.federation.as_deref());
+                return Err(AuthnError::X509Svid(no.error));
+            }
+            cert.set_refused(None);
+        }
         // Read before the federations are, as for a token (`authenticate_inner`).
         let epoch = self.epoch.load(Ordering::SeqCst);
         match self.verify_x509(cert, now).await {
@@ -496,16 +507,45 @@ impl Authenticator {
                 }));
                 Ok((identity, false))
             }
-            Err((e, federation)) => {
-                tracing::debug!(
-                    kind = e.kind(),
-                    federation = federation.as_deref().unwrap_or(""),
-                    credential = "x509-svid",
-                    "authentication failed"
-                );
+            Err((e, federation, basis)) => {
+                log_x509_refusal(e.kind(), federation.as_deref());
+                if let AuthnError::X509Svid(error) = e {
+                    let bundles = match basis {
+                        Basis::Transient => None,
+                        Basis::Chain => Some(None),
+                        Basis::Bundles { generations, until } => Some(Some(RefusalBasis {
+                            epoch,
+                            generations,
+                            from: now,
+                            until,
+                        })),
+                    };
+                    if let Some(bundles) = bundles {
+                        cert.set_refused(Some(RefusedChain {
+                            error,
+                            federation,
+                            bundles,
+                        }));
+                    }
+                }
                 Err(e)
             }
         }
+    }
+
+    /// Whether a remembered refusal still holds at `now`: it depended on the chain alone,
+    /// or the federation set, every federation's key set (fresh) and the validity of every
+    /// certificate involved are as they were.
+    fn refusal_holds(&self, no: &RefusedChain, now: u64) -> bool {
+        let Some(b) = &no.bundles else {
+            return true;
+        };
+        b.from <= now
+            && now < b.until
+            && b.epoch == self.epoch.load(Ordering::SeqCst)
+            && b.generations
+                .iter()
+                .all(|(name, g)| self.fresh_generation(name, now) == Some(*g))
     }
 
     /// The generation of `federation`'s keys if they are fresh at `now` (no fetch due).
@@ -522,8 +562,8 @@ impl Authenticator {
         &self,
         cert: &ClientCertificate,
         now: u64,
-    ) -> Result<(Identity, u64), (AuthnError, Option<String>)> {
-        let refused = |e: X509SvidError| (AuthnError::X509Svid(e), None);
+    ) -> Result<(Identity, u64), (AuthnError, Option<String>, Basis)> {
+        let refused = |e: X509SvidError| (AuthnError::X509Svid(e), None, Basis::Chain);
         let chain = cert.chain();
         let bytes = chain.iter().map(|c| c.len()).sum();
         if !chain_within_bounds(chain.len(), bytes) {
@@ -537,16 +577,32 @@ impl Authenticator {
             .trust_domain;
         let federations = self.federations.load_full();
         let mut first_error = None;
+        // What a refusal depends on: every federation tried, by its keys' generation, and
+        // the validity of the chain and of every authority, at `now`.
+        let mut generations = Vec::new();
+        let mut until = next_validity_change(chain, now);
+        let mut definitive = true;
         for st in federations
             .iter()
             .filter(|st| st.fed.trust_domain() == Some(trust_domain))
         {
             let name = || Some(st.fed.name.clone());
-            let attempt = async {
-                let ks = st
-                    .keys(None, st.arrival(), &ClientCa::new(None), &self.settings)
-                    .await?;
+            let ks = match st
+                .keys(None, st.arrival(), &ClientCa::new(None), &self.settings)
+                .await
+            {
+                Ok(ks) => ks,
+                Err(e) => {
+                    definitive = false;
+                    first_error.get_or_insert((e, name()));
+                    continue;
+                }
+            };
+            generations.push((st.fed.name.clone(), ks.generation));
+            let mut attempt = || {
                 let authorities = ks.x509.as_ref().ok_or(X509SvidError::NoAuthorities)?;
+                until = until.min(authorities.next_validity_change(now));
+                cert.count_validation();
                 let anchors_not_after = authorities.verify(chain, now)?;
                 let mut identity = Identity::of_spiffe_workload(&st.fed.name, &leaf.spiffe_id)
                     .ok_or(X509SvidError::BadSpiffeId)?;
@@ -555,17 +611,49 @@ impl Authenticator {
                         .min(leaf.not_after)
                         .min(anchors_not_after),
                 );
-                Ok::<_, AuthnError>((identity, ks.generation))
+                Ok::<_, X509SvidError>(identity)
             };
-            match attempt.await {
-                Ok(found) => return Ok(found),
+            match attempt() {
+                Ok(identity) => return Ok((identity, ks.generation)),
                 Err(e) => {
-                    first_error.get_or_insert((e, name()));
+                    first_error.get_or_insert((AuthnError::X509Svid(e), name()));
                 }
             }
         }
-        Err(first_error.unwrap_or(refused(X509SvidError::UnknownTrustDomain)))
+        let basis = if definitive {
+            Basis::Bundles { generations, until }
+        } else {
+            Basis::Transient
+        };
+        let (e, federation) = first_error.unwrap_or((
+            AuthnError::X509Svid(X509SvidError::UnknownTrustDomain),
+            None,
+        ));
+        Err((e, federation, basis))
     }
+}
+
+/// What an X.509-SVID's refusal depends on, so whether it may be remembered.
+enum Basis {
+    /// A key set could not be had: never remembered.
+    Transient,
+    /// The chain alone (size, leaf and signer rules).
+    Chain,
+    /// The federations of the trust domain (name, key set generation; none: no federation
+    /// has it) and the validity of the certificates involved, up to `until` (excluded).
+    Bundles {
+        generations: Vec<(String, u64)>,
+        until: u64,
+    },
+}
+
+fn log_x509_refusal(kind: &'static str, federation: Option<&str>) {
+    tracing::debug!(
+        kind,
+        federation = federation.unwrap_or(""),
+        credential = "x509-svid",
+        "authentication failed"
+    );
 }
 
 /// Whether the token is the issuer's that `ks` belongs to: a `SpiffeFederation`'s tokens

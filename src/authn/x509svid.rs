@@ -18,6 +18,7 @@
 //!   to a `jwt-svid` key, never to another trust domain's authorities (X509-SVID §5).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rustls::CertificateError;
 use rustls::server::danger::ClientCertVerifier;
@@ -30,7 +31,9 @@ use super::identity::Identity;
 use super::spiffe::parse_workload_id;
 
 /// Most certificates a client may present (leaf and intermediates); longer chains fail the
-/// TLS handshake.
+/// TLS handshake. Not lower: nested SPIRE servers each add an intermediate, under those of an
+/// upstream authority; a chain's verification (success or definitive refusal) is remembered
+/// by its connection, so a long chain costs one path validation per connection.
 pub const MAX_CLIENT_CHAIN_CERTS: usize = 8;
 /// Most bytes of DER a client's certificate chain may hold; larger chains fail the TLS
 /// handshake. An SVID and its intermediates take a few KiB (RSA-4096 certificates are about
@@ -118,7 +121,10 @@ impl X509SvidError {
 /// The certificate chain a client presented in its TLS handshake (leaf first), made once per
 /// connection and shared by its requests (a request extension); it remembers its last
 /// successful verification, so a connection's requests verify the chain once (while the
-/// federation's keys stay the same and the chain valid). Holding one proves only
+/// federation's keys stay the same and the chain valid), and its last definitive refusal, so
+/// a chain that never verifies costs one path validation per connection, not one per request
+/// (while the federations, their keys and the validity of every certificate involved stay
+/// the same). Holding one proves only
 /// that the client has the leaf's private key: who the client is, if anyone, is decided by
 /// [`crate::authn::Authenticator::authenticate_x509`].
 pub struct ClientCertificate {
@@ -129,6 +135,38 @@ pub struct ClientCertificate {
     /// The last successful verification, for the connection's next requests (re-checked
     /// against the federation's current key set and the clock on every use).
     verified: ArcSwapOption<VerifiedChain>,
+    /// The last definitive refusal, for the connection's next requests (re-checked against
+    /// what it depended on on every use).
+    refused: ArcSwapOption<RefusedChain>,
+    /// How many times this chain went through path validation (one per federation tried).
+    validations: AtomicU64,
+}
+
+/// A chain's definitive refusal: one that a new verification would repeat while what it
+/// depended on is unchanged. Never a transient one (keys unavailable).
+#[derive(Debug)]
+pub(crate) struct RefusedChain {
+    pub(crate) error: X509SvidError,
+    /// The federation that refused (for logs), if any.
+    pub(crate) federation: Option<String>,
+    /// What the refusal depended on besides the chain; `None`: the chain alone (the leaf
+    /// and signer rules).
+    pub(crate) bundles: Option<RefusalBasis>,
+}
+
+/// The federations, keys and time window a refusal holds for.
+#[derive(Debug)]
+pub(crate) struct RefusalBasis {
+    /// The authenticator's federation-set epoch when verification began.
+    pub(crate) epoch: u64,
+    /// Every federation of the trust domain tried, with the generation of its key set.
+    pub(crate) generations: Vec<(String, u64)>,
+    /// The server's clock when verified (seconds since the epoch): the refusal holds from
+    /// then ...
+    pub(crate) from: u64,
+    /// ... until (excluded) the next time a certificate of the chain or an authority of the
+    /// bundles becomes valid or expires ([`next_validity_change`]).
+    pub(crate) until: u64,
 }
 
 /// A chain's successful verification.
@@ -148,6 +186,7 @@ impl std::fmt::Debug for ClientCertificate {
         f.debug_struct("ClientCertificate")
             .field("certificates", &self.chain.len())
             .field("svid", &self.svid)
+            .field("validations", &self.validations())
             .finish()
     }
 }
@@ -165,6 +204,8 @@ impl ClientCertificate {
                 .collect(),
             svid,
             verified: ArcSwapOption::empty(),
+            refused: ArcSwapOption::empty(),
+            validations: AtomicU64::new(0),
         }))
     }
 
@@ -188,6 +229,27 @@ impl ClientCertificate {
     /// Records (or, with `None`, forgets) this chain's verification.
     pub(crate) fn set_verified(&self, verified: Option<VerifiedChain>) {
         self.verified.store(verified.map(Arc::new));
+    }
+
+    /// The last definitive refusal of this chain (this connection's).
+    pub(crate) fn refused(&self) -> Option<Arc<RefusedChain>> {
+        self.refused.load_full()
+    }
+
+    /// Records (or, with `None`, forgets) this chain's definitive refusal.
+    pub(crate) fn set_refused(&self, refused: Option<RefusedChain>) {
+        self.refused.store(refused.map(Arc::new));
+    }
+
+    /// How many path validations this chain has cost (one per federation tried per
+    /// verification; remembered outcomes cost none).
+    pub(crate) fn validations(&self) -> u64 {
+        self.validations.load(Ordering::Relaxed)
+    }
+
+    /// Counts one path validation of this chain.
+    pub(crate) fn count_validation(&self) {
+        self.validations.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -296,6 +358,34 @@ pub(crate) fn earliest_not_after(chain: &[CertificateDer<'_>]) -> u64 {
         .unwrap_or(u64::MAX)
 }
 
+/// The first time after `now` (seconds since the epoch) at which a certificate of `chain`
+/// becomes valid (`notBefore`) or expires (`notAfter` + 1: valid up to `notAfter`
+/// included); `u64::MAX` when none will. Certificates that do not parse are ignored.
+pub(crate) fn next_validity_change(chain: &[CertificateDer<'_>], now: u64) -> u64 {
+    let secs = |t: i64| u64::try_from(t).unwrap_or(0);
+    next_change(
+        chain
+            .iter()
+            .filter_map(|c| x509_parser::parse_x509_certificate(c).ok())
+            .map(|(_, c)| {
+                let v = c.validity();
+                (
+                    secs(v.not_before.timestamp()),
+                    secs(v.not_after.timestamp()),
+                )
+            }),
+        now,
+    )
+}
+
+fn next_change(validities: impl Iterator<Item = (u64, u64)>, now: u64) -> u64 {
+    validities
+        .flat_map(|(nb, na)| [nb, na.saturating_add(1)])
+        .filter(|&t| t > now)
+        .min()
+        .unwrap_or(u64::MAX)
+}
+
 /// A trust domain's `x509-svid` authorities, ready to verify chains.
 pub(crate) struct X509Authorities {
     /// The CA certificates (DER), as in the bundle.
@@ -337,6 +427,12 @@ impl X509Authorities {
             validity,
             verifier,
         })
+    }
+
+    /// The first time after `now` (seconds since the epoch) at which one of these
+    /// authorities becomes valid or expires (see [`next_validity_change`]).
+    pub(crate) fn next_validity_change(&self, now: u64) -> u64 {
+        next_change(self.validity.iter().map(|&(_, nb, na)| (nb, na)), now)
     }
 
     /// Verifies `chain` (leaf first) to these authorities at `now` (seconds since the

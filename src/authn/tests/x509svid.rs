@@ -725,3 +725,87 @@ async fn a_signer_without_key_cert_sign_is_refused() {
             .is_ok()
     );
 }
+
+/// A chain that never verifies costs one path validation per connection, not one per request
+/// (an HTTP/2 stream each): the connection remembers the refusal, with the federations and
+/// key sets it was made with. A bundle rotation that makes the chain valid is honoured on
+/// the connection's next request.
+#[tokio::test]
+async fn a_refused_chain_is_verified_once_per_connection() {
+    let bundle_ca = Ca::root("spire");
+    // Another CA with the bundle CA's name: path building tries it.
+    let other = Ca::root("spire");
+    let mid = other.intermediate("spire server");
+    let a = authenticator(
+        T0,
+        vec![federation("spire", TD, vec![bundle_ca.entry("x509-svid")])],
+    );
+    let conn = cert(&[mid.sign(&svid_params(&[ID])), mid.der.clone()]);
+    for _ in 0..3 {
+        assert_eq!(
+            a.authenticate_x509(&conn).await.unwrap_err(),
+            AuthnError::X509Svid(X509SvidError::Untrusted)
+        );
+    }
+    assert_eq!(conn.validations(), 1, "the refusal is remembered");
+    // The same federations again: nothing changed, the refusal holds.
+    a.set_federations(vec![federation(
+        "spire",
+        TD,
+        vec![bundle_ca.entry("x509-svid")],
+    )]);
+    assert!(a.authenticate_x509(&conn).await.is_err());
+    assert_eq!(conn.validations(), 1);
+    // A rotation to the chain's CA: the connection's next request verifies again.
+    a.set_federations(vec![federation(
+        "spire",
+        TD,
+        vec![other.entry("x509-svid")],
+    )]);
+    assert_eq!(
+        a.authenticate_x509(&conn).await.unwrap().federation,
+        "spire"
+    );
+    assert_eq!(conn.validations(), 2);
+}
+
+/// A remembered refusal holds only while every certificate involved keeps its validity: an
+/// authority that becomes valid later makes the connection's next request verify again.
+#[tokio::test]
+async fn a_remembered_refusal_ends_when_an_authority_becomes_valid() {
+    let at = |secs: u64| time::OffsetDateTime::from_unix_timestamp(secs as i64).unwrap();
+    let mut p = ca_params("future");
+    p.not_before = at(T0 + 10);
+    p.not_after = at(T0 + 2000);
+    let key = KeyPair::generate().unwrap();
+    let der = p.self_signed(&key).unwrap().der().clone();
+    let future = Ca {
+        issuer: Issuer::new(p, key),
+        der,
+    };
+    let (clock, c) = TestClock::new();
+    let a = Authenticator::new(AuthnSettings {
+        clock: c,
+        ..Default::default()
+    });
+    a.set_federations(vec![federation(
+        "spire",
+        TD,
+        vec![future.entry("x509-svid")],
+    )]);
+    let conn = cert(&[future.sign(&svid_params(&[ID]))]);
+    assert_eq!(
+        a.authenticate_x509(&conn).await.unwrap_err(),
+        AuthnError::X509Svid(X509SvidError::Untrusted)
+    );
+    clock.advance(9);
+    assert!(a.authenticate_x509(&conn).await.is_err());
+    assert_eq!(
+        conn.validations(),
+        1,
+        "remembered until the authority's notBefore"
+    );
+    clock.advance(1);
+    assert!(a.authenticate_x509(&conn).await.is_ok());
+    assert_eq!(conn.validations(), 2);
+}
