@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 
 use super::args::X509SvidFiles;
 use super::error::FetchError;
+use crate::authn::{MAX_CLIENT_CHAIN_BYTES, MAX_CLIENT_CHAIN_CERTS, chain_within_bounds};
 use crate::remote::ClientIdentity;
 
 /// Largest certificate chain file read (a leaf and a few intermediates are a few KiB).
@@ -76,8 +77,10 @@ fn read_bounded(path: &Path, max: u64) -> Result<zeroize::Zeroizing<Vec<u8>>, Fe
 }
 
 /// Reads and checks an X.509-SVID: the chain file holds PEM certificates whose first is a
-/// leaf (not a CA) with exactly one `spiffe://` URI SAN; the key file holds one PEM private
-/// key (PKCS#8, SEC1 or PKCS#1) that belongs to that leaf.
+/// leaf (not a CA) with exactly one `spiffe://` URI SAN, within the bounds the server's TLS
+/// handshake accepts ([`MAX_CLIENT_CHAIN_CERTS`] certificates, [`MAX_CLIENT_CHAIN_BYTES`]
+/// bytes of DER); the key file holds one PEM private key (PKCS#8, SEC1 or PKCS#1) that
+/// belongs to that leaf.
 ///
 /// # Errors
 /// [`FetchError::BadSvid`] naming the file and the cause, never its content.
@@ -90,6 +93,19 @@ pub fn load(files: &X509SvidFiles) -> Result<LoadedSvid, FetchError> {
     let Some(leaf) = chain.first() else {
         return Err(bad(&files.cert, "no PEM certificate in the file"));
     };
+    // The server refuses a longer chain in the TLS handshake, with an error that says nothing.
+    let der_bytes: usize = chain.iter().map(|c| c.len()).sum();
+    if !chain_within_bounds(chain.len(), der_bytes) {
+        return Err(bad(
+            &files.cert,
+            format!(
+                "certificate chain too large ({} certificates, {der_bytes} bytes of DER): \
+                 the server accepts at most {MAX_CLIENT_CHAIN_CERTS} certificates and \
+                 {MAX_CLIENT_CHAIN_BYTES} bytes",
+                chain.len()
+            ),
+        ));
+    }
     check_leaf(leaf).map_err(|reason| bad(&files.cert, reason))?;
     // The parser's error is not shown: it may quote the input.
     let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|_| {
@@ -232,6 +248,54 @@ pub(crate) mod tests {
         let (chain2, key2) = ca.svid(&["spiffe://example.org/ns/prod/sa/api"]);
         let f = files(dir.path(), &chain2, &key2);
         assert_ne!(load(&f).unwrap().fingerprint, svid.fingerprint);
+    }
+
+    /// A chain the server's handshake would refuse (more than MAX_CLIENT_CHAIN_CERTS
+    /// certificates or MAX_CLIENT_CHAIN_BYTES bytes of DER) is refused here, naming the
+    /// bound, instead of failing as an opaque TLS error.
+    #[test]
+    fn a_chain_beyond_the_servers_bounds_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::new();
+        let (leaf, key) = ca.svid(&["spiffe://example.org/a"]);
+        let with = |n: usize, pem: &str| format!("{leaf}{}", pem.repeat(n));
+        let most = files(
+            dir.path(),
+            &with(MAX_CLIENT_CHAIN_CERTS - 1, &ca.pem()),
+            &key,
+        );
+        assert_eq!(
+            load(&most).unwrap().identity.chain.len(),
+            MAX_CLIENT_CHAIN_CERTS
+        );
+        let long = files(dir.path(), &with(MAX_CLIENT_CHAIN_CERTS, &ca.pem()), &key);
+        let e = load(&long).unwrap_err().to_string();
+        assert!(
+            e.contains("svid.pem")
+                && e.contains(&format!("at most {MAX_CLIENT_CHAIN_CERTS} certificates")),
+            "{e}"
+        );
+        // Fewer certificates, but more bytes: a CA with many names (about 4 KiB of DER).
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.subject_alt_names = (0..100)
+            .map(|i| {
+                SanType::DnsName(
+                    format!("ca-{i:03}.a-long-name.example.org")
+                        .try_into()
+                        .unwrap(),
+                )
+            })
+            .collect();
+        let big = params.self_signed(&KeyPair::generate().unwrap()).unwrap();
+        let n = MAX_CLIENT_CHAIN_BYTES / big.der().len() + 1;
+        assert!(n < MAX_CLIENT_CHAIN_CERTS, "{n}");
+        let heavy = files(dir.path(), &with(n, &big.pem()), &key);
+        let e = load(&heavy).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!("{MAX_CLIENT_CHAIN_BYTES} bytes")) && !e.contains("BEGIN"),
+            "{e}"
+        );
     }
 
     /// Issue 18: bad input is refused naming the file and the cause, never its content.
