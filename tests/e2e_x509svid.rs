@@ -5,7 +5,8 @@
 //! SANs, no URI SAN, a CA presented as leaf: refused (401, the rule named); an SVID and a
 //! bearer token together refused; a plain client certificate beside a bearer token, and a
 //! client without certificate, served as before; bundle rotation by a directory reload;
-//! credentials issued over X.509 owned by the same workload as its JWT-SVIDs.
+//! credentials issued over X.509 owned by the same workload as its JWT-SVIDs; an SVID caller
+//! issuing on behalf of a workload (`x-workload-token`) of its own federation only.
 
 mod common;
 
@@ -290,5 +291,115 @@ spec:
     assert!(vault.revoked().is_empty());
     // The same workload's JWT-SVID: its own.
     assert_eq!(delete(jwt_svid(id)).await, 204);
+    assert_eq!(vault.revoked().len(), 1);
+}
+
+/// A caller authenticated by its X.509-SVID issues on behalf of a workload (ESE's
+/// `x-workload-token`): the workload's JWT-SVID of the caller's own `SpiffeFederation` makes
+/// the workload the owner (its JWT-SVID revokes, the caller's SVID does not); a workload token
+/// that does not verify, or one of another federation, is refused before anything is issued.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_svid_caller_issues_on_behalf_of_a_workload_of_its_own_federation() {
+    let vault = FakeVault::start().await;
+    let ca = SpiffeCa::new("example.org");
+    let mut manifests = federation(&ca);
+    let mut partner_key = jwk("ec-2");
+    partner_key["use"] = json!("jwt-svid");
+    let partner_bundle = json!({"spiffe_sequence": 1, "keys": [partner_key]});
+    manifests.push_str(&format!(
+        r#"---
+apiVersion: identity.federation.external-secrets.io/v1alpha1
+kind: SpiffeFederation
+metadata: {{name: partner}}
+spec:
+  trustDomain: partner.org
+  audiences: ["{AUD}"]
+  bundle: '{partner_bundle}'
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: vault-token, namespace: ci}}
+stringData: {{token: t}}
+---
+apiVersion: generators.external-secrets.io/v1alpha1
+kind: VaultDynamicSecret
+metadata: {{name: creds, namespace: ci}}
+spec:
+  method: POST
+  path: fake/creds
+  provider:
+    server: {}
+    auth:
+      tokenSecretRef: {{name: vault-token, key: token}}
+"#,
+        vault.url
+    ));
+    manifests.push_str(&authorization(
+        "mesh-ci",
+        "spiffe://example.org/*",
+        "  allowedGenerators:\n    - {name: creds, kind: VaultDynamicSecret, namespace: ci}\n",
+    ));
+    let server = Server::start(&[("all.yaml", manifests)], &[]);
+    let proxy = client_with(
+        &server.ca_pem(),
+        &ca.svid("spiffe://example.org/ns/esi/sa/proxy"),
+        false,
+    );
+    let app = "spiffe://example.org/shop/ns/ci/sa/u-sa-1/app/pod/u-pod-1/app-pod";
+    let path = format!("{}/v1/generators/ci/VaultDynamicSecret/creds", server.url);
+    let on_behalf = |workload: String| {
+        let req = proxy
+            .post(&path)
+            .header("x-workload-token", workload)
+            .json(&json!({}));
+        async move {
+            let resp = req.send().await.expect("request");
+            (resp.status().as_u16(), resp.text().await.unwrap())
+        }
+    };
+
+    // A workload token of another federation, and one that verifies nowhere: nothing issued.
+    let partner = mint(
+        "ec-2",
+        &json!({"sub": "spiffe://partner.org/ns/ci/sa/app", "aud": [AUD], "iat": now(), "exp": now() + 300}),
+        None,
+    );
+    let (status, body) = on_behalf(partner).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("not from the caller's federation"), "{body}");
+    let (status, body) = on_behalf(jwt_svid("spiffe://elsewhere.org/ns/ci/sa/app")).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("x-workload-token"), "{body}");
+
+    // The workload's own JWT-SVID: issued for it, owned by it.
+    let (status, body) = on_behalf(jwt_svid(app)).await;
+    assert_eq!(status, 200, "{body}");
+    let issued: Value = serde_json::from_str(&body).unwrap();
+    let handle = format!(
+        "{}/v1/credentials/{}",
+        server.url,
+        issued["credential"]["id"].as_str().unwrap()
+    );
+    // The caller's SVID does not own it.
+    let status = proxy
+        .delete(&handle)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16();
+    assert_eq!(status, 404);
+    assert!(vault.revoked().is_empty());
+    // The workload's JWT-SVID does.
+    let status = server
+        .client
+        .delete(&handle)
+        .bearer_auth(jwt_svid(app))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16();
+    assert_eq!(status, 204);
     assert_eq!(vault.revoked().len(), 1);
 }
