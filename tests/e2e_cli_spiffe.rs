@@ -196,22 +196,17 @@ async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
-/// spiffe-helper rewrites the JWT-SVID file before the SVID expires: the daemon reads it
-/// for every request, so a rotated file takes effect at the next refresh (here the new
-/// SVID names a workload the server does not authorize, which only a re-read can show; then
-/// an authorized one again).
-#[tokio::test(flavor = "multi_thread")]
-async fn the_daemon_reads_the_rotated_jwt_svid_file() {
-    let s = Setup::start();
-    std::fs::write(s.token(), jwt_svid(API)).unwrap();
-    let out_file = s.dir.path().join("out/db");
+/// esi-cli started with `args` (a daemon), its stderr (RUST_LOG=info) collected into the
+/// shared log by a reader thread (join it after killing the child).
+fn daemon(
+    args: Vec<String>,
+) -> (
+    std::process::Child,
+    Arc<Mutex<String>>,
+    std::thread::JoinHandle<()>,
+) {
     let mut child = Command::new(cli_bin())
-        .args(s.args(&[
-            "--mode=daemon".into(),
-            "--daemon-refresh-interval=200ms".into(),
-            "--timeout=2s".into(),
-            format!("--inject-on-file={}=db-password", out_file.display()),
-        ]))
+        .args(args)
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -231,6 +226,24 @@ async fn the_daemon_reads_the_rotated_jwt_svid_file() {
             }
         })
     };
+    (child, log, reader)
+}
+
+/// spiffe-helper rewrites the JWT-SVID file before the SVID expires: the daemon reads it
+/// for every request, so a rotated file takes effect at the next refresh (here the new
+/// SVID names a workload the server does not authorize, which only a re-read can show; then
+/// an authorized one again).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_daemon_reads_the_rotated_jwt_svid_file() {
+    let s = Setup::start();
+    std::fs::write(s.token(), jwt_svid(API)).unwrap();
+    let out_file = s.dir.path().join("out/db");
+    let (mut child, log, reader) = daemon(s.args(&[
+        "--mode=daemon".into(),
+        "--daemon-refresh-interval=200ms".into(),
+        "--timeout=2s".into(),
+        format!("--inject-on-file={}=db-password", out_file.display()),
+    ]));
     wait_for("the first file", || {
         std::fs::read_to_string(&out_file).is_ok_and(|v| v == VALUE)
     })
@@ -374,32 +387,12 @@ async fn esi_cli_presents_the_x509_svid_files_as_its_client_certificate() {
     // connection presented them).
     ca.write_svid(dir.path(), API);
     let out_file = dir.path().join("out/db");
-    let mut child = Command::new(cli_bin())
-        .args(x509_args(&[
-            "--mode=daemon".into(),
-            "--daemon-refresh-interval=200ms".into(),
-            "--timeout=2s".into(),
-            format!("--inject-on-file={}=db-password", out_file.display()),
-        ]))
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let log = Arc::new(Mutex::new(String::new()));
-    let reader = {
-        let log = log.clone();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let mut l = log.lock().unwrap();
-                l.push_str(&line);
-                l.push('\n');
-            }
-        })
-    };
+    let (mut child, log, reader) = daemon(x509_args(&[
+        "--mode=daemon".into(),
+        "--daemon-refresh-interval=200ms".into(),
+        "--timeout=2s".into(),
+        format!("--inject-on-file={}=db-password", out_file.display()),
+    ]));
     wait_for("the first file", || {
         std::fs::read_to_string(&out_file).is_ok_and(|v| v == VALUE)
     })

@@ -297,26 +297,7 @@ async fn an_oidc_subject_revokes_its_own_credentials_and_nobody_else_does() {
     let issuer = Issuer::start_oidc(jwks(&["rsa-1"])).await;
     let vault = FakeVault::start().await;
     let mut manifests = github_federation(&issuer);
-    manifests.push_str(&format!(
-        r#"---
-apiVersion: v1
-kind: Secret
-metadata: {{name: vault-token, namespace: ci}}
-stringData: {{token: t}}
----
-apiVersion: generators.external-secrets.io/v1alpha1
-kind: VaultDynamicSecret
-metadata: {{name: creds, namespace: ci}}
-spec:
-  method: POST
-  path: fake/creds
-  provider:
-    server: {}
-    auth:
-      tokenSecretRef: {{name: vault-token, key: token}}
-"#,
-        vault.url
-    ));
+    manifests.push_str(&vault.generator_manifests("ci"));
     manifests.push_str(&authorization(
         "ci",
         "OIDCFederation",

@@ -216,22 +216,6 @@ spec:
   audiences: ["{AUD}"]
   jwks: '{}'
 ---
-apiVersion: v1
-kind: Secret
-metadata: {{name: vault-token, namespace: ci}}
-stringData: {{token: t}}
----
-apiVersion: generators.external-secrets.io/v1alpha1
-kind: VaultDynamicSecret
-metadata: {{name: creds, namespace: ci}}
-spec:
-  method: POST
-  path: fake/creds
-  provider:
-    server: {}
-    auth:
-      tokenSecretRef: {{name: vault-token, key: token}}
----
 apiVersion: federation.external-secrets.io/v1alpha1
 kind: Authorization
 metadata: {{name: kube-app}}
@@ -241,9 +225,9 @@ spec:
   allowedGenerators:
     - {{name: creds, kind: VaultDynamicSecret, namespace: ci}}
 "#,
-        jwks(&["rsa-1"]),
-        vault.url
+        jwks(&["rsa-1"])
     ));
+    manifests.push_str(&vault.generator_manifests("ci"));
     manifests.push_str(&authorization(
         "mesh-ci",
         "spiffe://example.org/*",

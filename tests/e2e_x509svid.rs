@@ -242,26 +242,7 @@ async fn x509_and_jwt_svids_of_one_workload_are_one_owner() {
     let vault = FakeVault::start().await;
     let ca = SpiffeCa::new("example.org");
     let mut manifests = federation(&ca);
-    manifests.push_str(&format!(
-        r#"---
-apiVersion: v1
-kind: Secret
-metadata: {{name: vault-token, namespace: ci}}
-stringData: {{token: t}}
----
-apiVersion: generators.external-secrets.io/v1alpha1
-kind: VaultDynamicSecret
-metadata: {{name: creds, namespace: ci}}
-spec:
-  method: POST
-  path: fake/creds
-  provider:
-    server: {}
-    auth:
-      tokenSecretRef: {{name: vault-token, key: token}}
-"#,
-        vault.url
-    ));
+    manifests.push_str(&vault.generator_manifests("ci"));
     manifests.push_str(&authorization(
         "mesh-ci",
         "spiffe://example.org/*",
@@ -315,25 +296,9 @@ spec:
   trustDomain: partner.org
   audiences: ["{AUD}"]
   bundle: '{partner_bundle}'
----
-apiVersion: v1
-kind: Secret
-metadata: {{name: vault-token, namespace: ci}}
-stringData: {{token: t}}
----
-apiVersion: generators.external-secrets.io/v1alpha1
-kind: VaultDynamicSecret
-metadata: {{name: creds, namespace: ci}}
-spec:
-  method: POST
-  path: fake/creds
-  provider:
-    server: {}
-    auth:
-      tokenSecretRef: {{name: vault-token, key: token}}
-"#,
-        vault.url
+"#
     ));
+    manifests.push_str(&vault.generator_manifests("ci"));
     manifests.push_str(&authorization(
         "mesh-ci",
         "spiffe://example.org/*",

@@ -82,6 +82,31 @@ impl FakeVault {
         }
     }
 
+    /// Manifests of a `VaultDynamicSecret` generator `creds` in `namespace` that issues
+    /// from this fake (`POST fake/creds`), with the token Secret it reads.
+    pub fn generator_manifests(&self, namespace: &str) -> String {
+        format!(
+            r#"---
+apiVersion: v1
+kind: Secret
+metadata: {{name: vault-token, namespace: {namespace}}}
+stringData: {{token: t}}
+---
+apiVersion: generators.external-secrets.io/v1alpha1
+kind: VaultDynamicSecret
+metadata: {{name: creds, namespace: {namespace}}}
+spec:
+  method: POST
+  path: fake/creds
+  provider:
+    server: {}
+    auth:
+      tokenSecretRef: {{name: vault-token, key: token}}
+"#,
+            self.url
+        )
+    }
+
     /// The revoked lease ids, sorted.
     pub fn revoked(&self) -> Vec<String> {
         let mut v = self.revoked.lock().unwrap().clone();
